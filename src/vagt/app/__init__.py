@@ -1,0 +1,1 @@
+"""What ties the stages together: command line, configuration, database, metrics, lifecycle."""

@@ -1,0 +1,182 @@
+"""The `vagt` command: run the engine, migrate, manage devices and alerts, demo and simulate."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from vagt import __version__
+from vagt.app.config import Config, ConfigError, load_config
+
+log = logging.getLogger("vagt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"vagt: configuration error: {e}", file=sys.stderr)
+        return 2
+    result: int = args.func(args, config)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vagt", description=__doc__)
+    p.add_argument("--config", help="a TOML configuration file (VAGT_* variables win over it)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"vagt {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the engine until SIGTERM or Ctrl-C")
+    run.set_defaults(func=cmd_run)
+
+    dbp = sub.add_parser("db", help="database schema")
+    dbsub = dbp.add_subparsers(metavar="ACTION", required=True)
+    mig = dbsub.add_parser("migrate", help="apply the numbered migrations not yet applied")
+    mig.set_defaults(func=cmd_db_migrate)
+
+    from vagt.alerts import cli as alerts_cli
+    from vagt.devices import cli as devices_cli
+
+    for module in (devices_cli, alerts_cli):
+        before = set(sub.choices)
+        module.add_parser(sub)
+        for name in set(sub.choices) - before:
+            _wrap_db_handlers(sub.choices[name])
+
+    rules = sub.add_parser("rules", help="rule files")
+    rsub = rules.add_subparsers(metavar="ACTION", required=True)
+    check = rsub.add_parser("check", help="validate a rules file or folder")
+    check.add_argument("path", nargs="?", default=None,
+                       help="a rules file or folder (default: the configured rules)")
+    check.set_defaults(func=cmd_rules_check)
+
+    demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
+    demo.add_argument("--devices", type=int, default=300)
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
+    sim.add_argument("--devices", type=int, default=300)
+    sim.add_argument("--rate", type=float, default=100.0, help="messages per second")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--fleet-csv", type=Path, default=None,
+                     help="also write the simulated fleet as a devices CSV to this file")
+    sim.set_defaults(func=cmd_simulate)
+    return p
+
+
+def _wrap_db_handlers(parser: argparse.ArgumentParser) -> None:
+    """The devices/alerts handlers take (args, conninfo); give them the configured database."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _wrap_db_handlers(child)
+    handler = parser.get_default("handler")
+    if handler is not None:
+        parser.set_defaults(func=lambda args, config, h=handler: _with_database(args, config, h))
+
+
+def _with_database(args: argparse.Namespace, config: Config, handler: object) -> int:
+    with database_url(config) as url:
+        result: int = handler(args, url)  # type: ignore[operator]
+        return result
+
+
+@contextlib.contextmanager
+def database_url(config: Config) -> Iterator[str]:
+    """The configured database, or the embedded one in the data directory."""
+    if config.database.url:
+        yield config.database.url
+        return
+    from vagt.app.embedded import embedded_postgres
+
+    with embedded_postgres(Path(config.data_dir)) as url:
+        yield url
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("event=signal_received signal=%s note=finishing_batch_in_hand",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from vagt.app.engine import run_engine
+
+    stop = _stop_on_signals()
+    with database_url(config) as url:
+        run_engine(dataclasses.replace(
+            config, database=dataclasses.replace(config.database, url=url)), stop)
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
+    from vagt.app import db
+
+    with database_url(config) as url:
+        applied = db.migrate(url)
+    print("\n".join(f"applied {name}" for name in applied) or "the schema is up to date")
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
+    from vagt.rules import RuleConfigError, load_rules
+
+    path = args.path or config.rules or None
+    try:
+        rules = load_rules(path)
+    except RuleConfigError as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    for r in rules:
+        print(f"ok  {r.name:<24} {r.kind:<10} queue={r.queue} priority={r.priority}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from vagt.app.demo import run_demo
+    from vagt.app.engine import run_engine
+
+    _stop_on_signals()
+    return run_demo(config, devices=args.devices, duration=args.duration, seed=args.seed,
+                    run_engine=run_engine)
+
+
+def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
+    from vagt.app.demo import run_simulate
+
+    return run_simulate(config.mqtt.url, config.mqtt.topic_root, args.devices, args.rate,
+                        args.duration, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

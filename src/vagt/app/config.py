@@ -1,0 +1,226 @@
+"""The one configuration object: read once at start from a TOML file and VAGT_* variables.
+
+The environment wins over the file. Every error names the setting and says what is allowed.
+No other module reads os.environ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "vagt-engine"          # lanes add "-bulk" and "-alarm": one session each
+    topic_root: str = "vagt/v1"             # topics are {topic_root}/dev/{device_id}/{channel}
+    share_group: str = ""                   # "" = plain subscription; else $share/{group}/...
+    protocol: int = 5                       # 5, or 4 for MQTT 3.1.1 brokers (the demo's amqtt)
+    session_expiry_s: int = 7 * 24 * 3600   # how long the broker keeps our queue while we are away
+    receive_maximum: int = 20000            # unacknowledged messages in flight per lane (MQTT 5)
+    keepalive_s: int = 30
+    ca_file: str = ""                       # for mqtts:// with a private CA
+
+    @property
+    def parsed(self) -> urllib.parse.SplitResult:
+        return urllib.parse.urlsplit(self.url)
+
+    @property
+    def host(self) -> str:
+        return self.parsed.hostname or "127.0.0.1"
+
+    @property
+    def tls(self) -> bool:
+        return self.parsed.scheme == "mqtts"
+
+    @property
+    def port(self) -> int:
+        return self.parsed.port or (8883 if self.tls else 1883)
+
+    @property
+    def username(self) -> str | None:
+        u = self.parsed.username
+        return urllib.parse.unquote(u) if u else None
+
+    @property
+    def password(self) -> str | None:
+        p = self.parsed.password
+        return urllib.parse.unquote(p) if p else None
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""                 # "" = run an embedded PostgreSQL in data_dir
+    pool_min: int = 2
+    pool_max: int = 8
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_payload_bytes: int = 64 * 1024
+    bulk_batch_max: int = 5000          # messages per bulk transaction
+    bulk_batch_wait_ms: int = 50        # how long a bulk batch may wait to fill
+    alarm_batch_max: int = 50           # alarms are committed as soon as they arrive, a few at a time
+    max_future_skew_s: int = 300        # a reading more than this far in the future is bad_time
+
+
+@dataclass(frozen=True)
+class Config:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108            # 0 = no metrics endpoint
+    rules: str = ""                     # a rules file or folder; "" = the built-in default rules
+    data_dir: str = "var"               # embedded database and broker state
+
+
+# Environment variable -> (section, key). Section "" is the top level.
+ENV_SETTINGS: dict[str, tuple[str, str]] = {
+    "VAGT_MQTT_URL": ("mqtt", "url"),
+    "VAGT_MQTT_CLIENT_ID": ("mqtt", "client_id"),
+    "VAGT_MQTT_TOPIC_ROOT": ("mqtt", "topic_root"),
+    "VAGT_MQTT_SHARE_GROUP": ("mqtt", "share_group"),
+    "VAGT_MQTT_PROTOCOL": ("mqtt", "protocol"),
+    "VAGT_MQTT_CA_FILE": ("mqtt", "ca_file"),
+    "VAGT_DATABASE_URL": ("database", "url"),
+    "VAGT_METRICS_PORT": ("", "metrics_port"),
+    "VAGT_METRICS_HOST": ("", "metrics_host"),
+    "VAGT_RULES": ("", "rules"),
+    "VAGT_DATA_DIR": ("", "data_dir"),
+    "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
+}
+
+_SECTIONS: dict[str, type[Any]] = {
+    "mqtt": MqttConfig,
+    "database": DatabaseConfig,
+    "ingest": IngestConfig,
+}
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), then the VAGT_* variables over it, and validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"configuration file {p} is not valid TOML: {e}") from None
+    for var, (section, key) in ENV_SETTINGS.items():
+        if var in env and env[var] != "":
+            target = raw.setdefault(section, {}) if section else raw
+            if not isinstance(target, dict):
+                raise ConfigError(f"[{section}] in the configuration file must be a table")
+            target[key] = env[var]
+    return _build(raw)
+
+
+def _build(raw: dict[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    top_fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in _SECTIONS}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table of settings")
+            sections[key] = _build_section(key, _SECTIONS[key], value)
+        elif key in top_fields:
+            top[key] = _coerce(key, top_fields[key], value)
+        else:
+            allowed = ", ".join(sorted([*top_fields, *_SECTIONS]))
+            raise ConfigError(f"unknown setting '{key}'; allowed: {allowed}")
+    config = Config(**sections, **top)
+    _validate(config)
+    return config
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown setting '{name}.{key}'; allowed: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", fields[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"setting '{name}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _validate(c: Config) -> None:
+    scheme = c.mqtt.parsed.scheme
+    if scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(
+            f"setting 'mqtt.url' (VAGT_MQTT_URL) must start with mqtt:// or mqtts://, "
+            f"got {redact_url(c.mqtt.url)!r}"
+        )
+    try:
+        _ = c.mqtt.port
+    except ValueError:
+        raise ConfigError(f"setting 'mqtt.url' (VAGT_MQTT_URL) has an invalid port: "
+                          f"{redact_url(c.mqtt.url)!r}") from None
+    if not c.mqtt.parsed.hostname:
+        raise ConfigError("setting 'mqtt.url' (VAGT_MQTT_URL) names no host")
+    if c.mqtt.protocol not in (4, 5):
+        raise ConfigError(f"setting 'mqtt.protocol' must be 5 (MQTT 5) or 4 (MQTT 3.1.1), "
+                          f"got {c.mqtt.protocol}")
+    if not 1 <= c.mqtt.receive_maximum <= 65535:
+        raise ConfigError("setting 'mqtt.receive_maximum' must be from 1 to 65535")
+    if not c.mqtt.topic_root or "+" in c.mqtt.topic_root or "#" in c.mqtt.topic_root:
+        raise ConfigError("setting 'mqtt.topic_root' must be a topic without wildcards")
+    if c.database.url and urllib.parse.urlsplit(c.database.url).scheme not in (
+        "postgresql", "postgres"
+    ):
+        raise ConfigError(
+            f"setting 'database.url' (VAGT_DATABASE_URL) must start with postgresql://, "
+            f"got {redact_url(c.database.url)!r}"
+        )
+    if not 0 <= c.metrics_port <= 65535:
+        raise ConfigError(
+            f"setting 'metrics_port' (VAGT_METRICS_PORT) must be a port from 0 to 65535, "
+            f"got {c.metrics_port}"
+        )
+    if c.rules and not Path(c.rules).exists():
+        raise ConfigError(f"setting 'rules' (VAGT_RULES): {c.rules} does not exist")
+    for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
+        if getattr(c.ingest, name) < 1:
+            raise ConfigError(f"setting 'ingest.{name}' must be at least 1")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,93 @@
+"""Database access: the connection pool and the numbered migrations.
+
+Migrations are `migrations/NNNN_name.sql`, applied in order, each in its own transaction and
+recorded in `schema_migrations`. A migration may come in two flavours,
+`NNNN_name.timescale.sql` and `NNNN_name.plain.sql`: the first is used when the TimescaleDB
+extension is available, the second otherwise, so the same schema runs on either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger("vagt.db")
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescale|plain))?\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    flavour: str  # "any", "timescale" or "plain"
+    sql: str
+
+
+def list_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("vagt.app.migrations").iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(
+                Migration(int(m.group(1)), m.group(2), m.group(3) or "any", entry.read_text())
+            )
+    return sorted(found, key=lambda m: (m.version, m.flavour))
+
+
+def timescale_available(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    return row is not None
+
+
+def migrate(conninfo: str) -> list[str]:
+    """Apply the migrations not yet applied; return the names of those applied now.
+
+    Safe to run from several processes at once: an advisory lock serialises them.
+    """
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('vagt.migrate'))")
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version     integer PRIMARY KEY,
+                       name        text NOT NULL,
+                       flavour     text NOT NULL,
+                       applied_at  timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            use_timescale = timescale_available(conn)
+            if use_timescale:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            wanted = "timescale" if use_timescale else "plain"
+            for m in list_migrations():
+                if m.version in done or m.flavour not in ("any", wanted):
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.flavour),
+                    )
+                done.add(m.version)
+                applied_now.append(f"{m.version:04d}_{m.name} ({m.flavour})")
+                log.info("event=migration_applied version=%04d name=%s flavour=%s",
+                         m.version, m.name, m.flavour)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('vagt.migrate'))")
+    return applied_now
+
+
+def open_pool(conninfo: str, min_size: int = 2, max_size: int = 8) -> ConnectionPool:
+    pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
+                          name="vagt")
+    pool.open(wait=True, timeout=30)
+    return pool

@@ -1,0 +1,217 @@
+"""The engine process: two MQTT lanes, one pipeline, one database pool, metrics.
+
+The alarm lane is its own MQTT session (own queue and in-flight window at the broker), so a
+telemetry backlog never holds an alarm back. Each lane: take a batch, process it in one
+transaction, commit, then acknowledge. `run_engine` returns when `stop` is set, after each
+lane has committed and acknowledged the batch in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from vagt.app import db, store
+from vagt.app.config import Config, redact_url
+from vagt.app.metrics import EngineMetrics
+from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.devices.fleet import Fleet
+from vagt.ingest.consumer import MqttSession, SessionSettings
+from vagt.ingest.model import Channel, RawMessage
+from vagt.ingest.topics import subscription_filters
+from vagt.rules import load_rules
+
+log = logging.getLogger("vagt.engine")
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    name: str
+    channels: tuple[Channel, ...]
+    batch_max: int
+    batch_wait_s: float
+
+
+def lane_specs(config: Config) -> list[LaneSpec]:
+    ing = config.ingest
+    return [
+        LaneSpec("alarm", (Channel.ALARM,), ing.alarm_batch_max, 0.0),
+        LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), ing.bulk_batch_max,
+                 ing.bulk_batch_wait_ms / 1000),
+    ]
+
+
+def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
+    m = config.mqtt
+    return SessionSettings(
+        client_id=f"{m.client_id}-{lane.name}",
+        filters=tuple(subscription_filters(m.topic_root, lane.channels, m.share_group)),
+        host=m.host, port=m.port, username=m.username, password=m.password, tls=m.tls,
+        ca_file=m.ca_file, protocol=m.protocol, session_expiry_s=m.session_expiry_s,
+        receive_maximum=m.receive_maximum, keepalive_s=m.keepalive_s,
+    )
+
+
+class Lane:
+    """One session's loop: take, process, commit, acknowledge."""
+
+    def __init__(self, spec: LaneSpec, session: MqttSession, pool: ConnectionPool,
+                 pipeline: Pipeline, metrics: EngineMetrics) -> None:
+        self.spec = spec
+        self.session = session
+        self.pool = pool
+        self.pipeline = pipeline
+        self.metrics = metrics
+
+    def run(self, stop: threading.Event) -> None:
+        connected = self.metrics.mqtt_connected.labels(self.spec.name)
+        while not stop.is_set():
+            connected.set(1 if self.session.connected else 0)
+            batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
+            if batch:
+                self._commit_until_done(batch, stop)
+
+    def _commit_until_done(self, batch: list[RawMessage], stop: threading.Event) -> None:
+        """Commit the batch, retrying while the database is away; then acknowledge it.
+
+        The broker resends nothing within a connection, so a batch taken is held until it
+        commits. If we stop before that, it is not acknowledged and comes again next time.
+        """
+        name = self.spec.name
+        delay = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                with self.pool.connection() as conn:
+                    outcome = self.pipeline.process(conn, batch)
+                break  # leaving the block committed
+            except psycopg.OperationalError as e:
+                self.metrics.db_errors.labels(name).inc()
+                log.error("event=batch_commit_failed lane=%s messages=%d error=%r retry_in=%.1fs",
+                          name, len(batch), _first_line(e), delay)
+                if stop.wait(delay):
+                    log.warning("event=batch_abandoned lane=%s messages=%d "
+                                "note=not_acknowledged_broker_will_resend", name, len(batch))
+                    return
+                delay = min(delay * 2, 5.0)
+        committed = time.time()
+        self.pipeline.after_commit(outcome)
+        acked = self.session.ack(batch)
+        self._observe(batch, outcome, committed, time.monotonic() - started, acked)
+
+    def _observe(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
+                 seconds: float, acked: int) -> None:
+        m, name = self.metrics, self.spec.name
+        m.received.labels(name).inc(len(batch))
+        m.decoded.labels(name).inc(outcome.decoded)
+        m.acked.labels(name).inc(acked)
+        m.readings.inc(outcome.readings)
+        m.events.inc(outcome.events)
+        m.batch_size.labels(name).observe(len(batch))
+        m.commit_seconds.labels(name).observe(seconds)
+        latency = m.latency.labels(name)
+        for msg in batch:
+            latency.observe(committed - msg.received_at)
+        for d in outcome.dead:
+            m.dead_letters.labels(d.reason.value).inc()
+            log.warning("event=dead_letter reason=%s topic=%s detail=%s",
+                        d.reason.value, d.topic, d.detail)
+        for alert_id, queue in outcome.opened:
+            m.alerts_opened.labels(queue).inc()
+            log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)
+        if outcome.cleared:
+            m.alerts_cleared.inc(outcome.cleared)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def open_engine_pool(conninfo: str, config: Config) -> ConnectionPool:
+    pool = ConnectionPool(
+        conninfo, min_size=config.database.pool_min, max_size=config.database.pool_max,
+        configure=store.prepare_connection, open=False, name="vagt-engine",
+    )
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+def run_engine(config: Config, stop: threading.Event,
+               clock: Callable[[], float] = time.time,
+               metrics: EngineMetrics | None = None) -> None:
+    """Run until `stop` is set. Raises if a lane fails (a bug: the supervisor restarts us)."""
+    conninfo = config.database.url
+    if not conninfo:
+        raise ValueError("run_engine needs config.database.url; `vagt run` starts an embedded "
+                         "PostgreSQL when none is configured")
+    log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
+    db.migrate(conninfo)
+    rules = load_rules(config.rules or None)
+    metrics = metrics or EngineMetrics()
+    with open_engine_pool(conninfo, config) as pool:
+        fleet = Fleet()
+        with pool.connection() as conn:
+            fleet.load(conn)
+            active = {r[0] for r in conn.execute(
+                "SELECT fingerprint FROM alerts WHERE status <> 'resolved'")}
+        pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
+                            fleet=fleet, rules=rules, active_fingerprints=active, clock=clock)
+        metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
+        server = metrics.serve(config.metrics_host, config.metrics_port) \
+            if config.metrics_port else None
+        log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
+        try:
+            _run_lanes(config, pool, pipeline, metrics, stop)
+        finally:
+            if server is not None:
+                server.shutdown()
+    log.info("event=engine_stopped")
+
+
+def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
+               metrics: EngineMetrics, stop: threading.Event) -> None:
+    failures: list[BaseException] = []
+    lane_stop = threading.Event()
+
+    def supervise(lane: Lane) -> None:
+        try:
+            lane.run(lane_stop)
+        except BaseException as e:  # a bug: stop everything, loudly
+            log.exception("event=lane_crashed lane=%s", lane.spec.name)
+            failures.append(e)
+            lane_stop.set()
+
+    sessions = [MqttSession(session_settings(config, spec)) for spec in lane_specs(config)]
+    threads = []
+    for spec, session in zip(lane_specs(config), sessions):
+        session.__enter__()
+        lane = Lane(spec, session, pool, pipeline, metrics)
+        t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
+        t.start()
+        threads.append(t)
+    try:
+        while not stop.wait(0.2) and not lane_stop.is_set():
+            pass
+    finally:
+        lane_stop.set()
+        for t in threads:
+            t.join()
+        for session in sessions:
+            session.close()
+    if failures:
+        raise RuntimeError("an engine lane failed; see the log") from failures[0]
+
+
+def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
+    with pool.connection(timeout=2) as conn:
+        rows = conn.execute(
+            "SELECT queue, count(*) FROM alerts "
+            "WHERE status IN ('open', 'claimed', 'acknowledged') GROUP BY queue").fetchall()
+    return [(str(q), int(n)) for q, n in rows]

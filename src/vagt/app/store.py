@@ -1,0 +1,161 @@
+"""Bulk writes of one batch: readings, events, dead letters and device state.
+
+Rows are COPYed into per-connection staging tables, then inserted with ON CONFLICT DO NOTHING
+(COPY has no ON CONFLICT), so a redelivered message inserts nothing. The inserts report which
+staged rows were new, so that rules see each reading and event once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from vagt.ingest.model import DeadLetter
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_readings (
+    ord int, t float8, device_id text, metric text, value float8, unit text, received float8
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    ord int, t float8, device_id text, code text, severity text, details text, received float8
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_dead (
+    received float8, topic text, payload bytea, reason text, detail text, device_id text,
+    digest bytea
+) ON COMMIT DELETE ROWS;
+"""
+
+_INSERT_READINGS = """
+WITH ins AS (
+    INSERT INTO readings (time, device_id, metric, value, unit, received_at)
+    SELECT to_timestamp(t), device_id, metric, value, unit, to_timestamp(received)
+    FROM stage_readings
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, metric, time
+)
+SELECT coalesce(array_agg(s.ord), '{}') FROM stage_readings s
+JOIN ins ON ins.device_id = s.device_id AND ins.metric = s.metric AND ins.time = to_timestamp(s.t)
+"""
+
+_INSERT_EVENTS = """
+WITH ins AS (
+    INSERT INTO events (time, device_id, code, severity, details, received_at)
+    SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(received)
+    FROM stage_events
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, code, time
+)
+SELECT coalesce(array_agg(s.ord), '{}') FROM stage_events s
+JOIN ins ON ins.device_id = s.device_id AND ins.code = s.code AND ins.time = to_timestamp(s.t)
+"""
+
+_INSERT_DEAD = """
+INSERT INTO dead_letters (received_at, topic, payload, reason, detail, device_id, digest)
+SELECT to_timestamp(received), topic, payload, reason, detail, device_id, digest FROM stage_dead
+ON CONFLICT (digest) DO NOTHING
+"""
+
+_UPDATE_DEVICES = """
+UPDATE devices d SET
+    last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
+    battery = CASE WHEN v.battery_t IS NOT NULL
+                    AND (d.battery_at IS NULL OR to_timestamp(v.battery_t) >= d.battery_at)
+                   THEN v.battery ELSE d.battery END,
+    battery_at = GREATEST(d.battery_at, to_timestamp(v.battery_t)),
+    signal = CASE WHEN v.signal_t IS NOT NULL
+                   AND (d.signal_at IS NULL OR to_timestamp(v.signal_t) >= d.signal_at)
+                  THEN v.signal ELSE d.signal END,
+    signal_at = GREATEST(d.signal_at, to_timestamp(v.signal_t)),
+    firmware = coalesce(v.firmware, d.firmware),
+    last_seq = GREATEST(d.last_seq, v.seq),
+    seq_gaps = d.seq_gaps + v.gaps
+FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[],
+            %s::text[], %s::int8[], %s::int8[])
+     AS v(device_id, seen, battery, battery_t, signal, signal_t, firmware, seq, gaps)
+WHERE d.device_id = v.device_id
+"""
+
+
+def prepare_connection(conn: psycopg.Connection) -> None:
+    """Create this connection's staging tables (the pool calls it for every new connection)."""
+    conn.execute(_STAGING)
+    conn.commit()
+
+
+def insert_readings(
+    conn: psycopg.Connection,
+    device: Sequence[str], metric: Sequence[str], value: npt.NDArray[np.float64],
+    unit: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
+) -> npt.NDArray[np.bool_]:
+    """Insert readings; True where a row was new (not already stored)."""
+    n = len(device)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    with conn.cursor() as cur:
+        with cur.copy("COPY stage_readings (ord, t, device_id, metric, value, unit, received) "
+                      "FROM STDIN") as copy:
+            write = copy.write_row
+            for row in zip(range(n), time.tolist(), device, metric, value.tolist(), unit,
+                           received.tolist()):
+                write(row)
+        return _mask(n, cur.execute(_INSERT_READINGS).fetchone())
+
+
+def insert_events(
+    conn: psycopg.Connection,
+    device: Sequence[str], code: Sequence[str], severity: Sequence[str],
+    details: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
+) -> npt.NDArray[np.bool_]:
+    """Insert events; True where a row was new."""
+    n = len(device)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    with conn.cursor() as cur:
+        with cur.copy("COPY stage_events (ord, t, device_id, code, severity, details, received) "
+                      "FROM STDIN") as copy:
+            for row in zip(range(n), time.tolist(), device, code, severity, details,
+                           received.tolist()):
+                copy.write_row(row)
+        return _mask(n, cur.execute(_INSERT_EVENTS).fetchone())
+
+
+def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) -> None:
+    """Keep every dead letter with its raw bytes and reason; the same bytes are kept once."""
+    if not dead:
+        return
+    with conn.cursor() as cur:
+        with cur.copy("COPY stage_dead (received, topic, payload, reason, detail, device_id, "
+                      "digest) FROM STDIN") as copy:
+            for d in dead:
+                copy.write_row((d.received_at, d.topic, d.payload, d.reason.value, d.detail,
+                                d.device_id, dead_letter_digest(d.topic, d.payload)))
+        cur.execute(_INSERT_DEAD)
+
+
+def dead_letter_digest(topic: str, payload: bytes) -> bytes:
+    return hashlib.sha256(topic.encode("utf-8", "replace") + b"\0" + payload).digest()
+
+
+def update_device_state(
+    conn: psycopg.Connection, device_id: Sequence[str], seen: Sequence[float],
+    battery: Sequence[float | None], battery_t: Sequence[float | None],
+    signal: Sequence[float | None], signal_t: Sequence[float | None],
+    firmware: Sequence[str | None], seq: Sequence[int | None], gaps: Sequence[int],
+) -> None:
+    """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps."""
+    if not device_id:
+        return
+    conn.execute(_UPDATE_DEVICES, (list(device_id), list(seen), list(battery), list(battery_t),
+                                   list(signal), list(signal_t), list(firmware), list(seq),
+                                   list(gaps)))
+
+
+def _mask(n: int, row: tuple[list[int]] | None) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(n, dtype=bool)
+    if row is not None and row[0]:
+        mask[np.asarray(row[0], dtype=np.int64)] = True
+    return mask

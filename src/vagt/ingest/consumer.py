@@ -1,0 +1,207 @@
+"""One MQTT session that hands messages out in batches and acknowledges them only when told.
+
+paho-mqtt runs the connection in its own thread with `manual_ack=True`; the engine takes
+batches with `take()`, commits what they caused, then calls `ack()`. aiomqtt has no public
+manual-ack API yet (empicano/aiomqtt#345), so the consuming side uses paho directly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from vagt.ingest.model import RawMessage
+
+log = logging.getLogger("vagt.ingest.consumer")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What one persistent MQTT session needs. One per lane: its own client id, queue, window."""
+
+    client_id: str
+    filters: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str = ""
+    protocol: int = 5                  # 5 = MQTT 5, 4 = MQTT 3.1.1
+    session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 20000
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    generation: int
+    mid: int
+    qos: int
+
+
+class MqttSession:
+    """A persistent QoS 1 subscription whose messages are acknowledged after commit.
+
+    Back-pressure comes from the broker: it sends at most Receive Maximum (MQTT 5) messages
+    that we have not acknowledged, so what this object holds in memory is bounded by it.
+
+    Every connection is a generation. A message is acknowledged only on the connection it came
+    in on: after a reconnect the broker sends unacknowledged messages again with their packet
+    ids, so the old ones are dropped from the inbox and never acknowledged (a late ack could
+    release a newer message that reuses the id).
+    """
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[RawMessage] = collections.deque()
+        self._generation = 0
+        self._connected = False
+        self._client = self._make_client()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> MqttSession:
+        s = self.settings
+        props = None
+        if s.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            props.ReceiveMaximum = s.receive_maximum
+            self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s,
+                                       clean_start=False, properties=props)
+        else:
+            self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect. Unacknowledged messages stay with the broker for the next start."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._cond:
+            self._connected = False
+            self._inbox.clear()
+            self._cond.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_connected(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._connected, timeout)
+
+    # -- the engine's side -----------------------------------------------------------------
+
+    def take(self, max_n: int, max_wait_s: float, stop: threading.Event) -> list[RawMessage]:
+        """Wait for at least one message (or `stop`), then up to `max_wait_s` to fill a batch.
+
+        Returns [] when stopping or when nothing arrived within a second (so the caller can
+        check for stop and do housekeeping).
+        """
+        with self._cond:
+            if not self._inbox:
+                self._cond.wait(timeout=1.0)
+                if not self._inbox or stop.is_set():
+                    return []
+            if max_wait_s > 0 and len(self._inbox) < max_n:
+                deadline = time.monotonic() + max_wait_s
+                while len(self._inbox) < max_n and not stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(timeout=left):
+                        break
+            n = min(max_n, len(self._inbox))
+            popleft = self._inbox.popleft
+            return [popleft() for _ in range(n)]
+
+    def ack(self, messages: list[RawMessage]) -> int:
+        """Acknowledge, in arrival order, the messages that came on the current connection.
+
+        Returns how many were acknowledged; the rest the broker will send again.
+        """
+        acked = 0
+        with self._cond:
+            generation = self._generation
+            if not self._connected:
+                return 0
+            ack = self._client.ack
+            for m in messages:
+                token = m.token
+                assert isinstance(token, _Token)
+                if token.generation == generation:
+                    ack(token.mid, token.qos)
+                    acked += 1
+        return acked
+
+    # -- paho callbacks, on paho's thread ---------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        protocol = paho.MQTTv5 if s.protocol == 5 else paho.MQTTv311
+        kwargs: dict[str, Any] = {}
+        if protocol == paho.MQTTv311:
+            kwargs["clean_session"] = False
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                             protocol=protocol, manual_ack=True, **kwargs)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            client.tls_set(ca_certs=s.ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=15)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: paho.Client, _userdata: object, _flags: object,
+                    reason: ReasonCode, _props: object) -> None:
+        if reason.is_failure:
+            log.error("event=mqtt_connect_refused client_id=%s reason=%s",
+                      self.settings.client_id, reason)
+            return
+        with self._cond:
+            self._generation += 1
+            # Whatever we held from the last connection comes again, with its packet ids.
+            self._inbox.clear()
+            self._connected = True
+            self._cond.notify_all()
+        for f in self.settings.filters:
+            client.subscribe(f, qos=1)
+        log.info("event=mqtt_connected client_id=%s generation=%d filters=%s",
+                 self.settings.client_id, self._generation, ",".join(self.settings.filters))
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: object, _flags: object,
+                       reason: ReasonCode, _props: object) -> None:
+        with self._cond:
+            self._connected = False
+            self._cond.notify_all()
+        log.warning("event=mqtt_disconnected client_id=%s reason=%s",
+                    self.settings.client_id, reason)
+
+    def _on_message(self, _client: paho.Client, _userdata: object,
+                    msg: paho.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
+            topic = msg._topic.decode("utf-8", "replace")
+        m = RawMessage(topic, msg.payload, time.time(), _Token(self._generation, msg.mid, msg.qos))
+        with self._cond:
+            self._inbox.append(m)
+            if len(self._inbox) == 1:
+                self._cond.notify()

@@ -1,0 +1,163 @@
+"""Engine fixtures: registered devices, an engine in its own process, a plain MQTT publisher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support import Broker, free_port
+
+DEVICES = [
+    ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus"),
+    ("OXI-0002", "Nonin", "3230", "pulse_oximeter", "Samsø"),
+    ("ALM-0001", "Tunstall", "Lifeline Vi", "personal_alarm", "Randers"),
+    ("BPM-0001", "A&D", "UA-651BLE", "bp_monitor", "Viborg"),
+]
+
+
+def register(database_url: str, devices: list[tuple[str, str, str, str, str]]) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO devices (device_id, vendor, model, type, municipality) "
+            "VALUES (%s, %s, %s, %s, %s)", devices)
+
+
+@pytest.fixture
+def devices(database_url: str) -> list[tuple[str, str, str, str, str]]:
+    register(database_url, DEVICES)
+    return DEVICES
+
+
+def topic(root: str, device_id: str, channel: str) -> str:
+    return f"{root}/dev/{device_id}/{channel}"
+
+
+def telemetry(device_id: str, t: float, seq: int | None = None, **metrics: float) -> bytes:
+    units = {"spo2": "%", "pulse": "/min", "battery": "%", "bp_systolic": "mm[Hg]",
+             "bp_diastolic": "mm[Hg]", "weight": "kg"}
+    doc: dict[str, Any] = {"device_id": device_id, "time": t,
+                           "readings": [{"metric": k, "value": v, "unit": units[k]}
+                                        for k, v in metrics.items()]}
+    if seq is not None:
+        doc["seq"] = seq
+    return orjson.dumps(doc)
+
+
+def alarm(device_id: str, t: float, code: str = "alarm.fall") -> bytes:
+    return orjson.dumps({"device_id": device_id, "time": t, "events": [{"code": code}]})
+
+
+def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish at QoS 1 and wait until the broker has acknowledged every message."""
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
+                    protocol=paho.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", url_port)
+    c.loop_start()
+    try:
+        infos = [c.publish(t, p, qos=1) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@dataclass
+class EngineProcess:
+    """`vagt run` in a process of its own, as an operator would start it."""
+
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    runs: list[int] = field(default_factory=list)
+
+    def start(self) -> EngineProcess:
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vagt.app.cli", "run"], env=self.env,
+            stdout=self.log_file, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until both MQTT sessions are up (the log says so)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if text.count("event=mqtt_connected") >= 2 * (len(self.runs) + 1):
+                self.runs.append(1)
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"engine exited early:\n{text[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"engine not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def engine(database_url: str, broker: Broker, topic_root: str,
+           tmp_path: Path) -> Iterator[EngineProcess]:
+    env = dict(os.environ)
+    env.update({
+        "VAGT_MQTT_URL": broker.url,
+        "VAGT_DATABASE_URL": database_url,
+        "VAGT_MQTT_TOPIC_ROOT": topic_root,
+        "VAGT_MQTT_CLIENT_ID": f"vagt-{uuid.uuid4().hex[:8]}",
+        "VAGT_METRICS_PORT": str(free_port()),
+    })
+    e = EngineProcess(env, tmp_path / "engine.log")
+    yield e
+    e.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def query(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def scalar(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    return query(database_url, sql, params)[0][0]

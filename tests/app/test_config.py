@@ -1,0 +1,60 @@
+"""Configuration: TOML file, VAGT_* variables over it, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vagt.app.config import ConfigError, load_config, redact_url
+
+
+def test_defaults_need_no_file_and_no_environment():
+    c = load_config(None, env={})
+    assert c.mqtt.url == "mqtt://127.0.0.1:1883"
+    assert c.database.url == ""  # the embedded database
+
+
+def test_environment_wins_over_the_file(tmp_path: Path):
+    f = tmp_path / "vagt.toml"
+    f.write_text('metrics_port = 9000\n[mqtt]\nurl = "mqtt://file-host:1883"\n')
+    c = load_config(f, env={"VAGT_MQTT_URL": "mqtts://u:p%40ss@env-host:8884",
+                            "VAGT_METRICS_PORT": "9100"})
+    assert c.mqtt.host == "env-host" and c.mqtt.port == 8884 and c.mqtt.tls
+    assert c.mqtt.username == "u" and c.mqtt.password == "p@ss"
+    assert c.metrics_port == 9100
+
+
+def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
+    f = tmp_path / "vagt.toml"
+    f.write_text('[database]\nurl = "postgresql://db/vagt"\n[ingest]\nbulk_batch_max = 100\n')
+    c = load_config(f, env={})
+    assert c.database.url == "postgresql://db/vagt"
+    assert c.ingest.bulk_batch_max == 100
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VAGT_MQTT_URL": "http://x"}, "'mqtt.url' (VAGT_MQTT_URL) must start with mqtt://"),
+    ({"VAGT_DATABASE_URL": "mysql://x"}, "'database.url' (VAGT_DATABASE_URL) must start with"),
+    ({"VAGT_METRICS_PORT": "ninety"}, "'metrics_port' must be a whole number, got 'ninety'"),
+    ({"VAGT_METRICS_PORT": "70000"}, "'metrics_port' (VAGT_METRICS_PORT) must be a port"),
+    ({"VAGT_RULES": "/no/such/rules.toml"}, "'rules' (VAGT_RULES): /no/such/rules.toml"),
+])
+def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env=env)
+    assert message in str(e.value)
+
+
+def test_an_unknown_setting_in_the_file_is_refused(tmp_path: Path):
+    f = tmp_path / "vagt.toml"
+    f.write_text('[mqtt]\nurll = "mqtt://x"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'mqtt.urll'"):
+        load_config(f, env={})
+
+
+def test_a_password_never_appears_in_an_error(tmp_path: Path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={"VAGT_MQTT_URL": "tcp://user:hunter2@host"})
+    assert "hunter2" not in str(e.value)
+    assert redact_url("mqtt://u:hunter2@h:1") == "mqtt://u:***@h:1"

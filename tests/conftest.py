@@ -1,0 +1,87 @@
+"""Fixtures on real servers: a PostgreSQL database per test, a Mosquitto broker per test run.
+
+PostgreSQL: VAGT_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres) must let
+us CREATE DATABASE. The schema is migrated once into a template database for this run; each
+test gets its own copy (CREATE DATABASE ... TEMPLATE), dropped afterwards.
+
+Mosquitto: the real broker, started from scripts/mosquitto-test.conf on free ports with its
+own persistence directory. Each test also gets its own topic root, so nothing one test
+publishes reaches another test's sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from tests.support import Broker, free_port
+
+from vagt.app import db
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("VAGT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _url_for(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    name = f"vagt_tmpl_{RUN_ID}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db.migrate(_url_for(name))
+    yield name
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(pg_template: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    name = f"vagt_t_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(pg_template)
+            )
+        )
+    yield _url_for(name)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """A database of this test's own with no schema at all."""
+    name = f"vagt_e_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _url_for(name)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    if shutil.which("mosquitto") is None:
+        pytest.fail("mosquitto is not installed; scripts/test installs it (apt-get install mosquitto)")
+    b = Broker(free_port(), free_port(), tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def topic_root() -> str:
+    """A topic root of this test's own on the shared test broker."""
+    return f"t{uuid.uuid4().hex[:10]}/v1"

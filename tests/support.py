@@ -1,0 +1,74 @@
+"""Test support shared by the fixtures: free ports and a real Mosquitto process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    """A real Mosquitto process this test run owns."""
+
+    port: int
+    auth_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    user: str = "vagt"
+    password: str = "s3cret-test-only"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def auth_url(self) -> str:
+        return f"mqtt://{self.user}:{self.password}@127.0.0.1:{self.auth_port}"
+
+    def start(self) -> None:
+        template = (ROOT / "scripts" / "mosquitto-test.conf").read_text()
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(
+            template.format(port=self.port, auth_port=self.auth_port, dir=self.directory)
+        )
+        pw = self.directory / "passwords"
+        if not pw.exists():
+            pw.touch()
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(pw), self.user, self.password], check=True
+            )
+            pw.chmod(0o600)
+        self.process = subprocess.Popen(["mosquitto", "-c", str(conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited; see {self.directory}/mosquitto.log")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        """A clean stop: Mosquitto writes its persistence file before it exits."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
