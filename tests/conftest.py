@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,45 +30,66 @@ PG_ADMIN_URL = os.environ.get("VAGT_TEST_PG_URL", "postgresql://postgres@127.0.0
 RUN_ID = uuid.uuid4().hex[:8]
 
 
-def _url_for(dbname: str) -> str:
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
-    return f"{base}/{dbname}"
+def _url_for(admin_url: str, dbname: str) -> str:
+    """The admin URL with another database name (query parameters such as host= kept)."""
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The PostgreSQL server the tests use: the machine's, or an embedded one if there is none.
+
+    A machine with nothing but Python has no PostgreSQL server; the tests then run on the
+    same embedded server (a pip package) that `vagt demo` uses.
+    """
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        if "VAGT_TEST_PG_URL" in os.environ:
+            raise
+        from vagt.app.embedded import embedded_postgres
+
+        with embedded_postgres(tmp_path_factory.mktemp("pg")) as url:
+            yield _url_for(url, "postgres")
+        return
+    yield PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
     name = f"vagt_tmpl_{RUN_ID}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db.migrate(_url_for(name))
+    db.migrate(_url_for(pg_admin_url, name))
     yield name
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
-def database_url(pg_template: str) -> Iterator[str]:
+def database_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     """A migrated database of this test's own."""
     name = f"vagt_t_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(pg_template)
             )
         )
-    yield _url_for(name)
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    yield _url_for(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
-def empty_database_url() -> Iterator[str]:
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     """A database of this test's own with no schema at all."""
     name = f"vagt_e_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _url_for(name)
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    yield _url_for(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

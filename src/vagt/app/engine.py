@@ -145,8 +145,13 @@ def open_engine_pool(conninfo: str, config: Config) -> ConnectionPool:
 
 def run_engine(config: Config, stop: threading.Event,
                clock: Callable[[], float] = time.time,
-               metrics: EngineMetrics | None = None) -> None:
-    """Run until `stop` is set. Raises if a lane fails (a bug: the supervisor restarts us)."""
+               metrics: EngineMetrics | None = None,
+               on_ready: Callable[[], None] | None = None) -> None:
+    """Run until `stop` is set. Raises if a lane fails (a bug: the supervisor restarts us).
+
+    `on_ready` is called once the schema, fleet and rules are loaded, just before the MQTT
+    sessions connect (benchmarks time the drain from there).
+    """
     conninfo = config.database.url
     if not conninfo:
         raise ValueError("run_engine needs config.database.url; `vagt run` starts an embedded "
@@ -167,6 +172,8 @@ def run_engine(config: Config, stop: threading.Event,
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
+        if on_ready is not None:
+            on_ready()
         try:
             _run_lanes(config, pool, pipeline, metrics, stop)
         finally:
