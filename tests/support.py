@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import signal
 import socket
 import subprocess
@@ -41,7 +42,8 @@ class Broker:
         template = (ROOT / "scripts" / "mosquitto-test.conf").read_text()
         conf = self.directory / "mosquitto.conf"
         conf.write_text(
-            template.format(port=self.port, auth_port=self.auth_port, dir=self.directory)
+            template.format(port=self.port, auth_port=self.auth_port, dir=self.directory,
+                            user=getpass.getuser())
         )
         pw = self.directory / "passwords"
         if not pw.exists():

@@ -1,0 +1,119 @@
+"""One batch through decode, devices, store, rules and alerts, on the real database (no MQTT)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import psycopg
+
+from tests.app.conftest import DEVICES, alarm, query, register, scalar, telemetry
+from vagt.app import store
+from vagt.app.config import IngestConfig
+from vagt.app.pipeline import Pipeline
+from vagt.devices.fleet import Fleet
+from vagt.ingest.model import RawMessage
+from vagt.rules import load_rules
+
+ROOT = "vagt/v1"
+T0 = time.time() - 3600
+
+
+def make_pipeline(conn: psycopg.Connection) -> Pipeline:
+    fleet = Fleet()
+    fleet.load(conn)
+    return Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
+                    rules=load_rules(None), active_fingerprints=set(), clock=time.time)
+
+
+def msg(device_id: str, channel: str, payload: bytes) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/{device_id}/{channel}", payload, time.time())
+
+
+def run_batches(database_url: str, *batches: list[RawMessage]) -> Pipeline:
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        for batch in batches:
+            out = p.process(conn, batch)
+            conn.commit()
+            p.after_commit(out)
+    return p
+
+
+def battery(device_id: str, t: float, level: float) -> RawMessage:
+    return msg(device_id, "status",
+               orjson.dumps({"time": t, "status": {"battery": level}}))
+
+
+def test_a_repeated_low_battery_updates_the_open_alert_instead_of_opening_another(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", T0, 12)], [battery("OXI-0001", T0 + 60, 10)])
+    assert query(database_url, "SELECT rule, status, repeat_count FROM alerts") == [
+        ("battery_low", "open", 2)]
+
+
+def test_a_recharged_battery_resolves_its_alert_and_the_audit_says_the_rule_did(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", T0, 12)], [battery("OXI-0001", T0 + 60, 20)],
+                [battery("OXI-0001", T0 + 120, 90)])
+    assert query(database_url, "SELECT status, resolved_by FROM alerts") == [
+        ("resolved", "rule:battery_low")]
+    assert query(database_url, "SELECT action, from_status, to_status FROM alert_audit "
+                               "ORDER BY id") == [("open", None, "open"),
+                                                  ("resolve", "open", "resolved")]
+
+
+def test_battery_low_again_after_it_was_resolved_opens_a_new_alert(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", T0, 12)], [battery("OXI-0001", T0 + 60, 90)],
+                [battery("OXI-0001", T0 + 120, 11)])
+    assert query(database_url, "SELECT status FROM alerts ORDER BY id") == [("resolved",),
+                                                                           ("open",)]
+
+
+def test_rows_of_an_unknown_device_are_not_stored_and_its_message_is_a_dead_letter(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0, spo2=97)),
+                               msg("GHOST-1", "telemetry", telemetry("GHOST-1", T0, spo2=97)),
+                               msg("GHOST-1", "alarm", alarm("GHOST-1", T0))])
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 1
+    assert scalar(database_url, "SELECT count(*) FROM events") == 0
+    assert scalar(database_url, "SELECT count(*) FROM alerts") == 0
+    assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY id") == [
+        ("unknown_device", "GHOST-1"), ("unknown_device", "GHOST-1")]
+
+
+def test_a_device_registered_while_running_is_found_without_a_restart(database_url):
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        p.process(conn, [msg("NEW-1", "telemetry", telemetry("NEW-1", T0, spo2=97))])
+        conn.commit()
+        register(database_url, [("NEW-1", "Nonin", "3230", "pulse_oximeter", "Struer")])
+        p.process(conn, [msg("NEW-1", "telemetry", telemetry("NEW-1", T0 + 1, spo2=97))])
+        conn.commit()
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 1
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 1
+
+
+def test_skipped_message_counters_are_counted_as_gaps_per_device(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url,
+                [msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0 + k, seq=k, spo2=97))
+                 for k in (1, 2, 5)],
+                [msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0 + 9, seq=9, spo2=97)),
+                 msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, seq=0, spo2=97))])
+    assert query(database_url, "SELECT device_id, last_seq, seq_gaps FROM devices "
+                               "WHERE last_seq IS NOT NULL ORDER BY device_id") == [
+        ("OXI-0001", 9, 5), ("OXI-0002", 0, 0)]
+
+
+def test_an_alarm_and_telemetry_in_one_batch_are_committed_together(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0, "alarm.panic")),
+                               msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0, pulse=60))])
+    assert query(database_url, "SELECT summary, queue FROM alerts") == [
+        ("alarm.panic from ALM-0001", "emergency")]
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 1
