@@ -1,0 +1,79 @@
+"""The `vagt` command as an operator types it, against the real database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import query
+from tests.alerts.test_actions import new_alert
+from vagt.app.cli import main
+
+
+@pytest.fixture
+def env(database_url, monkeypatch):
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    return database_url
+
+
+def test_devices_import_then_list_as_json(env, tmp_path: Path, capsys):
+    f = tmp_path / "fleet.csv"
+    f.write_text("device_id,vendor,model,type,municipality\nOXI-1,Nonin,3230,pulse_oximeter,Skive\n")
+    assert main(["devices", "import", str(f), "--actor", "anna"]) == 0
+    assert "1 created, 0 updated" in capsys.readouterr().out
+    assert main(["devices", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(d["device_id"], d["municipality"], d["last_seen"]) for d in listed] == [
+        ("OXI-1", "Skive", None)]
+
+
+def test_a_refused_import_prints_the_problems_and_exits_2(env, tmp_path: Path, capsys):
+    f = tmp_path / "fleet.csv"
+    f.write_text("device_id,vendor\nOXI-1,Nonin\n")
+    assert main(["devices", "import", str(f)]) == 2
+    assert "lacks the column(s) model, type, municipality" in capsys.readouterr().err
+
+
+def test_alerts_claim_ack_resolve_and_list_by_status(env, capsys):
+    a = new_alert(env)
+    assert main(["alerts", "claim", str(a), "--operator", "anna"]) == 0
+    assert main(["alerts", "ack", str(a), "--operator", "anna", "--note", "called"]) == 0
+    assert main(["alerts", "list", "--json", "--status", "acknowledged"]) == 0
+    out = capsys.readouterr().out
+    listed = json.loads(out[out.index("["):])
+    assert [(x["id"], x["acknowledged_by"]) for x in listed] == [(a, "anna")]
+    assert main(["alerts", "resolve", str(a), "--operator", "anna"]) == 0
+    assert query(env, "SELECT count(*) FROM alert_audit") == [(3,)]
+
+
+def test_a_refused_claim_says_who_holds_the_alert_and_exits_2(env, capsys):
+    a = new_alert(env)
+    main(["alerts", "claim", str(a), "--operator", "anna"])
+    assert main(["alerts", "claim", str(a), "--operator", "bo"]) == 2
+    assert f"alert {a} is already claimed by anna" in capsys.readouterr().err
+
+
+def test_invalid_configuration_stops_with_the_setting_named(monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_MQTT_URL", "http://nope")
+    assert main(["db", "migrate"]) == 2
+    assert "VAGT_MQTT_URL" in capsys.readouterr().err
+
+
+def test_db_migrate_on_an_empty_database_then_again(empty_database_url, monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_DATABASE_URL", empty_database_url)
+    assert main(["db", "migrate"]) == 0
+    first = capsys.readouterr().out
+    assert "applied 0001_core (any)" in first and "applied 0002_timeseries (plain)" in first
+    assert main(["db", "migrate"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_rules_check_reports_the_rules_or_the_error(tmp_path: Path, capsys):
+    assert main(["rules", "check"]) == 0
+    assert "personal_alarm" in capsys.readouterr().out
+    bad = tmp_path / "r.toml"
+    bad.write_text('[[rule]]\nname = "x"\nkind = "threshold"\nmetric = "spo2"\nbelow = "low"\n')
+    assert main(["rules", "check", str(bad)]) == 2
+    assert "'below' of rule 'x'" in capsys.readouterr().err
