@@ -79,6 +79,9 @@ def decode_canonical(doc: dict[str, Any], device_id: str, channel: Channel,
         if k not in _TOP:
             raise Reject(DeadLetterReason.SCHEMA, f"unknown field '{k}'; allowed: "
                          f"{', '.join(sorted(_TOP))}")
+    if doc.get("v", 1) != 1:
+        raise Reject(DeadLetterReason.SCHEMA, f"format version v={doc['v']!r} is not supported; "
+                     "this engine reads v=1")
     named = doc.get("device_id")
     if named is not None and named != device_id:
         raise Reject(DeadLetterReason.DEVICE_MISMATCH,
