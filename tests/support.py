@@ -10,13 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vagt.app.embedded import free_port  # re-exported for the fixtures
+
+__all__ = ["ROOT", "Broker", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

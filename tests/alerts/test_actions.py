@@ -6,8 +6,8 @@ import threading
 
 import psycopg
 import pytest
-
 from tests.app.conftest import query
+
 from vagt.alerts import AlertNotFound, InvalidTransition, acknowledge, claim, list_alerts, resolve
 
 

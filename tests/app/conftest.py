@@ -18,7 +18,6 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-
 from tests.support import Broker, free_port
 
 DEVICES = [

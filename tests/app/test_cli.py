@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.app.conftest import query
 from tests.alerts.test_actions import new_alert
+from tests.app.conftest import query
+
 from vagt.app.cli import main
 
 

@@ -11,7 +11,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
 from tests.app.conftest import (
     EngineProcess,
     alarm,

@@ -6,8 +6,8 @@ import time
 
 import orjson
 import psycopg
-
 from tests.app.conftest import DEVICES, alarm, query, register, scalar, telemetry
+
 from vagt.app import store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-
 from tests.app.conftest import query, scalar
+
 from vagt.devices import DeviceImportError, import_csv, list_devices
 
 CSV = """device_id,vendor,model,type,municipality,serial_no

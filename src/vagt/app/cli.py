@@ -166,16 +166,16 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.demo import run_demo
     from vagt.app.engine import run_engine
 
-    _stop_on_signals()
+    stop = _stop_on_signals()
     return run_demo(config, devices=args.devices, duration=args.duration, seed=args.seed,
-                    run_engine=run_engine)
+                    stop=stop, run_engine=run_engine)
 
 
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.demo import run_simulate
 
     return run_simulate(config.mqtt.url, config.mqtt.topic_root, args.devices, args.rate,
-                        args.duration, args.seed)
+                        args.duration, args.seed, args.fleet_csv, config.mqtt.protocol)
 
 
 if __name__ == "__main__":

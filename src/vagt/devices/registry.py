@@ -20,7 +20,7 @@ import psycopg
 from vagt.ingest.topics import DEVICE_ID
 
 REQUIRED = ("device_id", "vendor", "model", "type", "municipality")
-_CPR_COLUMN = re.compile(r"^(cpr|cpr_?nr|cpr_?number|personnummer|civil_?registration.*)$", re.I)
+_CPR_COLUMN = re.compile(r"^(cpr|cpr_?nr|cpr_?number|personnummer|civil_?registration.*)$", re.IGNORECASE)
 _CPR_VALUE = re.compile(r"^\d{6}-?\d{4}$")
 _MAX_PROBLEMS = 20
 

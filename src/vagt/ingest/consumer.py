@@ -191,8 +191,9 @@ class MqttSession:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
-        log.warning("event=mqtt_disconnected client_id=%s reason=%s",
-                    self.settings.client_id, reason)
+        level = logging.WARNING if reason.is_failure else logging.INFO
+        log.log(level, "event=mqtt_disconnected client_id=%s reason=%s",
+                self.settings.client_id, reason)
 
     def _on_message(self, _client: paho.Client, _userdata: object,
                     msg: paho.MQTTMessage) -> None:
