@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.support import Broker, free_port
+from vagt.ingest.units import METRICS
 
 DEVICES = [
     ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus"),
@@ -46,10 +47,8 @@ def topic(root: str, device_id: str, channel: str) -> str:
 
 
 def telemetry(device_id: str, t: float, seq: int | None = None, **metrics: float) -> bytes:
-    units = {"spo2": "%", "pulse": "/min", "battery": "%", "bp_systolic": "mm[Hg]",
-             "bp_diastolic": "mm[Hg]", "weight": "kg"}
     doc: dict[str, Any] = {"device_id": device_id, "time": t,
-                           "readings": [{"metric": k, "value": v, "unit": units[k]}
+                           "readings": [{"metric": k, "value": v, "unit": METRICS[k].unit}
                                         for k, v in metrics.items()]}
     if seq is not None:
         doc["seq"] = seq

@@ -3,6 +3,7 @@ PostgreSQL, alarms become alerts, bad input becomes dead letters, and nothing is
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 
@@ -22,7 +23,7 @@ from tests.app.conftest import (
     topic,
     wait_for,
 )
-from tests.support import Broker
+from tests.support import Broker, free_port
 
 T0 = time.time() - 3600  # an hour ago: every reading is in the past, as a device's would be
 
@@ -229,3 +230,65 @@ def test_metrics_count_what_happened(
     assert 'vagt_messages_received_total{lane="bulk"} 2.0' in text
     assert 'vagt_open_alerts{queue="emergency"} 1.0' in text
     assert 'vagt_received_to_committed_seconds_bucket{lane="alarm",le="0.25"}' in text
+
+
+def test_the_metrics_exposition_passes_promtool(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1, what="alert")
+    url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read()
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_user_and_password_in_the_url_log_in_and_never_reach_the_log(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.env["VAGT_MQTT_URL"] = broker.auth_url
+    engine.start().wait_ready()
+    publish_as(broker, [(topic(topic_root, "OXI-0001", "telemetry"),
+                         telemetry("OXI-0001", T0, spo2=97))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == 1, what="reading")
+    assert broker.password not in engine.log()
+
+
+def publish_as(broker: Broker, messages: list[tuple[str, bytes]]) -> None:
+    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.username_pw_set(broker.user, broker.password)
+    c.connect("127.0.0.1", broker.auth_port)
+    c.loop_start()
+    for t, p in messages:
+        c.publish(t, p, qos=1).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def test_two_engines_in_a_share_group_split_the_stream_and_store_each_message_once(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, tmp_path):
+    ids = [f"GLU-{i:04d}" for i in range(20)]
+    register(database_url, [(d, "Roche", "Guide", "glucose_meter", "Odder") for d in ids])
+    engine.env["VAGT_MQTT_SHARE_GROUP"] = "vagt"
+    second = EngineProcess(dict(engine.env, VAGT_MQTT_CLIENT_ID=engine.env["VAGT_MQTT_CLIENT_ID"]
+                                + "b", VAGT_METRICS_PORT=str(free_port())),
+                           tmp_path / "engine2.log")
+    try:
+        engine.start().wait_ready()
+        second.start().wait_ready()
+        msgs = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, glucose=6.1))
+                for k in range(50) for d in ids]
+        publish(broker.port, msgs)
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == len(msgs),
+                 what="every reading")
+        shares = [received_by(e) for e in (engine, second)]
+        assert sum(shares) == len(msgs) and min(shares) > 0
+    finally:
+        second.stop()
+
+
+def received_by(e: EngineProcess) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{e.env['VAGT_METRICS_PORT']}/metrics",
+                                  timeout=5).read().decode()
+    line = next(x for x in text.splitlines()
+                if x.startswith('vagt_messages_received_total{lane="bulk"}'))
+    return int(float(line.split()[-1]))

@@ -50,7 +50,7 @@ def _apportion(n: int, weights: dict[str, float]) -> dict[str, int]:
     left = n - sum(counts.values())
     # keys raised to the minimum of one have had more than their share already
     by_remainder = sorted((k for k in exact if counts[k] == int(exact[k])),
-                          key=lambda k: exact[k] - int(exact[k]), reverse=True)
+                          key=lambda k: exact[k] - int(exact[k]), reverse=True) or list(exact)
     i = 0
     while left > 0:
         counts[by_remainder[i % len(by_remainder)]] += 1
