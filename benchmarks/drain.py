@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg import sql
-
 from tests.support import Broker, free_port
+
 from vagt.app import db
 from vagt.app.config import load_config
 from vagt.app.engine import run_engine
@@ -81,9 +81,12 @@ def publish_backlog(port: int, messages: list[tuple[str, bytes]]) -> None:
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    infos = [c.publish(t, p, qos=1) for t, p in messages]
-    for i in infos:
-        i.wait_for_publish(timeout=120)
+    # paho's packet ids wrap at 65,535 and its in-flight bookkeeping is linear in what is
+    # pending: publish in chunks, each acknowledged before the next
+    for start in range(0, len(messages), 10_000):
+        infos = [c.publish(t, p, qos=1) for t, p in messages[start:start + 10_000]]
+        for i in infos:
+            i.wait_for_publish(timeout=120)
     c.disconnect()
     c.loop_stop()
 

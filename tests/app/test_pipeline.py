@@ -117,3 +117,42 @@ def test_an_alarm_and_telemetry_in_one_batch_are_committed_together(database_url
     assert query(database_url, "SELECT summary, queue FROM alerts") == [
         ("alarm.panic from ALM-0001", "emergency")]
     assert scalar(database_url, "SELECT count(*) FROM readings") == 1
+
+
+def test_a_redelivered_alarm_does_not_reopen_the_alert_an_operator_resolved(database_url):
+    from vagt.alerts import resolve
+
+    register(database_url, DEVICES)
+    fall = [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))]
+    run_batches(database_url, fall)
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "citizen is fine")
+    run_batches(database_url, fall)  # the broker delivers the same message again
+    assert query(database_url, "SELECT id, status, repeat_count FROM alerts") == [
+        (1, "resolved", 1)]
+
+
+def test_a_new_alarm_after_the_resolved_one_opens_a_new_alert(database_url):
+    from vagt.alerts import resolve
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))])
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna")
+    run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0 + 600))])
+    assert query(database_url, "SELECT status FROM alerts ORDER BY id") == [("resolved",),
+                                                                           ("open",)]
+
+
+def test_a_redelivered_batch_changes_neither_alerts_nor_device_state(database_url):
+    register(database_url, DEVICES)
+    batch = [battery("OXI-0001", T0, 9), msg("ALM-0001", "alarm", alarm("ALM-0001", T0)),
+             msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, seq=4, spo2=97))]
+    run_batches(database_url, batch)
+    snapshot = (query(database_url, "SELECT * FROM alerts ORDER BY id"),
+                query(database_url, "SELECT * FROM devices ORDER BY device_id"),
+                query(database_url, "SELECT count(*) FROM alert_audit"))
+    run_batches(database_url, batch, batch)
+    assert (query(database_url, "SELECT * FROM alerts ORDER BY id"),
+            query(database_url, "SELECT * FROM devices ORDER BY device_id"),
+            query(database_url, "SELECT count(*) FROM alert_audit")) == snapshot

@@ -2,6 +2,10 @@
 
 Runs inside the batch's transaction, so an alert exists exactly when the readings and events
 that caused it are committed. One statement per batch, whatever the number of alerts.
+
+Idempotent by device time: a firing changes an alert only if it happened after everything the
+alert has already seen (`last_fired_at`), so a redelivered message changes nothing and an
+alarm an operator resolved is not reopened by a copy of itself.
 """
 
 from __future__ import annotations
@@ -50,11 +54,15 @@ WITH incoming AS (
                              queue, opened_at, last_fired_at, repeat_count)
     SELECT fingerprint, rule, device_id, labels::jsonb, summary, severity, priority, queue,
            to_timestamp(first_time), to_timestamp(last_time), n
-    FROM incoming
+    FROM incoming i
+    WHERE NOT EXISTS (SELECT 1 FROM alerts r
+                      WHERE r.fingerprint = i.fingerprint AND r.status = 'resolved'
+                        AND r.last_fired_at >= to_timestamp(i.last_time))
     ON CONFLICT (fingerprint) WHERE status <> 'resolved' DO UPDATE
        SET repeat_count = a.repeat_count + EXCLUDED.repeat_count,
-           last_fired_at = GREATEST(a.last_fired_at, EXCLUDED.last_fired_at),
+           last_fired_at = EXCLUDED.last_fired_at,
            summary = EXCLUDED.summary
+       WHERE EXCLUDED.last_fired_at > a.last_fired_at
     RETURNING a.id, a.rule, a.queue, (a.xmax = 0) AS opened
 ), audited AS (
     INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status)

@@ -1,6 +1,8 @@
 """One batch through every stage, in one transaction: decode → devices → store → rules → alerts.
 
 The lane that calls `process()` commits, then acknowledges. Nothing here talks to MQTT.
+Every write is idempotent, so a batch that is delivered again changes nothing: rows by their
+keys, device state and alerts by device time.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from vagt.rules import Rule, evaluate
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+Objs = npt.NDArray[np.object_]
 
 
 @dataclass
 class BatchOutcome:
     messages: int = 0
     decoded: int = 0
-    readings: int = 0
+    readings: int = 0          # new rows stored (a redelivery stores none)
     events: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     opened: list[tuple[int, str]] = field(default_factory=list)   # (alert id, queue)
@@ -39,6 +43,16 @@ class BatchOutcome:
     fingerprints_cleared: list[str] = field(default_factory=list)
     seq_devices: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     seq_values: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+@dataclass
+class _Rows:
+    """The usable rows of a batch as numpy columns, with their device index."""
+
+    device: I64
+    device_id: list[str]
+    msg: I64
+    time: F64
 
 
 class Pipeline:
@@ -61,36 +75,32 @@ class Pipeline:
         dec = decode_batch(messages, topic_root=self.topic_root,
                            max_payload_bytes=self.ingest.max_payload_bytes, now=self.clock(),
                            max_future_skew_s=self.ingest.max_future_skew_s)
-        n = len(messages)
-        out = BatchOutcome(messages=n, dead=list(dec.dead))
+        out = BatchOutcome(messages=len(messages), dead=list(dec.dead))
         device_of_msg = self._attribute(conn, messages, dec, out)
         usable = device_of_msg >= 0
-        received = np.fromiter((m.received_at for m in messages), dtype=np.float64, count=n)
+        received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
+                               count=len(messages))
 
-        r_keep = _rows_of(dec.r_msg, usable)
-        r_new = store.insert_readings(
-            conn, _pick(dec.r_device, r_keep), _pick(dec.r_metric, r_keep),
-            np.asarray(dec.r_value, dtype=np.float64)[r_keep], _pick(dec.r_unit, r_keep),
-            np.asarray(dec.r_time, dtype=np.float64)[r_keep],
-            received[np.asarray(dec.r_msg, dtype=np.int64)[r_keep]])
-        e_keep = _rows_of(dec.e_msg, usable)
-        e_new = store.insert_events(
-            conn, _pick(dec.e_device, e_keep), _pick(dec.e_code, e_keep),
-            _pick(dec.e_severity, e_keep), _pick(dec.e_details, e_keep),
-            np.asarray(dec.e_time, dtype=np.float64)[e_keep],
-            received[np.asarray(dec.e_msg, dtype=np.int64)[e_keep]])
+        r = _rows(dec.r_device, dec.r_msg, dec.r_time, usable, device_of_msg)
+        r_keep = _keep(dec.r_msg, usable)
+        r_metric = np.asarray(_pick(dec.r_metric, r_keep), dtype=object)
+        r_value = np.asarray(dec.r_value, dtype=np.float64)[r_keep]
+        out.readings = store.insert_readings(conn, r.device_id, r_metric.tolist(), r_value,
+                                             _pick(dec.r_unit, r_keep), r.time, received[r.msg])
+        e = _rows(dec.e_device, dec.e_msg, dec.e_time, usable, device_of_msg)
+        e_keep = _keep(dec.e_msg, usable)
+        e_code = np.asarray(_pick(dec.e_code, e_keep), dtype=object)
+        out.events = store.insert_events(conn, e.device_id, e_code.tolist(),
+                                         _pick(dec.e_severity, e_keep),
+                                         _pick(dec.e_details, e_keep), e.time, received[e.msg])
         store.insert_dead_letters(conn, out.dead)
         out.decoded = int(usable.sum())
-        out.readings, out.events = int(r_new.sum()), int(e_new.sum())
 
-        new_msg = np.zeros(n, dtype=bool)
-        new_msg[np.asarray(dec.r_msg, dtype=np.int64)[r_keep][r_new]] = True
-        new_msg[np.asarray(dec.e_msg, dtype=np.int64)[e_keep][e_new]] = True
-        f_keep = _rows_of(dec.f_msg, usable)
-        new_msg[np.asarray(dec.f_msg, dtype=np.int64)[f_keep]] = True
-        self._update_devices(conn, dec, device_of_msg, new_msg, received, r_keep, r_new,
-                             f_keep, out)
-        self._apply_rules(conn, dec, device_of_msg, r_keep, r_new, e_keep, e_new, out)
+        self._update_devices(conn, dec, device_of_msg, usable, r, r_metric, r_value, out)
+        firings, clears = evaluate(self.rules, r_device=r.device, r_metric=r_metric,
+                                   r_value=r_value, r_time=r.time, e_device=e.device,
+                                   e_code=e_code, e_time=e.time)
+        self._record_alerts(conn, firings.concat(), clears.concat(), out)
         return out
 
     def after_commit(self, out: BatchOutcome) -> None:
@@ -100,8 +110,7 @@ class Pipeline:
             self._active.update(out.fingerprints_fired)
         if len(out.seq_devices):
             with self.fleet.lock:
-                seq = self.fleet.last_seq
-                np.maximum.at(seq, out.seq_devices, out.seq_values)
+                np.maximum.at(self.fleet.last_seq, out.seq_devices, out.seq_values)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -113,12 +122,10 @@ class Pipeline:
         live = np.ones(n, dtype=bool)
         live[np.asarray(dec.dead_msg, dtype=np.int64)] = False
         live_pos = np.flatnonzero(live)
-        ids = [dec.msg_device[i] for i in live_pos]
-        idx = self.fleet.resolve(conn, ids)
+        idx = self.fleet.resolve(conn, [dec.msg_device[i] for i in live_pos])
         device_of_msg[live_pos] = idx
         for i in live_pos[idx < 0]:
-            m = messages[i]
-            device_id = dec.msg_device[i]
+            m, device_id = messages[i], dec.msg_device[i]
             out.dead.append(DeadLetter(
                 m.topic, m.payload, m.received_at, DeadLetterReason.UNKNOWN_DEVICE,
                 f"device '{device_id}' (topic {m.topic}) is not registered; register it "
@@ -126,44 +133,47 @@ class Pipeline:
         return device_of_msg
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
-                        new_msg: npt.NDArray[np.bool_], received: F64,
-                        r_keep: npt.NDArray[np.bool_], r_new: npt.NDArray[np.bool_],
-                        f_keep: npt.NDArray[np.bool_], out: BatchOutcome) -> None:
-        msgs = np.flatnonzero(new_msg)
+                        usable: Bools, r: _Rows, r_metric: Objs, r_value: F64,
+                        out: BatchOutcome) -> None:
+        """Fleet state per device of the batch, by device time (a redelivery changes nothing)."""
+        msgs = np.flatnonzero(usable)
         if len(msgs) == 0:
             return
+        msg_time = np.full(len(device_of_msg), -np.inf)
+        for rows_msg, rows_time in ((r.msg, r.time),
+                                    (np.asarray(dec.e_msg, dtype=np.int64),
+                                     np.asarray(dec.e_time, dtype=np.float64)),
+                                    (np.asarray(dec.f_msg, dtype=np.int64),
+                                     np.asarray(dec.f_time, dtype=np.float64))):
+            np.maximum.at(msg_time, rows_msg, rows_time)
         devs = device_of_msg[msgs]
         uniq, inv = np.unique(devs, return_inverse=True)
         seen = np.full(len(uniq), -np.inf)
-        np.maximum.at(seen, inv, received[msgs])
+        np.maximum.at(seen, inv, msg_time[msgs])
         pos = {int(d): k for k, d in enumerate(uniq)}
-
-        r_dev = device_of_msg[np.asarray(dec.r_msg, dtype=np.int64)[r_keep][r_new]]
-        r_metric = np.asarray(_pick(dec.r_metric, r_keep), dtype=object)[r_new]
-        r_value = np.asarray(dec.r_value, dtype=np.float64)[r_keep][r_new]
-        r_time = np.asarray(dec.r_time, dtype=np.float64)[r_keep][r_new]
-        battery, battery_t = _latest(uniq, pos, r_dev, r_metric == "battery", r_value, r_time)
-        signal, signal_t = _latest(uniq, pos, r_dev, r_metric == "signal", r_value, r_time)
-
+        battery, battery_t = _latest(uniq, pos, r.device, r_metric == "battery", r_value, r.time)
+        signal, signal_t = _latest(uniq, pos, r.device, r_metric == "signal", r_value, r.time)
         firmware: list[str | None] = [None] * len(uniq)
         fw_t = np.full(len(uniq), -np.inf)
-        f_rows = np.flatnonzero(f_keep)
-        for j in f_rows:  # status messages only: a handful per batch
-            k = pos[int(device_of_msg[dec.f_msg[j]])]
-            if dec.f_time[j] >= fw_t[k]:
-                fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
-
+        for j, i in enumerate(dec.f_msg):  # status messages only: a handful per batch
+            if usable[i]:
+                k = pos[int(device_of_msg[i])]
+                if dec.f_time[j] >= fw_t[k]:
+                    fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
-        ids = [self.fleet.ids[int(d)] for d in uniq]
-        store.update_device_state(conn, ids, seen.tolist(), battery, battery_t, signal,
-                                  signal_t, firmware, seq, gaps)
+        store.update_device_state(conn, [self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
+                                  battery, battery_t, signal, signal_t, firmware, seq, gaps)
         has_seq = np.array([s is not None for s in seq], dtype=bool)
         out.seq_devices = uniq[has_seq]
         out.seq_values = np.array([s for s in seq if s is not None], dtype=np.int64)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
                        dec: DecodedBatch) -> tuple[list[int | None], list[int]]:
-        """Per device: the highest message counter seen, and how many numbers were skipped."""
+        """Per device: the highest message counter seen, and how many numbers were skipped.
+
+        Counters at or below the highest already seen (a redelivery, a late message) count
+        no gap; a device whose counter restarts is seen again once it passes its old high.
+        """
         seqs = np.asarray(dec.msg_seq, dtype=np.int64)[msgs]
         has = seqs >= 0
         d, s = devs[has], seqs[has]
@@ -174,41 +184,28 @@ class Pipeline:
         order = np.lexsort((s, d))
         d, s = d[order], s[order]
         with self.fleet.lock:
-            prev_stored = self.fleet.last_seq[d]
+            stored = self.fleet.last_seq[d]
         first = np.r_[True, d[1:] != d[:-1]]
-        prev = np.where(first, prev_stored, np.r_[-1, s[:-1]])
+        prev = np.where(first, stored, np.r_[-1, s[:-1]])
+        prev = np.maximum(prev, stored)
         gap = np.where((prev >= 0) & (s > prev + 1), s - prev - 1, 0)
         starts = np.flatnonzero(first)
         ends = np.append(starts[1:], len(d)) - 1
-        per_dev_gap = np.add.reduceat(gap, starts)
-        for a, b, g in zip(starts, ends, per_dev_gap):
+        for a, b, g in zip(starts, ends, np.add.reduceat(gap, starts)):
             k = pos[int(d[a])]
-            top[k] = int(max(s[b], prev_stored[a]))
+            top[k] = int(max(s[b], stored[a]))
             gaps[k] = int(g)
         return top, gaps
 
-    def _apply_rules(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
-                     r_keep: npt.NDArray[np.bool_], r_new: npt.NDArray[np.bool_],
-                     e_keep: npt.NDArray[np.bool_], e_new: npt.NDArray[np.bool_],
-                     out: BatchOutcome) -> None:
-        firings, clears = evaluate(
-            self.rules,
-            r_device=device_of_msg[np.asarray(dec.r_msg, dtype=np.int64)[r_keep][r_new]],
-            r_metric=np.asarray(_pick(dec.r_metric, r_keep), dtype=object)[r_new],
-            r_value=np.asarray(dec.r_value, dtype=np.float64)[r_keep][r_new],
-            r_time=np.asarray(dec.r_time, dtype=np.float64)[r_keep][r_new],
-            e_device=device_of_msg[np.asarray(dec.e_msg, dtype=np.int64)[e_keep][e_new]],
-            e_code=np.asarray(_pick(dec.e_code, e_keep), dtype=object)[e_new],
-            e_time=np.asarray(dec.e_time, dtype=np.float64)[e_keep][e_new],
-        )
-        alert_firings = self._to_alert_firings(firings.concat())
+    def _record_alerts(self, conn: psycopg.Connection,
+                       fired: tuple[I64, I64, F64, F64, F64, Objs, I64],
+                       cleared: tuple[I64, I64, F64], out: BatchOutcome) -> None:
+        alert_firings = self._to_alert_firings(fired)
         out.opened = record_firings(conn, alert_firings)
         out.fingerprints_fired = [f.fingerprint for f in alert_firings]
-
-        c_rule, c_dev, c_time = clears.concat()
         fps, times = [], []
         with self._active_lock:
-            for r, d, t in zip(c_rule.tolist(), c_dev.tolist(), c_time.tolist()):
+            for r, d, t in zip(*(c.tolist() for c in cleared)):
                 fp = fingerprint(self.rules[r].name, self.fleet.ids[d])
                 if fp in self._active:
                     fps.append(fp)
@@ -217,41 +214,47 @@ class Pipeline:
             out.cleared = len(clear_alerts(conn, fps, times))
             out.fingerprints_cleared = fps
 
-    def _to_alert_firings(self, cols: tuple[I64, I64, F64, F64, F64,
-                                            npt.NDArray[np.object_], I64]) -> list[AlertFiring]:
-        rule_i, dev, first, last, value, code, count = cols
+    def _to_alert_firings(self, cols: tuple[I64, I64, F64, F64, F64, Objs, I64]
+                          ) -> list[AlertFiring]:
         result = []
-        for r, d, t0, t1, v, c, k in zip(rule_i.tolist(), dev.tolist(), first.tolist(),
-                                         last.tolist(), value.tolist(), code.tolist(),
-                                         count.tolist()):
+        f = self.fleet
+        for r, d, t0, t1, v, c, k in zip(*(col.tolist() for col in cols)):
             rule = self.rules[r]
-            device_id = self.fleet.ids[d]
+            device_id = f.ids[d]
             summary = rule.summary.format(device_id=device_id, code=c, metric=rule.metric,
                                           value=v)
             labels = {"rule": rule.name, "device_id": device_id,
-                      "municipality": self.fleet.municipality[d], "type": self.fleet.type[d],
-                      "vendor": self.fleet.vendor[d], "model": self.fleet.model[d],
+                      "municipality": f.municipality[d], "type": f.type[d],
+                      "vendor": f.vendor[d], "model": f.model[d],
                       **({"code": c} if c else {"metric": rule.metric}), **rule.labels}
             result.append(AlertFiring(rule.name, device_id, summary, rule.severity,
                                       rule.priority, rule.queue, t0, t1, k, labels))
         return result
 
 
-def _rows_of(row_msg: list[int], usable: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+def _keep(row_msg: list[int], usable: Bools) -> Bools:
     """Which rows belong to a usable message."""
     if not row_msg:
         return np.zeros(0, dtype=bool)
     return usable[np.asarray(row_msg, dtype=np.int64)]
 
 
-def _pick(column: list[str], keep: npt.NDArray[np.bool_]) -> list[str]:
+def _rows(device_id: list[str], row_msg: list[int], row_time: list[float], usable: Bools,
+          device_of_msg: I64) -> _Rows:
+    keep = _keep(row_msg, usable)
+    msg = np.asarray(row_msg, dtype=np.int64)[keep]
+    return _Rows(device_of_msg[msg], _pick(device_id, keep), msg,
+                 np.asarray(row_time, dtype=np.float64)[keep])
+
+
+def _pick(column: list[str], keep: Bools) -> list[str]:
     if keep.all():
         return column
     return [v for v, k in zip(column, keep) if k]
 
 
-def _latest(uniq: I64, pos: dict[int, int], dev: I64, mask: npt.NDArray[np.bool_],
-            value: F64, time: F64) -> tuple[list[float | None], list[float | None]]:
+def _latest(uniq: I64, pos: dict[int, int], dev: I64, mask: Bools, value: F64,
+            time: F64) -> tuple[list[float | None], list[float | None]]:
     """Per device in `uniq`, the value with the latest time among the masked rows."""
     values: list[float | None] = [None] * len(uniq)
     times: list[float | None] = [None] * len(uniq)
@@ -262,6 +265,5 @@ def _latest(uniq: I64, pos: dict[int, int], dev: I64, mask: npt.NDArray[np.bool_
     d, v, t = d[order], v[order], t[order]
     last = np.r_[d[1:] != d[:-1], True]
     for dd, vv, tt in zip(d[last].tolist(), v[last].tolist(), t[last].tolist()):
-        k = pos[dd]
-        values[k], times[k] = vv, tt
+        values[pos[dd]], times[pos[dd]] = vv, tt
     return values, times

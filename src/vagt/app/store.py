@@ -1,8 +1,7 @@
 """Bulk writes of one batch: readings, events, dead letters and device state.
 
 Rows are COPYed into per-connection staging tables, then inserted with ON CONFLICT DO NOTHING
-(COPY has no ON CONFLICT), so a redelivered message inserts nothing. The inserts report which
-staged rows were new, so that rules see each reading and event once.
+(COPY has no ON CONFLICT), so a redelivered message inserts nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from vagt.ingest.model import DeadLetter
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_readings (
-    ord int, t float8, device_id text, metric text, value float8, unit text, received float8
+    t float8, device_id text, metric text, value float8, unit text, received float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
-    ord int, t float8, device_id text, code text, severity text, details text, received float8
+    t float8, device_id text, code text, severity text, details text, received float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     received float8, topic text, payload bytea, reason text, detail text, device_id text,
@@ -30,27 +29,17 @@ CREATE TEMP TABLE IF NOT EXISTS stage_dead (
 """
 
 _INSERT_READINGS = """
-WITH ins AS (
-    INSERT INTO readings (time, device_id, metric, value, unit, received_at)
-    SELECT to_timestamp(t), device_id, metric, value, unit, to_timestamp(received)
-    FROM stage_readings
-    ON CONFLICT DO NOTHING
-    RETURNING device_id, metric, time
-)
-SELECT coalesce(array_agg(s.ord), '{}') FROM stage_readings s
-JOIN ins ON ins.device_id = s.device_id AND ins.metric = s.metric AND ins.time = to_timestamp(s.t)
+INSERT INTO readings (time, device_id, metric, value, unit, received_at)
+SELECT to_timestamp(t), device_id, metric, value, unit, to_timestamp(received)
+FROM stage_readings
+ON CONFLICT DO NOTHING
 """
 
 _INSERT_EVENTS = """
-WITH ins AS (
-    INSERT INTO events (time, device_id, code, severity, details, received_at)
-    SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(received)
-    FROM stage_events
-    ON CONFLICT DO NOTHING
-    RETURNING device_id, code, time
-)
-SELECT coalesce(array_agg(s.ord), '{}') FROM stage_events s
-JOIN ins ON ins.device_id = s.device_id AND ins.code = s.code AND ins.time = to_timestamp(s.t)
+INSERT INTO events (time, device_id, code, severity, details, received_at)
+SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(received)
+FROM stage_events
+ON CONFLICT DO NOTHING
 """
 
 _INSERT_DEAD = """
@@ -90,37 +79,36 @@ def insert_readings(
     conn: psycopg.Connection,
     device: Sequence[str], metric: Sequence[str], value: npt.NDArray[np.float64],
     unit: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
-) -> npt.NDArray[np.bool_]:
-    """Insert readings; True where a row was new (not already stored)."""
-    n = len(device)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
+) -> int:
+    """Insert readings; returns how many were new (not stored before)."""
+    if len(device) == 0:
+        return 0
     with conn.cursor() as cur:
-        with cur.copy("COPY stage_readings (ord, t, device_id, metric, value, unit, received) "
+        with cur.copy("COPY stage_readings (t, device_id, metric, value, unit, received) "
                       "FROM STDIN") as copy:
             write = copy.write_row
-            for row in zip(range(n), time.tolist(), device, metric, value.tolist(), unit,
+            for row in zip(time.tolist(), device, metric, value.tolist(), unit,
                            received.tolist()):
                 write(row)
-        return _mask(n, cur.execute(_INSERT_READINGS).fetchone())
+        cur.execute(_INSERT_READINGS)
+        return cur.rowcount
 
 
 def insert_events(
     conn: psycopg.Connection,
     device: Sequence[str], code: Sequence[str], severity: Sequence[str],
     details: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
-) -> npt.NDArray[np.bool_]:
-    """Insert events; True where a row was new."""
-    n = len(device)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
+) -> int:
+    """Insert events; returns how many were new."""
+    if len(device) == 0:
+        return 0
     with conn.cursor() as cur:
-        with cur.copy("COPY stage_events (ord, t, device_id, code, severity, details, received) "
+        with cur.copy("COPY stage_events (t, device_id, code, severity, details, received) "
                       "FROM STDIN") as copy:
-            for row in zip(range(n), time.tolist(), device, code, severity, details,
-                           received.tolist()):
+            for row in zip(time.tolist(), device, code, severity, details, received.tolist()):
                 copy.write_row(row)
-        return _mask(n, cur.execute(_INSERT_EVENTS).fetchone())
+        cur.execute(_INSERT_EVENTS)
+        return cur.rowcount
 
 
 def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) -> None:
@@ -152,10 +140,3 @@ def update_device_state(
     conn.execute(_UPDATE_DEVICES, (list(device_id), list(seen), list(battery), list(battery_t),
                                    list(signal), list(signal_t), list(firmware), list(seq),
                                    list(gaps)))
-
-
-def _mask(n: int, row: tuple[list[int]] | None) -> npt.NDArray[np.bool_]:
-    mask = np.zeros(n, dtype=bool)
-    if row is not None and row[0]:
-        mask[np.asarray(row[0], dtype=np.int64)] = True
-    return mask
