@@ -58,7 +58,8 @@ class Broker:
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited; see {self.directory}/mosquitto.log")
+                    raise RuntimeError(
+                        f"mosquitto exited; see {self.directory}/mosquitto.log") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening within 10 s")
 

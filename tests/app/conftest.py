@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.support import Broker, free_port
+
 from vagt.ingest.units import METRICS
 
 DEVICES = [

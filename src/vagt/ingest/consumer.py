@@ -77,7 +77,7 @@ class MqttSession:
         s = self.settings
         props = None
         if s.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = s.receive_maximum
             self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s,
@@ -201,7 +201,8 @@ class MqttSession:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
             topic = msg._topic.decode("utf-8", "replace")
-        m = RawMessage(topic, msg.payload, time.time(), _Token(self._generation, msg.mid, msg.qos))
+        m = RawMessage(topic, bytes(msg.payload), time.time(),
+                       _Token(self._generation, msg.mid, msg.qos))
         with self._cond:
             self._inbox.append(m)
             if len(self._inbox) == 1:

@@ -11,13 +11,13 @@ import enum
 from dataclasses import dataclass, field
 
 
-class Channel(str, enum.Enum):
+class Channel(enum.StrEnum):
     TELEMETRY = "telemetry"
     ALARM = "alarm"
     STATUS = "status"
 
 
-class DeadLetterReason(str, enum.Enum):
+class DeadLetterReason(enum.StrEnum):
     """Why a message could not be used. The value is stored and used as a metric label."""
 
     BAD_TOPIC = "bad_topic"                  # not vagt/v1/dev/{device_id}/{channel}

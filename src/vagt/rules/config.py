@@ -156,5 +156,6 @@ def _summary(template: Any, fail: Any) -> str:
     try:
         template.format(device_id="x", code="x", metric="x", value=0.0)
     except (KeyError, IndexError, ValueError) as e:
-        raise fail("summary", f"may use {{device_id}} {{code}} {{metric}} {{value}} only: {e}")
+        raise fail("summary",
+                   f"may use {{device_id}} {{code}} {{metric}} {{value}} only: {e}") from None
     return template
