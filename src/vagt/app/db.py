@@ -47,6 +47,29 @@ def timescale_available(conn: psycopg.Connection) -> bool:
     return row is not None
 
 
+def _flavour(conn: psycopg.Connection, done: set[int]) -> str:
+    """'timescale' if the extension can be used here, else 'plain'.
+
+    A database already migrated keeps its flavour. The extension may be installed but not
+    loadable (it must be in shared_preload_libraries): then the plain schema is used, and
+    the log says why.
+    """
+    row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
+                       "ORDER BY version LIMIT 1").fetchone()
+    if row is not None:
+        return str(row[0])
+    if not timescale_available(conn):
+        return "plain"
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as e:
+        log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
+                    str(e).strip().splitlines()[0])
+        return "plain"
+    return "timescale"
+
+
 def migrate(conninfo: str) -> list[str]:
     """Apply the migrations not yet applied; return the names of those applied now.
 
@@ -64,10 +87,7 @@ def migrate(conninfo: str) -> list[str]:
                        applied_at  timestamptz NOT NULL DEFAULT now())"""
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            use_timescale = timescale_available(conn)
-            if use_timescale:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            wanted = "timescale" if use_timescale else "plain"
+            wanted = _flavour(conn, done)
             for m in list_migrations():
                 if m.version in done or m.flavour not in ("any", wanted):
                     continue
