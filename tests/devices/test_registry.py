@@ -2,77 +2,312 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
-from tests.app.conftest import query, scalar
 
-from vagt.devices import DeviceImportError, import_csv, list_devices
+from vagt.devices import DeviceImportError, ImportResult, import_csv, list_devices
 
 CSV = """device_id,vendor,model,type,municipality,serial_no
 OXI-0001,Nonin,3230,pulse_oximeter,Aarhus,SN-1
 BPM-0001,A&D,UA-651BLE,bp_monitor,Samsø,
 """
+HEADER = "device_id,vendor,model,type,municipality\n"
 
 
-def do_import(database_url: str, text: str, source: str = "fleet.csv"):
-    with psycopg.connect(database_url) as conn:
-        return import_csv(conn, source, actor="anna", text=text)
+def do_import(conn: psycopg.Connection, text: str, source: str = "fleet.csv") -> ImportResult:
+    return import_csv(conn, source, actor="anna", text=text)
 
 
-def test_import_registers_devices_and_keeps_extra_columns_as_attributes(database_url):
-    result = do_import(database_url, CSV)
-    assert (result.created, result.updated) == (2, 0)
-    with psycopg.connect(database_url) as conn:
-        rows = {r.device_id: r for r in list_devices(conn)}
-    assert rows["OXI-0001"].municipality == "Aarhus"
-    assert rows["OXI-0001"].attributes == {"serial_no": "SN-1"}
-    assert rows["BPM-0001"].attributes == {}
+def problems_of(conn: psycopg.Connection, text: str) -> list[str]:
+    with pytest.raises(DeviceImportError) as refused:
+        do_import(conn, text)
+    return refused.value.problems
 
 
-def test_importing_again_updates_a_device_that_moved_municipality(database_url):
-    do_import(database_url, CSV)
-    result = do_import(database_url, CSV.replace("Samsø", "Odder"))
-    assert (result.created, result.updated) == (0, 2)
-    assert scalar(database_url, "SELECT municipality FROM devices WHERE device_id = 'BPM-0001'") \
-        == "Odder"
+def count_devices(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM devices").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
-def test_every_import_is_audited_with_who_and_what(database_url):
-    do_import(database_url, CSV)
-    assert query(database_url, "SELECT actor, action, subject, details FROM audit_log") == [
-        ("anna", "devices.import", "fleet.csv", {"created": 2, "updated": 0})]
+def devices_by_id(conn: psycopg.Connection) -> dict[str, object]:
+    return {d.device_id: d for d in list_devices(conn)}
 
 
-def test_a_missing_required_column_is_named(database_url):
-    with pytest.raises(DeviceImportError, match="lacks the column.s. municipality"):
-        do_import(database_url, "device_id,vendor,model,type\nX,a,b,c\n")
+# --- importing ---------------------------------------------------------------------------
 
 
-def test_each_bad_row_is_named_by_line_and_nothing_is_written(database_url):
+def test_import_registers_new_devices_and_counts_them_as_created(conn):
+    assert do_import(conn, CSV) == ImportResult(created=2, updated=0, unchanged=0)
+    device = list_devices(conn)[1]
+    assert (device.device_id, device.vendor, device.model, device.type, device.municipality,
+            device.status) == ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus", "deployed")
+
+
+def test_extra_columns_are_kept_as_attributes_without_empty_values(conn):
+    do_import(conn, CSV)
+    devices = {d.device_id: d.attributes for d in list_devices(conn)}
+    assert devices == {"OXI-0001": {"serial_no": "SN-1"}, "BPM-0001": {}}
+
+
+def test_importing_again_updates_a_device_that_moved_and_counts_the_rest_unchanged(conn):
+    do_import(conn, CSV)
+    result = do_import(conn, CSV.replace("Samsø", "Odder"))
+    assert result == ImportResult(created=0, updated=1, unchanged=1)
+    assert {d.device_id: d.municipality for d in list_devices(conn)} == {
+        "BPM-0001": "Odder", "OXI-0001": "Aarhus"}
+
+
+def test_an_update_replaces_the_attributes_with_the_files_columns(conn):
+    do_import(conn, CSV)
+    do_import(conn, CSV.replace("serial_no", "asset_tag").replace("SN-1", "AT-9"))
+    assert list_devices(conn)[1].attributes == {"asset_tag": "AT-9"}
+
+
+def test_an_import_leaves_the_lifecycle_status_and_fleet_state_alone(conn):
+    do_import(conn, CSV)
+    conn.execute("UPDATE devices SET status = 'in_repair', battery = 40 "
+                 "WHERE device_id = 'OXI-0001'")
+    do_import(conn, CSV.replace("Aarhus", "Skive"))
+    device = list_devices(conn, municipality="Skive")[0]
+    assert (device.status, device.battery) == ("in_repair", 40.0)
+
+
+def test_the_required_columns_may_come_in_any_order_and_any_case(conn):
+    do_import(conn, "Municipality,TYPE,model,vendor,device_id\nAarhus,scale,BC-401,Tanita,SC-1\n")
+    device = list_devices(conn)[0]
+    assert (device.device_id, device.vendor, device.municipality) == ("SC-1", "Tanita", "Aarhus")
+
+
+def test_a_semicolon_separated_file_from_a_danish_spreadsheet_is_read(conn):
+    do_import(conn, "device_id;vendor;model;type;municipality\nSC-1;Tanita;BC-401;scale;Aarhus\n")
+    assert [d.device_id for d in list_devices(conn)] == ["SC-1"]
+
+
+def test_blank_lines_and_spaces_around_values_are_ignored(conn):
+    do_import(conn, HEADER + "\n SC-1 , Tanita ,BC-401,scale,Aarhus\n\n")
+    assert [(d.device_id, d.vendor) for d in list_devices(conn)] == [("SC-1", "Tanita")]
+
+
+def test_import_reads_a_file_by_path_and_audits_its_name(conn, tmp_path: Path):
+    path = tmp_path / "fleet-2024.csv"
+    path.write_text(CSV, encoding="utf-8-sig")  # as Excel saves "CSV UTF-8": with a BOM
+    assert import_csv(conn, path, actor="anna").created == 2
+    assert conn.execute("SELECT subject FROM audit_log").fetchall() == [("fleet-2024.csv",)]
+
+
+def test_import_takes_the_csv_text_itself(conn):
+    assert import_csv(conn, CSV, actor="anna").created == 2
+
+
+def test_every_import_is_audited_with_who_what_and_the_counts(conn):
+    do_import(conn, CSV)
+    assert conn.execute("SELECT actor, action, subject, details FROM audit_log").fetchall() == [
+        ("anna", "devices.import", "fleet.csv",
+         {"rows": 2, "created": 2, "updated": 0, "unchanged": 0})]
+
+
+def test_an_import_needs_an_actor_for_the_audit_log(conn):
+    with pytest.raises(DeviceImportError, match="who imports must be named"):
+        import_csv(conn, "fleet.csv", actor=" ", text=CSV)
+
+
+def test_an_import_inside_the_callers_transaction_can_be_repeated(database_url):
+    with psycopg.connect(database_url) as conn:  # not autocommit: one outer transaction
+        do_import(conn, CSV)
+        assert do_import(conn, CSV) == ImportResult(created=0, updated=0, unchanged=2)
+
+
+def test_a_hundred_thousand_devices_import_in_one_go(conn):
+    # a whole region's fleet; how long it takes is for benchmarks/, not for a test
+    rows = "".join(f"DEV-{i:06d},Nonin,3230,pulse_oximeter,Aarhus,SN{i}\n" for i in range(100_000))
+    result = do_import(conn, HEADER.replace("\n", ",serial\n") + rows)
+    assert result.created == 100_000
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (100_000,)
+
+
+# --- refusals: each names what to fix, and nothing is written -----------------------------
+
+
+def test_a_missing_required_column_is_named(conn):
+    problems = problems_of(conn, "device_id,vendor,type\nX-1,a,c\n")
+    assert problems == ["the header lacks the column(s) model, municipality; required "
+                        "(in any order): device_id,vendor,model,type,municipality"]
+
+
+def test_an_empty_file_is_refused_with_the_header_it_needs(conn):
+    assert problems_of(conn, "") == [
+        "the file is empty: the first line must be the header "
+        "device_id,vendor,model,type,municipality"]
+
+
+def test_an_empty_required_field_is_named_by_line_and_column(conn):
+    assert problems_of(conn, HEADER + "X-1,Nonin,3230,,Aarhus\n") == [
+        "line 2: column 'type' is empty"]
+
+
+def test_an_invalid_device_id_is_named_by_line_and_value(conn):
+    assert problems_of(conn, HEADER + "OXI-1,a,b,c,d\nOXI 2,a,b,c,d\n") == [
+        "line 3: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
+
+
+def test_a_device_id_longer_than_64_characters_is_refused(conn):
+    problems = problems_of(conn, HEADER + f"{'X' * 65},a,b,c,d\n")
+    assert problems[0].startswith("line 2: device_id 'XXXXX") and "is not valid" in problems[0]
+
+
+def test_a_device_id_twice_in_the_file_names_both_lines(conn):
+    assert problems_of(conn, HEADER + "OXI-1,a,b,c,d\nOXI-2,a,b,c,d\nOXI-1,a,b,c,d\n") == [
+        "line 4: device_id 'OXI-1' is also on line 2"]
+
+
+def test_a_row_with_more_values_than_the_header_is_refused(conn):
+    assert problems_of(conn, HEADER + "OXI-1,A&D, Inc.,UA-651,bp_monitor,Aarhus\n") == [
+        "line 2: 6 values but the header has 5 columns (a value with a comma in it must be in "
+        "double quotes)"]
+
+
+def test_a_column_named_twice_in_the_header_is_refused(conn):
+    assert problems_of(conn, "device_id,vendor,model,type,municipality,note,Note\n") == [
+        "the header names the column(s) note more than once"]
+
+
+def test_line_numbers_count_the_lines_of_a_quoted_value_that_spans_several(conn):
+    text = HEADER.replace("\n", ",note\n") + 'OXI-1,a,b,c,d,"two\nlines"\nOXI 2,a,b,c,d,\n'
+    assert problems_of(conn, text) == [
+        "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_what_to_do(conn, tmp_path: Path):
+    path = tmp_path / "fleet.csv"
+    path.write_bytes((HEADER + "OXI-1,a,b,c,Næstved\n").encode("cp1252"))
+    with pytest.raises(DeviceImportError, match="not UTF-8 .*save it as 'CSV UTF-8'"):
+        import_csv(conn, path, actor="anna")
+
+
+def test_a_missing_file_is_refused_naming_it(conn, tmp_path: Path):
+    with pytest.raises(DeviceImportError) as refused:
+        import_csv(conn, tmp_path / "nope.csv", actor="anna")
+    assert str(refused.value).startswith(f"{tmp_path / 'nope.csv'}: nothing imported")
+    assert refused.value.problems == ["cannot read the file: No such file or directory"]
+
+
+def test_all_problems_are_listed_and_nothing_is_written(conn):
     text = CSV + "BAD ID,x,y,z,Aarhus,\n,Nonin,3230,pulse_oximeter,Aarhus,\nOXI-0001,a,b,c,d,\n"
-    with pytest.raises(DeviceImportError) as e:
-        do_import(database_url, text)
-    assert e.value.problems == [
-        "line 4: device_id 'BAD ID' must be 1 to 64 of A-Z a-z 0-9 . _ : -",
-        "line 5: 'device_id' is empty",
+    assert problems_of(conn, text) == [
+        "line 4: device_id 'BAD ID' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -",
+        "line 5: column 'device_id' is empty",
         "line 6: device_id 'OXI-0001' is also on line 2",
     ]
-    assert scalar(database_url, "SELECT count(*) FROM devices") == 0
+    assert count_devices(conn) == 0
 
 
-@pytest.mark.parametrize("text", [
-    "device_id,vendor,model,type,municipality,cpr\nX-1,a,b,c,Aarhus,0101701234\n",
-    "device_id,vendor,model,type,municipality,citizen\nX-1,a,b,c,Aarhus,010170-1234\n",
-])
-def test_anything_like_a_cpr_number_refuses_the_file(database_url, text):
-    with pytest.raises(DeviceImportError, match="civil registration"):
-        do_import(database_url, text)
-    assert scalar(database_url, "SELECT count(*) FROM devices") == 0
+def test_the_message_shows_twenty_problems_and_counts_the_rest(conn):
+    with pytest.raises(DeviceImportError) as refused:
+        do_import(conn, HEADER + "".join(f"X {i},a,b,c,d\n" for i in range(25)))
+    message = str(refused.value)
+    assert message.startswith("fleet.csv: nothing imported, 25 problem(s):")
+    assert "line 21:" in message and "line 22:" not in message
+    assert message.endswith("... and 5 more")
+    assert len(refused.value.problems) == 25
 
 
-def test_list_filters_by_municipality_vendor_and_type(database_url):
-    do_import(database_url, CSV)
-    with psycopg.connect(database_url) as conn:
-        assert [r.device_id for r in list_devices(conn, municipality="Samsø")] == ["BPM-0001"]
-        assert [r.device_id for r in list_devices(conn, vendor="Nonin")] == ["OXI-0001"]
-        assert list_devices(conn, type="scale") == []
+def test_a_refused_import_writes_no_audit_row(conn):
+    problems_of(conn, HEADER + "X 1,a,b,c,d\n")
+    assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)
+
+
+# --- CPR numbers are never stored ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["cpr", "CPR-nr", "cpr_nummer", "personnummer", "person_nr",
+                                    "civil_registration_number"])
+def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
+    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + "X-1,a,b,c,d,\n")
+    assert problems == [f"the column '{column}' looks like a civil registration (CPR) number; "
+                        "vagt never stores CPR numbers: remove it (a pseudonymous citizen "
+                        "reference may stay)"]
+    assert count_devices(conn) == 0
+
+
+@pytest.mark.parametrize("value", ["0101701234", "010170-1234"])
+def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, value):
+    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,a,b,c,d,{value}\n")
+    assert problems == ["line 2, column 'citizen': the value looks like a civil registration "
+                        "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
+                        "citizen reference may stay)"]
+    assert value not in str(problems)
+    assert count_devices(conn) == 0
+
+
+def test_a_cpr_number_as_device_id_is_refused_as_such(conn):
+    problems = problems_of(conn, HEADER + "010170-1234,a,b,c,d\n")
+    assert problems == ["line 2, column 'device_id': the value looks like a civil registration "
+                        "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
+                        "citizen reference may stay)"]
+
+
+def test_a_pseudonymous_citizen_reference_is_kept(conn):
+    do_import(conn, HEADER.replace("\n", ",citizen_ref\n") + "X-1,a,b,c,d,cit-7f3a9c01e2d4\n")
+    assert list_devices(conn)[0].attributes == {"citizen_ref": "cit-7f3a9c01e2d4"}
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+FLEET = HEADER + """OXI-0002,Nonin,3230,pulse_oximeter,Samsø
+OXI-0001,Nonin,3230,pulse_oximeter,Aarhus
+BPM-0001,A&D,UA-651BLE,bp_monitor,Aarhus
+SC-0001,Tanita,BC-401,scale,Aarhus
+"""
+
+
+def test_list_is_ordered_by_device_id(conn):
+    do_import(conn, FLEET)
+    assert [d.device_id for d in list_devices(conn)] == [
+        "BPM-0001", "OXI-0001", "OXI-0002", "SC-0001"]
+
+
+def test_list_filters_by_municipality(conn):
+    do_import(conn, FLEET)
+    assert [d.device_id for d in list_devices(conn, municipality="Samsø")] == ["OXI-0002"]
+
+
+def test_list_filters_by_vendor(conn):
+    do_import(conn, FLEET)
+    assert [d.device_id for d in list_devices(conn, vendor="Nonin")] == ["OXI-0001", "OXI-0002"]
+
+
+def test_list_filters_by_type(conn):
+    do_import(conn, FLEET)
+    assert [d.device_id for d in list_devices(conn, type="scale")] == ["SC-0001"]
+
+
+def test_list_filters_combine(conn):
+    do_import(conn, FLEET)
+    assert [d.device_id for d in list_devices(conn, municipality="Aarhus", vendor="Nonin",
+                                              type="pulse_oximeter")] == ["OXI-0001"]
+
+
+def test_list_shows_the_fleet_state(conn):
+    do_import(conn, FLEET)
+    conn.execute("UPDATE devices SET last_seen = '2024-05-01T10:00:00Z', battery = 81, "
+                 "signal = -67, firmware = '2.4.1', last_seq = 42 WHERE device_id = 'OXI-0001'")
+    device = list_devices(conn, municipality="Aarhus", vendor="Nonin")[0]
+    assert (device.battery, device.signal, device.firmware, device.last_seq) == (
+        81.0, -67.0, "2.4.1", 42)
+    assert device.last_seen is not None and device.last_seen.isoformat().startswith("2024-05-01")
+
+
+def test_the_json_form_has_every_column_with_iso_8601_times(conn):
+    do_import(conn, FLEET)
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute("UPDATE devices SET last_seen = '2024-05-01T10:00:00Z'")
+    doc = list_devices(conn, type="scale")[0].to_json()
+    assert doc["last_seen"] == "2024-05-01T10:00:00+00:00"
+    assert isinstance(doc["registered_at"], str)
+    assert set(doc) >= {"device_id", "vendor", "model", "type", "municipality", "status",
+                        "attributes", "battery", "battery_at", "signal", "signal_at",
+                        "firmware", "last_seq", "seq_gaps"}

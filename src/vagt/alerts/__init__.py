@@ -1,9 +1,12 @@
 """Alerts: the call-centre queue. The engine writes it (`store`), operators act on it (`actions`)."""
 
 from vagt.alerts.actions import (
+    AlertBusy,
     AlertError,
     AlertNotFound,
     AlertRow,
+    AlertStatus,
+    InvalidOperator,
     InvalidTransition,
     acknowledge,
     claim,
@@ -11,5 +14,16 @@ from vagt.alerts.actions import (
     resolve,
 )
 
-__all__ = ["AlertError", "AlertNotFound", "AlertRow", "InvalidTransition", "acknowledge",
-           "claim", "list_alerts", "resolve"]
+__all__ = [
+    "AlertBusy",
+    "AlertError",
+    "AlertNotFound",
+    "AlertRow",
+    "AlertStatus",
+    "InvalidOperator",
+    "InvalidTransition",
+    "acknowledge",
+    "claim",
+    "list_alerts",
+    "resolve",
+]

@@ -3,64 +3,125 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import orjson
 import psycopg
 
-from vagt.alerts.actions import AlertError, acknowledge, claim, list_alerts, resolve
+from vagt.alerts.actions import (
+    AlertError,
+    AlertRow,
+    AlertStatus,
+    acknowledge,
+    claim,
+    list_alerts,
+    resolve,
+)
+
+Handler = Callable[[argparse.Namespace, str], int]
+EXIT_ERROR = 2
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("alerts", help="the alert queue")
-    s = p.add_subparsers(metavar="ACTION", required=True)
-    ls = s.add_parser("list", help="alerts, most urgent first")
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("--status", action="append",
-                    choices=["open", "claimed", "acknowledged", "resolved", "suppressed"],
-                    help="repeat for several (default: all)")
-    ls.add_argument("--queue")
-    ls.add_argument("--limit", type=int, default=500)
-    ls.set_defaults(handler=cmd_list)
-    for name, help_text in (("claim", "take an open alert: no one else can then"),
-                            ("ack", "acknowledge an alert you hold"),
-                            ("resolve", "resolve an alert")):
-        a = s.add_parser(name, help=help_text)
-        a.add_argument("id", type=int)
-        a.add_argument("--operator", required=True, help="your operator name")
-        if name != "claim":
-            a.add_argument("--note", help="what was done")
-        a.set_defaults(handler=cmd_action, action=name)
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `alerts list|claim|ack|resolve` to the `vagt` command."""
+    alerts = subparsers.add_parser("alerts", help="the alert queue")
+    actions = alerts.add_subparsers(metavar="ACTION", required=True)
+    ls = actions.add_parser("list", help="alerts, most urgent first")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+    ls.add_argument("--status", action="append", choices=[s.value for s in AlertStatus],
+                    help="only alerts with this status; repeat for several (default: all)")
+    ls.add_argument("--queue", help="only alerts in this queue, e.g. emergency")
+    ls.add_argument("--limit", type=int, default=500, help="at most this many (default: 500)")
+    ls.set_defaults(handler=handle_list)
+    for name, help_text, handler, takes_note in (
+            ("claim", "take an open alert: then no one else can", handle_claim, False),
+            ("ack", "acknowledge an alert you have claimed", handle_ack, True),
+            ("resolve", "resolve an open alert or one you hold (final)", handle_resolve, True)):
+        p = actions.add_parser(name, help=help_text)
+        p.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
+        p.add_argument("--operator", required=True, help="your operator name")
+        if takes_note:
+            p.add_argument("--note", help="what was done, for the audit trail")
+        p.set_defaults(handler=handler)
 
 
-def cmd_list(args: argparse.Namespace, conninfo: str) -> int:
+def _reports_errors(handler: Handler) -> Handler:
+    """Refusals and database trouble go to stderr as one line, exit code 2; bugs still raise."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace, conninfo: str) -> int:
+        try:
+            return handler(args, conninfo)
+        except AlertError as e:
+            return _fail(str(e))
+        except psycopg.errors.UndefinedTable:
+            return _fail("the database has no vagt schema yet: run `vagt db migrate`")
+        except psycopg.OperationalError as e:
+            return _fail(f"cannot reach the database: {e}")
+
+    return wrapped
+
+
+def _fail(message: str) -> int:
+    print(f"vagt: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+@_reports_errors
+def handle_list(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         rows = list_alerts(conn, status=args.status, queue=args.queue, limit=args.limit)
     if args.json:
-        sys.stdout.write(orjson.dumps([r.to_json() for r in rows],
-                                      option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    print(f"{'ID':>6} {'PRI':>3} {'QUEUE':<12} {'STATUS':<13} {'OPENED':<19} {'REPEATS':>7}  "
-          "SUMMARY")
-    for r in rows:
-        holder = f" ({r.claimed_by})" if r.claimed_by and r.status != "resolved" else ""
-        print(f"{r.id:>6} {r.priority:>3} {r.queue:<12} {r.status:<13} "
-              f"{r.opened_at:%Y-%m-%d %H:%M:%S} {r.repeat_count:>7}  {r.summary}{holder}")
+        print(orjson.dumps([r.to_json() for r in rows], option=orjson.OPT_INDENT_2).decode())
+    elif rows:
+        print(_format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
+                            "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
+    else:
+        print("no alerts match" if args.status or args.queue else "no alerts")
     return 0
 
 
-def cmd_action(args: argparse.Namespace, conninfo: str) -> int:
-    try:
-        with psycopg.connect(conninfo) as conn:
-            if args.action == "claim":
-                row = claim(conn, args.id, args.operator)
-            elif args.action == "ack":
-                row = acknowledge(conn, args.id, args.operator, args.note)
-            else:
-                row = resolve(conn, args.id, args.operator, args.note)
-    except AlertError as e:
-        print(f"vagt: {e}", file=sys.stderr)
-        return 2
-    print(f"alert {row.id} is now {row.status} ({args.operator})")
+def _cells(r: AlertRow) -> list[str]:
+    holder = r.claimed_by if r.status in (AlertStatus.CLAIMED, AlertStatus.ACKNOWLEDGED) else ""
+    return [str(r.id), str(r.priority), r.queue, r.status.value, holder or "",
+            _local_time(r.opened_at), str(r.repeat_count), r.device_id or "-", r.summary]
+
+
+def _local_time(at: datetime) -> str:
+    return f"{at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
+
+
+@_reports_errors
+def handle_claim(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return _done(claim(conn, args.id, args.operator))
+
+
+@_reports_errors
+def handle_ack(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return _done(acknowledge(conn, args.id, args.operator, args.note))
+
+
+@_reports_errors
+def handle_resolve(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return _done(resolve(conn, args.id, args.operator, args.note))
+
+
+def _done(alert: AlertRow) -> int:
+    who = {AlertStatus.CLAIMED: alert.claimed_by, AlertStatus.ACKNOWLEDGED: alert.acknowledged_by,
+           AlertStatus.RESOLVED: alert.resolved_by}.get(alert.status)
+    print(f"alert {alert.id} is now {alert.status.value} by {who}: {alert.summary}")
     return 0
+
+
+def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
+             for line in [headers, *rows]]
+    return "\n".join(lines)

@@ -2,12 +2,20 @@
 
 from vagt.devices.fleet import Fleet
 from vagt.devices.registry import (
-           DeviceImportError,
-           DeviceRow,
-           ImportResult,
-           import_csv,
-           list_devices,
+    REQUIRED_COLUMNS,
+    DeviceImportError,
+    DeviceRow,
+    ImportResult,
+    import_csv,
+    list_devices,
 )
 
-__all__ = ["DeviceImportError", "DeviceRow", "Fleet", "ImportResult", "import_csv",
-           "list_devices"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "DeviceImportError",
+    "DeviceRow",
+    "Fleet",
+    "ImportResult",
+    "import_csv",
+    "list_devices",
+]

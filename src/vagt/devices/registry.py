@@ -14,14 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from vagt.ingest.topics import DEVICE_ID
+
+if TYPE_CHECKING:
+    import _csv
 
 REQUIRED_COLUMNS = ("device_id", "vendor", "model", "type", "municipality")
 MAX_PROBLEMS_SHOWN = 20
@@ -29,7 +33,7 @@ MAX_ACTOR_LENGTH = 100
 
 # Matched against a column name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
 # personnummer, person_nr, civil_registration_number, ...
-_CPR_COLUMN = re.compile(r"^(cpr|person_?n(umme)?r|civil_?reg)")
+_CPR_COLUMN = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CPR_VALUE = re.compile(r"^\d{6}-?\d{4}$")
 _CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
 
@@ -107,7 +111,7 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
     """
     name, label, content = _read_source(path_or_text, text)
     actor = _checked_actor(label, actor)
-    rows = parse_devices_csv(content, source=label)
+    rows = _parse_devices_csv(content, source=label)
     with conn.transaction():
         result = _upsert_devices(conn, rows)
         _audit_import(conn, actor, name, result)
@@ -140,7 +144,7 @@ def _checked_actor(source: str, actor: str) -> str:
     return actor
 
 
-def parse_devices_csv(text: str, *, source: str = "(CSV text)") -> list[_StagedRow]:
+def _parse_devices_csv(text: str, *, source: str = "(CSV text)") -> list[_StagedRow]:
     """Validate a registry CSV whole; the rows ready to stage, or DeviceImportError."""
     reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text), strict=True)
     try:
@@ -152,7 +156,7 @@ def parse_devices_csv(text: str, *, source: str = "(CSV text)") -> list[_StagedR
     except csv.Error as e:
         raise DeviceImportError(source, [f"line 1: {e}"]) from e
     problems = _header_problems(header)
-    if any(p.startswith("the header lacks") for p in problems):
+    if _missing_columns(header):
         raise DeviceImportError(source, problems)
     checker = _RowChecker(header)
     rows: list[_StagedRow] = []
@@ -175,9 +179,8 @@ def _delimiter(text: str) -> str:
     return ";" if ";" in first_line and "," not in first_line else ","
 
 
-def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+def _records(reader: _csv.Reader) -> Iterator[tuple[int, list[str]]]:
     """Each non-blank record with the line it starts on (a quoted value may span lines)."""
-    assert isinstance(reader, type(csv.reader([])))
     start = reader.line_num + 1
     for values in reader:
         if any(v.strip() for v in values):
@@ -185,13 +188,18 @@ def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
+def _missing_columns(header: list[str]) -> list[str]:
+    names = [h.lower() for h in header]
+    return [c for c in REQUIRED_COLUMNS if c not in names]
+
+
 def _header_problems(header: list[str]) -> list[str]:
     problems: list[str] = []
-    names = [h.lower() for h in header]
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    missing = _missing_columns(header)
     if missing:
         problems.append(f"the header lacks the column(s) {', '.join(missing)}; required "
                         f"(in any order): {','.join(REQUIRED_COLUMNS)}")
+    names = [h.lower() for h in header]
     repeated = sorted({h for h in names if h and names.count(h) > 1})
     if repeated:
         problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
@@ -216,36 +224,41 @@ class _RowChecker:
         self.seen: dict[str, int] = {}
 
     def problems(self, line: int, values: list[str]) -> list[str]:
-        if len(values) > len(self.header) and any(values[len(self.header):]):
-            return [f"line {line}: {len(values)} values but the header has {len(self.header)} "
-                    "columns (a value with a comma in it must be in double quotes)"]
-        values += [""] * (len(self.header) - len(values))
+        width = len(self.header)
+        if len(values) > width and any(values[width:]):
+            return [f"line {line}: {len(values)} values but the header has {width} columns "
+                    "(a value with a comma in it must be in double quotes)"]
+        values = self._padded(values)
         cpr = [f"line {line}, column '{self._name(i)}': the value looks like a civil "
                f"registration (CPR) number; {_CPR_ADVICE}"
                for i, v in enumerate(values) if _CPR_VALUE.match(v)]
         empty = [f"line {line}: column '{REQUIRED_COLUMNS[k]}' is empty"
                  for k, i in enumerate(self.required) if not values[i]]
-        return cpr + empty + self._device_id_problems(line, values[self.required[0]], cpr)
+        return cpr + empty + self._device_id_problems(line, values[self.required[0]])
 
-    def _device_id_problems(self, line: int, device_id: str, cpr: list[str]) -> list[str]:
-        if not device_id or cpr and _CPR_VALUE.match(device_id):
+    def _device_id_problems(self, line: int, device_id: str) -> list[str]:
+        if not device_id or _CPR_VALUE.match(device_id):
             return []  # already reported; a CPR-like value is never repeated in a message
         first = self.seen.setdefault(device_id, line)
         if first != line:
-            return [f"line {line}: device_id '{device_id}' is also on line {first}"]
+            return [f"line {line}: device_id '{_shorten(device_id)}' is also on line {first}"]
         if not DEVICE_ID.match(device_id):
             return [f"line {line}: device_id '{_shorten(device_id)}' is not valid: use 1 to 64 "
                     "of A-Z a-z 0-9 . _ : -"]
         return []
 
-    def _name(self, i: int) -> str:
-        return self.header[i] or f"#{i + 1} (no name)"
-
     def staged(self, values: list[str]) -> _StagedRow:
+        values = self._padded(values)
         device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
         attributes = {self.header[i]: values[i] for i in self.extra if values[i]}
         return (device_id, vendor, model, type_, municipality,
                 orjson.dumps(attributes).decode())
+
+    def _padded(self, values: list[str]) -> list[str]:
+        return values + [""] * (len(self.header) - len(values))
+
+    def _name(self, i: int) -> str:
+        return self.header[i] or f"#{i + 1} (no name)"
 
 
 def _shorten(value: str, limit: int = 70) -> str:
@@ -304,9 +317,11 @@ def list_devices(conn: psycopg.Connection, *, municipality: str | None = None,
     wanted = {name: value for name, value in
               (("municipality", municipality), ("vendor", vendor), ("type", type))
               if value is not None}
-    where = sql.SQL(" AND ").join(
-        [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in wanted] or [sql.SQL("true")])
+    conditions: list[sql.Composable] = [
+        sql.SQL("{} = %s").format(sql.Identifier(name)) for name in wanted]
+    where = sql.SQL(" AND ").join(conditions or [sql.SQL("true")])
     query = sql.SQL("SELECT {} FROM devices WHERE {} ORDER BY device_id").format(
         _DEVICE_COLUMNS, where)
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
+        set_json_loads(orjson.loads, cur)  # this cursor only: the caller's adapters stay
         return cur.execute(query, list(wanted.values())).fetchall()

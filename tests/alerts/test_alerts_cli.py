@@ -1,0 +1,114 @@
+"""`vagt alerts list|claim|ack|resolve`: the handlers as the `vagt` command calls them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from tests.alerts.test_actions import new_alert
+
+from vagt.alerts import cli
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vagt")
+    cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(["alerts", *argv])
+
+
+def run(conninfo: str, *argv: str) -> int:
+    args = parse(*argv)
+    result: int = args.handler(args, conninfo)
+    return result
+
+
+def test_claim_prints_the_new_status_and_who_holds_it(database_url, capsys):
+    a = new_alert(database_url)
+    assert run(database_url, "claim", str(a), "--operator", "anna") == 0
+    assert capsys.readouterr().out.startswith(f"alert {a} is now claimed by anna: alarm.fall")
+
+
+def test_ack_keeps_the_note(database_url, conn, capsys):
+    a = new_alert(database_url)
+    run(database_url, "claim", str(a), "--operator", "anna")
+    assert run(database_url, "ack", str(a), "--operator", "anna", "--note", "called") == 0
+    assert conn.execute("SELECT status, note FROM alerts").fetchall() == [
+        ("acknowledged", "called")]
+
+
+def test_resolve_with_a_note_resolves(database_url, conn, capsys):
+    a = new_alert(database_url)
+    assert run(database_url, "resolve", str(a), "--operator", "anna", "--note", "false alarm") == 0
+    assert conn.execute("SELECT status, resolved_by FROM alerts").fetchall() == [
+        ("resolved", "anna")]
+
+
+def test_a_refused_claim_is_one_line_on_stderr_naming_the_holder_and_exits_2(database_url,
+                                                                               capsys):
+    a = new_alert(database_url)
+    run(database_url, "claim", str(a), "--operator", "anna")
+    capsys.readouterr()
+    assert run(database_url, "claim", str(a), "--operator", "bo") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"vagt: alert {a} is already claimed by anna since ")
+    assert err.count("\n") == 1
+
+
+def test_an_unknown_alert_exits_2(database_url, capsys):
+    assert run(database_url, "ack", "999", "--operator", "anna") == 2
+    assert capsys.readouterr().err.startswith("vagt: there is no alert 999")
+
+
+def test_a_blank_operator_name_exits_2(database_url, capsys):
+    a = new_alert(database_url)
+    assert run(database_url, "claim", str(a), "--operator", " ") == 2
+    assert "use 1 to 100 printable characters" in capsys.readouterr().err
+
+
+def test_the_operator_is_required(capsys):
+    with pytest.raises(SystemExit):
+        parse("claim", "1")
+    assert "--operator" in capsys.readouterr().err
+
+
+def test_list_prints_a_table_most_urgent_first(database_url, capsys):
+    low = new_alert(database_url, queue="technical", priority=4)
+    high = new_alert(database_url, queue="emergency", priority=1)
+    run(database_url, "claim", str(high), "--operator", "anna")
+    capsys.readouterr()
+    assert run(database_url, "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
+                                "DEVICE", "SUMMARY"]
+    assert [line.split()[:5] for line in lines[1:]] == [
+        [str(high), "1", "emergency", "claimed", "anna"],
+        [str(low), "4", "technical", "open", "2024-05-01"]]
+
+
+def test_list_json_is_an_array_filtered_by_status_and_queue(database_url, capsys):
+    a = new_alert(database_url, queue="technical")
+    new_alert(database_url, queue="emergency")
+    b = new_alert(database_url, queue="technical")
+    run(database_url, "resolve", str(b), "--operator", "anna")
+    capsys.readouterr()
+    assert run(database_url, "list", "--json", "--status", "open", "--queue", "technical") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(x["id"], x["status"], x["queue"]) for x in listed] == [(a, "open", "technical")]
+
+
+def test_list_takes_several_statuses(database_url, capsys):
+    a = new_alert(database_url)
+    b = new_alert(database_url)
+    new_alert(database_url)
+    run(database_url, "claim", str(a), "--operator", "anna")
+    run(database_url, "resolve", str(b), "--operator", "anna")
+    capsys.readouterr()
+    run(database_url, "list", "--json", "--status", "claimed", "--status", "resolved")
+    assert {x["id"] for x in json.loads(capsys.readouterr().out)} == {a, b}
+
+
+def test_list_says_so_when_nothing_matches(database_url, capsys):
+    assert run(database_url, "list", "--queue", "nowhere") == 0
+    assert capsys.readouterr().out == "no alerts match\n"
