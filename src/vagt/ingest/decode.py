@@ -9,89 +9,74 @@ from collections.abc import Sequence
 
 import orjson
 
-from vagt.ingest.canonical import Parsed, Reject, decode_canonical
+from vagt.ingest.canonical import Reject, Rows, TimeWindow, decode_canonical, got
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.senml import decode_senml
-from vagt.ingest.topics import TopicError, parse_topic
-
-EARLIEST = 946684800.0  # 2000-01-01T00:00:00Z: earlier times are a device clock not set
+from vagt.ingest.topics import TopicError, parser_for
 
 
 def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload_bytes: int,
                  now: float, max_future_skew_s: float = 300) -> DecodedBatch:
+    """Columns of what `messages` said, and one dead letter per message that cannot be used.
+
+    `now` (unix seconds) bounds device times (at most `max_future_skew_s` ahead, none before
+    2000) and anchors SenML's relative times. A message without a time takes its
+    `received_at`. Only input problems become dead letters: a bug raises.
+    """
     out = DecodedBatch()
-    latest = now + max_future_skew_s
+    rows = Rows()
+    lookup = parser_for(topic_root).lookup  # TopicError here is a configuration error
+    window = TimeWindow.around(now, max_future_skew_s)
+    msg_device, msg_channel, msg_seq = out.msg_device, out.msg_channel, out.msg_seq
+    readings, events, firmware = rows.readings, rows.events, rows.firmware
+    loads, json_error, alarm_channel = orjson.loads, orjson.JSONDecodeError, Channel.ALARM
     for i, m in enumerate(messages):
-        device_id, channel = "", ""
         try:
-            device_id, ch = parse_topic(m.topic, topic_root)
-            channel = ch.value
-            parsed = _decode_one(m, device_id, ch, max_payload_bytes, now)
-            _check_times(parsed, latest)
+            device_id, channel, channel_name = lookup(m.topic)
         except TopicError as e:
-            _dead(out, i, m, DeadLetterReason.BAD_TOPIC, str(e), None, channel)
+            _dead(out, i, m, DeadLetterReason.BAD_TOPIC, str(e), "", "")
             continue
+        mark = len(readings), len(events), len(firmware)
+        # one message, inline: this loop runs for every message the engine receives
+        try:
+            payload = m.payload
+            if len(payload) > max_payload_bytes:  # before parsing: then it costs nothing more
+                raise _too_large(len(payload), max_payload_bytes)
+            try:
+                doc = loads(payload)
+            except json_error as e:
+                raise Reject(DeadLetterReason.MALFORMED,
+                             f"the payload is not UTF-8 JSON: {e}") from None
+            if type(doc) is dict:
+                seq = decode_canonical(doc, device_id, channel is alarm_channel, m.received_at,
+                                       window, rows, i)
+            elif type(doc) is list:
+                seq = decode_senml(doc, device_id, channel is alarm_channel, window, rows, i)
+            else:
+                raise Reject(DeadLetterReason.SCHEMA, "the payload must be a JSON object "
+                             f"(canonical format) or an array (SenML), got {got(doc)}")
         except Reject as e:
-            _dead(out, i, m, e.reason, f"{e.detail} (topic {m.topic})", device_id, channel)
+            rows.undo(mark)
+            _dead(out, i, m, e.reason, f"{e.detail} (topic {m.topic})", device_id, channel_name)
             continue
-        out.msg_device.append(device_id)
-        out.msg_channel.append(channel)
-        out.msg_seq.append(parsed.seq)
-        for metric, value, unit, t in parsed.readings:
-            out.r_device.append(device_id)
-            out.r_metric.append(metric)
-            out.r_value.append(value)
-            out.r_unit.append(unit)
-            out.r_time.append(t)
-            out.r_msg.append(i)
-        for code, severity, t, details in parsed.events:
-            out.e_device.append(device_id)
-            out.e_code.append(code)
-            out.e_severity.append(severity)
-            out.e_time.append(t)
-            out.e_details.append(details)
-            out.e_msg.append(i)
-        if parsed.firmware is not None:
-            out.f_device.append(device_id)
-            out.f_firmware.append(parsed.firmware[0])
-            out.f_time.append(parsed.firmware[1])
-            out.f_msg.append(i)
+        msg_device.append(device_id)
+        msg_channel.append(channel_name)
+        msg_seq.append(seq)
+    rows.into(out)
     return out
 
 
-def _decode_one(m: RawMessage, device_id: str, channel: Channel, limit: int,
-                now: float) -> Parsed:
-    if len(m.payload) > limit:
-        raise Reject(DeadLetterReason.PAYLOAD_TOO_LARGE,
-                     f"payload of {len(m.payload)} bytes is over the limit of {limit} bytes")
-    try:
-        doc = orjson.loads(m.payload)
-    except orjson.JSONDecodeError as e:
-        raise Reject(DeadLetterReason.MALFORMED, f"payload is not UTF-8 JSON: {e}") from None
-    if isinstance(doc, dict):
-        return decode_canonical(doc, device_id, channel, m.received_at)
-    if isinstance(doc, list):
-        return decode_senml(doc, device_id, channel, now)
-    raise Reject(DeadLetterReason.SCHEMA, "payload must be a JSON object (canonical) or an "
-                 f"array (SenML), got {type(doc).__name__}")
-
-
-def _check_times(p: Parsed, latest: float) -> None:
-    times = [r[3] for r in p.readings] + [e[2] for e in p.events]
-    if p.firmware is not None:
-        times.append(p.firmware[1])
-    for t in times:
-        if not EARLIEST <= t <= latest:  # also false for NaN
-            raise Reject(DeadLetterReason.BAD_TIME,
-                         f"time {t} is before 2000 or more than the allowed skew in the future; "
-                         "is the device's clock set?")
+def _too_large(size: int, limit: int) -> Reject:
+    return Reject(DeadLetterReason.PAYLOAD_TOO_LARGE,
+                  f"the payload of {size} bytes is over the limit of {limit} bytes "
+                  "(ingest.max_payload_bytes)")
 
 
 def _dead(out: DecodedBatch, i: int, m: RawMessage, reason: DeadLetterReason, detail: str,
-          device_id: str | None, channel: str) -> None:
+          device_id: str, channel: str) -> None:
     out.dead.append(DeadLetter(m.topic, m.payload, m.received_at, reason, detail,
                                device_id or None))
     out.dead_msg.append(i)
-    out.msg_device.append(device_id or "")
+    out.msg_device.append(device_id)
     out.msg_channel.append(channel)
     out.msg_seq.append(-1)

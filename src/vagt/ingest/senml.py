@@ -1,136 +1,235 @@
-"""SenML JSON (RFC 8428): base fields, resolution, relative times, mapped to vagt's readings.
-
-A resolved name is `{prefix}{metric}` where the prefix, if any, ends in ':' or '/' and its
-last segment is the device id (`urn:dev:ow:OXI-0001:spo2`, `OXI-0001/spo2`), or just `metric`.
-String values: a record named `firmware` sets the firmware, one named `event` carries an
-event code. Sums (`s`) are not stored; a record with only a sum contributes nothing.
+"""SenML JSON (RFC 8428): resolving a pack's records (base fields, names, times, values), and
+mapping resolved records to vagt's readings, events and firmware (see docs/payloads.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from vagt.ingest.canonical import (
-    EVENT_CODE,
-    Parsed,
     Reject,
-    default_severity,
+    Rows,
+    TimeWindow,
+    check_event_code,
+    check_firmware,
+    got,
+    time_outside,
     unit_reject,
 )
-from vagt.ingest.model import Channel, DeadLetterReason
-from vagt.ingest.units import UnitError, normalize
+from vagt.ingest.model import DeadLetterReason
+from vagt.ingest.units import FAST, UnitError, normalize, quote
 
-RELATIVE_LIMIT = 2**28  # RFC 8428 §4.5.3: smaller times are relative to now
+RELATIVE_LIMIT = 2**28  # RFC 8428 §4.5.3: a resolved time below this is relative to now
+SENML_VERSION = 10      # RFC 8428 §4.4: a pack of a higher version must be refused
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:./_-]*\Z")  # RFC 8428 §4.5.1
+
+_BASE = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
+_OWN = frozenset({"n", "u", "t", "ut"})  # fields of one record, as opposed to base fields
 _VALUES = ("v", "vs", "vb", "vd")
-_KNOWN = frozenset({"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd",
-                    "s", "t", "ut"})
+_NUMBER: tuple[type, ...] = (int, float)  # checked by exact type: JSON true is not a number
+_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("bn", "bu", "n", "u", "vs", "vd"), (str,)),
+    **dict.fromkeys(("bt", "bv", "bs", "t", "ut", "v", "s"), _NUMBER),
+    "vb": (bool,), "bver": (int,),
+}
+_TYPE_NAMES = {(str,): "a string", _NUMBER: "a number", (bool,): "true or false",
+               (int,): "a whole number"}
+SCHEMA = DeadLetterReason.SCHEMA
 
 
-def decode_senml(records: list[Any], device_id: str, channel: Channel, now: float) -> Parsed:
-    out = Parsed()
-    bn, bt, bu, bv = "", 0.0, None, 0.0
-    if not records:
-        raise Reject(DeadLetterReason.SCHEMA, "empty SenML pack")
-    for i, rec in enumerate(records):
-        where = f"SenML record {i}"
-        if not isinstance(rec, dict):
-            raise Reject(DeadLetterReason.SCHEMA, f"{where} must be an object")
-        _must_understand(rec, where)
-        bn = _str(rec, "bn", where, bn)
-        bt = _num(rec, "bt", where, bt)
-        bu = _str(rec, "bu", where, bu) if "bu" in rec else bu
-        bv = _num(rec, "bv", where, bv)
-        if "bver" in rec:
-            ver = rec["bver"]
-            if not isinstance(ver, int) or isinstance(ver, bool) or ver > 10:
-                raise Reject(DeadLetterReason.SCHEMA, f"{where}: SenML version {ver!r} is not "
-                             "supported (10 or lower)")
-        has_value = [k for k in _VALUES if k in rec]
-        if len(has_value) > 1:
-            raise Reject(DeadLetterReason.SCHEMA, f"{where} has more than one value field "
-                         f"({', '.join(has_value)})")
-        if not has_value:
-            continue  # base fields only, or a sum: nothing to store
-        name = bn + _str(rec, "n", where, "")
-        metric = _metric_of(name, device_id, where)
-        t = bt + _num(rec, "t", where, 0.0)
+class Resolved(NamedTuple):
+    """One record as RFC 8428 §4.6 resolves it: full name, absolute time, its own unit."""
+
+    position: int             # the record's place in the pack
+    name: str                 # bn + n
+    time: float               # bt + t, made absolute: unix seconds
+    unit: str | None          # u, else bu
+    kind: str                 # "v", "vs", "vb", "vd"; "s" for a record with only a sum
+    value: float | str | bool  # v + bv, vs, vb, vd; the sum (s + bs) when kind is "s"
+
+
+# --- resolution (RFC 8428 alone, nothing of vagt) -------------------------------------------
+
+def resolve(pack: list[Any], now: float) -> list[Resolved]:
+    """The pack's records resolved, base fields carried forward (RFC 8428 §4.1, §4.6).
+
+    Records of base fields only resolve to nothing. Reject (SCHEMA) for what RFC 8428 does
+    not allow; IMPOSSIBLE_VALUE for a value or sum that is not finite.
+    """
+    if not pack:
+        raise Reject(SCHEMA, "the SenML pack is an empty array; send at least one record")
+    bn, bt, bu, bv, bs = "", 0.0, None, 0.0, 0.0
+    out: list[Resolved] = []
+    for i, rec in enumerate(pack):
+        _check_record(rec, i)
+        if not rec.keys().isdisjoint(_BASE):
+            bn, bt, bu = rec.get("bn", bn), rec.get("bt", bt), rec.get("bu", bu)
+            bv, bs = rec.get("bv", bv), rec.get("bs", bs)
+        kind = _value_kind(rec, i)
+        if kind is None:
+            continue
+        t = bt + rec.get("t", 0)
         if t < RELATIVE_LIMIT:
-            t = now + t
-        _record(rec, has_value[0], metric, t, rec.get("u", bu), bv, where, out)
-    if not out.readings and not out.events and out.firmware is None:
-        raise Reject(DeadLetterReason.SCHEMA, "the SenML pack has no values vagt stores")
-    if channel is Channel.ALARM and not out.events:
-        raise Reject(DeadLetterReason.SCHEMA, "a SenML pack on the alarm channel must carry "
-                     "an 'event' record")
+            t += now
+        value = rec[kind]
+        if kind == "v" or kind == "s":
+            value = (bv if kind == "v" else bs) + value
+            if not math.isfinite(value):
+                raise Reject(DeadLetterReason.IMPOSSIBLE_VALUE,
+                             f"SenML record {i}: the {'value bv + v' if kind == 'v' else 'sum'}"
+                             " is not finite")
+            value = float(value)
+        out.append(Resolved(i, bn + rec.get("n", ""), float(t), rec.get("u", bu), kind, value))
     return out
 
 
-def _record(rec: dict[str, Any], kind: str, metric: str, t: float, unit: Any, bv: float,
-            where: str, out: Parsed) -> None:
-    if kind == "v":
-        v = _num(rec, "v", where, 0.0) + bv
-        if unit is not None and not isinstance(unit, str):
-            raise Reject(DeadLetterReason.SCHEMA, f"{where}: unit must be a string")
-        try:
-            value, canonical = normalize(metric, v, unit)
-        except UnitError as e:
-            raise unit_reject(e, where) from None
-        out.readings.append((metric, value, canonical, t))
-    elif kind == "vs" and metric == "firmware":
-        fw = _str(rec, "vs", where, "")
-        if not 0 < len(fw) <= 64:
-            raise Reject(DeadLetterReason.SCHEMA, f"{where}: firmware must be 1 to 64 characters")
-        out.firmware = (fw, t)
-    elif kind == "vs" and metric == "event":
-        code = _str(rec, "vs", where, "")
-        if not EVENT_CODE.match(code):
-            raise Reject(DeadLetterReason.SCHEMA, f"{where}: event code must be dotted "
-                         f"lowercase such as 'alarm.fall', got {code!r}")
-        out.events.append((code, default_severity(code), t, "{}"))
-    else:
-        raise Reject(DeadLetterReason.SCHEMA, f"{where}: a '{kind}' value is only understood "
-                     f"for the names 'firmware' and 'event' (string values), got '{metric}'")
+def _check_record(rec: Any, i: int) -> None:
+    """Types of the fields (RFC 8428 §5), the version, and must-understand labels (§4.4)."""
+    if type(rec) is not dict:
+        raise Reject(SCHEMA, f"SenML record {i} must be an object, got {got(rec)}")
+    for k, v in rec.items():
+        allowed = _TYPES.get(k)
+        if allowed is None:
+            # a label ending in '_' must be understood; other extensions may be ignored
+            if k.endswith("_"):
+                raise Reject(SCHEMA, f"SenML record {i} has the field {quote(k)}, which must "
+                                     "be understood (RFC 8428 §4.4) and vagt does not know it")
+        elif type(v) not in allowed:
+            raise Reject(SCHEMA, f"SenML record {i}: {k} must be {_TYPE_NAMES[allowed]}, "
+                                 f"got {got(v)}")
+    if "bver" in rec and not 1 <= rec["bver"] <= SENML_VERSION:
+        raise Reject(SCHEMA, f"SenML record {i}: version bver {rec['bver']} is not understood; "
+                             f"vagt reads versions 1 to {SENML_VERSION} (RFC 8428)")
 
 
-def _metric_of(name: str, device_id: str, where: str) -> str:
-    if not name:
-        raise Reject(DeadLetterReason.SCHEMA, f"{where} has no name (bn + n is empty)")
-    cut = max(name.rfind("/"), name.rfind(":"))
-    metric = name[cut + 1:]
-    if cut >= 0:
-        prefix = name[:cut]
-        named = prefix[max(prefix.rfind("/"), prefix.rfind(":")) + 1:]
-        if named != device_id:
-            raise Reject(DeadLetterReason.DEVICE_MISMATCH,
-                         f"{where}: name '{name}' names device '{named}' but was published on "
-                         f"the topic of '{device_id}'; a device may only speak for itself")
+def _value_kind(rec: dict[str, Any], i: int) -> str | None:
+    """Which value the record carries: v, vs, vb, vd, s (a sum alone), or None (bases only)."""
+    kinds = [k for k in _VALUES if k in rec]
+    if len(kinds) == 1:
+        return kinds[0]
+    if kinds:
+        raise Reject(SCHEMA, f"SenML record {i} has {len(kinds)} value fields "
+                             f"({', '.join(kinds)}); a record carries one of v, vs, vb, vd")
+    if "s" in rec:
+        return "s"
+    own = sorted(rec.keys() & _OWN)
+    if own or rec.keys().isdisjoint(_BASE):
+        said = f"has {', '.join(own)} but" if own else "has"
+        raise Reject(SCHEMA, f"SenML record {i} {said} no value (v, vs, vb or vd) and no sum "
+                             "(s); is a field name misspelt?")
+    return None
+
+
+# --- mapping to vagt ------------------------------------------------------------------------
+
+def decode_senml(pack: list[Any], device_id: str, alarm: bool, window: TimeWindow, rows: Rows,
+                 msg: int) -> int:
+    """Add what the pack says to `rows` (tagged `msg`); return -1 (SenML has no seq).
+
+    `alarm`: it came on the alarm channel. On Reject, rows may already have been added: the
+    caller undoes them.
+    """
+    stored = events = 0
+    for r in resolve(pack, window.now):
+        if r.kind == "s":
+            continue  # a sum (a meter's running total) is not a reading: not stored
+        metric = _metrics.get((r.name, device_id))
+        if metric is None:
+            metric = _metric_of_cached(r, device_id)
+        if not window.earliest <= r.time <= window.latest:
+            raise Reject(DeadLetterReason.BAD_TIME, time_outside(
+                r.time, f"SenML record {r.position}: the resolved time (bt + t)", window))
+        if r.kind == "v":
+            _reading(r, metric, device_id, rows, msg)
+        else:
+            events += _string_value(r, metric, device_id, rows, msg)
+        stored += 1
+    if stored == 0:
+        raise Reject(SCHEMA, "the SenML pack has no record with a value (v, vs); sums and base "
+                             "fields alone are not stored")
+    if alarm and events == 0:
+        raise Reject(SCHEMA, "a SenML pack on the alarm channel must carry an event: a record "
+                             "named 'event' (vs: the code) or 'alarm' (vs: e.g. 'fall')")
+    return -1
+
+
+_metrics: dict[tuple[str, str], str] = {}  # (resolved name, device) → metric: names repeat
+
+
+def _metric_of_cached(r: Resolved, device_id: str) -> str:
+    metric = metric_of(r.name, device_id, f"SenML record {r.position}")
+    if len(_metrics) >= 100_000:
+        _metrics.clear()
+    _metrics[r.name, device_id] = metric
     return metric
 
 
-def _must_understand(rec: dict[str, Any], where: str) -> None:
-    for k in rec:
-        if k not in _KNOWN and k.endswith("_"):
-            raise Reject(DeadLetterReason.SCHEMA, f"{where}: field '{k}' must be understood "
-                         "(RFC 8428 §4.4) and vagt does not know it")
+def metric_of(name: str, device_id: str, where: str) -> str:
+    """The metric of a resolved name, after checking the device id prefix it may carry.
+
+    The metric is what follows the last ':' or '/'. What precedes that separator, the prefix,
+    names the device: it must be the topic's device id or end in ':{device_id}' or
+    '/{device_id}' (`urn:dev:mac:0024befffe804ff1:spo2`, `OXI-0001/spo2`). A name without a
+    separator (`spo2`) names no device and is the metric.
+    """
+    if not name:
+        raise Reject(SCHEMA, f"{where} has no name: bn + n is empty")
+    if not NAME.match(name):
+        raise Reject(SCHEMA, f"{where}: name {quote(name)} must start with a letter or digit "
+                             "and hold only A-Z a-z 0-9 - : . / _ (RFC 8428 §4.5.1)")
+    cut = max(name.rfind("/"), name.rfind(":"))
+    if cut < 0:
+        return name
+    prefix = name[:cut]
+    if not (prefix == device_id or prefix.endswith((":" + device_id, "/" + device_id))):
+        raise Reject(DeadLetterReason.DEVICE_MISMATCH,
+                     f"{where}: name {quote(name)} belongs to {quote(prefix)}, which does not "
+                     f"end in '{device_id}', the device of the topic; a device may only speak "
+                     "for itself (a gateway publishes on each device's own topic)")
+    metric = name[cut + 1:]
+    if not metric:
+        raise Reject(SCHEMA, f"{where}: name {quote(name)} ends in its device prefix; add "
+                             "the metric with n, e.g. \"n\": \"spo2\"")
+    return metric
 
 
-def _num(rec: dict[str, Any], key: str, where: str, default: float) -> float:
-    if key not in rec:
-        return default
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Reject(DeadLetterReason.SCHEMA, f"{where}: '{key}' must be a number, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise Reject(DeadLetterReason.IMPOSSIBLE_VALUE, f"{where}: '{key}' is not finite")
-    return f
+def _reading(r: Resolved, metric: str, device_id: str, rows: Rows, msg: int) -> None:
+    value = float(r.value)  # a float already: resolve() made it so
+    row = FAST.get(metric, {}).get(r.unit)
+    if row is None:
+        raise _unit_reject(metric, value, r)
+    shift, mul, div, low, high, canonical = row
+    v = (value + shift) * mul / div
+    if not low <= v <= high:
+        raise _unit_reject(metric, value, r)
+    rows.readings.append((device_id, metric, v, canonical, r.time, msg))
 
 
-def _str(rec: dict[str, Any], key: str, where: str, default: Any) -> Any:
-    if key not in rec:
-        return default
-    v = rec[key]
-    if not isinstance(v, str):
-        raise Reject(DeadLetterReason.SCHEMA, f"{where}: '{key}' must be a string, got {v!r}")
-    return v
+def _unit_reject(metric: str, value: float, r: Resolved) -> Reject:
+    """The Reject for a value the fast table refused, in the catalogue's words."""
+    try:
+        normalize(metric, value, r.unit)
+    except UnitError as e:
+        return unit_reject(e, f"SenML record {r.position}")
+    raise AssertionError(f"the fast unit table and normalize() disagree on {metric} {r.unit}")
+
+
+def _string_value(r: Resolved, metric: str, device_id: str, rows: Rows, msg: int) -> int:
+    """Firmware or an event from a `vs` record; the number of events it added."""
+    where = f"SenML record {r.position}"
+    value = r.value
+    if r.kind == "vs" and type(value) is str:
+        if metric == "firmware":
+            firmware = check_firmware(value, f"{where}: vs of 'firmware'")
+            rows.firmware.append((device_id, firmware, r.time, msg))
+            return 0
+        if metric in ("event", "alarm"):
+            code = "alarm." + value if metric == "alarm" and "." not in value else value
+            severity = check_event_code(code, f"{where}: the event code (vs)")
+            rows.events.append((device_id, code, severity, r.time, "{}", msg))
+            return 1
+    raise Reject(SCHEMA, f"{where}: a {r.kind} value is understood only as vs of the names "
+                         f"'firmware', 'event' and 'alarm', got it for {quote(metric)}; numbers "
+                         "go in v")

@@ -1,4 +1,6 @@
-"""Topics: `{topic_root}/dev/{device_id}/{channel}`, parsing and subscription filters."""
+"""Topics: `{topic_root}/dev/{device_id}/{channel}`: building them, parsing them, and the
+subscription filters of a topic root.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +9,111 @@ from collections.abc import Iterable
 
 from vagt.ingest.model import Channel
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# `\Z`, not `$`: `$` would let a device id end in a newline
+DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+DEFAULT_ROOT = "vagt/v1"
 _CHANNELS = {c.value: c for c in Channel}
+_CACHE_MAX = 100_000  # distinct good topics remembered per root: a fleet's worth
 
 
 class TopicError(ValueError):
-    """The topic is not one of vagt's; the message says what is expected."""
+    """A topic (or a topic root) that is not vagt's; the message says what is expected."""
+
+
+def check_topic_root(topic_root: str) -> None:
+    """TopicError unless `topic_root` is one or more non-empty levels without wildcards."""
+    levels = topic_root.split("/")
+    if (not topic_root or "" in levels or any(c in topic_root for c in "+#\0")
+            or topic_root.startswith("$")):
+        raise TopicError(f"topic root {topic_root!r} must be one or more non-empty levels "
+                         "separated by '/', without '+', '#' or a leading '$' (e.g. 'vagt/v1')")
+
+
+def check_device_id(device_id: str) -> None:
+    if not DEVICE_ID.match(device_id):
+        raise TopicError(f"device id {device_id[:80]!r} must be 1 to 64 characters of "
+                         "A-Z a-z 0-9 . _ : -")
 
 
 def build_topic(topic_root: str, device_id: str, channel: Channel | str) -> str:
+    check_topic_root(topic_root)
+    check_device_id(device_id)
     return f"{topic_root}/dev/{device_id}/{Channel(channel).value}"
 
 
-def subscription_filters(topic_root: str, channels: Iterable[Channel],
+def subscription_filters(topic_root: str, channels: Iterable[Channel | str],
                          share_group: str = "") -> list[str]:
-    """One filter per channel; with a share group, `$share/{group}/...` (MQTT 5 and Mosquitto)."""
+    """One filter per channel, with `$share/{group}/` in front when a share group is given.
+
+    >>> subscription_filters("vagt/v1", [Channel.ALARM], "engines")
+    ['$share/engines/vagt/v1/dev/+/alarm']
+    """
+    check_topic_root(topic_root)
+    if share_group and any(c in share_group for c in "/+#\0"):
+        raise TopicError(f"share group {share_group!r} must not contain '/', '+' or '#'")
     prefix = f"$share/{share_group}/" if share_group else ""
     return [f"{prefix}{topic_root}/dev/+/{Channel(c).value}" for c in channels]
 
 
-def parse_topic(topic: str, topic_root: str) -> tuple[str, Channel]:
-    """(device id, channel) of a device topic, or TopicError."""
-    head = topic_root + "/dev/"
-    if not topic.startswith(head):
-        raise TopicError(f"topic '{topic}' is not under '{head}'; "
-                         f"expected {topic_root}/dev/{{device_id}}/{{telemetry|alarm|status}}")
-    device_id, sep, channel = topic[len(head):].partition("/")
-    if not sep or channel not in _CHANNELS:
-        raise TopicError(f"topic '{topic}' has no valid channel; expected "
-                         f"{topic_root}/dev/{{device_id}}/{{telemetry|alarm|status}}")
-    if not DEVICE_ID.match(device_id):
-        raise TopicError(f"topic '{topic}': device id '{device_id}' must be 1 to 64 of "
-                         "A-Z a-z 0-9 . _ : -")
-    return device_id, _CHANNELS[channel]
+class TopicParser:
+    """Parses the topics under one root. Good topics are remembered: a device publishes to the
+    same few topics all day, and a dict lookup is cheaper than splitting and matching again."""
+
+    def __init__(self, topic_root: str = DEFAULT_ROOT) -> None:
+        check_topic_root(topic_root)
+        self.topic_root = topic_root
+        self._head = topic_root + "/dev/"
+        self._expected = f"expected {topic_root}/dev/{{device_id}}/{{telemetry|alarm|status}}"
+        self._known: dict[str, tuple[str, Channel, str]] = {}
+
+    def parse(self, topic: str) -> tuple[str, Channel]:
+        """(device id, channel), or TopicError saying what is wrong and what is expected."""
+        device_id, channel, _ = self.lookup(topic)
+        return device_id, channel
+
+    def lookup(self, topic: str) -> tuple[str, Channel, str]:
+        """(device id, channel, the channel's name): the decoder's fast path, the name saving
+        it the enum's `.value`, which is slow for something done once a message."""
+        hit = self._known.get(topic)
+        if hit is not None:
+            return hit
+        device_id, channel = self._parse(topic)
+        if len(self._known) >= _CACHE_MAX:
+            self._known.clear()  # a crude bound, but a fleet never gets near it
+        hit = self._known[topic] = (device_id, channel, channel.value)
+        return hit
+
+    def _parse(self, topic: str) -> tuple[str, Channel]:
+        shown = topic[:200]
+        if not topic.startswith(self._head):
+            raise TopicError(f"topic {shown!r} is not under '{self._head}'; {self._expected}")
+        levels = topic[len(self._head):].split("/")
+        if len(levels) != 2:
+            raise TopicError(f"topic {shown!r} has {len(levels)} level(s) after "
+                             f"'{self._head}' where 2 belong; {self._expected}")
+        device_id, channel = levels
+        ch = _CHANNELS.get(channel)
+        if ch is None:
+            raise TopicError(f"topic {shown!r} ends in channel {channel[:40]!r}; the channel "
+                             f"must be telemetry, alarm or status ({self._expected})")
+        try:
+            check_device_id(device_id)
+        except TopicError as e:
+            raise TopicError(f"topic {shown!r}: {e} ({self._expected})") from None
+        return device_id, ch
+
+
+_parsers: dict[str, TopicParser] = {}
+
+
+def parser_for(topic_root: str) -> TopicParser:
+    """The shared parser of a root (its memory of good topics lives as long as the process)."""
+    p = _parsers.get(topic_root)
+    if p is None:
+        p = _parsers[topic_root] = TopicParser(topic_root)
+    return p
+
+
+def parse_topic(topic: str, topic_root: str = DEFAULT_ROOT) -> tuple[str, Channel]:
+    """(device id, channel) of a device topic under `topic_root`, or TopicError."""
+    return parser_for(topic_root).parse(topic)

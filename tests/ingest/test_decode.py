@@ -1,0 +1,147 @@
+"""decode_batch: every message wholly in the columns or exactly one dead letter."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from tests.ingest.helpers import NOW, RECEIVED, dead_detail, dead_reason, decode
+
+import vagt.ingest.decode
+from vagt.ingest import DeadLetterReason, RawMessage, TopicError, decode_batch
+
+SPO2 = {"metric": "spo2", "value": 97, "unit": "%"}
+
+
+def msg(device: str, channel: str, doc: object, received: float = RECEIVED) -> RawMessage:
+    payload = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    return RawMessage(f"vagt/v1/dev/{device}/{channel}", payload, received)
+
+
+def batch(*messages: RawMessage, **kw: float):
+    return decode_batch(messages, topic_root="vagt/v1", max_payload_bytes=4096, now=NOW, **kw)
+
+
+def test_a_refused_message_leaves_none_of_its_rows_behind():
+    out = batch(msg("OXI-1", "telemetry", {"readings": [SPO2]}),
+                msg("OXI-2", "status", {"status": {"battery": 50, "firmware": "1.0"},
+                                        "events": [{"code": "dose.due"}],
+                                        "readings": [SPO2, {**SPO2, "unit": "furlong"}]}),
+                msg("OXI-3", "telemetry", {"readings": [SPO2, SPO2]}))
+    assert out.r_device == ["OXI-1", "OXI-3", "OXI-3"] and out.r_msg == [0, 2, 2]
+    assert out.e_device == [] and out.f_device == []
+    assert out.dead_msg == [1] and out.dead[0].reason is DeadLetterReason.UNKNOWN_UNIT
+
+
+def test_every_message_gets_its_device_channel_and_seq_even_a_dead_letter():
+    out = batch(msg("OXI-1", "telemetry", {"seq": 7, "readings": [SPO2]}),
+                RawMessage("elsewhere/OXI-1", b"{}", RECEIVED),
+                msg("ALM-1", "alarm", {"seq": 8, "readings": [SPO2]}),
+                msg("GW-1", "status", {"status": {"signal": -70}}))
+    assert out.msg_device == ["OXI-1", "", "ALM-1", "GW-1"]
+    assert out.msg_channel == ["telemetry", "", "alarm", "status"]
+    assert out.msg_seq == [7, -1, -1, -1]
+    assert out.dead_msg == [1, 2]
+
+
+def test_columns_of_one_kind_have_equal_lengths():
+    out = batch(msg("DSP-1", "status", {"status": {"battery": 50, "signal": -60, "firmware": "2"},
+                                        "events": [{"code": "dose.taken"}]}),
+                msg("OXI-1", "telemetry", [{"n": "spo2", "v": 97}, {"n": "firmware", "vs": "3"}]))
+    assert len({len(c) for c in (out.r_device, out.r_metric, out.r_value, out.r_unit,
+                                 out.r_time, out.r_msg)}) == 1
+    assert len({len(c) for c in (out.e_device, out.e_code, out.e_severity, out.e_time,
+                                 out.e_details, out.e_msg)}) == 1
+    assert out.f_msg == [0, 1] and out.f_firmware == ["2", "3"]
+
+
+def test_the_dead_letter_keeps_the_raw_bytes_topic_arrival_time_and_device():
+    payload = b'{"readings": [{"metric": "spo2", "value": 101}]}'
+    out = batch(msg("OXI-1", "telemetry", payload, received=NOW - 7))
+    d = out.dead[0]
+    assert (d.topic, d.payload, d.received_at, d.device_id) == (
+        "vagt/v1/dev/OXI-1/telemetry", payload, NOW - 7, "OXI-1")
+
+
+def test_a_bad_topic_is_a_dead_letter_without_a_device():
+    out = batch(RawMessage("vagt/v1/dev/OXI-1/gossip", b"{}", RECEIVED))
+    assert out.dead[0].reason is DeadLetterReason.BAD_TOPIC and out.dead[0].device_id is None
+    assert "telemetry, alarm or status" in out.dead[0].detail
+
+
+def test_oversized_payload_is_dead_letter_before_parsing():
+    detail = dead_detail(b"[" * 2000, limit=1000)  # malformed too, were it parsed
+    assert dead_reason(b"[" * 2000, limit=1000) == "payload_too_large"
+    assert "the payload of 2000 bytes is over the limit of 1000 bytes" in detail
+
+
+def test_a_payload_of_exactly_the_limit_is_parsed():
+    payload = orjson.dumps({"readings": [SPO2]})
+    assert not decode(payload, limit=len(payload)).dead
+
+
+@pytest.mark.parametrize("payload", [b'{"readings": [', b"", b"\xff\xfe{}", b"\xef\xbb\xbf{}",
+                                     b"{'readings': []}", b'[{"n":"spo2","v":1e400}]', b"NaN"])
+def test_a_payload_that_is_not_json_is_malformed_and_says_the_parsers_error(payload):
+    assert dead_reason(payload) == "malformed"
+    assert dead_detail(payload).startswith("the payload is not UTF-8 JSON: ")
+
+
+@pytest.mark.parametrize("payload", [b"97", b'"spo2"', b"null", b"true"])
+def test_a_json_scalar_is_neither_format_and_is_refused(payload):
+    assert dead_reason(payload) == "schema"
+    assert "a JSON object (canonical format) or an array (SenML)" in dead_detail(payload)
+
+
+def test_payload_naming_another_device_is_device_mismatch():
+    detail = dead_detail({"device_id": "OXI-2", "readings": [SPO2]}, device="OXI-1")
+    assert "'OXI-2'" in detail and "'OXI-1'" in detail
+
+
+def test_unknown_unit_becomes_dead_letter():
+    out = decode({"readings": [{"metric": "pulse", "value": 60, "unit": "furlong"}]})
+    assert out.dead[0].reason is DeadLetterReason.UNKNOWN_UNIT and out.n_readings == 0
+    assert "readings[0].unit" in out.dead[0].detail and "accepted: /min" in out.dead[0].detail
+
+
+def test_the_allowed_future_skew_is_the_callers():
+    doc = {"time": NOW + 60, "readings": [SPO2]}
+    assert not batch(msg("OXI-1", "telemetry", doc)).dead
+    assert batch(msg("OXI-1", "telemetry", doc), max_future_skew_s=30).dead
+
+
+def test_senml_relative_times_count_from_now_not_from_arrival():
+    out = batch(msg("OXI-1", "telemetry", [{"n": "spo2", "v": 97, "t": -10}], received=NOW - 99))
+    assert out.r_time == [NOW - 10]
+
+
+def test_a_topic_root_that_cannot_be_is_an_error_not_a_batch_of_dead_letters():
+    with pytest.raises(TopicError):
+        decode_batch([msg("OXI-1", "telemetry", {"readings": [SPO2]})], topic_root="vagt/#",
+                     max_payload_bytes=100, now=NOW)
+
+
+def test_a_bug_in_a_decoder_raises_instead_of_becoming_a_dead_letter(monkeypatch):
+    def broken(*args: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(vagt.ingest.decode, "decode_canonical", broken)
+    with pytest.raises(KeyError):
+        decode({"readings": [SPO2]})
+
+
+def test_decoding_is_fast_enough_for_the_hot_path():
+    """Not a timing assert (machines differ): prints the cost so a regression shows in the log."""
+    msgs = [msg(f"OXI-{i % 100}", "telemetry", {
+        "device_id": f"OXI-{i % 100}", "seq": i, "time": NOW - 10,
+        "readings": [SPO2, {"metric": "pulse", "value": 61, "unit": "/min"},
+                     {"metric": "perfusion_index", "value": 4.2, "unit": "%"}]})
+        for i in range(5000)]
+    best = float("inf")
+    for _ in range(5):
+        t = time.process_time()
+        out = batch(*msgs)
+        best = min(best, time.process_time() - t)
+    print(f"decode: {best / len(msgs) * 1e6:.1f} µs per message of 3 readings")
+    assert out.n_readings == 15000 and not out.dead
