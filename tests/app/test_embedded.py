@@ -1,4 +1,8 @@
-"""The servers that come from pip packages, and the demo that runs on them."""
+"""The servers that come from pip packages, and the demo and simulator that run on them.
+
+The demo tests here use a stand-in engine: they test the demo's plumbing (servers, fleet,
+configuration handed over, alerts printed, clean stop), not the engine.
+"""
 
 from __future__ import annotations
 
@@ -9,59 +13,273 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vagt.app import db
-from vagt.app.config import load_config
-from vagt.app.demo import run_demo
-from vagt.app.embedded import embedded_broker, embedded_postgres, free_port
+from vagt.app.config import Config, load_config
+from vagt.app.demo import format_alert, run_demo, run_simulate
+from vagt.app.embedded import EmbeddedServerError, embedded_broker, embedded_postgres, free_port
 from vagt.app.engine import run_engine
+from vagt.sim import publish_backlog
 
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def mqtt_client(port: int, client_id: str | None = None, *, clean: bool = True,
+                manual_ack: bool = False) -> tuple[paho.Client, list[paho.MQTTMessage]]:
+    """A connected MQTT 3.1.1 client (amqtt speaks nothing else) and the messages it gets."""
+    got: list[paho.MQTTMessage] = []
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex[:10],
+                    protocol=paho.MQTTv311, clean_session=clean, manual_ack=manual_ack)
+    c.on_message = lambda _c, _u, m: got.append(m)
+    connected = threading.Event()
+    c.on_connect = lambda *_: connected.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert connected.wait(5), "no CONNACK"
+    return c, got
+
+
+def subscribe(c: paho.Client, topic_filter: str) -> None:
+    done = threading.Event()
+    c.on_subscribe = lambda *_: done.set()
+    c.subscribe(topic_filter, qos=1)
+    assert done.wait(5), "no SUBACK"
+
+
+def close(c: paho.Client) -> None:
+    c.disconnect()
+    c.loop_stop()
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+# --- embedded PostgreSQL -----------------------------------------------------------------------
 
 def test_the_embedded_postgres_starts_takes_the_schema_and_stops(tmp_path: Path):
     with embedded_postgres(tmp_path) as url:
         applied = db.migrate(url)
-        assert applied[0].startswith("0001_core")
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("vagt",)
-    with embedded_postgres(tmp_path) as url:  # the same data directory, kept
+    assert applied[0].startswith("0001_core")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
+
+
+def test_the_embedded_postgres_keeps_its_data_and_restarts_within_a_second(tmp_path: Path):
+    with embedded_postgres(tmp_path) as url:
+        db.migrate(url)
+    started = time.monotonic()
+    with embedded_postgres(tmp_path) as url:
+        elapsed = time.monotonic() - started
         assert db.migrate(url) == []
+    assert elapsed < 1.5
 
 
-def test_the_embedded_broker_carries_a_qos1_message(tmp_path: Path):
-    got: list[bytes] = []
-    arrived = threading.Event()
+def test_the_embedded_postgres_refuses_a_data_dir_its_package_cannot_use(tmp_path: Path):
+    with pytest.raises(EmbeddedServerError, match="VAGT_DATA_DIR"):
+        with embedded_postgres(tmp_path / "with space"):
+            pass
+
+
+# --- embedded MQTT broker ----------------------------------------------------------------------
+
+def test_the_embedded_broker_carries_a_qos1_message_between_two_clients():
     with embedded_broker(free_port()) as url:
-        port = int(url.rsplit(":", 1)[1])
-        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:6]}",
-                          protocol=paho.MQTTv311)
-        sub.on_message = lambda _c, _u, m: (got.append(m.payload), arrived.set())
-        sub.on_connect = lambda c, *_: c.subscribe("vagt/v1/dev/+/alarm", qos=1)
-        sub.connect("127.0.0.1", port)
-        sub.loop_start()
-        time.sleep(0.5)
-        pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-        pub.connect("127.0.0.1", port)
-        pub.loop_start()
-        pub.publish("vagt/v1/dev/ALM-1/alarm", b"help", qos=1).wait_for_publish(5)
-        assert arrived.wait(5)
-        for c in (sub, pub):
-            c.disconnect()
-            c.loop_stop()
-    assert got == [b"help"]
+        sub, got = mqtt_client(port_of(url))
+        subscribe(sub, "vagt/v1/dev/+/alarm")
+        pub, _ = mqtt_client(port_of(url))
+        info = pub.publish("vagt/v1/dev/ALM-000001/alarm", b"help", qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()  # the broker's PUBACK came
+        assert wait_until(lambda: len(got) == 1)
+        close(sub)
+        close(pub)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("vagt/v1/dev/ALM-000001/alarm", b"help", 1)]
 
 
-def test_the_demo_registers_the_fleet_and_alarms_become_alerts(database_url, tmp_path, capsys):
-    config = load_config(None, env={"VAGT_DATABASE_URL": database_url,
-                                    "VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"})
-    stop = threading.Event()
-    run_demo(config, devices=100, duration=12, seed=2, stop=stop, run_engine=run_engine)
+def test_the_embedded_broker_queues_for_a_persistent_session_while_its_client_is_away():
+    with embedded_broker(free_port()) as url:
+        engine, _ = mqtt_client(port_of(url), "engine-1", clean=False)
+        subscribe(engine, "vagt/v1/dev/#")
+        close(engine)
+        publish_backlog(url, [(f"vagt/v1/dev/OXI-{i:06d}/telemetry", b"%d" % i)
+                              for i in range(200)])
+        time.sleep(1.5)  # amqtt sweeps sessions every second: this one must survive that
+        engine, got = mqtt_client(port_of(url), "engine-1", clean=False)
+        assert wait_until(lambda: len(got) == 200)
+        close(engine)
+    assert {m.payload for m in got} == {b"%d" % i for i in range(200)}
+
+
+def test_the_embedded_broker_does_not_resend_what_a_client_left_unacknowledged():
+    """amqtt's limit, as its docstring says: Mosquitto would send this message again."""
+    with embedded_broker(free_port()) as url:
+        engine, got = mqtt_client(port_of(url), "engine-2", clean=False, manual_ack=True)
+        subscribe(engine, "vagt/v1/dev/#")
+        publish_backlog(url, [("vagt/v1/dev/ALM-000001/alarm", b"fall")])
+        assert wait_until(lambda: len(got) == 1)
+        close(engine)  # without acknowledging it
+        engine, again = mqtt_client(port_of(url), "engine-2", clean=False)
+        time.sleep(1.0)
+        close(engine)
+    assert again == []
+
+
+def test_a_second_embedded_broker_on_a_taken_port_says_so():
+    port = free_port()
+    with embedded_broker(port):
+        with pytest.raises(EmbeddedServerError, match=f"127.0.0.1:{port}"):
+            with embedded_broker(port):
+                pass
+
+
+# --- vagt simulate -----------------------------------------------------------------------------
+
+def test_simulate_sends_traffic_at_the_rate_for_the_duration_and_writes_the_fleet(
+        broker, topic_root, tmp_path: Path, capsys):
+    sub, got = mqtt_client(broker.port)
+    subscribe(sub, f"{topic_root}/dev/#")
+    fleet_file = tmp_path / "fleet.csv"
+    code = run_simulate(broker.url, topic_root, 40, 50.0, 1.0, 1, fleet_file, 5)
+    assert wait_until(lambda: len(got) >= 45)
+    close(sub)
+    assert code == 0
+    assert 45 <= len(got) <= 55
+    assert len(fleet_file.read_text().splitlines()) == 41
+    assert "every one acknowledged" in capsys.readouterr().out
+
+
+# --- vagt demo, with a stand-in engine ---------------------------------------------------------
+
+class StandInEngine:
+    """Takes the configuration the demo hands over, listens on its broker, and opens one alert
+    in its database for the first message that arrives; then waits to be stopped."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.received = 0
+        self.stopped = False
+
+    def __call__(self, config: Config, stop: threading.Event) -> None:
+        self.config = config
+        client, got = mqtt_client(config.mqtt.port)
+        subscribe(client, f"{config.mqtt.topic_root}/dev/+/+")
+        try:
+            if wait_until(lambda: got or stop.is_set(), timeout=30) and got:
+                self._open_alert(config.database.url, got[0].topic.split("/")[-2])
+            stop.wait()
+            self.received = len(got)
+        finally:
+            close(client)
+        self.stopped = True
+
+    @staticmethod
+    def _open_alert(db_url: str, device_id: str) -> None:
+        with psycopg.connect(db_url) as conn:
+            conn.execute(
+                "INSERT INTO alerts (fingerprint, rule, device_id, summary, severity, priority,"
+                " queue, opened_at, last_fired_at) VALUES (%s, 'stand_in', %s, %s, 'critical',"
+                " 1, 'emergency', now(), now())",
+                (f"stand_in:{device_id}", device_id, f"alarm.fall from {device_id}"))
+
+
+def demo_config(database_url: str, tmp_path: Path) -> Config:
+    return load_config(None, env={"VAGT_DATABASE_URL": database_url, "VAGT_METRICS_PORT": "0",
+                                  "VAGT_DATA_DIR": str(tmp_path)})
+
+
+def test_the_demo_registers_the_fleet_hands_the_engine_its_servers_and_prints_alerts(
+        database_url, tmp_path: Path, capsys):
+    engine = StandInEngine()
+    code = run_demo(demo_config(database_url, tmp_path), devices=60, duration=3, seed=2,
+                    run_engine=engine)
     out = capsys.readouterr().out
+    assert code == 0
+    assert engine.config is not None and engine.stopped
+    assert engine.config.mqtt.protocol == 4
+    assert engine.config.mqtt.url.startswith("mqtt://127.0.0.1:")
+    assert engine.config.database.url == database_url
+    assert engine.received > 0
     with psycopg.connect(database_url) as conn:
-        devices = conn.execute("SELECT count(*) FROM devices").fetchone()
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (60,)
+        (alert_id, device_id), = conn.execute("SELECT id, device_id FROM alerts").fetchall()
+    assert "60 simulated devices in 19 municipalities (60 newly registered)" in out
+    alert_lines = [line for line in out.splitlines() if line.startswith("ALERT")]
+    assert len(alert_lines) == 1
+    assert f"#{alert_id}" in alert_lines[0] and device_id in alert_lines[0]
+    assert "emergency" in alert_lines[0] and f"alarm.fall from {device_id}" in alert_lines[0]
+    assert "messages sent" in out and "readings stored" in out and "dead letters" in out
+
+
+def test_the_demo_runs_its_own_postgres_when_no_database_is_configured(tmp_path: Path, capsys):
+    seen: list[str] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        with psycopg.connect(config.database.url) as conn:
+            seen.append(conn.execute("SELECT current_database()").fetchone()[0])
+            seen.append(str(conn.execute("SELECT count(*) FROM devices").fetchone()[0]))
+        stop.wait()
+
+    config = load_config(None, env={"VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"})
+    assert run_demo(config, devices=25, duration=1, seed=1, run_engine=engine) == 0
+    assert seen == ["vagt", "25"]
+    assert (tmp_path / "postgres" / "PG_VERSION").exists()
+
+
+def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path, capsys):
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    started = time.monotonic()
+    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=None, seed=1,
+                    run_engine=lambda _c, s: s.wait(), stop=stop)
+    assert code == 0
+    assert time.monotonic() - started < 15
+
+
+def test_the_demo_stops_and_says_so_when_the_engine_fails(database_url, tmp_path: Path, capsys):
+    def broken_engine(config: Config, stop: threading.Event) -> None:
+        raise RuntimeError("the rules file is broken")
+
+    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=30, seed=1,
+                    run_engine=broken_engine)
+    assert code == 1
+    assert "the engine failed: RuntimeError('the rules file is broken')" in capsys.readouterr().err
+
+
+def test_an_alert_line_reads_left_to_right_as_an_operator_would():
+    from datetime import UTC, datetime
+    line = format_alert(42, datetime(2025, 11, 22, 9, 30, tzinfo=UTC), "emergency", 1,
+                        "critical", "ALM-000017", "alarm.fall from ALM-000017")
+    assert line.startswith("ALERT #42 ")
+    assert line.index("P1") < line.index("emergency") < line.index("critical") \
+        < line.index("ALM-000017") < line.index("alarm.fall")
+
+
+# --- vagt demo, with the real engine -----------------------------------------------------------
+
+def test_the_demo_with_the_real_engine_stores_the_simulated_readings(
+        database_url, tmp_path: Path, capsys):
+    """Registers, runs the real engine on amqtt (MQTT 3.1.1) and stores what the devices send.
+
+    Not yet checked end to end: that an alarm becomes an alert within a second.
+    """
+    code = run_demo(demo_config(database_url, tmp_path), devices=100, duration=8, seed=2,
+                    run_engine=run_engine)
+    out = capsys.readouterr().out
+    assert code == 0
+    with psycopg.connect(database_url) as conn:
         readings = conn.execute("SELECT count(*) FROM readings").fetchone()
         dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
-    assert devices == (100,)
     assert readings is not None and readings[0] > 0
     assert dead == (0,)
     assert "100 simulated devices in 19 municipalities" in out

@@ -136,7 +136,7 @@ def test_sigterm_commits_and_acknowledges_the_batch_in_hand_then_exits(
     ids = [f"BPM-{i:04d}" for i in range(20)]
     register(database_url, [(d, "A&D", "UA-651", "bp_monitor", "Viborg") for d in ids])
     msgs = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, bp_systolic=120 + k % 9))
-            for k in range(150) for d in ids]
+            for k in range(1000) for d in ids]
     engine.start().wait_ready()
     engine.terminate()
     publish(broker.port, msgs)

@@ -1,6 +1,6 @@
 """`vagt demo` and `vagt simulate`: simulated devices, and the whole engine with nothing installed.
 
-The demo starts an embedded MQTT broker and (unless a database is configured) an embedded
+The demo runs an embedded MQTT broker and (unless a database is configured) an embedded
 PostgreSQL, registers a simulated fleet, runs the engine and prints alerts as they open.
 """
 
@@ -9,130 +9,226 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
-import aiomqtt
 import psycopg
 
 from vagt.app import db
-from vagt.app.config import Config
+from vagt.app.config import Config, redact_url
 from vagt.app.embedded import embedded_broker, embedded_postgres, free_port
-from vagt.devices.registry import import_csv
-from vagt.sim import Traffic, fleet_csv, make_fleet
+from vagt.devices import import_csv
+from vagt.sim import PublishError, PublishStats, SimDevice, Traffic, fleet_csv, make_fleet, publish
 
 log = logging.getLogger("vagt.demo")
 
+EngineRunner = Callable[[Config, threading.Event], None]
+Message = tuple[str, bytes]
 
-def wall_clock() -> Iterator[float]:
-    while True:
-        yield time.time()
-
-
-async def publish(url: str, messages: Iterator[tuple[str, bytes]], *, rate: float,
-                  stop: threading.Event, protocol: int = 5,
-                  count: int | None = None) -> int:
-    """Publish at QoS 1 with aiomqtt, `rate` messages a second, until `stop` or `count`."""
-    u = urllib.parse.urlsplit(url)
-    version = aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311
-    sent = 0
-    async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
-                              username=u.username, password=u.password,
-                              protocol=version) as client:
-        start = time.monotonic()
-        for topic, payload in messages:
-            if stop.is_set() or (count is not None and sent >= count):
-                break
-            await client.publish(topic, payload, qos=1)
-            sent += 1
-            ahead = sent / rate - (time.monotonic() - start)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-    return sent
+NEW_ALERTS = ("SELECT id, opened_at, queue, priority, severity, device_id, summary "
+              "FROM alerts WHERE id > %s ORDER BY id")
+STORED = ("SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM dead_letters), "
+          "(SELECT coalesce(max(id), 0) FROM alerts)")
 
 
-def run_simulate(url: str, topic_root: str, devices: int, rate: float,
-                 duration: float | None, seed: int, fleet_file: Path | None = None,
-                 protocol: int = 5) -> int:
-    """Send simulated traffic to any broker (the devices must be registered: see --fleet-csv)."""
+def demo_rate(devices: int) -> float:
+    """Messages a second in the demo: each device about every 20 s, and at least 5."""
+    return max(5.0, devices / 20)
+
+
+# --- vagt simulate ------------------------------------------------------------------------------
+
+def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration: float | None,
+                 seed: int, fleet_file: Path | None = None, protocol: int = 4) -> int:
+    """Send a simulated fleet's traffic to any broker, `rate` messages a second, until
+    `duration` seconds have passed or Ctrl-C. The devices must be registered: `fleet_file`
+    writes them as a CSV for `vagt devices import`."""
     fleet = make_fleet(devices, seed)
     if fleet_file is not None:
         fleet_file.write_text(fleet_csv(fleet), encoding="utf-8")
         print(f"wrote the simulated fleet to {fleet_file}; register it with "
               f"`vagt devices import {fleet_file}`")
-    traffic = Traffic(fleet, seed=seed, topic_root=topic_root)
-    stop = threading.Event()
-    count = None if duration is None else int(duration * rate)
-    sent = asyncio.run(publish(url, traffic.messages(wall_clock()), rate=rate, stop=stop,
-                               protocol=protocol, count=count))
-    print(f"sent {sent} messages")
+    print(f"vagt simulate: {devices} devices, {rate:g} messages/s to {redact_url(url)} "
+          f"under {topic_root}/; Ctrl-C stops", flush=True)
+    stats = PublishStats()
+    messages = until(Traffic(fleet, seed=seed, topic_root=topic_root).messages(),
+                     threading.Event(), _deadline(duration))
+    try:
+        asyncio.run(publish(url, messages, rate, protocol=protocol, stats=stats))
+    except KeyboardInterrupt:
+        print(f"interrupted: {stats.acknowledged} messages acknowledged by the broker")
+        return 130
+    except PublishError as e:
+        print(f"vagt simulate: {e}", file=sys.stderr)
+        return 1
+    print(f"sent {stats.acknowledged} messages, every one acknowledged by the broker")
     return 0
 
+
+def until(messages: Iterator[Message], stop: threading.Event,
+          deadline: float | None) -> Iterator[Message]:
+    """The messages until `stop` is set or the monotonic clock passes `deadline`."""
+    for message in messages:
+        if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            return
+        yield message
+
+
+def _deadline(duration: float | None) -> float | None:
+    return None if duration is None else time.monotonic() + duration
+
+
+# --- vagt demo ----------------------------------------------------------------------------------
 
 def run_demo(config: Config, *, devices: int, duration: float | None, seed: int,
-             stop: threading.Event,
-             run_engine: Callable[[Config, threading.Event], None]) -> int:
-    """Everything in one process until `stop` (Ctrl-C) or `duration` seconds."""
-    data_dir = Path(config.data_dir)
+             run_engine: EngineRunner, stop: threading.Event | None = None) -> int:
+    """Broker, database, simulated devices and `run_engine`, all in this process, printing
+    each new alert and a summary every second, until `stop` (or Ctrl-C) or `duration` s.
+
+    Returns 0, or 1 if the engine or the simulator failed.
+    """
+    stop = stop if stop is not None else threading.Event()
     fleet = make_fleet(devices, seed)
-    rate = max(5.0, devices / 20)  # each device about every 20 s: a lively demo
-    with embedded_broker(free_port()) as mqtt_url, _database(config, data_dir) as db_url:
-        db.migrate(db_url)
-        with psycopg.connect(db_url) as conn:
-            result = import_csv(conn, "simulated-fleet.csv", actor="demo", text=fleet_csv(fleet))
-        print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
-              f"({result.created} newly registered); {rate:.0f} messages/s; Ctrl-C stops")
-        engine_config = dataclasses.replace(
-            config,
-            mqtt=dataclasses.replace(config.mqtt, url=mqtt_url, protocol=4,
-                                     client_id="vagt-demo"),
-            database=dataclasses.replace(config.database, url=db_url))
-        engine_stop = threading.Event()
-        engine = threading.Thread(target=run_engine, args=(engine_config, engine_stop),
-                                  name="vagt-engine")
-        engine.start()
-        traffic = Traffic(fleet, seed=seed, topic_root=config.mqtt.topic_root)
-        sim = threading.Thread(target=lambda: asyncio.run(publish(
-            mqtt_url, traffic.messages(wall_clock()), rate=rate, stop=stop, protocol=4)),
-            name="vagt-simulator", daemon=True)
-        sim.start()
-        try:
-            _show_alerts(db_url, stop, time.monotonic() + duration if duration else None)
-        finally:
-            stop.set()
-            sim.join(10)
-            engine_stop.set()
-            engine.join(60)
-    return 0
+    rate = demo_rate(devices)
+    sent = PublishStats()
+    workers: list[_Worker] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            mqtt_url = stack.enter_context(embedded_broker(free_port()))
+            db_url = stack.enter_context(_database(config))
+            db.migrate(db_url)
+            created = register_fleet(db_url, fleet)
+            print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
+                  f"({created} newly registered), {rate:g} messages/s; Ctrl-C stops", flush=True)
+            engine_config = demo_engine_config(config, mqtt_url, db_url)
+            traffic = Traffic(fleet, seed=seed, topic_root=config.mqtt.topic_root)
+            # entered in this order, stopped in the reverse: devices, engine, database, broker
+            workers.append(stack.enter_context(
+                _Worker("engine", functools.partial(run_engine, engine_config))))
+            workers.append(stack.enter_context(
+                _Worker("simulator", functools.partial(_simulate, mqtt_url, traffic, rate, sent))))
+            _report_until(db_url, stop, _deadline(duration), sent, workers)
+    except KeyboardInterrupt:
+        print("vagt demo: stopped", flush=True)
+    return _outcome(workers)
 
 
-def _database(config: Config, data_dir: Path) -> contextlib.AbstractContextManager[str]:
+def demo_engine_config(config: Config, mqtt_url: str, db_url: str) -> Config:
+    """The configuration the engine runs with: the embedded broker (MQTT 3.1.1, no shared
+    subscriptions) and the demo's database."""
+    return dataclasses.replace(
+        config,
+        mqtt=dataclasses.replace(config.mqtt, url=mqtt_url, protocol=4, share_group=""),
+        database=dataclasses.replace(config.database, url=db_url))
+
+
+def register_fleet(db_url: str, fleet: list[SimDevice]) -> int:
+    """Register (or update) the simulated devices; how many were new."""
+    with psycopg.connect(db_url) as conn:
+        return import_csv(conn, fleet_csv(fleet), actor="demo").created
+
+
+def _database(config: Config) -> contextlib.AbstractContextManager[str]:
     if config.database.url:
         return contextlib.nullcontext(config.database.url)
-    return embedded_postgres(data_dir)
+    return embedded_postgres(Path(config.data_dir))
 
 
-def _show_alerts(db_url: str, stop: threading.Event, until: float | None) -> None:
-    """Print each new alert, and once in a while what has been stored."""
-    last_id, tick = 0, 0
+def _outcome(workers: list[_Worker]) -> int:
+    failed = [w for w in workers if w.failure is not None]
+    for w in failed:
+        print(f"vagt demo: the {w.name} failed: {w.failure!r}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _simulate(url: str, traffic: Traffic, rate: float, stats: PublishStats,
+              stop: threading.Event) -> None:
+    messages = until(traffic.messages(), stop, None)
+    asyncio.run(publish(url, messages, rate, protocol=4, stats=stats))
+
+
+class _Worker:
+    """`target(stop)` in a thread of its own; leaving the block sets `stop` and waits for it."""
+
+    def __init__(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        self.name = name
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._target = target
+        self._thread = threading.Thread(target=self._run, name=f"vagt-demo-{name}", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> _Worker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        if self._thread.is_alive():
+            log.warning("event=demo_worker_still_running worker=%s waited_s=60", self.name)
+
+    def _run(self) -> None:
+        try:
+            self._target(self._stop)
+        except Exception as e:  # reported when the demo stops
+            log.exception("event=demo_worker_failed worker=%s", self.name)
+            self.failure = e
+
+
+def _report_until(db_url: str, stop: threading.Event, deadline: float | None,
+                  sent: PublishStats, workers: list[_Worker]) -> None:
+    """Every second: the alerts opened since, and one line of counts and rates; until `stop`,
+    the deadline, or a worker ending (which it does only when it fails)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        while not stop.wait(1.0) and (until is None or time.monotonic() < until):
-            rows = conn.execute(
-                "SELECT id, opened_at, queue, priority, severity, labels->>'municipality', "
-                "summary FROM alerts WHERE id > %s ORDER BY id", (last_id,)).fetchall()
-            for aid, opened, queue, prio, sev, place, summary in rows:
-                print(f"ALERT {aid:>5}  {opened:%H:%M:%S}  P{prio} {queue:<10} {sev:<8} "
-                      f"{place or '':<18} {summary}", flush=True)
-                last_id = aid
-            tick += 1
-            if tick % 10 == 0:
-                readings, dead, open_ = conn.execute(
-                    "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM dead_letters),"
-                    " (SELECT count(*) FROM alerts WHERE status <> 'resolved')").fetchone() \
-                    or (0, 0, 0)
-                print(f"-- {readings} readings stored, {open_} alerts not resolved, "
-                      f"{dead} dead letters", flush=True)
+        readings_before, dead_before, last_alert = _stored(conn)
+        started = previous = time.monotonic()
+        seen = _Counts(0, 0, 0)
+        while not stop.wait(1.0):
+            for row in conn.execute(NEW_ALERTS, (last_alert,)).fetchall():
+                print(format_alert(*row), flush=True)
+                last_alert = row[0]
+            readings, dead, _ = _stored(conn)
+            now = time.monotonic()
+            counts = _Counts(sent.sent, readings - readings_before, dead - dead_before)
+            print(format_summary(now - started, counts, seen, now - previous), flush=True)
+            seen, previous = counts, now
+            if (deadline is not None and now >= deadline) or not all(w.running for w in workers):
+                return
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counts:
+    sent: int
+    readings: int
+    dead: int
+
+
+def _stored(conn: psycopg.Connection) -> tuple[int, int, int]:
+    row = conn.execute(STORED).fetchone()
+    return (int(row[0]), int(row[1]), int(row[2])) if row is not None else (0, 0, 0)
+
+
+def format_alert(alert_id: int, opened_at: datetime, queue: str, priority: int, severity: str,
+                 device_id: str | None, summary: str) -> str:
+    """One alert as a line: id, local time, priority, queue, severity, device, summary."""
+    return (f"ALERT #{alert_id:<5} {opened_at.astimezone():%H:%M:%S}  P{priority} "
+            f"{queue:<10} {severity:<8} {device_id or '-':<11} {summary}")
+
+
+def format_summary(elapsed: float, counts: _Counts, before: _Counts, seconds: float) -> str:
+    def rate(now: int, then: int) -> str:
+        return f"{(now - then) / seconds:.0f}/s" if seconds > 0 else "-"
+
+    return (f"-- {elapsed:4.0f} s: {counts.sent} messages sent ({rate(counts.sent, before.sent)}),"
+            f" {counts.readings} readings stored ({rate(counts.readings, before.readings)}),"
+            f" {counts.dead} dead letters")

