@@ -83,6 +83,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108            # 0 = no metrics endpoint
     rules: str = ""                     # a rules file or folder; "" = the built-in default rules
+    catalogue: str = ""                 # the approved models (TOML); "" = the built-in catalogue
     data_dir: str = "var"               # embedded database and broker state
 
 
@@ -98,6 +99,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_METRICS_PORT": ("", "metrics_port"),
     "VAGT_METRICS_HOST": ("", "metrics_host"),
     "VAGT_RULES": ("", "rules"),
+    "VAGT_CATALOGUE": ("", "catalogue"),
     "VAGT_DATA_DIR": ("", "data_dir"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
 }
@@ -212,6 +214,8 @@ def _validate(c: Config) -> None:
         )
     if c.rules and not Path(c.rules).exists():
         raise ConfigError(f"setting 'rules' (VAGT_RULES): {c.rules} does not exist")
+    if c.catalogue and not Path(c.catalogue).is_file():
+        raise ConfigError(f"setting 'catalogue' (VAGT_CATALOGUE): {c.catalogue} is not a file")
     for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
         if getattr(c.ingest, name) < 1:
             raise ConfigError(f"setting 'ingest.{name}' must be at least 1")

@@ -1,0 +1,98 @@
+"""The catalogue of approved models: the built-in one loads, and each kind of mistake in a
+catalogue file is refused with a message that names the file, the model and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vagt.devices.catalogue import CatalogueError, load_catalogue
+from vagt.sim.fleet import DEVICE_TYPES
+
+
+def test_the_built_in_catalogue_covers_every_simulated_model() -> None:
+    cat = load_catalogue()
+    for kind, t in DEVICE_TYPES.items():
+        for vendor, model in t.models:
+            m = cat.require(vendor, model)
+            assert m.type == kind
+    oxi = cat.require("Nonin", "3230")
+    assert oxi.metrics["spo2"].unit == "%"
+    assert (oxi.metrics["spo2"].low, oxi.metrics["spo2"].high) == (70.0, 100.0)
+    assert cat.require("Telit", "HomeHub 4G").heartbeat_s == 300
+    assert cat.require("Evondos", "E300").sends_event("dose.due")
+    assert not cat.require("Nonin", "3230").sends_event("alarm.fall")
+
+
+def test_names_are_matched_without_regard_to_case_or_spacing() -> None:
+    cat = load_catalogue()
+    assert cat.require("nonin", "  3230 ").model == "3230"
+    assert cat.require("TUNSTALL", "lifeline  vi+").vendor == "Tunstall"
+
+
+def test_an_unapproved_model_is_refused_with_the_approved_ones_named() -> None:
+    cat = load_catalogue()
+    with pytest.raises(CatalogueError, match=r"Nonin 9999 is not an approved model "
+                                             r"\(approved Nonin models: 3230\)"):
+        cat.require("Nonin", "9999")
+    with pytest.raises(CatalogueError, match="approved vendors: .*Tunstall"):
+        cat.require("Acme", "X1")
+    with pytest.raises(CatalogueError, match="Nonin 3230 is a pulse_oximeter, not a scale"):
+        cat.require("Nonin", "3230", "scale")
+
+
+def test_firmware_approval() -> None:
+    m = load_catalogue().require("Nonin", "3230")
+    assert m.firmware_approved("2.5.0")
+    assert not m.firmware_approved("2.6.0-beta")
+
+
+GOOD = '''
+[[model]]
+vendor = "V"
+model = "M"
+type = "scale"
+heartbeat_s = 3600
+battery = "replaceable"
+firmware = ["1.0"]
+[model.metrics]
+weight = { min = 5, max = 250 }
+'''
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('heartbeat_s = 3600', 'heartbeat_s = 3'), r"model #1 \(V M\): field 'heartbeat_s' must "
+                                                r"be whole seconds"),
+    (('battery = "replaceable"', 'battery = "nuclear"'), "field 'battery' must be one of"),
+    (('weight = {', 'wieght = {'), r"metrics.wieght: not a metric vagt knows"),
+    (('max = 250', 'max = 900'), r"metrics.weight: need 0 <= min < max <= 700 kg, got 5..900"),
+    (('min = 5,', 'min = 5, unit = "lb",'), r"metrics.weight.unit: .*canonical unit kg"),
+    (('type = "scale"', 'type = "Scale!"'), "field 'type' must be lowercase"),
+    (('vendor = "V"', 'vendor = ""'), "field 'vendor' must be a non-empty string"),
+    (('firmware = ["1.0"]', 'firmware = "1.0"'), "field 'firmware' must be a list"),
+    (('heartbeat_s', 'colour = "red"\nheartbeat_s'), r"unknown field\(s\) colour"),
+])
+def test_mistakes_in_a_catalogue_file_are_named(tmp_path: Path, change: tuple[str, str],
+                                               message: str) -> None:
+    f = tmp_path / "catalogue.toml"
+    f.write_text(GOOD.replace(*change), encoding="utf-8")
+    with pytest.raises(CatalogueError, match=message) as e:
+        load_catalogue(f)
+    assert str(f) in str(e.value)
+
+
+def test_a_model_listed_twice_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD + GOOD.replace('"V"', '"v"'), encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"model #2 \(v M\) is listed twice"):
+        load_catalogue(f)
+
+
+def test_a_good_file_loads(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD, encoding="utf-8")
+    cat = load_catalogue(f)
+    assert len(cat) == 1 and cat.types() == ["scale"]
+    with pytest.raises(CatalogueError, match="no such catalogue file"):
+        load_catalogue(tmp_path / "missing.toml")
