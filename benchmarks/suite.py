@@ -43,10 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as paho
 import psycopg
-from tests.support import Broker, free_port
-
 from benchmarks.drain import (
     PG_ADMIN,
     create_session,
@@ -56,6 +53,8 @@ from benchmarks.drain import (
     publish_backlog,
     v5_client,
 )
+from tests.support import Broker, free_port
+
 from vagt.app import db
 
 Message = tuple[str, bytes]
