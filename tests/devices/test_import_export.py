@@ -78,7 +78,7 @@ def test_a_row_without_municipality_registers_a_device_in_the_centres_stock(conn
     assert (device.status, device.municipality) == ("in_stock", "")
 
 
-@pytest.mark.parametrize("ref", ["010170-1234", "0101701234", "ref0101701234"])
+@pytest.mark.parametrize("ref", ["010170-1234", "0101701234", "ref-0101701234"])
 def test_a_citizen_ref_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, ref):
     problems = problems_of(conn, WITH_CITIZEN + f"OXI-1,Nonin,3230,pulse_oximeter,Aarhus,{ref}\n")
     assert problems == [

@@ -382,3 +382,10 @@ def test_a_retirement_and_a_deployment_at_once_leave_one_consistent_outcome(conn
     assert len(won) == 1 and results.count("refused") == 1
     assert status_of(conn) == won[0]
     assert len(open_assignments(conn)) == (1 if won[0] == "deployed" else 0)
+
+
+@pytest.mark.parametrize("ref", ["cit-1234567890ab", "cit-7f3a9c01e2d4", "a1b2c3d4-e5f6"])
+def test_a_random_reference_with_digits_in_it_is_a_citizen_reference(conn, ref):
+    new_device(conn)
+    deploy(conn, DEVICE, citizen_ref=ref, municipality="Skive", actor="anna")
+    assert open_assignments(conn) == [(DEVICE, ref, "Skive")]

@@ -14,6 +14,7 @@ OXI-0001,Nonin,3230,pulse_oximeter,Aarhus,SN-1
 BPM-0001,A&D,UA-651BLE,bp_monitor,Samsø,
 """
 HEADER = "device_id,vendor,model,type,municipality\n"
+OK = "Nonin,3230,pulse_oximeter,Aarhus"  # an approved model, a municipality
 
 
 def do_import(conn: psycopg.Connection, text: str, source: str = "fleet.csv") -> ImportResult:
@@ -173,7 +174,7 @@ def test_an_empty_required_field_is_named_by_line_and_column(conn):
 
 
 def test_an_invalid_device_id_is_named_by_line_and_value(conn):
-    assert problems_of(conn, HEADER + "OXI-1,Nonin,3230,pulse_oximeter,Aarhus\nOXI 2,Nonin,3230,pulse_oximeter,Aarhus\n") == [
+    assert problems_of(conn, HEADER + f"OXI-1,{OK}\nOXI 2,{OK}\n") == [
         "line 3: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
 
 
@@ -183,7 +184,7 @@ def test_a_device_id_longer_than_64_characters_is_refused(conn):
 
 
 def test_a_device_id_twice_in_the_file_names_both_lines(conn):
-    assert problems_of(conn, HEADER + "OXI-1,Nonin,3230,pulse_oximeter,Aarhus\nOXI-2,Nonin,3230,pulse_oximeter,Aarhus\nOXI-1,Nonin,3230,pulse_oximeter,Aarhus\n") == [
+    assert problems_of(conn, HEADER + f"OXI-1,{OK}\nOXI-2,{OK}\nOXI-1,{OK}\n") == [
         "line 4: device_id 'OXI-1' is also on line 2"]
 
 
@@ -199,7 +200,7 @@ def test_a_column_named_twice_in_the_header_is_refused(conn):
 
 
 def test_line_numbers_count_the_lines_of_a_quoted_value_that_spans_several(conn):
-    text = HEADER.replace("\n", ",note\n") + 'OXI-1,Nonin,3230,pulse_oximeter,Aarhus,"two\nlines"\nOXI 2,Nonin,3230,pulse_oximeter,Aarhus,\n'
+    text = HEADER.replace("\n", ",note\n") + f'OXI-1,{OK},"two\nlines"\nOXI 2,{OK},\n'
     assert problems_of(conn, text) == [
         "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
 
@@ -219,7 +220,7 @@ def test_a_missing_file_is_refused_naming_it(conn, tmp_path: Path):
 
 
 def test_all_problems_are_listed_and_nothing_is_written(conn):
-    text = CSV + "BAD ID,Nonin,3230,pulse_oximeter,Aarhus,\n,Nonin,3230,pulse_oximeter,Aarhus,\nOXI-0001,Nonin,3230,pulse_oximeter,Aarhus,\n"
+    text = CSV + f"BAD ID,{OK},\n,{OK},\nOXI-0001,{OK},\n"
     assert problems_of(conn, text) == [
         "line 4: device_id 'BAD ID' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -",
         "line 5: column 'device_id' is empty",
@@ -249,7 +250,7 @@ def test_a_refused_import_writes_no_audit_row(conn):
 @pytest.mark.parametrize("column", ["cpr", "CPR-nr", "cpr_nummer", "personnummer", "person_nr",
                                     "civil_registration_number"])
 def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
-    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + "X-1,Nonin,3230,pulse_oximeter,Aarhus,\n")
+    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},\n")
     assert problems == [f"the column '{column}' looks like a civil registration (CPR) number; "
                         "vagt never stores CPR numbers: remove it (a pseudonymous citizen "
                         "reference may stay)"]
@@ -258,7 +259,7 @@ def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
 
 @pytest.mark.parametrize("value", ["0101701234", "010170-1234"])
 def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, value):
-    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,Nonin,3230,pulse_oximeter,Aarhus,{value}\n")
+    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,{OK},{value}\n")
     assert problems == ["line 2, column 'citizen': the value looks like a civil registration "
                         "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
                         "citizen reference may stay)"]

@@ -15,8 +15,10 @@ MAX_CITIZEN_REF = 64
 MAX_MUNICIPALITY = 100
 MAX_NOTE = 500
 
-# Anywhere in the value: "cit-0101701234" hides a CPR number as well as "0101701234" does.
-_CPR_INSIDE = re.compile(r"(?<![0-9])[0-9]{6}[- ]?[0-9]{4}(?![0-9])")
+# Anywhere in the value as a word of its own: "cit-0101701234" hides a CPR number as well as
+# "0101701234" does. Ten digits run inside a word of letters and digits (a random hex
+# reference such as "cit-1234567890ab") are not a CPR number written down by a person.
+_CPR_INSIDE = re.compile(r"(?<![A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}(?![A-Za-z0-9])")
 # A whole value (a serial number with ten digits in it stays allowed in other columns).
 _CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")

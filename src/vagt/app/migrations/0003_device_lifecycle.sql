@@ -41,7 +41,7 @@ CREATE TABLE device_assignments (
     id            bigserial PRIMARY KEY,
     device_id     text NOT NULL REFERENCES devices (device_id),
     citizen_ref   text NOT NULL
-                  CHECK (citizen_ref !~ '(^|[^0-9])[0-9]{6}[- ]?[0-9]{4}($|[^0-9])'),
+                  CHECK (citizen_ref !~ '(^|[^A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}($|[^A-Za-z0-9])'),
     municipality  text NOT NULL CHECK (municipality <> ''),
     since         timestamptz NOT NULL,
     until         timestamptz,               -- NULL while the device is with the citizen
@@ -60,7 +60,7 @@ SELECT device_id, attributes->>'citizen_ref', municipality, registered_at
 FROM devices
 WHERE status = 'deployed' AND municipality <> ''
   AND coalesce(attributes->>'citizen_ref', '') <> ''
-  AND attributes->>'citizen_ref' !~ '(^|[^0-9])[0-9]{6}[- ]?[0-9]{4}($|[^0-9])';
+  AND attributes->>'citizen_ref' !~ '(^|[^A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}($|[^A-Za-z0-9])';
 UPDATE devices SET attributes = attributes - 'citizen_ref'
 WHERE device_id IN (SELECT device_id FROM device_assignments);
 
