@@ -184,7 +184,7 @@ def test_an_alarm_is_committed_while_a_telemetry_backlog_is_still_draining(
         engine: EngineProcess, broker: Broker, database_url, topic_root):
     ids = [f"SCL-{i:04d}" for i in range(100)]
     register(database_url, [(d, "A&D", "UC-352BLE", "scale", "Herning") for d in ids]
-             + [("ALM-0009", "Tunstall", "Vi", "personal_alarm", "Herning")])
+             + [("ALM-0009", "Tunstall", "Lifeline Vi+", "personal_alarm", "Herning")])
     backlog = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, weight=70 + k % 5))
                for k in range(200) for d in ids]
     engine.start().wait_ready()

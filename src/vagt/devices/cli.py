@@ -266,7 +266,7 @@ def _details(details: dict[str, object]) -> str:
     parts = []
     if "from" in details or "to" in details:
         parts.append(f"{details.get('from', '(new)')} -> {details.get('to')}")
-    parts += [f"{k}={v}" for k, v in details.items() if k not in ("from", "to")]
+    parts += [f"{k}={v}" for k, v in details.items() if k not in ("from", "to") and v != ""]
     return " ".join(parts)
 
 
