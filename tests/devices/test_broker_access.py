@@ -395,3 +395,11 @@ def test_deploying_a_device_gives_it_access_at_the_next_generation(
     acl_broker.start()
     device = as_device(clients, acl_broker, "OXI-000004")
     assert device.connack is not None and not device.connack.is_failure
+
+
+def test_the_device_secret_from_the_environment_never_shows_in_the_configuration():
+    from vagt.app.config import load_config
+
+    config = load_config(env={"VAGT_DEVICE_SECRET": SECRET})
+    assert config.device_secret == SECRET
+    assert SECRET not in repr(config)

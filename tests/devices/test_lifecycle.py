@@ -389,3 +389,10 @@ def test_a_random_reference_with_digits_in_it_is_a_citizen_reference(conn, ref):
     new_device(conn)
     deploy(conn, DEVICE, citizen_ref=ref, municipality="Skive", actor="anna")
     assert open_assignments(conn) == [(DEVICE, ref, "Skive")]
+
+
+@pytest.mark.parametrize("attributes", [{"cpr": "x"}, {"owner": "010170-1234"}])
+def test_an_attribute_that_is_or_names_a_cpr_number_is_refused(conn, attributes):
+    with pytest.raises(PrivacyError, match="civil registration"):
+        new_device(conn, attributes=attributes)
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)

@@ -24,6 +24,7 @@ from vagt.devices.errors import (
 )
 from vagt.devices.lifecycle import Action, Status
 from vagt.devices.privacy import (
+    checked_attributes,
     checked_citizen_ref,
     checked_note,
     looks_like_cpr,
@@ -90,12 +91,13 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
     note = checked_note(note)
     approved = catalogue.require(vendor, model, type_)
     municipality = checked_municipality(municipality) if municipality.strip() else CENTRAL_STOCK
+    attributes = checked_attributes(attributes or {})
     with conn.transaction(), device_cursor(conn) as cur:
         when = _now(conn, at)
         row = cur.execute(_INSERT, {
             "id": device_id, "vendor": approved.vendor, "model": approved.model,
             "type": approved.type, "municipality": municipality,
-            "attributes": Jsonb(attributes or {}), "at": when}).fetchone()
+            "attributes": Jsonb(attributes), "at": when}).fetchone()
         if row is None:
             existing = _fetch(cur, device_id)
             raise AlreadyRegistered(

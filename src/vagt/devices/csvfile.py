@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from vagt.devices.privacy import (
     CPR_ADVICE,
     citizen_ref_problem,
     looks_like_cpr,
+    looks_like_cpr_name,
     municipality_problem,
 )
 from vagt.ingest.topics import DEVICE_ID
@@ -34,9 +34,6 @@ REQUIRED_COLUMNS = ("device_id", "vendor", "model", "type", "municipality")
 OPTIONAL_COLUMNS = ("status", "citizen_ref")
 MAX_PROBLEMS_SHOWN = 20
 
-# Matched against a column name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
-# personnummer, person_nr, civil_registration_number, ...
-_CPR_COLUMN = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _STATUSES = ", ".join(s.value for s in Status)
 
 
@@ -155,12 +152,8 @@ def _header_problems(header: list[str]) -> list[str]:
     if repeated:
         problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
     problems += [f"the column '{h}' looks like a civil registration (CPR) number; {CPR_ADVICE}"
-                 for h in header if _looks_like_cpr_column(h)]
+                 for h in header if looks_like_cpr_name(h)]
     return problems
-
-
-def _looks_like_cpr_column(name: str) -> bool:
-    return bool(_CPR_COLUMN.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
 
 
 class _RowChecker:

@@ -21,6 +21,9 @@ MAX_NOTE = 500
 _CPR_INSIDE = re.compile(r"(?<![A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}(?![A-Za-z0-9])")
 # A whole value (a serial number with ten digits in it stays allowed in other columns).
 _CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
+# Matched against a name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
+# personnummer, person_nr, civil_registration_number, ...
+_CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
@@ -33,6 +36,11 @@ class PrivacyError(InvalidValue):
 def looks_like_cpr(value: str) -> bool:
     """The whole value is shaped like a CPR number (DDMMYY-XXXX or 10 digits)."""
     return bool(_CPR_WHOLE.match(value.strip()))
+
+
+def looks_like_cpr_name(name: str) -> bool:
+    """A column or attribute name that announces a CPR number (cpr, CPR-nr, personnummer)."""
+    return bool(_CPR_NAME.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
 
 
 def contains_cpr(value: str) -> bool:
@@ -66,6 +74,9 @@ def checked_citizen_ref(value: str) -> str:
 def municipality_problem(value: str) -> str | None:
     if not value:
         return "the municipality is empty"
+    if contains_cpr(value):
+        return ("the municipality holds something shaped like a civil registration (CPR) "
+                "number; vagt never stores CPR numbers")
     if len(value) > MAX_MUNICIPALITY or not value.isprintable():
         return f"the municipality is not valid: use 1 to {MAX_MUNICIPALITY} printable characters"
     return None
@@ -82,3 +93,16 @@ def checked_note(note: str | None) -> str | None:
     if len(note) > MAX_NOTE:
         raise PrivacyError(f"the note is longer than {MAX_NOTE} characters")
     return note
+
+
+def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
+    """Attributes kept with a device (serial number, asset tag): none may be or announce a
+    CPR number."""
+    for key, value in attributes.items():
+        if looks_like_cpr_name(key):
+            raise PrivacyError(f"the attribute '{key}' looks like a civil registration (CPR) "
+                               f"number; {CPR_ADVICE}")
+        if looks_like_cpr(value):
+            raise PrivacyError(f"the value of attribute '{key}' looks like a civil "
+                               f"registration (CPR) number; {CPR_ADVICE}")
+    return attributes

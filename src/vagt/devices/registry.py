@@ -85,7 +85,15 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
             plan.add(row, current.get(row.device_id))
         if plan.problems:
             raise DeviceImportError(label, plan.problems)
-        _write(conn, plan, actor)
+        try:
+            _write(conn, plan, actor)
+        except psycopg.errors.UniqueViolation as e:
+            # Rows of known devices are locked; a new one can only have been registered by
+            # someone else since this import looked.
+            raise DeviceImportError(label, [
+                "a device in the file was registered by someone else while this import ran "
+                f"({e.diag.message_detail or 'a duplicate'}); nothing imported: import again"
+            ]) from e
         result = plan.result()
         _audit_import(conn, when, actor, name, result)
     return result
