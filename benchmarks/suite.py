@@ -81,15 +81,14 @@ def register_devices(url: str, n: int) -> list[str]:
     """`n` pulse oximeters, deployed across the region; returns their ids."""
     ids = [f"OXI-{i:06d}" for i in range(n)]
     with psycopg.connect(url) as conn:
-        with conn.cursor().copy("COPY devices (device_id, vendor, model, type, municipality) "
-                                "FROM STDIN") as cp:
+        # COPY straight into the table (the registry's import takes ~6 s per 100,000)
+        with conn.cursor().copy("COPY devices (device_id, vendor, model, type, municipality, "
+                                "status) FROM STDIN") as cp:
             for d in ids:
-                cp.write_row((d, "Nonin", "3230", "pulse_oximeter", "Aarhus"))
-        alarms = [f"ALM-{i:06d}" for i in range(1000)]
-        with conn.cursor().copy("COPY devices (device_id, vendor, model, type, municipality) "
-                                "FROM STDIN") as cp:
-            for d in alarms:
-                cp.write_row((d, "Tunstall", "Lifeline Vi+", "personal_alarm", "Skive"))
+                cp.write_row((d, "Nonin", "3230", "pulse_oximeter", "Aarhus", "deployed"))
+            for d in (f"ALM-{i:06d}" for i in range(1000)):
+                cp.write_row((d, "Tunstall", "Lifeline Vi+", "personal_alarm", "Skive",
+                              "deployed"))
     return ids
 
 
