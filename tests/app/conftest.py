@@ -25,7 +25,7 @@ from vagt.ingest.units import METRICS
 DEVICES = [
     ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus"),
     ("OXI-0002", "Nonin", "3230", "pulse_oximeter", "Samsø"),
-    ("ALM-0001", "Tunstall", "Lifeline Vi", "personal_alarm", "Randers"),
+    ("ALM-0001", "Tunstall", "Lifeline Vi+", "personal_alarm", "Randers"),
     ("BPM-0001", "A&D", "UA-651BLE", "bp_monitor", "Viborg"),
 ]
 

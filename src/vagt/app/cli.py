@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         for name in set(sub.choices) - before:
             _wrap_db_handlers(sub.choices[name])
 
+    fleet = sub.add_parser("fleet", help="the fleet's state: overdue, offline, low battery, "
+                                         "counts by municipality, vendor, model, type")
+    from vagt.devices import fleet_cli
+
+    fleet_cli.add_arguments(fleet)
+    fleet.set_defaults(func=cmd_fleet)
+
     rules = sub.add_parser("rules", help="rule files")
     rsub = rules.add_subparsers(metavar="ACTION", required=True)
     check = rsub.add_parser("check", help="validate a rules file or folder")
@@ -131,11 +138,33 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.engine import run_engine
+    from vagt.devices.catalogue import CatalogueError
+    from vagt.rules import RuleConfigError
 
     stop = _stop_on_signals()
-    with database_url(config) as url:
-        run_engine(dataclasses.replace(
-            config, database=dataclasses.replace(config.database, url=url)), stop)
+    try:
+        with database_url(config) as url:
+            run_engine(dataclasses.replace(
+                config, database=dataclasses.replace(config.database, url=url)), stop)
+    except (RuleConfigError, CatalogueError) as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
+    import psycopg
+
+    from vagt.devices import fleet_cli
+    from vagt.devices.catalogue import CatalogueError, load_catalogue
+
+    try:
+        catalogue = load_catalogue(config.catalogue or None)
+    except CatalogueError as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    with database_url(config) as url, psycopg.connect(url) as conn:
+        print(fleet_cli.render(fleet_cli.query(conn, catalogue, args), args))
     return 0
 
 

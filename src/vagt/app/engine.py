@@ -21,6 +21,7 @@ from vagt.app import db, store
 from vagt.app.config import Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.devices.catalogue import load_catalogue
 from vagt.devices.fleet import Fleet
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
@@ -161,7 +162,7 @@ def run_engine(config: Config, stop: threading.Event,
     rules = load_rules(config.rules or None)
     metrics = metrics or EngineMetrics()
     with open_engine_pool(conninfo, config) as pool:
-        fleet = Fleet()
+        fleet = Fleet(load_catalogue(config.catalogue or None))
         with pool.connection() as conn:
             fleet.load(conn)
             active = {r[0] for r in conn.execute(
@@ -169,11 +170,15 @@ def run_engine(config: Config, stop: threading.Event,
         pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
                             fleet=fleet, rules=rules, active_fingerprints=active, clock=clock)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
+        metrics.watch_fleet(lambda: fleet.counts(clock()))
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
+        refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
+                                     name="vagt-fleet-refresh", daemon=True)
+        refresher.start()
         try:
             _run_lanes(config, pool, pipeline, metrics, stop)
         finally:
@@ -214,6 +219,19 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             session.close()
     if failures:
         raise RuntimeError("an engine lane failed; see the log") from failures[0]
+
+
+FLEET_REFRESH_S = 30.0
+
+
+def _refresh_fleet(fleet: Fleet, pool: ConnectionPool, stop: threading.Event) -> None:
+    """Now and then, take in what other engines and the registry commands changed."""
+    while not stop.wait(FLEET_REFRESH_S):
+        try:
+            with pool.connection(timeout=10) as conn:
+                fleet.refresh(conn)
+        except (psycopg.Error, OSError, TimeoutError) as e:  # try again next time
+            log.warning("event=fleet_refresh_failed error=%s", type(e).__name__)
 
 
 def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:

@@ -59,6 +59,11 @@ class EngineMetrics:
         """Export `vagt_open_alerts{queue}` from `query()` at every scrape."""
         self.registry.register(_OpenAlerts(query))
 
+    def watch_fleet(self, counts: Callable[[], tuple[dict[str, int],
+                                                      dict[tuple[str, str], int]]]) -> None:
+        """Export `vagt_devices{status}` and `vagt_devices_online{type,municipality}`."""
+        self.registry.register(_Fleet(counts))
+
     def serve(self, host: str, port: int) -> Any:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("event=metrics_listening host=%s port=%d", host, port)
@@ -81,6 +86,29 @@ class _OpenAlerts(Collector):
         for queue, n in rows:
             g.add_metric([queue], float(n))
         yield g
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+class _Fleet(Collector):
+    def __init__(self, counts: Callable[[], tuple[dict[str, int],
+                                                  dict[tuple[str, str], int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        by_status, online = self._counts()
+        g = GaugeMetricFamily("vagt_devices", "Registered devices by lifecycle status",
+                              labels=["status"])
+        for status, n in sorted(by_status.items()):
+            g.add_metric([status], float(n))
+        yield g
+        o = GaugeMetricFamily("vagt_devices_online",
+                              "Devices heard from within two heartbeat intervals of their model",
+                              labels=["type", "municipality"])
+        for (type_, place), n in sorted(online.items()):
+            o.add_metric([type_, place], float(n))
+        yield o
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
