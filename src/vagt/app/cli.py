@@ -136,16 +136,30 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _reload_on_sighup() -> threading.Event:
+    """SIGHUP asks the engine to read its rules again (the lanes go on meanwhile)."""
+    reload = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("event=signal_received signal=SIGHUP note=reloading_rules")
+        reload.set()
+
+    signal.signal(signal.SIGHUP, handle)
+    return reload
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.engine import run_engine
     from vagt.devices.catalogue import CatalogueError
     from vagt.rules import RuleConfigError
 
     stop = _stop_on_signals()
+    reload = _reload_on_sighup()
     try:
         with database_url(config) as url:
             run_engine(dataclasses.replace(
-                config, database=dataclasses.replace(config.database, url=url)), stop)
+                config, database=dataclasses.replace(config.database, url=url)), stop,
+                reload=reload)
     except (RuleConfigError, CatalogueError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2

@@ -75,8 +75,11 @@ class RuleEngine:
 
     # -- batches and ticks --------------------------------------------------------------------
 
-    def evaluate(self, b: Batch) -> Evaluation:
-        """Every rule over one batch. Nothing changes until `apply()`."""
+    def evaluate(self, b: Batch, history: HistorySource | None = None) -> Evaluation:
+        """Every rule over one batch. Nothing changes until `apply()`.
+
+        `history` answers rate rules whose memory does not reach back (else `self.history`).
+        """
         with self.lock:
             rules, n = self._rules, self._sync()
             ev = Evaluation(rules, bad=np.zeros(len(b.r_device), dtype=bool))
@@ -88,6 +91,8 @@ class RuleEngine:
             if len(b.e_device):
                 np.maximum.at(latest, b.e_device, b.e_time)
             ctx = self._context(None, n, latest, ev)
+            if history is not None:
+                ctx.history = history
             marked = []
             for i, rule in enumerate(rules):
                 if rule.kind == "validity":
