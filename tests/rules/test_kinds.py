@@ -4,7 +4,6 @@ their edges (first message, out-of-order, spans of batches, timers)."""
 from __future__ import annotations
 
 import numpy as np
-
 from tests.rules.harness import Harness
 
 DAY = 86400.0

@@ -8,6 +8,7 @@ group; no Python loop runs per row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Obj = npt.NDArray[np.object_]
 Bools = npt.NDArray[np.bool_]
+A = TypeVar("A", bound=np.ndarray[Any, Any])
 
 
 def group_starts(sorted_keys: I64) -> I64:
@@ -48,10 +50,9 @@ class Groups:
         last[ends] = True
         return cls(dev, starts, ends, start_of_row, first, last)
 
-    def previous(self, values: npt.NDArray[np.generic], initial: npt.NDArray[np.generic]
-                 ) -> npt.NDArray[np.generic]:
+    def previous(self, values: A, initial: A) -> A:
         """Per row, the value of the row before it of the same device, `initial` for the first."""
-        prev = np.empty_like(values)
+        prev: A = values.copy()
         if len(values):
             prev[1:] = values[:-1]
             prev[self.first] = initial[self.first]

@@ -181,14 +181,14 @@ class RuleEngine:
                     continue
                 idx = np.asarray(lookup.get_indexer(ids), dtype=np.int64)
                 ok = idx >= 0
-                rows, fired = idx[ok], np.asarray(times, dtype=np.float64)[ok]
+                rows, last = idx[ok], np.asarray(times, dtype=np.float64)[ok]
                 st = self._states[name]
                 st.flag("active", n)
                 st.put("active", rows, np.ones(len(rows), dtype=bool))
                 st.f64("last_fire", n, -np.inf)
-                st.put("last_fire", rows, fired)
+                st.put("last_fire", rows, last)
                 st.f64("fired_at", n, -np.inf)
-                st.put("fired_at", rows, fired)
+                st.put("fired_at", rows, last)
 
     def reload(self, rules: list[Rule], open_alerts: Iterable[tuple[str, str, float]]) -> list[str]:
         """Swap in new rules. A rule whose definition is unchanged keeps its state; a new or
