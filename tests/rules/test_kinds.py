@@ -242,3 +242,24 @@ def test_flapping_clears_when_the_next_loss_comes_after_a_stable_spell(tmp_path)
     h.batch(events=[(4, "connection.lost", 180.0 + 7200)])
     assert h.open() == set()
     assert h.book.resolved[("flapping", 4)] == 180.0
+
+
+def test_a_dose_taken_arriving_before_its_due_in_another_batch_is_not_lost(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0), (2, "dose.taken", 600.0)])
+    h.batch(events=[(2, "dose.due", 300.0)])  # older than what was seen: ignored
+    h.tick(10 * DAY)
+    assert h.open() == set()
+
+
+def test_a_late_weight_reading_older_than_the_latest_changes_nothing(tmp_path):
+    h = Harness(tmp_path, RATE)
+    h.batch([(3, "weight", 80.0, 0.0), (3, "weight", 80.5, DAY)])
+    h.batch([(3, "weight", 90.0, 0.5 * DAY)])
+    assert h.open() == set()
+
+
+def test_a_device_with_no_earlier_reading_has_no_change_to_measure(tmp_path):
+    h = Harness(tmp_path, RATE)
+    ev = h.batch([(3, "weight", 120.0, 0.0)])
+    assert len(ev.transitions.fires()[1]) == 0 and len(ev.transitions.clears()[1]) == 0

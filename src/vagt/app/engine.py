@@ -247,6 +247,7 @@ class RuleTimer:
         self.clock = clock
         self.reload = reload
         self._lock_conn: psycopg.Connection | None = None
+        self._holding = False
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -296,22 +297,25 @@ class RuleTimer:
             self.metrics.alerts_cleared.inc(out.cleared)
 
     def _hold_sweep_lock(self) -> bool:
-        """True while this process holds the sweep lock (on a connection of its own)."""
+        """True while this process holds the sweep lock, on a connection of its own that it
+        keeps: the lock is held while that session lives and handed on when it ends."""
         c = self._lock_conn
         if c is not None and not c.closed:
             try:
-                c.execute("SELECT 1")
-                return True
+                if self._holding:
+                    c.execute("SELECT 1")
+                    return True
+                self._holding = rule_queries.try_sweep_lock(c)
             except psycopg.Error:
                 c.close()
-        self._lock_conn = None
-        conn = psycopg.connect(self.config.database.url, autocommit=True)
-        if rule_queries.try_sweep_lock(conn):
-            self._lock_conn = conn
+                self._lock_conn, self._holding = None, False
+                raise
+        else:
+            self._lock_conn = psycopg.connect(self.config.database.url, autocommit=True)
+            self._holding = rule_queries.try_sweep_lock(self._lock_conn)
+        if self._holding:
             log.info("event=absence_sweep_lock_taken")
-            return True
-        conn.close()
-        return False
+        return self._holding
 
 
 FLEET_REFRESH_S = 30.0

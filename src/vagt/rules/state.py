@@ -103,8 +103,19 @@ class Update:
     values: dict[str, npt.NDArray[np.generic]]
 
     def apply(self) -> None:
-        for name, values in self.values.items():
-            self.state.put(name, self.rows, values)
+        """Write the values; where the state has seen a later device time meanwhile (the
+        other lane committed a batch of the same device first), the later state stays."""
+        rows, values = self.rows, self.values
+        if "last_t" in values and "last_t" in self.state._arrays:
+            new_t = np.asarray(values["last_t"], dtype=np.float64)
+            current = np.asarray(self.state._arrays["last_t"], dtype=np.float64)
+            inside = rows < len(current)
+            keep = ~inside | (new_t >= current[np.where(inside, rows, 0)])
+            if not keep.all():
+                rows = rows[keep]
+                values = {k: v[keep] for k, v in values.items()}
+        for name, v in values.items():
+            self.state.put(name, rows, v)
 
 
 @dataclass
