@@ -135,6 +135,15 @@ def test_a_backtest_counts_the_alerts_live_evaluation_of_the_same_stream_made(
     assert {(a["rule"], a["municipality"]): a["cleared"] for a in report["alerts"]
             if a["cleared"]} == dict(cleared)
 
+    assert main(["rules", "backtest", "--rules", str(tmp_path / "rules.toml"),
+                 "--from", "1970-01-01", "--to", str(T0 + 2 * 86400),
+                 "--database-url", database_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["rule", "municipality", "opened", "cleared", "open", "at", "end"]
+    assert lines[2:] == sorted(lines[2:])  # a row per rule and municipality, in order
+    assert any(line.split()[:2] == ["mains", "Randers"] for line in lines)
+    assert query(database_url, "SELECT count(*) FROM alerts") == [(len(alerts),)]  # wrote none
+
 
 def test_backtest_refuses_times_in_the_wrong_order(database_url, capsys):
     assert main(["rules", "backtest", "--from", "2026-11-02", "--to", "2026-11-01",

@@ -11,6 +11,10 @@ What is kept in memory only, and why that is safe (restart or reload of a change
   dose: they start again. An alert then opens later than it would have (a `for` restarts),
   never falsely; a dose due before the restart is caught only if its device sends again;
 - rate-of-change memory: rebuilt from the stored readings when it does not reach back.
+
+The alarm and bulk lanes evaluate under one lock (CPU only, short) and apply after their own
+commits; if both touched the same rule and device meanwhile, the state with the later device
+time is kept (`Update.apply`).
 """
 
 from __future__ import annotations
