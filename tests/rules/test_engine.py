@@ -72,3 +72,24 @@ def _batch(readings):
                  np.array([r[2] for r in readings], dtype=np.float64),
                  np.array([r[3] for r in readings], dtype=np.float64),
                  np.empty(0, dtype=np.int64), np.empty(0, dtype=object), np.empty(0))
+
+
+def test_after_a_restart_a_stuck_sensor_alert_is_not_cleared_by_the_first_value(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "stuck"\nkind = "stuck"\nmetric = "spo2"\ncount = 3\n')
+    h.engine.seed([("stuck", "OXI-1", 100.0)])
+    h.book.open_[("stuck", 0)] = 100.0
+    h.batch([(0, "spo2", 95, 200.0)])
+    assert h.open() == {("stuck", 0)}
+    h.batch([(0, "spo2", 96, 300.0)])
+    assert h.open() == set()
+
+
+def test_after_a_restart_an_open_flapping_alert_clears_once_quiet(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "flap"\nkind = "flapping"\n'
+                          'codes = ["connection.lost"]\ncount = 3\nwindow = "1h"\n')
+    h.engine.seed([("flap", "GW-1", 1000.0)])
+    h.book.open_[("flap", 4)] = 1000.0
+    h.tick(1000.0 + 3599)
+    assert h.open() == {("flap", 4)}
+    h.tick(1000.0 + 3600)
+    assert h.open() == set()

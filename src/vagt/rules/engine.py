@@ -193,6 +193,9 @@ class RuleEngine:
                 st.put("last_fire", rows, last)
                 st.f64("fired_at", n, -np.inf)
                 st.put("fired_at", rows, last)
+                if known[name].kind == "flapping":  # quiet is measured from the last flap
+                    st.f64("last_t", n, -np.inf)
+                    st.put("last_t", rows, last)
 
     def reload(self, rules: list[Rule], open_alerts: Iterable[tuple[str, str, float]]) -> list[str]:
         """Swap in new rules. A rule whose definition is unchanged keeps its state; a new or

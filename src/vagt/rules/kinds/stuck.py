@@ -33,7 +33,9 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     length = np.where(from_state, run[d] + idx - g.start_of_row + 1, idx - last_change + 1)
     set_ = length >= rule.count
     initial = active[d]
-    state = latch(g, set_, ~same & ~set_, initial)
+    # a value after an unknown one (the first ever, or the first since a restart) clears
+    # nothing: the sensor may well still be stuck
+    state = latch(g, set_, ~same & ~set_ & ~np.isnan(prev), initial)
     emit(out, i, g, t, state, initial, set_, v, np.full(len(d), "", dtype=object))
     e = g.ends
     ctx.stage(st, d[e], last_t=t[e], last_v=v[e], run=length[e], active=state[e])
