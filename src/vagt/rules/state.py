@@ -7,12 +7,15 @@ so a batch that fails and is retried is evaluated against the same state again.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from vagt.rules._columns import F64, I64, Bools, Obj
 
@@ -48,6 +51,34 @@ class Batch:
     # every usable message: its device and its latest device time (status-only ones too)
     m_device: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     m_time: F64 = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+
+    @cached_property
+    def rows_by_metric(self) -> dict[str, I64]:
+        """Reading rows per metric: hashed once per batch, not compared once per rule."""
+        if len(self.r_metric) == 0:
+            return {}
+        codes, uniques = pd.factorize(self.r_metric)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        return {str(m): order[bounds[k]:bounds[k + 1]].astype(np.int64)
+                for k, m in enumerate(uniques.tolist())}
+
+    @cached_property
+    def event_codes(self) -> tuple[npt.NDArray[np.intp], list[str]]:
+        """Per event row the index of its code in a list of the batch's distinct codes."""
+        if len(self.e_code) == 0:
+            return np.empty(0, dtype=np.intp), []
+        codes, uniques = pd.factorize(self.e_code)
+        return np.asarray(codes, dtype=np.intp), [str(c) for c in uniques.tolist()]
+
+    def code_mask(self, patterns: Sequence[str]) -> Bools:
+        """Which event rows have a code matching any of the glob patterns."""
+        codes, uniques = self.event_codes
+        if not patterns or not uniques:
+            return np.zeros(len(self.e_code), dtype=bool)
+        hit = np.array([any(fnmatch.fnmatchcase(c, p) for p in patterns) for c in uniques],
+                       dtype=bool)
+        return hit[codes]
 
     @classmethod
     def empty(cls) -> Batch:
@@ -137,24 +168,13 @@ class Context:
 
 def reading_rows(ctx: Context, b: Batch, metrics: Sequence[str]) -> I64:
     """Indexes of the batch's readings of `metrics` on devices the rule applies to, not bad."""
-    if len(b.r_device) == 0:
+    by_metric = b.rows_by_metric
+    parts = [by_metric[m] for m in metrics if m in by_metric]
+    if not parts:
         return np.empty(0, dtype=np.int64)
-    mask = np.isin(b.r_metric, list(metrics)) if len(metrics) > 1 else b.r_metric == metrics[0]
-    mask &= ctx.applies[b.r_device] & ~ctx.bad
-    return np.flatnonzero(mask).astype(np.int64)
-
-
-def code_mask(codes: Obj, patterns: Sequence[str]) -> Bools:
-    """Which codes match any of the glob patterns; fnmatch runs once per distinct code."""
-    import fnmatch
-
-    if len(codes) == 0 or not patterns:
-        return np.zeros(len(codes), dtype=bool)
-    uniq = np.unique(codes)
-    matched = [c for c in uniq if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
-    if not matched:
-        return np.zeros(len(codes), dtype=bool)
-    return np.isin(codes, matched)
+    rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+    keep = ctx.applies[b.r_device[rows]] & ~ctx.bad[rows]
+    return rows[keep]
 
 
 def fresh(dev: I64, time: F64, last_t: F64, dedupe: bool = True) -> Bools:

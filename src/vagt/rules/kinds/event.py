@@ -11,15 +11,15 @@ import numpy as np
 
 from vagt.rules._columns import F64, Groups, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
-from vagt.rules.state import Batch, Context, RuleState, code_mask, fresh
+from vagt.rules.state import Batch, Context, RuleState, fresh
 
 
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
     if len(b.e_device) == 0:
         return
-    fires = code_mask(b.e_code, rule.codes)
-    clears = code_mask(b.e_code, rule.clear_codes) & ~fires
+    fires = b.code_mask(rule.codes)
+    clears = b.code_mask(rule.clear_codes) & ~fires
     rows = np.flatnonzero((fires | clears) & ctx.applies[b.e_device])
     if len(rows) == 0:
         return

@@ -8,14 +8,14 @@ import numpy as np
 
 from vagt.rules._columns import Groups, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
-from vagt.rules.state import Batch, Context, RuleState, code_mask, fresh
+from vagt.rules.state import Batch, Context, RuleState, fresh
 
 
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
     if len(b.e_device) == 0:
         return
-    rows = np.flatnonzero(code_mask(b.e_code, rule.codes) & ctx.applies[b.e_device])
+    rows = np.flatnonzero(b.code_mask(rule.codes) & ctx.applies[b.e_device])
     if len(rows) == 0:
         return
     d, t, c = b.e_device[rows], b.e_time[rows], b.e_code[rows]

@@ -12,7 +12,7 @@ import numpy as np
 
 from vagt.rules._columns import Groups, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
-from vagt.rules.state import Batch, Context, RuleState, code_mask
+from vagt.rules.state import Batch, Context, RuleState
 
 # The timer tick waits this long past a deadline before it calls a dose missed: a B sent
 # just in time may still be on its way.
@@ -24,8 +24,8 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     last_t, pending = st.f64("last_t", ctx.n, -np.inf), st.f64("pending", ctx.n)
     pending_code = st.array("pending_code", ctx.n, "", object)
     active = st.flag("active", ctx.n)
-    is_a = code_mask(b.e_code, rule.first)
-    is_b = code_mask(b.e_code, rule.then) & ~is_a
+    is_a = b.code_mask(rule.first)
+    is_b = b.code_mask(rule.then) & ~is_a
     rows = np.flatnonzero((is_a | is_b) & ctx.applies[b.e_device]) if len(b.e_device) else \
         np.empty(0, dtype=np.int64)
     d, t, c, a = b.e_device[rows], b.e_time[rows], b.e_code[rows], is_a[rows]

@@ -19,11 +19,10 @@ def mark(rule: Rule, ctx: Context, b: Batch) -> tuple[Bools, Bools]:
     bad = np.zeros(n, dtype=bool)
     if n == 0:
         return checked, bad
-    applies = ctx.applies[b.r_device]
-    for metric in np.unique(b.r_metric).tolist():  # a handful of metrics, not rows
+    for metric, rows in b.rows_by_metric.items():  # a handful of metrics, not rows
         if (rule.metrics and metric not in rule.metrics) or metric not in ctx.ranges:
             continue
-        rows = np.flatnonzero((b.r_metric == metric) & applies)
+        rows = rows[ctx.applies[b.r_device[rows]]]
         low, high = ctx.ranges[metric]
         lo, hi = low[b.r_device[rows]], high[b.r_device[rows]]
         known = ~np.isnan(lo)
