@@ -173,7 +173,7 @@ def wait_acked(procs: list[EngineProc], n: int, timeout: float = 1800) -> float:
             raise RuntimeError(f"only {acked:.0f} of {n} acknowledged in {timeout} s")
         if any(e.process.poll() is not None for e in procs):
             raise RuntimeError("an engine exited during the drain; see its log")
-        time.sleep(0.05)
+        time.sleep(0.1)  # a scrape costs the engine a little: not too often
 
 
 # -- alarm latency ----------------------------------------------------------------------------

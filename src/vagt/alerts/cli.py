@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import orjson
@@ -20,9 +17,7 @@ from vagt.alerts.actions import (
     list_alerts,
     resolve,
 )
-
-Handler = Callable[[argparse.Namespace, str], int]
-EXIT_ERROR = 2
+from vagt.app.cli_support import format_table, reports_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,37 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         p.set_defaults(handler=handler)
 
 
-def _reports_errors(handler: Handler) -> Handler:
-    """Refusals and database trouble go to stderr as one line, exit code 2; bugs still raise."""
-
-    @functools.wraps(handler)
-    def wrapped(args: argparse.Namespace, conninfo: str) -> int:
-        try:
-            return handler(args, conninfo)
-        except AlertError as e:
-            return _fail(str(e))
-        except psycopg.errors.UndefinedTable:
-            return _fail("the database has no vagt schema yet: run `vagt db migrate`")
-        except psycopg.OperationalError as e:
-            return _fail(f"cannot reach the database: {e}")
-
-    return wrapped
-
-
-def _fail(message: str) -> int:
-    print(f"vagt: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-@_reports_errors
+@reports_errors(AlertError)
 def handle_list(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         rows = list_alerts(conn, status=args.status, queue=args.queue, limit=args.limit)
     if args.json:
         print(orjson.dumps([r.to_json() for r in rows], option=orjson.OPT_INDENT_2).decode())
     elif rows:
-        print(_format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
-                            "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
+        print(format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
+                           "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
     else:
         print("no alerts match" if args.status or args.queue else "no alerts")
     return 0
@@ -94,19 +67,19 @@ def _local_time(at: datetime) -> str:
     return f"{at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
 
 
-@_reports_errors
+@reports_errors(AlertError)
 def handle_claim(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(claim(conn, args.id, args.operator))
 
 
-@_reports_errors
+@reports_errors(AlertError)
 def handle_ack(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(acknowledge(conn, args.id, args.operator, args.note))
 
 
-@_reports_errors
+@reports_errors(AlertError)
 def handle_resolve(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(resolve(conn, args.id, args.operator, args.note))
@@ -117,11 +90,3 @@ def _done(alert: AlertRow) -> int:
            AlertStatus.RESOLVED: alert.resolved_by}.get(alert.status)
     print(f"alert {alert.id} is now {alert.status.value} by {who}: {alert.summary}")
     return 0
-
-
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns as wide as their widest cell, two spaces apart."""
-    widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-             for line in [headers, *rows]]
-    return "\n".join(lines)

@@ -119,8 +119,11 @@ def _wrap_db_handlers(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_database(args: argparse.Namespace, config: Config, handler: object) -> int:
+    """Call handler(args, url), or handler(args, url, config) for one that says it needs
+    the configuration (`handler_takes_config`: the catalogue, the topic root)."""
     with database_url(config) as url:
-        result: int = handler(args, url)  # type: ignore[operator]
+        extra = (config,) if getattr(args, "handler_takes_config", False) else ()
+        result: int = handler(args, url, *extra)  # type: ignore[operator]
         return result
 
 

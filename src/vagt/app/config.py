@@ -86,6 +86,9 @@ class Config:
     rules_tick_s: float = 15.0          # how often deadlines and the absence sweep are checked
     catalogue: str = ""                 # the approved models (TOML); "" = the built-in catalogue
     data_dir: str = "var"               # embedded database and broker state
+    # The secret devices' broker passwords are derived from (`vagt devices broker-acl`);
+    # kept out of repr so it never reaches a log.
+    device_secret: str = field(default="", repr=False)
 
 
 # Environment variable -> (section, key). Section "" is the top level.
@@ -103,6 +106,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_RULES_TICK_S": ("", "rules_tick_s"),
     "VAGT_CATALOGUE": ("", "catalogue"),
     "VAGT_DATA_DIR": ("", "data_dir"),
+    "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
 }
 

@@ -51,6 +51,31 @@ class StateUpdate:
     seq: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # -1: none
 
 
+class _Codes:
+    """A string column as small integer codes, so counting by it is one np.bincount."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._code: dict[str, int] = {}
+        self.codes = np.empty(0, dtype=np.int64)
+
+    def code(self, name: str) -> int:
+        c = self._code.get(name)
+        if c is None:
+            c = self._code[name] = len(self.names)
+            self.names.append(name)
+        return c
+
+    def extend(self, names: Iterable[str]) -> None:
+        new = np.fromiter((self.code(n) for n in names), dtype=np.int64)
+        self.codes = np.concatenate([self.codes, new])
+
+    def counts(self, mask: Bools | None = None) -> dict[str, int]:
+        n = np.bincount(self.codes if mask is None else self.codes[mask],
+                        minlength=len(self.names))
+        return {name: int(k) for name, k in zip(self.names, n) if k}
+
+
 class Fleet:
     """Registered devices, each with a dense index 0..n-1 that never changes while we run."""
 
@@ -71,6 +96,9 @@ class Fleet:
         self.signal = np.empty(0)
         self.signal_at = np.empty(0)
         self.last_seq = np.empty(0, dtype=np.int64)
+        self._status = _Codes()
+        self._type = _Codes()
+        self._place = _Codes()
         # The alarm lane and the bulk lane share one fleet: growth and state updates are
         # serialised; lookups read an index that is swapped whole, so they need no lock.
         self.lock = threading.Lock()
@@ -130,6 +158,9 @@ class Fleet:
             for k, r in have:
                 self.vendor[k], self.model[k], self.type[k] = str(r[1]), str(r[2]), str(r[3])
                 self.municipality[k], self.status[k] = str(r[4]), str(r[5])
+                self._type.codes[k] = self._type.code(self.type[k])
+                self._place.codes[k] = self._place.code(self.municipality[k])
+                self._status.codes[k] = self._status.code(self.status[k])
                 self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
             state = _state_columns([r for _, r in have])
             self._merge(idx, *state)
@@ -146,6 +177,9 @@ class Fleet:
             self.municipality.append(str(r[4]))
             self.status.append(str(r[5]))
             self.firmware.append(None if r[11] is None else str(r[11]))
+        self._type.extend(str(r[3]) for r in new)
+        self._place.extend(str(r[4]) for r in new)
+        self._status.extend(str(r[5]) for r in new)
         seen, battery, battery_at, signal, signal_at, _fw, seq = _state_columns(new)
         hb = np.array([self._heartbeat(str(r[1]), str(r[2])) for r in new])
         self.heartbeat_s = np.concatenate([self.heartbeat_s, hb])
@@ -195,21 +229,22 @@ class Fleet:
 
     def silent(self, now: float) -> Bools:
         """Per device: deployed, and silent for longer than its model's interval (overdue)."""
-        deployed = np.array([s == "deployed" for s in self.status], dtype=bool)
+        deployed = self._status.codes == self._status.code("deployed")
         with np.errstate(invalid="ignore"):
             quiet = ~(now - self.last_seen <= self.heartbeat_s) & ~np.isnan(self.heartbeat_s)
-        return deployed & quiet
+        return np.asarray(deployed & quiet, dtype=bool)
 
     def counts(self, now: float) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Devices by status, and online devices by (type, municipality): for the metrics."""
         with self.lock:
-            status = pd.Series(self.status, dtype=object).value_counts()
+            by_status = self._status.counts()
             online = self.online(now)
-            types = np.asarray(self.type, dtype=object)[online]
-            places = np.asarray(self.municipality, dtype=object)[online]
-        by_place = pd.DataFrame({"t": types, "m": places}).value_counts()
-        return ({str(k): int(v) for k, v in status.items()},
-                {(str(t), str(m)): int(v) for (t, m), v in by_place.items()})
+            places = len(self._place.names)
+            pair = np.bincount(self._type.codes[online] * places + self._place.codes[online],
+                               minlength=len(self._type.names) * places)
+        by_place = {(self._type.names[int(k) // places], self._place.names[int(k) % places]):
+                    int(pair[k]) for k in np.flatnonzero(pair)}
+        return by_status, by_place
 
     def frame(self, now: float) -> pd.DataFrame:
         """The fleet as a table, one row per device, for queries and reports."""
