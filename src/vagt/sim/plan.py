@@ -174,7 +174,8 @@ class DayPlanner:
                 delay = np.where(late, rng.uniform(30, 90, len(d)) * 60.0,
                                  np.clip(rng.lognormal(np.log(c.dose_taken_median_s), 0.8,
                                                        len(d)), 20, 1500))
-                taken = ~jam & ~missed
+                taken = ~jam & ~missed & (due >= cut.not_before)  # its reminder was sent
+                jam &= due >= cut.not_before
                 cut.add(due[taken] + delay[taken], d[taken], Kind.DOSE_TAKEN, at[taken])
                 cut.add(due[jam] + rng.uniform(20, 120, int(jam.sum())), d[jam], Kind.JAM,
                         at[jam])

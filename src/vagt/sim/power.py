@@ -78,8 +78,11 @@ class Power:
             return
         late_recharge = rng.random(k) < c.late_recharge
         late_replace = rng.random(k) < c.late_replacement
+        # on time means before the device reports a low battery (under 15 %)
+        before_low = np.maximum(self.level[low] - 15.0, 0.0) / np.maximum(self.drain[low], 1e-12)
         recharge_in = np.where(late_recharge, rng.uniform(2, 6, k) * DAY,
-                               rng.exponential(c.recharge_delay_h * HOUR, k))
+                               np.minimum(rng.exponential(c.recharge_delay_h * HOUR, k),
+                                          0.9 * before_low))
         replace_in = np.where(late_replace, rng.uniform(20, 80, k),
                               rng.uniform(1, 7, k)) * DAY
         self.due[low] = t1 + np.where(self.rechargeable[low], recharge_in, replace_in)

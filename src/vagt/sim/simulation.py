@@ -327,10 +327,12 @@ class Simulation:
         publish = np.concatenate([hb_t, np.array([r[0] for r in records])])
         made = np.concatenate([hb_t, np.array([r[1] for r in records])])
         order = np.lexsort((made, publish)).tolist()
-        hb_tl, hb_dl = np.round(hb_t, 3).tolist(), hb_d.tolist()
+        # to the millisecond, as payloads carry it; a message is never dated after it is sent
+        made_l = np.round(made, 3).tolist()
+        publish_l = np.round(publish, 3).tolist()
+        hb_dl = hb_d.tolist()
         battery = np.rint(np.nan_to_num(levels, nan=0.0)).astype(np.int64).tolist()
         signal_l = signal.astype(np.int64).tolist()
-        publish_l = publish.tolist()
         ids, topics, seqs, firmware = self._ids, self._topics, self._seq, self._firmware
         has_battery, dumps = self._has_battery, orjson.dumps
         out: list[SimMessage] = []
@@ -343,15 +345,15 @@ class Simulation:
                 status: Body = ({"battery": battery[i], "signal": signal_l[i],
                                  "firmware": firmware[d]} if has_battery[d] else
                                 {"signal": signal_l[i], "firmware": firmware[d]})
-                doc: Body = {"device_id": ids[d], "seq": s, "time": hb_tl[i],
+                doc: Body = {"device_id": ids[d], "seq": s, "time": made_l[i],
                              "status": status}
                 append(new(SimMessage, (topics[d][_STATUS], dumps(doc), publish_l[i])))
             else:
-                tp, t, _, d, channel, body = records[i - n_hb]
+                _, _, _, d, channel, body = records[i - n_hb]
                 s = seqs[d] + 1
                 seqs[d] = s
-                doc = {"device_id": ids[d], "seq": s, "time": round(t, 3), **body}
-                append(new(SimMessage, (topics[d][channel], dumps(doc), tp)))
+                doc = {"device_id": ids[d], "seq": s, "time": made_l[i], **body}
+                append(new(SimMessage, (topics[d][channel], dumps(doc), publish_l[i])))
         return out
 
 
