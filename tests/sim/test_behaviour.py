@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from tests.sim.helpers import by_device, channel, docs, local_hour, run
+
 from vagt.devices.catalogue import load_catalogue
 from vagt.sim import SimConfig
 from vagt.sim.plan import MEASUREMENT_SLOTS
@@ -78,8 +79,8 @@ def test_glucose_is_measured_before_meals_and_oximetry_a_few_times_a_day():
 def test_nobody_measures_more_often_than_their_slots_allow():
     fleet, msgs = run(400, 8, faults=0.0)
     kind = {d.device_id: d.type for d in fleet}
-    per_day = Counter()
-    for m, doc in docs(msgs):
+    per_day: Counter[tuple[str, int]] = Counter()
+    for _, doc in docs(msgs):
         if "readings" in doc and kind[doc["device_id"]] in MEASUREMENT_SLOTS:
             per_day[(doc["device_id"], int((doc["time"] + 3600) // 86400))] += 1
     for (device, _), n in per_day.items():
@@ -232,7 +233,7 @@ def test_after_an_outage_the_buffered_readings_are_flushed_with_their_older_time
     heard = by_device(docs(msgs))
     for m, doc in late:
         # silence from the connection while it was down: no heartbeat went out
-        for other, odoc in heard.get(link[doc["device_id"]], []):
+        for other, _ in heard.get(link[doc["device_id"]], []):
             assert not doc["time"] < other.time < m.time or other.time == m.time
         flush = [o for o, _ in heard[doc["device_id"]] if o.time == m.time]
         assert [orjson_time(o) for o in flush] == sorted(orjson_time(o) for o in flush)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from tests.sim.helpers import DAY, START, channel, docs, run
+
 from vagt.devices.catalogue import load_catalogue
 from vagt.ingest import RawMessage, decode_batch
 from vagt.ingest.model import DeadLetterReason

@@ -75,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_rules_check)
 
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
-    demo.add_argument("--devices", type=int, default=300)
+    demo.add_argument("--devices", type=_count, default=300)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     _simulation_options(demo, faults=20.0)
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
-    sim.add_argument("--devices", type=int, default=300)
-    sim.add_argument("--rate", type=float, default=100.0, help="messages per second, at most")
+    sim.add_argument("--devices", type=_count, default=300)
+    sim.add_argument("--rate", type=_positive, default=100.0, help="messages per second, at most")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     _simulation_options(sim, faults=1.0)
     sim.add_argument("--fleet-csv", type=Path, default=None,
@@ -103,10 +103,23 @@ def _simulation_options(parser: argparse.ArgumentParser, *, faults: float) -> No
                         help=f"incident and fault rates, times the defaults (default: {faults:g})")
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
 def _positive(text: str) -> float:
-    value = _not_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be above 0")
+    try:
+        value = _not_negative(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
 
 
