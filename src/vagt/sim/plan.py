@@ -107,7 +107,6 @@ class Plan:
 class FleetColumns:
     """What the planner needs of the fleet, as arrays over the dense device index."""
 
-    type_name: tuple[str, ...]          # per device
     citizen: I64                        # per device: dense citizen index
     link: I64                           # per device: the connection it sends through
     is_type: dict[str, npt.NDArray[np.bool_]]

@@ -23,9 +23,10 @@ import orjson
 
 from vagt.devices.catalogue import Catalogue, MetricRange, Model, load_catalogue
 from vagt.sim.config import SimConfig
-from vagt.sim.fleet import SimDevice
+from vagt.sim.dispensers import DoseStock
+from vagt.sim.fleet import DEVICE_TYPES, SimDevice
 from vagt.sim.network import Outages
-from vagt.sim.plan import DOSE_SCHEDULES, DayPlanner, FleetColumns, Kind, Plan, Records
+from vagt.sim.plan import DayPlanner, FleetColumns, Kind, Plan, Records
 from vagt.sim.population import Population, implausible
 from vagt.sim.power import KINDS, Power
 
@@ -62,76 +63,50 @@ class Simulation:
             raise ValueError("the simulation needs at least one device")
         self.fleet = list(fleet)
         self.config = config if config is not None else SimConfig()
-        self.start = float(time.time() if start is None else start)
+        self.start = self.now = float(time.time() if start is None else start)
         self.tz = ZoneInfo(self.config.timezone)
-        cat = catalogue if catalogue is not None else load_catalogue()
-        known: dict[tuple[str, str, str], Model] = {}
-        self.models: list[Model] = [
-            known.get((d.vendor, d.model, d.type))
-            or known.setdefault((d.vendor, d.model, d.type), cat.require(d.vendor, d.model, d.type))
-            for d in fleet]
-        streams = np.random.SeedSequence(seed).spawn(5)
-        setup, plan_rng, self._hb_rng, self._value_rng, power_rng = (
-            np.random.Generator(np.random.PCG64(s)) for s in streams)
+        self.models = _models(fleet, catalogue if catalogue is not None else load_catalogue())
+        # one random stream per concern, so that a change in one leaves the others alone
+        setup, self._plan_rng, self._hb_rng, self._value_rng, power_rng = (
+            np.random.Generator(np.random.PCG64(s))
+            for s in np.random.SeedSequence(seed).spawn(5))
         n = len(fleet)
-        index = {d.device_id: i for i, d in enumerate(fleet)}
         citizens: dict[str, int] = {}
         citizen = np.array([citizens.setdefault(d.citizen, len(citizens)) for d in fleet],
                            dtype=np.int64)
-        link = np.array([index.get(d.gateway, i) if d.gateway else i
-                         for i, d in enumerate(fleet)], dtype=np.int64)
-        sends = {(id(m), code): m.sends_event(code) for m in known.values()
-                 for code in EVENT_CODES}
+        columns = _columns(fleet, self.models, citizen)
+        self._link = columns.link
         self.population = Population(len(citizens), setup, self.config)
-        columns = FleetColumns(
-            type_name=tuple(d.type for d in fleet), citizen=citizen, link=link,
-            is_type={t: np.array([d.type == t for d in fleet]) for t in
-                     {"gateway", "medicine_dispenser", "bp_monitor", "pulse_oximeter", "scale",
-                      "glucose_meter", "personal_alarm"} | {d.type for d in fleet}},
-            sends={code: np.array([sends[(id(m), code)] for m in self.models])
-                   for code in EVENT_CODES},
-            mains=np.array([m.battery == "mains_backup" for m in self.models]))
-        self._columns = columns
         self._planner = DayPlanner(columns, self.population.adherence, setup, self.config)
-        self._plan_rng = plan_rng
         self.power = Power(np.array([KINDS[m.battery] for m in self.models], dtype=np.int8),
                            power_rng, self.config)
-        self._has_battery = [m.battery != "none" for m in self.models]
-        period = np.array([m.heartbeat_s for m in self.models], dtype=np.float64)
-        self._period = period
-        self._next_hb = self.start + setup.uniform(0, 1, n) * period
-        own_radio = link == np.arange(n)
-        self._signal = np.where(own_radio, setup.normal(-80, 9, n).clip(-112, -55),
-                                setup.normal(-66, 7, n).clip(-90, -45))
-        self._link = link
+        self.doses = DoseStock(self.models, self._planner.schedule.tolist(),
+                               self.config.refill_days, setup)
         self.outages = Outages()
         self._plan = Plan()
-        self._planned_until = self._local_midnight(self.start)
-        self._plan_day(self._planned_until - 1.0)  # the day the simulation starts in
-        # per device, what the records need
+        self._planned_until = self._local_midnight(self.start)  # planned a day at a time
+        # heartbeats: a random phase, then every heartbeat_s at most
+        self._period = np.array([m.heartbeat_s for m in self.models], dtype=np.float64)
+        self._next_hb = self.start + setup.uniform(0, 1, n) * self._period
+        own_radio = columns.link == np.arange(n)
+        self._signal = np.where(own_radio, setup.normal(-80, 9, n).clip(-112, -55),
+                                setup.normal(-66, 7, n).clip(-90, -45))  # cellular, Bluetooth
+        # per device, as lists: the per-message loop reads these
         self._ids = [d.device_id for d in fleet]
         self._topics = [[f"{topic_root}/dev/{d.device_id}/{ch}" for ch in CHANNELS]
                         for d in fleet]
         self._firmware = [d.firmware for d in fleet]
+        self._has_battery = [m.battery != "none" for m in self.models]
         self._citizen = citizen.tolist()
         self._metrics: list[tuple[MetricRange, ...]] = [
             tuple(r for name, r in m.metrics.items() if name != "doses_remaining")
             for m in self.models]
-        self._doses_range = [m.metrics.get("doses_remaining") for m in self.models]
-        self._doses_left = [
-            float(setup.integers(int(r.high) // 3, int(r.high) + 1)) if r else 0.0
-            for r in self._doses_range]
-        self._doses_per_day = [0] * n
-        for i, s in enumerate(self._planner.schedule.tolist()):
-            if s >= 0:
-                self._doses_per_day[i] = len(DOSE_SCHEDULES[s][0])
         self._stuck_left = [0] * n
         self._stuck_values: dict[int, list[float]] = {}
         self._mains_outage = [-1] * n  # the number of the outage a device is in
         self._seq = [0] * n
         self._waiting: list[tuple[float, float, int, int, int, Body]] = []  # a heap
         self._order = itertools.count()
-        self.now = self.start
 
     # --- the stream -------------------------------------------------------------------------
 
@@ -273,10 +248,10 @@ class Simulation:
             return _one("dose.due", slot)
         if kind == Kind.DOSE_TAKEN:
             channel, body = _one("dose.taken", slot)
-            r = self._doses_range[d]
+            r = self.doses.range[d]
             if r is not None:
                 body["readings"] = [{"metric": "doses_remaining",
-                                     "value": self._take_dose(d, r), "unit": r.unit}]
+                                     "value": self.doses.take(d), "unit": r.unit}]
             return channel, body
         if kind == Kind.JAM:
             return _one("fault.dispenser_jam", slot)
@@ -287,14 +262,6 @@ class Simulation:
         if kind == Kind.TAMPER:
             return _one("tamper")
         raise AssertionError(f"unplanned record kind {kind}")
-
-    def _take_dose(self, d: int, r: MetricRange) -> float:
-        per_day = max(self._doses_per_day[d], 1)
-        left = max(self._doses_left[d] - 1, 0.0)
-        if left < 2 * per_day:  # the pharmacy's delivery is loaded
-            left = min(left + self.config.refill_days * per_day, r.high)
-        self._doses_left[d] = left
-        return left
 
     def _measurement(self, d: int, slot: int, t: float, z: list[float],
                      u: list[float]) -> tuple[int, Body] | None:
@@ -355,6 +322,31 @@ class Simulation:
                 doc = {"device_id": ids[d], "seq": s, "time": made_l[i], **body}
                 append(new(SimMessage, (topics[d][channel], dumps(doc), publish_l[i])))
         return out
+
+
+def _models(fleet: list[SimDevice], catalogue: Catalogue) -> list[Model]:
+    """Each device's approved model (CatalogueError if one is not approved)."""
+    known: dict[tuple[str, str, str], Model] = {}
+    for d in fleet:
+        key = (d.vendor, d.model, d.type)
+        if key not in known:
+            known[key] = catalogue.require(*key)
+    return [known[(d.vendor, d.model, d.type)] for d in fleet]
+
+
+def _columns(fleet: list[SimDevice], models: list[Model],
+             citizen: npt.NDArray[np.int64]) -> FleetColumns:
+    index = {d.device_id: i for i, d in enumerate(fleet)}
+    link = np.array([index.get(d.gateway, i) if d.gateway else i for i, d in enumerate(fleet)],
+                    dtype=np.int64)
+    types = DEVICE_TYPES.keys() | {d.type for d in fleet}
+    distinct = {id(m): m for m in models}.values()
+    sends = {(id(m), code): m.sends_event(code) for m in distinct for code in EVENT_CODES}
+    return FleetColumns(
+        citizen=citizen, link=link,
+        is_type={t: np.array([d.type == t for d in fleet]) for t in types},
+        sends={code: np.array([sends[(id(m), code)] for m in models]) for code in EVENT_CODES},
+        mains=np.array([m.battery == "mains_backup" for m in models]))
 
 
 def channel_of(code: str) -> int:
