@@ -181,9 +181,12 @@ def test_the_configuration_refuses_nonsense_and_scales_faults():
         SimConfig(falls_per_year=-1)
     with pytest.raises(ValueError, match="flapping_cycles"):
         SimConfig(flapping_cycles=(5, 2))
-    c = SimConfig().with_faults(10)
-    assert c.falls_per_year == 10 * SimConfig().falls_per_year
-    assert c.dose_missed == 10 * SimConfig().dose_missed
-    assert SimConfig().with_faults(100).dose_missed == 1.0
-    assert c.heartbeat_jitter == SimConfig().heartbeat_jitter  # routine, not a fault
-    assert SimConfig().with_faults(0).drops_per_year == 0
+    base, c = SimConfig(), SimConfig().with_faults(10)
+    assert c.falls_per_year == 10 * base.falls_per_year
+    assert c.dispenser_jam == 10 * base.dispenser_jam
+    assert SimConfig().with_faults(1000).dispenser_jam == 1.0
+    assert c.dose_missed == base.dose_missed  # a habit: not made worse by the factor
+    assert SimConfig().with_faults(0.5).dose_missed == base.dose_missed / 2
+    assert c.heartbeat_jitter == base.heartbeat_jitter  # routine, not a fault
+    none = SimConfig().with_faults(0)
+    assert none.drops_per_year == none.dose_missed == none.impossible_value == 0

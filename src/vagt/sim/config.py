@@ -6,19 +6,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# The rates `with_faults` scales: the incidents and faults, not the daily routine.
+# What `with_faults` scales: the incidents and faults, not the daily routine. Rates and rare
+# chances scale with the factor; a habit's share (how often a citizen forgets) only down.
 FAULT_RATES = (
-    "acute_episode", "weight_gain_per_year", "desaturation_per_year", "impossible_value",
-    "stuck_sensor_per_year", "dose_missed", "dispenser_jam", "falls_per_year",
+    "weight_gain_per_year", "desaturation_per_year", "stuck_sensor_per_year", "falls_per_year",
     "panics_per_year", "tamper_per_year", "mains_outages_per_year", "drops_per_year",
-    "flapping_per_year", "late_recharge", "late_replacement",
+    "flapping_per_year",
 )
+FAULT_CHANCES = ("acute_episode", "impossible_value", "dispenser_jam")
+FAULT_HABITS = ("dose_missed", "late_recharge", "late_replacement")
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """The simulator's rates. Defaults are what a quiet real fleet might do; `with_faults(k)`
-    multiplies the incident and fault rates (the demo uses 20 so something happens)."""
+    multiplies the incident and fault rates (the demo uses 20, so that something happens)."""
 
     # --- time ---------------------------------------------------------------------------
     window_s: float = 300.0            # simulated seconds generated per step (vectorised)
@@ -82,14 +84,12 @@ class SimConfig:
                              f"1 <= low <= high, got {self.flapping_cycles}")
 
     def with_faults(self, factor: float) -> SimConfig:
-        """The same fleet with its incident and fault rates multiplied by `factor` (0: none;
-        shares are capped at 1)."""
-        if factor < 0:
+        """The same fleet with its incident and fault rates multiplied by `factor` (0: none).
+        Chances are capped at 1; habits (missed doses, late recharges and replacements) are
+        scaled only down, since a factor of 20 should not make everyone forget every dose."""
+        if not factor >= 0:
             raise ValueError(f"the fault factor must be 0 or more, got {factor}")
-        changes: dict[str, float] = {}
-        for name in FAULT_RATES:
-            value = getattr(self, name) * factor
-            is_share = name in ("acute_episode", "impossible_value", "dose_missed",
-                                "dispenser_jam", "late_recharge", "late_replacement")
-            changes[name] = min(value, 1.0) if is_share else value
+        changes: dict[str, float] = {name: getattr(self, name) * factor for name in FAULT_RATES}
+        changes.update({name: min(getattr(self, name) * factor, 1.0) for name in FAULT_CHANCES})
+        changes.update({name: getattr(self, name) * min(factor, 1.0) for name in FAULT_HABITS})
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -194,7 +194,7 @@ class Simulation:
         if not len(r):
             return out
         z = self._value_rng.standard_normal((len(r), 4)).tolist()
-        u = self._value_rng.random((len(r), 4)).tolist()
+        u = self._value_rng.random((len(r), 5)).tolist()
         alive_l = alive[r.d].tolist()
         for k, (t, d, kind, arg, aux) in enumerate(zip(r.t.tolist(), r.d.tolist(),
                                                        r.kind.tolist(), r.arg.tolist(),
@@ -208,7 +208,7 @@ class Simulation:
             elif not alive_l[k]:
                 continue  # an empty battery: nothing measured, nothing sent
             elif kind == Kind.MEASURE:
-                made = self._measurement(d, arg, t, z[k], u[k])
+                made = self._measurement(d, t, z[k], u[k])
             elif kind == Kind.CONNECTION:
                 made = (channel_of("connection.lost"), {"events": [
                     _event("connection.lost", round(aux, 3),
@@ -263,13 +263,16 @@ class Simulation:
             return _one("tamper")
         raise AssertionError(f"unplanned record kind {kind}")
 
-    def _measurement(self, d: int, slot: int, t: float, z: list[float],
+    def _measurement(self, d: int, t: float, z: list[float],
                      u: list[float]) -> tuple[int, Body] | None:
+        """What device `d` measures at `t`: its citizen's values, unless the sensor is stuck
+        or, now and then, one value is implausible. `z`: normal draws, `u`: uniform ones."""
         metrics = self._metrics[d]
         if not metrics:
             return None
         c = self.config
-        hour = (t - self._local_midnight(t)) / 3600.0
+        clock = datetime.fromtimestamp(t, self.tz)
+        hour = clock.hour + clock.minute / 60
         values = self.population.measure(self._citizen[d], metrics, t, hour, z,
                                          u[0] < c.acute_episode)
         if self._stuck_left[d] > 0:
@@ -278,7 +281,7 @@ class Simulation:
         elif u[1] < c.impossible_value:
             k = int(u[2] * len(metrics)) % len(metrics)
             values = list(values)
-            values[k] = implausible(metrics[k], u[3] < c.beyond_physical, (u[3] * 7.31) % 1.0)
+            values[k] = implausible(metrics[k], u[3] < c.beyond_physical, u[4])
         return _TELEMETRY, {"readings": [{"metric": m.metric, "value": v, "unit": m.unit}
                                          for m, v in zip(metrics, values)]}
 
