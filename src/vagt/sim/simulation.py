@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -107,16 +108,25 @@ class Simulation:
         self._seq = [0] * n
         self._waiting: list[tuple[float, float, int, int, int, Body]] = []  # a heap
         self._order = itertools.count()
+        self._ready: deque[SimMessage] = deque()  # made, not yet handed out
 
     # --- the stream -------------------------------------------------------------------------
 
     def messages(self, until: float | None = None) -> Iterator[SimMessage]:
-        """The messages in the order they are published, up to simulated time `until`
-        (None: without end). Continues where the last call stopped."""
-        while until is None or self.now < until:
-            yield from self.window()
+        """The messages in the order they are published, those published before simulated
+        time `until` (None: without end). A later call continues where this one stopped."""
+        ready = self._ready
+        while True:
+            if not ready:
+                if until is not None and self.now >= until:
+                    return
+                ready.extend(self._window())
+                continue
+            if until is not None and ready[0].time >= until:
+                return
+            yield ready.popleft()
 
-    def window(self) -> list[SimMessage]:
+    def _window(self) -> list[SimMessage]:
         """The messages of the next window of simulated time, in publishing order."""
         t0 = self.now
         t1 = t0 + self.config.window_s
