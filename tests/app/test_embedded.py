@@ -159,6 +159,22 @@ def test_simulate_sends_traffic_at_the_rate_for_the_duration_and_writes_the_flee
     assert "every one acknowledged" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["simulate", "--speed", "0"], "argument --speed: must be a number above 0, got 0"),
+    (["simulate", "--rate", "-5"], "argument --rate: must be a number above 0, got -5"),
+    (["simulate", "--devices", "0"], "argument --devices: must be 1 or more, got 0"),
+    (["demo", "--faults", "lots"], "argument --faults: not a number: 'lots'"),
+    (["demo", "--history", "-1"], "argument --history: must be a number of 0 or more, got -1"),
+])
+def test_simulate_and_demo_refuse_nonsense_options_naming_them(argv, says, capsys):
+    from vagt.app.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+
+
 # --- vagt demo, with a stand-in engine ---------------------------------------------------------
 
 class StandInEngine:

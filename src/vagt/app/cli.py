@@ -77,30 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
     demo.add_argument("--devices", type=_count, default=300)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    _simulation_options(demo, faults=20.0)
+    _simulation_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
     sim.add_argument("--devices", type=_count, default=300)
     sim.add_argument("--rate", type=_positive, default=100.0, help="messages per second, at most")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
-    _simulation_options(sim, faults=1.0)
+    _simulation_options(sim)
     sim.add_argument("--fleet-csv", type=Path, default=None,
                      help="also write the simulated fleet as a devices CSV to this file")
     sim.set_defaults(func=cmd_simulate)
     return p
 
 
-def _simulation_options(parser: argparse.ArgumentParser, *, faults: float) -> None:
+def _simulation_options(parser: argparse.ArgumentParser) -> None:
+    # defaults: vagt.app.demo.SimOptions and DEMO_OPTIONS (not imported here: it is slow)
     parser.add_argument("--seed", type=int, default=1,
                         help="the same seed gives the same fleet and the same messages")
-    parser.add_argument("--history", type=_not_negative, default=24.0, metavar="HOURS",
-                        help="simulated time starts this many hours ago (default: 24)")
+    parser.add_argument("--history", type=_not_negative, default=None, metavar="HOURS",
+                        help="simulated time starts this many hours ago (default: 24; "
+                             "the demo: 72)")
     parser.add_argument("--speed", type=_positive, default=None,
                         help="simulated seconds per real second until the present is reached "
                              "(default: as fast as the rate allows); then real time")
-    parser.add_argument("--faults", type=_not_negative, default=faults,
-                        help=f"incident and fault rates, times the defaults (default: {faults:g})")
+    parser.add_argument("--faults", type=_not_negative, default=None,
+                        help="incident and fault rates, times the defaults (default: 1; "
+                             "the demo: 20)")
 
 
 def _count(text: str) -> int:
@@ -208,27 +211,27 @@ def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _sim_options(args: argparse.Namespace) -> SimOptions:
-    from vagt.app.demo import SimOptions
-
-    return SimOptions(seed=args.seed, speed=args.speed, history_h=args.history,
-                      faults=args.faults)
+def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
+    return dataclasses.replace(
+        defaults, seed=args.seed, speed=args.speed,
+        history_h=defaults.history_h if args.history is None else args.history,
+        faults=defaults.faults if args.faults is None else args.faults)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from vagt.app.demo import run_demo
+    from vagt.app.demo import DEMO_OPTIONS, run_demo
     from vagt.app.engine import run_engine
 
     stop = _stop_on_signals()
     return run_demo(config, devices=args.devices, duration=args.duration, stop=stop,
-                    run_engine=run_engine, options=_sim_options(args))
+                    run_engine=run_engine, options=_sim_options(args, DEMO_OPTIONS))
 
 
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
-    from vagt.app.demo import run_simulate
+    from vagt.app.demo import SimOptions, run_simulate
 
     return run_simulate(config.mqtt.url, config.mqtt.topic_root, args.devices, args.rate,
-                        args.duration, _sim_options(args), args.fleet_csv,
+                        args.duration, _sim_options(args, SimOptions()), args.fleet_csv,
                         config.mqtt.protocol)
 
 

@@ -40,7 +40,6 @@ from vagt.sim import (
 log = logging.getLogger("vagt.demo")
 
 EngineRunner = Callable[[Config, threading.Event], None]
-DEMO_FAULTS = 20.0  # the demo's incidents and faults, times the defaults: something to see
 
 NEW_ALERTS = ("SELECT id, opened_at, queue, priority, severity, device_id, summary "
               "FROM alerts WHERE id > %s ORDER BY id")
@@ -67,6 +66,11 @@ class SimOptions:
     def simulation(self, fleet: list[SimDevice], topic_root: str) -> Simulation:
         return Simulation(fleet, seed=self.seed, start=time.time() - self.history_h * 3600,
                           topic_root=topic_root, config=SimConfig().with_faults(self.faults))
+
+
+# The demo: three days of history to replay before it reaches the present, and incidents and
+# faults 20 times as often as a real fleet has them, so that there is something to see.
+DEMO_OPTIONS = SimOptions(history_h=72.0, faults=20.0)
 
 
 # --- vagt simulate ------------------------------------------------------------------------------
@@ -117,7 +121,7 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
     Returns 0, or 1 if the engine or the simulator failed.
     """
     stop = stop if stop is not None else threading.Event()
-    options = options if options is not None else SimOptions(faults=DEMO_FAULTS)
+    options = options if options is not None else DEMO_OPTIONS
     fleet = make_fleet(devices, options.seed)
     rate = demo_rate(devices)
     sent = PublishStats()
