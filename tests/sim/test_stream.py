@@ -3,7 +3,11 @@ numbered per device, valid for vagt's own decoder, the catalogue's metrics in th
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +35,28 @@ def test_the_same_seed_gives_the_byte_identical_stream():
     a, b = stream(7), stream(7)
     assert len(a) > 1000
     assert a == b  # topics, payloads and publishing times
+
+
+DIGEST = """
+import hashlib, sys
+from vagt.sim import Simulation, make_fleet
+sim = Simulation(make_fleet(200, 7), seed=7, start={start})
+h = hashlib.sha256()
+for m in sim.messages(until={start} + 12 * 3600):
+    h.update(m.topic.encode() + b"\\0" + m.payload + b"\\0")
+print(h.hexdigest())
+"""
+
+
+def test_the_same_seed_gives_the_same_stream_in_another_process_whatever_its_hash_seed():
+    script = DIGEST.format(start=START)
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}
+                              ).stdout.strip() for hash_seed in ("1", "2")}
+    here = hashlib.sha256()
+    for m in stream(7):
+        here.update(m.topic.encode() + b"\0" + m.payload + b"\0")
+    assert digests == {here.hexdigest()}
 
 
 def test_another_seed_gives_another_stream():
