@@ -4,14 +4,15 @@ missed), batteries, outages and the flush after them, and the faults at their ra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from typing import Any
 
-from tests.sim.helpers import by_device, channel, docs, local_hour, run
+from tests.sim.helpers import DAY, START, by_device, channel, docs, local_hour, run
 
 from vagt.devices.catalogue import load_catalogue
-from vagt.sim import SimConfig
+from vagt.sim import SimConfig, SimDevice, Simulation
 from vagt.sim.plan import MEASUREMENT_SLOTS
 
 CAT = load_catalogue()
@@ -201,6 +202,23 @@ def test_replaceable_cells_drain_slowly_and_are_replaced_when_low():
     assert replaced
     steady = [s for s in series.values() if s not in replaced]
     assert all(s[0] - s[-1] <= 8 for s in steady)  # under 1 % a day
+
+
+def test_cells_replaced_too_late_run_low_and_the_device_falls_silent_until_they_are():
+    bp = [SimDevice(f"BPM-{k:06d}", "bp_monitor", "Omron", "M7 Intelli IT", "Odder",
+                    f"cit-{k:012x}", "1.2.0") for k in range(40)]
+    quiet = SimConfig().with_faults(0.0)  # nothing else happens
+    sim = Simulation(bp, seed=4, start=START, config=dataclasses.replace(
+        quiet, late_replacement=0.5, replaceable_drain_per_day=1.0))
+    beats = by_device([(m, doc) for m, doc in docs(tuple(sim.messages(until=START + 120 * DAY)))
+                       if "status" in doc])
+    low = revived = 0
+    for pairs in beats.values():
+        series = [(doc["time"], doc["status"]["battery"]) for _, doc in pairs]
+        low += min(b for _, b in series) < 15
+        revived += any(t2 - t1 > 3 * DAY and b1 < 15 and b2 == 100
+                       for (t1, b1), (t2, b2) in itertools.pairwise(series))
+    assert low > 0 and revived > 0
 
 
 def test_a_mains_outage_is_lost_then_restored_with_the_backup_battery_draining_meanwhile():
