@@ -262,6 +262,24 @@ def orjson_time(m) -> float:
     return float(orjson.loads(m.payload)["time"])
 
 
+def test_a_gateway_whose_backup_battery_gives_out_takes_its_household_offline_till_mains():
+    long_outages = dataclasses.replace(SimConfig().with_faults(0.0), mains_outages_per_year=60,
+                                       mains_outage_median_min=600, backup_drain_per_hour=40)
+    fleet, msgs = run(300, 5, **{f.name: getattr(long_outages, f.name)
+                                 for f in dataclasses.fields(SimConfig)})
+    gateway_of = {d.device_id: d.gateway for d in fleet}
+    restored = {(doc["device_id"], m.time) for m, doc in docs(msgs)
+                if doc.get("events", [{}])[0].get("code") == "power.mains_restored"}
+    late = [(m, doc) for m, doc in docs(msgs) if m.time - doc["time"] > 60]
+    assert late
+    households = 0
+    for m, doc in late:  # nothing else goes wrong in this fleet: only the power
+        link = gateway_of[doc["device_id"]] or doc["device_id"]
+        assert (link, m.time) in restored
+        households += link != doc["device_id"]
+    assert households
+
+
 def test_a_flapping_gateway_reports_its_connection_lost_and_back_many_times_in_minutes():
     fleet, msgs = run(300, 8, faults=10.0)
     lost = by_device([(m, doc) for m, doc in docs(msgs) if any(

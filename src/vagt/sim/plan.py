@@ -48,7 +48,7 @@ class Kind(enum.IntEnum):
     FALL = 4
     PANIC = 5
     TAMPER = 6
-    MAINS_LOST = 7       # arg: the outage's number
+    MAINS_LOST = 7       # arg: the outage's number; aux: when the mains come back
     MAINS_RESTORED = 8   # arg: the outage's number
     CONNECTION = 9       # aux: when it went down; arg: 1 if flapping
     STUCK = 10           # the sensor sticks from here (no message)
@@ -195,8 +195,9 @@ class DayPlanner:
                                         len(d)), 2, 720)
         number = self.outage_number + np.arange(len(d), dtype=np.int64)
         self.outage_number += len(d)
-        cut.add(lost, d, Kind.MAINS_LOST, number)
-        cut.add(lost + minutes * 60.0, d, Kind.MAINS_RESTORED, number)
+        restored = lost + minutes * 60.0
+        cut.add(lost, d, Kind.MAINS_LOST, number, restored)
+        cut.add(restored, d, Kind.MAINS_RESTORED, number)
 
     def _outages(self, cut: _Cut, outages: Outages, rng: np.random.Generator,
                  day_start: float, day_end: float) -> None:

@@ -87,6 +87,11 @@ class Power:
                               rng.uniform(1, 7, k)) * DAY
         self.due[low] = t1 + np.where(self.rechargeable[low], recharge_in, replace_in)
 
+    def empty_in(self, d: int) -> float:
+        """Seconds until device `d`'s battery is empty, draining as it would off the mains."""
+        drain = float(self.drain[d])
+        return float(self.level[d]) / drain if drain > 0 else float("inf")
+
     def mains_lost(self, d: int) -> None:
         self.on_mains[d] = False
 

@@ -214,7 +214,7 @@ class Simulation:
                 self._stuck_values.pop(d, None)
                 continue
             if kind == Kind.MAINS_LOST or kind == Kind.MAINS_RESTORED:
-                made = self._mains(d, kind, arg, t)
+                made = self._mains(d, kind, arg, t, aux)
             elif not alive_l[k]:
                 continue  # an empty battery: nothing measured, nothing sent
             elif kind == Kind.MEASURE:
@@ -239,12 +239,16 @@ class Simulation:
                 heapq.heappush(self._waiting, entry)
         return out
 
-    def _mains(self, d: int, kind: int, number: int, t: float) -> tuple[int, Body] | None:
+    def _mains(self, d: int, kind: int, number: int, t: float,
+               restored: float) -> tuple[int, Body] | None:
         if kind == Kind.MAINS_LOST:
             if self._mains_outage[d] >= 0:
                 return None  # already out
             self._mains_outage[d] = number
             self.power.mains_lost(d)
+            empty = self.power.empty_in(d)
+            if t + empty < restored:  # the backup battery gives out first: so does the radio,
+                self.outages.add(d, t + empty, restored)  # and a gateway's household with it
             return _one("power.mains_lost")
         if self._mains_outage[d] != number:
             return None
