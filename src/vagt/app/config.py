@@ -85,6 +85,9 @@ class Config:
     rules: str = ""                     # a rules file or folder; "" = the built-in default rules
     catalogue: str = ""                 # the approved models (TOML); "" = the built-in catalogue
     data_dir: str = "var"               # embedded database and broker state
+    alerts: str = ""                    # the alert policy (TOML); "" = the built-in policy
+    api_host: str = "127.0.0.1"         # the operator REST API of `vagt run` / `vagt api`
+    api_port: int = 0                   # 0 = `vagt run` serves no API
 
 
 # Environment variable -> (section, key). Section "" is the top level.
@@ -102,6 +105,9 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_CATALOGUE": ("", "catalogue"),
     "VAGT_DATA_DIR": ("", "data_dir"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
+    "VAGT_ALERTS": ("", "alerts"),
+    "VAGT_API_HOST": ("", "api_host"),
+    "VAGT_API_PORT": ("", "api_port"),
 }
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -212,6 +218,11 @@ def _validate(c: Config) -> None:
             f"setting 'metrics_port' (VAGT_METRICS_PORT) must be a port from 0 to 65535, "
             f"got {c.metrics_port}"
         )
+    if not 0 <= c.api_port <= 65535:
+        raise ConfigError(f"setting 'api_port' (VAGT_API_PORT) must be a port from 0 to 65535, "
+                          f"got {c.api_port}")
+    if c.alerts and not Path(c.alerts).is_file():
+        raise ConfigError(f"setting 'alerts' (VAGT_ALERTS): {c.alerts} is not a file")
     if c.rules and not Path(c.rules).exists():
         raise ConfigError(f"setting 'rules' (VAGT_RULES): {c.rules} does not exist")
     if c.catalogue and not Path(c.catalogue).is_file():

@@ -9,6 +9,7 @@ lane has committed and acknowledged the batch in hand.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from vagt.alerts.policy import install_policy, load_policy
+from vagt.alerts.service import ApiSettings, alert_services
 from vagt.app import db, store
 from vagt.app.config import Config, redact_url
 from vagt.app.metrics import EngineMetrics
@@ -159,6 +162,9 @@ def run_engine(config: Config, stop: threading.Event,
     log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
     db.migrate(conninfo)
     rules = load_rules(config.rules or None)
+    # the webhook secrets named by the policy's `secret_env` come from the environment
+    policy = load_policy(config.alerts or None, os.environ)
+    install_policy(policy)
     metrics = metrics or EngineMetrics()
     with open_engine_pool(conninfo, config) as pool:
         fleet = Fleet()
@@ -169,13 +175,19 @@ def run_engine(config: Config, stop: threading.Event,
         pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
                             fleet=fleet, rules=rules, active_fingerprints=active, clock=clock)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
+        metrics.watch_queue(lambda: _queue_alerts(pool))
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
         try:
-            _run_lanes(config, pool, pipeline, metrics, stop)
+            with alert_services(pool, policy, clock=clock, observer=metrics,
+                                mqtt_defaults=_mqtt_defaults(config),
+                                client_id=config.mqtt.client_id,
+                                api=ApiSettings(config.api_host, config.api_port)
+                                if config.api_port else None):
+                _run_lanes(config, pool, pipeline, metrics, stop)
         finally:
             if server is not None:
                 server.shutdown()
@@ -222,3 +234,17 @@ def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
             "SELECT queue, count(*) FROM alerts "
             "WHERE status IN ('open', 'claimed', 'acknowledged') GROUP BY queue").fetchall()
     return [(str(q), int(n)) for q, n in rows]
+
+
+def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
+    with pool.connection(timeout=2) as conn:
+        rows = conn.execute(
+            "SELECT queue, priority, status, count(*) FROM alerts "
+            "WHERE status <> 'resolved' GROUP BY 1, 2, 3").fetchall()
+    return [(str(q), int(p), str(s), int(n)) for q, p, s, n in rows]
+
+
+def _mqtt_defaults(config: Config) -> dict[str, object]:
+    m = config.mqtt
+    return {"host": m.host, "port": m.port, "username": m.username, "password": m.password,
+            "tls": m.tls}

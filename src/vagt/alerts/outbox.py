@@ -1,0 +1,59 @@
+"""The outbox: what happened to an alert, written in the transaction that made it happen.
+
+One outbox row per event, and one delivery row per enabled target, in the same statement:
+whatever commits the change commits the promise to deliver it, so a receiver (or the
+engine) that is down loses nothing. The delivery worker (`delivery`) sends them later.
+The targets are registered from the policy when the engine starts (`register_targets`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import orjson
+import psycopg
+
+from vagt.alerts.policy import DeliveryPolicy
+
+_ENQUEUE = """
+WITH ev AS (
+    INSERT INTO alert_outbox (alert_id, event, payload)
+    SELECT a.id, %(event)s::text,
+           jsonb_build_object('event', %(event)s::text, 'at', clock_timestamp(),
+                              'actor', %(actor)s::text,
+                              'details', %(details)s::jsonb,
+                              'alert', to_jsonb(a) - 'municipality')
+    FROM alerts a WHERE a.id = ANY(%(ids)s)
+    ORDER BY a.id
+    RETURNING id, event
+)
+INSERT INTO alert_deliveries (outbox_id, target)
+SELECT ev.id, t.name FROM ev
+JOIN delivery_targets t ON t.enabled AND (t.events = '{}' OR ev.event = ANY(t.events))
+"""
+
+
+def enqueue(conn: psycopg.Connection, alert_ids: Iterable[int], event: str, actor: str,
+            details: dict[str, object] | None = None) -> None:
+    """Record `event` for each alert, with the alert as it is now, for every target."""
+    ids = sorted(set(alert_ids))
+    if not ids:
+        return
+    conn.execute(_ENQUEUE, {"ids": ids, "event": event, "actor": actor,
+                            "details": orjson.dumps(details or {}).decode()})
+
+
+def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list[str]:
+    """Enable the policy's targets, disable the others (their undelivered rows stay, kept)."""
+    targets: Sequence[tuple[str, str, tuple[str, ...]]] = [
+        *((w.name, "webhook", w.events) for w in delivery.webhooks),
+        *((m.name, "mqtt", m.events) for m in delivery.mqtt)]
+    with conn.transaction():
+        conn.execute("UPDATE delivery_targets SET enabled = false, updated_at = now() "
+                     "WHERE enabled AND NOT name = ANY(%s)", ([t[0] for t in targets],))
+        for name, kind, events in targets:
+            conn.execute(
+                "INSERT INTO delivery_targets (name, kind, events) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, events = EXCLUDED.events, "
+                "enabled = true, updated_at = now()", (name, kind, list(events)))
+    return [t[0] for t in targets]
