@@ -27,6 +27,7 @@ log = logging.getLogger("vagt.alerts")
 class ApiSettings:
     host: str
     port: int
+    pool_max: int = 4
 
 
 @contextlib.contextmanager
@@ -56,9 +57,12 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
     if senders:
         supervised("alert-delivery",
                    DeliveryWorker(pool, policy.delivery, senders, clock, observer).run)
-    server = None
+    server = api_pool = None
     if api is not None:
-        server = _api_server(pool, policy, observer, clock, api)
+        # its own connections: a burst of operators never takes the lanes' connections
+        api_pool = ConnectionPool(pool.conninfo, min_size=1, max_size=api.pool_max,
+                                  open=True, name="vagt-api")
+        server = _api_server(api_pool, policy, observer, clock, api)
         supervised("api", lambda _stop: server.run())
     log.info("event=alert_services_started targets=%s api=%s", ",".join(targets) or "-",
              f"{api.host}:{api.port}" if api else "-")
@@ -70,6 +74,8 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
             server.should_exit = True
         for t in threads:
             t.join(timeout=15)
+        if api_pool is not None:
+            api_pool.close()
     if failures:
         raise RuntimeError("an alert service failed; see the log") from failures[0]
 

@@ -4,6 +4,8 @@ in force, or inhibition by another active alert.
 `reconcile` looks at open and suppressed alerts (claimed ones are an operator's and are left
 alone): an open alert with a reason becomes suppressed, keeping the reason; a suppressed one
 without a reason any more becomes open again and claimable, with a new time to claim.
+It reads without locking and changes with `WHERE status = ...`: an alert an operator claims
+meanwhile is re-checked after their commit and left to them.
 Each change is audited and goes to the outbox. The engine calls it when alerts open or
 resolve, silences call it when created or expired, and the timer calls it for silences
 that start or end by the clock and for devices whose repair status changed.
@@ -48,7 +50,6 @@ SELECT a.id, a.status, a.labels, a.suppressed_reason, d.status
 FROM alerts a LEFT JOIN devices d ON d.device_id = a.device_id
 WHERE a.status IN ('open', 'suppressed') AND (%(ids)s::bigint[] IS NULL OR a.id = ANY(%(ids)s))
 ORDER BY a.id
-FOR UPDATE OF a SKIP LOCKED
 """
 
 _SUPPRESS = """
