@@ -253,3 +253,35 @@ def test_the_openapi_document_is_served_and_describes_the_endpoints_and_security
         assert path in doc["paths"], path
     assert set(doc["components"]["securitySchemes"]) == {"HTTPBasic", "HTTPBearer"}
     assert api.anonymous().get("/docs").status_code == 200
+
+
+def test_vagt_api_serves_the_api_and_its_metrics_alone(database_url, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vagt.app.cli", "api", "--port", str(port)],
+                            env={**os.environ, "VAGT_DATABASE_URL": database_url},
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, (
+                    (tmp_path / "api.log").read_text())
+                time.sleep(0.1)
+        assert r.status_code == 401
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 200
+        check = subprocess.run(["promtool", "check", "metrics"], input=metrics.content,
+                               capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

@@ -216,3 +216,28 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
     assert (m.topic, m.qos, orjson.loads(m.payload)["alert"]["id"]) == (
         "callcentre/Randers/emergency", 1, alert_id)
     assert deliveries(database_url)[0][2] is True
+
+
+def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, capsys):
+    from tests.alerts.test_accounts_cli import run
+
+    port = free_port()
+    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=1)
+    alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
+        worker.deliver_due()
+        assert run(database_url, "alerts", "outbox", "--dead") == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[1].split()[:6] == ["1", "callcentre", "1", "opened", "1", "dead"]
+        assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
+                   "--author", "sofie") == 0
+        receiver = Receiver(port=port).start()
+        try:
+            assert worker.deliver_due() == 1
+        finally:
+            receiver.stop()
+    assert [d[2:4] for d in deliveries(database_url)] == [(True, False)]
+    assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
+               "--author", "sofie") == 2
+    assert "there is no dead delivery of outbox entry 1" in capsys.readouterr().err

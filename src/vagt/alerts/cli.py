@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import psycopg
 
+from vagt.alerts import outbox
 from vagt.alerts.actions import (
     AlertError,
     AlertRow,
@@ -82,6 +83,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     route.add_argument("--priority", type=int, default=3,
                        help="the rule's own priority, used when no route sets one (default: 3)")
     route.set_defaults(policy_handler=handle_route)
+    box = actions.add_parser("outbox", help="events not yet delivered to the call centre")
+    box.add_argument("--dead", action="store_true", help="only dead letters (tries used up)")
+    box.set_defaults(handler=handle_outbox)
+    again = actions.add_parser("redeliver", help="try a dead letter again")
+    again.add_argument("outbox_id", type=int)
+    again.add_argument("--target", required=True, help="the delivery target's name")
+    again.add_argument("--author", required=True, help="your name, for the audit trail")
+    again.set_defaults(handler=handle_redeliver)
     _add_silences(subparsers)
 
 
@@ -243,6 +252,30 @@ def handle_route(args: argparse.Namespace, policy_path: str) -> int:
     dest = route_alert(policy.root, labels, default_queue=args.queue,
                        default_priority=args.priority, time_to_claim=policy.time_to_claim_s)
     print("\n".join(describe(dest)))
+    return 0
+
+
+@_reports_errors
+def handle_outbox(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        rows = outbox.undelivered(conn, dead_only=args.dead)
+    if not rows:
+        print("nothing waiting: every event is delivered" if not args.dead else "no dead letters")
+        return 0
+    print(_format_table(["OUTBOX", "TARGET", "ALERT", "EVENT", "TRIES", "STATE", "LAST ERROR"],
+                        [[str(o), t, str(a), e, str(n), "dead" if d else "retrying",
+                          err or ""] for o, t, a, e, n, err, d in rows]))
+    return 0
+
+
+@_reports_errors
+def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        try:
+            outbox.redeliver(conn, args.outbox_id, args.target, actor=args.author)
+        except LookupError as e:
+            return _fail(str(e))
+    print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
     return 0
 
 

@@ -57,3 +57,28 @@ def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list
                 "ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, events = EXCLUDED.events, "
                 "enabled = true, updated_at = now()", (name, kind, list(events)))
     return [t[0] for t in targets]
+
+
+def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,
+                limit: int = 100) -> list[tuple[int, str, int, str, int, str | None, bool]]:
+    """(outbox id, target, alert id, event, attempts, last error, dead) not delivered yet."""
+    rows = conn.execute(
+        "SELECT d.outbox_id, d.target, o.alert_id, o.event, d.attempts, d.last_error, "
+        "d.dead_at IS NOT NULL FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id "
+        "WHERE d.delivered_at IS NULL AND (NOT %s OR d.dead_at IS NOT NULL) "
+        "ORDER BY d.outbox_id, d.target LIMIT %s", (dead_only, limit)).fetchall()
+    return [(int(a), str(b), int(c), str(d), int(e), f, bool(g)) for a, b, c, d, e, f, g in rows]
+
+
+def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str) -> None:
+    """Give a dead letter another round of tries (after the receiver was fixed); audited."""
+    with conn.transaction():
+        row = conn.execute("UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
+                           "next_attempt_at = now() WHERE outbox_id = %s AND target = %s "
+                           "AND dead_at IS NOT NULL RETURNING 1", (outbox_id, target)).fetchone()
+        if row is None:
+            raise LookupError(f"there is no dead delivery of outbox entry {outbox_id} to "
+                              f"'{target}'; `vagt alerts outbox --dead` lists them")
+        conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
+                     "(%s, 'delivery.retry', %s, %s::jsonb)",
+                     (actor, f"outbox {outbox_id}", orjson.dumps({"target": target}).decode()))

@@ -167,7 +167,8 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
     import os
 
     import uvicorn
-    from prometheus_client import make_asgi_app
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from vagt.alerts.api.app import create_app
     from vagt.alerts.policy import PolicyError, load_policy
@@ -185,7 +186,12 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
         db.migrate(url)
         with db.open_pool(url, config.database.pool_min, config.database.pool_max) as pool:
             app = create_app(pool, policy, observer=metrics)
-            app.mount("/metrics", make_asgi_app(metrics.registry))
+
+            @app.get("/metrics", include_in_schema=False)
+            def exposition() -> Response:
+                return Response(generate_latest(metrics.registry),
+                                media_type=CONTENT_TYPE_LATEST)
+
             port = args.port or config.api_port or 8080
             log.info("event=api_listening host=%s port=%d", args.host or config.api_host, port)
             uvicorn.run(app, host=args.host or config.api_host, port=port, log_config=None,
