@@ -116,3 +116,12 @@ def test_list_takes_several_statuses(database_url, capsys):
 def test_list_says_so_when_nothing_matches(database_url, capsys):
     assert run(database_url, "list", "--queue", "nowhere") == 0
     assert capsys.readouterr().out == "no alerts match\n"
+
+
+def test_list_shows_why_a_suppressed_alert_is_held_back(database_url, conn, capsys):
+    a = new_alert(database_url)
+    conn.execute("UPDATE alerts SET status = 'suppressed', suppressed_reason = 'silence 4 by "
+                 "sofie: repair' WHERE id = %s", (a,))
+    assert run(database_url, "list", "--status", "suppressed") == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(
+        "[suppressed: silence 4 by sofie: repair]")

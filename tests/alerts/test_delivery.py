@@ -241,3 +241,21 @@ def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, ca
     assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
                "--author", "sofie") == 2
     assert "there is no dead delivery of outbox entry 1" in capsys.readouterr().err
+
+
+def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url, receiver):
+    from datetime import UTC, datetime, timedelta
+
+    from vagt.alerts.outbox import prune
+
+    receiver.failures = 0
+    policy = webhook_policy(receiver.url)
+    alarms(database_url, policy, 2)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock(),
+                                batch=1)
+        worker.deliver_due()                       # the first only
+        with pool.connection() as conn:
+            assert prune(conn, datetime.now(UTC) + timedelta(days=1)) == 1
+    assert [d[1:3] for d in deliveries(database_url)] == [(0, False)]
+    assert rows(database_url, "SELECT count(*) FROM alert_outbox") == [(1,)]

@@ -173,8 +173,11 @@ def handle_list(args: argparse.Namespace, conninfo: str) -> int:
 
 def _cells(r: AlertRow) -> list[str]:
     holder = r.claimed_by if r.status in (AlertStatus.CLAIMED, AlertStatus.ACKNOWLEDGED) else ""
+    summary = r.summary
+    if r.status is AlertStatus.SUPPRESSED and r.suppressed_reason:
+        summary += f" [suppressed: {r.suppressed_reason}]"
     return [str(r.id), str(r.priority), r.queue, r.status.value, holder or "",
-            _local_time(r.opened_at), str(r.repeat_count), r.device_id or "-", r.summary]
+            _local_time(r.opened_at), str(r.repeat_count), r.device_id or "-", summary]
 
 
 def _local_time(at: datetime) -> str:

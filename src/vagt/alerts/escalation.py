@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -103,15 +103,19 @@ def escalate_overdue(conn: psycopg.Connection, now: datetime,
 def run_timer_once(conn: psycopg.Connection, now: datetime,
                    policy: AlertPolicy | None = None,
                    observer: AlertObserver | None = None) -> list[Breach] | None:
-    """One tick: silences that began or ended, repairs, then escalations. None if another
-    process holds the timer (then it does the work)."""
+    """One tick: silences that began or ended, repairs, escalations, and the outbox's old
+    entries. None if another process holds the timer (then it does the work)."""
     row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
                        (TIMER_LOCK,)).fetchone()
     if row is None or not row[0]:
         return None
+    policy = policy or current_policy()
     with conn.transaction():
         reconcile(conn, now=now, policy=policy)
-    return escalate_overdue(conn, now, policy, observer)
+    breaches = escalate_overdue(conn, now, policy, observer)
+    with conn.transaction():
+        outbox.prune(conn, now - timedelta(seconds=policy.delivery.retention_s))
+    return breaches
 
 
 class Timer:

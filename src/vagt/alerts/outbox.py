@@ -9,6 +9,7 @@ The targets are registered from the policy when the engine starts (`register_tar
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import orjson
 import psycopg
@@ -82,3 +83,25 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
         conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
                      "(%s, 'delivery.retry', %s, %s::jsonb)",
                      (actor, f"outbox {outbox_id}", orjson.dumps({"target": target}).decode()))
+
+
+_PRUNE = """
+WITH old AS (
+    SELECT o.id FROM alert_outbox o
+    WHERE o.created_at < %s
+      AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.outbox_id = o.id
+                      AND d.delivered_at IS NULL AND d.dead_at IS NULL)
+    ORDER BY o.id LIMIT %s
+), gone AS (
+    DELETE FROM alert_deliveries d USING old WHERE d.outbox_id = old.id
+)
+DELETE FROM alert_outbox o USING old WHERE o.id = old.id
+"""
+
+
+def prune(conn: psycopg.Connection, before: datetime, limit: int = 10_000) -> int:
+    """Forget outbox entries older than `before` that are delivered or dead everywhere.
+
+    Entries still being tried are kept whatever their age: nothing undelivered is dropped.
+    """
+    return conn.execute(_PRUNE, (before, limit)).rowcount

@@ -62,6 +62,7 @@ class DeliveryPolicy:
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 600.0
     poll_interval_s: float = 0.5
+    retention_s: float = 30 * 86400.0   # delivered and dead outbox entries are kept this long
 
 
 EVENTS = ("opened", "reopened", "suppressed", "unsuppressed", "escalated", "claimed",
@@ -233,7 +234,7 @@ class _Reader:
 
     def delivery(self, doc: dict[str, Any]) -> DeliveryPolicy:
         self.unknown(doc, {"max_attempts", "backoff_initial", "backoff_max", "poll_interval",
-                           "webhook", "mqtt"}, "[delivery]")
+                           "retention", "webhook", "mqtt"}, "[delivery]")
         attempts = doc.get("max_attempts", 10)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise self.fail("[delivery]", f"'max_attempts' must be at least 1, got {attempts!r}")
@@ -255,8 +256,8 @@ class _Reader:
             tuple(webhooks), tuple(mqtt), attempts,
             self.duration(doc.get("backoff_initial", "2s"), "[delivery] backoff_initial"),
             self.duration(doc.get("backoff_max", "10m"), "[delivery] backoff_max"),
-            self.duration(doc.get("poll_interval", "0.5s"),
-                          "[delivery] poll_interval"))
+            self.duration(doc.get("poll_interval", "0.5s"), "[delivery] poll_interval"),
+            self.duration(doc.get("retention", "30d"), "[delivery] retention"))
 
     def webhook(self, doc: dict[str, Any], i: int, names: set[str]) -> WebhookTarget:
         where = f"[[delivery.webhook]] #{i + 1}"
