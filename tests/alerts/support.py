@@ -17,9 +17,9 @@ POLICY = load_policy(None)   # the built-in policy: what a new installation rout
 # rule -> (the rule's own queue, priority, severity), as in the built-in rules
 RULES = {
     "personal_alarm": ("emergency", 1, "critical"),
-    "dispenser_fault": ("technical", 2, "major"),
+    "dispenser_jam": ("technical", 2, "major"),
     "battery_low": ("technical", 4, "warning"),
-    "device_offline": ("technical", 3, "major"),
+    "device_silent": ("technical", 3, "major"),
     "missed_dose": ("technical", 3, "major"),
 }
 

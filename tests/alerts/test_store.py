@@ -37,7 +37,7 @@ def audit(database_url, alert_id):
 
 
 def test_a_firing_is_routed_by_the_policy_not_only_by_its_rule(fleet):
-    fire(fleet, ("dispenser_fault", "OXI-0001"))
+    fire(fleet, ("dispenser_jam", "OXI-0001"))
     assert rows(fleet, "SELECT queue, extra_queues, priority, route, time_to_claim "
                        "FROM alerts") == [("logistics", ["technical"], 2, "device_swap",
                                            timedelta(minutes=10))]
@@ -85,36 +85,36 @@ def test_a_cleared_condition_resolves_with_the_code_cleared(fleet):
 
 def test_an_offline_gateway_suppresses_the_alerts_of_the_devices_behind_it(fleet):
     fire(fleet, ("battery_low", "OXI-0001"), ("battery_low", "OXI-0009"))
-    (gw_alert, _), = fire(fleet, ("device_offline", "GW-0001"))
-    fire(fleet, ("device_offline", "BPM-0001"))
+    (gw_alert, _), = fire(fleet, ("device_silent", "GW-0001"))
+    fire(fleet, ("device_silent", "BPM-0001"))
     assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == (
         "suppressed", "technical", 4, f"inhibited by alert {gw_alert} (gateway_offline)")
-    assert alert_of(fleet, "device_offline", "BPM-0001")[1] == "suppressed"
+    assert alert_of(fleet, "device_silent", "BPM-0001")[1] == "suppressed"
     assert alert_of(fleet, "battery_low", "OXI-0009")[1] == "open"  # behind another gateway
-    assert alert_of(fleet, "device_offline", "GW-0001")[1] == "open"
+    assert alert_of(fleet, "device_silent", "GW-0001")[1] == "open"
 
 
 def test_alerts_come_back_when_the_gateway_is_online_again(fleet):
-    fire(fleet, ("device_offline", "GW-0001"))
+    fire(fleet, ("device_silent", "GW-0001"))
     (oxi, _), = fire(fleet, ("battery_low", "OXI-0001"))
     assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "suppressed"
-    clear(fleet, "device_offline", "GW-0001", T0 + 300)
+    clear(fleet, "device_silent", "GW-0001", T0 + 300)
     assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
     assert [a[1] for a in audit(fleet, oxi)] == ["open", "suppress", "unsuppress"]
 
 
 def test_an_offline_device_suppresses_its_own_low_battery_alert_only(fleet):
     fire(fleet, ("battery_low", "ALM-0001"))
-    (offline, _), = fire(fleet, ("device_offline", "ALM-0001"))
+    (offline, _), = fire(fleet, ("device_silent", "ALM-0001"))
     assert alert_of(fleet, "battery_low", "ALM-0001")[4] == (
         f"inhibited by alert {offline} (offline_device_battery)")
-    assert alert_of(fleet, "device_offline", "ALM-0001")[1] == "open"
+    assert alert_of(fleet, "device_silent", "ALM-0001")[1] == "open"
 
 
 def test_a_claimed_alert_is_left_with_its_operator_when_an_inhibition_starts(fleet, conn):
     (oxi, _), = fire(fleet, ("battery_low", "OXI-0001"))
     actions.claim(conn, oxi, "anna")
-    fire(fleet, ("device_offline", "GW-0001"))
+    fire(fleet, ("device_silent", "GW-0001"))
     assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "claimed"
 
 
