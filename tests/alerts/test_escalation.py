@@ -81,7 +81,8 @@ def test_a_suppressed_alert_does_not_escalate_and_gets_a_new_deadline_when_relea
     conn.execute("UPDATE devices SET status = 'in_repair' WHERE device_id = 'ALM-0001'")
     reconcile(conn)
     assert escalate_overdue(conn, queued + timedelta(hours=1)) == []
-    conn.execute("UPDATE devices SET status = 'deployed' WHERE device_id = 'ALM-0001'")
+    # back from repair (to stock: the registry's lifecycle allows no other way out)
+    conn.execute("UPDATE devices SET status = 'in_stock' WHERE device_id = 'ALM-0001'")
     released = queued + timedelta(hours=1)
     reconcile(conn, now=released)
     assert rows(database_url, "SELECT status, claim_deadline FROM alerts WHERE id = %s",

@@ -183,7 +183,8 @@ def test_a_device_in_repair_is_silenced_by_itself(fleet, conn):
     fire(fleet, ("battery_low", "OXI-0001"))
     assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == (
         "suppressed", "technical", 4, "the device is in repair (silenced by its registry status)")
-    conn.execute("UPDATE devices SET status = 'deployed' WHERE device_id = 'OXI-0001'")
+    # back from repair (to stock: the registry's lifecycle allows no other way out)
+    conn.execute("UPDATE devices SET status = 'in_stock' WHERE device_id = 'OXI-0001'")
     reconcile(conn)
     assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
 
