@@ -20,21 +20,25 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.support import Broker, free_port
 
+from vagt.devices import import_csv
 from vagt.ingest.units import METRICS
 
 DEVICES = [
     ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus"),
     ("OXI-0002", "Nonin", "3230", "pulse_oximeter", "Samsø"),
-    ("ALM-0001", "Tunstall", "Lifeline Vi", "personal_alarm", "Randers"),
+    ("ALM-0001", "Tunstall", "Lifeline Vi+", "personal_alarm", "Randers"),
     ("BPM-0001", "A&D", "UA-651BLE", "bp_monitor", "Viborg"),
 ]
 
 
 def register(database_url: str, devices: list[tuple[str, str, str, str, str]]) -> None:
+    """Register and deploy devices as the service centre does, through the registry (so only
+    approved models pass), each to a citizen of its own in its municipality."""
+    header = "device_id,vendor,model,type,municipality,citizen_ref\n"
+    rows = "".join(f"{d},{vendor},{model},{type_},{place},cit-{d.lower()}\n"
+                   for d, vendor, model, type_, place in devices)
     with psycopg.connect(database_url) as conn:
-        conn.cursor().executemany(
-            "INSERT INTO devices (device_id, vendor, model, type, municipality) "
-            "VALUES (%s, %s, %s, %s, %s)", devices)
+        import_csv(conn, "test-fleet.csv", actor="test", text=header + rows)
 
 
 @pytest.fixture

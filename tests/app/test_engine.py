@@ -134,7 +134,7 @@ def test_sigkill_in_the_middle_loses_nothing_and_stores_everything_once(
 def test_sigterm_commits_and_acknowledges_the_batch_in_hand_then_exits(
         engine: EngineProcess, broker: Broker, database_url, topic_root):
     ids = [f"BPM-{i:04d}" for i in range(20)]
-    register(database_url, [(d, "A&D", "UA-651", "bp_monitor", "Viborg") for d in ids])
+    register(database_url, [(d, "A&D", "UA-651BLE", "bp_monitor", "Viborg") for d in ids])
     msgs = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, bp_systolic=120 + k % 9))
             for k in range(1000) for d in ids]
     engine.start().wait_ready()
@@ -183,8 +183,8 @@ def drain_session(broker: Broker, client_id: str, expect: int) -> set[tuple[str,
 def test_an_alarm_is_committed_while_a_telemetry_backlog_is_still_draining(
         engine: EngineProcess, broker: Broker, database_url, topic_root):
     ids = [f"SCL-{i:04d}" for i in range(100)]
-    register(database_url, [(d, "A&D", "UC-352", "scale", "Herning") for d in ids]
-             + [("ALM-0009", "Tunstall", "Vi", "personal_alarm", "Herning")])
+    register(database_url, [(d, "A&D", "UC-352BLE", "scale", "Herning") for d in ids]
+             + [("ALM-0009", "Tunstall", "Lifeline Vi+", "personal_alarm", "Herning")])
     backlog = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, weight=70 + k % 5))
                for k in range(200) for d in ids]
     engine.start().wait_ready()
@@ -267,7 +267,7 @@ def publish_as(broker: Broker, messages: list[tuple[str, bytes]]) -> None:
 def test_two_engines_in_a_share_group_split_the_stream_and_store_each_message_once(
         engine: EngineProcess, broker: Broker, database_url, topic_root, tmp_path):
     ids = [f"GLU-{i:04d}" for i in range(20)]
-    register(database_url, [(d, "Roche", "Guide", "glucose_meter", "Odder") for d in ids])
+    register(database_url, [(d, "Roche", "Accu-Chek Guide", "glucose_meter", "Odder") for d in ids])
     engine.env["VAGT_MQTT_SHARE_GROUP"] = "vagt"
     second = EngineProcess(dict(engine.env, VAGT_MQTT_CLIENT_ID=engine.env["VAGT_MQTT_CLIENT_ID"]
                                 + "b", VAGT_METRICS_PORT=str(free_port())),

@@ -88,12 +88,30 @@ def test_rows_of_an_unknown_device_are_not_stored_and_its_message_is_a_dead_lett
     register(database_url, DEVICES)
     run_batches(database_url, [msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0, spo2=97)),
                                msg("GHOST-1", "telemetry", telemetry("GHOST-1", T0, spo2=97)),
-                               msg("GHOST-1", "alarm", alarm("GHOST-1", T0))])
+                               msg("GHOST-1", "alarm", alarm("GHOST-1", T0 + 1))])
     assert scalar(database_url, "SELECT count(*) FROM readings") == 1
     assert scalar(database_url, "SELECT count(*) FROM events") == 0
-    assert scalar(database_url, "SELECT count(*) FROM alerts") == 0
     assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY id") == [
         ("unknown_device", "GHOST-1"), ("unknown_device", "GHOST-1")]
+    # the unknown alarm opens no emergency alert: the service centre's alert says who sends
+    assert query(database_url, "SELECT rule, device_id, queue, repeat_count FROM alerts") == [
+        ("unknown_device", "GHOST-1", "service_centre", 2)]
+
+
+def test_an_unknown_device_gets_one_alert_however_many_messages_it_sends(database_url):
+    register(database_url, DEVICES)
+    ghost = [msg(d, "telemetry", telemetry(d, T0 + k, spo2=97))
+             for k in range(5) for d in ("GHOST-1", "GHOST-2")]
+    later = [msg("GHOST-1", "telemetry", telemetry("GHOST-1", T0 + 60 + k, spo2=97))
+             for k in range(3)]
+    run_batches(database_url, ghost, later, later)  # the last one is a redelivery
+    assert query(database_url, "SELECT device_id, status, repeat_count, summary FROM alerts "
+                               "ORDER BY device_id") == [
+        ("GHOST-1", "open", 8,
+         f"unregistered device GHOST-1 is sending (last on {ROOT}/dev/GHOST-1/telemetry)"),
+        ("GHOST-2", "open", 5,
+         f"unregistered device GHOST-2 is sending (last on {ROOT}/dev/GHOST-2/telemetry)")]
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 13
 
 
 def test_a_device_registered_while_running_is_found_without_a_restart(database_url):

@@ -1,4 +1,4 @@
-"""`vagt devices import|list`: the handlers as the `vagt` command calls them."""
+"""`vagt devices ...`: the handlers as the `vagt` command calls them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vagt.app.config import Config
 from vagt.devices import cli
 
 CSV = """device_id,vendor,model,type,municipality
@@ -23,9 +24,10 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["devices", *argv])
 
 
-def run(conninfo: str, *argv: str) -> int:
+def run(conninfo: str, *argv: str, config: Config | None = None) -> int:
     args = parse(*argv)
-    result: int = args.handler(args, conninfo)
+    extra = (config or Config(),) if args.handler_takes_config else ()
+    result: int = args.handler(args, conninfo, *extra)
     return result
 
 
@@ -41,9 +43,21 @@ def test_import_prints_the_counts(database_url, fleet_csv, capsys):
     assert capsys.readouterr().out == f"imported {fleet_csv}: 2 created, 0 updated, 0 unchanged\n"
 
 
+def test_import_says_how_many_known_devices_it_deployed(database_url, fleet_csv, tmp_path,
+                                                        capsys):
+    run(database_url, "import", str(fleet_csv), "--actor", "anna")
+    deployed = tmp_path / "deployed.csv"
+    deployed.write_text(CSV.replace("municipality", "municipality,citizen_ref")
+                        .replace("Skive", "Skive,cit-1"), encoding="utf-8")
+    capsys.readouterr()
+    assert run(database_url, "import", str(deployed), "--actor", "anna") == 0
+    assert capsys.readouterr().out == (
+        f"imported {deployed}: 0 created, 1 updated (1 deployed), 1 unchanged\n")
+
+
 def test_import_audits_the_given_actor(database_url, fleet_csv, conn):
     run(database_url, "import", str(fleet_csv), "--actor", "anna")
-    assert conn.execute("SELECT actor FROM audit_log").fetchall() == [("anna",)]
+    assert conn.execute("SELECT DISTINCT actor FROM audit_log").fetchall() == [("anna",)]
 
 
 def test_a_refused_import_lists_the_problems_on_stderr_and_exits_2(database_url, tmp_path,
@@ -86,7 +100,7 @@ def test_list_prints_a_table_for_people(database_url, fleet_csv, capsys):
     assert lines[0].split() == ["DEVICE", "TYPE", "VENDOR", "MODEL", "MUNICIPALITY", "STATUS",
                                 "BATTERY", "FIRMWARE", "LAST", "SEEN"]
     assert lines[1].split() == ["BPM-0001", "bp_monitor", "A&D", "UA-651BLE", "Samsø",
-                                "deployed", "-", "-", "never"]
+                                "in_stock", "-", "-", "never"]
     assert len(lines) == 3
 
 
@@ -111,3 +125,141 @@ def test_list_passes_the_filters_on(database_url, fleet_csv, capsys):
 def test_list_says_so_when_nothing_matches(database_url, capsys):
     assert run(database_url, "list", "--vendor", "Nobody") == 0
     assert capsys.readouterr().out == "no devices match\n"
+
+
+# --- the lifecycle from the command line -------------------------------------------------------
+
+
+def test_register_deploy_return_are_printed_and_audited_with_the_actor(database_url, conn,
+                                                                       capsys):
+    assert run(database_url, "register", "GLU-000003", "--vendor", "Roche", "--model",
+               "Accu-Chek Guide", "--attr", "serial=SN-9", "--actor", "anna") == 0
+    assert run(database_url, "deploy", "GLU-000003", "--citizen", "cit-7f3a", "--municipality",
+               "Skive", "--actor", "bo") == 0
+    assert run(database_url, "return", "GLU-000003", "--to", "repair", "--note", "battery door",
+               "--actor", "carl") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "GLU-000003 is registered: Roche Accu-Chek Guide (glucose_meter), in_stock in the "
+        "centre's stock",
+        "GLU-000003 is now deployed to cit-7f3a in Skive",
+        "GLU-000003 is now in_repair"]
+    assert conn.execute("SELECT actor, action, details->>'to' FROM audit_log ORDER BY id"
+                        ).fetchall() == [("anna", "devices.register", "in_stock"),
+                                         ("bo", "devices.deploy", "deployed"),
+                                         ("carl", "devices.return", "in_repair")]
+
+
+def test_repair_marks_a_repair_done_and_repair_send_starts_one(database_url, capsys):
+    run(database_url, "register", "X-1", "--vendor", "Nonin", "--model", "3230", "--actor", "a")
+    assert run(database_url, "repair", "X-1", "--send", "--actor", "a") == 0
+    assert run(database_url, "repair", "X-1", "--actor", "a") == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["X-1 is now in_repair",
+                                                        "X-1 is now in_stock"]
+
+
+def test_retire_and_lost_are_final(database_url, capsys):
+    for device in ("X-1", "X-2"):
+        run(database_url, "register", device, "--vendor", "Nonin", "--model", "3230",
+            "--actor", "a")
+    assert run(database_url, "retire", "X-1", "--actor", "a") == 0
+    assert run(database_url, "lost", "X-2", "--actor", "a") == 0
+    capsys.readouterr()
+    assert run(database_url, "deploy", "X-1", "--citizen", "cit-1", "--municipality", "Skive",
+               "--actor", "a") == 2
+    assert capsys.readouterr().err == (
+        "vagt: X-1 is retired: retired is final; a retired device cannot be deployed\n")
+
+
+def test_registering_an_unapproved_model_is_one_line_on_stderr_and_exit_2(database_url,
+                                                                         capsys):
+    assert run(database_url, "register", "BPM-1", "--vendor", "A&D", "--model", "UA-651",
+               "--actor", "a") == 2
+    assert capsys.readouterr().err == (
+        "vagt: A&D UA-651 is not an approved model (approved A&D models: UA-651BLE, "
+        "UC-352BLE); add it to the catalogue first\n")
+
+
+def test_the_configured_catalogue_is_the_one_that_decides(database_url, tmp_path, capsys):
+    mine = tmp_path / "catalogue.toml"
+    mine.write_text('[[model]]\nvendor = "Acme"\nmodel = "Ox 1"\ntype = "pulse_oximeter"\n'
+                    'heartbeat_s = 600\nbattery = "rechargeable"\n', encoding="utf-8")
+    config = Config(catalogue=str(mine))
+    assert run(database_url, "register", "X-1", "--vendor", "Acme", "--model", "Ox 1",
+               "--actor", "a", config=config) == 0
+    assert run(database_url, "register", "X-2", "--vendor", "Nonin", "--model", "3230",
+               "--actor", "a", config=config) == 2
+    assert "approved vendors: Acme" in capsys.readouterr().err
+
+
+def test_a_cpr_number_as_citizen_is_refused_saying_why(database_url, capsys):
+    run(database_url, "register", "X-1", "--vendor", "Nonin", "--model", "3230", "--actor", "a")
+    capsys.readouterr()
+    assert run(database_url, "deploy", "X-1", "--citizen", "010170-1234", "--municipality",
+               "Skive", "--actor", "a") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: the citizen reference looks like a civil registration (CPR) "
+                          "number")
+    assert "010170" not in err
+
+
+def test_show_prints_the_device_its_assignments_and_audit(database_url, capsys):
+    run(database_url, "register", "X-1", "--vendor", "Nonin", "--model", "3230", "--actor", "a")
+    run(database_url, "deploy", "X-1", "--citizen", "cit-1", "--municipality", "Aarhus",
+        "--actor", "a")
+    run(database_url, "return", "X-1", "--actor", "a")
+    run(database_url, "deploy", "X-1", "--citizen", "cit-2", "--municipality", "Skive",
+        "--actor", "b")
+    capsys.readouterr()
+    assert run(database_url, "show", "X-1") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "X-1  Nonin 3230 (pulse_oximeter)"
+    assert lines[1].startswith("status        deployed since ")
+    assert "citizen       cit-2 since " in out
+    assert "reuse         2 citizen(s) in 2 municipality(ies): Aarhus, Skive" in out
+    assignments = lines[lines.index("ASSIGNMENTS") + 2:lines.index("AUDIT") - 1]
+    assert [line.split()[:2] for line in assignments] == [["cit-1", "Aarhus"],
+                                                          ["cit-2", "Skive"]]
+    audit = lines[lines.index("AUDIT") + 2:]
+    assert [line.split()[3:5] for line in audit] == [  # after the date, time and zone
+        ["a", "register"], ["a", "deploy"], ["a", "return"], ["b", "deploy"]]
+
+
+def test_show_json_has_the_current_assignment(database_url, capsys):
+    run(database_url, "register", "X-1", "--vendor", "Nonin", "--model", "3230", "--actor", "a")
+    run(database_url, "deploy", "X-1", "--citizen", "cit-1", "--municipality", "Aarhus",
+        "--actor", "a")
+    capsys.readouterr()
+    assert run(database_url, "show", "X-1", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["device"]["status"] == "deployed"
+    assert doc["current_assignment"]["citizen_ref"] == "cit-1"
+    assert [e["action"] for e in doc["audit"]] == ["devices.register", "devices.deploy"]
+
+
+def test_show_of_an_unknown_device_exits_2(database_url, capsys):
+    assert run(database_url, "show", "NOPE-1") == 2
+    assert capsys.readouterr().err.startswith("vagt: NOPE-1 is not registered")
+
+
+def test_list_filters_by_status_and_model(database_url, fleet_csv, capsys):
+    run(database_url, "import", str(fleet_csv), "--actor", "anna")
+    run(database_url, "retire", "OXI-0001", "--actor", "anna")
+    capsys.readouterr()
+    run(database_url, "list", "--json", "--status", "in_stock", "--model", "UA-651BLE")
+    assert [d["device_id"] for d in json.loads(capsys.readouterr().out)] == ["BPM-0001"]
+
+
+def test_export_writes_a_file_that_import_reads_back(database_url, other_database_url,
+                                                     fleet_csv, tmp_path, capsys):
+    run(database_url, "import", str(fleet_csv), "--actor", "anna")
+    run(database_url, "deploy", "OXI-0001", "--citizen", "cit-1", "--municipality", "Skive",
+        "--actor", "anna")
+    out = tmp_path / "export.csv"
+    assert run(database_url, "export", str(out)) == 0
+    assert capsys.readouterr().err == f"exported 2 device(s) to {out}\n"
+    assert run(other_database_url, "import", str(out), "--actor", "bo") == 0
+    again = tmp_path / "again.csv"
+    run(other_database_url, "export", str(again))
+    assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+    assert "OXI-0001,Nonin,3230,pulse_oximeter,Skive,deployed,cit-1" in out.read_text()

@@ -14,6 +14,7 @@ OXI-0001,Nonin,3230,pulse_oximeter,Aarhus,SN-1
 BPM-0001,A&D,UA-651BLE,bp_monitor,Samsø,
 """
 HEADER = "device_id,vendor,model,type,municipality\n"
+OK = "Nonin,3230,pulse_oximeter,Aarhus"  # an approved model, a municipality
 
 
 def do_import(conn: psycopg.Connection, text: str, source: str = "fleet.csv") -> ImportResult:
@@ -43,7 +44,7 @@ def test_import_registers_new_devices_and_counts_them_as_created(conn):
     assert do_import(conn, CSV) == ImportResult(created=2, updated=0, unchanged=0)
     device = list_devices(conn)[1]
     assert (device.device_id, device.vendor, device.model, device.type, device.municipality,
-            device.status) == ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus", "deployed")
+            device.status) == ("OXI-0001", "Nonin", "3230", "pulse_oximeter", "Aarhus", "in_stock")
 
 
 def test_extra_columns_are_kept_as_attributes_without_empty_values(conn):
@@ -76,26 +77,27 @@ def test_an_import_leaves_the_lifecycle_status_and_fleet_state_alone(conn):
 
 
 def test_the_required_columns_may_come_in_any_order_and_any_case(conn):
-    do_import(conn, "Municipality,TYPE,model,vendor,device_id\nAarhus,scale,BC-401,Tanita,SC-1\n")
+    do_import(conn, "Municipality,TYPE,model,vendor,device_id\nAarhus,scale,Body+,Withings,SC-1\n")
     device = list_devices(conn)[0]
-    assert (device.device_id, device.vendor, device.municipality) == ("SC-1", "Tanita", "Aarhus")
+    assert (device.device_id, device.vendor, device.municipality) == ("SC-1", "Withings", "Aarhus")
 
 
 def test_a_semicolon_separated_file_from_a_danish_spreadsheet_is_read(conn):
-    do_import(conn, "device_id;vendor;model;type;municipality\nSC-1;Tanita;BC-401;scale;Aarhus\n")
+    do_import(conn, "device_id;vendor;model;type;municipality\nSC-1;Withings;Body+;scale;Aarhus\n")
     assert [d.device_id for d in list_devices(conn)] == ["SC-1"]
 
 
 def test_blank_lines_and_spaces_around_values_are_ignored(conn):
-    do_import(conn, HEADER + "\n SC-1 , Tanita ,BC-401,scale,Aarhus\n\n")
-    assert [(d.device_id, d.vendor) for d in list_devices(conn)] == [("SC-1", "Tanita")]
+    do_import(conn, HEADER + "\n SC-1 , Withings ,Body+,scale,Aarhus\n\n")
+    assert [(d.device_id, d.vendor) for d in list_devices(conn)] == [("SC-1", "Withings")]
 
 
 def test_import_reads_a_file_by_path_and_audits_its_name(conn, tmp_path: Path):
     path = tmp_path / "fleet-2024.csv"
     path.write_text(CSV, encoding="utf-8-sig")  # as Excel saves "CSV UTF-8": with a BOM
     assert import_csv(conn, path, actor="anna").created == 2
-    assert conn.execute("SELECT subject FROM audit_log").fetchall() == [("fleet-2024.csv",)]
+    assert conn.execute("SELECT subject FROM audit_log WHERE action = 'devices.import'"
+                        ).fetchall() == [("fleet-2024.csv",)]
 
 
 def test_import_takes_the_csv_text_itself(conn):
@@ -104,9 +106,32 @@ def test_import_takes_the_csv_text_itself(conn):
 
 def test_every_import_is_audited_with_who_what_and_the_counts(conn):
     do_import(conn, CSV)
-    assert conn.execute("SELECT actor, action, subject, details FROM audit_log").fetchall() == [
+    assert conn.execute("SELECT actor, action, subject, details FROM audit_log "
+                        "WHERE action = 'devices.import'").fetchall() == [
         ("anna", "devices.import", "fleet.csv",
-         {"rows": 2, "created": 2, "updated": 0, "unchanged": 0})]
+         {"rows": 2, "created": 2, "updated": 0, "deployed": 0, "unchanged": 0})]
+
+
+def test_each_device_an_import_registers_is_audited_with_its_model_and_the_file(conn):
+    do_import(conn, CSV)
+    rows = conn.execute("SELECT actor, action, subject, details FROM audit_log "
+                        "WHERE action = 'devices.register' ORDER BY subject").fetchall()
+    assert rows == [
+        ("anna", "devices.register", "BPM-0001",
+         {"to": "in_stock", "vendor": "A&D", "model": "UA-651BLE", "type": "bp_monitor",
+          "municipality": "Samsø", "file": "fleet.csv"}),
+        ("anna", "devices.register", "OXI-0001",
+         {"to": "in_stock", "vendor": "Nonin", "model": "3230", "type": "pulse_oximeter",
+          "municipality": "Aarhus", "file": "fleet.csv"})]
+
+
+def test_a_change_by_import_is_audited_with_what_changed(conn):
+    do_import(conn, CSV)
+    do_import(conn, CSV.replace("Samsø", "Odder"))
+    assert conn.execute("SELECT subject, details FROM audit_log WHERE action = "
+                        "'devices.update'").fetchall() == [
+        ("BPM-0001", {"changed": {"municipality": {"from": "Samsø", "to": "Odder"}},
+                      "file": "fleet.csv"})]
 
 
 def test_an_import_needs_an_actor_for_the_audit_log(conn):
@@ -149,17 +174,17 @@ def test_an_empty_required_field_is_named_by_line_and_column(conn):
 
 
 def test_an_invalid_device_id_is_named_by_line_and_value(conn):
-    assert problems_of(conn, HEADER + "OXI-1,a,b,c,d\nOXI 2,a,b,c,d\n") == [
+    assert problems_of(conn, HEADER + f"OXI-1,{OK}\nOXI 2,{OK}\n") == [
         "line 3: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
 
 
 def test_a_device_id_longer_than_64_characters_is_refused(conn):
-    problems = problems_of(conn, HEADER + f"{'X' * 65},a,b,c,d\n")
+    problems = problems_of(conn, HEADER + f"{'X' * 65},Nonin,3230,pulse_oximeter,Aarhus\n")
     assert problems[0].startswith("line 2: device_id 'XXXXX") and "is not valid" in problems[0]
 
 
 def test_a_device_id_twice_in_the_file_names_both_lines(conn):
-    assert problems_of(conn, HEADER + "OXI-1,a,b,c,d\nOXI-2,a,b,c,d\nOXI-1,a,b,c,d\n") == [
+    assert problems_of(conn, HEADER + f"OXI-1,{OK}\nOXI-2,{OK}\nOXI-1,{OK}\n") == [
         "line 4: device_id 'OXI-1' is also on line 2"]
 
 
@@ -175,7 +200,7 @@ def test_a_column_named_twice_in_the_header_is_refused(conn):
 
 
 def test_line_numbers_count_the_lines_of_a_quoted_value_that_spans_several(conn):
-    text = HEADER.replace("\n", ",note\n") + 'OXI-1,a,b,c,d,"two\nlines"\nOXI 2,a,b,c,d,\n'
+    text = HEADER.replace("\n", ",note\n") + f'OXI-1,{OK},"two\nlines"\nOXI 2,{OK},\n'
     assert problems_of(conn, text) == [
         "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
 
@@ -195,7 +220,7 @@ def test_a_missing_file_is_refused_naming_it(conn, tmp_path: Path):
 
 
 def test_all_problems_are_listed_and_nothing_is_written(conn):
-    text = CSV + "BAD ID,x,y,z,Aarhus,\n,Nonin,3230,pulse_oximeter,Aarhus,\nOXI-0001,a,b,c,d,\n"
+    text = CSV + f"BAD ID,{OK},\n,{OK},\nOXI-0001,{OK},\n"
     assert problems_of(conn, text) == [
         "line 4: device_id 'BAD ID' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -",
         "line 5: column 'device_id' is empty",
@@ -206,7 +231,7 @@ def test_all_problems_are_listed_and_nothing_is_written(conn):
 
 def test_the_message_shows_twenty_problems_and_counts_the_rest(conn):
     with pytest.raises(DeviceImportError) as refused:
-        do_import(conn, HEADER + "".join(f"X {i},a,b,c,d\n" for i in range(25)))
+        do_import(conn, HEADER + "".join(f"X {i},Nonin,3230,pulse_oximeter,Aarhus\n" for i in range(25)))
     message = str(refused.value)
     assert message.startswith("fleet.csv: nothing imported, 25 problem(s):")
     assert "line 21:" in message and "line 22:" not in message
@@ -215,7 +240,7 @@ def test_the_message_shows_twenty_problems_and_counts_the_rest(conn):
 
 
 def test_a_refused_import_writes_no_audit_row(conn):
-    problems_of(conn, HEADER + "X 1,a,b,c,d\n")
+    problems_of(conn, HEADER + "X 1,Nonin,3230,pulse_oximeter,Aarhus\n")
     assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)
 
 
@@ -225,7 +250,7 @@ def test_a_refused_import_writes_no_audit_row(conn):
 @pytest.mark.parametrize("column", ["cpr", "CPR-nr", "cpr_nummer", "personnummer", "person_nr",
                                     "civil_registration_number"])
 def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
-    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + "X-1,a,b,c,d,\n")
+    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},\n")
     assert problems == [f"the column '{column}' looks like a civil registration (CPR) number; "
                         "vagt never stores CPR numbers: remove it (a pseudonymous citizen "
                         "reference may stay)"]
@@ -234,7 +259,7 @@ def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
 
 @pytest.mark.parametrize("value", ["0101701234", "010170-1234"])
 def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, value):
-    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,a,b,c,d,{value}\n")
+    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,{OK},{value}\n")
     assert problems == ["line 2, column 'citizen': the value looks like a civil registration "
                         "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
                         "citizen reference may stay)"]
@@ -243,15 +268,19 @@ def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, v
 
 
 def test_a_cpr_number_as_device_id_is_refused_as_such(conn):
-    problems = problems_of(conn, HEADER + "010170-1234,a,b,c,d\n")
+    problems = problems_of(conn, HEADER + "010170-1234,Nonin,3230,pulse_oximeter,Aarhus\n")
     assert problems == ["line 2, column 'device_id': the value looks like a civil registration "
                         "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
                         "citizen reference may stay)"]
 
 
-def test_a_pseudonymous_citizen_reference_is_kept(conn):
-    do_import(conn, HEADER.replace("\n", ",citizen_ref\n") + "X-1,a,b,c,d,cit-7f3a9c01e2d4\n")
-    assert list_devices(conn)[0].attributes == {"citizen_ref": "cit-7f3a9c01e2d4"}
+def test_a_pseudonymous_citizen_reference_deploys_the_device_to_that_citizen(conn):
+    do_import(conn, HEADER.replace("\n", ",citizen_ref\n")
+              + "X-1,Nonin,3230,pulse_oximeter,Aarhus,cit-7f3a9c01e2d4\n")
+    device = list_devices(conn)[0]
+    assert (device.status, device.attributes) == ("deployed", {})
+    assert conn.execute("SELECT citizen_ref, municipality, until FROM device_assignments"
+                        ).fetchall() == [("cit-7f3a9c01e2d4", "Aarhus", None)]
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -260,7 +289,7 @@ def test_a_pseudonymous_citizen_reference_is_kept(conn):
 FLEET = HEADER + """OXI-0002,Nonin,3230,pulse_oximeter,Samsø
 OXI-0001,Nonin,3230,pulse_oximeter,Aarhus
 BPM-0001,A&D,UA-651BLE,bp_monitor,Aarhus
-SC-0001,Tanita,BC-401,scale,Aarhus
+SC-0001,Withings,Body+,scale,Aarhus
 """
 
 

@@ -24,7 +24,8 @@ from vagt.alerts.accounts import (
     revoke_token,
     set_password,
 )
-from vagt.alerts.cli import _duration, _format_table, _local_time, _reports_errors
+from vagt.alerts.cli import _duration, _local_time, _reports_errors
+from vagt.app.cli_support import format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,7 +108,7 @@ def handle_user_list(args: argparse.Namespace, conninfo: str) -> int:
     if not rows:
         print("no users")
         return 0
-    print(_format_table(["USER", "ROLE", "MUNICIPALITY", "QUEUES", "STATE"],
+    print(format_table(["USER", "ROLE", "MUNICIPALITY", "QUEUES", "STATE"],
                         [[u, r, m or "(all)", ",".join(q) or "(all)",
                           "disabled" if d else "enabled"] for u, r, m, q, d in rows]))
     return 0
@@ -140,7 +141,7 @@ def handle_token_list(args: argparse.Namespace, conninfo: str) -> int:
     if not rows:
         print("no tokens")
         return 0
-    print(_format_table(["ID", "NAME", "USER", "CREATED", "EXPIRES", "STATE"],
+    print(format_table(["ID", "NAME", "USER", "CREATED", "EXPIRES", "STATE"],
                         [[str(i), n, u, _local_time(c), _local_time(e) if e else "never",
                           "revoked" if r else "active"] for i, n, u, c, e, r in rows]))
     return 0

@@ -7,9 +7,6 @@ would go, without a database.
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -33,9 +30,7 @@ from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
-
-Handler = Callable[[argparse.Namespace, str], int]
-EXIT_ERROR = 2
+from vagt.app.cli_support import fail, format_table, reports_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,26 +130,7 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _reports_errors(handler: Handler) -> Handler:
-    """Refusals and database trouble go to stderr as one line, exit code 2; bugs still raise."""
-
-    @functools.wraps(handler)
-    def wrapped(args: argparse.Namespace, conninfo: str) -> int:
-        try:
-            return handler(args, conninfo)
-        except (AlertError, PolicyError, MatcherError) as e:
-            return _fail(str(e))
-        except psycopg.errors.UndefinedTable:
-            return _fail("the database has no vagt schema yet: run `vagt db migrate`")
-        except psycopg.OperationalError as e:
-            return _fail(f"cannot reach the database: {e}")
-
-    return wrapped
-
-
-def _fail(message: str) -> int:
-    print(f"vagt: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_ERROR
+_reports_errors = reports_errors(AlertError, PolicyError, MatcherError)
 
 
 @_reports_errors
@@ -164,7 +140,7 @@ def handle_list(args: argparse.Namespace, conninfo: str) -> int:
     if args.json:
         print(orjson.dumps([r.to_json() for r in rows], option=orjson.OPT_INDENT_2).decode())
     elif rows:
-        print(_format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
+        print(format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
                             "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
     else:
         print("no alerts match" if args.status or args.queue else "no alerts")
@@ -234,7 +210,7 @@ def handle_show(args: argparse.Namespace, conninfo: str) -> int:
         if value not in (None, [], {}):
             print(f"{name + ':':<18} {value}")
     print()
-    print(_format_table(["AT", "ACTOR", "ACTION", "FROM", "TO", "NOTE"],
+    print(format_table(["AT", "ACTOR", "ACTION", "FROM", "TO", "NOTE"],
                         [[_local_time(e.at), e.actor, e.action, e.from_status or "-",
                           e.to_status, e.note or ""] for e in trail]))
     return 0
@@ -251,7 +227,7 @@ def handle_route(args: argparse.Namespace, policy_path: str) -> int:
                 raise MatcherError(f"{text!r} is not a label; write name=value")
             labels[name] = value
     except (PolicyError, MatcherError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     dest = route_alert(policy.root, labels, default_queue=args.queue,
                        default_priority=args.priority, time_to_claim=policy.time_to_claim_s)
     print("\n".join(describe(dest)))
@@ -265,7 +241,7 @@ def handle_outbox(args: argparse.Namespace, conninfo: str) -> int:
     if not rows:
         print("nothing waiting: every event is delivered" if not args.dead else "no dead letters")
         return 0
-    print(_format_table(["OUTBOX", "TARGET", "ALERT", "EVENT", "TRIES", "STATE", "LAST ERROR"],
+    print(format_table(["OUTBOX", "TARGET", "ALERT", "EVENT", "TRIES", "STATE", "LAST ERROR"],
                         [[str(o), t, str(a), e, str(n), "dead" if d else "retrying",
                           err or ""] for o, t, a, e, n, err, d in rows]))
     return 0
@@ -277,7 +253,7 @@ def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
         try:
             outbox.redeliver(conn, args.outbox_id, args.target, actor=args.author)
         except LookupError as e:
-            return _fail(str(e))
+            return fail(str(e))
     print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
     return 0
 
@@ -304,7 +280,7 @@ def handle_silence_list(args: argparse.Namespace, conninfo: str) -> int:
     if args.json:
         print(orjson.dumps([s.to_json(now) for s in rows], option=orjson.OPT_INDENT_2).decode())
     elif rows:
-        print(_format_table(["ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "COMMENT"],
+        print(format_table(["ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "COMMENT"],
                             [[str(s.id), s.state(now), _local_time(s.starts_at),
                               _local_time(s.ends_at), s.author,
                               " ".join(map(str, s.matchers)), s.comment] for s in rows]))
@@ -327,11 +303,3 @@ def _done(alert: AlertRow) -> int:
     code = f" ({alert.resolution_code})" if alert.status is AlertStatus.RESOLVED else ""
     print(f"alert {alert.id} is now {alert.status.value}{code} by {who}: {alert.summary}")
     return 0
-
-
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns as wide as their widest cell, two spaces apart."""
-    widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-             for line in [headers, *rows]]
-    return "\n".join(lines)

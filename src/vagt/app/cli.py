@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         for name in set(sub.choices) - before:
             _wrap_db_handlers(sub.choices[name])
 
+    fleet = sub.add_parser("fleet", help="the fleet's state: overdue, offline, low battery, "
+                                         "counts by municipality, vendor, model, type")
+    from vagt.devices import fleet_cli
+
+    fleet_cli.add_arguments(fleet)
+    fleet.set_defaults(func=cmd_fleet)
+
     rules = sub.add_parser("rules", help="rule files")
     rsub = rules.add_subparsers(metavar="ACTION", required=True)
     check = rsub.add_parser("check", help="validate a rules file or folder")
@@ -115,6 +122,8 @@ def _install_alert_policy(config: Config) -> None:
 
 
 def _with_database(args: argparse.Namespace, config: Config, handler: object) -> int:
+    """Call handler(args, url), or handler(args, url, config) for one that says it needs
+    the configuration (`handler_takes_config`: the catalogue, the topic root)."""
     from vagt.alerts.policy import PolicyError
 
     try:
@@ -123,7 +132,8 @@ def _with_database(args: argparse.Namespace, config: Config, handler: object) ->
         print(f"vagt: {e}", file=sys.stderr)
         return 2
     with database_url(config) as url:
-        result: int = handler(args, url)  # type: ignore[operator]
+        extra = (config,) if getattr(args, "handler_takes_config", False) else ()
+        result: int = handler(args, url, *extra)  # type: ignore[operator]
         return result
 
 
@@ -154,11 +164,33 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.engine import run_engine
+    from vagt.devices.catalogue import CatalogueError
+    from vagt.rules import RuleConfigError
 
     stop = _stop_on_signals()
-    with database_url(config) as url:
-        run_engine(dataclasses.replace(
-            config, database=dataclasses.replace(config.database, url=url)), stop)
+    try:
+        with database_url(config) as url:
+            run_engine(dataclasses.replace(
+                config, database=dataclasses.replace(config.database, url=url)), stop)
+    except (RuleConfigError, CatalogueError) as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
+    import psycopg
+
+    from vagt.devices import fleet_cli
+    from vagt.devices.catalogue import CatalogueError, load_catalogue
+
+    try:
+        catalogue = load_catalogue(config.catalogue or None)
+    except CatalogueError as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    with database_url(config) as url, psycopg.connect(url) as conn:
+        print(fleet_cli.render(fleet_cli.query(conn, catalogue, args), args))
     return 0
 
 

@@ -88,6 +88,9 @@ class Config:
     alerts: str = ""                    # the alert policy (TOML); "" = the built-in policy
     api_host: str = "127.0.0.1"         # the operator REST API of `vagt run` / `vagt api`
     api_port: int = 0                   # 0 = `vagt run` serves no API
+    # The secret devices' broker passwords are derived from (`vagt devices broker-acl`);
+    # kept out of repr so it never reaches a log.
+    device_secret: str = field(default="", repr=False)
 
 
 # Environment variable -> (section, key). Section "" is the top level.
@@ -104,6 +107,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_RULES": ("", "rules"),
     "VAGT_CATALOGUE": ("", "catalogue"),
     "VAGT_DATA_DIR": ("", "data_dir"),
+    "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -24,6 +25,7 @@ from vagt.app import db, store
 from vagt.app.config import Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.devices.catalogue import load_catalogue
 from vagt.devices.fleet import Fleet
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
@@ -118,9 +120,8 @@ class Lane:
         m.events.inc(outcome.events)
         m.batch_size.labels(name).observe(len(batch))
         m.commit_seconds.labels(name).observe(seconds)
-        latency = m.latency.labels(name)
-        for msg in batch:
-            latency.observe(committed - msg.received_at)
+        m.latency.observe_many(name, committed - np.fromiter(
+            (msg.received_at for msg in batch), dtype=np.float64, count=len(batch)))
         for d in outcome.dead:
             m.dead_letters.labels(d.reason.value).inc()
             log.warning("event=dead_letter reason=%s topic=%s detail=%s",
@@ -167,7 +168,7 @@ def run_engine(config: Config, stop: threading.Event,
     install_policy(policy)
     metrics = metrics or EngineMetrics()
     with open_engine_pool(conninfo, config) as pool:
-        fleet = Fleet()
+        fleet = Fleet(load_catalogue(config.catalogue or None))
         with pool.connection() as conn:
             fleet.load(conn)
             active = {r[0] for r in conn.execute(
@@ -176,11 +177,15 @@ def run_engine(config: Config, stop: threading.Event,
                             fleet=fleet, rules=rules, active_fingerprints=active, clock=clock)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
         metrics.watch_queue(lambda: _queue_alerts(pool))
+        metrics.watch_fleet(lambda: fleet.counts(clock()))
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
+        refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
+                                     name="vagt-fleet-refresh", daemon=True)
+        refresher.start()
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),
@@ -226,6 +231,19 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             session.close()
     if failures:
         raise RuntimeError("an engine lane failed; see the log") from failures[0]
+
+
+FLEET_REFRESH_S = 30.0
+
+
+def _refresh_fleet(fleet: Fleet, pool: ConnectionPool, stop: threading.Event) -> None:
+    """Now and then, take in what other engines and the registry commands changed."""
+    while not stop.wait(FLEET_REFRESH_S):
+        try:
+            with pool.connection(timeout=10) as conn:
+                fleet.refresh(conn)
+        except (psycopg.Error, OSError, TimeoutError) as e:  # try again next time
+            log.warning("event=fleet_refresh_failed error=%s", type(e).__name__)
 
 
 def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:

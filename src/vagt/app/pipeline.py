@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import psycopg
 
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import store
 from vagt.app.config import IngestConfig
-from vagt.devices.fleet import Fleet
+from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.rules import Rule, evaluate
@@ -41,8 +42,8 @@ class BatchOutcome:
     # applied to the in-memory state only after the commit
     fingerprints_fired: list[str] = field(default_factory=list)
     fingerprints_cleared: list[str] = field(default_factory=list)
-    seq_devices: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    seq_values: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    state: StateUpdate = field(default_factory=StateUpdate)
+    unknown_devices: list[AlertFiring] = field(default_factory=list)
 
 
 @dataclass
@@ -76,10 +77,11 @@ class Pipeline:
                            max_payload_bytes=self.ingest.max_payload_bytes, now=self.clock(),
                            max_future_skew_s=self.ingest.max_future_skew_s)
         out = BatchOutcome(messages=len(messages), dead=list(dec.dead))
-        device_of_msg = self._attribute(conn, messages, dec, out)
-        usable = device_of_msg >= 0
         received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
                                count=len(messages))
+        msg_time = _message_times(dec, received)
+        device_of_msg = self._attribute(conn, messages, dec, msg_time, out)
+        usable = device_of_msg >= 0
 
         r = _rows(dec.r_device, dec.r_msg, dec.r_time, usable, device_of_msg)
         r_keep = _keep(dec.r_msg, usable)
@@ -96,7 +98,8 @@ class Pipeline:
         store.insert_dead_letters(conn, out.dead)
         out.decoded = int(usable.sum())
 
-        self._update_devices(conn, dec, device_of_msg, usable, r, r_metric, r_value, out)
+        self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
+                             out)
         firings, clears = evaluate(self.rules, r_device=r.device, r_metric=r_metric,
                                    r_value=r_value, r_time=r.time, e_device=e.device,
                                    e_code=e_code, e_time=e.time)
@@ -108,15 +111,17 @@ class Pipeline:
         with self._active_lock:
             self._active.difference_update(out.fingerprints_cleared)
             self._active.update(out.fingerprints_fired)
-        if len(out.seq_devices):
-            with self.fleet.lock:
-                np.maximum.at(self.fleet.last_seq, out.seq_devices, out.seq_values)
+        self.fleet.apply(out.state)
 
     # -- stages ------------------------------------------------------------------------------
 
     def _attribute(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
-                   dec: DecodedBatch, out: BatchOutcome) -> I64:
-        """Dense device index per message; -1 for dead letters, including unknown devices."""
+                   dec: DecodedBatch, msg_time: F64, out: BatchOutcome) -> I64:
+        """Dense device index per message; -1 for dead letters, including unknown devices.
+
+        An unknown device's messages are dead letters, and the service centre gets one alert
+        per unknown device id (repeats counted on it), not one per message.
+        """
         n = len(messages)
         device_of_msg = np.full(n, -1, dtype=np.int64)
         live = np.ones(n, dtype=bool)
@@ -130,29 +135,27 @@ class Pipeline:
                 m.topic, m.payload, m.received_at, DeadLetterReason.UNKNOWN_DEVICE,
                 f"device '{device_id}' (topic {m.topic}) is not registered; register it "
                 "with `vagt devices import` before it sends", device_id))
+        unknown = live_pos[idx < 0]
+        if len(unknown):
+            out.unknown_devices = _unknown_device_firings(
+                [dec.msg_device[i] for i in unknown], msg_time[unknown],
+                [messages[i].topic for i in unknown])
         return device_of_msg
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
-                        usable: Bools, r: _Rows, r_metric: Objs, r_value: F64,
-                        out: BatchOutcome) -> None:
+                        usable: Bools, msg_time: F64, r: _Rows, r_metric: Objs,
+                        r_value: F64, out: BatchOutcome) -> None:
         """Fleet state per device of the batch, by device time (a redelivery changes nothing)."""
         msgs = np.flatnonzero(usable)
         if len(msgs) == 0:
             return
-        msg_time = np.full(len(device_of_msg), -np.inf)
-        for rows_msg, rows_time in ((r.msg, r.time),
-                                    (np.asarray(dec.e_msg, dtype=np.int64),
-                                     np.asarray(dec.e_time, dtype=np.float64)),
-                                    (np.asarray(dec.f_msg, dtype=np.int64),
-                                     np.asarray(dec.f_time, dtype=np.float64))):
-            np.maximum.at(msg_time, rows_msg, rows_time)
         devs = device_of_msg[msgs]
         uniq, inv = np.unique(devs, return_inverse=True)
         seen = np.full(len(uniq), -np.inf)
         np.maximum.at(seen, inv, msg_time[msgs])
         pos = {int(d): k for k, d in enumerate(uniq)}
-        battery, battery_t = _latest(uniq, pos, r.device, r_metric == "battery", r_value, r.time)
-        signal, signal_t = _latest(uniq, pos, r.device, r_metric == "signal", r_value, r.time)
+        battery, battery_t = _latest(uniq, r.device, r_metric == "battery", r_value, r.time)
+        signal, signal_t = _latest(uniq, r.device, r_metric == "signal", r_value, r.time)
         firmware: list[str | None] = [None] * len(uniq)
         fw_t = np.full(len(uniq), -np.inf)
         for j, i in enumerate(dec.f_msg):  # status messages only: a handful per batch
@@ -162,13 +165,14 @@ class Pipeline:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
         store.update_device_state(conn, [self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
-                                  battery, battery_t, signal, signal_t, firmware, seq, gaps)
-        has_seq = np.array([s is not None for s in seq], dtype=bool)
-        out.seq_devices = uniq[has_seq]
-        out.seq_values = np.array([s for s in seq if s is not None], dtype=np.int64)
+                                  _nulls(battery), _nulls(battery_t), _nulls(signal),
+                                  _nulls(signal_t), firmware,
+                                  [None if s < 0 else int(s) for s in seq.tolist()],
+                                  gaps.tolist())
+        out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware, seq)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
-                       dec: DecodedBatch) -> tuple[list[int | None], list[int]]:
+                       dec: DecodedBatch) -> tuple[I64, I64]:
         """Per device: the highest message counter seen, and how many numbers were skipped.
 
         Counters at or below the highest already seen (a redelivery, a late message) count
@@ -177,8 +181,8 @@ class Pipeline:
         seqs = np.asarray(dec.msg_seq, dtype=np.int64)[msgs]
         has = seqs >= 0
         d, s = devs[has], seqs[has]
-        top: list[int | None] = [None] * len(uniq)
-        gaps = [0] * len(uniq)
+        top = np.full(len(uniq), -1, dtype=np.int64)
+        gaps = np.zeros(len(uniq), dtype=np.int64)
         if len(d) == 0:
             return top, gaps
         order = np.lexsort((s, d))
@@ -193,14 +197,14 @@ class Pipeline:
         ends = np.append(starts[1:], len(d)) - 1
         for a, b, g in zip(starts, ends, np.add.reduceat(gap, starts)):
             k = pos[int(d[a])]
-            top[k] = int(max(s[b], stored[a]))
-            gaps[k] = int(g)
+            top[k] = max(s[b], stored[a])
+            gaps[k] = g
         return top, gaps
 
     def _record_alerts(self, conn: psycopg.Connection,
                        fired: tuple[I64, I64, F64, F64, F64, Objs, I64],
                        cleared: tuple[I64, I64, F64], out: BatchOutcome) -> None:
-        alert_firings = self._to_alert_firings(fired)
+        alert_firings = self._to_alert_firings(fired) + out.unknown_devices
         out.opened = record_firings(conn, alert_firings)
         out.fingerprints_fired = [f.fingerprint for f in alert_firings]
         fps, times = [], []
@@ -232,6 +236,39 @@ class Pipeline:
         return result
 
 
+def _message_times(dec: DecodedBatch, received: F64) -> F64:
+    """Per message, the latest device time of its rows; its arrival when it has none."""
+    t = np.full(len(received), -np.inf)
+    for rows_msg, rows_time in ((dec.r_msg, dec.r_time), (dec.e_msg, dec.e_time),
+                                (dec.f_msg, dec.f_time)):
+        if rows_msg:
+            np.maximum.at(t, np.asarray(rows_msg, dtype=np.int64),
+                          np.asarray(rows_time, dtype=np.float64))
+    return np.where(np.isinf(t), received, t)
+
+
+UNKNOWN_DEVICE_RULE = "unknown_device"
+
+
+def _unknown_device_firings(device_ids: list[str], times: F64,
+                            topics: list[str]) -> list[AlertFiring]:
+    """One firing per unknown device id of the batch, counting its messages.
+
+    For the service centre, not the call centre: a device is sending that nobody registered
+    (a swap not recorded, a typo in the registry, or something that should not be there).
+    """
+    firings = []
+    frame = pd.DataFrame({"device_id": device_ids, "time": times, "topic": topics})
+    for device_id, g in frame.groupby("device_id", sort=True):
+        firings.append(AlertFiring(
+            UNKNOWN_DEVICE_RULE, str(device_id),
+            f"unregistered device {device_id} is sending (last on {g['topic'].iloc[-1]})",
+            "warning", 3, "service_centre", float(g["time"].min()), float(g["time"].max()),
+            len(g), {"rule": UNKNOWN_DEVICE_RULE, "device_id": str(device_id),
+                     "severity": "warning"}))
+    return firings
+
+
 def _keep(row_msg: list[int], usable: Bools) -> Bools:
     """Which rows belong to a usable message."""
     if not row_msg:
@@ -253,17 +290,22 @@ def _pick(column: list[str], keep: Bools) -> list[str]:
     return [v for v, k in zip(column, keep) if k]
 
 
-def _latest(uniq: I64, pos: dict[int, int], dev: I64, mask: Bools, value: F64,
-            time: F64) -> tuple[list[float | None], list[float | None]]:
-    """Per device in `uniq`, the value with the latest time among the masked rows."""
-    values: list[float | None] = [None] * len(uniq)
-    times: list[float | None] = [None] * len(uniq)
+def _latest(uniq: I64, dev: I64, mask: Bools, value: F64,
+            time: F64) -> tuple[F64, F64]:
+    """Per device in `uniq`, the value with the latest time among the masked rows (NaN: none)."""
+    values = np.full(len(uniq), np.nan)
+    times = np.full(len(uniq), np.nan)
     if not mask.any():
         return values, times
     d, v, t = dev[mask], value[mask], time[mask]
     order = np.lexsort((t, d))
     d, v, t = d[order], v[order], t[order]
     last = np.r_[d[1:] != d[:-1], True]
-    for dd, vv, tt in zip(d[last].tolist(), v[last].tolist(), t[last].tolist()):
-        values[pos[dd]], times[pos[dd]] = vv, tt
+    at = np.searchsorted(uniq, d[last])  # uniq is sorted (np.unique)
+    values[at], times[at] = v[last], t[last]
     return values, times
+
+
+def _nulls(values: F64) -> list[float | None]:
+    """NaN as NULL, for the database."""
+    return [None if x != x else x for x in values.tolist()]

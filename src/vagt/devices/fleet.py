@@ -2,25 +2,85 @@
 
 The rules engine reads these arrays by device index; the pipeline resolves a batch's device
 ids to indexes in one vectorised lookup and asks the database only for ids it has not seen.
+
+State (last seen, battery, signal, firmware, message counter) is written to the `devices`
+table in the batch's transaction and applied here only after the commit, so memory never
+runs ahead of the database. At start `load()` restores it from the table; `refresh()` pulls in
+what other engine processes (a share group) and the registry commands changed meanwhile.
+Every time is the device's own clock (epoch seconds); NaN means never / unknown.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import psycopg
 
-_COLUMNS = "device_id, vendor, model, type, municipality, status, last_seq"
+from vagt.devices.catalogue import Catalogue, load_catalogue
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+# A device is offline once it has been silent for this many of its model's heartbeat
+# intervals: one missed heartbeat is common (a retry, a busy cell), two is not.
+OFFLINE_AFTER_HEARTBEATS = 2.0
+
+_REGISTRY = "device_id, vendor, model, type, municipality, status"
+_STATE = ("extract(epoch FROM last_seen)::float8, battery::float8, "
+          "extract(epoch FROM battery_at)::float8, signal::float8, "
+          "extract(epoch FROM signal_at)::float8, firmware, last_seq")
+
+
+@dataclass
+class StateUpdate:
+    """What one committed batch says about its devices, one row per device."""
+
+    device: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    seen: F64 = field(default_factory=lambda: np.empty(0))
+    battery: F64 = field(default_factory=lambda: np.empty(0))
+    battery_at: F64 = field(default_factory=lambda: np.empty(0))
+    signal: F64 = field(default_factory=lambda: np.empty(0))
+    signal_at: F64 = field(default_factory=lambda: np.empty(0))
+    firmware: list[str | None] = field(default_factory=list)
+    seq: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # -1: none
+
+
+class _Codes:
+    """A string column as small integer codes, so counting by it is one np.bincount."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._code: dict[str, int] = {}
+        self.codes = np.empty(0, dtype=np.int64)
+
+    def code(self, name: str) -> int:
+        c = self._code.get(name)
+        if c is None:
+            c = self._code[name] = len(self.names)
+            self.names.append(name)
+        return c
+
+    def extend(self, names: Iterable[str]) -> None:
+        new = np.fromiter((self.code(n) for n in names), dtype=np.int64)
+        self.codes = np.concatenate([self.codes, new])
+
+    def counts(self, mask: Bools | None = None) -> dict[str, int]:
+        n = np.bincount(self.codes if mask is None else self.codes[mask],
+                        minlength=len(self.names))
+        return {name: int(k) for name, k in zip(self.names, n) if k}
 
 
 class Fleet:
     """Registered devices, each with a dense index 0..n-1 that never changes while we run."""
 
-    def __init__(self) -> None:
+    def __init__(self, catalogue: Catalogue | None = None) -> None:
+        self.catalogue = catalogue if catalogue is not None else load_catalogue()
         self.ids: list[str] = []
         self._index = pd.Index([], dtype=object)
         self.vendor: list[str] = []
@@ -28,7 +88,17 @@ class Fleet:
         self.type: list[str] = []
         self.municipality: list[str] = []
         self.status: list[str] = []
-        self.last_seq = np.full(0, -1, dtype=np.int64)
+        self.firmware: list[str | None] = []
+        self.heartbeat_s = np.empty(0)      # the model's interval; NaN: not in the catalogue
+        self.last_seen = np.empty(0)
+        self.battery = np.empty(0)
+        self.battery_at = np.empty(0)
+        self.signal = np.empty(0)
+        self.signal_at = np.empty(0)
+        self.last_seq = np.empty(0, dtype=np.int64)
+        self._status = _Codes()
+        self._type = _Codes()
+        self._place = _Codes()
         # The alarm lane and the bulk lane share one fleet: growth and state updates are
         # serialised; lookups read an index that is swapped whole, so they need no lock.
         self.lock = threading.Lock()
@@ -36,34 +106,22 @@ class Fleet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _add(self, rows: Iterable[tuple[object, ...]]) -> None:
-        new_seq: list[int] = []
-        for device_id, vendor, model, type_, municipality, status, last_seq in rows:
-            self.ids.append(str(device_id))
-            self.vendor.append(str(vendor))
-            self.model.append(str(model))
-            self.type.append(str(type_))
-            self.municipality.append(str(municipality))
-            self.status.append(str(status))
-            new_seq.append(-1 if last_seq is None else int(str(last_seq)))
-        if new_seq:
-            self.last_seq = np.concatenate([self.last_seq, np.array(new_seq, dtype=np.int64)])
-            self._index = pd.Index(self.ids, dtype=object)
+    # -- registry ------------------------------------------------------------------------------
 
     def load(self, conn: psycopg.Connection) -> None:
-        """Read every registered device (at start)."""
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY device_id").fetchall()
+        """Every registered device with its stored state (at start: state survives restarts)."""
+        rows = conn.execute(
+            f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id").fetchall()
         with self.lock:
             self._add(rows)
 
-    def lookup(self, device_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+    def lookup(self, device_ids: Sequence[str]) -> I64:
         """Dense indexes of `device_ids`; -1 where the device is not known here (yet)."""
         if not device_ids:
             return np.empty(0, dtype=np.int64)
         return np.asarray(self._index.get_indexer(device_ids), dtype=np.int64)
 
-    def resolve(self, conn: psycopg.Connection,
-                device_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+    def resolve(self, conn: psycopg.Connection, device_ids: Sequence[str]) -> I64:
         """Like lookup(), but first asks the database about ids not seen before.
 
         Devices registered while the engine runs (`vagt devices import`) are found this way
@@ -73,12 +131,144 @@ class Fleet:
         if (idx < 0).any():
             missing = sorted({device_ids[int(i)] for i in np.flatnonzero(idx < 0)})
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s) ORDER BY device_id",
-                (missing,),
-            ).fetchall()
+                f"SELECT {_REGISTRY}, {_STATE} FROM devices WHERE device_id = ANY(%s) "
+                "ORDER BY device_id", (missing,)).fetchall()
             with self.lock:
                 # the other lane may have added some of them meanwhile
                 still_missing = self._index.get_indexer([r[0] for r in rows]) < 0
                 self._add(r for r, m in zip(rows, still_missing) if m)
             idx = self.lookup(device_ids)
         return idx
+
+    def refresh(self, conn: psycopg.Connection) -> None:
+        """Re-read registry fields and state of every known device, and add new devices.
+
+        State only moves forward (by device time), so a refresh that raced a batch of this
+        process never takes a device back to an older reading.
+        """
+        rows = conn.execute(
+            f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id").fetchall()
+        with self.lock:
+            known = self._index.get_indexer([r[0] for r in rows])
+            self._add(r for r, k in zip(rows, known) if k < 0)
+            have = [(int(k), r) for k, r in zip(known, rows) if k >= 0]
+            if not have:
+                return
+            idx = np.fromiter((k for k, _ in have), dtype=np.int64, count=len(have))
+            for k, r in have:
+                self.vendor[k], self.model[k], self.type[k] = str(r[1]), str(r[2]), str(r[3])
+                self.municipality[k], self.status[k] = str(r[4]), str(r[5])
+                self._type.codes[k] = self._type.code(self.type[k])
+                self._place.codes[k] = self._place.code(self.municipality[k])
+                self._status.codes[k] = self._status.code(self.status[k])
+                self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
+            state = _state_columns([r for _, r in have])
+            self._merge(idx, *state)
+
+    def _add(self, rows: Iterable[tuple[object, ...]]) -> None:
+        new = list(rows)
+        if not new:
+            return
+        for r in new:
+            self.ids.append(str(r[0]))
+            self.vendor.append(str(r[1]))
+            self.model.append(str(r[2]))
+            self.type.append(str(r[3]))
+            self.municipality.append(str(r[4]))
+            self.status.append(str(r[5]))
+            self.firmware.append(None if r[11] is None else str(r[11]))
+        self._type.extend(str(r[3]) for r in new)
+        self._place.extend(str(r[4]) for r in new)
+        self._status.extend(str(r[5]) for r in new)
+        seen, battery, battery_at, signal, signal_at, _fw, seq = _state_columns(new)
+        hb = np.array([self._heartbeat(str(r[1]), str(r[2])) for r in new])
+        self.heartbeat_s = np.concatenate([self.heartbeat_s, hb])
+        self.last_seen = np.concatenate([self.last_seen, seen])
+        self.battery = np.concatenate([self.battery, battery])
+        self.battery_at = np.concatenate([self.battery_at, battery_at])
+        self.signal = np.concatenate([self.signal, signal])
+        self.signal_at = np.concatenate([self.signal_at, signal_at])
+        self.last_seq = np.concatenate([self.last_seq, seq])
+        self._index = pd.Index(self.ids, dtype=object)
+
+    def _heartbeat(self, vendor: str, model: str) -> float:
+        m = self.catalogue.get(vendor, model)
+        return float(m.heartbeat_s) if m is not None else np.nan
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def apply(self, u: StateUpdate) -> None:
+        """Bring memory in line with a batch that has just been committed."""
+        if len(u.device) == 0:
+            return
+        with self.lock:
+            self._merge(u.device, u.seen, u.battery, u.battery_at, u.signal, u.signal_at,
+                        u.firmware, u.seq)
+
+    def _merge(self, idx: I64, seen: F64, battery: F64, battery_at: F64, signal: F64,
+               signal_at: F64, firmware: Sequence[str | None], seq: I64) -> None:
+        """Newer wins, by device time, value by value (caller holds the lock)."""
+        self.last_seen[idx] = np.fmax(self.last_seen[idx], seen)
+        for value, at, new_value, new_at in ((self.battery, self.battery_at, battery, battery_at),
+                                             (self.signal, self.signal_at, signal, signal_at)):
+            newer = ~np.isnan(new_at) & ~(at[idx] > new_at)
+            value[idx[newer]] = new_value[newer]
+            at[idx[newer]] = new_at[newer]
+        for k, fw in zip(idx.tolist(), firmware):
+            if fw is not None:
+                self.firmware[k] = fw
+        self.last_seq[idx] = np.maximum(self.last_seq[idx], seq)
+
+    def online(self, now: float, after_heartbeats: float = OFFLINE_AFTER_HEARTBEATS) -> Bools:
+        """Per device: heard from within `after_heartbeats` of its model's interval.
+
+        A device never heard from, or of a model without an interval, is not online.
+        """
+        with np.errstate(invalid="ignore"):
+            return np.asarray(now - self.last_seen <= after_heartbeats * self.heartbeat_s)
+
+    def silent(self, now: float) -> Bools:
+        """Per device: deployed, and silent for longer than its model's interval (overdue)."""
+        deployed = self._status.codes == self._status.code("deployed")
+        with np.errstate(invalid="ignore"):
+            quiet = ~(now - self.last_seen <= self.heartbeat_s) & ~np.isnan(self.heartbeat_s)
+        return np.asarray(deployed & quiet, dtype=bool)
+
+    def counts(self, now: float) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Devices by status, and online devices by (type, municipality): for the metrics."""
+        with self.lock:
+            by_status = self._status.counts()
+            online = self.online(now)
+            places = len(self._place.names)
+            pair = np.bincount(self._type.codes[online] * places + self._place.codes[online],
+                               minlength=len(self._type.names) * places)
+        by_place = {(self._type.names[int(k) // places], self._place.names[int(k) % places]):
+                    int(pair[k]) for k in np.flatnonzero(pair)}
+        return by_status, by_place
+
+    def frame(self, now: float) -> pd.DataFrame:
+        """The fleet as a table, one row per device, for queries and reports."""
+        with self.lock:
+            return pd.DataFrame({
+                "device_id": self.ids, "vendor": self.vendor, "model": self.model,
+                "type": self.type, "municipality": self.municipality, "status": self.status,
+                "firmware": self.firmware, "heartbeat_s": self.heartbeat_s.copy(),
+                "last_seen": self.last_seen.copy(), "silent_s": now - self.last_seen,
+                "battery": self.battery.copy(), "signal": self.signal.copy(),
+                "online": self.online(now), "overdue": self.silent(now),
+            })
+
+
+def _state_columns(rows: Sequence[tuple[object, ...]]
+                   ) -> tuple[F64, F64, F64, F64, F64, list[str | None], I64]:
+    """The state columns (after the six registry columns) of `rows` as arrays."""
+    n = len(rows)
+
+    def floats(col: int) -> F64:
+        return np.fromiter((np.nan if r[col] is None else float(str(r[col])) for r in rows),
+                           dtype=np.float64, count=n)
+
+    seq = np.fromiter((-1 if r[12] is None else int(str(r[12])) for r in rows),
+                      dtype=np.int64, count=n)
+    firmware = [None if r[11] is None else str(r[11]) for r in rows]
+    return floats(6), floats(7), floats(8), floats(9), floats(10), firmware, seq

@@ -1,327 +1,363 @@
-"""The device registry: CSV import (validated whole before anything is written) and listing.
+"""The device registry in bulk: CSV import (validated whole, then applied in one
+transaction), CSV export that imports back, and listing with filters.
 
-No civil registration (CPR) numbers are ever stored: a column or value that looks like one
-refuses the whole file.
+An import registers new devices (in stock, or deployed when the row names a citizen, or in
+the status the row gives), updates what the file says about known devices, and deploys a
+device in stock to the citizen the row names. Any other change of status is refused, naming
+the command that makes it: the lifecycle's other steps are taken one device at a time.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import os
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Any
 
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import Jsonb
 
-from vagt.ingest.topics import DEVICE_ID
+from vagt.devices import lifecycle
+from vagt.devices.actions import CENTRAL_STOCK, MAX_ACTOR_LENGTH, checked_actor
+from vagt.devices.catalogue import Catalogue, load_catalogue
+from vagt.devices.csvfile import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    DeviceImportError,
+    FileRow,
+    parse_devices_csv,
+    read_source,
+)
+from vagt.devices.errors import InvalidValue
+from vagt.devices.lifecycle import FINAL, Status
+from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 
-if TYPE_CHECKING:
-    import _csv
-
-REQUIRED_COLUMNS = ("device_id", "vendor", "model", "type", "municipality")
-MAX_PROBLEMS_SHOWN = 20
-MAX_ACTOR_LENGTH = 100
-
-# Matched against a column name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
-# personnummer, person_nr, civil_registration_number, ...
-_CPR_COLUMN = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
-_CPR_VALUE = re.compile(r"^\d{6}-?\d{4}$")
-_CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
-
-# One validated row: the required columns in REQUIRED_COLUMNS order, then attributes as JSON.
-_StagedRow = tuple[str, str, str, str, str, str]
-
-
-class DeviceImportError(ValueError):
-    """The file was refused and nothing was written; `problems` lists everything to fix."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        more = len(problems) - len(shown)
-        lines = [f"{source}: nothing imported, {len(problems)} problem(s):", *shown]
-        if more:
-            lines.append(f"... and {more} more")
-        super().__init__("\n  ".join(lines))
-        self.source = source
-        self.problems = problems
+IMPORT_LOCK_TIMEOUT = "30s"   # the engine holds a device's row only for one batch
+EXPORT_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What an import did: devices new to the registry, changed, and already as in the file."""
+    """What an import did: devices new to the registry, changed, and already as in the file.
+    `deployed` counts the known devices it deployed (they are among `updated`)."""
 
     created: int
     updated: int
     unchanged: int
+    deployed: int = 0
 
     @property
     def total(self) -> int:
         return self.created + self.updated + self.unchanged
 
 
-@dataclass(frozen=True)
-class DeviceRow:
-    """A registered device with its fleet state, as stored."""
-
-    device_id: str
-    vendor: str
-    model: str
-    type: str
-    municipality: str
-    status: str
-    attributes: dict[str, object]
-    registered_at: datetime
-    last_seen: datetime | None
-    battery: float | None
-    battery_at: datetime | None
-    signal: float | None
-    signal_at: datetime | None
-    firmware: str | None
-    last_seq: int | None
-    seq_gaps: int
-
-    def to_json(self) -> dict[str, object]:
-        """The row as JSON-ready values: datetimes become ISO 8601 strings."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
-
-
-def _jsonable(value: object) -> object:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 # --- import ------------------------------------------------------------------------------
 
 
 def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *, actor: str,
-               text: str | None = None) -> ImportResult:
+               text: str | None = None, catalogue: Catalogue | None = None,
+               at: datetime | None = None) -> ImportResult:
     """Register new devices and update known ones from a CSV file, in one transaction.
 
     `path_or_text` is a file path, or the CSV itself (a str with a line break). With `text`,
-    `path_or_text` only names the source. The file is checked whole first: any problem raises
-    `DeviceImportError` listing them all, and nothing is written. One audit_log row per import.
+    `path_or_text` only names the source. The file is checked whole first, against the
+    catalogue (the built-in one unless given) and then against the registry: any problem
+    raises `DeviceImportError` listing them all, and nothing is written. Each device created
+    or changed gets an audit row, and the import one more.
     """
-    name, label, content = _read_source(path_or_text, text)
-    actor = _checked_actor(label, actor)
-    rows = _parse_devices_csv(content, source=label)
+    name, label, content = read_source(path_or_text, text)
+    try:
+        actor = checked_actor(actor)
+    except InvalidValue:
+        raise DeviceImportError(label, [
+            f"who imports must be named (actor): 1 to {MAX_ACTOR_LENGTH} characters"]) from None
+    rows = parse_devices_csv(content, catalogue or load_catalogue(), source=label)
     with conn.transaction():
-        result = _upsert_devices(conn, rows)
-        _audit_import(conn, actor, name, result)
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (IMPORT_LOCK_TIMEOUT,))
+        when = _clock(conn, at)
+        current = _current(conn, [r.device_id for r in rows])
+        plan = _Plan(name, when)
+        for row in rows:
+            plan.add(row, current.get(row.device_id))
+        if plan.problems:
+            raise DeviceImportError(label, plan.problems)
+        try:
+            _write(conn, plan, actor)
+        except psycopg.errors.UniqueViolation as e:
+            # Rows of known devices are locked; a new one can only have been registered by
+            # someone else since this import looked.
+            raise DeviceImportError(label, [
+                "a device in the file was registered by someone else while this import ran "
+                f"({e.diag.message_detail or 'a duplicate'}); nothing imported: import again"
+            ]) from e
+        result = plan.result()
+        _audit_import(conn, when, actor, name, result)
     return result
 
 
-def _read_source(path_or_text: str | os.PathLike[str],
-                 text: str | None) -> tuple[str, str, str]:
-    """(file name for the audit log, name for messages, CSV text)."""
-    if text is not None:
-        name = str(path_or_text)
-        return Path(name).name or name, name, text.removeprefix("\ufeff")
-    if isinstance(path_or_text, str) and "\n" in path_or_text:
-        return "(CSV text)", "(CSV text)", path_or_text.removeprefix("\ufeff")
-    path = Path(path_or_text)
-    try:
-        return path.name, str(path), path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DeviceImportError(str(path), [
-            f"the file is not UTF-8 text (byte {e.start}): save it as 'CSV UTF-8'"]) from e
-    except OSError as e:
-        raise DeviceImportError(str(path), [f"cannot read the file: {e.strerror}"]) from e
+def _clock(conn: psycopg.Connection, at: datetime | None) -> datetime:
+    if at is not None:
+        return at
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    when: datetime = row[0]
+    return when
 
 
-def _checked_actor(source: str, actor: str) -> str:
-    actor = actor.strip()
-    if not 0 < len(actor) <= MAX_ACTOR_LENGTH:
-        raise DeviceImportError(source, [
-            f"who imports must be named (actor): 1 to {MAX_ACTOR_LENGTH} characters"])
-    return actor
+@dataclass(frozen=True)
+class _Current:
+    """A known device as the import finds it (its row locked)."""
+
+    status: Status
+    data: tuple[str, str, str, str, dict[str, Any]]   # vendor, model, type, municipality, attrs
+    citizen_ref: str | None
+    assigned_in: str | None
+    assigned_since: datetime | None
 
 
-def _parse_devices_csv(text: str, *, source: str = "(CSV text)") -> list[_StagedRow]:
-    """Validate a registry CSV whole; the rows ready to stage, or DeviceImportError."""
-    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text), strict=True)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DeviceImportError(source, [
-            "the file is empty: the first line must be the header "
-            f"{','.join(REQUIRED_COLUMNS)}"]) from None
-    except csv.Error as e:
-        raise DeviceImportError(source, [f"line 1: {e}"]) from e
-    problems = _header_problems(header)
-    if _missing_columns(header):
-        raise DeviceImportError(source, problems)
-    checker = _RowChecker(header)
-    rows: list[_StagedRow] = []
-    try:
-        for line, values in _records(reader):
-            row_problems = checker.problems(line, values)
-            problems += row_problems
-            if not row_problems:
-                rows.append(checker.staged(values))
-    except csv.Error as e:
-        problems.append(f"line {reader.line_num}: {e} (is a double quote left open?)")
-    if problems:
-        raise DeviceImportError(source, problems)
-    return rows
+_CURRENT = """
+SELECT d.device_id, d.status, d.vendor, d.model, d.type, d.municipality, d.attributes,
+       a.citizen_ref, a.municipality, a.since
+FROM devices d
+LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
+WHERE d.device_id = ANY(%s)
+ORDER BY d.device_id
+FOR UPDATE OF d"""
 
 
-def _delimiter(text: str) -> str:
-    """',' as the header says; ';' too, as a spreadsheet set to Danish saves CSV."""
-    first_line = text.split("\n", 1)[0]
-    return ";" if ";" in first_line and "," not in first_line else ","
+def _current(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, _Current]:
+    """The known devices among `device_ids`, their rows locked in id order (so two imports
+    wait for each other rather than deadlock)."""
+    found: dict[str, _Current] = {}
+    for (device_id, status, vendor, model, type_, municipality, attributes, citizen_ref,
+         assigned_in, since) in conn.execute(_CURRENT, (device_ids,)):
+        found[device_id] = _Current(Status(status), (vendor, model, type_, municipality,
+                                                     attributes), citizen_ref, assigned_in,
+                                    since)
+    return found
 
 
-def _records(reader: _csv.Reader) -> Iterator[tuple[int, list[str]]]:
-    """Each non-blank record with the line it starts on (a quoted value may span lines)."""
-    start = reader.line_num + 1
-    for values in reader:
-        if any(v.strip() for v in values):
-            yield start, [v.strip() for v in values]
-        start = reader.line_num + 1
+_FIELDS = ("vendor", "model", "type", "municipality", "attributes")
 
 
-def _missing_columns(header: list[str]) -> list[str]:
-    names = [h.lower() for h in header]
-    return [c for c in REQUIRED_COLUMNS if c not in names]
+@dataclass
+class _Plan:
+    """What the import will do, device by device; problems when it cannot."""
+
+    file_name: str
+    at: datetime
+    problems: list[str] = field(default_factory=list)
+    devices: list[tuple[object, ...]] = field(default_factory=list)      # staged rows
+    assignments: list[tuple[object, ...]] = field(default_factory=list)
+    audit: list[tuple[object, ...]] = field(default_factory=list)        # action, id, details
+    created: int = 0
+    updated: int = 0
+    deployed: int = 0
+    unchanged: int = 0
+
+    def result(self) -> ImportResult:
+        return ImportResult(self.created, self.updated, self.unchanged, self.deployed)
+
+    def add(self, row: FileRow, current: _Current | None) -> None:
+        if current is None:
+            self._create(row)
+        else:
+            self._change(row, current)
+
+    def _create(self, row: FileRow) -> None:
+        status = row.new_status
+        self.created += 1
+        self._stage("create", row, row.municipality, status)
+        details: dict[str, object] = {"to": status.value, "vendor": row.vendor,
+                                      "model": row.model, "type": row.type,
+                                      "municipality": row.municipality}
+        if row.citizen_ref:
+            self.assignments.append((row.device_id, row.citizen_ref, row.municipality, self.at))
+            details["citizen_ref"] = row.citizen_ref
+        self._audit(lifecycle.REGISTER, row.device_id, details)
+
+    def _change(self, row: FileRow, cur: _Current) -> None:
+        at = f"line {row.line}: {row.device_id}"
+        problems_before = len(self.problems)
+        deploy = assign = False
+        if row.citizen_ref is not None:
+            if cur.status is Status.IN_STOCK:
+                deploy = True
+            elif cur.status is not Status.DEPLOYED:
+                self.problems.append(f"line {row.line}: " + lifecycle.refusal(
+                    row.device_id, cur.status, lifecycle.DEPLOY))
+            elif cur.citizen_ref is None:
+                assign = True  # deployed before vagt kept assignments: now it has one
+            elif cur.citizen_ref != row.citizen_ref:
+                self.problems.append(
+                    f"{at} is deployed to another citizen since {_day(cur.assigned_since)}: "
+                    f"return it first (vagt devices return {row.device_id}) to deploy it to "
+                    "this one")
+        elif row.status is not None and row.status is not cur.status:
+            advice = _status_advice(row.device_id, cur.status, row.status)
+            self.problems.append(f"{at} is {cur.status} in the registry, the file says "
+                                 f"{row.status}: {advice}")
+        if (cur.status is Status.DEPLOYED and cur.assigned_in is not None
+                and row.municipality != cur.assigned_in):
+            self.problems.append(
+                f"{at} is deployed in {cur.assigned_in} since {_day(cur.assigned_since)}, the "
+                f"file says {row.municipality or '(empty)'}: to move it, return it and deploy "
+                "it again")
+        if len(self.problems) > problems_before:
+            return
+        status = Status.DEPLOYED if deploy else cur.status
+        new = (row.vendor, row.model, row.type, row.municipality, row.attributes)
+        changed = {name: {"from": old, "to": value}
+                   for name, old, value in zip(_FIELDS, cur.data, new) if old != value}
+        if not (changed or deploy or assign):
+            self.unchanged += 1
+            return
+        self.updated += 1
+        self._stage("update", row, row.municipality, status)
+        details: dict[str, object] = {"changed": changed} if changed else {}
+        if deploy or assign:
+            assert row.citizen_ref is not None
+            self.assignments.append((row.device_id, row.citizen_ref, row.municipality, self.at))
+            details.update(citizen_ref=row.citizen_ref, municipality=row.municipality)
+        if deploy:
+            self.deployed += 1
+            details.update({"from": cur.status.value, "to": Status.DEPLOYED.value})
+        action = "deploy" if deploy else "assign" if assign else "update"
+        self._audit(action, row.device_id, details)
+
+    def _stage(self, op: str, row: FileRow, municipality: str, status: Status) -> None:
+        self.devices.append((op, row.device_id, row.vendor, row.model, row.type, municipality,
+                             orjson.dumps(row.attributes).decode(), status.value))
+
+    def _audit(self, action: str, device_id: str, details: dict[str, object]) -> None:
+        details["file"] = self.file_name
+        self.audit.append((f"devices.{action}", device_id, orjson.dumps(details).decode()))
 
 
-def _header_problems(header: list[str]) -> list[str]:
-    problems: list[str] = []
-    missing = _missing_columns(header)
-    if missing:
-        problems.append(f"the header lacks the column(s) {', '.join(missing)}; required "
-                        f"(in any order): {','.join(REQUIRED_COLUMNS)}")
-    names = [h.lower() for h in header]
-    repeated = sorted({h for h in names if h and names.count(h) > 1})
-    if repeated:
-        problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
-    problems += [f"the column '{h}' looks like a civil registration (CPR) number; {_CPR_ADVICE}"
-                 for h in header if _looks_like_cpr_column(h)]
-    return problems
+def _status_advice(device_id: str, current: Status, wanted: Status) -> str:
+    action = lifecycle.allowed(current, wanted)
+    if action is not None:
+        command = f"vagt devices {action.command} {device_id}"
+        if action is lifecycle.RETURN and wanted is Status.IN_REPAIR:
+            command += " --to repair"
+        return ("an import changes a status only by deploying a device in stock; "
+                f"use `{command}`")
+    if current in FINAL:
+        return f"{current} is final"
+    return f"no step of the lifecycle leads from {current} to {wanted}"
 
 
-def _looks_like_cpr_column(name: str) -> bool:
-    return bool(_CPR_COLUMN.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
-
-
-class _RowChecker:
-    """Checks the data rows of one file against its header, remembering device ids seen."""
-
-    def __init__(self, header: list[str]) -> None:
-        self.header = header
-        names = [h.lower() for h in header]
-        self.required = [names.index(c) for c in REQUIRED_COLUMNS]
-        self.extra = [i for i, h in enumerate(names)
-                      if h and h not in REQUIRED_COLUMNS and names.index(h) == i]
-        self.seen: dict[str, int] = {}
-
-    def problems(self, line: int, values: list[str]) -> list[str]:
-        width = len(self.header)
-        if len(values) > width and any(values[width:]):
-            return [f"line {line}: {len(values)} values but the header has {width} columns "
-                    "(a value with a comma in it must be in double quotes)"]
-        values = self._padded(values)
-        cpr = [f"line {line}, column '{self._name(i)}': the value looks like a civil "
-               f"registration (CPR) number; {_CPR_ADVICE}"
-               for i, v in enumerate(values) if _CPR_VALUE.match(v)]
-        empty = [f"line {line}: column '{REQUIRED_COLUMNS[k]}' is empty"
-                 for k, i in enumerate(self.required) if not values[i]]
-        return cpr + empty + self._device_id_problems(line, values[self.required[0]])
-
-    def _device_id_problems(self, line: int, device_id: str) -> list[str]:
-        if not device_id or _CPR_VALUE.match(device_id):
-            return []  # already reported; a CPR-like value is never repeated in a message
-        first = self.seen.setdefault(device_id, line)
-        if first != line:
-            return [f"line {line}: device_id '{_shorten(device_id)}' is also on line {first}"]
-        if not DEVICE_ID.match(device_id):
-            return [f"line {line}: device_id '{_shorten(device_id)}' is not valid: use 1 to 64 "
-                    "of A-Z a-z 0-9 . _ : -"]
-        return []
-
-    def staged(self, values: list[str]) -> _StagedRow:
-        values = self._padded(values)
-        device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
-        attributes = {self.header[i]: values[i] for i in self.extra if values[i]}
-        return (device_id, vendor, model, type_, municipality,
-                orjson.dumps(attributes).decode())
-
-    def _padded(self, values: list[str]) -> list[str]:
-        return values + [""] * (len(self.header) - len(values))
-
-    def _name(self, i: int) -> str:
-        return self.header[i] or f"#{i + 1} (no name)"
-
-
-def _shorten(value: str, limit: int = 70) -> str:
-    return value if len(value) <= limit else value[:limit] + "..."
+def _day(at: datetime | None) -> str:
+    return "an unknown date" if at is None else f"{at:%Y-%m-%d}"
 
 
 _STAGE = """CREATE TEMP TABLE vagt_devices_import (
-                device_id text, vendor text, model text, type text, municipality text,
-                attributes jsonb) ON COMMIT DROP"""
+                op text, device_id text, vendor text, model text, type text,
+                municipality text, attributes jsonb, status text) ON COMMIT DROP"""
 
-# (xmax = 0) tells a row inserted now from one updated; unchanged rows are not rewritten.
-_UPSERT = """
-WITH upserted AS (
-    INSERT INTO devices AS d (device_id, vendor, model, type, municipality, attributes)
-    SELECT device_id, vendor, model, type, municipality, attributes FROM vagt_devices_import
-    ON CONFLICT (device_id) DO UPDATE SET
-        vendor = EXCLUDED.vendor, model = EXCLUDED.model, type = EXCLUDED.type,
-        municipality = EXCLUDED.municipality, attributes = EXCLUDED.attributes
-    WHERE (d.vendor, d.model, d.type, d.municipality, d.attributes)
-          IS DISTINCT FROM (EXCLUDED.vendor, EXCLUDED.model, EXCLUDED.type,
-                            EXCLUDED.municipality, EXCLUDED.attributes)
-    RETURNING (xmax = 0) AS created)
-SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
-"""
+_INSERT = """
+INSERT INTO devices (device_id, vendor, model, type, municipality, attributes, status,
+                     status_since, registered_at)
+SELECT device_id, vendor, model, type, municipality, attributes, status, %(at)s, %(at)s
+FROM vagt_devices_import WHERE op = 'create'"""
+
+_UPDATE = """
+UPDATE devices d SET vendor = s.vendor, model = s.model, type = s.type,
+    municipality = s.municipality, attributes = s.attributes, status = s.status,
+    status_since = CASE WHEN d.status = s.status THEN d.status_since ELSE %(at)s END
+FROM vagt_devices_import s
+WHERE s.op = 'update' AND d.device_id = s.device_id"""
 
 
-def _upsert_devices(conn: psycopg.Connection, rows: list[_StagedRow]) -> ImportResult:
+def _write(conn: psycopg.Connection, plan: _Plan, actor: str) -> None:
     conn.execute(_STAGE)
-    with conn.cursor().copy("COPY vagt_devices_import FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-    counts = conn.execute(_UPSERT).fetchone()
+    _copy(conn, "COPY vagt_devices_import FROM STDIN", plan.devices)
+    conn.execute(_INSERT, {"at": plan.at})
+    conn.execute(_UPDATE, {"at": plan.at})
     # Dropped now, not only at commit: the caller's transaction may import again.
     conn.execute("DROP TABLE vagt_devices_import")
-    created, updated = counts if counts is not None else (0, 0)
-    return ImportResult(created, updated, len(rows) - created - updated)
+    _copy(conn, "COPY device_assignments (device_id, citizen_ref, municipality, since) "
+                "FROM STDIN", plan.assignments)
+    _copy(conn, "COPY audit_log (at, actor, action, subject, details) FROM STDIN",
+          ((plan.at, actor, *entry) for entry in plan.audit))
 
 
-def _audit_import(conn: psycopg.Connection, actor: str, file_name: str,
+def _copy(conn: psycopg.Connection, statement: str, rows: Iterable[tuple[object, ...]]) -> None:
+    with conn.cursor().copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _audit_import(conn: psycopg.Connection, at: datetime, actor: str, file_name: str,
                   result: ImportResult) -> None:
     conn.execute(
-        "INSERT INTO audit_log (actor, action, subject, details) VALUES (%s, %s, %s, %s)",
-        (actor, "devices.import", file_name,
+        "INSERT INTO audit_log (at, actor, action, subject, details) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (at, actor, "devices.import", file_name,
          Jsonb({"rows": result.total, "created": result.created, "updated": result.updated,
-                "unchanged": result.unchanged})))
+                "deployed": result.deployed, "unchanged": result.unchanged})))
 
 
-# --- listing -----------------------------------------------------------------------------
+# --- listing and export ------------------------------------------------------------------
 
-_DEVICE_COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(DeviceRow))
+_FILTERS = ("status", "municipality", "vendor", "model", "type")
 
 
-def list_devices(conn: psycopg.Connection, *, municipality: str | None = None,
-                 vendor: str | None = None, type: str | None = None) -> list[DeviceRow]:
-    """Registered devices with their fleet state, ordered by device_id; filters are exact."""
-    wanted = {name: value for name, value in
-              (("municipality", municipality), ("vendor", vendor), ("type", type))
-              if value is not None}
+def _where(filters: dict[str, str | None]) -> tuple[sql.Composable, list[str]]:
+    wanted = {name: value for name, value in filters.items() if value is not None}
     conditions: list[sql.Composable] = [
-        sql.SQL("{} = %s").format(sql.Identifier(name)) for name in wanted]
-    where = sql.SQL(" AND ").join(conditions or [sql.SQL("true")])
-    query = sql.SQL("SELECT {} FROM devices WHERE {} ORDER BY device_id").format(
-        _DEVICE_COLUMNS, where)
-    with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        set_json_loads(orjson.loads, cur)  # this cursor only: the caller's adapters stay
-        return cur.execute(query, list(wanted.values())).fetchall()
+        sql.SQL("d.{} = %s").format(sql.Identifier(name)) for name in wanted]
+    return sql.SQL(" AND ").join(conditions or [sql.SQL("true")]), list(wanted.values())
+
+
+def list_devices(conn: psycopg.Connection, *, status: str | None = None,
+                 municipality: str | None = None, vendor: str | None = None,
+                 model: str | None = None, type: str | None = None) -> list[DeviceRow]:
+    """Registered devices with their fleet state, ordered by device_id; filters are exact."""
+    where, params = _where({"status": status, "municipality": municipality, "vendor": vendor,
+                            "model": model, "type": type})
+    query = sql.SQL("SELECT {} FROM devices d WHERE {} ORDER BY device_id").format(
+        DEVICE_COLUMNS, where)
+    with device_cursor(conn) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+_EXPORT = """
+SELECT d.device_id, d.vendor, d.model, d.type, d.municipality, d.status,
+       coalesce(a.citizen_ref, ''), d.attributes
+FROM devices d
+LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
+WHERE {} ORDER BY d.device_id"""
+
+
+def export_csv(conn: psycopg.Connection, out: IO[str], *, status: str | None = None,
+               municipality: str | None = None, vendor: str | None = None,
+               model: str | None = None, type: str | None = None) -> int:
+    """Write the registry (or the devices the filters pick) as a CSV that `import_csv`
+    reads back: the required columns, status, citizen_ref (the open assignment), then one
+    column per attribute. How many devices were written."""
+    where, params = _where({"status": status, "municipality": municipality, "vendor": vendor,
+                            "model": model, "type": type})
+    rows = conn.execute(sql.SQL(_EXPORT).format(where), params).fetchall()
+    known = {c.lower() for c in EXPORT_COLUMNS}
+    # An attribute named like a known column could only come from before 0003; it is left
+    # out rather than written twice (which the import would refuse).
+    extra = sorted({k for *_, attrs in rows for k in attrs if k.lower() not in known})
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*EXPORT_COLUMNS, *extra])
+    for *values, attrs in rows:
+        writer.writerow([*values, *(_cell(attrs.get(k)) for k in extra)])
+    return len(rows)
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else value if isinstance(value, str) else orjson.dumps(
+        value).decode()
+
+
+__all__ = ["CENTRAL_STOCK", "DeviceImportError", "ImportResult", "export_csv", "import_csv",
+           "list_devices"]

@@ -1,0 +1,411 @@
+"""The whole performance picture in one run, printed as a table (issue 6).
+
+Every figure is measured here, in this run, against its own baseline on the same machine:
+
+1. backlog drain: a backlog queued at the broker for the engine's persistent session, drained
+   by the engine (decode, devices, store, rules, alerts, commit, acknowledge) and by a bare
+   paho consumer that only counts; messages per second and the ratio;
+2. alarm latency: alarms published while the engine drains that backlog, from publish to the
+   committed alert (seen by polling the database every 2 ms); p50 and p99;
+3. scale-out: two engine processes sharing the subscription against one, and whether the
+   alerts they open are the same;
+4. against one INSERT and commit per message;
+5. memory: the engine's peak resident memory with every device registered, under load;
+6. where the time goes: a py-spy profile of the engine split into decode, rules, database,
+   MQTT and the rest (with `--profile`; needs `pip install py-spy`).
+
+The engine runs as `vagt run` in its own process, as in production, so the publisher and the
+pollers here do not share its interpreter. Usage:
+
+    .venv/bin/python -m benchmarks.suite [--messages 200000] [--devices 100000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import psycopg
+from benchmarks.drain import (
+    PG_ADMIN,
+    create_session,
+    drain_bare,
+    drain_insert_per_message,
+    drop_database,
+    publish_backlog,
+    v5_client,
+)
+from tests.support import Broker, free_port
+
+from vagt.app import db
+
+Message = tuple[str, bytes]
+Traffic = Callable[[str, int, list[str]], list[Message]]
+
+
+# -- traffic ------------------------------------------------------------------------------------
+
+def oximeter_traffic(root: str, n: int, devices: list[str]) -> list[Message]:
+    """Telemetry as a pulse oximeter sends it, spread over `devices`, with a counter."""
+    t0 = time.time() - 86400
+    out = []
+    nd = len(devices)
+    for k in range(n):
+        d = devices[k % nd]
+        doc = {"device_id": d, "seq": k // nd, "time": t0 + k * 0.01,
+               "readings": [{"metric": "spo2", "value": 90 + k % 9, "unit": "%"},
+                            {"metric": "pulse", "value": 55 + k % 40, "unit": "/min"}]}
+        out.append((f"{root}/dev/{d}/telemetry", orjson.dumps(doc)))
+    return out
+
+
+def register_devices(url: str, n: int) -> list[str]:
+    """`n` pulse oximeters, deployed across the region; returns their ids."""
+    ids = [f"OXI-{i:06d}" for i in range(n)]
+    with psycopg.connect(url) as conn:
+        # COPY straight into the table (the registry's import takes ~6 s per 100,000)
+        with conn.cursor().copy("COPY devices (device_id, vendor, model, type, municipality, "
+                                "status) FROM STDIN") as cp:
+            for d in ids:
+                cp.write_row((d, "Nonin", "3230", "pulse_oximeter", "Aarhus", "deployed"))
+            for d in (f"ALM-{i:06d}" for i in range(1000)):
+                cp.write_row((d, "Tunstall", "Lifeline Vi+", "personal_alarm", "Skive",
+                              "deployed"))
+    return ids
+
+
+# -- engines in their own processes --------------------------------------------------------------
+
+@dataclass
+class EngineProc:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log: Path
+    ready_at: float = 0.0
+
+    def scrape(self, name: str, lane: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                        timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        m = re.search(rf'^{name}{{lane="{lane}"}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        return int(m.group(1)) / 1024 if m else float("nan")
+
+
+@contextmanager
+def engines(count: int, *, broker: Broker, root: str, url: str, client_ids: list[str],
+            share_group: str, workdir: Path) -> Iterator[list[EngineProc]]:
+    procs: list[EngineProc] = []
+    try:
+        for cid in client_ids[:count]:
+            port = free_port()
+            log = workdir / f"{cid}.log"
+            env = {**os.environ, "VAGT_DATABASE_URL": url, "VAGT_MQTT_URL": broker.url,
+                   "VAGT_MQTT_CLIENT_ID": cid, "VAGT_MQTT_TOPIC_ROOT": root,
+                   "VAGT_MQTT_SHARE_GROUP": share_group, "VAGT_METRICS_PORT": str(port)}
+            p = subprocess.Popen([sys.executable, "-m", "vagt.app.cli", "run"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+            procs.append(EngineProc(p, port, log))
+        deadline = time.monotonic() + 120
+        for e in procs:
+            while "event=engine_ready" not in e.log.read_text(errors="replace"):
+                if e.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"engine did not start; see {e.log}")
+                time.sleep(0.01)
+            e.ready_at = time.perf_counter()
+        yield procs
+    finally:
+        for e in procs:
+            if e.process.poll() is None:
+                e.process.send_signal(signal.SIGTERM)
+        for e in procs:
+            try:
+                e.process.wait(60)
+            except subprocess.TimeoutExpired:
+                e.process.kill()
+
+
+def prepare_sessions(broker: Broker, root: str, client_ids: list[str], share_group: str) -> None:
+    """The engines' persistent sessions exist before the backlog is published, as in
+    production after an outage: the broker queues for them."""
+    prefix = f"$share/{share_group}/" if share_group else ""
+    for cid in client_ids:
+        for lane, channels in (("bulk", ("telemetry", "status")), ("alarm", ("alarm",))):
+            for ch in channels:
+                create_session(broker.port, f"{cid}-{lane}", f"{prefix}{root}/dev/+/{ch}")
+
+
+def wait_acked(procs: list[EngineProc], n: int, timeout: float = 1800) -> float:
+    """Seconds from the first engine being ready until `n` bulk messages are acknowledged."""
+    start = min(e.ready_at for e in procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        acked = sum(e.scrape("vagt_messages_acked_total", "bulk") for e in procs)
+        if acked >= n:
+            return time.perf_counter() - start
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {acked:.0f} of {n} acknowledged in {timeout} s")
+        if any(e.process.poll() is not None for e in procs):
+            raise RuntimeError("an engine exited during the drain; see its log")
+        time.sleep(0.25)  # a scrape costs the engine a little: not too often
+
+
+# -- alarm latency ----------------------------------------------------------------------------
+
+@dataclass
+class AlarmProbe:
+    """Publishes an alarm every `interval` s from its own device and times each one from
+    publish to the committed alert."""
+
+    broker: Broker
+    root: str
+    url: str
+    interval: float = 0.1
+    sent: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> threading.Thread:
+        t = threading.Thread(target=self._publish, daemon=True)
+        w = threading.Thread(target=self._watch, daemon=True)
+        t.start()
+        w.start()
+        return t
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.seen) < len(self.sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+
+    def _publish(self) -> None:
+        c = v5_client(f"bench-alarm-{uuid.uuid4().hex[:6]}")
+        c.connect("127.0.0.1", self.broker.port)
+        c.loop_start()
+        k = 0
+        while not self._stop.is_set() and k < 1000:
+            d = f"ALM-{k:06d}"
+            doc = orjson.dumps({"device_id": d, "time": time.time(),
+                                "events": [{"code": "alarm.fall"}]})
+            self.sent[d] = time.perf_counter()
+            c.publish(f"{self.root}/dev/{d}/alarm", doc, qos=1)
+            k += 1
+            self._stop.wait(self.interval)
+        c.disconnect()
+        c.loop_stop()
+
+    def _watch(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            last = 0
+            while not self._stop.is_set():
+                rows = conn.execute("SELECT id, device_id FROM alerts WHERE id > %s "
+                                    "AND rule = 'personal_alarm'", (last,)).fetchall()
+                now = time.perf_counter()
+                for i, d in rows:
+                    self.seen.setdefault(d, now)
+                    last = max(last, i)
+                time.sleep(0.002)
+
+    def latencies_ms(self) -> list[float]:
+        return sorted((self.seen[d] - self.sent[d]) * 1000 for d in self.seen if d in self.sent)
+
+
+# -- databases --------------------------------------------------------------------------------
+
+def fresh_database() -> str:
+    name = f"vagt_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{PG_ADMIN.rpartition('/')[0]}/{name}"
+    db.migrate(url)
+    return url
+
+
+def alert_outcome(url: str) -> list[tuple[str, str, int]]:
+    with psycopg.connect(url) as conn:
+        return [(str(r), str(d), int(n)) for r, d, n in conn.execute(
+            "SELECT rule, device_id, sum(repeat_count) FROM alerts "
+            "WHERE rule <> 'personal_alarm' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()]
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+CATEGORIES = (("decode", re.compile(r"vagt/ingest/(decode|canonical|senml|units|topics)")),
+              ("rules", re.compile(r"vagt/rules/")),
+              ("alerts", re.compile(r"vagt/alerts/")),
+              ("database", re.compile(r"psycopg|vagt/app/store|vagt/devices/")),
+              ("mqtt", re.compile(r"paho|vagt/ingest/consumer")))
+
+
+def profile(pid: int, seconds: float, out: Path) -> dict[str, float]:
+    """Share of the engine's samples (all threads, idle excluded) per stage, by the innermost
+    vagt/library frame that names one."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                    "--format", "raw", "--output", str(out), "--nonblocking"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    counts: collections.Counter[str] = collections.Counter()
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        category = "other"
+        for f in reversed(frames):
+            hit = next((name for name, rx in CATEGORIES if rx.search(f)), None)
+            if hit:
+                category = hit
+                break
+        counts[category] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: v / total for k, v in counts.most_common()}
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--insert-messages", type=int, default=10_000)
+    ap.add_argument("--profile", action="store_true", help="profile the engine with py-spy")
+    args = ap.parse_args()
+    n = args.messages
+    rows: list[tuple[str, str, str]] = []
+
+    def report(what: str, figure: str, target: str = "") -> None:
+        rows.append((what, figure, target))
+        print(f"  {what}: {figure}  {target}", flush=True)
+
+    print(f"vagt benchmark suite, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(free_port(), free_port(), work / "broker")
+        broker.directory.mkdir()
+        broker.start()
+        urls: list[str] = []
+        try:
+            # 1 + 2 + 5: one engine drains the backlog while alarms arrive
+            url = fresh_database()
+            urls.append(url)
+            ids = register_devices(url, args.devices)
+            root = f"bench{uuid.uuid4().hex[:6]}/v1"
+            traffic = oximeter_traffic(root, n, ids)
+            print(f"backlog: {n:,} messages from {len(ids):,} devices", flush=True)
+            cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
+            create_session(broker.port, cid, f"{root}/dev/+/telemetry")
+            publish_backlog(broker.port, traffic)
+            bare = drain_bare(broker.port, cid, n)
+            report("bare paho consumer (ceiling)", f"{bare:,.0f} msg/s")
+
+            one = [f"bench-one-{uuid.uuid4().hex[:6]}"]
+            prepare_sessions(broker, root, one, "")
+            publish_backlog(broker.port, traffic)
+            probe = AlarmProbe(broker, root, url)
+            with engines(1, broker=broker, root=root, url=url, client_ids=one, share_group="",
+                         workdir=work) as procs:
+                probe.run()
+                single = n / wait_acked(procs, n)
+                probe.stop()
+                rss = procs[0].peak_rss_mb()
+            report("engine, one process", f"{single:,.0f} msg/s",
+                   f"ratio to bare {single / bare:.2f} (target >= 0.8)")
+            lat = probe.latencies_ms()
+            if lat:
+                p50 = statistics.median(lat)
+                p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+                report("alarm latency during the drain",
+                       f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat[-1]:.0f} ms "
+                       f"({len(lat)} alarms)", "(target p99 < 250 ms)")
+            report("peak resident memory", f"{rss:.0f} MB with {len(ids) + 1000:,} devices",
+                   "(target < 400 MB)")
+            single_alerts = alert_outcome(url)
+
+            # 3: two engines sharing the subscription
+            url2 = fresh_database()
+            urls.append(url2)
+            register_devices(url2, args.devices)
+            root2 = f"bench{uuid.uuid4().hex[:6]}/v1"
+            group = f"g{uuid.uuid4().hex[:6]}"
+            two = [f"bench-two-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+            prepare_sessions(broker, root2, two, group)
+            publish_backlog(broker.port, oximeter_traffic(root2, n, ids))
+            with engines(2, broker=broker, root=root2, url=url2, client_ids=two,
+                         share_group=group, workdir=work) as procs:
+                double = n / wait_acked(procs, n)
+            report("engine, two processes ($share)", f"{double:,.0f} msg/s",
+                   f"{double / single:.2f}x one process (target >= 1.6)")
+            same = alert_outcome(url2) == single_alerts
+            report("alerts, one process vs two", "the same" if same else "DIFFERENT",
+                   f"({len(single_alerts)} alert fingerprints)")
+
+            # 4: one INSERT per message
+            url3 = fresh_database()
+            urls.append(url3)
+            register_devices(url3, 2000)
+            root3 = f"bench{uuid.uuid4().hex[:6]}/v1"
+            cid3 = f"bench-ins-{uuid.uuid4().hex[:6]}"
+            create_session(broker.port, cid3, f"{root3}/dev/+/telemetry")
+            publish_backlog(broker.port,
+                            oximeter_traffic(root3, args.insert_messages, ids[:2000]))
+            insert = drain_insert_per_message(broker.port, cid3, args.insert_messages, url3)
+            report("INSERT + commit per message", f"{insert:,.0f} msg/s",
+                   f"engine is {single / insert:.1f}x (target >= 5)")
+
+            # 6: where the time goes
+            if args.profile:
+                url4 = fresh_database()
+                urls.append(url4)
+                register_devices(url4, args.devices)
+                root4 = f"bench{uuid.uuid4().hex[:6]}/v1"
+                prof = [f"bench-prof-{uuid.uuid4().hex[:6]}"]
+                prepare_sessions(broker, root4, prof, "")
+                publish_backlog(broker.port, oximeter_traffic(root4, n, ids))
+                with engines(1, broker=broker, root=root4, url=url4, client_ids=prof,
+                             share_group="", workdir=work) as procs:
+                    shares = profile(procs[0].process.pid, max(5.0, 0.8 * n / single),
+                                     work / "profile.txt")
+                    wait_acked(procs, n)
+                report("profile (share of samples)",
+                       ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+                with psycopg.connect(url4) as conn:
+                    stored = conn.execute("SELECT count(*) FROM readings").fetchone()
+                rows_written = int(stored[0]) if stored else 0
+                report("rows written", f"{rows_written:,} readings, "
+                       f"{rows_written / (n / single):,.0f} rows/s at the one-process rate")
+        finally:
+            broker.stop()
+            for u in urls:
+                drop_database(u)
+    print()
+    width = max(len(r[0]) for r in rows)
+    for what, figure, target in rows:
+        print(f"{what:<{width}}  {figure}  {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""What the `vagt` subcommands share: one line on stderr and exit 2 for a refusal, tables.
+
+A handler is called as `handler(args, conninfo)`; `reports_errors(SomeError, ...)` turns the
+refusals it names, and database trouble, into one clear line on stderr (exit code 2), while a
+bug still raises with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import psycopg
+
+EXIT_ERROR = 2
+
+H = TypeVar("H", bound=Callable[..., int])
+
+
+def fail(message: str, *, one_line: bool = True) -> int:
+    """Print `vagt: message` on stderr (folded to one line unless told) and return 2."""
+    print(f"vagt: {' '.join(message.split()) if one_line else message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def reports_errors(*refusals: type[Exception],
+                   multi_line: tuple[type[Exception], ...] = ()) -> Callable[[H], H]:
+    """Refusals (and database trouble) go to stderr with exit code 2; bugs still raise.
+
+    `multi_line` refusals keep their line breaks: one line per problem to fix.
+    """
+
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        def wrapped(args: argparse.Namespace, *rest: object) -> int:
+            try:
+                result: int = handler(args, *rest)
+                return result
+            except multi_line as e:
+                return fail(str(e), one_line=False)
+            except refusals as e:
+                return fail(str(e))
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback) as e:
+                # OperationalErrors too, but the database is there: another session was in
+                # the way (a lock held too long, a deadlock); nothing was changed.
+                return fail(f"the database could not do it now, nothing was changed: "
+                            f"{e.diag.message_primary or e}; try again")
+            except psycopg.errors.UndefinedTable:
+                return fail("the database has no vagt schema yet: run `vagt db migrate`")
+            except psycopg.OperationalError as e:
+                return fail(f"cannot reach the database: {e}")
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
+             for line in [headers, *rows]]
+    return "\n".join(lines)

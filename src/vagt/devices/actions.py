@@ -1,0 +1,252 @@
+"""What the service centre does to a device: register, deploy, return, repair, retire, lost.
+
+Each change locks the device's row (FOR UPDATE), checks the transition against
+`vagt.devices.lifecycle`, changes the device and its assignment, and writes the audit row,
+in one transaction: two people changing one device at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.types.json import Jsonb
+
+from vagt.devices import lifecycle
+from vagt.devices.catalogue import Catalogue
+from vagt.devices.errors import (
+    AlreadyRegistered,
+    DeviceBusy,
+    InvalidTransition,
+    InvalidValue,
+    UnknownDevice,
+)
+from vagt.devices.lifecycle import Action, Status
+from vagt.devices.privacy import (
+    checked_attributes,
+    checked_citizen_ref,
+    checked_note,
+    looks_like_cpr,
+    municipality_problem,
+)
+from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
+from vagt.ingest.topics import DEVICE_ID
+
+LOCK_TIMEOUT = "5s"   # a person waits this long for a device the engine or an import holds
+MAX_ACTOR_LENGTH = 100
+CENTRAL_STOCK = ""    # the municipality of a device back in the centre's own stock
+
+
+def checked_actor(actor: str) -> str:
+    """Who acts, for the audit log: 1 to 100 printable characters."""
+    name = actor.strip()
+    if not 0 < len(name) <= MAX_ACTOR_LENGTH or not name.isprintable():
+        raise InvalidValue(f"who acts must be named (actor): 1 to {MAX_ACTOR_LENGTH} "
+                           "printable characters")
+    return name
+
+
+def checked_device_id(device_id: str) -> str:
+    device_id = device_id.strip()
+    if looks_like_cpr(device_id):
+        raise InvalidValue("the device id looks like a civil registration (CPR) number; "
+                           "vagt never stores CPR numbers")
+    if not DEVICE_ID.match(device_id):
+        raise InvalidValue(f"device id '{device_id[:70]}' is not valid: use 1 to 64 of "
+                           "A-Z a-z 0-9 . _ : -")
+    return device_id
+
+
+def checked_municipality(municipality: str) -> str:
+    municipality = " ".join(municipality.split())
+    problem = municipality_problem(municipality)
+    if problem:
+        raise InvalidValue(problem)
+    return municipality
+
+
+# --- register ----------------------------------------------------------------------------
+
+_INSERT = sql.SQL("""
+    INSERT INTO devices (device_id, vendor, model, type, municipality, attributes, status,
+                         status_since, registered_at)
+    VALUES (%(id)s, %(vendor)s, %(model)s, %(type)s, %(municipality)s, %(attributes)s,
+            'in_stock', %(at)s, %(at)s)
+    ON CONFLICT (device_id) DO NOTHING
+    RETURNING {}""").format(DEVICE_COLUMNS)
+
+
+def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, *,
+             catalogue: Catalogue, actor: str, type_: str | None = None,
+             municipality: str = CENTRAL_STOCK, attributes: dict[str, str] | None = None,
+             note: str | None = None, at: datetime | None = None) -> DeviceRow:
+    """Register a new device of an approved model; it starts in stock.
+
+    `municipality` is the municipality whose stock holds it ("" = the centre's own stock).
+    A model the catalogue does not approve raises CatalogueError, saying what is approved.
+    """
+    device_id = checked_device_id(device_id)
+    actor = checked_actor(actor)
+    note = checked_note(note)
+    approved = catalogue.require(vendor, model, type_)
+    municipality = checked_municipality(municipality) if municipality.strip() else CENTRAL_STOCK
+    attributes = checked_attributes(attributes or {})
+    with conn.transaction(), device_cursor(conn) as cur:
+        when = _now(conn, at)
+        row = cur.execute(_INSERT, {
+            "id": device_id, "vendor": approved.vendor, "model": approved.model,
+            "type": approved.type, "municipality": municipality,
+            "attributes": Jsonb(attributes), "at": when}).fetchone()
+        if row is None:
+            existing = _fetch(cur, device_id)
+            raise AlreadyRegistered(
+                f"{device_id} is already registered ({existing.vendor} {existing.model}, "
+                f"{existing.status})" if existing else f"{device_id} is already registered")
+        _audit(conn, when, actor, lifecycle.REGISTER, device_id, {
+            "to": Status.IN_STOCK.value, "vendor": approved.vendor, "model": approved.model,
+            "type": approved.type, "municipality": municipality, "note": note})
+    return row
+
+
+# --- transitions -------------------------------------------------------------------------
+
+
+def deploy(conn: psycopg.Connection, device_id: str, *, citizen_ref: str, municipality: str,
+           actor: str, note: str | None = None, at: datetime | None = None) -> DeviceRow:
+    """Give a device in stock to a citizen (a pseudonymous reference) in a municipality."""
+    citizen_ref = checked_citizen_ref(citizen_ref)
+    municipality = checked_municipality(municipality)
+    return _transition(conn, device_id, lifecycle.DEPLOY, Status.DEPLOYED, actor, note, at,
+                       assign=(citizen_ref, municipality))
+
+
+def return_device(conn: psycopg.Connection, device_id: str, *, to: Status = Status.IN_STOCK,
+                  actor: str, note: str | None = None, at: datetime | None = None) -> DeviceRow:
+    """A deployed device comes back to the centre, to stock or to repair; the citizen's
+    assignment ends."""
+    return _transition(conn, device_id, lifecycle.RETURN, Status(to), actor, note, at)
+
+
+def send_to_repair(conn: psycopg.Connection, device_id: str, *, actor: str,
+                   note: str | None = None, at: datetime | None = None) -> DeviceRow:
+    """A device in stock found faulty goes to repair."""
+    return _transition(conn, device_id, lifecycle.SEND_TO_REPAIR, Status.IN_REPAIR, actor,
+                       note, at)
+
+
+def repaired(conn: psycopg.Connection, device_id: str, *, actor: str, note: str | None = None,
+             at: datetime | None = None) -> DeviceRow:
+    """The repair is done: the device is back in stock."""
+    return _transition(conn, device_id, lifecycle.REPAIRED, Status.IN_STOCK, actor, note, at)
+
+
+def retire(conn: psycopg.Connection, device_id: str, *, actor: str, note: str | None = None,
+           at: datetime | None = None) -> DeviceRow:
+    """Take a device in stock or in repair out of use for good."""
+    return _transition(conn, device_id, lifecycle.RETIRE, Status.RETIRED, actor, note, at)
+
+
+def report_lost(conn: psycopg.Connection, device_id: str, *, actor: str,
+                note: str | None = None, at: datetime | None = None) -> DeviceRow:
+    """The device is gone (for good); an assignment it had ends."""
+    return _transition(conn, device_id, lifecycle.LOST, Status.LOST, actor, note, at)
+
+
+_UPDATE = sql.SQL("""
+    UPDATE devices SET status = %(to)s, status_since = %(at)s, municipality = %(municipality)s
+    WHERE device_id = %(id)s RETURNING {}""").format(DEVICE_COLUMNS)
+
+_CLOSE = """UPDATE device_assignments SET until = %s WHERE device_id = %s AND until IS NULL
+            RETURNING citizen_ref, municipality"""
+
+_OPEN = """INSERT INTO device_assignments (device_id, citizen_ref, municipality, since)
+           VALUES (%s, %s, %s, %s)"""
+
+
+def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: Status,
+                actor: str, note: str | None, at: datetime | None,
+                assign: tuple[str, str] | None = None) -> DeviceRow:
+    """Lock, check, change, audit: one transaction (a savepoint inside the caller's)."""
+    actor = checked_actor(actor)
+    note = checked_note(note)
+    device_id = checked_device_id(device_id)
+    with conn.transaction(), device_cursor(conn) as cur:
+        before = _locked(cur, device_id)
+        lifecycle.check(device_id, Status(before.status), action, to)
+        when = _now(conn, at, after=before.status_since)
+        details: dict[str, object] = {"from": before.status, "to": to.value}
+        municipality = before.municipality
+        if action.closes_assignment:
+            closed = conn.execute(_CLOSE, (when, device_id)).fetchone()
+            if closed is not None:
+                details["citizen_ref"], details["municipality"] = closed
+            if to is not Status.LOST:
+                municipality = CENTRAL_STOCK  # back in the centre's pool
+        if assign is not None:
+            citizen_ref, municipality = assign
+            conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
+            details.update(citizen_ref=citizen_ref, municipality=municipality)
+        details["note"] = note
+        after = cur.execute(_UPDATE, {"to": to.value, "at": when, "id": device_id,
+                                      "municipality": municipality}).fetchone()
+        assert after is not None, "the row is locked: it cannot have gone"
+        _audit(conn, when, actor, action.name, device_id, details)
+    return after
+
+
+def _locked(cur: psycopg.Cursor[DeviceRow], device_id: str) -> DeviceRow:
+    # SET LOCAL: ends with the transaction (the caller's, when this runs inside one).
+    cur.connection.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+    try:
+        cur.execute(sql.SQL("SELECT {} FROM devices WHERE device_id = %s FOR UPDATE").format(
+            DEVICE_COLUMNS), (device_id,))
+    except errors.LockNotAvailable as e:
+        raise DeviceBusy(f"{device_id} is being changed by another session; try again in a "
+                         "moment") from e
+    row = cur.fetchone()
+    if row is None:
+        raise UnknownDevice(f"{device_id[:70]} is not registered; `vagt devices list` shows "
+                            "the registry, `vagt devices register` adds a device")
+    return row
+
+
+def _fetch(cur: psycopg.Cursor[DeviceRow], device_id: str) -> DeviceRow | None:
+    return cur.execute(sql.SQL("SELECT {} FROM devices WHERE device_id = %s").format(
+        DEVICE_COLUMNS), (device_id,)).fetchone()
+
+
+def _now(conn: psycopg.Connection, at: datetime | None,
+         after: datetime | None = None) -> datetime:
+    """The time of the change: `at` (a test's clock, an import's time) or the database's
+    clock now. clock_timestamp(), not now(): the time the lock was held, so the audit trail's
+    order is the order the changes really happened in."""
+    if at is None:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        when: datetime = row[0]
+    else:
+        if at.tzinfo is None:
+            raise InvalidValue("the time of a change needs a time zone")
+        when = at
+    if after is not None and when < after:
+        raise InvalidTransition(f"the change cannot be at {when:%Y-%m-%d %H:%M:%S %Z}: the "
+                                f"device's status last changed later, at "
+                                f"{after:%Y-%m-%d %H:%M:%S %Z}")
+    return when
+
+
+def _audit(conn: psycopg.Connection, at: datetime, actor: str, action: str, device_id: str,
+           details: dict[str, object]) -> None:
+    conn.execute("INSERT INTO audit_log (at, actor, action, subject, details) "
+                 "VALUES (%s, %s, %s, %s, %s)",
+                 (at, actor, f"devices.{action}", device_id,
+                  Jsonb({k: v for k, v in details.items() if v is not None})))
+
+
+def audit_broker_access(conn: psycopg.Connection, actor: str, acl_file: str, devices: int,
+                        engine_user: str) -> None:
+    """Record that broker access was regenerated (who, when, for how many devices)."""
+    with conn.transaction():
+        _audit(conn, _now(conn, None), checked_actor(actor), "broker_acl", acl_file,
+               {"deployed_devices": devices, "engine_user": engine_user})

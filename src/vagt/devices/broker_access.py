@@ -1,0 +1,132 @@
+"""Broker access from the registry: a Mosquitto password file and ACL file that let each
+deployed device publish under its own topic only, and the engine read them all.
+
+A device's password is derived, not stored: base64url(HMAC-SHA256(secret, device_id)),
+unpadded. Whoever provisions a device computes it from the same secret; vagt keeps neither
+the secret nor any password, only the PBKDF2 hashes Mosquitto checks against.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from vagt.devices.errors import DeviceError
+from vagt.devices.lifecycle import Status
+
+# Mosquitto's own `mosquitto_passwd` uses 101 iterations and a 12-byte salt for $7$
+# (PBKDF2-SHA512). The derived passwords carry 256 bits of entropy, so more iterations would
+# only slow the broker when a whole fleet reconnects after an outage.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+MIN_SECRET_BYTES = 16
+
+
+class BrokerAccessError(DeviceError):
+    """The files cannot be written as asked; nothing was written."""
+
+
+@dataclass(frozen=True)
+class BrokerAccess:
+    """The two files' contents and who is in them."""
+
+    passwords: str
+    acl: str
+    devices: list[str]
+    engine_user: str
+
+
+def device_password(secret: bytes, device_id: str) -> str:
+    """The password a device logs in with: base64url(HMAC-SHA256(secret, device_id))."""
+    digest = hmac.new(secret, device_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def mosquitto_hash(password: str, salt: bytes, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """The password as Mosquitto 2 stores it: $7$iterations$salt$hash (PBKDF2-SHA512)."""
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return (f"$7${iterations}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(key).decode()}")
+
+
+def _salt(secret: bytes, user: str) -> bytes:
+    # Derived, not random: the same registry gives the same files, so a configuration
+    # manager sees a change only when access really changed. Unique per user and secret.
+    return hmac.new(secret, b"mosquitto-salt\0" + user.encode(), hashlib.sha256).digest()[
+        :SALT_BYTES]
+
+
+def deployed_devices(conn: psycopg.Connection) -> list[str]:
+    """The devices that may talk to the broker: the deployed ones, by id."""
+    return [r[0] for r in conn.execute(
+        "SELECT device_id FROM devices WHERE status = %s ORDER BY device_id",
+        (Status.DEPLOYED.value,))]
+
+
+def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
+                  engine_user: str, engine_password: str) -> BrokerAccess:
+    """The password and ACL files for these devices and the engine's user."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise BrokerAccessError(f"the device secret is too short: at least "
+                                f"{MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 32`)")
+    if not topic_root or any(c in topic_root for c in "+#") or topic_root.endswith("/"):
+        raise BrokerAccessError(f"topic root '{topic_root}' cannot be used in an ACL: no "
+                                "wildcards, no trailing /")
+    _check_user("the engine user", engine_user)
+    if not engine_password:
+        raise BrokerAccessError("the engine user needs a password")
+    unusable = [d for d in device_ids if ":" in d]
+    if unusable:
+        raise BrokerAccessError(
+            f"{len(unusable)} deployed device(s) cannot be Mosquitto users (':' separates the "
+            f"name from the password in the password file): {', '.join(unusable[:10])}")
+    if engine_user in device_ids:
+        raise BrokerAccessError(f"the engine user '{engine_user}' is also a device id; give "
+                                "the engine a name no device has")
+    password_lines = [f"{engine_user}:"
+                      f"{mosquitto_hash(engine_password, _salt(secret, engine_user))}"]
+    password_lines += [f"{d}:{mosquitto_hash(device_password(secret, d), _salt(secret, d))}"
+                       for d in device_ids]
+    acl_lines = ["# Written by `vagt devices broker-acl`: regenerate it, do not edit it.",
+                 "# The engine reads every device's telemetry, alarms and status.",
+                 f"user {engine_user}", f"topic read {topic_root}/dev/+/+", "",
+                 "# Each deployed device may publish under its own topic, and read nothing."]
+    for d in device_ids:
+        acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
+    return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
+                        list(device_ids), engine_user)
+
+
+def _check_user(what: str, user: str) -> None:
+    if not user or ":" in user or any(c.isspace() for c in user) or not user.isprintable():
+        raise BrokerAccessError(f"{what} '{user}' cannot be a Mosquitto user: no ':', no "
+                                "spaces")
+
+
+def write_private(path: Path, content: str) -> None:
+    """Write `content` to `path` atomically (a reader sees the old file or the new, never
+    half of one), readable and writable by the owner only (0600)."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,87 @@
+"""`vagt fleet`: the fleet's state, from the database, with the queries the service centre asks:
+which devices are overdue (silent for longer than their model's heartbeat), which are offline,
+which have a low battery, and counts by municipality, vendor, model or type."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import orjson
+import pandas as pd
+import psycopg
+
+from vagt.devices.catalogue import Catalogue
+from vagt.devices.fleet import Fleet
+
+GROUPS = ("municipality", "vendor", "model", "type", "status")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overdue", action="store_true",
+                   help="only deployed devices silent for longer than their model's heartbeat")
+    p.add_argument("--offline", action="store_true",
+                   help="only devices not heard from within two heartbeat intervals")
+    p.add_argument("--low-battery", type=float, metavar="PERCENT",
+                   help="only devices whose latest battery level is below PERCENT")
+    for g in GROUPS:
+        p.add_argument(f"--{g}", help=f"only devices with this {g}")
+    p.add_argument("--by", choices=GROUPS,
+                   help="print counts (devices, online, overdue, low battery) per group instead")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespace,
+          now: float | None = None) -> pd.DataFrame:
+    """The devices the arguments select, from the fleet state as the engine restores it."""
+    fleet = Fleet(catalogue)
+    fleet.load(conn)
+    now = time.time() if now is None else now
+    df = fleet.frame(now)
+    keep = np.ones(len(df), dtype=bool)
+    if args.overdue:
+        keep &= df["overdue"].to_numpy()
+    if args.offline:
+        keep &= ~df["online"].to_numpy()
+    if args.low_battery is not None:
+        keep &= (df["battery"] < args.low_battery).to_numpy()
+    for g in GROUPS:
+        value = getattr(args, g)
+        if value is not None:
+            keep &= (df[g] == value).to_numpy()
+    return df[keep]
+
+
+def summary(df: pd.DataFrame, by: str, low_battery: float = 20.0) -> pd.DataFrame:
+    """Per group: devices, online, overdue, and how many are below `low_battery` percent."""
+    grouped = df.assign(low_battery=df["battery"] < low_battery).groupby(by, sort=True)
+    out = grouped.agg(devices=("device_id", "size"), online=("online", "sum"),
+                      overdue=("overdue", "sum"), low_battery=("low_battery", "sum"))
+    return out.reset_index()
+
+
+def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
+    if args.by:
+        table = summary(df, args.by, args.low_battery if args.low_battery is not None else 20.0)
+        if args.json:
+            return orjson.dumps(table.to_dict("records"), option=orjson.OPT_INDENT_2 |
+                                orjson.OPT_SERIALIZE_NUMPY).decode()
+        return str(table.to_string(index=False))
+    rows = df.assign(
+        last_seen=[None if np.isnan(t) else
+                   pd.Timestamp(t, unit="s", tz="UTC").isoformat(timespec="seconds")
+                   for t in df["last_seen"]],
+        silent_s=[None if np.isnan(s) else round(float(s)) for s in df["silent_s"]],
+        battery=[None if np.isnan(b) else float(b) for b in df["battery"]],
+        signal=[None if np.isnan(b) else float(b) for b in df["signal"]],
+    )
+    columns = ["device_id", "type", "vendor", "model", "municipality", "status", "last_seen",
+               "silent_s", "online", "overdue", "battery", "signal", "firmware"]
+    if args.json:
+        records = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                   for r in rows[columns].to_dict("records")]
+        return orjson.dumps(records, option=orjson.OPT_INDENT_2).decode()
+    if rows.empty:
+        return "no devices match"
+    return str(rows[columns].fillna("-").to_string(index=False))

@@ -1,0 +1,108 @@
+"""Citizens are pseudonymous references: what one may look like, and never a CPR number.
+
+A Danish civil registration (CPR) number is DDMMYY-XXXX, often written as 10 digits. vagt
+refuses anything shaped like one (the database refuses it too), and never repeats the value
+in a message: the message itself could end up in a log.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vagt.devices.errors import InvalidValue
+
+MAX_CITIZEN_REF = 64
+MAX_MUNICIPALITY = 100
+MAX_NOTE = 500
+
+# Anywhere in the value as a word of its own: "cit-0101701234" hides a CPR number as well as
+# "0101701234" does. Ten digits run inside a word of letters and digits (a random hex
+# reference such as "cit-1234567890ab") are not a CPR number written down by a person.
+_CPR_INSIDE = re.compile(r"(?<![A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}(?![A-Za-z0-9])")
+# A whole value (a serial number with ten digits in it stays allowed in other columns).
+_CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
+# Matched against a name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
+# personnummer, person_nr, civil_registration_number, ...
+_CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
+_CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
+
+
+class PrivacyError(InvalidValue):
+    """A value is not allowed in vagt because of what it could reveal, or is not a reference."""
+
+
+def looks_like_cpr(value: str) -> bool:
+    """The whole value is shaped like a CPR number (DDMMYY-XXXX or 10 digits)."""
+    return bool(_CPR_WHOLE.match(value.strip()))
+
+
+def looks_like_cpr_name(name: str) -> bool:
+    """A column or attribute name that announces a CPR number (cpr, CPR-nr, personnummer)."""
+    return bool(_CPR_NAME.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
+
+
+def contains_cpr(value: str) -> bool:
+    """Somewhere in the value is something shaped like a CPR number."""
+    return bool(_CPR_INSIDE.search(value))
+
+
+def citizen_ref_problem(value: str) -> str | None:
+    """Why `value` cannot be a citizen reference, or None when it can."""
+    if not value:
+        return "the citizen reference is empty"
+    if contains_cpr(value):
+        return ("the citizen reference looks like a civil registration (CPR) number "
+                "(DDMMYY-XXXX or 10 digits); vagt never stores CPR numbers: use the "
+                "pseudonymous reference from the municipality's care system")
+    if len(value) > MAX_CITIZEN_REF or not _CITIZEN_REF.match(value):
+        return (f"the citizen reference is not valid: use 1 to {MAX_CITIZEN_REF} of "
+                "A-Z a-z 0-9 . _ : - (a pseudonymous reference such as cit-7f3a9c01e2d4)")
+    return None
+
+
+def checked_citizen_ref(value: str) -> str:
+    """The reference, stripped; PrivacyError saying why when it cannot be one."""
+    value = value.strip()
+    problem = citizen_ref_problem(value)
+    if problem:
+        raise PrivacyError(problem)
+    return value
+
+
+def municipality_problem(value: str) -> str | None:
+    if not value:
+        return "the municipality is empty"
+    if contains_cpr(value):
+        return ("the municipality holds something shaped like a civil registration (CPR) "
+                "number; vagt never stores CPR numbers")
+    if len(value) > MAX_MUNICIPALITY or not value.isprintable():
+        return f"the municipality is not valid: use 1 to {MAX_MUNICIPALITY} printable characters"
+    return None
+
+
+def checked_note(note: str | None) -> str | None:
+    """A free-text note for the audit trail, or None; refused if it holds a CPR number."""
+    note = " ".join((note or "").split())
+    if not note:
+        return None
+    if contains_cpr(note):
+        raise PrivacyError("the note holds something shaped like a civil registration (CPR) "
+                           "number; vagt never stores CPR numbers: leave it out")
+    if len(note) > MAX_NOTE:
+        raise PrivacyError(f"the note is longer than {MAX_NOTE} characters")
+    return note
+
+
+def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
+    """Attributes kept with a device (serial number, asset tag): none may be or announce a
+    CPR number."""
+    for key, value in attributes.items():
+        if looks_like_cpr_name(key):
+            raise PrivacyError(f"the attribute '{key}' looks like a civil registration (CPR) "
+                               f"number; {CPR_ADVICE}")
+        if looks_like_cpr(value):
+            raise PrivacyError(f"the value of attribute '{key}' looks like a civil "
+                               f"registration (CPR) number; {CPR_ADVICE}")
+    return attributes

@@ -1,0 +1,126 @@
+"""Fleet state: kept in arrays by device index, written with each batch, restored at start."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import psycopg
+from tests.app.conftest import DEVICES, register, telemetry
+from tests.app.test_pipeline import battery, msg, run_batches
+
+from vagt.devices.fleet import Fleet
+
+NOW = float(int(time.time()))  # whole seconds: timestamptz keeps microseconds
+
+
+def status(device_id: str, t: float, **fields: object) -> object:
+    return msg(device_id, "status", orjson.dumps({"time": t, "status": fields}))
+
+
+def loaded(database_url: str) -> Fleet:
+    fleet = Fleet()
+    with psycopg.connect(database_url) as conn:
+        fleet.load(conn)
+    return fleet
+
+
+def state_of(fleet: Fleet, device_id: str) -> tuple[object, ...]:
+    k = fleet.ids.index(device_id)
+    return (fleet.last_seen[k], fleet.battery[k], fleet.signal[k], fleet.firmware[k],
+            fleet.last_seq[k])
+
+
+def test_state_written_by_batches_is_restored_by_a_new_process(database_url):
+    register(database_url, DEVICES)
+    live = run_batches(
+        database_url,
+        [status("OXI-0001", NOW - 300, battery=80, signal=-71, firmware="2.5.0"),
+         msg("OXI-0001", "telemetry", telemetry("OXI-0001", NOW - 200, seq=7, spo2=97))],
+        [battery("OXI-0002", NOW - 100, 44)]).fleet
+    restored = loaded(database_url)
+    assert restored.ids == live.ids
+    for d in ("OXI-0001", "OXI-0002", "ALM-0001"):
+        np.testing.assert_equal(state_of(restored, d), state_of(live, d))
+    assert state_of(restored, "OXI-0001") == (NOW - 200, 80.0, -71.0, "2.5.0", 7)
+    seen, bat, sig, fw, seq = state_of(restored, "ALM-0001")
+    assert np.isnan(seen) and np.isnan(bat) and np.isnan(sig) and fw is None and seq == -1
+
+
+def test_an_older_battery_reading_arriving_late_does_not_replace_a_newer_one(database_url):
+    register(database_url, DEVICES)
+    live = run_batches(database_url, [battery("OXI-0001", NOW - 60, 70)],
+                       [battery("OXI-0001", NOW - 3600, 20)]).fleet  # buffered, flushed late
+    assert state_of(live, "OXI-0001")[:2] == (NOW - 60, 70.0)
+    assert state_of(loaded(database_url), "OXI-0001")[:2] == (NOW - 60, 70.0)
+
+
+def test_online_and_overdue_follow_the_models_heartbeat(database_url):
+    register(database_url, DEVICES)
+    # Nonin 3230 and A&D UA-651BLE: heartbeat once a day
+    fleet = run_batches(database_url, [battery("OXI-0001", NOW - 3600, 90),
+                                       battery("OXI-0002", NOW - 1.5 * 86400, 90),
+                                       battery("BPM-0001", NOW - 3 * 86400, 90)]).fleet
+    frame = fleet.frame(NOW).set_index("device_id")
+    assert frame.loc["OXI-0001", "online"] and not frame.loc["OXI-0001", "overdue"]
+    # silent for longer than its interval: overdue, but online until two are missed
+    assert frame.loc["OXI-0002", "online"] and frame.loc["OXI-0002", "overdue"]
+    assert not frame.loc["BPM-0001", "online"] and frame.loc["BPM-0001", "overdue"]
+    # never heard from: offline and overdue
+    assert not frame.loc["ALM-0001", "online"] and frame.loc["ALM-0001", "overdue"]
+
+
+def test_refresh_brings_in_what_another_engine_committed(database_url):
+    register(database_url, DEVICES)
+    mine = loaded(database_url)
+    run_batches(database_url, [battery("OXI-0002", NOW - 10, 55)])  # another process
+    register(database_url, [("OXI-0003", "Masimo", "MightySat", "pulse_oximeter", "Odder")])
+    with psycopg.connect(database_url) as conn:
+        mine.refresh(conn)
+    assert state_of(mine, "OXI-0002")[:2] == (NOW - 10, 55.0)
+    assert "OXI-0003" in mine.ids and mine.heartbeat_s[mine.ids.index("OXI-0003")] == 86400
+
+
+def test_vagt_fleet_lists_overdue_and_low_battery_devices_and_counts_by_municipality(
+        database_url, monkeypatch, capsys):
+    import json
+
+    from vagt.app.cli import main
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", NOW - 60, 12),
+                               battery("OXI-0002", NOW - 3 * 86400, 95),
+                               battery("ALM-0001", NOW - 60, 80),
+                               battery("BPM-0001", NOW - 60, 90)])
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["fleet", "--overdue", "--json"]) == 0
+    assert [d["device_id"] for d in json.loads(capsys.readouterr().out)] == ["OXI-0002"]
+    assert main(["fleet", "--low-battery", "15", "--json"]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert [(d["device_id"], d["battery"], d["online"]) for d in low] == [("OXI-0001", 12.0,
+                                                                            True)]
+    assert main(["fleet", "--by", "municipality", "--json"]) == 0
+    by_place = {r["municipality"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (by_place["Samsø"]["devices"], by_place["Samsø"]["online"],
+            by_place["Samsø"]["overdue"]) == (1, 0, 1)
+    assert (by_place["Aarhus"]["online"], by_place["Aarhus"]["low_battery"]) == (1, 1)
+    assert main(["fleet", "--vendor", "Nonin", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "OXI-0002" in out and "OXI-0001" not in out
+
+
+def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(database_url):
+    from prometheus_client import generate_latest
+
+    from vagt.app.metrics import EngineMetrics
+
+    register(database_url, DEVICES)
+    fleet = run_batches(database_url, [battery("OXI-0001", NOW - 60, 50),
+                                       battery("OXI-0002", NOW - 9 * 86400, 50)]).fleet
+    m = EngineMetrics()
+    m.watch_fleet(lambda: fleet.counts(NOW))
+    text = generate_latest(m.registry).decode()
+    assert 'vagt_devices{status="deployed"} 4.0' in text
+    assert 'vagt_devices_online{municipality="Aarhus",type="pulse_oximeter"} 1.0' in text
+    assert 'municipality="Samsø"' not in text
