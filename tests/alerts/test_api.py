@@ -285,3 +285,12 @@ def test_vagt_api_serves_the_api_and_its_metrics_alone(database_url, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_a_session_trades_the_password_for_a_bearer_token_once(api):
+    r = api.as_("anna").post("/api/v1/sessions")
+    assert r.status_code == 201
+    token = r.json()["token"]
+    assert api.with_token(token).get("/api/v1/me").json()["via"] == "token:session"
+    again = api.with_token(token).post("/api/v1/sessions")
+    assert again.status_code == 403

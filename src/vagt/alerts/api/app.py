@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt import __version__
 from vagt.alerts import actions, silences
-from vagt.alerts.accounts import Principal, Role
+from vagt.alerts.accounts import Principal, Role, create_token
 from vagt.alerts.actions import (
     AlertBusy,
     AlertError,
@@ -35,6 +35,7 @@ from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.routing import queues_of
 
+SESSION_LENGTH = timedelta(hours=12)
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Supervisor = Annotated[Principal, Depends(require(Role.SUPERVISOR))]
 
@@ -101,6 +102,20 @@ def _router() -> APIRouter:
         """The calling account: its role, municipality scope and queues."""
         return schemas.Me(username=who.username, role=who.role.label,
                           municipality=who.municipality, queues=list(who.queues), via=who.via)
+
+    @r.post("/sessions", response_model=schemas.Session, status_code=201, responses=_ERRORS,
+            tags=["session"])
+    def open_session(request: Request, who: Operator, conn: Conn) -> schemas.Session:
+        """Trade a password for a bearer token valid for 12 hours (an operator console does
+        this once, not a password check per request). Tokens cannot be traded for tokens."""
+        if who.via != "password":
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                "a session is opened with the account's password")
+        expires = _now(request) + SESSION_LENGTH
+        with conn.transaction():
+            _, token = create_token(conn, who.username, "session", actor=who.username,
+                                    expires_at=expires)
+        return schemas.Session(token=token, expires_at=expires)
 
     @r.get("/queues", response_model=list[schemas.QueueCounts], responses=_ERRORS,
            tags=["queues"])

@@ -130,5 +130,10 @@ class Me(BaseModel):
     via: str
 
 
+class Session(BaseModel):
+    token: str = Field(description="send as `Authorization: Bearer TOKEN`")
+    expires_at: datetime
+
+
 class Problem(BaseModel):
     detail: str
