@@ -294,3 +294,12 @@ def test_a_session_trades_the_password_for_a_bearer_token_once(api):
     assert api.with_token(token).get("/api/v1/me").json()["via"] == "token:session"
     again = api.with_token(token).post("/api/v1/sessions")
     assert again.status_code == 403
+
+
+def test_a_supervisor_releases_an_operators_alert_an_operator_may_not(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim")
+    assert api.with_token(api.tokens["crm"]).post(
+        f"/api/v1/alerts/{alarm}/release").status_code == 409
+    r = api.as_("sofie").post(f"/api/v1/alerts/{alarm}/release", json={"note": "anna left"})
+    assert (r.status_code, r.json()["status"]) == (200, "open")

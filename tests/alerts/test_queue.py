@@ -116,3 +116,38 @@ def test_an_alert_of_another_municipality_is_not_found_for_a_municipal_operator(
     assert actions.list_alerts(conn, municipality="Aarhus") == []
     assert actions.next_alert(conn, "anna", municipality="Aarhus") is None
     assert actions.claim(conn, alert_id, "anna", municipality="Randers").status == "claimed"
+
+
+def test_the_holder_releases_an_alert_back_to_its_queue_for_another_operator(database_url,
+                                                                            conn):
+    alert_id = new_alert(database_url)
+    actions.claim(conn, alert_id, "anna")
+    actions.acknowledge(conn, alert_id, "anna")
+    back = actions.release(conn, alert_id, "anna", "end of my shift")
+    assert (back.status, back.claimed_by, back.acknowledged_by) == ("open", None, None)
+    assert back.claim_deadline is not None and back.queued_at is not None
+    assert back.claim_deadline > back.queued_at
+    assert actions.next_alert(conn, "bo").id == alert_id  # type: ignore[union-attr]
+    steps = [(e.actor, e.action, e.from_status, e.to_status)
+             for e in actions.audit_trail(conn, alert_id)]
+    assert steps[-2:] == [("anna", "release", "acknowledged", "open"),
+                          ("bo", "claim", "open", "claimed")]
+
+
+def test_another_operator_may_not_release_an_alert_but_a_supervisor_may(database_url, conn):
+    alert_id = new_alert(database_url)
+    actions.claim(conn, alert_id, "anna")
+    with pytest.raises(actions.InvalidTransition, match="bo cannot release it; only anna"):
+        actions.release(conn, alert_id, "bo")
+    assert actions.release(conn, alert_id, "sofie", "anna went home",
+                           supervisor=True).status == "open"
+    last = actions.audit_trail(conn, alert_id)[-1]
+    assert (last.actor, last.action, last.details) == ("sofie", "release",
+                                                        {"taken_from": "anna"})
+
+
+def test_an_open_alert_cannot_be_released(database_url, conn):
+    alert_id = new_alert(database_url)
+    with pytest.raises(actions.InvalidTransition, match="only a claimed or acknowledged alert "
+                                                        "can be released"):
+        actions.release(conn, alert_id, "anna", supervisor=True)

@@ -18,6 +18,7 @@ from vagt.alerts.actions import (
     get_alert,
     list_alerts,
     next_alert,
+    release,
     resolve,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "get_alert",
     "list_alerts",
     "next_alert",
+    "release",
     "resolve",
 ]

@@ -223,6 +223,9 @@ _RESOLVE = _Action("resolve", "resolve", "resolved", AlertStatus.RESOLVED,
                    "(a held one by its holder)", "resolved_at", "resolved_by")
 _NOTE = _Action("note", "add a note to", "note", None, frozenset(AlertStatus),
                 "", None, None)
+_RELEASE = _Action("release", "release", "released", AlertStatus.OPEN, _HELD,
+                   "only a claimed or acknowledged alert can be released, by its holder or "
+                   "a supervisor", None, None)
 
 
 def claim(conn: psycopg.Connection, alert_id: int, operator: str, *,
@@ -253,6 +256,14 @@ def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
         raise InvalidResolution("a resolution needs a note saying what was done")
     return _apply(conn, _RESOLVE, alert_id, operator, note, code=code,
                   municipality=municipality, policy=policy)
+
+
+def release(conn: psycopg.Connection, alert_id: int, operator: str, note: str | None = None,
+            *, supervisor: bool = False, municipality: str | None = None) -> AlertRow:
+    """Give a held alert back to its queue (open, claimable, a new time to claim): the holder
+    cannot finish it, or a supervisor takes it from an operator who has gone."""
+    return _apply(conn, _RELEASE, alert_id, operator, note, municipality=municipality,
+                  override=supervisor)
 
 
 def add_note(conn: psycopg.Connection, alert_id: int, operator: str, note: str, *,
@@ -291,15 +302,17 @@ def next_alert(conn: psycopg.Connection, operator: str, queues: Sequence[str] | 
 
 def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: str,
            note: str | None, *, code: str | None = None, municipality: str | None = None,
-           policy: AlertPolicy | None = None) -> AlertRow:
+           policy: AlertPolicy | None = None, override: bool = False) -> AlertRow:
     """Lock, check, update, audit, outbox: one transaction (a savepoint inside the caller's)."""
     operator = checked_operator(operator)
     note = _cleaned_note(note)
     with conn.transaction(), conn.cursor(row_factory=kwargs_row(_alert_row)) as cur:
         before = _locked(cur, alert_id, municipality)
-        _check(before, action, operator)
+        _check(before, action, operator, override)
         after = _updated(cur, before.id, action, operator, note, code)
         details: dict[str, object] = {"resolution_code": code} if code else {}
+        if override and before.claimed_by not in (None, operator):
+            details["taken_from"] = before.claimed_by   # a supervisor acted on another's alert
         _audit(cur, before, after, action, operator, note, details)
         outbox.enqueue(conn, [after.id], action.event, operator,
                        {**details, **({"note": note} if note else {})})
@@ -336,11 +349,12 @@ def _locked(cur: psycopg.Cursor[AlertRow], alert_id: int, municipality: str | No
     return row
 
 
-def _check(alert: AlertRow, action: _Action, operator: str) -> None:
+def _check(alert: AlertRow, action: _Action, operator: str, override: bool = False) -> None:
     if alert.status not in action.from_statuses:
         raise _refusal(alert, action, operator)
     holder = alert.claimed_by
-    if action.to_status is not None and alert.status in _HELD and holder != operator:
+    if (action.to_status is not None and alert.status in _HELD and holder != operator
+            and not override):
         raise InvalidTransition(f"alert {alert.id} is {_state(alert)}: {operator} cannot "
                                 f"{action.verb} it; only {holder}, who holds it, can")
 
@@ -377,6 +391,13 @@ _UPDATE = sql.SQL("""
                       resolution_code = coalesce(%(code)s, resolution_code)
     WHERE id = %(id)s RETURNING {columns}""")
 _UPDATE_NOTE = sql.SQL("UPDATE alerts SET note = %(note)s WHERE id = %(id)s RETURNING {columns}")
+_UPDATE_RELEASE = sql.SQL("""
+    UPDATE alerts SET status = 'open', claimed_at = NULL, claimed_by = NULL,
+                      acknowledged_at = NULL, acknowledged_by = NULL,
+                      note = coalesce(%(note)s, note), queued_at = clock_timestamp(),
+                      claim_deadline = clock_timestamp()
+                                       + coalesce(time_to_claim, interval '1 hour')
+    WHERE id = %(id)s RETURNING {columns}""")
 
 
 def _updated(cur: psycopg.Cursor[AlertRow], alert_id: int, action: _Action, operator: str,
@@ -385,6 +406,8 @@ def _updated(cur: psycopg.Cursor[AlertRow], alert_id: int, action: _Action, oper
     # is the order the actions really happened in, whenever each transaction began.
     if action.to_status is None:
         cur.execute(_UPDATE_NOTE.format(columns=_COLUMNS), {"note": note, "id": alert_id})
+    elif action is _RELEASE:
+        cur.execute(_UPDATE_RELEASE.format(columns=_COLUMNS), {"note": note, "id": alert_id})
     else:
         assert action.at_column and action.by_column
         query = _UPDATE.format(at=sql.Identifier(action.at_column),

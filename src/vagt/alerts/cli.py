@@ -24,6 +24,7 @@ from vagt.alerts.actions import (
     get_alert,
     list_alerts,
     next_alert,
+    release,
     resolve,
 )
 from vagt.alerts.matchers import MatcherError, parse_matcher
@@ -49,13 +50,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("ack", "acknowledge an alert you have claimed", handle_ack, True),
             ("resolve", "resolve an open alert or one you hold, with a code and a note",
              handle_resolve, True),
-            ("note", "write a note on an alert (its status stays)", handle_note, True)):
+            ("note", "write a note on an alert (its status stays)", handle_note, True),
+            ("release", "give an alert you hold back to its queue", handle_release, True)):
         p = actions.add_parser(name, help=help_text)
         p.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
         p.add_argument("--operator", required=True, help="your operator name")
         if takes_note:
             p.add_argument("--note", required=name in ("resolve", "note"),
                            help="what was done, for the audit trail")
+        if name == "release":
+            p.add_argument("--supervisor", action="store_true",
+                           help="release an alert someone else holds (a supervisor's step)")
         if name == "resolve":
             p.add_argument("--code", required=True,
                            help="the resolution code, e.g. visit_arranged or false_alarm "
@@ -176,6 +181,14 @@ def handle_ack(args: argparse.Namespace, conninfo: str) -> int:
 def handle_resolve(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(resolve(conn, args.id, args.operator, args.note, code=args.code))
+
+
+@_reports_errors
+def handle_release(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        alert = release(conn, args.id, args.operator, args.note, supervisor=args.supervisor)
+    print(f"alert {alert.id} is open again in {alert.queue}: {alert.summary}")
+    return 0
 
 
 @_reports_errors

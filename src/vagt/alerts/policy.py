@@ -65,7 +65,7 @@ class DeliveryPolicy:
     retention_s: float = 30 * 86400.0   # delivered and dead outbox entries are kept this long
 
 
-EVENTS = ("opened", "reopened", "suppressed", "unsuppressed", "escalated", "claimed",
+EVENTS = ("opened", "reopened", "suppressed", "unsuppressed", "escalated", "claimed", "released",
           "acknowledged", "resolved", "note")
 DEFAULT_RESOLUTION_CODES = ("resolved", "false_alarm", "visit_arranged", "device_replaced",
                             "no_action_needed", "duplicate")

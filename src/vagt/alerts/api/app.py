@@ -202,6 +202,15 @@ def _router() -> APIRouter:
             observer.resolved(row.queue, (row.resolved_at - row.created_at).total_seconds())
         return _alert(row)
 
+    @r.post("/alerts/{alert_id}/release", response_model=schemas.Alert,
+            responses=_ALERT_ERRORS, tags=["alerts"])
+    def release(alert_id: int, who: Operator, conn: Conn,
+                body: schemas.Acknowledge | None = None) -> schemas.Alert:
+        """Give a held alert back to its queue: its holder, or a supervisor for anyone's."""
+        return _alert(actions.release(conn, alert_id, who.username, body.note if body else None,
+                                      supervisor=who.role >= Role.SUPERVISOR,
+                                      municipality=who.municipality))
+
     @r.post("/alerts/{alert_id}/notes", response_model=schemas.Alert, responses=_ALERT_ERRORS,
             tags=["alerts"])
     def note(alert_id: int, body: schemas.Note, who: Operator, conn: Conn) -> schemas.Alert:
