@@ -18,7 +18,11 @@ ALTER TABLE alerts
     -- the municipality scope of the API: from the device's assignment when the alert opened
     ADD COLUMN municipality    text GENERATED ALWAYS AS (labels ->> 'municipality') STORED;
 
-UPDATE alerts SET base_priority = priority, queued_at = created_at WHERE base_priority IS NULL;
+-- alerts from before: their priority as it is, an hour to claim from when they were created
+UPDATE alerts SET base_priority = priority, queued_at = created_at,
+                  time_to_claim = interval '1 hour',
+                  claim_deadline = created_at + interval '1 hour'
+WHERE base_priority IS NULL;
 
 -- `next` and escalation: the open alerts of a queue, most urgent first; overdue ones
 CREATE INDEX alerts_claimable_idx ON alerts (priority, queued_at, id) WHERE status = 'open';
