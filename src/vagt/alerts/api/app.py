@@ -7,6 +7,7 @@ caller's name (a token acts as the account it belongs to).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,8 @@ from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.routing import queues_of
+
+log = logging.getLogger("vagt.api")
 
 SESSION_LENGTH = timedelta(hours=12)
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
@@ -90,7 +93,11 @@ def _conn(request: Request) -> Iterator[psycopg.Connection]:
 Conn = Annotated[psycopg.Connection, Depends(_conn)]
 
 
-def _alert(row: AlertRow) -> schemas.Alert:
+def _alert(row: AlertRow, who: Principal | None = None, action: str = "") -> schemas.Alert:
+    """The response body; with `action`, the step is also logged (the audit trail has it too)."""
+    if who is not None:
+        log.info("event=alert_%s alert_id=%d queue=%s status=%s operator=%s via=%s", action,
+                 row.id, row.queue, row.status.value, who.username, who.via)
     return schemas.Alert.model_validate(row.to_json())
 
 
@@ -162,7 +169,7 @@ def _router() -> APIRouter:
         if row is None:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         _observe_claim(request, row)
-        return _alert(row)
+        return _alert(row, who, "next")
 
     @r.get("/alerts/{alert_id}", response_model=schemas.AlertWithHistory,
            responses=_ALERT_ERRORS, tags=["alerts"])
@@ -179,7 +186,7 @@ def _router() -> APIRouter:
         """Take an open alert; then no one else can act on it."""
         row = actions.claim(conn, alert_id, who.username, municipality=who.municipality)
         _observe_claim(request, row)
-        return _alert(row)
+        return _alert(row, who, "claim")
 
     @r.post("/alerts/{alert_id}/acknowledge", response_model=schemas.Alert,
             responses=_ALERT_ERRORS, tags=["alerts"])
@@ -188,7 +195,7 @@ def _router() -> APIRouter:
         """Acknowledge an alert the caller holds."""
         return _alert(actions.acknowledge(conn, alert_id, who.username,
                                           body.note if body else None,
-                                          municipality=who.municipality))
+                                          municipality=who.municipality), who, "acknowledge")
 
     @r.post("/alerts/{alert_id}/resolve", response_model=schemas.Alert,
             responses=_ALERT_ERRORS, tags=["alerts"])
@@ -200,7 +207,7 @@ def _router() -> APIRouter:
         if row.resolved_at:
             observer: AlertObserver = request.app.state.observer
             observer.resolved(row.queue, (row.resolved_at - row.created_at).total_seconds())
-        return _alert(row)
+        return _alert(row, who, "resolve")
 
     @r.post("/alerts/{alert_id}/release", response_model=schemas.Alert,
             responses=_ALERT_ERRORS, tags=["alerts"])
@@ -209,14 +216,14 @@ def _router() -> APIRouter:
         """Give a held alert back to its queue: its holder, or a supervisor for anyone's."""
         return _alert(actions.release(conn, alert_id, who.username, body.note if body else None,
                                       supervisor=who.role >= Role.SUPERVISOR,
-                                      municipality=who.municipality))
+                                      municipality=who.municipality), who, "release")
 
     @r.post("/alerts/{alert_id}/notes", response_model=schemas.Alert, responses=_ALERT_ERRORS,
             tags=["alerts"])
     def note(alert_id: int, body: schemas.Note, who: Operator, conn: Conn) -> schemas.Alert:
         """Write a note on an alert; its status does not change."""
         return _alert(actions.add_note(conn, alert_id, who.username, body.note,
-                                       municipality=who.municipality))
+                                       municipality=who.municipality), who, "note")
 
     @r.get("/silences", response_model=list[schemas.Silence], responses=_ERRORS,
            tags=["silences"])
