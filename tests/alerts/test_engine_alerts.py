@@ -67,3 +67,4 @@ secret_env = "VAGT_TEST_WEBHOOK_SECRET"
     assert b'vagt_queue_alerts{priority="1",queue="emergency",status="open"} 1.0' in metrics
     check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    assert engine.terminate() == 0   # SIGTERM stops the API, the timer and the worker too

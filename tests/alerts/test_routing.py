@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,24 @@ def test_vagt_alerts_route_with_the_built_in_policy_sends_alarms_to_emergency(ca
 def test_vagt_alerts_route_refuses_a_label_without_a_value(capsys):
     assert route_cli("", "rule") == 2
     assert capsys.readouterr().err == "vagt: 'rule' is not a label; write name=value\n"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VAGT_ALERTS": "/nonexistent/alerts.toml"}, "setting 'alerts' (VAGT_ALERTS): "
+                                                  "/nonexistent/alerts.toml is not a file"),
+    ({"VAGT_API_PORT": "70000"}, "setting 'api_port' (VAGT_API_PORT) must be a port"),
+])
+def test_the_alert_settings_of_the_configuration_are_checked(env, message):
+    from vagt.app.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, env=env)
+
+
+def test_the_built_in_policy_file_loads_and_names_its_queues():
+    from vagt.alerts.routing import queues_of
+
+    policy = load_policy(None)
+    assert queues_of(policy.root) == ["emergency", "home_care", "clinical", "logistics",
+                                      "technical"]
+    assert [r.name for r in policy.inhibit] == ["gateway_offline", "offline_device_battery"]
