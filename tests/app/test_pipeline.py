@@ -25,7 +25,7 @@ def make_pipeline(conn: psycopg.Connection) -> Pipeline:
     fleet = Fleet()
     fleet.load(conn)
     return Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
-                    rules=load_rules(None), active_fingerprints=set(), clock=time.time)
+                    rules=load_rules(None), clock=time.time)
 
 
 def msg(device_id: str, channel: str, payload: bytes) -> RawMessage:

@@ -60,3 +60,54 @@ def test_invalid_toml_is_refused_naming_the_file(tmp_path):
     p = write(tmp_path, "[[rule]\n")
     with pytest.raises(RuleConfigError, match=f"{p}: not valid TOML"):
         load_rules(p)
+
+
+def test_every_kind_of_the_default_rules_loads_with_its_filters():
+    rules = {r.name: r for r in load_rules(None)}
+    assert {r.kind for r in rules.values()} == {"threshold", "validity", "stuck", "event",
+                                                "absence", "sequence", "rate", "flapping"}
+    assert rules["spo2_low"].for_s == 600 and rules["spo2_low"].types == ("pulse_oximeter",)
+    assert rules["weight_gain"].window_s == 3 * 86400
+    assert rules["missed_dose"].queue == "home_care"
+
+
+def test_a_bad_duration_is_refused_naming_the_field_and_the_forms_allowed(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "spo2_low"\nkind = "threshold"\nmetric = "spo2"\n'
+                        'below = 90\nfor = "ten minutes"\n')
+    with pytest.raises(RuleConfigError) as e:
+        load_rules(p)
+    assert str(e.value).startswith(f"'for' of rule 'spo2_low' in {p} must be a duration")
+
+
+def test_a_sequence_without_its_window_is_refused(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "dose"\nkind = "sequence"\nfirst = "dose.due"\n'
+                        'then = "dose.taken"\n')
+    with pytest.raises(RuleConfigError, match=r"'within' of rule 'dose' .* must be a duration"):
+        load_rules(p)
+
+
+def test_a_field_of_another_kind_is_refused(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "s"\nkind = "stuck"\nmetric = "spo2"\ncount = 5\n'
+                        'below = 3\n')
+    with pytest.raises(RuleConfigError, match=r"'below' of rule 's' .* is not a field of a "
+                                              r"stuck rule"):
+        load_rules(p)
+
+
+def test_stuck_needs_a_count_of_at_least_two(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "s"\nkind = "stuck"\nmetric = "spo2"\ncount = 1\n')
+    with pytest.raises(RuleConfigError, match=r"'count' of rule 's' .* at least 2, got 1"):
+        load_rules(p)
+
+
+def test_rate_needs_exactly_one_of_rise_and_fall(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "w"\nkind = "rate"\nmetric = "weight"\nwindow = "3d"\n'
+                        'rise = 2\nfall = 2\n')
+    with pytest.raises(RuleConfigError, match=r"'rise' of rule 'w' .* exactly one"):
+        load_rules(p)
+
+
+def test_filters_must_be_lists_of_names(tmp_path):
+    p = write(tmp_path, '[[rule]]\nname = "a"\nkind = "event"\ncodes = "alarm.*"\ntypes = [3]\n')
+    with pytest.raises(RuleConfigError, match=r"'types' of rule 'a' .* list of names"):
+        load_rules(p)

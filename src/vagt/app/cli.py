@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", default=None,
                        help="a rules file or folder (default: the configured rules)")
     check.set_defaults(func=cmd_rules_check)
+    bt = rsub.add_parser("backtest", help="replay stored readings and events through rules "
+                                          "and count the alerts they would open and clear")
+    bt.add_argument("--rules", default=None,
+                    help="a rules file or folder (default: the configured rules)")
+    bt.add_argument("--from", dest="start", required=True,
+                    help="device time to start at: ISO 8601 (UTC unless a zone is given) "
+                         "or epoch seconds")
+    bt.add_argument("--to", dest="end", required=True, help="device time to stop before")
+    bt.add_argument("--database-url", default=None,
+                    help="the database to read (default: the configured one)")
+    bt.add_argument("--batch", type=int, default=5000, help="rows per replayed batch")
+    bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bt.set_defaults(func=cmd_rules_backtest)
 
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
     demo.add_argument("--devices", type=int, default=300)
@@ -162,16 +175,30 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _reload_on_sighup() -> threading.Event:
+    """SIGHUP asks the engine to read its rules again (the lanes go on meanwhile)."""
+    reload = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("event=signal_received signal=SIGHUP note=reloading_rules")
+        reload.set()
+
+    signal.signal(signal.SIGHUP, handle)
+    return reload
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.engine import run_engine
     from vagt.devices.catalogue import CatalogueError
     from vagt.rules import RuleConfigError
 
     stop = _stop_on_signals()
+    reload = _reload_on_sighup()
     try:
         with database_url(config) as url:
             run_engine(dataclasses.replace(
-                config, database=dataclasses.replace(config.database, url=url)), stop)
+                config, database=dataclasses.replace(config.database, url=url)), stop,
+                reload=reload)
     except (RuleConfigError, CatalogueError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
@@ -250,7 +277,57 @@ def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
     for r in rules:
-        print(f"ok  {r.name:<24} {r.kind:<10} queue={r.queue} priority={r.priority}")
+        scope = ",".join(r.types) or "all types"
+        print(f"ok  {r.name:<24} {r.kind:<10} {scope:<32} severity={r.severity} "
+              f"queue={r.queue} priority={r.priority}")
+    return 0
+
+
+def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
+    import orjson
+    import psycopg
+
+    from vagt.app.backtest import parse_time, run_backtest
+    from vagt.devices.catalogue import CatalogueError, load_catalogue
+    from vagt.devices.fleet import Fleet
+    from vagt.rules import RuleConfigError, load_rules
+
+    try:
+        rules = load_rules(args.rules or config.rules or None)
+        catalogue = load_catalogue(config.catalogue or None)
+    except (RuleConfigError, CatalogueError) as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    try:
+        start, end = parse_time(args.start), parse_time(args.end)
+    except ValueError as e:
+        print(f"vagt: --from/--to must be ISO 8601 times or epoch seconds: {e}", file=sys.stderr)
+        return 2
+    if end <= start:
+        print("vagt: --to must be after --from", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("vagt: --batch must be at least 1", file=sys.stderr)
+        return 2
+    url_config = dataclasses.replace(config, database=dataclasses.replace(
+        config.database, url=args.database_url or config.database.url))
+    with database_url(url_config) as url, psycopg.connect(url) as conn:
+        fleet = Fleet(catalogue)
+        fleet.load(conn)
+        result = run_backtest(conn, fleet, rules, start, end, args.batch)
+        conn.rollback()  # a backtest writes nothing
+    rows = result.rows()
+    if args.json:
+        print(orjson.dumps({"from": start, "to": end, "readings": result.readings,
+                            "events": result.events, "batches": result.batches,
+                            "alerts": rows}).decode())
+        return 0
+    print(f"replayed {result.readings} readings and {result.events} events in "
+          f"{result.batches} batches")
+    print(f"{'rule':<24} {'municipality':<16} {'opened':>7} {'cleared':>8} {'open at end':>12}")
+    for row in rows:
+        print(f"{row['rule']!s:<24} {row['municipality']!s:<16} {row['opened']!s:>7} "
+              f"{row['cleared']!s:>8} {row['open_at_end']!s:>12}")
     return 0
 
 

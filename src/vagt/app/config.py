@@ -83,6 +83,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108            # 0 = no metrics endpoint
     rules: str = ""                     # a rules file or folder; "" = the built-in default rules
+    rules_tick_s: float = 15.0          # how often deadlines and the absence sweep are checked
     catalogue: str = ""                 # the approved models (TOML); "" = the built-in catalogue
     data_dir: str = "var"               # embedded database and broker state
     alerts: str = ""                    # the alert policy (TOML); "" = the built-in policy
@@ -105,6 +106,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_METRICS_PORT": ("", "metrics_port"),
     "VAGT_METRICS_HOST": ("", "metrics_host"),
     "VAGT_RULES": ("", "rules"),
+    "VAGT_RULES_TICK_S": ("", "rules_tick_s"),
     "VAGT_CATALOGUE": ("", "catalogue"),
     "VAGT_DATA_DIR": ("", "data_dir"),
     "VAGT_DEVICE_SECRET": ("", "device_secret"),
@@ -182,6 +184,13 @@ def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
+    if kind == "float":
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"setting '{name}' must be a string, got {value!r}")
@@ -217,6 +226,9 @@ def _validate(c: Config) -> None:
             f"setting 'database.url' (VAGT_DATABASE_URL) must start with postgresql://, "
             f"got {redact_url(c.database.url)!r}"
         )
+    if not 0.05 <= c.rules_tick_s <= 3600:
+        raise ConfigError("setting 'rules_tick_s' (VAGT_RULES_TICK_S) must be from 0.05 to "
+                          f"3600 seconds, got {c.rules_tick_s}")
     if not 0 <= c.metrics_port <= 65535:
         raise ConfigError(
             f"setting 'metrics_port' (VAGT_METRICS_PORT) must be a port from 0 to 65535, "

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts.policy import install_policy, load_policy
 from vagt.alerts.service import ApiSettings, alert_services
-from vagt.app import db, store
+from vagt.app import db, rule_queries, store
 from vagt.app.config import Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
@@ -131,6 +131,8 @@ class Lane:
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)
         if outcome.cleared:
             m.alerts_cleared.inc(outcome.cleared)
+        for (vendor, model, metric), n in outcome.bad_readings.items():
+            m.bad_readings.labels(vendor, model, metric).inc(n)
 
 
 def _first_line(e: BaseException) -> str:
@@ -150,8 +152,12 @@ def open_engine_pool(conninfo: str, config: Config) -> ConnectionPool:
 def run_engine(config: Config, stop: threading.Event,
                clock: Callable[[], float] = time.time,
                metrics: EngineMetrics | None = None,
-               on_ready: Callable[[], None] | None = None) -> None:
+               on_ready: Callable[[], None] | None = None,
+               reload: threading.Event | None = None) -> None:
     """Run until `stop` is set. Raises if a lane fails (a bug: the supervisor restarts us).
+
+    Setting `reload` (SIGHUP) reads the rules again; a file that does not load is refused
+    and the running rules stay.
 
     `on_ready` is called once the schema, fleet and rules are loaded, just before the MQTT
     sessions connect (benchmarks time the drain from there).
@@ -171,10 +177,9 @@ def run_engine(config: Config, stop: threading.Event,
         fleet = Fleet(load_catalogue(config.catalogue or None))
         with pool.connection() as conn:
             fleet.load(conn)
-            active = {r[0] for r in conn.execute(
-                "SELECT fingerprint FROM alerts WHERE status <> 'resolved'")}
+            open_alerts = rule_queries.open_rule_alerts(conn)
         pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
-                            fleet=fleet, rules=rules, active_fingerprints=active, clock=clock)
+                            fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
         metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
@@ -186,6 +191,10 @@ def run_engine(config: Config, stop: threading.Event,
         refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                                      name="vagt-fleet-refresh", daemon=True)
         refresher.start()
+        timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event())
+        timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
+                                        daemon=True)
+        timer_thread.start()
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),
@@ -194,6 +203,7 @@ def run_engine(config: Config, stop: threading.Event,
                                 if config.api_port else None):
                 _run_lanes(config, pool, pipeline, metrics, stop)
         finally:
+            timer_thread.join(timeout=10)
             if server is not None:
                 server.shutdown()
     log.info("event=engine_stopped")
@@ -231,6 +241,93 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             session.close()
     if failures:
         raise RuntimeError("an engine lane failed; see the log") from failures[0]
+
+
+class RuleTimer:
+    """The rules' clock: every `rules_tick_s`, deadlines that passed without a message (each
+    process, for its own devices) and, in the one process holding the advisory lock, the
+    fleet-wide absence sweep; each tick in a transaction of its own. Also reloads the rules
+    when asked (SIGHUP), between ticks, while the lanes go on."""
+
+    def __init__(self, config: Config, pool: ConnectionPool, pipeline: Pipeline,
+                 metrics: EngineMetrics, clock: Callable[[], float],
+                 reload: threading.Event) -> None:
+        self.config = config
+        self.pool = pool
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.clock = clock
+        self.reload = reload
+        self._lock_conn: psycopg.Connection | None = None
+        self._holding = False
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if self.reload.is_set():
+                    self.reload.clear()
+                    self.reload_rules()
+                self.tick()
+                deadline = time.monotonic() + self.config.rules_tick_s
+                while not stop.is_set() and not self.reload.is_set() \
+                        and time.monotonic() < deadline:
+                    stop.wait(0.1)
+        finally:
+            if self._lock_conn is not None:
+                self._lock_conn.close()
+
+    def reload_rules(self) -> None:
+        from vagt.rules import RuleConfigError
+
+        try:
+            rules = load_rules(self.config.rules or None)
+        except RuleConfigError as e:
+            log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
+            return
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                changed = self.pipeline.reload_rules(conn, rules)
+        except (psycopg.Error, TimeoutError) as e:
+            log.error("event=rules_reload_failed note=old_rules_stay error=%s", _first_line(e))
+            return
+        log.info("event=rules_reloaded rules=%d changed=%s", len(rules),
+                 ",".join(changed) or "-")
+
+    def tick(self) -> None:
+        try:
+            sweeper = self._hold_sweep_lock()
+            with self.pool.connection(timeout=10) as conn:
+                out = self.pipeline.tick(conn, self.clock(), sweep=sweeper)
+        except (psycopg.Error, TimeoutError) as e:  # the next tick tries again
+            log.warning("event=rules_tick_failed error=%s", _first_line(e))
+            return
+        self.pipeline.after_commit(out)
+        for alert_id, queue in out.opened:
+            self.metrics.alerts_opened.labels(queue).inc()
+            log.info("event=alert_opened alert_id=%d queue=%s by=timer", alert_id, queue)
+        if out.cleared:
+            self.metrics.alerts_cleared.inc(out.cleared)
+
+    def _hold_sweep_lock(self) -> bool:
+        """True while this process holds the sweep lock, on a connection of its own that it
+        keeps: the lock is held while that session lives and handed on when it ends."""
+        c = self._lock_conn
+        if c is not None and not c.closed:
+            try:
+                if self._holding:
+                    c.execute("SELECT 1")
+                    return True
+                self._holding = rule_queries.try_sweep_lock(c)
+            except psycopg.Error:
+                c.close()
+                self._lock_conn, self._holding = None, False
+                raise
+        else:
+            self._lock_conn = psycopg.connect(self.config.database.url, autocommit=True)
+            self._holding = rule_queries.try_sweep_lock(self._lock_conn)
+        if self._holding:
+            log.info("event=absence_sweep_lock_taken")
+        return self._holding
 
 
 FLEET_REFRESH_S = 30.0

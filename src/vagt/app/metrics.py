@@ -56,6 +56,9 @@ class EngineMetrics:
         self.alerts_cleared = Counter("vagt_alerts_auto_resolved",
                                       "Alerts resolved because their condition cleared",
                                       registry=r)
+        self.bad_readings = Counter("vagt_bad_readings",
+                                    "Readings a validity rule judged implausible for the model",
+                                    ["vendor", "model", "metric"], registry=r)
         self.db_errors = Counter("vagt_database_errors",
                                  "Batches whose commit failed and was retried", ["lane"],
                                  registry=r)

@@ -7,8 +7,8 @@ keys, device state and alerts by device time.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,12 +17,12 @@ import pandas as pd
 import psycopg
 
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
-from vagt.app import store
+from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
-from vagt.rules import Rule, evaluate
+from vagt.rules import Batch, Evaluation, Rule, RuleEngine
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -39,9 +39,10 @@ class BatchOutcome:
     dead: list[DeadLetter] = field(default_factory=list)
     opened: list[tuple[int, str]] = field(default_factory=list)   # (alert id, queue)
     cleared: int = 0
+    # bad readings per (vendor, model, metric), as the validity rules judged them
+    bad_readings: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # applied to the in-memory state only after the commit
-    fingerprints_fired: list[str] = field(default_factory=list)
-    fingerprints_cleared: list[str] = field(default_factory=list)
+    evaluations: list[Evaluation] = field(default_factory=list)
     state: StateUpdate = field(default_factory=StateUpdate)
     unknown_devices: list[AlertFiring] = field(default_factory=list)
 
@@ -60,16 +61,16 @@ class Pipeline:
     """The stages wired together. One instance is shared by the engine's lanes."""
 
     def __init__(self, *, topic_root: str, ingest: IngestConfig, fleet: Fleet,
-                 rules: list[Rule], active_fingerprints: set[str],
-                 clock: Callable[[], float]) -> None:
+                 rules: list[Rule], clock: Callable[[], float],
+                 open_alerts: Iterable[tuple[str, str, float]] = ()) -> None:
+        """`open_alerts` (rule, device id, last fired) seeds the rules: an alert open before a
+        restart is still known to be open, so its condition can clear it."""
         self.topic_root = topic_root
         self.ingest = ingest
         self.fleet = fleet
-        self.rules = rules
         self.clock = clock
-        # fingerprints of alerts not yet resolved: only these can be cleared by a rule
-        self._active = active_fingerprints
-        self._active_lock = threading.Lock()
+        self.rules = RuleEngine(rules, fleet, fleet.catalogue)
+        self.rules.seed(open_alerts)
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage]) -> BatchOutcome:
         """Everything the batch causes, written in `conn`'s open transaction (not committed)."""
@@ -100,18 +101,39 @@ class Pipeline:
 
         self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
                              out)
-        firings, clears = evaluate(self.rules, r_device=r.device, r_metric=r_metric,
-                                   r_value=r_value, r_time=r.time, e_device=e.device,
-                                   e_code=e_code, e_time=e.time)
-        self._record_alerts(conn, firings.concat(), clears.concat(), out)
+        msgs = np.flatnonzero(usable)
+        batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
+                      device_of_msg[msgs], msg_time[msgs])
+        ev = self.rules.evaluate(batch, history=lambda m, d, a, b: rule_queries.reading_history(
+            conn, self.fleet, m, d, a, b))
+        self._store_bad_readings(conn, batch, ev, out)
+        self.record(conn, ev, out, out.unknown_devices)
+        return out
+
+    def tick(self, conn: psycopg.Connection, now: float, sweep: bool) -> BatchOutcome:
+        """Deadlines passed without a message (every process, its own devices); with `sweep`,
+        also the fleet-wide absence sweep (the process holding the sweep lock)."""
+        out = BatchOutcome()
+        self.record(conn, self.rules.tick(now), out)
+        if sweep and any(r.kind == "absence" for r in self.rules.rules):
+            names = [r.name for r in self.rules.rules if r.kind == "absence"]
+            opened = rule_queries.open_rule_alerts(conn, names)
+            idx = self.fleet.lookup([d for _, d, _ in opened])
+            open_pairs = [(name, int(i)) for (name, _, _), i in zip(opened, idx) if i >= 0]
+            ev = self.rules.sweep_absence(now, rule_queries.last_seen(conn, self.fleet),
+                                          open_pairs)
+            self.record(conn, ev, out)
         return out
 
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring in-memory state in line with what was just committed."""
-        with self._active_lock:
-            self._active.difference_update(out.fingerprints_cleared)
-            self._active.update(out.fingerprints_fired)
+        for ev in out.evaluations:
+            self.rules.apply(ev)
         self.fleet.apply(out.state)
+
+    def reload_rules(self, conn: psycopg.Connection, rules: list[Rule]) -> list[str]:
+        """New rules in place of the old; unchanged ones keep their state."""
+        return self.rules.reload(rules, rule_queries.open_rule_alerts(conn))
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -201,36 +223,55 @@ class Pipeline:
             gaps[k] = g
         return top, gaps
 
-    def _record_alerts(self, conn: psycopg.Connection,
-                       fired: tuple[I64, I64, F64, F64, F64, Objs, I64],
-                       cleared: tuple[I64, I64, F64], out: BatchOutcome) -> None:
-        alert_firings = self._to_alert_firings(fired) + out.unknown_devices
-        out.opened = record_firings(conn, alert_firings)
-        out.fingerprints_fired = [f.fingerprint for f in alert_firings]
-        fps, times = [], []
-        with self._active_lock:
-            for r, d, t in zip(*(c.tolist() for c in cleared)):
-                fp = fingerprint(self.rules[r].name, self.fleet.ids[d])
-                if fp in self._active:
-                    fps.append(fp)
-                    times.append(t)
-        if fps:
-            out.cleared = len(clear_alerts(conn, fps, times))
-            out.fingerprints_cleared = fps
+    def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
+               extra: Sequence[AlertFiring] = ()) -> None:
+        """An evaluation's fires and clears into the alert queue, round by round: a device's
+        second transition in a batch goes in only after its first."""
+        out.evaluations.append(ev)
+        fr = ev.transitions.fires()
+        cr, cd, ct, co = ev.transitions.clears()
+        rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
+        for k in rounds:
+            sel = fr[7] == k
+            firings = self._to_alert_firings(ev.rules, tuple(c[sel] for c in fr[:7]))
+            if k == rounds[0]:
+                firings += list(extra)
+            out.opened += record_firings(conn, firings)
+            c = co == k
+            if c.any():
+                fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d])
+                       for r, d in zip(cr[c].tolist(), cd[c].tolist())]
+                out.cleared += len(clear_alerts(conn, fps, ct[c].tolist()))
 
-    def _to_alert_firings(self, cols: tuple[I64, I64, F64, F64, F64, Objs, I64]
+    def _store_bad_readings(self, conn: psycopg.Connection, b: Batch, ev: Evaluation,
+                            out: BatchOutcome) -> None:
+        rows = np.flatnonzero(ev.bad)
+        if len(rows) == 0:
+            return
+        f = self.fleet
+        devs = b.r_device[rows].tolist()
+        vendor, model = [f.vendor[d] for d in devs], [f.model[d] for d in devs]
+        metric = b.r_metric[rows].tolist()
+        rule_queries.insert_bad_readings(conn, [f.ids[d] for d in devs], metric,
+                                         b.r_time[rows].tolist(), b.r_value[rows].tolist(),
+                                         vendor, model)
+        out.bad_readings.update(zip(vendor, model, metric))
+
+    def _to_alert_firings(self, rules: list[Rule], cols: tuple[npt.NDArray[np.generic], ...]
                           ) -> list[AlertFiring]:
         result = []
         f = self.fleet
         for r, d, t0, t1, v, c, k in zip(*(col.tolist() for col in cols)):
-            rule = self.rules[r]
+            rule = rules[r]
             device_id = f.ids[d]
-            summary = rule.summary.format(device_id=device_id, code=c, metric=rule.metric,
+            metric = c if rule.kind == "validity" else rule.metric
+            summary = rule.summary.format(device_id=device_id, code=c, metric=metric,
                                           value=v)
+            what = {"metric": metric} if rule.uses_readings else {"code": c}
             labels = {"rule": rule.name, "device_id": device_id,
                       "municipality": f.municipality[d], "type": f.type[d],
-                      "vendor": f.vendor[d], "model": f.model[d],
-                      **({"code": c} if c else {"metric": rule.metric}), **rule.labels}
+                      "vendor": f.vendor[d], "model": f.model[d], "severity": rule.severity,
+                      **what, **rule.labels}
             result.append(AlertFiring(rule.name, device_id, summary, rule.severity,
                                       rule.priority, rule.queue, t0, t1, k, labels))
         return result

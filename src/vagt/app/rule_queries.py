@@ -1,0 +1,84 @@
+"""The SQL the rules need, in small named functions: stored history for rate rules, bad
+readings, open alerts to seed rule state, the fleet's last-seen times and the sweep's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from vagt.devices.fleet import Fleet
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# pg_try_advisory_lock key of the absence sweep: "vagt" "swp" in ASCII, one holder at a time
+SWEEP_LOCK_KEY = 0x76616774_737770
+
+
+def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices: I64,
+                    since: float, until: float) -> tuple[I64, F64, F64]:
+    """Stored readings of `metric` of these devices in [since, until), bad ones left out."""
+    ids = [fleet.ids[int(d)] for d in devices]
+    rows = conn.execute(
+        "SELECT r.device_id, extract(epoch FROM r.time)::float8, r.value FROM readings r "
+        "WHERE r.device_id = ANY(%s) AND r.metric = %s "
+        "AND r.time >= to_timestamp(%s) AND r.time < to_timestamp(%s) "
+        "AND NOT EXISTS (SELECT 1 FROM bad_readings b WHERE b.device_id = r.device_id "
+        "AND b.metric = r.metric AND b.time = r.time)",
+        (ids, metric, since, until)).fetchall()
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+    idx = fleet.lookup([str(r[0]) for r in rows])
+    t = np.array([r[1] for r in rows], dtype=np.float64)
+    v = np.array([r[2] for r in rows], dtype=np.float64)
+    ok = idx >= 0
+    return idx[ok], t[ok], v[ok]
+
+
+def insert_bad_readings(conn: psycopg.Connection, device_id: Sequence[str],
+                        metric: Sequence[str], time: Sequence[float], value: Sequence[float],
+                        vendor: Sequence[str], model: Sequence[str]) -> None:
+    if not device_id:
+        return
+    conn.execute(
+        "INSERT INTO bad_readings (time, device_id, metric, value, vendor, model) "
+        "SELECT to_timestamp(t), d, m, v, ve, mo FROM unnest(%s::float8[], %s::text[], "
+        "%s::text[], %s::float8[], %s::text[], %s::text[]) AS x(t, d, m, v, ve, mo) "
+        "ON CONFLICT DO NOTHING",
+        (list(time), list(device_id), list(metric), list(value), list(vendor), list(model)))
+
+
+def open_rule_alerts(conn: psycopg.Connection,
+                     rules: Sequence[str] | None = None) -> list[tuple[str, str, float]]:
+    """(rule, device id, last fired) of the alerts not resolved, optionally of some rules."""
+    sql = ("SELECT rule, device_id, extract(epoch FROM last_fired_at)::float8 FROM alerts "
+           "WHERE status <> 'resolved' AND device_id IS NOT NULL")
+    params: tuple[object, ...] = ()
+    if rules is not None:
+        sql += " AND rule = ANY(%s)"
+        params = (list(rules),)
+    return [(str(r), str(d), float(t)) for r, d, t in conn.execute(sql, params).fetchall()]
+
+
+def last_seen(conn: psycopg.Connection, fleet: Fleet) -> F64:
+    """Per device index, the device time of its latest message as committed by any engine."""
+    rows = conn.execute("SELECT device_id, extract(epoch FROM last_seen)::float8 FROM devices "
+                        "WHERE last_seen IS NOT NULL").fetchall()
+    seen = np.full(len(fleet), np.nan)
+    if rows:
+        idx = fleet.lookup([str(r[0]) for r in rows])
+        t = np.array([r[1] for r in rows], dtype=np.float64)
+        ok = (idx >= 0) & (idx < len(seen))
+        seen[idx[ok]] = t[ok]
+    return seen
+
+
+def try_sweep_lock(conn: psycopg.Connection) -> bool:
+    """Take the sweep's session lock on this connection if nobody holds it (kept until the
+    connection closes, so a process that dies hands the sweep to another)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,270 @@
+"""The rule engine: rules with their per-device state, evaluated over batches and timer ticks.
+
+One engine is shared by the lanes of a process (and by a backtest, which replays history
+through the same code). Evaluation returns transitions and staged state; the caller applies
+the state with `apply()` once what the transitions caused has been committed.
+
+What is kept in memory only, and why that is safe (restart or reload of a changed rule):
+- whether an alert is open: seeded from the alert queue at start (`seed`), so a clearing
+  value after a restart still clears;
+- `for` timers, stuck-value runs, implausible runs, flapping counts, a dispenser's pending
+  dose: they start again. An alert then opens later than it would have (a `for` restarts),
+  never falsely; a dose due before the restart is caught only if its device sends again;
+- rate-of-change memory: rebuilt from the stored readings when it does not reach back.
+
+The alarm and bulk lanes evaluate under one lock (CPU only, short) and apply after their own
+commits; if both touched the same rule and device meanwhile, the state with the later device
+time is kept (`Update.apply`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from vagt.devices.catalogue import Catalogue
+from vagt.rules._columns import F64, Bools, Transitions
+from vagt.rules.config import Rule
+from vagt.rules.kinds import (
+    absence,
+    event,
+    flapping,
+    rate,
+    sequence,
+    stuck,
+    threshold,
+    validity,
+)
+from vagt.rules.state import Batch, Context, FleetView, HistorySource, RuleState, Update
+
+_EVALUATE = {
+    "threshold": threshold.evaluate, "stuck": stuck.evaluate, "event": event.evaluate,
+    "absence": absence.evaluate, "sequence": sequence.evaluate, "rate": rate.evaluate,
+    "flapping": flapping.evaluate,
+}
+_TICK = {"event": event.tick, "sequence": sequence.tick, "flapping": flapping.tick}
+
+
+@dataclass
+class Evaluation:
+    """What a batch (or a tick) did: alert transitions, bad readings, staged state."""
+
+    rules: list[Rule]
+    transitions: Transitions = field(default_factory=Transitions)
+    bad: Bools = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    updates: list[Update] = field(default_factory=list)
+
+
+class RuleEngine:
+    def __init__(self, rules: list[Rule], fleet: FleetView, catalogue: Catalogue | None = None,
+                 history: HistorySource | None = None) -> None:
+        self.fleet = fleet
+        self.catalogue = catalogue
+        self.history = history
+        self.lock = threading.Lock()
+        self._rules = list(rules)
+        self._states: dict[str, RuleState] = {r.name: RuleState() for r in rules}
+        self._applies: dict[str, Bools] = {}
+        self._ranges: dict[str, tuple[F64, F64]] = {}
+        self._heartbeat = np.empty(0)
+        self._n = 0
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self._rules
+
+    # -- batches and ticks --------------------------------------------------------------------
+
+    def evaluate(self, b: Batch, history: HistorySource | None = None) -> Evaluation:
+        """Every rule over one batch. Nothing changes until `apply()`.
+
+        `history` answers rate rules whose memory does not reach back (else `self.history`).
+        """
+        with self.lock:
+            rules, n = self._rules, self._sync()
+            ev = Evaluation(rules, bad=np.zeros(len(b.r_device), dtype=bool))
+            latest = np.full(n, -np.inf)
+            if len(b.m_device):
+                np.maximum.at(latest, b.m_device, b.m_time)
+            if len(b.r_device):
+                np.maximum.at(latest, b.r_device, b.r_time)
+            if len(b.e_device):
+                np.maximum.at(latest, b.e_device, b.e_time)
+            ctx = self._context(None, n, latest, ev)
+            if history is not None:
+                ctx.history = history
+            marked = []
+            for i, rule in enumerate(rules):
+                if rule.kind == "validity":
+                    ctx.applies = self._applies[rule.name]
+                    checked, bad = validity.mark(rule, ctx, b)
+                    ev.bad |= bad
+                    marked.append((i, rule, checked, bad))
+            ctx.bad = ev.bad
+            for i, rule, checked, bad in marked:
+                ctx.applies = self._applies[rule.name]
+                validity.evaluate(i, rule, self._states[rule.name], ctx, b, checked, bad,
+                                  ev.transitions)
+            for i, rule in enumerate(rules):
+                fn = _EVALUATE.get(rule.kind)
+                if fn is not None:
+                    ctx.applies = self._applies[rule.name]
+                    fn(i, rule, self._states[rule.name], ctx, b, ev.transitions)
+            return ev
+
+    def tick(self, now: float) -> Evaluation:
+        """Deadlines that pass without a message: missed doses, event timeouts, quiet flaps.
+
+        Every process ticks its own state (its devices' messages reach it alone).
+        """
+        with self.lock:
+            rules, n = self._rules, self._sync()
+            ev = Evaluation(rules)
+            ctx = self._context(None, n, np.full(0, -np.inf), ev)
+            for i, rule in enumerate(rules):
+                fn = _TICK.get(rule.kind)
+                if fn is not None:
+                    ctx.applies = self._applies[rule.name]
+                    fn(i, rule, self._states[rule.name], ctx, now, ev.transitions)
+            return ev
+
+    def sweep_absence(self, now: float, last_seen: F64,
+                      open_alerts: Iterable[tuple[str, int]]) -> Evaluation:
+        """The fleet-wide absence sweep (one process at a time runs it).
+
+        `last_seen` per device index (NaN: never heard), as committed by every process;
+        `open_alerts` the (rule, device index) of absence alerts open in the queue.
+        """
+        with self.lock:
+            rules, n = self._rules, self._sync()
+            ev = Evaluation(rules)
+            ctx = self._context(None, n, np.full(0, -np.inf), ev)
+            seen = np.full(n, np.nan)
+            seen[:min(n, len(last_seen))] = last_seen[:n]
+            open_by_rule: dict[str, list[int]] = {}
+            for name, d in open_alerts:
+                open_by_rule.setdefault(name, []).append(d)
+            deployed = np.asarray(self.fleet.status[:n], dtype=object) == "deployed"
+            for i, rule in enumerate(rules):
+                if rule.kind != "absence":
+                    continue
+                is_open = np.zeros(n, dtype=bool)
+                is_open[[d for d in open_by_rule.get(rule.name, []) if 0 <= d < n]] = True
+                ctx.applies = self._applies[rule.name]
+                absence.sweep(i, rule, self._states[rule.name], ctx, now, seen,
+                              self._heartbeat, deployed, is_open, ev.transitions)
+            return ev
+
+    def apply(self, ev: Evaluation) -> None:
+        """Make an evaluation's state changes real (after its transaction committed)."""
+        with self.lock:
+            for u in ev.updates:
+                u.apply()
+
+    # -- state across restarts and reloads ----------------------------------------------------
+
+    def seed(self, open_alerts: Iterable[tuple[str, str, float]]) -> None:
+        """Mark the alerts open in the queue as open in the rules' state: (rule, device, last
+        fired, device time). Restarted timers begin from nothing; open alerts can still clear."""
+        with self.lock:
+            n = self._sync()
+            by_rule: dict[str, tuple[list[str], list[float]]] = {}
+            for name, device_id, fired in open_alerts:
+                ids, times = by_rule.setdefault(name, ([], []))
+                ids.append(device_id)
+                times.append(fired)
+            known = {r.name: r for r in self._rules}
+            lookup = pd.Index(self.fleet.ids[:n])
+            for name, (ids, times) in by_rule.items():
+                if name not in known or known[name].kind == "validity" and \
+                        known[name].alert_after <= 0:
+                    continue
+                idx = np.asarray(lookup.get_indexer(ids), dtype=np.int64)
+                ok = idx >= 0
+                rows, last = idx[ok], np.asarray(times, dtype=np.float64)[ok]
+                st = self._states[name]
+                st.flag("active", n)
+                st.put("active", rows, np.ones(len(rows), dtype=bool))
+                st.f64("last_fire", n, -np.inf)
+                st.put("last_fire", rows, last)
+                st.f64("fired_at", n, -np.inf)
+                st.put("fired_at", rows, last)
+                if known[name].kind == "flapping":  # quiet is measured from the last flap
+                    st.f64("last_t", n, -np.inf)
+                    st.put("last_t", rows, last)
+
+    def reload(self, rules: list[Rule], open_alerts: Iterable[tuple[str, str, float]]) -> list[str]:
+        """Swap in new rules. A rule whose definition is unchanged keeps its state; a new or
+        changed one starts fresh, seeded from the open alerts. Returns the names that changed."""
+        with self.lock:
+            old = {r.name: r for r in self._rules}
+            states: dict[str, RuleState] = {}
+            changed = []
+            for r in rules:
+                prev = old.get(r.name)
+                if prev is not None and prev.definition == r.definition:
+                    states[r.name] = self._states[r.name]
+                else:
+                    states[r.name] = RuleState()
+                    changed.append(r.name)
+                    self._applies.pop(r.name, None)
+            changed += [name for name in old if name not in states]
+            self._rules, self._states = list(rules), states
+            self._n = 0  # recompute applicability for new rules
+        fresh_names = set(changed)
+        self.seed(a for a in open_alerts if a[0] in fresh_names)
+        return changed
+
+    # -- fleet-derived columns ----------------------------------------------------------------
+
+    def _context(self, applies: Bools | None, n: int, latest: F64, ev: Evaluation) -> Context:
+        return Context(n=n, applies=applies if applies is not None else np.zeros(n, bool),
+                       ranges=self._ranges, latest_seen=latest, history=self.history,
+                       updates=ev.updates, bad=ev.bad)
+
+    def _sync(self) -> int:
+        """Applicability, plausible ranges and heartbeats for devices added since last time."""
+        f = self.fleet
+        n = len(f)
+        if n == self._n and all(r.name in self._applies for r in self._rules):
+            return n
+        types = np.asarray(f.type[:n], dtype=object)
+        models = np.asarray(f.model[:n], dtype=object)
+        full = np.asarray([f"{v} {m}" for v, m in zip(f.vendor[:n], f.model[:n])], dtype=object)
+        munis = np.asarray(f.municipality[:n], dtype=object)
+        for r in self._rules:
+            mask = np.ones(n, dtype=bool)
+            if r.types:
+                mask &= np.isin(types, list(r.types))
+            if r.models:
+                mask &= np.isin(models, list(r.models)) | np.isin(full, list(r.models))
+            if r.municipalities:
+                mask &= np.isin(munis, list(r.municipalities))
+            self._applies[r.name] = mask
+        self._catalogue_columns(n)
+        self._n = n
+        return n
+
+    def _catalogue_columns(self, n: int) -> None:
+        f = self.fleet
+        self._heartbeat = np.full(n, np.nan)
+        ranges: dict[str, tuple[F64, F64]] = {}
+        if self.catalogue is not None and n:
+            codes, uniques = pd.factorize(pd.Series(
+                [f"{v}\0{m}" for v, m in zip(f.vendor[:n], f.model[:n])]))
+            for k, key in enumerate(uniques.tolist()):
+                vendor, model = str(key).split("\0", 1)
+                m = self.catalogue.get(vendor, model)
+                if m is None:
+                    continue
+                rows = codes == k
+                self._heartbeat[rows] = m.heartbeat_s
+                for metric, rng in m.metrics.items():
+                    lo, hi = ranges.setdefault(metric, (np.full(n, np.nan), np.full(n, np.nan)))
+                    lo[rows], hi[rows] = rng.low, rng.high
+        self._ranges.clear()
+        self._ranges.update(ranges)

@@ -1,0 +1,66 @@
+"""absence: nothing heard from a device for `factor` x its model's heartbeat (or `after`).
+
+Whether a device is silent is decided by a sweep over the whole fleet's `last_seen`, run by
+one engine process at a time (whoever holds the advisory lock), since a device's messages
+may reach any process. The sweep fires and clears; a process that sees the device speak
+again clears at once, without waiting for the next sweep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vagt.rules._columns import F64, Bools, Transitions
+from vagt.rules.config import Rule
+from vagt.rules.state import Batch, Context, RuleState
+
+
+def limit(rule: Rule, heartbeat_s: F64) -> F64:
+    """Seconds of silence after which each device is absent (NaN: unknown heartbeat)."""
+    if rule.after_s is not None:
+        return np.full(len(heartbeat_s), rule.after_s)
+    return heartbeat_s * rule.factor
+
+
+def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
+             out: Transitions) -> None:
+    """Clear the absence of devices this process believes absent that spoke in the batch."""
+    active, since = st.flag("active", ctx.n), st.f64("silent_since", ctx.n, -np.inf)
+    if len(b.m_device) == 0 or not active.any():
+        return
+    devs = np.unique(b.m_device)
+    heard = devs[active[devs] & (ctx.latest_seen[devs] > since[devs])]
+    if len(heard) == 0:
+        return
+    fired_at = st.f64("fired_at", ctx.n, -np.inf)
+    at = np.maximum(ctx.latest_seen[heard], fired_at[heard])  # never before it fired
+    out.add_clears(i, heard, at, np.zeros(len(heard), dtype=np.int64))
+    ctx.stage(st, heard, active=np.zeros(len(heard), dtype=bool))
+
+
+def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen: F64,
+          heartbeat_s: F64, deployed: Bools, open_now: Bools, out: Transitions) -> None:
+    """Fire for devices silent past their limit that have no open alert; clear the others.
+
+    `open_now` is per device whether an absence alert of this rule is open (from the alert
+    queue, so it is right whichever process opened it). A device never heard is not absent:
+    it may be on a shelf.
+    """
+    n = len(last_seen)
+    lim = limit(rule, heartbeat_s[:n])
+    with np.errstate(invalid="ignore"):
+        silent = ctx.applies[:n] & deployed[:n] & (now - last_seen > lim)
+    fire = np.flatnonzero(silent & ~open_now[:n]).astype(np.int64)
+    clear = np.flatnonzero(~silent & open_now[:n]).astype(np.int64)
+    zeros = np.zeros(len(fire), dtype=np.int64)
+    at = last_seen[fire] + lim[fire]
+    out.add_fires(i, fire, at, at, np.full(len(fire), np.nan),
+                  np.full(len(fire), "", dtype=object), zeros + 1, zeros)
+    clear_at = np.maximum(np.full(len(clear), now), last_seen[clear])
+    out.add_clears(i, clear, clear_at, np.zeros(len(clear), dtype=np.int64))
+    st.flag("active", ctx.n)
+    st.f64("silent_since", ctx.n, -np.inf)
+    st.f64("fired_at", ctx.n, -np.inf)
+    ctx.stage(st, fire, active=np.ones(len(fire), dtype=bool), silent_since=last_seen[fire],
+              fired_at=at)
+    ctx.stage(st, clear, active=np.zeros(len(clear), dtype=bool))

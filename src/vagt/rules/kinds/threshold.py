@@ -1,0 +1,49 @@
+"""threshold: a metric past a level, held for `for` (device time, across batches), cleared
+past the hysteresis level `clear_at`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vagt.rules._columns import Groups, Transitions, emit, latch, sort_rows
+from vagt.rules.config import Rule
+from vagt.rules.state import Batch, Context, RuleState, fresh, reading_rows
+
+
+def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
+             out: Transitions) -> None:
+    rows = reading_rows(ctx, b, [rule.metric])
+    if len(rows) == 0:
+        return
+    d, t, v = b.r_device[rows], b.r_time[rows], b.r_value[rows]
+    order = sort_rows(d, t)
+    d, t, v = d[order], t[order], v[order]
+    last_t, run_start = st.f64("last_t", ctx.n, -np.inf), st.f64("run_start", ctx.n)
+    active = st.flag("active", ctx.n)
+    keep = fresh(d, t, last_t)
+    d, t, v = d[keep], t[keep], v[keep]
+    if len(d) == 0:
+        return
+    g = Groups.of(d)
+    if rule.below is not None:
+        past = v < rule.below
+        reset = v >= (rule.clear_at if rule.clear_at is not None else rule.below)
+    else:
+        assert rule.above is not None
+        past = v > rule.above
+        reset = v <= (rule.clear_at if rule.clear_at is not None else rule.above)
+    reset &= ~past
+    # the start of each row's run of rows past the level; a run open before the batch goes on
+    idx = np.arange(len(d), dtype=np.int64)
+    prev_past = g.previous(past, ~np.isnan(run_start[d]))
+    begins = past & ~prev_past
+    last_begin = np.maximum.accumulate(np.where(begins, idx, -1))
+    from_state = last_begin < g.start_of_row
+    began = np.where(from_state, run_start[d], t[np.maximum(last_begin, 0)])
+    set_ = past & (t - began >= rule.for_s)
+    initial = active[d]
+    state = latch(g, set_, reset, initial)
+    emit(out, i, g, t, state, initial, past, v, np.full(len(d), "", dtype=object))
+    e = g.ends
+    ctx.stage(st, d[e], last_t=t[e], run_start=np.where(past[e], began[e], np.nan),
+              active=state[e])

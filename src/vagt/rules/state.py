@@ -1,0 +1,189 @@
+"""What a rule kind sees and keeps: the batch as columns, the fleet, and per-device state in
+numpy arrays indexed by the dense device index.
+
+State changes are staged (`Update`) and applied only after the batch's transaction commits,
+so a batch that fails and is retried is evaluated against the same state again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from vagt.rules._columns import F64, I64, Bools, Obj
+
+# (metric, device indexes, since, until) -> rows (device, time, value): stored readings of
+# those devices in [since, until), sorted or not. The application answers it from SQL.
+HistorySource = Callable[[str, I64, float, float], tuple[I64, F64, F64]]
+
+
+class FleetView(Protocol):
+    """What rules read of the fleet: per dense device index, in the same order as `ids`."""
+
+    ids: list[str]
+    vendor: list[str]
+    model: list[str]
+    type: list[str]
+    municipality: list[str]
+    status: list[str]
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Batch:
+    """The rows a batch brought, with their dense device index; times are device time."""
+
+    r_device: I64
+    r_metric: Obj
+    r_value: F64
+    r_time: F64
+    e_device: I64
+    e_code: Obj
+    e_time: F64
+    # every usable message: its device and its latest device time (status-only ones too)
+    m_device: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    m_time: F64 = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+
+    @cached_property
+    def rows_by_metric(self) -> dict[str, I64]:
+        """Reading rows per metric: hashed once per batch, not compared once per rule."""
+        if len(self.r_metric) == 0:
+            return {}
+        codes, uniques = pd.factorize(self.r_metric)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        return {str(m): order[bounds[k]:bounds[k + 1]].astype(np.int64)
+                for k, m in enumerate(uniques.tolist())}
+
+    @cached_property
+    def event_codes(self) -> tuple[npt.NDArray[np.intp], list[str]]:
+        """Per event row the index of its code in a list of the batch's distinct codes."""
+        if len(self.e_code) == 0:
+            return np.empty(0, dtype=np.intp), []
+        codes, uniques = pd.factorize(self.e_code)
+        return np.asarray(codes, dtype=np.intp), [str(c) for c in uniques.tolist()]
+
+    def code_mask(self, patterns: Sequence[str]) -> Bools:
+        """Which event rows have a code matching any of the glob patterns."""
+        codes, uniques = self.event_codes
+        if not patterns or not uniques:
+            return np.zeros(len(self.e_code), dtype=bool)
+        hit = np.array([any(fnmatch.fnmatchcase(c, p) for p in patterns) for c in uniques],
+                       dtype=bool)
+        return hit[codes]
+
+    @classmethod
+    def empty(cls) -> Batch:
+        i, f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        o = np.empty(0, dtype=object)
+        return cls(i, o, f, f, i, o, f, i, f)
+
+
+class RuleState:
+    """Named per-device arrays of one rule; rows grow with the fleet."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, npt.NDArray[np.generic]] = {}
+        self._fills: dict[str, tuple[object, npt.DTypeLike, int]] = {}
+
+    def array(self, name: str, n: int, fill: object, dtype: npt.DTypeLike,
+              width: int = 0) -> npt.NDArray[np.generic]:
+        """The array `name` with at least `n` rows (`width` columns if > 0)."""
+        a = self._arrays.get(name)
+        if a is None or len(a) < n:
+            shape = (n, width) if width else (n,)
+            grown = np.full(shape, fill, dtype=dtype)
+            if a is not None:
+                grown[:len(a)] = a
+            self._arrays[name] = a = grown
+            self._fills[name] = (fill, dtype, width)
+        return a
+
+    def f64(self, name: str, n: int, fill: float = np.nan, width: int = 0) -> F64:
+        return self.array(name, n, fill, np.float64, width)  # type: ignore[return-value]
+
+    def i64(self, name: str, n: int, fill: int = 0) -> I64:
+        return self.array(name, n, fill, np.int64)  # type: ignore[return-value]
+
+    def flag(self, name: str, n: int) -> Bools:
+        return self.array(name, n, False, np.bool_)  # type: ignore[return-value]
+
+    def put(self, name: str, rows: I64, values: npt.NDArray[np.generic]) -> None:
+        a = self._arrays[name]
+        need = int(rows.max()) + 1 if len(rows) else 0
+        if need > len(a):
+            fill, dtype, width = self._fills[name]
+            a = self.array(name, need, fill, dtype, width)
+        a[rows] = values
+
+
+@dataclass
+class Update:
+    """New values for some devices' state of one rule, applied after the commit."""
+
+    state: RuleState
+    rows: I64
+    values: dict[str, npt.NDArray[np.generic]]
+
+    def apply(self) -> None:
+        """Write the values; where the state has seen a later device time meanwhile (the
+        other lane committed a batch of the same device first), the later state stays."""
+        rows, values = self.rows, self.values
+        if "last_t" in values and "last_t" in self.state._arrays:
+            new_t = np.asarray(values["last_t"], dtype=np.float64)
+            current = np.asarray(self.state._arrays["last_t"], dtype=np.float64)
+            inside = rows < len(current)
+            keep = ~inside | (new_t >= current[np.where(inside, rows, 0)])
+            if not keep.all():
+                rows = rows[keep]
+                values = {k: v[keep] for k, v in values.items()}
+        for name, v in values.items():
+            self.state.put(name, rows, v)
+
+
+@dataclass
+class Context:
+    """What a kind needs besides its rule, its state and the batch."""
+
+    n: int                     # devices in the fleet
+    applies: Bools             # per device: the rule's filters match it
+    ranges: dict[str, tuple[F64, F64]]   # metric -> plausible (low, high) per device
+    latest_seen: F64           # per device: the latest device time in this batch (-inf: none)
+    history: HistorySource | None
+    updates: list[Update]
+    bad: Bools                 # per reading row: implausible (validity marked it)
+
+    def stage(self, state: RuleState, rows: I64, **values: npt.NDArray[np.generic]) -> None:
+        if len(rows):
+            self.updates.append(Update(state, rows, values))
+
+
+def reading_rows(ctx: Context, b: Batch, metrics: Sequence[str]) -> I64:
+    """Indexes of the batch's readings of `metrics` on devices the rule applies to, not bad."""
+    by_metric = b.rows_by_metric
+    parts = [by_metric[m] for m in metrics if m in by_metric]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+    keep = ctx.applies[b.r_device[rows]] & ~ctx.bad[rows]
+    return rows[keep]
+
+
+def fresh(dev: I64, time: F64, last_t: F64, dedupe: bool = True) -> Bools:
+    """Rows newer than what the rule already saw of their device (sorted by device, time).
+
+    An older row must not flip the state; a row repeated within the batch counts once.
+    """
+    keep = time > last_t[dev]
+    if dedupe and len(dev) > 1:
+        dup = np.r_[False, (dev[1:] == dev[:-1]) & (time[1:] == time[:-1])]
+        keep &= ~dup
+    return keep

@@ -1,0 +1,43 @@
+"""Implausible readings: stored as they came, marked bad per model, counted, not alerted on."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from tests.app.conftest import DEVICES, query, register, telemetry
+
+from vagt.app import store
+from vagt.app.config import IngestConfig
+from vagt.app.pipeline import Pipeline
+from vagt.devices.fleet import Fleet
+from vagt.ingest.model import RawMessage
+from vagt.rules import load_rules
+
+ROOT = "vagt/v1"
+T0 = time.time() - 3600
+
+
+def test_an_implausible_spo2_is_kept_marked_bad_counted_per_model_and_not_alerted(
+        database_url):
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        fleet = Fleet()
+        fleet.load(conn)
+        p = Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
+                     rules=load_rules(None), clock=time.time)
+        counted = []
+        for k in range(3):  # 50 % for 20 minutes: spo2_low would fire if it were believed
+            t = T0 + 600 * k
+            out = p.process(conn, [RawMessage(f"{ROOT}/dev/OXI-0001/telemetry",
+                                              telemetry("OXI-0001", t, spo2=50, pulse=70),
+                                              time.time())])
+            conn.commit()
+            p.after_commit(out)
+            counted.append(dict(out.bad_readings))
+    assert counted[0] == {("Nonin", "3230", "spo2"): 1}
+    assert query(database_url, "SELECT count(*) FROM readings WHERE metric = 'spo2'") == [(3,)]
+    assert query(database_url, "SELECT vendor, model, metric, count(*) FROM bad_readings "
+                               "GROUP BY 1, 2, 3") == [("Nonin", "3230", "spo2", 3)]
+    assert query(database_url, "SELECT rule FROM alerts") == []

@@ -1,0 +1,88 @@
+"""A rule engine over a small fleet, batches written as tuples, and the alert book it drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vagt.devices.catalogue import load_catalogue
+from vagt.rules import Batch, Evaluation, RuleEngine, load_rules
+from vagt.rules.book import AlertBook
+
+# index: (device_id, vendor, model, type, municipality)
+DEVICES = [
+    ("OXI-1", "Nonin", "3230", "pulse_oximeter", "Aarhus"),
+    ("OXI-2", "Nonin", "3230", "pulse_oximeter", "Samsø"),
+    ("DSP-1", "Evondos", "E300", "medicine_dispenser", "Randers"),
+    ("SCL-1", "Withings", "Body+", "scale", "Viborg"),
+    ("GW-1", "Telit", "HomeHub 4G", "gateway", "Aarhus"),
+]
+
+
+@dataclass
+class SmallFleet:
+    ids: list[str] = field(default_factory=list)
+    vendor: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    municipality: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, device_id: str, vendor: str, model: str, type_: str, muni: str) -> None:
+        for col, v in ((self.ids, device_id), (self.vendor, vendor), (self.model, model),
+                       (self.type, type_), (self.municipality, muni), (self.status, "deployed")):
+            col.append(v)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, toml: str, history=None) -> None:
+        p = tmp_path / "rules.toml"
+        p.write_text(toml)
+        self.fleet = SmallFleet()
+        for d in DEVICES:
+            self.fleet.add(*d)
+        self.engine = RuleEngine(load_rules(p), self.fleet, load_catalogue(), history)
+        self.book = AlertBook()
+        self.last: Evaluation | None = None
+
+    def batch(self, readings=(), events=(), seen=()) -> Evaluation:
+        r, e, s = list(readings), list(events), list(seen)
+        b = Batch(
+            r_device=np.array([x[0] for x in r], dtype=np.int64),
+            r_metric=np.array([x[1] for x in r], dtype=object),
+            r_value=np.array([x[2] for x in r], dtype=np.float64),
+            r_time=np.array([x[3] for x in r], dtype=np.float64),
+            e_device=np.array([x[0] for x in e], dtype=np.int64),
+            e_code=np.array([x[1] for x in e], dtype=object),
+            e_time=np.array([x[2] for x in e], dtype=np.float64),
+            m_device=np.array([x[0] for x in s], dtype=np.int64),
+            m_time=np.array([x[1] for x in s], dtype=np.float64),
+        )
+        return self._take(self.engine.evaluate(b))
+
+    def tick(self, now: float) -> Evaluation:
+        return self._take(self.engine.tick(now))
+
+    def sweep(self, now: float, last_seen: list[float]) -> Evaluation:
+        open_ = [(name, d) for (name, d) in self.book.open_]
+        return self._take(self.engine.sweep_absence(now, np.array(last_seen), open_))
+
+    def _take(self, ev: Evaluation) -> Evaluation:
+        self.book.record(ev)
+        self.engine.apply(ev)
+        self.last = ev
+        return ev
+
+    def open(self) -> set[tuple[str, int]]:
+        return set(self.book.open_)
+
+    def opened(self, rule: str, device: int) -> int:
+        return self.book.opened[(rule, device)]
+
+    def cleared(self, rule: str, device: int) -> int:
+        return self.book.cleared[(rule, device)]

@@ -1,0 +1,265 @@
+"""validity, stuck, event, absence, sequence, rate and flapping: each fires and clears, with
+their edges (first message, out-of-order, spans of batches, timers)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.rules.harness import Harness
+
+DAY = 86400.0
+
+
+# -- validity ---------------------------------------------------------------------------------
+
+VALIDITY = '[[rule]]\nname = "implausible"\nkind = "validity"\nalert_after = 3\n'
+
+
+def test_implausible_values_are_marked_bad_by_the_models_range_and_not_alerted_on(tmp_path):
+    h = Harness(tmp_path, VALIDITY + '[[rule]]\nname = "spo2_low"\nkind = "threshold"\n'
+                                     'metric = "spo2"\nbelow = 90\n')
+    # Nonin 3230: spo2 70..100; Contec would differ; 50 % is implausible for this model
+    ev = h.batch([(0, "spo2", 50, 1.0), (0, "spo2", 97, 2.0), (1, "spo2", 85, 1.0)])
+    assert ev.bad.tolist() == [True, False, False]
+    assert h.open() == {("spo2_low", 1)}  # the bad 50 % did not open spo2_low on device 0
+
+
+def test_n_implausible_values_in_a_row_open_a_sensor_alert_and_a_good_one_clears(tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    h.batch([(3, "weight", 400, 1.0), (3, "weight", 400, 2.0)])
+    assert h.open() == set()
+    h.batch([(3, "weight", 300, 3.0)])  # the third in a row, in the next batch
+    assert h.open() == {("implausible", 3)}
+    h.batch([(3, "weight", 80, 4.0)])
+    assert h.open() == set()
+
+
+def test_metrics_the_model_has_no_range_for_are_not_judged(tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    ev = h.batch([(0, "weight", 900, 1.0), (0, "battery", 10, 1.0)])
+    assert ev.bad.tolist() == [False, False]
+
+
+# -- stuck ------------------------------------------------------------------------------------
+
+STUCK = '[[rule]]\nname = "stuck_spo2"\nkind = "stuck"\nmetric = "spo2"\ncount = 4\n'
+
+
+def test_identical_values_in_a_row_across_batches_fire_and_a_change_clears(tmp_path):
+    h = Harness(tmp_path, STUCK)
+    h.batch([(0, "spo2", 95, 1.0), (0, "spo2", 95, 2.0)])
+    h.batch([(0, "spo2", 95, 3.0)])
+    assert h.open() == set()
+    h.batch([(0, "spo2", 95, 4.0)])
+    assert h.open() == {("stuck_spo2", 0)}
+    h.batch([(0, "spo2", 96, 5.0)])
+    assert h.open() == set()
+
+
+def test_a_redelivered_row_does_not_count_as_another_identical_value(tmp_path):
+    h = Harness(tmp_path, STUCK)
+    h.batch([(0, "spo2", 95, 1.0), (0, "spo2", 95, 1.0), (0, "spo2", 95, 2.0)])
+    h.batch([(0, "spo2", 95, 2.0), (0, "spo2", 95, 3.0)])
+    assert h.open() == set()
+
+
+# -- event ------------------------------------------------------------------------------------
+
+MAINS = ('[[rule]]\nname = "mains"\nkind = "event"\ncodes = ["power.mains_lost"]\n'
+         'clear_codes = ["power.mains_restored"]\n')
+
+
+def test_an_event_is_cleared_by_its_clearing_code_from_the_same_device(tmp_path):
+    h = Harness(tmp_path, MAINS)
+    h.batch(events=[(4, "power.mains_lost", 10.0), (2, "power.mains_restored", 11.0)])
+    assert h.open() == {("mains", 4)}
+    h.batch(events=[(4, "power.mains_restored", 20.0)])
+    assert h.open() == set() and h.cleared("mains", 4) == 1
+
+
+def test_a_late_lost_older_than_the_restore_already_seen_opens_nothing(tmp_path):
+    h = Harness(tmp_path, MAINS)
+    h.batch(events=[(4, "power.mains_lost", 10.0), (4, "power.mains_restored", 20.0)])
+    h.batch(events=[(4, "power.mains_lost", 15.0)])
+    assert h.open() == set() and h.opened("mains", 4) == 1
+
+
+def test_an_alarm_has_no_clearing_and_a_late_one_still_fires(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "alarm"\nkind = "event"\ncodes = ["alarm.*"]\n')
+    h.batch(events=[(0, "alarm.fall", 100.0), (0, "alarm.panic", 90.0)])
+    fr = h.last.transitions.fires()
+    assert fr[5].tolist() == ["alarm.panic"] and fr[6].tolist() == [2]
+    h.tick(10 * DAY)
+    assert h.open() == {("alarm", 0)}
+
+
+def test_an_event_clears_after_its_timeout(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "tamper"\nkind = "event"\ncodes = ["tamper"]\n'
+                          'clear_after = "1h"\n')
+    h.batch(events=[(0, "tamper", 100.0)])
+    h.tick(100.0 + 3599)
+    assert h.open() == {("tamper", 0)}
+    h.tick(100.0 + 3600)
+    assert h.open() == set()
+
+
+# -- absence ----------------------------------------------------------------------------------
+
+ABSENCE = '[[rule]]\nname = "silent"\nkind = "absence"\nfactor = 2\ntypes = ["gateway"]\n'
+
+
+def test_a_device_silent_past_k_heartbeats_fires_at_the_sweep_and_speaking_clears(tmp_path):
+    h = Harness(tmp_path, ABSENCE)  # HomeHub 4G heartbeat 300 s: absent after 600 s
+    seen = [np.nan, np.nan, np.nan, np.nan, 1000.0]
+    h.sweep(1599.0, seen)
+    assert h.open() == set()
+    h.sweep(1601.0, seen)
+    assert h.open() == {("silent", 4)}
+    h.sweep(1700.0, seen)
+    assert h.opened("silent", 4) == 1  # one alert, not one per sweep
+    h.batch(seen=[(4, 1650.0)])
+    assert h.open() == set()
+
+
+def test_the_sweep_clears_a_device_heard_by_another_process(tmp_path):
+    h = Harness(tmp_path, ABSENCE)
+    h.sweep(2000.0, [np.nan] * 4 + [1000.0])
+    h.sweep(2100.0, [np.nan] * 4 + [2050.0])  # last_seen moved on: committed elsewhere
+    assert h.open() == set() and h.cleared("silent", 4) == 1
+
+
+def test_a_device_never_heard_is_not_absent(tmp_path):
+    h = Harness(tmp_path, ABSENCE)
+    h.sweep(1e9, [np.nan] * 5)
+    assert h.open() == set()
+
+
+# -- sequence ---------------------------------------------------------------------------------
+
+DOSE = ('[[rule]]\nname = "missed_dose"\nkind = "sequence"\nfirst = ["dose.due"]\n'
+        'then = ["dose.taken"]\nwithin = "30m"\nqueue = "home_care"\n')
+
+
+def test_a_dose_taken_in_time_fires_nothing(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0)])
+    h.batch(events=[(2, "dose.taken", 1700.0)])
+    h.tick(10 * DAY)
+    assert h.open() == set()
+
+
+def test_a_missed_dose_fires_when_a_later_message_shows_the_window_passed(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0)])
+    h.batch(seen=[(2, 1900.0)])  # any message of the device, 31+ minutes later
+    assert h.open() == {("missed_dose", 2)}
+    assert h.last.transitions.fires()[2].tolist() == [1800.0]  # at the deadline
+    h.batch(events=[(2, "dose.taken", 2000.0)])  # taken late: resolves itself
+    assert h.open() == set()
+
+
+def test_a_missed_dose_of_a_silent_device_fires_at_the_tick(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0)])
+    h.tick(1700.0)
+    assert h.open() == set()
+    h.tick(1800.0 + 61)
+    assert h.open() == {("missed_dose", 2)}
+
+
+def test_two_doses_due_in_one_batch_the_first_missed_the_second_taken(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0), (2, "dose.due", 7200.0), (2, "dose.taken", 7300.0)])
+    assert h.opened("missed_dose", 2) == 1 and h.cleared("missed_dose", 2) == 1
+
+
+# -- rate -------------------------------------------------------------------------------------
+
+RATE = ('[[rule]]\nname = "weight_gain"\nkind = "rate"\nmetric = "weight"\nrise = 2.0\n'
+        'window = "3d"\n')
+
+
+def test_a_weight_gain_within_the_window_fires_and_a_settled_weight_clears(tmp_path):
+    h = Harness(tmp_path, RATE)
+    h.batch([(3, "weight", 80.0, 0.0)])
+    h.batch([(3, "weight", 81.0, DAY)])
+    h.batch([(3, "weight", 82.2, 2 * DAY)])
+    assert h.open() == {("weight_gain", 3)}
+    h.batch([(3, "weight", 82.0, 5 * DAY)])  # 80 kg is out of the window now
+    assert h.open() == set()
+
+
+def test_a_gain_spread_over_more_than_the_window_does_not_fire(tmp_path):
+    h = Harness(tmp_path, RATE)
+    h.batch([(3, "weight", 80.0, 0.0), (3, "weight", 81.0, 2 * DAY),
+             (3, "weight", 82.5, 4 * DAY)])
+    assert h.open() == set()
+
+
+def test_after_a_restart_the_window_comes_from_stored_history(tmp_path):
+    asked = []
+
+    def history(metric, devices, since, until):
+        asked.append((metric, devices.tolist(), since, until))
+        return np.array([3]), np.array([DAY]), np.array([79.5])
+
+    h = Harness(tmp_path, RATE, history=history)
+    h.batch([(3, "weight", 82.0, 2 * DAY)])
+    assert asked == [("weight", [3], -DAY, 2 * DAY)]
+    assert h.open() == {("weight_gain", 3)}
+    h.batch([(3, "weight", 82.1, 2.5 * DAY)])
+    assert len(asked) == 1  # memory reaches back now
+
+
+# -- flapping ---------------------------------------------------------------------------------
+
+FLAP = ('[[rule]]\nname = "flapping"\nkind = "flapping"\ncodes = ["connection.lost"]\n'
+        'count = 3\nwindow = "1h"\n')
+
+
+def test_more_than_n_losses_within_the_window_open_one_alert_not_n(tmp_path):
+    h = Harness(tmp_path, FLAP)
+    h.batch(events=[(4, "connection.lost", 0.0), (4, "connection.restored", 1.0),
+                    (4, "connection.lost", 600.0)])
+    h.batch(events=[(4, "connection.lost", 1200.0)])
+    assert h.open() == set()  # 3 losses: not more than 3
+    h.batch(events=[(4, "connection.lost", 1800.0), (4, "connection.lost", 2400.0)])
+    assert h.open() == {("flapping", 4)} and h.opened("flapping", 4) == 1
+
+
+def test_flapping_clears_once_stable_for_the_window(tmp_path):
+    h = Harness(tmp_path, FLAP)
+    h.batch(events=[(4, "connection.lost", float(t)) for t in (0, 60, 120, 180)])
+    assert h.open() == {("flapping", 4)}
+    h.tick(180.0 + 3599)
+    assert h.open() == {("flapping", 4)}
+    h.tick(180.0 + 3600)
+    assert h.open() == set()
+
+
+def test_flapping_clears_when_the_next_loss_comes_after_a_stable_spell(tmp_path):
+    h = Harness(tmp_path, FLAP)
+    h.batch(events=[(4, "connection.lost", float(t)) for t in (0, 60, 120, 180)])
+    h.batch(events=[(4, "connection.lost", 180.0 + 7200)])
+    assert h.open() == set()
+    assert h.book.resolved[("flapping", 4)] == 180.0
+
+
+def test_a_dose_taken_arriving_before_its_due_in_another_batch_is_not_lost(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0), (2, "dose.taken", 600.0)])
+    h.batch(events=[(2, "dose.due", 300.0)])  # older than what was seen: ignored
+    h.tick(10 * DAY)
+    assert h.open() == set()
+
+
+def test_a_late_weight_reading_older_than_the_latest_changes_nothing(tmp_path):
+    h = Harness(tmp_path, RATE)
+    h.batch([(3, "weight", 80.0, 0.0), (3, "weight", 80.5, DAY)])
+    h.batch([(3, "weight", 90.0, 0.5 * DAY)])
+    assert h.open() == set()
+
+
+def test_a_device_with_no_earlier_reading_has_no_change_to_measure(tmp_path):
+    h = Harness(tmp_path, RATE)
+    ev = h.batch([(3, "weight", 120.0, 0.0)])
+    assert len(ev.transitions.fires()[1]) == 0 and len(ev.transitions.clears()[1]) == 0

@@ -1,0 +1,95 @@
+"""The engine around the kinds: state staged until applied, seeding from open alerts after a
+restart, reloads that keep the state of unchanged rules, updates of two lanes."""
+
+from __future__ import annotations
+
+from tests.rules.harness import Harness
+
+from vagt.rules import load_rules
+
+BATTERY = ('[[rule]]\nname = "battery_low"\nkind = "threshold"\nmetric = "battery"\n'
+           'below = 15\nclear_at = 25\n')
+SPO2 = ('[[rule]]\nname = "spo2_low"\nkind = "threshold"\nmetric = "spo2"\nbelow = 90\n'
+        'for = "10m"\n')
+
+
+def test_state_does_not_change_until_the_evaluation_is_applied(tmp_path):
+    h = Harness(tmp_path, SPO2)
+    b = [(0, "spo2", 85, 0.0)]
+    h.engine.evaluate(_batch(b))  # evaluated, never applied: its commit failed
+    h.batch([(0, "spo2", 85, 0.0)])  # the retry sees the same state and starts the timer
+    h.batch([(0, "spo2", 85, 600.0)])
+    assert h.open() == {("spo2_low", 0)}
+
+
+def test_an_alert_open_before_a_restart_is_cleared_by_recovery_after_it(tmp_path):
+    h = Harness(tmp_path, BATTERY)
+    h.engine.seed([("battery_low", "OXI-1", 100.0)])
+    h.book.open_[("battery_low", 0)] = 100.0  # the queue has it open
+    h.batch([(0, "battery", 90, 200.0)])
+    assert h.open() == set()
+
+
+def test_a_reload_keeps_the_state_of_unchanged_rules_and_starts_changed_ones_fresh(tmp_path):
+    h = Harness(tmp_path, SPO2 + BATTERY)
+    h.batch([(0, "spo2", 85, 0.0), (1, "battery", 20, 0.0)])
+    p = tmp_path / "new.toml"
+    p.write_text(SPO2 + BATTERY.replace("clear_at = 25", "clear_at = 30"))
+    changed = h.engine.reload(load_rules(p), [])
+    assert changed == ["battery_low"]
+    h.batch([(0, "spo2", 85, 600.0)])
+    assert h.open() == {("spo2_low", 0)}  # the 10-minute timer went on across the reload
+
+
+def test_a_removed_rule_is_reported_and_a_new_one_seeded_from_open_alerts(tmp_path):
+    h = Harness(tmp_path, SPO2)
+    p = tmp_path / "new.toml"
+    p.write_text(BATTERY)
+    changed = h.engine.reload(load_rules(p), [("battery_low", "OXI-2", 5.0)])
+    assert sorted(changed) == ["battery_low", "spo2_low"]
+    h.book.open_[("battery_low", 1)] = 5.0
+    h.batch([(1, "battery", 50, 10.0)])
+    assert h.open() == set()
+
+
+def test_of_two_lanes_updates_of_one_device_the_later_in_device_time_wins(tmp_path):
+    h = Harness(tmp_path, BATTERY)
+    late = h.engine.evaluate(_batch([(0, "battery", 10, 200.0)]))
+    early = h.engine.evaluate(_batch([(0, "battery", 90, 100.0)]))
+    h.engine.apply(late)
+    h.engine.apply(early)  # committed second, but older: must not undo the low battery
+    ev = h.batch([(0, "battery", 90, 300.0)])
+    assert ev.transitions.clears()[1].tolist() == [0]
+
+
+def _batch(readings):
+    import numpy as np
+
+    from vagt.rules import Batch
+
+    return Batch(np.array([r[0] for r in readings], dtype=np.int64),
+                 np.array([r[1] for r in readings], dtype=object),
+                 np.array([r[2] for r in readings], dtype=np.float64),
+                 np.array([r[3] for r in readings], dtype=np.float64),
+                 np.empty(0, dtype=np.int64), np.empty(0, dtype=object), np.empty(0))
+
+
+def test_after_a_restart_a_stuck_sensor_alert_is_not_cleared_by_the_first_value(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "stuck"\nkind = "stuck"\nmetric = "spo2"\ncount = 3\n')
+    h.engine.seed([("stuck", "OXI-1", 100.0)])
+    h.book.open_[("stuck", 0)] = 100.0
+    h.batch([(0, "spo2", 95, 200.0)])
+    assert h.open() == {("stuck", 0)}
+    h.batch([(0, "spo2", 96, 300.0)])
+    assert h.open() == set()
+
+
+def test_after_a_restart_an_open_flapping_alert_clears_once_quiet(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "flap"\nkind = "flapping"\n'
+                          'codes = ["connection.lost"]\ncount = 3\nwindow = "1h"\n')
+    h.engine.seed([("flap", "GW-1", 1000.0)])
+    h.book.open_[("flap", 4)] = 1000.0
+    h.tick(1000.0 + 3599)
+    assert h.open() == {("flap", 4)}
+    h.tick(1000.0 + 3600)
+    assert h.open() == set()
