@@ -58,13 +58,14 @@ def fingerprint(rule: str, device_id: str) -> str:
     return f"{rule}|{device_id}"
 
 
+# %b: binary parameters; text arrays of JSON would cost a regex escape per element
 _INCOMING = """
 incoming AS (
-    SELECT * FROM unnest(%(fp)s::text[], %(rule)s::text[], %(device)s::text[],
-                         %(labels)s::text[], %(summary)s::text[], %(severity)s::text[],
-                         %(priority)s::int[], %(queue)s::text[], %(extra)s::text[],
-                         %(route)s::text[], %(ttc)s::float8[], %(first)s::float8[],
-                         %(last)s::float8[], %(n)s::int[])
+    SELECT * FROM unnest(%(fp)b::text[], %(rule)b::text[], %(device)b::text[],
+                         %(labels)b::text[], %(summary)b::text[], %(severity)b::text[],
+                         %(priority)b::int[], %(queue)b::text[], %(extra)b::text[],
+                         %(route)b::text[], %(ttc)b::float8[], %(first)b::float8[],
+                         %(last)b::float8[], %(n)b::int[])
         AS t(fingerprint, rule, device_id, labels, summary, severity, priority, queue, extra,
              route, ttc, first_time, last_time, n)
 )"""
