@@ -5,7 +5,8 @@
 3. a consumer that INSERTs and commits each message (what one would otherwise write),
 
 all in the same run against the same Mosquitto and PostgreSQL. Prints messages per second and
-the ratios. Usage: .venv/bin/python -m benchmarks.drain [--messages 100000] [--repeat 3]
+the ratios. The backlog is what the bulk lane of a simulated fleet receives (vagt.sim.backlog).
+Usage: .venv/bin/python -m benchmarks.drain [--messages 100000] [--repeat 3] [--devices 2000]
 """
 
 from __future__ import annotations
@@ -34,22 +35,19 @@ from vagt.app import db
 from vagt.app.config import load_config
 from vagt.app.engine import run_engine
 from vagt.app.metrics import EngineMetrics
+from vagt.devices import import_csv
+from vagt.sim import backlog, fleet_csv, make_fleet
 
+BULK_CHANNELS = ("telemetry", "status")
 PG_ADMIN = os.environ.get("VAGT_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RECEIVE_MAXIMUM = 20000
 
 
 def make_backlog(root: str, n: int, devices: int) -> list[tuple[str, bytes]]:
-    """Canonical telemetry as a pulse oximeter sends it: SpO2 and pulse, a counter, a time."""
-    t0 = time.time() - 86400
-    out = []
-    for k in range(n):
-        d = f"OXI-{k % devices:06d}"
-        doc = {"device_id": d, "seq": k // devices, "time": t0 + k * 0.01,
-               "readings": [{"metric": "spo2", "value": 90 + k % 9, "unit": "%"},
-                            {"metric": "pulse", "value": 55 + k % 40, "unit": "/min"}]}
-        out.append((f"{root}/dev/{d}/telemetry", orjson.dumps(doc)))
-    return out
+    """What the bulk lane of a simulated fleet receives (telemetry and status: heartbeats,
+    measurements, dose events, connection reports), ending now."""
+    return [(m.topic, m.payload) for m in backlog(n, devices=devices, seed=1, topic_root=root,
+                                                  channels=BULK_CHANNELS)]
 
 
 def v5_client(client_id: str, **kw: object) -> paho.Client:
@@ -64,12 +62,13 @@ def session_props() -> Properties:
     return p
 
 
-def create_session(port: int, client_id: str, topic_filter: str) -> None:
-    """Subscribe once with a persistent session, then leave: the backlog queues for it."""
+def create_session(port: int, client_id: str, root: str) -> None:
+    """Subscribe once to the bulk lane's topics with a persistent session, then leave: the
+    backlog queues for it."""
     c = v5_client(client_id)
     c.connect("127.0.0.1", port, clean_start=False, properties=session_props())
     c.loop_start()
-    c.subscribe(topic_filter, qos=1)[1]
+    c.subscribe([(f"{root}/dev/+/{ch}", 1) for ch in BULK_CHANNELS])
     time.sleep(0.3)
     c.disconnect()
     c.loop_stop()
@@ -124,11 +123,15 @@ def drain_insert_per_message(port: int, client_id: str, n: int, conninfo: str) -
 
     def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
         doc = orjson.loads(m.payload)
-        for r in doc["readings"]:
+        status = doc.get("status", {})
+        values = [(r["metric"], r["value"], r["unit"]) for r in doc.get("readings", [])]
+        values += [(k, status[k], u) for k, u in (("battery", "%"), ("signal", "dB[mW]"))
+                   if k in status]
+        for metric, value, unit in values:
             conn.execute(
                 "INSERT INTO readings (time, device_id, metric, value, unit, received_at) "
                 "VALUES (to_timestamp(%s), %s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
-                (doc["time"], doc["device_id"], r["metric"], r["value"], r["unit"]))
+                (doc["time"], doc["device_id"], metric, value, unit))
         conn.commit()
         count[0] += 1
         if count[0] == n:
@@ -147,15 +150,15 @@ def drain_insert_per_message(port: int, client_id: str, n: int, conninfo: str) -
     return n / elapsed
 
 
-def drain_engine(port: int, root: str, n: int, conninfo: str) -> float:
+def drain_engine(port: int, root: str, n: int, devices: int, conninfo: str) -> float:
     client_id = f"bench-engine-{uuid.uuid4().hex[:6]}"
     config = load_config(None, env={})
     config = replace(config, mqtt=replace(config.mqtt, url=f"mqtt://127.0.0.1:{port}",
                                           client_id=client_id, topic_root=root,
                                           receive_maximum=RECEIVE_MAXIMUM),
                      database=replace(config.database, url=conninfo), metrics_port=0)
-    create_session(port, f"{client_id}-bulk", f"{root}/dev/+/telemetry")
-    publish_backlog(port, make_backlog(root, n, devices=2000))
+    create_session(port, f"{client_id}-bulk", root)
+    publish_backlog(port, make_backlog(root, n, devices))
     metrics = EngineMetrics()
     stop = threading.Event()
     ready = [0.0]
@@ -183,10 +186,7 @@ def fresh_database(devices: int) -> str:
     url = f"{base}/{name}"
     db.migrate(url)
     with psycopg.connect(url) as conn:
-        with conn.cursor().copy("COPY devices (device_id, vendor, model, type, municipality) "
-                                "FROM STDIN") as cp:
-            for i in range(devices):
-                cp.write_row((f"OXI-{i:06d}", "Nonin", "3230", "pulse_oximeter", "Aarhus"))
+        import_csv(conn, fleet_csv(make_fleet(devices, 1)), actor="benchmark")
     return url
 
 
@@ -209,8 +209,9 @@ def main() -> None:
     ap.add_argument("--insert-messages", type=int, default=10_000,
                     help="backlog for the per-message INSERT consumer (it is slow)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--devices", type=int, default=2000, help="the simulated fleet's size")
     args = ap.parse_args()
-    n = args.messages
+    n, devices = args.messages, args.devices
     with tempfile.TemporaryDirectory() as d:
         broker = Broker(free_port(), free_port(), Path(d))
         broker.start()
@@ -220,24 +221,24 @@ def main() -> None:
                 print(f"round {r + 1}/{args.repeat}: {n:,} messages", flush=True)
                 root = f"bench{uuid.uuid4().hex[:6]}/v1"
                 cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
-                create_session(broker.port, cid, f"{root}/dev/+/telemetry")
-                publish_backlog(broker.port, make_backlog(root, n, devices=2000))
+                create_session(broker.port, cid, root)
+                publish_backlog(broker.port, make_backlog(root, n, devices))
                 bare.append(timed("bare paho consumer (counts)",
                                   lambda cid=cid: drain_bare(broker.port, cid, n)))
-                url = fresh_database(2000)
+                url = fresh_database(devices)
                 try:
                     full.append(timed("vagt engine (full pipeline)", lambda url=url: drain_engine(
-                        broker.port, f"bench{uuid.uuid4().hex[:6]}/v1", n, url)))
+                        broker.port, f"bench{uuid.uuid4().hex[:6]}/v1", n, devices, url)))
                 finally:
                     drop_database(url)
                 if r == 0 and args.insert_messages:
-                    url = fresh_database(2000)
+                    url = fresh_database(devices)
                     try:
                         root = f"bench{uuid.uuid4().hex[:6]}/v1"
                         cid = f"bench-ins-{uuid.uuid4().hex[:6]}"
-                        create_session(broker.port, cid, f"{root}/dev/+/telemetry")
+                        create_session(broker.port, cid, root)
                         publish_backlog(broker.port,
-                                        make_backlog(root, args.insert_messages, devices=2000))
+                                        make_backlog(root, args.insert_messages, devices))
                         insert.append(timed("INSERT + commit per message", lambda cid=cid, url=url:
                                             drain_insert_per_message(
                                                 broker.port, cid, args.insert_messages, url)))

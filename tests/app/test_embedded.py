@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from vagt.app import db
 from vagt.app.config import Config, load_config
-from vagt.app.demo import format_alert, run_demo, run_simulate
+from vagt.app.demo import SimOptions, format_alert, run_demo, run_simulate
 from vagt.app.embedded import EmbeddedServerError, embedded_broker, embedded_postgres, free_port
 from vagt.app.engine import run_engine
 from vagt.sim import publish_backlog
@@ -150,13 +150,29 @@ def test_simulate_sends_traffic_at_the_rate_for_the_duration_and_writes_the_flee
     sub, got = mqtt_client(broker.port)
     subscribe(sub, f"{topic_root}/dev/#")
     fleet_file = tmp_path / "fleet.csv"
-    code = run_simulate(broker.url, topic_root, 40, 50.0, 1.0, 1, fleet_file, 5)
+    code = run_simulate(broker.url, topic_root, 40, 50.0, 1.0, SimOptions(seed=1), fleet_file, 5)
     assert wait_until(lambda: len(got) >= 45)
     close(sub)
     assert code == 0
     assert 45 <= len(got) <= 55
     assert len(fleet_file.read_text().splitlines()) == 41
     assert "every one acknowledged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["simulate", "--speed", "0"], "argument --speed: must be a number above 0, got 0"),
+    (["simulate", "--rate", "-5"], "argument --rate: must be a number above 0, got -5"),
+    (["simulate", "--devices", "0"], "argument --devices: must be 1 or more, got 0"),
+    (["demo", "--faults", "lots"], "argument --faults: not a number: 'lots'"),
+    (["demo", "--history", "-1"], "argument --history: must be a number of 0 or more, got -1"),
+])
+def test_simulate_and_demo_refuse_nonsense_options_naming_them(argv, says, capsys):
+    from vagt.app.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 # --- vagt demo, with a stand-in engine ---------------------------------------------------------
@@ -201,7 +217,8 @@ def demo_config(database_url: str, tmp_path: Path) -> Config:
 def test_the_demo_registers_the_fleet_hands_the_engine_its_servers_and_prints_alerts(
         database_url, tmp_path: Path, capsys):
     engine = StandInEngine()
-    code = run_demo(demo_config(database_url, tmp_path), devices=60, duration=3, seed=2,
+    code = run_demo(demo_config(database_url, tmp_path), devices=60, duration=3,
+                    options=SimOptions(seed=2),
                     run_engine=engine)
     out = capsys.readouterr().out
     assert code == 0
@@ -231,7 +248,7 @@ def test_the_demo_runs_its_own_postgres_when_no_database_is_configured(tmp_path:
         stop.wait()
 
     config = load_config(None, env={"VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"})
-    assert run_demo(config, devices=25, duration=1, seed=1, run_engine=engine) == 0
+    assert run_demo(config, devices=25, duration=1, run_engine=engine) == 0
     assert seen == ["vagt", "25"]
     assert (tmp_path / "postgres" / "PG_VERSION").exists()
 
@@ -240,7 +257,7 @@ def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path,
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
     started = time.monotonic()
-    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=None, seed=1,
+    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=None,
                     run_engine=lambda _c, s: s.wait(), stop=stop)
     assert code == 0
     assert time.monotonic() - started < 15
@@ -250,7 +267,7 @@ def test_the_demo_stops_and_says_so_when_the_engine_fails(database_url, tmp_path
     def broken_engine(config: Config, stop: threading.Event) -> None:
         raise RuntimeError("the rules file is broken")
 
-    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=30, seed=1,
+    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=30,
                     run_engine=broken_engine)
     assert code == 1
     assert "the engine failed: RuntimeError('the rules file is broken')" in capsys.readouterr().err
@@ -273,7 +290,8 @@ def test_the_demo_with_the_real_engine_stores_the_simulated_readings(
 
     Not yet checked end to end: that an alarm becomes an alert within a second.
     """
-    code = run_demo(demo_config(database_url, tmp_path), devices=100, duration=8, seed=2,
+    code = run_demo(demo_config(database_url, tmp_path), devices=100, duration=8,
+                    options=SimOptions(seed=2),
                     run_engine=run_engine)
     out = capsys.readouterr().out
     assert code == 0

@@ -13,10 +13,8 @@ from vagt.sim.fleet import DEVICE_TYPES
 
 def test_the_built_in_catalogue_covers_every_simulated_model() -> None:
     cat = load_catalogue()
-    for kind, t in DEVICE_TYPES.items():
-        for vendor, model in t.models:
-            m = cat.require(vendor, model)
-            assert m.type == kind
+    for kind in DEVICE_TYPES:
+        assert any(m.type == kind for m in cat), f"no approved {kind} for the simulator"
     oxi = cat.require("Nonin", "3230")
     assert oxi.metrics["spo2"].unit == "%"
     assert (oxi.metrics["spo2"].low, oxi.metrics["spo2"].high) == (70.0, 100.0)

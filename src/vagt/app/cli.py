@@ -12,9 +12,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from vagt import __version__
 from vagt.app.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from vagt.app.demo import SimOptions
 
 log = logging.getLogger("vagt")
 
@@ -92,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(func=cmd_rules_backtest)
 
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
-    demo.add_argument("--devices", type=int, default=300)
+    demo.add_argument("--devices", type=_count, default=300)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    demo.add_argument("--seed", type=int, default=1)
+    _simulation_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     api = sub.add_parser("api", help="serve the operator REST API (OpenAPI at /docs)")
@@ -103,14 +107,59 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
-    sim.add_argument("--devices", type=int, default=300)
-    sim.add_argument("--rate", type=float, default=100.0, help="messages per second")
+    sim.add_argument("--devices", type=_count, default=300)
+    sim.add_argument("--rate", type=_positive, default=100.0, help="messages per second, at most")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
-    sim.add_argument("--seed", type=int, default=1)
+    _simulation_options(sim)
     sim.add_argument("--fleet-csv", type=Path, default=None,
                      help="also write the simulated fleet as a devices CSV to this file")
     sim.set_defaults(func=cmd_simulate)
     return p
+
+
+def _simulation_options(parser: argparse.ArgumentParser) -> None:
+    # defaults: vagt.app.demo.SimOptions and DEMO_OPTIONS (not imported here: it is slow)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="the same seed gives the same fleet and the same messages")
+    parser.add_argument("--history", type=_not_negative, default=None, metavar="HOURS",
+                        help="simulated time starts this many hours ago (default: 24; "
+                             "the demo: 72)")
+    parser.add_argument("--speed", type=_positive, default=None,
+                        help="simulated seconds per real second until the present is reached "
+                             "(default: as fast as the rate allows); then real time")
+    parser.add_argument("--faults", type=_not_negative, default=None,
+                        help="incident and fault rates, times the defaults (default: 1; "
+                             "the demo: 20)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = _not_negative(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
+    return value
 
 
 def _wrap_db_handlers(parser: argparse.ArgumentParser) -> None:
@@ -331,20 +380,28 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
+    return dataclasses.replace(
+        defaults, seed=args.seed, speed=args.speed,
+        history_h=defaults.history_h if args.history is None else args.history,
+        faults=defaults.faults if args.faults is None else args.faults)
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from vagt.app.demo import run_demo
+    from vagt.app.demo import DEMO_OPTIONS, run_demo
     from vagt.app.engine import run_engine
 
     stop = _stop_on_signals()
-    return run_demo(config, devices=args.devices, duration=args.duration, seed=args.seed,
-                    stop=stop, run_engine=run_engine)
+    return run_demo(config, devices=args.devices, duration=args.duration, stop=stop,
+                    run_engine=run_engine, options=_sim_options(args, DEMO_OPTIONS))
 
 
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
-    from vagt.app.demo import run_simulate
+    from vagt.app.demo import SimOptions, run_simulate
 
     return run_simulate(config.mqtt.url, config.mqtt.topic_root, args.devices, args.rate,
-                        args.duration, args.seed, args.fleet_csv, config.mqtt.protocol)
+                        args.duration, _sim_options(args, SimOptions()), args.fleet_csv,
+                        config.mqtt.protocol)
 
 
 if __name__ == "__main__":

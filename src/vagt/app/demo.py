@@ -24,12 +24,22 @@ from vagt.app import db
 from vagt.app.config import Config, redact_url
 from vagt.app.embedded import embedded_broker, embedded_postgres, free_port
 from vagt.devices import import_csv
-from vagt.sim import PublishError, PublishStats, SimDevice, Traffic, fleet_csv, make_fleet, publish
+from vagt.sim import (
+    Pacing,
+    PublishError,
+    PublishStats,
+    SimConfig,
+    SimDevice,
+    SimMessage,
+    Simulation,
+    fleet_csv,
+    make_fleet,
+    publish,
+)
 
 log = logging.getLogger("vagt.demo")
 
 EngineRunner = Callable[[Config, threading.Event], None]
-Message = tuple[str, bytes]
 
 NEW_ALERTS = ("SELECT id, opened_at, queue, priority, severity, device_id, summary "
               "FROM alerts WHERE id > %s ORDER BY id")
@@ -42,25 +52,50 @@ def demo_rate(devices: int) -> float:
     return max(5.0, devices / 20)
 
 
+@dataclasses.dataclass(frozen=True)
+class SimOptions:
+    """How the simulated fleet behaves and how its time runs: it starts `history_h` hours ago
+    and runs `speed` times real time (None: as fast as the rate allows) until it reaches the
+    present, then in step with it; incident and fault rates are `faults` times the defaults."""
+
+    seed: int = 1
+    speed: float | None = None
+    history_h: float = 24.0
+    faults: float = 1.0
+
+    def simulation(self, fleet: list[SimDevice], topic_root: str) -> Simulation:
+        return Simulation(fleet, seed=self.seed, start=time.time() - self.history_h * 3600,
+                          topic_root=topic_root, config=SimConfig().with_faults(self.faults))
+
+
+# The demo: three days of history to replay before it reaches the present, and incidents and
+# faults 20 times as often as a real fleet has them, so that there is something to see.
+DEMO_OPTIONS = SimOptions(history_h=72.0, faults=20.0)
+
+
 # --- vagt simulate ------------------------------------------------------------------------------
 
 def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration: float | None,
-                 seed: int, fleet_file: Path | None = None, protocol: int = 4) -> int:
-    """Send a simulated fleet's traffic to any broker, `rate` messages a second, until
+                 options: SimOptions, fleet_file: Path | None = None, protocol: int = 4) -> int:
+    """Send a simulated fleet's traffic to any broker, at most `rate` messages a second, until
     `duration` seconds have passed or Ctrl-C. The devices must be registered: `fleet_file`
     writes them as a CSV for `vagt devices import`."""
-    fleet = make_fleet(devices, seed)
+    fleet = make_fleet(devices, options.seed)
     if fleet_file is not None:
         fleet_file.write_text(fleet_csv(fleet), encoding="utf-8")
         print(f"wrote the simulated fleet to {fleet_file}; register it with "
               f"`vagt devices import {fleet_file}`")
-    print(f"vagt simulate: {devices} devices, {rate:g} messages/s to {redact_url(url)} "
-          f"under {topic_root}/; Ctrl-C stops", flush=True)
+    sim = options.simulation(fleet, topic_root)
+    speed = "as fast as the rate allows" if options.speed is None else f"{options.speed:g}x"
+    print(f"vagt simulate: {devices} devices, at most {rate:g} messages/s to {redact_url(url)} "
+          f"under {topic_root}/, simulated time from {options.history_h:g} h ago at {speed} "
+          "until the present, then in real time; Ctrl-C stops", flush=True)
     stats = PublishStats()
-    messages = until(Traffic(fleet, seed=seed, topic_root=topic_root).messages(),
-                     threading.Event(), _deadline(duration))
+    deadline = _deadline(duration)
     try:
-        asyncio.run(publish(url, messages, rate, protocol=protocol, stats=stats))
+        asyncio.run(publish(url, sim.messages(), rate, pacing=Pacing(sim.start, options.speed),
+                            stop=lambda: deadline is not None and time.monotonic() >= deadline,
+                            protocol=protocol, stats=stats))
     except KeyboardInterrupt:
         print(f"interrupted: {stats.acknowledged} messages acknowledged by the broker")
         return 130
@@ -71,30 +106,23 @@ def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration:
     return 0
 
 
-def until(messages: Iterator[Message], stop: threading.Event,
-          deadline: float | None) -> Iterator[Message]:
-    """The messages until `stop` is set or the monotonic clock passes `deadline`."""
-    for message in messages:
-        if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
-            return
-        yield message
-
-
 def _deadline(duration: float | None) -> float | None:
     return None if duration is None else time.monotonic() + duration
 
 
 # --- vagt demo ----------------------------------------------------------------------------------
 
-def run_demo(config: Config, *, devices: int, duration: float | None, seed: int,
-             run_engine: EngineRunner, stop: threading.Event | None = None) -> int:
+def run_demo(config: Config, *, devices: int, duration: float | None,
+             run_engine: EngineRunner, stop: threading.Event | None = None,
+             options: SimOptions | None = None) -> int:
     """Broker, database, simulated devices and `run_engine`, all in this process, printing
     each new alert and a summary every second, until `stop` (or Ctrl-C) or `duration` s.
 
     Returns 0, or 1 if the engine or the simulator failed.
     """
     stop = stop if stop is not None else threading.Event()
-    fleet = make_fleet(devices, seed)
+    options = options if options is not None else DEMO_OPTIONS
+    fleet = make_fleet(devices, options.seed)
     rate = demo_rate(devices)
     sent = PublishStats()
     workers: list[_Worker] = []
@@ -107,12 +135,12 @@ def run_demo(config: Config, *, devices: int, duration: float | None, seed: int,
             print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
                   f"({created} newly registered), {rate:g} messages/s; Ctrl-C stops", flush=True)
             engine_config = demo_engine_config(config, mqtt_url, db_url)
-            traffic = Traffic(fleet, seed=seed, topic_root=config.mqtt.topic_root)
+            sim = options.simulation(fleet, config.mqtt.topic_root)
             # entered in this order, stopped in the reverse: devices, engine, database, broker
             workers.append(stack.enter_context(
                 _Worker("engine", functools.partial(run_engine, engine_config))))
             workers.append(stack.enter_context(
-                _Worker("simulator", functools.partial(_simulate, mqtt_url, traffic, rate, sent))))
+                _Worker("simulator", functools.partial(_simulate, mqtt_url, sim, options, rate, sent))))
             _report_until(db_url, stop, _deadline(duration), sent, workers)
     except KeyboardInterrupt:
         print("vagt demo: stopped", flush=True)
@@ -147,10 +175,11 @@ def _outcome(workers: list[_Worker]) -> int:
     return 1 if failed else 0
 
 
-def _simulate(url: str, traffic: Traffic, rate: float, stats: PublishStats,
-              stop: threading.Event) -> None:
-    messages = until(traffic.messages(), stop, None)
-    asyncio.run(publish(url, messages, rate, protocol=4, stats=stats))
+def _simulate(url: str, sim: Simulation, options: SimOptions, rate: float,
+              stats: PublishStats, stop: threading.Event) -> None:
+    messages: Iterator[SimMessage] = sim.messages()
+    asyncio.run(publish(url, messages, rate, pacing=Pacing(sim.start, options.speed),
+                        stop=stop.is_set, protocol=4, stats=stats))
 
 
 class _Worker:

@@ -1,5 +1,6 @@
 """A simulated fleet: the centre's device types spread over Region Midtjylland's 19 municipalities
-in proportion to their population; the same fleet for the same seed."""
+in proportion to their population, each device an approved model of the catalogue, measuring
+devices grouped behind a household's gateway; the same fleet for the same seed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import csv
 import io
 import random
 from dataclasses import dataclass
+
+from vagt.devices.catalogue import Catalogue, CatalogueError, Model, load_catalogue
 
 # Inhabitants, rounded (Statistics Denmark, 2024): the weights of the spread.
 MUNICIPALITIES: dict[str, int] = {
@@ -20,35 +23,28 @@ MUNICIPALITIES: dict[str, int] = {
 
 @dataclass(frozen=True)
 class DeviceType:
-    """A type in the centre's catalogue: the id prefix, its share of the fleet, its models."""
+    """A device type as the simulated fleet has it: its id prefix and its share of the fleet.
+    Its models, intervals and metrics are the catalogue's."""
 
     prefix: str
     share: float
-    models: tuple[tuple[str, str], ...]  # (vendor, model)
-    firmware: tuple[str, ...]
+    behind_gateway: bool = False  # a Bluetooth device that reaches vagt through a home gateway
 
 
 DEVICE_TYPES: dict[str, DeviceType] = {
-    "personal_alarm": DeviceType("ALM", 0.30, (("Tunstall", "Lifeline Vi+"),
-                                               ("Doro", "Secure 580"),
-                                               ("Careium", "Ny Tryghed 4G")), ("5.1.0", "5.2.3")),
-    "medicine_dispenser": DeviceType("DSP", 0.15, (("Evondos", "E300"),
-                                                   ("Medido", "Medido 2")), ("3.8.2", "4.0.1")),
-    "bp_monitor": DeviceType("BPM", 0.15, (("A&D", "UA-651BLE"), ("Omron", "M7 Intelli IT")),
-                             ("1.2.0",)),
-    "pulse_oximeter": DeviceType("OXI", 0.12, (("Nonin", "3230"), ("Masimo", "MightySat"),
-                                               ("Contec", "CMS50D-BT")), ("2.4.1", "2.5.0")),
-    "scale": DeviceType("SCL", 0.10, (("A&D", "UC-352BLE"), ("Withings", "Body+")), ("1.0.7",)),
-    "glucose_meter": DeviceType("GLU", 0.08, (("Roche", "Accu-Chek Guide"),
-                                              ("Ascensia", "Contour Next One")), ("2.1.4",)),
-    "gateway": DeviceType("GWY", 0.10, (("Telit", "HomeHub 4G"), ("Cinterion", "CareGate")),
-                          ("7.0.2", "7.1.0")),
+    "personal_alarm": DeviceType("ALM", 0.30),
+    "medicine_dispenser": DeviceType("DSP", 0.15),
+    "bp_monitor": DeviceType("BPM", 0.15, behind_gateway=True),
+    "pulse_oximeter": DeviceType("OXI", 0.12, behind_gateway=True),
+    "scale": DeviceType("SCL", 0.10, behind_gateway=True),
+    "glucose_meter": DeviceType("GLU", 0.08, behind_gateway=True),
+    "gateway": DeviceType("GWY", 0.10),
 }
 
 
 @dataclass(frozen=True)
 class SimDevice:
-    """One simulated device, as the registry knows it."""
+    """One simulated device, as the registry knows it, and the gateway it sends through."""
 
     device_id: str
     type: str
@@ -57,10 +53,20 @@ class SimDevice:
     municipality: str
     citizen: str  # a pseudonymous reference, never a CPR number
     firmware: str
+    gateway: str | None = None  # the household gateway of a Bluetooth device, if it has one
 
 
-def make_fleet(n: int, seed: int = 1) -> list[SimDevice]:
-    """`n` devices: types by their share, municipalities by population (each one at n >= 19)."""
+def make_fleet(n: int, seed: int = 1, catalogue: Catalogue | None = None) -> list[SimDevice]:
+    """`n` devices: types by their share, municipalities by population (each one at n >= 19),
+    models drawn from the catalogue's approved models of the type.
+
+    A household's measuring devices (at most one of each type) share its gateway and its
+    citizen, as a telemedicine kit does; those left over send through the citizen's own phone.
+    """
+    if n < 0:
+        raise ValueError(f"a fleet has 0 or more devices, not {n}")
+    cat = catalogue if catalogue is not None else load_catalogue()
+    models = _models_by_type(cat)
     rng = random.Random(seed)
     places = _spread(n, {m: float(p) for m, p in MUNICIPALITIES.items()})
     kinds = _spread(n, {t: d.share for t, d in DEVICE_TYPES.items()})
@@ -70,16 +76,51 @@ def make_fleet(n: int, seed: int = 1) -> list[SimDevice]:
     fleet = []
     for place, kind in zip(places, kinds):
         numbers[kind] += 1
-        fleet.append(_device(rng, kind, numbers[kind], place))
-    return fleet
+        fleet.append(_device(rng, kind, numbers[kind], place, models[kind]))
+    return _households(fleet)
 
 
-def _device(rng: random.Random, kind: str, number: int, place: str) -> SimDevice:
-    t = DEVICE_TYPES[kind]
-    vendor, model = rng.choice(t.models)
-    return SimDevice(device_id=f"{t.prefix}-{number:06d}", type=kind, vendor=vendor,
-                     model=model, municipality=place, citizen=f"cit-{rng.getrandbits(48):012x}",
-                     firmware=rng.choice(t.firmware))
+def _models_by_type(cat: Catalogue) -> dict[str, list[Model]]:
+    models: dict[str, list[Model]] = {t: [] for t in DEVICE_TYPES}
+    for m in cat:
+        if m.type in models:
+            models[m.type].append(m)
+    missing = [t for t, ms in models.items() if not ms]
+    if missing:
+        raise CatalogueError(f"{cat.source or 'the catalogue'}: no approved model of type "
+                             f"{', '.join(missing)}; the simulated fleet needs one of each")
+    return models
+
+
+def _device(rng: random.Random, kind: str, number: int, place: str,
+            models: list[Model]) -> SimDevice:
+    m = rng.choice(models)
+    firmware = rng.choice(m.firmware) if m.firmware else "1.0.0"
+    return SimDevice(device_id=f"{DEVICE_TYPES[kind].prefix}-{number:06d}", type=kind,
+                     vendor=m.vendor, model=m.model, municipality=place,
+                     citizen=f"cit-{rng.getrandbits(48):012x}", firmware=firmware)
+
+
+def _households(fleet: list[SimDevice]) -> list[SimDevice]:
+    """Put the k-th Bluetooth device of a type in a municipality behind the k-th gateway there,
+    while there are gateways (so a household has at most one of each type); it takes the
+    gateway's citizen. The others send through the citizen's own phone."""
+    gateways: dict[str, list[SimDevice]] = {}
+    for d in fleet:
+        if d.type == "gateway":
+            gateways.setdefault(d.municipality, []).append(d)
+    used: dict[tuple[str, str], int] = {}
+    out = []
+    for d in fleet:
+        candidates = gateways.get(d.municipality, [])
+        k = used.get((d.municipality, d.type), 0)
+        if DEVICE_TYPES[d.type].behind_gateway and k < len(candidates):
+            used[(d.municipality, d.type)] = k + 1
+            g = candidates[k]
+            d = SimDevice(d.device_id, d.type, d.vendor, d.model, d.municipality, g.citizen,
+                          d.firmware, gateway=g.device_id)
+        out.append(d)
+    return out
 
 
 def _spread(n: int, weights: dict[str, float]) -> list[str]:
@@ -101,12 +142,14 @@ def _spread(n: int, weights: dict[str, float]) -> list[str]:
 CSV_COLUMNS = ("device_id", "vendor", "model", "type", "municipality", "citizen_ref")
 
 
-def fleet_csv(fleet: list[SimDevice]) -> str:
+def fleet_csv(fleet: list[SimDevice], *, with_gateway: bool = False) -> str:
     """The fleet in the registry's CSV format (`vagt devices import`); the citizen reference
-    is an extra column, which the registry keeps as an attribute."""
+    (and, with `with_gateway`, the gateway a device sends through) are extra columns, which
+    the registry keeps as attributes."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + (("gateway",) if with_gateway else ()))
     for d in fleet:
-        writer.writerow([d.device_id, d.vendor, d.model, d.type, d.municipality, d.citizen])
+        row = [d.device_id, d.vendor, d.model, d.type, d.municipality, d.citizen]
+        writer.writerow(row + ([d.gateway or ""] if with_gateway else []))
     return out.getvalue()

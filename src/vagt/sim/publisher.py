@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -21,9 +21,16 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from vagt.sim.pacing import Pacing
+from vagt.sim.simulation import SimMessage
+
 log = logging.getLogger("vagt.sim")
 
 WINDOW = 1000  # unacknowledged messages in flight; well below the 65,535 packet ids
+LONGEST_NAP = 0.5  # s: a publisher waiting for a message's time still sees `stop` this often
+
+# (topic, payload), or a simulated message whose time a Pacing can wait for
+Outgoing = tuple[str, bytes] | SimMessage
 
 
 class PublishError(RuntimeError):
@@ -60,20 +67,22 @@ class BrokerAddress:
 
 # --- asyncio: paced or flat out -----------------------------------------------------------------
 
-async def publish(url: str, messages: Iterable[tuple[str, bytes]], rate: float | None = None, *,
+async def publish(url: str, messages: Iterable[Outgoing], rate: float | None = None, *,
+                  pacing: Pacing | None = None, stop: Callable[[], bool] | None = None,
                   protocol: int = 4, stats: PublishStats | None = None,
                   window: int = WINDOW) -> int:
-    """Publish each (topic, payload) at QoS 1, `rate` a second (None: as fast as the broker
-    takes them); return how many the broker acknowledged, which is all of them.
+    """Publish each (topic, payload) at QoS 1, at most `rate` a second (None: as fast as the
+    broker takes them), each SimMessage not before `pacing` says; return how many the broker
+    acknowledged, which is all of them.
 
-    Ends when `messages` ends: bound an endless stream with itertools.islice or a generator that
-    checks a stop flag. Protocol 4 (MQTT 3.1.1) works with every broker, amqtt included.
+    Ends when `messages` ends or `stop()` is true (checked between messages and while
+    waiting). Protocol 4 (MQTT 3.1.1) works with every broker, amqtt included.
     """
     stats = stats if stats is not None else PublishStats()
     address = BrokerAddress.parse(url)
     try:
         async with _client(address, protocol, window) as client:
-            await _publish_all(client, messages, rate, stats, window)
+            await _publish_all(client, messages, _Timing(rate, pacing, stop), stats, window)
     except* aiomqtt.MqttError as group:
         raise PublishError(f"publishing to {address.host}:{address.port} failed after "
                            f"{stats.acknowledged} acknowledged messages: "
@@ -94,25 +103,43 @@ def _client(address: BrokerAddress, protocol: int, window: int) -> aiomqtt.Clien
     return client
 
 
-async def _publish_all(client: aiomqtt.Client, messages: Iterable[tuple[str, bytes]],
-                       rate: float | None, stats: PublishStats, window: int) -> None:
+class _Timing:
+    """When the next message may go: the rate, the pacing of simulated time, the stop flag."""
+
+    def __init__(self, rate: float | None, pacing: Pacing | None,
+                 stop: Callable[[], bool] | None) -> None:
+        self.rate = rate
+        self.pacing = pacing
+        self.stopped = stop if stop is not None else (lambda: False)
+        self.started = time.monotonic()
+
+    async def wait(self, sent: int, message: Outgoing) -> bool:
+        """Wait until `message` (the `sent`-th) may go; False if stopped meanwhile."""
+        while not self.stopped():
+            delay = 0.0
+            if self.rate is not None:
+                delay = sent / self.rate - (time.monotonic() - self.started)
+            if self.pacing is not None and isinstance(message, SimMessage):
+                delay = max(delay, self.pacing.delay(message.time))
+            if delay <= 0:
+                return True
+            await asyncio.sleep(min(delay, LONGEST_NAP))
+        return False
+
+
+async def _publish_all(client: aiomqtt.Client, messages: Iterable[Outgoing], timing: _Timing,
+                       stats: PublishStats, window: int) -> None:
     # Each publish is a task, so the rate is not bound to one round trip per message; tasks
     # start in creation order, so a device's messages leave in the order they were made.
     slots = asyncio.Semaphore(window)
-    started = time.monotonic()
+    timing.started = time.monotonic()  # connected: the rate counts from here
     async with asyncio.TaskGroup() as tasks:
-        for n, (topic, payload) in enumerate(messages):
-            if rate is not None:
-                await _pace(started, n, rate)
+        for n, message in enumerate(messages):
+            if not await timing.wait(n, message):
+                break
             await slots.acquire()
-            tasks.create_task(_publish_one(client, topic, payload, slots, stats))
+            tasks.create_task(_publish_one(client, message[0], message[1], slots, stats))
             stats.sent += 1
-
-
-async def _pace(started: float, sent: int, rate: float) -> None:
-    ahead = sent / rate - (time.monotonic() - started)
-    if ahead > 0:
-        await asyncio.sleep(ahead)
 
 
 async def _publish_one(client: aiomqtt.Client, topic: str, payload: bytes,
@@ -126,7 +153,7 @@ async def _publish_one(client: aiomqtt.Client, topic: str, payload: bytes,
 
 # --- paho: a backlog, flat out ------------------------------------------------------------------
 
-def publish_backlog(url: str, messages: Iterable[tuple[str, bytes]], *, protocol: int = 4,
+def publish_backlog(url: str, messages: Iterable[Outgoing], *, protocol: int = 4,
                     window: int = WINDOW, timeout: float = 120.0) -> int:
     """Publish a backlog at QoS 1 as fast as the broker takes it, up to `window` messages in
     flight without waiting for each PUBACK; return once every message is acknowledged.
@@ -137,8 +164,8 @@ def publish_backlog(url: str, messages: Iterable[tuple[str, bytes]], *, protocol
     """
     address = BrokerAddress.parse(url)
     with _Backlog(address, protocol, window, timeout) as backlog:
-        for topic, payload in messages:
-            backlog.send(topic, payload)
+        for message in messages:
+            backlog.send(message[0], message[1])
         backlog.wait_for_all()
     log.info("event=backlog_published messages=%d host=%s port=%d", backlog.sent,
              address.host, address.port)
