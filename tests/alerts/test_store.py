@@ -103,6 +103,16 @@ def test_alerts_come_back_when_the_gateway_is_online_again(fleet):
     assert [a[1] for a in audit(fleet, oxi)] == ["open", "suppress", "unsuppress"]
 
 
+def test_a_gateway_column_of_the_registry_counts_as_the_devices_gateway(fleet):
+    with psycopg.connect(fleet) as conn:
+        conn.execute("""UPDATE devices SET attributes = '{"gateway": "GW-0009"}'
+                        WHERE device_id = 'OXI-0009'""")
+    add_device(fleet, "GW-0009", "gateway", "Aarhus")
+    fire(fleet, ("device_silent", "GW-0009"))
+    fire(fleet, ("battery_low", "OXI-0009"))
+    assert alert_of(fleet, "battery_low", "OXI-0009")[1] == "suppressed"
+
+
 def test_an_offline_device_suppresses_its_own_low_battery_alert_only(fleet):
     fire(fleet, ("battery_low", "ALM-0001"))
     (offline, _), = fire(fleet, ("device_silent", "ALM-0001"))

@@ -80,7 +80,8 @@ class AlertPolicy:
     escalation_interval_s: float = 15.0
     reopen_window_s: float = 1800.0
     resolution_codes: tuple[str, ...] = DEFAULT_RESOLUTION_CODES
-    label_attributes: tuple[str, ...] = ("gateway_id",)
+    # registry attributes that become labels: "name", or "label=attribute" (the first found wins)
+    label_attributes: tuple[str, ...] = ("gateway_id", "gateway_id=gateway")
     silence_in_repair: bool = True
     inhibit: tuple[InhibitRule, ...] = ()
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
@@ -172,7 +173,7 @@ class _Reader:
             reopen_window_s=self.duration(doc.get("reopen_window", "30m"), "reopen_window"),
             resolution_codes=codes,
             label_attributes=self.strings(doc, "label_attributes", "the top level",
-                                          ("gateway_id",)),
+                                          AlertPolicy.label_attributes),
             silence_in_repair=self.boolean(doc, "silence_in_repair", "the top level", True),
             inhibit=tuple(self.inhibit(entry, i)
                           for i, entry in enumerate(self.tables(doc, "inhibit", "the top level"))),

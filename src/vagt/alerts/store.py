@@ -221,10 +221,11 @@ def _labels(conn: psycopg.Connection, firings: Sequence[AlertFiring],
     for f in firings:
         labels = {"rule": f.rule, "device_id": f.device_id, "severity": f.severity}
         extra = attrs.get(f.device_id, {})
-        for name in policy.label_attributes:
-            value = extra.get(name)
-            if value not in (None, ""):
-                labels[name] = str(value)
+        for entry in policy.label_attributes:   # "name", or "label=attribute"
+            label, _, attribute = entry.partition("=")
+            value = extra.get(attribute or label)
+            if value not in (None, "") and label not in labels:
+                labels[label] = str(value)
         result.append({**labels, **f.labels})
     return result
 
