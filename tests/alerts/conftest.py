@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from tests.app.conftest import devices, engine  # noqa: F401 - the engine's fixtures, shared
 
 
 @pytest.fixture

@@ -21,10 +21,16 @@ from vagt.alerts import (
     actions,
     claim,
     list_alerts,
-    resolve,
 )
 
 _numbers = itertools.count(1)
+RESOLVED_NOTE = "home carer on site"
+
+
+def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
+            note: str = RESOLVED_NOTE, *, code: str = "visit_arranged") -> AlertRow:
+    """An operator's resolution: it always has a code and a note (tests of that are below)."""
+    return actions.resolve(conn, alert_id, operator, note, code=code)
 
 
 def new_alert(database_url: str, queue: str = "emergency", priority: int = 1,
@@ -72,19 +78,19 @@ def audit_trail(conn: psycopg.Connection, alert_id: int) -> list[tuple[object, .
 # --- allowed transitions -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "action", "audited_as", "to_status", "by_column"), [
-    ("open", claim, "claim", "claimed", "claimed_by"),
-    ("claimed", acknowledge, "ack", "acknowledged", "acknowledged_by"),
-    ("open", resolve, "resolve", "resolved", "resolved_by"),
-    ("claimed", resolve, "resolve", "resolved", "resolved_by"),
-    ("acknowledged", resolve, "resolve", "resolved", "resolved_by"),
+@pytest.mark.parametrize(("status", "action", "audited_as", "to_status", "by_column", "note"), [
+    ("open", claim, "claim", "claimed", "claimed_by", None),
+    ("claimed", acknowledge, "ack", "acknowledged", "acknowledged_by", None),
+    ("open", resolve, "resolve", "resolved", "resolved_by", RESOLVED_NOTE),
+    ("claimed", resolve, "resolve", "resolved", "resolved_by", RESOLVED_NOTE),
+    ("acknowledged", resolve, "resolve", "resolved", "resolved_by", RESOLVED_NOTE),
 ], ids=["open-claim", "claimed-ack", "open-resolve", "claimed-resolve", "acknowledged-resolve"])
 def test_an_allowed_transition_changes_the_status_and_is_audited(
-        database_url, conn, status, action, audited_as, to_status, by_column):
+        database_url, conn, status, action, audited_as, to_status, by_column, note):
     alert_id = alert_in(database_url, conn, status)
     after = action(conn, alert_id, "anna")
     assert (after.status, getattr(after, by_column)) == (to_status, "anna")
-    assert audit_trail(conn, alert_id)[-1] == ("anna", audited_as, status, to_status, None)
+    assert audit_trail(conn, alert_id)[-1] == ("anna", audited_as, status, to_status, note)
 
 
 def test_claim_then_ack_then_resolve_leaves_three_audit_rows(database_url, conn):
@@ -110,8 +116,14 @@ def test_each_step_records_its_time_in_order(database_url, conn):
 
 def test_the_alerts_note_is_the_latest_one_given(database_url, conn):
     alert_id = alert_in(database_url, conn, "claimed")
-    acknowledge(conn, alert_id, "anna", "called the citizen")
-    assert resolve(conn, alert_id, "anna").note == "called the citizen"
+    assert acknowledge(conn, alert_id, "anna", "called the citizen").note == "called the citizen"
+    assert resolve(conn, alert_id, "anna", "carer on site").note == "carer on site"
+
+
+def test_an_acknowledgement_without_a_note_keeps_the_earlier_note(database_url, conn):
+    alert_id = alert_in(database_url, conn, "claimed")
+    actions.add_note(conn, alert_id, "anna", "called the citizen")
+    assert acknowledge(conn, alert_id, "anna").note == "called the citizen"
 
 
 def test_the_operator_name_is_stored_without_surrounding_spaces(database_url, conn):

@@ -39,9 +39,11 @@ def test_ack_keeps_the_note(database_url, conn, capsys):
 
 def test_resolve_with_a_note_resolves(database_url, conn, capsys):
     a = new_alert(database_url)
-    assert run(database_url, "resolve", str(a), "--operator", "anna", "--note", "false alarm") == 0
-    assert conn.execute("SELECT status, resolved_by FROM alerts").fetchall() == [
-        ("resolved", "anna")]
+    assert run(database_url, "resolve", str(a), "--operator", "anna", "--code", "false_alarm",
+               "--note", "the citizen pressed by mistake") == 0
+    assert conn.execute("SELECT status, resolved_by, resolution_code, note FROM alerts"
+                        ).fetchall() == [("resolved", "anna", "false_alarm",
+                                          "the citizen pressed by mistake")]
 
 
 def test_a_refused_claim_is_one_line_on_stderr_naming_the_holder_and_exits_2(database_url,
@@ -91,7 +93,8 @@ def test_list_json_is_an_array_filtered_by_status_and_queue(database_url, capsys
     a = new_alert(database_url, queue="technical")
     new_alert(database_url, queue="emergency")
     b = new_alert(database_url, queue="technical")
-    run(database_url, "resolve", str(b), "--operator", "anna")
+    run(database_url, "resolve", str(b), "--operator", "anna", "--code", "resolved",
+        "--note", "done")
     capsys.readouterr()
     assert run(database_url, "list", "--json", "--status", "open", "--queue", "technical") == 0
     listed = json.loads(capsys.readouterr().out)
@@ -103,7 +106,8 @@ def test_list_takes_several_statuses(database_url, capsys):
     b = new_alert(database_url)
     new_alert(database_url)
     run(database_url, "claim", str(a), "--operator", "anna")
-    run(database_url, "resolve", str(b), "--operator", "anna")
+    run(database_url, "resolve", str(b), "--operator", "anna", "--code", "resolved",
+        "--note", "done")
     capsys.readouterr()
     run(database_url, "list", "--json", "--status", "claimed", "--status", "resolved")
     assert {x["id"] for x in json.loads(capsys.readouterr().out)} == {a, b}
@@ -112,3 +116,12 @@ def test_list_takes_several_statuses(database_url, capsys):
 def test_list_says_so_when_nothing_matches(database_url, capsys):
     assert run(database_url, "list", "--queue", "nowhere") == 0
     assert capsys.readouterr().out == "no alerts match\n"
+
+
+def test_list_shows_why_a_suppressed_alert_is_held_back(database_url, conn, capsys):
+    a = new_alert(database_url)
+    conn.execute("UPDATE alerts SET status = 'suppressed', suppressed_reason = 'silence 4 by "
+                 "sofie: repair' WHERE id = %s", (a,))
+    assert run(database_url, "list", "--status", "suppressed") == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(
+        "[suppressed: silence 4 by sofie: repair]")

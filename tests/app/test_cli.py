@@ -44,7 +44,8 @@ def test_alerts_claim_ack_resolve_and_list_by_status(env, capsys):
     out = capsys.readouterr().out
     listed = json.loads(out[out.index("["):])
     assert [(x["id"], x["acknowledged_by"]) for x in listed] == [(a, "anna")]
-    assert main(["alerts", "resolve", str(a), "--operator", "anna"]) == 0
+    assert main(["alerts", "resolve", str(a), "--operator", "anna", "--code", "resolved",
+                 "--note", "done"]) == 0
     assert query(env, "SELECT count(*) FROM alert_audit") == [(3,)]
 
 

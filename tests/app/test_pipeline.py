@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import orjson
 import psycopg
 from tests.app.conftest import DEVICES, alarm, query, register, scalar, telemetry
 
+from vagt.alerts import policy
 from vagt.app import store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline
@@ -64,7 +66,17 @@ def test_a_recharged_battery_resolves_its_alert_and_the_audit_says_the_rule_did(
                                                   ("resolve", "open", "resolved")]
 
 
-def test_battery_low_again_after_it_was_resolved_opens_a_new_alert(database_url):
+def test_battery_low_again_soon_after_it_was_resolved_reopens_the_alert(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", T0, 12)], [battery("OXI-0001", T0 + 60, 90)],
+                [battery("OXI-0001", T0 + 120, 11)])
+    assert query(database_url, "SELECT status, reopen_count, repeat_count FROM alerts") == [
+        ("open", 1, 2)]
+
+
+def test_battery_low_again_after_the_reopen_window_opens_a_new_alert(database_url,
+                                                                     monkeypatch):
+    monkeypatch.setattr(policy, "_installed", policy.AlertPolicy(reopen_window_s=0))
     register(database_url, DEVICES)
     run_batches(database_url, [battery("OXI-0001", T0, 12)], [battery("OXI-0001", T0 + 60, 90)],
                 [battery("OXI-0001", T0 + 120, 11)])
@@ -144,19 +156,36 @@ def test_a_redelivered_alarm_does_not_reopen_the_alert_an_operator_resolved(data
     fall = [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))]
     run_batches(database_url, fall)
     with psycopg.connect(database_url) as conn:
-        resolve(conn, 1, "anna", "citizen is fine")
+        resolve(conn, 1, "anna", "citizen is fine", code="false_alarm")
     run_batches(database_url, fall)  # the broker delivers the same message again
     assert query(database_url, "SELECT id, status, repeat_count FROM alerts") == [
         (1, "resolved", 1)]
 
 
-def test_a_new_alarm_after_the_resolved_one_opens_a_new_alert(database_url):
+def test_a_new_alarm_soon_after_the_resolved_one_reopens_it_for_the_call_centre(database_url):
     from vagt.alerts import resolve
 
     register(database_url, DEVICES)
     run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))])
     with psycopg.connect(database_url) as conn:
-        resolve(conn, 1, "anna")
+        resolve(conn, 1, "anna", "citizen is fine", code="false_alarm")
+    run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0 + 600))])
+    assert query(database_url, "SELECT id, status, claimed_by, reopen_count FROM alerts") == [
+        (1, "open", None, 1)]
+    assert query(database_url, "SELECT actor, action, from_status, to_status FROM alert_audit "
+                               "WHERE alert_id = 1 ORDER BY id DESC LIMIT 1") == [
+        ("rule:personal_alarm", "reopen", "resolved", "open")]
+
+
+def test_a_new_alarm_after_the_reopen_window_opens_a_new_alert(database_url, monkeypatch):
+    from vagt.alerts import resolve
+
+    monkeypatch.setattr(policy, "_installed",
+                        dataclasses.replace(policy.load_policy(None), reopen_window_s=0.0))
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))])
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "citizen is fine", code="false_alarm")
     run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0 + 600))])
     assert query(database_url, "SELECT status FROM alerts ORDER BY id") == [("resolved",),
                                                                            ("open",)]

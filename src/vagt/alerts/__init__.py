@@ -1,4 +1,6 @@
-"""Alerts: the call-centre queue. The engine writes it (`store`), operators act on it (`actions`)."""
+"""Alerts: the call-centre queue. The engine writes it (`store`), operators act on it
+(`actions`, the REST `api`), the policy (`policy`) routes, escalates and suppresses, and the
+outbox (`outbox`, `delivery`) tells the call centre's systems."""
 
 from vagt.alerts.actions import (
     AlertBusy,
@@ -7,10 +9,16 @@ from vagt.alerts.actions import (
     AlertRow,
     AlertStatus,
     InvalidOperator,
+    InvalidResolution,
     InvalidTransition,
     acknowledge,
+    add_note,
+    audit_trail,
     claim,
+    get_alert,
     list_alerts,
+    next_alert,
+    release,
     resolve,
 )
 
@@ -21,9 +29,15 @@ __all__ = [
     "AlertRow",
     "AlertStatus",
     "InvalidOperator",
+    "InvalidResolution",
     "InvalidTransition",
     "acknowledge",
+    "add_note",
+    "audit_trail",
     "claim",
+    "get_alert",
     "list_alerts",
+    "next_alert",
+    "release",
     "resolve",
 ]

@@ -1,23 +1,37 @@
-"""`vagt alerts ...`: the call-centre queue from the command line; every action is audited."""
+"""`vagt alerts ...` and `vagt silences ...`: the call-centre queue from the command line.
+
+Every action is audited. `vagt alerts route k=v ...` shows where an alert with those labels
+would go, without a database.
+"""
 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
 
+from vagt.alerts import outbox
 from vagt.alerts.actions import (
     AlertError,
     AlertRow,
     AlertStatus,
     acknowledge,
+    add_note,
+    audit_trail,
     claim,
+    get_alert,
     list_alerts,
+    next_alert,
+    release,
     resolve,
 )
-from vagt.app.cli_support import format_table, reports_errors
+from vagt.alerts.matchers import MatcherError, parse_matcher
+from vagt.alerts.policy import PolicyError, load_policy, parse_duration
+from vagt.alerts.routing import describe, route_alert
+from vagt.alerts.silences import create_silence, expire_silence, list_silences
+from vagt.app.cli_support import fail, format_table, reports_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,16 +48,97 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     for name, help_text, handler, takes_note in (
             ("claim", "take an open alert: then no one else can", handle_claim, False),
             ("ack", "acknowledge an alert you have claimed", handle_ack, True),
-            ("resolve", "resolve an open alert or one you hold (final)", handle_resolve, True)):
+            ("resolve", "resolve an open alert or one you hold, with a code and a note",
+             handle_resolve, True),
+            ("note", "write a note on an alert (its status stays)", handle_note, True),
+            ("release", "give an alert you hold back to its queue", handle_release, True)):
         p = actions.add_parser(name, help=help_text)
         p.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
         p.add_argument("--operator", required=True, help="your operator name")
         if takes_note:
-            p.add_argument("--note", help="what was done, for the audit trail")
+            p.add_argument("--note", required=name in ("resolve", "note"),
+                           help="what was done, for the audit trail")
+        if name == "release":
+            p.add_argument("--supervisor", action="store_true",
+                           help="release an alert someone else holds (a supervisor's step)")
+        if name == "resolve":
+            p.add_argument("--code", required=True,
+                           help="the resolution code, e.g. visit_arranged or false_alarm "
+                                "(the policy's resolution_codes)")
         p.set_defaults(handler=handler)
+    show = actions.add_parser("show", help="one alert with its audit trail")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=handle_show)
+    nxt = actions.add_parser("next", help="claim the most urgent open alert of your queues")
+    nxt.add_argument("--operator", required=True, help="your operator name")
+    nxt.add_argument("--queue", action="append", help="a queue to take from; repeat for "
+                                                      "several (default: every queue)")
+    nxt.set_defaults(handler=handle_next)
+    route = actions.add_parser("route", help="where an alert with these labels would go")
+    route.add_argument("labels", nargs="+", metavar="NAME=VALUE",
+                       help="the alert's labels, e.g. rule=battery_low type=oximeter")
+    route.add_argument("--queue", default="(the rule's queue)",
+                       help="the rule's own queue, used when no route sets one")
+    route.add_argument("--priority", type=int, default=3,
+                       help="the rule's own priority, used when no route sets one (default: 3)")
+    route.set_defaults(policy_handler=handle_route)
+    box = actions.add_parser("outbox", help="events not yet delivered to the call centre")
+    box.add_argument("--dead", action="store_true", help="only dead letters (tries used up)")
+    box.set_defaults(handler=handle_outbox)
+    again = actions.add_parser("redeliver", help="try a dead letter again")
+    again.add_argument("outbox_id", type=int)
+    again.add_argument("--target", required=True, help="the delivery target's name")
+    again.add_argument("--author", required=True, help="your name, for the audit trail")
+    again.set_defaults(handler=handle_redeliver)
+    _add_silences(subparsers)
 
 
-@reports_errors(AlertError)
+def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    silences = subparsers.add_parser("silences", help="silences and maintenance windows")
+    actions = silences.add_subparsers(metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="silence the alerts matching every matcher")
+    add.add_argument("matchers", nargs="+", metavar="MATCHER",
+                     help='name=value, name!=value, name=~regex or name!~regex')
+    add.add_argument("--author", required=True, help="your name, for the audit trail")
+    add.add_argument("--comment", required=True, help="why, e.g. the maintenance ticket")
+    add.add_argument("--start", type=_timestamp, default=None,
+                     help="ISO 8601 time it starts (default: now), e.g. 2026-12-01T22:00+01:00")
+    end = add.add_mutually_exclusive_group(required=True)
+    end.add_argument("--end", type=_timestamp, help="ISO 8601 time it ends")
+    end.add_argument("--duration", type=_duration, help="how long from the start, e.g. 2h")
+    add.set_defaults(handler=handle_silence_add)
+    ls = actions.add_parser("list", help="silences in force or to come")
+    ls.add_argument("--all", action="store_true", help="expired ones too")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=handle_silence_list)
+    ex = actions.add_parser("expire", help="end a silence now")
+    ex.add_argument("id", type=int)
+    ex.add_argument("--author", required=True, help="your name, for the audit trail")
+    ex.set_defaults(handler=handle_silence_expire)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone; add Z or +01:00")
+    return at
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_reports_errors = reports_errors(AlertError, PolicyError, MatcherError)
+
+
+@_reports_errors
 def handle_list(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         rows = list_alerts(conn, status=args.status, queue=args.queue, limit=args.limit)
@@ -51,7 +146,7 @@ def handle_list(args: argparse.Namespace, conninfo: str) -> int:
         print(orjson.dumps([r.to_json() for r in rows], option=orjson.OPT_INDENT_2).decode())
     elif rows:
         print(format_table(["ID", "PRI", "QUEUE", "STATUS", "HOLDER", "OPENED", "REPEATS",
-                           "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
+                            "DEVICE", "SUMMARY"], [_cells(r) for r in rows]))
     else:
         print("no alerts match" if args.status or args.queue else "no alerts")
     return 0
@@ -59,34 +154,165 @@ def handle_list(args: argparse.Namespace, conninfo: str) -> int:
 
 def _cells(r: AlertRow) -> list[str]:
     holder = r.claimed_by if r.status in (AlertStatus.CLAIMED, AlertStatus.ACKNOWLEDGED) else ""
+    summary = r.summary
+    if r.status is AlertStatus.SUPPRESSED and r.suppressed_reason:
+        summary += f" [suppressed: {r.suppressed_reason}]"
     return [str(r.id), str(r.priority), r.queue, r.status.value, holder or "",
-            _local_time(r.opened_at), str(r.repeat_count), r.device_id or "-", r.summary]
+            _local_time(r.opened_at), str(r.repeat_count), r.device_id or "-", summary]
 
 
 def _local_time(at: datetime) -> str:
     return f"{at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
 
 
-@reports_errors(AlertError)
+@_reports_errors
 def handle_claim(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(claim(conn, args.id, args.operator))
 
 
-@reports_errors(AlertError)
+@_reports_errors
 def handle_ack(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return _done(acknowledge(conn, args.id, args.operator, args.note))
 
 
-@reports_errors(AlertError)
+@_reports_errors
 def handle_resolve(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(resolve(conn, args.id, args.operator, args.note))
+        return _done(resolve(conn, args.id, args.operator, args.note, code=args.code))
+
+
+@_reports_errors
+def handle_release(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        alert = release(conn, args.id, args.operator, args.note, supervisor=args.supervisor)
+    print(f"alert {alert.id} is open again in {alert.queue}: {alert.summary}")
+    return 0
+
+
+@_reports_errors
+def handle_note(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        alert = add_note(conn, args.id, args.operator, args.note)
+    print(f"alert {alert.id}: note written by {args.operator.strip()}")
+    return 0
+
+
+@_reports_errors
+def handle_next(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        alert = next_alert(conn, args.operator, args.queue)
+    if alert is None:
+        print("nothing to take: no open alert in " + (", ".join(args.queue) if args.queue
+                                                      else "any queue"))
+        return 0
+    return _done(alert)
+
+
+@_reports_errors
+def handle_show(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        alert = get_alert(conn, args.id)
+        trail = audit_trail(conn, args.id)
+    if args.json:
+        print(orjson.dumps({**alert.to_json(), "history": [e.to_json() for e in trail]},
+                           option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for name, value in alert.to_json().items():
+        if value not in (None, [], {}):
+            print(f"{name + ':':<18} {value}")
+    print()
+    print(format_table(["AT", "ACTOR", "ACTION", "FROM", "TO", "NOTE"],
+                        [[_local_time(e.at), e.actor, e.action, e.from_status or "-",
+                          e.to_status, e.note or ""] for e in trail]))
+    return 0
+
+
+def handle_route(args: argparse.Namespace, policy_path: str) -> int:
+    """Where an alert with these labels goes, by the configured (or built-in) policy."""
+    try:
+        policy = load_policy(policy_path or None, secrets=False)
+        labels: dict[str, object] = {}
+        for text in args.labels:
+            name, sep, value = text.partition("=")
+            if not sep or not name:
+                raise MatcherError(f"{text!r} is not a label; write name=value")
+            labels[name] = value
+    except (PolicyError, MatcherError) as e:
+        return fail(str(e))
+    dest = route_alert(policy.root, labels, default_queue=args.queue,
+                       default_priority=args.priority, time_to_claim=policy.time_to_claim_s)
+    print("\n".join(describe(dest)))
+    return 0
+
+
+@_reports_errors
+def handle_outbox(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        rows = outbox.undelivered(conn, dead_only=args.dead)
+    if not rows:
+        print("nothing waiting: every event is delivered" if not args.dead else "no dead letters")
+        return 0
+    print(format_table(["OUTBOX", "TARGET", "ALERT", "EVENT", "TRIES", "STATE", "LAST ERROR"],
+                        [[str(o), t, str(a), e, str(n), "dead" if d else "retrying",
+                          err or ""] for o, t, a, e, n, err, d in rows]))
+    return 0
+
+
+@_reports_errors
+def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        try:
+            outbox.redeliver(conn, args.outbox_id, args.target, actor=args.author)
+        except LookupError as e:
+            return fail(str(e))
+    print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
+    return 0
+
+
+@_reports_errors
+def handle_silence_add(args: argparse.Namespace, conninfo: str) -> int:
+    matchers = [parse_matcher(m) for m in args.matchers]
+    now = datetime.now(UTC)
+    start = args.start or now
+    end = args.end or start + args.duration
+    with psycopg.connect(conninfo) as conn:
+        s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=args.author,
+                           comment=args.comment, now=now)
+    print(f"silence {s.id} ({s.state(now)}): {', '.join(map(str, s.matchers))} "
+          f"until {_local_time(s.ends_at)}")
+    return 0
+
+
+@_reports_errors
+def handle_silence_list(args: argparse.Namespace, conninfo: str) -> int:
+    now = datetime.now(UTC)
+    with psycopg.connect(conninfo) as conn:
+        rows = list_silences(conn, include_expired=args.all, now=now)
+    if args.json:
+        print(orjson.dumps([s.to_json(now) for s in rows], option=orjson.OPT_INDENT_2).decode())
+    elif rows:
+        print(format_table(["ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "COMMENT"],
+                            [[str(s.id), s.state(now), _local_time(s.starts_at),
+                              _local_time(s.ends_at), s.author,
+                              " ".join(map(str, s.matchers)), s.comment] for s in rows]))
+    else:
+        print("no silences")
+    return 0
+
+
+@_reports_errors
+def handle_silence_expire(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        s = expire_silence(conn, args.id, by=args.author)
+    print(f"silence {s.id} expired by {s.expired_by}")
+    return 0
 
 
 def _done(alert: AlertRow) -> int:
     who = {AlertStatus.CLAIMED: alert.claimed_by, AlertStatus.ACKNOWLEDGED: alert.acknowledged_by,
            AlertStatus.RESOLVED: alert.resolved_by}.get(alert.status)
-    print(f"alert {alert.id} is now {alert.status.value} by {who}: {alert.summary}")
+    code = f" ({alert.resolution_code})" if alert.status is AlertStatus.RESOLVED else ""
+    print(f"alert {alert.id} is now {alert.status.value}{code} by {who}: {alert.summary}")
     return 0

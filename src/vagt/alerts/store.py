@@ -1,7 +1,17 @@
-"""The engine's writes to the alert queue: open or repeat alerts by fingerprint, clear them.
+"""The engine's writes to the alert queue: route, open, repeat or reopen by fingerprint, clear.
 
 Runs inside the batch's transaction, so an alert exists exactly when the readings and events
-that caused it are committed. One statement per batch, whatever the number of alerts.
+that caused it are committed, and so does its outbox entry. A few statements per batch,
+whatever the number of alerts.
+
+- Deduplication: one alert that is not resolved per fingerprint; a repeat counts.
+- Reopening: a firing recorded within the policy's `reopen_window` after the fingerprint's
+  latest alert was resolved (and newer than anything that alert saw) reopens that alert
+  instead of opening a twin.
+- Routing: the policy's tree chooses queue, priority and time to claim; the rule's queue and
+  priority are the defaults.
+- Suppression: a new alert held back by a silence, an inhibition or a device in repair is
+  stored as `suppressed`, with the reason.
 
 Idempotent by device time: a firing changes an alert only if it happened after everything the
 alert has already seen (`last_fired_at`), so a redelivered message changes nothing and an
@@ -16,6 +26,11 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 
+from vagt.alerts import outbox
+from vagt.alerts.policy import AlertPolicy, current_policy
+from vagt.alerts.routing import route_alert
+from vagt.alerts.suppression import is_inhibition_source, reconcile
+
 ENGINE_ACTOR = "vagt"
 
 
@@ -27,8 +42,8 @@ class AlertFiring:
     device_id: str
     summary: str
     severity: str
-    priority: int
-    queue: str
+    priority: int       # the rule's: the routing tree may set another
+    queue: str          # the rule's: the routing tree may set another
     first_time: float   # unix seconds, device time
     last_time: float
     count: int = 1
@@ -43,16 +58,61 @@ def fingerprint(rule: str, device_id: str) -> str:
     return f"{rule}|{device_id}"
 
 
-_UPSERT = """
-WITH incoming AS (
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                         %s::text[], %s::int[], %s::text[], %s::float8[], %s::float8[], %s::int[])
-        AS t(fingerprint, rule, device_id, labels, summary, severity, priority, queue,
-             first_time, last_time, n)
-), upserted AS (
+# %b: binary parameters; text arrays of JSON would cost a regex escape per element
+_INCOMING = """
+incoming AS (
+    SELECT * FROM unnest(%(fp)b::text[], %(rule)b::text[], %(device)b::text[],
+                         %(labels)b::text[], %(summary)b::text[], %(severity)b::text[],
+                         %(priority)b::int[], %(queue)b::text[], %(extra)b::text[],
+                         %(route)b::text[], %(ttc)b::float8[], %(first)b::float8[],
+                         %(last)b::float8[], %(n)b::int[])
+        AS t(fingerprint, rule, device_id, labels, summary, severity, priority, queue, extra,
+             route, ttc, first_time, last_time, n)
+)"""
+
+_REOPEN = "WITH" + _INCOMING + """,
+latest AS (
+    SELECT DISTINCT ON (a.fingerprint) a.id, a.fingerprint, a.status, a.resolved_at,
+           a.last_fired_at, a.resolved_by, a.resolution_code
+    FROM alerts a JOIN incoming i USING (fingerprint)
+    ORDER BY a.fingerprint, a.id DESC
+), target AS (
+    SELECT l.id, l.resolved_by AS was_resolved_by, l.resolution_code AS was_code, i.*
+    FROM latest l JOIN incoming i USING (fingerprint)
+    WHERE l.status = 'resolved' AND l.last_fired_at < to_timestamp(i.last_time)
+      AND now() <= l.resolved_at + make_interval(secs => %(window)s)
+), reopened AS (
+    UPDATE alerts a SET
+        status = 'open', labels = t.labels::jsonb, summary = t.summary, severity = t.severity,
+        priority = t.priority, base_priority = t.priority, queue = t.queue,
+        extra_queues = ARRAY(SELECT jsonb_array_elements_text(t.extra::jsonb)),
+        route = t.route, time_to_claim = make_interval(secs => t.ttc),
+        queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
+        repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
+        reopen_count = a.reopen_count + 1, reopened_at = now(),
+        claimed_at = NULL, claimed_by = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
+        resolved_at = NULL, resolved_by = NULL, resolution_code = NULL, escalated_at = NULL
+    FROM target t WHERE a.id = t.id AND a.status = 'resolved'
+    RETURNING a.id, a.fingerprint, a.queue
+), audited AS (
+    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, note, details)
+    SELECT r.id, 'rule:' || t.rule, 'reopen', 'resolved', 'open',
+           'fired again within the reopen window',
+           jsonb_build_object('previously_resolved_by', t.was_resolved_by,
+                              'previous_resolution_code', t.was_code)
+    FROM reopened r JOIN target t USING (id)
+)
+SELECT id, fingerprint, queue FROM reopened
+"""
+
+_UPSERT = "WITH" + _INCOMING + """,
+upserted AS (
     INSERT INTO alerts AS a (fingerprint, rule, device_id, labels, summary, severity, priority,
-                             queue, opened_at, last_fired_at, repeat_count)
-    SELECT fingerprint, rule, device_id, labels::jsonb, summary, severity, priority, queue,
+                             base_priority, queue, extra_queues, route, time_to_claim,
+                             queued_at, claim_deadline, opened_at, last_fired_at, repeat_count)
+    SELECT fingerprint, rule, device_id, labels::jsonb, summary, severity, priority, priority,
+           queue, ARRAY(SELECT jsonb_array_elements_text(extra::jsonb)), route,
+           make_interval(secs => ttc), now(), now() + make_interval(secs => ttc),
            to_timestamp(first_time), to_timestamp(last_time), n
     FROM incoming i
     WHERE NOT EXISTS (SELECT 1 FROM alerts r
@@ -63,61 +123,126 @@ WITH incoming AS (
            last_fired_at = EXCLUDED.last_fired_at,
            summary = EXCLUDED.summary
        WHERE EXCLUDED.last_fired_at > a.last_fired_at
-    RETURNING a.id, a.rule, a.queue, (a.xmax = 0) AS opened
+    RETURNING a.id, a.rule, a.queue, a.priority, a.route, (a.xmax = 0) AS opened,
+              a.fingerprint
 ), audited AS (
-    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status)
-    SELECT id, 'rule:' || rule, 'open', NULL, 'open' FROM upserted WHERE opened
+    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, details)
+    SELECT id, 'rule:' || rule, 'open', NULL, 'open',
+           jsonb_build_object('route', route, 'queue', queue, 'priority', priority)
+    FROM upserted WHERE opened
 )
-SELECT id, queue, opened FROM upserted
+SELECT id, queue, opened, fingerprint FROM upserted
 """
 
 _CLEAR = """
 WITH incoming AS (
     SELECT * FROM unnest(%s::text[], %s::float8[]) AS t(fingerprint, at)
 ), target AS (
-    SELECT a.id, a.rule, a.status FROM alerts a JOIN incoming i USING (fingerprint)
+    SELECT a.id, a.rule, a.status, a.labels FROM alerts a JOIN incoming i USING (fingerprint)
     WHERE a.status <> 'resolved' AND a.last_fired_at <= to_timestamp(i.at)
     FOR UPDATE OF a
 ), resolved AS (
     UPDATE alerts a SET status = 'resolved', resolved_at = now(),
-                        resolved_by = 'rule:' || a.rule,
+                        resolved_by = 'rule:' || a.rule, resolution_code = 'cleared',
+                        suppressed_reason = NULL,
                         note = 'cleared: the condition no longer holds'
     FROM target WHERE a.id = target.id
     RETURNING a.id
 ), audited AS (
-    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, note)
-    SELECT id, 'rule:' || rule, 'resolve', status, 'resolved', 'the condition no longer holds'
+    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, note, details)
+    SELECT id, 'rule:' || rule, 'resolve', status, 'resolved', 'the condition no longer holds',
+           '{"resolution_code": "cleared"}'::jsonb
     FROM target
 )
-SELECT id FROM resolved
+SELECT t.id, t.labels FROM target t JOIN resolved USING (id)
 """
 
 
-def record_firings(conn: psycopg.Connection,
-                   firings: Sequence[AlertFiring]) -> list[tuple[int, str]]:
-    """Open an alert per new fingerprint, count a repeat on an open one.
+def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
+                   policy: AlertPolicy | None = None) -> list[tuple[int, str]]:
+    """Open an alert per new fingerprint, count a repeat on an open one, reopen a recent one.
 
-    Returns (id, queue) of the alerts opened now.
+    Returns (id, queue) of the alerts opened or reopened now (suppressed ones included).
     """
     if not firings:
         return []
-    cols = (
-        [f.fingerprint for f in firings], [f.rule for f in firings],
-        [f.device_id for f in firings],
-        [orjson.dumps(f.labels).decode() for f in firings],
-        [f.summary for f in firings], [f.severity for f in firings],
-        [f.priority for f in firings], [f.queue for f in firings],
-        [f.first_time for f in firings], [f.last_time for f in firings],
-        [f.count for f in firings],
-    )
-    rows = conn.execute(_UPSERT, cols).fetchall()
-    return [(int(r[0]), str(r[1])) for r in rows if r[2]]
+    policy = policy or current_policy()
+    labels = _labels(conn, firings, policy)
+    params = _columns(firings, labels, policy)
+    reopened = conn.execute(_REOPEN, {**params, "window": policy.reopen_window_s}).fetchall()
+    again = {str(r[1]) for r in reopened}
+    if again:
+        keep = [i for i, f in enumerate(firings) if f.fingerprint not in again]
+        params = {k: [v[i] for i in keep] for k, v in params.items()}
+    rows = conn.execute(_UPSERT, params).fetchall() if params["fp"] else []
+    opened = [(int(r[0]), str(r[1])) for r in rows if r[2]]
+    new_ids = {i for i, _ in opened}
+    reopened_ids = {int(r[0]) for r in reopened}
+    fresh = new_ids | reopened_ids
+    if fresh:
+        fresh_fps = again | {str(r[3]) for r in rows if r[2]}
+        sources = any(is_inhibition_source(labels[i], policy)
+                      for i, f in enumerate(firings) if f.fingerprint in fresh_fps)
+        held = reconcile(conn, policy=policy, alert_ids=None if sources else fresh,
+                         quiet=fresh).suppressed
+        outbox.enqueue(conn, new_ids - set(held), "opened", ENGINE_ACTOR)
+        outbox.enqueue(conn, reopened_ids - set(held), "reopened", ENGINE_ACTOR)
+    return opened + [(int(r[0]), str(r[2])) for r in reopened]
 
 
 def clear_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
-                 times: Sequence[float]) -> list[int]:
-    """Resolve the open alerts whose condition cleared at `times` (not before they last fired)."""
+                 times: Sequence[float], policy: AlertPolicy | None = None) -> list[int]:
+    """Resolve the open alerts whose condition cleared at `times` (not before they last fired).
+
+    Alerts that an inhibition held back only because of a cleared one come back.
+    """
     if not fingerprints:
         return []
+    policy = policy or current_policy()
     rows = conn.execute(_CLEAR, (list(fingerprints), list(times))).fetchall()
-    return [int(r[0]) for r in rows]
+    ids = [int(r[0]) for r in rows]
+    outbox.enqueue(conn, ids, "resolved", ENGINE_ACTOR, {"resolution_code": "cleared"})
+    if any(is_inhibition_source(r[1], policy) for r in rows):
+        reconcile(conn, policy=policy)
+    return ids
+
+
+def _labels(conn: psycopg.Connection, firings: Sequence[AlertFiring],
+            policy: AlertPolicy) -> list[dict[str, str]]:
+    """The firing's labels, with severity and the registry attributes the policy names."""
+    attrs: dict[str, dict[str, object]] = {}
+    if policy.label_attributes:
+        devices = sorted({f.device_id for f in firings})
+        for device_id, attributes in conn.execute(
+                "SELECT device_id, attributes FROM devices WHERE device_id = ANY(%s)",
+                (devices,)):
+            attrs[device_id] = attributes or {}
+    result = []
+    for f in firings:
+        labels = {"rule": f.rule, "device_id": f.device_id, "severity": f.severity}
+        extra = attrs.get(f.device_id, {})
+        for entry in policy.label_attributes:   # "name", or "label=attribute"
+            label, _, attribute = entry.partition("=")
+            value = extra.get(attribute or label)
+            if value not in (None, "") and label not in labels:
+                labels[label] = str(value)
+        result.append({**labels, **f.labels})
+    return result
+
+
+def _columns(firings: Sequence[AlertFiring], labels: list[dict[str, str]],
+             policy: AlertPolicy) -> dict[str, list[object]]:
+    dests = [route_alert(policy.root, lab, default_queue=f.queue, default_priority=f.priority,
+                         time_to_claim=policy.time_to_claim_s)
+             for f, lab in zip(firings, labels)]
+    return {
+        "fp": [f.fingerprint for f in firings], "rule": [f.rule for f in firings],
+        "device": [f.device_id for f in firings],
+        "labels": [orjson.dumps(lab).decode() for lab in labels],
+        "summary": [f.summary for f in firings], "severity": [f.severity for f in firings],
+        "priority": [d.priority for d in dests], "queue": [d.queue for d in dests],
+        "extra": [orjson.dumps(d.extra_queues).decode() for d in dests],
+        "route": [d.route for d in dests], "ttc": [d.time_to_claim_s for d in dests],
+        "first": [f.first_time for f in firings], "last": [f.last_time for f in firings],
+        "n": [f.count for f in firings],
+    }

@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig = dbsub.add_parser("migrate", help="apply the numbered migrations not yet applied")
     mig.set_defaults(func=cmd_db_migrate)
 
+    from vagt.alerts import accounts_cli
     from vagt.alerts import cli as alerts_cli
     from vagt.devices import cli as devices_cli
 
-    for module in (devices_cli, alerts_cli):
+    for module in (devices_cli, alerts_cli, accounts_cli):
         before = set(sub.choices)
         module.add_parser(sub)
         for name in set(sub.choices) - before:
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     _simulation_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    api = sub.add_parser("api", help="serve the operator REST API (OpenAPI at /docs)")
+    api.add_argument("--host", default=None, help="default: api_host (127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="default: api_port, else 8080")
+    api.set_defaults(func=cmd_api)
 
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
     sim.add_argument("--devices", type=_count, default=300)
@@ -165,11 +171,28 @@ def _wrap_db_handlers(parser: argparse.ArgumentParser) -> None:
     handler = parser.get_default("handler")
     if handler is not None:
         parser.set_defaults(func=lambda args, config, h=handler: _with_database(args, config, h))
+    policy_handler = parser.get_default("policy_handler")
+    if policy_handler is not None:  # needs the alert policy, not the database
+        parser.set_defaults(func=lambda args, config, h=policy_handler: h(args, config.alerts))
+
+
+def _install_alert_policy(config: Config) -> None:
+    """Operators' commands check resolution codes etc. against the configured policy."""
+    from vagt.alerts.policy import install_policy, load_policy
+
+    install_policy(load_policy(config.alerts or None, secrets=False))
 
 
 def _with_database(args: argparse.Namespace, config: Config, handler: object) -> int:
     """Call handler(args, url), or handler(args, url, config) for one that says it needs
     the configuration (`handler_takes_config`: the catalogue, the topic root)."""
+    from vagt.alerts.policy import PolicyError
+
+    try:
+        _install_alert_policy(config)
+    except PolicyError as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
     with database_url(config) as url:
         extra = (config,) if getattr(args, "handler_takes_config", False) else ()
         result: int = handler(args, url, *extra)  # type: ignore[operator]
@@ -244,6 +267,43 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
         return 2
     with database_url(config) as url, psycopg.connect(url) as conn:
         print(fleet_cli.render(fleet_cli.query(conn, catalogue, args), args))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, config: Config) -> int:
+    """The API alone, with its own /metrics; `vagt run` serves it too when api_port is set."""
+    import os
+
+    import uvicorn
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from vagt.alerts.api.app import create_app
+    from vagt.alerts.policy import PolicyError, load_policy
+    from vagt.app import db
+    from vagt.app.metrics import EngineMetrics
+
+    try:
+        policy = load_policy(config.alerts or None, os.environ, secrets=False)
+    except PolicyError as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    _install_alert_policy(config)
+    metrics = EngineMetrics()
+    with database_url(config) as url:
+        db.migrate(url)
+        with db.open_pool(url, config.database.pool_min, config.database.pool_max) as pool:
+            app = create_app(pool, policy, observer=metrics)
+
+            @app.get("/metrics", include_in_schema=False)
+            def exposition() -> Response:
+                return Response(generate_latest(metrics.registry),
+                                media_type=CONTENT_TYPE_LATEST)
+
+            port = args.port or config.api_port or 8080
+            log.info("event=api_listening host=%s port=%d", args.host or config.api_host, port)
+            uvicorn.run(app, host=args.host or config.api_host, port=port, log_config=None,
+                        access_log=False)
     return 0
 
 

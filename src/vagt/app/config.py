@@ -86,6 +86,9 @@ class Config:
     rules_tick_s: float = 15.0          # how often deadlines and the absence sweep are checked
     catalogue: str = ""                 # the approved models (TOML); "" = the built-in catalogue
     data_dir: str = "var"               # embedded database and broker state
+    alerts: str = ""                    # the alert policy (TOML); "" = the built-in policy
+    api_host: str = "127.0.0.1"         # the operator REST API of `vagt run` / `vagt api`
+    api_port: int = 0                   # 0 = `vagt run` serves no API
     # The secret devices' broker passwords are derived from (`vagt devices broker-acl`);
     # kept out of repr so it never reaches a log.
     device_secret: str = field(default="", repr=False)
@@ -108,6 +111,9 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_DATA_DIR": ("", "data_dir"),
     "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
+    "VAGT_ALERTS": ("", "alerts"),
+    "VAGT_API_HOST": ("", "api_host"),
+    "VAGT_API_PORT": ("", "api_port"),
 }
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -228,6 +234,11 @@ def _validate(c: Config) -> None:
             f"setting 'metrics_port' (VAGT_METRICS_PORT) must be a port from 0 to 65535, "
             f"got {c.metrics_port}"
         )
+    if not 0 <= c.api_port <= 65535:
+        raise ConfigError(f"setting 'api_port' (VAGT_API_PORT) must be a port from 0 to 65535, "
+                          f"got {c.api_port}")
+    if c.alerts and not Path(c.alerts).is_file():
+        raise ConfigError(f"setting 'alerts' (VAGT_ALERTS): {c.alerts} is not a file")
     if c.rules and not Path(c.rules).exists():
         raise ConfigError(f"setting 'rules' (VAGT_RULES): {c.rules} does not exist")
     if c.catalogue and not Path(c.catalogue).is_file():

@@ -9,6 +9,7 @@ lane has committed and acknowledged the batch in hand.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from vagt.alerts.policy import install_policy, load_policy
+from vagt.alerts.service import ApiSettings, alert_services
 from vagt.app import db, rule_queries, store
 from vagt.app.config import Config, redact_url
 from vagt.app.metrics import EngineMetrics
@@ -166,6 +169,9 @@ def run_engine(config: Config, stop: threading.Event,
     log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
     db.migrate(conninfo)
     rules = load_rules(config.rules or None)
+    # the webhook secrets named by the policy's `secret_env` come from the environment
+    policy = load_policy(config.alerts or None, os.environ)
+    install_policy(policy)
     metrics = metrics or EngineMetrics()
     with open_engine_pool(conninfo, config) as pool:
         fleet = Fleet(load_catalogue(config.catalogue or None))
@@ -175,6 +181,7 @@ def run_engine(config: Config, stop: threading.Event,
         pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
                             fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
+        metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
@@ -189,7 +196,12 @@ def run_engine(config: Config, stop: threading.Event,
                                         daemon=True)
         timer_thread.start()
         try:
-            _run_lanes(config, pool, pipeline, metrics, stop)
+            with alert_services(pool, policy, clock=clock, observer=metrics,
+                                mqtt_defaults=_mqtt_defaults(config),
+                                client_id=config.mqtt.client_id,
+                                api=ApiSettings(config.api_host, config.api_port)
+                                if config.api_port else None):
+                _run_lanes(config, pool, pipeline, metrics, stop)
         finally:
             timer_thread.join(timeout=10)
             if server is not None:
@@ -337,3 +349,17 @@ def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
             "SELECT queue, count(*) FROM alerts "
             "WHERE status IN ('open', 'claimed', 'acknowledged') GROUP BY queue").fetchall()
     return [(str(q), int(n)) for q, n in rows]
+
+
+def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
+    with pool.connection(timeout=2) as conn:
+        rows = conn.execute(
+            "SELECT queue, priority, status, count(*) FROM alerts "
+            "WHERE status <> 'resolved' GROUP BY 1, 2, 3").fetchall()
+    return [(str(q), int(p), str(s), int(n)) for q, p, s, n in rows]
+
+
+def _mqtt_defaults(config: Config) -> dict[str, object]:
+    m = config.mqtt
+    return {"host": m.host, "port": m.port, "username": m.username, "password": m.password,
+            "tls": m.tls}

@@ -21,6 +21,9 @@ log = logging.getLogger("vagt.metrics")
 
 # The alarm goal is 250 ms from publish to committed alert: resolve well around it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# From seconds (an alarm claimed at once) to a day (a low-priority alert).
+QUEUE_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600,
+                 3 * 24 * 3600)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
 
 
@@ -61,6 +64,38 @@ class EngineMetrics:
                                  registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
+        self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",
+                                       "From an alert becoming claimable to its claim",
+                                       ["queue"], buckets=QUEUE_BUCKETS, registry=r)
+        self.time_to_resolve = Histogram("vagt_alert_time_to_resolve_seconds",
+                                         "From an alert's creation to its resolution by an "
+                                         "operator", ["queue"], buckets=QUEUE_BUCKETS,
+                                         registry=r)
+        self.breaches = Counter("vagt_alert_claim_breaches",
+                                "Alerts not claimed within their time to claim (escalated)",
+                                ["queue"], registry=r)
+        self.deliveries = Counter("vagt_alert_deliveries",
+                                  "Outbox delivery tries by target and outcome "
+                                  "(delivered, failed: retried later, dead: gave up)",
+                                  ["target", "outcome"], registry=r)
+
+    # -- vagt.alerts.observe.AlertObserver ---------------------------------------------------
+
+    def claimed(self, queue: str, seconds: float) -> None:
+        self.time_to_claim.labels(queue).observe(max(seconds, 0.0))
+
+    def resolved(self, queue: str, seconds: float) -> None:
+        self.time_to_resolve.labels(queue).observe(max(seconds, 0.0))
+
+    def breached(self, queue: str) -> None:
+        self.breaches.labels(queue).inc()
+
+    def delivery(self, target: str, outcome: str) -> None:
+        self.deliveries.labels(target, outcome).inc()
+
+    def watch_queue(self, query: Callable[[], Iterable[tuple[str, int, str, int]]]) -> None:
+        """Export `vagt_queue_alerts{queue,priority,status}` from `query()` at every scrape."""
+        self.registry.register(_QueueAlerts(query))
 
     def watch_open_alerts(self, query: Callable[[], Iterable[tuple[str, int]]]) -> None:
         """Export `vagt_open_alerts{queue}` from `query()` at every scrape."""
@@ -98,6 +133,26 @@ class _OpenAlerts(Collector):
         return []
 
 
+class _QueueAlerts(Collector):
+    def __init__(self, query: Callable[[], Iterable[tuple[str, int, str, int]]]) -> None:
+        self._query = query
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("vagt_queue_alerts",
+                              "Alerts not resolved, by queue, priority and status "
+                              "(open, claimed, acknowledged, suppressed)",
+                              labels=["queue", "priority", "status"])
+        try:
+            rows = list(self._query())
+        except Exception as e:  # a scrape must not fail because the database is away
+            log.warning("event=queue_alerts_query_failed error=%s", type(e).__name__)
+            rows = []
+        for queue, priority, status, n in rows:
+            g.add_metric([queue, str(priority), status], float(n))
+        yield g
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
 class _Fleet(Collector):
     def __init__(self, counts: Callable[[], tuple[dict[str, int],
                                                   dict[tuple[str, str], int]]]) -> None:

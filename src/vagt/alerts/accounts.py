@@ -1,0 +1,220 @@
+"""Operator accounts and API tokens for the REST API.
+
+Passwords are stored as scrypt hashes (RFC 7914, n=2^14, r=8, p=1, a 16-byte salt): slow to
+guess, from the standard library. API tokens are 256 random bits, shown once; only their
+SHA-256 is stored (a random token needs no slow hash). Every change is audited in
+`audit_log`. Roles: operator < supervisor < admin.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+import orjson
+import psycopg
+
+from vagt.alerts.actions import AlertError, checked_operator
+
+TOKEN_PREFIX = "vagt_"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD = 12
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)   # how exactly api_tokens.last_used_at is kept
+
+
+class Role(IntEnum):
+    OPERATOR = 1
+    SUPERVISOR = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise AccountError(f"unknown role '{name}'; one of operator, supervisor, "
+                               "admin") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class AccountError(AlertError):
+    """An account or token cannot be created or changed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an operator account, signed in with its password or one of its tokens."""
+
+    username: str
+    role: Role
+    municipality: str | None
+    queues: tuple[str, ...]
+    via: str     # "password" or "token:NAME"
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
+                            p=_SCRYPT_P, dklen=32)
+    return "$".join(["scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P),
+                     base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
+
+
+def verify_password(stored: str, password: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                             r=int(r), p=int(p), dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def add_user(conn: psycopg.Connection, username: str, *, role: str, password: str | None,
+             municipality: str | None = None, queues: Sequence[str] = (),
+             actor: str) -> None:
+    username = checked_operator(username)
+    level = Role.parse(role)
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+    with conn.transaction():
+        try:
+            conn.execute("INSERT INTO operators (username, password_hash, role, municipality, "
+                         "queues) VALUES (%s, %s, %s, %s, %s)",
+                         (username, hash_password(password) if password else None, level.label,
+                          municipality or None, list(queues)))
+        except psycopg.errors.UniqueViolation:
+            raise AccountError(f"there is already a user '{username}'") from None
+        _audit(conn, actor, "user.add", f"user {username}",
+               {"role": level.label, "municipality": municipality, "queues": list(queues)})
+
+
+def set_password(conn: psycopg.Connection, username: str, password: str, *, actor: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+    with conn.transaction():
+        row = conn.execute("UPDATE operators SET password_hash = %s WHERE username = %s "
+                           "RETURNING 1", (hash_password(password), username)).fetchone()
+        if row is None:
+            raise AccountError(f"there is no user '{username}'")
+        _audit(conn, actor, "user.password", f"user {username}", {})
+
+
+def disable_user(conn: psycopg.Connection, username: str, *, actor: str) -> None:
+    with conn.transaction():
+        row = conn.execute("UPDATE operators SET disabled_at = now() WHERE username = %s "
+                           "AND disabled_at IS NULL RETURNING 1", (username,)).fetchone()
+        if row is None:
+            raise AccountError(f"there is no enabled user '{username}'")
+        _audit(conn, actor, "user.disable", f"user {username}", {})
+
+
+def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, list[str], bool]]:
+    rows = conn.execute("SELECT username, role, municipality, queues, disabled_at IS NOT NULL "
+                        "FROM operators ORDER BY username").fetchall()
+    return [(str(u), str(r), m, list(q), bool(d)) for u, r, m, q, d in rows]
+
+
+def create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
+                 expires_at: datetime | None = None) -> tuple[int, str]:
+    """A new token for `username`; returns (id, token). The token is not stored: show it once."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM operators WHERE username = %s AND disabled_at IS NULL",
+                        (username,)).fetchone() is None:
+            raise AccountError(f"there is no enabled user '{username}' to give a token to")
+        row = conn.execute("INSERT INTO api_tokens (name, username, token_sha256, expires_at) "
+                           "VALUES (%s, %s, %s, %s) RETURNING id",
+                           (name, username, _token_digest(token), expires_at)).fetchone()
+        assert row is not None
+        _audit(conn, actor, "token.create", f"token {row[0]}",
+               {"name": name, "user": username,
+                "expires_at": expires_at.isoformat() if expires_at else None})
+    return int(row[0]), token
+
+
+def revoke_token(conn: psycopg.Connection, token_id: int, *, actor: str) -> None:
+    with conn.transaction():
+        row = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s "
+                           "AND revoked_at IS NULL RETURNING name", (token_id,)).fetchone()
+        if row is None:
+            raise AccountError(f"there is no token {token_id} that is not already revoked")
+        _audit(conn, actor, "token.revoke", f"token {token_id}", {"name": row[0]})
+
+
+def list_tokens(conn: psycopg.Connection) -> list[tuple[int, str, str, datetime,
+                                                        datetime | None, datetime | None]]:
+    rows = conn.execute("SELECT id, name, username, created_at, expires_at, revoked_at "
+                        "FROM api_tokens ORDER BY id").fetchall()
+    return [(int(i), str(n), str(u), c, e, r) for i, n, u, c, e, r in rows]
+
+
+_PRINCIPAL = ("SELECT o.username, o.role, o.municipality, o.queues FROM operators o "
+              "WHERE o.disabled_at IS NULL AND ")
+
+
+def authenticate_password(conn: psycopg.Connection, username: str,
+                          password: str) -> Principal | None:
+    row = conn.execute("SELECT password_hash FROM operators WHERE username = %s "
+                       "AND disabled_at IS NULL", (username,)).fetchone()
+    # hash even for an unknown user, so the answer's timing does not tell who exists
+    stored = row[0] if row and row[0] else _dummy_hash()
+    if not verify_password(stored, password) or row is None or not row[0]:
+        return None
+    return _principal(conn, "o.username = %s", (username,), "password")
+
+
+def authenticate_token(conn: psycopg.Connection, token: str,
+                       now: datetime | None = None) -> Principal | None:
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    now = now or datetime.now(UTC)
+    row = conn.execute("SELECT id, username, name, last_used_at FROM api_tokens "
+                       "WHERE token_sha256 = %s AND revoked_at IS NULL "
+                       "AND (expires_at IS NULL OR expires_at > %s)",
+                       (_token_digest(token), now)).fetchone()
+    if row is None:
+        return None
+    token_id, username, name, last_used = row
+    # at most a write a minute per token: a system sending many requests at once with one
+    # token would otherwise queue on that row's lock
+    if last_used is None or now - last_used > TOKEN_USE_RESOLUTION:
+        conn.execute("UPDATE api_tokens SET last_used_at = %s WHERE id = %s", (now, token_id))
+    return _principal(conn, "o.username = %s", (username,), f"token:{name}")
+
+
+def _principal(conn: psycopg.Connection, where: str, params: tuple[object, ...],
+               via: str) -> Principal | None:
+    row = conn.execute(_PRINCIPAL + where, params).fetchone()
+    if row is None:
+        return None
+    return Principal(str(row[0]), Role.parse(str(row[1])), row[2], tuple(row[3]), via)
+
+
+def _audit(conn: psycopg.Connection, actor: str, action: str, subject: str,
+           details: dict[str, object]) -> None:
+    conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
+                 "VALUES (%s, %s, %s, %s::jsonb)",
+                 (actor, action, subject, orjson.dumps(details).decode()))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))

@@ -1,0 +1,139 @@
+"""The REST API's request and response bodies (they are the OpenAPI document's schemas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class Alert(BaseModel):
+    id: int
+    fingerprint: str
+    rule: str
+    device_id: str | None
+    labels: dict[str, object]
+    summary: str
+    severity: str
+    priority: int = Field(description="1 is the most urgent")
+    base_priority: int | None = Field(description="the priority before any escalation")
+    queue: str
+    extra_queues: list[str] = Field(description="further queues it is listed in (continue)")
+    route: str | None
+    status: str = Field(description="open, claimed, acknowledged, resolved or suppressed")
+    opened_at: datetime
+    created_at: datetime
+    last_fired_at: datetime
+    repeat_count: int
+    queued_at: datetime | None
+    claim_deadline: datetime | None
+    breaches: int
+    escalated_at: datetime | None
+    reopen_count: int
+    reopened_at: datetime | None
+    claimed_at: datetime | None
+    claimed_by: str | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_code: str | None
+    note: str | None
+    suppressed_at: datetime | None
+    suppressed_reason: str | None
+    municipality: str | None
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    from_status: str | None
+    to_status: str
+    note: str | None
+    details: dict[str, object]
+
+
+class AlertWithHistory(Alert):
+    history: list[AuditEntry]
+
+
+class Acknowledge(BaseModel):
+    note: str | None = None
+
+
+class Resolve(BaseModel):
+    code: str = Field(description="a resolution code of the policy, e.g. visit_arranged")
+    note: str = Field(min_length=1, description="what was done")
+
+
+class Note(BaseModel):
+    note: str = Field(min_length=1)
+
+
+class NextRequest(BaseModel):
+    queues: list[str] | None = Field(
+        default=None, description="the queues to take from; default: the operator's queues "
+                                  "(all when the account has none)")
+
+
+class QueueCounts(BaseModel):
+    queue: str
+    open: int
+    claimed: int
+    acknowledged: int
+    suppressed: int
+    open_by_priority: dict[str, int]
+    oldest_open_at: datetime | None
+
+
+class Silence(BaseModel):
+    id: int
+    matchers: list[str]
+    starts_at: datetime
+    ends_at: datetime
+    author: str
+    comment: str
+    created_at: datetime
+    expired_at: datetime | None
+    expired_by: str | None
+    state: str = Field(description="pending, active or expired")
+
+
+class NewSilence(BaseModel):
+    matchers: list[str] = Field(min_length=1, examples=[['device_id="OXI-0001"']],
+                                description='Alertmanager matchers: name="v", name!="v", '
+                                            'name=~"regex", name!~"regex"')
+    starts_at: datetime | None = Field(default=None, description="default: now")
+    ends_at: datetime
+    comment: str = Field(min_length=1)
+
+
+class Device(BaseModel):
+    device_id: str
+    vendor: str
+    model: str
+    type: str
+    municipality: str
+    status: str
+    last_seen: datetime | None
+    battery: float | None
+    signal: float | None
+    firmware: str | None
+
+
+class Me(BaseModel):
+    username: str
+    role: str
+    municipality: str | None
+    queues: list[str]
+    via: str
+
+
+class Session(BaseModel):
+    token: str = Field(description="send as `Authorization: Bearer TOKEN`")
+    expires_at: datetime
+
+
+class Problem(BaseModel):
+    detail: str

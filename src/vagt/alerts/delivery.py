@@ -1,0 +1,260 @@
+"""The delivery worker: sends the outbox to the call centre, as signed webhooks and over MQTT.
+
+Each target is worked in outbox order. A failed try is retried with exponential backoff
+(`backoff_initial` doubling up to `backoff_max`); while it waits, the target's later events
+wait behind it, so a receiver never sees "resolved" before "opened". After `max_attempts`
+tries the delivery is a dead letter (kept, with the last error) and the next one goes.
+Rows are taken FOR UPDATE SKIP LOCKED, so several engines never send the same row at once.
+
+Webhook signature (the receiver recomputes it): header `X-Vagt-Timestamp: <unix seconds>`
+and `X-Vagt-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`. A receiver
+should refuse a timestamp far from its own clock (replays) and may use `X-Vagt-Delivery`
+(unique per event and target) to drop a duplicate: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import orjson
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from psycopg_pool import ConnectionPool
+
+from vagt.alerts.observe import AlertObserver, NullObserver
+from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
+
+log = logging.getLogger("vagt.alerts.delivery")
+
+SIGNATURE_HEADER = "X-Vagt-Signature"
+TIMESTAMP_HEADER = "X-Vagt-Timestamp"
+
+
+class DeliveryFailed(Exception):
+    """The receiver did not take the event; the message says what happened (no secrets)."""
+
+
+class Sender(Protocol):
+    name: str
+
+    def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
+        """Deliver or raise DeliveryFailed."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header's value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class WebhookSender:
+    def __init__(self, target: WebhookTarget) -> None:
+        self.name = target.name
+        self.target = target
+
+    def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
+        timestamp = str(int(now))
+        request = urllib.request.Request(self.target.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "vagt",
+            TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(self.target.secret, timestamp,
+                                                                body),
+            "X-Vagt-Event": event, "X-Vagt-Delivery": delivery_id})
+        try:
+            with urllib.request.urlopen(request, timeout=self.target.timeout_s) as response:
+                status = response.status
+        except urllib.error.HTTPError as e:
+            raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DeliveryFailed(f"{_where(self.target.url)}: {reason}") from None
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"HTTP {status} from {_where(self.target.url)}")
+
+    def close(self) -> None:
+        pass
+
+
+def _where(url: str) -> str:
+    """Scheme, host and path of a URL: never its user, password or query (tokens live there)."""
+    p = urllib.parse.urlsplit(url)
+    return f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path}"
+
+
+class MqttSender:
+    """Publishes at QoS 1 and counts an event delivered only when the broker's PUBACK came."""
+
+    def __init__(self, target: MqttTarget, *, host: str, port: int, username: str | None,
+                 password: str | None, tls: bool, client_id: str,
+                 timeout_s: float = 10.0) -> None:
+        self.name = target.name
+        self.target = target
+        self.timeout_s = timeout_s
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5)
+        if username:
+            self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set()
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
+        alert = orjson.loads(body).get("alert", {})
+        topic = self.target.topic.format_map(_TopicFields(
+            queue=alert.get("queue", ""), event=event, priority=alert.get("priority", ""),
+            municipality=(alert.get("labels") or {}).get("municipality", "")))
+        if not self.client.is_connected():
+            raise DeliveryFailed(f"not connected to the MQTT broker for topic {topic}")
+        info = self.client.publish(topic, body, qos=1)
+        try:
+            info.wait_for_publish(self.timeout_s)
+        except (RuntimeError, ValueError) as e:
+            raise DeliveryFailed(f"publish to {topic} failed: {e}") from None
+        if not info.is_published():
+            raise DeliveryFailed(f"no PUBACK for {topic} within {self.timeout_s:g}s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class _TopicFields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+_DUE = """
+SELECT d.outbox_id, o.event, o.payload::text, d.attempts, d.next_attempt_at
+FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
+WHERE d.target = %s AND d.delivered_at IS NULL AND d.dead_at IS NULL
+ORDER BY d.outbox_id
+LIMIT 1
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+
+class DeliveryWorker:
+    """Delivers what is due for each target; `run` loops until stopped."""
+
+    def __init__(self, pool: ConnectionPool, policy: DeliveryPolicy, senders: list[Sender],
+                 clock: Callable[[], float], observer: AlertObserver | None = None,
+                 batch: int = 50) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.senders = senders
+        self.clock = clock
+        self.observer = observer or NullObserver()
+        self.batch = batch
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    sent = self.deliver_due()
+                except Exception:  # a database outage: wait and go on; nothing is lost
+                    log.exception("event=delivery_pass_failed")
+                    sent = 0
+                if not sent:
+                    stop.wait(self.policy.poll_interval_s)
+        finally:
+            for s in self.senders:
+                s.close()
+
+    def deliver_due(self) -> int:
+        """One pass over every target; returns how many tries were made."""
+        return sum(self._deliver_target(s) for s in self.senders)
+
+    def _deliver_target(self, sender: Sender) -> int:
+        """Up to `batch` events in outbox order, each sent and recorded in its own transaction."""
+        tries = 0
+        while tries < self.batch:
+            with self.pool.connection() as conn, conn.transaction():
+                row = conn.execute(_DUE, (sender.name,)).fetchone()
+                if row is None:
+                    break
+                outbox_id, event, payload, attempts, next_at = row
+                now = self.clock()
+                if next_at > datetime.fromtimestamp(now, UTC):
+                    break  # the earliest waits for its retry: the later ones wait behind it
+                tries += 1
+                outcome, error = self._try(sender, int(outbox_id), str(event),
+                                           str(payload).encode(), now)
+                self._record(conn, sender.name, int(outbox_id), int(attempts) + 1, outcome,
+                             error, now)
+            self.observer.delivery(sender.name, outcome)
+            if outcome == "failed":
+                break
+        return tries
+
+    def _try(self, sender: Sender, outbox_id: int, event: str, body: bytes,
+             now: float) -> tuple[str, str | None]:
+        try:
+            sender.send(f"{outbox_id}-{sender.name}", event, body, now)
+        except DeliveryFailed as e:
+            return "failed", str(e)
+        return "delivered", None
+
+    def _record(self, conn: psycopg.Connection, target: str, outbox_id: int, attempts: int,
+                outcome: str, error: str | None, now: float) -> None:
+        at = datetime.fromtimestamp(now, UTC)
+        if outcome == "delivered":
+            conn.execute("UPDATE alert_deliveries SET attempts = %s, delivered_at = %s, "
+                         "last_error = NULL WHERE outbox_id = %s AND target = %s",
+                         (attempts, at, outbox_id, target))
+            log.info("event=alert_delivered target=%s outbox_id=%d attempts=%d", target,
+                     outbox_id, attempts)
+            return
+        if attempts >= self.policy.max_attempts:
+            conn.execute("UPDATE alert_deliveries SET attempts = %s, dead_at = %s, "
+                         "last_error = %s WHERE outbox_id = %s AND target = %s",
+                         (attempts, at, error, outbox_id, target))
+            log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d error=%r",
+                      target, outbox_id, attempts, error)
+            self.observer.delivery(target, "dead")
+            return
+        delay = min(self.policy.backoff_initial_s * 2 ** (attempts - 1),
+                    self.policy.backoff_max_s)
+        conn.execute("UPDATE alert_deliveries SET attempts = %s, next_attempt_at = %s, "
+                     "last_error = %s WHERE outbox_id = %s AND target = %s",
+                     (attempts, at + timedelta(seconds=delay), error, outbox_id, target))
+        log.warning("event=alert_delivery_failed target=%s outbox_id=%d attempts=%d "
+                    "retry_in=%.1fs error=%r", target, outbox_id, attempts, delay, error)
+
+
+def senders_for(policy: DeliveryPolicy, *, mqtt_defaults: Mapping[str, object],
+                client_id: str) -> list[Sender]:
+    """A sender per configured target; MQTT targets without a URL use the engine's broker."""
+    result: list[Sender] = [WebhookSender(w) for w in policy.webhooks]
+    for m in policy.mqtt:
+        settings = dict(mqtt_defaults)
+        if m.url:
+            p = urllib.parse.urlsplit(m.url)
+            tls = p.scheme == "mqtts"
+            settings = {"host": p.hostname or "127.0.0.1", "port": p.port or (8883 if tls else 1883),
+                        "username": urllib.parse.unquote(p.username) if p.username else None,
+                        "password": urllib.parse.unquote(p.password) if p.password else None,
+                        "tls": tls}
+        result.append(MqttSender(m, host=str(settings["host"]), port=int(str(settings["port"])),
+                                 username=settings.get("username"),  # type: ignore[arg-type]
+                                 password=settings.get("password"),  # type: ignore[arg-type]
+                                 tls=bool(settings.get("tls")),
+                                 client_id=f"{client_id}-out-{m.name}"))
+    return result

@@ -1,0 +1,142 @@
+"""Time to claim: an open alert not claimed by its deadline escalates.
+
+Escalating raises the priority by one (1 is the highest), moves the alert to the policy's
+escalation queue (its own queue stays in `extra_queues`, so its operators still see it),
+counts a breach, sets a new deadline from the new priority's time to claim, and is audited
+and sent to the outbox. The timer (`Timer`) runs it with the suppression reconciliation,
+in one process at a time (a PostgreSQL advisory lock), under an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from vagt.alerts import outbox
+from vagt.alerts.observe import AlertObserver, NullObserver
+from vagt.alerts.policy import AlertPolicy, current_policy
+from vagt.alerts.routing import time_to_claim_for
+from vagt.alerts.suppression import ENGINE_ACTOR, reconcile
+
+log = logging.getLogger("vagt.alerts.escalation")
+
+TIMER_LOCK = "vagt.alerts.timer"
+
+
+@dataclass(frozen=True)
+class Breach:
+    alert_id: int
+    from_queue: str
+    to_queue: str
+    from_priority: int
+    to_priority: int
+
+
+_OVERDUE = """
+SELECT id, queue, priority, extra_queues FROM alerts
+WHERE status = 'open' AND claim_deadline <= %s
+ORDER BY priority, claim_deadline, id
+FOR UPDATE SKIP LOCKED
+"""
+
+_ESCALATE = """
+WITH t AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(queue)s::text[], %(priority)s::int[],
+                         %(ttc)s::float8[], %(from_queue)s::text[], %(from_priority)s::int[])
+        AS t(id, queue, priority, ttc, from_queue, from_priority)
+), changed AS (
+    UPDATE alerts a SET queue = t.queue, priority = t.priority, breaches = a.breaches + 1,
+           escalated_at = %(now)s,
+           claim_deadline = %(now)s + make_interval(secs => t.ttc),
+           extra_queues = CASE WHEN t.from_queue <> t.queue
+                                    AND NOT t.from_queue = ANY(a.extra_queues)
+                               THEN array_append(a.extra_queues, t.from_queue)
+                               ELSE a.extra_queues END
+    FROM t WHERE a.id = t.id
+    RETURNING a.id
+)
+INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note, details)
+SELECT t.id, %(now)s, 'vagt', 'escalate', 'open', 'open', 'not claimed in time',
+       jsonb_build_object('from_queue', t.from_queue, 'to_queue', t.queue,
+                          'from_priority', t.from_priority, 'to_priority', t.priority)
+FROM t JOIN changed USING (id)
+"""
+
+
+def escalate_overdue(conn: psycopg.Connection, now: datetime,
+                     policy: AlertPolicy | None = None,
+                     observer: AlertObserver | None = None) -> list[Breach]:
+    """Escalate every open alert whose time to claim has passed at `now`; one transaction."""
+    policy = policy or current_policy()
+    observer = observer or NullObserver()
+    with conn.transaction():
+        rows = conn.execute(_OVERDUE, (now,)).fetchall()
+        breaches = []
+        for alert_id, queue, priority, _extra in rows:
+            to_priority = max(1, int(priority) - 1)
+            to_queue = policy.escalation_queue or str(queue)
+            breaches.append(Breach(int(alert_id), str(queue), to_queue, int(priority),
+                                   to_priority))
+        if not breaches:
+            return []
+        conn.execute(_ESCALATE, {
+            "ids": [b.alert_id for b in breaches], "queue": [b.to_queue for b in breaches],
+            "priority": [b.to_priority for b in breaches],
+            "ttc": [time_to_claim_for(b.to_priority, policy.time_to_claim_s) for b in breaches],
+            "from_queue": [b.from_queue for b in breaches],
+            "from_priority": [b.from_priority for b in breaches], "now": now})
+        outbox.enqueue(conn, [b.alert_id for b in breaches], "escalated", ENGINE_ACTOR)
+    for b in breaches:
+        observer.breached(b.from_queue)
+        log.warning("event=alert_escalated alert_id=%d from_queue=%s to_queue=%s "
+                    "priority=%d->%d", b.alert_id, b.from_queue, b.to_queue, b.from_priority,
+                    b.to_priority)
+    return breaches
+
+
+def run_timer_once(conn: psycopg.Connection, now: datetime,
+                   policy: AlertPolicy | None = None,
+                   observer: AlertObserver | None = None) -> list[Breach] | None:
+    """One tick: silences that began or ended, repairs, escalations, and the outbox's old
+    entries. None if another process holds the timer (then it does the work)."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                       (TIMER_LOCK,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    policy = policy or current_policy()
+    with conn.transaction():
+        reconcile(conn, now=now, policy=policy)
+    breaches = escalate_overdue(conn, now, policy, observer)
+    with conn.transaction():
+        outbox.prune(conn, now - timedelta(seconds=policy.delivery.retention_s))
+    return breaches
+
+
+class Timer:
+    """The periodic job, in a thread of the engine: every `policy.escalation_interval_s`."""
+
+    def __init__(self, pool: ConnectionPool, policy: AlertPolicy,
+                 clock: Callable[[], float], observer: AlertObserver | None = None) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.clock = clock
+        self.observer = observer or NullObserver()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.policy.escalation_interval_s):
+            try:
+                self.tick()
+            except psycopg.OperationalError as e:
+                log.error("event=alert_timer_failed error=%r note=retrying_next_tick",
+                          str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+    def tick(self) -> list[Breach] | None:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        with self.pool.connection() as conn, conn.transaction():
+            return run_timer_once(conn, now, self.policy, self.observer)

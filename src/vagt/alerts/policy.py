@@ -1,0 +1,363 @@
+"""The alert policy, read from TOML: routing tree, time to claim, escalation, reopening,
+inhibition, resolution codes and delivery targets. Errors name the file, the entry and the field.
+
+The engine installs the policy it loaded with `install_policy()`; the alert store and the
+operators' actions use the installed one unless they are given another (tests do that).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vagt.alerts.matchers import Matcher, MatcherError, parse_matcher
+from vagt.alerts.routing import Route
+
+
+class PolicyError(ValueError):
+    """The alert policy file cannot be used; the message names the file, entry and field."""
+
+
+@dataclass(frozen=True)
+class InhibitRule:
+    """While a source alert is active, target alerts with the same `equal` labels are suppressed.
+
+    `equal` pairs are (target label, source label): usually the same name; ("gateway_id",
+    "device_id") says a device's gateway is the source alert's device.
+    """
+
+    name: str
+    source: tuple[Matcher, ...]
+    target: tuple[Matcher, ...]
+    equal: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    name: str
+    url: str
+    secret: bytes = field(repr=False)
+    events: tuple[str, ...] = ()
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    name: str
+    topic: str               # may hold {queue}, {event}, {priority}, {municipality}
+    url: str = ""            # "" = the engine's broker
+    events: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    webhooks: tuple[WebhookTarget, ...] = ()
+    mqtt: tuple[MqttTarget, ...] = ()
+    max_attempts: int = 10
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 600.0
+    poll_interval_s: float = 0.5
+    retention_s: float = 30 * 86400.0   # delivered and dead outbox entries are kept this long
+
+
+EVENTS = ("opened", "reopened", "suppressed", "unsuppressed", "escalated", "claimed", "released",
+          "acknowledged", "resolved", "note")
+DEFAULT_RESOLUTION_CODES = ("resolved", "false_alarm", "visit_arranged", "device_replaced",
+                            "no_action_needed", "duplicate")
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    root: Route = field(default_factory=lambda: Route("root"))
+    time_to_claim_s: Mapping[int, float] = field(default_factory=lambda: {
+        1: 120.0, 2: 600.0, 3: 3600.0, 4: 4 * 3600.0, 5: 24 * 3600.0})
+    escalation_queue: str = ""          # "" = an escalated alert stays in its queue
+    escalation_interval_s: float = 15.0
+    reopen_window_s: float = 1800.0
+    resolution_codes: tuple[str, ...] = DEFAULT_RESOLUTION_CODES
+    # registry attributes that become labels: "name", or "label=attribute" (the first found wins)
+    label_attributes: tuple[str, ...] = ("gateway_id", "gateway_id=gateway")
+    silence_in_repair: bool = True
+    inhibit: tuple[InhibitRule, ...] = ()
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    source: str = ""
+
+
+_installed: AlertPolicy | None = None
+
+
+def install_policy(policy: AlertPolicy) -> None:
+    """Make `policy` the one the store and the actions use when given none."""
+    global _installed
+    _installed = policy
+
+
+def current_policy() -> AlertPolicy:
+    global _installed
+    if _installed is None:
+        _installed = load_policy(None)
+    return _installed
+
+
+def default_policy_path() -> Path:
+    return Path(str(resources.files("vagt.alerts") / "default.toml"))
+
+
+def load_policy(path: str | Path | None, env: Mapping[str, str] | None = None, *,
+                secrets: bool = True) -> AlertPolicy:
+    """The policy from a file (the built-in one when `path` is empty).
+
+    `env` holds the variables named by webhooks' `secret_env`; the application passes them.
+    `secrets=False` leaves webhook secrets unread (command-line tools that deliver nothing).
+    """
+    p = Path(path) if path else default_policy_path()
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{p}: no such alert policy file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{p}: not valid TOML: {e}") from None
+    return _Reader(p, env or {}, secrets).policy(doc)
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_TOP = {"reopen_window", "resolution_codes", "label_attributes", "silence_in_repair",
+        "escalation", "route", "inhibit", "delivery"}
+_ROUTE = {"name", "matchers", "queue", "priority", "time_to_claim", "continue", "routes"}
+
+
+def parse_duration(text: str) -> float:
+    """"90s", "2m", "1h30m", "1d" as seconds."""
+    m = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if m is None or not text.strip() or not any(m.groups()):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 90s, 2m, 1h30m or 1d")
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+class _Reader:
+    def __init__(self, path: Path, env: Mapping[str, str], secrets: bool) -> None:
+        self.path = path
+        self.env = env
+        self.secrets = secrets
+
+    def fail(self, where: str, message: str) -> PolicyError:
+        return PolicyError(f"{self.path}: {where}: {message}")
+
+    def policy(self, doc: dict[str, Any]) -> AlertPolicy:
+        self.unknown(doc, _TOP, "the top level")
+        esc = self.table(doc, "escalation", "the top level")
+        self.unknown(esc, {"queue", "interval", "time_to_claim"}, "[escalation]")
+        ttc_doc = self.table(esc, "time_to_claim", "[escalation]")
+        ttc = dict(AlertPolicy().time_to_claim_s)
+        for key, value in ttc_doc.items():
+            if not key.isdigit() or not 1 <= int(key) <= 5:
+                raise self.fail("[escalation.time_to_claim]",
+                                f"'{key}' is not a priority; use 1 to 5")
+            ttc[int(key)] = self.duration(value, f"[escalation.time_to_claim] '{key}'")
+        codes = self.strings(doc, "resolution_codes", "the top level",
+                             DEFAULT_RESOLUTION_CODES)
+        if "cleared" in codes:
+            raise self.fail("resolution_codes", "'cleared' is kept for automatic resolution")
+        return AlertPolicy(
+            root=self.route(doc.get("route", {}), "[route]", "root", is_root=True),
+            time_to_claim_s=ttc,
+            escalation_queue=self.string(esc, "queue", "[escalation]", ""),
+            escalation_interval_s=self.duration(esc.get("interval", "15s"),
+                                                "[escalation] interval"),
+            reopen_window_s=self.duration(doc.get("reopen_window", "30m"), "reopen_window"),
+            resolution_codes=codes,
+            label_attributes=self.strings(doc, "label_attributes", "the top level",
+                                          AlertPolicy.label_attributes),
+            silence_in_repair=self.boolean(doc, "silence_in_repair", "the top level", True),
+            inhibit=tuple(self.inhibit(entry, i)
+                          for i, entry in enumerate(self.tables(doc, "inhibit", "the top level"))),
+            delivery=self.delivery(self.table(doc, "delivery", "the top level")),
+            source=str(self.path),
+        )
+
+    # -- the routing tree --------------------------------------------------------------------
+
+    def route(self, doc: Any, where: str, default_name: str, *, is_root: bool = False) -> Route:
+        if not isinstance(doc, dict):
+            raise self.fail(where, "must be a table")
+        self.unknown(doc, _ROUTE, where)
+        name = self.string(doc, "name", where, default_name)
+        if is_root and doc.get("matchers"):
+            raise self.fail(where, "the root route matches every alert: it takes no matchers")
+        priority = doc.get("priority")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                     or not 1 <= priority <= 5):
+            raise self.fail(f"{where} '{name}'", f"'priority' must be 1 to 5, got {priority!r}")
+        ttc = doc.get("time_to_claim")
+        children = doc.get("routes", [])
+        if not isinstance(children, list):
+            raise self.fail(where, "'routes' must be an array of tables ([[...routes]])")
+        return Route(
+            name=name,
+            matchers=self.matchers(doc, "matchers", f"{where} '{name}'"),
+            queue=self.string(doc, "queue", f"{where} '{name}'", None),
+            priority=priority,
+            time_to_claim_s=None if ttc is None else self.duration(ttc, f"{where} '{name}' "
+                                                                         "time_to_claim"),
+            continue_=self.boolean(doc, "continue", f"{where} '{name}'", False),
+            routes=tuple(self.route(c, f"{where}.routes[{i}]",
+                                    f"{name}/{i}" if name != "root" else str(i))
+                         for i, c in enumerate(children)),
+        )
+
+    # -- inhibition ----------------------------------------------------------------------------
+
+    def inhibit(self, doc: dict[str, Any], i: int) -> InhibitRule:
+        where = f"[[inhibit]] #{i + 1}"
+        self.unknown(doc, {"name", "source", "target", "equal"}, where)
+        name = self.string(doc, "name", where, f"inhibit_{i + 1}") or f"inhibit_{i + 1}"
+        where = f"[[inhibit]] '{name}'"
+        source = self.matchers(doc, "source", where)
+        target = self.matchers(doc, "target", where)
+        if not source or not target:
+            raise self.fail(where, "needs both 'source' and 'target' matchers")
+        equal = []
+        for item in self.strings(doc, "equal", where, ()):
+            t, _, s = item.partition("=")
+            if not t.strip() or (_ and not s.strip()):
+                raise self.fail(where, f"'equal' entry {item!r}: write a label name, or "
+                                       "target_label=source_label")
+            equal.append((t.strip(), (s or t).strip()))
+        return InhibitRule(name, source, target, tuple(equal))
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def delivery(self, doc: dict[str, Any]) -> DeliveryPolicy:
+        self.unknown(doc, {"max_attempts", "backoff_initial", "backoff_max", "poll_interval",
+                           "retention", "webhook", "mqtt"}, "[delivery]")
+        attempts = doc.get("max_attempts", 10)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise self.fail("[delivery]", f"'max_attempts' must be at least 1, got {attempts!r}")
+        names: set[str] = set()
+        webhooks = []
+        for i, w in enumerate(self.tables(doc, "webhook", "[delivery]")):
+            webhooks.append(self.webhook(w, i, names))
+        mqtt = []
+        for i, m in enumerate(self.tables(doc, "mqtt", "[delivery]")):
+            where = f"[[delivery.mqtt]] #{i + 1}"
+            self.unknown(m, {"name", "topic", "url", "events"}, where)
+            name = self.target_name(m, where, names)
+            topic = self.string(m, "topic", where, "")
+            if not topic or "+" in topic or "#" in topic:
+                raise self.fail(where, "'topic' is required and has no wildcards")
+            mqtt.append(MqttTarget(name, topic, self.string(m, "url", where, ""),
+                                   self.events(m, where)))
+        return DeliveryPolicy(
+            tuple(webhooks), tuple(mqtt), attempts,
+            self.duration(doc.get("backoff_initial", "2s"), "[delivery] backoff_initial"),
+            self.duration(doc.get("backoff_max", "10m"), "[delivery] backoff_max"),
+            self.duration(doc.get("poll_interval", "0.5s"), "[delivery] poll_interval"),
+            self.duration(doc.get("retention", "30d"), "[delivery] retention"))
+
+    def webhook(self, doc: dict[str, Any], i: int, names: set[str]) -> WebhookTarget:
+        where = f"[[delivery.webhook]] #{i + 1}"
+        self.unknown(doc, {"name", "url", "secret_env", "secret_file", "events", "timeout"},
+                     where)
+        name = self.target_name(doc, where, names)
+        url = self.string(doc, "url", where, "")
+        if not url.startswith(("http://", "https://")):
+            raise self.fail(where, f"'url' must start with http:// or https://, got {url!r}")
+        secret_env = self.string(doc, "secret_env", where, "")
+        secret_file = self.string(doc, "secret_file", where, "")
+        if bool(secret_env) == bool(secret_file):
+            raise self.fail(where, "give the signing secret as exactly one of 'secret_env' "
+                                   "(a variable's name) or 'secret_file' (a path)")
+        if not self.secrets:
+            secret = "(not read)" * 2
+        elif secret_env:
+            secret = self.env.get(secret_env, "").strip()
+            if not secret:
+                raise self.fail(where, f"the variable {secret_env} named by 'secret_env' is "
+                                       "not set or empty")
+        else:
+            try:
+                secret = Path(secret_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise self.fail(where, f"cannot read 'secret_file' {secret_file}: "
+                                       f"{e.strerror}") from None
+            if not secret:
+                raise self.fail(where, f"'secret_file' {secret_file} is empty")
+        if len(secret) < 16:
+            raise self.fail(where, "the signing secret must be at least 16 characters")
+        return WebhookTarget(name, url, secret.encode(), self.events(doc, where),
+                             self.duration(doc.get("timeout", "5s"), f"{where} timeout"))
+
+    def target_name(self, doc: dict[str, Any], where: str, names: set[str]) -> str:
+        name = self.string(doc, "name", where, "")
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", name):
+            raise self.fail(where, f"'name' must be lower-case letters, digits, - or _, "
+                                   f"got {name!r}")
+        if name in names:
+            raise self.fail(where, f"the target name '{name}' is used twice")
+        names.add(name)
+        return str(name)
+
+    def events(self, doc: dict[str, Any], where: str) -> tuple[str, ...]:
+        events = self.strings(doc, "events", where, ())
+        for e in events:
+            if e not in EVENTS:
+                raise self.fail(where, f"unknown event '{e}'; one of {', '.join(EVENTS)}")
+        return events
+
+    # -- plain values ---------------------------------------------------------------------------
+
+    def unknown(self, doc: dict[str, Any], allowed: set[str], where: str) -> None:
+        for key in doc:
+            if key not in allowed:
+                raise self.fail(where, f"unknown setting '{key}'; allowed: "
+                                       f"{', '.join(sorted(allowed))}")
+
+    def table(self, doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(where, f"'{key}' must be a table")
+        return value
+
+    def tables(self, doc: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(where, f"'{key}' must be an array of tables ([[{key}]])")
+        return value
+
+    def string(self, doc: dict[str, Any], key: str, where: str, default: Any) -> Any:
+        value = doc.get(key, default)
+        if value is not default and not isinstance(value, str):
+            raise self.fail(where, f"'{key}' must be a string, got {value!r}")
+        return value
+
+    def strings(self, doc: dict[str, Any], key: str, where: str,
+                default: tuple[str, ...]) -> tuple[str, ...]:
+        value = doc.get(key, default)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise self.fail(where, f"'{key}' must be an array of strings, got {value!r}")
+        return tuple(value)
+
+    def boolean(self, doc: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        value = doc.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(where, f"'{key}' must be true or false, got {value!r}")
+        return value
+
+    def duration(self, value: Any, where: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise self.fail(where, str(e)) from None
+
+    def matchers(self, doc: dict[str, Any], key: str, where: str) -> tuple[Matcher, ...]:
+        texts = self.strings(doc, key, where, ())
+        try:
+            return tuple(parse_matcher(t) for t in texts)
+        except MatcherError as e:
+            raise self.fail(where, f"'{key}': {e}") from None

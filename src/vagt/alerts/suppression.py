@@ -1,0 +1,171 @@
+"""Why an alert is suppressed, and bringing alerts in line with it: device in repair, a silence
+in force, or inhibition by another active alert.
+
+`reconcile` looks at open and suppressed alerts (claimed ones are an operator's and are left
+alone): an open alert with a reason becomes suppressed, keeping the reason; a suppressed one
+without a reason any more becomes open again and claimable, with a new time to claim.
+It reads without locking and changes with `WHERE status = ...`: an alert an operator claims
+meanwhile is re-checked after their commit and left to them.
+Each change is audited and goes to the outbox. The engine calls it when alerts open or
+resolve, silences call it when created or expired, and the timer calls it for silences
+that start or end by the clock and for devices whose repair status changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import psycopg
+
+from vagt.alerts import outbox
+from vagt.alerts.matchers import Matcher, all_match, equalities
+from vagt.alerts.policy import AlertPolicy, InhibitRule, current_policy
+
+ENGINE_ACTOR = "vagt"
+
+
+@dataclass(frozen=True)
+class _ActiveSilence:
+    id: int
+    matchers: tuple[Matcher, ...]
+    author: str
+    comment: str
+
+    @property
+    def reason(self) -> str:
+        return f"silence {self.id} by {self.author}: {self.comment}"
+
+
+@dataclass(frozen=True)
+class Changes:
+    suppressed: list[int]
+    unsuppressed: list[int]
+
+
+_CANDIDATES = """
+SELECT a.id, a.status, a.labels, a.suppressed_reason, d.status
+FROM alerts a LEFT JOIN devices d ON d.device_id = a.device_id
+WHERE a.status IN ('open', 'suppressed') AND (%(ids)s::bigint[] IS NULL OR a.id = ANY(%(ids)s))
+ORDER BY a.id
+"""
+
+_SUPPRESS = """
+WITH t AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason)),
+changed AS (
+    UPDATE alerts a SET status = 'suppressed', suppressed_at = %s, suppressed_reason = t.reason
+    FROM t WHERE a.id = t.id AND a.status = 'open' RETURNING a.id, t.reason
+)
+INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note, details)
+SELECT id, %s, 'vagt', 'suppress', 'open', 'suppressed', reason,
+       jsonb_build_object('reason', reason) FROM changed
+"""
+
+_UNSUPPRESS = """
+WITH changed AS (
+    UPDATE alerts a SET status = 'open', suppressed_reason = NULL, queued_at = %(now)s,
+           claim_deadline = %(now)s + coalesce(a.time_to_claim, interval '1 hour')
+    WHERE a.id = ANY(%(ids)s) AND a.status = 'suppressed'
+    RETURNING a.id
+)
+INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note)
+SELECT id, %(now)s, 'vagt', 'unsuppress', 'suppressed', 'open',
+       'nothing holds it back any more' FROM changed
+"""
+
+
+def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
+              policy: AlertPolicy | None = None, alert_ids: Collection[int] | None = None,
+              quiet: Collection[int] = ()) -> Changes:
+    """Suppress or release the open and suppressed alerts (all, or those of `alert_ids`).
+
+    `quiet`: alerts the caller announces itself (just opened), so no outbox event for them.
+    """
+    policy = policy or current_policy()
+    if now is None:
+        row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        now = row[0]
+    ids = None if alert_ids is None else sorted(alert_ids)
+    if ids is not None and not ids:
+        return Changes([], [])
+    candidates = conn.execute(_CANDIDATES, {"ids": ids}).fetchall()
+    if not candidates:
+        return Changes([], [])
+    silences = _active_silences(conn, now)
+    inhibitors = [(rule, _sources(conn, rule)) for rule in policy.inhibit]
+    to_suppress: list[tuple[int, str]] = []
+    to_release: list[int] = []
+    for alert_id, status, labels, old_reason, device_status in candidates:
+        reason = suppression_reason(alert_id, labels, device_status, silences, inhibitors,
+                                    policy)
+        if reason is not None and status == "open":
+            to_suppress.append((alert_id, reason))
+        elif reason is None and status == "suppressed":
+            to_release.append(alert_id)
+        elif reason is not None and reason != old_reason:
+            conn.execute("UPDATE alerts SET suppressed_reason = %s WHERE id = %s",
+                         (reason, alert_id))
+    if to_suppress:
+        conn.execute(_SUPPRESS, ([i for i, _ in to_suppress], [r for _, r in to_suppress],
+                                 now, now))
+        outbox.enqueue(conn, [i for i, _ in to_suppress if i not in quiet], "suppressed",
+                       ENGINE_ACTOR)
+    if to_release:
+        conn.execute(_UNSUPPRESS, {"ids": to_release, "now": now})
+        outbox.enqueue(conn, [i for i in to_release if i not in quiet], "unsuppressed",
+                       ENGINE_ACTOR)
+    return Changes([i for i, _ in to_suppress], to_release)
+
+
+def suppression_reason(alert_id: int, labels: Mapping[str, object], device_status: str | None,
+                       silences: Sequence[_ActiveSilence],
+                       inhibitors: Sequence[tuple[InhibitRule, dict[tuple[str, ...], int]]],
+                       policy: AlertPolicy) -> str | None:
+    """The first thing that holds the alert back, as a sentence; None if nothing does."""
+    if policy.silence_in_repair and device_status == "in_repair":
+        return "the device is in repair (silenced by its registry status)"
+    for s in silences:
+        if all_match(s.matchers, labels):
+            return s.reason
+    for rule, sources in inhibitors:
+        if not sources or not all_match(rule.target, labels):
+            continue
+        key = tuple(_label(labels, target) for target, _ in rule.equal)
+        source_id = sources.get(key)
+        if source_id is not None and source_id != alert_id:
+            return f"inhibited by alert {source_id} ({rule.name})"
+    return None
+
+
+def is_inhibition_source(labels: Mapping[str, object], policy: AlertPolicy) -> bool:
+    """Whether an alert with these labels can suppress others (its opening or resolving matters)."""
+    return any(all_match(rule.source, labels) for rule in policy.inhibit)
+
+
+def _label(labels: Mapping[str, object], name: str) -> str:
+    value = labels.get(name)
+    return "" if value is None else str(value)
+
+
+def _active_silences(conn: psycopg.Connection, now: datetime) -> list[_ActiveSilence]:
+    rows = conn.execute("SELECT id, matchers, author, comment FROM silences "
+                        "WHERE expired_at IS NULL AND starts_at <= %s AND ends_at > %s "
+                        "ORDER BY id", (now, now)).fetchall()
+    return [_ActiveSilence(int(i), tuple(Matcher.from_json(m) for m in ms), str(a), str(c))
+            for i, ms, a, c in rows]
+
+
+def _sources(conn: psycopg.Connection, rule: InhibitRule) -> dict[tuple[str, ...], int]:
+    """The active alerts that match the rule's source, by their `equal` label values."""
+    rows = conn.execute("SELECT id, labels FROM alerts WHERE status <> 'resolved' "
+                        "AND labels @> %s::jsonb ORDER BY id",
+                        (orjson.dumps(equalities(rule.source)).decode(),)).fetchall()
+    found: dict[tuple[str, ...], int] = {}
+    for alert_id, labels in rows:
+        if all_match(rule.source, labels):
+            found.setdefault(tuple(_label(labels, source) for _, source in rule.equal),
+                             int(alert_id))
+    return found

@@ -1,0 +1,120 @@
+"""Accounts, tokens and silences from the command line: hashed secrets, audit, refusals."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+
+from vagt.alerts import accounts_cli, cli
+from vagt.alerts.accounts import (
+    authenticate_password,
+    authenticate_token,
+    hash_password,
+    verify_password,
+)
+
+PASSWORD = "correct horse battery"
+
+
+def run(conninfo: str, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="vagt")
+    sub = parser.add_subparsers()
+    cli.add_parser(sub)
+    accounts_cli.add_parser(sub)
+    args = parser.parse_args(list(argv))
+    result: int = args.handler(args, conninfo)
+    return result
+
+
+def test_a_password_is_stored_as_a_salted_scrypt_hash():
+    a, b = hash_password(PASSWORD), hash_password(PASSWORD)
+    assert a.startswith("scrypt$16384$8$1$") and a != b and PASSWORD not in a
+    assert verify_password(a, PASSWORD) and not verify_password(a, PASSWORD + "!")
+
+
+def test_users_add_reads_the_password_from_stdin_and_stores_only_its_hash(database_url, conn,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert run(database_url, "users", "add", "bo", "--role", "operator", "--municipality",
+               "Aarhus", "--queue", "home_care", "--password-stdin") == 0
+    assert capsys.readouterr().out == "user bo added: operator in Aarhus\n"
+    (stored,) = conn.execute("SELECT password_hash FROM operators").fetchone()  # type: ignore[misc]
+    assert PASSWORD not in stored
+    who = authenticate_password(conn, "bo", PASSWORD)
+    assert who is not None and (who.municipality, who.queues) == ("Aarhus", ("home_care",))
+    assert conn.execute("SELECT action, subject FROM audit_log").fetchall() == [
+        ("user.add", "user bo")]
+
+
+def test_a_short_password_is_refused(database_url, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert run(database_url, "users", "add", "bo", "--role", "operator",
+               "--password-stdin") == 2
+    assert capsys.readouterr().err == "vagt: the password must have at least 12 characters\n"
+
+
+def test_a_second_user_of_the_same_name_is_refused(database_url, capsys):
+    assert run(database_url, "users", "add", "bo", "--role", "operator", "--no-password") == 0
+    assert run(database_url, "users", "add", "bo", "--role", "admin", "--no-password") == 2
+    assert capsys.readouterr().err == "vagt: there is already a user 'bo'\n"
+
+
+def test_tokens_create_prints_the_token_once_and_stores_its_hash(database_url, conn, capsys):
+    run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
+    capsys.readouterr()
+    assert run(database_url, "tokens", "create", "--user", "crm", "--name", "callcentre") == 0
+    out = capsys.readouterr()
+    token = out.out.strip()
+    assert token.startswith("vagt_") and "shown only now" in out.err
+    (stored,) = conn.execute("SELECT token_sha256 FROM api_tokens").fetchone()  # type: ignore[misc]
+    assert token.encode() not in bytes(stored)
+    assert authenticate_token(conn, token).username == "crm"  # type: ignore[union-attr]
+    assert run(database_url, "tokens", "revoke", "1") == 0
+    assert authenticate_token(conn, token) is None
+
+
+def test_a_token_for_an_unknown_user_is_refused(database_url, capsys):
+    assert run(database_url, "tokens", "create", "--user", "nobody", "--name", "x") == 2
+    assert "there is no enabled user 'nobody'" in capsys.readouterr().err
+
+
+def test_silences_add_list_expire_from_the_command_line(database_url, capsys):
+    assert run(database_url, "silences", "add", "device_id=OXI-0001", "--author", "sofie",
+               "--comment", "sent for repair", "--duration", "2h") == 0
+    assert capsys.readouterr().out.startswith('silence 1 (active): device_id="OXI-0001" until ')
+    assert run(database_url, "silences", "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["1", "active"]
+    assert run(database_url, "silences", "expire", "1", "--author", "sofie") == 0
+    assert run(database_url, "silences", "list") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no silences"
+    assert run(database_url, "silences", "expire", "1", "--author", "sofie") == 2
+    assert capsys.readouterr().err == "vagt: silence 1 has already ended\n"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["device_id"], "is not a matcher"),
+    (['device_id=~".*"'], "would silence everything"),
+])
+def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, message):
+    assert run(database_url, "silences", "add", *argv, "--author", "sofie", "--comment", "x",
+               "--duration", "1h") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsys):
+    from tests.alerts.test_actions import new_alert
+
+    alert_id = new_alert(database_url, "emergency")
+    assert run(database_url, "alerts", "next", "--operator", "anna", "--queue", "emergency") == 0
+    assert capsys.readouterr().out.startswith(f"alert {alert_id} is now claimed by anna")
+    assert run(database_url, "alerts", "note", str(alert_id), "--operator", "anna", "--note",
+               "called the daughter") == 0
+    assert run(database_url, "alerts", "next", "--operator", "bo") == 0
+    assert "nothing to take" in capsys.readouterr().out
+    assert run(database_url, "alerts", "show", str(alert_id)) == 0
+    trail = capsys.readouterr().out.splitlines()[-2:]
+    assert [line.split()[3:5] for line in trail] == [["anna", "claim"], ["anna", "note"]]

@@ -1,0 +1,305 @@
+"""The operator REST API on a real uvicorn server: authentication, roles, municipality scope,
+the alert actions, silences, devices and the OpenAPI document."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+from tests.alerts.support import add_device, alert_of, fire
+from tests.support import free_port
+
+from vagt.alerts.accounts import add_user, create_token, disable_user, revoke_token
+from vagt.alerts.api.app import create_app
+from vagt.alerts.policy import load_policy
+from vagt.app.db import open_pool
+from vagt.app.metrics import EngineMetrics
+
+PASSWORD = "correct horse battery"
+
+
+class Api:
+    def __init__(self, url: str, database_url: str, metrics: EngineMetrics) -> None:
+        self.url = url
+        self.database_url = database_url
+        self.metrics = metrics
+        self.tokens: dict[str, str] = {}
+
+    def as_(self, user: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=(user, PASSWORD), timeout=10)
+
+    def with_token(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+
+    def anonymous(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+
+@pytest.fixture
+def api(database_url: str) -> Iterator[Api]:
+    with psycopg.connect(database_url) as conn:
+        add_user(conn, "anna", role="operator", password=PASSWORD, actor="test")
+        add_user(conn, "bo", role="operator", password=PASSWORD, municipality="Aarhus",
+                 actor="test")
+        add_user(conn, "sofie", role="supervisor", password=PASSWORD, actor="test")
+        add_user(conn, "mette", role="supervisor", password=PASSWORD, municipality="Aarhus",
+                 actor="test")
+        add_user(conn, "crm", role="operator", password=None, queues=["emergency"],
+                 actor="test")
+        _, token = create_token(conn, "crm", "callcentre-crm", actor="test")
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Aarhus")
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    metrics = EngineMetrics(CollectorRegistry())
+    port = free_port()
+    with open_pool(database_url, 1, 4) as pool:
+        app = create_app(pool, load_policy(None), observer=metrics)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_config=None, lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.02)
+        a = Api(f"http://127.0.0.1:{port}", database_url, metrics)
+        a.tokens["crm"] = token
+        try:
+            yield a
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def alarm_and_battery(database_url: str) -> tuple[int, int]:
+    (alarm, _), = fire(database_url, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    (battery, _), = fire(database_url, ("battery_low", "OXI-0001"))
+    return alarm, battery
+
+
+# --- authentication, roles, scope ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/alerts", "/api/v1/queues", "/api/v1/silences",
+                                  "/api/v1/devices", "/api/v1/alerts/1"])
+def test_without_credentials_every_endpoint_answers_401_with_a_challenge(api, path):
+    r = api.anonymous().get(path)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_a_wrong_password_an_unknown_user_and_a_disabled_account_answer_401(api):
+    assert httpx.get(f"{api.url}/api/v1/alerts", auth=("anna", "wrong password!")
+                     ).status_code == 401
+    assert httpx.get(f"{api.url}/api/v1/alerts", auth=("nobody", PASSWORD)).status_code == 401
+    with psycopg.connect(api.database_url) as conn:
+        disable_user(conn, "anna", actor="test")
+    assert api.as_("anna").get("/api/v1/alerts").status_code == 401
+
+
+def test_an_api_token_works_until_it_is_revoked(api):
+    client = api.with_token(api.tokens["crm"])
+    me = client.get("/api/v1/me").json()
+    assert (me["username"], me["role"], me["via"]) == ("crm", "operator", "token:callcentre-crm")
+    with psycopg.connect(api.database_url) as conn:
+        token_id = conn.execute("SELECT id FROM api_tokens").fetchone()[0]  # type: ignore[index]
+        revoke_token(conn, token_id, actor="test")
+    assert client.get("/api/v1/me").status_code == 401
+    assert api.with_token("vagt_made-up").get("/api/v1/me").status_code == 401
+
+
+def test_an_operator_may_not_create_a_silence_403(api):
+    r = api.as_("anna").post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "x",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 403
+    assert r.json()["detail"] == "this needs the role supervisor or higher; anna is operator"
+
+
+def test_a_municipal_operator_sees_only_their_municipalitys_alerts(api):
+    alarm, battery = alarm_and_battery(api.database_url)
+    bo = api.as_("bo")
+    assert [a["id"] for a in bo.get("/api/v1/alerts").json()] == [battery]
+    assert [a["id"] for a in api.as_("anna").get("/api/v1/alerts").json()] == [alarm, battery]
+    assert [d["device_id"] for d in bo.get("/api/v1/devices").json()] == ["OXI-0001"]
+    assert {q["queue"]: q["open"] for q in bo.get("/api/v1/queues").json()}["emergency"] == 0
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/api/v1/alerts/{id}"),
+    ("POST", "/api/v1/alerts/{id}/claim"),
+    ("POST", "/api/v1/alerts/{id}/notes"),
+    ("GET", "/api/v1/devices/ALM-0001"),
+])
+def test_outside_the_callers_municipality_the_answer_is_404(api, method, path):
+    alarm, _ = alarm_and_battery(api.database_url)
+    r = api.as_("bo").request(method, path.format(id=alarm), json={"note": "x"})
+    assert r.status_code == 404
+    assert alert_of(api.database_url, "personal_alarm", "ALM-0001")[1] == "open"
+
+
+# --- alert actions ---------------------------------------------------------------------------
+
+
+def test_claim_acknowledge_resolve_through_the_api_is_audited_with_the_callers_name(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{alarm}/claim").json()["claimed_by"] == "anna"
+    assert anna.post(f"/api/v1/alerts/{alarm}/acknowledge",
+                     json={"note": "called the citizen"}).json()["status"] == "acknowledged"
+    done = anna.post(f"/api/v1/alerts/{alarm}/resolve",
+                     json={"code": "visit_arranged", "note": "home carer on site"}).json()
+    assert (done["status"], done["resolution_code"]) == ("resolved", "visit_arranged")
+    history = anna.get(f"/api/v1/alerts/{alarm}").json()["history"]
+    assert [(h["actor"], h["action"], h["from_status"], h["to_status"]) for h in history] == [
+        ("rule:personal_alarm", "open", None, "open"), ("anna", "claim", "open", "claimed"),
+        ("anna", "ack", "claimed", "acknowledged"), ("anna", "resolve", "acknowledged",
+                                                     "resolved")]
+    sample = api.metrics.registry.get_sample_value
+    assert sample("vagt_alert_time_to_claim_seconds_count", {"queue": "emergency"}) == 1.0
+    assert sample("vagt_alert_time_to_resolve_seconds_count", {"queue": "emergency"}) == 1.0
+
+
+def test_a_claim_of_a_held_alert_answers_409_naming_the_holder(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim")
+    r = api.as_("sofie").post(f"/api/v1/alerts/{alarm}/claim")
+    assert r.status_code == 409
+    assert r.json()["detail"].startswith(f"alert {alarm} is already claimed by anna since")
+
+
+def test_a_resolution_without_a_known_code_answers_422(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    r = api.as_("anna").post(f"/api/v1/alerts/{alarm}/resolve",
+                             json={"code": "fixed", "note": "done"})
+    assert r.status_code == 422
+    assert "got 'fixed'" in r.json()["detail"]
+
+
+def test_next_takes_from_the_accounts_queues_and_answers_204_when_empty(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    crm = api.with_token(api.tokens["crm"])       # its account's queues: emergency
+    taken = crm.post("/api/v1/alerts/next")
+    assert (taken.status_code, taken.json()["id"], taken.json()["claimed_by"]) == (200, alarm,
+                                                                                   "crm")
+    assert crm.post("/api/v1/alerts/next").status_code == 204
+
+
+def test_queues_count_alerts_by_status_and_open_ones_by_priority(api):
+    alarm_and_battery(api.database_url)
+    queues = {q["queue"]: q for q in api.as_("anna").get("/api/v1/queues").json()}
+    assert (queues["emergency"]["open"], queues["emergency"]["open_by_priority"]) == (1, {"1": 1})
+    assert (queues["technical"]["open"], queues["technical"]["open_by_priority"]) == (1, {"4": 1})
+    assert queues["home_care"]["open"] == 0
+
+
+# --- silences --------------------------------------------------------------------------------
+
+
+def test_a_supervisor_silences_an_alert_and_expires_the_silence(api):
+    _, battery = alarm_and_battery(api.database_url)
+    sofie = api.as_("sofie")
+    created = sofie.post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "sent for repair",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert created.status_code == 201, created.text
+    silence = created.json()
+    assert (silence["author"], silence["state"]) == ("sofie", "active")
+    assert api.as_("anna").get(f"/api/v1/alerts/{battery}").json()["status"] == "suppressed"
+    assert [s["id"] for s in api.as_("anna").get("/api/v1/silences").json()] == [silence["id"]]
+    expired = sofie.post(f"/api/v1/silences/{silence['id']}/expire").json()
+    assert (expired["state"], expired["expired_by"]) == ("expired", "sofie")
+    assert api.as_("anna").get(f"/api/v1/alerts/{battery}").json()["status"] == "open"
+
+
+def test_a_municipal_supervisors_silence_is_limited_to_their_municipality(api):
+    alarm, battery = alarm_and_battery(api.database_url)
+    r = api.as_("mette").post("/api/v1/silences", json={
+        "matchers": ['severity=~".+"'], "comment": "planned network work",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert r.json()["matchers"] == ['severity=~".+"', 'municipality="Aarhus"']
+    anna = api.as_("anna")
+    assert anna.get(f"/api/v1/alerts/{battery}").json()["status"] == "suppressed"
+    assert anna.get(f"/api/v1/alerts/{alarm}").json()["status"] == "open"
+    assert api.as_("sofie").post(f"/api/v1/silences/{r.json()['id']}/expire").status_code == 200
+
+
+def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": ["device_id"], "comment": "x",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 422
+    assert "is not a matcher" in r.json()["detail"]
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+def test_the_openapi_document_is_served_and_describes_the_endpoints_and_security(api):
+    doc = api.anonymous().get("/openapi.json").json()
+    assert doc["info"]["title"] == "vagt operator API"
+    for path in ("/api/v1/queues", "/api/v1/alerts", "/api/v1/alerts/{alert_id}",
+                 "/api/v1/alerts/{alert_id}/claim", "/api/v1/alerts/{alert_id}/acknowledge",
+                 "/api/v1/alerts/{alert_id}/resolve", "/api/v1/alerts/{alert_id}/notes",
+                 "/api/v1/alerts/next", "/api/v1/silences", "/api/v1/silences/{silence_id}/expire",
+                 "/api/v1/devices", "/api/v1/devices/{device_id}"):
+        assert path in doc["paths"], path
+    assert set(doc["components"]["securitySchemes"]) == {"HTTPBasic", "HTTPBearer"}
+    assert api.anonymous().get("/docs").status_code == 200
+
+
+def test_vagt_api_serves_the_api_and_its_metrics_alone(database_url, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vagt.app.cli", "api", "--port", str(port)],
+                            env={**os.environ, "VAGT_DATABASE_URL": database_url},
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, (
+                    (tmp_path / "api.log").read_text())
+                time.sleep(0.1)
+        assert r.status_code == 401
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 200
+        check = subprocess.run(["promtool", "check", "metrics"], input=metrics.content,
+                               capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def test_a_session_trades_the_password_for_a_bearer_token_once(api):
+    r = api.as_("anna").post("/api/v1/sessions")
+    assert r.status_code == 201
+    token = r.json()["token"]
+    assert api.with_token(token).get("/api/v1/me").json()["via"] == "token:session"
+    again = api.with_token(token).post("/api/v1/sessions")
+    assert again.status_code == 403
+
+
+def test_a_supervisor_releases_an_operators_alert_an_operator_may_not(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim")
+    assert api.with_token(api.tokens["crm"]).post(
+        f"/api/v1/alerts/{alarm}/release").status_code == 409
+    r = api.as_("sofie").post(f"/api/v1/alerts/{alarm}/release", json={"note": "anna left"})
+    assert (r.status_code, r.json()["status"]) == (200, "open")

@@ -1,0 +1,261 @@
+"""Delivery of the outbox to real receivers: an HTTP server in a thread that fails its first
+tries, one that is down and then up, and the test run's Mosquitto for MQTT publication."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+import paho.mqtt.client as paho
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+from tests.alerts.support import add_device, fire, rows
+from tests.support import Broker, free_port
+
+from vagt.alerts.delivery import DeliveryWorker, MqttSender, WebhookSender, verify
+from vagt.alerts.outbox import register_targets
+from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
+from vagt.app.db import open_pool
+from vagt.app.metrics import EngineMetrics
+
+SECRET = b"a-test-secret-of-32-bytes-length"
+
+
+@dataclass
+class Receiver:
+    """A real HTTP endpoint: answers 503 to its first `failures` requests, then 204."""
+
+    failures: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/vagt"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                failing = len(receiver.requests) <= receiver.failures
+                self.send_response(503 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+    def accepted(self) -> list[dict[str, object]]:
+        return [orjson.loads(body) for _, body in self.requests[self.failures:]]
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(failures=2).start()
+    yield r
+    r.stop()
+
+
+def webhook_policy(url: str, **kw: object) -> DeliveryPolicy:
+    return DeliveryPolicy(webhooks=(WebhookTarget("callcentre", url, SECRET),),
+                          backoff_initial_s=2.0, backoff_max_s=60.0, **kw)  # type: ignore[arg-type]
+
+
+def alarms(database_url: str, policy: DeliveryPolicy, n: int) -> list[int]:
+    with psycopg.connect(database_url) as conn:
+        register_targets(conn, policy)
+    ids = []
+    for i in range(n):
+        add_device(database_url, f"ALM-{i:04d}", "personal_alarm", "Randers")
+        ids += [a for a, _ in fire(database_url, ("personal_alarm", f"ALM-{i:04d}"),
+                                   code="alarm.fall")]
+    return ids
+
+
+def deliveries(database_url: str) -> list[tuple[object, ...]]:
+    return rows(database_url, "SELECT outbox_id, attempts, delivered_at IS NOT NULL, "
+                              "dead_at IS NOT NULL, last_error FROM alert_deliveries "
+                              "ORDER BY outbox_id")
+
+
+def test_a_webhook_failing_its_first_tries_is_retried_with_backoff_then_delivered_signed(
+        database_url, receiver):
+    policy = webhook_policy(receiver.url)
+    (alert_id,) = alarms(database_url, policy, 1)
+    clock = Clock()
+    metrics = EngineMetrics(CollectorRegistry())
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock,
+                                metrics)
+        assert worker.deliver_due() == 1          # 503
+        assert worker.deliver_due() == 0          # waits 2 s before the second try
+        clock.t += 2
+        assert worker.deliver_due() == 1          # 503 again: now it waits 4 s
+        clock.t += 3.9
+        assert worker.deliver_due() == 0
+        clock.t += 0.1
+        assert worker.deliver_due() == 1          # 204
+    assert len(receiver.requests) == 3
+    headers, body = receiver.requests[-1]
+    assert verify(SECRET, headers["X-Vagt-Timestamp"], body, headers["X-Vagt-Signature"])
+    assert not verify(b"another-secret-entirely", headers["X-Vagt-Timestamp"], body,
+                      headers["X-Vagt-Signature"])
+    assert headers["X-Vagt-Timestamp"] == str(int(clock.t))
+    doc = orjson.loads(body)
+    assert (doc["event"], doc["alert"]["id"], doc["alert"]["queue"]) == ("opened", alert_id,
+                                                                         "emergency")
+    assert [d[1:4] for d in deliveries(database_url)] == [(3, True, False)]
+    sample = metrics.registry.get_sample_value
+    assert (sample("vagt_alert_deliveries_total", {"target": "callcentre", "outcome": "failed"}),
+            sample("vagt_alert_deliveries_total",
+                   {"target": "callcentre", "outcome": "delivered"})) == (2.0, 1.0)
+
+
+def test_a_tampered_body_does_not_verify(database_url, receiver):
+    receiver.failures = 0
+    policy = webhook_policy(receiver.url)
+    alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock()).deliver_due()
+    headers, body = receiver.requests[0]
+    assert not verify(SECRET, headers["X-Vagt-Timestamp"], body.replace(b"emergency", b"x"),
+                      headers["X-Vagt-Signature"])
+
+
+def test_a_receiver_that_is_down_then_up_gets_everything_in_order(database_url):
+    port = free_port()
+    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=50)
+    ids = alarms(database_url, policy, 3)
+    clock = Clock()
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+        for _ in range(4):                       # nobody listens: connection refused
+            worker.deliver_due()
+            clock.t += 60
+        assert [d[1:3] for d in deliveries(database_url)] == [(4, False), (0, False), (0, False)]
+        assert "Connection refused" in str(deliveries(database_url)[0][4])
+        receiver = Receiver(port=port).start()
+        try:
+            worker.deliver_due()
+        finally:
+            receiver.stop()
+    assert [d["alert"]["id"] for d in receiver.accepted()] == ids   # type: ignore[index]
+    assert [d[2] for d in deliveries(database_url)] == [True, True, True]
+
+
+def test_after_the_last_try_a_delivery_is_a_dead_letter_and_the_next_one_goes(database_url):
+    receiver = Receiver(failures=3).start()
+    try:
+        policy = webhook_policy(receiver.url, max_attempts=3)
+        alarms(database_url, policy, 2)
+        clock = Clock()
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+            for _ in range(4):
+                worker.deliver_due()
+                clock.t += 60
+    finally:
+        receiver.stop()
+    (first, second) = deliveries(database_url)
+    assert first[1:] == (3, False, True, f"HTTP 503 from {receiver.url}")
+    assert second[1:4] == (1, True, False)
+
+
+def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(database_url,
+                                                                         broker: Broker):
+    policy = DeliveryPolicy(mqtt=(MqttTarget("cc-mqtt", "callcentre/{municipality}/{queue}"),))
+    received: list[paho.MQTTMessage] = []
+    got = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: (received.append(m), got.set())
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("callcentre/#", qos=1)
+    sub.loop_start()
+    sender = MqttSender(policy.mqtt[0], host="127.0.0.1", port=broker.port, username=None,
+                        password=None, tls=False, client_id=f"test-out-{free_port()}")
+    try:
+        (alert_id,) = alarms(database_url, policy, 1)
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [sender], Clock())
+            for _ in range(100):                  # the sender connects in the background
+                if worker.deliver_due() and deliveries(database_url)[0][2]:
+                    break
+                threading.Event().wait(0.05)
+        assert got.wait(10)
+    finally:
+        sender.close()
+        sub.loop_stop()
+        sub.disconnect()
+    (m,) = received
+    assert (m.topic, m.qos, orjson.loads(m.payload)["alert"]["id"]) == (
+        "callcentre/Randers/emergency", 1, alert_id)
+    assert deliveries(database_url)[0][2] is True
+
+
+def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, capsys):
+    from tests.alerts.test_accounts_cli import run
+
+    port = free_port()
+    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=1)
+    alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
+        worker.deliver_due()
+        assert run(database_url, "alerts", "outbox", "--dead") == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[1].split()[:6] == ["1", "callcentre", "1", "opened", "1", "dead"]
+        assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
+                   "--author", "sofie") == 0
+        receiver = Receiver(port=port).start()
+        try:
+            assert worker.deliver_due() == 1
+        finally:
+            receiver.stop()
+    assert [d[2:4] for d in deliveries(database_url)] == [(True, False)]
+    assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
+               "--author", "sofie") == 2
+    assert "there is no dead delivery of outbox entry 1" in capsys.readouterr().err
+
+
+def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url, receiver):
+    from datetime import UTC, datetime, timedelta
+
+    from vagt.alerts.outbox import prune
+
+    receiver.failures = 0
+    policy = webhook_policy(receiver.url)
+    alarms(database_url, policy, 2)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock(),
+                                batch=1)
+        worker.deliver_due()                       # the first only
+        with pool.connection() as conn:
+            assert prune(conn, datetime.now(UTC) + timedelta(days=1)) == 1
+    assert [d[1:3] for d in deliveries(database_url)] == [(0, False)]
+    assert rows(database_url, "SELECT count(*) FROM alert_outbox") == [(1,)]

@@ -1,0 +1,113 @@
+"""Time to claim under a controlled clock: escalation raises the priority, moves the alert to
+the escalation queue, counts the breach, audits it and tells the call centre."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+from tests.alerts.support import add_device, fire, rows
+
+from vagt.alerts import actions
+from vagt.alerts.escalation import Timer, escalate_overdue
+from vagt.alerts.policy import load_policy
+from vagt.alerts.suppression import reconcile
+from vagt.app.db import open_pool
+from vagt.app.metrics import EngineMetrics
+
+
+@pytest.fixture
+def alarm(database_url):
+    """A personal alarm (priority 1, 2 minutes to claim) and its queued time."""
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Randers")
+    (alert_id, _), = fire(database_url, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    (queued,) = rows(database_url, "SELECT queued_at FROM alerts WHERE id = %s", (alert_id,))[0]
+    return alert_id, queued
+
+
+def test_nothing_escalates_before_the_time_to_claim(alarm, conn):
+    _, queued = alarm
+    assert escalate_overdue(conn, queued + timedelta(seconds=119)) == []
+
+
+def test_an_alert_not_claimed_in_time_escalates_once_per_deadline(database_url, conn):
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Randers")
+    (alert_id, _), = fire(database_url, ("battery_low", "OXI-0001"))  # priority 4: 4 hours
+    (queued,) = rows(database_url, "SELECT queued_at FROM alerts")[0]
+    late = queued + timedelta(hours=4, seconds=1)
+    (breach,) = escalate_overdue(conn, late)
+    assert (breach.from_queue, breach.to_queue, breach.from_priority, breach.to_priority) == (
+        "technical", "escalation", 4, 3)
+    assert rows(database_url, "SELECT queue, extra_queues, priority, base_priority, breaches, "
+                              "claim_deadline - escalated_at FROM alerts") == [
+        ("escalation", ["technical"], 3, 4, 1, timedelta(hours=1))]
+    assert escalate_overdue(conn, late + timedelta(minutes=59)) == []
+    assert len(escalate_overdue(conn, late + timedelta(hours=1))) == 1
+    assert rows(database_url, "SELECT priority, breaches FROM alerts") == [(2, 2)]
+    audit = actions.audit_trail(conn, alert_id)[-1]
+    assert (audit.actor, audit.action, audit.details) == (
+        "vagt", "escalate", {"from_queue": "escalation", "to_queue": "escalation",
+                             "from_priority": 3, "to_priority": 2})
+
+
+def test_a_claimed_alert_does_not_escalate(alarm, conn):
+    alert_id, queued = alarm
+    actions.claim(conn, alert_id, "anna")
+    assert escalate_overdue(conn, queued + timedelta(hours=1)) == []
+
+
+def test_a_priority_1_alert_stays_at_1_and_its_breach_is_counted_in_metrics(alarm, conn):
+    alert_id, queued = alarm
+    metrics = EngineMetrics(CollectorRegistry())
+    escalate_overdue(conn, queued + timedelta(minutes=3), observer=metrics)
+    assert actions.get_alert(conn, alert_id).priority == 1
+    assert metrics.registry.get_sample_value("vagt_alert_claim_breaches_total",
+                                             {"queue": "emergency"}) == 1.0
+
+
+def test_an_escalated_alert_is_still_in_its_operators_queue(alarm, conn):
+    alert_id, queued = alarm
+    escalate_overdue(conn, queued + timedelta(minutes=3))
+    assert [a.id for a in actions.list_alerts(conn, queue="emergency")] == [alert_id]
+    assert actions.next_alert(conn, "anna", ["emergency"]).id == alert_id  # type: ignore[union-attr]
+
+
+def test_a_suppressed_alert_does_not_escalate_and_gets_a_new_deadline_when_released(
+        alarm, database_url, conn):
+    alert_id, queued = alarm
+    conn.execute("UPDATE devices SET status = 'in_repair' WHERE device_id = 'ALM-0001'")
+    reconcile(conn)
+    assert escalate_overdue(conn, queued + timedelta(hours=1)) == []
+    # back from repair (to stock: the registry's lifecycle allows no other way out)
+    conn.execute("UPDATE devices SET status = 'in_stock' WHERE device_id = 'ALM-0001'")
+    released = queued + timedelta(hours=1)
+    reconcile(conn, now=released)
+    assert rows(database_url, "SELECT status, claim_deadline FROM alerts WHERE id = %s",
+                (alert_id,)) == [("open", released + timedelta(minutes=2))]
+
+
+def test_the_timer_escalates_by_its_clock(alarm, database_url):
+    alert_id, queued = alarm
+    now = [(queued + timedelta(minutes=1)).timestamp()]
+    with open_pool(database_url, 1, 2) as pool:
+        timer = Timer(pool, load_policy(None), clock=lambda: now[0])
+        assert timer.tick() == []
+        now[0] = (queued + timedelta(minutes=2, seconds=1)).timestamp()
+        (breach,) = timer.tick() or []
+    assert breach.alert_id == alert_id
+    assert rows(database_url, "SELECT escalated_at FROM alerts") == [
+        (datetime.fromtimestamp(now[0], UTC),)]
+
+
+def test_only_one_process_runs_the_timer_at_a_time(alarm, database_url):
+    _, queued = alarm
+    with psycopg.connect(database_url) as other, other.transaction():
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('vagt.alerts.timer'))")
+        with open_pool(database_url, 1, 2) as pool:
+            timer = Timer(pool, load_policy(None),
+                          clock=lambda: (queued + timedelta(hours=1)).timestamp())
+            assert timer.tick() is None
+    assert rows(database_url, "SELECT breaches FROM alerts") == [(0,)]

@@ -1,0 +1,208 @@
+"""The routing tree and the policy file: matchers, first match or continue, inheritance, errors."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from vagt.alerts import cli
+from vagt.alerts.matchers import MatcherError, parse_matcher
+from vagt.alerts.policy import PolicyError, load_policy
+from vagt.alerts.routing import route_alert
+
+TREE = """
+[escalation.time_to_claim]
+1 = "2m"
+2 = "10m"
+3 = "1h"
+4 = "4h"
+
+[route]
+queue = "technical"
+
+[[route.routes]]
+name = "alarms"
+matchers = ['rule="personal_alarm"']
+queue = "emergency"
+priority = 1
+
+[[route.routes]]
+name = "aarhus_medication"
+matchers = ['code=~"dose\\\\..*"', 'municipality="Aarhus"']
+queue = "home_care_aarhus"
+priority = 2
+time_to_claim = "5m"
+continue = true
+
+[[route.routes]]
+name = "medication"
+matchers = ['code=~"dose\\\\..*"']
+queue = "home_care"
+priority = 2
+
+  [[route.routes.routes]]
+  name = "medication_night"
+  matchers = ['shift="night"']
+  priority = 3
+
+[[route.routes]]
+name = "not_reached"
+matchers = ['code=~"dose\\\\..*"']
+queue = "never"
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    p = tmp_path / "alerts.toml"
+    p.write_text(TREE)
+    return load_policy(p)
+
+
+def where(policy, **labels):
+    return route_alert(policy.root, labels, default_queue="rule_queue", default_priority=4,
+                       time_to_claim=policy.time_to_claim_s)
+
+
+def test_the_first_matching_route_sets_queue_priority_and_its_priority_time_to_claim(tree):
+    d = where(tree, rule="personal_alarm", code="alarm.fall")
+    assert (d.route, d.queue, d.priority, d.time_to_claim_s, d.extra_queues) == (
+        "alarms", "emergency", 1, 120.0, ())
+
+
+def test_no_matching_route_leaves_the_root_queue_and_the_rules_priority(tree):
+    d = where(tree, rule="battery_low")
+    assert (d.route, d.queue, d.priority, d.time_to_claim_s) == ("root", "technical", 4, 4 * 3600)
+
+
+def test_continue_lists_the_alert_in_the_next_matching_route_as_well(tree):
+    d = where(tree, rule="sequence", code="dose.missed", municipality="Aarhus")
+    assert (d.route, d.queue, d.time_to_claim_s, d.extra_queues) == (
+        "aarhus_medication", "home_care_aarhus", 300.0, ("home_care",))
+
+
+def test_a_route_without_continue_stops_the_search(tree):
+    d = where(tree, rule="sequence", code="dose.missed", municipality="Herning")
+    assert (d.queue, d.extra_queues) == ("home_care", ())
+
+
+def test_a_child_route_inherits_the_queue_and_overrides_the_priority(tree):
+    d = where(tree, rule="sequence", code="dose.missed", shift="night")
+    assert (d.route, d.queue, d.priority, d.time_to_claim_s) == (
+        "medication_night", "home_care", 3, 3600.0)
+
+
+def test_the_root_without_a_queue_keeps_the_rules_queue():
+    policy = load_policy(None)
+    d = route_alert(policy.root, {"rule": "something_new"}, default_queue="rule_queue",
+                    default_priority=5, time_to_claim=policy.time_to_claim_s)
+    assert (d.queue, d.priority) == ("rule_queue", 5)
+
+
+@pytest.mark.parametrize(("text", "labels", "hit"), [
+    ('type="gateway"', {"type": "gateway"}, True),
+    ('type="gateway"', {"type": "gateway2"}, False),
+    ('type!="gateway"', {}, True),
+    ('code=~"alarm\\\\..*"', {"code": "alarm.fall"}, True),
+    ('code=~"alarm"', {"code": "alarm.fall"}, False),   # anchored, as in Alertmanager
+    ('code!~"alarm\\\\..*"', {"code": "fault.jam"}, True),
+    ('gateway_id!=""', {}, False),
+    ("gateway_id=GW-1", {"gateway_id": "GW-1"}, True),   # unquoted, as typed in a shell
+])
+def test_a_matcher_matches_as_in_alertmanager(text, labels, hit):
+    assert parse_matcher(text).matches(labels) is hit
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("type", "is not a matcher"),
+    ('code=~"("', "not a valid regular expression"),
+])
+def test_a_bad_matcher_is_refused_saying_why(text, message):
+    with pytest.raises(MatcherError, match=message):
+        parse_matcher(text)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[route]\nmatchers = ['a=\"b\"']", "the root route matches every alert"),
+    ("[[route.routes]]\nname = 'x'\npriority = 9", r"\[route\].routes\[0\] 'x': 'priority' "
+                                                    "must be 1 to 5, got 9"),
+    ("[[route.routes]]\nname = 'x'\nmatchers = ['a=~\"(\"']", "'x': 'matchers': "),
+    ("[[route.routes]]\nname = 'x'\nqueue = 3", "'queue' must be a string, got 3"),
+    ("reopen_window = 'soon'", "reopen_window: 'soon' is not a duration"),
+    ("[[inhibit]]\nname = 'i'\nsource = ['a=\"b\"']", "'i': needs both 'source' and 'target'"),
+    ("[escalation.time_to_claim]\n7 = '1m'", "'7' is not a priority"),
+    ("[[delivery.webhook]]\nname = 'cc'\nurl = 'ftp://x'", "'url' must start with http"),
+    ("[[delivery.webhook]]\nname = 'cc'\nurl = 'http://x'\nsecret_env = 'NOPE'",
+     "the variable NOPE named by 'secret_env' is not set"),
+    ("colour = 'red'", "unknown setting 'colour'"),
+])
+def test_a_bad_policy_names_the_file_the_entry_and_the_field(tmp_path, toml, message):
+    p = tmp_path / "alerts.toml"
+    p.write_text(toml)
+    with pytest.raises(PolicyError, match=message) as e:
+        load_policy(p, env={})
+    assert str(e.value).startswith(f"{p}: ")
+
+
+def test_a_webhook_secret_comes_from_the_named_variable(tmp_path):
+    p = tmp_path / "alerts.toml"
+    p.write_text("[[delivery.webhook]]\nname = 'cc'\nurl = 'http://127.0.0.1:9/hook'\n"
+                 "secret_env = 'CC_SECRET'")
+    policy = load_policy(p, env={"CC_SECRET": "0123456789abcdef-secret"})
+    assert policy.delivery.webhooks[0].secret == b"0123456789abcdef-secret"
+    assert "0123456789abcdef" not in repr(policy)
+
+
+def route_cli(policy_path: str, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="vagt")
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["alerts", "route", *argv])
+    result: int = args.policy_handler(args, policy_path)
+    return result
+
+
+def test_vagt_alerts_route_prints_queue_priority_time_to_claim_and_route(tmp_path, capsys):
+    p = tmp_path / "alerts.toml"
+    p.write_text(TREE)
+    assert route_cli(str(p), "code=dose.missed", "municipality=Aarhus") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "queue:         home_care_aarhus",
+        "priority:      2",
+        "time to claim: 5m",
+        "route:         aarhus_medication",
+        "also listed in: home_care (continue)",
+    ]
+
+
+def test_vagt_alerts_route_with_the_built_in_policy_sends_alarms_to_emergency(capsys):
+    assert route_cli("", "rule=personal_alarm", "code=alarm.fall") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "queue:         emergency"
+
+
+def test_vagt_alerts_route_refuses_a_label_without_a_value(capsys):
+    assert route_cli("", "rule") == 2
+    assert capsys.readouterr().err == "vagt: 'rule' is not a label; write name=value\n"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VAGT_ALERTS": "/nonexistent/alerts.toml"}, "setting 'alerts' (VAGT_ALERTS): "
+                                                  "/nonexistent/alerts.toml is not a file"),
+    ({"VAGT_API_PORT": "70000"}, "setting 'api_port' (VAGT_API_PORT) must be a port"),
+])
+def test_the_alert_settings_of_the_configuration_are_checked(env, message):
+    from vagt.app.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, env=env)
+
+
+def test_the_built_in_policy_file_loads_and_names_its_queues():
+    from vagt.alerts.routing import queues_of
+
+    policy = load_policy(None)
+    assert queues_of(policy.root) == ["emergency", "home_care", "clinical", "logistics",
+                                      "technical"]
+    assert [r.name for r in policy.inhibit] == ["gateway_offline", "offline_device_battery"]

@@ -1,0 +1,240 @@
+"""The engine's side of the queue on the real database: routing, deduplication, reopening,
+inhibition, silences, devices in repair, and the outbox written with the alert."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from tests.alerts.support import T0, add_device, alert_of, clear, fire, firing, rows
+
+from vagt.alerts import actions
+from vagt.alerts.matchers import parse_matcher
+from vagt.alerts.outbox import register_targets
+from vagt.alerts.policy import DeliveryPolicy, WebhookTarget
+from vagt.alerts.silences import SilenceError, create_silence, expire_silence
+from vagt.alerts.store import record_firings
+from vagt.alerts.suppression import reconcile
+
+
+@pytest.fixture
+def fleet(database_url):
+    add_device(database_url, "GW-0001", "gateway", "Aarhus")
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Aarhus", gateway="GW-0001")
+    add_device(database_url, "BPM-0001", "bp_monitor", "Aarhus", gateway="GW-0001")
+    add_device(database_url, "OXI-0009", "pulse_oximeter", "Aarhus", gateway="GW-0009")
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    return database_url
+
+
+def audit(database_url, alert_id):
+    return rows(database_url, "SELECT actor, action, from_status, to_status FROM alert_audit "
+                              "WHERE alert_id = %s ORDER BY id", (alert_id,))
+
+
+# --- routing, deduplication, reopening ---------------------------------------------------
+
+
+def test_a_firing_is_routed_by_the_policy_not_only_by_its_rule(fleet):
+    fire(fleet, ("dispenser_jam", "OXI-0001"))
+    assert rows(fleet, "SELECT queue, extra_queues, priority, route, time_to_claim "
+                       "FROM alerts") == [("logistics", ["technical"], 2, "device_swap",
+                                           timedelta(minutes=10))]
+
+
+def test_the_deadline_to_claim_is_the_time_to_claim_after_it_was_queued(fleet):
+    fire(fleet, ("personal_alarm", "ALM-0001"))
+    (gap,) = rows(fleet, "SELECT claim_deadline - queued_at FROM alerts")[0]
+    assert gap == timedelta(minutes=2)
+
+
+def test_repeats_of_a_fingerprint_count_on_one_alert(fleet):
+    fire(fleet, ("battery_low", "OXI-0001", T0))
+    fire(fleet, ("battery_low", "OXI-0001", T0 + 60))
+    fire(fleet, ("battery_low", "OXI-0001", T0 + 120))
+    assert rows(fleet, "SELECT status, repeat_count FROM alerts") == [("open", 3)]
+
+
+def test_a_firing_soon_after_resolution_reopens_the_alert_and_audits_it(fleet, conn):
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001", T0))
+    actions.claim(conn, alert_id, "anna")
+    actions.resolve(conn, alert_id, "anna", "charged it", code="resolved")
+    assert fire(fleet, ("battery_low", "OXI-0001", T0 + 60)) == [(alert_id, "technical")]
+    assert rows(fleet, "SELECT id, status, claimed_by, resolution_code, reopen_count "
+                       "FROM alerts") == [(alert_id, "open", None, None, 1)]
+    assert audit(fleet, alert_id)[-1] == ("rule:battery_low", "reopen", "resolved", "open")
+
+
+def test_a_redelivered_firing_does_not_reopen_a_resolved_alert(fleet, conn):
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001", T0))
+    actions.resolve(conn, alert_id, "anna", "charged it", code="resolved")
+    assert fire(fleet, ("battery_low", "OXI-0001", T0)) == []
+    assert rows(fleet, "SELECT status FROM alerts") == [("resolved",)]
+
+
+def test_a_cleared_condition_resolves_with_the_code_cleared(fleet):
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001", T0))
+    assert clear(fleet, "battery_low", "OXI-0001", T0 + 60) == [alert_id]
+    assert rows(fleet, "SELECT status, resolution_code, resolved_by FROM alerts") == [
+        ("resolved", "cleared", "rule:battery_low")]
+
+
+# --- inhibition ----------------------------------------------------------------------------
+
+
+def test_an_offline_gateway_suppresses_the_alerts_of_the_devices_behind_it(fleet):
+    fire(fleet, ("battery_low", "OXI-0001"), ("battery_low", "OXI-0009"))
+    (gw_alert, _), = fire(fleet, ("device_silent", "GW-0001"))
+    fire(fleet, ("device_silent", "BPM-0001"))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == (
+        "suppressed", "technical", 4, f"inhibited by alert {gw_alert} (gateway_offline)")
+    assert alert_of(fleet, "device_silent", "BPM-0001")[1] == "suppressed"
+    assert alert_of(fleet, "battery_low", "OXI-0009")[1] == "open"  # behind another gateway
+    assert alert_of(fleet, "device_silent", "GW-0001")[1] == "open"
+
+
+def test_alerts_come_back_when_the_gateway_is_online_again(fleet):
+    fire(fleet, ("device_silent", "GW-0001"))
+    (oxi, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "suppressed"
+    clear(fleet, "device_silent", "GW-0001", T0 + 300)
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
+    assert [a[1] for a in audit(fleet, oxi)] == ["open", "suppress", "unsuppress"]
+
+
+def test_a_gateway_column_of_the_registry_counts_as_the_devices_gateway(fleet):
+    with psycopg.connect(fleet) as conn:
+        conn.execute("""UPDATE devices SET attributes = '{"gateway": "GW-0009"}'
+                        WHERE device_id = 'OXI-0009'""")
+    add_device(fleet, "GW-0009", "gateway", "Aarhus")
+    fire(fleet, ("device_silent", "GW-0009"))
+    fire(fleet, ("battery_low", "OXI-0009"))
+    assert alert_of(fleet, "battery_low", "OXI-0009")[1] == "suppressed"
+
+
+def test_an_offline_device_suppresses_its_own_low_battery_alert_only(fleet):
+    fire(fleet, ("battery_low", "ALM-0001"))
+    (offline, _), = fire(fleet, ("device_silent", "ALM-0001"))
+    assert alert_of(fleet, "battery_low", "ALM-0001")[4] == (
+        f"inhibited by alert {offline} (offline_device_battery)")
+    assert alert_of(fleet, "device_silent", "ALM-0001")[1] == "open"
+
+
+def test_a_claimed_alert_is_left_with_its_operator_when_an_inhibition_starts(fleet, conn):
+    (oxi, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    actions.claim(conn, oxi, "anna")
+    fire(fleet, ("device_silent", "GW-0001"))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "claimed"
+
+
+# --- silences and repairs --------------------------------------------------------------------
+
+
+def silence(conn, *matchers, minutes=60, start=None):
+    return create_silence(conn, [parse_matcher(m) for m in matchers], starts_at=start,
+                          ends_at=(start or datetime.now(UTC)) + timedelta(minutes=minutes),
+                          author="sofie", comment="firmware update, ticket 4711")
+
+
+def test_a_silence_suppresses_matching_alerts_open_and_new_and_says_so(fleet, conn):
+    (old, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    s = silence(conn, 'vendor="Acme"', 'type="pulse_oximeter"')
+    fire(fleet, ("battery_low", "OXI-0009"))
+    reason = f"silence {s.id} by sofie: firmware update, ticket 4711"
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == ("suppressed", "technical", 4,
+                                                              reason)
+    assert alert_of(fleet, "battery_low", "OXI-0009")[4] == reason
+    assert actions.list_alerts(conn, status="suppressed")[0].id == old  # kept and visible
+
+
+def test_expiring_a_silence_brings_its_alerts_back_claimable(fleet, conn):
+    s = silence(conn, 'device_id="OXI-0001"')
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    expire_silence(conn, s.id, by="sofie")
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
+    assert actions.claim(conn, alert_id, "anna").status == "claimed"
+    assert rows(fleet, "SELECT actor, action, subject FROM audit_log ORDER BY id") == [
+        ("sofie", "silence.create", f"silence {s.id}"),
+        ("sofie", "silence.expire", f"silence {s.id}")]
+
+
+def test_a_maintenance_window_suppresses_only_while_it_is_in_force(fleet, conn):
+    start = datetime.now(UTC) + timedelta(hours=1)
+    silence(conn, 'municipality="Aarhus"', minutes=120, start=start)
+    fire(fleet, ("battery_low", "OXI-0001"))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
+    reconcile(conn, now=start + timedelta(minutes=1))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "suppressed"
+    reconcile(conn, now=start + timedelta(minutes=121))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
+
+
+@pytest.mark.parametrize(("matchers", "message"), [
+    (['device_id=~".*"'], "at least one matcher that an empty label set does not match"),
+    (['device_id!="x"'], "would silence everything"),
+])
+def test_a_silence_that_would_match_everything_is_refused(conn, matchers, message):
+    with pytest.raises(SilenceError, match=message):
+        silence(conn, *matchers)
+
+
+def test_a_silence_needs_a_comment_and_an_end_after_its_start(conn):
+    with pytest.raises(SilenceError, match="needs a comment"):
+        create_silence(conn, [parse_matcher("device_id=A")], starts_at=None,
+                       ends_at=datetime.now(UTC) + timedelta(hours=1), author="sofie",
+                       comment="  ")
+    with pytest.raises(SilenceError, match="must end after it starts"):
+        silence(conn, "device_id=A", minutes=-5)
+
+
+def test_a_device_in_repair_is_silenced_by_itself(fleet, conn):
+    conn.execute("UPDATE devices SET status = 'in_repair' WHERE device_id = 'OXI-0001'")
+    fire(fleet, ("battery_low", "OXI-0001"))
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == (
+        "suppressed", "technical", 4, "the device is in repair (silenced by its registry status)")
+    # back from repair (to stock: the registry's lifecycle allows no other way out)
+    conn.execute("UPDATE devices SET status = 'in_stock' WHERE device_id = 'OXI-0001'")
+    reconcile(conn)
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def target(fleet):
+    with psycopg.connect(fleet) as conn:
+        register_targets(conn, DeliveryPolicy(webhooks=(
+            WebhookTarget("callcentre", "http://127.0.0.1:9/", b"x" * 16),)))
+    return fleet
+
+
+def outbox(database_url):
+    return rows(database_url, "SELECT o.alert_id, o.event, d.target FROM alert_outbox o "
+                              "JOIN alert_deliveries d ON d.outbox_id = o.id ORDER BY o.id")
+
+
+def test_each_step_of_an_alert_goes_to_the_outbox_for_each_target(target, conn):
+    (alert_id, _), = fire(target, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    actions.claim(conn, alert_id, "anna")
+    actions.acknowledge(conn, alert_id, "anna")
+    actions.resolve(conn, alert_id, "anna", "carer on site", code="visit_arranged")
+    assert outbox(target) == [(alert_id, e, "callcentre") for e in
+                              ("opened", "claimed", "acknowledged", "resolved")]
+
+
+def test_an_alert_suppressed_at_birth_is_not_announced_until_it_comes_back(target, conn):
+    s = silence(conn, 'device_id="OXI-0001"')
+    (alert_id, _), = fire(target, ("battery_low", "OXI-0001"))
+    assert outbox(target) == []
+    expire_silence(conn, s.id, by="sofie")
+    assert outbox(target) == [(alert_id, "unsuppressed", "callcentre")]
+
+
+def test_the_outbox_row_is_rolled_back_with_the_alert(target):
+    with psycopg.connect(target) as conn:
+        record_firings(conn, [firing(conn, "personal_alarm", "ALM-0001", code="alarm.fall")])
+        conn.rollback()  # the batch failed: nothing of it may remain
+    assert rows(target, "SELECT count(*) FROM alerts") == [(0,)]
+    assert outbox(target) == []
