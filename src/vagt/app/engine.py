@@ -63,22 +63,43 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
     )
 
 
+class CatchingUp:
+    """Which lanes are draining a backlog: their last batch was full.
+
+    While one is, the rules' deadlines wait (see RuleTimer): after an outage, a device's
+    dose.taken or heartbeat may still be queued at the broker behind its dose.due, and a
+    deadline judged by the wall clock would open false alerts by the thousand.
+    """
+
+    def __init__(self) -> None:
+        self._full: dict[str, bool] = {}
+
+    def mark(self, lane: str, full: bool) -> None:
+        self._full[lane] = full
+
+    def __bool__(self) -> bool:
+        return any(self._full.values())
+
+
 class Lane:
     """One session's loop: take, process, commit, acknowledge."""
 
     def __init__(self, spec: LaneSpec, session: MqttSession, pool: ConnectionPool,
-                 pipeline: Pipeline, metrics: EngineMetrics) -> None:
+                 pipeline: Pipeline, metrics: EngineMetrics,
+                 catching_up: CatchingUp | None = None) -> None:
         self.spec = spec
         self.session = session
         self.pool = pool
         self.pipeline = pipeline
         self.metrics = metrics
+        self.catching_up = catching_up if catching_up is not None else CatchingUp()
 
     def run(self, stop: threading.Event) -> None:
         connected = self.metrics.mqtt_connected.labels(self.spec.name)
         while not stop.is_set():
             connected.set(1 if self.session.connected else 0)
             batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
+            self.catching_up.mark(self.spec.name, len(batch) >= self.spec.batch_max)
             if batch:
                 self._commit_until_done(batch, stop)
 
@@ -191,7 +212,9 @@ def run_engine(config: Config, stop: threading.Event,
         refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                                      name="vagt-fleet-refresh", daemon=True)
         refresher.start()
-        timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event())
+        catching_up = CatchingUp()
+        timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event(),
+                          catching_up)
         timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
                                         daemon=True)
         timer_thread.start()
@@ -201,7 +224,7 @@ def run_engine(config: Config, stop: threading.Event,
                                 client_id=config.mqtt.client_id,
                                 api=ApiSettings(config.api_host, config.api_port)
                                 if config.api_port else None):
-                _run_lanes(config, pool, pipeline, metrics, stop)
+                _run_lanes(config, pool, pipeline, metrics, stop, catching_up)
         finally:
             timer_thread.join(timeout=10)
             if server is not None:
@@ -210,7 +233,8 @@ def run_engine(config: Config, stop: threading.Event,
 
 
 def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
-               metrics: EngineMetrics, stop: threading.Event) -> None:
+               metrics: EngineMetrics, stop: threading.Event,
+               catching_up: CatchingUp | None = None) -> None:
     failures: list[BaseException] = []
     lane_stop = threading.Event()
 
@@ -226,7 +250,7 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
     threads = []
     for spec, session in zip(lane_specs(config), sessions):
         session.__enter__()
-        lane = Lane(spec, session, pool, pipeline, metrics)
+        lane = Lane(spec, session, pool, pipeline, metrics, catching_up)
         t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
         t.start()
         threads.append(t)
@@ -243,6 +267,9 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
         raise RuntimeError("an engine lane failed; see the log") from failures[0]
 
 
+MAX_TICK_DEFERRAL_S = 600.0
+
+
 class RuleTimer:
     """The rules' clock: every `rules_tick_s`, deadlines that passed without a message (each
     process, for its own devices) and, in the one process holding the advisory lock, the
@@ -251,8 +278,10 @@ class RuleTimer:
 
     def __init__(self, config: Config, pool: ConnectionPool, pipeline: Pipeline,
                  metrics: EngineMetrics, clock: Callable[[], float],
-                 reload: threading.Event) -> None:
+                 reload: threading.Event, catching_up: CatchingUp | None = None) -> None:
         self.config = config
+        self.catching_up = catching_up if catching_up is not None else CatchingUp()
+        self._deferred_since: float | None = None
         self.pool = pool
         self.pipeline = pipeline
         self.metrics = metrics
@@ -267,7 +296,8 @@ class RuleTimer:
                 if self.reload.is_set():
                     self.reload.clear()
                     self.reload_rules()
-                self.tick()
+                if not self._defer():
+                    self.tick()
                 deadline = time.monotonic() + self.config.rules_tick_s
                 while not stop.is_set() and not self.reload.is_set() \
                         and time.monotonic() < deadline:
@@ -292,6 +322,26 @@ class RuleTimer:
             return
         log.info("event=rules_reloaded rules=%d changed=%s", len(rules),
                  ",".join(changed) or "-")
+
+    def _defer(self) -> bool:
+        """Hold the deadlines while a lane catches up, for at most MAX_TICK_DEFERRAL_S: an
+        engine that never catches up must still see silent devices and missed doses."""
+        now = time.monotonic()
+        if not self.catching_up:
+            if self._deferred_since is not None:
+                log.info("event=rules_tick_resumed deferred_s=%.0f", now - self._deferred_since)
+            self._deferred_since = None
+            return False
+        if self._deferred_since is None:
+            self._deferred_since = now
+            log.info("event=rules_tick_deferred reason=catching_up_with_a_backlog")
+        if now - self._deferred_since > MAX_TICK_DEFERRAL_S:
+            log.warning("event=rules_tick_forced deferred_s=%.0f note=still_behind",
+                        now - self._deferred_since)
+            self._deferred_since = now
+            return False
+        self.metrics.rule_ticks_deferred.inc()
+        return True
 
     def tick(self) -> None:
         try:

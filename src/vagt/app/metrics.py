@@ -62,6 +62,9 @@ class EngineMetrics:
         self.db_errors = Counter("vagt_database_errors",
                                  "Batches whose commit failed and was retried", ["lane"],
                                  registry=r)
+        self.rule_ticks_deferred = Counter(
+            "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
+            "backlog (deadlines wait until the queued messages are in)", registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
         self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",

@@ -1,0 +1,40 @@
+"""While a lane drains a backlog, the rules' deadlines wait: the messages that would meet them
+may still be queued at the broker. They wait only so long."""
+
+from __future__ import annotations
+
+import time
+
+from vagt.app import engine
+from vagt.app.config import Config
+from vagt.app.engine import CatchingUp, RuleTimer
+from vagt.app.metrics import EngineMetrics
+
+
+def timer(catching_up: CatchingUp, metrics: EngineMetrics) -> RuleTimer:
+    # the pool and pipeline are not touched by the deferral decision
+    return RuleTimer(Config(), None, None, metrics, time.time,  # type: ignore[arg-type]
+                     engine.threading.Event(), catching_up)
+
+
+def test_deadlines_wait_while_a_lane_catches_up_and_resume_when_it_has() -> None:
+    up, m = CatchingUp(), EngineMetrics()
+    t = timer(up, m)
+    assert not t._defer()
+    up.mark("bulk", True)
+    up.mark("alarm", False)
+    assert t._defer() and t._defer()
+    assert m.rule_ticks_deferred._value.get() == 2
+    up.mark("bulk", False)
+    assert not t._defer()
+
+
+def test_an_engine_that_never_catches_up_still_ticks(monkeypatch) -> None:
+    up, m = CatchingUp(), EngineMetrics()
+    t = timer(up, m)
+    up.mark("bulk", True)
+    monkeypatch.setattr(engine, "MAX_TICK_DEFERRAL_S", 0.05)
+    assert t._defer()
+    time.sleep(0.1)
+    assert not t._defer()  # forced through
+    assert t._defer()      # and the wait starts again
