@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from vagt.rules._columns import F64, I64, Bools, Obj
+from vagt.rules._columns import F64, I64, Bools, Obj, sort_rows
 
 # (metric, device indexes, since, until) -> rows (device, time, value): stored readings of
 # those devices in [since, until), sorted or not. The application answers it from SQL.
@@ -175,6 +175,23 @@ def reading_rows(ctx: Context, b: Batch, metrics: Sequence[str]) -> I64:
     rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
     keep = ctx.applies[b.r_device[rows]] & ~ctx.bad[rows]
     return rows[keep]
+
+
+def new_readings(ctx: Context, b: Batch, st: RuleState, metric: str
+                 ) -> tuple[I64, F64, F64, F64] | None:
+    """The batch's readings of `metric` this rule has not seen yet, sorted by device and
+    time: (device, time, value) and the rule's `last_t` array; None when there are none."""
+    rows = reading_rows(ctx, b, [metric])
+    if len(rows) == 0:
+        return None
+    d, t, v = b.r_device[rows], b.r_time[rows], b.r_value[rows]
+    order = sort_rows(d, t)
+    d, t, v = d[order], t[order], v[order]
+    last_t = st.f64("last_t", ctx.n, -np.inf)
+    keep = fresh(d, t, last_t)
+    if not keep.any():
+        return None
+    return d[keep], t[keep], v[keep], last_t
 
 
 def fresh(dev: I64, time: F64, last_t: F64, dedupe: bool = True) -> Bools:

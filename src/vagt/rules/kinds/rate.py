@@ -10,27 +10,21 @@ import numpy as np
 
 from vagt.rules._columns import F64, I64, Bools, Groups, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
-from vagt.rules.state import Batch, Context, RuleState, fresh, reading_rows
+from vagt.rules.state import Batch, Context, RuleState, new_readings
 
 MEMORY = 8  # readings kept per device and rule
 
 
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
-    rows = reading_rows(ctx, b, [rule.metric])
-    if len(rows) == 0:
+    got = new_readings(ctx, b, st, rule.metric)
+    if got is None:
         return
-    d, t, v = b.r_device[rows], b.r_time[rows], b.r_value[rows]
-    order = sort_rows(d, t)
-    d, t, v = d[order], t[order], v[order]
-    last_t, active = st.f64("last_t", ctx.n, -np.inf), st.flag("active", ctx.n)
+    d, t, v, last_t = got
+    active = st.flag("active", ctx.n)
     mem_t = st.f64("mem_t", ctx.n, np.nan, width=MEMORY)
     mem_v = st.f64("mem_v", ctx.n, np.nan, width=MEMORY)
     covered = st.f64("covered_from", ctx.n, np.inf)  # every reading since is in memory
-    keep = fresh(d, t, last_t)
-    d, t, v = d[keep], t[keep], v[keep]
-    if len(d) == 0:
-        return
     g = Groups.of(d)
     devs, first_t = d[g.starts], t[g.starts]
     since = first_t - rule.window_s

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from vagt.rules._columns import Groups, Transitions, emit, latch, sort_rows
+from vagt.rules._columns import Groups, Transitions, emit, latch
 from vagt.rules.config import Rule
-from vagt.rules.state import Batch, Context, RuleState, fresh, reading_rows
+from vagt.rules.state import Batch, Context, RuleState, new_readings
 
 
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
-    rows = reading_rows(ctx, b, [rule.metric])
-    if len(rows) == 0:
+    got = new_readings(ctx, b, st, rule.metric)
+    if got is None:
         return
-    d, t, v = b.r_device[rows], b.r_time[rows], b.r_value[rows]
-    order = sort_rows(d, t)
-    d, t, v = d[order], t[order], v[order]
-    last_t, last_v = st.f64("last_t", ctx.n, -np.inf), st.f64("last_v", ctx.n)
+    d, t, v, last_t = got
+    last_v = st.f64("last_v", ctx.n)
     run, active = st.i64("run", ctx.n), st.flag("active", ctx.n)
-    keep = fresh(d, t, last_t)
-    d, t, v = d[keep], t[keep], v[keep]
-    if len(d) == 0:
-        return
     g = Groups.of(d)
     prev = g.previous(v, last_v[d])
     same = np.abs(v - prev) <= rule.tolerance  # False against NaN: a first value is no repeat
