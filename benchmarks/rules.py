@@ -12,7 +12,6 @@ import argparse
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -21,6 +20,7 @@ from vagt.devices.catalogue import load_catalogue
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import RawMessage
 from vagt.rules import Batch, Rule, RuleEngine, load_rules
+from vagt.rules.state import ListFleet
 
 ROOT = "vagt/v1"
 MUNICIPALITIES = ["Aarhus", "Randers", "Viborg", "Silkeborg", "Horsens", "Herning", "Samsø"]
@@ -38,17 +38,6 @@ KINDS = [  # (type, vendor, model, metrics as (name, unit, mean, sd), event code
 ]
 
 
-@dataclass
-class BenchFleet:
-    ids: list[str] = field(default_factory=list)
-    vendor: list[str] = field(default_factory=list)
-    model: list[str] = field(default_factory=list)
-    type: list[str] = field(default_factory=list)
-    municipality: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def thirty_rules() -> list[Rule]:
@@ -67,9 +56,9 @@ def thirty_rules() -> list[Rule]:
     return rules + extra
 
 
-def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[BenchFleet, list[RawMessage]]:
+def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[ListFleet, list[RawMessage]]:
     rng = random.Random(seed)
-    fleet = BenchFleet()
+    fleet = ListFleet()
     kinds = []
     for i in range(n_devices):
         kind = KINDS[i % len(KINDS)]
@@ -95,7 +84,7 @@ def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[BenchFlee
     return fleet, msgs
 
 
-def measure(fleet: BenchFleet, msgs: list[RawMessage], batch_size: int
+def measure(fleet: ListFleet, msgs: list[RawMessage], batch_size: int
             ) -> tuple[float, float, float, int]:
     """One pass: (decode us/message, rules us/message, first batch rules seconds, rows)."""
     rules = thirty_rules()

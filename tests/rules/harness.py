@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from vagt.devices.catalogue import load_catalogue
 from vagt.rules import Batch, Evaluation, RuleEngine, load_rules
 from vagt.rules.book import AlertBook
+from vagt.rules.state import ListFleet
 
 # index: (device_id, vendor, model, type, municipality)
 DEVICES = [
@@ -21,29 +21,14 @@ DEVICES = [
 ]
 
 
-@dataclass
-class SmallFleet:
-    ids: list[str] = field(default_factory=list)
-    vendor: list[str] = field(default_factory=list)
-    model: list[str] = field(default_factory=list)
-    type: list[str] = field(default_factory=list)
-    municipality: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, device_id: str, vendor: str, model: str, type_: str, muni: str) -> None:
-        for col, v in ((self.ids, device_id), (self.vendor, vendor), (self.model, model),
-                       (self.type, type_), (self.municipality, muni), (self.status, "deployed")):
-            col.append(v)
 
 
 class Harness:
     def __init__(self, tmp_path: Path, toml: str, history=None) -> None:
         p = tmp_path / "rules.toml"
         p.write_text(toml)
-        self.fleet = SmallFleet()
+        self.fleet = ListFleet()
         for d in DEVICES:
             self.fleet.add(*d)
         self.engine = RuleEngine(load_rules(p), self.fleet, load_catalogue(), history)

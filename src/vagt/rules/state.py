@@ -38,6 +38,28 @@ class FleetView(Protocol):
 
 
 @dataclass
+class ListFleet:
+    """A FleetView of plain lists, for tests and benchmarks that build a fleet by hand."""
+
+    ids: list[str] = field(default_factory=list)
+    vendor: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    municipality: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, device_id: str, vendor: str, model: str, type_: str, municipality: str,
+            status: str = "deployed") -> None:
+        for column, value in ((self.ids, device_id), (self.vendor, vendor),
+                              (self.model, model), (self.type, type_),
+                              (self.municipality, municipality), (self.status, status)):
+            column.append(value)
+
+
+@dataclass
 class Batch:
     """The rows a batch brought, with their dense device index; times are device time."""
 
