@@ -38,3 +38,13 @@ def test_an_engine_that_never_catches_up_still_ticks(monkeypatch) -> None:
     time.sleep(0.1)
     assert not t._defer()  # forced through
     assert t._defer()      # and the wait starts again
+
+
+def test_at_start_deadlines_wait_until_every_lane_has_taken_a_batch() -> None:
+    up, m = CatchingUp(["alarm", "bulk"]), EngineMetrics()
+    t = timer(up, m)
+    assert t._defer()
+    up.mark("alarm", False)
+    assert t._defer()
+    up.mark("bulk", False)  # its first batch was not full: no backlog
+    assert not t._defer()

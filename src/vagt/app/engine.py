@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +71,10 @@ class CatchingUp:
     deadline judged by the wall clock would open false alerts by the thousand.
     """
 
-    def __init__(self) -> None:
-        self._full: dict[str, bool] = {}
+    def __init__(self, lanes: Iterable[str] = ()) -> None:
+        # Until a lane has taken its first batch it may be in front of a backlog: at start,
+        # after an outage, the broker holds what came meanwhile.
+        self._full: dict[str, bool] = dict.fromkeys(lanes, True)
 
     def mark(self, lane: str, full: bool) -> None:
         self._full[lane] = full
@@ -212,7 +214,7 @@ def run_engine(config: Config, stop: threading.Event,
         refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                                      name="vagt-fleet-refresh", daemon=True)
         refresher.start()
-        catching_up = CatchingUp()
+        catching_up = CatchingUp(spec.name for spec in lane_specs(config))
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event(),
                           catching_up)
         timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
