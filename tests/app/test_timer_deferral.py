@@ -48,3 +48,24 @@ def test_at_start_deadlines_wait_until_every_lane_has_taken_a_batch() -> None:
     assert t._defer()
     up.mark("bulk", False)  # its first batch was not full: no backlog
     assert not t._defer()
+
+
+def test_a_batch_says_how_far_behind_the_devices_clocks_it_is(database_url) -> None:
+    import psycopg
+    from tests.app.conftest import DEVICES, register
+    from tests.app.test_pipeline import battery, make_pipeline
+
+    from vagt.app import store
+
+    register(database_url, DEVICES)
+    now = time.time()
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        # a backlog from an outage: most messages an hour old, one device's live heartbeat
+        backlog = p.process(conn, [battery("OXI-0001", now - 3600, 80),
+                                   battery("OXI-0002", now - 3500, 80),
+                                   battery("BPM-0001", now, 80)])
+        live = p.process(conn, [battery("OXI-0001", now - 1, 80)])
+    assert 3490 < backlog.device_lag_s < 3610
+    assert live.device_lag_s < engine.CATCH_UP_LAG_S

@@ -63,8 +63,14 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
     )
 
 
+# A batch whose messages are mostly this much older than their arrival is a backlog being
+# drained (a device's own buffered flush is a few messages, not most of a batch).
+CATCH_UP_LAG_S = 120.0
+
+
 class CatchingUp:
-    """Which lanes are draining a backlog: their last batch was full.
+    """Which lanes are draining a backlog: their last batch was full, or its messages were
+    mostly older than CATCH_UP_LAG_S by the devices' own clocks.
 
     While one is, the rules' deadlines wait (see RuleTimer): after an outage, a device's
     dose.taken or heartbeat may still be queued at the broker behind its dose.due, and a
@@ -101,9 +107,10 @@ class Lane:
         while not stop.is_set():
             connected.set(1 if self.session.connected else 0)
             batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
-            self.catching_up.mark(self.spec.name, len(batch) >= self.spec.batch_max)
             if batch:
                 self._commit_until_done(batch, stop)
+            else:
+                self.catching_up.mark(self.spec.name, False)
 
     def _commit_until_done(self, batch: list[RawMessage], stop: threading.Event) -> None:
         """Commit the batch, retrying while the database is away; then acknowledge it.
@@ -129,6 +136,8 @@ class Lane:
                     return
                 delay = min(delay * 2, 5.0)
         committed = time.time()
+        self.catching_up.mark(name, len(batch) >= self.spec.batch_max
+                              or outcome.device_lag_s > CATCH_UP_LAG_S)
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)
         self._observe(batch, outcome, committed, time.monotonic() - started, acked)

@@ -45,6 +45,9 @@ class BatchOutcome:
     evaluations: list[Evaluation] = field(default_factory=list)
     state: StateUpdate = field(default_factory=StateUpdate)
     unknown_devices: list[AlertFiring] = field(default_factory=list)
+    # median of (arrival - device time) over the batch's usable messages: how far behind
+    # the devices' own clocks the batch is (a backlog after an outage: hours)
+    device_lag_s: float = 0.0
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Pipeline:
         msg_time = _message_times(dec, received)
         device_of_msg = self._attribute(conn, messages, dec, msg_time, out)
         usable = device_of_msg >= 0
+        if usable.any():
+            out.device_lag_s = float(np.median(received[usable] - msg_time[usable]))
 
         r = _rows(dec.r_device, dec.r_msg, dec.r_time, usable, device_of_msg)
         r_keep = _keep(dec.r_msg, usable)
