@@ -7,6 +7,7 @@ import time
 
 import orjson
 import psycopg
+import pytest
 from tests.app.conftest import DEVICES, alarm, query, register, scalar, telemetry
 
 from vagt.alerts import policy
@@ -203,3 +204,21 @@ def test_a_redelivered_batch_changes_neither_alerts_nor_device_state(database_ur
     assert (query(database_url, "SELECT * FROM alerts ORDER BY id"),
             query(database_url, "SELECT * FROM devices ORDER BY device_id"),
             query(database_url, "SELECT count(*) FROM alert_audit")) == snapshot
+
+
+def test_with_state_apart_the_alarm_commits_first_and_the_device_state_after(database_url):
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        out = p.process(conn, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0))],
+                        state_apart=True)
+        conn.commit()
+        assert query(database_url, "SELECT rule FROM alerts") == [("personal_alarm",)]
+        assert query(database_url, "SELECT last_seen FROM devices "
+                                   "WHERE device_id = 'ALM-0001'") == [(None,)]
+        p.write_state(conn, out)
+        conn.commit()
+        p.after_commit(out)
+    assert scalar(database_url, "SELECT extract(epoch FROM last_seen)::float8 FROM devices "
+                                "WHERE device_id = 'ALM-0001'") == pytest.approx(T0, abs=1e-3)

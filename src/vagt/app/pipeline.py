@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,8 @@ class BatchOutcome:
     # median of (arrival - device time) over the batch's usable messages: how far behind
     # the devices' own clocks the batch is (a backlog after an outage: hours)
     device_lag_s: float = 0.0
+    # device state not yet written (process(state_apart=True)): write_state() writes it
+    state_rows: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -75,8 +78,13 @@ class Pipeline:
         self.rules = RuleEngine(rules, fleet, fleet.catalogue)
         self.rules.seed(open_alerts)
 
-    def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage]) -> BatchOutcome:
-        """Everything the batch causes, written in `conn`'s open transaction (not committed)."""
+    def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
+                state_apart: bool = False) -> BatchOutcome:
+        """Everything the batch causes, written in `conn`'s open transaction (not committed).
+
+        With `state_apart`, the devices' state is left for `write_state()` in a transaction of
+        its own after this one commits (the alarm lane: see `LaneSpec.state_apart`).
+        """
         dec = decode_batch(messages, topic_root=self.topic_root,
                            max_payload_bytes=self.ingest.max_payload_bytes, now=self.clock(),
                            max_future_skew_s=self.ingest.max_future_skew_s)
@@ -106,6 +114,8 @@ class Pipeline:
 
         self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
                              out)
+        if not state_apart:
+            self.write_state(conn, out)
         msgs = np.flatnonzero(usable)
         batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
                       device_of_msg[msgs], msg_time[msgs])
@@ -129,6 +139,12 @@ class Pipeline:
                                           open_pairs)
             self.record(conn, ev, out)
         return out
+
+    def write_state(self, conn: psycopg.Connection, out: BatchOutcome) -> None:
+        """The batch's device state (last seen, battery, signal, firmware, counter)."""
+        if out.state_rows is not None:
+            store.update_device_state(conn, *out.state_rows)
+            out.state_rows = None
 
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring in-memory state in line with what was just committed."""
@@ -191,11 +207,10 @@ class Pipeline:
                 if dec.f_time[j] >= fw_t[k]:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
-        store.update_device_state(conn, [self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
-                                  _nulls(battery), _nulls(battery_t), _nulls(signal),
-                                  _nulls(signal_t), firmware,
-                                  [None if s < 0 else int(s) for s in seq.tolist()],
-                                  gaps.tolist())
+        out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
+                          _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
+                          firmware, [None if s < 0 else int(s) for s in seq.tolist()],
+                          gaps.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware, seq)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
