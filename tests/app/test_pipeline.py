@@ -222,3 +222,18 @@ def test_with_state_apart_the_alarm_commits_first_and_the_device_state_after(dat
         p.after_commit(out)
     assert scalar(database_url, "SELECT extract(epoch FROM last_seen)::float8 FROM devices "
                                 "WHERE device_id = 'ALM-0001'") == pytest.approx(T0, abs=1e-3)
+
+
+def test_a_lost_device_that_sends_is_stored_and_the_service_centre_hears_of_it(database_url):
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE devices SET status = 'lost' WHERE device_id = 'OXI-0002'")
+    run_batches(database_url,
+                [msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0 + k, spo2=96))
+                 for k in range(3)] +
+                [msg("OXI-0001", "telemetry", telemetry("OXI-0001", T0, spo2=96))])
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 4
+    assert query(database_url, "SELECT rule, device_id, queue, repeat_count, summary "
+                               "FROM alerts") == [
+        ("device_out_of_service", "OXI-0002", "service_centre", 3,
+         f"OXI-0002 is registered as lost but is sending (last on {ROOT}/dev/OXI-0002/telemetry)")]

@@ -180,9 +180,21 @@ class Pipeline:
                 "with `vagt devices import` before it sends", device_id))
         unknown = live_pos[idx < 0]
         if len(unknown):
-            out.unknown_devices = _unknown_device_firings(
-                [dec.msg_device[i] for i in unknown], msg_time[unknown],
-                [messages[i].topic for i in unknown])
+            out.unknown_devices = _registry_firings(
+                UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in unknown], msg_time[unknown],
+                [messages[i].topic for i in unknown],
+                lambda d, topic: f"unregistered device {d} is sending (last on {topic})")
+        # A retired or lost device that sends is kept (nothing is lost), and the service
+        # centre hears of it: a lost one is found, a retired one is back in someone's home.
+        gone = live_pos[idx >= 0][self.fleet.status_in(idx[idx >= 0], OUT_OF_SERVICE)]
+        if len(gone):
+            status = {d: self.fleet.status[int(device_of_msg[i])]
+                      for i in gone for d in (dec.msg_device[i],)}
+            out.unknown_devices += _registry_firings(
+                OUT_OF_SERVICE_RULE, [dec.msg_device[i] for i in gone], msg_time[gone],
+                [messages[i].topic for i in gone],
+                lambda d, topic: f"{d} is registered as {status[d]} but is sending "
+                                 f"(last on {topic})")
         return device_of_msg
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
@@ -309,24 +321,24 @@ def _message_times(dec: DecodedBatch, received: F64) -> F64:
 
 
 UNKNOWN_DEVICE_RULE = "unknown_device"
+OUT_OF_SERVICE_RULE = "device_out_of_service"
+OUT_OF_SERVICE = ("retired", "lost")
 
 
-def _unknown_device_firings(device_ids: list[str], times: F64,
-                            topics: list[str]) -> list[AlertFiring]:
-    """One firing per unknown device id of the batch, counting its messages.
-
-    For the service centre, not the call centre: a device is sending that nobody registered
-    (a swap not recorded, a typo in the registry, or something that should not be there).
-    """
+def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list[str],
+                      summary: Callable[[str, str], str]) -> list[AlertFiring]:
+    """One firing per device id of the batch, counting its messages: for the service
+    centre, not the call centre, about a device the registry does not expect to hear from
+    (never registered: a swap not recorded, a typo, or something that should not be there;
+    retired or lost)."""
     firings = []
     frame = pd.DataFrame({"device_id": device_ids, "time": times, "topic": topics})
     for device_id, g in frame.groupby("device_id", sort=True):
+        d = str(device_id)
         firings.append(AlertFiring(
-            UNKNOWN_DEVICE_RULE, str(device_id),
-            f"unregistered device {device_id} is sending (last on {g['topic'].iloc[-1]})",
-            "warning", 3, "service_centre", float(g["time"].min()), float(g["time"].max()),
-            len(g), {"rule": UNKNOWN_DEVICE_RULE, "device_id": str(device_id),
-                     "severity": "warning"}))
+            rule, d, summary(d, str(g["topic"].iloc[-1])), "warning", 3, "service_centre",
+            float(g["time"].min()), float(g["time"].max()), len(g),
+            {"rule": rule, "device_id": d, "severity": "warning"}))
     return firings
 
 

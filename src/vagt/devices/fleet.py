@@ -66,6 +66,10 @@ class _Codes:
             self.names.append(name)
         return c
 
+    def known(self, name: str) -> int:
+        """The code of `name`, or -1 if no device has it (without adding it)."""
+        return self._code.get(name, -1)
+
     def extend(self, names: Iterable[str]) -> None:
         new = np.fromiter((self.code(n) for n in names), dtype=np.int64)
         self.codes = np.concatenate([self.codes, new])
@@ -218,6 +222,11 @@ class Fleet:
             if fw is not None:
                 self.firmware[k] = fw
         self.last_seq[idx] = np.maximum(self.last_seq[idx], seq)
+
+    def status_in(self, idx: I64, statuses: Iterable[str]) -> Bools:
+        """Per index in `idx`: whether that device's lifecycle status is one of `statuses`."""
+        codes = [self._status.known(s) for s in statuses]
+        return np.isin(self._status.codes[idx], codes)
 
     def online(self, now: float, after_heartbeats: float = OFFLINE_AFTER_HEARTBEATS) -> Bools:
         """Per device: heard from within `after_heartbeats` of its model's interval.
