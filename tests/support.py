@@ -12,9 +12,26 @@ from pathlib import Path
 
 from vagt.app.embedded import free_port  # re-exported for the fixtures
 
-__all__ = ["ROOT", "Broker", "free_port"]
+__all__ = ["ROOT", "Broker", "free_port", "start_mosquitto"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_mosquitto(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A Mosquitto on `conf`, once it listens on `port`; its log is quoted if it exits."""
+    process = subprocess.Popen(["mosquitto", "-c", str(conf)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                text = log.read_text(errors="replace") if log.exists() else "(no log)"
+                raise RuntimeError(f"mosquitto exited ({log}):\n{text}") from None
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("mosquitto did not start listening within 10 s")
 
 
 @dataclass
@@ -50,18 +67,7 @@ class Broker:
                 ["mosquitto_passwd", "-b", str(pw), self.user, self.password], check=True
             )
             pw.chmod(0o600)
-        self.process = subprocess.Popen(["mosquitto", "-c", str(conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"mosquitto exited; see {self.directory}/mosquitto.log") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
+        self.process = start_mosquitto(conf, self.port, self.directory / "mosquitto.log")
 
     def stop(self) -> None:
         """A clean stop: Mosquitto writes its persistence file before it exits."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import socket
 import stat
 import subprocess
 import threading
@@ -24,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from tests.app.test_pipeline import ROOT, run_batches
-from tests.support import free_port
+from tests.support import free_port, start_mosquitto
 
 from vagt.app.config import Config, MqttConfig
 from vagt.devices import cli, deploy, import_csv, retire, return_device
@@ -75,18 +74,7 @@ class AclBroker:
             f"acl_file {self.acl}\n"
             f"user {getpass.getuser()}\n"
             f"log_dest file {self.directory}/mosquitto.log\n")
-        self.process = subprocess.Popen(["mosquitto", "-c", str(conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    log = (self.directory / "mosquitto.log").read_text(errors="replace")
-                    raise RuntimeError(f"mosquitto exited:\n{log}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
+        self.process = start_mosquitto(conf, self.port, self.directory / "mosquitto.log")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
