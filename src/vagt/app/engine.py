@@ -143,7 +143,7 @@ class Lane:
                     return
                 delay = min(delay * 2, 5.0)
         committed = time.time()
-        if outcome.state_rows is not None and not self._write_state(outcome, stop):
+        if outcome.state_apart and not self._write_state(outcome, stop):
             return
         self.catching_up.mark(name, len(batch) >= self.spec.batch_max
                               or outcome.device_lag_s > CATCH_UP_LAG_S)

@@ -45,12 +45,15 @@ class BatchOutcome:
     # applied to the in-memory state only after the commit
     evaluations: list[Evaluation] = field(default_factory=list)
     state: StateUpdate = field(default_factory=StateUpdate)
-    unknown_devices: list[AlertFiring] = field(default_factory=list)
+    registry_firings: list[AlertFiring] = field(default_factory=list)
     # median of (arrival - device time) over the batch's usable messages: how far behind
     # the devices' own clocks the batch is (a backlog after an outage: hours)
     device_lag_s: float = 0.0
-    # device state not yet written (process(state_apart=True)): write_state() writes it
+    # the device state rows; with process(state_apart=True) not yet written: write_state()
+    # writes them (again if its commit failed; only the gap count could then be counted
+    # twice, and only if the commit had in fact gone through)
     state_rows: tuple[Any, ...] | None = None
+    state_apart: bool = False
 
 
 @dataclass
@@ -88,7 +91,7 @@ class Pipeline:
         dec = decode_batch(messages, topic_root=self.topic_root,
                            max_payload_bytes=self.ingest.max_payload_bytes, now=self.clock(),
                            max_future_skew_s=self.ingest.max_future_skew_s)
-        out = BatchOutcome(messages=len(messages), dead=list(dec.dead))
+        out = BatchOutcome(messages=len(messages), dead=list(dec.dead), state_apart=state_apart)
         received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
                                count=len(messages))
         msg_time = _message_times(dec, received)
@@ -122,7 +125,7 @@ class Pipeline:
         ev = self.rules.evaluate(batch, history=lambda m, d, a, b: rule_queries.reading_history(
             conn, self.fleet, m, d, a, b))
         self._store_bad_readings(conn, batch, ev, out)
-        self.record(conn, ev, out, out.unknown_devices)
+        self.record(conn, ev, out, out.registry_firings)
         return out
 
     def tick(self, conn: psycopg.Connection, now: float, sweep: bool) -> BatchOutcome:
@@ -144,7 +147,6 @@ class Pipeline:
         """The batch's device state (last seen, battery, signal, firmware, counter)."""
         if out.state_rows is not None:
             store.update_device_state(conn, *out.state_rows)
-            out.state_rows = None
 
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring in-memory state in line with what was just committed."""
@@ -180,7 +182,7 @@ class Pipeline:
                 "with `vagt devices import` before it sends", device_id))
         unknown = live_pos[idx < 0]
         if len(unknown):
-            out.unknown_devices = _registry_firings(
+            out.registry_firings = _registry_firings(
                 UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in unknown], msg_time[unknown],
                 [messages[i].topic for i in unknown],
                 lambda d, topic: f"unregistered device {d} is sending (last on {topic})")
@@ -190,7 +192,7 @@ class Pipeline:
         if len(gone):
             status = {d: self.fleet.status[int(device_of_msg[i])]
                       for i in gone for d in (dec.msg_device[i],)}
-            out.unknown_devices += _registry_firings(
+            out.registry_firings += _registry_firings(
                 OUT_OF_SERVICE_RULE, [dec.msg_device[i] for i in gone], msg_time[gone],
                 [messages[i].topic for i in gone],
                 lambda d, topic: f"{d} is registered as {status[d]} but is sending "
