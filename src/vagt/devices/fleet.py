@@ -238,7 +238,7 @@ class Fleet:
 
     def silent(self, now: float) -> Bools:
         """Per device: deployed, and silent for longer than its model's interval (overdue)."""
-        deployed = self._status.codes == self._status.code("deployed")
+        deployed = self._status.codes == self._status.known("deployed")
         with np.errstate(invalid="ignore"):
             quiet = ~(now - self.last_seen <= self.heartbeat_s) & ~np.isnan(self.heartbeat_s)
         return np.asarray(deployed & quiet, dtype=bool)
