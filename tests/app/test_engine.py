@@ -9,6 +9,7 @@ import urllib.request
 
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -102,6 +103,26 @@ def test_the_same_message_delivered_twice_is_stored_once(
     assert scalar(database_url, "SELECT count(*) FROM readings WHERE device_id = 'OXI-0001'") == 1
     assert scalar(database_url, "SELECT count(*) FROM events") == 1
     assert query(database_url, "SELECT repeat_count FROM alerts") == [(1,)]
+
+
+def test_an_alarm_is_not_held_up_by_an_earlier_alarm_whose_device_is_locked(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """An alarm's state is written after its alert, and waits while a bulk batch holds the
+    device's row; the next alarm must not wait behind it."""
+    engine.start().wait_ready()
+    with psycopg.connect(database_url) as busy:  # as a long bulk batch would
+        busy.execute("SELECT 1 FROM devices WHERE device_id = 'ALM-0001' FOR NO KEY UPDATE")
+        publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1,
+                 what="the first alert")
+        publish(broker.port, [(topic(topic_root, "OXI-0002", "alarm"), alarm("OXI-0002", T0))])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 2,
+                 what="the second alert while the first alarm's device is held")
+        assert scalar(database_url, "SELECT last_seen FROM devices "
+                                    "WHERE device_id = 'ALM-0001'") is None  # still waiting
+    wait_for(lambda: scalar(database_url, "SELECT last_seen IS NOT NULL FROM devices "
+                                          "WHERE device_id = 'ALM-0001'"),
+             what="the first alarm's device state once the row is free")
 
 
 def test_sigkill_in_the_middle_loses_nothing_and_stores_everything_once(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as queues
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -45,8 +46,10 @@ class LaneSpec:
     # acknowledge. The bulk lane's open transaction holds the row locks of thousands of
     # devices (a personal alarm's heartbeats come on the bulk lane too); waiting on them was
     # most of an alarm's latency during a drain (py-spy: 36% of the alarm lane's busy time).
-    # A crash between the two redelivers the alarm: events and alerts ignore the copy, the
-    # state is written then.
+    # The rules' state is written in the second transaction too, under the devices' lock
+    # (the alert came from the state in memory), by a thread of its own (`_Settler`) so that
+    # the next alarm does not wait. A crash between the two redelivers the alarm: events and
+    # alerts ignore the copy, the state is written then.
     state_apart: bool = False
 
 
@@ -111,15 +114,25 @@ class Lane:
 
     def run(self, stop: threading.Event) -> None:
         connected = self.metrics.mqtt_connected.labels(self.spec.name)
-        while not stop.is_set():
-            connected.set(1 if self.session.connected else 0)
-            batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
-            if batch:
-                self._commit_until_done(batch, stop)
-            else:
-                self.catching_up.mark(self.spec.name, False)
+        settler = _Settler(self, stop) if self.spec.state_apart else None
+        try:
+            while not stop.is_set():
+                connected.set(1 if self.session.connected else 0)
+                if settler is not None:
+                    settler.check()
+                batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
+                if batch:
+                    self._commit_until_done(batch, stop, settler)
+                else:
+                    self.catching_up.mark(self.spec.name, False)
+        finally:
+            if settler is not None:
+                settler.close()
+        if settler is not None:
+            settler.check()
 
-    def _commit_until_done(self, batch: list[RawMessage], stop: threading.Event) -> None:
+    def _commit_until_done(self, batch: list[RawMessage], stop: threading.Event,
+                           settler: _Settler | None = None) -> None:
         """Commit the batch, retrying while the database is away; then acknowledge it.
 
         The broker resends nothing within a connection, so a batch taken is held until it
@@ -143,9 +156,15 @@ class Lane:
                     return
                 delay = min(delay * 2, 5.0)
         committed = time.time()
-        if outcome.state_apart and not self._write_state(outcome, stop):
+        if settler is not None and outcome.state_apart:
+            settler.put((batch, outcome, committed, started))  # the lane takes the next one
             return
-        self.catching_up.mark(name, len(batch) >= self.spec.batch_max
+        self._finish(batch, outcome, committed, started)
+
+    def _finish(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
+                started: float) -> None:
+        """After the commit: in-memory state, acknowledgement, metrics."""
+        self.catching_up.mark(self.spec.name, len(batch) >= self.spec.batch_max
                               or outcome.device_lag_s > CATCH_UP_LAG_S)
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)
@@ -193,6 +212,52 @@ class Lane:
             m.bad_readings.labels(vendor, model, metric).inc(n)
 
 
+class _Settler:
+    """The alarm lane's second transactions (device and rule state, see
+    `LaneSpec.state_apart`), in a thread of their own and in order, each followed by the
+    acknowledgement: the lane takes the next alarm while a bulk batch holds the devices'
+    rows the state waits for. PUBACKs stay in the order the messages came (MQTT requires it).
+    """
+
+    def __init__(self, lane: Lane, stop: threading.Event) -> None:
+        self.lane = lane
+        self.stop = stop
+        self.failure: BaseException | None = None
+        self._items: queues.Queue[tuple[list[RawMessage], BatchOutcome, float, float] | None] \
+            = queues.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"vagt-lane-{lane.spec.name}-state")
+        self._thread.start()
+
+    def put(self, item: tuple[list[RawMessage], BatchOutcome, float, float]) -> None:
+        self._items.put(item)
+
+    def check(self) -> None:
+        """Raise what failed in the thread (a bug), in the lane."""
+        if self.failure is not None:
+            raise self.failure
+
+    def close(self) -> None:
+        """Settle what is queued (an unsettled batch is not acknowledged and comes again)."""
+        while self._thread.is_alive():
+            try:
+                self._items.put(None, timeout=0.5)  # a full queue whose thread died: give up
+                break
+            except queues.Full:
+                continue
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while (item := self._items.get()) is not None:
+                batch, outcome, committed, started = item
+                if self.lane._write_state(outcome, self.stop):
+                    self.lane._finish(batch, outcome, committed, started)
+        except BaseException as e:  # a bug: the lane raises it
+            self.failure = e
+            self.stop.set()
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -238,6 +303,9 @@ def run_engine(config: Config, stop: threading.Event,
             open_alerts = rule_queries.open_rule_alerts(conn)
         pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
                             fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
+        with pool.connection() as conn:
+            restored = pipeline.restore(conn)
+        log.info("event=rule_state_restored devices=%d", restored)
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
         metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))

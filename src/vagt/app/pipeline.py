@@ -20,10 +20,11 @@ import psycopg
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
+from vagt.app.rule_state import SharedRuleState
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
-from vagt.rules import Batch, Evaluation, Rule, RuleEngine
+from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -42,8 +43,7 @@ class BatchOutcome:
     cleared: int = 0
     # bad readings per (vendor, model, metric), as the validity rules judged them
     bad_readings: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    # applied to the in-memory state only after the commit
-    evaluations: list[Evaluation] = field(default_factory=list)
+    # applied to the in-memory fleet only after the commit
     state: StateUpdate = field(default_factory=StateUpdate)
     registry_firings: list[AlertFiring] = field(default_factory=list)
     # median of (arrival - device time) over the batch's usable messages: how far behind
@@ -54,6 +54,7 @@ class BatchOutcome:
     # twice, and only if the commit had in fact gone through)
     state_rows: tuple[Any, ...] | None = None
     state_apart: bool = False
+    batch: Batch | None = None   # with state_apart: for write_state() to evaluate again
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Pipeline:
         self.clock = clock
         self.rules = RuleEngine(rules, fleet, fleet.catalogue)
         self.rules.seed(open_alerts)
+        self.shared = SharedRuleState(self.rules, fleet)
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
                 state_apart: bool = False) -> BatchOutcome:
@@ -122,37 +124,67 @@ class Pipeline:
         msgs = np.flatnonzero(usable)
         batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
                       device_of_msg[msgs], msg_time[msgs])
-        ev = self.rules.evaluate(batch, history=lambda m, d, a, b: rule_queries.reading_history(
-            conn, self.fleet, m, d, a, b))
+        if state_apart:
+            # The alarm lane: alerts from the state in memory, without waiting for devices
+            # that a bulk batch holds; write_state() evaluates again under their lock and
+            # keeps the state (the same firing recorded twice changes nothing: alerts go by
+            # device time).
+            ev = self.rules.evaluate(batch, history=self._history(conn))
+            out.batch = batch
+        else:
+            ev = self._evaluate_locked(conn, batch)
         self._store_bad_readings(conn, batch, ev, out)
         self.record(conn, ev, out, out.registry_firings)
         return out
+
+    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch) -> Evaluation:
+        """The rules over the batch from the state its devices have in the database. The
+        device-state UPDATE holds their rows until the transaction ends: another process
+        evaluates them after us."""
+        held = np.unique(batch.m_device)
+        self.shared.lock(conn, held, held=True)
+        return self.shared.evaluate(
+            conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held)
+
+    def _history(self, conn: psycopg.Connection) -> HistorySource:
+        return lambda m, d, a, b: rule_queries.reading_history(conn, self.fleet, m, d, a, b)
 
     def tick(self, conn: psycopg.Connection, now: float, sweep: bool) -> BatchOutcome:
         """Deadlines passed without a message (every process, its own devices); with `sweep`,
         also the fleet-wide absence sweep (the process holding the sweep lock)."""
         out = BatchOutcome()
-        self.record(conn, self.rules.tick(now), out)
+        self.shared.refresh(conn)  # deadlines other processes set
+        self.record(conn, self.shared.evaluate(conn, lambda: self.rules.tick(now)), out)
         if sweep and any(r.kind == "absence" for r in self.rules.rules):
             names = [r.name for r in self.rules.rules if r.kind == "absence"]
             opened = rule_queries.open_rule_alerts(conn, names)
             idx = self.fleet.lookup([d for _, d, _ in opened])
             open_pairs = [(name, int(i)) for (name, _, _), i in zip(opened, idx) if i >= 0]
-            ev = self.rules.sweep_absence(now, rule_queries.last_seen(conn, self.fleet),
-                                          open_pairs)
+            last_seen = rule_queries.last_seen(conn, self.fleet)
+            ev = self.shared.evaluate(
+                conn, lambda: self.rules.sweep_absence(now, last_seen, open_pairs))
             self.record(conn, ev, out)
         return out
 
     def write_state(self, conn: psycopg.Connection, out: BatchOutcome) -> None:
-        """The batch's device state (last seen, battery, signal, firmware, counter)."""
+        """The batch's device state (last seen, battery, signal, firmware, counter); with
+        `state_apart` also its rules' state, evaluated again under the devices' lock."""
         if out.state_rows is not None:
             store.update_device_state(conn, *out.state_rows)
+        if out.batch is not None:
+            again = BatchOutcome()
+            self.record(conn, self._evaluate_locked(conn, out.batch), again)
+            out.opened += [a for a in again.opened if a not in out.opened]
+            out.cleared += again.cleared
 
     def after_commit(self, out: BatchOutcome) -> None:
-        """Bring in-memory state in line with what was just committed."""
-        for ev in out.evaluations:
-            self.rules.apply(ev)
+        """Bring the in-memory fleet in line with what was just committed (the rules' state
+        is in memory already: see `SharedRuleState`)."""
         self.fleet.apply(out.state)
+
+    def restore(self, conn: psycopg.Connection) -> int:
+        """The rules' stored state into memory (at start); returns how many devices had some."""
+        return self.shared.restore(conn)
 
     def reload_rules(self, conn: psycopg.Connection, rules: list[Rule]) -> list[str]:
         """New rules in place of the old; unchanged ones keep their state."""
@@ -261,7 +293,6 @@ class Pipeline:
                extra: Sequence[AlertFiring] = ()) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first."""
-        out.evaluations.append(ev)
         fr = ev.transitions.fires()
         cr, cd, ct, co = ev.transitions.clears()
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])

@@ -2,19 +2,20 @@
 
 One engine is shared by the lanes of a process (and by a backtest, which replays history
 through the same code). Evaluation returns transitions and staged state; the caller applies
-the state with `apply()` once what the transitions caused has been committed.
+the state with `apply()`. The engine process does so inside the batch's transaction and reads
+the state back from the database if that transaction rolls back (`vagt.app.rule_state`).
 
-What is kept in memory only, and why that is safe (restart or reload of a changed rule):
-- whether an alert is open: seeded from the alert queue at start (`seed`), so a clearing
-  value after a restart still clears;
-- `for` timers, stuck-value runs, implausible runs, flapping counts, a dispenser's pending
-  dose: they start again. An alert then opens later than it would have (a `for` restarts),
-  never falsely; a dose due before the restart is caught only if its device sends again;
-- rate-of-change memory: rebuilt from the stored readings when it does not reach back.
+The state lives in per-device numpy arrays. The engine process keeps them in the
+`rule_state` table too (`vagt.app.rule_state`, through `vagt.rules.persist`): restored at
+start, shared by engines on one `$share` subscription. What a restart or a reload of a
+changed rule still loses:
+- a changed rule's state starts again, seeded from the alert queue (`seed`): an alert open
+  before is still known to be open, so a clearing value still clears it;
+- rate-of-change memory that does not reach back is rebuilt from the stored readings.
 
-The alarm and bulk lanes evaluate under one lock (CPU only, short) and apply after their own
-commits; if both touched the same rule and device meanwhile, the state with the later device
-time is kept (`Update.apply`).
+The alarm and bulk lanes evaluate under one lock (CPU only, short). Whoever evaluates a
+device holds its row in the database, so a device is evaluated by one lane or process at a
+time; if state from a later device time is in memory already, it stays (`Update.apply`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vagt.devices.catalogue import Catalogue
-from vagt.rules._columns import F64, Bools, Transitions
+from vagt.rules._columns import F64, I64, Bools, Transitions
 from vagt.rules.config import Rule
 from vagt.rules.kinds import (
     absence,
@@ -58,6 +59,21 @@ class Evaluation:
     bad: Bools = field(default_factory=lambda: np.zeros(0, dtype=bool))
     updates: list[Update] = field(default_factory=list)
 
+    def changed_devices(self) -> I64:
+        """The devices whose state the evaluation changes (dense indexes, sorted)."""
+        return _unique([u.rows for u in self.updates])
+
+    def devices(self) -> I64:
+        """The devices it changes state of or raises or clears an alert for."""
+        t = self.transitions
+        return _unique([u.rows for u in self.updates] + list(t.dev) + list(t.c_dev))
+
+
+def _unique(parts: list[I64]) -> I64:
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return np.unique(np.concatenate(parts)).astype(np.int64)
+
 
 class RuleEngine:
     def __init__(self, rules: list[Rule], fleet: FleetView, catalogue: Catalogue | None = None,
@@ -76,6 +92,10 @@ class RuleEngine:
     @property
     def rules(self) -> list[Rule]:
         return self._rules
+
+    def rule_states(self) -> list[tuple[Rule, RuleState]]:
+        """Every rule with its state (to persist it: `vagt.rules.persist`)."""
+        return [(r, self._states[r.name]) for r in self._rules]
 
     # -- batches and ticks --------------------------------------------------------------------
 

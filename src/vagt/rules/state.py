@@ -138,6 +138,16 @@ class RuleState:
     def flag(self, name: str, n: int) -> Bools:
         return self.array(name, n, False, np.bool_)  # type: ignore[return-value]
 
+    def get(self, name: str, n: int) -> npt.NDArray[np.generic]:
+        """The existing array `name`, grown to at least `n` rows."""
+        fill, dtype, width = self._fills[name]
+        return self.array(name, n, fill, dtype, width)
+
+    def arrays(self) -> list[tuple[str, npt.NDArray[np.generic], object, int]]:
+        """(name, array, fill, width) of every array, in name order."""
+        return [(name, self._arrays[name], self._fills[name][0], self._fills[name][2])
+                for name in sorted(self._arrays)]
+
     def put(self, name: str, rows: I64, values: npt.NDArray[np.generic]) -> None:
         a = self._arrays[name]
         need = int(rows.max()) + 1 if len(rows) else 0

@@ -1,0 +1,247 @@
+"""The rules' per-device state in the `rule_state` table, shared by every engine process.
+
+With `$share` the broker hands a device's messages to whichever engine is free, so a `for`
+timer, a stuck run or a flapping count must continue in the other process. Each process
+keeps the state in memory (the rule engine's arrays) as a cache of the table:
+
+- before its rules see a batch (or a tick touches a device), a transaction locks the
+  devices' rows in device order (`lock`) and reads again the rows whose version is not the
+  one this process last wrote or read: another process changed them;
+- after evaluation the new state goes into memory at once and into the rows in the same
+  transaction (`save`), with a new random version. If that transaction rolls back, the
+  versions no longer match and the next lock reads the rows again.
+
+So two processes evaluate one device one after the other, each from the state the other
+committed, and the alerts are those one process would raise. `refresh` reads what other
+processes wrote lately, so that a deadline one of them set (a dose due) is ticked here too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from vagt.app import db
+from vagt.devices.fleet import Fleet
+from vagt.rules import Evaluation, RuleEngine
+from vagt.rules.persist import Layout, layout, pack, unpack
+
+I64 = np.ndarray[Any, np.dtype[np.int64]]
+
+UNKNOWN = np.iinfo(np.int64).min   # a version no row has: read the row
+RESTORE_CHUNK = 10_000
+# Rows written by another process are read again if written this long before the last
+# refresh began: `updated_at` is the writer's transaction start, and it commits later.
+REFRESH_OVERLAP_S = 120.0
+
+# Only the rows that are missing: ON CONFLICT alone would wait for every transaction that
+# is writing one of the others (an engine starting beside a running one would wait).
+_CREATE_MISSING = """
+INSERT INTO rule_state (device_id)
+SELECT d FROM unnest(%s::text[]) AS d
+WHERE NOT EXISTS (SELECT 1 FROM rule_state r WHERE r.device_id = d) ORDER BY d
+ON CONFLICT DO NOTHING
+"""
+
+_CREATE_ALL = """
+INSERT INTO rule_state (device_id)
+SELECT device_id FROM devices d
+WHERE NOT EXISTS (SELECT 1 FROM rule_state r WHERE r.device_id = d.device_id)
+ORDER BY device_id
+ON CONFLICT DO NOTHING
+"""
+
+# The devices' rows are the lock: a bulk batch's device-state UPDATE holds them already;
+# other callers take them in device order. (A join with unnest() walked the whole index.)
+_LOCK = """
+SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
+"""
+
+_VERSIONS = "SELECT device_id, version FROM rule_state WHERE device_id = ANY(%s)"
+
+_READ = """
+SELECT device_id, version, layout, slots, vals, texts FROM rule_state WHERE device_id = ANY(%s)
+"""
+
+# Binary parameters (%b): text dumping escaped every byte string with a regex (50 ms a batch).
+_SAVE = """
+WITH layout AS (
+    INSERT INTO rule_state_layouts (id, spec) VALUES (%b, %b) ON CONFLICT DO NOTHING
+)
+UPDATE rule_state s SET version = c.version, writer = %b, layout = %b, slots = c.slots,
+       vals = c.vals, texts = c.texts, updated_at = now()
+FROM unnest(%b::text[], %b::int8[], %b::bytea[], %b::bytea[], %b::text[])
+     AS c(device_id, version, slots, vals, texts)
+WHERE s.device_id = c.device_id
+"""
+
+_CHANGED_ELSEWHERE = """
+SELECT device_id, version, layout, slots, vals, texts FROM rule_state
+WHERE writer <> %s AND layout IS NOT NULL AND updated_at > to_timestamp(%s)
+"""
+
+_ALL = "SELECT device_id, version, layout, slots, vals, texts FROM rule_state"
+
+Row = tuple[str, int, int | None, bytes | None, bytes | None, str | None]
+
+
+class SharedRuleState:
+    """This process's view of the `rule_state` table (see the module's text)."""
+
+    def __init__(self, engine: RuleEngine, fleet: Fleet) -> None:
+        self.engine = engine
+        self.fleet = fleet
+        self.writer = secrets.randbits(62)
+        self._versions = np.full(0, UNKNOWN, dtype=np.int64)
+        self._lock = threading.Lock()      # the versions array
+        self._layouts: dict[int, Layout] = {}
+        self._rng = np.random.default_rng()
+        self._refreshed: float | None = None   # database time the last refresh began
+
+    # -- in a transaction -------------------------------------------------------------------
+
+    def lock(self, conn: psycopg.Connection, devs: I64, held: bool = False) -> int:
+        """Lock the devices `devs` (dense indexes) until the transaction ends, unless `held`
+        (this transaction updated their `devices` rows already), and read into memory the
+        rule state another process changed. Returns how many devices were read."""
+        if len(devs) == 0:
+            return 0
+        ids = [self.fleet.ids[d] for d in devs.tolist()]
+        with db.by_key_index(conn):
+            if not held:
+                conn.execute(_LOCK, (ids,))
+            locked = conn.execute(_VERSIONS, (ids,)).fetchall()
+        if len(locked) < len(ids):  # a device registered since start, or a row whose
+            have = {r[0] for r in locked}  # creation rolled back with its first batch
+            missing = [i for i in ids if i not in have]
+            conn.execute(_CREATE_MISSING, (missing,))
+            locked += [(i, 0) for i in missing]
+        now = self.fleet.lookup([r[0] for r in locked])
+        version = np.fromiter((r[1] for r in locked), dtype=np.int64, count=len(locked))
+        stale = (now >= 0) & (version != self._seen(np.where(now >= 0, now, 0)))
+        if not stale.any():
+            return 0
+        changed = [r[0] for r, s in zip(locked, stale.tolist()) if s]
+        return self._take(conn, conn.execute(_READ, (changed,)).fetchall())
+
+    def save(self, conn: psycopg.Connection, devs: I64) -> None:
+        """Write the in-memory state of `devs`, whose rows this transaction holds."""
+        if len(devs) == 0:
+            return
+        with self.engine.lock:
+            packed = pack(self.engine, devs)
+        versions = self._rng.integers(1, 2**62, size=len(devs))
+        lay = packed.layout
+        ids = [self.fleet.ids[d] for d in devs.tolist()]
+        with db.by_key_index(conn):
+            conn.execute(_SAVE, (lay.key, lay.spec, self.writer, lay.key, ids,
+                                 versions.tolist(), packed.slots, packed.values,
+                                 packed.texts))
+        self._layouts[lay.key] = lay
+        with self._lock:
+            self._grow(int(devs.max()) + 1)
+            self._versions[devs] = versions
+
+    def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
+                 held: I64 | None = None) -> Evaluation:
+        """Run `evaluate` on current state: lock the devices it touches, and while some of
+        them had changed elsewhere, run it again. Its state goes into memory and the rows.
+
+        `held`: devices already locked (a batch's). A timer tick cannot know beforehand which
+        devices it touches: it asks its own memory, then checks under the lock.
+        """
+        locked = held if held is not None else np.empty(0, dtype=np.int64)
+        while True:
+            ev = evaluate()
+            touched = np.setdiff1d(ev.devices(), locked)
+            if len(touched) == 0 or self.lock(conn, touched) == 0:
+                break
+            locked = np.union1d(locked, touched)
+        self.engine.apply(ev)
+        self.save(conn, ev.changed_devices())
+        return ev
+
+    # -- outside the batches ----------------------------------------------------------------
+
+    def restore(self, conn: psycopg.Connection) -> int:
+        """Every stored row into memory (at start: the rules continue where they were), after
+        making a row for every registered device that has none (so batches need not)."""
+        conn.execute(_CREATE_ALL)
+        taken = 0
+        with conn.cursor(name="vagt_rule_state_restore") as cur:  # in parts: 100,000 rows
+            cur.execute(_ALL)
+            while rows := cur.fetchmany(RESTORE_CHUNK):
+                taken += self._take(conn, rows)
+        return taken
+
+    def refresh(self, conn: psycopg.Connection) -> int:
+        """Read the rows other processes wrote since the last refresh (a little before)."""
+        now = float(conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0])  # type: ignore[index]
+        since = -np.inf if self._refreshed is None else self._refreshed - REFRESH_OVERLAP_S
+        self._refreshed = now
+        rows = conn.execute(_CHANGED_ELSEWHERE, (self.writer, max(since, 0.0))).fetchall()
+        return self._take(conn, rows, only_changed=True)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _grow(self, n: int) -> None:
+        if len(self._versions) < n:
+            grown = np.full(max(n, 2 * len(self._versions)), UNKNOWN, dtype=np.int64)
+            grown[:len(self._versions)] = self._versions
+            self._versions = grown
+
+    def _seen(self, devs: I64) -> I64:
+        if len(devs) == 0:
+            return np.empty(0, dtype=np.int64)
+        with self._lock:
+            self._grow(int(devs.max()) + 1)
+            return self._versions[devs].copy()
+
+    def _take(self, conn: psycopg.Connection, rows: Sequence[Row],
+              only_changed: bool = False) -> int:
+        """Rows into memory; returns how many changed memory.
+
+        A row never written (no layout) leaves memory as it is, unless this process wrote it
+        in a transaction that rolled back: then the device's state is reset.
+        """
+        if not rows:
+            return 0
+        idx = self.fleet.lookup([r[0] for r in rows])
+        version = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        ok = idx >= 0
+        seen = self._seen(np.where(ok, idx, 0))
+        if only_changed:
+            ok &= version != seen
+        has = np.fromiter((r[2] is not None for r in rows), dtype=bool, count=len(rows))
+        stored = ok & has
+        rolled_back = ok & ~has & (seen != UNKNOWN) & (seen != version)
+        groups: dict[int, list[int]] = {}
+        for j in np.flatnonzero(stored).tolist():
+            groups.setdefault(int(rows[j][2]), []).append(j)  # type: ignore[arg-type]
+        self._learn_layouts(conn, list(groups))
+        with self.engine.lock:
+            for key, js in groups.items():
+                unpack(self.engine, idx[js], self._layouts[key],
+                       [rows[j][3] or b"" for j in js], [rows[j][4] or b"" for j in js],
+                       [rows[j][5] for j in js])
+            if rolled_back.any():
+                k = int(rolled_back.sum())
+                unpack(self.engine, idx[rolled_back], layout(self.engine), [b""] * k,
+                       [b""] * k, [None] * k)
+        with self._lock:
+            if ok.any():
+                self._grow(int(idx[ok].max()) + 1)
+                self._versions[idx[ok]] = version[ok]
+        return int(stored.sum() + rolled_back.sum())
+
+    def _learn_layouts(self, conn: psycopg.Connection, keys: list[int]) -> None:
+        missing = [k for k in keys if k not in self._layouts]
+        if missing:
+            for key, spec in conn.execute(
+                    "SELECT id, spec FROM rule_state_layouts WHERE id = ANY(%s)", (missing,)):
+                self._layouts[int(key)] = Layout(str(spec))

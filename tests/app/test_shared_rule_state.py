@@ -1,0 +1,275 @@
+"""Rule state kept in the database: two engine processes that share one subscription raise
+the alerts one process would, whichever of them gets which message; a restart continues
+where the rules were; a rolled-back batch leaves no trace in the state.
+
+What is not promised: a message evaluated after a later one of the same device was already
+committed by the other process (both took one in the same instant) is stored, but the rules
+that already went past its time skip it, as they skip any late message.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from tests.app.conftest import DEVICES, query, register, telemetry
+
+from vagt.app import store
+from vagt.app.config import IngestConfig
+from vagt.app.pipeline import Pipeline
+from vagt.devices.fleet import Fleet
+from vagt.ingest.model import RawMessage
+from vagt.rules import load_rules
+
+ROOT = "vagt/v1"
+T0 = time.time() - 6 * 3600
+RULES = """
+[[rule]]
+name = "spo2_stuck"
+kind = "stuck"
+metric = "spo2"
+count = 4
+severity = "warning"
+priority = 4
+queue = "technical"
+summary = "SpO2 on {device_id} stuck"
+
+[[rule]]
+name = "spo2_low"
+kind = "threshold"
+metric = "spo2"
+below = 90
+clear_at = 93
+for = "10m"
+severity = "major"
+priority = 2
+queue = "clinical"
+summary = "SpO2 on {device_id} low"
+
+[[rule]]
+name = "missed_dose"
+kind = "sequence"
+types = ["medicine_dispenser"]
+first = ["dose.due"]
+then = ["dose.taken"]
+within = "30m"
+severity = "major"
+priority = 2
+queue = "home_care"
+summary = "dose missed on {device_id}"
+
+[[rule]]
+name = "personal_alarm"
+kind = "event"
+codes = ["alarm.*"]
+severity = "critical"
+priority = 1
+queue = "emergency"
+summary = "{code} from {device_id}"
+"""
+DISPENSER = ("DSP-0001", "Evondos", "E300", "medicine_dispenser", "Skive")
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    p = tmp_path / "rules.toml"
+    p.write_text(RULES)
+    return p
+
+
+class Process:
+    """One engine process's pipeline, on a connection of its own."""
+
+    def __init__(self, database_url: str, rules_file: Path, clock: float = 0.0) -> None:
+        self.conn = psycopg.connect(database_url)
+        store.prepare_connection(self.conn)
+        fleet = Fleet()
+        fleet.load(self.conn)
+        self.now = clock or time.time()
+        self.pipeline = Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
+                                 rules=load_rules(rules_file), clock=lambda: self.now)
+        self.pipeline.restore(self.conn)
+        self.conn.commit()
+
+    def batch(self, messages: list[RawMessage], commit: bool = True) -> None:
+        out = self.pipeline.process(self.conn, messages)
+        if not commit:
+            self.conn.rollback()
+            return
+        self.conn.commit()
+        self.pipeline.after_commit(out)
+
+    def tick(self, now: float) -> None:
+        out = self.pipeline.tick(self.conn, now, sweep=False)
+        self.conn.commit()
+        self.pipeline.after_commit(out)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def spo2(device_id: str, t: float, value: float) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/{device_id}/telemetry", telemetry(device_id, t, spo2=value),
+                      time.time())
+
+
+def event(device_id: str, t: float, code: str) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/{device_id}/telemetry",
+                      orjson.dumps({"device_id": device_id, "time": t,
+                                    "events": [{"code": code}]}), time.time())
+
+
+def traffic(seed: int) -> list[RawMessage]:
+    """Readings of two oximeters a minute apart, in device-time order: stuck runs, low
+    spells long enough to alert and too short to, and ordinary varying values."""
+    rng = random.Random(seed)
+    values: dict[str, list[float]] = {}
+    for device_id in ("OXI-0001", "OXI-0002"):
+        v: list[float] = []
+        while len(v) < 80:
+            spell = rng.choice(["stuck", "low", "short_low", "varied"])
+            if spell == "stuck":
+                v += [95.0] * rng.randint(3, 6)
+            elif spell == "low":
+                v += [88.0, 87.0] * rng.randint(6, 9)
+            elif spell == "short_low":
+                v += [88.0, 86.0, 89.0]
+            else:
+                v += [float(rng.choice([92, 94, 96, 97, 98])) for _ in range(rng.randint(2, 6))]
+        values[device_id] = v[:80]
+    return [spo2(d, T0 + 60 * k, values[d][k]) for k in range(80) for d in sorted(values)]
+
+
+def alerts(database_url: str) -> list[tuple[str, str, int, float, float, str]]:
+    """What an operator sees of each alert: its rule and device, how often it fired, when
+    it began and last fired (device time), its status."""
+    return query(database_url,
+                 "SELECT rule, device_id, repeat_count, extract(epoch FROM opened_at)::float8, "
+                 "extract(epoch FROM last_fired_at)::float8, status FROM alerts "
+                 "ORDER BY 1, 2, 4")
+
+
+def fresh_database(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE alerts, alert_audit, readings, events, rule_state CASCADE")
+
+
+def test_two_processes_raise_the_alerts_one_would_however_the_messages_are_spread(
+        database_url, rules_file):
+    register(database_url, DEVICES)
+    messages = traffic(seed=7)
+    one = Process(database_url, rules_file)
+    for k in range(0, len(messages), 5):
+        one.batch(messages[k:k + 5])
+    one.close()
+    expected = alerts(database_url)
+    assert {rule for rule, *_ in expected} == {"spo2_stuck", "spo2_low"}  # the test means it
+
+    for seed in range(6):
+        fresh_database(database_url)
+        a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+        rng = random.Random(seed)
+        k = 0
+        while k < len(messages):  # the broker hands each run of messages to either engine
+            size = rng.randint(1, 5)
+            rng.choice((a, b)).batch(messages[k:k + size])
+            k += size
+        a.close()
+        b.close()
+        assert alerts(database_url) == expected, f"spread {seed}"
+
+
+def test_a_restarted_engine_continues_the_rules_where_they_were(database_url, rules_file):
+    register(database_url, DEVICES)
+    # 4 identical values in a row alert; a restart after the third must not start again
+    first = Process(database_url, rules_file)
+    first.batch([spo2("OXI-0001", T0 + 60 * k, 95) for k in range(3)])
+    first.close()
+    again = Process(database_url, rules_file)
+    again.batch([spo2("OXI-0001", T0 + 180, 95)])
+    again.close()
+    assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+
+
+def test_a_batch_that_rolled_back_leaves_the_rules_state_as_it_was(database_url, rules_file):
+    register(database_url, DEVICES)
+    p = Process(database_url, rules_file)
+    p.batch([spo2("OXI-0001", T0, 95), spo2("OXI-0001", T0 + 60, 95)])
+    p.batch([spo2("OXI-0001", T0 + 120, 95)], commit=False)  # never happened
+    p.batch([spo2("OXI-0001", T0 + 180, 95)])
+    assert alerts(database_url) == []  # three in a row stored, not four
+    p.batch([spo2("OXI-0001", T0 + 240, 95)])
+    assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+    p.close()
+
+
+def test_a_dose_due_seen_by_one_process_is_called_missed_by_the_other_and_only_once(
+        database_url, rules_file):
+    register(database_url, DEVICES + [DISPENSER])
+    due = T0 + 3600
+    a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+    a.batch([event("DSP-0001", due, "dose.due")])
+    b.tick(due + 3600)   # b never saw the dispenser; it reads what a wrote
+    a.tick(due + 3660)   # a had the dose pending in memory; the table says it is handled
+    a.close()
+    b.close()
+    assert [r[:3] for r in alerts(database_url)] == [("missed_dose", "DSP-0001", 1)]
+
+
+def test_a_process_waits_for_the_other_to_commit_a_device_before_it_evaluates_it(
+        database_url, rules_file):
+    register(database_url, DEVICES)
+    a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+    a.pipeline.process(a.conn, [spo2("OXI-0001", T0 + 60 * k, 95) for k in range(3)])
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (b.batch([spo2("OXI-0001", T0 + 180, 95)]), done.set()))
+    worker.start()
+    assert not done.wait(0.5), "b evaluated the device while a held it"
+    a.conn.commit()
+    worker.join(10)
+    assert done.is_set()
+    a.close()
+    b.close()
+    assert [r[:3] for r in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+
+
+def alarm_msg(device_id: str, t: float) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/{device_id}/alarm",
+                      orjson.dumps({"device_id": device_id, "time": t,
+                                    "events": [{"code": "alarm.fall"}]}), time.time())
+
+
+def test_an_alarm_commits_while_a_bulk_batch_holds_its_devices_rule_state(database_url,
+                                                                           rules_file):
+    register(database_url, DEVICES)
+    bulk = Process(database_url, rules_file)
+    bulk.pipeline.process(bulk.conn, [spo2("ALM-0001", T0, 95)])  # holds ALM-0001's row
+    lane = Process(database_url, rules_file)
+    out = lane.pipeline.process(lane.conn, [alarm_msg("ALM-0001", T0 + 1)], state_apart=True)
+    lane.conn.commit()  # did not wait for the bulk batch
+    assert [r[:2] for r in query(database_url, "SELECT rule, device_id FROM alerts")] == [
+        ("personal_alarm", "ALM-0001")]
+
+    # its rules' state waits for the row, then goes on from what the bulk batch committed
+    done = threading.Event()
+
+    def write_state() -> None:
+        lane.pipeline.write_state(lane.conn, out)
+        lane.conn.commit()
+        done.set()
+
+    worker = threading.Thread(target=write_state)
+    worker.start()
+    assert not done.wait(0.5), "the alarm's rule state was written past the bulk batch's lock"
+    bulk.conn.commit()
+    worker.join(10)
+    assert done.is_set()
+    assert query(database_url, "SELECT rule, repeat_count FROM alerts") == [("personal_alarm", 1)]
+    bulk.close()
+    lane.close()
