@@ -255,7 +255,7 @@ def alert_outcome(url: str) -> list[tuple[str, str, int]]:
 CATEGORIES = (("decode", re.compile(r"vagt/ingest/(decode|canonical|senml|units|topics)")),
               ("rules", re.compile(r"vagt/rules/")),
               ("alerts", re.compile(r"vagt/alerts/")),
-              ("database", re.compile(r"psycopg|vagt/app/store|vagt/devices/")),
+              ("database", re.compile(r"psycopg|vagt/app/store|vagt/app/rule_state|vagt/devices/")),
               ("mqtt", re.compile(r"paho|vagt/ingest/consumer")))
 
 
@@ -289,6 +289,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=100_000)
     ap.add_argument("--insert-messages", type=int, default=10_000)
     ap.add_argument("--profile", action="store_true", help="profile the engine with py-spy")
+    ap.add_argument("--drain-only", action="store_true",
+                    help="only the bare consumer and one engine (rate, alarm latency, memory)")
     args = ap.parse_args()
     n = args.messages
     rows: list[tuple[str, str, str]] = []
@@ -359,6 +361,8 @@ def main() -> None:
             report("rows written", f"{rows_written:,} readings, "
                    f"{rows_written * single / n:,.0f} rows/s at the one-process rate")
             single_alerts = alert_outcome(url)
+            if args.drain_only:
+                return _table(rows)
 
             # 3: two engines sharing the subscription
             url2 = database()
@@ -373,9 +377,12 @@ def main() -> None:
             report("engine, two processes ($share)", f"{double:,.0f} msg/s",
                    f"{double / single:.2f}x one process (target >= 1.6)")
             double_alerts = alert_outcome(url2)
-            differ = len(set(single_alerts) ^ set(double_alerts))
+            differ = set(single_alerts) ^ set(double_alerts)
+            by_rule = collections.Counter(rule for rule, _, _ in differ)
             report("alerts, one process vs two",
-                   "the same" if not differ else f"{differ} (rule, device, count) differ",
+                   "the same" if not differ else
+                   f"{len(differ)} (rule, device, count) differ: " +
+                   ", ".join(f"{r} {k}" for r, k in sorted(by_rule.items())),
                    f"(of {len(single_alerts)} with one process)")
 
             # 4: one INSERT per message
@@ -406,6 +413,10 @@ def main() -> None:
             broker.stop()
             for u in urls:
                 drop_database(u)
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> None:
     print()
     width = max(len(r[0]) for r in rows)
     for what, figure, target in rows:
