@@ -69,6 +69,7 @@ class MqttSession:
         self._inbox: collections.deque[RawMessage] = collections.deque()
         self._generation = 0
         self._connected = False
+        self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
         self._client = self._make_client()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -91,7 +92,14 @@ class MqttSession:
         self.close()
 
     def close(self) -> None:
-        """Disconnect. Unacknowledged messages stay with the broker for the next start."""
+        """Disconnect. Unacknowledged messages stay with the broker for the next start.
+
+        The acknowledgements sent last are made sure of first (`_settle_acks`): paho closes
+        the socket right after DISCONNECT, and a socket closed with the broker's messages
+        still unread in it is reset; the broker then drops what it had not read yet, the
+        PUBACKs too, and sends committed messages again (seen in the SIGTERM test).
+        """
+        self._settle_acks()
         self._client.disconnect()
         self._client.loop_stop()
         with self._cond:
@@ -149,7 +157,30 @@ class MqttSession:
                     acked += 1
         return acked
 
+    def _settle_acks(self, timeout: float = 2.0) -> None:
+        """One round trip after the PUBACKs: the broker handles a connection's packets in
+        order, so its answer to an UNSUBSCRIBE (of a filter we never subscribe) comes after
+        it has taken every acknowledgement we sent before it."""
+        with self._cond:
+            if not self._connected:
+                return
+            self._unsubscribed = None
+        rc, mid = self._client.unsubscribe(f"vagt-settle/{self.settings.client_id}")
+        if rc != paho.MQTT_ERR_SUCCESS:
+            return
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._unsubscribed == mid or not self._connected,
+                                       timeout):
+                log.warning("event=mqtt_acks_unconfirmed client_id=%s note=broker_may_resend",
+                            self.settings.client_id)
+
     # -- paho callbacks, on paho's thread ---------------------------------------------------
+
+    def _on_unsubscribe(self, _client: paho.Client, _userdata: object, mid: int,
+                        _reasons: object, _props: object) -> None:
+        with self._cond:
+            self._unsubscribed = mid
+            self._cond.notify_all()
 
     def _make_client(self) -> paho.Client:
         s = self.settings
@@ -167,6 +198,7 @@ class MqttSession:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _on_connect(self, client: paho.Client, _userdata: object, _flags: object,
