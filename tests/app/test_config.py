@@ -39,11 +39,20 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
     ({"VAGT_METRICS_PORT": "ninety"}, "'metrics_port' must be a whole number, got 'ninety'"),
     ({"VAGT_METRICS_PORT": "70000"}, "'metrics_port' (VAGT_METRICS_PORT) must be a port"),
     ({"VAGT_RULES": "/no/such/rules.toml"}, "'rules' (VAGT_RULES): /no/such/rules.toml"),
+    ({"VAGT_ALARM_PROCESS": "maybe"}, "'ingest.alarm_process' must be true or false"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, env=env)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("false", False), ("no", False), ("0", False), ("TRUE", True), ("yes", True)])
+def test_the_alarm_lane_process_is_switched_off_from_the_environment(value, expected):
+    assert load_config(None, env={}).ingest.alarm_process is True
+    assert load_config(None, env={"VAGT_ALARM_PROCESS": value}).ingest.alarm_process \
+        is expected
 
 
 def test_an_unknown_setting_in_the_file_is_refused(tmp_path: Path):

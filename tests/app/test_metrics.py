@@ -38,3 +38,31 @@ def _numbers(text: str) -> list[tuple[str, float]]:
             key, _, value = line.rpartition(" ")
             out.append((key, round(float(value), 9)))  # the sum, added in another order
     return out
+
+
+def test_the_alarm_lane_process_metrics_are_served_with_the_engines_as_one() -> None:
+    """One endpoint: the same family from both processes once, a series both have summed."""
+    import pickle
+
+    from vagt.app.metrics import EngineMetrics
+
+    engine, child = EngineMetrics(), EngineMetrics()
+    engine.received.labels("bulk").inc(5000)
+    engine.alerts_opened.labels("clinical").inc(2)
+    child.received.labels("alarm").inc(3)
+    child.alerts_opened.labels("emergency").inc(3)
+    child.alerts_opened.labels("clinical").inc(1)
+    child.latency.observe_many("alarm", np.asarray([0.05, 0.3]))
+    # what crosses the pipe is pickled
+    engine.include(lambda: pickle.loads(pickle.dumps(list(child.registry.collect()))))
+    text = generate_latest(engine.registry).decode()
+    assert text.count("# HELP vagt_messages_received_total ") == 1
+    assert 'vagt_messages_received_total{lane="bulk"} 5000.0' in text
+    assert 'vagt_messages_received_total{lane="alarm"} 3.0' in text
+    assert 'vagt_alerts_opened_total{queue="clinical"} 3.0' in text
+    assert 'vagt_alerts_opened_total{queue="emergency"} 3.0' in text
+    assert 'vagt_received_to_committed_seconds_bucket{lane="alarm",le="0.1"} 1.0' in text
+    assert 'vagt_received_to_committed_seconds_count{lane="alarm"} 2.0' in text
+    created = [line for line in text.splitlines()
+               if line.startswith('vagt_alerts_opened_created{queue="clinical"}')]
+    assert len(created) == 1 and float(created[0].split()[-1]) < 2e9  # a time, not a sum

@@ -50,6 +50,17 @@ def test_at_start_deadlines_wait_until_every_lane_has_taken_a_batch() -> None:
     assert not t._defer()
 
 
+def test_deadlines_wait_for_the_alarm_lane_in_its_own_process_too() -> None:
+    up, m = CatchingUp(["bulk"]), EngineMetrics()
+    alarm_lane = [True]            # what the child's shared flag says
+    up.follow(lambda: alarm_lane[0])
+    up.mark("bulk", False)
+    t = timer(up, m)
+    assert t._defer()
+    alarm_lane[0] = False
+    assert not t._defer()
+
+
 def test_a_batch_says_how_far_behind_the_devices_clocks_it_is(database_url) -> None:
     import psycopg
     from tests.app.conftest import DEVICES, register

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from vagt import __version__
-from vagt.app.config import Config, ConfigError, load_config
+from vagt.app.config import LOG_FORMAT, Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from vagt.app.demo import SimOptions
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     if not hasattr(args, "func"):

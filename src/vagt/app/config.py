@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the setting."""
 
 
+# One line per event, key=value after the level and logger (the alarm lane's process too).
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     url: str = "mqtt://127.0.0.1:1883"
@@ -73,6 +77,9 @@ class IngestConfig:
     bulk_batch_wait_ms: int = 50        # how long a bulk batch may wait to fill
     alarm_batch_max: int = 50           # alarms are committed as soon as they arrive, a few at a time
     max_future_skew_s: int = 300        # a reading more than this far in the future is bad_time
+    # The alarm lane in a process of its own (see vagt.app.alarm_process): a bulk lane
+    # draining a backlog then holds no lock an alarm needs, the GIL included.
+    alarm_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_DATA_DIR": ("", "data_dir"),
     "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
+    "VAGT_ALARM_PROCESS": ("ingest", "alarm_process"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),
     "VAGT_API_PORT": ("", "api_port"),
@@ -175,6 +183,10 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
 def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if kind == "int":
@@ -191,6 +203,13 @@ def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"setting '{name}' must be a string, got {value!r}")

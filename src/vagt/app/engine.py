@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import queue as queues
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -23,7 +27,8 @@ from psycopg_pool import ConnectionPool
 from vagt.alerts.policy import install_policy, load_policy
 from vagt.alerts.service import ApiSettings, alert_services
 from vagt.app import db, rule_queries, store
-from vagt.app.config import Config, redact_url
+from vagt.app.alarm_process import AlarmLaneProcess, serve_control
+from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.devices.catalogue import load_catalogue
@@ -31,7 +36,7 @@ from vagt.devices.fleet import Fleet
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
 from vagt.ingest.topics import subscription_filters
-from vagt.rules import load_rules
+from vagt.rules import Rule, load_rules
 
 log = logging.getLogger("vagt.engine")
 
@@ -92,11 +97,30 @@ class CatchingUp:
         # after an outage, the broker holds what came meanwhile.
         self._full: dict[str, bool] = dict.fromkeys(lanes, True)
 
+        self._others: list[Callable[[], bool]] = []
+
     def mark(self, lane: str, full: bool) -> None:
         self._full[lane] = full
 
+    def follow(self, catching_up: Callable[[], bool]) -> None:
+        """Count a lane that runs elsewhere (the alarm lane's process) too."""
+        self._others.append(catching_up)
+
     def __bool__(self) -> bool:
-        return any(self._full.values())
+        return any(self._full.values()) or any(f() for f in self._others)
+
+
+class _ReportedCatchingUp(CatchingUp):
+    """The alarm lane's process: its lane's state, told to the engine through `flag` (a
+    shared byte; see AlarmLaneProcess.catching_up)."""
+
+    def __init__(self, lane: str, flag: Any) -> None:
+        super().__init__([lane])
+        self._flag = flag
+
+    def mark(self, lane: str, full: bool) -> None:
+        super().mark(lane, full)
+        self._flag.value = 1 if self else 0
 
 
 class Lane:
@@ -263,9 +287,12 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def open_engine_pool(conninfo: str, config: Config) -> ConnectionPool:
+def open_engine_pool(conninfo: str, config: Config,
+                     size: tuple[int, int] | None = None) -> ConnectionPool:
+    least, most = size if size is not None else \
+        (config.database.pool_min, config.database.pool_max)
     pool = ConnectionPool(
-        conninfo, min_size=config.database.pool_min, max_size=config.database.pool_max,
+        conninfo, min_size=least, max_size=most,
         configure=store.prepare_connection, open=False, name="vagt-engine",
     )
     pool.open(wait=True, timeout=30)
@@ -284,6 +311,9 @@ def run_engine(config: Config, stop: threading.Event,
 
     `on_ready` is called once the schema, fleet and rules are loaded, just before the MQTT
     sessions connect (benchmarks time the drain from there).
+
+    With `config.ingest.alarm_process` (the default) the alarm lane runs in a process of its
+    own (`vagt.app.alarm_process`), on the wall clock; `clock` is then this process's only.
     """
     conninfo = config.database.url
     if not conninfo:
@@ -297,12 +327,7 @@ def run_engine(config: Config, stop: threading.Event,
     install_policy(policy)
     metrics = metrics or EngineMetrics()
     with open_engine_pool(conninfo, config) as pool:
-        fleet = Fleet(load_catalogue(config.catalogue or None))
-        with pool.connection() as conn:
-            fleet.load(conn)
-            open_alerts = rule_queries.open_rule_alerts(conn)
-        pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
-                            fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
+        fleet, pipeline = _load_pipeline(config, pool, rules, clock)
         with pool.connection() as conn:
             restored = pipeline.restore(conn)
         log.info("event=rule_state_restored devices=%d", restored)
@@ -317,9 +342,16 @@ def run_engine(config: Config, stop: threading.Event,
         refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                                      name="vagt-fleet-refresh", daemon=True)
         refresher.start()
-        catching_up = CatchingUp(spec.name for spec in lane_specs(config))
+        specs = lane_specs(config)
+        alarm = None
+        if config.ingest.alarm_process:
+            specs = [spec for spec in specs if spec.name != "alarm"]
+            alarm = _start_alarm_process(config, metrics, stop)
+        catching_up = CatchingUp(spec.name for spec in specs)
+        if alarm is not None:
+            catching_up.follow(alarm.catching_up)
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event(),
-                          catching_up)
+                          catching_up, on_reload=alarm.reload if alarm is not None else None)
         timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
                                         daemon=True)
         timer_thread.start()
@@ -329,17 +361,71 @@ def run_engine(config: Config, stop: threading.Event,
                                 client_id=config.mqtt.client_id,
                                 api=ApiSettings(config.api_host, config.api_port)
                                 if config.api_port else None):
-                _run_lanes(config, pool, pipeline, metrics, stop, catching_up)
+                _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
+            if alarm is not None:
+                alarm.stop()
             timer_thread.join(timeout=10)
             if server is not None:
                 server.shutdown()
     log.info("event=engine_stopped")
 
 
+def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
+                   clock: Callable[[], float]) -> tuple[Fleet, Pipeline]:
+    fleet = Fleet(load_catalogue(config.catalogue or None))
+    with pool.connection() as conn:
+        fleet.load(conn)
+        open_alerts = rule_queries.open_rule_alerts(conn)
+    pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
+                        fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
+    return fleet, pipeline
+
+
+def _start_alarm_process(config: Config, metrics: EngineMetrics,
+                         stop: threading.Event) -> AlarmLaneProcess:
+    alarm = AlarmLaneProcess(run_alarm_lane, config)
+    alarm.start()
+    metrics.include(alarm.families)
+    metrics.alarm_process_up.set_function(lambda: 1 if alarm.alive else 0)
+
+    def supervise() -> None:
+        alarm.supervise(stop, on_restart=metrics.alarm_process_restarts.inc)
+
+    threading.Thread(target=supervise, name="vagt-alarm-lane-supervisor", daemon=True).start()
+    return alarm
+
+
+# The alarm lane's process holds few connections: its lane, its second transactions, the
+# fleet refresh.
+ALARM_POOL_SIZE = (1, 3)
+
+
+def run_alarm_lane(config: Config, control: Connection, log_level: int, flag: Any) -> None:
+    """The alarm lane's process (see vagt.app.alarm_process): until the engine says stop or
+    is gone. Its rules' state is read from the table as each alarm comes (`sync`)."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a terminal's ^C: the engine decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the engine passes a reload on
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    metrics = EngineMetrics()
+    spec = next(s for s in lane_specs(config) if s.name == "alarm")
+    with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
+        _fleet, pipeline = _load_pipeline(config, pool, load_rules(config.rules or None),
+                                          time.time)
+        threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
+                         args=(control, metrics.registry,
+                               lambda: reload_rules(config, pool, pipeline), stop)).start()
+        threading.Thread(target=_refresh_fleet, args=(_fleet, pool, stop),
+                         name="vagt-fleet-refresh", daemon=True).start()
+        _run_lanes(config, pool, pipeline, metrics, stop, _ReportedCatchingUp(spec.name, flag),
+                   [spec])
+
+
 def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
                metrics: EngineMetrics, stop: threading.Event,
-               catching_up: CatchingUp | None = None) -> None:
+               catching_up: CatchingUp, specs: list[LaneSpec]) -> None:
     failures: list[BaseException] = []
     lane_stop = threading.Event()
 
@@ -351,9 +437,9 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             failures.append(e)
             lane_stop.set()
 
-    sessions = [MqttSession(session_settings(config, spec)) for spec in lane_specs(config)]
+    sessions = [MqttSession(session_settings(config, spec)) for spec in specs]
     threads = []
-    for spec, session in zip(lane_specs(config), sessions):
+    for spec, session in zip(specs, sessions):
         session.__enter__()
         lane = Lane(spec, session, pool, pipeline, metrics, catching_up)
         t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
@@ -383,8 +469,10 @@ class RuleTimer:
 
     def __init__(self, config: Config, pool: ConnectionPool, pipeline: Pipeline,
                  metrics: EngineMetrics, clock: Callable[[], float],
-                 reload: threading.Event, catching_up: CatchingUp | None = None) -> None:
+                 reload: threading.Event, catching_up: CatchingUp | None = None,
+                 on_reload: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.on_reload = on_reload
         self.catching_up = catching_up if catching_up is not None else CatchingUp()
         self._deferred_since: float | None = None
         self.pool = pool
@@ -412,21 +500,9 @@ class RuleTimer:
                 self._lock_conn.close()
 
     def reload_rules(self) -> None:
-        from vagt.rules import RuleConfigError
-
-        try:
-            rules = load_rules(self.config.rules or None)
-        except RuleConfigError as e:
-            log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
-            return
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                changed = self.pipeline.reload_rules(conn, rules)
-        except (psycopg.Error, TimeoutError) as e:
-            log.error("event=rules_reload_failed note=old_rules_stay error=%s", _first_line(e))
-            return
-        log.info("event=rules_reloaded rules=%d changed=%s", len(rules),
-                 ",".join(changed) or "-")
+        reload_rules(self.config, self.pool, self.pipeline)
+        if self.on_reload is not None:
+            self.on_reload()
 
     def _defer(self) -> bool:
         """Hold the deadlines while a lane catches up, for at most MAX_TICK_DEFERRAL_S: an
@@ -483,6 +559,25 @@ class RuleTimer:
         if self._holding:
             log.info("event=absence_sweep_lock_taken")
         return self._holding
+
+
+def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline) -> None:
+    """The rules files again, in place of the running rules; a file that does not load is
+    refused and the running rules stay."""
+    from vagt.rules import RuleConfigError
+
+    try:
+        rules = load_rules(config.rules or None)
+    except RuleConfigError as e:
+        log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
+        return
+    try:
+        with pool.connection(timeout=10) as conn:
+            changed = pipeline.reload_rules(conn, rules)
+    except (psycopg.Error, TimeoutError) as e:
+        log.error("event=rules_reload_failed note=old_rules_stay error=%s", _first_line(e))
+        return
+    log.info("event=rules_reloaded rules=%d changed=%s", len(rules), ",".join(changed) or "-")
 
 
 FLEET_REFRESH_S = 30.0

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("vagt.metrics")
@@ -27,9 +28,18 @@ QUEUE_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
 
 
+class MergingRegistry(CollectorRegistry):
+    """A registry whose families of one name, from several collectors, come out as one: the
+    alarm lane's process reports the same metrics as the engine (see `EngineMetrics.include`).
+    (A `name[]` query, prometheus-client's experimental filter, bypasses the merge.)"""
+
+    def collect(self) -> Iterable[Metric]:
+        return merge_families(super().collect())
+
+
 class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else MergingRegistry()
         r = self.registry
         self.received = Counter("vagt_messages_received", "MQTT messages taken for processing",
                                 ["lane"], registry=r)
@@ -65,6 +75,12 @@ class EngineMetrics:
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
             "backlog (deadlines wait until the queued messages are in)", registry=r)
+        self.alarm_process_up = Gauge(
+            "vagt_alarm_lane_process_up", "1 while the alarm lane's own process runs",
+            registry=r)
+        self.alarm_process_restarts = Counter(
+            "vagt_alarm_lane_process_restarts",
+            "Times the alarm lane's process ended unasked and was started again", registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
         self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",
@@ -109,10 +125,22 @@ class EngineMetrics:
         """Export `vagt_devices{status}` and `vagt_devices_online{type,municipality}`."""
         self.registry.register(_Fleet(counts))
 
+    def include(self, families: Callable[[], Iterable[Metric]]) -> None:
+        """Serve another process's metrics with ours, each scrape (same names are merged)."""
+        self.registry.register(_Foreign(families))
+
     def serve(self, host: str, port: int) -> Any:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("event=metrics_listening host=%s port=%d", host, port)
         return server
+
+
+class _Foreign(Collector):
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
 
 
 class _OpenAlerts(Collector):
@@ -222,3 +250,28 @@ class BatchHistogram(Collector):
 
 def _le(bound: float) -> str:
     return repr(float(bound))
+
+
+def merge_families(families: Iterable[Metric]) -> list[Metric]:
+    """Families of one name (the engine's and its alarm lane process's) as one: a series
+    both have is summed (a counter of each; `_created` takes the earlier)."""
+    merged: dict[str, Metric] = {}
+    where: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], int]] = {}
+    for fam in families:
+        into = merged.get(fam.name)
+        if into is None:
+            into = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            where[fam.name] = {}
+        at = where[fam.name]
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            j = at.get(key)
+            if j is None:
+                at[key] = len(into.samples)
+                into.samples.append(s)
+            else:
+                old = into.samples[j]
+                value = min(old.value, s.value) if s.name.endswith("_created") \
+                    else old.value + s.value
+                into.samples[j] = old._replace(value=value)
+    return list(merged.values())

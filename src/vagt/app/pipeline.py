@@ -128,7 +128,8 @@ class Pipeline:
             # The alarm lane: alerts from the state in memory, without waiting for devices
             # that a bulk batch holds; write_state() evaluates again under their lock and
             # keeps the state (the same firing recorded twice changes nothing: alerts go by
-            # device time).
+            # device time). What another process committed for these devices is read first.
+            self.shared.sync(conn, np.unique(batch.m_device))
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch = batch
         else:

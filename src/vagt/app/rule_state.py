@@ -121,12 +121,25 @@ class SharedRuleState:
             missing = [i for i in ids if i not in have]
             conn.execute(_CREATE_MISSING, (missing,))
             locked += [(i, 0) for i in missing]
-        now = self.fleet.lookup([r[0] for r in locked])
-        version = np.fromiter((r[1] for r in locked), dtype=np.int64, count=len(locked))
+        return self._read_stale(conn, locked)
+
+    def sync(self, conn: psycopg.Connection, devs: I64) -> int:
+        """Read into memory the committed state of `devs` that another process changed,
+        without locking (the alarm lane's first transaction: it waits for no one, and its
+        state is evaluated again under the lock afterwards). Returns how many were read."""
+        if len(devs) == 0:
+            return 0
+        ids = [self.fleet.ids[d] for d in devs.tolist()]
+        with db.by_key_index(conn):
+            return self._read_stale(conn, conn.execute(_VERSIONS, (ids,)).fetchall())
+
+    def _read_stale(self, conn: psycopg.Connection, versions: list[tuple[str, int]]) -> int:
+        now = self.fleet.lookup([r[0] for r in versions])
+        version = np.fromiter((r[1] for r in versions), dtype=np.int64, count=len(versions))
         stale = (now >= 0) & (version != self._seen(np.where(now >= 0, now, 0)))
         if not stale.any():
             return 0
-        changed = [r[0] for r, s in zip(locked, stale.tolist()) if s]
+        changed = [r[0] for r, s in zip(versions, stale.tolist()) if s]
         return self._take(conn, conn.execute(_READ, (changed,)).fetchall())
 
     def save(self, conn: psycopg.Connection, devs: I64) -> None:

@@ -1,0 +1,79 @@
+"""The alarm lane's own process: what an operator sees of it, and that it keeps going when
+either side dies."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
+from tests.support import Broker
+
+T0 = time.time() - 3600
+
+
+def alarm_lane_pids(engine: EngineProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"event=alarm_lane_process_started pid=(\d+)",
+                                       engine.log())]
+
+
+def ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in "ZX"   # a zombie has ended; only its parent's wait is missing
+
+
+def metric(engine: EngineProcess, line_start: str) -> float | None:
+    url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_killed_alarm_lane_process_is_started_again_and_alarms_go_on(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.start().wait_ready()
+    [first] = alarm_lane_pids(engine)
+    assert first != engine.proc.pid  # type: ignore[union-attr]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(alarm_lane_pids(engine)) == 2, what="the alarm lane started again")
+    assert "event=alarm_lane_process_exited exitcode=-9" in engine.log()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts "
+                                          "WHERE device_id = 'ALM-0001'") == 1,
+             what="the alarm's alert after the restart")
+    assert metric(engine, "vagt_alarm_lane_process_restarts_total") == 1.0
+    assert metric(engine, "vagt_alarm_lane_process_up") == 1.0
+    wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
+             what="the new process's metrics on the engine's endpoint")
+
+
+def test_the_alarm_lane_process_ends_with_the_engine(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.start().wait_ready()
+    [child] = alarm_lane_pids(engine)
+    assert engine.terminate() == 0
+    assert ended(child)
+    engine.start().wait_ready()
+    [_, child] = alarm_lane_pids(engine)
+    engine.kill()  # no goodbye: the child sees its pipe close
+    wait_for(lambda: ended(child), timeout=15, what="the orphaned alarm lane to end")
+    assert "event=engine_gone note=alarm_lane_finishing_batch_in_hand" in engine.log()
+
+
+def test_with_the_alarm_lane_in_the_engines_own_process_alarms_still_come_through(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.env["VAGT_ALARM_PROCESS"] = "false"
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1, what="alert")
+    assert alarm_lane_pids(engine) == []
+    assert metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0
