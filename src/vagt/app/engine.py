@@ -17,17 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from vagt.alerts.policy import install_policy, load_policy
-from vagt.alerts.service import ApiSettings, alert_services
+from vagt.alerts.policy import AlertPolicy, install_policy, load_policy
 from vagt.app import db, rule_queries, store
-from vagt.app.alarm_process import AlarmLaneProcess, serve_control
+from vagt.app.alarm_process import AlarmLaneProcess, control_from, serve_control
 from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
@@ -108,19 +105,6 @@ class CatchingUp:
 
     def __bool__(self) -> bool:
         return any(self._full.values()) or any(f() for f in self._others)
-
-
-class _ReportedCatchingUp(CatchingUp):
-    """The alarm lane's process: its lane's state, told to the engine through `flag` (a
-    shared byte; see AlarmLaneProcess.catching_up)."""
-
-    def __init__(self, lane: str, flag: Any) -> None:
-        super().__init__([lane])
-        self._flag = flag
-
-    def mark(self, lane: str, full: bool) -> None:
-        super().mark(lane, full)
-        self._flag.value = 1 if self else 0
 
 
 class Lane:
@@ -326,7 +310,27 @@ def run_engine(config: Config, stop: threading.Event,
     policy = load_policy(config.alerts or None, os.environ)
     install_policy(policy)
     metrics = metrics or EngineMetrics()
-    with open_engine_pool(conninfo, config) as pool:
+    # The alarm lane's process first: it loads the fleet while this one does, and it is
+    # the lane that must not be late after a restart.
+    alarm = _start_alarm_process(config, metrics, stop) if config.ingest.alarm_process \
+        else None
+    try:
+        _serve(config, stop, clock, metrics, rules, policy, alarm, on_ready,
+               reload or threading.Event())
+    finally:
+        if alarm is not None:
+            alarm.stop()
+    log.info("event=engine_stopped")
+
+
+def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
+           metrics: EngineMetrics, rules: list[Rule], policy: AlertPolicy,
+           alarm: AlarmLaneProcess | None, on_ready: Callable[[], None] | None,
+           reload: threading.Event) -> None:
+    # here, not at the top: the alarm lane's process imports this module and serves no API
+    from vagt.alerts.service import ApiSettings, alert_services
+
+    with open_engine_pool(config.database.url, config) as pool:
         fleet, pipeline = _load_pipeline(config, pool, rules, clock)
         with pool.connection() as conn:
             restored = pipeline.restore(conn)
@@ -342,16 +346,12 @@ def run_engine(config: Config, stop: threading.Event,
         refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                                      name="vagt-fleet-refresh", daemon=True)
         refresher.start()
-        specs = lane_specs(config)
-        alarm = None
-        if config.ingest.alarm_process:
-            specs = [spec for spec in specs if spec.name != "alarm"]
-            alarm = _start_alarm_process(config, metrics, stop)
+        specs = [spec for spec in lane_specs(config) if alarm is None or spec.name != "alarm"]
         catching_up = CatchingUp(spec.name for spec in specs)
         if alarm is not None:
             catching_up.follow(alarm.catching_up)
-        timer = RuleTimer(config, pool, pipeline, metrics, clock, reload or threading.Event(),
-                          catching_up, on_reload=alarm.reload if alarm is not None else None)
+        timer = RuleTimer(config, pool, pipeline, metrics, clock, reload, catching_up,
+                          on_reload=alarm.reload if alarm is not None else None)
         timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
                                         daemon=True)
         timer_thread.start()
@@ -363,12 +363,9 @@ def run_engine(config: Config, stop: threading.Event,
                                 if config.api_port else None):
                 _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
-            if alarm is not None:
-                alarm.stop()
             timer_thread.join(timeout=10)
             if server is not None:
                 server.shutdown()
-    log.info("event=engine_stopped")
 
 
 def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
@@ -384,7 +381,7 @@ def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
 
 def _start_alarm_process(config: Config, metrics: EngineMetrics,
                          stop: threading.Event) -> AlarmLaneProcess:
-    alarm = AlarmLaneProcess(run_alarm_lane, config)
+    alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane", config)
     alarm.start()
     metrics.include(alarm.families)
     metrics.alarm_process_up.set_function(lambda: 1 if alarm.alive else 0)
@@ -401,9 +398,10 @@ def _start_alarm_process(config: Config, metrics: EngineMetrics,
 ALARM_POOL_SIZE = (1, 3)
 
 
-def run_alarm_lane(config: Config, control: Connection, log_level: int, flag: Any) -> None:
+def run_alarm_lane(argv: list[str]) -> None:
     """The alarm lane's process (see vagt.app.alarm_process): until the engine says stop or
     is gone. Its rules' state is read from the table as each alarm comes (`sync`)."""
+    control, log_level, config = control_from(argv)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a terminal's ^C: the engine decides
@@ -411,16 +409,16 @@ def run_alarm_lane(config: Config, control: Connection, log_level: int, flag: An
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     metrics = EngineMetrics()
     spec = next(s for s in lane_specs(config) if s.name == "alarm")
+    catching_up = CatchingUp([spec.name])
     with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
-        _fleet, pipeline = _load_pipeline(config, pool, load_rules(config.rules or None),
-                                          time.time)
+        fleet, pipeline = _load_pipeline(config, pool, load_rules(config.rules or None),
+                                         time.time)
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
-                         args=(control, metrics.registry,
+                         args=(control, metrics.registry, lambda: bool(catching_up),
                                lambda: reload_rules(config, pool, pipeline), stop)).start()
-        threading.Thread(target=_refresh_fleet, args=(_fleet, pool, stop),
+        threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
                          name="vagt-fleet-refresh", daemon=True).start()
-        _run_lanes(config, pool, pipeline, metrics, stop, _ReportedCatchingUp(spec.name, flag),
-                   [spec])
+        _run_lanes(config, pool, pipeline, metrics, stop, catching_up, [spec])
 
 
 def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
