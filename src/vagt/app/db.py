@@ -129,9 +129,12 @@ def by_key_index(conn: psycopg.Connection) -> Iterator[None]:
     is in memory): 20-30 ms a statement for 1,800 devices, 8-15 ms so.
 
     Not used for the device-state UPDATE (`store`), though it too walks the whole index
-    (55 ms -> 16 ms a batch): with it the drain ran 25 % faster, and the alarm lane, which
-    shares the GIL with it, went from p50 78 / p99 357 ms to p50 245 / p99 985 ms. Alarms
-    first; it can come back once the alarm lane has a process of its own."""
+    (55 ms -> 16 ms a batch of 1,800 devices, measured alone). In the drain it did not pay:
+    with the alarm lane in the engine's process, the drain ran 25 % faster and alarms three
+    times slower (the bulk lane held the GIL more); with the alarm lane in a process of its
+    own (2026-11-23, two runs each, `benchmarks.suite --drain-only`), the drain ran slower,
+    0.31-0.32 of the bare consumer against 0.38-0.46, and alarm p99 went 118-123 -> 257-273 ms.
+    """
     conn.execute(_SET_PLANS.format(value="off"))
     try:
         yield
