@@ -64,6 +64,17 @@ queue = "home_care"
 summary = "dose missed on {device_id}"
 
 [[rule]]
+name = "connection_flapping"
+kind = "flapping"
+codes = ["connection.lost"]
+count = 2
+window = "1h"
+severity = "warning"
+priority = 4
+queue = "technical"
+summary = "{device_id} keeps losing its connection"
+
+[[rule]]
 name = "personal_alarm"
 kind = "event"
 codes = ["alarm.*"]
@@ -182,6 +193,48 @@ def test_two_processes_raise_the_alerts_one_would_however_the_messages_are_sprea
         a.close()
         b.close()
         assert alerts(database_url) == expected, f"spread {seed}"
+
+
+def lost(minutes: list[int]) -> list[RawMessage]:
+    return [event("OXI-0001", T0 + 60 * m, "connection.lost") for m in minutes]
+
+
+def flapping_alerts(database_url: str) -> list[tuple[str, int, float, float, str]]:
+    return [(rule, n, round((opened - T0) / 60, 3), round((last - T0) / 60, 3), status)
+            for rule, _, n, opened, last, status in alerts(database_url)]
+
+
+def test_rows_that_come_after_newer_ones_are_evaluated_in_order(database_url, rules_file):
+    """Another engine commits the device's newest row first; the older ones follow. The
+    rules must see all four in device-time order: more than two losses within the hour."""
+    register(database_url, DEVICES)
+    one = Process(database_url, rules_file)
+    for minutes in ([0, 10, 20], [30], [100], [110, 120, 125]):
+        one.batch(lost(minutes))
+    one.close()
+    expected = flapping_alerts(database_url)
+    assert [a[:4] for a in expected] == [("connection_flapping", 4, 20.0, 125.0)]
+
+    fresh_database(database_url)
+    a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+    b.batch(lost([30]))
+    a.batch(lost([0, 10, 20]))   # older than what b committed: late
+    a.batch(lost([100]))         # a goes on from the state b's and its rows made
+    b.batch(lost([110, 120, 125]))
+    a.close()
+    b.close()
+    assert flapping_alerts(database_url) == expected
+
+
+def test_a_device_flushing_its_buffer_after_a_live_reading_is_evaluated_in_order(
+        database_url, rules_file):
+    register(database_url, DEVICES)
+    p = Process(database_url, rules_file)
+    p.batch(lost([30]))             # live, after the device reconnected
+    p.batch(lost([0, 10, 20]))      # then what it had buffered while offline
+    p.close()
+    assert [a[:4] for a in flapping_alerts(database_url)] == [
+        ("connection_flapping", 2, 20.0, 30.0)]
 
 
 def test_a_restarted_engine_continues_the_rules_where_they_were(database_url, rules_file):

@@ -216,6 +216,11 @@ class Lane:
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)
         if outcome.cleared:
             m.alerts_cleared.inc(outcome.cleared)
+        if outcome.replayed:
+            m.rule_replays.labels(name).inc(outcome.replayed)
+        if outcome.too_late:
+            m.rule_too_late.labels(name).inc(outcome.too_late)
+            log.info("event=late_rows_skipped lane=%s devices=%d", name, outcome.too_late)
         for (vendor, model, metric), n in outcome.bad_readings.items():
             m.bad_readings.labels(vendor, model, metric).inc(n)
 

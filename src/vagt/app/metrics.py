@@ -69,6 +69,14 @@ class EngineMetrics:
         self.bad_readings = Counter("vagt_bad_readings",
                                     "Readings a validity rule judged implausible for the model",
                                     ["vendor", "model", "metric"], registry=r)
+        self.rule_replays = Counter(
+            "vagt_rule_replays", "Devices whose rows came after newer ones (another engine "
+            "committed those first, or the device flushed its buffer late) and were evaluated "
+            "again in order from the state before", ["lane"], registry=r)
+        self.rule_too_late = Counter(
+            "vagt_rule_late_rows_skipped", "Devices whose rows came after newer ones and too "
+            "late to evaluate again in order (older than the state kept): the rules skipped "
+            "them", ["lane"], registry=r)
         self.db_errors = Counter("vagt_database_errors",
                                  "Batches whose commit failed and was retried", ["lane"],
                                  registry=r)

@@ -20,7 +20,7 @@ import psycopg
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
-from vagt.app.rule_state import SharedRuleState
+from vagt.app.rule_state import Seen, SharedRuleState
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
@@ -55,6 +55,15 @@ class BatchOutcome:
     state_rows: tuple[Any, ...] | None = None
     state_apart: bool = False
     batch: Batch | None = None   # with state_apart: for write_state() to evaluate again
+    # devices whose rows came after newer ones: evaluated again in order from their state
+    # before (`replayed`), or too late for that, their late rows skipped by the rules
+    replayed: int = 0
+    too_late: int = 0
+
+
+# A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
+# since its state before; a batch that would read more skips its late rows instead.
+REPLAY_MAX_ROWS = 50_000
 
 
 @dataclass
@@ -133,19 +142,62 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch = batch
         else:
-            ev = self._evaluate_locked(conn, batch)
+            ev, batch = self._evaluate_locked(conn, batch, out)
         self._store_bad_readings(conn, batch, ev, out)
         self.record(conn, ev, out, out.registry_firings)
         return out
 
-    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch) -> Evaluation:
+    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch,
+                         out: BatchOutcome) -> tuple[Evaluation, Batch]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
-        evaluates them after us."""
+        evaluates them after us.
+
+        A device whose rows here are older than rows its state has seen (another engine
+        committed newer ones first, or the device flushed its buffer after live readings) is
+        evaluated again in order: from its state before the last write, with every stored
+        row since (this batch's are stored already). Returns the batch evaluated."""
         held = np.unique(batch.m_device)
         self.shared.lock(conn, held, held=True)
-        return self.shared.evaluate(
-            conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held)
+        first, latest = _time_range(batch, held)
+        back, too_late = self.shared.late(held, first)
+        if len(back):
+            merged = self._with_stored_rows(conn, batch, back, self.shared.prev_as_of(back))
+            if merged is None:    # more than REPLAY_MAX_ROWS: skip the late rows, as before
+                too_late = np.union1d(too_late, back)
+                back = back[:0]
+            else:
+                self.shared.rewind(conn, back)
+                batch = merged
+        out.replayed += len(back)
+        out.too_late += len(too_late)
+        seen = Seen(held, latest, back)
+        ev = self.shared.evaluate(
+            conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
+        return ev, batch
+
+    def _with_stored_rows(self, conn: psycopg.Connection, batch: Batch, devs: I64,
+                          since: F64) -> Batch | None:
+        """The batch with the rows of `devs` replaced by every stored row of theirs newer
+        than `since` (per device); None if there are more than REPLAY_MAX_ROWS."""
+        (rd, rm, rv, rt), (ed, ec, et) = rule_queries.stored_rows(
+            conn, self.fleet, devs, since, REPLAY_MAX_ROWS)
+        if len(rd) >= REPLAY_MAX_ROWS or len(ed) >= REPLAY_MAX_ROWS:
+            return None
+        r_keep = ~np.isin(batch.r_device, devs)
+        e_keep = ~np.isin(batch.e_device, devs)
+        m_keep = ~np.isin(batch.m_device, devs)
+        md = np.concatenate([rd, ed])
+        mt = np.concatenate([rt, et])
+        return Batch(np.concatenate([batch.r_device[r_keep], rd]),
+                     np.concatenate([batch.r_metric[r_keep], np.asarray(rm, dtype=object)]),
+                     np.concatenate([batch.r_value[r_keep], rv]),
+                     np.concatenate([batch.r_time[r_keep], rt]),
+                     np.concatenate([batch.e_device[e_keep], ed]),
+                     np.concatenate([batch.e_code[e_keep], np.asarray(ec, dtype=object)]),
+                     np.concatenate([batch.e_time[e_keep], et]),
+                     np.concatenate([batch.m_device[m_keep], md]),
+                     np.concatenate([batch.m_time[m_keep], mt]))
 
     def _history(self, conn: psycopg.Connection) -> HistorySource:
         return lambda m, d, a, b: rule_queries.reading_history(conn, self.fleet, m, d, a, b)
@@ -174,7 +226,10 @@ class Pipeline:
             store.update_device_state(conn, *out.state_rows)
         if out.batch is not None:
             again = BatchOutcome()
-            self.record(conn, self._evaluate_locked(conn, out.batch), again)
+            ev, _ = self._evaluate_locked(conn, out.batch, again)
+            self.record(conn, ev, again)
+            out.replayed += again.replayed
+            out.too_late += again.too_late
             out.opened += [a for a in again.opened if a not in out.opened]
             out.cleared += again.cleared
 
@@ -416,3 +471,15 @@ def _latest(uniq: I64, dev: I64, mask: Bools, value: F64,
 def _nulls(values: F64) -> list[float | None]:
     """NaN as NULL, for the database."""
     return [None if x != x else x for x in values.tolist()]
+
+
+def _time_range(b: Batch, devs: I64) -> tuple[F64, F64]:
+    """Per device of `devs` (sorted): the earliest and the latest device time of its rows."""
+    d = np.concatenate([b.r_device, b.e_device, b.m_device])
+    t = np.concatenate([b.r_time, b.e_time, b.m_time])
+    at = np.searchsorted(devs, d)
+    first = np.full(len(devs), np.inf)
+    latest = np.full(len(devs), -np.inf)
+    np.minimum.at(first, at, t)
+    np.maximum.at(latest, at, t)
+    return first, latest

@@ -82,3 +82,29 @@ def try_sweep_lock(conn: psycopg.Connection) -> bool:
     connection closes, so a process that dies hands the sweep to another)."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_KEY,)).fetchone()
     return bool(row and row[0])
+
+
+def stored_rows(conn: psycopg.Connection, fleet: Fleet, devices: I64, since: F64,
+                limit: int) -> tuple[tuple[I64, list[str], F64, F64], tuple[I64, list[str], F64]]:
+    """Stored readings (device, metric, value, time) and events (device, code, time) of each
+    device newer than its `since`, for evaluating them again in order; at most `limit` of
+    each (the caller checks: a limit reached is not all of them)."""
+    ids = [fleet.ids[int(d)] for d in devices]
+    since_list = since.tolist()
+    readings = conn.execute(
+        "SELECT r.device_id, r.metric, r.value, extract(epoch FROM r.time)::float8 "
+        "FROM unnest(%s::text[], %s::float8[]) AS x(device_id, since) "
+        "JOIN readings r ON r.device_id = x.device_id AND r.time > to_timestamp(x.since) "
+        "LIMIT %s", (ids, since_list, limit)).fetchall()
+    events = conn.execute(
+        "SELECT e.device_id, e.code, extract(epoch FROM e.time)::float8 "
+        "FROM unnest(%s::text[], %s::float8[]) AS x(device_id, since) "
+        "JOIN events e ON e.device_id = x.device_id AND e.time > to_timestamp(x.since) "
+        "LIMIT %s", (ids, since_list, limit)).fetchall()
+    r_dev = fleet.lookup([str(r[0]) for r in readings])
+    e_dev = fleet.lookup([str(e[0]) for e in events])
+    return ((r_dev, [str(r[1]) for r in readings],
+             np.array([r[2] for r in readings], dtype=np.float64),
+             np.array([r[3] for r in readings], dtype=np.float64)),
+            (e_dev, [str(e[1]) for e in events],
+             np.array([e[2] for e in events], dtype=np.float64)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,14 @@ _LOCK = """
 SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
 """
 
-_VERSIONS = "SELECT device_id, version FROM rule_state WHERE device_id = ANY(%s)"
+_VERSIONS = """
+SELECT device_id, version, as_of, prev_as_of FROM rule_state WHERE device_id = ANY(%s)
+"""
+
+_PREV = """
+SELECT device_id, prev_layout, prev_slots, prev_vals, prev_texts FROM rule_state
+WHERE device_id = ANY(%s)
+"""
 
 _READ = """
 SELECT device_id, version, layout, slots, vals, texts FROM rule_state WHERE device_id = ANY(%s)
@@ -74,9 +82,19 @@ WITH layout AS (
     INSERT INTO rule_state_layouts (id, spec) VALUES (%b, %b) ON CONFLICT DO NOTHING
 )
 UPDATE rule_state s SET version = c.version, writer = %b, layout = %b, slots = c.slots,
-       vals = c.vals, texts = c.texts, updated_at = now()
-FROM unnest(%b::text[], %b::int8[], %b::bytea[], %b::bytea[], %b::text[])
-     AS c(device_id, version, slots, vals, texts)
+       vals = c.vals, texts = c.texts, updated_at = now(),
+       as_of = greatest(s.as_of, c.as_of),
+       -- the state before this write becomes `prev`, unless this write went back to it
+       -- (`keep`: a replay, or a tick, which takes no rows)
+       prev_layout = CASE WHEN c.keep THEN s.prev_layout ELSE s.layout END,
+       prev_slots = CASE WHEN c.keep THEN s.prev_slots ELSE s.slots END,
+       prev_vals = CASE WHEN c.keep THEN s.prev_vals ELSE s.vals END,
+       prev_texts = CASE WHEN c.keep THEN s.prev_texts ELSE s.texts END,
+       prev_as_of = CASE WHEN c.keep THEN s.prev_as_of
+                         WHEN s.layout IS NULL THEN '-Infinity'::float8 ELSE s.as_of END
+FROM unnest(%b::text[], %b::int8[], %b::bytea[], %b::bytea[], %b::text[], %b::float8[],
+            %b::bool[])
+     AS c(device_id, version, slots, vals, texts, as_of, keep)
 WHERE s.device_id = c.device_id
 """
 
@@ -88,6 +106,17 @@ WHERE writer <> %s AND layout IS NOT NULL AND updated_at > to_timestamp(%s)
 _ALL = "SELECT device_id, version, layout, slots, vals, texts FROM rule_state"
 
 Row = tuple[str, int, int | None, bytes | None, bytes | None, str | None]
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a batch's evaluation took, for `save`: per device (sorted) the latest device
+    time of its rows, and the devices evaluated again from their state before (`rewind`)."""
+
+    devices: I64
+    latest: F64
+    replayed: I64
 
 
 class SharedRuleState:
@@ -98,6 +127,10 @@ class SharedRuleState:
         self.fleet = fleet
         self.writer = secrets.randbits(62)
         self._versions = np.full(0, UNKNOWN, dtype=np.int64)
+        # as the last lock read them: the device time each state has seen rows up to, and
+        # the one of the state before (NaN: not known, or nothing to go back to)
+        self._as_of = np.full(0, np.nan)
+        self._prev_as_of = np.full(0, np.nan)
         self._lock = threading.Lock()      # the versions array
         self._layouts: dict[int, Layout] = {}
         self._rng = np.random.default_rng()
@@ -120,8 +153,46 @@ class SharedRuleState:
             have = {r[0] for r in locked}  # creation rolled back with its first batch
             missing = [i for i in ids if i not in have]
             conn.execute(_CREATE_MISSING, (missing,))
-            locked += [(i, 0) for i in missing]
+            locked += [(i, 0, None, None) for i in missing]
+        idx = self.fleet.lookup([r[0] for r in locked])
+        ok = idx >= 0
+        with self._lock:
+            if ok.any():
+                self._grow(int(idx[ok].max()) + 1)
+                self._as_of[idx[ok]] = [np.nan if r[2] is None else r[2]
+                                        for r, k in zip(locked, ok.tolist()) if k]
+                self._prev_as_of[idx[ok]] = [np.nan if r[3] is None else r[3]
+                                             for r, k in zip(locked, ok.tolist()) if k]
         return self._read_stale(conn, locked)
+
+    def late(self, devs: I64, first: F64) -> tuple[I64, I64]:
+        """Of the devices `devs` locked in this transaction, whose rows here begin at device
+        time `first`: those whose state has seen rows as new or newer (these rows are late),
+        split into those whose state before (`prev`) is older than them, to go back to
+        (`rewind`), and those too late for it (the rules skip what they have seen past)."""
+        with self._lock:
+            self._grow(int(devs.max()) + 1 if len(devs) else 0)
+            as_of, prev_as_of = self._as_of[devs], self._prev_as_of[devs]
+        late = first <= as_of                 # False where unknown (NaN)
+        back = late & (first > prev_as_of)
+        return devs[back], devs[late & ~back]
+
+    def prev_as_of(self, devs: I64) -> F64:
+        """Per device, as the last lock read it: the device time up to which the state
+        before its last write had seen rows."""
+        with self._lock:
+            return self._prev_as_of[devs].copy()
+
+    def rewind(self, conn: psycopg.Connection, devs: I64) -> None:
+        """Put the state before the last write of `devs` into memory (their rows are held)."""
+        ids = [self.fleet.ids[d] for d in devs.tolist()]
+        with db.by_key_index(conn):
+            rows = conn.execute(_PREV, (ids,)).fetchall()
+        idx = self.fleet.lookup([r[0] for r in rows])
+        self._unpack(conn, idx, [r[1] for r in rows], [r[2] for r in rows],
+                     [r[3] for r in rows], [r[4] for r in rows])
+        with self._lock:  # memory is not the row's state now: if no save follows, read it
+            self._versions[idx[idx >= 0]] = UNKNOWN
 
     def sync(self, conn: psycopg.Connection, devs: I64) -> int:
         """Read into memory the committed state of `devs` that another process changed,
@@ -142,8 +213,9 @@ class SharedRuleState:
         changed = [r[0] for r, s in zip(versions, stale.tolist()) if s]
         return self._take(conn, conn.execute(_READ, (changed,)).fetchall())
 
-    def save(self, conn: psycopg.Connection, devs: I64) -> None:
-        """Write the in-memory state of `devs`, whose rows this transaction holds."""
+    def save(self, conn: psycopg.Connection, devs: I64, seen: Seen | None = None) -> None:
+        """Write the in-memory state of `devs`, whose rows this transaction holds. `seen`:
+        the rows it took (see `Seen`); without, a tick's (no rows, `prev` kept)."""
         if len(devs) == 0:
             return
         with self.engine.lock:
@@ -151,17 +223,28 @@ class SharedRuleState:
         versions = self._rng.integers(1, 2**62, size=len(devs))
         lay = packed.layout
         ids = [self.fleet.ids[d] for d in devs.tolist()]
+        as_of: list[float | None] = [None] * len(devs)
+        keep = [True] * len(devs)
+        if seen is not None:
+            at = np.searchsorted(seen.devices, devs)
+            found = (at < len(seen.devices)) & \
+                (seen.devices[np.minimum(at, len(seen.devices) - 1)] == devs)
+            latest = np.where(found, seen.latest[np.minimum(at, len(seen.devices) - 1)],
+                              np.nan)
+            as_of = [None if np.isnan(v) else v for v in latest.tolist()]
+            # a device the rules touched without rows of its own keeps `prev`, as in a tick
+            keep = (np.isin(devs, seen.replayed) | ~found).tolist()
         with db.by_key_index(conn):
             conn.execute(_SAVE, (lay.key, lay.spec, self.writer, lay.key, ids,
                                  versions.tolist(), packed.slots, packed.values,
-                                 packed.texts))
+                                 packed.texts, as_of, keep))
         self._layouts[lay.key] = lay
         with self._lock:
             self._grow(int(devs.max()) + 1)
             self._versions[devs] = versions
 
     def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
-                 held: I64 | None = None) -> Evaluation:
+                 held: I64 | None = None, seen: Seen | None = None) -> Evaluation:
         """Run `evaluate` on current state: lock the devices it touches, and while some of
         them had changed elsewhere, run it again. Its state goes into memory and the rows.
 
@@ -176,7 +259,7 @@ class SharedRuleState:
                 break
             locked = np.union1d(locked, touched)
         self.engine.apply(ev)
-        self.save(conn, ev.changed_devices())
+        self.save(conn, ev.changed_devices(), seen)
         return ev
 
     # -- outside the batches ----------------------------------------------------------------
@@ -204,9 +287,14 @@ class SharedRuleState:
 
     def _grow(self, n: int) -> None:
         if len(self._versions) < n:
-            grown = np.full(max(n, 2 * len(self._versions)), UNKNOWN, dtype=np.int64)
+            size = max(n, 2 * len(self._versions))
+            grown = np.full(size, UNKNOWN, dtype=np.int64)
             grown[:len(self._versions)] = self._versions
             self._versions = grown
+            for name in ("_as_of", "_prev_as_of"):
+                old, new = getattr(self, name), np.full(size, np.nan)
+                new[:len(old)] = old
+                setattr(self, name, new)
 
     def _seen(self, devs: I64) -> I64:
         if len(devs) == 0:
@@ -233,24 +321,35 @@ class SharedRuleState:
         has = np.fromiter((r[2] is not None for r in rows), dtype=bool, count=len(rows))
         stored = ok & has
         rolled_back = ok & ~has & (seen != UNKNOWN) & (seen != version)
-        groups: dict[int, list[int]] = {}
-        for j in np.flatnonzero(stored).tolist():
-            groups.setdefault(int(rows[j][2]), []).append(j)  # type: ignore[arg-type]
-        self._learn_layouts(conn, list(groups))
-        with self.engine.lock:
-            for key, js in groups.items():
-                unpack(self.engine, idx[js], self._layouts[key],
-                       [rows[j][3] or b"" for j in js], [rows[j][4] or b"" for j in js],
-                       [rows[j][5] for j in js])
-            if rolled_back.any():
-                k = int(rolled_back.sum())
-                unpack(self.engine, idx[rolled_back], layout(self.engine), [b""] * k,
-                       [b""] * k, [None] * k)
+        take = np.flatnonzero(stored | rolled_back).tolist()
+        self._unpack(conn, idx[take], [rows[j][2] for j in take], [rows[j][3] for j in take],
+                     [rows[j][4] for j in take], [rows[j][5] for j in take])
         with self._lock:
             if ok.any():
                 self._grow(int(idx[ok].max()) + 1)
                 self._versions[idx[ok]] = version[ok]
         return int(stored.sum() + rolled_back.sum())
+
+    def _unpack(self, conn: psycopg.Connection, idx: I64, layouts: Sequence[int | None],
+                slots: Sequence[bytes | None], vals: Sequence[bytes | None],
+                texts: Sequence[str | None]) -> None:
+        """Stored states into memory; a NULL layout is the empty state."""
+        groups: dict[int, list[int]] = {}
+        empty: list[int] = []
+        for j, key in enumerate(layouts):
+            if key is None:
+                empty.append(j)
+            else:
+                groups.setdefault(int(key), []).append(j)
+        self._learn_layouts(conn, list(groups))
+        with self.engine.lock:
+            for key, js in groups.items():
+                unpack(self.engine, idx[js], self._layouts[key], [slots[j] or b"" for j in js],
+                       [vals[j] or b"" for j in js], [texts[j] for j in js])
+            if empty:
+                k = len(empty)
+                unpack(self.engine, idx[empty], layout(self.engine), [b""] * k, [b""] * k,
+                       [None] * k)
 
     def _learn_layouts(self, conn: psycopg.Connection, keys: list[int]) -> None:
         missing = [k for k in keys if k not in self._layouts]
