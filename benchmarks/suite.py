@@ -267,6 +267,24 @@ def alert_outcome(url: str) -> list[tuple[str, str, int]]:
             "WHERE rule <> 'personal_alarm' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()]
 
 
+def compare_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, int]]
+                   ) -> tuple[str, str]:
+    """Which (rule, device) alerted with one engine and not two, or the other way round, and
+    for the rest whether they fired as often."""
+    a, b = {(r, d): n for r, d, n in one}, {(r, d): n for r, d, n in two}
+    only = collections.Counter(r for r, _ in set(a) ^ set(b))
+    counts = collections.Counter(r for r, d in set(a) & set(b) if a[(r, d)] != b[(r, d)])
+
+    def by_rule(c: collections.Counter[str]) -> str:
+        return ", ".join(f"{r} {k}" for r, k in sorted(c.items()))
+    figure = ("the same alerts" if not only else
+              f"{sum(only.values())} (rule, device) alerted with one only or two only: "
+              f"{by_rule(only)}")
+    figure += ("; every one as often" if not counts else
+               f"; {sum(counts.values())} fired a different number of times: {by_rule(counts)}")
+    return figure, f"(of {len(a)} (rule, device) with one process)"
+
+
 # -- profile ----------------------------------------------------------------------------------
 
 CATEGORIES = (("decode", re.compile(r"vagt/ingest/(decode|canonical|senml|units|topics)")),
@@ -406,13 +424,7 @@ def main() -> None:
             report("devices with late rows, two processes",
                    f"{replayed:,.0f} evaluated again in order, {skipped:,.0f} skipped")
             double_alerts = alert_outcome(url2)
-            differ = set(single_alerts) ^ set(double_alerts)
-            by_rule = collections.Counter(rule for rule, _, _ in differ)
-            report("alerts, one process vs two",
-                   "the same" if not differ else
-                   f"{len(differ)} (rule, device, count) differ: " +
-                   ", ".join(f"{r} {k}" for r, k in sorted(by_rule.items())),
-                   f"(of {len(single_alerts)} with one process)")
+            report("alerts, one process vs two", *compare_alerts(single_alerts, double_alerts))
 
             # 4: one INSERT per message
             url3 = database()
