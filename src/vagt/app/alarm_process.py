@@ -92,7 +92,8 @@ class AlarmLaneProcess:
         """The child's metrics, now; none if it does not answer in time."""
         answer = self._ask(METRICS)
         if answer is None:
-            log.warning("event=alarm_lane_metrics_missing note=child_did_not_answer")
+            if self.alive:  # a dead child is logged by supervise()
+                log.warning("event=alarm_lane_metrics_missing note=child_did_not_answer")
             return []
         return list(answer)
 

@@ -93,7 +93,6 @@ class CatchingUp:
         # Until a lane has taken its first batch it may be in front of a backlog: at start,
         # after an outage, the broker holds what came meanwhile.
         self._full: dict[str, bool] = dict.fromkeys(lanes, True)
-
         self._others: list[Callable[[], bool]] = []
 
     def mark(self, lane: str, full: bool) -> None:
