@@ -100,8 +100,9 @@ class EngineProc:
 
     def scrape(self, name: str, lane: str) -> float:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                        timeout=2) as r:
+            # only the family asked for: a whole scrape 4 times a second cost the engine 5 %
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics"
+                                        f"?name[]={name}", timeout=2) as r:
                 text = r.read().decode()
         except OSError:
             return 0.0

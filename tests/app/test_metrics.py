@@ -66,3 +66,9 @@ def test_the_alarm_lane_process_metrics_are_served_with_the_engines_as_one() -> 
     created = [line for line in text.splitlines()
                if line.startswith('vagt_alerts_opened_created{queue="clinical"}')]
     assert len(created) == 1 and float(created[0].split()[-1]) < 2e9  # a time, not a sum
+    # a scrape of one family (`?name[]=...`) is merged the same way
+    one = generate_latest(engine.registry.restricted_registry(
+        ["vagt_alerts_opened_total"])).decode()
+    assert one.count("# HELP vagt_alerts_opened_total ") == 1
+    assert 'vagt_alerts_opened_total{queue="clinical"} 3.0' in one
+    assert "vagt_messages_received_total" not in one

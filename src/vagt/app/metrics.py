@@ -16,7 +16,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, RestrictedRegistry
 
 log = logging.getLogger("vagt.metrics")
 
@@ -31,8 +31,20 @@ BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20
 class MergingRegistry(CollectorRegistry):
     """A registry whose families of one name, from several collectors, come out as one: the
     alarm lane's process reports the same metrics as the engine (see `EngineMetrics.include`).
-    (A `name[]` query, prometheus-client's experimental filter, bypasses the merge.)"""
+    A `name[]=...` query is merged too."""
 
+    def __init__(self) -> None:
+        # the other process's families have no names beforehand: asked at every scrape
+        super().__init__(support_collectors_without_names=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return merge_families(super().collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        return _MergingRestricted(names, self)
+
+
+class _MergingRestricted(RestrictedRegistry):
     def collect(self) -> Iterable[Metric]:
         return merge_families(super().collect())
 
@@ -262,7 +274,15 @@ def _le(bound: float) -> str:
 
 def merge_families(families: Iterable[Metric]) -> list[Metric]:
     """Families of one name (the engine's and its alarm lane process's) as one: a series
-    both have is summed (a counter of each; `_created` takes the earlier)."""
+    both have is summed (a counter of each; `_created` takes the earlier). A family that
+    comes once is passed on as it is."""
+    by_name: dict[str, list[Metric]] = {}
+    for fam in families:
+        by_name.setdefault(fam.name, []).append(fam)
+    return [fams[0] if len(fams) == 1 else _merged(fams) for fams in by_name.values()]
+
+
+def _merged(families: list[Metric]) -> Metric:
     merged: dict[str, Metric] = {}
     where: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], int]] = {}
     for fam in families:
@@ -282,4 +302,5 @@ def merge_families(families: Iterable[Metric]) -> list[Metric]:
                 value = min(old.value, s.value) if s.name.endswith("_created") \
                     else old.value + s.value
                 into.samples[j] = old._replace(value=value)
-    return list(merged.values())
+    [only] = merged.values()
+    return only

@@ -65,7 +65,8 @@ class MqttSession:
 
     def __init__(self, settings: SessionSettings) -> None:
         self.settings = settings
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()       # the inbox
+        self._connection = threading.Lock()      # generation and connected, against ack()
         self._inbox: collections.deque[RawMessage] = collections.deque()
         self._generation = 0
         self._connected = False
@@ -144,7 +145,11 @@ class MqttSession:
         Returns how many were acknowledged; the rest the broker will send again.
         """
         acked = 0
-        with self._cond:
+        # Not under `_cond`: paho's thread takes that for every message it receives, and it
+        # waited through the whole loop (each ack writes to paho's wake-up socket, so the
+        # GIL changed hands twice per message). `_connection` keeps a reconnect out until the
+        # loop is done: what it queued goes with the old connection.
+        with self._connection:
             generation = self._generation
             if not self._connected:
                 return 0
@@ -207,7 +212,7 @@ class MqttSession:
             log.error("event=mqtt_connect_refused client_id=%s reason=%s",
                       self.settings.client_id, reason)
             return
-        with self._cond:
+        with self._connection, self._cond:
             self._generation += 1
             # Whatever we held from the last connection comes again, with its packet ids.
             self._inbox.clear()
@@ -220,7 +225,7 @@ class MqttSession:
 
     def _on_disconnect(self, _client: paho.Client, _userdata: object, _flags: object,
                        reason: ReasonCode, _props: object) -> None:
-        with self._cond:
+        with self._connection, self._cond:
             self._connected = False
             self._cond.notify_all()
         level = logging.WARNING if reason.is_failure else logging.INFO
