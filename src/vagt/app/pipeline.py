@@ -373,10 +373,9 @@ class Pipeline:
         devs = b.r_device[rows].tolist()
         vendor, model = [f.vendor[d] for d in devs], [f.model[d] for d in devs]
         metric = b.r_metric[rows].tolist()
-        rule_queries.insert_bad_readings(conn, [f.ids[d] for d in devs], metric,
-                                         b.r_time[rows].tolist(), b.r_value[rows].tolist(),
-                                         vendor, model)
-        out.bad_readings.update(zip(vendor, model, metric))
+        out.bad_readings.update(rule_queries.insert_bad_readings(
+            conn, [f.ids[d] for d in devs], metric, b.r_time[rows].tolist(),
+            b.r_value[rows].tolist(), vendor, model))
 
     def _to_alert_firings(self, rules: list[Rule], cols: tuple[npt.NDArray[np.generic], ...]
                           ) -> list[AlertFiring]:

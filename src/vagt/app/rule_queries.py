@@ -4,6 +4,7 @@ readings, open alerts to seed rule state, the fleet's last-seen times and the sw
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,15 +42,20 @@ def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices
 
 def insert_bad_readings(conn: psycopg.Connection, device_id: Sequence[str],
                         metric: Sequence[str], time: Sequence[float], value: Sequence[float],
-                        vendor: Sequence[str], model: Sequence[str]) -> None:
+                        vendor: Sequence[str], model: Sequence[str]
+                        ) -> Counter[tuple[str, str, str]]:
+    """Mark readings bad; returns how many were new per (vendor, model, metric): a reading
+    judged again (a redelivery, or late rows evaluated again in order) is not counted twice."""
     if not device_id:
-        return
-    conn.execute(
+        return Counter()
+    rows = conn.execute(
         "INSERT INTO bad_readings (time, device_id, metric, value, vendor, model) "
         "SELECT to_timestamp(t), d, m, v, ve, mo FROM unnest(%s::float8[], %s::text[], "
         "%s::text[], %s::float8[], %s::text[], %s::text[]) AS x(t, d, m, v, ve, mo) "
-        "ON CONFLICT DO NOTHING",
-        (list(time), list(device_id), list(metric), list(value), list(vendor), list(model)))
+        "ON CONFLICT DO NOTHING RETURNING vendor, model, metric",
+        (list(time), list(device_id), list(metric), list(value), list(vendor),
+         list(model))).fetchall()
+    return Counter((str(v), str(m), str(k)) for v, m, k in rows)
 
 
 def open_rule_alerts(conn: psycopg.Connection,
