@@ -47,6 +47,7 @@ import psycopg
 from benchmarks.drain import (
     BULK_CHANNELS,
     PG_ADMIN,
+    RECEIVE_MAXIMUM,
     drain_bare,
     drain_insert_per_message,
     drop_database,
@@ -55,6 +56,7 @@ from benchmarks.drain import (
     session_props,
     v5_client,
 )
+from benchmarks.split import drain_split
 from tests.support import Broker, free_port
 
 from vagt.app import db
@@ -87,6 +89,34 @@ def session(port: int, client_id: str, filters: list[str]) -> None:
     time.sleep(0.3)
     c.disconnect()
     c.loop_stop()
+
+
+def pipeline_alone(url: str, messages: list[Message], batch: int = 5000) -> float:
+    """Messages per second through `Pipeline.process` and commit, in one thread, with the
+    engine's defaults: what is left of the engine without MQTT."""
+    from vagt.app import store
+    from vagt.app.config import IngestConfig
+    from vagt.app.pipeline import Pipeline
+    from vagt.devices.fleet import Fleet
+    from vagt.ingest.model import RawMessage
+    from vagt.rules import load_rules
+
+    root = messages[0][0].split("/dev/")[0]
+    with psycopg.connect(url) as conn:
+        store.prepare_connection(conn)
+        fleet = Fleet()
+        fleet.load(conn)
+        pipeline = Pipeline(topic_root=root, ingest=IngestConfig(), fleet=fleet,
+                            rules=load_rules(None), clock=time.time)
+        pipeline.restore(conn)
+        conn.commit()
+        raw = [RawMessage(t, p, time.time()) for t, p in messages]
+        start = time.perf_counter()
+        for k in range(0, len(raw), batch):
+            out = pipeline.process(conn, raw[k:k + batch])
+            conn.commit()
+            pipeline.after_commit(out)
+        return len(raw) / (time.perf_counter() - start)
 
 
 # -- engines in their own processes --------------------------------------------------------------
@@ -325,6 +355,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=100_000)
     ap.add_argument("--insert-messages", type=int, default=10_000)
     ap.add_argument("--profile", action="store_true", help="profile the engine with py-spy")
+    ap.add_argument("--split", action="store_true",
+                    help="also drain with a receiving process and a counting one (the ceiling "
+                         "of an engine that receives in a process of its own)")
     ap.add_argument("--drain-only", action="store_true",
                     help="only the bare consumer and one engine (rate, alarm latency, memory)")
     args = ap.parse_args()
@@ -367,6 +400,19 @@ def main() -> None:
             publish_backlog(broker.port, rooted(root, traffic))
             bare = drain_bare(broker.port, cid, n)
             report("bare paho consumer (ceiling)", f"{bare:,.0f} msg/s")
+            if args.split:
+                root = f"bench{uuid.uuid4().hex[:6]}/v1"
+                cid = f"bench-split-{uuid.uuid4().hex[:6]}"
+                session(broker.port, cid, [f"{root}/dev/+/{ch}" for ch in BULK_CHANNELS])
+                publish_backlog(broker.port, rooted(root, traffic))
+                split = drain_split(broker.port, cid, n, RECEIVE_MAXIMUM)
+                report("receiving process + counting process (benchmarks/split.py)",
+                       f"{split:,.0f} msg/s", f"ratio to bare {split / bare:.2f}: the most an "
+                       "engine that receives in a process of its own could drain")
+                alone = pipeline_alone(database(), rooted(root, traffic))
+                report("the pipeline alone, batches of 5,000 in one thread, no MQTT",
+                       f"{alone:,.0f} msg/s", f"ratio to bare {alone / bare:.2f}: what the "
+                       "committing process of such an engine could keep up with")
 
             url = database()
             root = f"bench{uuid.uuid4().hex[:6]}/v1"
