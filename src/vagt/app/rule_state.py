@@ -163,7 +163,7 @@ class SharedRuleState:
                                         for r, k in zip(locked, ok.tolist()) if k]
                 self._prev_as_of[idx[ok]] = [np.nan if r[3] is None else r[3]
                                              for r, k in zip(locked, ok.tolist()) if k]
-        return self._read_stale(conn, locked)
+        return self._read_stale(conn, locked, idx)
 
     def late(self, devs: I64, first: F64) -> tuple[I64, I64]:
         """Of the devices `devs` locked in this transaction, whose rows here begin at device
@@ -204,8 +204,12 @@ class SharedRuleState:
         with db.by_key_index(conn):
             return self._read_stale(conn, conn.execute(_VERSIONS, (ids,)).fetchall())
 
-    def _read_stale(self, conn: psycopg.Connection, versions: list[tuple[str, int]]) -> int:
-        now = self.fleet.lookup([r[0] for r in versions])
+    def _read_stale(self, conn: psycopg.Connection, versions: Sequence[tuple[Any, ...]],
+                    now: I64 | None = None) -> int:
+        """Read the rows whose version (device id, version, ...) is not the one in memory;
+        `now`: their dense indexes, if the caller has them."""
+        if now is None:
+            now = self.fleet.lookup([r[0] for r in versions])
         version = np.fromiter((r[1] for r in versions), dtype=np.int64, count=len(versions))
         stale = (now >= 0) & (version != self._seen(np.where(now >= 0, now, 0)))
         if not stale.any():
