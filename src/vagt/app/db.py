@@ -115,28 +115,32 @@ def open_pool(conninfo: str, min_size: int = 2, max_size: int = 8) -> Connection
     return pool
 
 
-# for the rest of the transaction (is_local), in one round trip
-_SET_PLANS = "SELECT " + ", ".join(
-    f"set_config('{name}', '{{value}}', true)"
-    for name in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"))
+def _set_plans(names: tuple[str, ...], value: str) -> str:
+    """For the rest of the transaction (is_local), in one round trip."""
+    return "SELECT " + ", ".join(f"set_config('{n}', '{value}', true)" for n in names)
+
+
+_KEYS_ONLY = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
+_JOINS = ("enable_hashjoin", "enable_mergejoin")
 
 
 @contextlib.contextmanager
-def by_key_index(conn: psycopg.Connection) -> Iterator[None]:
+def by_key_index(conn: psycopg.Connection, *, scans: bool = False) -> Iterator[None]:
     """Statements that touch a batch's devices (a few thousand keys of a table of 100,000)
     go through the key index, one probe per key. Left alone, the planner reads the whole
     table or its whole index for them (it prices a probe above what it costs when the table
     is in memory): 20-30 ms a statement for 1,800 devices, 8-15 ms so.
 
-    Not used for the device-state UPDATE (`store`), though it too walks the whole index
-    (55 ms -> 16 ms a batch of 1,800 devices, measured alone). In the drain it did not pay:
-    with the alarm lane in the engine's process, the drain ran 25 % faster and alarms three
-    times slower (the bulk lane held the GIL more); with the alarm lane in a process of its
-    own (2026-11-23, two runs each, `benchmarks.suite --drain-only`), the drain ran slower,
-    0.31-0.32 of the bare consumer against 0.38-0.46, and alarm p99 went 118-123 -> 257-273 ms.
+    `scans`: a join of a batch's staging table (no index, no statistics) with the table:
+    only hash and merge joins are turned off, so the staging table is read once and the
+    table probed by key for each of its rows. With sequential scans off too, the planner
+    walked the table's whole index for every batch instead: that is why the device-state
+    UPDATE through this helper once made the drain slower. With `scans` it took 37 ms a
+    batch of ~4,700 devices against 67 ms (`benchmarks.suite --split`, the pipeline alone).
     """
-    conn.execute(_SET_PLANS.format(value="off"))
+    names = _JOINS if scans else _KEYS_ONLY
+    conn.execute(_set_plans(names, "off"))
     try:
         yield
     finally:
-        conn.execute(_SET_PLANS.format(value="on"))
+        conn.execute(_set_plans(names, "on"))

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from vagt.app import db
 from vagt.ingest.model import DeadLetter
 
 _STAGING = """
@@ -149,4 +150,5 @@ def update_device_state(
             for row in zip(device_id, seen, battery, battery_t, signal, signal_t, firmware,
                            seq, gaps):
                 copy.write_row(row)
-        cur.execute(_UPDATE_DEVICES)
+        with db.by_key_index(conn, scans=True):
+            cur.execute(_UPDATE_DEVICES)
