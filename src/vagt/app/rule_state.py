@@ -83,7 +83,7 @@ WITH layout AS (
 )
 UPDATE rule_state s SET version = c.version, writer = %b, layout = %b, slots = c.slots,
        vals = c.vals, texts = c.texts, updated_at = now(),
-       as_of = greatest(s.as_of, c.as_of),
+       as_of = greatest(s.as_of, nullif(c.as_of, 'NaN')),  -- NaN: greatest of all
        -- the state before this write becomes `prev`, unless this write went back to it
        -- (`keep`: a replay, or a tick, which takes no rows)
        prev_layout = CASE WHEN c.keep THEN s.prev_layout ELSE s.layout END,
@@ -156,13 +156,13 @@ class SharedRuleState:
             locked += [(i, 0, None, None) for i in missing]
         idx = self.fleet.lookup([r[0] for r in locked])
         ok = idx >= 0
+        as_of = np.array([r[2] for r in locked], dtype=np.float64)  # NULL -> NaN
+        prev_as_of = np.array([r[3] for r in locked], dtype=np.float64)
         with self._lock:
             if ok.any():
                 self._grow(int(idx[ok].max()) + 1)
-                self._as_of[idx[ok]] = [np.nan if r[2] is None else r[2]
-                                        for r, k in zip(locked, ok.tolist()) if k]
-                self._prev_as_of[idx[ok]] = [np.nan if r[3] is None else r[3]
-                                             for r, k in zip(locked, ok.tolist()) if k]
+                self._as_of[idx[ok]] = as_of[ok]
+                self._prev_as_of[idx[ok]] = prev_as_of[ok]
         return self._read_stale(conn, locked, idx)
 
     def late(self, devs: I64, first: F64) -> tuple[I64, I64]:
@@ -227,21 +227,20 @@ class SharedRuleState:
         versions = self._rng.integers(1, 2**62, size=len(devs))
         lay = packed.layout
         ids = [self.fleet.ids[d] for d in devs.tolist()]
-        as_of: list[float | None] = [None] * len(devs)
-        keep = [True] * len(devs)
+        latest = np.full(len(devs), np.nan)   # NaN: took no rows (the SQL makes it NULL)
+        keep = np.ones(len(devs), dtype=bool)
         if seen is not None:
             at = np.searchsorted(seen.devices, devs)
             found = (at < len(seen.devices)) & \
                 (seen.devices[np.minimum(at, len(seen.devices) - 1)] == devs)
             latest = np.where(found, seen.latest[np.minimum(at, len(seen.devices) - 1)],
                               np.nan)
-            as_of = [None if np.isnan(v) else v for v in latest.tolist()]
             # a device the rules touched without rows of its own keeps `prev`, as in a tick
-            keep = (np.isin(devs, seen.replayed) | ~found).tolist()
+            keep = np.isin(devs, seen.replayed) | ~found
         with db.by_key_index(conn):
             conn.execute(_SAVE, (lay.key, lay.spec, self.writer, lay.key, ids,
                                  versions.tolist(), packed.slots, packed.values,
-                                 packed.texts, as_of, keep))
+                                 packed.texts, latest.tolist(), keep.tolist()))
         self._layouts[lay.key] = lay
         with self._lock:
             self._grow(int(devs.max()) + 1)
