@@ -122,15 +122,4 @@ def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float) -> Batch
         (lo, hi)).fetchall()
     if not r and not e:
         return None
-    r_dev = fleet.resolve(conn, [str(x[0]) for x in r])
-    e_dev = fleet.resolve(conn, [str(x[0]) for x in e])
-    rk, ek = r_dev >= 0, e_dev >= 0
-    r_time = np.array([x[3] for x in r], dtype=np.float64)[rk] if r else np.empty(0)
-    e_time = np.array([x[2] for x in e], dtype=np.float64)[ek] if e else np.empty(0)
-    return Batch(
-        r_device=r_dev[rk], r_metric=np.array([x[1] for x in r], dtype=object)[rk],
-        r_value=np.array([x[2] for x in r], dtype=np.float64)[rk] if r else np.empty(0),
-        r_time=r_time, e_device=e_dev[ek],
-        e_code=np.array([x[1] for x in e], dtype=object)[ek], e_time=e_time,
-        m_device=np.concatenate([r_dev[rk], e_dev[ek]]),
-        m_time=np.concatenate([r_time, e_time]))
+    return rule_queries.rows_batch(conn, fleet, r, e)

@@ -180,24 +180,8 @@ class Pipeline:
                           since: F64) -> Batch | None:
         """The batch with the rows of `devs` replaced by every stored row of theirs newer
         than `since` (per device); None if there are more than REPLAY_MAX_ROWS."""
-        (rd, rm, rv, rt), (ed, ec, et) = rule_queries.stored_rows(
-            conn, self.fleet, devs, since, REPLAY_MAX_ROWS)
-        if len(rd) >= REPLAY_MAX_ROWS or len(ed) >= REPLAY_MAX_ROWS:
-            return None
-        r_keep = ~np.isin(batch.r_device, devs)
-        e_keep = ~np.isin(batch.e_device, devs)
-        m_keep = ~np.isin(batch.m_device, devs)
-        md = np.concatenate([rd, ed])
-        mt = np.concatenate([rt, et])
-        return Batch(np.concatenate([batch.r_device[r_keep], rd]),
-                     np.concatenate([batch.r_metric[r_keep], np.asarray(rm, dtype=object)]),
-                     np.concatenate([batch.r_value[r_keep], rv]),
-                     np.concatenate([batch.r_time[r_keep], rt]),
-                     np.concatenate([batch.e_device[e_keep], ed]),
-                     np.concatenate([batch.e_code[e_keep], np.asarray(ec, dtype=object)]),
-                     np.concatenate([batch.e_time[e_keep], et]),
-                     np.concatenate([batch.m_device[m_keep], md]),
-                     np.concatenate([batch.m_time[m_keep], mt]))
+        stored = rule_queries.stored_batch(conn, self.fleet, devs, since, REPLAY_MAX_ROWS)
+        return None if stored is None else batch.without(devs).plus(stored)
 
     def _history(self, conn: psycopg.Connection) -> HistorySource:
         return lambda m, d, a, b: rule_queries.reading_history(conn, self.fleet, m, d, a, b)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 
 from vagt.devices.fleet import Fleet
+from vagt.rules import Batch
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -90,11 +92,31 @@ def try_sweep_lock(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def stored_rows(conn: psycopg.Connection, fleet: Fleet, devices: I64, since: F64,
-                limit: int) -> tuple[tuple[I64, list[str], F64, F64], tuple[I64, list[str], F64]]:
-    """Stored readings (device, metric, value, time) and events (device, code, time) of each
-    device newer than its `since`, for evaluating them again in order; at most `limit` of
-    each (the caller checks: a limit reached is not all of them)."""
+def rows_batch(conn: psycopg.Connection, fleet: Fleet, readings: Sequence[Sequence[Any]],
+               events: Sequence[Sequence[Any]]) -> Batch:
+    """Stored rows as a batch for the rules: readings (device id, metric, value, time) and
+    events (device id, code, time), each row a message; rows of unregistered devices are
+    left out."""
+    r_dev = fleet.resolve(conn, [str(x[0]) for x in readings])
+    e_dev = fleet.resolve(conn, [str(x[0]) for x in events])
+    rk, ek = r_dev >= 0, e_dev >= 0
+    r_time = np.array([x[3] for x in readings], dtype=np.float64)[rk] if readings \
+        else np.empty(0)
+    e_time = np.array([x[2] for x in events], dtype=np.float64)[ek] if events else np.empty(0)
+    return Batch(
+        r_device=r_dev[rk], r_metric=np.array([x[1] for x in readings], dtype=object)[rk],
+        r_value=np.array([x[2] for x in readings], dtype=np.float64)[rk] if readings
+        else np.empty(0),
+        r_time=r_time, e_device=e_dev[ek],
+        e_code=np.array([x[1] for x in events], dtype=object)[ek], e_time=e_time,
+        m_device=np.concatenate([r_dev[rk], e_dev[ek]]),
+        m_time=np.concatenate([r_time, e_time]))
+
+
+def stored_batch(conn: psycopg.Connection, fleet: Fleet, devices: I64, since: F64,
+                 limit: int) -> Batch | None:
+    """Every stored reading and event of each device newer than its `since`, as a batch, for
+    evaluating them again in order; None if there are `limit` or more of either."""
     ids = [fleet.ids[int(d)] for d in devices]
     since_list = since.tolist()
     readings = conn.execute(
@@ -107,10 +129,6 @@ def stored_rows(conn: psycopg.Connection, fleet: Fleet, devices: I64, since: F64
         "FROM unnest(%s::text[], %s::float8[]) AS x(device_id, since) "
         "JOIN events e ON e.device_id = x.device_id AND e.time > to_timestamp(x.since) "
         "LIMIT %s", (ids, since_list, limit)).fetchall()
-    r_dev = fleet.lookup([str(r[0]) for r in readings])
-    e_dev = fleet.lookup([str(e[0]) for e in events])
-    return ((r_dev, [str(r[1]) for r in readings],
-             np.array([r[2] for r in readings], dtype=np.float64),
-             np.array([r[3] for r in readings], dtype=np.float64)),
-            (e_dev, [str(e[1]) for e in events],
-             np.array([e[2] for e in events], dtype=np.float64)))
+    if len(readings) >= limit or len(events) >= limit:
+        return None
+    return rows_batch(conn, fleet, readings, events)

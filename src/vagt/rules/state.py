@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Protocol
 
@@ -107,6 +107,16 @@ class Batch:
         i, f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
         o = np.empty(0, dtype=object)
         return cls(i, o, f, f, i, o, f, i, f)
+
+    def without(self, devices: I64) -> Batch:
+        """The rows (readings, events, messages) of every device but `devices`."""
+        keep = {p: ~np.isin(getattr(self, f"{p}_device"), devices) for p in "rem"}
+        return Batch(*(getattr(self, f.name)[keep[f.name[0]]] for f in fields(Batch)))
+
+    def plus(self, other: Batch) -> Batch:
+        """These rows and `other`'s, as one batch."""
+        return Batch(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+                       for f in fields(Batch)))
 
 
 class RuleState:
