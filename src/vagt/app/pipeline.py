@@ -158,11 +158,12 @@ class Pipeline:
         evaluated again in order: from its state before the last write, with every stored
         row since (this batch's are stored already). Returns the batch evaluated."""
         held = np.unique(batch.m_device)
-        self.shared.lock(conn, held, held=True)
+        locked = self.shared.lock(conn, held, held=True)
         first, latest = _time_range(batch, held)
-        back, too_late = self.shared.late(held, first)
+        back_mask, too_late_mask = locked.late(first)
+        back, too_late = held[back_mask], held[too_late_mask]
         if len(back):
-            merged = self._with_stored_rows(conn, batch, back, self.shared.prev_as_of(back))
+            merged = self._with_stored_rows(conn, batch, back, locked.prev_as_of[back_mask])
             if merged is None:    # more than REPLAY_MAX_ROWS: skip the late rows, as before
                 too_late = np.union1d(too_late, back)
                 back = back[:0]

@@ -107,6 +107,27 @@ _ALL = "SELECT device_id, version, layout, slots, vals, texts FROM rule_state"
 
 Row = tuple[str, int, int | None, bytes | None, bytes | None, str | None]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
+Bools = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+@dataclass(frozen=True)
+class Locked:
+    """What `lock` found, per device of the lock (in its order): the device time each state
+    has seen rows up to, and the one of the state before its last write (NaN: not known, or
+    no state to go back to); and how many states it read again."""
+
+    read: int
+    as_of: F64
+    prev_as_of: F64
+
+    def late(self, first: F64) -> tuple[Bools, Bools]:
+        """For rows beginning at device time `first` (per device): those of a device whose
+        state has seen rows as new or newer (late), as two masks: late rows newer than the
+        state before (evaluate again from it: `rewind`), and late rows too old even for that
+        (the rules skip what they have seen past)."""
+        late = first <= self.as_of              # False where unknown (NaN)
+        back = late & (first > self.prev_as_of)
+        return back, late & ~back
 
 
 @dataclass(frozen=True)
@@ -127,10 +148,6 @@ class SharedRuleState:
         self.fleet = fleet
         self.writer = secrets.randbits(62)
         self._versions = np.full(0, UNKNOWN, dtype=np.int64)
-        # as the last lock read them: the device time each state has seen rows up to, and
-        # the one of the state before (NaN: not known, or nothing to go back to)
-        self._as_of = np.full(0, np.nan)
-        self._prev_as_of = np.full(0, np.nan)
         self._lock = threading.Lock()      # the versions array
         self._layouts: dict[int, Layout] = {}
         self._rng = np.random.default_rng()
@@ -138,12 +155,12 @@ class SharedRuleState:
 
     # -- in a transaction -------------------------------------------------------------------
 
-    def lock(self, conn: psycopg.Connection, devs: I64, held: bool = False) -> int:
-        """Lock the devices `devs` (dense indexes) until the transaction ends, unless `held`
-        (this transaction updated their `devices` rows already), and read into memory the
-        rule state another process changed. Returns how many devices were read."""
+    def lock(self, conn: psycopg.Connection, devs: I64, held: bool = False) -> Locked:
+        """Lock the devices `devs` (dense indexes, sorted) until the transaction ends, unless
+        `held` (this transaction updated their `devices` rows already), and read into memory
+        the rule state another process changed."""
         if len(devs) == 0:
-            return 0
+            return Locked(0, np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             if not held:
@@ -156,32 +173,11 @@ class SharedRuleState:
             locked += [(i, 0, None, None) for i in missing]
         idx = self.fleet.lookup([r[0] for r in locked])
         ok = idx >= 0
-        as_of = np.array([r[2] for r in locked], dtype=np.float64)  # NULL -> NaN
-        prev_as_of = np.array([r[3] for r in locked], dtype=np.float64)
-        with self._lock:
-            if ok.any():
-                self._grow(int(idx[ok].max()) + 1)
-                self._as_of[idx[ok]] = as_of[ok]
-                self._prev_as_of[idx[ok]] = prev_as_of[ok]
-        return self._read_stale(conn, locked, idx)
-
-    def late(self, devs: I64, first: F64) -> tuple[I64, I64]:
-        """Of the devices `devs` locked in this transaction, whose rows here begin at device
-        time `first`: those whose state has seen rows as new or newer (these rows are late),
-        split into those whose state before (`prev`) is older than them, to go back to
-        (`rewind`), and those too late for it (the rules skip what they have seen past)."""
-        with self._lock:
-            self._grow(int(devs.max()) + 1 if len(devs) else 0)
-            as_of, prev_as_of = self._as_of[devs], self._prev_as_of[devs]
-        late = first <= as_of                 # False where unknown (NaN)
-        back = late & (first > prev_as_of)
-        return devs[back], devs[late & ~back]
-
-    def prev_as_of(self, devs: I64) -> F64:
-        """Per device, as the last lock read it: the device time up to which the state
-        before its last write had seen rows."""
-        with self._lock:
-            return self._prev_as_of[devs].copy()
+        at = np.searchsorted(devs, idx[ok])
+        as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
+        as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
+        prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
+        return Locked(self._read_stale(conn, locked, idx), as_of, prev_as_of)
 
     def rewind(self, conn: psycopg.Connection, devs: I64) -> None:
         """Put the state before the last write of `devs` into memory (their rows are held)."""
@@ -258,7 +254,7 @@ class SharedRuleState:
         while True:
             ev = evaluate()
             touched = np.setdiff1d(ev.devices(), locked)
-            if len(touched) == 0 or self.lock(conn, touched) == 0:
+            if len(touched) == 0 or self.lock(conn, touched).read == 0:
                 break
             locked = np.union1d(locked, touched)
         self.engine.apply(ev)
@@ -294,10 +290,6 @@ class SharedRuleState:
             grown = np.full(size, UNKNOWN, dtype=np.int64)
             grown[:len(self._versions)] = self._versions
             self._versions = grown
-            for name in ("_as_of", "_prev_as_of"):
-                old, new = getattr(self, name), np.full(size, np.nan)
-                new[:len(old)] = old
-                setattr(self, name, new)
 
     def _seen(self, devs: I64) -> I64:
         if len(devs) == 0:
