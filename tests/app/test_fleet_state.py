@@ -124,3 +124,19 @@ def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(databa
     assert 'vagt_devices{status="deployed"} 4.0' in text
     assert 'vagt_devices_online{municipality="Aarhus",type="pulse_oximeter"} 1.0' in text
     assert 'municipality="Samsø"' not in text
+
+
+def test_the_fleet_loads_in_parts_on_any_connection(database_url, monkeypatch):
+    """More devices than one part (fleet.LOAD_CHUNK), on a connection in autocommit as on one
+    in a transaction: every device once, in id order."""
+    from vagt.devices import fleet as fleet_module
+
+    register(database_url, DEVICES)
+    monkeypatch.setattr(fleet_module, "LOAD_CHUNK", 2)
+    for autocommit in (True, False):
+        fleet = Fleet()
+        with psycopg.connect(database_url, autocommit=autocommit) as conn:
+            fleet.load(conn)
+            fleet.refresh(conn)
+        assert fleet.ids == sorted(d[0] for d in DEVICES)
+        assert len(fleet.last_seen) == len(DEVICES)

@@ -116,8 +116,9 @@ class Fleet:
 
     def load(self, conn: psycopg.Connection) -> None:
         """Every registered device with its stored state (at start: state survives restarts)."""
-        # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak
-        with conn.cursor(name="vagt_fleet_load") as cur:
+        # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak (a named
+        # cursor needs a transaction: the caller's, or one of its own on an autocommit one)
+        with conn.transaction(), conn.cursor(name="vagt_fleet_load") as cur:
             cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id")
             while rows := cur.fetchmany(LOAD_CHUNK):
                 with self.lock:
@@ -154,7 +155,7 @@ class Fleet:
         State only moves forward (by device time), so a refresh that raced a batch of this
         process never takes a device back to an older reading.
         """
-        with conn.cursor(name="vagt_fleet_refresh") as cur:
+        with conn.transaction(), conn.cursor(name="vagt_fleet_refresh") as cur:
             cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id")
             while rows := cur.fetchmany(LOAD_CHUNK):
                 self._refresh(rows)
