@@ -62,7 +62,6 @@ class AlarmLaneProcess:
         self._pipe_lock = threading.Lock()
         self._numbers = itertools.count()
         self._stopping = threading.Event()
-        self.restarts = 0
 
     def start(self) -> None:
         control, child_end = Pipe()
@@ -102,7 +101,10 @@ class AlarmLaneProcess:
 
     def supervise(self, stop: threading.Event,
                   on_restart: Callable[[], None] = lambda: None) -> None:
-        """Start the child again whenever it ends without being asked to; returns at `stop`."""
+        """Start the child again whenever it ends without being asked to; returns at `stop`.
+        The first time at once; then, while it keeps ending within STAYED_UP_S, after the
+        next of RESTART_DELAYS_S."""
+        quick = 0   # ends in a row, each within STAYED_UP_S of its start
         while not stop.is_set():
             process = self._process
             if process is None:
@@ -112,10 +114,9 @@ class AlarmLaneProcess:
                 stop.wait(0.2)
             if stop.is_set() or self._stopping.is_set():
                 return
-            self.restarts += 1
             ran = time.monotonic() - since
-            delay = 0.0 if ran > STAYED_UP_S else \
-                RESTART_DELAYS_S[min(self.restarts, len(RESTART_DELAYS_S)) - 1]
+            quick = 0 if ran > STAYED_UP_S else quick + 1
+            delay = 0.0 if quick <= 1 else RESTART_DELAYS_S[min(quick - 1, len(RESTART_DELAYS_S)) - 1]
             log.error("event=alarm_lane_process_exited exitcode=%s ran_s=%.0f "
                       "note=starting_again_in_%.0fs", process.returncode, ran, delay)
             if stop.wait(delay):
