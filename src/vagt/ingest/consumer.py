@@ -25,6 +25,10 @@ from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.ingest.consumer")
 
+# Unsubscribed at close and never subscribed (see MqttSession._settle_acks); a fixed name:
+# built from the client id, a "+" or "#" in it would make it an invalid filter.
+SETTLE_FILTER = "vagt/settle-acks"
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -170,7 +174,7 @@ class MqttSession:
             if not self._connected:
                 return
             self._unsubscribed = None
-        rc, mid = self._client.unsubscribe(f"vagt-settle/{self.settings.client_id}")
+        rc, mid = self._client.unsubscribe(SETTLE_FILTER)
         if rc != paho.MQTT_ERR_SUCCESS:
             return
         with self._cond:
