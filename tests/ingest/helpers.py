@@ -6,7 +6,8 @@ from typing import Any
 
 import orjson
 
-from vagt.ingest import DecodedBatch, RawMessage, decode_batch
+from vagt.ingest import DecodedBatch, RawMessage
+from vagt.ingest.decode import decode_batch
 
 NOW = 1795340000.0  # 2026-11-22T09:33:20Z
 RECEIVED = NOW - 1.0

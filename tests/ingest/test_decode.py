@@ -9,7 +9,8 @@ import pytest
 from tests.ingest.helpers import NOW, RECEIVED, dead_detail, dead_reason, decode
 
 import vagt.ingest.decode
-from vagt.ingest import DeadLetterReason, RawMessage, TopicError, decode_batch
+from vagt.ingest import DeadLetterReason, RawMessage, TopicError
+from vagt.ingest.decode import decode_batch
 
 SPO2 = {"metric": "spo2", "value": 97, "unit": "%"}
 

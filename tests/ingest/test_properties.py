@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.ingest.helpers import NOW
 
-from vagt.ingest import RawMessage, decode_batch
+from vagt.ingest import RawMessage
+from vagt.ingest.decode import decode_batch
 from vagt.ingest.units import METRICS, conversion, normalize_array
 
 METRIC_UNITS = [(m.name, u) for m in METRICS.values() for u in m.units]

@@ -17,7 +17,8 @@ import pytest
 from tests.sim.helpers import DAY, START, channel, docs, run
 
 from vagt.devices.catalogue import load_catalogue
-from vagt.ingest import RawMessage, decode_batch
+from vagt.ingest import RawMessage
+from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetterReason
 from vagt.ingest.units import METRICS
 from vagt.sim import CHANNELS, SimConfig, Simulation, backlog, make_fleet

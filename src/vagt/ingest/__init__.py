@@ -1,10 +1,13 @@
 """Ingest: MQTT sessions, topics, decoding (canonical JSON, SenML), units, dead letters.
 
 Knows nothing of databases, rules or queues: it turns raw messages into columns. The metric
-catalogue is `vagt.ingest.units.METRICS`.
+catalogue is `vagt.ingest.units.METRICS`; the decoder is `vagt.ingest.decode.decode_batch`.
+
+Only the light modules are imported here: the bulk lane's receiving process
+(`vagt.app.receiver`) imports `vagt.ingest.consumer`, and with it this package, and needs
+neither numpy nor the decoder (40 MB of a process's memory).
 """
 
-from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import (
     Channel,
     DeadLetter,
@@ -22,5 +25,5 @@ from vagt.ingest.topics import (
 
 __all__ = [
     "Channel", "DeadLetter", "DeadLetterReason", "DecodedBatch", "RawMessage", "TopicError",
-    "build_topic", "check_topic_root", "decode_batch", "parse_topic", "subscription_filters",
+    "build_topic", "check_topic_root", "parse_topic", "subscription_filters",
 ]
