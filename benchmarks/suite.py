@@ -140,7 +140,8 @@ class EngineProc:
         return float(m.group(1)) if m else 0.0
 
     def peak_rss_mb(self) -> list[float]:
-        """Peak resident memory of the engine and of its alarm lane process, if any."""
+        """Peak resident memory of the engine and of each of its child processes (the alarm
+        lane, the bulk lane's receiver)."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         peaks = []
@@ -326,11 +327,12 @@ CATEGORIES = (("decode", re.compile(r"vagt/ingest/(decode|canonical|senml|units|
 
 
 def profile(pid: int, seconds: float, out: Path) -> dict[str, float]:
-    """Share of the engine's samples (all threads, idle excluded) per stage, by the innermost
-    vagt/library frame that names one."""
+    """Share of the engine's samples (all threads of it and its child processes, idle
+    excluded) per stage, by the innermost vagt/library frame that names one."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                    "--format", "raw", "--output", str(out), "--nonblocking"],
+                    "--format", "raw", "--output", str(out), "--nonblocking",
+                    "--subprocesses"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     counts: collections.Counter[str] = collections.Counter()
     for line in out.read_text().splitlines():
@@ -439,7 +441,7 @@ def main() -> None:
                        f"({len(lat)} alarms)", "(target p99 < 250 ms)")
             parts = " + ".join(f"{r:.0f}" for r in rss)
             report("peak resident memory", f"{sum(rss):.0f} MB with {len(fleet):,} devices",
-                   f"(target < 400 MB; engine + alarm lane process: {parts})"
+                   f"(target < 400 MB; the engine, then its child processes: {parts})"
                    if len(rss) > 1 else "(target < 400 MB)")
             with psycopg.connect(url) as conn:
                 stored = conn.execute("SELECT count(*) FROM readings").fetchone()

@@ -50,8 +50,8 @@ def test_a_killed_alarm_lane_process_is_started_again_and_alarms_go_on(
     wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts "
                                           "WHERE device_id = 'ALM-0001'") == 1,
              what="the alarm's alert after the restart")
-    assert metric(engine, "vagt_alarm_lane_process_restarts_total") == 1.0
-    assert metric(engine, "vagt_alarm_lane_process_up") == 1.0
+    assert metric(engine, 'vagt_child_process_restarts_total{process="alarm_lane"}') == 1.0
+    assert metric(engine, 'vagt_child_process_up{process="alarm_lane"}') == 1.0
     wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
              what="the new process's metrics on the engine's endpoint")
 

@@ -80,6 +80,9 @@ class IngestConfig:
     # The alarm lane in a process of its own (see vagt.app.alarm_process): a bulk lane
     # draining a backlog then holds no lock an alarm needs, the GIL included.
     alarm_process: bool = True
+    # The bulk lane's MQTT session in a process of its own (see vagt.app.receiver): paho's
+    # packet handling then shares no GIL with the batches' work.
+    bulk_receiver_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
     "VAGT_ALARM_PROCESS": ("ingest", "alarm_process"),
+    "VAGT_BULK_RECEIVER_PROCESS": ("ingest", "bulk_receiver_process"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),
     "VAGT_API_PORT": ("", "api_port"),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import queue as queues
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import psycopg
@@ -24,10 +24,12 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts.policy import AlertPolicy, install_policy, load_policy
 from vagt.app import db, rule_queries, store
-from vagt.app.alarm_process import AlarmLaneProcess, control_from, serve_control
+from vagt.app.alarm_process import AlarmLaneProcess, serve_control
+from vagt.app.child import ChildProcess, child_pipe, child_signals
 from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.devices.catalogue import load_catalogue
 from vagt.devices.fleet import Fleet
 from vagt.ingest.consumer import MqttSession, SessionSettings
@@ -106,10 +108,25 @@ class CatchingUp:
         return any(self._full.values()) or any(f() for f in self._others)
 
 
+class Session(Protocol):
+    """What a lane takes its batches from: an `MqttSession`, or the bulk lane's receiving
+    process (`ReceiverProcess`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def take(self, max_n: int, max_wait_s: float,
+             stop: threading.Event) -> list[RawMessage]: ...
+
+    def ack(self, messages: list[RawMessage]) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Lane:
     """One session's loop: take, process, commit, acknowledge."""
 
-    def __init__(self, spec: LaneSpec, session: MqttSession, pool: ConnectionPool,
+    def __init__(self, spec: LaneSpec, session: Session, pool: ConnectionPool,
                  pipeline: Pipeline, metrics: EngineMetrics,
                  catching_up: CatchingUp | None = None) -> None:
         self.spec = spec
@@ -388,13 +405,17 @@ def _start_alarm_process(config: Config, metrics: EngineMetrics,
     alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane", config)
     alarm.start()
     metrics.include(alarm.families)
-    metrics.alarm_process_up.set_function(lambda: 1 if alarm.alive else 0)
-
-    def supervise() -> None:
-        alarm.supervise(stop, on_restart=metrics.alarm_process_restarts.inc)
-
-    threading.Thread(target=supervise, name="vagt-alarm-lane-supervisor", daemon=True).start()
+    _supervise(alarm, metrics, stop)
     return alarm
+
+
+def _supervise(child: ChildProcess, metrics: EngineMetrics, stop: threading.Event) -> None:
+    """Start the child again when it dies, until `stop`; its `vagt_child_process_up` and
+    restarts counted."""
+    metrics.child_up.labels(child.name).set_function(lambda: 1 if child.alive else 0)
+    restarts = metrics.child_restarts.labels(child.name)
+    threading.Thread(target=child.supervise, args=(stop, restarts.inc),
+                     name=f"vagt-{child.name}-supervisor", daemon=True).start()
 
 
 # The alarm lane's process holds few connections: its lane, its second transactions, the
@@ -405,12 +426,10 @@ ALARM_POOL_SIZE = (1, 3)
 def run_alarm_lane(argv: list[str]) -> None:
     """The alarm lane's process (see vagt.app.alarm_process): until the engine says stop or
     is gone. Its rules' state is read from the table as each alarm comes (`sync`)."""
-    control, log_level, config = control_from(argv)
+    control, log_level, config = child_pipe(argv)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a terminal's ^C: the engine decides
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the engine passes a reload on
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    child_signals(stop)
     metrics = EngineMetrics()
     spec = next(s for s in lane_specs(config) if s.name == "alarm")
     catching_up = CatchingUp([spec.name])
@@ -439,10 +458,9 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             failures.append(e)
             lane_stop.set()
 
-    sessions = [MqttSession(session_settings(config, spec)) for spec in specs]
+    sessions = [_open_session(config, spec, metrics, lane_stop) for spec in specs]
     threads = []
     for spec, session in zip(specs, sessions):
-        session.__enter__()
         lane = Lane(spec, session, pool, pipeline, metrics, catching_up)
         t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
         t.start()
@@ -458,6 +476,20 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
             session.close()
     if failures:
         raise RuntimeError("an engine lane failed; see the log") from failures[0]
+
+
+def _open_session(config: Config, spec: LaneSpec, metrics: EngineMetrics,
+                  stop: threading.Event) -> Session:
+    """The lane's MQTT session, connecting; the bulk lane's in a process of its own with
+    `ingest.bulk_receiver_process` (see `vagt.app.receiver`)."""
+    settings = session_settings(config, spec)
+    if spec.name == "bulk" and config.ingest.bulk_receiver_process:
+        receiver = ReceiverProcess(ReceiverSettings(settings, spec.batch_max, spec.batch_wait_s),
+                                   on_acked=metrics.acked.labels(spec.name).inc)
+        receiver.start()
+        _supervise(receiver, metrics, stop)
+        return receiver
+    return MqttSession(settings).__enter__()
 
 
 MAX_TICK_DEFERRAL_S = 600.0

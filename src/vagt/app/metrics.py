@@ -95,12 +95,14 @@ class EngineMetrics:
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
             "backlog (deadlines wait until the queued messages are in)", registry=r)
-        self.alarm_process_up = Gauge(
-            "vagt_alarm_lane_process_up", "1 while the alarm lane's own process runs",
+        self.child_up = Gauge(
+            "vagt_child_process_up", "1 while the engine's child process runs: the alarm "
+            "lane (alarm_lane), the bulk lane's MQTT session (bulk_receiver)", ["process"],
             registry=r)
-        self.alarm_process_restarts = Counter(
-            "vagt_alarm_lane_process_restarts",
-            "Times the alarm lane's process ended unasked and was started again", registry=r)
+        self.child_restarts = Counter(
+            "vagt_child_process_restarts",
+            "Times the engine's child process ended unasked and was started again",
+            ["process"], registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
         self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",

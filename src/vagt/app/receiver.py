@@ -1,0 +1,219 @@
+"""The bulk lane's MQTT session in a process of its own.
+
+paho's packet handling was more than half of the engine's samples while a backlog drained,
+and it shared the GIL with the batch's decoding, rules and SQL: the engine drained at 0.4-0.5
+of a bare consumer. Here the session (`MqttSession`: paho, manual acknowledgement) runs in a
+child process that only receives, batches, and acknowledges when told; the engine's bulk
+lane takes the batches from the pipe and sends back the number of each batch it committed.
+
+Nothing changes in what is acknowledged when: the child acknowledges a batch only when the
+engine says it is committed, in the order the batches came (PUBACKs in order, as MQTT
+requires), and only on the connection it came on (`MqttSession.ack`). What a dead child
+held, or a dead engine had not committed, the broker sends again.
+
+The child imports paho and vagt's light ingest modules, not numpy or the pipeline (20 MB,
+not 150).
+
+The pipe's messages:
+- engine to child: the `ReceiverSettings` first, then (ACK, first batch, last batch) and
+  (STOP, 0, 0);
+- child to engine: (BATCH, number, topics, payloads, arrival times), (ACKED, how many) after
+  each acknowledgement, and (CONNECTED, up or not) when that changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from vagt.app.child import ChildProcess, child_pipe, child_signals
+from vagt.app.config import LOG_FORMAT
+from vagt.ingest.consumer import MqttSession, SessionSettings
+from vagt.ingest.model import RawMessage
+
+log = logging.getLogger("vagt.engine")
+
+BATCH, ACKED, CONNECTED = "batch", "acked", "connected"     # child to engine
+ACK, STOP = "ack", "stop"                                   # engine to child
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    session: SessionSettings
+    batch_max: int
+    batch_wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchToken:
+    """Every message of a batch carries it: which child sent the batch, and its number."""
+
+    incarnation: int
+    number: int
+
+
+class ReceiverProcess(ChildProcess):
+    """The bulk lane's session as the lane sees it (`take`, `ack`, `connected`, `close`),
+    with the MQTT session in a child process.
+
+    Batches are made in the child, with the settings' size and wait; `take` hands them out
+    whole. The child reports what it acknowledged through `on_acked` (how many), not `ack`'s
+    return: it acknowledges after `ack` returns.
+
+    A thread reads the pipe, so the child never waits to send: what it holds is bounded by
+    the session's Receive Maximum, and so is what waits here.
+    """
+
+    def __init__(self, settings: ReceiverSettings,
+                 on_acked: Callable[[int], None] = lambda n: None) -> None:
+        super().__init__("bulk_receiver", "vagt.app.receiver:run_receiver", settings,
+                         stop_message=(STOP, 0, 0))
+        self._on_acked = on_acked
+        self._cond = threading.Condition()
+        self._batches: collections.deque[list[RawMessage]] = collections.deque()
+        self._incarnation = 0
+        self._connected = False
+
+    def __enter__(self) -> ReceiverProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the child: it acknowledges what it was told to, then disconnects."""
+        self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _started(self, control: Connection) -> None:
+        with self._cond:
+            self._incarnation += 1
+            self._batches.clear()   # a dead child's: the broker sends them again
+            self._connected = False
+            incarnation = self._incarnation
+        threading.Thread(target=self._read, args=(control, incarnation), daemon=True,
+                         name=f"vagt-bulk-receiver-{incarnation}").start()
+
+    def take(self, max_n: int, max_wait_s: float, stop: threading.Event) -> list[RawMessage]:
+        """The batches the child made since the last take, whole and in order, up to `max_n`
+        messages (at least one batch); [] if none came within a second or when stopping.
+
+        The child sends a batch as soon as it has one (within the settings' wait): while the
+        engine commits, several small ones queue here, and are committed as one (batch
+        overhead was most of the cost, at ~1,000 messages a batch). `max_wait_s` is the
+        child's, from the settings.
+        """
+        with self._cond:
+            if not self._batches:
+                self._cond.wait(timeout=1.0)
+            if not self._batches or stop.is_set():
+                return []
+            batch = self._batches.popleft()
+            while self._batches and len(batch) + len(self._batches[0]) <= max_n:
+                batch += self._batches.popleft()
+            return batch
+
+    def ack(self, messages: list[RawMessage]) -> int:
+        """Tell the child the messages (what one `take` returned) are committed. Returns 0:
+        what the child acknowledges is counted through `on_acked`. Messages from a child
+        that has died since are not acknowledged: the broker sends them again."""
+        if not messages:
+            return 0
+        first, last = messages[0].token, messages[-1].token
+        assert isinstance(first, _BatchToken) and isinstance(last, _BatchToken)
+        with self._pipe_lock:  # the incarnation and the pipe change together (_started)
+            if first.incarnation == self._incarnation and self._control is not None:
+                with contextlib.suppress(OSError):   # gone since: it comes again
+                    # the child's batches first to last, whole (see take)
+                    self._control.send((ACK, first.number, last.number))
+        return 0
+
+    def _read(self, control: Connection, incarnation: int) -> None:
+        while True:
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == BATCH:
+                _, number, topics, payloads, arrived = message
+                token = _BatchToken(incarnation, number)
+                batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
+                with self._cond:
+                    if incarnation != self._incarnation:
+                        break
+                    self._batches.append(batch)
+                    self._cond.notify()
+            elif kind == ACKED:
+                self._on_acked(message[1])
+            elif kind == CONNECTED:
+                with self._cond:
+                    if incarnation == self._incarnation:
+                        self._connected = bool(message[1])
+        with self._cond:
+            if incarnation == self._incarnation:
+                self._connected = False
+
+
+def run_receiver(argv: list[str]) -> None:
+    """The child (see the module's text): until the engine says stop or is gone."""
+    control, log_level, settings = child_pipe(argv)
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    stop = threading.Event()
+    child_signals(stop)
+    held: dict[int, list[RawMessage]] = {}
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        try:
+            with sending:
+                control.send(message)
+        except OSError:         # the engine is gone: what we hold comes again
+            stop.set()
+
+    with MqttSession(settings.session) as session:
+        threading.Thread(target=_acknowledge, args=(control, session, held, send, stop),
+                         name="vagt-bulk-receiver-acks", daemon=True).start()
+        numbers = itertools.count(1)
+        connected: bool | None = None
+        while not stop.is_set():
+            if session.connected != connected:
+                connected = session.connected
+                send((CONNECTED, connected))
+            batch = session.take(settings.batch_max, settings.batch_wait_s, stop)
+            if batch:
+                number = next(numbers)
+                held[number] = batch
+                send((BATCH, number, [m.topic for m in batch], [m.payload for m in batch],
+                      [m.received_at for m in batch]))
+
+
+def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[RawMessage]],
+                 send: Callable[[tuple[Any, ...]], None], stop: threading.Event) -> None:
+    """The child's side of the acknowledgements, in the order the engine committed."""
+    while True:
+        try:
+            kind, first, last = control.recv()
+        except (EOFError, OSError):
+            log.warning("event=engine_gone note=bulk_receiver_stopping_unacknowledged_come_again")
+            break
+        if kind == ACK:
+            acked = 0
+            for number in range(first, last + 1):
+                acked += session.ack(held.pop(number))
+            send((ACKED, acked))
+        elif kind == STOP:
+            break
+    stop.set()

@@ -1,0 +1,171 @@
+"""The bulk lane's MQTT session in a process of its own (`vagt.app.receiver`): a batch is
+acknowledged only when the engine says it is committed, only by the child it came from, and
+nothing is lost when either side dies."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from tests.app.conftest import EngineProcess, publish, scalar, telemetry, topic, wait_for
+from tests.app.test_alarm_process import ended, metric
+from tests.support import Broker
+
+from vagt.app.receiver import ReceiverProcess, ReceiverSettings
+from vagt.ingest.consumer import SessionSettings
+from vagt.ingest.model import RawMessage
+
+T0 = time.time() - 3600
+
+
+def receiver_pids(engine: EngineProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"event=bulk_receiver_process_started pid=(\d+)",
+                                       engine.log())]
+
+
+@pytest.fixture
+def settings(broker: Broker, topic_root: str) -> ReceiverSettings:
+    session = SessionSettings(client_id=f"recv-{uuid.uuid4().hex[:8]}",
+                              filters=(f"{topic_root}/dev/+/telemetry",), port=broker.port,
+                              session_expiry_s=300)
+    return ReceiverSettings(session, batch_max=100, batch_wait_s=0.05)
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def take_all(receiver: ReceiverProcess, n: int, stop: threading.Event,
+             timeout: float = 30) -> list[RawMessage]:
+    got: list[RawMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += receiver.take(100, 0.05, stop)
+    return got
+
+
+def payloads(topic_root: str, n: int, start: int = 0) -> list[tuple[str, bytes]]:
+    return [(topic(topic_root, "OXI-0001", "telemetry"),
+             telemetry("OXI-0001", T0 + i, seq=i, spo2=95)) for i in range(start, start + n)]
+
+
+def test_a_batch_taken_from_a_child_that_died_is_not_acknowledged_by_the_next_one(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    sent = payloads(topic_root, 10)
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, sent)
+        first = take_all(receiver, 10, stop)
+        assert [m.payload for m in first] == [p for _, p in sent]
+        assert receiver.pid is not None
+        os.kill(receiver.pid, signal.SIGKILL)
+        wait_for(lambda: not receiver.alive, what="the child to die")
+        receiver.start()          # as the engine's supervisor does
+        again = take_all(receiver, 10, stop)
+        assert [m.payload for m in again] == [p for _, p in sent]   # the broker sent it again
+        # The new child numbers its batches from 1 too, and holds its batch 1 now: the old
+        # batch's acknowledgement must not release it (nor anything of the new child's).
+        assert receiver.ack(first) == 0
+    acked: list[int] = []
+    with ReceiverProcess(settings, on_acked=acked.append) as receiver:
+        third = take_all(receiver, 10, stop)
+        assert [m.payload for m in third] == [p for _, p in sent]
+        receiver.ack(third)
+        wait_for(lambda: acked == [10], what="the child's count of acknowledgements")
+    # acknowledged for good: a new session under the same client id gets nothing
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        assert take_all(receiver, 1, stop, timeout=2) == []
+
+
+def test_what_the_engine_did_not_acknowledge_comes_again_after_a_restart(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        sent = payloads(topic_root, 30)
+        publish(broker.port, sent)
+        batches: list[list[RawMessage]] = []
+        while sum(map(len, batches)) < 30:
+            if batch := receiver.take(100, 0.05, stop):
+                batches.append(batch)
+        receiver.ack(batches[0])   # the first batch committed, the rest not
+    with ReceiverProcess(settings) as receiver:
+        again = take_all(receiver, 30 - len(batches[0]), stop)
+    assert [m.payload for m in again] == [p for _, p in sent[len(batches[0]):]]
+
+
+def test_a_killed_bulk_receiver_is_started_again_and_nothing_is_lost(
+        engine: EngineProcess, broker: Broker, database_url: str, topic_root: str,
+        devices: object) -> None:
+    engine.start().wait_ready()
+    [first] = receiver_pids(engine)
+    # Hold the readings table, so that the engine has the next batch in hand, uncommitted,
+    # when its receiver dies.
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE readings IN EXCLUSIVE MODE")
+        publish(broker.port, payloads(topic_root, 50))
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE wait_event_type = 'Lock' "
+                                              "AND datname = current_database()"),
+                 what="the engine waiting to store the batch")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(receiver_pids(engine)) == 2, what="the receiver started again")
+    # the lock is gone: the engine commits the batch, its acknowledgement goes nowhere, and
+    # the broker sends the batch to the new receiver; stored once, by its keys
+    publish(broker.port, payloads(topic_root, 50, start=50))
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == 100,
+             what="every reading")
+    wait_for(lambda: (metric(engine, 'vagt_messages_acked_total{lane="bulk"}') or 0) >= 100,
+             what="every message acknowledged")
+    assert "event=bulk_receiver_process_exited exitcode=-9" in engine.log()
+    assert metric(engine, 'vagt_child_process_restarts_total{process="bulk_receiver"}') == 1.0
+    assert metric(engine, 'vagt_child_process_up{process="bulk_receiver"}') == 1.0
+    assert metric(engine, 'vagt_mqtt_connected{lane="bulk"}') == 1.0
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
+    time.sleep(1)
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 100
+
+
+def test_the_bulk_receiver_ends_with_the_engine(
+        engine: EngineProcess, broker: Broker, database_url: str, topic_root: str,
+        devices: object) -> None:
+    engine.start().wait_ready()
+    [child] = receiver_pids(engine)
+    publish(broker.port, payloads(topic_root, 20))
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == 20,
+             what="the readings")
+    assert engine.terminate() == 0
+    assert ended(child)
+    engine.start().wait_ready()
+    [_, child] = receiver_pids(engine)
+    time.sleep(1)
+    # committed and acknowledged before the stop: nothing came again
+    assert metric(engine, 'vagt_messages_received_total{lane="bulk"}') in (None, 0.0)
+    engine.kill()  # no goodbye: the child sees its pipe close
+    wait_for(lambda: ended(child), timeout=15, what="the orphaned receiver to end")
+    assert "event=engine_gone note=bulk_receiver_stopping" in engine.log()
+
+
+def test_with_the_bulk_session_in_the_engines_own_process_readings_still_come_in(
+        engine: EngineProcess, broker: Broker, database_url: str, topic_root: str,
+        devices: object) -> None:
+    engine.env["VAGT_BULK_RECEIVER_PROCESS"] = "false"
+    engine.start().wait_ready()
+    publish(broker.port, payloads(topic_root, 20))
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == 20,
+             what="the readings")
+    assert receiver_pids(engine) == []
+    wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="bulk"}') == 20.0,
+             what="the acknowledgements counted")
