@@ -40,6 +40,8 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
     ({"VAGT_METRICS_PORT": "70000"}, "'metrics_port' (VAGT_METRICS_PORT) must be a port"),
     ({"VAGT_RULES": "/no/such/rules.toml"}, "'rules' (VAGT_RULES): /no/such/rules.toml"),
     ({"VAGT_ALARM_PROCESS": "maybe"}, "'ingest.alarm_process' must be true or false"),
+    ({"VAGT_BULK_RECEIVER_PROCESS": "2"},
+     "'ingest.bulk_receiver_process' must be true or false"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:
@@ -49,10 +51,13 @@ def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("false", False), ("no", False), ("0", False), ("TRUE", True), ("yes", True)])
-def test_the_alarm_lane_process_is_switched_off_from_the_environment(value, expected):
-    assert load_config(None, env={}).ingest.alarm_process is True
+def test_the_engines_child_processes_are_switched_off_from_the_environment(value, expected):
+    default = load_config(None, env={}).ingest
+    assert default.alarm_process is True and default.bulk_receiver_process is True
     assert load_config(None, env={"VAGT_ALARM_PROCESS": value}).ingest.alarm_process \
         is expected
+    assert load_config(None, env={"VAGT_BULK_RECEIVER_PROCESS": value}) \
+        .ingest.bulk_receiver_process is expected
 
 
 def test_an_unknown_setting_in_the_file_is_refused(tmp_path: Path):
