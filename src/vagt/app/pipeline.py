@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import psycopg
 
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
@@ -404,15 +403,13 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     centre, not the call centre, about a device the registry does not expect to hear from
     (never registered: a swap not recorded, a typo, or something that should not be there;
     retired or lost)."""
-    firings = []
-    frame = pd.DataFrame({"device_id": device_ids, "time": times, "topic": topics})
-    for device_id, g in frame.groupby("device_id", sort=True):
-        d = str(device_id)
-        firings.append(AlertFiring(
-            rule, d, summary(d, str(g["topic"].iloc[-1])), "warning", 3, "service_centre",
-            float(g["time"].min()), float(g["time"].max()), len(g),
-            {"rule": rule, "device_id": d, "severity": "warning"}))
-    return firings
+    seen: dict[str, tuple[float, float, str, int]] = {}   # first, last, last topic, count
+    for d, t, topic in zip(device_ids, times.tolist(), topics):
+        first, last, _, n = seen.get(d, (t, t, topic, 0))
+        seen[d] = (min(first, t), max(last, t), topic, n + 1)
+    return [AlertFiring(rule, d, summary(d, topic), "warning", 3, "service_centre", first, last,
+                        n, {"rule": rule, "device_id": d, "severity": "warning"})
+            for d, (first, last, topic, n) in sorted(seen.items())]
 
 
 def _keep(row_msg: list[int], usable: Bools) -> Bools:

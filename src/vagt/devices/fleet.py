@@ -16,13 +16,17 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import psycopg
 
+from vagt.arrays import positions
 from vagt.devices.catalogue import Catalogue, load_catalogue
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -88,7 +92,7 @@ class Fleet:
     def __init__(self, catalogue: Catalogue | None = None) -> None:
         self.catalogue = catalogue if catalogue is not None else load_catalogue()
         self.ids: list[str] = []
-        self._index = pd.Index([], dtype=object)
+        self._index: dict[str, int] = {}
         self.vendor: list[str] = []
         self.model: list[str] = []
         self.type: list[str] = []
@@ -106,7 +110,7 @@ class Fleet:
         self._type = _Codes()
         self._place = _Codes()
         # The alarm lane and the bulk lane share one fleet: growth and state updates are
-        # serialised; lookups read an index that is swapped whole, so they need no lock.
+        # serialised; lookups need no lock: a device enters the index last (see _add).
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -128,7 +132,7 @@ class Fleet:
         """Dense indexes of `device_ids`; -1 where the device is not known here (yet)."""
         if not device_ids:
             return np.empty(0, dtype=np.int64)
-        return np.asarray(self._index.get_indexer(device_ids), dtype=np.int64)
+        return positions(self._index, device_ids, len(device_ids))
 
     def resolve(self, conn: psycopg.Connection, device_ids: Sequence[str]) -> I64:
         """Like lookup(), but first asks the database about ids not seen before.
@@ -144,7 +148,7 @@ class Fleet:
                 "ORDER BY device_id", (missing,)).fetchall()
             with self.lock:
                 # the other lane may have added some of them meanwhile
-                still_missing = self._index.get_indexer([r[0] for r in rows]) < 0
+                still_missing = [r[0] not in self._index for r in rows]
                 self._add(r for r, m in zip(rows, still_missing) if m)
             idx = self.lookup(device_ids)
         return idx
@@ -163,7 +167,7 @@ class Fleet:
     def _refresh(self, rows: list[tuple[object, ...]]) -> None:
         same = sys.intern
         with self.lock:
-            known = self._index.get_indexer([r[0] for r in rows])
+            known = positions(self._index, (str(r[0]) for r in rows), len(rows))
             self._add(r for r, k in zip(rows, known) if k < 0)
             have = [(int(k), r) for k, r in zip(known, rows) if k >= 0]
             if not have:
@@ -207,7 +211,9 @@ class Fleet:
         self.signal = np.concatenate([self.signal, signal])
         self.signal_at = np.concatenate([self.signal_at, signal_at])
         self.last_seq = np.concatenate([self.last_seq, seq])
-        self._index = pd.Index(self.ids, dtype=object)
+        # last: a lookup that finds a device finds its arrays too
+        start = len(self.ids) - len(new)
+        self._index.update(zip(self.ids[start:], range(start, len(self.ids))))
 
     def _heartbeat(self, vendor: str, model: str) -> float:
         m = self.catalogue.get(vendor, model)
@@ -271,6 +277,8 @@ class Fleet:
 
     def frame(self, now: float) -> pd.DataFrame:
         """The fleet as a table, one row per device, for queries and reports."""
+        import pandas as pd  # here: the engine's processes do without it (vagt.arrays)
+
         with self.lock:
             return pd.DataFrame({
                 "device_id": self.ids, "vendor": self.vendor, "model": self.model,

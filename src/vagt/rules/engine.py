@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
+from vagt.arrays import factorize, positions
 from vagt.devices.catalogue import Catalogue
 from vagt.rules._columns import F64, I64, Bools, Transitions
 from vagt.rules.config import Rule
@@ -198,12 +198,12 @@ class RuleEngine:
                 ids.append(device_id)
                 times.append(fired)
             known = {r.name: r for r in self._rules}
-            lookup = pd.Index(self.fleet.ids[:n])
+            index = {d: i for i, d in enumerate(self.fleet.ids[:n])}
             for name, (ids, times) in by_rule.items():
                 if name not in known or known[name].kind == "validity" and \
                         known[name].alert_after <= 0:
                     continue
-                idx = np.asarray(lookup.get_indexer(ids), dtype=np.int64)
+                idx = positions(index, ids, len(ids))
                 ok = idx >= 0
                 rows, last = idx[ok], np.asarray(times, dtype=np.float64)[ok]
                 st = self._states[name]
@@ -274,10 +274,8 @@ class RuleEngine:
         self._heartbeat = np.full(n, np.nan)
         ranges: dict[str, tuple[F64, F64]] = {}
         if self.catalogue is not None and n:
-            codes, uniques = pd.factorize(pd.Series(
-                [f"{v}\0{m}" for v, m in zip(f.vendor[:n], f.model[:n])]))
-            for k, key in enumerate(uniques.tolist()):
-                vendor, model = str(key).split("\0", 1)
+            codes, uniques = factorize(list(zip(f.vendor[:n], f.model[:n])))
+            for k, (vendor, model) in enumerate(uniques):
                 m = self.catalogue.get(vendor, model)
                 if m is None:
                     continue

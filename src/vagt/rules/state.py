@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
+from vagt.arrays import factorize
 from vagt.rules._columns import F64, I64, Bools, Obj, sort_rows
 
 # (metric, device indexes, since, until) -> rows (device, time, value): stored readings of
@@ -79,19 +79,19 @@ class Batch:
         """Reading rows per metric: hashed once per batch, not compared once per rule."""
         if len(self.r_metric) == 0:
             return {}
-        codes, uniques = pd.factorize(self.r_metric)
+        codes, uniques = factorize(self.r_metric)
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
         return {str(m): order[bounds[k]:bounds[k + 1]].astype(np.int64)
-                for k, m in enumerate(uniques.tolist())}
+                for k, m in enumerate(uniques)}
 
     @cached_property
     def event_codes(self) -> tuple[npt.NDArray[np.intp], list[str]]:
         """Per event row the index of its code in a list of the batch's distinct codes."""
         if len(self.e_code) == 0:
             return np.empty(0, dtype=np.intp), []
-        codes, uniques = pd.factorize(self.e_code)
-        return np.asarray(codes, dtype=np.intp), [str(c) for c in uniques.tolist()]
+        codes, uniques = factorize(self.e_code)
+        return codes, [str(c) for c in uniques]
 
     def code_mask(self, patterns: Sequence[str]) -> Bools:
         """Which event rows have a code matching any of the glob patterns."""
