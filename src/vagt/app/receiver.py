@@ -173,7 +173,7 @@ def run_receiver(argv: list[str]) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
     child_signals(stop)
-    held: dict[int, list[RawMessage]] = {}
+    held: dict[int, list[object]] = {}     # per batch sent, its messages' tokens
     sending = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
@@ -195,12 +195,12 @@ def run_receiver(argv: list[str]) -> None:
             batch = session.take(settings.batch_max, settings.batch_wait_s, stop)
             if batch:
                 number = next(numbers)
-                held[number] = batch
+                held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
                 send((BATCH, number, [m.topic for m in batch], [m.payload for m in batch],
                       [m.received_at for m in batch]))
 
 
-def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[RawMessage]],
+def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],
                  send: Callable[[tuple[Any, ...]], None], stop: threading.Event) -> None:
     """The child's side of the acknowledgements, in the order the engine committed."""
     while True:
@@ -212,7 +212,7 @@ def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list
         if kind == ACK:
             acked = 0
             for number in range(first, last + 1):
-                acked += session.ack(held.pop(number))
+                acked += session.ack_tokens(held.pop(number))
             send((ACKED, acked))
         elif kind == STOP:
             break

@@ -148,6 +148,10 @@ class MqttSession:
 
         Returns how many were acknowledged; the rest the broker will send again.
         """
+        return self.ack_tokens([m.token for m in messages])
+
+    def ack_tokens(self, tokens: list[object]) -> int:
+        """`ack` by the messages' tokens alone (a holder of many need not keep payloads)."""
         acked = 0
         # Not under `_cond`: paho's thread takes that for every message it receives, and it
         # waited through the whole loop (each ack writes to paho's wake-up socket, so the
@@ -158,8 +162,7 @@ class MqttSession:
             if not self._connected:
                 return 0
             ack = self._client.ack
-            for m in messages:
-                token = m.token
+            for token in tokens:
                 assert isinstance(token, _Token)
                 if token.generation == generation:
                     ack(token.mid, token.qos)
