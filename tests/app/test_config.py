@@ -42,6 +42,8 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
     ({"VAGT_ALARM_PROCESS": "maybe"}, "'ingest.alarm_process' must be true or false"),
     ({"VAGT_BULK_RECEIVER_PROCESS": "2"},
      "'ingest.bulk_receiver_process' must be true or false"),
+    ({"VAGT_BULK_NICE": "20"},
+     "'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness from 0 to 19, got 20"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:

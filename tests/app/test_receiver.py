@@ -169,3 +169,25 @@ def test_with_the_bulk_session_in_the_engines_own_process_readings_still_come_in
     assert receiver_pids(engine) == []
     wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="bulk"}') == 20.0,
              what="the acknowledgements counted")
+
+
+def niceness(pid: int, tid: int | None = None) -> int:
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        return int(f.read().split(") ", 1)[1].split()[16])
+
+
+def test_the_bulk_lane_yields_the_cpu_to_the_alarm_lane(
+        engine: EngineProcess, broker: Broker, database_url: str, topic_root: str,
+        devices: object) -> None:
+    engine.start().wait_ready()
+    assert engine.proc is not None
+    pid = engine.proc.pid
+    [receiver] = receiver_pids(engine)
+    [alarm_lane] = [int(p) for p in re.findall(r"event=alarm_lane_process_started pid=(\d+)",
+                                               engine.log())]
+    assert niceness(receiver) == 10          # ingest.bulk_nice's default
+    threads = {int(t): niceness(pid, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+    assert threads[pid] == 0                 # the engine's main thread, API, timer: as started
+    assert sorted(threads.values()).count(10) == 1   # the bulk lane's thread
+    assert niceness(alarm_lane) == 0

@@ -12,6 +12,7 @@ A child stops by itself when the engine is gone: its end of the pipe closes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -135,6 +136,15 @@ def child_pipe(argv: list[str]) -> tuple[Connection, int, Any]:
     """In the child: the pipe, the log level, and the engine's first message."""
     control = Connection(int(argv[0]))
     return control, int(argv[1]), control.recv()
+
+
+def yield_cpu(nice: int, thread: int = 0) -> None:
+    """Run the calling thread (or, on Linux, the thread with native id `thread`) at
+    niceness `nice`, unless it runs at a higher one already (lowering it needs a privilege).
+    Threads it starts afterwards inherit it."""
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
 def child_signals(stop: threading.Event) -> None:

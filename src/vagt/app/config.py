@@ -83,6 +83,10 @@ class IngestConfig:
     # The bulk lane's MQTT session in a process of its own (see vagt.app.receiver): paho's
     # packet handling then shares no GIL with the batches' work.
     bulk_receiver_process: bool = True
+    # The niceness (0-19) of the bulk lane's thread and its receiver process: on a machine
+    # whose CPU a backlog keeps busy, the alarm lane's process runs first (see
+    # vagt.app.receiver); 0 gives them the same priority.
+    bulk_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
     "VAGT_ALARM_PROCESS": ("ingest", "alarm_process"),
     "VAGT_BULK_RECEIVER_PROCESS": ("ingest", "bulk_receiver_process"),
+    "VAGT_BULK_NICE": ("ingest", "bulk_nice"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),
     "VAGT_API_PORT": ("", "api_port"),
@@ -266,6 +271,9 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"setting 'rules' (VAGT_RULES): {c.rules} does not exist")
     if c.catalogue and not Path(c.catalogue).is_file():
         raise ConfigError(f"setting 'catalogue' (VAGT_CATALOGUE): {c.catalogue} is not a file")
+    if not 0 <= c.ingest.bulk_nice <= 19:
+        raise ConfigError("setting 'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness "
+                          f"from 0 to 19, got {c.ingest.bulk_nice}")
     for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
         if getattr(c.ingest, name) < 1:
             raise ConfigError(f"setting 'ingest.{name}' must be at least 1")

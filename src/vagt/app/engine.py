@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool
 from vagt.alerts.policy import AlertPolicy, install_policy, load_policy
 from vagt.app import db, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
-from vagt.app.child import ChildProcess, child_pipe, child_signals
+from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
@@ -55,6 +55,10 @@ class LaneSpec:
     # the next alarm does not wait. A crash between the two redelivers the alarm: events and
     # alerts ignore the copy, the state is written then.
     state_apart: bool = False
+    # The lane thread's niceness (Linux: per thread), and its receiver process's: the bulk
+    # lane yields the CPU to the alarm lane's process. While a backlog drains, the machine's
+    # CPU is busy, and alarms waited for it (p99 670 ms in one run; 116 ms at 10).
+    nice: int = 0
 
 
 def lane_specs(config: Config) -> list[LaneSpec]:
@@ -62,7 +66,7 @@ def lane_specs(config: Config) -> list[LaneSpec]:
     return [
         LaneSpec("alarm", (Channel.ALARM,), ing.alarm_batch_max, 0.0, state_apart=True),
         LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), ing.bulk_batch_max,
-                 ing.bulk_batch_wait_ms / 1000),
+                 ing.bulk_batch_wait_ms / 1000, nice=ing.bulk_nice),
     ]
 
 
@@ -138,6 +142,8 @@ class Lane:
 
     def run(self, stop: threading.Event) -> None:
         connected = self.metrics.mqtt_connected.labels(self.spec.name)
+        if self.spec.nice:
+            yield_cpu(self.spec.nice, threading.get_native_id())
         settler = _Settler(self, stop) if self.spec.state_apart else None
         try:
             while not stop.is_set():
@@ -484,8 +490,9 @@ def _open_session(config: Config, spec: LaneSpec, metrics: EngineMetrics,
     `ingest.bulk_receiver_process` (see `vagt.app.receiver`)."""
     settings = session_settings(config, spec)
     if spec.name == "bulk" and config.ingest.bulk_receiver_process:
-        receiver = ReceiverProcess(ReceiverSettings(settings, spec.batch_max, spec.batch_wait_s),
-                                   on_acked=metrics.acked.labels(spec.name).inc)
+        receiver = ReceiverProcess(
+            ReceiverSettings(settings, spec.batch_max, spec.batch_wait_s, spec.nice),
+            on_acked=metrics.acked.labels(spec.name).inc)
         receiver.start()
         _supervise(receiver, metrics, stop)
         return receiver

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from vagt.app.child import ChildProcess, child_pipe, child_signals
+from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import RawMessage
@@ -50,6 +50,7 @@ class ReceiverSettings:
     session: SessionSettings
     batch_max: int
     batch_wait_s: float
+    nice: int = 0        # the process's niceness (see LaneSpec.nice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ def run_receiver(argv: list[str]) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
     child_signals(stop)
+    yield_cpu(settings.nice)          # before paho's thread starts: it inherits it
     held: dict[int, list[object]] = {}     # per batch sent, its messages' tokens
     sending = threading.Lock()
 
