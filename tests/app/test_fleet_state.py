@@ -126,6 +126,22 @@ def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(databa
     assert 'municipality="Samsø"' not in text
 
 
+def test_a_fleet_filled_as_devices_send_refreshes_only_the_devices_it_holds(database_url):
+    """The alarm lane's process holds the devices that sent alarms, not the registry."""
+    register(database_url, DEVICES)
+    fleet = Fleet()
+    with psycopg.connect(database_url) as conn:
+        assert fleet.resolve(conn, ["OXI-0002"]).tolist() == [0]
+    run_batches(database_url, [battery("OXI-0002", NOW - 10, 55),
+                               battery("OXI-0001", NOW - 10, 60)])  # another process
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE devices SET status = 'lost' WHERE device_id = 'OXI-0002'")
+        fleet.refresh(conn, known_only=True)
+    assert fleet.ids == ["OXI-0002"]
+    assert state_of(fleet, "OXI-0002")[:2] == (NOW - 10, 55.0)
+    assert fleet.status == ["lost"]
+
+
 def test_the_fleet_loads_in_parts_on_any_connection(database_url, monkeypatch):
     """More devices than one part (fleet.LOAD_CHUNK), on a connection in autocommit as on one
     in a transaction: every device once, in id order."""

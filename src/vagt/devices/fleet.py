@@ -153,14 +153,18 @@ class Fleet:
             idx = self.lookup(device_ids)
         return idx
 
-    def refresh(self, conn: psycopg.Connection) -> None:
-        """Re-read registry fields and state of every known device, and add new devices.
+    def refresh(self, conn: psycopg.Connection, known_only: bool = False) -> None:
+        """Re-read registry fields and state of every known device, and add new devices
+        (with `known_only`, not: a fleet that `resolve` fills as devices send).
 
         State only moves forward (by device time), so a refresh that raced a batch of this
         process never takes a device back to an older reading.
         """
+        where, params = ("WHERE device_id = ANY(%s) ", (list(self.ids),)) if known_only \
+            else ("", ())
         with conn.transaction(), conn.cursor(name="vagt_fleet_refresh") as cur:
-            cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id")
+            cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices {where}ORDER BY device_id",
+                        params)
             while rows := cur.fetchmany(LOAD_CHUNK):
                 self._refresh(rows)
 
