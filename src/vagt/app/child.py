@@ -11,6 +11,7 @@ A child stops by itself when the engine is gone: its end of the pipe closes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,6 +50,9 @@ class ChildProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe_lock = threading.Lock()      # one sender at a time
         self._stopping = threading.Event()
+        # Which child runs: one more at each start, with the pipe, under the pipe's lock. A
+        # message meant for one child (an answer to what it sent) must not reach the next.
+        self.incarnation = 0
 
     def start(self) -> None:
         control, child_end = Pipe()
@@ -62,6 +66,7 @@ class ChildProcess:
         control.send(self._first)
         with self._pipe_lock:
             self._control, self._process = control, process
+            self.incarnation += 1
             self._started(control)
         log.info("event=%s_process_started pid=%s", self.name, process.pid)
 
@@ -120,16 +125,14 @@ class ChildProcess:
         if self._control is not None:
             self._control.close()
 
-    def _send(self, message: Any) -> bool:
-        """Send to the child now running; False if it is gone (supervise() starts it again)."""
+    def _send(self, message: Any, incarnation: int | None = None) -> None:
+        """Send to the child now running, if it is `incarnation` (when given); nothing if it
+        is gone (supervise() starts it again)."""
         with self._pipe_lock:
-            if self._control is None:
-                return False
-            try:
+            if self._control is None or incarnation not in (None, self.incarnation):
+                return
+            with contextlib.suppress(OSError):
                 self._control.send(message)
-            except OSError:
-                return False
-            return True
 
 
 def child_pipe(argv: list[str]) -> tuple[Connection, int, Any]:

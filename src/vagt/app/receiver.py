@@ -24,7 +24,6 @@ The pipe's messages:
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import sys
@@ -80,7 +79,6 @@ class ReceiverProcess(ChildProcess):
         self._on_acked = on_acked
         self._cond = threading.Condition()
         self._batches: collections.deque[list[RawMessage]] = collections.deque()
-        self._incarnation = 0
         self._connected = False
 
     def __enter__(self) -> ReceiverProcess:
@@ -100,10 +98,9 @@ class ReceiverProcess(ChildProcess):
 
     def _started(self, control: Connection) -> None:
         with self._cond:
-            self._incarnation += 1
             self._batches.clear()   # a dead child's: the broker sends them again
             self._connected = False
-            incarnation = self._incarnation
+            incarnation = self.incarnation
         threading.Thread(target=self._read, args=(control, incarnation), daemon=True,
                          name=f"vagt-bulk-receiver-{incarnation}").start()
 
@@ -134,11 +131,9 @@ class ReceiverProcess(ChildProcess):
             return 0
         first, last = messages[0].token, messages[-1].token
         assert isinstance(first, _BatchToken) and isinstance(last, _BatchToken)
-        with self._pipe_lock:  # the incarnation and the pipe change together (_started)
-            if first.incarnation == self._incarnation and self._control is not None:
-                with contextlib.suppress(OSError):   # gone since: it comes again
-                    # the child's batches first to last, whole (see take)
-                    self._control.send((ACK, first.number, last.number))
+        # the child's batches first to last, whole (see take); only to the child that sent
+        # them: the next one numbers its batches from 1 again
+        self._send((ACK, first.number, last.number), incarnation=first.incarnation)
         return 0
 
     def _read(self, control: Connection, incarnation: int) -> None:
@@ -153,7 +148,7 @@ class ReceiverProcess(ChildProcess):
                 token = _BatchToken(incarnation, number)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 with self._cond:
-                    if incarnation != self._incarnation:
+                    if incarnation != self.incarnation:
                         break
                     self._batches.append(batch)
                     self._cond.notify()
@@ -161,10 +156,10 @@ class ReceiverProcess(ChildProcess):
                 self._on_acked(message[1])
             elif kind == CONNECTED:
                 with self._cond:
-                    if incarnation == self._incarnation:
+                    if incarnation == self.incarnation:
                         self._connected = bool(message[1])
         with self._cond:
-            if incarnation == self._incarnation:
+            if incarnation == self.incarnation:
                 self._connected = False
 
 
