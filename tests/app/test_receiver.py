@@ -191,3 +191,22 @@ def test_the_bulk_lane_yields_the_cpu_to_the_alarm_lane(
     assert threads[pid] == 0                 # the engine's main thread, API, timer: as started
     assert sorted(threads.values()).count(10) == 1   # the bulk lane's thread
     assert niceness(alarm_lane) == 0
+
+
+def test_a_receiver_whose_acknowledgements_fail_ends_rather_than_stall(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    """A bug in the child's acknowledging (here: told to acknowledge a batch it never sent)
+    ends the child; the supervisor starts it again and the broker sends what it held."""
+    from vagt.app.receiver import ACK
+
+    sent = payloads(topic_root, 5)
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, sent)
+        assert len(take_all(receiver, 5, stop)) == 5
+        receiver._send((ACK, 99, 99))
+        wait_for(lambda: not receiver.alive, what="the child to end")
+        receiver.start()
+        again = take_all(receiver, 5, stop)
+        assert [m.payload for m in again] == [p for _, p in sent]

@@ -199,18 +199,28 @@ def run_receiver(argv: list[str]) -> None:
 
 def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],
                  send: Callable[[tuple[Any, ...]], None], stop: threading.Event) -> None:
-    """The child's side of the acknowledgements, in the order the engine committed."""
-    while True:
-        try:
-            kind, first, last = control.recv()
-        except (EOFError, OSError):
-            log.warning("event=engine_gone note=bulk_receiver_stopping_unacknowledged_come_again")
-            break
-        if kind == ACK:
-            acked = 0
-            for number in range(first, last + 1):
-                acked += session.ack_tokens(held.pop(number))
-            send((ACKED, acked))
-        elif kind == STOP:
-            break
-    stop.set()
+    """The child's side of the acknowledgements, in the order the engine committed.
+
+    Whatever ends it ends the child: a child that received on and acknowledged nothing
+    would hold Receive Maximum messages and stall the lane, unseen. Ended, it is started
+    again, and the broker sends what it had not acknowledged."""
+    try:
+        while True:
+            try:
+                kind, first, last = control.recv()
+            except (EOFError, OSError):
+                log.warning("event=engine_gone "
+                            "note=bulk_receiver_stopping_unacknowledged_come_again")
+                return
+            if kind == ACK:
+                acked = 0
+                for number in range(first, last + 1):
+                    acked += session.ack_tokens(held.pop(number))
+                send((ACKED, acked))
+            elif kind == STOP:
+                return
+    except BaseException:  # a bug: say so, and end the child
+        log.exception("event=bulk_receiver_acknowledgements_failed note=child_ends")
+        raise
+    finally:
+        stop.set()
