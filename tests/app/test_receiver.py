@@ -210,3 +210,18 @@ def test_a_receiver_whose_acknowledgements_fail_ends_rather_than_stall(
         receiver.start()
         again = take_all(receiver, 5, stop)
         assert [m.payload for m in again] == [p for _, p in sent]
+
+
+def test_a_lane_behind_a_backlog_is_seen_as_behind_though_its_batches_are_not_full(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    """Merged batches stop short of the maximum (whole batches only): the rules' timer must
+    still learn that a backlog waits (see CatchingUp)."""
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, payloads(topic_root, 250))   # batches of at most 100
+        time.sleep(1)                                      # all of them sent here
+        first = receiver.take(100, 0.05, stop)
+        assert 0 < len(first) <= 100 and receiver.behind
+        rest = take_all(receiver, 250 - len(first), stop)
+        assert len(rest) == 250 - len(first) and not receiver.behind

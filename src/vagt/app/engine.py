@@ -119,6 +119,10 @@ class Session(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def behind(self) -> bool:
+        """The last `take` left messages waiting: the lane is behind (a backlog)."""
+
     def take(self, max_n: int, max_wait_s: float,
              stop: threading.Event) -> list[RawMessage]: ...
 
@@ -139,6 +143,7 @@ class Lane:
         self.pipeline = pipeline
         self.metrics = metrics
         self.catching_up = catching_up if catching_up is not None else CatchingUp()
+        self._behind = False   # the last batch taken left more waiting (see CatchingUp)
 
     def run(self, stop: threading.Event) -> None:
         connected = self.metrics.mqtt_connected.labels(self.spec.name)
@@ -151,6 +156,9 @@ class Lane:
                 if settler is not None:
                     settler.check()
                 batch = self.session.take(self.spec.batch_max, self.spec.batch_wait_s, stop)
+                # full, or more waiting: not the same with the receiver, whose merged batches
+                # stop short of batch_max (whole batches only) while a backlog queues behind
+                self._behind = len(batch) >= self.spec.batch_max or self.session.behind
                 if batch:
                     self._commit_until_done(batch, stop, settler)
                 else:
@@ -194,7 +202,7 @@ class Lane:
     def _finish(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                 started: float) -> None:
         """After the commit: in-memory state, acknowledgement, metrics."""
-        self.catching_up.mark(self.spec.name, len(batch) >= self.spec.batch_max
+        self.catching_up.mark(self.spec.name, self._behind
                               or outcome.device_lag_s > CATCH_UP_LAG_S)
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)

@@ -80,6 +80,7 @@ class ReceiverProcess(ChildProcess):
         self._cond = threading.Condition()
         self._batches: collections.deque[list[RawMessage]] = collections.deque()
         self._connected = False
+        self._behind = False
 
     def __enter__(self) -> ReceiverProcess:
         self.start()
@@ -95,6 +96,11 @@ class ReceiverProcess(ChildProcess):
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def behind(self) -> bool:
+        """The last `take` left batches waiting here."""
+        return self._behind
 
     def _started(self, control: Connection) -> None:
         with self._cond:
@@ -121,6 +127,7 @@ class ReceiverProcess(ChildProcess):
             batch = self._batches.popleft()
             while self._batches and len(batch) + len(self._batches[0]) <= max_n:
                 batch += self._batches.popleft()
+            self._behind = bool(self._batches)
             return batch
 
     def ack(self, messages: list[RawMessage]) -> int:

@@ -75,6 +75,7 @@ class MqttSession:
         self._generation = 0
         self._connected = False
         self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
+        self._behind = False
         self._client = self._make_client()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -116,6 +117,11 @@ class MqttSession:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def behind(self) -> bool:
+        """The last `take` left messages in the inbox."""
+        return self._behind
+
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._connected, timeout)
@@ -141,7 +147,9 @@ class MqttSession:
                         break
             n = min(max_n, len(self._inbox))
             popleft = self._inbox.popleft
-            return [popleft() for _ in range(n)]
+            batch = [popleft() for _ in range(n)]
+            self._behind = bool(self._inbox)
+            return batch
 
     def ack(self, messages: list[RawMessage]) -> int:
         """Acknowledge, in arrival order, the messages that came on the current connection.
