@@ -95,19 +95,14 @@ def pipeline_alone(url: str, messages: list[Message], batch: int = 5000) -> floa
     """Messages per second through `Pipeline.process` and commit, in one thread, with the
     engine's defaults: what is left of the engine without MQTT."""
     from vagt.app import store
-    from vagt.app.config import IngestConfig
     from vagt.app.pipeline import Pipeline
-    from vagt.devices.fleet import Fleet
     from vagt.ingest.model import RawMessage
     from vagt.rules import load_rules
 
     root = messages[0][0].split("/dev/")[0]
     with psycopg.connect(url) as conn:
         store.prepare_connection(conn)
-        fleet = Fleet()
-        fleet.load(conn)
-        pipeline = Pipeline(topic_root=root, ingest=IngestConfig(), fleet=fleet,
-                            rules=load_rules(None), clock=time.time)
+        pipeline = Pipeline.load(conn, topic_root=root, rules=load_rules(None), clock=time.time)
         pipeline.restore(conn)
         conn.commit()
         raw = [RawMessage(t, p, time.time()) for t, p in messages]

@@ -12,9 +12,7 @@ from tests.app.conftest import query, register, telemetry
 
 from vagt.app import store
 from vagt.app.cli import main
-from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline
-from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
 
@@ -101,10 +99,7 @@ def live(database_url: str, tmp_path) -> None:
     rules_file.write_text(RULES)
     with psycopg.connect(database_url) as conn:
         store.prepare_connection(conn)
-        fleet = Fleet()
-        fleet.load(conn)
-        p = Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
-                     rules=load_rules(rules_file), clock=time.time)
+        p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(rules_file), clock=time.time)
         for batch in stream():
             out = p.process(conn, batch)
             conn.commit()

@@ -8,9 +8,7 @@ import psycopg
 from tests.app.conftest import DEVICES, query, register, telemetry
 
 from vagt.app import store
-from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline
-from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
 
@@ -23,10 +21,7 @@ def test_an_implausible_spo2_is_kept_marked_bad_counted_per_model_and_not_alerte
     register(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:
         store.prepare_connection(conn)
-        fleet = Fleet()
-        fleet.load(conn)
-        p = Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
-                     rules=load_rules(None), clock=time.time)
+        p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(None), clock=time.time)
         counted = []
         # 50 % for 20 minutes: spo2_low would fire if it were believed; the broker then
         # sends the second message again (a redelivery is judged again, not counted again)

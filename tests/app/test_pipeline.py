@@ -12,9 +12,7 @@ from tests.app.conftest import DEVICES, alarm, query, register, scalar, telemetr
 
 from vagt.alerts import policy
 from vagt.app import store
-from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline
-from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
 
@@ -23,10 +21,7 @@ T0 = time.time() - 3600
 
 
 def make_pipeline(conn: psycopg.Connection) -> Pipeline:
-    fleet = Fleet()
-    fleet.load(conn)
-    return Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
-                    rules=load_rules(None), clock=time.time)
+    return Pipeline.load(conn, topic_root=ROOT, rules=load_rules(None), clock=time.time)
 
 
 def msg(device_id: str, channel: str, payload: bytes) -> RawMessage:

@@ -406,19 +406,13 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
 def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
                    clock: Callable[[], float],
                    whole_fleet: bool = True) -> tuple[Fleet, Pipeline]:
-    """The fleet and the pipeline. Without `whole_fleet`, the fleet holds at first only the
-    devices with an open rule alert (their state is seeded from it), and takes in the others
-    as they send (`Fleet.resolve`), with their state from the `rule_state` table."""
-    fleet = Fleet(load_catalogue(config.catalogue or None))
+    """The fleet and the pipeline (see `Pipeline.load`)."""
     with pool.connection() as conn:
-        open_alerts = rule_queries.open_rule_alerts(conn)
-        if whole_fleet:
-            fleet.load(conn)
-        else:
-            fleet.resolve(conn, sorted({device_id for _, device_id, _ in open_alerts}))
-    pipeline = Pipeline(topic_root=config.mqtt.topic_root, ingest=config.ingest,
-                        fleet=fleet, rules=rules, open_alerts=open_alerts, clock=clock)
-    return fleet, pipeline
+        pipeline = Pipeline.load(conn, topic_root=config.mqtt.topic_root, rules=rules,
+                                 clock=clock, ingest=config.ingest,
+                                 catalogue=load_catalogue(config.catalogue or None),
+                                 whole_fleet=whole_fleet)
+    return pipeline.fleet, pipeline
 
 
 def _start_alarm_process(config: Config, metrics: EngineMetrics,

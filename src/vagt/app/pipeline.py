@@ -20,6 +20,7 @@ from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_fir
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
 from vagt.app.rule_state import Seen, SharedRuleState
+from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
@@ -90,6 +91,24 @@ class Pipeline:
         self.rules = RuleEngine(rules, fleet, fleet.catalogue)
         self.rules.seed(open_alerts)
         self.shared = SharedRuleState(self.rules, fleet)
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection, *, topic_root: str, rules: list[Rule],
+             clock: Callable[[], float], ingest: IngestConfig | None = None,
+             catalogue: Catalogue | None = None, whole_fleet: bool = True) -> Pipeline:
+        """A pipeline over the registered fleet, the rules seeded from the open alerts.
+
+        Without `whole_fleet`, the fleet holds at first only the devices with an open rule
+        alert, and takes in the others as they send (`Fleet.resolve`), their rules' state
+        from the `rule_state` table (the alarm lane's process: a few thousand alarm)."""
+        fleet = Fleet(catalogue)
+        open_alerts = rule_queries.open_rule_alerts(conn)
+        if whole_fleet:
+            fleet.load(conn)
+        else:
+            fleet.resolve(conn, sorted({device_id for _, device_id, _ in open_alerts}))
+        return cls(topic_root=topic_root, ingest=ingest or IngestConfig(), fleet=fleet,
+                   rules=rules, open_alerts=open_alerts, clock=clock)
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
                 state_apart: bool = False) -> BatchOutcome:
