@@ -134,13 +134,31 @@ class EngineProc:
         m = re.search(rf'^{name}{{lane="{lane}"}} (\S+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
+    def children(self) -> list[int]:
+        pid = self.process.pid
+        try:
+            return [int(c) for c in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    @staticmethod
+    def child_name(pid: int) -> str:
+        """The child's part, from its command line (`vagt.app.receiver`, ...)."""
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+        for key, name in (("receiver", "receiver"), ("alarm", "alarm lane")):
+            if key in cmd:
+                return name
+        return ""
+
     def peak_rss_mb(self) -> list[float]:
         """Peak resident memory of the engine and of each of its child processes (the alarm
         lane, the bulk lane's receiver)."""
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         peaks = []
-        for p in [pid, *map(int, children)]:
+        for p in [self.process.pid, *self.children()]:
             m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
             peaks.append(int(m.group(1)) / 1024 if m else float("nan"))
         return peaks
@@ -199,6 +217,65 @@ def busy_since(start: tuple[float, float]) -> float:
     """The share of the machine's CPU time used since `start` (everything on it)."""
     total, idle = cpu_times()
     return 1.0 - (idle - start[1]) / max(total - start[0], 1e-9)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().startswith("postgres"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds per process (the engine, each child of it, PostgreSQL's processes, the
+    broker) over a window: where the machine's CPU went while the engine drained."""
+
+    labels: dict[int, str]
+    start: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, procs: list[EngineProc], broker: Broker) -> CpuSplit:
+        labels = {}
+        for e in procs:
+            labels[e.process.pid] = "engine"
+            for child, name in zip(e.children(), ("child 1", "child 2", "child 3")):
+                labels[child] = e.child_name(child) or name
+        for pid in _postgres_pids():
+            labels[pid] = "PostgreSQL"
+        if broker.process:
+            labels[broker.process.pid] = "broker"
+        split = cls(labels)
+        split.start = {pid: _cpu_seconds(pid) for pid in labels}
+        return split
+
+    def seconds(self) -> dict[str, float]:
+        used: dict[str, float] = collections.defaultdict(float)
+        for pid, label in self.labels.items():
+            used[label] += max(0.0, _cpu_seconds(pid) - self.start[pid])
+        return dict(used)
+
+
+def cpu_split_figure(used: dict[str, float], messages: int) -> str:
+    """CPU per 1,000 messages, by process."""
+    total = sum(used.values())
+    parts = ", ".join(f"{k} {1000 * v / messages * 1000:.0f}"
+                      for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
+    return f"{1000 * total / messages * 1000:.0f} ms per 1,000 messages: {parts}"
 
 
 def wait_acked(procs: list[EngineProc], n: int, timeout: float = 1800) -> float:
@@ -421,8 +498,10 @@ def main() -> None:
                          workdir=work) as procs:
                 probe.run()
                 cpu = cpu_times()
+                split_one = CpuSplit.begin(procs, broker)
                 single = n / wait_acked(procs, n)
                 busy_one = busy_since(cpu)
+                used_one = split_one.seconds()
                 probe.stop()
                 rss = procs[0].peak_rss_mb()
             report("engine, one process", f"{single:,.0f} msg/s",
@@ -434,6 +513,8 @@ def main() -> None:
                 report("alarm latency during the drain",
                        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat[-1]:.0f} ms "
                        f"({len(lat)} alarms)", "(target p99 < 250 ms)")
+            report("CPU by process during the drain", cpu_split_figure(used_one, n),
+                   f"(the machine was {busy_one:.0%} busy)")
             parts = " + ".join(f"{r:.0f}" for r in rss)
             report("peak resident memory", f"{sum(rss):.0f} MB with {len(fleet):,} devices",
                    f"(target < 400 MB; the engine, then its child processes: {parts})"

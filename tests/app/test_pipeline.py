@@ -201,6 +201,32 @@ def test_a_redelivered_batch_changes_neither_alerts_nor_device_state(database_ur
             query(database_url, "SELECT count(*) FROM alert_audit")) == snapshot
 
 
+def test_a_batch_partly_stored_before_stores_only_its_new_rows_and_still_does_the_rest(
+        database_url):
+    """Readings go in with a plain INSERT first; one already stored (a redelivery mixed with
+    new messages, a message sent twice in one batch) sends the batch through ON CONFLICT DO
+    NOTHING instead, in the same transaction: nothing else of the batch is lost."""
+    register(database_url, DEVICES)
+    old = msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, spo2=97))
+    old_event = msg("ALM-0001", "alarm", alarm("ALM-0001", T0))
+    run_batches(database_url, [old, old_event])
+    new = msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0 + 60, spo2=96))
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        out = p.process(conn, [old, new, new, old_event, battery("OXI-0001", T0, 9)])
+        conn.commit()
+    assert (out.readings, out.events) == (2, 0)   # the new spo2 and the battery level
+    assert query(database_url, "SELECT extract(epoch FROM time)::float8, value FROM readings "
+                               "WHERE device_id = 'OXI-0002' ORDER BY time") == [
+        (pytest.approx(T0, abs=1e-3), 97.0), (pytest.approx(T0 + 60, abs=1e-3), 96.0)]
+    assert scalar(database_url, "SELECT count(*) FROM events") == 1
+    assert query(database_url, "SELECT rule, device_id FROM alerts ORDER BY id") == [
+        ("personal_alarm", "ALM-0001"), ("battery_low", "OXI-0001")]
+    assert scalar(database_url, "SELECT extract(epoch FROM last_seen)::float8 FROM devices "
+                                "WHERE device_id = 'OXI-0002'") == pytest.approx(T0 + 60, abs=1e-3)
+
+
 def test_with_state_apart_the_alarm_commits_first_and_the_device_state_after(database_url):
     register(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:
