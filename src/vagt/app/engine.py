@@ -23,7 +23,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from vagt.alerts.policy import AlertPolicy, install_policy, load_policy
-from vagt.app import db, rule_queries, store
+from vagt.app import db, heap, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
@@ -370,6 +370,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         with pool.connection() as conn:
             restored = pipeline.restore(conn)
         log.info("event=rule_state_restored devices=%d", restored)
+        heap.settle()
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
         metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
@@ -459,6 +460,7 @@ def run_alarm_lane(argv: list[str]) -> None:
                                lambda: reload_rules(config, pool, pipeline), stop)).start()
         threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop, True),
                          name="vagt-fleet-refresh", daemon=True).start()
+        heap.settle()
         _run_lanes(config, pool, pipeline, metrics, stop, catching_up, [spec])
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from vagt.app import heap
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT
 from vagt.ingest.consumer import MqttSession, SessionSettings
@@ -187,6 +188,7 @@ def run_receiver(argv: list[str]) -> None:
         except OSError:         # the engine is gone: what we hold comes again
             stop.set()
 
+    heap.settle()
     with MqttSession(settings.session) as session:
         threading.Thread(target=_acknowledge, args=(control, session, held, send, stop),
                          name="vagt-bulk-receiver-acks", daemon=True).start()
