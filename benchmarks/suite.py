@@ -242,31 +242,37 @@ def _postgres_pids() -> list[int]:
 
 @dataclass
 class CpuSplit:
-    """CPU seconds per process (the engine, each child of it, PostgreSQL's processes, the
-    broker) over a window: where the machine's CPU went while the engine drained."""
+    """CPU seconds per process (the engines, each child of theirs, PostgreSQL's processes,
+    the broker) over a window: where the machine's CPU went while the engines drained. A
+    process that starts within the window (a child starting late, a new PostgreSQL backend)
+    is counted whole."""
 
-    labels: dict[int, str]
+    procs: list[EngineProc]
+    broker: Broker
     start: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def begin(cls, procs: list[EngineProc], broker: Broker) -> CpuSplit:
+        split = cls(procs, broker)
+        split.start = {pid: _cpu_seconds(pid) for pid in split._labels()}
+        return split
+
+    def _labels(self) -> dict[int, str]:
         labels = {}
-        for e in procs:
+        for e in self.procs:
             labels[e.process.pid] = "engine"
-            for child, name in zip(e.children(), ("child 1", "child 2", "child 3")):
-                labels[child] = e.child_name(child) or name
+            for child in e.children():
+                labels[child] = e.child_name(child) or "other child"
         for pid in _postgres_pids():
             labels[pid] = "PostgreSQL"
-        if broker.process:
-            labels[broker.process.pid] = "broker"
-        split = cls(labels)
-        split.start = {pid: _cpu_seconds(pid) for pid in labels}
-        return split
+        if self.broker.process:
+            labels[self.broker.process.pid] = "broker"
+        return labels
 
     def seconds(self) -> dict[str, float]:
         used: dict[str, float] = collections.defaultdict(float)
-        for pid, label in self.labels.items():
-            used[label] += max(0.0, _cpu_seconds(pid) - self.start[pid])
+        for pid, label in self._labels().items():
+            used[label] += max(0.0, _cpu_seconds(pid) - self.start.get(pid, 0.0))
         return dict(used)
 
 
