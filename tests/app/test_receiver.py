@@ -186,10 +186,10 @@ def test_the_bulk_lane_yields_the_cpu_to_the_alarm_lane(
     [receiver] = receiver_pids(engine)
     [alarm_lane] = [int(p) for p in re.findall(r"event=alarm_lane_process_started pid=(\d+)",
                                                engine.log())]
-    assert niceness(receiver) == 10          # ingest.bulk_nice's default
+    assert niceness(receiver) == 19          # ingest.bulk_nice's default
     threads = {int(t): niceness(pid, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
     assert threads[pid] == 0                 # the engine's main thread, API, timer: as started
-    assert sorted(threads.values()).count(10) == 1   # the bulk lane's thread
+    assert sorted(threads.values()).count(19) == 1   # the bulk lane's thread
     assert niceness(alarm_lane) == 0
 
 

@@ -85,8 +85,10 @@ class IngestConfig:
     bulk_receiver_process: bool = True
     # The niceness (0-19) of the bulk lane's thread and its receiver process: on a machine
     # whose CPU a backlog keeps busy, the alarm lane's process runs first (see
-    # vagt.app.receiver); 0 gives them the same priority.
-    bulk_nice: int = 10
+    # vagt.app.receiver); 0 gives them the same priority. 19, not 10: alarm p99 during
+    # 200,000-message drains 45-51 ms in 4 runs of 5 (161 in one) against 59-253 ms at 10,
+    # and the drain as fast (0.77-0.83 of the bare consumer against 0.78-0.81).
+    bulk_nice: int = 19
 
 
 @dataclass(frozen=True)

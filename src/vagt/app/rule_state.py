@@ -63,6 +63,10 @@ _LOCK = """
 SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
 """
 
+# A statement of its own, after the lock: in READ COMMITTED a statement reads the snapshot it
+# began with, so versions read in the statement that waited for the lock (a CTE on the
+# device-state UPDATE was tried, to save the round trip) are those from before the other
+# process committed, and the rules would go on from stale state. A test fails so.
 _VERSIONS = """
 SELECT device_id, version, as_of, prev_as_of FROM rule_state WHERE device_id = ANY(%s)
 """
