@@ -544,14 +544,20 @@ def main() -> None:
             with engines(2, broker=broker, root=root2, url=url2, client_ids=two,
                          share_group=group, workdir=work) as procs:
                 cpu = cpu_times()
+                split_two = CpuSplit.begin(procs, broker)
                 double = n / wait_acked(procs, n)
                 busy_two = busy_since(cpu)
+                used_two = split_two.seconds()
                 replayed = sum(e.scrape("vagt_rule_replays_total", "bulk") for e in procs)
                 skipped = sum(e.scrape("vagt_rule_late_rows_skipped_total", "bulk")
                               for e in procs)
             report("engine, two processes ($share)", f"{double:,.0f} msg/s",
                    f"{double / single:.2f}x one process (target >= 1.6); the machine's "
                    f"CPU was {busy_one:.0%} busy with one, {busy_two:.0%} with two")
+            report("CPU by process, two engines", cpu_split_figure(used_two, n),
+                   f"(one engine: {1000 * sum(used_one.values()) / n * 1000:.0f} ms; the "
+                   "messages cost as much CPU shared out as in one: what a second engine adds "
+                   "is bounded by the cores left free)")
             report("devices with late rows, two processes",
                    f"{replayed:,.0f} evaluated again in order, {skipped:,.0f} skipped")
             double_alerts = alert_outcome(url2)
