@@ -44,6 +44,8 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
      "'ingest.bulk_receiver_process' must be true or false"),
     ({"VAGT_BULK_NICE": "20"},
      "'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness from 0 to 19, got 20"),
+    ({"VAGT_BULK_BATCH_MAX": "0"}, "'ingest.bulk_batch_max' (VAGT_BULK_BATCH_MAX) must be at "
+                                   "least 1, got 0"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:

@@ -130,6 +130,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_ALARM_PROCESS": ("ingest", "alarm_process"),
     "VAGT_BULK_RECEIVER_PROCESS": ("ingest", "bulk_receiver_process"),
     "VAGT_BULK_NICE": ("ingest", "bulk_nice"),
+    "VAGT_BULK_BATCH_MAX": ("ingest", "bulk_batch_max"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),
     "VAGT_API_PORT": ("", "api_port"),
@@ -276,9 +277,12 @@ def _validate(c: Config) -> None:
     if not 0 <= c.ingest.bulk_nice <= 19:
         raise ConfigError("setting 'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness "
                           f"from 0 to 19, got {c.ingest.bulk_nice}")
+    env_of = {setting: var for var, setting in ENV_SETTINGS.items()}
     for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
-        if getattr(c.ingest, name) < 1:
-            raise ConfigError(f"setting 'ingest.{name}' must be at least 1")
+        if (value := getattr(c.ingest, name)) < 1:
+            var = env_of.get(("ingest", name))
+            raise ConfigError(f"setting 'ingest.{name}'" + (f" ({var})" if var else "") +
+                              f" must be at least 1, got {value}")
 
 
 def redact_url(url: str) -> str:
