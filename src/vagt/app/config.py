@@ -73,7 +73,9 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     max_payload_bytes: int = 64 * 1024
-    bulk_batch_max: int = 5000          # messages per bulk transaction
+    # messages per bulk transaction: 10,000 drained 200,000 messages at 0.81-0.85 of the
+    # bare consumer against 0.68-0.84 at 5,000, in alternating runs (per-batch costs)
+    bulk_batch_max: int = 10000
     bulk_batch_wait_ms: int = 50        # how long a bulk batch may wait to fill
     alarm_batch_max: int = 50           # alarms are committed as soon as they arrive, a few at a time
     max_future_skew_s: int = 300        # a reading more than this far in the future is bad_time
