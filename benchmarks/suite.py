@@ -250,6 +250,20 @@ def _postgres_pids() -> list[int]:
     return pids
 
 
+def _postgres_part(pid: int) -> str:
+    """A PostgreSQL process's part: serving a connection, or autovacuum and the server's
+    own writers (checkpointer, background writer, WAL writer)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return "PostgreSQL"
+    if "autovacuum" in title:
+        return "PostgreSQL autovacuum"
+    if any(w in title for w in ("checkpointer", "background writer", "walwriter")):
+        return "PostgreSQL writers"
+    return "PostgreSQL"
+
+
 @dataclass
 class CpuSplit:
     """CPU seconds per process (the engines, each child of theirs, PostgreSQL's processes,
@@ -274,7 +288,7 @@ class CpuSplit:
             for child in e.children():
                 labels[child] = e.child_name(child) or "other child"
         for pid in _postgres_pids():
-            labels[pid] = "PostgreSQL"
+            labels[pid] = _postgres_part(pid)
         if self.broker.process:
             labels[self.broker.process.pid] = "broker"
         return labels
