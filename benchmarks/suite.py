@@ -18,6 +18,7 @@ The engine runs as `vagt run` in its own process, as in production, so the publi
 pollers here do not share its interpreter. Usage:
 
     .venv/bin/python -m benchmarks.suite [--messages 200000] [--devices 100000] [--profile]
+        [--split] [--rounds 3] [--drain-only]
 """
 
 from __future__ import annotations
@@ -453,6 +454,19 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, float]:
 
 # -- the run ----------------------------------------------------------------------------------
 
+@dataclass
+class Round:
+    """One drain by the engine, beside the bare consumer's just before it."""
+
+    url: str
+    bare: float
+    rate: float
+    busy: float
+    used: dict[str, float]
+    rss: list[float]
+    latencies: list[float]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200_000)
@@ -462,6 +476,9 @@ def main() -> None:
     ap.add_argument("--split", action="store_true",
                     help="also drain with a receiving process and a counting one (the ceiling "
                          "of an engine that receives in a process of its own)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="drain with the bare consumer and one engine this many times, in "
+                         "turn: medians, every ratio, and the alarms of all rounds")
     ap.add_argument("--drain-only", action="store_true",
                     help="only the bare consumer and one engine (rate, alarm latency, memory)")
     args = ap.parse_args()
@@ -498,57 +515,85 @@ def main() -> None:
 
             print(f"backlog: {n:,} messages (telemetry and status) of a simulated fleet of "
                   f"{len(fleet):,} devices", flush=True)
-            root = f"bench{uuid.uuid4().hex[:6]}/v1"
-            cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
-            session(broker.port, cid, [f"{root}/dev/+/{ch}" for ch in BULK_CHANNELS])
-            publish_backlog(broker.port, rooted(root, traffic))
-            bare = drain_bare(broker.port, cid, n)
-            report("bare paho consumer (ceiling)", f"{bare:,.0f} msg/s")
-            if args.split:
+
+            def bare_drain() -> float:
                 root = f"bench{uuid.uuid4().hex[:6]}/v1"
-                cid = f"bench-split-{uuid.uuid4().hex[:6]}"
+                cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
                 session(broker.port, cid, [f"{root}/dev/+/{ch}" for ch in BULK_CHANNELS])
                 publish_backlog(broker.port, rooted(root, traffic))
-                split = drain_split(broker.port, cid, n, RECEIVE_MAXIMUM)
-                report("receiving process + counting process (benchmarks/split.py)",
-                       f"{split:,.0f} msg/s", f"ratio to bare {split / bare:.2f}: the most an "
-                       "engine that receives in a process of its own could drain")
-                alone = pipeline_alone(database(), rooted(root, traffic))
-                report("the pipeline alone, the engine's batches in one thread, no MQTT",
-                       f"{alone:,.0f} msg/s", f"ratio to bare {alone / bare:.2f}: what the "
-                       "committing process of such an engine could keep up with")
+                return drain_bare(broker.port, cid, n)
 
-            url = database()
-            root = f"bench{uuid.uuid4().hex[:6]}/v1"
-            one = [f"bench-one-{uuid.uuid4().hex[:6]}"]
-            prepare_sessions(broker, root, one, "")
-            publish_backlog(broker.port, rooted(root, traffic))
-            probe = AlarmProbe(broker, root, url, alarms)
-            with engines(1, broker=broker, root=root, url=url, client_ids=one, share_group="",
-                         workdir=work) as procs:
-                probe.run()
-                cpu = cpu_times()
-                split_one = CpuSplit.begin(procs, broker)
-                single = n / wait_acked(procs, n)
-                busy_one = busy_since(cpu)
-                used_one = split_one.seconds()
-                probe.stop()
-                rss = procs[0].peak_rss_mb()
-            report("engine, one process", f"{single:,.0f} msg/s",
-                   f"ratio to bare {single / bare:.2f} (target >= 0.8)")
-            lat = probe.latencies_ms()
+            def engine_drain(bare: float) -> Round:
+                url = database()
+                root = f"bench{uuid.uuid4().hex[:6]}/v1"
+                one = [f"bench-one-{uuid.uuid4().hex[:6]}"]
+                prepare_sessions(broker, root, one, "")
+                publish_backlog(broker.port, rooted(root, traffic))
+                probe = AlarmProbe(broker, root, url, alarms)
+                with engines(1, broker=broker, root=root, url=url, client_ids=one,
+                             share_group="", workdir=work) as procs:
+                    probe.run()
+                    cpu = cpu_times()
+                    split_one = CpuSplit.begin(procs, broker)
+                    rate = n / wait_acked(procs, n)
+                    busy = busy_since(cpu)
+                    used = split_one.seconds()
+                    probe.stop()
+                    rss = procs[0].peak_rss_mb()
+                print(f"  round: bare {bare:,.0f} msg/s, engine {rate:,.0f} msg/s, ratio "
+                      f"{rate / bare:.2f}", flush=True)
+                return Round(url, bare, rate, busy, used, rss, probe.latencies_ms())
+
+            rounds: list[Round] = []
+            for k in range(args.rounds):
+                bare = bare_drain()
+                if k == 0 and args.split:
+                    root = f"bench{uuid.uuid4().hex[:6]}/v1"
+                    cid = f"bench-split-{uuid.uuid4().hex[:6]}"
+                    session(broker.port, cid, [f"{root}/dev/+/{ch}" for ch in BULK_CHANNELS])
+                    publish_backlog(broker.port, rooted(root, traffic))
+                    split = drain_split(broker.port, cid, n, RECEIVE_MAXIMUM)
+                    report("receiving process + counting process (benchmarks/split.py)",
+                           f"{split:,.0f} msg/s", f"ratio to bare {split / bare:.2f}: the most "
+                           "an engine that receives in a process of its own could drain")
+                    alone = pipeline_alone(database(), rooted(root, traffic))
+                    report("the pipeline alone, the engine's batches in one thread, no MQTT",
+                           f"{alone:,.0f} msg/s", f"ratio to bare {alone / bare:.2f}: what "
+                           "the committing process of such an engine could keep up with")
+                rounds.append(engine_drain(bare))
+            bare = statistics.median(r.bare for r in rounds)
+            single = statistics.median(r.rate for r in rounds)
+            ratios = sorted(r.rate / r.bare for r in rounds)
+            several = len(rounds) > 1
+            report("bare paho consumer (ceiling)", f"{bare:,.0f} msg/s"
+                   + (" (median)" if several else ""))
+            report("engine, one process", f"{single:,.0f} msg/s" + (" (median)" if several else ""),
+                   f"ratio to bare {statistics.median(ratios):.2f}"
+                   + (f" (median of {len(ratios)} rounds: "
+                      + ", ".join(f"{x:.2f}" for x in ratios) + ")" if several else "")
+                   + " (target >= 0.8)")
+            lat = sorted(x for r in rounds for x in r.latencies)
             if lat:
                 p50 = statistics.median(lat)
                 p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
                 report("alarm latency during the drain",
                        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat[-1]:.0f} ms "
-                       f"({len(lat)} alarms)", "(target p99 < 250 ms)")
+                       f"({len(lat)} alarms" + (", all rounds)" if several else ")"),
+                       "(target p99 < 250 ms)")
+            used_one: dict[str, float] = collections.defaultdict(float)
+            for r in rounds:
+                for part, seconds in r.used.items():
+                    used_one[part] += seconds / len(rounds)
+            busy_one = statistics.mean(r.busy for r in rounds)
             report("CPU by process during the drain", cpu_split_figure(used_one, n),
                    f"(the machine was {busy_one:.0%} busy)")
+            rss = max((r.rss for r in rounds), key=sum)
             parts = " + ".join(f"{r:.0f}" for r in rss)
-            report("peak resident memory", f"{sum(rss):.0f} MB with {len(fleet):,} devices",
+            report("peak resident memory", f"{sum(rss):.0f} MB with {len(fleet):,} devices"
+                   + (" (the highest round)" if several else ""),
                    f"(target < 400 MB; the engine, then its child processes: {parts})"
                    if len(rss) > 1 else "(target < 400 MB)")
+            url = rounds[0].url
             with psycopg.connect(url) as conn:
                 stored = conn.execute("SELECT count(*) FROM readings").fetchone()
             rows_written = int(stored[0]) if stored else 0
