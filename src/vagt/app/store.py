@@ -122,7 +122,8 @@ def _insert_new(cur: psycopg.Cursor[Any], insert: str) -> int:
     row up in the key's index before it inserts it (a speculative insertion), and that cost
     a third of the time of a batch's readings. If a row was stored before (a batch delivered
     again after a crash, or a device that sent one reading twice), the INSERT fails on the
-    key, and goes again with ON CONFLICT DO NOTHING: only the new rows are stored.
+    key, and goes again with ON CONFLICT DO NOTHING: only the new rows are stored (the
+    server's log shows the first attempt as a duplicate key error).
     """
     cur.execute("SAVEPOINT vagt_insert")
     try:
