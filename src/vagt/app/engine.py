@@ -8,6 +8,7 @@ lane has committed and acknowledged the batch in hand.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue as queues
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import psycopg
@@ -38,6 +39,8 @@ from vagt.ingest.topics import subscription_filters
 from vagt.rules import Rule, load_rules
 
 log = logging.getLogger("vagt.engine")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,29 +178,69 @@ class Lane:
 
         The broker resends nothing within a connection, so a batch taken is held until it
         commits. If we stop before that, it is not acknowledged and comes again next time.
+
+        A batch that fails otherwise (a bug, or data the database refuses, set off by one
+        of its messages) goes again one message at a time, and the message that fails is
+        kept as a dead letter, with an alert (`Pipeline.refuse`). Raised, the error would
+        end the lane, the broker would send the same batch again, and it would fail again:
+        the alarms behind it would wait for ever.
         """
         name = self.spec.name
-        delay = 0.2
-        while True:
-            started = time.monotonic()
-            try:
-                with self.pool.connection() as conn:
-                    outcome = self.pipeline.process(conn, batch, self.spec.state_apart)
-                break  # leaving the block committed
-            except psycopg.OperationalError as e:
-                self.metrics.db_errors.labels(name).inc()
-                log.error("event=batch_commit_failed lane=%s messages=%d error=%r retry_in=%.1fs",
-                          name, len(batch), _first_line(e), delay)
-                if stop.wait(delay):
-                    log.warning("event=batch_abandoned lane=%s messages=%d "
-                                "note=not_acknowledged_broker_will_resend", name, len(batch))
-                    return
-                delay = min(delay * 2, 5.0)
+        started = time.monotonic()
+        try:
+            done = self._in_transaction(
+                lambda conn: self.pipeline.process(conn, batch, self.spec.state_apart), stop)
+        except Exception:
+            log.exception("event=batch_failed lane=%s messages=%d note=one_message_at_a_time",
+                          name, len(batch))
+            done = self._one_at_a_time(batch, stop)
+        if done is None:
+            log.warning("event=batch_abandoned lane=%s messages=%d "
+                        "note=not_acknowledged_broker_will_resend", name, len(batch))
+            return
+        outcome = done[0]
         committed = time.time()
         if settler is not None and outcome.state_apart:
             settler.put((batch, outcome, committed, started))  # the lane takes the next one
             return
         self._finish(batch, outcome, committed, started)
+
+    def _one_at_a_time(self, batch: list[RawMessage],
+                       stop: threading.Event) -> tuple[BatchOutcome] | None:
+        """Each message in a transaction of its own (its device state in it too); one that
+        fails is refused. Returns what they did together, None if we stop first."""
+        total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
+        for m in batch:
+            try:
+                done = self._in_transaction(
+                    functools.partial(self.pipeline.process, messages=[m]), stop)
+            except Exception as e:
+                log.exception("event=message_refused lane=%s topic=%s", self.spec.name, m.topic)
+                self.metrics.messages_refused.labels(self.spec.name).inc()
+                done = self._in_transaction(
+                    functools.partial(self.pipeline.refuse, message=m, error=e), stop)
+            if done is None:
+                return None
+            self.pipeline.after_commit(done[0])
+            total.add(done[0])
+        return (total,)
+
+    def _in_transaction(self, work: Callable[[psycopg.Connection], T],
+                        stop: threading.Event) -> tuple[T] | None:
+        """`work` in a transaction of its own, committed, and retried while the database is
+        away; None if we stop first. Any other error rolls back and is raised."""
+        delay = 0.2
+        while True:
+            try:
+                with self.pool.connection() as conn:
+                    return (work(conn),)   # leaving the block committed
+            except psycopg.OperationalError as e:
+                self.metrics.db_errors.labels(self.spec.name).inc()
+                log.error("event=commit_failed lane=%s error=%r retry_in=%.1fs",
+                          self.spec.name, _first_line(e), delay)
+                if stop.wait(delay):
+                    return None
+                delay = min(delay * 2, 5.0)
 
     def _finish(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                 started: float) -> None:
@@ -211,19 +254,8 @@ class Lane:
     def _write_state(self, outcome: BatchOutcome, stop: threading.Event) -> bool:
         """The state left apart, retried like a batch; False if we stop first (then the
         batch is not acknowledged and comes again)."""
-        delay = 0.2
-        while True:
-            try:
-                with self.pool.connection() as conn:
-                    self.pipeline.write_state(conn, outcome)
-                return True
-            except psycopg.OperationalError as e:
-                self.metrics.db_errors.labels(self.spec.name).inc()
-                log.error("event=state_commit_failed lane=%s error=%r retry_in=%.1fs",
-                          self.spec.name, _first_line(e), delay)
-                if stop.wait(delay):
-                    return False
-                delay = min(delay * 2, 5.0)
+        return self._in_transaction(
+            lambda conn: self.pipeline.write_state(conn, outcome), stop) is not None
 
     def _observe(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                  seconds: float, acked: int) -> None:

@@ -89,6 +89,10 @@ class EngineMetrics:
             "vagt_rule_late_rows_skipped", "Devices whose rows came after newer ones and too "
             "late to evaluate again in order (older than the state kept): the rules skipped "
             "them", ["lane"], registry=r)
+        self.messages_refused = Counter(
+            "vagt_messages_refused", "Messages whose processing failed (a bug, or data the "
+            "database refused): kept as dead letters (reason processing_failed), with an alert",
+            ["lane"], registry=r)
         self.db_errors = Counter("vagt_database_errors",
                                  "Batches whose commit failed and was retried", ["lane"],
                                  registry=r)

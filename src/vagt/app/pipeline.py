@@ -23,7 +23,8 @@ from vagt.app.rule_state import Seen, SharedRuleState
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.ingest.decode import decode_batch
-from vagt.ingest.model import DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
+from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
+from vagt.ingest.topics import TopicError, parser_for
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine
 
 I64 = npt.NDArray[np.int64]
@@ -59,6 +60,21 @@ class BatchOutcome:
     # before (`replayed`), or too late for that, their late rows skipped by the rules
     replayed: int = 0
     too_late: int = 0
+
+    def add(self, other: BatchOutcome) -> None:
+        """Count in what `other` did, committed already (its state applied: see
+        `Pipeline.after_commit`): a batch that went one message at a time."""
+        self.messages += other.messages
+        self.decoded += other.decoded
+        self.readings += other.readings
+        self.events += other.events
+        self.dead += other.dead
+        self.opened += other.opened
+        self.cleared += other.cleared
+        self.bad_readings += other.bad_readings
+        self.replayed += other.replayed
+        self.too_late += other.too_late
+        self.device_lag_s = max(self.device_lag_s, other.device_lag_s)
 
 
 # A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
@@ -236,6 +252,43 @@ class Pipeline:
             out.opened += [a for a in again.opened if a not in out.opened]
             out.cleared += again.cleared
 
+    def refuse(self, conn: psycopg.Connection, message: RawMessage,
+               error: BaseException) -> BatchOutcome:
+        """A message that processing failed on (a bug, or data the database refused), kept
+        as a dead letter, and an alert so that a person looks: for a message on the alarm
+        channel in the personal alarm's queue (someone may have pressed the button), for
+        any other the service centre's."""
+        try:
+            device_id, channel, _ = parser_for(self.topic_root).lookup(message.topic)
+        except TopicError:
+            device_id, channel = "", None
+        text = str(error).strip().splitlines()
+        dead = DeadLetter(
+            message.topic, message.payload, message.received_at,
+            DeadLetterReason.PROCESSING_FAILED,
+            f"vagt failed on this message ({type(error).__name__}: "
+            f"{text[0] if text else 'no message'}); the rest of its batch went on. A bug, "
+            "or data the database refused: the engine's log has the traceback",
+            device_id or None)
+        store.insert_dead_letters(conn, [dead])
+        who = device_id or message.topic[:200]
+        if channel is Channel.ALARM:
+            alarm = next((r for r in self.rules.rules if r.name == "personal_alarm"), None)
+            firing = AlertFiring(
+                REFUSED_RULE, who, f"an alarm from {who} could not be processed: contact the "
+                "citizen (the message is kept as a dead letter)", "critical",
+                alarm.priority if alarm else 1, alarm.queue if alarm else "emergency",
+                message.received_at, message.received_at, 1,
+                {"rule": REFUSED_RULE, "device_id": who, "severity": "critical",
+                 "channel": "alarm"})
+        else:
+            firing = AlertFiring(
+                REFUSED_RULE, who, f"a message from {who} could not be processed (kept as a "
+                "dead letter; the engine's log says why)", "warning", 3, "service_centre",
+                message.received_at, message.received_at, 1,
+                {"rule": REFUSED_RULE, "device_id": who, "severity": "warning"})
+        return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, [firing]))
+
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring the in-memory fleet in line with what was just committed (the rules' state
         is in memory already: see `SharedRuleState`)."""
@@ -412,6 +465,7 @@ def _message_times(dec: DecodedBatch, received: F64) -> F64:
 
 
 UNKNOWN_DEVICE_RULE = "unknown_device"
+REFUSED_RULE = "message_processing_failed"
 OUT_OF_SERVICE_RULE = "device_out_of_service"
 OUT_OF_SERVICE = ("retired", "lost")
 

@@ -30,6 +30,8 @@ class DeadLetterReason(enum.StrEnum):
     BAD_TIME = "bad_time"                    # missing, unparsable or far-future timestamp
     DEVICE_MISMATCH = "device_mismatch"      # the payload names another device than the topic
     UNKNOWN_DEVICE = "unknown_device"        # the device is not in the registry
+    PROCESSING_FAILED = "processing_failed"  # vagt failed on it (a bug, or data the database
+                                             # refused); the rest of its batch went on
 
 
 @dataclass(frozen=True, slots=True)

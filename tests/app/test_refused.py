@@ -1,0 +1,114 @@
+"""A message that processing fails on (a bug, or data the database refuses) is kept as a
+dead letter with an alert, and the rest of its batch goes on: the lane neither stops nor
+takes the same batch again and again, which would hold every alarm behind it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import psycopg
+from tests.app.conftest import (
+    alarm,
+    publish,
+    query,
+    register,
+    scalar,
+    telemetry,
+    topic,
+    wait_for,
+)
+from tests.support import Broker
+
+from vagt.app.config import Config
+from vagt.app.engine import Lane, lane_specs, open_engine_pool
+from vagt.app.metrics import EngineMetrics
+from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.ingest.consumer import MqttSession, SessionSettings
+from vagt.ingest.model import RawMessage
+from vagt.rules import load_rules
+
+T0 = time.time() - 3600
+
+
+class BrokenOn(Pipeline):
+    """The real pipeline, with a bug that one device's messages set off."""
+
+    broken_device = "OXI-0002"
+
+    def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
+                state_apart: bool = False) -> BatchOutcome:
+        if any(f"/dev/{self.broken_device}/" in m.topic for m in messages):
+            raise ZeroDivisionError("a bug this device's message sets off")
+        return super().process(conn, messages, state_apart)
+
+
+def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
+             messages: list[tuple[str, bytes]], until: str) -> EngineMetrics:
+    """One lane of the engine over a real session and database, until the query `until`
+    (a count) reaches the number of messages published."""
+    spec = next(s for s in lane_specs(Config()) if s.name == lane)
+    channel = "alarm" if lane == "alarm" else "telemetry"
+    settings = SessionSettings(client_id=f"refused-{uuid.uuid4().hex[:8]}",
+                               filters=(f"{topic_root}/dev/+/{channel}",), port=broker.port,
+                               session_expiry_s=300)
+    metrics = EngineMetrics()
+    stop = threading.Event()
+    with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
+            MqttSession(settings) as session:
+        with pool.connection() as conn:
+            fleet_pipeline = BrokenOn.load(conn, topic_root=topic_root, rules=load_rules(None),
+                                           clock=time.time)
+        wait_for(lambda: session.connected, what="the lane's session")
+        publish(broker.port, messages)
+        worker = threading.Thread(target=Lane(spec, session, pool, fleet_pipeline,
+                                              metrics).run, args=(stop,))
+        worker.start()
+        try:
+            wait_for(lambda: scalar(database_url, until) == len(messages), what=until)
+            wait_for(lambda: metrics.acked.labels(lane)._value.get() == len(messages),
+                     what="every message acknowledged")
+        finally:
+            stop.set()
+            worker.join(30)
+        assert not worker.is_alive(), "the lane stopped"
+    return metrics
+
+
+def test_the_message_processing_fails_on_is_refused_and_the_rest_of_its_batch_is_stored(
+        database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
+    sent = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, spo2=96))
+            for k, d in enumerate(["OXI-0001", "OXI-0002", "OXI-0001"])]
+    metrics = run_lane(database_url, broker, topic_root, "bulk", sent,
+                       "SELECT (SELECT count(*) FROM readings) + "
+                       "(SELECT count(*) FROM dead_letters)")
+    assert scalar(database_url, "SELECT count(*) FROM readings "
+                                "WHERE device_id = 'OXI-0001'") == 2
+    [(reason, device, detail)] = query(database_url,
+                                       "SELECT reason, device_id, detail FROM dead_letters")
+    assert (reason, device) == ("processing_failed", "OXI-0002")
+    assert "ZeroDivisionError: a bug this device's message sets off" in detail
+    assert query(database_url, "SELECT rule, device_id, queue, severity FROM alerts") == [
+        ("message_processing_failed", "OXI-0002", "service_centre", "warning")]
+    assert metrics.messages_refused.labels("bulk")._value.get() == 1
+    assert metrics.dead_letters.labels("processing_failed")._value.get() == 1
+
+
+def test_an_alarm_that_processing_fails_on_still_reaches_the_emergency_queue(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    monkeypatch.setattr(BrokenOn, "broken_device", "ALM-0001")
+    register(database_url, [("ALM-0002", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")])
+    sent = [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0)),
+            (topic(topic_root, "ALM-0002", "alarm"), alarm("ALM-0002", T0))]
+    run_lane(database_url, broker, topic_root, "alarm", sent,
+             "SELECT count(*) FROM alerts")
+    assert query(database_url, "SELECT rule, device_id, queue, severity FROM alerts "
+                               "ORDER BY device_id") == [
+        ("message_processing_failed", "ALM-0001", "emergency", "critical"),
+        ("personal_alarm", "ALM-0002", "emergency", "critical")]
+    summary = scalar(database_url, "SELECT summary FROM alerts WHERE device_id = 'ALM-0001'")
+    assert "contact the citizen" in summary
+    assert scalar(database_url, "SELECT reason FROM dead_letters") == "processing_failed"
