@@ -227,6 +227,26 @@ def test_a_batch_partly_stored_before_stores_only_its_new_rows_and_still_does_th
                                 "WHERE device_id = 'OXI-0002'") == pytest.approx(T0 + 60, abs=1e-3)
 
 
+def test_an_alarm_that_cannot_be_read_still_reaches_the_emergency_queue(database_url):
+    """A registered personal alarm whose message is unreadable may still be someone who
+    pressed the button: the message is a dead letter, and the call centre hears of it."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [
+        msg("ALM-0001", "alarm", b'{"events": [{"code": "alarm.fall"'),      # cut short
+        msg("ALM-0001", "alarm", b'{"events": [{"code": "alarm.fall"'),      # and again
+        msg("OXI-0001", "telemetry", b'{"readings": ['),           # not an alarm: no alert
+        msg("NOPE-0001", "alarm", b'{"events": ['),                # not registered
+    ])
+    assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY id") == [
+        ("malformed", "ALM-0001"), ("malformed", "OXI-0001"), ("malformed", "NOPE-0001")]
+    [(rule, device, queue, severity, repeats, summary)] = query(
+        database_url, "SELECT rule, device_id, queue, severity, repeat_count, summary "
+                      "FROM alerts")
+    assert (rule, device, queue, severity, repeats) == (
+        "unreadable_alarm", "ALM-0001", "emergency", "critical", 2)
+    assert "could not be read (malformed): contact the citizen" in summary
+
+
 def test_with_state_apart_the_alarm_commits_first_and_the_device_state_after(database_url):
     register(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:

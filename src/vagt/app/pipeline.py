@@ -272,22 +272,24 @@ class Pipeline:
             device_id or None)
         store.insert_dead_letters(conn, [dead])
         who = device_id or message.topic[:200]
+        at = np.array([message.received_at])
         if channel is Channel.ALARM:
-            alarm = next((r for r in self.rules.rules if r.name == "personal_alarm"), None)
-            firing = AlertFiring(
-                REFUSED_RULE, who, f"an alarm from {who} could not be processed: contact the "
-                "citizen (the message is kept as a dead letter)", "critical",
-                alarm.priority if alarm else 1, alarm.queue if alarm else "emergency",
-                message.received_at, message.received_at, 1,
-                {"rule": REFUSED_RULE, "device_id": who, "severity": "critical",
-                 "channel": "alarm"})
+            firings = _registry_firings(
+                REFUSED_RULE, [who], at, [message.topic],
+                lambda d, _: f"an alarm from {d} could not be processed: contact the citizen "
+                             "(the message is kept as a dead letter)", *self._alarm_route())
         else:
-            firing = AlertFiring(
-                REFUSED_RULE, who, f"a message from {who} could not be processed (kept as a "
-                "dead letter; the engine's log says why)", "warning", 3, "service_centre",
-                message.received_at, message.received_at, 1,
-                {"rule": REFUSED_RULE, "device_id": who, "severity": "warning"})
-        return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, [firing]))
+            firings = _registry_firings(
+                REFUSED_RULE, [who], at, [message.topic],
+                lambda d, _: f"a message from {d} could not be processed (kept as a dead "
+                             "letter; the engine's log says why)")
+        return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, firings))
+
+    def _alarm_route(self) -> tuple[str, int, str]:
+        """Severity, priority and queue of an alert about an alarm no rule saw: the personal
+        alarm rule's (someone may have pressed the button)."""
+        rule = next((r for r in self.rules.rules if r.name == "personal_alarm"), None)
+        return "critical", rule.priority if rule else 1, rule.queue if rule else "emergency"
 
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring the in-memory fleet in line with what was just committed (the rules' state
@@ -330,6 +332,22 @@ class Pipeline:
                 UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in unknown], msg_time[unknown],
                 [messages[i].topic for i in unknown],
                 lambda d, topic: f"unregistered device {d} is sending (last on {topic})")
+        # An alarm that could not be read may still be someone who needs help: the personal
+        # alarm's queue hears of it (from a registered device; the message is a dead letter).
+        reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
+        unread = [i for i in dec.dead_msg if dec.msg_channel[i] == Channel.ALARM.value
+                  and dec.msg_device[i]]
+        if unread:
+            known = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread]) >= 0
+            unread = [i for i, k in zip(unread, known.tolist()) if k]
+        if unread:
+            why = {dec.msg_device[i]: reason[i] for i in unread}
+            out.registry_firings += _registry_firings(
+                UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
+                msg_time[np.asarray(unread)], [messages[i].topic for i in unread],
+                lambda d, topic: f"an alarm from {d} could not be read ({why[d]}): contact "
+                                 f"the citizen (last on {topic}; kept as a dead letter)",
+                *self._alarm_route())
         # A retired or lost device that sends is kept (nothing is lost), and the service
         # centre hears of it: a lost one is found, a retired one is back in someone's home.
         gone = live_pos[idx >= 0][self.fleet.status_in(idx[idx >= 0], OUT_OF_SERVICE)]
@@ -466,22 +484,24 @@ def _message_times(dec: DecodedBatch, received: F64) -> F64:
 
 UNKNOWN_DEVICE_RULE = "unknown_device"
 REFUSED_RULE = "message_processing_failed"
+UNREADABLE_ALARM_RULE = "unreadable_alarm"
 OUT_OF_SERVICE_RULE = "device_out_of_service"
 OUT_OF_SERVICE = ("retired", "lost")
 
 
 def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list[str],
-                      summary: Callable[[str, str], str]) -> list[AlertFiring]:
-    """One firing per device id of the batch, counting its messages: for the service
-    centre, not the call centre, about a device the registry does not expect to hear from
-    (never registered: a swap not recorded, a typo, or something that should not be there;
-    retired or lost)."""
+                      summary: Callable[[str, str], str], severity: str = "warning",
+                      priority: int = 3, queue: str = "service_centre") -> list[AlertFiring]:
+    """One firing per device id of the batch, counting its messages, for what no rule
+    sees: by default for the service centre, not the call centre, about a device the
+    registry does not expect to hear from (never registered: a swap not recorded, a typo, or
+    something that should not be there; retired or lost)."""
     seen: dict[str, tuple[float, float, str, int]] = {}   # first, last, last topic, count
     for d, t, topic in zip(device_ids, times.tolist(), topics):
         first, last, _, n = seen.get(d, (t, t, topic, 0))
         seen[d] = (min(first, t), max(last, t), topic, n + 1)
-    return [AlertFiring(rule, d, summary(d, topic), "warning", 3, "service_centre", first, last,
-                        n, {"rule": rule, "device_id": d, "severity": "warning"})
+    return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
+                        {"rule": rule, "device_id": d, "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
 
 
