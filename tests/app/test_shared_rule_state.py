@@ -22,6 +22,7 @@ from tests.app.conftest import DEVICES, query, register, telemetry
 from vagt.app import store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import Pipeline
+from vagt.app.rule_state import SharedRuleState
 from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
@@ -257,6 +258,59 @@ def test_a_batch_that_rolled_back_leaves_the_rules_state_as_it_was(database_url,
     p.batch([spo2("OXI-0001", T0 + 180, 95)])
     assert alerts(database_url) == []  # three in a row stored, not four
     p.batch([spo2("OXI-0001", T0 + 240, 95)])
+    assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+    p.close()
+
+
+@pytest.mark.parametrize("written_before", [True, False])
+def test_a_batch_whose_state_could_not_be_saved_leaves_the_rules_as_they_were(
+        database_url, rules_file, monkeypatch, written_before):
+    """The state goes into memory before its row is written; if writing it fails (the
+    connection drops in that statement), the batch is retried from the state before it,
+    not on top of its own failed evaluation. With and without a row written earlier."""
+    register(database_url, DEVICES)
+    p = Process(database_url, rules_file)
+    first = [spo2("OXI-0001", T0 + 60 * k, 95) for k in range(2 if written_before else 0)]
+    if first:
+        p.batch(first)
+    third = [spo2("OXI-0001", T0 + 120, 95)]
+    real_save = SharedRuleState.save
+
+    def dropped(self, conn, devs, seen=None):
+        raise psycopg.OperationalError("the connection dropped while the state was written")
+
+    monkeypatch.setattr(SharedRuleState, "save", dropped)
+    with pytest.raises(psycopg.OperationalError):
+        p.batch(third)
+    p.conn.rollback()
+    monkeypatch.setattr(SharedRuleState, "save", real_save)
+    p.batch(third)                                  # the lane's retry
+    more = [spo2("OXI-0001", T0 + 180 + 60 * k, 95) for k in range(3 - len(first))]
+    if more[:-1]:
+        p.batch(more[:-1])
+    assert alerts(database_url) == []               # three in a row so far, not four
+    p.batch(more[-1:])
+    assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+    p.close()
+
+
+def test_an_alert_whose_state_could_not_be_saved_fires_when_its_batch_is_retried(
+        database_url, rules_file, monkeypatch):
+    register(database_url, DEVICES)
+    p = Process(database_url, rules_file)
+    p.batch([spo2("OXI-0001", T0 + 60 * k, 95) for k in range(3)])
+    fourth = [spo2("OXI-0001", T0 + 180, 95)]      # the one that makes it stuck
+    real_save = SharedRuleState.save
+
+    def dropped(self, conn, devs, seen=None):
+        raise psycopg.OperationalError("the connection dropped while the state was written")
+
+    monkeypatch.setattr(SharedRuleState, "save", dropped)
+    with pytest.raises(psycopg.OperationalError):
+        p.batch(fourth)
+    p.conn.rollback()
+    monkeypatch.setattr(SharedRuleState, "save", real_save)
+    p.batch(fourth)                                 # the lane's retry
     assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
     p.close()
 

@@ -35,6 +35,9 @@ from vagt.rules.persist import Layout, layout, pack, unpack
 I64 = np.ndarray[Any, np.dtype[np.int64]]
 
 UNKNOWN = np.iinfo(np.int64).min   # a version no row has: read the row
+# Memory holds state its row may not have (written in a statement that had not succeeded, or
+# in a transaction that rolled back): read the row, and a row never written empties memory.
+UNSAVED = UNKNOWN + 1
 RESTORE_CHUNK = 10_000
 # Rows written by another process are read again if written this long before the last
 # refresh began: `updated_at` is the writer's transaction start, and it commits later.
@@ -261,8 +264,16 @@ class SharedRuleState:
             if len(touched) == 0 or self.lock(conn, touched).read == 0:
                 break
             locked = np.union1d(locked, touched)
+        changed = ev.changed_devices()
+        # Until `save` has written it, memory is ahead of the rows: if the statement fails
+        # (the connection drops), the batch is retried from the rows, not from memory, where
+        # the rules have seen its rows already and would fire nothing (an alert was lost so)
+        with self._lock:
+            if len(changed):
+                self._grow(int(changed.max()) + 1)
+            self._versions[changed] = UNSAVED
         self.engine.apply(ev)
-        self.save(conn, ev.changed_devices(), seen)
+        self.save(conn, changed, seen)
         return ev
 
     # -- outside the batches ----------------------------------------------------------------
