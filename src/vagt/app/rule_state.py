@@ -8,8 +8,9 @@ keeps the state in memory (the rule engine's arrays) as a cache of the table:
   devices' rows in device order (`lock`) and reads again the rows whose version is not the
   one this process last wrote or read: another process changed them;
 - after evaluation the new state goes into memory at once and into the rows in the same
-  transaction (`save`), with a new random version. If that transaction rolls back, the
-  versions no longer match and the next lock reads the rows again.
+  transaction (`save`), with a new random version. If that transaction rolls back, or the
+  write itself fails, the versions no longer match (memory is `UNSAVED` until the write
+  succeeds) and the next lock reads the rows again.
 
 So two processes evaluate one device one after the other, each from the state the other
 committed, and the alerts are those one process would raise. `refresh` reads what other
