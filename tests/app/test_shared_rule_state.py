@@ -262,6 +262,21 @@ def test_a_batch_that_rolled_back_leaves_the_rules_state_as_it_was(database_url,
     p.close()
 
 
+def save_fails_then_retry(p: Process, monkeypatch: pytest.MonkeyPatch,
+                          batch: list[RawMessage]) -> None:
+    """The batch's rule-state write fails (the connection drops in that statement), and the
+    lane commits the batch again."""
+    def dropped(*_args: object, **_kw: object) -> None:
+        raise psycopg.OperationalError("the connection dropped while the state was written")
+
+    with monkeypatch.context() as m:
+        m.setattr(SharedRuleState, "save", dropped)
+        with pytest.raises(psycopg.OperationalError):
+            p.batch(batch)
+    p.conn.rollback()
+    p.batch(batch)
+
+
 @pytest.mark.parametrize("written_before", [True, False])
 def test_a_batch_whose_state_could_not_be_saved_leaves_the_rules_as_they_were(
         database_url, rules_file, monkeypatch, written_before):
@@ -274,17 +289,7 @@ def test_a_batch_whose_state_could_not_be_saved_leaves_the_rules_as_they_were(
     if first:
         p.batch(first)
     third = [spo2("OXI-0001", T0 + 120, 95)]
-    real_save = SharedRuleState.save
-
-    def dropped(self, conn, devs, seen=None):
-        raise psycopg.OperationalError("the connection dropped while the state was written")
-
-    monkeypatch.setattr(SharedRuleState, "save", dropped)
-    with pytest.raises(psycopg.OperationalError):
-        p.batch(third)
-    p.conn.rollback()
-    monkeypatch.setattr(SharedRuleState, "save", real_save)
-    p.batch(third)                                  # the lane's retry
+    save_fails_then_retry(p, monkeypatch, third)
     more = [spo2("OXI-0001", T0 + 180 + 60 * k, 95) for k in range(3 - len(first))]
     if more[:-1]:
         p.batch(more[:-1])
@@ -300,17 +305,7 @@ def test_an_alert_whose_state_could_not_be_saved_fires_when_its_batch_is_retried
     p = Process(database_url, rules_file)
     p.batch([spo2("OXI-0001", T0 + 60 * k, 95) for k in range(3)])
     fourth = [spo2("OXI-0001", T0 + 180, 95)]      # the one that makes it stuck
-    real_save = SharedRuleState.save
-
-    def dropped(self, conn, devs, seen=None):
-        raise psycopg.OperationalError("the connection dropped while the state was written")
-
-    monkeypatch.setattr(SharedRuleState, "save", dropped)
-    with pytest.raises(psycopg.OperationalError):
-        p.batch(fourth)
-    p.conn.rollback()
-    monkeypatch.setattr(SharedRuleState, "save", real_save)
-    p.batch(fourth)                                 # the lane's retry
+    save_fails_then_retry(p, monkeypatch, fourth)
     assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
     p.close()
 
