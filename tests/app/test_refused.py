@@ -34,13 +34,18 @@ T0 = time.time() - 3600
 
 
 class BrokenOn(Pipeline):
-    """The real pipeline, with a bug that one device's messages set off."""
+    """The real pipeline, with a bug that one device's messages set off (`failures` times;
+    None: always)."""
 
     broken_device = "OXI-0002"
+    failures: int | None = None
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
                 state_apart: bool = False) -> BatchOutcome:
-        if any(f"/dev/{self.broken_device}/" in m.topic for m in messages):
+        if any(f"/dev/{self.broken_device}/" in m.topic for m in messages) \
+                and self.failures != 0:
+            if self.failures is not None:
+                self.failures -= 1
             raise ZeroDivisionError("a bug this device's message sets off")
         return super().process(conn, messages, state_apart)
 
@@ -112,3 +117,18 @@ def test_an_alarm_that_processing_fails_on_still_reaches_the_emergency_queue(
     summary = scalar(database_url, "SELECT summary FROM alerts WHERE device_id = 'ALM-0001'")
     assert "contact the citizen" in summary
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "processing_failed"
+
+
+def test_a_message_that_fails_once_and_then_goes_through_is_not_refused(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """The batch fails, and the message alone fails once more (the moment, not the message):
+    the second time alone it is stored, like the rest."""
+    monkeypatch.setattr(BrokenOn, "failures", 2)
+    sent = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, spo2=96))
+            for k, d in enumerate(["OXI-0001", "OXI-0002", "OXI-0001"])]
+    metrics = run_lane(database_url, broker, topic_root, "bulk", sent,
+                       "SELECT count(*) FROM readings")
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
+    assert query(database_url, "SELECT count(*) FROM alerts") == [(0,)]
+    assert metrics.messages_refused.labels("bulk")._value.get() == 0

@@ -23,6 +23,7 @@ from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.routing import time_to_claim_for
 from vagt.alerts.suppression import ENGINE_ACTOR, reconcile
+from vagt.errors import first_line
 
 log = logging.getLogger("vagt.alerts.escalation")
 
@@ -134,7 +135,7 @@ class Timer:
                 self.tick()
             except psycopg.OperationalError as e:
                 log.error("event=alert_timer_failed error=%r note=retrying_next_tick",
-                          str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                          first_line(e))
 
     def tick(self) -> list[Breach] | None:
         now = datetime.fromtimestamp(self.clock(), UTC)

@@ -18,6 +18,8 @@ from importlib import resources
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from vagt.errors import first_line
+
 log = logging.getLogger("vagt.db")
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescale|plain))?\.sql$")
@@ -67,7 +69,7 @@ def _flavour(conn: psycopg.Connection, done: set[int]) -> str:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as e:
         log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
-                    str(e).strip().splitlines()[0])
+                    first_line(e))
         return "plain"
     return "timescale"
 

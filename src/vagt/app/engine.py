@@ -33,6 +33,7 @@ from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.devices.catalogue import load_catalogue
 from vagt.devices.fleet import Fleet
+from vagt.errors import first_line
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
 from vagt.ingest.topics import subscription_filters
@@ -208,17 +209,21 @@ class Lane:
     def _one_at_a_time(self, batch: list[RawMessage],
                        stop: threading.Event) -> tuple[BatchOutcome] | None:
         """Each message in a transaction of its own (its device state in it too); one that
-        fails is refused. Returns what they did together, None if we stop first."""
+        fails twice alone is refused (once could be the moment, not the message). Returns
+        what they did together, None if we stop first."""
         total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
+        alone = functools.partial(self._in_transaction, stop=stop)
         for m in batch:
+            work = functools.partial(self.pipeline.process, messages=[m])
             try:
-                done = self._in_transaction(
-                    functools.partial(self.pipeline.process, messages=[m]), stop)
+                try:
+                    done = alone(work)
+                except Exception:
+                    done = alone(work)
             except Exception as e:
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name, m.topic)
                 self.metrics.messages_refused.labels(self.spec.name).inc()
-                done = self._in_transaction(
-                    functools.partial(self.pipeline.refuse, message=m, error=e), stop)
+                done = alone(functools.partial(self.pipeline.refuse, message=m, error=e))
             if done is None:
                 return None
             self.pipeline.after_commit(done[0])
@@ -237,7 +242,7 @@ class Lane:
             except psycopg.OperationalError as e:
                 self.metrics.db_errors.labels(self.spec.name).inc()
                 log.error("event=commit_failed lane=%s error=%r retry_in=%.1fs",
-                          self.spec.name, _first_line(e), delay)
+                          self.spec.name, first_line(e), delay)
                 if stop.wait(delay):
                     return None
                 delay = min(delay * 2, 5.0)
@@ -331,11 +336,6 @@ class _Settler:
         except BaseException as e:  # a bug: the lane raises it
             self.failure = e
             self.stop.set()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def open_engine_pool(conninfo: str, config: Config,
@@ -617,7 +617,7 @@ class RuleTimer:
             with self.pool.connection(timeout=10) as conn:
                 out = self.pipeline.tick(conn, self.clock(), sweep=sweeper)
         except (psycopg.Error, TimeoutError) as e:  # the next tick tries again
-            log.warning("event=rules_tick_failed error=%s", _first_line(e))
+            log.warning("event=rules_tick_failed error=%s", first_line(e))
             return
         self.pipeline.after_commit(out)
         for alert_id, queue in out.opened:
@@ -662,7 +662,7 @@ def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline) -> No
         with pool.connection(timeout=10) as conn:
             changed = pipeline.reload_rules(conn, rules)
     except (psycopg.Error, TimeoutError) as e:
-        log.error("event=rules_reload_failed note=old_rules_stay error=%s", _first_line(e))
+        log.error("event=rules_reload_failed note=old_rules_stay error=%s", first_line(e))
         return
     log.info("event=rules_reloaded rules=%d changed=%s", len(rules), ",".join(changed) or "-")
 

@@ -22,6 +22,7 @@ from vagt.app.config import IngestConfig
 from vagt.app.rule_state import Seen, SharedRuleState
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
+from vagt.errors import first_line
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.topics import TopicError, parser_for
@@ -262,27 +263,22 @@ class Pipeline:
             device_id, channel, _ = parser_for(self.topic_root).lookup(message.topic)
         except TopicError:
             device_id, channel = "", None
-        text = str(error).strip().splitlines()
         dead = DeadLetter(
             message.topic, message.payload, message.received_at,
             DeadLetterReason.PROCESSING_FAILED,
-            f"vagt failed on this message ({type(error).__name__}: "
-            f"{text[0] if text else 'no message'}); the rest of its batch went on. A bug, "
-            "or data the database refused: the engine's log has the traceback",
-            device_id or None)
+            f"vagt failed on this message ({type(error).__name__}: {first_line(error)}); the "
+            "rest of its batch went on. A bug, or data the database refused: the engine's log "
+            "has the traceback", device_id or None)
         store.insert_dead_letters(conn, [dead])
         who = device_id or message.topic[:200]
-        at = np.array([message.received_at])
-        if channel is Channel.ALARM:
-            firings = _registry_firings(
-                REFUSED_RULE, [who], at, [message.topic],
-                lambda d, _: f"an alarm from {d} could not be processed: contact the citizen "
-                             "(the message is kept as a dead letter)", *self._alarm_route())
-        else:
-            firings = _registry_firings(
-                REFUSED_RULE, [who], at, [message.topic],
-                lambda d, _: f"a message from {d} could not be processed (kept as a dead "
-                             "letter; the engine's log says why)")
+        alarm = channel is Channel.ALARM
+        summary = (f"an alarm from {who} could not be processed: contact the citizen (the "
+                   "message is kept as a dead letter)" if alarm else
+                   f"a message from {who} could not be processed (kept as a dead letter; the "
+                   "engine's log says why)")
+        firings = _registry_firings(REFUSED_RULE, [who], np.array([message.received_at]),
+                                    [message.topic], lambda _d, _t: summary,
+                                    *(self._alarm_route() if alarm else ()))
         return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, firings))
 
     def _alarm_route(self) -> tuple[str, int, str]:
@@ -334,13 +330,13 @@ class Pipeline:
                 lambda d, topic: f"unregistered device {d} is sending (last on {topic})")
         # An alarm that could not be read may still be someone who needs help: the personal
         # alarm's queue hears of it (from a registered device; the message is a dead letter).
-        reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
         unread = [i for i in dec.dead_msg if dec.msg_channel[i] == Channel.ALARM.value
                   and dec.msg_device[i]]
         if unread:
             known = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread]) >= 0
             unread = [i for i, k in zip(unread, known.tolist()) if k]
         if unread:
+            reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
             why = {dec.msg_device[i]: reason[i] for i in unread}
             out.registry_firings += _registry_firings(
                 UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
