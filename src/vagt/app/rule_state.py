@@ -195,8 +195,8 @@ class SharedRuleState:
         idx = self.fleet.lookup([r[0] for r in rows])
         self._unpack(conn, idx, [r[1] for r in rows], [r[2] for r in rows],
                      [r[3] for r in rows], [r[4] for r in rows])
-        with self._lock:  # memory is not the row's state now: if no save follows, read it
-            self._versions[idx[idx >= 0]] = UNKNOWN
+        # memory is not the row's state now: if no save follows, read it
+        self._set_versions(idx[idx >= 0], UNKNOWN)
 
     def sync(self, conn: psycopg.Connection, devs: I64) -> int:
         """Read into memory the committed state of `devs` that another process changed,
@@ -246,9 +246,7 @@ class SharedRuleState:
                                  versions.tolist(), packed.slots, packed.values,
                                  packed.texts, latest.tolist(), keep.tolist()))
         self._layouts[lay.key] = lay
-        with self._lock:
-            self._grow(int(devs.max()) + 1)
-            self._versions[devs] = versions
+        self._set_versions(devs, versions)
 
     def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
                  held: I64 | None = None, seen: Seen | None = None) -> Evaluation:
@@ -269,10 +267,7 @@ class SharedRuleState:
         # Until `save` has written it, memory is ahead of the rows: if the statement fails
         # (the connection drops), the batch is retried from the rows, not from memory, where
         # the rules have seen its rows already and would fire nothing (an alert was lost so)
-        with self._lock:
-            if len(changed):
-                self._grow(int(changed.max()) + 1)
-            self._versions[changed] = UNSAVED
+        self._set_versions(changed, UNSAVED)
         self.engine.apply(ev)
         self.save(conn, changed, seen)
         return ev
@@ -307,6 +302,12 @@ class SharedRuleState:
             grown[:len(self._versions)] = self._versions
             self._versions = grown
 
+    def _set_versions(self, devs: I64, versions: I64 | int) -> None:
+        if len(devs):
+            with self._lock:
+                self._grow(int(devs.max()) + 1)
+                self._versions[devs] = versions
+
     def _seen(self, devs: I64) -> I64:
         if len(devs) == 0:
             return np.empty(0, dtype=np.int64)
@@ -335,10 +336,7 @@ class SharedRuleState:
         take = np.flatnonzero(stored | rolled_back).tolist()
         self._unpack(conn, idx[take], [rows[j][2] for j in take], [rows[j][3] for j in take],
                      [rows[j][4] for j in take], [rows[j][5] for j in take])
-        with self._lock:
-            if ok.any():
-                self._grow(int(idx[ok].max()) + 1)
-                self._versions[idx[ok]] = version[ok]
+        self._set_versions(idx[ok], version[ok])
         return int(stored.sum() + rolled_back.sum())
 
     def _unpack(self, conn: psycopg.Connection, idx: I64, layouts: Sequence[int | None],
