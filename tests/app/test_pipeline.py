@@ -89,9 +89,32 @@ def test_rows_of_an_unknown_device_are_not_stored_and_its_message_is_a_dead_lett
     assert scalar(database_url, "SELECT count(*) FROM events") == 0
     assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY id") == [
         ("unknown_device", "GHOST-1"), ("unknown_device", "GHOST-1")]
-    # the unknown alarm opens no emergency alert: the service centre's alert says who sends
-    assert query(database_url, "SELECT rule, device_id, queue, repeat_count FROM alerts") == [
-        ("unknown_device", "GHOST-1", "service_centre", 2)]
+    # the service centre hears of the unknown device; its alarm also goes to the call centre
+    assert query(database_url, "SELECT rule, device_id, queue, repeat_count FROM alerts "
+                               "ORDER BY rule") == [
+        ("unknown_device", "GHOST-1", "service_centre", 2),
+        ("unregistered_alarm", "GHOST-1", "emergency", 1)]
+
+
+def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(database_url):
+    """A personal alarm installed in someone's home but never recorded in the registry: its
+    button must still reach a person, read or not, and only its alarms do."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [
+        msg("GHOST-1", "alarm", alarm("GHOST-1", T0)),
+        msg("GHOST-2", "telemetry", telemetry("GHOST-2", T0, spo2=97)),   # not an alarm
+    ], [msg("GHOST-1", "alarm", alarm("GHOST-1", T0 + 30)),
+        msg("GHOST-1", "alarm", b'{"events": [')])                   # and one cut short
+    rows = query(database_url, "SELECT device_id, queue, severity, priority, repeat_count, "
+                               "summary FROM alerts WHERE rule = 'unregistered_alarm'")
+    [(device, queue, severity, priority, repeats, summary)] = rows
+    assert (device, queue, severity, priority, repeats) == (
+        "GHOST-1", "emergency", "critical", 1, 3)
+    assert summary.startswith("an alarm from GHOST-1, which is not registered: someone may "
+                              "need help")
+    assert query(database_url, "SELECT reason, count(*) FROM dead_letters "
+                               "GROUP BY reason ORDER BY reason") == [
+        ("malformed", 1), ("unknown_device", 3)]
 
 
 def test_an_unknown_device_gets_one_alert_however_many_messages_it_sends(database_url):
@@ -235,15 +258,17 @@ def test_an_alarm_that_cannot_be_read_still_reaches_the_emergency_queue(database
         msg("ALM-0001", "alarm", b'{"events": [{"code": "alarm.fall"'),      # cut short
         msg("ALM-0001", "alarm", b'{"events": [{"code": "alarm.fall"'),      # and again
         msg("OXI-0001", "telemetry", b'{"readings": ['),           # not an alarm: no alert
-        msg("NOPE-0001", "alarm", b'{"events": ['),                # not registered
+        msg("NOPE-0001", "alarm", b'{"events": ['),    # not registered: see the test above
     ])
     assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY id") == [
         ("malformed", "ALM-0001"), ("malformed", "OXI-0001"), ("malformed", "NOPE-0001")]
     [(rule, device, queue, severity, repeats, summary)] = query(
         database_url, "SELECT rule, device_id, queue, severity, repeat_count, summary "
-                      "FROM alerts")
+                      "FROM alerts WHERE device_id = 'ALM-0001'")
     assert (rule, device, queue, severity, repeats) == (
         "unreadable_alarm", "ALM-0001", "emergency", "critical", 2)
+    assert query(database_url, "SELECT rule FROM alerts WHERE device_id = 'NOPE-0001'") == [
+        ("unregistered_alarm",)]
     assert "could not be read (malformed): contact the citizen" in summary
 
 

@@ -254,26 +254,31 @@ class Pipeline:
             out.cleared += again.cleared
 
     def refuse(self, conn: psycopg.Connection, message: RawMessage,
-               error: BaseException) -> BatchOutcome:
+               error: BaseException, delivered: bool = False) -> BatchOutcome:
         """A message that processing failed on (a bug, or data the database refused), kept
         as a dead letter, and an alert so that a person looks: for a message on the alarm
         channel in the personal alarm's queue (someone may have pressed the button), for
-        any other the service centre's."""
+        any other the service centre's. `delivered`: only its device state failed (see
+        `write_state`), its events and alerts are stored; the service centre's, then."""
         try:
             device_id, channel, _ = parser_for(self.topic_root).lookup(message.topic)
         except TopicError:
             device_id, channel = "", None
+        what = ("its events and alerts were stored, its device state was not" if delivered
+                else "the rest of its batch went on")
         dead = DeadLetter(
             message.topic, message.payload, message.received_at,
             DeadLetterReason.PROCESSING_FAILED,
-            f"vagt failed on this message ({type(error).__name__}: {first_line(error)}); the "
-            "rest of its batch went on. A bug, or data the database refused: the engine's log "
-            "has the traceback", device_id or None)
+            f"vagt failed on this message ({type(error).__name__}: {first_line(error)}); "
+            f"{what}. A bug, or data the database refused: the engine's log has the "
+            "traceback", device_id or None)
         store.insert_dead_letters(conn, [dead])
         who = device_id or message.topic[:200]
-        alarm = channel is Channel.ALARM
+        alarm = channel is Channel.ALARM and not delivered
         summary = (f"an alarm from {who} could not be processed: contact the citizen (the "
                    "message is kept as a dead letter)" if alarm else
+                   f"the device state a message from {who} carried could not be stored (its "
+                   "events and alerts were; kept as a dead letter)" if delivered else
                    f"a message from {who} could not be processed (kept as a dead letter; the "
                    "engine's log says why)")
         firings = _registry_firings(REFUSED_RULE, [who], np.array([message.received_at]),
@@ -329,12 +334,23 @@ class Pipeline:
                 [messages[i].topic for i in unknown],
                 lambda d, topic: f"unregistered device {d} is sending (last on {topic})")
         # An alarm that could not be read may still be someone who needs help: the personal
-        # alarm's queue hears of it (from a registered device; the message is a dead letter).
-        unread = [i for i in dec.dead_msg if dec.msg_channel[i] == Channel.ALARM.value
-                  and dec.msg_device[i]]
+        # alarm's queue hears of it (the message is a dead letter). So does an alarm from a
+        # device the registry does not know, read or not: one installed but never recorded.
+        alarm_ch = Channel.ALARM.value
+        unread = [i for i in dec.dead_msg if dec.msg_channel[i] == alarm_ch and dec.msg_device[i]]
+        stray = [int(i) for i in unknown if dec.msg_channel[i] == alarm_ch]
         if unread:
             known = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread]) >= 0
+            stray += [i for i, k in zip(unread, known.tolist()) if not k]
             unread = [i for i, k in zip(unread, known.tolist()) if k]
+        if stray:
+            out.registry_firings += _registry_firings(
+                UNREGISTERED_ALARM_RULE, [dec.msg_device[i] for i in stray],
+                msg_time[np.asarray(stray)], [messages[i].topic for i in stray],
+                lambda d, topic: f"an alarm from {d}, which is not registered: someone may "
+                                 f"need help; the service centre can say where it is installed "
+                                 f"(last on {topic}; kept as a dead letter)",
+                *self._alarm_route())
         if unread:
             reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
             why = {dec.msg_device[i]: reason[i] for i in unread}
@@ -481,6 +497,7 @@ def _message_times(dec: DecodedBatch, received: F64) -> F64:
 UNKNOWN_DEVICE_RULE = "unknown_device"
 REFUSED_RULE = "message_processing_failed"
 UNREADABLE_ALARM_RULE = "unreadable_alarm"
+UNREGISTERED_ALARM_RULE = "unregistered_alarm"
 OUT_OF_SERVICE_RULE = "device_out_of_service"
 OUT_OF_SERVICE = ("retired", "lost")
 
