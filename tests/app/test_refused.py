@@ -51,7 +51,8 @@ class BrokenOn(Pipeline):
 
 
 def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
-             messages: list[tuple[str, bytes]], until: str) -> EngineMetrics:
+             messages: list[tuple[str, bytes]], until: str,
+             pipeline: type[Pipeline] = BrokenOn) -> EngineMetrics:
     """One lane of the engine over a real session and database, until the query `until`
     (a count) reaches the number of messages published."""
     spec = next(s for s in lane_specs(Config()) if s.name == lane)
@@ -64,7 +65,7 @@ def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
     with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
             MqttSession(settings) as session:
         with pool.connection() as conn:
-            fleet_pipeline = BrokenOn.load(conn, topic_root=topic_root, rules=load_rules(None),
+            fleet_pipeline = pipeline.load(conn, topic_root=topic_root, rules=load_rules(None),
                                            clock=time.time)
         wait_for(lambda: session.connected, what="the lane's session")
         publish(broker.port, messages)
@@ -132,3 +133,42 @@ def test_a_message_that_fails_once_and_then_goes_through_is_not_refused(
     assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
     assert query(database_url, "SELECT count(*) FROM alerts") == [(0,)]
     assert metrics.messages_refused.labels("bulk")._value.get() == 0
+
+
+class StateBrokenOn(Pipeline):
+    """The real pipeline, with a bug in writing one device's state (the alarm lane's second
+    transaction, `write_state`)."""
+
+    def write_state(self, conn: psycopg.Connection, out: BatchOutcome) -> None:
+        if out.state_rows is not None and "ALM-0001" in out.state_rows[0]:
+            raise ZeroDivisionError("a bug in this device's state")
+        super().write_state(conn, out)
+
+
+def test_an_alarm_whose_device_state_fails_is_delivered_and_the_lane_goes_on(
+        database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
+    """The alarm lane commits the alarm first and the device state after. If the state
+    fails every time, the alarm must not be taken again and again (holding every alarm
+    behind it): it is acknowledged, kept as a dead letter, and the service centre hears."""
+    register(database_url, [("ALM-0002", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")])
+    sent = [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0)),
+            (topic(topic_root, "ALM-0002", "alarm"), alarm("ALM-0002", T0))]
+    metrics = run_lane(database_url, broker, topic_root, "alarm", sent,
+                       "SELECT count(*) FROM alerts WHERE rule = 'personal_alarm'",
+                       StateBrokenOn)
+    alerts = query(database_url, "SELECT rule, device_id, queue, severity FROM alerts "
+                                 "ORDER BY rule, device_id")
+    assert [a for a in alerts if a[0] == "personal_alarm"] == [
+        ("personal_alarm", "ALM-0001", "emergency", "critical"),
+        ("personal_alarm", "ALM-0002", "emergency", "critical")]
+    # the lane may have taken both alarms in one batch, whose state then failed as one
+    refused = [a for a in alerts if a[0] != "personal_alarm"]
+    assert ("message_processing_failed", "ALM-0001", "service_centre", "warning") in refused
+    assert {a[2:] for a in refused} == {("service_centre", "warning")}   # delivered: no 2nd call
+    dead = query(database_url, "SELECT reason, device_id, detail FROM dead_letters")
+    assert {(r, d) for r, d, _ in dead} == {("processing_failed", a[1]) for a in refused}
+    assert all("its events and alerts were stored, its device state was not" in detail
+               for _, _, detail in dead)
+    assert scalar(database_url, "SELECT last_seen FROM devices "
+                                "WHERE device_id = 'ALM-0001'") is None
+    assert metrics.messages_refused.labels("alarm")._value.get() == len(dead)

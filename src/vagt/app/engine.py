@@ -32,7 +32,7 @@ from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.devices.catalogue import load_catalogue
-from vagt.devices.fleet import Fleet
+from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
@@ -212,23 +212,28 @@ class Lane:
         fails twice alone is refused (once could be the moment, not the message). Returns
         what they did together, None if we stop first."""
         total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
-        alone = functools.partial(self._in_transaction, stop=stop)
         for m in batch:
-            work = functools.partial(self.pipeline.process, messages=[m])
             try:
-                try:
-                    done = alone(work)
-                except Exception:
-                    done = alone(work)
+                done = self._twice(functools.partial(self.pipeline.process, messages=[m]), stop)
             except Exception as e:
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name, m.topic)
                 self.metrics.messages_refused.labels(self.spec.name).inc()
-                done = alone(functools.partial(self.pipeline.refuse, message=m, error=e))
+                done = self._in_transaction(
+                    functools.partial(self.pipeline.refuse, message=m, error=e), stop)
             if done is None:
                 return None
             self.pipeline.after_commit(done[0])
             total.add(done[0])
         return (total,)
+
+    def _twice(self, work: Callable[[psycopg.Connection], T],
+               stop: threading.Event) -> tuple[T] | None:
+        """`_in_transaction`, and once more if it fails: once could be the moment (an error
+        on a connection going bad, say), not the data. What fails twice is raised."""
+        try:
+            return self._in_transaction(work, stop)
+        except Exception:
+            return self._in_transaction(work, stop)
 
     def _in_transaction(self, work: Callable[[psycopg.Connection], T],
                         stop: threading.Event) -> tuple[T] | None:
@@ -256,11 +261,30 @@ class Lane:
         acked = self.session.ack(batch)
         self._observe(batch, outcome, committed, time.monotonic() - started, acked)
 
-    def _write_state(self, outcome: BatchOutcome, stop: threading.Event) -> bool:
+    def _write_state(self, batch: list[RawMessage], outcome: BatchOutcome,
+                     stop: threading.Event) -> bool:
         """The state left apart, retried like a batch; False if we stop first (then the
-        batch is not acknowledged and comes again)."""
-        return self._in_transaction(
-            lambda conn: self.pipeline.write_state(conn, outcome), stop) is not None
+        batch is not acknowledged and comes again).
+
+        A state that fails twice (a bug, or data the database refuses) is left unwritten:
+        its alarms and alerts are committed already, and a batch held back would hold
+        every alarm behind it. Its messages are kept as dead letters, and the service
+        centre hears of it (`Pipeline.refuse`)."""
+        try:
+            return self._twice(functools.partial(self.pipeline.write_state, out=outcome),
+                               stop) is not None
+        except Exception as e:
+            log.exception("event=state_refused lane=%s messages=%d", self.spec.name, len(batch))
+            self.metrics.messages_refused.labels(self.spec.name).inc(len(batch))
+            refuse = functools.partial(self.pipeline.refuse, error=e, delivered=True)
+            done = self._in_transaction(lambda conn: [refuse(conn, m) for m in batch], stop)
+            if done is None:
+                return False
+            outcome.state = StateUpdate()   # not in the table: not in memory either
+            for refused in done[0]:
+                outcome.dead += refused.dead
+                outcome.opened += refused.opened
+            return True
 
     def _observe(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                  seconds: float, acked: int) -> None:
@@ -331,7 +355,7 @@ class _Settler:
         try:
             while (item := self._items.get()) is not None:
                 batch, outcome, committed, started = item
-                if self.lane._write_state(outcome, self.stop):
+                if self.lane._write_state(batch, outcome, self.stop):
                     self.lane._finish(batch, outcome, committed, started)
         except BaseException as e:  # a bug: the lane raises it
             self.failure = e
