@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jsonschema
 import pytest
@@ -21,7 +23,7 @@ from vagt.ingest import RawMessage
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import DeadLetterReason
 from vagt.ingest.units import METRICS
-from vagt.sim import CHANNELS, SimConfig, Simulation, backlog, make_fleet
+from vagt.sim import CHANNELS, SimConfig, Simulation, backlog, last_local, make_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "canonical.schema.json").read_text())
@@ -193,13 +195,32 @@ def test_a_backlog_is_n_messages_of_the_channels_asked_for_all_in_the_past():
     before = time.time()
     msgs = list(backlog(5000, devices=1000, seed=2, channels=("telemetry", "status")))
     assert len(msgs) == 5000
-    assert {channel(m) for m in msgs} == {"telemetry", "status"}
+    assert {channel(m) for m in msgs} <= {"telemetry", "status"}
     assert max(m.time for m in msgs) <= before + 1
+    # at night there may be heartbeats alone; in the evening people measure too
+    evening = list(backlog(5000, devices=1000, seed=2, channels=("telemetry", "status"),
+                           end=last_local(22, before=START)))
+    assert {channel(m) for m in evening} == {"telemetry", "status"}
     again = list(backlog(5000, devices=1000, seed=2, channels=("telemetry", "status"),
                          end=msgs[-1].time + 1))
     assert len(again) == 5000
     with pytest.raises(ValueError, match="channel 'gossip'"):
         backlog(1, channels=("gossip",))
+
+
+def test_a_backlog_can_end_at_the_same_local_hour_whatever_the_hour_it_is_made():
+    tz = ZoneInfo("Europe/Copenhagen")
+    summer = datetime(2026, 7, 1, 9, 30, tzinfo=tz).timestamp()
+    clocks_back = datetime(2026, 10, 25, 23, 0, tzinfo=tz).timestamp()  # a 25-hour day
+    for before in (START, START + 0.5 * DAY, summer, clocks_back, clocks_back - 20 * 3600):
+        t = last_local(20, before=before)
+        assert datetime.fromtimestamp(t, tz).strftime("%H:%M:%S") == "20:00:00"
+        assert before - DAY - 3600 < t <= before, datetime.fromtimestamp(before, tz)
+    on_the_hour = datetime(2026, 7, 1, 20, 0, tzinfo=tz).timestamp()
+    assert last_local(20, before=on_the_hour) == on_the_hour
+    assert last_local(20, before=on_the_hour - 1) == on_the_hour - DAY
+    with pytest.raises(ValueError, match="0 to 23, not 24"):
+        last_local(24)
 
 
 def test_the_configuration_refuses_nonsense_and_scales_faults():

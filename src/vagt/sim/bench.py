@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.sim.config import SimConfig
@@ -22,6 +24,22 @@ def messages_per_second(fleet: list[SimDevice], catalogue: Catalogue | None = No
     cat = catalogue if catalogue is not None else load_catalogue()
     beats = sum(1.0 / (0.9 * cat.require(d.vendor, d.model).heartbeat_s) for d in fleet)
     return beats + len(fleet) * EXTRA_PER_DAY / 86_400
+
+
+def last_local(hour: int, *, before: float | None = None,
+               timezone: str = SimConfig().timezone) -> float:
+    """The last moment at or before `before` (default: now) at which the citizens' clocks read
+    `hour`:00. What a backlog holds follows the citizens' day (measurements and doses in the
+    morning and the evening, heartbeats alone at night), so a backlog that ends at a fixed
+    local hour holds the same kind of traffic whatever the hour it is made."""
+    if not 0 <= hour < 24:
+        raise ValueError(f"an hour of the clock is 0 to 23, not {hour}")
+    tz = ZoneInfo(timezone)
+    now = datetime.fromtimestamp(time.time() if before is None else before, tz)
+    day = now.date()
+    while (t := datetime(day.year, day.month, day.day, hour, tzinfo=tz)) > now:
+        day -= timedelta(days=1)
+    return t.timestamp()
 
 
 def backlog(n: int, *, devices: int = 100_000, seed: int = 1, topic_root: str = "vagt/v1",
