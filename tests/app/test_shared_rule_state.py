@@ -2,9 +2,10 @@
 the alerts one process would, whichever of them gets which message; a restart continues
 where the rules were; a rolled-back batch leaves no trace in the state.
 
-What is not promised: a message evaluated after a later one of the same device was already
-committed by the other process (both took one in the same instant) is stored, but the rules
-that already went past its time skip it, as they skip any late message.
+Rows that come after newer ones of their device are evaluated again in order, from an
+earlier state the device's row keeps. What is not promised: rows older even than that state
+(written a minute or more before, see `rule_state.CHECKPOINT_AGE_S`) are stored, but the
+rules, which went past their time long ago, skip them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.app.conftest import DEVICES, query, register, telemetry
 
 from vagt.app import store
 from vagt.app.config import IngestConfig
-from vagt.app.pipeline import Pipeline
+from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.rule_state import SharedRuleState
 from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
@@ -108,13 +109,14 @@ class Process:
         self.pipeline.restore(self.conn)
         self.conn.commit()
 
-    def batch(self, messages: list[RawMessage], commit: bool = True) -> None:
+    def batch(self, messages: list[RawMessage], commit: bool = True) -> BatchOutcome:
         out = self.pipeline.process(self.conn, messages)
         if not commit:
             self.conn.rollback()
-            return
+            return out
         self.conn.commit()
         self.pipeline.after_commit(out)
+        return out
 
     def tick(self, now: float) -> None:
         out = self.pipeline.tick(self.conn, now, sweep=False)
@@ -225,6 +227,53 @@ def test_rows_that_come_after_newer_ones_are_evaluated_in_order(database_url, ru
     a.close()
     b.close()
     assert flapping_alerts(database_url) == expected
+
+
+def test_rows_older_than_several_commits_of_the_other_process_are_evaluated_in_order(
+        database_url, rules_file):
+    """While one engine holds a device's older rows, the other commits two batches of its
+    newer ones (the broker spread a device's messages so, and a drain runs fast): the older
+    rows still go in order. Before, only the state before the last write was kept, and rows
+    older than that were skipped: the alerts then depended on how the broker spread them."""
+    register(database_url, DEVICES)
+    one = Process(database_url, rules_file)
+    for minutes in ([0, 10], [20], [30], [100], [110, 120, 125]):
+        one.batch(lost(minutes))
+    one.close()
+    expected = flapping_alerts(database_url)
+    assert [a[:4] for a in expected] == [("connection_flapping", 4, 20.0, 125.0)]
+
+    fresh_database(database_url)
+    a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+    b.batch(lost([20]))
+    b.batch(lost([30]))
+    assert a.batch(lost([0, 10])).replayed == 1   # older than both of b's
+    a.batch(lost([100]))
+    b.batch(lost([110, 120, 125]))
+    a.close()
+    b.close()
+    assert flapping_alerts(database_url) == expected
+
+
+def test_a_state_a_minute_old_is_where_late_rows_go_back_to(database_url, rules_file):
+    """How far back late rows can go: to the state written a minute before (`checkpoint_age_s`;
+    an engine holds rows for seconds), or at most ten minutes before (`checkpoint_max_s`,
+    for a device written more than once a minute on end). Older rows are skipped, counted
+    in the outcome (and the vagt_rule_late_rows_skipped metric)."""
+    register(database_url, DEVICES)
+    for age, longest in ((0.0, 600.0), (600.0, 0.0)):
+        fresh_database(database_url)
+        p = Process(database_url, rules_file)
+        p.pipeline.shared.checkpoint_age_s, p.pipeline.shared.checkpoint_max_s = age, longest
+        p.batch(lost([20]))
+        p.batch(lost([30]))        # the state after [20] is the one to go back to now
+        out = p.batch(lost([0, 10]))
+        assert (out.replayed, out.too_late) == (0, 1), (age, longest)
+        out = p.batch(lost([25]))  # newer than that state: evaluated in order
+        assert (out.replayed, out.too_late) == (1, 0), (age, longest)
+        p.close()
+        assert [a[:4] for a in flapping_alerts(database_url)] == [
+            ("connection_flapping", 1, 30.0, 30.0)], (age, longest)
 
 
 def test_a_device_flushing_its_buffer_after_a_live_reading_is_evaluated_in_order(

@@ -84,7 +84,7 @@ class EngineMetrics:
         self.rule_replays = Counter(
             "vagt_rule_replays", "Devices whose rows came after newer ones (another engine "
             "committed those first, or the device flushed its buffer late) and were evaluated "
-            "again in order from the state before", ["lane"], registry=r)
+            "again in order from an earlier state", ["lane"], registry=r)
         self.rule_too_late = Counter(
             "vagt_rule_late_rows_skipped", "Devices whose rows came after newer ones and too "
             "late to evaluate again in order (older than the state kept): the rules skipped "

@@ -79,7 +79,7 @@ class BatchOutcome:
 
 
 # A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
-# since its state before; a batch that would read more skips its late rows instead.
+# since its earlier state; a batch that would read more skips its late rows instead.
 REPLAY_MAX_ROWS = 50_000
 
 
@@ -190,8 +190,9 @@ class Pipeline:
 
         A device whose rows here are older than rows its state has seen (another engine
         committed newer ones first, or the device flushed its buffer after live readings) is
-        evaluated again in order: from its state before the last write, with every stored
-        row since (this batch's are stored already). Returns the batch evaluated."""
+        evaluated again in order: from its earlier state (`prev`, see
+        `rule_state.CHECKPOINT_AGE_S`), with every stored row since (this batch's are
+        stored already). Returns the batch evaluated."""
         held = np.unique(batch.m_device)
         locked = self.shared.lock(conn, held, held=True)
         first, latest = _time_range(batch, held)

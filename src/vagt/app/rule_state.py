@@ -84,24 +84,39 @@ _READ = """
 SELECT device_id, version, layout, slots, vals, texts FROM rule_state WHERE device_id = ANY(%s)
 """
 
+# How far back late rows can go (see `Locked.late`). A state becomes `prev`, the one they go
+# back to, once it was written CHECKPOINT_AGE_S before: an engine commits what it holds in
+# seconds (20,000 messages in flight a lane at thousands a second), so no engine still holds
+# a row older than that state, however the broker spread a device's messages. A `prev` kept
+# CHECKPOINT_MAX_S gives way even so: a device written more than once a minute on end would
+# be replayed from ever further back.
+CHECKPOINT_AGE_S = 60.0
+CHECKPOINT_MAX_S = 600.0
+
+# The state before this write becomes `prev` if it is old enough (above), or if there was
+# none (empty: any row can go back to it); not when this write went back to `prev` itself
+# (`keep`: a replay, or a tick, which takes no rows).
+_ROTATE = """(NOT c.keep AND (s.layout IS NULL
+    OR s.updated_at <= now() - make_interval(secs => %(age)b)
+    OR coalesce(s.prev_since, '-infinity') <= now() - make_interval(secs => %(longest)b)))"""
+
 # Binary parameters (%b): text dumping escaped every byte string with a regex (50 ms a batch).
-_SAVE = """
+_SAVE = f"""
 WITH layout AS (
-    INSERT INTO rule_state_layouts (id, spec) VALUES (%b, %b) ON CONFLICT DO NOTHING
+    INSERT INTO rule_state_layouts (id, spec) VALUES (%(key)b, %(spec)b) ON CONFLICT DO NOTHING
 )
-UPDATE rule_state s SET version = c.version, writer = %b, layout = %b, slots = c.slots,
-       vals = c.vals, texts = c.texts, updated_at = now(),
+UPDATE rule_state s SET version = c.version, writer = %(writer)b, layout = %(key)b,
+       slots = c.slots, vals = c.vals, texts = c.texts, updated_at = now(),
        as_of = greatest(s.as_of, nullif(c.as_of, 'NaN')),  -- NaN: greatest of all
-       -- the state before this write becomes `prev`, unless this write went back to it
-       -- (`keep`: a replay, or a tick, which takes no rows)
-       prev_layout = CASE WHEN c.keep THEN s.prev_layout ELSE s.layout END,
-       prev_slots = CASE WHEN c.keep THEN s.prev_slots ELSE s.slots END,
-       prev_vals = CASE WHEN c.keep THEN s.prev_vals ELSE s.vals END,
-       prev_texts = CASE WHEN c.keep THEN s.prev_texts ELSE s.texts END,
-       prev_as_of = CASE WHEN c.keep THEN s.prev_as_of
-                         WHEN s.layout IS NULL THEN '-Infinity'::float8 ELSE s.as_of END
-FROM unnest(%b::text[], %b::int8[], %b::bytea[], %b::bytea[], %b::text[], %b::float8[],
-            %b::bool[])
+       prev_layout = CASE WHEN {_ROTATE} THEN s.layout ELSE s.prev_layout END,
+       prev_slots = CASE WHEN {_ROTATE} THEN s.slots ELSE s.prev_slots END,
+       prev_vals = CASE WHEN {_ROTATE} THEN s.vals ELSE s.prev_vals END,
+       prev_texts = CASE WHEN {_ROTATE} THEN s.texts ELSE s.prev_texts END,
+       prev_as_of = CASE WHEN NOT {_ROTATE} THEN s.prev_as_of
+                         WHEN s.layout IS NULL THEN '-Infinity'::float8 ELSE s.as_of END,
+       prev_since = CASE WHEN {_ROTATE} THEN now() ELSE s.prev_since END
+FROM unnest(%(ids)b::text[], %(versions)b::int8[], %(slots)b::bytea[], %(vals)b::bytea[],
+            %(texts)b::text[], %(as_of)b::float8[], %(keep)b::bool[])
      AS c(device_id, version, slots, vals, texts, as_of, keep)
 WHERE s.device_id = c.device_id
 """
@@ -121,8 +136,8 @@ Bools = np.ndarray[Any, np.dtype[np.bool_]]
 @dataclass(frozen=True)
 class Locked:
     """What `lock` found, per device of the lock (in its order): the device time each state
-    has seen rows up to, and the one of the state before its last write (NaN: not known, or
-    no state to go back to); and how many states it read again."""
+    has seen rows up to, and the one of its earlier state, `prev` (NaN: not known, or no
+    state to go back to); and how many states it read again."""
 
     read: int
     as_of: F64
@@ -131,7 +146,7 @@ class Locked:
     def late(self, first: F64) -> tuple[Bools, Bools]:
         """For rows beginning at device time `first` (per device): those of a device whose
         state has seen rows as new or newer (late), as two masks: late rows newer than the
-        state before (evaluate again from it: `rewind`), and late rows too old even for that
+        earlier state (evaluate again from it: `rewind`), and late rows too old even for that
         (the rules skip what they have seen past)."""
         late = first <= self.as_of              # False where unknown (NaN)
         back = late & (first > self.prev_as_of)
@@ -160,6 +175,8 @@ class SharedRuleState:
         self._layouts: dict[int, Layout] = {}
         self._rng = np.random.default_rng()
         self._refreshed: float | None = None   # database time the last refresh began
+        self.checkpoint_age_s = CHECKPOINT_AGE_S
+        self.checkpoint_max_s = CHECKPOINT_MAX_S
 
     # -- in a transaction -------------------------------------------------------------------
 
@@ -188,7 +205,7 @@ class SharedRuleState:
         return Locked(self._read_stale(conn, locked, idx), as_of, prev_as_of)
 
     def rewind(self, conn: psycopg.Connection, devs: I64) -> None:
-        """Put the state before the last write of `devs` into memory (their rows are held)."""
+        """Put the earlier state (`prev`) of `devs` into memory (their rows are held)."""
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             rows = conn.execute(_PREV, (ids,)).fetchall()
@@ -242,9 +259,11 @@ class SharedRuleState:
             # a device the rules touched without rows of its own keeps `prev`, as in a tick
             keep = np.isin(devs, seen.replayed) | ~found
         with db.by_key_index(conn):
-            conn.execute(_SAVE, (lay.key, lay.spec, self.writer, lay.key, ids,
-                                 versions.tolist(), packed.slots, packed.values,
-                                 packed.texts, latest.tolist(), keep.tolist()))
+            conn.execute(_SAVE, {
+                "key": lay.key, "spec": lay.spec, "writer": self.writer, "ids": ids,
+                "versions": versions.tolist(), "slots": packed.slots, "vals": packed.values,
+                "texts": packed.texts, "as_of": latest.tolist(), "keep": keep.tolist(),
+                "age": self.checkpoint_age_s, "longest": self.checkpoint_max_s})
         self._layouts[lay.key] = lay
         self._set_versions(devs, versions)
 
