@@ -1,12 +1,13 @@
 """Batch boundaries do not change what rules decide: the same stream, cut into batches
-anywhere, opens and clears the same alerts (that is what makes a backtest, which batches by
-row count, agree with live evaluation, which batches by arrival)."""
+anywhere, opens and clears the same alerts, fired as often (that is what makes a backtest,
+which batches by row count, agree with live evaluation, which batches by arrival, and two
+engines agree with one)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tests.rules.harness import Harness
 
@@ -70,18 +71,27 @@ def stream(spec):
     return out
 
 
-def run(tmp_path: Path, items, cuts) -> tuple[dict, dict]:
+def run(tmp_path: Path, items, cuts) -> tuple[dict, dict, dict]:
     h = Harness(tmp_path, RULES)
     bounds = [0, *sorted(set(cuts)), len(items)]
     for a, b in zip(bounds, bounds[1:]):
         chunk = items[a:b]
         h.batch([x for k, x in chunk if k == "r"], [x for k, x in chunk if k == "e"],
                 [(x[0], x[-1]) for _, x in chunk])
-    return dict(h.book.opened), dict(h.book.cleared)
+    # How often a sequence alert fired is not counted: with a first A waiting, a second A in
+    # a later batch is not kept (one pending A per device), so two doses missed in a row
+    # fire once when they came in two batches and twice in one (a known gap; the alert is
+    # the same either way).
+    fired = {k: n for k, n in h.book.fired.items() if k[0] != "dose"}
+    return dict(h.book.opened), dict(h.book.cleared), fired
 
 
 @settings(max_examples=150, deadline=None)
 @given(rows, st.lists(st.integers(0, 60), max_size=8))
+# low long enough to fire, then a value in the hysteresis band (the alert stays, but that
+# value is no repeat: it once counted as one when it came in a batch of its own)
+@example([(0, True, 85.0, "dose.due", 1), (0, True, 85.0, "dose.due", 700),
+          (0, True, 91.0, "dose.due", 100), (0, True, 95.0, "dose.due", 100)], [1, 2, 3])
 def test_any_batching_of_a_stream_gives_the_same_alerts(tmp_path_factory, spec, cuts):
     tmp = tmp_path_factory.mktemp("b")
     items = stream(spec)

@@ -153,19 +153,18 @@ def emit(out: Transitions, rule: int, g: Groups, time: F64, state: Bools, initia
     """Fires for each episode of `state` in the batch, clears where it ended.
 
     An episode that continues one from before the batch fires too: it is a repeat of the
-    open alert (its count and last time move on).
+    open alert (its count and last time move on). A fire's count, times and value are those
+    of its `counted` rows (past the level, say; not the rows of a hysteresis band): an
+    episode with none in the batch fires nothing, so that the alerts are the same whatever
+    the batches the rows came in.
     """
     n = len(state)
     if n == 0:
         return
     prev = g.previous(state, initial)
     starts = state & (~prev | g.first)
-    nxt = np.empty(n, dtype=bool)
-    nxt[:-1] = state[1:]
-    nxt[g.last] = False
-    ends = state & ~nxt
     falls = ~state & prev
-    s_idx, e_idx, f_idx = np.flatnonzero(starts), np.flatnonzero(ends), np.flatnonzero(falls)
+    s_idx, f_idx = np.flatnonzero(starts), np.flatnonzero(falls)
     # an ordinal per device for fires and clears together, in row order
     marks = np.sort(np.concatenate([s_idx, f_idx]))
     rank = np.arange(len(marks), dtype=np.int64) - np.searchsorted(
@@ -174,8 +173,15 @@ def emit(out: Transitions, rule: int, g: Groups, time: F64, state: Bools, initia
     f_ord = rank[np.searchsorted(marks, f_idx)]
     if len(s_idx):
         episode = np.cumsum(starts) - 1
-        counts = np.bincount(episode[state & counted], minlength=len(s_idx))[:len(s_idx)]
-        out.add_fires(rule, g.dev[s_idx], time[s_idx], time[e_idx], value[e_idx],
-                      code[s_idx], np.maximum(counts, 1).astype(np.int64), s_ord)
+        hit = np.flatnonzero(state & counted)
+        counts = np.bincount(episode[hit], minlength=len(s_idx))[:len(s_idx)]
+        first_hit = np.full(len(s_idx), n, dtype=np.int64)
+        last_hit = np.full(len(s_idx), -1, dtype=np.int64)
+        np.minimum.at(first_hit, episode[hit], hit)
+        np.maximum.at(last_hit, episode[hit], hit)
+        k = counts > 0
+        a, z = first_hit[k], last_hit[k]
+        out.add_fires(rule, g.dev[s_idx[k]], time[a], time[z], value[z], code[a],
+                      counts[k].astype(np.int64), s_ord[k])
     ct = time if clear_time is None else clear_time
     out.add_clears(rule, g.dev[f_idx], ct[f_idx], f_ord)

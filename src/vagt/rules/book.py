@@ -22,26 +22,30 @@ class AlertBook:
     resolved: dict[tuple[str, int], float] = field(default_factory=dict)   # -> last fired
     opened: Counter[tuple[str, int]] = field(default_factory=Counter)      # (rule, device)
     cleared: Counter[tuple[str, int]] = field(default_factory=Counter)
+    fired: Counter[tuple[str, int]] = field(default_factory=Counter)       # rows, all alerts
 
     def record(self, ev: Evaluation) -> None:
         """Apply an evaluation's fires and clears in the order the pipeline does: by round."""
-        fr, fd, _first, flast, _v, _c, _n, fo = ev.transitions.fires()
+        fr, fd, _first, flast, _v, _c, fn, fo = ev.transitions.fires()
         cr, cd, ct, co = ev.transitions.clears()
         rounds = np.union1d(fo, co)
         for k in rounds.tolist():
-            for r, d, t in zip(fr[fo == k].tolist(), fd[fo == k].tolist(),
-                               flast[fo == k].tolist()):
-                self._fire((ev.rules[r].name, d), t)
+            for r, d, t, n in zip(fr[fo == k].tolist(), fd[fo == k].tolist(),
+                                  flast[fo == k].tolist(), fn[fo == k].tolist()):
+                self._fire((ev.rules[r].name, d), t, n)
             for r, d, t in zip(cr[co == k].tolist(), cd[co == k].tolist(),
                                ct[co == k].tolist()):
                 self._clear((ev.rules[r].name, d), t)
 
-    def _fire(self, key: tuple[str, int], t: float) -> None:
+    def _fire(self, key: tuple[str, int], t: float, n: int) -> None:
         if key in self.open_:
-            self.open_[key] = max(self.open_[key], t)
+            if t > self.open_[key]:
+                self.open_[key] = t
+                self.fired[key] += n
         elif self.resolved.get(key, -np.inf) < t:
             self.open_[key] = t
             self.opened[key] += 1
+            self.fired[key] += n
 
     def _clear(self, key: tuple[str, int], t: float) -> None:
         fired = self.open_.get(key)
