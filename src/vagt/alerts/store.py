@@ -190,6 +190,42 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
     return opened + [(int(r[0]), str(r[2])) for r in reopened]
 
 
+# The fingerprint's latest alert: open, or resolved (the rule cleared it, say, before the late
+# rows came) if the rows fired before it last fired, that is, in the episode it was.
+_RECOUNT = """
+WITH c AS (
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[])
+        AS c(fingerprint, first_time, last_time, more)
+), latest AS (
+    SELECT DISTINCT ON (a.fingerprint) a.id, c.*
+    FROM alerts a JOIN c USING (fingerprint)
+    ORDER BY a.fingerprint, a.id DESC
+)
+UPDATE alerts a SET repeat_count = greatest(a.repeat_count + l.more, 1),
+       opened_at = least(a.opened_at, to_timestamp(l.first_time)),
+       last_fired_at = greatest(a.last_fired_at, to_timestamp(l.last_time))
+FROM latest l
+WHERE a.id = l.id
+  AND (a.status <> 'resolved' OR to_timestamp(l.first_time) <= a.last_fired_at)
+RETURNING a.fingerprint
+"""
+
+
+def recount_firings(conn: psycopg.Connection, fingerprints: Sequence[str],
+                    first: Sequence[float], last: Sequence[float],
+                    more: Sequence[int]) -> set[str]:
+    """Correct alerts after their device's rows were evaluated again in order (late rows
+    came): `more` rows fired than were counted (fewer if negative), the condition began at
+    `first` if that is earlier, and fired last at `last` if that is later. The alert is the
+    fingerprint's latest: open, or resolved if the rows fired in its episode (a status is
+    never changed here). Returns the fingerprints corrected; the others' firings are new."""
+    if not fingerprints:
+        return set()
+    rows = conn.execute(_RECOUNT, (list(fingerprints), list(first), list(last),
+                                   list(more))).fetchall()
+    return {str(r[0]) for r in rows}
+
+
 def clear_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
                  times: Sequence[float], policy: AlertPolicy | None = None) -> list[int]:
     """Resolve the open alerts whose condition cleared at `times` (not before they last fired).

@@ -16,7 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
+from vagt.alerts.store import (
+    AlertFiring,
+    clear_alerts,
+    fingerprint,
+    record_firings,
+    recount_firings,
+)
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
 from vagt.app.rule_state import Seen, SharedRuleState
@@ -81,6 +87,15 @@ class BatchOutcome:
 # A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
 # since its earlier state; a batch that would read more skips its late rows instead.
 REPLAY_MAX_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class Recount:
+    """Devices evaluated again in order (late rows), and per rule (rows, in order) and device
+    (columns) how many more rows fired than when their rows were evaluated before."""
+
+    devices: I64
+    more: I64
 
 
 @dataclass
@@ -168,6 +183,7 @@ class Pipeline:
         msgs = np.flatnonzero(usable)
         batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
                       device_of_msg[msgs], msg_time[msgs])
+        recount = None
         if state_apart:
             # The alarm lane: alerts from the state in memory, without waiting for devices
             # that a bulk batch holds; write_state() evaluates again under their lock and
@@ -177,13 +193,13 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch = batch
         else:
-            ev, batch = self._evaluate_locked(conn, batch, out)
+            ev, batch, recount = self._evaluate_locked(conn, batch, out)
         self._store_bad_readings(conn, batch, ev, out)
-        self.record(conn, ev, out, out.registry_firings)
+        self.record(conn, ev, out, out.registry_firings, recount)
         return out
 
-    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch,
-                         out: BatchOutcome) -> tuple[Evaluation, Batch]:
+    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome
+                         ) -> tuple[Evaluation, Batch, Recount | None]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
         evaluates them after us.
@@ -192,18 +208,21 @@ class Pipeline:
         committed newer ones first, or the device flushed its buffer after live readings) is
         evaluated again in order: from its earlier state (`prev`, see
         `rule_state.CHECKPOINT_AGE_S`), with every stored row since (this batch's are
-        stored already). Returns the batch evaluated."""
+        stored already); their alerts are corrected by what that changes (`Recount`).
+        Returns the evaluation, the batch evaluated and the recount."""
         held = np.unique(batch.m_device)
         locked = self.shared.lock(conn, held, held=True)
         first, latest = _time_range(batch, held)
         back_mask, too_late_mask = locked.late(first)
         back, too_late = held[back_mask], held[too_late_mask]
+        fired = None
         if len(back):
             merged = self._with_stored_rows(conn, batch, back, locked.prev_as_of[back_mask])
             if merged is None:    # more than REPLAY_MAX_ROWS: skip the late rows, as before
                 too_late = np.union1d(too_late, back)
                 back = back[:0]
             else:
+                fired = self.rules.fired(back)   # what their alerts have counted
                 self.shared.rewind(conn, back)
                 batch = merged
         out.replayed += len(back)
@@ -211,7 +230,8 @@ class Pipeline:
         seen = Seen(held, latest, back)
         ev = self.shared.evaluate(
             conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
-        return ev, batch
+        recount = None if fired is None else Recount(back, self.rules.fired(back) - fired)
+        return ev, batch, recount
 
     def _with_stored_rows(self, conn: psycopg.Connection, batch: Batch, devs: I64,
                           since: F64) -> Batch | None:
@@ -247,7 +267,9 @@ class Pipeline:
             store.update_device_state(conn, *out.state_rows)
         if out.batch is not None:
             again = BatchOutcome()
-            ev, _ = self._evaluate_locked(conn, out.batch, again)
+            # no recount: the first transaction recorded the batch's firings as they came
+            # (evaluated from memory), and a correction would count them twice
+            ev, _, _ = self._evaluate_locked(conn, out.batch, again)
             self.record(conn, ev, again)
             out.replayed += again.replayed
             out.too_late += again.too_late
@@ -433,10 +455,13 @@ class Pipeline:
         return top, gaps
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
-               extra: Sequence[AlertFiring] = ()) -> None:
+               extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
-        second transition in a batch goes in only after its first."""
-        fr = ev.transitions.fires()
+        second transition in a batch goes in only after its first. The fires of devices
+        evaluated again in order (`recount`) correct their open alerts first."""
+        fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
+        if recount is not None:
+            fr = self._recount(conn, ev, fr, recount)
         cr, cd, ct, co = ev.transitions.clears()
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
         for k in rounds:
@@ -450,6 +475,33 @@ class Pipeline:
                 fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d])
                        for r, d in zip(cr[c].tolist(), cd[c].tolist())]
                 out.cleared += len(clear_alerts(conn, fps, ct[c].tolist()))
+
+    def _recount(self, conn: psycopg.Connection, ev: Evaluation,
+                 fr: tuple[npt.NDArray[Any], ...], recount: Recount
+                 ) -> tuple[npt.NDArray[Any], ...]:
+        """Correct the open alerts of the devices evaluated again: their count moves by how
+        many more rows fired than before, and they begin and last fired where the rows in
+        order say, if earlier or later. An alert an operator may have seen is never taken
+        back. Returns the fires still to record (those with no open alert to correct)."""
+        rule, dev, first, last = fr[0], fr[1], fr[2], fr[3]
+        again = np.flatnonzero(np.isin(dev, recount.devices)).tolist()
+        if not again:
+            return fr
+        span: dict[tuple[int, int], tuple[float, float]] = {}
+        for k in again:
+            key = (int(rule[k]), int(dev[k]))
+            f, t = span.get(key, (np.inf, -np.inf))
+            span[key] = (min(f, float(first[k])), max(t, float(last[k])))
+        column = {int(d): j for j, d in enumerate(recount.devices.tolist())}
+        keys = list(span)
+        fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d]) for r, d in keys]
+        corrected = recount_firings(conn, fps, [span[k][0] for k in keys],
+                                    [span[k][1] for k in keys],
+                                    [int(recount.more[r, column[d]]) for r, d in keys])
+        done = {k for k, fp in zip(keys, fps) if fp in corrected}
+        keep = np.ones(len(dev), dtype=bool)
+        keep[[k for k in again if (int(rule[k]), int(dev[k])) in done]] = False
+        return tuple(c[keep] for c in fr)
 
     def _store_bad_readings(self, conn: psycopg.Connection, b: Batch, ev: Evaluation,
                             out: BatchOutcome) -> None:

@@ -49,6 +49,12 @@ _EVALUATE = {
 }
 _TICK = {"event": event.tick, "sequence": sequence.tick, "flapping": flapping.tick}
 
+# Per rule and device: how many rows its batches fired for, all told (ticks not counted: a
+# timer's firing goes by its deadline, and a second one changes nothing). Late rows evaluated
+# again from an earlier state leave it at what one evaluation in order makes it, so the
+# difference is what the alert queue must count (`Pipeline.record`).
+FIRED = "fired"
+
 
 @dataclass
 class Evaluation:
@@ -134,7 +140,27 @@ class RuleEngine:
                 if fn is not None:
                     ctx.applies = self._applies[rule.name]
                     fn(i, rule, self._states[rule.name], ctx, b, ev.transitions)
+            self._count_fired(ev, n)
             return ev
+
+    def _count_fired(self, ev: Evaluation, n: int) -> None:
+        """Stage FIRED: what it was, plus the rows each rule fired for per device."""
+        rule, dev, *_, count, _ = ev.transitions.fires()
+        if len(dev) == 0:
+            return
+        keys, at = np.unique(rule * n + dev, return_inverse=True)
+        sums = np.bincount(at, weights=count).astype(np.int64)
+        for r in np.unique(keys // n).tolist():
+            sel = keys // n == r
+            devs = keys[sel] % n
+            st = self._states[ev.rules[r].name]
+            ev.updates.append(Update(st, devs, {FIRED: st.i64(FIRED, n)[devs] + sums[sel]}))
+
+    def fired(self, devs: I64) -> I64:
+        """FIRED in memory: a row per rule (in order), a column per device of `devs`."""
+        with self.lock:
+            return np.array([self._states[r.name].values(FIRED, devs, 0) for r in self._rules],
+                            dtype=np.int64).reshape(len(self._rules), len(devs))
 
     def tick(self, now: float) -> Evaluation:
         """Deadlines that pass without a message: missed doses, event timeouts, quiet flaps.

@@ -153,6 +153,15 @@ class RuleState:
         fill, dtype, width = self._fills[name]
         return self.array(name, n, fill, dtype, width)
 
+    def values(self, name: str, rows: I64, fill: object) -> npt.NDArray[np.generic]:
+        """The values of `name` at `rows`, `fill` where it has none; creates no array."""
+        a = self._arrays.get(name)
+        out = np.full(len(rows), fill)
+        if a is not None:
+            inside = rows < len(a)
+            out[inside] = a[rows[inside]]
+        return out
+
     def arrays(self) -> list[tuple[str, npt.NDArray[np.generic], object, int]]:
         """(name, array, fill, width) of every array, in name order."""
         return [(name, self._arrays[name], self._fills[name][0], self._fills[name][2])
