@@ -95,7 +95,10 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     if not candidates:
         return Changes([], [])
     silences = _active_silences(conn, now)
-    inhibitors = [(rule, _sources(conn, rule)) for rule in policy.inhibit]
+    # the sources only of rules that target one of the candidates: a rule's sources can be
+    # every open alert (a source matched by regex alone), read for each alert that opens
+    inhibitors = [(rule, _sources(conn, rule)) for rule in policy.inhibit
+                  if any(all_match(rule.target, c[2]) for c in candidates)]
     to_suppress: list[tuple[int, str]] = []
     to_release: list[int] = []
     for alert_id, status, labels, old_reason, device_status in candidates:

@@ -1,0 +1,102 @@
+"""The alarm lane's CPU per alarm on an idle engine, with some alerts open already.
+
+    .venv/bin/python -m benchmarks.alarm_cost --open 5000
+
+An engine (`vagt run`, 100,000 registered devices) gets a personal alarm every 100 ms for
+25 s; the alarm lane's process is timed (user + system CPU) and, with --profile, sampled by
+py-spy. `--open N` opens N `device_silent` alerts first, as after an outage: what each new
+alert reads of the open ones shows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from benchmarks.suite import (
+    AlarmProbe,
+    Broker,
+    _cpu_seconds,
+    engines,
+    free_port,
+    fresh_database,
+    prepare_sessions,
+    register_fleet,
+)
+
+from vagt.alerts.store import AlertFiring, record_firings
+from vagt.sim import make_fleet
+
+SECONDS = 25.0
+
+
+def children(pid: int) -> list[tuple[int, bytes]]:
+    """(pid, command line) of the processes whose parent is `pid`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    out.append((int(d.name), (d / "cmdline").read_bytes()))
+            except OSError:
+                pass
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--open", type=int, default=0, help="device_silent alerts open first")
+    ap.add_argument("--profile", type=Path, help="py-spy's raw samples of the alarm lane here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(free_port(), free_port(), work / "broker")
+        broker.directory.mkdir()
+        broker.start()
+        try:
+            fleet = make_fleet(args.devices, 1)
+            url = fresh_database()
+            register_fleet(url, fleet)
+            if args.open:
+                at = time.time() - 600
+                with psycopg.connect(url) as conn:
+                    record_firings(conn, [
+                        AlertFiring("device_silent", d.device_id, "nothing heard", "warning", 4,
+                                    "technical", at, at)
+                        for d in fleet if d.type != "personal_alarm"][:args.open])
+            alarms = [d.device_id for d in fleet if d.type == "personal_alarm"]
+            root, cid = f"bench{uuid.uuid4().hex[:6]}/v1", f"cost-{uuid.uuid4().hex[:6]}"
+            prepare_sessions(broker, root, [cid], "")
+            with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
+                         share_group="", workdir=work) as procs:
+                lane = next(p for p, cmd in children(procs[0].process.pid)
+                            if b"run_alarm_lane" in cmd)
+                probe = AlarmProbe(broker, root, url, alarms)
+                probe.run()
+                time.sleep(3)
+                before, sent = _cpu_seconds(lane), len(probe.sent)
+                if args.profile:
+                    subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record",
+                                    "-p", str(lane), "-d", str(int(SECONDS)), "-f", "raw",
+                                    "-o", str(args.profile), "--nonblocking"], check=True)
+                else:
+                    time.sleep(SECONDS)
+                used, n = _cpu_seconds(lane) - before, len(probe.sent) - sent
+                probe.stop()
+            lat = probe.latencies_ms()
+            print(f"{args.open:,} alerts open: the alarm lane spent {used / n * 1000:.1f} ms "
+                  f"of CPU per alarm ({n} alarms); latency p50 {lat[len(lat) // 2]:.0f} ms, "
+                  f"max {lat[-1]:.0f} ms")
+        finally:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
