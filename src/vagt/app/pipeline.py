@@ -458,7 +458,7 @@ class Pipeline:
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
-        evaluated again in order (`recount`) correct their open alerts first."""
+        evaluated again in order (`recount`) correct their alerts first."""
         fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
         if recount is not None:
             fr = self._recount(conn, ev, fr, recount)
@@ -479,10 +479,10 @@ class Pipeline:
     def _recount(self, conn: psycopg.Connection, ev: Evaluation,
                  fr: tuple[npt.NDArray[Any], ...], recount: Recount
                  ) -> tuple[npt.NDArray[Any], ...]:
-        """Correct the open alerts of the devices evaluated again: their count moves by how
-        many more rows fired than before, and they begin and last fired where the rows in
-        order say, if earlier or later. An alert an operator may have seen is never taken
-        back. Returns the fires still to record (those with no open alert to correct)."""
+        """Correct the alerts of the devices evaluated again (`recount_firings`): their count
+        moves by how many more rows fired than before, and they begin and last fired where
+        the rows in order say, if earlier or later; no alert is taken back. Returns the fires
+        still to record: those with no alert of theirs to correct."""
         rule, dev, first, last = fr[0], fr[1], fr[2], fr[3]
         again = np.flatnonzero(np.isin(dev, recount.devices)).tolist()
         if not again:
