@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vagt.alerts import cli
-from vagt.alerts.matchers import MatcherError, parse_matcher
+from vagt.alerts.matchers import MatcherError, alternatives, parse_matcher
 from vagt.alerts.policy import PolicyError, load_policy
 from vagt.alerts.routing import route_alert
 
@@ -114,6 +114,17 @@ def test_the_root_without_a_queue_keeps_the_rules_queue():
 ])
 def test_a_matcher_matches_as_in_alertmanager(text, labels, hit):
     assert parse_matcher(text).matches(labels) is hit
+
+
+def test_a_regular_expression_that_only_lists_words_is_what_sql_filters_on():
+    """Inhibition sources are narrowed in SQL by such a list (the rest is decided in Python):
+    it must allow exactly what the expression allows."""
+    ms = [parse_matcher(t) for t in ('rule=~"device_silent|device_offline"', 'type="gateway"',
+                                     'code=~"alarm\\\\..*"', 'model=~"A.B"', 'x!~"a|b"')]
+    words = alternatives(ms)
+    assert words == {"rule": ["device_silent", "device_offline"]}
+    for value in ("device_silent", "device_offline", "device_silent2", "device", ""):
+        assert (value in words["rule"]) is ms[0].matches({"rule": value})
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -98,3 +98,14 @@ def all_match(matchers: Sequence[Matcher], labels: Mapping[str, object]) -> bool
 def equalities(matchers: Sequence[Matcher]) -> dict[str, str]:
     """The `=` matchers with a value, as a JSON object for a `labels @> ...` index lookup."""
     return {m.name: m.value for m in matchers if m.op is Op.EQ and m.value != ""}
+
+
+_WORDS = re.compile(r"[A-Za-z0-9_-]+(?:\|[A-Za-z0-9_-]+)*")
+
+
+def alternatives(matchers: Sequence[Matcher]) -> dict[str, list[str]]:
+    """The `=~` matchers that only list words (`rule=~"device_silent|device_offline"`), as
+    the values each allows: what SQL can filter on (`labels->>name = ANY(...)`) without
+    reading regular expressions of its own."""
+    return {m.name: m.value.split("|") for m in matchers
+            if m.op is Op.RE and _WORDS.fullmatch(m.value)}

@@ -21,7 +21,7 @@ import orjson
 import psycopg
 
 from vagt.alerts import outbox
-from vagt.alerts.matchers import Matcher, all_match, equalities
+from vagt.alerts.matchers import Matcher, all_match, alternatives, equalities
 from vagt.alerts.policy import AlertPolicy, InhibitRule, current_policy
 
 ENGINE_ACTOR = "vagt"
@@ -95,10 +95,11 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     if not candidates:
         return Changes([], [])
     silences = _active_silences(conn, now)
-    # the sources only of rules that target one of the candidates: a rule's sources can be
-    # every open alert (a source matched by regex alone), read for each alert that opens
-    inhibitors = [(rule, _sources(conn, rule)) for rule in policy.inhibit
-                  if any(all_match(rule.target, c[2]) for c in candidates)]
+    # the sources only of rules that target one of the candidates, and only those that
+    # could hold one back: reading all of them (every open device_silent alert after an
+    # outage) for each alert that opened cost an alarm 66 ms of CPU with 5,000 open
+    inhibitors = [(rule, _sources(conn, rule, targets)) for rule in policy.inhibit
+                  if (targets := [c[2] for c in candidates if all_match(rule.target, c[2])])]
     to_suppress: list[tuple[int, str]] = []
     to_release: list[int] = []
     for alert_id, status, labels, old_reason, device_status in candidates:
@@ -161,11 +162,20 @@ def _active_silences(conn: psycopg.Connection, now: datetime) -> list[_ActiveSil
             for i, ms, a, c in rows]
 
 
-def _sources(conn: psycopg.Connection, rule: InhibitRule) -> dict[tuple[str, ...], int]:
-    """The active alerts that match the rule's source, by their `equal` label values."""
-    rows = conn.execute("SELECT id, labels FROM alerts WHERE status <> 'resolved' "
-                        "AND labels @> %s::jsonb ORDER BY id",
-                        (orjson.dumps(equalities(rule.source)).decode(),)).fetchall()
+def _sources(conn: psycopg.Connection, rule: InhibitRule,
+             targets: Sequence[Mapping[str, object]]) -> dict[tuple[str, ...], int]:
+    """The active alerts that match the rule's source and share its `equal` labels with one
+    of `targets` (the labels of alerts it targets), by those label values. SQL narrows them
+    by the `=` matchers, the `=~` ones that list words and the `equal` values; Python
+    decides."""
+    narrow = [(name, values) for name, values in alternatives(rule.source).items()]
+    narrow += [(source, sorted({_label(t, target) for t in targets}))
+               for target, source in rule.equal]
+    rows = conn.execute(
+        "SELECT id, labels FROM alerts WHERE status <> 'resolved' AND labels @> %s::jsonb "
+        + "".join(" AND coalesce(labels->>%s, '') = ANY(%s)" for _ in narrow) + " ORDER BY id",
+        [orjson.dumps(equalities(rule.source)).decode(),
+         *(x for pair in narrow for x in pair)]).fetchall()
     found: dict[tuple[str, ...], int] = {}
     for alert_id, labels in rows:
         if all_match(rule.source, labels):
