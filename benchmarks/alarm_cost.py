@@ -36,19 +36,6 @@ from vagt.sim import make_fleet
 SECONDS = 25.0
 
 
-def children(pid: int) -> list[tuple[int, bytes]]:
-    """(pid, command line) of the processes whose parent is `pid`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    out.append((int(d.name), (d / "cmdline").read_bytes()))
-            except OSError:
-                pass
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=100_000)
@@ -76,8 +63,8 @@ def main() -> None:
             prepare_sessions(broker, root, [cid], "")
             with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
                          share_group="", workdir=work) as procs:
-                lane = next(p for p, cmd in children(procs[0].process.pid)
-                            if b"run_alarm_lane" in cmd)
+                lane = next(p for p in procs[0].children()
+                            if procs[0].child_name(p) == "alarm lane")
                 probe = AlarmProbe(broker, root, url, alarms)
                 probe.run()
                 time.sleep(3)

@@ -168,7 +168,7 @@ def _sources(conn: psycopg.Connection, rule: InhibitRule,
     of `targets` (the labels of alerts it targets), by those label values. SQL narrows them
     by the `=` matchers, the `=~` ones that list words and the `equal` values; Python
     decides."""
-    narrow = [(name, values) for name, values in alternatives(rule.source).items()]
+    narrow = list(alternatives(rule.source).items())
     narrow += [(source, sorted({_label(t, target) for t in targets}))
                for target, source in rule.equal]
     rows = conn.execute(
