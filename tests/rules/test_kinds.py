@@ -172,6 +172,28 @@ def test_two_doses_due_in_one_batch_the_first_missed_the_second_taken(tmp_path):
     assert h.opened("missed_dose", 2) == 1 and h.cleared("missed_dose", 2) == 1
 
 
+def test_two_doses_due_in_two_batches_and_both_missed_fire_twice(tmp_path):
+    # the second is judged too, though the first still waited when it came
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0)])
+    h.batch(events=[(2, "dose.due", 600.0)])
+    h.batch(seen=[(2, 4000.0)])
+    assert h.opened("missed_dose", 2) == 1 and h.book.fired[("missed_dose", 2)] == 2
+    first, last = h.last.transitions.fires()[2:4]
+    assert (first.tolist(), last.tolist()) == ([1800.0], [2400.0])  # the first and last deadline
+
+
+def test_at_the_tick_only_the_doses_past_their_deadline_fire_the_later_wait(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.due", 0.0), (2, "dose.due", 600.0), (2, "dose.due", 1200.0)])
+    h.tick(2400.0 + 61)
+    assert h.book.fired[("missed_dose", 2)] == 2
+    h.batch(events=[(2, "dose.taken", 2900.0)])  # the third is taken in time
+    assert h.open() == set() and h.book.fired[("missed_dose", 2)] == 2
+    h.tick(10 * DAY)
+    assert h.book.fired[("missed_dose", 2)] == 2
+
+
 # -- rate -------------------------------------------------------------------------------------
 
 RATE = ('[[rule]]\nname = "weight_gain"\nkind = "rate"\nmetric = "weight"\nrise = 2.0\n'

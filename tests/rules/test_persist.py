@@ -21,7 +21,7 @@ summary = "stuck"
 [[rule]]
 name = "dose"
 kind = "sequence"
-first = ["dose.due"]
+first = ["dose.due*"]
 then = ["dose.taken"]
 within = "30m"
 severity = "major"
@@ -53,7 +53,8 @@ def arrays(h: Harness, rows: list[int]) -> dict[tuple[str, str], str]:
 def test_state_packed_and_unpacked_in_another_engine_is_the_same_state(tmp_path):
     h = Harness(tmp_path, RULES)
     h.batch(readings=[(0, "spo2", 95, T + k) for k in range(3)],
-            events=[(2, "dose.due", T), (4, "link.down", T), (4, "link.up", T + 5)])
+            events=[(2, "dose.due", T), (2, "dose.due.evening", T + 60), (4, "link.down", T),
+                    (4, "link.up", T + 5)])
     rows = np.array([0, 2, 4], dtype=np.int64)
     with h.engine.lock:
         p = pack(h.engine, rows)
@@ -61,6 +62,8 @@ def test_state_packed_and_unpacked_in_another_engine_is_the_same_state(tmp_path)
     unpack(other.engine, rows, p.layout, p.slots, p.values, p.texts)
     assert arrays(other, [0, 2, 4]) == arrays(h, [0, 2, 4])
     assert arrays(other, [2])[("dose", "pending_code")] == "['dose.due']"  # a text slot
+    assert arrays(other, [2])[("dose", "pending_more_code")] == \
+        "[['dose.due.evening', '', '']]"  # and a row of them
 
     # and it goes on from there: two more identical values make the five in a row
     for e in (h, other):

@@ -5,11 +5,12 @@ each must continue from the state the other left. `pack` turns some devices' sta
 every rule, into one row per device; `unpack` puts rows back into the engine's arrays.
 
 A row is sparse: only slots that differ from their array's fill are stored, as two byte
-strings (slot numbers as uint16, values as float64), and text slots (a pending dose's code)
-as JSON. The slots are named by a layout: one (rule, definition hash, array, dtype, width,
-fill) per array, shared by every row packed at the same time. A rule whose definition
-differs between the writer and the reader (a reload reached one process first) is skipped
-on reading, exactly as a reload starts a changed rule afresh.
+strings (slot numbers as uint16, values as float64), and text slots (a pending dose's code;
+a list where the array has columns) as JSON. The slots are named by a layout: one (rule,
+definition hash, array, dtype, width, fill) per array, shared by every row packed at the
+same time. A rule whose definition differs between the writer and the reader (a reload
+reached one process first) is skipped on reading, exactly as a reload starts a changed rule
+afresh.
 """
 
 from __future__ import annotations
@@ -91,14 +92,14 @@ def pack(engine: RuleEngine, rows: I64) -> Packed:
     states = dict((r.name, st) for r, st in engine.rule_states())
     k = len(rows)
     cols = []
-    texts: list[dict[str, str]] = [{} for _ in range(k)]
+    texts: list[dict[str, str | list[str]]] = [{} for _ in range(k)]
     for e, entry in enumerate(lay.entries):
         rule, _, name, dtype, width, fill = entry
         a = states[rule].get(name, int(rows.max()) + 1 if k else 0)
         if dtype == "o":
             for j, v in enumerate(a[rows].tolist()):
-                if v != fill:
-                    texts[j][str(e)] = str(v)
+                if (v != [fill] * width) if width else (v != fill):
+                    texts[j][str(e)] = [str(x) for x in v] if width else str(v)
         else:
             cols.append(a[rows].astype(np.float64).reshape(k, max(1, width)))
     matrix = np.hstack(cols) if cols else np.empty((k, 0))
@@ -143,7 +144,7 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
         here = states.get(rule)
         if dtype != "o" or here is None or here[0] != h:
             continue
-        a = here[1].array(name, n, fill, object)
+        a = here[1].array(name, n, fill, object, width)
         a[rows] = str(fill)
         for j, got in enumerate(parsed):
             if str(e) in got:

@@ -2,27 +2,51 @@
 `within` a window. An A not answered in time fires at its deadline; a B clears.
 
 Whether the window passed is judged by device time: a later message of the device (any
-message) shows it, or the local timer tick does when the device stays silent. The earliest
-A still waiting is kept per device (`pending`), so a window spans batches.
+message) shows it, or the local timer tick does when the device stays silent. The As still
+waiting are kept per device, the earliest four (`pending`, then `pending_more`), so a window
+spans batches and two doses due in a row are both judged, however the batches fell; a fifth
+waiting at once is not kept (four doses due within one window is no dosing plan).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
-from vagt.rules._columns import Groups, Transitions, emit, latch, sort_rows
+from vagt.rules._columns import F64, Groups, Obj, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
 from vagt.rules.state import Batch, Context, RuleState
 
 # The timer tick waits this long past a deadline before it calls a dose missed: a B sent
 # just in time may still be on its way.
 TICK_GRACE_S = 60.0
+# As kept waiting besides the earliest
+MORE = 3
+
+
+def _waiting(st: RuleState, n: int) -> tuple[F64, Obj, F64, Obj]:
+    """The earliest waiting A's time and code per device, and the next ones (NaN, "": none)."""
+    return (st.f64("pending", n), st.array("pending_code", n, "", object),  # type: ignore[return-value]
+            st.f64("pending_more", n, width=MORE),
+            st.array("pending_more_code", n, "", object, MORE))
+
+
+def _kept(st: RuleState, n: int, devs: npt.NDArray[np.int64]) -> tuple[F64, Obj]:
+    """The waiting As of `devs`, one row each, earliest first: times (NaN: none) and codes."""
+    pending, code, more, more_code = _waiting(st, n)
+    return (np.column_stack([pending[devs], more[devs]]),
+            np.column_stack([code[devs], more_code[devs]]))
+
+
+def _stage(ctx: Context, st: RuleState, devs: npt.NDArray[np.int64], t: F64, c: Obj,
+           **more: npt.NDArray[np.generic]) -> None:
+    ctx.stage(st, devs, pending=t[:, 0], pending_code=c[:, 0], pending_more=t[:, 1:],
+              pending_more_code=c[:, 1:], **more)
 
 
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
-    last_t, pending = st.f64("last_t", ctx.n, -np.inf), st.f64("pending", ctx.n)
-    pending_code = st.array("pending_code", ctx.n, "", object)
+    last_t, pending = st.f64("last_t", ctx.n, -np.inf), _waiting(st, ctx.n)[0]
     active = st.flag("active", ctx.n)
     is_a = b.code_mask(rule.first)
     is_b = b.code_mask(rule.then) & ~is_a
@@ -31,16 +55,18 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     d, t, c, a = b.e_device[rows], b.e_time[rows], b.e_code[rows], is_a[rows]
     real = t > last_t[d]  # an older event must not change what later ones decided
     d, t, c, a = d[real], t[real], c[real], a[real]
-    # a device waiting from before, that showed any sign of life, joins with its pending A
+    # a device waiting from before, that showed any sign of life, joins with its waiting As
     seen = np.unique(np.concatenate([b.m_device, d])) if len(b.m_device) else np.unique(d)
     waiting = seen[~np.isnan(pending[seen]) & ctx.applies[seen]] if len(seen) else seen
     if len(d) == 0 and len(waiting) == 0:
         return
-    d = np.concatenate([waiting, d])
-    t = np.concatenate([pending[waiting], t])
-    c = np.concatenate([pending_code[waiting], c])
-    a = np.concatenate([np.ones(len(waiting), dtype=bool), a])
-    is_real = np.r_[np.zeros(len(waiting), dtype=bool), np.ones(len(d) - len(waiting), bool)]
+    wt, wc = _kept(st, ctx.n, waiting)
+    wr, wk = np.nonzero(~np.isnan(wt))
+    d = np.concatenate([waiting[wr], d])
+    t = np.concatenate([wt[wr, wk], t])
+    c = np.concatenate([wc[wr, wk], c])
+    a = np.concatenate([np.ones(len(wr), dtype=bool), a])
+    is_real = np.r_[np.zeros(len(wr), dtype=bool), np.ones(len(d) - len(wr), bool)]
     order = sort_rows(d, t)
     d, t, c, a, is_real = d[order], t[order], c[order], a[order], is_real[order]
     g = Groups.of(d)
@@ -70,26 +96,39 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
         state = latch(lg, ls, ~ls, initial)
         emit(out, i, lg, lt, state, initial, ls, np.full(len(ld), np.nan), lc)
         ctx.stage(st, ld[lg.ends], active=state[lg.ends])
-    first_undecided = np.minimum.reduceat(np.where(undecided, t, np.inf), g.starts)
-    code_first = c[np.minimum.reduceat(np.where(undecided, idx, n), g.starts).clip(max=n - 1)]
+    # the As still undecided wait, earliest first, in slots 0 .. MORE of their device's row
+    u = np.flatnonzero(undecided)
+    u_group = np.repeat(np.arange(len(g.starts)), g.ends - g.starts + 1)[u]
+    slot = np.arange(len(u)) - np.searchsorted(u_group, u_group, side="left")
+    u, u_group, slot = u[slot <= MORE], u_group[slot <= MORE], slot[slot <= MORE]
+    kept_t = np.full((len(g.starts), MORE + 1), np.nan)
+    kept_c = np.full((len(g.starts), MORE + 1), "", dtype=object)
+    kept_t[u_group, slot], kept_c[u_group, slot] = t[u], c[u]
     newest_real = np.maximum.reduceat(np.where(is_real, t, -np.inf), g.starts)
     devs = g.dev[g.starts]
-    ctx.stage(st, devs, pending=np.where(np.isinf(first_undecided), np.nan, first_undecided),
-              pending_code=code_first, last_t=np.maximum(newest_real, last_t[devs]))
+    _stage(ctx, st, devs, kept_t, kept_c, last_t=np.maximum(newest_real, last_t[devs]))
 
 
 def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
          out: Transitions) -> None:
-    """A device silent past a deadline: its A was not answered in time."""
-    pending = st.f64("pending", ctx.n)
-    pending_code = st.array("pending_code", ctx.n, "", object)
+    """A device silent past a deadline: its As were not answered in time. The missed ones
+    fire as one episode (a message showing the same would fire them so), the rest wait on."""
+    pending = _waiting(st, ctx.n)[0]
     st.flag("active", ctx.n)
     with np.errstate(invalid="ignore"):
         due = np.flatnonzero(pending + rule.within_s + TICK_GRACE_S < now).astype(np.int64)
     if len(due) == 0:
         return
-    at = pending[due] + rule.within_s
-    zeros = np.zeros(len(due), dtype=np.int64)
-    out.add_fires(i, due, at, at, np.full(len(due), np.nan), pending_code[due].astype(object),
-                  zeros + 1, zeros)
-    ctx.stage(st, due, pending=np.full(len(due), np.nan), active=np.ones(len(due), dtype=bool))
+    t, c = _kept(st, ctx.n, due)
+    with np.errstate(invalid="ignore"):
+        missed = (t + rule.within_s + TICK_GRACE_S < now).sum(axis=1)  # the earliest ones
+    rows = np.arange(len(due))
+    out.add_fires(i, due, t[:, 0] + rule.within_s, t[rows, missed - 1] + rule.within_s,
+                  np.full(len(due), np.nan), c[:, 0].astype(object), missed.astype(np.int64),
+                  np.zeros(len(due), dtype=np.int64))
+    # the rest move to the front
+    take = np.arange(MORE + 1) + missed[:, None]
+    inside = take <= MORE
+    take = np.minimum(take, MORE)
+    _stage(ctx, st, due, np.where(inside, t[rows[:, None], take], np.nan),
+           np.where(inside, c[rows[:, None], take], ""), active=np.ones(len(due), dtype=bool))
