@@ -502,3 +502,27 @@ def test_an_alarm_commits_while_a_bulk_batch_holds_its_devices_rule_state(databa
     assert query(database_url, "SELECT rule, repeat_count FROM alerts") == [("personal_alarm", 1)]
     bulk.close()
     lane.close()
+
+
+def test_an_alert_that_only_the_state_under_the_lock_shows_is_raised_by_the_alarm_lane(
+        database_url, rules_file):
+    # the alarm lane's first evaluation runs from memory without the bulk batch's two lost
+    # connections; the third, in the alarm's message, flaps only with them
+    register(database_url, DEVICES)
+    bulk = Process(database_url, rules_file)
+    lane = Process(database_url, rules_file)
+    bulk.pipeline.process(bulk.conn, [event("ALM-0001", T0 + k * 60, "connection.lost")
+                                      for k in range(2)])
+    msg = RawMessage(f"{ROOT}/dev/ALM-0001/alarm",
+                     orjson.dumps({"device_id": "ALM-0001", "time": T0 + 120, "events": [
+                         {"code": "alarm.fall"}, {"code": "connection.lost"}]}), time.time())
+    out = lane.pipeline.process(lane.conn, [msg], state_apart=True)
+    lane.conn.commit()
+    assert [r[0] for r in query(database_url, "SELECT rule FROM alerts")] == ["personal_alarm"]
+    bulk.conn.commit()
+    lane.pipeline.write_state(lane.conn, out)
+    lane.conn.commit()
+    assert sorted(r[0] for r in query(database_url, "SELECT rule FROM alerts")) == [
+        "connection_flapping", "personal_alarm"]
+    bulk.close()
+    lane.close()

@@ -194,6 +194,18 @@ def test_at_the_tick_only_the_doses_past_their_deadline_fire_the_later_wait(tmp_
     assert h.book.fired[("missed_dose", 2)] == 2
 
 
+def test_transitions_are_the_same_when_the_rules_did_the_same(tmp_path):
+    # what the alarm lane compares to record an alarm's alerts only once (a missed dose's
+    # value is NaN)
+    batches = ([(2, "dose.due", 0.0)], [(2, "dose.due", 0.0), (2, "dose.due", 600.0)])
+    runs = []
+    for events in (*batches, batches[0]):
+        h = Harness(tmp_path, DOSE)
+        h.batch(events=events)
+        runs.append(h.batch(seen=[(2, 4000.0)]).transitions)
+    assert runs[0].same_as(runs[2]) and not runs[0].same_as(runs[1])
+
+
 # -- rate -------------------------------------------------------------------------------------
 
 RATE = ('[[rule]]\nname = "weight_gain"\nkind = "rate"\nmetric = "weight"\nrise = 2.0\n'

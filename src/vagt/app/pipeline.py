@@ -32,7 +32,7 @@ from vagt.errors import first_line
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.topics import TopicError, parser_for
-from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine
+from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -63,6 +63,7 @@ class BatchOutcome:
     state_rows: tuple[Any, ...] | None = None
     state_apart: bool = False
     batch: Batch | None = None   # with state_apart: for write_state() to evaluate again
+    transitions: Transitions | None = None   # and what the rules did from memory
     # devices whose rows came after newer ones: evaluated again in order from their state
     # before (`replayed`), or too late for that, their late rows skipped by the rules
     replayed: int = 0
@@ -191,7 +192,7 @@ class Pipeline:
             # device time). What another process committed for these devices is read first.
             self.shared.sync(conn, np.unique(batch.m_device))
             ev = self.rules.evaluate(batch, history=self._history(conn))
-            out.batch = batch
+            out.batch, out.transitions = batch, ev.transitions
         else:
             ev, batch, recount = self._evaluate_locked(conn, batch, out)
         self._store_bad_readings(conn, batch, ev, out)
@@ -268,9 +269,11 @@ class Pipeline:
         if out.batch is not None:
             again = BatchOutcome()
             # no recount: the first transaction recorded the batch's firings as they came
-            # (evaluated from memory), and a correction would count them twice
+            # (evaluated from memory), and a correction would count them twice; what the
+            # rules did the same under the lock (as they mostly do) is not recorded again
             ev, _, _ = self._evaluate_locked(conn, out.batch, again)
-            self.record(conn, ev, again)
+            if out.transitions is None or not ev.transitions.same_as(out.transitions):
+                self.record(conn, ev, again)
             out.replayed += again.replayed
             out.too_late += again.too_late
             out.opened += [a for a in again.opened if a not in out.opened]

@@ -144,6 +144,12 @@ class Transitions:
                 np.concatenate(self.c_time), np.concatenate(self.c_ordinal))
 
 
+    def same_as(self, other: Transitions) -> bool:
+        """The same fires and clears, in the same order (NaN values equal)."""
+        return all(len(a) == len(b) and bool(np.all((a == b) | ((a != a) & (b != b))))
+                   for a, b in zip(self.fires() + self.clears(), other.fires() + other.clears()))
+
+
 def _rules(rules: list[int], devs: list[I64]) -> I64:
     return np.concatenate([np.full(len(d), r, dtype=np.int64) for r, d in zip(rules, devs)])
 
