@@ -603,10 +603,12 @@ def main() -> None:
                     rate = n / wait_acked(procs, n)
                     busy = busy_since(cpu)
                     used = split_one.seconds()
+                    batches = procs[0].scrape("vagt_batch_size_messages_count", "bulk")
                     probe.stop()
                     rss = procs[0].peak_rss_mb()
                 print(f"  round: bare {bare:,.0f} msg/s, engine {rate:,.0f} msg/s, ratio "
-                      f"{rate / bare:.2f}", flush=True)
+                      f"{rate / bare:.2f}; {batches:,.0f} bulk batches, "
+                      f"{n / max(batches, 1):,.0f} messages each on average", flush=True)
                 return Round(url, bare, rate, busy, used, rss, probe.latencies_ms())
 
             def per_core_drain(count: int) -> tuple[float, list[tuple[str, str, int]]]:

@@ -46,6 +46,8 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
      "'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness from 0 to 19, got 20"),
     ({"VAGT_BULK_BATCH_MAX": "0"}, "'ingest.bulk_batch_max' (VAGT_BULK_BATCH_MAX) must be at "
                                    "least 1, got 0"),
+    ({"VAGT_BULK_BATCH_WAIT_MS": "-1"}, "'ingest.bulk_batch_wait_ms' (VAGT_BULK_BATCH_WAIT_MS) "
+                                        "must be from 0 to 10000 ms, got -1"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:

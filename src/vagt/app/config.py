@@ -133,6 +133,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_BULK_RECEIVER_PROCESS": ("ingest", "bulk_receiver_process"),
     "VAGT_BULK_NICE": ("ingest", "bulk_nice"),
     "VAGT_BULK_BATCH_MAX": ("ingest", "bulk_batch_max"),
+    "VAGT_BULK_BATCH_WAIT_MS": ("ingest", "bulk_batch_wait_ms"),
     "VAGT_ALERTS": ("", "alerts"),
     "VAGT_API_HOST": ("", "api_host"),
     "VAGT_API_PORT": ("", "api_port"),
@@ -279,6 +280,9 @@ def _validate(c: Config) -> None:
     if not 0 <= c.ingest.bulk_nice <= 19:
         raise ConfigError("setting 'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness "
                           f"from 0 to 19, got {c.ingest.bulk_nice}")
+    if not 0 <= c.ingest.bulk_batch_wait_ms <= 10_000:
+        raise ConfigError("setting 'ingest.bulk_batch_wait_ms' (VAGT_BULK_BATCH_WAIT_MS) must "
+                          f"be from 0 to 10000 ms, got {c.ingest.bulk_batch_wait_ms}")
     env_of = {setting: var for var, setting in ENV_SETTINGS.items()}
     for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
         if (value := getattr(c.ingest, name)) < 1:
