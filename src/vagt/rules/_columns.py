@@ -143,7 +143,6 @@ class Transitions:
         return (_rules(self.c_rule, self.c_dev), np.concatenate(self.c_dev),
                 np.concatenate(self.c_time), np.concatenate(self.c_ordinal))
 
-
     def same_as(self, other: Transitions) -> bool:
         """The same fires and clears, in the same order (NaN values equal)."""
         return all(len(a) == len(b) and bool(np.all((a == b) | ((a != a) & (b != b))))

@@ -97,8 +97,9 @@ def pack(engine: RuleEngine, rows: I64) -> Packed:
         rule, _, name, dtype, width, fill = entry
         a = states[rule].get(name, int(rows.max()) + 1 if k else 0)
         if dtype == "o":
+            empty = [fill] * width if width else fill   # a row of fills where it has columns
             for j, v in enumerate(a[rows].tolist()):
-                if (v != [fill] * width) if width else (v != fill):
+                if v != empty:
                     texts[j][str(e)] = [str(x) for x in v] if width else str(v)
         else:
             cols.append(a[rows].astype(np.float64).reshape(k, max(1, width)))
