@@ -450,6 +450,35 @@ def test_a_dose_due_seen_by_one_process_is_called_missed_by_the_other_and_only_o
     assert [r[:3] for r in alerts(database_url)] == [("missed_dose", "DSP-0001", 1)]
 
 
+def test_a_tick_goes_by_what_a_batch_of_its_own_process_committed_meanwhile(
+        database_url, rules_file):
+    # The timer's thread finds the dose missed from memory; before it locks the dispenser,
+    # the bulk lane of the same process commits the dose taken in time (it came late). The
+    # tick must go by that, not by what it found before.
+    register(database_url, DEVICES + [DISPENSER])
+    due = T0 + 3600
+    p = Process(database_url, rules_file)
+    p.batch([event("DSP-0001", due, "dose.due")])
+    lane = psycopg.connect(database_url)
+    store.prepare_connection(lane)
+    tick = p.pipeline.rules.tick
+
+    def tick_then_the_batch(now: float):
+        ev = tick(now)
+        if not lane.closed:
+            out = p.pipeline.process(lane, [event("DSP-0001", due + 600, "dose.taken")])
+            lane.commit()
+            p.pipeline.after_commit(out)
+            lane.close()
+        return ev
+
+    p.pipeline.rules.tick = tick_then_the_batch  # type: ignore[method-assign]
+    p.tick(due + 3600)
+    p.tick(due + 7200)
+    p.close()
+    assert alerts(database_url) == []
+
+
 def test_a_process_waits_for_the_other_to_commit_a_device_before_it_evaluates_it(
         database_url, rules_file):
     register(database_url, DEVICES)

@@ -137,9 +137,8 @@ Bools = np.ndarray[Any, np.dtype[np.bool_]]
 class Locked:
     """What `lock` found, per device of the lock (in its order): the device time each state
     has seen rows up to, and the one of its earlier state, `prev` (NaN: not known, or no
-    state to go back to); and how many states it read again."""
+    state to go back to)."""
 
-    read: int
     as_of: F64
     prev_as_of: F64
 
@@ -185,7 +184,7 @@ class SharedRuleState:
         `held` (this transaction updated their `devices` rows already), and read into memory
         the rule state another process changed."""
         if len(devs) == 0:
-            return Locked(0, np.empty(0), np.empty(0))
+            return Locked(np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             if not held:
@@ -202,7 +201,8 @@ class SharedRuleState:
         as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
         as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
         prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
-        return Locked(self._read_stale(conn, locked, idx), as_of, prev_as_of)
+        self._read_stale(conn, locked, idx)
+        return Locked(as_of, prev_as_of)
 
     def rewind(self, conn: psycopg.Connection, devs: I64) -> None:
         """Put the earlier state (`prev`) of `devs` into memory (their rows are held)."""
@@ -269,18 +269,21 @@ class SharedRuleState:
 
     def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
                  held: I64 | None = None, seen: Seen | None = None) -> Evaluation:
-        """Run `evaluate` on current state: lock the devices it touches, and while some of
-        them had changed elsewhere, run it again. Its state goes into memory and the rows.
+        """Run `evaluate` on current state: lock the devices it touches, and run it again
+        until it touches none it had not locked. Its state goes into memory and the rows.
 
         `held`: devices already locked (a batch's). A timer tick cannot know beforehand which
-        devices it touches: it asks its own memory, then checks under the lock.
+        devices it touches: it asks its own memory, locks those, and asks again, since until
+        the lock another process, or a lane of this one, may have committed a batch of them
+        (a dose taken that the first answer called missed).
         """
         locked = held if held is not None else np.empty(0, dtype=np.int64)
         while True:
             ev = evaluate()
             touched = np.setdiff1d(ev.devices(), locked)
-            if len(touched) == 0 or self.lock(conn, touched).read == 0:
+            if len(touched) == 0:
                 break
+            self.lock(conn, touched)
             locked = np.union1d(locked, touched)
         changed = ev.changed_devices()
         # Until `save` has written it, memory is ahead of the rows: if the statement fails
