@@ -147,6 +147,23 @@ class EngineProc:
         m = re.search(rf'^{name}{{lane="{lane}"}} (\S+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
+    def share_within(self, name: str, lane: str, le: str) -> tuple[float, float]:
+        """Of a histogram's observations for `lane`: how many in all, and the share of them
+        at most `le` (a bucket bound as exposed, e.g. "0.25")."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics"
+                                        f"?name[]={name}_bucket", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0, 0.0
+
+        def count(bound: str) -> float:
+            m = re.search(rf'^{name}_bucket{{lane="{lane}",le="{re.escape(bound)}"}} (\S+)$',
+                          text, re.M)
+            return float(m.group(1)) if m else 0.0
+        total = count("+Inf")
+        return total, count(le) / total if total else 0.0
+
     def children(self) -> list[int]:
         pid = self.process.pid
         try:
@@ -605,10 +622,14 @@ def main() -> None:
                     used = split_one.seconds()
                     batches = procs[0].scrape("vagt_batch_size_messages_count", "bulk")
                     probe.stop()
+                    alarms_in, in_time = procs[0].share_within(
+                        "vagt_received_to_committed_seconds", "alarm", "0.25")
                     rss = procs[0].peak_rss_mb()
                 print(f"  round: bare {bare:,.0f} msg/s, engine {rate:,.0f} msg/s, ratio "
                       f"{rate / bare:.2f}; {batches:,.0f} bulk batches, "
-                      f"{n / max(batches, 1):,.0f} messages each on average", flush=True)
+                      f"{n / max(batches, 1):,.0f} messages each on average; of "
+                      f"{alarms_in:,.0f} alarms, {in_time:.0%} committed within 250 ms of "
+                      "reaching the alarm lane", flush=True)
                 return Round(url, bare, rate, busy, used, rss, probe.latencies_ms())
 
             def per_core_drain(count: int) -> tuple[float, list[tuple[str, str, int]]]:
