@@ -78,6 +78,8 @@ def main() -> None:
                 used, n = _cpu_seconds(lane) - before, len(probe.sent) - sent
                 probe.stop()
             lat = probe.latencies_ms()
+            if n == 0 or not lat:
+                raise SystemExit("no alarm was sent and committed: see the engine's log")
             print(f"{args.open:,} alerts open: the alarm lane spent {used / n * 1000:.1f} ms "
                   f"of CPU per alarm ({n} alarms); latency p50 {lat[len(lat) // 2]:.0f} ms, "
                   f"max {lat[-1]:.0f} ms")
