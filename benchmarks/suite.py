@@ -470,6 +470,15 @@ def fresh_database() -> str:
     return url
 
 
+def rule_state_writes(url: str) -> int:
+    """Rows of `rule_state` updated in the database so far (the statistics of the backends
+    that have ended: call it after the engines stopped)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT n_tup_upd FROM pg_stat_user_tables "
+                           "WHERE relname = 'rule_state'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def alert_outcome(url: str) -> list[tuple[str, str, int]]:
     with psycopg.connect(url) as conn:
         return [(str(r), str(d), int(n)) for r, d, n in conn.execute(
@@ -622,7 +631,8 @@ def main() -> None:
                     rss = procs[0].peak_rss_mb()
                 print(f"  round: bare {bare:,.0f} msg/s, engine {rate:,.0f} msg/s, ratio "
                       f"{rate / bare:.2f}; {batches:,.0f} bulk batches, "
-                      f"{n / max(batches, 1):,.0f} messages each on average; of "
+                      f"{n / max(batches, 1):,.0f} messages each on average, "
+                      f"{rule_state_writes(url):,} rule-state rows written; of "
                       f"{alarms_in:,.0f} alarms, {in_time:.0%} committed within 250 ms of "
                       "reaching the alarm lane", flush=True)
                 return Round(url, bare, rate, busy, used, rss, probe.latencies_ms())

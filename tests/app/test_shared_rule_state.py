@@ -23,7 +23,7 @@ from tests.app.conftest import DEVICES, query, register, telemetry
 from vagt.app import store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import BatchOutcome, Pipeline
-from vagt.app.rule_state import SharedRuleState
+from vagt.app.rule_state import IDLE_MAX, SharedRuleState
 from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
@@ -52,6 +52,18 @@ severity = "major"
 priority = 2
 queue = "clinical"
 summary = "SpO2 on {device_id} low"
+
+[[rule]]
+name = "pulse_high"
+kind = "threshold"
+metric = "pulse"
+above = 120
+clear_at = 110
+for = "3m"
+severity = "warning"
+priority = 3
+queue = "clinical"
+summary = "pulse on {device_id} high"
 
 [[rule]]
 name = "missed_dose"
@@ -169,8 +181,14 @@ def alerts(database_url: str) -> list[tuple[str, str, int, float, float, str]]:
 
 
 def fresh_database(database_url: str) -> None:
+    """The registered fleet as it was before any message: how far the rules have seen a
+    device's rows is its `last_seen` (the rule state's rows are written only when they
+    change)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE alerts, alert_audit, readings, events, rule_state CASCADE")
+        conn.execute("UPDATE devices SET last_seen = NULL, seen_before = NULL, battery = NULL, "
+                     "battery_at = NULL, signal = NULL, signal_at = NULL, last_seq = NULL, "
+                     "seq_gaps = 0")
 
 
 def test_two_processes_raise_the_alerts_one_would_however_the_messages_are_spread(
@@ -245,6 +263,76 @@ def test_two_processes_raise_the_alerts_one_would_when_one_commits_before_the_ot
             assert any(g[:2] == (rule, device) and g[2] >= n and g[3] <= opened
                        and g[4] >= last for g in got), (f"spread {seed}", rule, device)
     assert late > 10   # the test means it
+
+
+def pulse(minutes: list[int], value: float) -> list[RawMessage]:
+    return [RawMessage(f"{ROOT}/dev/OXI-0001/telemetry",
+                       telemetry("OXI-0001", T0 + 60 * m, pulse=value), time.time())
+            for m in minutes]
+
+
+def pulse_alerts(database_url: str) -> list[tuple[str, int, float, float, str]]:
+    return [(rule, n, round((opened - T0) / 60, 3), round((last - T0) / 60, 3), status)
+            for rule, _, n, opened, last, status in alerts(database_url)]
+
+
+def row_version(database_url: str) -> int:
+    return query(database_url,
+                 "SELECT version FROM rule_state WHERE device_id = 'OXI-0001'")[0][0]
+
+
+def test_late_rows_go_in_order_with_a_reading_that_moved_nothing_the_rules_decide(
+        database_url, rules_file):
+    """A normal pulse (minute 6) moves nothing the rules decide, so the device's rule state
+    is not written for it; the device's buffer then brings a high spell around it. In order,
+    minutes 2-5 raise the alert, minute 6 clears it, and 7-8 are too short a spell to raise
+    it again. The late rows must be seen as late (the device's last seen says so, the rule
+    state's row does not), and evaluated with minute 6 between them: not skipped as older
+    than it, and not evaluated without it (an alert that never clears)."""
+    register(database_url, DEVICES)
+    flush = pulse([2, 3, 4, 5], 125) + pulse([7, 8], 125)
+    one = Process(database_url, rules_file)
+    one.batch(pulse([6], 80))
+    assert row_version(database_url) == 0      # not written: nothing moved
+    one.batch(sorted(flush + pulse([6], 80), key=lambda m: orjson.loads(m.payload)["time"]))
+    one.close()
+    expected = pulse_alerts(database_url)
+    assert expected == [("pulse_high", 1, 5.0, 5.0, "resolved")]
+
+    for same_process in (True, False):
+        fresh_database(database_url)
+        a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+        b.batch(pulse([6], 80))
+        assert row_version(database_url) == 0
+        assert (a if not same_process else b).batch(flush).replayed == 1
+        a.close()
+        b.close()
+        assert pulse_alerts(database_url) == expected, same_process
+
+
+def test_a_state_unwritten_for_idle_max_batches_is_written_and_late_rows_go_back_to_it(
+        database_url, rules_file):
+    """Readings that move nothing the rules decide leave the row as it was, but for every
+    IDLE_MAX-th batch of its device: late rows newer than that go back to it, not to a state
+    from further back. A reading that raises an alert is written at once."""
+    register(database_url, DEVICES)
+    p = Process(database_url, rules_file)
+    versions = []
+    for m in range(2 * IDLE_MAX):
+        p.batch(pulse([m], 80))
+        versions.append(row_version(database_url))
+    written = [k + 1 for k, v in enumerate(versions) if v != ([0] + versions)[k]]
+    assert written == [IDLE_MAX, 2 * IDLE_MAX]
+    as_of = query(database_url, "SELECT as_of FROM rule_state WHERE device_id = 'OXI-0001'")
+    assert as_of[0][0] == pytest.approx(T0 + 60 * (2 * IDLE_MAX - 1), abs=1e-6)
+
+    m0 = 2 * IDLE_MAX       # the row is as of m0 - 1
+    p.batch(pulse([m0 + 4], 80))
+    out = p.batch(pulse([m0, m0 + 1, m0 + 2, m0 + 3], 125) + pulse([m0 + 5, m0 + 6], 125))
+    assert (out.replayed, out.too_late) == (1, 0)
+    p.close()
+    assert pulse_alerts(database_url) == [("pulse_high", 1, m0 + 3.0, m0 + 3.0, "resolved")]
+    assert row_version(database_url) != versions[-1]
 
 
 def lost(minutes: list[int]) -> list[RawMessage]:

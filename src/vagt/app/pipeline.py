@@ -205,30 +205,35 @@ class Pipeline:
         device-state UPDATE holds their rows until the transaction ends: another process
         evaluates them after us.
 
-        A device whose rows here are older than rows its state has seen (another engine
+        A device whose rows here are older than rows the rules have seen (another engine
         committed newer ones first, or the device flushed its buffer after live readings) is
-        evaluated again in order: from its earlier state (`prev`, see
-        `rule_state.CHECKPOINT_AGE_S`), with every stored row since (this batch's are
-        stored already); their alerts are corrected by what that changes (`Recount`).
+        evaluated again in order, with every stored row since (this batch's are stored
+        already): from its stored state if the rows are newer than that, else from its
+        earlier state (`prev`, see `rule_state.CHECKPOINT_AGE_S`); their alerts are
+        corrected by what that changes (`Recount`). Rows too old even for that are skipped.
         Returns the evaluation, the batch evaluated and the recount."""
         held = np.unique(batch.m_device)
         locked = self.shared.lock(conn, held, held=True)
         first, latest = _time_range(batch, held)
-        back_mask, too_late_mask = locked.late(first)
-        back, too_late = held[back_mask], held[too_late_mask]
+        late = locked.late(first)
+        replay, too_late = late.replayed, late.too_late
         fired = None
-        if len(back):
-            merged = self._with_stored_rows(conn, batch, back, locked.prev_as_of[back_mask])
+        if replay.any():
+            merged = self._with_stored_rows(conn, batch, held[replay],
+                                            locked.since(late)[replay])
             if merged is None:    # more than REPLAY_MAX_ROWS: skip the late rows, as before
-                too_late = np.union1d(too_late, back)
-                back = back[:0]
+                too_late, replay = too_late | replay, np.zeros_like(replay)
             else:
-                fired = self.rules.fired(back)   # what their alerts have counted
-                self.shared.rewind(conn, back)
+                fired = self.rules.fired(held[replay])   # what their alerts have counted
+                self.shared.rewind(conn, held[late.again], prev=False)
+                self.shared.rewind(conn, held[late.back])
                 batch = merged
-        out.replayed += len(back)
-        out.too_late += len(too_late)
-        seen = Seen(held, latest, back)
+        if too_late.any():
+            batch = batch.newer_than(held[too_late], locked.seen[too_late])
+        out.replayed += int(replay.sum())
+        out.too_late += int(too_late.sum())
+        back = held[replay]
+        seen = Seen(held, np.fmax(latest, locked.seen), back)
         ev = self.shared.evaluate(
             conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
         recount = None if fired is None else Recount(back, self.rules.fired(back) - fired)

@@ -12,6 +12,15 @@ keeps the state in memory (the rule engine's arrays) as a cache of the table:
   write itself fails, the versions no longer match (memory is `UNSAVED` until the write
   succeeds) and the next lock reads the rows again.
 
+Only the devices whose state the rules moved are written (`RuleEngine.moved`): most
+messages (a heartbeat whose battery is fine) move nothing but which rows the rules have
+seen, and those devices' state stays in memory as it is in the row. How far the rules have
+seen a device's rows is its `devices.last_seen`, which every batch moves; `Locked` has it
+from before the batch (`seen_before`), for telling late rows. A device's state that is
+written is the row's state with every batch since, so late rows since the row's `as_of`
+are evaluated again from the row itself (`rewind`); the rows of a device left unwritten for
+`IDLE_MAX` of its batches are written all the same, so that this goes back only so far.
+
 So two processes evaluate one device one after the other, each from the state the other
 committed, and the alerts are those one process would raise. `refresh` reads what other
 processes wrote lately, so that a deadline one of them set (a dose due) is ticked here too.
@@ -40,6 +49,8 @@ UNKNOWN = np.iinfo(np.int64).min   # a version no row has: read the row
 # in a transaction that rolled back): read the row, and a row never written empties memory.
 UNSAVED = UNKNOWN + 1
 RESTORE_CHUNK = 10_000
+# A device whose batches moved nothing is written at its IDLE_MAX-th (see the module's text).
+IDLE_MAX = 8
 # Rows written by another process are read again if written this long before the last
 # refresh began: `updated_at` is the writer's transaction start, and it commits later.
 REFRESH_OVERLAP_S = 120.0
@@ -53,9 +64,11 @@ WHERE NOT EXISTS (SELECT 1 FROM rule_state r WHERE r.device_id = d) ORDER BY d
 ON CONFLICT DO NOTHING
 """
 
+# The empty state of a device seen before is as of its latest message: its rows before were
+# never evaluated from it (see migration 0009).
 _CREATE_ALL = """
-INSERT INTO rule_state (device_id)
-SELECT device_id FROM devices d
+INSERT INTO rule_state (device_id, as_of)
+SELECT device_id, extract(epoch FROM last_seen)::float8 FROM devices d
 WHERE NOT EXISTS (SELECT 1 FROM rule_state r WHERE r.device_id = d.device_id)
 ORDER BY device_id
 ON CONFLICT DO NOTHING
@@ -67,12 +80,24 @@ _LOCK = """
 SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
 """
 
+_VERSIONS = "SELECT device_id, version FROM rule_state WHERE device_id = ANY(%s)"
+
 # A statement of its own, after the lock: in READ COMMITTED a statement reads the snapshot it
 # began with, so versions read in the statement that waited for the lock (a CTE on the
 # device-state UPDATE was tried, to save the round trip) are those from before the other
 # process committed, and the rules would go on from stale state. A test fails so.
-_VERSIONS = """
-SELECT device_id, version, as_of, prev_as_of FROM rule_state WHERE device_id = ANY(%s)
+# How far the rules had seen the device's rows: `seen_before` where this transaction's
+# device-state UPDATE moved `last_seen` already (`held`). A NULL version: no row yet.
+_LOCKED = """
+SELECT d.device_id, r.version, extract(epoch FROM d.{seen})::float8, r.as_of, r.prev_as_of
+FROM devices d LEFT JOIN rule_state r ON r.device_id = d.device_id
+WHERE d.device_id = ANY(%s)
+"""
+_LOCKED_HELD = _LOCKED.format(seen="seen_before")
+_LOCKED_FREE = _LOCKED.format(seen="last_seen")
+
+_CURRENT = """
+SELECT device_id, layout, slots, vals, texts FROM rule_state WHERE device_id = ANY(%s)
 """
 
 _PREV = """
@@ -113,7 +138,7 @@ UPDATE rule_state s SET version = c.version, writer = %(writer)b, layout = %(key
        prev_vals = CASE WHEN {_ROTATE} THEN s.vals ELSE s.prev_vals END,
        prev_texts = CASE WHEN {_ROTATE} THEN s.texts ELSE s.prev_texts END,
        prev_as_of = CASE WHEN NOT {_ROTATE} THEN s.prev_as_of
-                         WHEN s.layout IS NULL THEN '-Infinity'::float8 ELSE s.as_of END,
+                         ELSE coalesce(s.as_of, '-Infinity'::float8) END,
        prev_since = CASE WHEN {_ROTATE} THEN now() ELSE s.prev_since END
 FROM unnest(%(ids)b::text[], %(versions)b::int8[], %(slots)b::bytea[], %(vals)b::bytea[],
             %(texts)b::text[], %(as_of)b::float8[], %(keep)b::bool[])
@@ -134,28 +159,50 @@ Bools = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 @dataclass(frozen=True)
-class Locked:
-    """What `lock` found, per device of the lock (in its order): the device time each state
-    has seen rows up to, and the one of its earlier state, `prev` (NaN: not known, or no
-    state to go back to)."""
+class Late:
+    """Which devices of a batch have late rows, as masks over the lock's devices: rows newer
+    than the stored state (`again`: evaluate them again from it), rows older than that but
+    newer than the earlier state (`back`: from `prev`), and rows too old even for that."""
 
+    again: Bools
+    back: Bools
+    too_late: Bools
+
+    @property
+    def replayed(self) -> Bools:
+        return self.again | self.back
+
+
+@dataclass(frozen=True)
+class Locked:
+    """What `lock` found, per device of the lock (in its order): the device time up to which
+    the rules had seen its rows (`seen`: NaN, never), the one up to which its stored state
+    has (`as_of`: NaN, from the first), and the one of its earlier state, `prev` (NaN: none
+    to go back to)."""
+
+    seen: F64
     as_of: F64
     prev_as_of: F64
 
-    def late(self, first: F64) -> tuple[Bools, Bools]:
-        """For rows beginning at device time `first` (per device): those of a device whose
-        state has seen rows as new or newer (late), as two masks: late rows newer than the
-        earlier state (evaluate again from it: `rewind`), and late rows too old even for that
-        (the rules skip what they have seen past)."""
-        late = first <= self.as_of              # False where unknown (NaN)
-        back = late & (first > self.prev_as_of)
-        return back, late & ~back
+    def late(self, first: F64) -> Late:
+        """For rows beginning at device time `first` (per device): which are late (their
+        device's rows were seen as new or newer), and from where they are evaluated again."""
+        late = first <= self.seen                # False where never seen (NaN)
+        again = late & ~(first <= self.as_of)    # a row never written is as of the first
+        back = late & ~again & (first > self.prev_as_of)
+        return Late(again, back, late & ~again & ~back)
+
+    def since(self, late: Late) -> F64:
+        """Per device: the device time its rows are evaluated again after (-inf: all)."""
+        since = np.where(late.again, self.as_of, self.prev_as_of)
+        return np.where(np.isnan(since), -np.inf, since)
 
 
 @dataclass(frozen=True)
 class Seen:
-    """What a batch's evaluation took, for `save`: per device (sorted) the latest device
-    time of its rows, and the devices evaluated again from their state before (`rewind`)."""
+    """What a batch's evaluation took, for `save`: per device (sorted) the device time up to
+    which its state has seen rows now, and the devices evaluated again from a stored state
+    (`rewind`)."""
 
     devices: I64
     latest: F64
@@ -170,7 +217,8 @@ class SharedRuleState:
         self.fleet = fleet
         self.writer = secrets.randbits(62)
         self._versions = np.full(0, UNKNOWN, dtype=np.int64)
-        self._lock = threading.Lock()      # the versions array
+        self._idle = np.zeros(0, dtype=np.int16)   # batches since the device was written
+        self._lock = threading.Lock()      # the versions and idle arrays
         self._layouts: dict[int, Layout] = {}
         self._rng = np.random.default_rng()
         self._refreshed: float | None = None   # database time the last refresh began
@@ -184,31 +232,33 @@ class SharedRuleState:
         `held` (this transaction updated their `devices` rows already), and read into memory
         the rule state another process changed."""
         if len(devs) == 0:
-            return Locked(np.empty(0), np.empty(0))
+            return Locked(np.empty(0), np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             if not held:
                 conn.execute(_LOCK, (ids,))
-            locked = conn.execute(_VERSIONS, (ids,)).fetchall()
-        if len(locked) < len(ids):  # a device registered since start, or a row whose
-            have = {r[0] for r in locked}  # creation rolled back with its first batch
-            missing = [i for i in ids if i not in have]
-            conn.execute(_CREATE_MISSING, (missing,))
-            locked += [(i, 0, None, None) for i in missing]
+            locked = conn.execute(_LOCKED_HELD if held else _LOCKED_FREE, (ids,)).fetchall()
+        missing = [r[0] for r in locked if r[1] is None]
+        if missing:  # a device registered since start, or a row whose creation rolled
+            conn.execute(_CREATE_MISSING, (missing,))  # back with its first batch
+            locked = [r if r[1] is not None else (r[0], 0, r[2], None, None) for r in locked]
         idx = self.fleet.lookup([r[0] for r in locked])
         ok = idx >= 0
         at = np.searchsorted(devs, idx[ok])
-        as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
-        as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
-        prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
+        times = [np.full(len(devs), np.nan) for _ in range(3)]
+        for k, column in enumerate(times, start=2):   # NULL -> NaN
+            column[at] = np.array([r[k] for r in locked], dtype=np.float64)[ok]
         self._read_stale(conn, locked, idx)
-        return Locked(as_of, prev_as_of)
+        return Locked(*times)
 
-    def rewind(self, conn: psycopg.Connection, devs: I64) -> None:
-        """Put the earlier state (`prev`) of `devs` into memory (their rows are held)."""
+    def rewind(self, conn: psycopg.Connection, devs: I64, prev: bool = True) -> None:
+        """Put the earlier state (`prev`) of `devs` into memory, or with `prev` False their
+        stored state (their rows are held)."""
+        if len(devs) == 0:
+            return
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
-            rows = conn.execute(_PREV, (ids,)).fetchall()
+            rows = conn.execute(_PREV if prev else _CURRENT, (ids,)).fetchall()
         idx = self.fleet.lookup([r[0] for r in rows])
         self._unpack(conn, idx, [r[1] for r in rows], [r[2] for r in rows],
                      [r[3] for r in rows], [r[4] for r in rows])
@@ -270,7 +320,9 @@ class SharedRuleState:
     def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
                  held: I64 | None = None, seen: Seen | None = None) -> Evaluation:
         """Run `evaluate` on current state: lock the devices it touches, and run it again
-        until it touches none it had not locked. Its state goes into memory and the rows.
+        until it touches none it had not locked. The state of the devices whose state it
+        moved (or that it evaluated again from a stored state, or left unwritten for
+        IDLE_MAX batches) goes into memory and the rows; the others' stays as it was.
 
         `held`: devices already locked (a batch's). A timer tick cannot know beforehand which
         devices it touches: it asks its own memory, locks those, and asks again, since until
@@ -285,13 +337,16 @@ class SharedRuleState:
                 break
             self.lock(conn, touched)
             locked = np.union1d(locked, touched)
-        changed = ev.changed_devices()
+        write = self.engine.moved(ev)
+        if seen is not None:
+            write = np.union1d(write, seen.replayed)
+        write = np.union1d(write, self._idle_long(np.setdiff1d(ev.changed_devices(), write)))
         # Until `save` has written it, memory is ahead of the rows: if the statement fails
         # (the connection drops), the batch is retried from the rows, not from memory, where
         # the rules have seen its rows already and would fire nothing (an alert was lost so)
-        self._set_versions(changed, UNSAVED)
-        self.engine.apply(ev)
-        self.save(conn, changed, seen)
+        self._set_versions(write, UNSAVED)
+        self.engine.apply(ev, write)
+        self.save(conn, write, seen)
         return ev
 
     # -- outside the batches ----------------------------------------------------------------
@@ -323,12 +378,26 @@ class SharedRuleState:
             grown = np.full(size, UNKNOWN, dtype=np.int64)
             grown[:len(self._versions)] = self._versions
             self._versions = grown
+            idle = np.zeros(size, dtype=np.int16)
+            idle[:len(self._idle)] = self._idle
+            self._idle = idle
 
     def _set_versions(self, devs: I64, versions: I64 | int) -> None:
+        """Memory's version of `devs`: it holds their row's state, or not (UNSAVED, UNKNOWN)."""
         if len(devs):
             with self._lock:
                 self._grow(int(devs.max()) + 1)
                 self._versions[devs] = versions
+                self._idle[devs] = 0
+
+    def _idle_long(self, devs: I64) -> I64:
+        """Count a batch that left `devs` unwritten; those it was the IDLE_MAX-th of."""
+        if len(devs) == 0:
+            return devs
+        with self._lock:
+            self._grow(int(devs.max()) + 1)
+            self._idle[devs] += 1
+            return devs[self._idle[devs] >= IDLE_MAX]
 
     def _seen(self, devs: I64) -> I64:
         if len(devs) == 0:

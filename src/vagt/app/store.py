@@ -56,6 +56,7 @@ ON CONFLICT (digest) DO NOTHING
 
 _UPDATE_DEVICES = """
 UPDATE devices d SET
+    seen_before = d.last_seen,    -- how far the rules had seen the device's rows before
     last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
     battery = CASE WHEN v.battery_t IS NOT NULL
                     AND (d.battery_at IS NULL OR to_timestamp(v.battery_t) >= d.battery_at)

@@ -49,6 +49,12 @@ _EVALUATE = {
 }
 _TICK = {"event": event.tick, "sequence": sequence.tick, "flapping": flapping.tick}
 
+# Per kind, the arrays that only say which rows its rules have seen (`RuleState.watermarks`):
+# a batch that moves nothing else changes nothing they decide. Not flapping's `last_t`: its
+# quiet time is measured from there. Absence has none (it goes by the fleet's last seen).
+_WATERMARKS = {kind: ("last_t",) for kind in
+               ("threshold", "stuck", "rate", "validity", "event", "sequence")}
+
 # Per rule and device: how many rows its batches fired for, all told (ticks not counted: a
 # timer's firing goes by its deadline, and a second one changes nothing). Late rows evaluated
 # again from an earlier state leave it at what one evaluation in order makes it, so the
@@ -75,6 +81,10 @@ class Evaluation:
         return _unique([u.rows for u in self.updates] + list(t.dev) + list(t.c_dev))
 
 
+def _state(rule: Rule) -> RuleState:
+    return RuleState(_WATERMARKS.get(rule.kind, ()))
+
+
 def _unique(parts: list[I64]) -> I64:
     if not parts:
         return np.empty(0, dtype=np.int64)
@@ -89,7 +99,7 @@ class RuleEngine:
         self.history = history
         self.lock = threading.Lock()
         self._rules = list(rules)
-        self._states: dict[str, RuleState] = {r.name: RuleState() for r in rules}
+        self._states: dict[str, RuleState] = {r.name: _state(r) for r in rules}
         self._applies: dict[str, Bools] = {}
         self._ranges: dict[str, tuple[F64, F64]] = {}
         self._heartbeat = np.empty(0)
@@ -205,11 +215,19 @@ class RuleEngine:
                               self._heartbeat, deployed, is_open, ev.transitions)
             return ev
 
-    def apply(self, ev: Evaluation) -> None:
-        """Make an evaluation's state changes real (after its transaction committed)."""
+    def apply(self, ev: Evaluation, devices: I64 | None = None) -> None:
+        """Make an evaluation's state changes real (of `devices` only, if given)."""
         with self.lock:
             for u in ev.updates:
-                u.apply()
+                u.apply(devices)
+
+    def moved(self, ev: Evaluation) -> I64:
+        """The devices whose state the evaluation changes in more than which rows its rules
+        have seen (watermarks), or that it raises or clears an alert for (sorted). The rest
+        it leaves as it was, but for knowing that some rows are old."""
+        with self.lock:
+            t = ev.transitions
+            return _unique([u.moved() for u in ev.updates] + list(t.dev) + list(t.c_dev))
 
     # -- state across restarts and reloads ----------------------------------------------------
 
@@ -255,7 +273,7 @@ class RuleEngine:
                 if prev is not None and prev.definition == r.definition:
                     states[r.name] = self._states[r.name]
                 else:
-                    states[r.name] = RuleState()
+                    states[r.name] = _state(r)
                     changed.append(r.name)
                     self._applies.pop(r.name, None)
             changed += [name for name in old if name not in states]

@@ -8,7 +8,7 @@ so a batch that fails and is retried is evaluated against the same state again.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Protocol
@@ -113,6 +113,17 @@ class Batch:
         keep = {p: ~np.isin(getattr(self, f"{p}_device"), devices) for p in "rem"}
         return Batch(*(getattr(self, f.name)[keep[f.name[0]]] for f in fields(Batch)))
 
+    def newer_than(self, devices: I64, since: F64) -> Batch:
+        """The rows of `devices` (sorted) newer than their `since`, and every other device's."""
+        def keep(dev: I64, time: F64) -> Bools:
+            at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
+            kept: Bools = (devices[at] != dev) | (time > since[at])
+            return kept
+        if len(devices) == 0:
+            return self
+        kept = {p: keep(getattr(self, f"{p}_device"), getattr(self, f"{p}_time")) for p in "rem"}
+        return Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
+
     def plus(self, other: Batch) -> Batch:
         """These rows and `other`'s, as one batch."""
         return Batch(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
@@ -120,11 +131,15 @@ class Batch:
 
 
 class RuleState:
-    """Named per-device arrays of one rule; rows grow with the fleet."""
+    """Named per-device arrays of one rule; rows grow with the fleet.
 
-    def __init__(self) -> None:
+    `watermarks`: the arrays that only say which rows are new (`last_t` of most kinds): a
+    change of those alone changes nothing the rule decides (see `Update.moved`)."""
+
+    def __init__(self, watermarks: Iterable[str] = ()) -> None:
         self._arrays: dict[str, npt.NDArray[np.generic]] = {}
         self._fills: dict[str, tuple[object, npt.DTypeLike, int]] = {}
+        self.watermarks = frozenset(watermarks)
 
     def array(self, name: str, n: int, fill: object, dtype: npt.DTypeLike,
               width: int = 0) -> npt.NDArray[np.generic]:
@@ -167,6 +182,23 @@ class RuleState:
         return [(name, self._arrays[name], self._fills[name][0], self._fills[name][2])
                 for name in sorted(self._arrays)]
 
+    def differs(self, name: str, rows: I64, values: npt.NDArray[np.generic]) -> Bools:
+        """Per row: `values` differ from what `name` holds there (NaN equals NaN; an array
+        not made yet differs everywhere)."""
+        a = self._arrays.get(name)
+        if a is None:
+            return np.ones(len(rows), dtype=bool)
+        inside = rows < len(a)
+        now = a[np.where(inside, rows, 0)]
+        now[~inside] = self._fills[name][0]  # type: ignore[assignment]
+        new = np.asarray(values)
+        same: Bools = now == new
+        if now.dtype.kind == "f":
+            same |= np.isnan(now) & np.isnan(new)
+        if same.ndim > 1:
+            same = np.all(same, axis=1)
+        return ~same
+
     def put(self, name: str, rows: I64, values: npt.NDArray[np.generic]) -> None:
         a = self._arrays[name]
         need = int(rows.max()) + 1 if len(rows) else 0
@@ -184,20 +216,37 @@ class Update:
     rows: I64
     values: dict[str, npt.NDArray[np.generic]]
 
-    def apply(self) -> None:
-        """Write the values; where the state has seen a later device time meanwhile (the
-        other lane committed a batch of the same device first), the later state stays."""
+    def apply(self, devices: I64 | None = None) -> None:
+        """Write the values (of `devices` only, if given)."""
+        rows, values = self._kept(devices)
+        for name, v in values.items():
+            self.state.put(name, rows, v)
+
+    def moved(self) -> I64:
+        """The devices whose state it changes in more than its watermarks."""
+        rows, values = self._kept(None)
+        moved = np.zeros(len(rows), dtype=bool)
+        for name, v in values.items():
+            if name not in self.state.watermarks:
+                moved |= self.state.differs(name, rows, v)
+        return rows[moved]
+
+    def _kept(self, devices: I64 | None
+              ) -> tuple[I64, dict[str, npt.NDArray[np.generic]]]:
+        """The rows and values to write: of `devices` if given, and not where the state has
+        seen a later device time meanwhile (the other lane committed a batch of the same
+        device first): the later state stays."""
         rows, values = self.rows, self.values
+        keep = np.ones(len(rows), dtype=bool) if devices is None else np.isin(rows, devices)
         if "last_t" in values and "last_t" in self.state._arrays:
             new_t = np.asarray(values["last_t"], dtype=np.float64)
             current = np.asarray(self.state._arrays["last_t"], dtype=np.float64)
             inside = rows < len(current)
-            keep = ~inside | (new_t >= current[np.where(inside, rows, 0)])
-            if not keep.all():
-                rows = rows[keep]
-                values = {k: v[keep] for k, v in values.items()}
-        for name, v in values.items():
-            self.state.put(name, rows, v)
+            keep &= ~inside | (new_t >= current[np.where(inside, rows, 0)])
+        if not keep.all():
+            rows = rows[keep]
+            values = {k: v[keep] for k, v in values.items()}
+        return rows, values
 
 
 @dataclass
