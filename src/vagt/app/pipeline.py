@@ -61,6 +61,8 @@ class BatchOutcome:
     # writes them (again if its commit failed; only the gap count could then be counted
     # twice, and only if the commit had in fact gone through)
     state_rows: tuple[Any, ...] | None = None
+    # what writing them returned: (device id, last seen before) of devices with late rows
+    seen_before: list[tuple[str, float]] = field(default_factory=list)
     state_apart: bool = False
     batch: Batch | None = None   # with state_apart: for write_state() to evaluate again
     transitions: Transitions | None = None   # and what the rules did from memory
@@ -177,13 +179,13 @@ class Pipeline:
         store.insert_dead_letters(conn, out.dead)
         out.decoded = int(usable.sum())
 
-        self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
-                             out)
-        if not state_apart:
-            self.write_state(conn, out)
         msgs = np.flatnonzero(usable)
         batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
                       device_of_msg[msgs], msg_time[msgs])
+        self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
+                             batch, out)
+        if not state_apart:
+            self.write_state(conn, out)
         recount = None
         if state_apart:
             # The alarm lane: alerts from the state in memory, without waiting for devices
@@ -194,12 +196,13 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
-            ev, batch, recount = self._evaluate_locked(conn, batch, out)
+            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.seen_before)
         self._store_bad_readings(conn, batch, ev, out)
         self.record(conn, ev, out, out.registry_firings, recount)
         return out
 
-    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome
+    def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
+                         seen_before: list[tuple[str, float]]
                          ) -> tuple[Evaluation, Batch, Recount | None]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
@@ -211,9 +214,17 @@ class Pipeline:
         already): from its stored state if the rows are newer than that, else from its
         earlier state (`prev`, see `rule_state.CHECKPOINT_AGE_S`); their alerts are
         corrected by what that changes (`Recount`). Rows too old even for that are skipped.
+        `seen_before`: what the device-state UPDATE returned, (device id, device time up to
+        which the rules had seen its rows) of the devices whose rows here begin no later.
         Returns the evaluation, the batch evaluated and the recount."""
         held = np.unique(batch.m_device)
-        locked = self.shared.lock(conn, held, held=True)
+        late_since = np.full(len(held), np.nan)   # NaN: not late
+        if seen_before:
+            idx = self.fleet.lookup([d for d, _ in seen_before])
+            ok = np.isin(idx, held)
+            late_since[np.searchsorted(held, idx[ok])] = \
+                np.array([t for _, t in seen_before])[ok]
+        locked = self.shared.lock(conn, held, held=True, seen=late_since)
         first, latest = _time_range(batch, held)
         late = locked.late(first)
         replay, too_late = late.replayed, late.too_late
@@ -270,13 +281,13 @@ class Pipeline:
         """The batch's device state (last seen, battery, signal, firmware, counter); with
         `state_apart` also its rules' state, evaluated again under the devices' lock."""
         if out.state_rows is not None:
-            store.update_device_state(conn, *out.state_rows)
+            out.seen_before = store.update_device_state(conn, *out.state_rows)
         if out.batch is not None:
             again = BatchOutcome()
             # no recount: the first transaction recorded the batch's firings as they came
             # (evaluated from memory), and a correction would count them twice; what the
             # rules did the same under the lock (as they mostly do) is not recorded again
-            ev, _, _ = self._evaluate_locked(conn, out.batch, again)
+            ev, _, _ = self._evaluate_locked(conn, out.batch, again, out.seen_before)
             if out.transitions is None or not ev.transitions.same_as(out.transitions):
                 self.record(conn, ev, again)
             out.replayed += again.replayed
@@ -406,8 +417,9 @@ class Pipeline:
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
                         usable: Bools, msg_time: F64, r: _Rows, r_metric: Objs,
-                        r_value: F64, out: BatchOutcome) -> None:
-        """Fleet state per device of the batch, by device time (a redelivery changes nothing)."""
+                        r_value: F64, batch: Batch, out: BatchOutcome) -> None:
+        """Fleet state per device of the batch, by device time (a redelivery changes nothing),
+        and the device time each device's rows begin at (for telling late rows)."""
         msgs = np.flatnonzero(usable)
         if len(msgs) == 0:
             return
@@ -426,10 +438,11 @@ class Pipeline:
                 if dec.f_time[j] >= fw_t[k]:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
+        first, _ = _time_range(batch, uniq)
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
                           _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
                           firmware, [None if s < 0 else int(s) for s in seq.tolist()],
-                          gaps.tolist())
+                          gaps.tolist(), first.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware, seq)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,

@@ -15,8 +15,9 @@ keeps the state in memory (the rule engine's arrays) as a cache of the table:
 Only the devices whose state the rules moved are written (`RuleEngine.moved`): most
 messages (a heartbeat whose battery is fine) move nothing but which rows the rules have
 seen, and those devices' state stays in memory as it is in the row. How far the rules have
-seen a device's rows is its `devices.last_seen`, which every batch moves; `Locked` has it
-from before the batch (`seen_before`), for telling late rows. A device's state that is
+seen a device's rows is its `devices.last_seen`, which every batch moves; the batch's
+device-state UPDATE returns it from before the batch for the devices whose rows are late
+(`store.update_device_state`), and `Locked` holds it. A device's state that is
 written is the row's state with every batch since, so late rows since the row's `as_of`
 are evaluated again from the row itself (`rewind`); the rows of a device left unwritten for
 `IDLE_MAX` of its batches are written all the same, so that this goes back only so far.
@@ -80,21 +81,15 @@ _LOCK = """
 SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
 """
 
-_VERSIONS = "SELECT device_id, version FROM rule_state WHERE device_id = ANY(%s)"
-
 # A statement of its own, after the lock: in READ COMMITTED a statement reads the snapshot it
 # began with, so versions read in the statement that waited for the lock (a CTE on the
 # device-state UPDATE was tried, to save the round trip) are those from before the other
-# process committed, and the rules would go on from stale state. A test fails so.
-# How far the rules had seen the device's rows: `seen_before` where this transaction's
-# device-state UPDATE moved `last_seen` already (`held`). A NULL version: no row yet.
-_LOCKED = """
-SELECT d.device_id, r.version, extract(epoch FROM d.{seen})::float8, r.as_of, r.prev_as_of
-FROM devices d LEFT JOIN rule_state r ON r.device_id = d.device_id
-WHERE d.device_id = ANY(%s)
+# process committed, and the rules would go on from stale state. A test fails so. (How far
+# the rules had seen the devices' rows was read here too, joining `devices`: that took
+# 2.6 times as long as this, 1 s more in a drain of 200,000 messages.)
+_VERSIONS = """
+SELECT device_id, version, as_of, prev_as_of FROM rule_state WHERE device_id = ANY(%s)
 """
-_LOCKED_HELD = _LOCKED.format(seen="seen_before")
-_LOCKED_FREE = _LOCKED.format(seen="last_seen")
 
 _CURRENT = """
 SELECT device_id, layout, slots, vals, texts FROM rule_state WHERE device_id = ANY(%s)
@@ -176,9 +171,9 @@ class Late:
 @dataclass(frozen=True)
 class Locked:
     """What `lock` found, per device of the lock (in its order): the device time up to which
-    the rules had seen its rows (`seen`: NaN, never), the one up to which its stored state
-    has (`as_of`: NaN, from the first), and the one of its earlier state, `prev` (NaN: none
-    to go back to)."""
+    the rules had seen its rows where they are late (`seen`: NaN, not late), the one up to
+    which its stored state has (`as_of`: NaN, from the first), and the one of its earlier
+    state, `prev` (NaN: none to go back to)."""
 
     seen: F64
     as_of: F64
@@ -187,7 +182,7 @@ class Locked:
     def late(self, first: F64) -> Late:
         """For rows beginning at device time `first` (per device): which are late (their
         device's rows were seen as new or newer), and from where they are evaluated again."""
-        late = first <= self.seen                # False where never seen (NaN)
+        late = first <= self.seen                # False where not late (NaN)
         again = late & ~(first <= self.as_of)    # a row never written is as of the first
         back = late & ~again & (first > self.prev_as_of)
         return Late(again, back, late & ~again & ~back)
@@ -227,29 +222,32 @@ class SharedRuleState:
 
     # -- in a transaction -------------------------------------------------------------------
 
-    def lock(self, conn: psycopg.Connection, devs: I64, held: bool = False) -> Locked:
+    def lock(self, conn: psycopg.Connection, devs: I64, held: bool = False,
+             seen: F64 | None = None) -> Locked:
         """Lock the devices `devs` (dense indexes, sorted) until the transaction ends, unless
         `held` (this transaction updated their `devices` rows already), and read into memory
-        the rule state another process changed."""
+        the rule state another process changed. `seen`: per device, the device time up to
+        which the rules had seen its rows (NaN: not late; see `Locked`)."""
         if len(devs) == 0:
             return Locked(np.empty(0), np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             if not held:
                 conn.execute(_LOCK, (ids,))
-            locked = conn.execute(_LOCKED_HELD if held else _LOCKED_FREE, (ids,)).fetchall()
-        missing = [r[0] for r in locked if r[1] is None]
-        if missing:  # a device registered since start, or a row whose creation rolled
-            conn.execute(_CREATE_MISSING, (missing,))  # back with its first batch
-            locked = [r if r[1] is not None else (r[0], 0, r[2], None, None) for r in locked]
+            locked = conn.execute(_VERSIONS, (ids,)).fetchall()
+        if len(locked) < len(ids):  # a device registered since start, or a row whose
+            have = {r[0] for r in locked}  # creation rolled back with its first batch
+            missing = [i for i in ids if i not in have]
+            conn.execute(_CREATE_MISSING, (missing,))
+            locked += [(i, 0, None, None) for i in missing]
         idx = self.fleet.lookup([r[0] for r in locked])
         ok = idx >= 0
         at = np.searchsorted(devs, idx[ok])
-        times = [np.full(len(devs), np.nan) for _ in range(3)]
-        for k, column in enumerate(times, start=2):   # NULL -> NaN
-            column[at] = np.array([r[k] for r in locked], dtype=np.float64)[ok]
+        as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
+        as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
+        prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
         self._read_stale(conn, locked, idx)
-        return Locked(*times)
+        return Locked(np.full(len(devs), np.nan) if seen is None else seen, as_of, prev_as_of)
 
     def rewind(self, conn: psycopg.Connection, devs: I64, prev: bool = True) -> None:
         """Put the earlier state (`prev`) of `devs` into memory, or with `prev` False their

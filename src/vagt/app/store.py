@@ -27,7 +27,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
     device_id text, seen float8, battery float8, battery_t float8, signal float8,
-    signal_t float8, firmware text, seq int8, gaps int8
+    signal_t float8, firmware text, seq int8, gaps int8, first float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     received float8, topic text, payload bytea, reason text, detail text, device_id text,
@@ -54,9 +54,12 @@ SELECT to_timestamp(received), topic, payload, reason, detail, device_id, digest
 ON CONFLICT (digest) DO NOTHING
 """
 
+# Returns the devices whose rows in the batch begin at or before the latest the rules had
+# seen (`seen_before`, the old `last_seen`: RETURNING has only new values): late rows.
 _UPDATE_DEVICES = """
+WITH moved AS (
 UPDATE devices d SET
-    seen_before = d.last_seen,    -- how far the rules had seen the device's rows before
+    seen_before = d.last_seen,
     last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
     battery = CASE WHEN v.battery_t IS NOT NULL
                     AND (d.battery_at IS NULL OR to_timestamp(v.battery_t) >= d.battery_at)
@@ -71,6 +74,10 @@ UPDATE devices d SET
     seq_gaps = d.seq_gaps + v.gaps
 FROM stage_device_state v
 WHERE d.device_id = v.device_id
+RETURNING d.device_id, d.seen_before, v.first
+)
+SELECT device_id, extract(epoch FROM seen_before)::float8 FROM moved
+WHERE seen_before >= to_timestamp(first)
 """
 
 
@@ -159,16 +166,20 @@ def update_device_state(
     battery: Sequence[float | None], battery_t: Sequence[float | None],
     signal: Sequence[float | None], signal_t: Sequence[float | None],
     firmware: Sequence[str | None], seq: Sequence[int | None], gaps: Sequence[int],
-) -> None:
-    """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps."""
+    first: Sequence[float],
+) -> list[tuple[str, float]]:
+    """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps.
+    `first`: the device time the device's rows in the batch begin at. Returns (device id,
+    last seen before) of the devices whose rows begin at or before their last seen: late
+    rows (see `Pipeline._evaluate_locked`)."""
     if not device_id:
-        return
+        return []
     with conn.cursor() as cur:
         with cur.copy("COPY stage_device_state FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["text", "float8", "float8", "float8", "float8", "float8", "text",
-                            "int8", "int8"])
+                            "int8", "int8", "float8"])
             for row in zip(device_id, seen, battery, battery_t, signal, signal_t, firmware,
-                           seq, gaps):
+                           seq, gaps, first):
                 copy.write_row(row)
         with db.by_key_index(conn, scans=True):
-            cur.execute(_UPDATE_DEVICES)
+            return [(str(d), float(t)) for d, t in cur.execute(_UPDATE_DEVICES).fetchall()]
