@@ -24,9 +24,11 @@ from vagt.app import store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.rule_state import IDLE_MAX, SharedRuleState
+from vagt.devices import import_csv
 from vagt.devices.fleet import Fleet
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
+from vagt.sim import backlog, fleet_csv, last_local, make_fleet
 
 ROOT = "vagt/v1"
 T0 = time.time() - 6 * 3600
@@ -110,7 +112,8 @@ def rules_file(tmp_path: Path) -> Path:
 class Process:
     """One engine process's pipeline, on a connection of its own."""
 
-    def __init__(self, database_url: str, rules_file: Path, clock: float = 0.0) -> None:
+    def __init__(self, database_url: str, rules_file: Path | None, clock: float = 0.0
+                 ) -> None:
         self.conn = psycopg.connect(database_url)
         store.prepare_connection(self.conn)
         fleet = Fleet()
@@ -216,6 +219,52 @@ def test_two_processes_raise_the_alerts_one_would_however_the_messages_are_sprea
         assert alerts(database_url) == expected, f"spread {seed}"
 
 
+def test_two_processes_on_the_simulated_fleets_traffic_raise_the_alerts_one_would(
+        database_url):
+    """The simulator's backlog (heartbeats, measurements, dose events, connection reports
+    of 1,500 devices, the default rules), handed to two engines in runs of 50-800 messages
+    and committed up to three runs out of turn: the alerts are those one engine makes in
+    order, every one as often. Most batches move nothing the rules decide, so most rows are
+    not written, and many devices' first write is a replay of late rows."""
+    fleet = make_fleet(1500, 1)
+    with psycopg.connect(database_url) as conn:
+        import_csv(conn, fleet_csv(fleet), actor="test")
+    messages = [RawMessage(m.topic.replace("vagt/v1", ROOT, 1), m.payload, time.time())
+                for m in backlog(15_000, devices=1500, seed=1, topic_root=ROOT,
+                                 end=last_local(20))]
+    one = Process(database_url, None)
+    for k in range(0, len(messages), 500):
+        one.batch(messages[k:k + 500])
+    one.close()
+    expected = sim_alerts(database_url)
+    assert {"missed_dose", "dispenser_jam"} <= {rule for rule, _, _ in expected}
+
+    for seed in range(3):
+        fresh_database(database_url)
+        a, b = Process(database_url, None), Process(database_url, None)
+        rng = random.Random(seed)
+        runs, k = [], 0
+        while k < len(messages):
+            size = rng.randint(50, 800)
+            runs.append((rng.choice((a, b)), messages[k:k + size]))
+            k += size
+        replayed = too_late = 0
+        for i in sorted(range(len(runs)), key=lambda i: i + rng.uniform(0, 3)):
+            out = runs[i][0].batch(runs[i][1])
+            replayed, too_late = replayed + out.replayed, too_late + out.too_late
+        a.close()
+        b.close()
+        assert (sim_alerts(database_url), too_late) == (expected, 0), f"spread {seed}"
+        assert replayed > 100   # the test means it
+
+
+def sim_alerts(database_url: str) -> list[tuple[str, str, int]]:
+    """Per (rule, device) how often it fired, but the personal alarms' (one per press)."""
+    return query(database_url,
+                 "SELECT rule, device_id, sum(repeat_count)::int FROM alerts "
+                 "WHERE rule <> 'personal_alarm' GROUP BY 1, 2 ORDER BY 1, 2")
+
+
 def test_two_processes_raise_the_alerts_one_would_when_one_commits_before_the_other(
         database_url, rules_file):
     """As above, but the two engines commit out of turn: a run of messages the broker handed
@@ -308,6 +357,30 @@ def test_late_rows_go_in_order_with_a_reading_that_moved_nothing_the_rules_decid
         a.close()
         b.close()
         assert pulse_alerts(database_url) == expected, same_process
+
+
+def test_rows_older_than_a_first_write_that_was_a_replay_go_back_to_the_empty_state(
+        database_url, rules_file):
+    """A device's first write can be a replay: its row was never written (a reading that
+    moved nothing), and late rows came. Rows older still, coming after that, go back to the
+    empty state and in order: minutes 1-4 raise the alert, minute 5 clears it. (A replay
+    kept the row without an earlier state, and such rows were skipped.)"""
+    register(database_url, DEVICES)
+    one = Process(database_url, rules_file)
+    one.batch(pulse([1, 2, 3, 4], 125) + pulse([5, 10], 80))
+    one.close()
+    expected = pulse_alerts(database_url)
+    assert expected == [("pulse_high", 1, 4.0, 4.0, "resolved")]
+
+    fresh_database(database_url)
+    a, b = Process(database_url, rules_file), Process(database_url, rules_file)
+    b.batch(pulse([10], 80))
+    assert a.batch(pulse([5], 80)).replayed == 1        # the first write
+    out = b.batch(pulse([1, 2, 3, 4], 125))
+    assert (out.replayed, out.too_late) == (1, 0)
+    a.close()
+    b.close()
+    assert pulse_alerts(database_url) == expected
 
 
 def test_a_state_unwritten_for_idle_max_batches_is_written_and_late_rows_go_back_to_it(

@@ -244,7 +244,7 @@ class Pipeline:
         out.replayed += int(replay.sum())
         out.too_late += int(too_late.sum())
         back = held[replay]
-        seen = Seen(held, np.fmax(latest, locked.seen), back)
+        seen = Seen(held, np.fmax(latest, locked.seen), back, held[replay & late.back])
         ev = self.shared.evaluate(
             conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
         recount = None if fired is None else Recount(back, self.rules.fired(back) - fired)

@@ -196,12 +196,18 @@ class Locked:
 @dataclass(frozen=True)
 class Seen:
     """What a batch's evaluation took, for `save`: per device (sorted) the device time up to
-    which its state has seen rows now, and the devices evaluated again from a stored state
-    (`rewind`)."""
+    which its state has seen rows now, the devices evaluated again from a stored state
+    (`rewind`), and of those the ones evaluated again from `prev`, which stays `prev`.
+
+    A device evaluated again from its stored state moves `prev` on as any write does: its
+    stored state is one late rows can go back to. Often it is the device's first write (its
+    row never written: batches that moved nothing); kept, it would leave the device with no
+    `prev` at all, and later rows older than that write were skipped."""
 
     devices: I64
     latest: F64
     replayed: I64
+    from_prev: I64
 
 
 class SharedRuleState:
@@ -305,7 +311,7 @@ class SharedRuleState:
             latest = np.where(found, seen.latest[np.minimum(at, len(seen.devices) - 1)],
                               np.nan)
             # a device the rules touched without rows of its own keeps `prev`, as in a tick
-            keep = np.isin(devs, seen.replayed) | ~found
+            keep = np.isin(devs, seen.from_prev) | ~found
         with db.by_key_index(conn):
             conn.execute(_SAVE, {
                 "key": lay.key, "spec": lay.spec, "writer": self.writer, "ids": ids,
