@@ -242,20 +242,26 @@ def test_two_processes_on_the_simulated_fleets_traffic_raise_the_alerts_one_woul
     for seed in range(3):
         fresh_database(database_url)
         a, b = Process(database_url, None), Process(database_url, None)
-        rng = random.Random(seed)
-        runs, k = [], 0
-        while k < len(messages):
-            size = rng.randint(50, 800)
-            runs.append((rng.choice((a, b)), messages[k:k + size]))
-            k += size
-        replayed = too_late = 0
-        for i in sorted(range(len(runs)), key=lambda i: i + rng.uniform(0, 3)):
-            out = runs[i][0].batch(runs[i][1])
-            replayed, too_late = replayed + out.replayed, too_late + out.too_late
+        outcomes = out_of_turn(random.Random(seed), (a, b), messages, 50, 800)
+        replayed = sum(o.replayed for o in outcomes)
+        too_late = sum(o.too_late for o in outcomes)
         a.close()
         b.close()
         assert (sim_alerts(database_url), too_late) == (expected, 0), f"spread {seed}"
         assert replayed > 100   # the test means it
+
+
+def out_of_turn(rng: random.Random, processes: tuple[Process, Process],
+                messages: list[RawMessage], least: int, most: int) -> list[BatchOutcome]:
+    """The broker hands runs of `least` to `most` messages to either process, and each run
+    is committed up to three runs after its turn (that engine was slower)."""
+    runs, k = [], 0
+    while k < len(messages):
+        size = rng.randint(least, most)
+        runs.append((rng.choice(processes), messages[k:k + size]))
+        k += size
+    order = sorted(range(len(runs)), key=lambda i: i + rng.uniform(0, 3))
+    return [runs[i][0].batch(runs[i][1]) for i in order]
 
 
 def sim_alerts(database_url: str) -> list[tuple[str, str, int]]:
@@ -292,16 +298,7 @@ def test_two_processes_raise_the_alerts_one_would_when_one_commits_before_the_ot
     for seed in range(4):
         fresh_database(database_url)
         a, b = Process(database_url, rules_file), Process(database_url, rules_file)
-        rng = random.Random(seed)
-        runs, k = [], 0
-        while k < len(messages):
-            size = rng.randint(1, 5)
-            runs.append((rng.choice((a, b)), messages[k:k + size]))
-            k += size
-        # each run is committed up to three runs after its turn
-        order = sorted(range(len(runs)), key=lambda i: i + rng.uniform(0, 3))
-        for i in order:
-            late += runs[i][0].batch(runs[i][1]).replayed
+        late += sum(o.replayed for o in out_of_turn(random.Random(seed), (a, b), messages, 1, 5))
         a.close()
         b.close()
         got = alerts(database_url)
