@@ -110,17 +110,21 @@ class Batch:
 
     def without(self, devices: I64) -> Batch:
         """The rows (readings, events, messages) of every device but `devices`."""
-        keep = {p: ~np.isin(getattr(self, f"{p}_device"), devices) for p in "rem"}
-        return Batch(*(getattr(self, f.name)[keep[f.name[0]]] for f in fields(Batch)))
+        return self._where(lambda dev, _time: ~np.isin(dev, devices))
 
     def newer_than(self, devices: I64, since: F64) -> Batch:
         """The rows of `devices` (sorted) newer than their `since`, and every other device's."""
+        if len(devices) == 0:
+            return self
+
         def keep(dev: I64, time: F64) -> Bools:
             at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
             kept: Bools = (devices[at] != dev) | (time > since[at])
             return kept
-        if len(devices) == 0:
-            return self
+        return self._where(keep)
+
+    def _where(self, keep: Callable[[I64, F64], Bools]) -> Batch:
+        """The rows (readings, events, messages) `keep` says yes to, by device and time."""
         kept = {p: keep(getattr(self, f"{p}_device"), getattr(self, f"{p}_time")) for p in "rem"}
         return Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
 
