@@ -41,6 +41,18 @@ Objs = npt.NDArray[np.object_]
 
 
 @dataclass
+class DeviceRows:
+    """Per device of a batch (sorted): the earliest and the latest device time of its rows,
+    and where they are late, how far the rules had seen its rows before (NaN: not late;
+    what the device-state UPDATE returned, `store.update_device_state`)."""
+
+    devices: I64
+    first: F64
+    latest: F64
+    seen: F64
+
+
+@dataclass
 class BatchOutcome:
     messages: int = 0
     decoded: int = 0
@@ -61,8 +73,7 @@ class BatchOutcome:
     # writes them (again if its commit failed; only the gap count could then be counted
     # twice, and only if the commit had in fact gone through)
     state_rows: tuple[Any, ...] | None = None
-    # what writing them returned: (device id, last seen before) of devices with late rows
-    seen_before: list[tuple[str, float]] = field(default_factory=list)
+    rows: DeviceRows | None = None   # its devices' rows, for telling late ones
     state_apart: bool = False
     batch: Batch | None = None   # with state_apart: for write_state() to evaluate again
     transitions: Transitions | None = None   # and what the rules did from memory
@@ -196,13 +207,13 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
-            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.seen_before)
+            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.rows)
         self._store_bad_readings(conn, batch, ev, out)
         self.record(conn, ev, out, out.registry_firings, recount)
         return out
 
     def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
-                         seen_before: list[tuple[str, float]]
+                         rows: DeviceRows | None
                          ) -> tuple[Evaluation, Batch, Recount | None]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
@@ -214,19 +225,13 @@ class Pipeline:
         already): from its stored state if the rows are newer than that, else from its
         earlier state (`prev`, see `rule_state.CHECKPOINT_AGE_S`); their alerts are
         corrected by what that changes (`Recount`). Rows too old even for that are skipped.
-        `seen_before`: what the device-state UPDATE returned, (device id, device time up to
-        which the rules had seen its rows) of the devices whose rows here begin no later.
-        Returns the evaluation, the batch evaluated and the recount."""
-        held = np.unique(batch.m_device)
-        late_since = np.full(len(held), np.nan)   # NaN: not late
-        if seen_before:
-            idx = self.fleet.lookup([d for d, _ in seen_before])
-            ok = np.isin(idx, held)
-            late_since[np.searchsorted(held, idx[ok])] = \
-                np.array([t for _, t in seen_before])[ok]
-        locked = self.shared.lock(conn, held, held=True, seen=late_since)
-        first, latest = _time_range(batch, held)
-        late = locked.late(first)
+        `rows`: the batch's devices' rows, as the device-state UPDATE left them (see
+        `write_state`). Returns the evaluation, the batch evaluated and the recount."""
+        if rows is None:   # no usable message: no device, nothing to evaluate
+            rows = _device_rows(batch)
+        held = rows.devices
+        locked = self.shared.lock(conn, held, held=True, seen=rows.seen)
+        late = locked.late(rows.first)
         replay, too_late = late.replayed, late.too_late
         fired = None
         if replay.any():
@@ -243,11 +248,12 @@ class Pipeline:
             batch = batch.newer_than(held[too_late], locked.seen[too_late])
         out.replayed += int(replay.sum())
         out.too_late += int(too_late.sum())
-        back = held[replay]
-        seen = Seen(held, np.fmax(latest, locked.seen), back, held[replay & late.back])
+        replayed = held[replay]
+        seen = Seen(held, np.fmax(rows.latest, locked.seen), replayed, held[replay & late.back])
         ev = self.shared.evaluate(
             conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
-        recount = None if fired is None else Recount(back, self.rules.fired(back) - fired)
+        recount = None if fired is None else \
+            Recount(replayed, self.rules.fired(replayed) - fired)
         return ev, batch, recount
 
     def _with_stored_rows(self, conn: psycopg.Connection, batch: Batch, devs: I64,
@@ -280,14 +286,21 @@ class Pipeline:
     def write_state(self, conn: psycopg.Connection, out: BatchOutcome) -> None:
         """The batch's device state (last seen, battery, signal, firmware, counter); with
         `state_apart` also its rules' state, evaluated again under the devices' lock."""
-        if out.state_rows is not None:
-            out.seen_before = store.update_device_state(conn, *out.state_rows)
+        if out.state_rows is not None and out.rows is not None:
+            late = store.update_device_state(conn, *out.state_rows)
+            out.rows.seen[:] = np.nan
+            if late:   # (staging empties at commit: a test's second batch in one
+                # transaction finds the first's rows there too, and this batch has not them)
+                idx = self.fleet.lookup([d for d, _ in late])
+                ok = np.isin(idx, out.rows.devices)
+                out.rows.seen[np.searchsorted(out.rows.devices, idx[ok])] = \
+                    np.array([t for _, t in late])[ok]
         if out.batch is not None:
             again = BatchOutcome()
             # no recount: the first transaction recorded the batch's firings as they came
             # (evaluated from memory), and a correction would count them twice; what the
             # rules did the same under the lock (as they mostly do) is not recorded again
-            ev, _, _ = self._evaluate_locked(conn, out.batch, again, out.seen_before)
+            ev, _, _ = self._evaluate_locked(conn, out.batch, again, out.rows)
             if out.transitions is None or not ev.transitions.same_as(out.transitions):
                 self.record(conn, ev, again)
             out.replayed += again.replayed
@@ -438,11 +451,11 @@ class Pipeline:
                 if dec.f_time[j] >= fw_t[k]:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
-        first, _ = _time_range(batch, uniq)
+        out.rows = rows = _device_rows(batch)   # its devices are `uniq`
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
                           _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
                           firmware, [None if s < 0 else int(s) for s in seq.tolist()],
-                          gaps.tolist(), first.tolist())
+                          gaps.tolist(), rows.first.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware, seq)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
@@ -634,8 +647,10 @@ def _nulls(values: F64) -> list[float | None]:
     return [None if x != x else x for x in values.tolist()]
 
 
-def _time_range(b: Batch, devs: I64) -> tuple[F64, F64]:
-    """Per device of `devs` (sorted): the earliest and the latest device time of its rows."""
+def _device_rows(b: Batch) -> DeviceRows:
+    """Per device of the batch's messages: the earliest and the latest device time of its
+    rows; none late yet."""
+    devs = np.unique(b.m_device)
     d = np.concatenate([b.r_device, b.e_device, b.m_device])
     t = np.concatenate([b.r_time, b.e_time, b.m_time])
     at = np.searchsorted(devs, d)
@@ -643,4 +658,4 @@ def _time_range(b: Batch, devs: I64) -> tuple[F64, F64]:
     latest = np.full(len(devs), -np.inf)
     np.minimum.at(first, at, t)
     np.maximum.at(latest, at, t)
-    return first, latest
+    return DeviceRows(devs, first, latest, np.full(len(devs), np.nan))

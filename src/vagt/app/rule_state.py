@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 
 from vagt.app import db
@@ -379,12 +380,8 @@ class SharedRuleState:
     def _grow(self, n: int) -> None:
         if len(self._versions) < n:
             size = max(n, 2 * len(self._versions))
-            grown = np.full(size, UNKNOWN, dtype=np.int64)
-            grown[:len(self._versions)] = self._versions
-            self._versions = grown
-            idle = np.zeros(size, dtype=np.int16)
-            idle[:len(self._idle)] = self._idle
-            self._idle = idle
+            self._versions = _grown(self._versions, size, UNKNOWN)
+            self._idle = _grown(self._idle, size, 0)
 
     def _set_versions(self, devs: I64, versions: I64 | int) -> None:
         """Memory's version of `devs`: it holds their row's state, or not (UNSAVED, UNKNOWN)."""
@@ -461,3 +458,10 @@ class SharedRuleState:
             for key, spec in conn.execute(
                     "SELECT id, spec FROM rule_state_layouts WHERE id = ANY(%s)", (missing,)):
                 self._layouts[int(key)] = Layout(str(spec))
+
+
+def _grown(a: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
+    """`a` with `size` rows, the new ones `fill`."""
+    grown = np.full(size, fill, dtype=a.dtype)
+    grown[:len(a)] = a
+    return grown
