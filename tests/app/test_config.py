@@ -48,6 +48,9 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
                                    "least 1, got 0"),
     ({"VAGT_BULK_BATCH_WAIT_MS": "-1"}, "'ingest.bulk_batch_wait_ms' (VAGT_BULK_BATCH_WAIT_MS) "
                                         "must be from 0 to 10000 ms, got -1"),
+    ({"VAGT_BULK_BACKLOG_WAIT_MS": "10001"},
+     "'ingest.bulk_backlog_wait_ms' (VAGT_BULK_BACKLOG_WAIT_MS) must be from 0 to 10000 ms, "
+     "got 10001"),
 ])
 def test_invalid_settings_stop_start_up_naming_the_setting(env, message):
     with pytest.raises(ConfigError) as e:

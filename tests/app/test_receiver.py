@@ -225,3 +225,21 @@ def test_a_lane_behind_a_backlog_is_seen_as_behind_though_its_batches_are_not_fu
         assert 0 < len(first) <= 100 and receiver.behind
         rest = take_all(receiver, 250 - len(first), stop)
         assert len(rest) == 250 - len(first) and not receiver.behind
+
+
+def test_a_take_that_may_wait_longer_than_the_child_merges_its_batches_to_fill(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    """The child sends a batch each 50 ms (its settings); a lane draining a backlog may wait
+    longer, and then takes one batch made of the child's, up to `max_n` (see
+    LaneSpec.backlog_wait_s)."""
+    sent = payloads(topic_root, 40)
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        trickling = threading.Thread(
+            target=lambda: [(publish(broker.port, [m]), time.sleep(0.02)) for m in sent])
+        trickling.start()
+        batch = receiver.take(40, 10.0, stop)
+        trickling.join()
+    assert [m.payload for m in batch] == [p for _, p in sent]
+    assert len({m.token.number for m in batch}) > 1     # the child's batches, merged

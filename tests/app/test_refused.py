@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 from tests.app.conftest import (
@@ -23,7 +23,7 @@ from tests.app.conftest import (
 from tests.support import Broker
 
 from vagt.app.config import Config
-from vagt.app.engine import Lane, lane_specs, open_engine_pool
+from vagt.app.engine import Lane, LaneSpec, lane_specs, open_engine_pool
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.ingest.consumer import MqttSession, SessionSettings
@@ -52,10 +52,12 @@ class BrokenOn(Pipeline):
 
 def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
              messages: list[tuple[str, bytes]], until: str,
-             pipeline: type[Pipeline] = BrokenOn) -> EngineMetrics:
-    """One lane of the engine over a real session and database, until the query `until`
-    (a count) reaches the number of messages published."""
-    spec = next(s for s in lane_specs(Config()) if s.name == lane)
+             pipeline: type[Pipeline] = BrokenOn, spec: LaneSpec | None = None,
+             send: Callable[[int, list[tuple[str, bytes]]], None] = publish) -> EngineMetrics:
+    """One lane of the engine (its spec from the default config unless `spec`) over a real
+    session and database, until the query `until` (a count) reaches the number of messages
+    published (by `send`, all at once unless told otherwise)."""
+    spec = spec or next(s for s in lane_specs(Config()) if s.name == lane)
     channel = "alarm" if lane == "alarm" else "telemetry"
     settings = SessionSettings(client_id=f"refused-{uuid.uuid4().hex[:8]}",
                                filters=(f"{topic_root}/dev/+/{channel}",), port=broker.port,
@@ -68,10 +70,10 @@ def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
             fleet_pipeline = pipeline.load(conn, topic_root=topic_root, rules=load_rules(None),
                                            clock=time.time)
         wait_for(lambda: session.connected, what="the lane's session")
-        publish(broker.port, messages)
         worker = threading.Thread(target=Lane(spec, session, pool, fleet_pipeline,
                                               metrics).run, args=(stop,))
         worker.start()
+        send(broker.port, messages)
         try:
             wait_for(lambda: scalar(database_url, until) == len(messages), what=until)
             wait_for(lambda: metrics.acked.labels(lane)._value.get() == len(messages),

@@ -28,6 +28,7 @@ import itertools
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -82,6 +83,7 @@ class ReceiverProcess(ChildProcess):
         self._batches: collections.deque[list[RawMessage]] = collections.deque()
         self._connected = False
         self._behind = False
+        self._child_wait_s = settings.batch_wait_s
 
     def __enter__(self) -> ReceiverProcess:
         self.start()
@@ -117,14 +119,20 @@ class ReceiverProcess(ChildProcess):
 
         The child sends a batch as soon as it has one (within the settings' wait): while the
         engine commits, several small ones queue here, and are committed as one (batch
-        overhead was most of the cost, at ~1,000 messages a batch). `max_wait_s` is the
-        child's, from the settings.
+        overhead was most of the cost, at ~1,000 messages a batch). `max_wait_s` is how long
+        the messages may wait to fill a batch of `max_n` in all: the child's batches waited
+        the settings' part of it, the rest is waited here, from the first batch's coming.
         """
         with self._cond:
             if not self._batches:
                 self._cond.wait(timeout=1.0)
             if not self._batches or stop.is_set():
                 return []
+            if (more := max_wait_s - self._child_wait_s) > 0:
+                deadline = time.monotonic() + more
+                while (sum(map(len, self._batches)) < max_n and not stop.is_set()
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._cond.wait(timeout=left)
             batch = self._batches.popleft()
             while self._batches and len(batch) + len(self._batches[0]) <= max_n:
                 batch += self._batches.popleft()
