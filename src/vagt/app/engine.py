@@ -66,7 +66,8 @@ class LaneSpec:
     # How long a batch may wait to fill while the lane drains a backlog (see CatchingUp):
     # the batch's messages are old already, and each batch costs its round trips and its
     # commit whatever its size. The bulk lane, committing as fast as the receiver fed it,
-    # took 1,200 messages a batch while it drained a backlog.
+    # took 1,200 messages a batch while it drained a backlog; waiting up to 250 ms, 8,700,
+    # and PostgreSQL and the engine spent a fifth less CPU per message (README).
     backlog_wait_s: float = 0.0
 
 
