@@ -63,3 +63,15 @@ def test_live_messages_are_committed_without_waiting_to_fill(
     assert total == N
     # a batch each 50 ms (the short wait) while they trickle in over 1.2 s
     assert count >= 6
+
+
+def test_a_bulk_batch_is_never_meant_to_hold_more_than_the_broker_may_leave_unacknowledged(
+) -> None:
+    config = Config()
+    config = dataclasses.replace(
+        config, mqtt=dataclasses.replace(config.mqtt, receive_maximum=4000))
+    [bulk] = [s for s in lane_specs(config) if s.name == "bulk"]
+    assert bulk.batch_max == 4000       # not the 10,000 a draining lane would wait for
+    v311 = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, protocol=4))
+    [bulk] = [s for s in lane_specs(v311) if s.name == "bulk"]
+    assert bulk.batch_max == 10000      # MQTT 3.1.1: the broker's own limit, unknown here

@@ -73,9 +73,14 @@ class LaneSpec:
 
 def lane_specs(config: Config) -> list[LaneSpec]:
     ing = config.ingest
+    # A batch is at most what the broker may have sent unacknowledged (MQTT 5's Receive
+    # Maximum): a lane waiting to fill a bigger one while draining would wait in vain.
+    bulk_max = ing.bulk_batch_max
+    if config.mqtt.protocol == 5:
+        bulk_max = min(bulk_max, config.mqtt.receive_maximum)
     return [
         LaneSpec("alarm", (Channel.ALARM,), ing.alarm_batch_max, 0.0, state_apart=True),
-        LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), ing.bulk_batch_max,
+        LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), bulk_max,
                  ing.bulk_batch_wait_ms / 1000, nice=ing.bulk_nice,
                  backlog_wait_s=ing.bulk_backlog_wait_ms / 1000),
     ]
