@@ -21,7 +21,7 @@ FILL = 30          # the lane's batch_max here
 
 
 def trickle(port: int, messages: list[tuple[str, bytes]]) -> None:
-    """One message every 20 ms: a child batch (50 ms) holds two or three of them."""
+    """One message every 20 ms: the short wait (50 ms) fills a batch with two or three."""
     for m in messages:
         publish(port, [m])
         time.sleep(0.02)
