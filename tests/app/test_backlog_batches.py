@@ -41,10 +41,11 @@ def drain(database_url: str, broker: Broker, topic_root: str,
 
 
 def batches(metrics: EngineMetrics) -> tuple[float, float]:
-    [histogram] = [m for m in metrics.registry.collect() if m.name == "vagt_batch_size_messages"]
-    count = next(s.value for s in histogram.samples if s.name.endswith("_count"))
-    total = next(s.value for s in histogram.samples if s.name.endswith("_sum"))
-    return count, total
+    def sample(name: str) -> float:
+        value = metrics.registry.get_sample_value(name, {"lane": "bulk"})
+        assert value is not None, name
+        return value
+    return sample("vagt_batch_size_messages_count"), sample("vagt_batch_size_messages_sum")
 
 
 def test_a_backlog_is_committed_in_batches_filled_to_the_maximum(
