@@ -28,9 +28,9 @@ def trickle(port: int, messages: list[tuple[str, bytes]]) -> None:
 
 
 def drain(database_url: str, broker: Broker, topic_root: str,
-          start: float) -> tuple[float, float]:
-    """How many batches the bulk lane committed, and how many messages in them, for N
-    readings from `start` on."""
+          start: float) -> tuple[float, float, float]:
+    """How many batches the bulk lane committed, how many messages in them, and how many of
+    those it counted as a backlog's, for N readings from `start` on."""
     bulk = next(s for s in lane_specs(Config()) if s.name == "bulk")
     spec = dataclasses.replace(bulk, batch_max=FILL, backlog_wait_s=3.0)
     sent = [(topic(topic_root, "OXI-0001", "telemetry"), telemetry("OXI-0001", start + i, spo2=96))
@@ -40,19 +40,19 @@ def drain(database_url: str, broker: Broker, topic_root: str,
     return batches(metrics)
 
 
-def batches(metrics: EngineMetrics) -> tuple[float, float]:
+def batches(metrics: EngineMetrics) -> tuple[float, float, float]:
     def sample(name: str) -> float:
-        value = metrics.registry.get_sample_value(name, {"lane": "bulk"})
-        assert value is not None, name
-        return value
-    return sample("vagt_batch_size_messages_count"), sample("vagt_batch_size_messages_sum")
+        return metrics.registry.get_sample_value(name, {"lane": "bulk"}) or 0.0
+    return (sample("vagt_batch_size_messages_count"), sample("vagt_batch_size_messages_sum"),
+            sample("vagt_backlog_messages_total"))
 
 
 def test_a_backlog_is_committed_in_batches_filled_to_the_maximum(
         database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
     # an hour old by the device's clock: a backlog (see CatchingUp)
-    count, total = drain(database_url, broker, topic_root, time.time() - 3600)
+    count, total, backlog = drain(database_url, broker, topic_root, time.time() - 3600)
     assert total == N
+    assert backlog == N      # what the ops team sees: the lane was catching up
     # the first batch before the lane knew it was behind, then full ones: 60 messages that
     # came over 1.2 s in at most four batches
     assert count <= 1 + N / FILL + 1
@@ -60,8 +60,9 @@ def test_a_backlog_is_committed_in_batches_filled_to_the_maximum(
 
 def test_live_messages_are_committed_without_waiting_to_fill(
         database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
-    count, total = drain(database_url, broker, topic_root, time.time() - 60)
+    count, total, backlog = drain(database_url, broker, topic_root, time.time() - 60)
     assert total == N
+    assert backlog == 0
     # a batch each 50 ms (the short wait) while they trickle in over 1.2 s
     assert count >= 6
 

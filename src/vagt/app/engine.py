@@ -273,6 +273,8 @@ class Lane:
         """After the commit: in-memory state, acknowledgement, metrics."""
         self._draining = self._behind or outcome.device_lag_s > CATCH_UP_LAG_S
         self.catching_up.mark(self.spec.name, self._draining)
+        if self._draining:
+            self.metrics.backlog_messages.labels(self.spec.name).inc(len(batch))
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)
         self._observe(batch, outcome, committed, time.monotonic() - started, acked)

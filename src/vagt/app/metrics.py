@@ -99,6 +99,11 @@ class EngineMetrics:
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
             "backlog (deadlines wait until the queued messages are in)", registry=r)
+        self.backlog_messages = Counter(
+            "vagt_backlog_messages", "Messages committed in batches that were part of a "
+            "backlog (mostly older than two minutes by their devices' clocks, or more waiting "
+            "behind them): while it grows, the lane is catching up, with fuller batches",
+            ["lane"], registry=r)
         self.child_up = Gauge(
             "vagt_child_process_up", "1 while the engine's child process runs: the alarm "
             "lane (alarm_lane), the bulk lane's MQTT session (bulk_receiver)", ["process"],
