@@ -64,6 +64,13 @@ def alarm(device_id: str, t: float, code: str = "alarm.fall") -> bytes:
     return orjson.dumps({"device_id": device_id, "time": t, "events": [{"code": code}]})
 
 
+def trickle(url_port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish one message every 20 ms: a 50 ms batch wait fills a batch with two or three."""
+    for m in messages:
+        publish(url_port, [m])
+        time.sleep(0.02)
+
+
 def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait until the broker has acknowledged every message."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
-from tests.app.conftest import publish, telemetry, topic
+from tests.app.conftest import publish, telemetry, topic, trickle
 from tests.app.test_refused import run_lane
 from tests.support import Broker
 
@@ -20,23 +21,20 @@ N = 60
 FILL = 30          # the lane's batch_max here
 
 
-def trickle(port: int, messages: list[tuple[str, bytes]]) -> None:
-    """One message every 20 ms: the short wait (50 ms) fills a batch with two or three."""
-    for m in messages:
-        publish(port, [m])
-        time.sleep(0.02)
+def readings(topic_root: str, start: float, n: int = N) -> list[tuple[str, bytes]]:
+    return [(topic(topic_root, "OXI-0001", "telemetry"), telemetry("OXI-0001", start + i, spo2=96))
+            for i in range(n)]
 
 
-def drain(database_url: str, broker: Broker, topic_root: str,
-          start: float) -> tuple[float, float, float]:
+def drain(database_url: str, broker: Broker, topic_root: str, sent: list[tuple[str, bytes]],
+          send: Callable[[int, list[tuple[str, bytes]]], None] = trickle
+          ) -> tuple[float, float, float]:
     """How many batches the bulk lane committed, how many messages in them, and how many of
-    those it counted as a backlog's, for N readings from `start` on."""
+    those it counted as a backlog's."""
     bulk = next(s for s in lane_specs(Config()) if s.name == "bulk")
     spec = dataclasses.replace(bulk, batch_max=FILL, backlog_wait_s=3.0)
-    sent = [(topic(topic_root, "OXI-0001", "telemetry"), telemetry("OXI-0001", start + i, spo2=96))
-            for i in range(N)]
     metrics = run_lane(database_url, broker, topic_root, "bulk", sent,
-                       "SELECT count(*) FROM readings", pipeline=Pipeline, spec=spec, send=trickle)
+                       "SELECT count(*) FROM readings", pipeline=Pipeline, spec=spec, send=send)
     return batches(metrics)
 
 
@@ -50,7 +48,8 @@ def batches(metrics: EngineMetrics) -> tuple[float, float, float]:
 def test_a_backlog_is_committed_in_batches_filled_to_the_maximum(
         database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
     # an hour old by the device's clock: a backlog (see CatchingUp)
-    count, total, backlog = drain(database_url, broker, topic_root, time.time() - 3600)
+    count, total, backlog = drain(database_url, broker, topic_root,
+                                  readings(topic_root, time.time() - 3600))
     assert total == N
     assert backlog == N      # what the ops team sees: the lane was catching up
     # the first batch before the lane knew it was behind, then full ones: 60 messages that
@@ -60,11 +59,30 @@ def test_a_backlog_is_committed_in_batches_filled_to_the_maximum(
 
 def test_live_messages_are_committed_without_waiting_to_fill(
         database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
-    count, total, backlog = drain(database_url, broker, topic_root, time.time() - 60)
+    count, total, backlog = drain(database_url, broker, topic_root,
+                                  readings(topic_root, time.time() - 60))
     assert total == N
     assert backlog == 0
     # a batch each 50 ms (the short wait) while they trickle in over 1.2 s
     assert count >= 6
+
+
+def test_once_a_backlog_is_drained_and_the_lane_idle_live_messages_wait_no_longer(
+        database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
+    old = readings(topic_root, time.time() - 3600, n=5)
+    live = readings(topic_root, time.time() - 60)
+
+    def backlog_then_live(port: int, _sent: list[tuple[str, bytes]]) -> None:
+        publish(port, old)
+        time.sleep(2)         # the lane takes nothing for a second: the backlog is over
+        trickle(port, live)
+
+    count, total, backlog = drain(database_url, broker, topic_root, old + live,
+                                  send=backlog_then_live)
+    assert total == len(old) + N
+    assert backlog == len(old)
+    # the live messages in a batch each 50 ms, not held for the backlog's wait (3 s here)
+    assert count >= 1 + 6
 
 
 def test_a_bulk_batch_is_never_meant_to_hold_more_than_the_broker_may_leave_unacknowledged(

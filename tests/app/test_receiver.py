@@ -14,7 +14,15 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from tests.app.conftest import EngineProcess, publish, scalar, telemetry, topic, wait_for
+from tests.app.conftest import (
+    EngineProcess,
+    publish,
+    scalar,
+    telemetry,
+    topic,
+    trickle,
+    wait_for,
+)
 from tests.app.test_alarm_process import ended, metric
 from tests.support import Broker
 
@@ -236,8 +244,7 @@ def test_a_take_that_may_wait_longer_than_the_child_merges_its_batches_to_fill(
     sent = payloads(topic_root, 40)
     with ReceiverProcess(settings) as receiver:
         wait_for(lambda: receiver.connected, what="the child's session")
-        trickling = threading.Thread(
-            target=lambda: [(publish(broker.port, [m]), time.sleep(0.02)) for m in sent])
+        trickling = threading.Thread(target=trickle, args=(broker.port, sent))
         trickling.start()
         batch = receiver.take(40, 10.0, stop)
         trickling.join()

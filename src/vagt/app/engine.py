@@ -182,7 +182,7 @@ class Lane:
                 if batch:
                     self._commit_until_done(batch, stop, settler)
                 else:
-                    self.catching_up.mark(self.spec.name, False)
+                    self._mark_draining(False)
         finally:
             if settler is not None:
                 settler.close()
@@ -268,12 +268,17 @@ class Lane:
                     return None
                 delay = min(delay * 2, 5.0)
 
+    def _mark_draining(self, draining: bool) -> bool:
+        """Whether the lane drains a backlog, for its own next wait and for the rules'
+        timer (CatchingUp), set in one place so that the two never disagree."""
+        self._draining = draining
+        self.catching_up.mark(self.spec.name, draining)
+        return draining
+
     def _finish(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                 started: float) -> None:
         """After the commit: in-memory state, acknowledgement, metrics."""
-        self._draining = self._behind or outcome.device_lag_s > CATCH_UP_LAG_S
-        self.catching_up.mark(self.spec.name, self._draining)
-        if self._draining:
+        if self._mark_draining(self._behind or outcome.device_lag_s > CATCH_UP_LAG_S):
             self.metrics.backlog_messages.labels(self.spec.name).inc(len(batch))
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)
