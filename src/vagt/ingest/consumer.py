@@ -1,14 +1,24 @@
 """One MQTT session that hands messages out in batches and acknowledges them only when told.
 
-paho-mqtt runs the connection in its own thread with `manual_ack=True`; the engine takes
-batches with `take()`, commits what they caused, then calls `ack()`. aiomqtt has no public
-manual-ack API yet (empicano/aiomqtt#345), so the consuming side uses paho directly.
+paho-mqtt handles the protocol with `manual_ack=True`, in a network thread of ours; the engine
+takes batches with `take()`, commits what they caused, then calls `ack()`. aiomqtt has no
+public manual-ack API yet (empicano/aiomqtt#345), so the consuming side uses paho directly.
+
+Why not paho's own thread (`loop_start`): it reads one packet per `select()` (its `loop_read`
+reads one when no QoS 2 flow is open), and every acknowledgement queued from another thread
+writes a byte to its wake-up socket. For a backlog that is a `select()` and a wake-up per
+message; the network thread here reads what the socket holds before it waits again, and is
+woken once per round of acknowledgements (paho's external-loop API: `loop_read`,
+`loop_write`, `loop_misc` and the socket-register-write callback).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import select
+import socket
 import ssl
 import threading
 import time
@@ -28,6 +38,12 @@ log = logging.getLogger("vagt.ingest.consumer")
 # Unsubscribed at close and never subscribed (see MqttSession._settle_acks); a fixed name:
 # built from the client id, a "+" or "#" in it would make it an invalid filter.
 SETTLE_FILTER = "vagt/settle-acks"
+
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 15.0   # the wait after a lost or refused connection
+READ_BURST = 1000   # packets read before acknowledgements are written and keepalive checked
+SELECT_S = 1.0      # the longest the network thread sleeps: keepalive is checked as often
+# what the session reports when its own network thread failed (not paho's to report)
+NETWORK_FAILED = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)   # unspecified error
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,15 @@ class MqttSession:
         self._connected = False
         self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
         self._behind = False
+        self._received = 0       # PUBLISH packets paho has handed over (the network thread's)
+        self._retry_s: float | None = None      # the wait before the next connection attempt
+        self._closing = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._client = self._make_client()
+        self._network = threading.Thread(target=self._run_network, daemon=True,
+                                         name=f"vagt-mqtt-{settings.client_id}")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -91,7 +115,7 @@ class MqttSession:
                                        clean_start=False, properties=props)
         else:
             self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
-        self._client.loop_start()
+        self._network.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -106,8 +130,12 @@ class MqttSession:
         PUBACKs too, and sends committed messages again (seen in the SIGTERM test).
         """
         self._settle_acks()
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._closing.set()
+        self._wake_up()
+        if self._network.is_alive():
+            self._network.join()
+        self._wake_r.close()
+        self._wake_w.close()
         with self._cond:
             self._connected = False
             self._inbox.clear()
@@ -161,10 +189,10 @@ class MqttSession:
     def ack_tokens(self, tokens: list[object]) -> int:
         """`ack` by the messages' tokens alone (a holder of many need not keep payloads)."""
         acked = 0
-        # Not under `_cond`: paho's thread takes that for every message it receives, and it
-        # waited through the whole loop (each ack writes to paho's wake-up socket, so the
-        # GIL changed hands twice per message). `_connection` keeps a reconnect out until the
-        # loop is done: what it queued goes with the old connection.
+        # Not under `_cond`: the network thread takes that for every message it receives, and
+        # it waited through the whole loop (with paho's own thread each ack wrote to its
+        # wake-up socket, so the GIL changed hands twice per message). `_connection` keeps a
+        # reconnect out until the loop is done: what it queued goes with the old connection.
         with self._connection:
             generation = self._generation
             if not self._connected:
@@ -194,7 +222,7 @@ class MqttSession:
                 log.warning("event=mqtt_acks_unconfirmed client_id=%s note=broker_may_resend",
                             self.settings.client_id)
 
-    # -- paho callbacks, on paho's thread ---------------------------------------------------
+    # -- paho callbacks, on the network thread -------------------------------------------
 
     def _on_unsubscribe(self, _client: paho.Client, _userdata: object, mid: int,
                         _reasons: object, _props: object) -> None:
@@ -214,8 +242,8 @@ class MqttSession:
             client.username_pw_set(s.username, s.password)
         if s.tls:
             client.tls_set(ca_certs=s.ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(min_delay=1, max_delay=15)
         client.on_connect = self._on_connect
+        client.on_socket_register_write = lambda _c, _u, _s: self._wake_up()
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = self._on_unsubscribe
@@ -227,6 +255,7 @@ class MqttSession:
             log.error("event=mqtt_connect_refused client_id=%s reason=%s",
                       self.settings.client_id, reason)
             return
+        self._retry_s = None
         with self._connection, self._cond:
             self._generation += 1
             # Whatever we held from the last connection comes again, with its packet ids.
@@ -253,9 +282,87 @@ class MqttSession:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
             topic = msg._topic.decode("utf-8", "replace")
+        self._received += 1
         m = RawMessage(topic, bytes(msg.payload), time.time(),
                        _Token(self._generation, msg.mid, msg.qos))
         with self._cond:
             self._inbox.append(m)
             if len(self._inbox) == 1:
                 self._cond.notify()
+
+    # -- the network thread ------------------------------------------------------------------
+
+    def _wake_up(self) -> None:
+        """Out of `select()`: paho has packets to write (it says so once until they are
+        written), or the session is closing."""
+        with contextlib.suppress(OSError):  # full: it will wake anyway; closed: it is closed
+            self._wake_w.send(b"w")
+
+    def _run_network(self) -> None:
+        """Connect, and connect again after a loss (waiting 1, 2, 4 ... 15 s, as paho's own
+        loop does); while connected, read, write and keep alive; at close, DISCONNECT."""
+        client = self._client
+        first = True
+        while not self._closing.is_set():
+            if client.socket() is not None:
+                try:
+                    self._serve(client)
+                    continue
+                except Exception:       # a bug: a new connection, not a dead thread
+                    log.exception("event=mqtt_network_failed client_id=%s",
+                                  self.settings.client_id)
+                    self._on_disconnect(client, None, None, NETWORK_FAILED, None)
+            if not first:
+                self._retry_s = (RECONNECT_MIN_S if self._retry_s is None
+                                 else min(2 * self._retry_s, RECONNECT_MAX_S))
+                if self._closing.wait(self._retry_s):
+                    break
+            first = False
+            try:
+                client.reconnect()      # closes what is left of the last socket first
+            except OSError as e:
+                log.warning("event=mqtt_connect_failed client_id=%s error=%s",
+                            self.settings.client_id, e)
+        self._disconnect(client)
+
+    def _serve(self, client: paho.Client) -> None:
+        """One round: wait for the socket (or a wake-up), read all it holds, write, keep alive.
+        A failure is paho's to report (`on_disconnect`); it closes the socket."""
+        sock = client.socket()
+        assert sock is not None
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        try:
+            readable, writable, _ = select.select(
+                [sock, self._wake_r], [sock] if client.want_write() else [], [],
+                0 if pending else SELECT_S)
+        except (OSError, ValueError):        # the socket closed under us: paho has said so
+            return
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if sock in readable or pending:
+            for _ in range(READ_BURST):
+                before = self._received
+                if client.loop_read() or self._received == before:
+                    break   # lost, or the socket is empty, or it was not a PUBLISH: select
+        if client.socket() is not None and client.want_write():
+            client.loop_write()
+        if client.socket() is not None:
+            client.loop_misc()
+
+    def _disconnect(self, client: paho.Client) -> None:
+        """DISCONNECT, written here (paho closes the socket after it): the broker keeps the
+        session and what it has not had acknowledged."""
+        if client.socket() is None:
+            return
+        client.disconnect()
+        deadline = time.monotonic() + 2.0
+        while (sock := client.socket()) is not None and client.want_write():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                select.select([], [sock], [], left)
+            except (OSError, ValueError):
+                break
+            client.loop_write()

@@ -1,0 +1,95 @@
+"""The MQTT session's own network thread (vagt.ingest.consumer.MqttSession), against real
+Mosquitto processes: it reads a backlog in bursts and still acknowledges all of it, notices a
+broker that stops answering, connects again, and closes while the broker is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.app.conftest import publish, wait_for
+from tests.support import Broker, free_port
+
+from vagt.ingest import consumer
+from vagt.ingest.consumer import MqttSession, SessionSettings
+from vagt.ingest.model import RawMessage
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test's own: these tests stop and pause it."""
+    b = Broker(free_port(), free_port(), tmp_path)
+    b.start()
+    yield b
+    if b.process and b.process.poll() is None:
+        os.kill(b.process.pid, signal.SIGCONT)
+    b.stop()
+
+
+def settings(broker: Broker, root: str, client_id: str, **kw: object) -> SessionSettings:
+    return SessionSettings(client_id=client_id, filters=(f"{root}/#",), port=broker.port,
+                           session_expiry_s=300, **kw)  # type: ignore[arg-type]
+
+
+def take_all(session: MqttSession, n: int, timeout: float = 30) -> list[RawMessage]:
+    stop, got = threading.Event(), list[RawMessage]()
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += session.take(n - len(got), 0.05, stop)
+    return got
+
+
+def test_a_backlog_of_several_read_bursts_is_delivered_in_order_and_acknowledged_in_full(
+        broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    n = 3 * consumer.READ_BURST + 17
+    with MqttSession(settings(broker, root, cid)) as session:      # the persistent session
+        wait_for(lambda: session.connected, what="the session")
+    sent = [(f"{root}/dev/{k % 7}/telemetry", f"{k}".encode()) for k in range(n)]
+    publish(broker.port, sent)           # queued at the broker while nobody is connected
+    with MqttSession(settings(broker, root, cid)) as session:
+        got = take_all(session, n)
+        assert [m.payload for m in got] == [p for _, p in sent]
+        assert session.ack(got) == n
+    with MqttSession(settings(broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the session again")
+        assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
+
+
+def test_a_broker_that_stops_answering_is_noticed_and_the_session_connects_again(
+        own_broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    assert own_broker.process is not None
+    with MqttSession(settings(own_broker, root, cid, keepalive_s=1)) as session:
+        wait_for(lambda: session.connected, what="the session")
+        os.kill(own_broker.process.pid, signal.SIGSTOP)     # the TCP connection stays up
+        try:
+            wait_for(lambda: not session.connected, timeout=20,
+                     what="the unanswered keepalive to be noticed")
+        finally:
+            os.kill(own_broker.process.pid, signal.SIGCONT)
+        wait_for(lambda: session.connected, timeout=30, what="the session to connect again")
+        publish(own_broker.port, [(f"{root}/dev/x/telemetry", b"after")])
+        got = take_all(session, 1)
+        assert [m.payload for m in got] == [b"after"]
+        assert session.ack(got) == 1
+
+
+def test_a_session_closes_while_its_broker_is_down(own_broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    session = MqttSession(settings(own_broker, root, cid)).__enter__()
+    wait_for(lambda: session.connected, what="the session")
+    own_broker.stop()
+    wait_for(lambda: not session.connected, what="the loss to be noticed")
+    time.sleep(2.5)          # it is waiting to connect again, and has failed at least once
+    closing = threading.Thread(target=session.close)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "close() hung with the broker down"
+    assert not any(t.name == f"vagt-mqtt-{cid}" for t in threading.enumerate())
