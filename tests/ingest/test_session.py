@@ -1,6 +1,7 @@
 """The MQTT session's own network thread (vagt.ingest.consumer.MqttSession), against real
 Mosquitto processes: it reads a backlog in bursts and still acknowledges all of it, notices a
-broker that stops answering, connects again, and closes while the broker is gone."""
+broker that stops answering, connects again, closes while the broker is gone, and outlives a
+bug in its own thread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.app.conftest import publish, wait_for
@@ -93,3 +95,27 @@ def test_a_session_closes_while_its_broker_is_down(own_broker: Broker) -> None:
     closing.join(30)
     assert not closing.is_alive(), "close() hung with the broker down"
     assert not any(t.name == f"vagt-mqtt-{cid}" for t in threading.enumerate())
+
+
+class FailsOnce(MqttSession):
+    """A session whose message handling has a bug that the first message sets off."""
+
+    failed = False
+
+    def _on_message(self, client: Any, userdata: object, msg: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug the first message sets off")
+        super()._on_message(client, userdata, msg)
+
+
+def test_a_bug_in_the_network_thread_costs_a_new_connection_not_the_session(
+        broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    with FailsOnce(settings(broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(broker.port, [(f"{root}/dev/x/telemetry", b"first")])
+        got = take_all(session, 1)
+        assert session.failed
+        assert [m.payload for m in got] == [b"first"], "the message was not sent again"
+        assert session.ack(got) == 1

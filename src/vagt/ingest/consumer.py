@@ -327,16 +327,14 @@ class MqttSession:
 
     def _serve(self, client: paho.Client) -> None:
         """One round: wait for the socket (or a wake-up), read all it holds, write, keep alive.
-        A failure is paho's to report (`on_disconnect`); it closes the socket."""
+        A lost connection is paho's to report (`on_disconnect`); it closes the socket. Only
+        this thread closes it, so a `select` that fails is a bug (see `_run_network`)."""
         sock = client.socket()
         assert sock is not None
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-        try:
-            readable, writable, _ = select.select(
-                [sock, self._wake_r], [sock] if client.want_write() else [], [],
-                0 if pending else SELECT_S)
-        except (OSError, ValueError):        # the socket closed under us: paho has said so
-            return
+        readable, _, _ = select.select([sock, self._wake_r],
+                                       [sock] if client.want_write() else [], [],
+                                       0 if pending else SELECT_S)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
