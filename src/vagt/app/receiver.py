@@ -185,7 +185,7 @@ def run_receiver(argv: list[str]) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
     child_signals(stop)
-    yield_cpu(settings.nice)          # before paho's thread starts: it inherits it
+    yield_cpu(settings.nice)          # before the session's thread starts: it inherits it
     held: dict[int, list[object]] = {}     # per batch sent, its messages' tokens
     sending = threading.Lock()
 
