@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.support import Broker, free_port
 
+from vagt.app.engine import Session
 from vagt.devices import import_csv
+from vagt.ingest.model import RawMessage
 from vagt.ingest.units import METRICS
 
 DEVICES = [
@@ -69,6 +72,18 @@ def trickle(url_port: int, messages: list[tuple[str, bytes]]) -> None:
     for m in messages:
         publish(url_port, [m])
         time.sleep(0.02)
+
+
+def take_all(session: Session, n: int, stop: threading.Event | None = None,
+             timeout: float = 30) -> list[RawMessage]:
+    """What a session (an `MqttSession` or a `ReceiverProcess`) hands out, until `n` messages
+    or `timeout`; not acknowledged."""
+    stop = stop or threading.Event()
+    got: list[RawMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += session.take(n - len(got), 0.05, stop)
+    return got
 
 
 def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:

@@ -18,6 +18,7 @@ from tests.app.conftest import (
     EngineProcess,
     publish,
     scalar,
+    take_all,
     telemetry,
     topic,
     trickle,
@@ -51,15 +52,6 @@ def stop() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()
-
-
-def take_all(receiver: ReceiverProcess, n: int, stop: threading.Event,
-             timeout: float = 30) -> list[RawMessage]:
-    got: list[RawMessage] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got += receiver.take(100, 0.05, stop)
-    return got
 
 
 def payloads(topic_root: str, n: int, start: int = 0) -> list[tuple[str, bytes]]:

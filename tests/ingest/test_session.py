@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.app.conftest import publish, wait_for
+from tests.app.conftest import publish, take_all, wait_for
 from tests.support import Broker, free_port
 
 from vagt.ingest import consumer
 from vagt.ingest.consumer import MqttSession, SessionSettings
-from vagt.ingest.model import RawMessage
 
 
 @pytest.fixture
@@ -37,14 +36,6 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 def settings(broker: Broker, root: str, client_id: str, **kw: object) -> SessionSettings:
     return SessionSettings(client_id=client_id, filters=(f"{root}/#",), port=broker.port,
                            session_expiry_s=300, **kw)  # type: ignore[arg-type]
-
-
-def take_all(session: MqttSession, n: int, timeout: float = 30) -> list[RawMessage]:
-    stop, got = threading.Event(), list[RawMessage]()
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got += session.take(n - len(got), 0.05, stop)
-    return got
 
 
 def test_a_backlog_of_several_read_bursts_is_delivered_in_order_and_acknowledged_in_full(
