@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vagt.app.embedded import free_port  # re-exported for the fixtures
 
-__all__ = ["ROOT", "Broker", "free_port", "start_mosquitto"]
+__all__ = ["ROOT", "Broker", "free_port", "start_mosquitto", "stop_mosquitto"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +32,13 @@ def start_mosquitto(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("mosquitto did not start listening within 10 s")
+
+
+def stop_mosquitto(process: subprocess.Popen[bytes] | None) -> None:
+    """A clean stop (SIGTERM): Mosquitto writes its persistence file before it exits."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
 
 
 @dataclass
@@ -70,10 +77,7 @@ class Broker:
         self.process = start_mosquitto(conf, self.port, self.directory / "mosquitto.log")
 
     def stop(self) -> None:
-        """A clean stop: Mosquitto writes its persistence file before it exits."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=15)
+        stop_mosquitto(self.process)
         self.process = None
 
     def restart(self) -> None:

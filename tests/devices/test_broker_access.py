@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from tests.app.test_pipeline import ROOT, run_batches
-from tests.support import free_port, start_mosquitto
+from tests.support import free_port, start_mosquitto, stop_mosquitto
 
 from vagt.app.config import Config, MqttConfig
 from vagt.devices import cli, deploy, import_csv, retire, return_device
@@ -77,9 +77,7 @@ class AclBroker:
         self.process = start_mosquitto(conf, self.port, self.directory / "mosquitto.log")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
+        stop_mosquitto(self.process)
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.app.conftest import publish, take_all, wait_for
-from tests.support import Broker, free_port, start_mosquitto
+from tests.support import Broker, free_port, start_mosquitto, stop_mosquitto
 
 from vagt.ingest import consumer
 from vagt.ingest.consumer import MqttSession, SessionSettings
@@ -40,45 +41,61 @@ def settings(broker: Broker, root: str, client_id: str, **kw: object) -> Session
                            session_expiry_s=300, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Path]]:
-    """A broker with a TLS listener (its certificate signed by a CA of this test's own, for
-    127.0.0.1) and a plain one to publish on; with the CA's certificate."""
-    d = tmp_path_factory.mktemp("tls-broker")
+@dataclass
+class TlsBroker:
+    """A Mosquitto with a TLS listener, its certificate signed by a CA of the test's own (for
+    127.0.0.1), and a plain listener to publish on."""
 
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    directory: Path
+    port: int = field(default_factory=free_port)        # plain
+    tls_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-            "-out", "ca.crt", "-days", "2", "-subj", "/CN=vagt test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-            "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    b = Broker(free_port(), free_port(), d)     # port: plain; auth_port: TLS here
-    conf = d / "mosquitto.conf"
-    conf.write_text(f"""per_listener_settings true
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.crt"
+
+    def start(self) -> None:
+        d = self.directory
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+                "-out", "ca.crt", "-days", "2", "-subj", "/CN=vagt test CA")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+                "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+        conf = d / "mosquitto.conf"
+        conf.write_text(f"""per_listener_settings true
 max_queued_messages 0
 max_inflight_messages 0
 user {getpass.getuser()}
 log_dest file {d}/mosquitto.log
-listener {b.port} 127.0.0.1
+listener {self.port} 127.0.0.1
 allow_anonymous true
-listener {b.auth_port} 127.0.0.1
+listener {self.tls_port} 127.0.0.1
 allow_anonymous true
-cafile {d}/ca.crt
+cafile {self.ca}
 certfile {d}/server.crt
 keyfile {d}/server.key
 """)
-    b.process = start_mosquitto(conf, b.auth_port, d / "mosquitto.log")
-    yield b, d / "ca.crt"
-    b.stop()
+        self.process = start_mosquitto(conf, self.tls_port, d / "mosquitto.log")
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    b = TlsBroker(tmp_path_factory.mktemp("tls-broker"))
+    b.start()
+    yield b
+    stop_mosquitto(b.process)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_a_backlog_of_several_read_bursts_is_delivered_in_order_and_acknowledged_in_full(
-        broker: Broker, tls_broker: tuple[Broker, Path], tls: bool) -> None:
+        broker: Broker, tls_broker: TlsBroker, tls: bool) -> None:
     """Over TLS paho reads through the TLS layer, whose "nothing yet" is a want-read error,
     not a would-block: the burst must end on it and the session go on after it. (The TLS
     layer can also hold decrypted bytes that select() does not see, which `_serve` checks;
@@ -86,15 +103,15 @@ def test_a_backlog_of_several_read_bursts_is_delivered_in_order_and_acknowledged
     root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
     n = 3 * consumer.READ_BURST + 17
     if tls:
-        via, ca = tls_broker
-        s = SessionSettings(client_id=cid, filters=(f"{root}/#",), port=via.auth_port,
-                            session_expiry_s=300, tls=True, ca_file=str(ca))
+        publish_port = tls_broker.port
+        s = SessionSettings(client_id=cid, filters=(f"{root}/#",), port=tls_broker.tls_port,
+                            session_expiry_s=300, tls=True, ca_file=str(tls_broker.ca))
     else:
-        via, s = broker, settings(broker, root, cid)
+        publish_port, s = broker.port, settings(broker, root, cid)
     with MqttSession(s) as session:      # the persistent session
         wait_for(lambda: session.connected, what="the session")
     sent = [(f"{root}/dev/{k % 7}/telemetry", f"{k}".encode()) for k in range(n)]
-    publish(via.port, sent)           # queued at the broker while nobody is connected
+    publish(publish_port, sent)           # queued at the broker while nobody is connected
     with MqttSession(s) as session:
         got = take_all(session, n)
         assert [m.payload for m in got] == [p for _, p in sent]
