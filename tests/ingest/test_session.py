@@ -1,7 +1,7 @@
 """The MQTT session's own network thread (vagt.ingest.consumer.MqttSession), against real
 Mosquitto processes: it reads a backlog in bursts and still acknowledges all of it, in plain
 TCP and in TLS, notices a broker that stops answering, connects again, closes while the broker
-is gone, and outlives a bug in its own thread."""
+is gone, and outlives a bug in its own thread or in a connection attempt."""
 
 from __future__ import annotations
 
@@ -176,3 +176,28 @@ def test_a_bug_in_the_network_thread_costs_a_new_connection_not_the_session(
         assert session.failed
         assert [m.payload for m in got] == [b"first"], "the message was not sent again"
         assert session.ack(got) == 1
+
+
+class ConnectFailsOnce(MqttSession):
+    """A session whose first connection attempt meets a bug (not a network error)."""
+
+    failed = False
+
+    def _make_client(self) -> Any:
+        client = super()._make_client()
+
+        def pre_connect(_client: object, _userdata: object) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug the first connection attempt sets off")
+
+        client.on_pre_connect = pre_connect
+        return client
+
+
+def test_a_bug_in_a_connection_attempt_costs_that_attempt_not_the_session(
+        broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    with ConnectFailsOnce(settings(broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the second attempt")
+        assert session.failed

@@ -323,6 +323,9 @@ class MqttSession:
             except OSError as e:
                 log.warning("event=mqtt_connect_failed client_id=%s error=%s",
                             self.settings.client_id, e)
+            except Exception:           # not the network's: logged, and tried again later
+                log.exception("event=mqtt_connect_failed client_id=%s",
+                              self.settings.client_id)
         self._disconnect(client)
 
     def _serve(self, client: paho.Client) -> None:
