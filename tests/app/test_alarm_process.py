@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
+from tests.app.conftest import EngineProcess, alarm, publish, query, scalar, topic, wait_for
 from tests.support import Broker
 
 T0 = time.time() - 3600
@@ -54,6 +54,26 @@ def test_a_killed_alarm_lane_process_is_started_again_and_alarms_go_on(
     assert metric(engine, 'vagt_child_process_up{process="alarm_lane"}') == 1.0
     wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
              what="the new process's metrics on the engine's endpoint")
+
+
+def test_the_alarm_lane_process_routes_by_the_centres_alert_policy(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices, tmp_path):
+    # The centre's policy, not the built-in one (which sends a personal alarm to
+    # "emergency"): operators whose accounts take from "akut" must get the alarm from `next`.
+    policy = tmp_path / "alerts.toml"
+    policy.write_text("""
+[[route.routes]]
+matchers = ['rule="personal_alarm"']
+queue = "akut"
+priority = 1
+""")
+    engine.env["VAGT_ALERTS"] = str(policy)
+    engine.start().wait_ready()
+    assert len(alarm_lane_pids(engine)) == 1
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1, what="alert")
+    assert query(database_url, "SELECT rule, queue, priority FROM alerts") == [
+        ("personal_alarm", "akut", 1)]
 
 
 def test_the_alarm_lane_process_ends_with_the_engine(

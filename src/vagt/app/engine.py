@@ -526,6 +526,10 @@ def run_alarm_lane(argv: list[str]) -> None:
     the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm."""
     control, log_level, config = child_pipe(argv)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    # The centre's policy routes, inhibits and reopens the alarms' alerts here as in the
+    # engine's process; without it they would follow the built-in one. This process
+    # delivers nothing, so the webhooks' secrets stay unread.
+    install_policy(load_policy(config.alerts or None, secrets=False))
     stop = threading.Event()
     child_signals(stop)
     metrics = EngineMetrics()
