@@ -95,19 +95,24 @@ def serve_control(control: Connection, registry: CollectorRegistry,
                   catching_up: Callable[[], bool], reload: Callable[[], None],
                   stop: threading.Event) -> None:
     """The child's side of the pipe, in a thread of its own: answer the engine's questions,
-    reload the rules, stop when asked or when the engine is gone."""
-    while not stop.is_set():
-        try:
+    reload the rules, stop when asked or when the engine is gone.
+
+    However this thread ends, the lane stops with it: a child the engine can no longer ask
+    to stop must not go on (the engine starts a new one when this one has ended)."""
+    try:
+        while not stop.is_set():
             number, what = control.recv()
-        except (EOFError, OSError):
-            log.warning("event=engine_gone note=alarm_lane_finishing_batch_in_hand")
-            stop.set()
-            return
-        if what == METRICS:
-            control.send((number, list(registry.collect())))
-        elif what == CATCHING_UP:
-            control.send((number, catching_up()))
-        elif what == RELOAD:
-            reload()
-        elif what == STOP:
-            stop.set()
+            if what == METRICS:
+                control.send((number, list(registry.collect())))
+            elif what == CATCHING_UP:
+                control.send((number, catching_up()))
+            elif what == RELOAD:
+                reload()
+            elif what == STOP:
+                stop.set()
+    except (EOFError, OSError):
+        log.warning("event=engine_gone note=alarm_lane_finishing_batch_in_hand")
+    except Exception:
+        log.exception("event=alarm_lane_control_failed note=alarm_lane_finishing_batch_in_hand")
+    finally:
+        stop.set()

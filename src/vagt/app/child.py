@@ -12,6 +12,7 @@ A child stops by itself when the engine is gone: its end of the pipe closes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -63,7 +64,13 @@ class ChildProcess:
              str(logging.getLogger().getEffectiveLevel())],
             pass_fds=[child_end.fileno()])
         child_end.close()  # only the child holds it now: its exit closes our end
-        control.send(self._first)
+        try:
+            control.send(self._first)
+        except BaseException:  # it died at once: no child of ours without its pipe
+            process.kill()
+            process.wait()
+            control.close()
+            raise
         with self._pipe_lock:
             self._control, self._process = control, process
             self.incarnation += 1
@@ -106,7 +113,22 @@ class ChildProcess:
             if stop.wait(delay):
                 return
             on_restart()
-            self.start()
+            self._start_again(stop)
+
+    def _start_again(self, stop: threading.Event) -> None:
+        """start(), tried again after each of RESTART_DELAYS_S (then the last, on and on)
+        while it fails (no memory or processes left for a new one, say): the supervisor's
+        thread must not end, or the lane would stay down."""
+        for attempt in itertools.count():
+            try:
+                self.start()
+                return
+            except Exception:
+                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
+                log.exception("event=%s_process_start_failed note=trying_again_in_%.0fs",
+                              self.name, delay)
+            if stop.wait(delay):
+                return
 
     def stop(self) -> None:
         """Ask the child to finish what it has in hand and end; kill it if it does not."""
