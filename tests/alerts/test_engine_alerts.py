@@ -9,7 +9,7 @@ import urllib.request
 import httpx
 import psycopg
 from tests.alerts.test_delivery import SECRET, Receiver
-from tests.app.conftest import EngineProcess, alarm, publish, topic, wait_for
+from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
 from tests.support import Broker, free_port
 
 from vagt.alerts.accounts import add_user
@@ -68,3 +68,38 @@ secret_env = "VAGT_TEST_WEBHOOK_SECRET"
     check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     assert engine.terminate() == 0   # SIGTERM stops the API, the timer and the worker too
+
+
+def test_with_the_api_port_taken_alarms_go_on_and_the_api_comes_up_once_it_is_free(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    api_port = taken.getsockname()[1]
+    engine.env["VAGT_API_PORT"] = str(api_port)
+    metrics_url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    crashed = b'vagt_thread_crashes_total{thread="api"}'
+    try:
+        engine.start().wait_ready()
+        wait_for(lambda: "event=thread_crashed thread=api" in engine.log(),
+                 what="the API's failure to bind, logged")
+        publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts "
+                                              "WHERE device_id = 'ALM-0001'") == 1,
+                 what="the alarm's alert, with the API down")
+        scrape = urllib.request.urlopen(metrics_url).read()
+        assert crashed + b" 0.0" not in scrape and crashed in scrape
+    finally:
+        taken.close()
+
+    def health() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{api_port}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(health, what="the API, started again once its port is free")
+    assert engine.proc is not None and engine.proc.poll() is None
+    assert engine.terminate() == 0

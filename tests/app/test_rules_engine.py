@@ -130,3 +130,24 @@ def test_sighup_reloads_rules_keeping_the_state_of_unchanged_ones_and_refuses_a_
     wait_for(lambda: ("alarm",) in query(database_url, "SELECT rule FROM alerts"),
              what="the alarm rule, still loaded")
     assert engine.proc.poll() is None
+
+
+def test_a_rules_file_saved_in_latin_1_is_refused_on_sighup_and_the_timer_goes_on(
+        engine, broker, database_url, topic_root, tmp_path):
+    # A file edited on a Windows desk ("Sønderborg" in CP1252/Latin-1): the reload is refused
+    # naming the file, and the rules' timer, which reads it, keeps finding missed doses.
+    register(database_url, DEVICES)
+    missed_dose = ('[[rule]]\nname = "missed_dose"\nkind = "sequence"\nfirst = ["dose.due"]\n'
+                   'then = ["dose.taken"]\nwithin = "30m"\nqueue = "home_care"\n')
+    path = start(engine, tmp_path, missed_dose)
+    path.write_bytes(("# Sønderborg\n" + missed_dose).encode("latin-1"))
+    assert engine.proc is not None
+    engine.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=rules_reload_refused" in engine.log(), what="the refusal")
+    assert f"{path}: not UTF-8 text" in engine.log()
+    publish(broker.port, [(topic(topic_root, "DSP-0001", "telemetry"), orjson.dumps(
+        {"time": NOW - 3 * 3600, "events": [{"code": "dose.due"}]}))])
+    wait_for(lambda: query(database_url, "SELECT rule FROM alerts") == [("missed_dose",)],
+             what="the timer's missed dose after the refused reload")
+    assert "event=thread_crashed" not in engine.log()
+    assert engine.proc.poll() is None

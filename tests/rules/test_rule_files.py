@@ -111,3 +111,15 @@ def test_filters_must_be_lists_of_names(tmp_path):
     p = write(tmp_path, '[[rule]]\nname = "a"\nkind = "event"\ncodes = "alarm.*"\ntypes = [3]\n')
     with pytest.raises(RuleConfigError, match=r"'types' of rule 'a' .* list of names"):
         load_rules(p)
+
+
+def test_a_file_not_in_utf_8_or_not_readable_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "rules.toml"
+    p.write_bytes('# Sønderborg\n[[rule]]\nname = "x"\nkind = "event"\ncodes = ["a.*"]\n'
+                  .encode("latin-1"))
+    with pytest.raises(RuleConfigError, match=f"{p}: not UTF-8 text"):
+        load_rules(p)
+    folder = tmp_path / "rules.d"
+    (folder / "a.toml").mkdir(parents=True)   # a folder where a file should be
+    with pytest.raises(RuleConfigError, match="a.toml: cannot be read"):
+        load_rules(folder)

@@ -122,6 +122,10 @@ def load_policy(path: str | Path | None, env: Mapping[str, str] | None = None, *
         raise PolicyError(f"{p}: no such alert policy file") from None
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{p}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise PolicyError(f"{p}: cannot be read: {e.strerror or e}") from None
     return _Reader(p, env or {}, secrets).policy(doc)
 
 

@@ -1,6 +1,8 @@
 """The alert queue's background work in an engine process: the timer (escalation, silences
 by the clock), the outbox delivery, and the operator API. Each is a thread this context
-manager owns: leaving the block stops and joins them all, even on error.
+manager owns: leaving the block stops and joins them all, even on error. One that fails (a
+bug; the API's port taken) is logged, counted and started again (`vagt.threads`): the
+engine goes on taking alarms meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from vagt.alerts.escalation import Timer
 from vagt.alerts.observe import AlertObserver
 from vagt.alerts.outbox import register_targets
 from vagt.alerts.policy import AlertPolicy
+from vagt.threads import start_kept_running
 
 log = logging.getLogger("vagt.alerts")
 
@@ -33,51 +36,47 @@ class ApiSettings:
 @contextlib.contextmanager
 def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable[[], float],
                    observer: AlertObserver, mqtt_defaults: Mapping[str, object],
-                   client_id: str, api: ApiSettings | None = None) -> Iterator[None]:
-    """Run the timer, the delivery worker and (when `api` is given) the API until the block ends."""
+                   client_id: str, api: ApiSettings | None = None,
+                   on_crash: Callable[[str], None] = lambda name: None) -> Iterator[None]:
+    """Run the timer, the delivery worker and (when `api` is given) the API until the block
+    ends; `on_crash(name)` is called each time one of them fails and is started again."""
     with pool.connection() as conn:
         targets = register_targets(conn, policy.delivery)
     stop = threading.Event()
-    failures: list[BaseException] = []
-    threads: list[threading.Thread] = []
-
-    def supervised(name: str, target: Callable[[threading.Event], None]) -> None:
-        def body() -> None:
-            try:
-                target(stop)
-            except BaseException as e:  # a bug: say so loudly; the engine stops
-                log.exception("event=alert_service_crashed service=%s", name)
-                failures.append(e)
-        t = threading.Thread(target=body, name=f"vagt-{name}", daemon=True)
-        t.start()
-        threads.append(t)
-
-    supervised("alert-timer", Timer(pool, policy, clock, observer).run)
+    threads = [start_kept_running("alert-timer", Timer(pool, policy, clock, observer).run,
+                                  stop, on_crash)]
     senders = senders_for(policy.delivery, mqtt_defaults=mqtt_defaults, client_id=client_id)
     if senders:
-        supervised("alert-delivery",
-                   DeliveryWorker(pool, policy.delivery, senders, clock, observer).run)
-    server = api_pool = None
+        threads.append(start_kept_running(
+            "alert-delivery", DeliveryWorker(pool, policy.delivery, senders, clock, observer).run,
+            stop, on_crash))
+    servers: list[uvicorn.Server] = []   # the one serving now is the last
+    api_pool = None
     if api is not None:
         # its own connections: a burst of operators never takes the lanes' connections
         api_pool = ConnectionPool(pool.conninfo, min_size=1, max_size=api.pool_max,
                                   open=True, name="vagt-api")
-        server = _api_server(api_pool, policy, observer, clock, api)
-        supervised("api", lambda _stop: server.run())
+
+        def serve(_stop: threading.Event, api: ApiSettings = api,
+                  api_pool: ConnectionPool = api_pool) -> None:
+            # a new server each time: one that failed (its port taken) is not used again
+            servers.append(_api_server(api_pool, policy, observer, clock, api))
+            if not stop.is_set():
+                servers[-1].run()
+
+        threads.append(start_kept_running("api", serve, stop, on_crash))
     log.info("event=alert_services_started targets=%s api=%s", ",".join(targets) or "-",
              f"{api.host}:{api.port}" if api else "-")
     try:
         yield
     finally:
         stop.set()
-        if server is not None:
+        for server in servers:
             server.should_exit = True
         for t in threads:
             t.join(timeout=15)
         if api_pool is not None:
             api_pool.close()
-    if failures:
-        raise RuntimeError("an alert service failed; see the log") from failures[0]
 
 
 def _api_server(pool: ConnectionPool, policy: AlertPolicy, observer: AlertObserver,

@@ -38,6 +38,7 @@ from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
 from vagt.ingest.topics import subscription_filters
 from vagt.rules import Rule, load_rules
+from vagt.threads import start_kept_running
 
 log = logging.getLogger("vagt.engine")
 
@@ -467,15 +468,16 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
             catching_up.follow(alarm.catching_up)
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload, catching_up,
                           on_reload=alarm.reload if alarm is not None else None)
-        timer_thread = threading.Thread(target=timer.run, args=(stop,), name="vagt-rules-timer",
-                                        daemon=True)
-        timer_thread.start()
+        crashed = metrics.thread_crashes.labels
+        timer_thread = start_kept_running("rules-timer", timer.run, stop,
+                                          lambda name: crashed(name).inc())
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),
                                 client_id=config.mqtt.client_id,
                                 api=ApiSettings(config.api_host, config.api_port)
-                                if config.api_port else None):
+                                if config.api_port else None,
+                                on_crash=lambda name: crashed(name).inc()):
                 _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
             timer_thread.join(timeout=10)

@@ -148,6 +148,11 @@ def _load_file(path: Path) -> list[Rule]:
         raise RuleConfigError(f"{path}: no such rule file") from None
     except tomllib.TOMLDecodeError as e:
         raise RuleConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RuleConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") \
+            from None
+    except OSError as e:
+        raise RuleConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
     unknown = set(doc) - {"rule"}
     if unknown:
         raise RuleConfigError(f"{path}: unknown table(s) {sorted(unknown)}; rules go in [[rule]]")
