@@ -156,3 +156,32 @@ def test_the_fleet_loads_in_parts_on_any_connection(database_url, monkeypatch):
             fleet.refresh(conn)
         assert fleet.ids == sorted(d[0] for d in DEVICES)
         assert len(fleet.last_seen) == len(DEVICES)
+
+
+def test_a_device_redeployed_to_another_municipality_moves_under_that_municipalitys_rules(
+        database_url, tmp_path):
+    # A rule for Aarhus's devices only. OXI-0002 (Samsø) is returned and deployed to a
+    # citizen in Aarhus while the engine runs: the engine's next fleet refresh must put it
+    # under the rule, and take OXI-0001, moved from Aarhus to Odder, out of it.
+    from tests.rules.harness import Harness
+
+    from vagt.devices.actions import deploy, return_device
+    from vagt.rules import RuleEngine, load_rules
+
+    register(database_url, DEVICES)
+    rules = tmp_path / "aarhus.toml"
+    rules.write_text('[[rule]]\nname = "battery_low"\nkind = "threshold"\nmetric = "battery"\n'
+                     'below = 15\nclear_at = 20\nmunicipalities = ["Aarhus"]\n')
+    fleet = loaded(database_url)
+    h = Harness(tmp_path, rules.read_text())
+    h.fleet, h.engine = fleet, RuleEngine(load_rules(rules), fleet)  # type: ignore[assignment]
+    oxi1, oxi2 = fleet.ids.index("OXI-0001"), fleet.ids.index("OXI-0002")
+    h.batch([(oxi1, "battery", 40, NOW - 60), (oxi2, "battery", 40, NOW - 60)])
+    with psycopg.connect(database_url) as conn:
+        for device, place in (("OXI-0002", "Aarhus"), ("OXI-0001", "Odder")):
+            return_device(conn, device, actor="anna")
+            deploy(conn, device, citizen_ref=f"cit-new-{device.lower()}", municipality=place,
+                   actor="anna")
+        fleet.refresh(conn)
+    h.batch([(oxi1, "battery", 5, NOW), (oxi2, "battery", 5, NOW)])
+    assert h.open() == {("battery_low", oxi2)}

@@ -112,6 +112,11 @@ class Fleet:
         # The alarm lane and the bulk lane share one fleet: growth and state updates are
         # serialised; lookups need no lock: a device enters the index last (see _add).
         self.lock = threading.Lock()
+        # One more whenever a device's vendor, model, type or municipality changes here (a
+        # device redeployed to another municipality, a model corrected by an import): what
+        # the rules computed from them (which rules apply, plausible ranges, heartbeats)
+        # must be computed again, not only for devices added.
+        self.registry_version = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -178,6 +183,9 @@ class Fleet:
                 return
             idx = np.fromiter((k for k, _ in have), dtype=np.int64, count=len(have))
             for k, r in have:
+                if (self.vendor[k], self.model[k], self.type[k], self.municipality[k]) != \
+                        (r[1], r[2], r[3], r[4]):
+                    self.registry_version += 1
                 self.vendor[k], self.model[k] = same(str(r[1])), same(str(r[2]))
                 self.type[k] = same(str(r[3]))
                 self.municipality[k], self.status[k] = same(str(r[4])), same(str(r[5]))

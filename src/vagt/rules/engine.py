@@ -104,6 +104,7 @@ class RuleEngine:
         self._ranges: dict[str, tuple[F64, F64]] = {}
         self._heartbeat = np.empty(0)
         self._n = 0
+        self._version = -1
 
     @property
     def rules(self) -> list[Rule]:
@@ -291,10 +292,13 @@ class RuleEngine:
                        updates=ev.updates, bad=ev.bad)
 
     def _sync(self) -> int:
-        """Applicability, plausible ranges and heartbeats for devices added since last time."""
+        """Applicability, plausible ranges and heartbeats, again when devices were added or
+        one's vendor, model, type or municipality changed since last time."""
         f = self.fleet
-        n = len(f)
-        if n == self._n and all(r.name in self._applies for r in self._rules):
+        version = f.registry_version   # before reading the columns: a change meanwhile
+        n = len(f)                     # makes the next call compute them again
+        if n == self._n and version == self._version \
+                and all(r.name in self._applies for r in self._rules):
             return n
         types = np.asarray(f.type[:n], dtype=object)
         models = np.asarray(f.model[:n], dtype=object)
@@ -310,7 +314,7 @@ class RuleEngine:
                 mask &= np.isin(munis, list(r.municipalities))
             self._applies[r.name] = mask
         self._catalogue_columns(n)
-        self._n = n
+        self._n, self._version = n, version
         return n
 
     def _catalogue_columns(self, n: int) -> None:

@@ -33,6 +33,8 @@ class FleetView(Protocol):
     type: list[str]
     municipality: list[str]
     status: list[str]
+    # changes whenever a device's vendor, model, type or municipality does
+    registry_version: int
 
     def __len__(self) -> int: ...
 
@@ -47,9 +49,15 @@ class ListFleet:
     type: list[str] = field(default_factory=list)
     municipality: list[str] = field(default_factory=list)
     status: list[str] = field(default_factory=list)
+    registry_version: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def move(self, device_id: str, municipality: str) -> None:
+        """The device redeployed to another municipality."""
+        self.municipality[self.ids.index(device_id)] = municipality
+        self.registry_version += 1
 
     def add(self, device_id: str, vendor: str, model: str, type_: str, municipality: str,
             status: str = "deployed") -> None:
