@@ -259,3 +259,114 @@ def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url
             assert prune(conn, datetime.now(UTC) + timedelta(days=1)) == 1
     assert [d[1:3] for d in deliveries(database_url)] == [(0, False)]
     assert rows(database_url, "SELECT count(*) FROM alert_outbox") == [(1,)]
+
+
+class _GarbageServer:
+    """Answers any request with a line that is not HTTP, then hangs up."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks/vagt"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"garbage\r\n")
+
+
+def test_a_receiver_answering_garbage_is_a_failed_try_and_the_other_targets_go_on(
+        database_url, receiver):
+    receiver.failures = 0
+    garbage = _GarbageServer()
+    policy = DeliveryPolicy(webhooks=(WebhookTarget("broken", garbage.url, SECRET),
+                                      WebhookTarget("callcentre", receiver.url, SECRET)),
+                            backoff_initial_s=2.0, max_attempts=2)
+    alarms(database_url, policy, 1)
+    clock = Clock()
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(w) for w in policy.webhooks],
+                                clock)
+        assert worker.deliver_due() == 2
+        clock.t += 2
+        assert worker.deliver_due() == 1
+    garbage.sock.close()
+    assert rows(database_url, "SELECT target, attempts, delivered_at IS NOT NULL, "
+                              "dead_at IS NOT NULL, last_error FROM alert_deliveries "
+                              "ORDER BY target") == [
+        ("broken", 2, False, True, f"{garbage.url}: not an HTTP response (BadStatusLine)"),
+        ("callcentre", 1, True, False, None)]
+
+
+@dataclass
+class Recording:
+    """A sender of the test's own: records what it sends; `error` raised, `hold` waited on."""
+
+    name: str = "callcentre"
+    sent: list[str] = field(default_factory=list)
+    error: Exception | None = None
+    hold: threading.Event | None = None
+    sending: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
+        self.sending.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+        if self.error is not None:
+            raise self.error
+        self.sent.append(delivery_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sender_raising_what_it_did_not_foresee_is_a_failed_try_not_a_stall(database_url):
+    policy = webhook_policy("http://127.0.0.1:9/unused", max_attempts=2)
+    alarms(database_url, policy, 2)
+    clock = Clock()
+    bug = Recording(error=ValueError("http://user:token@example.invalid/ is not allowed"))
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [bug], clock)
+        for _ in range(3):
+            worker.deliver_due()
+            clock.t += 60
+        bug.error = None
+        worker.deliver_due()
+    (first, second) = deliveries(database_url)
+    assert first[1:4] == (2, False, True)            # two tries, then a dead letter
+    assert str(first[4]).startswith("unexpected ValueError at test_delivery.py:")
+    assert "token" not in str(first[4])
+    assert second[1:4] == (2, True, False)           # the next went on once it could
+
+
+def test_two_engines_never_send_a_targets_events_out_of_order(database_url):
+    # Engine A is stuck sending event 1 to a slow receiver; engine B must not send event 2
+    # meanwhile (the call centre would see "reopened" before "resolved", or the like).
+    policy = webhook_policy("http://127.0.0.1:9/unused")
+    alarms(database_url, policy, 2)
+    hold = threading.Event()
+    slow, other = Recording(hold=hold), Recording()
+    with open_pool(database_url, 1, 4) as pool:
+        a = DeliveryWorker(pool, policy, [slow], Clock())
+        b = DeliveryWorker(pool, policy, [other], Clock())
+        t = threading.Thread(target=a.deliver_due)
+        t.start()
+        try:
+            assert slow.sending.wait(10)
+            assert b.deliver_due() == 0
+            assert other.sent == []
+        finally:
+            hold.set()
+            t.join(10)
+        assert b.deliver_due() == 0                  # A sent both, in order
+    assert [d.split("-")[0] for d in slow.sent] == [str(d[0]) for d in deliveries(database_url)]
+    assert [d[2] for d in deliveries(database_url)] == [True, True]

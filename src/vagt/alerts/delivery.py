@@ -4,7 +4,8 @@ Each target is worked in outbox order. A failed try is retried with exponential 
 (`backoff_initial` doubling up to `backoff_max`); while it waits, the target's later events
 wait behind it, so a receiver never sees "resolved" before "opened". After `max_attempts`
 tries the delivery is a dead letter (kept, with the last error) and the next one goes.
-Rows are taken FOR UPDATE SKIP LOCKED, so several engines never send the same row at once.
+Several engines share the outbox: one at a time works a target (a transaction-level advisory
+lock per target), so they never send the same row at once, nor a target's events out of order.
 
 Webhook signature (the receiver recomputes it): header `X-Vagt-Timestamp: <unix seconds>`
 and `X-Vagt-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`. A receiver
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import logging
 import threading
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -85,6 +88,9 @@ class WebhookSender:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DeliveryFailed(f"{_where(self.target.url)}: {reason}") from None
+        except http.client.HTTPException as e:  # not HTTP: a status line of garbage, say
+            raise DeliveryFailed(f"{_where(self.target.url)}: not an HTTP response "
+                                 f"({type(e).__name__})") from None
         if not 200 <= status < 300:
             raise DeliveryFailed(f"HTTP {status} from {_where(self.target.url)}")
 
@@ -141,13 +147,16 @@ class _TopicFields(dict[str, object]):
         return "{" + key + "}"
 
 
+# Held for the transaction that sends one event: while one engine's worker waits on a slow
+# receiver, another's must not send the target's next event before it.
+_TARGET_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('vagt.delivery'), hashtext(%s))"
 _DUE = """
 SELECT d.outbox_id, o.event, o.payload::text, d.attempts, d.next_attempt_at
 FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
 WHERE d.target = %s AND d.delivered_at IS NULL AND d.dead_at IS NULL
 ORDER BY d.outbox_id
 LIMIT 1
-FOR UPDATE OF d SKIP LOCKED
+FOR UPDATE OF d
 """
 
 
@@ -187,6 +196,9 @@ class DeliveryWorker:
         tries = 0
         while tries < self.batch:
             with self.pool.connection() as conn, conn.transaction():
+                [mine] = conn.execute(_TARGET_LOCK, (sender.name,)).fetchone() or (False,)
+                if not mine:
+                    break  # another engine is sending to this target
                 row = conn.execute(_DUE, (sender.name,)).fetchone()
                 if row is None:
                     break
@@ -210,6 +222,16 @@ class DeliveryWorker:
             sender.send(f"{outbox_id}-{sender.name}", event, body, now)
         except DeliveryFailed as e:
             return "failed", str(e)
+        except Exception as e:  # a bug, or an error the sender did not foresee: a failed try
+            # (retried, then a dead letter) so that this target's later events and the other
+            # targets go on. Its type and where it came from, not its text: that may hold a
+            # URL with a token in it.
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            error = (f"unexpected {type(e).__name__} at "
+                     f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}")
+            log.error("event=alert_delivery_error target=%s outbox_id=%d error=%r", sender.name,
+                      outbox_id, error)
+            return "failed", error
         return "delivered", None
 
     def _record(self, conn: psycopg.Connection, target: str, outbox_id: int, attempts: int,
