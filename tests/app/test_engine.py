@@ -67,7 +67,7 @@ def test_each_kind_of_bad_input_is_a_dead_letter_with_its_reason_and_the_engine_
                                         "v": 97, "t": T0}])
     bad = [
         (topic(topic_root, "OXI-0001", "telemetry"), b'{"readings": [{"metric": "spo2",'),
-        (topic(topic_root, "OXI-0001", "telemetry"), b"x" * (65 * 1024)),
+        (topic(topic_root, "OXI-0001", "telemetry"), b"x" * (4 * 1024 * 1024)),
         (topic(topic_root, "OXI-0001", "telemetry"), senml_unknown_unit),
         (topic(topic_root, "OXI-0001", "telemetry"), telemetry("OXI-0002", T0, spo2=97)),
         (topic(topic_root, "NOPE-0001", "telemetry"), telemetry("NOPE-0001", T0, spo2=97)),
@@ -82,8 +82,13 @@ def test_each_kind_of_bad_input_is_a_dead_letter_with_its_reason_and_the_engine_
                                   "ORDER BY id")
     assert [r[0] for r in reasons] == ["malformed", "payload_too_large", "unknown_unit",
                                        "device_mismatch", "unknown_device"]
-    assert reasons[1][2] == 65 * 1024  # the raw bytes are kept, all of them
+    # 4 MiB: its first 64 KiB (the limit) are kept, not all of it: a device sending
+    # megabytes must not fill the engine's memory or the table
+    assert reasons[1][2] == 64 * 1024
     details = [r[0] for r in query(database_url, "SELECT detail FROM dead_letters ORDER BY id")]
+    assert details[1].startswith(f"the payload of {4 * 1024 * 1024} bytes is over the limit "
+                                 f"of {64 * 1024} bytes (ingest.max_payload_bytes); its first "
+                                 f"{64 * 1024} bytes are kept")
     assert "furlong" in details[2]
     assert "NOPE-0001" in details[4]
     assert engine.proc is not None and engine.proc.poll() is None

@@ -95,6 +95,7 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
         host=m.host, port=m.port, username=m.username, password=m.password, tls=m.tls,
         ca_file=m.ca_file, protocol=m.protocol, session_expiry_s=m.session_expiry_s,
         receive_maximum=m.receive_maximum, keepalive_s=m.keepalive_s,
+        max_payload_bytes=config.ingest.max_payload_bytes,
     )
 
 

@@ -17,7 +17,8 @@ not 150).
 The pipe's messages:
 - engine to child: the `ReceiverSettings` first, then (ACK, first batch, last batch) and
   (STOP, 0, 0);
-- child to engine: (BATCH, number, topics, payloads, arrival times), (ACKED, how many) after
+- child to engine: (BATCH, number, topics, payloads, arrival times, {index: size} of the
+  oversized, cut to their first bytes), (ACKED, how many) after
   each acknowledgement, and (CONNECTED, up or not) when that changes.
 """
 
@@ -160,9 +161,11 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, topics, payloads, arrived = message
+                _, number, topics, payloads, arrived, cut = message
                 token = _BatchToken(incarnation, number)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
+                for i, size in cut.items():   # oversized: only their first bytes came
+                    batch[i] = RawMessage(topics[i], payloads[i], arrived[i], token, size)
                 with self._cond:
                     if incarnation != self.incarnation:
                         break
@@ -211,7 +214,8 @@ def run_receiver(argv: list[str]) -> None:
                 number = next(numbers)
                 held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
                 send((BATCH, number, [m.topic for m in batch], [m.payload for m in batch],
-                      [m.received_at for m in batch]))
+                      [m.received_at for m in batch],
+                      {i: m.size for i, m in enumerate(batch) if m.size >= 0}))
 
 
 def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],

@@ -62,6 +62,8 @@ class SessionSettings:
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 20000
     keepalive_s: int = 30
+    # a payload over this is cut to its first this-many bytes as it arrives (RawMessage.size)
+    max_payload_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +285,13 @@ class MqttSession:
         except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
             topic = msg._topic.decode("utf-8", "replace")
         self._received += 1
-        m = RawMessage(topic, bytes(msg.payload), time.time(),
-                       _Token(self._generation, msg.mid, msg.qos))
+        payload, limit = msg.payload, self.settings.max_payload_bytes
+        if len(payload) > limit:  # a dead letter to be: its first bytes and its size suffice
+            m = RawMessage(topic, bytes(payload[:limit]), time.time(),
+                           _Token(self._generation, msg.mid, msg.qos), len(payload))
+        else:
+            m = RawMessage(topic, bytes(payload), time.time(),
+                           _Token(self._generation, msg.mid, msg.qos))
         with self._cond:
             self._inbox.append(m)
             if len(self._inbox) == 1:

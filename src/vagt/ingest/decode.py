@@ -40,8 +40,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
         # one message, inline: this loop runs for every message the engine receives
         try:
             payload = m.payload
-            if len(payload) > max_payload_bytes:  # before parsing: then it costs nothing more
-                raise _too_large(len(payload), max_payload_bytes)
+            if len(payload) > max_payload_bytes or m.size > max_payload_bytes:
+                raise _too_large(len(payload), m.size, max_payload_bytes)  # before parsing
             try:
                 doc = loads(payload)
             except json_error as e:
@@ -66,10 +66,13 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
     return out
 
 
-def _too_large(size: int, limit: int) -> Reject:
+def _too_large(kept: int, size: int, limit: int) -> Reject:
+    """`size` is the payload's size as it arrived when only its first `kept` bytes came."""
+    whole = size < 0
     return Reject(DeadLetterReason.PAYLOAD_TOO_LARGE,
-                  f"the payload of {size} bytes is over the limit of {limit} bytes "
-                  "(ingest.max_payload_bytes)")
+                  f"the payload of {kept if whole else size} bytes is over the limit of "
+                  f"{limit} bytes (ingest.max_payload_bytes)"
+                  + ("" if whole else f"; its first {kept} bytes are kept"))
 
 
 def _dead(out: DecodedBatch, i: int, m: RawMessage, reason: DeadLetterReason, detail: str,

@@ -42,6 +42,10 @@ class RawMessage:
     payload: bytes
     received_at: float  # unix seconds, taken when the client handed it to us
     token: object = None
+    # The payload's size as it arrived, when `payload` holds only its first bytes: a message
+    # over the size limit is kept as a dead letter, but not carried and stored whole (a
+    # device sending megabytes must not fill the engine's memory). -1: `payload` is whole.
+    size: int = -1
 
 
 @dataclass(frozen=True, slots=True)
