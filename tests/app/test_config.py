@@ -48,6 +48,10 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
                                    "least 1, got 0"),
     ({"VAGT_BULK_BATCH_WAIT_MS": "-1"}, "'ingest.bulk_batch_wait_ms' (VAGT_BULK_BATCH_WAIT_MS) "
                                         "must be from 0 to 10000 ms, got -1"),
+    # a secret that failed to render: not the embedded database nobody reads
+    ({"VAGT_DATABASE_URL": ""}, "VAGT_DATABASE_URL is set but empty; give it a value, or "
+                                "unset it for the default"),
+    ({"VAGT_MQTT_URL": "  "}, "VAGT_MQTT_URL is set but empty"),
     ({"VAGT_BULK_BACKLOG_WAIT_MS": "10001"},
      "'ingest.bulk_backlog_wait_ms' (VAGT_BULK_BACKLOG_WAIT_MS) must be from 0 to 10000 ms, "
      "got 10001"),

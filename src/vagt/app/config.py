@@ -163,7 +163,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"configuration file {p} is not valid TOML: {e}") from None
     for var, (section, key) in ENV_SETTINGS.items():
-        if var in env and env[var] != "":
+        if var in env and env[var].strip() == "":
+            # Set but empty is a secret or template that failed to render, not "the default":
+            # an empty VAGT_DATABASE_URL would start an embedded database nobody reads.
+            raise ConfigError(f"{var} is set but empty; give it a value, or unset it for "
+                              "the default")
+        if var in env:
             target = raw.setdefault(section, {}) if section else raw
             if not isinstance(target, dict):
                 raise ConfigError(f"[{section}] in the configuration file must be a table")
