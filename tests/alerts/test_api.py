@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
-from tests.alerts.support import add_device, alert_of, fire
+from tests.alerts.support import add_device, alert_of, fire, rows
 from tests.support import free_port
 
 from vagt.alerts.accounts import add_user, create_token, disable_user, revoke_token
@@ -303,3 +303,45 @@ def test_a_supervisor_releases_an_operators_alert_an_operator_may_not(api):
         f"/api/v1/alerts/{alarm}/release").status_code == 409
     r = api.as_("sofie").post(f"/api/v1/alerts/{alarm}/release", json={"note": "anna left"})
     assert (r.status_code, r.json()["status"]) == (200, "open")
+
+
+# --- input the database cannot take, and rows held by another session ------------------------
+
+
+def test_a_silence_with_a_time_without_a_time_zone_answers_422_not_500(api):
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "visit",
+        "ends_at": "2030-01-01T00:00:00"})
+    assert r.status_code == 422
+    assert "timezone" in str(r.json()["detail"])
+
+
+def test_a_nul_character_answers_422_or_401_not_500(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    anna = api.as_("anna")
+    assert anna.get("/api/v1/alerts", params={"queue": "\x00"}).status_code == 422
+    r = anna.post(f"/api/v1/alerts/{alarm}/notes", json={"note": "called\x00"})
+    assert r.status_code == 422 and "cannot be stored" in r.json()["detail"]
+    assert httpx.get(f"{api.url}/api/v1/alerts", auth=("an\x00na", PASSWORD)).status_code == 401
+    assert rows(api.database_url, "SELECT action FROM alert_audit WHERE alert_id = %s",
+                (alarm,)) == [("open",)]
+
+
+def test_a_resolve_waiting_on_rows_another_session_holds_answers_503_and_changes_nothing(api):
+    # An operator resolves a gateway's silence alert (an inhibition source: resolving it
+    # looks at the alerts it held back) while the engine holds one of those in a batch.
+    add_device(api.database_url, "GW-0001", "gateway", "Aarhus")
+    (gateway, _), = fire(api.database_url, ("device_silent", "GW-0001"))
+    add_device(api.database_url, "OXI-0009", "pulse_oximeter", "Aarhus", gateway="GW-0001")
+    (held, _), = fire(api.database_url, ("battery_low", "OXI-0009"))
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{gateway}/claim").status_code == 200
+    with psycopg.connect(api.database_url) as engine:
+        engine.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (held,))
+        r = anna.post(f"/api/v1/alerts/{gateway}/resolve",
+                      json={"code": "resolved", "note": "gateway back"}, timeout=30)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert anna.get(f"/api/v1/alerts/{gateway}").json()["status"] == "claimed"
+    r = anna.post(f"/api/v1/alerts/{gateway}/resolve",
+                  json={"code": "resolved", "note": "gateway back"})
+    assert r.status_code == 200

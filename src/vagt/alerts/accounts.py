@@ -172,6 +172,8 @@ _PRINCIPAL = ("SELECT o.username, o.role, o.municipality, o.queues FROM operator
 
 def authenticate_password(conn: psycopg.Connection, username: str,
                           password: str) -> Principal | None:
+    if "\x00" in username:   # no account has one, and the database cannot even compare it
+        username = ""
     row = conn.execute("SELECT password_hash FROM operators WHERE username = %s "
                        "AND disabled_at IS NULL", (username,)).fetchone()
     # hash even for an unknown user, so the answer's timing does not tell who exists

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -35,6 +36,7 @@ from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.routing import queues_of
+from vagt.errors import first_line
 
 log = logging.getLogger("vagt.api")
 
@@ -68,6 +70,9 @@ def create_app(pool: ConnectionPool, policy: AlertPolicy, *,
     app.state.observer = observer or NullObserver()
     app.state.clock = clock
     app.add_exception_handler(AlertError, _alert_error)  # type: ignore[arg-type]
+    for busy in (errors.LockNotAvailable, errors.TransactionRollback):  # as the CLI does
+        app.add_exception_handler(busy, _busy)  # type: ignore[arg-type]
+    app.add_exception_handler(psycopg.DataError, _unstorable)  # type: ignore[arg-type]
     app.include_router(_router(), prefix="/api/v1")
 
     @app.get("/health", include_in_schema=False)
@@ -82,6 +87,23 @@ def _alert_error(_request: Request, exc: AlertError) -> JSONResponse:
             else status.HTTP_409_CONFLICT if isinstance(exc, InvalidTransition | AlertBusy)
             else status.HTTP_422_UNPROCESSABLE_CONTENT)
     return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=code)
+
+
+def _busy(_request: Request, exc: psycopg.Error) -> JSONResponse:
+    """Rows the engine (or another operator) held longer than the lock timeout: nothing was
+    changed, and the same request a moment later will do."""
+    log.warning("event=api_busy error=%s", first_line(exc))
+    return JSONResponse({"detail": "the alerts are being changed by another session; nothing "
+                                   "was changed: try again in a moment"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": "1"})
+
+
+def _unstorable(_request: Request, exc: psycopg.DataError) -> JSONResponse:
+    """A value the database cannot hold (a NUL character in a text, say): the caller's."""
+    return JSONResponse({"detail": f"the request holds a value that cannot be stored: "
+                                   f"{first_line(exc)}"},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _conn(request: Request) -> Iterator[psycopg.Connection]:

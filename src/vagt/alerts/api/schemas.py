@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 
 class Alert(BaseModel):
@@ -104,8 +104,10 @@ class NewSilence(BaseModel):
     matchers: list[str] = Field(min_length=1, examples=[['device_id="OXI-0001"']],
                                 description='Alertmanager matchers: name="v", name!="v", '
                                             'name=~"regex", name!~"regex"')
-    starts_at: datetime | None = Field(default=None, description="default: now")
-    ends_at: datetime
+    # with a time zone ("Z" or "+01:00"): a time without one means nothing for sure to
+    # a centre on Danish time with a server on UTC
+    starts_at: AwareDatetime | None = Field(default=None, description="default: now")
+    ends_at: AwareDatetime
     comment: str = Field(min_length=1)
 
 
