@@ -238,3 +238,32 @@ def test_the_outbox_row_is_rolled_back_with_the_alert(target):
         conn.rollback()  # the batch failed: nothing of it may remain
     assert rows(target, "SELECT count(*) FROM alerts") == [(0,)]
     assert outbox(target) == []
+
+
+def test_an_alert_claimed_while_reconcile_planned_to_suppress_it_gets_no_suppressed_event(
+        fleet, conn):
+    # reconcile reads its candidates without a lock; an operator claims one of them before
+    # its UPDATE. The UPDATE skips it (and audits nothing): the call centre must hear nothing
+    # of a suppression that did not happen, for the alert its operator is working on.
+    import threading
+
+    register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget("cc", "http://x", b"k"),)))
+    start = datetime.now(UTC) + timedelta(hours=1)
+    silence(conn, 'device_id="OXI-0001"', minutes=120, start=start)
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    done: list[object] = []
+    with psycopg.connect(fleet) as operator:
+        operator.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+        engine = threading.Thread(target=lambda: done.append(
+            reconcile(conn, now=start + timedelta(minutes=1))))
+        engine.start()
+        engine.join(1.0)   # it waits for the operator's lock
+        assert engine.is_alive()
+        operator.execute("UPDATE alerts SET status = 'claimed', claimed_by = 'anna' "
+                         "WHERE id = %s", (alert_id,))
+    engine.join(10)
+    assert done and done[0].suppressed == []                      # type: ignore[attr-defined]
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "claimed"
+    assert rows(fleet, "SELECT event FROM alert_outbox WHERE alert_id = %s ORDER BY id",
+                (alert_id,)) == [("opened",)]
+    assert [a[1] for a in audit(fleet, alert_id)] == ["open"]

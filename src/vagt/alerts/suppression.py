@@ -61,6 +61,7 @@ changed AS (
 INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note, details)
 SELECT id, %s, 'vagt', 'suppress', 'open', 'suppressed', reason,
        jsonb_build_object('reason', reason) FROM changed
+RETURNING alert_id
 """
 
 _UNSUPPRESS = """
@@ -73,6 +74,7 @@ WITH changed AS (
 INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note)
 SELECT id, %(now)s, 'vagt', 'unsuppress', 'suppressed', 'open',
        'nothing holds it back any more' FROM changed
+RETURNING alert_id
 """
 
 
@@ -112,16 +114,22 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
         elif reason is not None and reason != old_reason:
             conn.execute("UPDATE alerts SET suppressed_reason = %s WHERE id = %s",
                          (reason, alert_id))
+    # The candidates were read without a lock: an operator may have claimed one since, or the
+    # engine resolved it. The guarded UPDATEs skip those; what they changed (and audited) is
+    # what the call centre hears of, not what was planned.
+    suppressed: list[int] = []
+    released: list[int] = []
     if to_suppress:
-        conn.execute(_SUPPRESS, ([i for i, _ in to_suppress], [r for _, r in to_suppress],
-                                 now, now))
-        outbox.enqueue(conn, [i for i, _ in to_suppress if i not in quiet], "suppressed",
+        suppressed = [int(r[0]) for r in conn.execute(_SUPPRESS, (
+            [i for i, _ in to_suppress], [r for _, r in to_suppress], now, now)).fetchall()]
+        outbox.enqueue(conn, [i for i in suppressed if i not in quiet], "suppressed",
                        ENGINE_ACTOR)
     if to_release:
-        conn.execute(_UNSUPPRESS, {"ids": to_release, "now": now})
-        outbox.enqueue(conn, [i for i in to_release if i not in quiet], "unsuppressed",
+        released = [int(r[0]) for r in conn.execute(
+            _UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()]
+        outbox.enqueue(conn, [i for i in released if i not in quiet], "unsuppressed",
                        ENGINE_ACTOR)
-    return Changes([i for i, _ in to_suppress], to_release)
+    return Changes(sorted(suppressed), sorted(released))
 
 
 def suppression_reason(alert_id: int, labels: Mapping[str, object], device_status: str | None,
