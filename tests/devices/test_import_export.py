@@ -249,3 +249,16 @@ def test_list_filters_by_status_and_model(conn):
     assert [d.device_id for d in list_devices(conn, status="deployed")] == ["ALM-1", "OXI-1"]
     assert [d.device_id for d in list_devices(conn, model="Accu-Chek Guide",
                                               status="retired")] == ["GLU-2"]
+
+
+def test_an_import_deploys_no_device_whose_alerts_are_not_resolved(conn, database_url):
+    from tests.alerts.support import fire
+
+    do_import(conn, WITH_CITIZEN + "OXI-1,Nonin,3230,pulse_oximeter,Skive,cit-1\n")
+    (alert_id, _), = fire(database_url, ("personal_alarm", "OXI-1"))
+    return_device(conn, "OXI-1", actor="anna")
+    assert problems_of(conn, WITH_CITIZEN + "OXI-1,Nonin,3230,pulse_oximeter,Odder,cit-2\n") == [
+        f"line 2: OXI-1 has alerts that are not resolved ({alert_id} personal_alarm): resolve "
+        "them first (vagt alerts resolve ...), so that the next citizen's alerts are not "
+        "added to them"]
+    assert statuses(conn) == {"OXI-1": "in_stock"}

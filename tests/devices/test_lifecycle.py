@@ -396,3 +396,28 @@ def test_an_attribute_that_is_or_names_a_cpr_number_is_refused(conn, attributes)
     with pytest.raises(PrivacyError, match="civil registration"):
         new_device(conn, attributes=attributes)
     assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
+def test_a_device_with_alerts_not_resolved_goes_to_no_next_citizen(conn, database_url):
+    # Alerts are one per rule and device: while the last citizen's is open, the next
+    # citizen's alarm would only count as its repeat, in the last citizen's municipality.
+    from tests.alerts.support import fire
+
+    from vagt.alerts import actions as alert_actions
+
+    new_device(conn)
+    to_deployed(conn)
+    (alert_id, _), = fire(database_url, ("battery_low", DEVICE))
+    return_device(conn, DEVICE, actor="anna")
+    with pytest.raises(InvalidTransition, match=(
+            rf"^{DEVICE} has alerts that are not resolved \({alert_id} battery_low\): "
+            r"resolve them first")):
+        deploy(conn, DEVICE, citizen_ref="cit-next01", municipality="Viborg", actor="anna")
+    assert conn.execute("SELECT status FROM devices").fetchall() == [("in_stock",)]
+    assert conn.execute("SELECT count(*) FROM device_assignments WHERE until IS NULL"
+                        ).fetchone() == (0,)
+    alert_actions.claim(conn, alert_id, "ole")
+    alert_actions.resolve(conn, alert_id, "ole", code="device_replaced", note="collected")
+    deploy(conn, DEVICE, citizen_ref="cit-next01", municipality="Viborg", actor="anna")
+    assert conn.execute("SELECT status, municipality FROM devices").fetchall() == [
+        ("deployed", "Viborg")]

@@ -157,6 +157,21 @@ _UPDATE = sql.SQL("""
     UPDATE devices SET status = %(to)s, status_since = %(at)s, municipality = %(municipality)s
     WHERE device_id = %(id)s RETURNING {}""").format(DEVICE_COLUMNS)
 
+# The alerts of a device that are not resolved, "17 battery_low, 18 personal_alarm". Alerts
+# are deduplicated by rule and device: while one is open, a new citizen's alarm from the
+# device would be counted as a repeat of the last citizen's, with their labels, in their
+# municipality, perhaps claimed by an operator dealing with them.
+UNRESOLVED_ALERTS = """
+SELECT string_agg(a.id || ' ' || a.rule, ', ' ORDER BY a.id) FROM alerts a
+WHERE a.device_id = %s AND a.status <> 'resolved'"""
+
+
+def unresolved_refusal(device_id: str, alerts: str) -> str:
+    return (f"{device_id} has alerts that are not resolved ({alerts}): resolve them first "
+            f"(vagt alerts resolve ...), so that the next citizen's alerts are not added to "
+            "them")
+
+
 _CLOSE = """UPDATE device_assignments SET until = %s WHERE device_id = %s AND until IS NULL
             RETURNING citizen_ref, municipality"""
 
@@ -184,6 +199,9 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
             if to is not Status.LOST:
                 municipality = CENTRAL_STOCK  # back in the centre's pool
         if assign is not None:
+            [alerts] = conn.execute(UNRESOLVED_ALERTS, (device_id,)).fetchone() or (None,)
+            if alerts:
+                raise InvalidTransition(unresolved_refusal(device_id, alerts))
             citizen_ref, municipality = assign
             conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
             details.update(citizen_ref=citizen_ref, municipality=municipality)

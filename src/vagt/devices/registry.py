@@ -22,7 +22,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from vagt.devices import lifecycle
-from vagt.devices.actions import CENTRAL_STOCK, MAX_ACTOR_LENGTH, checked_actor
+from vagt.devices.actions import (
+    CENTRAL_STOCK,
+    MAX_ACTOR_LENGTH,
+    checked_actor,
+    unresolved_refusal,
+)
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.csvfile import (
     OPTIONAL_COLUMNS,
@@ -117,11 +122,14 @@ class _Current:
     citizen_ref: str | None
     assigned_in: str | None
     assigned_since: datetime | None
+    unresolved_alerts: str | None     # see actions.UNRESOLVED_ALERTS
 
 
 _CURRENT = """
 SELECT d.device_id, d.status, d.vendor, d.model, d.type, d.municipality, d.attributes,
-       a.citizen_ref, a.municipality, a.since
+       a.citizen_ref, a.municipality, a.since,
+       (SELECT string_agg(al.id || ' ' || al.rule, ', ' ORDER BY al.id) FROM alerts al
+        WHERE al.device_id = d.device_id AND al.status <> 'resolved')
 FROM devices d
 LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
 WHERE d.device_id = ANY(%s)
@@ -134,10 +142,10 @@ def _current(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, _Curr
     wait for each other rather than deadlock)."""
     found: dict[str, _Current] = {}
     for (device_id, status, vendor, model, type_, municipality, attributes, citizen_ref,
-         assigned_in, since) in conn.execute(_CURRENT, (device_ids,)):
+         assigned_in, since, unresolved) in conn.execute(_CURRENT, (device_ids,)):
         found[device_id] = _Current(Status(status), (vendor, model, type_, municipality,
                                                      attributes), citizen_ref, assigned_in,
-                                    since)
+                                    since, unresolved)
     return found
 
 
@@ -185,7 +193,10 @@ class _Plan:
         problems_before = len(self.problems)
         deploy = assign = False
         if row.citizen_ref is not None:
-            if cur.status is Status.IN_STOCK:
+            if cur.status is Status.IN_STOCK and cur.unresolved_alerts:
+                self.problems.append(f"line {row.line}: " + unresolved_refusal(
+                    row.device_id, cur.unresolved_alerts))
+            elif cur.status is Status.IN_STOCK:
                 deploy = True
             elif cur.status is not Status.DEPLOYED:
                 self.problems.append(f"line {row.line}: " + lifecycle.refusal(
