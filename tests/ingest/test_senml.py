@@ -221,3 +221,18 @@ def test_an_invalid_pack_is_a_dead_letter_saying_what_and_where(pack, reason, wo
 def test_an_alarm_channel_pack_without_an_event_is_refused():
     assert "alarm channel must carry an event" in dead_detail([{"n": "spo2", "v": 97}],
                                                               channel="alarm")
+
+
+def test_a_name_as_long_as_a_payload_is_read_but_not_remembered():
+    # The device prefix may be anything that ends in ':{device}': a misbehaving device could
+    # send names of kilobytes, each new; they are read, and not kept in the name cache.
+    from vagt.ingest import senml
+
+    before = len(senml._metrics)
+    for k in range(50):
+        name = f"urn:dev:{k:04d}{'x' * 20_000}:OXI-1:spo2"
+        out = decode([{"n": name, "u": "%", "v": 97}], limit=64 * 1024)
+        assert readings(out) == [("spo2", 97.0, "%", NOW)]
+    assert len(senml._metrics) == before
+    decode([{"n": "urn:dev:ow:OXI-1:spo2", "u": "%", "v": 96}])
+    assert ("urn:dev:ow:OXI-1:spo2", "OXI-1") in senml._metrics   # short names are kept

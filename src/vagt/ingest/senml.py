@@ -156,13 +156,18 @@ def decode_senml(pack: list[Any], device_id: str, alarm: bool, window: TimeWindo
 
 
 _metrics: dict[tuple[str, str], str] = {}  # (resolved name, device) → metric: names repeat
+# Names longer than this are looked up each time, not kept: a device's prefix is an id or a
+# URN of a few dozen characters, and a name can be as long as a payload (64 KiB): 100,000
+# of those would hold gigabytes.
+MAX_CACHED_NAME = 200
 
 
 def _metric_of_cached(r: Resolved, device_id: str) -> str:
     metric = metric_of(r.name, device_id, f"SenML record {r.position}")
-    if len(_metrics) >= 100_000:
-        _metrics.clear()
-    _metrics[r.name, device_id] = metric
+    if len(r.name) <= MAX_CACHED_NAME:
+        if len(_metrics) >= 100_000:
+            _metrics.clear()
+        _metrics[r.name, device_id] = metric
     return metric
 
 
