@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -242,3 +242,42 @@ def test_a_take_that_may_wait_longer_than_the_child_merges_its_batches_to_fill(
         trickling.join()
     assert [m.payload for m in batch] == [p for _, p in sent]
     assert len({m.token.number for m in batch}) > 1     # the child's batches, merged
+
+
+def settled(value: Callable[[], int], quiet_s: float = 1.0, timeout: float = 20) -> int:
+    """`value()` once it has not changed for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    raise AssertionError(f"still changing after {timeout}s: {last}")
+
+
+def test_what_waited_for_the_engine_before_the_child_reconnected_is_not_kept_twice(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    # The engine takes nothing (its database away, say) while the broker restarts: the
+    # child connects again and the broker sends the 30 again. What waited from the first
+    # connection cannot be acknowledged any more: one copy is kept, not one per connection.
+    sent = payloads(topic_root, 30)
+    acked: list[int] = []
+    with ReceiverProcess(settings, on_acked=acked.append) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, sent)
+        wait_for(lambda: receiver.waiting == 30, what="the 30, waiting to be taken")
+        broker.restart()
+        wait_for(lambda: not receiver.connected, what="the child to see the broker go")
+        wait_for(lambda: receiver.connected, what="the child's session again")
+        assert settled(lambda: receiver.waiting) == 30
+        again = take_all(receiver, 30, stop)
+        assert [m.payload for m in again] == [p for _, p in sent]
+        receiver.ack(again)
+        wait_for(lambda: sum(acked) == 30, what="the 30 acknowledged on the new connection")
+    with ReceiverProcess(settings) as receiver:   # acknowledged for good
+        wait_for(lambda: receiver.connected, what="the child's session")
+        assert take_all(receiver, 1, stop, timeout=2) == []

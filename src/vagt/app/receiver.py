@@ -17,8 +17,8 @@ not 150).
 The pipe's messages:
 - engine to child: the `ReceiverSettings` first, then (ACK, first batch, last batch) and
   (STOP, 0, 0);
-- child to engine: (BATCH, number, topics, payloads, arrival times, {index: size} of the
-  oversized, cut to their first bytes), (ACKED, how many) after
+- child to engine: (BATCH, number, the session's connection, topics, payloads, arrival
+  times, {index: size} of the oversized, cut to their first bytes), (ACKED, how many) after
   each acknowledgement, and (CONNECTED, up or not) when that changes.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 from vagt.app import heap
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT
-from vagt.ingest.consumer import MqttSession, SessionSettings
+from vagt.ingest.consumer import MqttSession, SessionSettings, connection_of
 from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.engine")
@@ -82,6 +82,7 @@ class ReceiverProcess(ChildProcess):
         self._on_acked = on_acked
         self._cond = threading.Condition()
         self._batches: collections.deque[list[RawMessage]] = collections.deque()
+        self._connection = 0     # the child's session's connection the batches came on
         self._connected = False
         self._behind = False
         self._child_wait_s = settings.batch_wait_s
@@ -102,6 +103,12 @@ class ReceiverProcess(ChildProcess):
         return self._connected
 
     @property
+    def waiting(self) -> int:
+        """Messages received and not taken yet."""
+        with self._cond:
+            return sum(map(len, self._batches))
+
+    @property
     def behind(self) -> bool:
         """The last `take` left batches waiting here."""
         return self._behind
@@ -109,6 +116,7 @@ class ReceiverProcess(ChildProcess):
     def _started(self, control: Connection) -> None:
         with self._cond:
             self._batches.clear()   # a dead child's: the broker sends them again
+            self._connection = 0
             self._connected = False
             incarnation = self.incarnation
         threading.Thread(target=self._read, args=(control, incarnation), daemon=True,
@@ -161,7 +169,7 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, topics, payloads, arrived, cut = message
+                _, number, connection, topics, payloads, arrived, cut = message
                 token = _BatchToken(incarnation, number)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 for i, size in cut.items():   # oversized: only their first bytes came
@@ -169,6 +177,13 @@ class ReceiverProcess(ChildProcess):
                 with self._cond:
                     if incarnation != self.incarnation:
                         break
+                    if connection != self._connection:
+                        # The child connected again: what waits here came on the last
+                        # connection, cannot be acknowledged, and the broker is sending it
+                        # again. Kept, each reconnect while the engine is stalled (its
+                        # database away) would add a Receive Maximum of copies.
+                        self._batches.clear()
+                        self._connection = connection
                     self._batches.append(batch)
                     self._cond.notify()
             elif kind == ACKED:
@@ -205,6 +220,7 @@ def run_receiver(argv: list[str]) -> None:
                          name="vagt-bulk-receiver-acks", daemon=True).start()
         numbers = itertools.count(1)
         connected: bool | None = None
+        connection = 0
         while not stop.is_set():
             if session.connected != connected:
                 connected = session.connected
@@ -212,8 +228,16 @@ def run_receiver(argv: list[str]) -> None:
             batch = session.take(settings.batch_max, settings.batch_wait_s, stop)
             if batch:
                 number = next(numbers)
+                if (now_on := connection_of(batch[0].token)) != connection:
+                    # a new connection: the broker sends again what the last one had not
+                    # acknowledged, and acknowledgements of its batches would be no-ops
+                    connection = now_on
+                    for old, tokens in list(held.items()):
+                        if tokens and connection_of(tokens[0]) != connection:
+                            held[old] = []   # forgotten: the engine drops them unacknowledged
                 held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
-                send((BATCH, number, [m.topic for m in batch], [m.payload for m in batch],
+                send((BATCH, number, connection, [m.topic for m in batch],
+                      [m.payload for m in batch],
                       [m.received_at for m in batch],
                       {i: m.size for i, m in enumerate(batch) if m.size >= 0}))
 
@@ -237,6 +261,10 @@ def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list
                 acked = 0
                 for number in range(first, last + 1):
                     acked += session.ack_tokens(held.pop(number))
+                # batches of an earlier connection that the engine dropped (see run_receiver)
+                # are acknowledged by nobody: those before this one are gone for good
+                for number in [n for n, tokens in list(held.items()) if n < first and not tokens]:
+                    held.pop(number, None)
                 send((ACKED, acked))
             elif kind == STOP:
                 return

@@ -73,6 +73,13 @@ class _Token:
     qos: int
 
 
+def connection_of(token: object) -> int:
+    """Which of its session's connections (1, 2, ...) the message with this token came on;
+    its acknowledgement reaches the broker only on that one."""
+    assert isinstance(token, _Token), "the token of an MqttSession's message"
+    return token.generation
+
+
 class MqttSession:
     """A persistent QoS 1 subscription whose messages are acknowledged after commit.
 
