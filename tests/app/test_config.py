@@ -52,6 +52,7 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
     ({"VAGT_DATABASE_URL": ""}, "VAGT_DATABASE_URL is set but empty; give it a value, or "
                                 "unset it for the default"),
     ({"VAGT_MQTT_URL": "  "}, "VAGT_MQTT_URL is set but empty"),
+    ({"VAGT_ALERTS": ""}, "VAGT_ALERTS is set but empty"),
     ({"VAGT_BULK_BACKLOG_WAIT_MS": "10001"},
      "'ingest.bulk_backlog_wait_ms' (VAGT_BULK_BACKLOG_WAIT_MS) must be from 0 to 10000 ms, "
      "got 10001"),
@@ -85,3 +86,8 @@ def test_a_password_never_appears_in_an_error(tmp_path: Path):
         load_config(None, env={"VAGT_MQTT_URL": "tcp://user:hunter2@host"})
     assert "hunter2" not in str(e.value)
     assert redact_url("mqtt://u:hunter2@h:1") == "mqtt://u:***@h:1"
+
+
+def test_an_empty_share_group_still_means_no_shared_subscription():
+    assert load_config(None, env={"VAGT_MQTT_SHARE_GROUP": ""}).mqtt.share_group == \
+        load_config(None, env={}).mqtt.share_group

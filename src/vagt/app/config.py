@@ -143,6 +143,14 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_API_PORT": ("", "api_port"),
 }
 
+# Variables whose default, when unset, is something vagt brings along (an embedded database, a
+# local broker, the built-in rules, catalogue or alert policy, no device secret). Set but
+# empty, they are a secret or template that failed to render, not a wish for that default:
+# an empty VAGT_DATABASE_URL would start an embedded database nobody reads. Empty elsewhere
+# (VAGT_MQTT_SHARE_GROUP="": no shared subscription) means unset, as it always did.
+NOT_EMPTY = frozenset({"VAGT_DATABASE_URL", "VAGT_MQTT_URL", "VAGT_RULES", "VAGT_CATALOGUE",
+                       "VAGT_ALERTS", "VAGT_DEVICE_SECRET"})
+
 _SECTIONS: dict[str, type[Any]] = {
     "mqtt": MqttConfig,
     "database": DatabaseConfig,
@@ -163,12 +171,10 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"configuration file {p} is not valid TOML: {e}") from None
     for var, (section, key) in ENV_SETTINGS.items():
-        if var in env and env[var].strip() == "":
-            # Set but empty is a secret or template that failed to render, not "the default":
-            # an empty VAGT_DATABASE_URL would start an embedded database nobody reads.
+        if var in env and env[var].strip() == "" and var in NOT_EMPTY:
             raise ConfigError(f"{var} is set but empty; give it a value, or unset it for "
                               "the default")
-        if var in env:
+        if var in env and env[var] != "":
             target = raw.setdefault(section, {}) if section else raw
             if not isinstance(target, dict):
                 raise ConfigError(f"[{section}] in the configuration file must be a table")
