@@ -184,7 +184,7 @@ class Fleet:
             idx = np.fromiter((k for k, _ in have), dtype=np.int64, count=len(have))
             for k, r in have:
                 if (self.vendor[k], self.model[k], self.type[k], self.municipality[k]) != \
-                        (r[1], r[2], r[3], r[4]):
+                        (str(r[1]), str(r[2]), str(r[3]), str(r[4])):  # as they are kept
                     self.registry_version += 1
                 self.vendor[k], self.model[k] = same(str(r[1])), same(str(r[2]))
                 self.type[k] = same(str(r[3]))
