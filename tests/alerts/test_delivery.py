@@ -370,3 +370,21 @@ def test_two_engines_never_send_a_targets_events_out_of_order(database_url):
         assert b.deliver_due() == 0                  # A sent both, in order
     assert [d.split("-")[0] for d in slow.sent] == [str(d[0]) for d in deliveries(database_url)]
     assert [d[2] for d in deliveries(database_url)] == [True, True]
+
+
+def test_an_event_never_tried_goes_at_once_though_the_databases_clock_is_ahead(
+        database_url, receiver):
+    # The outbox is stamped with the database's clock; the worker runs on the engine's. A
+    # database host ten minutes ahead must not hold every alarm back ten minutes.
+    import time
+
+    receiver.failures = 0
+    policy = webhook_policy(receiver.url)
+    alarms(database_url, policy, 1)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE alert_deliveries SET next_attempt_at = now() + interval '10 min'")
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                                Clock(time.time()))
+        assert worker.deliver_due() == 1
+    assert [d[1:3] for d in deliveries(database_url)] == [(1, True)]

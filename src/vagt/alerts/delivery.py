@@ -204,7 +204,10 @@ class DeliveryWorker:
                     break
                 outbox_id, event, payload, attempts, next_at = row
                 now = self.clock()
-                if next_at > datetime.fromtimestamp(now, UTC):
+                # A retry's time was set by this clock (see _record); an event never tried
+                # is due at once, whatever the database's clock said when it was queued (a
+                # database host's clock ahead of the engine's would hold every alarm back).
+                if attempts and next_at > datetime.fromtimestamp(now, UTC):
                     break  # the earliest waits for its retry: the later ones wait behind it
                 tries += 1
                 outcome, error = self._try(sender, int(outbox_id), str(event),
