@@ -281,3 +281,26 @@ def test_what_waited_for_the_engine_before_the_child_reconnected_is_not_kept_twi
     with ReceiverProcess(settings) as receiver:   # acknowledged for good
         wait_for(lambda: receiver.connected, what="the child's session")
         assert take_all(receiver, 1, stop, timeout=2) == []
+
+
+def test_what_waited_is_kept_when_the_broker_lost_the_session_and_sends_nothing_again(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    # A broker that comes back without its store (SIGKILLed before its save, or run without
+    # persistence): the session is not present and nothing is sent again. What waited in
+    # the engine must be kept and stored, not dropped as a copy of what will come again.
+    sent = payloads(topic_root, 30)
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, sent)
+        wait_for(lambda: receiver.waiting == 30, what="the 30, waiting to be taken")
+        broker.stop()
+        (broker.directory / "mosquitto.db").unlink()
+        broker.start()
+        wait_for(lambda: not receiver.connected, what="the child to see the broker go")
+        wait_for(lambda: receiver.connected, what="the child's session again")
+        later = payloads(topic_root, 1, start=30)
+        publish(broker.port, later)   # a batch of the new connection
+        assert settled(lambda: receiver.waiting) == 31
+        kept = take_all(receiver, 31, stop)
+        assert [m.payload for m in kept] == [p for _, p in sent + later]

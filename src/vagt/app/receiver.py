@@ -17,8 +17,9 @@ not 150).
 The pipe's messages:
 - engine to child: the `ReceiverSettings` first, then (ACK, first batch, last batch) and
   (STOP, 0, 0);
-- child to engine: (BATCH, number, the session's connection, topics, payloads, arrival
-  times, {index: size} of the oversized, cut to their first bytes), (ACKED, how many) after
+- child to engine: (BATCH, number, the session's connection, whether the broker had kept the
+  session then, topics, payloads, arrival times, {index: size} of the oversized, cut to their
+  first bytes), (ACKED, how many) after
   each acknowledgement, and (CONNECTED, up or not) when that changes.
 """
 
@@ -169,7 +170,7 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, connection, topics, payloads, arrived, cut = message
+                _, number, connection, resumed, topics, payloads, arrived, cut = message
                 token = _BatchToken(incarnation, number)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 for i, size in cut.items():   # oversized: only their first bytes came
@@ -178,11 +179,14 @@ class ReceiverProcess(ChildProcess):
                     if incarnation != self.incarnation:
                         break
                     if connection != self._connection:
-                        # The child connected again: what waits here came on the last
-                        # connection, cannot be acknowledged, and the broker is sending it
-                        # again. Kept, each reconnect while the engine is stalled (its
-                        # database away) would add a Receive Maximum of copies.
-                        self._batches.clear()
+                        # The child connected again. If the broker kept the session, what
+                        # waits here from the last connection is being sent again, and
+                        # cannot be acknowledged: kept, each reconnect while the engine is
+                        # stalled (its database away) would add a Receive Maximum of copies.
+                        # If the broker lost the session, it sends nothing again: what
+                        # waits is kept and stored (its acknowledgements are no-ops).
+                        if resumed:
+                            self._batches.clear()
                         self._connection = connection
                     self._batches.append(batch)
                     self._cond.notify()
@@ -220,7 +224,6 @@ def run_receiver(argv: list[str]) -> None:
                          name="vagt-bulk-receiver-acks", daemon=True).start()
         numbers = itertools.count(1)
         connected: bool | None = None
-        connection = 0
         while not stop.is_set():
             if session.connected != connected:
                 connected = session.connected
@@ -228,16 +231,10 @@ def run_receiver(argv: list[str]) -> None:
             batch = session.take(settings.batch_max, settings.batch_wait_s, stop)
             if batch:
                 number = next(numbers)
-                if (now_on := connection_of(batch[0].token)) != connection:
-                    # a new connection: the broker sends again what the last one had not
-                    # acknowledged, and acknowledgements of its batches would be no-ops
-                    connection = now_on
-                    for old, tokens in list(held.items()):
-                        if tokens and connection_of(tokens[0]) != connection:
-                            held[old] = []   # forgotten: the engine drops them unacknowledged
                 held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
-                send((BATCH, number, connection, [m.topic for m in batch],
-                      [m.payload for m in batch],
+                connection = connection_of(batch[0].token)
+                send((BATCH, number, connection, session.resumed(connection),
+                      [m.topic for m in batch], [m.payload for m in batch],
                       [m.received_at for m in batch],
                       {i: m.size for i, m in enumerate(batch) if m.size >= 0}))
 
@@ -261,9 +258,10 @@ def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list
                 acked = 0
                 for number in range(first, last + 1):
                     acked += session.ack_tokens(held.pop(number))
-                # batches of an earlier connection that the engine dropped (see run_receiver)
-                # are acknowledged by nobody: those before this one are gone for good
-                for number in [n for n, tokens in list(held.items()) if n < first and not tokens]:
+                # The engine acknowledges in order: batches before this one that are still
+                # held were dropped there (an earlier connection's, which the broker sent
+                # again; see ReceiverProcess._read) and are acknowledged by nobody.
+                for number in [n for n in list(held) if n < first]:
                     held.pop(number, None)
                 send((ACKED, acked))
             elif kind == STOP:

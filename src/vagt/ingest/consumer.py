@@ -98,6 +98,9 @@ class MqttSession:
         self._connection = threading.Lock()      # generation and connected, against ack()
         self._inbox: collections.deque[RawMessage] = collections.deque()
         self._generation = 0
+        # per connection (generation): whether the broker still had our session (CONNACK's
+        # session present), and so sends again what the last connection left unacknowledged
+        self._resumed: dict[int, bool] = {}
         self._connected = False
         self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
         self._behind = False
@@ -258,23 +261,39 @@ class MqttSession:
         client.on_unsubscribe = self._on_unsubscribe
         return client
 
-    def _on_connect(self, client: paho.Client, _userdata: object, _flags: object,
+    def _on_connect(self, client: paho.Client, _userdata: object, flags: object,
                     reason: ReasonCode, _props: object) -> None:
         if reason.is_failure:
             log.error("event=mqtt_connect_refused client_id=%s reason=%s",
                       self.settings.client_id, reason)
             return
         self._retry_s = None
+        resumed = bool(getattr(flags, "session_present", False))
         with self._connection, self._cond:
             self._generation += 1
-            # Whatever we held from the last connection comes again, with its packet ids.
-            self._inbox.clear()
+            self._resumed = {g: r for g, r in self._resumed.items()
+                             if g >= self._generation - 8}
+            self._resumed[self._generation] = resumed
+            if resumed:
+                # What we held from the last connection comes again, with new packet ids.
+                self._inbox.clear()
+            # else the broker lost our session (no persistence, a crash before its save,
+            # the session expired): it sends nothing again, so what we hold is kept and
+            # stored; only its acknowledgements are no-ops
             self._connected = True
             self._cond.notify_all()
         for f in self.settings.filters:
             client.subscribe(f, qos=1)
-        log.info("event=mqtt_connected client_id=%s generation=%d filters=%s",
-                 self.settings.client_id, self._generation, ",".join(self.settings.filters))
+        log.log(logging.INFO if resumed or self._generation == 1 else logging.WARNING,
+                "event=mqtt_connected client_id=%s generation=%d session_present=%s "
+                "filters=%s", self.settings.client_id, self._generation, resumed,
+                ",".join(self.settings.filters))
+
+    def resumed(self, connection: int) -> bool:
+        """Whether the broker still had the session when `connection` (a generation, see
+        `connection_of`) began: then it sends again what the ones before left unacknowledged."""
+        with self._connection:
+            return self._resumed.get(connection, False)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: object, _flags: object,
                        reason: ReasonCode, _props: object) -> None:
