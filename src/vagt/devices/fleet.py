@@ -182,17 +182,20 @@ class Fleet:
             if not have:
                 return
             idx = np.fromiter((k for k, _ in have), dtype=np.int64, count=len(have))
+            changed = False
             for k, r in have:
-                if (self.vendor[k], self.model[k], self.type[k], self.municipality[k]) != \
-                        (str(r[1]), str(r[2]), str(r[3]), str(r[4])):  # as they are kept
-                    self.registry_version += 1
-                self.vendor[k], self.model[k] = same(str(r[1])), same(str(r[2]))
-                self.type[k] = same(str(r[3]))
-                self.municipality[k], self.status[k] = same(str(r[4])), same(str(r[5]))
+                vendor, model, type_, place = (str(r[1]), str(r[2]), str(r[3]), str(r[4]))
+                changed = changed or (vendor, model, type_, place) != (
+                    self.vendor[k], self.model[k], self.type[k], self.municipality[k])
+                self.vendor[k], self.model[k], self.type[k] = same(vendor), same(model), \
+                    same(type_)
+                self.municipality[k], self.status[k] = same(place), same(str(r[5]))
                 self._type.codes[k] = self._type.code(self.type[k])
                 self._place.codes[k] = self._place.code(self.municipality[k])
                 self._status.codes[k] = self._status.code(self.status[k])
                 self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
+            if changed:  # after the columns are written: a reader that sees the new version
+                self.registry_version += 1   # computes from the new columns
             state = _state_columns([r for _, r in have])
             self._merge(idx, *state)
 
