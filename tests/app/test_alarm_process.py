@@ -74,6 +74,16 @@ priority = 1
     wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1, what="alert")
     assert query(database_url, "SELECT rule, queue, priority FROM alerts") == [
         ("personal_alarm", "akut", 1)]
+    # The file broken after the engine started: the engine read it once, and so does the
+    # alarm lane, whose process starts again with the engine's policy, not the file's.
+    policy.write_text("[[route.routes]\n")
+    [first] = alarm_lane_pids(engine)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(alarm_lane_pids(engine)) == 2, what="the alarm lane started again")
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                           alarm("ALM-0001", T0 + 60))])
+    wait_for(lambda: query(database_url, "SELECT queue, repeat_count FROM alerts") == [
+        ("akut", 2)], what="the second alarm, routed as the first")
 
 
 def test_the_alarm_lane_process_ends_with_the_engine(

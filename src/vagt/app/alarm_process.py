@@ -43,12 +43,12 @@ METRICS, CATCHING_UP, RELOAD, STOP = "metrics", "catching_up", "reload", "stop"
 class AlarmLaneProcess(ChildProcess):
     """The engine's handle on the alarm lane's process (see the module's text).
 
-    `entry` names the child's function, "module:function"; it receives the engine's
-    configuration as the pipe's first message.
+    `entry` names the child's function, "module:function"; it receives `first` (the engine's
+    configuration and alert policy) as the pipe's first message.
     """
 
-    def __init__(self, entry: str, config: Any) -> None:
-        super().__init__("alarm_lane", entry, config, stop_message=(-1, STOP))
+    def __init__(self, entry: str, first: Any) -> None:
+        super().__init__("alarm_lane", entry, first, stop_message=(-1, STOP))
         self._numbers = itertools.count()
 
     def catching_up(self) -> bool:

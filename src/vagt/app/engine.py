@@ -8,6 +8,7 @@ lane has committed and acknowledged the batch in hand.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from vagt.alerts.policy import AlertPolicy, install_policy, load_policy
+from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
 from vagt.app import db, heap, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
@@ -428,8 +429,8 @@ def run_engine(config: Config, stop: threading.Event,
     metrics = metrics or EngineMetrics()
     # The alarm lane's process first: it loads the fleet while this one does, and it is
     # the lane that must not be late after a restart.
-    alarm = _start_alarm_process(config, metrics, stop) if config.ingest.alarm_process \
-        else None
+    alarm = _start_alarm_process(config, policy, metrics, stop) \
+        if config.ingest.alarm_process else None
     try:
         _serve(config, stop, clock, metrics, rules, policy, alarm, on_ready,
                reload or threading.Event())
@@ -498,9 +499,13 @@ def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
     return pipeline.fleet, pipeline
 
 
-def _start_alarm_process(config: Config, metrics: EngineMetrics,
+def _start_alarm_process(config: Config, policy: AlertPolicy, metrics: EngineMetrics,
                          stop: threading.Event) -> AlarmLaneProcess:
-    alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane", config)
+    # The policy as this process loaded it, not the file again at each of the child's
+    # starts (edited since, it would route differently; broken, the lane would not start).
+    # Without its delivery: the child delivers nothing, and no secret need cross the pipe.
+    alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane",
+                             (config, dataclasses.replace(policy, delivery=DeliveryPolicy())))
     alarm.start()
     metrics.include(alarm.families)
     _supervise(alarm, metrics, stop)
@@ -527,12 +532,11 @@ def run_alarm_lane(argv: list[str]) -> None:
 
     Its fleet holds the devices that sent alarms (and those with an open rule alert), not
     the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm."""
-    control, log_level, config = child_pipe(argv)
+    control, log_level, (config, policy) = child_pipe(argv)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     # The centre's policy routes, inhibits and reopens the alarms' alerts here as in the
-    # engine's process; without it they would follow the built-in one. This process
-    # delivers nothing, so the webhooks' secrets stay unread.
-    install_policy(load_policy(config.alerts or None, secrets=False))
+    # engine's process; without it they would follow the built-in one.
+    install_policy(policy)
     stop = threading.Event()
     child_signals(stop)
     metrics = EngineMetrics()
