@@ -1,7 +1,8 @@
 """Background threads of the engine that must not end unnoticed.
 
-The rules' timer (silent devices, missed doses), the alert queue's timer (escalation), the
-outbox's delivery and the operator API each run in a thread of their own. If one of them
+The rules' timer (silent devices, missed doses), the fleet's refresh (what other engines
+and the registry changed), the alert queue's timer (escalation), the outbox's delivery and
+the operator API each run in a thread of their own. If one of them
 ended on an error nobody foresaw (a bug, a file that cannot be decoded, uvicorn's
 `SystemExit` when its port is taken), the engine would go on ingesting and look healthy
 while no silent device was noticed or no alert escalated. `keep_running` says so in the log

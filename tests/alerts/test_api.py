@@ -345,3 +345,12 @@ def test_a_resolve_waiting_on_rows_another_session_holds_answers_503_and_changes
     r = anna.post(f"/api/v1/alerts/{gateway}/resolve",
                   json={"code": "resolved", "note": "gateway back"})
     assert r.status_code == 200
+
+
+def test_a_claim_of_an_alert_another_session_holds_answers_503_as_other_busy_rows_do(api):
+    alarm, _ = alarm_and_battery(api.database_url)
+    with psycopg.connect(api.database_url) as engine:
+        engine.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (alarm,))
+        r = api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim", timeout=30)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim").status_code == 200

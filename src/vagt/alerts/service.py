@@ -50,7 +50,7 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
         threads.append(start_kept_running(
             "alert-delivery", DeliveryWorker(pool, policy.delivery, senders, clock, observer).run,
             stop, on_crash))
-    servers: list[uvicorn.Server] = []   # the one serving now is the last
+    servers: list[uvicorn.Server] = []   # the one serving now, or the last that failed
     api_pool = None
     if api is not None:
         # its own connections: a burst of operators never takes the lanes' connections
@@ -60,7 +60,7 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
         def serve(_stop: threading.Event, api: ApiSettings = api,
                   api_pool: ConnectionPool = api_pool) -> None:
             # a new server each time: one that failed (its port taken) is not used again
-            servers.append(_api_server(api_pool, policy, observer, clock, api))
+            servers[:] = [_api_server(api_pool, policy, observer, clock, api)]
             if not stop.is_set():
                 servers[-1].run()
 

@@ -461,16 +461,15 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
-        refresher = threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop),
-                                     name="vagt-fleet-refresh", daemon=True)
-        refresher.start()
+        crashed = metrics.thread_crashes.labels
+        start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s), stop,
+                           lambda name: crashed(name).inc())
         specs = [spec for spec in lane_specs(config) if alarm is None or spec.name != "alarm"]
         catching_up = CatchingUp(spec.name for spec in specs)
         if alarm is not None:
             catching_up.follow(alarm.catching_up)
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload, catching_up,
                           on_reload=alarm.reload if alarm is not None else None)
-        crashed = metrics.thread_crashes.labels
         timer_thread = start_kept_running("rules-timer", timer.run, stop,
                                           lambda name: crashed(name).inc())
         try:
@@ -548,8 +547,8 @@ def run_alarm_lane(argv: list[str]) -> None:
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
                          args=(control, metrics.registry, lambda: bool(catching_up),
                                lambda: reload_rules(config, pool, pipeline), stop)).start()
-        threading.Thread(target=_refresh_fleet, args=(fleet, pool, stop, True),
-                         name="vagt-fleet-refresh", daemon=True).start()
+        start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s, True),
+                           stop, lambda name: metrics.thread_crashes.labels(name).inc())
         heap.settle()
         _run_lanes(config, pool, pipeline, metrics, stop, catching_up, [spec])
 

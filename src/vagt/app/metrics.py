@@ -98,9 +98,10 @@ class EngineMetrics:
                                  registry=r)
         self.thread_crashes = Counter(
             "vagt_thread_crashes", "Unexpected errors (bugs) that ended a background thread of "
-            "the engine (rules-timer, alert-timer, alert-delivery, api); it was started again",
+            "the engine (rules-timer, fleet-refresh, alert-timer, alert-delivery, api); it was "
+            "started again",
             ["thread"], registry=r)
-        for thread in ("rules-timer", "alert-timer", "alert-delivery", "api"):
+        for thread in ("rules-timer", "fleet-refresh", "alert-timer", "alert-delivery", "api"):
             self.thread_crashes.labels(thread)   # 0 from the start: alert on any increase
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "

@@ -53,6 +53,8 @@ _ALERT_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": schemas.Problem,
           "description": "no such alert, or it is outside the caller's municipality"},
     409: {"model": schemas.Problem, "description": "the alert's status or holder refuses it"},
+    503: {"model": schemas.Problem, "description": "the alert (or one it affects) is being "
+          "changed by another session; nothing was changed: try again (Retry-After)"},
 }
 
 
@@ -71,7 +73,7 @@ def create_app(pool: ConnectionPool, policy: AlertPolicy, *,
     app.state.clock = clock
     app.add_exception_handler(AlertError, _alert_error)  # type: ignore[arg-type]
     for busy in (errors.LockNotAvailable, errors.TransactionRollback):  # as the CLI does
-        app.add_exception_handler(busy, _busy)  # type: ignore[arg-type]
+        app.add_exception_handler(busy, _busy)
     app.add_exception_handler(psycopg.DataError, _unstorable)  # type: ignore[arg-type]
     app.include_router(_router(), prefix="/api/v1")
 
@@ -82,14 +84,16 @@ def create_app(pool: ConnectionPool, policy: AlertPolicy, *,
     return app
 
 
-def _alert_error(_request: Request, exc: AlertError) -> JSONResponse:
+def _alert_error(request: Request, exc: AlertError) -> JSONResponse:
+    if isinstance(exc, AlertBusy):   # as when other rows it needs are held: try again
+        return _busy(request, exc)
     code = (status.HTTP_404_NOT_FOUND if isinstance(exc, AlertNotFound | silences.SilenceNotFound)
-            else status.HTTP_409_CONFLICT if isinstance(exc, InvalidTransition | AlertBusy)
+            else status.HTTP_409_CONFLICT if isinstance(exc, InvalidTransition)
             else status.HTTP_422_UNPROCESSABLE_CONTENT)
     return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=code)
 
 
-def _busy(_request: Request, exc: psycopg.Error) -> JSONResponse:
+def _busy(_request: Request, exc: Exception) -> JSONResponse:
     """Rows the engine (or another operator) held longer than the lock timeout: nothing was
     changed, and the same request a moment later will do."""
     log.warning("event=api_busy error=%s", first_line(exc))
