@@ -8,7 +8,6 @@ operators' actions use the installed one unless they are given another (tests do
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +16,7 @@ from typing import Any
 
 from vagt.alerts.matchers import Matcher, MatcherError, parse_matcher
 from vagt.alerts.routing import Route
+from vagt.tomlfile import read_toml
 
 
 class PolicyError(ValueError):
@@ -116,16 +116,7 @@ def load_policy(path: str | Path | None, env: Mapping[str, str] | None = None, *
     `secrets=False` leaves webhook secrets unread (command-line tools that deliver nothing).
     """
     p = Path(path) if path else default_policy_path()
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyError(f"{p}: no such alert policy file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{p}: not valid TOML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise PolicyError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise PolicyError(f"{p}: cannot be read: {e.strerror or e}") from None
+    doc = read_toml(p, PolicyError, "alert policy file")
     return _Reader(p, env or {}, secrets).policy(doc)
 
 

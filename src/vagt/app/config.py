@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vagt.tomlfile import read_toml
 
 
 class ConfigError(ValueError):
@@ -163,13 +164,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"configuration file {p} is not valid TOML: {e}") from None
+        raw = read_toml(Path(path), ConfigError, "configuration file")
     for var, (section, key) in ENV_SETTINGS.items():
         if var in env and env[var].strip() == "" and var in NOT_EMPTY:
             raise ConfigError(f"{var} is set but empty; give it a value, or unset it for "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vagt.ingest.units import METRICS
+from vagt.tomlfile import read_toml
 
 BATTERY_KINDS = ("rechargeable", "replaceable", "mains_backup", "none")
 DEVICE_TYPES = ("personal_alarm", "medicine_dispenser", "bp_monitor", "pulse_oximeter", "scale",
@@ -109,12 +109,7 @@ def default_catalogue_path() -> Path:
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
     """The catalogue in `path`, or the built-in one."""
     p = Path(path) if path else default_catalogue_path()
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CatalogueError(f"{p}: no such catalogue file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CatalogueError(f"{p}: not valid TOML: {e}") from None
+    doc = read_toml(p, CatalogueError, "catalogue file")
     extra = set(doc) - {"model"}
     if extra:
         raise CatalogueError(f"{p}: unknown table(s) {', '.join(sorted(extra))}; "

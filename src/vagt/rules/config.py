@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from vagt.tomlfile import read_toml
 
 SEVERITIES = ("critical", "major", "warning", "info")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -142,17 +143,7 @@ def load_rules(path: str | Path | None) -> list[Rule]:
 
 
 def _load_file(path: Path) -> list[Rule]:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RuleConfigError(f"{path}: no such rule file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RuleConfigError(f"{path}: not valid TOML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise RuleConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") \
-            from None
-    except OSError as e:
-        raise RuleConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
+    doc = read_toml(path, RuleConfigError, "rule file")
     unknown = set(doc) - {"rule"}
     if unknown:
         raise RuleConfigError(f"{path}: unknown table(s) {sorted(unknown)}; rules go in [[rule]]")
