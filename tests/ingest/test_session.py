@@ -201,3 +201,27 @@ def test_a_bug_in_a_connection_attempt_costs_that_attempt_not_the_session(
     with ConnectFailsOnce(settings(broker, root, cid)) as session:
         wait_for(lambda: session.connected, what="the second attempt")
         assert session.failed
+
+
+@pytest.mark.parametrize("store_kept", [True, False])
+def test_what_the_session_holds_across_a_reconnect_comes_once_whether_or_not_the_broker_kept_it(
+        own_broker: Broker, store_kept: bool) -> None:
+    # Held, not taken, when the broker restarts. With its store the broker has the session
+    # and sends the messages again (the held ones are dropped: not acknowledgeable, and
+    # coming again); without it (killed before its save, no persistence) it sends nothing
+    # again, so the held ones are all there is and must be kept.
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    sent = [(f"{root}/dev/X/telemetry", f"m{i}".encode()) for i in range(20)]
+    with MqttSession(settings(own_broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(own_broker.port, sent)
+        wait_for(lambda: session.waiting == 20, what="the 20, held")
+        own_broker.stop()
+        if not store_kept:
+            (own_broker.directory / "mosquitto.db").unlink()
+        own_broker.start()
+        wait_for(lambda: not session.connected, what="the broker to go")
+        wait_for(lambda: session.connected, what="the session again")
+        got = take_all(session, 20)
+        assert [m.payload for m in got] == [p for _, p in sent]
+        assert take_all(session, 1, timeout=2) == []

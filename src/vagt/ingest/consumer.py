@@ -162,6 +162,12 @@ class MqttSession:
         """The last `take` left messages in the inbox."""
         return self._behind
 
+    @property
+    def waiting(self) -> int:
+        """Messages received and not taken yet."""
+        with self._cond:
+            return len(self._inbox)
+
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._connected, timeout)
