@@ -86,6 +86,20 @@ def take_all(session: Session, n: int, stop: threading.Event | None = None,
     return got
 
 
+def reconnect_through_a_broker_restart(session: Any, broker: Broker, held: int,
+                                       store_kept: bool) -> None:
+    """Once `session` (an `MqttSession` or a `ReceiverProcess`) holds `held` messages not
+    taken, restart the broker, with its store or without it (as one SIGKILLed before its
+    save, or run without persistence); return when the session is connected again."""
+    wait_for(lambda: session.waiting == held, what=f"the {held} messages, held")
+    broker.stop()
+    if not store_kept:
+        (broker.directory / "mosquitto.db").unlink()
+    broker.start()
+    wait_for(lambda: not session.connected, what="the session to see the broker go")
+    wait_for(lambda: session.connected, what="the session connected again")
+
+
 def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait until the broker has acknowledged every message."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",

@@ -17,6 +17,7 @@ import pytest
 from tests.app.conftest import (
     EngineProcess,
     publish,
+    reconnect_through_a_broker_restart,
     scalar,
     take_all,
     telemetry,
@@ -274,13 +275,7 @@ def test_what_waited_in_the_engine_across_the_childs_reconnect_is_there_once(
     with ReceiverProcess(settings, on_acked=acked.append) as receiver:
         wait_for(lambda: receiver.connected, what="the child's session")
         publish(broker.port, sent)
-        wait_for(lambda: receiver.waiting == 30, what="the 30, waiting to be taken")
-        broker.stop()
-        if not store_kept:
-            (broker.directory / "mosquitto.db").unlink()
-        broker.start()
-        wait_for(lambda: not receiver.connected, what="the child to see the broker go")
-        wait_for(lambda: receiver.connected, what="the child's session again")
+        reconnect_through_a_broker_restart(receiver, broker, 30, store_kept)
         publish(broker.port, later)   # a batch of the new connection
         assert settled(lambda: receiver.waiting) == 31
         got = take_all(receiver, 31, stop)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.app.conftest import publish, take_all, wait_for
+from tests.app.conftest import publish, reconnect_through_a_broker_restart, take_all, wait_for
 from tests.support import Broker, free_port, start_mosquitto, stop_mosquitto
 
 from vagt.ingest import consumer
@@ -215,13 +215,7 @@ def test_what_the_session_holds_across_a_reconnect_comes_once_whether_or_not_the
     with MqttSession(settings(own_broker, root, cid)) as session:
         wait_for(lambda: session.connected, what="the session")
         publish(own_broker.port, sent)
-        wait_for(lambda: session.waiting == 20, what="the 20, held")
-        own_broker.stop()
-        if not store_kept:
-            (own_broker.directory / "mosquitto.db").unlink()
-        own_broker.start()
-        wait_for(lambda: not session.connected, what="the broker to go")
-        wait_for(lambda: session.connected, what="the session again")
+        reconnect_through_a_broker_restart(session, own_broker, 20, store_kept)
         got = take_all(session, 20)
         assert [m.payload for m in got] == [p for _, p in sent]
         assert take_all(session, 1, timeout=2) == []
