@@ -287,3 +287,21 @@ def test_what_waited_in_the_engine_across_the_childs_reconnect_is_there_once(
     with ReceiverProcess(settings) as receiver:   # nothing is owed any more
         wait_for(lambda: receiver.connected, what="the child's session")
         assert take_all(receiver, 1, stop, timeout=2) == []
+
+
+def test_what_a_lost_session_left_waiting_survives_a_later_reconnect_that_resumes(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    # The broker loses the session (restarted without its store): the 30 that waited are
+    # all there is. Then it restarts with its store: it sends again the 5 of the session's
+    # own connection, not the 30, which must still be there, once each.
+    first, second = payloads(topic_root, 30), payloads(topic_root, 5, start=30)
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, first)
+        reconnect_through_a_broker_restart(receiver, broker, 30, store_kept=False)
+        publish(broker.port, second)
+        reconnect_through_a_broker_restart(receiver, broker, 35, store_kept=True)
+        assert settled(lambda: receiver.waiting) == 35
+        got = take_all(receiver, 35, stop)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in first + second)

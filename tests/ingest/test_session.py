@@ -219,3 +219,19 @@ def test_what_the_session_holds_across_a_reconnect_comes_once_whether_or_not_the
         got = take_all(session, 20)
         assert [m.payload for m in got] == [p for _, p in sent]
         assert take_all(session, 1, timeout=2) == []
+
+
+def test_what_a_lost_session_left_held_survives_a_later_reconnect_that_resumes(
+        own_broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    first = [(f"{root}/dev/X/telemetry", f"a{i}".encode()) for i in range(20)]
+    second = [(f"{root}/dev/X/telemetry", f"b{i}".encode()) for i in range(5)]
+    with MqttSession(settings(own_broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(own_broker.port, first)
+        reconnect_through_a_broker_restart(session, own_broker, 20, store_kept=False)
+        publish(own_broker.port, second)
+        reconnect_through_a_broker_restart(session, own_broker, 25, store_kept=True)
+        got = take_all(session, 25)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in first + second)
+        assert take_all(session, 1, timeout=2) == []

@@ -17,9 +17,9 @@ not 150).
 The pipe's messages:
 - engine to child: the `ReceiverSettings` first, then (ACK, first batch, last batch) and
   (STOP, 0, 0);
-- child to engine: (BATCH, number, the session's connection, whether the broker had kept the
-  session then, topics, payloads, arrival times, {index: size} of the oversized, cut to their
-  first bytes), (ACKED, how many) after
+- child to engine: (BATCH, number, the session's connection, the first connection of the
+  broker's session it is part of, topics, payloads, arrival times, {index: size} of the
+  oversized, cut to their first bytes), (ACKED, how many) after
   each acknowledgement, and (CONNECTED, up or not) when that changes.
 """
 
@@ -58,10 +58,12 @@ class ReceiverSettings:
 
 @dataclass(frozen=True, slots=True)
 class _BatchToken:
-    """Every message of a batch carries it: which child sent the batch, and its number."""
+    """Every message of a batch carries it: which child sent the batch, its number, and the
+    child's session's connection it came on."""
 
     incarnation: int
     number: int
+    connection: int
 
 
 class ReceiverProcess(ChildProcess):
@@ -170,8 +172,8 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, connection, resumed, topics, payloads, arrived, cut = message
-                token = _BatchToken(incarnation, number)
+                _, number, connection, began, topics, payloads, arrived, cut = message
+                token = _BatchToken(incarnation, number, connection)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 for i, size in cut.items():   # oversized: only their first bytes came
                     batch[i] = RawMessage(topics[i], payloads[i], arrived[i], token, size)
@@ -179,14 +181,14 @@ class ReceiverProcess(ChildProcess):
                     if incarnation != self.incarnation:
                         break
                     if connection != self._connection:
-                        # The child connected again. If the broker kept the session, what
-                        # waits here from the last connection is being sent again, and
+                        # The child connected again. What waits here from earlier
+                        # connections of the same broker session is being sent again and
                         # cannot be acknowledged: kept, each reconnect while the engine is
                         # stalled (its database away) would add a Receive Maximum of copies.
-                        # If the broker lost the session, it sends nothing again: what
-                        # waits is kept and stored (its acknowledgements are no-ops).
-                        if resumed:
-                            self._batches.clear()
+                        # What is from before it (a session the broker lost) comes never
+                        # again: kept and stored (its acknowledgements are no-ops).
+                        self._batches = collections.deque(
+                            b for b in self._batches if _connection(b) < began)
                         self._connection = connection
                     self._batches.append(batch)
                     self._cond.notify()
@@ -199,6 +201,13 @@ class ReceiverProcess(ChildProcess):
         with self._cond:
             if incarnation == self.incarnation:
                 self._connected = False
+
+
+def _connection(batch: list[RawMessage]) -> int:
+    """The child's session's connection a batch (as `_read` made it) came on."""
+    token = batch[0].token
+    assert isinstance(token, _BatchToken)
+    return token.connection
 
 
 def run_receiver(argv: list[str]) -> None:
@@ -233,7 +242,7 @@ def run_receiver(argv: list[str]) -> None:
                 number = next(numbers)
                 held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
                 connection = connection_of(batch[0].token)
-                send((BATCH, number, connection, session.resumed(connection),
+                send((BATCH, number, connection, session.session_began(connection),
                       [m.topic for m in batch], [m.payload for m in batch],
                       [m.received_at for m in batch],
                       {i: m.size for i, m in enumerate(batch) if m.size >= 0}))

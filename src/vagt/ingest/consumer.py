@@ -98,9 +98,11 @@ class MqttSession:
         self._connection = threading.Lock()      # generation and connected, against ack()
         self._inbox: collections.deque[RawMessage] = collections.deque()
         self._generation = 0
-        # per connection (generation): whether the broker still had our session (CONNACK's
-        # session present), and so sends again what the last connection left unacknowledged
-        self._resumed: dict[int, bool] = {}
+        # Per connection (generation): the first connection of the broker's session it is
+        # part of. A connection the broker had our session for (CONNACK's session present)
+        # continues the last one's; one it had not (no persistence, a crash before its save,
+        # the session expired) begins a new session, and nothing before it comes again.
+        self._session_began: dict[int, int] = {}
         self._connected = False
         self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
         self._behind = False
@@ -276,16 +278,20 @@ class MqttSession:
         self._retry_s = None
         resumed = bool(getattr(flags, "session_present", False))
         with self._connection, self._cond:
+            last = self._generation
             self._generation += 1
-            self._resumed = {g: r for g, r in self._resumed.items()
-                             if g >= self._generation - 8}
-            self._resumed[self._generation] = resumed
-            if resumed:
-                # What we held from the last connection comes again, with new packet ids.
+            began = self._session_began.get(last, self._generation) if resumed \
+                else self._generation
+            self._session_began = {g: b for g, b in self._session_began.items()
+                                   if g >= self._generation - 8}
+            self._session_began[self._generation] = began
+            # What we hold from earlier connections of this broker session comes again, with
+            # new packet ids: dropped. What is from before it (a session the broker lost)
+            # comes never again: kept and stored; only its acknowledgements are no-ops.
+            if began < self._generation:
+                kept = [m for m in self._inbox if connection_of(m.token) < began]
                 self._inbox.clear()
-            # else the broker lost our session (no persistence, a crash before its save,
-            # the session expired): it sends nothing again, so what we hold is kept and
-            # stored; only its acknowledgements are no-ops
+                self._inbox.extend(kept)
             self._connected = True
             self._cond.notify_all()
         for f in self.settings.filters:
@@ -295,11 +301,12 @@ class MqttSession:
                 "filters=%s", self.settings.client_id, self._generation, resumed,
                 ",".join(self.settings.filters))
 
-    def resumed(self, connection: int) -> bool:
-        """Whether the broker still had the session when `connection` (a generation, see
-        `connection_of`) began: then it sends again what the ones before left unacknowledged."""
+    def session_began(self, connection: int) -> int:
+        """The first connection (a generation, see `connection_of`) of the broker's session
+        that `connection` is part of: what connections from that one on left unacknowledged,
+        the broker sends again; what came before it, never."""
         with self._connection:
-            return self._resumed.get(connection, False)
+            return self._session_began.get(connection, connection)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: object, _flags: object,
                        reason: ReasonCode, _props: object) -> None:
@@ -317,13 +324,12 @@ class MqttSession:
         except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
             topic = msg._topic.decode("utf-8", "replace")
         self._received += 1
-        payload, limit = msg.payload, self.settings.max_payload_bytes
-        if len(payload) > limit:  # a dead letter to be: its first bytes and its size suffice
-            m = RawMessage(topic, bytes(payload[:limit]), time.time(),
-                           _Token(self._generation, msg.mid, msg.qos), len(payload))
-        else:
-            m = RawMessage(topic, bytes(payload), time.time(),
-                           _Token(self._generation, msg.mid, msg.qos))
+        payload, size = msg.payload, -1
+        if len(payload) > self.settings.max_payload_bytes:
+            # a dead letter to be: its first bytes and its size suffice
+            size, payload = len(payload), payload[:self.settings.max_payload_bytes]
+        m = RawMessage(topic, bytes(payload), time.time(),
+                       _Token(self._generation, msg.mid, msg.qos), size)
         with self._cond:
             self._inbox.append(m)
             if len(self._inbox) == 1:
