@@ -161,9 +161,9 @@ _UPDATE = sql.SQL("""
 # are deduplicated by rule and device: while one is open, a new citizen's alarm from the
 # device would be counted as a repeat of the last citizen's, with their labels, in their
 # municipality, perhaps claimed by an operator dealing with them.
-UNRESOLVED_ALERTS = """
-SELECT string_agg(a.id || ' ' || a.rule, ', ' ORDER BY a.id) FROM alerts a
-WHERE a.device_id = %s AND a.status <> 'resolved'"""
+# `{device}`: the SQL that gives the device's id (a parameter, or a column of a query).
+UNRESOLVED_ALERTS = """(SELECT string_agg(al.id || ' ' || al.rule, ', ' ORDER BY al.id)
+FROM alerts al WHERE al.device_id = {device} AND al.status <> 'resolved')"""
 
 
 def unresolved_refusal(device_id: str, alerts: str) -> str:
@@ -199,7 +199,8 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
             if to is not Status.LOST:
                 municipality = CENTRAL_STOCK  # back in the centre's pool
         if assign is not None:
-            [alerts] = conn.execute(UNRESOLVED_ALERTS, (device_id,)).fetchone() or (None,)
+            [alerts] = conn.execute("SELECT " + UNRESOLVED_ALERTS.format(device="%s"),
+                                    (device_id,)).fetchone() or (None,)
             if alerts:
                 raise InvalidTransition(unresolved_refusal(device_id, alerts))
             citizen_ref, municipality = assign

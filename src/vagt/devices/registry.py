@@ -25,6 +25,7 @@ from vagt.devices import lifecycle
 from vagt.devices.actions import (
     CENTRAL_STOCK,
     MAX_ACTOR_LENGTH,
+    UNRESOLVED_ALERTS,
     checked_actor,
     unresolved_refusal,
 )
@@ -127,9 +128,8 @@ class _Current:
 
 _CURRENT = """
 SELECT d.device_id, d.status, d.vendor, d.model, d.type, d.municipality, d.attributes,
-       a.citizen_ref, a.municipality, a.since,
-       (SELECT string_agg(al.id || ' ' || al.rule, ', ' ORDER BY al.id) FROM alerts al
-        WHERE al.device_id = d.device_id AND al.status <> 'resolved')
+       a.citizen_ref, a.municipality, a.since, """ + UNRESOLVED_ALERTS.format(
+    device="d.device_id") + """
 FROM devices d
 LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
 WHERE d.device_id = ANY(%s)
