@@ -461,9 +461,8 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
-        crashed = metrics.thread_crashes.labels
         start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s), stop,
-                           lambda name: crashed(name).inc())
+                           metrics.thread_crashed)
         specs = [spec for spec in lane_specs(config) if alarm is None or spec.name != "alarm"]
         catching_up = CatchingUp(spec.name for spec in specs)
         if alarm is not None:
@@ -471,14 +470,14 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload, catching_up,
                           on_reload=alarm.reload if alarm is not None else None)
         timer_thread = start_kept_running("rules-timer", timer.run, stop,
-                                          lambda name: crashed(name).inc())
+                                          metrics.thread_crashed)
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),
                                 client_id=config.mqtt.client_id,
                                 api=ApiSettings(config.api_host, config.api_port)
                                 if config.api_port else None,
-                                on_crash=lambda name: crashed(name).inc()):
+                                on_crash=metrics.thread_crashed):
                 _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
             timer_thread.join(timeout=10)
@@ -548,7 +547,7 @@ def run_alarm_lane(argv: list[str]) -> None:
                          args=(control, metrics.registry, lambda: bool(catching_up),
                                lambda: reload_rules(config, pool, pipeline), stop)).start()
         start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s, True),
-                           stop, lambda name: metrics.thread_crashes.labels(name).inc())
+                           stop, metrics.thread_crashed)
         heap.settle()
         _run_lanes(config, pool, pipeline, metrics, stop, catching_up, [spec])
 

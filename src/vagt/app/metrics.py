@@ -163,6 +163,10 @@ class EngineMetrics:
         """Export `vagt_devices{status}` and `vagt_devices_online{type,municipality}`."""
         self.registry.register(_Fleet(counts))
 
+    def thread_crashed(self, thread: str) -> None:
+        """`vagt.threads.keep_running`'s on_crash: one more for `thread`."""
+        self.thread_crashes.labels(thread).inc()
+
     def include(self, families: Callable[[], Iterable[Metric]]) -> None:
         """Serve another process's metrics with ours, each scrape (same names are merged)."""
         self.registry.register(_Foreign(families))
