@@ -62,7 +62,10 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
 
     def history(metric: str, devices: np.ndarray, since: float, until: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return rule_queries.reading_history(conn, fleet, metric, devices, since, until)
+        # the whole history: a backtest's period may lie before the device's deployment
+        # (its rules do not begin anew at each deployment within the period, as live ones do)
+        return rule_queries.reading_history(conn, fleet, metric, devices, since, until,
+                                            since_deployed=False)
 
     cursor = start
     while cursor < end:

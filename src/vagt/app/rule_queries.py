@@ -23,16 +23,21 @@ SWEEP_LOCK_KEY = 0x76616774_737770
 
 
 def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices: I64,
-                    since: float, until: float) -> tuple[I64, F64, F64]:
-    """Stored readings of `metric` of these devices in [since, until), bad ones left out."""
+                    since: float, until: float, since_deployed: bool = True
+                    ) -> tuple[I64, F64, F64]:
+    """Stored readings of `metric` of these devices in [since, until), bad ones left out;
+    with `since_deployed`, also those from before the device's rule state began (its
+    deployment to the citizen it is with: see migration 0010)."""
     ids = [fleet.ids[int(d)] for d in devices]
     rows = conn.execute(
         "SELECT r.device_id, extract(epoch FROM r.time)::float8, r.value FROM readings r "
+        "LEFT JOIN rule_state s ON s.device_id = r.device_id "
         "WHERE r.device_id = ANY(%s) AND r.metric = %s "
         "AND r.time >= to_timestamp(%s) AND r.time < to_timestamp(%s) "
+        "AND (NOT %s OR r.time >= coalesce(s.began, '-infinity')) "
         "AND NOT EXISTS (SELECT 1 FROM bad_readings b WHERE b.device_id = r.device_id "
         "AND b.metric = r.metric AND b.time = r.time)",
-        (ids, metric, since, until)).fetchall()
+        (ids, metric, since, until, since_deployed)).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
     idx = fleet.lookup([str(r[0]) for r in rows])
@@ -73,9 +78,14 @@ def open_rule_alerts(conn: psycopg.Connection,
 
 
 def last_seen(conn: psycopg.Connection, fleet: Fleet) -> F64:
-    """Per device index, the device time of its latest message as committed by any engine."""
-    rows = conn.execute("SELECT device_id, extract(epoch FROM last_seen)::float8 FROM devices "
-                        "WHERE last_seen IS NOT NULL").fetchall()
+    """Per device index, the device time of its latest message as committed by any engine,
+    or the time its rule state began if later: a device given to another citizen is silent
+    from its deployment on, not from its last message to the citizen before (migration
+    0010). NaN: never heard (it may be on a shelf)."""
+    rows = conn.execute(
+        "SELECT d.device_id, extract(epoch FROM greatest(d.last_seen, s.began))::float8 "
+        "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
+        "WHERE d.last_seen IS NOT NULL").fetchall()
     seen = np.full(len(fleet), np.nan)
     if rows:
         idx = fleet.lookup([str(r[0]) for r in rows])

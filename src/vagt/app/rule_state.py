@@ -50,6 +50,10 @@ UNKNOWN = np.iinfo(np.int64).min   # a version no row has: read the row
 # Memory holds state its row may not have (written in a statement that had not succeeded, or
 # in a transaction that rolled back): read the row, and a row never written empties memory.
 UNSAVED = UNKNOWN + 1
+# The layout of a state reset to empty, written when a device is deployed to a citizen
+# (migration 0010, `vagt_reset_rule_state`): the device's arrays go back to their fills. A
+# row never written (layout NULL) leaves memory as it is (see `_take`).
+EMPTY_LAYOUT = 0
 RESTORE_CHUNK = 10_000
 # A device whose batches moved nothing is written at its IDLE_MAX-th (see the module's text).
 IDLE_MAX = 8
@@ -434,11 +438,11 @@ class SharedRuleState:
     def _unpack(self, conn: psycopg.Connection, idx: I64, layouts: Sequence[int | None],
                 slots: Sequence[bytes | None], vals: Sequence[bytes | None],
                 texts: Sequence[str | None]) -> None:
-        """Stored states into memory; a NULL layout is the empty state."""
+        """Stored states into memory; a NULL layout or EMPTY_LAYOUT is the empty state."""
         groups: dict[int, list[int]] = {}
         empty: list[int] = []
         for j, key in enumerate(layouts):
-            if key is None:
+            if key is None or key == EMPTY_LAYOUT:
                 empty.append(j)
             else:
                 groups.setdefault(int(key), []).append(j)

@@ -178,6 +178,9 @@ _CLOSE = """UPDATE device_assignments SET until = %s WHERE device_id = %s AND un
 _OPEN = """INSERT INTO device_assignments (device_id, citizen_ref, municipality, since)
            VALUES (%s, %s, %s, %s)"""
 
+# The rules begin anew for the device's next citizen (migration 0010): `(device ids, time)`.
+RESET_RULE_STATE = "SELECT vagt_reset_rule_state(%s::text[], %s)"
+
 
 def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: Status,
                 actor: str, note: str | None, at: datetime | None,
@@ -205,6 +208,7 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
                 raise InvalidTransition(unresolved_refusal(device_id, alerts))
             citizen_ref, municipality = assign
             conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
+            conn.execute(RESET_RULE_STATE, ([device_id], when))
             details.update(citizen_ref=citizen_ref, municipality=municipality)
         details["note"] = note
         after = cur.execute(_UPDATE, {"to": to.value, "at": when, "id": device_id,

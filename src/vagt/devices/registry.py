@@ -25,6 +25,7 @@ from vagt.devices import lifecycle
 from vagt.devices.actions import (
     CENTRAL_STOCK,
     MAX_ACTOR_LENGTH,
+    RESET_RULE_STATE,
     UNRESOLVED_ALERTS,
     checked_actor,
     unresolved_refusal,
@@ -161,14 +162,14 @@ class _Plan:
     problems: list[str] = field(default_factory=list)
     devices: list[tuple[object, ...]] = field(default_factory=list)      # staged rows
     assignments: list[tuple[object, ...]] = field(default_factory=list)
+    deployed: list[str] = field(default_factory=list)    # from stock: their rules begin anew
     audit: list[tuple[object, ...]] = field(default_factory=list)        # action, id, details
     created: int = 0
     updated: int = 0
-    deployed: int = 0
     unchanged: int = 0
 
     def result(self) -> ImportResult:
-        return ImportResult(self.created, self.updated, self.unchanged, self.deployed)
+        return ImportResult(self.created, self.updated, self.unchanged, len(self.deployed))
 
     def add(self, row: FileRow, current: _Current | None) -> None:
         if current is None:
@@ -235,7 +236,7 @@ class _Plan:
             self.assignments.append((row.device_id, row.citizen_ref, row.municipality, self.at))
             details.update(citizen_ref=row.citizen_ref, municipality=row.municipality)
         if deploy:
-            self.deployed += 1
+            self.deployed.append(row.device_id)
             details.update({"from": cur.status.value, "to": Status.DEPLOYED.value})
         action = "deploy" if deploy else "assign" if assign else "update"
         self._audit(action, row.device_id, details)
@@ -293,6 +294,8 @@ def _write(conn: psycopg.Connection, plan: _Plan, actor: str) -> None:
     conn.execute("DROP TABLE vagt_devices_import")
     _copy(conn, "COPY device_assignments (device_id, citizen_ref, municipality, since) "
                 "FROM STDIN", plan.assignments)
+    if plan.deployed:
+        conn.execute(RESET_RULE_STATE, (plan.deployed, plan.at))
     _copy(conn, "COPY audit_log (at, actor, action, subject, details) FROM STDIN",
           ((plan.at, actor, *entry) for entry in plan.audit))
 

@@ -1,0 +1,162 @@
+"""A device the centre takes back and gives to another citizen starts with no rule state:
+the next citizen's weight is not compared with the last one's, a dose the last citizen had
+due is not missed by the next, and the device is silent from its deployment on, not from
+its last message to the citizen before. Real PostgreSQL; the engine's pipeline as
+`test_shared_rule_state` drives it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from tests.app.conftest import query, register, telemetry
+from tests.app.test_shared_rule_state import Process, event
+
+from vagt.devices import deploy, import_csv, return_device
+from vagt.ingest.model import RawMessage
+
+ROOT = "vagt/v1"
+NOW = time.time()
+HOUR = 3600.0
+DAY = 24 * HOUR
+SCALE = ("SCL-0001", "A&D", "UC-352BLE", "scale", "Aarhus")
+DISPENSER = ("DSP-0001", "Evondos", "E300", "medicine_dispenser", "Skive")
+RULES = """
+[[rule]]
+name = "weight_gain"
+kind = "rate"
+types = ["scale"]
+metric = "weight"
+rise = 2.0
+window = "3d"
+
+[[rule]]
+name = "missed_dose"
+kind = "sequence"
+types = ["medicine_dispenser"]
+first = ["dose.due"]
+then = ["dose.taken"]
+within = "30m"
+
+[[rule]]
+name = "silent"
+kind = "absence"
+after = "1d"
+"""
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    p = tmp_path / "rules.toml"
+    p.write_text(RULES)
+    return p
+
+
+def engine(database_url: str, rules_file: Path) -> Process:
+    """An engine process whose clock is two days ahead, so that the next citizen's messages
+    (device times after the deployment, which is now) are not from the future."""
+    return Process(database_url, rules_file, clock=NOW + 2 * DAY)
+
+
+def weight(t: float, kg: float) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/SCL-0001/telemetry", telemetry("SCL-0001", t, weight=kg),
+                      time.time())
+
+
+def give_to_the_next_citizen(database_url: str, device_id: str, municipality: str,
+                             by: str) -> None:
+    """The device comes back to the centre and goes out again, to citizen B, by the command
+    or by an import of the registry's file."""
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, device_id, actor="staff")
+    with psycopg.connect(database_url) as conn:
+        if by == "command":
+            deploy(conn, device_id, citizen_ref="cit-b", municipality=municipality,
+                   actor="staff")
+            return
+        row = next(d for d in (SCALE, DISPENSER) if d[0] == device_id)
+        import_csv(conn, "fleet.csv", actor="staff", text=(
+            "device_id,vendor,model,type,municipality,citizen_ref\n"
+            f"{','.join(row[:4])},{municipality},cit-b\n"))
+
+
+def alerts(database_url: str) -> list[tuple[str, str]]:
+    return query(database_url, "SELECT rule, device_id FROM alerts ORDER BY id")
+
+
+@pytest.mark.parametrize("by", ["command", "import"])
+@pytest.mark.parametrize("after", ["the same engine", "a restarted engine"])
+def test_the_next_citizens_weight_is_not_compared_with_the_last_citizens(
+        database_url, rules_file, by, after):
+    register(database_url, [SCALE])
+    p = engine(database_url, rules_file)
+    p.batch([weight(NOW - 2 * HOUR, 70.0)])
+    p.batch([weight(NOW - HOUR, 70.4)])          # citizen A: steady
+    give_to_the_next_citizen(database_url, "SCL-0001", "Odder", by)
+    if after == "a restarted engine":            # the window comes from the stored readings
+        p.close()
+        p = engine(database_url, rules_file)
+    p.batch([weight(NOW + HOUR, 81.0)])          # citizen B weighs 81 kg: no gain of 10.6
+    assert alerts(database_url) == []
+    p.batch([weight(NOW + 2 * HOUR, 83.5)])      # B gains 2.5 kg: the rule still works
+    assert alerts(database_url) == [("weight_gain", "SCL-0001")]
+    p.close()
+
+
+def test_the_last_citizens_readings_that_come_after_the_next_ones_are_stored_not_evaluated(
+        database_url, rules_file):
+    """A weighing from before the deployment that comes late (after the next citizen's
+    messages) is the last citizen's: the rules, which evaluate late rows again in order from
+    a stored state, do not go back into the last citizen's time for it, and alert nobody of
+    a gain the citizen who has the scale now did not make."""
+    register(database_url, [SCALE])
+    p = engine(database_url, rules_file)
+    p.batch([weight(NOW - 2 * HOUR, 70.0)])
+    give_to_the_next_citizen(database_url, "SCL-0001", "Odder", "command")
+    p.batch([RawMessage(f"{ROOT}/dev/SCL-0001/telemetry",       # B's: a heartbeat
+                        telemetry("SCL-0001", NOW + HOUR, battery=90), time.time())])
+    p.batch([weight(NOW - HOUR, 72.5)])           # A's, held up somewhere: +2.5 kg
+    assert alerts(database_url) == []
+    assert query(database_url, "SELECT count(*) FROM readings WHERE metric = 'weight'") \
+        == [(2,)]
+    p.close()
+
+
+@pytest.mark.parametrize("ticks", ["the engine that saw the dose due",
+                                   "another engine, started before the deployment"])
+def test_a_dose_the_last_citizen_had_due_is_not_missed_by_the_next_one(
+        database_url, rules_file, ticks):
+    register(database_url, [DISPENSER])
+    a = engine(database_url, rules_file)
+    a.batch([event("DSP-0001", NOW - 600, "dose.due")])   # A's dose, due 30 minutes on
+    b = engine(database_url, rules_file)                  # restored with the dose pending
+    give_to_the_next_citizen(database_url, "DSP-0001", "Skive", "command")
+    ticking = a if ticks.startswith("the engine") else b
+    ticking.tick(NOW + HOUR)
+    assert alerts(database_url) == []
+    ticking.batch([event("DSP-0001", NOW + HOUR, "dose.due")])   # B's own dose, not taken
+    ticking.tick(NOW + 2 * HOUR)
+    assert alerts(database_url) == [("missed_dose", "DSP-0001")]
+    a.close()
+    b.close()
+
+
+def sweep(p: Process, now: float) -> None:
+    out = p.pipeline.tick(p.conn, now, sweep=True)
+    p.conn.commit()
+    p.pipeline.after_commit(out)
+
+
+def test_a_device_given_to_another_citizen_is_silent_from_its_deployment_on(
+        database_url, rules_file):
+    register(database_url, [SCALE])
+    p = engine(database_url, rules_file)
+    p.batch([weight(NOW - 3 * DAY, 70.0)])      # A's last weighing, three days ago
+    give_to_the_next_citizen(database_url, "SCL-0001", "Odder", "command")
+    sweep(p, NOW + HOUR)                        # B has not stepped on it yet: not silent
+    assert alerts(database_url) == []
+    sweep(p, NOW + DAY + HOUR)                  # a day after the deployment, still nothing
+    assert alerts(database_url) == [("silent", "SCL-0001")]
+    p.close()
