@@ -56,6 +56,21 @@ def test_an_older_battery_reading_arriving_late_does_not_replace_a_newer_one(dat
     assert state_of(loaded(database_url), "OXI-0001")[:2] == (NOW - 60, 70.0)
 
 
+def test_an_older_firmware_report_arriving_late_does_not_undo_an_update(database_url):
+    """The device reported 2.5.0 after its update; the status it sent before the update, with
+    2.4.1, was buffered and comes after: the fleet shows 2.5.0, in this process and in the
+    next. A later report after that one still counts (a vendor's downgrade is real)."""
+    register(database_url, DEVICES)
+    live = run_batches(database_url,
+                       [status("OXI-0001", NOW - 60, firmware="2.5.0")],
+                       [status("OXI-0001", NOW - 3600, firmware="2.4.1")]).fleet
+    assert state_of(live, "OXI-0001")[3] == "2.5.0"
+    assert state_of(loaded(database_url), "OXI-0001")[3] == "2.5.0"
+    live = run_batches(database_url, [status("OXI-0001", NOW - 30, firmware="2.4.1")]).fleet
+    assert state_of(live, "OXI-0001")[3] == "2.4.1"
+    assert state_of(loaded(database_url), "OXI-0001")[3] == "2.4.1"
+
+
 def test_online_and_overdue_follow_the_models_heartbeat(database_url):
     register(database_url, DEVICES)
     # Nonin 3230 and A&D UA-651BLE: heartbeat once a day

@@ -450,13 +450,16 @@ class Pipeline:
                 k = pos[int(device_of_msg[i])]
                 if dec.f_time[j] >= fw_t[k]:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
+        fw_t[np.isinf(fw_t)] = np.nan   # none in the batch
         seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
         out.rows = rows = _device_rows(batch)   # its devices are `uniq`
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
                           _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
-                          firmware, [None if s < 0 else int(s) for s in seq.tolist()],
+                          firmware, _nulls(fw_t),
+                          [None if s < 0 else int(s) for s in seq.tolist()],
                           gaps.tolist(), rows.first.tolist())
-        out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware, seq)
+        out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware,
+                                fw_t, seq)
 
     def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
                        dec: DecodedBatch) -> tuple[I64, I64]:

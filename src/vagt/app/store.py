@@ -27,7 +27,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
     device_id text, seen float8, battery float8, battery_t float8, signal float8,
-    signal_t float8, firmware text, seq int8, gaps int8, first float8
+    signal_t float8, firmware text, firmware_t float8, seq int8, gaps int8, first float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     received float8, topic text, payload bytea, reason text, detail text, device_id text,
@@ -69,7 +69,10 @@ UPDATE devices d SET
                    AND (d.signal_at IS NULL OR to_timestamp(v.signal_t) >= d.signal_at)
                   THEN v.signal ELSE d.signal END,
     signal_at = GREATEST(d.signal_at, to_timestamp(v.signal_t)),
-    firmware = coalesce(v.firmware, d.firmware),
+    firmware = CASE WHEN v.firmware_t IS NOT NULL
+                     AND (d.firmware_at IS NULL OR to_timestamp(v.firmware_t) >= d.firmware_at)
+                    THEN v.firmware ELSE d.firmware END,
+    firmware_at = GREATEST(d.firmware_at, to_timestamp(v.firmware_t)),
     last_seq = GREATEST(d.last_seq, v.seq),
     seq_gaps = d.seq_gaps + v.gaps
 FROM stage_device_state v
@@ -165,8 +168,8 @@ def update_device_state(
     conn: psycopg.Connection, device_id: Sequence[str], seen: Sequence[float],
     battery: Sequence[float | None], battery_t: Sequence[float | None],
     signal: Sequence[float | None], signal_t: Sequence[float | None],
-    firmware: Sequence[str | None], seq: Sequence[int | None], gaps: Sequence[int],
-    first: Sequence[float],
+    firmware: Sequence[str | None], firmware_t: Sequence[float | None],
+    seq: Sequence[int | None], gaps: Sequence[int], first: Sequence[float],
 ) -> list[tuple[str, float]]:
     """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps.
     `first`: the device time the device's rows in the batch begin at. Returns (device id,
@@ -177,9 +180,9 @@ def update_device_state(
     with conn.cursor() as cur:
         with cur.copy("COPY stage_device_state FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["text", "float8", "float8", "float8", "float8", "float8", "text",
-                            "int8", "int8", "float8"])
+                            "float8", "int8", "int8", "float8"])
             for row in zip(device_id, seen, battery, battery_t, signal, signal_t, firmware,
-                           seq, gaps, first):
+                           firmware_t, seq, gaps, first):
                 copy.write_row(row)
         with db.by_key_index(conn, scans=True):
             return [(str(d), float(t)) for d, t in cur.execute(_UPDATE_DEVICES).fetchall()]
