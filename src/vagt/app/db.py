@@ -51,17 +51,23 @@ def timescale_available(conn: psycopg.Connection) -> bool:
     return row is not None
 
 
-def _flavour(conn: psycopg.Connection, done: set[int]) -> str:
+def _recorded_flavour(conn: psycopg.Connection) -> str | None:
+    """The flavour of the migrations applied before, if any had two ('timescale', 'plain')."""
+    row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
+                       "ORDER BY version LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _flavour(conn: psycopg.Connection) -> str:
     """'timescale' if the extension can be used here, else 'plain'.
 
     A database already migrated keeps its flavour. The extension may be installed but not
     loadable (it must be in shared_preload_libraries): then the plain schema is used, and
     the log says why.
     """
-    row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
-                       "ORDER BY version LIMIT 1").fetchone()
-    if row is not None:
-        return str(row[0])
+    recorded = _recorded_flavour(conn)
+    if recorded is not None:
+        return recorded
     if not timescale_available(conn):
         return "plain"
     try:
@@ -78,6 +84,11 @@ def migrate(conninfo: str) -> list[str]:
     """Apply the migrations not yet applied; return the names of those applied now.
 
     Safe to run from several processes at once: an advisory lock serialises them.
+
+    The first migration with two flavours decides the database's: if its TimescaleDB
+    flavour fails (a TimescaleDB under the Apache licence has no compression or retention
+    policies; one before 2.13 has no `by_range`), it is rolled back, the plain one applied
+    instead, and the log says why. Once a flavour is recorded, a failure is an error.
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -91,23 +102,42 @@ def migrate(conninfo: str) -> list[str]:
                        applied_at  timestamptz NOT NULL DEFAULT now())"""
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            wanted = _flavour(conn, done)
-            for m in list_migrations():
+            decided = _recorded_flavour(conn) is not None
+            wanted = _flavour(conn)
+            migrations = list_migrations()
+            for m in migrations:
                 if m.version in done or m.flavour not in ("any", wanted):
                     continue
-                with conn.transaction():
-                    conn.execute(m.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
-                        (m.version, m.name, m.flavour),
-                    )
+                try:
+                    _apply(conn, m)
+                except psycopg.Error as e:
+                    if m.flavour != "timescale" or decided:
+                        raise
+                    log.warning("event=timescaledb_refused version=%04d name=%s error=%r "
+                                "note=using_plain_postgresql", m.version, m.name,
+                                first_line(e))
+                    wanted = "plain"
+                    m = next(p for p in migrations
+                             if p.version == m.version and p.flavour == "plain")
+                    _apply(conn, m)
+                decided = decided or m.flavour != "any"
                 done.add(m.version)
                 applied_now.append(f"{m.version:04d}_{m.name} ({m.flavour})")
-                log.info("event=migration_applied version=%04d name=%s flavour=%s",
-                         m.version, m.name, m.flavour)
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('vagt.migrate'))")
     return applied_now
+
+
+def _apply(conn: psycopg.Connection, m: Migration) -> None:
+    """One migration and its record, in a transaction of its own."""
+    with conn.transaction():
+        conn.execute(m.sql.encode())
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
+            (m.version, m.name, m.flavour),
+        )
+    log.info("event=migration_applied version=%04d name=%s flavour=%s",
+             m.version, m.name, m.flavour)
 
 
 def open_pool(conninfo: str, min_size: int = 2, max_size: int = 8) -> ConnectionPool:

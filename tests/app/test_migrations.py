@@ -1,0 +1,48 @@
+"""The migrations on a real PostgreSQL: the schema's flavour, and the fallback from a
+TimescaleDB that refuses its features to the plain schema."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from vagt.app import db
+
+
+def flavours(url: str) -> dict[int, str]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT version, flavour FROM schema_migrations").fetchall())
+
+
+def test_a_timescaledb_that_refuses_its_features_gets_the_plain_schema_and_the_log_says_why(
+        empty_database_url, monkeypatch, caplog):
+    """A server whose `CREATE EXTENSION timescaledb` succeeds may still refuse what the
+    TimescaleDB migration asks (no compression under the Apache licence, no `by_range`
+    before 2.13); the engine must start all the same. There is no TimescaleDB here: the
+    flavour is taken to be 'timescale' as if the extension had been created, and this
+    PostgreSQL refuses the migration's `by_range` as a TimescaleDB before 2.13 does."""
+    monkeypatch.setattr(db, "_flavour", lambda conn: db._recorded_flavour(conn) or "timescale")
+    with caplog.at_level(logging.WARNING, logger="vagt.db"):
+        applied = db.migrate(empty_database_url)
+    assert "0002_timeseries (plain)" in applied
+    assert flavours(empty_database_url)[2] == "plain"
+    assert any("event=timescaledb_refused version=0002" in r.getMessage()
+               and "by_range" in r.getMessage() for r in caplog.records)
+    with psycopg.connect(empty_database_url) as conn:   # the schema is whole: a reading goes in
+        conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, "
+                     "status, status_since, registered_at) VALUES ('SCL-0001', 'A&D', "
+                     "'UC-352BLE', 'scale', 'Aarhus', 'in_stock', now(), now())")
+        conn.execute("INSERT INTO readings (time, device_id, metric, value, unit, received_at) "
+                     "VALUES (now(), 'SCL-0001', 'weight', 70.2, 'kg', now())")
+    assert db.migrate(empty_database_url) == []          # the flavour stays as recorded
+    assert flavours(empty_database_url)[2] == "plain"
+
+
+def test_without_timescaledb_every_migration_is_applied_once_in_the_plain_flavour(
+        empty_database_url):
+    applied = db.migrate(empty_database_url)
+    assert [a.split("_")[0] for a in applied] == \
+        sorted({f"{m.version:04d}" for m in db.list_migrations()})
+    assert set(flavours(empty_database_url).values()) == {"any", "plain"}
+    assert db.migrate(empty_database_url) == []
