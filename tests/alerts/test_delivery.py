@@ -28,9 +28,11 @@ SECRET = b"a-test-secret-of-32-bytes-length"
 
 @dataclass
 class Receiver:
-    """A real HTTP endpoint: answers 503 to its first `failures` requests, then 204."""
+    """A real HTTP endpoint: answers `status` (503) to its first `failures` requests, then
+    204."""
 
     failures: int = 0
+    status: int = 503
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     port: int = 0
@@ -47,7 +49,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((dict(self.headers), body))
                 failing = len(receiver.requests) <= receiver.failures
-                self.send_response(503 if failing else 204)
+                self.send_response(receiver.status if failing else 204)
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
@@ -149,8 +151,9 @@ def test_a_tampered_body_does_not_verify(database_url, receiver):
 
 
 def test_a_receiver_that_is_down_then_up_gets_everything_in_order(database_url):
+    # down for more tries than max_attempts: an outage gives nothing up
     port = free_port()
-    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=50)
+    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=2)
     ids = alarms(database_url, policy, 3)
     clock = Clock()
     with open_pool(database_url, 1, 2) as pool:
@@ -158,7 +161,8 @@ def test_a_receiver_that_is_down_then_up_gets_everything_in_order(database_url):
         for _ in range(4):                       # nobody listens: connection refused
             worker.deliver_due()
             clock.t += 60
-        assert [d[1:3] for d in deliveries(database_url)] == [(4, False), (0, False), (0, False)]
+        assert [d[1:4] for d in deliveries(database_url)] == [
+            (4, False, False), (0, False, False), (0, False, False)]
         assert "Connection refused" in str(deliveries(database_url)[0][4])
         receiver = Receiver(port=port).start()
         try:
@@ -169,8 +173,45 @@ def test_a_receiver_that_is_down_then_up_gets_everything_in_order(database_url):
     assert [d[2] for d in deliveries(database_url)] == [True, True, True]
 
 
-def test_after_the_last_try_a_delivery_is_a_dead_letter_and_the_next_one_goes(database_url):
-    receiver = Receiver(failures=3).start()
+def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
+    """Days of an outage are thousands of tries; the backoff stays at its longest."""
+    policy = webhook_policy(f"http://127.0.0.1:{free_port()}/hooks/vagt", max_attempts=2)
+    alarms(database_url, policy, 1)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE alert_deliveries SET attempts = 2000")
+    clock = Clock()
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+        assert worker.deliver_due() == 1
+        clock.t += 59
+        assert worker.deliver_due() == 0              # backoff_max is 60 s here
+        clock.t += 1
+        assert worker.deliver_due() == 1
+    assert [d[1:4] for d in deliveries(database_url)] == [(2002, False, False)]
+
+
+@pytest.mark.parametrize("status", [503, 502, 429, 408])
+def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_event_in_the_end(
+        database_url, status):
+    receiver = Receiver(failures=5, status=status).start()
+    try:
+        policy = webhook_policy(receiver.url, max_attempts=2)
+        ids = alarms(database_url, policy, 2)
+        clock = Clock()
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+            for _ in range(6):
+                worker.deliver_due()
+                clock.t += 60
+    finally:
+        receiver.stop()
+    assert [d[1:4] for d in deliveries(database_url)] == [(6, True, False), (1, True, False)]
+    assert [d["alert"]["id"] for d in receiver.accepted()] == ids   # type: ignore[index]
+
+
+def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and_the_next_goes(
+        database_url):
+    receiver = Receiver(failures=3, status=400).start()
     try:
         policy = webhook_policy(receiver.url, max_attempts=3)
         alarms(database_url, policy, 2)
@@ -183,7 +224,7 @@ def test_after_the_last_try_a_delivery_is_a_dead_letter_and_the_next_one_goes(da
     finally:
         receiver.stop()
     (first, second) = deliveries(database_url)
-    assert first[1:] == (3, False, True, f"HTTP 503 from {receiver.url}")
+    assert first[1:] == (3, False, True, f"HTTP 400 from {receiver.url}")
     assert second[1:4] == (1, True, False)
 
 
@@ -221,19 +262,18 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
 def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, capsys):
     from tests.alerts.test_accounts_cli import run
 
-    port = free_port()
-    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt", max_attempts=1)
+    receiver = Receiver(failures=1, status=422).start()   # refuses it, then is fixed
+    policy = webhook_policy(receiver.url, max_attempts=1)
     alarms(database_url, policy, 1)
     with open_pool(database_url, 1, 2) as pool:
         worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
-        worker.deliver_due()
-        assert run(database_url, "alerts", "outbox", "--dead") == 0
-        table = capsys.readouterr().out.splitlines()
-        assert table[1].split()[:6] == ["1", "callcentre", "1", "opened", "1", "dead"]
-        assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
-                   "--author", "sofie") == 0
-        receiver = Receiver(port=port).start()
         try:
+            worker.deliver_due()
+            assert run(database_url, "alerts", "outbox", "--dead") == 0
+            table = capsys.readouterr().out.splitlines()
+            assert table[1].split()[:6] == ["1", "callcentre", "1", "opened", "1", "dead"]
+            assert run(database_url, "alerts", "redeliver", "1", "--target", "callcentre",
+                       "--author", "sofie") == 0
             assert worker.deliver_due() == 1
         finally:
             receiver.stop()
@@ -284,7 +324,7 @@ class _GarbageServer:
                 conn.sendall(b"garbage\r\n")
 
 
-def test_a_receiver_answering_garbage_is_a_failed_try_and_the_other_targets_go_on(
+def test_a_receiver_answering_garbage_is_tried_again_and_the_other_targets_go_on(
         database_url, receiver):
     receiver.failures = 0
     garbage = _GarbageServer()
@@ -303,7 +343,7 @@ def test_a_receiver_answering_garbage_is_a_failed_try_and_the_other_targets_go_o
     assert rows(database_url, "SELECT target, attempts, delivered_at IS NOT NULL, "
                               "dead_at IS NOT NULL, last_error FROM alert_deliveries "
                               "ORDER BY target") == [
-        ("broken", 2, False, True, f"{garbage.url}: not an HTTP response (BadStatusLine)"),
+        ("broken", 2, False, False, f"{garbage.url}: not an HTTP response (BadStatusLine)"),
         ("callcentre", 1, True, False, None)]
 
 

@@ -2,8 +2,11 @@
 
 Each target is worked in outbox order. A failed try is retried with exponential backoff
 (`backoff_initial` doubling up to `backoff_max`); while it waits, the target's later events
-wait behind it, so a receiver never sees "resolved" before "opened". After `max_attempts`
-tries the delivery is a dead letter (kept, with the last error) and the next one goes.
+wait behind it, so a receiver never sees "resolved" before "opened". A receiver that is
+down, unreachable or overloaded is tried until it is back: nothing is given up in an outage
+of the call centre's system. A delivery the receiver refuses (`DeliveryFailed.refused`), or
+that fails in a way vagt did not foresee, is a dead letter after `max_attempts` such tries
+(kept, with the last error), and the next one goes.
 Several engines share the outbox: one at a time works a target (a transaction-level advisory
 lock per target), so they never send the same row at once, nor a target's events out of order.
 
@@ -44,7 +47,21 @@ TIMESTAMP_HEADER = "X-Vagt-Timestamp"
 
 
 class DeliveryFailed(Exception):
-    """The receiver did not take the event; the message says what happened (no secrets)."""
+    """The receiver did not take the event; the message says what happened (no secrets).
+
+    `refused`: the receiver answered that it will not take this event (HTTP 4xx but 408 and
+    429; a topic the MQTT client refuses), which trying again may not change: counted toward
+    `max_attempts`. Otherwise the receiver is down, unreachable or overloaded (no
+    connection, a timeout, HTTP 5xx, 408, 429, no PUBACK), and the event waits for it."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+# HTTP answers in 4xx that say "not now" rather than "not this": Request Timeout, Too Early,
+# Too Many Requests.
+_NOT_NOW = frozenset({408, 425, 429})
 
 
 class Sender(Protocol):
@@ -84,7 +101,9 @@ class WebhookSender:
             with urllib.request.urlopen(request, timeout=self.target.timeout_s) as response:
                 status = response.status
         except urllib.error.HTTPError as e:
-            raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}") from None
+            raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}",
+                                 refused=400 <= e.code < 500 and e.code not in _NOT_NOW
+                                 ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DeliveryFailed(f"{_where(self.target.url)}: {reason}") from None
@@ -210,35 +229,36 @@ class DeliveryWorker:
                 if attempts and next_at > datetime.fromtimestamp(now, UTC):
                     break  # the earliest waits for its retry: the later ones wait behind it
                 tries += 1
-                outcome, error = self._try(sender, int(outbox_id), str(event),
-                                           str(payload).encode(), now)
+                outcome, error, refused = self._try(sender, int(outbox_id), str(event),
+                                                    str(payload).encode(), now)
                 self._record(conn, sender.name, int(outbox_id), int(attempts) + 1, outcome,
-                             error, now)
+                             error, refused, now)
             self.observer.delivery(sender.name, outcome)
             if outcome == "failed":
                 break
         return tries
 
     def _try(self, sender: Sender, outbox_id: int, event: str, body: bytes,
-             now: float) -> tuple[str, str | None]:
+             now: float) -> tuple[str, str | None, bool]:
+        """(outcome, error, whether the try counts toward `max_attempts`)."""
         try:
             sender.send(f"{outbox_id}-{sender.name}", event, body, now)
         except DeliveryFailed as e:
-            return "failed", str(e)
+            return "failed", str(e), e.refused
         except Exception as e:  # a bug, or an error the sender did not foresee: a failed try
-            # (retried, then a dead letter) so that this target's later events and the other
-            # targets go on. Its type and where it came from, not its text: that may hold a
-            # URL with a token in it.
+            # that counts (retried, then a dead letter: it may be this event's own) so that
+            # this target's later events and the other targets go on. Its type and where it
+            # came from, not its text: that may hold a URL with a token in it.
             where = traceback.extract_tb(e.__traceback__)[-1]
             error = (f"unexpected {type(e).__name__} at "
                      f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}")
             log.error("event=alert_delivery_error target=%s outbox_id=%d error=%r", sender.name,
                       outbox_id, error)
-            return "failed", error
-        return "delivered", None
+            return "failed", error, True
+        return "delivered", None, False
 
     def _record(self, conn: psycopg.Connection, target: str, outbox_id: int, attempts: int,
-                outcome: str, error: str | None, now: float) -> None:
+                outcome: str, error: str | None, refused: bool, now: float) -> None:
         at = datetime.fromtimestamp(now, UTC)
         if outcome == "delivered":
             conn.execute("UPDATE alert_deliveries SET attempts = %s, delivered_at = %s, "
@@ -247,21 +267,25 @@ class DeliveryWorker:
             log.info("event=alert_delivered target=%s outbox_id=%d attempts=%d", target,
                      outbox_id, attempts)
             return
-        if attempts >= self.policy.max_attempts:
-            conn.execute("UPDATE alert_deliveries SET attempts = %s, dead_at = %s, "
-                         "last_error = %s WHERE outbox_id = %s AND target = %s",
-                         (attempts, at, error, outbox_id, target))
-            log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d error=%r",
-                      target, outbox_id, attempts, error)
+        [refusals] = conn.execute(
+            "UPDATE alert_deliveries SET attempts = %s, refusals = refusals + %s::int, "
+            "last_error = %s WHERE outbox_id = %s AND target = %s RETURNING refusals",
+            (attempts, int(refused), error, outbox_id, target)).fetchone() or (0,)
+        if refusals >= self.policy.max_attempts:
+            conn.execute("UPDATE alert_deliveries SET dead_at = %s WHERE outbox_id = %s "
+                         "AND target = %s", (at, outbox_id, target))
+            log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d "
+                      "refusals=%d error=%r", target, outbox_id, attempts, refusals, error)
             self.observer.delivery(target, "dead")
             return
-        delay = min(self.policy.backoff_initial_s * 2 ** (attempts - 1),
+        # (an outage of days is thousands of tries: 2 ** attempts would overflow a float)
+        delay = min(self.policy.backoff_initial_s * 2 ** min(attempts - 1, 60),
                     self.policy.backoff_max_s)
-        conn.execute("UPDATE alert_deliveries SET attempts = %s, next_attempt_at = %s, "
-                     "last_error = %s WHERE outbox_id = %s AND target = %s",
-                     (attempts, at + timedelta(seconds=delay), error, outbox_id, target))
+        conn.execute("UPDATE alert_deliveries SET next_attempt_at = %s WHERE outbox_id = %s "
+                     "AND target = %s", (at + timedelta(seconds=delay), outbox_id, target))
         log.warning("event=alert_delivery_failed target=%s outbox_id=%d attempts=%d "
-                    "retry_in=%.1fs error=%r", target, outbox_id, attempts, delay, error)
+                    "refusals=%d retry_in=%.1fs error=%r", target, outbox_id, attempts,
+                    refusals, delay, error)
 
 
 def senders_for(policy: DeliveryPolicy, *, mqtt_defaults: Mapping[str, object],
