@@ -21,6 +21,7 @@ RULES = {
     "battery_low": ("technical", 4, "warning"),
     "device_silent": ("technical", 3, "major"),
     "missed_dose": ("technical", 3, "major"),
+    "spo2_low": ("clinical", 2, "major"),
 }
 
 

@@ -94,6 +94,32 @@ def test_an_offline_gateway_suppresses_the_alerts_of_the_devices_behind_it(fleet
     assert alert_of(fleet, "device_silent", "GW-0001")[1] == "open"
 
 
+def test_the_clinical_alerts_of_devices_behind_an_offline_gateway_stay_open(fleet):
+    (before, _), = fire(fleet, ("spo2_low", "OXI-0001"))     # a nurse is looking at it
+    fire(fleet, ("device_silent", "GW-0001"))
+    (after, _), = fire(fleet, ("spo2_low", "BPM-0001"))      # flushed as the link flickers
+    assert [alert_of(fleet, "spo2_low", d)[:2] for d in ("OXI-0001", "BPM-0001")] == [
+        (before, "open"), (after, "open")]
+
+
+def test_no_inhibit_rule_holds_back_a_personal_alarm(fleet, tmp_path):
+    """A centre's own policy may inhibit everything behind an offline gateway; someone who
+    pressed the button behind it still reaches the emergency queue."""
+    from vagt.alerts.policy import load_policy
+
+    p = tmp_path / "alerts.toml"
+    p.write_text('[[inhibit]]\nname = "behind_gateway"\n'
+                 'source = [\'rule="device_silent"\', \'type="gateway"\']\n'
+                 'target = [\'gateway_id!=""\']\nequal = ["gateway_id=device_id"]\n')
+    policy = load_policy(p)
+    add_device(fleet, "ALM-0002", "personal_alarm", "Aarhus", gateway="GW-0001")
+    fire(fleet, ("device_silent", "GW-0001"), policy=policy)
+    (alarm, _), = fire(fleet, ("personal_alarm", "ALM-0002"), policy=policy, code="alarm.fall")
+    (battery, _), = fire(fleet, ("battery_low", "OXI-0001"), policy=policy)
+    assert alert_of(fleet, "personal_alarm", "ALM-0002")[:2] == (alarm, "open")
+    assert alert_of(fleet, "battery_low", "OXI-0001")[:2] == (battery, "suppressed")
+
+
 def test_alerts_come_back_when_the_gateway_is_online_again(fleet):
     fire(fleet, ("device_silent", "GW-0001"))
     (oxi, _), = fire(fleet, ("battery_low", "OXI-0001"))

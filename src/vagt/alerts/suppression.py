@@ -25,6 +25,7 @@ from vagt.alerts.matchers import Matcher, all_match, alternatives, equalities
 from vagt.alerts.policy import AlertPolicy, InhibitRule, current_policy
 
 ENGINE_ACTOR = "vagt"
+CRITICAL = "critical"   # the severity no inhibit rule holds back (see `suppression_reason`)
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,20 @@ def suppression_reason(alert_id: int, labels: Mapping[str, object], device_statu
                        silences: Sequence[_ActiveSilence],
                        inhibitors: Sequence[tuple[InhibitRule, dict[tuple[str, ...], int]]],
                        policy: AlertPolicy) -> str | None:
-    """The first thing that holds the alert back, as a sentence; None if nothing does."""
+    """The first thing that holds the alert back, as a sentence; None if nothing does.
+
+    A critical alert (a personal alarm) is held back only by what a person decided: a
+    silence, or the device's repair status. Never by another alert: an inhibit rule written
+    to quiet the devices behind an offline gateway must not hide someone who pressed the
+    button (the gateway's own silence alert stays open until its sweep or message clears
+    it, and the alarm may well come through another way)."""
     if policy.silence_in_repair and device_status == "in_repair":
         return "the device is in repair (silenced by its registry status)"
     for s in silences:
         if all_match(s.matchers, labels):
             return s.reason
+    if _label(labels, "severity") == CRITICAL:
+        return None
     for rule, sources in inhibitors:
         if not sources or not all_match(rule.target, labels):
             continue
