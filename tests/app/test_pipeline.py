@@ -161,6 +161,54 @@ def test_skipped_message_counters_are_counted_as_gaps_per_device(database_url):
         ("OXI-0001", 9, 5), ("OXI-0002", 0, 0)]
 
 
+def counted(database_url: str, *batches: list[int], device: str = "OXI-0001") -> tuple[int, int]:
+    """(last counter, gaps) of `device` after batches of messages with these counters."""
+    run_batches(database_url, *[[msg(device, "telemetry", telemetry(device, T0 + k, seq=k,
+                                                                      spo2=97)) for k in b]
+                                for b in batches])
+    return tuple(query(database_url, "SELECT last_seq, seq_gaps FROM devices "
+                                     "WHERE device_id = %s", (device,))[0])  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("batches, expected", [
+    pytest.param([[1, 2, 5], [3, 4]], (5, 0), id="late messages fill their gaps"),
+    pytest.param([[1, 2, 5], [3, 4], [3, 4, 5]], (5, 0), id="a redelivery fills nothing twice"),
+    pytest.param([[1, 3, 5], [2], [7], [6]], (7, 1), id="only what never came is a gap"),
+    pytest.param([[1000, 1002], [999]], (1002, 1), id="nothing before the first is missing"),
+    pytest.param([[498, 500], [1, 2, 3], [501]], (501, 1), id="a counter that starts again"),
+    pytest.param([list(range(1, 201))], (200, 0), id="a flush of 200 in one batch"),
+    pytest.param([[k for k in range(1, 201) if k not in (50, 120, 121)]], (200, 3),
+                 id="a flush of 200 missing 3"),
+    # 2..199 missing, then 100..199 come: the 62 within 63 of the top fill their gaps, the
+    # older ones are taken for a counter that started again (see migration 0013)
+    pytest.param([[1], [200], list(range(100, 200))], (200, 136),
+                 id="late ones more than 63 below the top fill nothing"),
+])
+def test_message_counters_that_never_came_are_gaps_whatever_the_order(database_url, batches,
+                                                                    expected):
+    register(database_url, DEVICES)
+    assert counted(database_url, *batches) == expected
+
+
+def test_two_engines_sharing_a_devices_messages_count_no_gaps(database_url):
+    """With $share the broker hands a device's messages to either engine: each engine's
+    batches have every other counter, and the other engine's come in between."""
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as a, psycopg.connect(database_url) as b:
+        engines = []
+        for conn in (a, b):
+            store.prepare_connection(conn)
+            engines.append((conn, make_pipeline(conn)))
+        for k in range(1, 41, 4):         # a: k, k+1; b: k+2, k+3; b commits first each time
+            for (conn, p), seqs in ((engines[1], (k + 2, k + 3)), (engines[0], (k, k + 1))):
+                out = p.process(conn, [msg("OXI-0001", "telemetry", telemetry(
+                    "OXI-0001", T0 + s, seq=s, spo2=97)) for s in seqs])
+                conn.commit()
+                p.after_commit(out)
+    assert query(database_url, "SELECT last_seq, seq_gaps FROM devices "
+                               "WHERE device_id = 'OXI-0001'") == [(40, 0)]
+
+
 def test_an_alarm_and_telemetry_in_one_batch_are_committed_together(database_url):
     register(database_url, DEVICES)
     run_batches(database_url, [msg("ALM-0001", "alarm", alarm("ALM-0001", T0, "alarm.panic")),

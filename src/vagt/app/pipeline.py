@@ -451,45 +451,13 @@ class Pipeline:
                 if dec.f_time[j] >= fw_t[k]:
                     fw_t[k], firmware[k] = dec.f_time[j], dec.f_firmware[j]
         fw_t[np.isinf(fw_t)] = np.nan   # none in the batch
-        seq, gaps = self._sequence_gaps(uniq, pos, devs, msgs, dec)
+        counters = _counters(uniq, devs, np.asarray(dec.msg_seq, dtype=np.int64)[msgs])
         out.rows = rows = _device_rows(batch)   # its devices are `uniq`
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
                           _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
-                          firmware, _nulls(fw_t),
-                          [None if s < 0 else int(s) for s in seq.tolist()],
-                          gaps.tolist(), rows.first.tolist())
+                          firmware, _nulls(fw_t), *counters.columns(), rows.first.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware,
-                                fw_t, seq)
-
-    def _sequence_gaps(self, uniq: I64, pos: dict[int, int], devs: I64, msgs: I64,
-                       dec: DecodedBatch) -> tuple[I64, I64]:
-        """Per device: the highest message counter seen, and how many numbers were skipped.
-
-        Counters at or below the highest already seen (a redelivery, a late message) count
-        no gap; a device whose counter restarts is seen again once it passes its old high.
-        """
-        seqs = np.asarray(dec.msg_seq, dtype=np.int64)[msgs]
-        has = seqs >= 0
-        d, s = devs[has], seqs[has]
-        top = np.full(len(uniq), -1, dtype=np.int64)
-        gaps = np.zeros(len(uniq), dtype=np.int64)
-        if len(d) == 0:
-            return top, gaps
-        order = np.lexsort((s, d))
-        d, s = d[order], s[order]
-        with self.fleet.lock:
-            stored = self.fleet.last_seq[d]
-        first = np.r_[True, d[1:] != d[:-1]]
-        prev = np.where(first, stored, np.r_[-1, s[:-1]])
-        prev = np.maximum(prev, stored)
-        gap = np.where((prev >= 0) & (s > prev + 1), s - prev - 1, 0)
-        starts = np.flatnonzero(first)
-        ends = np.append(starts[1:], len(d)) - 1
-        for a, b, g in zip(starts, ends, np.add.reduceat(gap, starts)):
-            k = pos[int(d[a])]
-            top[k] = max(s[b], stored[a])
-            gaps[k] = g
-        return top, gaps
+                                fw_t, counters.hi)
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:
@@ -643,6 +611,48 @@ def _latest(uniq: I64, dev: I64, mask: Bools, value: F64,
     at = np.searchsorted(uniq, d[last])  # uniq is sorted (np.unique)
     values[at], times[at] = v[last], t[last]
     return values, times
+
+
+WINDOW = 63   # message counters a device's row keeps track of below its highest (0013)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Per device of a batch, its message counters: the highest (-1: none), the lowest, how
+    many distinct, and which of the WINDOW up to the highest came (bit i: highest - i). The
+    device's row counts the gaps from them under its lock (migration 0013)."""
+
+    hi: I64
+    lo: I64
+    n: I64
+    bits: I64
+
+    def columns(self) -> tuple[list[int | None], ...]:
+        has = self.hi >= 0
+        return tuple([int(x) if h else None for x, h in zip(a.tolist(), has.tolist())]
+                     for a in (self.hi, self.lo, self.n, self.bits))
+
+
+def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
+    """The counters (`seqs`, -1: none) of messages of devices `devs`, per device in `uniq`
+    (sorted)."""
+    k = len(uniq)
+    hi, lo = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
+    n, bits = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    has = seqs >= 0
+    if not has.any():
+        return Counters(hi, lo, n, bits)
+    pairs = np.unique(np.stack([devs[has], seqs[has]], axis=1), axis=0)  # by device, counter
+    d, s = pairs[:, 0], pairs[:, 1]
+    starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+    ends = np.r_[starts[1:], len(d)] - 1
+    at = np.searchsorted(uniq, d[starts])
+    hi[at], lo[at] = s[ends], s[starts]
+    n[at] = ends - starts + 1
+    off = np.repeat(s[ends], ends - starts + 1) - s
+    flags = np.where(off < WINDOW, np.left_shift(1, np.minimum(off, WINDOW - 1)), 0)
+    bits[at] = np.bitwise_or.reduceat(flags.astype(np.int64), starts)
+    return Counters(hi, lo, n, bits)
 
 
 def _nulls(values: F64) -> list[float | None]:
