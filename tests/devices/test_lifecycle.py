@@ -398,6 +398,14 @@ def test_an_attribute_that_is_or_names_a_cpr_number_is_refused(conn, attributes)
     assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("attributes", [{"citizen_name": "x"}, {"Adresse": "x"},
+                                        {"tlf": "x"}])
+def test_an_attribute_that_names_a_citizens_personal_data_is_refused(conn, attributes):
+    with pytest.raises(PrivacyError, match="personal data about a citizen"):
+        new_device(conn, attributes=attributes)
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
 def test_a_device_with_alerts_not_resolved_goes_to_no_next_citizen(conn, database_url):
     # Alerts are one per rule and device: while the last citizen's is open, the next
     # citizen's alarm would only count as its repeat, in the last citizen's municipality.

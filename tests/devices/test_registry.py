@@ -257,6 +257,25 @@ def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
     assert count_devices(conn) == 0
 
 
+@pytest.mark.parametrize("column", ["name", "Navn", "borgernavn", "Citizen name", "first_name",
+                                    "address", "install_address", "Adresse", "postnr", "Tlf",
+                                    "mobile", "E-mail", "fødselsdato", "kontaktperson"])
+def test_a_column_named_for_a_citizens_name_address_or_contact_refuses_the_file(conn, column):
+    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
+    assert problems == [f"the column '{column}' looks like personal data about a citizen; "
+                        "vagt keeps no names, addresses, phone numbers or e-mail addresses of "
+                        "citizens, only a pseudonymous citizen_ref: remove the column (or "
+                        "rename it if it is about the device)"]
+    assert count_devices(conn) == 0
+
+
+@pytest.mark.parametrize("column", ["model_name", "gateway_name", "serial", "asset_tag",
+                                    "location", "room", "mailbox", "note"])
+def test_a_column_about_the_device_is_kept_as_an_attribute(conn, column):
+    do_import(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
+    assert list_devices(conn)[0].attributes == {column: "x"}
+
+
 @pytest.mark.parametrize("value", ["0101701234", "010170-1234"])
 def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, value):
     problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,{OK},{value}\n")

@@ -3,7 +3,8 @@
 Columns: device_id, vendor, model, type, municipality (required, any order, any case);
 status and citizen_ref (optional); any other column is kept as an attribute. No civil
 registration (CPR) number passes: a column named like one, or a value shaped like one,
-refuses the file, and the value is never repeated in a message.
+refuses the file, and the value is never repeated in a message. Nor does a column named
+for a citizen's name, address, phone number or e-mail.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from vagt.devices.catalogue import Catalogue, CatalogueError
 from vagt.devices.lifecycle import Status
 from vagt.devices.privacy import (
     CPR_ADVICE,
+    PERSONAL_DATA_ADVICE,
     citizen_ref_problem,
     looks_like_cpr,
     looks_like_cpr_name,
+    looks_like_personal_data_name,
     municipality_problem,
 )
 from vagt.ingest.topics import DEVICE_ID
@@ -153,6 +156,10 @@ def _header_problems(header: list[str]) -> list[str]:
         problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
     problems += [f"the column '{h}' looks like a civil registration (CPR) number; {CPR_ADVICE}"
                  for h in header if looks_like_cpr_name(h)]
+    problems += [f"the column '{h}' looks like personal data about a citizen; "
+                 f"{PERSONAL_DATA_ADVICE}" for h in header
+                 if h.lower() not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+                 and not looks_like_cpr_name(h) and looks_like_personal_data_name(h)]
     return problems
 
 

@@ -25,6 +25,16 @@ _CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
 # personnummer, person_nr, civil_registration_number, ...
 _CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+# A name (lower case, separators as "_") that announces who the citizen is or where they
+# live, in English or Danish: a word of it is an address, phone or e-mail word, or the whole
+# name is a person's name ("name" alone, "first_name", "borgernavn"; "model_name" is not).
+_CONTACT_WORDS = frozenset({
+    "address", "adresse", "addr", "street", "vejnavn", "postnr", "postcode", "zip",
+    "phone", "telephone", "telefon", "telefonnummer", "tlf", "mobile", "mobil",
+    "email", "mail", "birthday", "birthdate", "foedselsdato", "fødselsdato"})
+_PERSON_NAME = re.compile(
+    r"^((citizen|borger|patient|person|contact|kontakt|relative|paaroerende|pårørende|first|"
+    r"last|full|sur|given|for|efter|fulde)_?)?(name|navn|person)$")
 
 CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
 
@@ -41,6 +51,19 @@ def looks_like_cpr(value: str) -> bool:
 def looks_like_cpr_name(name: str) -> bool:
     """A column or attribute name that announces a CPR number (cpr, CPR-nr, personnummer)."""
     return bool(_CPR_NAME.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
+
+
+def looks_like_personal_data_name(name: str) -> bool:
+    """A column or attribute name that announces a citizen's name, address, phone number,
+    e-mail or birthday: data about who the citizen is, which vagt does not keep (a
+    pseudonymous reference is all it knows of them)."""
+    key = re.sub(r"[^a-zæøå0-9]+", "_", name.lower()).strip("_")
+    return bool(_PERSON_NAME.match(key)) or not _CONTACT_WORDS.isdisjoint(key.split("_"))
+
+
+PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
+                        "of citizens, only a pseudonymous citizen_ref: remove the column (or "
+                        "rename it if it is about the device)")
 
 
 def contains_cpr(value: str) -> bool:
@@ -97,11 +120,14 @@ def checked_note(note: str | None) -> str | None:
 
 def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
     """Attributes kept with a device (serial number, asset tag): none may be or announce a
-    CPR number."""
+    CPR number, nor announce a citizen's name, address or contact details."""
     for key, value in attributes.items():
         if looks_like_cpr_name(key):
             raise PrivacyError(f"the attribute '{key}' looks like a civil registration (CPR) "
                                f"number; {CPR_ADVICE}")
+        if looks_like_personal_data_name(key):
+            raise PrivacyError(f"the attribute '{key}' looks like personal data about a "
+                               f"citizen; {PERSONAL_DATA_ADVICE}")
         if looks_like_cpr(value):
             raise PrivacyError(f"the value of attribute '{key}' looks like a civil "
                                f"registration (CPR) number; {CPR_ADVICE}")
