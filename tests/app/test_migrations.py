@@ -22,7 +22,7 @@ def test_a_timescaledb_that_refuses_its_features_gets_the_plain_schema_and_the_l
     before 2.13); the engine must start all the same. There is no TimescaleDB here: the
     flavour is taken to be 'timescale' as if the extension had been created, and this
     PostgreSQL refuses the migration's `by_range` as a TimescaleDB before 2.13 does."""
-    monkeypatch.setattr(db, "_flavour", lambda conn: db._recorded_flavour(conn) or "timescale")
+    monkeypatch.setattr(db, "_flavour", lambda conn: "timescale")
     with caplog.at_level(logging.WARNING, logger="vagt.db"):
         applied = db.migrate(empty_database_url)
     assert "0002_timeseries (plain)" in applied

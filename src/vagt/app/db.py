@@ -59,15 +59,12 @@ def _recorded_flavour(conn: psycopg.Connection) -> str | None:
 
 
 def _flavour(conn: psycopg.Connection) -> str:
-    """'timescale' if the extension can be used here, else 'plain'.
+    """'timescale' if the extension can be used here, else 'plain' (for a database whose
+    flavour is not recorded yet: one already migrated keeps its own).
 
-    A database already migrated keeps its flavour. The extension may be installed but not
-    loadable (it must be in shared_preload_libraries): then the plain schema is used, and
-    the log says why.
+    The extension may be installed but not loadable (it must be in shared_preload_libraries):
+    then the plain schema is used, and the log says why.
     """
-    recorded = _recorded_flavour(conn)
-    if recorded is not None:
-        return recorded
     if not timescale_available(conn):
         return "plain"
     try:
@@ -102,8 +99,9 @@ def migrate(conninfo: str) -> list[str]:
                        applied_at  timestamptz NOT NULL DEFAULT now())"""
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            decided = _recorded_flavour(conn) is not None
-            wanted = _flavour(conn)
+            recorded = _recorded_flavour(conn)
+            decided = recorded is not None
+            wanted = recorded or _flavour(conn)
             migrations = list_migrations()
             for m in migrations:
                 if m.version in done or m.flavour not in ("any", wanted):
