@@ -173,6 +173,41 @@ def test_a_receiver_that_is_down_then_up_gets_everything_in_order(database_url):
     assert [d[2] for d in deliveries(database_url)] == [True, True, True]
 
 
+def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
+    """Ops alert on events waiting long for the call centre: count and age per target."""
+    from prometheus_client import generate_latest
+
+    from vagt.alerts.outbox import waiting_by_target
+
+    port = free_port()
+    policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt")
+    alarms(database_url, policy, 2)
+    metrics = EngineMetrics(CollectorRegistry())
+    with open_pool(database_url, 1, 2) as pool:
+        def query() -> list[tuple[str, int, float]]:
+            with pool.connection() as conn:
+                return waiting_by_target(conn)
+
+        metrics.watch_deliveries(query)
+        clock = Clock()
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+        worker.deliver_due()                              # connection refused
+        text = generate_latest(metrics.registry).decode()
+        assert 'vagt_alert_deliveries_waiting{target="callcentre"} 2.0' in text
+        age = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} ')
+                    [1].split()[0])
+        assert 0 < age < 60
+        receiver = Receiver(port=port).start()
+        clock.t += 60                                     # the retry is due
+        try:
+            worker.deliver_due()
+        finally:
+            receiver.stop()
+        text = generate_latest(metrics.registry).decode()
+    assert 'vagt_alert_deliveries_waiting{target="callcentre"} 0.0' in text
+    assert 'vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} 0.0' in text
+
+
 def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
     """Days of an outage are thousands of tries; the backoff stays at its longest."""
     policy = webhook_policy(f"http://127.0.0.1:{free_port()}/hooks/vagt", max_attempts=2)

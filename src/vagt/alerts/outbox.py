@@ -60,6 +60,18 @@ def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list
     return [t[0] for t in targets]
 
 
+def waiting_by_target(conn: psycopg.Connection) -> list[tuple[str, int, float]]:
+    """Per enabled target: how many deliveries wait (neither delivered nor dead), and the
+    seconds since the oldest of them was queued (0 when none waits)."""
+    rows = conn.execute(
+        "SELECT t.name, count(o.id), coalesce(extract(epoch FROM now() - min(o.created_at)), 0) "
+        "FROM delivery_targets t LEFT JOIN alert_deliveries d ON d.target = t.name "
+        "AND d.delivered_at IS NULL AND d.dead_at IS NULL "
+        "LEFT JOIN alert_outbox o ON o.id = d.outbox_id "
+        "WHERE t.enabled GROUP BY t.name ORDER BY t.name").fetchall()
+    return [(str(t), int(n), max(float(age), 0.0)) for t, n, age in rows]
+
+
 def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,
                 limit: int = 100) -> list[tuple[int, str, int, str, int, str | None, bool]]:
     """(outbox id, target, alert id, event, attempts, last error, dead) not delivered yet."""

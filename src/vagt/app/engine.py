@@ -24,6 +24,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
 from vagt.app import db, heap, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
@@ -455,6 +456,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         heap.settle()
         metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
         metrics.watch_queue(lambda: _queue_alerts(pool))
+        metrics.watch_deliveries(lambda: _waiting_deliveries(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
         server = metrics.serve(config.metrics_host, config.metrics_port) \
             if config.metrics_port else None
@@ -752,6 +754,11 @@ def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
             "SELECT queue, priority, status, count(*) FROM alerts "
             "WHERE status <> 'resolved' GROUP BY 1, 2, 3").fetchall()
     return [(str(q), int(p), str(s), int(n)) for q, p, s, n in rows]
+
+
+def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, int, float]]:
+    with pool.connection(timeout=2) as conn:
+        return outbox.waiting_by_target(conn)
 
 
 def _mqtt_defaults(config: Config) -> dict[str, object]:

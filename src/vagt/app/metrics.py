@@ -152,11 +152,17 @@ class EngineMetrics:
 
     def watch_queue(self, query: Callable[[], Iterable[tuple[str, int, str, int]]]) -> None:
         """Export `vagt_queue_alerts{queue,priority,status}` from `query()` at every scrape."""
-        self.registry.register(_QueueAlerts(query))
+        self.registry.register(_Scraped("queue_alerts", query, _queue_alerts))
 
     def watch_open_alerts(self, query: Callable[[], Iterable[tuple[str, int]]]) -> None:
         """Export `vagt_open_alerts{queue}` from `query()` at every scrape."""
-        self.registry.register(_OpenAlerts(query))
+        self.registry.register(_Scraped("open_alerts", query, _open_alerts))
+
+    def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, int, float]]]) -> None:
+        """Export `vagt_alert_deliveries_waiting{target}` and
+        `vagt_alert_delivery_oldest_waiting_seconds{target}` from `query()` at every scrape:
+        a receiver that is down is tried until it is back, and this is how ops see it."""
+        self.registry.register(_Scraped("deliveries_waiting", query, _waiting_deliveries))
 
     def watch_fleet(self, counts: Callable[[], tuple[dict[str, int],
                                                       dict[tuple[str, str], int]]]) -> None:
@@ -185,47 +191,58 @@ class _Foreign(Collector):
         return self._families()
 
 
-class _OpenAlerts(Collector):
-    def __init__(self, query: Callable[[], Iterable[tuple[str, int]]]) -> None:
-        self._query = query
+class _Scraped(Collector):
+    """Gauges made from a database query at every scrape; a scrape whose query fails (the
+    database is away) serves them empty and logs `event=<what>_query_failed`."""
+
+    def __init__(self, what: str, query: Callable[[], Iterable[tuple[Any, ...]]],
+                 gauges: Callable[[list[tuple[Any, ...]]], list[GaugeMetricFamily]]) -> None:
+        self._what, self._query, self._gauges = what, query, gauges
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily("vagt_open_alerts",
-                              "Alerts not yet resolved (open, claimed or acknowledged)",
-                              labels=["queue"])
         try:
             rows = list(self._query())
         except Exception as e:  # a scrape must not fail because the database is away
-            log.warning("event=open_alerts_query_failed error=%s", type(e).__name__)
+            log.warning("event=%s_query_failed error=%s", self._what, type(e).__name__)
             rows = []
-        for queue, n in rows:
-            g.add_metric([queue], float(n))
-        yield g
+        return self._gauges(rows)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
 
 
-class _QueueAlerts(Collector):
-    def __init__(self, query: Callable[[], Iterable[tuple[str, int, str, int]]]) -> None:
-        self._query = query
+def _open_alerts(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
+    g = GaugeMetricFamily("vagt_open_alerts",
+                          "Alerts not yet resolved (open, claimed or acknowledged)",
+                          labels=["queue"])
+    for queue, n in rows:
+        g.add_metric([queue], float(n))
+    return [g]
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily("vagt_queue_alerts",
-                              "Alerts not resolved, by queue, priority and status "
-                              "(open, claimed, acknowledged, suppressed)",
-                              labels=["queue", "priority", "status"])
-        try:
-            rows = list(self._query())
-        except Exception as e:  # a scrape must not fail because the database is away
-            log.warning("event=queue_alerts_query_failed error=%s", type(e).__name__)
-            rows = []
-        for queue, priority, status, n in rows:
-            g.add_metric([queue, str(priority), status], float(n))
-        yield g
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return []
+def _queue_alerts(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
+    g = GaugeMetricFamily("vagt_queue_alerts",
+                          "Alerts not resolved, by queue, priority and status "
+                          "(open, claimed, acknowledged, suppressed)",
+                          labels=["queue", "priority", "status"])
+    for queue, priority, status, n in rows:
+        g.add_metric([queue, str(priority), status], float(n))
+    return [g]
+
+
+def _waiting_deliveries(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
+    waiting = GaugeMetricFamily("vagt_alert_deliveries_waiting",
+                                "Alert events waiting to be delivered to a target (neither "
+                                "delivered nor dead)", labels=["target"])
+    oldest = GaugeMetricFamily("vagt_alert_delivery_oldest_waiting_seconds",
+                               "Age of the oldest event waiting for a target (0: none waits)",
+                               labels=["target"])
+    for target, n, age in rows:
+        waiting.add_metric([target], float(n))
+        oldest.add_metric([target], float(age))
+    return [waiting, oldest]
+
+
 class _Fleet(Collector):
     def __init__(self, counts: Callable[[], tuple[dict[str, int],
                                                   dict[tuple[str, str], int]]]) -> None:
