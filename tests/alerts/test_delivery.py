@@ -225,7 +225,7 @@ def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
     assert [d[1:4] for d in deliveries(database_url)] == [(2002, False, False)]
 
 
-@pytest.mark.parametrize("status", [503, 502, 429, 408])
+@pytest.mark.parametrize("status", [503, 502, 429, 408, 401, 403, 404])
 def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_event_in_the_end(
         database_url, status):
     receiver = Receiver(failures=5, status=status).start()

@@ -3,10 +3,10 @@
 Each target is worked in outbox order. A failed try is retried with exponential backoff
 (`backoff_initial` doubling up to `backoff_max`); while it waits, the target's later events
 wait behind it, so a receiver never sees "resolved" before "opened". A receiver that is
-down, unreachable or overloaded is tried until it is back: nothing is given up in an outage
-of the call centre's system. A delivery the receiver refuses (`DeliveryFailed.refused`), or
-that fails in a way vagt did not foresee, is a dead letter after `max_attempts` such tries
-(kept, with the last error), and the next one goes.
+down, unreachable, overloaded or misconfigured is tried until it is mended: nothing is given
+up in an outage of the call centre's system. A delivery the receiver refuses as wrong in
+itself (`DeliveryFailed.refused`), or that fails in a way vagt did not foresee, is a dead
+letter after `max_attempts` such tries (kept, with the last error), and the next one goes.
 Several engines share the outbox: one at a time works a target (a transaction-level advisory
 lock per target), so they never send the same row at once, nor a target's events out of order.
 
@@ -49,19 +49,20 @@ TIMESTAMP_HEADER = "X-Vagt-Timestamp"
 class DeliveryFailed(Exception):
     """The receiver did not take the event; the message says what happened (no secrets).
 
-    `refused`: the receiver answered that it will not take this event (HTTP 4xx but 408 and
-    429; a topic the MQTT client refuses), which trying again may not change: counted toward
-    `max_attempts`. Otherwise the receiver is down, unreachable or overloaded (no
-    connection, a timeout, HTTP 5xx, 408, 429, no PUBACK), and the event waits for it."""
+    `refused`: the receiver answered that this event is wrong in itself (HTTP 400, 409, 413,
+    422), which trying again may not change: counted toward `max_attempts`. Otherwise the
+    fault is the receiver's or the link's, the same for every event (no connection, a
+    timeout, HTTP 5xx, 401 or 403 after a secret changed, 404 while it is redeployed, 429,
+    no PUBACK), and the event waits until it is mended."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
 
 
-# HTTP answers in 4xx that say "not now" rather than "not this": Request Timeout, Too Early,
-# Too Many Requests.
-_NOT_NOW = frozenset({408, 425, 429})
+# HTTP answers that say "not this event" rather than "not now" or "not you": Bad Request,
+# Conflict, Content Too Large, Unprocessable Content.
+_NOT_THIS = frozenset({400, 409, 413, 422})
 
 
 class Sender(Protocol):
@@ -102,8 +103,7 @@ class WebhookSender:
                 status = response.status
         except urllib.error.HTTPError as e:
             raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}",
-                                 refused=400 <= e.code < 500 and e.code not in _NOT_NOW
-                                 ) from None
+                                 refused=e.code in _NOT_THIS) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DeliveryFailed(f"{_where(self.target.url)}: {reason}") from None
