@@ -225,21 +225,29 @@ def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
     assert [d[1:4] for d in deliveries(database_url)] == [(2002, False, False)]
 
 
-@pytest.mark.parametrize("status", [503, 502, 429, 408, 401, 403, 404])
-def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_event_in_the_end(
-        database_url, status):
-    receiver = Receiver(failures=5, status=status).start()
+def two_alarms_through(database_url: str, receiver: Receiver, rounds: int,
+                       max_attempts: int) -> list[int]:
+    """Two alarms, and `rounds` rounds of delivery a minute apart to `receiver` (stopped
+    after); their alert ids."""
     try:
-        policy = webhook_policy(receiver.url, max_attempts=2)
+        policy = webhook_policy(receiver.url, max_attempts=max_attempts)
         ids = alarms(database_url, policy, 2)
         clock = Clock()
         with open_pool(database_url, 1, 2) as pool:
             worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
-            for _ in range(6):
+            for _ in range(rounds):
                 worker.deliver_due()
                 clock.t += 60
     finally:
         receiver.stop()
+    return ids
+
+
+@pytest.mark.parametrize("status", [503, 502, 429, 408, 401, 403, 404])
+def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_event_in_the_end(
+        database_url, status):
+    receiver = Receiver(failures=5, status=status).start()
+    ids = two_alarms_through(database_url, receiver, rounds=6, max_attempts=2)
     assert [d[1:4] for d in deliveries(database_url)] == [(6, True, False), (1, True, False)]
     assert [d["alert"]["id"] for d in receiver.accepted()] == ids   # type: ignore[index]
 
@@ -247,17 +255,7 @@ def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_eve
 def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and_the_next_goes(
         database_url):
     receiver = Receiver(failures=3, status=400).start()
-    try:
-        policy = webhook_policy(receiver.url, max_attempts=3)
-        alarms(database_url, policy, 2)
-        clock = Clock()
-        with open_pool(database_url, 1, 2) as pool:
-            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
-            for _ in range(4):
-                worker.deliver_due()
-                clock.t += 60
-    finally:
-        receiver.stop()
+    two_alarms_through(database_url, receiver, rounds=4, max_attempts=3)
     (first, second) = deliveries(database_url)
     assert first[1:] == (3, False, True, f"HTTP 400 from {receiver.url}")
     assert second[1:4] == (1, True, False)
