@@ -124,6 +124,42 @@ def test_the_last_citizens_readings_that_come_after_the_next_ones_are_stored_not
     p.close()
 
 
+@pytest.mark.parametrize("flushed", ["a weighing", "a dose due"])
+def test_what_the_device_kept_from_the_last_citizen_is_stored_not_evaluated(
+        database_url, rules_file, flushed):
+    """A device that was offline when it came back keeps what it could not send, and sends
+    it from the next citizen's home: stored, as the last citizen's by its time, and not
+    evaluated as the next citizen's (no weight gain between two people, no dose missed
+    that was never the next citizen's)."""
+    device = "SCL-0001" if flushed == "a weighing" else "DSP-0001"
+    register(database_url, [SCALE, DISPENSER])
+    p = engine(database_url, rules_file)
+    if flushed == "a weighing":
+        p.batch([weight(NOW - 3 * DAY, 70.0)])
+    give_to_the_next_citizen(database_url, device, "Odder", "command")
+    if flushed == "a weighing":
+        p.batch([weight(NOW - 2 * DAY, 79.0)])        # A's, kept on the scale
+        p.batch([weight(NOW + HOUR, 81.0)])           # B's first weighing
+    else:
+        p.batch([event(device, NOW - 2 * DAY, "dose.due")])
+        p.tick(NOW + HOUR)
+    assert alerts(database_url) == []
+    assert query(database_url, "SELECT count(*) FROM readings") \
+        == [(3 if flushed == "a weighing" else 0,)]
+    p.close()
+
+
+def test_the_next_citizens_device_with_a_clock_a_little_late_is_evaluated(
+        database_url, rules_file):
+    register(database_url, [SCALE])
+    p = engine(database_url, rules_file)
+    give_to_the_next_citizen(database_url, "SCL-0001", "Odder", "command")
+    p.batch([weight(NOW - 600, 80.0)])                # ten minutes behind the centre's clock
+    p.batch([weight(NOW - 300, 82.5)])
+    assert alerts(database_url) == [("weight_gain", "SCL-0001")]
+    p.close()
+
+
 @pytest.mark.parametrize("ticks", ["the engine that saw the dose due",
                                    "another engine, started before the deployment"])
 def test_a_dose_the_last_citizen_had_due_is_not_missed_by_the_next_one(

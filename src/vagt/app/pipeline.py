@@ -25,7 +25,7 @@ from vagt.alerts.store import (
 )
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
-from vagt.app.rule_state import Seen, SharedRuleState
+from vagt.app.rule_state import BEGAN_MARGIN_S, Seen, SharedRuleState
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -246,8 +246,12 @@ class Pipeline:
                 batch = merged
         if too_late.any():
             batch = batch.newer_than(held[too_late], locked.seen[too_late])
+        earlier = locked.before_deployment(rows.first)   # the last citizen's rows
+        if earlier.any():
+            batch = batch.newer_than(held[earlier],
+                                     locked.began[earlier] - BEGAN_MARGIN_S)
         out.replayed += int(replay.sum())
-        out.too_late += int(too_late.sum())
+        out.too_late += int((too_late | earlier).sum())
         replayed = held[replay]
         seen = Seen(held, np.fmax(rows.latest, locked.seen), replayed, held[replay & late.back])
         ev = self.shared.evaluate(

@@ -93,7 +93,8 @@ SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UP
 # the rules had seen the devices' rows was read here too, joining `devices`: that took
 # 2.6 times as long as this, 1 s more in a drain of 200,000 messages.)
 _VERSIONS = """
-SELECT device_id, version, as_of, prev_as_of FROM rule_state WHERE device_id = ANY(%s)
+SELECT device_id, version, as_of, prev_as_of, extract(epoch FROM began)::float8
+FROM rule_state WHERE device_id = ANY(%s)
 """
 
 _CURRENT = """
@@ -117,6 +118,13 @@ SELECT device_id, version, layout, slots, vals, texts FROM rule_state WHERE devi
 # be replayed from ever further back.
 CHECKPOINT_AGE_S = 60.0
 CHECKPOINT_MAX_S = 600.0
+
+# Rows from more than this before a device's deployment (`rule_state.began`) are the last
+# citizen's, flushed from the device's buffer at the next citizen's home: stored, and the
+# rules skip them. The margin is for a device whose clock lags: the next citizen's own rows
+# come after the deployment (registered at the centre before the device is installed), and
+# a clock later by more than an hour is not mistaken for the last citizen's time.
+BEGAN_MARGIN_S = 3600.0
 
 # The state before this write becomes `prev` if it is old enough (above), or if there was
 # none (empty: any row can go back to it); not when this write went back to `prev` itself
@@ -177,12 +185,19 @@ class Late:
 class Locked:
     """What `lock` found, per device of the lock (in its order): the device time up to which
     the rules had seen its rows where they are late (`seen`: NaN, not late), the one up to
-    which its stored state has (`as_of`: NaN, from the first), and the one of its earlier
-    state, `prev` (NaN: none to go back to)."""
+    which its stored state has (`as_of`: NaN, from the first), the one of its earlier
+    state, `prev` (NaN: none to go back to), and the time its state began, its deployment to
+    the citizen it is with (`began`, NaN: before migration 0010)."""
 
     seen: F64
     as_of: F64
     prev_as_of: F64
+    began: F64
+
+    def before_deployment(self, first: F64) -> Bools:
+        """For rows beginning at device time `first` (per device): which have rows from
+        more than BEGAN_MARGIN_S before the device's deployment, the last citizen's."""
+        return first < self.began - BEGAN_MARGIN_S   # False where NaN
 
     def late(self, first: F64) -> Late:
         """For rows beginning at device time `first` (per device): which are late (their
@@ -240,7 +255,7 @@ class SharedRuleState:
         the rule state another process changed. `seen`: per device, the device time up to
         which the rules had seen its rows (NaN: not late; see `Locked`)."""
         if len(devs) == 0:
-            return Locked(np.empty(0), np.empty(0), np.empty(0))
+            return Locked(np.empty(0), np.empty(0), np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             if not held:
@@ -250,15 +265,18 @@ class SharedRuleState:
             have = {r[0] for r in locked}  # creation rolled back with its first batch
             missing = [i for i in ids if i not in have]
             conn.execute(_CREATE_MISSING, (missing,))
-            locked += [(i, 0, None, None) for i in missing]
+            locked += [(i, 0, None, None, None) for i in missing]
         idx = self.fleet.lookup([r[0] for r in locked])
         ok = idx >= 0
         at = np.searchsorted(devs, idx[ok])
         as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
+        began = np.full(len(devs), np.nan)
         as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
         prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
+        began[at] = np.array([r[4] for r in locked], dtype=np.float64)[ok]
         self._read_stale(conn, locked, idx)
-        return Locked(np.full(len(devs), np.nan) if seen is None else seen, as_of, prev_as_of)
+        return Locked(np.full(len(devs), np.nan) if seen is None else seen, as_of, prev_as_of,
+                      began)
 
     def rewind(self, conn: psycopg.Connection, devs: I64, prev: bool = True) -> None:
         """Put the earlier state (`prev`) of `devs` into memory, or with `prev` False their
