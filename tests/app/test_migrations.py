@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import psycopg
+import pytest
 
 from vagt.app import db
 
@@ -37,6 +38,21 @@ def test_a_timescaledb_that_refuses_its_features_gets_the_plain_schema_and_the_l
                      "VALUES (now(), 'SCL-0001', 'weight', 70.2, 'kg', now())")
     assert db.migrate(empty_database_url) == []          # the flavour stays as recorded
     assert flavours(empty_database_url)[2] == "plain"
+
+
+def test_a_passing_error_in_the_timescaledb_migration_stops_it_and_decides_nothing(
+        empty_database_url, monkeypatch):
+    """A statement timeout (or a deadlock, a missing privilege) is no reason to make the
+    database plain PostgreSQL for good: the migration stops, and the next start decides."""
+    monkeypatch.setattr(db, "_flavour", lambda conn: "timescale")
+    original = db.list_migrations()
+    slow = "SET LOCAL statement_timeout = '10ms'; SELECT pg_sleep(1);"
+    monkeypatch.setattr(db, "list_migrations", lambda: [
+        db.Migration(m.version, m.name, m.flavour, slow) if m.flavour == "timescale" else m
+        for m in original])
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        db.migrate(empty_database_url)
+    assert flavours(empty_database_url) == {1: "any"}
 
 
 def test_without_timescaledb_every_migration_is_applied_once_in_the_plain_flavour(

@@ -51,6 +51,14 @@ def timescale_available(conn: psycopg.Connection) -> bool:
     return row is not None
 
 
+# What a TimescaleDB that lacks a feature answers (the Apache licence's "not supported under
+# the current license", a function or option an older release does not have). Anything else
+# (a timeout, a deadlock, a missing privilege) stops the migration: a passing error must not
+# make a database plain PostgreSQL for good.
+_REFUSED_FEATURE = (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFunction,
+                    psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue)
+
+
 def _recorded_flavour(conn: psycopg.Connection) -> str | None:
     """The flavour of the migrations applied before, if any had two ('timescale', 'plain')."""
     row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
@@ -83,9 +91,10 @@ def migrate(conninfo: str) -> list[str]:
     Safe to run from several processes at once: an advisory lock serialises them.
 
     The first migration with two flavours decides the database's: if its TimescaleDB
-    flavour fails (a TimescaleDB under the Apache licence has no compression or retention
-    policies; one before 2.13 has no `by_range`), it is rolled back, the plain one applied
-    instead, and the log says why. Once a flavour is recorded, a failure is an error.
+    flavour is refused for a feature the server lacks (a TimescaleDB under the Apache licence
+    has no compression or retention policies; one before 2.13 has no `by_range`), it is rolled
+    back, the plain one applied instead, and the log says why. Any other error stops the
+    migration, and once a flavour is recorded, every failure does.
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -108,7 +117,7 @@ def migrate(conninfo: str) -> list[str]:
                     continue
                 try:
                     _apply(conn, m)
-                except psycopg.Error as e:
+                except _REFUSED_FEATURE as e:
                     if m.flavour != "timescale" or decided:
                         raise
                     log.warning("event=timescaledb_refused version=%04d name=%s error=%r "
