@@ -243,6 +243,28 @@ def two_alarms_through(database_url: str, receiver: Receiver, rounds: int,
     return ids
 
 
+def test_after_an_outage_a_refused_event_backs_off_from_its_refusals(database_url):
+    """The receiver is back after days down, and refuses the event at the head: it is
+    tried again after backoff_initial, not backoff_max, so that it becomes a dead letter
+    (and the alarms behind it go) in seconds, not in max_attempts times ten minutes."""
+    receiver = Receiver(failures=2, status=422).start()
+    try:
+        policy = webhook_policy(receiver.url, max_attempts=2)
+        alarms(database_url, policy, 2)
+        with psycopg.connect(database_url) as conn:
+            conn.execute("UPDATE alert_deliveries SET attempts = 2000 WHERE outbox_id = 1")
+        clock = Clock()
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+            worker.deliver_due()                 # refused once: 2 s
+            clock.t += 2
+            worker.deliver_due()                 # refused twice: a dead letter
+            worker.deliver_due()                 # the next goes
+    finally:
+        receiver.stop()
+    assert [d[1:4] for d in deliveries(database_url)] == [(2002, False, True), (1, True, False)]
+
+
 @pytest.mark.parametrize("status", [503, 502, 429, 408, 401, 403, 404])
 def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_event_in_the_end(
         database_url, status):

@@ -278,8 +278,11 @@ class DeliveryWorker:
                       "refusals=%d error=%r", target, outbox_id, attempts, refusals, error)
             self.observer.delivery(target, "dead")
             return
-        # (an outage of days is thousands of tries: 2 ** attempts would overflow a float)
-        delay = min(self.policy.backoff_initial_s * 2 ** min(attempts - 1, 60),
+        # A refusal backs off by the refusals: after an outage (thousands of tries: 2 **
+        # attempts would overflow a float) the receiver is back, and the events behind one
+        # it refuses must not wait backoff_max for each of its max_attempts refusals.
+        tries = refusals if refused else attempts
+        delay = min(self.policy.backoff_initial_s * 2 ** min(tries - 1, 60),
                     self.policy.backoff_max_s)
         conn.execute("UPDATE alert_deliveries SET next_attempt_at = %s WHERE outbox_id = %s "
                      "AND target = %s", (at + timedelta(seconds=delay), outbox_id, target))
