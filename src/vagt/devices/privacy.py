@@ -26,12 +26,19 @@ _CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
 _CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 # A name (lower case, separators as "_") that announces who the citizen is or where they
-# live, in English or Danish: a word of it is an address, phone or e-mail word, or the whole
-# name is a person's name ("name" alone, "first_name", "borgernavn"; "model_name" is not).
+# live, in English or Danish: a word of it is an address, phone, e-mail or birthday word, or
+# the whole name is a person's name ("name" alone, "first_name", "borgernavn"; "model_name"
+# is not). A word about the device or its network in the name makes it the device's
+# ("mac_address", "sim_phone", "mobile_operator").
 _CONTACT_WORDS = frozenset({
-    "address", "adresse", "addr", "street", "vejnavn", "postnr", "postcode", "zip",
-    "phone", "telephone", "telefon", "telefonnummer", "tlf", "mobile", "mobil",
-    "email", "mail", "birthday", "birthdate", "foedselsdato", "fødselsdato"})
+    "address", "adresse", "addr", "street", "vejnavn", "postnr", "postnummer", "postcode",
+    "postal", "zipcode", "phone", "telephone", "telefon", "telefonnr", "telefonnummer", "tlf",
+    "tlfnr", "mobile", "mobil", "mobilnr", "email", "mail", "birthday", "birthdate", "birth",
+    "dob", "foedselsdato", "fodselsdato", "fødselsdato", "fødselsdag"})
+_DEVICE_WORDS = frozenset({
+    "mac", "ip", "ipv4", "ipv6", "ble", "bt", "bluetooth", "sim", "imei", "imsi", "iccid",
+    "gateway", "gw", "device", "firmware", "fw", "modem", "wifi", "lan", "network", "operator",
+    "server", "broker", "mqtt", "model", "serial", "vendor"})
 _PERSON_NAME = re.compile(
     r"^((citizen|borger|patient|person|contact|kontakt|relative|paaroerende|pårørende|first|"
     r"last|full|sur|given|for|efter|fulde)_?)?(name|navn|person)$")
@@ -58,7 +65,10 @@ def looks_like_personal_data_name(name: str) -> bool:
     e-mail or birthday: data about who the citizen is, which vagt does not keep (a
     pseudonymous reference is all it knows of them)."""
     key = re.sub(r"[^a-zæøå0-9]+", "_", name.lower()).strip("_")
-    return bool(_PERSON_NAME.match(key)) or not _CONTACT_WORDS.isdisjoint(key.split("_"))
+    words = key.split("_")
+    if not _DEVICE_WORDS.isdisjoint(words):
+        return False
+    return bool(_PERSON_NAME.match(key)) or not _CONTACT_WORDS.isdisjoint(words)
 
 
 PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
