@@ -338,6 +338,33 @@ def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, ca
     assert "there is no dead delivery of outbox entry 1" in capsys.readouterr().err
 
 
+def test_an_event_the_receiver_fails_on_can_be_given_up_so_the_ones_behind_go(
+        database_url, capsys):
+    """A receiver answering 500 to one event only would hold every later one (alarms too)
+    for as long as it does: ops give it up, audited, and the next goes at once."""
+    from tests.alerts.test_accounts_cli import run
+
+    receiver = Receiver(failures=1, status=500).start()
+    policy = webhook_policy(receiver.url, max_attempts=1)
+    alarms(database_url, policy, 2)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
+        try:
+            worker.deliver_due()                      # 500: waits to be tried again
+            assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
+                       "--author", "sofie", "--reason", "the call centre cannot parse it") == 0
+            assert worker.deliver_due() == 1          # the next one, at once
+        finally:
+            receiver.stop()
+    assert [d[2:] for d in deliveries(database_url)] == [
+        (False, True, "given up by sofie: the call centre cannot parse it"), (True, False, None)]
+    assert rows(database_url, "SELECT actor, action, subject FROM audit_log") == [
+        ("sofie", "delivery.give_up", "outbox 1")]
+    assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
+               "--author", "sofie", "--reason", "again") == 2
+    assert "no delivery of outbox entry 1 to 'callcentre' is waiting" in capsys.readouterr().err
+
+
 def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url, receiver):
     from datetime import UTC, datetime, timedelta
 

@@ -86,11 +86,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     box = actions.add_parser("outbox", help="events not yet delivered to the call centre")
     box.add_argument("--dead", action="store_true", help="only dead letters (tries used up)")
     box.set_defaults(handler=handle_outbox)
-    again = actions.add_parser("redeliver", help="try a dead letter again")
-    again.add_argument("outbox_id", type=int)
-    again.add_argument("--target", required=True, help="the delivery target's name")
-    again.add_argument("--author", required=True, help="your name, for the audit trail")
-    again.set_defaults(handler=handle_redeliver)
+    for name, text, handler in (
+            ("redeliver", "try a dead letter again", handle_redeliver),
+            ("give-up", "make a waiting delivery a dead letter, so that the target's events "
+                        "behind it go (redeliver tries it again)", handle_give_up)):
+        one = actions.add_parser(name, help=text)
+        one.add_argument("outbox_id", type=int)
+        one.add_argument("--target", required=True, help="the delivery target's name")
+        one.add_argument("--author", required=True, help="your name, for the audit trail")
+        if name == "give-up":
+            one.add_argument("--reason", required=True, help="why, for the audit trail")
+        one.set_defaults(handler=handler)
     _add_silences(subparsers)
 
 
@@ -268,6 +274,19 @@ def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
         except LookupError as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
+    return 0
+
+
+@_reports_errors
+def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        try:
+            outbox.give_up(conn, args.outbox_id, args.target, actor=args.author,
+                           reason=args.reason)
+        except LookupError as e:
+            return fail(str(e))
+    print(f"outbox entry {args.outbox_id} is a dead letter for {args.target}; the events "
+          "behind it go")
     return 0
 
 

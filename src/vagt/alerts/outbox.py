@@ -97,6 +97,25 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
                      (actor, f"outbox {outbox_id}", orjson.dumps({"target": target}).decode()))
 
 
+def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
+            reason: str) -> None:
+    """Make a waiting delivery a dead letter now, so that the target's events behind it go
+    (a receiver that fails on this one event, with 5xx say, is otherwise tried until it
+    takes it); audited, and `redeliver` can try it again."""
+    with conn.transaction():
+        row = conn.execute("UPDATE alert_deliveries SET dead_at = now(), last_error = %s "
+                           "WHERE outbox_id = %s AND target = %s AND delivered_at IS NULL "
+                           "AND dead_at IS NULL RETURNING 1",
+                           (f"given up by {actor}: {reason}", outbox_id, target)).fetchone()
+        if row is None:
+            raise LookupError(f"no delivery of outbox entry {outbox_id} to '{target}' is "
+                              "waiting; `vagt alerts outbox` lists those that are")
+        conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
+                     "(%s, 'delivery.give_up', %s, %s::jsonb)",
+                     (actor, f"outbox {outbox_id}",
+                      orjson.dumps({"target": target, "reason": reason}).decode()))
+
+
 _PRUNE = """
 WITH old AS (
     SELECT o.id FROM alert_outbox o
