@@ -183,8 +183,13 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
     policy = webhook_policy(f"http://127.0.0.1:{port}/hooks/vagt")
     alarms(database_url, policy, 2)
     metrics = EngineMetrics(CollectorRegistry())
+    away = [False]
     with open_pool(database_url, 1, 2) as pool:
         def query() -> list[tuple[str, int, float]]:
+            if away[0]:    # the database is away: a real connection to a closed port
+                with psycopg.connect(f"postgresql://127.0.0.1:{free_port()}/x",
+                                     connect_timeout=2) as conn:
+                    return waiting_by_target(conn)
             with pool.connection() as conn:
                 return waiting_by_target(conn)
 
@@ -197,6 +202,11 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
         age = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} ')
                     [1].split()[0])
         assert 0 < age < 60
+        away[0] = True                 # an alert on the age goes on firing, not silent
+        text = generate_latest(metrics.registry).decode()
+        assert 'vagt_alert_deliveries_waiting{target="callcentre"} 2.0' in text
+        assert 'vagt_scrape_query_ok{what="deliveries_waiting"} 0.0' in text
+        away[0] = False
         receiver = Receiver(port=port).start()
         clock.t += 60                                     # the retry is due
         try:

@@ -192,20 +192,27 @@ class _Foreign(Collector):
 
 
 class _Scraped(Collector):
-    """Gauges made from a database query at every scrape; a scrape whose query fails (the
-    database is away) serves them empty and logs `event=<what>_query_failed`."""
+    """Gauges made from a database query at every scrape, and `vagt_scrape_query_ok{what}`.
+    A scrape whose query fails (the database is away, the pool busy) serves the last values
+    read, with `vagt_scrape_query_ok` 0, and logs `event=<what>_query_failed`: an alert on a
+    gauge (events waiting long for the call centre) goes on firing, not silent."""
 
     def __init__(self, what: str, query: Callable[[], Iterable[tuple[Any, ...]]],
                  gauges: Callable[[list[tuple[Any, ...]]], list[GaugeMetricFamily]]) -> None:
         self._what, self._query, self._gauges = what, query, gauges
+        self._last: list[tuple[Any, ...]] = []
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        ok = GaugeMetricFamily("vagt_scrape_query_ok", "1 if the query behind a gauge read "
+                               "the database at this scrape, 0 if it served the last values",
+                               labels=["what"])
         try:
-            rows = list(self._query())
+            self._last = list(self._query())
+            ok.add_metric([self._what], 1.0)
         except Exception as e:  # a scrape must not fail because the database is away
             log.warning("event=%s_query_failed error=%s", self._what, type(e).__name__)
-            rows = []
-        return self._gauges(rows)
+            ok.add_metric([self._what], 0.0)
+        return [*self._gauges(self._last), ok]
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
