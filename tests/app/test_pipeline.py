@@ -177,6 +177,10 @@ def counted(database_url: str, *batches: list[int], device: str = "OXI-0001") ->
     pytest.param([[1000, 1002], [999]], (1002, 1), id="nothing before the first is missing"),
     pytest.param([[498, 500], [1, 2, 3], [501]], (501, 1), id="a counter that starts again"),
     pytest.param([list(range(1, 201))], (200, 0), id="a flush of 200 in one batch"),
+    pytest.param([list(range(0, 101)), list(range(90, 201))], (200, 0),
+                 id="a redelivery with a flush of 100 more in one batch"),
+    pytest.param([list(range(0, 101)), [k for k in range(90, 201) if k != 150]], (200, 1),
+                 id="a redelivery with a flush of 100 more, one missing"),
     pytest.param([[k for k in range(1, 201) if k not in (50, 120, 121)]], (200, 3),
                  id="a flush of 200 missing 3"),
     # 2..199 missing, then 100..199 come: the 62 within 63 of the top fill their gaps, the
