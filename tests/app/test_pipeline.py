@@ -181,6 +181,12 @@ def counted(database_url: str, *batches: list[int], device: str = "OXI-0001") ->
                  id="a redelivery with a flush of 100 more in one batch"),
     pytest.param([list(range(0, 101)), [k for k in range(90, 201) if k != 150]], (200, 1),
                  id="a redelivery with a flush of 100 more, one missing"),
+    pytest.param([list(range(0, 101)), list(range(30, 201))], (200, 0),
+                 id="a redelivery from 70 below the top with a flush of 100 more"),
+    pytest.param([[k for k in range(0, 101) if k != 95], list(range(90, 201))], (200, 0),
+                 id="a flush that brings a missing one back with 100 more"),
+    pytest.param([[0, 62], list(range(0, 200))], (199, 0),
+                 id="a flush that fills the gaps of the first batch"),
     pytest.param([[k for k in range(1, 201) if k not in (50, 120, 121)]], (200, 3),
                  id="a flush of 200 missing 3"),
     # 2..199 missing, then 100..199 come: the 62 within 63 of the top fill their gaps, the

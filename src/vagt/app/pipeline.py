@@ -623,20 +623,20 @@ WINDOW = 63   # message counters a device's row keeps track of below its highest
 @dataclass(frozen=True)
 class Counters:
     """Per device of a batch, its message counters: the highest (-1: none), the lowest, how
-    many distinct, which of the WINDOW up to the highest came (bit i: highest - i), and which
-    of the WINDOW from the lowest (bit i: lowest + i). The device's row counts the gaps from
-    them under its lock (migrations 0013, 0014)."""
+    many distinct, which of the WINDOW up to the highest came (bit i: highest - i), and all
+    of them where they span WINDOW or more (else None: the bits say everything). The
+    device's row counts the gaps from them under its lock (migrations 0013, 0014)."""
 
     hi: I64
     lo: I64
     n: I64
     bits: I64
-    lobits: I64
+    seqs: list[list[int] | None]
 
-    def columns(self) -> tuple[list[int | None], ...]:
+    def columns(self) -> tuple[list[Any], ...]:
         has = self.hi >= 0
-        return tuple([int(x) if h else None for x, h in zip(a.tolist(), has.tolist())]
-                     for a in (self.hi, self.lo, self.n, self.bits, self.lobits))
+        return (*([int(x) if h else None for x, h in zip(a.tolist(), has.tolist())]
+                  for a in (self.hi, self.lo, self.n, self.bits)), self.seqs)
 
 
 def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
@@ -645,10 +645,10 @@ def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
     k = len(uniq)
     hi, lo = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
     n, bits = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
-    lobits = np.zeros(k, dtype=np.int64)
+    every: list[list[int] | None] = [None] * k
     has = seqs >= 0
     if not has.any():
-        return Counters(hi, lo, n, bits, lobits)
+        return Counters(hi, lo, n, bits, every)
     pairs = np.unique(np.stack([devs[has], seqs[has]], axis=1), axis=0)  # by device, counter
     d, s = pairs[:, 0], pairs[:, 1]
     starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
@@ -656,11 +656,12 @@ def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
     at = np.searchsorted(uniq, d[starts])
     hi[at], lo[at] = s[ends], s[starts]
     n[at] = ends - starts + 1
-    sizes = ends - starts + 1
-    for out, off in ((bits, np.repeat(s[ends], sizes) - s), (lobits, s - np.repeat(s[starts], sizes))):
-        flags = np.where(off < WINDOW, np.left_shift(1, np.minimum(off, WINDOW - 1)), 0)
-        out[at] = np.bitwise_or.reduceat(flags.astype(np.int64), starts)
-    return Counters(hi, lo, n, bits, lobits)
+    off = np.repeat(s[ends], ends - starts + 1) - s
+    flags = np.where(off < WINDOW, np.left_shift(1, np.minimum(off, WINDOW - 1)), 0)
+    bits[at] = np.bitwise_or.reduceat(flags.astype(np.int64), starts)
+    for g in np.flatnonzero(s[ends] - s[starts] >= WINDOW).tolist():   # rare: big flushes
+        every[int(at[g])] = s[starts[g]:ends[g] + 1].tolist()
+    return Counters(hi, lo, n, bits, every)
 
 
 def _nulls(values: F64) -> list[float | None]:

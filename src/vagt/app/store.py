@@ -28,7 +28,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
     device_id text, seen float8, battery float8, battery_t float8, signal float8,
     signal_t float8, firmware text, firmware_t float8, seq int8, seq_min int8, seq_n int8,
-    seq_bits int8, seq_lobits int8, first float8
+    seq_bits int8, seq_all int8[], first float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     received float8, topic text, payload bytea, reason text, detail text, device_id text,
@@ -77,7 +77,7 @@ UPDATE devices d SET
     last_seq = GREATEST(d.last_seq, v.seq),
     seq_window = vagt_seq_window(d.last_seq, d.seq_window, v.seq, v.seq_min, v.seq_bits),
     seq_gaps = vagt_seq_gaps(d.seq_gaps, d.last_seq, d.seq_window, v.seq, v.seq_min,
-                             v.seq_n, v.seq_bits, v.seq_lobits)
+                             v.seq_n, v.seq_bits, v.seq_all)
 FROM stage_device_state v
 WHERE d.device_id = v.device_id
 RETURNING d.device_id, d.seen_before, v.first
@@ -173,7 +173,8 @@ def update_device_state(
     signal: Sequence[float | None], signal_t: Sequence[float | None],
     firmware: Sequence[str | None], firmware_t: Sequence[float | None],
     seq: Sequence[int | None], seq_min: Sequence[int | None], seq_n: Sequence[int | None],
-    seq_bits: Sequence[int | None], seq_lobits: Sequence[int | None], first: Sequence[float],
+    seq_bits: Sequence[int | None], seq_all: Sequence[list[int] | None],
+    first: Sequence[float],
 ) -> list[tuple[str, float]]:
     """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps
     (from the batch's counters: highest, lowest, how many, which came; migrations 0013-14).
@@ -185,9 +186,9 @@ def update_device_state(
     with conn.cursor() as cur:
         with cur.copy("COPY stage_device_state FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["text", "float8", "float8", "float8", "float8", "float8", "text",
-                            "float8", "int8", "int8", "int8", "int8", "int8", "float8"])
+                            "float8", "int8", "int8", "int8", "int8", "int8[]", "float8"])
             for row in zip(device_id, seen, battery, battery_t, signal, signal_t, firmware,
-                           firmware_t, seq, seq_min, seq_n, seq_bits, seq_lobits, first):
+                           firmware_t, seq, seq_min, seq_n, seq_bits, seq_all, first):
                 copy.write_row(row)
         with db.by_key_index(conn, scans=True):
             return [(str(d), float(t)) for d, t in cur.execute(_UPDATE_DEVICES).fetchall()]

@@ -1,28 +1,31 @@
--- A batch whose counters reach both at or below the device's last counter and more than 63
--- above it (a redelivery after a restart together with a device's flush of a hundred
--- messages: 90..200 on a top of 100) counted the counters between top + 1 and hi - 63 as
--- missing: the window of bits up to the batch's highest does not reach them. The batch now
--- brings which of the 63 counters from its lowest came as well (`lobits`, bit i: lo + i),
--- so that the counters at or below the top are counted, and those above are the rest.
--- (Late counters more than 63 below the top still fill no gap: see 0013.)
-DROP FUNCTION vagt_seq_gaps(bigint, bigint, bigint, bigint, bigint, bigint, bigint);
+-- A batch whose counters reach both at or below the device's last counter and 63 or more
+-- away from its highest (a redelivery after a restart together with a device's flush of a
+-- hundred messages: 90..200 on a top of 100; or 0..300 on a top of 100) was counted by the
+-- window of bits up to the batch's highest, which does not reach all of them: counters the
+-- batch brought were counted missing, and gaps it filled were not taken back. Such a batch
+-- (its highest 63 or more above its lowest: rare) now brings its counters as well, and the
+-- late branch counts them one by one: those above the top are new, those at or below it
+-- within 63 whose bit is unset fill a gap. (Late counters more than 63 below the top still
+-- fill no gap: see 0013.) The 7-argument vagt_seq_gaps stays for an engine of the release
+-- before, sharing the database while the engines are upgraded one by one.
+CREATE FUNCTION vagt_seq_gaps_late(gaps bigint, top bigint, win bigint, hi bigint,
+                                   seqs bigint[])
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT greatest(0, gaps + (greatest(top, hi) - top)
+    - (SELECT count(*) FROM unnest(seqs) s WHERE s > top)
+    - (SELECT count(*) FROM unnest(seqs) s
+       WHERE s <= top AND top - s < 63
+         AND (coalesce(win, 9223372036854775807) >> (top - s)::int) & 1 = 0))
+$$;
 
+-- `seqs`: the batch's distinct counters when its highest is 63 or more above its lowest,
+-- else NULL (its bits say everything).
 CREATE FUNCTION vagt_seq_gaps(gaps bigint, top bigint, win bigint, hi bigint, lo bigint,
-                              n bigint, bits bigint, lobits bigint)
+                              n bigint, bits bigint, seqs bigint[])
 RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE
     WHEN hi IS NULL THEN gaps
-    -- all above the device's top (the usual case): what lies between that the batch lacks
     WHEN lo > coalesce(top, lo - 1) THEN gaps + (hi - coalesce(top, lo - 1)) - n
-    -- some at or below it: the new ones the batch lacks, less the old gaps it fills
-    ELSE greatest(0, gaps
-        + (greatest(top, hi) - top)
-        - CASE WHEN top - lo < 63   -- the batch's counters above the top: all but those below
-               THEN n - bit_count((lobits & vagt_low63(top - lo + 1))::bit(64))
-               ELSE bit_count((vagt_shl63(bits, greatest(top, hi) - hi)
-                               & vagt_low63(greatest(top, hi) - top))::bit(64)) END
-        - bit_count((vagt_shl63(bits, greatest(top, hi) - hi)
-                     & ~vagt_shl63(coalesce(win, 9223372036854775807), greatest(top, hi) - top)
-                     & ~vagt_low63(greatest(top, hi) - top)
-                     & 9223372036854775807)::bit(64))) END
+    WHEN seqs IS NOT NULL THEN vagt_seq_gaps_late(gaps, top, win, hi, seqs)
+    ELSE vagt_seq_gaps(gaps, top, win, hi, lo, n, bits) END
 $$;
