@@ -26,22 +26,26 @@ _CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
 _CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 # A name (lower case, separators as "_") that announces who the citizen is or where they
-# live, in English or Danish: a word of it is an address, phone, e-mail or birthday word, or
-# the whole name is a person's name ("name" alone, "first_name", "borgernavn"; "model_name"
-# is not). A word about the device or its network in the name makes it the device's
-# ("mac_address", "sim_phone", "mobile_operator").
+# live, in English or Danish: a word of it is an address, phone, e-mail or birthday word
+# ("gateway_address" is the citizen's home), or it names a person ("name" alone,
+# "first_name", "device_owner_name", "borgernavn"; "model_name" is not). A network word
+# right before one of those words is the device's own ("mac_address", "sim_phone",
+# "mobile_operator"), and only that pair is let through.
 _CONTACT_WORDS = frozenset({
     "address", "adresse", "addr", "street", "vejnavn", "postnr", "postnummer", "postcode",
     "postal", "zipcode", "phone", "telephone", "telefon", "telefonnr", "telefonnummer", "tlf",
     "tlfnr", "mobile", "mobil", "mobilnr", "email", "mail", "birthday", "birthdate", "birth",
     "dob", "foedselsdato", "fodselsdato", "fødselsdato", "fødselsdag"})
-_DEVICE_WORDS = frozenset({
-    "mac", "ip", "ipv4", "ipv6", "ble", "bt", "bluetooth", "sim", "imei", "imsi", "iccid",
-    "gateway", "gw", "device", "firmware", "fw", "modem", "wifi", "lan", "network", "operator",
-    "server", "broker", "mqtt", "model", "serial", "vendor"})
-_PERSON_NAME = re.compile(
-    r"^((citizen|borger|patient|person|contact|kontakt|relative|paaroerende|pårørende|first|"
-    r"last|full|sur|given|for|efter|fulde)_?)?(name|navn|person)$")
+_NETWORK_PAIRS = frozenset({
+    *((n, a) for n in ("mac", "ip", "ipv4", "ipv6", "ble", "bt", "bluetooth", "lan", "wifi",
+                       "mqtt", "server", "broker") for a in ("address", "addr")),
+    *((n, p) for n in ("sim", "modem") for p in ("phone", "telefon", "tlf", "mobile", "mobil",
+                                                 "mobilnr", "telefonnr", "tlfnr")),
+    *((m, o) for m in ("mobile", "mobil") for o in ("operator", "network", "data", "modem"))})
+_PERSON_WORDS = frozenset({
+    "citizen", "borger", "patient", "person", "contact", "kontakt", "relative", "paaroerende",
+    "pårørende", "owner", "ejer", "first", "last", "full", "sur", "given"})
+_PERSON_NAME = re.compile(r"^(name|navn|(for|efter|fulde|borger|patient|kontakt)(navn|person))$")
 
 CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
 
@@ -66,9 +70,12 @@ def looks_like_personal_data_name(name: str) -> bool:
     pseudonymous reference is all it knows of them)."""
     key = re.sub(r"[^a-zæøå0-9]+", "_", name.lower()).strip("_")
     words = key.split("_")
-    if not _DEVICE_WORDS.isdisjoint(words):
-        return False
-    return bool(_PERSON_NAME.match(key)) or not _CONTACT_WORDS.isdisjoint(words)
+    for k in range(len(words) - 1):        # "mac_address": the device's, not the citizen's
+        if (words[k], words[k + 1]) in _NETWORK_PAIRS:
+            words[k] = words[k + 1] = ""
+    if not _CONTACT_WORDS.isdisjoint(words) or bool(_PERSON_NAME.match(key)):
+        return True
+    return words[-1] in ("name", "navn") and not _PERSON_WORDS.isdisjoint(words[:-1])
 
 
 PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
