@@ -361,13 +361,17 @@ def test_an_event_the_receiver_fails_on_can_be_given_up_so_the_ones_behind_go(
         worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
         try:
             worker.deliver_due()                      # 500: waits to be tried again
+            assert run(database_url, "alerts", "give-up", "2", "--target", "callcentre",
+                       "--author", "sofie", "--reason", "a typo") == 2   # not tried yet
+            assert "has not been tried yet" in capsys.readouterr().err
             assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
                        "--author", "sofie", "--reason", "the call centre cannot parse it") == 0
             assert worker.deliver_due() == 1          # the next one, at once
         finally:
             receiver.stop()
     assert [d[2:] for d in deliveries(database_url)] == [
-        (False, True, "given up by sofie: the call centre cannot parse it"), (True, False, None)]
+        (False, True, "given up by sofie: the call centre cannot parse it (last error: "
+                      f"HTTP 500 from {receiver.url})"), (True, False, None)]
     assert rows(database_url, "SELECT actor, action, subject FROM audit_log") == [
         ("sofie", "delivery.give_up", "outbox 1")]
     assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",

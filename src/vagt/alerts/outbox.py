@@ -99,17 +99,26 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
 
 def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
             reason: str) -> None:
-    """Make a waiting delivery a dead letter now, so that the target's events behind it go
-    (a receiver that fails on this one event, with 5xx say, is otherwise tried until it
-    takes it); audited, and `redeliver` can try it again."""
+    """Make a waiting delivery that has failed a dead letter now, so that the target's
+    events behind it go (a receiver that fails on this one event, with 5xx say, is otherwise
+    tried until it takes it); audited, and `redeliver` can try it again. One never tried is
+    refused: it is not what holds the others (a mistyped id would stop an alarm)."""
     with conn.transaction():
-        row = conn.execute("UPDATE alert_deliveries SET dead_at = now(), last_error = %s "
-                           "WHERE outbox_id = %s AND target = %s AND delivered_at IS NULL "
-                           "AND dead_at IS NULL RETURNING 1",
-                           (f"given up by {actor}: {reason}", outbox_id, target)).fetchone()
+        row = conn.execute(
+            "UPDATE alert_deliveries SET dead_at = now(), "
+            "last_error = %s || ' (last error: ' || coalesce(last_error, '-') || ')' "
+            "WHERE outbox_id = %s AND target = %s AND delivered_at IS NULL "
+            "AND dead_at IS NULL AND attempts > 0 RETURNING 1",
+            (f"given up by {actor}: {reason}", outbox_id, target)).fetchone()
         if row is None:
-            raise LookupError(f"no delivery of outbox entry {outbox_id} to '{target}' is "
-                              "waiting; `vagt alerts outbox` lists those that are")
+            untried = conn.execute(
+                "SELECT 1 FROM alert_deliveries WHERE outbox_id = %s AND target = %s "
+                "AND delivered_at IS NULL AND dead_at IS NULL", (outbox_id, target)).fetchone()
+            raise LookupError(
+                f"the delivery of outbox entry {outbox_id} to '{target}' has not been tried "
+                "yet: it waits behind another, not the other way round"
+                if untried else f"no delivery of outbox entry {outbox_id} to '{target}' is "
+                "waiting; `vagt alerts outbox` lists those that are")
         conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
                      "(%s, 'delivery.give_up', %s, %s::jsonb)",
                      (actor, f"outbox {outbox_id}",
