@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from tests.app.conftest import query, register, telemetry
@@ -146,6 +147,41 @@ def test_what_the_device_kept_from_the_last_citizen_is_stored_not_evaluated(
     assert alerts(database_url) == []
     assert query(database_url, "SELECT count(*) FROM readings") \
         == [(3 if flushed == "a weighing" else 0,)]
+    p.close()
+
+
+ALARM = ("ALM-0001", "Tunstall", "Lifeline Vi+", "personal_alarm", "Randers")
+
+
+def alarm_lane(p: Process, t: float) -> None:
+    """A personal alarm through the alarm lane: alerts from memory, then state under lock."""
+    msg = RawMessage(f"{ROOT}/dev/ALM-0001/alarm", orjson.dumps(
+        {"device_id": "ALM-0001", "time": t, "events": [{"code": "alarm.fall"}]}), time.time())
+    out = p.pipeline.process(p.conn, [msg], state_apart=True)
+    p.conn.commit()
+    p.pipeline.write_state(p.conn, out)
+    p.conn.commit()
+
+
+def test_an_alarm_the_device_kept_from_the_last_citizen_is_not_the_next_ones(
+        database_url, tmp_path):
+    """Pressed at the last citizen's home two days before the device was deployed again,
+    sent from the next citizen's: stored, and no alarm goes to the call centre with the next
+    citizen's labels. The next citizen's own alarm does."""
+    rules = tmp_path / "alarm.toml"
+    rules.write_text('[[rule]]\nname = "personal_alarm"\nkind = "event"\n'
+                     'codes = ["alarm.*"]\nseverity = "critical"\n')
+    register(database_url, [ALARM])
+    p = engine(database_url, rules)
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "ALM-0001", actor="staff")
+    with psycopg.connect(database_url) as conn:
+        deploy(conn, "ALM-0001", citizen_ref="cit-b", municipality="Randers", actor="staff")
+    alarm_lane(p, NOW - 2 * DAY)
+    assert alerts(database_url) == []
+    assert query(database_url, "SELECT count(*) FROM events") == [(1,)]
+    alarm_lane(p, NOW + 60)
+    assert alerts(database_url) == [("personal_alarm", "ALM-0001")]
     p.close()
 
 

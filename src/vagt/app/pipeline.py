@@ -25,7 +25,12 @@ from vagt.alerts.store import (
 )
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
-from vagt.app.rule_state import BEGAN_MARGIN_S, Seen, SharedRuleState
+from vagt.app.rule_state import (
+    BEGAN_MARGIN_S,
+    Seen,
+    SharedRuleState,
+    before_deployment,
+)
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -203,7 +208,13 @@ class Pipeline:
             # that a bulk batch holds; write_state() evaluates again under their lock and
             # keeps the state (the same firing recorded twice changes nothing: alerts go by
             # device time). What another process committed for these devices is read first.
-            self.shared.sync(conn, np.unique(batch.m_device))
+            rows = out.rows if out.rows is not None else _device_rows(batch)
+            began = self.shared.sync(conn, rows.devices)
+            # what a redeployed device kept from the last citizen is not this one's alarm
+            earlier = before_deployment(rows.first, began)
+            if earlier.any():
+                batch = batch.newer_than(rows.devices[earlier],
+                                         began[earlier] - BEGAN_MARGIN_S)
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:

@@ -197,7 +197,7 @@ class Locked:
     def before_deployment(self, first: F64) -> Bools:
         """For rows beginning at device time `first` (per device): which have rows from
         more than BEGAN_MARGIN_S before the device's deployment, the last citizen's."""
-        return first < self.began - BEGAN_MARGIN_S   # False where NaN
+        return before_deployment(first, self.began)
 
     def late(self, first: F64) -> Late:
         """For rows beginning at device time `first` (per device): which are late (their
@@ -211,6 +211,12 @@ class Locked:
         """Per device: the device time its rows are evaluated again after (-inf: all)."""
         since = np.where(late.again, self.as_of, self.prev_as_of)
         return np.where(np.isnan(since), -np.inf, since)
+
+
+def before_deployment(first: F64, began: F64) -> Bools:
+    """Per device: whether rows beginning at `first` reach more than BEGAN_MARGIN_S before
+    `began`, its deployment (NaN: no deployment known, False)."""
+    return first < began - BEGAN_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -292,15 +298,23 @@ class SharedRuleState:
         # memory is not the row's state now: if no save follows, read it
         self._set_versions(idx[idx >= 0], UNKNOWN)
 
-    def sync(self, conn: psycopg.Connection, devs: I64) -> int:
-        """Read into memory the committed state of `devs` that another process changed,
-        without locking (the alarm lane's first transaction: it waits for no one, and its
-        state is evaluated again under the lock afterwards). Returns how many were read."""
+    def sync(self, conn: psycopg.Connection, devs: I64) -> F64:
+        """Read into memory the committed state of `devs` (sorted) that another process
+        changed, without locking (the alarm lane's first transaction: it waits for no one,
+        and its state is evaluated again under the lock afterwards). Returns per device when
+        its state began (`Locked.began`)."""
+        began = np.full(len(devs), np.nan)
         if len(devs) == 0:
-            return 0
+            return began
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
-            return self._read_stale(conn, conn.execute(_VERSIONS, (ids,)).fetchall())
+            rows = conn.execute(_VERSIONS, (ids,)).fetchall()
+        self._read_stale(conn, rows)
+        idx = self.fleet.lookup([r[0] for r in rows])
+        ok = idx >= 0
+        began[np.searchsorted(devs, idx[ok])] = np.array([r[4] for r in rows],
+                                                         dtype=np.float64)[ok]
+        return began
 
     def _read_stale(self, conn: psycopg.Connection, versions: Sequence[tuple[Any, ...]],
                     now: I64 | None = None) -> int:
