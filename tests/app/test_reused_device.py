@@ -139,7 +139,8 @@ def test_what_the_device_kept_from_the_last_citizen_is_stored_not_evaluated(
         p.batch([weight(NOW - 3 * DAY, 70.0)])
     give_to_the_next_citizen(database_url, device, "Odder", "command")
     if flushed == "a weighing":
-        p.batch([weight(NOW - 2 * DAY, 79.0)])        # A's, kept on the scale
+        kept = p.batch([weight(NOW - 2 * DAY, 79.0)])  # A's, kept on the scale
+        assert (kept.before_deployment, kept.too_late) == (1, 0)   # counted as what it is
         p.batch([weight(NOW + HOUR, 81.0)])           # B's first weighing
     else:
         p.batch([event(device, NOW - 2 * DAY, "dose.due")])

@@ -339,6 +339,10 @@ class Lane:
         if outcome.too_late:
             m.rule_too_late.labels(name).inc(outcome.too_late)
             log.info("event=late_rows_skipped lane=%s devices=%d", name, outcome.too_late)
+        if outcome.before_deployment:
+            m.rule_before_deployment.labels(name).inc(outcome.before_deployment)
+            log.info("event=rows_before_deployment_skipped lane=%s devices=%d", name,
+                     outcome.before_deployment)
         for (vendor, model, metric), n in outcome.bad_readings.items():
             m.bad_readings.labels(vendor, model, metric).inc(n)
 

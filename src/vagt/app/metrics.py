@@ -89,6 +89,10 @@ class EngineMetrics:
             "vagt_rule_late_rows_skipped", "Devices whose rows came after newer ones and too "
             "late to evaluate again in order (older than the state kept): the rules skipped "
             "them", ["lane"], registry=r)
+        self.rule_before_deployment = Counter(
+            "vagt_rule_rows_before_deployment", "Devices whose rows in a batch were from more "
+            "than an hour before their deployment (the last citizen's, kept on the device): "
+            "stored, the rules skipped them", ["lane"], registry=r)
         self.messages_refused = Counter(
             "vagt_messages_refused", "Messages whose processing failed (a bug, or data the "
             "database refused): kept as dead letters (reason processing_failed), with an alert",

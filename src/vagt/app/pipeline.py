@@ -86,6 +86,8 @@ class BatchOutcome:
     # before (`replayed`), or too late for that, their late rows skipped by the rules
     replayed: int = 0
     too_late: int = 0
+    # devices whose rows were from before their deployment (the last citizen's), skipped
+    before_deployment: int = 0
 
     def add(self, other: BatchOutcome) -> None:
         """Count in what `other` did, committed already (its state applied: see
@@ -100,6 +102,7 @@ class BatchOutcome:
         self.bad_readings += other.bad_readings
         self.replayed += other.replayed
         self.too_late += other.too_late
+        self.before_deployment += other.before_deployment
         self.device_lag_s = max(self.device_lag_s, other.device_lag_s)
 
 
@@ -215,6 +218,7 @@ class Pipeline:
             if earlier.any():
                 batch = batch.newer_than(rows.devices[earlier],
                                          began[earlier] - BEGAN_MARGIN_S)
+                out.before_deployment = int(earlier.sum())
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
@@ -262,7 +266,8 @@ class Pipeline:
             batch = batch.newer_than(held[earlier],
                                      locked.began[earlier] - BEGAN_MARGIN_S)
         out.replayed += int(replay.sum())
-        out.too_late += int((too_late | earlier).sum())
+        out.too_late += int(too_late.sum())
+        out.before_deployment += int(earlier.sum())
         replayed = held[replay]
         seen = Seen(held, np.fmax(rows.latest, locked.seen), replayed, held[replay & late.back])
         ev = self.shared.evaluate(
@@ -320,6 +325,7 @@ class Pipeline:
                 self.record(conn, ev, again)
             out.replayed += again.replayed
             out.too_late += again.too_late
+            out.before_deployment = max(out.before_deployment, again.before_deployment)
             out.opened += [a for a in again.opened if a not in out.opened]
             out.cleared += again.cleared
 
