@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from vagt.app.rule_state import BEGAN_MARGIN_S
 from vagt.devices.fleet import Fleet
 from vagt.rules import Batch
 
@@ -26,18 +27,20 @@ def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices
                     since: float, until: float, since_deployed: bool = True
                     ) -> tuple[I64, F64, F64]:
     """Stored readings of `metric` of these devices in [since, until), bad ones left out;
-    with `since_deployed`, also those from before the device's rule state began (its
-    deployment to the citizen it is with: see migration 0010)."""
+    with `since_deployed`, also those from more than BEGAN_MARGIN_S before the device's rule
+    state began (its deployment to the citizen it is with, migration 0010), as the rules
+    skip them when they come (`Locked.before_deployment`)."""
     ids = [fleet.ids[int(d)] for d in devices]
     rows = conn.execute(
         "SELECT r.device_id, extract(epoch FROM r.time)::float8, r.value FROM readings r "
         "LEFT JOIN rule_state s ON s.device_id = r.device_id "
         "WHERE r.device_id = ANY(%s) AND r.metric = %s "
         "AND r.time >= to_timestamp(%s) AND r.time < to_timestamp(%s) "
-        "AND (NOT %s OR r.time >= coalesce(s.began, '-infinity')) "
+        "AND (NOT %s OR r.time >= coalesce(s.began - make_interval(secs => %s), "
+        "'-infinity')) "
         "AND NOT EXISTS (SELECT 1 FROM bad_readings b WHERE b.device_id = r.device_id "
         "AND b.metric = r.metric AND b.time = r.time)",
-        (ids, metric, since, until, since_deployed)).fetchall()
+        (ids, metric, since, until, since_deployed, BEGAN_MARGIN_S)).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
     idx = fleet.lookup([str(r[0]) for r in rows])
