@@ -40,6 +40,17 @@ def test_a_timescaledb_that_refuses_its_features_gets_the_plain_schema_and_the_l
     assert flavours(empty_database_url)[2] == "plain"
 
 
+def test_a_timescaledb_listed_but_not_installed_gets_the_plain_schema(empty_database_url,
+                                                                      monkeypatch, caplog):
+    """pg_available_extensions lists it, CREATE EXTENSION cannot find its files (this
+    PostgreSQL has none: it refuses as such a server does)."""
+    monkeypatch.setattr(db, "timescale_available", lambda conn: True)
+    with caplog.at_level(logging.WARNING, logger="vagt.db"):
+        applied = db.migrate(empty_database_url)
+    assert "0002_timeseries (plain)" in applied
+    assert any("event=timescaledb_unusable" in r.getMessage() for r in caplog.records)
+
+
 def test_a_passing_error_in_the_timescaledb_migration_stops_it_and_decides_nothing(
         empty_database_url, monkeypatch):
     """A statement timeout (or a deadlock, a missing privilege) is no reason to make the

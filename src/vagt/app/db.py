@@ -59,6 +59,13 @@ _REFUSED_FEATURE = (psycopg.errors.FeatureNotSupported, psycopg.errors.Undefined
                     psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue)
 
 
+# What CREATE EXTENSION answers for a TimescaleDB this server cannot use: not preloaded
+# (XX000, or not in the prerequisite state), files missing, or no privilege to create it.
+_UNUSABLE_EXTENSION = (*_REFUSED_FEATURE, psycopg.errors.InternalError_,
+                       psycopg.errors.ObjectNotInPrerequisiteState,
+                       psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege)
+
+
 def _recorded_flavour(conn: psycopg.Connection) -> str | None:
     """The flavour of the migrations applied before, if any had two ('timescale', 'plain')."""
     row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
@@ -70,15 +77,16 @@ def _flavour(conn: psycopg.Connection) -> str:
     """'timescale' if the extension can be used here, else 'plain' (for a database whose
     flavour is not recorded yet: one already migrated keeps its own).
 
-    The extension may be installed but not loadable (it must be in shared_preload_libraries):
-    then the plain schema is used, and the log says why.
+    The extension may be installed but not loadable (it must be in shared_preload_libraries),
+    or this user may not create it: then the plain schema is used, and the log says why. A
+    passing error (a timeout, a deadlock, a lost connection) stops the migration instead.
     """
     if not timescale_available(conn):
         return "plain"
     try:
         with conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except psycopg.Error as e:
+    except _UNUSABLE_EXTENSION as e:
         log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
                     first_line(e))
         return "plain"
