@@ -4,6 +4,7 @@ tries, one that is down and then up, and the test run's Mosquitto for MQTT publi
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,7 +186,7 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
     metrics = EngineMetrics(CollectorRegistry())
     away = [False]
     with open_pool(database_url, 1, 2) as pool:
-        def query() -> list[tuple[str, int, float]]:
+        def query() -> list[tuple[str, int, float | None]]:
             if away[0]:    # the database is away: a real connection to a closed port
                 with psycopg.connect(f"postgresql://127.0.0.1:{free_port()}/x",
                                      connect_timeout=2) as conn:
@@ -203,9 +204,13 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
                     [1].split()[0])
         assert 0 < age < 60
         away[0] = True                 # an alert on the age goes on firing, not silent
+        time.sleep(0.1)
         text = generate_latest(metrics.registry).decode()
         assert 'vagt_alert_deliveries_waiting{target="callcentre"} 2.0' in text
         assert 'vagt_scrape_query_ok{what="deliveries_waiting"} 0.0' in text
+        later = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} ')
+                      [1].split()[0])
+        assert later >= age + 0.1                      # and the age grows meanwhile
         away[0] = False
         receiver = Receiver(port=port).start()
         clock.t += 60                                     # the retry is due

@@ -760,7 +760,7 @@ def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
     return [(str(q), int(p), str(s), int(n)) for q, p, s, n in rows]
 
 
-def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, int, float]]:
+def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, int, float | None]]:
     with pool.connection(timeout=2) as conn:
         return outbox.waiting_by_target(conn)
 

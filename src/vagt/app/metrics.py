@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -162,7 +163,8 @@ class EngineMetrics:
         """Export `vagt_open_alerts{queue}` from `query()` at every scrape."""
         self.registry.register(_Scraped("open_alerts", query, _open_alerts))
 
-    def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, int, float]]]) -> None:
+    def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, int, float | None]]]
+                         ) -> None:
         """Export `vagt_alert_deliveries_waiting{target}` and
         `vagt_alert_delivery_oldest_waiting_seconds{target}` from `query()` at every scrape:
         a receiver that is down is tried until it is back, and this is how ops see it."""
@@ -248,9 +250,10 @@ def _waiting_deliveries(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
     oldest = GaugeMetricFamily("vagt_alert_delivery_oldest_waiting_seconds",
                                "Age of the oldest event waiting for a target (0: none waits)",
                                labels=["target"])
-    for target, n, age in rows:
+    now = time.time()   # the age at this scrape: it grows while the database is away
+    for target, n, since in rows:
         waiting.add_metric([target], float(n))
-        oldest.add_metric([target], float(age))
+        oldest.add_metric([target], 0.0 if since is None else max(now - since, 0.0))
     return [waiting, oldest]
 
 
