@@ -223,12 +223,17 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
     assert 'vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} 0.0' in text
 
 
+def after_days_down(database_url: str, policy: DeliveryPolicy, n: int) -> None:
+    """`n` alarms, the first of which has been tried 2,000 times (days of an outage)."""
+    alarms(database_url, policy, n)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE alert_deliveries SET attempts = 2000 WHERE outbox_id = 1")
+
+
 def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
     """Days of an outage are thousands of tries; the backoff stays at its longest."""
     policy = webhook_policy(f"http://127.0.0.1:{free_port()}/hooks/vagt", max_attempts=2)
-    alarms(database_url, policy, 1)
-    with psycopg.connect(database_url) as conn:
-        conn.execute("UPDATE alert_deliveries SET attempts = 2000")
+    after_days_down(database_url, policy, 1)
     clock = Clock()
     with open_pool(database_url, 1, 2) as pool:
         worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
@@ -265,9 +270,7 @@ def test_after_an_outage_a_refused_event_backs_off_from_its_refusals(database_ur
     receiver = Receiver(failures=2, status=422).start()
     try:
         policy = webhook_policy(receiver.url, max_attempts=2)
-        alarms(database_url, policy, 2)
-        with psycopg.connect(database_url) as conn:
-            conn.execute("UPDATE alert_deliveries SET attempts = 2000 WHERE outbox_id = 1")
+        after_days_down(database_url, policy, 2)
         clock = Clock()
         with open_pool(database_url, 1, 2) as pool:
             worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)

@@ -13,7 +13,7 @@ import orjson
 import psycopg
 import pytest
 from tests.app.conftest import query, register, telemetry
-from tests.app.test_shared_rule_state import Process, event
+from tests.app.test_shared_rule_state import DISPENSER, Process, event
 
 from vagt.devices import deploy, import_csv, return_device
 from vagt.ingest.model import RawMessage
@@ -23,7 +23,6 @@ NOW = time.time()
 HOUR = 3600.0
 DAY = 24 * HOUR
 SCALE = ("SCL-0001", "A&D", "UC-352BLE", "scale", "Aarhus")
-DISPENSER = ("DSP-0001", "Evondos", "E300", "medicine_dispenser", "Skive")
 RULES = """
 [[rule]]
 name = "weight_gain"
