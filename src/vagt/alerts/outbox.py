@@ -88,8 +88,9 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
     """Give a dead letter another round of tries (after the receiver was fixed); audited."""
     with conn.transaction():
         row = conn.execute("UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
-                           "refusals = 0, next_attempt_at = now() WHERE outbox_id = %s AND target = %s "
-                           "AND dead_at IS NOT NULL RETURNING 1", (outbox_id, target)).fetchone()
+                           "refusals = 0, next_attempt_at = now() "
+                           "WHERE outbox_id = %s AND target = %s AND dead_at IS NOT NULL "
+                           "RETURNING 1", (outbox_id, target)).fetchone()
         if row is None:
             raise LookupError(f"there is no dead delivery of outbox entry {outbox_id} to "
                               f"'{target}'; `vagt alerts outbox --dead` lists them")

@@ -25,12 +25,7 @@ from vagt.alerts.store import (
 )
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
-from vagt.app.rule_state import (
-    BEGAN_MARGIN_S,
-    Seen,
-    SharedRuleState,
-    before_deployment,
-)
+from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -214,11 +209,8 @@ class Pipeline:
             rows = out.rows if out.rows is not None else _device_rows(batch)
             began = self.shared.sync(conn, rows.devices)
             # what a redeployed device kept from the last citizen is not this one's alarm
-            earlier = before_deployment(rows.first, began)
-            if earlier.any():
-                batch = batch.newer_than(rows.devices[earlier],
-                                         began[earlier] - BEGAN_MARGIN_S)
-                out.before_deployment = int(earlier.sum())
+            batch, out.before_deployment = without_last_citizens(batch, rows.devices,
+                                                                 rows.first, began)
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
@@ -261,13 +253,10 @@ class Pipeline:
                 batch = merged
         if too_late.any():
             batch = batch.newer_than(held[too_late], locked.seen[too_late])
-        earlier = locked.before_deployment(rows.first)   # the last citizen's rows
-        if earlier.any():
-            batch = batch.newer_than(held[earlier],
-                                     locked.began[earlier] - BEGAN_MARGIN_S)
+        batch, earlier = without_last_citizens(batch, held, rows.first, locked.began)
         out.replayed += int(replay.sum())
         out.too_late += int(too_late.sum())
-        out.before_deployment += int(earlier.sum())
+        out.before_deployment += earlier
         replayed = held[replay]
         seen = Seen(held, np.fmax(rows.latest, locked.seen), replayed, held[replay & late.back])
         ev = self.shared.evaluate(
@@ -325,6 +314,7 @@ class Pipeline:
                 self.record(conn, ev, again)
             out.replayed += again.replayed
             out.too_late += again.too_late
+            # (the alarm lane's first evaluation counted the same devices)
             out.before_deployment = max(out.before_deployment, again.before_deployment)
             out.opened += [a for a in again.opened if a not in out.opened]
             out.cleared += again.cleared

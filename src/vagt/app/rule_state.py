@@ -41,7 +41,7 @@ import psycopg
 
 from vagt.app import db
 from vagt.devices.fleet import Fleet
-from vagt.rules import Evaluation, RuleEngine
+from vagt.rules import Batch, Evaluation, RuleEngine
 from vagt.rules.persist import Layout, layout, pack, unpack
 
 I64 = np.ndarray[Any, np.dtype[np.int64]]
@@ -194,11 +194,6 @@ class Locked:
     prev_as_of: F64
     began: F64
 
-    def before_deployment(self, first: F64) -> Bools:
-        """For rows beginning at device time `first` (per device): which have rows from
-        more than BEGAN_MARGIN_S before the device's deployment, the last citizen's."""
-        return before_deployment(first, self.began)
-
     def late(self, first: F64) -> Late:
         """For rows beginning at device time `first` (per device): which are late (their
         device's rows were seen as new or newer), and from where they are evaluated again."""
@@ -213,10 +208,16 @@ class Locked:
         return np.where(np.isnan(since), -np.inf, since)
 
 
-def before_deployment(first: F64, began: F64) -> Bools:
-    """Per device: whether rows beginning at `first` reach more than BEGAN_MARGIN_S before
-    `began`, its deployment (NaN: no deployment known, False)."""
-    return first < began - BEGAN_MARGIN_S
+def without_last_citizens(batch: Batch, devs: I64, first: F64, began: F64
+                          ) -> tuple[Batch, int]:
+    """The batch without the rows of `devs` (sorted; their rows begin at `first`) from more
+    than BEGAN_MARGIN_S before their deployment (`began`, NaN: none known): what the device
+    kept from the last citizen. Also how many devices had such rows."""
+    earlier = first < began - BEGAN_MARGIN_S
+    if not earlier.any():
+        return batch, 0
+    return (batch.newer_than(devs[earlier], began[earlier] - BEGAN_MARGIN_S),
+            int(earlier.sum()))
 
 
 @dataclass(frozen=True)
@@ -273,14 +274,8 @@ class SharedRuleState:
             conn.execute(_CREATE_MISSING, (missing,))
             locked += [(i, 0, None, None, None) for i in missing]
         idx = self.fleet.lookup([r[0] for r in locked])
-        ok = idx >= 0
-        at = np.searchsorted(devs, idx[ok])
-        as_of, prev_as_of = np.full(len(devs), np.nan), np.full(len(devs), np.nan)
-        began = np.full(len(devs), np.nan)
-        as_of[at] = np.array([r[2] for r in locked], dtype=np.float64)[ok]   # NULL -> NaN
-        prev_as_of[at] = np.array([r[3] for r in locked], dtype=np.float64)[ok]
-        began[at] = np.array([r[4] for r in locked], dtype=np.float64)[ok]
         self._read_stale(conn, locked, idx)
+        as_of, prev_as_of, began = (_by_device(devs, idx, locked, c) for c in (2, 3, 4))
         return Locked(np.full(len(devs), np.nan) if seen is None else seen, as_of, prev_as_of,
                       began)
 
@@ -303,18 +298,14 @@ class SharedRuleState:
         changed, without locking (the alarm lane's first transaction: it waits for no one,
         and its state is evaluated again under the lock afterwards). Returns per device when
         its state began (`Locked.began`)."""
-        began = np.full(len(devs), np.nan)
         if len(devs) == 0:
-            return began
+            return np.empty(0)
         ids = [self.fleet.ids[d] for d in devs.tolist()]
         with db.by_key_index(conn):
             rows = conn.execute(_VERSIONS, (ids,)).fetchall()
-        self._read_stale(conn, rows)
         idx = self.fleet.lookup([r[0] for r in rows])
-        ok = idx >= 0
-        began[np.searchsorted(devs, idx[ok])] = np.array([r[4] for r in rows],
-                                                         dtype=np.float64)[ok]
-        return began
+        self._read_stale(conn, rows, idx)
+        return _by_device(devs, idx, rows, 4)
 
     def _read_stale(self, conn: psycopg.Connection, versions: Sequence[tuple[Any, ...]],
                     now: I64 | None = None) -> int:
@@ -494,6 +485,16 @@ class SharedRuleState:
             for key, spec in conn.execute(
                     "SELECT id, spec FROM rule_state_layouts WHERE id = ANY(%s)", (missing,)):
                 self._layouts[int(key)] = Layout(str(spec))
+
+
+def _by_device(devs: I64, idx: I64, rows: Sequence[tuple[Any, ...]], column: int) -> F64:
+    """Per device of `devs` (sorted), the float in `column` of its row (`idx`: each row's
+    dense index, -1 unknown; NaN where NULL or no row)."""
+    out = np.full(len(devs), np.nan)
+    ok = idx >= 0
+    out[np.searchsorted(devs, idx[ok])] = np.array([r[column] for r in rows],
+                                                   dtype=np.float64)[ok]
+    return out
 
 
 def _grown(a: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
