@@ -139,15 +139,21 @@ class EngineProc:
     def _sample(self, name: str, labels: str) -> float:
         """The value of the sample `name{labels}` (labels as exposed, in their order); 0 if
         the engine does not answer or has none."""
+        return self._samples(name, [labels])[0]
+
+    def _samples(self, name: str, labels: list[str]) -> list[float]:
+        """The values of samples of `name`, one per `labels`, from one scrape (values of two
+        scrapes would not add up: more alarms came between them)."""
         try:
             # only that sample's family: a whole scrape 4 times a second cost the engine 5 %
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics"
                                         f"?name[]={name}", timeout=2) as r:
                 text = r.read().decode()
         except OSError:
-            return 0.0
-        m = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
+            return [0.0] * len(labels)
+        found = (re.search(rf"^{name}{{{re.escape(one)}}} (\S+)$", text, re.M)
+                 for one in labels)
+        return [float(m.group(1)) if m else 0.0 for m in found]
 
     def scrape(self, name: str, lane: str) -> float:
         return self._sample(name, f'lane="{lane}"')
@@ -155,8 +161,8 @@ class EngineProc:
     def share_within(self, name: str, lane: str, le: str) -> tuple[float, float]:
         """Of a histogram's observations for `lane`: how many in all, and the share of them
         at most `le` (a bucket bound as exposed, e.g. "0.25")."""
-        total = self._sample(f"{name}_bucket", f'lane="{lane}",le="+Inf"')
-        within = self._sample(f"{name}_bucket", f'lane="{lane}",le="{le}"')
+        total, within = self._samples(f"{name}_bucket", [f'lane="{lane}",le="+Inf"',
+                                                         f'lane="{lane}",le="{le}"'])
         return total, within / total if total else 0.0
 
     def children(self) -> list[int]:
