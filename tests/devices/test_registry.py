@@ -263,7 +263,9 @@ def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
                                     "fødselsdato", "fodselsdato", "birth_date", "date_of_birth",
                                     "DOB", "kontaktperson", "gateway_address", "gw_street",
                                     "device_owner_phone", "network_contact_email",
-                                    "device_contact_name", "fornavn"])
+                                    "device_contact_name", "fornavn", "surname", "firstname",
+                                    "lastName", "fullName", "citizenName", "patientname",
+                                    "fulde_navn", "Fulde navn", "contact_person", "person"])
 def test_a_column_named_for_a_citizens_name_address_or_contact_refuses_the_file(conn, column):
     problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
     assert problems == [f"the column '{column}' looks like personal data about a citizen; "
@@ -276,7 +278,8 @@ def test_a_column_named_for_a_citizens_name_address_or_contact_refuses_the_file(
 @pytest.mark.parametrize("column", ["model_name", "gateway_name", "serial", "asset_tag",
                                     "location", "room", "mailbox", "note", "mac_address",
                                     "ip_address", "ble_addr", "sim_phone", "mobile_operator",
-                                    "zip_firmware", "mqtt_user_name", "device_name"])
+                                    "zip_firmware", "mqtt_user_name", "device_name",
+                                    "last_firmware_name"])
 def test_a_column_about_the_device_is_kept_as_an_attribute(conn, column):
     do_import(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
     assert list_devices(conn)[0].attributes == {column: "x"}

@@ -27,10 +27,9 @@ _CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 # A name (lower case, separators as "_") that announces who the citizen is or where they
 # live, in English or Danish: a word of it is an address, phone, e-mail or birthday word
-# ("gateway_address" is the citizen's home), or it names a person ("name" alone,
-# "first_name", "device_owner_name", "borgernavn"; "model_name" is not). A network word
-# right before one of those words is the device's own ("mac_address", "sim_phone",
-# "mobile_operator"), and only that pair is let through.
+# ("gateway_address" is the citizen's home), or it names a person (`_PERSON_NAME`;
+# "model_name" does not). A network word right before one of those words is the device's
+# own ("mac_address", "sim_phone", "mobile_operator"), and only that pair is let through.
 _CONTACT_WORDS = frozenset({
     "address", "adresse", "addr", "street", "vejnavn", "postnr", "postnummer", "postcode",
     "postal", "zipcode", "phone", "telephone", "telefon", "telefonnr", "telefonnummer", "tlf",
@@ -42,10 +41,12 @@ _NETWORK_PAIRS = frozenset({
     *((n, p) for n in ("sim", "modem") for p in ("phone", "telefon", "tlf", "mobile", "mobil",
                                                  "mobilnr", "telefonnr", "tlfnr")),
     *((m, o) for m in ("mobile", "mobil") for o in ("operator", "network", "data", "modem"))})
-_PERSON_WORDS = frozenset({
-    "citizen", "borger", "patient", "person", "contact", "kontakt", "relative", "paaroerende",
-    "pårørende", "owner", "ejer", "first", "last", "full", "sur", "given"})
-_PERSON_NAME = re.compile(r"^(name|navn|(for|efter|fulde|borger|patient|kontakt)(navn|person))$")
+_PERSON_WORDS = ("citizen", "borger", "patient", "person", "contact", "kontakt", "relative",
+                 "paaroerende", "pårørende", "owner", "ejer", "first", "last", "full", "fulde",
+                 "sur", "given", "for", "efter")
+# The whole name, or its last two words, name a person: "name", "person", "firstname",
+# "contactperson", "borgernavn", "first_name", "device_owner_name" ("last_firmware_name" is not).
+_PERSON_NAME = re.compile(rf"^({'|'.join(_PERSON_WORDS)})?_?(name|navn|person)$")
 
 CPR_ADVICE = "vagt never stores CPR numbers: remove it (a pseudonymous citizen reference may stay)"
 
@@ -73,9 +74,8 @@ def looks_like_personal_data_name(name: str) -> bool:
     for k in range(len(words) - 1):        # "mac_address": the device's, not the citizen's
         if (words[k], words[k + 1]) in _NETWORK_PAIRS:
             words[k] = words[k + 1] = ""
-    if not _CONTACT_WORDS.isdisjoint(words) or bool(_PERSON_NAME.match(key)):
-        return True
-    return words[-1] in ("name", "navn") and not _PERSON_WORDS.isdisjoint(words[:-1])
+    return not _CONTACT_WORDS.isdisjoint(words) or bool(
+        _PERSON_NAME.match(key) or _PERSON_NAME.match("_".join(words[-2:])))
 
 
 PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
