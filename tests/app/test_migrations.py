@@ -23,7 +23,7 @@ def test_a_timescaledb_that_refuses_its_features_gets_the_plain_schema_and_the_l
     before 2.13); the engine must start all the same. There is no TimescaleDB here: the
     flavour is taken to be 'timescale' as if the extension had been created, and this
     PostgreSQL refuses the migration's `by_range` as a TimescaleDB before 2.13 does."""
-    monkeypatch.setattr(db, "_flavour", lambda conn: "timescale")
+    monkeypatch.setattr(db, "_flavour", lambda conninfo: "timescale")
     with caplog.at_level(logging.WARNING, logger="vagt.db"):
         applied = db.migrate(empty_database_url)
     assert "0002_timeseries (plain)" in applied
@@ -55,7 +55,7 @@ def test_a_passing_error_in_the_timescaledb_migration_stops_it_and_decides_nothi
         empty_database_url, monkeypatch):
     """A statement timeout (or a deadlock, a missing privilege) is no reason to make the
     database plain PostgreSQL for good: the migration stops, and the next start decides."""
-    monkeypatch.setattr(db, "_flavour", lambda conn: "timescale")
+    monkeypatch.setattr(db, "_flavour", lambda conninfo: "timescale")
     original = db.list_migrations()
     slow = "SET LOCAL statement_timeout = '10ms'; SELECT pg_sleep(1);"
     monkeypatch.setattr(db, "list_migrations", lambda: [

@@ -59,11 +59,16 @@ _REFUSED_FEATURE = (psycopg.errors.FeatureNotSupported, psycopg.errors.Undefined
                     psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue)
 
 
-# What CREATE EXTENSION answers for a TimescaleDB this server cannot use: not preloaded
-# (XX000, or not in the prerequisite state), files missing, or no privilege to create it.
-_UNUSABLE_EXTENSION = (*_REFUSED_FEATURE, psycopg.errors.InternalError_,
-                       psycopg.errors.ObjectNotInPrerequisiteState,
-                       psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege)
+# What CREATE EXTENSION answers for a TimescaleDB this server cannot use: not in the
+# prerequisite state, or its files missing; not preloaded is an XX000 whose text says so
+# (`_unusable`). A missing privilege stops the migration, as any passing error does.
+_UNUSABLE_EXTENSION = (*_REFUSED_FEATURE, psycopg.errors.ObjectNotInPrerequisiteState,
+                       psycopg.errors.UndefinedFile)
+
+
+def _unusable(e: psycopg.Error) -> bool:
+    return isinstance(e, _UNUSABLE_EXTENSION) or (
+        isinstance(e, psycopg.errors.InternalError_) and "preload" in str(e))
 
 
 def _recorded_flavour(conn: psycopg.Connection) -> str | None:
@@ -73,7 +78,7 @@ def _recorded_flavour(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _flavour(conn: psycopg.Connection) -> str:
+def _flavour(conninfo: str) -> str:
     """'timescale' if the extension can be used here, else 'plain' (for a database whose
     flavour is not recorded yet: one already migrated keeps its own).
 
@@ -81,15 +86,18 @@ def _flavour(conn: psycopg.Connection) -> str:
     or this user may not create it: then the plain schema is used, and the log says why. A
     passing error (a timeout, a deadlock, a lost connection) stops the migration instead.
     """
-    if not timescale_available(conn):
-        return "plain"
-    try:
-        with conn.transaction():
+    # A connection of its own: "must be preloaded" is FATAL, and ends the connection.
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if not timescale_available(conn):
+            return "plain"
+        try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except _UNUSABLE_EXTENSION as e:
-        log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
-                    first_line(e))
-        return "plain"
+        except psycopg.Error as e:
+            if not _unusable(e):
+                raise
+            log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
+                        first_line(e))
+            return "plain"
     return "timescale"
 
 
@@ -118,7 +126,7 @@ def migrate(conninfo: str) -> list[str]:
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             recorded = _recorded_flavour(conn)
             decided = recorded is not None
-            wanted = recorded or _flavour(conn)
+            wanted = recorded or _flavour(conninfo)
             migrations = list_migrations()
             for m in migrations:
                 if m.version in done or m.flavour not in ("any", wanted):
