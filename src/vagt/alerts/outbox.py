@@ -61,16 +61,16 @@ def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list
 
 
 def waiting_by_target(conn: psycopg.Connection) -> list[tuple[str, int, float | None]]:
-    """Per enabled target: how many deliveries wait (neither delivered nor dead), and when
-    the oldest of them was queued (epoch seconds; None when none waits)."""
+    """Per enabled target: how many deliveries wait (neither delivered nor dead), and the
+    age of the oldest of them by the database's clock (seconds; None when none waits)."""
     rows = conn.execute(
-        "SELECT t.name, count(o.id), extract(epoch FROM min(o.created_at))::float8 "
+        "SELECT t.name, count(o.id), extract(epoch FROM now() - min(o.created_at))::float8 "
         "FROM delivery_targets t LEFT JOIN alert_deliveries d ON d.target = t.name "
         "AND d.delivered_at IS NULL AND d.dead_at IS NULL "
         "LEFT JOIN alert_outbox o ON o.id = d.outbox_id "
         "WHERE t.enabled GROUP BY t.name ORDER BY t.name").fetchall()
-    return [(str(t), int(n), None if oldest is None else float(oldest))
-            for t, n, oldest in rows]
+    return [(str(t), int(n), None if age is None else max(float(age), 0.0))
+            for t, n, age in rows]
 
 
 def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,

@@ -166,9 +166,13 @@ class EngineMetrics:
     def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, int, float | None]]]
                          ) -> None:
         """Export `vagt_alert_deliveries_waiting{target}` and
-        `vagt_alert_delivery_oldest_waiting_seconds{target}` from `query()` at every scrape:
-        a receiver that is down is tried until it is back, and this is how ops see it."""
-        self.registry.register(_Scraped("deliveries_waiting", query, _waiting_deliveries))
+        `vagt_alert_delivery_oldest_waiting_seconds{target}` from `query()` (target, waiting,
+        age of the oldest by the database's clock) at every scrape: a receiver that is down
+        is tried until it is back, and this is how ops see it."""
+        def stamped() -> list[tuple[Any, ...]]:
+            read_at = time.monotonic()
+            return [(*row, read_at) for row in query()]
+        self.registry.register(_Scraped("deliveries_waiting", stamped, _waiting_deliveries))
 
     def watch_fleet(self, counts: Callable[[], tuple[dict[str, int],
                                                       dict[tuple[str, str], int]]]) -> None:
@@ -250,10 +254,10 @@ def _waiting_deliveries(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
     oldest = GaugeMetricFamily("vagt_alert_delivery_oldest_waiting_seconds",
                                "Age of the oldest event waiting for a target (0: none waits)",
                                labels=["target"])
-    now = time.time()   # the age at this scrape: it grows while the database is away
-    for target, n, since in rows:
+    now = time.monotonic()   # the age at this scrape: it grows while the database is away
+    for target, n, age, read_at in rows:
         waiting.add_metric([target], float(n))
-        oldest.add_metric([target], 0.0 if since is None else max(now - since, 0.0))
+        oldest.add_metric([target], 0.0 if age is None else age + now - read_at)
     return [waiting, oldest]
 
 

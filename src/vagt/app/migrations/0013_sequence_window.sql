@@ -12,7 +12,7 @@
 -- - counters above `last_seq` that the batch does not have are gaps;
 -- - a counter at or below `last_seq` whose bit is not set fills a gap it left (one that came
 --   again, a redelivery, finds its bit set and counts nothing);
--- - counters more than 63 below the top count nothing: a device whose counter starts again
+-- - counters 63 or more below the top count nothing: a device whose counter starts again
 --   (a reboot) is seen again once it passes its old high, as before;
 -- - before a device's first counter nothing is missing.
 -- NULL window (a device counted before this migration): all came, nothing to fill.

@@ -5,7 +5,7 @@
 -- batch brought were counted missing, and gaps it filled were not taken back. Such a batch
 -- (its highest 63 or more above its lowest: rare) now brings its counters as well, and the
 -- late branch counts them one by one: those above the top are new, those at or below it
--- within 63 whose bit is unset fill a gap. (Late counters more than 63 below the top still
+-- within 63 whose bit is unset fill a gap. (Late counters 63 or more below the top still
 -- fill no gap: see 0013.) The 7-argument vagt_seq_gaps stays for an engine of the release
 -- before, sharing the database while the engines are upgraded one by one.
 CREATE FUNCTION vagt_seq_gaps_late(gaps bigint, top bigint, win bigint, hi bigint,
