@@ -82,9 +82,9 @@ def _flavour(conninfo: str) -> str:
     """'timescale' if the extension can be used here, else 'plain' (for a database whose
     flavour is not recorded yet: one already migrated keeps its own).
 
-    The extension may be installed but not loadable (it must be in shared_preload_libraries),
-    or this user may not create it: then the plain schema is used, and the log says why. A
-    passing error (a timeout, a deadlock, a lost connection) stops the migration instead.
+    The extension may be listed but not loadable (it must be in shared_preload_libraries) or
+    its files missing: then the plain schema is used, and the log says why. Any other error
+    (a timeout, a deadlock, a lost connection, a missing privilege) stops the migration.
     """
     # A connection of its own: "must be preloaded" is FATAL, and ends the connection.
     with psycopg.connect(conninfo, autocommit=True) as conn:
