@@ -29,7 +29,7 @@ def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices
     """Stored readings of `metric` of these devices in [since, until), bad ones left out;
     with `since_deployed`, also those from more than BEGAN_MARGIN_S before the device's rule
     state began (its deployment to the citizen it is with, migration 0010), as the rules
-    skip them when they come (`Locked.before_deployment`)."""
+    skip them when they come (`rule_state.without_last_citizens`)."""
     ids = [fleet.ids[int(d)] for d in devices]
     rows = conn.execute(
         "SELECT r.device_id, extract(epoch FROM r.time)::float8, r.value FROM readings r "
