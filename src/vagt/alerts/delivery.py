@@ -170,7 +170,7 @@ class _TopicFields(dict[str, object]):
 # receiver, another's must not send the target's next event before it.
 _TARGET_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('vagt.delivery'), hashtext(%s))"
 _DUE = """
-SELECT d.outbox_id, o.event, o.payload::text, d.attempts, d.next_attempt_at
+SELECT d.outbox_id, o.event, o.payload::text, d.attempts, d.refusals, d.next_attempt_at
 FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
 WHERE d.target = %s AND d.delivered_at IS NULL AND d.dead_at IS NULL
 ORDER BY d.outbox_id
@@ -221,7 +221,7 @@ class DeliveryWorker:
                 row = conn.execute(_DUE, (sender.name,)).fetchone()
                 if row is None:
                     break
-                outbox_id, event, payload, attempts, next_at = row
+                outbox_id, event, payload, attempts, refusals, next_at = row
                 now = self.clock()
                 # A retry's time was set by this clock (see _record); an event never tried
                 # is due at once, whatever the database's clock said when it was queued (a
@@ -231,8 +231,8 @@ class DeliveryWorker:
                 tries += 1
                 outcome, error, refused = self._try(sender, int(outbox_id), str(event),
                                                     str(payload).encode(), now)
-                self._record(conn, sender.name, int(outbox_id), int(attempts) + 1, outcome,
-                             error, refused, now)
+                self._record(conn, sender.name, int(outbox_id), int(attempts) + 1,
+                             int(refusals) + refused, outcome, error, refused, now)
             self.observer.delivery(sender.name, outcome)
             if outcome == "failed":
                 break
@@ -258,7 +258,10 @@ class DeliveryWorker:
         return "delivered", None, False
 
     def _record(self, conn: psycopg.Connection, target: str, outbox_id: int, attempts: int,
-                outcome: str, error: str | None, refused: bool, now: float) -> None:
+                refusals: int, outcome: str, error: str | None, refused: bool,
+                now: float) -> None:
+        """The try's outcome in the delivery's row (locked by `_DUE`); `attempts` and
+        `refusals` count this try."""
         at = datetime.fromtimestamp(now, UTC)
         if outcome == "delivered":
             conn.execute("UPDATE alert_deliveries SET attempts = %s, delivered_at = %s, "
@@ -267,25 +270,22 @@ class DeliveryWorker:
             log.info("event=alert_delivered target=%s outbox_id=%d attempts=%d", target,
                      outbox_id, attempts)
             return
-        [refusals] = conn.execute(
-            "UPDATE alert_deliveries SET attempts = %s, refusals = refusals + %s::int, "
-            "last_error = %s WHERE outbox_id = %s AND target = %s RETURNING refusals",
-            (attempts, int(refused), error, outbox_id, target)).fetchone() or (0,)
-        if refusals >= self.policy.max_attempts:
-            conn.execute("UPDATE alert_deliveries SET dead_at = %s WHERE outbox_id = %s "
-                         "AND target = %s", (at, outbox_id, target))
-            log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d "
-                      "refusals=%d error=%r", target, outbox_id, attempts, refusals, error)
-            self.observer.delivery(target, "dead")
-            return
+        dead = refusals >= self.policy.max_attempts
         # A refusal backs off by the refusals: after an outage (thousands of tries: 2 **
         # attempts would overflow a float) the receiver is back, and the events behind one
         # it refuses must not wait backoff_max for each of its max_attempts refusals.
         tries = refusals if refused else attempts
         delay = min(self.policy.backoff_initial_s * 2 ** min(tries - 1, 60),
                     self.policy.backoff_max_s)
-        conn.execute("UPDATE alert_deliveries SET next_attempt_at = %s WHERE outbox_id = %s "
-                     "AND target = %s", (at + timedelta(seconds=delay), outbox_id, target))
+        conn.execute("UPDATE alert_deliveries SET attempts = %s, refusals = %s, last_error = %s, "
+                     "dead_at = %s, next_attempt_at = %s WHERE outbox_id = %s AND target = %s",
+                     (attempts, refusals, error, at if dead else None,
+                      at + timedelta(seconds=delay), outbox_id, target))
+        if dead:
+            log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d "
+                      "refusals=%d error=%r", target, outbox_id, attempts, refusals, error)
+            self.observer.delivery(target, "dead")
+            return
         log.warning("event=alert_delivery_failed target=%s outbox_id=%d attempts=%d "
                     "refusals=%d retry_in=%.1fs error=%r", target, outbox_id, attempts,
                     refusals, delay, error)
