@@ -641,9 +641,10 @@ class Counters:
     seqs: list[list[int] | None]
 
     def columns(self) -> tuple[list[Any], ...]:
-        has = self.hi >= 0
-        return (*([int(x) if h else None for x, h in zip(a.tolist(), has.tolist())]
-                  for a in (self.hi, self.lo, self.n, self.bits)), self.seqs)
+        """For the device-state staging table: NULL `hi` where a device sent no counter (the
+        SQL looks at the others only where `hi` is not NULL)."""
+        return ([None if x < 0 else x for x in self.hi.tolist()], self.lo.tolist(),
+                self.n.tolist(), self.bits.tolist(), self.seqs)
 
 
 def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
