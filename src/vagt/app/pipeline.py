@@ -468,7 +468,7 @@ class Pipeline:
                           _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
                           firmware, _nulls(fw_t), *counters.columns(), rows.first.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware,
-                                fw_t, counters.hi)
+                                fw_t)
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:

@@ -40,7 +40,7 @@ LOAD_CHUNK = 10_000
 _REGISTRY = "device_id, vendor, model, type, municipality, status"
 _STATE = ("extract(epoch FROM last_seen)::float8, battery::float8, "
           "extract(epoch FROM battery_at)::float8, signal::float8, "
-          "extract(epoch FROM signal_at)::float8, firmware, last_seq, "
+          "extract(epoch FROM signal_at)::float8, firmware, "
           "extract(epoch FROM firmware_at)::float8")
 
 
@@ -56,7 +56,6 @@ class StateUpdate:
     signal_at: F64 = field(default_factory=lambda: np.empty(0))
     firmware: list[str | None] = field(default_factory=list)   # None: none in the batch
     firmware_at: F64 = field(default_factory=lambda: np.empty(0))
-    seq: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # -1: none
 
 
 class _Codes:
@@ -108,7 +107,6 @@ class Fleet:
         self.signal = np.empty(0)
         self.signal_at = np.empty(0)
         self.firmware_at = np.empty(0)     # device time of the status message it came from
-        self.last_seq = np.empty(0, dtype=np.int64)
         self._status = _Codes()
         self._type = _Codes()
         self._place = _Codes()
@@ -220,8 +218,7 @@ class Fleet:
         self._type.extend(str(r[3]) for r in new)
         self._place.extend(str(r[4]) for r in new)
         self._status.extend(str(r[5]) for r in new)
-        seen, battery, battery_at, signal, signal_at, _fw, firmware_at, seq = \
-            _state_columns(new)
+        seen, battery, battery_at, signal, signal_at, _fw, firmware_at = _state_columns(new)
         hb = np.array([self._heartbeat(str(r[1]), str(r[2])) for r in new])
         self.heartbeat_s = np.concatenate([self.heartbeat_s, hb])
         self.last_seen = np.concatenate([self.last_seen, seen])
@@ -230,7 +227,6 @@ class Fleet:
         self.signal = np.concatenate([self.signal, signal])
         self.signal_at = np.concatenate([self.signal_at, signal_at])
         self.firmware_at = np.concatenate([self.firmware_at, firmware_at])
-        self.last_seq = np.concatenate([self.last_seq, seq])
         # last: a lookup that finds a device finds its arrays too
         start = len(self.ids) - len(new)
         self._index.update(zip(self.ids[start:], range(start, len(self.ids))))
@@ -247,11 +243,10 @@ class Fleet:
             return
         with self.lock:
             self._merge(u.device, u.seen, u.battery, u.battery_at, u.signal, u.signal_at,
-                        u.firmware, u.firmware_at, u.seq)
+                        u.firmware, u.firmware_at)
 
     def _merge(self, idx: I64, seen: F64, battery: F64, battery_at: F64, signal: F64,
-               signal_at: F64, firmware: Sequence[str | None], firmware_at: F64,
-               seq: I64) -> None:
+               signal_at: F64, firmware: Sequence[str | None], firmware_at: F64) -> None:
         """Newer wins, by device time, value by value (caller holds the lock)."""
         self.last_seen[idx] = np.fmax(self.last_seen[idx], seen)
         for value, at, new_value, new_at in ((self.battery, self.battery_at, battery, battery_at),
@@ -263,7 +258,6 @@ class Fleet:
             if fw is not None and not self.firmware_at[k] > at:   # NaN: reported before
                 self.firmware[k] = sys.intern(fw)                  # times were kept
                 self.firmware_at[k] = np.fmax(self.firmware_at[k], at)
-        self.last_seq[idx] = np.maximum(self.last_seq[idx], seq)
 
     def status_in(self, idx: I64, statuses: Iterable[str]) -> Bools:
         """Per index in `idx`: whether that device's lifecycle status is one of `statuses`."""
@@ -313,7 +307,7 @@ class Fleet:
 
 
 def _state_columns(rows: Sequence[tuple[object, ...]]
-                   ) -> tuple[F64, F64, F64, F64, F64, list[str | None], F64, I64]:
+                   ) -> tuple[F64, F64, F64, F64, F64, list[str | None], F64]:
     """The state columns (after the six registry columns) of `rows` as arrays."""
     n = len(rows)
 
@@ -321,7 +315,5 @@ def _state_columns(rows: Sequence[tuple[object, ...]]
         return np.fromiter((np.nan if r[col] is None else float(str(r[col])) for r in rows),
                            dtype=np.float64, count=n)
 
-    seq = np.fromiter((-1 if r[12] is None else int(str(r[12])) for r in rows),
-                      dtype=np.int64, count=n)
     firmware = [None if r[11] is None else str(r[11]) for r in rows]
-    return floats(6), floats(7), floats(8), floats(9), floats(10), firmware, floats(13), seq
+    return floats(6), floats(7), floats(8), floats(9), floats(10), firmware, floats(12)
