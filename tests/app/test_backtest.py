@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import orjson
 import psycopg
 from tests.app.conftest import query, register, telemetry
 
+from vagt.alerts.actions import resolve
 from vagt.app import store
 from vagt.app.cli import main
 from vagt.app.pipeline import Pipeline
+from vagt.devices import deploy, return_device
+from vagt.devices import register as register_device
+from vagt.devices.catalogue import load_catalogue
 from vagt.ingest.model import RawMessage
 from vagt.rules import load_rules
 
@@ -148,3 +153,101 @@ def test_backtest_refuses_times_in_the_wrong_order(database_url, capsys):
     assert main(["rules", "backtest", "--from", "2026-11-02", "--to", "2026-11-01",
                  "--database-url", database_url]) == 2
     assert "--to must be after --from" in capsys.readouterr().err
+
+
+TO_A, TO_B = T0, T0 + 86400   # a scale's deployments: to citizen A, then to citizen B
+
+
+def scale_given_to_a_then_b(database_url: str, rules_file, a_weighs: list[tuple[float, float]],
+                            b_weighs: list[tuple[float, float]],
+                            others: list[RawMessage] = ()) -> None:
+    """SCL-A goes to citizen A in Aarhus at TO_A and weighs `a_weighs` (time, kg); an
+    operator resolves what the rules raised; it goes back to the centre, and to citizen B in
+    Odder at TO_B, and weighs `b_weighs`. Then the `others` messages come. Live, through the
+    engine's pipeline."""
+    with psycopg.connect(database_url) as conn:
+        register_device(conn, "SCL-A", "Withings", "Body+", catalogue=load_catalogue(),
+                        actor="staff", at=_utc(TO_A - 3600))
+        deploy(conn, "SCL-A", citizen_ref="cit-a", municipality="Aarhus", actor="staff",
+               at=_utc(TO_A))
+        store.prepare_connection(conn)
+        p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(rules_file), clock=time.time)
+
+        def send(messages: list[RawMessage]) -> None:
+            out = p.process(conn, messages)
+            conn.commit()
+            p.after_commit(out)
+
+        def weigh(t: float, kg: float) -> None:
+            send([RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
+                             time.time())])
+
+        for t, kg in a_weighs:
+            weigh(t, kg)
+        for (alert_id,) in query(database_url, "SELECT id FROM alerts"):
+            resolve(conn, alert_id, "anna", "called A's GP", code="resolved")
+        return_device(conn, "SCL-A", actor="staff", at=_utc(TO_B - 60))
+        deploy(conn, "SCL-A", citizen_ref="cit-b", municipality="Odder", actor="staff",
+               at=_utc(TO_B))
+        conn.commit()
+        for t, kg in b_weighs:
+            weigh(t, kg)
+        if others:
+            send(list(others))
+
+
+def backtest(database_url: str, rules_file, start: float, end: float, capsys, *more: str
+             ) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """The backtest's report: (rule, municipality) -> (opened, cleared, open at end)."""
+    assert main(["rules", "backtest", "--rules", str(rules_file), "--from", str(start),
+                 "--to", str(end), "--database-url", database_url, "--json", *more]) == 0
+    return {(a["rule"], a["municipality"]): (a["opened"], a["cleared"], a["open_at_end"])
+            for a in orjson.loads(capsys.readouterr().out)["alerts"]}
+
+
+def test_a_device_given_to_another_citizen_begins_anew_in_the_backtest_as_it_does_live(
+        database_url, tmp_path, capsys):
+    """Citizen A gains weight (an alert, resolved by an operator); the scale goes to citizen B,
+    who weighs 11 kg more than A and gains two days later. Live, B's first weighing is not a
+    gain (the rules began anew at the deployment); the backtest counts as live did, each
+    alert in the municipality it was raised in."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    scale_given_to_a_then_b(database_url, rules_file,
+                            [(TO_A + 3600, 70.0), (TO_A + 7200, 72.5)],   # A gains 2.5 kg
+                            [(TO_B + 3600, 83.5), (TO_B + 7200, 83.6),    # B: 11 kg more
+                             (TO_B + 2 * 86400, 86.2)])                   # B gains 2.6 kg
+    assert query(database_url, "SELECT a.rule, count(*) FROM alert_audit u JOIN alerts a "
+                               "ON a.id = u.alert_id WHERE u.action IN ('open', 'reopen') "
+                               "GROUP BY a.rule") == [("weight_gain", 2)]
+
+    # A's alert counts in Aarhus, cleared when the scale went to B (live, it was resolved
+    # first); B's in Odder, once: B's first weighing is not a gain on A's
+    assert backtest(database_url, rules_file, TO_A - 86400, TO_B + 3 * 86400, capsys) == {
+        ("weight_gain", "Aarhus"): (1, 1, 0), ("weight_gain", "Odder"): (1, 0, 1)}
+    # B's first day, from after the deployment: the weight window's history, read from the
+    # store, is B's alone, so there is no gain
+    assert backtest(database_url, rules_file, TO_B + 1800, TO_B + 86400, capsys) == {}
+
+
+def test_in_the_backtest_a_device_given_to_another_citizen_is_silent_from_its_deployment(
+        database_url, tmp_path, capsys):
+    """A weighs 5.5 hours before the scale goes to B, who weighs 2 hours after: the scale is not
+    silent (the `silent` rule: 6 hours) at B's in between, as silence counts from the
+    deployment live. (A was silent for a while, and that alert counts in Aarhus.) An
+    oximeter's hourly readings make the backtest's batches."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
+    hourly = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
+                         telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
+              for k in range(48)]
+    scale_given_to_a_then_b(database_url, rules_file,
+                            [(TO_A + 3600, 70.0), (TO_B - 5.5 * 3600, 70.0)],
+                            [(TO_B + 2 * 3600, 70.0)], hourly)
+    assert backtest(database_url, rules_file, TO_A - 86400, TO_B + 5 * 3600, capsys,
+                    "--batch", "1") == {("silent", "Aarhus"): (1, 1, 0)}
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)

@@ -4,6 +4,12 @@ how many alerts would have opened and cleared. Nothing is written.
 
 Timers run as they would live: after each batch the engine ticks at the batch's latest
 device time, and the absence sweep judges silence from the replayed messages.
+
+A device given to another citizen within the period begins anew there, as it does live
+(migration 0010): batches end at the deployment, its rule state is emptied, its history reads
+and its silence begin at the deployment, and its alerts count in the municipality it served
+when they opened. An alert still open then counts as cleared: live, a device is deployed only
+once its alerts are resolved.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import numpy as np
 import psycopg
 
 from vagt.app import rule_queries
+from vagt.app.rule_state import BEGAN_MARGIN_S
 from vagt.devices.fleet import Fleet
 from vagt.rules import Batch, Rule, RuleEngine
 from vagt.rules.book import AlertBook
+from vagt.rules.persist import layout, unpack
 
 
 @dataclass
@@ -59,17 +67,24 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
     book = AlertBook()
     result = BacktestResult(start, end)
     last_seen = np.full(len(fleet), np.nan)
+    deployments = _Deployments(conn, fleet, start, end)
 
     def history(metric: str, devices: np.ndarray, since: float, until: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # the whole history: a backtest's period may lie before the device's deployment
-        # (its rules do not begin anew at each deployment within the period, as live ones do)
-        return rule_queries.reading_history(conn, fleet, metric, devices, since, until,
-                                            since_deployed=False)
+        # as live: from the device's deployment on (less the margin for a clock behind)
+        d, t, v = rule_queries.reading_history(conn, fleet, metric, devices, since, until,
+                                               since_deployed=False)
+        ok = ~(t < deployments.began[d] - BEGAN_MARGIN_S)   # NaN began: all
+        return d[ok], t[ok], v[ok]
 
     cursor = start
     while cursor < end:
-        upper = _batch_end(conn, cursor, end, batch_rows)
+        for d, since, place in deployments.due(cursor):
+            _settle(result, book, [r.name for r in rules], d, deployments.municipality[d])
+            deployments.began[d], deployments.municipality[d] = since, place
+            unpack(engine, np.array([d]), layout(engine), [b""], [b""], [None])
+            last_seen[d] = since        # silent from its deployment on
+        upper = min(_batch_end(conn, cursor, end, batch_rows), deployments.next_after(cursor))
         batch = _load(conn, fleet, cursor, upper)
         cursor = upper
         if batch is None:
@@ -88,7 +103,7 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
         ev = engine.sweep_absence(now, last_seen, list(book.open_))
         book.record(ev)
         engine.apply(ev)
-    muni = fleet.municipality
+    muni = deployments.municipality
     for (rule, d), n in book.opened.items():
         result.opened[(rule, muni[d])] += n
     for (rule, d), n in book.cleared.items():
@@ -96,6 +111,62 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
     for rule, d in book.open_:
         result.still_open[(rule, muni[d])] += 1
     return result
+
+
+class _Deployments:
+    """The devices' deployments (`device_assignments`) up to `end`: per device the time and
+    municipality of the one it is in at the backtest's cursor (NaN and its registry's
+    municipality before any), and those still to come within the period, in time order."""
+
+    def __init__(self, conn: psycopg.Connection, fleet: Fleet, start: float, end: float
+                 ) -> None:
+        self.began = np.full(len(fleet), np.nan)
+        self.municipality = list(fleet.municipality)
+        rows = conn.execute(
+            "SELECT device_id, extract(epoch FROM since)::float8, municipality "
+            "FROM device_assignments WHERE since < to_timestamp(%s) ORDER BY since, device_id",
+            (end,)).fetchall()
+        idx = fleet.lookup([str(r[0]) for r in rows])
+        self._coming: list[tuple[float, int, str]] = []
+        for (_, since, place), d in zip(rows, idx.tolist()):
+            if d < 0:
+                continue
+            if since <= start:   # in order: the last one before the period stays
+                self.began[d], self.municipality[d] = since, str(place)
+            else:
+                self._coming.append((float(since), d, str(place)))
+        self._next = 0
+
+    def next_after(self, cursor: float) -> float:
+        """The time of the next deployment after `cursor` (inf: none)."""
+        k = self._next
+        while k < len(self._coming) and self._coming[k][0] <= cursor:
+            k += 1
+        return self._coming[k][0] if k < len(self._coming) else np.inf
+
+    def due(self, cursor: float) -> list[tuple[int, float, str]]:
+        """The deployments at or before `cursor` not yet taken: (device, time, municipality),
+        in time order."""
+        k = self._next
+        while self._next < len(self._coming) and self._coming[self._next][0] <= cursor:
+            self._next += 1
+        return [(d, since, place) for since, d, place in self._coming[k:self._next]]
+
+
+def _settle(result: BacktestResult, book: AlertBook, rules: list[str], d: int,
+            municipality: str) -> None:
+    """Device `d` goes to its next citizen: count its alerts so far in `municipality` (the
+    last citizen's) and take them out of the book; one still open counts as cleared."""
+    for rule in rules:
+        key, here = (rule, d), (rule, municipality)
+        fired = book.open_.pop(key, None)
+        if fired is not None:
+            book.resolved[key] = max(book.resolved.get(key, -np.inf), fired)
+            book.cleared[key] += 1
+        if key in book.opened:
+            result.opened[here] += book.opened.pop(key)
+        if key in book.cleared:
+            result.cleared[here] += book.cleared.pop(key)
 
 
 def _batch_end(conn: psycopg.Connection, cursor: float, end: float, batch_rows: int) -> float:
