@@ -100,6 +100,7 @@ queue = "emergency"
 summary = "{code} from {device_id}"
 """
 DISPENSER = ("DSP-0001", "Evondos", "E300", "medicine_dispenser", "Skive")
+PERSONAL_ALARM = ("PAL-0001", "Tunstall", "Lifeline Vi+", "personal_alarm", "Skive")
 
 
 @pytest.fixture
@@ -510,6 +511,26 @@ def test_a_state_a_minute_old_is_where_late_rows_go_back_to(database_url, rules_
         p.close()
         assert [a[:4] for a in flapping_alerts(database_url)] == [
             ("connection_flapping", 1, 30.0, 30.0)], (age, longest)
+
+
+def test_a_fall_alarm_too_late_to_evaluate_in_order_still_raises_its_alert(database_url):
+    """A personal alarm's gateway sends the events it kept while offline after newer ones,
+    too late to evaluate in order (older than the state written before). The rules that
+    need order skip them (a mains loss is not raised after its restoration), but a fall
+    alarm is raised: every alarm counts, however late it comes."""
+    register(database_url, [PERSONAL_ALARM])
+    t0 = float(int(T0))                               # whole seconds: the database keeps µs
+    p = Process(database_url, None)                   # the built-in rules
+    p.pipeline.shared.checkpoint_age_s = 0.0          # every write is one to go back to
+    p.batch([event("PAL-0001", t0 + 20, "power.mains_lost")])
+    p.batch([event("PAL-0001", t0 + 30, "power.mains_restored")])
+    out = p.batch([event("PAL-0001", t0 + 0, "alarm.fall"),
+                   event("PAL-0001", t0 + 5, "power.mains_lost")])
+    p.close()
+    assert out.too_late == 1
+    assert query(database_url, "SELECT rule, status, extract(epoch FROM last_fired_at)::float8 "
+                               "FROM alerts ORDER BY id") == [
+        ("mains_power_lost", "resolved", t0 + 20), ("personal_alarm", "open", t0)]
 
 
 def test_a_device_flushing_its_buffer_after_a_live_reading_is_evaluated_in_order(

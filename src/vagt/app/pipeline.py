@@ -231,7 +231,8 @@ class Pipeline:
         evaluated again in order, with every stored row since (this batch's are stored
         already): from its stored state if the rows are newer than that, else from its
         earlier state (`prev`, see `rule_state.CHECKPOINT_AGE_S`); their alerts are
-        corrected by what that changes (`Recount`). Rows too old even for that are skipped.
+        corrected by what that changes (`Recount`). Rows too old even for that are skipped,
+        but for events that only order-free rules take (a personal alarm: every one counts).
         `rows`: the batch's devices' rows, as the device-state UPDATE left them (see
         `write_state`). Returns the evaluation, the batch evaluated and the recount."""
         if rows is None:   # no usable message: no device, nothing to evaluate
@@ -251,8 +252,9 @@ class Pipeline:
                 self.shared.rewind(conn, held[late.again], prev=False)
                 self.shared.rewind(conn, held[late.back])
                 batch = merged
-        if too_late.any():
-            batch = batch.newer_than(held[too_late], locked.seen[too_late])
+        if too_late.any():   # (an alarm is never too late)
+            batch = batch.newer_than(held[too_late], locked.seen[too_late],
+                                     self.rules.order_free_events(batch))
         batch, earlier = without_last_citizens(batch, held, rows.first, locked.began)
         out.replayed += int(replay.sum())
         out.too_late += int(too_late.sum())

@@ -114,6 +114,20 @@ class RuleEngine:
         """Every rule with its state (to persist it: `vagt.rules.persist`)."""
         return [(r, self._states[r.name]) for r in self._rules]
 
+    def order_free_events(self, b: Batch) -> Bools:
+        """Which event rows of `b` only rules that take them in any order read: event rules
+        without clearing codes, where every alarm counts however late it comes (a fall
+        alarm a device kept while offline). A row too late for the others still goes to
+        them (see `Pipeline._evaluate_locked`)."""
+        free = np.zeros(len(b.e_code), dtype=bool)
+        bound = np.zeros(len(b.e_code), dtype=bool)
+        for rule in self._rules:
+            if rule.kind == "event" and not rule.clear_codes:
+                free |= b.code_mask(rule.codes)
+            else:
+                bound |= b.code_mask(rule.codes + rule.clear_codes + rule.first + rule.then)
+        return free & ~bound
+
     # -- batches and ticks --------------------------------------------------------------------
 
     def evaluate(self, b: Batch, history: HistorySource | None = None) -> Evaluation:

@@ -120,8 +120,9 @@ class Batch:
         """The rows (readings, events, messages) of every device but `devices`."""
         return self._where(lambda dev, _time: ~np.isin(dev, devices))
 
-    def newer_than(self, devices: I64, since: F64) -> Batch:
-        """The rows of `devices` (sorted) newer than their `since`, and every other device's."""
+    def newer_than(self, devices: I64, since: F64, events: Bools | None = None) -> Batch:
+        """The rows of `devices` (sorted) newer than their `since`, and every other device's;
+        also the event rows `events` says yes to, however old."""
         if len(devices) == 0:
             return self
 
@@ -129,11 +130,14 @@ class Batch:
             at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
             kept: Bools = (devices[at] != dev) | (time > since[at])
             return kept
-        return self._where(keep)
+        return self._where(keep, events)
 
-    def _where(self, keep: Callable[[I64, F64], Bools]) -> Batch:
-        """The rows (readings, events, messages) `keep` says yes to, by device and time."""
+    def _where(self, keep: Callable[[I64, F64], Bools], events: Bools | None = None) -> Batch:
+        """The rows (readings, events, messages) `keep` says yes to, by device and time, and
+        the event rows `events` says yes to."""
         kept = {p: keep(getattr(self, f"{p}_device"), getattr(self, f"{p}_time")) for p in "rem"}
+        if events is not None:
+            kept["e"] |= events
         return Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
 
     def plus(self, other: Batch) -> Batch:
