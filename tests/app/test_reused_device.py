@@ -132,22 +132,36 @@ def alarm_lane(p: Process, t: float) -> None:
     p.conn.commit()
 
 
-def test_an_alarm_the_device_kept_from_the_last_citizen_is_not_the_next_ones(
-        database_url):
-    """Pressed at the last citizen's home two days before the device was deployed again,
-    sent from the next citizen's: stored, and no alarm goes to the call centre with the next
-    citizen's labels. The next citizen's own alarm does."""
+def bulk_lane(p: Process, t: float) -> None:
+    """A personal alarm a gateway sends on the telemetry channel: the bulk lane."""
+    p.batch([event("ALM-0001", t, "alarm.fall")])
+
+
+@pytest.mark.parametrize("lane", [alarm_lane, bulk_lane])
+@pytest.mark.parametrize("dated", ["two days before", "2000-01-01"])
+def test_an_alarm_dated_before_the_deployment_is_not_the_next_citizens_but_is_heard(
+        database_url, lane, dated):
+    """Pressed at the last citizen's home two days before the device was deployed again and
+    sent from the next citizen's, or from a device whose clock restarted at 2000-01-01: not
+    the next citizen's alarm (no alert with their labels), but the personal alarm's queue
+    hears of it, dated, as one to check. The next citizen's own alarm is theirs."""
     register(database_url, [ALARM])
     p = engine(database_url)
     with psycopg.connect(database_url) as conn:
         return_device(conn, "ALM-0001", actor="staff")
     with psycopg.connect(database_url) as conn:
         deploy(conn, "ALM-0001", citizen_ref="cit-b", municipality="Randers", actor="staff")
-    alarm_lane(p, NOW - 2 * DAY)
-    assert alerts(database_url) == []
+    when = NOW - 2 * DAY if dated == "two days before" else 946684800.0 + 300
+    lane(p, when)
+    [(rule, queue, severity, labels, summary)] = query(
+        database_url, "SELECT rule, queue, severity, labels, summary FROM alerts")
+    assert (rule, queue, severity) == ("alarm_before_deployment", "emergency", "critical")
+    assert "citizen_ref" not in labels and "municipality" not in labels
+    assert "2000-01-01 00:05:00 UTC" in summary if dated == "2000-01-01" else "clock" in summary
     assert query(database_url, "SELECT count(*) FROM events") == [(1,)]
-    alarm_lane(p, NOW + 60)
-    assert alerts(database_url) == [("personal_alarm", "ALM-0001")]
+    lane(p, NOW + 60)
+    assert alerts(database_url) == [("alarm_before_deployment", "ALM-0001"),
+                                    ("personal_alarm", "ALM-0001")]
     p.close()
 
 

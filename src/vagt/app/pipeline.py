@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -209,8 +210,8 @@ class Pipeline:
             rows = out.rows if out.rows is not None else _device_rows(batch)
             began = self.shared.sync(conn, rows.devices)
             # what a redeployed device kept from the last citizen is not this one's alarm
-            batch, out.before_deployment = without_last_citizens(batch, rows.devices,
-                                                                 rows.first, began)
+            batch, out.before_deployment = self._without_last_citizens(
+                batch, rows.devices, rows.first, began, out)
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
@@ -255,7 +256,8 @@ class Pipeline:
         if too_late.any():   # (an alarm is never too late)
             batch = batch.newer_than(held[too_late], locked.seen[too_late],
                                      self.rules.order_free_events(batch))
-        batch, earlier = without_last_citizens(batch, held, rows.first, locked.began)
+        batch, earlier = self._without_last_citizens(batch, held, rows.first, locked.began,
+                                                     out)
         out.replayed += int(replay.sum())
         out.too_late += int(too_late.sum())
         out.before_deployment += earlier
@@ -266,6 +268,33 @@ class Pipeline:
         recount = None if fired is None else \
             Recount(replayed, self.rules.fired(replayed) - fired)
         return ev, batch, recount
+
+    def _without_last_citizens(self, batch: Batch, devs: I64, first: F64, began: F64,
+                               out: BatchOutcome) -> tuple[Batch, int]:
+        """`rule_state.without_last_citizens`; an alarm among the rows it leaves out still
+        reaches the personal alarm's queue, not as the citizen's alarm (it may be the last
+        citizen's), but as one dated before the deployment: the device's clock may be wrong
+        (one that lost power may restart at 2000-01-01), and someone may need help."""
+        batch, theirs, earlier = without_last_citizens(batch, devs, first, began)
+        critical = [code for r in self.rules.rules if r.kind == "event"
+                    and r.severity == "critical" for code in r.codes]
+        alarms = np.flatnonzero(theirs.code_mask(critical))
+        if len(alarms):
+            dev, t = theirs.e_device[alarms], theirs.e_time[alarms]
+            ids = [self.fleet.ids[int(d)] for d in dev]
+            since = dict(zip(devs.tolist(), began.tolist()))
+            deployed = {i: _iso(since[int(d)]) for i, d in zip(ids, dev)}
+            latest: dict[str, float] = {}
+            for i, when in zip(ids, t.tolist()):
+                latest[i] = max(when, latest.get(i, when))
+            out.registry_firings += _registry_firings(
+                ALARM_BEFORE_DEPLOYMENT_RULE, ids, t, [""] * len(ids),
+                lambda d, _: f"an alarm from {d} dated {_iso(latest[d])} (device time), more than "
+                             f"an hour before it went to the citizen it is with now (at "
+                             f"{deployed[d]}): its clock may be wrong, or it was pressed "
+                             "at the last citizen's home; contact the citizen it is with now",
+                *self._alarm_route())
+        return batch, earlier
 
     def _with_stored_rows(self, conn: psycopg.Connection, batch: Batch, devs: I64,
                           since: F64) -> Batch | None:
@@ -569,6 +598,7 @@ UNKNOWN_DEVICE_RULE = "unknown_device"
 REFUSED_RULE = "message_processing_failed"
 UNREADABLE_ALARM_RULE = "unreadable_alarm"
 UNREGISTERED_ALARM_RULE = "unregistered_alarm"
+ALARM_BEFORE_DEPLOYMENT_RULE = "alarm_before_deployment"
 OUT_OF_SERVICE_RULE = "device_out_of_service"
 OUT_OF_SERVICE = ("retired", "lost")
 
@@ -587,6 +617,10 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
                         {"rule": rule, "device_id": d, "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _keep(row_msg: list[int], usable: Bools) -> Bools:

@@ -209,15 +209,15 @@ class Locked:
 
 
 def without_last_citizens(batch: Batch, devs: I64, first: F64, began: F64
-                          ) -> tuple[Batch, int]:
+                          ) -> tuple[Batch, Batch, int]:
     """The batch without the rows of `devs` (sorted; their rows begin at `first`) from more
     than BEGAN_MARGIN_S before their deployment (`began`, NaN: none known): what the device
-    kept from the last citizen. Also how many devices had such rows."""
+    kept from the last citizen. Also those rows, and how many devices had such rows."""
     earlier = first < began - BEGAN_MARGIN_S
     if not earlier.any():
-        return batch, 0
-    return (batch.newer_than(devs[earlier], began[earlier] - BEGAN_MARGIN_S),
-            int(earlier.sum()))
+        return batch, Batch.empty(), 0
+    newer, older = batch.split(devs[earlier], began[earlier] - BEGAN_MARGIN_S)
+    return newer, older, int(earlier.sum())
 
 
 @dataclass(frozen=True)

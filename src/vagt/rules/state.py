@@ -132,6 +132,15 @@ class Batch:
             return kept
         return self._where(keep, events)
 
+    def split(self, devices: I64, since: F64) -> tuple[Batch, Batch]:
+        """`newer_than(devices, since)`, and the rest: the rows of `devices` (sorted) at or
+        before their `since`."""
+        def older(dev: I64, time: F64) -> Bools:
+            at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
+            kept: Bools = (devices[at] == dev) & ~(time > since[at])
+            return kept
+        return self.newer_than(devices, since), self._where(older)
+
     def _where(self, keep: Callable[[I64, F64], Bools], events: Bools | None = None) -> Batch:
         """The rows (readings, events, messages) `keep` says yes to, by device and time, and
         the event rows `events` says yes to."""
