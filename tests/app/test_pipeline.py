@@ -119,6 +119,25 @@ def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(databa
         ("malformed", 1), ("unknown_device", 3)]
 
 
+def test_an_alarm_on_a_topic_with_no_device_id_reaches_the_emergency_queue(database_url):
+    """The alarm subscription takes any topic level as the device: one with a space, a letter
+    outside ASCII or too long is no device id, so no device can be registered under it,
+    and its alarm would be heard by nobody. It reaches the emergency queue, quoting the
+    level; a telemetry message on such a topic is the service centre's dead letter only."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [RawMessage(f"{ROOT}/dev/{level}/{channel}",
+                                          alarm("ALM 0002", T0), time.time())
+                               for level in ("ALM 0002", "ALM-Ø002", "A" * 65)
+                               for channel in ("alarm", "telemetry")])
+    assert query(database_url, "SELECT rule, device_id, queue, severity FROM alerts "
+                               "ORDER BY device_id") == [
+        ("unregistered_alarm", "A" * 64, "emergency", "critical"),
+        ("unregistered_alarm", "ALM 0002", "emergency", "critical"),
+        ("unregistered_alarm", "ALM-Ø002", "emergency", "critical")]
+    assert query(database_url, "SELECT reason, count(*) FROM dead_letters GROUP BY reason") \
+        == [("bad_topic", 6)]
+
+
 def test_an_unknown_device_gets_one_alert_however_many_messages_it_sends(database_url):
     register(database_url, DEVICES)
     ghost = [msg(d, "telemetry", telemetry(d, T0 + k, spo2=97))

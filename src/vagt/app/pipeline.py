@@ -436,6 +436,21 @@ class Pipeline:
         alarm_ch = Channel.ALARM.value
         unread = [i for i in dec.dead_msg if dec.msg_channel[i] == alarm_ch and dec.msg_device[i]]
         stray = [int(i) for i in unknown if dec.msg_channel[i] == alarm_ch]
+        # an alarm on a topic whose device level is no device id (a space, a letter outside
+        # ASCII, too long): no device can be registered so, and no one would hear of it
+        badly_named = {i: _device_level(messages[i].topic) for i, d in zip(dec.dead_msg, dec.dead)
+                       if d.reason is DeadLetterReason.BAD_TOPIC
+                       and messages[i].topic.endswith("/" + alarm_ch)}
+        if badly_named:
+            out.registry_firings += _registry_firings(
+                UNREGISTERED_ALARM_RULE, list(badly_named.values()),
+                msg_time[np.fromiter(badly_named, dtype=np.int64)],
+                [messages[i].topic for i in badly_named],
+                lambda d, topic: f"an alarm on a topic whose device level {d!r} is not a "
+                                 "device id: someone may need help; the service centre can "
+                                 f"say which device sends on {topic[:200]!r} (kept as a dead "
+                                 "letter)",
+                *self._alarm_route())
         if unread:
             known = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread]) >= 0
             stray += [i for i, k in zip(unread, known.tolist()) if not k]
@@ -617,6 +632,12 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
                         {"rule": rule, "device_id": d, "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
+
+
+def _device_level(topic: str) -> str:
+    """The level before the channel in a topic (`root/dev/{this}/alarm`), cut to 64."""
+    levels = topic.rsplit("/", 2)
+    return (levels[-2] if len(levels) == 3 else topic)[:64]
 
 
 def _iso(t: float) -> str:
