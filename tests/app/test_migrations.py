@@ -73,3 +73,15 @@ def test_without_timescaledb_every_migration_is_applied_once_in_the_plain_flavou
         sorted({f"{m.version:04d}" for m in db.list_migrations()})
     assert set(flavours(empty_database_url).values()) == {"any", "plain"}
     assert db.migrate(empty_database_url) == []
+
+
+def test_an_error_under_by_key_index_is_raised_as_itself(database_url):
+    """The plan settings are not put back in an aborted transaction: the error the caller
+    sees (and logs, and keeps in a dead letter) is the one that happened."""
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange), db.by_key_index(conn):
+            conn.execute("SELECT 9223372036854775807::bigint + 1")
+        conn.rollback()
+        with db.by_key_index(conn):
+            assert conn.execute("SHOW enable_hashjoin").fetchone() == ("off",)
+        assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)

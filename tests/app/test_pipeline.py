@@ -180,6 +180,23 @@ def test_skipped_message_counters_are_counted_as_gaps_per_device(database_url):
         ("OXI-0001", 9, 5), ("OXI-0002", 0, 0)]
 
 
+def test_the_widest_counters_are_counted_and_a_wider_one_is_refused(database_url):
+    """Counters go up to 2**62 - 1, so that the gaps of the widest jump fit the database's
+    bigint: a device's first batch with 0 and the highest counts what lies between. A wider
+    counter is a schema dead letter, saying what is allowed, not a failed batch."""
+    register(database_url, DEVICES)
+    top = 2**62 - 1
+    run_batches(database_url, [msg("OXI-0001", "telemetry",
+                                   telemetry("OXI-0001", T0 + k, seq=seq, spo2=97))
+                               for k, seq in enumerate((0, top))],
+                [msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, seq=2**63 - 1,
+                                                        spo2=97))])
+    assert query(database_url, "SELECT device_id, last_seq, seq_gaps FROM devices "
+                               "WHERE last_seq IS NOT NULL") == [("OXI-0001", top, top - 1)]
+    [(reason, detail)] = query(database_url, "SELECT reason, detail FROM dead_letters")
+    assert reason == "schema" and f"seq must be a whole number from 0 to {top}" in detail
+
+
 def counted(database_url: str, *batches: list[int], device: str = "OXI-0001") -> tuple[int, int]:
     """(last counter, gaps) of `device` after batches of messages with these counters."""
     run_batches(database_url, *[[msg(device, "telemetry", telemetry(device, T0 + k, seq=k,

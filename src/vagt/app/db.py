@@ -195,7 +195,8 @@ def by_key_index(conn: psycopg.Connection, *, scans: bool = False) -> Iterator[N
     """
     names = _JOINS if scans else _KEYS_ONLY
     conn.execute(_set_plans(names, "off"))
-    try:
-        yield
-    finally:
-        conn.execute(_set_plans(names, "on"))
+    # Not in a `finally`: after an error the transaction is aborted, a statement there would
+    # raise "current transaction is aborted" in place of the error, and the rollback that
+    # follows ends the settings anyway (they are the transaction's own).
+    yield
+    conn.execute(_set_plans(names, "on"))

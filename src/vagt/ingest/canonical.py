@@ -22,7 +22,8 @@ SEVERITIES = frozenset({"critical", "major", "warning", "info"})
 FIRMWARE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")  # printable: it is shown and stored as text
 RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})\Z")
-SEQ_MAX = 2**63 - 1  # it is stored as bigint
+# Stored as bigint; the gaps between 0 and the highest must fit one too (0013)
+SEQ_MAX = 2**62 - 1
 
 _TOP = frozenset({"v", "device_id", "seq", "time", "readings", "events", "status"})
 _READING = frozenset({"metric", "value", "unit", "time"})
