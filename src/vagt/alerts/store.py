@@ -89,7 +89,7 @@ latest AS (
         route = t.route, time_to_claim = make_interval(secs => t.ttc),
         queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
         repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
-        reopen_count = a.reopen_count + 1, reopened_at = now(),
+        reopen_count = a.reopen_count + 1, reopened_at = clock_timestamp(),
         claimed_at = NULL, claimed_by = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
         resolved_at = NULL, resolved_by = NULL, resolution_code = NULL, escalated_at = NULL
     FROM target t WHERE a.id = t.id AND a.status = 'resolved'
@@ -142,7 +142,7 @@ WITH incoming AS (
     WHERE a.status <> 'resolved' AND a.last_fired_at <= to_timestamp(i.at)
     FOR UPDATE OF a
 ), resolved AS (
-    UPDATE alerts a SET status = 'resolved', resolved_at = now(),
+    UPDATE alerts a SET status = 'resolved', resolved_at = clock_timestamp(),
                         resolved_by = 'rule:' || a.rule, resolution_code = 'cleared',
                         suppressed_reason = NULL,
                         note = 'cleared: the condition no longer holds'
