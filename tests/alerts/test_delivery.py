@@ -30,10 +30,13 @@ SECRET = b"a-test-secret-of-32-bytes-length"
 @dataclass
 class Receiver:
     """A real HTTP endpoint: answers `status` (503) to its first `failures` requests, then
-    204."""
+    204. With a `location`, those answers carry it (a redirect), and a GET is answered 200
+    (a sign-in page), and recorded in `gets`."""
 
     failures: int = 0
     status: int = 503
+    location: str = ""
+    gets: list[str] = field(default_factory=list)
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     port: int = 0
@@ -51,6 +54,14 @@ class Receiver:
                 receiver.requests.append((dict(self.headers), body))
                 failing = len(receiver.requests) <= receiver.failures
                 self.send_response(receiver.status if failing else 204)
+                if failing and receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
@@ -290,6 +301,31 @@ def test_a_receiver_that_is_overloaded_for_longer_than_max_attempts_gets_the_eve
     ids = two_alarms_through(database_url, receiver, rounds=6, max_attempts=2)
     assert [d[1:4] for d in deliveries(database_url)] == [(6, True, False), (1, True, False)]
     assert [d["alert"]["id"] for d in receiver.accepted()] == ids   # type: ignore[index]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_webhook_redirected_is_not_delivered_and_is_retried_until_its_url_is_mended(
+        database_url, status):
+    """A redirect followed turns the POST into a GET without the event (301-303), and the
+    sign-in page's 200 recorded the alarm as delivered. Never followed: a failed try that
+    names where to, retried past max_attempts (it is the receiver's URL, not the event)."""
+    receiver = Receiver(failures=3, status=status,
+                        location="/login?session=s3cret").start()
+    ids = two_alarms_through(database_url, receiver, rounds=4, max_attempts=2)
+    assert receiver.gets == []
+    assert [d[1:4] for d in deliveries(database_url)] == [(4, True, False), (1, True, False)]
+    assert [d["alert"]["id"] for d in receiver.accepted()] == ids   # type: ignore[index]
+
+
+def test_a_redirect_is_recorded_with_where_it_pointed_so_ops_can_mend_the_url(database_url):
+    receiver = Receiver(failures=1, status=302, location="/login?session=s3cret").start()
+    two_alarms_through(database_url, receiver, rounds=1, max_attempts=2)
+    (first, second) = deliveries(database_url)
+    assert first[1:4] == (1, False, False) and second[1:4] == (0, False, False)
+    error = str(first[4])
+    assert error.startswith(f"HTTP 302 from {receiver.url}: the receiver redirected to "
+                            f"http://127.0.0.1:{receiver.port}/login;")
+    assert "s3cret" not in error
 
 
 def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and_the_next_goes(

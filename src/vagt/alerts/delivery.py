@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import IO, Protocol
 
 import orjson
 import paho.mqtt.client as paho
@@ -53,7 +53,7 @@ class DeliveryFailed(Exception):
     422), which trying again may not change: counted toward `max_attempts`. Otherwise the
     fault is the receiver's or the link's, the same for every event (no connection, a
     timeout, HTTP 5xx, 401 or 403 after a secret changed, 404 while it is redeployed, 429,
-    no PUBACK), and the event waits until it is mended."""
+    no PUBACK, a redirect to another URL), and the event waits until it is mended."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
@@ -86,10 +86,22 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: the answer is an HTTPError with its 3xx status. Followed, a
+    POST answered 301, 302 or 303 becomes a GET without the body, and a 2xx to that GET (a
+    login page, an HTTPS front page) would record as delivered an event nobody received."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                         msg: str, headers: http.client.HTTPMessage,
+                         newurl: str) -> urllib.request.Request | None:
+        return None
+
+
 class WebhookSender:
     def __init__(self, target: WebhookTarget) -> None:
         self.name = target.name
         self.target = target
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
         timestamp = str(int(now))
@@ -99,9 +111,12 @@ class WebhookSender:
                                                                 body),
             "X-Vagt-Event": event, "X-Vagt-Delivery": delivery_id})
         try:
-            with urllib.request.urlopen(request, timeout=self.target.timeout_s) as response:
+            with self._opener.open(request, timeout=self.target.timeout_s) as response:
                 status = response.status
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:  # the URL is not where the receiver takes events
+                raise DeliveryFailed(_redirected(self.target.url, e.code,
+                                                 e.headers.get("Location"))) from None
             raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}",
                                  refused=e.code in _NOT_THIS) from None
         except (urllib.error.URLError, OSError) as e:
@@ -115,6 +130,18 @@ class WebhookSender:
 
     def close(self) -> None:
         pass
+
+
+def _redirected(url: str, code: int, location: str | None) -> str:
+    """What ops need to mend the webhook's url: the redirect and where it pointed."""
+    try:
+        to = f"redirected to {_where(urllib.parse.urljoin(url, location))}" if location else (
+            "redirected without a Location")
+    except ValueError:  # the receiver's Location is not a URL (a bad port, say)
+        to = "redirected to an address that is not a valid URL"
+    return (f"HTTP {code} from {_where(url)}: the receiver {to}; vagt does not follow "
+            "redirects (a POST would lose its body): set the webhook's url to the "
+            "address that takes the events")
 
 
 def _where(url: str) -> str:
