@@ -105,6 +105,29 @@ def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, 
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["users", "add", "0101701234", "--role", "operator", "--no-password"],
+    ["users", "add", "bo", "--role", "operator", "--municipality", "Aarhus 010170-1234",
+     "--no-password"],
+    ["tokens", "create", "--user", "crm", "--name", "for 010170-1234"],
+    ["silences", "add", "device_id=OXI-0001", "--author", "sofie", "--comment",
+     "citizen 010170-1234 is in hospital", "--duration", "1h"],
+    ["silences", "add", "device_id=OXI-0001", "--author", "010170-1234", "--comment",
+     "in hospital", "--duration", "1h"],
+])
+def test_a_cpr_number_in_what_is_written_from_the_command_line_exits_2_and_nothing_is_kept(
+        database_url, conn, capsys, argv):
+    run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
+    capsys.readouterr()
+    assert run(database_url, *argv) == 2
+    err = capsys.readouterr().err
+    assert "civil registration (CPR) number" in err and "1234" not in err
+    assert conn.execute("SELECT username FROM operators").fetchall() == [("crm",)]
+    assert conn.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM silences").fetchone() == (0,)
+    assert conn.execute("SELECT action FROM audit_log").fetchall() == [("user.add",)]
+
+
 def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsys):
     from tests.alerts.test_actions import new_alert
 

@@ -69,6 +69,22 @@ def test_a_blank_operator_name_exits_2(database_url, capsys):
     assert "use 1 to 100 printable characters" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["note", "{id}", "--operator", "anna", "--note", "CPR 0101701234 confirmed"],
+    ["ack", "{id}", "--operator", "anna", "--note", "called 010170-1234"],
+    ["claim", "{id}", "--operator", "010170-1234"],
+])
+def test_a_note_or_operator_holding_a_cpr_number_exits_2_without_it_and_changes_nothing(
+        database_url, conn, capsys, argv):
+    a = new_alert(database_url)
+    assert run(database_url, *[x.format(id=a) for x in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: the ") and "civil registration (CPR) number" in err
+    assert "1234" not in err and err.count("\n") == 1
+    assert conn.execute("SELECT status, note FROM alerts").fetchall() == [("open", None)]
+    assert conn.execute("SELECT count(*) FROM alert_audit").fetchone() == (0,)
+
+
 def test_the_operator_is_required(capsys):
     with pytest.raises(SystemExit):
         parse("claim", "1")

@@ -13,12 +13,14 @@ import psycopg
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
+from psycopg import sql
 from tests.alerts.support import add_device, alert_of, fire, rows
 from tests.support import free_port
 
 from vagt.alerts.accounts import add_user, create_token, disable_user, revoke_token
 from vagt.alerts.api.app import create_app
-from vagt.alerts.policy import load_policy
+from vagt.alerts.outbox import register_targets
+from vagt.alerts.policy import DeliveryPolicy, WebhookTarget, load_policy
 from vagt.app.db import open_pool
 from vagt.app.metrics import EngineMetrics
 
@@ -237,6 +239,62 @@ def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
         "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
     assert r.status_code == 422
     assert "is not a matcher" in r.json()["detail"]
+
+
+# --- CPR numbers in what operators write ------------------------------------------------------
+
+
+def cpr_stored(database_url: str, *forms: str) -> list[tuple[object, ...]]:
+    """The rows, of every table an operator's text reaches, that hold one of `forms`."""
+    found = []
+    for table in ("alerts", "alert_audit", "alert_outbox", "audit_log", "silences"):
+        found += rows(database_url, sql.SQL("SELECT {}, t::text FROM {} t WHERE {}").format(
+            sql.Literal(table), sql.Identifier(table),
+            sql.SQL(" OR ").join([sql.SQL("strpos(t::text, %s) > 0")] * len(forms))), forms)
+    return found
+
+
+@pytest.mark.parametrize(("action", "body", "cpr"), [
+    ("acknowledge", {"note": "called the citizen, cpr {}"}, "010170-1234"),
+    ("notes", {"note": "CPR {} confirmed"}, "0101701234"),
+    ("resolve", {"code": "visit_arranged", "note": "home carer sent to {}"}, "010170 1234"),
+    ("release", {"note": "the daughter ({}) will call back"}, "0101701234"),
+])
+def test_a_note_holding_a_cpr_number_answers_422_without_it_and_nothing_is_kept(
+        api, action, body, cpr):
+    with psycopg.connect(api.database_url) as conn:   # an outbox to the call centre as well
+        register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget(
+            "callcentre", "http://127.0.0.1:9/unused", b"s" * 32),)))
+    alarm, _ = alarm_and_battery(api.database_url)
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+    r = anna.post(f"/api/v1/alerts/{alarm}/{action}",
+                  json={k: v.format(cpr) for k, v in body.items()})
+    assert r.status_code == 422
+    assert "civil registration (CPR) number" in r.json()["detail"]
+    assert cpr not in r.text and cpr.replace("-", "").replace(" ", "") not in r.text
+    alert = anna.get(f"/api/v1/alerts/{alarm}").json()
+    assert (alert["status"], alert["note"]) == ("claimed", None)
+    assert [h["action"] for h in alert["history"]] == ["open", "claim"]
+    assert cpr_stored(api.database_url, cpr) == []
+
+
+@pytest.mark.parametrize(("matcher", "comment"), [
+    ('device_id="OXI-0001"', "citizen 010170-1234 is in hospital"),
+    ('citizen_ref="0101701234"', "in hospital"),
+])
+def test_a_silence_holding_a_cpr_number_answers_422_and_silences_nothing(api, matcher,
+                                                                         comment):
+    _, battery = alarm_and_battery(api.database_url)
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": [matcher], "comment": comment,
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 422
+    assert "civil registration (CPR) number" in r.json()["detail"]
+    assert "1234" not in r.text
+    assert api.as_("anna").get(f"/api/v1/alerts/{battery}").json()["status"] == "open"
+    assert api.as_("anna").get("/api/v1/silences").json() == []
+    assert cpr_stored(api.database_url, "010170-1234", "0101701234") == []
 
 
 # --- documentation ---------------------------------------------------------------------------

@@ -423,6 +423,30 @@ def test_an_event_the_receiver_fails_on_can_be_given_up_so_the_ones_behind_go(
     assert "no delivery of outbox entry 1 to 'callcentre' is waiting" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("author", "reason"), [
+    ("sofie", "citizen 010170-1234 moved"), ("0101701234", "the call centre cannot parse it")])
+def test_a_give_up_whose_reason_or_author_holds_a_cpr_number_exits_2_and_gives_nothing_up(
+        database_url, capsys, author, reason):
+    from tests.alerts.test_accounts_cli import run
+
+    receiver = Receiver(failures=1, status=500).start()
+    policy = webhook_policy(receiver.url, max_attempts=1)
+    alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        try:
+            DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                           Clock()).deliver_due()             # 500: waits to be tried again
+        finally:
+            receiver.stop()
+    assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
+               "--author", author, "--reason", reason) == 2
+    err = capsys.readouterr().err
+    assert "civil registration (CPR) number" in err and "1234" not in err
+    assert [d[1:] for d in deliveries(database_url)] == [
+        (1, False, False, f"HTTP 500 from {receiver.url}")]
+    assert rows(database_url, "SELECT count(*) FROM audit_log") == [(0,)]
+
+
 def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url, receiver):
     from datetime import UTC, datetime, timedelta
 

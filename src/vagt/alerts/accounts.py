@@ -22,6 +22,7 @@ import orjson
 import psycopg
 
 from vagt.alerts.actions import AlertError, checked_operator
+from vagt.privacy import without_cpr
 
 TOKEN_PREFIX = "vagt_"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -91,6 +92,8 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
              municipality: str | None = None, queues: Sequence[str] = (),
              actor: str) -> None:
     username = checked_operator(username)
+    if municipality:
+        without_cpr(municipality, "municipality")
     level = Role.parse(role)
     if password is not None and len(password) < MIN_PASSWORD:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
@@ -135,6 +138,7 @@ def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, lis
 def create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
                  expires_at: datetime | None = None) -> tuple[int, str]:
     """A new token for `username`; returns (id, token). The token is not stored: show it once."""
+    without_cpr(name, "token's name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():
         if conn.execute("SELECT 1 FROM operators WHERE username = %s AND disabled_at IS NULL",

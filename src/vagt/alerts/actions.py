@@ -6,7 +6,9 @@ call centre's systems hear of every change. `next` takes the most urgent claimab
 with FOR UPDATE SKIP LOCKED: operators asking at once get different alerts, without waiting.
 
 A municipality scope (`municipality=`) limits an action to that municipality's alerts; an
-alert outside it is reported as not found, so its existence is not disclosed.
+alert outside it is reported as not found, so its existence is not disclosed. Notes and
+operator names go to the audit trail and to the call centre's systems: one holding a CPR
+number is refused (`vagt.privacy.HoldsCpr`), as everywhere in vagt.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from psycopg.types.json import Jsonb
 from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.suppression import is_inhibition_source, reconcile
+from vagt.privacy import without_cpr
 
 MAX_OPERATOR_LENGTH = 100
 LOCK_TIMEOUT = "5s"  # an operator waits this long for an alert the engine is updating
@@ -322,8 +325,9 @@ def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: s
 
 
 def checked_operator(operator: str) -> str:
-    """The operator's name without surrounding spaces; refused unless 1-100 printable characters."""
-    name = operator.strip()
+    """The operator's name without surrounding spaces; refused unless 1-100 printable characters,
+    or when it holds a CPR number (checked first: the refusals below repeat the name)."""
+    name = without_cpr(operator, "operator name").strip()
     if not 0 < len(name) <= MAX_OPERATOR_LENGTH or not name.isprintable():
         raise InvalidOperator(f"the operator name {operator[:MAX_OPERATOR_LENGTH]!r} is not "
                               f"valid: use 1 to {MAX_OPERATOR_LENGTH} printable characters")
@@ -331,7 +335,8 @@ def checked_operator(operator: str) -> str:
 
 
 def _cleaned_note(note: str | None) -> str | None:
-    return (note or "").strip() or None
+    """The note without surrounding spaces, or None; HoldsCpr when it holds a CPR number."""
+    return without_cpr((note or "").strip(), "note") or None
 
 
 def _locked(cur: psycopg.Cursor[AlertRow], alert_id: int, municipality: str | None) -> AlertRow:

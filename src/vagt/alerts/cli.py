@@ -32,6 +32,7 @@ from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
 from vagt.app.cli_support import fail, format_table, reports_errors
+from vagt.privacy import HoldsCpr
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,7 +142,7 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-_reports_errors = reports_errors(AlertError, PolicyError, MatcherError)
+_reports_errors = reports_errors(AlertError, HoldsCpr, PolicyError, MatcherError)
 
 
 @_reports_errors

@@ -15,6 +15,7 @@ import orjson
 import psycopg
 
 from vagt.alerts.policy import DeliveryPolicy
+from vagt.privacy import without_cpr
 
 _ENQUEUE = """
 WITH ev AS (
@@ -86,6 +87,7 @@ def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,
 
 def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str) -> None:
     """Give a dead letter another round of tries (after the receiver was fixed); audited."""
+    without_cpr(actor, "author")
     with conn.transaction():
         row = conn.execute("UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
                            "refusals = 0, next_attempt_at = now() "
@@ -104,7 +106,10 @@ def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str
     """Make a waiting delivery that has failed a dead letter now, so that the target's
     events behind it go (a receiver that fails on this one event, with 5xx say, is otherwise
     tried until it takes it); audited, and `redeliver` can try it again. One never tried is
-    refused: it is not what holds the others (a mistyped id would stop an alarm)."""
+    refused: it is not what holds the others (a mistyped id would stop an alarm). A reason
+    or author holding a CPR number is refused (HoldsCpr): the audit log keeps them."""
+    without_cpr(actor, "author")
+    without_cpr(reason, "reason")
     with conn.transaction():
         row = conn.execute(
             "UPDATE alert_deliveries SET dead_at = now(), "

@@ -2,7 +2,9 @@
 
 An alert whose labels match every matcher of a silence that is in force is kept as
 `suppressed` with the silence as its reason; when the silence ends (or is expired early)
-it comes back. Creating and expiring are audited in `audit_log`.
+it comes back. Creating and expiring are audited in `audit_log`. The comment becomes the
+reason of the alerts it holds, which the call centre's systems are sent: one holding a CPR
+number is refused (`vagt.privacy.HoldsCpr`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from vagt.alerts.actions import AlertError, checked_operator
 from vagt.alerts.matchers import Matcher, Op
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.suppression import reconcile
+from vagt.privacy import without_cpr
 
 MAX_COMMENT = 1000
 
@@ -79,7 +82,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
     """
     now = now or datetime.now(UTC)
     author = checked_operator(author)
-    comment = " ".join(comment.split())
+    comment = without_cpr(" ".join(comment.split()), "silence's comment")
     if not comment or len(comment) > MAX_COMMENT:
         raise SilenceError(f"a silence needs a comment saying why, of 1 to {MAX_COMMENT} "
                            "characters")
@@ -87,6 +90,8 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
     if municipality is not None:
         wanted = [m for m in wanted if m.name != "municipality"]
         wanted.append(Matcher("municipality", Op.EQ, municipality))
+    for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
+        without_cpr(str(m), "silence's matcher")
     if not wanted or all(m.matches({}) for m in wanted):
         raise SilenceError("a silence needs at least one matcher that an empty label set "
                            "does not match (e.g. device_id=\"OXI-0001\"); it would silence "

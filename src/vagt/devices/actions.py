@@ -27,11 +27,11 @@ from vagt.devices.privacy import (
     checked_attributes,
     checked_citizen_ref,
     checked_note,
-    looks_like_cpr,
     municipality_problem,
 )
 from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 from vagt.ingest.topics import DEVICE_ID
+from vagt.privacy import looks_like_cpr
 
 LOCK_TIMEOUT = "5s"   # a person waits this long for a device the engine or an import holds
 MAX_ACTOR_LENGTH = 100

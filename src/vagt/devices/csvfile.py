@@ -23,12 +23,12 @@ from vagt.devices.privacy import (
     CPR_ADVICE,
     PERSONAL_DATA_ADVICE,
     citizen_ref_problem,
-    looks_like_cpr,
     looks_like_cpr_name,
     looks_like_personal_data_name,
     municipality_problem,
 )
 from vagt.ingest.topics import DEVICE_ID
+from vagt.privacy import looks_like_cpr
 
 if TYPE_CHECKING:
     import _csv

@@ -10,17 +10,12 @@ from __future__ import annotations
 import re
 
 from vagt.devices.errors import InvalidValue
+from vagt.privacy import contains_cpr, looks_like_cpr
 
 MAX_CITIZEN_REF = 64
 MAX_MUNICIPALITY = 100
 MAX_NOTE = 500
 
-# Anywhere in the value as a word of its own: "cit-0101701234" hides a CPR number as well as
-# "0101701234" does. Ten digits run inside a word of letters and digits (a random hex
-# reference such as "cit-1234567890ab") are not a CPR number written down by a person.
-_CPR_INSIDE = re.compile(r"(?<![A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}(?![A-Za-z0-9])")
-# A whole value (a serial number with ten digits in it stays allowed in other columns).
-_CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
 # Matched against a name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
 # personnummer, person_nr, civil_registration_number, ...
 _CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
@@ -55,11 +50,6 @@ class PrivacyError(InvalidValue):
     """A value is not allowed in vagt because of what it could reveal, or is not a reference."""
 
 
-def looks_like_cpr(value: str) -> bool:
-    """The whole value is shaped like a CPR number (DDMMYY-XXXX or 10 digits)."""
-    return bool(_CPR_WHOLE.match(value.strip()))
-
-
 def looks_like_cpr_name(name: str) -> bool:
     """A column or attribute name that announces a CPR number (cpr, CPR-nr, personnummer)."""
     return bool(_CPR_NAME.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
@@ -81,11 +71,6 @@ def looks_like_personal_data_name(name: str) -> bool:
 PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
                         "of citizens, only a pseudonymous citizen_ref: remove the column (or "
                         "rename it if it is about the device)")
-
-
-def contains_cpr(value: str) -> bool:
-    """Somewhere in the value is something shaped like a CPR number."""
-    return bool(_CPR_INSIDE.search(value))
 
 
 def citizen_ref_problem(value: str) -> str | None:

@@ -37,6 +37,7 @@ from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.routing import queues_of
 from vagt.errors import first_line
+from vagt.privacy import HoldsCpr
 
 log = logging.getLogger("vagt.api")
 
@@ -72,6 +73,7 @@ def create_app(pool: ConnectionPool, policy: AlertPolicy, *,
     app.state.observer = observer or NullObserver()
     app.state.clock = clock
     app.add_exception_handler(AlertError, _alert_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HoldsCpr, _holds_cpr)  # type: ignore[arg-type]
     for busy in (errors.LockNotAvailable, errors.TransactionRollback):  # as the CLI does
         app.add_exception_handler(busy, _busy)
     app.add_exception_handler(psycopg.DataError, _unstorable)  # type: ignore[arg-type]
@@ -91,6 +93,11 @@ def _alert_error(request: Request, exc: AlertError) -> JSONResponse:
             else status.HTTP_409_CONFLICT if isinstance(exc, InvalidTransition)
             else status.HTTP_422_UNPROCESSABLE_CONTENT)
     return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=code)
+
+
+def _holds_cpr(_request: Request, exc: HoldsCpr) -> JSONResponse:
+    """A note or comment with a CPR number in it: refused, and the number not repeated."""
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _busy(_request: Request, exc: Exception) -> JSONResponse:
