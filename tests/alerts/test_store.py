@@ -225,6 +225,49 @@ def test_a_device_in_repair_is_silenced_by_itself(fleet, conn):
     assert alert_of(fleet, "battery_low", "OXI-0001")[1] == "open"
 
 
+def test_when_the_silence_holding_an_alert_ends_and_another_holds_it_the_new_reason_is_audited(
+        fleet, conn):
+    first = silence(conn, 'device_id="OXI-0001"', minutes=60)
+    second = silence(conn, 'type="pulse_oximeter"', minutes=120)
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    reconcile(conn, now=datetime.now(UTC) + timedelta(minutes=61))   # the first has ended
+    reason = f"silence {second.id} by sofie: firmware update, ticket 4711"
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == ("suppressed", "technical", 4,
+                                                              reason)
+    assert rows(fleet, "SELECT actor, action, from_status, to_status, note FROM alert_audit "
+                       "WHERE alert_id = %s ORDER BY id", (alert_id,))[1:] == [
+        ("vagt", "suppress", "open", "suppressed",
+         f"silence {first.id} by sofie: firmware update, ticket 4711"),
+        ("vagt", "suppress", "suppressed", "suppressed", reason)]
+
+
+def test_an_alert_resolved_while_reconcile_planned_a_new_reason_keeps_none(fleet, conn):
+    # reconcile reads its candidates without a lock; the rule resolves a suppressed one
+    # before the UPDATE of its reason. A resolved alert is not held back by anything: it
+    # must not show a reason (nor an audit row) written after it was resolved.
+    import threading
+
+    silence(conn, 'device_id="OXI-0001"', minutes=60)
+    silence(conn, 'type="pulse_oximeter"', minutes=120)
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001"))
+    done: list[object] = []
+    with psycopg.connect(fleet) as engine:
+        engine.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+        timer = threading.Thread(target=lambda: done.append(
+            reconcile(conn, now=datetime.now(UTC) + timedelta(minutes=61))))
+        timer.start()
+        timer.join(1.0)    # it waits for the engine's lock
+        assert timer.is_alive()
+        engine.execute("UPDATE alerts SET status = 'resolved', resolved_at = now(), "
+                       "resolved_by = 'rule:battery_low', resolution_code = 'cleared', "
+                       "suppressed_reason = NULL WHERE id = %s", (alert_id,))
+    timer.join(10)
+    assert done
+    assert alert_of(fleet, "battery_low", "OXI-0001")[1:] == ("resolved", "technical", 4, None)
+    assert [(a[2], a[3]) for a in audit(fleet, alert_id)] == [(None, "open"),
+                                                              ("open", "suppressed")]
+
+
 # --- the outbox ------------------------------------------------------------------------------
 
 

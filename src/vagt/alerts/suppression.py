@@ -5,7 +5,9 @@ in force, or inhibition by another active alert.
 alone): an open alert with a reason becomes suppressed, keeping the reason; a suppressed one
 without a reason any more becomes open again and claimable, with a new time to claim.
 It reads without locking and changes with `WHERE status = ...`: an alert an operator claims
-meanwhile is re-checked after their commit and left to them.
+(or its rule resolves) meanwhile is re-checked after that commit and left as it is. A
+suppressed alert whose reason changes (the silence holding it ended, another holds it still)
+keeps its status and gets the new reason, audited as a `suppress` from suppressed.
 Each change is audited and goes to the outbox. The engine calls it when alerts open or
 resolve, silences call it when created or expired, and the timer calls it for silences
 that start or end by the clock and for devices whose repair status changed.
@@ -65,6 +67,19 @@ SELECT id, %s, 'vagt', 'suppress', 'open', 'suppressed', reason,
 RETURNING alert_id
 """
 
+_REASON = """
+WITH t AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason)),
+changed AS (
+    UPDATE alerts a SET suppressed_reason = t.reason
+    FROM t WHERE a.id = t.id AND a.status = 'suppressed'
+      AND a.suppressed_reason IS DISTINCT FROM t.reason   -- once, if two reconciles race
+    RETURNING a.id, t.reason
+)
+INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note, details)
+SELECT id, %s, 'vagt', 'suppress', 'suppressed', 'suppressed', reason,
+       jsonb_build_object('reason', reason) FROM changed
+"""
+
 _UNSUPPRESS = """
 WITH changed AS (
     UPDATE alerts a SET status = 'open', suppressed_reason = NULL, queued_at = %(now)s,
@@ -105,6 +120,7 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
                   if (targets := [c[2] for c in candidates if all_match(rule.target, c[2])])]
     to_suppress: list[tuple[int, str]] = []
     to_release: list[int] = []
+    to_reword: list[tuple[int, str]] = []
     for alert_id, status, labels, old_reason, device_status in candidates:
         reason = suppression_reason(alert_id, labels, device_status, silences, inhibitors,
                                     policy)
@@ -113,8 +129,7 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
         elif reason is None and status == "suppressed":
             to_release.append(alert_id)
         elif reason is not None and reason != old_reason:
-            conn.execute("UPDATE alerts SET suppressed_reason = %s WHERE id = %s",
-                         (reason, alert_id))
+            to_reword.append((alert_id, reason))
     # The candidates were read without a lock: an operator may have claimed one since, or the
     # engine resolved it. The guarded UPDATEs skip those; what they changed (and audited) is
     # what the call centre hears of, not what was planned.
@@ -125,6 +140,8 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
             [i for i, _ in to_suppress], [r for _, r in to_suppress], now, now)).fetchall()]
         outbox.enqueue(conn, [i for i in suppressed if i not in quiet], "suppressed",
                        ENGINE_ACTOR)
+    if to_reword:
+        conn.execute(_REASON, ([i for i, _ in to_reword], [r for _, r in to_reword], now))
     if to_release:
         released = [int(r[0]) for r in conn.execute(
             _UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()]
