@@ -293,12 +293,29 @@ def test_each_step_of_an_alert_goes_to_the_outbox_for_each_target(target, conn):
                               ("opened", "claimed", "acknowledged", "resolved")]
 
 
-def test_an_alert_suppressed_at_birth_is_not_announced_until_it_comes_back(target, conn):
-    s = silence(conn, 'device_id="OXI-0001"')
-    (alert_id, _), = fire(target, ("battery_low", "OXI-0001"))
+def test_an_alert_suppressed_at_birth_is_announced_as_opened_when_it_comes_back(target, conn):
+    """Held back from its opening, the call centre's systems have heard nothing of it: when
+    it comes back, its first event is `opened` (a receiver that takes only opened, reopened,
+    escalated and resolved would otherwise hear of the alarm only when it escalates)."""
+    s = silence(conn, 'device_id="ALM-0001"')
+    (alert_id, _), = fire(target, ("personal_alarm", "ALM-0001"), code="alarm.fall")
     assert outbox(target) == []
     expire_silence(conn, s.id, by="sofie")
-    assert outbox(target) == [(alert_id, "unsuppressed", "callcentre")]
+    assert outbox(target) == [(alert_id, "opened", "callcentre")]
+
+
+def test_a_released_alert_is_announced_by_what_its_receivers_last_heard(target, conn):
+    """Suppressed after it was announced: `unsuppressed`. Reopened while held back after it
+    was announced resolved: `reopened`, when it comes back."""
+    (alert_id, _), = fire(target, ("battery_low", "OXI-0001", T0))
+    s = silence(conn, 'device_id="OXI-0001"')
+    expire_silence(conn, s.id, by="sofie")
+    actions.resolve(conn, alert_id, "anna", "new battery fitted", code="resolved")
+    s = silence(conn, 'device_id="OXI-0001"')
+    fire(target, ("battery_low", "OXI-0001", T0 + 60))      # again, held back
+    expire_silence(conn, s.id, by="sofie")
+    assert [e for _, e, _ in outbox(target)] == [
+        "opened", "suppressed", "unsuppressed", "resolved", "reopened"]
 
 
 def test_the_outbox_row_is_rolled_back_with_the_alert(target):

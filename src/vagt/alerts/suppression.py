@@ -145,9 +145,27 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     if to_release:
         released = [int(r[0]) for r in conn.execute(
             _UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()]
-        outbox.enqueue(conn, [i for i in released if i not in quiet], "unsuppressed",
-                       ENGINE_ACTOR)
+        _announce_released(conn, [i for i in released if i not in quiet])
     return Changes(sorted(suppressed), sorted(released))
+
+
+def _announce_released(conn: psycopg.Connection, ids: list[int]) -> None:
+    """`unsuppressed` for the released alerts the call centre's systems know of. One held
+    back from its opening (a silence or repair status in force then) was never announced:
+    its first event is `opened`, now that it is actionable (a receiver taking only opened,
+    reopened, escalated and resolved heard nothing of it before); one held back from its
+    reopening is `reopened`, as its last event said it was resolved."""
+    if not ids:
+        return
+    last: dict[int, str | None] = dict(conn.execute(
+        "SELECT a.id, (SELECT o.event FROM alert_outbox o WHERE o.alert_id = a.id "
+        "ORDER BY o.id DESC LIMIT 1) FROM unnest(%s::bigint[]) AS a(id)", (ids,)).fetchall())
+    first = {i for i in ids if last.get(i) is None}
+    again = {i for i in ids if last.get(i) == "resolved"}
+    held: dict[str, object] = {"held_back_until": "now"}
+    outbox.enqueue(conn, first, "opened", ENGINE_ACTOR, held)
+    outbox.enqueue(conn, again, "reopened", ENGINE_ACTOR, held)
+    outbox.enqueue(conn, set(ids) - first - again, "unsuppressed", ENGINE_ACTOR)
 
 
 def suppression_reason(alert_id: int, labels: Mapping[str, object], device_status: str | None,
