@@ -199,10 +199,31 @@ def test_a_maintenance_window_suppresses_only_while_it_is_in_force(fleet, conn):
 @pytest.mark.parametrize(("matchers", "message"), [
     (['device_id=~".*"'], "at least one matcher that an empty label set does not match"),
     (['device_id!="x"'], "would silence everything"),
+    (['device_id=~".+"'], "every alert, personal alarms included"),
+    (['rule=~".+"', 'severity=~"critical|major|warning|info"'], "every alert"),
+    (['vendor=~"Nonin|Acme|Tunstall|.+"'], "every alert"),
 ])
-def test_a_silence_that_would_match_everything_is_refused(conn, matchers, message):
+def test_a_silence_that_would_match_everything_is_refused(fleet, conn, matchers, message):
     with pytest.raises(SilenceError, match=message):
         silence(conn, *matchers)
+    assert rows(fleet, "SELECT count(*) FROM silences") == [(0,)]
+
+
+def test_a_municipal_supervisors_silence_of_everything_is_refused_too(fleet, conn):
+    """Their silence is limited to their municipality, and it too may not hold back every
+    alert there (every personal alarm of Skive's citizens)."""
+    for matchers in ([], [parse_matcher('device_id=~".+"')]):
+        with pytest.raises(SilenceError, match="every alert of the municipality"):
+            create_silence(conn, matchers, starts_at=None, municipality="Skive",
+                           ends_at=datetime.now(UTC) + timedelta(hours=1), author="sofie",
+                           comment="maintenance")
+
+
+def test_a_silence_of_some_devices_by_pattern_or_of_every_registered_model_is_allowed(
+        fleet, conn):
+    silence(conn, 'device_id=~"OXI-.*"')
+    silence(conn, 'severity=~"warning|info"')
+    assert rows(fleet, "SELECT count(*) FROM silences") == [(2,)]
 
 
 def test_a_silence_needs_a_comment_and_an_end_after_its_start(conn):

@@ -9,6 +9,7 @@ number is refused (`vagt.privacy.HoldsCpr`).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from vagt.alerts.matchers import Matcher, Op
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.suppression import reconcile
 from vagt.privacy import without_cpr
+from vagt.rules.config import SEVERITIES
 
 MAX_COMMENT = 1000
 
@@ -96,6 +98,12 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         raise SilenceError("a silence needs at least one matcher that an empty label set "
                            "does not match (e.g. device_id=\"OXI-0001\"); it would silence "
                            "everything")
+    if _holds_back_everything(conn, matchers):
+        raise SilenceError(
+            "each matcher of the silence matches any value of its label (every "
+            + ("alert of the municipality" if municipality is not None else "alert")
+            + ", personal alarms included, would be held back): name the devices, models or "
+            "rules it is for (e.g. device_id=\"OXI-0001\", model=\"3230\")")
     starts = starts_at or now
     if ends_at <= starts:
         raise SilenceError(f"the silence must end after it starts: starts {starts.isoformat()}, "
@@ -113,6 +121,31 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         _audit(conn, author, "silence.create", silence, now)
         reconcile(conn, now=now, policy=policy)
     return silence
+
+
+# Labels whose every value is known: the registry's columns, and the severities.
+_DEVICE_LABELS = ("device_id", "vendor", "model", "type", "municipality")
+
+
+def _holds_back_everything(conn: psycopg.Connection, matchers: Sequence[Matcher]) -> bool:
+    """Whether each of the silence's own matchers (none: yes) matches every value its label
+    has, and a value never seen before where the label's values are not a closed set (`device_id=~".+"`, `severity=~"critical|major|
+    warning|info"`, `rule=~".*_.*"`): then it holds back every alert. A matcher that the
+    empty label set matches is left to the caller's check."""
+    probe = "vagt-probe-" + secrets.token_hex(8)
+    for m in matchers:
+        if m.name == "severity":   # a severity is one of these, and nothing else
+            values: list[str] = list(SEVERITIES)
+        elif not m.matches({m.name: probe}):
+            return False
+        elif m.name in _DEVICE_LABELS:   # one of ours: the name is safe to put in the SQL
+            values = [str(v) for (v,) in conn.execute(
+                f"SELECT DISTINCT {m.name} FROM devices WHERE {m.name} <> ''")]
+        else:
+            values = []
+        if not all(m.matches({m.name: v}) for v in values):
+            return False
+    return True
 
 
 def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
