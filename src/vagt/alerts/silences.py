@@ -129,9 +129,9 @@ _DEVICE_LABELS = ("device_id", "vendor", "model", "type", "municipality")
 
 def _holds_back_everything(conn: psycopg.Connection, matchers: Sequence[Matcher]) -> bool:
     """Whether each of the silence's own matchers (none: yes) matches every value its label
-    has, and a value never seen before where the label's values are not a closed set (`device_id=~".+"`, `severity=~"critical|major|
-    warning|info"`, `rule=~".*_.*"`): then it holds back every alert. A matcher that the
-    empty label set matches is left to the caller's check."""
+    has, and a value never seen before where the label's values are not a closed set
+    (`device_id=~".+"`, `severity=~"critical|major|warning|info"`, `rule=~".*_.*"`): then
+    it holds back every alert. A matcher the empty label set matches is the caller's."""
     probe = "vagt-probe-" + secrets.token_hex(8)
     for m in matchers:
         if m.name == "severity":   # a severity is one of these, and nothing else
