@@ -26,7 +26,7 @@ from tests.app.test_pipeline import ROOT, run_batches
 from tests.support import free_port, start_mosquitto, stop_mosquitto
 
 from vagt.app.config import Config, MqttConfig
-from vagt.devices import cli, deploy, import_csv, retire, return_device
+from vagt.devices import cli, deploy, import_csv, report_lost, retire, return_device
 from vagt.devices.broker_access import (
     BrokerAccessError,
     broker_access,
@@ -362,10 +362,61 @@ def test_the_password_hash_is_mosquittos_pbkdf2_sha512_format():
     assert len(key) == 88  # 64 bytes of SHA-512, base64
 
 
-def test_a_device_id_with_a_colon_cannot_be_a_mosquitto_user():
-    with pytest.raises(BrokerAccessError, match="':' separates the name from the password"):
-        broker_access(["GW:01"], secret=SECRET.encode(), topic_root=ROOT,
-                      engine_user=ENGINE_USER, engine_password=ENGINE_PASSWORD)
+def register_before_ids_were_user_names(conn: psycopg.Connection, device_id: str) -> None:
+    """A device registered when an id could still hold ':' (as one in the wild may), deployed."""
+    conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+                 "VALUES (%s, 'Nonin', '3230', 'pulse_oximeter', '', 'in_stock')", (device_id,))
+    deploy(conn, device_id, citizen_ref="cit-0e5", municipality="Skive", actor="anna")
+
+
+def test_a_device_whose_id_cannot_be_a_user_does_not_keep_a_lost_device_logged_in(
+        database_url, running, clients, conn, capsys):
+    register_before_ids_were_user_names(conn, "GW:01")
+    report_lost(conn, "OXI-000002", actor="anna")
+    assert write_files(database_url, running) == 0
+    assert running.process is not None
+    running.process.send_signal(1)  # SIGHUP: Mosquitto reads its password and ACL files again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the reload is asynchronous: retry until it took
+        lost = as_device(clients, running, "OXI-000002")
+        if lost.connack is not None and lost.connack.is_failure:
+            break
+        time.sleep(0.1)
+    assert lost.connack is not None and lost.connack.is_failure
+    still = as_device(clients, running, "OXI-000001")
+    assert still.connack is not None and not still.connack.is_failure
+    err = capsys.readouterr().err
+    assert ("vagt: warning: 1 deployed device(s) left out of the files, so they cannot log in "
+            "to the broker:\n  GW:01: ':' separates the user name from the password in "
+            "Mosquitto's password file\n") in err
+
+
+def test_a_device_left_out_of_the_files_is_named_in_the_audit(database_url, registry,
+                                                               acl_broker):
+    register_before_ids_were_user_names(registry, "GW:01")
+    write_files(database_url, acl_broker)
+    assert "GW:01" not in acl_broker.passwords.read_text() + acl_broker.acl.read_text()
+    assert registry.execute("SELECT details FROM audit_log WHERE action = "
+                            "'devices.broker_acl'").fetchall() == [
+        ({"deployed_devices": 2, "engine_user": ENGINE_USER, "left_out": ["GW:01"]},)]
+
+
+@pytest.mark.parametrize(("device_id", "why"), [
+    ("GW:01", "':' separates the user name"),
+    ("OXI 7", "a device's user name is 1 to 64 of A-Z a-z 0-9 . _ -"),
+    ("OXI+", "a device's user name is 1 to 64 of A-Z a-z 0-9 . _ -"),
+    (ENGINE_USER, "it is also the engine's user name"),
+])
+def test_a_device_whose_id_cannot_be_a_user_is_left_out_and_the_rest_written(device_id, why):
+    access = broker_access(["OXI-000001", device_id, "OXI-000002"], secret=SECRET.encode(),
+                           topic_root=ROOT, engine_user=ENGINE_USER,
+                           engine_password=ENGINE_PASSWORD)
+    assert access.devices == ["OXI-000001", "OXI-000002"]
+    assert [line.split(":")[0] for line in access.passwords.splitlines()] == [
+        ENGINE_USER, "OXI-000001", "OXI-000002"]
+    assert access.acl.count("\nuser ") == 3
+    assert list(access.left_out) == [device_id]
+    assert access.left_out[device_id].startswith(why)
 
 
 def test_a_short_secret_is_refused():

@@ -116,6 +116,23 @@ def test_a_device_id_shaped_like_a_cpr_number_is_refused_without_repeating_it(co
     assert "010170" not in str(refused.value)
 
 
+def test_a_device_id_that_cannot_be_a_broker_user_is_refused_saying_what_is_allowed(conn):
+    with pytest.raises(InvalidValue) as refused:
+        register(conn, "GW:01", "Nonin", "3230", catalogue=CATALOGUE, actor="anna")
+    assert str(refused.value) == (
+        "device id 'GW:01' cannot be used: a device logs in to the broker with its id as user "
+        "name, and ':' separates the user name from the password in Mosquitto's password "
+        "file; use 1 to 64 of A-Z a-z 0-9 . _ - (e.g. 'GW-01')")
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
+def test_a_device_registered_with_a_colon_before_can_still_be_taken_back_and_lost(conn):
+    conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+                 "VALUES ('GW:01', 'Nonin', '3230', 'pulse_oximeter', '', 'in_stock')")
+    deploy(conn, "GW:01", citizen_ref="cit-1a2b3c", municipality="Skive", actor="anna")
+    assert report_lost(conn, "GW:01", actor="anna").status == "lost"
+
+
 def test_registering_is_audited(conn):
     new_device(conn, municipality="Viborg", note="bought in the 2026 tender")
     assert conn.execute("SELECT actor, action, subject, details FROM audit_log").fetchall() == [

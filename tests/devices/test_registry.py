@@ -175,7 +175,22 @@ def test_an_empty_required_field_is_named_by_line_and_column(conn):
 
 def test_an_invalid_device_id_is_named_by_line_and_value(conn):
     assert problems_of(conn, HEADER + f"OXI-1,{OK}\nOXI 2,{OK}\n") == [
-        "line 3: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
+        "line 3: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -"]
+
+
+def test_a_new_device_id_that_cannot_be_a_broker_user_is_refused_by_line(conn):
+    assert problems_of(conn, HEADER + f"OXI-1,{OK}\nGW:02,{OK}\n") == [
+        "line 3: device id 'GW:02' cannot be used: a device logs in to the broker with its id "
+        "as user name, and ':' separates the user name from the password in Mosquitto's "
+        "password file; use 1 to 64 of A-Z a-z 0-9 . _ - (e.g. 'GW-02')"]
+    assert count_devices(conn) == 0
+
+
+def test_a_device_registered_with_a_colon_before_is_still_updated_by_an_import(conn):
+    conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+                 "VALUES ('GW:01', 'Nonin', '3230', 'pulse_oximeter', '', 'in_stock')")
+    assert do_import(conn, HEADER + f"GW:01,{OK}\n").updated == 1
+    assert devices_by_id(conn)["GW:01"].municipality == "Aarhus"  # type: ignore[attr-defined]
 
 
 def test_a_device_id_longer_than_64_characters_is_refused(conn):
@@ -202,7 +217,7 @@ def test_a_column_named_twice_in_the_header_is_refused(conn):
 def test_line_numbers_count_the_lines_of_a_quoted_value_that_spans_several(conn):
     text = HEADER.replace("\n", ",note\n") + f'OXI-1,{OK},"two\nlines"\nOXI 2,{OK},\n'
     assert problems_of(conn, text) == [
-        "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -"]
+        "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -"]
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_what_to_do(conn, tmp_path: Path):
@@ -222,7 +237,7 @@ def test_a_missing_file_is_refused_naming_it(conn, tmp_path: Path):
 def test_all_problems_are_listed_and_nothing_is_written(conn):
     text = CSV + f"BAD ID,{OK},\n,{OK},\nOXI-0001,{OK},\n"
     assert problems_of(conn, text) == [
-        "line 4: device_id 'BAD ID' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ : -",
+        "line 4: device_id 'BAD ID' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -",
         "line 5: column 'device_id' is empty",
         "line 6: device_id 'OXI-0001' is also on line 2",
     ]

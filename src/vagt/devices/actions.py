@@ -14,6 +14,7 @@ from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from vagt.devices import lifecycle
+from vagt.devices.broker_access import BROKER_USER_CHARS, device_id_refusal
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.errors import (
     AlreadyRegistered,
@@ -54,7 +55,7 @@ def checked_device_id(device_id: str) -> str:
                            "vagt never stores CPR numbers")
     if not DEVICE_ID.match(device_id):
         raise InvalidValue(f"device id '{device_id[:70]}' is not valid: use 1 to 64 of "
-                           "A-Z a-z 0-9 . _ : -")
+                           f"{BROKER_USER_CHARS}")
     return device_id
 
 
@@ -87,6 +88,8 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
     A model the catalogue does not approve raises CatalogueError, saying what is approved.
     """
     device_id = checked_device_id(device_id)
+    if refusal := device_id_refusal(device_id):
+        raise InvalidValue(refusal)
     actor = checked_actor(actor)
     note = checked_note(note)
     approved = catalogue.require(vendor, model, type_)
@@ -268,8 +271,10 @@ def _audit(conn: psycopg.Connection, at: datetime, actor: str, action: str, devi
 
 
 def audit_broker_access(conn: psycopg.Connection, actor: str, acl_file: str, devices: int,
-                        engine_user: str) -> None:
-    """Record that broker access was regenerated (who, when, for how many devices)."""
+                        engine_user: str, left_out: list[str] | None = None) -> None:
+    """Record that broker access was regenerated (who, when, for how many devices, and the
+    deployed devices left out of the files)."""
     with conn.transaction():
         _audit(conn, _now(conn, None), checked_actor(actor), "broker_acl", acl_file,
-               {"deployed_devices": devices, "engine_user": engine_user})
+               {"deployed_devices": devices, "engine_user": engine_user,
+                "left_out": left_out or None})

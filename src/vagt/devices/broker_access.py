@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +30,49 @@ SALT_BYTES = 12
 MIN_SECRET_BYTES = 16
 
 
+# A device logs in with its id as its user name. Mosquitto reads a password file line as
+# "user:hash", so ':' would end the name early; the id is also a level of the device's topic
+# in the ACL, where '+' and '#' would be wildcards. Only these are safe in both.
+BROKER_USER_CHARS = "A-Z a-z 0-9 . _ -"
+_BROKER_USER = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+
+
 class BrokerAccessError(DeviceError):
     """The files cannot be written as asked; nothing was written."""
 
 
 @dataclass(frozen=True)
 class BrokerAccess:
-    """The two files' contents and who is in them."""
+    """The two files' contents, who is in them, and the deployed devices left out of them
+    (device id: why), which cannot log in."""
 
     passwords: str
     acl: str
     devices: list[str]
     engine_user: str
+    left_out: dict[str, str]
+
+
+def device_user_problem(device_id: str) -> str | None:
+    """Why a device id cannot be the device's Mosquitto user name, or None when it can."""
+    if _BROKER_USER.match(device_id):
+        return None
+    if ":" in device_id:
+        return "':' separates the user name from the password in Mosquitto's password file"
+    return f"a device's user name is 1 to 64 of {BROKER_USER_CHARS}"
+
+
+def device_id_refusal(device_id: str) -> str | None:
+    """Why a new device cannot have this id, or None: a device logs in to the broker with
+    its id as user name, so a registered id that cannot be one could never log in."""
+    problem = device_user_problem(device_id)
+    if problem is None:
+        return None
+    shown = device_id[:70]
+    suggestion = re.sub(r"[^A-Za-z0-9._-]", "-", shown)[:64]
+    return (f"device id '{shown}' cannot be used: a device logs in to the broker with its id "
+            f"as user name, and {problem}; use 1 to 64 of {BROKER_USER_CHARS} (e.g. "
+            f"'{suggestion}')")
 
 
 def device_password(secret: bytes, device_id: str) -> str:
@@ -72,7 +104,11 @@ def deployed_devices(conn: psycopg.Connection) -> list[str]:
 
 def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
                   engine_user: str, engine_password: str) -> BrokerAccess:
-    """The password and ACL files for these devices and the engine's user."""
+    """The password and ACL files for these devices and the engine's user.
+
+    A device whose id cannot be a Mosquitto user name is left out (and named in `left_out`)
+    rather than refusing the files: one such id must not keep the old files in force for
+    the whole fleet, with the access of every device lost or retired since."""
     if len(secret) < MIN_SECRET_BYTES:
         raise BrokerAccessError(f"the device secret is too short: at least "
                                 f"{MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 32`)")
@@ -82,14 +118,9 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
     _check_user("the engine user", engine_user)
     if not engine_password:
         raise BrokerAccessError("the engine user needs a password")
-    unusable = [d for d in device_ids if ":" in d]
-    if unusable:
-        raise BrokerAccessError(
-            f"{len(unusable)} deployed device(s) cannot be Mosquitto users (':' separates the "
-            f"name from the password in the password file): {', '.join(unusable[:10])}")
-    if engine_user in device_ids:
-        raise BrokerAccessError(f"the engine user '{engine_user}' is also a device id; give "
-                                "the engine a name no device has")
+    left_out = {d: problem for d in device_ids
+                if (problem := _device_left_out(d, engine_user)) is not None}
+    device_ids = [d for d in device_ids if d not in left_out]
     password_lines = [f"{engine_user}:"
                       f"{mosquitto_hash(engine_password, _salt(secret, engine_user))}"]
     password_lines += [f"{d}:{mosquitto_hash(device_password(secret, d), _salt(secret, d))}"
@@ -101,7 +132,15 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
     for d in device_ids:
         acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
     return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
-                        list(device_ids), engine_user)
+                        device_ids, engine_user, left_out)
+
+
+def _device_left_out(device_id: str, engine_user: str) -> str | None:
+    if device_id == engine_user:
+        # Its derived password would be a second line for the engine's user, with the
+        # engine's access: the device is left out, not the engine.
+        return "it is also the engine's user name: give the engine a name no device has"
+    return device_user_problem(device_id)
 
 
 def _check_user(what: str, user: str) -> None:

@@ -19,6 +19,7 @@ from vagt.app.cli_support import fail, format_table, reports_errors
 from vagt.app.config import Config
 from vagt.devices import actions
 from vagt.devices.broker_access import (
+    BROKER_USER_CHARS,
     broker_access,
     deployed_devices,
     write_private,
@@ -356,10 +357,28 @@ def handle_broker_acl(args: argparse.Namespace, conninfo: str, config: Config) -
         write_private(args.passwords, access.passwords)
         write_private(args.acl, access.acl)
         actions.audit_broker_access(conn, actor, str(args.acl), len(access.devices),
-                                    engine_user)
-    print(f"wrote {args.passwords} and {args.acl}: {len(access.devices)} deployed device(s) and "
-          f"the engine user {engine_user}; reload Mosquitto to apply (kill -HUP)")
+                                    engine_user, left_out=sorted(access.left_out))
+    # Devices left out are a warning, not a failure (exit 0): the files are right for every
+    # other device and must be applied; a failure would stop `broker-acl && systemctl reload
+    # mosquitto` and keep the old files, and the access of devices lost since, in force.
+    if access.left_out:
+        print(format_left_out(access.left_out), file=sys.stderr)
+    left_out = f" ({len(access.left_out)} left out, see above)" if access.left_out else ""
+    print(f"wrote {args.passwords} and {args.acl}: {len(access.devices)} deployed device(s)"
+          f"{left_out} and the engine user {engine_user}; reload Mosquitto to apply "
+          "(kill -HUP)")
     return 0
+
+
+def format_left_out(left_out: dict[str, str]) -> str:
+    """The warning for deployed devices that are not in the files: who, why, what to do."""
+    lines = [f"vagt: warning: {len(left_out)} deployed device(s) left out of the files, so "
+             "they cannot log in to the broker:"]
+    lines += [f"  {device_id}: {why}" for device_id, why in sorted(left_out.items())]
+    lines.append(f"  give each a new id (1 to 64 of {BROKER_USER_CHARS}) and set it on the "
+                 "device; register and deploy it under the new id, then return and retire "
+                 "the old one")
+    return "\n".join(lines)
 
 
 def _read_secret(path: Path | None, configured: str, option: str, variable: str,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vagt.devices.broker_access import BROKER_USER_CHARS
 from vagt.devices.catalogue import Catalogue, CatalogueError
 from vagt.devices.lifecycle import Status
 from vagt.devices.privacy import (
@@ -249,7 +250,7 @@ class _RowChecker:
             return [f"line {line}: device_id '{_shorten(device_id)}' is also on line {first}"]
         if not DEVICE_ID.match(device_id):
             return [f"line {line}: device_id '{_shorten(device_id)}' is not valid: use 1 to 64 "
-                    "of A-Z a-z 0-9 . _ : -"]
+                    f"of {BROKER_USER_CHARS}"]
         return []
 
     def _name(self, i: int) -> str:

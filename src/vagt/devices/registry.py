@@ -30,6 +30,7 @@ from vagt.devices.actions import (
     checked_actor,
     unresolved_refusal,
 )
+from vagt.devices.broker_access import device_id_refusal
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.csvfile import (
     OPTIONAL_COLUMNS,
@@ -173,7 +174,12 @@ class _Plan:
 
     def add(self, row: FileRow, current: _Current | None) -> None:
         if current is None:
-            self._create(row)
+            # A known device keeps its id (an id that cannot log in is named by broker-acl);
+            # a new one must be able to log in.
+            if refusal := device_id_refusal(row.device_id):
+                self.problems.append(f"line {row.line}: {refusal}")
+            else:
+                self._create(row)
         else:
             self._change(row, current)
 
