@@ -8,12 +8,29 @@ from __future__ import annotations
 
 import re
 
-# Anywhere in the value as a word of its own: "cit-0101701234" hides a CPR number as well as
-# "0101701234" does. Ten digits run inside a word of letters and digits (a random hex
-# reference such as "cit-1234567890ab") are not a CPR number written down by a person.
-_CPR_INSIDE = re.compile(r"(?<![A-Za-z0-9])[0-9]{6}[- ]?[0-9]{4}(?![A-Za-z0-9])")
-# A whole value (a serial number with ten digits in it stays allowed in other columns).
-_CPR_WHOLE = re.compile(r"^[0-9]{6}[- ]?[0-9]{4}$")
+# A CPR number as people write it: DDMMYY (a day 01-31, a month 01-12), a separator or none,
+# four digits; "010190-1234", "0101901234", "010190 – 1234", "01.01.90-1234", "01 01 90 1234".
+# The separators: hyphens and dashes (a word processor turns '-' into '–'), '.', '_', ':',
+# '/', and spaces around them. The date's own separators, if any, are the same twice.
+_CPR_DASHES = "\\-\u2010\u2011\u2012\u2013\u2014\u2212"
+_CPR_SEPARATORS = f"[{_CPR_DASHES}._:/]"
+_CPR_SPACE = "[ \u00a0]"
+_CPR_DAY = "(?:0[1-9]|[12][0-9]|3[01])"
+_CPR_MONTH = "(?:0[1-9]|1[0-2])"
+# A word of its own: no letter or digit right before or after, so "cit-0101701234" hides a
+# CPR number as well as "0101701234" does, but a longer run of digits (an IMEI, a serial
+# number, a MAC address written without separators) or ten digits inside a word of letters
+# and digits (a random hex reference such as "cit-1234567890ab") is not one. Glued to "cpr"
+# or "nr" ("cpr0101901234", "personnr0101901234") it is one all the same.
+_CPR_BEFORE = "(?:(?<![^\\W_])|(?<=cpr)|(?<=nr))"
+_CPR_AFTER = "(?![^\\W_])"
+_CPR_INSIDE = re.compile(
+    f"{_CPR_BEFORE}{_CPR_DAY}({_CPR_SEPARATORS}|{_CPR_SPACE})?{_CPR_MONTH}(?(1)\\1)[0-9]{{2}}"
+    f"{_CPR_SPACE}?(?:{_CPR_SEPARATORS}{_CPR_SPACE}?)?[0-9]{{4}}{_CPR_AFTER}", re.IGNORECASE)
+# Nine digits: a CPR number of a day 01-09 that a spreadsheet read as a number, dropping its
+# leading zero. Only in a column named for CPR numbers: elsewhere nine digits are too common.
+_CPR_LOST_ZERO = re.compile(f"{_CPR_BEFORE}[1-9]{_CPR_MONTH}[0-9]{{6}}{_CPR_AFTER}",
+                            re.IGNORECASE)
 
 
 class HoldsCpr(ValueError):
@@ -23,12 +40,16 @@ class HoldsCpr(ValueError):
 
 def looks_like_cpr(value: str) -> bool:
     """The whole value is shaped like a CPR number (DDMMYY-XXXX or 10 digits)."""
-    return bool(_CPR_WHOLE.match(value.strip()))
+    value = value.strip()
+    found = _CPR_INSIDE.search(value)
+    return found is not None and found.span() == (0, len(value))
 
 
-def contains_cpr(value: str) -> bool:
-    """Somewhere in the value is something shaped like a CPR number."""
-    return bool(_CPR_INSIDE.search(value))
+def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
+    """Somewhere in the value is something shaped like a CPR number. In a column named for
+    CPR numbers (`cpr_column`), nine digits are one too: a spreadsheet dropped the zero."""
+    return bool(_CPR_INSIDE.search(value)
+                or (cpr_column and _CPR_LOST_ZERO.search(value)))
 
 
 def without_cpr(text: str, what: str) -> str:

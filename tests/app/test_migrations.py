@@ -85,3 +85,34 @@ def test_an_error_under_by_key_index_is_raised_as_itself(database_url):
         with db.by_key_index(conn):
             assert conn.execute("SHOW enable_hashjoin").fetchone() == ("off",)
         assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)
+
+
+def test_a_citizen_reference_with_a_cpr_number_the_old_check_missed_is_removed(
+        empty_database_url, monkeypatch):
+    """0003's CHECK knew only '-' and a space between date and serial; 0017 knows the others
+    and removes a reference stored before (from the assignment and its audit row)."""
+    everything = db.list_migrations()
+    monkeypatch.setattr(db, "list_migrations", lambda: [m for m in everything if m.version < 17])
+    db.migrate(empty_database_url)
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, "
+                     "status) VALUES ('X-1', 'Nonin', '3230', 'pulse_oximeter', 'Skive', "
+                     "'deployed'), ('X-2', 'Nonin', '3230', 'pulse_oximeter', 'Skive', "
+                     "'deployed')")
+        conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
+                     "since) VALUES ('X-1', 'cit:010190:1234', 'Skive', now()), "
+                     "('X-2', 'cit-7f3a9c01e2d4', 'Skive', now())")
+        conn.execute("""INSERT INTO audit_log (at, actor, action, subject, details) VALUES
+            (now(), 'anna', 'devices.deploy', 'X-1', '{"citizen_ref": "cit:010190:1234"}')""")
+    monkeypatch.setattr(db, "list_migrations", lambda: everything)
+    assert [a.split("_")[0] for a in db.migrate(empty_database_url)] == ["0017"]
+    with psycopg.connect(empty_database_url) as conn:
+        refs = conn.execute("SELECT device_id, citizen_ref FROM device_assignments "
+                            "ORDER BY device_id").fetchall()
+        assert [d for d, _ in refs] == ["X-1", "X-2"]
+        assert refs[0][1].startswith("removed-n") and refs[1][1] == "cit-7f3a9c01e2d4"
+        assert conn.execute("SELECT details->>'citizen_ref' FROM audit_log").fetchall() == [
+            (refs[0][1],)]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, "
+                         "municipality, since) VALUES ('X-2', '010190.1234', 'Skive', now())")

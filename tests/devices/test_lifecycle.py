@@ -281,6 +281,39 @@ def test_a_citizen_reference_like_a_cpr_number_is_refused_saying_why(conn, ref):
     assert open_assignments(conn) == []
 
 
+@pytest.mark.parametrize("ref", ["010190.1234", "010190_1234", "cit:010190:1234",
+                                 "cpr0101901234"])
+def test_a_citizen_reference_with_a_cpr_number_written_otherwise_is_refused(conn, ref):
+    new_device(conn)
+    with pytest.raises(PrivacyError, match="looks like a civil registration") as refused:
+        deploy(conn, DEVICE, citizen_ref=ref, municipality="Skive", actor="anna")
+    assert "1234" not in str(refused.value)
+    assert open_assignments(conn) == []
+
+
+@pytest.mark.parametrize("note", ["borger 010190\u20131234", "cpr 010190 \u2013 1234",
+                                  "cpr 010190/1234", "cpr 01 01 90 1234", "cpr 01.01.90-1234"])
+def test_a_note_with_a_cpr_number_written_otherwise_is_refused(conn, note):
+    new_device(conn)
+    with pytest.raises(PrivacyError, match="the note holds something shaped like a civil"):
+        deploy(conn, DEVICE, citizen_ref="cit-1", municipality="Skive", actor="anna", note=note)
+    assert open_assignments(conn) == []
+    assert "1234" not in str(conn.execute("SELECT details FROM audit_log").fetchall())
+
+
+@pytest.mark.parametrize("actor", ["010190-1234", "anna 010190\u20131234"])
+def test_a_cpr_number_as_who_acts_is_refused(conn, actor):
+    with pytest.raises(PrivacyError, match="who acts .actor. holds something shaped like"):
+        register(conn, DEVICE, "Nonin", "3230", catalogue=CATALOGUE, actor=actor)
+    assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)
+
+
+def test_a_device_id_with_a_cpr_number_in_it_is_not_registered(conn):
+    with pytest.raises(InvalidValue, match="the device id holds something shaped like"):
+        register(conn, "OXI-010190-1234", "Nonin", "3230", catalogue=CATALOGUE, actor="anna")
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
 def test_deploying_needs_a_municipality(conn):
     new_device(conn)
     with pytest.raises(InvalidValue, match="the municipality is empty"):
@@ -342,6 +375,23 @@ def test_the_database_refuses_a_cpr_number_as_citizen_reference(conn):
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
                      "since) VALUES (%s, '0101701234', 'Skive', now())", (DEVICE,))
+
+
+@pytest.mark.parametrize("ref", ["010190.1234", "010190_1234", "cit:010190:1234",
+                                 "cpr0101901234", "010190\u20131234", "cpr 01 01 90 1234"])
+def test_the_database_refuses_a_cpr_number_written_otherwise_as_citizen_reference(conn, ref):
+    new_device(conn)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
+                     "since) VALUES (%s, %s, 'Skive', now())", (DEVICE, ref))
+
+
+@pytest.mark.parametrize("ref", ["cit-1234567890ab", "SN0101901234", "cit-3201901234",
+                                 "cit-01019012345", "01:01:90:12:34:56"])
+def test_the_database_takes_what_vagt_takes_as_citizen_reference(conn, ref):
+    new_device(conn)
+    deploy(conn, DEVICE, citizen_ref=ref, municipality="Skive", actor="anna")
+    assert open_assignments(conn) == [(DEVICE, ref, "Skive")]
 
 
 # --- two people at once -------------------------------------------------------------------------
@@ -406,6 +456,17 @@ def test_a_random_reference_with_digits_in_it_is_a_citizen_reference(conn, ref):
     new_device(conn)
     deploy(conn, DEVICE, citizen_ref=ref, municipality="Skive", actor="anna")
     assert open_assignments(conn) == [(DEVICE, ref, "Skive")]
+
+
+@pytest.mark.parametrize("attributes", [{"remark": "cpr 010190-1234"},
+                                        {"remark": "borger 010190\u20131234 bor alene"},
+                                        {"Borger CPR": "x"}, {"patient_cpr": "x"},
+                                        {"010190-1234": "x"}])
+def test_an_attribute_with_a_cpr_number_in_its_value_or_name_is_refused(conn, attributes):
+    with pytest.raises(PrivacyError, match="civil registration") as refused:
+        new_device(conn, attributes=attributes)
+    assert "010190" not in str(refused.value)
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("attributes", [{"cpr": "x"}, {"owner": "010170-1234"}])

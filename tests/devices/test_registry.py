@@ -310,6 +310,49 @@ def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, v
     assert count_devices(conn) == 0
 
 
+def test_a_cpr_number_inside_a_free_text_value_refuses_the_file_without_repeating_it(conn):
+    problems = problems_of(conn, HEADER.replace("\n", ",bemaerkning\n")
+                           + f'X-1,{OK},"cpr 010190\u20131234, bor alene"\n')
+    assert problems == ["line 2, column 'bemaerkning': the value holds something shaped like "
+                        "a civil registration (CPR) number; vagt never stores CPR numbers: "
+                        "remove it (a pseudonymous citizen reference may stay)"]
+    assert count_devices(conn) == 0
+
+
+@pytest.mark.parametrize("column", ["Borger CPR", "patient_cpr", "cprnr", "pnr"])
+def test_a_column_with_cpr_in_its_name_refuses_the_file(conn, column):
+    problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
+    assert problems == [f"the column '{column}' looks like a civil registration (CPR) number; "
+                        "vagt never stores CPR numbers: remove it (a pseudonymous citizen "
+                        "reference may stay)"]
+
+
+def test_nine_digits_in_a_cpr_column_are_a_cpr_number_a_spreadsheet_took_the_zero_of(conn):
+    problems = problems_of(conn, HEADER.replace("\n", ",Borger CPR\n") + f"X-1,{OK},101901234\n")
+    assert "line 2, column 'Borger CPR': the value holds something shaped like a civil " \
+           "registration (CPR) number" in problems[1]
+    assert "101901234" not in str(problems)
+
+
+def test_a_column_whose_name_holds_a_cpr_number_is_named_by_its_place(conn):
+    problems = problems_of(conn, HEADER.replace("\n", ",010190-1234\n") + f"X-1,{OK},x\n")
+    assert problems == ["the column #6 (its name not shown) looks like a civil registration "
+                        "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
+                        "citizen reference may stay)"]
+
+
+def test_a_new_device_id_with_a_cpr_number_in_it_is_refused_without_repeating_it(conn):
+    assert problems_of(conn, HEADER + f"OXI-010190-1234,{OK}\n") == [
+        "line 2: the device id holds something shaped like a civil registration (CPR) number; "
+        "vagt never stores CPR numbers"]
+
+
+def test_an_import_by_an_actor_with_a_cpr_number_is_refused(conn):
+    with pytest.raises(DeviceImportError, match="who acts .actor. holds something shaped"):
+        import_csv(conn, "fleet.csv", actor="010190-1234", text=CSV)
+    assert count_devices(conn) == 0
+
+
 def test_a_cpr_number_as_device_id_is_refused_as_such(conn):
     problems = problems_of(conn, HEADER + "010170-1234,Nonin,3230,pulse_oximeter,Aarhus\n")
     assert problems == ["line 2, column 'device_id': the value looks like a civil registration "

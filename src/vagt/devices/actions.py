@@ -25,6 +25,7 @@ from vagt.devices.errors import (
 )
 from vagt.devices.lifecycle import Action, Status
 from vagt.devices.privacy import (
+    PrivacyError,
     checked_attributes,
     checked_citizen_ref,
     checked_note,
@@ -32,7 +33,7 @@ from vagt.devices.privacy import (
 )
 from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 from vagt.ingest.topics import DEVICE_ID
-from vagt.privacy import looks_like_cpr
+from vagt.privacy import contains_cpr, looks_like_cpr
 
 LOCK_TIMEOUT = "5s"   # a person waits this long for a device the engine or an import holds
 MAX_ACTOR_LENGTH = 100
@@ -40,15 +41,21 @@ CENTRAL_STOCK = ""    # the municipality of a device back in the centre's own st
 
 
 def checked_actor(actor: str) -> str:
-    """Who acts, for the audit log: 1 to 100 printable characters."""
+    """Who acts, for the audit log: 1 to 100 printable characters, never a CPR number."""
     name = actor.strip()
     if not 0 < len(name) <= MAX_ACTOR_LENGTH or not name.isprintable():
         raise InvalidValue(f"who acts must be named (actor): 1 to {MAX_ACTOR_LENGTH} "
                            "printable characters")
+    if contains_cpr(name):
+        raise PrivacyError("who acts (actor) holds something shaped like a civil "
+                           "registration (CPR) number; vagt never stores CPR numbers: give "
+                           "your user name or initials")
     return name
 
 
 def checked_device_id(device_id: str) -> str:
+    """A device id as given to look a device up; `new_device_id_problem` says more of one
+    to register."""
     device_id = device_id.strip()
     if looks_like_cpr(device_id):
         raise InvalidValue("the device id looks like a civil registration (CPR) number; "
@@ -57,6 +64,15 @@ def checked_device_id(device_id: str) -> str:
         raise InvalidValue(f"device id '{device_id[:70]}' is not valid: use 1 to 64 of "
                            f"{BROKER_USER_CHARS}")
     return device_id
+
+
+def new_device_id_problem(device_id: str) -> str | None:
+    """Why a device cannot be registered with this id (a valid one), or None: a CPR number
+    in it, or an id the device could not log in to the broker with."""
+    if contains_cpr(device_id):
+        return ("the device id holds something shaped like a civil registration (CPR) "
+                "number; vagt never stores CPR numbers")
+    return device_id_refusal(device_id)
 
 
 def checked_municipality(municipality: str) -> str:
@@ -88,8 +104,8 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
     A model the catalogue does not approve raises CatalogueError, saying what is approved.
     """
     device_id = checked_device_id(device_id)
-    if refusal := device_id_refusal(device_id):
-        raise InvalidValue(refusal)
+    if problem := new_device_id_problem(device_id):
+        raise InvalidValue(problem)
     actor = checked_actor(actor)
     note = checked_note(note)
     approved = catalogue.require(vendor, model, type_)

@@ -2,8 +2,8 @@
 
 Columns: device_id, vendor, model, type, municipality (required, any order, any case);
 status and citizen_ref (optional); any other column is kept as an attribute. No civil
-registration (CPR) number passes: a column named like one, or a value shaped like one,
-refuses the file, and the value is never repeated in a message. Nor does a column named
+registration (CPR) number passes: a column named like one, or a value with one in it,
+refuses the file, and the number is never repeated in a message. Nor does a column named
 for a citizen's name, address, phone number or e-mail.
 """
 
@@ -29,7 +29,7 @@ from vagt.devices.privacy import (
     municipality_problem,
 )
 from vagt.ingest.topics import DEVICE_ID
-from vagt.privacy import looks_like_cpr
+from vagt.privacy import contains_cpr, looks_like_cpr
 
 if TYPE_CHECKING:
     import _csv
@@ -155,8 +155,8 @@ def _header_problems(header: list[str]) -> list[str]:
     repeated = sorted({h for h in names if h and names.count(h) > 1})
     if repeated:
         problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
-    problems += [f"the column '{h}' looks like a civil registration (CPR) number; {CPR_ADVICE}"
-                 for h in header if looks_like_cpr_name(h)]
+    problems += [f"the column {_column_name(header, i)} looks like a civil registration (CPR) "
+                 f"number; {CPR_ADVICE}" for i, h in enumerate(header) if looks_like_cpr_name(h)]
     problems += [f"the column '{h}' looks like personal data about a citizen; "
                  f"{PERSONAL_DATA_ADVICE}" for h in header
                  if h.lower() not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
@@ -177,6 +177,7 @@ class _RowChecker:
         self.extra = [i for i, h in enumerate(names)
                       if h and h not in known and names.index(h) == i]
         self.seen: dict[str, int] = {}
+        self.cpr_columns = {i for i, h in enumerate(header) if looks_like_cpr_name(h)}
 
     def check(self, line: int, values: list[str]) -> tuple[list[str], FileRow | None]:
         """The row's problems, and the row when it has none."""
@@ -185,10 +186,8 @@ class _RowChecker:
             return [f"line {line}: {len(values)} values but the header has {width} columns "
                     "(a value with a comma in it must be in double quotes)"], None
         values = values + [""] * (width - len(values))
-        citizen_col = self.optional.get("citizen_ref")
-        cpr = [f"line {line}, column '{self._name(i)}': the value looks like a civil "
-               f"registration (CPR) number; {CPR_ADVICE}"
-               for i, v in enumerate(values) if i != citizen_col and looks_like_cpr(v)]
+        cpr = [f"line {line}, column {_column_name(self.header, i)}: {problem}; {CPR_ADVICE}"
+               for i, v in enumerate(values) if (problem := self._cpr_problem(i, v))]
         device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
         empty = [f"line {line}: column '{REQUIRED_COLUMNS[k]}' is empty"
                  for k, i in enumerate(self.required[:4]) if not values[i]]
@@ -205,6 +204,19 @@ class _RowChecker:
             type=approved[2], municipality=" ".join(municipality.split()),
             attributes={self.header[i]: values[i] for i in self.extra if values[i]},
             status=Status(status) if status else None, citizen_ref=citizen_ref or None)
+
+    def _cpr_problem(self, i: int, value: str) -> str | None:
+        """Why the value in column `i` cannot be kept for a CPR number in it, or None. The
+        citizen_ref column says it itself; a device id is a CPR number only when the whole
+        of it is one, as a known device may have ten digits in it (a new one may not:
+        the registry says so)."""
+        if i == self.optional.get("citizen_ref"):
+            return None
+        if looks_like_cpr(value):
+            return "the value looks like a civil registration (CPR) number"
+        if i != self.required[0] and contains_cpr(value, cpr_column=i in self.cpr_columns):
+            return "the value holds something shaped like a civil registration (CPR) number"
+        return None
 
     def _get(self, column: str, values: list[str]) -> str:
         i = self.optional.get(column)
@@ -253,8 +265,17 @@ class _RowChecker:
                     f"of {BROKER_USER_CHARS}"]
         return []
 
-    def _name(self, i: int) -> str:
-        return self.header[i] or f"#{i + 1} (no name)"
+
+
+def _column_name(header: list[str], i: int) -> str:
+    """How a message names a column: its name in quotes, or its place when it has no name
+    or its name holds a CPR number (which a message never repeats)."""
+    name = header[i]
+    if not name:
+        return f"#{i + 1} (no name)"
+    if contains_cpr(name):
+        return f"#{i + 1} (its name not shown)"
+    return f"'{name}'"
 
 
 def _shorten(value: str, limit: int = 70) -> str:

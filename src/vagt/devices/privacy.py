@@ -1,8 +1,8 @@
 """Citizens are pseudonymous references: what one may look like, and never a CPR number.
 
 A Danish civil registration (CPR) number is DDMMYY-XXXX, often written as 10 digits. vagt
-refuses anything shaped like one (the database refuses it too), and never repeats the value
-in a message: the message itself could end up in a log.
+refuses any text with something shaped like one in it (the database refuses it in a citizen
+reference too), and never repeats the value in a message: the message could end up in a log.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from __future__ import annotations
 import re
 
 from vagt.devices.errors import InvalidValue
-from vagt.privacy import contains_cpr, looks_like_cpr
+from vagt.privacy import contains_cpr
 
 MAX_CITIZEN_REF = 64
 MAX_MUNICIPALITY = 100
 MAX_NOTE = 500
 
-# Matched against a name in lower case with separators as "_": cpr, cpr_nr, CPR-nummer,
-# personnummer, person_nr, civil_registration_number, ...
-_CPR_NAME = re.compile(r"^(cpr|person_?n(umme)?r|person_?number|civil_?reg)")
+# Matched against a name in lower case with separators as "_": a name with "cpr" anywhere in
+# it ("Borger CPR", "patient_cpr", "cprnr"), personnummer, person_nr, pnr, civil
+# registration number, social security number.
+_CPR_NAME = re.compile(r"cpr|person_?n(umme)?r|person_?number|civil_?reg|social_?security"
+                       r"|(^|_)p_?nr($|_)|(^|_)ssn($|_)")
 _CITIZEN_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 # A name (lower case, separators as "_") that announces who the citizen is or where they
 # live, in English or Danish: a word of it is an address, phone, e-mail or birthday word
@@ -51,8 +53,10 @@ class PrivacyError(InvalidValue):
 
 
 def looks_like_cpr_name(name: str) -> bool:
-    """A column or attribute name that announces a CPR number (cpr, CPR-nr, personnummer)."""
-    return bool(_CPR_NAME.match(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")))
+    """A column or attribute name that announces a CPR number (cpr, Borger CPR, CPR-nr,
+    personnummer), or holds something shaped like one."""
+    return bool(_CPR_NAME.search(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))
+                ) or contains_cpr(name)
 
 
 def looks_like_personal_data_name(name: str) -> bool:
@@ -124,13 +128,16 @@ def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
     """Attributes kept with a device (serial number, asset tag): none may be or announce a
     CPR number, nor announce a citizen's name, address or contact details."""
     for key, value in attributes.items():
+        if contains_cpr(key):
+            raise PrivacyError("the name of an attribute holds something shaped like a civil "
+                               f"registration (CPR) number; {CPR_ADVICE}")
         if looks_like_cpr_name(key):
             raise PrivacyError(f"the attribute '{key}' looks like a civil registration (CPR) "
                                f"number; {CPR_ADVICE}")
         if looks_like_personal_data_name(key):
             raise PrivacyError(f"the attribute '{key}' looks like personal data about a "
                                f"citizen; {PERSONAL_DATA_ADVICE}")
-        if looks_like_cpr(value):
-            raise PrivacyError(f"the value of attribute '{key}' looks like a civil "
-                               f"registration (CPR) number; {CPR_ADVICE}")
+        if contains_cpr(value):
+            raise PrivacyError(f"the value of attribute '{key}' holds something shaped like "
+                               f"a civil registration (CPR) number; {CPR_ADVICE}")
     return attributes

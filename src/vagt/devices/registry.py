@@ -28,9 +28,9 @@ from vagt.devices.actions import (
     RESET_RULE_STATE,
     UNRESOLVED_ALERTS,
     checked_actor,
+    new_device_id_problem,
     unresolved_refusal,
 )
-from vagt.devices.broker_access import device_id_refusal
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.csvfile import (
     OPTIONAL_COLUMNS,
@@ -42,6 +42,7 @@ from vagt.devices.csvfile import (
 )
 from vagt.devices.errors import InvalidValue
 from vagt.devices.lifecycle import FINAL, Status
+from vagt.devices.privacy import PrivacyError
 from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 
 IMPORT_LOCK_TIMEOUT = "30s"   # the engine holds a device's row only for one batch
@@ -80,6 +81,8 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
     name, label, content = read_source(path_or_text, text)
     try:
         actor = checked_actor(actor)
+    except PrivacyError as e:
+        raise DeviceImportError(label, [str(e)]) from None
     except InvalidValue:
         raise DeviceImportError(label, [
             f"who imports must be named (actor): 1 to {MAX_ACTOR_LENGTH} characters"]) from None
@@ -176,8 +179,8 @@ class _Plan:
         if current is None:
             # A known device keeps its id (an id that cannot log in is named by broker-acl);
             # a new one must be able to log in.
-            if refusal := device_id_refusal(row.device_id):
-                self.problems.append(f"line {row.line}: {refusal}")
+            if problem := new_device_id_problem(row.device_id):
+                self.problems.append(f"line {row.line}: {problem}")
             else:
                 self._create(row)
         else:

@@ -1,0 +1,58 @@
+"""What vagt takes for a CPR number in free text, and what it must not: a table of cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from vagt.devices.privacy import looks_like_cpr_name
+from vagt.privacy import contains_cpr
+
+
+@pytest.mark.parametrize("text", [
+    "cpr 010190-1234, bor alene",         # inside a sentence
+    "borger 010190\u20131234",            # an en dash, as a word processor writes '-'
+    "cpr 010190 \u2013 1234",             # ... with spaces around it
+    "010190\u22121234",                   # a minus sign
+    "010190.1234", "010190_1234", "010190:1234", "cpr 010190/1234",
+    "cit:010190:1234",                    # inside a reference
+    "cpr 01 01 90 1234", "cpr 01.01.90-1234", "01-01-90-1234",
+    "cpr0101901234", "personnr0101901234",  # glued to the word that announces it
+    "010190\u00a01234",                   # a no-break space
+    "311299-1234", "0101901234",
+])
+def test_a_cpr_number_written_any_common_way_is_found(text):
+    assert contains_cpr(text)
+
+
+@pytest.mark.parametrize("text", [
+    "356938035643809",                    # an IMEI (15 digits)
+    "01019012345", "10101901234",         # eleven digits: longer than a CPR number
+    "001122334455",                       # a MAC address without separators
+    "01:01:90:12:34:56", "00:1A:2B:3C:4D:5E", "01-01-90-12-34-56",
+    "+4520123456", "+45 20 12 34 56", "12 34 56 78",   # phone numbers
+    "SN0101901234",                       # inside a word of letters and digits
+    "cit-1234567890ab", "cit-7f3a9c01e2d4",
+    "123e4567-e89b-12d3-a456-426614174000",
+    "3201901234", "0113901234",           # no day 32, no month 13
+    "2024-01-15", "15.01.2024 12:30", "fw 1.02.03.1234",
+    "101901234",                          # nine digits, in a column not named for CPR
+])
+def test_digits_that_are_not_a_cpr_number_are_let_through(text):
+    assert not contains_cpr(text)
+
+
+def test_nine_digits_are_a_cpr_number_without_its_zero_in_a_column_named_for_cpr():
+    assert contains_cpr("101901234", cpr_column=True)
+
+
+@pytest.mark.parametrize("name", ["Borger CPR", "patient_cpr", "cprnr", "CPR-nr", "pnr", "p_nr",
+                                  "personnr", "Personnummer", "social security number", "SSN",
+                                  "note 010190-1234"])
+def test_a_name_with_cpr_in_it_announces_a_cpr_number(name):
+    assert looks_like_cpr_name(name)
+
+
+@pytest.mark.parametrize("name", ["serial", "snr", "description", "mac_address", "asset_tag",
+                                  "imei", "mqtt_user_name"])
+def test_a_name_about_the_device_does_not_announce_a_cpr_number(name):
+    assert not looks_like_cpr_name(name)
