@@ -16,6 +16,7 @@ from vagt.devices import (
     import_csv,
     list_devices,
     register,
+    report_lost,
     retire,
     return_device,
     send_to_repair,
@@ -134,6 +135,41 @@ def test_an_import_refuses_to_deploy_a_retired_device_giving_the_lifecycles_reas
     retire(conn, "OXI-1", actor="anna")
     assert problems_of(conn, WITH_CITIZEN + "OXI-1,Nonin,3230,pulse_oximeter,Skive,cit-9\n") == [
         "line 2: OXI-1 is retired: retired is final; a retired device cannot be deployed"]
+
+
+def test_an_import_refuses_to_move_a_lost_device_which_keeps_the_municipality_it_was_lost_in(
+        conn):
+    do_import(conn, WITH_CITIZEN + "OXI-8,Nonin,3230,pulse_oximeter,Skive,cit-A\n")
+    report_lost(conn, "OXI-8", actor="anna")
+    assert problems_of(conn, HEADER + "OXI-8,Nonin,3230,pulse_oximeter,Aarhus\n") == [
+        "line 2: OXI-8 is lost, which is final: an import changes nothing of it, but the file "
+        "gives another municipality (Aarhus; the registry has Skive): give it as the registry "
+        "has it (vagt devices show OXI-8), or leave the row out"]
+    assert [(d.status, d.municipality) for d in list_devices(conn)] == [("lost", "Skive")]
+
+
+def test_an_import_refuses_to_change_the_model_or_attributes_of_a_retired_device(conn):
+    register(conn, "OXI-1", "Nonin", "3230", catalogue=CATALOGUE, actor="anna",
+             attributes={"serial": "SN-1"})
+    retire(conn, "OXI-1", actor="anna")
+    text = "device_id,vendor,model,type,municipality,serial\n" \
+           "OXI-1,Masimo,MightySat,pulse_oximeter,,SN-2\n"
+    assert problems_of(conn, text) == [
+        "line 2: OXI-1 is retired, which is final: an import changes nothing of it, but the "
+        "file gives another vendor, model, attributes: give it as the registry has it (vagt devices "
+        "show OXI-1), or leave the row out"]
+    [device] = list_devices(conn)
+    assert (device.vendor, device.model, device.attributes) == (
+        "Nonin", "3230", {"serial": "SN-1"})
+
+
+def test_a_lost_or_retired_device_given_as_the_registry_has_it_is_unchanged(conn):
+    do_import(conn, WITH_CITIZEN + "OXI-8,Nonin,3230,pulse_oximeter,Skive,cit-A\n"
+                                   "OXI-9,Nonin,3230,pulse_oximeter,,\n")
+    report_lost(conn, "OXI-8", actor="anna")
+    retire(conn, "OXI-9", actor="anna")
+    assert do_import(conn, HEADER + "OXI-8,Nonin,3230,pulse_oximeter,Skive\n"
+                                    "OXI-9,Nonin,3230,pulse_oximeter,\n").unchanged == 2
 
 
 def test_an_import_refuses_to_give_a_deployed_device_to_another_citizen(conn):

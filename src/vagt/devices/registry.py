@@ -228,6 +228,13 @@ class _Plan:
                 f"{at} is deployed in {cur.assigned_in} since {_day(cur.assigned_since)}, the "
                 f"file says {row.municipality or '(empty)'}: to move it, return it and deploy "
                 "it again")
+        if cur.status in FINAL and len(self.problems) == problems_before:
+            differs = _final_differences(row, cur)
+            if differs:
+                self.problems.append(
+                    f"{at} is {cur.status}, which is final: an import changes nothing of it, "
+                    f"but the file gives another {', '.join(differs)}: give it as the registry "
+                    f"has it (vagt devices show {row.device_id}), or leave the row out")
         if len(self.problems) > problems_before:
             return
         status = Status.DEPLOYED if deploy else cur.status
@@ -257,6 +264,24 @@ class _Plan:
     def _audit(self, action: str, device_id: str, details: dict[str, object]) -> None:
         details["file"] = self.file_name
         self.audit.append((f"devices.{action}", device_id, orjson.dumps(details).decode()))
+
+
+def _final_differences(row: FileRow, cur: _Current) -> list[str]:
+    """What the file would change of a retired or lost device: nothing may change (a lost
+    device keeps the municipality it was lost in). Attributes are compared as the export
+    writes them, so that an export imports back unchanged."""
+    vendor, model, type_, municipality, attributes = cur.data
+    differs = [name for name, old, new in (("vendor", vendor, row.vendor),
+                                           ("model", model, row.model),
+                                           ("type", type_, row.type)) if old != new]
+    if municipality != row.municipality:
+        held = municipality or "the centre's stock"
+        differs.append(f"municipality ({row.municipality or 'empty'}; the registry has {held})")
+    known = {c.lower() for c in EXPORT_COLUMNS}
+    exported = {k: _cell(v) for k, v in attributes.items() if k.lower() not in known}
+    if {k: v for k, v in exported.items() if v} != row.attributes:
+        differs.append("attributes")
+    return differs
 
 
 def _status_advice(device_id: str, current: Status, wanted: Status) -> str:
