@@ -86,6 +86,37 @@ priority = 1
         ("akut", 2)], what="the second alarm, routed as the first")
 
 
+def personal_alarm_rule(version: str) -> str:
+    return ('[[rule]]\nname = "personal_alarm"\nkind = "event"\ncodes = ["alarm.*"]\n'
+            f'severity = "critical"\npriority = 1\nsummary = "{version}: {{code}}"\n')
+
+
+def test_the_alarm_lane_process_runs_the_rules_the_engine_runs_and_starts_again_with_them(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices, tmp_path):
+    """A reload the engine takes, the alarm lane takes too; one the engine refuses (a typo in
+    the file) leaves the file broken on disk, and the alarm lane's process, when it starts
+    again, runs the engine's rules, not the file: else it could not start at all, and no
+    alarm would get through until someone mended the file."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(personal_alarm_rule("rules 1"))
+    engine.env["VAGT_RULES"] = str(rules)
+    engine.start().wait_ready()
+    rules.write_text(personal_alarm_rule("rules 2"))
+    engine.proc.send_signal(signal.SIGHUP)    # type: ignore[union-attr]
+    wait_for(lambda: engine.log().count("event=rules_reloaded") == 2,
+             what="the engine and its alarm lane reloaded")
+    rules.write_text(personal_alarm_rule("rules 3") + "[[rule]\n")
+    engine.proc.send_signal(signal.SIGHUP)    # type: ignore[union-attr]
+    wait_for(lambda: "event=rules_reload_refused" in engine.log(), what="the reload refused")
+    [first] = alarm_lane_pids(engine)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(alarm_lane_pids(engine)) == 2, what="the alarm lane started again")
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: query(database_url, "SELECT summary FROM alerts") == [
+        ("rules 2: alarm.fall",)], what="the alarm, raised by the rules the engine runs")
+    assert metric(engine, 'vagt_child_process_restarts_total{process="alarm_lane"}') == 1.0
+
+
 def test_the_alarm_lane_process_ends_with_the_engine(
         engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
     engine.start().wait_ready()

@@ -44,7 +44,7 @@ class AlarmLaneProcess(ChildProcess):
     """The engine's handle on the alarm lane's process (see the module's text).
 
     `entry` names the child's function, "module:function"; it receives `first` (the engine's
-    configuration and alert policy) as the pipe's first message.
+    configuration, alert policy and rules) as the pipe's first message, at each start.
     """
 
     def __init__(self, entry: str, first: Any) -> None:
@@ -66,10 +66,14 @@ class AlarmLaneProcess(ChildProcess):
             return []
         return list(answer)
 
-    def reload(self) -> None:
-        self._tell(RELOAD)
+    def reload(self, rules: Any, first: Any) -> None:
+        """The child runs `rules` now, and a child started from now on `first`, which has
+        them (a restart must not read a file again that a reload refused)."""
+        with self._pipe_lock:
+            self._first = first
+        self._tell((RELOAD, rules))
 
-    def _tell(self, what: str) -> None:
+    def _tell(self, what: object) -> None:
         self._send((next(self._numbers), what))  # a child gone is started again
 
     def _ask(self, what: str) -> Any:
@@ -92,10 +96,10 @@ class AlarmLaneProcess(ChildProcess):
 
 
 def serve_control(control: Connection, registry: CollectorRegistry,
-                  catching_up: Callable[[], bool], reload: Callable[[], None],
+                  catching_up: Callable[[], bool], reload: Callable[[Any], object],
                   stop: threading.Event) -> None:
     """The child's side of the pipe, in a thread of its own: answer the engine's questions,
-    reload the rules, stop when asked or when the engine is gone.
+    run the rules the engine reloaded, stop when asked or when the engine is gone.
 
     However this thread ends, the lane stops with it: a child the engine can no longer ask
     to stop must not go on (the engine starts a new one when this one has ended)."""
@@ -106,8 +110,8 @@ def serve_control(control: Connection, registry: CollectorRegistry,
                 control.send((number, list(registry.collect())))
             elif what == CATCHING_UP:
                 control.send((number, catching_up()))
-            elif what == RELOAD:
-                reload()
+            elif isinstance(what, tuple) and what[0] == RELOAD:
+                reload(what[1])
             elif what == STOP:
                 stop.set()
     except (EOFError, OSError):

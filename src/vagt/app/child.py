@@ -82,6 +82,11 @@ class ChildProcess:
         is sent from now on goes to this child."""
 
     @property
+    def first(self) -> Any:
+        """What each child is sent first at its start."""
+        return self._first
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 

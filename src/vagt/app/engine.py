@@ -33,7 +33,7 @@ from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
-from vagt.devices.catalogue import load_catalogue
+from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
 from vagt.ingest.consumer import MqttSession, SessionSettings
@@ -428,16 +428,17 @@ def run_engine(config: Config, stop: threading.Event,
     log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
     db.migrate(conninfo)
     rules = load_rules(config.rules or None)
+    catalogue = load_catalogue(config.catalogue or None)
     # the webhook secrets named by the policy's `secret_env` come from the environment
     policy = load_policy(config.alerts or None, os.environ)
     install_policy(policy)
     metrics = metrics or EngineMetrics()
     # The alarm lane's process first: it loads the fleet while this one does, and it is
     # the lane that must not be late after a restart.
-    alarm = _start_alarm_process(config, policy, metrics, stop) \
-        if config.ingest.alarm_process else None
+    alarm = _start_alarm_process(AlarmLaneStart(config, policy, rules, catalogue), metrics,
+                                 stop) if config.ingest.alarm_process else None
     try:
-        _serve(config, stop, clock, metrics, rules, policy, alarm, on_ready,
+        _serve(config, stop, clock, metrics, rules, catalogue, policy, alarm, on_ready,
                reload or threading.Event())
     finally:
         if alarm is not None:
@@ -446,14 +447,15 @@ def run_engine(config: Config, stop: threading.Event,
 
 
 def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
-           metrics: EngineMetrics, rules: list[Rule], policy: AlertPolicy,
+           metrics: EngineMetrics, rules: list[Rule], catalogue: Catalogue,
+           policy: AlertPolicy,
            alarm: AlarmLaneProcess | None, on_ready: Callable[[], None] | None,
            reload: threading.Event) -> None:
     # here, not at the top: the alarm lane's process imports this module and serves no API
     from vagt.alerts.service import ApiSettings, alert_services
 
     with open_engine_pool(config.database.url, config) as pool:
-        fleet, pipeline = _load_pipeline(config, pool, rules, clock)
+        fleet, pipeline = _load_pipeline(config, pool, rules, catalogue, clock)
         with pool.connection() as conn:
             restored = pipeline.restore(conn)
         log.info("event=rule_state_restored devices=%d", restored)
@@ -474,7 +476,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         if alarm is not None:
             catching_up.follow(alarm.catching_up)
         timer = RuleTimer(config, pool, pipeline, metrics, clock, reload, catching_up,
-                          on_reload=alarm.reload if alarm is not None else None)
+                          on_reload=_reload_in(alarm) if alarm is not None else None)
         timer_thread = start_kept_running("rules-timer", timer.run, stop,
                                           metrics.thread_crashed)
         try:
@@ -492,28 +494,48 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
 
 
 def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
-                   clock: Callable[[], float],
+                   catalogue: Catalogue, clock: Callable[[], float],
                    whole_fleet: bool = True) -> tuple[Fleet, Pipeline]:
     """The fleet and the pipeline (see `Pipeline.load`)."""
     with pool.connection() as conn:
         pipeline = Pipeline.load(conn, topic_root=config.mqtt.topic_root, rules=rules,
                                  clock=clock, ingest=config.ingest,
-                                 catalogue=load_catalogue(config.catalogue or None),
+                                 catalogue=catalogue,
                                  whole_fleet=whole_fleet)
     return pipeline.fleet, pipeline
 
 
-def _start_alarm_process(config: Config, policy: AlertPolicy, metrics: EngineMetrics,
+@dataclass(frozen=True)
+class AlarmLaneStart:
+    """What the alarm lane's process starts with, at each of its starts: the configuration,
+    and the policy, rules and catalogue this process runs, not the files again (edited
+    since, they would route or judge differently; broken, the lane would not start again,
+    though a reload refused them). A reload the engine takes replaces the rules."""
+
+    config: Config
+    policy: AlertPolicy
+    rules: list[Rule]
+    catalogue: Catalogue
+
+
+def _start_alarm_process(start: AlarmLaneStart, metrics: EngineMetrics,
                          stop: threading.Event) -> AlarmLaneProcess:
-    # The policy as this process loaded it, not the file again at each of the child's
-    # starts (edited since, it would route differently; broken, the lane would not start).
-    # Without its delivery: the child delivers nothing, and no secret need cross the pipe.
-    alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane",
-                             (config, dataclasses.replace(policy, delivery=DeliveryPolicy())))
+    # The policy without its delivery: the child delivers nothing, and no secret need cross
+    # the pipe.
+    alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane", dataclasses.replace(
+        start, policy=dataclasses.replace(start.policy, delivery=DeliveryPolicy())))
     alarm.start()
     metrics.include(alarm.families)
     _supervise(alarm, metrics, stop)
     return alarm
+
+
+def _reload_in(alarm: AlarmLaneProcess) -> Callable[[list[Rule]], None]:
+    """What the engine does with the rules it reloaded: the alarm lane's process runs them
+    too, and starts with them if it starts again."""
+    def reload(rules: list[Rule]) -> None:
+        alarm.reload(rules, dataclasses.replace(alarm.first, rules=rules))
+    return reload
 
 
 def _supervise(child: ChildProcess, metrics: EngineMetrics, stop: threading.Event) -> None:
@@ -536,7 +558,8 @@ def run_alarm_lane(argv: list[str]) -> None:
 
     Its fleet holds the devices that sent alarms (and those with an open rule alert), not
     the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm."""
-    control, log_level, (config, policy) = child_pipe(argv)
+    control, log_level, start = child_pipe(argv)
+    config, policy = start.config, start.policy
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     # The centre's policy routes, inhibits and reopens the alarms' alerts here as in the
     # engine's process; without it they would follow the built-in one.
@@ -547,11 +570,12 @@ def run_alarm_lane(argv: list[str]) -> None:
     spec = next(s for s in lane_specs(config) if s.name == "alarm")
     catching_up = CatchingUp([spec.name])
     with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
-        fleet, pipeline = _load_pipeline(config, pool, load_rules(config.rules or None),
+        fleet, pipeline = _load_pipeline(config, pool, start.rules, start.catalogue,
                                          time.time, whole_fleet=False)
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
                          args=(control, metrics.registry, lambda: bool(catching_up),
-                               lambda: reload_rules(config, pool, pipeline), stop)).start()
+                               lambda rules: apply_rules(pool, pipeline, rules),
+                               stop)).start()
         start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s, True),
                            stop, metrics.thread_crashed)
         heap.settle()
@@ -619,7 +643,7 @@ class RuleTimer:
     def __init__(self, config: Config, pool: ConnectionPool, pipeline: Pipeline,
                  metrics: EngineMetrics, clock: Callable[[], float],
                  reload: threading.Event, catching_up: CatchingUp | None = None,
-                 on_reload: Callable[[], None] | None = None) -> None:
+                 on_reload: Callable[[list[Rule]], None] | None = None) -> None:
         self.config = config
         self.on_reload = on_reload
         self.catching_up = catching_up if catching_up is not None else CatchingUp()
@@ -649,9 +673,9 @@ class RuleTimer:
                 self._lock_conn.close()
 
     def reload_rules(self) -> None:
-        reload_rules(self.config, self.pool, self.pipeline)
-        if self.on_reload is not None:
-            self.on_reload()
+        rules = reload_rules(self.config, self.pool, self.pipeline)
+        if rules is not None and self.on_reload is not None:
+            self.on_reload(rules)
 
     def _defer(self) -> bool:
         """Hold the deadlines while a lane catches up, for at most MAX_TICK_DEFERRAL_S: an
@@ -710,23 +734,31 @@ class RuleTimer:
         return self._holding
 
 
-def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline) -> None:
+def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline
+                 ) -> list[Rule] | None:
     """The rules files again, in place of the running rules; a file that does not load is
-    refused and the running rules stay."""
+    refused and the running rules stay. Returns the rules now running if they changed."""
     from vagt.rules import RuleConfigError
 
     try:
         rules = load_rules(config.rules or None)
     except RuleConfigError as e:
         log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
-        return
+        return None
+    return rules if apply_rules(pool, pipeline, rules) else None
+
+
+def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule]) -> bool:
+    """`rules` in place of the running rules (the alarm lane's process: those the engine
+    loaded); False if the database did not let it, and the running rules stay."""
     try:
         with pool.connection(timeout=10) as conn:
             changed = pipeline.reload_rules(conn, rules)
     except (psycopg.Error, TimeoutError) as e:
         log.error("event=rules_reload_failed note=old_rules_stay error=%s", first_line(e))
-        return
+        return False
     log.info("event=rules_reloaded rules=%d changed=%s", len(rules), ",".join(changed) or "-")
+    return True
 
 
 FLEET_REFRESH_S = 30.0

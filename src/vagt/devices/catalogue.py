@@ -61,6 +61,19 @@ class Model:
     def sends_event(self, code: str) -> bool:
         return any(fnmatch.fnmatchcase(code, p) for p in self.events)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled (for the alarm lane's process) with its metrics as a dict: a read-only
+        view of one cannot be pickled."""
+        return _unpickled_model, (self.vendor, self.model, self.type, self.heartbeat_s,
+                                  self.battery, self.firmware, dict(self.metrics), self.events)
+
+
+def _unpickled_model(vendor: str, model: str, type_: str, heartbeat_s: int, battery: str,
+                     firmware: tuple[str, ...], metrics: dict[str, MetricRange],
+                     events: tuple[str, ...]) -> Model:
+    return Model(vendor, model, type_, heartbeat_s, battery, firmware,
+                 MappingProxyType(metrics), events)
+
 
 class Catalogue:
     """Approved models by (vendor, model); iteration is in file order."""
