@@ -100,6 +100,15 @@ def test_payload_naming_another_device_is_device_mismatch():
     assert "'OXI-2'" in detail and "'OXI-1'" in detail
 
 
+def test_a_retained_copy_is_a_dead_letter_however_good_its_payload():
+    good = msg("ALM-1", "alarm", {"events": [{"code": "alarm.fall"}]})
+    out = batch(good, RawMessage(good.topic, good.payload, RECEIVED, retained=True))
+    assert out.e_msg == [0] and out.dead_msg == [1]
+    assert out.dead[0].reason is DeadLetterReason.RETAINED
+    assert out.dead[0].device_id == "ALM-1" and out.msg_channel == ["alarm", "alarm"]
+    assert "publish with retain=false" in out.dead[0].detail
+
+
 def test_unknown_unit_becomes_dead_letter():
     out = decode({"readings": [{"metric": "pulse", "value": 60, "unit": "furlong"}]})
     assert out.dead[0].reason is DeadLetterReason.UNKNOWN_UNIT and out.n_readings == 0

@@ -19,8 +19,8 @@ The pipe's messages:
   (STOP, 0, 0);
 - child to engine: (BATCH, number, the session's connection, the first connection of the
   broker's session it is part of, topics, payloads, arrival times, {index: size} of the
-  oversized, cut to their first bytes), (ACKED, how many) after
-  each acknowledgement, and (CONNECTED, up or not) when that changes.
+  oversized, cut to their first bytes, [index] of those that came retained), (ACKED, how
+  many) after each acknowledgement, and (CONNECTED, up or not) when that changes.
 """
 
 from __future__ import annotations
@@ -172,11 +172,14 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, connection, began, topics, payloads, arrived, cut = message
+                _, number, connection, began, topics, payloads, arrived, cut, kept = message
                 token = _BatchToken(incarnation, number, connection)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 for i, size in cut.items():   # oversized: only their first bytes came
                     batch[i] = RawMessage(topics[i], payloads[i], arrived[i], token, size)
+                for i in kept:                # the broker's retained copies: dead letters
+                    batch[i] = RawMessage(topics[i], payloads[i], arrived[i], token,
+                                          batch[i].size, retained=True)
                 with self._cond:
                     if incarnation != self.incarnation:
                         break
@@ -245,7 +248,8 @@ def run_receiver(argv: list[str]) -> None:
                 send((BATCH, number, connection, session.session_began(connection),
                       [m.topic for m in batch], [m.payload for m in batch],
                       [m.received_at for m in batch],
-                      {i: m.size for i, m in enumerate(batch) if m.size >= 0}))
+                      {i: m.size for i, m in enumerate(batch) if m.size >= 0},
+                      [i for i, m in enumerate(batch) if m.retained]))
 
 
 def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],

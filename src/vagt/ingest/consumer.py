@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from vagt.ingest.model import RawMessage
 
@@ -294,8 +295,17 @@ class MqttSession:
                 self._inbox.extend(kept)
             self._connected = True
             self._cond.notify_all()
+        # Subscribed at every connection (a resumed session has the filters; a new one, or a
+        # changed configuration, needs them). A retained message is sent at subscribe (MQTT 5
+        # only if asked for): an old copy, never wanted. What still comes with the flag (MQTT
+        # 3.1.1, which cannot ask) the decoder makes a dead letter.
+        options = (SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+                   if self.settings.protocol == 5 else None)
         for f in self.settings.filters:
-            client.subscribe(f, qos=1)
+            if options is None:
+                client.subscribe(f, qos=1)
+            else:
+                client.subscribe(f, options=options)
         log.log(logging.INFO if resumed or self._generation == 1 else logging.WARNING,
                 "event=mqtt_connected client_id=%s generation=%d session_present=%s "
                 "filters=%s", self.settings.client_id, self._generation, resumed,
@@ -329,7 +339,7 @@ class MqttSession:
             # a dead letter to be: its first bytes and its size suffice
             size, payload = len(payload), payload[:self.settings.max_payload_bytes]
         m = RawMessage(topic, bytes(payload), time.time(),
-                       _Token(self._generation, msg.mid, msg.qos), size)
+                       _Token(self._generation, msg.mid, msg.qos), size, msg.retain)
         with self._cond:
             self._inbox.append(m)
             if len(self._inbox) == 1:

@@ -21,7 +21,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
 
     `now` (unix seconds) bounds device times (at most `max_future_skew_s` ahead, none before
     2000) and anchors SenML's relative times. A message without a time takes its
-    `received_at`. Only input problems become dead letters: a bug raises.
+    `received_at`. A message that came retained is a dead letter (`retained`), whatever it
+    says. Only input problems become dead letters: a bug raises.
     """
     out = DecodedBatch()
     rows = Rows()
@@ -39,6 +40,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
         mark = len(readings), len(events), len(firmware)
         # one message, inline: this loop runs for every message the engine receives
         try:
+            if m.retained:
+                raise _retained()
             payload = m.payload
             if len(payload) > max_payload_bytes or m.size > max_payload_bytes:
                 raise _too_large(len(payload), m.size, max_payload_bytes)  # before parsing
@@ -73,6 +76,16 @@ def _too_large(kept: int, size: int, limit: int) -> Reject:
                   f"the payload of {kept if whole else size} bytes is over the limit of "
                   f"{limit} bytes (ingest.max_payload_bytes)"
                   + ("" if whole else f"; its first {kept} bytes are kept"))
+
+
+def _retained() -> Reject:
+    """Not stored: an old copy stored as new would be an alarm raised again, or a silent
+    device seen alive, at every start of the engine (the broker sends it at each subscribe)."""
+    return Reject(DeadLetterReason.RETAINED,
+                  "the message came with the retain flag: it is the old copy the broker keeps "
+                  "for new subscribers, not a live message; devices must publish with "
+                  "retain=false, and the copy is cleared by publishing an empty retained "
+                  "message to the topic")
 
 
 def _dead(out: DecodedBatch, i: int, m: RawMessage, reason: DeadLetterReason, detail: str,

@@ -29,6 +29,7 @@ class DeadLetterReason(enum.StrEnum):
     IMPOSSIBLE_VALUE = "impossible_value"    # NaN, infinite, or outside what a sensor can report
     BAD_TIME = "bad_time"                    # missing, unparsable or far-future timestamp
     DEVICE_MISMATCH = "device_mismatch"      # the payload names another device than the topic
+    RETAINED = "retained"                    # the broker's kept copy, not a live message
     UNKNOWN_DEVICE = "unknown_device"        # the device is not in the registry
     PROCESSING_FAILED = "processing_failed"  # vagt failed on it (a bug, or data the database
                                              # refused); the rest of its batch went on
@@ -46,6 +47,9 @@ class RawMessage:
     # over the size limit is kept as a dead letter, but not carried and stored whole (a
     # device sending megabytes must not fill the engine's memory). -1: `payload` is whole.
     size: int = -1
+    # It came with the retain flag: the broker's kept copy of an old message, sent because we
+    # subscribed (a message published while we are subscribed comes without the flag).
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
