@@ -100,8 +100,9 @@ def reconnect_through_a_broker_restart(session: Any, broker: Broker, held: int,
     wait_for(lambda: session.connected, what="the session connected again")
 
 
-def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:
-    """Publish at QoS 1 and wait until the broker has acknowledged every message."""
+def publish(url_port: int, messages: list[tuple[str, bytes]], qos: int = 1) -> None:
+    """Publish at QoS 1 and wait until the broker has acknowledged every message (at QoS 0,
+    until each is written: the broker reads them before the DISCONNECT that follows)."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                     protocol=paho.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -109,7 +110,7 @@ def publish(url_port: int, messages: list[tuple[str, bytes]]) -> None:
     c.connect("127.0.0.1", url_port)
     c.loop_start()
     try:
-        infos = [c.publish(t, p, qos=1) for t, p in messages]
+        infos = [c.publish(t, p, qos=qos) for t, p in messages]
         for info in infos:
             info.wait_for_publish(timeout=60)
             assert info.is_published()

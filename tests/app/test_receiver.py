@@ -305,3 +305,26 @@ def test_what_a_lost_session_left_waiting_survives_a_later_reconnect_that_resume
         assert settled(lambda: receiver.waiting) == 35
         got = take_all(receiver, 35, stop)
         assert sorted(m.payload for m in got) == sorted(p for _, p in first + second)
+
+
+def test_what_came_at_qos_0_and_waited_in_the_engine_across_the_childs_reconnect_is_kept(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    # As above with the store kept, but 5 of them came at QoS 0: the broker sent those once
+    # and sends them never again, so they must not be dropped with the QoS 1 ones.
+    once, sent = payloads(topic_root, 5), payloads(topic_root, 25, start=5)
+    acked: list[int] = []
+    with ReceiverProcess(settings, on_acked=acked.append) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, once, qos=0)
+        publish(broker.port, sent)
+        reconnect_through_a_broker_restart(receiver, broker, 30, store_kept=True)
+        assert settled(lambda: receiver.waiting) == 30
+        got = take_all(receiver, 30, stop)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in once + sent)
+        receiver.ack(got)
+        # the 25 as sent again; the QoS 0 ones have nothing to acknowledge
+        wait_for(lambda: sum(acked) == 25, what="the acknowledgements")
+    with ReceiverProcess(settings) as receiver:   # nothing is owed any more
+        wait_for(lambda: receiver.connected, what="the child's session")
+        assert take_all(receiver, 1, stop, timeout=2) == []

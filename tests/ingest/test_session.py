@@ -235,3 +235,21 @@ def test_what_a_lost_session_left_held_survives_a_later_reconnect_that_resumes(
         got = take_all(session, 25)
         assert sorted(m.payload for m in got) == sorted(p for _, p in first + second)
         assert take_all(session, 1, timeout=2) == []
+
+
+def test_what_came_at_qos_0_and_waited_across_a_reconnect_is_kept(own_broker: Broker) -> None:
+    # The broker resends the QoS 1 messages that waited (so those held are dropped), but it
+    # sent the QoS 0 ones once and forgot them: dropped, they would be lost without a trace.
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    once = [(f"{root}/dev/ALM-1/alarm", f"q0-{i}".encode()) for i in range(3)]
+    sent = [(f"{root}/dev/ALM-2/alarm", f"q1-{i}".encode()) for i in range(5)]
+    with MqttSession(settings(own_broker, root, cid)) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(own_broker.port, once, qos=0)
+        publish(own_broker.port, sent)
+        reconnect_through_a_broker_restart(session, own_broker, 8, store_kept=True)
+        got = take_all(session, 8)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in once + sent)
+        assert take_all(session, 1, timeout=2) == []
+        # the QoS 1 ones as sent again, on this connection; the QoS 0 ones have nothing to ack
+        assert session.ack(got) == 5

@@ -19,8 +19,9 @@ The pipe's messages:
   (STOP, 0, 0);
 - child to engine: (BATCH, number, the session's connection, the first connection of the
   broker's session it is part of, topics, payloads, arrival times, {index: size} of the
-  oversized, cut to their first bytes, [index] of those that came retained), (ACKED, how
-  many) after each acknowledgement, and (CONNECTED, up or not) when that changes.
+  oversized, cut to their first bytes, [index] of those that came retained, [index] of
+  those that came at QoS 0), (ACKED, how many) after each acknowledgement, and (CONNECTED,
+  up or not) when that changes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from vagt.app import heap
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT
-from vagt.ingest.consumer import MqttSession, SessionSettings, connection_of
+from vagt.ingest.consumer import MqttSession, SessionSettings, at_most_once, connection_of
 from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.engine")
@@ -59,11 +60,13 @@ class ReceiverSettings:
 @dataclass(frozen=True, slots=True)
 class _BatchToken:
     """Every message of a batch carries it: which child sent the batch, its number, and the
-    child's session's connection it came on."""
+    child's session's connection it came on; one of its own for the messages that came at QoS
+    0 (the broker sends those once)."""
 
     incarnation: int
     number: int
     connection: int
+    at_most_once: bool = False
 
 
 class ReceiverProcess(ChildProcess):
@@ -172,7 +175,8 @@ class ReceiverProcess(ChildProcess):
                 break
             kind = message[0]
             if kind == BATCH:
-                _, number, connection, began, topics, payloads, arrived, cut, kept = message
+                _, number, connection, began, topics, payloads, arrived, cut, kept, qos0 \
+                    = message
                 token = _BatchToken(incarnation, number, connection)
                 batch = [RawMessage(t, p, a, token) for t, p, a in zip(topics, payloads, arrived)]
                 for i, size in cut.items():   # oversized: only their first bytes came
@@ -180,6 +184,12 @@ class ReceiverProcess(ChildProcess):
                 for i in kept:                # the broker's retained copies: dead letters
                     batch[i] = RawMessage(topics[i], payloads[i], arrived[i], token,
                                           batch[i].size, retained=True)
+                if qos0:
+                    once = _BatchToken(incarnation, number, connection, at_most_once=True)
+                    for i in qos0:
+                        m = batch[i]
+                        batch[i] = RawMessage(m.topic, m.payload, m.received_at, once, m.size,
+                                              m.retained)
                 with self._cond:
                     if incarnation != self.incarnation:
                         break
@@ -188,10 +198,12 @@ class ReceiverProcess(ChildProcess):
                         # connections of the same broker session is being sent again and
                         # cannot be acknowledged: kept, each reconnect while the engine is
                         # stalled (its database away) would add a Receive Maximum of copies.
-                        # What is from before it (a session the broker lost) comes never
-                        # again: kept and stored (its acknowledgements are no-ops).
+                        # What came at QoS 0 the broker sent once: kept. What is from before
+                        # it (a session the broker lost) comes never again: kept and stored
+                        # (its acknowledgements are no-ops).
                         self._batches = collections.deque(
-                            b for b in self._batches if _connection(b) < began)
+                            kept for b in self._batches
+                            if (kept := b if _connection(b) < began else _sent_once(b)))
                         self._connection = connection
                     self._batches.append(batch)
                     self._cond.notify()
@@ -211,6 +223,12 @@ def _connection(batch: list[RawMessage]) -> int:
     token = batch[0].token
     assert isinstance(token, _BatchToken)
     return token.connection
+
+
+def _sent_once(batch: list[RawMessage]) -> list[RawMessage]:
+    """What of a batch came at QoS 0 (see `_BatchToken`)."""
+    return [m for m in batch
+            if isinstance(m.token, _BatchToken) and m.token.at_most_once]
 
 
 def run_receiver(argv: list[str]) -> None:
@@ -249,7 +267,8 @@ def run_receiver(argv: list[str]) -> None:
                       [m.topic for m in batch], [m.payload for m in batch],
                       [m.received_at for m in batch],
                       {i: m.size for i, m in enumerate(batch) if m.size >= 0},
-                      [i for i, m in enumerate(batch) if m.retained]))
+                      [i for i, m in enumerate(batch) if m.retained],
+                      [i for i, m in enumerate(batch) if at_most_once(m.token)]))
 
 
 def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],

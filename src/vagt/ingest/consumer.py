@@ -81,6 +81,13 @@ def connection_of(token: object) -> int:
     return token.generation
 
 
+def at_most_once(token: object) -> bool:
+    """The message with this token came at QoS 0 (its publisher's choice, or its topic's):
+    the broker forgets it once sent, and never sends it again."""
+    assert isinstance(token, _Token), "the token of an MqttSession's message"
+    return token.qos == 0
+
+
 class MqttSession:
     """A persistent QoS 1 subscription whose messages are acknowledged after commit.
 
@@ -90,7 +97,7 @@ class MqttSession:
     Every connection is a generation. A message is acknowledged only on the connection it came
     in on: after a reconnect the broker sends unacknowledged messages again with their packet
     ids, so the old ones are dropped from the inbox and never acknowledged (a late ack could
-    release a newer message that reuses the id).
+    release a newer message that reuses the id). Not a QoS 0 one: it never comes again.
     """
 
     def __init__(self, settings: SessionSettings) -> None:
@@ -287,10 +294,12 @@ class MqttSession:
                                    if g >= self._generation - 8}
             self._session_began[self._generation] = began
             # What we hold from earlier connections of this broker session comes again, with
-            # new packet ids: dropped. What is from before it (a session the broker lost)
-            # comes never again: kept and stored; only its acknowledgements are no-ops.
+            # new packet ids: dropped; but not what came at QoS 0, which the broker sent once
+            # and forgot. What is from before it (a session the broker lost) comes never
+            # again: kept and stored; only its acknowledgements are no-ops.
             if began < self._generation:
-                kept = [m for m in self._inbox if connection_of(m.token) < began]
+                kept = [m for m in self._inbox
+                        if connection_of(m.token) < began or at_most_once(m.token)]
                 self._inbox.clear()
                 self._inbox.extend(kept)
             self._connected = True
