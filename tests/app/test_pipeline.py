@@ -349,6 +349,35 @@ def test_a_batch_partly_stored_before_stores_only_its_new_rows_and_still_does_th
                                 "WHERE device_id = 'OXI-0002'") == pytest.approx(T0 + 60, abs=1e-3)
 
 
+def test_a_key_given_twice_is_a_dead_letter_naming_it_and_nothing_of_it_is_stored(
+        database_url):
+    register(database_url, DEVICES)
+    t = int(T0)
+    run_batches(database_url, [
+        # a saturation of 82 followed by 97: the parser would keep 97 and hide the low one
+        msg("OXI-0001", "telemetry", b'{"time": %d, "readings": '
+                                     b'[{"metric": "spo2", "value": 82, "value": 97}]}' % t),
+        msg("OXI-0002", "telemetry", b'[{"n": "spo2", "v": 82, "t": %d, "v": 97}]' % t),
+        # another device's id, then its own: the device check would see only the second
+        msg("OXI-0001", "telemetry", b'{"device_id": "OXI-0002", "device_id": "OXI-0001", '
+                                     b'"time": %d, "readings": [{"metric": "pulse", '
+                                     b'"value": 70}]}' % t),
+        msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, spo2=96)),   # a good one
+    ])
+    assert query(database_url, "SELECT device_id, metric, value FROM readings") == [
+        ("OXI-0002", "spo2", 96.0)]
+    assert query(database_url, "SELECT device_id, reason, detail FROM dead_letters "
+                               "ORDER BY received_at") == [
+        ("OXI-0001", "schema", "key 'value' appears twice in one object; each key may appear "
+         "once (which of the two counts would be a guess) (topic vagt/v1/dev/OXI-0001/telemetry)"),
+        ("OXI-0002", "schema", "key 'v' appears twice in one object; each key may appear "
+         "once (which of the two counts would be a guess) (topic vagt/v1/dev/OXI-0002/telemetry)"),
+        ("OXI-0001", "schema", "key 'device_id' appears twice in one object; each key may "
+         "appear once (which of the two counts would be a guess) "
+         "(topic vagt/v1/dev/OXI-0001/telemetry)"),
+    ]
+
+
 def test_an_alarm_that_cannot_be_read_still_reaches_the_emergency_queue(database_url):
     """A registered personal alarm whose message is unreadable may still be someone who
     pressed the button: the message is a dead letter, and the call centre hears of it."""

@@ -109,6 +109,35 @@ def test_a_retained_copy_is_a_dead_letter_however_good_its_payload():
     assert "publish with retain=false" in out.dead[0].detail
 
 
+@pytest.mark.parametrize("payload, key", [
+    (b'{"readings": [{"metric": "spo2", "value": 82, "value": 97}]}', "value"),
+    (b'{"readings": [{"metric": "spo2", "value": 82, "unit": "%"}], "readings": []}', "readings"),
+    (b'{"events": [{"code": "dose.due", "details": {"a": ":", "a": "::"}}]}', "a"),
+    (b'[{"n": "spo2", "v": 82, "v": 97}]', "v"),
+    # an escaped ':' (\u003a) in a string makes the counts even: the exact search still runs
+    (b'{"device_id": "OXI-2", "device_id": "OXI-1", "time": "2026-11-22T09:00\\u003a00Z",'
+     b' "readings": [{"metric": "pulse", "value": 70}]}', "device_id"),
+])
+def test_a_key_given_twice_in_one_object_is_a_schema_dead_letter_naming_it(payload, key):
+    out = decode(payload)
+    assert [d.reason for d in out.dead] == [DeadLetterReason.SCHEMA]
+    assert out.dead[0].detail.startswith(f"key '{key}' appears twice in one object")
+    assert out.n_readings == 0 and out.n_events == 0
+
+
+@pytest.mark.parametrize("payload", [
+    # ':' in strings (times, SenML names, details), spaces around them, escaped ones
+    b'{"time" : "2026-11-22T09:00:00Z", "readings": [{"metric": "spo2", "value": 97}]}',
+    b'{"events": [{"code": "dose.due", "details": {"note": "a\\":b", "at": "09:00"}}]}',
+    b'{"time": "2026-11-22T09:00\\u003a00Z", "readings": [{"metric": "spo2", "value": 97}]}',
+    b'[{"bn": "urn:dev:ow:OXI-1:", "n": "spo2", "v": 97}, {"n": "pulse", "u": "/min", "v": 61}]',
+    # the same key in different objects is no duplicate
+    b'{"readings": [{"metric": "spo2", "value": 97}, {"metric": "pulse", "value": 61}]}',
+])
+def test_the_same_key_in_different_objects_and_colons_in_strings_are_no_duplicate(payload):
+    assert decode(payload).dead == []
+
+
 def test_unknown_unit_becomes_dead_letter():
     out = decode({"readings": [{"metric": "pulse", "value": 60, "unit": "furlong"}]})
     assert out.dead[0].reason is DeadLetterReason.UNKNOWN_UNIT and out.n_readings == 0
