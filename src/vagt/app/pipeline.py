@@ -469,8 +469,7 @@ class Pipeline:
             out.registry_firings += _registry_firings(
                 UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
                 msg_time[np.asarray(unread)], [messages[i].topic for i in unread],
-                lambda d, topic: f"an alarm from {d} could not be read ({why[d]}): contact "
-                                 f"the citizen (last on {topic}; kept as a dead letter)",
+                lambda d, topic: _unreadable_alarm(d, topic, why[d]),
                 *self._alarm_route())
         # A retired or lost device that sends is kept (nothing is lost), and the service
         # centre hears of it: a lost one is found, a retired one is back in someone's home.
@@ -632,6 +631,16 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
                         {"rule": rule, "device_id": d, "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
+
+
+def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:
+    if reason == DeadLetterReason.RETAINED.value:
+        return (f"an old retained copy of an alarm from {device_id} came when vagt subscribed: "
+                "it may be the only trace of an alarm; check on the citizen, then have the "
+                f"copy cleared (an empty retained message on {topic}) and the device set to "
+                "publish with retain=false (kept as a dead letter)")
+    return (f"an alarm from {device_id} could not be read ({reason}): contact the citizen "
+            f"(last on {topic}; kept as a dead letter)")
 
 
 def _device_level(topic: str) -> str:
