@@ -426,3 +426,37 @@ def test_the_json_form_has_every_column_with_iso_8601_times(conn):
     assert set(doc) >= {"device_id", "vendor", "model", "type", "municipality", "status",
                         "attributes", "battery", "battery_at", "signal", "signal_at",
                         "firmware", "last_seq", "seq_gaps"}
+
+
+def test_an_import_that_waited_for_a_deploy_sees_the_deployment(conn, database_url):
+    """The import locks the device after a deploy (in another session) took it: it must
+    judge the device as deployed, and refuse to move it to the file's municipality, as it
+    does when it comes second; not write that municipality on the citizen's device."""
+    import threading
+    import time
+
+    from vagt.devices import deploy, register
+    from vagt.devices.catalogue import load_catalogue
+
+    register(conn, "OXI-0001", "Nonin", "3230", catalogue=load_catalogue(), actor="anna",
+             municipality="Skive")
+    outcome: dict[str, object] = {}
+
+    def run_import() -> None:
+        with psycopg.connect(database_url, autocommit=True) as other:
+            try:
+                outcome["result"] = import_csv(other, "fleet.csv", actor="anna", text=(
+                    "device_id,vendor,model,type,municipality,serial\n"
+                    "OXI-0001,Nonin,3230,pulse_oximeter,Skive,SN-1\n"))
+            except DeviceImportError as e:
+                outcome["error"] = e
+
+    with psycopg.connect(database_url) as staff, staff.transaction():
+        deploy(staff, "OXI-0001", citizen_ref="cit-b", municipality="Viborg", actor="bo")
+        importing = threading.Thread(target=run_import)
+        importing.start()
+        time.sleep(0.5)             # the import waits for the deploy's lock
+    importing.join(20)
+    assert "deployed in Viborg" in str(outcome.get("error")), outcome
+    [device] = list_devices(conn)
+    assert (device.status, device.municipality) == ("deployed", "Viborg")

@@ -137,14 +137,18 @@ SELECT d.device_id, d.status, d.vendor, d.model, d.type, d.municipality, d.attri
     device="d.device_id") + """
 FROM devices d
 LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
-WHERE d.device_id = ANY(%s)
-ORDER BY d.device_id
-FOR UPDATE OF d"""
+WHERE d.device_id = ANY(%s)"""
+
+# In id order, so that two imports wait for each other rather than deadlock.
+_LOCK = "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
 
 
 def _current(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, _Current]:
-    """The known devices among `device_ids`, their rows locked in id order (so two imports
-    wait for each other rather than deadlock)."""
+    """The known devices among `device_ids`, their rows locked (`_LOCK`), then read: in a
+    statement of its own, after the lock. One statement that locks and joins re-reads the
+    device row it waited for, but not its assignment: a deploy committed meanwhile was
+    "deployed without an assignment", and an import wrote another municipality on it."""
+    conn.execute(_LOCK, (device_ids,))
     found: dict[str, _Current] = {}
     for (device_id, status, vendor, model, type_, municipality, attributes, citizen_ref,
          assigned_in, since, unresolved) in conn.execute(_CURRENT, (device_ids,)):
