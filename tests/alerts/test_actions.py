@@ -36,15 +36,16 @@ def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
 def new_alert(database_url: str, queue: str = "emergency", priority: int = 1,
               fp: str | None = None, *, status: str = "open",
               opened_at: str = "2024-05-01T10:00:00Z") -> int:
-    """An alert as the engine would open it (inserted directly: the engine is not under test)."""
+    """An alert as the engine would open it (inserted directly: the engine is not under test),
+    queued when it opened."""
     device = f"ALM-{next(_numbers):04d}"
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "INSERT INTO alerts (fingerprint, rule, device_id, summary, severity, priority, "
-            "queue, status, opened_at, last_fired_at) VALUES (%s, 'personal_alarm', %s, %s, "
-            "'critical', %s, %s, %s, %s, %s) RETURNING id",
+            "queue, status, opened_at, last_fired_at, queued_at) VALUES (%s, 'personal_alarm', "
+            "%s, %s, 'critical', %s, %s, %s, %s, %s, %s) RETURNING id",
             (fp or f"personal_alarm|{device}", device, f"alarm.fall from {device}", priority,
-             queue, status, opened_at, opened_at)).fetchone()
+             queue, status, opened_at, opened_at, opened_at)).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -4,9 +4,11 @@ notes, and the municipality scope."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from tests.alerts.support import T0, add_device, fire
 from tests.alerts.test_actions import new_alert
 
 from vagt.alerts import actions
@@ -151,3 +153,19 @@ def test_an_open_alert_cannot_be_released(database_url, conn):
     with pytest.raises(actions.InvalidTransition, match="only a claimed or acknowledged alert "
                                                         "can be released"):
         actions.release(conn, alert_id, "anna", supervisor=True)
+
+
+def test_a_released_alarm_keeps_its_place_and_the_list_shows_the_order_next_takes(
+        database_url, conn):
+    """Alarm A, pressed first, is claimed, then released (the operator's headset broke);
+    alarm B came meanwhile. A's citizen has waited longest: A is listed first and handed
+    out first; its time to claim begins again."""
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    add_device(database_url, "ALM-0002", "personal_alarm", "Randers")
+    [(a, _)] = fire(database_url, ("personal_alarm", "ALM-0001", T0), code="alarm.fall")
+    actions.claim(conn, a, "anna")
+    [(b, _)] = fire(database_url, ("personal_alarm", "ALM-0002", T0 + 300), code="alarm.fall")
+    back = actions.release(conn, a, "anna", "headset broke")
+    assert back.claim_deadline is not None and back.claim_deadline > datetime.now(UTC)
+    assert [r.id for r in actions.list_alerts(conn, status="open")] == [a, b]
+    assert actions.next_alert(conn, "bo").id == a  # type: ignore[union-attr]

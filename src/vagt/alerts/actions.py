@@ -131,7 +131,8 @@ _COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(AlertRow))
 def list_alerts(conn: psycopg.Connection, *, status: str | Sequence[str] | None = None,
                 queue: str | None = None, limit: int = 500,
                 municipality: str | None = None) -> list[AlertRow]:
-    """Alerts most urgent first (priority 1 first, then the oldest), filtered exactly.
+    """Alerts most urgent first (priority 1 first, then the longest in the queue: the order
+    `next` hands them out in), filtered exactly.
 
     `queue` also finds alerts listed in that queue through a `continue` route.
     """
@@ -148,7 +149,7 @@ def list_alerts(conn: psycopg.Connection, *, status: str | Sequence[str] | None 
     if municipality is not None:
         conditions.append(sql.SQL("municipality = %s"))
         params.append(municipality)
-    query = sql.SQL("SELECT {} FROM alerts WHERE {} ORDER BY priority, opened_at, id LIMIT %s")
+    query = sql.SQL("SELECT {} FROM alerts WHERE {} ORDER BY priority, queued_at, id LIMIT %s")
     where = sql.SQL(" AND ").join(conditions or [sql.SQL("true")])
     with conn.cursor(row_factory=kwargs_row(_alert_row)) as cur:
         return cur.execute(query.format(_COLUMNS, where), [*params, limit]).fetchall()
@@ -396,10 +397,14 @@ _UPDATE = sql.SQL("""
                       resolution_code = coalesce(%(code)s, resolution_code)
     WHERE id = %(id)s RETURNING {columns}""")
 _UPDATE_NOTE = sql.SQL("UPDATE alerts SET note = %(note)s WHERE id = %(id)s RETURNING {columns}")
+# A released alert keeps its place in the queue (`queued_at`): the citizen behind it has
+# waited since then, longer than those behind alerts queued after it. Its time to claim
+# begins again.
 _UPDATE_RELEASE = sql.SQL("""
     UPDATE alerts SET status = 'open', claimed_at = NULL, claimed_by = NULL,
                       acknowledged_at = NULL, acknowledged_by = NULL,
-                      note = coalesce(%(note)s, note), queued_at = clock_timestamp(),
+                      note = coalesce(%(note)s, note),
+                      queued_at = coalesce(queued_at, clock_timestamp()),
                       claim_deadline = clock_timestamp()
                                        + coalesce(time_to_claim, interval '1 hour')
     WHERE id = %(id)s RETURNING {columns}""")
