@@ -267,6 +267,35 @@ def test_deploying_opens_an_assignment_in_the_municipality(conn):
     assert open_assignments(conn) == [(DEVICE, "cit-7f3a9c01e2d4", "Skive")]
 
 
+@pytest.mark.parametrize("spelled", ["Århus", "aarhus", "AARHUS", "Aar hus"])
+def test_a_municipality_the_registry_spells_otherwise_is_refused_naming_its_spelling(
+        conn, spelled):
+    """A second spelling would make a second municipality: the citizen's alerts would miss
+    Aarhus's queues, routes and supervisors."""
+    new_device(conn, "GLU-000001", municipality="Aarhus")
+    new_device(conn)
+    with pytest.raises(InvalidValue, match="is spelled 'Aarhus' in the registry"):
+        deploy(conn, DEVICE, citizen_ref="cit-7f3a9c01e2d4", municipality=spelled,
+               actor="anna")
+    with pytest.raises(InvalidValue, match="is spelled 'Aarhus' in the registry"):
+        new_device(conn, "GLU-000002", municipality=spelled)
+    assert deploy(conn, DEVICE, citizen_ref="cit-7f3a9c01e2d4", municipality="Aarhus",
+                  actor="anna").municipality == "Aarhus"
+    new_device(conn, "GLU-000004", municipality="Favrskov")    # one not known yet: a new one
+
+
+def test_two_spellings_stored_before_the_check_are_both_still_taken(conn, database_url):
+    new_device(conn, "GLU-000001", municipality="Aarhus")
+    with psycopg.connect(database_url) as other:   # as an older release let it be stored
+        other.execute("UPDATE devices SET municipality = 'Århus' WHERE device_id = 'GLU-000001'")
+        other.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, "
+                      "status) VALUES ('GLU-000009', 'Roche', 'Accu-Chek Guide', "
+                      "'glucose_meter', 'Aarhus', 'in_stock')")
+    new_device(conn)
+    assert deploy(conn, DEVICE, citizen_ref="cit-7f3a9c01e2d4", municipality="Århus",
+                  actor="anna").municipality == "Århus"
+
+
 @pytest.mark.parametrize("ref", ["010170-1234", "0101701234", "cit-0101701234",
                                  "010170 1234"])
 def test_a_citizen_reference_like_a_cpr_number_is_refused_saying_why(conn, ref):

@@ -460,3 +460,13 @@ def test_an_import_that_waited_for_a_deploy_sees_the_deployment(conn, database_u
     assert "deployed in Viborg" in str(outcome.get("error")), outcome
     [device] = list_devices(conn)
     assert (device.status, device.municipality) == ("deployed", "Viborg")
+
+
+def test_an_import_naming_a_known_municipality_spelled_otherwise_imports_nothing(conn):
+    import_csv(conn, "fleet.csv", actor="anna", text=(
+        "device_id,vendor,model,type,municipality\nOXI-0001,Nonin,3230,pulse_oximeter,Aarhus\n"))
+    with pytest.raises(DeviceImportError, match="'Århus' is spelled 'Aarhus' in the registry"):
+        import_csv(conn, "more.csv", actor="anna", text=(
+            "device_id,vendor,model,type,municipality,citizen_ref\n"
+            "OXI-0002,Nonin,3230,pulse_oximeter,Århus,cit-7f3a9c01e2d4\n"))
+    assert [d.device_id for d in list_devices(conn)] == ["OXI-0001"]

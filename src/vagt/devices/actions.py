@@ -7,6 +7,7 @@ in one transaction: two people changing one device at once cannot both succeed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import psycopg
@@ -83,6 +84,37 @@ def checked_municipality(municipality: str) -> str:
     return municipality
 
 
+def _spelling_key(municipality: str) -> str:
+    """What two spellings of one municipality share: "Århus", "aarhus", "Aarhus" alike."""
+    folded = municipality.casefold()
+    for letter, spelled in (("å", "aa"), ("æ", "ae"), ("ø", "oe")):
+        folded = folded.replace(letter, spelled)
+    return "".join(c for c in folded if c.isalnum())
+
+
+def spelled_otherwise(conn: psycopg.Connection, municipalities: Iterable[str]) -> list[str]:
+    """Why each of `municipalities` that the registry knows under another spelling cannot be
+    used: a second spelling makes a second municipality, whose devices' alerts do not reach
+    the first one's queues, routes and supervisors."""
+    wanted = {m for m in municipalities if m}
+    if not wanted:
+        return []
+    names = {str(name) for (name,) in conn.execute(
+        "SELECT municipality FROM devices WHERE municipality <> '' "
+        "UNION SELECT municipality FROM device_assignments")}
+    known = {_spelling_key(name): name for name in sorted(names)}
+    return [f"the municipality {m!r} is spelled {known[key]!r} in the registry: use that "
+            "spelling (another makes another municipality, whose alerts miss "
+            f"{known[key]}'s queues and supervisors)"
+            for m in sorted(wanted - names) if (key := _spelling_key(m)) in known]
+
+
+def _known_spelling(conn: psycopg.Connection, municipality: str) -> None:
+    problems = spelled_otherwise(conn, [municipality])
+    if problems:
+        raise InvalidValue(problems[0])
+
+
 # --- register ----------------------------------------------------------------------------
 
 _INSERT = sql.SQL("""
@@ -112,6 +144,7 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
     municipality = checked_municipality(municipality) if municipality.strip() else CENTRAL_STOCK
     attributes = checked_attributes(attributes or {})
     with conn.transaction(), device_cursor(conn) as cur:
+        _known_spelling(conn, municipality)
         when = _now(conn, at)
         row = cur.execute(_INSERT, {
             "id": device_id, "vendor": approved.vendor, "model": approved.model,
@@ -221,6 +254,7 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
             if to is not Status.LOST:
                 municipality = CENTRAL_STOCK  # back in the centre's pool
         if assign is not None:
+            _known_spelling(conn, assign[1])
             [alerts] = conn.execute("SELECT " + UNRESOLVED_ALERTS.format(device="%s"),
                                     (device_id,)).fetchone() or (None,)
             if alerts:

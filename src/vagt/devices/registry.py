@@ -29,6 +29,7 @@ from vagt.devices.actions import (
     UNRESOLVED_ALERTS,
     checked_actor,
     new_device_id_problem,
+    spelled_otherwise,
     unresolved_refusal,
 )
 from vagt.devices.catalogue import Catalogue, load_catalogue
@@ -90,6 +91,9 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (IMPORT_LOCK_TIMEOUT,))
         when = _clock(conn, at)
+        spelled = spelled_otherwise(conn, {r.municipality for r in rows})
+        if spelled:
+            raise DeviceImportError(label, spelled)
         current = _current(conn, [r.device_id for r in rows])
         plan = _Plan(name, when)
         for row in rows:
