@@ -506,7 +506,8 @@ def test_an_attribute_that_is_or_names_a_cpr_number_is_refused(conn, attributes)
 
 
 @pytest.mark.parametrize("attributes", [{"citizen_name": "x"}, {"Adresse": "x"},
-                                        {"tlf": "x"}])
+                                        {"tlf": "x"}, {"borger_id": "B-4711"},
+                                        {"Citizen_Ref": "cit-old"}, {"patient nr": "17"}])
 def test_an_attribute_that_names_a_citizens_personal_data_is_refused(conn, attributes):
     with pytest.raises(PrivacyError, match="personal data about a citizen"):
         new_device(conn, attributes=attributes)

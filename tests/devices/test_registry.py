@@ -280,13 +280,17 @@ def test_a_column_named_like_a_cpr_number_refuses_the_file(conn, column):
                                     "device_owner_phone", "network_contact_email",
                                     "device_contact_name", "fornavn", "surname", "firstname",
                                     "lastName", "fullName", "citizenName", "patientname",
-                                    "fulde_navn", "Fulde navn", "contact_person", "person"])
+                                    "fulde_navn", "Fulde navn", "contact_person", "person",
+                                    "borger_id", "patient_id", "beboer nr", "Borgers id"])
 def test_a_column_named_for_a_citizens_name_address_or_contact_refuses_the_file(conn, column):
+    """Also one that names the citizen (an identifier of theirs): an attribute stays with the
+    device when it goes to the next citizen."""
     problems = problems_of(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
     assert problems == [f"the column '{column}' looks like personal data about a citizen; "
-                        "vagt keeps no names, addresses, phone numbers or e-mail addresses of "
-                        "citizens, only a pseudonymous citizen_ref: remove the column (or "
-                        "rename it if it is about the device)"]
+                        "vagt keeps no names, addresses, phone numbers, e-mail addresses or "
+                        "other identifiers of citizens, only a pseudonymous citizen_ref (an "
+                        "attribute stays with the device when it goes to the next citizen): "
+                        "remove the column (or rename it if it is about the device)"]
     assert count_devices(conn) == 0
 
 
@@ -302,8 +306,8 @@ def test_a_column_about_the_device_is_kept_as_an_attribute(conn, column):
 
 @pytest.mark.parametrize("value", ["0101701234", "010170-1234"])
 def test_a_value_like_a_cpr_number_refuses_the_file_without_repeating_it(conn, value):
-    problems = problems_of(conn, HEADER.replace("\n", ",citizen\n") + f"X-1,{OK},{value}\n")
-    assert problems == ["line 2, column 'citizen': the value looks like a civil registration "
+    problems = problems_of(conn, HEADER.replace("\n", ",remark\n") + f"X-1,{OK},{value}\n")
+    assert problems == ["line 2, column 'remark': the value looks like a civil registration "
                         "(CPR) number; vagt never stores CPR numbers: remove it (a pseudonymous "
                         "citizen reference may stay)"]
     assert value not in str(problems)

@@ -38,6 +38,10 @@ _NETWORK_PAIRS = frozenset({
     *((n, p) for n in ("sim", "modem") for p in ("phone", "telefon", "tlf", "mobile", "mobil",
                                                  "mobilnr", "telefonnr", "tlfnr")),
     *((m, o) for m in ("mobile", "mobil") for o in ("operator", "network", "data", "modem"))})
+# A word naming the citizen anywhere in the name: "borger_id", "patient_nr", "citizen ref"
+# are the citizen's, not the device's, and an attribute stays with the device when it goes to
+# the next citizen (only the assignment's pseudonymous citizen_ref is the citizen's).
+_CITIZEN_WORDS = frozenset({"citizen", "borger", "patient", "beboer", "borgers", "patients"})
 _PERSON_WORDS = ("citizen", "borger", "patient", "person", "contact", "kontakt", "relative",
                  "paaroerende", "pårørende", "owner", "ejer", "first", "last", "full", "fulde",
                  "sur", "given", "for", "efter")
@@ -61,20 +65,21 @@ def looks_like_cpr_name(name: str) -> bool:
 
 def looks_like_personal_data_name(name: str) -> bool:
     """A column or attribute name that announces a citizen's name, address, phone number,
-    e-mail or birthday: data about who the citizen is, which vagt does not keep (a
-    pseudonymous reference is all it knows of them)."""
+    e-mail or birthday, or names the citizen (`borger_id`, `patient_nr`): data about who the
+    citizen is, which vagt does not keep (a pseudonymous reference is all it knows of them)."""
     key = re.sub(r"[^a-zæøå0-9]+", "_", name.lower()).strip("_")
     words = key.split("_")
     for k in range(len(words) - 1):        # "mac_address": the device's, not the citizen's
         if (words[k], words[k + 1]) in _NETWORK_PAIRS:
             words[k] = words[k + 1] = ""
-    return not _CONTACT_WORDS.isdisjoint(words) or bool(
+    return not (_CONTACT_WORDS.isdisjoint(words) and _CITIZEN_WORDS.isdisjoint(words)) or bool(
         _PERSON_NAME.match(key) or _PERSON_NAME.match("_".join(words[-2:])))
 
 
-PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers or e-mail addresses "
-                        "of citizens, only a pseudonymous citizen_ref: remove the column (or "
-                        "rename it if it is about the device)")
+PERSONAL_DATA_ADVICE = ("vagt keeps no names, addresses, phone numbers, e-mail addresses or "
+                        "other identifiers of citizens, only a pseudonymous citizen_ref (an "
+                        "attribute stays with the device when it goes to the next citizen): "
+                        "remove the column (or rename it if it is about the device)")
 
 
 def citizen_ref_problem(value: str) -> str | None:
