@@ -4,12 +4,16 @@ and go on within seconds of the database answering again."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
 from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker
+
+from vagt.app.config import Config
+from vagt.app.engine import open_engine_pool
 
 T0 = time.time() - 3600
 
@@ -43,3 +47,45 @@ def test_an_alarm_held_through_a_database_outage_is_committed_within_seconds_of_
     wait_for(lambda: events(database_url) == 2, timeout=60, what="the alarm of the outage")
     delay = time.monotonic() - back
     assert delay < 6, f"the alarm was committed {delay:.1f} s after the database was back"
+
+
+def in_hand_seconds(engine: EngineProcess, lane: str) -> float:
+    url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    prefix = f'vagt_lane_batch_in_hand_seconds{{lane="{lane}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(prefix))
+                 .removeprefix(prefix))
+
+
+def test_an_alarm_on_a_database_gone_silent_is_committed_on_a_new_connection_within_seconds(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices,
+        proxy: DatabaseProxy):
+    engine.env["VAGT_DATABASE_URL"] = proxy.url(database_url)
+    engine.env["VAGT_DATABASE_ALARM_TRANSACTION_TIMEOUT_S"] = "5"
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    wait_for(lambda: events(database_url) == 1, what="the first alarm")
+    # the server behind the open connections crashed, or its address failed over: they
+    # stay open and answer nothing; a new connection reaches a server that works
+    proxy.go_silent()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                           alarm("ALM-0001", T0 + 10, "alarm.button"))])
+    sent = time.monotonic()
+    time.sleep(3)
+    assert in_hand_seconds(engine, "alarm") >= 2   # what ops alert on: the lane is stuck
+    wait_for(lambda: events(database_url) == 2, timeout=30, what="the alarm")
+    assert time.monotonic() - sent < 12
+    assert "event=database_unresponsive lane=alarm" in engine.log()
+    wait_for(lambda: in_hand_seconds(engine, "alarm") == 0, what="nothing in hand")
+
+
+def test_the_engines_connections_fail_on_a_silent_network_unless_the_url_says_otherwise(
+        database_url):
+    with open_engine_pool(database_url + "?keepalives_idle=60", Config(),
+                          size=(1, 1)) as pool, pool.connection() as conn:
+        given = conn.info.get_parameters()
+    assert given["keepalives"] == "1"
+    assert given["keepalives_idle"] == "60"        # the URL's own
+    assert given["keepalives_count"] == "3"
+    assert given["tcp_user_timeout"] == "10000"    # ms: sent data unacknowledged that long
+    assert given["connect_timeout"] == "10"

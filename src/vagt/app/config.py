@@ -69,6 +69,14 @@ class DatabaseConfig:
     url: str = ""                 # "" = run an embedded PostgreSQL in data_dir
     pool_min: int = 2
     pool_max: int = 8
+    # How long a lane's transaction (or a rules tick) may take before its connection is cut
+    # and it is tried again on a new one (see vagt.app.watchdog): a database that stops
+    # answering would hold it for ever. Generous: a bulk batch of 10,000 messages commits in
+    # a second or two; cut short, it would be tried again, and again.
+    transaction_timeout_s: float = 120.0
+    # ... the alarm lane's, whose transactions hold a few alarms: an alarm waits this long at
+    # most on a database gone silent before it is tried on a new connection.
+    alarm_transaction_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,8 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_MQTT_PROTOCOL": ("mqtt", "protocol"),
     "VAGT_MQTT_CA_FILE": ("mqtt", "ca_file"),
     "VAGT_DATABASE_URL": ("database", "url"),
+    "VAGT_DATABASE_TRANSACTION_TIMEOUT_S": ("database", "transaction_timeout_s"),
+    "VAGT_DATABASE_ALARM_TRANSACTION_TIMEOUT_S": ("database", "alarm_transaction_timeout_s"),
     "VAGT_METRICS_PORT": ("", "metrics_port"),
     "VAGT_METRICS_HOST": ("", "metrics_host"),
     "VAGT_RULES": ("", "rules"),
@@ -295,6 +305,10 @@ def _validate(c: Config) -> None:
         if not 0 <= (value := getattr(c.ingest, name)) <= 10_000:
             raise ConfigError(f"setting 'ingest.{name}' ({env_of[('ingest', name)]}) must be "
                               f"from 0 to 10000 ms, got {value}")
+    for name in ("transaction_timeout_s", "alarm_transaction_timeout_s"):
+        if not 1 <= (value := getattr(c.database, name)) <= 86_400:
+            raise ConfigError(f"setting 'database.{name}' ({env_of[('database', name)]}) must "
+                              f"be from 1 to 86400 seconds, got {value}")
     for name in ("max_payload_bytes", "bulk_batch_max", "alarm_batch_max"):
         if (value := getattr(c.ingest, name)) < 1:
             var = env_of.get(("ingest", name))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+import psycopg.conninfo
 from psycopg_pool import ConnectionPool
 
 from vagt.errors import first_line
@@ -163,9 +164,32 @@ def _apply(conn: psycopg.Connection, m: Migration) -> None:
              m.version, m.name, m.flavour)
 
 
+# libpq's defaults wait for ever: a database host that crashed, or an address failed over,
+# answers nothing and closes nothing, and a thread waiting on it waited in recv until the
+# kernel gave up (15 minutes and more), silently. With these, a connection whose sent data
+# goes unacknowledged for 10 s (tcp_user_timeout), or whose idle peer answers no keepalive
+# for 5 + 3 x 2 s, fails; and a connection attempt gives up after 10 s. The configured URL
+# may set any of them itself (`?keepalives_idle=60`): then its value is used.
+NETWORK_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
+
+def with_network_timeouts(conninfo: str) -> str:
+    """`conninfo` with NETWORK_DEFAULTS for what it does not set itself."""
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return psycopg.conninfo.make_conninfo(
+        conninfo, **{k: v for k, v in NETWORK_DEFAULTS.items() if k not in given})
+
+
 def open_pool(conninfo: str, min_size: int = 2, max_size: int = 8) -> ConnectionPool:
-    pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
-                          name="vagt")
+    pool = ConnectionPool(with_network_timeouts(conninfo), min_size=min_size,
+                          max_size=max_size, open=False, name="vagt")
     pool.open(wait=True, timeout=30)
     return pool
 

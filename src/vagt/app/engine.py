@@ -8,6 +8,7 @@ lane has committed and acknowledged the batch in hand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -16,7 +17,8 @@ import queue as queues
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -33,6 +35,7 @@ from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
+from vagt.app.watchdog import WATCHDOG
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -72,6 +75,11 @@ class LaneSpec:
     # took 1,200 messages a batch while it drained a backlog; waiting up to 250 ms, 8,700,
     # and PostgreSQL and the engine spent a fifth less CPU per message (README).
     backlog_wait_s: float = 0.0
+    # How long one of the lane's transactions may take before its connection is cut and it
+    # is tried on a new one (vagt.app.watchdog); the state left apart has the bulk lane's
+    # (it waits for the bulk lane's locks).
+    transaction_timeout_s: float = 120.0
+    state_timeout_s: float = 120.0
 
 
 def lane_specs(config: Config) -> list[LaneSpec]:
@@ -81,11 +89,16 @@ def lane_specs(config: Config) -> list[LaneSpec]:
     bulk_max = ing.bulk_batch_max
     if config.mqtt.protocol == 5:
         bulk_max = min(bulk_max, config.mqtt.receive_maximum)
+    limits = config.database
     return [
-        LaneSpec("alarm", (Channel.ALARM,), ing.alarm_batch_max, 0.0, state_apart=True),
+        LaneSpec("alarm", (Channel.ALARM,), ing.alarm_batch_max, 0.0, state_apart=True,
+                 transaction_timeout_s=limits.alarm_transaction_timeout_s,
+                 state_timeout_s=limits.transaction_timeout_s),
         LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), bulk_max,
                  ing.bulk_batch_wait_ms / 1000, nice=ing.bulk_nice,
-                 backlog_wait_s=ing.bulk_backlog_wait_ms / 1000),
+                 backlog_wait_s=ing.bulk_backlog_wait_ms / 1000,
+                 transaction_timeout_s=limits.transaction_timeout_s,
+                 state_timeout_s=limits.transaction_timeout_s),
     ]
 
 
@@ -165,6 +178,17 @@ class Lane:
         self.catching_up = catching_up if catching_up is not None else CatchingUp()
         self._behind = False   # the last batch taken left more waiting (see CatchingUp)
         self._draining = False  # the last batch committed was part of a backlog
+        # when each batch taken and not yet committed and acknowledged was taken, oldest
+        # first (the alarm lane's settler finishes them in order)
+        self._in_hand: deque[float] = deque()
+        metrics.batch_in_hand.labels(spec.name).set_function(self.oldest_in_hand_s)
+
+    def oldest_in_hand_s(self) -> float:
+        """How long ago the oldest batch still in hand was taken; 0 with none."""
+        try:
+            return time.monotonic() - self._in_hand[0]
+        except IndexError:
+            return 0.0
 
     def run(self, stop: threading.Event) -> None:
         connected = self.metrics.mqtt_connected.labels(self.spec.name)
@@ -184,6 +208,7 @@ class Lane:
                 # stop short of batch_max (whole batches only) while a backlog queues behind
                 self._behind = len(batch) >= self.spec.batch_max or self.session.behind
                 if batch:
+                    self._in_hand.append(time.monotonic())
                     self._commit_until_done(batch, stop, settler)
                 else:
                     self._mark_draining(False)
@@ -218,6 +243,7 @@ class Lane:
         if done is None:
             log.warning("event=batch_abandoned lane=%s messages=%d "
                         "note=not_acknowledged_broker_will_resend", name, len(batch))
+            self._in_hand.popleft()
             return
         outcome = done[0]
         committed = time.time()
@@ -247,23 +273,29 @@ class Lane:
         return (total,)
 
     def _twice(self, work: Callable[[psycopg.Connection], T],
-               stop: threading.Event) -> tuple[T] | None:
+               stop: threading.Event, timeout_s: float | None = None) -> tuple[T] | None:
         """`_in_transaction`, and once more if it fails: once could be the moment (an error
         on a connection going bad, say), not the data. What fails twice is raised."""
         try:
-            return self._in_transaction(work, stop)
+            return self._in_transaction(work, stop, timeout_s)
         except Exception:
-            return self._in_transaction(work, stop)
+            return self._in_transaction(work, stop, timeout_s)
 
     def _in_transaction(self, work: Callable[[psycopg.Connection], T],
-                        stop: threading.Event) -> tuple[T] | None:
+                        stop: threading.Event,
+                        timeout_s: float | None = None) -> tuple[T] | None:
         """`work` in a transaction of its own, committed, and retried while the database is
-        away; None if we stop first. Any other error rolls back and is raised."""
+        away or does not answer within `timeout_s` (the lane's transaction_timeout_s); None
+        if we stop first. Any other error rolls back and is raised."""
+        limit = timeout_s if timeout_s is not None else self.spec.transaction_timeout_s
         delay = 0.2
         while True:
             try:
                 with self.pool.connection() as conn:
-                    return (work(conn),)   # leaving the block committed
+                    with WATCHDOG.guard(conn, limit, self._unresponsive):
+                        done = work(conn)
+                        conn.commit()
+                    return (done,)
             except psycopg.OperationalError as e:
                 self.metrics.db_errors.labels(self.spec.name).inc()
                 log.error("event=commit_failed lane=%s error=%r retry_in=%.1fs",
@@ -271,6 +303,14 @@ class Lane:
                 if stop.wait(delay):
                     return None
                 delay = min(delay * 2, 5.0)
+
+    def _unresponsive(self, waited_s: float) -> None:
+        """The watchdog cut a connection of ours that answered nothing (see
+        vagt.app.watchdog). The pool's other connections were most likely opened to the same
+        server: they are replaced too, or each would be waited on in turn."""
+        log.error("event=database_unresponsive lane=%s waited_s=%.1f "
+                  "note=connection_cut_retrying_on_a_new_one", self.spec.name, waited_s)
+        self.pool.drain()
 
     def _mark_draining(self, draining: bool) -> bool:
         """Whether the lane drains a backlog, for its own next wait and for the rules'
@@ -286,6 +326,7 @@ class Lane:
             self.metrics.backlog_messages.labels(self.spec.name).inc(len(batch))
         self.pipeline.after_commit(outcome)
         acked = self.session.ack(batch)
+        self._in_hand.popleft()
         self._observe(batch, outcome, committed, time.monotonic() - started, acked)
 
     def _write_state(self, batch: list[RawMessage], outcome: BatchOutcome,
@@ -299,7 +340,7 @@ class Lane:
         centre hears of it (`Pipeline.refuse`)."""
         try:
             return self._twice(functools.partial(self.pipeline.write_state, out=outcome),
-                               stop) is not None
+                               stop, self.spec.state_timeout_s) is not None
         except Exception as e:
             log.exception("event=state_refused lane=%s messages=%d", self.spec.name, len(batch))
             self.metrics.messages_refused.labels(self.spec.name).inc(len(batch))
@@ -406,7 +447,7 @@ def open_engine_pool(conninfo: str, config: Config,
     least, most = size if size is not None else \
         (config.database.pool_min, config.database.pool_max)
     pool = ConnectionPool(
-        conninfo, min_size=least, max_size=most,
+        db.with_network_timeouts(conninfo), min_size=least, max_size=most,
         configure=store.prepare_connection, open=False, name="vagt-engine",
         reconnect_timeout=RECONNECT_WINDOW_S, reconnect_failed=_try_again,
     )
@@ -714,10 +755,13 @@ class RuleTimer:
         return True
 
     def tick(self) -> None:
+        limit = self.config.database.transaction_timeout_s
         try:
             sweeper = self._hold_sweep_lock()
             with self.pool.connection(timeout=10) as conn:
-                out = self.pipeline.tick(conn, self.clock(), sweep=sweeper)
+                with WATCHDOG.guard(conn, limit, self._unresponsive):
+                    out = self.pipeline.tick(conn, self.clock(), sweep=sweeper)
+                    conn.commit()
         except (psycopg.Error, TimeoutError) as e:  # the next tick tries again
             log.warning("event=rules_tick_failed error=%s", first_line(e))
             return
@@ -728,23 +772,32 @@ class RuleTimer:
         if out.cleared:
             self.metrics.alerts_cleared.inc(out.cleared)
 
+    def _unresponsive(self, waited_s: float) -> None:
+        log.error("event=database_unresponsive thread=rules-timer waited_s=%.1f "
+                  "note=connection_cut_retrying_next_tick", waited_s)
+        self.pool.drain()
+
     def _hold_sweep_lock(self) -> bool:
         """True while this process holds the sweep lock, on a connection of its own that it
         keeps: the lock is held while that session lives and handed on when it ends."""
+        limit = self.config.database.transaction_timeout_s
         c = self._lock_conn
         if c is not None and not c.closed:
             try:
-                if self._holding:
-                    c.execute("SELECT 1")
-                    return True
-                self._holding = rule_queries.try_sweep_lock(c)
+                with WATCHDOG.guard(c, limit, self._unresponsive):
+                    if self._holding:
+                        c.execute("SELECT 1")
+                        return True
+                    self._holding = rule_queries.try_sweep_lock(c)
             except psycopg.Error:
                 c.close()
                 self._lock_conn, self._holding = None, False
                 raise
         else:
-            self._lock_conn = psycopg.connect(self.config.database.url, autocommit=True)
-            self._holding = rule_queries.try_sweep_lock(self._lock_conn)
+            self._lock_conn = psycopg.connect(
+                db.with_network_timeouts(self.config.database.url), autocommit=True)
+            with WATCHDOG.guard(self._lock_conn, limit, self._unresponsive):
+                self._holding = rule_queries.try_sweep_lock(self._lock_conn)
         if self._holding:
             log.info("event=absence_sweep_lock_taken")
         return self._holding
@@ -786,14 +839,30 @@ def _refresh_fleet(fleet: Fleet, pool: ConnectionPool, stop: threading.Event,
     `known_only`, for the devices the fleet holds: see `Fleet.refresh`)."""
     while not stop.wait(FLEET_REFRESH_S):
         try:
-            with pool.connection(timeout=10) as conn:
+            with _guarded(pool, timeout=10, limit_s=4 * FLEET_REFRESH_S) as conn:
                 fleet.refresh(conn, known_only)
         except (psycopg.Error, OSError, TimeoutError) as e:  # try again next time
             log.warning("event=fleet_refresh_failed error=%s", type(e).__name__)
 
 
+# A scrape reads three queries; Prometheus gives up on a scrape after 10 s by default.
+SCRAPE_QUERY_LIMIT_S = 2.0
+
+
+@contextlib.contextmanager
+def _guarded(pool: ConnectionPool, timeout: float,
+             limit_s: float = SCRAPE_QUERY_LIMIT_S) -> Iterator[psycopg.Connection]:
+    """A connection from `pool` (waiting `timeout` for it) cut if the block and its commit
+    take longer than `limit_s` (see vagt.app.watchdog): a database gone silent fails the
+    block rather than holding it for ever; the pool's connections are replaced then."""
+    with pool.connection(timeout=timeout) as conn:
+        with WATCHDOG.guard(conn, limit_s, lambda _waited: pool.drain()):
+            yield conn
+            conn.commit()
+
+
 def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
-    with pool.connection(timeout=2) as conn:
+    with _guarded(pool, timeout=2) as conn:
         rows = conn.execute(
             "SELECT queue, count(*) FROM alerts "
             "WHERE status IN ('open', 'claimed', 'acknowledged') GROUP BY queue").fetchall()
@@ -801,7 +870,7 @@ def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
 
 
 def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
-    with pool.connection(timeout=2) as conn:
+    with _guarded(pool, timeout=2) as conn:
         rows = conn.execute(
             "SELECT queue, priority, status, count(*) FROM alerts "
             "WHERE status <> 'resolved' GROUP BY 1, 2, 3").fetchall()
@@ -809,7 +878,7 @@ def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
 
 
 def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, int, float | None]]:
-    with pool.connection(timeout=2) as conn:
+    with _guarded(pool, timeout=2) as conn:
         return outbox.waiting_by_target(conn)
 
 

@@ -124,6 +124,11 @@ class EngineMetrics:
             "vagt_child_process_restarts",
             "Times the engine's child process ended unasked and was started again",
             ["process"], registry=r)
+        self.batch_in_hand = Gauge(
+            "vagt_lane_batch_in_hand_seconds", "Age of the oldest batch the lane took from "
+            "the broker and has not yet committed and acknowledged (0 with none): it grows "
+            "while the database does not answer; alert when it passes a minute", ["lane"],
+            registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
         self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",
