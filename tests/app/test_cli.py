@@ -78,3 +78,12 @@ def test_rules_check_reports_the_rules_or_the_error(tmp_path: Path, capsys):
     bad.write_text('[[rule]]\nname = "x"\nkind = "threshold"\nmetric = "spo2"\nbelow = "low"\n')
     assert main(["rules", "check", str(bad)]) == 2
     assert "'below' of rule 'x'" in capsys.readouterr().err
+
+
+def test_a_database_password_with_a_bare_percent_stops_run_with_2_and_is_never_shown(
+        monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_DATABASE_URL", "postgresql://vagt:50%off@127.0.0.1:1/vagt")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "VAGT_DATABASE_URL" in err and "percent-encode" in err
+    assert "50%off" not in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ def test_a_password_never_appears_in_an_error(tmp_path: Path):
 def test_an_empty_share_group_still_means_no_shared_subscription():
     assert load_config(None, env={"VAGT_MQTT_SHARE_GROUP": ""}).mqtt.share_group == \
         load_config(None, env={}).mqtt.share_group
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss", "50%off", "p:w"])
+def test_a_password_that_breaks_the_url_is_hidden_all_the_same(password: str):
+    for url in (f"mqtt://vagt:{password}@broker:1883", f"postgresql://vagt:{password}@db/vagt"):
+        redacted = redact_url(url)
+        assert password not in redacted
+        assert redacted.startswith(url.split("//")[0] + "//vagt:***@")
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss", "50%off"])
+def test_a_database_password_not_percent_encoded_is_refused_without_quoting_it(password: str):
+    with pytest.raises(ConfigError, match="percent-encode") as e:
+        load_config(None, env={"VAGT_DATABASE_URL": f"postgresql://vagt:{password}@db/vagt"})
+    assert "VAGT_DATABASE_URL" in str(e.value)
+    assert password not in str(e.value)
+
+
+def test_a_percent_encoded_database_password_is_taken():
+    url = "postgresql://vagt:" + urllib.parse.quote("p@ss/50%off#", safe="") + "@db/vagt"
+    assert load_config(None, env={"VAGT_DATABASE_URL": url}).database.url == url
+
+
+def test_an_mqtt_password_that_breaks_the_url_is_refused_without_quoting_it():
+    with pytest.raises(ConfigError, match="percent-encode") as e:
+        load_config(None, env={"VAGT_MQTT_URL": "mqtt://vagt:pa#ss@broker:1883"})
+    assert "pa#ss" not in str(e.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -253,6 +254,11 @@ def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
 
 
 def _validate(c: Config) -> None:
+    # first: a password that breaks the URL would make every other check below misread it
+    # (a bare '%' in an MQTT password is read as itself, as it always was)
+    _check_userinfo("mqtt.url", "VAGT_MQTT_URL", c.mqtt.url, "/?#", bare_percent=False)
+    # libpq takes the user and password up to the first '@' (Python's urlsplit, the last)
+    _check_userinfo("database.url", "VAGT_DATABASE_URL", c.database.url, "/?#@")
     scheme = c.mqtt.parsed.scheme
     if scheme not in ("mqtt", "mqtts"):
         raise ConfigError(
@@ -280,6 +286,8 @@ def _validate(c: Config) -> None:
             f"setting 'database.url' (VAGT_DATABASE_URL) must start with postgresql://, "
             f"got {redact_url(c.database.url)!r}"
         )
+    if c.database.url:
+        _check_database_url(c.database.url)
     if not 0.05 <= c.rules_tick_s <= 3600:
         raise ConfigError("setting 'rules_tick_s' (VAGT_RULES_TICK_S) must be from 0.05 to "
                           f"3600 seconds, got {c.rules_tick_s}")
@@ -316,10 +324,55 @@ def _validate(c: Config) -> None:
                               f" must be at least 1, got {value}")
 
 
+def _userinfo(url: str) -> tuple[int, int] | None:
+    """Where the user and password are: from after '//' to the last '@', whatever is in
+    between (a password with an unencoded '/', '?', '#' or '@' still ends at an '@')."""
+    start = url.find("//")
+    at = url.rfind("@")
+    if start < 0 or at < start + 2:
+        return None
+    return start + 2, at
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    """The URL with everything after the user name up to the last '@' replaced, for logs
+    and error messages: a password that does not parse as one is hidden too."""
+    span = _userinfo(url)
+    if span is None:
         return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    start, at = span
+    user, colon, _ = url[start:at].partition(":")
+    if not colon and any(ch in user for ch in "/?#@%"):
+        user = "***"   # no ':' yet something that breaks the URL: take none of it for a name
+    return url[:start] + user + (":***" if colon else "") + url[at:]
+
+
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODE = ("percent-encode the user and password (Python: urllib.parse.quote(password, "
+           "safe='')), e.g. '/' as %2F, '@' as %40, '%' as %25")
+
+
+def _check_userinfo(setting: str, var: str, url: str, unsafe: str,
+                    bare_percent: bool = True) -> None:
+    """Refuse a user or password that the URL cannot carry as it is; never quoting it."""
+    span = _userinfo(url)
+    if span is None:
+        return
+    info = url[span[0]:span[1]]
+    if any(ch in info for ch in unsafe) or (bare_percent and _BARE_PERCENT.search(info)):
+        shown = "', '".join(unsafe)
+        percent = " or a '%' not followed by two hex digits" if bare_percent else ""
+        raise ConfigError(f"setting '{setting}' ({var}): the user or password holds '{shown}'"
+                          f"{percent}, which break the URL; {_ENCODE}")
+
+
+def _check_database_url(url: str) -> None:
+    """The URL as libpq reads it: its own error for a bad one quotes the bad part, which may
+    be the password, in a traceback at start."""
+    import psycopg.conninfo
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        raise ConfigError("setting 'database.url' (VAGT_DATABASE_URL) is not a PostgreSQL "
+                          f"URL libpq can read: {redact_url(url)!r}; {_ENCODE}") from None
