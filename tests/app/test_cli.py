@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,26 @@ def test_a_database_password_with_a_bare_percent_stops_run_with_2_and_is_never_s
     err = capsys.readouterr().err
     assert "VAGT_DATABASE_URL" in err and "percent-encode" in err
     assert "50%off" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("variable", "text"), [
+    ("VAGT_ALERTS", "[[route.routes]]\nname = 'x'\npriority = 9\n"),
+    ("VAGT_RULES", "[[rule]]\nname = 'spo2_low'\nkind = 'nonsense'\n"),
+    ("VAGT_CATALOGUE", "[[model]]\nvendor = 3\n"),
+])
+def test_a_file_that_does_not_load_stops_run_with_2_before_the_schema_is_touched(
+        empty_database_url, monkeypatch, tmp_path: Path, capsys, variable, text):
+    f = tmp_path / "broken.toml"
+    f.write_text(text)
+    monkeypatch.setenv("VAGT_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv(variable, str(f))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert main(["run"]) == 2
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: ") and str(f) in err
+    assert query(empty_database_url, "SELECT count(*) FROM pg_tables "
+                                     "WHERE schemaname = 'public'") == [(0,)]

@@ -483,11 +483,8 @@ def run_engine(config: Config, stop: threading.Event,
         raise ValueError("run_engine needs config.database.url; `vagt run` starts an embedded "
                          "PostgreSQL when none is configured")
     log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
+    rules, catalogue, policy = load_engine_files(config)
     db.migrate(conninfo)
-    rules = load_rules(config.rules or None)
-    catalogue = load_catalogue(config.catalogue or None)
-    # the webhook secrets named by the policy's `secret_env` come from the environment
-    policy = load_policy(config.alerts or None, os.environ)
     install_policy(policy)
     metrics = metrics or EngineMetrics()
     # The alarm lane's process first: it loads the fleet while this one does, and it is
@@ -501,6 +498,18 @@ def run_engine(config: Config, stop: threading.Event,
         if alarm is not None:
             alarm.stop()
     log.info("event=engine_stopped")
+
+
+def load_engine_files(config: Config) -> tuple[list[Rule], Catalogue, AlertPolicy]:
+    """The rules, the catalogue and the alert policy: before the schema is touched, a file
+    that does not load stops the start (RuleConfigError, CatalogueError, PolicyError: `vagt
+    run` exits 2) with nothing changed in the database. Read once: the alarm lane's process
+    is sent them (`AlarmLaneStart`)."""
+    rules = load_rules(config.rules or None)
+    catalogue = load_catalogue(config.catalogue or None)
+    # the webhook secrets named by the policy's `secret_env` come from the environment
+    policy = load_policy(config.alerts or None, os.environ)
+    return rules, catalogue, policy
 
 
 def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
