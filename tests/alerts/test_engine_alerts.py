@@ -7,6 +7,7 @@ import subprocess
 import urllib.request
 
 import httpx
+import orjson
 import psycopg
 from tests.alerts.test_delivery import SECRET, Receiver
 from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
@@ -103,3 +104,43 @@ def test_with_the_api_port_taken_alarms_go_on_and_the_api_comes_up_once_it_is_fr
     wait_for(health, what="the API, started again once its port is free")
     assert engine.proc is not None and engine.proc.poll() is None
     assert engine.terminate() == 0
+
+
+def test_an_alarm_waiting_at_the_start_reaches_a_target_added_to_the_policy(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices, tmp_path):
+    """The alarm lane's process starts first and takes the alarms that waited at the broker
+    while the engine was down: their events go to every target of the policy it runs now,
+    one just added too (its delivery rows are made when the alarm is committed)."""
+    engine.start().wait_ready()
+    assert engine.terminate() == 0
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    with psycopg.connect(database_url) as conn:   # a county's fleet: the engine's own process
+        conn.execute(                            # loads it while the alarm lane's starts
+            "INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+            "SELECT 'OXI-' || n, 'Nonin', '3230', 'pulse_oximeter', 'Skive', 'in_stock' "
+            "FROM generate_series(100000, 299999) AS n")
+    receiver = Receiver().start()
+    policy = tmp_path / "alerts.toml"
+    policy.write_text(f"""
+[delivery]
+poll_interval = "0.1s"
+
+[[delivery.webhook]]
+name = "callcentre"
+url = "{receiver.url}"
+secret_env = "VAGT_TEST_WEBHOOK_SECRET"
+events = ["opened"]
+""")
+    engine.env.update({"VAGT_ALERTS": str(policy),
+                       "VAGT_TEST_WEBHOOK_SECRET": SECRET.decode()})
+    try:
+        engine.start().wait_ready()
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1,
+                 what="the alarm's alert")
+
+        def alarm_delivered() -> bool:
+            return any(orjson.loads(body)["alert"]["rule"] == "personal_alarm"
+                       for _, body in receiver.requests)
+        wait_for(alarm_delivered, what="the alarm at the new target")
+    finally:
+        receiver.stop()

@@ -486,6 +486,11 @@ def run_engine(config: Config, stop: threading.Event,
     rules, catalogue, policy = load_engine_files(config)
     db.migrate(conninfo)
     install_policy(policy)
+    # The delivery targets before the alarm lane's process starts: an alarm's events go to
+    # the targets enabled when it is committed, and one added to the policy would miss the
+    # alarms of the start (`alert_services` registers them again, to the same effect).
+    with psycopg.connect(db.with_network_timeouts(conninfo)) as conn:
+        outbox.register_targets(conn, policy.delivery)
     metrics = metrics or EngineMetrics()
     # The alarm lane's process first: it loads the fleet while this one does, and it is
     # the lane that must not be late after a restart.
