@@ -10,6 +10,7 @@ import pytest
 from vagt.devices import (
     DeviceImportError,
     ImportResult,
+    InvalidValue,
     Status,
     deploy,
     export_csv,
@@ -298,3 +299,27 @@ def test_an_import_deploys_no_device_whose_alerts_are_not_resolved(conn, databas
         "them first (vagt alerts resolve ...), so that the next citizen's alerts are not "
         "added to them"]
     assert statuses(conn) == {"OXI-1": "in_stock"}
+
+
+def test_attribute_names_that_differ_in_case_export_as_one_column_and_import_back(
+        conn, other_database_url):
+    """Two files named one column "Serial" and "serial": the export has one column (two,
+    its import would refuse), under the first spelling, with every device's value."""
+    do_import(conn, "device_id,vendor,model,type,municipality,Serial\n"
+                    "OXI-1,Nonin,3230,pulse_oximeter,Skive,SN-1\n")
+    do_import(conn, "device_id,vendor,model,type,municipality,serial\n"
+                    "OXI-2,Nonin,3230,pulse_oximeter,Skive,SN-2\n")
+    text = exported(conn)
+    assert text.splitlines()[0] == \
+        "device_id,vendor,model,type,municipality,status,citizen_ref,Serial"
+    with psycopg.connect(other_database_url, autocommit=True) as other:
+        assert import_csv(other, "export.csv", actor="bo", text=text).created == 2
+        assert {d.device_id: d.attributes for d in list_devices(other)} == {
+            "OXI-1": {"Serial": "SN-1"}, "OXI-2": {"Serial": "SN-2"}}
+
+
+@pytest.mark.parametrize("name", ["Status", "municipality", "Vendor"])
+def test_an_attribute_named_as_a_column_of_the_registry_is_refused(conn, name):
+    with pytest.raises(InvalidValue, match=f"'{name}' is a column of the registry"):
+        register(conn, "OXI-1", "Nonin", "3230", catalogue=load_catalogue(), actor="anna",
+                 attributes={name: "x"})

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from vagt.devices import lifecycle
 from vagt.devices.broker_access import BROKER_USER_CHARS, device_id_refusal
 from vagt.devices.catalogue import Catalogue
+from vagt.devices.csvfile import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from vagt.devices.errors import (
     AlreadyRegistered,
     DeviceBusy,
@@ -143,6 +144,10 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
     approved = catalogue.require(vendor, model, type_)
     municipality = checked_municipality(municipality) if municipality.strip() else CENTRAL_STOCK
     attributes = checked_attributes(attributes or {})
+    columns = [k for k in attributes if k.lower() in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)]
+    if columns:   # kept apart, the registry's export would leave it out (and its import)
+        raise InvalidValue(f"'{columns[0]}' is a column of the registry, not an attribute: "
+                           "give it as the register or deploy command's own option")
     with conn.transaction(), device_cursor(conn) as cur:
         _known_spelling(conn, municipality)
         when = _now(conn, at)

@@ -400,13 +400,18 @@ def export_csv(conn: psycopg.Connection, out: IO[str], *, status: str | None = N
                             "model": model, "type": type})
     rows = conn.execute(sql.SQL(_EXPORT).format(where), params).fetchall()
     known = {c.lower() for c in EXPORT_COLUMNS}
-    # An attribute named like a known column could only come from before 0003; it is left
-    # out rather than written twice (which the import would refuse).
-    extra = sorted({k for *_, attrs in rows for k in attrs if k.lower() not in known})
+    # An attribute named like a known column could only come from before 0003 (or a register
+    # that let one through): it is left out rather than written twice, which the import
+    # would refuse. So are two names that differ in case only ("Serial" of one device,
+    # "serial" of another, from two files): one column, under the first of them.
+    spellings: dict[str, list[str]] = {}
+    for name in sorted({k for *_, attrs in rows for k in attrs if k.lower() not in known}):
+        spellings.setdefault(name.lower(), []).append(name)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*EXPORT_COLUMNS, *extra])
+    writer.writerow([*EXPORT_COLUMNS, *(names[0] for names in spellings.values())])
     for *values, attrs in rows:
-        writer.writerow([*values, *(_cell(attrs.get(k)) for k in extra)])
+        writer.writerow([*values, *(_cell(next((attrs[k] for k in names if k in attrs), None))
+                                    for names in spellings.values())])
     return len(rows)
 
 
