@@ -18,9 +18,21 @@ from prometheus_client import CollectorRegistry
 from tests.alerts.support import add_device, fire, rows
 from tests.support import Broker, free_port
 
-from vagt.alerts.delivery import DeliveryWorker, MqttSender, WebhookSender, verify
+from vagt.alerts.delivery import (
+    DeliveryWorker,
+    MqttSender,
+    WebhookSender,
+    senders_for,
+    verify,
+)
 from vagt.alerts.outbox import register_targets
-from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
+from vagt.alerts.policy import (
+    DeliveryPolicy,
+    MqttTarget,
+    PolicyError,
+    WebhookTarget,
+    load_policy,
+)
 from vagt.app.db import open_pool
 from vagt.app.metrics import EngineMetrics
 
@@ -366,6 +378,57 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
     assert (m.topic, m.qos, orjson.loads(m.payload)["alert"]["id"]) == (
         "callcentre/Randers/emergency", 1, alert_id)
     assert deliveries(database_url)[0][2] is True
+
+
+def test_an_mqtt_target_logs_in_with_a_password_from_the_environment_never_the_policy(
+        database_url, broker: Broker, tmp_path):
+    """A broker of the call centre's that wants a login: the password comes from a variable
+    (or a file), as a webhook's secret does; the policy file names only the user."""
+    path = tmp_path / "alerts.toml"
+    path.write_text(f"""
+[[delivery.mqtt]]
+name = "cc-mqtt"
+topic = "callcentre/{{queue}}"
+url = "mqtt://{broker.user}@127.0.0.1:{broker.auth_port}"
+password_env = "VAGT_TEST_CC_PASSWORD"
+""")
+    policy = load_policy(path, {"VAGT_TEST_CC_PASSWORD": broker.password}).delivery
+    assert broker.password not in repr(policy)
+    received: list[paho.MQTTMessage] = []
+    got = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: (received.append(m), got.set())
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("callcentre/#", qos=1)
+    sub.loop_start()
+    [sender] = senders_for(policy, mqtt_defaults={}, client_id=f"test-{free_port()}")
+    try:
+        alarms(database_url, policy, 1)
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [sender], Clock())
+            for _ in range(100):                  # the sender connects in the background
+                if worker.deliver_due() and deliveries(database_url)[0][2]:
+                    break
+                threading.Event().wait(0.05)
+        assert got.wait(10)
+    finally:
+        sender.close()
+        sub.loop_stop()
+        sub.disconnect()
+    assert [m.topic for m in received] == ["callcentre/emergency"]
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ('url = ""\npassword_env = "X"', "go with a 'url'"),
+    ('url = "mqtt://u:pw@h:1883"\npassword_env = "X"', "the 'url' holds a password"),
+    ('url = "mqtt://u@h:1883"\npassword_env = "X"\npassword_file = "/f"', "exactly one of"),
+    ('url = "mqtt://u@h:1883"\npassword_env = "UNSET_HERE"', "not set or empty"),
+])
+def test_an_mqtt_targets_password_is_given_one_way(tmp_path, target, message):
+    path = tmp_path / "alerts.toml"
+    path.write_text(f'[[delivery.mqtt]]\nname = "m"\ntopic = "t"\n{target}\n')
+    with pytest.raises(PolicyError, match=message):
+        load_policy(path, {"X": "secret-value"})
 
 
 def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, capsys):

@@ -329,7 +329,8 @@ def senders_for(policy: DeliveryPolicy, *, mqtt_defaults: Mapping[str, object],
             tls = p.scheme == "mqtts"
             settings = {"host": p.hostname or "127.0.0.1", "port": p.port or (8883 if tls else 1883),
                         "username": urllib.parse.unquote(p.username) if p.username else None,
-                        "password": urllib.parse.unquote(p.password) if p.password else None,
+                        "password": m.password if m.password is not None else
+                        urllib.parse.unquote(p.password) if p.password else None,
                         "tls": tls}
         result.append(MqttSender(m, host=str(settings["host"]), port=int(str(settings["port"])),
                                  username=settings.get("username"),  # type: ignore[arg-type]

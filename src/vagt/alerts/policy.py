@@ -8,6 +8,7 @@ operators' actions use the installed one unless they are given another (tests do
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,6 +53,8 @@ class MqttTarget:
     topic: str               # may hold {queue}, {event}, {priority}, {municipality}
     url: str = ""            # "" = the engine's broker
     events: tuple[str, ...] = ()
+    # from `password_env` or `password_file`, never the policy file itself (nor a log)
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -241,13 +244,22 @@ class _Reader:
         mqtt = []
         for i, m in enumerate(self.tables(doc, "mqtt", "[delivery]")):
             where = f"[[delivery.mqtt]] #{i + 1}"
-            self.unknown(m, {"name", "topic", "url", "events"}, where)
+            self.unknown(m, {"name", "topic", "url", "events", "password_env", "password_file"},
+                         where)
             name = self.target_name(m, where, names)
             topic = self.string(m, "topic", where, "")
             if not topic or "+" in topic or "#" in topic:
                 raise self.fail(where, "'topic' is required and has no wildcards")
-            mqtt.append(MqttTarget(name, topic, self.string(m, "url", where, ""),
-                                   self.events(m, where)))
+            url = self.string(m, "url", where, "")
+            password = self.secret(m, where, "password", "broker password")
+            if password is not None and not url:
+                raise self.fail(where, "'password_env'/'password_file' go with a 'url' (with "
+                                       "its user): without one, the engine's broker and "
+                                       "login are used")
+            if password is not None and urllib.parse.urlsplit(url).password:
+                raise self.fail(where, "the 'url' holds a password and 'password_env'/"
+                                       "'password_file' names one: give it only there")
+            mqtt.append(MqttTarget(name, topic, url, self.events(m, where), password))
         return DeliveryPolicy(
             tuple(webhooks), tuple(mqtt), attempts,
             self.duration(doc.get("backoff_initial", "2s"), "[delivery] backoff_initial"),
@@ -263,30 +275,45 @@ class _Reader:
         url = self.string(doc, "url", where, "")
         if not url.startswith(("http://", "https://")):
             raise self.fail(where, f"'url' must start with http:// or https://, got {url!r}")
-        secret_env = self.string(doc, "secret_env", where, "")
-        secret_file = self.string(doc, "secret_file", where, "")
-        if bool(secret_env) == bool(secret_file):
-            raise self.fail(where, "give the signing secret as exactly one of 'secret_env' "
-                                   "(a variable's name) or 'secret_file' (a path)")
-        if not self.secrets:
-            secret = "(not read)" * 2
-        elif secret_env:
-            secret = self.env.get(secret_env, "").strip()
-            if not secret:
-                raise self.fail(where, f"the variable {secret_env} named by 'secret_env' is "
-                                       "not set or empty")
-        else:
-            try:
-                secret = Path(secret_file).read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise self.fail(where, f"cannot read 'secret_file' {secret_file}: "
-                                       f"{e.strerror}") from None
-            if not secret:
-                raise self.fail(where, f"'secret_file' {secret_file} is empty")
+        secret = self.secret(doc, where, "secret", "signing secret")
+        if secret is None:
+            raise self.fail(where, self.one_of("secret", "signing secret"))
         if len(secret) < 16:
             raise self.fail(where, "the signing secret must be at least 16 characters")
         return WebhookTarget(name, url, secret.encode(), self.events(doc, where),
                              self.duration(doc.get("timeout", "5s"), f"{where} timeout"))
+
+    def secret(self, doc: dict[str, Any], where: str, key: str, label: str) -> str | None:
+        """The secret named by `{key}_env` (a variable) or `{key}_file` (a path), at most one
+        of them; None when neither is given."""
+        env_key, file_key = f"{key}_env", f"{key}_file"
+        from_env = self.string(doc, env_key, where, "")
+        from_file = self.string(doc, file_key, where, "")
+        if from_env and from_file:
+            raise self.fail(where, self.one_of(key, label))
+        if not (from_env or from_file):
+            return None
+        if not self.secrets:
+            return "(not read)" * 2
+        if from_env:
+            secret = self.env.get(from_env, "").strip()
+            if not secret:
+                raise self.fail(where, f"the variable {from_env} named by '{env_key}' is not "
+                                       "set or empty")
+            return secret
+        try:
+            secret = Path(from_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise self.fail(where, f"cannot read '{file_key}' {from_file}: "
+                                   f"{e.strerror}") from None
+        if not secret:
+            raise self.fail(where, f"'{file_key}' {from_file} is empty")
+        return secret
+
+    @staticmethod
+    def one_of(key: str, label: str) -> str:
+        return (f"give the {label} as exactly one of '{key}_env' (a variable's name) or "
+                f"'{key}_file' (a path)")
 
     def target_name(self, doc: dict[str, Any], where: str, names: set[str]) -> str:
         name = self.string(doc, "name", where, "")
