@@ -279,6 +279,19 @@ def test_a_note_holding_a_cpr_number_answers_422_without_it_and_nothing_is_kept(
     assert cpr_stored(api.database_url, cpr) == []
 
 
+def test_a_request_that_does_not_fit_says_where_without_repeating_what_was_sent(api):
+    """A resolve without its code: refused by the API's own checks, before vagt's. The
+    answer says which field and why, and not the note, which may hold a CPR number."""
+    alarm, _ = alarm_and_battery(api.database_url)
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+    r = anna.post(f"/api/v1/alerts/{alarm}/resolve", json={"note": "cpr 010170-1234"})
+    assert r.status_code == 422
+    assert [(p["loc"], p["msg"]) for p in r.json()["detail"]] == [
+        (["body", "code"], "Field required")]
+    assert "010170" not in r.text
+
+
 @pytest.mark.parametrize(("matcher", "comment"), [
     ('device_id="OXI-0001"', "citizen 010170-1234 is in hospital"),
     ('citizen_ref="0101701234"', "in hospital"),

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import errors
 from psycopg.rows import dict_row
@@ -74,6 +76,7 @@ def create_app(pool: ConnectionPool, policy: AlertPolicy, *,
     app.state.clock = clock
     app.add_exception_handler(AlertError, _alert_error)  # type: ignore[arg-type]
     app.add_exception_handler(HoldsCpr, _holds_cpr)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     for busy in (errors.LockNotAvailable, errors.TransactionRollback):  # as the CLI does
         app.add_exception_handler(busy, _busy)
     app.add_exception_handler(psycopg.DataError, _unstorable)  # type: ignore[arg-type]
@@ -98,6 +101,16 @@ def _alert_error(request: Request, exc: AlertError) -> JSONResponse:
 def _holds_cpr(_request: Request, exc: HoldsCpr) -> JSONResponse:
     """A note or comment with a CPR number in it: refused, and the number not repeated."""
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request that does not fit the API (a resolve without its code, say), saying where
+    and why, but not what was sent: FastAPI's own answer repeats the input, and a note in it
+    may hold what vagt never repeats (a CPR number)."""
+    problems = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")}
+                for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(problems)},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _busy(_request: Request, exc: Exception) -> JSONResponse:
