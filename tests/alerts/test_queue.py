@@ -141,6 +141,8 @@ def test_another_operator_may_not_release_an_alert_but_a_supervisor_may(database
     actions.claim(conn, alert_id, "anna")
     with pytest.raises(actions.InvalidTransition, match="bo cannot release it; only anna"):
         actions.release(conn, alert_id, "bo")
+    with pytest.raises(actions.AlertError, match="taking alert .* from anna needs a note"):
+        actions.release(conn, alert_id, "sofie", supervisor=True)
     assert actions.release(conn, alert_id, "sofie", "anna went home",
                            supervisor=True).status == "open"
     last = actions.audit_trail(conn, alert_id)[-1]

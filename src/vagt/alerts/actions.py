@@ -265,7 +265,8 @@ def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
 def release(conn: psycopg.Connection, alert_id: int, operator: str, note: str | None = None,
             *, supervisor: bool = False, municipality: str | None = None) -> AlertRow:
     """Give a held alert back to its queue (open, claimable, a new time to claim): the holder
-    cannot finish it, or a supervisor takes it from an operator who has gone."""
+    cannot finish it, or a supervisor takes it from an operator who has gone (with a note
+    saying why: the audit trail keeps it)."""
     return _apply(conn, _RELEASE, alert_id, operator, note, municipality=municipality,
                   override=supervisor)
 
@@ -316,6 +317,9 @@ def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: s
         after = _updated(cur, before.id, action, operator, note, code)
         details: dict[str, object] = {"resolution_code": code} if code else {}
         if override and before.claimed_by not in (None, operator):
+            if note is None:   # the trail must say why the holder no longer holds it
+                raise AlertError(f"taking alert {before.id} from {before.claimed_by} needs a "
+                                 "note saying why (e.g. \"anna's shift ended\")")
             details["taken_from"] = before.claimed_by   # a supervisor acted on another's alert
         _audit(cur, before, after, action, operator, note, details)
         outbox.enqueue(conn, [after.id], action.event, operator,
