@@ -111,3 +111,37 @@ def test_a_file_that_does_not_load_stops_run_with_2_before_the_schema_is_touched
     assert err.startswith("vagt: ") and str(f) in err
     assert query(empty_database_url, "SELECT count(*) FROM pg_tables "
                                      "WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_privacy_scan_reports_where_cpr_numbers_were_stored_never_the_numbers(env, capsys):
+    """Rows written before the checks were there (inserted directly, as an older release
+    let them be): a note, an audit detail, a device attribute, a dead letter's payload.
+    The scan names each table, column and row, exits 1, and repeats no number."""
+    from tests.app.conftest import register
+
+    register(env, [("OXI-1", "Nonin", "3230", "pulse_oximeter", "Skive")])
+    clean = new_alert(env)
+    assert main(["privacy", "scan"]) == 0
+    assert "no column holds" in capsys.readouterr().out
+    noted = new_alert(env)
+    query(env, "UPDATE alerts SET note = 'ringede til 010170-1234' WHERE id = %s RETURNING id",
+          (noted,))
+    query(env, "UPDATE devices SET attributes = '{\"remark\": \"cpr 0101701234\"}' "
+               "WHERE device_id = 'OXI-1' RETURNING 1")
+    query(env, "INSERT INTO audit_log (actor, action, subject, details) VALUES ('anna', "
+               "'devices.deploy', 'OXI-1', '{\"note\": \"borger 01.01.70-1234\"}') RETURNING 1")
+    query(env, "INSERT INTO dead_letters (received_at, topic, payload, reason, detail, digest) "
+               "VALUES (now(), 't', convert_to('{\"cpr\": \"010170 1234\"}', 'UTF8') "
+               "|| '\\xff'::bytea, 'malformed', 'x', 'd') RETURNING 1")
+    assert main(["privacy", "scan", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [(f["table"], f["column"], f["rows"], f["keys"]) for f in report] == [
+        ("alerts", "note", 1, [str(noted)]),
+        ("audit_log", "details", 1, [report[1]["keys"][0]]),
+        ("devices", "attributes", 1, ["OXI-1"]),
+        ("dead_letters", "payload", 1, [report[3]["keys"][0]]),
+    ]
+    assert main(["privacy", "scan"]) == 1
+    table = capsys.readouterr().out
+    assert "alerts" in table and "0101" not in table and "1234" not in table
+    assert str(clean) not in [k for f in report for k in f["keys"] if f["table"] == "alerts"]

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bt.set_defaults(func=cmd_rules_backtest)
 
+    privacy = sub.add_parser("privacy", help="where the database holds a CPR number")
+    psub = privacy.add_subparsers(metavar="ACTION", required=True)
+    scan = psub.add_parser("scan", help="report the rows, by table and column, that hold "
+                                        "something shaped like a CPR number (never the "
+                                        "value); exit 1 if any do")
+    scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scan.set_defaults(func=cmd_privacy_scan)
+
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
     demo.add_argument("--devices", type=_count, default=300)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
@@ -315,6 +323,26 @@ def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
         applied = db.migrate(url)
     print("\n".join(f"applied {name}" for name in applied) or "the schema is up to date")
     return 0
+
+
+def cmd_privacy_scan(args: argparse.Namespace, config: Config) -> int:
+    import orjson
+    import psycopg
+
+    from vagt.app.cli_support import format_table
+    from vagt.app.privacy_scan import SHOWN, scan
+
+    with database_url(config) as url, psycopg.connect(url) as conn:
+        found = scan(conn)
+    if args.json:
+        print(orjson.dumps([f.to_json() for f in found]).decode())
+    elif not found:
+        print("no column holds anything shaped like a CPR number")
+    else:
+        print(format_table(["table", "column", "rows", f"keys (the first {SHOWN})"],
+                           [[f.table, f.column, str(f.rows), " ".join(f.keys)]
+                            for f in found]))
+    return 1 if found else 0
 
 
 def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
