@@ -47,7 +47,9 @@ def looks_like_cpr(value: str) -> bool:
 
 def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
     """Somewhere in the value is something shaped like a CPR number. In a column named for
-    CPR numbers (`cpr_column`), nine digits are one too: a spreadsheet dropped the zero."""
+    CPR numbers (`cpr_column`), nine digits are one too: a spreadsheet dropped the zero.
+    Runs of white space (a line break, a tab, two spaces) count as one space."""
+    value = " ".join(value.split()) if not value.isprintable() or "  " in value else value
     return bool(_CPR_INSIDE.search(value)
                 or (cpr_column and _CPR_LOST_ZERO.search(value)))
 

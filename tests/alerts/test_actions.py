@@ -42,10 +42,10 @@ def new_alert(database_url: str, queue: str = "emergency", priority: int = 1,
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "INSERT INTO alerts (fingerprint, rule, device_id, summary, severity, priority, "
-            "queue, status, opened_at, last_fired_at, queued_at) VALUES (%s, 'personal_alarm', "
-            "%s, %s, 'critical', %s, %s, %s, %s, %s, %s) RETURNING id",
+            "queue, status, opened_at, last_fired_at, queued_at, waiting_since) VALUES (%s, "
+            "'personal_alarm', %s, %s, 'critical', %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (fp or f"personal_alarm|{device}", device, f"alarm.fall from {device}", priority,
-             queue, status, opened_at, opened_at, opened_at)).fetchone()
+             queue, status, opened_at, opened_at, opened_at, opened_at)).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -279,6 +279,23 @@ def test_a_note_holding_a_cpr_number_answers_422_without_it_and_nothing_is_kept(
     assert cpr_stored(api.database_url, cpr) == []
 
 
+@pytest.mark.parametrize("note", ["cpr 010190\n1234", "cpr 010190  1234", "010190\t1234"])
+def test_a_cpr_number_split_by_a_line_break_a_tab_or_two_spaces_is_refused_too(api, note):
+    alarm, _ = alarm_and_battery(api.database_url)
+    r = api.as_("anna").post(f"/api/v1/alerts/{alarm}/notes", json={"note": note})
+    assert r.status_code == 422 and "010190" not in r.text
+    assert cpr_stored(api.database_url, "010190") == []
+
+
+@pytest.mark.parametrize("matcher", ["citizen 010170-1234", 'device_id=~"(010170-1234"'])
+def test_a_matcher_that_does_not_parse_is_refused_without_repeating_a_cpr_number(api,
+                                                                                 matcher):
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": [matcher], "comment": "x",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 422 and "010170" not in r.text
+
+
 def test_a_request_that_does_not_fit_says_where_without_repeating_what_was_sent(api):
     """A resolve without its code: refused by the API's own checks, before vagt's. The
     answer says which field and why, and not the note, which may hold a CPR number."""

@@ -168,6 +168,9 @@ def test_a_released_alarm_keeps_its_place_and_the_list_shows_the_order_next_take
     actions.claim(conn, a, "anna")
     [(b, _)] = fire(database_url, ("personal_alarm", "ALM-0002", T0 + 300), code="alarm.fall")
     back = actions.release(conn, a, "anna", "headset broke")
-    assert back.claim_deadline is not None and back.claim_deadline > datetime.now(UTC)
+    # claimable from now: its time to claim (and the metric of it) begins again
+    assert back.queued_at is not None and back.claim_deadline is not None
+    assert back.queued_at > actions.get_alert(conn, b).queued_at  # type: ignore[operator]
+    assert back.claim_deadline > datetime.now(UTC)
     assert [r.id for r in actions.list_alerts(conn, status="open")] == [a, b]
     assert actions.next_alert(conn, "bo").id == a  # type: ignore[union-attr]

@@ -149,7 +149,7 @@ def list_alerts(conn: psycopg.Connection, *, status: str | Sequence[str] | None 
     if municipality is not None:
         conditions.append(sql.SQL("municipality = %s"))
         params.append(municipality)
-    query = sql.SQL("SELECT {} FROM alerts WHERE {} ORDER BY priority, queued_at, id LIMIT %s")
+    query = sql.SQL("SELECT {} FROM alerts WHERE {} ORDER BY priority, waiting_since, id LIMIT %s")
     where = sql.SQL(" AND ").join(conditions or [sql.SQL("true")])
     with conn.cursor(row_factory=kwargs_row(_alert_row)) as cur:
         return cur.execute(query.format(_COLUMNS, where), [*params, limit]).fetchall()
@@ -284,7 +284,7 @@ _NEXT = sql.SQL("""
     WHERE status = 'open' AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)
                                OR extra_queues && %(queues)s)
       AND (%(municipality)s::text IS NULL OR municipality = %(municipality)s)
-    ORDER BY priority, queued_at, id
+    ORDER BY priority, waiting_since, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED""")
 
@@ -401,14 +401,14 @@ _UPDATE = sql.SQL("""
                       resolution_code = coalesce(%(code)s, resolution_code)
     WHERE id = %(id)s RETURNING {columns}""")
 _UPDATE_NOTE = sql.SQL("UPDATE alerts SET note = %(note)s WHERE id = %(id)s RETURNING {columns}")
-# A released alert keeps its place in the queue (`queued_at`): the citizen behind it has
-# waited since then, longer than those behind alerts queued after it. Its time to claim
-# begins again.
+# A released alert is claimable again from now (`queued_at`: its time to claim begins
+# again), and keeps its place in the queue (`waiting_since`, migration 0016): the citizen
+# behind it has waited longer than those behind alerts that came while it was held.
 _UPDATE_RELEASE = sql.SQL("""
     UPDATE alerts SET status = 'open', claimed_at = NULL, claimed_by = NULL,
                       acknowledged_at = NULL, acknowledged_by = NULL,
                       note = coalesce(%(note)s, note),
-                      queued_at = coalesce(queued_at, clock_timestamp()),
+                      queued_at = clock_timestamp(),
                       claim_deadline = clock_timestamp()
                                        + coalesce(time_to_claim, interval '1 hour')
     WHERE id = %(id)s RETURNING {columns}""")

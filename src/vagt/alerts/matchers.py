@@ -13,6 +13,8 @@ from enum import StrEnum
 
 import orjson
 
+from vagt.privacy import contains_cpr
+
 
 class MatcherError(ValueError):
     """A matcher cannot be parsed; the message shows it and says what is allowed."""
@@ -71,7 +73,11 @@ class Matcher:
 
 
 def parse_matcher(text: str) -> Matcher:
-    """`name="value"`, or unquoted `name=value` as typed on a command line."""
+    """`name="value"`, or unquoted `name=value` as typed on a command line. One holding a
+    CPR number is refused without repeating it (the refusals below quote the text)."""
+    if contains_cpr(text):
+        raise MatcherError("a matcher holds something shaped like a civil registration (CPR) "
+                           "number; no label of an alert holds one: leave it out")
     m = _SYNTAX.match(text)
     if m is None:
         raise MatcherError(f"{text!r} is not a matcher; write name=\"value\", name!=\"value\", "

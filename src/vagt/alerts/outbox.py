@@ -18,13 +18,17 @@ from vagt.alerts.policy import DeliveryPolicy
 from vagt.privacy import without_cpr
 
 _ENQUEUE = """
-WITH ev AS (
+WITH announced AS (   -- opened or reopened: the receivers know of this episode (0016)
+    UPDATE alerts SET announced = true, ever_announced = true
+    WHERE %(announces)s AND id = ANY(%(ids)s) AND NOT announced
+), ev AS (
     INSERT INTO alert_outbox (alert_id, event, payload)
     SELECT a.id, %(event)s::text,
            jsonb_build_object('event', %(event)s::text, 'at', clock_timestamp(),
                               'actor', %(actor)s::text,
                               'details', %(details)s::jsonb,
-                              'alert', to_jsonb(a) - 'municipality')
+                              'alert', to_jsonb(a) - 'municipality' - 'announced'
+                                       - 'ever_announced')
     FROM alerts a WHERE a.id = ANY(%(ids)s)
     ORDER BY a.id
     RETURNING id, event
@@ -35,6 +39,11 @@ JOIN delivery_targets t ON t.enabled AND (t.events = '{}' OR ev.event = ANY(t.ev
 """
 
 
+# The events that tell the call centre's systems of an alert's episode (see
+# `suppression.reconcile`: one held back from its opening is told when it comes back).
+ANNOUNCING = frozenset({"opened", "reopened"})
+
+
 def enqueue(conn: psycopg.Connection, alert_ids: Iterable[int], event: str, actor: str,
             details: dict[str, object] | None = None) -> None:
     """Record `event` for each alert, with the alert as it is now, for every target."""
@@ -42,7 +51,8 @@ def enqueue(conn: psycopg.Connection, alert_ids: Iterable[int], event: str, acto
     if not ids:
         return
     conn.execute(_ENQUEUE, {"ids": ids, "event": event, "actor": actor,
-                            "details": orjson.dumps(details or {}).decode()})
+                            "details": orjson.dumps(details or {}).decode(),
+                            "announces": event in ANNOUNCING})
 
 
 def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list[str]:

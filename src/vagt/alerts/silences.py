@@ -98,7 +98,10 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         raise SilenceError("a silence needs at least one matcher that an empty label set "
                            "does not match (e.g. device_id=\"OXI-0001\"); it would silence "
                            "everything")
-    if _holds_back_everything(conn, matchers):
+    # a municipal author's own municipality matchers are replaced by theirs: what is left
+    # must not hold back everything there
+    own = [m for m in matchers if municipality is None or m.name != "municipality"]
+    if _holds_back_everything(conn, own):
         raise SilenceError(
             "each matcher of the silence matches any value of its label (every "
             + ("alert of the municipality" if municipality is not None else "alert")

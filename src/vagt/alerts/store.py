@@ -88,6 +88,7 @@ latest AS (
         extra_queues = ARRAY(SELECT jsonb_array_elements_text(t.extra::jsonb)),
         route = t.route, time_to_claim = make_interval(secs => t.ttc),
         queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
+        waiting_since = now(), announced = false,
         repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
         reopen_count = a.reopen_count + 1, reopened_at = clock_timestamp(),
         claimed_at = NULL, claimed_by = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
@@ -109,11 +110,12 @@ _UPSERT = "WITH" + _INCOMING + """,
 upserted AS (
     INSERT INTO alerts AS a (fingerprint, rule, device_id, labels, summary, severity, priority,
                              base_priority, queue, extra_queues, route, time_to_claim,
-                             queued_at, claim_deadline, opened_at, last_fired_at, repeat_count)
+                             queued_at, claim_deadline, opened_at, last_fired_at, repeat_count,
+                             waiting_since)
     SELECT fingerprint, rule, device_id, labels::jsonb, summary, severity, priority, priority,
            queue, ARRAY(SELECT jsonb_array_elements_text(extra::jsonb)), route,
            make_interval(secs => ttc), now(), now() + make_interval(secs => ttc),
-           to_timestamp(first_time), to_timestamp(last_time), n
+           to_timestamp(first_time), to_timestamp(last_time), n, now()
     FROM incoming i
     WHERE NOT EXISTS (SELECT 1 FROM alerts r
                       WHERE r.fingerprint = i.fingerprint AND r.status = 'resolved'

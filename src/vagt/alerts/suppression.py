@@ -102,8 +102,8 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     `quiet`: alerts the caller announces itself (just opened), so no outbox event for them.
     """
     policy = policy or current_policy()
-    if now is None:
-        row = conn.execute("SELECT now()").fetchone()
+    if now is None:   # the time of the change, as the audit rows of others (0015)
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
         assert row is not None
         now = row[0]
     ids = None if alert_ids is None else sorted(alert_ids)
@@ -154,14 +154,13 @@ def _announce_released(conn: psycopg.Connection, ids: list[int]) -> None:
     back from its opening (a silence or repair status in force then) was never announced:
     its first event is `opened`, now that it is actionable (a receiver taking only opened,
     reopened, escalated and resolved heard nothing of it before); one held back from its
-    reopening is `reopened`, as its last event said it was resolved."""
+    reopening is `reopened`. Told by the alert's own row (migration 0016)."""
     if not ids:
         return
-    last: dict[int, str | None] = dict(conn.execute(
-        "SELECT a.id, (SELECT o.event FROM alert_outbox o WHERE o.alert_id = a.id "
-        "ORDER BY o.id DESC LIMIT 1) FROM unnest(%s::bigint[]) AS a(id)", (ids,)).fetchall())
-    first = {i for i in ids if last.get(i) is None}
-    again = {i for i in ids if last.get(i) == "resolved"}
+    told = conn.execute("SELECT id, announced, ever_announced FROM alerts WHERE id = ANY(%s)",
+                        (ids,)).fetchall()
+    first = {int(i) for i, _, ever in told if not ever}
+    again = {int(i) for i, now, ever in told if ever and not now}
     held: dict[str, object] = {"held_back_until": "now"}
     outbox.enqueue(conn, first, "opened", ENGINE_ACTOR, held)
     outbox.enqueue(conn, again, "reopened", ENGINE_ACTOR, held)
