@@ -4,6 +4,7 @@ nothing is lost when either side dies."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -328,3 +329,31 @@ def test_what_came_at_qos_0_and_waited_in_the_engine_across_the_childs_reconnect
     with ReceiverProcess(settings) as receiver:   # nothing is owed any more
         wait_for(lambda: receiver.connected, what="the child's session")
         assert take_all(receiver, 1, stop, timeout=2) == []
+
+
+def test_qos_0_messages_kept_across_a_reconnect_in_the_childs_take_lose_nothing_after(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    """QoS 0 messages wait in the child's inbox (its batch still filling) while it connects
+    again; the new connection's QoS 1 messages join them in one take, and the next batch
+    comes on the new connection before the engine takes. Every one reaches the engine, and
+    the child acknowledges only what it handed over (else the broker forgets messages
+    never stored)."""
+    settings = dataclasses.replace(settings, batch_max=1000, batch_wait_s=4.0)
+    once = payloads(topic_root, 5)
+    first, second = payloads(topic_root, 10, start=100), payloads(topic_root, 10, start=200)
+    acked: list[int] = []
+    with ReceiverProcess(settings, on_acked=acked.append) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        publish(broker.port, once, qos=0)      # the child's take waits 4 s to fill
+        broker.stop()
+        broker.start()                         # the store kept: the session goes on
+        wait_for(lambda: receiver.connected, what="the child connected again")
+        publish(broker.port, first)            # QoS 1, on the new connection, same take
+        assert settled(lambda: receiver.waiting, quiet_s=5.0, timeout=30) == 15
+        publish(broker.port, second)           # the next batch, while the engine is busy
+        assert settled(lambda: receiver.waiting, quiet_s=5.0, timeout=30) == 25
+        got = take_all(receiver, 25, stop)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in once + first + second)
+        receiver.ack(got)
+        wait_for(lambda: sum(acked) == 20, what="the QoS 1 ones acknowledged")

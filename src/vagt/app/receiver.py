@@ -258,8 +258,13 @@ def run_receiver(argv: list[str]) -> None:
             if session.connected != connected:
                 connected = session.connected
                 send((CONNECTED, connected))
-            batch = session.take(settings.batch_max, settings.batch_wait_s, stop)
-            if batch:
+            # A batch is one connection's: the engine keeps or drops it by its connection,
+            # and the acknowledgements go by the batch. A take right after a reconnect can
+            # hold QoS 0 messages of the connection before (kept: they never come again)
+            # and the new connection's: sent as two batches, or the new ones would be
+            # dropped with the old connection's and acknowledged all the same, never stored.
+            for batch in _by_connection(session.take(settings.batch_max,
+                                                     settings.batch_wait_s, stop)):
                 number = next(numbers)
                 held[number] = [m.token for m in batch]   # not the payloads: 20,000 of them
                 connection = connection_of(batch[0].token)
@@ -269,6 +274,17 @@ def run_receiver(argv: list[str]) -> None:
                       {i: m.size for i, m in enumerate(batch) if m.size >= 0},
                       [i for i, m in enumerate(batch) if m.retained],
                       [i for i, m in enumerate(batch) if at_most_once(m.token)]))
+
+
+def _by_connection(batch: list[RawMessage]) -> list[list[RawMessage]]:
+    """The batch in runs of messages that came on one connection, in order."""
+    runs: list[list[RawMessage]] = []
+    for m in batch:
+        if runs and connection_of(runs[-1][-1].token) == connection_of(m.token):
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return runs
 
 
 def _acknowledge(control: Connection, session: MqttSession, held: dict[int, list[object]],
