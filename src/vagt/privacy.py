@@ -7,6 +7,7 @@ never repeats the value: the message itself could end up in a log or a response.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # A CPR number as people write it: DDMMYY (a day 01-31, a month 01-12), a separator or none,
 # four digits; "010190-1234", "0101901234", "010190 – 1234", "01.01.90-1234", "01 01 90 1234".
@@ -21,12 +22,19 @@ _CPR_MONTH = "(?:0[1-9]|1[0-2])"
 # CPR number as well as "0101701234" does, but a longer run of digits (an IMEI, a serial
 # number, a MAC address written without separators) or ten digits inside a word of letters
 # and digits (a random hex reference such as "cit-1234567890ab") is not one. Glued to "cpr"
-# or "nr" ("cpr0101901234", "personnr0101901234") it is one all the same.
-_CPR_BEFORE = "(?:(?<![^\\W_])|(?<=cpr)|(?<=nr))"
+# or "nr" ("cpr0101901234", "personnr0101901234") it is one all the same. Nor is one that
+# follows a number and a dot: the end of an IPv4 address and its port ("10.10.10.10:8883").
+# (Migration 0017's CHECK on citizen references holds to the same.)
+_CPR_BEFORE = "(?:(?<![^\\W_])(?<![0-9][.])|(?<=cpr)|(?<=nr))"
 _CPR_AFTER = "(?![^\\W_])"
 _CPR_INSIDE = re.compile(
-    f"{_CPR_BEFORE}{_CPR_DAY}({_CPR_SEPARATORS}|{_CPR_SPACE})?{_CPR_MONTH}(?(1)\\1)[0-9]{{2}}"
-    f"{_CPR_SPACE}?(?:{_CPR_SEPARATORS}{_CPR_SPACE}?)?[0-9]{{4}}{_CPR_AFTER}", re.IGNORECASE)
+    f"{_CPR_BEFORE}{_CPR_DAY}(?P<dsep>{_CPR_SEPARATORS}|{_CPR_SPACE})?{_CPR_MONTH}"
+    f"(?(dsep)(?P=dsep))[0-9]{{2}}(?P<ssep>{_CPR_SPACE}?(?:{_CPR_SEPARATORS}{_CPR_SPACE}?)?)"
+    f"(?P<serial>[0-9]{{4}}){_CPR_AFTER}", re.IGNORECASE)
+# A date written with its separators, a space and four digits that are a time of day
+# ("besøg 12.03.24 0930", "ny adapter 23.11.20 1030") is a date and a time in a note,
+# not a CPR number, whose four digits follow a dash or nothing.
+_TIME = re.compile(r"(?:[01][0-9]|2[0-3])[0-5][0-9]")
 # Nine digits: a CPR number of a day 01-09 that a spreadsheet read as a number, dropping its
 # leading zero. Only in a column named for CPR numbers: elsewhere nine digits are too common.
 _CPR_LOST_ZERO = re.compile(f"{_CPR_BEFORE}[1-9]{_CPR_MONTH}[0-9]{{6}}{_CPR_AFTER}",
@@ -41,8 +49,7 @@ class HoldsCpr(ValueError):
 def looks_like_cpr(value: str) -> bool:
     """The whole value is shaped like a CPR number (DDMMYY-XXXX or 10 digits)."""
     value = value.strip()
-    found = _CPR_INSIDE.search(value)
-    return found is not None and found.span() == (0, len(value))
+    return any(m.span() == (0, len(value)) for m in _cpr_shapes(value))
 
 
 def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
@@ -50,8 +57,16 @@ def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
     CPR numbers (`cpr_column`), nine digits are one too: a spreadsheet dropped the zero.
     Runs of white space (a line break, a tab, two spaces) count as one space."""
     value = " ".join(value.split()) if not value.isprintable() or "  " in value else value
-    return bool(_CPR_INSIDE.search(value)
-                or (cpr_column and _CPR_LOST_ZERO.search(value)))
+    return next(_cpr_shapes(value), None) is not None or bool(
+        cpr_column and _CPR_LOST_ZERO.search(value))
+
+
+def _cpr_shapes(value: str) -> Iterator[re.Match[str]]:
+    """The CPR-shaped runs of `value`, but a date and a time of day (see `_TIME`)."""
+    for m in _CPR_INSIDE.finditer(value):
+        if not (m["dsep"] and m["dsep"].strip() and m["ssep"] and not m["ssep"].strip()
+                and _TIME.fullmatch(m["serial"])):
+            yield m
 
 
 def without_cpr(text: str, what: str) -> str:

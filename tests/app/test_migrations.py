@@ -111,8 +111,11 @@ def test_a_citizen_reference_with_a_cpr_number_the_old_check_missed_is_removed(
                             "ORDER BY device_id").fetchall()
         assert [d for d, _ in refs] == ["X-1", "X-2"]
         assert refs[0][1].startswith("removed-n") and refs[1][1] == "cit-7f3a9c01e2d4"
-        assert conn.execute("SELECT details->>'citizen_ref' FROM audit_log").fetchall() == [
-            (refs[0][1],)]
+        # the deploy's audit copy is rewritten, and a row says the reference was removed
+        assert conn.execute("SELECT action, subject, details->>'citizen_ref' FROM audit_log "
+                            "ORDER BY id").fetchall() == [
+            ("devices.deploy", "X-1", refs[0][1]),
+            ("devices.citizen_ref_removed", "X-1", refs[0][1])]
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, "
                          "municipality, since) VALUES ('X-2', '010190.1234', 'Skive', now())")

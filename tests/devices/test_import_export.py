@@ -318,6 +318,17 @@ def test_attribute_names_that_differ_in_case_export_as_one_column_and_import_bac
             "OXI-1": {"Serial": "SN-1"}, "OXI-2": {"Serial": "SN-2"}}
 
 
+def test_an_export_with_one_column_for_two_spellings_imports_back_a_retired_device(conn):
+    """The export writes "Serial" and "serial" as one column; the retired device that had
+    "serial" is as the file says, whatever the case of the name."""
+    do_import(conn, "device_id,vendor,model,type,municipality,Serial\n"
+                    "OXI-1,Nonin,3230,pulse_oximeter,Skive,SN-1\n")
+    do_import(conn, "device_id,vendor,model,type,municipality,serial\n"
+                    "OXI-2,Nonin,3230,pulse_oximeter,Skive,SN-2\n")
+    retire(conn, "OXI-2", actor="anna")
+    assert do_import(conn, exported(conn)).created == 0
+
+
 @pytest.mark.parametrize("name", ["Status", "municipality", "Vendor"])
 def test_an_attribute_named_as_a_column_of_the_registry_is_refused(conn, name):
     with pytest.raises(InvalidValue, match=f"'{name}' is a column of the registry"):

@@ -267,7 +267,8 @@ def test_deploying_opens_an_assignment_in_the_municipality(conn):
     assert open_assignments(conn) == [(DEVICE, "cit-7f3a9c01e2d4", "Skive")]
 
 
-@pytest.mark.parametrize("spelled", ["Århus", "aarhus", "AARHUS", "Aar hus"])
+@pytest.mark.parametrize("spelled", ["Århus", "aarhus", "AARHUS", "Aar hus",
+                                     "A\u030arhus"])   # Århus as a Mac may save it (NFD)
 def test_a_municipality_the_registry_spells_otherwise_is_refused_naming_its_spelling(
         conn, spelled):
     """A second spelling would make a second municipality: the citizen's alerts would miss
@@ -282,6 +283,24 @@ def test_a_municipality_the_registry_spells_otherwise_is_refused_naming_its_spel
     assert deploy(conn, DEVICE, citizen_ref="cit-7f3a9c01e2d4", municipality="Aarhus",
                   actor="anna").municipality == "Aarhus"
     new_device(conn, "GLU-000004", municipality="Favrskov")    # one not known yet: a new one
+
+
+@pytest.mark.parametrize(("known", "spelled"), [("Ringkøbing-Skjern", "Ringkobing Skjern"),
+                                               ("Ringkøbing-Skjern", "Ringkoebing-Skjern"),
+                                               ("Høje-Taastrup", "Hoje-Taastrup")])
+def test_a_municipality_written_without_danish_letters_is_the_registrys_too(conn, known,
+                                                                            spelled):
+    new_device(conn, "GLU-000001", municipality=known)
+    with pytest.raises(InvalidValue, match=f"is spelled '{known}' in the registry"):
+        new_device(conn, "GLU-000002", municipality=spelled)
+
+
+def test_a_municipality_with_its_letters_decomposed_is_kept_composed(conn):
+    """"Tårnby" as a Mac may save it (an "a" and a combining ring) looks the same and is
+    kept as the same name."""
+    new_device(conn, "GLU-000001", municipality="Tårnby")
+    new_device(conn, "GLU-000002", municipality="Ta\u030arnby")
+    assert {m for (m,) in conn.execute("SELECT municipality FROM devices")} == {"Tårnby"}
 
 
 def test_two_spellings_stored_before_the_check_are_both_still_taken(conn, database_url):

@@ -16,6 +16,7 @@ from vagt.privacy import contains_cpr
     "010190.1234", "010190_1234", "010190:1234", "cpr 010190/1234",
     "cit:010190:1234",                    # inside a reference
     "cpr 01 01 90 1234", "cpr 01.01.90-1234", "01-01-90-1234",
+    "x.010190-1234",                      # after a dot that follows no number
     "cpr0101901234", "personnr0101901234",  # glued to the word that announces it
     "010190\u00a01234",                   # a no-break space
     "311299-1234", "0101901234",
@@ -36,6 +37,8 @@ def test_a_cpr_number_written_any_common_way_is_found(text):
     "3201901234", "0113901234",           # no day 32, no month 13
     "2024-01-15", "15.01.2024 12:30", "fw 1.02.03.1234",
     "101901234",                          # nine digits, in a column not named for CPR
+    "10.10.10.10:8883", "172.16.10.20:1883",   # an IPv4 address and its port
+    "besøg 12.03.24 0930-1000 ok", "ny adapter 23.11.20 1030",   # a date and a time
 ])
 def test_digits_that_are_not_a_cpr_number_are_let_through(text):
     assert not contains_cpr(text)

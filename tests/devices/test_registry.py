@@ -298,7 +298,8 @@ def test_a_column_named_for_a_citizens_name_address_or_contact_refuses_the_file(
                                     "location", "room", "mailbox", "note", "mac_address",
                                     "ip_address", "ble_addr", "sim_phone", "mobile_operator",
                                     "zip_firmware", "mqtt_user_name", "device_name",
-                                    "last_firmware_name"])
+                                    "last_firmware_name", "patient_monitor_mode",
+                                    "patient_alarm_button", "borger_app_version"])
 def test_a_column_about_the_device_is_kept_as_an_attribute(conn, column):
     do_import(conn, HEADER.replace("\n", f",{column}\n") + f"X-1,{OK},x\n")
     assert list_devices(conn)[0].attributes == {column: "x"}
@@ -474,3 +475,12 @@ def test_an_import_naming_a_known_municipality_spelled_otherwise_imports_nothing
             "device_id,vendor,model,type,municipality,citizen_ref\n"
             "OXI-0002,Nonin,3230,pulse_oximeter,Århus,cit-7f3a9c01e2d4\n"))
     assert [d.device_id for d in list_devices(conn)] == ["OXI-0001"]
+
+
+def test_an_import_spelling_one_municipality_two_ways_imports_nothing(conn):
+    with pytest.raises(DeviceImportError, match="'Aarhus' and 'Århus' are one spelled two ways"):
+        import_csv(conn, "fleet.csv", actor="anna", text=(
+            "device_id,vendor,model,type,municipality\n"
+            "OXI-0001,Nonin,3230,pulse_oximeter,Aarhus\n"
+            "OXI-0002,Nonin,3230,pulse_oximeter,Århus\n"))
+    assert list_devices(conn) == []

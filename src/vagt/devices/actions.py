@@ -7,6 +7,7 @@ in one transaction: two people changing one device at once cannot both succeed.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -32,6 +33,7 @@ from vagt.devices.privacy import (
     checked_citizen_ref,
     checked_note,
     municipality_problem,
+    same_spelling,
 )
 from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 from vagt.ingest.topics import DEVICE_ID
@@ -78,7 +80,7 @@ def new_device_id_problem(device_id: str) -> str | None:
 
 
 def checked_municipality(municipality: str) -> str:
-    municipality = " ".join(municipality.split())
+    municipality = same_spelling(municipality)
     problem = municipality_problem(municipality)
     if problem:
         raise InvalidValue(problem)
@@ -86,10 +88,13 @@ def checked_municipality(municipality: str) -> str:
 
 
 def _spelling_key(municipality: str) -> str:
-    """What two spellings of one municipality share: "Århus", "aarhus", "Aarhus" alike."""
-    folded = municipality.casefold()
-    for letter, spelled in (("å", "aa"), ("æ", "ae"), ("ø", "oe")):
-        folded = folded.replace(letter, spelled)
+    """What spellings of one municipality share: "Århus", "aarhus", "Aarhus" alike, and
+    "Ringkøbing-Skjern", "Ringkobing Skjern", "Ringkoebing-Skjern" (no two of the country's
+    municipalities share one)."""
+    folded = unicodedata.normalize("NFKD", municipality.casefold())
+    folded = "".join(c for c in folded if not unicodedata.combining(c))   # å: a
+    for spelled, letter in (("ø", "o"), ("æ", "a"), ("aa", "a"), ("oe", "o"), ("ae", "a")):
+        folded = folded.replace(spelled, letter)
     return "".join(c for c in folded if c.isalnum())
 
 
@@ -100,14 +105,20 @@ def spelled_otherwise(conn: psycopg.Connection, municipalities: Iterable[str]) -
     wanted = {m for m in municipalities if m}
     if not wanted:
         return []
+    within: dict[str, set[str]] = {}
+    for m in wanted:
+        within.setdefault(_spelling_key(m), set()).add(m)
+    twice = [f"the municipalities {' and '.join(repr(m) for m in sorted(names))} are one "
+             "spelled two ways: use one spelling"
+             for names in within.values() if len(names) > 1]
     names = {str(name) for (name,) in conn.execute(
         "SELECT municipality FROM devices WHERE municipality <> '' "
         "UNION SELECT municipality FROM device_assignments")}
     known = {_spelling_key(name): name for name in sorted(names)}
-    return [f"the municipality {m!r} is spelled {known[key]!r} in the registry: use that "
-            "spelling (another makes another municipality, whose alerts miss "
-            f"{known[key]}'s queues and supervisors)"
-            for m in sorted(wanted - names) if (key := _spelling_key(m)) in known]
+    return twice + [f"the municipality {m!r} is spelled {known[key]!r} in the registry: use "
+                    "that spelling (another makes another municipality, whose alerts miss "
+                    f"{known[key]}'s queues and supervisors)"
+                    for m in sorted(wanted - names) if (key := _spelling_key(m)) in known]
 
 
 def _known_spelling(conn: psycopg.Connection, municipality: str) -> None:

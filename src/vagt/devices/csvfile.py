@@ -27,6 +27,7 @@ from vagt.devices.privacy import (
     looks_like_cpr_name,
     looks_like_personal_data_name,
     municipality_problem,
+    same_spelling,
 )
 from vagt.ingest.topics import DEVICE_ID
 from vagt.privacy import contains_cpr, looks_like_cpr
@@ -201,7 +202,7 @@ class _RowChecker:
             return problems, None
         return [], FileRow(
             line=line, device_id=device_id, vendor=approved[0], model=approved[1],
-            type=approved[2], municipality=" ".join(municipality.split()),
+            type=approved[2], municipality=same_spelling(municipality),
             attributes={self.header[i]: values[i] for i in self.extra if values[i]},
             status=Status(status) if status else None, citizen_ref=citizen_ref or None)
 

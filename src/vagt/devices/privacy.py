@@ -8,6 +8,7 @@ reference too), and never repeats the value in a message: the message could end 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from vagt.devices.errors import InvalidValue
 from vagt.privacy import contains_cpr
@@ -38,10 +39,14 @@ _NETWORK_PAIRS = frozenset({
     *((n, p) for n in ("sim", "modem") for p in ("phone", "telefon", "tlf", "mobile", "mobil",
                                                  "mobilnr", "telefonnr", "tlfnr")),
     *((m, o) for m in ("mobile", "mobil") for o in ("operator", "network", "data", "modem"))})
-# A word naming the citizen anywhere in the name: "borger_id", "patient_nr", "citizen ref"
-# are the citizen's, not the device's, and an attribute stays with the device when it goes to
-# the next citizen (only the assignment's pseudonymous citizen_ref is the citizen's).
+# A word naming the citizen, last in the name or before a word of identity: "borger_id",
+# "patient_nr", "citizen ref", "borger" are the citizen's, not the device's, and an
+# attribute stays with the device when it goes to the next citizen (only the assignment's
+# pseudonymous citizen_ref is the citizen's). "patient_monitor_mode" or "borger_app_version"
+# are the device's.
 _CITIZEN_WORDS = frozenset({"citizen", "borger", "patient", "beboer", "borgers", "patients"})
+_IDENTITY_WORDS = frozenset({"id", "nr", "no", "number", "nummer", "ref", "reference", "key",
+                             "kode", "code", "ident", "identifier"})
 _PERSON_WORDS = ("citizen", "borger", "patient", "person", "contact", "kontakt", "relative",
                  "paaroerende", "pårørende", "owner", "ejer", "first", "last", "full", "fulde",
                  "sur", "given", "for", "efter")
@@ -72,7 +77,10 @@ def looks_like_personal_data_name(name: str) -> bool:
     for k in range(len(words) - 1):        # "mac_address": the device's, not the citizen's
         if (words[k], words[k + 1]) in _NETWORK_PAIRS:
             words[k] = words[k + 1] = ""
-    return not (_CONTACT_WORDS.isdisjoint(words) and _CITIZEN_WORDS.isdisjoint(words)) or bool(
+    names_citizen = any(w in _CITIZEN_WORDS and (k == len(words) - 1
+                                                  or words[k + 1] in _IDENTITY_WORDS)
+                        for k, w in enumerate(words))
+    return not _CONTACT_WORDS.isdisjoint(words) or names_citizen or bool(
         _PERSON_NAME.match(key) or _PERSON_NAME.match("_".join(words[-2:])))
 
 
@@ -114,6 +122,12 @@ def municipality_problem(value: str) -> str | None:
     if len(value) > MAX_MUNICIPALITY or not value.isprintable():
         return f"the municipality is not valid: use 1 to {MAX_MUNICIPALITY} printable characters"
     return None
+
+
+def same_spelling(municipality: str) -> str:
+    """The name as it is kept: its spaces folded, its letters composed (NFC). "Århus" saved
+    by a Mac (an "A" and a combining ring) looks the same and is not: two municipalities."""
+    return unicodedata.normalize("NFC", " ".join(municipality.split()))
 
 
 def checked_note(note: str | None) -> str | None:

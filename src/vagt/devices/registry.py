@@ -286,8 +286,10 @@ def _final_differences(row: FileRow, cur: _Current) -> list[str]:
         held = municipality or "the centre's stock"
         differs.append(f"municipality ({row.municipality or 'empty'}; the registry has {held})")
     known = {c.lower() for c in EXPORT_COLUMNS}
-    exported = {k: _cell(v) for k, v in attributes.items() if k.lower() not in known}
-    if {k: v for k, v in exported.items() if v} != row.attributes:
+    # by name whatever its case: the export writes "Serial" and "serial" as one column
+    exported = {k.lower(): _cell(v) for k, v in attributes.items() if k.lower() not in known}
+    if {k: v for k, v in exported.items() if v} != {k.lower(): v
+                                                   for k, v in row.attributes.items()}:
         differs.append("attributes")
     return differs
 
