@@ -141,3 +141,37 @@ def test_with_the_alarm_lane_in_the_engines_own_process_alarms_still_come_throug
     # alert is committed: asked at once, the metric could still say nothing
     wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
              what="the alarm acknowledged")
+
+
+def test_a_reload_the_alarm_lanes_process_cannot_apply_ends_it_to_start_with_the_rules(
+        database_url):
+    """The engine reloaded its rules; the alarm lane's process cannot (no connection of its
+    pool came in time): it ends after the alarm in hand, and the engine starts it again with
+    the rules it sends (tested above), rather than run other rules than the engine's."""
+    import dataclasses
+    import threading
+    from multiprocessing import Pipe
+
+    from prometheus_client import CollectorRegistry
+
+    from vagt.app.alarm_process import RELOAD, serve_control
+    from vagt.app.config import Config, DatabaseConfig
+    from vagt.app.engine import _apply_or_start_again, _load_pipeline, open_engine_pool
+    from vagt.devices.catalogue import load_catalogue
+    from vagt.rules import load_rules
+
+    config = dataclasses.replace(Config(), database=DatabaseConfig(url=database_url))
+    rules = load_rules(None)
+    reloaded = [r for r in rules if r.name != "tamper"]
+    with open_engine_pool(database_url, config, size=(1, 1)) as pool:
+        _, pipeline = _load_pipeline(config, pool, rules, load_catalogue(None), time.time,
+                                     whole_fleet=False)
+        engine_end, child_end = Pipe()
+        stop = threading.Event()
+        threading.Thread(target=serve_control, daemon=True, args=(
+            child_end, CollectorRegistry(), lambda: False,
+            lambda r: _apply_or_start_again(pool, pipeline, r, stop), stop)).start()
+        with pool.connection():       # the lane holds the pool's one connection
+            engine_end.send((1, (RELOAD, reloaded)))
+            assert stop.wait(15), "the process goes on with rules the engine no longer runs"
+        assert "tamper" in [r.name for r in pipeline.rules.rules]   # not applied: it ends

@@ -94,7 +94,8 @@ def test_an_empty_share_group_still_means_no_shared_subscription():
         load_config(None, env={}).mqtt.share_group
 
 
-@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss", "50%off", "p:w"])
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss", "50%off", "p:w",
+                                      "2024/Kq7", "2024?x", "a@b@c"])
 def test_a_password_that_breaks_the_url_is_hidden_all_the_same(password: str):
     for url in (f"mqtt://vagt:{password}@broker:1883", f"postgresql://vagt:{password}@db/vagt"):
         redacted = redact_url(url)
@@ -119,3 +120,22 @@ def test_an_mqtt_password_that_breaks_the_url_is_refused_without_quoting_it():
     with pytest.raises(ConfigError, match="percent-encode") as e:
         load_config(None, env={"VAGT_MQTT_URL": "mqtt://vagt:pa#ss@broker:1883"})
     assert "pa#ss" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://vagt@db.example/vagt?password=Hunter2Secret&sslmode=bogus%",
+    "host=db password=Hunter2Secret dbname=vagt",
+])
+def test_a_password_given_as_a_parameter_never_appears_in_an_error(url: str):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={"VAGT_DATABASE_URL": url})
+    assert "Hunter2Secret" not in str(e.value) and "password=***" in str(e.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://db.example/vagt?user=vagt@prodserver&password=abc",
+    "postgresql://vagt:pw@db.example/vagt?application_name=vagt@node1",
+])
+def test_an_at_sign_in_a_url_parameter_is_no_users_and_the_url_is_taken(url: str):
+    assert load_config(None, env={"VAGT_DATABASE_URL": url}).database.url == url
+    assert "abc" not in redact_url(url) and "pw@" not in redact_url(url)

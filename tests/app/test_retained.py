@@ -93,3 +93,26 @@ def test_a_retained_alarm_and_status_are_not_taken_as_new_at_each_engine_start(
                 "an old retained copy of an alarm from ALM-0001 came when vagt subscribed")
     finally:
         clear_retained(broker.port, [alarm_topic, status_topic])
+
+
+def test_an_alarm_left_retained_before_the_engine_first_subscribed_is_heard_once(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices) -> None:
+    """A device left an alarm retained while vagt had no session (its first start, or a
+    session that expired): the copy may be the only trace of someone who pressed the
+    button. MQTT 5 asks for it when the subscription is new: a dead letter and the
+    personal alarm's queue hears of it; a restart with the session kept does not again."""
+    alarm_topic = topic(topic_root, "ALM-0001", "alarm")
+    publish_retained(broker.port, [(alarm_topic,
+                                    orjson.dumps({"events": [{"code": "alarm.fall"}]}))])
+    try:
+        engine.start().wait_ready()
+        wait_for(lambda: query(database_url, "SELECT rule FROM alerts") == [
+            ("unreadable_alarm",)], what="the retained copy's alert")
+        assert query(database_url, "SELECT reason FROM dead_letters") == [("retained",)]
+        assert engine.terminate() == 0
+        engine.start().wait_ready()
+        time.sleep(SETTLE_S)
+        assert scalar(database_url, "SELECT repeat_count FROM alerts") == 1
+        assert scalar(database_url, "SELECT count(*) FROM events") == 0
+    finally:
+        clear_retained(broker.port, [alarm_topic])

@@ -64,14 +64,16 @@ class ChildProcess:
              str(logging.getLogger().getEffectiveLevel())],
             pass_fds=[child_end.fileno()])
         child_end.close()  # only the child holds it now: its exit closes our end
-        try:
-            control.send(self._first)
-        except BaseException:  # it died at once: no child of ours without its pipe
-            process.kill()
-            process.wait()
-            control.close()
-            raise
+        # Under the pipe's lock from the first message on: what is sent meanwhile (a reload
+        # that changes `first`) waits for the new child, not the one that has ended.
         with self._pipe_lock:
+            try:
+                control.send(self._first)
+            except BaseException:  # it died at once: no child of ours without its pipe
+                process.kill()
+                process.wait()
+                control.close()
+                raise
             self._control, self._process = control, process
             self.incarnation += 1
             self._started(control)

@@ -325,18 +325,42 @@ def _validate(c: Config) -> None:
 
 
 def _userinfo(url: str) -> tuple[int, int] | None:
-    """Where the user and password are: from after '//' to the last '@', whatever is in
-    between (a password with an unencoded '/', '?', '#' or '@' still ends at an '@')."""
+    """Where the user and password are: the authority's part before its last '@'. A
+    password with an unencoded '/', '?' or '#' cuts the authority short: then they end at
+    the last '@' of the path, or of the query before its first '=' (an '@' in a parameter,
+    `?application_name=vagt@node1`, is no user's), or of the whole when what is left of
+    the authority reads as no host[:port]."""
     start = url.find("//")
-    at = url.rfind("@")
-    if start < 0 or at < start + 2:
+    if start < 0:
         return None
-    return start + 2, at
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        return start + 2, start + 2 + netloc.rfind("@")
+    after = start + 2 + len(netloc)            # where the path begins
+    if "@" in parts.path:
+        return start + 2, after + parts.path.rfind("@")
+    query = parts.query.split("=", 1)[0]
+    if "@" in query:
+        return start + 2, url.index("?", after) + 1 + query.rfind("@")
+    _, colon, port = netloc.rpartition(":")
+    at = url.rfind("@")
+    if at > start and colon and not port.isdigit():
+        return start + 2, at
+    return None
+
+
+# A password given as a parameter: `?password=...` in a URL, `password=...` in the keyword
+# form libpq also reads.
+_PASSWORD_PARAMETER = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]+)",
+                                 re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """The URL with everything after the user name up to the last '@' replaced, for logs
-    and error messages: a password that does not parse as one is hidden too."""
+    """The URL with everything after the user name up to its '@' replaced, and any password
+    parameter's value, for logs and error messages: a password that does not parse as one
+    is hidden too."""
+    url = _PASSWORD_PARAMETER.sub(r"\1***", url)
     span = _userinfo(url)
     if span is None:
         return url

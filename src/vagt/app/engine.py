@@ -645,7 +645,8 @@ def run_alarm_lane(argv: list[str]) -> None:
                                          time.time, whole_fleet=False)
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
                          args=(control, metrics.registry, lambda: bool(catching_up),
-                               lambda rules: apply_rules(pool, pipeline, rules),
+                               lambda rules: _apply_or_start_again(pool, pipeline, rules,
+                                                                   stop),
                                stop)).start()
         start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s, True),
                            stop, metrics.thread_crashed)
@@ -829,6 +830,15 @@ def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline
         log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
         return None
     return rules if apply_rules(pool, pipeline, rules) else None
+
+
+def _apply_or_start_again(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
+                          stop: threading.Event) -> None:
+    """The alarm lane's process: the rules the engine reloaded, or, if the database does
+    not let it, an end after the alarm in hand: the engine starts it again, with them."""
+    if not apply_rules(pool, pipeline, rules):
+        log.error("event=alarm_lane_reload_failed note=starting_again_with_the_engines_rules")
+        stop.set()
 
 
 def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule]) -> bool:

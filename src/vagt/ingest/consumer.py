@@ -305,10 +305,14 @@ class MqttSession:
             self._connected = True
             self._cond.notify_all()
         # Subscribed at every connection (a resumed session has the filters; a new one, or a
-        # changed configuration, needs them). A retained message is sent at subscribe (MQTT 5
-        # only if asked for): an old copy, never wanted. What still comes with the flag (MQTT
-        # 3.1.1, which cannot ask) the decoder makes a dead letter.
-        options = (SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        # changed configuration, needs them). A retained message is sent at subscribe: an old
+        # copy, which the decoder makes a dead letter (and on the alarm channel an alert: it
+        # may be the only trace of an alarm). MQTT 5 asks for it only when the subscription
+        # is new (a first start, a session that expired), not at each reconnect of a session
+        # that has it; MQTT 3.1.1 cannot ask, and it comes at each (kept once as a dead
+        # letter: the same bytes).
+        options = (SubscribeOptions(qos=1,
+                                    retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
                    if self.settings.protocol == 5 else None)
         for f in self.settings.filters:
             if options is None:
