@@ -190,6 +190,7 @@ def scale_given_to_a_then_b(database_url: str, rules_file, a_weighs: list[tuple[
         deploy(conn, "SCL-A", citizen_ref="cit-b", municipality="Odder", actor="staff",
                at=_utc(TO_B))
         conn.commit()
+        p.fleet.refresh(conn)                  # as the engine's refresh does, every 30 s
         for t, kg in b_weighs:
             weigh(t, kg)
         if others:
@@ -251,3 +252,67 @@ def test_in_the_backtest_a_device_given_to_another_citizen_is_silent_from_its_de
 
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+def test_a_rule_for_one_municipality_counts_where_the_device_was_then(
+        database_url, tmp_path, capsys):
+    """A rule for Odder's citizens: A's gain in Aarhus is none of its business, B's in Odder
+    is. The rules apply by where the device was at each time, as live."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text('[[rule]]\nname = "gain_odder"\nkind = "rate"\nmetric = "weight"\n'
+                          'rise = 2\nwindow = "3d"\nmunicipalities = ["Odder"]\n')
+    scale_given_to_a_then_b(database_url, rules_file,
+                            [(TO_A + 3600, 70.0), (TO_A + 7200, 72.5)],
+                            [(TO_B + 3600, 83.5), (TO_B + 2 * 86400, 86.2)])
+    assert query(database_url, "SELECT rule, municipality FROM alerts") == [
+        ("gain_odder", "Odder")]
+    assert backtest(database_url, rules_file, TO_A - 86400, TO_B + 3 * 86400, capsys) == {
+        ("gain_odder", "Odder"): (1, 0, 1)}
+
+
+def test_a_device_deployed_but_never_heard_is_not_silent_as_live(database_url, tmp_path,
+                                                                 capsys):
+    """Live, a device's silence counts from its last message or its deployment, whichever
+    is later, once it has sent anything: a scale whose first weighing is 10 hours after its
+    deployment was never silent."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
+    hourly = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
+                         telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
+              for k in range(20)]
+    scale_given_to_a_then_b(database_url, rules_file, [(TO_A + 10 * 3600, 70.0)],
+                            [(TO_B + 3600, 70.0)], hourly)
+    assert backtest(database_url, rules_file, TO_A - 3600, TO_A + 11 * 3600, capsys,
+                    "--batch", "1") == {}
+
+
+def test_a_device_back_at_the_centre_is_in_its_stock_and_not_silent(database_url, tmp_path,
+                                                                    capsys):
+    """Returned and not deployed again: what it raises at the centre (a test weighing)
+    counts in the centre's stock, and it is not silent there, as live."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
+    with psycopg.connect(database_url) as conn:
+        register_device(conn, "SCL-A", "Withings", "Body+", catalogue=load_catalogue(),
+                        actor="staff", at=_utc(TO_A - 3600))
+        deploy(conn, "SCL-A", citizen_ref="cit-a", municipality="Aarhus", actor="staff",
+               at=_utc(TO_A))
+        return_device(conn, "SCL-A", actor="staff", at=_utc(TO_A + 10 * 3600))
+        store.prepare_connection(conn)
+        p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(rules_file), clock=time.time)
+        messages = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
+                               telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
+                    for k in range(30)]
+        messages += [RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
+                                time.time())
+                     for t, kg in ((TO_A + 3600, 70.0), (TO_A + 11 * 3600, 80.0),
+                                   (TO_A + 12 * 3600, 83.0))]
+        out = p.process(conn, messages)
+        conn.commit()
+        p.after_commit(out)
+    # silent in Aarhus from 7 hours on, until it went back (then: the centre's, not silent)
+    assert backtest(database_url, rules_file, TO_A - 3600, TO_A + 29 * 3600, capsys,
+                    "--batch", "1") == {("silent", "Aarhus"): (1, 1, 0),
+                                        ("weight_gain", ""): (1, 0, 1)}

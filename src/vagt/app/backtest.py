@@ -23,6 +23,7 @@ import psycopg
 
 from vagt.app import rule_queries
 from vagt.app.rule_state import BEGAN_MARGIN_S
+from vagt.devices.actions import CENTRAL_STOCK
 from vagt.devices.fleet import Fleet
 from vagt.rules import Batch, Rule, RuleEngine
 from vagt.rules.book import AlertBook
@@ -63,28 +64,38 @@ def parse_time(text: str) -> float:
 
 def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], start: float,
                  end: float, batch_rows: int = 5000) -> BacktestResult:
+    """`fleet` is the backtest's own: its devices are put where their assignments had them
+    at each time of the period (municipality, deployed or not), as the rules saw them."""
     engine = RuleEngine(rules, fleet, fleet.catalogue)
     book = AlertBook()
     result = BacktestResult(start, end)
     last_seen = np.full(len(fleet), np.nan)
-    deployments = _Deployments(conn, fleet, start, end)
+    assignments = _Assignments(conn, fleet, start, end)
+    names = [r.name for r in rules]
 
     def history(metric: str, devices: np.ndarray, since: float, until: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # as live: from the device's deployment on (less the margin for a clock behind)
         d, t, v = rule_queries.reading_history(conn, fleet, metric, devices, since, until,
                                                since_deployed=False)
-        ok = ~(t < deployments.began[d] - BEGAN_MARGIN_S)   # NaN began: all
+        ok = ~(t < assignments.began[d] - BEGAN_MARGIN_S)   # NaN began: all
         return d[ok], t[ok], v[ok]
 
     cursor = start
     while cursor < end:
-        for d, since, place in deployments.due(cursor):
-            _settle(result, book, [r.name for r in rules], d, deployments.municipality[d])
-            deployments.began[d], deployments.municipality[d] = since, place
-            unpack(engine, np.array([d]), layout(engine), [b""], [b""], [None])
-            last_seen[d] = since        # silent from its deployment on
-        upper = min(_batch_end(conn, cursor, end, batch_rows), deployments.next_after(cursor))
+        for change in assignments.due(cursor):
+            d = change.device
+            # its alerts so far count where it was, one still open as cleared: they were
+            # about the citizen it leaves (live, it is deployed again only once they are
+            # resolved)
+            _settle(result, book, names, d, fleet.municipality[d])
+            fleet.place(d, change.municipality, "deployed" if change.deployed else "in_stock")
+            if change.deployed:
+                assignments.began[d] = change.at
+                unpack(engine, np.array([d]), layout(engine), [b""], [b""], [None])
+                if not np.isnan(last_seen[d]):   # silent from its deployment on, as live
+                    last_seen[d] = change.at
+        upper = min(_batch_end(conn, cursor, end, batch_rows), assignments.next_after(cursor))
         batch = _load(conn, fleet, cursor, upper)
         cursor = upper
         if batch is None:
@@ -103,7 +114,7 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
         ev = engine.sweep_absence(now, last_seen, list(book.open_))
         book.record(ev)
         engine.apply(ev)
-    muni = deployments.municipality
+    muni = fleet.municipality
     for (rule, d), n in book.opened.items():
         result.opened[(rule, muni[d])] += n
     for (rule, d), n in book.cleared.items():
@@ -113,50 +124,67 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
     return result
 
 
-class _Deployments:
-    """The devices' deployments (`device_assignments`) up to `end`: per device the time and
-    municipality of the one it is in at the backtest's cursor (NaN and its registry's
-    municipality before any), and those still to come within the period, in time order."""
+@dataclass(frozen=True)
+class _Change:
+    at: float
+    device: int
+    deployed: bool        # deployed to a citizen, or back to the centre (returned, lost)
+    municipality: str
+
+
+class _Assignments:
+    """The devices' assignments (`device_assignments`) over the period: `began` per device,
+    the time of the deployment it is in at the cursor (NaN: none known), and the changes
+    still to come, in time order. At the start each device with assignments is put where
+    they had it: deployed in the municipality of the one in force, else in the centre's
+    stock; one with none stays as the registry has it."""
 
     def __init__(self, conn: psycopg.Connection, fleet: Fleet, start: float, end: float
                  ) -> None:
         self.began = np.full(len(fleet), np.nan)
-        self.municipality = list(fleet.municipality)
         rows = conn.execute(
-            "SELECT device_id, extract(epoch FROM since)::float8, municipality "
-            "FROM device_assignments WHERE since < to_timestamp(%s) ORDER BY since, device_id",
-            (end,)).fetchall()
+            "SELECT device_id, extract(epoch FROM since)::float8, "
+            "extract(epoch FROM until)::float8, municipality FROM device_assignments "
+            "WHERE since < to_timestamp(%s) ORDER BY since, device_id", (end,)).fetchall()
         idx = fleet.lookup([str(r[0]) for r in rows])
-        self._coming: list[tuple[float, int, str]] = []
-        for (_, since, place), d in zip(rows, idx.tolist()):
+        at_start: dict[int, tuple[str, bool]] = {}
+        changes: list[_Change] = []
+        for (_, since, until, place), d in zip(rows, idx.tolist()):
             if d < 0:
                 continue
-            if since <= start:   # in order: the last one before the period stays
-                self.began[d], self.municipality[d] = since, str(place)
+            ended = until is not None and until <= start
+            if since <= start:   # in time order: the last one before the period stays
+                at_start[d] = (CENTRAL_STOCK, False) if ended else (str(place), True)
+                if not ended:
+                    self.began[d] = since
             else:
-                self._coming.append((float(since), d, str(place)))
+                changes.append(_Change(float(since), d, True, str(place)))
+            if until is not None and start < until < end:
+                changes.append(_Change(float(until), d, False, CENTRAL_STOCK))
+        for d, (place, deployed) in at_start.items():
+            fleet.place(d, place, "deployed" if deployed else "in_stock")
+        self._coming = sorted(changes, key=lambda c: (c.at, c.deployed))  # a return first
         self._next = 0
 
     def next_after(self, cursor: float) -> float:
-        """The time of the next deployment after `cursor` (inf: none)."""
+        """The time of the next change after `cursor` (inf: none)."""
         k = self._next
-        while k < len(self._coming) and self._coming[k][0] <= cursor:
+        while k < len(self._coming) and self._coming[k].at <= cursor:
             k += 1
-        return self._coming[k][0] if k < len(self._coming) else np.inf
+        return self._coming[k].at if k < len(self._coming) else np.inf
 
-    def due(self, cursor: float) -> list[tuple[int, float, str]]:
-        """The deployments at or before `cursor` not yet taken: (device, time, municipality),
-        in time order."""
+    def due(self, cursor: float) -> list[_Change]:
+        """The changes at or before `cursor` not yet taken, in time order."""
         k = self._next
-        while self._next < len(self._coming) and self._coming[self._next][0] <= cursor:
+        while self._next < len(self._coming) and self._coming[self._next].at <= cursor:
             self._next += 1
-        return [(d, since, place) for since, d, place in self._coming[k:self._next]]
+        return self._coming[k:self._next]
 
 
 def _settle(result: BacktestResult, book: AlertBook, rules: list[str], d: int,
             municipality: str) -> None:
-    """Device `d` goes to its next citizen: count its alerts so far in `municipality` (the
-    last citizen's) and take them out of the book; one still open counts as cleared."""
+    """Device `d` changes place: count its alerts so far in `municipality` (where it was)
+    and take them out of the book, one still open as cleared."""
     for rule in rules:
         key, here = (rule, d), (rule, municipality)
         fired = book.open_.pop(key, None)

@@ -200,6 +200,16 @@ class Fleet:
             state = _state_columns([r for _, r in have])
             self._merge(idx, *state)
 
+    def place(self, k: int, municipality: str, status: str) -> None:
+        """Device `k` where the registry had it at another time (a backtest replays the
+        period): its municipality and status, as the rules see them."""
+        same = sys.intern
+        with self.lock:
+            self.municipality[k], self.status[k] = same(municipality), same(status)
+            self._place.codes[k] = self._place.code(self.municipality[k])
+            self._status.codes[k] = self._status.code(self.status[k])
+            self.registry_version += 1   # the rules compute where they apply again
+
     def _add(self, rows: Iterable[tuple[object, ...]]) -> None:
         new = list(rows)
         if not new:
