@@ -74,6 +74,11 @@ priority = 1
     wait_for(lambda: scalar(database_url, "SELECT count(*) FROM alerts") == 1, what="alert")
     assert query(database_url, "SELECT rule, queue, priority FROM alerts") == [
         ("personal_alarm", "akut", 1)]
+    # acknowledged (its device state written too): killed before, the broker would send it
+    # again, and the new process would count it a second time in the batch with the next
+    # one (a known limit: a firing's rows are counted together, see the session's note)
+    wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
+             what="the first alarm acknowledged")
     # The file broken after the engine started: the engine read it once, and so does the
     # alarm lane, whose process starts again with the engine's policy, not the file's.
     policy.write_text("[[route.routes]\n")
