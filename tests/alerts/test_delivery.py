@@ -349,9 +349,10 @@ def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and
     assert second[1:4] == (1, True, False)
 
 
-def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(database_url,
-                                                                         broker: Broker):
-    policy = DeliveryPolicy(mqtt=(MqttTarget("cc-mqtt", "callcentre/{municipality}/{queue}"),))
+def delivered_over_mqtt(database_url: str, broker: Broker, policy: DeliveryPolicy,
+                        sender: MqttSender) -> tuple[int, list[paho.MQTTMessage]]:
+    """An alarm's alert delivered by `sender` (closed after): its id, and what a subscriber
+    to callcentre/# on the test broker received."""
     received: list[paho.MQTTMessage] = []
     got = threading.Event()
     sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -359,8 +360,6 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
     sub.connect("127.0.0.1", broker.port)
     sub.subscribe("callcentre/#", qos=1)
     sub.loop_start()
-    sender = MqttSender(policy.mqtt[0], host="127.0.0.1", port=broker.port, username=None,
-                        password=None, tls=False, client_id=f"test-out-{free_port()}")
     try:
         (alert_id,) = alarms(database_url, policy, 1)
         with open_pool(database_url, 1, 2) as pool:
@@ -374,7 +373,15 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
         sender.close()
         sub.loop_stop()
         sub.disconnect()
-    (m,) = received
+    return alert_id, received
+
+
+def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(database_url,
+                                                                         broker: Broker):
+    policy = DeliveryPolicy(mqtt=(MqttTarget("cc-mqtt", "callcentre/{municipality}/{queue}"),))
+    sender = MqttSender(policy.mqtt[0], host="127.0.0.1", port=broker.port, username=None,
+                        password=None, tls=False, client_id=f"test-out-{free_port()}")
+    alert_id, [m] = delivered_over_mqtt(database_url, broker, policy, sender)
     assert (m.topic, m.qos, orjson.loads(m.payload)["alert"]["id"]) == (
         "callcentre/Randers/emergency", 1, alert_id)
     assert deliveries(database_url)[0][2] is True
@@ -394,27 +401,8 @@ password_env = "VAGT_TEST_CC_PASSWORD"
 """)
     policy = load_policy(path, {"VAGT_TEST_CC_PASSWORD": broker.password}).delivery
     assert broker.password not in repr(policy)
-    received: list[paho.MQTTMessage] = []
-    got = threading.Event()
-    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    sub.on_message = lambda _c, _u, m: (received.append(m), got.set())
-    sub.connect("127.0.0.1", broker.port)
-    sub.subscribe("callcentre/#", qos=1)
-    sub.loop_start()
     [sender] = senders_for(policy, mqtt_defaults={}, client_id=f"test-{free_port()}")
-    try:
-        alarms(database_url, policy, 1)
-        with open_pool(database_url, 1, 2) as pool:
-            worker = DeliveryWorker(pool, policy, [sender], Clock())
-            for _ in range(100):                  # the sender connects in the background
-                if worker.deliver_due() and deliveries(database_url)[0][2]:
-                    break
-                threading.Event().wait(0.05)
-        assert got.wait(10)
-    finally:
-        sender.close()
-        sub.loop_stop()
-        sub.disconnect()
+    _, received = delivered_over_mqtt(database_url, broker, policy, sender)
     assert [m.topic for m in received] == ["callcentre/emergency"]
 
 

@@ -206,6 +206,15 @@ def backtest(database_url: str, rules_file, start: float, end: float, capsys, *m
             for a in orjson.loads(capsys.readouterr().out)["alerts"]}
 
 
+def oximeter_hourly(database_url: str, hours: int) -> list[RawMessage]:
+    """An oximeter in Aarhus (registered here) reading every hour from TO_A: messages that
+    make the backtest's batches (with --batch 1) and its sweeps, an hour apart."""
+    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
+    return [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
+                       telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
+            for k in range(hours)]
+
+
 def test_a_device_given_to_another_citizen_begins_anew_in_the_backtest_as_it_does_live(
         database_url, tmp_path, capsys):
     """Citizen A gains weight (an alert, resolved by an operator); the scale goes to citizen B,
@@ -239,10 +248,7 @@ def test_in_the_backtest_a_device_given_to_another_citizen_is_silent_from_its_de
     oximeter's hourly readings make the backtest's batches."""
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)
-    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
-    hourly = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
-                         telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
-              for k in range(48)]
+    hourly = oximeter_hourly(database_url, 48)
     scale_given_to_a_then_b(database_url, rules_file,
                             [(TO_A + 3600, 70.0), (TO_B - 5.5 * 3600, 70.0)],
                             [(TO_B + 2 * 3600, 70.0)], hourly)
@@ -277,10 +283,7 @@ def test_a_device_deployed_but_never_heard_is_not_silent_as_live(database_url, t
     deployment was never silent."""
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)
-    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
-    hourly = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
-                         telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
-              for k in range(20)]
+    hourly = oximeter_hourly(database_url, 20)
     scale_given_to_a_then_b(database_url, rules_file, [(TO_A + 10 * 3600, 70.0)],
                             [(TO_B + 3600, 70.0)], hourly)
     assert backtest(database_url, rules_file, TO_A - 3600, TO_A + 11 * 3600, capsys,
@@ -293,7 +296,7 @@ def test_a_device_back_at_the_centre_is_in_its_stock_and_not_silent(database_url
     counts in the centre's stock, and it is not silent there, as live."""
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)
-    register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
+    hourly = oximeter_hourly(database_url, 30)
     with psycopg.connect(database_url) as conn:
         register_device(conn, "SCL-A", "Withings", "Body+", catalogue=load_catalogue(),
                         actor="staff", at=_utc(TO_A - 3600))
@@ -302,13 +305,11 @@ def test_a_device_back_at_the_centre_is_in_its_stock_and_not_silent(database_url
         return_device(conn, "SCL-A", actor="staff", at=_utc(TO_A + 10 * 3600))
         store.prepare_connection(conn)
         p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(rules_file), clock=time.time)
-        messages = [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
-                               telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
-                    for k in range(30)]
-        messages += [RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
-                                time.time())
-                     for t, kg in ((TO_A + 3600, 70.0), (TO_A + 11 * 3600, 80.0),
-                                   (TO_A + 12 * 3600, 83.0))]
+        messages = hourly + [
+            RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
+                       time.time())
+            for t, kg in ((TO_A + 3600, 70.0), (TO_A + 11 * 3600, 80.0),
+                          (TO_A + 12 * 3600, 83.0))]
         out = p.process(conn, messages)
         conn.commit()
         p.after_commit(out)
