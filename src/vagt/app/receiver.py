@@ -277,7 +277,11 @@ def run_receiver(argv: list[str]) -> None:
 
 
 def _by_connection(batch: list[RawMessage]) -> list[list[RawMessage]]:
-    """The batch in runs of messages that came on one connection, in order."""
+    """The batch in runs of messages that came on one connection, in order. The inbox is
+    in the order of the connections (what a reconnect keeps stays in front): a batch whose
+    first and last came on one came all on it, as nearly every batch does."""
+    if not batch or connection_of(batch[0].token) == connection_of(batch[-1].token):
+        return [batch] if batch else []
     runs: list[list[RawMessage]] = []
     for m in batch:
         if runs and connection_of(runs[-1][-1].token) == connection_of(m.token):
