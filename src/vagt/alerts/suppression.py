@@ -85,12 +85,13 @@ WITH changed AS (
     UPDATE alerts a SET status = 'open', suppressed_reason = NULL, queued_at = %(now)s,
            claim_deadline = %(now)s + coalesce(a.time_to_claim, interval '1 hour')
     WHERE a.id = ANY(%(ids)s) AND a.status = 'suppressed'
-    RETURNING a.id
+    RETURNING a.id, a.announced, a.ever_announced
+), audited AS (
+    INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note)
+    SELECT id, %(now)s, 'vagt', 'unsuppress', 'suppressed', 'open',
+           'nothing holds it back any more' FROM changed
 )
-INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note)
-SELECT id, %(now)s, 'vagt', 'unsuppress', 'suppressed', 'open',
-       'nothing holds it back any more' FROM changed
-RETURNING alert_id
+SELECT id, announced, ever_announced FROM changed
 """
 
 
@@ -143,28 +144,29 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     if to_reword:
         conn.execute(_REASON, ([i for i, _ in to_reword], [r for _, r in to_reword], now))
     if to_release:
-        released = [int(r[0]) for r in conn.execute(
-            _UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()]
-        _announce_released(conn, [i for i in released if i not in quiet])
+        told = conn.execute(_UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()
+        released = [int(r[0]) for r in told]
+        _announce_released(conn, [r for r in told if int(r[0]) not in quiet])
     return Changes(sorted(suppressed), sorted(released))
 
 
-def _announce_released(conn: psycopg.Connection, ids: list[int]) -> None:
+def _announce_released(conn: psycopg.Connection,
+                       told: list[tuple[int, bool, bool]]) -> None:
     """`unsuppressed` for the released alerts the call centre's systems know of. One held
     back from its opening (a silence or repair status in force then) was never announced:
     its first event is `opened`, now that it is actionable (a receiver taking only opened,
     reopened, escalated and resolved heard nothing of it before); one held back from its
-    reopening is `reopened`. Told by the alert's own row (migration 0016)."""
-    if not ids:
+    reopening is `reopened`. `told`: (id, announced, ever_announced) as the alert's row
+    says (migration 0016)."""
+    if not told:
         return
-    told = conn.execute("SELECT id, announced, ever_announced FROM alerts WHERE id = ANY(%s)",
-                        (ids,)).fetchall()
+    ids = {int(i) for i, _, _ in told}
     first = {int(i) for i, _, ever in told if not ever}
     again = {int(i) for i, now, ever in told if ever and not now}
     held: dict[str, object] = {"held_back_until": "now"}
     outbox.enqueue(conn, first, "opened", ENGINE_ACTOR, held)
     outbox.enqueue(conn, again, "reopened", ENGINE_ACTOR, held)
-    outbox.enqueue(conn, set(ids) - first - again, "unsuppressed", ENGINE_ACTOR)
+    outbox.enqueue(conn, ids - first - again, "unsuppressed", ENGINE_ACTOR)
 
 
 def suppression_reason(alert_id: int, labels: Mapping[str, object], device_status: str | None,

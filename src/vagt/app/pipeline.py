@@ -276,6 +276,8 @@ class Pipeline:
         citizen's), but as one dated before the deployment: the device's clock may be wrong
         (one that lost power may restart at 2000-01-01), and someone may need help."""
         batch, theirs, earlier = without_last_citizens(batch, devs, first, began)
+        if not earlier:    # (every batch: what follows, only for a redeployed device's)
+            return batch, 0
         critical = [code for r in self.rules.rules if r.kind == "event"
                     and r.severity == "critical" for code in r.codes]
         alarms = np.flatnonzero(theirs.code_mask(critical))
