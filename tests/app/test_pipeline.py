@@ -323,6 +323,39 @@ def test_a_redelivered_batch_changes_neither_alerts_nor_device_state(database_ur
             query(database_url, "SELECT count(*) FROM alert_audit")) == snapshot
 
 
+@pytest.mark.parametrize("state_apart", [False, True], ids=["bulk_lane", "alarm_lane"])
+def test_an_alarm_delivered_again_with_a_newer_one_is_counted_once(database_url, state_apart):
+    """The engine committed the first alarm and stopped before the broker had its
+    acknowledgement: the broker sends it again, in one batch with the device's next alarm.
+    The call centre sees two alarms, not three."""
+    register(database_url, DEVICES)
+    first = msg("ALM-0001", "alarm", alarm("ALM-0001", T0))
+    run_batches(database_url, [first])
+    with psycopg.connect(database_url) as conn:    # a new process: nothing in memory
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        out = p.process(conn, [first, msg("ALM-0001", "alarm", alarm("ALM-0001", T0 + 30))],
+                        state_apart=state_apart)
+        if state_apart:
+            conn.commit()
+            p.write_state(conn, out)
+        conn.commit()
+    assert out.events == 1
+    assert query(database_url, "SELECT rule, repeat_count, extract(epoch FROM last_fired_at)::float8 "
+                               "FROM alerts") == [
+        ("personal_alarm", 2, pytest.approx(T0 + 30, abs=1e-3))]
+
+
+def test_an_alarm_sent_twice_in_one_batch_is_counted_once(database_url):
+    register(database_url, DEVICES)
+    fall = msg("ALM-0001", "alarm", alarm("ALM-0001", T0))
+    run_batches(database_url,
+                [fall, fall, msg("ALM-0001", "alarm", alarm("ALM-0001", T0 + 30, "alarm.button"))])
+    assert scalar(database_url, "SELECT count(*) FROM events") == 2
+    assert query(database_url, "SELECT rule, repeat_count FROM alerts") == [
+        ("personal_alarm", 2)]
+
+
 def test_a_batch_partly_stored_before_stores_only_its_new_rows_and_still_does_the_rest(
         database_url):
     """Readings go in with a plain INSERT first; one already stored (a redelivery mixed with

@@ -188,9 +188,13 @@ class Pipeline:
         e = _rows(dec.e_device, dec.e_msg, dec.e_time, usable, device_of_msg)
         e_keep = _keep(dec.e_msg, usable)
         e_code = np.asarray(_pick(dec.e_code, e_keep), dtype=object)
-        out.events = store.insert_events(conn, e.device_id, e_code.tolist(),
-                                         _pick(dec.e_severity, e_keep),
-                                         _pick(dec.e_details, e_keep), e.time, received[e.msg])
+        out.events, new_events = store.insert_events(
+            conn, e.device_id, e_code.tolist(), _pick(dec.e_severity, e_keep),
+            _pick(dec.e_details, e_keep), e.time, received[e.msg])
+        if new_events is not None:   # the rules saw the others when they came first
+            e = _Rows(e.device[new_events], _pick(e.device_id, new_events), e.msg[new_events],
+                      e.time[new_events])
+            e_code = e_code[new_events]
         store.insert_dead_letters(conn, out.dead)
         out.decoded = int(usable.sum())
 

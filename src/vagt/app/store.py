@@ -23,7 +23,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_readings (
     t float8, device_id text, metric text, value float8, unit text, received float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
-    t float8, device_id text, code text, severity text, details text, received float8
+    t float8, device_id text, code text, severity text, details text, received float8, i int4
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
     device_id text, seen float8, battery float8, battery_t float8, signal float8,
@@ -47,6 +47,18 @@ _INSERT_EVENTS = """
 INSERT INTO events (time, device_id, code, severity, details, received_at)
 SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(received)
 FROM stage_events ORDER BY device_id, code, t
+"""
+
+# An event stored before (a redelivery) or twice in the batch: the staging rows that were
+# stored now, each event's first (see `insert_events`)
+_INSERT_EVENTS_NEW = """
+WITH stored AS (
+""" + _INSERT_EVENTS + """ON CONFLICT DO NOTHING
+RETURNING device_id, code, time
+)
+SELECT min(s.i) FROM stage_events s
+JOIN stored USING (device_id, code) WHERE stored.time = to_timestamp(s.t)
+GROUP BY s.device_id, s.code, s.t
 """
 
 _INSERT_DEAD = """
@@ -109,45 +121,62 @@ def insert_readings(
             for row in zip(time.tolist(), device, metric, value.tolist(), unit,
                            received.tolist()):
                 write(row)
-        return _insert_new(cur, _INSERT_READINGS)
+        return _insert_new(cur, _INSERT_READINGS)[0]
 
 
 def insert_events(
     conn: psycopg.Connection,
     device: Sequence[str], code: Sequence[str], severity: Sequence[str],
     details: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
-) -> int:
-    """Insert events; returns how many were new."""
+) -> tuple[int, npt.NDArray[np.bool_] | None]:
+    """Insert events; returns how many were new, and which were (None: every one).
+
+    An event stored before was evaluated by the rules when it came first: a message delivered
+    again (the engine stopped between its commit and the broker's acknowledgement) or sent
+    twice must not count twice in its alert."""
     if len(device) == 0:
-        return 0
+        return 0, None
     with conn.cursor() as cur:
-        with cur.copy("COPY stage_events (t, device_id, code, severity, details, received) "
+        with cur.copy("COPY stage_events (t, device_id, code, severity, details, received, i) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["float8", "text", "text", "text", "text", "float8"])
-            for row in zip(time.tolist(), device, code, severity, details, received.tolist()):
+            copy.set_types(["float8", "text", "text", "text", "text", "float8", "int4"])
+            for row in zip(time.tolist(), device, code, severity, details, received.tolist(),
+                           range(len(device))):
                 copy.write_row(row)
-        return _insert_new(cur, _INSERT_EVENTS)
+        inserted, firsts = _insert_new(cur, _INSERT_EVENTS, _INSERT_EVENTS_NEW)
+    if firsts is None:
+        return inserted, None
+    new = np.zeros(len(device), dtype=bool)
+    new[[int(r[0]) for r in firsts]] = True
+    return inserted, new
 
 
-def _insert_new(cur: psycopg.Cursor[Any], insert: str) -> int:
-    """Run `insert` (of a staging table's rows); returns how many rows were new.
+def _insert_new(cur: psycopg.Cursor[Any], insert: str,
+                again: str | None = None) -> tuple[int, list[tuple[Any, ...]] | None]:
+    """Run `insert` (of a staging table's rows); returns how many rows were new, and, if a
+    row was stored before, what `again` returned.
 
     A plain INSERT first, in a savepoint: with ON CONFLICT DO NOTHING, PostgreSQL looks each
     row up in the key's index before it inserts it (a speculative insertion), and that cost
     a third of the time of a batch's readings. If a row was stored before (a batch delivered
     again after a crash, or a device that sent one reading twice), the INSERT fails on the
-    key, and goes again with ON CONFLICT DO NOTHING: only the new rows are stored (the
-    server's log shows the first attempt as a duplicate key error).
+    key, and goes again as `again` (by default `insert` with ON CONFLICT DO NOTHING): only
+    the new rows are stored (the server's log shows the first attempt as a duplicate key
+    error).
     """
     cur.execute("SAVEPOINT vagt_insert")
+    rows = None
     try:
         cur.execute(insert)
     except psycopg.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT vagt_insert")
-        cur.execute(insert + " ON CONFLICT DO NOTHING")
+        if again is None:
+            cur.execute(insert + " ON CONFLICT DO NOTHING")
+        else:
+            rows = cur.execute(again).fetchall()
     inserted = cur.rowcount
     cur.execute("RELEASE SAVEPOINT vagt_insert")
-    return inserted
+    return inserted, rows
 
 
 def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) -> None:
