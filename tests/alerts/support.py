@@ -63,7 +63,7 @@ def fire(database_url: str, *specs: tuple[str, str] | tuple[str, str, float],
 def clear(database_url: str, rule: str, device_id: str, t: float,
           policy: AlertPolicy = POLICY) -> list[int]:
     with psycopg.connect(database_url) as conn:
-        return clear_alerts(conn, [f"{rule}|{device_id}"], [t], policy)
+        return clear_alerts(conn, [f"{rule}|{device_id}"], [t], policy=policy)
 
 
 def rows(database_url: str, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:

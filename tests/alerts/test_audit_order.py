@@ -24,7 +24,7 @@ def test_a_rules_clear_after_an_acknowledgement_is_listed_after_it(database_url,
         engine.execute("SELECT 1")                  # the engine's batch transaction begins
         time.sleep(0.05)
         actions.acknowledge(conn, alert_id, "anna", "calling the citizen")
-        clear_alerts(engine, ["spo2_low|OXI-0001"], [T0 + 60], POLICY)
+        clear_alerts(engine, ["spo2_low|OXI-0001"], [T0 + 60], policy=POLICY)
     assert steps(conn, alert_id) == ["open", "claim", "ack", "resolve"]
     row = actions.get_alert(conn, alert_id)
     assert row.resolved_at > row.acknowledged_at

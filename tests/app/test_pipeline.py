@@ -484,3 +484,31 @@ def test_a_device_time_is_read_as_the_database_keeps_it_to_the_microsecond(datab
                       "WHERE device_id = 'OXI-0001' ORDER BY time")]
     assert stored == sorted(decoded)
     assert sum(s != t for s, t in zip(stored, sorted(times))) > 20   # the test means it
+
+
+def test_an_alert_of_a_rule_that_clears_after_a_time_is_not_cleared_from_under_its_operator(
+        database_url):
+    """`dispenser_jam` clears 12 hours after the last fault event (`clear_after`): no news,
+    not news that the fault is mended. An operator holding the alert (arranging a technician,
+    say) resolves it; one nobody took is resolved, saying why."""
+    from vagt.alerts import acknowledge, claim
+
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        for device in ("OXI-0001", "OXI-0002"):
+            out = p.process(conn, [msg(device, "alarm", alarm(device, T0, "fault.sensor"))])
+            conn.commit()
+            p.after_commit(out)
+        claim(conn, 1, "anna")
+        acknowledge(conn, 1, "anna", "technician booked for tomorrow")
+        out = p.tick(conn, T0 + 13 * 3600, sweep=True)
+        conn.commit()
+        p.after_commit(out)
+    assert query(database_url, "SELECT device_id, status, resolved_by, note FROM alerts "
+                               "ORDER BY id") == [
+        ("OXI-0001", "acknowledged", None, "technician booked for tomorrow"),
+        ("OXI-0002", "resolved", "rule:dispenser_jam",
+         "cleared: no new event for 12 h (the rule's clear_after), which is not a sign that it "
+         "ended")]

@@ -136,23 +136,29 @@ upserted AS (
 SELECT id, queue, opened, fingerprint FROM upserted
 """
 
+# An expiry (`quiet`: the rule heard nothing for that long) leaves an alert an operator holds:
+# nothing said the condition ended, and the operator may be acting on it.
 _CLEAR = """
 WITH incoming AS (
-    SELECT * FROM unnest(%s::text[], %s::float8[]) AS t(fingerprint, at)
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) AS t(fingerprint, at, quiet)
 ), target AS (
-    SELECT a.id, a.rule, a.status, a.labels FROM alerts a JOIN incoming i USING (fingerprint)
+    SELECT a.id, a.rule, a.status, a.labels,
+           coalesce('no new event for ' || i.quiet || ' (the rule''s clear_after), '
+                    || 'which is not a sign that it ended',
+                    'the condition no longer holds') AS why
+    FROM alerts a JOIN incoming i USING (fingerprint)
     WHERE a.status <> 'resolved' AND a.last_fired_at <= to_timestamp(i.at)
+      AND (i.quiet IS NULL OR a.status NOT IN ('claimed', 'acknowledged'))
     FOR UPDATE OF a
 ), resolved AS (
     UPDATE alerts a SET status = 'resolved', resolved_at = clock_timestamp(),
                         resolved_by = 'rule:' || a.rule, resolution_code = 'cleared',
-                        suppressed_reason = NULL,
-                        note = 'cleared: the condition no longer holds'
+                        suppressed_reason = NULL, note = 'cleared: ' || target.why
     FROM target WHERE a.id = target.id
     RETURNING a.id
 ), audited AS (
     INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, note, details)
-    SELECT id, 'rule:' || rule, 'resolve', status, 'resolved', 'the condition no longer holds',
+    SELECT id, 'rule:' || rule, 'resolve', status, 'resolved', why,
            '{"resolution_code": "cleared"}'::jsonb
     FROM target
 )
@@ -229,15 +235,21 @@ def recount_firings(conn: psycopg.Connection, fingerprints: Sequence[str],
 
 
 def clear_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
-                 times: Sequence[float], policy: AlertPolicy | None = None) -> list[int]:
+                 times: Sequence[float], quiet: Sequence[str | None] | None = None,
+                 policy: AlertPolicy | None = None) -> list[int]:
     """Resolve the open alerts whose condition cleared at `times` (not before they last fired).
+
+    `quiet`, per alert: None if its condition ended, or how long its rule heard nothing (an
+    expiry, see `Transitions.add_clears`): then an alert an operator holds stays theirs.
 
     Alerts that an inhibition held back only because of a cleared one come back.
     """
     if not fingerprints:
         return []
     policy = policy or current_policy()
-    rows = conn.execute(_CLEAR, (list(fingerprints), list(times))).fetchall()
+    rows = conn.execute(_CLEAR, (list(fingerprints), list(times),
+                                 list(quiet) if quiet is not None
+                                 else [None] * len(fingerprints))).fetchall()
     ids = [int(r[0]) for r in rows]
     outbox.enqueue(conn, ids, "resolved", ENGINE_ACTOR, {"resolution_code": "cleared"})
     if any(is_inhibition_source(r[1], policy) for r in rows):

@@ -530,6 +530,7 @@ class Pipeline:
         if recount is not None:
             fr = self._recount(conn, ev, fr, recount)
         cr, cd, ct, co = ev.transitions.clears()
+        expired = ev.transitions.expired()
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
         for k in rounds:
             sel = fr[7] == k
@@ -541,7 +542,9 @@ class Pipeline:
             if c.any():
                 fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d])
                        for r, d in zip(cr[c].tolist(), cd[c].tolist())]
-                out.cleared += len(clear_alerts(conn, fps, ct[c].tolist()))
+                quiet = [_quiet_for(ev.rules[r]) if e else None
+                         for r, e in zip(cr[c].tolist(), expired[c].tolist())]
+                out.cleared += len(clear_alerts(conn, fps, ct[c].tolist(), quiet))
 
     def _recount(self, conn: psycopg.Connection, ev: Evaluation,
                  fr: tuple[npt.NDArray[Any], ...], recount: Recount
@@ -637,6 +640,12 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
                         {"rule": rule, "device_id": d, "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
+
+
+def _quiet_for(rule: Rule) -> str:
+    """How long an expired alert's rule heard nothing (its `clear_after`), for its note."""
+    s = int(rule.clear_after or 0)
+    return f"{s // 3600} h" if s % 3600 == 0 else f"{s // 60} min" if s % 60 == 0 else f"{s} s"
 
 
 def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:

@@ -103,6 +103,7 @@ class Transitions:
     c_dev: list[I64] = field(default_factory=list)
     c_time: list[F64] = field(default_factory=list)
     c_ordinal: list[I64] = field(default_factory=list)
+    c_expired: list[Bools] = field(default_factory=list)
 
     def add_fires(self, rule: int, dev: I64, first: F64, last: F64, value: F64, code: Obj,
                   count: I64, ordinal: I64) -> None:
@@ -116,12 +117,16 @@ class Transitions:
             self.count.append(count)
             self.ordinal.append(ordinal)
 
-    def add_clears(self, rule: int, dev: I64, time: F64, ordinal: I64) -> None:
+    def add_clears(self, rule: int, dev: I64, time: F64, ordinal: I64,
+                   expired: bool = False) -> None:
+        """`expired`: cleared because nothing came for a time (an event rule's
+        `clear_after`), which says nothing of whether the condition ended."""
         if len(dev):
             self.c_rule.append(rule)
             self.c_dev.append(dev)
             self.c_time.append(time)
             self.c_ordinal.append(ordinal)
+            self.c_expired.append(np.full(len(dev), expired))
 
     def fires(self) -> tuple[I64, I64, F64, F64, F64, Obj, I64, I64]:
         """rule, device, first time, last time, value, code, count, ordinal."""
@@ -142,6 +147,12 @@ class Transitions:
             return i, i, e, i
         return (_rules(self.c_rule, self.c_dev), np.concatenate(self.c_dev),
                 np.concatenate(self.c_time), np.concatenate(self.c_ordinal))
+
+    def expired(self) -> Bools:
+        """Which of `clears()` are expiries (see `add_clears`)."""
+        if not self.c_expired:
+            return np.zeros(0, dtype=bool)
+        return np.concatenate(self.c_expired)
 
     def same_as(self, other: Transitions) -> bool:
         """The same fires and clears, in the same order (NaN values equal)."""

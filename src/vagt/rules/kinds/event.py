@@ -57,5 +57,5 @@ def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
     if len(due) == 0:
         return
     at: F64 = last_fire[due] + rule.clear_after
-    out.add_clears(i, due, at, np.zeros(len(due), dtype=np.int64))
+    out.add_clears(i, due, at, np.zeros(len(due), dtype=np.int64), expired=True)
     ctx.stage(st, due, active=np.zeros(len(due), dtype=bool))
