@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 from tests.alerts.support import add_device, fire, rows
+from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker, free_port
 
 from vagt.alerts.delivery import (
@@ -91,6 +92,32 @@ class Receiver:
 
     def accepted(self) -> list[dict[str, object]]:
         return [orjson.loads(body) for _, body in self.requests[self.failures:]]
+
+
+def test_a_database_gone_silent_holds_the_deliveries_only_until_the_watchdog_cuts_it(
+        database_url, receiver, caplog):
+    """The connection the worker holds stays open and answers nothing (a crashed database
+    host, an address failed over): the call centre's systems would hear nothing more."""
+    receiver.failures = 0
+    policy = webhook_policy(receiver.url)
+    alarms(database_url, policy, 1)
+    proxy = DatabaseProxy()
+    proxy.up()
+    stop = threading.Event()
+    try:
+        with open_pool(proxy.url(database_url), 1, 1) as pool:
+            proxy.go_silent()           # the pool's one connection; a new one would answer
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                                    Clock(), transaction_limit_s=1)
+            threading.Thread(target=worker.run, args=(stop,), daemon=True).start()
+            deadline = time.monotonic() + 30
+            while not receiver.accepted() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        proxy.down()
+    assert len(receiver.accepted()) == 1
+    assert "event=database_unresponsive thread=alert-delivery" in caplog.text
 
 
 class Clock:
@@ -567,6 +594,7 @@ class Recording:
     """A sender of the test's own: records what it sends; `error` raised, `hold` waited on."""
 
     name: str = "callcentre"
+    timeout_s: float = 0.0
     sent: list[str] = field(default_factory=list)
     error: Exception | None = None
     hold: threading.Event | None = None

@@ -3,12 +3,15 @@ the escalation queue, counts the breach, audits it and tells the call centre."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from tests.alerts.support import add_device, fire, rows
+from tests.app.db_proxy import DatabaseProxy
 
 from vagt.alerts import actions
 from vagt.alerts.escalation import Timer, escalate_overdue
@@ -100,6 +103,38 @@ def test_the_timer_escalates_by_its_clock(alarm, database_url):
     assert breach.alert_id == alert_id
     assert rows(database_url, "SELECT escalated_at FROM alerts") == [
         (datetime.fromtimestamp(now[0], UTC),)]
+
+
+def test_a_database_gone_silent_holds_the_timer_only_until_the_watchdog_cuts_it(
+        alarm, database_url, caplog):
+    """Its connection open and answering nothing: the escalations would wait for ever.
+    The tick fails (the next tries again) and the pool's connections are replaced."""
+    _, queued = alarm
+    proxy = DatabaseProxy()
+    proxy.up()
+    try:
+        with open_pool(proxy.url(database_url), 1, 1) as pool:
+            proxy.go_silent()
+            timer = Timer(pool, load_policy(None), transaction_limit_s=1,
+                          clock=lambda: (queued + timedelta(hours=1)).timestamp())
+            failed: list[BaseException] = []
+            first = threading.Thread(target=lambda: _failing(timer.tick, failed), daemon=True)
+            first.start()
+            first.join(20)
+            assert not first.is_alive(), "the tick still waits on the silent connection"
+            assert [type(e) for e in failed] == [psycopg.OperationalError]
+            assert "event=database_unresponsive thread=alert-timer" in caplog.text
+            (breach,) = timer.tick() or []    # on a new connection
+    finally:
+        proxy.down()
+    assert rows(database_url, "SELECT breaches FROM alerts") == [(1,)]
+
+
+def _failing(work: Callable[[], object], errors: list[BaseException]) -> None:
+    try:
+        work()
+    except BaseException as e:
+        errors.append(e)
 
 
 def test_only_one_process_runs_the_timer_at_a_time(alarm, database_url):

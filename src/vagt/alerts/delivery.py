@@ -39,6 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
+from vagt.app.watchdog import guarded_connection
 
 log = logging.getLogger("vagt.alerts.delivery")
 
@@ -67,6 +68,7 @@ _NOT_THIS = frozenset({400, 409, 413, 422})
 
 class Sender(Protocol):
     name: str
+    timeout_s: float    # the longest a send waits for its receiver
 
     def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
         """Deliver or raise DeliveryFailed."""
@@ -101,6 +103,7 @@ class WebhookSender:
     def __init__(self, target: WebhookTarget) -> None:
         self.name = target.name
         self.target = target
+        self.timeout_s = target.timeout_s
         self._opener = urllib.request.build_opener(_NoRedirects)
 
     def send(self, delivery_id: str, event: str, body: bytes, now: float) -> None:
@@ -211,8 +214,12 @@ class DeliveryWorker:
 
     def __init__(self, pool: ConnectionPool, policy: DeliveryPolicy, senders: list[Sender],
                  clock: Callable[[], float], observer: AlertObserver | None = None,
-                 batch: int = 50) -> None:
+                 batch: int = 50, transaction_limit_s: float = 10.0) -> None:
+        """`transaction_limit_s`: how long a delivery's statements may take (its send's
+        timeout comes on top) before its connection is cut (`guarded_connection`): a
+        database that stops answering would hold every delivery for ever."""
         self.pool = pool
+        self.transaction_limit_s = transaction_limit_s
         self.policy = policy
         self.senders = senders
         self.clock = clock
@@ -241,7 +248,9 @@ class DeliveryWorker:
         """Up to `batch` events in outbox order, each sent and recorded in its own transaction."""
         tries = 0
         while tries < self.batch:
-            with self.pool.connection() as conn, conn.transaction():
+            limit = self.transaction_limit_s + sender.timeout_s
+            with guarded_connection(self.pool, limit, "thread=alert-delivery") as conn, \
+                    conn.transaction():
                 [mine] = conn.execute(_TARGET_LOCK, (sender.name,)).fetchone() or (False,)
                 if not mine:
                     break  # another engine is sending to this target

@@ -23,6 +23,7 @@ from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.routing import time_to_claim_for
 from vagt.alerts.suppression import ENGINE_ACTOR, reconcile
+from vagt.app.watchdog import guarded_connection
 from vagt.errors import first_line
 
 log = logging.getLogger("vagt.alerts.escalation")
@@ -123,8 +124,13 @@ class Timer:
     """The periodic job, in a thread of the engine: every `policy.escalation_interval_s`."""
 
     def __init__(self, pool: ConnectionPool, policy: AlertPolicy,
-                 clock: Callable[[], float], observer: AlertObserver | None = None) -> None:
+                 clock: Callable[[], float], observer: AlertObserver | None = None,
+                 transaction_limit_s: float = 10.0) -> None:
+        """`transaction_limit_s`: how long a pass may take before its connection is cut
+        (`guarded_connection`): a database that stops answering would hold every
+        escalation for ever."""
         self.pool = pool
+        self.transaction_limit_s = transaction_limit_s
         self.policy = policy
         self.clock = clock
         self.observer = observer or NullObserver()
@@ -139,5 +145,6 @@ class Timer:
 
     def tick(self) -> list[Breach] | None:
         now = datetime.fromtimestamp(self.clock(), UTC)
-        with self.pool.connection() as conn, conn.transaction():
+        with guarded_connection(self.pool, self.transaction_limit_s,
+                                "thread=alert-timer") as conn, conn.transaction():
             return run_timer_once(conn, now, self.policy, self.observer)

@@ -37,18 +37,23 @@ class ApiSettings:
 def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable[[], float],
                    observer: AlertObserver, mqtt_defaults: Mapping[str, object],
                    client_id: str, api: ApiSettings | None = None,
-                   on_crash: Callable[[str], None] = lambda name: None) -> Iterator[None]:
+                   on_crash: Callable[[str], None] = lambda name: None,
+                   transaction_limit_s: float = 10.0) -> Iterator[None]:
     """Run the timer, the delivery worker and (when `api` is given) the API until the block
-    ends; `on_crash(name)` is called each time one of them fails and is started again."""
+    ends; `on_crash(name)` is called each time one of them fails and is started again.
+    `transaction_limit_s`: how long the timer's and the delivery's work may wait on the
+    database before its connection is cut (see `guarded_connection`)."""
     with pool.connection() as conn:
         targets = register_targets(conn, policy.delivery)
     stop = threading.Event()
-    threads = [start_kept_running("alert-timer", Timer(pool, policy, clock, observer).run,
+    threads = [start_kept_running("alert-timer", Timer(pool, policy, clock, observer,
+                                                           transaction_limit_s).run,
                                   stop, on_crash)]
     senders = senders_for(policy.delivery, mqtt_defaults=mqtt_defaults, client_id=client_id)
     if senders:
         threads.append(start_kept_running(
-            "alert-delivery", DeliveryWorker(pool, policy.delivery, senders, clock, observer).run,
+            "alert-delivery", DeliveryWorker(pool, policy.delivery, senders, clock, observer,
+                                             transaction_limit_s=transaction_limit_s).run,
             stop, on_crash))
     servers: list[uvicorn.Server] = []   # the one serving now, or the last that failed
     api_pool = None

@@ -35,7 +35,7 @@ from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
-from vagt.app.watchdog import WATCHDOG
+from vagt.app.watchdog import WATCHDOG, guarded_connection
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -556,7 +556,8 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
                                 client_id=config.mqtt.client_id,
                                 api=ApiSettings(config.api_host, config.api_port)
                                 if config.api_port else None,
-                                on_crash=metrics.thread_crashed):
+                                on_crash=metrics.thread_crashed,
+                                transaction_limit_s=config.database.alarm_transaction_timeout_s):
                 _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
             timer_thread.join(timeout=10)
@@ -863,7 +864,8 @@ def _refresh_fleet(fleet: Fleet, pool: ConnectionPool, stop: threading.Event,
     `known_only`, for the devices the fleet holds: see `Fleet.refresh`)."""
     while not stop.wait(FLEET_REFRESH_S):
         try:
-            with _guarded(pool, timeout=10, limit_s=4 * FLEET_REFRESH_S) as conn:
+            with _guarded(pool, timeout=10, limit_s=4 * FLEET_REFRESH_S,
+                          who="thread=fleet-refresh") as conn:
                 fleet.refresh(conn, known_only)
         except (psycopg.Error, OSError, TimeoutError) as e:  # try again next time
             log.warning("event=fleet_refresh_failed error=%s", type(e).__name__)
@@ -874,15 +876,14 @@ SCRAPE_QUERY_LIMIT_S = 2.0
 
 
 @contextlib.contextmanager
-def _guarded(pool: ConnectionPool, timeout: float,
-             limit_s: float = SCRAPE_QUERY_LIMIT_S) -> Iterator[psycopg.Connection]:
+def _guarded(pool: ConnectionPool, timeout: float, limit_s: float = SCRAPE_QUERY_LIMIT_S,
+             who: str = "thread=metrics") -> Iterator[psycopg.Connection]:
     """A connection from `pool` (waiting `timeout` for it) cut if the block and its commit
-    take longer than `limit_s` (see vagt.app.watchdog): a database gone silent fails the
-    block rather than holding it for ever; the pool's connections are replaced then."""
-    with pool.connection(timeout=timeout) as conn:
-        with WATCHDOG.guard(conn, limit_s, lambda _waited: pool.drain()):
-            yield conn
-            conn.commit()
+    take longer than `limit_s` (`guarded_connection`): a database gone silent fails the
+    block rather than holding it for ever."""
+    with guarded_connection(pool, limit_s, who, timeout) as conn:
+        yield conn
+        conn.commit()
 
 
 def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:

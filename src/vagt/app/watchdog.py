@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("vagt.watchdog")
 
@@ -99,3 +100,20 @@ def _shut_down(conn: psycopg.Connection[Any]) -> None:
 
 # One per process: the lanes and the rules' timer share it.
 WATCHDOG = Watchdog()
+
+
+@contextlib.contextmanager
+def guarded_connection(pool: ConnectionPool, limit_s: float, who: str,
+                       timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection from `pool` (waiting up to `timeout` for one; the pool's own wait if
+    None), cut if the block takes longer than `limit_s`: then `event=database_unresponsive
+    <who>` is logged, and the pool's other connections, most likely opened to the same
+    server, are replaced. Commit inside the block (`conn.transaction()`), so the commit is
+    watched too."""
+    def cut(waited_s: float) -> None:
+        log.error("event=database_unresponsive %s waited_s=%.1f note=connection_cut", who,
+                  waited_s)
+        pool.drain()
+
+    with pool.connection(timeout=timeout) as conn, WATCHDOG.guard(conn, limit_s, cut):
+        yield conn
