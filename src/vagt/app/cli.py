@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vagt import __version__
 from vagt.app.config import LOG_FORMAT, Config, ConfigError, load_config
@@ -74,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet_cli.add_arguments(fleet)
     fleet.set_defaults(func=cmd_fleet)
+
+    report = sub.add_parser("report", help="reports for the service centre")
+    rpsub = report.add_subparsers(metavar="REPORT", required=True)
+    vendors = rpsub.add_parser(
+        "vendors", help="how each vendor's or model's devices behaved while with citizens "
+                        "over a period: faults, implausible readings, contact, battery")
+    vendors.add_argument("--from", dest="start", required=True,
+                         help="device time to start at: ISO 8601 (UTC unless a zone is "
+                              "given, e.g. 2026-01-01) or epoch seconds")
+    vendors.add_argument("--to", dest="end", required=True,
+                         help="device time to stop before (not included); a time after now "
+                              "means now")
+    vendors.add_argument("--by", choices=("vendor", "model"), default="vendor",
+                         help="one row per vendor (default) or per vendor and model")
+    vendors.add_argument("--municipality", default=None,
+                         help="only the time devices spent with citizens of this municipality")
+    vendors.add_argument("--low-battery", type=float, default=None, metavar="PERCENT",
+                         help="a last battery level below this is low (default: the "
+                              "battery_low rule's threshold, else 15)")
+    vendors.add_argument("--json", action="store_true", help="print JSON")
+    vendors.set_defaults(func=cmd_report_vendors)
 
     rules = sub.add_parser("rules", help="rule files")
     rsub = rules.add_subparsers(metavar="ACTION", required=True)
@@ -277,6 +298,51 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     with database_url(config) as url, psycopg.connect(url) as conn:
         print(fleet_cli.render(fleet_cli.query(conn, catalogue, args), args))
     return 0
+
+
+def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    import psycopg
+
+    from vagt.app import device_hours
+    from vagt.app.backtest import parse_time
+    from vagt.devices import report
+    from vagt.devices.catalogue import CatalogueError, load_catalogue
+    from vagt.rules import RuleConfigError, load_rules
+
+    try:
+        catalogue = load_catalogue(config.catalogue or None)
+        low = args.low_battery if args.low_battery is not None else _low_battery(
+            load_rules(config.rules or None))
+    except (CatalogueError, RuleConfigError) as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    try:
+        start, end = parse_time(args.start), parse_time(args.end)
+    except ValueError as e:
+        print(f"vagt: --from/--to must be ISO 8601 times or epoch seconds: {e}", file=sys.stderr)
+        return 2
+    end = min(end, time.time())   # what has not happened yet is expected of no device
+    if end <= start:
+        print("vagt: --to must be after --from, and --from before now", file=sys.stderr)
+        return 2
+    period = report.Period(start, end, args.municipality)
+    with database_url(config) as url, psycopg.connect(url, autocommit=True) as conn:
+        device_hours.refresh(conn, start, end)
+        table = report.summary(report.per_device(conn, catalogue, period), args.by, low)
+    print(report.render(table, period, args.json, low))
+    return 0
+
+
+def _low_battery(rules: list[Any]) -> float:
+    """The threshold of the first rule that fires on a battery level below a value."""
+    from vagt.devices.report import LOW_BATTERY
+
+    for r in rules:
+        if r.kind == "threshold" and r.metric == "battery" and r.below is not None:
+            return float(r.below)
+    return LOW_BATTERY
 
 
 def cmd_api(args: argparse.Namespace, config: Config) -> int:

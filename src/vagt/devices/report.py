@@ -1,0 +1,217 @@
+"""`vagt report vendors`: how each vendor's (or model's) devices behaved over a period, in
+figures that compare vendors fairly: per device-month, per 1,000 measurements, as shares.
+
+Everything is counted only while a device was with a citizen (its assignments, in the
+municipality asked for), so stock, repair and the centre's own tests count for no vendor.
+Counts come from the hourly per-device counts (`readings_hourly`, `events_hourly`, migration
+0019), which the caller brings up to date first; vendor, model and municipality are joined
+here, as they are now (vendor, model) and as they were (municipality, from the assignments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pandas as pd
+import psycopg
+
+from vagt.devices.catalogue import Catalogue
+
+HOUR_S = 3600
+DEVICE_MONTH_S = 30 * 86400
+# The built-in battery_low rule's threshold: the report's default when the rules have none.
+LOW_BATTERY = 15.0
+
+# One row per device deployed in the period: its spans with a citizen (in the period, up to
+# the report's `now`), and what the hourly counts, bad readings, its last battery level and
+# its message counter say about them. An hour counts for a span if they overlap.
+_PER_DEVICE = """
+WITH spans AS (
+    SELECT a.id, a.device_id,
+           greatest(a.since, %(start)s) AS s,
+           least(coalesce(a.until, 'infinity'), %(end)s) AS e
+    FROM device_assignments a
+    WHERE a.since < %(end)s AND coalesce(a.until, 'infinity') > %(start)s
+      AND (%(municipality)s::text IS NULL OR a.municipality = %(municipality)s::text)
+),
+spans_slot AS (    -- the expected-contact slot: the model's heartbeat, at least an hour
+    SELECT sp.*, greatest(c.heartbeat_s, 3600) AS slot_s,
+           ceil(extract(epoch FROM sp.s) / greatest(c.heartbeat_s, 3600)) AS first_slot,
+           floor(extract(epoch FROM sp.e) / greatest(c.heartbeat_s, 3600)) AS end_slot
+    FROM spans sp JOIN devices d USING (device_id)
+    LEFT JOIN unnest(%(vendors)s::text[], %(models)s::text[], %(heartbeats)s::float8[])
+         AS c(vendor, model, heartbeat_s) ON c.vendor = d.vendor AND c.model = d.model
+    WHERE sp.e > sp.s
+),
+hours AS (
+    SELECT sp.id, h.bucket, h.readings, h.measurements, 0::bigint AS events, 0::bigint AS faults
+    FROM spans_slot sp JOIN readings_hourly h
+      ON h.device_id = sp.device_id
+     AND h.bucket > sp.s - INTERVAL '1 hour' AND h.bucket < sp.e
+    UNION ALL
+    SELECT sp.id, h.bucket, 0, 0, h.events, h.faults
+    FROM spans_slot sp JOIN events_hourly h
+      ON h.device_id = sp.device_id
+     AND h.bucket > sp.s - INTERVAL '1 hour' AND h.bucket < sp.e
+),
+per_span AS (
+    SELECT sp.id, sp.device_id, extract(epoch FROM sp.e - sp.s) AS deployed_s,
+           coalesce(sum(h.measurements), 0) AS measurements,
+           coalesce(sum(h.events), 0) AS events,
+           coalesce(sum(h.faults), 0) AS faults,
+           greatest(sp.end_slot - sp.first_slot, 0) AS slots,
+           count(DISTINCT floor(extract(epoch FROM h.bucket) / sp.slot_s))
+               FILTER (WHERE h.readings + h.events > 0
+                       AND floor(extract(epoch FROM h.bucket) / sp.slot_s)
+                           >= sp.first_slot
+                       AND floor(extract(epoch FROM h.bucket) / sp.slot_s) < sp.end_slot)
+               AS slots_heard,
+           -- still with the citizen at the end, for a slot or more, and nothing in the
+           -- last slot's hours
+           CASE WHEN sp.e < %(end)s OR sp.slot_s IS NULL
+                     OR sp.e - sp.s < make_interval(secs => sp.slot_s) THEN NULL
+                ELSE NOT bool_or(h.readings + h.events > 0 AND h.bucket
+                                 > sp.e - make_interval(secs => sp.slot_s) - INTERVAL '1 hour')
+                     IS TRUE END AS silent_at_end,
+           sp.slot_s IS NOT NULL AS in_catalogue
+    FROM spans_slot sp LEFT JOIN hours h ON h.id = sp.id
+    GROUP BY sp.id, sp.device_id, sp.s, sp.e, sp.slot_s, sp.first_slot, sp.end_slot
+),
+bad AS (
+    SELECT sp.device_id, count(*) AS bad
+    FROM spans_slot sp JOIN bad_readings b
+      ON b.device_id = sp.device_id
+     AND date_bin(INTERVAL '1 hour', b.time, TIMESTAMPTZ '2000-01-03 00:00+00')
+         > sp.s - INTERVAL '1 hour'
+     AND date_bin(INTERVAL '1 hour', b.time, TIMESTAMPTZ '2000-01-03 00:00+00') < sp.e
+    GROUP BY sp.device_id
+),
+battery AS (      -- the last battery level each device reported with a citizen
+    SELECT DISTINCT ON (sp.device_id) sp.device_id, last.value AS battery
+    FROM spans_slot sp
+    CROSS JOIN LATERAL (
+        SELECT r.value, r.time FROM readings r
+        WHERE r.device_id = sp.device_id AND r.metric = 'battery'
+          AND r.time >= sp.s AND r.time < sp.e
+        ORDER BY r.time DESC LIMIT 1) last
+    ORDER BY sp.device_id, last.time DESC
+)
+SELECT d.device_id, d.vendor, d.model, d.type,
+       sum(p.deployed_s)::float8, sum(p.measurements)::int8, sum(p.events)::int8,
+       sum(p.faults)::int8, coalesce(max(bad.bad), 0)::int8,
+       sum(p.slots)::int8, sum(p.slots_heard)::int8, bool_or(p.silent_at_end),
+       bool_or(p.in_catalogue), max(battery.battery)::float8, d.seq_gaps
+FROM per_span p JOIN devices d USING (device_id)
+LEFT JOIN bad USING (device_id)
+LEFT JOIN battery USING (device_id)
+GROUP BY d.device_id
+ORDER BY d.device_id
+"""
+
+PER_DEVICE_COLUMNS = ["device_id", "vendor", "model", "type", "deployed_s", "measurements",
+                      "events", "faults", "bad", "slots", "slots_heard", "silent_at_end",
+                      "in_catalogue", "battery", "msgs_lost_lifetime"]
+
+
+@dataclass(frozen=True)
+class Period:
+    start: float          # epoch seconds, device time, from
+    end: float            # up to, not including (at most the report's now)
+    municipality: str | None = None
+
+
+def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period) -> pd.DataFrame:
+    """One row per device that was with a citizen in the period (see PER_DEVICE_COLUMNS)."""
+    models = list(catalogue)
+    rows = conn.execute(_PER_DEVICE, {
+        "start": pd.Timestamp(period.start, unit="s", tz="UTC").to_pydatetime(),
+        "end": pd.Timestamp(period.end, unit="s", tz="UTC").to_pydatetime(),
+        "municipality": period.municipality,
+        "vendors": [m.vendor for m in models], "models": [m.model for m in models],
+        "heartbeats": [float(m.heartbeat_s) for m in models],
+    }).fetchall()
+    return pd.DataFrame(rows, columns=PER_DEVICE_COLUMNS)
+
+
+def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY) -> pd.DataFrame:
+    """Per vendor (by="vendor") or per vendor and model (by="model"): the report's figures.
+
+    Shares and rates are of the group's totals (a device-month of one device weighs as much
+    as one of another), not averages of per-device ratios.
+    """
+    keys = ["vendor"] if by == "vendor" else ["vendor", "model"]
+    df = devices.assign(
+        device_months=devices["deployed_s"] / DEVICE_MONTH_S,
+        silent=devices["silent_at_end"].astype("boolean"),
+        low=(devices["battery"] < low_battery).astype(float)
+            .where(devices["battery"].notna()),
+        lost=devices["msgs_lost_lifetime"].astype(float),
+    )
+    g = df.groupby(keys, sort=True)
+    out = g.agg(devices=("device_id", "size"), device_months=("device_months", "sum"),
+                measurements=("measurements", "sum"), events=("events", "sum"),
+                faults=("faults", "sum"), bad=("bad", "sum"), slots=("slots", "sum"),
+                slots_heard=("slots_heard", "sum"),
+                silent_at_end=("silent", lambda s: int(s.sum())),
+                silent_checked=("silent", lambda s: int(s.notna().sum())),
+                battery_devices=("battery", "count"),
+                battery_median=("battery", "median"),
+                low_battery=("low", "sum"),
+                msgs_lost_lifetime=("lost", "sum"))
+    out["bad_per_1000"] = _ratio(out["bad"] * 1000, out["measurements"])
+    out["faults_per_device_month"] = _ratio(out["faults"], out["device_months"])
+    out["heard_share"] = _ratio(out["slots_heard"], out["slots"])
+    out["silent_at_end_share"] = _ratio(out["silent_at_end"], out["silent_checked"])
+    out["low_battery_share"] = _ratio(out["low_battery"], out["battery_devices"])
+    out["msgs_lost_lifetime_per_device"] = _ratio(out["msgs_lost_lifetime"], out["devices"])
+    return out.reset_index()[keys + FIGURES]
+
+
+# The report's columns, in order (README "Vendor report" says what each means).
+FIGURES = ["devices", "device_months", "measurements", "bad_per_1000", "events", "faults",
+           "faults_per_device_month", "heard_share", "silent_at_end", "silent_at_end_share",
+           "battery_median",
+           "low_battery_share", "msgs_lost_lifetime", "msgs_lost_lifetime_per_device"]
+
+_ROUND = {"device_months": 2, "bad_per_1000": 2, "faults_per_device_month": 3,
+          "heard_share": 4, "silent_at_end_share": 4, "battery_median": 1, "low_battery_share": 4,
+          "msgs_lost_lifetime_per_device": 2}
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    """num / den, NaN (no figure) where den is 0."""
+    den = den.astype(float)
+    return (num.astype(float) / den.where(den > 0)).astype(float)
+
+
+def records(table: pd.DataFrame) -> list[dict[str, object]]:
+    """The table as JSON-ready records: numbers rounded, None where there is no figure."""
+    out = []
+    for row in table.to_dict("records"):
+        rec: dict[str, object] = {}
+        for k, v in row.items():
+            if isinstance(v, float | np.floating):
+                f = float(v)
+                rec[k] = None if np.isnan(f) else round(f, _ROUND.get(k, 2))
+            elif isinstance(v, np.integer):
+                rec[k] = int(v)
+            else:
+                rec[k] = v
+        out.append(rec)
+    return out
+
+
+def render(table: pd.DataFrame, period: Period, as_json: bool, low_battery: float) -> str:
+    rows = records(table)
+    if as_json:
+        return orjson.dumps({
+            "from": pd.Timestamp(period.start, unit="s", tz="UTC").isoformat(),
+            "to": pd.Timestamp(period.end, unit="s", tz="UTC").isoformat(),
+            "municipality": period.municipality, "low_battery_below": low_battery,
+            "groups": rows}, option=orjson.OPT_INDENT_2).decode()
+    if not rows:
+        return "no devices were with a citizen in the period"
+    shown = pd.DataFrame(rows).fillna("-")
+    return str(shown.to_string(index=False))
