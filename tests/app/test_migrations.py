@@ -104,7 +104,8 @@ def test_a_citizen_reference_with_a_cpr_number_the_old_check_missed_is_removed(
                      "('X-2', 'cit-7f3a9c01e2d4', 'Skive', now())")
         conn.execute("""INSERT INTO audit_log (at, actor, action, subject, details) VALUES
             (now(), 'anna', 'devices.deploy', 'X-1', '{"citizen_ref": "cit:010190:1234"}')""")
-    monkeypatch.setattr(db, "list_migrations", lambda: everything)
+    # up to 0017 only: later migrations are not this test's
+    monkeypatch.setattr(db, "list_migrations", lambda: [m for m in everything if m.version <= 17])
     assert [a.split("_")[0] for a in db.migrate(empty_database_url)] == ["0017"]
     with psycopg.connect(empty_database_url) as conn:
         refs = conn.execute("SELECT device_id, citizen_ref FROM device_assignments "

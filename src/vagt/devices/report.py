@@ -213,5 +213,5 @@ def render(table: pd.DataFrame, period: Period, as_json: bool, low_battery: floa
             "groups": rows}, option=orjson.OPT_INDENT_2).decode()
     if not rows:
         return "no devices were with a citizen in the period"
-    shown = pd.DataFrame(rows).fillna("-")
+    shown = pd.DataFrame(rows).astype(object).fillna("-")
     return str(shown.to_string(index=False))

@@ -1,0 +1,206 @@
+"""`vagt report vendors` against the real database: a small fleet whose figures are worked out
+by hand below, the plain tables' incremental refresh, and the TimescaleDB aggregates' SELECTs.
+
+The period is 2026-03-01 and 2026-03-02 (UTC). By hand:
+
+- ev-1, Evondos E300 (heartbeat 900 s: hourly slots), with a citizen in Aarhus all period: a
+  doses_remaining reading every hour but 10:00 and 11:00 on the 1st (46 of 48 hours), two of
+  them implausible; battery 80 at 20:00 and 12 at 23:30 on the 2nd; a jam and a dose taken;
+  its counter has lost 5 messages. A reading before the period counts for nothing.
+- ev-2, Evondos E300, in Odense from the 2nd: readings 00:00-11:00 on the 2nd (12 of 24
+  hours), silent since; two faults; 3 messages lost; no battery level.
+- ad-1, A&D UA-651BLE (heartbeat a day: daily slots), in Aarhus until 12:00 on the 2nd: a
+  blood pressure (two readings, one implausible) and battery 50 at 08:00 on the 1st; a fault.
+  Back at the centre, it was tested at 18:00 on the 2nd: that counts for no one.
+- ev-3, Evondos E300, in stock all along, sends: it is in no figure.
+
+Evondos: 2 devices, 3 device-days = 0.1 device-months; 58 measurements, 2 bad (34.48 per
+1,000); 4 events, 3 faults (30 per device-month); heard 58 of 72 hourly slots (0.8056); ev-2
+silent at the end (1 of 2); last battery 12 (median 12, 1 of 1 below 15); 8 messages lost.
+A&D: 1 device, 1.5 device-days = 0.05 device-months; 2 measurements, 1 bad (500 per 1,000);
+1 event, 1 fault (20 per device-month); heard 1 of 1 daily slot (the 1st; the 2nd is not whole);
+not with a citizen at the end (no silence figure); battery 50, none low; none lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from vagt.app import device_hours
+from vagt.app.cli import main
+from vagt.devices import report as report_module
+from vagt.devices.catalogue import load_catalogue
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "src/vagt/app/migrations"
+DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+
+EXPECTED = [
+    {"vendor": "A&D", "devices": 1, "device_months": 0.05, "measurements": 2,
+     "bad_per_1000": 500.0, "events": 1, "faults": 1, "faults_per_device_month": 20.0,
+     "heard_share": 1.0, "silent_at_end": 0, "silent_at_end_share": None,
+     "battery_median": 50.0, "low_battery_share": 0.0, "msgs_lost_lifetime": 0.0,
+     "msgs_lost_lifetime_per_device": 0.0},
+    {"vendor": "Evondos", "devices": 2, "device_months": 0.1, "measurements": 58,
+     "bad_per_1000": 34.48, "events": 4, "faults": 3, "faults_per_device_month": 30.0,
+     "heard_share": 0.8056, "silent_at_end": 1, "silent_at_end_share": 0.5,
+     "battery_median": 12.0, "low_battery_share": 1.0, "msgs_lost_lifetime": 8.0,
+     "msgs_lost_lifetime_per_device": 4.0},
+]
+
+
+def _device(conn: psycopg.Connection, device_id: str, vendor: str, model: str, type_: str,
+            gaps: int, status: str = "deployed") -> None:
+    conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status, "
+                 "seq_gaps) VALUES (%s, %s, %s, %s, '', %s, %s)",
+                 (device_id, vendor, model, type_, status, gaps))
+
+
+def _assign(conn: psycopg.Connection, device_id: str, municipality: str, since: datetime,
+            until: datetime | None = None) -> None:
+    conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, since, "
+                 "until) VALUES (%s, %s, %s, %s, %s)",
+                 (device_id, f"ref-{device_id}", municipality, since, until))
+
+
+def _reading(conn: psycopg.Connection, device_id: str, metric: str, t: datetime, value: float,
+             bad: bool = False) -> None:
+    conn.execute("INSERT INTO readings (time, device_id, metric, value, unit, received_at) "
+                 "VALUES (%s, %s, %s, %s, '1', %s)", (t, device_id, metric, value, t))
+    if bad:
+        conn.execute("INSERT INTO bad_readings (time, device_id, metric, value, vendor, model) "
+                     "SELECT %s, device_id, %s, %s, vendor, model FROM devices "
+                     "WHERE device_id = %s", (t, metric, value, device_id))
+
+
+def _event(conn: psycopg.Connection, device_id: str, code: str, t: datetime) -> None:
+    conn.execute("INSERT INTO events (time, device_id, code, severity, received_at) "
+                 "VALUES (%s, %s, %s, 'major', %s)", (t, device_id, code, t))
+
+
+@pytest.fixture
+def fleet(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        _device(conn, "ev-1", "Evondos", "E300", "medicine_dispenser", 5)
+        _device(conn, "ev-2", "Evondos", "E300", "medicine_dispenser", 3)
+        _device(conn, "ad-1", "A&D", "UA-651BLE", "bp_monitor", 0, status="in_stock")
+        _device(conn, "ev-3", "Evondos", "E300", "medicine_dispenser", 9, status="in_stock")
+        _assign(conn, "ev-1", "Aarhus", datetime(2026, 2, 1, tzinfo=UTC))
+        _assign(conn, "ev-2", "Odense", DAY2)
+        _assign(conn, "ad-1", "Aarhus", datetime(2026, 2, 15, tzinfo=UTC),
+                DAY2 + timedelta(hours=12))
+        _reading(conn, "ev-1", "doses_remaining", DAY1 - timedelta(minutes=30), 40)
+        for h in range(48):
+            if h not in (10, 11):
+                _reading(conn, "ev-1", "doses_remaining",
+                         DAY1 + timedelta(hours=h, minutes=5), 300 if h in (3, 30) else 40,
+                         bad=h in (3, 30))
+        _reading(conn, "ev-1", "battery", DAY2 + timedelta(hours=20), 80)
+        _reading(conn, "ev-1", "battery", DAY2 + timedelta(hours=23, minutes=30), 12)
+        _event(conn, "ev-1", "fault.dispenser_jam", DAY1 + timedelta(hours=7))
+        _event(conn, "ev-1", "dose.taken", DAY1 + timedelta(hours=8))
+        for h in range(12):
+            _reading(conn, "ev-2", "doses_remaining", DAY2 + timedelta(hours=h, minutes=1), 30)
+        _event(conn, "ev-2", "fault.dispenser_jam", DAY2 + timedelta(hours=2))
+        _event(conn, "ev-2", "fault.power_board", DAY2 + timedelta(hours=3))
+        at = DAY1 + timedelta(hours=8)
+        _reading(conn, "ad-1", "bp_systolic", at, 400, bad=True)
+        _reading(conn, "ad-1", "bp_diastolic", at, 80)
+        _reading(conn, "ad-1", "battery", at, 50)
+        _event(conn, "ad-1", "fault.cuff_leak", DAY1 + timedelta(hours=9))
+        _reading(conn, "ad-1", "bp_systolic", DAY2 + timedelta(hours=18), 120)
+        _event(conn, "ad-1", "fault.cuff_leak", DAY2 + timedelta(hours=18))
+        _reading(conn, "ev-3", "doses_remaining", DAY1 + timedelta(hours=1), 50)
+        _event(conn, "ev-3", "fault.dispenser_jam", DAY1 + timedelta(hours=1))
+    return database_url
+
+
+def report(capsys: pytest.CaptureFixture[str], *extra: str) -> list[dict[str, object]]:
+    assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-03", "--json",
+                 *extra]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["from"].startswith("2026-03-01T00:00:00")
+    groups: list[dict[str, object]] = out["groups"]
+    return groups
+
+
+def test_vendor_figures_are_the_hand_counted_ones(fleet, capsys):
+    assert report(capsys) == EXPECTED
+
+
+def test_by_model_names_vendor_and_model(fleet, capsys):
+    rows = report(capsys, "--by", "model")
+    assert [(r["vendor"], r["model"], r["devices"]) for r in rows] == [
+        ("A&D", "UA-651BLE", 1), ("Evondos", "E300", 2)]
+
+
+def test_municipality_counts_only_the_time_devices_spent_there(fleet, capsys):
+    rows = report(capsys, "--municipality", "Aarhus")
+    evondos = next(r for r in rows if r["vendor"] == "Evondos")
+    # ev-1 alone: 46 measurements, 2 bad, 1 fault in 2 days, 46 of 48 hours
+    assert (evondos["devices"], evondos["measurements"], evondos["bad_per_1000"],
+            evondos["faults_per_device_month"], evondos["heard_share"],
+            evondos["silent_at_end"]) == (1, 46, 43.48, 15.0, 0.9583, 0)
+
+
+def test_table_output_has_a_row_per_vendor(fleet, capsys):
+    assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-03"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["vendor", "devices", "device_months"]
+    assert [line.split()[0] for line in lines[1:]] == ["A&D", "Evondos"]
+
+
+def test_rows_stored_after_a_report_are_added_once(fleet, capsys):
+    report(capsys)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # a late flush from ev-2 for the silent hours, and a fault for ad-1
+        for h in (12, 13):
+            _reading(conn, "ev-2", "doses_remaining", DAY2 + timedelta(hours=h, minutes=1), 30)
+        _event(conn, "ad-1", "fault.cuff_leak", DAY1 + timedelta(hours=10))
+    rows = {r["vendor"]: r for r in report(capsys)}
+    assert (rows["Evondos"]["measurements"], rows["Evondos"]["heard_share"]) == (60, 0.8333)
+    assert rows["A&D"]["faults"] == 2
+    assert report(capsys) == [rows["A&D"], rows["Evondos"]]   # a third refresh adds nothing
+
+
+def test_a_transaction_open_during_a_refresh_is_counted_by_the_next(fleet, capsys):
+    with psycopg.connect(fleet) as writer:   # not autocommit: its rows wait for the commit
+        _reading(writer, "ev-2", "doses_remaining", DAY2 + timedelta(hours=14), 30)
+        with psycopg.connect(fleet, autocommit=True) as conn:
+            device_hours.refresh(conn, DAY1.timestamp(), DAY2.timestamp() + 86400)
+        writer.commit()
+    evondos = next(r for r in report(capsys) if r["vendor"] == "Evondos")
+    assert evondos["measurements"] == 59
+
+
+def _aggregate_selects() -> dict[str, str]:
+    """The SELECT of each continuous aggregate in the TimescaleDB migration, by view name."""
+    text = (MIGRATIONS / "0019_device_hours.timescale.sql").read_text()
+    found = re.findall(r"CREATE MATERIALIZED VIEW (\w+)\s+WITH \([^)]*\) AS\s+(SELECT.*?)"
+                       r"\s+WITH NO DATA;", text, flags=re.S)
+    return dict(found)
+
+
+def test_the_aggregates_selects_give_the_report_the_same_figures(fleet):
+    """The continuous aggregates' own SELECTs, run as views over the base tables (time_bucket
+    as TimescaleDB defines it for an hour) in place of the plain tables, give the report the
+    hand-counted figures."""
+    selects = _aggregate_selects()
+    assert set(selects) == {"readings_hourly", "events_hourly"}
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION time_bucket(width interval, ts timestamptz) "
+                     "RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
+                     "$$ SELECT date_bin(width, ts, TIMESTAMPTZ '2000-01-03 00:00+00') $$")
+        for view, select in selects.items():
+            conn.execute(f"DROP TABLE {view}")
+            conn.execute(f"CREATE VIEW {view} AS {select}")
+        period = report_module.Period(DAY1.timestamp(), DAY2.timestamp() + 86400)
+        devices = report_module.per_device(conn, load_catalogue(), period)
+    assert report_module.records(report_module.summary(devices, "vendor")) == EXPECTED
