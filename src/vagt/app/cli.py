@@ -12,13 +12,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vagt import __version__
 from vagt.app.config import LOG_FORMAT, Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from vagt.app.demo import SimOptions
+    from vagt.rules import Rule
 
 log = logging.getLogger("vagt")
 
@@ -335,7 +336,7 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _low_battery(rules: list[Any]) -> float:
+def _low_battery(rules: list[Rule]) -> float:
     """The threshold of the first rule that fires on a battery level below a value."""
     from vagt.devices.report import LOW_BATTERY
 
