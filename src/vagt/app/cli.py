@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(metavar="ACTION", required=True)
     mig = dbsub.add_parser("migrate", help="apply the numbered migrations not yet applied")
     mig.set_defaults(func=cmd_db_migrate)
+    prune = dbsub.add_parser("prune", help="delete readings, events and dead letters older "
+                                           "than their retention (the engine does it daily)")
+    prune.set_defaults(func=cmd_db_prune)
 
     from vagt.alerts import accounts_cli
     from vagt.alerts import cli as alerts_cli
@@ -389,6 +392,24 @@ def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
     with database_url(config) as url:
         applied = db.migrate(url)
     print("\n".join(f"applied {name}" for name in applied) or "the schema is up to date")
+    return 0
+
+
+def cmd_db_prune(args: argparse.Namespace, config: Config) -> int:
+    import psycopg
+
+    from vagt.app import retention
+    from vagt.app.cli_support import fail
+
+    with database_url(config) as url:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                done = retention.prune_if_first(conn)
+        except psycopg.errors.UndefinedTable:
+            return fail("the database has no vagt schema yet: run `vagt db migrate`")
+    if done is None:
+        return fail("another process is pruning now (an engine does it daily); try later")
+    print(retention.describe(done))
     return 0
 
 

@@ -72,7 +72,7 @@ def _unusable(e: psycopg.Error) -> bool:
         isinstance(e, psycopg.errors.InternalError_) and "preload" in str(e))
 
 
-def _recorded_flavour(conn: psycopg.Connection) -> str | None:
+def recorded_flavour(conn: psycopg.Connection) -> str | None:
     """The flavour of the migrations applied before, if any had two ('timescale', 'plain')."""
     row = conn.execute("SELECT flavour FROM schema_migrations WHERE flavour <> 'any' "
                        "ORDER BY version LIMIT 1").fetchone()
@@ -125,7 +125,7 @@ def migrate(conninfo: str) -> list[str]:
                        applied_at  timestamptz NOT NULL DEFAULT now())"""
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            recorded = _recorded_flavour(conn)
+            recorded = recorded_flavour(conn)
             decided = recorded is not None
             wanted = recorded or _flavour(conninfo)
             migrations = list_migrations()

@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
-from vagt.app import db, heap, rule_queries, store
+from vagt.app import db, heap, retention, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
@@ -550,6 +550,8 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
                           on_reload=_reload_in(alarm) if alarm is not None else None)
         timer_thread = start_kept_running("rules-timer", timer.run, stop,
                                           metrics.thread_crashed)
+        start_kept_running("prune", retention.Pruner(config.database.url, clock).run, stop,
+                           metrics.thread_crashed)
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),

@@ -1,0 +1,180 @@
+"""How long stored rows are kept, and the prune that drops older ones (`vagt db prune`, and
+the engine's daily `Pruner`).
+
+Readings and events are kept READINGS_RETENTION, on either schema: on TimescaleDB the
+retention policies of migration 0002 drop whole chunks, on plain PostgreSQL `prune` deletes
+the rows, in short batches of their own transactions so that no lock is held long (a batch's
+devices are locked by the lanes meanwhile, never by this). The marks of bad readings go with
+their readings; dead letters (the raw bytes of messages that were not stored) are kept
+DEAD_LETTER_RETENTION. Alerts and their audit trail are never pruned: they are the record
+of what the centre was told and did, and no retention rule for them is written down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+
+from vagt.app import db
+from vagt.errors import first_line
+
+log = logging.getLogger("vagt.retention")
+
+# As 0002_timeseries.timescale.sql's add_retention_policy: change both together.
+READINGS_RETENTION = "3 years"
+# A dead letter is kept to find out why a device's messages were refused, and to replay
+# them once the device or vagt is mended: that is done within days or weeks. Its payload is
+# a citizen's measurement all the same, with no report to serve, so it is kept far less long
+# than readings (data minimisation): 90 days covers a quarter's vendor follow-up.
+DEAD_LETTER_RETENTION = "90 days"
+
+# Rows deleted per transaction: a few hundred milliseconds' work, locks held no longer.
+BATCH_ROWS = 5000
+
+PRUNE_EVERY_S = 86400.0
+
+# pg_try_advisory_lock key of the prune: "vagt" "prn" in ASCII, one engine at a time
+PRUNE_LOCK_KEY = 0x76616774_70726E
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one prune deleted, and before when. `readings` and `events` are None on
+    TimescaleDB: its retention policies drop them, by whole chunks."""
+
+    readings_before: datetime
+    dead_letters_before: datetime
+    readings: int | None
+    events: int | None
+    bad_readings: int
+    dead_letters: int
+
+
+# Oldest first by the BRIN index on time (plain PostgreSQL), at most a batch; ctid: the rows
+# just found, without a second search by key.
+_DELETE_READINGS = """
+DELETE FROM readings WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM readings WHERE time < %s LIMIT %s))
+"""
+_DELETE_EVENTS = """
+DELETE FROM events WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM events WHERE time < %s LIMIT %s))
+"""
+# A mark goes when its reading has gone: on TimescaleDB a chunk is dropped only once all of
+# it is older than the retention, so a reading past it may still be there, and keep its mark.
+_DELETE_BAD_READINGS = """
+DELETE FROM bad_readings WHERE ctid = ANY(ARRAY(
+    SELECT b.ctid FROM bad_readings b
+    WHERE b.time < %s AND NOT EXISTS (
+        SELECT 1 FROM readings r
+        WHERE r.device_id = b.device_id AND r.metric = b.metric AND r.time = b.time)
+    LIMIT %s))
+"""
+_DELETE_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE id = ANY(ARRAY(
+    SELECT id FROM dead_letters WHERE received_at < %s LIMIT %s))
+"""
+
+
+def cutoffs(conn: psycopg.Connection, now: datetime) -> tuple[datetime, datetime]:
+    """(readings and events, dead letters): rows before these times are dropped. Calendar
+    arithmetic in PostgreSQL, as TimescaleDB's policy computes `now() - drop_after`."""
+    row = conn.execute("SELECT %s::timestamptz - %s::interval, %s::timestamptz - %s::interval",
+                       (now, READINGS_RETENTION, now, DEAD_LETTER_RETENTION)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def prune(conn: psycopg.Connection, now: datetime | None = None,
+          batch_rows: int = BATCH_ROWS,
+          stop: threading.Event | None = None) -> Pruned:
+    """Delete what is older than its retention, `batch_rows` rows per transaction.
+
+    `conn` must be in autocommit mode: each batch commits on its own. On TimescaleDB the
+    readings and events are left to its policies. `stop` ends it between two batches (what
+    is left goes next time)."""
+    if not conn.autocommit:
+        raise ValueError("prune commits batch by batch: give it an autocommit connection")
+    now = now or datetime.now(UTC)
+    readings_before, dead_before = cutoffs(conn, now)
+    on_timescale = db.recorded_flavour(conn) == "timescale"
+    stop = stop or threading.Event()
+
+    def drain(sql: str, before: datetime) -> int:
+        total = 0
+        while not stop.is_set():
+            with conn.transaction():
+                n = conn.execute(sql, (before, batch_rows)).rowcount
+            total += n
+            if n < batch_rows:
+                break
+        return total
+
+    readings = None if on_timescale else drain(_DELETE_READINGS, readings_before)
+    events = None if on_timescale else drain(_DELETE_EVENTS, readings_before)
+    return Pruned(readings_before, dead_before, readings, events,
+                  drain(_DELETE_BAD_READINGS, readings_before),
+                  drain(_DELETE_DEAD_LETTERS, dead_before))
+
+
+def prune_if_first(conn: psycopg.Connection, now: datetime | None = None,
+                   stop: threading.Event | None = None) -> Pruned | None:
+    """`prune`, unless another process is pruning (None then): two would only wait for each
+    other's row locks."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_KEY,)).fetchone()
+    if not (row and row[0]):
+        return None
+    try:
+        return prune(conn, now, stop=stop)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
+
+
+def describe(p: Pruned) -> str:
+    """What `vagt db prune` prints."""
+    if p.readings is None:
+        stored = ("readings and events: TimescaleDB's retention policies drop them "
+                  f"({READINGS_RETENTION}, by whole chunks)")
+    else:
+        stored = f"{p.readings} readings and {p.events} events"
+    return (f"deleted {stored}; {p.bad_readings} bad-reading marks (before "
+            f"{p.readings_before.isoformat()}); {p.dead_letters} dead letters (before "
+            f"{p.dead_letters_before.isoformat()})")
+
+
+class Pruner:
+    """The engine's daily prune, in a thread of its own: soon after the start, then every
+    PRUNE_EVERY_S. With several engines the first to take the lock prunes."""
+
+    def __init__(self, conninfo: str, clock: Callable[[], float],
+                 every_s: float = PRUNE_EVERY_S) -> None:
+        self.conninfo = conninfo
+        self.clock = clock
+        self.every_s = every_s
+
+    def run(self, stop: threading.Event) -> None:
+        # not at once: the start has the fleet and the backlog to take first
+        wait = min(60.0, self.every_s)
+        while not stop.wait(wait):
+            wait = self.every_s
+            try:
+                self.prune_once(stop)
+            except psycopg.OperationalError as e:
+                log.warning("event=prune_failed error=%r note=trying_again_next_time",
+                            first_line(e))
+
+    def prune_once(self, stop: threading.Event | None = None) -> Pruned | None:
+        with psycopg.connect(db.with_network_timeouts(self.conninfo),
+                             autocommit=True) as conn:
+            done = prune_if_first(conn, datetime.fromtimestamp(self.clock(), UTC), stop)
+        if done is None:
+            log.info("event=prune_skipped note=another_process_prunes")
+        else:
+            log.info("event=pruned readings=%s events=%s bad_readings=%d dead_letters=%d",
+                     done.readings, done.events, done.bad_readings, done.dead_letters)
+        return done
