@@ -120,3 +120,15 @@ def test_a_citizen_reference_with_a_cpr_number_the_old_check_missed_is_removed(
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, "
                          "municipality, since) VALUES ('X-2', '010190.1234', 'Skive', now())")
+
+
+@pytest.mark.parametrize(("version", "safe"), [
+    ("2.13.0", False), ("2.17.2", False), ("2.18.0", False),  # #7672: rows lost
+    ("2.18.1", True), ("2.18.2", True), ("2.19.0-dev", True), ("2.22.1", True),
+    ("2.9", False), ("3.0", True), ("unknown", False), ("", False),
+])
+def test_timescaledb_releases_that_lose_rows_of_on_conflict_inserts_are_refused(version, safe):
+    """2.13 to 2.18.0 end an INSERT ... ON CONFLICT DO NOTHING at its first conflict in a
+    compressed chunk, dropping the rest silently (fixed in 2.18.1): such a release gets the
+    plain schema."""
+    assert db.timescale_release_safe(version) is safe

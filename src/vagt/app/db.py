@@ -79,6 +79,32 @@ def recorded_flavour(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+# TimescaleDB 2.13 to 2.18.0 end an `INSERT ... ON CONFLICT DO NOTHING` at its first conflict
+# with a row in a compressed chunk, and the statement's rows after it are silently not
+# inserted (timescale/timescaledb#7672, fixed by #7673, released in 2.18.1). `store` inserts
+# every batch so, and a redelivery of week-old messages meets compressed rows: the new
+# messages batched with them would be lost, and acknowledged.
+FIRST_SAFE_TIMESCALEDB = (2, 18, 1)
+
+_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def timescale_release_safe(version: str) -> bool:
+    """Whether TimescaleDB `version` (pg_extension's extversion: "2.18.1", "2.19.0-dev")
+    keeps every row of our inserts. A version that does not read as one is not trusted."""
+    m = _RELEASE.match(version)
+    if m is None:
+        return False
+    release = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+    return release >= FIRST_SAFE_TIMESCALEDB
+
+
+def _timescale_version(conn: psycopg.Connection) -> str | None:
+    row = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return None if row is None else str(row[0])
+
+
 def _flavour(conninfo: str) -> str:
     """'timescale' if the extension can be used here, else 'plain' (for a database whose
     flavour is not recorded yet: one already migrated keeps its own).
@@ -99,6 +125,14 @@ def _flavour(conninfo: str) -> str:
             log.warning("event=timescaledb_unusable error=%r note=using_plain_postgresql",
                         first_line(e))
             return "plain"
+        version = _timescale_version(conn) or "unknown"
+    if not timescale_release_safe(version):
+        log.warning("event=timescaledb_refused version=%s note=using_plain_postgresql "
+                    "reason=releases_before_%s_lose_rows_of_insert_on_conflict_do_nothing_"
+                    "into_compressed_chunks (timescale/timescaledb#7672); upgrade it and "
+                    "migrate a new database to use it", version,
+                    ".".join(map(str, FIRST_SAFE_TIMESCALEDB)))
+        return "plain"
     return "timescale"
 
 
@@ -126,6 +160,8 @@ def migrate(conninfo: str) -> list[str]:
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             recorded = recorded_flavour(conn)
+            if recorded == "timescale":
+                _warn_if_unsafe(conn)
             decided = recorded is not None
             wanted = recorded or _flavour(conninfo)
             migrations = list_migrations()
@@ -150,6 +186,17 @@ def migrate(conninfo: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('vagt.migrate'))")
     return applied_now
+
+
+def _warn_if_unsafe(conn: psycopg.Connection) -> None:
+    """A database on TimescaleDB already cannot become plain: say, at every start, that its
+    release loses rows until it is upgraded."""
+    version = _timescale_version(conn) or "unknown"
+    if not timescale_release_safe(version):
+        log.error("event=timescaledb_loses_rows version=%s note=upgrade_timescaledb_to_%s_"
+                  "or_later (timescale/timescaledb#7672: a redelivery into a compressed chunk "
+                  "drops the new rows batched with it)", version,
+                  ".".join(map(str, FIRST_SAFE_TIMESCALEDB)))
 
 
 def _apply(conn: psycopg.Connection, m: Migration) -> None:
