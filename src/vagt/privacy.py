@@ -7,7 +7,7 @@ never repeats the value: the message itself could end up in a log or a response.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 # A CPR number as people write it: DDMMYY (a day 01-31, a month 01-12), a separator or none,
 # four digits; "010190-1234", "0101901234", "010190 – 1234", "01.01.90-1234", "01 01 90 1234".
@@ -41,6 +41,10 @@ _CPR_LOST_ZERO = re.compile(f"{_CPR_BEFORE}[1-9]{_CPR_MONTH}[0-9]{{6}}{_CPR_AFTE
                             re.IGNORECASE)
 
 
+# What `vagt privacy scrub` writes where a CPR number was: no digit, so never one itself.
+CPR_MASK = "[cpr removed]"
+
+
 class HoldsCpr(ValueError):
     """A text a person wrote (a note, a comment, a reason, a name) holds something shaped
     like a CPR number; nothing was stored."""
@@ -56,9 +60,41 @@ def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
     """Somewhere in the value is something shaped like a CPR number. In a column named for
     CPR numbers (`cpr_column`), nine digits are one too: a spreadsheet dropped the zero.
     Runs of white space (a line break, a tab, two spaces) count as one space."""
-    value = " ".join(value.split()) if not value.isprintable() or "  " in value else value
+    value = _flattened(value)[0]
     return next(_cpr_shapes(value), None) is not None or bool(
         cpr_column and _CPR_LOST_ZERO.search(value))
+
+
+def mask_cpr(value: str, mask: str = CPR_MASK) -> tuple[str, int]:
+    """`value` with each CPR-shaped run that `contains_cpr` finds replaced by `mask`, and how
+    many were replaced; the rest of the text is kept as it was, white space included."""
+    masked = 0
+    while True:
+        # Again until none is left: a run that followed a masked one after a dot (the end of
+        # an IPv4 address, it seemed) is one of its own once the number before it is gone.
+        flat, where = _flattened(value)
+        spans = [(where[m.start()], where[m.end() - 1] + 1) for m in _cpr_shapes(flat)]
+        if not spans:
+            return value, masked
+        for start, end in reversed(spans):
+            value = value[:start] + mask + value[end:]
+        masked += len(spans)
+
+
+def _flattened(value: str) -> tuple[str, Sequence[int]]:
+    """`value` with each run of white space one space and none at the ends, as people read
+    it, and where each of its characters is in `value`."""
+    if value.isprintable() and "  " not in value:
+        return value, range(len(value))
+    flat: list[str] = []
+    where: list[int] = []
+    for word in re.finditer(r"\S+", value):
+        if flat:
+            flat.append(" ")
+            where.append(word.start() - 1)
+        flat.append(word.group())
+        where.extend(range(word.start(), word.end()))
+    return "".join(flat), where
 
 
 def _cpr_shapes(value: str) -> Iterator[re.Match[str]]:
