@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "value); exit 1 if any do")
     scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scan.set_defaults(func=cmd_privacy_scan)
+    scrub = psub.add_parser("scrub", help="replace what the scan finds with "
+                                          "'[cpr removed]', auditing each changed row")
+    scrub.add_argument("--actor", required=True, help="who scrubs, for the audit log")
+    scrub.add_argument("--reason", required=True, help="why, for the audit log")
+    scrub.add_argument("--dry-run", action="store_true",
+                       help="report what would change; change nothing")
+    scrub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scrub.set_defaults(func=cmd_privacy_scrub)
 
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
     demo.add_argument("--devices", type=_count, default=300)
@@ -431,6 +439,33 @@ def cmd_privacy_scan(args: argparse.Namespace, config: Config) -> int:
                            [[f.table, f.column, str(f.rows), " ".join(f.keys)]
                             for f in found]))
     return 1 if found else 0
+
+
+def cmd_privacy_scrub(args: argparse.Namespace, config: Config) -> int:
+    import orjson
+    import psycopg
+
+    from vagt.app.cli_support import format_table
+    from vagt.app.privacy_scrub import ScrubRefused, scrub
+    from vagt.privacy import HoldsCpr
+
+    try:
+        with database_url(config) as url, psycopg.connect(url) as conn:
+            done = scrub(conn, args.actor, args.reason, dry_run=args.dry_run)
+    except (ScrubRefused, HoldsCpr) as e:
+        print(f"vagt: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps([d.to_json() for d in done]).decode())
+    elif not done:
+        print("no column holds anything shaped like a CPR number")
+    else:
+        changed = "rows to change" if args.dry_run else "rows changed"
+        print(format_table(["table", "column", changed, "masked", "left (a key: rename it)"],
+                           [[d.table, d.column, str(d.rows), str(d.masked), str(d.left)]
+                            for d in done]))
+    # 1: rows still hold one (in a key column), which the scan goes on reporting
+    return 1 if any(d.left for d in done) else 0
 
 
 def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
