@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vagt.devices.privacy import looks_like_cpr_name
-from vagt.privacy import contains_cpr
+from vagt.privacy import contains_cpr, mask_cpr
 
 
 @pytest.mark.parametrize("text", [
@@ -20,6 +20,10 @@ from vagt.privacy import contains_cpr
     "cpr0101901234", "personnr0101901234",  # glued to the word that announces it
     "010190\u00a01234",                   # a no-break space
     "311299-1234", "0101901234",
+    "0101 90 1234",                       # read aloud: the day and month, the year, the serial
+    "01.01.1990-1234", "cpr 01/01/1990 1234",   # the year with its century
+    "cpr 01.01.90 1234", "cpr-nr. 01.01.90 0930",   # a date and a time, but announced
+    "personnummer: 01.01.1990 1234",
 ])
 def test_a_cpr_number_written_any_common_way_is_found(text):
     assert contains_cpr(text)
@@ -39,6 +43,8 @@ def test_a_cpr_number_written_any_common_way_is_found(text):
     "101901234",                          # nine digits, in a column not named for CPR
     "10.10.10.10:8883", "172.16.10.20:1883",   # an IPv4 address and its port
     "besøg 12.03.24 0930-1000 ok", "ny adapter 23.11.20 1030",   # a date and a time
+    "besøg 12.03.2024 0930", "01.01.2024 10:30:00",            # ... with the century
+    "2012 34 56", "+45 2012 3456",        # phone numbers in pairs and fours
 ])
 def test_digits_that_are_not_a_cpr_number_are_let_through(text):
     assert not contains_cpr(text)
@@ -59,3 +65,15 @@ def test_a_name_with_cpr_in_it_announces_a_cpr_number(name):
                                   "imei", "mqtt_user_name"])
 def test_a_name_about_the_device_does_not_announce_a_cpr_number(name):
     assert not looks_like_cpr_name(name)
+
+
+@pytest.mark.parametrize(("text", "masked", "n"), [
+    ("ringede til 010190-1234 kl 10", "ringede til [cpr removed] kl 10", 1),
+    ("a\n01\n01\n90  1234\tb", "a\n[cpr removed]\tb", 1),    # white space around kept
+    ("0101901234.0101901234", "[cpr removed].[cpr removed]", 2),
+    ("besøg 12.03.24 0930, cpr 020290-1234", "besøg 12.03.24 0930, cpr [cpr removed]", 1),
+    ("fw 1.02.03.1234", "fw 1.02.03.1234", 0),
+])
+def test_masking_replaces_each_cpr_number_and_keeps_the_rest(text, masked, n):
+    assert mask_cpr(text) == (masked, n)
+    assert not contains_cpr(masked)
