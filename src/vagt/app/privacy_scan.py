@@ -78,11 +78,13 @@ SKIPPED: dict[tuple[str, str], str] = {
         ("dead_letters", "reason"), ("devices", "status"), ("events", "severity"),
         ("operators", "role"), ("operators", "queues"), ("rule_state_layouts", "spec"),
         ("schema_migrations", "name"), ("schema_migrations", "flavour"),
+        ("hourly_refresh", "name"),
         ("delivery_targets", "kind"), ("delivery_targets", "events")]},
     **{(t, c): "a copy of devices.device_id" for t, c in [
         ("alerts", "device_id"), ("bad_readings", "device_id"), ("events", "device_id"),
         ("readings", "device_id"), ("rule_state", "device_id"),
-        ("device_assignments", "device_id")]},
+        ("device_assignments", "device_id"), ("readings_hourly", "device_id"),
+        ("events_hourly", "device_id")]},
     **{(t, c): "a copy of operators.username" for t, c in [
         ("alerts", "acknowledged_by"), ("alerts", "claimed_by"), ("alerts", "resolved_by"),
         ("api_tokens", "username")]},
