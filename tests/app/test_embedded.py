@@ -209,15 +209,14 @@ class StandInEngine:
                 (f"stand_in:{device_id}", device_id, f"alarm.fall from {device_id}"))
 
 
-def demo_config(database_url: str, tmp_path: Path) -> Config:
-    return load_config(None, env={"VAGT_DATABASE_URL": database_url, "VAGT_METRICS_PORT": "0",
-                                  "VAGT_DATA_DIR": str(tmp_path)})
+def demo_config(tmp_path: Path) -> Config:
+    return load_config(None, env={"VAGT_METRICS_PORT": "0", "VAGT_DATA_DIR": str(tmp_path)})
 
 
 def test_the_demo_registers_the_fleet_hands_the_engine_its_servers_and_prints_alerts(
         database_url, tmp_path: Path, capsys):
     engine = StandInEngine()
-    code = run_demo(demo_config(database_url, tmp_path), devices=60, duration=3,
+    code = run_demo(demo_config(tmp_path), database=database_url, devices=60, duration=3,
                     options=SimOptions(seed=2),
                     run_engine=engine)
     out = capsys.readouterr().out
@@ -250,14 +249,39 @@ def test_the_demo_runs_its_own_postgres_when_no_database_is_configured(tmp_path:
     config = load_config(None, env={"VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"})
     assert run_demo(config, devices=25, duration=1, run_engine=engine) == 0
     assert seen == ["vagt", "25"]
-    assert (tmp_path / "postgres" / "PG_VERSION").exists()
+    assert (tmp_path / "demo" / "postgres" / "PG_VERSION").exists()
+
+
+def test_the_demo_leaves_the_configured_database_and_webhooks_alone(
+        database_url, tmp_path: Path, capsys, caplog):
+    """A demo started where VAGT_DATABASE_URL and VAGT_ALERTS name the real ones registers
+    its fleet in its own database and runs the built-in policy, which delivers nowhere."""
+    policy = tmp_path / "alerts.toml"
+    policy.write_text('[[delivery.webhook]]\nname = "callcentre"\n'
+                      'url = "https://callcentre.example/hook"\n')
+    config = load_config(None, env={"VAGT_DATABASE_URL": database_url, "VAGT_METRICS_PORT": "0",
+                                    "VAGT_DATA_DIR": str(tmp_path), "VAGT_ALERTS": str(policy)})
+    handed: list[Config] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        handed.append(config)
+        stop.wait()
+
+    caplog.set_level("INFO", logger="vagt.demo")
+    assert run_demo(config, devices=25, duration=1, run_engine=engine) == 0
+    assert handed[0].database.url != database_url and handed[0].alerts == ""
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+    assert "event=demo_ignores_configuration database.url=" in caplog.text
+    assert f"alerts={policy}" in caplog.text
+    assert f"its database is its own, in {tmp_path / 'demo'}" in capsys.readouterr().out
 
 
 def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path, capsys):
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
     started = time.monotonic()
-    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=None,
+    code = run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=None,
                     run_engine=lambda _c, s: s.wait(), stop=stop)
     assert code == 0
     assert time.monotonic() - started < 15
@@ -267,7 +291,7 @@ def test_the_demo_stops_and_says_so_when_the_engine_fails(database_url, tmp_path
     def broken_engine(config: Config, stop: threading.Event) -> None:
         raise RuntimeError("the rules file is broken")
 
-    code = run_demo(demo_config(database_url, tmp_path), devices=20, duration=30,
+    code = run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=30,
                     run_engine=broken_engine)
     assert code == 1
     assert "the engine failed: RuntimeError('the rules file is broken')" in capsys.readouterr().err
@@ -290,7 +314,7 @@ def test_the_demo_with_the_real_engine_stores_the_simulated_readings(
 
     Not yet checked end to end: that an alarm becomes an alert within a second.
     """
-    code = run_demo(demo_config(database_url, tmp_path), devices=100, duration=8,
+    code = run_demo(demo_config(tmp_path), database=database_url, devices=100, duration=8,
                     options=SimOptions(seed=2),
                     run_engine=run_engine)
     out = capsys.readouterr().out

@@ -1,7 +1,8 @@
 """`vagt demo` and `vagt simulate`: simulated devices, and the whole engine with nothing installed.
 
-The demo runs an embedded MQTT broker and (unless a database is configured) an embedded
-PostgreSQL, registers a simulated fleet, runs the engine and prints alerts as they open.
+The demo runs an embedded MQTT broker and an embedded PostgreSQL of its own, registers a
+simulated fleet, runs the engine with the built-in alert policy and prints alerts as they open.
+It never touches a configured database, broker or webhook: it may be run anywhere.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import psycopg
 
 from vagt.app import db
-from vagt.app.config import Config, redact_url
+from vagt.app.config import Config, MqttConfig, redact_url
 from vagt.app.embedded import embedded_broker, embedded_postgres, free_port
 from vagt.devices import import_csv
 from vagt.sim import (
@@ -114,10 +115,12 @@ def _deadline(duration: float | None) -> float | None:
 
 def run_demo(config: Config, *, devices: int, duration: float | None,
              run_engine: EngineRunner, stop: threading.Event | None = None,
-             options: SimOptions | None = None) -> int:
+             options: SimOptions | None = None, database: str | None = None) -> int:
     """Broker, database, simulated devices and `run_engine`, all in this process, printing
     each new alert and a summary every second, until `stop` (or Ctrl-C) or `duration` s.
 
+    The database is the demo's own embedded one (in `data_dir/demo`), whatever the
+    configuration names; `database` gives another (tests, which have one ready).
     Returns 0, or 1 if the engine or the simulator failed.
     """
     stop = stop if stop is not None else threading.Event()
@@ -126,14 +129,20 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
     rate = demo_rate(devices)
     sent = PublishStats()
     workers: list[_Worker] = []
+    _say_what_is_ignored(config)
     try:
         with contextlib.ExitStack() as stack:
             mqtt_url = stack.enter_context(embedded_broker(free_port()))
-            db_url = stack.enter_context(_database(config))
+            db_url = stack.enter_context(
+                contextlib.nullcontext(database) if database else _database(config))
             db.migrate(db_url)
             created = register_fleet(db_url, fleet)
             print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
                   f"({created} newly registered), {rate:g} messages/s; Ctrl-C stops", flush=True)
+            if not database:
+                where = demo_data_dir(config)
+                print(f"vagt demo: its database is its own, in {where}; see it with "
+                      f"`VAGT_DATA_DIR={where} vagt alerts list`", flush=True)
             engine_config = demo_engine_config(config, mqtt_url, db_url)
             sim = options.simulation(fleet, config.mqtt.topic_root)
             # entered in this order, stopped in the reverse: devices, engine, database, broker
@@ -149,11 +158,29 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
 
 def demo_engine_config(config: Config, mqtt_url: str, db_url: str) -> Config:
     """The configuration the engine runs with: the embedded broker (MQTT 3.1.1, no shared
-    subscriptions) and the demo's database."""
+    subscriptions), the demo's database, and the built-in alert policy, which delivers
+    nowhere: a configured policy's webhooks would send the simulated fleet's alerts to the
+    call centre's real systems."""
     return dataclasses.replace(
         config,
         mqtt=dataclasses.replace(config.mqtt, url=mqtt_url, protocol=4, share_group=""),
-        database=dataclasses.replace(config.database, url=db_url))
+        database=dataclasses.replace(config.database, url=db_url),
+        alerts="")
+
+
+def _say_what_is_ignored(config: Config) -> None:
+    """One log line naming the configured settings the demo leaves alone, so that nobody
+    thinks the demo's devices and alerts went where the configuration points."""
+    ignored = []
+    if config.database.url:
+        ignored.append(f"database.url={redact_url(config.database.url)}")
+    if config.mqtt.url != MqttConfig().url:
+        ignored.append(f"mqtt.url={redact_url(config.mqtt.url)}")
+    if config.alerts:
+        ignored.append(f"alerts={config.alerts}")
+    if ignored:
+        log.info("event=demo_ignores_configuration %s note=the demo uses its own database "
+                 "and broker and the built-in alert policy", " ".join(ignored))
 
 
 def register_fleet(db_url: str, fleet: list[SimDevice]) -> int:
@@ -162,10 +189,14 @@ def register_fleet(db_url: str, fleet: list[SimDevice]) -> int:
         return import_csv(conn, fleet_csv(fleet), actor="demo").created
 
 
+def demo_data_dir(config: Config) -> Path:
+    """Where the demo keeps its database: apart from the embedded database `vagt run` uses
+    when no database is configured, so a demo never writes into an engine's data."""
+    return Path(config.data_dir) / "demo"
+
+
 def _database(config: Config) -> contextlib.AbstractContextManager[str]:
-    if config.database.url:
-        return contextlib.nullcontext(config.database.url)
-    return embedded_postgres(Path(config.data_dir))
+    return embedded_postgres(demo_data_dir(config))
 
 
 def _outcome(workers: list[_Worker]) -> int:
