@@ -6,6 +6,10 @@ configuration handed over, alerts printed, clean stop), not the engine.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -82,6 +86,72 @@ def test_the_embedded_postgres_keeps_its_data_and_restarts_within_a_second(tmp_p
         elapsed = time.monotonic() - started
         assert db.migrate(url) == []
     assert elapsed < 1.5
+
+
+def postmaster_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_postmaster(pgdata: Path) -> None:
+    """Stop a server a test left behind (it failed), so that none outlives the tests."""
+    if postmaster_running(pgdata):
+        os.kill(int((pgdata / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+        wait_until(lambda: not postmaster_running(pgdata), timeout=30)
+
+
+def started_vagt(*argv: str, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """A Python process (its log in a file: a pipe nobody reads would fill and stop it)."""
+    with log.open("w") as stderr:
+        return subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+                                     **env})
+
+
+def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path):
+    holder = started_vagt(
+        "-c", "import sys, time; from pathlib import Path; "
+              "from vagt.app.embedded import embedded_postgres\n"
+              "with embedded_postgres(Path(sys.argv[1])):\n"
+              "    print('ready', flush=True); time.sleep(600)", str(tmp_path), env={},
+        log=tmp_path / "holder.log")
+    pgdata = tmp_path / "postgres"
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        holder.kill()  # as a hard kill would: no clean-up of its own
+        holder.wait()
+        assert postmaster_running(pgdata)
+        with embedded_postgres(tmp_path) as url:
+            assert db.migrate(url)
+        assert not postmaster_running(pgdata)
+    finally:
+        holder.kill()
+        stop_postmaster(pgdata)
+
+
+def test_a_closed_terminal_stops_the_demo_and_its_postgres(tmp_path: Path):
+    demo = started_vagt("-m", "vagt.app.cli", "demo", "--devices", "20", "--duration", "300",
+                        env={"VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"},
+                        log=tmp_path / "demo.log")
+    pgdata = tmp_path / "demo" / "postgres"
+    try:
+        assert demo.stdout is not None
+        assert "Ctrl-C stops" in demo.stdout.readline()
+        demo.send_signal(signal.SIGHUP)
+        demo.communicate(timeout=120)
+        assert demo.returncode == 0
+        assert "event=embedded_postgres_stopped" in (tmp_path / "demo.log").read_text()
+        assert not postmaster_running(pgdata)
+    finally:
+        demo.kill()
+        stop_postmaster(pgdata)
 
 
 def test_the_embedded_postgres_refuses_a_data_dir_its_package_cannot_use(tmp_path: Path):

@@ -252,7 +252,10 @@ def database_url(config: Config) -> Iterator[str]:
         yield url
 
 
-def _stop_on_signals() -> threading.Event:
+def _stop_on_signals(*, hangup: bool = False) -> threading.Event:
+    """SIGTERM and Ctrl-C (and with `hangup`, a closed terminal's SIGHUP) set the event: the
+    process then stops its servers itself; killed by the default handler, it would leave
+    the embedded PostgreSQL running."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
@@ -262,6 +265,8 @@ def _stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    if hangup:
+        signal.signal(signal.SIGHUP, handle)
     return stop
 
 
@@ -543,7 +548,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from vagt.app.demo import DEMO_OPTIONS, run_demo
     from vagt.app.engine import run_engine
 
-    stop = _stop_on_signals()
+    stop = _stop_on_signals(hangup=True)
     return run_demo(config, devices=args.devices, duration=args.duration, stop=stop,
                     run_engine=run_engine, options=_sim_options(args, DEMO_OPTIONS))
 

