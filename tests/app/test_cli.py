@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,26 @@ def test_a_database_password_with_a_bare_percent_stops_run_with_2_and_is_never_s
     err = capsys.readouterr().err
     assert "VAGT_DATABASE_URL" in err and "percent-encode" in err
     assert "50%off" not in err and "Traceback" not in err
+
+
+def test_a_taken_metrics_port_stops_run_with_2_naming_the_port_and_the_setting(
+        database_url, monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    monkeypatch.setenv("VAGT_ALARM_PROCESS", "false")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("VAGT_METRICS_PORT", str(port))
+        try:
+            assert main(["run"]) == 2
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+    err = capsys.readouterr().err
+    assert err.startswith(f"vagt: cannot serve metrics on 127.0.0.1:{port}: ")
+    assert "VAGT_METRICS_PORT" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("variable", "text"), [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -345,6 +346,28 @@ def test_the_demo_leaves_the_configured_database_and_webhooks_alone(
     assert "event=demo_ignores_configuration database.url=" in caplog.text
     assert f"alerts={policy}" in caplog.text
     assert f"its database is its own, in {tmp_path / 'demo'}" in capsys.readouterr().out
+
+
+def test_the_demo_takes_another_metrics_port_when_its_own_is_taken(
+        database_url, tmp_path: Path, capsys):
+    handed: list[Config] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        handed.append(config)
+        stop.wait()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = load_config(None, env={"VAGT_METRICS_PORT": str(port),
+                                        "VAGT_DATA_DIR": str(tmp_path)})
+        assert run_demo(config, database=database_url, devices=20, duration=1,
+                        run_engine=engine) == 0
+    moved = handed[0].metrics_port
+    assert moved not in (0, port)
+    assert f"metrics at http://127.0.0.1:{moved}/metrics ({port} is in use)" \
+        in capsys.readouterr().out
 
 
 def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path, capsys):

@@ -285,6 +285,7 @@ def _reload_on_sighup() -> threading.Event:
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.alerts.policy import PolicyError
     from vagt.app.engine import run_engine
+    from vagt.app.metrics import MetricsPortError
     from vagt.devices.catalogue import CatalogueError
     from vagt.rules import RuleConfigError
 
@@ -295,7 +296,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             run_engine(dataclasses.replace(
                 config, database=dataclasses.replace(config.database, url=url)), stop,
                 reload=reload)
-    except (RuleConfigError, CatalogueError, PolicyError) as e:
+    except (RuleConfigError, CatalogueError, PolicyError, MetricsPortError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
     return 0

@@ -23,7 +23,7 @@ import psycopg
 
 from vagt.app import db
 from vagt.app.config import Config, MqttConfig, redact_url
-from vagt.app.embedded import embedded_broker, embedded_postgres, free_port
+from vagt.app.embedded import embedded_broker, embedded_postgres, free_port, port_is_free
 from vagt.devices import import_csv
 from vagt.sim import (
     Pacing,
@@ -144,6 +144,8 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
                 print(f"vagt demo: its database is its own, in {where}; see it with "
                       f"`VAGT_DATA_DIR={where} vagt alerts list`", flush=True)
             engine_config = demo_engine_config(config, mqtt_url, db_url)
+            engine_config = dataclasses.replace(
+                engine_config, metrics_port=_metrics_port(config.metrics_host, config.metrics_port))
             sim = options.simulation(fleet, config.mqtt.topic_root)
             # entered in this order, stopped in the reverse: devices, engine, database, broker
             workers.append(stack.enter_context(
@@ -181,6 +183,16 @@ def _say_what_is_ignored(config: Config) -> None:
     if ignored:
         log.info("event=demo_ignores_configuration %s note=the demo uses its own database "
                  "and broker and the built-in alert policy", " ".join(ignored))
+
+
+def _metrics_port(host: str, port: int) -> int:
+    """The configured metrics port, or, when something (an engine) listens there, a free one:
+    the demo should run beside whatever runs on the machine."""
+    if port == 0 or port_is_free(host, port):
+        return port
+    free = free_port()
+    print(f"vagt demo: metrics at http://{host}:{free}/metrics ({port} is in use)", flush=True)
+    return free
 
 
 def register_fleet(db_url: str, fleet: list[SimDevice]) -> int:

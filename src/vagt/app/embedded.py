@@ -44,6 +44,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (bound as an HTTP server binds, reusing the address)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _quiet(logger: str) -> None:
     """Warnings and errors only from a library's logger, unless the application chose a level."""
     if logging.getLogger(logger).level == logging.NOTSET:

@@ -29,6 +29,11 @@ QUEUE_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
 
 
+class MetricsPortError(RuntimeError):
+    """The metrics endpoint cannot listen where it is configured to; the message says where
+    and which setting moves it."""
+
+
 class MergingRegistry(CollectorRegistry):
     """A registry whose families of one name, from several collectors, come out as one: the
     alarm lane's process reports the same metrics as the engine (see `EngineMetrics.include`).
@@ -193,7 +198,12 @@ class EngineMetrics:
         self.registry.register(_Foreign(families))
 
     def serve(self, host: str, port: int) -> Any:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise MetricsPortError(
+                f"cannot serve metrics on {host}:{port}: {e.strerror or e}; set metrics_port "
+                "(VAGT_METRICS_PORT) to a free port, or to 0 for no metrics endpoint") from e
         log.info("event=metrics_listening host=%s port=%d", host, port)
         return server
 
