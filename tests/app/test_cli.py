@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tests.alerts.test_actions import new_alert
 from tests.app.conftest import query
+from tests.support import free_port
 
 from vagt.app.cli import main
 
@@ -71,6 +72,15 @@ def test_db_migrate_on_an_empty_database_then_again(empty_database_url, monkeypa
     assert "applied 0001_core (any)" in first and "applied 0002_timeseries (plain)" in first
     assert main(["db", "migrate"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_db_migrate_with_the_database_down_says_so_in_one_line_without_the_password(
+        monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_DATABASE_URL", f"postgresql://vagt:s3cret@127.0.0.1:{free_port()}/vagt")
+    assert main(["db", "migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: cannot reach the database at postgresql://vagt:***@127.0.0.1:")
+    assert "s3cret" not in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_rules_check_reports_the_rules_or_the_error(tmp_path: Path, capsys):

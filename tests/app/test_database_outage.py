@@ -4,6 +4,7 @@ and go on within seconds of the database answering again."""
 from __future__ import annotations
 
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
@@ -96,3 +97,19 @@ def test_the_engines_connections_fail_on_a_silent_network_unless_the_url_says_ot
     assert given["keepalives_count"] == "3"
     assert given["tcp_user_timeout"] == "10000"    # ms: sent data unacknowledged that long
     assert given["connect_timeout"] == "10"
+
+
+def test_an_engine_started_before_its_database_waits_for_it_and_comes_up(
+        engine: EngineProcess, proxy: DatabaseProxy, database_url: str):
+    """As after a power cut: `vagt run` up first, the database later. The engine says each
+    time it tries (the password hidden), and starts by itself when the database answers."""
+    proxy.down()
+    parts = urllib.parse.urlsplit(proxy.url(database_url))
+    engine.env["VAGT_DATABASE_URL"] = urllib.parse.urlunsplit(parts._replace(
+        netloc=f"{parts.username or 'postgres'}:s3cret-pw@127.0.0.1:{proxy.port}"))
+    engine.start()
+    wait_for(lambda: "event=database_unreachable" in engine.log(), what="a retry logged")
+    proxy.up()
+    engine.wait_ready(timeout=60)
+    assert "s3cret-pw" not in engine.log()
+    assert engine.terminate() == 0

@@ -401,10 +401,16 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
+    import psycopg
+
     from vagt.app import db
+    from vagt.app.cli_support import unreachable
 
     with database_url(config) as url:
-        applied = db.migrate(url)
+        try:
+            applied = db.migrate(url)
+        except psycopg.OperationalError as e:
+            return unreachable(url, e)
     print("\n".join(f"applied {name}" for name in applied) or "the schema is up to date")
     return 0
 

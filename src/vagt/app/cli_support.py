@@ -26,6 +26,13 @@ def fail(message: str, *, one_line: bool = True) -> int:
     return EXIT_ERROR
 
 
+def unreachable(url: str, error: Exception) -> int:
+    """The database did not answer: say which (its password hidden) and why; exit code 2."""
+    from vagt.app.config import redact_url
+
+    return fail(f"cannot reach the database at {redact_url(url)}: {error}")
+
+
 def reports_errors(*refusals: type[Exception],
                    multi_line: tuple[type[Exception], ...] = ()) -> Callable[[H], H]:
     """Refusals (and database trouble) go to stderr with exit code 2; bugs still raise.

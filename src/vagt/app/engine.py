@@ -484,6 +484,9 @@ def run_engine(config: Config, stop: threading.Event,
                          "PostgreSQL when none is configured")
     log.info("event=engine_starting mqtt=%s", redact_url(config.mqtt.url))
     rules, catalogue, policy = load_engine_files(config)
+    if not wait_for_database(conninfo, stop):
+        log.info("event=engine_stopped note=stopped_before_the_database_answered")
+        return
     db.migrate(conninfo)
     install_policy(policy)
     # The delivery targets before the alarm lane's process starts: an alarm's events go to
@@ -503,6 +506,29 @@ def run_engine(config: Config, stop: threading.Event,
         if alarm is not None:
             alarm.stop()
     log.info("event=engine_stopped")
+
+
+# How long the engine waits between attempts to reach a database that is not there at start.
+DATABASE_RETRY_S = 5.0
+
+
+def wait_for_database(conninfo: str, stop: threading.Event,
+                      retry_s: float = DATABASE_RETRY_S) -> bool:
+    """Until the database answers (True) or `stop` is set (False), trying every `retry_s`.
+
+    An engine started before its database (both booting after a power cut, or a database
+    being restarted) must come up by itself when the database does, not exit and wait for
+    someone to start it again.
+    """
+    while not stop.is_set():
+        try:
+            with psycopg.connect(db.with_network_timeouts(conninfo)):
+                return True
+        except psycopg.OperationalError as e:
+            log.warning("event=database_unreachable url=%s error=%r retry_in_s=%g",
+                        redact_url(conninfo), first_line(e), retry_s)
+        stop.wait(retry_s)
+    return False
 
 
 def load_engine_files(config: Config) -> tuple[list[Rule], Catalogue, AlertPolicy]:
