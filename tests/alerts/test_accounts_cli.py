@@ -55,6 +55,15 @@ def test_a_short_password_is_refused(database_url, monkeypatch, capsys):
     assert capsys.readouterr().err == "vagt: the password must have at least 12 characters\n"
 
 
+def test_users_add_without_a_terminal_says_to_use_password_stdin(database_url, conn,
+                                                                   monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert run(database_url, "users", "add", "bo", "--role", "operator") == 2
+    assert capsys.readouterr().err == ("vagt: there is no terminal to ask for the password on;"
+                                       " give it on standard input with --password-stdin\n")
+    assert conn.execute("SELECT count(*) FROM operators").fetchone() == (0,)
+
+
 def test_a_second_user_of_the_same_name_is_refused(database_url, capsys):
     assert run(database_url, "users", "add", "bo", "--role", "operator", "--no-password") == 0
     assert run(database_url, "users", "add", "bo", "--role", "admin", "--no-password") == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import termios
 from datetime import UTC, datetime
 
 import psycopg
@@ -72,11 +73,23 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
+NO_TERMINAL = ("there is no terminal to ask for the password on; give it on standard input "
+               "with --password-stdin")
+
+
 def _password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass(f"password (at least {MIN_PASSWORD} characters): ")
-    if getpass.getpass("again: ") != first:
+    # Asked from a script, a pipe or a service, getpass fails with termios.error or
+    # EOFError, or reads the pipe after a warning: say what to do instead.
+    if not sys.stdin.isatty():
+        raise AccountError(NO_TERMINAL)
+    try:
+        first = getpass.getpass(f"password (at least {MIN_PASSWORD} characters): ")
+        again = getpass.getpass("again: ")
+    except (EOFError, termios.error):
+        raise AccountError(NO_TERMINAL) from None
+    if again != first:
         raise AccountError("the two passwords differ")
     return first
 
