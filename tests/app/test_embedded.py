@@ -7,6 +7,7 @@ configuration handed over, alerts printed, clean stop), not the engine.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -368,6 +369,21 @@ def test_the_demo_takes_another_metrics_port_when_its_own_is_taken(
     assert moved not in (0, port)
     assert f"metrics at http://127.0.0.1:{moved}/metrics ({port} is in use)" \
         in capsys.readouterr().out
+
+
+def test_each_demo_run_sends_new_traffic_and_prints_the_seed_that_repeats_it(
+        database_url, tmp_path: Path, capsys):
+    """The same traffic again would replay the last run's incidents, which the engine takes
+    as copies: a second demo would show no alert for as long as the first ran."""
+    seeds = []
+    for options in (None, None, SimOptions(seed=7)):
+        assert run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=0.5,
+                        run_engine=lambda _c, s: s.wait(), options=options) == 0
+        said = re.search(r"traffic seed (\d+) \(the same traffic again: --seed (\d+)\)",
+                         capsys.readouterr().out)
+        assert said is not None and said[1] == said[2]
+        seeds.append(int(said[1]))
+    assert seeds[0] != seeds[1] and seeds[2] == 7
 
 
 def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path, capsys):

@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     scrub.set_defaults(func=cmd_privacy_scrub)
 
     demo = sub.add_parser("demo", help="embedded broker, database, simulated devices and engine")
-    demo.add_argument("--devices", type=_count, default=300)
+    demo.add_argument("--devices", type=_count, default=300,
+                      help="how many simulated devices (default: 300)")
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    _simulation_options(demo)
+    _simulation_options(demo, DEMO_DEFAULTS)
     demo.set_defaults(func=cmd_demo)
 
     api = sub.add_parser("api", help="serve the operator REST API (OpenAPI at /docs)")
@@ -148,29 +149,47 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
-    sim.add_argument("--devices", type=_count, default=300)
+    sim.add_argument("--devices", type=_count, default=300,
+                     help="how many simulated devices (default: 300)")
     sim.add_argument("--rate", type=_positive, default=100.0, help="messages per second, at most")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
-    _simulation_options(sim)
+    _simulation_options(sim, SIMULATE_DEFAULTS)
     sim.add_argument("--fleet-csv", type=Path, default=None,
                      help="also write the simulated fleet as a devices CSV to this file")
     sim.set_defaults(func=cmd_simulate)
     return p
 
 
-def _simulation_options(parser: argparse.ArgumentParser) -> None:
-    # defaults: vagt.app.demo.SimOptions and DEMO_OPTIONS (not imported here: it is slow)
-    parser.add_argument("--seed", type=int, default=1,
-                        help="the same seed gives the same fleet and the same messages")
+@dataclasses.dataclass(frozen=True)
+class _SimHelp:
+    """What the help says of the defaults of vagt.app.demo's SimOptions and DEMO_OPTIONS
+    (not imported here: it is slow)."""
+
+    seed: str
+    history_h: str
+    faults: str
+
+
+SIMULATE_DEFAULTS = _SimHelp(
+    seed="the same seed gives the same fleet and the same messages (default: 1)",
+    history_h="24", faults="1")
+DEMO_DEFAULTS = _SimHelp(
+    seed="the seed of the traffic, to repeat a run (default: a new one each run, printed "
+         "at the start); the fleet is the same every run",
+    history_h="72", faults="20")
+
+
+def _simulation_options(parser: argparse.ArgumentParser, defaults: _SimHelp) -> None:
+    parser.add_argument("--seed", type=int, default=None, help=defaults.seed)
     parser.add_argument("--history", type=_not_negative, default=None, metavar="HOURS",
-                        help="simulated time starts this many hours ago (default: 24; "
-                             "the demo: 72)")
+                        help=f"simulated time starts this many hours ago "
+                             f"(default: {defaults.history_h})")
     parser.add_argument("--speed", type=_positive, default=None,
                         help="simulated seconds per real second until the present is reached "
                              "(default: as fast as the rate allows); then real time")
     parser.add_argument("--faults", type=_not_negative, default=None,
-                        help="incident and fault rates, times the defaults (default: 1; "
-                             "the demo: 20)")
+                        help=f"incident and fault rates, times the defaults "
+                             f"(default: {defaults.faults})")
 
 
 def _count(text: str) -> int:
@@ -546,7 +565,7 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
 
 def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
     return dataclasses.replace(
-        defaults, seed=args.seed, speed=args.speed,
+        defaults, seed=defaults.seed if args.seed is None else args.seed, speed=args.speed,
         history_h=defaults.history_h if args.history is None else args.history,
         faults=defaults.faults if args.faults is None else args.faults)
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -59,19 +60,35 @@ class SimOptions:
     and runs `speed` times real time (None: as fast as the rate allows) until it reaches the
     present, then in step with it; incident and fault rates are `faults` times the defaults."""
 
-    seed: int = 1
+    seed: int | None = 1  # None: a new one each run (the demo's default)
     speed: float | None = None
     history_h: float = 24.0
     faults: float = 1.0
 
     def simulation(self, fleet: list[SimDevice], topic_root: str) -> Simulation:
-        return Simulation(fleet, seed=self.seed, start=time.time() - self.history_h * 3600,
+        return Simulation(fleet, seed=self.run_seed(),
+                          start=time.time() - self.history_h * 3600,
                           topic_root=topic_root, config=SimConfig().with_faults(self.faults))
+
+    def run_seed(self) -> int:
+        """The seed of this run: 1 when none was chosen."""
+        return self.seed if self.seed is not None else 1
+
+    def with_a_seed(self) -> SimOptions:
+        """These options with a seed of their own if they have none."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(1_000_000))
 
 
 # The demo: three days of history to replay before it reaches the present, and incidents and
-# faults 20 times as often as a real fleet has them, so that there is something to see.
-DEMO_OPTIONS = SimOptions(history_h=72.0, faults=20.0)
+# faults 20 times as often as a real fleet has them, so that there is something to see; new
+# traffic each run, since the same seed again would replay the incidents of the last run,
+# which the engine takes as the copies they are, and no new alert would open.
+DEMO_OPTIONS = SimOptions(seed=None, history_h=72.0, faults=20.0)
+# ... while the fleet is the same every run: its database keeps the registry of the last run,
+# and a device deployed there to another citizen could not be registered again.
+DEMO_FLEET_SEED = 1
 
 
 # --- vagt simulate ------------------------------------------------------------------------------
@@ -81,7 +98,7 @@ def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration:
     """Send a simulated fleet's traffic to any broker, at most `rate` messages a second, until
     `duration` seconds have passed or Ctrl-C. The devices must be registered: `fleet_file`
     writes them as a CSV for `vagt devices import`."""
-    fleet = make_fleet(devices, options.seed)
+    fleet = make_fleet(devices, options.run_seed())
     if fleet_file is not None:
         fleet_file.write_text(fleet_csv(fleet), encoding="utf-8")
         print(f"wrote the simulated fleet to {fleet_file}; register it with "
@@ -125,7 +142,8 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
     """
     stop = stop if stop is not None else threading.Event()
     options = options if options is not None else DEMO_OPTIONS
-    fleet = make_fleet(devices, options.seed)
+    options = options.with_a_seed()
+    fleet = make_fleet(devices, DEMO_FLEET_SEED)
     rate = demo_rate(devices)
     sent = PublishStats()
     workers: list[_Worker] = []
@@ -139,6 +157,8 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
             created = register_fleet(db_url, fleet)
             print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
                   f"({created} newly registered), {rate:g} messages/s; Ctrl-C stops", flush=True)
+            print(f"vagt demo: traffic seed {options.seed} (the same traffic again: "
+                  f"--seed {options.seed})", flush=True)
             if not database:
                 where = demo_data_dir(config)
                 print(f"vagt demo: its database is its own, in {where}; see it with "
