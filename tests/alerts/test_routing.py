@@ -193,6 +193,13 @@ def test_vagt_alerts_route_with_the_built_in_policy_sends_alarms_to_emergency(ca
     assert capsys.readouterr().out.splitlines()[0] == "queue:         emergency"
 
 
+def test_vagt_alerts_route_names_the_queue_of_the_rule_it_is_given(capsys):
+    """No route of the built-in policy takes battery_low: it keeps its rule's queue."""
+    assert route_cli("", "rule=battery_low", "type=pulse_oximeter") == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["queue:         technical",
+                                                        "priority:      4"]
+
+
 def test_vagt_alerts_route_refuses_a_label_without_a_value(capsys):
     assert route_cli("", "rule") == 2
     assert capsys.readouterr().err == "vagt: 'rule' is not a label; write name=value\n"

@@ -33,6 +33,7 @@ from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
 from vagt.app.cli_support import fail, format_table, reports_errors
 from vagt.privacy import HoldsCpr
+from vagt.rules import Rule, RuleConfigError, load_rules
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,10 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     route = actions.add_parser("route", help="where an alert with these labels would go")
     route.add_argument("labels", nargs="+", metavar="NAME=VALUE",
                        help="the alert's labels, e.g. rule=battery_low type=oximeter")
-    route.add_argument("--queue", default="(the rule's queue)",
-                       help="the rule's own queue, used when no route sets one")
-    route.add_argument("--priority", type=int, default=3,
-                       help="the rule's own priority, used when no route sets one (default: 3)")
+    route.add_argument("--queue", default=None,
+                       help="the rule's own queue, used when no route sets one (default: "
+                            "that of the rule the `rule` label names)")
+    route.add_argument("--priority", type=int, default=None,
+                       help="the rule's own priority, used when no route sets one (default: "
+                            "that of the rule the `rule` label names, else 3)")
     route.set_defaults(policy_handler=handle_route)
     box = actions.add_parser("outbox", help="events not yet delivered to the call centre")
     box.add_argument("--dead", action="store_true", help="only dead letters (tries used up)")
@@ -236,8 +239,9 @@ def handle_show(args: argparse.Namespace, conninfo: str) -> int:
     return 0
 
 
-def handle_route(args: argparse.Namespace, policy_path: str) -> int:
-    """Where an alert with these labels goes, by the configured (or built-in) policy."""
+def handle_route(args: argparse.Namespace, policy_path: str, rules_path: str = "") -> int:
+    """Where an alert with these labels goes, by the configured (or built-in) policy; where
+    no route sets the queue or priority, the rule's own (from the configured rules)."""
     try:
         policy = load_policy(policy_path or None, secrets=False)
         labels: dict[str, object] = {}
@@ -246,12 +250,21 @@ def handle_route(args: argparse.Namespace, policy_path: str) -> int:
             if not sep or not name:
                 raise MatcherError(f"{text!r} is not a label; write name=value")
             labels[name] = value
-    except (PolicyError, MatcherError) as e:
+        rule = _rule_named(str(labels.get("rule", "")), rules_path)
+    except (PolicyError, MatcherError, RuleConfigError) as e:
         return fail(str(e))
-    dest = route_alert(policy.root, labels, default_queue=args.queue,
-                       default_priority=args.priority, time_to_claim=policy.time_to_claim_s)
+    queue = args.queue or (rule.queue if rule else "(the rule's queue)")
+    priority = args.priority if args.priority is not None else (rule.priority if rule else 3)
+    dest = route_alert(policy.root, labels, default_queue=queue,
+                       default_priority=priority, time_to_claim=policy.time_to_claim_s)
     print("\n".join(describe(dest)))
     return 0
+
+
+def _rule_named(name: str, rules_path: str) -> Rule | None:
+    if not name:
+        return None
+    return next((r for r in load_rules(rules_path or None) if r.name == name), None)
 
 
 @_reports_errors

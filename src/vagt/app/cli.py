@@ -233,7 +233,8 @@ def _wrap_db_handlers(parser: argparse.ArgumentParser) -> None:
         parser.set_defaults(func=lambda args, config, h=handler: _with_database(args, config, h))
     policy_handler = parser.get_default("policy_handler")
     if policy_handler is not None:  # needs the alert policy, not the database
-        parser.set_defaults(func=lambda args, config, h=policy_handler: h(args, config.alerts))
+        parser.set_defaults(func=lambda args, config, h=policy_handler: h(
+            args, config.alerts, config.rules))
 
 
 def _install_alert_policy(config: Config) -> None:
