@@ -411,6 +411,8 @@ def test_an_alert_line_reads_left_to_right_as_an_operator_would():
     line = format_alert(42, datetime(2025, 11, 22, 9, 30, tzinfo=UTC), "emergency", 1,
                         "critical", "ALM-000017", "alarm.fall from ALM-000017")
     assert line.startswith("ALERT #42 ")
+    opened = datetime(2025, 11, 22, 9, 30, tzinfo=UTC).astimezone()
+    assert f"{opened:%Y-%m-%d %H:%M:%S}" in line
     assert line.index("P1") < line.index("emergency") < line.index("critical") \
         < line.index("ALM-000017") < line.index("alarm.fall")
 

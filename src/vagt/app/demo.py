@@ -312,8 +312,9 @@ def _stored(conn: psycopg.Connection) -> tuple[int, int, int]:
 
 def format_alert(alert_id: int, opened_at: datetime, queue: str, priority: int, severity: str,
                  device_id: str | None, summary: str) -> str:
-    """One alert as a line: id, local time, priority, queue, severity, device, summary."""
-    return (f"ALERT #{alert_id:<5} {opened_at.astimezone():%H:%M:%S}  P{priority} "
+    """One alert as a line: id, local date and time, priority, queue, severity, device,
+    summary. The date too: the demo's devices replay days of history."""
+    return (f"ALERT #{alert_id:<5} {opened_at.astimezone():%Y-%m-%d %H:%M:%S}  P{priority} "
             f"{queue:<10} {severity:<8} {device_id or '-':<11} {summary}")
 
 
