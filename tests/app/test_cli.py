@@ -83,6 +83,17 @@ def test_db_migrate_with_the_database_down_says_so_in_one_line_without_the_passw
     assert "s3cret" not in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_a_command_without_a_database_url_says_so_and_makes_no_embedded_database(
+        monkeypatch, tmp_path: Path, capsys):
+    monkeypatch.delenv("VAGT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("VAGT_DATA_DIR", str(tmp_path))
+    assert main(["devices", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: no VAGT_DATABASE_URL is set, and there is no embedded "
+                          f"database in {tmp_path / 'postgres'} yet")
+    assert not (tmp_path / "postgres").exists()
+
+
 def test_rules_check_reports_the_rules_or_the_error(tmp_path: Path, capsys):
     assert main(["rules", "check"]) == 0
     assert "personal_alarm" in capsys.readouterr().out

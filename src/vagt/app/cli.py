@@ -254,10 +254,26 @@ def _with_database(args: argparse.Namespace, config: Config, handler: object) ->
     except PolicyError as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
+    if not config.database.url and not embedded_database_exists(config):
+        from vagt.app.cli_support import fail
+
+        return fail(f"no VAGT_DATABASE_URL is set, and there is no embedded database in "
+                    f"{embedded_pgdata(config)} yet: set VAGT_DATABASE_URL to the engine's "
+                    f"database, or create the embedded one with `vagt db migrate`")
     with database_url(config) as url:
         extra = (config,) if getattr(args, "handler_takes_config", False) else ()
         result: int = handler(args, url, *extra)  # type: ignore[operator]
         return result
+
+
+def embedded_pgdata(config: Config) -> Path:
+    return Path(config.data_dir).resolve() / "postgres"
+
+
+def embedded_database_exists(config: Config) -> bool:
+    """An operator's command with no database configured would otherwise make an empty
+    embedded one, and then say only that it has no schema."""
+    return (embedded_pgdata(config) / "PG_VERSION").exists()
 
 
 @contextlib.contextmanager
