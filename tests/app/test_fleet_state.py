@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -11,12 +12,18 @@ from tests.app.conftest import DEVICES, query, register, telemetry
 from tests.app.test_pipeline import battery, msg, run_batches
 
 from vagt.devices.fleet import Fleet
+from vagt.ingest.model import RawMessage
 
 NOW = float(int(time.time()))  # whole seconds: timestamptz keeps microseconds
 
 
 def status(device_id: str, t: float, **fields: object) -> object:
     return msg(device_id, "status", orjson.dumps({"time": t, "status": fields}))
+
+
+def sent(device_id: str, t: float, level: float) -> RawMessage:
+    """A battery report heard when it was sent (the device's clock is right)."""
+    return dataclasses.replace(battery(device_id, t, level), received_at=t)
 
 
 def loaded(database_url: str) -> Fleet:
@@ -76,16 +83,16 @@ def test_an_older_firmware_report_arriving_late_does_not_undo_an_update(database
 def test_online_and_overdue_follow_the_models_heartbeat(database_url):
     register(database_url, DEVICES)
     # Nonin 3230 and A&D UA-651BLE: heartbeat once a day
-    fleet = run_batches(database_url, [battery("OXI-0001", NOW - 3600, 90),
-                                       battery("OXI-0002", NOW - 1.5 * 86400, 90),
-                                       battery("BPM-0001", NOW - 3 * 86400, 90)]).fleet
+    fleet = run_batches(database_url, [sent("OXI-0001", NOW - 3600, 90),
+                                       sent("OXI-0002", NOW - 1.5 * 86400, 90),
+                                       sent("BPM-0001", NOW - 3 * 86400, 90)]).fleet
     frame = fleet.frame(NOW).set_index("device_id")
     assert frame.loc["OXI-0001", "online"] and not frame.loc["OXI-0001", "overdue"]
     # silent for longer than its interval: overdue, but online until two are missed
     assert frame.loc["OXI-0002", "online"] and frame.loc["OXI-0002", "overdue"]
     assert not frame.loc["BPM-0001", "online"] and frame.loc["BPM-0001", "overdue"]
-    # never heard from: offline and overdue
-    assert not frame.loc["ALM-0001", "online"] and frame.loc["ALM-0001", "overdue"]
+    # never heard from: offline, not overdue (it may be on a shelf, as the absence rules say)
+    assert not frame.loc["ALM-0001", "online"] and not frame.loc["ALM-0001", "overdue"]
 
 
 def test_refresh_brings_in_what_another_engine_committed(database_url):
@@ -106,10 +113,10 @@ def test_vagt_fleet_lists_overdue_and_low_battery_devices_and_counts_by_municipa
     from vagt.app.cli import main
 
     register(database_url, DEVICES)
-    run_batches(database_url, [battery("OXI-0001", NOW - 60, 12),
-                               battery("OXI-0002", NOW - 3 * 86400, 95),
-                               battery("ALM-0001", NOW - 60, 80),
-                               battery("BPM-0001", NOW - 60, 90)])
+    run_batches(database_url, [sent("OXI-0001", NOW - 60, 12),
+                               sent("OXI-0002", NOW - 3 * 86400, 95),
+                               sent("ALM-0001", NOW - 60, 80),
+                               sent("BPM-0001", NOW - 60, 90)])
     monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
     assert main(["fleet", "--overdue", "--json"]) == 0
     assert [d["device_id"] for d in json.loads(capsys.readouterr().out)] == ["OXI-0002"]
@@ -133,8 +140,8 @@ def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(databa
     from vagt.app.metrics import EngineMetrics
 
     register(database_url, DEVICES)
-    fleet = run_batches(database_url, [battery("OXI-0001", NOW - 60, 50),
-                                       battery("OXI-0002", NOW - 9 * 86400, 50)]).fleet
+    fleet = run_batches(database_url, [sent("OXI-0001", NOW - 60, 50),
+                                       sent("OXI-0002", NOW - 9 * 86400, 50)]).fleet
     m = EngineMetrics()
     m.watch_fleet(lambda: fleet.counts(NOW))
     text = generate_latest(m.registry).decode()
@@ -202,3 +209,14 @@ def test_a_device_redeployed_to_another_municipality_moves_under_that_municipali
         fleet.refresh(conn)
     h.batch([(oxi1, "battery", 5, NOW), (oxi2, "battery", 5, NOW)])
     assert h.open() == {("battery_low", oxi2)}
+
+
+def test_a_device_whose_clock_is_slow_is_online_while_it_sends(database_url):
+    register(database_url, DEVICES)
+    slow = 15 * 60   # heartbeat a day: two missed is two days, whatever its clock says
+    late = dataclasses.replace(battery("OXI-0001", NOW - 2 * 86400 - slow, 80),
+                               received_at=NOW - 60)
+    run_batches(database_url, [late])
+    frame = loaded(database_url).frame(NOW).set_index("device_id")
+    assert frame.loc["OXI-0001", "online"] and not frame.loc["OXI-0001", "overdue"]
+    assert frame.loc["OXI-0001", "silent_s"] == 60

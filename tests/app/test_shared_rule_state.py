@@ -149,9 +149,10 @@ def spo2(device_id: str, t: float, value: float) -> RawMessage:
 
 
 def event(device_id: str, t: float, code: str) -> RawMessage:
+    """An event heard when it was sent: a tick at `t` + x is x after it, on every clock."""
     return RawMessage(f"{ROOT}/dev/{device_id}/telemetry",
                       orjson.dumps({"device_id": device_id, "time": t,
-                                    "events": [{"code": code}]}), time.time())
+                                    "events": [{"code": code}]}), t)
 
 
 def traffic(seed: int) -> list[RawMessage]:
@@ -642,8 +643,8 @@ def test_a_tick_goes_by_what_a_batch_of_its_own_process_committed_meanwhile(
     store.prepare_connection(lane)
     tick = p.pipeline.rules.tick
 
-    def tick_then_the_batch(now: float):
-        ev = tick(now)
+    def tick_then_the_batch(now: float, behind=None):
+        ev = tick(now, behind)
         if not lane.closed:
             out = p.pipeline.process(lane, [event("DSP-0001", due + 600, "dose.taken")])
             lane.commit()

@@ -50,12 +50,14 @@ class Harness:
         )
         return self._take(self.engine.evaluate(b))
 
-    def tick(self, now: float) -> Evaluation:
-        return self._take(self.engine.tick(now))
+    def tick(self, now: float, behind: list[float] | None = None) -> Evaluation:
+        return self._take(self.engine.tick(now, None if behind is None else np.array(behind)))
 
-    def sweep(self, now: float, last_seen: list[float]) -> Evaluation:
+    def sweep(self, now: float, last_seen: list[float],
+              last_heard: list[float] | None = None) -> Evaluation:
         open_ = [(name, d) for (name, d) in self.book.open_]
-        return self._take(self.engine.sweep_absence(now, np.array(last_seen), open_))
+        heard = None if last_heard is None else np.array(last_heard)
+        return self._take(self.engine.sweep_absence(now, np.array(last_seen), open_, heard))
 
     def _take(self, ev: Evaluation) -> Evaluation:
         self.book.record(ev)

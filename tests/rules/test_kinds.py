@@ -127,6 +127,30 @@ def test_the_sweep_clears_a_device_heard_by_another_process(tmp_path):
     assert h.open() == set() and h.cleared("silent", 4) == 1
 
 
+def test_a_gateway_whose_clock_is_slow_is_judged_by_when_it_was_heard(tmp_path):
+    """Heard 5 s ago, its clock 20 minutes behind ours: it is talking, not silent."""
+    h = Harness(tmp_path, ABSENCE)
+    slow = 20 * 60.0
+    for now in (10_000.0, 10_300.0, 10_600.0):   # a heartbeat 5 s before each sweep
+        h.batch(seen=[(4, now - 5 - slow)])
+        h.sweep(now, [np.nan] * 4 + [now - 5 - slow], [np.nan] * 4 + [now - 5])
+    assert h.opened("silent", 4) == 0
+
+
+def test_a_slow_gateway_that_falls_silent_fires_dated_on_its_clock_and_its_next_clears(
+        tmp_path):
+    h = Harness(tmp_path, ABSENCE)
+    slow = 20 * 60.0
+    seen, heard = [np.nan] * 4 + [10_000.0 - slow], [np.nan] * 4 + [10_000.0]
+    h.sweep(10_599.0, seen, heard)
+    assert h.open() == set()
+    h.sweep(10_601.0, seen, heard)
+    assert h.open() == {("silent", 4)}
+    assert h.last.transitions.fires()[2].tolist() == [10_600.0 - slow]
+    h.batch(seen=[(4, 10_700.0 - slow)])
+    assert h.open() == set()
+
+
 def test_a_device_never_heard_is_not_absent(tmp_path):
     h = Harness(tmp_path, ABSENCE)
     h.sweep(1e9, [np.nan] * 5)
@@ -164,6 +188,32 @@ def test_a_missed_dose_of_a_silent_device_fires_at_the_tick(tmp_path):
     assert h.open() == set()
     h.tick(1800.0 + 61)
     assert h.open() == {("missed_dose", 2)}
+
+
+def test_a_dispenser_whose_clock_is_behind_is_not_called_missed_before_its_deadline(
+        tmp_path):
+    """Its clock 40 minutes behind ours: a tick just after the dose came is 15 s into the
+    window on its clock; the dose taken two minutes later ends it."""
+    h = Harness(tmp_path, DOSE)
+    behind = [0.0, 0.0, 40 * 60.0, 0.0, 0.0]
+    now = 100_000.0
+    h.batch(events=[(2, "dose.due", now - 2400)])
+    h.tick(now + 15, behind)
+    h.batch(events=[(2, "dose.taken", now - 2400 + 120)])
+    h.tick(now + 3600, behind)
+    assert h.opened("missed_dose", 2) == 0
+
+
+def test_a_dispenser_whose_clock_is_behind_misses_a_dose_at_its_deadline(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    behind = [0.0, 0.0, 40 * 60.0, 0.0, 0.0]
+    now = 100_000.0
+    h.batch(events=[(2, "dose.due", now - 2400)])
+    h.tick(now + 1800, behind)
+    assert h.open() == set()
+    h.tick(now + 1800 + 61, behind)
+    assert h.open() == {("missed_dose", 2)}
+    assert h.last.transitions.fires()[2].tolist() == [now - 2400 + 1800]   # its deadline
 
 
 def test_two_doses_due_in_one_batch_the_first_missed_the_second_taken(tmp_path):

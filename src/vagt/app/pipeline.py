@@ -201,8 +201,8 @@ class Pipeline:
         msgs = np.flatnonzero(usable)
         batch = Batch(r.device, r_metric, r_value, r.time, e.device, e_code, e.time,
                       device_of_msg[msgs], msg_time[msgs])
-        self._update_devices(conn, dec, device_of_msg, usable, msg_time, r, r_metric, r_value,
-                             batch, out)
+        self._update_devices(conn, dec, device_of_msg, usable, msg_time, received, r,
+                             r_metric, r_value, batch, out)
         if not state_apart:
             self.write_state(conn, out)
         recount = None
@@ -317,15 +317,16 @@ class Pipeline:
         also the fleet-wide absence sweep (the process holding the sweep lock)."""
         out = BatchOutcome()
         self.shared.refresh(conn)  # deadlines other processes set
-        self.record(conn, self.shared.evaluate(conn, lambda: self.rules.tick(now)), out)
+        behind = self.fleet.clock_behind()   # deadlines are judged on each device's clock
+        self.record(conn, self.shared.evaluate(conn, lambda: self.rules.tick(now, behind)), out)
         if sweep and any(r.kind == "absence" for r in self.rules.rules):
             names = [r.name for r in self.rules.rules if r.kind == "absence"]
             opened = rule_queries.open_rule_alerts(conn, names)
             idx = self.fleet.lookup([d for _, d, _ in opened])
             open_pairs = [(name, int(i)) for (name, _, _), i in zip(opened, idx) if i >= 0]
-            last_seen = rule_queries.last_seen(conn, self.fleet)
+            seen, heard = rule_queries.last_heard(conn, self.fleet)
             ev = self.shared.evaluate(
-                conn, lambda: self.rules.sweep_absence(now, last_seen, open_pairs))
+                conn, lambda: self.rules.sweep_absence(now, seen, open_pairs, heard))
             self.record(conn, ev, out)
         return out
 
@@ -491,10 +492,12 @@ class Pipeline:
         return device_of_msg
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
-                        usable: Bools, msg_time: F64, r: _Rows, r_metric: Objs,
-                        r_value: F64, batch: Batch, out: BatchOutcome) -> None:
+                        usable: Bools, msg_time: F64, received: F64, r: _Rows,
+                        r_metric: Objs, r_value: F64, batch: Batch, out: BatchOutcome) -> None:
         """Fleet state per device of the batch, by device time (a redelivery changes nothing),
-        and the device time each device's rows begin at (for telling late rows)."""
+        when we heard it last (by our clock: its silence is judged from that, whatever its
+        clock says), and the device time each device's rows begin at (for telling late
+        rows)."""
         msgs = np.flatnonzero(usable)
         if len(msgs) == 0:
             return
@@ -502,6 +505,8 @@ class Pipeline:
         uniq, inv = np.unique(devs, return_inverse=True)
         seen = np.full(len(uniq), -np.inf)
         np.maximum.at(seen, inv, msg_time[msgs])
+        heard = np.full(len(uniq), -np.inf)
+        np.maximum.at(heard, inv, received[msgs])
         pos = {int(d): k for k, d in enumerate(uniq)}
         battery, battery_t = _latest(uniq, r.device, r_metric == "battery", r_value, r.time)
         signal, signal_t = _latest(uniq, r.device, r_metric == "signal", r_value, r.time)
@@ -516,10 +521,11 @@ class Pipeline:
         counters = _counters(uniq, devs, np.asarray(dec.msg_seq, dtype=np.int64)[msgs])
         out.rows = rows = _device_rows(batch)   # its devices are `uniq`
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
-                          _nulls(battery), _nulls(battery_t), _nulls(signal), _nulls(signal_t),
+                          heard.tolist(), _nulls(battery), _nulls(battery_t), _nulls(signal),
+                          _nulls(signal_t),
                           firmware, _nulls(fw_t), *counters.columns(), rows.first.tolist())
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware,
-                                fw_t)
+                                fw_t, heard)
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:

@@ -1,5 +1,5 @@
 """The SQL the rules need, in small named functions: stored history for rate rules, bad
-readings, open alerts to seed rule state, the fleet's last-seen times and the sweep's lock.
+readings, open alerts to seed rule state, when the fleet was last heard and the sweep's lock.
 """
 
 from __future__ import annotations
@@ -82,22 +82,25 @@ def open_rule_alerts(conn: psycopg.Connection,
     return [(str(r), str(d), float(t)) for r, d, t in conn.execute(sql, params).fetchall()]
 
 
-def last_seen(conn: psycopg.Connection, fleet: Fleet) -> F64:
-    """Per device index, the device time of its latest message as committed by any engine,
-    or the time its rule state began if later: a device given to another citizen is silent
-    from its deployment on, not from its last message to the citizen before (migration
-    0010). NaN: never heard (it may be on a shelf)."""
+def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
+    """Per device index, as committed by any engine: the device time of its latest message
+    and when the broker received it, by our clock (migration 0020); each the time its rule
+    state began instead if that is later: a device given to another citizen is silent from
+    its deployment on, not from its last message to the citizen before (migration 0010).
+    The absence sweep judges silence by the second: a device's clock may be wrong. NaN:
+    never heard (it may be on a shelf)."""
     rows = conn.execute(
-        "SELECT d.device_id, extract(epoch FROM greatest(d.last_seen, s.began))::float8 "
+        "SELECT d.device_id, extract(epoch FROM greatest(d.last_seen, s.began))::float8, "
+        "extract(epoch FROM greatest(coalesce(d.last_heard, d.last_seen), s.began))::float8 "
         "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
         "WHERE d.last_seen IS NOT NULL").fetchall()
-    seen = np.full(len(fleet), np.nan)
+    seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)
     if rows:
         idx = fleet.lookup([str(r[0]) for r in rows])
-        t = np.array([r[1] for r in rows], dtype=np.float64)
         ok = (idx >= 0) & (idx < len(seen))
-        seen[idx[ok]] = t[ok]
-    return seen
+        seen[idx[ok]] = np.array([r[1] for r in rows], dtype=np.float64)[ok]
+        heard[idx[ok]] = np.array([r[2] for r in rows], dtype=np.float64)[ok]
+    return seen, heard
 
 
 def try_sweep_lock(conn: psycopg.Connection) -> bool:

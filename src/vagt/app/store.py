@@ -26,7 +26,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
     t float8, device_id text, code text, severity text, details text, received float8, i int4
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
-    device_id text, seen float8, battery float8, battery_t float8, signal float8,
+    device_id text, seen float8, heard float8, battery float8, battery_t float8, signal float8,
     signal_t float8, firmware text, firmware_t float8, seq int8, seq_min int8, seq_n int8,
     seq_bits int8, seq_all int8[], first float8
 ) ON COMMIT DELETE ROWS;
@@ -74,6 +74,7 @@ WITH moved AS (
 UPDATE devices d SET
     seen_before = d.last_seen,
     last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
+    last_heard = GREATEST(d.last_heard, to_timestamp(v.heard)),
     battery = CASE WHEN v.battery_t IS NOT NULL
                     AND (d.battery_at IS NULL OR to_timestamp(v.battery_t) >= d.battery_at)
                    THEN v.battery ELSE d.battery END,
@@ -198,6 +199,7 @@ def dead_letter_digest(topic: str, payload: bytes) -> bytes:
 
 def update_device_state(
     conn: psycopg.Connection, device_id: Sequence[str], seen: Sequence[float],
+    heard: Sequence[float],
     battery: Sequence[float | None], battery_t: Sequence[float | None],
     signal: Sequence[float | None], signal_t: Sequence[float | None],
     firmware: Sequence[str | None], firmware_t: Sequence[float | None],
@@ -205,8 +207,10 @@ def update_device_state(
     seq_bits: Sequence[int | None], seq_all: Sequence[list[int] | None],
     first: Sequence[float],
 ) -> list[tuple[str, float]]:
-    """Fleet state per device: last seen, battery, signal, firmware, message counter, gaps
-    (from the batch's counters: highest, lowest, how many, which came; migrations 0013-14).
+    """Fleet state per device: last seen (device time), last heard (the broker's receipt
+    time, by our clock: silence is judged from it, migration 0020), battery, signal,
+    firmware, message counter, gaps (from the batch's counters: highest, lowest, how many,
+    which came; migrations 0013-14).
     `first`: the device time the device's rows in the batch begin at. Returns (device id,
     last seen before) of the devices whose rows begin at or before their last seen: late
     rows (see `Pipeline._evaluate_locked`)."""
@@ -214,9 +218,10 @@ def update_device_state(
         return []
     with conn.cursor() as cur:
         with cur.copy("COPY stage_device_state FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["text", "float8", "float8", "float8", "float8", "float8", "text",
-                            "float8", "int8", "int8", "int8", "int8", "int8[]", "float8"])
-            for row in zip(device_id, seen, battery, battery_t, signal, signal_t, firmware,
+            copy.set_types(["text", "float8", "float8", "float8", "float8", "float8",
+                            "float8", "text", "float8", "int8", "int8", "int8", "int8",
+                            "int8[]", "float8"])
+            for row in zip(device_id, seen, heard, battery, battery_t, signal, signal_t, firmware,
                            firmware_t, seq, seq_min, seq_n, seq_bits, seq_all, first):
                 copy.write_row(row)
         with db.by_key_index(conn, scans=True):

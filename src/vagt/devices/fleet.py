@@ -7,7 +7,9 @@ State (last seen, battery, signal, firmware, message counter) is written to the 
 table in the batch's transaction and applied here only after the commit, so memory never
 runs ahead of the database. At start `load()` restores it from the table; `refresh()` pulls in
 what other engine processes (a share group) and the registry commands changed meanwhile.
-Every time is the device's own clock (epoch seconds); NaN means never / unknown.
+Times are the device's own clock (epoch seconds), but `last_heard`, the broker's receipt
+time by ours: silence (online, overdue) is judged from it, since a device's clock may be
+minutes or years wrong (migration 0020). NaN means never / unknown.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ _REGISTRY = "device_id, vendor, model, type, municipality, status"
 _STATE = ("extract(epoch FROM last_seen)::float8, battery::float8, "
           "extract(epoch FROM battery_at)::float8, signal::float8, "
           "extract(epoch FROM signal_at)::float8, firmware, "
-          "extract(epoch FROM firmware_at)::float8")
+          "extract(epoch FROM firmware_at)::float8, extract(epoch FROM last_heard)::float8")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class StateUpdate:
     signal_at: F64 = field(default_factory=lambda: np.empty(0))
     firmware: list[str | None] = field(default_factory=list)   # None: none in the batch
     firmware_at: F64 = field(default_factory=lambda: np.empty(0))
+    heard: F64 = field(default_factory=lambda: np.empty(0))   # received, by our clock
 
 
 class _Codes:
@@ -102,6 +105,7 @@ class Fleet:
         self.firmware: list[str | None] = []
         self.heartbeat_s = np.empty(0)      # the model's interval; NaN: not in the catalogue
         self.last_seen = np.empty(0)
+        self.last_heard = np.empty(0)      # by our clock: when its latest message came
         self.battery = np.empty(0)
         self.battery_at = np.empty(0)
         self.signal = np.empty(0)
@@ -197,8 +201,7 @@ class Fleet:
                 self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
             if changed:  # after the columns are written: a reader that sees the new version
                 self.registry_version += 1   # computes from the new columns
-            state = _state_columns([r for _, r in have])
-            self._merge(idx, *state)
+            self._merge(idx, *_state_columns([r for _, r in have]))
 
     def place(self, k: int, municipality: str, status: str) -> None:
         """Device `k` where the registry had it at another time (a backtest replays the
@@ -228,10 +231,12 @@ class Fleet:
         self._type.extend(str(r[3]) for r in new)
         self._place.extend(str(r[4]) for r in new)
         self._status.extend(str(r[5]) for r in new)
-        seen, battery, battery_at, signal, signal_at, _fw, firmware_at = _state_columns(new)
+        seen, battery, battery_at, signal, signal_at, _fw, firmware_at, heard = \
+            _state_columns(new)
         hb = np.array([self._heartbeat(str(r[1]), str(r[2])) for r in new])
         self.heartbeat_s = np.concatenate([self.heartbeat_s, hb])
         self.last_seen = np.concatenate([self.last_seen, seen])
+        self.last_heard = np.concatenate([self.last_heard, heard])
         self.battery = np.concatenate([self.battery, battery])
         self.battery_at = np.concatenate([self.battery_at, battery_at])
         self.signal = np.concatenate([self.signal, signal])
@@ -253,12 +258,15 @@ class Fleet:
             return
         with self.lock:
             self._merge(u.device, u.seen, u.battery, u.battery_at, u.signal, u.signal_at,
-                        u.firmware, u.firmware_at)
+                        u.firmware, u.firmware_at, u.heard)
 
     def _merge(self, idx: I64, seen: F64, battery: F64, battery_at: F64, signal: F64,
-               signal_at: F64, firmware: Sequence[str | None], firmware_at: F64) -> None:
-        """Newer wins, by device time, value by value (caller holds the lock)."""
+               signal_at: F64, firmware: Sequence[str | None], firmware_at: F64,
+               heard: F64) -> None:
+        """Newer wins, by device time, value by value (caller holds the lock); last heard
+        by our clock."""
         self.last_seen[idx] = np.fmax(self.last_seen[idx], seen)
+        self.last_heard[idx] = np.fmax(self.last_heard[idx], heard)
         for value, at, new_value, new_at in ((self.battery, self.battery_at, battery, battery_at),
                                              (self.signal, self.signal_at, signal, signal_at)):
             newer = ~np.isnan(new_at) & ~(at[idx] > new_at)
@@ -269,24 +277,38 @@ class Fleet:
                 self.firmware[k] = sys.intern(fw)                  # times were kept
                 self.firmware_at[k] = np.fmax(self.firmware_at[k], at)
 
+    def clock_behind(self) -> F64:
+        """Per device: how far its clock is behind ours, in seconds (negative: ahead; NaN:
+        never heard): when we last heard it less the device time of its latest message. A
+        late message of old device time makes it look further behind until the next."""
+        with self.lock:
+            return self.last_heard - self.last_seen
+
     def status_in(self, idx: I64, statuses: Iterable[str]) -> Bools:
         """Per index in `idx`: whether that device's lifecycle status is one of `statuses`."""
         codes = [self._status.known(s) for s in statuses]
         return np.isin(self._status.codes[idx], codes)
 
     def online(self, now: float, after_heartbeats: float = OFFLINE_AFTER_HEARTBEATS) -> Bools:
-        """Per device: heard from within `after_heartbeats` of its model's interval.
+        """Per device: heard from within `after_heartbeats` of its model's interval, by our
+        clock (a device whose clock runs slow is online while it talks).
 
         A device never heard from, or of a model without an interval, is not online.
         """
         with np.errstate(invalid="ignore"):
-            return np.asarray(now - self.last_seen <= after_heartbeats * self.heartbeat_s)
+            return np.asarray(now - self.last_heard <= after_heartbeats * self.heartbeat_s)
 
-    def silent(self, now: float) -> Bools:
-        """Per device: deployed, and silent for longer than its model's interval (overdue)."""
+    def silent(self, now: float, began: F64 | None = None) -> Bools:
+        """Per device: deployed, heard from at least once, and silent for longer than its
+        model's interval (overdue), counted from when we last heard it or, if later, from
+        `began` (per device: when it went to the citizen it is with, NaN: unknown), as the
+        absence rules count (`rule_queries.last_heard`): a device just given to the next
+        citizen is not overdue for the last citizen's silence."""
         deployed = self._status.codes == self._status.known("deployed")
+        since = self.last_heard if began is None else np.fmax(self.last_heard, began)
+        since = np.where(np.isnan(self.last_heard), np.nan, since)  # never heard: on a shelf
         with np.errstate(invalid="ignore"):
-            quiet = ~(now - self.last_seen <= self.heartbeat_s) & ~np.isnan(self.heartbeat_s)
+            quiet = now - since > self.heartbeat_s
         return np.asarray(deployed & quiet, dtype=bool)
 
     def counts(self, now: float) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
@@ -301,8 +323,9 @@ class Fleet:
                     int(pair[k]) for k in np.flatnonzero(pair)}
         return by_status, by_place
 
-    def frame(self, now: float) -> pd.DataFrame:
-        """The fleet as a table, one row per device, for queries and reports."""
+    def frame(self, now: float, began: F64 | None = None) -> pd.DataFrame:
+        """The fleet as a table, one row per device, for queries and reports (`began`: see
+        `silent`). `silent_s` is by our clock, from when we last heard the device."""
         import pandas as pd  # here: the engine's processes do without it (vagt.arrays)
 
         with self.lock:
@@ -310,14 +333,15 @@ class Fleet:
                 "device_id": self.ids, "vendor": self.vendor, "model": self.model,
                 "type": self.type, "municipality": self.municipality, "status": self.status,
                 "firmware": self.firmware, "heartbeat_s": self.heartbeat_s.copy(),
-                "last_seen": self.last_seen.copy(), "silent_s": now - self.last_seen,
+                "last_seen": self.last_seen.copy(), "last_heard": self.last_heard.copy(),
+                "silent_s": now - self.last_heard,
                 "battery": self.battery.copy(), "signal": self.signal.copy(),
-                "online": self.online(now), "overdue": self.silent(now),
+                "online": self.online(now), "overdue": self.silent(now, began),
             })
 
 
 def _state_columns(rows: Sequence[tuple[object, ...]]
-                   ) -> tuple[F64, F64, F64, F64, F64, list[str | None], F64]:
+                   ) -> tuple[F64, F64, F64, F64, F64, list[str | None], F64, F64]:
     """The state columns (after the six registry columns) of `rows` as arrays."""
     n = len(rows)
 
@@ -326,4 +350,5 @@ def _state_columns(rows: Sequence[tuple[object, ...]]
                            dtype=np.float64, count=n)
 
     firmware = [None if r[11] is None else str(r[11]) for r in rows]
-    return floats(6), floats(7), floats(8), floats(9), floats(10), firmware, floats(12)
+    return (floats(6), floats(7), floats(8), floats(9), floats(10), firmware, floats(12),
+            floats(13))

@@ -187,15 +187,20 @@ class RuleEngine:
             return np.array([self._states[r.name].values(FIRED, devs, 0) for r in self._rules],
                             dtype=np.int64).reshape(len(self._rules), len(devs))
 
-    def tick(self, now: float) -> Evaluation:
+    def tick(self, now: float, behind: F64 | None = None) -> Evaluation:
         """Deadlines that pass without a message: missed doses, event timeouts, quiet flaps.
 
-        Every process ticks its own state (its devices' messages reach it alone).
+        Every process ticks its own state (its devices' messages reach it alone). `behind`:
+        per device index, how far its clock is behind `now`'s (NaN or missing: 0).
         """
         with self.lock:
             rules, n = self._rules, self._sync()
             ev = Evaluation(rules)
             ctx = self._context(None, n, np.full(0, -np.inf), ev)
+            ctx.behind = np.zeros(n)
+            if behind is not None:
+                k = min(n, len(behind))
+                ctx.behind[:k] = np.nan_to_num(behind[:k], nan=0.0)
             for i, rule in enumerate(rules):
                 fn = _TICK.get(rule.kind)
                 if fn is not None:
@@ -204,18 +209,24 @@ class RuleEngine:
             return ev
 
     def sweep_absence(self, now: float, last_seen: F64,
-                      open_alerts: Iterable[tuple[str, int]]) -> Evaluation:
+                      open_alerts: Iterable[tuple[str, int]],
+                      last_heard: F64 | None = None) -> Evaluation:
         """The fleet-wide absence sweep (one process at a time runs it).
 
-        `last_seen` per device index (NaN: never heard), as committed by every process;
-        `open_alerts` the (rule, device index) of absence alerts open in the queue.
+        `last_seen` per device index (NaN: never heard), as committed by every process, the
+        device time its alerts are dated by; `last_heard` when we heard it, by the clock
+        `now` is on, which silence is judged by (None: `last_seen`, as a backtest replays
+        device time); `open_alerts` the (rule, device index) of absence alerts open in the
+        queue.
         """
         with self.lock:
             rules, n = self._rules, self._sync()
             ev = Evaluation(rules)
             ctx = self._context(None, n, np.full(0, -np.inf), ev)
-            seen = np.full(n, np.nan)
+            seen, heard = np.full(n, np.nan), np.full(n, np.nan)
             seen[:min(n, len(last_seen))] = last_seen[:n]
+            heard_from = last_seen if last_heard is None else last_heard
+            heard[:min(n, len(heard_from))] = heard_from[:n]
             open_by_rule: dict[str, list[int]] = {}
             for name, d in open_alerts:
                 open_by_rule.setdefault(name, []).append(d)
@@ -226,7 +237,7 @@ class RuleEngine:
                 is_open = np.zeros(n, dtype=bool)
                 is_open[[d for d in open_by_rule.get(rule.name, []) if 0 <= d < n]] = True
                 ctx.applies = self._applies[rule.name]
-                absence.sweep(i, rule, self._states[rule.name], ctx, now, seen,
+                absence.sweep(i, rule, self._states[rule.name], ctx, now, seen, heard,
                               self._heartbeat, deployed, is_open, ev.transitions)
             return ev
 

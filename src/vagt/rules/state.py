@@ -285,6 +285,9 @@ class Context:
     history: HistorySource | None
     updates: list[Update]
     bad: Bools                 # per reading row: implausible (validity marked it)
+    # per device at a timer tick: how far its clock is behind ours, in seconds (0: unknown);
+    # see `sequence.tick`
+    behind: F64 = field(default_factory=lambda: np.empty(0))
 
     def stage(self, state: RuleState, rows: I64, **values: npt.NDArray[np.generic]) -> None:
         if len(rows):

@@ -1,9 +1,10 @@
 """absence: nothing heard from a device for `factor` x its model's heartbeat (or `after`).
 
-Whether a device is silent is decided by a sweep over the whole fleet's `last_seen`, run by
-one engine process at a time (whoever holds the advisory lock), since a device's messages
-may reach any process. The sweep fires and clears; a process that sees the device speak
-again clears at once, without waiting for the next sweep.
+Whether a device is silent is decided by a sweep over when the whole fleet was last heard
+(by our clock: a device's own may run minutes slow), run by one engine process at a time
+(whoever holds the advisory lock), since a device's messages may reach any process. The
+sweep fires and clears; a process that sees the device speak again clears at once, without
+waiting for the next sweep.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
 
 
 def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen: F64,
-          heartbeat_s: F64, deployed: Bools, open_now: Bools, out: Transitions) -> None:
+          last_heard: F64, heartbeat_s: F64, deployed: Bools, open_now: Bools,
+          out: Transitions) -> None:
     """Fire for devices silent past their limit that have no open alert; clear the others.
 
+    Silence is `now` less `last_heard`, both by our clock. The alert is dated on the
+    device's clock, `last_seen` (its device time) plus the limit, as the device's next
+    message, which clears it, is (`evaluate`): a device whose clock runs slow, judged by
+    its own time against ours, was silent at every sweep, and every heartbeat cleared it.
     `open_now` is per device whether an absence alert of this rule is open (from the alert
     queue, so it is right whichever process opened it). A device never heard is not absent:
     it may be on a shelf.
@@ -49,7 +55,7 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
     n = len(last_seen)
     lim = limit(rule, heartbeat_s[:n])
     with np.errstate(invalid="ignore"):
-        silent = ctx.applies[:n] & deployed[:n] & (now - last_seen > lim)
+        silent = ctx.applies[:n] & deployed[:n] & (now - last_heard[:n] > lim)
     fire = np.flatnonzero(silent & ~open_now[:n]).astype(np.int64)
     clear = np.flatnonzero(~silent & open_now[:n]).astype(np.int64)
     zeros = np.zeros(len(fire), dtype=np.int64)

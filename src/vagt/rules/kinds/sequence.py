@@ -2,7 +2,8 @@
 `within` a window. An A not answered in time fires at its deadline; a B clears.
 
 Whether the window passed is judged by device time: a later message of the device (any
-message) shows it, or the local timer tick does when the device stays silent. The As still
+message) shows it, or the local timer tick does when the device stays silent (on the
+device's clock, `tick`). The As still
 waiting are kept per device, the earliest four (`pending`, then `pending_more`), so a window
 spans batches and two doses due in a row are both judged, however the batches fell; a fifth
 waiting at once is not kept (four doses due within one window is no dosing plan).
@@ -112,16 +113,28 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
 def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
          out: Transitions) -> None:
     """A device silent past a deadline: its As were not answered in time. The missed ones
-    fire as one episode (a message showing the same would fire them so), the rest wait on."""
+    fire as one episode (a message showing the same would fire them so), the rest wait on.
+
+    A deadline is device time; `now` is ours. They are compared on the device's clock:
+    `now` less how far its clock is behind ours (`ctx.behind`: when we last heard it less
+    the device time of its latest message). Put the other way round, a deadline has passed
+    once the device has been silent, by our clock, for longer than the deadline was away
+    on its own clock at its latest message: true whatever its clock says. Against our clock,
+    a dispenser 31 minutes slow missed every dose at the first tick, and its dose.taken
+    cleared the alert (home care called each time). A device that sends old messages late
+    (a buffer after an outage) seems further behind until its next live one: the tick then
+    waits at most the window from when we last heard it."""
     pending = _waiting(st, ctx.n)[0]
     st.flag("active", ctx.n)
+    now_there = now - ctx.behind if len(ctx.behind) == ctx.n else np.full(ctx.n, now)
     with np.errstate(invalid="ignore"):
-        due = np.flatnonzero(pending + rule.within_s + TICK_GRACE_S < now).astype(np.int64)
+        due = np.flatnonzero(pending + rule.within_s + TICK_GRACE_S < now_there
+                             ).astype(np.int64)
     if len(due) == 0:
         return
     t, c = _kept(st, ctx.n, due)
     with np.errstate(invalid="ignore"):
-        missed = (t + rule.within_s + TICK_GRACE_S < now).sum(axis=1)  # the earliest ones
+        missed = (t + rule.within_s + TICK_GRACE_S < now_there[due, None]).sum(axis=1)  # earliest
     rows = np.arange(len(due))
     out.add_fires(i, due, t[:, 0] + rule.within_s, t[rows, missed - 1] + rule.within_s,
                   np.full(len(due), np.nan), c[:, 0].astype(object), missed.astype(np.int64),
