@@ -220,3 +220,49 @@ def test_a_device_whose_clock_is_slow_is_online_while_it_sends(database_url):
     frame = loaded(database_url).frame(NOW).set_index("device_id")
     assert frame.loc["OXI-0001", "online"] and not frame.loc["OXI-0001", "overdue"]
     assert frame.loc["OXI-0001", "silent_s"] == 60
+
+
+def fleet_cli_rows(database_url: str, **selected: object) -> list[str]:
+    import argparse
+
+    from vagt.devices import fleet_cli
+    from vagt.devices.catalogue import load_catalogue
+
+    args = dict(overdue=False, offline=False, low_battery=None, by=None, json=False,
+                municipality=None, vendor=None, model=None, type=None, status=None)
+    args.update(selected)
+    with psycopg.connect(database_url) as conn:
+        df = fleet_cli.query(conn, load_catalogue(), argparse.Namespace(**args), now=NOW)
+    return list(df["device_id"])
+
+
+def test_a_device_just_given_to_the_next_citizen_is_not_overdue(database_url):
+    from vagt.devices import deploy, return_device
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [sent("OXI-0001", NOW - 30 * 86400, 80)])
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "OXI-0001", actor="staff")
+    with psycopg.connect(database_url) as conn:
+        deploy(conn, "OXI-0001", citizen_ref="cit-b", municipality="Skive", actor="staff")
+    assert fleet_cli_rows(database_url, overdue=True) == []
+    # over a day (its heartbeat) after the deployment, not heard since: overdue, as the
+    # absence rules count it
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE rule_state SET began = began - interval '25 hours'")
+    assert fleet_cli_rows(database_url, overdue=True) == ["OXI-0001"]
+
+
+def test_offline_low_battery_and_counts_are_of_the_deployed_devices(database_url):
+    from vagt.devices import return_device
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [sent("OXI-0001", NOW - 30 * 86400, 5),
+                               sent("OXI-0002", NOW - 60, 90)])
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "OXI-0001", actor="staff")   # on the shelf: silent, battery flat
+    assert "OXI-0001" not in fleet_cli_rows(database_url, offline=True)
+    assert fleet_cli_rows(database_url, low_battery=20.0) == []
+    assert fleet_cli_rows(database_url, offline=True, status="in_stock") == ["OXI-0001"]
+    by = fleet_cli_rows(database_url, by="vendor", vendor="Nonin")
+    assert by == ["OXI-0002"]   # the one Nonin that should be talking, and is

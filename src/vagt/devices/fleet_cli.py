@@ -1,6 +1,7 @@
 """`vagt fleet`: the fleet's state, from the database, with the queries the service centre asks:
-which devices are overdue (silent for longer than their model's heartbeat), which are offline,
-which have a low battery, and counts by municipality, vendor, model or type."""
+which devices are overdue (silent, by the centre's clock, for longer than their model's
+heartbeat), which are offline, which have a low battery, and counts by municipality, vendor,
+model or type."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import time
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pandas as pd
 import psycopg
@@ -22,24 +24,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overdue", action="store_true",
                    help="only deployed devices silent for longer than their model's heartbeat")
     p.add_argument("--offline", action="store_true",
-                   help="only devices not heard from within two heartbeat intervals")
+                   help="only deployed devices not heard from within two heartbeat intervals")
     p.add_argument("--low-battery", type=float, metavar="PERCENT",
-                   help="only devices whose latest battery level is below PERCENT")
+                   help="only deployed devices whose latest battery level is below PERCENT")
     for g in GROUPS:
         p.add_argument(f"--{g}", help=f"only devices with this {g}")
     p.add_argument("--by", choices=GROUPS,
-                   help="print counts (devices, online, overdue, low battery) per group instead")
+                   help="print counts (devices, online, overdue, low battery) per group "
+                        "instead, of deployed devices (with --status: of that status; by "
+                        "status: of all)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespace,
           now: float | None = None) -> pd.DataFrame:
-    """The devices the arguments select, from the fleet state as the engine restores it."""
+    """The devices the arguments select, from the fleet state as the engine restores it.
+
+    Offline, low battery and counts by group are of the devices that should be talking,
+    the deployed ones, unless `--status` says which (or the counts are by status): a
+    device on a shelf is not offline, and its battery from its last citizen is stale."""
     fleet = Fleet(catalogue)
     fleet.load(conn)
     now = time.time() if now is None else now
-    df = fleet.frame(now)
+    df = fleet.frame(now, _began(conn, fleet))
     keep = np.ones(len(df), dtype=bool)
+    if args.status is None and (args.offline or args.low_battery is not None or
+                                args.by not in (None, "status")):
+        keep &= (df["status"] == "deployed").to_numpy()
     if args.overdue:
         keep &= df["overdue"].to_numpy()
     if args.offline:
@@ -51,6 +62,20 @@ def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespa
         if value is not None:
             keep &= (df[g] == value).to_numpy()
     return df[keep]
+
+
+def _began(conn: psycopg.Connection, fleet: Fleet) -> npt.NDArray[np.float64]:
+    """Per device, when it went to the citizen it is with (its rule state began, migration
+    0010; NaN: unknown): its silence counts from then at the earliest, as the absence
+    rules count it."""
+    began = np.full(len(fleet), np.nan)
+    rows = conn.execute("SELECT device_id, extract(epoch FROM began)::float8 FROM rule_state "
+                        "WHERE began IS NOT NULL").fetchall()
+    if rows:
+        idx = fleet.lookup([str(d) for d, _ in rows])
+        ok = idx >= 0
+        began[idx[ok]] = np.array([t for _, t in rows], dtype=np.float64)[ok]
+    return began
 
 
 def summary(df: pd.DataFrame, by: str, low_battery: float = 20.0) -> pd.DataFrame:
@@ -69,15 +94,13 @@ def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
                                 orjson.OPT_SERIALIZE_NUMPY).decode()
         return str(table.to_string(index=False))
     rows = df.assign(
-        last_seen=[None if np.isnan(t) else
-                   pd.Timestamp(t, unit="s", tz="UTC").isoformat(timespec="seconds")
-                   for t in df["last_seen"]],
+        last_seen=_iso(df["last_seen"]), last_heard=_iso(df["last_heard"]),
         silent_s=[None if np.isnan(s) else round(float(s)) for s in df["silent_s"]],
         battery=[None if np.isnan(b) else float(b) for b in df["battery"]],
         signal=[None if np.isnan(b) else float(b) for b in df["signal"]],
     )
     columns = ["device_id", "type", "vendor", "model", "municipality", "status", "last_seen",
-               "silent_s", "online", "overdue", "battery", "signal", "firmware"]
+               "last_heard", "silent_s", "online", "overdue", "battery", "signal", "firmware"]
     if args.json:
         records = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
                    for r in rows[columns].to_dict("records")]
@@ -85,3 +108,8 @@ def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
     if rows.empty:
         return "no devices match"
     return str(rows[columns].fillna("-").to_string(index=False))
+
+
+def _iso(times: pd.Series) -> list[str | None]:
+    return [None if np.isnan(t) else
+            pd.Timestamp(t, unit="s", tz="UTC").isoformat(timespec="seconds") for t in times]
