@@ -223,3 +223,20 @@ def test_a_device_given_to_another_citizen_is_silent_from_its_deployment_on(
     sweep(p, NOW + HOUR)                        # an hour after the deployment, nothing yet
     assert alerts(database_url) == [("device_silent", "DSP-0001")]
     p.close()
+
+
+@pytest.mark.parametrize("by", ["command", "import"])
+def test_a_refurbished_device_whose_counter_starts_again_has_its_gaps_counted(
+        database_url, by):
+    register(database_url, [SCALE])
+    p = engine(database_url)
+    p.batch([RawMessage(f"{ROOT}/dev/SCL-0001/telemetry",
+                        telemetry("SCL-0001", NOW - DAY, seq=5000, weight=80.0), time.time())])
+    give_to_the_next_citizen(database_url, "SCL-0001", "Skive", by)
+    # the counter starts again at the next citizen's; 2-4 and 6-9 never reach vagt
+    for seq in (1, 5, 10):
+        p.batch([RawMessage(f"{ROOT}/dev/SCL-0001/telemetry",
+                            telemetry("SCL-0001", NOW + seq * 60, seq=seq, weight=70.0),
+                            time.time())])
+    assert query(database_url, "SELECT last_seq, seq_gaps FROM devices") == [(10, 7)]
+    p.close()

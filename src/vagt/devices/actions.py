@@ -248,6 +248,18 @@ _OPEN = """INSERT INTO device_assignments (device_id, citizen_ref, municipality,
 
 # The rules begin anew for the device's next citizen (migration 0010): `(device ids, time)`.
 RESET_RULE_STATE = "SELECT vagt_reset_rule_state(%s::text[], %s)"
+# So does its message counter (migrations 0013-14): a refurbished device counts from zero
+# again, and kept at the last citizen's highest, no gap was counted until it passed it. The
+# gaps counted so far stay: they are the device's record.
+_RESET_COUNTER = ("UPDATE devices SET last_seq = NULL, seq_window = NULL "
+                  "WHERE device_id = ANY(%s::text[])")
+
+
+def begin_deployment(conn: psycopg.Connection, device_ids: list[str], at: datetime) -> None:
+    """What a device's next citizen starts without: the last one's rule state and message
+    counter. In the caller's transaction, which holds the devices' rows."""
+    conn.execute(RESET_RULE_STATE, (device_ids, at))
+    conn.execute(_RESET_COUNTER, (device_ids,))
 
 
 def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: Status,
@@ -277,7 +289,7 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
                 raise InvalidTransition(unresolved_refusal(device_id, alerts))
             citizen_ref, municipality = assign
             conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
-            conn.execute(RESET_RULE_STATE, ([device_id], when))
+            begin_deployment(conn, [device_id], when)
             details.update(citizen_ref=citizen_ref, municipality=municipality)
         details["note"] = note
         after = cur.execute(_UPDATE, {"to": to.value, "at": when, "id": device_id,

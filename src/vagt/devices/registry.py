@@ -25,8 +25,8 @@ from vagt.devices import lifecycle
 from vagt.devices.actions import (
     CENTRAL_STOCK,
     MAX_ACTOR_LENGTH,
-    RESET_RULE_STATE,
     UNRESOLVED_ALERTS,
+    begin_deployment,
     checked_actor,
     new_device_id_problem,
     spelled_otherwise,
@@ -339,7 +339,7 @@ def _write(conn: psycopg.Connection, plan: _Plan, actor: str) -> None:
     _copy(conn, "COPY device_assignments (device_id, citizen_ref, municipality, since) "
                 "FROM STDIN", plan.assignments)
     if plan.deployed:
-        conn.execute(RESET_RULE_STATE, (plan.deployed, plan.at))
+        begin_deployment(conn, plan.deployed, plan.at)
     _copy(conn, "COPY audit_log (at, actor, action, subject, details) FROM STDIN",
           ((plan.at, actor, *entry) for entry in plan.audit))
 
