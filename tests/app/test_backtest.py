@@ -89,7 +89,9 @@ def stream() -> list[list[RawMessage]]:
         if k % 36 == 0 and k < 150:  # the scale weighs, gains, then falls silent
             msgs.append((t, "SCL-A", "telemetry", telemetry("SCL-A", t, weight=80 + k / 30)))
     msgs.sort(key=lambda m: m[0])
-    raw = [RawMessage(f"{ROOT}/dev/{d}/{ch}", p, time.time()) for _, d, ch, p in msgs]
+    # received as sent: live, silence goes by when a device was heard, and the ticks below
+    # come at the stream's times
+    raw = [RawMessage(f"{ROOT}/dev/{d}/{ch}", p, t) for t, d, ch, p in msgs]
     sizes = [7, 50, 3, 200, 1, 120]
     batches, i = [], 0
     while i < len(raw):
