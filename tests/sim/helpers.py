@@ -19,9 +19,11 @@ CPH = ZoneInfo("Europe/Copenhagen")
 @functools.lru_cache(maxsize=8)
 def run(devices: int, days: float, seed: int = 1, faults: float = 1.0,
         **changes: Any) -> tuple[tuple[SimDevice, ...], tuple[SimMessage, ...]]:
-    """A fleet and its messages over `days` from START."""
+    """A fleet and its messages over `days` from START, in canonical JSON unless
+    `canonical_only=False`: what the devices mean, whatever their vendors' formats
+    (test_wire.py holds the two streams to the same meaning)."""
     fleet = make_fleet(devices, seed)
-    config = SimConfig(**changes).with_faults(faults)
+    config = SimConfig(**{"canonical_only": True, **changes}).with_faults(faults)
     sim = Simulation(fleet, seed=seed, start=START, config=config)
     return tuple(fleet), tuple(sim.messages(until=START + days * DAY))
 

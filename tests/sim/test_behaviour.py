@@ -209,7 +209,7 @@ def test_cells_replaced_too_late_run_low_and_the_device_falls_silent_until_they_
                     f"cit-{k:012x}", "1.2.0") for k in range(40)]
     quiet = SimConfig().with_faults(0.0)  # nothing else happens
     sim = Simulation(bp, seed=4, start=START, config=dataclasses.replace(
-        quiet, late_replacement=0.5, replaceable_drain_per_day=1.0))
+        quiet, late_replacement=0.5, replaceable_drain_per_day=1.0, canonical_only=True))
     beats = by_device([(m, doc) for m, doc in docs(tuple(sim.messages(until=START + 120 * DAY)))
                        if "status" in doc])
     low = revived = 0
@@ -264,7 +264,8 @@ def orjson_time(m) -> float:
 
 def test_a_gateway_whose_backup_battery_gives_out_takes_its_household_offline_till_mains():
     long_outages = dataclasses.replace(SimConfig().with_faults(0.0), mains_outages_per_year=60,
-                                       mains_outage_median_min=600, backup_drain_per_hour=40)
+                                       mains_outage_median_min=600, backup_drain_per_hour=40,
+                                       canonical_only=True)
     fleet, msgs = run(300, 5, **{f.name: getattr(long_outages, f.name)
                                  for f in dataclasses.fields(SimConfig)})
     gateway_of = {d.device_id: d.gateway for d in fleet}

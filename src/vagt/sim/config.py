@@ -55,6 +55,17 @@ class SimConfig:
     drop_median_min: float = 20.0      # lognormal (σ 1), 1 minute to 12 hours
     flapping_per_year: float = 3.0     # per gateway: connection lost and back many times
     flapping_cycles: tuple[int, int] = (6, 15)  # ... this many times (uniform), within minutes
+    # A regional outage (a mobile network down): this share of the connections, drawn at
+    # random, goes down `regional_outage_at_h` hours after the simulation's start for
+    # `regional_outage_h` hours. Their devices keep everything meanwhile, heartbeats included,
+    # and all send it when the network is back: hours of messages at once (0: none).
+    regional_outage_share: float = 0.0
+    regional_outage_at_h: float = 0.0
+    regional_outage_h: float = 0.0
+    # --- payloads -----------------------------------------------------------------------
+    # True: every model sends canonical JSON with device_id, seq, unix seconds and canonical
+    # units (what the simulator sent before the vendors' formats, vagt.sim.wire; a baseline).
+    canonical_only: bool = False
     # --- power --------------------------------------------------------------------------
     rechargeable_drain_per_day: float = 25.0  # % a day (a pendant lasts about 4 days)
     charge_per_hour: float = 50.0      # % an hour on the charger
@@ -72,7 +83,8 @@ class SimConfig:
             if isinstance(value, float | int) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"simulator setting {f.name} must be 0 or more, got {value}")
         for name in ("adherence", "beyond_physical", "heartbeat_jitter", "dose_missed",
-                     "dose_late", "late_recharge", "late_replacement"):
+                     "dose_late", "late_recharge", "late_replacement",
+                     "regional_outage_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"simulator setting {name} is a share from 0 to 1, "
                                  f"got {getattr(self, name)}")

@@ -1,10 +1,11 @@
 """The simulation: a fleet of catalogue models living in simulated time, as one stream of MQTT
-messages (topic, canonical JSON payload) in the order they are published; byte for byte the
-same for the same fleet, seed, start and configuration.
+messages (topic, payload in its model's format: vagt.sim.wire) in the order they are published;
+byte for byte the same for the same fleet, seed, start and configuration.
 
 Time moves in windows (`SimConfig.window_s`). Per window, numpy decides which heartbeats are
 due and what batteries read; the day's plan supplies measurements, doses and incidents; what a
-device made while its connection was down waits and goes out when it is back.
+device made while its connection was down waits and goes out when it is back; in a regional
+outage (SimConfig.regional_outage_*) its heartbeats wait too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vagt.sim.network import Outages
 from vagt.sim.plan import DayPlanner, FleetColumns, Kind, Plan, Records
 from vagt.sim.population import Population, implausible
 from vagt.sim.power import KINDS, Power
+from vagt.sim.wire import Encode, encoder, wire_of
 
 Body = dict[str, Any]  # the payload without device_id, seq and time
 
@@ -68,9 +70,10 @@ class Simulation:
         self.tz = ZoneInfo(self.config.timezone)
         self.models = _models(fleet, catalogue if catalogue is not None else load_catalogue())
         # one random stream per concern, so that a change in one leaves the others alone
-        setup, self._plan_rng, self._hb_rng, self._value_rng, power_rng = (
+        # (spawn(6)'s first five are spawn(5)'s: a new concern leaves the old streams alone)
+        setup, self._plan_rng, self._hb_rng, self._value_rng, power_rng, region_rng = (
             np.random.Generator(np.random.PCG64(s))
-            for s in np.random.SeedSequence(seed).spawn(5))
+            for s in np.random.SeedSequence(seed).spawn(6))
         n = len(fleet)
         citizens: dict[str, int] = {}
         citizen = np.array([citizens.setdefault(d.citizen, len(citizens)) for d in fleet],
@@ -85,6 +88,7 @@ class Simulation:
                                self.config.refill_days, setup)
         self.outages = Outages()
         self._plan = Plan()
+        self._in_region = self._regional_outage(columns, region_rng)
         self._planned_until = self._local_midnight(self.start)  # planned a day at a time
         # heartbeats: a random phase, then every heartbeat_s at most
         self._period = np.array([m.heartbeat_s for m in self.models], dtype=np.float64)
@@ -97,6 +101,9 @@ class Simulation:
         self._topics = [[f"{topic_root}/dev/{d.device_id}/{ch}" for ch in CHANNELS]
                         for d in fleet]
         self._firmware = [d.firmware for d in fleet]
+        self._encode: list[Encode | None] = (
+            [None] * n if self.config.canonical_only else
+            [encoder(wire_of(d.vendor, d.model), d.device_id, self.tz) for d in fleet])
         self._has_battery = [m.battery != "none" for m in self.models]
         self._citizen = citizen.tolist()
         self._metrics: list[tuple[MetricRange, ...]] = [
@@ -134,11 +141,11 @@ class Simulation:
             self._plan_day(self._planned_until)
         slope = self.power.slope()
         alive = self.power.alive()
-        hb_t, hb_d = self._heartbeats(t1, alive)
+        hb_t, hb_d, hb_sent = self._heartbeats(t1, alive)
         records = self._records(self._plan.take(t1), alive)
         while self._waiting and self._waiting[0][0] < t1:
             records.append(heapq.heappop(self._waiting))
-        out = self._format(t0, hb_t, hb_d, records, slope)
+        out = self._format(t0, t1, (hb_t, hb_d, hb_sent), records, slope)
         self.power.advance(t0, t1, slope, self._hb_rng)
         self.outages.forget_before(t0)
         self.now = t1
@@ -166,11 +173,33 @@ class Simulation:
                            self.start)
         self._planned_until = end
 
+    def _regional_outage(self, columns: FleetColumns, rng: np.random.Generator
+                         ) -> npt.NDArray[np.bool_]:
+        """Per device: behind a connection the regional outage takes down. The outage is one
+        of `outages` (no other drop of those connections overlaps it), and a gateway that
+        reports its connection reports this loss too, when it is back."""
+        c = self.config
+        n = len(columns.link)
+        links = np.flatnonzero(columns.link == np.arange(n))
+        down = links[rng.random(len(links)) < c.regional_outage_share]
+        self._region_down = self.start + c.regional_outage_at_h * 3600.0
+        self._region_back = self._region_down + c.regional_outage_h * 3600.0
+        if not c.regional_outage_h or not len(down):
+            return np.zeros(n, dtype=np.bool_)
+        for link in down.tolist():
+            self.outages.add(link, self._region_down, self._region_back)
+        reports = down[columns.sends["connection.lost"][down]]
+        self._plan.add(np.full(len(reports), self._region_back), reports, Kind.CONNECTION,
+                       aux=np.full(len(reports), self._region_down))
+        return np.isin(columns.link, down)
+
     # --- heartbeats -------------------------------------------------------------------------
 
     def _heartbeats(self, t1: float, alive: npt.NDArray[np.bool_]
-                    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
-        """Status messages due before t1 (a device late in the window may have two)."""
+                    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp],
+                               npt.NDArray[np.float64]]:
+        """Status messages due before t1 (a device late in the window may have two): their
+        times, devices and when they are sent (behind a regional outage: when it is over)."""
         times, devices = [], []
         jitter = self.config.heartbeat_jitter
         while True:
@@ -183,16 +212,18 @@ class Simulation:
             step = self._period[due] * (1.0 - jitter * self._hb_rng.random(len(due)))
             self._next_hb[due] = t + step
         if not times:
-            return np.empty(0), np.empty(0, dtype=np.intp)
+            return np.empty(0), np.empty(0, dtype=np.intp), np.empty(0)
         t, d = np.concatenate(times), np.concatenate(devices)
         keep = alive[d]
+        held = self._in_region[d] & (t >= self._region_down) & (t < self._region_back)
         links = self.outages.links()
         if len(links):
-            suspect = np.flatnonzero(np.isin(self._link[d], links))
+            suspect = np.flatnonzero(np.isin(self._link[d], links) & ~held)
             for k in suspect.tolist():
                 if self.outages.back_at(int(self._link[d[k]]), float(t[k])) is not None:
                     keep[k] = False  # no connection: this heartbeat is never sent
-        return t[keep], d[keep]
+        sent = np.where(held, self._region_back, t)
+        return t[keep], d[keep], sent[keep]
 
     # --- planned records --------------------------------------------------------------------
 
@@ -301,14 +332,18 @@ class Simulation:
 
     # --- payloads ---------------------------------------------------------------------------
 
-    def _format(self, t0: float, hb_t: npt.NDArray[np.float64], hb_d: npt.NDArray[np.intp],
+    def _format(self, t0: float, t1: float,
+                heartbeats: tuple[npt.NDArray[np.float64], npt.NDArray[np.intp],
+                                  npt.NDArray[np.float64]],
                 records: list[tuple[float, float, int, int, int, Body]],
                 slope: npt.NDArray[np.float64]) -> list[SimMessage]:
-        """Heartbeats and records merged in publishing order, numbered, as payloads."""
+        """Heartbeats and records merged in publishing order, numbered, as payloads; a
+        heartbeat sent after this window waits with the records."""
+        hb_t, hb_d, hb_sent = heartbeats
         n_hb = len(hb_t)
         levels = self.power.levels_at(hb_d, hb_t, t0, slope)
         signal = np.rint(self._signal[hb_d] + self._hb_rng.normal(0, 2.0, n_hb)).clip(-120, -30)
-        publish = np.concatenate([hb_t, np.array([r[0] for r in records])])
+        publish = np.concatenate([hb_sent, np.array([r[0] for r in records])])
         made = np.concatenate([hb_t, np.array([r[1] for r in records])])
         order = np.lexsort((made, publish)).tolist()
         # to the millisecond, as payloads carry it; a message is never dated after it is sent
@@ -318,26 +353,31 @@ class Simulation:
         battery = np.rint(np.nan_to_num(levels, nan=0.0)).astype(np.int64).tolist()
         signal_l = signal.astype(np.int64).tolist()
         ids, topics, seqs, firmware = self._ids, self._topics, self._seq, self._firmware
-        has_battery, dumps = self._has_battery, orjson.dumps
+        has_battery, encode, dumps = self._has_battery, self._encode, orjson.dumps
         out: list[SimMessage] = []
         append, new = out.append, tuple.__new__  # a NamedTuple's own __new__ is slower
         for i in order:
             if i < n_hb:
                 d = hb_dl[i]
-                s = seqs[d] + 1
-                seqs[d] = s
                 status: Body = ({"battery": battery[i], "signal": signal_l[i],
                                  "firmware": firmware[d]} if has_battery[d] else
                                 {"signal": signal_l[i], "firmware": firmware[d]})
-                doc: Body = {"device_id": ids[d], "seq": s, "time": made_l[i],
-                             "status": status}
-                append(new(SimMessage, (topics[d][_STATUS], dumps(doc), publish_l[i])))
+                if publish_l[i] >= t1:  # behind a regional outage that outlasts the window
+                    heapq.heappush(self._waiting, (float(hb_sent[i]), float(hb_t[i]),
+                                                   next(self._order), d, _STATUS,
+                                                   {"status": status}))
+                    continue
+                channel, body = _STATUS, {"status": status}
             else:
                 _, _, _, d, channel, body = records[i - n_hb]
-                s = seqs[d] + 1
-                seqs[d] = s
-                doc = {"device_id": ids[d], "seq": s, "time": made_l[i], **body}
-                append(new(SimMessage, (topics[d][channel], dumps(doc), publish_l[i])))
+            s = seqs[d] + 1
+            seqs[d] = s
+            enc = encode[d]
+            if enc is None:
+                payload = dumps({"device_id": ids[d], "seq": s, "time": made_l[i], **body})
+            else:
+                payload = enc(s, made_l[i], publish_l[i], body, channel == _ALARM)
+            append(new(SimMessage, (topics[d][channel], payload, publish_l[i])))
         return out
 
 
