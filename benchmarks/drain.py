@@ -36,7 +36,7 @@ from vagt.app.config import load_config
 from vagt.app.engine import run_engine
 from vagt.app.metrics import EngineMetrics
 from vagt.devices import import_csv
-from vagt.sim import backlog, fleet_csv, last_local, make_fleet
+from vagt.sim import SimConfig, backlog, fleet_csv, last_local, make_fleet
 
 BULK_CHANNELS = ("telemetry", "status")
 PG_ADMIN = os.environ.get("VAGT_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -50,11 +50,14 @@ RECEIVE_MAXIMUM = 20000
 BACKLOG_ENDS_AT_LOCAL_HOUR = 20
 
 
-def make_backlog(root: str, n: int, devices: int) -> list[tuple[str, bytes]]:
+def make_backlog(root: str, n: int, devices: int, *, canonical_only: bool = False
+                 ) -> list[tuple[str, bytes]]:
     """What the bulk lane of a simulated fleet receives (telemetry and status: heartbeats,
-    measurements, dose events, connection reports), the same whatever the hour it runs."""
+    measurements, dose events, connection reports), the same whatever the hour it runs; in
+    the vendors' formats, or with `canonical_only` all canonical JSON."""
+    config = SimConfig(canonical_only=canonical_only)
     return [(m.topic, m.payload) for m in backlog(n, devices=devices, seed=1, topic_root=root,
-                                                  channels=BULK_CHANNELS,
+                                                  channels=BULK_CHANNELS, config=config,
                                                   end=last_local(BACKLOG_ENDS_AT_LOCAL_HOUR))]
 
 
@@ -245,8 +248,9 @@ def main() -> None:
                         root = f"bench{uuid.uuid4().hex[:6]}/v1"
                         cid = f"bench-ins-{uuid.uuid4().hex[:6]}"
                         create_session(broker.port, cid, root)
-                        publish_backlog(broker.port,
-                                        make_backlog(root, args.insert_messages, devices))
+                        # canonical JSON: this baseline reads the payload itself
+                        publish_backlog(broker.port, make_backlog(
+                            root, args.insert_messages, devices, canonical_only=True))
                         insert.append(timed("INSERT + commit per message", lambda cid=cid, url=url:
                                             drain_insert_per_message(
                                                 broker.port, cid, args.insert_messages, url)))

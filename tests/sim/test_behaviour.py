@@ -12,7 +12,7 @@ from typing import Any
 from tests.sim.helpers import DAY, START, by_device, channel, docs, local_hour, run
 
 from vagt.devices.catalogue import load_catalogue
-from vagt.sim import SimConfig, SimDevice, Simulation
+from vagt.sim import SimConfig, SimDevice, Simulation, make_fleet
 from vagt.sim.plan import MEASUREMENT_SLOTS
 
 CAT = load_catalogue()
@@ -325,3 +325,56 @@ def test_personal_alarms_come_now_and_then_at_about_their_rate():
     for code, per_year in (("alarm.fall", c.falls_per_year), ("alarm.panic", c.panics_per_year)):
         expected = pendants * per_year * 8 / 365
         assert 0.5 * expected < alarms[code] < 1.6 * expected, (code, alarms[code], expected)
+
+
+# --- a regional outage -----------------------------------------------------------------------
+
+REGIONAL = {"regional_outage_share": 0.8, "regional_outage_at_h": 10.0, "regional_outage_h": 3.0}
+
+
+def test_after_a_regional_outage_most_devices_flush_hours_of_messages_at_once():
+    fleet, msgs = run(300, 1, faults=0.0, **REGIONAL)
+    back = START + 13 * 3600
+    window = SimConfig().window_s
+    old = by_device([(m, doc) for m, doc in docs(msgs)
+                     if back <= m.time < back + window and m.time - doc["time"] > 3600])
+    assert len(old) > len(fleet) / 2
+    for device, pairs in by_device(docs(msgs)).items():
+        if device not in old:
+            continue
+        during = [doc for m, doc in pairs if START + 10 * 3600 <= m.time < back]
+        assert during == []  # nothing got through meanwhile
+        flushed = [doc for m, doc in pairs if m.time == back]
+        times = [doc["time"] for doc in flushed]
+        assert times == sorted(times) and times[0] < back - 3600  # in order, as they were made
+    seqs = {device: [doc["seq"] for _, doc in pairs] for device, pairs in by_device(docs(msgs)).items()}
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs.values())  # the counters too
+
+
+def test_without_a_regional_outage_no_window_brings_most_devices_old_messages():
+    fleet, msgs = run(300, 1, faults=10.0)
+    window = SimConfig().window_s
+    old: dict[int, set[str]] = {}
+    for m, doc in docs(msgs):
+        if m.time - doc["time"] > 3600:
+            old.setdefault(int((m.time - START) // window), set()).add(doc["device_id"])
+    assert max((len(d) for d in old.values()), default=0) < len(fleet) / 10
+
+
+def test_gateways_report_the_regional_outage_when_they_are_back():
+    _, msgs = run(300, 1, faults=0.0, **REGIONAL)
+    lost = [e for m, doc in docs(msgs) for e in doc.get("events", [])
+            if e["code"] == "connection.lost" and m.time == START + 13 * 3600]
+    assert lost and {e["time"] for e in lost} == {START + 10 * 3600}
+
+
+def test_a_regional_outage_in_the_vendors_formats_is_the_same_stream_for_the_same_seed():
+    def stream(seed: int) -> list[Any]:
+        config = SimConfig(**REGIONAL)
+        sim = Simulation(make_fleet(200, seed), seed=seed, start=START, config=config)
+        return list(sim.messages(until=START + DAY))
+
+    a = stream(5)
+    assert a == stream(5) != stream(6)
+    assert any(m.payload.startswith(b"[") for m in a)
+    assert sum(m.time == START + 13 * 3600 for m in a) > 100  # the flush
