@@ -17,10 +17,27 @@ def test_the_built_in_catalogue_covers_every_simulated_model() -> None:
         assert any(m.type == kind for m in cat), f"no approved {kind} for the simulator"
     oxi = cat.require("Nonin", "3230")
     assert oxi.metrics["spo2"].unit == "%"
-    assert (oxi.metrics["spo2"].low, oxi.metrics["spo2"].high) == (70.0, 100.0)
+    assert (oxi.metrics["spo2"].low, oxi.metrics["spo2"].high) == (0.0, 100.0)
     assert cat.require("Telit", "HomeHub 4G").heartbeat_s == 300
     assert cat.require("Evondos", "E300").sends_event("dose.due")
     assert not cat.require("Nonin", "3230").sends_event("alarm.fall")
+
+
+def test_every_oximeter_takes_any_saturation_as_plausible() -> None:
+    # An implausible value is kept out of every rule: SpO2 65 % marked so never reached the
+    # rules that alert on a low SpO2, and a Contec reading a healthy 100 % five times opened
+    # a sensor-fault alert. The range is what the device can report, not the normal range.
+    for m in load_catalogue():
+        if m.type == "pulse_oximeter":
+            spo2 = m.metrics["spo2"]
+            assert (spo2.low, spo2.high) == (0.0, 100.0), f"{m.vendor} {m.model}"
+
+
+def test_a_hypertensive_crisis_is_plausible_on_every_bp_monitor() -> None:
+    for m in load_catalogue():
+        if m.type == "bp_monitor":
+            sys = m.metrics["bp_systolic"]
+            assert sys.low <= 70 and sys.high >= 270, f"{m.vendor} {m.model}"
 
 
 def test_names_are_matched_without_regard_to_case_or_spacing() -> None:

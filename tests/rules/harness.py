@@ -24,6 +24,23 @@ DEVICES = [
 
 
 
+def batch_of(readings=(), events=(), seen=()) -> Batch:
+    """A batch of (device, metric, value, time) readings, (device, code, time) events and
+    (device, time) messages."""
+    r, e, s = list(readings), list(events), list(seen)
+    return Batch(
+        r_device=np.array([x[0] for x in r], dtype=np.int64),
+        r_metric=np.array([x[1] for x in r], dtype=object),
+        r_value=np.array([x[2] for x in r], dtype=np.float64),
+        r_time=np.array([x[3] for x in r], dtype=np.float64),
+        e_device=np.array([x[0] for x in e], dtype=np.int64),
+        e_code=np.array([x[1] for x in e], dtype=object),
+        e_time=np.array([x[2] for x in e], dtype=np.float64),
+        m_device=np.array([x[0] for x in s], dtype=np.int64),
+        m_time=np.array([x[1] for x in s], dtype=np.float64),
+    )
+
+
 class Harness:
     def __init__(self, tmp_path: Path, toml: str, history=None) -> None:
         p = tmp_path / "rules.toml"
@@ -36,19 +53,7 @@ class Harness:
         self.last: Evaluation | None = None
 
     def batch(self, readings=(), events=(), seen=()) -> Evaluation:
-        r, e, s = list(readings), list(events), list(seen)
-        b = Batch(
-            r_device=np.array([x[0] for x in r], dtype=np.int64),
-            r_metric=np.array([x[1] for x in r], dtype=object),
-            r_value=np.array([x[2] for x in r], dtype=np.float64),
-            r_time=np.array([x[3] for x in r], dtype=np.float64),
-            e_device=np.array([x[0] for x in e], dtype=np.int64),
-            e_code=np.array([x[1] for x in e], dtype=object),
-            e_time=np.array([x[2] for x in e], dtype=np.float64),
-            m_device=np.array([x[0] for x in s], dtype=np.int64),
-            m_time=np.array([x[1] for x in s], dtype=np.float64),
-        )
-        return self._take(self.engine.evaluate(b))
+        return self._take(self.engine.evaluate(batch_of(readings, events, seen)))
 
     def tick(self, now: float, behind: list[float] | None = None) -> Evaluation:
         return self._take(self.engine.tick(now, None if behind is None else np.array(behind)))

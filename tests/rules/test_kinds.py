@@ -4,7 +4,7 @@ their edges (first message, out-of-order, spans of batches, timers)."""
 from __future__ import annotations
 
 import numpy as np
-from tests.rules.harness import Harness
+from tests.rules.harness import Harness, batch_of
 
 DAY = 86400.0
 
@@ -15,12 +15,12 @@ VALIDITY = '[[rule]]\nname = "implausible"\nkind = "validity"\nalert_after = 3\n
 
 
 def test_implausible_values_are_marked_bad_by_the_models_range_and_not_alerted_on(tmp_path):
-    h = Harness(tmp_path, VALIDITY + '[[rule]]\nname = "spo2_low"\nkind = "threshold"\n'
-                                     'metric = "spo2"\nbelow = 90\n')
-    # Nonin 3230: spo2 70..100; Contec would differ; 50 % is implausible for this model
-    ev = h.batch([(0, "spo2", 50, 1.0), (0, "spo2", 97, 2.0), (1, "spo2", 85, 1.0)])
+    h = Harness(tmp_path, VALIDITY + '[[rule]]\nname = "pulse_low"\nkind = "threshold"\n'
+                                     'metric = "pulse"\nbelow = 40\n')
+    # Nonin 3230: pulse 18..321; a pulse of 5 /min is implausible for this model
+    ev = h.batch([(0, "pulse", 5, 1.0), (0, "pulse", 70, 2.0), (1, "pulse", 35, 1.0)])
     assert ev.bad.tolist() == [True, False, False]
-    assert h.open() == {("spo2_low", 1)}  # the bad 50 % did not open spo2_low on device 0
+    assert h.open() == {("pulse_low", 1)}  # the bad 5 /min did not open pulse_low on device 0
 
 
 def test_n_implausible_values_in_a_row_open_a_sensor_alert_and_a_good_one_clears(tmp_path):
@@ -31,6 +31,64 @@ def test_n_implausible_values_in_a_row_open_a_sensor_alert_and_a_good_one_clears
     assert h.open() == {("implausible", 3)}
     h.batch([(3, "weight", 80, 4.0)])
     assert h.open() == set()
+
+
+def test_a_broken_sensor_beside_a_working_one_is_counted_per_metric(tmp_path):
+    # Nonin 3230: a pulse of 0 /min is implausible, the SpO2 beside it reads well; the rows
+    # come sorted by device and time, so the metrics interleave
+    h = Harness(tmp_path, VALIDITY)
+    for k in range(3):
+        h.batch([(0, "pulse", 0, 3600.0 * k), (0, "spo2", 97, 3600.0 * k)])
+    assert h.open() == {("implausible", 0)}
+    fr = h.last.transitions.fires()
+    assert (fr[4].tolist(), fr[5].tolist()) == ([0.0], ["pulse"])   # value, metric
+    h.batch([(0, "spo2", 96, 4 * 3600.0)])   # the SpO2 sensor says nothing of the pulse's
+    assert h.open() == {("implausible", 0)}
+    h.batch([(0, "pulse", 70, 5 * 3600.0)])
+    assert h.open() == set()
+
+
+def test_per_metric_runs_are_the_same_in_one_batch_as_in_many(tmp_path):
+    rows = [(0, m, v, 60.0 * k) for k in range(4)
+            for m, v in (("pulse", 0), ("spo2", 97), ("perfusion_index", 50))]
+    rows += [(0, "pulse", 70, 300.0)]   # the pulse mends; the perfusion index does not
+    whole = Harness(tmp_path, VALIDITY)
+    whole.batch(rows)
+    split = Harness(tmp_path, VALIDITY)
+    for r in rows:
+        split.batch([r])
+    for h in (whole, split):
+        assert h.open() == {("implausible", 0)} and h.opened("implausible", 0) == 1
+
+
+def test_the_alert_clears_only_when_no_metric_is_still_in_a_bad_run(tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    h.batch([(0, "pulse", 0, float(k)) for k in range(3)])
+    h.batch([(0, "perfusion_index", 50, 10.0 + k) for k in range(3)])
+    h.batch([(0, "pulse", 70, 20.0)])
+    assert h.open() == {("implausible", 0)}   # the perfusion index is still implausible
+    h.batch([(0, "perfusion_index", 3, 21.0)])
+    assert h.open() == set() and h.cleared("implausible", 0) == 1
+
+
+def test_a_metric_reported_in_its_own_message_counts_however_the_batches_fall(tmp_path):
+    # SenML-style: the pulse and the SpO2 of one measurement in two messages, two batches
+    h = Harness(tmp_path, VALIDITY)
+    for k in range(3):
+        h.batch([(0, "pulse", 70, float(k))])
+        h.batch([(0, "perfusion_index", 50, float(k))])
+    assert h.open() == {("implausible", 0)}
+
+
+def test_plausible_readings_change_no_state_worth_writing(tmp_path):
+    # the engine writes a device's rule state when it moves; which rows a rule has seen,
+    # per metric too, is not worth a write per reading
+    h = Harness(tmp_path, VALIDITY)
+    h.batch([(0, "pulse", 70, 1.0), (0, "spo2", 97, 1.0)])
+    ev = h.engine.evaluate(batch_of([(0, "pulse", 71, 2.0), (0, "spo2", 96, 2.0)]))
+    assert h.engine.moved(ev).tolist() == []
+    ev = h.engine.evaluate(batch_of([(0, "pulse", 0, 2.0)]))
+    assert h.engine.moved(ev).tolist() == [0]
 
 
 def test_metrics_the_model_has_no_range_for_are_not_judged(tmp_path):

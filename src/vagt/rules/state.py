@@ -159,12 +159,16 @@ class RuleState:
     """Named per-device arrays of one rule; rows grow with the fleet.
 
     `watermarks`: the arrays that only say which rows are new (`last_t` of most kinds): a
-    change of those alone changes nothing the rule decides (see `Update.moved`)."""
+    change of those alone changes nothing the rule decides (see `Update.moved`). An array
+    kept per metric, `<metric>.<name>` (validity's), is one if `name` is."""
 
     def __init__(self, watermarks: Iterable[str] = ()) -> None:
         self._arrays: dict[str, npt.NDArray[np.generic]] = {}
         self._fills: dict[str, tuple[object, npt.DTypeLike, int]] = {}
         self.watermarks = frozenset(watermarks)
+
+    def is_watermark(self, name: str) -> bool:
+        return name.rpartition(".")[2] in self.watermarks
 
     def array(self, name: str, n: int, fill: object, dtype: npt.DTypeLike,
               width: int = 0) -> npt.NDArray[np.generic]:
@@ -252,7 +256,7 @@ class Update:
         rows, values = self._kept(None)
         moved = np.zeros(len(rows), dtype=bool)
         for name, v in values.items():
-            if name not in self.state.watermarks:
+            if not self.state.is_watermark(name):
                 moved |= self.state.differs(name, rows, v)
         return rows[moved]
 

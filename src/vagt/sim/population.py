@@ -129,20 +129,36 @@ def rounded(value: float, metric: str) -> float:
 
 
 def implausible(m: MetricRange, beyond_physical: bool, u: float) -> float:
-    """A value this model should never report for a living person: outside its plausible range
-    but inside what a sensor can report (a validity rule marks it); or, with `beyond_physical`,
-    outside even that (the decoder refuses it as impossible_value). `u` in [0, 1) picks it."""
+    """A value this model should never report: outside its plausible range but inside what a
+    sensor can report (a validity rule marks it); or, with `beyond_physical`, outside even
+    that (the decoder refuses it as impossible_value). `u` in [0, 1) picks it."""
     phys = METRICS[m.metric]
-    digits = DECIMALS.get(m.metric, 1)
-    step = 10.0 ** -digits  # keep clear of the edges after rounding
+    step = _step(m)
     if beyond_physical:
         width = phys.high - phys.low
         return rounded(phys.high + step + u * 0.5 * width, m.metric)
-    gaps = [(lo, hi) for lo, hi in ((phys.low, m.low), (m.high, phys.high))
-            if hi - lo > 4 * step]
+    gaps = _gaps(m)
     if not gaps:  # the model's range is all a sensor can report: nothing between
         return implausible(m, True, u)
     lo, hi = gaps[int(u * len(gaps)) % len(gaps)]
     frac = (u * len(gaps)) % 1.0
     v = rounded(lo + 2 * step + frac * (hi - lo - 4 * step), m.metric)
     return min(max(v, lo + step), hi - step)
+
+
+def can_be_implausible(m: MetricRange) -> bool:
+    """Whether a sensor can report a value outside the model's range (SpO2 cannot: 0 to 100 %
+    is both)."""
+    return bool(_gaps(m))
+
+
+def _gaps(m: MetricRange) -> list[tuple[float, float]]:
+    """What a sensor can report outside the model's range, below and above it."""
+    phys, step = METRICS[m.metric], _step(m)
+    return [(lo, hi) for lo, hi in ((phys.low, m.low), (m.high, phys.high))
+            if hi - lo > 4 * step]
+
+
+def _step(m: MetricRange) -> float:
+    """The device's resolution: values keep clear of the edges by it after rounding."""
+    return float(10.0 ** -DECIMALS.get(m.metric, 1))

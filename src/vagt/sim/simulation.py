@@ -29,7 +29,7 @@ from vagt.sim.dispensers import DoseStock
 from vagt.sim.fleet import DEVICE_TYPES, SimDevice
 from vagt.sim.network import Outages
 from vagt.sim.plan import DayPlanner, FleetColumns, Kind, Plan, Records
-from vagt.sim.population import Population, implausible
+from vagt.sim.population import Population, can_be_implausible, implausible
 from vagt.sim.power import KINDS, Power
 from vagt.sim.wire import Encode, encoder, wire_of
 
@@ -324,9 +324,14 @@ class Simulation:
             self._stuck_left[d] -= 1
             values = self._stuck_values.setdefault(d, values)
         elif u[1] < c.impossible_value:
-            k = int(u[2] * len(metrics)) % len(metrics)
-            values = list(values)
-            values[k] = implausible(metrics[k], u[3] < c.beyond_physical, u[4])
+            beyond = u[3] < c.beyond_physical
+            # an implausible value of a metric that has one (SpO2 has none), so that the
+            # share beyond what any sensor reports stays the configured one
+            choices = [j for j, m in enumerate(metrics) if beyond or can_be_implausible(m)]
+            if choices:
+                k = choices[int(u[2] * len(choices)) % len(choices)]
+                values = list(values)
+                values[k] = implausible(metrics[k], beyond, u[4])
         return _TELEMETRY, {"readings": [{"metric": m.metric, "value": v, "unit": m.unit}
                                          for m, v in zip(metrics, values)]}
 
