@@ -22,6 +22,8 @@ RULES = {
     "device_silent": ("technical", 3, "major"),
     "missed_dose": ("technical", 3, "major"),
     "spo2_low": ("clinical", 2, "major"),
+    "spo2_critical": ("clinical", 1, "critical"),
+    "spo2_low_sustained": ("clinical", 2, "major"),
 }
 
 

@@ -223,4 +223,6 @@ def test_the_built_in_policy_file_loads_and_names_its_queues():
     policy = load_policy(None)
     assert queues_of(policy.root) == ["emergency", "home_care", "clinical", "logistics",
                                       "technical"]
-    assert [r.name for r in policy.inhibit] == ["gateway_offline", "offline_device_battery"]
+    assert [r.name for r in policy.inhibit] == ["gateway_offline", "offline_device_battery",
+                                                "spo2_critical_over_milder",
+                                                "spo2_low_over_sustained"]

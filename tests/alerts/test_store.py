@@ -102,6 +102,21 @@ def test_the_clinical_alerts_of_devices_behind_an_offline_gateway_stay_open(flee
         (before, "open"), (after, "open")]
 
 
+def test_a_nurse_sees_the_most_severe_of_a_devices_low_spo2_alerts(fleet):
+    # one reading of 82 % is below every level: each rule fires for it
+    fire(fleet, ("spo2_critical", "OXI-0001"), ("spo2_low", "OXI-0001"),
+         ("spo2_low_sustained", "OXI-0001"), ("spo2_low", "OXI-0009"))
+    critical = alert_of(fleet, "spo2_critical", "OXI-0001")
+    assert critical[1:4] == ("open", "clinical", 1)
+    assert alert_of(fleet, "spo2_low", "OXI-0001")[1] == "suppressed"
+    assert alert_of(fleet, "spo2_low_sustained", "OXI-0001")[1] == "suppressed"
+    assert alert_of(fleet, "spo2_low", "OXI-0009")[1:4] == ("open", "clinical", 2)
+    # 87 % at the next check: the critical level clears, the nurse now sees below 88 %
+    clear(fleet, "spo2_critical", "OXI-0001", T0 + 60)
+    assert alert_of(fleet, "spo2_low", "OXI-0001")[1] == "open"
+    assert alert_of(fleet, "spo2_low_sustained", "OXI-0001")[1] == "suppressed"
+
+
 def test_no_inhibit_rule_holds_back_a_personal_alarm(fleet, tmp_path):
     """A centre's own policy may inhibit everything behind an offline gateway; someone who
     pressed the button behind it still reaches the emergency queue."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from vagt.rules import RuleConfigError, load_rules
+from vagt.rules.persist import definition_hash
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -66,7 +68,8 @@ def test_every_kind_of_the_default_rules_loads_with_its_filters():
     rules = {r.name: r for r in load_rules(None)}
     assert {r.kind for r in rules.values()} == {"threshold", "validity", "stuck", "event",
                                                 "absence", "sequence", "rate", "flapping"}
-    assert rules["spo2_low"].for_s == 600 and rules["spo2_low"].types == ("pulse_oximeter",)
+    assert rules["spo2_low_sustained"].for_s == 600 and rules["spo2_low"].for_s == 0
+    assert rules["spo2_low"].types == ("pulse_oximeter",)
     assert rules["weight_gain"].window_s == 3 * 86400
     assert rules["missed_dose"].queue == "home_care"
 
@@ -123,3 +126,26 @@ def test_a_file_not_in_utf_8_or_not_readable_is_refused_naming_the_file(tmp_path
     (folder / "a.toml").mkdir(parents=True)   # a folder where a file should be
     with pytest.raises(RuleConfigError, match="a.toml: cannot be read"):
         load_rules(folder)
+
+
+def test_max_gap_defaults_to_the_for_duration_and_needs_one(tmp_path):
+    rule = '[[rule]]\nname = "low"\nkind = "threshold"\nmetric = "spo2"\nbelow = 90\n'
+    (low,) = load_rules(write(tmp_path, rule + 'for = "10m"\n'))
+    assert (low.max_gap_s, low.gap_s) == (None, 600)
+    (low,) = load_rules(write(tmp_path, rule + 'for = "10m"\nmax_gap = "2m"\n'))
+    assert low.gap_s == 120
+    with pytest.raises(RuleConfigError, match=r"'max_gap' of rule 'low' .* give 'for' too"):
+        load_rules(write(tmp_path, rule + 'max_gap = "2m"\n'))
+    with pytest.raises(RuleConfigError, match=r"'max_gap' of rule 'low' .* longer than 0"):
+        load_rules(write(tmp_path, rule + 'for = "10m"\nmax_gap = 0\n'))
+
+
+def test_a_rule_without_max_gap_keeps_the_definition_hash_its_stored_state_is_under(tmp_path):
+    # the state every engine stored before max_gap existed is read by the hash of the rule
+    # (persist.definition_hash); a rule that does not use it must hash as it did
+    (low,) = load_rules(write(tmp_path, '[[rule]]\nname = "spo2_low"\nkind = "threshold"\n'
+                                        'metric = "spo2"\nbelow = 90\nclear_at = 93\n'
+                                        'for = "10m"\n'))
+    assert definition_hash(low.definition) == "15ff5b721b1e"
+    with_gap = dataclasses.replace(low, max_gap_s=120.0)
+    assert with_gap.definition != low.definition   # a reload starts it afresh

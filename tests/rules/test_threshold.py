@@ -1,8 +1,10 @@
-"""threshold: `for` across batches, hysteresis, out-of-order readings, a device's first one."""
+"""threshold: `for` across batches and gaps, hysteresis, out-of-order readings, a device's first
+one."""
 
 from __future__ import annotations
 
-from tests.rules.harness import Harness
+import numpy as np
+from tests.rules.harness import Harness, batch_of
 
 SPO2 = """
 [[rule]]
@@ -40,6 +42,58 @@ def test_a_good_reading_inside_the_for_duration_restarts_it(tmp_path):
     h.batch([(0, "spo2", 88, 500.0), (0, "spo2", 88, 1000.0)])
     assert h.open() == set()
     h.batch([(0, "spo2", 88, 1100.0)])
+    assert h.open() == {("spo2_low", 0)}
+
+
+def test_two_low_readings_hours_apart_do_not_hold_for_the_time_between(tmp_path):
+    # a spot-check oximeter: 88 % at 08:30 and again at 14:00, nothing seen between
+    h = Harness(tmp_path, SPO2)
+    h.batch([(0, "spo2", 88, 0.0)])
+    h.batch([(0, "spo2", 88, 5.5 * 3600)])
+    assert h.open() == set()
+    h.batch([(0, "spo2", 88, 5.5 * 3600 + 300)])
+    h.batch([(0, "spo2", 88, 5.5 * 3600 + 600)])  # 10 minutes since 14:00, no gap too long
+    assert h.open() == {("spo2_low", 0)}
+
+
+def test_a_gap_longer_than_max_gap_restarts_for_within_one_batch_as_across_batches(tmp_path):
+    rule = SPO2 + 'max_gap = "2m"\n'
+    times = [0.0, 60.0, 120.0, 300.0, 360.0, 420.0, 480.0, 540.0, 600.0, 660.0, 720.0, 780.0,
+             840.0, 900.0]
+    whole = Harness(tmp_path, rule)
+    whole.batch([(0, "spo2", 88, t) for t in times])
+    one_by_one = Harness(tmp_path, rule)
+    for t in times:
+        one_by_one.batch([(0, "spo2", 88, t)])
+    # the run restarts at 300 (3 minutes after 120); held 10 minutes at 900
+    for h in (whole, one_by_one):
+        assert h.opened("spo2_low", 0) == 1
+    assert one_by_one.last.transitions.fires()[2].tolist() == [900.0]
+    assert whole.last.transitions.fires()[2].tolist() == [900.0]
+
+
+def test_a_gap_does_not_clear_an_open_alert(tmp_path):
+    h = Harness(tmp_path, SPO2)
+    h.batch([(0, "spo2", 88, 0.0), (0, "spo2", 88, 300.0), (0, "spo2", 88, 600.0)])
+    h.batch([(0, "spo2", 89, 6 * 3600.0)])  # still low hours later: a repeat
+    assert h.open() == {("spo2_low", 0)} and h.cleared("spo2_low", 0) == 0
+    assert h.last.transitions.fires()[6].tolist() == [1]
+
+
+def test_the_latest_reading_of_a_run_not_yet_held_is_state_another_engine_needs(tmp_path):
+    # `last_t` alone is a watermark, not written; the gap is measured from what is stored
+    h = Harness(tmp_path, SPO2)
+    h.batch([(0, "spo2", 88, 0.0)])
+    ev = h.engine.evaluate(batch_of([(0, "spo2", 88, 300.0)]))
+    assert h.engine.moved(ev).tolist() == [0]
+
+
+def test_a_for_run_stored_before_its_latest_reading_was_kept_goes_on_by_last_t(tmp_path):
+    h = Harness(tmp_path, SPO2)
+    h.batch([(0, "spo2", 88, 0.0), (0, "spo2", 88, 300.0)])
+    st = dict((r.name, s) for r, s in h.engine.rule_states())["spo2_low"]
+    st.put("run_last", np.array([0]), np.array([np.nan]))  # as an older engine stored it
+    h.batch([(0, "spo2", 88, 600.0)])
     assert h.open() == {("spo2_low", 0)}
 
 

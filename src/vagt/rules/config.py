@@ -26,7 +26,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _COMMON = {"name", "kind", "severity", "priority", "queue", "summary", "labels",
            "types", "models", "municipalities"}
 _KIND_FIELDS = {
-    "threshold": {"metric", "below", "above", "clear_at", "for"},
+    "threshold": {"metric", "below", "above", "clear_at", "for", "max_gap"},
     "validity": {"metrics", "alert_after"},
     "stuck": {"metric", "count", "tolerance"},
     "event": {"codes", "clear_codes", "clear_after"},
@@ -75,6 +75,11 @@ class Rule:
     above: float | None = None     # threshold: fires when value > above
     clear_at: float | None = None  # threshold: hysteresis; clears only past this level
     for_s: float = 0.0             # threshold: the condition must hold this long (device time)
+    # threshold: readings further apart than this break `for` (None: `for` itself). Not in
+    # the repr: the rules' stored state is keyed by a hash of it (`persist.definition_hash`),
+    # and a new field there would make the state every engine stored before unreadable
+    # (pending doses, runs, open timers of every rule). Equality still compares it.
+    max_gap_s: float | None = field(default=None, repr=False)
     alert_after: int = 0           # validity: this many implausible values in a row alert (0: never)
     count: int = 0                 # stuck: identical values in a row; flapping: more than this
     tolerance: float = 0.0         # stuck: values this close count as identical
@@ -96,6 +101,11 @@ class Rule:
     def definition(self) -> Rule:
         """The rule without where it was read from: what decides whether state is kept."""
         return dataclasses.replace(self, source="")
+
+    @property
+    def gap_s(self) -> float:
+        """threshold: the longest gap between readings that still holds the condition."""
+        return self.for_s if self.max_gap_s is None else self.max_gap_s
 
     @property
     def uses_readings(self) -> bool:
@@ -205,8 +215,14 @@ def _threshold(t: dict[str, Any], fail: Fail) -> dict[str, Any]:
         raise fail("clear_at", f"must be at or above 'below' ({below}), got {clear_at}")
     if clear_at is not None and above is not None and clear_at > above:
         raise fail("clear_at", f"must be at or below 'above' ({above}), got {clear_at}")
-    return dict(metric=metric, below=below, above=above, clear_at=clear_at,
-                for_s=_duration(t, "for", fail, 0.0))
+    for_s = _duration(t, "for", fail, 0.0)
+    max_gap = _duration(t, "max_gap", fail, None)
+    if max_gap is not None and not for_s:
+        raise fail("max_gap", "bounds the gaps within 'for'; give 'for' too, or leave it out")
+    if max_gap is not None and max_gap <= 0:
+        raise fail("max_gap", "must be longer than 0 seconds")
+    return dict(metric=metric, below=below, above=above, clear_at=clear_at, for_s=for_s,
+                max_gap_s=max_gap)
 
 
 def _validity(t: dict[str, Any], fail: Fail) -> dict[str, Any]:
