@@ -1,5 +1,5 @@
 """The built-in rules as a citizen's devices meet them: SpO2 at each level, from spot checks
-and from a monitor that reads continuously."""
+and from a monitor that reads continuously; faults by the kind of device."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from tests.rules.harness import Harness
 
+from vagt.devices.catalogue import load_catalogue
+from vagt.rules import load_rules
 from vagt.rules.config import default_rules_path
 
-OXI = 0
+OXI, DSP = 0, 2
 H = 3600.0
 T0 = 1_750_000_000.0
 
@@ -60,3 +62,18 @@ def test_a_healthy_100_percent_is_no_sensor_fault_on_any_oximeter(h):
     for k in range(10):
         h.batch([(contec, "spo2", 100, T0 + k * H)])
     assert h.open() == set()
+
+
+def test_a_personal_alarms_fault_is_a_device_fault_not_a_dispenser_jam(h):
+    h.fleet.add("ALM-1", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")
+    alarm = len(h.fleet) - 1
+    h.batch(events=[(alarm, "fault.speaker", T0), (DSP, "fault.dispenser_jam", T0)])
+    assert h.open() == {("device_fault", alarm), ("dispenser_jam", DSP)}
+
+
+def test_every_type_that_may_send_a_fault_has_one_fault_rule():
+    rules = [r for r in load_rules(None) if r.kind == "event" and r.matches_code("fault.x")]
+    for m in load_catalogue():
+        if m.sends_event("fault.x"):
+            covering = [r.name for r in rules if not r.types or m.type in r.types]
+            assert len(covering) == 1, f"{m.type}: {covering}"
