@@ -181,19 +181,23 @@ def test_a_transaction_open_during_a_refresh_is_counted_by_the_next(fleet, capsy
 
 
 def _aggregate_selects() -> dict[str, str]:
-    """The SELECT of each continuous aggregate in the TimescaleDB migration, by view name."""
-    text = (MIGRATIONS / "0019_device_hours.timescale.sql").read_text()
-    found = re.findall(r"CREATE MATERIALIZED VIEW (\w+)\s+WITH \([^)]*\) AS\s+(SELECT.*?)"
-                       r"\s+WITH NO DATA;", text, flags=re.S)
-    return dict(found)
+    """The SELECT of each continuous aggregate in the TimescaleDB migrations, by view name,
+    the hourly ones (0019) before the daily ones made from them (0022)."""
+    found: dict[str, str] = {}
+    for name in ("0019_device_hours.timescale.sql", "0022_device_days.timescale.sql"):
+        text = (MIGRATIONS / name).read_text()
+        found.update(re.findall(r"CREATE MATERIALIZED VIEW (\w+)\s+WITH \([^)]*\) AS\s+"
+                                r"(SELECT.*?)\s+WITH NO DATA;", text, flags=re.S))
+    return found
 
 
 def test_the_aggregates_selects_give_the_report_the_same_figures(fleet):
-    """The continuous aggregates' own SELECTs, run as views over the base tables (time_bucket
-    as TimescaleDB defines it for an hour) in place of the plain tables, give the report the
-    hand-counted figures."""
+    """The continuous aggregates' own SELECTs, run as views over the base tables and the
+    daily ones over the hourly ones (time_bucket as TimescaleDB defines it for an hour and
+    a day) in place of the plain tables, give the report the hand-counted figures."""
     selects = _aggregate_selects()
-    assert set(selects) == {"readings_hourly", "events_hourly"}
+    assert set(selects) == {"readings_hourly", "events_hourly", "readings_daily",
+                            "events_daily"}
     with psycopg.connect(fleet, autocommit=True) as conn:
         conn.execute("CREATE FUNCTION time_bucket(width interval, ts timestamptz) "
                      "RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "

@@ -1,11 +1,12 @@
-"""The hourly per-device counts the vendor report reads (`readings_hourly`, `events_hourly`,
-migration 0019): brought up to date for a period before a report reads them.
+"""The hourly and daily per-device counts the vendor report reads (`readings_hourly`,
+`events_hourly`, migration 0019; `readings_daily`, `events_daily`, 0022): brought up to date
+for a period before a report reads them.
 
-TimescaleDB: continuous aggregates, refreshed over the period (their policy keeps the last
-days; late rows older than that wait for a refresh that covers them). Plain PostgreSQL:
-tables, to which each refresh adds the rows stored since the last one, told apart by
-transaction snapshot (see the migration), so no row is counted twice or missed, however late
-its transaction commits.
+TimescaleDB: continuous aggregates (the daily ones on the hourly ones), refreshed over the
+period (their policies keep the last days; late rows older than that wait for a refresh
+that covers them). Plain PostgreSQL: tables, to which each refresh adds the rows stored
+since the last one, told apart by transaction snapshot (see 0019), so no row is counted
+twice or missed, however late its transaction commits; the hours it adds go into the days.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import psycopg
 log = logging.getLogger("vagt.device_hours")
 
 HOUR_S = 3600
+DAY_S = 86400
 # the session-level advisory lock that keeps two refreshes of the plain tables apart:
 # "vagt" "hrs" in ASCII
 REFRESH_LOCK_KEY = 0x76616774_687273
@@ -26,25 +28,53 @@ _NAME = "device_hours"
 # The hour as time_bucket makes it (UTC; time_bucket's origin, 2000-01-03, is on the hour).
 BUCKET = "date_bin(INTERVAL '1 hour', time, TIMESTAMPTZ '2000-01-03 00:00+00')"
 
-# The same counts as the continuous aggregates' SELECTs in 0019_device_hours.timescale.sql.
+# The day as time_bucket makes it (UTC midnight), and the bit of an hour in its day's mask.
+DAY = "date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-03 00:00+00')"
+HOUR_BIT = f"1 << (extract(epoch FROM bucket - {DAY}) / 3600)::integer"
+
+# The same counts as the continuous aggregates' SELECTs in 0019_device_hours.timescale.sql,
+# added to the hourly table, and the same hours added to the daily one (0022): counts
+# summed, hour masks OR-ed. One statement, so both see the same new rows.
 _READINGS = f"""
-INSERT INTO readings_hourly AS h (bucket, device_id, readings, measurements)
-SELECT {BUCKET}, device_id, count(*),
-       sum(CASE WHEN metric IN ('battery', 'signal') THEN 0 ELSE 1 END)
-FROM readings WHERE {{new}}
+WITH new AS (
+    SELECT {BUCKET} AS bucket, device_id, count(*) AS readings,
+           sum(CASE WHEN metric IN ('battery', 'signal') THEN 0 ELSE 1 END) AS measurements
+    FROM readings WHERE {{new}}
+    GROUP BY 1, 2
+), hourly AS (
+    INSERT INTO readings_hourly AS h (bucket, device_id, readings, measurements)
+    SELECT bucket, device_id, readings, measurements FROM new
+    ON CONFLICT (bucket, device_id) DO UPDATE
+    SET readings = h.readings + excluded.readings,
+        measurements = h.measurements + excluded.measurements
+)
+INSERT INTO readings_daily AS d (day, device_id, measurements, heard)
+SELECT {DAY}, device_id, sum(measurements), bit_or({HOUR_BIT})
+FROM new
 GROUP BY 1, 2
-ON CONFLICT (bucket, device_id) DO UPDATE
-SET readings = h.readings + excluded.readings,
-    measurements = h.measurements + excluded.measurements
+ON CONFLICT (day, device_id) DO UPDATE
+SET measurements = d.measurements + excluded.measurements, heard = d.heard | excluded.heard
 """
 
 _EVENTS = f"""
-INSERT INTO events_hourly AS h (bucket, device_id, events, faults)
-SELECT {BUCKET}, device_id, count(*), sum(CASE WHEN starts_with(code, 'fault.') THEN 1 ELSE 0 END)
-FROM events WHERE {{new}}
+WITH new AS (
+    SELECT {BUCKET} AS bucket, device_id, count(*) AS events,
+           sum(CASE WHEN starts_with(code, 'fault.') THEN 1 ELSE 0 END) AS faults
+    FROM events WHERE {{new}}
+    GROUP BY 1, 2
+), hourly AS (
+    INSERT INTO events_hourly AS h (bucket, device_id, events, faults)
+    SELECT bucket, device_id, events, faults FROM new
+    ON CONFLICT (bucket, device_id) DO UPDATE
+    SET events = h.events + excluded.events, faults = h.faults + excluded.faults
+)
+INSERT INTO events_daily AS d (day, device_id, events, faults, heard)
+SELECT {DAY}, device_id, sum(events), sum(faults), bit_or({HOUR_BIT})
+FROM new
 GROUP BY 1, 2
-ON CONFLICT (bucket, device_id) DO UPDATE
-SET events = h.events + excluded.events, faults = h.faults + excluded.faults
+ON CONFLICT (day, device_id) DO UPDATE
+SET events = d.events + excluded.events, faults = d.faults + excluded.faults,
+    heard = d.heard | excluded.heard
 """
 
 # Every row the transaction sees (the first refresh), or those the last refresh's snapshot
@@ -78,12 +108,18 @@ def refresh(conn: psycopg.Connection, start: float, end: float) -> None:
 
 
 def _refresh_aggregates(conn: psycopg.Connection, start: float, end: float) -> None:
-    # only the buckets wholly inside the window are refreshed: widen it to whole hours
-    lo = math.floor(start / HOUR_S) * HOUR_S
-    hi = math.ceil(end / HOUR_S) * HOUR_S
-    for view in ("readings_hourly", "events_hourly"):
-        conn.execute(f"CALL refresh_continuous_aggregate('{view}', "
-                     "to_timestamp(%s), to_timestamp(%s))", (lo, hi))
+    # Only the buckets wholly inside a window are refreshed: the hours over the period's
+    # whole days (those the days are made of), then the days. The report reads no day that
+    # `end` cuts, so the days stop before it.
+    lo = math.floor(start / DAY_S) * DAY_S
+    hi = math.ceil(end / DAY_S) * DAY_S
+    whole_days_end = math.floor(end / DAY_S) * DAY_S
+    for view, a, b in (("readings_hourly", lo, hi), ("events_hourly", lo, hi),
+                       ("readings_daily", lo, whole_days_end),
+                       ("events_daily", lo, whole_days_end)):
+        if b > a:
+            conn.execute(f"CALL refresh_continuous_aggregate('{view}', "
+                         "to_timestamp(%s), to_timestamp(%s))", (a, b))
 
 
 def _refresh_tables(conn: psycopg.Connection) -> None:
@@ -112,5 +148,5 @@ def _add_new_rows(conn: psycopg.Connection) -> None:
                  "VALUES (%s, pg_current_snapshot()) "
                  "ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, at = now()",
                  (_NAME,))
-    log.info("event=device_hours_refreshed reading_hours=%d event_hours=%d first=%s",
+    log.info("event=device_hours_refreshed reading_days=%d event_days=%d first=%s",
              readings, events, row is None)

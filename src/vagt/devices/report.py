@@ -24,10 +24,38 @@ DEVICE_MONTH_S = 30 * 86400
 # The built-in battery_low rule's threshold: the report's default when the rules have none.
 LOW_BATTERY = 15.0
 
+# Whole-hour slot lengths that divide a day: a day's heard slots are counted from its
+# 24-bit hour mask (bit h: something came in hour h, UTC), one slot a block of n bits.
+DAY_SLOT_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
+
+
+def _day_slots_sql(mask: str, hours: str) -> str:
+    """SQL for how many n-hour slots (`hours`, one of DAY_SLOT_HOURS) `mask` has a bit in:
+    the mask folded so that a block's first bit is set if any of its bits is, then counted."""
+    cases = []
+    for n in DAY_SLOT_HOURS:
+        folded = " | ".join([mask] + [f"({mask} >> {j})" for j in range(1, n)])
+        firsts = sum(1 << (k * n) for k in range(24 // n))
+        cases.append(f"WHEN {n} THEN bit_count((({folded}) & {firsts})::bit(24))")
+    return f"(CASE {hours} {' '.join(cases)} END)"
+
+
+def _heard_after_sql(mask: str, day: str, after: str) -> str:
+    """SQL: whether `mask` (of the day from `day`) has an hour that begins after `after`."""
+    first = f"floor(extract(epoch FROM {after} - {day}) / 3600)::integer + 1"
+    return f"(({mask} >> least(greatest({first}, 0), 24)) <> 0)"
+
+
 # One row per device deployed in the period: its spans with a citizen (in the period, up to
-# the report's `now`), and what the hourly counts, bad readings, its last battery level and
-# its message counter say about them. An hour counts for a span if they overlap.
-_PER_DEVICE = """
+# the report's `now`), and what the per-device counts, bad readings, its last battery level
+# and its message counter say about them. An hour counts for a span if they overlap.
+# A span's whole UTC days [ds, de) are read from the daily counts (0022), the hours before
+# and after them (its edges, at most a day's each) from the hourly ones (0019). Heard slots
+# of whole days are counted from the days' hour masks, readings' and events' OR-ed: summed
+# over the readings days, plus on each events day what its events add to the readings'.
+# A slot that does not divide a day (a catalogue heartbeat of 5 h, or a week) is counted
+# from its span's heard hours, one by one.
+_PER_DEVICE = f"""
 WITH spans AS (
     SELECT a.id, a.device_id,
            greatest(a.since, %(start)s) AS s,
@@ -36,48 +64,111 @@ WITH spans AS (
     WHERE a.since < %(end)s AND coalesce(a.until, 'infinity') > %(start)s
       AND (%(municipality)s::text IS NULL OR a.municipality = %(municipality)s::text)
 ),
-spans_slot AS (    -- the expected-contact slot: the model's heartbeat, at least an hour
-    SELECT sp.*, greatest(c.heartbeat_s, 3600) AS slot_s,
-           ceil(extract(epoch FROM sp.s) / greatest(c.heartbeat_s, 3600)) AS first_slot,
-           floor(extract(epoch FROM sp.e) / greatest(c.heartbeat_s, 3600)) AS end_slot
+spans_slot AS NOT MATERIALIZED (
+    -- the expected-contact slot: the model's heartbeat, at least an hour (a model not in the
+    -- catalogue: an hour)
+    SELECT sp.*, x.slot_s, c.vendor IS NOT NULL AS in_catalogue,
+           CASE WHEN c.vendor IS NULL THEN 1 ELSE c.slot_hours END AS slot_hours,
+           ceil(extract(epoch FROM sp.s) / x.slot_s) AS first_slot,
+           floor(extract(epoch FROM sp.e) / x.slot_s) AS end_slot,
+           date_bin(INTERVAL '1 day', sp.s - INTERVAL '1 microsecond',
+                    TIMESTAMPTZ '2000-01-03 00:00+00') + INTERVAL '1 day' AS ds,
+           date_bin(INTERVAL '1 day', sp.e, TIMESTAMPTZ '2000-01-03 00:00+00') AS de,
+           -- an hour that begins after this is in the span's last slot (silent_at_end)
+           sp.e - make_interval(secs => x.slot_s) - INTERVAL '1 hour' AS quiet_after
     FROM spans sp JOIN devices d USING (device_id)
-    LEFT JOIN unnest(%(vendors)s::text[], %(models)s::text[], %(heartbeats)s::float8[])
-         AS c(vendor, model, heartbeat_s) ON c.vendor = d.vendor AND c.model = d.model
+    LEFT JOIN unnest(%(vendors)s::text[], %(models)s::text[], %(heartbeats)s::float8[],
+                     %(slot_hours)s::int[])
+         AS c(vendor, model, heartbeat_s, slot_hours) ON c.vendor = d.vendor AND c.model = d.model
+    CROSS JOIN LATERAL (SELECT greatest(coalesce(c.heartbeat_s, 3600), 3600) AS slot_s) x
     WHERE sp.e > sp.s
 ),
-hours AS (
-    SELECT sp.id, h.bucket, h.readings, h.measurements, 0::bigint AS events, 0::bigint AS faults
-    FROM spans_slot sp JOIN readings_hourly h
-      ON h.device_id = sp.device_id
-     AND h.bucket > sp.s - INTERVAL '1 hour' AND h.bucket < sp.e
+edges AS (      -- the hours of a span outside its whole days: before them, and after
+    SELECT sp.id, sp.device_id, x.lo, x.hi
+    FROM spans_slot sp
+    CROSS JOIN LATERAL (VALUES
+        (date_bin(INTERVAL '1 hour', sp.s, TIMESTAMPTZ '2000-01-03 00:00+00'),
+         least(sp.ds, sp.e)),
+        (greatest(sp.de, sp.ds), sp.e)) AS x(lo, hi)
+    WHERE x.lo < x.hi
+),
+edge_hours AS (
+    SELECT e.id, h.bucket, h.measurements, 0::bigint AS events, 0::bigint AS faults
+    FROM edges e JOIN readings_hourly h
+      ON h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
     UNION ALL
-    SELECT sp.id, h.bucket, 0, 0, h.events, h.faults
-    FROM spans_slot sp JOIN events_hourly h
-      ON h.device_id = sp.device_id
-     AND h.bucket > sp.s - INTERVAL '1 hour' AND h.bucket < sp.e
+    SELECT e.id, h.bucket, 0, h.events, h.faults
+    FROM edges e JOIN events_hourly h
+      ON h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
+),
+per_edges AS (
+    SELECT h.id, sum(h.measurements) AS measurements, sum(h.events) AS events,
+           sum(h.faults) AS faults, bool_or(h.bucket > sp.quiet_after) AS heard_at_end
+    FROM edge_hours h JOIN spans_slot sp USING (id)
+    GROUP BY h.id
+),
+readings_days AS (
+    SELECT sp.id, sum(r.measurements) AS measurements,
+           sum({_day_slots_sql("r.heard", "sp.slot_hours")}) AS slots_heard,
+           bool_or({_heard_after_sql("r.heard", "r.day", "sp.quiet_after")})
+               FILTER (WHERE r.day > sp.quiet_after - INTERVAL '1 day') AS heard_at_end
+    FROM spans_slot sp JOIN readings_daily r
+      ON r.device_id = sp.device_id AND r.day >= sp.ds AND r.day < sp.de
+    WHERE r.day >= %(start)s AND r.day < %(end)s
+    GROUP BY sp.id
+),
+events_days AS (
+    SELECT sp.id, sum(v.events) AS events, sum(v.faults) AS faults,
+           sum({_day_slots_sql("(v.heard | coalesce(r.heard, 0))", "sp.slot_hours")}
+               - {_day_slots_sql("coalesce(r.heard, 0)", "sp.slot_hours")}) AS slots_heard,
+           bool_or({_heard_after_sql("v.heard", "v.day", "sp.quiet_after")})
+               FILTER (WHERE v.day > sp.quiet_after - INTERVAL '1 day') AS heard_at_end
+    FROM spans_slot sp JOIN events_daily v
+      ON v.device_id = sp.device_id AND v.day >= sp.ds AND v.day < sp.de
+    LEFT JOIN readings_daily r ON r.day = v.day AND r.device_id = v.device_id
+    WHERE v.day >= %(start)s AND v.day < %(end)s
+    GROUP BY sp.id
+),
+other_slots AS (   -- slots that do not divide a day: the spans' heard hours, one by one
+    SELECT h.id, h.bucket FROM edge_hours h
+    UNION ALL
+    SELECT sp.id, d.day + make_interval(hours => b.h)
+    FROM spans_slot sp
+    JOIN (SELECT day, device_id, heard FROM readings_daily
+          UNION ALL SELECT day, device_id, heard FROM events_daily) d
+      ON d.device_id = sp.device_id AND d.day >= sp.ds AND d.day < sp.de
+    CROSS JOIN generate_series(0, 23) AS b(h)
+    WHERE sp.slot_hours IS NULL AND d.heard & (1 << b.h) <> 0
+      AND d.day >= %(start)s AND d.day < %(end)s
+),
+slots_by_hour AS (  -- the distinct slots heard in edge hours (and in every hour, above)
+    SELECT x.id, count(*) AS slots_heard
+    FROM (SELECT DISTINCT h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
+                 sp.first_slot, sp.end_slot
+          FROM other_slots h JOIN spans_slot sp USING (id)) x
+    WHERE x.slot >= x.first_slot AND x.slot < x.end_slot
+    GROUP BY x.id
 ),
 per_span AS (
     SELECT sp.id, sp.device_id, extract(epoch FROM sp.e - sp.s) AS deployed_s,
-           coalesce(sum(h.measurements), 0) AS measurements,
-           coalesce(sum(h.events), 0) AS events,
-           coalesce(sum(h.faults), 0) AS faults,
+           coalesce(pe.measurements, 0) + coalesce(rd.measurements, 0) AS measurements,
+           coalesce(pe.events, 0) + coalesce(ed.events, 0) AS events,
+           coalesce(pe.faults, 0) + coalesce(ed.faults, 0) AS faults,
            greatest(sp.end_slot - sp.first_slot, 0) AS slots,
-           count(DISTINCT floor(extract(epoch FROM h.bucket) / sp.slot_s))
-               FILTER (WHERE h.readings + h.events > 0
-                       AND floor(extract(epoch FROM h.bucket) / sp.slot_s)
-                           >= sp.first_slot
-                       AND floor(extract(epoch FROM h.bucket) / sp.slot_s) < sp.end_slot)
-               AS slots_heard,
+           coalesce(rd.slots_heard, 0) + coalesce(ed.slots_heard, 0)
+               + coalesce(sh.slots_heard, 0) AS slots_heard,
            -- still with the citizen at the end, for a slot or more, and nothing in the
            -- last slot's hours
-           CASE WHEN sp.e < %(end)s OR sp.slot_s IS NULL
-                     OR sp.e - sp.s < make_interval(secs => sp.slot_s) THEN NULL
-                ELSE NOT bool_or(h.readings + h.events > 0 AND h.bucket
-                                 > sp.e - make_interval(secs => sp.slot_s) - INTERVAL '1 hour')
-                     IS TRUE END AS silent_at_end,
-           sp.slot_s IS NOT NULL AS in_catalogue
-    FROM spans_slot sp LEFT JOIN hours h ON h.id = sp.id
-    GROUP BY sp.id, sp.device_id, sp.s, sp.e, sp.slot_s, sp.first_slot, sp.end_slot
+           CASE WHEN sp.e < %(end)s OR sp.e - sp.s < make_interval(secs => sp.slot_s)
+                THEN NULL
+                ELSE NOT (pe.heard_at_end IS TRUE OR rd.heard_at_end IS TRUE
+                          OR ed.heard_at_end IS TRUE) END AS silent_at_end,
+           sp.in_catalogue
+    FROM spans_slot sp
+    LEFT JOIN per_edges pe USING (id)
+    LEFT JOIN readings_days rd USING (id)
+    LEFT JOIN events_days ed USING (id)
+    LEFT JOIN slots_by_hour sh USING (id)
 ),
 bad AS (
     SELECT sp.device_id, count(*) AS bad
@@ -115,6 +206,13 @@ PER_DEVICE_COLUMNS = ["device_id", "vendor", "model", "type", "deployed_s", "mea
                       "in_catalogue", "battery", "msgs_lost_lifetime"]
 
 
+def day_slot_hours(heartbeat_s: int) -> int | None:
+    """The model's slot in whole hours, if that divides a day (None: it does not)."""
+    slot_s = max(heartbeat_s, HOUR_S)
+    hours, rest = divmod(slot_s, HOUR_S)
+    return hours if rest == 0 and hours in DAY_SLOT_HOURS else None
+
+
 @dataclass(frozen=True)
 class Period:
     start: float          # epoch seconds, device time, from
@@ -131,6 +229,7 @@ def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period) -
         "municipality": period.municipality,
         "vendors": [m.vendor for m in models], "models": [m.model for m in models],
         "heartbeats": [float(m.heartbeat_s) for m in models],
+        "slot_hours": [day_slot_hours(m.heartbeat_s) for m in models],
     }).fetchall()
     return pd.DataFrame(rows, columns=PER_DEVICE_COLUMNS)
 
