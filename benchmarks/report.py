@@ -1,0 +1,217 @@
+"""The vendor report's per-device query over a year: days and edge hours (0022) against the
+hours alone (0019's query, as on `--baseline-rev`).
+
+    .venv/bin/python -m benchmarks.report --devices 1000 --baseline      # both, same figures
+    .venv/bin/python -m benchmarks.report --devices 100000 --days-only   # a year at full size
+
+A synthetic fleet in a fresh plain database: 80 % of devices with hourly slots (heard in
+~95 % of hours), 18 % daily (3 hours a day), 1 % each a 2-hour and a 5-hour slot (the
+latter counted hour by hour); an event in ~2 % of hours; a battery level a week. Every
+device is with a citizen from before the period; 10 % move once in it (a stay that ends,
+another that starts days later, at odd hours). The period ends at 13:30, as a report run
+"until now" does. With --baseline the hourly tables hold every hour and the daily ones are
+made from them (as 0022 does); --days-only writes the days directly, and hours only where
+the report reads them (a stay's partial days), so a year at 100,000 devices builds in
+minutes. Prints the medians, the ratio, and whether both queries gave the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+from benchmarks.suite import fresh_database
+
+from vagt.app.device_hours import DAY, HOUR_BIT
+from vagt.devices import report
+from vagt.devices.catalogue import Catalogue, Model, load_catalogue
+
+START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2026, 1, 1, 13, 30, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[1]
+
+# (vendor, model, share of devices, share of hours heard); the last two are not in the
+# shipped catalogue: slots of 2 and 5 hours
+FLEET = [("Evondos", "E300", 0.5, 0.95), ("Tunstall", "Lifeline Vi+", 0.3, 0.95),
+         ("A&D", "UA-651BLE", 0.18, 3 / 24), ("Bench", "Two-hourly", 0.01, 0.5),
+         ("Bench", "Five-hourly", 0.01, 0.5)]
+
+
+def catalogue() -> Catalogue:
+    extra = [Model("Bench", "Two-hourly", "scale", 7200, "aa", ()),
+             Model("Bench", "Five-hourly", "scale", 18000, "aa", ())]
+    return Catalogue([*load_catalogue(), *extra], "benchmark")
+
+
+def _fleet(conn: psycopg.Connection, devices: int) -> None:
+    rows, i = [], 0
+    for vendor, model, share, p in FLEET:
+        for _ in range(max(1, round(devices * share))):
+            rows.append((f"b-{i:06d}", vendor, model, p))
+            i += 1
+    conn.execute("CREATE TABLE bench_devices (device_id text, vendor text, model text, "
+                 "p float8, moved bool)")
+    with conn.cursor().copy("COPY bench_devices (device_id, vendor, model, p, moved) "
+                            "FROM STDIN") as copy:
+        for n, (d, v, m, p) in enumerate(rows):
+            copy.write_row((d, v, m, p, n % 10 == 3))
+    conn.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+                 "SELECT device_id, vendor, model, 'scale', 'Aarhus', 'deployed' "
+                 "FROM bench_devices")
+    # the first stay from before the period; a moved device's ends at an odd hour and the
+    # next begins 1-3 days and some hours later
+    conn.execute("""
+        CREATE TABLE bench_moves AS
+        SELECT device_id,
+               %(start)s::timestamptz + make_interval(days => 20 + (hashtext(device_id) & 255),
+                                                      hours => hashtext(device_id) & 15,
+                                                      mins => 17) AS until
+        FROM bench_devices WHERE moved""", {"start": START})
+    conn.execute("""
+        INSERT INTO device_assignments (device_id, citizen_ref, municipality, since, until)
+        SELECT b.device_id, 'cit-' || b.device_id, 'Aarhus',
+               %(start)s::timestamptz - INTERVAL '100 days', m.until
+        FROM bench_devices b LEFT JOIN bench_moves m USING (device_id)""", {"start": START})
+    conn.execute("""
+        INSERT INTO device_assignments (device_id, citizen_ref, municipality, since)
+        SELECT device_id, 'cit2-' || device_id, 'Skive',
+               until + make_interval(days => 1 + (hashtext(device_id) & 1), hours => 7)
+        FROM bench_moves""")
+    conn.execute("""
+        INSERT INTO readings (time, device_id, metric, value, unit, received_at)
+        SELECT t, device_id, 'battery', 50 + (hashtext(device_id) & 31), '%%', t
+        FROM generate_series(%(start)s::timestamptz, %(end)s, INTERVAL '7 days') t
+        CROSS JOIN bench_devices""", {"start": START, "end": END})
+
+
+# hours (t) of devices (b) drawn from {source}
+_HOURS = ["""INSERT INTO readings_hourly (bucket, device_id, readings, measurements)
+SELECT t, b.device_id, 2, 1 FROM {source} WHERE random() < b.p""",
+          """INSERT INTO events_hourly (bucket, device_id, events, faults)
+SELECT t, b.device_id, 1, (random() < 0.1)::int FROM {source} WHERE random() < 0.02"""]
+
+
+def _hours(conn: psycopg.Connection, source: str, params: dict[str, Any] | None) -> None:
+    for sql in _HOURS:
+        conn.execute(sql.format(source=source), params)
+_EVERY_DEVICE = """generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - INTERVAL '1 hour',
+                     INTERVAL '1 hour') t CROSS JOIN bench_devices b"""
+# a moved device's day of leaving and the three after (the next stay begins in them)
+_MOVED = """bench_moves m JOIN bench_devices b USING (device_id)
+CROSS JOIN LATERAL generate_series(date_trunc('day', m.until, 'UTC'),
+    date_trunc('day', m.until, 'UTC') + INTERVAL '4 days' - INTERVAL '1 hour',
+    INTERVAL '1 hour') t"""
+
+
+def _all_hours(conn: psycopg.Connection) -> None:
+    """Every hour of the period in the hourly tables, the days made from them as 0022 does."""
+    _hours(conn, _EVERY_DEVICE, {"lo": START, "hi": END})
+    conn.execute(f"INSERT INTO readings_daily SELECT {DAY}, device_id, sum(measurements), "
+                 f"bit_or({HOUR_BIT}) FROM readings_hourly GROUP BY 1, 2")
+    conn.execute(f"INSERT INTO events_daily SELECT {DAY}, device_id, sum(events), "
+                 f"sum(faults), bit_or({HOUR_BIT}) FROM events_hourly GROUP BY 1, 2")
+
+
+def _days_and_edges(conn: psycopg.Connection) -> None:
+    """The period's days written directly (hour masks drawn like the hours), and hours only
+    for the partial days a report of the period reads: the last, and a move's."""
+    days = {"lo": START, "hi": END.replace(hour=0, minute=0)}
+    conn.execute("""
+        INSERT INTO readings_daily (day, device_id, measurements, heard)
+        SELECT day, b.device_id, 20, m.heard
+        FROM generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - INTERVAL '1 day',
+                             INTERVAL '1 day') day
+        CROSS JOIN bench_devices b
+        CROSS JOIN LATERAL (SELECT bit_or(1 << h) AS heard FROM generate_series(0, 23) h
+                            WHERE random() < b.p) m
+        WHERE m.heard IS NOT NULL""", days)
+    conn.execute("""
+        INSERT INTO events_daily (day, device_id, events, faults, heard)
+        SELECT day, b.device_id, 1, (random() < 0.1)::int, 1 << floor(random() * 24)::int
+        FROM generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - INTERVAL '1 day',
+                             INTERVAL '1 day') day
+        CROSS JOIN bench_devices b
+        WHERE random() < 0.4""", days)
+    _hours(conn, _EVERY_DEVICE, {"lo": days["hi"], "hi": END})
+    _hours(conn, _MOVED, None)
+
+
+def _baseline_query(rev: str) -> str:
+    source = subprocess.run(["git", "show", f"{rev}:src/vagt/devices/report.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    found = re.search(r'^_PER_DEVICE = """(.*?)"""', source, flags=re.S | re.M)
+    if found is None:
+        raise SystemExit(f"no _PER_DEVICE query in src/vagt/devices/report.py at {rev}")
+    return found.group(1)
+
+
+def _params(cat: Catalogue) -> dict[str, Any]:
+    models = list(cat)
+    return {"start": START, "end": END, "municipality": None,
+            "vendors": [m.vendor for m in models], "models": [m.model for m in models],
+            "heartbeats": [float(m.heartbeat_s) for m in models],
+            "slot_hours": [report.day_slot_hours(m.heartbeat_s) for m in models]}
+
+
+def _timed(conn: psycopg.Connection, query: str, params: dict[str, Any],
+           repeat: int) -> tuple[float, pd.DataFrame]:
+    times, rows = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        rows = conn.execute(query, params).fetchall()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), pd.DataFrame(rows, columns=report.PER_DEVICE_COLUMNS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", action="store_true", help="also 0019's query, hours only")
+    ap.add_argument("--baseline-rev", default="main")
+    ap.add_argument("--days-only", action="store_true",
+                    help="write days directly and hours only at stays' edges")
+    args = ap.parse_args()
+    if args.baseline and args.days_only:
+        raise SystemExit("--baseline needs every hour: leave out --days-only")
+    url = fresh_database()
+    print(f"database {url}")
+    cat = catalogue()
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        _fleet(conn, args.devices)
+        (_days_and_edges if args.days_only else _all_hours)(conn)
+        conn.execute("VACUUM ANALYZE")
+        sizes = dict(conn.execute(
+            "SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN "
+            "('readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
+            "'readings', 'device_assignments')").fetchall())
+    print(f"built in {time.perf_counter() - t0:.0f} s: "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(sizes.items())))
+    params = _params(cat)
+    with psycopg.connect(url) as conn:
+        after, new = _timed(conn, report._PER_DEVICE, params, args.repeat)
+        print(f"days + edge hours: median {after:.2f} s of {args.repeat}, "
+              f"{len(new):,} devices, {sizes['readings_daily']:,} reading-days")
+        if args.baseline:
+            before, old = _timed(conn, _baseline_query(args.baseline_rev), params, args.repeat)
+            print(f"hours only ({args.baseline_rev}): median {before:.2f} s of {args.repeat}, "
+                  f"{sizes['readings_hourly']:,} reading-hours")
+            print(f"ratio: {before / after:.1f}x faster")
+            cols = [c for c in report.PER_DEVICE_COLUMNS if c != "in_catalogue"]
+            same = old[cols].fillna(-1).equals(new[cols].fillna(-1))
+            print(f"same per-device figures: {same}")
+            for vendor, rows in report.summary(new, "vendor").groupby("vendor"):
+                print(f"  {vendor}: heard_share {float(rows['heard_share'].iloc[0]):.4f}")
+
+
+if __name__ == "__main__":
+    main()
