@@ -64,7 +64,7 @@ WITH spans AS (
     WHERE a.since < %(end)s AND coalesce(a.until, 'infinity') > %(start)s
       AND (%(municipality)s::text IS NULL OR a.municipality = %(municipality)s::text)
 ),
-spans_slot AS NOT MATERIALIZED (
+spans_slot AS MATERIALIZED (   -- computed once: the joins below compare its columns
     -- the expected-contact slot: the model's heartbeat, at least an hour (a model not in the
     -- catalogue: an hour)
     SELECT sp.*, x.slot_s, c.vendor IS NOT NULL AS in_catalogue,
@@ -92,14 +92,19 @@ edges AS (      -- the hours of a span outside its whole days: before them, and 
         (greatest(sp.de, sp.ds), sp.e)) AS x(lo, hi)
     WHERE x.lo < x.hi
 ),
-edge_hours AS (
+edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: never a scan
+                 -- of the whole hourly table, whatever the planner guesses of the edges)
     SELECT e.id, h.bucket, h.measurements, 0::bigint AS events, 0::bigint AS faults
-    FROM edges e JOIN readings_hourly h
-      ON h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
+    FROM edges e CROSS JOIN LATERAL (
+        SELECT h.bucket, h.measurements FROM readings_hourly h
+        WHERE h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
+        OFFSET 0) h
     UNION ALL
     SELECT e.id, h.bucket, 0, h.events, h.faults
-    FROM edges e JOIN events_hourly h
-      ON h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
+    FROM edges e CROSS JOIN LATERAL (
+        SELECT h.bucket, h.events, h.faults FROM events_hourly h
+        WHERE h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
+        OFFSET 0) h
 ),
 per_edges AS (
     SELECT h.id, sum(h.measurements) AS measurements, sum(h.events) AS events,
