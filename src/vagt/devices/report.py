@@ -106,33 +106,31 @@ edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: n
         WHERE h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
         OFFSET 0) h
 ),
-per_edges AS (
-    SELECT h.id, sum(h.measurements) AS measurements, sum(h.events) AS events,
-           sum(h.faults) AS faults, bool_or(h.bucket > sp.quiet_after) AS heard_at_end
-    FROM edge_hours h JOIN spans_slot sp USING (id)
-    GROUP BY h.id
-),
+-- What each part of a span adds, one row each, summed per device below in one hash
+-- aggregate (no join between per-span aggregates: the planner cannot guess their sizes).
+-- `heard_at_end`: an hour with data in the last slot, counted only for the span that is
+-- checked for silence (with the citizen at the period's end; a device has one at most).
 readings_days AS (
-    SELECT sp.id, sum(r.measurements) AS measurements,
-           sum({_day_slots_sql("r.heard", "sp.slot_hours")}) AS slots_heard,
-           bool_or({_heard_after_sql("r.heard", "r.day", "sp.quiet_after")})
-               FILTER (WHERE r.day > sp.quiet_after - INTERVAL '1 day') AS heard_at_end
+    SELECT sp.device_id, r.measurements, 0::bigint AS events, 0::bigint AS faults,
+           {_day_slots_sql("r.heard", "sp.slot_hours")} AS slots_heard,
+           CASE WHEN sp.e >= %(end)s AND r.day > sp.quiet_after - INTERVAL '1 day'
+                THEN {_heard_after_sql("r.heard", "r.day", "sp.quiet_after")} END
+               AS heard_at_end
     FROM spans_slot sp JOIN readings_daily r
       ON r.device_id = sp.device_id AND r.day >= sp.ds AND r.day < sp.de
     WHERE r.day >= %(start)s AND r.day < %(end)s
-    GROUP BY sp.id
 ),
 events_days AS (
-    SELECT sp.id, sum(v.events) AS events, sum(v.faults) AS faults,
-           sum({_day_slots_sql("(v.heard | coalesce(r.heard, 0))", "sp.slot_hours")}
-               - {_day_slots_sql("coalesce(r.heard, 0)", "sp.slot_hours")}) AS slots_heard,
-           bool_or({_heard_after_sql("v.heard", "v.day", "sp.quiet_after")})
-               FILTER (WHERE v.day > sp.quiet_after - INTERVAL '1 day') AS heard_at_end
+    SELECT sp.device_id, 0::bigint AS measurements, v.events, v.faults,
+           {_day_slots_sql("(v.heard | coalesce(r.heard, 0))", "sp.slot_hours")}
+               - {_day_slots_sql("coalesce(r.heard, 0)", "sp.slot_hours")} AS slots_heard,
+           CASE WHEN sp.e >= %(end)s AND v.day > sp.quiet_after - INTERVAL '1 day'
+                THEN {_heard_after_sql("v.heard", "v.day", "sp.quiet_after")} END
+               AS heard_at_end
     FROM spans_slot sp JOIN events_daily v
       ON v.device_id = sp.device_id AND v.day >= sp.ds AND v.day < sp.de
     LEFT JOIN readings_daily r ON r.day = v.day AND r.device_id = v.device_id
     WHERE v.day >= %(start)s AND v.day < %(end)s
-    GROUP BY sp.id
 ),
 other_slots AS (   -- slots that do not divide a day: the spans' heard hours, one by one
     SELECT h.id, h.bucket FROM edge_hours h
@@ -147,33 +145,42 @@ other_slots AS (   -- slots that do not divide a day: the spans' heard hours, on
       AND d.day >= %(start)s AND d.day < %(end)s
 ),
 slots_by_hour AS (  -- the distinct slots heard in edge hours (and in every hour, above)
-    SELECT x.id, count(*) AS slots_heard
-    FROM (SELECT DISTINCT h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
-                 sp.first_slot, sp.end_slot
-          FROM other_slots h JOIN spans_slot sp USING (id)) x
-    WHERE x.slot >= x.first_slot AND x.slot < x.end_slot
-    GROUP BY x.id
+    SELECT DISTINCT sp.device_id, h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
+           sp.first_slot, sp.end_slot
+    FROM other_slots h JOIN spans_slot sp USING (id)
 ),
-per_span AS (
-    SELECT sp.id, sp.device_id, extract(epoch FROM sp.e - sp.s) AS deployed_s,
-           coalesce(pe.measurements, 0) + coalesce(rd.measurements, 0) AS measurements,
-           coalesce(pe.events, 0) + coalesce(ed.events, 0) AS events,
-           coalesce(pe.faults, 0) + coalesce(ed.faults, 0) AS faults,
-           greatest(sp.end_slot - sp.first_slot, 0) AS slots,
-           coalesce(rd.slots_heard, 0) + coalesce(ed.slots_heard, 0)
-               + coalesce(sh.slots_heard, 0) AS slots_heard,
-           -- still with the citizen at the end, for a slot or more, and nothing in the
-           -- last slot's hours
-           CASE WHEN sp.e < %(end)s OR sp.e - sp.s < make_interval(secs => sp.slot_s)
-                THEN NULL
-                ELSE NOT (pe.heard_at_end IS TRUE OR rd.heard_at_end IS TRUE
-                          OR ed.heard_at_end IS TRUE) END AS silent_at_end,
-           sp.in_catalogue
-    FROM spans_slot sp
-    LEFT JOIN per_edges pe USING (id)
-    LEFT JOIN readings_days rd USING (id)
-    LEFT JOIN events_days ed USING (id)
-    LEFT JOIN slots_by_hour sh USING (id)
+parts AS (
+    SELECT device_id, extract(epoch FROM e - s) AS deployed_s, 0::bigint AS measurements,
+           0::bigint AS events, 0::bigint AS faults,
+           greatest(end_slot - first_slot, 0) AS slots, 0::bigint AS slots_heard,
+           -- still with the citizen at the end, for a slot or more: checked for silence
+           e >= %(end)s AND e - s >= make_interval(secs => slot_s) AS checked,
+           NULL::boolean AS heard_at_end, in_catalogue
+    FROM spans_slot
+    UNION ALL
+    SELECT sp.device_id, 0, h.measurements, h.events, h.faults, 0, 0, NULL,
+           CASE WHEN sp.e >= %(end)s THEN h.bucket > sp.quiet_after END, NULL
+    FROM edge_hours h JOIN spans_slot sp USING (id)
+    UNION ALL
+    SELECT device_id, 0, measurements, events, faults, 0, slots_heard, NULL, heard_at_end, NULL
+    FROM readings_days
+    UNION ALL
+    SELECT device_id, 0, measurements, events, faults, 0, slots_heard, NULL, heard_at_end, NULL
+    FROM events_days
+    UNION ALL
+    SELECT device_id, 0, 0, 0, 0, 0, 1, NULL, NULL, NULL
+    FROM slots_by_hour WHERE slot >= first_slot AND slot < end_slot
+),
+per_device AS (
+    SELECT device_id, sum(deployed_s) AS deployed_s, sum(measurements) AS measurements,
+           sum(events) AS events, sum(faults) AS faults, sum(slots) AS slots,
+           sum(slots_heard) AS slots_heard,
+           -- nothing in the last slot's hours
+           CASE WHEN bool_or(checked) THEN NOT bool_or(heard_at_end) IS TRUE END
+               AS silent_at_end,
+           bool_or(in_catalogue) AS in_catalogue
+    FROM parts
+    GROUP BY device_id
 ),
 bad AS (
     SELECT sp.device_id, count(*) AS bad
@@ -195,14 +202,12 @@ battery AS (      -- the last battery level each device reported with a citizen
     ORDER BY sp.device_id, last.time DESC
 )
 SELECT d.device_id, d.vendor, d.model, d.type,
-       sum(p.deployed_s)::float8, sum(p.measurements)::int8, sum(p.events)::int8,
-       sum(p.faults)::int8, coalesce(max(bad.bad), 0)::int8,
-       sum(p.slots)::int8, sum(p.slots_heard)::int8, bool_or(p.silent_at_end),
-       bool_or(p.in_catalogue), max(battery.battery)::float8, d.seq_gaps
-FROM per_span p JOIN devices d USING (device_id)
+       p.deployed_s::float8, p.measurements::int8, p.events::int8, p.faults::int8,
+       coalesce(bad.bad, 0)::int8, p.slots::int8, p.slots_heard::int8, p.silent_at_end,
+       p.in_catalogue, battery.battery::float8, d.seq_gaps
+FROM per_device p JOIN devices d USING (device_id)
 LEFT JOIN bad USING (device_id)
 LEFT JOIN battery USING (device_id)
-GROUP BY d.device_id
 ORDER BY d.device_id
 """
 
