@@ -145,9 +145,10 @@ other_slots AS (   -- slots that do not divide a day: the spans' heard hours, on
       AND d.day >= %(start)s AND d.day < %(end)s
 ),
 slots_by_hour AS (  -- the distinct slots heard in edge hours (and in every hour, above)
-    SELECT DISTINCT sp.device_id, h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
+    SELECT sp.device_id, h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
            sp.first_slot, sp.end_slot
     FROM other_slots h JOIN spans_slot sp USING (id)
+    GROUP BY 1, 2, 3, 4, 5          -- each distinct slot once (a hash, not a sort)
 ),
 parts AS (
     SELECT device_id, extract(epoch FROM e - s) AS deployed_s, 0::bigint AS measurements,

@@ -8,12 +8,14 @@
 -- The same names and columns as the .timescale flavour's hierarchical continuous
 -- aggregates. Kept by `vagt.app.device_hours.refresh` in the transaction that adds the new
 -- rows to the hourly tables, from the hours it adds: counts are added, masks OR-ed.
+-- Keyed by device first, as TimescaleDB's group index on the aggregates: an events day
+-- finds its readings day, and a stay its days, by key.
 CREATE TABLE readings_daily (
     day           timestamptz NOT NULL,   -- 00:00 UTC, by device time
     device_id     text NOT NULL,
     measurements  bigint NOT NULL,
     heard         integer NOT NULL,       -- bit h: a reading in hour h of the day (UTC)
-    PRIMARY KEY (day, device_id)
+    PRIMARY KEY (device_id, day)
 );
 
 CREATE TABLE events_daily (
@@ -22,7 +24,7 @@ CREATE TABLE events_daily (
     events     bigint NOT NULL,
     faults     bigint NOT NULL,
     heard      integer NOT NULL,          -- bit h: an event in hour h of the day (UTC)
-    PRIMARY KEY (day, device_id)
+    PRIMARY KEY (device_id, day)
 );
 
 -- A refresh running now must not add hours these backfills do not see (the lock is the
