@@ -488,7 +488,7 @@ def test_a_device_time_is_read_as_the_database_keeps_it_to_the_microsecond(datab
 
 def test_an_alert_of_a_rule_that_clears_after_a_time_is_not_cleared_from_under_its_operator(
         database_url):
-    """`dispenser_jam` clears 12 hours after the last fault event (`clear_after`): no news,
+    """`device_fault` clears 12 hours after the last fault event (`clear_after`): no news,
     not news that the fault is mended. An operator holding the alert (arranging a technician,
     say) resolves it; one nobody took is resolved, saying why."""
     from vagt.alerts import acknowledge, claim
@@ -509,6 +509,6 @@ def test_an_alert_of_a_rule_that_clears_after_a_time_is_not_cleared_from_under_i
     assert query(database_url, "SELECT device_id, status, resolved_by, note FROM alerts "
                                "ORDER BY id") == [
         ("OXI-0001", "acknowledged", None, "technician booked for tomorrow"),
-        ("OXI-0002", "resolved", "rule:dispenser_jam",
+        ("OXI-0002", "resolved", "rule:device_fault",
          "cleared: no new event for 12 h (the rule's clear_after), which is not a sign that it "
          "ended")]
