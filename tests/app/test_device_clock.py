@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 from tests.app.conftest import query, register
 from tests.app.test_shared_rule_state import DISPENSER, Process
 
@@ -89,4 +90,52 @@ def test_a_dispenser_whose_clock_is_behind_misses_a_dose_its_window_after_it_was
     assert alerts(database_url) == []
     p.tick(NOW + 1800 + 61)
     assert ("missed_dose", "DSP-0001") in alerts(database_url)
+    p.close()
+
+
+YEAR_2000 = 946_684_800.0   # where a device that lost power may start its clock again
+
+
+def test_a_device_talking_with_its_clock_years_behind_is_named_to_the_service_centre(
+        database_url):
+    register(database_url, [GATEWAY])
+    p = Process(database_url, None)
+    for k in range(5):   # a heartbeat every 5 minutes, dated from 2000-01-01 on
+        at = NOW - 1200 + 300 * k
+        p.batch([heard("GWY-0001", YEAR_2000 + 300 * k, at)])
+        sweep(p, at + 5)
+        # behind since the first sweep: named once it has been for 15 minutes
+        assert bool(alerts(database_url)) == (k >= 3)
+    [(queue, summary, status)] = query(
+        database_url, "SELECT queue, summary, status FROM alerts")
+    assert (queue, status) == ("technical", "open")
+    years = round((NOW - YEAR_2000) / 3600)
+    assert summary.startswith(f"the clock of GWY-0001 is {years - 1}") or \
+        summary.startswith(f"the clock of GWY-0001 is {years}")
+    assert summary.endswith("h behind ours: its readings are dated wrong; set its clock")
+    p.batch([heard("GWY-0001", NOW + 60, NOW + 60)])   # its clock is set
+    sweep(p, NOW + 65)
+    assert query(database_url, "SELECT rule, status, resolved_by FROM alerts") == [
+        ("device_clock_wrong", "resolved", "rule:device_clock_wrong")]
+    p.close()
+
+
+def test_a_device_flushing_hours_of_buffered_messages_is_not_taken_for_a_wrong_clock(
+        database_url):
+    """After a network outage the oldest come first: between two batches of the flush the
+    device seems hours behind, until its live messages come."""
+    register(database_url, [GATEWAY])
+    p = Process(database_url, None)
+    back = NOW - 3000            # when it came back (device times may not pass ours)
+    buffered = [back - 6 * 3600 + 300 * k for k in range(72)]
+    p.batch([heard("GWY-0001", t, back) for t in buffered[:36]])
+    sweep(p, back + 5)
+    p.batch([heard("GWY-0001", t, back + 10) for t in buffered[36:]] +
+            [heard("GWY-0001", back + 10, back + 10)])
+    for k in range(1, 6):
+        p.batch([heard("GWY-0001", back + 300 * k, back + 300 * k)])
+        sweep(p, back + 300 * k + 5)
+    assert alerts(database_url) == []
+    assert query(database_url, "SELECT extract(epoch FROM last_heard)::float8 FROM devices") \
+        == [(pytest.approx(back + 1500, abs=1e-3),)]   # every heartbeat was taken
     p.close()

@@ -91,6 +91,13 @@ def test_the_absence_sweep_opens_an_alert_for_a_silent_device_and_its_message_cl
              what="the alert to clear")
 
 
+def heartbeat_now(broker: Broker, root: str, device_id: str) -> None:
+    """A status dated now: the device's clock is right. (A device heard only with an old
+    message may as well have a clock that far behind: its deadlines wait on its clock.)"""
+    publish(broker.port, [(topic(root, device_id, "status"), orjson.dumps(
+        {"time": time.time(), "status": {"battery": 80}}))])
+
+
 def test_a_dose_due_and_never_taken_opens_a_missed_dose_alert_by_the_timer(
         engine, broker, database_url, topic_root, tmp_path):
     register(database_url, DEVICES)
@@ -100,6 +107,7 @@ def test_a_dose_due_and_never_taken_opens_a_missed_dose_alert_by_the_timer(
     due = NOW - 3 * 3600
     publish(broker.port, [(topic(topic_root, "DSP-0001", "telemetry"), orjson.dumps(
         {"time": due, "events": [{"code": "dose.due"}]}))])
+    heartbeat_now(broker, topic_root, "DSP-0001")
     alert = wait_for(lambda: query(
         database_url, "SELECT rule, queue, extract(epoch FROM opened_at)::float8 FROM alerts"),
         what="the missed dose")
@@ -147,6 +155,7 @@ def test_a_rules_file_saved_in_latin_1_is_refused_on_sighup_and_the_timer_goes_o
     assert f"{path}: not UTF-8 text" in engine.log()
     publish(broker.port, [(topic(topic_root, "DSP-0001", "telemetry"), orjson.dumps(
         {"time": NOW - 3 * 3600, "events": [{"code": "dose.due"}]}))])
+    heartbeat_now(broker, topic_root, "DSP-0001")
     wait_for(lambda: query(database_url, "SELECT rule FROM alerts") == [("missed_dose",)],
              what="the timer's missed dose after the refused reload")
     assert "event=thread_crashed" not in engine.log()

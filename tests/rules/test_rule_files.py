@@ -67,7 +67,8 @@ def test_invalid_toml_is_refused_naming_the_file(tmp_path):
 def test_every_kind_of_the_default_rules_loads_with_its_filters():
     rules = {r.name: r for r in load_rules(None)}
     assert {r.kind for r in rules.values()} == {"threshold", "validity", "stuck", "event",
-                                                "absence", "sequence", "rate", "flapping"}
+                                                "absence", "sequence", "rate", "flapping",
+                                                "clock"}
     assert rules["spo2_low_sustained"].for_s == 600 and rules["spo2_low"].for_s == 0
     assert rules["spo2_low"].types == ("pulse_oximeter",)
     assert rules["weight_gain"].window_s == 3 * 86400
@@ -149,3 +150,13 @@ def test_a_rule_without_max_gap_keeps_the_definition_hash_its_stored_state_is_un
     assert definition_hash(low.definition) == "15ff5b721b1e"
     with_gap = dataclasses.replace(low, max_gap_s=120.0)
     assert with_gap.definition != low.definition   # a reload starts it afresh
+
+
+def test_a_clock_rule_takes_its_skew_and_time_and_refuses_a_skew_a_drift_would_reach(tmp_path):
+    rule = '[[rule]]\nname = "c"\nkind = "clock"\n'
+    (c,) = load_rules(write(tmp_path, rule))
+    assert (c.max_skew_s, c.for_s) == (3600.0, 900.0)
+    (c,) = load_rules(write(tmp_path, rule + 'max_skew = "6h"\nfor = "1h"\n'))
+    assert (c.max_skew_s, c.for_s) == (6 * 3600.0, 3600.0)
+    with pytest.raises(RuleConfigError, match=r"'max_skew' of rule 'c' .* at least 10 minutes"):
+        load_rules(write(tmp_path, rule + 'max_skew = "5m"\n'))

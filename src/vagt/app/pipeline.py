@@ -34,6 +34,7 @@ from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.topics import TopicError, parser_for
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
+from vagt.rules.engine import SWEPT
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -319,8 +320,8 @@ class Pipeline:
         self.shared.refresh(conn)  # deadlines other processes set
         behind = self.fleet.clock_behind()   # deadlines are judged on each device's clock
         self.record(conn, self.shared.evaluate(conn, lambda: self.rules.tick(now, behind)), out)
-        if sweep and any(r.kind == "absence" for r in self.rules.rules):
-            names = [r.name for r in self.rules.rules if r.kind == "absence"]
+        if sweep and any(r.kind in SWEPT for r in self.rules.rules):
+            names = [r.name for r in self.rules.rules if r.kind in SWEPT]
             opened = rule_queries.open_rule_alerts(conn, names)
             idx = self.fleet.lookup([d for _, d, _ in opened])
             open_pairs = [(name, int(i)) for (name, _, _), i in zip(opened, idx) if i >= 0]

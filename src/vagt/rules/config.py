@@ -1,7 +1,7 @@
 """Rule files in TOML: loading and validation, with errors that name the file, rule and field.
 
 A file holds `[[rule]]` tables. Each rule has a kind (threshold, validity, stuck, event,
-absence, sequence, rate, flapping), says what it applies to (device types, models,
+absence, sequence, rate, flapping, clock), says what it applies to (device types, models,
 municipalities; a metric or event codes), its severity and the labels routing uses.
 Rules know nothing of MQTT or SQL.
 """
@@ -34,6 +34,7 @@ _KIND_FIELDS = {
     "sequence": {"first", "then", "within"},
     "rate": {"metric", "window", "rise", "fall"},
     "flapping": {"codes", "count", "window", "stable"},
+    "clock": {"max_skew", "for"},
 }
 _SUMMARIES = {
     "threshold": "{metric} is {value} on {device_id}",
@@ -44,6 +45,7 @@ _SUMMARIES = {
     "sequence": "{code} on {device_id} was not followed in time",
     "rate": "{metric} on {device_id} changed by {value} within the window",
     "flapping": "{device_id} keeps reporting {code}",
+    "clock": "the clock of {device_id} is {value:.0f} h behind ours",
 }
 
 
@@ -92,6 +94,8 @@ class Rule:
     rise: float | None = None      # rate: fires when the value rose this much in the window
     fall: float | None = None      # rate: ... or fell this much
     stable_s: float = 0.0          # flapping: quiet this long and it clears
+    # clock: a device time further behind ours is wrong (out of the repr, as max_gap_s)
+    max_skew_s: float = field(default=3600.0, repr=False)
     source: str = ""               # the file it came from
 
     def matches_code(self, code: str) -> bool:
@@ -292,9 +296,22 @@ def _flapping(t: dict[str, Any], fail: Fail) -> dict[str, Any]:
                 stable_s=stable)
 
 
+def _clock(t: dict[str, Any], fail: Fail) -> dict[str, Any]:
+    max_skew = _duration(t, "max_skew", fail, 3600.0)
+    assert max_skew is not None
+    if max_skew < 600:
+        # the decoder lets a device run 5 minutes ahead; a few minutes behind is a clock that
+        # drifts, not one that is wrong, and a flush of buffered messages is behind too
+        raise fail("max_skew", f"must be at least 10 minutes, got {max_skew:g} s")
+    for_s = _duration(t, "for", fail, 900.0)
+    assert for_s is not None
+    return dict(max_skew_s=max_skew, for_s=for_s)
+
+
 _KIND_PARSERS: dict[str, Callable[[dict[str, Any], Fail], dict[str, Any]]] = {
     "threshold": _threshold, "validity": _validity, "stuck": _stuck, "event": _event,
     "absence": _absence, "sequence": _sequence, "rate": _rate, "flapping": _flapping,
+    "clock": _clock,
 }
 
 

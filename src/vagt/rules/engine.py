@@ -32,6 +32,7 @@ from vagt.rules._columns import F64, I64, Bools, Transitions
 from vagt.rules.config import Rule
 from vagt.rules.kinds import (
     absence,
+    clock,
     event,
     flapping,
     rate,
@@ -48,6 +49,9 @@ _EVALUATE = {
     "flapping": flapping.evaluate,
 }
 _TICK = {"event": event.tick, "sequence": sequence.tick, "flapping": flapping.tick}
+# The kinds the fleet-wide sweep judges (`RuleEngine.sweep_absence`), from what every engine
+# committed of each device's last message.
+SWEPT = ("absence", "clock")
 
 # Per kind, the arrays that only say which rows its rules have seen (`RuleState.watermarks`):
 # a batch that moves nothing else changes nothing they decide. Not flapping's `last_t`: its
@@ -211,7 +215,8 @@ class RuleEngine:
     def sweep_absence(self, now: float, last_seen: F64,
                       open_alerts: Iterable[tuple[str, int]],
                       last_heard: F64 | None = None) -> Evaluation:
-        """The fleet-wide absence sweep (one process at a time runs it).
+        """The fleet-wide sweep of the absence and clock rules (one process at a time runs
+        it).
 
         `last_seen` per device index (NaN: never heard), as committed by every process, the
         device time its alerts are dated by; `last_heard` when we heard it, by the clock
@@ -232,13 +237,17 @@ class RuleEngine:
                 open_by_rule.setdefault(name, []).append(d)
             deployed = np.asarray(self.fleet.status[:n], dtype=object) == "deployed"
             for i, rule in enumerate(rules):
-                if rule.kind != "absence":
+                if rule.kind not in SWEPT:
                     continue
                 is_open = np.zeros(n, dtype=bool)
                 is_open[[d for d in open_by_rule.get(rule.name, []) if 0 <= d < n]] = True
                 ctx.applies = self._applies[rule.name]
-                absence.sweep(i, rule, self._states[rule.name], ctx, now, seen, heard,
-                              self._heartbeat, deployed, is_open, ev.transitions)
+                if rule.kind == "absence":
+                    absence.sweep(i, rule, self._states[rule.name], ctx, now, seen, heard,
+                                  self._heartbeat, deployed, is_open, ev.transitions)
+                else:
+                    clock.sweep(i, rule, self._states[rule.name], ctx, now, seen, heard,
+                                deployed, is_open, ev.transitions)
             return ev
 
     def apply(self, ev: Evaluation, devices: I64 | None = None) -> None:
