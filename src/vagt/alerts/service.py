@@ -38,16 +38,21 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
                    observer: AlertObserver, mqtt_defaults: Mapping[str, object],
                    client_id: str, api: ApiSettings | None = None,
                    on_crash: Callable[[str], None] = lambda name: None,
-                   transaction_limit_s: float = 10.0) -> Iterator[None]:
+                   transaction_limit_s: float = 10.0,
+                   timer_limit_s: float = 120.0) -> Iterator[None]:
     """Run the timer, the delivery worker and (when `api` is given) the API until the block
     ends; `on_crash(name)` is called each time one of them fails and is started again.
-    `transaction_limit_s`: how long the timer's and the delivery's work may wait on the
-    database before its connection is cut (see `guarded_connection`)."""
+    How long their work may wait on the database before its connection is cut (see
+    `guarded_connection`): a delivery's statements `transaction_limit_s` (the alarm lane's;
+    the send's own timeout comes on top); a pass of the timer `timer_limit_s`, the bulk
+    lane's: it reconciles every open alert and may wait for rows a bulk batch holds, and a
+    pass cut short escalates nothing, so a short limit would stop escalations when load is
+    highest."""
     with pool.connection() as conn:
         targets = register_targets(conn, policy.delivery)
     stop = threading.Event()
     threads = [start_kept_running("alert-timer", Timer(pool, policy, clock, observer,
-                                                           transaction_limit_s).run,
+                                                           timer_limit_s).run,
                                   stop, on_crash)]
     senders = senders_for(policy.delivery, mqtt_defaults=mqtt_defaults, client_id=client_id)
     if senders:

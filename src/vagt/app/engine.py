@@ -585,7 +585,8 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
                                 api=ApiSettings(config.api_host, config.api_port)
                                 if config.api_port else None,
                                 on_crash=metrics.thread_crashed,
-                                transaction_limit_s=config.database.alarm_transaction_timeout_s):
+                                transaction_limit_s=config.database.alarm_transaction_timeout_s,
+                                timer_limit_s=config.database.transaction_timeout_s):
                 _run_lanes(config, pool, pipeline, metrics, stop, catching_up, specs)
         finally:
             timer_thread.join(timeout=10)

@@ -88,10 +88,12 @@ def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
     state began instead if that is later: a device given to another citizen is silent from
     its deployment on, not from its last message to the citizen before (migration 0010).
     The absence sweep judges silence by the second: a device's clock may be wrong. NaN:
-    never heard (it may be on a shelf)."""
+    never heard (it may be on a shelf). Never before the first: an engine of the release
+    before migration 0020, sharing the subscription while the engines are upgraded one by
+    one, moves `last_seen` and not `last_heard`, and its devices would seem silent."""
     rows = conn.execute(
         "SELECT d.device_id, extract(epoch FROM greatest(d.last_seen, s.began))::float8, "
-        "extract(epoch FROM greatest(coalesce(d.last_heard, d.last_seen), s.began))::float8 "
+        "extract(epoch FROM greatest(d.last_heard, d.last_seen, s.began))::float8 "
         "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
         "WHERE d.last_seen IS NOT NULL").fetchall()
     seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)

@@ -278,11 +278,15 @@ class Fleet:
                 self.firmware_at[k] = np.fmax(self.firmware_at[k], at)
 
     def clock_behind(self) -> F64:
-        """Per device: how far its clock is behind ours, in seconds (negative: ahead; NaN:
-        never heard): when we last heard it less the device time of its latest message. A
-        late message of old device time makes it look further behind until the next."""
+        """Per device: how far its clock is behind ours, in seconds (NaN: never heard): when
+        we last heard it less the device time of its latest message. A late message of old
+        device time makes it look further behind until the next. Never less than 0: a clock
+        a little ahead (the decoder allows 5 minutes) is taken as right, and so is a
+        `last_heard` that an engine of the release before migration 0020 left behind
+        `last_seen` (a deadline judged ahead of time would call a dose missed early)."""
         with self.lock:
-            return self.last_heard - self.last_seen
+            with np.errstate(invalid="ignore"):
+                return np.maximum(self.last_heard - self.last_seen, 0.0)
 
     def status_in(self, idx: I64, statuses: Iterable[str]) -> Bools:
         """Per index in `idx`: whether that device's lifecycle status is one of `statuses`."""

@@ -45,7 +45,7 @@ _SUMMARIES = {
     "sequence": "{code} on {device_id} was not followed in time",
     "rate": "{metric} on {device_id} changed by {value} within the window",
     "flapping": "{device_id} keeps reporting {code}",
-    "clock": "the clock of {device_id} is {value:.0f} h behind ours",
+    "clock": "{device_id} sends nothing dated within {value:.0f} h of when we hear it",
 }
 
 

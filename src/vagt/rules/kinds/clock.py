@@ -8,10 +8,14 @@ left out of the rules (`rule_state.without_last_citizens`). The service centre s
 clock; this rule tells it which device.
 
 Judged in the fleet-wide sweep (with the absence rules) from what every engine committed:
-how far the device time of its latest message (`last_seen`) lies behind when we heard it
-(`last_heard`). A device flushing hours of buffered messages after an outage is behind too
-until its next live message comes, within minutes: only a device behind for `for` (15
-minutes unless given) is taken for a wrong clock. A device silent is the absence rules'.
+how far the latest device time it has sent (`last_seen`) lies behind when we last heard it
+(`last_heard`). A late message looks the same: a flush of buffered messages after an
+outage, or a day's reading queued at the broker while the engine was down, is behind until
+the device's next message, which for a spot-check device comes the next day. So a device is
+taken for a wrong clock only if it was behind for `for` (15 minutes unless given) and was
+heard again meanwhile, still behind: a clock that is right dates that next message right.
+A clock that restarted at 2000-01-01 leaves `last_seen` at its last right time (the greatest
+is kept), so "behind" is then how long it has sent nothing dated near now.
 """
 
 from __future__ import annotations
@@ -32,15 +36,19 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
     with np.errstate(invalid="ignore"):
         behind = ctx.applies[:n] & deployed[:n] & (last_heard[:n] - last_seen[:n]
                                                    > rule.max_skew_s)
-    since = st.f64("behind_since", ctx.n, np.nan)
+    since = st.f64("behind_since", ctx.n, np.nan)         # by our clock
+    heard_then = st.f64("behind_heard", ctx.n, np.nan)    # its last_heard at that time
     started = np.flatnonzero(behind & np.isnan(since[:n])).astype(np.int64)
     ended = np.flatnonzero(~behind & ~np.isnan(since[:n])).astype(np.int64)
-    ctx.stage(st, started, behind_since=np.full(len(started), now))
-    ctx.stage(st, ended, behind_since=np.full(len(ended), np.nan))
-    began = since[:n].copy()
-    began[started] = now
+    ctx.stage(st, started, behind_since=np.full(len(started), now),
+              behind_heard=last_heard[started])
+    ctx.stage(st, ended, behind_since=np.full(len(ended), np.nan),
+              behind_heard=np.full(len(ended), np.nan))
+    began, first_heard = since[:n].copy(), heard_then[:n].copy()
+    began[started], first_heard[started] = now, last_heard[started]
     with np.errstate(invalid="ignore"):
-        fire = np.flatnonzero(behind & (now - began >= rule.for_s) & ~open_now[:n])
+        fire = np.flatnonzero(behind & (now - began >= rule.for_s)
+                              & (last_heard[:n] > first_heard) & ~open_now[:n])
     fire = fire.astype(np.int64)
     clear = np.flatnonzero(~behind & open_now[:n]).astype(np.int64)
     zeros = np.zeros(len(fire), dtype=np.int64)
