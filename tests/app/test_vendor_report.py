@@ -208,3 +208,58 @@ def test_the_aggregates_selects_give_the_report_the_same_figures(fleet):
         period = report_module.Period(DAY1.timestamp(), DAY2.timestamp() + 86400)
         devices = report_module.per_device(conn, load_catalogue(), period)
     assert report_module.records(report_module.summary(devices, "vendor")) == EXPECTED
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Copenhagen"])
+def test_the_report_counts_whole_days_whatever_the_sessions_time_zone(database_url, zone):
+    """A Danish server's sessions run on Danish time, whose days are 23 or 25 hours long
+    when the clocks change (the night to 2026-10-25: the day before the period is 25 hours
+    long there): a day is 24 hours in UTC."""
+    start = datetime(2026, 10, 26, tzinfo=UTC)
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
+                  "VALUES ('DSP-1', 'Evondos', 'E300', 'medicine_dispenser', 'Aarhus', "
+                  "'deployed')")
+        c.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
+                  "since) VALUES ('DSP-1', 'cit-1', 'Aarhus', '2026-09-01Z')")
+        for h in range(72):
+            c.execute("INSERT INTO readings (time, device_id, metric, value, unit, "
+                      "received_at) VALUES (%s, 'DSP-1', 'doses_remaining', 1, '{doses}', "
+                      "now())", (start + timedelta(hours=h, minutes=5),))
+    with psycopg.connect(database_url, autocommit=True, options=f"-c timezone={zone}") as c:
+        period = report_module.Period(start.timestamp(), start.timestamp() + 3 * 86400)
+        device_hours.refresh(c, period.start, period.end)
+        row = report_module.per_device(c, load_catalogue(), period).iloc[0]
+    assert (row.measurements, row.slots, row.slots_heard) == (72, 72, 72)
+
+
+def test_on_timescaledb_a_report_of_past_years_refreshes_nothing_retention_has_dropped():
+    """TimescaleDB deletes a continuous aggregate's rows over a range whose raw rows are
+    dropped, if a refresh covers it: the counts that outlive the raw rows would be lost."""
+    day = 86400
+    oldest_kept = 1_700_000_000.0 + 0.5 * day
+    windows = device_hours.aggregate_windows(oldest_kept - 400 * day, oldest_kept + 10 * day,
+                                             oldest_kept)
+    assert {view for view, _, _ in windows} == {"readings_hourly", "events_hourly",
+                                                "readings_daily", "events_daily"}
+    assert min(a for _, a, _ in windows) >= oldest_kept
+    assert device_hours.aggregate_windows(oldest_kept - 400 * day, oldest_kept - 30 * day,
+                                          oldest_kept) == []
+
+
+def test_the_first_refresh_indexes_the_stored_transactions_without_holding_the_lanes(
+        database_url):
+    """Migration 0019 adds the column; its index, a scan of every reading, is built by the
+    first refresh, CONCURRENTLY: in the migration it held the tables' lock that long."""
+    def valid_indexes(c: psycopg.Connection) -> list[tuple[str, bool]]:
+        return c.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c "
+                         "ON c.oid = i.indexrelid WHERE c.relname LIKE '%%stored_xid%%' "
+                         "ORDER BY 1").fetchall()
+
+    with psycopg.connect(database_url, autocommit=True) as c:
+        assert valid_indexes(c) == []
+        device_hours.refresh(c, DAY1.timestamp(), DAY2.timestamp())
+        assert valid_indexes(c) == [("events_stored_xid_brin", True),
+                                    ("readings_stored_xid_brin", True)]
+        device_hours.refresh(c, DAY1.timestamp(), DAY2.timestamp())   # once is enough
+        assert len(valid_indexes(c)) == 2

@@ -16,6 +16,8 @@ import math
 
 import psycopg
 
+from vagt.app.retention import READINGS_RETENTION
+
 log = logging.getLogger("vagt.device_hours")
 
 HOUR_S = 3600
@@ -108,18 +110,35 @@ def refresh(conn: psycopg.Connection, start: float, end: float) -> None:
 
 
 def _refresh_aggregates(conn: psycopg.Connection, start: float, end: float) -> None:
-    # Only the buckets wholly inside a window are refreshed: the hours over the period's
-    # whole days (those the days are made of), then the days. The report reads no day that
-    # `end` cuts, so the days stop before it.
-    lo = math.floor(start / DAY_S) * DAY_S
+    row = conn.execute(f"SELECT extract(epoch FROM now() - INTERVAL '{READINGS_RETENTION}' "
+                       f"+ INTERVAL '{CHUNK_INTERVAL}')::float8").fetchone()
+    assert row is not None
+    for view, a, b in aggregate_windows(start, end, oldest_kept=float(row[0])):
+        conn.execute(f"CALL refresh_continuous_aggregate('{view}', "
+                     "to_timestamp(%s), to_timestamp(%s))", (a, b))
+
+
+# The chunk width of readings and events (0002_timeseries.timescale.sql): retention drops a
+# chunk once all of it is older than the horizon, so rows up to this much older may remain.
+CHUNK_INTERVAL = "7 days"
+
+
+def aggregate_windows(start: float, end: float,
+                      oldest_kept: float) -> list[tuple[str, float, float]]:
+    """The continuous aggregates to refresh for a report of [start, end), and over what.
+
+    Only the buckets wholly inside a window are refreshed: the hours over the period's whole
+    days (those the days are made of), then the days. The report reads no day that `end`
+    cuts, so the days stop before it. Never before `oldest_kept` (the retention horizon and
+    a chunk): a refresh over a range whose raw rows retention dropped deletes the
+    aggregate's rows there too (TimescaleDB's "Data retention with continuous aggregates"),
+    and the counts that outlive the raw rows are what a report of past years reads."""
+    lo = max(math.floor(start / DAY_S), math.ceil(oldest_kept / DAY_S)) * DAY_S
     hi = math.ceil(end / DAY_S) * DAY_S
     whole_days_end = math.floor(end / DAY_S) * DAY_S
-    for view, a, b in (("readings_hourly", lo, hi), ("events_hourly", lo, hi),
-                       ("readings_daily", lo, whole_days_end),
-                       ("events_daily", lo, whole_days_end)):
-        if b > a:
-            conn.execute(f"CALL refresh_continuous_aggregate('{view}', "
-                         "to_timestamp(%s), to_timestamp(%s))", (a, b))
+    windows = [("readings_hourly", lo, hi), ("events_hourly", lo, hi),
+               ("readings_daily", lo, whole_days_end), ("events_daily", lo, whole_days_end)]
+    return [(view, a, b) for view, a, b in windows if b > a]
 
 
 def _refresh_tables(conn: psycopg.Connection) -> None:
@@ -127,12 +146,47 @@ def _refresh_tables(conn: psycopg.Connection) -> None:
     # snapshot taken after that one committed, or it would add the same rows again.
     conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK_KEY,))
     try:
+        _index_stored_xid(conn)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():   # one snapshot for every statement below
             _add_new_rows(conn)
     finally:
         conn.isolation_level = None
         conn.execute("SELECT pg_advisory_unlock(%s)", (REFRESH_LOCK_KEY,))
+
+
+# Rows go in roughly in transaction order: a block's range of ids is small, and BRIN enough
+# for the refresh's `stored_xid >= xmin`.
+_XID_INDEXES = {"readings": "readings_stored_xid_brin", "events": "events_stored_xid_brin"}
+
+
+# How long building an index waits for the transactions that began before it (a build
+# CONCURRENTLY waits for each): a refresh goes on without the index rather than wait for a
+# transaction left open, and the next refresh tries again.
+INDEX_WAIT = "10s"
+
+
+def _index_stored_xid(conn: psycopg.Connection) -> None:
+    """Build the stored_xid indexes the first time (migration 0019 leaves them to us), without
+    a lock that holds the lanes' inserts: CONCURRENTLY, outside a transaction. A build cut
+    short leaves its index invalid: it is dropped and built again. Without them the refresh
+    is right, and reads the whole table."""
+    for table, name in _XID_INDEXES.items():
+        row = conn.execute("SELECT i.indisvalid FROM pg_index i "
+                           "WHERE i.indexrelid = to_regclass(%s)", (name,)).fetchone()
+        if row is not None and row[0]:
+            continue
+        log.info("event=device_hours_index_building index=%s", name)
+        conn.execute(f"SET lock_timeout = '{INDEX_WAIT}'")
+        try:
+            if row is not None:
+                conn.execute(f"DROP INDEX CONCURRENTLY {name}")
+            conn.execute(f"CREATE INDEX CONCURRENTLY {name} ON {table} USING brin (stored_xid)")
+        except psycopg.errors.LockNotAvailable:
+            log.warning("event=device_hours_index_waiting index=%s note=a_transaction_open_"
+                        "since_before_it_next_refresh_tries_again", name)
+        finally:
+            conn.execute("RESET lock_timeout")
 
 
 def _add_new_rows(conn: psycopg.Connection) -> None:

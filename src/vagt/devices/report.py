@@ -72,7 +72,7 @@ spans_slot AS MATERIALIZED (   -- computed once: the joins below compare its col
            ceil(extract(epoch FROM sp.s) / x.slot_s) AS first_slot,
            floor(extract(epoch FROM sp.e) / x.slot_s) AS end_slot,
            date_bin(INTERVAL '1 day', sp.s - INTERVAL '1 microsecond',
-                    TIMESTAMPTZ '2000-01-03 00:00+00') + INTERVAL '1 day' AS ds,
+                    TIMESTAMPTZ '2000-01-03 00:00+00') + INTERVAL '24 hours' AS ds,
            date_bin(INTERVAL '1 day', sp.e, TIMESTAMPTZ '2000-01-03 00:00+00') AS de,
            -- an hour that begins after this is in the span's last slot (silent_at_end)
            sp.e - make_interval(secs => x.slot_s) - INTERVAL '1 hour' AS quiet_after
@@ -113,7 +113,7 @@ edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: n
 readings_days AS (
     SELECT sp.device_id, r.measurements, 0::bigint AS events, 0::bigint AS faults,
            {_day_slots_sql("r.heard", "sp.slot_hours")} AS slots_heard,
-           CASE WHEN sp.e >= %(end)s AND r.day > sp.quiet_after - INTERVAL '1 day'
+           CASE WHEN sp.e >= %(end)s AND r.day > sp.quiet_after - INTERVAL '24 hours'
                 THEN {_heard_after_sql("r.heard", "r.day", "sp.quiet_after")} END
                AS heard_at_end
     FROM spans_slot sp JOIN readings_daily r
@@ -124,7 +124,7 @@ events_days AS (
     SELECT sp.device_id, 0::bigint AS measurements, v.events, v.faults,
            {_day_slots_sql("(v.heard | coalesce(r.heard, 0))", "sp.slot_hours")}
                - {_day_slots_sql("coalesce(r.heard, 0)", "sp.slot_hours")} AS slots_heard,
-           CASE WHEN sp.e >= %(end)s AND v.day > sp.quiet_after - INTERVAL '1 day'
+           CASE WHEN sp.e >= %(end)s AND v.day > sp.quiet_after - INTERVAL '24 hours'
                 THEN {_heard_after_sql("v.heard", "v.day", "sp.quiet_after")} END
                AS heard_at_end
     FROM spans_slot sp JOIN events_daily v

@@ -19,9 +19,10 @@ ALTER TABLE readings ADD COLUMN stored_xid bigint;
 ALTER TABLE readings ALTER COLUMN stored_xid SET DEFAULT pg_current_xact_id()::text::bigint;
 ALTER TABLE events ADD COLUMN stored_xid bigint;
 ALTER TABLE events ALTER COLUMN stored_xid SET DEFAULT pg_current_xact_id()::text::bigint;
--- rows go in roughly in transaction order: block ranges of ids are small, and BRIN enough
-CREATE INDEX readings_stored_xid_brin ON readings USING brin (stored_xid);
-CREATE INDEX events_stored_xid_brin ON events USING brin (stored_xid);
+-- Their BRIN indexes are built by the first refresh, CONCURRENTLY (device_hours): here, in
+-- the migration's transaction, the build would hold the lock of the ALTERs above over a
+-- scan of every reading, and the lanes of engines still running (alarms into events
+-- included) would wait for it.
 
 -- `measurements`: readings other than the status metrics battery and signal.
 CREATE TABLE readings_hourly (
