@@ -83,15 +83,35 @@ def test_db_migrate_with_the_database_down_says_so_in_one_line_without_the_passw
     assert "s3cret" not in err and "Traceback" not in err and err.count("\n") == 1
 
 
+READING_COMMANDS = [
+    ["devices", "list"], ["fleet"], ["report", "vendors", "--from", "2026-11-01", "--to",
+                                      "2026-11-02"],
+    ["db", "prune"], ["privacy", "scan"],
+    ["privacy", "scrub", "--dry-run", "--actor", "anna", "--reason", "cleaning up"],
+    ["rules", "backtest", "--from", "2026-11-01", "--to", "2026-11-02"]]
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_command_without_a_database_url_says_so_and_makes_no_embedded_database(
-        monkeypatch, tmp_path: Path, capsys):
+        monkeypatch, tmp_path: Path, capsys, command):
     monkeypatch.delenv("VAGT_DATABASE_URL", raising=False)
     monkeypatch.setenv("VAGT_DATA_DIR", str(tmp_path))
-    assert main(["devices", "list"]) == 2
+    assert main(command) == 2
     err = capsys.readouterr().err
     assert err.startswith("vagt: no VAGT_DATABASE_URL is set, and there is no embedded "
                           f"database in {tmp_path / 'postgres'} yet")
     assert not (tmp_path / "postgres").exists()
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_command_with_its_database_down_says_so_in_one_line_with_exit_code_2(
+        monkeypatch, capsys, command):
+    """Not 1 (`privacy scan` says 1 when it finds a CPR number), and no traceback."""
+    monkeypatch.setenv("VAGT_DATABASE_URL", f"postgresql://vagt:s3cret@127.0.0.1:{free_port()}/x")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: cannot reach the database") and "Traceback" not in err
+    assert "s3cret" not in err
 
 
 def test_rules_check_reports_the_rules_or_the_error(tmp_path: Path, capsys):

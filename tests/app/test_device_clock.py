@@ -186,3 +186,33 @@ def test_a_dose_is_not_called_missed_early_when_the_release_before_moved_only_la
     p.tick(due + 1800 + 61)
     assert ("missed_dose", "DSP-0001") in alerts(database_url)
     p.close()
+
+
+def test_a_dose_taken_in_time_whose_message_came_after_the_miss_was_called_clears_it(
+        database_url):
+    """The dispenser's dose.taken, two minutes after the dose was due, reached us only after
+    the timer had called the dose missed (its gateway held it): it shows the dose taken in
+    time, and the alert is resolved, though it is dated before the deadline it fired at."""
+    register(database_url, [DISPENSER])
+    p = Process(database_url, None)
+    due = NOW - 3600
+    p.batch([heard("DSP-0001", due, due, "dose.due")])
+    p.tick(due + 1800 + 61)
+    assert query(database_url, "SELECT rule, status FROM alerts") == [("missed_dose", "open")]
+    p.batch([heard("DSP-0001", due + 120, due + 2400, "dose.taken")])
+    assert query(database_url, "SELECT rule, status, resolved_by FROM alerts") == [
+        ("missed_dose", "resolved", "rule:missed_dose")]
+    p.close()
+
+
+def test_a_device_catching_up_on_hours_it_kept_is_not_taken_for_a_wrong_clock(database_url):
+    """Its buffer sent over twenty minutes (or the demo's replayed history): heard again and
+    again while behind, but its device time runs ahead faster than ours."""
+    register(database_url, [GATEWAY])
+    p = Process(database_url, None)
+    start = NOW - 3000
+    for k in range(21):            # a message a minute, each 10 minutes of its day later
+        p.batch([heard("GWY-0001", start - 5 * 3600 + 600 * k, start + 60 * k)])
+        sweep(p, start + 60 * k + 5)
+    assert alerts(database_url) == []
+    p.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -254,16 +255,45 @@ def _with_database(args: argparse.Namespace, config: Config, handler: object) ->
     except PolicyError as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
-    if not config.database.url and not embedded_database_exists(config):
-        from vagt.app.cli_support import fail
-
-        return fail(f"no VAGT_DATABASE_URL is set, and there is no embedded database in "
-                    f"{embedded_pgdata(config)} yet: set VAGT_DATABASE_URL to the engine's "
-                    f"database, or create the embedded one with `vagt db migrate`")
+    refused = _no_database(config)
+    if refused is not None:
+        return refused
     with database_url(config) as url:
         extra = (config,) if getattr(args, "handler_takes_config", False) else ()
         result: int = handler(args, url, *extra)  # type: ignore[operator]
         return result
+
+
+def _no_database(config: Config) -> int | None:
+    """Exit code 2 and why, for a command run with no database configured and no embedded
+    one made yet (None: there is one to use)."""
+    if config.database.url or embedded_database_exists(config):
+        return None
+    from vagt.app.cli_support import fail
+
+    return fail(f"no VAGT_DATABASE_URL is set, and there is no embedded database in "
+                f"{embedded_pgdata(config)} yet: set VAGT_DATABASE_URL to the engine's "
+                f"database, or create the embedded one with `vagt db migrate`")
+
+
+def _reads_the_database(handler: Callable[[argparse.Namespace, Config], int]
+                        ) -> Callable[[argparse.Namespace, Config], int]:
+    """For a command that works on the engine's database: none configured and none embedded
+    is said as such (an empty embedded one is not made), and the database away or without
+    vagt's schema is one line and exit code 2 (`cli_support.reports_errors`), as the
+    devices and alerts commands do; a tool checking the exit code (`privacy scan`: 1 when
+    it finds something) can tell them apart."""
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace, config: Config) -> int:
+        from vagt.app.cli_support import reports_errors
+
+        given = getattr(args, "database_url", None)
+        refused = None if given else _no_database(config)
+        if refused is not None:
+            return refused
+        return reports_errors()(handler)(args, config)
+
+    return wrapped
 
 
 def embedded_pgdata(config: Config) -> Path:
@@ -338,6 +368,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@_reads_the_database
 def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
@@ -354,6 +385,7 @@ def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@_reads_the_database
 def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     import time
 
@@ -451,6 +483,7 @@ def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@_reads_the_database
 def cmd_db_prune(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
@@ -469,6 +502,7 @@ def cmd_db_prune(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@_reads_the_database
 def cmd_privacy_scan(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
@@ -489,6 +523,7 @@ def cmd_privacy_scan(args: argparse.Namespace, config: Config) -> int:
     return 1 if found else 0
 
 
+@_reads_the_database
 def cmd_privacy_scrub(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
@@ -532,6 +567,7 @@ def cmd_rules_check(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@_reads_the_database
 def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg

@@ -49,6 +49,7 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
     last_t, pending = st.f64("last_t", ctx.n, -np.inf), _waiting(st, ctx.n)[0]
     active = st.flag("active", ctx.n)
+    fired_at = st.f64("fired_at", ctx.n, -np.inf)   # the latest deadline it fired at
     is_a = b.code_mask(rule.first)
     is_b = b.code_mask(rule.then) & ~is_a
     rows = np.flatnonzero((is_a | is_b) & ctx.applies[b.e_device]) if len(b.e_device) else \
@@ -95,8 +96,15 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
         lg = Groups.of(ld)
         initial = active[ld]
         state = latch(lg, ls, ~ls, initial)
-        emit(out, i, lg, lt, state, initial, ls, np.full(len(ld), np.nan), lc)
-        ctx.stage(st, ld[lg.ends], active=state[lg.ends])
+        # A B clears, dated no earlier than the deadline its alert fired at: a B that came
+        # after the miss was judged (a flushed buffer, an earlier message seen later) but
+        # is dated before the deadline shows the dose taken in time, and a clear dated
+        # before the firing would leave the alert open (alerts.store._CLEAR)
+        emit(out, i, lg, lt, state, initial, ls, np.full(len(ld), np.nan), lc,
+             clear_time=np.maximum(lt, fired_at[ld]))
+        fired = np.maximum.reduceat(np.where(ls, lt, -np.inf), lg.starts)
+        ctx.stage(st, ld[lg.ends], active=state[lg.ends],
+                  fired_at=np.maximum(fired, fired_at[ld[lg.ends]]))
     # the As still undecided wait, earliest first, in slots 0 .. MORE of their device's row
     u = np.flatnonzero(undecided)
     u_group = np.repeat(np.arange(len(g.starts)), g.ends - g.starts + 1)[u]
@@ -126,6 +134,7 @@ def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
     waits at most the window from when we last heard it."""
     pending = _waiting(st, ctx.n)[0]
     st.flag("active", ctx.n)
+    fired_at = st.f64("fired_at", ctx.n, -np.inf)
     now_there = now - ctx.behind if len(ctx.behind) == ctx.n else np.full(ctx.n, now)
     with np.errstate(invalid="ignore"):
         due = np.flatnonzero(pending + rule.within_s + TICK_GRACE_S < now_there
@@ -144,4 +153,5 @@ def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
     inside = take <= MORE
     take = np.minimum(take, MORE)
     _stage(ctx, st, due, np.where(inside, t[rows[:, None], take], np.nan),
-           np.where(inside, c[rows[:, None], take], ""), active=np.ones(len(due), dtype=bool))
+           np.where(inside, c[rows[:, None], take], ""), active=np.ones(len(due), dtype=bool),
+           fired_at=np.maximum(t[rows, missed - 1] + rule.within_s, fired_at[due]))
