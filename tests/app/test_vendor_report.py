@@ -170,7 +170,10 @@ def test_rows_stored_after_a_report_are_added_once(fleet, capsys):
     assert report(capsys) == [rows["A&D"], rows["Evondos"]]   # a third refresh adds nothing
 
 
-def test_a_transaction_open_during_a_refresh_is_counted_by_the_next(fleet, capsys):
+def test_a_transaction_open_during_a_refresh_is_counted_by_the_next(fleet, capsys,
+                                                                    monkeypatch):
+    # the first refresh waits that long to index the table behind the open transaction
+    monkeypatch.setattr(device_hours, "INDEX_WAIT", "1s")
     with psycopg.connect(fleet) as writer:   # not autocommit: its rows wait for the commit
         _reading(writer, "ev-2", "doses_remaining", DAY2 + timedelta(hours=14), 30)
         with psycopg.connect(fleet, autocommit=True) as conn:
