@@ -392,7 +392,6 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
     from vagt.app import device_hours
-    from vagt.app.backtest import parse_time
     from vagt.devices import report
     from vagt.devices.catalogue import CatalogueError, load_catalogue
     from vagt.rules import RuleConfigError, load_rules
@@ -404,11 +403,10 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     except (CatalogueError, RuleConfigError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
-    try:
-        start, end = parse_time(args.start), parse_time(args.end)
-    except ValueError as e:
-        print(f"vagt: --from/--to must be ISO 8601 times or epoch seconds: {e}", file=sys.stderr)
+    times = _from_to(args)
+    if times is None:
         return 2
+    start, end = times
     end = min(end, time.time())   # what has not happened yet is expected of no device
     if end <= start:
         print("vagt: --to must be after --from, and --from before now", file=sys.stderr)
@@ -419,6 +417,17 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
         table = report.summary(report.per_device(conn, catalogue, period), args.by, low)
     print(report.render(table, period, args.json, low))
     return 0
+
+
+def _from_to(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--from and --to in epoch seconds; None, and why on stderr, if either is no time."""
+    from vagt.app.backtest import parse_time
+
+    try:
+        return parse_time(args.start), parse_time(args.end)
+    except ValueError as e:
+        print(f"vagt: --from/--to must be ISO 8601 times or epoch seconds: {e}", file=sys.stderr)
+        return None
 
 
 def _low_battery(rules: list[Rule]) -> float:
@@ -572,7 +581,7 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
 
-    from vagt.app.backtest import parse_time, run_backtest
+    from vagt.app.backtest import run_backtest
     from vagt.devices.catalogue import CatalogueError, load_catalogue
     from vagt.devices.fleet import Fleet
     from vagt.rules import RuleConfigError, load_rules
@@ -583,11 +592,10 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     except (RuleConfigError, CatalogueError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
-    try:
-        start, end = parse_time(args.start), parse_time(args.end)
-    except ValueError as e:
-        print(f"vagt: --from/--to must be ISO 8601 times or epoch seconds: {e}", file=sys.stderr)
+    period = _from_to(args)
+    if period is None:
         return 2
+    start, end = period
     if end <= start:
         print("vagt: --to must be after --from", file=sys.stderr)
         return 2
