@@ -266,3 +266,14 @@ def test_the_first_refresh_indexes_the_stored_transactions_without_holding_the_l
                                     ("readings_stored_xid_brin", True)]
         device_hours.refresh(c, DAY1.timestamp(), DAY2.timestamp())   # once is enough
         assert len(valid_indexes(c)) == 2
+
+
+def test_a_database_not_yet_migrated_for_the_report_says_so_in_one_line(
+        database_url, monkeypatch, capsys):
+    """The CLI of the new release against a database its engines have not migrated yet."""
+    with psycopg.connect(database_url) as c:
+        c.execute("DELETE FROM schema_migrations WHERE version >= 19")
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-02"]) == 2
+    err = capsys.readouterr().err
+    assert "run `vagt db migrate`" in err and "Traceback" not in err and err.count("\n") == 1

@@ -286,12 +286,13 @@ def _reads_the_database(handler: Callable[[argparse.Namespace, Config], int]
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace, config: Config) -> int:
         from vagt.app.cli_support import reports_errors
+        from vagt.app.device_hours import NotMigrated
 
         given = getattr(args, "database_url", None)
         refused = None if given else _no_database(config)
         if refused is not None:
             return refused
-        return reports_errors()(handler)(args, config)
+        return reports_errors(NotMigrated)(handler)(args, config)
 
     return wrapped
 

@@ -86,11 +86,15 @@ _SINCE = ("stored_xid >= %(xmin)s "
           "AND NOT pg_visible_in_snapshot(stored_xid::text::xid8, %(last)s::pg_snapshot)")
 
 
+class NotMigrated(RuntimeError):
+    """The database has not had migration 0019 yet (its engines not yet upgraded)."""
+
+
 def flavour(conn: psycopg.Connection) -> str:
     """'timescale' or 'plain': how migration 0019 was applied here."""
     row = conn.execute("SELECT flavour FROM schema_migrations WHERE version = 19").fetchone()
     if row is None:
-        raise RuntimeError("the database has no hourly device counts (migration 0019) yet: "
+        raise NotMigrated("the database has no hourly device counts (migration 0019) yet: "
                            "run `vagt db migrate`")
     return str(row[0])
 
