@@ -216,3 +216,17 @@ def test_a_device_catching_up_on_hours_it_kept_is_not_taken_for_a_wrong_clock(da
         sweep(p, start + 60 * k + 5)
     assert alerts(database_url) == []
     p.close()
+
+
+def test_a_device_the_release_before_hears_is_online_in_the_fleet_views(database_url):
+    register(database_url, [GATEWAY])
+    p = Process(database_url, None)
+    p.batch([heard("GWY-0001", NOW - 1800, NOW - 1800)])
+    with psycopg.connect(database_url) as conn:   # the older engine took the rest
+        conn.execute("UPDATE devices SET last_seen = to_timestamp(%s) "
+                     "WHERE device_id = 'GWY-0001'", (NOW - 60,))
+    fleet = p.pipeline.fleet
+    fleet.refresh(p.conn)
+    [k] = fleet.lookup(["GWY-0001"]).tolist()
+    assert fleet.online(NOW)[k] and not fleet.silent(NOW)[k]
+    p.close()

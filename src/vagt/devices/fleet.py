@@ -43,7 +43,10 @@ _REGISTRY = "device_id, vendor, model, type, municipality, status"
 _STATE = ("extract(epoch FROM last_seen)::float8, battery::float8, "
           "extract(epoch FROM battery_at)::float8, signal::float8, "
           "extract(epoch FROM signal_at)::float8, firmware, "
-          "extract(epoch FROM firmware_at)::float8, extract(epoch FROM last_heard)::float8")
+          "extract(epoch FROM firmware_at)::float8, "
+          # never before last_seen: an engine of the release before migration 0020, sharing
+          # the subscription during an upgrade, moves last_seen only
+          "extract(epoch FROM greatest(last_heard, last_seen))::float8")
 
 
 @dataclass
