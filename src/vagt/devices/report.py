@@ -11,6 +11,7 @@ here, as they are now (vendor, model) and as they were (municipality, from the a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -235,8 +236,9 @@ def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period) -
     """One row per device that was with a citizen in the period (see PER_DEVICE_COLUMNS)."""
     models = list(catalogue)
     rows = conn.execute(_PER_DEVICE, {
-        "start": pd.Timestamp(period.start, unit="s", tz="UTC").to_pydatetime(),
-        "end": pd.Timestamp(period.end, unit="s", tz="UTC").to_pydatetime(),
+        # (to the microsecond, as PostgreSQL keeps times; pandas warned of what it dropped)
+        "start": datetime.fromtimestamp(period.start, UTC),
+        "end": datetime.fromtimestamp(period.end, UTC),
         "municipality": period.municipality,
         "vendors": [m.vendor for m in models], "models": [m.model for m in models],
         "heartbeats": [float(m.heartbeat_s) for m in models],
@@ -270,6 +272,7 @@ def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY) ->
                 battery_median=("battery", "median"),
                 low_battery=("low", "sum"),
                 msgs_lost_lifetime=("lost", "sum"))
+    out["msgs_lost_lifetime"] = out["msgs_lost_lifetime"].astype("int64")   # a count
     out["bad_per_1000"] = _ratio(out["bad"] * 1000, out["measurements"])
     out["faults_per_device_month"] = _ratio(out["faults"], out["device_months"])
     out["heard_share"] = _ratio(out["slots_heard"], out["slots"])
