@@ -205,6 +205,28 @@ def test_vagt_alerts_route_refuses_a_label_without_a_value(capsys):
     assert capsys.readouterr().err == "vagt: 'rule' is not a label; write name=value\n"
 
 
+def test_vagt_alerts_route_says_in_one_line_that_a_rule_does_not_exist(capsys):
+    assert route_cli("", "rule=nosuch", "municipality=Aarhus") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("vagt: there is no rule 'nosuch' in the built-in rules")
+    assert err.count("\n") == 1 and "battery_low" in err and "--queue and --priority" in err
+
+
+def test_vagt_alerts_route_takes_a_rule_not_yet_written_given_its_queue_and_priority(capsys):
+    assert route_cli("", "rule=draft_rule", "--queue", "technical", "--priority", "2") == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["queue:         technical",
+                                                        "priority:      2"]
+
+
+@pytest.mark.parametrize(("rule", "queue"), [("unknown_device", "service_centre"),
+                                             ("unreadable_alarm", "emergency")])
+def test_vagt_alerts_route_knows_the_alerts_the_engine_raises_itself(capsys, rule, queue):
+    """No rule file has them; the engine raises them (pipeline) with these queues."""
+    assert route_cli("", f"rule={rule}") == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"queue:         {queue}"
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"VAGT_ALERTS": "/nonexistent/alerts.toml"}, "setting 'alerts' (VAGT_ALERTS): "
                                                   "/nonexistent/alerts.toml is not a file"),

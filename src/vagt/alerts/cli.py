@@ -7,12 +7,13 @@ would go, without a database.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
 
-from vagt.alerts import outbox
+from vagt.alerts import engine_rules, outbox
 from vagt.alerts.actions import (
     AlertError,
     AlertRow,
@@ -241,7 +242,11 @@ def handle_show(args: argparse.Namespace, conninfo: str) -> int:
 
 def handle_route(args: argparse.Namespace, policy_path: str, rules_path: str = "") -> int:
     """Where an alert with these labels goes, by the configured (or built-in) policy; where
-    no route sets the queue or priority, the rule's own (from the configured rules)."""
+    no route sets the queue or priority, the rule's own (from the configured rules, or the
+    engine's own alerts'). Label values are taken as given (an alert may carry any, as a
+    silence's matchers may name any), but the `rule` label names whose queue and priority
+    to start from: unless --queue and --priority say them, a rule that does not exist is
+    refused, since what would be printed is not where any alert goes."""
     try:
         policy = load_policy(policy_path or None, secrets=False)
         labels: dict[str, object] = {}
@@ -250,21 +255,31 @@ def handle_route(args: argparse.Namespace, policy_path: str, rules_path: str = "
             if not sep or not name:
                 raise MatcherError(f"{text!r} is not a label; write name=value")
             labels[name] = value
-        rule = _rule_named(str(labels.get("rule", "")), rules_path)
+        rule = str(labels.get("rule", ""))
+        rules = load_rules(rules_path or None) if rule else []
     except (PolicyError, MatcherError, RuleConfigError) as e:
         return fail(str(e))
-    queue = args.queue or (rule.queue if rule else "(the rule's queue)")
-    priority = args.priority if args.priority is not None else (rule.priority if rule else 3)
+    own = _destination(rule, rules)
+    if rule and own is None and (args.queue is None or args.priority is None):
+        names = sorted({r.name for r in rules} | set(engine_rules.NAMES))
+        return fail(f"there is no rule {rule!r} in {rules_path or 'the built-in rules'} nor "
+                    f"among the engine's own alerts, so its queue and priority are unknown: "
+                    f"name one of {', '.join(names)}, or give --queue and --priority")
+    priority = args.priority if args.priority is not None else (own[0] if own else 3)
+    queue = args.queue or (own[1] if own else "(the rule's queue)")
     dest = route_alert(policy.root, labels, default_queue=queue,
                        default_priority=priority, time_to_claim=policy.time_to_claim_s)
     print("\n".join(describe(dest)))
     return 0
 
 
-def _rule_named(name: str, rules_path: str) -> Rule | None:
-    if not name:
-        return None
-    return next((r for r in load_rules(rules_path or None) if r.name == name), None)
+def _destination(name: str, rules: Sequence[Rule]) -> tuple[int, str] | None:
+    """Priority and queue of the rule named `name`, of the rule files or one the engine
+    raises itself (None: no such rule)."""
+    rule = next((r for r in rules if r.name == name), None)
+    if rule is not None:
+        return rule.priority, rule.queue
+    return engine_rules.destination(name, rules)
 
 
 @_reports_errors
