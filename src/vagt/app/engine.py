@@ -519,6 +519,10 @@ def wait_for_database(conninfo: str, stop: threading.Event,
     An engine started before its database (both booting after a power cut, or a database
     being restarted) must come up by itself when the database does, not exit and wait for
     someone to start it again.
+
+    A database or role that does not exist is waited for as well: a refused connection
+    has no SQLSTATE in psycopg 3 (libpq keeps only the server's message, in its language),
+    and matching that text is not reliable, so only the log line says which.
     """
     while not stop.is_set():
         try:
