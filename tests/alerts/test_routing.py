@@ -145,6 +145,9 @@ def test_a_bad_matcher_is_refused_saying_why(text, message):
     ("reopen_window = 'soon'", "reopen_window: 'soon' is not a duration"),
     ("[[inhibit]]\nname = 'i'\nsource = ['a=\"b\"']", "'i': needs both 'source' and 'target'"),
     ("[escalation.time_to_claim]\n7 = '1m'", "'7' is not a priority"),
+    ("[escalation.time_to_acknowledge]\n1 = 'soon'",
+     r"\[escalation.time_to_acknowledge\] '1': 'soon' is not a duration"),
+    ("[escalation.time_to_claim]\n1 = 'never'", "'never' is not a duration"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'ftp://x'", "'url' must start with http"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'http://x'\nsecret_env = 'NOPE'",
      "the variable NOPE named by 'secret_env' is not set"),
@@ -156,6 +159,13 @@ def test_a_bad_policy_names_the_file_the_entry_and_the_field(tmp_path, toml, mes
     with pytest.raises(PolicyError, match=message) as e:
         load_policy(p, env={})
     assert str(e.value).startswith(f"{p}: ")
+
+
+def test_the_time_to_acknowledge_is_set_per_priority_and_never_takes_one_away(tmp_path):
+    assert load_policy(None).time_to_acknowledge_s == {1: 600.0, 2: 1800.0}
+    p = tmp_path / "alerts.toml"
+    p.write_text("[escalation.time_to_acknowledge]\n1 = '5m'\n2 = 'never'\n3 = '2h'")
+    assert load_policy(p, env={}).time_to_acknowledge_s == {1: 300.0, 3: 7200.0}
 
 
 def test_a_webhook_secret_comes_from_the_named_variable(tmp_path):
