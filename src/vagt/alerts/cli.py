@@ -32,7 +32,9 @@ from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
+from vagt.alerts.silences import warnings as silence_warnings
 from vagt.app.cli_support import fail, format_table, reports_errors
+from vagt.app.config import Config
 from vagt.privacy import HoldsCpr
 from vagt.rules import Rule, RuleConfigError, load_rules
 
@@ -118,11 +120,12 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     end = add.add_mutually_exclusive_group(required=True)
     end.add_argument("--end", type=_timestamp, help="ISO 8601 time it ends")
     end.add_argument("--duration", type=_duration, help="how long from the start, e.g. 2h")
-    add.set_defaults(handler=handle_silence_add)
+    # judged by the configured rules: which of their alerts are critical
+    add.set_defaults(handler=handle_silence_add, handler_takes_config=True)
     ls = actions.add_parser("list", help="silences in force or to come")
     ls.add_argument("--all", action="store_true", help="expired ones too")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=handle_silence_list)
+    ls.set_defaults(handler=handle_silence_list, handler_takes_config=True)
     ex = actions.add_parser("expire", help="end a silence now")
     ex.add_argument("id", type=int)
     ex.add_argument("--author", required=True, help="your name, for the audit trail")
@@ -146,7 +149,8 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-_reports_errors = reports_errors(AlertError, HoldsCpr, PolicyError, MatcherError)
+_reports_errors = reports_errors(AlertError, HoldsCpr, PolicyError, MatcherError,
+                                 RuleConfigError)
 
 
 @_reports_errors
@@ -320,34 +324,48 @@ def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
 
 
 @_reports_errors
-def handle_silence_add(args: argparse.Namespace, conninfo: str) -> int:
+def handle_silence_add(args: argparse.Namespace, conninfo: str,
+                       config: Config | None = None) -> int:
     matchers = [parse_matcher(m) for m in args.matchers]
+    rules = _rule_book(config)
     now = datetime.now(UTC)
     start = args.start or now
     end = args.end or start + args.duration
     with psycopg.connect(conninfo) as conn:
         s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=args.author,
-                           comment=args.comment, now=now)
+                           comment=args.comment, now=now, rules=rules)
     print(f"silence {s.id} ({s.state(now)}): {', '.join(map(str, s.matchers))} "
           f"until {_local_time(s.ends_at)}")
     return 0
 
 
 @_reports_errors
-def handle_silence_list(args: argparse.Namespace, conninfo: str) -> int:
+def handle_silence_list(args: argparse.Namespace, conninfo: str,
+                        config: Config | None = None) -> int:
+    rules = _rule_book(config)
     now = datetime.now(UTC)
     with psycopg.connect(conninfo) as conn:
         rows = list_silences(conn, include_expired=args.all, now=now)
+    found = {s.id: silence_warnings(s, rules=rules) for s in rows}
     if args.json:
-        print(orjson.dumps([s.to_json(now) for s in rows], option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps([{**s.to_json(now), "warnings": found[s.id]} for s in rows],
+                           option=orjson.OPT_INDENT_2).decode())
     elif rows:
         print(format_table(["ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "COMMENT"],
-                            [[str(s.id), s.state(now), _local_time(s.starts_at),
-                              _local_time(s.ends_at), s.author,
+                            [[str(s.id), s.state(now) + ("!" if found[s.id] else ""),
+                              _local_time(s.starts_at), _local_time(s.ends_at), s.author,
                               " ".join(map(str, s.matchers)), s.comment] for s in rows]))
+        for silence_id, said in found.items():   # made before today's limits
+            for warning in said:
+                print(f"! silence {silence_id}: {warning}")
     else:
         print("no silences")
     return 0
+
+
+def _rule_book(config: Config | None) -> list[Rule]:
+    """The configured rules (the built-in ones when none are): which alerts are critical."""
+    return load_rules(config.rules if config is not None and config.rules else None)
 
 
 @_reports_errors

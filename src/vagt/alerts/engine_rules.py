@@ -1,10 +1,16 @@
-"""The alerts the engine raises itself, about what no rule file sees (a device the registry
-does not expect to hear from, a message it could not process or read): their `rule` names,
-and the queue and priority they start from, before the routing tree."""
+"""The alerts the engine raises itself, outside the rule book: about messages and devices
+no rule sees (a device the registry does not expect to hear from, an alarm that could not be
+read, a message it could not process). Their `rule` names, the queue and priority they start
+from before the routing tree, and the severities each can have, so that a silence can be
+judged against them too.
+
+Their labels are `rule`, `device_id` and `severity` only (and the registry's
+`label_attributes` of a registered device).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from vagt.rules import Rule
 
@@ -27,6 +33,17 @@ EMERGENCY_PRIORITY = 1
 # centre (REFUSED_RULE too, unless the message came on the alarm channel).
 ABOUT_ALARMS = (UNREADABLE_ALARM_RULE, UNREGISTERED_ALARM_RULE, ALARM_BEFORE_DEPLOYMENT_RULE)
 NAMES = (UNKNOWN_DEVICE_RULE, OUT_OF_SERVICE_RULE, REFUSED_RULE, *ABOUT_ALARMS)
+
+# An alarm no rule saw is critical, as a personal alarm is: someone may have pressed the
+# button. A message that failed is critical when it came on the alarm channel.
+ENGINE_RULES: Mapping[str, frozenset[str]] = {
+    UNKNOWN_DEVICE_RULE: frozenset({"warning"}),
+    REFUSED_RULE: frozenset({"warning", "critical"}),
+    UNREADABLE_ALARM_RULE: frozenset({"critical"}),
+    UNREGISTERED_ALARM_RULE: frozenset({"critical"}),
+    ALARM_BEFORE_DEPLOYMENT_RULE: frozenset({"critical"}),
+    OUT_OF_SERVICE_RULE: frozenset({"warning"}),
+}
 
 
 def alarm_destination(rules: Iterable[Rule]) -> tuple[int, str]:

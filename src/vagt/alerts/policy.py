@@ -90,6 +90,9 @@ class AlertPolicy:
     # registry attributes that become labels: "name", or "label=attribute" (the first found wins)
     label_attributes: tuple[str, ...] = ("gateway_id", "gateway_id=gateway")
     silence_in_repair: bool = True
+    # the longest a silence may last; one longer (made before there was a limit) holds back
+    # no critical alert
+    max_silence_s: float = 3 * 86400.0
     inhibit: tuple[InhibitRule, ...] = ()
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     source: str = ""
@@ -127,9 +130,10 @@ def load_policy(path: str | Path | None, env: Mapping[str, str] | None = None, *
     return _Reader(p, env or {}, secrets).policy(doc)
 
 
+MAX_SILENCE_LIMIT_S = 30 * 86400.0   # what `max_silence` may be set to at most
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 _TOP = {"reopen_window", "resolution_codes", "label_attributes", "silence_in_repair",
-        "escalation", "route", "inhibit", "delivery"}
+        "max_silence", "escalation", "route", "inhibit", "delivery"}
 _ROUTE = {"name", "matchers", "queue", "priority", "time_to_claim", "continue", "routes"}
 
 
@@ -175,11 +179,20 @@ class _Reader:
             label_attributes=self.strings(doc, "label_attributes", "the top level",
                                           AlertPolicy.label_attributes),
             silence_in_repair=self.boolean(doc, "silence_in_repair", "the top level", True),
+            max_silence_s=self.max_silence(doc.get("max_silence", "3d")),
             inhibit=tuple(self.inhibit(entry, i)
                           for i, entry in enumerate(self.tables(doc, "inhibit", "the top level"))),
             delivery=self.delivery(self.table(doc, "delivery", "the top level")),
             source=str(self.path),
         )
+
+    def max_silence(self, value: Any) -> float:
+        seconds = self.duration(value, "max_silence")
+        if not 0 < seconds <= MAX_SILENCE_LIMIT_S:
+            raise self.fail("max_silence", f"must be more than 0 and at most 30d (a silence "
+                                           f"is for hours or days; a device away for longer "
+                                           f"is in_repair), got {value!r}")
+        return seconds
 
     # -- the routing tree --------------------------------------------------------------------
 

@@ -451,12 +451,16 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
 
     from vagt.alerts.api.app import create_app
     from vagt.alerts.policy import PolicyError, load_policy
+    from vagt.alerts.silence_scope import install_rule_book
     from vagt.app import db
     from vagt.app.metrics import EngineMetrics
+    from vagt.rules import RuleConfigError, load_rules
 
     try:
         policy = load_policy(config.alerts or None, os.environ, secrets=False)
-    except PolicyError as e:
+        # silences are judged by the rules the engine runs: which of their alerts are critical
+        install_rule_book(load_rules(config.rules or None))
+    except (PolicyError, RuleConfigError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
     _install_alert_policy(config)
