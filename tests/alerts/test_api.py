@@ -274,7 +274,6 @@ def test_a_silence_of_a_personal_alarms_own_device_is_allowed_for_up_to_max_sile
     r = sofie.post("/api/v1/silences", json={
         **body, "ends_at": (datetime.now(UTC) + timedelta(days=2)).isoformat()})
     assert r.status_code == 201, r.text
-    assert r.json()["warnings"] == []
     alarm, _ = alarm_and_battery(api.database_url)
     alert = api.as_("anna").get(f"/api/v1/alerts/{alarm}").json()
     assert (alert["status"], alert["suppressed_reason"]) == (

@@ -94,6 +94,10 @@ def critical_kinds(rules: Sequence[Rule], policy: AlertPolicy) -> list[AlertKind
         labels = dict.fromkeys(attributes, ANY)
         labels.update(dict.fromkeys(_FROM_DEVICE, ANY))
         labels.update(rule=_only(r.name), severity=_only(r.severity))
+        # a reading's rule says its metric (a validity rule: any), another the event's code
+        labels["code" if r.uses_readings else "metric"] = ABSENT
+        if r.uses_readings and r.kind != "validity":
+            labels["metric"] = _only(r.metric)
         if r.types:
             labels["type"] = Values(frozenset(r.types))
         if r.municipalities:
