@@ -143,6 +143,8 @@ def test_a_bad_matcher_is_refused_saying_why(text, message):
     ("[[route.routes]]\nname = 'x'\nmatchers = ['a=~\"(\"']", "'x': 'matchers': "),
     ("[[route.routes]]\nname = 'x'\nqueue = 3", "'queue' must be a string, got 3"),
     ("reopen_window = 'soon'", "reopen_window: 'soon' is not a duration"),
+    ("max_silence = '365d'", "max_silence: must be more than 0 and at most 30d"),
+    ("max_silence = 'forever'", "max_silence: 'forever' is not a duration"),
     ("[[inhibit]]\nname = 'i'\nsource = ['a=\"b\"']", "'i': needs both 'source' and 'target'"),
     ("[escalation.time_to_claim]\n7 = '1m'", "'7' is not a priority"),
     ("[escalation.time_to_acknowledge]\n1 = 'soon'",
@@ -166,6 +168,13 @@ def test_the_time_to_acknowledge_is_set_per_priority_and_never_takes_one_away(tm
     p = tmp_path / "alerts.toml"
     p.write_text("[escalation.time_to_acknowledge]\n1 = '5m'\n2 = 'never'\n3 = '2h'")
     assert load_policy(p, env={}).time_to_acknowledge_s == {1: 300.0, 3: 7200.0}
+
+
+def test_a_centres_max_silence_is_the_longest_a_silence_may_last(tmp_path):
+    p = tmp_path / "alerts.toml"
+    p.write_text("max_silence = '12h'")
+    assert (load_policy(p).max_silence_s, load_policy(None).max_silence_s) == (
+        12 * 3600, 3 * 86400)
 
 
 def test_a_webhook_secret_comes_from_the_named_variable(tmp_path):
