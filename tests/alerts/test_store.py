@@ -432,6 +432,20 @@ def test_a_personal_alarm_a_silence_holds_back_is_announced_at_once_saying_so(ta
     assert [e for _, e, _ in outbox(target)] == ["opened", "unsuppressed"]
 
 
+def test_a_personal_alarm_reopened_while_a_silence_holds_it_is_announced_reopened(target,
+                                                                                    conn):
+    (alarm, _), = fire(target, ("personal_alarm", "ALM-0001", T0), code="alarm.fall")
+    actions.claim(conn, alarm, "anna")
+    actions.resolve(conn, alarm, "anna", "a false alarm", code="false_alarm")
+    s = silence(conn, 'device_id="ALM-0001"')
+    fire(target, ("personal_alarm", "ALM-0001", T0 + 60), code="alarm.fall")
+    assert alert_of(target, "personal_alarm", "ALM-0001")[:2] == (alarm, "suppressed")
+    [(event, held_by)] = rows(target, "SELECT event, payload->'details'->>'held_back_by' "
+                                      "FROM alert_outbox ORDER BY id DESC LIMIT 1")
+    assert (event, held_by) == ("reopened", f"silence {s.id} by sofie: firmware update, "
+                                            "ticket 4711")
+
+
 def legacy_silence(database_url, *matchers, days=60):
     """A silence as main let one be made, before today's limits (straight into the table)."""
     with psycopg.connect(database_url) as c:

@@ -140,9 +140,8 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
 def _matchers_problem(matchers: Sequence[Matcher], municipality: str | None,
                       rules: Sequence[Rule], policy: AlertPolicy) -> str | None:
     """Why a silence with these matchers may not be, or None."""
-    for m in matchers:
-        if m.op in (Op.RE, Op.NRE) and (problem := pattern_problem(m.value)):
-            return f"{m}: {problem}"
+    for problem in _pattern_problems(matchers):
+        return problem
     if not matchers or all(m.matches({}) for m in matchers):
         return ("a silence needs at least one matcher that an empty label set does not "
                 "match (e.g. device_id=\"OXI-0001\"); it would silence everything")
@@ -187,10 +186,7 @@ def warnings(silence: Silence, *, policy: AlertPolicy | None = None,
     lasts longer than `max_silence`, holds back no critical alert (`suppression`)."""
     policy = policy or current_policy()
     rules = current_rule_book() if rules is None else rules
-    found = []
-    for m in silence.matchers:
-        if m.op in (Op.RE, Op.NRE) and (problem := pattern_problem(m.value)):
-            found.append(f"{m}: {problem}")
+    found = _pattern_problems(silence.matchers)
     matched, _ = critical_rules_matched(silence.matchers, rules, policy)
     if matched and not names_devices(silence.matchers):
         found.append(f"it names no device, and could match critical alerts (of "
@@ -201,13 +197,19 @@ def warnings(silence: Silence, *, policy: AlertPolicy | None = None,
     return found
 
 
+def _pattern_problems(matchers: Sequence[Matcher]) -> list[str]:
+    return [f"{m}: {problem}" for m in matchers
+            if m.op in (Op.RE, Op.NRE) and (problem := pattern_problem(m.value))]
+
+
 def _duration(seconds: float) -> str:
-    s = int(seconds)
+    """As `max_silence` is written: 3d, 1h30m, 3d1s (to the second, rounded up)."""
+    s = -int(-seconds // 1)
     days, s = divmod(s, 86400)
     hours, s = divmod(s, 3600)
-    minutes = s // 60
-    text = "".join(f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n)
-    return text or f"{int(seconds)}s"
+    minutes, s = divmod(s, 60)
+    parts = ((days, "d"), (hours, "h"), (minutes, "m"), (s, "s"))
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
