@@ -207,3 +207,26 @@ def test_privacy_scan_reports_where_cpr_numbers_were_stored_never_the_numbers(en
     table = capsys.readouterr().out
     assert "alerts" in table and "0101" not in table and "1234" not in table
     assert str(clean) not in [k for f in report for k in f["keys"] if f["table"] == "alerts"]
+
+
+@pytest.mark.parametrize("url", ["htps://callcentre:s3cret-token@cc.example/hooks?key=s3cret-token",
+                                 "callcentre:s3cret-token@cc.example/hooks",
+                                 "cc.example/hooks?key=s3cret-token#s3cret-token"])
+def test_a_mistyped_webhook_url_stops_run_without_showing_its_token(
+        empty_database_url, monkeypatch, tmp_path: Path, capsys, url):
+    """The start-up error reaches the service's log: a token in the URL's userinfo, query or
+    fragment must not, as it never does in the webhook's delivery errors."""
+    f = tmp_path / "alerts.toml"
+    f.write_text(f"[[delivery.webhook]]\nname = 'cc'\nurl = '{url}'\nsecret_env = 'CC_SECRET'\n")
+    monkeypatch.setenv("VAGT_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("VAGT_ALERTS", str(f))
+    monkeypatch.setenv("CC_SECRET", "0123456789abcdef-secret")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert main(["run"]) == 2
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    err = capsys.readouterr().err
+    assert "'url' must start with http:// or https://" in err and "cc.example/hooks" in err
+    assert "s3cret" not in err

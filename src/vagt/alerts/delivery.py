@@ -39,6 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
+from vagt.alerts.urls import without_secrets
 from vagt.app.watchdog import guarded_connection
 
 log = logging.getLogger("vagt.alerts.delivery")
@@ -120,16 +121,16 @@ class WebhookSender:
             if 300 <= e.code < 400:  # the URL is not where the receiver takes events
                 raise DeliveryFailed(_redirected(self.target.url, e.code,
                                                  e.headers.get("Location"))) from None
-            raise DeliveryFailed(f"HTTP {e.code} from {_where(self.target.url)}",
+            raise DeliveryFailed(f"HTTP {e.code} from {without_secrets(self.target.url)}",
                                  refused=e.code in _NOT_THIS) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise DeliveryFailed(f"{_where(self.target.url)}: {reason}") from None
+            raise DeliveryFailed(f"{without_secrets(self.target.url)}: {reason}") from None
         except http.client.HTTPException as e:  # not HTTP: a status line of garbage, say
-            raise DeliveryFailed(f"{_where(self.target.url)}: not an HTTP response "
+            raise DeliveryFailed(f"{without_secrets(self.target.url)}: not an HTTP response "
                                  f"({type(e).__name__})") from None
         if not 200 <= status < 300:
-            raise DeliveryFailed(f"HTTP {status} from {_where(self.target.url)}")
+            raise DeliveryFailed(f"HTTP {status} from {without_secrets(self.target.url)}")
 
     def close(self) -> None:
         pass
@@ -138,19 +139,13 @@ class WebhookSender:
 def _redirected(url: str, code: int, location: str | None) -> str:
     """What ops need to mend the webhook's url: the redirect and where it pointed."""
     try:
-        to = f"redirected to {_where(urllib.parse.urljoin(url, location))}" if location else (
-            "redirected without a Location")
-    except ValueError:  # the receiver's Location is not a URL (a bad port, say)
+        to = (f"redirected to {without_secrets(urllib.parse.urljoin(url, location))}"
+              if location else "redirected without a Location")
+    except ValueError:  # the receiver's Location is not a URL (an unbalanced [, say)
         to = "redirected to an address that is not a valid URL"
-    return (f"HTTP {code} from {_where(url)}: the receiver {to}; vagt does not follow "
+    return (f"HTTP {code} from {without_secrets(url)}: the receiver {to}; vagt does not follow "
             "redirects (a POST would lose its body): set the webhook's url to the "
             "address that takes the events")
-
-
-def _where(url: str) -> str:
-    """Scheme, host and path of a URL: never its user, password or query (tokens live there)."""
-    p = urllib.parse.urlsplit(url)
-    return f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path}"
 
 
 class MqttSender:

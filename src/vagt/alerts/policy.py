@@ -17,6 +17,7 @@ from typing import Any
 
 from vagt.alerts.matchers import Matcher, MatcherError, parse_matcher
 from vagt.alerts.routing import Route
+from vagt.alerts.urls import without_secrets
 from vagt.tomlfile import read_toml
 
 
@@ -289,7 +290,9 @@ class _Reader:
         name = self.target_name(doc, where, names)
         url = self.string(doc, "url", where, "")
         if not url.startswith(("http://", "https://")):
-            raise self.fail(where, f"'url' must start with http:// or https://, got {url!r}")
+            # shown as the webhook's errors show it: a token in it would reach the log
+            raise self.fail(where, "'url' must start with http:// or https://, got "
+                                   f"{without_secrets(url)!r}")
         secret = self.secret(doc, where, "secret", "signing secret")
         if secret is None:
             raise self.fail(where, self.one_of("secret", "signing secret"))
