@@ -3,8 +3,11 @@ the alert actions, silences, devices and the OpenAPI document."""
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -104,6 +107,31 @@ def test_a_wrong_password_an_unknown_user_and_a_disabled_account_answer_401(api)
     with psycopg.connect(api.database_url) as conn:
         disable_user(conn, "anna", actor="test")
     assert api.as_("anna").get("/api/v1/alerts").status_code == 401
+
+
+def test_an_operator_with_a_danish_name_and_password_signs_in(api, monkeypatch):
+    """Made as ops make accounts, signed in as a browser or curl sends Basic (UTF-8)."""
+    from tests.alerts.test_accounts_cli import run
+
+    password = "rødgrød med fløde på æbleskiver"
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+    assert run(api.database_url, "users", "add", "søren", "--role", "operator",
+               "--password-stdin") == 0
+    me = httpx.get(f"{api.url}/api/v1/me", auth=("søren", password))
+    assert (me.status_code, me.json()["username"]) == (200, "søren")
+    # "å" as a and a combining ring (as some keyboards send it) is the same password
+    assert httpx.get(f"{api.url}/api/v1/me", auth=("søren", unicodedata.normalize(
+        "NFD", password))).status_code == 200
+    assert httpx.get(f"{api.url}/api/v1/me", auth=("søren", password.replace("ø", "o"))
+                     ).status_code == 401
+
+
+def test_the_challenge_asks_for_utf_8_and_credentials_that_are_not_utf_8_answer_401(api):
+    r = api.anonymous().get("/api/v1/me")
+    assert r.headers["WWW-Authenticate"] == 'Basic realm="vagt", charset="UTF-8", Bearer'
+    latin1 = base64.b64encode(b"anna:" + PASSWORD.encode("latin-1") + b"\xe6").decode()
+    r = api.anonymous().get("/api/v1/me", headers={"Authorization": f"Basic {latin1}"})
+    assert r.status_code == 401
 
 
 def test_an_api_token_works_until_it_is_revoked(api):

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,9 +64,15 @@ class Principal:
     via: str     # "password" or "token:NAME"
 
 
+def _password_bytes(password: str) -> bytes:
+    """UTF-8 of the password in NFC: `å` typed as one character or as a and a ring is one
+    password (RFC 7613's rule for passwords sent as UTF-8)."""
+    return unicodedata.normalize("NFC", password).encode()
+
+
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
+    digest = hashlib.scrypt(_password_bytes(password), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
                             p=_SCRYPT_P, dklen=32)
     return "$".join(["scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P),
                      base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
@@ -77,7 +84,7 @@ def verify_password(stored: str, password: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+        got = hashlib.scrypt(_password_bytes(password), salt=base64.b64decode(salt), n=int(n),
                              r=int(r), p=int(p), dklen=len(expected))
     except (ValueError, TypeError):
         return False

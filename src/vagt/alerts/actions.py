@@ -13,6 +13,7 @@ number is refused (`vagt.privacy.HoldsCpr`), as everywhere in vagt.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -330,9 +331,10 @@ def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: s
 
 
 def checked_operator(operator: str) -> str:
-    """The operator's name without surrounding spaces; refused unless 1-100 printable characters,
-    or when it holds a CPR number (checked first: the refusals below repeat the name)."""
-    name = without_cpr(operator, "operator name").strip()
+    """The operator's name without surrounding spaces, in Unicode's NFC (`søren` typed on
+    any keyboard is one name, as the API reads it); refused unless 1-100 printable
+    characters, or when it holds a CPR number (checked first: the refusals below repeat it)."""
+    name = unicodedata.normalize("NFC", without_cpr(operator, "operator name").strip())
     if not 0 < len(name) <= MAX_OPERATOR_LENGTH or not name.isprintable():
         raise InvalidOperator(f"the operator name {operator[:MAX_OPERATOR_LENGTH]!r} is not "
                               f"valid: use 1 to {MAX_OPERATOR_LENGTH} printable characters")

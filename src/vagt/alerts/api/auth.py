@@ -7,6 +7,9 @@ user cannot learn what other municipalities have.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import unicodedata
 from collections.abc import Callable
 from typing import Annotated
 
@@ -17,16 +20,46 @@ from fastapi.security import (
     HTTPBasicCredentials,
     HTTPBearer,
 )
+from fastapi.security.utils import get_authorization_scheme_param
 from psycopg_pool import ConnectionPool
+from starlette.requests import HTTPConnection
 
 from vagt.alerts.accounts import Principal, Role, authenticate_password, authenticate_token
 
-basic_scheme = HTTPBasic(auto_error=False, realm="vagt",
-                         description="an operator account's name and password")
+# RFC 7617: `charset` tells clients the name and password are read as UTF-8
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="vagt", charset="UTF-8", Bearer'}
+_NOT_BASIC = "the HTTP Basic credentials are not base64 of UTF-8 'name:password'"
+
+
+class Utf8Basic(HTTPBasic):
+    """HTTP Basic with the name and password read as UTF-8 (RFC 7617), in Unicode's NFC as
+    accounts store them. FastAPI's own reads ASCII only, so `søren`, or a password with æøå,
+    could never sign in."""
+
+    def make_authenticate_headers(self) -> dict[str, str]:
+        return dict(_CHALLENGE)
+
+    # HTTPBase types its result as a bearer's credentials; HTTPBasic ignores that too
+    async def __call__(  # type: ignore[override]
+            self, request: HTTPConnection) -> HTTPBasicCredentials | None:
+        scheme, param = get_authorization_scheme_param(request.headers.get("Authorization"))
+        if scheme.lower() != "basic":
+            return None
+        try:
+            text = base64.b64decode(param, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, _NOT_BASIC,
+                                headers=_CHALLENGE) from None
+        username, colon, password = unicodedata.normalize("NFC", text).partition(":")
+        if not colon:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, _NOT_BASIC, headers=_CHALLENGE)
+        return HTTPBasicCredentials(username=username, password=password)
+
+
+basic_scheme = Utf8Basic(auto_error=False, realm="vagt", scheme_name="HTTPBasic",
+                         description="an operator account's name and password (UTF-8)")
 bearer_scheme = HTTPBearer(auto_error=False,
                            description="an API token from `vagt tokens create`")
-
-_CHALLENGE = {"WWW-Authenticate": 'Basic realm="vagt", Bearer'}
 
 
 def _pool(request: Request) -> ConnectionPool:
