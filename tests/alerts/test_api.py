@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 import unicodedata
@@ -132,6 +133,55 @@ def test_the_challenge_asks_for_utf_8_and_credentials_that_are_not_utf_8_answer_
     latin1 = base64.b64encode(b"anna:" + PASSWORD.encode("latin-1") + b"\xe6").decode()
     r = api.anonymous().get("/api/v1/me", headers={"Authorization": f"Basic {latin1}"})
     assert r.status_code == 401
+
+
+def test_password_logins_as_many_as_the_pool_has_connections_leave_a_token_its_connection(
+        api, monkeypatch):
+    """Each password login runs scrypt; four at once (wrong passwords, or a console sending
+    Basic with every request) held the API pool's four connections meanwhile, and an
+    operator's token request waited for one. The hashing is held here until the token has
+    been answered: with a connection held through it, that answer could not come."""
+    from vagt.alerts import accounts
+
+    verify, hashing, go = accounts.verify_password, [], threading.Event()
+
+    def held_verify(stored: str, password: str) -> bool:
+        hashing.append(password)
+        go.wait(30)
+        return verify(stored, password)
+
+    monkeypatch.setattr(accounts, "verify_password", held_verify)
+    logins = [threading.Thread(target=httpx.get, args=(f"{api.url}/api/v1/me",),
+                               kwargs={"auth": ("anna", f"guess {i}"), "timeout": 60})
+              for i in range(4)]
+    for t in logins:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(hashing) < 4:
+            assert time.monotonic() < deadline, "the logins did not reach the password check"
+            time.sleep(0.02)
+        assert api.with_token(api.tokens["crm"]).get("/api/v1/me").status_code == 200
+    finally:
+        go.set()
+        for t in logins:
+            t.join(60)
+
+
+def test_failed_logins_are_logged_with_the_name_and_client_never_the_secret(api, caplog):
+    caplog.set_level(logging.WARNING, logger="vagt.api")
+    assert httpx.get(f"{api.url}/api/v1/me", auth=("anna", "wrong password!")
+                     ).status_code == 401
+    assert httpx.get(f"{api.url}/api/v1/me", auth=("0101701234", "wrong password!")
+                     ).status_code == 401
+    assert api.with_token("vagt_not-a-real-token").get("/api/v1/me").status_code == 401
+    assert api.as_("anna").get("/api/v1/me").status_code == 200
+    failed = [r.getMessage() for r in caplog.records if "api_login_failed" in r.getMessage()]
+    assert failed == ["event=api_login_failed via=password user='anna' client=127.0.0.1",
+                      "event=api_login_failed via=password user='[cpr removed]' client=127.0.0.1",
+                      "event=api_login_failed via=token client=127.0.0.1"]
+    assert "wrong password" not in caplog.text and "not-a-real-token" not in caplog.text
+    assert "1234" not in caplog.text
 
 
 def test_an_api_token_works_until_it_is_revoked(api):

@@ -15,7 +15,7 @@ import hmac
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
@@ -181,17 +181,37 @@ _PRINCIPAL = ("SELECT o.username, o.role, o.municipality, o.queues FROM operator
               "WHERE o.disabled_at IS NULL AND ")
 
 
-def authenticate_password(conn: psycopg.Connection, username: str,
-                          password: str) -> Principal | None:
+@dataclass(frozen=True)
+class PasswordLogin:
+    """What the database holds of the name a password login gives: read with a connection,
+    checked (`check_password`, scrypt's tenth of a second) without one held meanwhile."""
+
+    account: Principal | None     # None: no enabled account of that name
+    password_hash: str | None = field(repr=False, default=None)
+
+
+def password_login(conn: psycopg.Connection, username: str) -> PasswordLogin:
     if "\x00" in username:   # no account has one, and the database cannot even compare it
         username = ""
-    row = conn.execute("SELECT password_hash FROM operators WHERE username = %s "
-                       "AND disabled_at IS NULL", (username,)).fetchone()
+    row = conn.execute("SELECT username, role, municipality, queues, password_hash "
+                       "FROM operators WHERE username = %s AND disabled_at IS NULL",
+                       (username,)).fetchone()
+    if row is None:
+        return PasswordLogin(None)
+    return PasswordLogin(Principal(str(row[0]), Role.parse(str(row[1])), row[2], tuple(row[3]),
+                                   "password"), row[4])
+
+
+def check_password(login: PasswordLogin, password: str) -> Principal | None:
+    """The account, if `password` is its password."""
     # hash even for an unknown user, so the answer's timing does not tell who exists
-    stored = row[0] if row and row[0] else _dummy_hash()
-    if not verify_password(stored, password) or row is None or not row[0]:
-        return None
-    return _principal(conn, "o.username = %s", (username,), "password")
+    ok = verify_password(login.password_hash or _dummy_hash(), password)
+    return login.account if ok and login.password_hash else None
+
+
+def authenticate_password(conn: psycopg.Connection, username: str,
+                          password: str) -> Principal | None:
+    return check_password(password_login(conn, username), password)
 
 
 def authenticate_token(conn: psycopg.Connection, token: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import unicodedata
 from collections.abc import Callable
 from typing import Annotated
@@ -24,7 +25,17 @@ from fastapi.security.utils import get_authorization_scheme_param
 from psycopg_pool import ConnectionPool
 from starlette.requests import HTTPConnection
 
-from vagt.alerts.accounts import Principal, Role, authenticate_password, authenticate_token
+from vagt.alerts.accounts import (
+    Principal,
+    Role,
+    authenticate_token,
+    check_password,
+    password_login,
+)
+from vagt.alerts.actions import MAX_OPERATOR_LENGTH
+from vagt.privacy import mask_cpr
+
+log = logging.getLogger("vagt.api")
 
 # RFC 7617: `charset` tells clients the name and password are read as UTF-8
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="vagt", charset="UTF-8", Bearer'}
@@ -72,17 +83,35 @@ def principal(request: Request,
               bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
               ) -> Principal:
     who = None
-    with _pool(request).connection() as conn:
-        if bearer is not None:
+    if bearer is not None:
+        with _pool(request).connection() as conn:
             who = authenticate_token(conn, bearer.credentials)
-        elif basic is not None:
-            who = authenticate_password(conn, basic.username, basic.password)
+    elif basic is not None:
+        with _pool(request).connection() as conn:
+            login = password_login(conn, basic.username)
+        # scrypt without a connection held: the API's pool has a few, and password logins
+        # (a wrong one each time, say) held them all from the operators' tokens
+        who = check_password(login, basic.password)
     if who is None:
-        detail = ("credentials required: HTTP Basic (operator name and password) or a "
-                  "Bearer API token" if basic is None and bearer is None
-                  else "the credentials are not valid (or the account is disabled)")
+        if basic is None and bearer is None:
+            detail = ("credentials required: HTTP Basic (operator name and password) or a "
+                      "Bearer API token")
+        else:
+            detail = "the credentials are not valid (or the account is disabled)"
+            _log_failed_login(request, basic.username if basic else None)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers=_CHALLENGE)
     return who
+
+
+def _log_failed_login(request: Request, username: str | None) -> None:
+    """A failed login, for ops (guessing shows as many): the name given, never a password
+    or token; the name as given may be anything, a CPR number too: masked, and quoted."""
+    client = request.client.host if request.client else "-"
+    if username is None:
+        log.warning("event=api_login_failed via=token client=%s", client)
+        return
+    log.warning("event=api_login_failed via=password user=%r client=%s",
+                mask_cpr(username[:MAX_OPERATOR_LENGTH])[0], client)
 
 
 def require(role: Role) -> Callable[[Principal], Principal]:
