@@ -168,3 +168,11 @@ def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsy
     assert run(database_url, "alerts", "show", str(alert_id)) == 0
     trail = capsys.readouterr().out.splitlines()[-2:]
     assert [line.split()[3:5] for line in trail] == [["anna", "claim"], ["anna", "note"]]
+
+
+def test_a_token_cannot_be_named_session_the_api_sessions_name(database_url, conn, capsys):
+    """Sessions are the tokens a password change ends: a token named so would end too."""
+    run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
+    assert run(database_url, "tokens", "create", "--user", "crm", "--name", "session") == 2
+    assert "the name 'session' is kept for the API's sessions" in capsys.readouterr().err
+    assert conn.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)

@@ -524,6 +524,32 @@ def test_a_session_trades_the_password_for_a_bearer_token_once(api):
     assert again.status_code == 403
 
 
+def test_a_new_password_ends_the_accounts_sessions_and_says_which_api_tokens_still_work(
+        api, monkeypatch, capsys):
+    """A session stolen with the password must not outlive the reset (12 hours otherwise);
+    an API token the password could not make stays, and ops are told it does."""
+    from tests.alerts.test_accounts_cli import run
+
+    session = api.as_("anna").post("/api/v1/sessions").json()["token"]
+    other = api.as_("bo").post("/api/v1/sessions").json()["token"]
+    with psycopg.connect(api.database_url) as conn:
+        kiosk_id, kiosk = create_token(conn, "anna", "ward-kiosk", actor="test")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a new password for anna\n"))
+    assert run(api.database_url, "users", "password", "anna", "--password-stdin") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "password of anna changed; 1 session ended",
+        f"1 API token of anna still work ({kiosk_id}): `vagt tokens revoke ID` ends one"]
+    assert api.with_token(session).get("/api/v1/me").status_code == 401
+    assert api.with_token(other).get("/api/v1/me").status_code == 200       # bo's: not hers
+    assert api.with_token(kiosk).get("/api/v1/me").status_code == 200
+    assert api.as_("anna").get("/api/v1/me").status_code == 401             # the old password
+    [(details,)] = rows(api.database_url, "SELECT details FROM audit_log "
+                                          "WHERE action = 'user.password'")
+    session_id = rows(api.database_url, "SELECT id FROM api_tokens WHERE username = 'anna' "
+                                        "AND name = 'session'")[0][0]
+    assert details == {"sessions_revoked": [session_id]}
+
+
 def test_a_supervisor_releases_an_operators_alert_an_operator_may_not(api):
     alarm, _ = alarm_and_battery(api.database_url)
     api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim")

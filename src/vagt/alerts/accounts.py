@@ -29,6 +29,7 @@ TOKEN_PREFIX = "vagt_"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD = 12
 TOKEN_USE_RESOLUTION = timedelta(minutes=1)   # how exactly api_tokens.last_used_at is kept
+SESSION_TOKEN = "session"   # the name of the tokens POST /sessions makes, and only of those
 
 
 class Role(IntEnum):
@@ -116,7 +117,12 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
                {"role": level.label, "municipality": municipality, "queues": list(queues)})
 
 
-def set_password(conn: psycopg.Connection, username: str, password: str, *, actor: str) -> None:
+def set_password(conn: psycopg.Connection, username: str, password: str, *,
+                 actor: str) -> list[int]:
+    """Set the password and end the account's sessions (a stolen one must not outlive the
+    reset); returns the ids of the session tokens revoked. API tokens stay: the password
+    cannot make one (`vagt tokens create` does, and `vagt tokens revoke` ends it), and they
+    are the call centre's systems' way in, which a reset must not cut off unasked."""
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
     with conn.transaction():
@@ -124,7 +130,12 @@ def set_password(conn: psycopg.Connection, username: str, password: str, *, acto
                            "RETURNING 1", (hash_password(password), username)).fetchone()
         if row is None:
             raise AccountError(f"there is no user '{username}'")
-        _audit(conn, actor, "user.password", f"user {username}", {})
+        ended = sorted(int(i) for (i,) in conn.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE username = %s AND name = %s "
+            "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) "
+            "RETURNING id", (username, SESSION_TOKEN)))
+        _audit(conn, actor, "user.password", f"user {username}", {"sessions_revoked": ended})
+    return ended
 
 
 def disable_user(conn: psycopg.Connection, username: str, *, actor: str) -> None:
@@ -145,6 +156,20 @@ def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, lis
 def create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
                  expires_at: datetime | None = None) -> tuple[int, str]:
     """A new token for `username`; returns (id, token). The token is not stored: show it once."""
+    if name == SESSION_TOKEN:
+        raise AccountError(f"the name '{SESSION_TOKEN}' is kept for the API's sessions (they "
+                           "end when the password changes); name the token for what it is for")
+    return _create_token(conn, username, name, actor=actor, expires_at=expires_at)
+
+
+def open_session(conn: psycopg.Connection, username: str, *,
+                 expires_at: datetime) -> tuple[int, str]:
+    """A session token (the API's POST /sessions, after a password login)."""
+    return _create_token(conn, username, SESSION_TOKEN, actor=username, expires_at=expires_at)
+
+
+def _create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
+                  expires_at: datetime | None) -> tuple[int, str]:
     without_cpr(name, "token's name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():

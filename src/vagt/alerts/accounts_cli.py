@@ -16,6 +16,7 @@ import psycopg
 
 from vagt.alerts.accounts import (
     MIN_PASSWORD,
+    SESSION_TOKEN,
     AccountError,
     add_user,
     create_token,
@@ -109,9 +110,18 @@ def handle_user_add(args: argparse.Namespace, conninfo: str) -> int:
 def handle_user_password(args: argparse.Namespace, conninfo: str) -> int:
     password = _password(args.password_stdin)
     with psycopg.connect(conninfo) as conn:
-        set_password(conn, args.username, password, actor=_actor())
-    print(f"password of {args.username} changed")
+        ended = set_password(conn, args.username, password, actor=_actor())
+        tokens = [t for t in list_tokens(conn) if t[2] == args.username and t[1] != SESSION_TOKEN
+                  and t[5] is None and (t[4] is None or t[4] > datetime.now(UTC))]
+    print(f"password of {args.username} changed; {_count(len(ended), 'session')} ended")
+    if tokens:
+        print(f"{_count(len(tokens), 'API token')} of {args.username} still work "
+              f"({', '.join(str(t[0]) for t in tokens)}): `vagt tokens revoke ID` ends one")
     return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 @_reports_errors

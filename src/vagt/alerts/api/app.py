@@ -23,8 +23,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from vagt import __version__
-from vagt.alerts import actions, silences
-from vagt.alerts.accounts import Principal, Role, create_token
+from vagt.alerts import accounts, actions, silences
+from vagt.alerts.accounts import Principal, Role
 from vagt.alerts.actions import (
     AlertBusy,
     AlertError,
@@ -166,8 +166,7 @@ def _router() -> APIRouter:
                                 "a session is opened with the account's password")
         expires = _now(request) + SESSION_LENGTH
         with conn.transaction():
-            _, token = create_token(conn, who.username, "session", actor=who.username,
-                                    expires_at=expires)
+            _, token = accounts.open_session(conn, who.username, expires_at=expires)
         return schemas.Session(token=token, expires_at=expires)
 
     @r.get("/queues", response_model=list[schemas.QueueCounts], responses=_ERRORS,
