@@ -9,6 +9,7 @@ import pytest
 from tests.alerts.test_actions import new_alert
 
 from vagt.alerts import cli
+from vagt.alerts.actions import MAX_NOTE
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -82,6 +83,18 @@ def test_a_note_or_operator_holding_a_cpr_number_exits_2_without_it_and_changes_
     assert err.startswith("vagt: the ") and "civil registration (CPR) number" in err
     assert "1234" not in err and err.count("\n") == 1
     assert conn.execute("SELECT status, note FROM alerts").fetchall() == [("open", None)]
+    assert conn.execute("SELECT count(*) FROM alert_audit").fetchone() == (0,)
+
+
+def test_a_note_longer_than_max_note_exits_2_in_one_line_and_changes_nothing(database_url,
+                                                                              conn, capsys):
+    a = new_alert(database_url)
+    assert run(database_url, "note", str(a), "--operator", "anna",
+               "--note", "x" * (MAX_NOTE + 1)) == 2
+    assert capsys.readouterr().err == (f"vagt: the note has {MAX_NOTE + 1} characters; at most "
+                                       f"{MAX_NOTE} are kept (it goes to the call centre's "
+                                       "systems with each later event)\n")
+    assert conn.execute("SELECT note FROM alerts").fetchall() == [(None,)]
     assert conn.execute("SELECT count(*) FROM alert_audit").fetchone() == (0,)
 
 

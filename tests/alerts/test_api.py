@@ -22,6 +22,7 @@ from tests.alerts.support import add_device, alert_of, fire, rows
 from tests.support import free_port
 
 from vagt.alerts.accounts import add_user, create_token, disable_user, revoke_token
+from vagt.alerts.actions import MAX_NOTE
 from vagt.alerts.api.app import create_app
 from vagt.alerts.outbox import register_targets
 from vagt.alerts.policy import DeliveryPolicy, WebhookTarget, load_policy
@@ -379,6 +380,54 @@ def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
         "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
     assert r.status_code == 422
     assert "is not a matcher" in r.json()["detail"]
+
+
+# --- how long a note may be -----------------------------------------------------------------
+
+
+def with_callcentre(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget(
+            "callcentre", "http://127.0.0.1:9/unused", b"s" * 32),)))
+
+
+def outbox_events(database_url: str) -> list[tuple[object, ...]]:
+    """(event, the alert's note in its payload, the payload's size) of each, in order."""
+    return rows(database_url, "SELECT event, payload #>> '{alert,note}', "
+                              "octet_length(payload::text) FROM alert_outbox ORDER BY id")
+
+
+@pytest.mark.parametrize(("action", "body"), [
+    ("notes", {"note": "{}"}), ("acknowledge", {"note": "{}"}),
+    ("resolve", {"code": "visit_arranged", "note": "{}"}), ("release", {"note": "{}"})])
+def test_a_note_longer_than_max_note_answers_422_and_nothing_is_kept(api, action, body):
+    """A 2,000,000-character note went into the outbox twice (4 MB), and into every later
+    event of the alert: a receiver answering 413 makes dead letters of them, escalations
+    too."""
+    with_callcentre(api.database_url)
+    alarm, _ = alarm_and_battery(api.database_url)
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+    r = anna.post(f"/api/v1/alerts/{alarm}/{action}",
+                  json={k: v.format("x" * (MAX_NOTE + 1)) for k, v in body.items()})
+    assert r.status_code == 422
+    assert f"at most {MAX_NOTE} characters" in r.text
+    alert = anna.get(f"/api/v1/alerts/{alarm}").json()
+    assert (alert["status"], alert["note"]) == ("claimed", None)
+    assert [e[0] for e in outbox_events(api.database_url) if e[0] != "opened"] == ["claimed"]
+    r = anna.post(f"/api/v1/alerts/{alarm}/{action}",
+                  json={k: v.format("x" * MAX_NOTE) for k, v in body.items()})
+    assert r.status_code == 200 and len(r.json()["note"]) == MAX_NOTE
+
+
+def test_a_long_note_stored_before_notes_were_bounded_rides_bounded_in_later_events(api):
+    with_callcentre(api.database_url)
+    alarm, _ = alarm_and_battery(api.database_url)
+    with psycopg.connect(api.database_url) as conn:
+        conn.execute("UPDATE alerts SET note = repeat('x', 2000000) WHERE id = %s", (alarm,))
+    assert api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+    [(event, note, size)] = [e for e in outbox_events(api.database_url) if e[0] == "claimed"]
+    assert note == "x" * MAX_NOTE and size < 3 * MAX_NOTE
 
 
 # --- CPR numbers in what operators write ------------------------------------------------------

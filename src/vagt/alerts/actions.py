@@ -31,6 +31,7 @@ from vagt.alerts.suppression import is_inhibition_source, reconcile
 from vagt.privacy import without_cpr
 
 MAX_OPERATOR_LENGTH = 100
+MAX_NOTE = outbox.MAX_NOTE
 LOCK_TIMEOUT = "5s"  # an operator waits this long for an alert the engine is updating
 
 
@@ -56,6 +57,10 @@ class InvalidTransition(AlertError):
 
 class InvalidOperator(AlertError):
     """The operator's name is empty, too long or not printable."""
+
+
+class InvalidNote(AlertError):
+    """A note longer than MAX_NOTE."""
 
 
 class InvalidResolution(AlertError):
@@ -342,8 +347,13 @@ def checked_operator(operator: str) -> str:
 
 
 def _cleaned_note(note: str | None) -> str | None:
-    """The note without surrounding spaces, or None; HoldsCpr when it holds a CPR number."""
-    return without_cpr((note or "").strip(), "note") or None
+    """The note without surrounding spaces, or None; HoldsCpr when it holds a CPR number,
+    InvalidNote when it is longer than MAX_NOTE."""
+    cleaned = without_cpr((note or "").strip(), "note") or None
+    if cleaned is not None and len(cleaned) > MAX_NOTE:
+        raise InvalidNote(f"the note has {len(cleaned)} characters; at most {MAX_NOTE} are "
+                          "kept (it goes to the call centre's systems with each later event)")
+    return cleaned
 
 
 def _locked(cur: psycopg.Cursor[AlertRow], alert_id: int, municipality: str | None) -> AlertRow:

@@ -15,6 +15,7 @@ import psycopg
 
 from vagt.alerts import engine_rules, outbox
 from vagt.alerts.actions import (
+    MAX_NOTE,
     AlertError,
     AlertRow,
     AlertStatus,
@@ -62,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         p.add_argument("--operator", required=True, help="your operator name")
         if takes_note:
             p.add_argument("--note", required=name in ("resolve", "note"),
-                           help="what was done, for the audit trail")
+                           help=f"what was done, for the audit trail (at most {MAX_NOTE} "
+                                "characters)")
         if name == "release":
             p.add_argument("--supervisor", action="store_true",
                            help="release an alert someone else holds (a supervisor's step)")

@@ -28,7 +28,10 @@ WITH announced AS (   -- opened or reopened: the receivers know of this episode 
                               'actor', %(actor)s::text,
                               'details', %(details)s::jsonb,
                               'alert', to_jsonb(a) - 'municipality' - 'announced'
-                                       - 'ever_announced')
+                                       - 'ever_announced'
+                                       -- one stored before notes were bounded: bounded
+                                       || jsonb_build_object('note',
+                                                             left(a.note, %(max_note)s)))
     FROM alerts a WHERE a.id = ANY(%(ids)s)
     ORDER BY a.id
     RETURNING id, event
@@ -38,6 +41,12 @@ SELECT ev.id, t.name FROM ev
 JOIN delivery_targets t ON t.enabled AND (t.events = '{}' OR ev.event = ANY(t.events))
 """
 
+
+# The longest note an operator may write: it rides in the step's event twice (its details
+# and the alert's latest note) and in every later event of the alert until another replaces
+# it; a receiver refusing a large body (413) would make dead letters of them all, an
+# escalation too. Room enough to say what was done.
+MAX_NOTE = 2000
 
 # The events that tell the call centre's systems of an alert's episode (see
 # `suppression.reconcile`: one held back from its opening is told when it comes back).
@@ -52,7 +61,7 @@ def enqueue(conn: psycopg.Connection, alert_ids: Iterable[int], event: str, acto
         return
     conn.execute(_ENQUEUE, {"ids": ids, "event": event, "actor": actor,
                             "details": orjson.dumps(details or {}).decode(),
-                            "announces": event in ANNOUNCING})
+                            "announces": event in ANNOUNCING, "max_note": MAX_NOTE})
 
 
 def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list[str]:

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, Field
 
+from vagt.alerts.actions import MAX_NOTE
+
 
 class Alert(BaseModel):
     id: int
@@ -59,16 +61,16 @@ class AlertWithHistory(Alert):
 
 
 class Acknowledge(BaseModel):
-    note: str | None = None
+    note: str | None = Field(default=None, max_length=MAX_NOTE)
 
 
 class Resolve(BaseModel):
     code: str = Field(description="a resolution code of the policy, e.g. visit_arranged")
-    note: str = Field(min_length=1, description="what was done")
+    note: str = Field(min_length=1, max_length=MAX_NOTE, description="what was done")
 
 
 class Note(BaseModel):
-    note: str = Field(min_length=1)
+    note: str = Field(min_length=1, max_length=MAX_NOTE)
 
 
 class NextRequest(BaseModel):
