@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import orjson
 import psycopg
 
+from vagt.alerts.accounts import add_user
 from vagt.alerts.policy import AlertPolicy, load_policy
 from vagt.alerts.store import AlertFiring, clear_alerts, record_firings
 
@@ -36,6 +37,14 @@ def add_device(database_url: str, device_id: str, type_: str = "pulse_oximeter",
                      "attributes) VALUES (%s, 'Acme', 'X1', %s, %s, %s, %s::jsonb)",
                      (device_id, type_, municipality, status,
                       orjson.dumps(attributes).decode()))
+
+
+def add_operator(database_url: str, name: str, role: str = "operator",
+                 municipality: str | None = None) -> None:
+    """An account the command line may act as (`--operator`, `--author`), without a password."""
+    with psycopg.connect(database_url) as conn:
+        add_user(conn, name, role=role, password=None, municipality=municipality,
+                 actor="test")
 
 
 def firing(conn: psycopg.Connection, rule: str, device_id: str, t: float = T0, *,

@@ -6,6 +6,7 @@ import argparse
 import io
 
 import pytest
+from tests.alerts.support import add_operator
 
 from vagt.alerts import accounts_cli, cli
 from vagt.alerts.accounts import (
@@ -90,6 +91,7 @@ def test_a_token_for_an_unknown_user_is_refused(database_url, capsys):
 
 
 def test_silences_add_list_expire_from_the_command_line(database_url, capsys):
+    add_operator(database_url, "sofie", "supervisor")
     assert run(database_url, "silences", "add", "device_id=OXI-0001", "--author", "sofie",
                "--comment", "sent for repair", "--duration", "2h") == 0
     assert capsys.readouterr().out.startswith('silence 1 (active): device_id="OXI-0001" until ')
@@ -126,6 +128,7 @@ def test_silences_list_marks_one_made_before_the_limits_saying_why(database_url,
     (["device_id=ALM-0001", "--duration", "30d"], "may last at most 3d"),
 ])
 def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, message):
+    add_operator(database_url, "sofie", "supervisor")
     assert run(database_url, "silences", "add", *argv, "--author", "sofie", "--comment", "x",
                *(["--duration", "1h"] if "--duration" not in argv else [])) == 2
     err = capsys.readouterr().err
@@ -145,20 +148,24 @@ def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, 
 def test_a_cpr_number_in_what_is_written_from_the_command_line_exits_2_and_nothing_is_kept(
         database_url, conn, capsys, argv):
     run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
+    run(database_url, "users", "add", "sofie", "--role", "supervisor", "--no-password")
     capsys.readouterr()
     assert run(database_url, *argv) == 2
     err = capsys.readouterr().err
     assert "civil registration (CPR) number" in err and "1234" not in err
-    assert conn.execute("SELECT username FROM operators").fetchall() == [("crm",)]
+    assert conn.execute("SELECT username FROM operators ORDER BY 1").fetchall() == [
+        ("crm",), ("sofie",)]
     assert conn.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM silences").fetchone() == (0,)
-    assert conn.execute("SELECT action FROM audit_log").fetchall() == [("user.add",)]
+    assert conn.execute("SELECT action FROM audit_log").fetchall() == [("user.add",)] * 2
 
 
 def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsys):
     from tests.alerts.test_actions import new_alert
 
     alert_id = new_alert(database_url, "emergency")
+    add_operator(database_url, "anna")
+    add_operator(database_url, "bo")
     assert run(database_url, "alerts", "next", "--operator", "anna", "--queue", "emergency") == 0
     assert capsys.readouterr().out.startswith(f"alert {alert_id} is now claimed by anna")
     assert run(database_url, "alerts", "note", str(alert_id), "--operator", "anna", "--note",

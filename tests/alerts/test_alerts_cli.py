@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 
 import pytest
+from tests.alerts.support import add_operator
 from tests.alerts.test_actions import new_alert
 
 from vagt.alerts import cli
@@ -16,6 +18,15 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vagt")
     cli.add_parser(parser.add_subparsers())
     return parser.parse_args(["alerts", *argv])
+
+
+@pytest.fixture(autouse=True)
+def accounts(request: pytest.FixtureRequest) -> None:
+    """The operators the tests act as: accounts, as the command line asks."""
+    if "database_url" in request.fixturenames:
+        database_url = request.getfixturevalue("database_url")
+        add_operator(database_url, "anna")
+        add_operator(database_url, "bo")
 
 
 def run(conninfo: str, *argv: str) -> int:
@@ -154,3 +165,92 @@ def test_list_shows_why_a_suppressed_alert_is_held_back(database_url, conn, caps
     assert run(database_url, "list", "--status", "suppressed") == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(
         "[suppressed: silence 4 by sofie: repair]")
+
+
+# --- who acts: an account, and the login that typed it ----------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "name"), [
+    (["claim", "{id}", "--operator", "annna"], "annna"),
+    (["note", "{id}", "--operator", "nobody", "--note", "called"], "nobody"),
+    (["resolve", "{id}", "--operator", "ghost", "--code", "resolved", "--note", "done"],
+     "ghost"),
+    (["next", "--operator", "annna"], "annna"),
+])
+def test_an_operator_without_an_account_exits_2_in_one_line_and_nothing_is_recorded(
+        database_url, conn, capsys, argv, name):
+    """--operator was typed, and anything typed was audited as who acted."""
+    a = new_alert(database_url)
+    assert run(database_url, *[x.format(id=a) for x in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vagt: there is no enabled account '{name}'")
+    assert err.count("\n") == 1
+    assert conn.execute("SELECT status, note FROM alerts").fetchall() == [("open", None)]
+    assert conn.execute("SELECT count(*) FROM alert_audit").fetchone() == (0,)
+
+
+def test_a_disabled_operator_exits_2(database_url, conn, capsys):
+    from vagt.alerts.accounts import disable_user
+
+    a = new_alert(database_url)
+    disable_user(conn, "anna", actor="test")
+    assert run(database_url, "claim", str(a), "--operator", "anna") == 2
+    assert capsys.readouterr().err.startswith("vagt: there is no enabled account 'anna'")
+    assert conn.execute("SELECT status FROM alerts").fetchall() == [("open",)]
+
+
+def test_the_audit_entry_records_the_login_the_command_ran_under(database_url, conn):
+    a = new_alert(database_url)
+    run(database_url, "claim", str(a), "--operator", "anna")
+    run(database_url, "ack", str(a), "--operator", "anna", "--note", "called")
+    assert conn.execute("SELECT actor, action, details FROM alert_audit ORDER BY id").fetchall() \
+        == [("anna", "claim", {"via": f"cli:{getpass.getuser()}"}),
+            ("anna", "ack", {"via": f"cli:{getpass.getuser()}"})]
+
+
+def test_release_as_a_supervisor_needs_a_supervisors_account(database_url, conn, capsys):
+    a = new_alert(database_url)
+    run(database_url, "claim", str(a), "--operator", "anna")
+    assert run(database_url, "release", str(a), "--operator", "bo", "--supervisor",
+               "--note", "anna went home") == 2
+    assert capsys.readouterr().err == ("vagt: this needs the role supervisor or higher; bo is "
+                                       "operator\n")
+    assert conn.execute("SELECT status, claimed_by FROM alerts").fetchall() == [
+        ("claimed", "anna")]
+    add_operator(database_url, "sofie", "supervisor")
+    assert run(database_url, "release", str(a), "--operator", "sofie", "--supervisor",
+               "--note", "anna went home") == 0
+    assert conn.execute("SELECT actor, details FROM alert_audit WHERE action = 'release'"
+                        ).fetchall() == [("sofie", {"taken_from": "anna",
+                                                    "via": f"cli:{getpass.getuser()}"})]
+
+
+def test_a_municipal_operator_acts_only_on_their_municipalitys_alerts(database_url, conn,
+                                                                      capsys):
+    a = new_alert(database_url)
+    conn.execute("""UPDATE alerts SET labels = labels || '{"municipality": "Randers"}'""")
+    add_operator(database_url, "mette", municipality="Aarhus")
+    assert run(database_url, "claim", str(a), "--operator", "mette") == 2
+    assert capsys.readouterr().err.startswith(f"vagt: there is no alert {a}")
+    assert conn.execute("SELECT status FROM alerts").fetchall() == [("open",)]
+
+
+def test_a_silence_from_the_command_line_needs_a_supervisors_account(database_url, conn,
+                                                                       capsys):
+    argv = ["device_id=OXI-0001", "--comment", "sent for repair", "--duration", "2h"]
+    assert silences(database_url, "add", *argv, "--author", "anna") == 2
+    assert capsys.readouterr().err == ("vagt: this needs the role supervisor or higher; anna is "
+                                       "operator\n")
+    add_operator(database_url, "sofie", "supervisor")
+    assert silences(database_url, "add", *argv, "--author", "sofie") == 0
+    [(actor, via)] = conn.execute("SELECT actor, details->>'via' FROM audit_log "
+                                  "WHERE action = 'silence.create'").fetchall()
+    assert (actor, via) == ("sofie", f"cli:{getpass.getuser()}")
+
+
+def silences(conninfo: str, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="vagt")
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["silences", *argv])
+    result: int = args.handler(args, conninfo)
+    return result

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from tests.alerts.support import add_operator
 from tests.alerts.test_actions import new_alert
 from tests.app.conftest import query
 from tests.support import free_port
@@ -41,6 +42,7 @@ def test_a_refused_import_prints_the_problems_and_exits_2(env, tmp_path: Path, c
 
 def test_alerts_claim_ack_resolve_and_list_by_status(env, capsys):
     a = new_alert(env)
+    add_operator(env, "anna")
     assert main(["alerts", "claim", str(a), "--operator", "anna"]) == 0
     assert main(["alerts", "ack", str(a), "--operator", "anna", "--note", "called"]) == 0
     assert main(["alerts", "list", "--json", "--status", "acknowledged"]) == 0
@@ -54,6 +56,8 @@ def test_alerts_claim_ack_resolve_and_list_by_status(env, capsys):
 
 def test_a_refused_claim_says_who_holds_the_alert_and_exits_2(env, capsys):
     a = new_alert(env)
+    add_operator(env, "anna")
+    add_operator(env, "bo")
     main(["alerts", "claim", str(a), "--operator", "anna"])
     assert main(["alerts", "claim", str(a), "--operator", "bo"]) == 2
     assert f"alert {a} is already claimed by anna" in capsys.readouterr().err

@@ -147,6 +147,22 @@ def disable_user(conn: psycopg.Connection, username: str, *, actor: str) -> None
         _audit(conn, actor, "user.disable", f"user {username}", {})
 
 
+def enabled_account(conn: psycopg.Connection, username: str, *, via: str,
+                    role: Role = Role.OPERATOR) -> Principal:
+    """The enabled account a command acts as, of at least `role`: what the command line
+    records in the audit trail must be someone the API would let do the same."""
+    username = checked_operator(username)
+    who = _principal(conn, "o.username = %s", (username,), via)
+    if who is None:
+        raise AccountError(f"there is no enabled account '{username}' (`vagt users list` "
+                           "shows them; `vagt users add NAME --role operator --no-password` "
+                           "makes one for the command line)")
+    if who.role < role:
+        raise AccountError(f"this needs the role {role.label} or higher; {who.username} is "
+                           f"{who.role.label}")
+    return who
+
+
 def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, list[str], bool]]:
     rows = conn.execute("SELECT username, role, municipality, queues, disabled_at IS NOT NULL "
                         "FROM operators ORDER BY username").fetchall()

@@ -239,20 +239,22 @@ _RELEASE = _Action("release", "release", "released", AlertStatus.OPEN, _HELD,
 
 
 def claim(conn: psycopg.Connection, alert_id: int, operator: str, *,
-          municipality: str | None = None) -> AlertRow:
+          municipality: str | None = None, via: str | None = None) -> AlertRow:
     """Take an open alert: from now on only `operator` can acknowledge or resolve it."""
-    return _apply(conn, _CLAIM, alert_id, operator, None, municipality=municipality)
+    return _apply(conn, _CLAIM, alert_id, operator, None, municipality=municipality, via=via)
 
 
 def acknowledge(conn: psycopg.Connection, alert_id: int, operator: str,
-                note: str | None = None, *, municipality: str | None = None) -> AlertRow:
+                note: str | None = None, *, municipality: str | None = None,
+                via: str | None = None) -> AlertRow:
     """Acknowledge an alert `operator` has claimed."""
-    return _apply(conn, _ACK, alert_id, operator, note, municipality=municipality)
+    return _apply(conn, _ACK, alert_id, operator, note, municipality=municipality, via=via)
 
 
 def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
             note: str | None = None, *, code: str | None = None,
-            municipality: str | None = None, policy: AlertPolicy | None = None) -> AlertRow:
+            municipality: str | None = None, policy: AlertPolicy | None = None,
+            via: str | None = None) -> AlertRow:
     """Resolve an open alert, or one `operator` holds, with a resolution code and a note.
 
     Resolved is final; a new firing soon after reopens it (the engine does that).
@@ -265,24 +267,25 @@ def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
     if not _cleaned_note(note):
         raise InvalidResolution("a resolution needs a note saying what was done")
     return _apply(conn, _RESOLVE, alert_id, operator, note, code=code,
-                  municipality=municipality, policy=policy)
+                  municipality=municipality, policy=policy, via=via)
 
 
 def release(conn: psycopg.Connection, alert_id: int, operator: str, note: str | None = None,
-            *, supervisor: bool = False, municipality: str | None = None) -> AlertRow:
+            *, supervisor: bool = False, municipality: str | None = None,
+            via: str | None = None) -> AlertRow:
     """Give a held alert back to its queue (open, claimable, a new time to claim): the holder
     cannot finish it, or a supervisor takes it from an operator who has gone (with a note
     saying why: the audit trail keeps it)."""
     return _apply(conn, _RELEASE, alert_id, operator, note, municipality=municipality,
-                  override=supervisor)
+                  override=supervisor, via=via)
 
 
 def add_note(conn: psycopg.Connection, alert_id: int, operator: str, note: str, *,
-             municipality: str | None = None) -> AlertRow:
+             municipality: str | None = None, via: str | None = None) -> AlertRow:
     """Write a note on an alert (any status); the status does not change."""
     if not _cleaned_note(note):
         raise AlertError("the note is empty")
-    return _apply(conn, _NOTE, alert_id, operator, note, municipality=municipality)
+    return _apply(conn, _NOTE, alert_id, operator, note, municipality=municipality, via=via)
 
 
 _NEXT = sql.SQL("""
@@ -296,7 +299,7 @@ _NEXT = sql.SQL("""
 
 
 def next_alert(conn: psycopg.Connection, operator: str, queues: Sequence[str] | None = None, *,
-               municipality: str | None = None) -> AlertRow | None:
+               municipality: str | None = None, via: str | None = None) -> AlertRow | None:
     """Claim the most urgent open alert of `queues` (all when None) for `operator`.
 
     Alerts other operators are taking right now are skipped, not waited for; None when
@@ -308,13 +311,17 @@ def next_alert(conn: psycopg.Connection, operator: str, queues: Sequence[str] | 
                                    "municipality": municipality}).fetchone()
         if row is None:
             return None
-        return claim(conn, int(row[0]), operator, municipality=municipality)
+        return claim(conn, int(row[0]), operator, municipality=municipality, via=via)
 
 
 def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: str,
            note: str | None, *, code: str | None = None, municipality: str | None = None,
-           policy: AlertPolicy | None = None, override: bool = False) -> AlertRow:
-    """Lock, check, update, audit, outbox: one transaction (a savepoint inside the caller's)."""
+           policy: AlertPolicy | None = None, override: bool = False,
+           via: str | None = None) -> AlertRow:
+    """Lock, check, update, audit, outbox: one transaction (a savepoint inside the caller's).
+
+    `via`: how the operator came (`cli:USER`, the command's login), for the audit trail
+    only: the call centre's systems are not sent the centre's staff logins."""
     operator = checked_operator(operator)
     note = _cleaned_note(note)
     with conn.transaction(), conn.cursor(row_factory=kwargs_row(_alert_row)) as cur:
@@ -327,7 +334,8 @@ def _apply(conn: psycopg.Connection, action: _Action, alert_id: int, operator: s
                 raise AlertError(f"taking alert {before.id} from {before.claimed_by} needs a "
                                  "note saying why (e.g. \"anna's shift ended\")")
             details["taken_from"] = before.claimed_by   # a supervisor acted on another's alert
-        _audit(cur, before, after, action, operator, note, details)
+        _audit(cur, before, after, action, operator, note,
+               {**details, **({"via": via} if via else {})})
         outbox.enqueue(conn, [after.id], action.event, operator,
                        {**details, **({"note": note} if note else {})})
         if action is _RESOLVE and is_inhibition_source(after.labels, policy or current_policy()):

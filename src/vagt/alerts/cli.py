@@ -1,12 +1,15 @@
 """`vagt alerts ...` and `vagt silences ...`: the call-centre queue from the command line.
 
-Every action is audited. `vagt alerts route k=v ...` shows where an alert with those labels
-would go, without a database.
+Every action is audited, as the operator account named by --operator or --author (an
+enabled one, of the role the API asks for the same step, within its municipality) and with
+the login the command runs under (`cli:USER`, in the audit entry's details). `vagt alerts
+route k=v ...` shows where an alert with those labels would go, without a database.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +17,7 @@ import orjson
 import psycopg
 
 from vagt.alerts import engine_rules, outbox
+from vagt.alerts.accounts import Principal, Role, enabled_account
 from vagt.alerts.actions import (
     MAX_NOTE,
     AlertError,
@@ -60,14 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("release", "give an alert you hold back to its queue", handle_release, True)):
         p = actions.add_parser(name, help=help_text)
         p.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
-        p.add_argument("--operator", required=True, help="your operator name")
+        p.add_argument("--operator", required=True,
+                       help="your operator account's name (`vagt users list`)")
         if takes_note:
             p.add_argument("--note", required=name in ("resolve", "note"),
                            help=f"what was done, for the audit trail (at most {MAX_NOTE} "
                                 "characters)")
         if name == "release":
             p.add_argument("--supervisor", action="store_true",
-                           help="release an alert someone else holds (a supervisor's step)")
+                           help="release an alert someone else holds (a supervisor's step: "
+                                "the account must be one)")
         if name == "resolve":
             p.add_argument("--code", required=True,
                            help="the resolution code, e.g. visit_arranged or false_alarm "
@@ -78,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=handle_show)
     nxt = actions.add_parser("next", help="claim the most urgent open alert of your queues")
-    nxt.add_argument("--operator", required=True, help="your operator name")
+    nxt.add_argument("--operator", required=True,
+                     help="your operator account's name (`vagt users list`)")
     nxt.add_argument("--queue", action="append", help="a queue to take from; repeat for "
                                                       "several (default: every queue)")
     nxt.set_defaults(handler=handle_next)
@@ -102,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         one = actions.add_parser(name, help=text)
         one.add_argument("outbox_id", type=int)
         one.add_argument("--target", required=True, help="the delivery target's name")
-        one.add_argument("--author", required=True, help="your name, for the audit trail")
+        one.add_argument("--author", required=True,
+                         help="your account's name, for the audit trail")
         if name == "give-up":
             one.add_argument("--reason", required=True, help="why, for the audit trail")
         one.set_defaults(handler=handler)
@@ -115,7 +123,8 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     add = actions.add_parser("add", help="silence the alerts matching every matcher")
     add.add_argument("matchers", nargs="+", metavar="MATCHER",
                      help='name=value, name!=value, name=~regex or name!~regex')
-    add.add_argument("--author", required=True, help="your name, for the audit trail")
+    add.add_argument("--author", required=True,
+                     help="your account's name (a supervisor's), for the audit trail")
     add.add_argument("--comment", required=True, help="why, e.g. the maintenance ticket")
     add.add_argument("--start", type=_timestamp, default=None,
                      help="ISO 8601 time it starts (default: now), e.g. 2026-12-01T22:00+01:00")
@@ -130,7 +139,8 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     ls.set_defaults(handler=handle_silence_list, handler_takes_config=True)
     ex = actions.add_parser("expire", help="end a silence now")
     ex.add_argument("id", type=int)
-    ex.add_argument("--author", required=True, help="your name, for the audit trail")
+    ex.add_argument("--author", required=True,
+                     help="your account's name (a supervisor's), for the audit trail")
     ex.set_defaults(handler=handle_silence_expire)
 
 
@@ -182,28 +192,51 @@ def _local_time(at: datetime) -> str:
     return f"{at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
 
 
+def cli_login() -> str:
+    """`cli:USER`, the login the command runs under, for the audit trail: the names given
+    with --operator or --author are typed, this one is not."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        return "cli:(unknown)"
+
+
+def _acting(conn: psycopg.Connection, name: str, role: Role = Role.OPERATOR) -> Principal:
+    """The enabled account named by --operator or --author, of at least `role` (what the
+    API asks for the same step); the command acts within its municipality, as the API does."""
+    return enabled_account(conn, name, via=cli_login(), role=role)
+
+
 @_reports_errors
 def handle_claim(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(claim(conn, args.id, args.operator))
+        who = _acting(conn, args.operator)
+        return _done(claim(conn, args.id, who.username, municipality=who.municipality,
+                           via=who.via))
 
 
 @_reports_errors
 def handle_ack(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(acknowledge(conn, args.id, args.operator, args.note))
+        who = _acting(conn, args.operator)
+        return _done(acknowledge(conn, args.id, who.username, args.note,
+                                 municipality=who.municipality, via=who.via))
 
 
 @_reports_errors
 def handle_resolve(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(resolve(conn, args.id, args.operator, args.note, code=args.code))
+        who = _acting(conn, args.operator)
+        return _done(resolve(conn, args.id, who.username, args.note, code=args.code,
+                             municipality=who.municipality, via=who.via))
 
 
 @_reports_errors
 def handle_release(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        alert = release(conn, args.id, args.operator, args.note, supervisor=args.supervisor)
+        who = _acting(conn, args.operator, Role.SUPERVISOR if args.supervisor else Role.OPERATOR)
+        alert = release(conn, args.id, who.username, args.note, supervisor=args.supervisor,
+                        municipality=who.municipality, via=who.via)
     print(f"alert {alert.id} is open again in {alert.queue}: {alert.summary}")
     return 0
 
@@ -211,15 +244,19 @@ def handle_release(args: argparse.Namespace, conninfo: str) -> int:
 @_reports_errors
 def handle_note(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        alert = add_note(conn, args.id, args.operator, args.note)
-    print(f"alert {alert.id}: note written by {args.operator.strip()}")
+        who = _acting(conn, args.operator)
+        alert = add_note(conn, args.id, who.username, args.note,
+                         municipality=who.municipality, via=who.via)
+    print(f"alert {alert.id}: note written by {who.username}")
     return 0
 
 
 @_reports_errors
 def handle_next(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        alert = next_alert(conn, args.operator, args.queue)
+        who = _acting(conn, args.operator)
+        alert = next_alert(conn, who.username, args.queue, municipality=who.municipality,
+                           via=who.via)
     if alert is None:
         print("nothing to take: no open alert in " + (", ".join(args.queue) if args.queue
                                                       else "any queue"))
@@ -304,8 +341,9 @@ def handle_outbox(args: argparse.Namespace, conninfo: str) -> int:
 @_reports_errors
 def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
+        who = _acting(conn, args.author)
         try:
-            outbox.redeliver(conn, args.outbox_id, args.target, actor=args.author)
+            outbox.redeliver(conn, args.outbox_id, args.target, actor=who.username, via=who.via)
         except LookupError as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
@@ -315,9 +353,10 @@ def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
 @_reports_errors
 def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
+        who = _acting(conn, args.author)
         try:
-            outbox.give_up(conn, args.outbox_id, args.target, actor=args.author,
-                           reason=args.reason)
+            outbox.give_up(conn, args.outbox_id, args.target, actor=who.username,
+                           reason=args.reason, via=who.via)
         except LookupError as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} is a dead letter for {args.target}; the events "
@@ -334,8 +373,10 @@ def handle_silence_add(args: argparse.Namespace, conninfo: str,
     start = args.start or now
     end = args.end or start + args.duration
     with psycopg.connect(conninfo) as conn:
-        s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=args.author,
-                           comment=args.comment, now=now, rules=rules)
+        who = _acting(conn, args.author, Role.SUPERVISOR)
+        s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=who.username,
+                           comment=args.comment, municipality=who.municipality, now=now,
+                           rules=rules, via=who.via)
     print(f"silence {s.id} ({s.state(now)}): {', '.join(map(str, s.matchers))} "
           f"until {_local_time(s.ends_at)}")
     return 0
@@ -373,7 +414,9 @@ def _rule_book(config: Config | None) -> list[Rule]:
 @_reports_errors
 def handle_silence_expire(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        s = expire_silence(conn, args.id, by=args.author)
+        who = _acting(conn, args.author, Role.SUPERVISOR)
+        s = expire_silence(conn, args.id, by=who.username, municipality=who.municipality,
+                           via=who.via)
     print(f"silence {s.id} expired by {s.expired_by}")
     return 0
 

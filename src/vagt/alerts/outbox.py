@@ -104,7 +104,8 @@ def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,
     return [(int(a), str(b), int(c), str(d), int(e), f, bool(g)) for a, b, c, d, e, f, g in rows]
 
 
-def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str) -> None:
+def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
+              via: str | None = None) -> None:
     """Give a dead letter another round of tries (after the receiver was fixed); audited."""
     without_cpr(actor, "author")
     with conn.transaction():
@@ -117,11 +118,12 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
                               f"'{target}'; `vagt alerts outbox --dead` lists them")
         conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
                      "(%s, 'delivery.retry', %s, %s::jsonb)",
-                     (actor, f"outbox {outbox_id}", orjson.dumps({"target": target}).decode()))
+                     (actor, f"outbox {outbox_id}",
+                      orjson.dumps({"target": target, **_via(via)}).decode()))
 
 
 def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
-            reason: str) -> None:
+            reason: str, via: str | None = None) -> None:
     """Make a waiting delivery that has failed a dead letter now, so that the target's
     events behind it go (a receiver that fails on this one event, with 5xx say, is otherwise
     tried until it takes it); audited, and `redeliver` can try it again. One never tried is
@@ -148,7 +150,13 @@ def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str
         conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
                      "(%s, 'delivery.give_up', %s, %s::jsonb)",
                      (actor, f"outbox {outbox_id}",
-                      orjson.dumps({"target": target, "reason": reason}).decode()))
+                      orjson.dumps({"target": target, "reason": reason,
+                                    **_via(via)}).decode()))
+
+
+def _via(via: str | None) -> dict[str, str]:
+    """How the actor came (`cli:USER`, the command's login), for the audit log."""
+    return {"via": via} if via else {}
 
 
 _PRUNE = """

@@ -90,7 +90,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
                    starts_at: datetime | None, ends_at: datetime, author: str, comment: str,
                    municipality: str | None = None, now: datetime | None = None,
                    policy: AlertPolicy | None = None,
-                   rules: Sequence[Rule] | None = None) -> Silence:
+                   rules: Sequence[Rule] | None = None, via: str | None = None) -> Silence:
     """Store a silence and suppress the open alerts it matches, in one transaction.
 
     A municipal author's silence is limited to their municipality (a matcher is added).
@@ -132,7 +132,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
              comment)).fetchone()
         assert row is not None
         silence = _silence(row)
-        _audit(conn, author, "silence.create", silence, now)
+        _audit(conn, author, "silence.create", silence, now, via)
         reconcile(conn, now=now, policy=policy)
     return silence
 
@@ -214,7 +214,7 @@ def _duration(seconds: float) -> str:
 
 def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
                    municipality: str | None = None, now: datetime | None = None,
-                   policy: AlertPolicy | None = None) -> Silence:
+                   policy: AlertPolicy | None = None, via: str | None = None) -> Silence:
     """End a silence now; the alerts it held come back (unless something else holds them)."""
     now = now or datetime.now(UTC)
     by = checked_operator(by)
@@ -230,7 +230,7 @@ def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
                           "RETURNING *", (now, by, silence_id)).fetchone()
         assert row is not None
         silence = _silence(row)
-        _audit(conn, by, "silence.expire", silence, now)
+        _audit(conn, by, "silence.expire", silence, now, via)
         reconcile(conn, now=now, policy=policy)
     return silence
 
@@ -254,8 +254,9 @@ def _in_scope(silence: Silence, municipality: str | None) -> bool:
 
 
 def _audit(conn: psycopg.Connection, actor: str, action: str, silence: Silence,
-           now: datetime) -> None:
+           now: datetime, via: str | None) -> None:
+    """`via`: how the author came (`cli:USER`, the command's login)."""
+    details = {**silence.to_json(now), **({"via": via} if via else {})}
     conn.execute("INSERT INTO audit_log (at, actor, action, subject, details) "
                  "VALUES (%s, %s, %s, %s, %s::jsonb)",
-                 (now, actor, action, f"silence {silence.id}",
-                  orjson.dumps(silence.to_json(now)).decode()))
+                 (now, actor, action, f"silence {silence.id}", orjson.dumps(details).decode()))
