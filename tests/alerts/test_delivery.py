@@ -250,17 +250,17 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
         worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
         worker.deliver_due()                              # connection refused
         text = generate_latest(metrics.registry).decode()
-        assert 'vagt_alert_deliveries_waiting{target="callcentre"} 2.0' in text
-        age = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} ')
-                    [1].split()[0])
+        assert 'vagt_alert_deliveries_waiting{configured="true",target="callcentre"} 2.0' in text
+        age = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{configured="true",'
+                               'target="callcentre"} ')[1].split()[0])
         assert 0 < age < 60
         away[0] = True                 # an alert on the age goes on firing, not silent
         time.sleep(0.1)
         text = generate_latest(metrics.registry).decode()
-        assert 'vagt_alert_deliveries_waiting{target="callcentre"} 2.0' in text
+        assert 'vagt_alert_deliveries_waiting{configured="true",target="callcentre"} 2.0' in text
         assert 'vagt_scrape_query_ok{what="deliveries_waiting"} 0.0' in text
-        later = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} ')
-                      [1].split()[0])
+        later = float(text.split('vagt_alert_delivery_oldest_waiting_seconds{configured="true",'
+                                 'target="callcentre"} ')[1].split()[0])
         assert later >= age + 0.1                      # and the age grows meanwhile
         away[0] = False
         receiver = Receiver(port=port).start()
@@ -270,8 +270,9 @@ def test_what_waits_for_a_receiver_that_is_down_is_on_the_metrics(database_url):
         finally:
             receiver.stop()
         text = generate_latest(metrics.registry).decode()
-    assert 'vagt_alert_deliveries_waiting{target="callcentre"} 0.0' in text
-    assert 'vagt_alert_delivery_oldest_waiting_seconds{target="callcentre"} 0.0' in text
+    assert 'vagt_alert_deliveries_waiting{configured="true",target="callcentre"} 0.0' in text
+    assert ('vagt_alert_delivery_oldest_waiting_seconds{configured="true",target="callcentre"} '
+            '0.0') in text
 
 
 def after_days_down(database_url: str, policy: DeliveryPolicy, n: int) -> None:
@@ -680,3 +681,134 @@ def test_an_event_never_tried_goes_at_once_though_the_databases_clock_is_ahead(
                                 Clock(time.time()))
         assert worker.deliver_due() == 1
     assert [d[1:3] for d in deliveries(database_url)] == [(1, True)]
+
+
+# --- a target renamed or removed in the policy ---------------------------------------------
+
+
+def renamed(database_url: str, receiver: Receiver, *, events: tuple[str, ...] = ()
+            ) -> DeliveryPolicy:
+    """Target `cc` queued an alarm, and the policy now names the receiver `cc2`."""
+    with psycopg.connect(database_url) as conn:
+        register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget("cc", receiver.url,
+                                                                      SECRET),)))
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    fire(database_url, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    policy = DeliveryPolicy(webhooks=(WebhookTarget("cc2", receiver.url, SECRET, events),))
+    with psycopg.connect(database_url) as conn:
+        register_targets(conn, policy)
+    return policy
+
+
+def test_what_waits_for_a_renamed_target_is_on_the_metrics_the_outbox_and_the_start_up_log(
+        database_url, capsys, caplog):
+    """Nothing sends what waits for a target the policy no longer has: ops must see it."""
+    from prometheus_client import generate_latest
+    from tests.alerts.test_accounts_cli import run
+
+    from vagt.alerts.observe import NullObserver
+    from vagt.alerts.outbox import waiting_by_target
+    from vagt.alerts.policy import AlertPolicy
+    from vagt.alerts.service import alert_services
+
+    receiver = Receiver().start()
+    try:
+        policy = renamed(database_url, receiver)
+        metrics = EngineMetrics(CollectorRegistry())
+        with open_pool(database_url, 1, 4) as pool:
+            def query() -> list[tuple[str, bool, int, float | None]]:
+                with pool.connection() as conn:
+                    return waiting_by_target(conn)
+
+            metrics.watch_deliveries(query)
+            text = generate_latest(metrics.registry).decode()
+            with alert_services(pool, AlertPolicy(delivery=policy), clock=Clock(),
+                                observer=NullObserver(), mqtt_defaults={}, client_id="t"):
+                pass
+    finally:
+        receiver.stop()
+    assert 'vagt_alert_deliveries_waiting{configured="false",target="cc"} 1.0' in text
+    assert 'vagt_alert_deliveries_waiting{configured="true",target="cc2"} 0.0' in text
+    assert ("event=delivery_target_not_configured target=cc waiting=1 note=nothing_sends_them"
+            in caplog.text)
+    assert run(database_url, "alerts", "outbox") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].split()[:6] == ["1", "cc", "1", "opened", "0", "stranded"]
+    assert "`vagt alerts move-deliveries`" in err
+    add_operator(database_url, "sofie", "supervisor")
+    assert run(database_url, "alerts", "give-up", "1", "--target", "cc", "--author", "sofie",
+               "--reason", "renamed") == 2
+    assert "'cc' is no longer configured" in capsys.readouterr().err
+
+
+def test_what_waits_for_a_renamed_target_is_moved_to_the_new_one_and_delivered(database_url,
+                                                                              capsys):
+    from tests.alerts.test_accounts_cli import run
+
+    from vagt.alerts.actions import claim, resolve
+    from vagt.alerts.outbox import waiting_by_target
+
+    receiver = Receiver().start()
+    add_operator(database_url, "sofie", "supervisor")
+    try:
+        with psycopg.connect(database_url) as conn:     # both alarms are opened for cc
+            register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget("cc", receiver.url,
+                                                                          SECRET),)))
+        (first,) = alarms(database_url, DeliveryPolicy(webhooks=(WebhookTarget(
+            "cc", receiver.url, SECRET),)), 1)
+        add_device(database_url, "ALM-0009", "personal_alarm", "Randers")
+        [(second, _)] = fire(database_url, ("personal_alarm", "ALM-0009"), code="alarm.fall")
+        with psycopg.connect(database_url) as conn:
+            claim(conn, second, "anna")                 # cc takes every event
+            policy = DeliveryPolicy(webhooks=(WebhookTarget("cc2", receiver.url, SECRET,
+                                                            ("opened", "resolved")),))
+            register_targets(conn, policy)              # renamed, and fewer events
+            resolve(conn, first, "anna", "a false alarm", code="false_alarm")   # cc2's own
+        assert run(database_url, "alerts", "move-deliveries", "--from", "cc", "--to", "cc2",
+                   "--author", "sofie", "--reason", "renamed in the policy") == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "1 event waiting for cc: moved to cc2",
+            "1 event waiting for cc: given up: cc2 does not take their events",
+            "1 event waiting for cc: given up: cc2 has a later event of their alert"]
+        with open_pool(database_url, 1, 2) as pool:
+            DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                           Clock()).deliver_due()
+            with pool.connection() as conn:
+                assert waiting_by_target(conn) == [("cc2", True, 0, None)]
+    finally:
+        receiver.stop()
+    # the first alarm's resolution, not its opening after it; the second's opening
+    assert sorted((d["event"], d["alert"]["id"]) for d in receiver.accepted()) == [
+        ("opened", second), ("resolved", first)]
+    assert rows(database_url, "SELECT o.event, d.last_error FROM alert_deliveries d JOIN "
+                              "alert_outbox o ON o.id = d.outbox_id WHERE d.target = 'cc' "
+                              "ORDER BY o.id") == [
+        ("opened", "not moved to cc2, which has a later event of the alert; given up by sofie: "
+                   "renamed in the policy"),
+        ("opened", "moved to cc2 by sofie: renamed in the policy"),
+        ("claimed", "not moved to cc2, which does not take claimed events; given up by sofie: "
+                    "renamed in the policy")]
+    [(details,)] = rows(database_url, "SELECT details FROM audit_log "
+                                      "WHERE action = 'delivery.move'")
+    assert details == {"to": "cc2", "reason": "renamed in the policy", "moved": 1,
+                       "not_taken": 1, "superseded": 1, "via": f"cli:{getpass.getuser()}"}
+
+
+def test_what_waits_for_a_removed_target_can_be_given_up_and_a_configured_one_is_refused(
+        database_url, capsys):
+    from tests.alerts.test_accounts_cli import run
+
+    receiver = Receiver()
+    add_operator(database_url, "sofie", "supervisor")
+    renamed(database_url, receiver)
+    move = ["alerts", "move-deliveries", "--author", "sofie", "--reason", "cc is gone"]
+    assert run(database_url, *move, "--from", "cc2", "--give-up") == 2
+    assert "'cc2' is configured: its worker sends what waits for it" in capsys.readouterr().err
+    assert run(database_url, *move, "--from", "cc", "--to", "nowhere") == 2
+    assert "'nowhere' is not a configured delivery target" in capsys.readouterr().err
+    assert run(database_url, *move, "--from", "cc", "--give-up") == 0
+    assert capsys.readouterr().out == "1 event waiting for cc: given up\n"
+    assert run(database_url, "alerts", "outbox") == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[5] == "dead"
+    assert run(database_url, *move, "--from", "cc", "--give-up") == 0
+    assert capsys.readouterr().out == "nothing waits for cc\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -114,6 +115,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         if name == "give-up":
             one.add_argument("--reason", required=True, help="why, for the audit trail")
         one.set_defaults(handler=handler)
+    move = actions.add_parser(
+        "move-deliveries", help="send what waits for a target no longer configured (renamed "
+                                "or removed in the policy) to another, or give it up")
+    move.add_argument("--from", dest="source", required=True, metavar="TARGET",
+                      help="the target no longer configured (`vagt alerts outbox`: stranded)")
+    to = move.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", metavar="TARGET", help="a configured target to send them to")
+    to.add_argument("--give-up", action="store_true",
+                    help="make them dead letters of the old target (nothing takes them now)")
+    move.add_argument("--author", required=True,
+                      help="your account's name, for the audit trail")
+    move.add_argument("--reason", required=True, help="why, for the audit trail")
+    move.set_defaults(handler=handle_move_deliveries)
     _add_silences(subparsers)
 
 
@@ -333,8 +347,12 @@ def handle_outbox(args: argparse.Namespace, conninfo: str) -> int:
         print("nothing waiting: every event is delivered" if not args.dead else "no dead letters")
         return 0
     print(format_table(["OUTBOX", "TARGET", "ALERT", "EVENT", "TRIES", "STATE", "LAST ERROR"],
-                        [[str(o), t, str(a), e, str(n), "dead" if d else "retrying",
-                          err or ""] for o, t, a, e, n, err, d in rows]))
+                        [[str(o), t, str(a), e, str(n), state, err or ""]
+                         for o, t, a, e, n, err, state in rows]))
+    if any(row[6] == "stranded" for row in rows):
+        print("stranded: the target is no longer configured and nothing sends them; "
+              "`vagt alerts move-deliveries` sends them to another or gives them up",
+              file=sys.stderr)
     return 0
 
 
@@ -361,6 +379,26 @@ def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} is a dead letter for {args.target}; the events "
           "behind it go")
+    return 0
+
+
+@_reports_errors
+def handle_move_deliveries(args: argparse.Namespace, conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        who = _acting(conn, args.author)
+        try:
+            fates = outbox.move_deliveries(conn, args.source, args.to, actor=who.username,
+                                           reason=args.reason, via=who.via)
+        except LookupError as e:
+            return fail(str(e))
+    if not fates:
+        print(f"nothing waits for {args.source}")
+        return 0
+    said = {"moved": f"moved to {args.to}", "given_up": "given up",
+            "superseded": f"given up: {args.to} has a later event of their alert",
+            "not_taken": f"given up: {args.to} does not take their events"}
+    for fate, n in sorted(fates.items()):
+        print(f"{n} event{'' if n == 1 else 's'} waiting for {args.source}: {said[fate]}")
     return 0
 
 

@@ -3,11 +3,14 @@
 One outbox row per event, and one delivery row per enabled target, in the same statement:
 whatever commits the change commits the promise to deliver it, so a receiver (or the
 engine) that is down loses nothing. The delivery worker (`delivery`) sends them later.
-The targets are registered from the policy when the engine starts (`register_targets`).
+The targets are registered from the policy when the engine starts (`register_targets`);
+what still waits for a target the policy no longer has is stranded (nothing sends it)
+until ops move it to another target or give it up (`move_deliveries`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
@@ -16,6 +19,8 @@ import psycopg
 
 from vagt.alerts.policy import DeliveryPolicy
 from vagt.privacy import without_cpr
+
+log = logging.getLogger("vagt.alerts.outbox")
 
 _ENQUEUE = """
 WITH announced AS (   -- opened or reopened: the receivers know of this episode (0016)
@@ -65,7 +70,9 @@ def enqueue(conn: psycopg.Connection, alert_ids: Iterable[int], event: str, acto
 
 
 def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list[str]:
-    """Enable the policy's targets, disable the others (their undelivered rows stay, kept)."""
+    """Enable the policy's targets, disable the others (their undelivered rows stay, kept:
+    `stranded` counts them). Engines started with different policies (a rollout) disable
+    each other's: the last started decides where new events go."""
     targets: Sequence[tuple[str, str, tuple[str, ...]]] = [
         *((w.name, "webhook", w.events) for w in delivery.webhooks),
         *((m.name, "mqtt", m.events) for m in delivery.mqtt)]
@@ -80,28 +87,49 @@ def register_targets(conn: psycopg.Connection, delivery: DeliveryPolicy) -> list
     return [t[0] for t in targets]
 
 
-def waiting_by_target(conn: psycopg.Connection) -> list[tuple[str, int, float | None]]:
-    """Per enabled target: how many deliveries wait (neither delivered nor dead), and the
-    age of the oldest of them by the database's clock (seconds; None when none waits)."""
+def waiting_by_target(conn: psycopg.Connection) -> list[tuple[str, bool, int, float | None]]:
+    """(target, configured, waiting, age) per enabled target, and per target no longer
+    configured that deliveries still wait for (stranded: nothing sends them): how many wait
+    (neither delivered nor dead), and the age of the oldest of them by the database's clock
+    (seconds; None when none waits)."""
     rows = conn.execute(
-        "SELECT t.name, count(o.id), extract(epoch FROM now() - min(o.created_at))::float8 "
+        "SELECT t.name, t.enabled, count(o.id), "
+        "extract(epoch FROM now() - min(o.created_at))::float8 "
         "FROM delivery_targets t LEFT JOIN alert_deliveries d ON d.target = t.name "
         "AND d.delivered_at IS NULL AND d.dead_at IS NULL "
         "LEFT JOIN alert_outbox o ON o.id = d.outbox_id "
-        "WHERE t.enabled GROUP BY t.name ORDER BY t.name").fetchall()
-    return [(str(t), int(n), None if age is None else max(float(age), 0.0))
-            for t, n, age in rows]
+        "GROUP BY t.name, t.enabled HAVING t.enabled OR count(o.id) > 0 "
+        "ORDER BY t.name").fetchall()
+    return [(str(t), bool(on), int(n), None if age is None else max(float(age), 0.0))
+            for t, on, n, age in rows]
 
 
-def undelivered(conn: psycopg.Connection, *, dead_only: bool = False,
-                limit: int = 100) -> list[tuple[int, str, int, str, int, str | None, bool]]:
-    """(outbox id, target, alert id, event, attempts, last error, dead) not delivered yet."""
+def stranded(conn: psycopg.Connection) -> list[tuple[str, int]]:
+    """(target, waiting) of the targets no longer configured that deliveries wait for."""
+    return [(t, n) for t, on, n, _ in waiting_by_target(conn) if not on]
+
+
+def warn_of_stranded(conn: psycopg.Connection) -> None:
+    """Log each target no longer configured that events still wait for, and the way out."""
+    for target, n in stranded(conn):
+        log.warning("event=delivery_target_not_configured target=%s waiting=%d note=nothing_"
+                    "sends_them hint=\"vagt alerts move-deliveries --from %s --to TARGET "
+                    "(or --give-up) --author NAME --reason TEXT\"", target, n, target)
+
+
+def undelivered(conn: psycopg.Connection, *, dead_only: bool = False, limit: int = 100
+                ) -> list[tuple[int, str, int, str, int, str | None, str]]:
+    """(outbox id, target, alert id, event, attempts, last error, state) not delivered yet;
+    the state is `dead`, `stranded` (its target is no longer configured) or `retrying`."""
     rows = conn.execute(
         "SELECT d.outbox_id, d.target, o.alert_id, o.event, d.attempts, d.last_error, "
-        "d.dead_at IS NOT NULL FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id "
+        "CASE WHEN d.dead_at IS NOT NULL THEN 'dead' WHEN NOT t.enabled THEN 'stranded' "
+        "ELSE 'retrying' END "
+        "FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id "
+        "JOIN delivery_targets t ON t.name = d.target "
         "WHERE d.delivered_at IS NULL AND (NOT %s OR d.dead_at IS NOT NULL) "
         "ORDER BY d.outbox_id, d.target LIMIT %s", (dead_only, limit)).fetchall()
-    return [(int(a), str(b), int(c), str(d), int(e), f, bool(g)) for a, b, c, d, e, f, g in rows]
+    return [(int(a), str(b), int(c), str(d), int(e), f, str(g)) for a, b, c, d, e, f, g in rows]
 
 
 def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
@@ -142,6 +170,10 @@ def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str
             untried = conn.execute(
                 "SELECT 1 FROM alert_deliveries WHERE outbox_id = %s AND target = %s "
                 "AND delivered_at IS NULL AND dead_at IS NULL", (outbox_id, target)).fetchone()
+            if untried and target in dict(stranded(conn)):
+                raise LookupError(f"'{target}' is no longer configured: nothing sends what "
+                                  f"waits for it; `vagt alerts move-deliveries --from {target}` "
+                                  "sends it to another target or gives it up")
             raise LookupError(
                 f"the delivery of outbox entry {outbox_id} to '{target}' has not been tried "
                 "yet: it waits behind another, not the other way round"
@@ -157,6 +189,76 @@ def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str
 def _via(via: str | None) -> dict[str, str]:
     """How the actor came (`cli:USER`, the command's login), for the audit log."""
     return {"via": via} if via else {}
+
+
+# The deliveries waiting for a target no longer configured (locked: another engine, still
+# on the old policy, may be sending the first of them), each with what becomes of it:
+# `moved` to the new target, or given up because the new target does not take its event
+# (`not_taken`), or already has this event or a later one of its alert (`superseded`: sent
+# now, it would arrive after that one and tell the receiver of an older state).
+_MOVE = """
+WITH p AS (
+    SELECT %(from)s::text AS source, %(to)s::text AS dest, %(events)s::text[] AS events,
+           format('%%s: %%s', %(actor)s::text, %(reason)s::text) AS why
+), waiting AS (
+    SELECT d.outbox_id, o.event,
+           CASE WHEN p.dest IS NULL THEN 'given_up'
+                WHEN EXISTS (SELECT 1 FROM alert_deliveries n
+                             JOIN alert_outbox later ON later.id = n.outbox_id
+                             WHERE n.target = p.dest AND later.alert_id = o.alert_id
+                               AND later.id >= o.id) THEN 'superseded'
+                WHEN p.events = '{}' OR o.event = ANY(p.events) THEN 'moved'
+                ELSE 'not_taken' END AS fate
+    FROM p, alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
+    WHERE d.target = p.source AND d.delivered_at IS NULL AND d.dead_at IS NULL
+    FOR UPDATE OF d
+), ended AS (
+    UPDATE alert_deliveries d SET dead_at = clock_timestamp(), last_error = CASE w.fate
+        WHEN 'moved' THEN format('moved to %%s by %%s', p.dest, p.why)
+        WHEN 'superseded' THEN format('not moved to %%s, which has a later event of the '
+                                      'alert; given up by %%s', p.dest, p.why)
+        WHEN 'not_taken' THEN format('not moved to %%s, which does not take %%s events; '
+                                     'given up by %%s', p.dest, w.event, p.why)
+        ELSE format('target no longer configured; given up by %%s', p.why) END
+    FROM p, waiting w WHERE d.target = p.source AND d.outbox_id = w.outbox_id
+), moved AS (
+    INSERT INTO alert_deliveries (outbox_id, target)
+    SELECT w.outbox_id, p.dest FROM p, waiting w WHERE w.fate = 'moved'
+)
+SELECT fate, count(*) FROM waiting GROUP BY fate
+"""
+
+
+def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, actor: str,
+                    reason: str, via: str | None = None) -> dict[str, int]:
+    """What waits for `source`, a target no longer configured (renamed or removed in the
+    policy), goes to the configured target `to` in outbox order, or (`to` None) is given
+    up; audited. Each row left behind becomes a dead letter of `source` saying where it
+    went. Returns how many were `moved`, `superseded`, `not_taken` or `given_up`. A
+    configured source is refused: its own worker sends what waits for it."""
+    without_cpr(actor, "author")
+    without_cpr(reason, "reason")
+    with conn.transaction():
+        targets = {str(n): (bool(on), list(ev)) for n, on, ev in conn.execute(
+            "SELECT name, enabled, events FROM delivery_targets WHERE name = ANY(%s) "
+            "FOR UPDATE", ([source, to],))}
+        if source not in targets:
+            raise LookupError(f"there is no delivery target '{source}'; `vagt alerts outbox` "
+                              "lists what waits, and for which")
+        if targets[source][0]:
+            raise LookupError(f"'{source}' is configured: its worker sends what waits for it "
+                              "(take it out of the policy first, and start the engine)")
+        if to is not None and not targets.get(to, (False, []))[0]:
+            raise LookupError(f"'{to}' is not a configured delivery target: the events would "
+                              "wait there for ever too")
+        fates = {str(f): int(n) for f, n in conn.execute(_MOVE, {
+            "from": source, "to": to, "events": targets[to][1] if to else [],
+            "actor": actor, "reason": reason}).fetchall()}
+        conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
+                     "(%s, 'delivery.move', %s, %s::jsonb)",
+                     (actor, f"target {source}", orjson.dumps({
+                         "to": to, "reason": reason, **fates, **_via(via)}).decode()))
+    return fates
 
 
 _PRUNE = """

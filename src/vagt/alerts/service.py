@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from vagt.alerts.delivery import DeliveryWorker, senders_for
 from vagt.alerts.escalation import Timer
 from vagt.alerts.observe import AlertObserver
-from vagt.alerts.outbox import register_targets
+from vagt.alerts.outbox import register_targets, warn_of_stranded
 from vagt.alerts.policy import AlertPolicy
 from vagt.threads import start_kept_running
 
@@ -50,6 +50,7 @@ def alert_services(pool: ConnectionPool, policy: AlertPolicy, *, clock: Callable
     highest."""
     with pool.connection() as conn:
         targets = register_targets(conn, policy.delivery)
+        warn_of_stranded(conn)
     stop = threading.Event()
     threads = [start_kept_running("alert-timer", Timer(pool, policy, clock, observer,
                                                            timer_limit_s).run,

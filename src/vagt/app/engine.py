@@ -940,7 +940,7 @@ def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
     return [(str(q), int(p), str(s), int(n)) for q, p, s, n in rows]
 
 
-def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, int, float | None]]:
+def _waiting_deliveries(pool: ConnectionPool) -> list[tuple[str, bool, int, float | None]]:
     with _guarded(pool, timeout=2) as conn:
         return outbox.waiting_by_target(conn)
 

@@ -180,12 +180,14 @@ class EngineMetrics:
         """Export `vagt_open_alerts{queue}` from `query()` at every scrape."""
         self.registry.register(_Scraped("open_alerts", query, _open_alerts))
 
-    def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, int, float | None]]]
+    def watch_deliveries(self, query: Callable[[], Iterable[tuple[str, bool, int, float | None]]]
                          ) -> None:
-        """Export `vagt_alert_deliveries_waiting{target}` and
-        `vagt_alert_delivery_oldest_waiting_seconds{target}` from `query()` (target, waiting,
-        age of the oldest by the database's clock) at every scrape: a receiver that is down
-        is tried until it is back, and this is how ops see it."""
+        """Export `vagt_alert_deliveries_waiting{target,configured}` and
+        `vagt_alert_delivery_oldest_waiting_seconds{target,configured}` from `query()`
+        (target, configured, waiting, age of the oldest by the database's clock) at every
+        scrape: a receiver that is down is tried until it is back, and this is how ops see
+        it; what waits for a target no longer configured (`configured="false"`) nothing
+        sends."""
         def stamped() -> list[tuple[Any, ...]]:
             read_at = time.monotonic()
             return [(*row, read_at) for row in query()]
@@ -272,14 +274,17 @@ def _queue_alerts(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
 def _waiting_deliveries(rows: list[tuple[Any, ...]]) -> list[GaugeMetricFamily]:
     waiting = GaugeMetricFamily("vagt_alert_deliveries_waiting",
                                 "Alert events waiting to be delivered to a target (neither "
-                                "delivered nor dead)", labels=["target"])
+                                "delivered nor dead); configured=\"false\": the target is no "
+                                "longer in the policy and nothing sends them",
+                                labels=["target", "configured"])
     oldest = GaugeMetricFamily("vagt_alert_delivery_oldest_waiting_seconds",
                                "Age of the oldest event waiting for a target (0: none waits)",
-                               labels=["target"])
+                               labels=["target", "configured"])
     now = time.monotonic()   # the age at this scrape: it grows while the database is away
-    for target, n, age, read_at in rows:
-        waiting.add_metric([target], float(n))
-        oldest.add_metric([target], 0.0 if age is None else age + now - read_at)
+    for target, configured, n, age, read_at in rows:
+        labels = [target, "true" if configured else "false"]
+        waiting.add_metric(labels, float(n))
+        oldest.add_metric(labels, 0.0 if age is None else age + now - read_at)
     return [waiting, oldest]
 
 
