@@ -282,17 +282,33 @@ def test_a_rule_for_one_municipality_counts_where_the_device_was_then(
         ("gain_odder", "Odder"): (1, 0, 1)}
 
 
-def test_a_device_deployed_but_never_heard_is_not_silent_as_live(database_url, tmp_path,
-                                                                 capsys):
-    """Live, a device's silence counts from its last message or its deployment, whichever
-    is later, once it has sent anything: a scale whose first weighing is 10 hours after its
-    deployment was never silent."""
+def test_a_device_deployed_and_never_heard_is_silent_from_its_deployment_as_live(
+        database_url, tmp_path, capsys):
+    """Live, a device deployed and never heard is silent once its limit has passed since
+    its deployment (`test_never_heard`): a scale whose first weighing is 10 hours after its
+    deployment was silent (the `silent` rule: 6 hours) from 6 hours on, until it weighed."""
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)
     hourly = oximeter_hourly(database_url, 20)
     scale_given_to_a_then_b(database_url, rules_file, [(TO_A + 10 * 3600, 70.0)],
                             [(TO_B + 3600, 70.0)], hourly)
-    assert backtest(database_url, rules_file, TO_A - 3600, TO_A + 11 * 3600, capsys,
+    assert backtest(database_url, rules_file, TO_A - 3600, TO_A + 12 * 3600, capsys,
+                    "--batch", "1") == {("silent", "Aarhus"): (1, 1, 0)}
+
+
+def test_a_device_that_spoke_before_the_period_is_not_taken_for_never_heard(
+        database_url, tmp_path, capsys):
+    """The scale weighs an hour after its deployment, before the period, and again 7 hours
+    after: live it was never silent (6 hours from its first weighing had not passed), and
+    the backtest, which does not read when it was heard before the period, does not call it
+    silent from its deployment either."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    hourly = oximeter_hourly(database_url, 20)
+    scale_given_to_a_then_b(database_url, rules_file,
+                            [(TO_A + 3600, 70.0), (TO_A + 7 * 3600, 70.0)],
+                            [(TO_B + 3600, 70.0)], hourly)
+    assert backtest(database_url, rules_file, TO_A + 2 * 3600, TO_A + 9 * 3600, capsys,
                     "--batch", "1") == {}
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from tests.rules.harness import Harness, batch_of
 
+from vagt.rules.kinds.absence import NEVER_HEARD
+
 DAY = 86400.0
 
 
@@ -209,9 +211,41 @@ def test_a_slow_gateway_that_falls_silent_fires_dated_on_its_clock_and_its_next_
     assert h.open() == set()
 
 
-def test_a_device_never_heard_is_not_absent(tmp_path):
+def test_a_device_never_heard_and_not_deployed_is_not_absent(tmp_path):
+    """Neither heard nor deployed (`last_heard` NaN: on a shelf): never silent."""
     h = Harness(tmp_path, ABSENCE)
     h.sweep(1e9, [np.nan] * 5)
+    h.sweep(1e9, [np.nan] * 5, [np.nan] * 5)
+    assert h.open() == set()
+
+
+def test_a_device_deployed_and_never_heard_is_absent_from_its_deployment_on(tmp_path):
+    """No device time; heard, for the sweep, at its deployment (1000): silent past the limit
+    since, dated by our clock, with the code that says it was never heard."""
+    h = Harness(tmp_path, ABSENCE)   # HomeHub 4G heartbeat 300 s: absent after 600 s
+    seen, heard = [np.nan] * 5, [np.nan] * 4 + [1000.0]
+    h.sweep(1599.0, seen, heard)
+    assert h.open() == set()
+    h.sweep(1601.0, seen, heard)
+    assert h.open() == {("silent", 4)}
+    fires = h.last.transitions.fires()
+    assert (fires[2].tolist(), fires[5].tolist()) == ([1600.0], [NEVER_HEARD])
+
+
+def test_any_first_message_of_a_device_never_heard_clears_its_absence(tmp_path):
+    """Its clock restarted at 2000-01-01: the message is still the device speaking."""
+    h = Harness(tmp_path, ABSENCE)
+    h.sweep(1601.0, [np.nan] * 5, [np.nan] * 4 + [1000.0])
+    h.batch(seen=[(4, 946_684_800.0)])
+    assert h.open() == set()
+    assert h.cleared("silent", 4) == 1
+
+
+def test_a_deployed_device_never_heard_has_no_clock_to_be_wrong(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "clock"\nkind = "clock"\nmax_skew = "1h"\n'
+                          'for = "15m"\n')
+    for now in (1e6, 1e6 + 3600, 1e6 + 7200):
+        h.sweep(now, [np.nan] * 5, [1000.0] * 5)
     assert h.open() == set()
 
 

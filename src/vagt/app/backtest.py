@@ -39,6 +39,7 @@ from vagt.rules.persist import layout, unpack
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
 
 
 @dataclass
@@ -86,7 +87,7 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
     book = AlertBook()
     result = BacktestResult(start, end)
     assignments = _Assignments(conn, fleet, start, end)
-    heard = _Heard(start, end)
+    heard = _Heard(start, end, _spoke_before(conn, fleet, start))
     heard.add(*_heard_before(conn, fleet, start, end, HEARD_BEFORE_S))
     names = [r.name for r in rules]
     swept = -np.inf
@@ -174,8 +175,9 @@ class _Heard:
     that reached us within the period by the sweep's time. Rows read whose receipt is later
     (dated ahead of it by a clock behind, or come late) wait until then."""
 
-    def __init__(self, start: float, end: float) -> None:
+    def __init__(self, start: float, end: float, spoke_before: Bools) -> None:
         self.start, self.end = start, end
+        self.spoke_before = spoke_before
         self.seen, self.heard = np.empty(0), np.empty(0)
         self.taken = 0
         self._dev = np.empty(0, dtype=np.int64)
@@ -203,14 +205,22 @@ class _Heard:
         return dataclasses.replace(Batch.empty(), m_device=dev, m_time=t)
 
     def as_live(self, began: F64, n: int) -> tuple[F64, F64]:
-        """(seen, heard) per device: NaN if never heard, else each no earlier than the
-        deployment it is in (`began`: it is silent from then on), and heard no earlier than
-        seen, as live."""
+        """(seen, heard) per device, as live: each no earlier than the deployment it is in
+        (`began`: it is silent from then on), and heard no earlier than seen. A device not
+        heard yet has no device time (NaN); if it never spoke before its deployment or the
+        period, whichever is later, it is heard at its deployment (NaN: none known, as for a
+        device not deployed), so that it is silent from then on, as a device deployed and
+        never heard is live. One that spoke before the period and not in it yet is not
+        judged (NaN): when we heard it last is not read."""
         seen, heard, began = (_padded(a, n) for a in (self.seen, self.heard, began))
+        before = np.zeros(n, dtype=bool)
+        before[:min(n, len(self.spoke_before))] = self.spoke_before[:n]
         known = ~np.isnan(seen)
         since = np.fmax(seen, began)
+        with np.errstate(invalid="ignore"):
+            fresh = ~before | (began >= self.start)
         return (np.where(known, since, np.nan),
-                np.where(known, np.fmax(heard, since), np.nan))
+                np.where(known, np.fmax(heard, since), np.where(fresh, began, np.nan)))
 
 
 def _padded(a: F64, n: int) -> F64:
@@ -370,6 +380,27 @@ def _heard_before(conn: psycopg.Connection, fleet: Fleet, start: float, end: flo
                              (start - before_s, start, start, end)).fetchall()
     fleet.resolve(conn, sorted({str(x[0]) for x in rows}))
     return _rows_heard(fleet, rows)
+
+
+# Whether a device has a stored row dated before the period: a probe of the primary key of
+# readings (device, metric, time) and the index of events (device, time) per device.
+_SPOKE_BEFORE = """
+SELECT d.device_id FROM devices d
+WHERE EXISTS (SELECT 1 FROM readings r WHERE r.device_id = d.device_id
+              AND r.time < to_timestamp(%(start)s))
+   OR EXISTS (SELECT 1 FROM events e WHERE e.device_id = d.device_id
+              AND e.time < to_timestamp(%(start)s))
+"""
+
+
+def _spoke_before(conn: psycopg.Connection, fleet: Fleet, start: float) -> Bools:
+    """Per device, whether it has stored rows dated before `start`: a device with none that
+    is deployed and not heard in the period was never heard, as far as the period goes."""
+    spoke = np.zeros(len(fleet), dtype=bool)
+    rows = conn.execute(_SPOKE_BEFORE, {"start": start}).fetchall()
+    idx = fleet.lookup([str(r[0]) for r in rows])
+    spoke[idx[idx >= 0]] = True
+    return spoke
 
 
 def _rows_heard(fleet: Fleet, rows: Sequence[Sequence[object]]) -> tuple[I64, F64, F64]:

@@ -46,6 +46,7 @@ from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatc
 from vagt.ingest.topics import TopicError, parser_for
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 from vagt.rules.engine import SWEPT
+from vagt.rules.kinds.absence import NEVER_HEARD
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -613,6 +614,8 @@ class Pipeline:
             metric = c if rule.kind == "validity" else rule.metric
             summary = rule.summary.format(device_id=device_id, code=c, metric=metric,
                                           value=v)
+            if rule.kind == "absence" and c == NEVER_HEARD:
+                summary += NEVER_HEARD_NOTE
             what = {"metric": metric} if rule.uses_readings else {"code": c}
             labels = {"rule": rule.name, "device_id": device_id,
                       "municipality": f.municipality[d], "type": f.type[d],
@@ -621,6 +624,12 @@ class Pipeline:
             result.append(AlertFiring(rule.name, device_id, summary, rule.severity,
                                       rule.priority, rule.queue, t0, t1, k, labels))
         return result
+
+
+# Said after an absence rule's summary for a device never heard since its deployment: its
+# template cannot tell (it says how long, which is as true), and what to check differs.
+NEVER_HEARD_NOTE = ("; never heard from since it was deployed: check that it was installed "
+                    "and connected (power, Wi-Fi or SIM, its gateway)")
 
 
 def _message_times(dec: DecodedBatch, received: F64) -> F64:

@@ -14,7 +14,7 @@ import psycopg
 
 from vagt.app import db
 from vagt.app.rule_state import BEGAN_MARGIN_S
-from vagt.devices.fleet import Fleet
+from vagt.devices.fleet import SILENT_FROM, Fleet
 from vagt.ingest.units import METRICS
 from vagt.rules import Batch
 
@@ -84,18 +84,23 @@ def open_rule_alerts(conn: psycopg.Connection,
 
 def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
     """Per device index, as committed by any engine: the device time of its latest message
-    and when the broker received it, by our clock (migration 0020); each the time its rule
-    state began instead if that is later: a device given to another citizen is silent from
-    its deployment on, not from its last message to the citizen before (migration 0010).
-    The absence sweep judges silence by the second: a device's clock may be wrong. NaN:
-    never heard (it may be on a shelf). Never before the first: an engine of the release
-    before migration 0020, sharing the subscription while the engines are upgraded one by
-    one, moves `last_seen` and not `last_heard`, and its devices would seem silent."""
+    and when the broker received it, by our clock (migration 0020); each the time its
+    deployment began instead if that is later (`fleet.SILENT_FROM`): a device given to
+    another citizen is silent from its deployment on, not from its last message to the
+    citizen before (migration 0010). The absence sweep judges silence by the second: a
+    device's clock may be wrong. A deployed device never heard has no device time (NaN)
+    and is heard, for the sweep, when it was deployed: installed at a citizen's home and
+    never connected, it is silent once its limit has passed since. NaN for both: never
+    heard and not deployed (it may be on a shelf). Never before the first: an engine of
+    the release before migration 0020, sharing the subscription while the engines are
+    upgraded one by one, moves `last_seen` and not `last_heard`, and its devices would seem
+    silent."""
     rows = conn.execute(
-        "SELECT d.device_id, extract(epoch FROM greatest(d.last_seen, s.began))::float8, "
-        "extract(epoch FROM greatest(d.last_heard, d.last_seen, s.began))::float8 "
+        "SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NOT NULL "
+        f"THEN greatest(d.last_seen, {SILENT_FROM}) END)::float8, "
+        f"extract(epoch FROM greatest(d.last_heard, d.last_seen, {SILENT_FROM}))::float8 "
         "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
-        "WHERE d.last_seen IS NOT NULL").fetchall()
+        "WHERE d.last_seen IS NOT NULL OR d.status = 'deployed'").fetchall()
     seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)
     if rows:
         idx = fleet.lookup([str(r[0]) for r in rows])

@@ -39,6 +39,17 @@ Bools = npt.NDArray[np.bool_]
 OFFLINE_AFTER_HEARTBEATS = 2.0
 LOAD_CHUNK = 10_000
 
+# When a deployed device's silence counts from at the earliest, in SQL over `devices d LEFT
+# JOIN rule_state s USING (device_id)`: its deployment to the citizen it is with, when its
+# rule state began (migration 0010), so that a device given to the next citizen is not
+# silent for the last one's silence. A device never heard counts from then too or, with no
+# rule state row (deployed before 0010, or registered deployed by an import, which writes
+# none), from when its status became what it is. NULL: not known (heard, deployed before
+# 0010). Of a device that is deployed only: the absence rules (`rule_queries.last_heard`) and
+# `vagt fleet` (`fleet_cli`) count from it.
+SILENT_FROM = ("CASE WHEN d.last_seen IS NULL THEN coalesce(s.began, d.status_since) "
+               "ELSE s.began END")
+
 _REGISTRY = "device_id, vendor, model, type, municipality, status"
 _STATE = ("extract(epoch FROM last_seen)::float8, battery::float8, "
           "extract(epoch FROM battery_at)::float8, signal::float8, "
@@ -312,9 +323,9 @@ class Fleet:
         when it went to the citizen it is with, NaN: unknown), as the absence rules count
         (`rule_queries.last_heard`): a device just given to the next citizen is not silent
         for the last citizen's silence. A device never heard counts from `began`: deployed a
-        day ago and not heard since, it is silent (installed, and not talking; the absence
-        rules leave a device never heard alone, so this is where staff see it); deployed a
-        minute ago, or with no deployment time known, it is not (yet)."""
+        day ago and not heard since, it is silent (installed, and not talking, as the
+        absence rules say too); deployed a minute ago, or with no deployment time known, it
+        is not (yet)."""
         since = self.last_heard if began is None else np.fmax(self.last_heard, began)
         with np.errstate(invalid="ignore"):
             return np.asarray(now - since > after_heartbeats * self.heartbeat_s)

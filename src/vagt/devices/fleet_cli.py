@@ -15,7 +15,7 @@ import pandas as pd
 import psycopg
 
 from vagt.devices.catalogue import Catalogue
-from vagt.devices.fleet import Fleet
+from vagt.devices.fleet import SILENT_FROM, Fleet
 
 GROUPS = ("municipality", "vendor", "model", "type", "status")
 
@@ -70,15 +70,11 @@ def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespa
 
 def _began(conn: psycopg.Connection, fleet: Fleet) -> npt.NDArray[np.float64]:
     """Per deployed device, when it went to the citizen it is with (NaN: not deployed, or
-    unknown): its silence counts from then at the earliest. For a device heard from, that
-    is when its rule state began (migration 0010), as the absence rules count it
-    (`rule_queries.last_heard`); for one never heard, which the absence rules leave alone,
-    it is also, before 0010 or registered deployed by an import, when its status became
-    deployed, so that a device installed days ago that never spoke is seen."""
+    unknown): its silence counts from then at the earliest, as the absence rules count it
+    (`fleet.SILENT_FROM`), so that a device installed days ago that never spoke is seen."""
     began = np.full(len(fleet), np.nan)
     rows = conn.execute(
-        "SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NULL "
-        "THEN coalesce(s.began, d.status_since) ELSE s.began END)::float8 "
+        f"SELECT d.device_id, extract(epoch FROM {SILENT_FROM})::float8 "
         "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
         "WHERE d.status = 'deployed'").fetchall()
     if rows:

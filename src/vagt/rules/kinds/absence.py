@@ -4,7 +4,7 @@ Whether a device is silent is decided by a sweep over when the whole fleet was l
 (by our clock: a device's own may run minutes slow), run by one engine process at a time
 (whoever holds the advisory lock), since a device's messages may reach any process. The
 sweep fires and clears; a process that sees the device speak again clears at once, without
-waiting for the next sweep.
+waiting for the next sweep. A deployed device never heard is silent from its deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ import numpy as np
 from vagt.rules._columns import F64, Bools, Transitions
 from vagt.rules.config import Rule
 from vagt.rules.state import Batch, Context, RuleState
+
+# The code of an absence firing for a device never heard since its deployment (installed and
+# never connected: wrong Wi-Fi, a gateway unplugged, a SIM not activated); its alert's
+# `code` label, and its summary says so (`pipeline`). Other absence firings have none ("").
+NEVER_HEARD = "never_heard"
 
 
 def limit(rule: Rule, heartbeat_s: F64) -> F64:
@@ -49,8 +54,13 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
     message, which clears it, is (`evaluate`): a device whose clock runs slow, judged by
     its own time against ours, was silent at every sweep, and every heartbeat cleared it.
     `open_now` is per device whether an absence alert of this rule is open (from the alert
-    queue, so it is right whichever process opened it). A device never heard is not absent:
-    it may be on a shelf.
+    queue, so it is right whichever process opened it).
+
+    A device with no device time (`last_seen` NaN) but heard (`last_heard`: its deployment,
+    `rule_queries.last_heard`) was deployed and never heard: its alert is dated by our clock,
+    the deployment plus the limit, with the code NEVER_HEARD, and any first message clears
+    it, whatever its clock says (a clock restarted at 2000-01-01 included). A device heard
+    neither way (not deployed, or on a shelf) is never absent.
     """
     n = len(last_seen)
     lim = limit(rule, heartbeat_s[:n])
@@ -59,14 +69,16 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
     fire = np.flatnonzero(silent & ~open_now[:n]).astype(np.int64)
     clear = np.flatnonzero(~silent & open_now[:n]).astype(np.int64)
     zeros = np.zeros(len(fire), dtype=np.int64)
-    at = last_seen[fire] + lim[fire]
-    out.add_fires(i, fire, at, at, np.full(len(fire), np.nan),
-                  np.full(len(fire), "", dtype=object), zeros + 1, zeros)
-    clear_at = np.maximum(np.full(len(clear), now), last_seen[clear])
+    never = np.isnan(last_seen[fire])
+    at = np.where(never, last_heard[fire], last_seen[fire]) + lim[fire]
+    code = np.where(never, NEVER_HEARD, "").astype(object)
+    out.add_fires(i, fire, at, at, np.full(len(fire), np.nan), code, zeros + 1, zeros)
+    clear_at = np.fmax(np.full(len(clear), now), last_seen[clear])
     out.add_clears(i, clear, clear_at, np.zeros(len(clear), dtype=np.int64))
     st.flag("active", ctx.n)
     st.f64("silent_since", ctx.n, -np.inf)
     st.f64("fired_at", ctx.n, -np.inf)
-    ctx.stage(st, fire, active=np.ones(len(fire), dtype=bool), silent_since=last_seen[fire],
-              fired_at=at)
+    # never heard: silent since before any time a first message may carry
+    ctx.stage(st, fire, active=np.ones(len(fire), dtype=bool),
+              silent_since=np.where(never, -np.inf, last_seen[fire]), fired_at=at)
     ctx.stage(st, clear, active=np.zeros(len(clear), dtype=bool))
