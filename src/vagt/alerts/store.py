@@ -13,9 +13,14 @@ whatever the number of alerts.
 - Suppression: a new alert held back by a silence, an inhibition or a device in repair is
   stored as `suppressed`, with the reason.
 
+- Taking back: an alert that late rows, evaluated again in order, do not fire is resolved
+  as a clear resolves one, with a note, having fired no time (`repeat_count` 0); one an
+  operator holds is left to them, noted (`unsupported_alerts`, `take_back`).
+
 Idempotent by device time: a firing changes an alert only if it happened after everything the
 alert has already seen (`last_fired_at`), so a redelivered message changes nothing and an
-alarm an operator resolved is not reopened by a copy of itself.
+alarm an operator resolved is not reopened by a copy of itself. An alert taken back stands
+for no firing, and holds back none.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ latest AS (
         queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
         waiting_since = now(), announced = false,
         repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
+        opened_at = CASE WHEN a.repeat_count = 0 THEN to_timestamp(t.first_time)
+                         ELSE a.opened_at END,
         reopen_count = a.reopen_count + 1, reopened_at = clock_timestamp(),
         claimed_at = NULL, claimed_by = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
         resolved_at = NULL, resolved_by = NULL, resolution_code = NULL, escalated_at = NULL
@@ -206,19 +213,28 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
 
 
 # The fingerprint's latest alert: open, or resolved (the rule cleared it, say, before the late
-# rows came) if the rows fired before it last fired, that is, in the episode it was.
+# rows came) if the rows fired before it last fired, that is, in the episode it was. Where
+# every firing of it since `since` came from the rows evaluated again (it last fired after
+# `since`, and before the rule's state may hold it again: `holds`), they say when it began
+# and last fired; else only if earlier or later than the alert has it.
 _RECOUNT = """
 WITH c AS (
-    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[])
-        AS c(fingerprint, first_time, last_time, more)
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[], %s::float8[],
+                         %s::float8[])
+        AS c(fingerprint, first_time, last_time, more, since, holds)
 ), latest AS (
-    SELECT DISTINCT ON (a.fingerprint) a.id, c.*
+    SELECT DISTINCT ON (a.fingerprint) a.id, c.*,
+           a.last_fired_at > to_timestamp(c.since)
+               AND a.last_fired_at < to_timestamp(c.holds) AS rejudged
     FROM alerts a JOIN c USING (fingerprint)
     ORDER BY a.fingerprint, a.id DESC
 )
 UPDATE alerts a SET repeat_count = greatest(a.repeat_count + l.more, 1),
-       opened_at = least(a.opened_at, to_timestamp(l.first_time)),
-       last_fired_at = greatest(a.last_fired_at, to_timestamp(l.last_time))
+       opened_at = CASE WHEN l.rejudged AND a.opened_at > to_timestamp(l.since)
+                        THEN to_timestamp(l.first_time)
+                        ELSE least(a.opened_at, to_timestamp(l.first_time)) END,
+       last_fired_at = CASE WHEN l.rejudged THEN to_timestamp(l.last_time)
+                            ELSE greatest(a.last_fired_at, to_timestamp(l.last_time)) END
 FROM latest l
 WHERE a.id = l.id
   AND (a.status <> 'resolved'
@@ -229,16 +245,22 @@ RETURNING a.fingerprint
 
 def recount_firings(conn: psycopg.Connection, fingerprints: Sequence[str],
                     first: Sequence[float], last: Sequence[float],
-                    more: Sequence[int]) -> set[str]:
+                    more: Sequence[int],
+                    rejudged: Sequence[tuple[float, float] | None] | None = None) -> set[str]:
     """Correct alerts after their device's rows were evaluated again in order (late rows
     came): `more` rows fired than were counted (fewer if negative), the condition began at
     `first` if that is earlier, and fired last at `last` if that is later. The alert is the
     fingerprint's latest: open, or resolved if the rows fired in its episode (a status is
-    never changed here). Returns the fingerprints corrected; the others' firings are new."""
+    never changed here). `rejudged`, per alert: None, or (since, holds) as `clear_alerts`
+    takes them: where the alert's firings after `since` all came from the rows evaluated
+    again, it begins and last fires where they say, earlier or later. Returns the
+    fingerprints corrected; the others' firings are new."""
     if not fingerprints:
         return set()
-    rows = conn.execute(_RECOUNT, (list(fingerprints), list(first), list(last),
-                                   list(more))).fetchall()
+    again = list(rejudged) if rejudged is not None else [None] * len(fingerprints)
+    rows = conn.execute(_RECOUNT, (list(fingerprints), list(first), list(last), list(more),
+                                   [None if r is None else r[0] for r in again],
+                                   [None if r is None else r[1] for r in again])).fetchall()
     return {str(r[0]) for r in rows}
 
 

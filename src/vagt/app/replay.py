@@ -61,7 +61,8 @@ def correct(conn: psycopg.Connection, rules: list[Rule], ids: list[str], fr: Fir
             recount: Recount) -> Fires:
     """Correct the alerts of the devices evaluated again (`recount_firings`): their count
     moves by how many more rows fired than before, and they begin and last fired where the
-    rows in order say, if earlier or later. Returns the fires still to record: those with
+    rows in order say (if earlier or later, unless every firing of the alert since came
+    from those rows: `Recount.judged`). Returns the fires still to record: those with
     no alert of theirs to correct. (What the rows in order no longer fire at all is taken
     back: `rejudged`, `take_back_unsupported`.)"""
     rule, dev, first, last = fr[0], fr[1], fr[2], fr[3]
@@ -78,7 +79,8 @@ def correct(conn: psycopg.Connection, rules: list[Rule], ids: list[str], fr: Fir
     fps = [fingerprint(rules[r].name, ids[d]) for r, d in keys]
     corrected = recount_firings(conn, fps, [span[k][0] for k in keys],
                                 [span[k][1] for k in keys],
-                                [int(recount.more[r, column[d]]) for r, d in keys])
+                                [int(recount.more[r, column[d]]) for r, d in keys],
+                                [recount.judged(r, d) for r, d in keys])
     done = {k for k, fp in zip(keys, fps) if fp in corrected}
     keep = np.ones(len(dev), dtype=bool)
     keep[[k for k in again if (int(rule[k]), int(dev[k])) in done]] = False
