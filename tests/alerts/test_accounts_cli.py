@@ -103,13 +103,31 @@ def test_silences_add_list_expire_from_the_command_line(database_url, capsys):
     assert capsys.readouterr().err == "vagt: silence 1 has already ended\n"
 
 
+def test_silences_list_marks_one_made_before_the_limits_saying_why(database_url, conn,
+                                                                   capsys):
+    conn.execute("INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES "
+                 "('[{\"name\": \"rule\", \"op\": \"=\", \"value\": \"personal_alarm\"}]', "
+                 "now(), now() + interval '400 days', 'sofie', 'quiet night')")
+    assert run(database_url, "silences", "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["1", "active!"]
+    assert lines[2:] == [
+        "! silence 1: it names no device, and could match critical alerts (of "
+        "personal_alarm): it holds back none of them",
+        "! silence 1: a silence may last at most 3d (the alert policy's max_silence), this "
+        "one lasts 400d: it holds back no critical alert"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["device_id"], "is not a matcher"),
     (['device_id=~".*"'], "would silence everything"),
+    (["rule=personal_alarm"], "could hold back critical alerts (of personal_alarm)"),
+    (["device_id=~(?!vagt-probe-).+"], "a negative lookahead"),
+    (["device_id=ALM-0001", "--duration", "30d"], "may last at most 3d"),
 ])
 def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, message):
     assert run(database_url, "silences", "add", *argv, "--author", "sofie", "--comment", "x",
-               "--duration", "1h") == 2
+               *(["--duration", "1h"] if "--duration" not in argv else [])) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

@@ -233,6 +233,68 @@ def test_a_municipal_supervisors_silence_is_limited_to_their_municipality(api):
     assert api.as_("sofie").post(f"/api/v1/silences/{r.json()['id']}/expire").status_code == 200
 
 
+@pytest.mark.parametrize("matchers", [
+    ['severity="critical"'], ['rule="personal_alarm"'], ['type="personal_alarm"'],
+    ['device_id=~"(?!vagt-probe-).+"'], ['severity!="info"', 'rule=~".+"']])
+def test_a_silence_that_could_hide_personal_alarms_answers_422_and_the_alarm_gets_through(
+        api, matchers):
+    """The silences a security review made on main: each held back every personal alarm,
+    and the call centre never heard of them."""
+    with psycopg.connect(api.database_url) as conn:
+        register_targets(conn, DeliveryPolicy(webhooks=(WebhookTarget(
+            "callcentre", "http://127.0.0.1:9/unused", b"s" * 32),)))
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": matchers, "comment": "quiet night", "ends_at": "2099-01-01T00:00:00Z"})
+    assert r.status_code == 422
+    assert ("could hold back" in r.json()["detail"]
+            or "lookahead" in r.json()["detail"]), r.text
+    assert api.as_("sofie").get("/api/v1/silences").json() == []
+    alarm, _ = alarm_and_battery(api.database_url)
+    assert api.as_("anna").get(f"/api/v1/alerts/{alarm}").json()["status"] == "open"
+    assert rows(api.database_url, "SELECT event FROM alert_outbox WHERE alert_id = %s",
+                (alarm,)) == [("opened",)]
+
+
+def test_a_municipal_supervisors_silence_of_personal_alarms_answers_422(api):
+    r = api.as_("mette").post("/api/v1/silences", json={
+        "matchers": ['rule="personal_alarm"'], "comment": "quiet night",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert r.status_code == 422
+    assert "critical alerts of the municipality Aarhus (of personal_alarm)" in \
+        r.json()["detail"]
+
+
+def test_a_silence_of_a_personal_alarms_own_device_is_allowed_for_up_to_max_silence(api):
+    sofie = api.as_("sofie")
+    body = {"matchers": ['device_id="ALM-0001"'], "comment": "technician testing it"}
+    r = sofie.post("/api/v1/silences", json={**body, "ends_at": "2099-01-01T00:00:00Z"})
+    assert r.status_code == 422
+    assert "a silence may last at most 3d (the alert policy's max_silence)" in \
+        r.json()["detail"]
+    r = sofie.post("/api/v1/silences", json={
+        **body, "ends_at": (datetime.now(UTC) + timedelta(days=2)).isoformat()})
+    assert r.status_code == 201, r.text
+    alarm, _ = alarm_and_battery(api.database_url)
+    alert = api.as_("anna").get(f"/api/v1/alerts/{alarm}").json()
+    assert (alert["status"], alert["suppressed_reason"]) == (
+        "suppressed", f"silence {r.json()['id']} by sofie: technician testing it")
+
+
+def test_a_silence_made_before_the_limits_is_listed_with_warnings(api):
+    with psycopg.connect(api.database_url) as conn:
+        conn.execute("INSERT INTO silences (matchers, starts_at, ends_at, author, comment) "
+                     "VALUES ('[{\"name\": \"severity\", \"op\": \"=\", "
+                     "\"value\": \"critical\"}]', now(), '2099-01-01', 'sofie', 'x')")
+    [listed] = api.as_("anna").get("/api/v1/silences").json()
+    assert listed["warnings"][0] == (
+        "it names no device, and could match critical alerts (of personal_alarm, "
+        "spo2_critical, message_processing_failed, unreadable_alarm, unregistered_alarm, "
+        "alarm_before_deployment): it holds back none of them")
+    assert listed["warnings"][1].endswith(": it holds back no critical alert")
+    alarm, _ = alarm_and_battery(api.database_url)
+    assert api.as_("anna").get(f"/api/v1/alerts/{alarm}").json()["status"] == "open"
+
+
 def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
     r = api.as_("sofie").post("/api/v1/silences", json={
         "matchers": ["device_id"], "comment": "x",

@@ -14,6 +14,7 @@ from tests.alerts.support import add_device, fire, rows
 from tests.app.db_proxy import DatabaseProxy
 
 from vagt.alerts import actions
+from vagt.alerts.actions import AlertStatus
 from vagt.alerts.escalation import Timer, escalate_overdue
 from vagt.alerts.policy import load_policy
 from vagt.alerts.suppression import reconcile
@@ -56,10 +57,73 @@ def test_an_alert_not_claimed_in_time_escalates_once_per_deadline(database_url, 
                              "from_priority": 3, "to_priority": 2})
 
 
-def test_a_claimed_alert_does_not_escalate(alarm, conn):
+def _claimed_at(database_url, alert_id):
+    return rows(database_url, "SELECT claimed_at FROM alerts WHERE id = %s", (alert_id,))[0][0]
+
+
+def test_a_claimed_alert_is_not_escalated_for_its_time_to_claim(alarm, conn):
     alert_id, queued = alarm
     actions.claim(conn, alert_id, "anna")
-    assert escalate_overdue(conn, queued + timedelta(hours=1)) == []
+    assert escalate_overdue(conn, queued + timedelta(minutes=9)) == []
+
+
+def test_a_personal_alarm_claimed_and_not_acknowledged_in_10_minutes_escalates_once(
+        alarm, database_url, conn):
+    """A console that crashed after its claim: the supervisors see the alarm; anna keeps it."""
+    alert_id, _ = alarm
+    actions.claim(conn, alert_id, "anna")
+    claimed = _claimed_at(database_url, alert_id)
+    assert escalate_overdue(conn, claimed + timedelta(minutes=9, seconds=59)) == []
+    metrics = EngineMetrics(CollectorRegistry())
+    (breach,) = escalate_overdue(conn, claimed + timedelta(minutes=10), observer=metrics)
+    assert (breach.alert_id, breach.from_queue, breach.to_queue, breach.claimed) == (
+        alert_id, "emergency", "escalation", True)
+    alert = actions.get_alert(conn, alert_id)
+    assert (alert.status, alert.claimed_by, alert.queue, alert.extra_queues,
+            alert.breaches) == ("claimed", "anna", "escalation", ["emergency"], 1)
+    audit = actions.audit_trail(conn, alert_id)[-1]
+    assert (audit.actor, audit.action, audit.from_status, audit.to_status, audit.note) == (
+        "vagt", "escalate", "claimed", "claimed", "claimed by anna, not acknowledged in time")
+    assert rows(database_url, "SELECT payload->'alert'->>'status', "
+                              "payload->'alert'->>'claimed_by', payload->'alert'->>'queue' "
+                              "FROM alert_outbox WHERE event = 'escalated'") == [
+        ("claimed", "anna", "escalation")]
+    assert metrics.registry.get_sample_value("vagt_alert_acknowledge_breaches_total",
+                                             {"queue": "emergency"}) == 1.0
+    assert metrics.registry.get_sample_value("vagt_alert_claim_breaches_total",
+                                             {"queue": "emergency"}) is None
+    # once per claim: not again for the same claim
+    assert escalate_overdue(conn, claimed + timedelta(hours=2)) == []
+    # anna can still acknowledge it
+    assert actions.acknowledge(conn, alert_id, "anna").status is AlertStatus.ACKNOWLEDGED
+
+
+def test_a_claim_taken_again_has_a_time_to_acknowledge_of_its_own(alarm, database_url, conn):
+    alert_id, _ = alarm
+    actions.claim(conn, alert_id, "anna")
+    # anna claimed it 10 minutes ago, and her console went down
+    conn.execute("UPDATE alerts SET claimed_at = claimed_at - interval '10 minutes'")
+    assert len(escalate_overdue(conn, datetime.now(UTC))) == 1
+    actions.release(conn, alert_id, "sofie", note="anna's console is down", supervisor=True)
+    actions.claim(conn, alert_id, "bo")
+    second = _claimed_at(database_url, alert_id)
+    assert escalate_overdue(conn, second + timedelta(minutes=9)) == []
+    (breach,) = escalate_overdue(conn, second + timedelta(minutes=10))
+    assert breach.claimed and actions.get_alert(conn, alert_id).breaches == 2
+
+
+def test_an_acknowledged_alert_never_escalates(alarm, database_url, conn):
+    alert_id, _ = alarm
+    actions.claim(conn, alert_id, "anna")
+    actions.acknowledge(conn, alert_id, "anna")
+    assert escalate_overdue(conn, _claimed_at(database_url, alert_id) + timedelta(days=1)) == []
+
+
+def test_a_priority_without_a_time_to_acknowledge_keeps_its_claim_quietly(database_url, conn):
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Randers")
+    (alert_id, _), = fire(database_url, ("battery_low", "OXI-0001"))  # priority 4
+    actions.claim(conn, alert_id, "anna")
+    assert escalate_overdue(conn, _claimed_at(database_url, alert_id) + timedelta(days=3)) == []
 
 
 def test_a_priority_1_alert_stays_at_1_and_its_breach_is_counted_in_metrics(alarm, conn):

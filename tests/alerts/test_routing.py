@@ -143,8 +143,13 @@ def test_a_bad_matcher_is_refused_saying_why(text, message):
     ("[[route.routes]]\nname = 'x'\nmatchers = ['a=~\"(\"']", "'x': 'matchers': "),
     ("[[route.routes]]\nname = 'x'\nqueue = 3", "'queue' must be a string, got 3"),
     ("reopen_window = 'soon'", "reopen_window: 'soon' is not a duration"),
+    ("max_silence = '365d'", "max_silence: must be more than 0 and at most 30d"),
+    ("max_silence = 'forever'", "max_silence: 'forever' is not a duration"),
     ("[[inhibit]]\nname = 'i'\nsource = ['a=\"b\"']", "'i': needs both 'source' and 'target'"),
     ("[escalation.time_to_claim]\n7 = '1m'", "'7' is not a priority"),
+    ("[escalation.time_to_acknowledge]\n1 = 'soon'",
+     r"\[escalation.time_to_acknowledge\] '1': 'soon' is not a duration"),
+    ("[escalation.time_to_claim]\n1 = 'never'", "'never' is not a duration"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'ftp://x'", "'url' must start with http"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'http://x'\nsecret_env = 'NOPE'",
      "the variable NOPE named by 'secret_env' is not set"),
@@ -156,6 +161,20 @@ def test_a_bad_policy_names_the_file_the_entry_and_the_field(tmp_path, toml, mes
     with pytest.raises(PolicyError, match=message) as e:
         load_policy(p, env={})
     assert str(e.value).startswith(f"{p}: ")
+
+
+def test_the_time_to_acknowledge_is_set_per_priority_and_never_takes_one_away(tmp_path):
+    assert load_policy(None).time_to_acknowledge_s == {1: 600.0, 2: 1800.0}
+    p = tmp_path / "alerts.toml"
+    p.write_text("[escalation.time_to_acknowledge]\n1 = '5m'\n2 = 'never'\n3 = '2h'")
+    assert load_policy(p, env={}).time_to_acknowledge_s == {1: 300.0, 3: 7200.0}
+
+
+def test_a_centres_max_silence_is_the_longest_a_silence_may_last(tmp_path):
+    p = tmp_path / "alerts.toml"
+    p.write_text("max_silence = '12h'")
+    assert (load_policy(p).max_silence_s, load_policy(None).max_silence_s) == (
+        12 * 3600, 3 * 86400)
 
 
 def test_a_webhook_secret_comes_from_the_named_variable(tmp_path):
@@ -203,6 +222,28 @@ def test_vagt_alerts_route_names_the_queue_of_the_rule_it_is_given(capsys):
 def test_vagt_alerts_route_refuses_a_label_without_a_value(capsys):
     assert route_cli("", "rule") == 2
     assert capsys.readouterr().err == "vagt: 'rule' is not a label; write name=value\n"
+
+
+def test_vagt_alerts_route_says_in_one_line_that_a_rule_does_not_exist(capsys):
+    assert route_cli("", "rule=nosuch", "municipality=Aarhus") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("vagt: there is no rule 'nosuch' in the built-in rules")
+    assert err.count("\n") == 1 and "battery_low" in err and "--queue and --priority" in err
+
+
+def test_vagt_alerts_route_takes_a_rule_not_yet_written_given_its_queue_and_priority(capsys):
+    assert route_cli("", "rule=draft_rule", "--queue", "technical", "--priority", "2") == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["queue:         technical",
+                                                        "priority:      2"]
+
+
+@pytest.mark.parametrize(("rule", "queue"), [("unknown_device", "service_centre"),
+                                             ("unreadable_alarm", "emergency")])
+def test_vagt_alerts_route_knows_the_alerts_the_engine_raises_itself(capsys, rule, queue):
+    """No rule file has them; the engine raises them (pipeline) with these queues."""
+    assert route_cli("", f"rule={rule}") == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"queue:         {queue}"
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -146,9 +146,11 @@ def test_a_backtest_counts_the_alerts_live_evaluation_of_the_same_stream_made(
                  "--from", "1970-01-01", "--to", str(T0 + 2 * 86400),
                  "--database-url", database_url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["rule", "municipality", "opened", "cleared", "open", "at", "end"]
-    assert lines[2:] == sorted(lines[2:])  # a row per rule and municipality, in order
-    assert any(line.split()[:2] == ["mains", "Randers"] for line in lines)
+    table, note = lines[:lines.index("")], lines[lines.index("") + 1:]
+    assert table[1].split() == ["rule", "municipality", "opened", "cleared", "open", "at", "end"]
+    assert table[2:] == sorted(table[2:])  # a row per rule and municipality, in order
+    assert note[0].startswith("silence and clocks judged by")
+    assert any(line.split()[:2] == ["mains", "Randers"] for line in table)
     assert query(database_url, "SELECT count(*) FROM alerts") == [(len(alerts),)]  # wrote none
 
 
@@ -181,9 +183,9 @@ def scale_given_to_a_then_b(database_url: str, rules_file, a_weighs: list[tuple[
             conn.commit()
             p.after_commit(out)
 
-        def weigh(t: float, kg: float) -> None:
+        def weigh(t: float, kg: float) -> None:   # heard when weighed
             send([RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
-                             time.time())])
+                             t)])
 
         for t, kg in a_weighs:
             weigh(t, kg)
@@ -210,11 +212,12 @@ def backtest(database_url: str, rules_file, start: float, end: float, capsys, *m
 
 
 def oximeter_hourly(database_url: str, hours: int) -> list[RawMessage]:
-    """An oximeter in Aarhus (registered here) reading every hour from TO_A: messages that
-    make the backtest's batches (with --batch 1) and its sweeps, an hour apart."""
+    """An oximeter in Aarhus (registered here) reading every hour from TO_A, each heard when
+    it was read: messages that make the backtest's batches (with --batch 1) and its sweeps,
+    an hour apart."""
     register(database_url, [("OXI-A", "Nonin", "3230", "pulse_oximeter", "Aarhus")])
     return [RawMessage(f"{ROOT}/dev/OXI-A/telemetry",
-                       telemetry("OXI-A", TO_A + k * 3600, spo2=96), time.time())
+                       telemetry("OXI-A", TO_A + k * 3600, spo2=96), TO_A + k * 3600)
             for k in range(hours)]
 
 
@@ -309,8 +312,7 @@ def test_a_device_back_at_the_centre_is_in_its_stock_and_not_silent(database_url
         store.prepare_connection(conn)
         p = Pipeline.load(conn, topic_root=ROOT, rules=load_rules(rules_file), clock=time.time)
         messages = hourly + [
-            RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg),
-                       time.time())
+            RawMessage(f"{ROOT}/dev/SCL-A/telemetry", telemetry("SCL-A", t, weight=kg), t)
             for t, kg in ((TO_A + 3600, 70.0), (TO_A + 11 * 3600, 80.0),
                           (TO_A + 12 * 3600, 83.0))]
         out = p.process(conn, messages)

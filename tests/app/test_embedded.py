@@ -436,3 +436,27 @@ def test_the_demo_with_the_real_engine_stores_the_simulated_readings(
     assert readings is not None and readings[0] > 0
     assert dead == (0,)
     assert "100 simulated devices in 19 municipalities" in out
+
+
+def test_the_vendor_report_on_the_demos_database_counts_what_its_devices_sent(
+        database_url, tmp_path: Path, capsys, monkeypatch):
+    """The demo replays history (here the last 24 h) of devices with their citizens: the
+    report on its database counts that time and what came in it (the devices were deployed
+    when the history began, not when the demo started)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from vagt.app.cli import main
+
+    assert run_demo(demo_config(tmp_path), database=database_url, devices=40, duration=6,
+                    options=SimOptions(seed=2, history_h=24.0), run_engine=run_engine) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    today = datetime.now(UTC).date()
+    assert main(["report", "vendors", "--from", str(today - timedelta(days=2)),
+                 "--to", str(today + timedelta(days=1)), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert sum(g["devices"] for g in groups) == 40
+    # 40 devices for a day with their citizens: 1.33 device-months, of which some was heard
+    assert sum(g["device_months"] for g in groups) > 1.3
+    assert any((g["heard_share"] or 0) > 0 for g in groups)

@@ -91,7 +91,7 @@ def test_online_and_overdue_follow_the_models_heartbeat(database_url):
     # silent for longer than its interval: overdue, but online until two are missed
     assert frame.loc["OXI-0002", "online"] and frame.loc["OXI-0002", "overdue"]
     assert not frame.loc["BPM-0001", "online"] and frame.loc["BPM-0001", "overdue"]
-    # never heard from: offline, not overdue (it may be on a shelf, as the absence rules say)
+    # never heard from, and no deployment time to count from: neither online nor overdue
     assert not frame.loc["ALM-0001", "online"] and not frame.loc["ALM-0001", "overdue"]
 
 
@@ -266,3 +266,34 @@ def test_offline_low_battery_and_counts_are_of_the_deployed_devices(database_url
     assert fleet_cli_rows(database_url, offline=True, status="in_stock") == ["OXI-0001"]
     by = fleet_cli_rows(database_url, by="vendor", vendor="Nonin")
     assert by == ["OXI-0002"]   # the one Nonin that should be talking, and is
+
+
+def test_a_deployed_device_never_heard_is_overdue_and_offline_counted_from_its_deployment(
+        database_url):
+    """Installed at a citizen's home and never heard: not a problem a minute after, a
+    problem a day or more after (the Nonin and A&D models send once a day)."""
+    register(database_url, DEVICES)   # deployed now, none of them heard yet
+    assert fleet_cli_rows(database_url, offline=True) == []
+    assert fleet_cli_rows(database_url, overdue=True) == []
+    with psycopg.connect(database_url) as conn:   # as if deployed earlier
+        conn.execute("UPDATE devices SET status_since = now() - interval '30 hours' "
+                     "WHERE device_id = 'BPM-0001'")
+        conn.execute("UPDATE devices SET status_since = now() - interval '3 days' "
+                     "WHERE device_id = 'OXI-0002'")
+    assert fleet_cli_rows(database_url, overdue=True) == ["BPM-0001", "OXI-0002"]
+    assert fleet_cli_rows(database_url, offline=True) == ["OXI-0002"]
+
+
+def test_a_device_redeployed_and_never_heard_since_counts_from_its_redeployment(database_url):
+    from vagt.devices import deploy, return_device
+
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "OXI-0001", actor="staff")
+    with psycopg.connect(database_url) as conn:
+        deploy(conn, "OXI-0001", citizen_ref="cit-b", municipality="Skive", actor="staff")
+    assert "OXI-0001" not in fleet_cli_rows(database_url, offline=True)
+    with psycopg.connect(database_url) as conn:   # its rule state began 3 days ago
+        conn.execute("UPDATE rule_state SET began = now() - interval '3 days' "
+                     "WHERE device_id = 'OXI-0001'")
+    assert fleet_cli_rows(database_url, offline=True) == ["OXI-0001"]

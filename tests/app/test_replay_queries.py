@@ -1,7 +1,8 @@
 """The two reads that walked the whole of `readings` on plain PostgreSQL: the late-row replay
 (`rule_queries.stored_batch`, in the live batch's transaction) and the backtest's batch end.
 On a table with enough rows and its statistics, neither scans a table, and both give what
-the reads before did."""
+the reads before did. Nor does the backtest's read of the rows dated before its period that
+reached us within it."""
 
 from __future__ import annotations
 
@@ -70,3 +71,18 @@ def test_the_backtests_batch_end_does_not_sort_the_rest_of_the_period(stored):
         assert first == T0 + 60 * (5000 // 180)
         # few rows left: the end of the period
         assert backtest._batch_end(conn, T0 + 60 * 599, T0 + 60 * 600, 5000) == T0 + 60 * 600
+
+
+def test_the_backtest_reads_rows_dated_before_its_period_by_their_time(stored):
+    """Those of the last 10 minutes before it (the fixture's rows reached us as stored)."""
+    with psycopg.connect(stored) as conn:
+        fleet = Fleet()
+        fleet.load(conn)
+        now = conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0]
+        start = T0 + 60 * 590
+        dev, t, at = backtest._heard_before(conn, fleet, start, now + 60, 600)
+        assert sequential_scans(conn) == {"readings": 0, "events": 0}
+        assert len(dev) == 10 * 180 + 5 * 120
+        assert t.min() == start - 600 and t.max() < start
+        # received before the period: not heard in it
+        assert len(backtest._heard_before(conn, fleet, start, now - 3600, 600)[0]) == 0

@@ -7,12 +7,13 @@ would go, without a database.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
 
-from vagt.alerts import outbox
+from vagt.alerts import engine_rules, outbox
 from vagt.alerts.actions import (
     AlertError,
     AlertRow,
@@ -31,7 +32,9 @@ from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
+from vagt.alerts.silences import warnings as silence_warnings
 from vagt.app.cli_support import fail, format_table, reports_errors
+from vagt.app.config import Config
 from vagt.privacy import HoldsCpr
 from vagt.rules import Rule, RuleConfigError, load_rules
 
@@ -117,11 +120,12 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     end = add.add_mutually_exclusive_group(required=True)
     end.add_argument("--end", type=_timestamp, help="ISO 8601 time it ends")
     end.add_argument("--duration", type=_duration, help="how long from the start, e.g. 2h")
-    add.set_defaults(handler=handle_silence_add)
+    # judged by the configured rules: which of their alerts are critical
+    add.set_defaults(handler=handle_silence_add, handler_takes_config=True)
     ls = actions.add_parser("list", help="silences in force or to come")
     ls.add_argument("--all", action="store_true", help="expired ones too")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=handle_silence_list)
+    ls.set_defaults(handler=handle_silence_list, handler_takes_config=True)
     ex = actions.add_parser("expire", help="end a silence now")
     ex.add_argument("id", type=int)
     ex.add_argument("--author", required=True, help="your name, for the audit trail")
@@ -145,7 +149,8 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-_reports_errors = reports_errors(AlertError, HoldsCpr, PolicyError, MatcherError)
+_reports_errors = reports_errors(AlertError, HoldsCpr, PolicyError, MatcherError,
+                                 RuleConfigError)
 
 
 @_reports_errors
@@ -241,7 +246,11 @@ def handle_show(args: argparse.Namespace, conninfo: str) -> int:
 
 def handle_route(args: argparse.Namespace, policy_path: str, rules_path: str = "") -> int:
     """Where an alert with these labels goes, by the configured (or built-in) policy; where
-    no route sets the queue or priority, the rule's own (from the configured rules)."""
+    no route sets the queue or priority, the rule's own (from the configured rules, or the
+    engine's own alerts'). Label values are taken as given (an alert may carry any, as a
+    silence's matchers may name any), but the `rule` label names whose queue and priority
+    to start from: unless --queue and --priority say them, a rule that does not exist is
+    refused, since what would be printed is not where any alert goes."""
     try:
         policy = load_policy(policy_path or None, secrets=False)
         labels: dict[str, object] = {}
@@ -250,21 +259,31 @@ def handle_route(args: argparse.Namespace, policy_path: str, rules_path: str = "
             if not sep or not name:
                 raise MatcherError(f"{text!r} is not a label; write name=value")
             labels[name] = value
-        rule = _rule_named(str(labels.get("rule", "")), rules_path)
+        rule = str(labels.get("rule", ""))
+        rules = load_rules(rules_path or None) if rule else []
     except (PolicyError, MatcherError, RuleConfigError) as e:
         return fail(str(e))
-    queue = args.queue or (rule.queue if rule else "(the rule's queue)")
-    priority = args.priority if args.priority is not None else (rule.priority if rule else 3)
+    own = _destination(rule, rules)
+    if rule and own is None and (args.queue is None or args.priority is None):
+        names = sorted({r.name for r in rules} | set(engine_rules.NAMES))
+        return fail(f"there is no rule {rule!r} in {rules_path or 'the built-in rules'} nor "
+                    f"among the engine's own alerts, so its queue and priority are unknown: "
+                    f"name one of {', '.join(names)}, or give --queue and --priority")
+    priority = args.priority if args.priority is not None else (own[0] if own else 3)
+    queue = args.queue or (own[1] if own else "(the rule's queue)")
     dest = route_alert(policy.root, labels, default_queue=queue,
                        default_priority=priority, time_to_claim=policy.time_to_claim_s)
     print("\n".join(describe(dest)))
     return 0
 
 
-def _rule_named(name: str, rules_path: str) -> Rule | None:
-    if not name:
-        return None
-    return next((r for r in load_rules(rules_path or None) if r.name == name), None)
+def _destination(name: str, rules: Sequence[Rule]) -> tuple[int, str] | None:
+    """Priority and queue of the rule named `name`, of the rule files or one the engine
+    raises itself (None: no such rule)."""
+    rule = next((r for r in rules if r.name == name), None)
+    if rule is not None:
+        return rule.priority, rule.queue
+    return engine_rules.destination(name, rules)
 
 
 @_reports_errors
@@ -305,34 +324,48 @@ def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
 
 
 @_reports_errors
-def handle_silence_add(args: argparse.Namespace, conninfo: str) -> int:
+def handle_silence_add(args: argparse.Namespace, conninfo: str,
+                       config: Config | None = None) -> int:
     matchers = [parse_matcher(m) for m in args.matchers]
+    rules = _rule_book(config)
     now = datetime.now(UTC)
     start = args.start or now
     end = args.end or start + args.duration
     with psycopg.connect(conninfo) as conn:
         s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=args.author,
-                           comment=args.comment, now=now)
+                           comment=args.comment, now=now, rules=rules)
     print(f"silence {s.id} ({s.state(now)}): {', '.join(map(str, s.matchers))} "
           f"until {_local_time(s.ends_at)}")
     return 0
 
 
 @_reports_errors
-def handle_silence_list(args: argparse.Namespace, conninfo: str) -> int:
+def handle_silence_list(args: argparse.Namespace, conninfo: str,
+                        config: Config | None = None) -> int:
+    rules = _rule_book(config)
     now = datetime.now(UTC)
     with psycopg.connect(conninfo) as conn:
         rows = list_silences(conn, include_expired=args.all, now=now)
+    found = {s.id: silence_warnings(s, rules=rules) for s in rows}
     if args.json:
-        print(orjson.dumps([s.to_json(now) for s in rows], option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps([{**s.to_json(now), "warnings": found[s.id]} for s in rows],
+                           option=orjson.OPT_INDENT_2).decode())
     elif rows:
         print(format_table(["ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "COMMENT"],
-                            [[str(s.id), s.state(now), _local_time(s.starts_at),
-                              _local_time(s.ends_at), s.author,
+                            [[str(s.id), s.state(now) + ("!" if found[s.id] else ""),
+                              _local_time(s.starts_at), _local_time(s.ends_at), s.author,
                               " ".join(map(str, s.matchers)), s.comment] for s in rows]))
+        for silence_id, said in found.items():   # made before today's limits
+            for warning in said:
+                print(f"! silence {silence_id}: {warning}")
     else:
         print("no silences")
     return 0
+
+
+def _rule_book(config: Config | None) -> list[Rule]:
+    """The configured rules (the built-in ones when none are): which alerts are critical."""
+    return load_rules(config.rules if config is not None and config.rules else None)
 
 
 @_reports_errors

@@ -1,4 +1,7 @@
-"""Time to claim: an open alert not claimed by its deadline escalates.
+"""Time to claim: an open alert not claimed by its deadline escalates; and time to
+acknowledge: a claimed alert not acknowledged in time after its claim escalates, once per
+claim, its operator keeping it (a console that crashed, an operator called away: the
+supervisors see it in the escalation queue and can release it to another operator).
 
 Escalating raises the priority by one (1 is the highest), moves the alert to the policy's
 escalation queue (its own queue stays in `extra_queues`, so its operators still see it),
@@ -38,6 +41,7 @@ class Breach:
     to_queue: str
     from_priority: int
     to_priority: int
+    claimed: bool = False     # held by an operator: not acknowledged in time, not unclaimed
 
 
 _OVERDUE = """
@@ -47,6 +51,19 @@ ORDER BY priority, claim_deadline, id
 FOR UPDATE SKIP LOCKED
 """
 
+# A claimed alert's time to acknowledge, from the policy's table by its present priority;
+# once per claim (an escalation after the claim is the one). Claims are few: the partial
+# index (0025) finds them without reading the alerts of years.
+_UNACKNOWLEDGED = """
+SELECT a.id, a.queue, a.priority, a.extra_queues FROM alerts a
+JOIN unnest(%(priority)s::int[], %(tta)s::float8[]) AS t(priority, tta) USING (priority)
+WHERE a.status = 'claimed' AND a.claimed_at + make_interval(secs => t.tta) <= %(now)s
+  AND (a.escalated_at IS NULL OR a.escalated_at < a.claimed_at)
+ORDER BY a.priority, a.claimed_at, a.id
+FOR UPDATE OF a SKIP LOCKED
+"""
+
+# The deadline to claim is set again only for an open alert (a claimed one has none).
 _ESCALATE = """
 WITH t AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(queue)s::text[], %(priority)s::int[],
@@ -55,16 +72,20 @@ WITH t AS (
 ), changed AS (
     UPDATE alerts a SET queue = t.queue, priority = t.priority, breaches = a.breaches + 1,
            escalated_at = %(now)s,
-           claim_deadline = %(now)s + make_interval(secs => t.ttc),
+           claim_deadline = CASE WHEN a.status = 'open'
+                                 THEN %(now)s + make_interval(secs => t.ttc)
+                                 ELSE a.claim_deadline END,
            extra_queues = CASE WHEN t.from_queue <> t.queue
                                     AND NOT t.from_queue = ANY(a.extra_queues)
                                THEN array_append(a.extra_queues, t.from_queue)
                                ELSE a.extra_queues END
     FROM t WHERE a.id = t.id
-    RETURNING a.id
+    RETURNING a.id, a.status, a.claimed_by
 )
 INSERT INTO alert_audit (alert_id, at, actor, action, from_status, to_status, note, details)
-SELECT t.id, %(now)s, 'vagt', 'escalate', 'open', 'open', 'not claimed in time',
+SELECT t.id, %(now)s, 'vagt', 'escalate', changed.status, changed.status,
+       CASE WHEN changed.status = 'open' THEN 'not claimed in time'
+            ELSE 'claimed by ' || changed.claimed_by || ', not acknowledged in time' END,
        jsonb_build_object('from_queue', t.from_queue, 'to_queue', t.queue,
                           'from_priority', t.from_priority, 'to_priority', t.priority)
 FROM t JOIN changed USING (id)
@@ -74,17 +95,21 @@ FROM t JOIN changed USING (id)
 def escalate_overdue(conn: psycopg.Connection, now: datetime,
                      policy: AlertPolicy | None = None,
                      observer: AlertObserver | None = None) -> list[Breach]:
-    """Escalate every open alert whose time to claim has passed at `now`; one transaction."""
+    """Escalate every open alert whose time to claim has passed at `now`, and every claimed
+    one whose time to acknowledge has; one transaction."""
     policy = policy or current_policy()
     observer = observer or NullObserver()
+    tta = sorted(policy.time_to_acknowledge_s.items())
     with conn.transaction():
-        rows = conn.execute(_OVERDUE, (now,)).fetchall()
+        unclaimed = conn.execute(_OVERDUE, (now,)).fetchall()
+        claimed = conn.execute(_UNACKNOWLEDGED, {
+            "priority": [p for p, _ in tta], "tta": [s for _, s in tta], "now": now}).fetchall()
         breaches = []
-        for alert_id, queue, priority, _extra in rows:
-            to_priority = max(1, int(priority) - 1)
-            to_queue = policy.escalation_queue or str(queue)
-            breaches.append(Breach(int(alert_id), str(queue), to_queue, int(priority),
-                                   to_priority))
+        for held, rows in ((False, unclaimed), (True, claimed)):
+            for alert_id, queue, priority, _extra in rows:
+                breaches.append(Breach(int(alert_id), str(queue),
+                                       policy.escalation_queue or str(queue), int(priority),
+                                       max(1, int(priority) - 1), held))
         if not breaches:
             return []
         conn.execute(_ESCALATE, {
@@ -95,10 +120,14 @@ def escalate_overdue(conn: psycopg.Connection, now: datetime,
             "from_priority": [b.from_priority for b in breaches], "now": now})
         outbox.enqueue(conn, [b.alert_id for b in breaches], "escalated", ENGINE_ACTOR)
     for b in breaches:
-        observer.breached(b.from_queue)
+        if b.claimed:
+            observer.unacknowledged(b.from_queue)
+        else:
+            observer.breached(b.from_queue)
         log.warning("event=alert_escalated alert_id=%d from_queue=%s to_queue=%s "
-                    "priority=%d->%d", b.alert_id, b.from_queue, b.to_queue, b.from_priority,
-                    b.to_priority)
+                    "priority=%d->%d reason=%s", b.alert_id, b.from_queue, b.to_queue,
+                    b.from_priority, b.to_priority,
+                    "not_acknowledged" if b.claimed else "not_claimed")
     return breaches
 
 

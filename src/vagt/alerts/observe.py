@@ -16,6 +16,9 @@ class AlertObserver(Protocol):
     def breached(self, queue: str) -> None:
         """An alert in `queue` was not claimed in time."""
 
+    def unacknowledged(self, queue: str) -> None:
+        """A claimed alert in `queue` was not acknowledged in time."""
+
     def delivery(self, target: str, outcome: str) -> None:
         """A delivery attempt: outcome is delivered, failed (will retry) or dead."""
 
@@ -28,6 +31,9 @@ class NullObserver:
         pass
 
     def breached(self, queue: str) -> None:
+        pass
+
+    def unacknowledged(self, queue: str) -> None:
         pass
 
     def delivery(self, target: str, outcome: str) -> None:

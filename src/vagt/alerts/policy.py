@@ -79,6 +79,10 @@ class AlertPolicy:
     root: Route = field(default_factory=lambda: Route("root"))
     time_to_claim_s: Mapping[int, float] = field(default_factory=lambda: {
         1: 120.0, 2: 600.0, 3: 3600.0, 4: 4 * 3600.0, 5: 24 * 3600.0})
+    # a claimed alert not acknowledged this long after its claim escalates (once per claim);
+    # a priority not listed has no such deadline
+    time_to_acknowledge_s: Mapping[int, float] = field(default_factory=lambda: {
+        1: 600.0, 2: 1800.0})
     escalation_queue: str = ""          # "" = an escalated alert stays in its queue
     escalation_interval_s: float = 15.0
     reopen_window_s: float = 1800.0
@@ -86,6 +90,9 @@ class AlertPolicy:
     # registry attributes that become labels: "name", or "label=attribute" (the first found wins)
     label_attributes: tuple[str, ...] = ("gateway_id", "gateway_id=gateway")
     silence_in_repair: bool = True
+    # the longest a silence may last; one longer (made before there was a limit) holds back
+    # no critical alert
+    max_silence_s: float = 3 * 86400.0
     inhibit: tuple[InhibitRule, ...] = ()
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     source: str = ""
@@ -123,9 +130,10 @@ def load_policy(path: str | Path | None, env: Mapping[str, str] | None = None, *
     return _Reader(p, env or {}, secrets).policy(doc)
 
 
+MAX_SILENCE_LIMIT_S = 30 * 86400.0   # what `max_silence` may be set to at most
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 _TOP = {"reopen_window", "resolution_codes", "label_attributes", "silence_in_repair",
-        "escalation", "route", "inhibit", "delivery"}
+        "max_silence", "escalation", "route", "inhibit", "delivery"}
 _ROUTE = {"name", "matchers", "queue", "priority", "time_to_claim", "continue", "routes"}
 
 
@@ -150,14 +158,11 @@ class _Reader:
     def policy(self, doc: dict[str, Any]) -> AlertPolicy:
         self.unknown(doc, _TOP, "the top level")
         esc = self.table(doc, "escalation", "the top level")
-        self.unknown(esc, {"queue", "interval", "time_to_claim"}, "[escalation]")
-        ttc_doc = self.table(esc, "time_to_claim", "[escalation]")
-        ttc = dict(AlertPolicy().time_to_claim_s)
-        for key, value in ttc_doc.items():
-            if not key.isdigit() or not 1 <= int(key) <= 5:
-                raise self.fail("[escalation.time_to_claim]",
-                                f"'{key}' is not a priority; use 1 to 5")
-            ttc[int(key)] = self.duration(value, f"[escalation.time_to_claim] '{key}'")
+        self.unknown(esc, {"queue", "interval", "time_to_claim", "time_to_acknowledge"},
+                     "[escalation]")
+        ttc = self.by_priority(esc, "time_to_claim", AlertPolicy().time_to_claim_s)
+        tta = self.by_priority(esc, "time_to_acknowledge", AlertPolicy().time_to_acknowledge_s,
+                               never=True)
         codes = self.strings(doc, "resolution_codes", "the top level",
                              DEFAULT_RESOLUTION_CODES)
         if "cleared" in codes:
@@ -165,6 +170,7 @@ class _Reader:
         return AlertPolicy(
             root=self.route(doc.get("route", {}), "[route]", "root", is_root=True),
             time_to_claim_s=ttc,
+            time_to_acknowledge_s=tta,
             escalation_queue=self.string(esc, "queue", "[escalation]", ""),
             escalation_interval_s=self.duration(esc.get("interval", "15s"),
                                                 "[escalation] interval"),
@@ -173,11 +179,20 @@ class _Reader:
             label_attributes=self.strings(doc, "label_attributes", "the top level",
                                           AlertPolicy.label_attributes),
             silence_in_repair=self.boolean(doc, "silence_in_repair", "the top level", True),
+            max_silence_s=self.max_silence(doc.get("max_silence", "3d")),
             inhibit=tuple(self.inhibit(entry, i)
                           for i, entry in enumerate(self.tables(doc, "inhibit", "the top level"))),
             delivery=self.delivery(self.table(doc, "delivery", "the top level")),
             source=str(self.path),
         )
+
+    def max_silence(self, value: Any) -> float:
+        seconds = self.duration(value, "max_silence")
+        if not 0 < seconds <= MAX_SILENCE_LIMIT_S:
+            raise self.fail("max_silence", f"must be more than 0 and at most 30d (a silence "
+                                           f"is for hours or days; a device away for longer "
+                                           f"is in_repair), got {value!r}")
+        return seconds
 
     # -- the routing tree --------------------------------------------------------------------
 
@@ -370,6 +385,21 @@ class _Reader:
         if not isinstance(value, bool):
             raise self.fail(where, f"'{key}' must be true or false, got {value!r}")
         return value
+
+    def by_priority(self, esc: dict[str, Any], key: str, defaults: Mapping[int, float], *,
+                    never: bool = False) -> dict[int, float]:
+        """[escalation.<key>]: a duration per priority over `defaults`; with `never`, the
+        word "never" takes a priority's default away."""
+        where = f"[escalation.{key}]"
+        table = dict(defaults)
+        for name, value in self.table(esc, key, "[escalation]").items():
+            if not name.isdigit() or not 1 <= int(name) <= 5:
+                raise self.fail(where, f"'{name}' is not a priority; use 1 to 5")
+            if never and value == "never":
+                table.pop(int(name), None)
+            else:
+                table[int(name)] = self.duration(value, f"{where} '{name}'")
+        return table
 
     def duration(self, value: Any, where: str) -> float:
         try:

@@ -2,14 +2,17 @@
 
 An alert whose labels match every matcher of a silence that is in force is kept as
 `suppressed` with the silence as its reason; when the silence ends (or is expired early)
-it comes back. Creating and expiring are audited in `audit_log`. The comment becomes the
-reason of the alerts it holds, which the call centre's systems are sent: one holding a CPR
-number is refused (`vagt.privacy.HoldsCpr`).
+it comes back. Creating and expiring are audited in `audit_log`, refusals logged
+(`event=silence_refused`). The comment becomes the reason of the alerts it holds, which the
+call centre's systems are sent: one holding a CPR number is refused (`vagt.privacy.HoldsCpr`).
+
+A silence that can match a critical alert (a personal alarm) must name its devices one by
+one (`silence_scope`), and none may last longer than the policy's `max_silence`.
 """
 
 from __future__ import annotations
 
-import secrets
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +23,19 @@ from psycopg.rows import dict_row
 
 from vagt.alerts.actions import AlertError, checked_operator
 from vagt.alerts.matchers import Matcher, Op
-from vagt.alerts.policy import AlertPolicy
+from vagt.alerts.patterns import pattern_problem
+from vagt.alerts.policy import AlertPolicy, current_policy
+from vagt.alerts.silence_scope import (
+    MAX_DEVICES,
+    critical_rules_matched,
+    current_rule_book,
+    names_devices,
+)
 from vagt.alerts.suppression import reconcile
-from vagt.privacy import without_cpr
-from vagt.rules.config import SEVERITIES
+from vagt.privacy import HoldsCpr, without_cpr
+from vagt.rules.config import Rule
+
+log = logging.getLogger("vagt.alerts")
 
 MAX_COMMENT = 1000
 
@@ -77,42 +89,41 @@ def _silence(row: dict[str, object]) -> Silence:
 def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
                    starts_at: datetime | None, ends_at: datetime, author: str, comment: str,
                    municipality: str | None = None, now: datetime | None = None,
-                   policy: AlertPolicy | None = None) -> Silence:
+                   policy: AlertPolicy | None = None,
+                   rules: Sequence[Rule] | None = None) -> Silence:
     """Store a silence and suppress the open alerts it matches, in one transaction.
 
     A municipal author's silence is limited to their municipality (a matcher is added).
+    It is judged by `rules` (default: the installed rule book, `silence_scope`) and
+    `policy`; a refusal (SilenceError, HoldsCpr, InvalidOperator) is logged.
     """
     now = now or datetime.now(UTC)
-    author = checked_operator(author)
-    comment = without_cpr(" ".join(comment.split()), "silence's comment")
-    if not comment or len(comment) > MAX_COMMENT:
-        raise SilenceError(f"a silence needs a comment saying why, of 1 to {MAX_COMMENT} "
-                           "characters")
-    wanted = list(matchers)
-    if municipality is not None:
-        wanted = [m for m in wanted if m.name != "municipality"]
-        wanted.append(Matcher("municipality", Op.EQ, municipality))
-    for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
-        without_cpr(str(m), "silence's matcher")
-    if not wanted or all(m.matches({}) for m in wanted):
-        raise SilenceError("a silence needs at least one matcher that an empty label set "
-                           "does not match (e.g. device_id=\"OXI-0001\"); it would silence "
-                           "everything")
-    # a municipal author's own municipality matchers are replaced by theirs: what is left
-    # must not hold back everything there
-    own = [m for m in matchers if municipality is None or m.name != "municipality"]
-    if _holds_back_everything(conn, own):
-        raise SilenceError(
-            "each matcher of the silence matches any value of its label (every "
-            + ("alert of the municipality" if municipality is not None else "alert")
-            + ", personal alarms included, would be held back): name the devices, models or "
-            "rules it is for (e.g. device_id=\"OXI-0001\", model=\"3230\")")
-    starts = starts_at or now
-    if ends_at <= starts:
-        raise SilenceError(f"the silence must end after it starts: starts {starts.isoformat()}, "
-                           f"ends {ends_at.isoformat()}")
-    if ends_at <= now:
-        raise SilenceError(f"the silence would end in the past ({ends_at.isoformat()})")
+    policy = policy or current_policy()
+    rules = current_rule_book() if rules is None else rules
+    who = {"author": "-", "municipality": municipality or "-", "matchers": "-"}
+    try:
+        author = who["author"] = checked_operator(author)
+        comment = without_cpr(" ".join(comment.split()), "silence's comment")
+        if not comment or len(comment) > MAX_COMMENT:
+            raise SilenceError(f"a silence needs a comment saying why, of 1 to {MAX_COMMENT} "
+                               "characters")
+        wanted = list(matchers)
+        if municipality is not None:
+            wanted = [m for m in wanted if m.name != "municipality"]
+            wanted.append(Matcher("municipality", Op.EQ, municipality))
+        for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
+            without_cpr(str(m), "silence's matcher")
+        who["matchers"] = " ".join(map(str, wanted))
+        starts = starts_at or now
+        problem = (_matchers_problem(wanted, municipality, rules, policy)
+                   or _times_problem(starts, ends_at, now, policy))
+        if problem:
+            raise SilenceError(problem)
+    except (AlertError, HoldsCpr) as e:
+        log.warning("event=silence_refused author=%s municipality=%s matchers=%s reason=%s",
+                    who["author"], who["municipality"], who["matchers"],
+                    orjson.dumps(" ".join(str(e).split())).decode())
+        raise
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "INSERT INTO silences (matchers, starts_at, ends_at, author, comment) "
@@ -126,29 +137,79 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
     return silence
 
 
-# Labels whose every value is known: the registry's columns, and the severities.
-_DEVICE_LABELS = ("device_id", "vendor", "model", "type", "municipality")
+def _matchers_problem(matchers: Sequence[Matcher], municipality: str | None,
+                      rules: Sequence[Rule], policy: AlertPolicy) -> str | None:
+    """Why a silence with these matchers may not be, or None."""
+    for problem in _pattern_problems(matchers):
+        return problem
+    if not matchers or all(m.matches({}) for m in matchers):
+        return ("a silence needs at least one matcher that an empty label set does not "
+                "match (e.g. device_id=\"OXI-0001\"); it would silence everything")
+    if names_devices(matchers):
+        return None
+    matched, every = critical_rules_matched(matchers, rules, policy)
+    if not matched:
+        return None
+    where = f" of the municipality {municipality}" if municipality is not None else ""
+    what = (f"every critical alert{where}, personal alarms included, as good as "
+            "silencing everything" if every else
+            f"critical alerts{where} (of {', '.join(matched)})")
+    return (f"the silence could hold back {what}: a silence holds back a critical alert only "
+            f"for devices it names, by device_id=\"...\" or device_id=~\"A|B\" (at most "
+            f"{MAX_DEVICES}); else leave critical alerts out with severity!=\"critical\"")
 
 
-def _holds_back_everything(conn: psycopg.Connection, matchers: Sequence[Matcher]) -> bool:
-    """Whether each of the silence's own matchers (none: yes) matches every value its label
-    has, and a value never seen before where the label's values are not a closed set
-    (`device_id=~".+"`, `severity=~"critical|major|warning|info"`, `rule=~".*_.*"`): then
-    it holds back every alert. A matcher the empty label set matches is the caller's."""
-    probe = "vagt-probe-" + secrets.token_hex(8)
-    for m in matchers:
-        if m.name == "severity":   # a severity is one of these, and nothing else
-            values: list[str] = list(SEVERITIES)
-        elif not m.matches({m.name: probe}):
-            return False
-        elif m.name in _DEVICE_LABELS:   # one of ours: the name is safe to put in the SQL
-            values = [str(v) for (v,) in conn.execute(
-                f"SELECT DISTINCT {m.name} FROM devices WHERE {m.name} <> ''")]
-        else:
-            values = []
-        if not all(m.matches({m.name: v}) for v in values):
-            return False
-    return True
+def _times_problem(starts: datetime, ends: datetime, now: datetime,
+                   policy: AlertPolicy) -> str | None:
+    if ends <= starts:
+        return (f"the silence must end after it starts: starts {starts.isoformat()}, "
+                f"ends {ends.isoformat()}")
+    if ends <= now:
+        return f"the silence would end in the past ({ends.isoformat()})"
+    too_long = _too_long(starts, ends, policy)
+    return f"{too_long}: end it sooner, and make another then if it is still needed" \
+        if too_long else None
+
+
+def _too_long(starts: datetime, ends: datetime, policy: AlertPolicy) -> str | None:
+    length = (ends - starts).total_seconds()
+    if length <= policy.max_silence_s:
+        return None
+    return (f"a silence may last at most {_duration(policy.max_silence_s)} (the alert "
+            f"policy's max_silence), this one lasts {_duration(length)}")
+
+
+def warnings(silence: Silence, *, policy: AlertPolicy | None = None,
+             rules: Sequence[Rule] | None = None) -> list[str]:
+    """Why this silence, made before today's limits, would be refused now, and what it
+    does meanwhile: one that could match a critical alert without naming its devices, or
+    lasts longer than `max_silence`, holds back no critical alert (`suppression`)."""
+    policy = policy or current_policy()
+    rules = current_rule_book() if rules is None else rules
+    found = _pattern_problems(silence.matchers)
+    matched, _ = critical_rules_matched(silence.matchers, rules, policy)
+    if matched and not names_devices(silence.matchers):
+        found.append(f"it names no device, and could match critical alerts (of "
+                     f"{', '.join(matched)}): it holds back none of them")
+    too_long = _too_long(silence.starts_at, silence.ends_at, policy)
+    if too_long:
+        found.append(f"{too_long}: it holds back no critical alert")
+    return found
+
+
+def _pattern_problems(matchers: Sequence[Matcher]) -> list[str]:
+    return [f"{m}: {problem}" for m in matchers
+            if m.op in (Op.RE, Op.NRE) and (problem := pattern_problem(m.value))]
+
+
+def _duration(seconds: float) -> str:
+    """As `max_silence` is written: 3d, 1h30m, 3d1s (to the second, rounded up)."""
+    s = -int(-seconds // 1)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = ((days, "d"), (hours, "h"), (minutes, "m"), (s, "s"))
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,

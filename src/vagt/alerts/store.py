@@ -11,8 +11,8 @@ whatever the number of alerts.
 - Routing: the policy's tree chooses queue, priority and time to claim; the rule's queue and
   priority are the defaults.
 - Suppression: a new alert held back by a silence, an inhibition or a device in repair is
-  stored as `suppressed`, with the reason.
-
+  stored as `suppressed`, with the reason; a critical one a silence holds is announced
+  (`opened`) all the same, with the silence and its end in the event's details.
 - Taking back: an alert that late rows, evaluated again in order, do not fire is resolved
   as a clear resolves one, with a note, having fired no time (`repeat_count` 0); one an
   operator holds is left to them, noted (`unsupported_alerts`, `take_back`).
@@ -34,7 +34,7 @@ import psycopg
 from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.routing import route_alert
-from vagt.alerts.suppression import is_inhibition_source, reconcile
+from vagt.alerts.suppression import announce, is_inhibition_source, reconcile
 
 ENGINE_ACTOR = "vagt"
 
@@ -205,10 +205,15 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
         fresh_fps = again | {str(r[3]) for r in rows if r[2]}
         sources = any(is_inhibition_source(labels[i], policy)
                       for i, f in enumerate(firings) if f.fingerprint in fresh_fps)
-        held = reconcile(conn, policy=policy, alert_ids=None if sources else fresh,
-                         quiet=fresh).suppressed
-        outbox.enqueue(conn, new_ids - set(held), "opened", ENGINE_ACTOR)
-        outbox.enqueue(conn, reopened_ids - set(held), "reopened", ENGINE_ACTOR)
+        changes = reconcile(conn, policy=policy, alert_ids=None if sources else fresh,
+                            quiet=fresh)
+        held = set(changes.suppressed)
+        outbox.enqueue(conn, new_ids - held, "opened", ENGINE_ACTOR)
+        outbox.enqueue(conn, reopened_ids - held, "reopened", ENGINE_ACTOR)
+        # a critical alert a silence holds back is announced all the same, saying so
+        critical = changes.held_critical
+        announce(conn, "opened", {i: d for i, d in critical.items() if i in new_ids})
+        announce(conn, "reopened", {i: d for i, d in critical.items() if i in reopened_ids})
     return opened + [(int(r[0]), str(r[2])) for r in reopened]
 
 

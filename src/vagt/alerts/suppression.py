@@ -11,23 +11,27 @@ keeps its status and gets the new reason, audited as a `suppress` from suppresse
 Each change is audited and goes to the outbox. The engine calls it when alerts open or
 resolve, silences call it when created or expired, and the timer calls it for silences
 that start or end by the clock and for devices whose repair status changed.
+
+A critical alert is held back only by a silence that names its device (`silence_scope`)
+and lasts no longer than the policy's `max_silence`, whenever the silence was made; the
+call centre hears of it all the same (see `Changes.held_critical`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
 import psycopg
 
 from vagt.alerts import outbox
-from vagt.alerts.matchers import Matcher, all_match, alternatives, equalities
+from vagt.alerts.matchers import Matcher, Op, all_match, alternatives, equalities
 from vagt.alerts.policy import AlertPolicy, InhibitRule, current_policy
+from vagt.alerts.silence_scope import CRITICAL, names_devices
 
 ENGINE_ACTOR = "vagt"
-CRITICAL = "critical"   # the severity no inhibit rule holds back (see `suppression_reason`)
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,31 @@ class _ActiveSilence:
     matchers: tuple[Matcher, ...]
     author: str
     comment: str
+    ends_at: datetime
+    holds_critical: bool   # names its devices, and is no longer than max_silence
 
     @property
     def reason(self) -> str:
         return f"silence {self.id} by {self.author}: {self.comment}"
+
+    def details(self) -> dict[str, object]:
+        """What the event of an alert it holds back says of it (`held_back_until`: its
+        end, as "now" says an alert held back from its opening comes back now)."""
+        return {"held_back_by": self.reason, "silence_id": self.id,
+                "held_back_until": self.ends_at.isoformat()}
 
 
 @dataclass(frozen=True)
 class Changes:
     suppressed: list[int]
     unsuppressed: list[int]
+    # of `suppressed`, the critical alerts a silence holds: the details their event says
+    # (for those in `quiet`, the caller announces them with these)
+    held_critical: dict[int, dict[str, object]] = field(default_factory=dict)
 
 
 _CANDIDATES = """
-SELECT a.id, a.status, a.labels, a.suppressed_reason, d.status
+SELECT a.id, a.status, a.labels, a.suppressed_reason, d.status, a.severity
 FROM alerts a LEFT JOIN devices d ON d.device_id = a.device_id
 WHERE a.status IN ('open', 'suppressed') AND (%(ids)s::bigint[] IS NULL OR a.id = ANY(%(ids)s))
 ORDER BY a.id
@@ -100,7 +115,8 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
               quiet: Collection[int] = ()) -> Changes:
     """Suppress or release the open and suppressed alerts (all, or those of `alert_ids`).
 
-    `quiet`: alerts the caller announces itself (just opened), so no outbox event for them.
+    `quiet`: alerts the caller announces itself (just opened), so no outbox event for them
+    (the critical ones a silence holds included: `Changes.held_critical` says what to add).
     """
     policy = policy or current_policy()
     if now is None:   # the time of the change, as the audit rows of others (0015)
@@ -113,7 +129,8 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     candidates = conn.execute(_CANDIDATES, {"ids": ids}).fetchall()
     if not candidates:
         return Changes([], [])
-    silences = _active_silences(conn, now)
+    silences = _active_silences(conn, now, policy)
+    by_reason = {s.reason: s for s in silences}
     # the sources only of rules that target one of the candidates, and only those that
     # could hold one back: reading all of them (every open device_silent alert after an
     # outage) for each alert that opened cost an alarm 66 ms of CPU with 5,000 open
@@ -122,11 +139,18 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     to_suppress: list[tuple[int, str]] = []
     to_release: list[int] = []
     to_reword: list[tuple[int, str]] = []
-    for alert_id, status, labels, old_reason, device_status in candidates:
+    details: dict[int, dict[str, object]] = {}   # of those a silence would hold
+    critical: set[int] = set()
+    for alert_id, status, labels, old_reason, device_status, severity in candidates:
+        is_critical = CRITICAL in (severity, _label(labels, "severity"))
         reason = suppression_reason(alert_id, labels, device_status, silences, inhibitors,
-                                    policy)
+                                    policy, critical=is_critical)
         if reason is not None and status == "open":
             to_suppress.append((alert_id, reason))
+            if reason in by_reason:
+                details[alert_id] = by_reason[reason].details()
+                if is_critical:
+                    critical.add(alert_id)
         elif reason is None and status == "suppressed":
             to_release.append(alert_id)
         elif reason is not None and reason != old_reason:
@@ -139,15 +163,30 @@ def reconcile(conn: psycopg.Connection, *, now: datetime | None = None,
     if to_suppress:
         suppressed = [int(r[0]) for r in conn.execute(_SUPPRESS, (
             [i for i, _ in to_suppress], [r for _, r in to_suppress], now, now)).fetchall()]
-        outbox.enqueue(conn, [i for i in suppressed if i not in quiet], "suppressed",
-                       ENGINE_ACTOR)
+        # saying which silence holds it and until when, where one does
+        announce(conn, "suppressed", {i: details.get(i, {}) for i in suppressed
+                                      if i not in quiet})
     if to_reword:
         conn.execute(_REASON, ([i for i, _ in to_reword], [r for _, r in to_reword], now))
     if to_release:
         told = conn.execute(_UNSUPPRESS, {"ids": to_release, "now": now}).fetchall()
         released = [int(r[0]) for r in told]
         _announce_released(conn, [r for r in told if int(r[0]) not in quiet])
-    return Changes(sorted(suppressed), sorted(released))
+    return Changes(sorted(suppressed), sorted(released),
+                   {i: details[i] for i in suppressed if i in critical})
+
+
+def announce(conn: psycopg.Connection, event: str,
+             details: Mapping[int, dict[str, object]]) -> None:
+    """`event` for each alert of `details`, with its details (alike ones in one statement).
+    The caller announces so the critical alerts a silence held back from their opening
+    (`Changes.held_critical`): the call centre hears of a personal alarm whatever holds it,
+    with the silence and its end."""
+    groups: dict[bytes, tuple[dict[str, object], list[int]]] = {}
+    for alert_id, d in details.items():
+        groups.setdefault(orjson.dumps(d), (d, []))[1].append(alert_id)
+    for d, ids in groups.values():
+        outbox.enqueue(conn, ids, event, ENGINE_ACTOR, d)
 
 
 def _announce_released(conn: psycopg.Connection,
@@ -172,20 +211,23 @@ def _announce_released(conn: psycopg.Connection,
 def suppression_reason(alert_id: int, labels: Mapping[str, object], device_status: str | None,
                        silences: Sequence[_ActiveSilence],
                        inhibitors: Sequence[tuple[InhibitRule, dict[tuple[str, ...], int]]],
-                       policy: AlertPolicy) -> str | None:
+                       policy: AlertPolicy, *, critical: bool = False) -> str | None:
     """The first thing that holds the alert back, as a sentence; None if nothing does.
 
-    A critical alert (a personal alarm) is held back only by what a person decided: a
-    silence, or the device's repair status. Never by another alert: an inhibit rule written
-    to quiet the devices behind an offline gateway must not hide someone who pressed the
-    button (the gateway's own silence alert stays open until its sweep or message clears
-    it, and the alarm may well come through another way)."""
+    A critical alert (a personal alarm; `critical`, or its severity label says so) is held
+    back only by what a person decided about its device: a silence naming it (and no longer
+    than `max_silence`), or the device's repair status. Not by a silence of a rule, a
+    municipality or a pattern of ids, whenever it was made. Never by another alert: an
+    inhibit rule written to quiet the devices behind an offline gateway must not hide
+    someone who pressed the button (the gateway's own silence alert stays open until its
+    sweep or message clears it, and the alarm may well come through another way)."""
+    critical = critical or _label(labels, "severity") == CRITICAL
     if policy.silence_in_repair and device_status == "in_repair":
         return "the device is in repair (silenced by its registry status)"
     for s in silences:
-        if all_match(s.matchers, labels):
+        if (s.holds_critical or not critical) and all_match(s.matchers, labels):
             return s.reason
-    if _label(labels, "severity") == CRITICAL:
+    if critical:
         return None
     for rule, sources in inhibitors:
         if not sources or not all_match(rule.target, labels):
@@ -207,12 +249,20 @@ def _label(labels: Mapping[str, object], name: str) -> str:
     return "" if value is None else str(value)
 
 
-def _active_silences(conn: psycopg.Connection, now: datetime) -> list[_ActiveSilence]:
-    rows = conn.execute("SELECT id, matchers, author, comment FROM silences "
-                        "WHERE expired_at IS NULL AND starts_at <= %s AND ends_at > %s "
-                        "ORDER BY id", (now, now)).fetchall()
-    return [_ActiveSilence(int(i), tuple(Matcher.from_json(m) for m in ms), str(a), str(c))
-            for i, ms, a, c in rows]
+def _active_silences(conn: psycopg.Connection, now: datetime,
+                     policy: AlertPolicy) -> list[_ActiveSilence]:
+    rows = conn.execute("SELECT id, matchers, author, comment, starts_at, ends_at "
+                        "FROM silences WHERE expired_at IS NULL AND starts_at <= %s "
+                        "AND ends_at > %s ORDER BY id", (now, now)).fetchall()
+    found = []
+    for i, ms, author, comment, starts, ends in rows:
+        matchers = tuple(Matcher.from_json(m) for m in ms)
+        within = (ends - starts).total_seconds() <= policy.max_silence_s
+        # equalities first: an alert of another device is passed over before any regex
+        cheap_first = tuple(sorted(matchers, key=lambda m: m.op in (Op.RE, Op.NRE)))
+        found.append(_ActiveSilence(int(i), cheap_first, str(author), str(comment), ends,
+                                    within and names_devices(matchers)))
+    return found
 
 
 def _sources(conn: psycopg.Connection, rule: InhibitRule,

@@ -3,7 +3,10 @@ batches, with the same engine the live pipeline uses, and count per rule and mun
 how many alerts would have opened and cleared. Nothing is written.
 
 Timers run as they would live: after each batch the engine ticks at the batch's latest
-device time, and the absence sweep judges silence from the replayed messages.
+device time. The sweep's rules (absence, clock) go by our clock, as live: each stored row
+is heard at its `received_at`, and after each batch the sweep runs at the time by which
+every row that reached us has been read (`_Heard`), in an engine of their own, so that a
+device is heard speaking again when it reached us, not when its own clock says.
 
 A device given to another citizen within the period begins anew there, as it does live
 (migration 0010): batches end at the deployment, its rule state is emptied, its history reads
@@ -14,11 +17,14 @@ once its alerts are resolved.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
@@ -28,7 +34,11 @@ from vagt.devices.actions import CENTRAL_STOCK
 from vagt.devices.fleet import Fleet
 from vagt.rules import Batch, Rule, RuleEngine
 from vagt.rules.book import AlertBook
+from vagt.rules.engine import SWEPT
 from vagt.rules.persist import layout, unpack
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 
 
 @dataclass
@@ -38,6 +48,7 @@ class BacktestResult:
     readings: int = 0
     events: int = 0
     batches: int = 0
+    heard: int = 0        # rows that reached us within the period, which the sweep judged by
     opened: Counter[tuple[str, str]] = field(default_factory=Counter)   # (rule, municipality)
     cleared: Counter[tuple[str, str]] = field(default_factory=Counter)
     still_open: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -64,15 +75,21 @@ def parse_time(text: str) -> float:
 
 
 def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], start: float,
-                 end: float, batch_rows: int = 5000) -> BacktestResult:
+                 end: float, batch_rows: int = 5000, future_skew_s: float = 300.0
+                 ) -> BacktestResult:
     """`fleet` is the backtest's own: its devices are put where their assignments had them
-    at each time of the period (municipality, deployed or not), as the rules saw them."""
-    engine = RuleEngine(rules, fleet, fleet.catalogue)
+    at each time of the period (municipality, deployed or not), as the rules saw them.
+    `future_skew_s`: how far ahead of our clock a device time may have been stored
+    (`ingest.max_future_skew_s`)."""
+    engine = RuleEngine([r for r in rules if r.kind not in SWEPT], fleet, fleet.catalogue)
+    sweeper = RuleEngine([r for r in rules if r.kind in SWEPT], fleet, fleet.catalogue)
     book = AlertBook()
     result = BacktestResult(start, end)
-    last_seen = np.full(len(fleet), np.nan)
     assignments = _Assignments(conn, fleet, start, end)
+    heard = _Heard(start, end)
+    heard.add(*_heard_before(conn, fleet, start, end, HEARD_BEFORE_S))
     names = [r.name for r in rules]
+    swept = -np.inf
 
     def history(metric: str, devices: np.ndarray, since: float, until: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,30 +108,34 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
             # resolved)
             _settle(result, book, names, d, fleet.municipality[d])
             fleet.place(d, change.municipality, "deployed" if change.deployed else "in_stock")
-            if change.deployed:
+            if change.deployed:   # and silent from then on, as live (`_Heard.as_live`)
                 assignments.began[d] = change.at
-                unpack(engine, np.array([d]), layout(engine), [b""], [b""], [None])
-                if not np.isnan(last_seen[d]):   # silent from its deployment on, as live
-                    last_seen[d] = change.at
+                for e in (engine, sweeper):
+                    unpack(e, np.array([d]), layout(e), [b""], [b""], [None])
         upper = min(_batch_end(conn, cursor, end, batch_rows), assignments.next_after(cursor))
-        batch = _load(conn, fleet, cursor, upper)
+        loaded = _load(conn, fleet, cursor, upper)
         cursor = upper
-        if batch is None:
+        if loaded is None:
             continue
+        batch, rows_heard = loaded
         result.batches += 1
         result.readings += len(batch.r_device)
         result.events += len(batch.e_device)
         ev = engine.evaluate(batch, history=history)
         book.record(ev)
         engine.apply(ev)
-        np.fmax.at(last_seen, batch.m_device, batch.m_time)
-        now = float(batch.m_time.max())
-        ev = engine.tick(now)
+        latest = float(batch.m_time.max())
+        ev = engine.tick(latest)
         book.record(ev)
         engine.apply(ev)
-        ev = engine.sweep_absence(now, last_seen, list(book.open_))
-        book.record(ev)
-        engine.apply(ev)
+        heard.add(*rows_heard)
+        # by our clock, at the batch's latest time (as its timers) if every row that reached
+        # us by then is read: one is dated at most future_skew_s ahead of its arrival
+        now = min(latest, upper - future_skew_s)
+        if sweeper.rules and now > swept:
+            swept = now
+            _sweep(sweeper, book, heard, assignments.began, now, len(fleet))
+    result.heard = heard.taken
     muni = fleet.municipality
     for (rule, d), n in book.opened.items():
         result.opened[(rule, muni[d])] += n
@@ -123,6 +144,78 @@ def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], star
     for rule, d in book.open_:
         result.still_open[(rule, muni[d])] += 1
     return result
+
+
+def _sweep(sweeper: RuleEngine, book: AlertBook, heard: _Heard, began: F64, now: float,
+           n: int) -> None:
+    """What the live engine does by `now` for the sweep's rules: the messages that reached
+    us since the last sweep clear the silence of their devices, then the sweep."""
+    came = heard.take(now, n)
+    if came is not None:
+        ev = sweeper.evaluate(came)
+        book.record(ev)
+        sweeper.apply(ev)
+    seen, last_heard = heard.as_live(began, n)
+    ev = sweeper.sweep_absence(now, seen, list(book.open_), last_heard)
+    book.record(ev)
+    sweeper.apply(ev)
+
+
+# Rows dated this long before the period that reached us within it are heard too (a clock
+# behind, a buffer flushed after an outage). Rows dated earlier are not read: received_at
+# has no index, and finding them would read all history (and a clock restarted at
+# 2000-01-01 has its rows pruned within a day: `retention`).
+HEARD_BEFORE_S = 86400.0
+
+
+class _Heard:
+    """The sweep's view of the fleet, by our clock, as `rule_queries.last_heard` gives it
+    live: per device the latest device time (`seen`) and receipt time (`heard`) of the rows
+    that reached us within the period by the sweep's time. Rows read whose receipt is later
+    (dated ahead of it by a clock behind, or come late) wait until then."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+        self.seen, self.heard = np.empty(0), np.empty(0)
+        self.taken = 0
+        self._dev = np.empty(0, dtype=np.int64)
+        self._t, self._at = np.empty(0), np.empty(0)
+
+    def add(self, dev: I64, t: F64, at: F64) -> None:
+        """Rows read (device, device time, receipt time); those received outside the period
+        are left out."""
+        within = (at >= self.start) & (at < self.end)
+        self._dev = np.concatenate([self._dev, dev[within]])
+        self._t = np.concatenate([self._t, t[within]])
+        self._at = np.concatenate([self._at, at[within]])
+
+    def take(self, now: float, n: int) -> Batch | None:
+        """The rows received by `now` not taken before, as messages (rows of `n` devices)."""
+        self.seen, self.heard = _padded(self.seen, n), _padded(self.heard, n)
+        due = self._at <= now
+        if not due.any():
+            return None
+        dev, t = self._dev[due], self._t[due]
+        np.fmax.at(self.seen, dev, t)
+        np.fmax.at(self.heard, dev, self._at[due])
+        self._dev, self._t, self._at = self._dev[~due], self._t[~due], self._at[~due]
+        self.taken += len(dev)
+        return dataclasses.replace(Batch.empty(), m_device=dev, m_time=t)
+
+    def as_live(self, began: F64, n: int) -> tuple[F64, F64]:
+        """(seen, heard) per device: NaN if never heard, else each no earlier than the
+        deployment it is in (`began`: it is silent from then on), and heard no earlier than
+        seen, as live."""
+        seen, heard, began = (_padded(a, n) for a in (self.seen, self.heard, began))
+        known = ~np.isnan(seen)
+        since = np.fmax(seen, began)
+        return (np.where(known, since, np.nan),
+                np.where(known, np.fmax(heard, since), np.nan))
+
+
+def _padded(a: F64, n: int) -> F64:
+    """`a` lengthened to `n` with NaN (devices the fleet took in since)."""
+    return a if len(a) >= n else np.concatenate([a, np.full(n - len(a), np.nan)])
 
 
 @dataclass(frozen=True)
@@ -239,15 +332,53 @@ def _nth_time(conn: psycopg.Connection, table: str, cursor: float, until: float,
         width *= 2
 
 
-def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float) -> Batch | None:
-    r = conn.execute(
-        "SELECT device_id, metric, value, extract(epoch FROM time)::float8 FROM readings "
-        "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time",
-        (lo, hi)).fetchall()
-    e = conn.execute(
-        "SELECT device_id, code, extract(epoch FROM time)::float8 FROM events "
-        "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time",
-        (lo, hi)).fetchall()
+# Of the rows of a device-time range: the rules' columns and when each reached us.
+_READINGS = "SELECT device_id, metric, value, extract(epoch FROM time)::float8, " \
+    "extract(epoch FROM received_at)::float8 FROM readings " \
+    "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time"
+_EVENTS = "SELECT device_id, code, extract(epoch FROM time)::float8, " \
+    "extract(epoch FROM received_at)::float8 FROM events " \
+    "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time"
+
+
+def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float
+          ) -> tuple[Batch, tuple[I64, F64, F64]] | None:
+    """The rows dated in [lo, hi) as a batch, and as rows heard (device, time, received)."""
+    r = conn.execute(_READINGS, (lo, hi)).fetchall()
+    e = conn.execute(_EVENTS, (lo, hi)).fetchall()
     if not r and not e:
         return None
-    return rule_queries.rows_batch(conn, fleet, r, e)
+    batch = rule_queries.rows_batch(conn, fleet, r, e)   # takes in devices it did not know
+    return batch, _rows_heard(fleet, [(x[0], x[3], x[4]) for x in r] +
+                              [(x[0], x[2], x[3]) for x in e])
+
+
+# Rows dated before the period that reached us within it: the index on time finds them.
+_HEARD_BEFORE = """
+SELECT device_id, extract(epoch FROM time)::float8, extract(epoch FROM received_at)::float8
+FROM {} WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s)
+AND received_at >= to_timestamp(%s) AND received_at < to_timestamp(%s)
+"""
+
+
+def _heard_before(conn: psycopg.Connection, fleet: Fleet, start: float, end: float,
+                  before_s: float) -> tuple[I64, F64, F64]:
+    """Rows dated up to `before_s` before `start` that reached us in [start, end)."""
+    rows: list[tuple[object, ...]] = []
+    for table in ("readings", "events"):
+        rows += conn.execute(sql.SQL(_HEARD_BEFORE).format(sql.Identifier(table)),
+                             (start - before_s, start, start, end)).fetchall()
+    fleet.resolve(conn, sorted({str(x[0]) for x in rows}))
+    return _rows_heard(fleet, rows)
+
+
+def _rows_heard(fleet: Fleet, rows: Sequence[Sequence[object]]) -> tuple[I64, F64, F64]:
+    """(device index, device time, received) of rows (device id, time, received); rows of
+    unregistered devices are left out."""
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+    idx = fleet.lookup([str(x[0]) for x in rows])
+    t = np.array([x[1] for x in rows], dtype=np.float64)
+    at = np.array([x[2] for x in rows], dtype=np.float64)
+    ok = idx >= 0
+    return idx[ok], t[ok], at[ok]

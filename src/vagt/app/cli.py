@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--rules", default=None,
                     help="a rules file or folder (default: the configured rules)")
     bt.add_argument("--from", dest="start", required=True,
-                    help="device time to start at: ISO 8601 (UTC unless a zone is given) "
-                         "or epoch seconds")
-    bt.add_argument("--to", dest="end", required=True, help="device time to stop before")
+                    help="time to start at: ISO 8601 (UTC unless a zone is given) or epoch "
+                         "seconds; the rules take rows by device time, the silence and "
+                         "clock sweep by when they reached us")
+    bt.add_argument("--to", dest="end", required=True, help="time to stop before")
     bt.add_argument("--database-url", default=None,
                     help="the database to read (default: the configured one)")
     bt.add_argument("--batch", type=int, default=5000, help="rows per replayed batch")
@@ -451,12 +452,16 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
 
     from vagt.alerts.api.app import create_app
     from vagt.alerts.policy import PolicyError, load_policy
+    from vagt.alerts.silence_scope import install_rule_book
     from vagt.app import db
     from vagt.app.metrics import EngineMetrics
+    from vagt.rules import RuleConfigError, load_rules
 
     try:
         policy = load_policy(config.alerts or None, os.environ, secrets=False)
-    except PolicyError as e:
+        # silences are judged by the rules the engine runs: which of their alerts are critical
+        install_rule_book(load_rules(config.rules or None))
+    except (PolicyError, RuleConfigError) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2
     _install_alert_policy(config)
@@ -582,10 +587,11 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
 
-    from vagt.app.backtest import run_backtest
+    from vagt.app.backtest import HEARD_BEFORE_S, run_backtest
     from vagt.devices.catalogue import CatalogueError, load_catalogue
     from vagt.devices.fleet import Fleet
     from vagt.rules import RuleConfigError, load_rules
+    from vagt.rules.engine import SWEPT
 
     try:
         rules = load_rules(args.rules or config.rules or None)
@@ -608,13 +614,14 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     with database_url(url_config) as url, psycopg.connect(url) as conn:
         fleet = Fleet(catalogue)
         fleet.load(conn)
-        result = run_backtest(conn, fleet, rules, start, end, args.batch)
+        result = run_backtest(conn, fleet, rules, start, end, args.batch,
+                              config.ingest.max_future_skew_s)
         conn.rollback()  # a backtest writes nothing
     rows = result.rows()
     if args.json:
         print(orjson.dumps({"from": start, "to": end, "readings": result.readings,
                             "events": result.events, "batches": result.batches,
-                            "alerts": rows}).decode())
+                            "heard": result.heard, "alerts": rows}).decode())
         return 0
     print(f"replayed {result.readings} readings and {result.events} events in "
           f"{result.batches} batches")
@@ -622,6 +629,13 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     for row in rows:
         print(f"{row['rule']!s:<24} {row['municipality']!s:<16} {row['opened']!s:>7} "
               f"{row['cleared']!s:>8} {row['open_at_end']!s:>12}")
+    if any(r.kind in SWEPT for r in rules):
+        print()
+        print(f"silence and clocks judged by when each device's stored rows reached us, as "
+              f"live ({result.heard} rows within the period);")
+        print("not heard: a message that stored no row (a status of firmware only, a repeat "
+              f"of a row's device time), nor rows dated more than {HEARD_BEFORE_S / 3600:.0f} "
+              "h before --from")
     return 0
 
 

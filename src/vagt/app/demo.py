@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -65,10 +65,16 @@ class SimOptions:
     history_h: float = 24.0
     faults: float = 1.0
 
-    def simulation(self, fleet: list[SimDevice], topic_root: str) -> Simulation:
+    def simulation(self, fleet: list[SimDevice], topic_root: str,
+                   start: float | None = None) -> Simulation:
+        """The fleet's traffic from `start` (default: `history_h` hours ago) on."""
         return Simulation(fleet, seed=self.run_seed(),
-                          start=time.time() - self.history_h * 3600,
+                          start=self.start() if start is None else start,
                           topic_root=topic_root, config=SimConfig().with_faults(self.faults))
+
+    def start(self) -> float:
+        """When simulated time begins, if it begins now: `history_h` hours ago."""
+        return time.time() - self.history_h * 3600
 
     def run_seed(self) -> int:
         """The seed of this run: 1 when none was chosen."""
@@ -154,7 +160,11 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
             db_url = stack.enter_context(
                 contextlib.nullcontext(database) if database else _database(config))
             db.migrate(db_url)
-            created = register_fleet(db_url, fleet)
+            # deployed when their history begins, so that it is their citizens' time (the
+            # vendor report counts only that); a fleet the database already has keeps the
+            # deployments of the run that registered it, whose history began earlier
+            start = options.start()
+            created = register_fleet(db_url, fleet, at=start)
             print(f"vagt demo: {len(fleet)} simulated devices in 19 municipalities "
                   f"({created} newly registered), {rate:g} messages/s; Ctrl-C stops", flush=True)
             print(f"vagt demo: traffic seed {options.seed} (the same traffic again: "
@@ -166,7 +176,7 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
             engine_config = demo_engine_config(config, mqtt_url, db_url)
             engine_config = dataclasses.replace(
                 engine_config, metrics_port=_metrics_port(config.metrics_host, config.metrics_port))
-            sim = options.simulation(fleet, config.mqtt.topic_root)
+            sim = options.simulation(fleet, config.mqtt.topic_root, start)
             # entered in this order, stopped in the reverse: devices, engine, database, broker
             workers.append(stack.enter_context(
                 _Worker("engine", functools.partial(run_engine, engine_config))))
@@ -215,10 +225,12 @@ def _metrics_port(host: str, port: int) -> int:
     return free
 
 
-def register_fleet(db_url: str, fleet: list[SimDevice]) -> int:
-    """Register (or update) the simulated devices; how many were new."""
+def register_fleet(db_url: str, fleet: list[SimDevice], at: float | None = None) -> int:
+    """Register (or update) the simulated devices, those new deployed to their citizens at
+    `at` (epoch seconds; default now); how many were new."""
+    when = None if at is None else datetime.fromtimestamp(at, UTC)
     with psycopg.connect(db_url) as conn:
-        return import_csv(conn, fleet_csv(fleet), actor="demo").created
+        return import_csv(conn, fleet_csv(fleet), actor="demo", at=when).created
 
 
 def demo_data_dir(config: Config) -> Path:

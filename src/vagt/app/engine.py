@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
+from vagt.alerts.silence_scope import install_rule_book
 from vagt.app import db, heap, retention, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
@@ -493,6 +494,7 @@ def run_engine(config: Config, stop: threading.Event,
         return
     db.migrate(conninfo)
     install_policy(policy)
+    install_rule_book(rules)   # silences the API takes are judged by the rules that run
     # The delivery targets before the alarm lane's process starts: an alarm's events go to
     # the targets enabled when it is committed, and one added to the policy would miss the
     # alarms of the start (`alert_services` registers them again, to the same effect).
@@ -523,6 +525,10 @@ def wait_for_database(conninfo: str, stop: threading.Event,
     An engine started before its database (both booting after a power cut, or a database
     being restarted) must come up by itself when the database does, not exit and wait for
     someone to start it again.
+
+    A database or role that does not exist is waited for as well: a refused connection
+    has no SQLSTATE in psycopg 3 (libpq keeps only the server's message, in its language),
+    and matching that text is not reliable, so only the log line says which.
     """
     while not stop.is_set():
         try:
@@ -863,7 +869,10 @@ def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline
     except RuleConfigError as e:
         log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
         return None
-    return rules if apply_rules(pool, pipeline, rules) else None
+    if not apply_rules(pool, pipeline, rules):
+        return None
+    install_rule_book(rules)
+    return rules
 
 
 def _apply_or_start_again(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],

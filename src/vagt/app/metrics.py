@@ -146,6 +146,10 @@ class EngineMetrics:
         self.breaches = Counter("vagt_alert_claim_breaches",
                                 "Alerts not claimed within their time to claim (escalated)",
                                 ["queue"], registry=r)
+        self.unacknowledged_breaches = Counter(
+            "vagt_alert_acknowledge_breaches",
+            "Claimed alerts not acknowledged within their time to acknowledge (escalated)",
+            ["queue"], registry=r)
         self.deliveries = Counter("vagt_alert_deliveries",
                                   "Outbox delivery tries by target and outcome "
                                   "(delivered, failed: retried later, dead: gave up)",
@@ -161,6 +165,9 @@ class EngineMetrics:
 
     def breached(self, queue: str) -> None:
         self.breaches.labels(queue).inc()
+
+    def unacknowledged(self, queue: str) -> None:
+        self.unacknowledged_breaches.labels(queue).inc()
 
     def delivery(self, target: str, outcome: str) -> None:
         self.deliveries.labels(target, outcome).inc()

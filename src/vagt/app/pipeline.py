@@ -17,6 +17,17 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from vagt.alerts.engine_rules import (
+    ALARM_BEFORE_DEPLOYMENT_RULE,
+    OUT_OF_SERVICE_RULE,
+    REFUSED_RULE,
+    SERVICE_CENTRE_PRIORITY,
+    SERVICE_CENTRE_QUEUE,
+    UNKNOWN_DEVICE_RULE,
+    UNREADABLE_ALARM_RULE,
+    UNREGISTERED_ALARM_RULE,
+    alarm_destination,
+)
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
@@ -402,8 +413,7 @@ class Pipeline:
     def _alarm_route(self) -> tuple[str, int, str]:
         """Severity, priority and queue of an alert about an alarm no rule saw: the personal
         alarm rule's (someone may have pressed the button)."""
-        rule = next((r for r in self.rules.rules if r.name == "personal_alarm"), None)
-        return "critical", rule.priority if rule else 1, rule.queue if rule else "emergency"
+        return ("critical", *alarm_destination(self.rules.rules))
 
     def after_commit(self, out: BatchOutcome) -> None:
         """Bring the in-memory fleet in line with what was just committed (the rules' state
@@ -618,18 +628,13 @@ def _message_times(dec: DecodedBatch, received: F64) -> F64:
     return np.where(np.isinf(t), received, t)
 
 
-UNKNOWN_DEVICE_RULE = "unknown_device"
-REFUSED_RULE = "message_processing_failed"
-UNREADABLE_ALARM_RULE = "unreadable_alarm"
-UNREGISTERED_ALARM_RULE = "unregistered_alarm"
-ALARM_BEFORE_DEPLOYMENT_RULE = "alarm_before_deployment"
-OUT_OF_SERVICE_RULE = "device_out_of_service"
 OUT_OF_SERVICE = ("retired", "lost")
 
 
 def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list[str],
                       summary: Callable[[str, str], str], severity: str = "warning",
-                      priority: int = 3, queue: str = "service_centre") -> list[AlertFiring]:
+                      priority: int = SERVICE_CENTRE_PRIORITY,
+                      queue: str = SERVICE_CENTRE_QUEUE) -> list[AlertFiring]:
     """One firing per device id of the batch, counting its messages, for what no rule
     sees: by default for the service centre, not the call centre, about a device the
     registry does not expect to hear from (never registered: a swap not recorded, a typo, or

@@ -305,18 +305,25 @@ class Fleet:
         with np.errstate(invalid="ignore"):
             return np.asarray(now - self.last_heard <= after_heartbeats * self.heartbeat_s)
 
-    def silent(self, now: float, began: F64 | None = None) -> Bools:
-        """Per device: deployed, heard from at least once, and silent for longer than its
-        model's interval (overdue), counted from when we last heard it or, if later, from
-        `began` (per device: when it went to the citizen it is with, NaN: unknown), as the
-        absence rules count (`rule_queries.last_heard`): a device just given to the next
-        citizen is not overdue for the last citizen's silence."""
-        deployed = self._status.codes == self._status.known("deployed")
+    def quiet(self, now: float, began: F64 | None = None,
+              after_heartbeats: float = 1.0) -> Bools:
+        """Per device: silent for longer than `after_heartbeats` of its model's interval, by
+        our clock, counted from when we last heard it or, if later, from `began` (per device:
+        when it went to the citizen it is with, NaN: unknown), as the absence rules count
+        (`rule_queries.last_heard`): a device just given to the next citizen is not silent
+        for the last citizen's silence. A device never heard counts from `began`: deployed a
+        day ago and not heard since, it is silent (installed, and not talking; the absence
+        rules leave a device never heard alone, so this is where staff see it); deployed a
+        minute ago, or with no deployment time known, it is not (yet)."""
         since = self.last_heard if began is None else np.fmax(self.last_heard, began)
-        since = np.where(np.isnan(self.last_heard), np.nan, since)  # never heard: on a shelf
         with np.errstate(invalid="ignore"):
-            quiet = now - since > self.heartbeat_s
-        return np.asarray(deployed & quiet, dtype=bool)
+            return np.asarray(now - since > after_heartbeats * self.heartbeat_s)
+
+    def silent(self, now: float, began: F64 | None = None) -> Bools:
+        """Per device: deployed, and quiet for longer than its model's interval (overdue;
+        see `quiet`)."""
+        deployed = self._status.codes == self._status.known("deployed")
+        return np.asarray(deployed & self.quiet(now, began), dtype=bool)
 
     def counts(self, now: float) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Devices by status, and online devices by (type, municipality): for the metrics."""
@@ -332,7 +339,10 @@ class Fleet:
 
     def frame(self, now: float, began: F64 | None = None) -> pd.DataFrame:
         """The fleet as a table, one row per device, for queries and reports (`began`: see
-        `silent`). `silent_s` is by our clock, from when we last heard the device."""
+        `silent`). `silent_s` is by our clock, from when we last heard the device. `online`:
+        heard within two intervals; `overdue` (deployed devices only) and `offline`: silent
+        for longer than one and two, from the deployment if later (see `quiet`): a device
+        deployed a minute ago and never heard is none of the three."""
         import pandas as pd  # here: the engine's processes do without it (vagt.arrays)
 
         with self.lock:
@@ -344,6 +354,7 @@ class Fleet:
                 "silent_s": now - self.last_heard,
                 "battery": self.battery.copy(), "signal": self.signal.copy(),
                 "online": self.online(now), "overdue": self.silent(now, began),
+                "offline": self.quiet(now, began, OFFLINE_AFTER_HEARTBEATS),
             })
 
 

@@ -1,7 +1,7 @@
 """`vagt fleet`: the fleet's state, from the database, with the queries the service centre asks:
 which devices are overdue (silent, by the centre's clock, for longer than their model's
-heartbeat), which are offline, which have a low battery, and counts by municipality, vendor,
-model or type."""
+heartbeat), which are offline (two heartbeats), both counted from the deployment if that is
+later, which have a low battery, and counts by municipality, vendor, model or type."""
 
 from __future__ import annotations
 
@@ -22,9 +22,13 @@ GROUPS = ("municipality", "vendor", "model", "type", "status")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overdue", action="store_true",
-                   help="only deployed devices silent for longer than their model's heartbeat")
+                   help="only deployed devices silent for longer than their model's heartbeat "
+                        "interval, counted from when they were last heard or deployed, "
+                        "whichever is later (a device never heard counts from its deployment)")
     p.add_argument("--offline", action="store_true",
-                   help="only deployed devices not heard from within two heartbeat intervals")
+                   help="only deployed devices silent for longer than two heartbeat "
+                        "intervals, counted as for --overdue (so a device deployed a minute "
+                        "ago and never heard is not offline yet, one deployed days ago is)")
     p.add_argument("--low-battery", type=float, metavar="PERCENT",
                    help="only deployed devices whose latest battery level is below PERCENT")
     for g in GROUPS:
@@ -54,7 +58,7 @@ def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespa
     if args.overdue:
         keep &= df["overdue"].to_numpy()
     if args.offline:
-        keep &= ~df["online"].to_numpy()
+        keep &= df["offline"].to_numpy()
     if args.low_battery is not None:
         keep &= (df["battery"] < args.low_battery).to_numpy()
     for g in GROUPS:
@@ -65,12 +69,18 @@ def query(conn: psycopg.Connection, catalogue: Catalogue, args: argparse.Namespa
 
 
 def _began(conn: psycopg.Connection, fleet: Fleet) -> npt.NDArray[np.float64]:
-    """Per device, when it went to the citizen it is with (its rule state began, migration
-    0010; NaN: unknown): its silence counts from then at the earliest, as the absence
-    rules count it."""
+    """Per deployed device, when it went to the citizen it is with (NaN: not deployed, or
+    unknown): its silence counts from then at the earliest. For a device heard from, that
+    is when its rule state began (migration 0010), as the absence rules count it
+    (`rule_queries.last_heard`); for one never heard, which the absence rules leave alone,
+    it is also, before 0010 or registered deployed by an import, when its status became
+    deployed, so that a device installed days ago that never spoke is seen."""
     began = np.full(len(fleet), np.nan)
-    rows = conn.execute("SELECT device_id, extract(epoch FROM began)::float8 FROM rule_state "
-                        "WHERE began IS NOT NULL").fetchall()
+    rows = conn.execute(
+        "SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NULL "
+        "THEN coalesce(s.began, d.status_since) ELSE s.began END)::float8 "
+        "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
+        "WHERE d.status = 'deployed'").fetchall()
     if rows:
         idx = fleet.lookup([str(d) for d, _ in rows])
         ok = idx >= 0
@@ -100,7 +110,8 @@ def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
         signal=[None if np.isnan(b) else float(b) for b in df["signal"]],
     )
     columns = ["device_id", "type", "vendor", "model", "municipality", "status", "last_seen",
-               "last_heard", "silent_s", "online", "overdue", "battery", "signal", "firmware"]
+               "last_heard", "silent_s", "online", "overdue", "offline", "battery", "signal",
+               "firmware"]
     if args.json:
         records = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
                    for r in rows[columns].to_dict("records")]

@@ -277,7 +277,9 @@ def _router() -> APIRouter:
                       include_expired: bool = False) -> list[schemas.Silence]:
         """Silences and maintenance windows that are in force or still to come."""
         now = _now(request)
-        return [schemas.Silence.model_validate(s.to_json(now))
+        policy: AlertPolicy = request.app.state.policy
+        return [schemas.Silence.model_validate(
+                    {**s.to_json(now), "warnings": silences.warnings(s, policy=policy)})
                 for s in silences.list_silences(conn, include_expired=include_expired,
                                                 municipality=who.municipality, now=now)]
 
@@ -287,7 +289,10 @@ def _router() -> APIRouter:
                        conn: Conn) -> schemas.Silence:
         """Silence the alerts matching every matcher from start to end (supervisors).
 
-        A municipal supervisor's silence is limited to their municipality."""
+        A municipal supervisor's silence is limited to their municipality. One that could
+        hold back a critical alert (a personal alarm) must name its devices
+        (`device_id="..."`, or `device_id=~"A|B"` for a few); none may last longer than the
+        policy's `max_silence` (3 days unless set); a refusal answers 422 saying why."""
         try:
             matchers = [parse_matcher(m) for m in body.matchers]
         except MatcherError as e:

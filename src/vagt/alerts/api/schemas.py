@@ -98,6 +98,10 @@ class Silence(BaseModel):
     expired_at: datetime | None
     expired_by: str | None
     state: str = Field(description="pending, active or expired")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the silence, made before today's limits, would be refused now, "
+                    "and what it does meanwhile (e.g. it holds back no critical alert)")
 
 
 class NewSilence(BaseModel):
