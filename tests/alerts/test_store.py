@@ -22,7 +22,7 @@ from vagt.alerts.silences import (
     list_silences,
 )
 from vagt.alerts.silences import warnings as silence_warnings
-from vagt.alerts.store import record_firings
+from vagt.alerts.store import record_firings, take_back, unsupported_alerts
 from vagt.alerts.suppression import reconcile
 
 
@@ -86,6 +86,54 @@ def test_a_cleared_condition_resolves_with_the_code_cleared(fleet):
     assert clear(fleet, "battery_low", "OXI-0001", T0 + 60) == [alert_id]
     assert rows(fleet, "SELECT status, resolution_code, resolved_by FROM alerts") == [
         ("resolved", "cleared", "rule:battery_low")]
+
+
+def taken_back(database_url, rule, device_id, why="a late message shows otherwise"):
+    with psycopg.connect(database_url) as conn:
+        found = unsupported_alerts(conn, [f"{rule}|{device_id}"], [T0 - 3600], [float("inf")])
+        return take_back(conn, found, [why] * len(found))
+
+
+def test_an_alert_taken_back_is_resolved_having_fired_no_time_and_the_receivers_hear_it(
+        target):
+    (alert_id, _), = fire(target, ("battery_low", "OXI-0001", T0))
+    assert taken_back(target, "battery_low", "OXI-0001") == ([alert_id], [])
+    assert rows(target, "SELECT status, resolution_code, resolved_by, repeat_count, note "
+                        "FROM alerts") == [
+        ("resolved", "cleared", "rule:battery_low", 0,
+         "taken back: a late message shows otherwise")]
+    assert outbox(target) == [(alert_id, "opened", "callcentre"),
+                              (alert_id, "resolved", "callcentre")]
+
+
+def test_a_firing_after_a_take_back_is_raised_though_no_later_than_the_alert_last_fired(
+        fleet):
+    """Taken back, the alert stands for no firing: one that the rows in order make later,
+    at any device time, is raised (a resolved alert otherwise holds back a firing no later
+    than its own, as a copy of one it saw), from its own time."""
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001", T0 + 600))
+    taken_back(fleet, "battery_low", "OXI-0001")
+    assert fire(fleet, ("battery_low", "OXI-0001", T0 + 300)) == [(alert_id, "technical")]
+    assert rows(fleet, "SELECT status, repeat_count, extract(epoch FROM opened_at)::float8, "
+                       "extract(epoch FROM last_fired_at)::float8 FROM alerts") == [
+        ("open", 1, pytest.approx(T0 + 300, abs=1e-3), pytest.approx(T0 + 300, abs=1e-3))]
+
+
+def test_an_alert_an_operator_holds_is_not_taken_back_but_noted_once(fleet, conn):
+    (alert_id, _), = fire(fleet, ("battery_low", "OXI-0001", T0))
+    actions.claim(conn, alert_id, "anna")
+    assert taken_back(fleet, "battery_low", "OXI-0001") == ([], [alert_id])
+    assert taken_back(fleet, "battery_low", "OXI-0001") == ([], [])
+    assert rows(fleet, "SELECT status, claimed_by, repeat_count, note FROM alerts") == [
+        ("claimed", "anna", 1, "vagt would take this back, and leaves it to anna, who holds "
+                               "it: a late message shows otherwise")]
+    assert audit(fleet, alert_id)[-1] == ("rule:battery_low", "note", "claimed", "claimed")
+
+
+def test_an_alert_opened_before_the_rows_evaluated_again_is_not_taken_back(fleet):
+    fire(fleet, ("battery_low", "OXI-0001", T0 - 7200))
+    assert taken_back(fleet, "battery_low", "OXI-0001") == ([], [])
+    assert rows(fleet, "SELECT status FROM alerts") == [("open",)]
 
 
 # --- inhibition ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ their edges (first message, out-of-order, spans of batches, timers)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from tests.rules.harness import Harness, batch_of
 
 from vagt.rules.kinds.absence import NEVER_HEARD
@@ -334,6 +335,52 @@ def test_at_the_tick_only_the_doses_past_their_deadline_fire_the_later_wait(tmp_
     assert h.open() == set() and h.book.fired[("missed_dose", 2)] == 2
     h.tick(10 * DAY)
     assert h.book.fired[("missed_dose", 2)] == 2
+
+
+HOLDING = DOSE + """
+[[rule]]
+name = "spo2_stuck"
+kind = "stuck"
+metric = "spo2"
+count = 3
+types = ["pulse_oximeter"]
+
+[[rule]]
+name = "personal_alarm"
+kind = "event"
+codes = ["alarm.*"]
+"""
+
+
+@pytest.mark.parametrize("rows, rule, device, holds", [
+    # a dose due waits on its deadline (the timer fires it there); taken, nothing waits
+    ({"events": [(2, "dose.due", 0.0)]}, "missed_dose", 2, 1800.0),
+    ({"events": [(2, "dose.due", 0.0), (2, "dose.taken", 600.0)]}, "missed_dose", 2, np.inf),
+    # missed: the condition holds until a dose.taken
+    ({"events": [(2, "dose.due", 0.0)], "seen": [(2, 4000.0)]}, "missed_dose", 2, -np.inf),
+    ({"readings": [(0, "spo2", 95.0, 60.0 * m) for m in range(3)]}, "spo2_stuck", 0, -np.inf),
+    ({"readings": [(0, "spo2", 95.0 + m, 60.0 * m) for m in range(3)]}, "spo2_stuck", 0,
+     np.inf),
+    # rules that rows in order do not decide: every alarm counts, and a rule that does not
+    # apply to the device (a dispenser has no SpO2) says nothing of its alerts
+    ({}, "personal_alarm", 0, -np.inf),
+    ({}, "spo2_stuck", 2, -np.inf),
+])
+def test_from_when_a_rules_state_may_hold_an_alert(tmp_path, rows, rule, device, holds):
+    """What late rows evaluated again in order leave of an alert (`app.replay`): it is taken
+    back only if it last fired before this."""
+    h = Harness(tmp_path, HOLDING)
+    h.batch(**rows)
+    names = [r.name for r in h.engine.rules]
+    got = h.engine.holds_from(np.array([device]), h.engine.rules)
+    assert got[names.index(rule), 0] == holds
+
+
+def test_a_rules_state_holds_everything_for_rules_reloaded_since_the_evaluation(tmp_path):
+    h = Harness(tmp_path, HOLDING)
+    before = h.engine.rules
+    h.engine.reload(list(before), [])
+    assert (h.engine.holds_from(np.array([0, 2]), before) == -np.inf).all()
 
 
 def test_transitions_are_the_same_when_the_rules_did_the_same(tmp_path):

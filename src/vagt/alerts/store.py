@@ -13,10 +13,14 @@ whatever the number of alerts.
 - Suppression: a new alert held back by a silence, an inhibition or a device in repair is
   stored as `suppressed`, with the reason; a critical one a silence holds is announced
   (`opened`) all the same, with the silence and its end in the event's details.
+- Taking back: an alert that late rows, evaluated again in order, do not fire is resolved
+  as a clear resolves one, with a note, having fired no time (`repeat_count` 0); one an
+  operator holds is left to them, noted (`unsupported_alerts`, `take_back`).
 
 Idempotent by device time: a firing changes an alert only if it happened after everything the
 alert has already seen (`last_fired_at`), so a redelivered message changes nothing and an
-alarm an operator resolved is not reopened by a copy of itself.
+alarm an operator resolved is not reopened by a copy of itself. An alert taken back stands
+for no firing, and holds back none.
 """
 
 from __future__ import annotations
@@ -74,13 +78,14 @@ incoming AS (
 _REOPEN = "WITH" + _INCOMING + """,
 latest AS (
     SELECT DISTINCT ON (a.fingerprint) a.id, a.fingerprint, a.status, a.resolved_at,
-           a.last_fired_at, a.resolved_by, a.resolution_code
+           a.last_fired_at, a.resolved_by, a.resolution_code, a.repeat_count
     FROM alerts a JOIN incoming i USING (fingerprint)
     ORDER BY a.fingerprint, a.id DESC
 ), target AS (
     SELECT l.id, l.resolved_by AS was_resolved_by, l.resolution_code AS was_code, i.*
     FROM latest l JOIN incoming i USING (fingerprint)
-    WHERE l.status = 'resolved' AND l.last_fired_at < to_timestamp(i.last_time)
+    WHERE l.status = 'resolved'
+      AND (l.last_fired_at < to_timestamp(i.last_time) OR l.repeat_count = 0)
       AND now() <= l.resolved_at + make_interval(secs => %(window)s)
 ), reopened AS (
     UPDATE alerts a SET
@@ -91,6 +96,8 @@ latest AS (
         queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
         waiting_since = now(), announced = false,
         repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
+        opened_at = CASE WHEN a.repeat_count = 0 THEN to_timestamp(t.first_time)
+                         ELSE a.opened_at END,
         reopen_count = a.reopen_count + 1, reopened_at = clock_timestamp(),
         claimed_at = NULL, claimed_by = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
         resolved_at = NULL, resolved_by = NULL, resolution_code = NULL, escalated_at = NULL
@@ -120,7 +127,8 @@ upserted AS (
     FROM incoming i
     WHERE NOT EXISTS (SELECT 1 FROM alerts r
                       WHERE r.fingerprint = i.fingerprint AND r.status = 'resolved'
-                        AND r.last_fired_at >= to_timestamp(i.last_time))
+                        AND r.last_fired_at >= to_timestamp(i.last_time)
+                        AND r.repeat_count > 0)
     ON CONFLICT (fingerprint) WHERE status <> 'resolved' DO UPDATE
        SET repeat_count = a.repeat_count + EXCLUDED.repeat_count,
            last_fired_at = EXCLUDED.last_fired_at,
@@ -138,17 +146,22 @@ SELECT id, queue, opened, fingerprint FROM upserted
 """
 
 # An expiry (`quiet`: the rule heard nothing for that long) leaves an alert an operator holds:
-# nothing said the condition ended, and the operator may be acting on it.
+# nothing said the condition ended, and the operator may be acting on it. A clear from late
+# rows evaluated again in order (`since`, `holds`: see `clear_alerts`) resolves the alert
+# even though it fired after the clear, if those firings came from the rows evaluated again.
 _CLEAR = """
 WITH incoming AS (
-    SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) AS t(fingerprint, at, quiet)
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::float8[], %s::float8[])
+        AS t(fingerprint, at, quiet, since, holds)
 ), target AS (
     SELECT a.id, a.rule, a.status, a.labels,
            coalesce('no new event for ' || i.quiet || ' (the rule''s clear_after), '
                     || 'which is not a sign that it ended',
                     'the condition no longer holds') AS why
     FROM alerts a JOIN incoming i USING (fingerprint)
-    WHERE a.status <> 'resolved' AND a.last_fired_at <= to_timestamp(i.at)
+    WHERE a.status <> 'resolved'
+      AND (a.last_fired_at <= to_timestamp(i.at)
+           OR a.last_fired_at > to_timestamp(i.since) AND a.last_fired_at < to_timestamp(i.holds))
       AND (i.quiet IS NULL OR a.status NOT IN ('claimed', 'acknowledged'))
     FOR UPDATE OF a
 ), resolved AS (
@@ -205,57 +218,179 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
 
 
 # The fingerprint's latest alert: open, or resolved (the rule cleared it, say, before the late
-# rows came) if the rows fired before it last fired, that is, in the episode it was.
+# rows came) if the rows fired before it last fired, that is, in the episode it was. Where
+# every firing of it since `since` came from the rows evaluated again (it last fired after
+# `since`, and before the rule's state may hold it again: `holds`), they say when it began
+# and last fired; else only if earlier or later than the alert has it.
 _RECOUNT = """
 WITH c AS (
-    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[])
-        AS c(fingerprint, first_time, last_time, more)
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[], %s::float8[],
+                         %s::float8[])
+        AS c(fingerprint, first_time, last_time, more, since, holds)
 ), latest AS (
-    SELECT DISTINCT ON (a.fingerprint) a.id, c.*
+    SELECT DISTINCT ON (a.fingerprint) a.id, c.*,
+           a.last_fired_at > to_timestamp(c.since)
+               AND a.last_fired_at < to_timestamp(c.holds) AS rejudged
     FROM alerts a JOIN c USING (fingerprint)
     ORDER BY a.fingerprint, a.id DESC
 )
 UPDATE alerts a SET repeat_count = greatest(a.repeat_count + l.more, 1),
-       opened_at = least(a.opened_at, to_timestamp(l.first_time)),
-       last_fired_at = greatest(a.last_fired_at, to_timestamp(l.last_time))
+       opened_at = CASE WHEN l.rejudged AND a.opened_at > to_timestamp(l.since)
+                        THEN to_timestamp(l.first_time)
+                        ELSE least(a.opened_at, to_timestamp(l.first_time)) END,
+       last_fired_at = CASE WHEN l.rejudged THEN to_timestamp(l.last_time)
+                            ELSE greatest(a.last_fired_at, to_timestamp(l.last_time)) END
 FROM latest l
 WHERE a.id = l.id
-  AND (a.status <> 'resolved' OR to_timestamp(l.first_time) <= a.last_fired_at)
+  AND (a.status <> 'resolved'
+       OR to_timestamp(l.first_time) <= a.last_fired_at AND a.repeat_count > 0)
 RETURNING a.fingerprint
 """
 
 
 def recount_firings(conn: psycopg.Connection, fingerprints: Sequence[str],
                     first: Sequence[float], last: Sequence[float],
-                    more: Sequence[int]) -> set[str]:
+                    more: Sequence[int],
+                    rejudged: Sequence[tuple[float, float] | None] | None = None) -> set[str]:
     """Correct alerts after their device's rows were evaluated again in order (late rows
     came): `more` rows fired than were counted (fewer if negative), the condition began at
     `first` if that is earlier, and fired last at `last` if that is later. The alert is the
     fingerprint's latest: open, or resolved if the rows fired in its episode (a status is
-    never changed here). Returns the fingerprints corrected; the others' firings are new."""
+    never changed here). `rejudged`, per alert: None, or (since, holds) as `clear_alerts`
+    takes them: where the alert's firings after `since` all came from the rows evaluated
+    again, it begins and last fires where they say, earlier or later. Returns the
+    fingerprints corrected; the others' firings are new."""
     if not fingerprints:
         return set()
-    rows = conn.execute(_RECOUNT, (list(fingerprints), list(first), list(last),
-                                   list(more))).fetchall()
+    again = list(rejudged) if rejudged is not None else [None] * len(fingerprints)
+    rows = conn.execute(_RECOUNT, (list(fingerprints), list(first), list(last), list(more),
+                                   [None if r is None else r[0] for r in again],
+                                   [None if r is None else r[1] for r in again])).fetchall()
     return {str(r[0]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """An alert that late rows, evaluated again in order, do not fire (`unsupported_alerts`);
+    times are device time, unix seconds."""
+
+    id: int
+    fingerprint: str
+    opened_at: float
+    last_fired_at: float
+
+
+_UNSUPPORTED = """
+SELECT a.id, a.fingerprint, extract(epoch FROM a.opened_at)::float8,
+       extract(epoch FROM a.last_fired_at)::float8
+FROM alerts a
+JOIN unnest(%s::text[], %s::float8[], %s::float8[]) AS i(fingerprint, since, holds)
+    USING (fingerprint)
+WHERE a.status <> 'resolved' AND a.opened_at > to_timestamp(i.since)
+  AND a.last_fired_at < to_timestamp(i.holds)
+ORDER BY a.id
+FOR UPDATE OF a
+"""
+
+
+def unsupported_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
+                       since: Sequence[float], holds: Sequence[float]) -> list[Unsupported]:
+    """Of `fingerprints`, whose rules fired nothing when their device's rows were evaluated
+    again in order after device time `since`, the alert not resolved that those rows opened
+    (after `since`), and that last fired before `holds`, from when the rule's state may hold
+    an alert (`RuleEngine.holds_from`: a dose still due may be missed at the next tick).
+    Locked until the transaction ends; `take_back` them."""
+    if not fingerprints:
+        return []
+    rows = conn.execute(_UNSUPPORTED, (list(fingerprints), list(since), list(holds))).fetchall()
+    return [Unsupported(int(i), str(fp), float(a), float(b)) for i, fp, a, b in rows]
+
+
+# Taken back: resolved as the rule's clear is (the receivers see a resolution, code
+# `cleared`), fired no time in order (`repeat_count` 0: the queue lets its fingerprint fire
+# again at any time, see _UPSERT). One an operator holds stays theirs, with a note (once).
+_TAKE_BACK = """
+WITH incoming AS (
+    SELECT * FROM unnest(%s::int8[], %s::text[]) AS t(id, why)
+), target AS (
+    SELECT a.id, a.rule, a.status, a.labels, a.status IN ('claimed', 'acknowledged') AS held,
+           CASE WHEN a.status IN ('claimed', 'acknowledged')
+                THEN 'vagt would take this back, and leaves it to ' || a.claimed_by
+                     || ', who holds it: ' || i.why
+                ELSE 'taken back: ' || i.why END AS note
+    FROM alerts a JOIN incoming i USING (id)
+    WHERE a.status <> 'resolved'
+    FOR UPDATE OF a
+), fresh AS (
+    SELECT * FROM target t
+    WHERE NOT t.held OR NOT EXISTS (SELECT 1 FROM alert_audit u
+                                    WHERE u.alert_id = t.id AND u.action = 'note'
+                                      AND u.actor = 'rule:' || t.rule AND u.note = t.note)
+), resolved AS (
+    UPDATE alerts a SET status = 'resolved', resolved_at = clock_timestamp(),
+                        resolved_by = 'rule:' || a.rule, resolution_code = 'cleared',
+                        suppressed_reason = NULL, repeat_count = 0, note = f.note
+    FROM fresh f WHERE a.id = f.id AND NOT f.held
+), noted AS (
+    UPDATE alerts a SET note = concat_ws(E'\\n', a.note, f.note)
+    FROM fresh f WHERE a.id = f.id AND f.held
+), audited AS (
+    INSERT INTO alert_audit (alert_id, actor, action, from_status, to_status, note, details)
+    SELECT id, 'rule:' || rule, CASE WHEN held THEN 'note' ELSE 'resolve' END, status,
+           CASE WHEN held THEN status ELSE 'resolved' END, note,
+           CASE WHEN held THEN '{}' ELSE '{"resolution_code": "cleared", "taken_back": true}'
+           END::jsonb
+    FROM fresh
+)
+SELECT id, held, labels, note FROM fresh ORDER BY id
+"""
+
+
+def take_back(conn: psycopg.Connection, alerts: Sequence[Unsupported], why: Sequence[str],
+              policy: AlertPolicy | None = None) -> tuple[list[int], list[int]]:
+    """Resolve `alerts` (see `unsupported_alerts`), each with a note saying `why` ("taken
+    back: " and it), as the rule's clear resolves an alert: the outbox tells every receiver. One that
+    an operator holds (claimed, acknowledged) is left to them, with the note added once, as
+    an expiry leaves it (`clear_alerts`). Returns the ids resolved and the ids noted."""
+    if not alerts:
+        return [], []
+    policy = policy or current_policy()
+    rows = conn.execute(_TAKE_BACK, ([a.id for a in alerts], list(why))).fetchall()
+    resolved = [int(r[0]) for r in rows if not r[1]]
+    noted = [(int(r[0]), str(r[3])) for r in rows if r[1]]
+    outbox.enqueue(conn, resolved, "resolved", ENGINE_ACTOR,
+                   {"resolution_code": "cleared", "taken_back": True})
+    for alert_id, note in noted:
+        outbox.enqueue(conn, [alert_id], "note", ENGINE_ACTOR, {"note": note})
+    if any(is_inhibition_source(r[2], policy) for r in rows if not r[1]):
+        reconcile(conn, policy=policy)
+    return resolved, [i for i, _ in noted]
 
 
 def clear_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
                  times: Sequence[float], quiet: Sequence[str | None] | None = None,
-                 policy: AlertPolicy | None = None) -> list[int]:
+                 policy: AlertPolicy | None = None,
+                 rejudged: Sequence[tuple[float, float] | None] | None = None) -> list[int]:
     """Resolve the open alerts whose condition cleared at `times` (not before they last fired).
 
     `quiet`, per alert: None if its condition ended, or how long its rule heard nothing (an
     expiry, see `Transitions.add_clears`): then an alert an operator holds stays theirs.
+    `rejudged`, per alert: None, or (since, holds) where the clear comes from late rows
+    evaluated again in order from device time `since`, after which the rule's state holds
+    nothing before `holds` (`RuleEngine.holds_from`): an alert that last fired after the
+    clear, on those rows taken out of order, is resolved too.
 
     Alerts that an inhibition held back only because of a cleared one come back.
     """
     if not fingerprints:
         return []
     policy = policy or current_policy()
+    none = [None] * len(fingerprints)
+    again = list(rejudged) if rejudged is not None else none
     rows = conn.execute(_CLEAR, (list(fingerprints), list(times),
-                                 list(quiet) if quiet is not None
-                                 else [None] * len(fingerprints))).fetchall()
+                                 list(quiet) if quiet is not None else none,
+                                 [None if r is None else r[0] for r in again],
+                                 [None if r is None else r[1] for r in again])).fetchall()
     ids = [int(r[0]) for r in rows]
     outbox.enqueue(conn, ids, "resolved", ENGINE_ACTOR, {"resolution_code": "cleared"})
     if any(is_inhibition_source(r[1], policy) for r in rows):

@@ -376,6 +376,10 @@ class Lane:
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)
         if outcome.cleared:
             m.alerts_cleared.inc(outcome.cleared)
+        for alert_id in outcome.taken_back:   # late rows in order do not fire it
+            log.info("event=alert_taken_back alert_id=%d lane=%s", alert_id, name)
+        for alert_id in outcome.noted:        # the same, but an operator holds it
+            log.info("event=alert_taken_back_noted alert_id=%d lane=%s", alert_id, name)
         if outcome.replayed:
             m.rule_replays.labels(name).inc(outcome.replayed)
         if outcome.too_late:

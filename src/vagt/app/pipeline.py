@@ -28,15 +28,10 @@ from vagt.alerts.engine_rules import (
     UNREGISTERED_ALARM_RULE,
     alarm_destination,
 )
-from vagt.alerts.store import (
-    AlertFiring,
-    clear_alerts,
-    fingerprint,
-    record_firings,
-    recount_firings,
-)
+from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
+from vagt.app.replay import Recount, correct, rejudged, take_back_unsupported
 from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
@@ -75,6 +70,10 @@ class BatchOutcome:
     dead: list[DeadLetter] = field(default_factory=list)
     opened: list[tuple[int, str]] = field(default_factory=list)   # (alert id, queue)
     cleared: int = 0
+    # alerts that late rows, evaluated again in order, do not fire: resolved (counted in
+    # `cleared` too), or left to the operator who holds them, with a note (`replay`)
+    taken_back: list[int] = field(default_factory=list)
+    noted: list[int] = field(default_factory=list)
     # bad readings per (vendor, model, metric), as the validity rules judged them
     bad_readings: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # applied to the in-memory fleet only after the commit
@@ -97,6 +96,8 @@ class BatchOutcome:
     too_late: int = 0
     # devices whose rows were from before their deployment (the last citizen's), skipped
     before_deployment: int = 0
+    # devices whose rows in the batch were not all stored before (a redelivery's are)
+    fresh: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def add(self, other: BatchOutcome) -> None:
         """Count in what `other` did, committed already (its state applied: see
@@ -108,6 +109,8 @@ class BatchOutcome:
         self.dead += other.dead
         self.opened += other.opened
         self.cleared += other.cleared
+        self.taken_back += other.taken_back
+        self.noted += other.noted
         self.bad_readings += other.bad_readings
         self.replayed += other.replayed
         self.too_late += other.too_late
@@ -118,15 +121,6 @@ class BatchOutcome:
 # A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
 # since its earlier state; a batch that would read more skips its late rows instead.
 REPLAY_MAX_ROWS = 50_000
-
-
-@dataclass(frozen=True)
-class Recount:
-    """Devices evaluated again in order (late rows), and per rule (rows, in order) and device
-    (columns) how many more rows fired than when their rows were evaluated before."""
-
-    devices: I64
-    more: I64
 
 
 @dataclass
@@ -196,8 +190,9 @@ class Pipeline:
         r_keep = _keep(dec.r_msg, usable)
         r_metric = np.asarray(_pick(dec.r_metric, r_keep), dtype=object)
         r_value = np.asarray(dec.r_value, dtype=np.float64)[r_keep]
-        out.readings = store.insert_readings(conn, r.device_id, r_metric.tolist(), r_value,
-                                             _pick(dec.r_unit, r_keep), r.time, received[r.msg])
+        out.readings, new_readings = store.insert_readings(
+            conn, r.device_id, r_metric.tolist(), r_value, _pick(dec.r_unit, r_keep), r.time,
+            received[r.msg])
         e = _rows(dec.e_device, dec.e_msg, dec.e_time, usable, device_of_msg)
         e_keep = _keep(dec.e_msg, usable)
         e_code = np.asarray(_pick(dec.e_code, e_keep), dtype=object)
@@ -208,6 +203,10 @@ class Pipeline:
             e = _Rows(e.device[new_events], _pick(e.device_id, new_events), e.msg[new_events],
                       e.time[new_events])
             e_code = e_code[new_events]
+        r_new = r.device if new_readings is None else \
+            r.device[np.fromiter((d in new_readings for d in r.device_id), dtype=bool,
+                                 count=len(r.device_id))]
+        out.fresh = np.union1d(r_new, e.device).astype(np.int64)
         store.insert_dead_letters(conn, out.dead)
         out.decoded = int(usable.sum())
 
@@ -232,13 +231,13 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
-            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.rows)
+            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.rows, out.fresh)
         self._store_bad_readings(conn, batch, ev, out)
         self.record(conn, ev, out, out.registry_firings, recount)
         return out
 
     def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
-                         rows: DeviceRows | None
+                         rows: DeviceRows | None, fresh: I64
                          ) -> tuple[Evaluation, Batch, Recount | None]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
@@ -249,10 +248,13 @@ class Pipeline:
         evaluated again in order, with every stored row since (this batch's are stored
         already): from its stored state if the rows are newer than that, else from its
         earlier state (`prev`, see `rule_state.CHECKPOINT_AGE_S`); their alerts are
-        corrected by what that changes (`Recount`). Rows too old even for that are skipped,
-        but for events that only order-free rules take (a personal alarm: every one counts).
-        `rows`: the batch's devices' rows, as the device-state UPDATE left them (see
-        `write_state`). Returns the evaluation, the batch evaluated and the recount."""
+        corrected by what that changes (`Recount`), and those the rows in order no longer fire
+        are taken back (`record`), unless the device's rows were all stored before (`fresh`
+        has the devices whose were not: a redelivery brings nothing new). Rows too old even
+        for that are skipped, but for events that only order-free rules take (a personal
+        alarm: every one counts). `rows`: the batch's devices' rows, as the device-state
+        UPDATE left them (see `write_state`). Returns the evaluation, the batch evaluated
+        and the recount."""
         if rows is None:   # no usable message: no device, nothing to evaluate
             rows = _device_rows(batch)
         held = rows.devices
@@ -260,9 +262,9 @@ class Pipeline:
         late = locked.late(rows.first)
         replay, too_late = late.replayed, late.too_late
         fired = None
+        since = locked.since(late)
         if replay.any():
-            merged = self._with_stored_rows(conn, batch, held[replay],
-                                            locked.since(late)[replay])
+            merged = self._with_stored_rows(conn, batch, held[replay], since[replay])
             if merged is None:    # more than REPLAY_MAX_ROWS: skip the late rows, as before
                 too_late, replay = too_late | replay, np.zeros_like(replay)
             else:
@@ -282,8 +284,9 @@ class Pipeline:
         seen = Seen(held, np.fmax(rows.latest, locked.seen), replayed, held[replay & late.back])
         ev = self.shared.evaluate(
             conn, lambda: self.rules.evaluate(batch, history=self._history(conn)), held, seen)
-        recount = None if fired is None else \
-            Recount(replayed, self.rules.fired(replayed) - fired)
+        recount = None if fired is None else Recount(
+            replayed, self.rules.fired(replayed) - fired, since[replay],
+            self.rules.holds_from(replayed, ev.rules), np.isin(replayed, fresh), batch)
         return ev, batch, recount
 
     def _without_last_citizens(self, batch: Batch, devs: I64, first: F64, began: F64,
@@ -359,16 +362,21 @@ class Pipeline:
             again = BatchOutcome()
             # no recount: the first transaction recorded the batch's firings as they came
             # (evaluated from memory), and a correction would count them twice; what the
-            # rules did the same under the lock (as they mostly do) is not recorded again
-            ev, _, _ = self._evaluate_locked(conn, out.batch, again, out.rows)
-            if out.transitions is None or not ev.transitions.same_as(out.transitions):
-                self.record(conn, ev, again)
+            # rules did the same under the lock (as they mostly do) is not recorded again,
+            # unless late rows were evaluated in order (alerts they do not fire are taken
+            # back; the same fires recorded again change nothing)
+            ev, _, recount = self._evaluate_locked(conn, out.batch, again, out.rows, out.fresh)
+            if out.transitions is None or not ev.transitions.same_as(out.transitions) \
+                    or recount is not None:
+                self.record(conn, ev, again, recount=recount, count=False)
             out.replayed += again.replayed
             out.too_late += again.too_late
             # (the alarm lane's first evaluation counted the same devices)
             out.before_deployment = max(out.before_deployment, again.before_deployment)
             out.opened += [a for a in again.opened if a not in out.opened]
             out.cleared += again.cleared
+            out.taken_back += again.taken_back
+            out.noted += again.noted
 
     def refuse(self, conn: psycopg.Connection, message: RawMessage,
                error: BaseException, delivered: bool = False) -> BatchOutcome:
@@ -540,15 +548,21 @@ class Pipeline:
                                 fw_t, heard)
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
-               extra: Sequence[AlertFiring] = (), recount: Recount | None = None) -> None:
+               extra: Sequence[AlertFiring] = (), recount: Recount | None = None,
+               count: bool = True) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
-        evaluated again in order (`recount`) correct their alerts first."""
+        evaluated again in order (`recount`) correct their alerts first (unless not `count`:
+        the alarm lane recorded them from memory), their clears resolve what the rows out of
+        order had kept firing, and the alerts the rows in order do not fire at all are
+        taken back (`replay`)."""
         fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
-        if recount is not None:
-            fr = self._recount(conn, ev, fr, recount)
+        every_fire = fr
+        if recount is not None and count:
+            fr = correct(conn, ev.rules, self.fleet.ids, fr, recount)
         cr, cd, ct, co = ev.transitions.clears()
         expired = ev.transitions.expired()
+        judged = rejudged(recount, cr, cd)
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
         for k in rounds:
             sel = fr[7] == k
@@ -562,34 +576,14 @@ class Pipeline:
                        for r, d in zip(cr[c].tolist(), cd[c].tolist())]
                 quiet = [_quiet_for(ev.rules[r]) if e else None
                          for r, e in zip(cr[c].tolist(), expired[c].tolist())]
-                out.cleared += len(clear_alerts(conn, fps, ct[c].tolist(), quiet))
-
-    def _recount(self, conn: psycopg.Connection, ev: Evaluation,
-                 fr: tuple[npt.NDArray[Any], ...], recount: Recount
-                 ) -> tuple[npt.NDArray[Any], ...]:
-        """Correct the alerts of the devices evaluated again (`recount_firings`): their count
-        moves by how many more rows fired than before, and they begin and last fired where
-        the rows in order say, if earlier or later; no alert is taken back. Returns the fires
-        still to record: those with no alert of theirs to correct."""
-        rule, dev, first, last = fr[0], fr[1], fr[2], fr[3]
-        again = np.flatnonzero(np.isin(dev, recount.devices)).tolist()
-        if not again:
-            return fr
-        span: dict[tuple[int, int], tuple[float, float]] = {}
-        for k in again:
-            key = (int(rule[k]), int(dev[k]))
-            f, t = span.get(key, (np.inf, -np.inf))
-            span[key] = (min(f, float(first[k])), max(t, float(last[k])))
-        column = {int(d): j for j, d in enumerate(recount.devices.tolist())}
-        keys = list(span)
-        fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d]) for r, d in keys]
-        corrected = recount_firings(conn, fps, [span[k][0] for k in keys],
-                                    [span[k][1] for k in keys],
-                                    [int(recount.more[r, column[d]]) for r, d in keys])
-        done = {k for k, fp in zip(keys, fps) if fp in corrected}
-        keep = np.ones(len(dev), dtype=bool)
-        keep[[k for k in again if (int(rule[k]), int(dev[k])) in done]] = False
-        return tuple(c[keep] for c in fr)
+                out.cleared += len(clear_alerts(conn, fps, ct[c].tolist(), quiet,
+                                                rejudged=[judged[j] for j in np.flatnonzero(c)]))
+        if recount is not None:
+            resolved, noted = take_back_unsupported(conn, ev.rules, self.fleet.ids, every_fire,
+                                                    recount)
+            out.taken_back += resolved
+            out.noted += noted
+            out.cleared += len(resolved)
 
     def _store_bad_readings(self, conn: psycopg.Connection, b: Batch, ev: Evaluation,
                             out: BatchOutcome) -> None:

@@ -49,6 +49,15 @@ SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(
 FROM stage_events ORDER BY device_id, code, t
 """
 
+# A reading stored before (a redelivery): per device, how many of its readings were new
+_INSERT_READINGS_NEW = """
+WITH stored AS (
+""" + _INSERT_READINGS + """ON CONFLICT DO NOTHING
+RETURNING device_id
+)
+SELECT device_id, count(*) FROM stored GROUP BY device_id
+"""
+
 # An event stored before (a redelivery) or twice in the batch: the staging rows that were
 # stored now, each event's first (see `insert_events`)
 _INSERT_EVENTS_NEW = """
@@ -110,10 +119,11 @@ def insert_readings(
     conn: psycopg.Connection,
     device: Sequence[str], metric: Sequence[str], value: npt.NDArray[np.float64],
     unit: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
-) -> int:
-    """Insert readings; returns how many were new (not stored before)."""
+) -> tuple[int, set[str] | None]:
+    """Insert readings; returns how many were new (not stored before), and the devices
+    that had new ones (None: every device; known only when a reading was stored before)."""
     if len(device) == 0:
-        return 0
+        return 0, None
     with conn.cursor() as cur:
         with cur.copy("COPY stage_readings (t, device_id, metric, value, unit, received) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
@@ -122,7 +132,10 @@ def insert_readings(
             for row in zip(time.tolist(), device, metric, value.tolist(), unit,
                            received.tolist()):
                 write(row)
-        return _insert_new(cur, _INSERT_READINGS)[0]
+        inserted, per_device = _insert_new(cur, _INSERT_READINGS, _INSERT_READINGS_NEW)
+    if per_device is None:
+        return inserted, None
+    return sum(int(r[1]) for r in per_device), {str(r[0]) for r in per_device}
 
 
 def insert_events(

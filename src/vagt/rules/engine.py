@@ -191,6 +191,34 @@ class RuleEngine:
             return np.array([self._states[r.name].values(FIRED, devs, 0) for r in self._rules],
                             dtype=np.int64).reshape(len(self._rules), len(devs))
 
+    def holds_from(self, devs: I64, rules: list[Rule]) -> F64:
+        """Per rule of `rules` (rows) and device of `devs` (columns), from what device time
+        its state may hold an alert for the device with no new row: -inf where the
+        condition holds (`active`), and where the rule is not one that rows in order decide
+        (the swept kinds, events that count in any order, a rule that does not apply to
+        the device); a deadline still waiting (a dose due: the tick fires at it); +inf,
+        never. After late rows were evaluated again in order, an alert of the device that
+        last fired before it stands on nothing the rules still hold (`app.replay`).
+        `rules`: those an evaluation ran (`Evaluation.rules`); if they were reloaded since,
+        -inf everywhere."""
+        with self.lock:
+            out = np.full((len(rules), len(devs)), np.inf)
+            if rules is not self._rules:
+                out[:] = -np.inf
+                return out
+            self._sync()
+            for i, rule in enumerate(self._rules):
+                st = self._states[rule.name]
+                if rule.kind in SWEPT or rule.kind == "event" and not rule.clear_codes:
+                    out[i] = -np.inf
+                    continue
+                if rule.kind == "sequence":
+                    out[i] = sequence.waiting_until(rule, st, devs)
+                held = st.values("active", devs, False).astype(bool)
+                held |= ~self._applies[rule.name][devs]
+                out[i, held] = -np.inf
+            return out
+
     def tick(self, now: float, behind: F64 | None = None) -> Evaluation:
         """Deadlines that pass without a message: missed doses, event timeouts, quiet flaps.
 

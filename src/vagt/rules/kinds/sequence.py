@@ -118,6 +118,13 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     _stage(ctx, st, devs, kept_t, kept_c, last_t=np.maximum(newest_real, last_t[devs]))
 
 
+def waiting_until(rule: Rule, st: RuleState, devs: npt.NDArray[np.int64]) -> F64:
+    """Per device of `devs`, the deadline of its earliest A still waiting (+inf: none): the
+    timer tick fires at it, with no message of the device (see `RuleEngine.holds_from`)."""
+    deadline = st.values("pending", devs, np.nan).astype(np.float64) + rule.within_s
+    return np.where(np.isnan(deadline), np.inf, deadline)
+
+
 def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
          out: Transitions) -> None:
     """A device silent past a deadline: its As were not answered in time. The missed ones
