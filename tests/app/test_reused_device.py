@@ -6,6 +6,7 @@ its last message to the citizen before. Real PostgreSQL; the engine's pipeline a
 
 from __future__ import annotations
 
+import sys
 import time
 
 import orjson
@@ -22,6 +23,17 @@ NOW = time.time()
 HOUR = 3600.0
 DAY = 24 * HOUR
 SCALE = ("SCL-0001", "A&D", "UC-352BLE", "scale", "Aarhus")
+
+
+@pytest.fixture(autouse=True)
+def now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is when the test starts, not when the module was imported: a deployment is made
+    at the wall clock's now, and the silence test sweeps an hour after NOW expecting it an
+    hour after the deployment; in a run that reached it 20 minutes after collection, the
+    device was not yet silent at that sweep."""
+    monkeypatch.setattr(sys.modules[__name__], "NOW", time.time())
+
+
 def engine(database_url: str) -> Process:
     """An engine process with the built-in rules (what a centre runs), whose clock is two
     days ahead, so that the next citizen's messages (device times after the deployment,
