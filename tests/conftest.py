@@ -148,6 +148,11 @@ class DatabaseStock:
             name = self._ready.get()
             if isinstance(name, str):
                 self._used.put(name)
+        # What is left is dropped twice as many at once: the tests' connections are gone
+        for i in range(len(self._droppers)):
+            self._droppers.append(threading.Thread(target=self._drop, daemon=True,
+                                                   name=f"database-drop-end-{i}"))
+            self._droppers[-1].start()
         for _ in self._droppers:     # after every name given back: those are dropped first
             self._used.put(None)
         for d in self._droppers:
