@@ -57,7 +57,8 @@ def test_a_retained_alarm_and_status_are_not_taken_as_new_at_each_engine_start(
                  and scalar(database_url, "SELECT count(*) FROM readings") == 1,
                  what="the live alarm and status, stored")
         # the alarm lane writes the device's state after its own commit: last seen, once both
-        seen = wait_for(lambda: scalar(
+        # no row until it is written: waited for (scalar() of no row raised at once)
+        [(seen,)] = wait_for(lambda: query(
             database_url, "SELECT last_seen FROM devices WHERE device_id = 'ALM-0001' AND "
                           "last_seen = (SELECT max(time) FROM (SELECT time FROM events UNION ALL "
                           "SELECT time FROM readings) AS t)"), what="the device's last seen")
