@@ -198,21 +198,25 @@ class EngineProc:
 @contextmanager
 def engines(count: int, *, broker: Broker, root: str, url: str, client_ids: list[str],
             share_group: str, workdir: Path,
-            cores: list[set[int]] | None = None) -> Iterator[list[EngineProc]]:
+            cores: list[set[int]] | None = None, wrap: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> Iterator[list[EngineProc]]:
     """`count` engines as `vagt run`; with `cores`, engine i and the child processes it starts
     run only on cores[i]. Each one's database connections are named after its client id
-    (PGAPPNAME), so that `Pinning` finds their backends."""
+    (PGAPPNAME), so that `Pinning` finds their backends. `wrap`: the interpreter's arguments
+    before the engine's module (`-m benchmarks.memtrace DIR 0`: run it under a probe); `env`:
+    variables added to the engines' environment."""
     procs: list[EngineProc] = []
     try:
         for i, cid in enumerate(client_ids[:count]):
             port = free_port()
             log = workdir / f"{cid}.log"
-            env = {**os.environ, "VAGT_DATABASE_URL": url, "VAGT_MQTT_URL": broker.url,
-                   "VAGT_MQTT_CLIENT_ID": cid, "VAGT_MQTT_TOPIC_ROOT": root,
-                   "VAGT_MQTT_SHARE_GROUP": share_group, "VAGT_METRICS_PORT": str(port),
-                   "PGAPPNAME": cid}
-            p = subprocess.Popen([sys.executable, "-m", "vagt.app.cli", "run"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+            environment = {**os.environ, **(env or {}), "VAGT_DATABASE_URL": url,
+                           "VAGT_MQTT_URL": broker.url, "VAGT_MQTT_CLIENT_ID": cid,
+                           "VAGT_MQTT_TOPIC_ROOT": root, "VAGT_MQTT_SHARE_GROUP": share_group,
+                           "VAGT_METRICS_PORT": str(port), "PGAPPNAME": cid}
+            p = subprocess.Popen([sys.executable, *wrap, "-m", "vagt.app.cli", "run"],
+                                 env=environment, stdout=subprocess.DEVNULL,
+                                 stderr=log.open("wb"))
             if cores:   # before it starts its children: they inherit it
                 os.sched_setaffinity(p.pid, cores[i])
             procs.append(EngineProc(p, port, log))

@@ -1,0 +1,202 @@
+"""A memory probe around a module run as a program (the engine: `vagt.app.cli run`), for
+benchmarks/memory.py; nothing of it is in vagt itself.
+
+    python -m benchmarks.memtrace DIR FRAMES -m MODULE [ARGS...]
+
+runs MODULE as `python -m MODULE ARGS...` would, with a thread that answers requests written
+to DIR/request (a label, one line): it writes DIR/LABEL.json with the process's resident
+memory, glibc's allocator totals (`mallinfo2`: what its arenas hold in use and free) and its
+heaps (`malloc_info`), pymalloc's (`sys._debugmallocstats`), and with FRAMES > 0 (tracemalloc
+on from the start, FRAMES frames a trace) the largest allocation sites then. A label that
+begins with `gc` also runs a full collection and counts what it found unreachable and what
+is alive after it, by type. With FRAMES > 0 it also reports by itself each time the traced
+memory grows 10 % past the last report (DIR/peak.json): what was held near the peak.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import re
+import runpy
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TOP = 40                 # allocation sites kept per report
+PEAK_STEP = 1.10         # a new peak report when the traced memory is 10 % over the last one
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _MallInfo2
+_libc.open_memstream.restype = ctypes.c_void_p
+_libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p),
+                                 ctypes.POINTER(ctypes.c_size_t)]
+_libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libc.fclose.argtypes = [ctypes.c_void_p]
+
+
+def _status() -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile, VmHWM in kB."""
+    text = Path("/proc/self/status").read_text()
+    return {k: int(v) for k, v in re.findall(r"^(VmRSS|RssAnon|RssFile|VmHWM):\s+(\d+) kB",
+                                              text, re.M)}
+
+
+def _malloc() -> dict[str, Any]:
+    m = _libc.mallinfo2()
+    buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+    stream = _libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    _libc.malloc_info(0, stream)
+    _libc.fclose(stream)
+    xml = ctypes.string_at(buf, size.value).decode()
+    heaps = re.findall(r'<heap nr="(\d+)">(.*?)</heap>', xml, re.S)
+    return {
+        "arena_bytes": m.arena, "mmap_bytes": m.hblkhd, "in_use_bytes": m.uordblks,
+        "free_bytes": m.fordblks, "top_releasable_bytes": m.keepcost,
+        # per heap (arena): the memory it holds from the system now, and what of it is free
+        "heaps": [{"nr": int(nr),
+                   "system": int(re.search(r'<system type="current" size="(\d+)"', body)[1]),
+                   "free": sum(int(x) for x in re.findall(
+                       r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"', body))}
+                  for nr, body in heaps],
+    }
+
+
+def _pymalloc() -> dict[str, int]:
+    """pymalloc's own totals (`sys._debugmallocstats`, which writes to the C stderr: caught
+    in a file for the moment, a log line of another thread then is lost)."""
+    with tempfile_fd() as (fd, path):
+        saved = os.dup(2)
+        try:
+            os.dup2(fd, 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        text = Path(path).read_text()
+    def number(name: str) -> int:
+        m = re.search(rf"^# {re.escape(name)}\s+=\s+([\d,]+)", text, re.M)
+        return int(m.group(1).replace(",", "")) if m else -1
+    unused = re.search(r"^(\d+) unused pools \* (\d+) bytes", text, re.M)
+    return {"arenas_now": number("arenas allocated current"),
+            "arenas_bytes": number("arenas allocated current") * 2**20,  # 1 MiB in 3.11
+            "used_bytes": number("bytes in allocated blocks"),
+            "free_in_pools_bytes": number("bytes in available blocks"),
+            "free_pools_bytes": int(unused[1]) * int(unused[2]) if unused else -1}
+
+
+@contextlib.contextmanager
+def tempfile_fd() -> Iterator[tuple[int, str]]:
+    fd, path = tempfile.mkstemp()
+    try:
+        yield fd, path
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _garbage() -> dict[str, Any]:
+    """What a full collection finds unreachable (cycles that reference counting leaves),
+    by type, and how much that frees."""
+    before = _status()["VmRSS"]
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+        gc.garbage.clear()
+    finally:
+        gc.set_debug(0)
+    gc.collect()
+    objects = gc.get_objects()
+    live = collections.Counter(type(o).__name__ for o in objects)
+    # messages the bulk lane's receiver holds, not yet taken (vagt.app.receiver)
+    waiting = [o.waiting for o in objects if type(o).__name__ == "ReceiverProcess"]
+    del objects
+    return {"unreachable": found, "types": kinds.most_common(25),
+            "live": live.most_common(25), "waiting": waiting,
+            "rss_before_kb": before, "rss_after_kb": _status()["VmRSS"]}
+
+
+def _sites(limit: int = TOP) -> dict[str, Any]:
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)])
+    key = "traceback" if tracemalloc.get_traceback_limit() > 1 else "lineno"
+    stats = snapshot.statistics(key)
+    total = sum(s.size for s in stats)
+    by_file: dict[str, int] = {}
+    for s in snapshot.statistics("filename"):
+        by_file[s.traceback[0].filename] = s.size
+    del snapshot
+    return {
+        "traced_bytes": total,
+        "files": sorted(by_file.items(), key=lambda kv: -kv[1])[:limit],
+        "sites": [{"size": s.size, "count": s.count,
+                   "where": [f"{f.filename}:{f.lineno}" for f in s.traceback]}
+                  for s in stats[:limit]],
+    }
+
+
+def report(directory: Path, label: str) -> None:
+    out: dict[str, Any] = {"label": label, "time": time.time(), "status_kb": _status(),
+                           "malloc": _malloc(), "pymalloc": _pymalloc(),
+                           "gc_counts": gc.get_count()}
+    if tracemalloc.is_tracing():
+        current, peak = tracemalloc.get_traced_memory()
+        out["traced_now"], out["traced_peak"] = current, peak
+        out.update(_sites())
+    if label.startswith("gc"):   # last: it changes what the others would see
+        out["garbage"] = _garbage()
+    tmp = directory / f".{label}.json"
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.rename(directory / f"{label}.json")
+
+
+def _serve(directory: Path) -> None:
+    request = directory / "request"
+    done: set[str] = set()
+    last_peak = 0
+    while True:
+        time.sleep(0.05)
+        try:
+            label = request.read_text().strip()
+        except FileNotFoundError:
+            label = ""
+        if label and label not in done:
+            done.add(label)
+            report(directory, label)
+        if tracemalloc.is_tracing():
+            current, _ = tracemalloc.get_traced_memory()
+            if current > last_peak * PEAK_STEP:
+                report(directory, "peak")
+                last_peak = current
+
+
+def main() -> None:
+    directory, frames, dash_m, module, *args = sys.argv[1:]
+    assert dash_m == "-m", "usage: python -m benchmarks.memtrace DIR FRAMES -m MODULE [ARGS...]"
+    if int(frames):
+        tracemalloc.start(int(frames))
+    threading.Thread(target=_serve, args=(Path(directory),), daemon=True,
+                     name="bench-memtrace").start()
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
