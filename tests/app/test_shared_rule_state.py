@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from tests.app.conftest import DEVICES, query, register, telemetry
 
-from vagt.app import store
+from vagt.app import rule_state, store
 from vagt.app.config import IngestConfig
 from vagt.app.pipeline import BatchOutcome, Pipeline
 from vagt.app.rule_state import IDLE_MAX, SharedRuleState
@@ -553,6 +553,23 @@ def test_a_restarted_engine_continues_the_rules_where_they_were(database_url, ru
     again.batch([spo2("OXI-0001", T0 + 180, 95)])
     again.close()
     assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
+
+
+def test_a_state_written_in_parts_continues_every_device_after_a_restart(
+        database_url, rules_file, monkeypatch):
+    """A tick after a backlog writes the state of most of the fleet, a part at a time
+    (`SAVE_CHUNK` devices): every part reaches the table, whichever part a device is in."""
+    register(database_url, DEVICES)
+    monkeypatch.setattr(rule_state, "SAVE_CHUNK", 1)
+    oximeters = ("OXI-0001", "OXI-0002")
+    # 4 identical values in a row alert; a restart after the third must not start again
+    first = Process(database_url, rules_file)
+    first.batch([spo2(d, T0 + 60 * k, 95) for k in range(3) for d in oximeters])
+    first.close()
+    again = Process(database_url, rules_file)
+    again.batch([spo2(d, T0 + 180, 95) for d in oximeters])
+    again.close()
+    assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", d, 1) for d in oximeters]
 
 
 def test_a_batch_that_rolled_back_leaves_the_rules_state_as_it_was(database_url, rules_file):
