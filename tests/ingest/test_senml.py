@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.ingest.helpers import NOW, dead_detail, dead_reason, decode, readings
 
-from vagt.ingest.senml import RELATIVE_LIMIT, Resolved, resolve
+from vagt.ingest.canonical import Reject
+from vagt.ingest.senml import RELATIVE_LIMIT, Resolved, metric_in_pack, metric_of, resolve
 
 URN = "urn:dev:ow:10e2073a01080063"
 BT = 1.276020076001e09
@@ -223,16 +228,55 @@ def test_an_alarm_channel_pack_without_an_event_is_refused():
                                                               channel="alarm")
 
 
-def test_a_name_as_long_as_a_payload_is_read_but_not_remembered():
+def test_a_name_as_long_as_a_payload_is_read():
     # The device prefix may be anything that ends in ':{device}': a misbehaving device could
-    # send names of kilobytes, each new; they are read, and not kept in the name cache.
-    from vagt.ingest import senml
-
-    before = len(senml._metrics)
-    for k in range(50):
+    # send names of kilobytes, each new.
+    for k in range(3):
         name = f"urn:dev:{k:04d}{'x' * 20_000}:OXI-1:spo2"
         out = decode([{"n": name, "u": "%", "v": 97}], limit=64 * 1024)
         assert readings(out) == [("spo2", 97.0, "%", NOW)]
-    assert len(senml._metrics) == before
-    decode([{"n": "urn:dev:ow:OXI-1:spo2", "u": "%", "v": 96}])
-    assert ("urn:dev:ow:OXI-1:spo2", "OXI-1") in senml._metrics   # short names are kept
+
+
+def test_records_after_the_first_are_checked_against_the_prefix_it_was_accepted_for():
+    out = decode([{"bn": "urn:dev:ow:OXI-1:", "n": "spo2", "v": 97},
+                  {"n": "pulse", "v": 61},
+                  {"bn": "OXI-1/", "n": "pulse", "v": 62}])
+    assert [r[:2] for r in readings(out)] == [("spo2", 97.0), ("pulse", 61.0), ("pulse", 62.0)]
+    # the same metric under another device's prefix, after one of the topic's device
+    assert dead_reason([{"bn": "OXI-1/", "n": "spo2", "v": 97},
+                        {"bn": "OXI-10/", "n": "spo2", "v": 96}]) == "device_mismatch"
+    # a name that begins with its separator has an empty prefix: not a name (RFC 8428)
+    assert dead_reason([{"n": ":spo2", "v": 97}]) == "schema"
+    assert dead_reason([{"n": "spo2", "v": 97}, {"n": "/spo2", "v": 97}]) == "schema"
+
+
+_prefixes = st.sampled_from(["", "OXI-1", "urn:dev:ow:OXI-1", "x/OXI-1", "OXI-10", ":OXI-1",
+                             "OXI 1", "GW-1", "urn:dev:ow:OXI-1:", "-OXI-1"])
+_metrics = st.sampled_from(["spo2", "pulse", "firmware", "event", "mood", "", "sp o2", "a:b"])
+_names = st.one_of(
+    st.builds(lambda p, sep, m: p + sep + m, _prefixes, st.sampled_from(["", ":", "/"]),
+              _metrics),
+    st.text(alphabet="OXI-1:/ spo2urn", max_size=20))
+
+
+def _metrics_or_reject(names: list[str], found: Callable[[str, int], str]) -> list[str] | str:
+    """The metric of each name in turn, or the first Reject's reason and detail."""
+    try:
+        return [found(name, k) for k, name in enumerate(names)]
+    except Reject as e:
+        return f"{e.reason}: {e.detail}"
+
+
+@settings(max_examples=500)
+@given(st.lists(_names, min_size=1, max_size=4))
+def test_the_names_of_a_pack_give_what_each_alone_gives(names):
+    """A pack's names are checked once per device prefix, not each: the same metrics, the
+    same first refusal as `metric_of` name by name."""
+    owner = [""]
+
+    def in_pack(name: str, k: int) -> str:
+        metric, owner[0] = metric_in_pack(name, "OXI-1", owner[0], k)
+        return metric
+
+    alone = _metrics_or_reject(names, lambda n, k: metric_of(n, "OXI-1", f"SenML record {k}"))
+    assert _metrics_or_reject(names, in_pack) == alone
