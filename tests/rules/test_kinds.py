@@ -26,6 +26,17 @@ def test_implausible_values_are_marked_bad_by_the_models_range_and_not_alerted_o
     assert h.open() == {("pulse_low", 1)}  # the bad 5 /min did not open pulse_low on device 0
 
 
+def test_each_device_is_judged_by_its_own_models_range_and_an_unknown_model_by_none(tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    h.fleet.add("OXI-3", "Omron", "M7 Intelli IT", "bp_monitor", "Aarhus")    # pulse 40..180
+    h.fleet.add("OXI-4", "Masimo", "MightySat", "pulse_oximeter", "Aarhus")   # pulse 25..240
+    h.fleet.add("OXI-5", "Acme", "Prototype", "pulse_oximeter", "Aarhus")     # not catalogued
+    # device 0 is a Nonin 3230 (pulse 18..321); indexes 5, 6, 7 the devices added here
+    pulses = [(0, 20), (5, 20), (6, 20), (7, 20), (0, 200), (5, 200), (6, 200), (7, 200)]
+    ev = h.batch([(d, "pulse", v, 1.0 + k) for k, (d, v) in enumerate(pulses)])
+    assert ev.bad.tolist() == [False, True, True, False, False, True, False, False]
+
+
 def test_n_implausible_values_in_a_row_open_a_sensor_alert_and_a_good_one_clears(tmp_path):
     h = Harness(tmp_path, VALIDITY)
     h.batch([(3, "weight", 400, 1.0), (3, "weight", 400, 2.0)])

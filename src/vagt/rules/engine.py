@@ -106,6 +106,7 @@ class RuleEngine:
         self._states: dict[str, RuleState] = {r.name: _state(r) for r in rules}
         self._applies: dict[str, Bools] = {}
         self._ranges: dict[str, tuple[F64, F64]] = {}
+        self._model: I64 = np.empty(0, dtype=np.intp)
         self._heartbeat = np.empty(0)
         self._n = 0
         self._version = -1
@@ -350,7 +351,8 @@ class RuleEngine:
 
     def _context(self, applies: Bools | None, n: int, latest: F64, ev: Evaluation) -> Context:
         return Context(n=n, applies=applies if applies is not None else np.zeros(n, bool),
-                       ranges=self._ranges, latest_seen=latest, history=self.history,
+                       ranges=self._ranges, model=self._model, latest_seen=latest,
+                       history=self.history,
                        updates=ev.updates, bad=ev.bad)
 
     def _sync(self) -> int:
@@ -380,19 +382,23 @@ class RuleEngine:
         return n
 
     def _catalogue_columns(self, n: int) -> None:
+        """Heartbeats per device; plausible ranges per (vendor, model), with each device's
+        row in them (a few models: per device, 16 MB for 100,000 devices and 10 metrics)."""
         f = self.fleet
         self._heartbeat = np.full(n, np.nan)
         ranges: dict[str, tuple[F64, F64]] = {}
+        self._model = np.zeros(n, dtype=np.intp)
         if self.catalogue is not None and n:
             codes, uniques = factorize(list(zip(f.vendor[:n], f.model[:n])))
+            self._model = codes
             for k, (vendor, model) in enumerate(uniques):
                 m = self.catalogue.get(vendor, model)
                 if m is None:
                     continue
-                rows = codes == k
-                self._heartbeat[rows] = m.heartbeat_s
+                self._heartbeat[codes == k] = m.heartbeat_s
                 for metric, rng in m.metrics.items():
-                    lo, hi = ranges.setdefault(metric, (np.full(n, np.nan), np.full(n, np.nan)))
-                    lo[rows], hi[rows] = rng.low, rng.high
+                    lo, hi = ranges.setdefault(metric, (np.full(len(uniques), np.nan),
+                                                        np.full(len(uniques), np.nan)))
+                    lo[k], hi[k] = rng.low, rng.high
         self._ranges.clear()
         self._ranges.update(ranges)

@@ -284,7 +284,8 @@ class Context:
 
     n: int                     # devices in the fleet
     applies: Bools             # per device: the rule's filters match it
-    ranges: dict[str, tuple[F64, F64]]   # metric -> plausible (low, high) per device
+    ranges: dict[str, tuple[F64, F64]]   # metric -> plausible (low, high) per model
+    model: I64                 # per device: its (vendor, model)'s place in `ranges`' arrays
     latest_seen: F64           # per device: the latest device time in this batch (-inf: none)
     history: HistorySource | None
     updates: list[Update]

@@ -33,7 +33,8 @@ def mark(rule: Rule, ctx: Context, b: Batch) -> tuple[Bools, Bools]:
             continue
         rows = rows[ctx.applies[b.r_device[rows]]]
         low, high = ctx.ranges[metric]
-        lo, hi = low[b.r_device[rows]], high[b.r_device[rows]]
+        model = ctx.model[b.r_device[rows]]
+        lo, hi = low[model], high[model]
         known = ~np.isnan(lo)
         v = b.r_value[rows]
         checked[rows[known]] = True
