@@ -38,7 +38,9 @@ def test_every_text_column_of_the_schema_is_scanned_or_skipped_for_a_reason(data
     scanned = {(c.table, c.column) for c in COLUMNS}
     assert not scanned & set(SKIPPED)
     assert text_columns - scanned - set(SKIPPED) == set()
-    assert (scanned | set(SKIPPED)) - text_columns == set()   # no column that is gone
+    # no column that is gone (but TimescaleDB's daily aggregates: plain has device_daily)
+    timescale_only = {("readings_daily", "device_id"), ("events_daily", "device_id")}
+    assert (scanned | set(SKIPPED)) - text_columns - timescale_only == set()
 
 
 def test_a_cpr_number_in_an_events_details_is_found(database_url):

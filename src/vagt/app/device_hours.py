@@ -1,12 +1,13 @@
 """The hourly and daily per-device counts the vendor report reads (`readings_hourly`,
-`events_hourly`, migration 0019; `readings_daily`, `events_daily`, 0022): brought up to date
-for a period before a report reads them.
+`events_hourly`, migration 0019; `device_daily`, 0023): brought up to date for a period
+before a report reads them.
 
-TimescaleDB: continuous aggregates (the daily ones on the hourly ones), refreshed over the
-period (their policies keep the last days; late rows older than that wait for a refresh
-that covers them). Plain PostgreSQL: tables, to which each refresh adds the rows stored
-since the last one, told apart by transaction snapshot (see 0019), so no row is counted
-twice or missed, however late its transaction commits; the hours it adds go into the days.
+TimescaleDB: continuous aggregates (daily ones on the hourly ones, 0022; `device_daily` a
+view joining the daily ones), refreshed over the period (their policies keep the last days;
+late rows older than that wait for a refresh that covers them). Plain PostgreSQL: tables,
+to which each refresh adds the rows stored since the last one, told apart by transaction
+snapshot (see 0019), so no row is counted twice or missed, however late its transaction
+commits; the hours it adds go into the days.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ DAY = "date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-03 00:00+00')"
 HOUR_BIT = f"1 << (extract(epoch FROM bucket - {DAY}) / 3600)::integer"
 
 # The same counts as the continuous aggregates' SELECTs in 0019_device_hours.timescale.sql,
-# added to the hourly table, and the same hours added to the daily one (0022): counts
-# summed, hour masks OR-ed. One statement, so both see the same new rows.
+# added to the hourly table, and the same hours added to the day of readings and events
+# together (0023): counts summed, hour masks OR-ed. One statement, so both see the same new
+# rows.
 _READINGS = f"""
 WITH new AS (
     SELECT {BUCKET} AS bucket, device_id, count(*) AS readings,
@@ -50,8 +52,8 @@ WITH new AS (
     SET readings = h.readings + excluded.readings,
         measurements = h.measurements + excluded.measurements
 )
-INSERT INTO readings_daily AS d (day, device_id, measurements, heard)
-SELECT {DAY}, device_id, sum(measurements), bit_or({HOUR_BIT})
+INSERT INTO device_daily AS d (day, device_id, measurements, events, faults, heard)
+SELECT {DAY}, device_id, sum(measurements), 0, 0, bit_or({HOUR_BIT})
 FROM new
 GROUP BY 1, 2
 ON CONFLICT (day, device_id) DO UPDATE
@@ -70,8 +72,8 @@ WITH new AS (
     ON CONFLICT (bucket, device_id) DO UPDATE
     SET events = h.events + excluded.events, faults = h.faults + excluded.faults
 )
-INSERT INTO events_daily AS d (day, device_id, events, faults, heard)
-SELECT {DAY}, device_id, sum(events), sum(faults), bit_or({HOUR_BIT})
+INSERT INTO device_daily AS d (day, device_id, measurements, events, faults, heard)
+SELECT {DAY}, device_id, 0, sum(events), sum(faults), bit_or({HOUR_BIT})
 FROM new
 GROUP BY 1, 2
 ON CONFLICT (day, device_id) DO UPDATE

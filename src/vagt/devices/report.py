@@ -30,14 +30,22 @@ LOW_BATTERY = 15.0
 DAY_SLOT_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
 
 
-def _day_slots_sql(mask: str, hours: str) -> str:
+def _day_slots_sql(mask: str, hours: str, blocks: tuple[str, str] | None = None) -> str:
     """SQL for how many n-hour slots (`hours`, one of DAY_SLOT_HOURS) `mask` has a bit in:
-    the mask folded so that a block's first bit is set if any of its bits is, then counted."""
+    the mask folded so that a block's first bit is set if any of its bits is, then counted.
+    `blocks`: SQL for the first and the end of the day's blocks (0 to 24/n) to count, where
+    not all of them."""
     cases = []
     for n in DAY_SLOT_HOURS:
         folded = " | ".join([mask] + [f"({mask} >> {j})" for j in range(1, n)])
         firsts = sum(1 << (k * n) for k in range(24 // n))
-        cases.append(f"WHEN {n} THEN bit_count((({folded}) & {firsts})::bit(24))")
+        if blocks is not None:   # (no blocks where the end is before the first)
+            lo, hi = (f"(least(greatest({b}, 0), {24 // n}) * {n})"
+                      for b in (blocks[0], f"greatest({blocks[1]}, {blocks[0]})"))
+            firsts_sql = f"({firsts} & ((1 << {hi}) - (1 << {lo})))"
+        else:
+            firsts_sql = str(firsts)
+        cases.append(f"WHEN {n} THEN bit_count((({folded}) & {firsts_sql})::bit(24))")
     return f"(CASE {hours} {' '.join(cases)} END)"
 
 
@@ -50,12 +58,19 @@ def _heard_after_sql(mask: str, day: str, after: str) -> str:
 # One row per device deployed in the period: its spans with a citizen (in the period, up to
 # the report's `now`), and what the per-device counts, bad readings, its last battery level
 # and its message counter say about them. An hour counts for a span if they overlap.
-# A span's whole UTC days [ds, de) are read from the daily counts (0022), the hours before
-# and after them (its edges, at most a day's each) from the hourly ones (0019). Heard slots
-# of whole days are counted from the days' hour masks, readings' and events' OR-ed: summed
-# over the readings days, plus on each events day what its events add to the readings'.
-# A slot that does not divide a day (a catalogue heartbeat of 5 h, or a week) is counted
-# from its span's heard hours, one by one.
+# A span's whole UTC days [ds, de) are read from the daily counts (`device_daily`, 0023:
+# readings and events together), the hours before and after them (its edges, at most a
+# day's each) from the hourly ones (0019). Heard slots of whole days are counted from the
+# days' hour masks. A slot that does not divide a day (a catalogue heartbeat of 5 h, or a
+# week) is counted from its span's heard hours, one by one.
+#
+# The period's days are joined to the spans by a hash of the spans (a day is matched by its
+# device, then its span's range), read once in the order they are stored, by parallel
+# workers where there are some, and summed per span as they come. Spans are `spans_slot`
+# written out there (NOT MATERIALIZED: a materialized CTE can be read by no parallel worker,
+# and the planner knows none of its columns, so it guessed a few hundred devices and read
+# each one's days by key, a page a day, 5x slower at 10,000 devices and worse once the days
+# outgrow memory); the small joins read the spans computed once (`spans_once`).
 _PER_DEVICE = f"""
 WITH spans AS (
     SELECT a.id, a.device_id,
@@ -65,7 +80,7 @@ WITH spans AS (
     WHERE a.since < %(end)s AND coalesce(a.until, 'infinity') > %(start)s
       AND (%(municipality)s::text IS NULL OR a.municipality = %(municipality)s::text)
 ),
-spans_slot AS MATERIALIZED (   -- computed once: the joins below compare its columns
+spans_slot AS NOT MATERIALIZED (
     -- the expected-contact slot: the model's heartbeat, at least an hour (a model not in the
     -- catalogue: an hour)
     SELECT sp.*, x.slot_s, c.vendor IS NOT NULL AS in_catalogue,
@@ -84,9 +99,10 @@ spans_slot AS MATERIALIZED (   -- computed once: the joins below compare its col
     CROSS JOIN LATERAL (SELECT greatest(coalesce(c.heartbeat_s, 3600), 3600) AS slot_s) x
     WHERE sp.e > sp.s
 ),
+spans_once AS MATERIALIZED (SELECT * FROM spans_slot),
 edges AS (      -- the hours of a span outside its whole days: before them, and after
     SELECT sp.id, sp.device_id, x.lo, x.hi
-    FROM spans_slot sp
+    FROM spans_once sp
     CROSS JOIN LATERAL (VALUES
         (date_bin(INTERVAL '1 hour', sp.s, TIMESTAMPTZ '2000-01-03 00:00+00'),
          least(sp.ds, sp.e)),
@@ -111,45 +127,52 @@ edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: n
 -- aggregate (no join between per-span aggregates: the planner cannot guess their sizes).
 -- `heard_at_end`: an hour with data in the last slot, counted only for the span that is
 -- checked for silence (with the citizen at the period's end; a device has one at most).
-readings_days AS (
-    SELECT sp.device_id, r.measurements, 0::bigint AS events, 0::bigint AS faults,
-           {_day_slots_sql("r.heard", "sp.slot_hours")} AS slots_heard,
-           CASE WHEN sp.e >= %(end)s AND r.day > sp.quiet_after - INTERVAL '24 hours'
-                THEN {_heard_after_sql("r.heard", "r.day", "sp.quiet_after")} END
-               AS heard_at_end
-    FROM spans_slot sp JOIN readings_daily r
-      ON r.device_id = sp.device_id AND r.day >= sp.ds AND r.day < sp.de
-    WHERE r.day >= %(start)s AND r.day < %(end)s
-),
-events_days AS (
-    SELECT sp.device_id, 0::bigint AS measurements, v.events, v.faults,
-           {_day_slots_sql("(v.heard | coalesce(r.heard, 0))", "sp.slot_hours")}
-               - {_day_slots_sql("coalesce(r.heard, 0)", "sp.slot_hours")} AS slots_heard,
-           CASE WHEN sp.e >= %(end)s AND v.day > sp.quiet_after - INTERVAL '24 hours'
-                THEN {_heard_after_sql("v.heard", "v.day", "sp.quiet_after")} END
-               AS heard_at_end
-    FROM spans_slot sp JOIN events_daily v
-      ON v.device_id = sp.device_id AND v.day >= sp.ds AND v.day < sp.de
-    LEFT JOIN readings_daily r ON r.day = v.day AND r.device_id = v.device_id
-    WHERE v.day >= %(start)s AND v.day < %(end)s
-),
-other_slots AS (   -- slots that do not divide a day: the spans' heard hours, one by one
-    SELECT h.id, h.bucket FROM edge_hours h
-    UNION ALL
-    SELECT sp.id, d.day + make_interval(hours => b.h)
-    FROM spans_slot sp
-    JOIN (SELECT day, device_id, heard FROM readings_daily
-          UNION ALL SELECT day, device_id, heard FROM events_daily) d
+days AS (       -- a span's whole days, summed per span (a slot that does not divide a
+                -- day: per day, the day's hours counted one by one below)
+    SELECT sp.id, CASE WHEN sp.slot_hours IS NULL THEN d.day END AS day,
+           sum(d.measurements) AS measurements, sum(d.events) AS events,
+           sum(d.faults) AS faults,
+           sum({_day_slots_sql("d.heard", "sp.slot_hours")}) AS slots_heard,
+           bool_or(CASE WHEN sp.e >= %(end)s AND d.day > sp.quiet_after - INTERVAL '24 hours'
+                        THEN {_heard_after_sql("d.heard", "d.day", "sp.quiet_after")} END)
+               AS heard_at_end,
+           bit_or(CASE WHEN sp.slot_hours IS NULL THEN d.heard END) AS heard
+    FROM spans_slot sp JOIN device_daily d
       ON d.device_id = sp.device_id AND d.day >= sp.ds AND d.day < sp.de
-    CROSS JOIN generate_series(0, 23) AS b(h)
-    WHERE sp.slot_hours IS NULL AND d.heard & (1 << b.h) <> 0
-      AND d.day >= %(start)s AND d.day < %(end)s
+    WHERE d.day >= %(start)s AND d.day < %(end)s
+    GROUP BY 1, 2
 ),
-slots_by_hour AS (  -- the distinct slots heard in edge hours (and in every hour, above)
-    SELECT sp.device_id, h.id, floor(extract(epoch FROM h.bucket) / sp.slot_s) AS slot,
+edge_days AS (  -- an edge's heard hours as a mask of its day (an edge is within one day)
+    SELECT h.id, x.day, bit_or(1 << (extract(epoch FROM h.bucket - x.day) / 3600)::integer)
+               AS heard
+    FROM edge_hours h
+    CROSS JOIN LATERAL (SELECT date_bin(INTERVAL '1 day', h.bucket,
+                                        TIMESTAMPTZ '2000-01-03 00:00+00') AS day) x
+    GROUP BY 1, 2
+),
+other_slots AS (   -- slots that do not divide a day: those of the spans' heard hours
+    SELECT h.id, floor(date_part('epoch', h.bucket) / sp.slot_s) AS slot,
            sp.first_slot, sp.end_slot
-    FROM other_slots h JOIN spans_slot sp USING (id)
-    GROUP BY 1, 2, 3, 4, 5          -- each distinct slot once (a hash, not a sort)
+    FROM edge_hours h JOIN spans_once sp USING (id)
+    WHERE sp.slot_hours IS NULL
+    UNION ALL   -- a day's: each slot its hours are in, heard if the mask has one of them
+    SELECT d.id, k.slot, sp.first_slot, sp.end_slot
+    FROM days d JOIN spans_once sp USING (id)
+    CROSS JOIN LATERAL (SELECT date_part('epoch', d.day) AS t0) t
+    CROSS JOIN LATERAL (    -- (OFFSET 0: per day, not joined with every day)
+        SELECT k.slot, ceil((k.slot * sp.slot_s - t.t0) / 3600) AS lo,
+               ceil(((k.slot + 1) * sp.slot_s - t.t0) / 3600) AS hi
+        FROM generate_series(floor(t.t0 / sp.slot_s)::bigint,
+                             floor((t.t0 + 23 * 3600) / sp.slot_s)::bigint) AS k(slot)
+        OFFSET 0) k
+    WHERE d.day IS NOT NULL
+      AND d.heard & ((1 << least(k.hi, 24)::integer) - (1 << greatest(k.lo, 0)::integer)) <> 0
+),
+other_slots_heard AS (  -- each distinct slot once (a slot of days heard in two: once)
+    SELECT id, count(*) AS slots_heard
+    FROM (SELECT DISTINCT id, slot FROM other_slots
+          WHERE slot >= first_slot AND slot < end_slot) x
+    GROUP BY id
 ),
 parts AS (
     SELECT device_id, extract(epoch FROM e - s) AS deployed_s, 0::bigint AS measurements,
@@ -158,20 +181,26 @@ parts AS (
            -- still with the citizen at the end, for a slot or more: checked for silence
            e >= %(end)s AND e - s >= make_interval(secs => slot_s) AS checked,
            NULL::boolean AS heard_at_end, in_catalogue
-    FROM spans_slot
+    FROM spans_once
     UNION ALL
     SELECT sp.device_id, 0, h.measurements, h.events, h.faults, 0, 0, NULL,
            CASE WHEN sp.e >= %(end)s THEN h.bucket > sp.quiet_after END, NULL
-    FROM edge_hours h JOIN spans_slot sp USING (id)
+    FROM edge_hours h JOIN spans_once sp USING (id)
     UNION ALL
-    SELECT device_id, 0, measurements, events, faults, 0, slots_heard, NULL, heard_at_end, NULL
-    FROM readings_days
+    SELECT sp.device_id, 0, d.measurements, d.events, d.faults, 0, d.slots_heard, NULL,
+           d.heard_at_end, NULL
+    FROM days d JOIN spans_once sp USING (id)
+    UNION ALL   -- the slots of an edge's day inside the span
+    SELECT sp.device_id, 0, 0, 0, 0, 0,
+           {_day_slots_sql("e.heard", "sp.slot_hours", blocks=(
+               "(sp.first_slot - date_part('epoch', e.day) / sp.slot_s)::integer",
+               "(sp.end_slot - date_part('epoch', e.day) / sp.slot_s)::integer"))},
+           NULL, NULL, NULL
+    FROM edge_days e JOIN spans_once sp USING (id)
+    WHERE sp.slot_hours IS NOT NULL
     UNION ALL
-    SELECT device_id, 0, measurements, events, faults, 0, slots_heard, NULL, heard_at_end, NULL
-    FROM events_days
-    UNION ALL
-    SELECT device_id, 0, 0, 0, 0, 0, 1, NULL, NULL, NULL
-    FROM slots_by_hour WHERE slot >= first_slot AND slot < end_slot
+    SELECT sp.device_id, 0, 0, 0, 0, 0, o.slots_heard, NULL, NULL, NULL
+    FROM other_slots_heard o JOIN spans_once sp USING (id)
 ),
 per_device AS (
     SELECT device_id, sum(deployed_s) AS deployed_s, sum(measurements) AS measurements,
@@ -186,7 +215,7 @@ per_device AS (
 ),
 bad AS (
     SELECT sp.device_id, count(*) AS bad
-    FROM spans_slot sp JOIN bad_readings b
+    FROM spans_once sp JOIN bad_readings b
       ON b.device_id = sp.device_id
      AND date_bin(INTERVAL '1 hour', b.time, TIMESTAMPTZ '2000-01-03 00:00+00')
          > sp.s - INTERVAL '1 hour'
@@ -195,7 +224,7 @@ bad AS (
 ),
 battery AS (      -- the last battery level each device reported with a citizen
     SELECT DISTINCT ON (sp.device_id) sp.device_id, last.value AS battery
-    FROM spans_slot sp
+    FROM spans_once sp
     CROSS JOIN LATERAL (
         SELECT r.value, r.time FROM readings r
         WHERE r.device_id = sp.device_id AND r.metric = 'battery'
@@ -232,10 +261,28 @@ class Period:
     municipality: str | None = None
 
 
+# The query's settings, for its transaction only. Memory for each sort and hash, in each
+# process: the days are summed per stay in a hash (a few hundred bytes a stay, in each
+# parallel worker), which PostgreSQL's default (4 MB) sends to disk past some 10,000
+# devices. No JIT: past its cost thresholds (some 20,000 devices a year) PostgreSQL compiled
+# and optimised the query's 350 functions in each process, 11 s of a 31 s report at 30,000
+# devices, to save less than it cost.
+SETTINGS = {"work_mem": "64MB", "jit": "off"}
+
+
 def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period) -> pd.DataFrame:
     """One row per device that was with a citizen in the period (see PER_DEVICE_COLUMNS)."""
+    with conn.transaction():
+        for name, value in SETTINGS.items():
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        rows = _per_device_rows(conn, catalogue, period)
+    return pd.DataFrame(rows, columns=PER_DEVICE_COLUMNS)
+
+
+def _per_device_rows(conn: psycopg.Connection, catalogue: Catalogue,
+                     period: Period) -> list[tuple[object, ...]]:
     models = list(catalogue)
-    rows = conn.execute(_PER_DEVICE, {
+    return conn.execute(_PER_DEVICE, {
         # (to the microsecond, as PostgreSQL keeps times; pandas warned of what it dropped)
         "start": datetime.fromtimestamp(period.start, UTC),
         "end": datetime.fromtimestamp(period.end, UTC),
@@ -244,7 +291,6 @@ def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period) -
         "heartbeats": [float(m.heartbeat_s) for m in models],
         "slot_hours": [day_slot_hours(m.heartbeat_s) for m in models],
     }).fetchall()
-    return pd.DataFrame(rows, columns=PER_DEVICE_COLUMNS)
 
 
 def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY) -> pd.DataFrame:
