@@ -1,5 +1,5 @@
-"""The vendor report's per-device query over a year: days and edge hours (0022) against the
-hours alone (0019's query, as on `--baseline-rev`).
+"""The vendor report's per-device query over a synthetic year, against the query of another
+revision (`--baseline-rev`, main by default) over the same rows, with a same-figures check.
 
     .venv/bin/python -m benchmarks.report --devices 1000 --baseline      # both, same figures
     .venv/bin/python -m benchmarks.report --devices 100000 --days-only   # a year at full size
@@ -9,25 +9,31 @@ A synthetic fleet in a fresh plain database: 80 % of devices with hourly slots (
 latter counted hour by hour); an event in ~2 % of hours; a battery level a week. Every
 device is with a citizen from before the period; 10 % move once in it (a stay that ends,
 another that starts days later, at odd hours). The period ends at 13:30, as a report run
-"until now" does. With --baseline the hourly tables hold every hour and the daily ones are
-made from them (as 0022 does); --days-only writes the days directly, and hours only where
-the report reads them (a stay's partial days), so a year at 100,000 devices builds in
-minutes. Prints the medians, the ratio, and whether both queries gave the same rows.
+"until now" does. The days of readings and of events are made as 0022 kept them
+(`readings_daily`, `events_daily`: the benchmark makes these tables where 0023 dropped them,
+so a baseline from before 0023 reads them), and `device_daily` from them as 0023 does.
+Without --days-only the hourly tables hold every hour and the days are made from them;
+with it the days are written directly, and hours only where the report reads them (a
+stay's partial days), so a year at 100,000 devices builds in minutes. Prints the medians,
+the ratio, and whether both queries gave the same rows. `--keep` leaves the database for
+`--url` to time again without building it.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
+import sys
 import time
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import psycopg
+from benchmarks.drain import drop_database
 from benchmarks.suite import fresh_database
 
 from vagt.app.device_hours import DAY, HOUR_BIT
@@ -111,8 +117,26 @@ CROSS JOIN LATERAL generate_series(date_trunc('day', m.until, 'UTC'),
     INTERVAL '1 hour') t"""
 
 
+# 0022's daily tables (0023 made one of them on plain PostgreSQL and dropped these): the
+# days are drawn for them, readings' and events' apart, and a baseline before 0023 reads them
+_DAYS_0022 = """
+CREATE TABLE IF NOT EXISTS readings_daily (
+    day timestamptz NOT NULL, device_id text NOT NULL, measurements bigint NOT NULL,
+    heard integer NOT NULL, PRIMARY KEY (device_id, day));
+CREATE TABLE IF NOT EXISTS events_daily (
+    day timestamptz NOT NULL, device_id text NOT NULL, events bigint NOT NULL,
+    faults bigint NOT NULL, heard integer NOT NULL, PRIMARY KEY (device_id, day))"""
+
+# readings' and events' days together, as migration 0023 makes them
+_DEVICE_DAILY = """
+INSERT INTO device_daily (day, device_id, measurements, events, faults, heard)
+SELECT day, device_id, coalesce(r.measurements, 0), coalesce(v.events, 0),
+       coalesce(v.faults, 0), coalesce(r.heard, 0) | coalesce(v.heard, 0)
+FROM readings_daily r FULL JOIN events_daily v USING (device_id, day)"""
+
+
 def _all_hours(conn: psycopg.Connection) -> None:
-    """Every hour of the period in the hourly tables, the days made from them as 0022 does."""
+    """Every hour of the period in the hourly tables, the days made from them as 0022 did."""
     _hours(conn, _EVERY_DEVICE, {"lo": START, "hi": END})
     conn.execute(f"INSERT INTO readings_daily SELECT {DAY}, device_id, sum(measurements), "
                  f"bit_or({HOUR_BIT}) FROM readings_hourly GROUP BY 1, 2")
@@ -145,12 +169,20 @@ def _days_and_edges(conn: psycopg.Connection) -> None:
 
 
 def _baseline_query(rev: str) -> str:
+    """The per-device query of src/vagt/devices/report.py at `rev` (an f-string there since
+    0022: the module is run to build it)."""
     source = subprocess.run(["git", "show", f"{rev}:src/vagt/devices/report.py"], cwd=ROOT,
                             check=True, capture_output=True, text=True).stdout
-    found = re.search(r'^_PER_DEVICE = """(.*?)"""', source, flags=re.S | re.M)
-    if found is None:
+    module = types.ModuleType(f"baseline_report_{rev}")
+    sys.modules[module.__name__] = module       # dataclasses look their module up there
+    try:
+        exec(compile(source, f"{rev}:report.py", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    query = getattr(module, "_PER_DEVICE", None)
+    if not isinstance(query, str):
         raise SystemExit(f"no _PER_DEVICE query in src/vagt/devices/report.py at {rev}")
-    return found.group(1)
+    return query
 
 
 def _params(cat: Catalogue) -> dict[str, Any]:
@@ -171,46 +203,88 @@ def _timed(conn: psycopg.Connection, query: str, params: dict[str, Any],
     return statistics.median(times), pd.DataFrame(rows, columns=report.PER_DEVICE_COLUMNS)
 
 
+def _build(url: str, devices: int, days_only: bool) -> None:
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        _fleet(conn, devices)
+        conn.execute(_DAYS_0022)
+        (_days_and_edges if days_only else _all_hours)(conn)
+        conn.execute(_DEVICE_DAILY)
+        conn.execute("VACUUM ANALYZE")
+    print(f"built in {time.perf_counter() - t0:.0f} s")
+
+
+def _sizes(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute(
+            "SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN "
+            "('readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
+            "'device_daily', 'readings', 'device_assignments')").fetchall())
+
+
+def _report_query(conn: psycopg.Connection, cat: Catalogue,
+                  repeat: int) -> tuple[float, pd.DataFrame]:
+    """The report's own call (its query, with the settings it runs it with)."""
+    period = report.Period(START.timestamp(), END.timestamp())
+    times, frame = [], pd.DataFrame()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        frame = report.per_device(conn, cat, period)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), frame
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--baseline", action="store_true", help="also 0019's query, hours only")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also --baseline-rev's query, over the same rows, in turn with this one")
     ap.add_argument("--baseline-rev", default="main")
     ap.add_argument("--days-only", action="store_true",
                     help="write days directly and hours only at stays' edges")
+    ap.add_argument("--url", default=None, help="a database this benchmark built and kept")
+    ap.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     args = ap.parse_args()
-    if args.baseline and args.days_only:
-        raise SystemExit("--baseline needs every hour: leave out --days-only")
-    url = fresh_database()
+    url = args.url or fresh_database()
     print(f"database {url}")
     cat = catalogue()
-    t0 = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as conn:
-        _fleet(conn, args.devices)
-        (_days_and_edges if args.days_only else _all_hours)(conn)
-        conn.execute("VACUUM ANALYZE")
-        sizes = dict(conn.execute(
-            "SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN "
-            "('readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
-            "'readings', 'device_assignments')").fetchall())
-    print(f"built in {time.perf_counter() - t0:.0f} s: "
-          + ", ".join(f"{k} {v:,}" for k, v in sorted(sizes.items())))
+    try:
+        if args.url is None:
+            _build(url, args.devices, args.days_only)
+        sizes = _sizes(url)
+        print(", ".join(f"{k} {v:,}" for k, v in sorted(sizes.items())))
+        _compare(url, cat, args)
+    finally:
+        if not args.keep and args.url is None:
+            drop_database(url)
+
+
+def _compare(url: str, cat: Catalogue, args: argparse.Namespace) -> None:
     params = _params(cat)
-    with psycopg.connect(url) as conn:
-        after, new = _timed(conn, report._PER_DEVICE, params, args.repeat)
-        print(f"days + edge hours: median {after:.2f} s of {args.repeat}, "
-              f"{len(new):,} devices, {sizes['readings_daily']:,} reading-days")
-        if args.baseline:
-            before, old = _timed(conn, _baseline_query(args.baseline_rev), params, args.repeat)
-            print(f"hours only ({args.baseline_rev}): median {before:.2f} s of {args.repeat}, "
-                  f"{sizes['readings_hourly']:,} reading-hours")
-            print(f"ratio: {before / after:.1f}x faster")
-            cols = [c for c in report.PER_DEVICE_COLUMNS if c != "in_catalogue"]
-            same = old[cols].fillna(-1).equals(new[cols].fillna(-1))
-            print(f"same per-device figures: {same}")
-            for vendor, rows in report.summary(new, "vendor").groupby("vendor"):
-                print(f"  {vendor}: heard_share {float(rows['heard_share'].iloc[0]):.4f}")
+    old_query = _baseline_query(args.baseline_rev) if args.baseline else None
+    after: list[float] = []
+    before: list[float] = []
+    new = old = pd.DataFrame()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(args.repeat):     # in turn: the machine's speed changes by the minute
+            t, new = _report_query(conn, cat, 1)
+            after.append(t)
+            if old_query is not None:
+                t, old = _timed(conn, old_query, params, 1)
+                before.append(t)
+    print(f"this revision: median {statistics.median(after):.2f} s of {args.repeat} "
+          f"({', '.join(f'{t:.2f}' for t in after)}), {len(new):,} devices")
+    if old_query is None:
+        return
+    print(f"{args.baseline_rev}: median {statistics.median(before):.2f} s of {args.repeat} "
+          f"({', '.join(f'{t:.2f}' for t in before)})")
+    print(f"ratio: {statistics.median(before) / statistics.median(after):.1f}x faster")
+    cols = [c for c in report.PER_DEVICE_COLUMNS if c != "in_catalogue"]
+    same = old[cols].fillna(-1).equals(new[cols].fillna(-1))
+    print(f"same per-device figures: {same}")
+    for vendor, rows in report.summary(new, "vendor").groupby("vendor"):
+        print(f"  {vendor}: heard_share {float(rows['heard_share'].iloc[0]):.4f}")
 
 
 if __name__ == "__main__":
