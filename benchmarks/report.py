@@ -39,6 +39,7 @@ from benchmarks.suite import fresh_database
 from vagt.app.device_hours import DAY, HOUR_BIT
 from vagt.devices import report
 from vagt.devices.catalogue import Catalogue, Model, load_catalogue
+from vagt.devices.report_query import DAY_SLOT_HOURS, slots_sql
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2026, 1, 1, 13, 30, tzinfo=UTC)
@@ -127,12 +128,19 @@ CREATE TABLE IF NOT EXISTS events_daily (
     day timestamptz NOT NULL, device_id text NOT NULL, events bigint NOT NULL,
     faults bigint NOT NULL, heard integer NOT NULL, PRIMARY KEY (device_id, day))"""
 
-# readings' and events' days together, as migration 0023 makes them
+# readings' and events' days together, and their weeks, as migration 0023 makes them
 _DEVICE_DAILY = """
 INSERT INTO device_daily (day, device_id, measurements, events, faults, heard)
 SELECT day, device_id, coalesce(r.measurements, 0), coalesce(v.events, 0),
        coalesce(v.faults, 0), coalesce(r.heard, 0) | coalesce(v.heard, 0)
-FROM readings_daily r FULL JOIN events_daily v USING (device_id, day)"""
+FROM readings_daily r FULL JOIN events_daily v USING (device_id, day)
+ORDER BY day"""
+_DEVICE_WEEKLY = f"""
+INSERT INTO device_weekly
+SELECT date_bin(INTERVAL '7 days', day, TIMESTAMPTZ '2000-01-03 00:00+00'), device_id,
+       sum(measurements), sum(events), sum(faults),
+       {", ".join(f"sum({slots_sql('heard', n)})" for n in DAY_SLOT_HOURS)}
+FROM device_daily GROUP BY 1, 2"""
 
 
 def _all_hours(conn: psycopg.Connection) -> None:
@@ -210,6 +218,7 @@ def _build(url: str, devices: int, days_only: bool) -> None:
         conn.execute(_DAYS_0022)
         (_days_and_edges if days_only else _all_hours)(conn)
         conn.execute(_DEVICE_DAILY)
+        conn.execute(_DEVICE_WEEKLY)
         conn.execute("VACUUM ANALYZE")
     print(f"built in {time.perf_counter() - t0:.0f} s")
 
@@ -219,7 +228,7 @@ def _sizes(url: str) -> dict[str, int]:
         return dict(conn.execute(
             "SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN "
             "('readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
-            "'device_daily', 'readings', 'device_assignments')").fetchall())
+            "'device_daily', 'device_weekly', 'readings', 'device_assignments')").fetchall())
 
 
 def _report_query(conn: psycopg.Connection, cat: Catalogue,

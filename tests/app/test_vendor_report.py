@@ -207,20 +207,20 @@ def test_the_aggregates_selects_give_the_report_the_same_figures(fleet):
     selects = _aggregate_selects()
     assert set(selects) == {"readings_hourly", "events_hourly", "readings_daily",
                             "events_daily"}
-    device_daily = re.search(r"^CREATE VIEW device_daily AS\s.*?;$",
-                             (MIGRATIONS / "0023_device_daily.timescale.sql").read_text(),
-                             flags=re.S | re.M)
+    text = (MIGRATIONS / "0023_device_days_and_weeks.timescale.sql").read_text()
+    device_daily = re.search(r"^CREATE VIEW device_daily AS\s.*?;$", text, flags=re.S | re.M)
     assert device_daily is not None
     with psycopg.connect(fleet, autocommit=True) as conn:
         conn.execute("CREATE FUNCTION time_bucket(width interval, ts timestamptz) "
                      "RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
                      "$$ SELECT date_bin(width, ts, TIMESTAMPTZ '2000-01-03 00:00+00') $$")
-        conn.execute("DROP TABLE readings_hourly, events_hourly, device_daily")
+        conn.execute("DROP TABLE readings_hourly, events_hourly, device_daily, device_weekly")
         for view, select in selects.items():
             conn.execute(f"CREATE VIEW {view} AS {select}")
         conn.execute(device_daily.group(0))
         period = report_module.Period(DAY1.timestamp(), DAY2.timestamp() + 86400)
-        devices = report_module.per_device(conn, load_catalogue(), period)
+        # as `vagt report vendors` reads TimescaleDB: days, no weekly counts
+        devices = report_module.per_device(conn, load_catalogue(), period, weeks=False)
     assert report_module.records(report_module.summary(devices, "vendor")) == EXPECTED
 
 
@@ -228,23 +228,51 @@ def test_the_aggregates_selects_give_the_report_the_same_figures(fleet):
 def test_the_report_counts_whole_days_whatever_the_sessions_time_zone(database_url, zone):
     """A Danish server's sessions run on Danish time, whose days are 23 or 25 hours long
     when the clocks change (the night to 2026-10-25: the day before the period is 25 hours
-    long there): a day is 24 hours in UTC."""
-    start = datetime(2026, 10, 26, tzinfo=UTC)
+    long there): a day is 24 hours in UTC, and a week 7 of them from Monday 00:00 UTC."""
+    start = datetime(2026, 10, 12, tzinfo=UTC)     # three weeks, over the change
     with psycopg.connect(database_url, autocommit=True) as c:
         c.execute("INSERT INTO devices (device_id, vendor, model, type, municipality, status) "
                   "VALUES ('DSP-1', 'Evondos', 'E300', 'medicine_dispenser', 'Aarhus', "
                   "'deployed')")
         c.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
                   "since) VALUES ('DSP-1', 'cit-1', 'Aarhus', '2026-09-01Z')")
-        for h in range(72):
-            c.execute("INSERT INTO readings (time, device_id, metric, value, unit, "
-                      "received_at) VALUES (%s, 'DSP-1', 'doses_remaining', 1, '{doses}', "
-                      "now())", (start + timedelta(hours=h, minutes=5),))
+        c.cursor().executemany(
+            "INSERT INTO readings (time, device_id, metric, value, unit, received_at) "
+            "VALUES (%s, 'DSP-1', 'doses_remaining', 1, '{doses}', now())",
+            [(start + timedelta(hours=h, minutes=5),) for h in range(21 * 24)])
     with psycopg.connect(database_url, autocommit=True, options=f"-c timezone={zone}") as c:
-        period = report_module.Period(start.timestamp(), start.timestamp() + 3 * 86400)
+        period = report_module.Period(start.timestamp(), start.timestamp() + 21 * 86400)
         device_hours.refresh(c, period.start, period.end)
         row = report_module.per_device(c, load_catalogue(), period).iloc[0]
-    assert (row.measurements, row.slots, row.slots_heard) == (72, 72, 72)
+    assert (row.measurements, row.slots, row.slots_heard) == (504, 504, 504)
+
+
+def test_a_device_heard_late_in_the_last_whole_week_is_not_silent_at_the_end(
+        database_url, monkeypatch, capsys):
+    """A report to Monday 00:30: a daily device's last slot takes in Sunday's evening, an
+    hourly one's Sunday's last hour, though Sunday ends a whole week (read from the weekly
+    counts on plain PostgreSQL, which have no hours)."""
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    monday = datetime(2026, 3, 9, tzinfo=UTC)
+    assert monday.weekday() == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for device, vendor, model in [("BP-1", "A&D", "UA-651BLE"), ("BP-2", "A&D", "UA-651BLE"),
+                                      ("DSP-1", "Evondos", "E300")]:
+            _device(conn, device, vendor, model, "bp_monitor", 0)
+            _assign(conn, device, "Aarhus", datetime(2026, 1, 1, tzinfo=UTC))
+        for day in range(35):                       # 2 February to Sunday 8 March
+            at = monday - timedelta(days=35 - day)
+            _reading(conn, "BP-1", "bp_systolic", at + timedelta(hours=10 if day < 34 else 20),
+                     120)
+            if day < 33:                            # nothing after Friday 6 March
+                _reading(conn, "BP-2", "bp_systolic", at + timedelta(hours=10), 120)
+            for h in range(24):
+                _reading(conn, "DSP-1", "doses_remaining", at + timedelta(hours=h, minutes=10),
+                         40)
+    assert main(["report", "vendors", "--from", "2026-02-02", "--to", "2026-03-09T00:30:00Z",
+                 "--json"]) == 0
+    groups = {g["vendor"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    assert (groups["A&D"]["silent_at_end"], groups["Evondos"]["silent_at_end"]) == (1, 0)
 
 
 def test_on_timescaledb_a_report_of_past_years_refreshes_nothing_retention_has_dropped():

@@ -1,10 +1,11 @@
 """The vendor report's per-device figures against a count of the raw rows themselves, over
 random fleets: stays at odd times, readings and events in random hours (days with events
 and no reading among them), late rows added after a refresh, slots of every kind (dividing
-a day or not, shorter and longer than one), and periods that begin and end inside an hour.
+a day or not, shorter and longer than one), and periods that begin and end inside an hour,
+with whole weeks in them or not.
 
-The count here knows nothing of hours tables, days or masks: it takes each reading and
-event, its hour, and the stays, as the README defines the figures.
+The count here knows nothing of hours tables, days, weeks or masks: it takes each reading
+and event, its hour, and the stays, as the README defines the figures.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from vagt.app import device_hours
+from vagt.app import db, device_hours
 from vagt.devices import report
 from vagt.devices.catalogue import Catalogue, Model
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "src/vagt/app/migrations"
-WINDOW = datetime(2026, 3, 1, tzinfo=UTC)      # the fleet's data: 14 days from here
-DAYS = 14
+WINDOW = datetime(2026, 3, 1, tzinfo=UTC)      # the fleet's data: 30 days from here
+DAYS = 30
 HOUR_US = 3_600_000_000
 
-# (vendor, model, heartbeat_s): slots of 1 h (a quarter-hour heartbeat), 2 h, 8 h, a day
-# (dividing a day), 5 h, 1.5 h and a week (not); "Other" is in no catalogue (an hour)
+# (vendor, model, heartbeat_s): slots of 1 h (a quarter-hour heartbeat), 2, 3, 4, 6, 8, 12
+# hours and a day (dividing a day), 5 h, 1.5 h and a week (not); "Other" is in no catalogue
+# (an hour)
 MODELS = [("T", "Quarter", 900), ("T", "Two", 7200), ("T", "Eight", 28800),
           ("T", "Daily", 86400), ("T", "Five", 18000), ("T", "NinetyMin", 5400),
-          ("T", "Weekly", 604800), ("Other", "Unknown", 0)]
+          ("T", "Weekly", 604800), ("Other", "Unknown", 0), ("T", "Three", 10800),
+          ("T", "Four", 14400), ("T", "Six", 21600), ("T", "Twelve", 43200)]
 CATALOGUE = Catalogue([Model(v, m, "scale", hb, "aa", ()) for v, m, hb in MODELS
                        if v != "Other"], "test")
 MEASURES = ["weight", "spo2", "pulse"]
@@ -65,16 +68,17 @@ def _at(rng: random.Random, lo: datetime, hours: float) -> datetime:
 
 def random_fleet(rng: random.Random) -> Fleet:
     devices, stays, readings, events = {}, [], [], []
-    for i in range(14):
+    for i in range(16):
         vendor, model, _ = MODELS[i % len(MODELS)]
         device = f"D-{i:02d}"
         devices[device] = (vendor, model, rng.randrange(5))
         # up to three stays one after another, from before the window to after it, some
-        # a few minutes apart (within one hour), the last one open or not
-        t = WINDOW + timedelta(hours=rng.uniform(-48, 24 * DAYS))
-        for _ in range(rng.randrange(4)):
-            until = t + timedelta(hours=rng.choice([0.1, 5, 30, 24 * 6, 24 * 20]) *
-                                  rng.random())
+        # a few minutes apart (within one hour), the last one open or not; one device in
+        # three with a citizen from before the window, for weeks
+        t = WINDOW + timedelta(hours=rng.uniform(-48, 24 * DAYS) if i % 3 else -72)
+        for _ in range(rng.randrange(0 if i % 3 else 1, 4)):
+            until = t + timedelta(hours=rng.choice([0.1, 5, 30, 24 * 6, 24 * 20, 24 * 40]) *
+                                  rng.uniform(0.3, 1))
             last = until > WINDOW + timedelta(days=DAYS)
             stays.append(Stay(device, rng.choice(["Aarhus", "Odense"]), t,
                               None if last and rng.random() < 0.7 else until))
@@ -185,18 +189,25 @@ def counted(fleet: Fleet, start: datetime, end: datetime,
 
 
 def reported(conn: psycopg.Connection, start: datetime, end: datetime,
-             municipality: str | None) -> list[tuple[object, ...]]:
+             municipality: str | None, weeks: bool = True) -> list[tuple[object, ...]]:
     devices = report.per_device(conn, CATALOGUE, report.Period(
-        start.timestamp(), end.timestamp(), municipality))
+        start.timestamp(), end.timestamp(), municipality), weeks)
     rows = devices.drop(columns=["vendor", "model", "type"]).astype(object)
     return [tuple(None if v is None or v != v else v for v in row)
             for row in rows.itertuples(index=False)]
 
 
-def _period(rng: random.Random) -> tuple[datetime, datetime, str | None]:
-    start = _at(rng, WINDOW - timedelta(days=1), 24 * 5)
-    end = start + timedelta(microseconds=rng.randrange(HOUR_US, 24 * 12 * HOUR_US))
-    return start, end, rng.choice([None, None, "Aarhus"])
+def _periods(rng: random.Random) -> list[tuple[datetime, datetime, str | None]]:
+    """Three periods: one of some four weeks (three whole ones in it, at least), two of an
+    hour to 26 days; all of the fleet or of one municipality."""
+    out = []
+    for longest in (24 * 28, 24 * 26, 24 * 26):
+        start = _at(rng, WINDOW - timedelta(days=1), 24 * (2 if longest > 24 * 26 else 5))
+        shortest = 24 * 25 if longest > 24 * 26 else 1
+        end = start + timedelta(microseconds=rng.randrange(shortest * HOUR_US,
+                                                           longest * HOUR_US))
+        out.append((start, end, rng.choice([None, None, "Aarhus"])))
+    return out
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -214,8 +225,53 @@ def test_the_report_counts_what_a_count_of_the_rows_gives(database_url, seed):
         store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i not in first],
               fleet.events[1::2])
         device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
-        for _ in range(3):
-            start, end, municipality = _period(rng)
+        for start, end, municipality in _periods(rng):
+            assert reported(conn, start, end, municipality) == counted(
+                fleet, start, end, municipality), (start, end, municipality)
+
+
+def _aggregate_selects() -> dict[str, str]:
+    """The continuous aggregates' SELECTs (0019's hours, 0022's days), by name."""
+    found: dict[str, str] = {}
+    for name in ("0019_device_hours", "0022_device_days"):
+        text = (MIGRATIONS / f"{name}.timescale.sql").read_text()
+        found.update(re.findall(r"CREATE MATERIALIZED VIEW (\w+)\s+WITH \([^)]*\) AS\s+"
+                                r"(SELECT.*?)\s+WITH NO DATA;", text, flags=re.S))
+    return found
+
+
+_TIME_BUCKET = ("CREATE FUNCTION time_bucket(width interval, ts timestamptz) "
+                "RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
+                "$$ SELECT date_bin(width, ts, TIMESTAMPTZ '2000-01-03 00:00+00') $$")
+
+
+def test_after_0023_the_report_counts_what_a_count_of_the_rows_gives(empty_database_url,
+                                                                      monkeypatch):
+    """A database on 0022 whose hours and days hold half the rows (as its refresh left
+    them), migrated: 0023's days and weeks are made from 0022's, and a refresh adds the
+    rest to them."""
+    rng = random.Random(7)
+    fleet = random_fleet(rng)
+    first = set(rng.sample(range(len(fleet.readings)), len(fleet.readings) // 2))
+    everything = db.list_migrations()
+    monkeypatch.setattr(db, "list_migrations", lambda: [m for m in everything if m.version < 23])
+    db.migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        register(conn, fleet)
+        store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i in first],
+              fleet.events[::2])
+        conn.execute(_TIME_BUCKET)
+        for table, select in _aggregate_selects().items():   # hours, then days from them
+            conn.execute(f"INSERT INTO {table} {select}")
+        conn.execute("INSERT INTO hourly_refresh (name, snapshot) "
+                     "VALUES ('device_hours', pg_current_snapshot())")
+    monkeypatch.setattr(db, "list_migrations", lambda: everything)
+    assert "0023_device_days_and_weeks (plain)" in db.migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i not in first],
+              fleet.events[1::2])
+        device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
+        for start, end, municipality in _periods(rng):
             assert reported(conn, start, end, municipality) == counted(
                 fleet, start, end, municipality), (start, end, municipality)
 
@@ -224,17 +280,13 @@ def _timescale_views(conn: psycopg.Connection) -> None:
     """The continuous aggregates' SELECTs (0019, 0022) as views over the raw rows, and 0023's
     view of the days over them, in place of the plain tables (time_bucket as TimescaleDB
     has it for an hour and a day)."""
-    conn.execute("CREATE FUNCTION time_bucket(width interval, ts timestamptz) "
-                 "RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
-                 "$$ SELECT date_bin(width, ts, TIMESTAMPTZ '2000-01-03 00:00+00') $$")
-    conn.execute("DROP TABLE readings_hourly, events_hourly, device_daily")
-    for name in ("0019_device_hours", "0022_device_days", "0023_device_daily"):
-        text = (MIGRATIONS / f"{name}.timescale.sql").read_text()
-        for view, select in re.findall(r"CREATE MATERIALIZED VIEW (\w+)\s+WITH \([^)]*\) AS\s+"
-                                       r"(SELECT.*?)\s+WITH NO DATA;", text, flags=re.S):
-            conn.execute(f"CREATE VIEW {view} AS {select}")
-        for view in re.findall(r"^CREATE VIEW \w+ AS\s.*?;$", text, flags=re.S | re.M):
-            conn.execute(view)
+    conn.execute(_TIME_BUCKET)
+    conn.execute("DROP TABLE readings_hourly, events_hourly, device_daily, device_weekly")
+    for view, select in _aggregate_selects().items():
+        conn.execute(f"CREATE VIEW {view} AS {select}")
+    text = (MIGRATIONS / "0023_device_days_and_weeks.timescale.sql").read_text()
+    for view in re.findall(r"^CREATE VIEW \w+ AS\s.*?;$", text, flags=re.S | re.M):
+        conn.execute(view)
 
 
 @pytest.mark.parametrize("seed", [5, 6])
@@ -245,7 +297,6 @@ def test_on_timescaledb_the_report_counts_what_a_count_of_the_rows_gives(databas
         register(conn, fleet)
         store(conn, fleet, fleet.readings, fleet.events)
         _timescale_views(conn)
-        for _ in range(3):
-            start, end, municipality = _period(rng)
-            assert reported(conn, start, end, municipality) == counted(
+        for start, end, municipality in _periods(rng):
+            assert reported(conn, start, end, municipality, weeks=False) == counted(
                 fleet, start, end, municipality), (start, end, municipality)

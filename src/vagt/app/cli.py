@@ -416,7 +416,8 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     period = report.Period(start, end, args.municipality)
     with database_url(config) as url, psycopg.connect(url, autocommit=True) as conn:
         device_hours.refresh(conn, start, end)
-        table = report.summary(report.per_device(conn, catalogue, period), args.by, low)
+        weeks = device_hours.flavour(conn) == "plain"   # TimescaleDB keeps days, not weeks
+        table = report.summary(report.per_device(conn, catalogue, period, weeks), args.by, low)
     print(report.render(table, period, args.json, low))
     return 0
 

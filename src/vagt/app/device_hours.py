@@ -18,6 +18,7 @@ import math
 import psycopg
 
 from vagt.app.retention import READINGS_RETENTION
+from vagt.devices.report_query import DAY_SLOT_HOURS, slots_sql
 
 log = logging.getLogger("vagt.device_hours")
 
@@ -35,10 +36,41 @@ BUCKET = "date_bin(INTERVAL '1 hour', time, TIMESTAMPTZ '2000-01-03 00:00+00')"
 DAY = "date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-03 00:00+00')"
 HOUR_BIT = f"1 << (extract(epoch FROM bucket - {DAY}) / 3600)::integer"
 
+WEEK = "date_bin(INTERVAL '7 days', a.day, TIMESTAMPTZ '2000-01-03 00:00+00')"
+
+
+def _adding(counts: tuple[str, ...]) -> str:
+    """SQL (CTE `added`: the new hours' days, with `counts` and `heard`) that adds them to
+    the days (0023) and to their weeks: counts added, masks OR-ed, and each slot count moved
+    by what the day's new mask counts more than its old one (the old: as the statement
+    found it; a day not there yet: none)."""
+    slots = [f"slots_{n}h" for n in DAY_SLOT_HOURS]
+    moved = ",\n           ".join(
+        f"sum({slots_sql('(coalesce(d.heard, 0) | a.heard)', n)} "
+        f"- {slots_sql('coalesce(d.heard, 0)', n)})" for n in DAY_SLOT_HOURS)
+    columns = ("measurements", "events", "faults")
+    added = ", ".join(f"sum(a.{c})" if c in counts else "0" for c in columns)
+    return f"""weekly AS (
+    INSERT INTO device_weekly AS w (week, device_id, {", ".join(columns)}, {", ".join(slots)})
+    SELECT {WEEK}, a.device_id, {added},
+           {moved}
+    FROM added a LEFT JOIN device_daily d ON d.device_id = a.device_id AND d.day = a.day
+    GROUP BY 1, 2
+    ON CONFLICT (week, device_id) DO UPDATE
+    SET {", ".join(f"{c} = w.{c} + excluded.{c}" for c in (*counts, *slots))}
+)
+INSERT INTO device_daily AS d (day, device_id, {", ".join(columns)}, heard)
+SELECT day, device_id, {", ".join(c if c in counts else "0" for c in columns)}, heard
+FROM added
+ON CONFLICT (device_id, day) DO UPDATE
+SET {", ".join(f"{c} = d.{c} + excluded.{c}" for c in counts)}, heard = d.heard | excluded.heard
+"""
+
+
 # The same counts as the continuous aggregates' SELECTs in 0019_device_hours.timescale.sql,
-# added to the hourly table, and the same hours added to the day of readings and events
-# together (0023): counts summed, hour masks OR-ed. One statement, so both see the same new
-# rows.
+# added to the hourly table, and the same hours added to the day and the week of readings
+# and events together (0023). One statement, so all see the same new rows. The events'
+# statement runs after the readings', and finds the days as those left them.
 _READINGS = f"""
 WITH new AS (
     SELECT {BUCKET} AS bucket, device_id, count(*) AS readings,
@@ -51,14 +83,12 @@ WITH new AS (
     ON CONFLICT (bucket, device_id) DO UPDATE
     SET readings = h.readings + excluded.readings,
         measurements = h.measurements + excluded.measurements
-)
-INSERT INTO device_daily AS d (day, device_id, measurements, events, faults, heard)
-SELECT {DAY}, device_id, sum(measurements), 0, 0, bit_or({HOUR_BIT})
-FROM new
-GROUP BY 1, 2
-ON CONFLICT (day, device_id) DO UPDATE
-SET measurements = d.measurements + excluded.measurements, heard = d.heard | excluded.heard
-"""
+), added AS (
+    SELECT {DAY} AS day, device_id, sum(measurements) AS measurements,
+           bit_or({HOUR_BIT}) AS heard
+    FROM new
+    GROUP BY 1, 2
+), {_adding(("measurements",))}"""
 
 _EVENTS = f"""
 WITH new AS (
@@ -71,15 +101,12 @@ WITH new AS (
     SELECT bucket, device_id, events, faults FROM new
     ON CONFLICT (bucket, device_id) DO UPDATE
     SET events = h.events + excluded.events, faults = h.faults + excluded.faults
-)
-INSERT INTO device_daily AS d (day, device_id, measurements, events, faults, heard)
-SELECT {DAY}, device_id, 0, sum(events), sum(faults), bit_or({HOUR_BIT})
-FROM new
-GROUP BY 1, 2
-ON CONFLICT (day, device_id) DO UPDATE
-SET events = d.events + excluded.events, faults = d.faults + excluded.faults,
-    heard = d.heard | excluded.heard
-"""
+), added AS (
+    SELECT {DAY} AS day, device_id, sum(events) AS events, sum(faults) AS faults,
+           bit_or({HOUR_BIT}) AS heard
+    FROM new
+    GROUP BY 1, 2
+), {_adding(("events", "faults"))}"""
 
 # Every row the transaction sees (the first refresh), or those the last refresh's snapshot
 # did not: stored by a transaction that was not yet committed when it read.

@@ -85,8 +85,8 @@ SKIPPED: dict[tuple[str, str], str] = {
         ("readings", "device_id"), ("rule_state", "device_id"),
         ("device_assignments", "device_id"), ("readings_hourly", "device_id"),
         ("events_hourly", "device_id"), ("device_daily", "device_id"),
-        # TimescaleDB's daily aggregates (0022), under its device_daily; plain PostgreSQL
-        # has no such tables since 0023
+        # plain PostgreSQL's alone (0023), and TimescaleDB's alone (0022's aggregates)
+        ("device_weekly", "device_id"),
         ("readings_daily", "device_id"), ("events_daily", "device_id")]},
     **{(t, c): "a copy of operators.username" for t, c in [
         ("alerts", "acknowledged_by"), ("alerts", "claimed_by"), ("alerts", "resolved_by"),
