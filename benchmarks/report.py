@@ -39,7 +39,7 @@ from benchmarks.suite import fresh_database
 from vagt.app.device_hours import DAY, HOUR_BIT
 from vagt.devices import report
 from vagt.devices.catalogue import Catalogue, Model, load_catalogue
-from vagt.devices.report_query import DAY_SLOT_HOURS, slots_sql
+from vagt.devices.report_query import DAY_SLOT_HOURS, period_weeks, slots_sql
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2026, 1, 1, 13, 30, tzinfo=UTC)
@@ -177,25 +177,31 @@ def _days_and_edges(conn: psycopg.Connection) -> None:
 
 
 def _baseline_query(rev: str) -> str:
-    """The per-device query of src/vagt/devices/report.py at `rev` (an f-string there since
-    0022: the module is run to build it)."""
-    source = subprocess.run(["git", "show", f"{rev}:src/vagt/devices/report.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    module = types.ModuleType(f"baseline_report_{rev}")
-    sys.modules[module.__name__] = module       # dataclasses look their module up there
-    try:
-        exec(compile(source, f"{rev}:report.py", "exec"), module.__dict__)
-    finally:
-        del sys.modules[module.__name__]
-    query = getattr(module, "_PER_DEVICE", None)
-    if not isinstance(query, str):
-        raise SystemExit(f"no _PER_DEVICE query in src/vagt/devices/report.py at {rev}")
-    return query
+    """The per-device query of the report at `rev`: vagt.devices.report_query.PER_DEVICE, or
+    before that module report._PER_DEVICE (an f-string there since 0022: the module is run
+    to build it)."""
+    for path, name in (("src/vagt/devices/report_query.py", "PER_DEVICE"),
+                       ("src/vagt/devices/report.py", "_PER_DEVICE")):
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            continue
+        module = types.ModuleType(f"baseline_{rev}_{Path(path).stem}")
+        sys.modules[module.__name__] = module       # dataclasses look their module up there
+        try:
+            exec(compile(shown.stdout, f"{rev}:{path}", "exec"), module.__dict__)
+        finally:
+            del sys.modules[module.__name__]
+        query = getattr(module, name, None)
+        if isinstance(query, str):
+            return query
+    raise SystemExit(f"no per-device query of the report at {rev}")
 
 
 def _params(cat: Catalogue) -> dict[str, Any]:
     models = list(cat)
-    return {"start": START, "end": END, "municipality": None,
+    w0, w1 = period_weeks(START, END)
+    return {"start": START, "end": END, "w0": w0, "w1": w1, "municipality": None,
             "vendors": [m.vendor for m in models], "models": [m.model for m in models],
             "heartbeats": [float(m.heartbeat_s) for m in models],
             "slot_hours": [report.day_slot_hours(m.heartbeat_s) for m in models]}
