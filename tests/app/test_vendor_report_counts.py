@@ -230,6 +230,22 @@ def test_the_report_counts_what_a_count_of_the_rows_gives(database_url, seed):
                 fleet, start, end, municipality), (start, end, municipality)
 
 
+def test_the_days_read_by_range_or_by_key_count_alike(database_url, monkeypatch):
+    """Which days are read in ranges for every span and which by key for some is the
+    period's whole weeks (`period_weeks`); anywhere else, the figures are the same."""
+    rng = random.Random(8)
+    fleet = random_fleet(rng)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, fleet)
+        store(conn, fleet, fleet.readings, fleet.events)
+        device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
+        for start, end, municipality in _periods(rng):
+            bounds = sorted(_at(rng, start - timedelta(days=3), 24 * 30) for _ in range(2))
+            monkeypatch.setattr(report, "period_weeks", lambda s, e, b=bounds: tuple(b))
+            assert reported(conn, start, end, municipality) == counted(
+                fleet, start, end, municipality), (start, end, municipality, bounds)
+
+
 def _aggregate_selects() -> dict[str, str]:
     """The continuous aggregates' SELECTs (0019's hours, 0022's days), by name."""
     found: dict[str, str] = {}

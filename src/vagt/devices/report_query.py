@@ -109,14 +109,21 @@ def per_device_sql(weeks: bool) -> str:
     up to the report's `now`), and what the per-device counts, bad readings, its last battery
     level and its message counter say about them. An hour counts for a span if they overlap.
 
-    The period's rows are joined to a hash of the spans (a row is matched by its device,
-    then its span's range), read once in the order they are stored, by parallel workers
-    where there are some, and summed per span as they come. Spans are `spans_slot` written
-    out there (NOT MATERIALIZED: a materialized CTE can be read by no parallel worker, and
-    the planner knows none of its columns, so it guessed a few hundred devices and read each
-    one's days by key, a page a day); the small joins read the spans computed once
-    (`spans_once`). Parameters: start, end, municipality, the catalogue's vendors, models,
-    heartbeats and slot_hours, and the period's whole weeks w0, w1 (`period_weeks`)."""
+    The weeks, and the days at the period's ends (outside its whole weeks), are read once
+    for the whole period and joined to a hash of the spans (a row matched by its device,
+    then by its span's range), summed per span as they come, by parallel workers where the
+    planner finds them worth it. OFFSET 0 fences those reads: the planner cannot guess how
+    many spans there are and would read them span by span, by key. The spans are
+    `spans_slot` written out there (NOT MATERIALIZED: a materialized CTE can be read by no
+    parallel worker, and the planner knows none of its columns); the small joins read them
+    computed once (`spans_once`). A span whose whole weeks are not the period's (a stay
+    that began or ended in it, a slot that does not divide a day) has its days inside the
+    period's weeks read by its key, from the key's index alone. Every part of a span is a
+    row of `parts`, summed per device.
+
+    Parameters: start, end, municipality, the catalogue's vendors, models, heartbeats and
+    slot_hours, and the period's whole weeks w0, w1 (`period_weeks`: for any w0 <= w1 the
+    figures are the same, only the reads differ)."""
     wl, wh, weeks_cte, weeks_part = _weeks_sql(weeks)
     edge_blocks = ("(sp.first_slot - date_part('epoch', e.day) / sp.slot_s)::integer",
                    "(sp.end_slot - date_part('epoch', e.day) / sp.slot_s)::integer")
@@ -188,7 +195,7 @@ day_rows AS (   -- a span's whole days outside its whole weeks: those outside th
         WHERE (d.day >= %(start)s AND d.day < %(w0)s) OR (d.day >= %(w1)s AND d.day < %(end)s)
         OFFSET 0) d
       ON d.device_id = sp.device_id AND d.day >= sp.ds AND d.day < sp.de
-     AND (d.day < sp.wl OR d.day >= sp.wh)
+     AND (d.day < sp.wl OR d.day >= sp.wh)   -- (not the span's weeks, wherever w0, w1 are)
     UNION ALL   -- ...and those in them, for a span whose whole weeks are others, by key
     SELECT sp.id, sp.slot_hours, sp.e, sp.quiet_after, d.day, d.measurements, d.events,
            d.faults, d.heard
