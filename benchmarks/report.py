@@ -11,7 +11,8 @@ device is with a citizen from before the period; 10 % move once in it (a stay th
 another that starts days later, at odd hours). The period ends at 13:30, as a report run
 "until now" does. The days of readings and of events are made as 0022 kept them
 (`readings_daily`, `events_daily`: the benchmark makes these tables where 0023 dropped them,
-so a baseline from before 0023 reads them), and `device_daily` from them as 0023 does.
+so a baseline from before 0023 reads them), and `device_daily` and `device_weekly` from them
+as 0023 does.
 Without --days-only the hourly tables hold every hour and the days are made from them;
 with it the days are written directly, and hours only where the report reads them (a
 stay's partial days), so a year at 100,000 devices builds in minutes. Prints the medians,

@@ -316,3 +316,15 @@ def test_a_database_not_yet_migrated_for_the_report_says_so_in_one_line(
     assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-02"]) == 2
     err = capsys.readouterr().err
     assert "run `vagt db migrate`" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_database_migrated_before_its_days_and_weeks_says_which_migration_in_one_line(
+        database_url, monkeypatch, capsys):
+    """The CLI of this release against a database its engines took to 0022 only."""
+    with psycopg.connect(database_url) as c:
+        c.execute("DELETE FROM schema_migrations WHERE version >= 23")
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-02"]) == 2
+    err = capsys.readouterr().err
+    assert "(migration 0023)" in err and "run `vagt db migrate`" in err
+    assert "Traceback" not in err and err.count("\n") == 1

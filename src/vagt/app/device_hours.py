@@ -1,13 +1,13 @@
-"""The hourly and daily per-device counts the vendor report reads (`readings_hourly`,
-`events_hourly`, migration 0019; `device_daily`, 0023): brought up to date for a period
-before a report reads them.
+"""The hourly, daily and weekly per-device counts the vendor report reads (`readings_hourly`,
+`events_hourly`, migration 0019; `device_daily`, `device_weekly`, 0023): brought up to date
+for a period before a report reads them.
 
 TimescaleDB: continuous aggregates (daily ones on the hourly ones, 0022; `device_daily` a
-view joining the daily ones), refreshed over the period (their policies keep the last days;
-late rows older than that wait for a refresh that covers them). Plain PostgreSQL: tables,
-to which each refresh adds the rows stored since the last one, told apart by transaction
-snapshot (see 0019), so no row is counted twice or missed, however late its transaction
-commits; the hours it adds go into the days.
+view joining the daily ones; no weekly counts), refreshed over the period (their policies
+keep the last days; late rows older than that wait for a refresh that covers them). Plain
+PostgreSQL: tables, to which each refresh adds the rows stored since the last one, told
+apart by transaction snapshot (see 0019), so no row is counted twice or missed, however
+late its transaction commits; the hours it adds go into the days and the weeks.
 """
 
 from __future__ import annotations
@@ -116,15 +116,16 @@ _SINCE = ("stored_xid >= %(xmin)s "
 
 
 class NotMigrated(RuntimeError):
-    """The database has not had migration 0019 yet (its engines not yet upgraded)."""
+    """The database has not had migration 0023 yet (its engines not yet upgraded)."""
 
 
 def flavour(conn: psycopg.Connection) -> str:
-    """'timescale' or 'plain': how migration 0019 was applied here."""
-    row = conn.execute("SELECT flavour FROM schema_migrations WHERE version = 19").fetchone()
+    """'timescale' or 'plain': how migration 0023 (the report's days and weeks; its hours
+    are 0019's) was applied here."""
+    row = conn.execute("SELECT flavour FROM schema_migrations WHERE version = 23").fetchone()
     if row is None:
-        raise NotMigrated("the database has no hourly device counts (migration 0019) yet: "
-                           "run `vagt db migrate`")
+        raise NotMigrated("the database has not the vendor report's daily and weekly device "
+                          "counts (migration 0023) yet: run `vagt db migrate`")
     return str(row[0])
 
 
