@@ -457,6 +457,12 @@ def test_the_vendor_report_on_the_demos_database_counts_what_its_devices_sent(
                  "--to", str(today + timedelta(days=1)), "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]
     assert sum(g["devices"] for g in groups) == 40
-    # 40 devices for a day with their citizens: 1.33 device-months, of which some was heard
+    # 40 devices for a day with their citizens: 1.33 device-months
     assert sum(g["device_months"] for g in groups) > 1.3
-    assert any((g["heard_share"] or 0) > 0 for g in groups)
+    # and what they sent in it, all of it: how much passes in 6 s depends on the machine's
+    # load (the heard share of a few minutes in a day rounds to 0.0 on a busy one)
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT count(*) FILTER (WHERE metric NOT IN ('battery', "
+                              "'signal')), count(*) FROM readings").fetchone()
+    assert stored is not None and stored[1] > 0
+    assert sum(g["measurements"] for g in groups) == stored[0]
