@@ -126,6 +126,9 @@ def show_probe(label: str, report: dict[str, Any]) -> None:
           f"{m['free_bytes'] / 2**20:.0f} MB free in its arenas ({len(heaps)} over 1 MB: "
           + ", ".join(f"{h['system'] / 2**20:.0f}/{h['free'] / 2**20:.0f}" for h in heaps)
           + " MB held/free)", flush=True)
+    if "trimmed_kb" in report:
+        before, after = report["trimmed_kb"]
+        print(f"      malloc_trim(0): resident {before / MB:.0f} -> {after / MB:.0f} MB", flush=True)
     if "garbage" in report:
         g = report["garbage"]
         print(f"      a full collection: {g['unreachable']:,} unreachable objects, resident "
@@ -182,6 +185,8 @@ def drain(broker: Broker, fleet: list[Any], traffic: Callable[[str], list[tuple[
                     reports |= {"end": _ask(probe_dir, "end"), "gc": _ask(probe_dir, "gc-end")}
                 time.sleep(after)
                 later = sampler.parts()
+                if probe is not None:   # after the rules' first ticks
+                    reports["after"] = _ask(probe_dir, "trim-after")
             peak = sampler.peak()
         print(f"    drained {n:,} in {seconds:.1f} s ({n / seconds:,.0f} msg/s)")
         print(f"    resident after start-up {mb(ready)}")

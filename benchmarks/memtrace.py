@@ -9,8 +9,9 @@ memory, glibc's allocator totals (`mallinfo2`: what its arenas hold in use and f
 heaps (`malloc_info`), pymalloc's (`sys._debugmallocstats`), and with FRAMES > 0 (tracemalloc
 on from the start, FRAMES frames a trace) the largest allocation sites then. A label that
 begins with `gc` also runs a full collection and counts what it found unreachable and what
-is alive after it, by type. With FRAMES > 0 it also reports by itself each time the traced
-memory grows 10 % past the last report (DIR/peak.json): what was held near the peak.
+is alive after it, by type; one that begins with `trim` calls glibc's `malloc_trim(0)`.
+With FRAMES > 0 it also reports by itself each time the traced memory grows 10 % past the
+last report (DIR/peak.json): what was held near the peak.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def report(directory: Path, label: str) -> None:
         out.update(_sites())
     if label.startswith("gc"):   # last: it changes what the others would see
         out["garbage"] = _garbage()
+    if label.startswith("trim"):   # what glibc's free pages would give back (malloc_trim)
+        before = _status()["VmRSS"]
+        _libc.malloc_trim(0)
+        out["trimmed_kb"] = (before, _status()["VmRSS"])
     tmp = directory / f".{label}.json"
     tmp.write_text(json.dumps(out, indent=1))
     tmp.rename(directory / f"{label}.json")
