@@ -136,6 +136,17 @@ def test_a_database_password_with_a_bare_percent_stops_run_with_2_and_is_never_s
     assert "50%off" not in err and "Traceback" not in err
 
 
+def _run_restoring_signals() -> int:
+    """`vagt run` in this process, which installs its signal handlers: the test's are put
+    back after."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        return main(["run"])
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
 def test_a_taken_metrics_port_stops_run_with_2_naming_the_port_and_the_setting(
         database_url, monkeypatch, capsys):
     monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
@@ -167,12 +178,7 @@ def test_a_file_that_does_not_load_stops_run_with_2_before_the_schema_is_touched
     f.write_text(text)
     monkeypatch.setenv("VAGT_DATABASE_URL", empty_database_url)
     monkeypatch.setenv(variable, str(f))
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        assert main(["run"]) == 2
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    assert _run_restoring_signals() == 2
     err = capsys.readouterr().err
     assert err.startswith("vagt: ") and str(f) in err
     assert query(empty_database_url, "SELECT count(*) FROM pg_tables "
@@ -225,12 +231,7 @@ def test_a_mistyped_webhook_url_stops_run_without_showing_its_token(
     monkeypatch.setenv("VAGT_DATABASE_URL", empty_database_url)
     monkeypatch.setenv("VAGT_ALERTS", str(f))
     monkeypatch.setenv("CC_SECRET", "0123456789abcdef-secret")
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        assert main(["run"]) == 2
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    assert _run_restoring_signals() == 2
     err = capsys.readouterr().err
     assert "'url' must start with http:// or https://" in err and "cc.example/hooks" in err
     assert "s3cret" not in err
