@@ -163,6 +163,30 @@ def test_a_bad_policy_names_the_file_the_entry_and_the_field(tmp_path, toml, mes
     assert str(e.value).startswith(f"{p}: ")
 
 
+@pytest.mark.parametrize(("matcher", "why"), [
+    ('device_id=~"(OXI-.+)+"', "exponential time"),
+    ('code!~".*.*.*x"', "at most 2"),
+    ('device_id=~"(?P<a>x)(?P=a)"', "a back-reference ((?P=name)) cannot be used in an alert policy"),
+])
+def test_a_policy_pattern_that_could_stall_every_alert_is_refused_at_load(tmp_path, matcher, why):
+    for toml in (f"[[route.routes]]\nname = 'slow'\nmatchers = ['{matcher}']",
+                 f"[[inhibit]]\nname = 'slow'\nsource = ['{matcher}']\ntarget = ['a=\"b\"']"):
+        p = tmp_path / "alerts.toml"
+        p.write_text(toml)
+        with pytest.raises(PolicyError) as e:
+            load_policy(p, env={})
+        assert "'slow'" in str(e.value) and why in str(e.value)
+
+
+def test_a_policy_may_look_around_and_set_flags_where_a_silence_may_not(tmp_path):
+    p = tmp_path / "alerts.toml"
+    p.write_text("[[route.routes]]\nname = 'not-tests'\nqueue = 'q'\n"
+                 "matchers = ['device_id=~\"(?!TEST-)(?i:oxi)-.*\"']")
+    policy = load_policy(p, env={})
+    assert [where(policy, device_id=d).queue for d in ("OXI-1", "oxi-2", "TEST-OXI-3")] == \
+        ["q", "q", "rule_queue"]
+
+
 def test_the_time_to_acknowledge_is_set_per_priority_and_never_takes_one_away(tmp_path):
     assert load_policy(None).time_to_acknowledge_s == {1: 600.0, 2: 1800.0}
     p = tmp_path / "alerts.toml"

@@ -1,6 +1,8 @@
 """The regular expressions a silence may hold: none whose matches cannot be judged (lookarounds,
 back-references), and none that can backtrack for long on a label value, since they run on
-the alarm's path (`suppression.reconcile`); and reading a pattern that only lists words.
+the alarm's path (`suppression.reconcile`). The alert policy's routes and inhibit rules run
+there too (`routing`, `suppression`): theirs are held to the same bounds on backtracking,
+and may look around. And reading a pattern that only lists words.
 """
 
 from __future__ import annotations
@@ -14,28 +16,34 @@ MAX_PATTERN = 200
 MAX_REPEATS = 2
 
 _QUANTIFIER = re.compile(r"\{(\d*)(?:(,)(\d*))?\}")
+_FLAGS = re.compile(r"[aiLmsux-]+([):])")   # after "(?": (?i) or (?i:...)
 _LOOKAROUNDS = {"=": "a lookahead", "!": "a negative lookahead", "<=": "a lookbehind",
                 "<!": "a negative lookbehind"}
 
 
-def pattern_problem(pattern: str) -> str | None:
-    """Why a silence may not use this regular expression (a sentence), or None.
+def pattern_problem(pattern: str, *, in_policy: bool = False) -> str | None:
+    """Why a silence (or with `in_policy`, the alert policy) may not use this regular
+    expression (a sentence), or None.
 
     It must compile (the caller checked), be at most MAX_PATTERN characters, hold no
-    lookaround, back-reference, conditional or inline flag, repeat no group that itself
-    repeats or has alternatives (`(a+)+`, `(a|aa)*`: exponential backtracking) other than at
-    most once (`?`), and have at most MAX_REPEATS repeats of a variable count."""
+    back-reference, repeat no group that itself repeats or has alternatives (`(a+)+`,
+    `(a|aa)*`: exponential backtracking) other than at most once (`?`), and have at most
+    MAX_REPEATS repeats of a variable count. A silence's may hold no lookaround, conditional
+    or inline flag either; the policy's may (it is an admin's file, read at start-up, and
+    nothing judges what it matches beforehand)."""
     if len(pattern) > MAX_PATTERN:
         return f"a pattern may be at most {MAX_PATTERN} characters, this one has {len(pattern)}"
-    return _Scan(pattern).problem()
+    return _Scan(pattern, in_policy).problem()
 
 
 class _Scan:
     """One pass over the pattern: groups on a stack, each remembering whether anything in it
     repeats or has alternatives, and the atom a quantifier that follows applies to."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, in_policy: bool) -> None:
         self.p = pattern
+        self.in_policy = in_policy
+        self.used_in = "an alert policy" if in_policy else "a silence"
         self.i = 0
         self.repeats = 0
         # per open group: (something in it repeats, it has alternatives)
@@ -60,7 +68,7 @@ class _Scan:
     def escape(self) -> str | None:
         nxt = self.p[self.i + 1:self.i + 2]
         if nxt in tuple("123456789"):
-            return "a back-reference (\\1 ...) cannot be used in a silence"
+            return f"a back-reference (\\1 ...) cannot be used in {self.used_in}"
         self.i += 2
         self.atom = (False, False)
         return None
@@ -78,23 +86,28 @@ class _Scan:
         return None
 
     def open_group(self) -> str | None:
-        rest = self.p[self.i + 1:]
-        if rest.startswith("?"):
-            ext = rest[1:]
-            for start, name in _LOOKAROUNDS.items():
-                if ext.startswith(start):
-                    return f"{name} ((?{start}...)) cannot be used in a silence: what it " \
-                           "matches cannot be judged before it is in force"
-            if ext.startswith("P="):
-                return "a back-reference ((?P=name)) cannot be used in a silence"
-            if ext.startswith(":"):
-                self.i += 3
-            elif ext.startswith("P<"):
-                self.i = self.p.index(">", self.i) + 1
-            else:
-                return "of the (?...) groups a silence may use only (?:...) and (?P<name>...)"
-        else:
+        ext = self.p[self.i + 2:] if self.p.startswith("(?", self.i) else None
+        if ext is None:
             self.i += 1
+        elif ext.startswith(("P=", "(")):
+            what = "a back-reference ((?P=name))" if ext[0] == "P" else "a conditional ((?(1)...))"
+            return f"{what} cannot be used in {self.used_in}"
+        elif ext.startswith(":"):
+            self.i += 3
+        elif ext.startswith("P<"):
+            self.i = self.p.index(">", self.i) + 1
+        elif around := next((s for s in _LOOKAROUNDS if ext.startswith(s)), None):
+            if not self.in_policy:
+                return f"{_LOOKAROUNDS[around]} ((?{around}...)) cannot be used in a silence: " \
+                       "what it matches cannot be judged before it is in force"
+            self.i += 2 + len(around)
+        elif self.in_policy and (flags := _FLAGS.match(ext)):
+            self.i += 2 + flags.end()
+            if flags.group(1) == ")":   # (?i) at the start: the whole pattern's, no group
+                self.atom = None
+                return None
+        else:
+            return "of the (?...) groups a silence may use only (?:...) and (?P<name>...)"
         self.stack.append([False, False])
         self.atom = None
         return None

@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vagt.alerts.matchers import Matcher, MatcherError, parse_matcher
+from vagt.alerts.matchers import Matcher, MatcherError, Op, parse_matcher
+from vagt.alerts.patterns import pattern_problem
 from vagt.alerts.routing import Route
 from vagt.alerts.urls import without_secrets
 from vagt.tomlfile import read_toml
@@ -413,6 +414,12 @@ class _Reader:
     def matchers(self, doc: dict[str, Any], key: str, where: str) -> tuple[Matcher, ...]:
         texts = self.strings(doc, key, where, ())
         try:
-            return tuple(parse_matcher(t) for t in texts)
+            matchers = tuple(parse_matcher(t) for t in texts)
         except MatcherError as e:
             raise self.fail(where, f"'{key}': {e}") from None
+        # Routing and inhibition run on every alert's path, an alarm's too: a pattern that
+        # can backtrack for seconds is refused here, at start-up, not met at the first alarm.
+        for m in matchers:
+            if m.op in (Op.RE, Op.NRE) and (problem := pattern_problem(m.value, in_policy=True)):
+                raise self.fail(where, f"'{key}': {m}: {problem}")
+        return matchers
