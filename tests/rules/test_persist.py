@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import numpy as np
 from tests.rules.harness import Harness
 
-from vagt.rules.persist import pack, unpack
+from vagt.rules.config import Rule
+from vagt.rules.persist import Layout, definition_hash, pack, unpack
 
 RULES = """
 [[rule]]
@@ -87,3 +92,30 @@ def test_a_rule_whose_definition_differs_is_not_read_into(tmp_path):
     changed = Harness(tmp_path, RULES.replace("count = 5", "count = 7"))
     unpack(changed.engine, np.array([0], dtype=np.int64), p.layout, p.slots, p.values, p.texts)
     assert ("stuck", "run") not in arrays(changed, [0])  # starts afresh, as a reload does
+
+
+def test_state_an_engine_of_before_stored_under_its_rules_repr_is_read(tmp_path):
+    # until 2026-12-06 a rule's state was kept under the hash of its repr
+    h = Harness(tmp_path, RULES)
+    h.batch(events=[(2, "dose.due", T)])
+    rows = np.array([2], dtype=np.int64)
+    with h.engine.lock:
+        p = pack(h.engine, rows)
+    by_repr = {r.name: hashlib.sha256(repr(r.definition).encode()).hexdigest()[:12]
+               for r, _ in h.engine.rule_states()}
+    old = Layout(json.dumps([[e[0], by_repr[e[0]], *e[2:]] for e in p.layout.entries]))
+    assert old.spec != p.layout.spec
+    other = Harness(tmp_path, RULES)
+    unpack(other.engine, rows, old, p.slots, p.values, p.texts)
+    assert arrays(other, [2])[("dose", "pending_code")] == "['dose.due']"
+
+
+def test_a_field_added_to_rules_later_leaves_the_hash_their_state_is_under(tmp_path):
+    # with a default, as every field after the first must have; set, it is a changed rule
+    later = dataclasses.make_dataclass("Rule", [("new_setting", float, dataclasses.field(
+        default=1.0))], bases=(Rule,), frozen=True)
+    for rule, _ in Harness(tmp_path, RULES).engine.rule_states():
+        d = rule.definition
+        assert definition_hash(later(**dataclasses.asdict(d))) == definition_hash(d)
+        assert definition_hash(later(**dataclasses.asdict(d), new_setting=2.0)) != \
+            definition_hash(d)

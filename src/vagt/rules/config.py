@@ -78,9 +78,9 @@ class Rule:
     clear_at: float | None = None  # threshold: hysteresis; clears only past this level
     for_s: float = 0.0             # threshold: the condition must hold this long (device time)
     # threshold: readings further apart than this break `for` (None: `for` itself). Not in
-    # the repr: the rules' stored state is keyed by a hash of it (`persist.definition_hash`),
-    # and a new field there would make the state every engine stored before unreadable
-    # (pending doses, runs, open timers of every rule). Equality still compares it.
+    # the repr: the state engines stored until 2026-12-06 is read by a hash of the repr
+    # (`persist.hashes_read`), which a new field there would change for every rule. Equality
+    # and `persist.definition_hash` compare it. A field added now needs no such care.
     max_gap_s: float | None = field(default=None, repr=False)
     alert_after: int = 0           # validity: this many implausible values in a row alert (0: never)
     count: int = 0                 # stuck: identical values in a row; flapping: more than this

@@ -15,6 +15,7 @@ afresh.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,13 +24,37 @@ from functools import cached_property
 import numpy as np
 
 from vagt.rules._columns import F64, I64
+from vagt.rules.config import Rule
 from vagt.rules.engine import RuleEngine
 
 _NUMERIC = {"f8": np.float64, "i8": np.int64, "b1": np.bool_}
 
 
-def definition_hash(rule: object) -> str:
-    return hashlib.sha256(repr(rule).encode()).hexdigest()[:12]
+def definition_hash(rule: Rule) -> str:
+    """What a rule's stored state is kept under: a hash of the fields its definition sets to
+    other than their defaults, by name. A field added to `Rule` later (with a default) leaves
+    every hash as it was, so the state engines stored before (pending doses, runs, open
+    timers) is still read; a field changed makes a new hash, and the rule starts afresh, as
+    a reload does."""
+    given = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)
+             if getattr(rule, f.name) != _default(f)}
+    text = json.dumps(given, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _default(f: dataclasses.Field[object]) -> object:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def hashes_read(rule: Rule) -> tuple[str, str]:
+    """The hashes a rule's stored state is read under: `definition_hash`, and the hash of
+    its repr that state was stored under until 2026-12-06 (a field added to the repr changed
+    every rule's; the fields since then are out of it). An engine of before that date reads
+    only the latter: while old and new engines share a subscription, a device's state the
+    new one wrote starts afresh in the old."""
+    return definition_hash(rule), hashlib.sha256(repr(rule).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -124,7 +149,7 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
     engine.lock."""
     if len(rows) == 0:
         return
-    states = {r.name: (definition_hash(r.definition), st) for r, st in engine.rule_states()}
+    states = {r.name: (hashes_read(r.definition), st) for r, st in engine.rule_states()}
     n = int(rows.max()) + 1
     lengths = np.fromiter((len(s) // 2 for s in slots), dtype=np.int64, count=len(slots))
     c = np.frombuffer(b"".join(slots), dtype="<u2").astype(np.int64)
@@ -134,7 +159,7 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
     for e, first in lay.numeric:
         rule, h, name, dtype, width, fill = lay.entries[e]
         here = states.get(rule)
-        if here is None or here[0] != h:
+        if here is None or h not in here[0]:
             continue
         a = here[1].array(name, n, fill, _NUMERIC[dtype], width)
         block = matrix[:, first:first + max(1, width)]
@@ -143,7 +168,7 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
     for e, entry in enumerate(lay.entries):
         rule, h, name, dtype, width, fill = entry
         here = states.get(rule)
-        if dtype != "o" or here is None or here[0] != h:
+        if dtype != "o" or here is None or h not in here[0]:
             continue
         a = here[1].array(name, n, fill, object, width)
         a[rows] = str(fill)
