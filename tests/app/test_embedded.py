@@ -408,6 +408,60 @@ def test_the_demo_stops_and_says_so_when_the_engine_fails(database_url, tmp_path
     assert "the engine failed: RuntimeError('the rules file is broken')" in capsys.readouterr().err
 
 
+def open_alert(conn: psycopg.Connection, device_id: str) -> int:
+    row = conn.execute(
+        "INSERT INTO alerts (fingerprint, rule, device_id, summary, severity, priority, queue,"
+        " opened_at, last_fired_at) VALUES (%s, 'stand_in', %s, %s, 'critical', 1, 'emergency',"
+        " now(), now()) RETURNING id",
+        (f"stand_in:{device_id}", device_id, f"alarm.fall from {device_id}")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def printed_alerts(out: str) -> list[str]:
+    return [line.split()[1] for line in out.splitlines() if line.startswith("ALERT")]
+
+
+def test_an_alert_committed_after_a_later_one_was_printed_is_printed_too(
+        database_url, tmp_path: Path, capsys):
+    """The alarm lane commits within milliseconds while a bulk batch holding a lower alert
+    id is still committing: the demo printed the higher id first, and must not then skip
+    the lower one."""
+    ids: list[int] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        with psycopg.connect(config.database.url) as bulk, \
+                psycopg.connect(config.database.url, autocommit=True) as alarm:
+            ids.append(open_alert(bulk, "SCL-000001"))   # the bulk batch, not yet committed
+            ids.append(open_alert(alarm, "ALM-000001"))  # the alarm, committed at once
+            stop.wait(3.0)                               # the demo prints it meanwhile
+            bulk.commit()
+        stop.wait()
+
+    assert run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=6,
+                    run_engine=engine) == 0
+    assert ids[0] < ids[1]
+    assert printed_alerts(capsys.readouterr().out) == [f"#{ids[1]}", f"#{ids[0]}"]
+
+
+def test_an_alert_the_engine_commits_while_it_stops_is_printed(
+        database_url, tmp_path: Path, capsys):
+    """Ctrl-C stops the demo's printing first and the engine after it, which commits the
+    batch in hand: an alarm in it is printed before the demo ends."""
+    ids: list[int] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        stop.wait()
+        with psycopg.connect(config.database.url) as conn:
+            ids.append(open_alert(conn, "ALM-000002"))
+
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    assert run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=None,
+                    run_engine=engine, stop=stop) == 0
+    assert printed_alerts(capsys.readouterr().out) == [f"#{ids[0]}"]
+
+
 def test_an_alert_line_reads_left_to_right_as_an_operator_would():
     from datetime import UTC, datetime
     line = format_alert(42, datetime(2025, 11, 22, 9, 30, tzinfo=UTC), "emergency", 1,

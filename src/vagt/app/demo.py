@@ -44,7 +44,7 @@ log = logging.getLogger("vagt.demo")
 EngineRunner = Callable[[Config, threading.Event], None]
 
 NEW_ALERTS = ("SELECT id, opened_at, queue, priority, severity, device_id, summary "
-              "FROM alerts WHERE id > %s ORDER BY id")
+              "FROM alerts WHERE id > %s AND id <> ALL(%s::bigint[]) ORDER BY id")
 STORED = ("SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM dead_letters), "
           "(SELECT coalesce(max(id), 0) FROM alerts)")
 
@@ -177,12 +177,16 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
             engine_config = dataclasses.replace(
                 engine_config, metrics_port=_metrics_port(config.metrics_host, config.metrics_port))
             sim = options.simulation(fleet, config.mqtt.topic_root, start)
-            # entered in this order, stopped in the reverse: devices, engine, database, broker
+            alerts = _AlertPrinter(db_url)
+            # entered in this order, stopped in the reverse: devices, engine, the alerts the
+            # engine committed while it stopped (its last batch may hold an alarm), database,
+            # broker
+            stack.callback(alerts.print_last)
             workers.append(stack.enter_context(
                 _Worker("engine", functools.partial(run_engine, engine_config))))
             workers.append(stack.enter_context(
                 _Worker("simulator", functools.partial(_simulate, mqtt_url, sim, options, rate, sent))))
-            _report_until(db_url, stop, _deadline(duration), sent, workers)
+            _report_until(db_url, stop, _deadline(duration), sent, workers, alerts)
     except KeyboardInterrupt:
         print("vagt demo: stopped", flush=True)
     return _outcome(workers)
@@ -289,18 +293,41 @@ class _Worker:
             self.failure = e
 
 
+class _AlertPrinter:
+    """Prints each alert committed since the demo began, once. Ids are not committed in their
+    order: the alarm lane commits an alarm within milliseconds while a bulk batch that took a
+    lower id is still committing, so a lower id may come after a higher one was printed."""
+
+    def __init__(self, db_url: str) -> None:
+        self._db_url = db_url
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            self._before = _stored(conn)[2]
+        self._printed: list[int] = []
+
+    def print_new(self, conn: psycopg.Connection) -> None:
+        for row in conn.execute(NEW_ALERTS, (self._before, self._printed)).fetchall():
+            print(format_alert(*row), flush=True)
+            self._printed.append(row[0])
+
+    def print_last(self) -> None:
+        """The alerts committed since the last print: called once the engine has stopped."""
+        try:
+            with psycopg.connect(self._db_url, autocommit=True) as conn:
+                self.print_new(conn)
+        except psycopg.Error as e:
+            log.warning("event=demo_last_alerts_unread error=%r", e)
+
+
 def _report_until(db_url: str, stop: threading.Event, deadline: float | None,
-                  sent: PublishStats, workers: list[_Worker]) -> None:
+                  sent: PublishStats, workers: list[_Worker], alerts: _AlertPrinter) -> None:
     """Every second: the alerts opened since, and one line of counts and rates; until `stop`,
     the deadline, or a worker ending (which it does only when it fails)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        readings_before, dead_before, last_alert = _stored(conn)
+        readings_before, dead_before, _ = _stored(conn)
         started = previous = time.monotonic()
         seen = _Counts(0, 0, 0)
         while not stop.wait(1.0):
-            for row in conn.execute(NEW_ALERTS, (last_alert,)).fetchall():
-                print(format_alert(*row), flush=True)
-                last_alert = row[0]
+            alerts.print_new(conn)
             readings, dead, _ = _stored(conn)
             now = time.monotonic()
             counts = _Counts(sent.sent, readings - readings_before, dead - dead_before)
