@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from vagt.app import db
 from vagt.app.config import Config, load_config
-from vagt.app.demo import SimOptions, format_alert, run_demo, run_simulate
+from vagt.app.demo import SimOptions, format_alert, run_demo, run_simulate, vagt_command
 from vagt.app.embedded import EmbeddedServerError, embedded_broker, embedded_postgres, free_port
 from vagt.app.engine import run_engine
 from vagt.sim import publish_backlog
@@ -460,6 +460,23 @@ def test_an_alert_the_engine_commits_while_it_stops_is_printed(
     assert run_demo(demo_config(tmp_path), database=database_url, devices=20, duration=None,
                     run_engine=engine, stop=stop) == 0
     assert printed_alerts(capsys.readouterr().out) == [f"#{ids[0]}"]
+
+
+def test_the_demos_hint_runs_the_vagt_beside_it_when_the_path_finds_none(monkeypatch,
+                                                                          tmp_path: Path):
+    """scripts/demo runs .venv/bin/vagt without activating .venv: a hint saying `vagt ...`
+    would be 'command not found' when pasted."""
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    command = vagt_command()
+    assert command != "vagt"
+    ran = subprocess.run([command, "alerts", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert ran.returncode == 0 and "usage: vagt alerts" in ran.stdout
+
+
+def test_the_demos_hint_says_vagt_when_the_path_finds_this_one(monkeypatch):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert vagt_command() == "vagt"
 
 
 def test_an_alert_line_reads_left_to_right_as_an_operator_would():

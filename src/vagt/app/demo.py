@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -172,7 +173,7 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
             if not database:
                 where = demo_data_dir(config)
                 print(f"vagt demo: its database is its own, in {where}; see it with "
-                      f"`VAGT_DATA_DIR={where} vagt alerts list`", flush=True)
+                      f"`VAGT_DATA_DIR={where} {vagt_command()} alerts list`", flush=True)
             engine_config = demo_engine_config(config, mqtt_url, db_url)
             engine_config = dataclasses.replace(
                 engine_config, metrics_port=_metrics_port(config.metrics_host, config.metrics_port))
@@ -202,6 +203,20 @@ def demo_engine_config(config: Config, mqtt_url: str, db_url: str) -> Config:
         mqtt=dataclasses.replace(config.mqtt, url=mqtt_url, protocol=4, share_group=""),
         database=dataclasses.replace(config.database, url=db_url),
         alerts="")
+
+
+def vagt_command() -> str:
+    """How to run vagt from here: `vagt` when the PATH finds this one, else the script beside
+    this interpreter (`.venv/bin/vagt` after scripts/demo, which activates no environment)."""
+    beside = Path(sys.executable).parent / "vagt"
+    on_path = shutil.which("vagt")
+    if not beside.is_file() or (on_path is not None
+                                and Path(on_path).resolve() == beside.resolve()):
+        return "vagt"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _say_what_is_ignored(config: Config) -> None:
