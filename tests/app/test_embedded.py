@@ -233,6 +233,19 @@ def test_simulate_sends_traffic_at_the_rate_for_the_duration_and_writes_the_flee
     assert "every one acknowledged" in capsys.readouterr().out
 
 
+def test_simulate_for_no_time_writes_the_fleet_to_register_first_and_needs_no_broker(
+        tmp_path: Path, capsys):
+    """The README's order: write the fleet, import it, then send its traffic (sent before
+    the import, every message would be an unknown_device dead letter)."""
+    fleet_file = tmp_path / "fleet.csv"
+    nobody = f"mqtt://127.0.0.1:{free_port()}"
+    assert run_simulate(nobody, "vagt/v1", 40, 50.0, 0, SimOptions(seed=1), fleet_file) == 0
+    assert len(fleet_file.read_text().splitlines()) == 41
+    out = capsys.readouterr().out
+    assert f"register it with `vagt devices import {fleet_file}`" in out
+    assert "vagt simulate:" not in out and "sent" not in out
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["simulate", "--speed", "0"], "argument --speed: must be a number above 0, got 0"),
     (["simulate", "--rate", "-5"], "argument --rate: must be a number above 0, got -5"),

@@ -104,12 +104,18 @@ def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration:
                  options: SimOptions, fleet_file: Path | None = None, protocol: int = 4) -> int:
     """Send a simulated fleet's traffic to any broker, at most `rate` messages a second, until
     `duration` seconds have passed or Ctrl-C. The devices must be registered: `fleet_file`
-    writes them as a CSV for `vagt devices import`."""
+    writes them as a CSV for `vagt devices import`; with a `duration` of 0, that is all, and
+    no broker is needed."""
     fleet = make_fleet(devices, options.run_seed())
+    only_the_file = duration is not None and duration <= 0
     if fleet_file is not None:
         fleet_file.write_text(fleet_csv(fleet), encoding="utf-8")
         print(f"wrote the simulated fleet to {fleet_file}; register it with "
-              f"`vagt devices import {fleet_file}`")
+              f"`vagt devices import {fleet_file}`"
+              + ("" if only_the_file else " (until then the engine keeps their messages as "
+                 "unknown_device dead letters; --duration 0 writes the file and sends nothing)"))
+    if only_the_file:
+        return 0
     sim = options.simulation(fleet, topic_root)
     speed = "as fast as the rate allows" if options.speed is None else f"{options.speed:g}x"
     print(f"vagt simulate: {devices} devices, at most {rate:g} messages/s to {redact_url(url)} "
