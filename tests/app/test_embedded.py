@@ -401,6 +401,32 @@ def test_each_demo_run_sends_new_traffic_and_prints_the_seed_that_repeats_it(
     assert seeds[0] != seeds[1] and seeds[2] == 7
 
 
+def test_a_demo_device_returned_or_lost_between_runs_stays_so_and_the_demo_runs_again(
+        database_url, tmp_path: Path, capsys):
+    """Someone walks the README's lifecycle on the demo's devices between two runs: the next
+    run keeps what they did and starts, and registers the devices it did not have."""
+    from vagt.devices import report_lost, return_device
+
+    def run(devices: int) -> int:
+        return run_demo(demo_config(tmp_path), database=database_url, devices=devices,
+                        duration=0.5, run_engine=lambda _c, s: s.wait())
+
+    assert run(20) == 0
+    with psycopg.connect(database_url) as conn:
+        lost, returned = (row[0] for row in conn.execute(
+            "SELECT device_id FROM devices ORDER BY device_id LIMIT 2"))
+        report_lost(conn, lost, actor="anna")
+        return_device(conn, returned, actor="anna")
+    capsys.readouterr()
+    assert run(25) == 0
+    assert "25 simulated devices in 19 municipalities (5 newly registered)" \
+        in capsys.readouterr().out
+    with psycopg.connect(database_url) as conn:
+        statuses = dict(conn.execute("SELECT device_id, status FROM devices").fetchall())
+    assert len(statuses) == 25
+    assert statuses[lost] == "lost" and statuses[returned] == "in_stock"
+
+
 def test_the_demo_stops_when_its_stop_event_is_set(database_url, tmp_path: Path, capsys):
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()

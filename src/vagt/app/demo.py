@@ -251,11 +251,19 @@ def _metrics_port(host: str, port: int) -> int:
 
 
 def register_fleet(db_url: str, fleet: list[SimDevice], at: float | None = None) -> int:
-    """Register (or update) the simulated devices, those new deployed to their citizens at
-    `at` (epoch seconds; default now); how many were new."""
+    """Register the simulated devices the registry does not have yet, deployed to their
+    citizens at `at` (epoch seconds; default now); how many were new. Those it has stay as
+    they are: someone trying the lifecycle on the demo's database may have returned, moved,
+    lost or retired one, and importing the fleet as it began would refuse every later run."""
     when = None if at is None else datetime.fromtimestamp(at, UTC)
     with psycopg.connect(db_url) as conn:
-        return import_csv(conn, fleet_csv(fleet), actor="demo", at=when).created
+        known = {row[0] for row in conn.execute(
+            "SELECT device_id FROM devices WHERE device_id = ANY(%s)",
+            ([d.device_id for d in fleet],))}
+        new = [d for d in fleet if d.device_id not in known]
+        if not new:
+            return 0
+        return import_csv(conn, fleet_csv(new), actor="demo", at=when).created
 
 
 def demo_data_dir(config: Config) -> Path:
