@@ -37,12 +37,15 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
 @pytest.mark.parametrize(("env", "message"), [
     ({"VAGT_MQTT_URL": "http://x"}, "'mqtt.url' (VAGT_MQTT_URL) must start with mqtt://"),
     ({"VAGT_DATABASE_URL": "mysql://x"}, "'database.url' (VAGT_DATABASE_URL) must start with"),
-    ({"VAGT_METRICS_PORT": "ninety"}, "'metrics_port' must be a whole number, got 'ninety'"),
+    ({"VAGT_METRICS_PORT": "ninety"},
+     "'metrics_port' (VAGT_METRICS_PORT) must be a whole number, got 'ninety'"),
     ({"VAGT_METRICS_PORT": "70000"}, "'metrics_port' (VAGT_METRICS_PORT) must be a port"),
     ({"VAGT_RULES": "/no/such/rules.toml"}, "'rules' (VAGT_RULES): /no/such/rules.toml"),
-    ({"VAGT_ALARM_PROCESS": "maybe"}, "'ingest.alarm_process' must be true or false"),
+    ({"VAGT_ALARM_PROCESS": "maybe"},
+     "'ingest.alarm_process' (VAGT_ALARM_PROCESS) must be true or false"),
     ({"VAGT_BULK_RECEIVER_PROCESS": "2"},
-     "'ingest.bulk_receiver_process' must be true or false"),
+     "'ingest.bulk_receiver_process' (VAGT_BULK_RECEIVER_PROCESS) must be "
+     "true or false"),
     ({"VAGT_BULK_NICE": "20"},
      "'ingest.bulk_nice' (VAGT_BULK_NICE) must be a niceness from 0 to 19, got 20"),
     ({"VAGT_BULK_BATCH_MAX": "0"}, "'ingest.bulk_batch_max' (VAGT_BULK_BATCH_MAX) must be at "
@@ -54,6 +57,8 @@ def test_file_settings_apply_when_the_environment_is_silent(tmp_path: Path):
                                 "unset it for the default"),
     ({"VAGT_MQTT_URL": "  "}, "VAGT_MQTT_URL is set but empty"),
     ({"VAGT_ALERTS": ""}, "VAGT_ALERTS is set but empty"),
+    ({"VAGT_RULES_TICK_S": "fast"},
+     "'rules_tick_s' (VAGT_RULES_TICK_S) must be a number, got 'fast'"),
     ({"VAGT_BULK_BACKLOG_WAIT_MS": "10001"},
      "'ingest.bulk_backlog_wait_ms' (VAGT_BULK_BACKLOG_WAIT_MS) must be from 0 to 10000 ms, "
      "got 10001"),

@@ -219,6 +219,16 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+# Each setting's variable, so that a message names both, whichever of them was given.
+_VARIABLES = {f"{section}.{key}" if section else key: var
+              for var, (section, key) in ENV_SETTINGS.items()}
+
+
+def _named(name: str) -> str:
+    variable = _VARIABLES.get(name)
+    return f"'{name}' ({variable})" if variable else f"'{name}'"
+
+
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -227,28 +237,28 @@ def _coerce(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if kind == "int":
         if isinstance(value, bool):
-            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}")
+            raise ConfigError(f"setting {_named(name)} must be a whole number, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
+            raise ConfigError(f"setting {_named(name)} must be a whole number, got {value!r}") from None
     if kind == "float":
         try:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
+            raise ConfigError(f"setting {_named(name)} must be a number, got {value!r}") from None
     if kind == "bool":
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
-        raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
+        raise ConfigError(f"setting {_named(name)} must be true or false, got {value!r}")
     if kind == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"setting '{name}' must be a string, got {value!r}")
+            raise ConfigError(f"setting {_named(name)} must be a string, got {value!r}")
         return value
     return value
 
