@@ -369,6 +369,44 @@ def test_a_redirect_is_recorded_with_where_it_pointed_so_ops_can_mend_the_url(da
     assert "s3cret" not in error
 
 
+def capitalised_webhook_policy(tmp_path, url: str) -> DeliveryPolicy:
+    path = tmp_path / "alerts.toml"
+    path.write_text(f"[[delivery.webhook]]\nname = 'callcentre'\nurl = '{url}'\n"
+                    "secret_env = 'CC_SECRET'\n")
+    return load_policy(path, {"CC_SECRET": SECRET.decode()}).delivery
+
+
+def test_a_webhook_url_with_its_scheme_in_capitals_is_taken_and_delivered_to(
+        database_url, receiver, tmp_path):
+    """A URL copied from a receiver's documentation as HTTPS://... is the same URL: a
+    scheme is case-insensitive (RFC 3986, 3.1)."""
+    receiver.failures = 0
+    policy = capitalised_webhook_policy(
+        tmp_path, f"HTTP://127.0.0.1:{receiver.port}/hooks/vagt")
+    (alert_id,) = alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        worker = DeliveryWorker(pool, policy, senders_for(policy, mqtt_defaults={},
+                                                          client_id="test"), Clock())
+        assert worker.deliver_due() == 1
+    assert [d["alert"]["id"] for d in receiver.accepted()] == [alert_id]  # type: ignore[index]
+    assert [d[1:4] for d in deliveries(database_url)] == [(1, True, False)]
+
+
+def test_a_failed_delivery_to_a_url_in_capitals_is_recorded_without_its_token(
+        database_url, tmp_path):
+    port = free_port()                      # nobody listens
+    policy = capitalised_webhook_policy(
+        tmp_path, f"HTTPS://cc:s3cret@127.0.0.1:{port}/hooks/vagt?key=s3cret")
+    alarms(database_url, policy, 1)
+    with open_pool(database_url, 1, 2) as pool:
+        DeliveryWorker(pool, policy, senders_for(policy, mqtt_defaults={}, client_id="test"),
+                       Clock()).deliver_due()
+    [(_, attempts, delivered, dead, error)] = deliveries(database_url)
+    assert (attempts, delivered, dead) == (1, False, False)
+    assert str(error).startswith(f"https://127.0.0.1:{port}/hooks/vagt: ")
+    assert "s3cret" not in str(error)
+
+
 def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and_the_next_goes(
         database_url):
     receiver = Receiver(failures=3, status=400).start()

@@ -290,8 +290,10 @@ class _Reader:
                      where)
         name = self.target_name(doc, where, names)
         url = self.string(doc, "url", where, "")
-        if not url.startswith(("http://", "https://")):
-            # shown as the webhook's errors show it: a token in it would reach the log
+        scheme, slashes, _ = url.partition("://")
+        if not slashes or scheme.lower() not in ("http", "https"):
+            # a scheme is case-insensitive (RFC 3986 3.1): HTTPS://host/hook is https.
+            # Shown as the webhook's errors show it: a token in it would reach the log
             raise self.fail(where, "'url' must start with http:// or https://, got "
                                    f"{without_secrets(url)!r}")
         secret = self.secret(doc, where, "secret", "signing secret")
