@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from tests.app.db_proxy import DatabaseProxy
 
 from vagt.app import db
 from vagt.app.config import Config, load_config
@@ -244,6 +245,41 @@ def test_simulate_for_no_time_writes_the_fleet_to_register_first_and_needs_no_br
     out = capsys.readouterr().out
     assert f"register it with `vagt devices import {fleet_file}`" in out
     assert "vagt simulate:" not in out and "sent" not in out
+
+
+class SlowToTakeConnections(DatabaseProxy):
+    """The test's Mosquitto behind a proxy that takes a connection only `delay_s` after it
+    came (a broker host under load): the client's CONNECT waits in the listen backlog."""
+
+    def __init__(self, broker_port: int, delay_s: float) -> None:
+        super().__init__(("127.0.0.1", broker_port))
+        self.delay_s = delay_s
+
+    def _accept(self, listener: socket.socket) -> None:
+        time.sleep(self.delay_s)
+        super()._accept(listener)
+
+
+def test_simulate_runs_its_duration_from_when_the_broker_took_the_connection(
+        broker, topic_root, capsys):
+    """A broker slow to answer (1.5 s) must not eat the run: --rate 50 --duration 1 sends
+    about 50 messages however long the connection took, not none."""
+    sub, got = mqtt_client(broker.port)
+    subscribe(sub, f"{topic_root}/dev/#")
+    proxy = SlowToTakeConnections(broker.port, delay_s=1.5)
+    proxy.up()
+    try:
+        code = run_simulate(f"mqtt://127.0.0.1:{proxy.port}", topic_root, 40, 50.0, 1.0,
+                            SimOptions(seed=1), None, 5)
+    finally:
+        proxy.down()
+    said = re.search(r"sent (\d+) messages, every one acknowledged", capsys.readouterr().out)
+    assert code == 0 and said is not None
+    assert wait_until(lambda: len(got) >= int(said[1]))
+    close(sub)
+    # the old clock, started before the connection, left none of the second; a busy machine
+    # may send fewer than the rate allows, never more
+    assert 25 <= len(got) == int(said[1]) <= 55
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -103,9 +103,9 @@ DEMO_FLEET_SEED = 1
 def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration: float | None,
                  options: SimOptions, fleet_file: Path | None = None, protocol: int = 4) -> int:
     """Send a simulated fleet's traffic to any broker, at most `rate` messages a second, until
-    `duration` seconds have passed or Ctrl-C. The devices must be registered: `fleet_file`
-    writes them as a CSV for `vagt devices import`; with a `duration` of 0, that is all, and
-    no broker is needed."""
+    `duration` seconds have passed since the broker took the connection, or Ctrl-C. The
+    devices must be registered: `fleet_file` writes them as a CSV for `vagt devices import`;
+    with a `duration` of 0, that is all, and no broker is needed."""
     fleet = make_fleet(devices, options.run_seed())
     only_the_file = duration is not None and duration <= 0
     if fleet_file is not None:
@@ -122,11 +122,9 @@ def run_simulate(url: str, topic_root: str, devices: int, rate: float, duration:
           f"under {topic_root}/, simulated time from {options.history_h:g} h ago at {speed} "
           "until the present, then in real time; Ctrl-C stops", flush=True)
     stats = PublishStats()
-    deadline = _deadline(duration)
     try:
         asyncio.run(publish(url, sim.messages(), rate, pacing=Pacing(sim.start, options.speed),
-                            stop=lambda: deadline is not None and time.monotonic() >= deadline,
-                            protocol=protocol, stats=stats))
+                            duration=duration, protocol=protocol, stats=stats))
     except KeyboardInterrupt:
         print(f"interrupted: {stats.acknowledged} messages acknowledged by the broker")
         return 130

@@ -69,20 +69,23 @@ class BrokerAddress:
 
 async def publish(url: str, messages: Iterable[Outgoing], rate: float | None = None, *,
                   pacing: Pacing | None = None, stop: Callable[[], bool] | None = None,
-                  protocol: int = 4, stats: PublishStats | None = None,
-                  window: int = WINDOW) -> int:
+                  duration: float | None = None, protocol: int = 4,
+                  stats: PublishStats | None = None, window: int = WINDOW) -> int:
     """Publish each (topic, payload) at QoS 1, at most `rate` a second (None: as fast as the
     broker takes them), each SimMessage not before `pacing` says; return how many the broker
     acknowledged, which is all of them.
 
-    Ends when `messages` ends or `stop()` is true (checked between messages and while
-    waiting). Protocol 4 (MQTT 3.1.1) works with every broker, amqtt included.
+    Ends when `messages` ends, `stop()` is true (checked between messages and while
+    waiting), or `duration` seconds after the broker took the connection: as the rate,
+    the duration counts from there, so a broker slow to answer does not cut the run short.
+    Protocol 4 (MQTT 3.1.1) works with every broker, amqtt included.
     """
     stats = stats if stats is not None else PublishStats()
     address = BrokerAddress.parse(url)
     try:
         async with _client(address, protocol, window) as client:
-            await _publish_all(client, messages, _Timing(rate, pacing, stop), stats, window)
+            await _publish_all(client, messages, _Timing(rate, pacing, stop, duration),
+                               stats, window)
     except* aiomqtt.MqttError as group:
         raise PublishError(f"publishing to {address.host}:{address.port} failed after "
                            f"{stats.acknowledged} acknowledged messages: "
@@ -104,14 +107,20 @@ def _client(address: BrokerAddress, protocol: int, window: int) -> aiomqtt.Clien
 
 
 class _Timing:
-    """When the next message may go: the rate, the pacing of simulated time, the stop flag."""
+    """When the next message may go: the rate, the pacing of simulated time, the stop flag,
+    the duration; rate and duration count from `started`."""
 
     def __init__(self, rate: float | None, pacing: Pacing | None,
-                 stop: Callable[[], bool] | None) -> None:
+                 stop: Callable[[], bool] | None, duration: float | None = None) -> None:
         self.rate = rate
         self.pacing = pacing
-        self.stopped = stop if stop is not None else (lambda: False)
+        self.stop = stop if stop is not None else (lambda: False)
+        self.duration = duration
         self.started = time.monotonic()
+
+    def stopped(self) -> bool:
+        return self.stop() or (self.duration is not None
+                               and time.monotonic() - self.started >= self.duration)
 
     async def wait(self, sent: int, message: Outgoing) -> bool:
         """Wait until `message` (the `sent`-th) may go; False if stopped meanwhile."""
@@ -132,7 +141,7 @@ async def _publish_all(client: aiomqtt.Client, messages: Iterable[Outgoing], tim
     # Each publish is a task, so the rate is not bound to one round trip per message; tasks
     # start in creation order, so a device's messages leave in the order they were made.
     slots = asyncio.Semaphore(window)
-    timing.started = time.monotonic()  # connected: the rate counts from here
+    timing.started = time.monotonic()  # connected: the rate and the duration count from here
     async with asyncio.TaskGroup() as tasks:
         for n, message in enumerate(messages):
             if not await timing.wait(n, message):
