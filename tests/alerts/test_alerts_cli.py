@@ -248,6 +248,23 @@ def test_a_silence_from_the_command_line_needs_a_supervisors_account(database_ur
     assert (actor, via) == ("sofie", f"cli:{getpass.getuser()}")
 
 
+def test_a_silence_refused_on_the_command_line_exits_2_saying_why_and_is_audited(
+        database_url, conn, capsys):
+    add_operator(database_url, "sofie", "supervisor")
+    assert silences(database_url, "add", "rule=personal_alarm", "--comment", "quiet night",
+                    "--duration", "2h", "--author", "sofie") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vagt: the silence could hold back critical alerts (of "
+                          "personal_alarm)")
+    [(actor, details)] = conn.execute("SELECT actor, details FROM audit_log "
+                                      "WHERE action = 'silence.refused'").fetchall()
+    assert actor == "sofie"
+    assert (details["matchers"], details["comment"], details["via"]) == (
+        ['rule="personal_alarm"'], "quiet night", f"cli:{getpass.getuser()}")
+    assert f"vagt: {details['reason']}" == err.strip()
+    assert conn.execute("SELECT count(*) FROM silences").fetchone() == (0,)
+
+
 def silences(conninfo: str, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="vagt")
     cli.add_parser(parser.add_subparsers())

@@ -374,6 +374,40 @@ def test_a_silence_made_before_the_limits_is_listed_with_warnings(api):
     assert api.as_("anna").get(f"/api/v1/alerts/{alarm}").json()["status"] == "open"
 
 
+@pytest.mark.parametrize(("matchers", "hours", "why"), [
+    (['rule="personal_alarm"'], 2, "could hold back critical alerts (of personal_alarm)"),
+    (['device_id="ALM-0001"'], 24 * 30, "a silence may last at most 3d"),
+    (['device_id=~"(a+)+"'], 2, "(a+)+"),
+], ids=["too broad", "too long", "runaway pattern"])
+def test_a_refused_silence_answers_422_and_is_in_the_audit_log_with_who_what_and_why(
+        api, matchers, hours, why):
+    """Every operator action is audited, a refused one too: the request's transaction is
+    rolled back on the refusal, the audit entry is not."""
+    ends_at = (datetime.now(UTC) + timedelta(hours=hours)).replace(microsecond=0)
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": matchers, "comment": "quiet night", "ends_at": ends_at.isoformat()})
+    assert r.status_code == 422
+    assert why in r.json()["detail"]
+    [(actor, subject, details)] = rows(
+        api.database_url, "SELECT actor, subject, details FROM audit_log "
+                          "WHERE action = 'silence.refused'")
+    assert (actor, subject) == ("sofie", "silence (refused)")
+    assert details["matchers"] == matchers
+    assert (details["comment"], details["reason"]) == ("quiet night", r.json()["detail"])
+    assert datetime.fromisoformat(details["ends_at"]) == ends_at
+    assert rows(api.database_url, "SELECT count(*) FROM silences") == [(0,)]
+
+
+def test_a_municipal_supervisors_refused_silence_is_audited_as_it_was_asked_for(api):
+    r = api.as_("mette").post("/api/v1/silences", json={
+        "matchers": ['rule="personal_alarm"'], "comment": "quiet night",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert r.status_code == 422
+    [(actor, matchers)] = rows(api.database_url, "SELECT actor, details->'matchers' "
+                                                 "FROM audit_log WHERE action = 'silence.refused'")
+    assert (actor, matchers) == ("mette", ['rule="personal_alarm"', 'municipality="Aarhus"'])
+
+
 def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
     r = api.as_("sofie").post("/api/v1/silences", json={
         "matchers": ["device_id"], "comment": "x",

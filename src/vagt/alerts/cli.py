@@ -410,7 +410,8 @@ def handle_silence_add(args: argparse.Namespace, conninfo: str,
     now = datetime.now(UTC)
     start = args.start or now
     end = args.end or start + args.duration
-    with psycopg.connect(conninfo) as conn:
+    # autocommit: a refusal is audited in a transaction of its own (`create_silence`)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         who = _acting(conn, args.author, Role.SUPERVISOR)
         s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=who.username,
                            comment=args.comment, municipality=who.municipality, now=now,

@@ -2,9 +2,10 @@
 
 An alert whose labels match every matcher of a silence that is in force is kept as
 `suppressed` with the silence as its reason; when the silence ends (or is expired early)
-it comes back. Creating and expiring are audited in `audit_log`, refusals logged
-(`event=silence_refused`). The comment becomes the reason of the alerts it holds, which the
-call centre's systems are sent: one holding a CPR number is refused (`vagt.privacy.HoldsCpr`).
+it comes back. Creating and expiring are audited in `audit_log`, and so is a refused
+attempt (`silence.refused`), which is logged too (`event=silence_refused`). The comment
+becomes the reason of the alerts it holds, which the call centre's systems are sent: one
+holding a CPR number is refused (`vagt.privacy.HoldsCpr`).
 
 A silence that can match a critical alert (a personal alarm) must name its devices one by
 one (`silence_scope`), and none may last longer than the policy's `max_silence`.
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from vagt.alerts.actions import AlertError, checked_operator
@@ -32,12 +34,16 @@ from vagt.alerts.silence_scope import (
     names_devices,
 )
 from vagt.alerts.suppression import reconcile
-from vagt.privacy import HoldsCpr, without_cpr
+from vagt.errors import first_line
+from vagt.privacy import HoldsCpr, mask_cpr, without_cpr
 from vagt.rules.config import Rule
 
 log = logging.getLogger("vagt.alerts")
 
 MAX_COMMENT = 1000
+REFUSED = "silence (refused)"   # the audit subject of a refused attempt: it has no id
+_MAX_MATCHERS_KEPT = 50        # of a refused attempt's, in its audit entry
+_MAX_MATCHER_KEPT = 500        # characters of each
 
 
 class SilenceError(AlertError):
@@ -95,8 +101,16 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
 
     A municipal author's silence is limited to their municipality (a matcher is added).
     It is judged by `rules` (default: the installed rule book, `silence_scope`) and
-    `policy`; a refusal (SilenceError, HoldsCpr, InvalidOperator) is logged.
+    `policy`; a refusal (SilenceError, HoldsCpr, InvalidOperator) is logged. One of the
+    silence itself (SilenceError: too broad, too long, a pattern, its times or comment) is
+    also audited (`silence.refused`: who, what was asked, why) in a transaction of its own,
+    which the caller's rollback on the error leaves in place: `conn` must have no
+    transaction in progress (autocommit, or idle). Of one for a CPR number nothing is kept,
+    as of every such refusal, and an author's name that is refused is nobody to audit.
     """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError("create_silence needs a connection with no transaction in progress: "
+                         "a refusal is audited in a transaction of its own")
     now = now or datetime.now(UTC)
     policy = policy or current_policy()
     rules = current_rule_book() if rules is None else rules
@@ -120,9 +134,13 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         if problem:
             raise SilenceError(problem)
     except (AlertError, HoldsCpr) as e:
+        reason = " ".join(str(e).split())
         log.warning("event=silence_refused author=%s municipality=%s matchers=%s reason=%s",
                     who["author"], who["municipality"], who["matchers"],
-                    orjson.dumps(" ".join(str(e).split())).decode())
+                    orjson.dumps(reason).decode())
+        if isinstance(e, SilenceError):
+            _audit_refusal(conn, who["author"], _asked(matchers, municipality, starts_at or now,
+                                                       ends_at, comment), reason, now, via)
         raise
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -135,6 +153,40 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         _audit(conn, author, "silence.create", silence, now, via)
         reconcile(conn, now=now, policy=policy)
     return silence
+
+
+def _asked(matchers: Sequence[Matcher], municipality: str | None, starts: datetime,
+           ends: datetime, comment: str) -> dict[str, object]:
+    """What a refused silence asked for, as its audit entry keeps it: never a CPR number
+    (masked: that may be why it was refused), and bounded in size (the API's body is not)."""
+    wanted = [str(m) for m in matchers if municipality is None or m.name != "municipality"]
+    if municipality is not None:
+        wanted.append(str(Matcher("municipality", Op.EQ, municipality)))
+    return {"matchers": [_kept(m, _MAX_MATCHER_KEPT) for m in wanted[:_MAX_MATCHERS_KEPT]],
+            **({"matchers_given": len(wanted)} if len(wanted) > _MAX_MATCHERS_KEPT else {}),
+            "starts_at": starts.isoformat(), "ends_at": ends.isoformat(),
+            "comment": _kept(" ".join(comment.split()), MAX_COMMENT)}
+
+
+def _kept(text: str, limit: int) -> str:
+    """`text` with CPR numbers masked and NULs replaced (jsonb holds none), cut at `limit`."""
+    text = mask_cpr(text)[0].replace("\x00", "\ufffd")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _audit_refusal(conn: psycopg.Connection, actor: str, asked: dict[str, object],
+                   reason: str, now: datetime, via: str | None) -> None:
+    """A refused attempt in `audit_log`, committed on its own. If it cannot be written, that
+    is logged and the refusal still goes to the author, who is owed the reason."""
+    details = {**asked, "reason": reason, **({"via": via} if via else {})}
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO audit_log (at, actor, action, subject, details) "
+                         "VALUES (%s, %s, 'silence.refused', %s, %s::jsonb)",
+                         (now, actor, REFUSED, orjson.dumps(details).decode()))
+    except psycopg.Error as e:
+        log.error("event=silence_refusal_not_audited author=%s error=%s", actor,
+                  orjson.dumps(first_line(e)).decode())
 
 
 def _matchers_problem(matchers: Sequence[Matcher], municipality: str | None,

@@ -291,7 +291,8 @@ def _router() -> APIRouter:
         A municipal supervisor's silence is limited to their municipality. One that could
         hold back a critical alert (a personal alarm) must name its devices
         (`device_id="..."`, or `device_id=~"A|B"` for a few); none may last longer than the
-        policy's `max_silence` (3 days unless set); a refusal answers 422 saying why."""
+        policy's `max_silence` (3 days unless set); a refusal answers 422 saying why, and is
+        audited (`silence.refused`)."""
         try:
             matchers = [parse_matcher(m) for m in body.matchers]
         except MatcherError as e:
