@@ -170,6 +170,94 @@ def test_a_dose_missed_in_order_too_is_not_taken_back(dispensers):
         ("cleared: the condition no longer holds",)]
 
 
+# --- a dose.taken older than the state kept to go back to -----------------------------------
+
+def past_the_kept_state(database_url: str, flush: list[RawMessage]) -> Process:
+    """A process that has taken `flush` and then the next dose due, each write a state to go
+    back to: rows older than the flush's last are too old to be evaluated again in order
+    (the rules' state before them is gone)."""
+    p = Process(database_url, None)
+    p.pipeline.shared.checkpoint_age_s = 0.0
+    p.batch(flush)
+    p.batch([dispenser(max(m_time(m) for m in flush) + 600, "dose.due")])
+    return p
+
+
+def m_time(message: RawMessage) -> float:
+    return float(orjson.loads(message.payload)["time"])
+
+
+def test_a_dose_taken_too_old_to_evaluate_in_order_still_takes_its_missed_dose_back(
+        dispensers):
+    """The dose.taken comes after newer batches than the flush's: too old to evaluate again
+    in order. It still answered the dose in time, and home care must not go out."""
+    p = past_the_kept_state(dispensers, FLUSH)
+    assert dose_alert(dispensers)[0] == "open"
+    out = p.batch([TAKEN])
+    p.close()
+    assert (out.too_late, out.replayed) == (1, 0)
+    assert dose_alert(dispensers) == (
+        "resolved", None, 0,
+        f"taken back: dose.taken at {hhmm(DUE + 600)} came within 30 min of dose.due at "
+        f"{hhmm(DUE)} (a message arrived late)")
+    assert told(dispensers) == [("opened", None), ("resolved", "cleared")]
+
+
+def test_the_next_dose_missed_after_a_too_old_take_back_reaches_home_care(dispensers):
+    """The rules' state is left as it was (it still has the alert firing): the next dose,
+    due after the flush and missed, must still be called missed, as one missed dose."""
+    p = past_the_kept_state(dispensers, FLUSH)
+    p.batch([TAKEN])
+    next_due = m_time(FLUSH[-1]) + 600
+    p.batch([dispenser(next_due + 1800 + 600)])      # alive, and nothing taken
+    p.close()
+    [(status, fired, opened_at)] = query(
+        dispensers, "SELECT status, repeat_count, extract(epoch FROM opened_at)::float8 "
+                    "FROM alerts")
+    assert (status, fired) == ("open", 1)
+    assert opened_at == pytest.approx(next_due + 1800, abs=1e-3)
+    assert told(dispensers) == [("opened", None), ("resolved", "cleared"), ("reopened", None)]
+
+
+def test_a_too_old_dose_taken_leaves_a_held_alert_to_its_operator_with_a_note_once(
+        dispensers):
+    p = past_the_kept_state(dispensers, FLUSH)
+    [(alert_id,)] = query(dispensers, "SELECT id FROM alerts")
+    with psycopg.connect(dispensers, autocommit=True) as conn:
+        actions.claim(conn, alert_id, "anna")
+        actions.acknowledge(conn, alert_id, "anna", "home care is on the way")
+    p.batch([TAKEN])
+    p.batch([TAKEN])
+    p.close()
+    status, holder, fired, note = dose_alert(dispensers)
+    assert (status, holder, fired) == ("acknowledged", "anna", 1)
+    assert note.endswith(f"vagt would take this back, and leaves it to anna, who holds it: "
+                         f"dose.taken at {hhmm(DUE + 600)} came within 30 min of dose.due "
+                         f"at {hhmm(DUE)} (a message arrived late)")
+    assert told(dispensers)[-1] == ("note", None)
+    assert [e for e, _ in told(dispensers)].count("note") == 1
+
+
+def test_a_too_old_dose_taken_after_the_window_does_not_take_the_alert_back(dispensers):
+    """Forty minutes after it was due: the dose was missed, whenever the message came."""
+    p = past_the_kept_state(dispensers, FLUSH)
+    out = p.batch([dispenser(DUE + 2400, "dose.taken")])
+    p.close()
+    assert out.too_late == 1
+    assert dose_alert(dispensers) == ("open", None, 1, None)
+
+
+def test_a_too_old_dose_taken_does_not_take_back_an_alert_of_two_missed_doses(dispensers):
+    """The alert counts a second dose missed since: the one answer answers only the first."""
+    second = DUE + 4 * 3600
+    flush = FLUSH[:24] + [dispenser(second, "dose.due")] + FLUSH[24:]
+    p = past_the_kept_state(dispensers, flush)
+    assert dose_alert(dispensers)[:3] == ("open", None, 2)
+    p.batch([TAKEN])
+    p.close()
+    assert dose_alert(dispensers) == ("open", None, 2, None)
+
+
 @pytest.fixture
 def rules_file(tmp_path: Path) -> Path:
     p = tmp_path / "rules.toml"

@@ -306,6 +306,56 @@ def unsupported_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
     return [Unsupported(int(i), str(fp), float(a), float(b)) for i, fp, a, b in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class Answered(Unsupported):
+    """A sequence rule's alert (a missed dose) that fired at one deadline only, and the
+    earliest `then` event (a dose.taken) that came within its window but too late to be
+    evaluated in order (`answered_alerts`): its `first` (`first_code`, due `within_s` before
+    the alert opened) was answered in time."""
+
+    first_code: str
+    answer_code: str
+    answer_at: float
+    within_s: float
+
+
+# One deadline fired (`repeat_count` 1, last fired when it opened): an alert of several is
+# more than the one dose an answer answers. 1 ms either side: a time the database keeps to
+# the microsecond, as `vagt.app.replay.explain` compares.
+_ANSWERED = """
+SELECT a.id, a.fingerprint, extract(epoch FROM a.opened_at)::float8,
+       extract(epoch FROM a.last_fired_at)::float8, coalesce(a.labels->>'code', ''), i.code,
+       i.at, i.within
+FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::text[]) AS i(fingerprint, at, within, code)
+JOIN alerts a USING (fingerprint)
+WHERE a.status <> 'resolved' AND a.repeat_count = 1 AND a.last_fired_at = a.opened_at
+  AND to_timestamp(i.at) BETWEEN a.opened_at - make_interval(secs => i.within)
+                                 - interval '1 millisecond'
+                             AND a.opened_at + interval '1 millisecond'
+ORDER BY a.id, i.at
+FOR UPDATE OF a
+"""
+
+
+def answered_alerts(conn: psycopg.Connection, fingerprints: Sequence[str],
+                    times: Sequence[float], within: Sequence[float],
+                    codes: Sequence[str]) -> list[Answered]:
+    """Of `fingerprints` (sequence rules' alerts, each with the device time, window and code
+    of a `then` event), the alerts not resolved that fired at one deadline, whose window
+    (`within` before it) the event came in, each with its earliest such event. Locked until
+    the transaction ends; `take_back` them."""
+    if not fingerprints:
+        return []
+    rows = conn.execute(_ANSWERED, (list(fingerprints), list(times), list(within),
+                                    list(codes))).fetchall()
+    found: dict[int, Answered] = {}
+    for i, fp, opened, last, first_code, code, at, window in rows:
+        found.setdefault(int(i), Answered(int(i), str(fp), float(opened), float(last),
+                                          str(first_code), str(code), float(at),
+                                          float(window)))
+    return list(found.values())
+
+
 # Taken back: resolved as the rule's clear is (the receivers see a resolution, code
 # `cleared`), fired no time in order (`repeat_count` 0: the queue lets its fingerprint fire
 # again at any time, see _UPSERT). One an operator holds stays theirs, with a note (once).

@@ -31,7 +31,13 @@ from vagt.alerts.engine_rules import (
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
 from vagt.app import rule_queries, store
 from vagt.app.config import IngestConfig
-from vagt.app.replay import Recount, correct, rejudged, take_back_unsupported
+from vagt.app.replay import (
+    Recount,
+    correct,
+    rejudged,
+    take_back_answered,
+    take_back_unsupported,
+)
 from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
@@ -217,7 +223,7 @@ class Pipeline:
                              r_metric, r_value, batch, out)
         if not state_apart:
             self.write_state(conn, out)
-        recount = None
+        recount = skipped = None
         if state_apart:
             # The alarm lane: alerts from the state in memory, without waiting for devices
             # that a bulk batch holds; write_state() evaluates again under their lock and
@@ -231,14 +237,15 @@ class Pipeline:
             ev = self.rules.evaluate(batch, history=self._history(conn))
             out.batch, out.transitions = batch, ev.transitions
         else:
-            ev, batch, recount = self._evaluate_locked(conn, batch, out, out.rows, out.fresh)
+            ev, batch, recount, skipped = self._evaluate_locked(conn, batch, out, out.rows,
+                                                                out.fresh)
         self._store_bad_readings(conn, batch, ev, out)
-        self.record(conn, ev, out, out.registry_firings, recount)
+        self.record(conn, ev, out, out.registry_firings, recount, skipped=skipped)
         return out
 
     def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
                          rows: DeviceRows | None, fresh: I64
-                         ) -> tuple[Evaluation, Batch, Recount | None]:
+                         ) -> tuple[Evaluation, Batch, Recount | None, Batch | None]:
         """The rules over the batch from the state its devices have in the database. The
         device-state UPDATE holds their rows until the transaction ends: another process
         evaluates them after us.
@@ -252,9 +259,10 @@ class Pipeline:
         are taken back (`record`), unless the device's rows were all stored before (`fresh`
         has the devices whose were not: a redelivery brings nothing new). Rows too old even
         for that are skipped, but for events that only order-free rules take (a personal
-        alarm: every one counts). `rows`: the batch's devices' rows, as the device-state
-        UPDATE left them (see `write_state`). Returns the evaluation, the batch evaluated
-        and the recount."""
+        alarm: every one counts), and returned: a dose.taken among them still takes back the
+        missed dose it answered (`replay.take_back_answered`). `rows`: the batch's devices'
+        rows, as the device-state UPDATE left them (see `write_state`). Returns the
+        evaluation, the batch evaluated, the recount and the rows skipped."""
         if rows is None:   # no usable message: no device, nothing to evaluate
             rows = _device_rows(batch)
         held = rows.devices
@@ -272,7 +280,10 @@ class Pipeline:
                 self.shared.rewind(conn, held[late.again], prev=False)
                 self.shared.rewind(conn, held[late.back])
                 batch = merged
+        skipped = None
         if too_late.any():   # (an alarm is never too late)
+            older = batch.split(held[too_late], locked.seen[too_late])[1]
+            skipped = older if len(older.e_device) else None   # (only events answer)
             batch = batch.newer_than(held[too_late], locked.seen[too_late],
                                      self.rules.order_free_events(batch))
         batch, earlier = self._without_last_citizens(batch, held, rows.first, locked.began,
@@ -287,7 +298,7 @@ class Pipeline:
         recount = None if fired is None else Recount(
             replayed, self.rules.fired(replayed) - fired, since[replay],
             self.rules.holds_from(replayed, ev.rules), np.isin(replayed, fresh), batch)
-        return ev, batch, recount
+        return ev, batch, recount, skipped
 
     def _without_last_citizens(self, batch: Batch, devs: I64, first: F64, began: F64,
                                out: BatchOutcome) -> tuple[Batch, int]:
@@ -364,11 +375,13 @@ class Pipeline:
             # (evaluated from memory), and a correction would count them twice; what the
             # rules did the same under the lock (as they mostly do) is not recorded again,
             # unless late rows were evaluated in order (alerts they do not fire are taken
-            # back; the same fires recorded again change nothing)
-            ev, _, recount = self._evaluate_locked(conn, out.batch, again, out.rows, out.fresh)
+            # back; the same fires recorded again change nothing) or skipped as too old
+            # (a missed dose they answered is taken back)
+            ev, _, recount, skipped = self._evaluate_locked(conn, out.batch, again, out.rows,
+                                                            out.fresh)
             if out.transitions is None or not ev.transitions.same_as(out.transitions) \
-                    or recount is not None:
-                self.record(conn, ev, again, recount=recount, count=False)
+                    or recount is not None or skipped is not None:
+                self.record(conn, ev, again, recount=recount, count=False, skipped=skipped)
             out.replayed += again.replayed
             out.too_late += again.too_late
             # (the alarm lane's first evaluation counted the same devices)
@@ -549,13 +562,14 @@ class Pipeline:
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None,
-               count: bool = True) -> None:
+               count: bool = True, skipped: Batch | None = None) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
         evaluated again in order (`recount`) correct their alerts first (unless not `count`:
         the alarm lane recorded them from memory), their clears resolve what the rows out of
         order had kept firing, and the alerts the rows in order do not fire at all are
-        taken back (`replay`)."""
+        taken back (`replay`), as are the missed doses that rows too old to evaluate in
+        order (`skipped`) show answered in time."""
         fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
         every_fire = fr
         if recount is not None and count:
@@ -578,9 +592,13 @@ class Pipeline:
                          for r, e in zip(cr[c].tolist(), expired[c].tolist())]
                 out.cleared += len(clear_alerts(conn, fps, ct[c].tolist(), quiet,
                                                 rejudged=[judged[j] for j in np.flatnonzero(c)]))
+        taken: list[tuple[list[int], list[int]]] = []
         if recount is not None:
-            resolved, noted = take_back_unsupported(conn, ev.rules, self.fleet.ids, every_fire,
-                                                    recount)
+            taken.append(take_back_unsupported(conn, ev.rules, self.fleet.ids, every_fire,
+                                               recount))
+        if skipped is not None:
+            taken.append(take_back_answered(conn, ev.rules, self.fleet.ids, skipped))
+        for resolved, noted in taken:
             out.taken_back += resolved
             out.noted += noted
             out.cleared += len(resolved)

@@ -1,7 +1,9 @@
 """What late rows, evaluated again in order, change in the alert queue: the alerts' counts and
 times corrected (`correct`), clears that the rows out of order had outrun (`rejudged`), and
 alerts the rows in order do not fire taken back, with a note an operator understands
-(`take_back_unsupported`). See `Pipeline._evaluate_locked` for the evaluation itself."""
+(`take_back_unsupported`); and what rows too old for that still take back: a missed dose
+they show answered in time (`take_back_answered`). See `Pipeline._evaluate_locked` for the
+evaluation itself."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import psycopg
 
 from vagt.alerts.store import (
     Unsupported,
+    answered_alerts,
     fingerprint,
     recount_firings,
     take_back,
@@ -134,11 +137,45 @@ def explain(rule: Rule, device_id: str, alert: Unsupported, batch: Batch, dev: i
                               & (t <= alert.opened_at + 1e-3))
         if len(first) and len(then):
             b = then[np.argmin(t[then])]
-            return (f"{batch.e_code[b]} at {_clock(float(t[b]))} came within "
-                    f"{_duration(rule.within_s)} of {batch.e_code[first[0]]} at "
-                    f"{_clock(due)} (a message arrived late)")
+            return _came_within(str(batch.e_code[b]), float(t[b]), rule.within_s,
+                                str(batch.e_code[first[0]]), due)
     return (f"{device_id}'s messages, put in device-time order with those that arrived "
             f"late, do not set off {rule.name} (it was set off by them out of order)")
+
+
+def take_back_answered(conn: psycopg.Connection, rules: list[Rule], ids: list[str],
+                       skipped: Batch) -> tuple[list[int], list[int]]:
+    """Take back the alerts of sequence rules (a missed dose) that a `then` event among
+    `skipped` answers: rows too old to be evaluated again in order (older than the state
+    kept to go back to), which the rules never see. One that came within the window of the
+    `first` whose deadline the alert fired at, and only then, shows what the rows in order
+    would: it was answered in time (`alerts.store.answered_alerts`). Returns the ids
+    resolved and the ids an operator holds, noted (`alerts.store.take_back`)."""
+    fps: list[str] = []
+    times: list[float] = []
+    within: list[float] = []
+    codes: list[str] = []
+    rule_of: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.kind != "sequence":
+            continue
+        answers = skipped.code_mask(rule.then) & ~skipped.code_mask(rule.first)
+        for k in np.flatnonzero(answers).tolist():
+            fps.append(fingerprint(rule.name, ids[int(skipped.e_device[k])]))
+            times.append(float(skipped.e_time[k]))
+            within.append(rule.within_s)
+            codes.append(str(skipped.e_code[k]))
+            rule_of[fps[-1]] = rule
+    found = answered_alerts(conn, fps, times, within, codes)
+    why = [_came_within(a.answer_code, a.answer_at, a.within_s,
+                        a.first_code or "|".join(rule_of[a.fingerprint].first),
+                        a.opened_at - a.within_s) for a in found]
+    return take_back(conn, found, why)
+
+
+def _came_within(code: str, t: float, within_s: float, due_code: str, due: float) -> str:
+    return (f"{code} at {_clock(t)} came within {_duration(within_s)} of {due_code} at "
+            f"{_clock(due)} (a message arrived late)")
 
 
 def _clock(t: float) -> str:
