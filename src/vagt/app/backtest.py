@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -359,8 +358,8 @@ def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float
     if not r and not e:
         return None
     batch = rule_queries.rows_batch(conn, fleet, r, e)   # takes in devices it did not know
-    return batch, _rows_heard(fleet, [(x[0], x[3], x[4]) for x in r] +
-                              [(x[0], x[2], x[3]) for x in e])
+    return batch, rule_queries.rows_by_device(fleet, [(x[0], x[3], x[4]) for x in r] +
+                                              [(x[0], x[2], x[3]) for x in e])
 
 
 # Rows dated before the period that reached us within it: the index on time finds them.
@@ -379,7 +378,7 @@ def _heard_before(conn: psycopg.Connection, fleet: Fleet, start: float, end: flo
         rows += conn.execute(sql.SQL(_HEARD_BEFORE).format(sql.Identifier(table)),
                              (start - before_s, start, start, end)).fetchall()
     fleet.resolve(conn, sorted({str(x[0]) for x in rows}))
-    return _rows_heard(fleet, rows)
+    return rule_queries.rows_by_device(fleet, rows)
 
 
 # Whether a device has a stored row dated before the period: a probe of the primary key of
@@ -401,15 +400,3 @@ def _spoke_before(conn: psycopg.Connection, fleet: Fleet, start: float) -> Bools
     idx = fleet.lookup([str(r[0]) for r in rows])
     spoke[idx[idx >= 0]] = True
     return spoke
-
-
-def _rows_heard(fleet: Fleet, rows: Sequence[Sequence[object]]) -> tuple[I64, F64, F64]:
-    """(device index, device time, received) of rows (device id, time, received); rows of
-    unregistered devices are left out."""
-    if not rows:
-        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
-    idx = fleet.lookup([str(x[0]) for x in rows])
-    t = np.array([x[1] for x in rows], dtype=np.float64)
-    at = np.array([x[2] for x in rows], dtype=np.float64)
-    ok = idx >= 0
-    return idx[ok], t[ok], at[ok]

@@ -43,13 +43,20 @@ def reading_history(conn: psycopg.Connection, fleet: Fleet, metric: str, devices
         "AND NOT EXISTS (SELECT 1 FROM bad_readings b WHERE b.device_id = r.device_id "
         "AND b.metric = r.metric AND b.time = r.time)",
         (ids, metric, since, until, since_deployed, BEGAN_MARGIN_S)).fetchall()
+    return rows_by_device(fleet, rows)
+
+
+def rows_by_device(fleet: Fleet, rows: Sequence[Sequence[Any]]) -> tuple[I64, F64, F64]:
+    """Rows (device id, a, b) of two numbers (a device time, a value, when it reached us)
+    as columns: (device index, a, b); rows of devices the fleet does not know are left
+    out."""
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
     idx = fleet.lookup([str(r[0]) for r in rows])
-    t = np.array([r[1] for r in rows], dtype=np.float64)
-    v = np.array([r[2] for r in rows], dtype=np.float64)
+    a = np.array([r[1] for r in rows], dtype=np.float64)
+    b = np.array([r[2] for r in rows], dtype=np.float64)
     ok = idx >= 0
-    return idx[ok], t[ok], v[ok]
+    return idx[ok], a[ok], b[ok]
 
 
 def insert_bad_readings(conn: psycopg.Connection, device_id: Sequence[str],
