@@ -149,7 +149,9 @@ def test_a_backtest_counts_the_alerts_live_evaluation_of_the_same_stream_made(
     table, note = lines[:lines.index("")], lines[lines.index("") + 1:]
     assert table[1].split() == ["rule", "municipality", "opened", "cleared", "open", "at", "end"]
     assert table[2:] == sorted(table[2:])  # a row per rule and municipality, in order
-    assert note[0].startswith("silence and clocks judged by")
+    assert note[0].startswith("rules' state from every row dated from 1969-12-31 00:00 UTC "
+                              "(24 h before --from), and from 1969-12-29 00:00 UTC those")
+    assert any(line.startswith("silence and clocks judged by") for line in note)
     assert any(line.split()[:2] == ["mains", "Randers"] for line in table)
     assert query(database_url, "SELECT count(*) FROM alerts") == [(len(alerts),)]  # wrote none
 
@@ -238,12 +240,16 @@ def test_a_device_given_to_another_citizen_begins_anew_in_the_backtest_as_it_doe
                                "GROUP BY a.rule") == [("weight_gain", 2)]
 
     # A's alert counts in Aarhus, cleared when the scale went to B (live, it was resolved
-    # first); B's in Odder, once: B's first weighing is not a gain on A's
+    # first); B's in Odder, once: B's first weighing is not a gain on A's. (B's scale is
+    # silent from 6 hours after its last weighing, a day before the period's end: live
+    # sweeps found that by then.)
     assert backtest(database_url, rules_file, TO_A - 86400, TO_B + 3 * 86400, capsys) == {
-        ("weight_gain", "Aarhus"): (1, 1, 0), ("weight_gain", "Odder"): (1, 0, 1)}
+        ("weight_gain", "Aarhus"): (1, 1, 0), ("weight_gain", "Odder"): (1, 0, 1),
+        ("silent", "Odder"): (1, 0, 1)}
     # B's first day, from after the deployment: the weight window's history, read from the
-    # store, is B's alone, so there is no gain
-    assert backtest(database_url, rules_file, TO_B + 1800, TO_B + 86400, capsys) == {}
+    # store, is B's alone, so there is no gain (only the silence since B's second weighing)
+    assert backtest(database_url, rules_file, TO_B + 1800, TO_B + 86400, capsys) == {
+        ("silent", "Odder"): (1, 0, 1)}
 
 
 def test_in_the_backtest_a_device_given_to_another_citizen_is_silent_from_its_deployment(

@@ -93,4 +93,5 @@ def test_the_backtest_says_what_it_cannot_hear(database_url, capsys):
                  "--database-url", database_url]) == 0
     out = capsys.readouterr().out
     assert "judged by when each device's stored rows reached us" in out
-    assert "dated more than 24 h before --from" in out
+    assert "rows dated more than 24 h before those read that reached us after them" in out
+    assert "rules' state from every row dated from" in out

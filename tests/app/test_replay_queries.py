@@ -2,7 +2,7 @@
 (`rule_queries.stored_batch`, in the live batch's transaction) and the backtest's batch end.
 On a table with enough rows and its statistics, neither scans a table, and both give what
 the reads before did. Nor does the backtest's read of the rows dated before its period that
-reached us within it."""
+reached us within it, nor its read of each device's last row before."""
 
 from __future__ import annotations
 
@@ -80,9 +80,22 @@ def test_the_backtest_reads_rows_dated_before_its_period_by_their_time(stored):
         fleet.load(conn)
         now = conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0]
         start = T0 + 60 * 590
-        dev, t, at = backtest._heard_before(conn, fleet, start, now + 60, 600)
+        dev, t, at = backtest._heard_dated(conn, fleet, start - 600, start, start, now + 60)
         assert sequential_scans(conn) == {"readings": 0, "events": 0}
         assert len(dev) == 10 * 180 + 5 * 120
         assert t.min() == start - 600 and t.max() < start
         # received before the period: not heard in it
-        assert len(backtest._heard_before(conn, fleet, start, now - 3600, 600)[0]) == 0
+        assert len(backtest._heard_dated(conn, fleet, start - 600, start, start,
+                                         now - 3600)[0]) == 0
+
+
+def test_the_backtest_reads_each_devices_last_row_before_a_time_by_key(stored):
+    """What the sweep takes as when each device was last heard before the rows it reads:
+    the latest of its readings' and events' rows, probed from the end by key."""
+    with psycopg.connect(stored) as conn:
+        fleet = Fleet()
+        fleet.load(conn)
+        dev, t, _ = backtest._last_before(conn, fleet, T0 + 60 * 300 + 30)
+        assert sequential_scans(conn) == {"readings": 0, "events": 0}
+    assert sorted(dev.tolist()) == sorted(fleet.lookup([d for d, *_ in DEVICES]).tolist())
+    assert set(t.tolist()) == {T0 + 60 * 300}   # a reading's minute, after the last event

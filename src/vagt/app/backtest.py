@@ -6,7 +6,14 @@ Timers run as they would live: after each batch the engine ticks at the batch's 
 device time. The sweep's rules (absence, clock) go by our clock, as live: each stored row
 is heard at its `received_at`, and after each batch the sweep runs at the time by which
 every row that reached us has been read (`_Heard`), in an engine of their own, so that a
-device is heard speaking again when it reached us, not when its own clock says.
+device is heard speaking again when it reached us, not when its own clock says. At the
+period's end (or now, if earlier) both run once more, as live ones had run by then with no
+message coming: a device silent, a dose missed, since the last batch.
+
+The rules begin the period with the state live ones had: the rows dated up to the longest
+of the rules' reaches before it (`warm_up_s`, a day at least) are replayed first, their
+alerts not counted (those left open count when they clear, or stay open), and the sweep
+knows when each device was last heard before, however long ago (`_last_before`).
 
 A device given to another citizen within the period begins anew there, as it does live
 (migration 0010): batches end at the deployment, its rule state is emptied, its history reads
@@ -18,7 +25,9 @@ once its alerts are resolved.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,24 +36,27 @@ import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
-from vagt.app import rule_queries
+from vagt.app import db, rule_queries
 from vagt.app.rule_state import BEGAN_MARGIN_S
 from vagt.devices.actions import CENTRAL_STOCK
 from vagt.devices.fleet import Fleet
-from vagt.rules import Batch, Rule, RuleEngine
+from vagt.ingest.units import METRICS
+from vagt.rules import Batch, Evaluation, Rule, RuleEngine
 from vagt.rules.book import AlertBook
 from vagt.rules.engine import SWEPT
+from vagt.rules.kinds import sequence
 from vagt.rules.persist import layout, unpack
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
 
 
 @dataclass
 class BacktestResult:
     start: float
     end: float
+    state_from: float     # rows dated from here to the start gave the rules their state:
+    all_rows_from: float  # every row from here, before it those of the rules reaching further
     readings: int = 0
     events: int = 0
     batches: int = 0
@@ -75,117 +87,234 @@ def parse_time(text: str) -> float:
 
 
 def run_backtest(conn: psycopg.Connection, fleet: Fleet, rules: list[Rule], start: float,
-                 end: float, batch_rows: int = 5000, future_skew_s: float = 300.0
-                 ) -> BacktestResult:
+                 end: float, batch_rows: int = 5000, future_skew_s: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> BacktestResult:
     """`fleet` is the backtest's own: its devices are put where their assignments had them
     at each time of the period (municipality, deployed or not), as the rules saw them.
     `future_skew_s`: how far ahead of our clock a device time may have been stored
-    (`ingest.max_future_skew_s`)."""
-    engine = RuleEngine([r for r in rules if r.kind not in SWEPT], fleet, fleet.catalogue)
-    sweeper = RuleEngine([r for r in rules if r.kind in SWEPT], fleet, fleet.catalogue)
-    book = AlertBook()
-    result = BacktestResult(start, end)
-    assignments = _Assignments(conn, fleet, start, end)
-    heard = _Heard(start, end, _spoke_before(conn, fleet, start))
-    heard.add(*_heard_before(conn, fleet, start, end, HEARD_BEFORE_S))
-    names = [r.name for r in rules]
-    swept = -np.inf
+    (`ingest.max_future_skew_s`). `clock`: our time, which the period's end is no later than
+    (live timers had run only so far).
 
-    def history(metric: str, devices: np.ndarray, since: float, until: float
+    The rows before the period give the rules the state they had at its start, uncounted:
+    those of a day before (`ALL_ROWS_S`), and before that, from `warm_up_s` before, those
+    the rules that reach further need (`_Needs`). The timers and the sweep run at its start
+    and at its end, as live ones had by then."""
+    replay = _Replay(conn, fleet, rules, start, end, future_skew_s)
+    cursor = replay.result.state_from
+    needs = _Needs.of(rules)
+    while cursor < replay.result.all_rows_from:
+        cursor = replay.rows(cursor, replay.result.all_rows_from, batch_rows, needs)
+    while cursor < start:
+        cursor = replay.rows(cursor, start, batch_rows)
+    replay.catch_up(start, start)
+    replay.count_from_now()
+    while cursor < end:
+        cursor = replay.rows(cursor, end, batch_rows)
+    replay.catch_up(min(end, clock()), end)
+    return replay.totals()
+
+
+class _Replay:
+    """The rules, their timers and the sweep over the stored rows, and the alerts they made."""
+
+    def __init__(self, conn: psycopg.Connection, fleet: Fleet, rules: list[Rule],
+                 start: float, end: float, future_skew_s: float) -> None:
+        self.conn, self.fleet, self.future_skew_s = conn, fleet, future_skew_s
+        self.engine = RuleEngine([r for r in rules if r.kind not in SWEPT], fleet,
+                                 fleet.catalogue)
+        self.sweeper = RuleEngine([r for r in rules if r.kind in SWEPT], fleet,
+                                  fleet.catalogue)
+        self.names = [r.name for r in rules]
+        self.book = AlertBook()
+        self.result = BacktestResult(start, end, state_from=start - warm_up_s(rules),
+                                     all_rows_from=start - ALL_ROWS_S)
+        self.assignments = _Assignments(conn, fleet, self.result.state_from, end)
+        # the sweep's view begins where every row is read
+        first = self.result.all_rows_from
+        self.heard = _Heard(first, start, end)
+        self.heard.add(*_last_before(conn, fleet, first))
+        self.heard.add(*_heard_dated(conn, fleet, first - HEARD_BEFORE_S, first, first, end))
+        self.swept = -np.inf
+        self.counting = False
+
+    def history(self, metric: str, devices: np.ndarray, since: float, until: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # as live: from the device's deployment on (less the margin for a clock behind)
-        d, t, v = rule_queries.reading_history(conn, fleet, metric, devices, since, until,
-                                               since_deployed=False)
-        ok = ~(t < assignments.began[d] - BEGAN_MARGIN_S)   # NaN began: all
+        """Stored readings for rate rules, as live: from the device's deployment on (less
+        the margin for a clock behind)."""
+        d, t, v = rule_queries.reading_history(self.conn, self.fleet, metric, devices, since,
+                                               until, since_deployed=False)
+        ok = ~(t < self.assignments.began[d] - BEGAN_MARGIN_S)   # NaN began: all
         return d[ok], t[ok], v[ok]
 
-    cursor = start
-    while cursor < end:
-        for change in assignments.due(cursor):
-            d = change.device
-            # its alerts so far count where it was, one still open as cleared: they were
-            # about the citizen it leaves (live, it is deployed again only once they are
-            # resolved)
-            _settle(result, book, names, d, fleet.municipality[d])
-            fleet.place(d, change.municipality, "deployed" if change.deployed else "in_stock")
-            if change.deployed:   # and silent from then on, as live (`_Heard.as_live`)
-                assignments.began[d] = change.at
-                for e in (engine, sweeper):
-                    unpack(e, np.array([d]), layout(e), [b""], [b""], [None])
-        upper = min(_batch_end(conn, cursor, end, batch_rows), assignments.next_after(cursor))
-        loaded = _load(conn, fleet, cursor, upper)
-        cursor = upper
-        if loaded is None:
-            continue
-        batch, rows_heard = loaded
-        result.batches += 1
-        result.readings += len(batch.r_device)
-        result.events += len(batch.e_device)
-        ev = engine.evaluate(batch, history=history)
-        book.record(ev)
-        engine.apply(ev)
+    def rows(self, cursor: float, until: float, batch_rows: int,
+             needs: _Needs | None = None) -> float:
+        """The devices' changes of place due by `cursor`, then the next batch of rows dated
+        from `cursor` (before `until` and the next change), or only those of them that
+        `needs` names (then the sweep, which needs every row, waits); returns where it
+        ended."""
+        for change in self.assignments.due(cursor):
+            self._move(change)
+        upper = min(_batch_end(self.conn, cursor, until, batch_rows, needs),
+                    self.assignments.next_after(cursor))
+        loaded = _load(self.conn, self.fleet, cursor, upper, needs)
+        if loaded is not None:
+            self._batch(*loaded, upper, every_row=needs is None)
+        return upper
+
+    def _move(self, change: _Change) -> None:
+        d = change.device
+        # its alerts so far count where it was, one still open as cleared: they were about
+        # the citizen it leaves (live, it is deployed again only once they are resolved)
+        _settle(self.result, self.book, self.names, d, self.fleet.municipality[d])
+        self.fleet.place(d, change.municipality,
+                         "deployed" if change.deployed else "in_stock")
+        if change.deployed:   # and silent from then on, as live (`_Heard.as_live`)
+            self.assignments.began[d] = change.at
+            for e in (self.engine, self.sweeper):
+                unpack(e, np.array([d]), layout(e), [b""], [b""], [None])
+
+    def _batch(self, batch: Batch, rows_heard: tuple[I64, F64, F64], upper: float,
+               every_row: bool) -> None:
+        if self.counting:
+            self.result.batches += 1
+            self.result.readings += len(batch.r_device)
+            self.result.events += len(batch.e_device)
+        self._record(self.engine, self.engine.evaluate(batch, history=self.history))
         latest = float(batch.m_time.max())
-        ev = engine.tick(latest)
-        book.record(ev)
-        engine.apply(ev)
-        heard.add(*rows_heard)
+        self._record(self.engine, self.engine.tick(latest))
+        if not every_row:
+            return
+        self.heard.add(*rows_heard)
         # by our clock, at the batch's latest time (as its timers) if every row that reached
         # us by then is read: one is dated at most future_skew_s ahead of its arrival
-        now = min(latest, upper - future_skew_s)
-        if sweeper.rules and now > swept:
-            swept = now
-            _sweep(sweeper, book, heard, assignments.began, now, len(fleet))
-    result.heard = heard.taken
-    muni = fleet.municipality
-    for (rule, d), n in book.opened.items():
-        result.opened[(rule, muni[d])] += n
-    for (rule, d), n in book.cleared.items():
-        result.cleared[(rule, muni[d])] += n
-    for rule, d in book.open_:
-        result.still_open[(rule, muni[d])] += 1
-    return result
+        self._sweep(min(latest, upper - self.future_skew_s))
+
+    def catch_up(self, now: float, read_until: float) -> None:
+        """The sweep and the timers at `now` (our clock), where live ones had been by then,
+        whether rows came or not: a device silent, or a dose missed, since the last batch.
+        The rows are read up to `read_until`: those dated up to future_skew_s later that
+        reached us by `now` (a clock ahead) are heard."""
+        self.heard.add(*_heard_dated(self.conn, self.fleet, read_until,
+                                     read_until + self.future_skew_s,
+                                     self.heard.first, now))
+        self._sweep(now)
+        seen, heard = self.heard.as_live(self.assignments.began, len(self.fleet))
+        self._record(self.engine, self.engine.tick(now, behind=heard - seen))
+
+    def _sweep(self, now: float) -> None:
+        """What the live engine does by `now` for the sweep's rules: the messages that
+        reached us since the last sweep clear the silence of their devices, then the sweep."""
+        if not self.sweeper.rules or now <= self.swept:
+            return
+        self.swept = now
+        n = len(self.fleet)
+        came = self.heard.take(now, n)
+        if came is not None:
+            self._record(self.sweeper, self.sweeper.evaluate(came))
+        seen, heard = self.heard.as_live(self.assignments.began, n)
+        self._record(self.sweeper, self.sweeper.sweep_absence(now, seen, list(self.book.open_),
+                                                              heard))
+
+    def _record(self, engine: RuleEngine, ev: Evaluation) -> None:
+        self.book.record(ev)
+        engine.apply(ev)
+
+    def count_from_now(self) -> None:
+        """The period begins: what the rows before it raised and cleared is not counted (the
+        alerts they left open are, when they clear or stay open)."""
+        self.counting = True
+        for counts in (self.book.opened, self.book.cleared, self.result.opened,
+                       self.result.cleared):
+            counts.clear()
+
+    def totals(self) -> BacktestResult:
+        """The counts per rule and municipality, each alert where its device was when it
+        opened (`_settle` counted those of devices that moved)."""
+        result, muni = self.result, self.fleet.municipality
+        result.heard = self.heard.taken
+        for (rule, d), n in self.book.opened.items():
+            result.opened[(rule, muni[d])] += n
+        for (rule, d), n in self.book.cleared.items():
+            result.cleared[(rule, muni[d])] += n
+        for rule, d in self.book.open_:
+            result.still_open[(rule, muni[d])] += 1
+        return result
 
 
-def _sweep(sweeper: RuleEngine, book: AlertBook, heard: _Heard, began: F64, now: float,
-           n: int) -> None:
-    """What the live engine does by `now` for the sweep's rules: the messages that reached
-    us since the last sweep clear the silence of their devices, then the sweep."""
-    came = heard.take(now, n)
-    if came is not None:
-        ev = sweeper.evaluate(came)
-        book.record(ev)
-        sweeper.apply(ev)
-    seen, last_heard = heard.as_live(began, n)
-    ev = sweeper.sweep_absence(now, seen, list(book.open_), last_heard)
-    book.record(ev)
-    sweeper.apply(ev)
-
-
-# Rows dated this long before the period that reached us within it are heard too (a clock
-# behind, a buffer flushed after an outage). Rows dated earlier are not read: received_at
-# has no index, and finding them would read all history (and a clock restarted at
-# 2000-01-01 has its rows pruned within a day: `retention`).
+# Rows dated this long before the rows the backtest reads that reached us after (a clock
+# behind, a buffer flushed after an outage) are heard too. Rows dated earlier are not read:
+# received_at has no index, and finding them would read all history (and a clock restarted
+# at 2000-01-01 has its rows pruned within a day: `retention`).
 HEARD_BEFORE_S = 86400.0
+
+
+# Every row dated this long before the period is replayed before it, whatever the rules'
+# reach, so that an alert raised within the day before is open in the rules' state at its
+# start (and the sweep's rules are judged from here on).
+ALL_ROWS_S = 86400.0
+
+
+def warm_up_s(rules: Sequence[Rule]) -> float:
+    """How long before the period the backtest reads rows to give the rules the state they
+    had live at its start: the longest of the rules' reaches (`reach_s`), ALL_ROWS_S at
+    least."""
+    return max([ALL_ROWS_S, *(reach_s(r) for r in rules if r.kind not in SWEPT)])
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """The rows the rules that reach back further than ALL_ROWS_S need: readings of some
+    metrics, and events or none. Each rule sees all of its rows or none of them."""
+
+    metrics: tuple[str, ...]
+    events: bool
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> _Needs:
+        far = [r for r in rules if r.kind not in SWEPT and reach_s(r) > ALL_ROWS_S]
+        return cls(tuple(sorted({r.metric for r in far if r.uses_readings})),
+                   any(not r.uses_readings for r in far))
+
+
+def reach_s(rule: Rule) -> float:
+    """How far back before a time the rows reach that decide what `rule` does after it,
+    where that is bounded by time: a condition's `for` (and the gap that still holds it), a
+    dose's window (and the tick's grace), a rate's window, flapping's window and quiet time,
+    an event's clearing timer. The sweep's (absence, clock) go by when each device was last
+    heard and its latest device time, however long ago (`_last_before`); a run of values
+    (stuck, validity) and an alert held by hysteresis or a rate's last reading reach back
+    as far as they go on, which no time bounds (0 here)."""
+    if rule.kind == "threshold":
+        return rule.for_s + rule.gap_s
+    if rule.kind == "sequence":
+        return rule.within_s + sequence.TICK_GRACE_S
+    if rule.kind == "flapping":
+        return max(rule.window_s, rule.stable_s)
+    if rule.kind == "event":
+        return rule.clear_after or 0.0
+    if rule.kind == "rate":
+        return rule.window_s
+    return 0.0
 
 
 class _Heard:
     """The sweep's view of the fleet, by our clock, as `rule_queries.last_heard` gives it
     live: per device the latest device time (`seen`) and receipt time (`heard`) of the rows
-    that reached us within the period by the sweep's time. Rows read whose receipt is later
-    (dated ahead of it by a clock behind, or come late) wait until then."""
+    that reached us by the sweep's time. Rows read whose receipt is later (dated ahead of it
+    by a clock behind, or come late) wait until then. `taken` counts the rows that reached
+    us in the period, from `start`."""
 
-    def __init__(self, start: float, end: float, spoke_before: Bools) -> None:
-        self.start, self.end = start, end
-        self.spoke_before = spoke_before
+    def __init__(self, first: float, start: float, end: float) -> None:
+        self.first, self.start, self.end = first, start, end
         self.seen, self.heard = np.empty(0), np.empty(0)
         self.taken = 0
         self._dev = np.empty(0, dtype=np.int64)
         self._t, self._at = np.empty(0), np.empty(0)
 
     def add(self, dev: I64, t: F64, at: F64) -> None:
-        """Rows read (device, device time, receipt time); those received outside the period
-        are left out."""
-        within = (at >= self.start) & (at < self.end)
+        """Rows read (device, device time, receipt time); those that reached us after the
+        period are left out."""
+        within = at < self.end
         self._dev = np.concatenate([self._dev, dev[within]])
         self._t = np.concatenate([self._t, t[within]])
         self._at = np.concatenate([self._at, at[within]])
@@ -199,27 +328,21 @@ class _Heard:
         dev, t = self._dev[due], self._t[due]
         np.fmax.at(self.seen, dev, t)
         np.fmax.at(self.heard, dev, self._at[due])
+        self.taken += int((self._at[due] >= self.start).sum())
         self._dev, self._t, self._at = self._dev[~due], self._t[~due], self._at[~due]
-        self.taken += len(dev)
         return dataclasses.replace(Batch.empty(), m_device=dev, m_time=t)
 
     def as_live(self, began: F64, n: int) -> tuple[F64, F64]:
         """(seen, heard) per device, as live: each no earlier than the deployment it is in
         (`began`: it is silent from then on), and heard no earlier than seen. A device not
-        heard yet has no device time (NaN); if it never spoke before its deployment or the
-        period, whichever is later, it is heard at its deployment (NaN: none known, as for a
-        device not deployed), so that it is silent from then on, as a device deployed and
-        never heard is live. One that spoke before the period and not in it yet is not
-        judged (NaN): when we heard it last is not read."""
+        heard yet (no stored row before) has no device time (NaN) and is heard at its
+        deployment (NaN: none known, as for a device not deployed), so that it is silent
+        from then on, as a device deployed and never heard is live."""
         seen, heard, began = (_padded(a, n) for a in (self.seen, self.heard, began))
-        before = np.zeros(n, dtype=bool)
-        before[:min(n, len(self.spoke_before))] = self.spoke_before[:n]
         known = ~np.isnan(seen)
         since = np.fmax(seen, began)
-        with np.errstate(invalid="ignore"):
-            fresh = ~before | (began >= self.start)
         return (np.where(known, since, np.nan),
-                np.where(known, np.fmax(heard, since), np.where(fresh, began, np.nan)))
+                np.where(known, np.fmax(heard, since), began))
 
 
 def _padded(a: F64, n: int) -> F64:
@@ -300,24 +423,35 @@ def _settle(result: BacktestResult, book: AlertBook, rules: list[str], d: int,
             result.cleared[here] += book.cleared.pop(key)
 
 
-# The time of a table's row `n` places after `cursor`, among the rows before `until`.
+# The time of a table's row `n` places after `cursor`, among the rows before `until` (of
+# some metrics: `_Needs`).
 _NTH_TIME = "SELECT extract(epoch FROM time)::float8 FROM {} " \
     "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time OFFSET %s LIMIT 1"
+_NTH_TIME_OF = "SELECT extract(epoch FROM time)::float8 FROM readings " \
+    "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) AND metric = ANY(%s) " \
+    "ORDER BY time OFFSET %s LIMIT 1"
 
 # The first window `_batch_end` looks in, doubled until it holds a batch.
 FIRST_WINDOW_S = 60.0
 
 
-def _batch_end(conn: psycopg.Connection, cursor: float, end: float, batch_rows: int) -> float:
-    """The device time that closes a batch of about `batch_rows` readings and events.
+def _batch_end(conn: psycopg.Connection, cursor: float, end: float, batch_rows: int,
+               needs: _Needs | None = None) -> float:
+    """The device time that closes a batch of about `batch_rows` readings and events (those
+    `needs` names: the few rows of the rules that reach further take a few batches, not as
+    many as every row would).
 
     Looked for in a window from `cursor` that doubles until it holds that many rows: asked of
     the whole rest of the period, every batch sorted all of it (plain PostgreSQL's BRIN
     index cannot give rows in order), 2 s a batch at 2.8M rows; a window is read through the
     index and sorted alone."""
     upper = end
-    for table in ("readings", "events"):
-        found = _nth_time(conn, table, cursor, upper, batch_rows)
+    readings: tuple[sql.SQL | sql.Composed, tuple[object, ...]] = (
+        (sql.SQL(_NTH_TIME).format(sql.Identifier("readings")), ()) if needs is None
+        else (sql.SQL(_NTH_TIME_OF), (list(needs.metrics),)))
+    events = (sql.SQL(_NTH_TIME).format(sql.Identifier("events")), ())
+    for query, more in [readings] + ([events] if needs is None or needs.events else []):
+        found = _nth_time(conn, query, cursor, upper, batch_rows, more)
         if found is not None:
             upper = found
     if upper <= cursor:  # more than batch_rows rows at one instant: take them all
@@ -325,15 +459,15 @@ def _batch_end(conn: psycopg.Connection, cursor: float, end: float, batch_rows: 
     return float(min(upper, end))
 
 
-def _nth_time(conn: psycopg.Connection, table: str, cursor: float, until: float,
-              n: int) -> float | None:
-    """The time of `table`'s row `n` places after the first at or after `cursor` and before
-    `until`; None if it has no more than `n` such rows."""
-    query = sql.SQL(_NTH_TIME).format(sql.Identifier(table))
+def _nth_time(conn: psycopg.Connection, query: sql.SQL | sql.Composed, cursor: float,
+              until: float, n: int, more: tuple[object, ...] = ()) -> float | None:
+    """The time of the row `n` places after the first at or after `cursor` and before
+    `until` that `query` (`_NTH_TIME`, with `more` parameters) finds; None if it finds no
+    more than `n`."""
     width = FIRST_WINDOW_S
     while True:
         upper = min(cursor + width, until)
-        row = conn.execute(query, (cursor, upper, n)).fetchone()
+        row = conn.execute(query, (cursor, upper, *more, n)).fetchone()
         if row is not None:
             return float(row[0])
         if upper >= until:
@@ -345,16 +479,25 @@ def _nth_time(conn: psycopg.Connection, table: str, cursor: float, until: float,
 _READINGS = "SELECT device_id, metric, value, extract(epoch FROM time)::float8, " \
     "extract(epoch FROM received_at)::float8 FROM readings " \
     "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time"
+# ... readings of some metrics only (the rules' that reach back further than ALL_ROWS_S)
+_READINGS_OF = "SELECT device_id, metric, value, extract(epoch FROM time)::float8, " \
+    "extract(epoch FROM received_at)::float8 FROM readings " \
+    "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) AND metric = ANY(%s) " \
+    "ORDER BY time"
 _EVENTS = "SELECT device_id, code, extract(epoch FROM time)::float8, " \
     "extract(epoch FROM received_at)::float8 FROM events " \
     "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) ORDER BY time"
 
 
-def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float
-          ) -> tuple[Batch, tuple[I64, F64, F64]] | None:
-    """The rows dated in [lo, hi) as a batch, and as rows heard (device, time, received)."""
-    r = conn.execute(_READINGS, (lo, hi)).fetchall()
-    e = conn.execute(_EVENTS, (lo, hi)).fetchall()
+def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float,
+          needs: _Needs | None = None) -> tuple[Batch, tuple[I64, F64, F64]] | None:
+    """The rows dated in [lo, hi) as a batch, and as rows heard (device, time, received);
+    with `needs`, only those it names."""
+    if needs is None:
+        r = conn.execute(_READINGS, (lo, hi)).fetchall()
+    else:
+        r = conn.execute(_READINGS_OF, (lo, hi, list(needs.metrics))).fetchall()
+    e = conn.execute(_EVENTS, (lo, hi)).fetchall() if needs is None or needs.events else []
     if not r and not e:
         return None
     batch = rule_queries.rows_batch(conn, fleet, r, e)   # takes in devices it did not know
@@ -362,41 +505,53 @@ def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float
                                               [(x[0], x[2], x[3]) for x in e])
 
 
-# Rows dated before the period that reached us within it: the index on time finds them.
-_HEARD_BEFORE = """
+# Rows dated in a range that reached us in another: the index on time finds them.
+_HEARD_DATED = """
 SELECT device_id, extract(epoch FROM time)::float8, extract(epoch FROM received_at)::float8
 FROM {} WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s)
 AND received_at >= to_timestamp(%s) AND received_at < to_timestamp(%s)
 """
 
 
-def _heard_before(conn: psycopg.Connection, fleet: Fleet, start: float, end: float,
-                  before_s: float) -> tuple[I64, F64, F64]:
-    """Rows dated up to `before_s` before `start` that reached us in [start, end)."""
+def _heard_dated(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float,
+                 since: float, until: float) -> tuple[I64, F64, F64]:
+    """Rows dated in [lo, hi) that reached us in [since, until): before the rows read, those
+    of a clock behind or a buffer flushed late; after the period, those of a clock ahead."""
     rows: list[tuple[object, ...]] = []
     for table in ("readings", "events"):
-        rows += conn.execute(sql.SQL(_HEARD_BEFORE).format(sql.Identifier(table)),
-                             (start - before_s, start, start, end)).fetchall()
+        rows += conn.execute(sql.SQL(_HEARD_DATED).format(sql.Identifier(table)),
+                             (lo, hi, since, until)).fetchall()
     fleet.resolve(conn, sorted({str(x[0]) for x in rows}))
     return rule_queries.rows_by_device(fleet, rows)
 
 
-# Whether a device has a stored row dated before the period: a probe of the primary key of
-# readings (device, metric, time) and the index of events (device, time) per device.
-_SPOKE_BEFORE = """
-SELECT d.device_id FROM devices d
-WHERE EXISTS (SELECT 1 FROM readings r WHERE r.device_id = d.device_id
-              AND r.time < to_timestamp(%(start)s))
-   OR EXISTS (SELECT 1 FROM events e WHERE e.device_id = d.device_id
-              AND e.time < to_timestamp(%(start)s))
+# Per device its latest stored row dated before a time, and when it reached us: for
+# readings a probe of the primary key (device, metric, time) per metric (`units.METRICS`),
+# for events one of the index (device, time), each from the end.
+_LAST_BEFORE = """
+SELECT d.device_id, extract(epoch FROM last.time)::float8,
+       extract(epoch FROM last.received_at)::float8
+FROM devices d
+CROSS JOIN LATERAL (
+    (SELECT r.time, r.received_at FROM unnest(%(metrics)s::text[]) AS m(metric)
+     CROSS JOIN LATERAL (SELECT time, received_at FROM readings
+                         WHERE device_id = d.device_id AND metric = m.metric
+                         AND time < to_timestamp(%(before)s)
+                         ORDER BY time DESC LIMIT 1) r)
+    UNION ALL
+    (SELECT time, received_at FROM events
+     WHERE device_id = d.device_id AND time < to_timestamp(%(before)s)
+     ORDER BY time DESC LIMIT 1)
+    ORDER BY 1 DESC LIMIT 1) last
 """
 
 
-def _spoke_before(conn: psycopg.Connection, fleet: Fleet, start: float) -> Bools:
-    """Per device, whether it has stored rows dated before `start`: a device with none that
-    is deployed and not heard in the period was never heard, as far as the period goes."""
-    spoke = np.zeros(len(fleet), dtype=bool)
-    rows = conn.execute(_SPOKE_BEFORE, {"start": start}).fetchall()
-    idx = fleet.lookup([str(r[0]) for r in rows])
-    spoke[idx[idx >= 0]] = True
-    return spoke
+def _last_before(conn: psycopg.Connection, fleet: Fleet, before: float
+                 ) -> tuple[I64, F64, F64]:
+    """Per device, its latest stored row dated before `before` (device time, received): as
+    far as the store goes, when we last heard it then, however long ago (a device silent
+    for weeks is silent at the start). One that reached us later is heard then."""
+    with db.by_key_index(conn):
+        rows = conn.execute(_LAST_BEFORE, {"metrics": list(METRICS),
+                                           "before": before}).fetchall()
+    return rule_queries.rows_by_device(fleet, rows)

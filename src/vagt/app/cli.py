@@ -622,7 +622,9 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(orjson.dumps({"from": start, "to": end, "readings": result.readings,
                             "events": result.events, "batches": result.batches,
-                            "heard": result.heard, "alerts": rows}).decode())
+                            "heard": result.heard, "state_from": result.state_from,
+                            "all_rows_from": result.all_rows_from,
+                            "alerts": rows}).decode())
         return 0
     print(f"replayed {result.readings} readings and {result.events} events in "
           f"{result.batches} batches")
@@ -630,14 +632,27 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     for row in rows:
         print(f"{row['rule']!s:<24} {row['municipality']!s:<16} {row['opened']!s:>7} "
               f"{row['cleared']!s:>8} {row['open_at_end']!s:>12}")
+    print()
+    print(f"rules' state from every row dated from {_utc_text(result.all_rows_from)} "
+          f"({(start - result.all_rows_from) / 3600:.0f} h before --from)"
+          + (f", and from {_utc_text(result.state_from)} those the rules that reach further "
+             "need" if result.state_from < result.all_rows_from else "") + ";")
+    print("not known: a run of values (stuck, validity), a level held by hysteresis or a "
+          "rate's last change that began before")
     if any(r.kind in SWEPT for r in rules):
-        print()
         print(f"silence and clocks judged by when each device's stored rows reached us, as "
-              f"live ({result.heard} rows within the period);")
+              f"live ({result.heard} rows within the period), from its last row before;")
         print("not heard: a message that stored no row (a status of firmware only, a repeat "
-              f"of a row's device time), nor rows dated more than {HEARD_BEFORE_S / 3600:.0f} "
-              "h before --from")
+              "of a row's device time), rows dated more than "
+              f"{HEARD_BEFORE_S / 3600:.0f} h before those read that reached us after them "
+              "(a clock restarted at 2000-01-01), rows the store has pruned")
     return 0
+
+
+def _utc_text(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
