@@ -15,6 +15,13 @@ import numpy.typing as npt
 
 K = TypeVar("K", bound=Hashable)
 
+# The column types the stages pass each other: one spelling, so a signature reads the same in
+# every module.
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+Objs = npt.NDArray[np.object_]
+
 
 def factorize(values: Collection[K]) -> tuple[npt.NDArray[np.intp], list[K]]:
     """Per value the index of its first appearance among the distinct values, and those

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
 from vagt.app import db, rule_queries
 from vagt.app.rule_state import BEGAN_MARGIN_S
+from vagt.arrays import F64, I64
 from vagt.devices.actions import CENTRAL_STOCK
 from vagt.devices.fleet import Fleet
 from vagt.ingest.units import METRICS
@@ -46,9 +46,6 @@ from vagt.rules.book import AlertBook
 from vagt.rules.engine import SWEPT
 from vagt.rules.kinds import sequence
 from vagt.rules.persist import layout, unpack
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 
 @dataclass

@@ -39,6 +39,7 @@ from vagt.app.replay import (
     take_back_unsupported,
 )
 from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
+from vagt.arrays import F64, I64, Bools, Objs
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
@@ -48,11 +49,6 @@ from vagt.ingest.topics import TopicError, parser_for
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 from vagt.rules.engine import SWEPT
 from vagt.rules.kinds.absence import NEVER_HEARD
-
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
-Objs = npt.NDArray[np.object_]
 
 
 @dataclass

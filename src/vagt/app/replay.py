@@ -23,11 +23,8 @@ from vagt.alerts.store import (
     take_back,
     unsupported_alerts,
 )
+from vagt.arrays import F64, I64, Bools
 from vagt.rules import Batch, Rule
-
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 
 from vagt.app import db
 from vagt.app.rule_state import BEGAN_MARGIN_S
+from vagt.arrays import F64, I64
 from vagt.devices.fleet import SILENT_FROM, Fleet
 from vagt.ingest.units import METRICS
 from vagt.rules import Batch
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 # pg_try_advisory_lock key of the absence sweep: "vagt" "swp" in ASCII, one holder at a time
 SWEEP_LOCK_KEY = 0x76616774_737770

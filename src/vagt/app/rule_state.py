@@ -40,11 +40,10 @@ import numpy.typing as npt
 import psycopg
 
 from vagt.app import db
+from vagt.arrays import F64, I64, Bools
 from vagt.devices.fleet import Fleet
 from vagt.rules import Batch, Evaluation, RuleEngine
 from vagt.rules.persist import Layout, layout, pack, unpack
-
-I64 = np.ndarray[Any, np.dtype[np.int64]]
 
 UNKNOWN = np.iinfo(np.int64).min   # a version no row has: read the row
 # Memory holds state its row may not have (written in a statement that had not succeeded, or
@@ -166,8 +165,6 @@ WHERE writer <> %s AND layout IS NOT NULL AND updated_at > to_timestamp(%s)
 _ALL = "SELECT device_id, version, layout, slots, vals, texts FROM rule_state"
 
 Row = tuple[str, int, int | None, bytes | None, bytes | None, str | None]
-F64 = np.ndarray[Any, np.dtype[np.float64]]
-Bools = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 @dataclass(frozen=True)
