@@ -149,8 +149,10 @@ def test_a_backtest_counts_the_alerts_live_evaluation_of_the_same_stream_made(
     table, note = lines[:lines.index("")], lines[lines.index("") + 1:]
     assert table[1].split() == ["rule", "municipality", "opened", "cleared", "open", "at", "end"]
     assert table[2:] == sorted(table[2:])  # a row per rule and municipality, in order
-    assert note[0].startswith("rules' state from every row dated from 1969-12-31 00:00 UTC "
-                              "(24 h before --from), and from 1969-12-29 00:00 UTC those")
+    # the rules' state: every row of the day before, the weight's of the rate's 3 days
+    assert note[:2] == ["rules' state from every row dated from 1969-12-31 00:00 UTC "
+                        "(24 h before --from),", "and from 1969-12-29 00:00 UTC those of the "
+                        "rules that reach further (weight_gain);"]
     assert any(line.startswith("silence and clocks judged by") for line in note)
     assert any(line.split()[:2] == ["mains", "Randers"] for line in table)
     assert query(database_url, "SELECT count(*) FROM alerts") == [(len(alerts),)]  # wrote none

@@ -258,6 +258,11 @@ def warm_up_s(rules: Sequence[Rule]) -> float:
     return max([ALL_ROWS_S, *(reach_s(r) for r in rules if r.kind not in SWEPT)])
 
 
+def reaching_further(rules: Sequence[Rule]) -> list[Rule]:
+    """The rules whose state reaches back further than ALL_ROWS_S (the sweep's aside)."""
+    return [r for r in rules if r.kind not in SWEPT and reach_s(r) > ALL_ROWS_S]
+
+
 @dataclass(frozen=True)
 class _Needs:
     """The rows the rules that reach back further than ALL_ROWS_S need: readings of some
@@ -268,7 +273,7 @@ class _Needs:
 
     @classmethod
     def of(cls, rules: Sequence[Rule]) -> _Needs:
-        far = [r for r in rules if r.kind not in SWEPT and reach_s(r) > ALL_ROWS_S]
+        far = reaching_further(rules)
         return cls(tuple(sorted({r.metric for r in far if r.uses_readings})),
                    any(not r.uses_readings for r in far))
 

@@ -588,7 +588,7 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
 
-    from vagt.app.backtest import HEARD_BEFORE_S, run_backtest
+    from vagt.app.backtest import HEARD_BEFORE_S, reaching_further, run_backtest
     from vagt.devices.catalogue import CatalogueError, load_catalogue
     from vagt.devices.fleet import Fleet
     from vagt.rules import RuleConfigError, load_rules
@@ -634,11 +634,13 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
               f"{row['cleared']!s:>8} {row['open_at_end']!s:>12}")
     print()
     print(f"rules' state from every row dated from {_utc_text(result.all_rows_from)} "
-          f"({(start - result.all_rows_from) / 3600:.0f} h before --from)"
-          + (f", and from {_utc_text(result.state_from)} those the rules that reach further "
-             "need" if result.state_from < result.all_rows_from else "") + ";")
-    print("not known: a run of values (stuck, validity), a level held by hysteresis or a "
-          "rate's last change that began before")
+          f"({(start - result.all_rows_from) / 3600:.0f} h before --from)", end="")
+    further = reaching_further(rules)
+    if further:
+        print(f",\nand from {_utc_text(result.state_from)} those of the rules that reach "
+              f"further ({', '.join(r.name for r in further)})", end="")
+    print(";\nnot known from before those rows: a run of values (stuck, validity), a level "
+          "held by hysteresis, a rate's last reading")
     if any(r.kind in SWEPT for r in rules):
         print(f"silence and clocks judged by when each device's stored rows reached us, as "
               f"live ({result.heard} rows within the period), from its last row before;")
