@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from tests.alerts.support import add_operator
 from tests.alerts.test_actions import new_alert
-from tests.app.conftest import query
+from tests.app.conftest import DEVICES, query, register
 from tests.support import free_port
 
 from vagt.app.cli import main
@@ -61,6 +64,42 @@ def test_a_refused_claim_says_who_holds_the_alert_and_exits_2(env, capsys):
     main(["alerts", "claim", str(a), "--operator", "anna"])
     assert main(["alerts", "claim", str(a), "--operator", "bo"]) == 2
     assert f"alert {a} is already claimed by anna" in capsys.readouterr().err
+
+
+def vagt_to_a_reader_gone(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`vagt ARGV | head` once head has read its lines and exited: the pipe's reading end is
+    closed before vagt writes (so it is whatever the size of the output). stdout is buffered,
+    as a shell runs it, unless env sets PYTHONUNBUFFERED."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        return subprocess.run([sys.executable, "-m", "vagt.app.cli", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**inherited, "PYTHONPATH": os.pathsep.join(sys.path), **env})
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", [["devices", "list"], ["devices", "list", "--json"],
+                                     ["fleet"], ["devices", "export", "-"], ["alerts", "list"]],
+                         ids=" ".join)
+def test_a_listing_piped_into_head_ends_quietly_with_exit_code_1(database_url, command):
+    """As Python's documentation handles a closed pipe (signal module, "Note on SIGPIPE"):
+    no traceback, no "Exception ignored" (exit code 120), nothing on stderr."""
+    register(database_url, DEVICES)
+    ran = vagt_to_a_reader_gone("--log-level", "warning", *command,
+                                env={"VAGT_DATABASE_URL": database_url})
+    assert (ran.returncode, ran.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_command_with_no_database_piped_into_head_ends_quietly_too(unbuffered):
+    """Unbuffered (PYTHONUNBUFFERED, as under systemd or in a container), the write itself
+    meets the closed pipe, inside the command rather than at its end."""
+    ran = vagt_to_a_reader_gone("rules", "check",
+                                env={"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    assert (ran.returncode, ran.stderr) == (1, "")
 
 
 def test_invalid_configuration_stops_with_the_setting_named(monkeypatch, capsys):

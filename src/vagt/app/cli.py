@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -26,6 +28,34 @@ log = logging.getLogger("vagt")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. A reader that stopped reading (`vagt devices list |
+    head -3`) ends it quietly, as it ends any Unix tool: exit code 1, the code Python's
+    documentation gives for it (signal module, "Note on SIGPIPE"), and nothing on stderr."""
+    try:
+        result = _main(argv)
+        sys.stdout.flush()   # here, not at exit, where a closed pipe is only "ignored" (120)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise   # a socket or a child's pipe: a fault to see, not a reader gone
+        # Python flushes stdout again at exit: what is left in its buffer goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return result
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe or socket whose reader has gone (poll says POLLERR
+    on a pipe's write end with no reader left, POLLHUP on a socket closed by its peer)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):   # no file descriptor (a test's captured stdout)
+        return False
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
