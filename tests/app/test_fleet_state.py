@@ -134,6 +134,32 @@ def test_vagt_fleet_lists_overdue_and_low_battery_devices_and_counts_by_municipa
     assert "OXI-0002" in out and "OXI-0001" not in out
 
 
+def test_vagt_fleet_says_online_overdue_and_offline_as_yes_or_no_and_json_keeps_booleans(
+        database_url, monkeypatch, capsys):
+    """As `vagt users list` says enabled or disabled: a person reads words, not Python's
+    True and False; a program reading --json gets booleans."""
+    import json
+
+    from vagt.app.cli import main
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [sent("OXI-0001", NOW - 60, 80),
+                               sent("OXI-0002", NOW - 3 * 86400, 95)])
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["fleet", "--vendor", "Nonin"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    names = header.split()
+    table = {cells[0]: dict(zip(names, cells, strict=True))
+             for cells in map(str.split, lines)}
+    assert [(d, table[d]["online"], table[d]["overdue"], table[d]["offline"])
+            for d in sorted(table)] == [("OXI-0001", "yes", "no", "no"),
+                                        ("OXI-0002", "no", "yes", "yes")]
+    assert main(["fleet", "--vendor", "Nonin", "--json"]) == 0
+    assert [(d["online"], d["overdue"], d["offline"])
+            for d in json.loads(capsys.readouterr().out)] == [(True, False, False),
+                                                               (False, True, True)]
+
+
 def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(database_url):
     from prometheus_client import generate_latest
 

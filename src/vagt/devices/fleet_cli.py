@@ -18,6 +18,10 @@ from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import SILENT_FROM, Fleet
 
 GROUPS = ("municipality", "vendor", "model", "type", "status")
+# The table says these as words, as the CLI's other tables say a state (enabled, revoked,
+# claimed); JSON keeps them booleans.
+FLAGS = ("online", "overdue", "offline")
+_YES_NO = {True: "yes", False: "no"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,7 +118,8 @@ def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
         return orjson.dumps(records, option=orjson.OPT_INDENT_2).decode()
     if rows.empty:
         return "no devices match"
-    return str(rows[columns].fillna("-").to_string(index=False))
+    shown = rows[columns].fillna("-").assign(**{f: rows[f].map(_YES_NO) for f in FLAGS})
+    return str(shown.to_string(index=False))
 
 
 def _iso(times: pd.Series) -> list[str | None]:
