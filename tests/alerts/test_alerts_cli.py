@@ -265,6 +265,24 @@ def test_a_silence_refused_on_the_command_line_exits_2_saying_why_and_is_audited
     assert conn.execute("SELECT count(*) FROM silences").fetchone() == (0,)
 
 
+def test_a_refused_expiry_on_the_command_line_exits_2_saying_why_and_is_audited(
+        database_url, conn, capsys):
+    add_operator(database_url, "sofie", "supervisor")
+    assert silences(database_url, "add", "device_id=OXI-0001", "--comment", "sent for repair",
+                    "--duration", "2h", "--author", "sofie") == 0
+    [(silence,)] = conn.execute("SELECT id FROM silences").fetchall()
+    assert silences(database_url, "expire", str(silence), "--author", "sofie") == 0
+    capsys.readouterr()
+    assert silences(database_url, "expire", str(silence), "--author", "sofie") == 2
+    err = capsys.readouterr().err
+    assert err == f"vagt: silence {silence} has already ended\n"
+    assert conn.execute("SELECT actor, subject, details FROM audit_log "
+                        "WHERE action = 'silence.refused'").fetchall() == [
+        ("sofie", f"silence {silence}", {"asked": "expire", "silence_id": silence,
+                                         "reason": f"silence {silence} has already ended",
+                                         "via": f"cli:{getpass.getuser()}"})]
+
+
 def silences(conninfo: str, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="vagt")
     cli.add_parser(parser.add_subparsers())

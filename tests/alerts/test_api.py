@@ -408,6 +408,52 @@ def test_a_municipal_supervisors_refused_silence_is_audited_as_it_was_asked_for(
     assert (actor, matchers) == ("mette", ['rule="personal_alarm"', 'municipality="Aarhus"'])
 
 
+def new_silence(api: Api, user: str = "sofie") -> int:
+    r = api.as_(user).post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "sent for repair",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def test_a_silence_made_and_ended_through_the_api_is_audited_with_how_its_author_came(api):
+    """As the command line records `cli:USER`: the API's password or token, as /me says."""
+    with psycopg.connect(api.database_url) as conn:
+        _, token = create_token(conn, "sofie", "night-console", actor="test")
+    silence = new_silence(api)
+    assert api.with_token(token).post(f"/api/v1/silences/{silence}/expire").status_code == 200
+    assert rows(api.database_url, "SELECT action, actor, details->>'via' FROM audit_log "
+                                  "WHERE action IN ('silence.create', 'silence.expire') "
+                                  "ORDER BY id") == [
+        ("silence.create", "sofie", "password"),
+        ("silence.expire", "sofie", "token:night-console")]
+
+
+@pytest.mark.parametrize(("which", "user", "code", "why"), [
+    ("unknown", "sofie", 404, "there is no silence"),
+    ("ended", "sofie", 422, "has already ended"),
+    ("another municipality's", "mette", 404, "there is no silence"),
+], ids=["unknown", "already ended", "outside the municipality"])
+def test_a_refused_expiry_answers_saying_why_and_is_in_the_audit_log_with_who_and_why(
+        api, which, user, code, why):
+    """As a refused silence is: the request's transaction is rolled back, the audit entry
+    (committed on its own) is not."""
+    silence = 999_999 if which == "unknown" else new_silence(api)
+    if which == "ended":
+        assert api.as_("sofie").post(f"/api/v1/silences/{silence}/expire").status_code == 200
+    r = api.as_(user).post(f"/api/v1/silences/{silence}/expire")
+    assert r.status_code == code
+    assert why in r.json()["detail"]
+    [(actor, subject, details)] = rows(
+        api.database_url, "SELECT actor, subject, details FROM audit_log "
+                          "WHERE action = 'silence.refused'")
+    assert (actor, subject) == (user, f"silence {silence}")
+    assert details == {"asked": "expire", "silence_id": silence,
+                       "reason": r.json()["detail"], "via": "password"}
+    assert rows(api.database_url, "SELECT count(*) FROM audit_log WHERE action = "
+                                  "'silence.expire'") == [(1 if which == "ended" else 0,)]
+
+
 def test_a_bad_matcher_in_a_silence_answers_422_saying_why(api):
     r = api.as_("sofie").post("/api/v1/silences", json={
         "matchers": ["device_id"], "comment": "x",

@@ -452,7 +452,8 @@ def _rule_book(config: Config | None) -> list[Rule]:
 
 @_reports_errors
 def handle_silence_expire(args: argparse.Namespace, conninfo: str) -> int:
-    with psycopg.connect(conninfo) as conn:
+    # autocommit: a refusal is audited in a transaction of its own (`expire_silence`)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         who = _acting(conn, args.author, Role.SUPERVISOR)
         s = expire_silence(conn, args.id, by=who.username, municipality=who.municipality,
                            via=who.via)

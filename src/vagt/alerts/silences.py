@@ -3,9 +3,9 @@
 An alert whose labels match every matcher of a silence that is in force is kept as
 `suppressed` with the silence as its reason; when the silence ends (or is expired early)
 it comes back. Creating and expiring are audited in `audit_log`, and so is a refused
-attempt (`silence.refused`), which is logged too (`event=silence_refused`). The comment
-becomes the reason of the alerts it holds, which the call centre's systems are sent: one
-holding a CPR number is refused (`vagt.privacy.HoldsCpr`).
+attempt at either (`silence.refused`), which is logged too (`event=silence_refused`). The
+comment becomes the reason of the alerts it holds, which the call centre's systems are sent:
+one holding a CPR number is refused (`vagt.privacy.HoldsCpr`).
 
 A silence that can match a critical alert (a personal alarm) must name its devices one by
 one (`silence_scope`), and none may last longer than the policy's `max_silence`.
@@ -108,9 +108,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
     transaction in progress (autocommit, or idle). Of one for a CPR number nothing is kept,
     as of every such refusal, and an author's name that is refused is nobody to audit.
     """
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        raise ValueError("create_silence needs a connection with no transaction in progress: "
-                         "a refusal is audited in a transaction of its own")
+    _needs_no_transaction(conn, "create_silence")
     now = now or datetime.now(UTC)
     policy = policy or current_policy()
     rules = current_rule_book() if rules is None else rules
@@ -174,8 +172,15 @@ def _kept(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _needs_no_transaction(conn: psycopg.Connection, caller: str) -> None:
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError(f"{caller} needs a connection with no transaction in progress: "
+                         "a refusal is audited in a transaction of its own")
+
+
 def _audit_refusal(conn: psycopg.Connection, actor: str, asked: dict[str, object],
-                   reason: str, now: datetime, via: str | None) -> None:
+                   reason: str, now: datetime, via: str | None,
+                   subject: str = REFUSED) -> None:
     """A refused attempt in `audit_log`, committed on its own. If it cannot be written, that
     is logged and the refusal still goes to the author, who is owed the reason."""
     details = {**asked, "reason": reason, **({"via": via} if via else {})}
@@ -183,7 +188,7 @@ def _audit_refusal(conn: psycopg.Connection, actor: str, asked: dict[str, object
         with conn.transaction():
             conn.execute("INSERT INTO audit_log (at, actor, action, subject, details) "
                          "VALUES (%s, %s, 'silence.refused', %s, %s::jsonb)",
-                         (now, actor, REFUSED, orjson.dumps(details).decode()))
+                         (now, actor, subject, orjson.dumps(details).decode()))
     except psycopg.Error as e:
         log.error("event=silence_refusal_not_audited author=%s error=%s", actor,
                   orjson.dumps(first_line(e)).decode())
@@ -267,23 +272,40 @@ def _duration(seconds: float) -> str:
 def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
                    municipality: str | None = None, now: datetime | None = None,
                    policy: AlertPolicy | None = None, via: str | None = None) -> Silence:
-    """End a silence now; the alerts it held come back (unless something else holds them)."""
+    """End a silence now; the alerts it held come back (unless something else holds them).
+
+    A refusal (no such silence in the caller's municipality, one already ended) is logged
+    and audited (`silence.refused`, its subject the silence asked for) in a transaction of
+    its own, as `create_silence`'s is: `conn` must have no transaction in progress. An
+    author's name that is refused is nobody to audit."""
+    _needs_no_transaction(conn, "expire_silence")
     now = now or datetime.now(UTC)
-    by = checked_operator(by)
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM silences WHERE id = %s FOR UPDATE",
-                          (silence_id,)).fetchone()
-        if row is None or not _in_scope(_silence(row), municipality):
-            raise SilenceNotFound(f"there is no silence {silence_id}")
-        silence = _silence(row)
-        if silence.state(now) == "expired":
-            raise SilenceError(f"silence {silence_id} has already ended")
-        row = cur.execute("UPDATE silences SET expired_at = %s, expired_by = %s WHERE id = %s "
-                          "RETURNING *", (now, by, silence_id)).fetchone()
-        assert row is not None
-        silence = _silence(row)
-        _audit(conn, by, "silence.expire", silence, now, via)
-        reconcile(conn, now=now, policy=policy)
+    author = "-"
+    try:
+        author = by = checked_operator(by)
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute("SELECT * FROM silences WHERE id = %s FOR UPDATE",
+                              (silence_id,)).fetchone()
+            if row is None or not _in_scope(_silence(row), municipality):
+                raise SilenceNotFound(f"there is no silence {silence_id}")
+            silence = _silence(row)
+            if silence.state(now) == "expired":
+                raise SilenceError(f"silence {silence_id} has already ended")
+            row = cur.execute("UPDATE silences SET expired_at = %s, expired_by = %s "
+                              "WHERE id = %s RETURNING *", (now, by, silence_id)).fetchone()
+            assert row is not None
+            silence = _silence(row)
+            _audit(conn, by, "silence.expire", silence, now, via)
+            reconcile(conn, now=now, policy=policy)
+    except (AlertError, HoldsCpr) as e:
+        reason = " ".join(str(e).split())
+        log.warning("event=silence_refused asked=expire author=%s municipality=%s "
+                    "silence_id=%d reason=%s", author, municipality or "-", silence_id,
+                    orjson.dumps(reason).decode())
+        if isinstance(e, SilenceError):
+            _audit_refusal(conn, author, {"asked": "expire", "silence_id": silence_id},
+                           reason, now, via, subject=f"silence {silence_id}")
+        raise
     return silence
 
 

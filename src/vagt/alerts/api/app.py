@@ -301,18 +301,19 @@ def _router() -> APIRouter:
         s = silences.create_silence(conn, matchers, starts_at=body.starts_at,
                                     ends_at=body.ends_at, author=who.username,
                                     comment=body.comment, municipality=who.municipality,
-                                    now=now, policy=request.app.state.policy)
+                                    now=now, policy=request.app.state.policy, via=who.via)
         return schemas.Silence.model_validate(s.to_json(now))
 
     @r.post("/silences/{silence_id}/expire", response_model=schemas.Silence,
             responses={**_ERRORS, 404: {"model": schemas.Problem}}, tags=["silences"])
     def expire_silence(request: Request, silence_id: int, who: Supervisor,
                        conn: Conn) -> schemas.Silence:
-        """End a silence now (supervisors); the alerts it held come back."""
+        """End a silence now (supervisors); the alerts it held come back. A refusal (no
+        such silence: 404; one already ended: 422) is audited (`silence.refused`)."""
         now = _now(request)
         s = silences.expire_silence(conn, silence_id, by=who.username,
                                     municipality=who.municipality, now=now,
-                                    policy=request.app.state.policy)
+                                    policy=request.app.state.policy, via=who.via)
         return schemas.Silence.model_validate(s.to_json(now))
 
     @r.get("/devices", response_model=list[schemas.Device], responses=_ERRORS,
