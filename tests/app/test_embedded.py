@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -163,6 +164,57 @@ def test_the_embedded_postgres_refuses_a_data_dir_its_package_cannot_use(tmp_pat
     with pytest.raises(EmbeddedServerError, match="VAGT_DATA_DIR"):
         with embedded_postgres(tmp_path / "with space"):
             pass
+
+
+@pytest.fixture(scope="module")
+def embedded_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data directory whose embedded database has vagt's schema (the server stopped)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    with embedded_postgres(data_dir) as url:
+        db.migrate(url)
+    yield data_dir
+    stop_postmaster(data_dir / "postgres")
+
+
+def vagt_on(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`VAGT_DATA_DIR=data_dir vagt ARGV`, no database URL set: the embedded database."""
+    env = {k: v for k, v in os.environ.items() if k != "VAGT_DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "vagt.app.cli", *argv], capture_output=True,
+                          text=True, timeout=120,
+                          env={**env, "PYTHONPATH": os.pathsep.join(sys.path),
+                               "VAGT_DATA_DIR": str(data_dir)})
+
+
+def test_a_one_shot_command_on_the_embedded_database_prints_its_answer_alone(
+        embedded_data_dir: Path):
+    """The server's start and stop are the command's business, not its reader's: said at
+    debug level only."""
+    ran = vagt_on(embedded_data_dir, "alerts", "list")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "no alerts\n", "")
+    ran = vagt_on(embedded_data_dir, "--log-level", "debug", "alerts", "list")
+    assert "level=DEBUG logger=vagt.embedded event=embedded_postgres_started" in ran.stderr
+    assert "level=DEBUG logger=vagt.embedded event=embedded_postgres_stopped" in ran.stderr
+
+
+def test_the_engine_on_the_embedded_database_logs_its_start_and_stop(
+        embedded_data_dir: Path, broker, topic_root: str, tmp_path: Path):
+    """A server's log says which database it runs on, and that it stopped it."""
+    from tests.app.conftest import EngineProcess
+
+    env = {k: v for k, v in os.environ.items() if k != "VAGT_DATABASE_URL"}
+    env.update({"PYTHONPATH": os.pathsep.join(sys.path), "VAGT_DATA_DIR": str(embedded_data_dir),
+                "VAGT_MQTT_URL": broker.url, "VAGT_MQTT_TOPIC_ROOT": topic_root,
+                "VAGT_MQTT_CLIENT_ID": f"vagt-{uuid.uuid4().hex[:8]}",
+                "VAGT_METRICS_PORT": "0"})
+    engine = EngineProcess(env, tmp_path / "engine.log").start()
+    try:
+        engine.wait_ready(timeout=60)
+        assert engine.terminate() == 0
+    finally:
+        engine.stop()
+    log = engine.log()
+    assert "level=INFO logger=vagt.embedded event=embedded_postgres_started" in log
+    assert "level=INFO logger=vagt.embedded event=embedded_postgres_stopped" in log
 
 
 # --- embedded MQTT broker ----------------------------------------------------------------------

@@ -339,14 +339,17 @@ def embedded_database_exists(config: Config) -> bool:
 
 
 @contextlib.contextmanager
-def database_url(config: Config) -> Iterator[str]:
-    """The configured database, or the embedded one in the data directory."""
+def database_url(config: Config, *, serving: bool = False) -> Iterator[str]:
+    """The configured database, or the embedded one in the data directory. Its start and
+    stop are logged at INFO for a process that `serving` (the engine, the API), at DEBUG
+    for a one-shot command (`vagt alerts list`), whose output they would only clutter."""
     if config.database.url:
         yield config.database.url
         return
     from vagt.app.embedded import embedded_postgres
 
-    with embedded_postgres(Path(config.data_dir)) as url:
+    level = logging.INFO if serving else logging.DEBUG
+    with embedded_postgres(Path(config.data_dir), log_level=level) as url:
         yield url
 
 
@@ -390,7 +393,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     stop = _stop_on_signals()
     reload = _reload_on_sighup()
     try:
-        with database_url(config) as url:
+        with database_url(config, serving=True) as url:
             run_engine(dataclasses.replace(
                 config, database=dataclasses.replace(config.database, url=url)), stop,
                 reload=reload)
@@ -497,7 +500,7 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
         return 2
     _install_alert_policy(config)
     metrics = EngineMetrics()
-    with database_url(config) as url:
+    with database_url(config, serving=True) as url:
         db.migrate(url)
         with db.open_pool(url, config.database.pool_min, config.database.pool_max) as pool:
             app = create_app(pool, policy, observer=metrics)

