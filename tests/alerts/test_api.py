@@ -248,6 +248,24 @@ def test_claim_acknowledge_resolve_through_the_api_is_audited_with_the_callers_n
     assert sample("vagt_alert_time_to_resolve_seconds_count", {"queue": "emergency"}) == 1.0
 
 
+def test_each_step_through_the_api_is_audited_with_how_the_caller_signed_in(api):
+    """As the command line records `cli:USER`: the API's password, or the token's name."""
+    alarm, _ = alarm_and_battery(api.database_url)
+    crm, anna = api.with_token(api.tokens["crm"]), api.as_("anna")
+    assert crm.post("/api/v1/alerts/next").json()["id"] == alarm
+    assert crm.post(f"/api/v1/alerts/{alarm}/notes", json={"note": "rang"}).status_code == 200
+    assert crm.post(f"/api/v1/alerts/{alarm}/release").status_code == 200
+    assert anna.post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+    assert anna.post(f"/api/v1/alerts/{alarm}/acknowledge").status_code == 200
+    assert anna.post(f"/api/v1/alerts/{alarm}/resolve",
+                     json={"code": "visit_arranged", "note": "carer on site"}).status_code == 200
+    history = anna.get(f"/api/v1/alerts/{alarm}").json()["history"]
+    assert [(h["actor"], h["action"], h["details"].get("via")) for h in history][1:] == [
+        ("crm", "claim", "token:callcentre-crm"), ("crm", "note", "token:callcentre-crm"),
+        ("crm", "release", "token:callcentre-crm"), ("anna", "claim", "password"),
+        ("anna", "ack", "password"), ("anna", "resolve", "password")]
+
+
 def test_a_claim_of_a_held_alert_answers_409_naming_the_holder(api):
     alarm, _ = alarm_and_battery(api.database_url)
     api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim")

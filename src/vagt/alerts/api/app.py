@@ -140,7 +140,8 @@ Conn = Annotated[psycopg.Connection, Depends(_conn)]
 
 
 def _alert(row: AlertRow, who: Principal | None = None, action: str = "") -> schemas.Alert:
-    """The response body; with `action`, the step is also logged (the audit trail has it too)."""
+    """The response body; with `action`, the step is also logged (the audit trail has it too,
+    with how the caller signed in: `via`)."""
     if who is not None:
         log.info("event=alert_%s alert_id=%d queue=%s status=%s operator=%s via=%s", action,
                  row.id, row.queue, row.status.value, who.username, who.via)
@@ -210,7 +211,8 @@ def _router() -> APIRouter:
                    body: schemas.NextRequest | None = None) -> Any:
         """Claim the most urgent open alert of the operator's queues for the caller."""
         queues = (body.queues if body and body.queues else list(who.queues)) or None
-        row = actions.next_alert(conn, who.username, queues, municipality=who.municipality)
+        row = actions.next_alert(conn, who.username, queues, municipality=who.municipality,
+                                 via=who.via)
         if row is None:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         _observe_claim(request, row)
@@ -229,7 +231,8 @@ def _router() -> APIRouter:
             tags=["alerts"])
     def claim(request: Request, alert_id: int, who: Operator, conn: Conn) -> schemas.Alert:
         """Take an open alert; then no one else can act on it."""
-        row = actions.claim(conn, alert_id, who.username, municipality=who.municipality)
+        row = actions.claim(conn, alert_id, who.username, municipality=who.municipality,
+                            via=who.via)
         _observe_claim(request, row)
         return _alert(row, who, "claim")
 
@@ -240,7 +243,8 @@ def _router() -> APIRouter:
         """Acknowledge an alert the caller holds."""
         return _alert(actions.acknowledge(conn, alert_id, who.username,
                                           body.note if body else None,
-                                          municipality=who.municipality), who, "acknowledge")
+                                          municipality=who.municipality, via=who.via),
+                      who, "acknowledge")
 
     @r.post("/alerts/{alert_id}/resolve", response_model=schemas.Alert,
             responses=_ALERT_ERRORS, tags=["alerts"])
@@ -248,7 +252,8 @@ def _router() -> APIRouter:
                 conn: Conn) -> schemas.Alert:
         """Resolve an open alert or one the caller holds, with a resolution code and a note."""
         row = actions.resolve(conn, alert_id, who.username, body.note, code=body.code,
-                              municipality=who.municipality, policy=request.app.state.policy)
+                              municipality=who.municipality, policy=request.app.state.policy,
+                              via=who.via)
         if row.resolved_at:
             observer: AlertObserver = request.app.state.observer
             observer.resolved(row.queue, (row.resolved_at - row.created_at).total_seconds())
@@ -261,14 +266,16 @@ def _router() -> APIRouter:
         """Give a held alert back to its queue: its holder, or a supervisor for anyone's."""
         return _alert(actions.release(conn, alert_id, who.username, body.note if body else None,
                                       supervisor=who.role >= Role.SUPERVISOR,
-                                      municipality=who.municipality), who, "release")
+                                      municipality=who.municipality, via=who.via),
+                      who, "release")
 
     @r.post("/alerts/{alert_id}/notes", response_model=schemas.Alert, responses=_ALERT_ERRORS,
             tags=["alerts"])
     def note(alert_id: int, body: schemas.Note, who: Operator, conn: Conn) -> schemas.Alert:
         """Write a note on an alert; its status does not change."""
         return _alert(actions.add_note(conn, alert_id, who.username, body.note,
-                                       municipality=who.municipality), who, "note")
+                                       municipality=who.municipality, via=who.via),
+                      who, "note")
 
     @r.get("/silences", response_model=list[schemas.Silence], responses=_ERRORS,
            tags=["silences"])
