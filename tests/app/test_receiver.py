@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import paho.mqtt.client as paho
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.app.conftest import (
     EngineProcess,
@@ -31,6 +32,7 @@ from tests.app.conftest import (
 from tests.app.test_alarm_process import ended, metric
 from tests.support import Broker
 
+from vagt.app.metrics import EngineMetrics
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.ingest.consumer import SessionSettings
 from vagt.ingest.model import RawMessage
@@ -383,3 +385,53 @@ def test_qos_0_messages_kept_across_a_reconnect_in_the_childs_take_lose_nothing_
         assert sorted(m.payload for m in got) == sorted(p for _, p in once + first + second)
         receiver.ack(got)
         wait_for(lambda: sum(acked) == 20, what="the QoS 1 ones acknowledged")
+
+
+def test_the_bulk_receiver_holds_no_more_than_its_receive_maximum_for_a_slower_engine(
+        broker: Broker, topic_root: str, settings: ReceiverSettings,
+        stop: threading.Event) -> None:
+    # The broker (Mosquitto 2.0.11) sends past the Receive Maximum once acknowledgements
+    # flow; the child stops reading at it, so what waits here and what the engine holds
+    # together stay within it, and the operator sees the lane holding at its limit.
+    limit, n = 50, 1000
+    session = dataclasses.replace(settings.session, receive_maximum=limit,
+                                  stop_reading_at_receive_maximum=True)
+    settings = dataclasses.replace(settings, session=session, batch_max=10)
+    metrics = EngineMetrics(CollectorRegistry())
+    with ReceiverProcess(settings) as receiver:     # the persistent session
+        wait_for(lambda: receiver.connected, what="the child's session")
+    sent = payloads(topic_root, n)
+    publish(broker.port, sent)
+    got: list[RawMessage] = []
+    takes: list[list[RawMessage]] = []
+    most = 0
+    seen_paused = False
+    with ReceiverProcess(settings) as receiver:
+        metrics.watch_reading("bulk", lambda: receiver.reading_paused,
+                              lambda: receiver.reading_paused_s)
+        deadline = time.monotonic() + 120
+        while len(got) < n and time.monotonic() < deadline:
+            if batch := receiver.take(10, 0.0, stop):
+                takes.append(batch)
+            time.sleep(0.05)     # the broker has time to send what it would
+            most = max(most, sum(map(len, takes)) + receiver.waiting)
+            seen_paused = seen_paused or paused_metric(metrics) == 1.0
+            if len(takes) > 2 or not batch:     # commits lag two batches behind
+                receiver.ack(takes[0])
+                got += takes.pop(0)
+        assert [m.payload for m in got] == [p for _, p in sent]
+        assert most <= limit, "the engine held more than the Receive Maximum"
+        assert seen_paused, "the lane was never seen holding at its limit"
+        wait_for(lambda: paused_seconds(metrics) > 0, what="the child to say how long")
+    with ReceiverProcess(settings) as receiver:
+        wait_for(lambda: receiver.connected, what="the child's session")
+        assert take_all(receiver, 1, stop, timeout=2) == [], "an acknowledged message came again"
+
+
+def paused_metric(metrics: EngineMetrics) -> float | None:
+    return metrics.registry.get_sample_value("vagt_mqtt_reading_paused", {"lane": "bulk"})
+
+
+def paused_seconds(metrics: EngineMetrics) -> float:
+    return metrics.registry.get_sample_value("vagt_mqtt_reading_paused_seconds_total",
+                                             {"lane": "bulk"}) or 0.0

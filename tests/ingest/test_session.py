@@ -253,3 +253,127 @@ def test_what_came_at_qos_0_and_waited_across_a_reconnect_is_kept(own_broker: Br
         assert take_all(session, 1, timeout=2) == []
         # the QoS 1 ones as sent again, on this connection; the QoS 0 ones have nothing to ack
         assert session.ack(got) == 5
+
+
+def take_and_ack(session: MqttSession, n: int, timeout: float = 30) -> list[Any]:
+    """Take `n` messages, acknowledging each batch on the way (a session that stops reading
+    at its Receive Maximum hands out no more than that unacknowledged)."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        batch = session.take(n - len(got), 0.05, threading.Event())
+        assert session.ack(batch) == len(batch), "a connection was lost"
+        got += batch
+    return got
+
+
+def test_the_session_holds_no_more_than_its_receive_maximum_while_acknowledgements_flow(
+        broker: Broker) -> None:
+    # Mosquitto 2.0.11 keeps to a client's Receive Maximum until acknowledgements flow, then
+    # sends past it (eclipse-mosquitto/mosquitto#2301): the session stops reading instead.
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    limit, n = 50, 1500
+    s = settings(broker, root, cid, receive_maximum=limit, stop_reading_at_receive_maximum=True)
+    with MqttSession(s) as session:      # the persistent session
+        wait_for(lambda: session.connected, what="the session")
+    sent = [(f"{root}/dev/{k % 7}/telemetry", f"{k}".encode()) for k in range(n)]
+    publish(broker.port, sent)
+    got: list[Any] = []
+    held: list[Any] = []
+    most = 0
+    with MqttSession(s) as session:
+        deadline = time.monotonic() + 120
+        while len(got) < n and time.monotonic() < deadline:
+            held += session.take(limit, 0.05, threading.Event())
+            time.sleep(0.05)     # the broker has time to send what it would
+            most = max(most, len(held) + session.waiting)
+            if len(held) + session.waiting >= limit:
+                assert session.reading_paused
+            session.ack(held[:20])          # a few at a time: a slow engine
+            got += held[:20]
+            del held[:20]
+        assert [m.payload for m in got] == [p for _, p in sent]
+        assert most == limit, "the session held more than its Receive Maximum, or never all"
+        assert session.reading_paused_s > 0
+    with MqttSession(s) as session:
+        wait_for(lambda: session.connected, what="the session again")
+        assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
+
+
+def test_a_session_paused_at_its_receive_maximum_keeps_its_connection_while_it_holds(
+        broker: Broker) -> None:
+    # Held past several keepalives (the database away): the broker, having had no
+    # acknowledgement, kept to the limit, so its PINGRESP is the next packet, and is read.
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    limit = 20
+    s = settings(broker, root, cid, receive_maximum=limit, keepalive_s=1,
+                 stop_reading_at_receive_maximum=True)
+    sent = [(f"{root}/dev/X/telemetry", f"m{i}".encode()) for i in range(3 * limit)]
+    with MqttSession(s) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(broker.port, sent)
+        held = take_all(session, limit)
+        time.sleep(5)                       # five keepalives
+        assert session.connected and session.reading_paused
+        assert session.waiting == 0
+        assert session.ack(held) == limit, "the connection they came on was lost"
+        rest = take_and_ack(session, 2 * limit)
+        assert [m.payload for m in held + rest] == [p for _, p in sent]
+
+
+def test_a_session_paused_at_its_receive_maximum_notices_a_broker_that_stops_answering(
+        own_broker: Broker) -> None:
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    limit = 20
+    s = settings(own_broker, root, cid, receive_maximum=limit, keepalive_s=1,
+                 stop_reading_at_receive_maximum=True)
+    sent = [(f"{root}/dev/X/telemetry", f"m{i}".encode()) for i in range(2 * limit)]
+    assert own_broker.process is not None
+    with MqttSession(s) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(own_broker.port, sent)
+        held = take_all(session, limit)
+        wait_for(lambda: session.reading_paused, what="the session to stop reading")
+        os.kill(own_broker.process.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not session.connected, timeout=20,
+                     what="the unanswered keepalive to be noticed while paused")
+        finally:
+            os.kill(own_broker.process.pid, signal.SIGCONT)
+        wait_for(lambda: session.connected, timeout=30, what="the session to connect again")
+        assert session.ack(held) == 0, "acknowledged on a connection that is gone"
+        got = take_and_ack(session, 2 * limit)  # what was held comes again, then the rest
+        assert [m.payload for m in got] == [p for _, p in sent]
+
+
+def test_held_past_the_keepalive_behind_messages_sent_past_the_limit_all_come_again(
+        broker: Broker) -> None:
+    # Once acknowledgements flow the broker sends past the limit; held then (the database
+    # away), the PINGRESP waits behind those messages in the socket, and the keepalive may
+    # end the connection. Whether it does or not, nothing is lost: what was held and not
+    # acknowledged comes again on the next connection.
+    root, cid = f"s{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    limit, n = 20, 400
+    s = settings(broker, root, cid, receive_maximum=limit, keepalive_s=1,
+                 stop_reading_at_receive_maximum=True)
+    sent = [(f"{root}/dev/X/telemetry", f"m{i}".encode()) for i in range(n)]
+    with MqttSession(s) as session:
+        wait_for(lambda: session.connected, what="the session")
+        publish(broker.port, sent)
+        first = take_all(session, limit)
+        assert session.ack(first) == limit          # acknowledgements flow
+        held = take_all(session, limit)
+        time.sleep(5)
+        # what was held comes again if the connection was lost: then it waits here, once
+        assert session.unacknowledged <= limit and session.waiting <= limit
+        session.ack(held)                           # 0 if the connection was lost meanwhile
+        got = first + held
+        deadline = time.monotonic() + 60
+        while {m.payload for m in got} != {p for _, p in sent} and time.monotonic() < deadline:
+            batch = session.take(limit, 0.05, threading.Event())
+            session.ack(batch)
+            got += batch
+        assert {m.payload for m in got} == {p for _, p in sent}
+    with MqttSession(s) as session:
+        wait_for(lambda: session.connected, what="the session again")
+        assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"

@@ -76,6 +76,11 @@ class LaneSpec:
     # took 1,200 messages a batch while it drained a backlog; waiting up to 250 ms, 8,700,
     # and PostgreSQL and the engine spent a fifth less CPU per message (README).
     backlog_wait_s: float = 0.0
+    # Its session stops reading while it holds mqtt.receive_maximum messages not yet
+    # acknowledged (`SessionSettings.stop_reading_at_receive_maximum`): Mosquitto 2.0.11
+    # sends past the limit once acknowledgements flow, and an engine slower than its
+    # receiver held the backlog in memory. The bulk lane's; the alarm lane reads on.
+    stop_reading_at_receive_maximum: bool = False
     # How long one of the lane's transactions may take before its connection is cut and it
     # is tried on a new one (vagt.app.watchdog); the state left apart has the bulk lane's
     # (it waits for the bulk lane's locks).
@@ -98,6 +103,7 @@ def lane_specs(config: Config) -> list[LaneSpec]:
         LaneSpec("bulk", (Channel.TELEMETRY, Channel.STATUS), bulk_max,
                  ing.bulk_batch_wait_ms / 1000, nice=ing.bulk_nice,
                  backlog_wait_s=ing.bulk_backlog_wait_ms / 1000,
+                 stop_reading_at_receive_maximum=True,
                  transaction_timeout_s=limits.transaction_timeout_s,
                  state_timeout_s=limits.transaction_timeout_s),
     ]
@@ -112,6 +118,7 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
         ca_file=m.ca_file, protocol=m.protocol, session_expiry_s=m.session_expiry_s,
         receive_maximum=m.receive_maximum, keepalive_s=m.keepalive_s,
         max_payload_bytes=config.ingest.max_payload_bytes,
+        stop_reading_at_receive_maximum=lane.stop_reading_at_receive_maximum,
     )
 
 
@@ -733,14 +740,19 @@ def _open_session(config: Config, spec: LaneSpec, metrics: EngineMetrics,
     """The lane's MQTT session, connecting; the bulk lane's in a process of its own with
     `ingest.bulk_receiver_process` (see `vagt.app.receiver`)."""
     settings = session_settings(config, spec)
+    session: ReceiverProcess | MqttSession
     if spec.name == "bulk" and config.ingest.bulk_receiver_process:
-        receiver = ReceiverProcess(
+        session = ReceiverProcess(
             ReceiverSettings(settings, spec.batch_max, spec.batch_wait_s, spec.nice),
             on_acked=metrics.acked.labels(spec.name).inc)
-        receiver.start()
-        _supervise(receiver, metrics, stop)
-        return receiver
-    return MqttSession(settings).__enter__()
+        session.start()
+        _supervise(session, metrics, stop)
+    else:
+        session = MqttSession(settings).__enter__()
+    if spec.stop_reading_at_receive_maximum:
+        metrics.watch_reading(spec.name, lambda: session.reading_paused,
+                              lambda: session.reading_paused_s)
+    return session
 
 
 MAX_TICK_DEFERRAL_S = 600.0

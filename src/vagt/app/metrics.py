@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, RestrictedRegistry
 
@@ -136,6 +136,13 @@ class EngineMetrics:
             registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
+        self.reading_paused = Gauge(
+            "vagt_mqtt_reading_paused", "1 while the lane's session reads nothing from the "
+            "broker: it holds mqtt.receive_maximum messages the engine has not committed and "
+            "acknowledged (the broker keeps the rest); a lane that stays at 1 is behind or "
+            "stalled", ["lane"], registry=r)
+        self._paused_seconds = _PausedSeconds()
+        r.register(self._paused_seconds)
         self.time_to_claim = Histogram("vagt_alert_time_to_claim_seconds",
                                        "From an alert becoming claimable to its claim",
                                        ["queue"], buckets=QUEUE_BUCKETS, registry=r)
@@ -198,6 +205,14 @@ class EngineMetrics:
         """Export `vagt_devices{status}` and `vagt_devices_online{type,municipality}`."""
         self.registry.register(_Fleet(counts))
 
+    def watch_reading(self, lane: str, paused: Callable[[], bool],
+                      paused_s: Callable[[], float]) -> None:
+        """Export `vagt_mqtt_reading_paused{lane}` and
+        `vagt_mqtt_reading_paused_seconds_total{lane}` from the lane's session at every
+        scrape (the bulk lane's stops reading at its Receive Maximum)."""
+        self.reading_paused.labels(lane).set_function(lambda: 1.0 if paused() else 0.0)
+        self._paused_seconds.lanes[lane] = paused_s
+
     def thread_crashed(self, thread: str) -> None:
         """`vagt.threads.keep_running`'s on_crash: one more for `thread`."""
         self.thread_crashes.labels(thread).inc()
@@ -215,6 +230,28 @@ class EngineMetrics:
                 "(VAGT_METRICS_PORT) to a free port, or to 0 for no metrics endpoint") from e
         log.info("event=metrics_listening host=%s port=%d", host, port)
         return server
+
+
+class _PausedSeconds(Collector):
+    """`vagt_mqtt_reading_paused_seconds_total{lane}`, read from each lane's session."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, Callable[[], float]] = {}
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        if not self.lanes:
+            return
+        c = CounterMetricFamily(
+            "vagt_mqtt_reading_paused_seconds", "Time the lane's session read nothing from "
+            "the broker because it held mqtt.receive_maximum messages not yet acknowledged: "
+            "its rate is the share of the time the engine, not the broker, set the pace",
+            labels=["lane"])
+        for lane, seconds in sorted(self.lanes.items()):
+            c.add_metric([lane], seconds())
+        yield c
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return []
 
 
 class _Foreign(Collector):

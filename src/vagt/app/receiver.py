@@ -20,8 +20,10 @@ The pipe's messages:
 - child to engine: (BATCH, number, the session's connection, the first connection of the
   broker's session it is part of, topics, payloads, arrival times, {index: size} of the
   oversized, cut to their first bytes, [index] of those that came retained, [index] of
-  those that came at QoS 0), (ACKED, how many) after each acknowledgement, and (CONNECTED,
-  up or not) when that changes.
+  those that came at QoS 0), (ACKED, how many) after each acknowledgement, (CONNECTED,
+  up or not) when that changes, and (READING, paused or not, seconds paused in all) when
+  the session stops or starts reading at its Receive Maximum, and each second it has been
+  paused (`MqttSession.reading_paused`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.engine")
 
-BATCH, ACKED, CONNECTED = "batch", "acked", "connected"     # child to engine
+BATCH, ACKED, CONNECTED, READING = "batch", "acked", "connected", "reading"  # child to engine
 ACK, STOP = "ack", "stop"                                   # engine to child
 
 
@@ -78,7 +80,8 @@ class ReceiverProcess(ChildProcess):
     return: it acknowledges after `ack` returns.
 
     A thread reads the pipe, so the child never waits to send: what it holds is bounded by
-    the session's Receive Maximum, and so is what waits here.
+    the session's Receive Maximum (the child stops reading at it,
+    `stop_reading_at_receive_maximum`), and so is what waits here.
     """
 
     def __init__(self, settings: ReceiverSettings,
@@ -92,6 +95,9 @@ class ReceiverProcess(ChildProcess):
         self._connected = False
         self._behind = False
         self._child_wait_s = settings.batch_wait_s
+        self._reading_paused = False
+        self._paused_s = 0.0          # the child now running's, as it last said
+        self._paused_s_before = 0.0   # the children before it, in all
 
     def __enter__(self) -> ReceiverProcess:
         self.start()
@@ -119,11 +125,26 @@ class ReceiverProcess(ChildProcess):
         """The last `take` left batches waiting here."""
         return self._behind
 
+    @property
+    def reading_paused(self) -> bool:
+        """The child's session does not read from the broker: it holds its Receive Maximum
+        of messages the engine has not committed (as the child last said)."""
+        return self._reading_paused
+
+    @property
+    def reading_paused_s(self) -> float:
+        """Seconds the children's sessions did not read at their Receive Maximum, in all."""
+        with self._cond:
+            return self._paused_s_before + self._paused_s
+
     def _started(self, control: Connection) -> None:
         with self._cond:
             self._batches.clear()   # a dead child's: the broker sends them again
             self._connection = 0
             self._connected = False
+            self._reading_paused = False
+            self._paused_s_before += self._paused_s
+            self._paused_s = 0.0
             incarnation = self.incarnation
         threading.Thread(target=self._read, args=(control, incarnation), daemon=True,
                          name=f"vagt-bulk-receiver-{incarnation}").start()
@@ -213,6 +234,10 @@ class ReceiverProcess(ChildProcess):
                 with self._cond:
                     if incarnation == self.incarnation:
                         self._connected = bool(message[1])
+            elif kind == READING:
+                with self._cond:
+                    if incarnation == self.incarnation:
+                        self._reading_paused, self._paused_s = bool(message[1]), message[2]
         with self._cond:
             if incarnation == self.incarnation:
                 self._connected = False
@@ -254,10 +279,15 @@ def run_receiver(argv: list[str]) -> None:
                          name="vagt-bulk-receiver-acks", daemon=True).start()
         numbers = itertools.count(1)
         connected: bool | None = None
+        paused, paused_s = False, 0.0     # as last told
         while not stop.is_set():
             if session.connected != connected:
                 connected = session.connected
                 send((CONNECTED, connected))
+            # each batch's take, or each second while none comes (a pause's seconds too)
+            if session.reading_paused != paused or session.reading_paused_s - paused_s >= 1.0:
+                paused, paused_s = session.reading_paused, session.reading_paused_s
+                send((READING, paused, paused_s))
             # A batch is one connection's: the engine keeps or drops it by its connection,
             # and the acknowledgements go by the batch. A take right after a reconnect can
             # hold QoS 0 messages of the connection before (kept: they never come again)

@@ -43,6 +43,8 @@ SETTLE_FILTER = "vagt/settle-acks"
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 15.0   # the wait after a lost or refused connection
 READ_BURST = 1000   # packets read before acknowledgements are written and keepalive checked
 SELECT_S = 1.0      # the longest the network thread sleeps: keepalive is checked as often
+PAUSE_LOGGED_S = 10.0   # a pause at the Receive Maximum this long is logged (a drain's are short)
+PUBLISH_TYPE = 3    # the packet type of PUBLISH, the first byte's high four bits
 # what the session reports when its own network thread failed (not paho's to report)
 NETWORK_FAILED = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)   # unspecified error
 
@@ -65,6 +67,11 @@ class SessionSettings:
     keepalive_s: int = 30
     # a payload over this is cut to its first this-many bytes as it arrives (RawMessage.size)
     max_payload_bytes: int = 64 * 1024
+    # Read no more from the socket while `receive_maximum` messages of this connection are
+    # not acknowledged (QoS 0 ones do not count): Mosquitto 2.0.11 sends past it once
+    # acknowledgements flow, and what it sends is held in our memory. The bulk lane's; the
+    # alarm lane reads on (see MqttSession._may_read).
+    stop_reading_at_receive_maximum: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +99,10 @@ class MqttSession:
     """A persistent QoS 1 subscription whose messages are acknowledged after commit.
 
     Back-pressure comes from the broker: it sends at most Receive Maximum (MQTT 5) messages
-    that we have not acknowledged, so what this object holds in memory is bounded by it.
+    that we have not acknowledged, so what this object holds in memory is bounded by it. Not
+    every broker keeps to it (Mosquitto 2.0.11 does not, once acknowledgements flow): with
+    `stop_reading_at_receive_maximum` the session itself stops reading while it holds that
+    many, and reads again as acknowledgements go out; the broker keeps the rest.
 
     Every connection is a generation. A message is acknowledged only on the connection it came
     in on: after a reconnect the broker sends unacknowledged messages again with their packet
@@ -115,6 +125,16 @@ class MqttSession:
         self._unsubscribed: int | None = None  # the mid of the last UNSUBACK
         self._behind = False
         self._received = 0       # PUBLISH packets paho has handed over (the network thread's)
+        # This connection's QoS 1 messages received (the network thread's) and acknowledged
+        # (under `_connection`); both 0 at each connection. Two counters, each with one
+        # writer, so that the message callback takes no lock for them.
+        self._unacked_in = 0
+        self._unacked_out = 0
+        self._paused_since: float | None = None   # reading paused at the Receive Maximum
+        self._paused_s = 0.0     # seconds paused, pauses ended (the network thread's)
+        self._pause_lock = threading.Lock()     # the two above, against reading_paused_s
+        self._pause_logged = False
+        self._settling = False   # close() waits for an answer: read whatever comes
         self._retry_s: float | None = None      # the wait before the next connection attempt
         self._closing = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -178,6 +198,25 @@ class MqttSession:
         with self._cond:
             return len(self._inbox)
 
+    @property
+    def unacknowledged(self) -> int:
+        """QoS 1 messages received on this connection and not acknowledged yet: what the
+        broker counts against our Receive Maximum."""
+        return self._unacked_in - self._unacked_out
+
+    @property
+    def reading_paused(self) -> bool:
+        """Not reading from the broker: the session holds `receive_maximum` messages not
+        acknowledged (with `stop_reading_at_receive_maximum`)."""
+        return self._paused_since is not None
+
+    @property
+    def reading_paused_s(self) -> float:
+        """Seconds the session has not read from the broker at its Receive Maximum, in all."""
+        with self._pause_lock:
+            since, ended = self._paused_since, self._paused_s
+        return ended + (0.0 if since is None else time.monotonic() - since)
+
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._connected, timeout)
@@ -226,11 +265,16 @@ class MqttSession:
             if not self._connected:
                 return 0
             ack = self._client.ack
+            once = 0
             for token in tokens:
                 assert isinstance(token, _Token)
                 if token.generation == generation:
                     ack(token.mid, token.qos)
                     acked += 1
+                    once += token.qos == 0
+            self._unacked_out += acked - once
+        if acked and self.settings.stop_reading_at_receive_maximum:
+            self._wake_up()     # reading may go on (paho wakes us only to write)
         return acked
 
     def _settle_acks(self, timeout: float = 2.0) -> None:
@@ -241,6 +285,9 @@ class MqttSession:
             if not self._connected:
                 return
             self._unsubscribed = None
+        # The answer can be behind messages past our Receive Maximum: read them (they are
+        # not acknowledged, and come again at the next start).
+        self._settling = True
         rc, mid = self._client.unsubscribe(SETTLE_FILTER)
         if rc != paho.MQTT_ERR_SUCCESS:
             return
@@ -293,6 +340,7 @@ class MqttSession:
             self._session_began = {g: b for g, b in self._session_began.items()
                                    if g >= self._generation - 8}
             self._session_began[self._generation] = began
+            self._unacked_in = self._unacked_out = 0   # the broker's count is per connection
             # What we hold from earlier connections of this broker session comes again, with
             # new packet ids: dropped; but not what came at QoS 0, which the broker sent once
             # and forgot. What is from before it (a session the broker lost) comes never
@@ -304,6 +352,7 @@ class MqttSession:
                 self._inbox.extend(kept)
             self._connected = True
             self._cond.notify_all()
+        self._end_pause()
         # Subscribed at every connection (a resumed session has the filters; a new one, or a
         # changed configuration, needs them). A retained message is sent at subscribe: an old
         # copy, which the decoder makes a dead letter (and on the alarm channel an alert: it
@@ -336,9 +385,15 @@ class MqttSession:
         with self._connection, self._cond:
             self._connected = False
             self._cond.notify_all()
+        # Paused, the broker's PINGRESP can wait behind the messages it sent past our
+        # Receive Maximum, and the keepalive ends the connection: the broker sends what was
+        # not acknowledged again on the next one.
+        paused = self._paused_since is not None
+        self._end_pause()
         level = logging.WARNING if reason.is_failure else logging.INFO
-        log.log(level, "event=mqtt_disconnected client_id=%s reason=%s",
-                self.settings.client_id, reason)
+        log.log(level, "event=mqtt_disconnected client_id=%s reason=%s%s",
+                self.settings.client_id, reason,
+                " reading_paused=true note=unacknowledged_come_again" if paused else "")
 
     def _on_message(self, _client: paho.Client, _userdata: object,
                     msg: paho.MQTTMessage) -> None:
@@ -347,6 +402,8 @@ class MqttSession:
         except UnicodeDecodeError:  # brokers should refuse these; if one did not, dead-letter it
             topic = msg._topic.decode("utf-8", "replace")
         self._received += 1
+        if msg.qos:
+            self._unacked_in += 1
         payload, size = msg.payload, -1
         if len(payload) > self.settings.max_payload_bytes:
             # a dead letter to be: its first bytes and its size suffice
@@ -402,15 +459,21 @@ class MqttSession:
         this thread closes it, so a `select` that fails is a bug (see `_run_network`)."""
         sock = client.socket()
         assert sock is not None
-        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-        readable, _, _ = select.select([sock, self._wake_r],
+        may_read = self._may_read(client, sock)
+        pending = sock.pending() if may_read and isinstance(sock, ssl.SSLSocket) else 0
+        readable, _, _ = select.select([sock, self._wake_r] if may_read else [self._wake_r],
                                        [sock] if client.want_write() else [], [],
                                        0 if pending else SELECT_S)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
         if sock in readable or pending:
+            limit = (self.settings.receive_maximum
+                     if self.settings.stop_reading_at_receive_maximum else 1 << 30)
             for _ in range(READ_BURST):
+                if (self._unacked_in - self._unacked_out >= limit
+                        and not self._may_read(client, sock)):
+                    break   # at the Receive Maximum, and a PUBLISH is next
                 before = self._received
                 if client.loop_read() or self._received == before:
                     break   # lost, or the socket is empty, or it was not a PUBLISH: select
@@ -418,6 +481,64 @@ class MqttSession:
             client.loop_write()
         if client.socket() is not None:
             client.loop_misc()
+
+    def _may_read(self, client: paho.Client, sock: Any) -> bool:
+        """Whether to read from the socket now: not while this connection holds
+        `receive_maximum` messages not acknowledged and a PUBLISH is the next packet (with
+        `stop_reading_at_receive_maximum`; the broker keeps what it sent past it, in the
+        socket or in its queue). Other packets are read: the broker's PINGRESP, or its
+        answer at close, when nothing is sent past the limit before them.
+
+        Only the bulk lane's session stops: an alarm lane that held its Receive Maximum would
+        have that many alarms to commit before the next, and its session reads on as before.
+        """
+        s = self.settings
+        held = self._unacked_in - self._unacked_out
+        if not s.stop_reading_at_receive_maximum or held < s.receive_maximum \
+                or self._settling:
+            self._end_pause()
+            return True
+        if self._paused_since is None:
+            with self._pause_lock:
+                self._paused_since = time.monotonic()
+        elif not self._pause_logged and time.monotonic() - self._paused_since > PAUSE_LOGGED_S:
+            self._pause_logged = True
+            log.warning("event=mqtt_reading_paused client_id=%s unacknowledged=%d "
+                        "receive_maximum=%d paused_s=%.0f note=engine_behind_broker_keeps_the_rest",
+                        s.client_id, held, s.receive_maximum, PAUSE_LOGGED_S)
+        return self._next_is_not_publish(client, sock)
+
+    @staticmethod
+    def _next_is_not_publish(client: paho.Client, sock: Any) -> bool:
+        """The next packet in the socket is not a PUBLISH, or it may be (nothing came yet:
+        wait for it), or the connection ended (paho is to see it). Not known over TLS (no
+        peeking under the TLS layer): False, and the keepalive tells a dead connection."""
+        if getattr(client, "_in_packet", {}).get("command", 0):
+            return True         # a packet begun (not a PUBLISH: those end a pause)
+        if isinstance(sock, ssl.SSLSocket):
+            return False
+        try:
+            first = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True         # nothing yet: select() tells when something comes
+        except OSError:
+            return True         # reset: paho's read reports the loss
+        return not first or first[0] >> 4 != PUBLISH_TYPE
+
+    def _end_pause(self) -> None:
+        """The network thread's: reading goes on (acknowledgements went out, or a new
+        connection began)."""
+        since = self._paused_since
+        if since is None:
+            return
+        paused = time.monotonic() - since
+        with self._pause_lock:
+            self._paused_since = None
+            self._paused_s += paused
+        if self._pause_logged:
+            self._pause_logged = False
+            log.info("event=mqtt_reading_resumed client_id=%s paused_s=%.1f",
+                     self.settings.client_id, paused)
 
     def _disconnect(self, client: paho.Client) -> None:
         """DISCONNECT, written here (paho closes the socket after it): the broker keeps the
