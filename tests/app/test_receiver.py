@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import paho.mqtt.client as paho
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
 from tests.app.conftest import (
     EngineProcess,
     publish,

@@ -1,7 +1,9 @@
 """The MQTT session's own network thread (vagt.ingest.consumer.MqttSession), against real
 Mosquitto processes: it reads a backlog in bursts and still acknowledges all of it, in plain
 TCP and in TLS, notices a broker that stops answering, connects again, closes while the broker
-is gone, and outlives a bug in its own thread or in a connection attempt."""
+is gone, and outlives a bug in its own thread or in a connection attempt. With
+`stop_reading_at_receive_maximum` it holds no more than its Receive Maximum, keeps its
+connection while it holds, and still notices a broker that stops answering."""
 
 from __future__ import annotations
 
