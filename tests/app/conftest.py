@@ -129,6 +129,11 @@ class EngineProcess:
     runs: list[int] = field(default_factory=list)
 
     def start(self) -> EngineProcess:
+        # A restart gets a metrics port of its own: the last run's, free again, may be taken
+        # meanwhile by another worker's process (a restarted engine once stopped on "Address
+        # already in use"). Tests read it from `env` after (re)starting.
+        if self.proc is not None and self.env.get("VAGT_METRICS_PORT") != "0":
+            self.env["VAGT_METRICS_PORT"] = str(free_port())
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vagt.app.cli", "run"], env=self.env,
