@@ -23,11 +23,12 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.app.db_proxy import DatabaseProxy
+from tests.support import free_port
 
 from vagt.app import db
 from vagt.app.config import Config, load_config
 from vagt.app.demo import SimOptions, format_alert, run_demo, run_simulate, vagt_command
-from vagt.app.embedded import EmbeddedServerError, embedded_broker, embedded_postgres, free_port
+from vagt.app.embedded import EmbeddedServerError, embedded_broker, embedded_postgres
 from vagt.app.engine import run_engine
 from vagt.sim import publish_backlog
 
