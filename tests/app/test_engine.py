@@ -138,6 +138,9 @@ def test_sigkill_in_the_middle_loses_nothing_and_stores_everything_once(
     telemetry_msgs = [(topic(topic_root, d, "telemetry"), telemetry(d, T0 + k, seq=k, spo2=97))
                       for k in range(n_per_device) for d in ids]
     alarms = [(topic(topic_root, d, "alarm"), alarm(d, T0 + 0.5)) for d in ids[:10]]
+    # batches of 250: on a quiet machine the engine took all 5,000 in one batch (up to
+    # 10,000 by default), and the kill came after it
+    engine.env["VAGT_BULK_BATCH_MAX"] = "250"
     engine.start().wait_ready()
     engine.terminate()  # the sessions now exist at the broker; everything below queues there
     publish(broker.port, telemetry_msgs + alarms)
