@@ -119,10 +119,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         if not comment or len(comment) > MAX_COMMENT:
             raise SilenceError(f"a silence needs a comment saying why, of 1 to {MAX_COMMENT} "
                                "characters")
-        wanted = list(matchers)
-        if municipality is not None:
-            wanted = [m for m in wanted if m.name != "municipality"]
-            wanted.append(Matcher("municipality", Op.EQ, municipality))
+        wanted = _scoped(matchers, municipality)
         for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
             without_cpr(str(m), "silence's matcher")
         who["matchers"] = " ".join(map(str, wanted))
@@ -153,13 +150,20 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
     return silence
 
 
+def _scoped(matchers: Sequence[Matcher], municipality: str | None) -> list[Matcher]:
+    """The matchers of a silence its author's municipality (if any) bounds: theirs in place
+    of any municipality matcher given."""
+    if municipality is None:
+        return list(matchers)
+    return [*(m for m in matchers if m.name != "municipality"),
+            Matcher("municipality", Op.EQ, municipality)]
+
+
 def _asked(matchers: Sequence[Matcher], municipality: str | None, starts: datetime,
            ends: datetime, comment: str) -> dict[str, object]:
     """What a refused silence asked for, as its audit entry keeps it: never a CPR number
     (masked: that may be why it was refused), and bounded in size (the API's body is not)."""
-    wanted = [str(m) for m in matchers if municipality is None or m.name != "municipality"]
-    if municipality is not None:
-        wanted.append(str(Matcher("municipality", Op.EQ, municipality)))
+    wanted = [str(m) for m in _scoped(matchers, municipality)]
     return {"matchers": [_kept(m, _MAX_MATCHER_KEPT) for m in wanted[:_MAX_MATCHERS_KEPT]],
             **({"matchers_given": len(wanted)} if len(wanted) > _MAX_MATCHERS_KEPT else {}),
             "starts_at": starts.isoformat(), "ends_at": ends.isoformat(),
