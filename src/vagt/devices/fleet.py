@@ -21,18 +21,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 
-from vagt.arrays import positions
+from vagt.arrays import F64, I64, Bools, positions
 from vagt.devices.catalogue import Catalogue, load_catalogue
 
 if TYPE_CHECKING:
     import pandas as pd
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
 
 # A device is offline once it has been silent for this many of its model's heartbeat
 # intervals: one missed heartbeat is common (a retry, a busy cell), two is not.

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Obj = npt.NDArray[np.object_]
-Bools = npt.NDArray[np.bool_]
+# the column types, as the rule kinds have always imported them from here
+from vagt.arrays import F64 as F64
+from vagt.arrays import I64 as I64
+from vagt.arrays import Bools as Bools
+from vagt.arrays import Objs
+
+Obj = Objs
 A = TypeVar("A", bound=np.ndarray[Any, Any])
 
 

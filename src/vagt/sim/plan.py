@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from vagt.arrays import F64, I64
 from vagt.sim.config import SimConfig
 from vagt.sim.network import Outages
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 DAY = 86_400.0
 
 # Local clock hour and its spread (hours), and how often the slot is used, per type: blood
