@@ -19,13 +19,13 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from benchmarks.drain import fresh_database
 from benchmarks.suite import (
     AlarmProbe,
     Broker,
     _cpu_seconds,
     engines,
     free_port,
-    fresh_database,
     prepare_sessions,
     register_fleet,
 )

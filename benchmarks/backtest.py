@@ -27,8 +27,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
-from benchmarks.drain import drop_database
-from benchmarks.suite import fresh_database
+from benchmarks.drain import drop_database, fresh_database
 
 from vagt.devices.registry import import_csv
 

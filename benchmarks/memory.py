@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drain import drop_database, make_backlog, publish_backlog
+from benchmarks.drain import drop_database, fresh_database, make_backlog, publish_backlog
 from benchmarks.suite import (
     EngineProc,
     engines,
-    fresh_database,
     prepare_sessions,
     register_fleet,
     wait_acked,

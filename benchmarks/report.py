@@ -34,8 +34,7 @@ from typing import Any
 
 import pandas as pd
 import psycopg
-from benchmarks.drain import drop_database
-from benchmarks.suite import fresh_database
+from benchmarks.drain import drop_database, fresh_database
 
 from vagt.app.device_hours import DAY, HOUR_BIT
 from vagt.devices import report

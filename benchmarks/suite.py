@@ -55,6 +55,7 @@ from benchmarks.drain import (
     drain_bare,
     drain_insert_per_message,
     drop_database,
+    fresh_database,
     make_backlog,
     publish_backlog,
     session_props,
@@ -63,7 +64,6 @@ from benchmarks.drain import (
 from benchmarks.split import drain_split
 from tests.support import Broker, free_port
 
-from vagt.app import db
 from vagt.sim import SimDevice, make_fleet
 
 Message = tuple[str, bytes]
@@ -488,15 +488,6 @@ class AlarmProbe:
 
 
 # -- databases --------------------------------------------------------------------------------
-
-def fresh_database() -> str:
-    name = f"vagt_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN.rpartition('/')[0]}/{name}"
-    db.migrate(url)
-    return url
-
 
 def rule_state_writes(url: str) -> int:
     """Rows of `rule_state` updated in the database so far (the statistics of the backends
