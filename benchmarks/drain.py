@@ -12,13 +12,14 @@ Usage: .venv/bin/python -m benchmarks.drain [--messages 100000] [--repeat 3] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -189,6 +190,21 @@ def drain_engine(port: int, root: str, n: int, devices: int, conninfo: str) -> f
     return n / elapsed
 
 
+@contextlib.contextmanager
+def own_broker() -> Iterator[tuple[Broker, Path]]:
+    """A Mosquitto of the benchmark's own, and a temporary directory beside its files for
+    anything else the benchmark keeps; the broker is stopped and the directory removed after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(free_port(), free_port(), work / "broker")
+        broker.directory.mkdir()
+        broker.start()
+        try:
+            yield broker, work
+        finally:
+            broker.stop()
+
+
 def fresh_database(devices: int = 0) -> str:
     """A new database of its own, migrated; with `devices`, the simulated fleet of that many
     registered in it (seed 1, as `make_backlog`'s)."""
@@ -226,41 +242,36 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=2000, help="the simulated fleet's size")
     args = ap.parse_args()
     n, devices = args.messages, args.devices
-    with tempfile.TemporaryDirectory() as d:
-        broker = Broker(free_port(), free_port(), Path(d))
-        broker.start()
-        bare, full, insert = [], [], []
-        try:
-            for r in range(args.repeat):
-                print(f"round {r + 1}/{args.repeat}: {n:,} messages", flush=True)
-                root = f"bench{uuid.uuid4().hex[:6]}/v1"
-                cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
-                create_session(broker.port, cid, root)
-                publish_backlog(broker.port, make_backlog(root, n, devices))
-                bare.append(timed("bare paho consumer (counts)",
-                                  lambda cid=cid: drain_bare(broker.port, cid, n)))
+    bare, full, insert = [], [], []
+    with own_broker() as (broker, _):
+        for r in range(args.repeat):
+            print(f"round {r + 1}/{args.repeat}: {n:,} messages", flush=True)
+            root = f"bench{uuid.uuid4().hex[:6]}/v1"
+            cid = f"bench-bare-{uuid.uuid4().hex[:6]}"
+            create_session(broker.port, cid, root)
+            publish_backlog(broker.port, make_backlog(root, n, devices))
+            bare.append(timed("bare paho consumer (counts)",
+                              lambda cid=cid: drain_bare(broker.port, cid, n)))
+            url = fresh_database(devices)
+            try:
+                full.append(timed("vagt engine (full pipeline)", lambda url=url: drain_engine(
+                    broker.port, f"bench{uuid.uuid4().hex[:6]}/v1", n, devices, url)))
+            finally:
+                drop_database(url)
+            if r == 0 and args.insert_messages:
                 url = fresh_database(devices)
                 try:
-                    full.append(timed("vagt engine (full pipeline)", lambda url=url: drain_engine(
-                        broker.port, f"bench{uuid.uuid4().hex[:6]}/v1", n, devices, url)))
+                    root = f"bench{uuid.uuid4().hex[:6]}/v1"
+                    cid = f"bench-ins-{uuid.uuid4().hex[:6]}"
+                    create_session(broker.port, cid, root)
+                    # canonical JSON: this baseline reads the payload itself
+                    publish_backlog(broker.port, make_backlog(
+                        root, args.insert_messages, devices, canonical_only=True))
+                    insert.append(timed("INSERT + commit per message", lambda cid=cid, url=url:
+                                        drain_insert_per_message(
+                                            broker.port, cid, args.insert_messages, url)))
                 finally:
                     drop_database(url)
-                if r == 0 and args.insert_messages:
-                    url = fresh_database(devices)
-                    try:
-                        root = f"bench{uuid.uuid4().hex[:6]}/v1"
-                        cid = f"bench-ins-{uuid.uuid4().hex[:6]}"
-                        create_session(broker.port, cid, root)
-                        # canonical JSON: this baseline reads the payload itself
-                        publish_backlog(broker.port, make_backlog(
-                            root, args.insert_messages, devices, canonical_only=True))
-                        insert.append(timed("INSERT + commit per message", lambda cid=cid, url=url:
-                                            drain_insert_per_message(
-                                                broker.port, cid, args.insert_messages, url)))
-                    finally:
-                        drop_database(url)
-        finally:
-            broker.stop()
     mb, mf = statistics.median(bare), statistics.median(full)
     print()
     print(f"{'drain of':<34}{'median msg/s':>14}")

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drain import drop_database, fresh_database, make_backlog, publish_backlog
+from benchmarks.drain import (
+    drop_database,
+    fresh_database,
+    make_backlog,
+    own_broker,
+    publish_backlog,
+)
 from benchmarks.suite import (
     EngineProc,
     engines,
@@ -36,7 +42,7 @@ from benchmarks.suite import (
     register_fleet,
     wait_acked,
 )
-from tests.support import Broker, free_port
+from tests.support import Broker
 
 from vagt.sim import make_fleet
 
@@ -236,21 +242,14 @@ def main() -> None:
     def rooted(messages: list[tuple[str, bytes]]) -> Callable[[str], list[tuple[str, bytes]]]:
         return lambda root: [(root + t[len(base):], p) for t, p in messages]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        broker = Broker(free_port(), free_port(), work / "broker")
-        broker.directory.mkdir()
-        broker.start()
-        try:
-            order = [args.only] if args.only else ["mixed", "canonical"]
-            for k in range(args.rounds):
-                for name in order if k % 2 == 0 else order[::-1]:
-                    print(f"round {k + 1}, {name}:", flush=True)
-                    drain(broker, fleet, rooted(kinds[name]), n, work, probe, env, args.after,
-                          args.memray.with_suffix(f".{name}{k + 1}.bin") if args.memray
-                          else None)
-        finally:
-            broker.stop()
+    with own_broker() as (broker, work):
+        order = [args.only] if args.only else ["mixed", "canonical"]
+        for k in range(args.rounds):
+            for name in order if k % 2 == 0 else order[::-1]:
+                print(f"round {k + 1}, {name}:", flush=True)
+                drain(broker, fleet, rooted(kinds[name]), n, work, probe, env, args.after,
+                      args.memray.with_suffix(f".{name}{k + 1}.bin") if args.memray
+                      else None)
 
 
 if __name__ == "__main__":

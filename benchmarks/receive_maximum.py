@@ -12,17 +12,14 @@ unacknowledged at once. Against the test broker (scripts/mosquitto-test.conf):
 from __future__ import annotations
 
 import argparse
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import paho.mqtt.client as paho
-from benchmarks.drain import publish_backlog, v5_client
+from benchmarks.drain import own_broker, publish_backlog, v5_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from tests.support import Broker, free_port
 
 
 def most_unacknowledged(port: int, receive_maximum: int, n: int, acks_at_once: int) -> int:
@@ -74,14 +71,9 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--acks-at-once", type=int, default=20)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        broker = Broker(free_port(), free_port(), Path(d))
-        broker.start()
-        try:
-            most = most_unacknowledged(broker.port, args.receive_maximum, args.messages,
-                                       args.acks_at_once)
-        finally:
-            broker.stop()
+    with own_broker() as (broker, _):
+        most = most_unacknowledged(broker.port, args.receive_maximum, args.messages,
+                                   args.acks_at_once)
     verdict = "kept to" if most <= args.receive_maximum else "sent past"
     print(f"Receive Maximum {args.receive_maximum}, {args.messages} queued: at most {most} "
           f"unacknowledged at once; the broker {verdict} it")

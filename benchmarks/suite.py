@@ -36,7 +36,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -57,6 +56,7 @@ from benchmarks.drain import (
     drop_database,
     fresh_database,
     make_backlog,
+    own_broker,
     publish_backlog,
     session_props,
     v5_client,
@@ -597,11 +597,7 @@ def main() -> None:
 
     print(f"vagt benchmark suite, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        broker = Broker(free_port(), free_port(), work / "broker")
-        broker.directory.mkdir()
-        broker.start()
+    with own_broker() as (broker, work):
         urls: list[str] = []
         try:
             # 1 + 2 + 5: one engine drains the backlog while alarms arrive
@@ -830,7 +826,6 @@ def main() -> None:
                 report("profile (share of samples)",
                        ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
         finally:
-            broker.stop()
             for u in urls:
                 drop_database(u)
     _table(rows)
