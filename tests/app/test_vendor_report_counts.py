@@ -222,12 +222,7 @@ def test_the_report_counts_what_a_count_of_the_rows_gives(database_url, seed):
         store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i in first],
               fleet.events[::2])
         device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
-        store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i not in first],
-              fleet.events[1::2])
-        device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
-        for start, end, municipality in _periods(rng):
-            assert reported(conn, start, end, municipality) == counted(
-                fleet, start, end, municipality), (start, end, municipality)
+        store_the_rest_and_compare(conn, fleet, first, rng)
 
 
 def test_the_days_read_by_range_or_by_key_count_alike(database_url, monkeypatch):
@@ -284,12 +279,7 @@ def test_after_0023_the_report_counts_what_a_count_of_the_rows_gives(empty_datab
     monkeypatch.setattr(db, "list_migrations", lambda: everything)
     assert "0023_device_days_and_weeks (plain)" in db.migrate(empty_database_url)
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
-        store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i not in first],
-              fleet.events[1::2])
-        device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
-        for start, end, municipality in _periods(rng):
-            assert reported(conn, start, end, municipality) == counted(
-                fleet, start, end, municipality), (start, end, municipality)
+        store_the_rest_and_compare(conn, fleet, first, rng)
 
 
 def _timescale_views(conn: psycopg.Connection) -> None:
@@ -316,3 +306,15 @@ def test_on_timescaledb_the_report_counts_what_a_count_of_the_rows_gives(databas
         for start, end, municipality in _periods(rng):
             assert reported(conn, start, end, municipality, weeks=False) == counted(
                 fleet, start, end, municipality), (start, end, municipality)
+
+
+def store_the_rest_and_compare(conn: psycopg.Connection, fleet: Fleet, first: set[int],
+                               rng: random.Random) -> None:
+    """The readings not in `first` and the other half of the events stored, the counts
+    refreshed: every period the report can be asked for counts what the rows say."""
+    store(conn, fleet, [r for i, r in enumerate(fleet.readings) if i not in first],
+          fleet.events[1::2])
+    device_hours.refresh(conn, WINDOW.timestamp(), WINDOW.timestamp() + DAYS * 86400)
+    for start, end, municipality in _periods(rng):
+        assert reported(conn, start, end, municipality) == counted(
+            fleet, start, end, municipality), (start, end, municipality)
