@@ -50,12 +50,16 @@ def test_an_alarm_held_through_a_database_outage_is_committed_within_seconds_of_
     assert delay < 6, f"the alarm was committed {delay:.1f} s after the database was back"
 
 
-def in_hand_seconds(engine: EngineProcess, lane: str) -> float:
+def sample(engine: EngineProcess, series: str) -> float:
+    """One sample of the engine's /metrics, by its name and labels as the scrape spells them."""
     url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    prefix = f'vagt_lane_batch_in_hand_seconds{{lane="{lane}"}} '
-    return float(next(line for line in text.splitlines() if line.startswith(prefix))
-                 .removeprefix(prefix))
+    return float(next(line for line in text.splitlines() if line.startswith(series + " "))
+                 .removeprefix(series + " "))
+
+
+def in_hand_seconds(engine: EngineProcess, lane: str) -> float:
+    return sample(engine, f'vagt_lane_batch_in_hand_seconds{{lane="{lane}"}}')
 
 
 def test_an_alarm_on_a_database_gone_silent_is_committed_on_a_new_connection_within_seconds(
@@ -113,3 +117,27 @@ def test_an_engine_started_before_its_database_waits_for_it_and_comes_up(
     engine.wait_ready(timeout=60)
     assert "s3cret-pw" not in engine.log()
     assert engine.terminate() == 0
+
+
+def test_ops_see_the_rule_timer_stand_still_while_the_database_is_away(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices,
+        proxy: DatabaseProxy):
+    """Missed doses and silent devices are found only while the rules' timer ticks: its last
+    committed tick and its failures are on /metrics, for an alert when it stops."""
+    engine.env["VAGT_DATABASE_URL"] = proxy.url(database_url)
+    engine.env["VAGT_RULES_TICK_S"] = "0.2"
+    engine.env["VAGT_DATABASE_TRANSACTION_TIMEOUT_S"] = "2"
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))])
+    done = 'vagt_rule_ticks_total{outcome="done"}'
+    last = "vagt_rule_tick_last_done_timestamp_seconds"
+    wait_for(lambda: sample(engine, done) >= 2, what="ticks done")
+    assert time.time() - sample(engine, last) < 5
+    proxy.down()
+    wait_for(lambda: sample(engine, 'vagt_rule_ticks_total{outcome="failed"}') >= 1,
+             timeout=30, what="a failed tick counted")
+    stood, ticks = sample(engine, last), sample(engine, done)
+    time.sleep(1.5)
+    assert (sample(engine, last), sample(engine, done)) == (stood, ticks)
+    proxy.up()
+    wait_for(lambda: sample(engine, last) > stood, timeout=60, what="ticks again")

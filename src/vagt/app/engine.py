@@ -830,8 +830,11 @@ class RuleTimer:
                     out = self.pipeline.tick(conn, self.clock(), sweep=sweeper)
                     conn.commit()
         except (psycopg.Error, TimeoutError) as e:  # the next tick tries again
+            self.metrics.rule_ticks.labels("failed").inc()
             log.warning("event=rules_tick_failed error=%s", first_line(e))
             return
+        self.metrics.rule_ticks.labels("done").inc()
+        self.metrics.rule_tick_done_at.set_to_current_time()
         self.pipeline.after_commit(out)
         for alert_id, queue in out.opened:
             self.metrics.alerts_opened.labels(queue).inc()

@@ -113,6 +113,17 @@ class EngineMetrics:
             ["thread"], registry=r)
         for thread in ("rules-timer", "fleet-refresh", "alert-timer", "alert-delivery", "api"):
             self.thread_crashes.labels(thread)   # 0 from the start: alert on any increase
+        self.rule_ticks = Counter(
+            "vagt_rule_ticks", "Rule timer ticks (deadlines, and the absence sweep in the "
+            "process holding its lock): done (committed) or failed (the database did not "
+            "answer; the next tick tries again)", ["outcome"], registry=r)
+        for outcome in ("done", "failed"):
+            self.rule_ticks.labels(outcome)
+        self.rule_tick_done_at = Gauge(
+            "vagt_rule_tick_last_done_timestamp_seconds", "When the rule timer last committed "
+            "a tick (Unix time; 0 before the first): missed doses and silent devices are "
+            "found only while it moves. Ticks wait while a lane drains a backlog, at most "
+            "10 minutes", registry=r)
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
             "backlog (deadlines wait until the queued messages are in)", registry=r)
