@@ -94,6 +94,25 @@ def test_a_dispenser_whose_clock_is_behind_misses_a_dose_its_window_after_it_was
     p.close()
 
 
+def test_the_other_process_judges_a_dose_on_the_dispensers_clock_too(database_url):
+    """Sharing the subscription, one process hears the dose due and the other ticks it
+    (it reads the deadline from the table): the other never heard the dispenser, and its
+    memory of the fleet is up to 30 s old. It called the dose missed at once, by our
+    clock, 40 minutes before the dispenser's (the simulated fleet's backlog, drained by two
+    engines, gave six missed doses one engine did not)."""
+    register(database_url, [DISPENSER])
+    heard_it, other = Process(database_url, None), Process(database_url, None)
+    behind = 40 * 60
+    heard_it.batch([heard("DSP-0001", NOW - behind, NOW, "dose.due")])
+    other.tick(NOW + 15)
+    other.tick(NOW + 1800)
+    assert alerts(database_url) == []
+    other.tick(NOW + 1800 + 61)
+    assert alerts(database_url) == [("missed_dose", "DSP-0001")]
+    heard_it.close()
+    other.close()
+
+
 YEAR_2000 = 946_684_800.0   # where a device that lost power may start its clock again
 
 

@@ -340,8 +340,15 @@ class Pipeline:
         also the fleet-wide absence sweep (the process holding the sweep lock)."""
         out = BatchOutcome()
         self.shared.refresh(conn)  # deadlines other processes set
-        behind = self.fleet.clock_behind()   # deadlines are judged on each device's clock
-        self.record(conn, self.shared.evaluate(conn, lambda: self.rules.tick(now, behind)), out)
+        # Deadlines are judged on each device's clock: how far behind ours it is comes from
+        # when we last heard it, which another process sharing the subscription may know
+        # and this one not (up to FLEET_REFRESH_S old; never heard here: taken as 0, which
+        # judged a backlog's doses by our clock). The devices the tick touches are read
+        # again under their lock, and the tick runs again on that.
+        ev = self.shared.evaluate(
+            conn, lambda: self.rules.tick(now, self.fleet.clock_behind()),
+            on_locked=lambda devs: self.fleet.refresh_devices(conn, devs))
+        self.record(conn, ev, out)
         if sweep and any(r.kind in SWEPT for r in self.rules.rules):
             names = [r.name for r in self.rules.rules if r.kind in SWEPT]
             opened = rule_queries.open_rule_alerts(conn, names)

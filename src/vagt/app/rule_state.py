@@ -356,7 +356,8 @@ class SharedRuleState:
         self._set_versions(devs, versions)
 
     def evaluate(self, conn: psycopg.Connection, evaluate: Callable[[], Evaluation],
-                 held: I64 | None = None, seen: Seen | None = None) -> Evaluation:
+                 held: I64 | None = None, seen: Seen | None = None,
+                 on_locked: Callable[[I64], None] | None = None) -> Evaluation:
         """Run `evaluate` on current state: lock the devices it touches, and run it again
         until it touches none it had not locked. The state of the devices whose state it
         moved (or that it evaluated again from a stored state, or left unwritten for
@@ -365,7 +366,8 @@ class SharedRuleState:
         `held`: devices already locked (a batch's). A timer tick cannot know beforehand which
         devices it touches: it asks its own memory, locks those, and asks again, since until
         the lock another process, or a lane of this one, may have committed a batch of them
-        (a dose taken that the first answer called missed).
+        (a dose taken that the first answer called missed). `on_locked(devs)` runs after
+        each lock, before `evaluate` runs again: to read what else the rules go by.
         """
         locked = held if held is not None else np.empty(0, dtype=np.int64)
         while True:
@@ -374,6 +376,8 @@ class SharedRuleState:
             if len(touched) == 0:
                 break
             self.lock(conn, touched)
+            if on_locked is not None:
+                on_locked(touched)
             locked = np.union1d(locked, touched)
         write = self.engine.moved(ev)
         if seen is not None:

@@ -187,6 +187,16 @@ class Fleet:
             while rows := cur.fetchmany(LOAD_CHUNK):
                 self._refresh(rows)
 
+    def refresh_devices(self, conn: psycopg.Connection, idx: I64) -> None:
+        """Re-read the registry fields and state of the devices `idx` (dense indexes): what
+        other processes committed of them since this one last read them."""
+        if len(idx) == 0:
+            return
+        rows = conn.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices "
+                            "WHERE device_id = ANY(%s)", ([self.ids[i] for i in idx.tolist()],)
+                            ).fetchall()
+        self._refresh(rows)
+
     def _refresh(self, rows: list[tuple[object, ...]]) -> None:
         same = sys.intern
         with self.lock:
