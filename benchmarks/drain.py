@@ -74,16 +74,20 @@ def session_props() -> Properties:
     return p
 
 
-def create_session(port: int, client_id: str, root: str) -> None:
-    """Subscribe once to the bulk lane's topics with a persistent session, then leave: the
-    backlog queues for it."""
+def session(port: int, client_id: str, filters: list[str]) -> None:
+    """Subscribe once with a persistent session, then leave: what follows queues for it."""
     c = v5_client(client_id)
     c.connect("127.0.0.1", port, clean_start=False, properties=session_props())
     c.loop_start()
-    c.subscribe([(f"{root}/dev/+/{ch}", 1) for ch in BULK_CHANNELS])
+    c.subscribe([(f, 1) for f in filters])
     time.sleep(0.3)
     c.disconnect()
     c.loop_stop()
+
+
+def create_session(port: int, client_id: str, root: str) -> None:
+    """A persistent session for the bulk lane's topics under `root`: the backlog queues for it."""
+    session(port, client_id, [f"{root}/dev/+/{ch}" for ch in BULK_CHANNELS])
 
 
 def publish_backlog(port: int, messages: list[tuple[str, bytes]]) -> None:

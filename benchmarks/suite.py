@@ -8,8 +8,9 @@ Every figure is measured here, in this run, against its own baseline on the same
 2. alarm latency: alarms published while the engine drains that backlog, from publish to the
    committed alert (seen by polling the database every 2 ms); p50 and p99;
 3. scale-out: two engine processes sharing the subscription against one, and whether the
-   alerts they open are the same; on this machine's cores as they come, and again with a core
-   per engine (one engine confined to one core, two engines to one core each: the cores
+   alerts they open are the same; two bare consumers sharing it against one (the most a
+   second engine could add from this broker here); on this machine's cores as they come, and
+   again with a core per engine (one engine confined to one core, two engines to one core each: the cores
    doubled with the engines, which is what adding an engine on a machine of its own does);
 4. against one INSERT and commit per message;
 5. memory: the engine's peak resident memory with every device registered, under load;
@@ -47,6 +48,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+from benchmarks import broker_share
 from benchmarks.drain import (
     BULK_CHANNELS,
     PG_ADMIN,
@@ -58,7 +60,7 @@ from benchmarks.drain import (
     make_backlog,
     own_broker,
     publish_backlog,
-    session_props,
+    session,
     v5_client,
 )
 from benchmarks.split import drain_split
@@ -82,17 +84,6 @@ def register_fleet(url: str, fleet: list[SimDevice]) -> None:
                 cp.write_row((d.device_id, d.vendor, d.model, d.type, d.municipality,
                               "deployed", orjson.dumps({"gateway_id": d.gateway}).decode()
                               if d.gateway else "{}"))
-
-
-def session(port: int, client_id: str, filters: list[str]) -> None:
-    """Subscribe once with a persistent session, then leave: what follows queues for it."""
-    c = v5_client(client_id)
-    c.connect("127.0.0.1", port, clean_start=False, properties=session_props())
-    c.loop_start()
-    c.subscribe([(f, 1) for f in filters])
-    time.sleep(0.3)
-    c.disconnect()
-    c.loop_stop()
 
 
 def pipeline_alone(url: str, messages: list[Message], batch: int = 0) -> float:
@@ -157,6 +148,9 @@ class EngineProc:
 
     def scrape(self, name: str, lane: str) -> float:
         return self._sample(name, f'lane="{lane}"')
+
+    def ticks_done(self) -> float:
+        return self._sample("vagt_rule_ticks_total", 'outcome="done"')
 
     def share_within(self, name: str, lane: str, le: str) -> tuple[float, float]:
         """Of a histogram's observations for `lane`: how many in all, and the share of them
@@ -409,6 +403,18 @@ def wait_acked(procs: list[EngineProc], n: int, timeout: float = 1800) -> float:
         time.sleep(0.25)  # a scrape costs the engine a little: not too often
 
 
+def wait_ticked(procs: list[EngineProc], timeout: float = 120) -> None:
+    """Until each engine has ticked twice more, so once from start to end after the drain:
+    deadlines and the absence sweep open alerts too, and alerts compared between runs must
+    not depend on whether a tick happened to come before the engine stopped."""
+    since = [e.ticks_done() for e in procs]
+    deadline = time.monotonic() + timeout
+    while any(e.ticks_done() < n + 2 for e, n in zip(procs, since)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the engines' rule timers did not tick in {timeout} s")
+        time.sleep(0.25)
+
+
 # -- alarm latency ----------------------------------------------------------------------------
 
 @dataclass
@@ -645,6 +651,7 @@ def main() -> None:
                     alarms_in, in_time = procs[0].share_within(
                         "vagt_received_to_committed_seconds", "alarm", "0.25")
                     rss = procs[0].peak_rss_mb()
+                    wait_ticked(procs)
                 print(f"  round: bare {bare:,.0f} msg/s, engine {rate:,.0f} msg/s, ratio "
                       f"{rate / bare:.2f}; {batches:,.0f} bulk batches, "
                       f"{n / max(batches, 1):,.0f} messages each on average, "
@@ -670,6 +677,7 @@ def main() -> None:
                              share_group=group, workdir=work, cores=cores) as procs, \
                         Pinning(list(zip(procs, ids, cores)), broker, set().union(*cores)):
                     rate = n / wait_acked(procs, n)
+                    wait_ticked(procs)
                 return rate, alert_outcome(url)
 
             def per_core_scale(rounds: int) -> None:
@@ -785,6 +793,7 @@ def main() -> None:
                 replayed = sum(e.scrape("vagt_rule_replays_total", "bulk") for e in procs)
                 skipped = sum(e.scrape("vagt_rule_late_rows_skipped_total", "bulk")
                               for e in procs)
+                wait_ticked(procs)
             report("engine, two processes ($share)", f"{double:,.0f} msg/s",
                    f"{double / single:.2f}x one process (target >= 1.6); the machine's "
                    f"CPU was {busy_one:.0%} busy with one, {busy_two:.0%} with two")
@@ -796,6 +805,11 @@ def main() -> None:
                    f"{replayed:,.0f} evaluated again in order, {skipped:,.0f} skipped")
             double_alerts = alert_outcome(url2)
             report("alerts, one process vs two", *compare_alerts(single_alerts, double_alerts))
+            (bare_one, bare_two), = broker_share.measure(broker, traffic, base, 1)
+            report("bare consumers, two sharing ($share) vs one, a process each",
+                   f"one {bare_one:,.0f} msg/s, two {bare_two:,.0f} msg/s",
+                   f"{bare_two / bare_one:.2f}x: the most two engines could gain over one from "
+                   "this broker on this machine (benchmarks/broker_share.py)")
             per_core_scale(1)
 
             # 4: one INSERT per message
