@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
+from collections.abc import Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
 import psycopg
+import pytest
 from tests.app.conftest import DEVICES, query, register, telemetry
 from tests.app.test_pipeline import battery, msg, run_batches
 
@@ -134,6 +140,17 @@ def test_vagt_fleet_lists_overdue_and_low_battery_devices_and_counts_by_municipa
     assert "OXI-0002" in out and "OXI-0001" not in out
 
 
+def table_rows(out: str) -> dict[str, dict[str, str]]:
+    """A table as the CLI prints one, by its first column: each cell under its header (a
+    header is words one space apart, and so may a cell be; columns are two apart)."""
+    header, *lines = out.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", header)]
+    spans = list(zip(starts, [*starts[1:], None]))
+    names = [header[a:b].strip() for a, b in spans]
+    return {cells[0]: dict(zip(names, cells, strict=True))
+            for cells in ([line[a:b].strip() for a, b in spans] for line in lines)}
+
+
 def test_vagt_fleet_says_online_overdue_and_offline_as_yes_or_no_and_json_keeps_booleans(
         database_url, monkeypatch, capsys):
     """As `vagt users list` says enabled or disabled: a person reads words, not Python's
@@ -147,17 +164,78 @@ def test_vagt_fleet_says_online_overdue_and_offline_as_yes_or_no_and_json_keeps_
                                sent("OXI-0002", NOW - 3 * 86400, 95)])
     monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
     assert main(["fleet", "--vendor", "Nonin"]) == 0
-    header, *lines = capsys.readouterr().out.splitlines()
-    names = header.split()
-    table = {cells[0]: dict(zip(names, cells, strict=True))
-             for cells in map(str.split, lines)}
-    assert [(d, table[d]["online"], table[d]["overdue"], table[d]["offline"])
+    table = table_rows(capsys.readouterr().out)
+    assert [(d, table[d]["ONLINE"], table[d]["OVERDUE"], table[d]["OFFLINE"])
             for d in sorted(table)] == [("OXI-0001", "yes", "no", "no"),
                                         ("OXI-0002", "no", "yes", "yes")]
     assert main(["fleet", "--vendor", "Nonin", "--json"]) == 0
     assert [(d["online"], d["overdue"], d["offline"])
             for d in json.loads(capsys.readouterr().out)] == [(True, False, False),
                                                                (False, True, True)]
+
+
+@pytest.fixture
+def in_copenhagen() -> Iterator[ZoneInfo]:
+    """This process on Danish time, as the centre's machines run: not UTC."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Copenhagen"
+    time.tzset()
+    yield ZoneInfo("Europe/Copenhagen")
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_vagt_fleet_prints_its_table_as_vagt_devices_list_does(
+        database_url, monkeypatch, capsys, in_copenhagen):
+    """Headers in words, times local to the minute with their zone, battery in whole
+    percent, and "-" or "never" for what is not known."""
+    from vagt.app.cli import main
+
+    now = float(int(time.time()))
+    register(database_url, DEVICES)
+    run_batches(database_url, [dataclasses.replace(
+        status("OXI-0001", now - 3720, battery=12.4, signal=-71, firmware="2.4.1"),
+        received_at=now - 3720)])
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["fleet", "--vendor", "Nonin"]) == 0
+    out = capsys.readouterr().out
+    assert re.split(r"  +", out.splitlines()[0]) == [
+        "DEVICE", "TYPE", "VENDOR", "MODEL", "MUNICIPALITY", "STATUS", "LAST SEEN",
+        "LAST HEARD", "SILENT FOR", "ONLINE", "OVERDUE", "OFFLINE", "BATTERY", "SIGNAL",
+        "FIRMWARE"]
+    heard = datetime.fromtimestamp(now - 3720, in_copenhagen).strftime("%Y-%m-%d %H:%M %Z")
+    assert heard.endswith(("CET", "CEST"))
+    table = table_rows(out)
+    assert table["OXI-0001"] | {"ONLINE": "", "OVERDUE": "", "OFFLINE": ""} == {
+        "DEVICE": "OXI-0001", "TYPE": "pulse_oximeter", "VENDOR": "Nonin", "MODEL": "3230",
+        "MUNICIPALITY": "Aarhus", "STATUS": "deployed", "LAST SEEN": heard,
+        "LAST HEARD": heard, "SILENT FOR": "1h 2m", "ONLINE": "", "OVERDUE": "",
+        "OFFLINE": "", "BATTERY": "12 %", "SIGNAL": "-71 dBm", "FIRMWARE": "2.4.1"}
+    never = table["OXI-0002"]
+    assert (never["LAST SEEN"], never["LAST HEARD"], never["SILENT FOR"], never["BATTERY"],
+            never["SIGNAL"], never["FIRMWARE"]) == ("never", "never", "-", "-", "-", "-")
+
+
+def test_vagt_fleet_by_group_prints_counts_under_headers_in_words(
+        database_url, monkeypatch, capsys):
+    from vagt.app.cli import main
+
+    register(database_url, DEVICES)
+    run_batches(database_url, [sent("OXI-0001", NOW - 60, 12),
+                               sent("OXI-0002", NOW - 3 * 86400, 95)])
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["fleet", "--by", "municipality"]) == 0
+    out = capsys.readouterr().out
+    assert re.split(r"  +", out.splitlines()[0]) == [
+        "MUNICIPALITY", "DEVICES", "ONLINE", "OVERDUE", "BATTERY BELOW 20 %"]
+    counts = table_rows(out)
+    assert [list(counts[m].values()) for m in ("Aarhus", "Samsø")] == [
+        ["Aarhus", "1", "1", "0", "1"], ["Samsø", "1", "0", "1", "0"]]
+    assert main(["fleet", "--by", "vendor", "--vendor", "Nobody"]) == 0
+    assert capsys.readouterr().out == "no devices match\n"
 
 
 def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(database_url):

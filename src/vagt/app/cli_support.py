@@ -1,4 +1,5 @@
-"""What the `vagt` subcommands share: one line on stderr and exit 2 for a refusal, tables.
+"""What the `vagt` subcommands share: one line on stderr and exit 2 for a refusal, tables
+and the times in them.
 
 A handler is called as `handler(args, conninfo)`; `reports_errors(SomeError, ...)` turns the
 refusals it names, and database trouble, into one clear line on stderr (exit code 2), while a
@@ -11,6 +12,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 import psycopg
@@ -71,3 +73,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
              for line in [headers, *rows]]
     return "\n".join(lines)
+
+
+def local_time(at: datetime | None, missing: str) -> str:
+    """A time as the tables print it: to the minute, in this machine's zone, named."""
+    return missing if at is None else f"{at.astimezone():%Y-%m-%d %H:%M %Z}"

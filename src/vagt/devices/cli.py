@@ -9,13 +9,12 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 import psycopg
 
-from vagt.app.cli_support import fail, format_table, reports_errors
+from vagt.app.cli_support import fail, format_table, local_time, reports_errors
 from vagt.app.config import Config
 from vagt.devices import actions
 from vagt.devices.broker_access import (
@@ -226,14 +225,14 @@ def format_history(h: DeviceHistory) -> str:
     """`vagt devices show` for people: the device, then its assignments, then its audit."""
     d = h.device
     lines = [f"{d.device_id}  {d.vendor} {d.model} ({d.type})"]
-    fields = [("status", f"{d.status} since {_local_time(d.status_since, '-')}"
+    fields = [("status", f"{d.status} since {local_time(d.status_since, '-')}"
                          + (f" ({h.stock_days_now:g} days)" if h.stock_days_now is not None
                             else "")),
               ("municipality", d.municipality or "- (the centre's stock)")]
     current = h.current
     if current is not None:
         fields.append(("citizen", f"{current.citizen_ref} since "
-                                  f"{_local_time(current.since, '-')}"))
+                                  f"{local_time(current.since, '-')}"))
     if h.model is None:
         fields.append(("model", "no longer in the catalogue"))
     else:
@@ -241,7 +240,7 @@ def format_history(h: DeviceHistory) -> str:
                                 f"{h.model.battery}, firmware "
                                 f"{', '.join(h.model.firmware) or 'any'}"))
     battery = "-" if d.battery is None else f"{d.battery:.0f} %"
-    fields.append(("fleet", f"last seen {_local_time(d.last_seen, 'never')}, battery "
+    fields.append(("fleet", f"last seen {local_time(d.last_seen, 'never')}, battery "
                             f"{battery}, firmware {d.firmware or '-'}"))
     fields.append(("reuse", f"{h.citizens_served} citizen(s) in "
                             f"{len(h.municipalities)} municipality(ies)"
@@ -251,14 +250,14 @@ def format_history(h: DeviceHistory) -> str:
     if h.assignments:
         lines += ["", "ASSIGNMENTS", format_table(
             ["CITIZEN", "MUNICIPALITY", "FROM", "TO", "STOCK DAYS BEFORE"],
-            [[a.citizen_ref, a.municipality, _local_time(a.since, "-"),
-              _local_time(a.until, "(now)"),
+            [[a.citizen_ref, a.municipality, local_time(a.since, "-"),
+              local_time(a.until, "(now)"),
               "?" if a.stock_days_before is None else f"{a.stock_days_before:g}"]
              for a in h.assignments])]
     if h.audit:
         lines += ["", "AUDIT", format_table(
             ["AT", "ACTOR", "ACTION", "DETAILS"],
-            [[_local_time(e.at, "-"), e.actor, e.action.removeprefix("devices."),
+            [[local_time(e.at, "-"), e.actor, e.action.removeprefix("devices."),
               _details(e.details)] for e in h.audit])]
     return "\n".join(lines)
 
@@ -289,11 +288,7 @@ def handle_list(args: argparse.Namespace, conninfo: str, config: Config) -> int:
 def _cells(r: DeviceRow) -> list[str]:
     battery = "-" if r.battery is None else f"{r.battery:.0f} %"
     return [r.device_id, r.type, r.vendor, r.model, r.municipality or "-", r.status, battery,
-            r.firmware or "-", _local_time(r.last_seen, "never")]
-
-
-def _local_time(at: datetime | None, missing: str) -> str:
-    return missing if at is None else f"{at.astimezone():%Y-%m-%d %H:%M %Z}"
+            r.firmware or "-", local_time(r.last_seen, "never")]
 
 
 # --- import and export ---------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +16,7 @@ import orjson
 import pandas as pd
 import psycopg
 
+from vagt.app.cli_support import format_table, local_time
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import SILENT_FROM, Fleet
 
@@ -98,28 +101,61 @@ def summary(df: pd.DataFrame, by: str, low_battery: float = 20.0) -> pd.DataFram
 
 def render(df: pd.DataFrame, args: argparse.Namespace) -> str:
     if args.by:
-        table = summary(df, args.by, args.low_battery if args.low_battery is not None else 20.0)
+        low = args.low_battery if args.low_battery is not None else 20.0
+        table = summary(df, args.by, low)
         if args.json:
             return orjson.dumps(table.to_dict("records"), option=orjson.OPT_INDENT_2 |
                                 orjson.OPT_SERIALIZE_NUMPY).decode()
-        return str(table.to_string(index=False))
-    rows = df.assign(
-        last_seen=_iso(df["last_seen"]), last_heard=_iso(df["last_heard"]),
-        silent_s=[None if np.isnan(s) else round(float(s)) for s in df["silent_s"]],
-        battery=[None if np.isnan(b) else float(b) for b in df["battery"]],
-        signal=[None if np.isnan(b) else float(b) for b in df["signal"]],
-    )
-    columns = ["device_id", "type", "vendor", "model", "municipality", "status", "last_seen",
-               "last_heard", "silent_s", "online", "overdue", "offline", "battery", "signal",
-               "firmware"]
+        if table.empty:
+            return "no devices match"
+        return format_table(
+            [args.by.upper(), "DEVICES", "ONLINE", "OVERDUE", f"BATTERY BELOW {low:g} %"],
+            [[str(group) or "-", *map(str, counts)]
+             for group, *counts in table.itertuples(index=False)])
     if args.json:
+        rows = df.assign(
+            last_seen=_iso(df["last_seen"]), last_heard=_iso(df["last_heard"]),
+            silent_s=[None if np.isnan(s) else round(float(s)) for s in df["silent_s"]],
+            battery=[None if np.isnan(b) else float(b) for b in df["battery"]],
+            signal=[None if np.isnan(b) else float(b) for b in df["signal"]],
+        )
+        columns = ["device_id", "type", "vendor", "model", "municipality", "status",
+                   "last_seen", "last_heard", "silent_s", "online", "overdue", "offline",
+                   "battery", "signal", "firmware"]
         records = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
                    for r in rows[columns].to_dict("records")]
         return orjson.dumps(records, option=orjson.OPT_INDENT_2).decode()
-    if rows.empty:
+    if df.empty:
         return "no devices match"
-    shown = rows[columns].fillna("-").assign(**{f: rows[f].map(_YES_NO) for f in FLAGS})
-    return str(shown.to_string(index=False))
+    return format_table(["DEVICE", "TYPE", "VENDOR", "MODEL", "MUNICIPALITY", "STATUS",
+                         "LAST SEEN", "LAST HEARD", "SILENT FOR", "ONLINE", "OVERDUE",
+                         "OFFLINE", "BATTERY", "SIGNAL", "FIRMWARE"],
+                        [_cells(r) for r in df.itertuples(index=False)])
+
+
+def _cells(r: Any) -> list[str]:
+    """One device as `vagt devices list` prints one: local times to the minute, battery in
+    whole percent, "-" for what is not known."""
+    return [r.device_id, r.type, r.vendor, r.model, r.municipality or "-", r.status,
+            local_time(_time(r.last_seen), "never"), local_time(_time(r.last_heard), "never"),
+            "-" if np.isnan(r.silent_s) else _span(r.silent_s),
+            *(_YES_NO[bool(getattr(r, f))] for f in FLAGS),
+            "-" if np.isnan(r.battery) else f"{r.battery:.0f} %",
+            "-" if np.isnan(r.signal) else f"{r.signal:.0f} dBm",
+            r.firmware if isinstance(r.firmware, str) else "-"]   # pandas may say NaN
+
+
+def _time(t: float) -> datetime | None:
+    return None if np.isnan(t) else datetime.fromtimestamp(t, UTC)
+
+
+def _span(seconds: float) -> str:
+    """A silence at a glance: its two largest units (3d 4h, 12m 5s)."""
+    s = max(round(seconds), 0)
+    parts = [(s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "m"), (s % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{n}{unit}" for n, unit in parts[:2])
 
 
 def _iso(times: pd.Series) -> list[str | None]:
