@@ -65,12 +65,43 @@ def test_a_replay_of_25_late_devices_reads_their_rows_by_key(stored):
 
 def test_the_backtests_batch_end_does_not_sort_the_rest_of_the_period(stored):
     with psycopg.connect(stored) as conn:
-        first = backtest._batch_end(conn, T0, T0 + 60 * 600, 5000)
+        first = backtest._BatchEnds().end(conn, T0, T0 + 60 * 600, 5000)
         assert sequential_scans(conn) == {"readings": 0, "events": 0}
         # as before: the 5,001st row from the start, of either table (readings: 180 a minute)
         assert first == T0 + 60 * (5000 // 180)
         # few rows left: the end of the period
-        assert backtest._batch_end(conn, T0 + 60 * 599, T0 + 60 * 600, 5000) == T0 + 60 * 600
+        assert backtest._BatchEnds().end(conn, T0 + 60 * 599, T0 + 60 * 600, 5000) == \
+            T0 + 60 * 600
+
+
+class CountingConnection(psycopg.Connection):
+    """A connection that counts the statements it runs."""
+
+    statements = 0
+
+    def execute(self, *args, **kwargs):
+        self.statements += 1
+        return super().execute(*args, **kwargs)
+
+
+def test_the_backtests_batch_ends_take_one_query_a_table_once_the_traffic_is_known(stored):
+    """Each window was begun at 60 s again and doubled, some 6 queries a table a batch here;
+    begun at the span of the batch before, the same ends come of one query a table."""
+    period_end = T0 + 60 * 600
+    with CountingConnection.connect(stored) as conn:
+        ends, queries = [], []
+        batch_ends, cursor = backtest._BatchEnds(), T0
+        while cursor < period_end:
+            before = conn.statements
+            cursor = batch_ends.end(conn, cursor, period_end, 5000)
+            ends.append(cursor)
+            queries.append(conn.statements - before)
+        # each as a search begun anew finds it
+        assert ends == [backtest._BatchEnds().end(conn, lo, period_end, 5000)
+                        for lo in [T0, *ends[:-1]]]
+    assert len(ends) == 23   # 27 minutes each (4,860 readings), the last 6 minutes
+    assert queries[0] >= 10
+    assert queries[1:] == [2] * (len(ends) - 1)
 
 
 def test_the_backtest_reads_rows_dated_before_its_period_by_their_time(stored):

@@ -122,6 +122,7 @@ class _Replay:
         self.sweeper = RuleEngine([r for r in rules if r.kind in SWEPT], fleet,
                                   fleet.catalogue)
         self.names = [r.name for r in rules]
+        self.batch_ends = _BatchEnds()
         self.book = AlertBook()
         self.result = BacktestResult(start, end, state_from=start - warm_up_s(rules),
                                      all_rows_from=start - ALL_ROWS_S)
@@ -151,7 +152,7 @@ class _Replay:
         ended."""
         for change in self.assignments.due(cursor):
             self._move(change)
-        upper = min(_batch_end(self.conn, cursor, until, batch_rows, needs),
+        upper = min(self.batch_ends.end(self.conn, cursor, until, batch_rows, needs),
                     self.assignments.next_after(cursor))
         loaded = _load(self.conn, self.fleet, cursor, upper, needs)
         if loaded is not None:
@@ -433,48 +434,69 @@ _NTH_TIME_OF = "SELECT extract(epoch FROM time)::float8 FROM readings " \
     "WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s) AND metric = ANY(%s) " \
     "ORDER BY time OFFSET %s LIMIT 1"
 
-# The first window `_batch_end` looks in, doubled until it holds a batch.
+# The first window a batch's end is looked for in, before a batch has shown how far a batch
+# reaches: doubled until it holds one.
 FIRST_WINDOW_S = 60.0
+# After that, the span the last batch took with this margin, so that traffic as steady as
+# most is one query a batch (a window that has to double is another).
+NEXT_WINDOW_MARGIN = 1.5
+SMALLEST_WINDOW_S = 1.0
 
 
-def _batch_end(conn: psycopg.Connection, cursor: float, end: float, batch_rows: int,
-               needs: _Needs | None = None) -> float:
-    """The device time that closes a batch of about `batch_rows` readings and events (those
-    `needs` names: the few rows of the rules that reach further take a few batches, not as
-    many as every row would).
+class _BatchEnds:
+    """The device times that close the batches of about `batch_rows` readings and events.
 
-    Looked for in a window from `cursor` that doubles until it holds that many rows: asked of
-    the whole rest of the period, every batch sorted all of it (plain PostgreSQL's BRIN
-    index cannot give rows in order), 2 s a batch at 2.8M rows; a window is read through the
-    index and sorted alone."""
-    upper = end
-    readings: tuple[sql.SQL | sql.Composed, tuple[object, ...]] = (
-        (sql.SQL(_NTH_TIME).format(sql.Identifier("readings")), ()) if needs is None
-        else (sql.SQL(_NTH_TIME_OF), (list(needs.metrics),)))
-    events = (sql.SQL(_NTH_TIME).format(sql.Identifier("events")), ())
-    for query, more in [readings] + ([events] if needs is None or needs.events else []):
-        found = _nth_time(conn, query, cursor, upper, batch_rows, more)
-        if found is not None:
-            upper = found
-    if upper <= cursor:  # more than batch_rows rows at one instant: take them all
-        upper = np.nextafter(cursor, np.inf)
-    return float(min(upper, end))
+    Each is looked for in a window from the cursor that doubles until it holds that many
+    rows: asked of the whole rest of the period, every batch sorted all of it (plain
+    PostgreSQL's BRIN index cannot give rows in order), 2 s a batch at 2.8M rows; a window
+    is read through the index and sorted alone. The first window is sized from the last
+    batch of the same query: begun at 60 s every batch, it took about 8 queries to find an
+    end. The row found is the same whatever the window: the `n`th of the rows from the
+    cursor, of which the window holds the first."""
 
+    def __init__(self) -> None:
+        self._width: dict[str, float] = {}   # per query: the window to look in first
 
-def _nth_time(conn: psycopg.Connection, query: sql.SQL | sql.Composed, cursor: float,
-              until: float, n: int, more: tuple[object, ...] = ()) -> float | None:
-    """The time of the row `n` places after the first at or after `cursor` and before
-    `until` that `query` (`_NTH_TIME`, with `more` parameters) finds; None if it finds no
-    more than `n`."""
-    width = FIRST_WINDOW_S
-    while True:
-        upper = min(cursor + width, until)
-        row = conn.execute(query, (cursor, upper, *more, n)).fetchone()
-        if row is not None:
-            return float(row[0])
-        if upper >= until:
-            return None
-        width *= 2
+    def end(self, conn: psycopg.Connection, cursor: float, end: float, batch_rows: int,
+            needs: _Needs | None = None) -> float:
+        """The end of the batch from `cursor` (no later than `end`), counting the rows
+        `needs` names (the few rows of the rules that reach further take a few batches,
+        not as many as every row would)."""
+        upper = end
+        readings: tuple[str, sql.SQL | sql.Composed, tuple[object, ...]] = (
+            ("readings", sql.SQL(_NTH_TIME).format(sql.Identifier("readings")), ())
+            if needs is None else ("readings of", sql.SQL(_NTH_TIME_OF), (list(needs.metrics),)))
+        events = ("events", sql.SQL(_NTH_TIME).format(sql.Identifier("events")), ())
+        for name, query, more in [readings] + ([events] if needs is None or needs.events
+                                               else []):
+            found = self._nth_time(conn, name, query, cursor, upper, batch_rows, more)
+            if found is not None:
+                upper = found
+        if upper <= cursor:  # more than batch_rows rows at one instant: take them all
+            upper = np.nextafter(cursor, np.inf)
+        return float(min(upper, end))
+
+    def _nth_time(self, conn: psycopg.Connection, name: str, query: sql.SQL | sql.Composed,
+                  cursor: float, until: float, n: int, more: tuple[object, ...]
+                  ) -> float | None:
+        """The time of the row `n` places after the first at or after `cursor` and before
+        `until` that `query` (`_NTH_TIME`, with `more` parameters) finds; None if it finds
+        no more than `n`."""
+        width = self._width.get(name, FIRST_WINDOW_S)
+        while True:
+            upper = min(cursor + width, until)
+            row = conn.execute(query, (cursor, upper, *more, n)).fetchone()
+            if row is not None:
+                found = float(row[0])
+                self._width[name] = max((found - cursor) * NEXT_WINDOW_MARGIN,
+                                        SMALLEST_WINDOW_S)
+                return found
+            if upper >= until:
+                # fewer rows than a batch up to `until` (the events before the readings'
+                # end, as a rule): the next batch looks that far at once
+                self._width[name] = width
+                return None
+            width *= 2
 
 
 # Of the rows of a device-time range: the rules' columns and when each reached us.
