@@ -4,6 +4,7 @@ the alert actions, silences, devices and the OpenAPI document."""
 from __future__ import annotations
 
 import base64
+import getpass
 import io
 import logging
 import threading
@@ -216,14 +217,57 @@ def test_a_municipal_operator_sees_only_their_municipalitys_alerts(api):
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/api/v1/alerts/{id}"),
     ("POST", "/api/v1/alerts/{id}/claim"),
+    ("POST", "/api/v1/alerts/{id}/acknowledge"),
+    ("POST", "/api/v1/alerts/{id}/resolve"),
+    ("POST", "/api/v1/alerts/{id}/release"),
     ("POST", "/api/v1/alerts/{id}/notes"),
     ("GET", "/api/v1/devices/ALM-0001"),
 ])
 def test_outside_the_callers_municipality_the_answer_is_404(api, method, path):
     alarm, _ = alarm_and_battery(api.database_url)
-    r = api.as_("bo").request(method, path.format(id=alarm), json={"note": "x"})
+    r = api.as_("bo").request(method, path.format(id=alarm),
+                              json={"note": "x", "code": "false_alarm"})
     assert r.status_code == 404
     assert alert_of(api.database_url, "personal_alarm", "ALM-0001")[1] == "open"
+
+
+@pytest.mark.parametrize("action", ["claim", "acknowledge", "resolve", "release", "notes"])
+def test_another_municipalitys_alert_that_is_busy_answers_404_as_one_that_does_not_exist(
+        api, action):
+    """Were it locked first and its municipality checked after, a municipal caller would
+    be told 503 (busy: so it exists) where an unknown id answers 404."""
+    alarm, _ = alarm_and_battery(api.database_url)
+    with psycopg.connect(api.database_url) as engine:
+        engine.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (alarm,))
+        r = api.as_("bo").post(f"/api/v1/alerts/{alarm}/{action}",
+                               json={"note": "x", "code": "false_alarm"}, timeout=30)
+    unknown = api.as_("bo").post(f"/api/v1/alerts/{alarm + 1000}/{action}",
+                                 json={"note": "x", "code": "false_alarm"})
+    assert (r.status_code, r.json()["detail"].replace(str(alarm), "ID")) == (
+        404, unknown.json()["detail"].replace(str(alarm + 1000), "ID"))
+
+
+def test_another_municipalitys_silence_that_is_busy_answers_404_at_once(api):
+    """Not after waiting for whoever holds it: a wait tells that it exists."""
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": ['device_id="ALM-0001"'], "comment": "away for a week",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    silence = r.json()["id"]
+    with psycopg.connect(api.database_url) as engine:
+        engine.execute("SELECT 1 FROM silences WHERE id = %s FOR UPDATE", (silence,))
+        r = api.as_("mette").post(f"/api/v1/silences/{silence}/expire", timeout=3)
+    assert (r.status_code, r.json()["detail"]) == (404, f"there is no silence {silence}")
+
+
+def test_a_municipal_caller_lists_only_their_municipalitys_silences(api):
+    theirs = api.as_("mette").post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "sent for repair",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()}).json()["id"]
+    api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": ['device_id="ALM-0001"'], "comment": "away for a week",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert [s["id"] for s in api.as_("bo").get("/api/v1/silences").json()] == [theirs]
+    assert len(api.as_("anna").get("/api/v1/silences").json()) == 2
 
 
 # --- alert actions ---------------------------------------------------------------------------
@@ -671,6 +715,15 @@ def test_a_session_trades_the_password_for_a_bearer_token_once(api):
     assert again.status_code == 403
 
 
+def test_a_session_is_audited_with_its_account_and_how_it_signed_in(api):
+    assert api.as_("anna").post("/api/v1/sessions").status_code == 201
+    [(session,)] = rows(api.database_url, "SELECT id FROM api_tokens WHERE name = 'session'")
+    assert rows(api.database_url, "SELECT actor, subject, details->>'user', details->>'via' "
+                                  "FROM audit_log WHERE action = 'token.create' "
+                                  "AND details->>'name' = 'session'") == [
+        ("anna", f"token {session}", "anna", "password")]
+
+
 def test_a_new_password_ends_the_accounts_sessions_and_says_which_api_tokens_still_work(
         api, monkeypatch, capsys):
     """A session stolen with the password must not outlive the reset (12 hours otherwise);
@@ -694,7 +747,7 @@ def test_a_new_password_ends_the_accounts_sessions_and_says_which_api_tokens_sti
                                           "WHERE action = 'user.password'")
     session_id = rows(api.database_url, "SELECT id FROM api_tokens WHERE username = 'anna' "
                                         "AND name = 'session'")[0][0]
-    assert details == {"sessions_revoked": [session_id]}
+    assert details == {"sessions_revoked": [session_id], "via": f"cli:{getpass.getuser()}"}
 
 
 def test_a_supervisor_releases_an_operators_alert_an_operator_may_not(api):

@@ -850,3 +850,35 @@ def test_what_waits_for_a_removed_target_can_be_given_up_and_a_configured_one_is
     assert capsys.readouterr().out.splitlines()[1].split()[5] == "dead"
     assert run(database_url, *move, "--from", "cc", "--give-up") == 0
     assert capsys.readouterr().out == "nothing waits for cc\n"
+
+
+def test_a_municipal_account_cannot_give_up_redeliver_or_move_another_municipalitys_events(
+        database_url, capsys):
+    """The command acts within its account's municipality, as the API does: a delivery of
+    another municipality's alert is answered as one that is not there."""
+    from tests.alerts.test_accounts_cli import run
+
+    add_operator(database_url, "bo", "operator", "Aarhus")
+    add_operator(database_url, "sofie", "supervisor")
+    alarms(database_url, webhook_policy("http://127.0.0.1:9/hook"), 2)   # in Randers
+    with psycopg.connect(database_url) as conn:   # as the worker leaves them: tried, dead
+        conn.execute("UPDATE alert_deliveries SET attempts = 1, last_error = 'HTTP 500', "
+                     "dead_at = CASE WHEN outbox_id = 2 THEN now() END")
+    before = deliveries(database_url)
+    assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
+               "--author", "bo", "--reason", "stuck") == 2
+    assert ("no delivery of outbox entry 1 to 'callcentre' is waiting"
+            in capsys.readouterr().err)
+    assert run(database_url, "alerts", "redeliver", "2", "--target", "callcentre",
+               "--author", "bo") == 2
+    assert "there is no dead delivery of outbox entry 2" in capsys.readouterr().err
+    assert run(database_url, "alerts", "move-deliveries", "--from", "callcentre",
+               "--give-up", "--author", "bo", "--reason", "gone") == 2
+    assert "an account limited to Aarhus cannot" in capsys.readouterr().err
+    assert deliveries(database_url) == before
+    assert rows(database_url, "SELECT action FROM audit_log "
+                              "WHERE starts_with(action, 'delivery.')") == []
+    assert run(database_url, "alerts", "give-up", "1", "--target", "callcentre",
+               "--author", "sofie", "--reason", "stuck") == 0
+    assert run(database_url, "alerts", "redeliver", "2", "--target", "callcentre",
+               "--author", "sofie") == 0

@@ -98,7 +98,7 @@ def _token_digest(token: str) -> bytes:
 
 def add_user(conn: psycopg.Connection, username: str, *, role: str, password: str | None,
              municipality: str | None = None, queues: Sequence[str] = (),
-             actor: str) -> None:
+             actor: str, via: str | None = None) -> None:
     username = checked_operator(username)
     if municipality:
         without_cpr(municipality, "municipality")
@@ -114,11 +114,12 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
         except psycopg.errors.UniqueViolation:
             raise AccountError(f"there is already a user '{username}'") from None
         _audit(conn, actor, "user.add", f"user {username}",
-               {"role": level.label, "municipality": municipality, "queues": list(queues)})
+               {"role": level.label, "municipality": municipality, "queues": list(queues)},
+               via)
 
 
 def set_password(conn: psycopg.Connection, username: str, password: str, *,
-                 actor: str) -> list[int]:
+                 actor: str, via: str | None = None) -> list[int]:
     """Set the password and end the account's sessions (a stolen one must not outlive the
     reset); returns the ids of the session tokens revoked. API tokens stay: the password
     cannot make one (`vagt tokens create` does, and `vagt tokens revoke` ends it), and they
@@ -134,17 +135,19 @@ def set_password(conn: psycopg.Connection, username: str, password: str, *,
             "UPDATE api_tokens SET revoked_at = now() WHERE username = %s AND name = %s "
             "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) "
             "RETURNING id", (username, SESSION_TOKEN)))
-        _audit(conn, actor, "user.password", f"user {username}", {"sessions_revoked": ended})
+        _audit(conn, actor, "user.password", f"user {username}", {"sessions_revoked": ended},
+               via)
     return ended
 
 
-def disable_user(conn: psycopg.Connection, username: str, *, actor: str) -> None:
+def disable_user(conn: psycopg.Connection, username: str, *, actor: str,
+                 via: str | None = None) -> None:
     with conn.transaction():
         row = conn.execute("UPDATE operators SET disabled_at = now() WHERE username = %s "
                            "AND disabled_at IS NULL RETURNING 1", (username,)).fetchone()
         if row is None:
             raise AccountError(f"there is no enabled user '{username}'")
-        _audit(conn, actor, "user.disable", f"user {username}", {})
+        _audit(conn, actor, "user.disable", f"user {username}", {}, via)
 
 
 def enabled_account(conn: psycopg.Connection, username: str, *, via: str,
@@ -170,22 +173,24 @@ def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, lis
 
 
 def create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
-                 expires_at: datetime | None = None) -> tuple[int, str]:
+                 expires_at: datetime | None = None,
+                 via: str | None = None) -> tuple[int, str]:
     """A new token for `username`; returns (id, token). The token is not stored: show it once."""
     if name == SESSION_TOKEN:
         raise AccountError(f"the name '{SESSION_TOKEN}' is kept for the API's sessions (they "
                            "end when the password changes); name the token for what it is for")
-    return _create_token(conn, username, name, actor=actor, expires_at=expires_at)
+    return _create_token(conn, username, name, actor=actor, expires_at=expires_at, via=via)
 
 
-def open_session(conn: psycopg.Connection, username: str, *,
-                 expires_at: datetime) -> tuple[int, str]:
-    """A session token (the API's POST /sessions, after a password login)."""
-    return _create_token(conn, username, SESSION_TOKEN, actor=username, expires_at=expires_at)
+def open_session(conn: psycopg.Connection, username: str, *, expires_at: datetime,
+                 via: str) -> tuple[int, str]:
+    """A session token (the API's POST /sessions, after a password login: `via`)."""
+    return _create_token(conn, username, SESSION_TOKEN, actor=username, expires_at=expires_at,
+                         via=via)
 
 
 def _create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
-                  expires_at: datetime | None) -> tuple[int, str]:
+                  expires_at: datetime | None, via: str | None) -> tuple[int, str]:
     without_cpr(name, "token's name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():
@@ -198,17 +203,18 @@ def _create_token(conn: psycopg.Connection, username: str, name: str, *, actor: 
         assert row is not None
         _audit(conn, actor, "token.create", f"token {row[0]}",
                {"name": name, "user": username,
-                "expires_at": expires_at.isoformat() if expires_at else None})
+                "expires_at": expires_at.isoformat() if expires_at else None}, via)
     return int(row[0]), token
 
 
-def revoke_token(conn: psycopg.Connection, token_id: int, *, actor: str) -> None:
+def revoke_token(conn: psycopg.Connection, token_id: int, *, actor: str,
+                 via: str | None = None) -> None:
     with conn.transaction():
         row = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s "
                            "AND revoked_at IS NULL RETURNING name", (token_id,)).fetchone()
         if row is None:
             raise AccountError(f"there is no token {token_id} that is not already revoked")
-        _audit(conn, actor, "token.revoke", f"token {token_id}", {"name": row[0]})
+        _audit(conn, actor, "token.revoke", f"token {token_id}", {"name": row[0]}, via)
 
 
 def list_tokens(conn: psycopg.Connection) -> list[tuple[int, str, str, datetime,
@@ -283,7 +289,9 @@ def _principal(conn: psycopg.Connection, where: str, params: tuple[object, ...],
 
 
 def _audit(conn: psycopg.Connection, actor: str, action: str, subject: str,
-           details: dict[str, object]) -> None:
+           details: dict[str, object], via: str | None) -> None:
+    """`via`: how the actor came (`cli:USER`, the command's login; `password` for a session)."""
+    details = {**details, **({"via": via} if via else {})}
     conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
                  "VALUES (%s, %s, %s, %s::jsonb)",
                  (actor, action, subject, orjson.dumps(details).decode()))

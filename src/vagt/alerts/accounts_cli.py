@@ -26,8 +26,8 @@ from vagt.alerts.accounts import (
     revoke_token,
     set_password,
 )
-from vagt.alerts.cli import _duration, _local_time, _reports_errors, cli_login
-from vagt.app.cli_support import format_table
+from vagt.alerts.cli import _duration, _local_time, _reports_errors
+from vagt.app.cli_support import cli_login, format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,7 +96,8 @@ def handle_user_add(args: argparse.Namespace, conninfo: str) -> int:
     password = None if args.no_password else _password(args.password_stdin)
     with psycopg.connect(conninfo) as conn:
         add_user(conn, args.username, role=args.role, password=password,
-                 municipality=args.municipality, queues=args.queue, actor=cli_login())
+                 municipality=args.municipality, queues=args.queue, actor=cli_login(),
+                 via=cli_login())
     scope = f" in {args.municipality}" if args.municipality else ""
     print(f"user {args.username.strip()} added: {args.role}{scope}")
     return 0
@@ -106,7 +107,8 @@ def handle_user_add(args: argparse.Namespace, conninfo: str) -> int:
 def handle_user_password(args: argparse.Namespace, conninfo: str) -> int:
     password = _password(args.password_stdin)
     with psycopg.connect(conninfo) as conn:
-        ended = set_password(conn, args.username, password, actor=cli_login())
+        ended = set_password(conn, args.username, password, actor=cli_login(),
+                             via=cli_login())
         tokens = [t for t in list_tokens(conn) if t[2] == args.username and t[1] != SESSION_TOKEN
                   and t[5] is None and (t[4] is None or t[4] > datetime.now(UTC))]
     print(f"password of {args.username} changed; {_count(len(ended), 'session')} ended")
@@ -136,7 +138,7 @@ def handle_user_list(args: argparse.Namespace, conninfo: str) -> int:
 @_reports_errors
 def handle_user_disable(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        disable_user(conn, args.username, actor=cli_login())
+        disable_user(conn, args.username, actor=cli_login(), via=cli_login())
     print(f"user {args.username} disabled")
     return 0
 
@@ -146,7 +148,7 @@ def handle_token_create(args: argparse.Namespace, conninfo: str) -> int:
     expires = datetime.now(UTC) + args.expires_in if args.expires_in else None
     with psycopg.connect(conninfo) as conn:
         token_id, token = create_token(conn, args.user, args.name, actor=cli_login(),
-                                       expires_at=expires)
+                                       expires_at=expires, via=cli_login())
     print(f"token {token_id} for {args.user} ({args.name}); it is shown only now:",
           file=sys.stderr)
     print(token)
@@ -169,7 +171,7 @@ def handle_token_list(args: argparse.Namespace, conninfo: str) -> int:
 @_reports_errors
 def handle_token_revoke(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        revoke_token(conn, args.id, actor=cli_login())
+        revoke_token(conn, args.id, actor=cli_login(), via=cli_login())
     print(f"token {args.id} revoked")
     return 0
 

@@ -367,14 +367,17 @@ def _cleaned_note(note: str | None) -> str | None:
 def _locked(cur: psycopg.Cursor[AlertRow], alert_id: int, municipality: str | None) -> AlertRow:
     # SET LOCAL: ends with the transaction (the caller's, when this runs inside one).
     cur.connection.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+    # The scope is in the query, so a row outside it is neither locked nor waited for: busy,
+    # another municipality's alert would answer 503 where one that does not exist answers 404.
     try:
-        cur.execute(sql.SQL("SELECT {} FROM alerts WHERE id = %s FOR UPDATE").format(_COLUMNS),
-                    (alert_id,))
+        cur.execute(sql.SQL("SELECT {} FROM alerts WHERE id = %s AND "
+                            "(%s::text IS NULL OR municipality = %s) FOR UPDATE"
+                            ).format(_COLUMNS), (alert_id, municipality, municipality))
     except errors.LockNotAvailable as e:
         raise AlertBusy(f"alert {alert_id} is being changed by another session; try again "
                         "in a moment") from e
     row = cur.fetchone()
-    if row is None or (municipality is not None and row.municipality != municipality):
+    if row is None:
         raise AlertNotFound(f"there is no alert {alert_id}; `vagt alerts list` shows them")
     return row
 

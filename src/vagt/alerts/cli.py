@@ -9,7 +9,6 @@ route k=v ...` shows where an alert with those labels would go, without a databa
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,7 +38,7 @@ from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
 from vagt.alerts.silences import create_silence, expire_silence, list_silences
 from vagt.alerts.silences import warnings as silence_warnings
-from vagt.app.cli_support import fail, format_table, reports_errors
+from vagt.app.cli_support import cli_login, fail, format_table, reports_errors
 from vagt.app.config import Config
 from vagt.privacy import HoldsCpr
 from vagt.rules import Rule, RuleConfigError, load_rules
@@ -206,15 +205,6 @@ def _local_time(at: datetime) -> str:
     return f"{at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
 
 
-def cli_login() -> str:
-    """`cli:USER`, the login the command runs under, for the audit trail: the names given
-    with --operator or --author are typed, this one is not."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name in the environment nor the password database
-        return "cli:(unknown)"
-
-
 def _acting(conn: psycopg.Connection, name: str, role: Role = Role.OPERATOR) -> Principal:
     """The enabled account named by --operator or --author, of at least `role` (what the
     API asks for the same step); the command acts within its municipality, as the API does."""
@@ -361,7 +351,8 @@ def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         who = _acting(conn, args.author)
         try:
-            outbox.redeliver(conn, args.outbox_id, args.target, actor=who.username, via=who.via)
+            outbox.redeliver(conn, args.outbox_id, args.target, actor=who.username, via=who.via,
+                             municipality=who.municipality)
         except LookupError as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
@@ -374,7 +365,7 @@ def handle_give_up(args: argparse.Namespace, conninfo: str) -> int:
         who = _acting(conn, args.author)
         try:
             outbox.give_up(conn, args.outbox_id, args.target, actor=who.username,
-                           reason=args.reason, via=who.via)
+                           reason=args.reason, via=who.via, municipality=who.municipality)
         except LookupError as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} is a dead letter for {args.target}; the events "
@@ -388,7 +379,8 @@ def handle_move_deliveries(args: argparse.Namespace, conninfo: str) -> int:
         who = _acting(conn, args.author)
         try:
             fates = outbox.move_deliveries(conn, args.source, args.to, actor=who.username,
-                                           reason=args.reason, via=who.via)
+                                           reason=args.reason, via=who.via,
+                                           municipality=who.municipality)
         except LookupError as e:
             return fail(str(e))
     if not fates:

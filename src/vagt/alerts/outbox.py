@@ -133,14 +133,16 @@ def undelivered(conn: psycopg.Connection, *, dead_only: bool = False, limit: int
 
 
 def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
-              via: str | None = None) -> None:
-    """Give a dead letter another round of tries (after the receiver was fixed); audited."""
+              via: str | None = None, municipality: str | None = None) -> None:
+    """Give a dead letter another round of tries (after the receiver was fixed); audited.
+    With `municipality` (the author's), one of another municipality's alert is not found."""
     without_cpr(actor, "author")
     with conn.transaction():
-        row = conn.execute("UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
-                           "refusals = 0, next_attempt_at = now() "
-                           "WHERE outbox_id = %s AND target = %s AND dead_at IS NOT NULL "
-                           "RETURNING 1", (outbox_id, target)).fetchone()
+        row = None if _outside(conn, outbox_id, municipality) else conn.execute(
+            "UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
+            "refusals = 0, next_attempt_at = now() "
+            "WHERE outbox_id = %s AND target = %s AND dead_at IS NOT NULL "
+            "RETURNING 1", (outbox_id, target)).fetchone()
         if row is None:
             raise LookupError(f"there is no dead delivery of outbox entry {outbox_id} to "
                               f"'{target}'; `vagt alerts outbox --dead` lists them")
@@ -151,15 +153,19 @@ def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: s
 
 
 def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
-            reason: str, via: str | None = None) -> None:
+            reason: str, via: str | None = None, municipality: str | None = None) -> None:
     """Make a waiting delivery that has failed a dead letter now, so that the target's
     events behind it go (a receiver that fails on this one event, with 5xx say, is otherwise
     tried until it takes it); audited, and `redeliver` can try it again. One never tried is
     refused: it is not what holds the others (a mistyped id would stop an alarm). A reason
-    or author holding a CPR number is refused (HoldsCpr): the audit log keeps them."""
+    or author holding a CPR number is refused (HoldsCpr): the audit log keeps them. With
+    `municipality` (the author's), one of another municipality's alert is not found."""
     without_cpr(actor, "author")
     without_cpr(reason, "reason")
     with conn.transaction():
+        if _outside(conn, outbox_id, municipality):
+            raise LookupError(f"no delivery of outbox entry {outbox_id} to '{target}' is "
+                              "waiting; `vagt alerts outbox` lists those that are")
         row = conn.execute(
             "UPDATE alert_deliveries SET dead_at = now(), "
             "last_error = %s || ' (last error: ' || coalesce(last_error, '-') || ')' "
@@ -184,6 +190,16 @@ def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str
                      (actor, f"outbox {outbox_id}",
                       orjson.dumps({"target": target, "reason": reason,
                                     **_via(via)}).decode()))
+
+
+def _outside(conn: psycopg.Connection, outbox_id: int, municipality: str | None) -> bool:
+    """Whether the outbox entry is of an alert outside `municipality` (None: every one is
+    inside): a municipal account is told of such a delivery what it is told of none."""
+    if municipality is None:
+        return False
+    row = conn.execute("SELECT a.municipality FROM alert_outbox o JOIN alerts a "
+                       "ON a.id = o.alert_id WHERE o.id = %s", (outbox_id,)).fetchone()
+    return row is None or row[0] != municipality
 
 
 def _via(via: str | None) -> dict[str, str]:
@@ -230,12 +246,18 @@ SELECT fate, count(*) FROM waiting GROUP BY fate
 
 
 def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, actor: str,
-                    reason: str, via: str | None = None) -> dict[str, int]:
+                    reason: str, via: str | None = None,
+                    municipality: str | None = None) -> dict[str, int]:
     """What waits for `source`, a target no longer configured (renamed or removed in the
     policy), goes to the configured target `to` in outbox order, or (`to` None) is given
     up; audited. Each row left behind becomes a dead letter of `source` saying where it
     went. Returns how many were `moved`, `superseded`, `not_taken` or `given_up`. A
-    configured source is refused: its own worker sends what waits for it."""
+    configured source is refused: its own worker sends what waits for it, and so is a
+    municipal author (`municipality`): a target's events are every municipality's."""
+    if municipality is not None:
+        raise LookupError(f"moving what waits for a target moves every municipality's events; "
+                          f"an account limited to {municipality} cannot: ask one of the "
+                          "centre's (no municipality)")
     without_cpr(actor, "author")
     without_cpr(reason, "reason")
     with conn.transaction():

@@ -288,10 +288,14 @@ def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
     try:
         author = by = checked_operator(by)
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute("SELECT * FROM silences WHERE id = %s FOR UPDATE",
-                              (silence_id,)).fetchone()
+            # the scope first, without a lock (a silence's matchers never change): waiting
+            # for another municipality's silence would tell that it exists
+            row = cur.execute("SELECT * FROM silences WHERE id = %s", (silence_id,)).fetchone()
             if row is None or not _in_scope(_silence(row), municipality):
                 raise SilenceNotFound(f"there is no silence {silence_id}")
+            row = cur.execute("SELECT * FROM silences WHERE id = %s FOR UPDATE",
+                              (silence_id,)).fetchone()
+            assert row is not None, "silences are never deleted"
             silence = _silence(row)
             if silence.state(now) == "expired":
                 raise SilenceError(f"silence {silence_id} has already ended")

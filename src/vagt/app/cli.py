@@ -577,13 +577,14 @@ def cmd_privacy_scrub(args: argparse.Namespace, config: Config) -> int:
     import orjson
     import psycopg
 
-    from vagt.app.cli_support import format_table
+    from vagt.app.cli_support import cli_login, format_table
     from vagt.app.privacy_scrub import ScrubRefused, scrub
     from vagt.privacy import HoldsCpr
 
     try:
         with database_url(config) as url, psycopg.connect(url) as conn:
-            done = scrub(conn, args.actor, args.reason, dry_run=args.dry_run)
+            done = scrub(conn, args.actor, args.reason, dry_run=args.dry_run,
+                         via=cli_login())
     except (ScrubRefused, HoldsCpr) as e:
         print(f"vagt: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -26,6 +27,21 @@ def fail(message: str, *, one_line: bool = True) -> int:
     """Print `vagt: message` on stderr (folded to one line unless told) and return 2."""
     print(f"vagt: {' '.join(message.split()) if one_line else message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def login_name() -> str | None:
+    """The login the command runs under; None when neither the environment nor the password
+    database names one."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
+
+
+def cli_login() -> str:
+    """`cli:USER`, the login the command runs under, for the audit trail (`details.via`): the
+    names given with --operator, --author or --actor are typed, this one is not."""
+    return f"cli:{login_name() or '(unknown)'}"
 
 
 def unreachable(url: str, error: Exception) -> int:

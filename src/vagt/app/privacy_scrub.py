@@ -41,9 +41,10 @@ class Scrubbed:
 
 
 def scrub(conn: psycopg.Connection, actor: str, reason: str, *,
-          dry_run: bool = False) -> list[Scrubbed]:
+          dry_run: bool = False, via: str | None = None) -> list[Scrubbed]:
     """Mask every CPR-shaped run in the columns of COLUMNS; per column that held one, what
-    was done. A dry run changes nothing and writes no audit row."""
+    was done. A dry run changes nothing and writes no audit row. `via`: how the actor came
+    (`cli:USER`, the command's login: `--actor` is typed)."""
     actor, reason = _checked(actor, "actor"), _checked(reason, "reason")
     done = []
     for column in COLUMNS:
@@ -62,7 +63,7 @@ def scrub(conn: psycopg.Connection, actor: str, reason: str, *,
             for batch in _batches(hits):
                 with conn.transaction():
                     for key in batch:
-                        _scrub_row(conn, column, key, actor, reason, result)
+                        _scrub_row(conn, column, key, actor, reason, via, result)
         done.append(result)
     return done
 
@@ -81,7 +82,7 @@ def _batches(keys: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
 
 
 def _scrub_row(conn: psycopg.Connection, column: Column, key: tuple[Any, ...], actor: str,
-               reason: str, result: Scrubbed) -> None:
+               reason: str, via: str | None, result: Scrubbed) -> None:
     """Mask the row's value as it is now (read again under a lock: the engine or an operator
     may have changed it since the scan) and audit it."""
     masked, found = _masked(column, _value(conn, column, key, lock=True))
@@ -96,7 +97,8 @@ def _scrub_row(conn: psycopg.Connection, column: Column, key: tuple[Any, ...], a
                  "VALUES (%s, 'privacy.scrubbed', %s, %s)",
                  (actor, f"{column.table}.{column.column}",
                   Jsonb({"table": column.table, "column": column.column,
-                         "key": shown_key(key), "found": found, "reason": reason})))
+                         "key": shown_key(key), "found": found, "reason": reason,
+                         **({"via": via} if via else {})})))
     result.rows += 1
     result.masked += found
 

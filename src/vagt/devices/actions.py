@@ -141,7 +141,8 @@ _INSERT = sql.SQL("""
 def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, *,
              catalogue: Catalogue, actor: str, type_: str | None = None,
              municipality: str = CENTRAL_STOCK, attributes: dict[str, str] | None = None,
-             note: str | None = None, at: datetime | None = None) -> DeviceRow:
+             note: str | None = None, at: datetime | None = None,
+             via: str | None = None) -> DeviceRow:
     """Register a new device of an approved model; it starts in stock.
 
     `municipality` is the municipality whose stock holds it ("" = the centre's own stock).
@@ -173,7 +174,7 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
                 f"{existing.status})" if existing else f"{device_id} is already registered")
         _audit(conn, when, actor, lifecycle.REGISTER, device_id, {
             "to": Status.IN_STOCK.value, "vendor": approved.vendor, "model": approved.model,
-            "type": approved.type, "municipality": municipality, "note": note})
+            "type": approved.type, "municipality": municipality, "note": note, "via": via})
     return row
 
 
@@ -181,44 +182,49 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
 
 
 def deploy(conn: psycopg.Connection, device_id: str, *, citizen_ref: str, municipality: str,
-           actor: str, note: str | None = None, at: datetime | None = None) -> DeviceRow:
+           actor: str, note: str | None = None, at: datetime | None = None,
+           via: str | None = None) -> DeviceRow:
     """Give a device in stock to a citizen (a pseudonymous reference) in a municipality."""
     citizen_ref = checked_citizen_ref(citizen_ref)
     municipality = checked_municipality(municipality)
     return _transition(conn, device_id, lifecycle.DEPLOY, Status.DEPLOYED, actor, note, at,
-                       assign=(citizen_ref, municipality))
+                       via, assign=(citizen_ref, municipality))
 
 
 def return_device(conn: psycopg.Connection, device_id: str, *, to: Status = Status.IN_STOCK,
-                  actor: str, note: str | None = None, at: datetime | None = None) -> DeviceRow:
+                  actor: str, note: str | None = None, at: datetime | None = None,
+                  via: str | None = None) -> DeviceRow:
     """A deployed device comes back to the centre, to stock or to repair; the citizen's
     assignment ends."""
-    return _transition(conn, device_id, lifecycle.RETURN, Status(to), actor, note, at)
+    return _transition(conn, device_id, lifecycle.RETURN, Status(to), actor, note, at, via)
 
 
 def send_to_repair(conn: psycopg.Connection, device_id: str, *, actor: str,
-                   note: str | None = None, at: datetime | None = None) -> DeviceRow:
+                   note: str | None = None, at: datetime | None = None,
+                   via: str | None = None) -> DeviceRow:
     """A device in stock found faulty goes to repair."""
     return _transition(conn, device_id, lifecycle.SEND_TO_REPAIR, Status.IN_REPAIR, actor,
-                       note, at)
+                       note, at, via)
 
 
 def repaired(conn: psycopg.Connection, device_id: str, *, actor: str, note: str | None = None,
-             at: datetime | None = None) -> DeviceRow:
+             at: datetime | None = None, via: str | None = None) -> DeviceRow:
     """The repair is done: the device is back in stock."""
-    return _transition(conn, device_id, lifecycle.REPAIRED, Status.IN_STOCK, actor, note, at)
+    return _transition(conn, device_id, lifecycle.REPAIRED, Status.IN_STOCK, actor, note, at,
+                       via)
 
 
 def retire(conn: psycopg.Connection, device_id: str, *, actor: str, note: str | None = None,
-           at: datetime | None = None) -> DeviceRow:
+           at: datetime | None = None, via: str | None = None) -> DeviceRow:
     """Take a device in stock or in repair out of use for good."""
-    return _transition(conn, device_id, lifecycle.RETIRE, Status.RETIRED, actor, note, at)
+    return _transition(conn, device_id, lifecycle.RETIRE, Status.RETIRED, actor, note, at, via)
 
 
 def report_lost(conn: psycopg.Connection, device_id: str, *, actor: str,
-                note: str | None = None, at: datetime | None = None) -> DeviceRow:
+                note: str | None = None, at: datetime | None = None,
+                via: str | None = None) -> DeviceRow:
     """The device is gone (for good); an assignment it had ends."""
-    return _transition(conn, device_id, lifecycle.LOST, Status.LOST, actor, note, at)
+    return _transition(conn, device_id, lifecycle.LOST, Status.LOST, actor, note, at, via)
 
 
 _UPDATE = sql.SQL("""
@@ -263,9 +269,11 @@ def begin_deployment(conn: psycopg.Connection, device_ids: list[str], at: dateti
 
 
 def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: Status,
-                actor: str, note: str | None, at: datetime | None,
+                actor: str, note: str | None, at: datetime | None, via: str | None,
                 assign: tuple[str, str] | None = None) -> DeviceRow:
-    """Lock, check, change, audit: one transaction (a savepoint inside the caller's)."""
+    """Lock, check, change, audit: one transaction (a savepoint inside the caller's).
+
+    `via`: how the actor came (`cli:USER`, the command's login: `--actor` is typed)."""
     actor = checked_actor(actor)
     note = checked_note(note)
     device_id = checked_device_id(device_id)
@@ -291,7 +299,7 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
             conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
             begin_deployment(conn, [device_id], when)
             details.update(citizen_ref=citizen_ref, municipality=municipality)
-        details["note"] = note
+        details.update(note=note, via=via)
         after = cur.execute(_UPDATE, {"to": to.value, "at": when, "id": device_id,
                                       "municipality": municipality}).fetchone()
         assert after is not None, "the row is locked: it cannot have gone"
@@ -349,10 +357,11 @@ def _audit(conn: psycopg.Connection, at: datetime, actor: str, action: str, devi
 
 
 def audit_broker_access(conn: psycopg.Connection, actor: str, acl_file: str, devices: int,
-                        engine_user: str, left_out: list[str] | None = None) -> None:
+                        engine_user: str, left_out: list[str] | None = None,
+                        via: str | None = None) -> None:
     """Record that broker access was regenerated (who, when, for how many devices, and the
     deployed devices left out of the files)."""
     with conn.transaction():
         _audit(conn, _now(conn, None), checked_actor(actor), "broker_acl", acl_file,
                {"deployed_devices": devices, "engine_user": engine_user,
-                "left_out": left_out or None})
+                "left_out": left_out or None, "via": via})

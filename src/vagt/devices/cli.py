@@ -6,7 +6,6 @@ Every change is audited with who made it (`--actor`, by default your user name).
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from vagt.app.cli_support import fail, format_table, local_time, reports_errors
+from vagt.app.cli_support import cli_login, fail, format_table, local_time, login_name, reports_errors
 from vagt.app.config import Config
 from vagt.devices import actions
 from vagt.devices.broker_access import (
@@ -127,17 +126,10 @@ def _filter_values(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _actor(args: argparse.Namespace) -> str:
-    actor = args.actor or _user_name()
+    actor = args.actor or login_name()
     if actor is None:
         raise DeviceError("cannot tell who you are: give --actor NAME (for the audit log)")
     return str(actor)
-
-
-def _user_name() -> str | None:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in the environment nor the password database
-        return None
 
 
 def _catalogue(config: Config) -> Catalogue:
@@ -159,7 +151,7 @@ def handle_register(args: argparse.Namespace, conninfo: str, config: Config) -> 
         row = actions.register(conn, args.id, args.vendor, args.model, type_=args.type,
                                municipality=args.municipality, attributes=attributes,
                                catalogue=_catalogue(config), actor=_actor(args),
-                               note=args.note)
+                               note=args.note, via=cli_login())
     where = f"the stock of {row.municipality}" if row.municipality else "the centre's stock"
     print(f"{row.device_id} is registered: {row.vendor} {row.model} ({row.type}), in_stock "
           f"in {where}")
@@ -171,7 +163,7 @@ def handle_deploy(args: argparse.Namespace, conninfo: str, config: Config) -> in
     with psycopg.connect(conninfo) as conn:
         row = actions.deploy(conn, args.id, citizen_ref=args.citizen,
                              municipality=args.municipality, actor=_actor(args),
-                             note=args.note)
+                             note=args.note, via=cli_login())
     return _done(row, f" to {args.citizen.strip()} in {row.municipality}")
 
 
@@ -180,26 +172,29 @@ def handle_return(args: argparse.Namespace, conninfo: str, config: Config) -> in
     to = Status.IN_REPAIR if args.to == "repair" else Status.IN_STOCK
     with psycopg.connect(conninfo) as conn:
         return _done(actions.return_device(conn, args.id, to=to, actor=_actor(args),
-                                           note=args.note))
+                                           note=args.note, via=cli_login()))
 
 
 @_refusals
 def handle_repair(args: argparse.Namespace, conninfo: str, config: Config) -> int:
     change = actions.send_to_repair if args.send else actions.repaired
     with psycopg.connect(conninfo) as conn:
-        return _done(change(conn, args.id, actor=_actor(args), note=args.note))
+        return _done(change(conn, args.id, actor=_actor(args), note=args.note,
+                            via=cli_login()))
 
 
 @_refusals
 def handle_retire(args: argparse.Namespace, conninfo: str, config: Config) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(actions.retire(conn, args.id, actor=_actor(args), note=args.note))
+        return _done(actions.retire(conn, args.id, actor=_actor(args), note=args.note,
+                                    via=cli_login()))
 
 
 @_refusals
 def handle_lost(args: argparse.Namespace, conninfo: str, config: Config) -> int:
     with psycopg.connect(conninfo) as conn:
-        return _done(actions.report_lost(conn, args.id, actor=_actor(args), note=args.note))
+        return _done(actions.report_lost(conn, args.id, actor=_actor(args), note=args.note,
+                                         via=cli_login()))
 
 
 def _done(row: DeviceRow, where: str = "") -> int:
@@ -299,7 +294,8 @@ def handle_import(args: argparse.Namespace, conninfo: str, config: Config) -> in
     actor = _actor(args)
     catalogue = _catalogue(config)
     with psycopg.connect(conninfo) as conn:
-        result = import_csv(conn, args.file, actor=actor, catalogue=catalogue)
+        result = import_csv(conn, args.file, actor=actor, catalogue=catalogue,
+                            via=cli_login())
     deployed = f" ({result.deployed} deployed)" if result.deployed else ""
     print(f"imported {args.file}: {result.created} created, {result.updated} updated"
           f"{deployed}, {result.unchanged} unchanged")
@@ -352,7 +348,8 @@ def handle_broker_acl(args: argparse.Namespace, conninfo: str, config: Config) -
         write_private(args.passwords, access.passwords)
         write_private(args.acl, access.acl)
         actions.audit_broker_access(conn, actor, str(args.acl), len(access.devices),
-                                    engine_user, left_out=sorted(access.left_out))
+                                    engine_user, left_out=sorted(access.left_out),
+                                    via=cli_login())
     # Devices left out are a warning, not a failure (exit 0): the files are right for every
     # other device and must be applied; a failure would stop `broker-acl && systemctl reload
     # mosquitto` and keep the old files, and the access of devices lost since, in force.

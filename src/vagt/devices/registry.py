@@ -70,14 +70,15 @@ class ImportResult:
 
 def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *, actor: str,
                text: str | None = None, catalogue: Catalogue | None = None,
-               at: datetime | None = None) -> ImportResult:
+               at: datetime | None = None, via: str | None = None) -> ImportResult:
     """Register new devices and update known ones from a CSV file, in one transaction.
 
     `path_or_text` is a file path, or the CSV itself (a str with a line break). With `text`,
     `path_or_text` only names the source. The file is checked whole first, against the
     catalogue (the built-in one unless given) and then against the registry: any problem
     raises `DeviceImportError` listing them all, and nothing is written. Each device created
-    or changed gets an audit row, and the import one more.
+    or changed gets an audit row, and the import one more; `via` (how the actor came:
+    `cli:USER`) is in each.
     """
     name, label, content = read_source(path_or_text, text)
     try:
@@ -95,7 +96,7 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
         if spelled:
             raise DeviceImportError(label, spelled)
         current = _current(conn, [r.device_id for r in rows])
-        plan = _Plan(name, when)
+        plan = _Plan(name, when, via)
         for row in rows:
             plan.add(row, current.get(row.device_id))
         if plan.problems:
@@ -110,7 +111,7 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
                 f"({e.diag.message_detail or 'a duplicate'}); nothing imported: import again"
             ]) from e
         result = plan.result()
-        _audit_import(conn, when, actor, name, result)
+        _audit_import(conn, when, actor, name, result, via)
     return result
 
 
@@ -171,6 +172,7 @@ class _Plan:
 
     file_name: str
     at: datetime
+    via: str | None
     problems: list[str] = field(default_factory=list)
     devices: list[tuple[object, ...]] = field(default_factory=list)      # staged rows
     assignments: list[tuple[object, ...]] = field(default_factory=list)
@@ -271,6 +273,8 @@ class _Plan:
 
     def _audit(self, action: str, device_id: str, details: dict[str, object]) -> None:
         details["file"] = self.file_name
+        if self.via:
+            details["via"] = self.via
         self.audit.append((f"devices.{action}", device_id, orjson.dumps(details).decode()))
 
 
@@ -351,13 +355,14 @@ def _copy(conn: psycopg.Connection, statement: str, rows: Iterable[tuple[object,
 
 
 def _audit_import(conn: psycopg.Connection, at: datetime, actor: str, file_name: str,
-                  result: ImportResult) -> None:
+                  result: ImportResult, via: str | None) -> None:
     conn.execute(
         "INSERT INTO audit_log (at, actor, action, subject, details) "
         "VALUES (%s, %s, %s, %s, %s)",
         (at, actor, "devices.import", file_name,
          Jsonb({"rows": result.total, "created": result.created, "updated": result.updated,
-                "deployed": result.deployed, "unchanged": result.unchanged})))
+                "deployed": result.deployed, "unchanged": result.unchanged,
+                **({"via": via} if via else {})})))
 
 
 # --- listing and export ------------------------------------------------------------------

@@ -167,7 +167,8 @@ def _router() -> APIRouter:
                                 "a session is opened with the account's password")
         expires = _now(request) + SESSION_LENGTH
         with conn.transaction():
-            _, token = accounts.open_session(conn, who.username, expires_at=expires)
+            _, token = accounts.open_session(conn, who.username, expires_at=expires,
+                                             via=who.via)
         return schemas.Session(token=token, expires_at=expires)
 
     @r.get("/queues", response_model=list[schemas.QueueCounts], responses=_ERRORS,
