@@ -180,10 +180,61 @@ def test_failed_logins_are_logged_with_the_name_and_client_never_the_secret(api,
     assert api.as_("anna").get("/api/v1/me").status_code == 200
     failed = [r.getMessage() for r in caplog.records if "api_login_failed" in r.getMessage()]
     assert failed == ["event=api_login_failed via=password user='anna' client=127.0.0.1",
-                      "event=api_login_failed via=password user='[cpr removed]' client=127.0.0.1",
+                      "event=api_login_failed via=password user=(unknown) client=127.0.0.1",
                       "event=api_login_failed via=token client=127.0.0.1"]
     assert "wrong password" not in caplog.text and "not-a-real-token" not in caplog.text
     assert "1234" not in caplog.text
+
+
+def test_no_password_token_or_signing_secret_reaches_a_log_an_audit_row_or_an_answer(
+        api, caplog, monkeypatch, capsys):
+    """Logins (good and failed), a session, a token made and used, a webhook delivered
+    with its signing secret and a token in its URL, and one that failed: every log line
+    (all loggers, debug up), every audit row and every answer are searched for each."""
+    from tests.alerts.test_accounts_cli import run
+    from tests.alerts.test_delivery import Receiver
+
+    from vagt.alerts.delivery import DeliveryWorker, WebhookSender
+
+    caplog.set_level(logging.DEBUG)
+    signing = b"the-callcentre-signing-secret-32b"
+    receiver = Receiver(failures=1, status=500).start()
+    policy = DeliveryPolicy(webhooks=(
+        WebhookTarget("cc", receiver.url + "?token=hook-query-token", signing),))
+    with psycopg.connect(api.database_url) as conn:
+        register_targets(conn, policy)
+    alarm, _ = alarm_and_battery(api.database_url)
+    answers = [api.as_("anna").post("/api/v1/sessions")]
+    session = answers[0].json()["token"]
+    assert run(api.database_url, "tokens", "create", "--user", "crm", "--name", "kiosk") == 0
+    kiosk = capsys.readouterr().out.strip()
+    answers += [api.with_token(session).get("/api/v1/me"),
+                api.with_token(kiosk).post(f"/api/v1/alerts/{alarm}/claim"),
+                api.with_token(session).get(f"/api/v1/alerts/{alarm}"),
+                httpx.get(f"{api.url}/api/v1/me", auth=("anna", "wrong " + PASSWORD)),
+                httpx.get(f"{api.url}/api/v1/me", auth=("anna " + PASSWORD, "x")),
+                api.with_token(session + "x").get("/api/v1/me")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("the new password of anna\n"))
+    assert run(api.database_url, "users", "password", "anna", "--password-stdin") == 0
+    try:
+        with open_pool(api.database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                                    time.time)
+            worker.deliver_due()                          # 500: logged, to be tried again
+            with pool.connection() as conn:
+                conn.execute("UPDATE alert_deliveries SET next_attempt_at = now()")
+            worker.deliver_due()
+    finally:
+        receiver.stop()
+    assert len(receiver.accepted()) >= 1 and "alert_delivery_failed" in caplog.text
+    assert [r.status_code for r in answers] == [201, 200, 200, 200, 401, 401, 401]
+    stored = str(rows(api.database_url, "SELECT * FROM audit_log")
+                 + rows(api.database_url, "SELECT * FROM alert_audit")
+                 + rows(api.database_url, "SELECT last_error FROM alert_deliveries"))
+    said = caplog.text + capsys.readouterr().err + "".join(r.text for r in answers[1:])
+    for secret in (PASSWORD, "the new password of anna", session, kiosk,
+                   api.tokens["crm"], signing.decode(), "hook-query-token"):
+        assert secret not in said and secret not in stored, secret
 
 
 def test_an_api_token_works_until_it_is_revoked(api):

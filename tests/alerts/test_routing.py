@@ -163,6 +163,20 @@ def test_a_bad_policy_names_the_file_the_entry_and_the_field(tmp_path, toml, mes
     assert str(e.value).startswith(f"{p}: ")
 
 
+@pytest.mark.parametrize("url", ["https://cc:hooksecret@callcentre.example:443/hook",
+                                 "https://hooksecret@callcentre.example/hook"])
+def test_a_webhook_url_holding_a_user_or_password_is_refused_without_repeating_it(tmp_path,
+                                                                                   url):
+    """vagt sends no credentials of the URL (it signs with the secret): the name lookup of
+    `cc:hooksecret@callcentre.example` would carry the password to the resolver instead."""
+    p = tmp_path / "alerts.toml"
+    p.write_text(f"[[delivery.webhook]]\nname = 'cc'\nurl = '{url}'\nsecret_env = 'S'")
+    with pytest.raises(PolicyError) as e:
+        load_policy(p, env={"S": "a signing secret of 32 characters"})
+    assert "'url' holds a user name or password" in str(e.value)
+    assert "hooksecret" not in str(e.value)
+
+
 @pytest.mark.parametrize(("matcher", "why"), [
     ('device_id=~"(OXI-.+)+"', "exponential time"),
     ('code!~".*.*.*x"', "at most 2"),

@@ -296,6 +296,16 @@ class _Reader:
             # Shown as the webhook's errors show it: a token in it would reach the log
             raise self.fail(where, "'url' must start with http:// or https://, got "
                                    f"{without_secrets(url)!r}")
+        try:
+            netloc = urllib.parse.urlsplit(url).netloc
+        except ValueError:   # an unbalanced [ of an IPv6 address
+            raise self.fail(where, f"'url' {without_secrets(url)}") from None
+        if "@" in netloc:
+            # never sent as credentials: the name looked up would be `user:password@host`,
+            # the password going to the resolver
+            raise self.fail(where, "'url' holds a user name or password, which vagt does not "
+                                   "send (it signs each event with the signing secret): take "
+                                   f"them out, {without_secrets(url)!r}")
         secret = self.secret(doc, where, "secret", "signing secret")
         if secret is None:
             raise self.fail(where, self.one_of("secret", "signing secret"))

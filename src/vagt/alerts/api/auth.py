@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from starlette.requests import HTTPConnection
 
 from vagt.alerts.accounts import (
+    PasswordLogin,
     Principal,
     Role,
     authenticate_token,
@@ -83,6 +84,7 @@ def principal(request: Request,
               bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
               ) -> Principal:
     who = None
+    login = None
     if bearer is not None:
         with _pool(request).connection() as conn:
             who = authenticate_token(conn, bearer.credentials)
@@ -98,20 +100,23 @@ def principal(request: Request,
                       "Bearer API token")
         else:
             detail = "the credentials are not valid (or the account is disabled)"
-            _log_failed_login(request, basic.username if basic else None)
+            _log_failed_login(request, login)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers=_CHALLENGE)
     return who
 
 
-def _log_failed_login(request: Request, username: str | None) -> None:
-    """A failed login, for ops (guessing shows as many): the name given, never a password
-    or token; the name as given may be anything, a CPR number too: masked, and quoted."""
+def _log_failed_login(request: Request, login: PasswordLogin | None) -> None:
+    """A failed login, for ops (guessing shows as many): the account's name, never a
+    password or token. A name that is no enabled account's is not repeated: it may be the
+    password typed in the wrong field, or a CPR number."""
     client = request.client.host if request.client else "-"
-    if username is None:
+    if login is None:
         log.warning("event=api_login_failed via=token client=%s", client)
-        return
-    log.warning("event=api_login_failed via=password user=%r client=%s",
-                mask_cpr(username[:MAX_OPERATOR_LENGTH])[0], client)
+    elif login.account is None:
+        log.warning("event=api_login_failed via=password user=(unknown) client=%s", client)
+    else:   # quoted; masked as every name is (one stored by an older release may hold one)
+        log.warning("event=api_login_failed via=password user=%r client=%s",
+                    mask_cpr(login.account.username[:MAX_OPERATOR_LENGTH])[0], client)
 
 
 def require(role: Role) -> Callable[[Principal], Principal]:
