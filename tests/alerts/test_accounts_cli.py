@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import io
 
 import pytest
@@ -17,6 +18,7 @@ from vagt.alerts.accounts import (
 )
 
 PASSWORD = "correct horse battery"
+LOGIN = f"cli:{getpass.getuser()}"
 
 
 def run(conninfo: str, *argv: str) -> int:
@@ -183,3 +185,17 @@ def test_a_token_cannot_be_named_session_the_api_sessions_name(database_url, con
     assert run(database_url, "tokens", "create", "--user", "crm", "--name", "session") == 2
     assert "the name 'session' is kept for the API's sessions" in capsys.readouterr().err
     assert conn.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
+
+
+def test_an_operators_silence_from_the_command_line_exits_2_and_is_audited(database_url, conn,
+                                                                           capsys):
+    add_operator(database_url, "anna")
+    assert run(database_url, "silences", "add", 'device_id="OXI-0001"', "--author", "anna",
+               "--comment", "visit", "--duration", "1h") == 2
+    assert run(database_url, "silences", "expire", "7", "--author", "anna") == 2
+    why = "this needs the role supervisor or higher; anna is operator"
+    assert capsys.readouterr().err == f"vagt: {why}\nvagt: {why}\n"
+    assert conn.execute("SELECT actor, subject, details->>'reason', details->>'via' "
+                        "FROM audit_log WHERE action = 'silence.refused' ORDER BY id"
+                        ).fetchall() == [("anna", "silence (refused)", why, LOGIN),
+                                         ("anna", "silence 7", why, LOGIN)]

@@ -256,6 +256,29 @@ def test_an_operator_may_not_create_a_silence_403(api):
     assert r.json()["detail"] == "this needs the role supervisor or higher; anna is operator"
 
 
+def test_an_operators_attempt_to_silence_or_end_a_silence_is_audited_with_what_was_asked(api):
+    """An attempt to hold alerts back is what the audit of refusals is for, whoever asks."""
+    silence = new_silence(api)
+    ends_at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    crm = api.with_token(api.tokens["crm"])
+    made = crm.post("/api/v1/silences", json={
+        "matchers": ['rule="personal_alarm"'], "comment": "quiet night",
+        "ends_at": ends_at.isoformat()})
+    ended = crm.post(f"/api/v1/silences/{silence}/expire")
+    assert (made.status_code, ended.status_code) == (403, 403)
+    refused = rows(api.database_url, "SELECT actor, subject, details FROM audit_log "
+                                     "WHERE action = 'silence.refused' ORDER BY id")
+    why = "this needs the role supervisor or higher; crm is operator"
+    assert refused == [
+        ("crm", "silence (refused)", {
+            "matchers": ['rule="personal_alarm"'], "starts_at": refused[0][2]["starts_at"],
+            "ends_at": ends_at.isoformat(), "comment": "quiet night", "reason": why,
+            "via": "token:callcentre-crm"}),
+        ("crm", f"silence {silence}", {"asked": "expire", "silence_id": silence,
+                                       "reason": why, "via": "token:callcentre-crm"})]
+    assert rows(api.database_url, "SELECT count(*) FROM silences") == [(1,)]
+
+
 def test_a_municipal_operator_sees_only_their_municipalitys_alerts(api):
     alarm, battery = alarm_and_battery(api.database_url)
     bo = api.as_("bo")

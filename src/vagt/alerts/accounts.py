@@ -160,10 +160,17 @@ def enabled_account(conn: psycopg.Connection, username: str, *, via: str,
         raise AccountError(f"there is no enabled account '{username}' (`vagt users list` "
                            "shows them; `vagt users add NAME --role operator --no-password` "
                            "makes one for the command line)")
-    if who.role < role:
-        raise AccountError(f"this needs the role {role.label} or higher; {who.username} is "
-                           f"{who.role.label}")
+    refusal = role_refusal(who, role)
+    if refusal:
+        raise AccountError(refusal)
     return who
+
+
+def role_refusal(who: Principal, role: Role) -> str | None:
+    """Why `who` may not take a step that needs `role`; None when they may."""
+    if who.role >= role:
+        return None
+    return f"this needs the role {role.label} or higher; {who.username} is {who.role.label}"
 
 
 def list_users(conn: psycopg.Connection) -> list[tuple[str, str, str | None, list[str], bool]]:

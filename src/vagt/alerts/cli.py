@@ -17,7 +17,7 @@ import orjson
 import psycopg
 
 from vagt.alerts import engine_rules, outbox
-from vagt.alerts.accounts import Principal, Role, enabled_account
+from vagt.alerts.accounts import AccountError, Principal, Role, enabled_account, role_refusal
 from vagt.alerts.actions import (
     MAX_NOTE,
     AlertError,
@@ -36,7 +36,14 @@ from vagt.alerts.actions import (
 from vagt.alerts.matchers import MatcherError, parse_matcher
 from vagt.alerts.policy import PolicyError, load_policy, parse_duration
 from vagt.alerts.routing import describe, route_alert
-from vagt.alerts.silences import create_silence, expire_silence, list_silences
+from vagt.alerts.silences import (
+    REFUSED,
+    asked_to_create,
+    create_silence,
+    expire_silence,
+    list_silences,
+    refuse_author,
+)
 from vagt.alerts.silences import warnings as silence_warnings
 from vagt.app.cli_support import cli_login, fail, format_table, reports_errors
 from vagt.app.config import Config
@@ -404,7 +411,8 @@ def handle_silence_add(args: argparse.Namespace, conninfo: str,
     end = args.end or start + args.duration
     # autocommit: a refusal is audited in a transaction of its own (`create_silence`)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        who = _acting(conn, args.author, Role.SUPERVISOR)
+        who = _supervisor(conn, args.author, asked_to_create(args.matchers, start, end,
+                                                             args.comment))
         s = create_silence(conn, matchers, starts_at=start, ends_at=end, author=who.username,
                            comment=args.comment, municipality=who.municipality, now=now,
                            rules=rules, via=who.via)
@@ -446,11 +454,23 @@ def _rule_book(config: Config | None) -> list[Rule]:
 def handle_silence_expire(args: argparse.Namespace, conninfo: str) -> int:
     # autocommit: a refusal is audited in a transaction of its own (`expire_silence`)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        who = _acting(conn, args.author, Role.SUPERVISOR)
+        who = _supervisor(conn, args.author, {"asked": "expire", "silence_id": args.id},
+                          f"silence {args.id}")
         s = expire_silence(conn, args.id, by=who.username, municipality=who.municipality,
                            via=who.via)
     print(f"silence {s.id} expired by {s.expired_by}")
     return 0
+
+
+def _supervisor(conn: psycopg.Connection, name: str, asked: dict[str, object],
+                subject: str = REFUSED) -> Principal:
+    """The account of a silence's author, a supervisor; an operator's attempt is refused
+    and audited (`refuse_author`), as the API's is."""
+    who = _acting(conn, name)
+    if refusal := role_refusal(who, Role.SUPERVISOR):
+        refuse_author(conn, who.username, refusal, asked=asked, subject=subject, via=who.via)
+        raise AccountError(refusal)
+    return who
 
 
 def _done(alert: AlertRow) -> int:

@@ -161,9 +161,14 @@ def _scoped(matchers: Sequence[Matcher], municipality: str | None) -> list[Match
 
 def _asked(matchers: Sequence[Matcher], municipality: str | None, starts: datetime,
            ends: datetime, comment: str) -> dict[str, object]:
+    return asked_to_create([str(m) for m in _scoped(matchers, municipality)], starts, ends,
+                           comment)
+
+
+def asked_to_create(wanted: Sequence[str], starts: datetime, ends: datetime,
+                    comment: str) -> dict[str, object]:
     """What a refused silence asked for, as its audit entry keeps it: never a CPR number
     (masked: that may be why it was refused), and bounded in size (the API's body is not)."""
-    wanted = [str(m) for m in _scoped(matchers, municipality)]
     return {"matchers": [_kept(m, _MAX_MATCHER_KEPT) for m in wanted[:_MAX_MATCHERS_KEPT]],
             **({"matchers_given": len(wanted)} if len(wanted) > _MAX_MATCHERS_KEPT else {}),
             "starts_at": starts.isoformat(), "ends_at": ends.isoformat(),
@@ -174,6 +179,19 @@ def _kept(text: str, limit: int) -> str:
     """`text` with CPR numbers masked and NULs replaced (jsonb holds none), cut at `limit`."""
     text = mask_cpr(text)[0].replace("\x00", "\ufffd")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def refuse_author(conn: psycopg.Connection, author: str, reason: str, *,
+                  asked: dict[str, object], subject: str = REFUSED,
+                  now: datetime | None = None, via: str | None = None) -> None:
+    """A silence (`asked_to_create`) or an expiry (subject `silence ID`) refused for who
+    asked, before it is judged (a role too low for silences): logged and audited as every
+    refusal of either is, in a transaction of its own (`conn` must have none in progress).
+    Holding alerts back is what the audit of refusals is for, whoever tries it."""
+    _needs_no_transaction(conn, "refuse_author")
+    log.warning("event=silence_refused author=%s subject=%s reason=%s", author,
+                orjson.dumps(subject).decode(), orjson.dumps(reason).decode())
+    _audit_refusal(conn, author, asked, reason, now or datetime.now(UTC), via, subject)
 
 
 def _needs_no_transaction(conn: psycopg.Connection, caller: str) -> None:

@@ -45,7 +45,6 @@ log = logging.getLogger("vagt.api")
 
 SESSION_LENGTH = timedelta(hours=12)
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
-Supervisor = Annotated[Principal, Depends(require(Role.SUPERVISOR))]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": schemas.Problem, "description": "no or wrong credentials"},
@@ -292,7 +291,7 @@ def _router() -> APIRouter:
 
     @r.post("/silences", response_model=schemas.Silence, status_code=201,
             responses={**_ERRORS, 422: {"model": schemas.Problem}}, tags=["silences"])
-    def create_silence(request: Request, body: schemas.NewSilence, who: Supervisor,
+    def create_silence(request: Request, body: schemas.NewSilence, who: Operator,
                        conn: Conn) -> schemas.Silence:
         """Silence the alerts matching every matcher from start to end (supervisors).
 
@@ -300,12 +299,18 @@ def _router() -> APIRouter:
         hold back a critical alert (a personal alarm) must name its devices
         (`device_id="..."`, or `device_id=~"A|B"` for a few); none may last longer than the
         policy's `max_silence` (3 days unless set); a refusal answers 422 saying why, and is
-        audited (`silence.refused`)."""
+        audited (`silence.refused`), as is an operator's attempt (403)."""
+        now = _now(request)
+        if refusal := accounts.role_refusal(who, Role.SUPERVISOR):
+            silences.refuse_author(conn, who.username, refusal, now=now, via=who.via,
+                                   asked=silences.asked_to_create(
+                                       body.matchers, body.starts_at or now, body.ends_at,
+                                       body.comment))
+            raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
         try:
             matchers = [parse_matcher(m) for m in body.matchers]
         except MatcherError as e:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
-        now = _now(request)
         s = silences.create_silence(conn, matchers, starts_at=body.starts_at,
                                     ends_at=body.ends_at, author=who.username,
                                     comment=body.comment, municipality=who.municipality,
@@ -314,11 +319,17 @@ def _router() -> APIRouter:
 
     @r.post("/silences/{silence_id}/expire", response_model=schemas.Silence,
             responses={**_ERRORS, 404: {"model": schemas.Problem}}, tags=["silences"])
-    def expire_silence(request: Request, silence_id: int, who: Supervisor,
+    def expire_silence(request: Request, silence_id: int, who: Operator,
                        conn: Conn) -> schemas.Silence:
-        """End a silence now (supervisors); the alerts it held come back. A refusal (no
-        such silence: 404; one already ended: 422) is audited (`silence.refused`)."""
+        """End a silence now (supervisors); the alerts it held come back. A refusal (an
+        operator's: 403; no such silence: 404; one already ended: 422) is audited
+        (`silence.refused`)."""
         now = _now(request)
+        if refusal := accounts.role_refusal(who, Role.SUPERVISOR):
+            silences.refuse_author(conn, who.username, refusal, now=now, via=who.via,
+                                   asked={"asked": "expire", "silence_id": silence_id},
+                                   subject=f"silence {silence_id}")
+            raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
         s = silences.expire_silence(conn, silence_id, by=who.username,
                                     municipality=who.municipality, now=now,
                                     policy=request.app.state.policy, via=who.via)

@@ -32,6 +32,7 @@ from vagt.alerts.accounts import (
     authenticate_token,
     check_password,
     password_login,
+    role_refusal,
 )
 from vagt.alerts.actions import MAX_OPERATOR_LENGTH
 from vagt.privacy import mask_cpr
@@ -123,10 +124,9 @@ def require(role: Role) -> Callable[[Principal], Principal]:
     """A dependency that lets callers of at least `role` through."""
 
     def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
-        if who.role < role:
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                f"this needs the role {role.label} or higher; "
-                                f"{who.username} is {who.role.label}")
+        refusal = role_refusal(who, role)
+        if refusal:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
         return who
 
     return check
