@@ -396,7 +396,7 @@ def test_a_failed_delivery_to_a_url_in_capitals_is_recorded_without_its_token(
         database_url, tmp_path):
     port = free_port()                      # nobody listens
     policy = capitalised_webhook_policy(
-        tmp_path, f"HTTPS://cc:s3cret@127.0.0.1:{port}/hooks/vagt?key=s3cret")
+        tmp_path, f"HTTPS://127.0.0.1:{port}/hooks/vagt?key=s3cret")   # user:password: refused
     alarms(database_url, policy, 1)
     with open_pool(database_url, 1, 2) as pool:
         DeliveryWorker(pool, policy, senders_for(policy, mqtt_defaults={}, client_id="test"),
