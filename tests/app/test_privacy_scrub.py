@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 
 import pytest
@@ -57,7 +58,8 @@ def test_each_changed_row_is_audited_with_who_why_and_where_never_the_number(env
                        "WHERE action = 'privacy.scrubbed'")
     assert audit == [("anna", "alerts.note", {"table": "alerts", "column": "note",
                                               "key": str(alert), "found": 2,
-                                              "reason": "found by the scan"})]
+                                              "reason": "found by the scan",
+                                              "via": f"cli:{getpass.getuser()}"})]
 
 
 def test_a_dry_run_reports_what_would_change_and_changes_nothing(env, capsys):

@@ -336,7 +336,8 @@ def test_writing_the_files_is_audited(database_url, registry, acl_broker):
     write_files(database_url, acl_broker)
     assert registry.execute("SELECT actor, details FROM audit_log WHERE action = "
                             "'devices.broker_acl'").fetchall() == [
-        ("anna", {"deployed_devices": 2, "engine_user": ENGINE_USER})]
+        ("anna", {"deployed_devices": 2, "engine_user": ENGINE_USER,
+                  "via": f"cli:{getpass.getuser()}"})]
 
 
 def test_the_same_registry_gives_the_same_files(database_url, registry, acl_broker):
@@ -398,7 +399,8 @@ def test_a_device_left_out_of_the_files_is_named_in_the_audit(database_url, regi
     assert "GW:01" not in acl_broker.passwords.read_text() + acl_broker.acl.read_text()
     assert registry.execute("SELECT details FROM audit_log WHERE action = "
                             "'devices.broker_acl'").fetchall() == [
-        ({"deployed_devices": 2, "engine_user": ENGINE_USER, "left_out": ["GW:01"]},)]
+        ({"deployed_devices": 2, "engine_user": ENGINE_USER, "left_out": ["GW:01"],
+          "via": f"cli:{getpass.getuser()}"},)]
 
 
 @pytest.mark.parametrize(("device_id", "why"), [
