@@ -701,6 +701,12 @@ def test_a_matcher_that_does_not_parse_is_refused_without_repeating_a_cpr_number
     assert r.status_code == 422 and "010170" not in r.text
 
 
+def test_an_unknown_device_asked_for_by_a_cpr_number_answers_404_without_repeating_it(api):
+    r = api.as_("anna").get("/api/v1/devices/cpr 010170-1234")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "there is no device cpr [cpr removed]"
+
+
 def test_a_request_that_does_not_fit_says_where_without_repeating_what_was_sent(api):
     """A resolve without its code: refused by the API's own checks, before vagt's. The
     answer says which field and why, and not the note, which may hold a CPR number."""

@@ -39,7 +39,7 @@ from vagt.alerts.observe import AlertObserver, NullObserver
 from vagt.alerts.policy import AlertPolicy
 from vagt.alerts.routing import queues_of
 from vagt.errors import first_line
-from vagt.privacy import HoldsCpr
+from vagt.privacy import HoldsCpr, mask_cpr
 
 log = logging.getLogger("vagt.api")
 
@@ -349,7 +349,9 @@ def _router() -> APIRouter:
     def get_device(device_id: str, who: Operator, conn: Conn) -> schemas.Device:
         found = _devices(conn, who.municipality, device_id, None, 1)
         if not found:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"there is no device {device_id}")
+            # as asked, which may be anything: a CPR number is not repeated
+            raise HTTPException(status.HTTP_404_NOT_FOUND,
+                                f"there is no device {mask_cpr(device_id[:70])[0]}")
         return schemas.Device.model_validate(found[0])
 
     return r
