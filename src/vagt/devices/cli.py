@@ -13,7 +13,14 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from vagt.app.cli_support import cli_login, fail, format_table, local_time, login_name, reports_errors
+from vagt.app.cli_support import (
+    cli_login,
+    fail,
+    format_table,
+    local_time,
+    login_name,
+    reports_errors,
+)
 from vagt.app.config import Config
 from vagt.devices import actions
 from vagt.devices.broker_access import (
