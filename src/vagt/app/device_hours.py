@@ -17,6 +17,7 @@ import math
 
 import psycopg
 
+from vagt.app.hours_fold import REFRESH_LOCK_KEY
 from vagt.app.retention import READINGS_RETENTION
 from vagt.devices.report_query import DAY_SLOT_HOURS, slots_sql
 
@@ -24,9 +25,6 @@ log = logging.getLogger("vagt.device_hours")
 
 HOUR_S = 3600
 DAY_S = 86400
-# the session-level advisory lock that keeps two refreshes of the plain tables apart:
-# "vagt" "hrs" in ASCII
-REFRESH_LOCK_KEY = 0x76616774_687273
 _NAME = "device_hours"
 
 # The hour as time_bucket makes it (UTC; time_bucket's origin, 2000-01-03, is on the hour).

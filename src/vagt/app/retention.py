@@ -6,7 +6,8 @@ retention policies of migration 0002 drop whole chunks, on plain PostgreSQL `pru
 the rows, in short batches of their own transactions so that no lock is held long (a batch's
 devices are locked by the lanes meanwhile, never by this). The marks of bad readings go with
 their readings; dead letters (the raw bytes of messages that were not stored) are kept
-DEAD_LETTER_RETENTION. Alerts and their audit trail are never pruned: they are the record
+DEAD_LETTER_RETENTION. The vendor report's hourly counts of days older than HOURS_KEPT are
+folded into per-day arrays and deleted (plain PostgreSQL, `hours_fold`). Alerts and their audit trail are never pruned: they are the record
 of what the centre was told and did, and no retention rule for them is written down.
 """
 
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from vagt.app import db
+from vagt.app import db, hours_fold
 from vagt.errors import first_line
 
 log = logging.getLogger("vagt.retention")
@@ -32,6 +33,12 @@ READINGS_RETENTION = "3 years"
 # a citizen's measurement all the same, with no report to serve, so it is kept far less long
 # than readings (data minimisation): 90 days covers a quarter's vendor follow-up.
 DEAD_LETTER_RETENTION = "90 days"
+
+# The vendor report's hours are kept this long before they are folded into their days
+# (`hours_fold`, migration 0026): whole UTC days, older than this. The refresh and a
+# report of recent weeks read hours as before; older ones read their folded counts, the
+# same figures. Over a month: a report of the last month reads hours alone.
+HOURS_KEPT = "35 days"
 
 # Rows deleted per transaction: a few hundred milliseconds' work, locks held no longer.
 BATCH_ROWS = 5000
@@ -45,7 +52,8 @@ PRUNE_LOCK_KEY = 0x76616774_70726E
 @dataclass(frozen=True)
 class Pruned:
     """What one prune deleted, and before when. `readings` and `events` are None on
-    TimescaleDB: its retention policies drop them, by whole chunks."""
+    TimescaleDB: its retention policies drop them, by whole chunks; `hours_folded` (the
+    vendor report's hourly rows folded into their days) too: the hours are kept there."""
 
     readings_before: datetime
     dead_letters_before: datetime
@@ -53,6 +61,8 @@ class Pruned:
     events: int | None
     bad_readings: int
     dead_letters: int
+    hours_before: datetime
+    hours_folded: int | None
 
 
 # Oldest first by the BRIN index on time (plain PostgreSQL), at most a batch; ctid: the rows
@@ -81,13 +91,19 @@ DELETE FROM dead_letters WHERE id = ANY(ARRAY(
 """
 
 
-def cutoffs(conn: psycopg.Connection, now: datetime) -> tuple[datetime, datetime]:
-    """(readings and events, dead letters): rows before these times are dropped. Calendar
-    arithmetic in PostgreSQL, as TimescaleDB's policy computes `now() - drop_after`."""
-    row = conn.execute("SELECT %s::timestamptz - %s::interval, %s::timestamptz - %s::interval",
-                       (now, READINGS_RETENTION, now, DEAD_LETTER_RETENTION)).fetchone()
+def cutoffs(conn: psycopg.Connection, now: datetime) -> tuple[datetime, datetime, datetime]:
+    """(readings and events, dead letters, the report's hours): rows before these times are
+    dropped (the hours folded). Calendar arithmetic in PostgreSQL, as TimescaleDB's policy
+    computes `now() - drop_after`; the hours' at a UTC midnight, so that whole days fold."""
+    row = conn.execute(
+        "SELECT %(now)s::timestamptz - %(readings)s::interval, "
+        "%(now)s::timestamptz - %(dead)s::interval, "
+        "date_bin(INTERVAL '1 day', %(now)s::timestamptz - %(hours)s::interval, "
+        "TIMESTAMPTZ '2000-01-03 00:00+00')",
+        {"now": now, "readings": READINGS_RETENTION, "dead": DEAD_LETTER_RETENTION,
+         "hours": HOURS_KEPT}).fetchone()
     assert row is not None
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
 def prune(conn: psycopg.Connection, now: datetime | None = None,
@@ -101,7 +117,7 @@ def prune(conn: psycopg.Connection, now: datetime | None = None,
     if not conn.autocommit:
         raise ValueError("prune commits batch by batch: give it an autocommit connection")
     now = now or datetime.now(UTC)
-    readings_before, dead_before = cutoffs(conn, now)
+    readings_before, dead_before, hours_before = cutoffs(conn, now)
     on_timescale = db.recorded_flavour(conn) == "timescale"
     stop = stop or threading.Event()
 
@@ -119,7 +135,9 @@ def prune(conn: psycopg.Connection, now: datetime | None = None,
     events = None if on_timescale else drain(_DELETE_EVENTS, readings_before)
     return Pruned(readings_before, dead_before, readings, events,
                   drain(_DELETE_BAD_READINGS, readings_before),
-                  drain(_DELETE_DEAD_LETTERS, dead_before))
+                  drain(_DELETE_DEAD_LETTERS, dead_before), hours_before,
+                  None if on_timescale else hours_fold.fold(conn, hours_before, batch_rows,
+                                                            stop))
 
 
 def prune_if_first(conn: psycopg.Connection, now: datetime | None = None,
@@ -142,9 +160,14 @@ def describe(p: Pruned) -> str:
                   f"({READINGS_RETENTION}, by whole chunks)")
     else:
         stored = f"{p.readings} readings and {p.events} events"
+    if p.hours_folded is None:
+        hours = "the report's hours: kept in TimescaleDB's continuous aggregates"
+    else:
+        hours = (f"folded {p.hours_folded} of the report's hourly counts into their days "
+                 f"(before {p.hours_before.isoformat()})")
     return (f"deleted {stored}; {p.bad_readings} bad-reading marks (before "
             f"{p.readings_before.isoformat()}); {p.dead_letters} dead letters (before "
-            f"{p.dead_letters_before.isoformat()})")
+            f"{p.dead_letters_before.isoformat()}); {hours}")
 
 
 class Pruner:
@@ -175,6 +198,7 @@ class Pruner:
         if done is None:
             log.info("event=prune_skipped note=another_process_prunes")
         else:
-            log.info("event=pruned readings=%s events=%s bad_readings=%d dead_letters=%d",
-                     done.readings, done.events, done.bad_readings, done.dead_letters)
+            log.info("event=pruned readings=%s events=%s bad_readings=%d dead_letters=%d "
+                     "hours_folded=%s", done.readings, done.events, done.bad_readings,
+                     done.dead_letters, done.hours_folded)
         return done

@@ -4,7 +4,8 @@
 A span's time with a citizen is read at three grains: its whole weeks from the weekly
 counts (`device_weekly`, plain PostgreSQL, migration 0023), its other whole days from the
 daily ones (`device_daily`, 0023), and the hours before and after its whole days (its
-edges, at most a day's each) from the hourly ones (0019).
+edges, at most a day's each) from the hourly ones (0019) and, for days whose hours the
+prune folded, from their folded counts (`device_hours_folded`, 0026).
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: n
         SELECT h.bucket, h.events, h.faults FROM events_hourly h
         WHERE h.device_id = e.device_id AND h.bucket >= e.lo AND h.bucket < e.hi
         OFFSET 0) h
+    UNION ALL   -- and the folded hours of the edge's day (0026), by its key: each hour with
+                -- a reading or an event, as an hourly row is (counts add up with an hour's
+                -- late row, not folded yet)
+    SELECT e.id, f.bucket, f.measurements, f.events, f.faults
+    FROM edges e CROSS JOIN LATERAL (
+        SELECT f.day + make_interval(hours => u.h::integer - 1) AS bucket,
+               u.measurements::bigint, u.events::bigint, u.faults::bigint
+        FROM device_hours_folded f
+        CROSS JOIN LATERAL unnest(f.readings, f.measurements, f.events, f.faults)
+             WITH ORDINALITY AS u(readings, measurements, events, faults, h)
+        WHERE f.device_id = e.device_id
+          AND f.day = date_bin(INTERVAL '1 day', e.lo, {_ORIGIN_SQL})
+          AND (u.readings > 0 OR u.events > 0)
+        OFFSET 0) f
+    WHERE f.bucket >= e.lo AND f.bucket < e.hi
 ),
 -- What each part of a span adds, one row each, summed per device below in one hash
 -- aggregate (no join between per-span aggregates: the planner cannot guess their sizes).
