@@ -85,6 +85,7 @@ SKIPPED: dict[tuple[str, str], str] = {
         ("readings", "device_id"), ("rule_state", "device_id"),
         ("device_assignments", "device_id"), ("readings_hourly", "device_id"),
         ("events_hourly", "device_id"), ("device_daily", "device_id"),
+        ("device_hours_folded", "device_id"),
         # plain PostgreSQL's alone (0023), and TimescaleDB's alone (0022's aggregates)
         ("device_weekly", "device_id"),
         ("readings_daily", "device_id"), ("events_daily", "device_id")]},

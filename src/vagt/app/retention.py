@@ -7,8 +7,10 @@ the rows, in short batches of their own transactions so that no lock is held lon
 devices are locked by the lanes meanwhile, never by this). The marks of bad readings go with
 their readings; dead letters (the raw bytes of messages that were not stored) are kept
 DEAD_LETTER_RETENTION. The vendor report's hourly counts of days older than HOURS_KEPT are
-folded into per-day arrays and deleted (plain PostgreSQL, `hours_fold`). Alerts and their audit trail are never pruned: they are the record
-of what the centre was told and did, and no retention rule for them is written down.
+folded into per-day arrays and deleted (plain PostgreSQL, `hours_fold`); their days and
+weeks, and the folded hours, are kept. Alerts and their audit trail are never pruned: they
+are the record of what the centre was told and did, and no retention rule for them is
+written down.
 """
 
 from __future__ import annotations
