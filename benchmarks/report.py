@@ -17,7 +17,11 @@ Without --days-only the hourly tables hold every hour and the days are made from
 with it the days are written directly, and hours only where the report reads them (a
 stay's partial days), so a year at 100,000 devices builds in minutes. Prints the medians,
 the ratio, and whether both queries gave the same rows. `--keep` leaves the database for
-`--url` to time again without building it.
+`--url` to time again without building it. `--fold` times the report, folds the hours
+older than HOURS_KEPT before the period's end as the prune does (`hours_fold`), and times
+it again: the time of the fold, the tables' sizes before and after (the hourly tables
+VACUUM FULL after the fold, as they stand once the freed space is reused), and whether the
+report gave the same rows.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import pandas as pd
 import psycopg
 from benchmarks.drain import drop_database, fresh_database
 
+from vagt.app import retention
 from vagt.app.device_hours import DAY, HOUR_BIT
 from vagt.devices import report
 from vagt.devices.catalogue import Catalogue, Model, load_catalogue
@@ -229,12 +234,28 @@ def _build(url: str, devices: int, days_only: bool) -> None:
     print(f"built in {time.perf_counter() - t0:.0f} s")
 
 
+_TABLES = ("'readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
+           "'device_daily', 'device_weekly', 'device_hours_folded', 'readings', "
+           "'device_assignments'")
+
+
 def _sizes(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         return dict(conn.execute(
-            "SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN "
-            "('readings_hourly', 'events_hourly', 'readings_daily', 'events_daily', "
-            "'device_daily', 'device_weekly', 'readings', 'device_assignments')").fetchall())
+            f"SELECT relname, reltuples::bigint FROM pg_class WHERE relname IN ({_TABLES})"
+        ).fetchall())
+
+
+def _bytes(url: str) -> dict[str, int]:
+    """pg_total_relation_size (heap, indexes, TOAST) of the report's tables."""
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute(
+            "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+            f"WHERE relname IN ({_TABLES}) AND relkind = 'r'").fetchall())
+
+
+def _print_bytes(label: str, sizes: dict[str, int]) -> None:
+    print(f"{label}: " + ", ".join(f"{k} {v / 2**20:,.1f} MB" for k, v in sorted(sizes.items())))
 
 
 def _report_query(conn: psycopg.Connection, cat: Catalogue,
@@ -260,6 +281,8 @@ def main() -> None:
                     help="write days directly and hours only at stays' edges")
     ap.add_argument("--url", default=None, help="a database this benchmark built and kept")
     ap.add_argument("--keep", action="store_true", help="do not drop the database at the end")
+    ap.add_argument("--fold", action="store_true",
+                    help="time the report before and after folding the old hours")
     args = ap.parse_args()
     url = args.url or fresh_database()
     print(f"database {url}")
@@ -269,7 +292,7 @@ def main() -> None:
             _build(url, args.devices, args.days_only)
         sizes = _sizes(url)
         print(", ".join(f"{k} {v:,}" for k, v in sorted(sizes.items())))
-        _compare(url, cat, args)
+        (_fold if args.fold else _compare)(url, cat, args)
     finally:
         if not args.keep and args.url is None:
             drop_database(url)
@@ -300,6 +323,25 @@ def _compare(url: str, cat: Catalogue, args: argparse.Namespace) -> None:
     print(f"same per-device figures: {same}")
     for vendor, rows in report.summary(new, "vendor").groupby("vendor"):
         print(f"  {vendor}: heard_share {float(rows['heard_share'].iloc[0]):.4f}")
+
+
+def _fold(url: str, cat: Catalogue, args: argparse.Namespace) -> None:
+    """The report before and after the prune folds the hours, its figures the same."""
+    _print_bytes("before", _bytes(url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        t_before, before = _report_query(conn, cat, args.repeat)
+        t0 = time.perf_counter()
+        done = retention.prune(conn, END)
+        fold_s = time.perf_counter() - t0
+        conn.execute("VACUUM FULL readings_hourly, events_hourly")
+        conn.execute("VACUUM ANALYZE")
+        print(f"folded {done.hours_folded:,} hourly rows before {done.hours_before} in "
+              f"{fold_s:.1f} s")
+        _print_bytes("after", _bytes(url))
+        t_after, after = _report_query(conn, cat, args.repeat)
+    print(f"report: before the fold median {t_before:.2f} s, after {t_after:.2f} s "
+          f"(of {args.repeat}), {len(after):,} devices")
+    print(f"same per-device figures: {before.fillna(-1).equals(after.fillna(-1))}")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import psycopg
 REFRESH_LOCK_KEY = 0x76616774_687273
 
 _ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00+00'"
-_ZEROS = "array_fill(0, ARRAY[24])"
 _COLUMNS = ("readings", "measurements", "events", "faults")
 
 # At most a batch of an hourly table's rows before `before`, from the key after the last
 # batch's (each batch goes on where the last stopped: the deleted rows are not read again),
-# deleted, and their counts added to their days' arrays. Returns how many, and the last key.
+# deleted, and their counts added to their days' arrays (the other table's left as they are,
+# NULL in a new row). Returns how many, and the last key.
 _FOLD = f"""
 WITH gone AS (
     DELETE FROM {{table}} WHERE ctid = ANY(ARRAY(
@@ -56,7 +56,7 @@ LEFT JOIN LATERAL (SELECT device_id, bucket FROM gone
 
 
 def _fold_sql(table: str, a: str, b: str) -> str:
-    values = ", ".join(c if c in (a, b) else _ZEROS for c in _COLUMNS)
+    values = ", ".join(c if c in (a, b) else "NULL" for c in _COLUMNS)
     return _FOLD.format(table=table, a=a, b=b, values=values)
 
 

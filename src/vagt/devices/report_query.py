@@ -184,11 +184,12 @@ edge_hours AS (  -- a range of the (device_id, bucket) key per edge (OFFSET 0: n
         OFFSET 0) h
     UNION ALL   -- and the folded hours of the edge's day (0026), by its key: each hour with
                 -- a reading or an event, as an hourly row is (counts add up with an hour's
-                -- late row, not folded yet)
+                -- late row, not folded yet; a NULL array: none that day)
     SELECT e.id, f.bucket, f.measurements, f.events, f.faults
     FROM edges e CROSS JOIN LATERAL (
         SELECT f.day + make_interval(hours => u.h::integer - 1) AS bucket,
-               u.measurements::bigint, u.events::bigint, u.faults::bigint
+               coalesce(u.measurements, 0)::bigint AS measurements,
+               coalesce(u.events, 0)::bigint AS events, coalesce(u.faults, 0)::bigint AS faults
         FROM device_hours_folded f
         CROSS JOIN LATERAL unnest(f.readings, f.measurements, f.events, f.faults)
              WITH ORDINALITY AS u(readings, measurements, events, faults, h)

@@ -12,6 +12,8 @@
 -- an hour of a folded day was heard if it holds a reading or an event (`readings`,
 -- `events` above 0, as an hourly row is there only if one came), and the counts add up.
 --
+-- A day with no event has no events' arrays (NULL), one with no reading no readings' (a
+-- device-day of a device heard every hour: some 0.4 KB here, 3.3 KB of hours).
 -- A table of its own, not columns of device_daily: the days the report reads for every
 -- stay stay as narrow as they are (their key's index holds them), the edges read a day
 -- here by the same key, and TimescaleDB's device_daily is a view of continuous aggregates
@@ -20,15 +22,19 @@
 CREATE TABLE device_hours_folded (
     day           timestamptz NOT NULL,   -- 00:00 UTC, by device time
     device_id     text NOT NULL,
-    readings      integer[] NOT NULL CHECK (cardinality(readings) = 24),
-    measurements  integer[] NOT NULL CHECK (cardinality(measurements) = 24),
-    events        integer[] NOT NULL CHECK (cardinality(events) = 24),
-    faults        integer[] NOT NULL CHECK (cardinality(faults) = 24),
+    readings      integer[] CHECK (cardinality(readings) = 24),       -- NULL: no reading
+    measurements  integer[] CHECK (cardinality(measurements) = 24),   -- that day
+    events        integer[] CHECK (cardinality(events) = 24),         -- NULL: no event
+    faults        integer[] CHECK (cardinality(faults) = 24),         -- that day
+    CHECK ((readings IS NULL) = (measurements IS NULL) AND (events IS NULL) = (faults IS NULL)
+           AND (readings IS NOT NULL OR events IS NOT NULL)),
     PRIMARY KEY (device_id, day)
 );
 
--- Two days' folded counts of one column added hour by hour.
+-- Two days' folded counts of one column added hour by hour (NULL: none).
 CREATE FUNCTION vagt_add_hours(a integer[], b integer[]) RETURNS integer[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
-    SELECT array_agg(x + y ORDER BY h) FROM unnest(a, b) WITH ORDINALITY AS u(x, y, h)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a
+                ELSE (SELECT array_agg(x + y ORDER BY h)
+                      FROM unnest(a, b) WITH ORDINALITY AS u(x, y, h)) END
 $$;
