@@ -6,6 +6,8 @@ the next prune folds it; the prune keeps its window of hours and folds nothing t
 from __future__ import annotations
 
 import random
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -24,7 +26,7 @@ from tests.app.test_vendor_report_counts import (
     store,
 )
 
-from vagt.app import device_hours, retention
+from vagt.app import device_hours, hours_fold, retention
 
 # The prune's clock: HOURS_KEPT (35 days) before it is WINDOW + 15 days 00:00 UTC, so the
 # fleet's first 15 days (and the day before) are folded, the rest kept as hours.
@@ -140,6 +142,27 @@ def test_the_prune_keeps_the_hours_of_its_window(database_url):
     assert query(database_url, "SELECT min(day) >= %s, max(day) < %s FROM device_hours_folded",
                  (WINDOW - timedelta(days=1), FOLDED_BEFORE)) == [(True, True)]
     assert "of the report's hourly counts into their days" in retention.describe(done)
+
+
+def test_the_fold_waits_for_a_refresh_in_progress(database_url):
+    """A refresh reads in one REPEATABLE READ snapshot under its lock: an hour it saw must
+    not be folded away under it (its ON CONFLICT update of that hour would fail)."""
+    _stored(database_url, random.Random(15))
+    hours = _hours_before(database_url, FOLDED_BEFORE)
+    with psycopg.connect(database_url, autocommit=True) as refresh, \
+            psycopg.connect(database_url, autocommit=True) as conn:
+        refresh.execute("SELECT pg_advisory_lock(%s)", (hours_fold.REFRESH_LOCK_KEY,))
+        pid = conn.info.backend_pid
+        pruning = threading.Thread(target=retention.prune, args=(conn, NOW))
+        pruning.start()
+        while pruning.is_alive() and not query(
+                database_url, "SELECT wait_event = 'advisory' FROM pg_stat_activity "
+                "WHERE pid = %s", (pid,))[0][0]:
+            time.sleep(0.01)
+        assert _hours_before(database_url, FOLDED_BEFORE) == hours
+        refresh.execute("SELECT pg_advisory_unlock(%s)", (hours_fold.REFRESH_LOCK_KEY,))
+        pruning.join()
+    assert _hours_before(database_url, FOLDED_BEFORE) == 0
 
 
 def test_on_timescaledb_the_prune_folds_no_hours(database_url):
