@@ -26,7 +26,7 @@ from tests.app.test_vendor_report_counts import (
     store,
 )
 
-from vagt.app import device_hours, hours_fold, retention
+from vagt.app import db, device_hours, hours_fold, retention
 
 # The prune's clock: HOURS_KEPT (35 days) before it is WINDOW + 15 days 00:00 UTC, so the
 # fleet's first 15 days (and the day before) are folded, the rest kept as hours.
@@ -196,3 +196,13 @@ def test_the_timescaledb_flavour_of_0026_makes_the_plain_ones_table(database_url
         conn.execute("DROP TABLE device_hours_folded; DROP FUNCTION vagt_add_hours")
         conn.execute(text)
     assert query(database_url, _SCHEMA) == plain
+
+
+def test_a_report_on_a_database_without_0026_says_to_migrate(empty_database_url, monkeypatch):
+    """Its query reads the folded hours: without them it would fail on a missing table."""
+    everything = db.list_migrations()
+    monkeypatch.setattr(db, "list_migrations", lambda: [m for m in everything if m.version < 26])
+    db.migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn, \
+            pytest.raises(device_hours.NotMigrated, match="0026"):
+        device_hours.flavour(conn)

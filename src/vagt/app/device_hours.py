@@ -114,16 +114,19 @@ _SINCE = ("stored_xid >= %(xmin)s "
 
 
 class NotMigrated(RuntimeError):
-    """The database has not had migration 0023 yet (its engines not yet upgraded)."""
+    """The database has not had migrations 0023 and 0026 yet (its engines not yet
+    upgraded)."""
 
 
 def flavour(conn: psycopg.Connection) -> str:
     """'timescale' or 'plain': how migration 0023 (the report's days and weeks; its hours
-    are 0019's) was applied here."""
-    row = conn.execute("SELECT flavour FROM schema_migrations WHERE version = 23").fetchone()
-    if row is None:
+    are 0019's, their folded days 0026's) was applied here."""
+    row = conn.execute("SELECT flavour, EXISTS (SELECT FROM schema_migrations "
+                       "WHERE version = 26) FROM schema_migrations WHERE version = 23").fetchone()
+    if row is None or not row[1]:
         raise NotMigrated("the database has not the vendor report's daily and weekly device "
-                          "counts (migration 0023) yet: run `vagt db migrate`")
+                          "counts and folded hours (migrations 0023, 0026) yet: run "
+                          "`vagt db migrate`")
     return str(row[0])
 
 
