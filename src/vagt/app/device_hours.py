@@ -123,10 +123,12 @@ def flavour(conn: psycopg.Connection) -> str:
     are 0019's, their folded days 0026's) was applied here."""
     row = conn.execute("SELECT flavour, EXISTS (SELECT FROM schema_migrations "
                        "WHERE version = 26) FROM schema_migrations WHERE version = 23").fetchone()
-    if row is None or not row[1]:
+    if row is None:
         raise NotMigrated("the database has not the vendor report's daily and weekly device "
-                          "counts and folded hours (migrations 0023, 0026) yet: run "
-                          "`vagt db migrate`")
+                          "counts (migration 0023) yet: run `vagt db migrate`")
+    if not row[1]:
+        raise NotMigrated("the database has not the vendor report's folded hours (migration "
+                          "0026) yet: run `vagt db migrate`")
     return str(row[0])
 
 
