@@ -84,6 +84,26 @@ def test_folded_days_give_the_figures_of_their_hours_and_of_the_rows(database_ur
             assert reported(conn, *p) == figures == counted(fleet, *p), p
 
 
+def test_stays_dated_back_into_folded_days_count_what_the_rows_say(database_url):
+    """Lifecycle actions can be dated back (`at`): stays that begin and end in days folded
+    before they were written are read from the folded counts as well."""
+    rng = random.Random(9)
+    fleet = _stored(database_url, rng)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        retention.prune(conn, NOW)
+        for other in (21, 22):     # the same devices, other stays
+            moved = Fleet(fleet.devices, random_fleet(random.Random(other)).stays,
+                          fleet.readings, fleet.events)
+            conn.execute("DELETE FROM device_assignments")
+            for st in moved.stays:
+                conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, "
+                             "municipality, since, until) VALUES (%s, %s, %s, %s, %s)",
+                             (st.device_id, f"ref-{st.device_id}", st.municipality, st.since,
+                              st.until))
+            for p in _folded_periods(rng):
+                assert reported(conn, *p) == counted(moved, *p), (other, p)
+
+
 def test_a_late_row_for_a_folded_hour_counts_before_and_after_it_is_folded(database_url):
     """The refresh adds a late row to an hour of its own (the folded hour's counts stay
     folded); the report adds the two, and the next prune folds the row into the day."""
