@@ -1,4 +1,4 @@
-"""The vendor report over days whose hours the prune folded (`hours_folded`, migration 0026):
+"""The vendor report over days whose hours the prune folded (`hours_fold`, migration 0026):
 the same figures as before the fold and as a count of the raw rows, for periods and stays
 that begin or end in a folded day; a late row for a folded hour counts, before and after
 the next prune folds it; the prune keeps its window of hours and folds nothing twice."""
