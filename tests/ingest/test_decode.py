@@ -125,6 +125,30 @@ def test_a_key_given_twice_in_one_object_is_a_schema_dead_letter_naming_it(paylo
     assert out.n_readings == 0 and out.n_events == 0
 
 
+# SenML ignores an unknown field whose label does not end in '_' (RFC 8428 §4.4); nested
+# deeper than orjson writes (254 levels), it once hid a key given twice from the check
+_DEEP = b"[" * 300 + b"]" * 300
+
+
+@pytest.mark.parametrize("payload", [
+    b'[{"n": "spo2", "v": 82, "v": 97, "x": ' + _DEEP + b"}]",
+    b'[{"bn": "OXI-2/", "bn": "OXI-1/", "n": "spo2", "v": 97, "x": ' + _DEEP + b"}]",
+])
+def test_a_key_given_twice_is_found_beside_a_field_nested_too_deep_to_write(payload):
+    out = decode(payload)
+    assert [d.reason for d in out.dead] == [DeadLetterReason.SCHEMA]
+    assert "appears twice in one object" in out.dead[0].detail
+    assert out.n_readings == 0
+
+
+def test_a_document_nested_too_deep_to_check_for_keys_given_twice_is_refused():
+    deep = b"[" * 1010 + b"]" * 1010   # orjson reads it; the stdlib's parser, not
+    out = decode(b'[{"n": "spo2", "v": 82, "v": 97, "x": ' + deep + b"}]")
+    assert [d.reason for d in out.dead] == [DeadLetterReason.SCHEMA]
+    assert "nested too deeply" in out.dead[0].detail
+    assert out.n_readings == 0
+
+
 @pytest.mark.parametrize("payload", [
     # ':' in strings (times, SenML names, details), spaces around them, escaped ones
     b'{"time" : "2026-11-22T09:00:00Z", "readings": [{"metric": "spo2", "value": 97}]}',
