@@ -32,9 +32,30 @@ def test_a_reading_takes_its_own_time_then_the_message_time_then_the_arrival_tim
     ("2026-11-22t09:00:00z", 1795338000.0),
     ("2026-11-22T09:00:00.250Z", 1795338000.25),
     ("2026-11-22T04:00:00-05:00", 1795338000.0),
+    ("2026-11-22T23:00:00+14:00", 1795338000.0),   # the widest offsets in use (Kiribati)
+    ("2026-11-21T21:00:00-12:00", 1795338000.0),
+    ("2026-11-22T09:00:00.123456789012345678Z", 1795338000.123456),
 ])
 def test_rfc3339_times_with_an_offset_are_understood(text, seconds):
     assert decode({"time": text, "readings": [SPO2]}).r_time == [seconds]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("2016-12-31T23:59:60Z", 1483228800.0),
+    ("2017-01-01T00:59:60+01:00", 1483228800.0),
+    ("2016-12-31T23:59:60.5Z", 1483228800.5),
+])
+def test_a_leap_second_is_a_valid_time_read_as_the_next_second(text, seconds):
+    """RFC 3339 allows second 60; PostgreSQL reads it as the next minute's first second."""
+    assert decode({"time": text, "events": [{"code": "alarm.fall"}]},
+                  channel="alarm").e_time == [seconds]
+
+
+@pytest.mark.parametrize("offset", ["+24:00", "+01:60", "-99:00", "+23:99"])
+def test_an_offset_of_impossible_hours_or_minutes_is_refused_saying_which(offset):
+    detail = dead_detail({"time": f"2026-11-22T09:00:00{offset}", "readings": [SPO2]})
+    assert detail.startswith(f"time '2026-11-22T09:00:00{offset}' has the offset {offset}; "
+                             "an offset's hours are 00 to 23 and its minutes 00 to 59")
 
 
 def test_integer_unix_seconds_are_stored_as_floats():

@@ -165,13 +165,25 @@ def time_outside(seconds: float, where: str, window: TimeWindow) -> str:
 def _rfc3339(text: str, where: str) -> float:
     # fromisoformat alone would also take dates without a time, week dates and other ISO 8601
     # forms; the pattern keeps it to RFC 3339, which the schema documents
-    if RFC3339.match(text) is None:
+    m = RFC3339.match(text)
+    if m is None:
         raise Reject(BAD_TIME, f"{where} {quote(text)} is not an RFC 3339 time with an offset, "
                                "such as '2026-11-22T07:31:05Z' or '2026-11-22T08:31:05+01:00'")
+    offset = m.group(2)
+    # fromisoformat reads +01:60 as +02:00, a time an hour off, and refuses +24:00 in words
+    # of Python's (timedelta)
+    if len(offset) > 1 and (offset[1:3] > "23" or offset[4:] > "59"):
+        raise Reject(BAD_TIME, f"{where} {quote(text)} has the offset {offset}; an offset's "
+                               "hours are 00 to 23 and its minutes 00 to 59")
+    # RFC 3339 allows a leap second (23:59:60Z), which fromisoformat refuses; PostgreSQL
+    # reads it as the next minute's first second, and so does this
+    leap = text[17:19] == "60"
     try:
-        return datetime.fromisoformat(text.upper()).timestamp()
-    except ValueError as e:  # a 30 February, an hour 24, a leap second
+        seconds = datetime.fromisoformat(
+            (f"{text[:17]}59{text[19:]}" if leap else text).upper()).timestamp()
+    except ValueError as e:  # a 30 February, an hour 24
         raise Reject(BAD_TIME, f"{where} {quote(text)} is not a valid time: {e}") from None
+    return seconds + 1 if leap else seconds
 
 
 # --- events and firmware --------------------------------------------------------------------
