@@ -30,9 +30,15 @@ def matched(*texts: str, rules=RULES) -> list[str]:
     (['gateway_id="GW-0001"'], EVERY),                # from the registry: any alert may have it
     (['rule="personal_alarm"'], ["personal_alarm"]),
     (['rule=~"spo2_.*"'], ["spo2_critical"]),
-    (['type="scale"'], ["personal_alarm"]),           # a scale that sends alarm.* alarms
-    (['type="pulse_oximeter"'], ["personal_alarm", "spo2_critical"]),
-    (['vendor="Acme"'], ["personal_alarm", "spo2_critical"]),
+    # a scale that sends alarm.* alarms; an alarm from it unread, or failed on
+    (['type="scale"'], ["personal_alarm", "message_processing_failed", "unreadable_alarm"]),
+    (['type="pulse_oximeter"'], ["personal_alarm", "spo2_critical",
+                                 "message_processing_failed", "unreadable_alarm"]),
+    (['vendor="Acme"'], ["personal_alarm", "spo2_critical", "message_processing_failed",
+                         "unreadable_alarm"]),
+    (['rule="unreadable_alarm"', 'municipality="Randers"'], ["unreadable_alarm"]),
+    (['municipality="Randers"', 'rule!~"personal_alarm|spo2_critical"'],
+     ["message_processing_failed", "unreadable_alarm"]),
     (['code=~"alarm[.].*"'], ["personal_alarm"]),     # the engine's alarms hold no code
     (['metric="spo2"'], ["spo2_critical"]),
     (['metric!="battery"'], EVERY),                   # a label an alert lacks is ""
@@ -57,8 +63,10 @@ def test_a_critical_rule_of_the_centres_own_book_is_judged_by_its_labels(tmp_pat
     rules = load_rules(book)
     assert matched('team="night"', rules=rules) == ["fall_detected"]
     assert matched('team="day"', rules=rules) == []
-    assert matched('type="fall_sensor"', rules=rules) == ["fall_detected"]
-    assert matched('type="scale"', rules=rules) == []
+    # any device's alarm may be unreadable, or failed on
+    unread = ["message_processing_failed", "unreadable_alarm"]
+    assert matched('type="fall_sensor"', rules=rules) == ["fall_detected", *unread]
+    assert matched('type="scale"', rules=rules) == unread
     assert matched('rule="personal_alarm"', rules=rules) == []   # not in this book
 
 

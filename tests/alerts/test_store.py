@@ -272,8 +272,9 @@ def test_a_maintenance_window_suppresses_only_while_it_is_in_force(fleet, conn):
     (['device_id!="x"'], "would silence everything"),
     (['device_id=~".+"'], "every critical alert, personal alarms included"),
     (['rule=~".+"', 'severity=~"critical|major|warning|info"'], "every critical alert"),
-    # (an alarm the engine raises itself has no vendor: that of no device it knows)
-    (['vendor=~"Nonin|Acme|Tunstall|.+"'], "critical alerts (of personal_alarm, spo2_critical)"),
+    # (an alarm the engine raises itself has a vendor only when it knows the device)
+    (['vendor=~"Nonin|Acme|Tunstall|.+"'],
+     "critical alerts (of personal_alarm, spo2_critical, message_processing_failed, unreadable_alarm)"),
     (['rule=~".+"', 'severity!="info"'], "every critical alert"),
 ])
 def test_a_silence_that_would_match_everything_is_refused(fleet, conn, matchers, message):
@@ -287,7 +288,8 @@ def test_a_silence_that_would_match_everything_is_refused(fleet, conn, matchers,
 REVIEWED = [
     (['severity="critical"'], "every critical alert, personal alarms included"),
     (['rule="personal_alarm"'], "critical alerts (of personal_alarm)"),
-    (['type="personal_alarm"'], "critical alerts (of personal_alarm)"),
+    (['type="personal_alarm"'],
+     "critical alerts (of personal_alarm, message_processing_failed, unreadable_alarm)"),
     (['device_id=~"(?!vagt-probe-).+"'], "a negative lookahead"),
     (['severity!="info"', 'rule=~".+"'], "every critical alert"),
 ]
@@ -341,13 +343,15 @@ def test_a_municipal_supervisors_silence_of_everything_is_refused_too(fleet, con
     """Their silence is limited to their municipality, and it too may not hold back every
     alert there (every personal alarm of Skive's citizens), however the municipality is
     named in it. (An alarm the engine raises itself, from a device it does not know, has
-    no municipality: no such silence holds it.)"""
+    no municipality: no such silence holds it; one it could not read, or failed on, from a
+    device it knows has the device's.)"""
     for matchers in ([], [parse_matcher('device_id=~".+"')],
                      [parse_matcher('municipality="Skive"')],
                      [parse_matcher('municipality!="Aarhus"')]):
         with pytest.raises(SilenceError,
                            match=re.escape("critical alerts of the municipality Skive "
-                                           "(of personal_alarm, spo2_critical)")):
+                                           "(of personal_alarm, spo2_critical, "
+                                           "message_processing_failed, unreadable_alarm)")):
             create_silence(conn, matchers, starts_at=None, municipality="Skive",
                            ends_at=datetime.now(UTC) + timedelta(hours=1), author="sofie",
                            comment="maintenance")
@@ -538,8 +542,8 @@ def test_a_silence_made_before_the_limits_is_listed_with_why_it_holds_back_no_cr
     found = {s.id: silence_warnings(s) for s in list_silences(conn)}
     assert found[fine] == []
     assert found[wide] == [
-        "it names no device, and could match critical alerts (of personal_alarm): it holds "
-        "back none of them",
+        "it names no device, and could match critical alerts (of personal_alarm, "
+        "message_processing_failed, unreadable_alarm): it holds back none of them",
         "a silence may last at most 3d (the alert policy's max_silence), this one lasts "
         "25550d: it holds back no critical alert"]
 

@@ -22,6 +22,7 @@ from tests.app.conftest import (
 )
 from tests.support import Broker
 
+from vagt.alerts import actions
 from vagt.app.config import Config
 from vagt.app.engine import Lane, LaneSpec, lane_specs, open_engine_pool
 from vagt.app.metrics import EngineMetrics
@@ -120,6 +121,19 @@ def test_an_alarm_that_processing_fails_on_still_reaches_the_emergency_queue(
     summary = scalar(database_url, "SELECT summary FROM alerts WHERE device_id = 'ALM-0001'")
     assert "contact the citizen" in summary
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "processing_failed"
+
+
+def test_an_alarm_that_processing_fails_on_is_among_its_municipalitys_alerts(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """An operator of a municipality sees only its alerts (the API's scope)."""
+    monkeypatch.setattr(BrokenOn, "broken_device", "ALM-0001")
+    run_lane(database_url, broker, topic_root, "alarm",
+             [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))],
+             "SELECT count(*) FROM alerts")
+    with psycopg.connect(database_url) as conn:
+        [alert] = actions.list_alerts(conn, municipality="Randers")
+    assert (alert.rule, alert.device_id) == ("message_processing_failed", "ALM-0001")
 
 
 def test_a_message_that_fails_once_and_then_goes_through_is_not_refused(

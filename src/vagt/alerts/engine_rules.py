@@ -4,8 +4,10 @@ read, a message it could not process). Their `rule` names, the queue and priorit
 from before the routing tree, and the severities each can have, so that a silence can be
 judged against them too.
 
-Their labels are `rule`, `device_id` and `severity` only (and the registry's
-`label_attributes` of a registered device).
+Their labels are `rule`, `device_id` and `severity` (and the registry's `label_attributes`
+of a registered device); an unreadable alarm's, and a failed message's of a device the
+engine knows, also its `municipality`, `type`, `vendor` and `model`, as a rule's alert has
+them: an operator of a municipality sees only the alerts labelled with it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ ENGINE_RULES: Mapping[str, frozenset[str]] = {
     ALARM_BEFORE_DEPLOYMENT_RULE: frozenset({"critical"}),
     OUT_OF_SERVICE_RULE: frozenset({"warning"}),
 }
+
+
+# The engine's alerts that carry the device's registry labels (`municipality`, `type`,
+# `vendor`, `model`) when the engine knows the device, as a rule's alert does.
+WITH_DEVICE_LABELS = (UNREADABLE_ALARM_RULE, REFUSED_RULE)
+DEVICE_LABELS = ("municipality", "type", "vendor", "model")
 
 
 def alarm_destination(rules: Iterable[Rule]) -> tuple[int, str]:

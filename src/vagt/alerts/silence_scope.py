@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from vagt.alerts.engine_rules import ENGINE_RULES
+from vagt.alerts.engine_rules import DEVICE_LABELS, ENGINE_RULES, WITH_DEVICE_LABELS
 from vagt.alerts.matchers import Matcher, Op
 from vagt.alerts.patterns import listed_values
 from vagt.alerts.policy import AlertPolicy
@@ -108,6 +108,8 @@ def critical_kinds(rules: Sequence[Rule], policy: AlertPolicy) -> list[AlertKind
         if CRITICAL in severities:
             labels = dict.fromkeys(attributes, ANY)
             labels.update(rule=_only(name), severity=_only(CRITICAL), device_id=ANY)
+            if name in WITH_DEVICE_LABELS:
+                labels.update(dict.fromkeys(DEVICE_LABELS, ANY))
             kinds.append(AlertKind(name, labels))
     return kinds
 

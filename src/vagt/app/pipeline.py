@@ -8,7 +8,7 @@ keys, device state and alerts by device time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ import psycopg
 
 from vagt.alerts.engine_rules import (
     ALARM_BEFORE_DEPLOYMENT_RULE,
+    DEVICE_LABELS,
     OUT_OF_SERVICE_RULE,
     REFUSED_RULE,
     SERVICE_CENTRE_PRIORITY,
@@ -422,9 +423,14 @@ class Pipeline:
                    "events and alerts were; kept as a dead letter)" if delivered else
                    f"a message from {who} could not be processed (kept as a dead letter; the "
                    "engine's log says why)")
+        # the fleet in memory only: the database may be what failed
+        d = int(self.fleet.lookup([device_id])[0]) if device_id else -1
+        severity, priority, queue = (self._alarm_route() if alarm else
+                                     ("warning", SERVICE_CENTRE_PRIORITY, SERVICE_CENTRE_QUEUE))
         firings = _registry_firings(REFUSED_RULE, [who], np.array([message.received_at]),
-                                    [message.topic], lambda _d, _t: summary,
-                                    *(self._alarm_route() if alarm else ()))
+                                    [message.topic], lambda _d, _t: summary, severity,
+                                    priority, queue,
+                                    labels={who: self._registry_labels(d)} if d >= 0 else None)
         return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, firings))
 
     def _alarm_route(self) -> tuple[str, int, str]:
@@ -494,10 +500,14 @@ class Pipeline:
                                  f"say which device sends on {topic[:200]!r} (kept as a dead "
                                  "letter)",
                 *self._alarm_route())
+        placed: dict[str, dict[str, str]] = {}
         if unread:
-            known = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread]) >= 0
+            idx_unread = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread])
+            known = idx_unread >= 0
             stray += [i for i, k in zip(unread, known.tolist()) if not k]
             unread = [i for i, k in zip(unread, known.tolist()) if k]
+            placed = {dec.msg_device[i]: self._registry_labels(int(d))
+                      for i, d in zip(unread, idx_unread[known].tolist())}
         if stray:
             out.registry_firings += _registry_firings(
                 UNREGISTERED_ALARM_RULE, [dec.msg_device[i] for i in stray],
@@ -513,7 +523,7 @@ class Pipeline:
                 UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
                 msg_time[np.asarray(unread)], [messages[i].topic for i in unread],
                 lambda d, topic: _unreadable_alarm(d, topic, why[d]),
-                *self._alarm_route())
+                *self._alarm_route(), labels=placed)
         # A retired or lost device that sends is kept (nothing is lost), and the service
         # centre hears of it: a lost one is found, a retired one is back in someone's home.
         gone = live_pos[idx >= 0][self.fleet.status_in(idx[idx >= 0], OUT_OF_SERVICE)]
@@ -606,6 +616,14 @@ class Pipeline:
             out.noted += noted
             out.cleared += len(resolved)
 
+    def _registry_labels(self, d: int) -> dict[str, str]:
+        """The labels a rule's alert of device `d` has from the registry (municipality, type,
+        vendor, model): the routing tree goes by them, and an operator of a municipality sees
+        only the alerts labelled with it."""
+        f = self.fleet
+        values = (f.municipality[d], f.type[d], f.vendor[d], f.model[d])
+        return {k: v for k, v in zip(DEVICE_LABELS, values) if v}
+
     def _store_bad_readings(self, conn: psycopg.Connection, b: Batch, ev: Evaluation,
                             out: BatchOutcome) -> None:
         rows = np.flatnonzero(ev.bad)
@@ -664,17 +682,22 @@ OUT_OF_SERVICE = ("retired", "lost")
 def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list[str],
                       summary: Callable[[str, str], str], severity: str = "warning",
                       priority: int = SERVICE_CENTRE_PRIORITY,
-                      queue: str = SERVICE_CENTRE_QUEUE) -> list[AlertFiring]:
+                      queue: str = SERVICE_CENTRE_QUEUE,
+                      labels: Mapping[str, Mapping[str, str]] | None = None
+                      ) -> list[AlertFiring]:
     """One firing per device id of the batch, counting its messages, for what no rule
     sees: by default for the service centre, not the call centre, about a device the
     registry does not expect to hear from (never registered: a swap not recorded, a typo, or
-    something that should not be there; retired or lost)."""
+    something that should not be there; retired or lost). `labels`: a device's registry
+    labels (`Pipeline._registry_labels`), where the alert must have them."""
     seen: dict[str, tuple[float, float, str, int]] = {}   # first, last, last topic, count
     for d, t, topic in zip(device_ids, times.tolist(), topics):
         first, last, _, n = seen.get(d, (t, t, topic, 0))
         seen[d] = (min(first, t), max(last, t), topic, n + 1)
+    labels = labels or {}
     return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
-                        {"rule": rule, "device_id": d, "severity": severity})
+                        {**labels.get(d, {}), "rule": rule, "device_id": d,
+                         "severity": severity})
             for d, (first, last, topic, n) in sorted(seen.items())]
 
 
