@@ -95,6 +95,38 @@ def test_a_json_scalar_is_neither_format_and_is_refused(payload):
     assert "a JSON object (canonical format) or an array (SenML)" in dead_detail(payload)
 
 
+FALL = {"code": "alarm.fall"}
+
+
+def test_an_alarms_events_are_used_beside_a_bad_status_which_is_kept_as_a_dead_letter():
+    out = batch(msg("ALM-1", "alarm", {"seq": 4, "events": [FALL], "status": {"battery": 120},
+                                       "readings": [SPO2]}))
+    assert out.e_code == ["alarm.fall"] and out.e_msg == [0] and out.msg_seq == [4]
+    assert out.n_readings == 0 and out.dead == [] and out.apart_msg == [0]
+    [d] = out.apart
+    assert (d.reason, d.device_id) == (DeadLetterReason.IMPOSSIBLE_VALUE, "ALM-1")
+    assert d.detail.startswith("status.battery: battery 120 % is outside")
+    assert "its events were used" in d.detail
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ({"events": [{"code": "Alarm Fall"}], "status": {"battery": 120}}, "events[0].code"),
+    ({"time": "soon", "events": [FALL], "status": {"battery": 120}}, "time 'soon'"),
+    ({"device_id": "ALM-2", "events": [FALL], "status": {"battery": 120}}, "device_id 'ALM-2'"),
+    ({"seq": -1, "events": [FALL], "status": {"battery": 120}}, "seq must be"),
+    ({"readings": [SPO2], "status": {"battery": 120}}, "status.battery"),
+])
+def test_an_alarm_with_a_bad_part_its_events_need_is_refused_whole(doc, words):
+    out = batch(msg("ALM-1", "alarm", doc))
+    assert out.n_events == 0 and out.apart == [] and out.dead_msg == [0]
+    assert words in out.dead[0].detail
+
+
+def test_telemetry_beside_a_bad_status_is_refused_whole():
+    out = batch(msg("OXI-1", "status", {"events": [FALL], "status": {"battery": 120}}))
+    assert out.n_events == 0 and out.apart == [] and out.dead_msg == [0]
+
+
 def test_payload_naming_another_device_is_device_mismatch():
     detail = dead_detail({"device_id": "OXI-2", "readings": [SPO2]}, device="OXI-1")
     assert "'OXI-2'" in detail and "'OXI-1'" in detail

@@ -108,6 +108,9 @@ def test_the_decoder_never_raises_and_accounts_for_every_message_once(messages):
     with_rows = set(out.r_msg) | set(out.e_msg) | set(out.f_msg)
     assert with_rows.isdisjoint(out.dead_msg)
     assert len(set(out.dead_msg)) == len(out.dead_msg) == len(out.dead)
+    # an alarm used in part: its events alone, and a dead letter for the rest
+    assert set(out.apart_msg) <= set(out.e_msg) - set(out.r_msg) - set(out.f_msg)
+    assert len(set(out.apart_msg)) == len(out.apart_msg) == len(out.apart)
     assert with_rows | set(out.dead_msg) == set(range(n))
     for value, t in zip(out.r_value, out.r_time):
         assert math.isfinite(value) and NOW - 30 * 365 * 86400 < t <= NOW + 300

@@ -186,6 +186,9 @@ class Pipeline:
         msg_time = _message_times(dec, received)
         device_of_msg = self._attribute(conn, messages, dec, msg_time, out)
         usable = device_of_msg >= 0
+        # an alarm used in part is kept as a dead letter too (one of an unknown device is
+        # one already, as unknown_device)
+        out.dead += [d for d, i in zip(dec.apart, dec.apart_msg) if usable[i]]
         if usable.any():
             out.device_lag_s = float(np.median(received[usable] - msg_time[usable]))
 

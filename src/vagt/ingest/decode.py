@@ -73,8 +73,18 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
                              f"key {quote(key)} appears twice in one object; each key may "
                              "appear once (which of the two counts would be a guess)")
             if type(doc) is dict:
-                seq = decode_canonical(doc, device_id, channel is alarm_channel, m.received_at,
-                                       window, rows, i)
+                if channel is alarm_channel:
+                    seq, refused = _alarm(doc, device_id, m.received_at, window, rows, i, mark)
+                    if refused is not None:
+                        out.apart.append(DeadLetter(
+                            m.topic, m.payload, m.received_at, refused.reason,
+                            f"{refused.detail} (topic {m.topic}); its events were used (an "
+                            "alarm is not held back for a field it does not need), the rest "
+                            "of the message was not", device_id))
+                        out.apart_msg.append(i)
+                else:
+                    seq = decode_canonical(doc, device_id, False, m.received_at, window, rows,
+                                           i)
             elif type(doc) is list:
                 seq = decode_senml(doc, device_id, channel is alarm_channel, window, rows, i)
             else:
@@ -89,6 +99,30 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
         msg_seq.append(seq)
     rows.into(out)
     return out
+
+
+# What an alarm's events need of a canonical message; the rest (readings, status, a field
+# vagt does not know) is refused without holding the alarm back.
+_ALARM_NEEDS = ("v", "device_id", "seq", "time", "events")
+
+
+def _alarm(doc: dict[str, Any], device_id: str, received_at: float, window: TimeWindow,
+           rows: Rows, msg: int, mark: tuple[int, int, int]) -> tuple[int, Reject | None]:
+    """A canonical message on the alarm channel: its seq, and None when it was used whole;
+    when only what its events do not need was refused, its events alone are used and the
+    Reject of the whole comes back. Anything else refused refuses the whole (Reject)."""
+    try:
+        return decode_canonical(doc, device_id, True, received_at, window, rows, msg), None
+    except Reject as whole:
+        rows.undo(mark)
+        needed = {k: doc[k] for k in _ALARM_NEEDS if k in doc}
+        if len(needed) == len(doc):
+            raise
+        try:
+            return decode_canonical(needed, device_id, True, received_at, window, rows,
+                                    msg), whole
+        except Reject:
+            raise whole from None
 
 
 class _Duplicate(Exception):

@@ -102,6 +102,10 @@ class DecodedBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     # indexes of the messages that became dead letters
     dead_msg: list[int] = field(default_factory=list)
+    # alarms used in part: their events are in the columns, and the message is kept whole as
+    # a dead letter too, for the field beside them that was refused (`decode._alarm`)
+    apart: list[DeadLetter] = field(default_factory=list)
+    apart_msg: list[int] = field(default_factory=list)
 
     @property
     def n_readings(self) -> int:
