@@ -44,6 +44,13 @@ def test_device_ids_may_hold_dots_colons_underscores_and_dashes():
     ("vagt/v1/dev/" + "X" * 65 + "/telemetry", "must be 1 to 64 characters"),
     ("vagt/v1/dev/OXI-1\n/telemetry", "device id 'OXI-1\\n'"),
     ("vagt/v1/dev/+/telemetry", "device id '+'"),
+    # what looks like a registered id to a person: the character that is not says so
+    ("vagt/v1/dev/OXI\u20100001/telemetry",
+     "A-Z a-z 0-9 . _ : -; its character 4, '\u2010' (U+2010 HYPHEN), is none of them"),
+    ("vagt/v1/dev/\uff2fXI-1/telemetry",
+     "its character 1, '\uff2f' (U+FF2F FULLWIDTH LATIN CAPITAL LETTER O), is none of them"),
+    ("vagt/v1/dev/OXI 1/telemetry", "its character 4, ' ' (U+0020 SPACE), is none of them"),
+    ("vagt/v1/dev/" + "X" * 65 + "/telemetry", "A-Z a-z 0-9 . _ : -; it has 65"),
 ])
 def test_a_topic_that_is_not_vagts_is_refused_saying_what_is_expected(topic, says):
     with pytest.raises(TopicError) as e:

@@ -5,6 +5,7 @@ subscription filters of a topic root.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from vagt.ingest.model import Channel
@@ -29,10 +30,24 @@ def check_topic_root(topic_root: str) -> None:
                          "separated by '/', without '+', '#' or a leading '$' (e.g. 'vagt/v1')")
 
 
+_ALLOWED = re.compile(r"[A-Za-z0-9._:-]")
+
+
 def check_device_id(device_id: str) -> None:
     if not DEVICE_ID.match(device_id):
         raise TopicError(f"device id {device_id[:80]!r} must be 1 to 64 characters of "
-                         "A-Z a-z 0-9 . _ : -")
+                         f"A-Z a-z 0-9 . _ : -{_what_is_not(device_id)}")
+
+
+def _what_is_not(device_id: str) -> str:
+    """Which character of an id is not allowed, named: 'OXI‐0001' (a Unicode hyphen) and
+    'OXI-0001' look alike to a person reading a dead letter; or how long it is."""
+    for k, c in enumerate(device_id, 1):
+        if not _ALLOWED.match(c):
+            name = unicodedata.name(c, "")
+            return (f"; its character {k}, {c!r} (U+{ord(c):04X}{' ' + name if name else ''}), "
+                    "is none of them")
+    return f"; it has {len(device_id)}" if device_id else ""
 
 
 def build_topic(topic_root: str, device_id: str, channel: Channel | str) -> str:
