@@ -98,6 +98,23 @@ def test_rows_of_an_unknown_device_are_not_stored_and_its_message_is_a_dead_lett
         ("unregistered_alarm", "GHOST-1", "emergency", 1)]
 
 
+def test_an_unknown_device_that_differs_from_a_registered_one_only_in_case_is_told_so(
+        database_url):
+    """Device ids are case-sensitive: the service centre finds OXI-0001 in the registry and
+    must be told why oxi-0001 is not it."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("oxi-0001", "telemetry", telemetry("oxi-0001", T0, spo2=97)),
+                               msg("GHOST-1", "telemetry", telemetry("GHOST-1", T0, spo2=97))])
+    details = dict(query(database_url, "SELECT device_id, detail FROM dead_letters"))
+    assert details["oxi-0001"].endswith(
+        "is not registered; the registry has 'OXI-0001', which differs from it only in case: "
+        "device ids are case-sensitive, so the device must send as 'OXI-0001'")
+    assert "differs" not in details["GHOST-1"]
+    summaries = dict(query(database_url, "SELECT device_id, summary FROM alerts"))
+    assert "the registry has 'OXI-0001', which differs from it only in case" in summaries[
+        "oxi-0001"]
+
+
 def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(database_url):
     """A personal alarm installed in someone's home but never recorded in the registry: its
     button must still reach a person, read or not, and only its alarms do."""

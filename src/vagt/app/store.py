@@ -206,6 +206,21 @@ def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) ->
         cur.execute(_INSERT_DEAD)
 
 
+def registered_in_other_case(conn: psycopg.Connection, device_ids: Sequence[str]
+                             ) -> dict[str, str]:
+    """For ids the registry does not have, a registered id differing from each only in case
+    (device ids are case-sensitive; one a person reads as the same is worth naming). A scan
+    of `devices`, only for batches with unknown devices."""
+    if not device_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (lower(device_id)) lower(device_id), device_id FROM devices "
+        "WHERE lower(device_id) = ANY(%s) ORDER BY lower(device_id), device_id",
+        ([d.lower() for d in device_ids],)).fetchall()
+    by_lower: dict[str, str] = dict(rows)
+    return {d: by_lower[d.lower()] for d in device_ids if d.lower() in by_lower}
+
+
 def dead_letter_digest(topic: str, payload: bytes) -> bytes:
     return hashlib.sha256(topic.encode("utf-8", "replace") + b"\0" + payload).digest()
 
