@@ -10,7 +10,15 @@ import urllib.request
 import orjson
 import psycopg
 import pytest
-from tests.app.conftest import EngineProcess, publish, query, scalar, topic, wait_for
+from tests.app.conftest import (
+    EngineProcess,
+    publish,
+    query,
+    scalar,
+    telemetry,
+    topic,
+    wait_for,
+)
 from tests.support import Broker
 
 from vagt.alerts import actions
@@ -72,3 +80,85 @@ def test_an_alarm_beside_a_bad_field_it_does_not_need_is_the_alarm_and_the_rest_
     counted = metrics(engine)
     assert counted[f'vagt_dead_letters_total{{reason="{reason}"}}'] == 1
     assert counted['vagt_messages_acked_total{lane="alarm"}'] == 1
+
+
+def test_odd_input_through_the_broker_is_each_a_dead_letter_saying_what_and_none_is_lost(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """What the decoders' own tests hold, here from a device through Mosquitto and a running
+    engine: each message is a dead letter with a reason the service centre can read, every
+    one is acknowledged and counted, and the good one after them is stored."""
+    engine.env["VAGT_MAX_PAYLOAD_BYTES"] = "12000"
+    engine.start().wait_ready()
+    oxi = topic(topic_root, "OXI-0001", "telemetry")
+    good = telemetry("OXI-0001", T0, spo2=97)
+    at_limit = telemetry("OXI-0001", T0 + 1, pulse=60)
+    at_limit += b" " * (12000 - len(at_limit))   # whitespace after the document is JSON's
+    sent = [
+        (oxi, b'{"readings": [{"metric": "spo2", "value": 97, "unit": "\xff"}]}',
+         "malformed", "not UTF-8 JSON"),
+        (oxi, good + b"\x00", "malformed", "unexpected content after document"),
+        (oxi, b"\xef\xbb\xbf" + good, "malformed", "byte order mark"),
+        (oxi, b"", "malformed", "empty document"),
+        (oxi, b"[" * 5000 + b"]" * 5000, "malformed", "depth limit exceeded"),
+        (oxi, b'{"readings": [{"metric": "spo2", "value": NaN}]}', "malformed", ""),
+        (oxi, b'{"readings": [{"metric": "spo2", "value": 1e400}]}', "malformed", "infinity"),
+        (oxi, b'{"seq": 1180591620717411303424, "readings": [{"metric": "spo2", "value": 97}]}',
+         "schema", "seq must be a whole number from 0 to 4611686018427387903"),
+        (oxi, b'{"readings": [{"metric": "spo2", "value": 1180591620717411303424}]}',
+         "impossible_value", "readings[0].value: spo2 1.18059e+21 % is outside"),
+        (oxi, b'"spo2 97"', "schema", "must be a JSON object (canonical format) or an array"),
+        (oxi, b'{"readings": [{"metric": "spo2", "value": "97"}]}', "schema",
+         "readings[0].value must be a number, got '97'"),
+        (oxi, orjson.dumps({"time": T0 + 86400 * 365, "readings": [{"metric": "spo2",
+                                                                     "value": 97}]}),
+         "bad_time", "s in the future, more than the 300 s allowed"),
+        (oxi, orjson.dumps({"time": -86400, "readings": [{"metric": "spo2", "value": 97}]}),
+         "bad_time", "before 2000-01-01"),
+        (oxi, b'[{"n": "spo2", "v": 82, "v": 97, "x": ' + b"[" * 300 + b"]" * 300 + b"}]",
+         "schema", "key 'v' appears twice in one object"),
+        (oxi, b"x" * 12001, "payload_too_large", "the payload of 12001 bytes is over the limit"),
+        (topic(topic_root, "OXI\u20100001", "telemetry"), good, "bad_topic",
+         "(U+2010 HYPHEN), is none of them"),
+        (topic(topic_root, "X" * 5000, "telemetry"), good, "bad_topic", "it has 5000"),
+        (topic(topic_root, "oxi-0001", "telemetry"), telemetry("oxi-0001", T0, spo2=97),
+         "unknown_device", "the registry has 'OXI-0001', which differs from it only in case"),
+    ]
+    publish(broker.port, [(t, p) for t, p, _, _ in sent])
+    publish(broker.port, [(t, p) for t, p, _, _ in sent[:3]])   # the same bytes again
+    publish(broker.port, [(oxi, at_limit), (topic(topic_root, "OXI-0002", "telemetry"),
+                                            telemetry("OXI-0002", T0, spo2=95))])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == 2,
+             what="the readings after the bad input")
+    kept = query(database_url, "SELECT reason, detail FROM dead_letters ORDER BY id")
+    assert [r for r, _ in kept] == [r for _, _, r, _ in sent]   # the same bytes kept once
+    for (reason, detail), (_, _, _, words) in zip(kept, sent):
+        assert words in detail, (reason, detail)
+    assert scalar(database_url, "SELECT max(length(payload)) FROM dead_letters") == 12000
+    n = len(sent) + 3 + 2
+    counted = wait_for(lambda: (m := metrics(engine))[
+        'vagt_messages_acked_total{lane="bulk"}'] == n and m, what="every one acknowledged")
+    assert counted['vagt_messages_received_total{lane="bulk"}'] == n
+    assert counted['vagt_dead_letters_total{reason="malformed"}'] == 7 + 3
+    assert counted['vagt_dead_letters_total{reason="bad_topic"}'] == 2
+    assert engine.proc is not None and engine.proc.poll() is None
+
+
+def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it_was_not(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.start().wait_ready()
+    bad = (topic(topic_root, "OXI-0001", "telemetry"), b'{"readings": [')
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE dead_letters IN EXCLUSIVE MODE")
+        publish(broker.port, [bad])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE wait_event_type = 'Lock' "
+                                              "AND datname = current_database()"),
+                 what="the engine waiting to store the dead letter")
+        assert metrics(engine).get('vagt_messages_acked_total{lane="bulk"}', 0) == 0
+        engine.kill()
+    engine.start().wait_ready()   # the broker sends it again (DUP), to the next run
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM dead_letters") == 1,
+             what="the dead letter, from the message sent again")
+    wait_for(lambda: metrics(engine).get('vagt_messages_acked_total{lane="bulk"}') == 1,
+             what="acknowledged once committed")
+    assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"
