@@ -162,3 +162,19 @@ def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it
     wait_for(lambda: metrics(engine).get('vagt_messages_acked_total{lane="bulk"}') == 1,
              what="acknowledged once committed")
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"
+
+
+def test_a_cpr_number_a_device_sends_never_reaches_the_engines_log(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """The log is read by people and kept elsewhere, beyond `vagt privacy scan`: a number
+    in a topic or quoted in a dead letter's detail is masked there."""
+    engine.start().wait_ready()
+    publish(broker.port, [
+        (topic(topic_root, "010190-1234", "alarm"), b'{"events": [{"code": "alarm.fall"}]}'),
+        (topic(topic_root, "OXI-0001", "telemetry"),
+         b'{"readings": [{"metric": "cpr 010190-1234", "value": 97}]}')])
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM dead_letters") == 2,
+             what="the dead letters")
+    wait_for(lambda: engine.log().count("event=dead_letter") == 2, what="their log lines")
+    assert "010190-1234" not in engine.log()
+    assert "[cpr removed]" in engine.log()

@@ -16,6 +16,7 @@ from vagt.app import store
 from vagt.app.pipeline import Pipeline
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import RawMessage
+from vagt.privacy import contains_cpr
 from vagt.rules import load_rules
 
 ROOT = "vagt/v1"
@@ -113,6 +114,24 @@ def test_an_unknown_device_that_differs_from_a_registered_one_only_in_case_is_to
     summaries = dict(query(database_url, "SELECT device_id, summary FROM alerts"))
     assert "the registry has 'OXI-0001', which differs from it only in case" in summaries[
         "oxi-0001"]
+
+
+def test_a_device_id_shaped_like_a_cpr_number_reaches_no_alert_and_no_outbox(database_url):
+    """An installer may name a device by its citizen's CPR number; the registry refuses such
+    an id, but a device can still send under it. Its alarm reaches the emergency queue, the
+    number does not reach the alerts nor the call centre's systems (the dead letter keeps
+    the message whole, for `vagt privacy scan` and `scrub`)."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("010190-1234", "alarm", alarm("010190-1234", T0)),
+                               msg("0101901234", "telemetry", telemetry("0101901234", T0,
+                                                                        spo2=97))])
+    assert query(database_url, "SELECT rule, device_id, queue FROM alerts ORDER BY rule") == [
+        ("unknown_device", "[cpr removed]", "service_centre"),
+        ("unregistered_alarm", "[cpr removed]", "emergency")]
+    stored = query(database_url, "SELECT fingerprint, summary, labels::text FROM alerts "
+                                 "UNION ALL SELECT '', '', payload::text FROM alert_outbox")
+    assert not any(contains_cpr(text) for row in stored for text in row)
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 2
 
 
 def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(database_url):

@@ -43,6 +43,7 @@ from vagt.errors import first_line
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
 from vagt.ingest.topics import subscription_filters
+from vagt.privacy import mask_cpr
 from vagt.rules import Rule, load_rules
 from vagt.threads import start_kept_running
 
@@ -270,7 +271,8 @@ class Lane:
             try:
                 done = self._twice(functools.partial(self.pipeline.process, messages=[m]), stop)
             except Exception as e:
-                log.exception("event=message_refused lane=%s topic=%s", self.spec.name, m.topic)
+                log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
+                              mask_cpr(m.topic)[0])
                 self.metrics.messages_refused.labels(self.spec.name).inc()
                 done = self._in_transaction(
                     functools.partial(self.pipeline.refuse, message=m, error=e), stop)
@@ -376,8 +378,10 @@ class Lane:
             (msg.received_at for msg in batch), dtype=np.float64, count=len(batch)))
         for d in outcome.dead:
             m.dead_letters.labels(d.reason.value).inc()
+            # masked: what a device sends may hold a CPR number, and the log is kept
+            # beyond `vagt privacy scan`
             log.warning("event=dead_letter reason=%s topic=%s detail=%s",
-                        d.reason.value, d.topic, d.detail)
+                        d.reason.value, mask_cpr(d.topic)[0], mask_cpr(d.detail)[0])
         for alert_id, queue in outcome.opened:
             m.alerts_opened.labels(queue).inc()
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)

@@ -47,6 +47,7 @@ from vagt.errors import first_line
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.topics import TopicError, parser_for
+from vagt.privacy import mask_cpr
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 from vagt.rules.engine import SWEPT
 from vagt.rules.kinds.absence import NEVER_HEARD
@@ -713,15 +714,19 @@ def _registry_firings(rule: str, device_ids: list[str], times: F64, topics: list
     registry does not expect to hear from (never registered: a swap not recorded, a typo, or
     something that should not be there; retired or lost). `labels`: a device's registry
     labels (`Pipeline._registry_labels`), where the alert must have them."""
-    seen: dict[str, tuple[float, float, str, int]] = {}   # first, last, last topic, count
-    for d, t, topic in zip(device_ids, times.tolist(), topics):
-        first, last, _, n = seen.get(d, (t, t, topic, 0))
-        seen[d] = (min(first, t), max(last, t), topic, n + 1)
+    # An id from the wire may be a citizen's CPR number (an installer's naming; the registry
+    # refuses such ids): alerts go to the call centre's systems, so it is masked (the dead
+    # letter keeps the message whole, for `vagt privacy scan` and `scrub`).
+    seen: dict[str, tuple[float, float, str, int, str]] = {}   # first, last, last topic,
+    for d, t, topic in zip(device_ids, times.tolist(), topics):  # count, the id as sent
+        key = mask_cpr(d)[0]
+        first, last, _, n, _ = seen.get(key, (t, t, topic, 0, d))
+        seen[key] = (min(first, t), max(last, t), topic, n + 1, d)
     labels = labels or {}
-    return [AlertFiring(rule, d, summary(d, topic), severity, priority, queue, first, last, n,
-                        {**labels.get(d, {}), "rule": rule, "device_id": d,
-                         "severity": severity})
-            for d, (first, last, topic, n) in sorted(seen.items())]
+    return [AlertFiring(rule, key, mask_cpr(summary(d, topic))[0], severity, priority, queue,
+                        first, last, n, {**labels.get(d, {}), "rule": rule, "device_id": key,
+                                         "severity": severity})
+            for key, (first, last, topic, n, d) in sorted(seen.items())]
 
 
 def _quiet_for(rule: Rule) -> str:
