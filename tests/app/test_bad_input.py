@@ -8,8 +8,10 @@ import time
 import urllib.request
 
 import orjson
+import paho.mqtt.client as paho
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from tests.app.conftest import (
     EngineProcess,
     publish,
@@ -178,3 +180,23 @@ def test_a_cpr_number_a_device_sends_never_reaches_the_engines_log(
     wait_for(lambda: engine.log().count("event=dead_letter") == 2, what="their log lines")
     assert "010190-1234" not in engine.log()
     assert "[cpr removed]" in engine.log()
+
+
+def test_clearing_a_retained_alarm_as_the_alert_says_reaches_the_engine_and_is_named(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """Mosquitto passes an empty retained message on to its subscribers (MQTT: "processed
+    normally"): the alert the engine raises for it says what it may be."""
+    engine.start().wait_ready()
+    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic(topic_root, "ALM-0001", "alarm"), b"", qos=1,
+                  retain=True).wait_for_publish(timeout=30)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    summary = wait_for(lambda: scalar(database_url, "SELECT max(summary) FROM alerts"),
+                       what="the alert")
+    assert "if the service centre just cleared a retained copy there" in summary
+    assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"

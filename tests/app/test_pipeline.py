@@ -469,6 +469,18 @@ def test_an_alarm_that_cannot_be_read_still_reaches_the_emergency_queue(database
     assert "could not be read (malformed): contact the citizen" in summary
 
 
+def test_an_empty_alarm_message_says_it_may_be_the_clearing_of_a_retained_copy(database_url):
+    """The alert about a retained alarm says to clear the copy with an empty retained
+    message, which the broker passes on to the engine: the operator is told it may be that."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", b"")])
+    [(rule, queue, summary)] = query(database_url, "SELECT rule, queue, summary FROM alerts")
+    assert (rule, queue) == ("unreadable_alarm", "emergency")
+    assert summary.startswith("an empty message came on the alarm topic of ALM-0001 "
+                              "(vagt/v1/dev/ALM-0001/alarm): if the service centre just "
+                              "cleared a retained copy there")
+
+
 def test_with_state_apart_the_alarm_commits_first_and_the_device_state_after(database_url):
     register(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:

@@ -531,7 +531,8 @@ class Pipeline:
                 *self._alarm_route())
         if unread:
             reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
-            why = {dec.msg_device[i]: reason[i] for i in unread}
+            why = {dec.msg_device[i]: EMPTY if messages[i].payload == b"" else reason[i]
+                   for i in unread}
             out.registry_firings += _registry_firings(
                 UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
                 msg_time[np.asarray(unread)], [messages[i].topic for i in unread],
@@ -735,7 +736,18 @@ def _quiet_for(rule: Rule) -> str:
     return f"{s // 3600} h" if s % 3600 == 0 else f"{s // 60} min" if s % 60 == 0 else f"{s} s"
 
 
+# Why an alarm could not be read, when the message was empty: no device sends that, but it
+# is how a retained copy is cleared (published retained), as the alert about one says to do,
+# and the broker passes it on to the engine too.
+EMPTY = "empty"
+
+
 def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:
+    if reason == EMPTY:
+        return (f"an empty message came on the alarm topic of {device_id} ({topic}): if the "
+                "service centre just cleared a retained copy there (an empty retained "
+                "message), it was that; else the device sent it: contact the citizen (kept "
+                "as a dead letter)")
     if reason == DeadLetterReason.RETAINED.value:
         return (f"an old retained copy of an alarm from {device_id} came when vagt subscribed: "
                 "it may be the only trace of an alarm; check on the citizen, then have the "
