@@ -256,6 +256,19 @@ def test_a_device_cannot_publish_on_another_devices_topic(running, clients):
     assert [t for t, _ in arrived] == [topic("OXI-000001", "status")]
 
 
+@pytest.mark.parametrize("channel", ["alarms", "Alarm", "alarm/fall", "gossip"])
+def test_a_device_cannot_publish_on_a_channel_the_engine_does_not_read(running, clients,
+                                                                         channel):
+    """The engine reads its three channels: a device set to another (a personal alarm set
+    to 'alarms') would have every message accepted by the broker and delivered to no one.
+    Refused, an MQTT 5 device hears of it."""
+    device = as_device(clients, running, "OXI-000001")
+    refused = device.publish(topic("OXI-000001", channel), reading("OXI-000001"))
+    assert str(refused) == "Not authorized"
+    for good in ("telemetry", "alarm", "status"):
+        assert not device.publish(topic("OXI-000001", good), reading("OXI-000001")).is_failure
+
+
 def test_a_device_reads_nothing(running, clients):
     engine = as_engine(clients, running)
     nosy = as_device(clients, running, "OXI-000001")
@@ -324,7 +337,9 @@ def test_the_files_are_private_and_list_only_deployed_devices(database_url, regi
     users = [line.split(":")[0] for line in acl_broker.passwords.read_text().splitlines()]
     assert users == [ENGINE_USER, "OXI-000001", "OXI-000002"]
     acl = acl_broker.acl.read_text()
-    assert f"user OXI-000001\ntopic write {ROOT}/dev/OXI-000001/#\n" in acl
+    assert (f"user OXI-000001\ntopic write {ROOT}/dev/OXI-000001/telemetry\n"
+            f"topic write {ROOT}/dev/OXI-000001/alarm\n"
+            f"topic write {ROOT}/dev/OXI-000001/status\n") in acl
     assert f"user {ENGINE_USER}\ntopic read {ROOT}/dev/+/+\n" in acl
     assert "OXI-000003" not in acl and "OXI-000004" not in acl
     out, err = capsys.readouterr()

@@ -21,6 +21,7 @@ import psycopg
 
 from vagt.devices.errors import DeviceError
 from vagt.devices.lifecycle import Status
+from vagt.ingest.model import Channel
 
 # Mosquitto's own `mosquitto_passwd` uses 101 iterations and a 12-byte salt for $7$
 # (PBKDF2-SHA512). The derived passwords carry 256 bits of entropy, so more iterations would
@@ -128,9 +129,13 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
     acl_lines = ["# Written by `vagt devices broker-acl`: regenerate it, do not edit it.",
                  "# The engine reads every device's telemetry, alarms and status.",
                  f"user {engine_user}", f"topic read {topic_root}/dev/+/+", "",
-                 "# Each deployed device may publish under its own topic, and read nothing."]
+                 "# Each deployed device may publish on its own topics, and read nothing."]
+    # Its own three channels, not its topic's every level: the engine reads those alone, and
+    # the broker would accept a message on another (a personal alarm set to 'alarms') and
+    # deliver it to no one. Refused, an MQTT 5 device hears of it (PUBACK: not authorized).
     for d in device_ids:
-        acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
+        acl_lines += [f"user {d}", *(f"topic write {topic_root}/dev/{d}/{c.value}"
+                                     for c in Channel)]
     return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
                         device_ids, engine_user, left_out)
 
