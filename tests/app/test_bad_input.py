@@ -4,6 +4,7 @@ letter is committed, and counted; an alarm is never lost to a field it does not 
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 
@@ -200,3 +201,18 @@ def test_clearing_a_retained_alarm_as_the_alert_says_reaches_the_engine_and_is_n
                        what="the alert")
     assert "if the service centre just cleared a retained copy there" in summary
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"
+
+
+def test_a_topic_with_spaces_and_equals_signs_is_one_field_of_the_dead_letters_log_line(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """Mosquitto takes any character but NUL and control characters in a topic: a device's
+    topic must not pass for further key=value fields of the engine's structured log."""
+    engine.start().wait_ready()
+    sent = topic(topic_root, "x reason=unknown_device alert_id=7", "telemetry")
+    publish(broker.port, [(sent, b"{}")])
+    line = wait_for(lambda: next((x for x in engine.log().splitlines()
+                                  if "event=dead_letter" in x), None), what="the log line")
+    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+    assert fields["reason"] == "bad_topic" and "alert_id" not in fields
+    assert orjson.loads(fields["topic"]) == sent
+    assert orjson.loads(fields["detail"]).startswith(f"topic {sent!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import queue as queues
@@ -121,6 +122,12 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
         max_payload_bytes=config.ingest.max_payload_bytes,
         stop_reading_at_receive_maximum=lane.stop_reading_at_receive_maximum,
     )
+
+
+def _quoted(text: str) -> str:
+    """A value a device chose, as one field of a key=value log line: JSON-quoted, as the
+    silences' log quotes a reason (the stdlib's: it writes any string, a lone surrogate too)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 # A batch whose messages are mostly this much older than their arrival is a backlog being
@@ -272,7 +279,7 @@ class Lane:
                 done = self._twice(functools.partial(self.pipeline.process, messages=[m]), stop)
             except Exception as e:
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
-                              mask_cpr(m.topic)[0])
+                              _quoted(mask_cpr(m.topic)[0]))
                 self.metrics.messages_refused.labels(self.spec.name).inc()
                 done = self._in_transaction(
                     functools.partial(self.pipeline.refuse, message=m, error=e), stop)
@@ -379,9 +386,10 @@ class Lane:
         for d in outcome.dead:
             m.dead_letters.labels(d.reason.value).inc()
             # masked: what a device sends may hold a CPR number, and the log is kept
-            # beyond `vagt privacy scan`
-            log.warning("event=dead_letter reason=%s topic=%s detail=%s",
-                        d.reason.value, mask_cpr(d.topic)[0], mask_cpr(d.detail)[0])
+            # beyond `vagt privacy scan`; quoted: a topic may hold spaces and '=' (Mosquitto
+            # takes them), which would read as further fields
+            log.warning("event=dead_letter reason=%s topic=%s detail=%s", d.reason.value,
+                        _quoted(mask_cpr(d.topic)[0]), _quoted(mask_cpr(d.detail)[0]))
         for alert_id, queue in outcome.opened:
             m.alerts_opened.labels(queue).inc()
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)
