@@ -1,6 +1,8 @@
 """Decode a batch of raw messages into columns: topic, size, JSON, canonical or SenML, units.
 
-Every message ends up either wholly in the columns or as exactly one dead letter.
+Every message ends up either wholly in the columns or as exactly one dead letter; but an
+alarm refused only for what its events do not need, whose events are in the columns and
+which is kept as a dead letter too (`DecodedBatch.apart`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
     `now` (unix seconds) bounds device times (at most `max_future_skew_s` ahead, none before
     2000) and anchors SenML's relative times. A message without a time takes its
     `received_at`. A message that came retained is a dead letter (`retained`), whatever it
-    says. Only input problems become dead letters: a bug raises.
+    says. An alarm used in part is in `apart` (see `_alarm`). Only input problems become
+    dead letters: a bug raises.
     """
     out = DecodedBatch()
     rows = Rows()
