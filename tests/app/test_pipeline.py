@@ -469,6 +469,18 @@ def test_an_alarm_that_cannot_be_read_still_reaches_the_emergency_queue(database
     assert "could not be read (malformed): contact the citizen" in summary
 
 
+def test_an_unreadable_alarm_names_the_codes_it_could_read(database_url):
+    """A device whose clock reset to 1970 sends a fall: refused for its time, the call
+    centre is still told it was a fall, not a panic."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", orjson.dumps(
+        {"time": 0, "events": [{"code": "alarm.fall"}, {"code": "Not A Code"}]}))])
+    [(rule, summary)] = query(database_url, "SELECT rule, summary FROM alerts")
+    assert rule == "unreadable_alarm"
+    assert summary.startswith("an alarm from ALM-0001 could not be read (bad_time; it names "
+                              "alarm.fall): contact the citizen")
+
+
 def test_an_empty_alarm_message_says_it_may_be_the_clearing_of_a_retained_copy(database_url):
     """The alert about a retained alarm says to clear the copy with an empty retained
     message, which the broker passes on to the engine: the operator is told it may be that."""

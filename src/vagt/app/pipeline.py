@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import psycopg
 
 from vagt.alerts.engine_rules import (
@@ -44,6 +45,7 @@ from vagt.arrays import F64, I64, Bools, Objs
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
+from vagt.ingest.canonical import EVENT_CODE, EVENT_CODE_MAX
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.topics import TopicError, parser_for
@@ -531,8 +533,8 @@ class Pipeline:
                 *self._alarm_route())
         if unread:
             reason = dict(zip(dec.dead_msg, (d.reason.value for d in dec.dead)))
-            why = {dec.msg_device[i]: EMPTY if messages[i].payload == b"" else reason[i]
-                   for i in unread}
+            why = {dec.msg_device[i]: EMPTY if messages[i].payload == b"" else
+                   _with_codes(reason[i], messages[i].payload) for i in unread}
             out.registry_firings += _registry_firings(
                 UNREADABLE_ALARM_RULE, [dec.msg_device[i] for i in unread],
                 msg_time[np.asarray(unread)], [messages[i].topic for i in unread],
@@ -742,13 +744,27 @@ def _quiet_for(rule: Rule) -> str:
 EMPTY = "empty"
 
 
+def _with_codes(reason: str, payload: bytes) -> str:
+    """The reason an alarm could not be read, with the event codes it names that are codes
+    (a fall or a panic: the call centre may ask differently)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return reason
+    events = doc.get("events") if type(doc) is dict else None
+    codes = sorted({e["code"] for e in events if type(e) is dict and type(e.get("code")) is str
+                    and len(e["code"]) <= EVENT_CODE_MAX and EVENT_CODE.match(e["code"])}
+                   ) if type(events) is list else []
+    return f"{reason}; it names {', '.join(codes[:5])}" if codes else reason
+
+
 def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:
     if reason == EMPTY:
         return (f"an empty message came on the alarm topic of {device_id} ({topic}): if the "
                 "service centre just cleared a retained copy there (an empty retained "
                 "message), it was that; else the device sent it: contact the citizen (kept "
                 "as a dead letter)")
-    if reason == DeadLetterReason.RETAINED.value:
+    if reason.startswith(DeadLetterReason.RETAINED.value):
         return (f"an old retained copy of an alarm from {device_id} came when vagt subscribed: "
                 "it may be the only trace of an alarm; check on the citizen, then have the "
                 f"copy cleared (an empty retained message on {topic}) and the device set to "
