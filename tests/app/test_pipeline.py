@@ -159,19 +159,110 @@ def test_an_alarm_on_a_topic_with_no_device_id_reaches_the_emergency_queue(datab
     """The alarm subscription takes any topic level as the device: one with a space, a letter
     outside ASCII or too long is no device id, so no device can be registered under it,
     and its alarm would be heard by nobody. It reaches the emergency queue, quoting the
-    level; a telemetry message on such a topic is the service centre's dead letter only."""
+    level; a telemetry message on such a topic is the service centre's alone."""
     register(database_url, DEVICES)
-    run_batches(database_url, [RawMessage(f"{ROOT}/dev/{level}/{channel}",
-                                          alarm("ALM 0002", T0), time.time())
+    run_batches(database_url, [RawMessage(f"{ROOT}/dev/{level}/{channel}", payload, time.time())
                                for level in ("ALM 0002", "ALM-Ø002", "A" * 65)
-                               for channel in ("alarm", "telemetry")])
-    assert query(database_url, "SELECT rule, device_id, queue, severity FROM alerts "
-                               "ORDER BY device_id") == [
-        ("unregistered_alarm", "A" * 64, "emergency", "critical"),
-        ("unregistered_alarm", "ALM 0002", "emergency", "critical"),
-        ("unregistered_alarm", "ALM-Ø002", "emergency", "critical")]
+                               for channel, payload in (
+                                   ("alarm", alarm("ALM 0002", T0)),
+                                   ("telemetry", telemetry("ALM 0002", T0, spo2=97)))])
+    assert query(database_url, "SELECT rule, device_id, queue, severity, repeat_count "
+                               "FROM alerts ORDER BY rule, device_id") == [
+        ("bad_topic", "A" * 64, "service_centre", "warning", 2),
+        ("bad_topic", "ALM 0002", "service_centre", "warning", 2),
+        ("bad_topic", "ALM-Ø002", "service_centre", "warning", 2),
+        ("unregistered_alarm", "A" * 64, "emergency", "critical", 1),
+        ("unregistered_alarm", "ALM 0002", "emergency", "critical", 1),
+        ("unregistered_alarm", "ALM-Ø002", "emergency", "critical", 1)]
     assert query(database_url, "SELECT reason, count(*) FROM dead_letters GROUP BY reason") \
         == [("bad_topic", 6)]
+
+
+def test_a_message_on_a_channel_vagt_does_not_read_is_a_dead_letter_and_one_alert_per_device(
+        database_url):
+    """The bulk lane reads every device topic: a device set to a channel vagt does not read
+    (or a level too many or too few) is kept, and the service centre hears of it, once,
+    labelled as the device's other alerts are."""
+    register(database_url, DEVICES)
+    reading = telemetry("OXI-0001", T0, spo2=97)
+    run_batches(database_url, [msg("OXI-0001", "measurements", reading),
+                               msg("OXI-0001", "telemetry/extra", reading)],
+                [RawMessage(f"{ROOT}/dev/OXI-0001", reading, time.time())])
+    [(rule, device, queue, severity, repeats, municipality, summary)] = query(
+        database_url, "SELECT rule, device_id, queue, severity, repeat_count, "
+                      "labels->>'municipality', summary FROM alerts")
+    assert (rule, device, queue, severity, repeats, municipality) == (
+        "bad_topic", "OXI-0001", "service_centre", "warning", 3, "Aarhus")
+    assert summary == (f"a message on '{ROOT}/dev/OXI-0001', a topic vagt does not read: set "
+                       "the device that sent it (or its gateway) to publish on "
+                       f"{ROOT}/dev/{{its id}}/telemetry, alarm or status, which vagt reads "
+                       "(kept as a dead letter, which says what is wrong)")
+    details = [d for d, in query(database_url, "SELECT detail FROM dead_letters ORDER BY id")]
+    assert [d.split("; ")[0] for d in details] == [
+        f"topic '{ROOT}/dev/OXI-0001/measurements' ends in channel 'measurements'",
+        f"topic '{ROOT}/dev/OXI-0001/telemetry/extra' has 3 level(s) after '{ROOT}/dev/' "
+        "where 2 belong",
+        f"topic '{ROOT}/dev/OXI-0001' has 1 level(s) after '{ROOT}/dev/' where 2 belong"]
+    assert all(f"{ROOT}/dev/{{device_id}}/{{telemetry|alarm|status}}" in d for d in details)
+    assert scalar(database_url, "SELECT count(*) FROM readings") == 0
+
+
+@pytest.mark.parametrize(("channel", "payload", "why"), [
+    ("alarms", alarm("ALM-0001", T0), "a level of it begins with 'alarm'; it names alarm.fall"),
+    ("Alarm", b"", "a level of it begins with 'alarm'"),
+    ("alarm/fall", b'{"events": [', "a level of it begins with 'alarm'"),
+    ("events", alarm("ALM-0001", T0, "alarm.panic"), "it names alarm.panic"),
+    ("senml", orjson.dumps([{"bn": "ALM-0001:", "n": "alarm", "vs": "fall"}]),
+     "it names alarm.fall"),
+])
+def test_an_alarm_on_a_channel_vagt_does_not_read_reaches_the_personal_alarms_queue(
+        database_url, channel, payload, why):
+    """A personal alarm set to publish on 'alarms' (or alarm/fall, or with the right events on
+    a wrong channel): someone may have pressed the button. The call centre hears of it as of
+    an alarm that could not be read, with the device's labels; the service centre, that the
+    device must be set right. Its events are not stored: the device is set wrong."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", channel, payload)])
+    rows = query(database_url, "SELECT rule, queue, severity, labels->>'municipality', summary "
+                               "FROM alerts ORDER BY rule")
+    assert [r[:4] for r in rows] == [("bad_topic", "service_centre", "warning", "Randers"),
+                                     ("unreadable_alarm", "emergency", "critical", "Randers")]
+    assert rows[1][4] == (f"a message from ALM-0001 that may be an alarm came on "
+                          f"'{ROOT}/dev/ALM-0001/{channel}', a topic vagt does not read as an "
+                          f"alarm ({why}): contact the citizen; the service centre is to set the "
+                          f"device to publish alarms on {ROOT}/dev/ALM-0001/alarm (kept as a "
+                          "dead letter)")
+    assert scalar(database_url, "SELECT count(*) FROM events") == 0
+
+
+def test_an_alarm_on_a_stray_topic_from_an_unregistered_device_reaches_the_emergency_queue(
+        database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("GHOST-1", "alarms", alarm("GHOST-1", T0)),
+                               msg("OXI-0001", "events", b'{"events": [{"code": "dose.taken"}]}')])
+    assert query(database_url, "SELECT rule, device_id, queue FROM alerts ORDER BY rule, "
+                               "device_id") == [
+        ("bad_topic", "GHOST-1", "service_centre"), ("bad_topic", "OXI-0001", "service_centre"),
+        ("unregistered_alarm", "GHOST-1", "emergency")]
+
+
+def test_the_alarm_channels_copy_on_the_bulk_lane_is_left_to_the_alarm_lane(database_url):
+    """One alarm, one event, one alert: the bulk lane's copy does nothing, not even count
+    as a repeat."""
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+        p = make_pipeline(conn)
+        fall = msg("ALM-0001", "alarm", alarm("ALM-0001", T0))
+        alarm_lane = p.process(conn, [fall], state_apart=True)
+        p.write_state(conn, alarm_lane)
+        bulk_lane = p.process(conn, [fall, msg("ALM-0001", "alarm", b"not json")],
+                              skip={"alarm"})
+        conn.commit()
+    assert (bulk_lane.skipped, bulk_lane.decoded, bulk_lane.dead) == (2, 0, [])
+    assert query(database_url, "SELECT rule, repeat_count FROM alerts") == [("personal_alarm", 1)]
+    assert scalar(database_url, "SELECT count(*) FROM events") == 1
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
 
 
 def test_an_unknown_device_gets_one_alert_however_many_messages_it_sends(database_url):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import psycopg
 from tests.app.conftest import (
@@ -42,13 +42,13 @@ class BrokenOn(Pipeline):
     failures: int | None = None
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
-                state_apart: bool = False) -> BatchOutcome:
+                state_apart: bool = False, skip: Collection[str] = ()) -> BatchOutcome:
         if any(f"/dev/{self.broken_device}/" in m.topic for m in messages) \
                 and self.failures != 0:
             if self.failures is not None:
                 self.failures -= 1
             raise ZeroDivisionError("a bug this device's message sets off")
-        return super().process(conn, messages, state_apart)
+        return super().process(conn, messages, state_apart, skip)
 
 
 def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,

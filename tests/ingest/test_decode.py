@@ -71,6 +71,26 @@ def test_a_bad_topic_is_a_dead_letter_without_a_device():
     assert "telemetry, alarm or status" in out.dead[0].detail
 
 
+@pytest.mark.parametrize("topic", ["vagt/v1/dev/ALM-1/alarms", "vagt/v1/dev/ALM-1/alarm/x",
+                                   "vagt/v1/dev/ALM-1", "vagt/v1/dev"])
+def test_a_topic_on_no_channel_vagt_reads_is_a_dead_letter_saying_which_it_reads(topic):
+    out = batch(RawMessage(topic, b'{"events": [{"code": "alarm.fall"}]}', RECEIVED))
+    assert out.e_device == [] and out.dead_msg == [0]
+    assert out.dead[0].reason is DeadLetterReason.BAD_TOPIC
+    assert "vagt/v1/dev/{device_id}/{telemetry|alarm|status}" in out.dead[0].detail
+
+
+def test_a_copy_of_another_lanes_channel_is_left_alone():
+    """The bulk lane reads every device topic, the alarm channel's too: those are the alarm
+    lane's, in no column and no dead letter here."""
+    out = batch(msg("ALM-1", "alarm", {"events": [{"code": "alarm.fall"}]}),
+                msg("ALM-1", "alarm", b"not json"),
+                msg("OXI-1", "telemetry", {"readings": [SPO2]}), skip={"alarm"})
+    assert out.skipped_msg == [0, 1]
+    assert out.e_device == [] and out.dead == [] and out.r_msg == [2]
+    assert out.msg_channel == ["alarm", "alarm", "telemetry"]
+
+
 def test_oversized_payload_is_dead_letter_before_parsing():
     detail = dead_detail(b"[" * 2000, limit=1000)  # malformed too, were it parsed
     assert dead_reason(b"[" * 2000, limit=1000) == "payload_too_large"

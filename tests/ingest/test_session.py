@@ -379,3 +379,34 @@ def test_held_past_the_keepalive_behind_messages_sent_past_the_limit_all_come_ag
     with MqttSession(s) as session:
         wait_for(lambda: session.connected, what="the session again")
         assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
+
+
+def test_a_session_an_older_release_subscribed_narrow_keeps_its_backlog_and_gets_each_once(
+        broker: Broker) -> None:
+    """The bulk lane's session from before held `+/telemetry` and `+/status`; subscribed to
+    `dev/#` as well, Mosquitto would send each message once per subscription. Granted the
+    wide one, the session unsubscribes the two: what was queued for them still comes, and
+    after that each message comes once, a stray topic's too."""
+    root, cid = f"t{uuid.uuid4().hex[:8]}/v1", f"older-{uuid.uuid4().hex[:8]}"
+    narrow = (f"{root}/dev/+/telemetry", f"{root}/dev/+/status")
+    older = MqttSession(SessionSettings(client_id=cid, filters=narrow, port=broker.port,
+                                        session_expiry_s=300)).__enter__()
+    assert older.wait_connected(10)
+    wait_for(lambda: len(older._refused) == 2, what="the older release's SUBACKs")
+    older.close()
+    backlog = [(f"{root}/dev/OXI-1/telemetry", b"%d" % k) for k in range(3)]
+    publish(broker.port, backlog)
+    s = MqttSession(SessionSettings(client_id=cid, filters=(f"{root}/dev/#",),
+                                    fallback_filters=narrow, port=broker.port,
+                                    session_expiry_s=300)).__enter__()
+    try:
+        got = take_all(s, 3)
+        assert [(m.topic, m.payload) for m in got] == backlog
+        s.ack(got)
+        wait_for(lambda: s._unsubscribed is not None, what="the narrow filters unsubscribed")
+        assert s.refused_filters == ()
+        live = [(f"{root}/dev/OXI-1/telemetry", b"live"), (f"{root}/dev/OXI-1/alarms", b"x")]
+        publish(broker.port, live)
+        assert [(m.topic, m.payload) for m in take_all(s, 3, timeout=2)] == live
+    finally:
+        s.close()

@@ -11,10 +11,11 @@ from vagt.ingest import (
     TopicError,
     build_topic,
     check_topic_root,
+    every_device_topic,
     parse_topic,
     subscription_filters,
 )
-from vagt.ingest.topics import DEVICE_ID, TopicParser
+from vagt.ingest.topics import DEVICE_ID, TopicParser, channel_levels, device_level
 
 
 def test_a_device_topic_gives_its_device_id_and_channel():
@@ -128,3 +129,22 @@ def test_the_parsers_fast_path_takes_exactly_the_topics_its_checks_take(topic):
         return
     device_id, channel, name = parser.lookup(topic)
     assert (device_id, channel) == expected and name == channel.value
+
+
+def test_every_device_topic_is_one_filter_shared_as_the_others_are():
+    assert every_device_topic("vagt/v1") == "vagt/v1/dev/#"
+    assert every_device_topic("vagt/v1", "engines") == "$share/engines/vagt/v1/dev/#"
+    with pytest.raises(TopicError, match="share group"):
+        every_device_topic("vagt/v1", "a/b")
+
+
+@pytest.mark.parametrize(("topic", "device", "channel"), [
+    ("vagt/v1/dev/ALM-1/alarms", "ALM-1", "alarms"),
+    ("vagt/v1/dev/ALM-1/alarm/fall", "ALM-1", "alarm/fall"),
+    ("vagt/v1/dev/ALM-1", "ALM-1", ""),
+    ("vagt/v1/dev/" + "A" * 70 + "/alarm", "A" * 70, "alarm"),
+    ("vagt/v1/dev", "vagt/v1/dev", ""),
+])
+def test_a_stray_topic_names_the_device_level_and_what_follows_it(topic, device, channel):
+    assert device_level(topic, "vagt/v1") == device
+    assert channel_levels(topic, "vagt/v1") == channel

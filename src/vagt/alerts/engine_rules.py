@@ -1,13 +1,13 @@
 """The alerts the engine raises itself, outside the rule book: about messages and devices
-no rule sees (a device the registry does not expect to hear from, an alarm that could not be
-read, a message it could not process). Their `rule` names, the queue and priority they start
-from before the routing tree, and the severities each can have, so that a silence can be
-judged against them too.
+no rule sees (a device the registry does not expect to hear from, a message on a topic vagt
+does not read, an alarm that could not be read, a message it could not process). Their
+`rule` names, the queue and priority they start from before the routing tree, and the
+severities each can have, so that a silence can be judged against them too.
 
 Their labels are `rule`, `device_id` and `severity` (and the registry's `label_attributes`
-of a registered device); an unreadable alarm's, and a failed message's of a device the
-engine knows, also its `municipality`, `type`, `vendor` and `model`, as a rule's alert has
-them: an operator of a municipality sees only the alerts labelled with it.
+of a registered device); an unreadable alarm's, a failed message's and a bad topic's of a
+device the engine knows, also its `municipality`, `type`, `vendor` and `model`, as a rule's
+alert has them: an operator of a municipality sees only the alerts labelled with it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from vagt.rules import Rule
 
 UNKNOWN_DEVICE_RULE = "unknown_device"
+BAD_TOPIC_RULE = "bad_topic"
 REFUSED_RULE = "message_processing_failed"
 UNREADABLE_ALARM_RULE = "unreadable_alarm"
 UNREGISTERED_ALARM_RULE = "unregistered_alarm"
@@ -34,12 +35,13 @@ EMERGENCY_PRIORITY = 1
 # Each of these goes where the personal alarm rule's alerts go; the others to the service
 # centre (REFUSED_RULE too, unless the message came on the alarm channel).
 ABOUT_ALARMS = (UNREADABLE_ALARM_RULE, UNREGISTERED_ALARM_RULE, ALARM_BEFORE_DEPLOYMENT_RULE)
-NAMES = (UNKNOWN_DEVICE_RULE, OUT_OF_SERVICE_RULE, REFUSED_RULE, *ABOUT_ALARMS)
+NAMES = (UNKNOWN_DEVICE_RULE, BAD_TOPIC_RULE, OUT_OF_SERVICE_RULE, REFUSED_RULE, *ABOUT_ALARMS)
 
 # An alarm no rule saw is critical, as a personal alarm is: someone may have pressed the
 # button. A message that failed is critical when it came on the alarm channel.
 ENGINE_RULES: Mapping[str, frozenset[str]] = {
     UNKNOWN_DEVICE_RULE: frozenset({"warning"}),
+    BAD_TOPIC_RULE: frozenset({"warning"}),
     REFUSED_RULE: frozenset({"warning", "critical"}),
     UNREADABLE_ALARM_RULE: frozenset({"critical"}),
     UNREGISTERED_ALARM_RULE: frozenset({"critical"}),
@@ -50,7 +52,7 @@ ENGINE_RULES: Mapping[str, frozenset[str]] = {
 
 # The engine's alerts that carry the device's registry labels (`municipality`, `type`,
 # `vendor`, `model`) when the engine knows the device, as a rule's alert does.
-WITH_DEVICE_LABELS = (UNREADABLE_ALARM_RULE, REFUSED_RULE)
+WITH_DEVICE_LABELS = (UNREADABLE_ALARM_RULE, REFUSED_RULE, BAD_TOPIC_RULE)
 DEVICE_LABELS = ("municipality", "type", "vendor", "model")
 
 

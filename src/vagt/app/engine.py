@@ -43,7 +43,7 @@ from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
-from vagt.ingest.topics import subscription_filters
+from vagt.ingest.topics import every_device_topic, subscription_filters
 from vagt.privacy import mask_cpr
 from vagt.rules import Rule, load_rules
 from vagt.threads import start_kept_running
@@ -88,6 +88,14 @@ class LaneSpec:
     # (it waits for the bulk lane's locks).
     transaction_timeout_s: float = 120.0
     state_timeout_s: float = 120.0
+    # The lane subscribes to every device topic (`{root}/dev/#`) and reads `channels` in
+    # its place only if the broker refuses it: a device on a channel no lane reads (a
+    # personal alarm set to 'alarms') is kept as a dead letter, with an alert, not dropped
+    # at the broker. The bulk lane's; it gets the alarm channel's copies too, and leaves
+    # them to the alarm lane (`skip`): acknowledged with its batch, nothing else. Not a third
+    # filter beside its two: Mosquitto 2 sends a message once per matching subscription.
+    every_device_topic: bool = False
+    skip: frozenset[str] = frozenset()
 
 
 def lane_specs(config: Config) -> list[LaneSpec]:
@@ -107,15 +115,20 @@ def lane_specs(config: Config) -> list[LaneSpec]:
                  backlog_wait_s=ing.bulk_backlog_wait_ms / 1000,
                  stop_reading_at_receive_maximum=True,
                  transaction_timeout_s=limits.transaction_timeout_s,
-                 state_timeout_s=limits.transaction_timeout_s),
+                 state_timeout_s=limits.transaction_timeout_s,
+                 every_device_topic=True, skip=frozenset({Channel.ALARM.value})),
     ]
 
 
 def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
     m = config.mqtt
+    filters = tuple(subscription_filters(m.topic_root, lane.channels, m.share_group))
+    fallback: tuple[str, ...] = ()
+    if lane.every_device_topic:
+        filters, fallback = (every_device_topic(m.topic_root, m.share_group),), filters
     return SessionSettings(
         client_id=f"{m.client_id}-{lane.name}",
-        filters=tuple(subscription_filters(m.topic_root, lane.channels, m.share_group)),
+        filters=filters, fallback_filters=fallback,
         host=m.host, port=m.port, username=m.username, password=m.password, tls=m.tls,
         ca_file=m.ca_file, protocol=m.protocol, session_expiry_s=m.session_expiry_s,
         receive_maximum=m.receive_maximum, keepalive_s=m.keepalive_s,
@@ -171,6 +184,10 @@ class Session(Protocol):
     @property
     def behind(self) -> bool:
         """The last `take` left messages waiting: the lane is behind (a backlog)."""
+
+    @property
+    def refused_filters(self) -> tuple[str, ...]:
+        """The filters the broker refused the session (an ACL too narrow)."""
 
     def take(self, max_n: int, max_wait_s: float,
              stop: threading.Event) -> list[RawMessage]: ...
@@ -251,7 +268,8 @@ class Lane:
         started = time.monotonic()
         try:
             done = self._in_transaction(
-                lambda conn: self.pipeline.process(conn, batch, self.spec.state_apart), stop)
+                lambda conn: self.pipeline.process(conn, batch, self.spec.state_apart,
+                                                   self.spec.skip), stop)
         except Exception:
             log.exception("event=batch_failed lane=%s messages=%d note=one_message_at_a_time",
                           name, len(batch))
@@ -276,7 +294,8 @@ class Lane:
         total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
         for m in batch:
             try:
-                done = self._twice(functools.partial(self.pipeline.process, messages=[m]), stop)
+                done = self._twice(functools.partial(self.pipeline.process, messages=[m],
+                                                     skip=self.spec.skip), stop)
             except Exception as e:
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
                               _quoted(mask_cpr(m.topic)[0]))
@@ -374,7 +393,9 @@ class Lane:
     def _observe(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                  seconds: float, acked: int) -> None:
         m, name = self.metrics, self.spec.name
-        m.received.labels(name).inc(len(batch))
+        m.received.labels(name).inc(len(batch) - outcome.skipped)
+        if outcome.skipped:
+            m.skipped.labels(name).inc(outcome.skipped)
         m.decoded.labels(name).inc(outcome.decoded)
         m.acked.labels(name).inc(acked)
         m.readings.inc(outcome.readings)
@@ -764,6 +785,8 @@ def _open_session(config: Config, spec: LaneSpec, metrics: EngineMetrics,
     if spec.stop_reading_at_receive_maximum:
         metrics.watch_reading(spec.name, lambda: session.reading_paused,
                               lambda: session.reading_paused_s)
+    metrics.subscriptions_refused.labels(spec.name).set_function(
+        lambda: len(session.refused_filters))
     return session
 
 

@@ -61,6 +61,10 @@ class EngineMetrics:
         r = self.registry
         self.received = Counter("vagt_messages_received", "MQTT messages taken for processing",
                                 ["lane"], registry=r)
+        self.skipped = Counter(
+            "vagt_messages_skipped", "Copies of messages another lane reads (the bulk lane's "
+            "of the alarm channel: it subscribes to every device topic), acknowledged with "
+            "their batch and not counted as received", ["lane"], registry=r)
         self.decoded = Counter("vagt_messages_decoded",
                                "Messages decoded, attributed to a device and committed",
                                ["lane"], registry=r)
@@ -147,6 +151,12 @@ class EngineMetrics:
             registry=r)
         self.mqtt_connected = Gauge("vagt_mqtt_connected", "1 while the lane's session is up",
                                     ["lane"], registry=r)
+        self.subscriptions_refused = Gauge(
+            "vagt_mqtt_subscriptions_refused", "Topic filters the broker refused the lane's "
+            "session at its last subscribe (its ACL does not let the engine's user read "
+            "them; the log says what to change). Above 0 on the bulk lane: it reads its two "
+            "channels only, and a message on any other device topic is dropped at the broker",
+            ["lane"], registry=r)
         self.reading_paused = Gauge(
             "vagt_mqtt_reading_paused", "1 while the lane's session reads nothing from the "
             "broker: it holds mqtt.receive_maximum messages the engine has not committed and "

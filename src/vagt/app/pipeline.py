@@ -8,7 +8,7 @@ keys, device state and alerts by device time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ import psycopg
 
 from vagt.alerts.engine_rules import (
     ALARM_BEFORE_DEPLOYMENT_RULE,
+    BAD_TOPIC_RULE,
     DEVICE_LABELS,
     OUT_OF_SERVICE_RULE,
     REFUSED_RULE,
@@ -48,7 +49,7 @@ from vagt.errors import first_line
 from vagt.ingest.canonical import EVENT_CODE, EVENT_CODE_MAX
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
-from vagt.ingest.topics import TopicError, parser_for
+from vagt.ingest.topics import DEVICE_ID, TopicError, channel_levels, device_level, parser_for
 from vagt.privacy import mask_cpr
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 from vagt.rules.engine import SWEPT
@@ -85,6 +86,8 @@ class BatchOutcome:
     # applied to the in-memory fleet only after the commit
     state: StateUpdate = field(default_factory=StateUpdate)
     registry_firings: list[AlertFiring] = field(default_factory=list)
+    # copies of messages another lane reads, left to it (`Pipeline.process`'s `skip`)
+    skipped: int = 0
     # median of (arrival - device time) over the batch's usable messages: how far behind
     # the devices' own clocks the batch is (a backlog after an outage: hours)
     device_lag_s: float = 0.0
@@ -109,6 +112,7 @@ class BatchOutcome:
         """Count in what `other` did, committed already (its state applied: see
         `Pipeline.after_commit`): a batch that went one message at a time."""
         self.messages += other.messages
+        self.skipped += other.skipped
         self.decoded += other.decoded
         self.readings += other.readings
         self.events += other.events
@@ -180,16 +184,18 @@ class Pipeline:
                    rules=rules, open_alerts=open_alerts, clock=clock)
 
     def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
-                state_apart: bool = False) -> BatchOutcome:
+                state_apart: bool = False, skip: Collection[str] = ()) -> BatchOutcome:
         """Everything the batch causes, written in `conn`'s open transaction (not committed).
 
         With `state_apart`, the devices' state is left for `write_state()` in a transaction of
-        its own after this one commits (the alarm lane: see `LaneSpec.state_apart`).
+        its own after this one commits (the alarm lane: see `LaneSpec.state_apart`). A
+        message on a channel in `skip` is another lane's copy: nothing is done with it.
         """
         dec = decode_batch(messages, topic_root=self.topic_root,
                            max_payload_bytes=self.ingest.max_payload_bytes, now=self.clock(),
-                           max_future_skew_s=self.ingest.max_future_skew_s)
-        out = BatchOutcome(messages=len(messages), dead=list(dec.dead), state_apart=state_apart)
+                           max_future_skew_s=self.ingest.max_future_skew_s, skip=skip)
+        out = BatchOutcome(messages=len(messages), dead=list(dec.dead), state_apart=state_apart,
+                           skipped=len(dec.skipped_msg))
         received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
                                count=len(messages))
         msg_time = _message_times(dec, received)
@@ -476,6 +482,7 @@ class Pipeline:
         device_of_msg = np.full(n, -1, dtype=np.int64)
         live = np.ones(n, dtype=bool)
         live[np.asarray(dec.dead_msg, dtype=np.int64)] = False
+        live[np.asarray(dec.skipped_msg, dtype=np.int64)] = False
         live_pos = np.flatnonzero(live)
         idx = self.fleet.resolve(conn, [dec.msg_device[i] for i in live_pos])
         device_of_msg[live_pos] = idx
@@ -500,21 +507,7 @@ class Pipeline:
         alarm_ch = Channel.ALARM.value
         unread = [i for i in dec.dead_msg if dec.msg_channel[i] == alarm_ch and dec.msg_device[i]]
         stray = [int(i) for i in unknown if dec.msg_channel[i] == alarm_ch]
-        # an alarm on a topic whose device level is no device id (a space, a letter outside
-        # ASCII, too long): no device can be registered so, and no one would hear of it
-        badly_named = {i: _device_level(messages[i].topic) for i, d in zip(dec.dead_msg, dec.dead)
-                       if d.reason is DeadLetterReason.BAD_TOPIC
-                       and messages[i].topic.endswith("/" + alarm_ch)}
-        if badly_named:
-            out.registry_firings += _registry_firings(
-                UNREGISTERED_ALARM_RULE, list(badly_named.values()),
-                msg_time[np.fromiter(badly_named, dtype=np.int64)],
-                [messages[i].topic for i in badly_named],
-                lambda d, topic: f"an alarm on a topic whose device level {d!r} is not a "
-                                 "device id: someone may need help; the service centre can "
-                                 f"say which device sends on {topic[:200]!r} (kept as a dead "
-                                 "letter)",
-                *self._alarm_route())
+        self._bad_topics(conn, messages, dec, msg_time, out)
         placed: dict[str, dict[str, str]] = {}
         if unread:
             idx_unread = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread])
@@ -552,6 +545,61 @@ class Pipeline:
                 lambda d, topic: f"{d} is registered as {status[d]} but is sending "
                                  f"(last on {topic})")
         return device_of_msg
+
+    def _bad_topics(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
+                    dec: DecodedBatch, msg_time: F64, out: BatchOutcome) -> None:
+        """A message on a topic vagt does not read (a channel no lane reads, levels too many
+        or too few, a device level that is no device id) is a dead letter already; the
+        service centre hears of it, once per device level (`bad_topic`), to set the device
+        right. One that looks like an alarm (a level after the device's begins with
+        'alarm', or its events hold a code the rule book makes critical) reaches the
+        personal alarm's queue too, as an unreadable alarm does: someone may have pressed
+        the button. Not as the alarm itself: the device is set wrong, and what it says on a
+        topic vagt does not read is not taken as read (README, *Topics and payloads*)."""
+        bad = [i for i, d in zip(dec.dead_msg, dec.dead)
+               if d.reason is DeadLetterReason.BAD_TOPIC]
+        if not bad:
+            return
+        root = self.topic_root
+        whole = {i: device_level(messages[i].topic, root) for i in bad}
+        level = {i: v[:64] for i, v in whole.items()}   # what an alert names
+        no_id = {level[i] for i, v in whole.items() if not DEVICE_ID.match(v)}
+        ids = sorted({v for v in whole.values() if DEVICE_ID.match(v)})
+        known = {d: int(k) for d, k in zip(ids, self.fleet.resolve(conn, ids).tolist())
+                 if k >= 0}
+        placed = {d: self._registry_labels(k) for d, k in known.items()}
+        out.registry_firings += _registry_firings(
+            BAD_TOPIC_RULE, [level[i] for i in bad], msg_time[np.asarray(bad)],
+            [messages[i].topic for i in bad],
+            lambda _d, topic: _bad_topic(topic, root), labels=placed)
+        critical = [r for r in self.rules.rules if r.kind == "event" and r.severity == "critical"]
+        why: dict[str, str] = {}
+        looks = []
+        for i in bad:
+            topic = messages[i].topic
+            named = any(x.lower().startswith(ALARM) for x in channel_levels(topic, root).split("/"))
+            codes = [c for c in _event_codes(messages[i].payload)
+                     if any(r.matches_code(c) for r in critical)]
+            if named or codes:
+                looks.append(i)
+                why[level[i]] = "; ".join(
+                    ([f"a level of it begins with '{ALARM}'"] if named else [])
+                    + ([f"it names {', '.join(codes[:5])}"] if codes else []))
+        if not looks:
+            return
+        registered = [i for i in looks if level[i] in known]
+        stray = [i for i in looks if level[i] not in known]
+        for rule, which, summary in (
+                (UNREADABLE_ALARM_RULE, registered,
+                 lambda d, topic: _alarm_on_bad_topic(d, topic, why[d], root)),
+                (UNREGISTERED_ALARM_RULE, stray,
+                 lambda d, topic: _unregistered_on_bad_topic(d, topic, why[d],
+                                                             d not in no_id))):
+            if which:
+                out.registry_firings += _registry_firings(
+                    rule, [level[i] for i in which], msg_time[np.asarray(which)],
+                    [messages[i].topic for i in which], summary, *self._alarm_route(),
+                    labels=placed)
 
     def _update_devices(self, conn: psycopg.Connection, dec: DecodedBatch, device_of_msg: I64,
                         usable: Bools, msg_time: F64, received: F64, r: _Rows,
@@ -738,6 +786,9 @@ def _quiet_for(rule: Rule) -> str:
     return f"{s // 3600} h" if s % 3600 == 0 else f"{s // 60} min" if s % 60 == 0 else f"{s} s"
 
 
+# A channel, or a SenML record's name, that says alarm
+ALARM = Channel.ALARM.value
+
 # Why an alarm could not be read, when the message was empty: no device sends that, but it
 # is how a retained copy is cleared (published retained), as the alert about one says to do,
 # and the broker passes it on to the engine too.
@@ -747,15 +798,57 @@ EMPTY = "empty"
 def _with_codes(reason: str, payload: bytes) -> str:
     """The reason an alarm could not be read, with the event codes it names that are codes
     (a fall or a panic: the call centre may ask differently)."""
+    codes = _event_codes(payload)
+    return f"{reason}; it names {', '.join(codes[:5])}" if codes else reason
+
+
+def _event_codes(payload: bytes) -> list[str]:
+    """The event codes a payload names that are codes, sorted: a canonical document's
+    `events[].code`, a SenML pack's `vs` of a record named '...event' or '...alarm' (as
+    `senml` reads them); [] for anything else."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return reason
-    events = doc.get("events") if type(doc) is dict else None
-    codes = sorted({e["code"] for e in events if type(e) is dict and type(e.get("code")) is str
-                    and len(e["code"]) <= EVENT_CODE_MAX and EVENT_CODE.match(e["code"])}
-                   ) if type(events) is list else []
-    return f"{reason}; it names {', '.join(codes[:5])}" if codes else reason
+        return []
+    if type(doc) is dict:
+        events = doc.get("events")
+        named = [e["code"] for e in events if type(e) is dict and type(e.get("code")) is str
+                 ] if type(events) is list else []
+    elif type(doc) is list:
+        named = [_senml_code(r["n"], r["vs"]) for r in doc if type(r) is dict
+                 and type(r.get("n")) is str and type(r.get("vs")) is str
+                 and r["n"].endswith(("event", ALARM))]
+    else:
+        return []
+    return sorted({c for c in named if len(c) <= EVENT_CODE_MAX and EVENT_CODE.match(c)})
+
+
+def _senml_code(name: str, value: str) -> str:
+    return f"{ALARM}.{value}" if name.endswith(ALARM) and "." not in value else value
+
+
+def _bad_topic(topic: str, root: str) -> str:
+    return (f"a message on {topic[:200]!r}, a topic vagt does not read: set the device that "
+            f"sent it (or its gateway) to publish on {root}/dev/{{its id}}/telemetry, alarm "
+            "or status, which vagt reads (kept as a dead letter, which says what is wrong)")
+
+
+def _alarm_on_bad_topic(device_id: str, topic: str, why: str, root: str) -> str:
+    return (f"a message from {device_id} that may be an alarm came on {topic[:200]!r}, a topic "
+            f"vagt does not read as an alarm ({why}): contact the citizen; the service centre "
+            f"is to set the device to publish alarms on {root}/dev/{device_id}/alarm (kept as "
+            "a dead letter)")
+
+
+def _unregistered_on_bad_topic(level: str, topic: str, why: str, is_id: bool) -> str:
+    if not is_id:
+        return (f"an alarm on a topic whose device level {level!r} is not a device id: someone "
+                "may need help; the service centre can say which device sends on "
+                f"{topic[:200]!r} (kept as a dead letter)")
+    return (f"a message from {level}, which is not registered, that may be an alarm came on "
+            f"{topic[:200]!r}, a topic vagt does not read as an alarm ({why}): someone may "
+            "need help; the service centre can say where it is installed (kept as a dead "
+            "letter)")
 
 
 def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:
@@ -776,12 +869,6 @@ def _unreadable_alarm(device_id: str, topic: str, reason: str) -> str:
 def _in_other_case(registered: str) -> str:
     return (f"the registry has '{registered}', which differs from it only in case: device "
             f"ids are case-sensitive, so the device must send as '{registered}'")
-
-
-def _device_level(topic: str) -> str:
-    """The level before the channel in a topic (`root/dev/{this}/alarm`), cut to 64."""
-    levels = topic.rsplit("/", 2)
-    return (levels[-2] if len(levels) == 3 else topic)[:64]
 
 
 def _iso(t: float) -> str:

@@ -23,7 +23,8 @@ The pipe's messages:
   those that came at QoS 0), (ACKED, how many) after each acknowledgement, (CONNECTED,
   up or not) when that changes, and (READING, paused or not, seconds paused in all) when
   the session stops or starts reading at its Receive Maximum, and each second it has been
-  paused (`MqttSession.reading_paused`).
+  paused (`MqttSession.reading_paused`), and (REFUSED, filters) when the filters the broker
+  refused change (`MqttSession.refused_filters`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.engine")
 
-BATCH, ACKED, CONNECTED, READING = "batch", "acked", "connected", "reading"  # child to engine
+BATCH, ACKED, CONNECTED, READING, REFUSED = ("batch", "acked", "connected", "reading",
+                                             "refused")                 # child to engine
 ACK, STOP = "ack", "stop"                                   # engine to child
 
 
@@ -98,6 +100,7 @@ class ReceiverProcess(ChildProcess):
         self._reading_paused = False
         self._paused_s = 0.0          # the child now running's, as it last said
         self._paused_s_before = 0.0   # the children before it, in all
+        self._refused: tuple[str, ...] = ()
 
     def __enter__(self) -> ReceiverProcess:
         self.start()
@@ -130,6 +133,11 @@ class ReceiverProcess(ChildProcess):
         """The child's session does not read from the broker: it holds its Receive Maximum
         of messages the engine has not committed (as the child last said)."""
         return self._reading_paused
+
+    @property
+    def refused_filters(self) -> tuple[str, ...]:
+        """The filters the broker refused the child's session (as the child last said)."""
+        return self._refused
 
     @property
     def reading_paused_s(self) -> float:
@@ -238,6 +246,10 @@ class ReceiverProcess(ChildProcess):
                 with self._cond:
                     if incarnation == self.incarnation:
                         self._reading_paused, self._paused_s = bool(message[1]), message[2]
+            elif kind == REFUSED:
+                with self._cond:
+                    if incarnation == self.incarnation:
+                        self._refused = tuple(message[1])
         with self._cond:
             if incarnation == self.incarnation:
                 self._connected = False
@@ -280,6 +292,7 @@ def run_receiver(argv: list[str]) -> None:
         numbers = itertools.count(1)
         connected: bool | None = None
         paused, paused_s = False, 0.0     # as last told
+        refused: tuple[str, ...] = ()
         while not stop.is_set():
             if session.connected != connected:
                 connected = session.connected
@@ -288,6 +301,9 @@ def run_receiver(argv: list[str]) -> None:
             if session.reading_paused != paused or session.reading_paused_s - paused_s >= 1.0:
                 paused, paused_s = session.reading_paused, session.reading_paused_s
                 send((READING, paused, paused_s))
+            if session.refused_filters != refused:
+                refused = session.refused_filters
+                send((REFUSED, refused))
             # A batch is one connection's: the engine keeps or drops it by its connection,
             # and the acknowledgements go by the batch. A take right after a reconnect can
             # hold QoS 0 messages of the connection before (kept: they never come again)

@@ -1,5 +1,5 @@
 """Broker access from the registry: a Mosquitto password file and ACL file that let each
-deployed device publish under its own topic only, and the engine read them all.
+deployed device publish under its own topic only, and the engine read every device topic.
 
 A device's password is derived, not stored: base64url(HMAC-SHA256(secret, device_id)),
 unpadded. Whoever provisions a device computes it from the same secret; vagt keeps neither
@@ -21,7 +21,6 @@ import psycopg
 
 from vagt.devices.errors import DeviceError
 from vagt.devices.lifecycle import Status
-from vagt.ingest.model import Channel
 
 # Mosquitto's own `mosquitto_passwd` uses 101 iterations and a 12-byte salt for $7$
 # (PBKDF2-SHA512). The derived passwords carry 256 bits of entropy, so more iterations would
@@ -127,15 +126,17 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
     password_lines += [f"{d}:{mosquitto_hash(device_password(secret, d), _salt(secret, d))}"
                        for d in device_ids]
     acl_lines = ["# Written by `vagt devices broker-acl`: regenerate it, do not edit it.",
-                 "# The engine reads every device's telemetry, alarms and status.",
-                 f"user {engine_user}", f"topic read {topic_root}/dev/+/+", "",
-                 "# Each deployed device may publish on its own topics, and read nothing."]
-    # Its own three channels, not its topic's every level: the engine reads those alone, and
-    # the broker would accept a message on another (a personal alarm set to 'alarms') and
-    # deliver it to no one. Refused, an MQTT 5 device hears of it (PUBACK: not authorized).
+                 "# The engine reads every device topic: a message on a channel it does not",
+                 "# read is kept as a dead letter, and the service centre hears of it.",
+                 f"user {engine_user}", f"topic read {topic_root}/dev/#", "",
+                 "# Each deployed device may publish under its own topic, and read nothing."]
+    # Under its own topic's every level, not its three channels only: refused, a message on
+    # another (a personal alarm set to 'alarms') is heard of only by an MQTT 5 device (its
+    # PUBACK), and an MQTT 3.1.1 device's is dropped unseen; delivered, the engine keeps it
+    # as a dead letter and raises an alert (an alarm-looking one in the call centre's
+    # queue). `{d}/#` covers the topic `{d}` too. Another device's topics stay refused.
     for d in device_ids:
-        acl_lines += [f"user {d}", *(f"topic write {topic_root}/dev/{d}/{c.value}"
-                                     for c in Channel)]
+        acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
     return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
                         device_ids, engine_user, left_out)
 

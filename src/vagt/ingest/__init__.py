@@ -19,11 +19,13 @@ from vagt.ingest.topics import (
     TopicError,
     build_topic,
     check_topic_root,
+    every_device_topic,
     parse_topic,
     subscription_filters,
 )
 
 __all__ = [
     "Channel", "DeadLetter", "DeadLetterReason", "DecodedBatch", "RawMessage", "TopicError",
-    "build_topic", "check_topic_root", "parse_topic", "subscription_filters",
+    "build_topic", "check_topic_root", "every_device_topic", "parse_topic",
+    "subscription_filters",
 ]

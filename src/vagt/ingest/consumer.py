@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import select
 import socket
@@ -72,6 +73,24 @@ class SessionSettings:
     # acknowledgements flow, and what it sends is held in our memory. The bulk lane's; the
     # alarm lane reads on (see MqttSession._may_read).
     stop_reading_at_receive_maximum: bool = False
+    # Subscribed in place of `filters` when the broker refuses one of them (SUBACK 0x80 or
+    # 0x87: an ACL that does not let this user read so wide), and unsubscribed when it grants
+    # them all (a session of an older release holds them, and Mosquitto 2 sends a message
+    # once per matching subscription). The bulk lane's two channels, in place of
+    # `{root}/dev/#`: it reads what it may, and says so (`refused_filters`).
+    fallback_filters: tuple[str, ...] = ()
+
+
+def _quoted(text: str) -> str:
+    """A value of a key=value log line with spaces in it, JSON-quoted."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _acl_topic(topic_filter: str) -> str:
+    """The topic an ACL names for a filter: without a shared subscription's prefix."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +154,10 @@ class MqttSession:
         self._pause_lock = threading.Lock()     # the two above, against reading_paused_s
         self._pause_logged = False
         self._settling = False   # close() waits for an answer: read whatever comes
+        # per filter asked for, whether the broker refused it at its last SUBACK; and the
+        # SUBSCRIBEs not answered yet, by packet id (the network thread's)
+        self._refused: dict[str, bool] = {}
+        self._asked: dict[int, str] = {}
         self._retry_s: float | None = None      # the wait before the next connection attempt
         self._closing = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -216,6 +239,11 @@ class MqttSession:
         with self._pause_lock:
             since, ended = self._paused_since, self._paused_s
         return ended + (0.0 if since is None else time.monotonic() - since)
+
+    @property
+    def refused_filters(self) -> tuple[str, ...]:
+        """The filters the broker refused at their last SUBACK: what it does not send us."""
+        return tuple(f for f, refused in list(self._refused.items()) if refused)
 
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
@@ -322,6 +350,7 @@ class MqttSession:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client: paho.Client, _userdata: object, flags: object,
@@ -360,18 +389,68 @@ class MqttSession:
         # is new (a first start, a session that expired), not at each reconnect of a session
         # that has it; MQTT 3.1.1 cannot ask, and it comes at each (kept once as a dead
         # letter: the same bytes).
-        options = (SubscribeOptions(qos=1,
-                                    retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                   if self.settings.protocol == 5 else None)
-        for f in self.settings.filters:
-            if options is None:
-                client.subscribe(f, qos=1)
-            else:
-                client.subscribe(f, options=options)
+        self._asked = {}
+        self._subscribe(client, self.settings.filters)
         log.log(logging.INFO if resumed or self._generation == 1 else logging.WARNING,
                 "event=mqtt_connected client_id=%s generation=%d session_present=%s "
                 "filters=%s", self.settings.client_id, self._generation, resumed,
                 ",".join(self.settings.filters))
+
+    def _subscribe(self, client: paho.Client, filters: tuple[str, ...]) -> None:
+        """One SUBSCRIBE per filter, so that each SUBACK says which filter it answers."""
+        options = (SubscribeOptions(qos=1,
+                                    retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                   if self.settings.protocol == 5 else None)
+        for f in filters:
+            if options is None:
+                _, mid = client.subscribe(f, qos=1)
+            else:
+                _, mid = client.subscribe(f, options=options)
+            if mid is not None:
+                self._asked[mid] = f
+
+    def _on_subscribe(self, client: paho.Client, _userdata: object, mid: int,
+                      reasons: list[ReasonCode], _props: object) -> None:
+        """A SUBACK. A refused filter is logged with what to change; with
+        `fallback_filters`, these are read in place of `filters` while one is refused, and
+        unsubscribed once all are granted."""
+        f = self._asked.pop(mid, None)
+        if f is None or not reasons:
+            return
+        s = self.settings
+        refused = reasons[0].is_failure
+        was = self._refused.get(f)
+        self._refused[f] = refused
+        if f not in s.filters:
+            if refused:
+                log.error("event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
+                          "fix=%s", s.client_id, f, _quoted(str(reasons[0])), _quoted(
+                              f"let the user read {_acl_topic(f)} in the broker's ACL"))
+            return
+        if refused:
+            if s.fallback_filters:
+                log.warning(
+                    "event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
+                    "reading=%s fix=%s", s.client_id, f, _quoted(str(reasons[0])),
+                    ",".join(s.fallback_filters), _quoted(
+                        f"let the user read {_acl_topic(f)} in the broker's ACL (`vagt "
+                        "devices broker-acl` writes it) and reload the broker: until then a "
+                        "message on any other topic is dropped at the broker, not kept as "
+                        "a dead letter"))
+                self._subscribe(client, s.fallback_filters)
+                client.unsubscribe(f)   # a grant an earlier connection had is withdrawn
+            else:
+                log.error("event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
+                          "note=nothing_on_it_is_read fix=%s", s.client_id, f,
+                          _quoted(str(reasons[0])),
+                          _quoted(f"let the user read {_acl_topic(f)} in the broker's ACL"))
+        elif s.fallback_filters and not any(self._refused.get(g, True) for g in s.filters):
+            client.unsubscribe(list(s.fallback_filters))
+            for g in s.fallback_filters:
+                self._refused.pop(g, None)
+            if was:
+                log.info("event=mqtt_subscription_granted client_id=%s filter=%s",
+                         s.client_id, f)
 
     def session_began(self, connection: int) -> int:
         """The first connection (a generation, see `connection_of`) of the broker's session

@@ -8,7 +8,7 @@ which is kept as a dead letter too (`DecodedBatch.apart`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -21,14 +21,16 @@ from vagt.ingest.units import quote
 
 
 def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload_bytes: int,
-                 now: float, max_future_skew_s: float = 300) -> DecodedBatch:
+                 now: float, max_future_skew_s: float = 300,
+                 skip: Collection[str] = ()) -> DecodedBatch:
     """Columns of what `messages` said, and one dead letter per message that cannot be used.
 
     `now` (unix seconds) bounds device times (at most `max_future_skew_s` ahead, none before
     2000) and anchors SenML's relative times. A message without a time takes its
     `received_at`. A message that came retained is a dead letter (`retained`), whatever it
-    says. An alarm used in part is in `apart` (see `_alarm`). Only input problems become
-    dead letters: a bug raises.
+    says. An alarm used in part is in `apart` (see `_alarm`). A message on a channel in
+    `skip` is another lane's (`skipped_msg`). Only input problems become dead letters: a bug
+    raises.
     """
     out = DecodedBatch()
     rows = Rows()
@@ -44,6 +46,12 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
             device_id, channel, channel_name = lookup(m.topic)
         except TopicError as e:
             _dead(out, i, m, DeadLetterReason.BAD_TOPIC, str(e), "", "")
+            continue
+        if channel_name in skip:
+            out.skipped_msg.append(i)
+            msg_device.append("")
+            msg_channel.append(channel_name)
+            msg_seq.append(-1)
             continue
         mark = len(readings), len(events), len(firmware)
         # one message, inline: this loop runs for every message the engine receives

@@ -106,6 +106,9 @@ class DecodedBatch:
     # a dead letter too, for the field beside them that was refused (`decode._alarm`)
     apart: list[DeadLetter] = field(default_factory=list)
     apart_msg: list[int] = field(default_factory=list)
+    # messages on a channel another lane reads (the bulk lane's copies of alarms: it
+    # subscribes to every device topic), left to it: in no column, no dead letter
+    skipped_msg: list[int] = field(default_factory=list)
 
     @property
     def n_readings(self) -> int:

@@ -63,11 +63,43 @@ def subscription_filters(topic_root: str, channels: Iterable[Channel | str],
     >>> subscription_filters("vagt/v1", [Channel.ALARM], "engines")
     ['$share/engines/vagt/v1/dev/+/alarm']
     """
+    prefix = _share_prefix(topic_root, share_group)
+    return [f"{prefix}{topic_root}/dev/+/{Channel(c).value}" for c in channels]
+
+
+def every_device_topic(topic_root: str, share_group: str = "") -> str:
+    """The filter of every topic under `{topic_root}/dev` (the bulk lane's): a device that
+    publishes on a channel vagt does not read is heard, and its message kept as a dead letter.
+
+    >>> every_device_topic("vagt/v1", "engines")
+    '$share/engines/vagt/v1/dev/#'
+    """
+    return f"{_share_prefix(topic_root, share_group)}{topic_root}/dev/#"
+
+
+def _share_prefix(topic_root: str, share_group: str) -> str:
     check_topic_root(topic_root)
     if share_group and any(c in share_group for c in "/+#\0"):
         raise TopicError(f"share group {share_group!r} must not contain '/', '+' or '#'")
-    prefix = f"$share/{share_group}/" if share_group else ""
-    return [f"{prefix}{topic_root}/dev/+/{Channel(c).value}" for c in channels]
+    return f"$share/{share_group}/" if share_group else ""
+
+
+def device_level(topic: str, topic_root: str) -> str:
+    """The level after `{topic_root}/dev/` of a topic that is not vagt's (the device it would
+    be); the topic itself when it has none."""
+    head = topic_root + "/dev/"
+    if topic.startswith(head) and len(topic) > len(head):
+        return topic[len(head):].split("/", 1)[0]
+    return topic
+
+
+def channel_levels(topic: str, topic_root: str) -> str:
+    """What follows the device level of a topic under `{topic_root}/dev/` ('alarms',
+    'alarm/fall'); '' when nothing does."""
+    head = topic_root + "/dev/"
+    if not topic.startswith(head):
+        return ""
+    return topic[len(head):].partition("/")[2]
 
 
 class TopicParser:
