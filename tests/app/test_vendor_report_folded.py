@@ -15,7 +15,6 @@ import pytest
 from tests.app.conftest import query
 from tests.app.test_vendor_report_counts import (
     DAYS,
-    MIGRATIONS,
     WINDOW,
     Fleet,
     _periods,
@@ -186,7 +185,7 @@ def test_the_fold_waits_for_a_refresh_in_progress(database_url):
 
 
 def test_on_timescaledb_the_prune_folds_no_hours(database_url):
-    """There the hours are continuous aggregates, which keep them (0026.timescale)."""
+    """There the hours are continuous aggregates, which keep them (0026's comment)."""
     _stored(database_url, random.Random(14))
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE schema_migrations SET flavour = 'timescale' "
@@ -196,26 +195,6 @@ def test_on_timescaledb_the_prune_folds_no_hours(database_url):
         done = retention.prune(conn, NOW)
     assert done.hours_folded is None and _hours_before(database_url, FOLDED_BEFORE) == hours
     assert "kept in TimescaleDB's continuous aggregates" in retention.describe(done)
-
-
-_SCHEMA = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       (SELECT array_agg(pg_get_constraintdef(c.oid) ORDER BY 1) FROM pg_constraint c
-        WHERE c.conrelid = a.attrelid),
-       (SELECT pg_get_functiondef('vagt_add_hours'::regproc))
-FROM pg_attribute a
-WHERE a.attrelid = 'device_hours_folded'::regclass AND a.attnum > 0
-ORDER BY a.attnum"""
-
-
-def test_the_timescaledb_flavour_of_0026_makes_the_plain_ones_table(database_url):
-    """The report's query is one for both: its table and function are the same there."""
-    text = (MIGRATIONS / "0026_folded_hours.timescale.sql").read_text()
-    plain = query(database_url, _SCHEMA)
-    with psycopg.connect(database_url) as conn:
-        conn.execute("DROP TABLE device_hours_folded; DROP FUNCTION vagt_add_hours")
-        conn.execute(text)
-    assert query(database_url, _SCHEMA) == plain
 
 
 def test_a_report_on_a_database_without_0026_says_to_migrate(empty_database_url, monkeypatch):

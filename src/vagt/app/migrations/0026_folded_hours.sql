@@ -17,8 +17,15 @@
 -- A table of its own, not columns of device_daily: the days the report reads for every
 -- stay stay as narrow as they are (their key's index holds them), the edges read a day
 -- here by the same key, and TimescaleDB's device_daily is a view of continuous aggregates
--- that can take no columns of ours (the .timescale flavour makes this same table, which
--- stays empty there: the aggregates keep their hours).
+-- that can take no columns of ours.
+--
+-- One flavour: on TimescaleDB the same table, which stays empty. The hours there are
+-- continuous aggregates, and their rows are not ours to delete: a refresh over a range
+-- whose hours were deleted would make them again from the raw rows (kept
+-- READINGS_RETENTION), and the daily aggregates over them would lose their counts if
+-- refreshed after; past the raw rows' retention their hours are what the days were made
+-- from. So `vagt db prune` folds nothing there, and the report, which reads a stay's edges
+-- from the hours and this table together, reads the hours alone: its query is one for both.
 CREATE TABLE device_hours_folded (
     day           timestamptz NOT NULL,   -- 00:00 UTC, by device time
     device_id     text NOT NULL,
