@@ -249,3 +249,41 @@ def test_a_device_the_release_before_hears_is_online_in_the_fleet_views(database
     [k] = fleet.lookup(["GWY-0001"]).tolist()
     assert fleet.online(NOW)[k] and not fleet.silent(NOW)[k]
     p.close()
+
+
+def open_alerts(database_url: str, rule: str) -> list[tuple[str, str]]:
+    return query(database_url, "SELECT device_id, status FROM alerts WHERE rule = %s "
+                               "ORDER BY id", (rule,))
+
+
+def test_a_flapping_gateway_whose_clock_is_slow_stays_flapping_until_it_is_quiet(database_url):
+    """Two hours slow, it lost its connection six times in 25 minutes: the alert stays open
+    at each tick while it flaps, and clears once it has been quiet for the rule's hour on
+    its own clock. By ours, its events were older than that and it cleared at the first."""
+    register(database_url, [GATEWAY])
+    p = Process(database_url, None)
+    slow = 2 * 3600
+    for k in range(6):
+        at = NOW + 300 * k
+        p.batch([heard("GWY-0001", at - slow, at, "connection.lost")])
+    p.tick(NOW + 1500 + 15)
+    assert open_alerts(database_url, "connection_flapping") == [("GWY-0001", "open")]
+    p.tick(NOW + 1500 + 3600 - 60)
+    assert open_alerts(database_url, "connection_flapping") == [("GWY-0001", "open")]
+    p.tick(NOW + 1500 + 3600 + 1)
+    assert open_alerts(database_url, "connection_flapping") == [("GWY-0001", "resolved")]
+    p.close()
+
+
+def test_a_jam_from_a_dispenser_whose_clock_restarted_at_2000_does_not_expire_at_once(
+        database_url):
+    """The jam's alert expires 12 hours after the jam on the dispenser's clock: 12 hours
+    after we heard it, not at the first tick (its time is 26 years before ours)."""
+    register(database_url, [DISPENSER])
+    p = Process(database_url, None)
+    p.batch([heard("DSP-0001", YEAR_2000 + 60, NOW, "fault.jam")])
+    p.tick(NOW + 15)
+    assert open_alerts(database_url, "dispenser_jam") == [("DSP-0001", "open")]
+    p.tick(NOW + 12 * 3600 + 1)
+    assert open_alerts(database_url, "dispenser_jam") == [("DSP-0001", "resolved")]
+    p.close()

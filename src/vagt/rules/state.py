@@ -298,6 +298,13 @@ class Context:
         if len(rows):
             self.updates.append(Update(state, rows, values))
 
+    def device_now(self, now: float) -> F64:
+        """Per device, `now` on its own clock (`now` less how far it is behind ours), which
+        a tick compares the device times of its state with: see `sequence.tick`."""
+        if len(self.behind) == self.n:
+            return now - self.behind
+        return np.full(self.n, now)
+
 
 def reading_rows(ctx: Context, b: Batch, metrics: Sequence[str]) -> I64:
     """Indexes of the batch's readings of `metrics` on devices the rule applies to, not bad."""

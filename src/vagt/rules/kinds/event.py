@@ -49,11 +49,14 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
 
 def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
          out: Transitions) -> None:
-    """Clear the alerts whose last firing is `clear_after` in the past."""
+    """Clear the alerts whose last firing is `clear_after` in the past, on the device's clock
+    (`Context.device_now`): by ours, a dispenser whose clock restarted at 2000 had its jam
+    expire at the first tick."""
     if rule.clear_after is None:
         return
     active, last_fire = st.flag("active", ctx.n), st.f64("last_fire", ctx.n, -np.inf)
-    due = np.flatnonzero(active & (last_fire + rule.clear_after <= now)).astype(np.int64)
+    due = np.flatnonzero(active & (last_fire + rule.clear_after <= ctx.device_now(now))
+                         ).astype(np.int64)
     if len(due) == 0:
         return
     at: F64 = last_fire[due] + rule.clear_after

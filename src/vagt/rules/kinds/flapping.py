@@ -58,8 +58,12 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
 
 def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
          out: Transitions) -> None:
+    """Quiet for `stable` on the device's clock (`Context.device_now`): by ours, a gateway
+    whose clock is more than `stable` slow, or a backlog's events, cleared at every tick
+    while it still flapped."""
     active, last_t = st.flag("active", ctx.n), st.f64("last_t", ctx.n, -np.inf)
-    due = np.flatnonzero(active & (last_t + rule.stable_s <= now)).astype(np.int64)
+    due = np.flatnonzero(active & (last_t + rule.stable_s <= ctx.device_now(now))
+                         ).astype(np.int64)
     if len(due) == 0:
         return
     out.add_clears(i, due, last_t[due] + rule.stable_s, np.zeros(len(due), dtype=np.int64))

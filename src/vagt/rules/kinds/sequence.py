@@ -142,7 +142,7 @@ def tick(i: int, rule: Rule, st: RuleState, ctx: Context, now: float,
     pending = _waiting(st, ctx.n)[0]
     st.flag("active", ctx.n)
     fired_at = st.f64("fired_at", ctx.n, -np.inf)
-    now_there = now - ctx.behind if len(ctx.behind) == ctx.n else np.full(ctx.n, now)
+    now_there = ctx.device_now(now)
     with np.errstate(invalid="ignore"):
         due = np.flatnonzero(pending + rule.within_s + TICK_GRACE_S < now_there
                              ).astype(np.int64)
