@@ -118,10 +118,14 @@ def test_a_backlog_of_several_read_bursts_is_delivered_in_order_and_acknowledged
         got = take_all(session, n)
         assert [m.payload for m in got] == [p for _, p in sent]
         assert session.ack(got) == n
+    assert_nothing_comes_again(s)
+
+
+def assert_nothing_comes_again(s: SessionSettings) -> None:
+    """The session connected again: what it acknowledged before is not sent again."""
     with MqttSession(s) as session:
         wait_for(lambda: session.connected, what="the session again")
         assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
-
 
 def test_a_broker_that_stops_answering_is_noticed_and_the_session_connects_again(
         own_broker: Broker) -> None:
@@ -297,9 +301,7 @@ def test_the_session_holds_no_more_than_its_receive_maximum_while_acknowledgemen
         assert [m.payload for m in got] == [p for _, p in sent]
         assert most == limit, "the session held more than its Receive Maximum, or never all"
         assert session.reading_paused_s > 0
-    with MqttSession(s) as session:
-        wait_for(lambda: session.connected, what="the session again")
-        assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
+    assert_nothing_comes_again(s)
 
 
 def test_a_session_paused_at_its_receive_maximum_keeps_its_connection_while_it_holds(
@@ -376,9 +378,7 @@ def test_held_past_the_keepalive_behind_messages_sent_past_the_limit_all_come_ag
             session.ack(batch)
             got += batch
         assert {m.payload for m in got} == {p for _, p in sent}
-    with MqttSession(s) as session:
-        wait_for(lambda: session.connected, what="the session again")
-        assert take_all(session, 1, timeout=2) == [], "an acknowledged message came again"
+    assert_nothing_comes_again(s)
 
 
 def test_a_session_an_older_release_subscribed_narrow_keeps_its_backlog_and_gets_each_once(
