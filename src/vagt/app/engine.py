@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import queue as queues
@@ -40,7 +39,7 @@ from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.app.watchdog import WATCHDOG, guarded_connection
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
-from vagt.errors import first_line
+from vagt.errors import first_line, log_value
 from vagt.ingest.consumer import MqttSession, SessionSettings
 from vagt.ingest.model import Channel, RawMessage
 from vagt.ingest.topics import every_device_topic, subscription_filters
@@ -135,12 +134,6 @@ def session_settings(config: Config, lane: LaneSpec) -> SessionSettings:
         max_payload_bytes=config.ingest.max_payload_bytes,
         stop_reading_at_receive_maximum=lane.stop_reading_at_receive_maximum,
     )
-
-
-def _quoted(text: str) -> str:
-    """A value a device chose, as one field of a key=value log line: JSON-quoted, as the
-    silences' log quotes a reason (the stdlib's: it writes any string, a lone surrogate too)."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 # A batch whose messages are mostly this much older than their arrival is a backlog being
@@ -298,7 +291,7 @@ class Lane:
                                                      skip=self.spec.skip), stop)
             except Exception as e:
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
-                              _quoted(mask_cpr(m.topic)[0]))
+                              log_value(mask_cpr(m.topic)[0]))
                 self.metrics.messages_refused.labels(self.spec.name).inc()
                 done = self._in_transaction(
                     functools.partial(self.pipeline.refuse, message=m, error=e), stop)
@@ -410,7 +403,7 @@ class Lane:
             # beyond `vagt privacy scan`; quoted: a topic may hold spaces and '=' (Mosquitto
             # takes them), which would read as further fields
             log.warning("event=dead_letter reason=%s topic=%s detail=%s", d.reason.value,
-                        _quoted(mask_cpr(d.topic)[0]), _quoted(mask_cpr(d.detail)[0]))
+                        log_value(mask_cpr(d.topic)[0]), log_value(mask_cpr(d.detail)[0]))
         for alert_id, queue in outcome.opened:
             m.alerts_opened.labels(queue).inc()
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)

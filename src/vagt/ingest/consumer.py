@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import select
 import socket
@@ -33,6 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from vagt.errors import log_value
 from vagt.ingest.model import RawMessage
 
 log = logging.getLogger("vagt.ingest.consumer")
@@ -79,11 +79,6 @@ class SessionSettings:
     # once per matching subscription). The bulk lane's two channels, in place of
     # `{root}/dev/#`: it reads what it may, and says so (`refused_filters`).
     fallback_filters: tuple[str, ...] = ()
-
-
-def _quoted(text: str) -> str:
-    """A value of a key=value log line with spaces in it, JSON-quoted."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 def _acl_topic(topic_filter: str) -> str:
@@ -424,15 +419,15 @@ class MqttSession:
         if f not in s.filters:
             if refused:
                 log.error("event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
-                          "fix=%s", s.client_id, f, _quoted(str(reasons[0])), _quoted(
+                          "fix=%s", s.client_id, f, log_value(str(reasons[0])), log_value(
                               f"let the user read {_acl_topic(f)} in the broker's ACL"))
             return
         if refused:
             if s.fallback_filters:
                 log.warning(
                     "event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
-                    "reading=%s fix=%s", s.client_id, f, _quoted(str(reasons[0])),
-                    ",".join(s.fallback_filters), _quoted(
+                    "reading=%s fix=%s", s.client_id, f, log_value(str(reasons[0])),
+                    ",".join(s.fallback_filters), log_value(
                         f"let the user read {_acl_topic(f)} in the broker's ACL (`vagt "
                         "devices broker-acl` writes it) and reload the broker: until then a "
                         "message on any other topic is dropped at the broker, not kept as "
@@ -442,8 +437,8 @@ class MqttSession:
             else:
                 log.error("event=mqtt_subscription_refused client_id=%s filter=%s reason=%s "
                           "note=nothing_on_it_is_read fix=%s", s.client_id, f,
-                          _quoted(str(reasons[0])),
-                          _quoted(f"let the user read {_acl_topic(f)} in the broker's ACL"))
+                          log_value(str(reasons[0])),
+                          log_value(f"let the user read {_acl_topic(f)} in the broker's ACL"))
         elif s.fallback_filters and not any(self._refused.get(g, True) for g in s.filters):
             client.unsubscribe(list(s.fallback_filters))
             for g in s.fallback_filters:
