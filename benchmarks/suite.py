@@ -511,6 +511,15 @@ def alert_outcome(url: str) -> list[tuple[str, str, int]]:
             "WHERE rule <> 'personal_alarm' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()]
 
 
+def differing_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, int]]
+                     ) -> list[str]:
+    """Each (rule, device) whose alerts fired a different number of times with one engine
+    and with two (0: none), as `rule device: one N, two M`."""
+    a, b = {(r, d): n for r, d, n in one}, {(r, d): n for r, d, n in two}
+    return [f"{r} {d}: one {a.get((r, d), 0)}, two {b.get((r, d), 0)}"
+            for r, d in sorted(set(a) | set(b)) if a.get((r, d), 0) != b.get((r, d), 0)]
+
+
 def compare_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, int]]
                    ) -> tuple[str, str]:
     """Which (rule, device) alerted with one engine and not two, or the other way round, and
@@ -593,6 +602,9 @@ def main() -> None:
                     help="only the bare consumer and one engine (rate, alarm latency, memory)")
     ap.add_argument("--per-core-only", action="store_true",
                     help="only the scale-out with a core per engine (`--rounds` pairs, in turn)")
+    ap.add_argument("--keep-differing", action="store_true",
+                    help="leave the databases of a pair whose alerts differ (their names are "
+                         "printed), to find out why; drop them with DROP DATABASE after")
     args = ap.parse_args()
     n = args.messages
     rows: list[tuple[str, str, str]] = []
@@ -662,7 +674,7 @@ def main() -> None:
                 return Round(url, bare, rate, busy, used, rss, probe.latencies_ms(),
                              sorted(probe.commits))
 
-            def per_core_drain(count: int) -> tuple[float, list[tuple[str, str, int]]]:
+            def per_core_drain(count: int) -> tuple[float, list[tuple[str, str, int]], str]:
                 """`count` engines sharing the subscription, each with a core of its own (its
                 children and its database backends too); the broker and PostgreSQL's other
                 processes on those cores: one core in all for one engine, two for two."""
@@ -678,7 +690,7 @@ def main() -> None:
                         Pinning(list(zip(procs, ids, cores)), broker, set().union(*cores)):
                     rate = n / wait_acked(procs, n)
                     wait_ticked(procs)
-                return rate, alert_outcome(url)
+                return rate, alert_outcome(url), url
 
             def per_core_scale(rounds: int) -> None:
                 if len(os.sched_getaffinity(0)) < 2:
@@ -691,6 +703,15 @@ def main() -> None:
                     pairs.append(got)
                     print(f"  round: one engine on one core {got[1][0]:,.0f} msg/s, two on two "
                           f"{got[2][0]:,.0f} msg/s, {got[2][0] / got[1][0]:.2f}x", flush=True)
+                    differ = differing_alerts(got[1][1], got[2][1])
+                    print("    alerts: " + (compare_alerts(got[1][1], got[2][1])[0]
+                                            if differ else "the same"), flush=True)
+                    for line in differ[:10]:
+                        print(f"      {line}", flush=True)
+                    if differ and args.keep_differing:
+                        for c in (1, 2):
+                            urls.remove(got[c][2])
+                        print(f"    kept: one {got[1][2]}, two {got[2][2]}", flush=True)
                 ratios = sorted(p[2][0] / p[1][0] for p in pairs)
                 several = rounds > 1
                 report("scale-out, a core per engine",
@@ -702,8 +723,12 @@ def main() -> None:
                           + ")" if several else "")
                        + " (the target's 1.6x, with the cores doubled as the engines are; the "
                          "broker and PostgreSQL's writers share them)")
-                report("alerts, one engine on one core vs two on two",
-                       *compare_alerts(pairs[0][1][1], pairs[0][2][1]))
+                same = [not differing_alerts(p[1][1], p[2][1]) for p in pairs]
+                figure, of = compare_alerts(pairs[0][1][1], pairs[0][2][1])
+                if several:   # each pair's differences are printed above
+                    figure = f"the same in {sum(same)} of {rounds} pairs" + (
+                        "" if same[0] else f"; the first pair: {figure}")
+                report("alerts, one engine on one core vs two on two", figure, of)
 
             if args.per_core_only:
                 per_core_scale(args.rounds)
