@@ -504,27 +504,35 @@ def rule_state_writes(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def alert_outcome(url: str) -> list[tuple[str, str, int]]:
+# Per (rule, device): how often its alerts fired and were reopened (a clear and a firing
+# again: judged on the wrong clock, a tick cleared a flapping gateway's alert that the next
+# loss reopened, and the repeats alone were the same)
+Outcome = list[tuple[str, str, int, int]]
+
+
+def alert_outcome(url: str) -> Outcome:
     with psycopg.connect(url) as conn:
-        return [(str(r), str(d), int(n)) for r, d, n in conn.execute(
-            "SELECT rule, device_id, sum(repeat_count) FROM alerts "
+        return [(str(r), str(d), int(n), int(k)) for r, d, n, k in conn.execute(
+            "SELECT rule, device_id, sum(repeat_count), sum(reopen_count) FROM alerts "
             "WHERE rule <> 'personal_alarm' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()]
 
 
-def differing_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, int]]
-                     ) -> list[str]:
-    """Each (rule, device) whose alerts fired a different number of times with one engine
-    and with two (0: none), as `rule device: one N, two M`."""
-    a, b = {(r, d): n for r, d, n in one}, {(r, d): n for r, d, n in two}
-    return [f"{r} {d}: one {a.get((r, d), 0)}, two {b.get((r, d), 0)}"
-            for r, d in sorted(set(a) | set(b)) if a.get((r, d), 0) != b.get((r, d), 0)]
+def differing_alerts(one: Outcome, two: Outcome) -> list[str]:
+    """Each (rule, device) whose alerts fired or were reopened a different number of times
+    with one engine and with two, as `rule device: one N/K, two M/L` (fired/reopened)."""
+    a = {(r, d): (n, k) for r, d, n, k in one}
+    b = {(r, d): (n, k) for r, d, n, k in two}
+    none = (0, 0)
+    return [f"{r} {d}: one {'/'.join(map(str, a.get((r, d), none)))}, "
+            f"two {'/'.join(map(str, b.get((r, d), none)))} (fired/reopened)"
+            for r, d in sorted(set(a) | set(b)) if a.get((r, d), none) != b.get((r, d), none)]
 
 
-def compare_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, int]]
-                   ) -> tuple[str, str]:
+def compare_alerts(one: Outcome, two: Outcome) -> tuple[str, str]:
     """Which (rule, device) alerted with one engine and not two, or the other way round, and
-    for the rest whether they fired as often."""
-    a, b = {(r, d): n for r, d, n in one}, {(r, d): n for r, d, n in two}
+    for the rest whether they fired and were reopened as often."""
+    a = {(r, d): (n, k) for r, d, n, k in one}
+    b = {(r, d): (n, k) for r, d, n, k in two}
     only = collections.Counter(r for r, _ in set(a) ^ set(b))
     counts = collections.Counter(r for r, d in set(a) & set(b) if a[(r, d)] != b[(r, d)])
 
@@ -534,7 +542,8 @@ def compare_alerts(one: list[tuple[str, str, int]], two: list[tuple[str, str, in
               f"{sum(only.values())} (rule, device) alerted with one only or two only: "
               f"{by_rule(only)}")
     figure += ("; every one as often" if not counts else
-               f"; {sum(counts.values())} fired a different number of times: {by_rule(counts)}")
+               f"; {sum(counts.values())} fired or reopened a different number of times: "
+               f"{by_rule(counts)}")
     return figure, f"(of {len(a)} (rule, device) with one process)"
 
 
@@ -674,7 +683,7 @@ def main() -> None:
                 return Round(url, bare, rate, busy, used, rss, probe.latencies_ms(),
                              sorted(probe.commits))
 
-            def per_core_drain(count: int) -> tuple[float, list[tuple[str, str, int]], str]:
+            def per_core_drain(count: int) -> tuple[float, Outcome, str]:
                 """`count` engines sharing the subscription, each with a core of its own (its
                 children and its database backends too); the broker and PostgreSQL's other
                 processes on those cores: one core in all for one engine, two for two."""
