@@ -447,7 +447,8 @@ class AlarmProbe:
 
     def stop(self) -> None:
         deadline = time.monotonic() + 30
-        while len(self.seen) < len(self.sent) and time.monotonic() < deadline:
+        while len(self.seen.keys() & self.sent.keys()) < len(self.sent) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         self._stop.set()
 
@@ -455,14 +456,19 @@ class AlarmProbe:
         c = v5_client(f"bench-alarm-{uuid.uuid4().hex[:6]}")
         c.connect("127.0.0.1", self.broker.port)
         c.loop_start()
+        deadline = time.monotonic() + 10   # a publish before the CONNACK could be lost
+        while not c.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
         for d in self.devices:
             if self._stop.is_set():
                 break
             doc = orjson.dumps({"device_id": d, "time": time.time(),
                                 "events": [{"code": "alarm.fall"}]})
             self.sent[d] = time.perf_counter()
-            c.publish(f"{self.root}/dev/{d}/alarm", doc, qos=1)
+            last = c.publish(f"{self.root}/dev/{d}/alarm", doc, qos=1)
             self._stop.wait(self.interval)
+        if self.sent:   # the last one, before the disconnect could drop it
+            last.wait_for_publish(10)
         c.disconnect()
         c.loop_stop()
 
