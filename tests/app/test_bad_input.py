@@ -57,6 +57,9 @@ ALARM_BESIDE = {
     "reading": ({"readings": [{"metric": "pulse", "value": 71, "unit": "furlong"}]},
                 "unknown_unit", "readings[0].unit: unit 'furlong'"),
     "field": ({"batery": 80}, "schema", "the message has unknown field 'batery'"),
+    "firmware": ({"status": {"firmware": "\u202e9.2.1"}}, "schema",
+                 "status.firmware must be a string of 1 to 64 printable characters, got "
+                 "'\\u202e9.2.1': it holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 1)"),
 }
 
 

@@ -129,6 +129,20 @@ def test_an_alarms_events_are_used_beside_a_bad_status_which_is_kept_as_a_dead_l
     assert "its events were used" in d.detail
 
 
+def test_an_alarm_beside_a_firmware_that_reads_as_another_is_used_and_its_status_refused():
+    """A right-to-left override makes "1.2.9" shown as "9.2.1" in a table: the status is
+    refused, naming the character, and the fall beside it reaches the call centre."""
+    out = batch(msg("ALM-1", "alarm", {"events": [FALL],
+                                       "status": {"battery": 80, "firmware": "\u202e9.2.1"}}))
+    assert out.e_code == ["alarm.fall"] and out.dead == []
+    assert out.f_firmware == [] and out.n_readings == 0
+    [d] = out.apart
+    assert d.reason is DeadLetterReason.SCHEMA
+    assert d.detail.startswith("status.firmware must be a string of 1 to 64 printable characters, "
+                               "got '\\u202e9.2.1': it holds U+202E RIGHT-TO-LEFT OVERRIDE")
+    assert "\u202e" not in d.detail   # the detail is shown too: the character only escaped
+
+
 @pytest.mark.parametrize(("doc", "words"), [
     ({"events": [{"code": "Alarm Fall"}], "status": {"battery": 120}}, "events[0].code"),
     ({"time": "soon", "events": [FALL], "status": {"battery": 120}}, "time 'soon'"),

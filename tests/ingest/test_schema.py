@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,10 @@ REFUSED_BY_BOTH = [
     {"status": {"firmware": "1.0\tbeta"}},
     {"status": {"firmware": ""}},
     {"status": {"firmware": "x" * 65}},
+    {"status": {"firmware": "1.2\u202e"}},
+    {"status": {"firmware": "1.2\u0085"}},
+    {"status": {"firmware": "1.\u200b2"}},
+    {"status": {"firmware": "1.2\u2067"}},
     {"status": {"batery": 50}},
     {"events": []},
     {"events": [{"code": "Alarm Fall"}]},
@@ -131,6 +136,15 @@ def test_the_schema_lists_the_catalogues_metrics_and_their_units():
     for name, m in METRICS.items():
         assert rules[name]["properties"]["unit"]["enum"] == list(m.units), name
         assert ("unit" in rules[name].get("required", [])) == (not m.assume_unit), name
+
+
+def test_the_schemas_firmware_pattern_refuses_no_character_the_decoder_accepts():
+    """The schema lists the common characters that are not printable; the decoder refuses
+    every one (str.isprintable), and never one the schema lets through."""
+    pattern = re.compile(CANONICAL.schema["$defs"]["status"]["properties"]["firmware"]["pattern"])
+    refused = [f"U+{n:04X}" for n in range(0x10000)
+               if chr(n).isprintable() and not pattern.match(chr(n))]
+    assert refused == []
 
 
 def test_the_schema_uses_the_decoders_patterns_and_ranges():

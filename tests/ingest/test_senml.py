@@ -209,6 +209,9 @@ INVALID = [
     ([{"n": "label", "vs": "Machine Room"}], "schema", "got it for 'label'"),
     ([{"n": "event", "vs": "Fall!"}], "schema", "event code"),
     ([{"n": "firmware", "vs": ""}], "schema", "firmware"),
+    ([{"n": "firmware", "vs": "4.0\u202e2"}], "schema",
+     "SenML record 0: vs of 'firmware' must be a string of 1 to 64 printable characters, got "
+     "'4.0\\u202e2': it holds U+202E RIGHT-TO-LEFT OVERRIDE"),
     ([{"n": "steps", "s": 100}], "schema", "no record with a value"),
     ([{"bn": "OXI-1/", "bt": NOW + 3600, "n": "spo2", "v": 97}], "bad_time", "in the future"),
     ([{"bt": 9e8, "n": "spo2", "v": 97}], "bad_time", "before 2000-01-01"),

@@ -14,12 +14,13 @@ import orjson
 
 from vagt.ingest.model import DeadLetterReason, DecodedBatch
 from vagt.ingest.units import FAST, METRICS, UnitError, normalize, quote
+from vagt.text import unprintable_problem
 
 EARLIEST = 946684800.0  # 2000-01-01T00:00:00Z: an earlier time is a device clock never set
 EVENT_CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*\Z")
 EVENT_CODE_MAX = 64
 SEVERITIES = frozenset({"critical", "major", "warning", "info"})
-FIRMWARE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")  # printable: it is shown and stored as text
+FIRMWARE_MAX = 64
 RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})\Z")
 # Stored as bigint; the gaps between 0 and the highest must fit one too (0013)
@@ -216,10 +217,14 @@ def check_event_code(code: Any, where: str) -> str:
 
 
 def check_firmware(value: Any, where: str) -> str:
-    if type(value) is str and FIRMWARE.match(value):
+    """The firmware version: 1 to 64 printable characters (vagt.text). It is shown to people
+    (`vagt devices list`, the API), where a right-to-left override, a zero-width space or a
+    C1 control would make it read as another version, or a terminal do as it says."""
+    if type(value) is str and 0 < len(value) <= FIRMWARE_MAX and value.isprintable():
         return value
-    raise Reject(SCHEMA, f"{where} must be a string of 1 to 64 printable characters, "
-                         f"got {got(value)}")
+    problem = unprintable_problem(value, "it") if type(value) is str else None
+    raise Reject(SCHEMA, f"{where} must be a string of 1 to {FIRMWARE_MAX} printable "
+                         f"characters, got {got(value)}" + (f": {problem}" if problem else ""))
 
 
 def unit_reject(e: UnitError, where: str) -> Reject:

@@ -5,10 +5,10 @@ subscription filters of a topic root.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 
 from vagt.ingest.model import Channel
+from vagt.text import char_name
 
 _DEVICE_ID = r"[A-Za-z0-9._:-]{1,64}"
 # `\Z`, not `$`: `$` would let a device id end in a newline
@@ -44,9 +44,7 @@ def _what_is_not(device_id: str) -> str:
     'OXI-0001' look alike to a person reading a dead letter; or how long it is."""
     for k, c in enumerate(device_id, 1):
         if not _ALLOWED.match(c):
-            name = unicodedata.name(c, "")
-            return (f"; its character {k}, {c!r} (U+{ord(c):04X}{' ' + name if name else ''}), "
-                    "is none of them")
+            return f"; its character {k}, {c!r} ({char_name(c)}), is none of them"
     return f"; it has {len(device_id)}" if device_id else ""
 
 
