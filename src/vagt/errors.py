@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from vagt.text import json_shown
 
 
 def first_line(e: BaseException) -> str:
@@ -14,6 +14,7 @@ def first_line(e: BaseException) -> str:
 
 def log_value(text: str) -> str:
     """A value a device or a broker chose, as one field of a key=value log line: JSON-quoted,
-    so that spaces and '=' in it make no fields of their own (the stdlib's: it writes any
-    string, a lone surrogate too)."""
-    return json.dumps(text, ensure_ascii=False)
+    so that spaces and '=' in it make no fields of their own, and what is not printable in
+    it escaped (a right-to-left override in a topic, a C1 control such as U+009B, a
+    terminal's escape, would otherwise reach whoever reads the log as it was sent)."""
+    return json_shown(text)

@@ -4,6 +4,7 @@ letter is committed, and counted; an alarm is never lost to a field it does not 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -223,3 +224,19 @@ def test_a_topic_with_spaces_and_equals_signs_is_one_field_of_the_dead_letters_l
     assert fields["reason"] == "bad_topic" and "alert_id" not in fields
     assert orjson.loads(fields["topic"]) == sent
     assert orjson.loads(fields["detail"]).startswith(f"topic {sent!r}")
+
+
+def test_a_character_that_is_not_printable_in_a_topic_is_escaped_in_the_engines_log(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """Mosquitto passes a right-to-left override in a topic: a log viewer would show
+    '.../\\u202e1000-IXO/telemetry' as a device 'OXI-0001' that is not there. The log line
+    holds the escape, and the topic read back from it is the one sent."""
+    engine.start().wait_ready()
+    sent = topic(topic_root, "\u202e1000-IXO", "telemetry")
+    publish(broker.port, [(sent, b"{}")])
+    line = wait_for(lambda: next((x for x in engine.log().splitlines()
+                                  if "event=dead_letter" in x), None), what="the log line")
+    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+    assert fields["reason"] == "bad_topic"
+    assert fields["topic"] == json.dumps(sent) and orjson.loads(fields["topic"]) == sent
+    assert "\u202e" not in engine.log()
