@@ -167,6 +167,27 @@ def test_list_shows_why_a_suppressed_alert_is_held_back(database_url, conn, caps
         "[suppressed: silence 4 by sofie: repair]")
 
 
+@pytest.mark.parametrize(("note", "named"), [
+    ("called \u202eenizitic", "U+202E RIGHT-TO-LEFT OVERRIDE (its character 8)"),
+    ("called\u200b", "U+200B ZERO WIDTH SPACE (its character 7)"),
+    ("called\tback", "U+0009 CHARACTER TABULATION (its character 7)"),
+])
+def test_a_note_with_a_character_that_is_not_printable_exits_2_naming_it(database_url, conn,
+                                                                          capsys, note, named):
+    a = new_alert(database_url)
+    assert run(database_url, "note", str(a), "--operator", "anna", "--note", note) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vagt: the note holds {named}, which is not printable")
+    assert conn.execute("SELECT note FROM alerts").fetchall() == [(None,)]
+
+
+def test_a_note_of_several_lines_is_kept_with_its_line_breaks(database_url, conn):
+    a = new_alert(database_url)
+    assert run(database_url, "note", str(a), "--operator", "anna",
+               "--note", "called twice\r\nno answer") == 0
+    assert conn.execute("SELECT note FROM alerts").fetchall() == [("called twice\nno answer",)]
+
+
 # --- who acts: an account, and the login that typed it ----------------------------------------
 
 

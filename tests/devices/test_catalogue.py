@@ -87,6 +87,10 @@ weight = { min = 5, max = 250 }
     (('vendor = "V"', 'vendor = ""'), "field 'vendor' must be a non-empty string"),
     (('firmware = ["1.0"]', 'firmware = "1.0"'), "field 'firmware' must be a list"),
     (('heartbeat_s', 'colour = "red"\nheartbeat_s'), r"unknown field\(s\) colour"),
+    (('vendor = "V"', 'vendor = "V\\u202e"'), r"model #1: field 'vendor' holds U\+202E "
+                                              r"RIGHT-TO-LEFT OVERRIDE \(its character 2\)"),
+    (('firmware = ["1.0"]', 'firmware = ["1.0\\u200b"]'),
+     r"a version in field 'firmware' holds U\+200B ZERO WIDTH SPACE"),
 ])
 def test_mistakes_in_a_catalogue_file_are_named(tmp_path: Path, change: tuple[str, str],
                                                message: str) -> None:

@@ -127,6 +127,27 @@ def test_list_says_so_when_nothing_matches(database_url, capsys):
     assert capsys.readouterr().out == "no devices match\n"
 
 
+@pytest.mark.parametrize(("argv", "named"), [
+    (["register", "X-1", "--vendor", "Nonin", "--model", "3230", "--attr", "asset=A\u202e17"],
+     "the value of attribute 'asset' holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 2)"),
+    (["register", "X-1", "--vendor", "Nonin", "--model", "3230", "--attr", "as\u2066set=A17"],
+     "the name of an attribute holds U+2066 LEFT-TO-RIGHT ISOLATE (its character 3)"),
+    (["register", "X-1", "--vendor", "Non\u200bin", "--model", "3230"],
+     "the vendor holds U+200B ZERO WIDTH SPACE (its character 4)"),
+    (["register", "X-1", "--vendor", "Nonin", "--model", "3230", "--municipality",
+      "Skive\u202e"], "the municipality holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 6)"),
+    (["register", "X-1", "--vendor", "Nonin", "--model", "3230", "--note", "new\u009b"],
+     "the note holds U+009B CONTROL SEQUENCE INTRODUCER (its character 4)"),
+])
+def test_a_value_typed_with_a_character_that_is_not_printable_is_refused_naming_it(
+        database_url, conn, capsys, argv, named):
+    assert run(database_url, *argv, "--actor", "anna") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vagt: {named}, which is not printable")
+    assert err.isascii() and err.count("\n") == 1
+    assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
 # --- the lifecycle from the command line -------------------------------------------------------
 
 

@@ -220,6 +220,36 @@ def test_line_numbers_count_the_lines_of_a_quoted_value_that_spans_several(conn)
         "line 4: device_id 'OXI 2' is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -"]
 
 
+NOT_PRINTABLE = ", which is not printable: a control, format (bidirectional, zero-width) or " \
+    "separator character makes text read as something else where it is shown; remove it"
+
+
+@pytest.mark.parametrize(("row", "column", "named"), [
+    ("OXI-2,Nonin\u202e,3230,pulse_oximeter,Aarhus,SN-2", "vendor",
+     "U+202E RIGHT-TO-LEFT OVERRIDE (its character 6)"),
+    (f"OXI-2,{OK}\u200b,SN-2", "municipality", "U+200B ZERO WIDTH SPACE (its character 7)"),
+    (f"OXI-2,{OK},SN-\u20662\u2069", "serial_no", "U+2066 LEFT-TO-RIGHT ISOLATE (its character 4)"),
+    (f"OXI-2,{OK},SN-2\u009b31m", "serial_no", "U+009B CONTROL SEQUENCE INTRODUCER (its character 5)"),
+    (f"OXI-2,{OK},SN-2\u2028SN-3", "serial_no", "U+2028 LINE SEPARATOR (its character 5)"),
+    (f"OXI-\u202e2,{OK},SN-2", "device_id", "U+202E RIGHT-TO-LEFT OVERRIDE (its character 5)"),
+])
+def test_a_value_with_a_character_that_is_not_printable_is_named_by_line_column_and_code_point(
+        conn, row, column, named):
+    """A vendor's or municipality's name, or an attribute, that would read as something else
+    in the operators' tables; the message names the character, never repeating it."""
+    text = HEADER.replace("\n", ",serial_no\n") + f"OXI-1,{OK},SN-1\n{row}\n"
+    assert problems_of(conn, text) == [f"line 3, column '{column}': the value holds {named}"
+                                       + NOT_PRINTABLE]
+    assert count_devices(conn) == 0
+
+
+def test_a_column_whose_name_is_not_printable_is_named_escaped(conn):
+    text = HEADER.replace("\n", ",asset\u202etag\n") + f"OXI-1,{OK},A-1\n"
+    assert problems_of(conn, text) == [
+        "line 1, column 'asset\\u202etag': its name holds U+202E RIGHT-TO-LEFT OVERRIDE (its "
+        "character 6)" + NOT_PRINTABLE]
+
+
 def test_a_file_that_is_not_utf8_is_refused_with_what_to_do(conn, tmp_path: Path):
     path = tmp_path / "fleet.csv"
     path.write_bytes((HEADER + "OXI-1,a,b,c,Næstved\n").encode("cp1252"))

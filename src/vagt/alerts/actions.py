@@ -29,6 +29,7 @@ from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.suppression import is_inhibition_source, reconcile
 from vagt.privacy import without_cpr
+from vagt.text import unprintable_problem
 
 MAX_OPERATOR_LENGTH = 100
 MAX_NOTE = outbox.MAX_NOTE
@@ -60,7 +61,7 @@ class InvalidOperator(AlertError):
 
 
 class InvalidNote(AlertError):
-    """A note longer than MAX_NOTE."""
+    """A note longer than MAX_NOTE, or with a character in it that is not printable."""
 
 
 class InvalidResolution(AlertError):
@@ -349,18 +350,26 @@ def checked_operator(operator: str) -> str:
     characters, or when it holds a CPR number (checked first: the refusals below repeat it)."""
     name = unicodedata.normalize("NFC", without_cpr(operator, "operator name").strip())
     if not 0 < len(name) <= MAX_OPERATOR_LENGTH or not name.isprintable():
+        problem = unprintable_problem(name, "it")
         raise InvalidOperator(f"the operator name {operator[:MAX_OPERATOR_LENGTH]!r} is not "
-                              f"valid: use 1 to {MAX_OPERATOR_LENGTH} printable characters")
+                              f"valid: use 1 to {MAX_OPERATOR_LENGTH} printable characters"
+                              + (f" ({problem})" if problem else ""))
     return name
 
 
 def _cleaned_note(note: str | None) -> str | None:
-    """The note without surrounding spaces, or None; HoldsCpr when it holds a CPR number,
-    InvalidNote when it is longer than MAX_NOTE."""
-    cleaned = without_cpr((note or "").strip(), "note") or None
-    if cleaned is not None and len(cleaned) > MAX_NOTE:
+    """The note without surrounding spaces, its line breaks '\\n', or None; HoldsCpr when it
+    holds a CPR number, InvalidNote when it is longer than MAX_NOTE or holds a character
+    that is not printable but a line break (vagt.text): the call centre's systems, the
+    console and `vagt alerts show` show it."""
+    cleaned = without_cpr((note or "").replace("\r\n", "\n").strip(), "note") or None
+    if cleaned is None:
+        return None
+    if len(cleaned) > MAX_NOTE:
         raise InvalidNote(f"the note has {len(cleaned)} characters; at most {MAX_NOTE} are "
                           "kept (it goes to the call centre's systems with each later event)")
+    if problem := unprintable_problem(cleaned, "the note", line_breaks=True):
+        raise InvalidNote(problem)
     return cleaned
 
 

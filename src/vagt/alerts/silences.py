@@ -37,6 +37,7 @@ from vagt.alerts.suppression import reconcile
 from vagt.errors import first_line
 from vagt.privacy import HoldsCpr, mask_cpr, without_cpr
 from vagt.rules.config import Rule
+from vagt.text import unprintable_problem
 
 log = logging.getLogger("vagt.alerts")
 
@@ -119,6 +120,8 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         if not comment or len(comment) > MAX_COMMENT:
             raise SilenceError(f"a silence needs a comment saying why, of 1 to {MAX_COMMENT} "
                                "characters")
+        if problem := unprintable_problem(comment, "the silence's comment"):
+            raise SilenceError(problem)
         wanted = _scoped(matchers, municipality)
         for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
             without_cpr(str(m), "silence's matcher")

@@ -38,6 +38,7 @@ from vagt.devices.privacy import (
 from vagt.devices.rows import DEVICE_COLUMNS, DeviceRow, device_cursor
 from vagt.ingest.topics import DEVICE_ID
 from vagt.privacy import contains_cpr, looks_like_cpr
+from vagt.text import unprintable_problem
 
 LOCK_TIMEOUT = "5s"   # a person waits this long for a device the engine or an import holds
 MAX_ACTOR_LENGTH = 100
@@ -47,7 +48,9 @@ CENTRAL_STOCK = ""    # the municipality of a device back in the centre's own st
 def checked_actor(actor: str) -> str:
     """Who acts, for the audit log: 1 to 100 printable characters, never a CPR number."""
     name = actor.strip()
-    if not 0 < len(name) <= MAX_ACTOR_LENGTH or not name.isprintable():
+    if problem := unprintable_problem(name, "who acts (actor)"):
+        raise InvalidValue(problem)
+    if not 0 < len(name) <= MAX_ACTOR_LENGTH:
         raise InvalidValue(f"who acts must be named (actor): 1 to {MAX_ACTOR_LENGTH} "
                            "printable characters")
     if contains_cpr(name):
@@ -153,6 +156,9 @@ def register(conn: psycopg.Connection, device_id: str, vendor: str, model: str, 
         raise InvalidValue(problem)
     actor = checked_actor(actor)
     note = checked_note(note)
+    for what, value in (("vendor", vendor), ("model", model), ("type", type_ or "")):
+        if problem := unprintable_problem(value, f"the {what}"):
+            raise InvalidValue(problem)   # before the catalogue's refusal repeats it
     approved = catalogue.require(vendor, model, type_)
     municipality = checked_municipality(municipality) if municipality.strip() else CENTRAL_STOCK
     attributes = checked_attributes(attributes or {})

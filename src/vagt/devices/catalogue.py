@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vagt.ingest.units import METRICS
+from vagt.text import unprintable_problem
 from vagt.tomlfile import read_toml
 
 BATTERY_KINDS = ("rechargeable", "replaceable", "mains_backup", "none")
@@ -154,6 +155,9 @@ def _model(path: Path, n: int, entry: Any) -> Model:
     for key in ("vendor", "model", "type"):
         if not isinstance(entry.get(key), str) or not entry[key].strip():
             raise CatalogueError(f"{where}: field '{key}' must be a non-empty string")
+        if problem := unprintable_problem(entry[key], f"field '{key}'"):
+            # shown in every table and label of its devices: named, not repeated
+            raise CatalogueError(f"{path}: model #{n}: {problem}")
     if not _TYPE.match(entry["type"]):
         raise CatalogueError(f"{where}: field 'type' must be lowercase words joined by _, "
                              f"e.g. {', '.join(DEVICE_TYPES[:3])}")
@@ -168,6 +172,9 @@ def _model(path: Path, n: int, entry: Any) -> Model:
     firmware = entry.get("firmware", [])
     if not isinstance(firmware, list) or not all(isinstance(v, str) and v for v in firmware):
         raise CatalogueError(f"{where}: field 'firmware' must be a list of version strings")
+    for version in firmware:
+        if problem := unprintable_problem(version, "a version in field 'firmware'"):
+            raise CatalogueError(f"{where}: {problem}")
     events = entry.get("events", [])
     if not isinstance(events, list) or not all(isinstance(v, str) and v for v in events):
         raise CatalogueError(f"{where}: field 'events' must be a list of event code patterns")

@@ -31,6 +31,7 @@ from vagt.devices.privacy import (
 )
 from vagt.ingest.topics import DEVICE_ID
 from vagt.privacy import contains_cpr, looks_like_cpr
+from vagt.text import shown, unprintable_problem
 
 if TYPE_CHECKING:
     import _csv
@@ -158,6 +159,8 @@ def _header_problems(header: list[str]) -> list[str]:
         problems.append(f"the header names the column(s) {', '.join(repeated)} more than once")
     problems += [f"the column {_column_name(header, i)} looks like a civil registration (CPR) "
                  f"number; {CPR_ADVICE}" for i, h in enumerate(header) if looks_like_cpr_name(h)]
+    problems += [f"line 1, column {_column_name(header, i)}: {problem}"
+                 for i, h in enumerate(header) if (problem := unprintable_problem(h, "its name"))]
     problems += [f"the column '{h}' looks like personal data about a citizen; "
                  f"{PERSONAL_DATA_ADVICE}" for h in header
                  if h.lower() not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
@@ -189,6 +192,11 @@ class _RowChecker:
         values = values + [""] * (width - len(values))
         cpr = [f"line {line}, column {_column_name(self.header, i)}: {problem}; {CPR_ADVICE}"
                for i, v in enumerate(values) if (problem := self._cpr_problem(i, v))]
+        unprintable = [f"line {line}, column {_column_name(self.header, i)}: {problem}"
+                       for i, v in enumerate(values) if (problem := unprintable_problem(
+                           v, "the value", line_breaks=i in self.extra))]
+        if unprintable:   # the checks below would repeat the value in their messages
+            return [*cpr, *unprintable], None
         device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
         empty = [f"line {line}: column '{REQUIRED_COLUMNS[k]}' is empty"
                  for k, i in enumerate(self.required[:4]) if not values[i]]
@@ -276,7 +284,7 @@ def _column_name(header: list[str], i: int) -> str:
         return f"#{i + 1} (no name)"
     if contains_cpr(name):
         return f"#{i + 1} (its name not shown)"
-    return f"'{name}'"
+    return f"'{shown(name)}'"
 
 
 def _shorten(value: str, limit: int = 70) -> str:

@@ -12,6 +12,7 @@ import unicodedata
 
 from vagt.devices.errors import InvalidValue
 from vagt.privacy import contains_cpr
+from vagt.text import unprintable_problem
 
 MAX_CITIZEN_REF = 64
 MAX_MUNICIPALITY = 100
@@ -119,9 +120,9 @@ def municipality_problem(value: str) -> str | None:
     if contains_cpr(value):
         return ("the municipality holds something shaped like a civil registration (CPR) "
                 "number; vagt never stores CPR numbers")
-    if len(value) > MAX_MUNICIPALITY or not value.isprintable():
+    if len(value) > MAX_MUNICIPALITY:
         return f"the municipality is not valid: use 1 to {MAX_MUNICIPALITY} printable characters"
-    return None
+    return unprintable_problem(value, "the municipality")
 
 
 def same_spelling(municipality: str) -> str:
@@ -131,7 +132,8 @@ def same_spelling(municipality: str) -> str:
 
 
 def checked_note(note: str | None) -> str | None:
-    """A free-text note for the audit trail, or None; refused if it holds a CPR number."""
+    """A free-text note for the audit trail, its white space folded, or None; refused if it
+    holds a CPR number or a character that is not printable (vagt.text)."""
     note = " ".join((note or "").split())
     if not note:
         return None
@@ -140,16 +142,22 @@ def checked_note(note: str | None) -> str | None:
                            "number; vagt never stores CPR numbers: leave it out")
     if len(note) > MAX_NOTE:
         raise PrivacyError(f"the note is longer than {MAX_NOTE} characters")
+    if problem := unprintable_problem(note, "the note"):
+        raise InvalidValue(problem)
     return note
 
 
 def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
     """Attributes kept with a device (serial number, asset tag): none may be or announce a
-    CPR number, nor announce a citizen's name, address or contact details."""
+    CPR number, nor announce a citizen's name, address or contact details, nor hold a
+    character that is not printable (vagt.text; a value may hold line breaks, as a cell of
+    a spreadsheet may)."""
     for key, value in attributes.items():
         if contains_cpr(key):
             raise PrivacyError("the name of an attribute holds something shaped like a civil "
                                f"registration (CPR) number; {CPR_ADVICE}")
+        if problem := unprintable_problem(key, "the name of an attribute"):
+            raise InvalidValue(problem)   # before the messages below repeat the name
         if looks_like_cpr_name(key):
             raise PrivacyError(f"the attribute '{key}' looks like a civil registration (CPR) "
                                f"number; {CPR_ADVICE}")
@@ -159,4 +167,7 @@ def checked_attributes(attributes: dict[str, str]) -> dict[str, str]:
         if contains_cpr(value):
             raise PrivacyError(f"the value of attribute '{key}' holds something shaped like "
                                f"a civil registration (CPR) number; {CPR_ADVICE}")
+        if problem := unprintable_problem(value, f"the value of attribute '{key}'",
+                                          line_breaks=True):
+            raise InvalidValue(problem)
     return attributes
