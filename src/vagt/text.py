@@ -13,8 +13,8 @@ import json
 import unicodedata
 
 # The controls have no names in Unicode's data, only aliases; the ones people meet
-_CONTROLS = {"\t": "CHARACTER TABULATION", "\n": "LINE FEED", "\r": "CARRIAGE RETURN",
-             "\x1b": "ESCAPE", "\x7f": "DELETE", "\x85": "NEXT LINE",
+_CONTROLS = {"\x00": "NULL", "\t": "CHARACTER TABULATION", "\n": "LINE FEED",
+             "\r": "CARRIAGE RETURN", "\x1b": "ESCAPE", "\x7f": "DELETE", "\x85": "NEXT LINE",
              "\x9b": "CONTROL SEQUENCE INTRODUCER"}
 # What a character of each category is, for one without a name
 _CATEGORIES = {"Cc": "a control character", "Cf": "a format character",
