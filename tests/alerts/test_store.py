@@ -377,6 +377,17 @@ def test_a_silence_needs_a_comment_and_an_end_after_its_start(conn):
         silence(conn, "device_id=A", minutes=-5)
 
 
+def test_a_silences_comment_that_would_read_as_another_is_refused_naming_the_character(conn):
+    """The comment is shown in `vagt silences list` and says why alerts are held back: a
+    right-to-left override in it would make the reason read as something else."""
+    with pytest.raises(SilenceError, match=r"^the silence's comment holds U\+202E "
+                                           r"RIGHT-TO-LEFT OVERRIDE \(its character 13\)"):
+        create_silence(conn, [parse_matcher("device_id=A")], starts_at=None,
+                       ends_at=datetime.now(UTC) + timedelta(hours=1), author="sofie",
+                       comment="maintenance \u202eriapet")
+    assert conn.execute("SELECT count(*) FROM silences").fetchone() == (0,)
+
+
 def test_a_device_in_repair_is_silenced_by_itself(fleet, conn):
     conn.execute("UPDATE devices SET status = 'in_repair' WHERE device_id = 'OXI-0001'")
     fire(fleet, ("battery_low", "OXI-0001"))
