@@ -167,6 +167,24 @@ def test_list_shows_why_a_suppressed_alert_is_held_back(database_url, conn, caps
         "[suppressed: silence 4 by sofie: repair]")
 
 
+def test_list_and_show_escape_what_is_not_printable_in_a_summary_stored_before(database_url,
+                                                                                conn, capsys):
+    """An older alert whose summary holds a right-to-left override and a C1 control (CSI):
+    the operator's table shows them as escapes, never as characters a terminal obeys."""
+    a = new_alert(database_url)
+    conn.execute("UPDATE alerts SET summary = %s, note = %s WHERE id = %s",
+                 ("fw \u202e9.2.1 from \u009b31mALM", "line one\nline two", a))
+    assert run(database_url, "list") == 0
+    listed = capsys.readouterr().out
+    assert listed.splitlines()[1].endswith("fw \\u202e9.2.1 from \\x9b31mALM")
+    assert run(database_url, "show", str(a)) == 0
+    shown = capsys.readouterr().out
+    assert "summary:           fw \\u202e9.2.1 from \\x9b31mALM" in shown.splitlines()
+    assert "note:              line one\\nline two" in shown.splitlines()
+    for out in (listed, shown):
+        assert "\u202e" not in out and "\u009b" not in out
+
+
 @pytest.mark.parametrize(("note", "named"), [
     ("called \u202eenizitic", "U+202E RIGHT-TO-LEFT OVERRIDE (its character 8)"),
     ("called\u200b", "U+200B ZERO WIDTH SPACE (its character 7)"),

@@ -219,6 +219,27 @@ def test_vagt_fleet_prints_its_table_as_vagt_devices_list_does(
             never["SIGNAL"], never["FIRMWARE"]) == ("never", "never", "-", "-", "-", "-")
 
 
+def test_vagt_fleet_shows_a_firmware_stored_before_the_check_escaped(database_url, monkeypatch,
+                                                                     capsys):
+    """A firmware a device sent before vagt refused what is not printable: "\\u202e9.2.1"
+    would read "1.2.9" in the operator's table, and a C1 control (CSI) is a terminal's
+    escape; the table shows them escaped, by municipality too."""
+    from vagt.app.cli import main
+
+    register(database_url, DEVICES)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE devices SET firmware = %s, municipality = %s "
+                     "WHERE device_id = 'OXI-0001'", ("\u202e9.2.1\u009b2J", "Aarhus\u2067"))
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    assert main(["fleet", "--vendor", "Nonin"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["OXI-0001"]["FIRMWARE"] == "\\u202e9.2.1\\x9b2J"
+    assert main(["fleet", "--by", "municipality"]) == 0
+    out += capsys.readouterr().out
+    assert "Aarhus\\u2067" in out
+    assert not any(c in out for c in "\u202e\u009b\u2067")
+
+
 def test_vagt_fleet_by_group_prints_counts_under_headers_in_words(
         database_url, monkeypatch, capsys):
     from vagt.app.cli import main

@@ -127,6 +127,35 @@ def test_list_says_so_when_nothing_matches(database_url, capsys):
     assert capsys.readouterr().out == "no devices match\n"
 
 
+def test_list_and_show_escape_what_is_not_printable_in_values_stored_before(database_url,
+                                                                          fleet_csv, conn,
+                                                                          capsys):
+    """A firmware a device sent and a municipality typed before vagt refused them: "9.2.1"
+    behind a right-to-left override reads "1.2.9"; the table shows the escape instead."""
+    run(database_url, "import", str(fleet_csv), "--actor", "anna")
+    conn.execute("UPDATE devices SET firmware = %s, municipality = %s "
+                 "WHERE device_id = 'OXI-0001'", ("\u202e9.2.1", "Skive\u200b"))
+    capsys.readouterr()
+    assert run(database_url, "list") == 0
+    listed = capsys.readouterr().out
+    assert listed.splitlines()[2].split() == [
+        "OXI-0001", "pulse_oximeter", "Nonin", "3230", "Skive\\u200b", "in_stock", "-",
+        "\\u202e9.2.1", "never"]
+    assert run(database_url, "show", "OXI-0001") == 0
+    shown = capsys.readouterr().out
+    assert "firmware \\u202e9.2.1" in shown and "municipality  Skive\\u200b" in shown
+    for out in (listed, shown):
+        assert "\u202e" not in out and "\u200b" not in out
+
+
+def test_a_refusal_that_repeats_what_was_typed_shows_it_escaped(database_url, capsys):
+    """The messages of a refusal quote the id typed: a right-to-left override in it is shown
+    as its escape on the terminal, not obeyed."""
+    assert run(database_url, "show", "OXI-\u202e1000") == 2
+    assert capsys.readouterr().err == ("vagt: OXI-\\u202e1000 is not registered; `vagt devices "
+                                       "list` shows the registry\n")
+
+
 @pytest.mark.parametrize(("argv", "named"), [
     (["register", "X-1", "--vendor", "Nonin", "--model", "3230", "--attr", "asset=A\u202e17"],
      "the value of attribute 'asset' holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 2)"),

@@ -49,6 +49,7 @@ from vagt.app.cli_support import cli_login, fail, format_table, reports_errors
 from vagt.app.config import Config
 from vagt.privacy import HoldsCpr
 from vagt.rules import Rule, RuleConfigError, load_rules
+from vagt.text import shown
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -248,7 +249,7 @@ def handle_release(args: argparse.Namespace, conninfo: str) -> int:
         who = _acting(conn, args.operator, Role.SUPERVISOR if args.supervisor else Role.OPERATOR)
         alert = release(conn, args.id, who.username, args.note, supervisor=args.supervisor,
                         municipality=who.municipality, via=who.via)
-    print(f"alert {alert.id} is open again in {alert.queue}: {alert.summary}")
+    print(f"alert {alert.id} is open again in {alert.queue}: {shown(alert.summary)}")
     return 0
 
 
@@ -286,7 +287,7 @@ def handle_show(args: argparse.Namespace, conninfo: str) -> int:
         return 0
     for name, value in alert.to_json().items():
         if value not in (None, [], {}):
-            print(f"{name + ':':<18} {value}")
+            print(f"{name + ':':<18} {shown(str(value))}")
     print()
     print(format_table(["AT", "ACTOR", "ACTION", "FROM", "TO", "NOTE"],
                         [[_local_time(e.at), e.actor, e.action, e.from_status or "-",
@@ -477,5 +478,6 @@ def _done(alert: AlertRow) -> int:
     who = {AlertStatus.CLAIMED: alert.claimed_by, AlertStatus.ACKNOWLEDGED: alert.acknowledged_by,
            AlertStatus.RESOLVED: alert.resolved_by}.get(alert.status)
     code = f" ({alert.resolution_code})" if alert.status is AlertStatus.RESOLVED else ""
-    print(f"alert {alert.id} is now {alert.status.value}{code} by {who}: {alert.summary}")
+    print(f"alert {alert.id} is now {alert.status.value}{code} by {who}: "
+          f"{shown(alert.summary)}")
     return 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from vagt import __version__
 from vagt.app.config import LOG_FORMAT, Config, ConfigError, load_config
+from vagt.text import shown
 
 if TYPE_CHECKING:
     from vagt.app.demo import SimOptions
@@ -664,7 +665,7 @@ def cmd_rules_backtest(args: argparse.Namespace, config: Config) -> int:
           f"{result.batches} batches")
     print(f"{'rule':<24} {'municipality':<16} {'opened':>7} {'cleared':>8} {'open at end':>12}")
     for row in rows:
-        print(f"{row['rule']!s:<24} {row['municipality']!s:<16} {row['opened']!s:>7} "
+        print(f"{row['rule']!s:<24} {shown(str(row['municipality'])):<16} {row['opened']!s:>7} "
               f"{row['cleared']!s:>8} {row['open_at_end']!s:>12}")
     print()
     print(f"rules' state from every row dated from {_utc_text(result.all_rows_from)} "

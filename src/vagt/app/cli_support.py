@@ -18,14 +18,18 @@ from typing import TypeVar
 
 import psycopg
 
+from vagt.text import shown
+
 EXIT_ERROR = 2
 
 H = TypeVar("H", bound=Callable[..., int])
 
 
 def fail(message: str, *, one_line: bool = True) -> int:
-    """Print `vagt: message` on stderr (folded to one line unless told) and return 2."""
-    print(f"vagt: {' '.join(message.split()) if one_line else message}", file=sys.stderr)
+    """Print `vagt: message` on stderr (folded to one line unless told) and return 2; what
+    is not printable in it escaped (vagt.text), as a refusal may quote what was refused."""
+    lines = [" ".join(message.split())] if one_line else message.split("\n")
+    print("vagt: " + "\n".join(map(shown, lines)), file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -84,7 +88,11 @@ def reports_errors(*refusals: type[Exception],
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns as wide as their widest cell, two spaces apart."""
+    """Left-aligned columns as wide as their widest cell, two spaces apart. What is not
+    printable in a cell is escaped (`\\u202e`, `\\n`; vagt.text): a firmware, a summary or a
+    municipality stored before vagt refused such characters, or a receiver's error, must
+    not make a row read as something else, or the terminal do as it says."""
+    rows = [[shown(c) for c in row] for row in rows]
     widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
              for line in [headers, *rows]]

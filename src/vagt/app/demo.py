@@ -39,6 +39,7 @@ from vagt.sim import (
     make_fleet,
     publish,
 )
+from vagt.text import shown
 
 log = logging.getLogger("vagt.demo")
 
@@ -381,7 +382,7 @@ def format_alert(alert_id: int, opened_at: datetime, queue: str, priority: int, 
     """One alert as a line: id, local date and time, priority, queue, severity, device,
     summary. The date too: the demo's devices replay days of history."""
     return (f"ALERT #{alert_id:<5} {opened_at.astimezone():%Y-%m-%d %H:%M:%S}  P{priority} "
-            f"{queue:<10} {severity:<8} {device_id or '-':<11} {summary}")
+            f"{queue:<10} {severity:<8} {device_id or '-':<11} {shown(summary)}")
 
 
 def format_summary(elapsed: float, counts: _Counts, before: _Counts, seconds: float) -> str:

@@ -36,6 +36,7 @@ from vagt.devices.history import DeviceHistory, device_history
 from vagt.devices.lifecycle import Status
 from vagt.devices.registry import export_csv, import_csv, list_devices
 from vagt.devices.rows import DeviceRow
+from vagt.text import shown
 
 _refusals = reports_errors(DeviceError, CatalogueError, multi_line=(DeviceImportError,))
 
@@ -226,7 +227,7 @@ def handle_show(args: argparse.Namespace, conninfo: str, config: Config) -> int:
 def format_history(h: DeviceHistory) -> str:
     """`vagt devices show` for people: the device, then its assignments, then its audit."""
     d = h.device
-    lines = [f"{d.device_id}  {d.vendor} {d.model} ({d.type})"]
+    lines = [shown(f"{d.device_id}  {d.vendor} {d.model} ({d.type})")]
     fields = [("status", f"{d.status} since {local_time(d.status_since, '-')}"
                          + (f" ({h.stock_days_now:g} days)" if h.stock_days_now is not None
                             else "")),
@@ -248,7 +249,7 @@ def format_history(h: DeviceHistory) -> str:
                             f"{len(h.municipalities)} municipality(ies)"
                             + (f": {', '.join(h.municipalities)}" if h.municipalities else "")))
     width = max(len(k) for k, _ in fields)
-    lines += [f"{k.ljust(width)}  {v}" for k, v in fields]
+    lines += [f"{k.ljust(width)}  {shown(v)}" for k, v in fields]
     if h.assignments:
         lines += ["", "ASSIGNMENTS", format_table(
             ["CITIZEN", "MUNICIPALITY", "FROM", "TO", "STOCK DAYS BEFORE"],

@@ -25,6 +25,7 @@ from vagt.devices.report_query import (
     PER_DEVICE_DAYS,
     period_weeks,
 )
+from vagt.text import shown
 
 HOUR_S = 3600
 DEVICE_MONTH_S = 30 * 86400
@@ -162,5 +163,8 @@ def render(table: pd.DataFrame, period: Period, as_json: bool, low_battery: floa
             "groups": rows}, option=orjson.OPT_INDENT_2).decode()
     if not rows:
         return "no devices were with a citizen in the period"
-    shown = pd.DataFrame(rows).astype(object).fillna("-")
-    return str(shown.to_string(index=False))
+    # a vendor, model or municipality stored before vagt refused what is not printable:
+    # escaped (vagt.text), as in every table the CLI prints
+    cells = pd.DataFrame(rows).astype(object).fillna("-").map(
+        lambda v: shown(v) if isinstance(v, str) else v)
+    return str(cells.to_string(index=False))
