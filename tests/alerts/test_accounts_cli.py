@@ -162,6 +162,24 @@ def test_a_cpr_number_in_what_is_written_from_the_command_line_exits_2_and_nothi
     assert conn.execute("SELECT action FROM audit_log").fetchall() == [("user.add",)] * 2
 
 
+@pytest.mark.parametrize(("argv", "named"), [
+    (["users", "add", "bo", "--role", "operator", "--municipality", "Aarhus\u200b",
+      "--no-password"], "the municipality holds U+200B ZERO WIDTH SPACE (its character 7)"),
+    (["tokens", "create", "--user", "crm", "--name", "crm\u202e"],
+     "the token's name holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 4)"),
+])
+def test_a_name_with_a_character_that_is_not_printable_exits_2_naming_it(database_url, conn,
+                                                                          capsys, argv, named):
+    """An operator of "Aarhus" and a zero-width space would see none of Aarhus' alerts, and
+    look in `vagt users list` like one who does."""
+    run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
+    capsys.readouterr()
+    assert run(database_url, *argv) == 2
+    assert capsys.readouterr().err.startswith(f"vagt: {named}, which is not printable")
+    assert conn.execute("SELECT username FROM operators").fetchall() == [("crm",)]
+    assert conn.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
+
+
 def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsys):
     from tests.alerts.test_actions import new_alert
 

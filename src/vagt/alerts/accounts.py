@@ -24,6 +24,7 @@ import psycopg
 
 from vagt.alerts.actions import AlertError, checked_operator
 from vagt.privacy import without_cpr
+from vagt.text import unprintable_problem
 
 TOKEN_PREFIX = "vagt_"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -102,6 +103,8 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
     username = checked_operator(username)
     if municipality:
         without_cpr(municipality, "municipality")
+        if problem := unprintable_problem(municipality, "the municipality"):
+            raise AccountError(problem)   # it would match no alert's label, and is shown
     level = Role.parse(role)
     if password is not None and len(password) < MIN_PASSWORD:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
@@ -199,6 +202,8 @@ def open_session(conn: psycopg.Connection, username: str, *, expires_at: datetim
 def _create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
                   expires_at: datetime | None, via: str | None) -> tuple[int, str]:
     without_cpr(name, "token's name")
+    if problem := unprintable_problem(name, "the token's name"):
+        raise AccountError(problem)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():
         if conn.execute("SELECT 1 FROM operators WHERE username = %s AND disabled_at IS NULL",
