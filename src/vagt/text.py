@@ -37,11 +37,12 @@ def char_name(c: str) -> str:
 def unprintable(text: str, *, line_breaks: bool = False) -> tuple[int, str] | None:
     """The first character of `text` that is not printable, with its place (from 1), or
     None when there is none. Printable is what Python's `str.isprintable` says (Unicode
-    categories C and Z are not, but for ' '). `line_breaks`: '\\n' may be in it (a note)."""
+    categories C and Z are not, but for ' '). `line_breaks`: '\\n' and a tab may be in it
+    (a note, a cell of a spreadsheet: what a person pastes)."""
     if text.isprintable():
         return None
     for k, c in enumerate(text, 1):
-        if not c.isprintable() and not (line_breaks and c == "\n"):
+        if not c.isprintable() and not (line_breaks and c in "\n\t"):
             return k, c
     return None
 

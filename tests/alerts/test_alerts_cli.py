@@ -188,7 +188,7 @@ def test_list_and_show_escape_what_is_not_printable_in_a_summary_stored_before(d
 @pytest.mark.parametrize(("note", "named"), [
     ("called \u202eenizitic", "U+202E RIGHT-TO-LEFT OVERRIDE (its character 8)"),
     ("called\u200b", "U+200B ZERO WIDTH SPACE (its character 7)"),
-    ("called\tback", "U+0009 CHARACTER TABULATION (its character 7)"),
+    ("called\x1b[2Jback", "U+001B ESCAPE (its character 7)"),
 ])
 def test_a_note_with_a_character_that_is_not_printable_exits_2_naming_it(database_url, conn,
                                                                           capsys, note, named):
@@ -199,11 +199,13 @@ def test_a_note_with_a_character_that_is_not_printable_exits_2_naming_it(databas
     assert conn.execute("SELECT note FROM alerts").fetchall() == [(None,)]
 
 
-def test_a_note_of_several_lines_is_kept_with_its_line_breaks(database_url, conn):
+def test_a_note_of_several_lines_is_kept_with_its_line_breaks_and_tabs(database_url, conn):
+    """What an operator pastes from another program: lines, and a tab between columns."""
     a = new_alert(database_url)
     assert run(database_url, "note", str(a), "--operator", "anna",
-               "--note", "called twice\r\nno answer") == 0
-    assert conn.execute("SELECT note FROM alerts").fetchall() == [("called twice\nno answer",)]
+               "--note", "called twice\r\nno answer\tat 14:05") == 0
+    assert conn.execute("SELECT note FROM alerts").fetchall() == [
+        ("called twice\nno answer\tat 14:05",)]
 
 
 # --- who acts: an account, and the login that typed it ----------------------------------------
