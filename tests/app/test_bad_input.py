@@ -149,7 +149,9 @@ def test_odd_input_through_the_broker_is_each_a_dead_letter_saying_what_and_none
         'vagt_messages_acked_total{lane="bulk"}') == n and m.get(
         'vagt_messages_received_total{lane="bulk"}') == n and m,
         what="every one received and acknowledged")
-    assert counted['vagt_dead_letters_total{reason="malformed"}'] == 7 + 3
+    # dead letters kept: the same bytes again are counted apart, as kept before
+    assert counted['vagt_dead_letters_total{reason="malformed"}'] == 7
+    assert counted['vagt_dead_letters_kept_before_total{reason="malformed"}'] == 3
     assert counted['vagt_dead_letters_total{reason="bad_topic"}'] == 2
     assert engine.proc is not None and engine.proc.poll() is None
 
@@ -173,6 +175,33 @@ def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it
     wait_for(lambda: metrics(engine).get('vagt_messages_acked_total{lane="bulk"}') == 1,
              what="acknowledged once committed")
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"
+
+
+def test_a_dead_letter_the_broker_delivers_again_is_counted_as_one_dead_letter(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """The engine committed the dead letter but its acknowledgement did not reach the broker
+    (the connection went first): the broker sends it again, and the same process takes it
+    again. Ops alerting on `vagt_dead_letters_total` must see one bad message, not two."""
+    engine.start().wait_ready()
+    bad = (topic(topic_root, "OXI-0001", "telemetry"), b'{"readings": [')
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE dead_letters IN EXCLUSIVE MODE")
+        publish(broker.port, [bad])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE wait_event_type = 'Lock' "
+                                              "AND datname = current_database()"),
+                 what="the engine waiting to store the dead letter")
+        broker.restart()   # cleanly: the broker keeps the message it is owed an ack for
+        wait_for(lambda: engine.log().count("event=mqtt_connected") >= 4,
+                 what="both sessions connected again")
+    # the lock is gone: the batch commits, its ack is for a connection that is gone
+    counted = wait_for(lambda: (m := metrics(engine)).get(
+        'vagt_messages_received_total{lane="bulk"}') == 2 and m.get(
+        'vagt_messages_acked_total{lane="bulk"}') == 1 and m,
+        what="the message taken twice, acknowledged once")
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 1
+    assert counted['vagt_dead_letters_total{reason="malformed"}'] == 1
+    assert counted['vagt_dead_letters_kept_before_total{reason="malformed"}'] == 1
 
 
 def test_a_cpr_number_a_device_sends_never_reaches_the_engines_log(

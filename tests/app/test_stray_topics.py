@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.app.conftest import EngineProcess, alarm, query, scalar, telemetry, topic, wait_for
 from tests.app.test_bad_input import metrics
+from tests.app.test_retained import clear_retained, publish_retained
 from tests.support import Broker, free_port, start_mosquitto, stop_mosquitto
 
 T0 = time.time() - 3600
@@ -37,6 +38,35 @@ def test_a_message_on_a_channel_the_engine_does_not_read_is_a_dead_letter_with_a
     assert query(database_url, "SELECT reason, device_id FROM dead_letters") == [
         ("bad_topic", None)]
     assert scalar(database_url, "SELECT count(*) FROM readings") == 0
+
+
+def test_a_retained_message_on_a_stray_topic_is_one_dead_letter_and_one_count_on_its_alert(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """An MQTT 3.1.1 session cannot ask not to be sent retained copies: the broker sends
+    a device's retained message again at every start of the engine. The service centre's
+    alert counts the device's messages, not the engine's restarts, and ops see no new dead
+    letters."""
+    engine.env["VAGT_MQTT_PROTOCOL"] = "4"
+    engine.start().wait_ready()
+    stray = topic(topic_root, "OXI-0001", "measurements")
+    publish_retained(broker.port, [(stray, telemetry("OXI-0001", T0, spo2=97))])
+    try:
+        wait_for(lambda: query(database_url, "SELECT rule, repeat_count FROM alerts") == [
+            ("bad_topic", 1)], what="the service centre's alert")
+        for _ in range(2):
+            assert engine.terminate() == 0
+            engine.start().wait_ready()
+            counted = wait_for(lambda: (m := metrics(engine)).get(
+                'vagt_messages_acked_total{lane="bulk"}') == 1 and m.get(
+                'vagt_messages_received_total{lane="bulk"}') == 1 and m,
+                what="the retained copy, taken and acknowledged")
+            assert counted['vagt_dead_letters_kept_before_total{reason="bad_topic"}'] == 1
+            assert counted.get('vagt_dead_letters_total{reason="bad_topic"}', 0) == 0
+        assert query(database_url, "SELECT rule, repeat_count FROM alerts") == [
+            ("bad_topic", 1)]
+        assert query(database_url, "SELECT reason FROM dead_letters") == [("bad_topic",)]
+    finally:
+        clear_retained(broker.port, [stray])
 
 
 def test_an_alarm_published_on_alarms_reaches_the_call_centres_queue(

@@ -380,6 +380,7 @@ class Lane:
             outcome.state = StateUpdate()   # not in the table: not in memory either
             for refused in done[0]:
                 outcome.dead += refused.dead
+                outcome.dead_again += refused.dead_again
                 outcome.opened += refused.opened
             return True
 
@@ -404,6 +405,10 @@ class Lane:
             # takes them), which would read as further fields
             log.warning("event=dead_letter reason=%s topic=%s detail=%s", d.reason.value,
                         log_value(mask_cpr(d.topic)[0]), log_value(mask_cpr(d.detail)[0]))
+        for d in outcome.dead_again:
+            m.dead_letters_again.labels(d.reason.value).inc()
+            log.info("event=dead_letter_kept_before reason=%s topic=%s", d.reason.value,
+                     log_value(mask_cpr(d.topic)[0]))
         for alert_id, queue in outcome.opened:
             m.alerts_opened.labels(queue).inc()
             log.info("event=alert_opened alert_id=%d queue=%s", alert_id, queue)

@@ -68,8 +68,16 @@ class EngineMetrics:
         self.decoded = Counter("vagt_messages_decoded",
                                "Messages decoded, attributed to a device and committed",
                                ["lane"], registry=r)
-        self.dead_letters = Counter("vagt_dead_letters", "Messages kept as dead letters",
-                                    ["reason"], registry=r)
+        self.dead_letters = Counter(
+            "vagt_dead_letters", "Dead letters kept: messages that could not be used, stored "
+            "with their bytes and reason (the same topic and bytes are kept once)", ["reason"],
+            registry=r)
+        self.dead_letters_again = Counter(
+            "vagt_dead_letters_kept_before", "Messages that could not be used whose topic "
+            "and bytes were kept as a dead letter before, so not again: the broker's "
+            "redelivery (the engine stopped between commit and acknowledgement), a retained "
+            "copy sent again at each subscribe (MQTT 3.1.1), the same bytes sent again",
+            ["reason"], registry=r)
         self.readings = Counter("vagt_readings_stored", "New readings committed", registry=r)
         self.events = Counter("vagt_events_stored", "New events committed", registry=r)
         self.acked = Counter("vagt_messages_acked", "Messages acknowledged to the broker",

@@ -74,7 +74,10 @@ class BatchOutcome:
     decoded: int = 0
     readings: int = 0          # new rows stored (a redelivery stores none)
     events: int = 0
-    dead: list[DeadLetter] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)   # kept now
+    # dead letters whose topic and bytes were kept before (a broker's redelivery, a retained
+    # copy sent again at a subscribe, the same bytes sent again): not kept again
+    dead_again: list[DeadLetter] = field(default_factory=list)
     opened: list[tuple[int, str]] = field(default_factory=list)   # (alert id, queue)
     cleared: int = 0
     # alerts that late rows, evaluated again in order, do not fire: resolved (counted in
@@ -117,6 +120,7 @@ class BatchOutcome:
         self.readings += other.readings
         self.events += other.events
         self.dead += other.dead
+        self.dead_again += other.dead_again
         self.opened += other.opened
         self.cleared += other.cleared
         self.taken_back += other.taken_back
@@ -228,7 +232,7 @@ class Pipeline:
             r.device[np.fromiter((d in new_readings for d in r.device_id), dtype=bool,
                                  count=len(r.device_id))]
         out.fresh = np.union1d(r_new, e.device).astype(np.int64)
-        store.insert_dead_letters(conn, out.dead)
+        out.dead, out.dead_again = _by_kept(out.dead, store.insert_dead_letters(conn, out.dead))
         out.decoded = int(usable.sum())
 
         msgs = np.flatnonzero(usable)
@@ -432,7 +436,7 @@ class Pipeline:
             f"vagt failed on this message ({type(error).__name__}: {first_line(error)}); "
             f"{what}. A bug, or data the database refused: the engine's log has the "
             "traceback", device_id or None)
-        store.insert_dead_letters(conn, [dead])
+        kept, again = _by_kept([dead], store.insert_dead_letters(conn, [dead]))
         who = device_id or message.topic[:200]
         alarm = channel is Channel.ALARM and not delivered
         summary = (f"an alarm from {who} could not be processed: contact the citizen (the "
@@ -449,7 +453,8 @@ class Pipeline:
                                     [message.topic], lambda _d, _t: summary, severity,
                                     priority, queue,
                                     labels={who: self._registry_labels(d)} if d >= 0 else None)
-        return BatchOutcome(messages=1, dead=[dead], opened=record_firings(conn, firings))
+        return BatchOutcome(messages=1, dead=kept, dead_again=again,
+                            opened=record_firings(conn, firings))
 
     def _alarm_route(self) -> tuple[str, int, str]:
         """Severity, priority and queue of an alert about an alarm no rule saw: the personal
@@ -477,6 +482,11 @@ class Pipeline:
 
         An unknown device's messages are dead letters, and the service centre gets one alert
         per unknown device id (repeats counted on it), not one per message.
+
+        An alert about dead letters counts each once: a message whose topic and bytes are kept
+        as a dead letter already (`_copies`) adds nothing to the service centre's alerts.
+        One that looks like an alarm adds nothing only if it is also a retained copy (sent
+        again at a subscribe): the same bytes sent live may be the button pressed again.
         """
         n = len(messages)
         device_of_msg = np.full(n, -1, dtype=np.int64)
@@ -488,6 +498,9 @@ class Pipeline:
         device_of_msg[live_pos] = idx
         unknown = live_pos[idx < 0]
         alike = self._in_other_case(conn, sorted({dec.msg_device[i] for i in unknown}))
+        copies = _copies(conn, messages, [*dec.dead_msg, *unknown.tolist()])
+        # what looks like an alarm: only the broker's retained copy, kept before, is no news
+        old_copies = {i for i in copies if messages[i].retained}
         for i in unknown:
             m, device_id = messages[i], dec.msg_device[i]
             out.dead.append(DeadLetter(
@@ -495,19 +508,22 @@ class Pipeline:
                 f"device '{device_id}' (topic {m.topic}) is not registered; "
                 + (_in_other_case(alike[device_id]) if device_id in alike else
                    "register it with `vagt devices import` before it sends"), device_id))
-        if len(unknown):
+        news = np.asarray([i for i in unknown.tolist() if i not in copies], dtype=np.int64)
+        if len(news):
             out.registry_firings = _registry_firings(
-                UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in unknown], msg_time[unknown],
-                [messages[i].topic for i in unknown],
+                UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in news], msg_time[news],
+                [messages[i].topic for i in news],
                 lambda d, topic: f"unregistered device {d} is sending (last on {topic})"
                                  + (f"; {_in_other_case(alike[d])}" if d in alike else ""))
         # An alarm that could not be read may still be someone who needs help: the personal
         # alarm's queue hears of it (the message is a dead letter). So does an alarm from a
         # device the registry does not know, read or not: one installed but never recorded.
         alarm_ch = Channel.ALARM.value
-        unread = [i for i in dec.dead_msg if dec.msg_channel[i] == alarm_ch and dec.msg_device[i]]
-        stray = [int(i) for i in unknown if dec.msg_channel[i] == alarm_ch]
-        self._bad_topics(conn, messages, dec, msg_time, out)
+        unread = [i for i in dec.dead_msg if dec.msg_channel[i] == alarm_ch and dec.msg_device[i]
+                  and i not in old_copies]
+        stray = [int(i) for i in unknown if dec.msg_channel[i] == alarm_ch
+                 and int(i) not in old_copies]
+        self._bad_topics(conn, messages, dec, msg_time, out, copies, old_copies)
         placed: dict[str, dict[str, str]] = {}
         if unread:
             idx_unread = self.fleet.resolve(conn, [dec.msg_device[i] for i in unread])
@@ -547,7 +563,8 @@ class Pipeline:
         return device_of_msg
 
     def _bad_topics(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
-                    dec: DecodedBatch, msg_time: F64, out: BatchOutcome) -> None:
+                    dec: DecodedBatch, msg_time: F64, out: BatchOutcome,
+                    copies: set[int], old_copies: set[int]) -> None:
         """A message on a topic vagt does not read (a channel no lane reads, levels too many
         or too few, a device level that is no device id) is a dead letter already; the
         service centre hears of it, once per device level (`bad_topic`), to set the device
@@ -555,9 +572,10 @@ class Pipeline:
         'alarm', or its events hold a code the rule book makes critical) reaches the
         personal alarm's queue too, as an unreadable alarm does: someone may have pressed
         the button. Not as the alarm itself: the device is set wrong, and what it says on a
-        topic vagt does not read is not taken as read (README, *Topics and payloads*)."""
+        topic vagt does not read is not taken as read (README, *Topics and payloads*).
+        `copies`, `old_copies`: see `_attribute`."""
         bad = [i for i, d in zip(dec.dead_msg, dec.dead)
-               if d.reason is DeadLetterReason.BAD_TOPIC]
+               if d.reason is DeadLetterReason.BAD_TOPIC and i not in old_copies]
         if not bad:
             return
         root = self.topic_root
@@ -568,10 +586,12 @@ class Pipeline:
         known = {d: int(k) for d, k in zip(ids, self.fleet.resolve(conn, ids).tolist())
                  if k >= 0}
         placed = {d: self._registry_labels(k) for d, k in known.items()}
-        out.registry_firings += _registry_firings(
-            BAD_TOPIC_RULE, [level[i] for i in bad], msg_time[np.asarray(bad)],
-            [messages[i].topic for i in bad],
-            lambda _d, topic: _bad_topic(topic, root), labels=placed)
+        news = [i for i in bad if i not in copies]
+        if news:
+            out.registry_firings += _registry_firings(
+                BAD_TOPIC_RULE, [level[i] for i in news], msg_time[np.asarray(news)],
+                [messages[i].topic for i in news],
+                lambda _d, topic: _bad_topic(topic, root), labels=placed)
         critical = [r for r in self.rules.rules if r.kind == "event" and r.severity == "critical"]
         why: dict[str, str] = {}
         looks = []
@@ -738,6 +758,31 @@ class Pipeline:
 # template cannot tell (it says how long, which is as true), and what to check differs.
 NEVER_HEARD_NOTE = ("; never heard from since it was deployed: check that it was installed "
                     "and connected (power, Wi-Fi or SIM, its gateway)")
+
+
+def _by_kept(dead: list[DeadLetter], kept: list[bool]
+             ) -> tuple[list[DeadLetter], list[DeadLetter]]:
+    """The dead letters kept now, and those whose bytes were kept before."""
+    return ([d for d, k in zip(dead, kept) if k], [d for d, k in zip(dead, kept) if not k])
+
+
+def _copies(conn: psycopg.Connection, messages: Sequence[RawMessage],
+            which: Collection[int]) -> set[int]:
+    """Of the messages `which` (dead letters), those whose topic and bytes are kept as a
+    dead letter already, or came earlier in the batch: a broker's redelivery (the engine
+    stopped between its commit and the acknowledgement), a retained copy sent again at a
+    subscribe (MQTT 3.1.1 cannot ask not to be sent it), the same bytes sent again."""
+    if not which:
+        return set()
+    digest = {i: store.dead_letter_digest(messages[i].topic, messages[i].payload)
+              for i in which}
+    seen = store.dead_letters_kept_before(conn, sorted(set(digest.values())))
+    copies = set()
+    for i in sorted(digest):
+        if digest[i] in seen:
+            copies.add(i)
+        seen.add(digest[i])
+    return copies
 
 
 def _message_times(dec: DecodedBatch, received: F64) -> F64:

@@ -74,6 +74,7 @@ _INSERT_DEAD = """
 INSERT INTO dead_letters (received_at, topic, payload, reason, detail, device_id, digest)
 SELECT to_timestamp(received), topic, payload, reason, detail, device_id, digest FROM stage_dead
 ON CONFLICT (digest) DO NOTHING
+RETURNING digest
 """
 
 # Returns the devices whose rows in the batch begin at or before the latest the rules had
@@ -193,17 +194,35 @@ def _insert_new(cur: psycopg.Cursor[Any], insert: str,
     return inserted, rows
 
 
-def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) -> None:
-    """Keep every dead letter with its raw bytes and reason; the same bytes are kept once."""
+def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) -> list[bool]:
+    """Keep every dead letter with its raw bytes and reason; the same bytes are kept once.
+    Returns, for each, whether it was kept now: False for bytes on the same topic kept
+    before (a broker's redelivery, a retained copy sent again at a subscribe, a device
+    sending them again) or earlier in `dead`."""
     if not dead:
-        return
+        return []
+    digests = [dead_letter_digest(d.topic, d.payload) for d in dead]
     with conn.cursor() as cur:
         with cur.copy("COPY stage_dead (received, topic, payload, reason, detail, device_id, "
                       "digest) FROM STDIN") as copy:
-            for d in dead:
+            for d, digest in zip(dead, digests):
                 copy.write_row((d.received_at, d.topic, d.payload, d.reason.value, d.detail,
-                                d.device_id, dead_letter_digest(d.topic, d.payload)))
-        cur.execute(_INSERT_DEAD)
+                                d.device_id, digest))
+        fresh = {bytes(r[0]) for r in cur.execute(_INSERT_DEAD).fetchall()}
+    kept = []
+    for digest in digests:
+        kept.append(digest in fresh)
+        fresh.discard(digest)   # a second one in the batch was not kept
+    return kept
+
+
+def dead_letters_kept_before(conn: psycopg.Connection, digests: Sequence[bytes]) -> set[bytes]:
+    """Which of `digests` (`dead_letter_digest`) are kept as dead letters already."""
+    if not digests:
+        return set()
+    rows = conn.execute("SELECT digest FROM dead_letters WHERE digest = ANY(%s)",
+                        (list(digests),)).fetchall()
+    return {bytes(r[0]) for r in rows}
 
 
 def registered_in_other_case(conn: psycopg.Connection, device_ids: Sequence[str]
