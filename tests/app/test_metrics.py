@@ -1,13 +1,18 @@
-"""The batch histogram exports exactly what prometheus-client's own Histogram would."""
+"""The batch histogram exports exactly what prometheus-client's own Histogram would; the
+alarm lane's metrics are merged with the engine's, its counters carried over its restarts."""
 
 from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
-from vagt.app.metrics import LATENCY_BUCKETS, BatchHistogram
+from vagt.app.metrics import LATENCY_BUCKETS, BatchHistogram, EngineMetrics
 
 
 def exposition(values: list[float], batched: bool) -> str:
@@ -72,3 +77,46 @@ def test_the_alarm_lane_process_metrics_are_served_with_the_engines_as_one() -> 
     assert one.count("# HELP vagt_alerts_opened_total ") == 1
     assert 'vagt_alerts_opened_total{queue="clinical"} 3.0' in one
     assert "vagt_messages_received_total" not in one
+
+
+@dataclass
+class Child:
+    """The alarm lane's process as the engine sees it."""
+
+    metrics: EngineMetrics
+    incarnation: int = 1
+    answers: bool = True
+
+    def families(self) -> list[Metric]:
+        if not self.answers:    # dead, or not answering in time
+            return []
+        return list(pickle.loads(pickle.dumps(list(self.metrics.registry.collect()))))
+
+
+def test_the_alarm_lanes_counters_never_go_down_through_its_restart() -> None:
+    """The alarm lane's process counts from 0 when it starts again, and the engine serves
+    the sum of its counters and the engine's: a sum that went down would be read by
+    Prometheus as a reset, and `increase()` would count the engine's whole total again."""
+    engine, child = EngineMetrics(), Child(EngineMetrics())
+    engine.dead_letters.labels("malformed").inc(100)
+    engine.include(lambda: child.families(), lambda: child.incarnation)
+
+    def served(name: str, **labels: str) -> float | None:
+        return engine.registry.get_sample_value(name, labels)
+
+    child.metrics.dead_letters.labels("malformed").inc(3)
+    child.metrics.latency.observe_many("alarm", np.asarray([0.05]))
+    child.metrics.mqtt_connected.labels("alarm").set(1)
+    assert served("vagt_dead_letters_total", reason="malformed") == 103
+    child.answers = False                                   # it died
+    assert served("vagt_dead_letters_total", reason="malformed") == 103
+    assert served("vagt_received_to_committed_seconds_count", lane="alarm") == 1
+    assert served("vagt_mqtt_connected", lane="alarm") is None   # a gauge is not carried
+    child.metrics, child.incarnation, child.answers = EngineMetrics(), 2, True  # from 0
+    child.metrics.dead_letters.labels("malformed").inc(1)
+    assert served("vagt_dead_letters_total", reason="malformed") == 104
+    assert served("vagt_received_to_committed_seconds_count", lane="alarm") == 1
+    child.metrics.latency.observe_many("alarm", np.asarray([0.05]))
+    assert served("vagt_received_to_committed_seconds_count", lane="alarm") == 2
+    assert served("vagt_received_to_committed_seconds_bucket", lane="alarm", le="0.1") == 2
+

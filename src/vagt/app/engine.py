@@ -674,7 +674,7 @@ def _start_alarm_process(start: AlarmLaneStart, metrics: EngineMetrics,
     alarm = AlarmLaneProcess("vagt.app.engine:run_alarm_lane", dataclasses.replace(
         start, policy=dataclasses.replace(start.policy, delivery=DeliveryPolicy())))
     alarm.start()
-    metrics.include(alarm.families)
+    metrics.include(alarm.families, lambda: alarm.incarnation)
     _supervise(alarm, metrics, stop)
     return alarm
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, RestrictedRegistry
+from prometheus_client.samples import Sample
 
 log = logging.getLogger("vagt.metrics")
 
@@ -246,9 +247,13 @@ class EngineMetrics:
         """`vagt.threads.keep_running`'s on_crash: one more for `thread`."""
         self.thread_crashes.labels(thread).inc()
 
-    def include(self, families: Callable[[], Iterable[Metric]]) -> None:
-        """Serve another process's metrics with ours, each scrape (same names are merged)."""
-        self.registry.register(_Foreign(families))
+    def include(self, families: Callable[[], Iterable[Metric]],
+                incarnation: Callable[[], int] | None = None) -> None:
+        """Serve another process's metrics with ours, each scrape (same names are merged).
+        `incarnation`: which start of that process answers (`ChildProcess.incarnation`):
+        its counters go on from where the last one left them (`_CarriedOver`)."""
+        self.registry.register(_Foreign(families if incarnation is None
+                                        else _CarriedOver(families, incarnation)))
 
     def serve(self, host: str, port: int) -> Any:
         try:
@@ -289,6 +294,73 @@ class _Foreign(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self._families()
+
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class _CarriedOver:
+    """A child process's counters and histograms as one series across its restarts.
+
+    Its series are summed with the engine's (`merge_families`): a child started again from
+    0 would take the sum down, and Prometheus reads a counter that goes down as a reset
+    from 0, so `increase()` would count the engine's whole total once more (a burst of dead
+    letters or alerts that never came). What the child had counted at the last scrape
+    before its restart is added to the next one's, and served while no child answers; what
+    it counted after that scrape is lost (a counter may undercount by a scrape interval,
+    never overcount). Its gauges are served only while it answers."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]],
+                 incarnation: Callable[[], int]) -> None:
+        self._families, self._incarnation = families, incarnation
+        self._seen = -1                         # the incarnation `_last` is of
+        self._last: dict[Key, Sample] = {}      # its counters' samples at the last scrape
+        self._carried: dict[Key, Sample] = {}   # what the ones before it had counted
+        self._kinds: dict[str, Metric] = {}     # each counter and histogram family, empty
+        self._lock = threading.Lock()
+
+    def __call__(self) -> list[Metric]:
+        with self._lock:
+            before = self._incarnation()
+            families = list(self._families())
+            if self._incarnation() != before:   # restarted while asked: as if no answer
+                families = []
+            if families and before != self._seen:
+                self._carried = self._served()
+                self._last, self._seen = {}, before
+            kept = [f for f in families if f.type not in ("counter", "histogram")]
+            for f in families:
+                if f.type in ("counter", "histogram"):
+                    self._kinds.setdefault(f.name, Metric(f.name, f.documentation, f.type,
+                                                          f.unit))
+                    self._last.update(((s.name, tuple(sorted(s.labels.items()))), s)
+                                      for s in f.samples if not s.name.endswith("_created"))
+            return kept + self._counters()
+
+    def _served(self) -> dict[Key, Sample]:
+        """What the child counted since the engine started: the last answer's and those
+        carried from before."""
+        out = dict(self._carried)
+        for key, s in self._last.items():
+            old = out.get(key)
+            out[key] = s if old is None else s._replace(value=old.value + s.value)
+        return out
+
+    def _counters(self) -> list[Metric]:
+        by_name = {name: Metric(m.name, m.documentation, m.type, m.unit)
+                   for name, m in self._kinds.items()}
+        for (name, _), s in self._served().items():   # in the child's order
+            family = by_name.get(_family_of(name))
+            if family is not None:
+                family.samples.append(s)
+        return list(by_name.values())
+
+
+def _family_of(sample: str) -> str:
+    for suffix in ("_total", "_bucket", "_count", "_sum"):
+        if sample.endswith(suffix):
+            return sample.removesuffix(suffix)
+    return sample
 
 
 class _Scraped(Collector):
