@@ -781,6 +781,11 @@ def test_vagt_api_serves_the_api_and_its_metrics_alone(database_url, tmp_path):
         check = subprocess.run(["promtool", "check", "metrics"], input=metrics.content,
                                capture_output=True)
         assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+        # its own: the engine's rule timer, not run here, must not look stopped on this target
+        families = {line.split()[2] for line in metrics.text.splitlines()
+                    if line.startswith("# TYPE ")}
+        assert families == {"vagt_alert_time_to_claim_seconds",
+                            "vagt_alert_time_to_resolve_seconds"}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)

@@ -192,6 +192,15 @@ class EngineMetrics:
                                   "(delivered, failed: retried later, dead: gave up)",
                                   ["target", "outcome"], registry=r)
 
+    def api_registry(self) -> CollectorRegistry:
+        """What `vagt api` run alone serves on its /metrics: the histograms of its operators'
+        claims and resolutions, and nothing of the engine's (a rule timer that never ticked
+        there would look stopped, and its counters would say 0 for what it never does)."""
+        r = CollectorRegistry()
+        r.register(self.time_to_claim)
+        r.register(self.time_to_resolve)
+        return r
+
     # -- vagt.alerts.observe.AlertObserver ---------------------------------------------------
 
     def claimed(self, queue: str, seconds: float) -> None:
