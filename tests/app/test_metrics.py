@@ -1,16 +1,23 @@
 """The batch histogram exports exactly what prometheus-client's own Histogram would; the
-alarm lane's metrics are merged with the engine's, its counters carried over its restarts."""
+alarm lane's metrics are merged with the engine's; the README's table is what is served."""
 
 from __future__ import annotations
 
 import pickle
+import re
+import time
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
+from tests.app.conftest import EngineProcess, alarm, publish, telemetry, topic, wait_for
+from tests.app.test_bad_input import metrics
+from tests.support import Broker
 
 from vagt.app.metrics import LATENCY_BUCKETS, BatchHistogram, EngineMetrics
 
@@ -120,3 +127,62 @@ def test_the_alarm_lanes_counters_never_go_down_through_its_restart() -> None:
     assert served("vagt_received_to_committed_seconds_count", lane="alarm") == 2
     assert served("vagt_received_to_committed_seconds_bucket", lane="alarm", le="0.1") == 2
 
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_table() -> dict[str, tuple[str, set[str]]]:
+    """The README's table of metrics: name: (type, label names)."""
+    section = README.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, tuple[str, set[str]]] = {}
+    for line in section.splitlines():
+        row = re.match(r"\| `(vagt_\w+)(?:\{([\w,]+)\})?` \| (counter|gauge|histogram)", line)
+        if row:
+            assert row[1] not in table, f"{row[1]} is in the README's table twice"
+            table[row[1]] = (row[3], set(row[2].split(",")) if row[2] else set())
+    return table
+
+
+def served(text: str) -> dict[str, tuple[str, set[str]]]:
+    """What /metrics serves: family: (type, the label names of its samples)."""
+    types = {name: kind for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)}
+    families: dict[str, tuple[str, set[str]]] = {
+        name: (kind, set()) for name, kind in types.items()
+        # prometheus-client's creation time of a counter or histogram series
+        if not (name.endswith("_created") and kind == "gauge"
+                and {name.removesuffix("_created") + "_total",
+                     name.removesuffix("_created")} & types.keys())}
+    for name, labels in re.findall(r"^(vagt_\w+)\{([^}]*)\}", text, re.M):
+        family = next((f for f in (name, re.sub(r"_(bucket|count|sum)$", "", name))
+                       if f in families), None)
+        if family is not None:
+            families[family][1].update(k for k in re.findall(r'(\w+)="', labels) if k != "le")
+    return families
+
+
+def test_the_readmes_table_of_metrics_is_what_the_engine_serves(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices) -> None:
+    """Ops build alerts and dashboards from the README's table: every metric in it is
+    served, by that name, type and labels, and every metric served is in it."""
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "OXI-0001", "telemetry"),
+                           telemetry("OXI-0001", time.time() - 60, spo2=97)),
+                          (topic(topic_root, "OXI-0001", "telemetry"), b"{"),
+                          (topic(topic_root, "ALM-0001", "alarm"),
+                           alarm("ALM-0001", time.time() - 1))])
+    text = wait_for(lambda: (m := metrics(engine)).get(
+        'vagt_messages_received_total{lane="bulk"}') == 2 and m.get(
+        'vagt_messages_received_total{lane="alarm"}') == 1 and scrape(engine),
+        what="the three messages, counted")
+    table, serving = readme_table(), served(text)
+    assert sorted(set(serving) - set(table)) == [], "served, not in the README's table"
+    assert sorted(set(table) - set(serving)) == [], "in the README's table, not served"
+    for name, (kind, labels) in serving.items():
+        assert table[name][0] == kind, name
+        if labels:   # a labelled family with no series yet shows none
+            assert table[name][1] == labels, name
+
+
+def scrape(engine: EngineProcess) -> str:
+    url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    return str(urllib.request.urlopen(url, timeout=5).read().decode())
