@@ -50,6 +50,17 @@ def test_at_start_deadlines_wait_until_every_lane_has_taken_a_batch() -> None:
     assert not t._defer()
 
 
+def test_the_last_tick_is_dated_from_the_timers_start_while_the_first_waits() -> None:
+    """Ops alert when `time() - vagt_rule_tick_last_done_timestamp_seconds` passes 15
+    minutes: a restarted engine waiting to tick behind a backlog is not a stopped timer."""
+    up, m = CatchingUp(["alarm", "bulk"]), EngineMetrics()
+    started = time.time()
+    t = timer(up, m)
+    assert t._defer()
+    last = m.registry.get_sample_value("vagt_rule_tick_last_done_timestamp_seconds")
+    assert last is not None and last >= int(started)
+
+
 def test_deadlines_wait_for_the_alarm_lane_in_its_own_process_too() -> None:
     up, m = CatchingUp(["bulk"]), EngineMetrics()
     alarm_lane = [True]            # what the child's shared flag says

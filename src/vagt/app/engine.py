@@ -812,6 +812,9 @@ class RuleTimer:
         self.reload = reload
         self._lock_conn: psycopg.Connection | None = None
         self._holding = False
+        # its age counts from the timer's start until the first tick: 0 (1970) made an alert
+        # on it fire at every start, for as long as the ticks waited for a backlog
+        metrics.rule_tick_done_at.set_to_current_time()
 
     def run(self, stop: threading.Event) -> None:
         try:

@@ -140,9 +140,9 @@ class EngineMetrics:
             self.rule_ticks.labels(outcome)
         self.rule_tick_done_at = Gauge(
             "vagt_rule_tick_last_done_timestamp_seconds", "When the rule timer last committed "
-            "a tick (Unix time; 0 before the first): missed doses and silent devices are "
-            "found only while it moves. Ticks wait while a lane drains a backlog, at most "
-            "10 minutes", registry=r)
+            "a tick (Unix time; before the first, when it started): missed doses and silent "
+            "devices are found only while it moves. Ticks wait while a lane drains a backlog, "
+            "at most 10 minutes", registry=r)
         self.rule_ticks_deferred = Counter(
             "vagt_rule_ticks_deferred", "Rule timer ticks held back while a lane drained a "
             "backlog (deadlines wait until the queued messages are in)", registry=r)
