@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
-from tests.app.conftest import EngineProcess, alarm, publish, telemetry, topic, wait_for
+from tests.app.conftest import EngineProcess, alarm, publish, scalar, telemetry, topic, wait_for
 from tests.app.test_bad_input import metrics
 from tests.support import Broker
 
@@ -126,6 +127,31 @@ def test_the_alarm_lanes_counters_never_go_down_through_its_restart() -> None:
     child.metrics.latency.observe_many("alarm", np.asarray([0.05]))
     assert served("vagt_received_to_committed_seconds_count", lane="alarm") == 2
     assert served("vagt_received_to_committed_seconds_bucket", lane="alarm", le="0.1") == 2
+
+
+def test_ops_see_the_broker_gone_while_the_lane_waits_for_the_database(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices) -> None:
+    """Both down at once (a network outage): `vagt_mqtt_connected` must say so while a
+    commit waits for the database, not when the database is back."""
+    engine.start().wait_ready()
+    wait_for(lambda: metrics(engine).get('vagt_mqtt_connected{lane="bulk"}') == 1,
+             what="the bulk lane's session up on /metrics")
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE readings IN EXCLUSIVE MODE")
+        publish(broker.port, [(topic(topic_root, "OXI-0001", "telemetry"),
+                               telemetry("OXI-0001", time.time() - 60, spo2=97))])
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE wait_event_type = 'Lock' "
+                                              "AND datname = current_database()"),
+                 what="the bulk lane waiting to store the reading")
+        broker.stop()
+        try:
+            wait_for(lambda: metrics(engine).get('vagt_mqtt_connected{lane="bulk"}') == 0,
+                     what="the bulk lane's session down on /metrics")
+        finally:
+            broker.start()
+    wait_for(lambda: metrics(engine).get('vagt_mqtt_connected{lane="bulk"}') == 1,
+             what="the session up again")
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"

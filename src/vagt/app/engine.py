@@ -217,13 +217,15 @@ class Lane:
             return 0.0
 
     def run(self, stop: threading.Event) -> None:
-        connected = self.metrics.mqtt_connected.labels(self.spec.name)
+        # read at each scrape: set in the loop, it said 1 for as long as a commit waited for
+        # the database, however long the broker had been gone
+        self.metrics.mqtt_connected.labels(self.spec.name).set_function(
+            lambda: 1.0 if self.session.connected else 0.0)
         if self.spec.nice:
             yield_cpu(self.spec.nice, threading.get_native_id())
         settler = _Settler(self, stop) if self.spec.state_apart else None
         try:
             while not stop.is_set():
-                connected.set(1 if self.session.connected else 0)
                 if settler is not None:
                     settler.check()
                 wait = self.spec.batch_wait_s
