@@ -272,7 +272,10 @@ def test_devices_by_status_and_online_by_type_and_municipality_as_metrics(databa
     text = generate_latest(m.registry).decode()
     assert 'vagt_devices{status="deployed"} 4.0' in text
     assert 'vagt_devices_online{municipality="Aarhus",type="pulse_oximeter"} 1.0' in text
-    assert 'municipality="Samsø"' not in text
+    # its one device is silent: 0, not gone (an alert on a place whose devices all went
+    # silent, its network down, must see it); a status no device has is 0 too
+    assert 'vagt_devices_online{municipality="Samsø",type="pulse_oximeter"} 0.0' in text
+    assert 'vagt_devices{status="lost"} 0.0' in text
 
 
 def test_a_fleet_filled_as_devices_send_refreshes_only_the_devices_it_holds(database_url):

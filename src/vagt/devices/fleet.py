@@ -25,6 +25,7 @@ import psycopg
 
 from vagt.arrays import F64, I64, Bools, positions
 from vagt.devices.catalogue import Catalogue, load_catalogue
+from vagt.devices.lifecycle import Status
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -342,15 +343,21 @@ class Fleet:
         return np.asarray(deployed & self.quiet(now, began), dtype=bool)
 
     def counts(self, now: float) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-        """Devices by status, and online devices by (type, municipality): for the metrics."""
+        """Devices by status (every status, 0 for none), and online devices by (type,
+        municipality), for every pair with a deployed or online device: for the metrics. A
+        place whose devices all went silent (its network is down) is 0, not gone: a
+        series that vanishes is one no alert on `== 0` sees."""
         with self.lock:
-            by_status = self._status.counts()
+            by_status = {str(s): 0 for s in Status} | self._status.counts()
             online = self.online(now)
+            shown = online | (self._status.codes == self._status.known(Status.DEPLOYED))
             places = len(self._place.names)
-            pair = np.bincount(self._type.codes[online] * places + self._place.codes[online],
-                               minlength=len(self._type.names) * places)
+            pair = self._type.codes * places + self._place.codes
+            size = len(self._type.names) * places
+            n_online = np.bincount(pair[online], minlength=size)
+            n_shown = np.bincount(pair[shown], minlength=size)
         by_place = {(self._type.names[int(k) // places], self._place.names[int(k) % places]):
-                    int(pair[k]) for k in np.flatnonzero(pair)}
+                    int(n_online[k]) for k in np.flatnonzero(n_shown)}
         return by_status, by_place
 
     def frame(self, now: float, began: F64 | None = None) -> pd.DataFrame:
