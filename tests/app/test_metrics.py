@@ -154,6 +154,21 @@ def test_ops_see_the_broker_gone_while_the_lane_waits_for_the_database(
              what="the session up again")
 
 
+def test_a_queue_with_no_alert_waiting_is_0_not_gone(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices) -> None:
+    """A dashboard of open alerts per queue shows 0 for a queue emptied, not a gap: every
+    queue of the policy, and the service centre's, which the engine's own alerts go to."""
+    engine.start().wait_ready()
+    counted = metrics(engine)
+    for queue in ("emergency", "home_care", "clinical", "logistics", "technical",
+                  "escalation", "service_centre"):
+        assert counted[f'vagt_open_alerts{{queue="{queue}"}}'] == 0, queue
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                           alarm("ALM-0001", time.time() - 1))])
+    wait_for(lambda: metrics(engine).get('vagt_open_alerts{queue="emergency"}') == 1,
+             what="the alarm's alert, open")
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

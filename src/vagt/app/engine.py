@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -27,7 +27,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from vagt.alerts import outbox
+from vagt.alerts.engine_rules import SERVICE_CENTRE_QUEUE
 from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
+from vagt.alerts.routing import queues_of
 from vagt.alerts.silence_scope import install_rule_book
 from vagt.app import db, heap, retention, rule_queries, store
 from vagt.app.alarm_process import AlarmLaneProcess, serve_control
@@ -607,7 +609,9 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
             restored = pipeline.restore(conn)
         log.info("event=rule_state_restored devices=%d", restored)
         heap.settle()
-        metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool))
+        queues = [*queues_of(policy.root), SERVICE_CENTRE_QUEUE,    # the engine's own alerts
+                  *([policy.escalation_queue] if policy.escalation_queue else [])]
+        metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool, queues))
         metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_deliveries(lambda: _waiting_deliveries(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
@@ -981,12 +985,16 @@ def _guarded(pool: ConnectionPool, timeout: float, limit_s: float = SCRAPE_QUERY
         conn.commit()
 
 
-def _open_alerts_by_queue(pool: ConnectionPool) -> list[tuple[str, int]]:
+def _open_alerts_by_queue(pool: ConnectionPool, queues: Sequence[str]
+                          ) -> list[tuple[str, int]]:
+    """Per queue, its alerts not resolved: every one of `queues` (the policy's), 0 for none
+    (a series that vanished at 0 showed a gap, not a queue emptied), and any other that
+    has some."""
     with _guarded(pool, timeout=2) as conn:
         rows = conn.execute(
             "SELECT queue, count(*) FROM alerts "
             "WHERE status IN ('open', 'claimed', 'acknowledged') GROUP BY queue").fetchall()
-    return [(str(q), int(n)) for q, n in rows]
+    return list(({q: 0 for q in queues} | {str(q): int(n) for q, n in rows}).items())
 
 
 def _queue_alerts(pool: ConnectionPool) -> list[tuple[str, int, str, int]]:
