@@ -222,6 +222,9 @@ def test_the_readmes_table_of_metrics_is_what_the_engine_serves(
         assert table[name][0] == kind, name
         if labels:   # a labelled family with no series yet shows none
             assert table[name][1] == labels, name
+    # a series per device or topic would grow with the fleet (and hold what devices send)
+    assert not any({"device", "device_id", "topic"} & labels for _, labels in table.values())
+    assert "OXI-0001" not in text and "ALM-0001" not in text and topic_root not in text
 
 
 def scrape(engine: EngineProcess) -> str:
