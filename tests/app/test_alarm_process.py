@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -180,3 +181,30 @@ def test_a_reload_the_alarm_lanes_process_cannot_apply_ends_it_to_start_with_the
             engine_end.send((1, (RELOAD, reloaded)))
             assert stop.wait(15), "the process goes on with rules the engine no longer runs"
         assert "tamper" in [r.name for r in pipeline.rules.rules]   # not applied: it ends
+
+
+def test_the_counts_ops_read_do_not_go_down_when_the_alarm_lane_process_starts_again(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    """The engine serves the alarm lane's counters summed with its own; a new process
+    counts from 0, and a sum that went down would be read by Prometheus as a reset from 0:
+    `increase()` would count every dead letter the engine had kept once more."""
+    engine.start().wait_ready()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), b'{"events": ['),
+                          (topic(topic_root, "OXI-0001", "telemetry"), b"{")])
+    malformed = 'vagt_dead_letters_total{reason="malformed"}'
+    wait_for(lambda: metric(engine, malformed) == 2.0
+             and metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0,
+             what="both dead letters counted, the alarm lane's one acknowledged")
+    [first] = alarm_lane_pids(engine)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(alarm_lane_pids(engine)) == 2, what="the alarm lane started again")
+    wait_for(lambda: metric(engine, 'vagt_mqtt_connected{lane="alarm"}') == 1.0,
+             what="the new process's metrics on the engine's endpoint")
+    assert metric(engine, malformed) == 2.0
+    assert metric(engine, 'vagt_messages_received_total{lane="alarm"}') == 1.0
+    assert metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == 1.0
+    url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
+    check = subprocess.run(["promtool", "check", "metrics"],
+                           input=urllib.request.urlopen(url, timeout=5).read(),
+                           capture_output=True)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
