@@ -197,6 +197,25 @@ def test_alerts_next_and_note_and_show_from_the_command_line(database_url, capsy
     assert [line.split()[3:5] for line in trail] == [["anna", "claim"], ["anna", "note"]]
 
 
+def test_alerts_next_from_the_command_line_takes_from_the_accounts_queues(database_url, capsys):
+    """An operator of the emergency queue is handed its alarms, not a more urgent technical
+    alert, when the command names no --queue: as the API's POST /alerts/next takes them."""
+    from tests.alerts.test_actions import new_alert
+
+    technical = new_alert(database_url, "technical", priority=1,
+                          opened_at="2024-05-01T09:00:00Z")
+    alarm = new_alert(database_url, "emergency", priority=2)
+    assert run(database_url, "users", "add", "anna", "--role", "operator", "--queue",
+               "emergency", "--no-password") == 0
+    capsys.readouterr()
+    assert run(database_url, "alerts", "next", "--operator", "anna") == 0
+    assert capsys.readouterr().out.startswith(f"alert {alarm} is now claimed by anna")
+    assert run(database_url, "alerts", "next", "--operator", "anna") == 0
+    assert capsys.readouterr().out == "nothing to take: no open alert in emergency\n"
+    assert run(database_url, "alerts", "next", "--operator", "anna", "--queue", "technical") == 0
+    assert capsys.readouterr().out.startswith(f"alert {technical} is now claimed by anna")
+
+
 def test_a_token_cannot_be_named_session_the_api_sessions_name(database_url, conn, capsys):
     """Sessions are the tokens a password change ends: a token named so would end too."""
     run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")

@@ -94,8 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     nxt = actions.add_parser("next", help="claim the most urgent open alert of your queues")
     nxt.add_argument("--operator", required=True,
                      help="your operator account's name (`vagt users list`)")
-    nxt.add_argument("--queue", action="append", help="a queue to take from; repeat for "
-                                                      "several (default: every queue)")
+    nxt.add_argument("--queue", action="append",
+                     help="a queue to take from; repeat for several (default: the account's "
+                          "queues, `vagt users add --queue`; an account of none: every queue)")
     nxt.set_defaults(handler=handle_next)
     route = actions.add_parser("route", help="where an alert with these labels would go")
     route.add_argument("labels", nargs="+", metavar="NAME=VALUE",
@@ -267,10 +268,12 @@ def handle_note(args: argparse.Namespace, conninfo: str) -> int:
 def handle_next(args: argparse.Namespace, conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         who = _acting(conn, args.operator)
-        alert = next_alert(conn, who.username, args.queue, municipality=who.municipality,
+        # the account's queues by default, as the API's POST /alerts/next takes them
+        queues = args.queue or list(who.queues) or None
+        alert = next_alert(conn, who.username, queues, municipality=who.municipality,
                            via=who.via)
     if alert is None:
-        print("nothing to take: no open alert in " + (", ".join(args.queue) if args.queue
+        print("nothing to take: no open alert in " + (", ".join(queues) if queues
                                                       else "any queue"))
         return 0
     return _done(alert)
