@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tl = t.add_parser("list", help="the tokens (never their values)")
     tl.set_defaults(handler=handle_token_list)
     rv = t.add_parser("revoke", help="revoke a token")
-    rv.add_argument("id", type=int)
+    rv.add_argument("id", type=int, help="the token's id (see `vagt tokens list`)")
     rv.set_defaults(handler=handle_token_revoke)
 
 

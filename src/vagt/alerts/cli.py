@@ -88,8 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                 "(the policy's resolution_codes)")
         p.set_defaults(handler=handler)
     show = actions.add_parser("show", help="one alert with its audit trail")
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
     show.set_defaults(handler=handle_show)
     nxt = actions.add_parser("next", help="claim the most urgent open alert of your queues")
     nxt.add_argument("--operator", required=True,
@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     nxt.set_defaults(handler=handle_next)
     route = actions.add_parser("route", help="where an alert with these labels would go")
     route.add_argument("labels", nargs="+", metavar="NAME=VALUE",
-                       help="the alert's labels, e.g. rule=battery_low type=oximeter")
+                       help="the alert's labels, e.g. rule=battery_low type=pulse_oximeter")
     route.add_argument("--queue", default=None,
                        help="the rule's own queue, used when no route sets one (default: "
                             "that of the rule the `rule` label names)")
@@ -116,7 +116,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("give-up", "make a waiting delivery a dead letter, so that the target's events "
                         "behind it go (redeliver tries it again)", handle_give_up)):
         one = actions.add_parser(name, help=text)
-        one.add_argument("outbox_id", type=int)
+        one.add_argument("outbox_id", type=int,
+                         help="the event's outbox id (see `vagt alerts outbox`)")
         one.add_argument("--target", required=True, help="the delivery target's name")
         one.add_argument("--author", required=True,
                          help="your account's name, for the audit trail")
@@ -157,10 +158,10 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     add.set_defaults(handler=handle_silence_add, handler_takes_config=True)
     ls = actions.add_parser("list", help="silences in force or to come")
     ls.add_argument("--all", action="store_true", help="expired ones too")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.set_defaults(handler=handle_silence_list, handler_takes_config=True)
     ex = actions.add_parser("expire", help="end a silence now")
-    ex.add_argument("id", type=int)
+    ex.add_argument("id", type=int, help="the silence's id (see `vagt silences list`)")
     ex.add_argument("--author", required=True,
                      help="your account's name (a supervisor's), for the audit trail")
     ex.set_defaults(handler=handle_silence_expire)

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vagt {__version__}")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the engine until SIGTERM or Ctrl-C")
+    run = sub.add_parser("run", help="run the engine until SIGTERM or Ctrl-C (SIGHUP reloads "
+                                     "the rules)")
     run.set_defaults(func=cmd_run)
 
     dbp = sub.add_parser("db", help="database schema")
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig = dbsub.add_parser("migrate", help="apply the numbered migrations not yet applied")
     mig.set_defaults(func=cmd_db_migrate)
     prune = dbsub.add_parser("prune", help="delete readings, events and dead letters older "
-                                           "than their retention (the engine does it daily)")
+                                           "than their retention and fold the vendor report's "
+                                           "old hourly counts into days (the engine does it "
+                                           "daily)")
     prune.set_defaults(func=cmd_db_prune)
 
     from vagt.alerts import accounts_cli
@@ -149,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--to", dest="end", required=True, help="time to stop before")
     bt.add_argument("--database-url", default=None,
                     help="the database to read (default: the configured one)")
-    bt.add_argument("--batch", type=int, default=5000, help="rows per replayed batch")
+    bt.add_argument("--batch", type=int, default=5000,
+                    help="rows per replayed batch (default: 5000)")
     bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bt.set_defaults(func=cmd_rules_backtest)
 
@@ -184,8 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="send simulated device traffic to a broker")
     sim.add_argument("--devices", type=_count, default=300,
                      help="how many simulated devices (default: 300)")
-    sim.add_argument("--rate", type=_positive, default=100.0, help="messages per second, at most")
-    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--rate", type=_positive, default=100.0,
+                     help="messages per second, at most (default: 100)")
+    sim.add_argument("--duration", type=float, default=None,
+                     help="seconds (default: forever); 0 with --fleet-csv: write the file, "
+                          "send nothing")
     _simulation_options(sim, SIMULATE_DEFAULTS)
     sim.add_argument("--fleet-csv", type=Path, default=None,
                      help="also write the simulated fleet as a devices CSV to this file")
