@@ -102,6 +102,19 @@ def test_a_command_with_no_database_piped_into_head_ends_quietly_too(unbuffered)
     assert (ran.returncode, ran.stderr) == (1, "")
 
 
+def test_fleet_refuses_a_misspelt_status_as_devices_list_does(env, capsys):
+    """`vagt fleet --status in-stock` answered "no devices match", as if the stock were empty."""
+    for command in (["fleet"], ["devices", "list"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--status", "in-stock"])
+        assert exit_.value.code == 2
+        assert "invalid choice: 'in-stock'" in capsys.readouterr().err
+    assert main(["devices", "register", "OXI-1", "--vendor", "Nonin", "--model", "3230"]) == 0
+    capsys.readouterr()
+    assert main(["fleet", "--status", "in_stock", "--json"]) == 0
+    assert [d["device_id"] for d in json.loads(capsys.readouterr().out)] == ["OXI-1"]
+
+
 def test_invalid_configuration_stops_with_the_setting_named(monkeypatch, capsys):
     monkeypatch.setenv("VAGT_MQTT_URL", "http://nope")
     assert main(["db", "migrate"]) == 2

@@ -19,6 +19,7 @@ import psycopg
 from vagt.app.cli_support import format_table, local_time
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import SILENT_FROM, Fleet
+from vagt.devices.lifecycle import Status
 
 GROUPS = ("municipality", "vendor", "model", "type", "status")
 # The table says these as words, as the CLI's other tables say a state (enabled, revoked,
@@ -39,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-battery", type=float, metavar="PERCENT",
                    help="only deployed devices whose latest battery level is below PERCENT")
     for g in GROUPS:
-        p.add_argument(f"--{g}", help=f"only devices with this {g}")
+        # a misspelt status (in-stock) is refused, as `devices list` refuses it, not answered
+        # with "no devices match"
+        p.add_argument(f"--{g}", help=f"only devices with this {g}",
+                       choices=[s.value for s in Status] if g == "status" else None)
     p.add_argument("--by", choices=GROUPS,
                    help="print counts (devices, online, overdue, low battery) per group "
                         "instead, of deployed devices (with --status: of that status; by "
