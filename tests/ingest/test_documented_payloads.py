@@ -92,3 +92,56 @@ def test_every_documented_mosquitto_pub_is_read_without_a_dead_letter(name, topi
     assert out.n_readings + out.n_events > 0
     if topic.endswith("/alarm"):
         assert out.e_code == ["alarm.fall"] and out.e_severity == ["critical"]
+
+
+# The dead-letter table of payloads.md: each reason's example detail, and a message that
+# makes it (the table shows the sentence, not the message).
+REFUSED = {
+    "bad_topic": [(f"{ROOT}/dev/ALM-7/alarms", b'{"events":[{"code":"alarm.fall"}]}'),
+                  (f"{ROOT}/dev/OXI\u20101/telemetry", b'{"readings":[{"metric":"spo2","value":97}]}')],
+    "payload_too_large": [(f"{ROOT}/dev/OXI-1/telemetry", b"x" * 70000)],
+    "malformed": [(f"{ROOT}/dev/OXI-1/telemetry", b'{"readings": [')],
+    "schema": [(f"{ROOT}/dev/OXI-1/telemetry",
+                b'{"readings":[{"metric":"spo2","value":97,"uint":"%"}]}')],
+    "unknown_unit": [(f"{ROOT}/dev/OXI-1/telemetry",
+                      b'{"readings":[{"metric":"spo2","value":97},'
+                      b'{"metric":"spo2","value":97,"unit":"furlong"}]}')],
+    "unknown_metric": [(f"{ROOT}/dev/OXI-1/telemetry", b'{"readings":[{"metric":"mood","value":3}]}')],
+    "impossible_value": [(f"{ROOT}/dev/OXI-1/telemetry",
+                          b'{"readings":[{"metric":"weight","value":1600,"unit":"lb"}]}')],
+    "bad_time": [(f"{ROOT}/dev/OXI-1/telemetry",
+                  b'{"time":1795343600,"readings":[{"metric":"spo2","value":97}]}')],
+    "device_mismatch": [(f"{ROOT}/dev/OXI-1/telemetry",
+                         b'{"device_id":"OXI-2","readings":[{"metric":"spo2","value":97}]}')],
+    "retained": [(f"{ROOT}/dev/OXI-1/telemetry", b'{"readings":[{"metric":"spo2","value":97}]}')],
+}
+TABLE_ROW = re.compile(r"^\| `([a-z_]+)` \|.*\| (`.*`) \|$", re.MULTILINE)
+
+
+def _documented_details() -> dict[str, list[str]]:
+    text = (REPO / "docs" / "payloads.md").read_text().split("## Dead letters", 1)[1]
+    return {reason: [d.replace("\\|", "|") for d in re.findall(r"`((?:[^`])+)`", details)]
+            for reason, details in TABLE_ROW.findall(text)}
+
+
+DOCUMENTED = _documented_details()
+
+
+def test_the_dead_letter_table_has_an_example_of_each_reason_the_decoder_gives():
+    assert set(REFUSED) <= set(DOCUMENTED)
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSED))
+def test_each_documented_dead_letter_detail_is_what_the_decoder_says(reason):
+    for (topic, payload), documented in zip(REFUSED[reason], DOCUMENTED[reason], strict=True):
+        kept = payload[:65536]
+        message = RawMessage(topic, kept, RECEIVED, size=len(payload) if kept != payload else -1,
+                             retained=reason == "retained")
+        out = decode_batch([message], topic_root=ROOT, max_payload_bytes=65536,
+                           now=NOW)
+        assert [d.reason.value for d in out.dead] == [reason]
+        detail, at = out.dead[0].detail, 0
+        for part in documented.split("…"):   # the table leaves out what follows a …
+            found = detail.find(part.strip(" ()"), at)
+            assert found >= 0, f"payloads.md says {documented!r}; the decoder says {detail!r}"
+            at = found + len(part.strip(" ()"))
