@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from vagt.app.config import ConfigError, load_config, redact_url
+from vagt.app.config import ENV_SETTINGS, ConfigError, load_config, redact_url
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_need_no_file_and_no_environment():
@@ -144,3 +147,28 @@ def test_a_password_given_as_a_parameter_never_appears_in_an_error(url: str):
 def test_an_at_sign_in_a_url_parameter_is_no_users_and_the_url_is_taken(url: str):
     assert load_config(None, env={"VAGT_DATABASE_URL": url}).database.url == url
     assert "abc" not in redact_url(url) and "pw@" not in redact_url(url)
+
+
+def _as_documented(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_readme_names_every_variable_with_its_file_setting_and_default():
+    """An ops engineer configures from the README's table: each VAGT_* variable the
+    configuration reads is a row of it, beside its file setting and the default the code has
+    (VAGT_METRICS_HOST was read and had no row)."""
+    rows = re.findall(r"^\| `(VAGT_[A-Z_]+)` \| `([a-z_.]+)` \| ([^|]*) \|",
+                      README.read_text(), re.MULTILINE)
+    documented = {var: (setting, default.strip()) for var, setting, default in rows}
+    assert set(documented) == set(ENV_SETTINGS)
+    defaults = load_config(None, env={})
+    for var, (section, key) in ENV_SETTINGS.items():
+        setting, shown = documented[var]
+        assert setting == (f"{section}.{key}" if section else key), var
+        value = getattr(getattr(defaults, section) if section else defaults, key)
+        expected = ("*(empty)*", "built-in") if value == "" else (f"`{_as_documented(value)}`",)
+        assert shown in expected, f"{var}: the README says {shown}, the default is {value!r}"
