@@ -455,6 +455,43 @@ def test_deploying_a_device_gives_it_access_at_the_next_generation(
     assert device.connack is not None and not device.connack.is_failure
 
 
+HOUSEHOLD = """device_id,vendor,model,type,municipality,citizen_ref,gateway_id
+GWY-000001,Telit,HomeHub 4G,gateway,Aarhus,cit-0a1,
+BPM-000001,A&D,UA-651BLE,bp_monitor,Aarhus,cit-0a1,GWY-000001
+BPM-000002,A&D,UA-651BLE,bp_monitor,Aarhus,cit-0e5,GWY-000009
+BPM-000003,A&D,UA-651BLE,bp_monitor,Aarhus,,GWY-000001
+"""
+
+
+def test_a_gateway_publishes_for_the_meters_behind_it_and_for_no_other_device(
+        database_url, registry, acl_broker, clients):
+    """A household's Bluetooth blood-pressure monitor has no connection of its own: its
+    gateway publishes its readings on its topic. The registry's `gateway_id` says whose
+    gateway it is; before, the files let a gateway publish under its own id only, and the
+    readings were refused at the broker (an MQTT 3.1.1 gateway is told nothing)."""
+    import_csv(registry, HOUSEHOLD, actor="anna")   # BPM-000003: in stock, not behind it now
+    assert write_files(database_url, acl_broker) == 0
+    acl_broker.start()
+    engine = as_engine(clients, acl_broker)
+    gateway = as_device(clients, acl_broker, "GWY-000001")
+    payload = reading("BPM-000001")
+    assert not gateway.publish(topic("BPM-000001"), payload).is_failure
+    assert engine.wait_for_message(topic("BPM-000001"))[-1] == (topic("BPM-000001"), payload)
+    for other in ("BPM-000002", "BPM-000003", "OXI-000001"):   # another's, in stock, unrelated
+        assert str(gateway.publish(topic(other), reading(other))) == "Not authorized", other
+
+
+def test_a_gateways_grant_names_only_deployed_devices_that_can_log_in():
+    access = broker_access(["BPM-000001", "GWY-000001", "OXI-000001"], secret=SECRET.encode(),
+                           topic_root=ROOT, engine_user=ENGINE_USER,
+                           engine_password=ENGINE_PASSWORD,
+                           behind={"GWY-000001": ["BPM-000001", "BPM-000002", "GWY-000001"],
+                                   "GWY-000009": ["OXI-000001"]})
+    assert (f"user GWY-000001\ntopic write {ROOT}/dev/GWY-000001/#\n"
+            f"topic write {ROOT}/dev/BPM-000001/#\nuser OXI-000001\n") in access.acl
+    assert "BPM-000002" not in access.acl and "GWY-000009" not in access.acl
+
+
 def test_the_device_secret_from_the_environment_never_shows_in_the_configuration():
     from vagt.app.config import load_config
 

@@ -1,5 +1,7 @@
 """Broker access from the registry: a Mosquitto password file and ACL file that let each
-deployed device publish under its own topic only, and the engine read every device topic.
+deployed device publish under its own topic only, a gateway under the topics of the
+deployed devices it sends for too (their `gateway_id` attribute names it), and the engine
+read every device topic.
 
 A device's password is derived, not stored: base64url(HMAC-SHA256(secret, device_id)),
 unpadded. Whoever provisions a device computes it from the same secret; vagt keeps neither
@@ -14,6 +16,7 @@ import hmac
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +105,24 @@ def deployed_devices(conn: psycopg.Connection) -> list[str]:
         (Status.DEPLOYED.value,))]
 
 
+def relayed_devices(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Per gateway, the deployed devices whose `gateway_id` attribute names it: the
+    Bluetooth meters of a household, whose messages the gateway publishes on their topics."""
+    behind: dict[str, list[str]] = {}
+    for device_id, gateway in conn.execute(
+            "SELECT device_id, attributes->>'gateway_id' FROM devices "
+            "WHERE status = %s AND attributes->>'gateway_id' <> '' ORDER BY device_id",
+            (Status.DEPLOYED.value,)):
+        behind.setdefault(gateway, []).append(device_id)
+    return behind
+
+
 def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
-                  engine_user: str, engine_password: str) -> BrokerAccess:
-    """The password and ACL files for these devices and the engine's user.
+                  engine_user: str, engine_password: str,
+                  behind: Mapping[str, Sequence[str]] | None = None) -> BrokerAccess:
+    """The password and ACL files for these devices and the engine's user. `behind`: per
+    gateway, the devices it sends for (`relayed_devices`); it may publish under their
+    topics as under its own, as long as both are in the files.
 
     A device whose id cannot be a Mosquitto user name is left out (and named in `left_out`)
     rather than refusing the files: one such id must not keep the old files in force for
@@ -135,8 +153,14 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
     # PUBACK), and an MQTT 3.1.1 device's is dropped unseen; delivered, the engine keeps it
     # as a dead letter and raises an alert (an alarm-looking one in the call centre's
     # queue). `{d}/#` covers the topic `{d}` too. Another device's topics stay refused.
+    # A gateway publishes for the Bluetooth meters behind it on their topics (they have no
+    # connection of their own): refused, their readings were dropped at the broker, unseen
+    # by an MQTT 3.1.1 gateway. It may write what the registry says it sends for, no more.
+    listed = set(device_ids)
     for d in device_ids:
         acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
+        acl_lines += [f"topic write {topic_root}/dev/{m}/#"
+                      for m in sorted((behind or {}).get(d, ())) if m in listed and m != d]
     return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
                         device_ids, engine_user, left_out)
 

@@ -27,6 +27,7 @@ from vagt.devices.broker_access import (
     BROKER_USER_CHARS,
     broker_access,
     deployed_devices,
+    relayed_devices,
     write_private,
 )
 from vagt.devices.catalogue import Catalogue, CatalogueError, load_catalogue
@@ -349,7 +350,8 @@ def handle_broker_acl(args: argparse.Namespace, conninfo: str, config: Config) -
     with psycopg.connect(conninfo) as conn:
         access = broker_access(deployed_devices(conn), secret=secret.encode(),
                                topic_root=config.mqtt.topic_root, engine_user=engine_user,
-                               engine_password=engine_password)
+                               engine_password=engine_password,
+                               behind=relayed_devices(conn))
         for path in (args.passwords, args.acl):
             if not path.parent.is_dir():
                 return fail(f"cannot write {path}: no such directory {path.parent}")
