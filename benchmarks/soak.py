@@ -26,9 +26,11 @@ import collections
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,6 +103,14 @@ def main() -> None:
                     "times its defaults")
     ap.add_argument("--alarm-every", type=float, default=2.0, help="seconds between alarms")
     ap.add_argument("--window", type=float, default=120.0, help="seconds a printed line covers")
+    ap.add_argument("--operators", type=int, default=8,
+                    help="call-centre operators taking the most urgent alert and resolving it, "
+                         "each an alert every --handle seconds at most (0: nobody answers, "
+                         "and the open alerts grow)")
+    ap.add_argument("--handle", type=float, default=1.0,
+                    help="seconds an operator spends on an alert")
+    ap.add_argument("--logs", type=Path, default=None,
+                    help="copy the engine's and the simulator's logs into this directory")
     args = ap.parse_args()
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
@@ -143,6 +153,13 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
     probe = AlarmProbe(broker, root, url, probes, interval=args.alarm_every)
     start = time.perf_counter()
     probe.run()
+    done = threading.Event()
+    handled: list[int] = []
+    crew = [threading.Thread(target=operator, args=(url, f"soak-operator-{k}", args.handle,
+                                                   done, handled), daemon=True)
+            for k in range(args.operators)]
+    for t in crew:
+        t.start()
     samples: list[Sample] = []
     cpu = cpu_times()
     print(f"{'minutes':>9} {'msg/s':>7} {'RSS MB: engine + children':>28} {'alarm p50/p99 ms':>17}"
@@ -167,6 +184,11 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
                 raise RuntimeError(f"the engine exited; see {engine.log}")
         print_window(samples, probe, start, last_line, time.perf_counter() - start)
     probe.stop()
+    done.set()
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(engine.log, args.logs / "engine.log")
+        shutil.copy(sim_log, args.logs / "simulate.log")
     m = re.search(r"sent (\d+) messages", sim_log.read_text(errors="replace"))
     sent = f"{int(m.group(1)):,}" if m else f"? (see {sim_log})"
 
@@ -180,6 +202,7 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
     watcher.disconnect()
     watcher.loop_stop()
     summary(samples, probe)
+    print(f"operators: {args.operators}, {len(handled):,} alerts taken and resolved")
     bulk, alarm = taken()
     print(f"messages: the simulator sent {sent} and the probe {len(probe.sent)} alarms; a "
           f"bare subscriber got {wanted[0]:,} and {wanted[1]:,} alarms, the engine "
@@ -203,6 +226,29 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
     print("the engine's warnings and errors: " + (", ".join(
         f"{n} {event} ({level.lower()})" for (level, event), n in kinds.most_common())
         or "none"))
+
+
+def operator(url: str, name: str, handle_s: float, done: threading.Event,
+             handled: list[int]) -> None:
+    """A call-centre operator: takes the most urgent open alert (`next_alert`, as the API's
+    POST /alerts/next), spends `handle_s` on it, resolves it, as the console would."""
+    from vagt.alerts import actions
+    from vagt.alerts.policy import current_policy
+
+    code = current_policy().resolution_codes[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not done.is_set():
+            alert = actions.next_alert(conn, name, via="soak")
+            if alert is None:
+                done.wait(1.0)
+                continue
+            done.wait(handle_s)
+            try:
+                actions.resolve(conn, alert.id, name, note="handled in the soak", code=code,
+                                via="soak")
+            except actions.AlertError:   # the engine resolved it meanwhile (its clear)
+                continue
+            handled.append(alert.id)
 
 
 def print_window(samples: list[Sample], probe: AlarmProbe, start: float, a: float,

@@ -4,10 +4,12 @@ letter is committed, and counted; an alarm is never lost to a field it does not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import orjson
 import paho.mqtt.client as paho
@@ -156,9 +158,12 @@ def test_odd_input_through_the_broker_is_each_a_dead_letter_saying_what_and_none
     assert engine.proc is not None and engine.proc.poll() is None
 
 
-def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it_was_not(
-        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
-    engine.start().wait_ready()
+@contextlib.contextmanager
+def storing_a_dead_letter_waits(database_url: str, broker: Broker,
+                                topic_root: str) -> Iterator[None]:
+    """Inside: a malformed message from OXI-0001 published, and the engine waiting for the
+    dead_letters table (locked) to keep it: nothing of its batch committed or acknowledged.
+    The lock goes at the end."""
     bad = (topic(topic_root, "OXI-0001", "telemetry"), b'{"readings": [')
     with psycopg.connect(database_url) as blocker:
         blocker.execute("LOCK TABLE dead_letters IN EXCLUSIVE MODE")
@@ -167,6 +172,13 @@ def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it
                                               "WHERE wait_event_type = 'Lock' "
                                               "AND datname = current_database()"),
                  what="the engine waiting to store the dead letter")
+        yield
+
+
+def test_a_dead_letter_is_acknowledged_only_once_committed_and_comes_again_if_it_was_not(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
+    engine.start().wait_ready()
+    with storing_a_dead_letter_waits(database_url, broker, topic_root):
         assert metrics(engine).get('vagt_messages_acked_total{lane="bulk"}', 0) == 0
         engine.kill()
     engine.start().wait_ready()   # the broker sends it again (DUP), to the next run
@@ -183,14 +195,7 @@ def test_a_dead_letter_the_broker_delivers_again_is_counted_as_one_dead_letter(
     (the connection went first): the broker sends it again, and the same process takes it
     again. Ops alerting on `vagt_dead_letters_total` must see one bad message, not two."""
     engine.start().wait_ready()
-    bad = (topic(topic_root, "OXI-0001", "telemetry"), b'{"readings": [')
-    with psycopg.connect(database_url) as blocker:
-        blocker.execute("LOCK TABLE dead_letters IN EXCLUSIVE MODE")
-        publish(broker.port, [bad])
-        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM pg_stat_activity "
-                                              "WHERE wait_event_type = 'Lock' "
-                                              "AND datname = current_database()"),
-                 what="the engine waiting to store the dead letter")
+    with storing_a_dead_letter_waits(database_url, broker, topic_root):
         broker.restart()   # cleanly: the broker keeps the message it is owed an ack for
         wait_for(lambda: engine.log().count("event=mqtt_connected") >= 4,
                  what="both sessions connected again")
