@@ -282,6 +282,43 @@ def test_an_unknown_device_gets_one_alert_however_many_messages_it_sends(databas
     assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 13
 
 
+def test_an_unknown_device_sending_the_same_heartbeat_after_its_alert_was_resolved_is_told_again(
+        database_url):
+    """A heartbeat without a time is the same bytes each time. The service centre resolved
+    the unknown_device alert (it registered the device, it thought, under a typo): the
+    device still sends, and the service centre hears of it again, not after the 90 days its
+    first dead letter is kept. The copy does not count on an alert still open."""
+    from vagt.alerts import resolve
+
+    register(database_url, DEVICES)
+    heartbeat = b'{"status": {"battery": 80}}'
+    run_batches(database_url, [msg("GHOST-1", "status", heartbeat)],
+                [msg("GHOST-1", "status", heartbeat)])
+    assert query(database_url, "SELECT status, repeat_count FROM alerts") == [("open", 1)]
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "registered it", code="resolved")
+    run_batches(database_url, [msg("GHOST-1", "status", heartbeat)])
+    assert query(database_url, "SELECT rule, device_id, status, reopen_count FROM alerts") == [
+        ("unknown_device", "GHOST-1", "open", 1)]
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 1
+
+
+def test_a_device_on_a_stray_topic_sending_the_same_bytes_after_its_alert_was_resolved_is_told_again(
+        database_url):
+    """The service centre resolved the bad_topic alert, believing the device set right; it
+    still sends its heartbeat where vagt does not read, and the alert opens again."""
+    from vagt.alerts import resolve
+
+    register(database_url, DEVICES)
+    heartbeat = b'{"status": {"battery": 80}}'
+    run_batches(database_url, [msg("OXI-0001", "measurements", heartbeat)])
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "set the device's topic", code="resolved")
+    run_batches(database_url, [msg("OXI-0001", "measurements", heartbeat)])
+    assert query(database_url, "SELECT rule, device_id, status, reopen_count FROM alerts") == [
+        ("bad_topic", "OXI-0001", "open", 1)]
+
+
 def test_a_device_registered_while_running_is_found_without_a_restart(database_url):
     register(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:

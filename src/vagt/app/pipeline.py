@@ -484,9 +484,10 @@ class Pipeline:
         per unknown device id (repeats counted on it), not one per message.
 
         An alert about dead letters counts each once: a message whose topic and bytes are kept
-        as a dead letter already (`_copies`) adds nothing to the service centre's alerts.
-        One that looks like an alarm adds nothing only if it is also a retained copy (sent
-        again at a subscribe): the same bytes sent live may be the button pressed again.
+        as a dead letter already (`_copies`) adds nothing to the service centre's alert while
+        that alert is open (`_news`), and opens it again once it was resolved. One that looks
+        like an alarm adds nothing only if it is also a retained copy (sent again at a
+        subscribe): the same bytes sent live may be the button pressed again.
         """
         n = len(messages)
         device_of_msg = np.full(n, -1, dtype=np.int64)
@@ -508,7 +509,9 @@ class Pipeline:
                 f"device '{device_id}' (topic {m.topic}) is not registered; "
                 + (_in_other_case(alike[device_id]) if device_id in alike else
                    "register it with `vagt devices import` before it sends"), device_id))
-        news = np.asarray([i for i in unknown.tolist() if i not in copies], dtype=np.int64)
+        news = np.asarray(_news(conn, UNKNOWN_DEVICE_RULE,
+                                {i: dec.msg_device[i] for i in unknown.tolist()}, copies),
+                          dtype=np.int64)
         if len(news):
             out.registry_firings = _registry_firings(
                 UNKNOWN_DEVICE_RULE, [dec.msg_device[i] for i in news], msg_time[news],
@@ -586,7 +589,7 @@ class Pipeline:
         known = {d: int(k) for d, k in zip(ids, self.fleet.resolve(conn, ids).tolist())
                  if k >= 0}
         placed = {d: self._registry_labels(k) for d, k in known.items()}
-        news = [i for i in bad if i not in copies]
+        news = _news(conn, BAD_TOPIC_RULE, {i: level[i] for i in bad}, copies)
         if news:
             out.registry_firings += _registry_firings(
                 BAD_TOPIC_RULE, [level[i] for i in news], msg_time[np.asarray(news)],
@@ -783,6 +786,21 @@ def _copies(conn: psycopg.Connection, messages: Sequence[RawMessage],
             copies.add(i)
         seen.add(digest[i])
     return copies
+
+
+def _news(conn: psycopg.Connection, rule: str, keys: Mapping[int, str],
+          copies: Collection[int]) -> list[int]:
+    """Of the messages `keys` (index: the device id an alert of `rule` names), those that
+    add to that alert: all but the copies (`_copies`) of a device whose alert is open, or
+    that has a message in the batch that is no copy. A copy of a device whose alert was
+    resolved opens it again: a device that goes on sending the same bytes (unregistered, or
+    on a topic vagt does not read, a status without a time) is not forgotten by the service
+    centre for the 90 days its dead letter is kept."""
+    named = {i: mask_cpr(k)[0] for i, k in keys.items()}
+    told = {k for i, k in named.items() if i not in copies}
+    asked = {fingerprint(rule, k): k for i, k in named.items() if i in copies and k not in told}
+    told |= {asked[f] for f in rule_queries.unresolved(conn, sorted(asked))}
+    return [i for i, k in named.items() if i not in copies or k not in told]
 
 
 def _message_times(dec: DecodedBatch, received: F64) -> F64:

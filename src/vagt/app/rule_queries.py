@@ -86,6 +86,15 @@ def open_rule_alerts(conn: psycopg.Connection,
     return [(str(r), str(d), float(t)) for r, d, t in conn.execute(sql, params).fetchall()]
 
 
+def unresolved(conn: psycopg.Connection, fingerprints: Sequence[str]) -> set[str]:
+    """Of `fingerprints`, those with an alert not resolved."""
+    if not fingerprints:
+        return set()
+    return {str(r[0]) for r in conn.execute(
+        "SELECT fingerprint FROM alerts WHERE fingerprint = ANY(%s) AND status <> 'resolved'",
+        (list(fingerprints),))}
+
+
 def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
     """Per device index, as committed by any engine: the device time of its latest message
     and when the broker received it, by our clock (migration 0020); each the time its
