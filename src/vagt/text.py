@@ -34,6 +34,19 @@ def char_name(c: str) -> str:
     return f"{code}, {_CATEGORIES.get(unicodedata.category(c), 'a character without a name')}"
 
 
+# Every space separator (Unicode's Zs) but ' ': the no-break space a word processor, a web
+# page or a mail program puts in what a person copies, the narrow one of a formatted time
+_SPACES = str.maketrans(dict.fromkeys(
+    "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u202f\u205f\u3000", " "))
+
+
+def plain_spaces(text: str) -> str:
+    """`text` with each space that is not ' ' (a no-break, thin or ideographic space) as ' ':
+    it reads the same, and is not refused as what is not printable."""
+    return text.translate(_SPACES) if not text.isascii() else text
+
+
 def unprintable(text: str, *, line_breaks: bool = False) -> tuple[int, str] | None:
     """The first character of `text` that is not printable, with its place (from 1), or
     None when there is none. Printable is what Python's `str.isprintable` says (Unicode

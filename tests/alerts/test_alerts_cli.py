@@ -208,6 +208,17 @@ def test_a_note_of_several_lines_is_kept_with_its_line_breaks_and_tabs(database_
         ("called twice\nno answer\tat 14:05",)]
 
 
+def test_a_note_pasted_with_no_break_spaces_is_kept_with_spaces(database_url, conn):
+    """A mail or a web page puts no-break spaces in what an operator copies, and a formatted
+    time a narrow one: they look like spaces, and the note is not refused for a character
+    the operator cannot see."""
+    a = new_alert(database_url)
+    assert run(database_url, "note", str(a), "--operator", "anna",
+               "--note", "called at\u00a014:05\u202fPM,\u00a0no answer") == 0
+    assert conn.execute("SELECT note FROM alerts").fetchall() == [
+        ("called at 14:05 PM, no answer",)]
+
+
 # --- who acts: an account, and the login that typed it ----------------------------------------
 
 

@@ -29,7 +29,7 @@ from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.suppression import is_inhibition_source, reconcile
 from vagt.privacy import without_cpr
-from vagt.text import unprintable_problem
+from vagt.text import plain_spaces, unprintable_problem
 
 MAX_OPERATOR_LENGTH = 100
 MAX_NOTE = outbox.MAX_NOTE
@@ -358,11 +358,13 @@ def checked_operator(operator: str) -> str:
 
 
 def _cleaned_note(note: str | None) -> str | None:
-    """The note without surrounding spaces, its line breaks '\\n', or None; HoldsCpr when it
-    holds a CPR number, InvalidNote when it is longer than MAX_NOTE or holds a character
-    that is not printable but a line break (vagt.text): the call centre's systems, the
-    console and `vagt alerts show` show it."""
-    cleaned = without_cpr((note or "").replace("\r\n", "\n").strip(), "note") or None
+    """The note without surrounding spaces, its line breaks '\\n', its spaces ' ', or None;
+    HoldsCpr when it holds a CPR number, InvalidNote when it is longer than MAX_NOTE or
+    holds a character that is not printable but a line break or a tab (vagt.text): the call
+    centre's systems, the console and `vagt alerts show` show it. A no-break space, pasted
+    with the rest from a mail or a web page, is a space: the operator cannot see it."""
+    cleaned = without_cpr(plain_spaces((note or "").replace("\r\n", "\n")).strip(),
+                          "note") or None
     if cleaned is None:
         return None
     if len(cleaned) > MAX_NOTE:
