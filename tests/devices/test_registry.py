@@ -250,6 +250,18 @@ def test_a_column_whose_name_is_not_printable_is_named_escaped(conn):
         "character 6)" + NOT_PRINTABLE]
 
 
+def test_a_column_without_a_name_is_not_kept_and_what_it_holds_refuses_nothing(conn):
+    """A spreadsheet's column of the staff's own jottings, its header cell left empty, is
+    not imported: a line break or a no-break space in it (pasted from a mail) is no reason
+    to refuse the fleet, as it was none before vagt checked what is printable."""
+    text = (HEADER.replace("\n", ",\n") + f'OXI-1,{OK},"call Bo\nfirst"\n'
+            f"OXI-2,{OK},ring\u00a0Bo\n")
+    assert do_import(conn, text).created == 2
+    assert {d: dict(a) for d, a in conn.execute(
+        "SELECT device_id, attributes FROM devices ORDER BY device_id")} == {
+        "OXI-1": {}, "OXI-2": {}}
+
+
 def test_a_file_that_is_not_utf8_is_refused_with_what_to_do(conn, tmp_path: Path):
     path = tmp_path / "fleet.csv"
     path.write_bytes((HEADER + "OXI-1,a,b,c,Næstved\n").encode("cp1252"))

@@ -180,6 +180,8 @@ class _RowChecker:
         known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
         self.extra = [i for i, h in enumerate(names)
                       if h and h not in known and names.index(h) == i]
+        # what is read or kept; a column without a name (the staff's own jottings) is not
+        self.kept = {*self.required, *self.optional.values(), *self.extra}
         self.seen: dict[str, int] = {}
         self.cpr_columns = {i for i, h in enumerate(header) if looks_like_cpr_name(h)}
 
@@ -193,8 +195,9 @@ class _RowChecker:
         cpr = [f"line {line}, column {_column_name(self.header, i)}: {problem}; {CPR_ADVICE}"
                for i, v in enumerate(values) if (problem := self._cpr_problem(i, v))]
         unprintable = [f"line {line}, column {_column_name(self.header, i)}: {problem}"
-                       for i, v in enumerate(values) if (problem := unprintable_problem(
-                           v, "the value", line_breaks=i in self.extra))]
+                       for i, v in enumerate(values) if i in self.kept and (
+                           problem := unprintable_problem(v, "the value",
+                                                          line_breaks=i in self.extra))]
         if unprintable:   # the checks below would repeat the value in their messages
             return [*cpr, *unprintable], None
         device_id, vendor, model, type_, municipality = (values[i] for i in self.required)
