@@ -492,6 +492,21 @@ def test_a_gateways_grant_names_only_deployed_devices_that_can_log_in():
     assert "BPM-000002" not in access.acl and "GWY-000009" not in access.acl
 
 
+def test_a_device_whose_gateway_id_names_no_deployed_gateway_is_named_in_a_warning(
+        database_url, registry, acl_broker, capsys):
+    """BPM-000002's gateway_id has a typo (no GWY-000009 is deployed): no gateway may
+    publish for it, and an MQTT 3.1.1 gateway would lose its readings at the broker without
+    a word. Whoever writes the files is told which device and which gateway id; the files
+    are written all the same (exit 0), for every other device."""
+    import_csv(registry, HOUSEHOLD, actor="anna")
+    assert write_files(database_url, acl_broker) == 0
+    err = capsys.readouterr().err
+    assert ("vagt: warning: 1 deployed device(s) name in gateway_id a gateway that is not a "
+            "deployed device in the files, so no gateway may publish for them:\n"
+            "  BPM-000002: gateway_id 'GWY-000009'\n") in err
+    assert "BPM-000001" not in err
+
+
 def test_the_device_secret_from_the_environment_never_shows_in_the_configuration():
     from vagt.app.config import load_config
 

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -46,14 +46,17 @@ class BrokerAccessError(DeviceError):
 
 @dataclass(frozen=True)
 class BrokerAccess:
-    """The two files' contents, who is in them, and the deployed devices left out of them
-    (device id: why), which cannot log in."""
+    """The two files' contents, who is in them, the deployed devices left out of them
+    (device id: why), which cannot log in, and the deployed devices whose `gateway_id`
+    names no device in the files (device id: that gateway id), for which no gateway may
+    publish."""
 
     passwords: str
     acl: str
     devices: list[str]
     engine_user: str
     left_out: dict[str, str]
+    unrelayed: dict[str, str] = field(default_factory=dict)
 
 
 def device_user_problem(device_id: str) -> str | None:
@@ -161,8 +164,12 @@ def broker_access(device_ids: list[str], *, secret: bytes, topic_root: str,
         acl_lines += [f"user {d}", f"topic write {topic_root}/dev/{d}/#"]
         acl_lines += [f"topic write {topic_root}/dev/{m}/#"
                       for m in sorted((behind or {}).get(d, ())) if m in listed and m != d]
+    # a gateway_id with a typo, or a gateway not deployed: its meters' readings would be
+    # refused at the broker unseen, so the files' writer is told (`unrelayed`)
+    unrelayed = {m: g for g, meters in (behind or {}).items() if g not in listed
+                 for m in meters if m in listed and m != g}
     return BrokerAccess("\n".join(password_lines) + "\n", "\n".join(acl_lines) + "\n",
-                        device_ids, engine_user, left_out)
+                        device_ids, engine_user, left_out, dict(sorted(unrelayed.items())))
 
 
 def _device_left_out(device_id: str, engine_user: str) -> str | None:

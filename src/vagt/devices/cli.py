@@ -365,6 +365,8 @@ def handle_broker_acl(args: argparse.Namespace, conninfo: str, config: Config) -
     # mosquitto` and keep the old files, and the access of devices lost since, in force.
     if access.left_out:
         print(format_left_out(access.left_out), file=sys.stderr)
+    if access.unrelayed:
+        print(format_unrelayed(access.unrelayed), file=sys.stderr)
     left_out = f" ({len(access.left_out)} left out, see above)" if access.left_out else ""
     print(f"wrote {args.passwords} and {args.acl}: {len(access.devices)} deployed device(s)"
           f"{left_out} and the engine user {engine_user}; reload Mosquitto to apply "
@@ -380,6 +382,19 @@ def format_left_out(left_out: dict[str, str]) -> str:
     lines.append(f"  give each a new id (1 to 64 of {BROKER_USER_CHARS}) and set it on the "
                  "device; register and deploy it under the new id, then return and retire "
                  "the old one")
+    return "\n".join(lines)
+
+
+def format_unrelayed(unrelayed: dict[str, str]) -> str:
+    """The warning for deployed devices whose gateway_id names no device in the files:
+    their gateway cannot publish for them, and an MQTT 3.1.1 gateway is not told so."""
+    lines = [f"vagt: warning: {len(unrelayed)} deployed device(s) name in gateway_id a "
+             "gateway that is not a deployed device in the files, so no gateway may publish "
+             "for them:"]
+    lines += [f"  {device_id}: gateway_id '{shown(gateway)}'"
+              for device_id, gateway in unrelayed.items()]
+    lines.append("  set gateway_id to the id of the gateway the device sends through, or "
+                 "deploy that gateway, and write the files again")
     return "\n".join(lines)
 
 
