@@ -169,6 +169,23 @@ def test_a_queue_with_no_alert_waiting_is_0_not_gone(
              what="the alarm's alert, open")
 
 
+def test_a_queue_only_a_rule_names_is_0_not_gone(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices,
+        tmp_path: Path) -> None:
+    """A centre's own rule sends its alerts to a queue of its own, which no route of the
+    policy names (a rule's queue is where its alerts go when no route sets one): emptied,
+    that queue is 0 on the dashboard too, not a gap."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "personal_alarm"\nkind = "event"\ncodes = ["alarm.*"]\n'
+        'severity = "critical"\npriority = 1\nqueue = "emergency"\nsummary = "{code}"\n'
+        '[[rule]]\nname = "door_left_open"\nkind = "event"\ncodes = ["door.open"]\n'
+        'severity = "warning"\npriority = 3\nqueue = "night_watch"\nsummary = "{code}"\n')
+    engine.env["VAGT_RULES"] = str(rules)
+    engine.start().wait_ready()
+    assert metrics(engine).get('vagt_open_alerts{queue="night_watch"}') == 0
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

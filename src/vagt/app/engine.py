@@ -611,7 +611,9 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         heap.settle()
         queues = [*queues_of(policy.root), SERVICE_CENTRE_QUEUE,    # the engine's own alerts
                   *([policy.escalation_queue] if policy.escalation_queue else [])]
-        metrics.watch_open_alerts(lambda: _open_alerts_by_queue(pool, queues))
+        # and each rule's own, where no route sets one: the rules running now (SIGHUP)
+        metrics.watch_open_alerts(lambda: _open_alerts_by_queue(
+            pool, [*queues, *(r.queue for r in pipeline.rules.rules)]))
         metrics.watch_queue(lambda: _queue_alerts(pool))
         metrics.watch_deliveries(lambda: _waiting_deliveries(pool))
         metrics.watch_fleet(lambda: fleet.counts(clock()))
@@ -987,9 +989,9 @@ def _guarded(pool: ConnectionPool, timeout: float, limit_s: float = SCRAPE_QUERY
 
 def _open_alerts_by_queue(pool: ConnectionPool, queues: Sequence[str]
                           ) -> list[tuple[str, int]]:
-    """Per queue, its alerts not resolved: every one of `queues` (the policy's), 0 for none
-    (a series that vanished at 0 showed a gap, not a queue emptied), and any other that
-    has some."""
+    """Per queue, its alerts not resolved: every one of `queues` (the policy's and the
+    rules'), 0 for none (a series that vanished at 0 showed a gap, not a queue emptied),
+    and any other that has some."""
     with _guarded(pool, timeout=2) as conn:
         rows = conn.execute(
             "SELECT queue, count(*) FROM alerts "
