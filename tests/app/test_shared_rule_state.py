@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
-from tests.app.conftest import DEVICES, query, register, telemetry
+from tests.app.conftest import DEVICES, query, register, scalar, telemetry
 
 from vagt.app import rule_state, store
 from vagt.app.config import IngestConfig
@@ -732,6 +732,115 @@ def test_a_tick_goes_by_what_a_batch_of_its_own_process_committed_meanwhile(
     p.tick(due + 7200)
     p.close()
     assert alerts(database_url) == []
+
+
+def waiting_for_a_lock_or_done(database_url: str, conn: psycopg.Connection,
+                               done: threading.Event, timeout: float = 10) -> None:
+    """Until `conn`'s statement waits for a lock another transaction holds, or `done`."""
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and time.monotonic() < deadline:
+        if scalar(database_url, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s "
+                                "AND wait_event_type = 'Lock'", (conn.info.backend_pid,)):
+            return
+        time.sleep(0.02)
+
+
+def test_the_sweep_does_not_hold_the_ticks_devices_while_it_waits_for_a_batchs(
+        database_url, monkeypatch):
+    """The timer's tick holds the dispenser whose dose it calls missed; the absence sweep
+    then locks every silent device. The other engine's batch holds a silent one (ALM-0001)
+    and waits, in device order, for the dispenser: with both in one transaction, each
+    waited for the other, and the database cancelled one of them as a deadlock (twice in
+    a 20-minute soak, at the tick forced during a drain). The tick commits first now."""
+    register(database_url, DEVICES + [DISPENSER])
+    due = T0 + 3600
+    a, b = Process(database_url, None), Process(database_url, None)
+    a.batch([event("DSP-0001", due, "dose.due")])
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def other_engines_batch() -> None:
+        try:
+            b.batch([event("ALM-0001", due + 60, "power.mains_lost"),
+                     event("DSP-0001", due + 60, "dose.taken")])
+        except BaseException as e:   # a deadlock's cancellation
+            failed.append(e)
+        finally:
+            done.set()
+
+    sweep = a.pipeline.rules.sweep_absence
+
+    def meanwhile(*args, **kw):   # the batch comes while the sweep begins
+        threading.Thread(target=other_engines_batch).start()
+        waiting_for_a_lock_or_done(database_url, b.conn, done)
+        return sweep(*args, **kw)
+
+    monkeypatch.setattr(a.pipeline.rules, "sweep_absence", meanwhile)
+    try:
+        out = a.pipeline.tick(a.conn, due + 13 * 3600, sweep=True)
+        a.conn.commit()
+        a.pipeline.after_commit(out)
+    except psycopg.errors.DeadlockDetected as e:
+        failed.append(e)
+    assert done.wait(30)
+    a.close()
+    b.close()
+    assert failed == []
+    assert ("missed_dose", "DSP-0001") in {(r[0], r[1]) for r in alerts(database_url)}
+
+
+def test_a_ticks_later_round_gives_back_what_it_holds_before_it_waits(database_url,
+                                                                        monkeypatch):
+    """A tick locks the devices its first answer touches (DSP-0001, its dose missed) and
+    asks again; meanwhile a lane of its own process committed another dispenser's dose due
+    (DSP-0000), so the second answer touches that one too. The other engine's batch holds
+    DSP-0000 and waits, in device order, for DSP-0001: the tick waiting for DSP-0000 while
+    it held DSP-0001 was a deadlock. It gives DSP-0001 back and takes both in order."""
+    first = ("DSP-0000", *DISPENSER[1:])
+    register(database_url, DEVICES + [DISPENSER, first])
+    due = T0 + 3600
+    a, b = Process(database_url, None), Process(database_url, None)
+    a.batch([event("DSP-0001", due, "dose.due")])
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def other_engines_batch() -> None:
+        try:
+            b.batch([event("DSP-0000", due + 60, "power.mains_lost"),
+                     event("DSP-0001", due + 60, "power.mains_lost")])
+        except BaseException as e:   # a deadlock's cancellation
+            failed.append(e)
+        finally:
+            done.set()
+
+    tick = a.pipeline.rules.tick
+    calls = []
+
+    def meanwhile(now: float, behind=None):
+        calls.append(now)
+        if len(calls) == 2:   # the second answer, DSP-0001 locked
+            lane = psycopg.connect(database_url)
+            store.prepare_connection(lane)
+            out = a.pipeline.process(lane, [event("DSP-0000", due, "dose.due")])
+            lane.commit()
+            a.pipeline.after_commit(out)
+            lane.close()
+            threading.Thread(target=other_engines_batch).start()
+            waiting_for_a_lock_or_done(database_url, b.conn, done)
+        return tick(now, behind)
+
+    monkeypatch.setattr(a.pipeline.rules, "tick", meanwhile)
+    try:
+        a.tick(due + 13 * 3600)
+    except psycopg.errors.DeadlockDetected as e:
+        failed.append(e)
+    assert done.wait(30)
+    a.close()
+    b.close()
+    assert failed == []
+    assert len(calls) >= 3   # the test means it: a third answer, after both were locked
+    assert {("missed_dose", "DSP-0000"), ("missed_dose", "DSP-0001")} <= {
+        (r[0], r[1]) for r in alerts(database_url)}
 
 
 def test_a_process_waits_for_the_other_to_commit_a_device_before_it_evaluates_it(

@@ -360,7 +360,11 @@ class Pipeline:
 
     def tick(self, conn: psycopg.Connection, now: float, sweep: bool) -> BatchOutcome:
         """Deadlines passed without a message (every process, its own devices); with `sweep`,
-        also the fleet-wide absence sweep (the process holding the sweep lock)."""
+        also the fleet-wide absence sweep (the process holding the sweep lock), in a
+        transaction of its own: the tick's is committed first. In one, the sweep locked the
+        silent devices while the tick's devices were held, and a batch holding one of those
+        and waiting, in device order, for one of these was cancelled by the database as a
+        deadlock (twice in a 20-minute soak, each time at the tick forced during a drain)."""
         out = BatchOutcome()
         self.shared.refresh(conn)  # deadlines other processes set
         # Deadlines are judged on each device's clock: how far behind ours it is comes from
@@ -373,6 +377,7 @@ class Pipeline:
             on_locked=lambda devs: self.fleet.refresh_devices(conn, devs))
         self.record(conn, ev, out)
         if sweep and any(r.kind in SWEPT for r in self.rules.rules):
+            conn.commit()
             names = [r.name for r in self.rules.rules if r.kind in SWEPT]
             opened = rule_queries.open_rule_alerts(conn, names)
             idx = self.fleet.lookup([d for _, d, _ in opened])

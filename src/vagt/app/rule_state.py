@@ -370,15 +370,28 @@ class SharedRuleState:
         each lock, before `evaluate` runs again: to read what else the rules go by.
         """
         locked = held if held is not None else np.empty(0, dtype=np.int64)
+        # A round must not wait for a device while the rounds before hold others: a batch
+        # holding that one and waiting, in device order, for one of these would be a
+        # deadlock. A later round gives back what the earlier took (to the savepoint) and
+        # takes them all in one round, in device order. (A batch's own, `held`, are all
+        # taken at once by its device-state UPDATE.)
+        rounds = held is None
+        if rounds:
+            conn.execute("SAVEPOINT vagt_rule_locks")
         while True:
             ev = evaluate()
             touched = np.setdiff1d(ev.devices(), locked)
             if len(touched) == 0:
                 break
+            if rounds and len(locked):
+                conn.execute("ROLLBACK TO SAVEPOINT vagt_rule_locks")
+                touched = np.union1d(locked, touched)
             self.lock(conn, touched)
             if on_locked is not None:
                 on_locked(touched)
             locked = np.union1d(locked, touched)
+        if rounds:
+            conn.execute("RELEASE SAVEPOINT vagt_rule_locks")
         write = self.engine.moved(ev)
         if seen is not None:
             write = np.union1d(write, seen.replayed)
