@@ -245,16 +245,22 @@ def test_clearing_a_retained_alarm_as_the_alert_says_reaches_the_engine_and_is_n
     assert scalar(database_url, "SELECT reason FROM dead_letters") == "malformed"
 
 
+def dead_letter_log_fields(engine: EngineProcess, broker: Broker, sent: str) -> dict[str, str]:
+    """An empty message published on `sent`, and the key=value fields of the engine's log
+    line about its dead letter (a quoted value as it is written, quotes and all)."""
+    publish(broker.port, [(sent, b"{}")])
+    line = wait_for(lambda: next((x for x in engine.log().splitlines()
+                                  if "event=dead_letter" in x), None), what="the log line")
+    return dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+
+
 def test_a_topic_with_spaces_and_equals_signs_is_one_field_of_the_dead_letters_log_line(
         engine: EngineProcess, broker: Broker, database_url, topic_root, devices):
     """Mosquitto takes any character but NUL and control characters in a topic: a device's
     topic must not pass for further key=value fields of the engine's structured log."""
     engine.start().wait_ready()
     sent = topic(topic_root, "x reason=unknown_device alert_id=7", "telemetry")
-    publish(broker.port, [(sent, b"{}")])
-    line = wait_for(lambda: next((x for x in engine.log().splitlines()
-                                  if "event=dead_letter" in x), None), what="the log line")
-    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+    fields = dead_letter_log_fields(engine, broker, sent)
     assert fields["reason"] == "bad_topic" and "alert_id" not in fields
     assert orjson.loads(fields["topic"]) == sent
     assert orjson.loads(fields["detail"]).startswith(f"topic {sent!r}")
@@ -267,10 +273,7 @@ def test_a_character_that_is_not_printable_in_a_topic_is_escaped_in_the_engines_
     holds the escape, and the topic read back from it is the one sent."""
     engine.start().wait_ready()
     sent = topic(topic_root, "\u202e1000-IXO", "telemetry")
-    publish(broker.port, [(sent, b"{}")])
-    line = wait_for(lambda: next((x for x in engine.log().splitlines()
-                                  if "event=dead_letter" in x), None), what="the log line")
-    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+    fields = dead_letter_log_fields(engine, broker, sent)
     assert fields["reason"] == "bad_topic"
     assert fields["topic"] == json.dumps(sent) and orjson.loads(fields["topic"]) == sent
     assert "\u202e" not in engine.log()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -734,6 +735,27 @@ def test_a_tick_goes_by_what_a_batch_of_its_own_process_committed_meanwhile(
     assert alerts(database_url) == []
 
 
+class Aside:
+    """`work` in a thread of its own once started: what it raised (a deadlock's
+    cancellation; the test adds the other side's), and when it ended."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        self.work = work
+        self.failed: list[BaseException] = []
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run).start()
+
+    def _run(self) -> None:
+        try:
+            self.work()
+        except BaseException as e:
+            self.failed.append(e)
+        finally:
+            self.done.set()
+
+
 def waiting_for_a_lock_or_done(database_url: str, conn: psycopg.Connection,
                                done: threading.Event, timeout: float = 10) -> None:
     """Until `conn`'s statement waits for a lock another transaction holds, or `done`."""
@@ -756,23 +778,13 @@ def test_the_sweep_does_not_hold_the_ticks_devices_while_it_waits_for_a_batchs(
     due = T0 + 3600
     a, b = Process(database_url, None), Process(database_url, None)
     a.batch([event("DSP-0001", due, "dose.due")])
-    failed: list[BaseException] = []
-    done = threading.Event()
-
-    def other_engines_batch() -> None:
-        try:
-            b.batch([event("ALM-0001", due + 60, "power.mains_lost"),
-                     event("DSP-0001", due + 60, "dose.taken")])
-        except BaseException as e:   # a deadlock's cancellation
-            failed.append(e)
-        finally:
-            done.set()
-
+    other = Aside(lambda: b.batch([event("ALM-0001", due + 60, "power.mains_lost"),
+                                   event("DSP-0001", due + 60, "dose.taken")]))
     sweep = a.pipeline.rules.sweep_absence
 
     def meanwhile(*args, **kw):   # the batch comes while the sweep begins
-        threading.Thread(target=other_engines_batch).start()
-        waiting_for_a_lock_or_done(database_url, b.conn, done)
+        other.start()
+        waiting_for_a_lock_or_done(database_url, b.conn, other.done)
         return sweep(*args, **kw)
 
     monkeypatch.setattr(a.pipeline.rules, "sweep_absence", meanwhile)
@@ -781,11 +793,11 @@ def test_the_sweep_does_not_hold_the_ticks_devices_while_it_waits_for_a_batchs(
         a.conn.commit()
         a.pipeline.after_commit(out)
     except psycopg.errors.DeadlockDetected as e:
-        failed.append(e)
-    assert done.wait(30)
+        other.failed.append(e)
+    assert other.done.wait(30)
     a.close()
     b.close()
-    assert failed == []
+    assert other.failed == []
     assert ("missed_dose", "DSP-0001") in {(r[0], r[1]) for r in alerts(database_url)}
 
 
@@ -801,18 +813,8 @@ def test_a_ticks_later_round_gives_back_what_it_holds_before_it_waits(database_u
     due = T0 + 3600
     a, b = Process(database_url, None), Process(database_url, None)
     a.batch([event("DSP-0001", due, "dose.due")])
-    failed: list[BaseException] = []
-    done = threading.Event()
-
-    def other_engines_batch() -> None:
-        try:
-            b.batch([event("DSP-0000", due + 60, "power.mains_lost"),
-                     event("DSP-0001", due + 60, "power.mains_lost")])
-        except BaseException as e:   # a deadlock's cancellation
-            failed.append(e)
-        finally:
-            done.set()
-
+    other = Aside(lambda: b.batch([event("DSP-0000", due + 60, "power.mains_lost"),
+                                   event("DSP-0001", due + 60, "power.mains_lost")]))
     tick = a.pipeline.rules.tick
     calls = []
 
@@ -825,19 +827,19 @@ def test_a_ticks_later_round_gives_back_what_it_holds_before_it_waits(database_u
             lane.commit()
             a.pipeline.after_commit(out)
             lane.close()
-            threading.Thread(target=other_engines_batch).start()
-            waiting_for_a_lock_or_done(database_url, b.conn, done)
+            other.start()
+            waiting_for_a_lock_or_done(database_url, b.conn, other.done)
         return tick(now, behind)
 
     monkeypatch.setattr(a.pipeline.rules, "tick", meanwhile)
     try:
         a.tick(due + 13 * 3600)
     except psycopg.errors.DeadlockDetected as e:
-        failed.append(e)
-    assert done.wait(30)
+        other.failed.append(e)
+    assert other.done.wait(30)
     a.close()
     b.close()
-    assert failed == []
+    assert other.failed == []
     assert len(calls) >= 3   # the test means it: a third answer, after both were locked
     assert {("missed_dose", "DSP-0000"), ("missed_dose", "DSP-0001")} <= {
         (r[0], r[1]) for r in alerts(database_url)}
