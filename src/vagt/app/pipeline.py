@@ -207,7 +207,10 @@ class Pipeline:
         usable = device_of_msg >= 0
         # an alarm used in part is kept as a dead letter too (one of an unknown device is
         # one already, as unknown_device)
-        out.dead += [d for d, i in zip(dec.apart, dec.apart_msg) if usable[i]]
+        apart = [d for d, i in zip(dec.apart, dec.apart_msg) if usable[i]]
+        kept, again = _by_kept(apart, store.insert_dead_letters(conn, apart))
+        out.dead += kept
+        out.dead_again += again
         if usable.any():
             out.device_lag_s = float(np.median(received[usable] - msg_time[usable]))
 
@@ -232,7 +235,6 @@ class Pipeline:
             r.device[np.fromiter((d in new_readings for d in r.device_id), dtype=bool,
                                  count=len(r.device_id))]
         out.fresh = np.union1d(r_new, e.device).astype(np.int64)
-        out.dead, out.dead_again = _by_kept(out.dead, store.insert_dead_letters(conn, out.dead))
         out.decoded = int(usable.sum())
 
         msgs = np.flatnonzero(usable)
@@ -489,7 +491,7 @@ class Pipeline:
         per unknown device id (repeats counted on it), not one per message.
 
         An alert about dead letters counts each once: a message whose topic and bytes are kept
-        as a dead letter already (`_copies`) adds nothing to the service centre's alert while
+        as a dead letter already (a copy) adds nothing to the service centre's alert while
         that alert is open (`_news`), and opens it again once it was resolved. One that looks
         like an alarm adds nothing only if it is also a retained copy (sent again at a
         subscribe): the same bytes sent live may be the button pressed again.
@@ -504,9 +506,6 @@ class Pipeline:
         device_of_msg[live_pos] = idx
         unknown = live_pos[idx < 0]
         alike = self._in_other_case(conn, sorted({dec.msg_device[i] for i in unknown}))
-        copies = _copies(conn, messages, [*dec.dead_msg, *unknown.tolist()])
-        # what looks like an alarm: only the broker's retained copy, kept before, is no news
-        old_copies = {i for i in copies if messages[i].retained}
         for i in unknown:
             m, device_id = messages[i], dec.msg_device[i]
             out.dead.append(DeadLetter(
@@ -514,6 +513,13 @@ class Pipeline:
                 f"device '{device_id}' (topic {m.topic}) is not registered; "
                 + (_in_other_case(alike[device_id]) if device_id in alike else
                    "register it with `vagt devices import` before it sends"), device_id))
+        # kept now, so that what is a copy (its topic and bytes kept before, or earlier in
+        # the batch: a redelivery, a retained copy sent again, the same bytes again) is known
+        kept = store.insert_dead_letters(conn, out.dead)
+        copies = {i for i, k in zip([*dec.dead_msg, *unknown.tolist()], kept) if not k}
+        out.dead, out.dead_again = _by_kept(out.dead, kept)
+        # what looks like an alarm: only the broker's retained copy, kept before, is no news
+        old_copies = {i for i in copies if messages[i].retained}
         news = np.asarray(_news(conn, UNKNOWN_DEVICE_RULE,
                                 {i: dec.msg_device[i] for i in unknown.tolist()}, copies),
                           dtype=np.int64)
@@ -774,29 +780,10 @@ def _by_kept(dead: list[DeadLetter], kept: list[bool]
     return ([d for d, k in zip(dead, kept) if k], [d for d, k in zip(dead, kept) if not k])
 
 
-def _copies(conn: psycopg.Connection, messages: Sequence[RawMessage],
-            which: Collection[int]) -> set[int]:
-    """Of the messages `which` (dead letters), those whose topic and bytes are kept as a
-    dead letter already, or came earlier in the batch: a broker's redelivery (the engine
-    stopped between its commit and the acknowledgement), a retained copy sent again at a
-    subscribe (MQTT 3.1.1 cannot ask not to be sent it), the same bytes sent again."""
-    if not which:
-        return set()
-    digest = {i: store.dead_letter_digest(messages[i].topic, messages[i].payload)
-              for i in which}
-    seen = store.dead_letters_kept_before(conn, sorted(set(digest.values())))
-    copies = set()
-    for i in sorted(digest):
-        if digest[i] in seen:
-            copies.add(i)
-        seen.add(digest[i])
-    return copies
-
-
 def _news(conn: psycopg.Connection, rule: str, keys: Mapping[int, str],
           copies: Collection[int]) -> list[int]:
     """Of the messages `keys` (index: the device id an alert of `rule` names), those that
-    add to that alert: all but the copies (`_copies`) of a device whose alert is open, or
+    add to that alert: all but the copies (see `_attribute`) of a device whose alert is open, or
     that has a message in the batch that is no copy. A copy of a device whose alert was
     resolved opens it again: a device that goes on sending the same bytes (unregistered, or
     on a topic vagt does not read, a status without a time) is not forgotten by the service

@@ -216,15 +216,6 @@ def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadLetter]) ->
     return kept
 
 
-def dead_letters_kept_before(conn: psycopg.Connection, digests: Sequence[bytes]) -> set[bytes]:
-    """Which of `digests` (`dead_letter_digest`) are kept as dead letters already."""
-    if not digests:
-        return set()
-    rows = conn.execute("SELECT digest FROM dead_letters WHERE digest = ANY(%s)",
-                        (list(digests),)).fetchall()
-    return {bytes(r[0]) for r in rows}
-
-
 def registered_in_other_case(conn: psycopg.Connection, device_ids: Sequence[str]
                              ) -> dict[str, str]:
     """For ids the registry does not have, a registered id differing from each only in case
