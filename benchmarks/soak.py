@@ -63,18 +63,6 @@ class Sample:
     open_alerts: int
 
 
-def rss_mb(e: EngineProc) -> list[float]:
-    """Resident memory now of the engine and each of its children, MB."""
-    found = []
-    for pid in [e.process.pid, *e.children()]:
-        try:
-            m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-        except OSError:
-            m = None
-        found.append(int(m.group(1)) / 1024 if m else float("nan"))
-    return found
-
-
 def register_probes(url: str, ids: list[str]) -> None:
     """Personal alarms of the probe's own, which the simulator never sends for."""
     with psycopg.connect(url) as conn:
@@ -174,7 +162,7 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
                 "(SELECT count(*) FROM alerts WHERE status <> 'resolved')").fetchone()
             assert row is not None
             size, open_ = row
-            samples.append(Sample(now, acked(engine), rss_mb(engine), busy_since(cpu),
+            samples.append(Sample(now, acked(engine), engine.memory_mb(), busy_since(cpu),
                                   float(size), int(open_)))
             cpu = cpu_times()
             if now - last_line >= args.window:

@@ -182,11 +182,20 @@ class EngineProc:
     def peak_rss_mb(self) -> list[float]:
         """Peak resident memory of the engine and of each of its child processes (the alarm
         lane, the bulk lane's receiver)."""
-        peaks = []
+        return self.memory_mb("VmHWM")
+
+    def memory_mb(self, field: str = "VmRSS") -> list[float]:
+        """A memory figure of /proc/PID/status (`VmRSS`: resident now, `VmHWM`: its peak) of
+        the engine and of each of its child processes, MB (NaN for one that is gone)."""
+        found = []
         for p in [self.process.pid, *self.children()]:
-            m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
-            peaks.append(int(m.group(1)) / 1024 if m else float("nan"))
-        return peaks
+            try:
+                m = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(),
+                              re.M)
+            except OSError:
+                m = None
+            found.append(int(m.group(1)) / 1024 if m else float("nan"))
+        return found
 
 
 @contextmanager
