@@ -3,6 +3,7 @@ restart, reloads that keep the state of unchanged rules, updates of two lanes.""
 
 from __future__ import annotations
 
+import numpy as np
 from tests.rules.harness import Harness
 
 from vagt.rules import load_rules
@@ -93,3 +94,45 @@ def test_after_a_restart_an_open_flapping_alert_clears_once_quiet(tmp_path):
     assert h.open() == {("flap", 4)}
     h.tick(1000.0 + 3600)
     assert h.open() == set()
+
+
+ADDED = [("BPM-9", "Omron", "M7 Intelli IT", "bp_monitor", "Aarhus"),      # pulse 40..180
+         ("OXI-9", "Acme", "Prototype", "pulse_oximeter", "Aarhus"),       # not catalogued
+         ("OXI-8", "Masimo", "MightySat", "pulse_oximeter", "Samsø"),      # pulse 25..240
+         ("PAL-9", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")]  # heard hourly
+WHERE = ('[[rule]]\nname = "implausible"\nkind = "validity"\nalert_after = 3\n'
+         '[[rule]]\nname = "pulse_low"\nkind = "threshold"\nmetric = "pulse"\nbelow = 40\n'
+         'municipalities = ["Aarhus"]\n'
+         '[[rule]]\nname = "silent"\nkind = "absence"\nfactor = 2\n'
+         'types = ["gateway", "personal_alarm"]\n')
+
+
+def test_devices_added_one_at_a_time_between_batches_are_judged_as_if_there_from_the_start(
+        tmp_path):
+    # The alarm lane's process adds each device as its first alarm comes; the rules then
+    # work out where the added ones apply, their plausible ranges and heartbeats, not all
+    # the devices' again.
+    (tmp_path / "grown").mkdir()
+    (tmp_path / "whole").mkdir()
+    grown = Harness(tmp_path / "grown", WHERE)
+    whole = Harness(tmp_path / "whole", WHERE)
+    batches = [[(0, "pulse", 70, 1.0)]]
+    grown.batch(batches[0])
+    for k, device in enumerate(ADDED):
+        grown.fleet.add(*device)
+        whole.fleet.add(*device)
+        batches.append([(5 + k, "battery", 80, 2.0 + k)])
+        grown.batch(batches[-1])
+    for b in batches:
+        whole.batch(b)
+
+    # device 0: a Nonin 3230 (pulse 18..321) in Aarhus, 6: in Aarhus, 7: in Samsø
+    last = [(d, "pulse", 30, 10.0) for d in (0, 5, 6, 7)]
+    for h in (grown, whole):
+        assert h.batch(last).bad.tolist() == [False, True, False, False]
+        assert h.open() == {("pulse_low", 0), ("pulse_low", 6)}
+        seen = [np.nan] * 4 + [1000.0] + [np.nan] * 3 + [1000.0]   # the gateway, PAL-9
+        h.sweep(1000.0 + 601, seen)          # a gateway is heard every 300 s, an alarm 3600
+        assert h.open() == {("pulse_low", 0), ("pulse_low", 6), ("silent", 4)}
+        h.sweep(1000.0 + 7201, seen)
+        assert ("silent", 8) in h.open()
