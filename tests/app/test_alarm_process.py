@@ -3,6 +3,7 @@ either side dies."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -11,8 +12,25 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.app.conftest import EngineProcess, alarm, publish, query, scalar, topic, wait_for
+import psycopg
+from tests.app.conftest import (
+    EngineProcess,
+    alarm,
+    publish,
+    query,
+    register,
+    scalar,
+    telemetry,
+    topic,
+    wait_for,
+)
 from tests.support import Broker
+
+from vagt.app import store
+from vagt.app.alarm_process import AlarmPipeline
+from vagt.app.pipeline import Pipeline
+from vagt.ingest.model import RawMessage
+from vagt.rules import Rule, load_rules
 
 T0 = time.time() - 3600
 
@@ -208,3 +226,76 @@ def test_the_counts_ops_read_do_not_go_down_when_the_alarm_lane_process_starts_a
                            input=urllib.request.urlopen(url, timeout=5).read(),
                            capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+ALARMS = [(f"ALM-{k:04d}", "Tunstall", "Lifeline Vi+", "personal_alarm", "Randers")
+          for k in range(2, 5)]
+TESTS_AND_FALLS = personal_alarm_rule("alarm").replace('["alarm.*"]', '["alarm.fall"]') + (
+    '[[rule]]\nname = "test_presses"\nkind = "flapping"\ncodes = ["alarm.test"]\n'
+    'count = 2\nwindow = "1h"\nseverity = "warning"\npriority = 3\nqueue = "technical"\n')
+
+
+def test_the_alarm_lane_lets_go_of_devices_and_their_rules_state_goes_on_from_the_table(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices, tmp_path):
+    """The alarm lane's process takes in each device as its first alarm comes; past
+    `alarm_lane_renew_after` more, it loads its devices again (those with an open alert),
+    and a device it let go of goes on where its rules' state was: a third test press within
+    the hour (more than two open an alert) is the third, not the first."""
+    register(database_url, ALARMS)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(TESTS_AND_FALLS)
+    engine.env.update(VAGT_RULES=str(rules), VAGT_ALARM_LANE_RENEW_AFTER="2")
+    engine.start().wait_ready()
+
+    def alarms_taken(n: int) -> None:
+        wait_for(lambda: metric(engine, 'vagt_messages_acked_total{lane="alarm"}') == n,
+                 what=f"{n} alarms taken")
+
+    press = topic(topic_root, "ALM-0001", "alarm")
+    publish(broker.port, [(press, alarm("ALM-0001", T0, "alarm.test")),
+                          (press, alarm("ALM-0001", T0 + 60, "alarm.test"))])
+    alarms_taken(2)
+    publish(broker.port, [(topic(topic_root, "ALM-0002", "alarm"), alarm("ALM-0002", T0))])
+    alarms_taken(3)
+    # ALM-0001 and ALM-0002 taken in since the start: loaded again, ALM-0002 only (its fall
+    # is open)
+    wait_for(lambda: "event=alarm_lane_renewed devices_held=2 devices_now=1" in engine.log(),
+             what="the alarm lane's devices loaded again")
+    publish(broker.port, [(press, alarm("ALM-0001", T0 + 120, "alarm.test")),
+                          (topic(topic_root, "ALM-0002", "alarm"), alarm("ALM-0002", T0 + 5)),
+                          (topic(topic_root, "ALM-0003", "alarm"), alarm("ALM-0003", T0))])
+    wait_for(lambda: query(database_url, "SELECT rule, device_id, repeat_count FROM alerts "
+                                         "ORDER BY device_id") == [
+        ("test_presses", "ALM-0001", 1), ("personal_alarm", "ALM-0002", 2),
+        ("personal_alarm", "ALM-0003", 1)], what="the third test press, the second fall")
+    assert engine.log().count("event=alarm_lane_renewed") == 1
+
+
+def test_a_renewal_the_database_refuses_leaves_the_running_pipeline_and_is_tried_again(
+        database_url, devices, caplog):
+    caplog.set_level(logging.INFO, logger="vagt.engine")
+    away = False
+    with psycopg.connect(database_url) as conn:
+        store.prepare_connection(conn)
+
+        def load(rules: list[Rule]) -> Pipeline:
+            if away:
+                raise psycopg.OperationalError("connection refused")
+            return Pipeline.load(conn, topic_root="vagt/v1", rules=rules, clock=time.time,
+                                 whole_fleet=False)
+
+        lane = AlarmPipeline(load, load_rules(None), renew_after=1, retry_s=0.5)
+        running = lane.pipeline
+        running.process(conn, [RawMessage("vagt/v1/dev/OXI-0001/telemetry",
+                                          telemetry("OXI-0001", T0, spo2=97), time.time())])
+        conn.commit()
+        away = True
+        assert lane.renewed() is None and lane.pipeline is running
+        assert "event=alarm_lane_renewal_failed" in caplog.text
+        assert "error=OperationalError" in caplog.text
+        away = False
+        assert lane.renewed() is None            # not at once: the database is likely away
+        time.sleep(0.5)
+        renewed = lane.renewed()
+        assert renewed is lane.pipeline and renewed is not running
+        assert len(running.fleet) == 1 and len(renewed.fleet) == 0   # no alert held it

@@ -24,12 +24,17 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from vagt.app import heap
 from vagt.app.child import ChildProcess
+
+if TYPE_CHECKING:
+    from vagt.app.pipeline import Pipeline
+    from vagt.rules import Rule
 
 log = logging.getLogger("vagt.engine")
 
@@ -120,3 +125,60 @@ def serve_control(control: Connection, registry: CollectorRegistry,
         log.exception("event=alarm_lane_control_failed note=alarm_lane_finishing_batch_in_hand")
     finally:
         stop.set()
+
+
+RETRY_RENEWAL_S = 60.0    # after a load that failed (the database away), the old one meanwhile
+
+
+class AlarmPipeline:
+    """The alarm lane's pipeline in its process, loaded again now and then, so that what it
+    holds stays bounded however long the process runs.
+
+    Its fleet takes in each device as the device's first alarm comes (`Fleet.resolve`) and
+    keeps it: over weeks, most of the 30,000 personal alarms of a country. Each costs memory
+    (about 1.6 KB, measured in a running engine) and the fleet's refresh a row every 30 s.
+    Once the fleet has taken in `renew_after` devices more than it was loaded with,
+    `renewed`, which the lane calls between batches with none in hand, loads it again as a
+    process started anew would (`load`: the devices with an open rule alert, the others as
+    they send, their rules' state from the `rule_state` table) and lets the old one go.
+
+    `pipeline` is the one running now: the fleet's refresh and a rules reload read it
+    there. A reload and a renewal take turns (`using`), so a renewal loads the rules a
+    reload has just applied."""
+
+    def __init__(self, load: Callable[[list[Rule]], Pipeline], rules: list[Rule],
+                 renew_after: int, retry_s: float = RETRY_RENEWAL_S) -> None:
+        self._load = load
+        self._lock = threading.Lock()
+        self.pipeline = load(rules)
+        self.renew_after = renew_after
+        self._loaded = len(self.pipeline.fleet)
+        self._retry_s = retry_s
+        self._next_try = 0.0
+
+    def using(self, work: Callable[[Pipeline], object]) -> None:
+        """`work` with the pipeline running now, no renewal meanwhile."""
+        with self._lock:
+            work(self.pipeline)
+
+    def renewed(self) -> Pipeline | None:
+        """The pipeline loaded again if the fleet has grown by `renew_after`, else None."""
+        grown = len(self.pipeline.fleet) - self._loaded
+        if not self.renew_after or grown < self.renew_after \
+                or time.monotonic() < self._next_try:
+            return None
+        started = time.monotonic()
+        with self._lock:
+            try:
+                new = self._load(self.pipeline.rules.rules)
+            except Exception as e:   # the database away: the old one serves meanwhile
+                log.warning("event=alarm_lane_renewal_failed retry_in_s=%.0f error=%s",
+                            self._retry_s, type(e).__name__)
+                self._next_try = time.monotonic() + self._retry_s
+                return None
+            held = len(self.pipeline.fleet)
+            self.pipeline, self._loaded = new, len(new.fleet)
+        heap.release()
+        log.info("event=alarm_lane_renewed devices_held=%d devices_now=%d ms=%.0f",
+                 held, self._loaded, (time.monotonic() - started) * 1000)
+        return new

@@ -95,6 +95,11 @@ class IngestConfig:
     # The alarm lane in a process of its own (see vagt.app.alarm_process): a bulk lane
     # draining a backlog then holds no lock an alarm needs, the GIL included.
     alarm_process: bool = True
+    # ... which takes in each device as its first alarm comes; after this many more than it
+    # was loaded with, it loads its pipeline again between alarms (the devices with an open
+    # rule alert, the others as they alarm again), so that its memory and its work per alarm
+    # stay bounded however long it runs (see AlarmPipeline). 0: never.
+    alarm_lane_renew_after: int = 2000
     # The bulk lane's MQTT session in a process of its own (see vagt.app.receiver): paho's
     # packet handling then shares no GIL with the batches' work.
     bulk_receiver_process: bool = True
@@ -145,6 +150,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "VAGT_DEVICE_SECRET": ("", "device_secret"),
     "VAGT_MAX_PAYLOAD_BYTES": ("ingest", "max_payload_bytes"),
     "VAGT_ALARM_PROCESS": ("ingest", "alarm_process"),
+    "VAGT_ALARM_LANE_RENEW_AFTER": ("ingest", "alarm_lane_renew_after"),
     "VAGT_BULK_RECEIVER_PROCESS": ("ingest", "bulk_receiver_process"),
     "VAGT_BULK_NICE": ("ingest", "bulk_nice"),
     "VAGT_BULK_BATCH_MAX": ("ingest", "bulk_batch_max"),
@@ -332,6 +338,9 @@ def _validate(c: Config) -> None:
             var = env_of.get(("ingest", name))
             raise ConfigError(f"setting 'ingest.{name}'" + (f" ({var})" if var else "") +
                               f" must be at least 1, got {value}")
+    if c.ingest.alarm_lane_renew_after < 0:
+        raise ConfigError("setting 'ingest.alarm_lane_renew_after' (VAGT_ALARM_LANE_RENEW_AFTER) "
+                          f"must be 0 (never) or more, got {c.ingest.alarm_lane_renew_after}")
 
 
 def _userinfo(url: str) -> tuple[int, int] | None:

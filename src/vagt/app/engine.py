@@ -32,7 +32,7 @@ from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load
 from vagt.alerts.routing import queues_of
 from vagt.alerts.silence_scope import install_rule_book
 from vagt.app import db, heap, retention, rule_queries, store
-from vagt.app.alarm_process import AlarmLaneProcess, serve_control
+from vagt.app.alarm_process import AlarmLaneProcess, AlarmPipeline, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
@@ -197,13 +197,16 @@ class Lane:
 
     def __init__(self, spec: LaneSpec, session: Session, pool: ConnectionPool,
                  pipeline: Pipeline, metrics: EngineMetrics,
-                 catching_up: CatchingUp | None = None) -> None:
+                 catching_up: CatchingUp | None = None,
+                 renew: Callable[[], Pipeline | None] | None = None) -> None:
         self.spec = spec
         self.session = session
         self.pool = pool
         self.pipeline = pipeline
         self.metrics = metrics
         self.catching_up = catching_up if catching_up is not None else CatchingUp()
+        # the pipeline loaded again, between batches (the alarm lane's process: AlarmPipeline)
+        self._renew = renew
         self._behind = False   # the last batch taken left more waiting (see CatchingUp)
         self._draining = False  # the last batch committed was part of a backlog
         # when each batch taken and not yet committed and acknowledged was taken, oldest
@@ -242,6 +245,8 @@ class Lane:
                     self._commit_until_done(batch, stop, settler)
                 else:
                     self._mark_draining(False)
+                    if self._renew is not None and not self._in_hand:  # none to settle
+                        self.pipeline = self._renew() or self.pipeline
         finally:
             if settler is not None:
                 settler.close()
@@ -622,7 +627,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         log.info("event=engine_ready devices=%d rules=%d", len(fleet), len(rules))
         if on_ready is not None:
             on_ready()
-        start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s), stop,
+        start_kept_running("fleet-refresh", lambda s: _refresh_fleet(lambda: fleet, pool, s), stop,
                            metrics.thread_crashed)
         specs = [spec for spec in lane_specs(config) if alarm is None or spec.name != "alarm"]
         catching_up = CatchingUp(spec.name for spec in specs)
@@ -714,7 +719,8 @@ def run_alarm_lane(argv: list[str]) -> None:
     is gone. Its rules' state is read from the table as each alarm comes (`sync`).
 
     Its fleet holds the devices that sent alarms (and those with an open rule alert), not
-    the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm."""
+    the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm. It is
+    loaded again after `ingest.alarm_lane_renew_after` devices more (`AlarmPipeline`)."""
     control, log_level, start = child_pipe(argv)
     config, policy = start.config, start.policy
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
@@ -727,22 +733,27 @@ def run_alarm_lane(argv: list[str]) -> None:
     spec = next(s for s in lane_specs(config) if s.name == "alarm")
     catching_up = CatchingUp([spec.name])
     with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
-        fleet, pipeline = _load_pipeline(config, pool, start.rules, start.catalogue,
-                                         time.time, whole_fleet=False)
+        alarm = AlarmPipeline(
+            lambda rules: _load_pipeline(config, pool, rules, start.catalogue, time.time,
+                                         whole_fleet=False)[1],
+            start.rules, config.ingest.alarm_lane_renew_after)
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
                          args=(control, metrics.registry, lambda: bool(catching_up),
-                               lambda rules: _apply_or_start_again(pool, pipeline, rules,
-                                                                   stop),
+                               lambda rules: alarm.using(functools.partial(
+                                   _apply_or_start_again, pool, rules=rules, stop=stop)),
                                stop)).start()
-        start_kept_running("fleet-refresh", lambda s: _refresh_fleet(fleet, pool, s, True),
+        start_kept_running("fleet-refresh",
+                           lambda s: _refresh_fleet(lambda: alarm.pipeline.fleet, pool, s, True),
                            stop, metrics.thread_crashed)
         heap.settle()
-        _run_lanes(config, pool, pipeline, metrics, stop, catching_up, [spec])
+        _run_lanes(config, pool, alarm.pipeline, metrics, stop, catching_up, [spec],
+                   renew=alarm.renewed)
 
 
 def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
                metrics: EngineMetrics, stop: threading.Event,
-               catching_up: CatchingUp, specs: list[LaneSpec]) -> None:
+               catching_up: CatchingUp, specs: list[LaneSpec],
+               renew: Callable[[], Pipeline | None] | None = None) -> None:
     failures: list[BaseException] = []
     lane_stop = threading.Event()
 
@@ -757,7 +768,7 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
     sessions = [_open_session(config, spec, metrics, lane_stop) for spec in specs]
     threads = []
     for spec, session in zip(specs, sessions):
-        lane = Lane(spec, session, pool, pipeline, metrics, catching_up)
+        lane = Lane(spec, session, pool, pipeline, metrics, catching_up, renew)
         t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
         t.start()
         threads.append(t)
@@ -959,15 +970,15 @@ def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule]) -> 
 FLEET_REFRESH_S = 30.0
 
 
-def _refresh_fleet(fleet: Fleet, pool: ConnectionPool, stop: threading.Event,
+def _refresh_fleet(fleet: Callable[[], Fleet], pool: ConnectionPool, stop: threading.Event,
                    known_only: bool = False) -> None:
-    """Now and then, take in what other engines and the registry commands changed (with
-    `known_only`, for the devices the fleet holds: see `Fleet.refresh`)."""
+    """Now and then, take in what other engines and the registry commands changed into the
+    fleet running then (with `known_only`, for the devices it holds: see `Fleet.refresh`)."""
     while not stop.wait(FLEET_REFRESH_S):
         try:
             with _guarded(pool, timeout=10, limit_s=4 * FLEET_REFRESH_S,
                           who="thread=fleet-refresh") as conn:
-                fleet.refresh(conn, known_only)
+                fleet().refresh(conn, known_only)
         except (psycopg.Error, OSError, TimeoutError) as e:  # try again next time
             log.warning("event=fleet_refresh_failed error=%s", type(e).__name__)
 

@@ -14,6 +14,7 @@ garbage that is not cyclic is freed by reference counting at once, as before.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 
 YOUNG_THRESHOLD = 50_000   # new containers between young collections (CPython: 700)
@@ -27,3 +28,33 @@ def settle() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, OLDER_THRESHOLD, OLDER_THRESHOLD)
+
+
+def release() -> None:
+    """Call when what start-up loaded has been let go for good (the alarm lane's pipeline
+    loaded again): collect it too, though `settle` froze it, freeze what lasts again, and
+    give the memory back (`trim`)."""
+    gc.unfreeze()
+    settle()
+    trim()
+
+
+def trim() -> None:
+    """Give the allocator's free pages back to the system. glibc returns only what is free
+    at the top of a heap; what is free below what is still in use, and a thread's own
+    arena's (the rules timer's: a tick after a backlog, over the whole fleet, left 20 of its
+    26 MB free), it keeps for later, counted in the process's resident memory."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim    # noqa: B018  (glibc only: musl and macOS have none)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
