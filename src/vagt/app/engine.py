@@ -31,7 +31,7 @@ from vagt.alerts.engine_rules import SERVICE_CENTRE_QUEUE
 from vagt.alerts.policy import AlertPolicy, DeliveryPolicy, install_policy, load_policy
 from vagt.alerts.routing import queues_of
 from vagt.alerts.silence_scope import install_rule_book
-from vagt.app import db, heap, retention, rule_queries, store
+from vagt.app import db, heap, retention, rule_queries, statistics, store
 from vagt.app.alarm_process import AlarmLaneProcess, AlarmPipeline, serve_control
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
@@ -612,6 +612,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
         fleet, pipeline = _load_pipeline(config, pool, rules, catalogue, clock)
         with pool.connection() as conn:
             restored = pipeline.restore(conn)
+            upkeep = not statistics.autovacuum_on(conn)
         log.info("event=rule_state_restored devices=%d", restored)
         heap.settle()
         queues = [*queues_of(policy.root), SERVICE_CENTRE_QUEUE,    # the engine's own alerts
@@ -639,6 +640,12 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
                                           metrics.thread_crashed)
         start_kept_running("prune", retention.Pruner(config.database.url, clock).run, stop,
                            metrics.thread_crashed)
+        if upkeep:
+            log.warning("event=database_autovacuum_off "
+                        "note=the_engine_analyzes_and_vacuums_its_own_tables")
+            start_kept_running("table-upkeep",
+                               statistics.StatisticsKeeper(config.database.url).run, stop,
+                               metrics.thread_crashed)
         try:
             with alert_services(pool, policy, clock=clock, observer=metrics,
                                 mqtt_defaults=_mqtt_defaults(config),
