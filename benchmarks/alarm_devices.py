@@ -9,7 +9,10 @@ renewal, keeps it: over weeks, most of a country's 30,000 personal alarms. Here 
 takes alarms from `--devices` distinct personal alarms of a registered 100,000-device fleet,
 `--batch` at a time, each batch committed, its state written apart and settled as the lane
 does, and `renewed()` asked between batches as the idle lane asks it. The call centre
-resolves the open alerts every `--resolve-every` devices (an alert open holds its device).
+resolves the open alerts every `--resolve-every` devices (an alert open holds its device);
+then too, where the database's autovacuum is off, the tables are analyzed and vacuumed as
+the engine's `StatisticsKeeper` would every minute (without, each alarm reads every alert
+ever raised: see vagt.app.statistics).
 
 Twice, each in a process of its own and on a database of its own: never renewed (0), and
 renewed every `--renew-after` devices. Printed every `--every` devices: the median and 90th
@@ -32,7 +35,7 @@ import psycopg
 from benchmarks.drain import drop_database, fresh_database
 from benchmarks.suite import register_fleet
 
-from vagt.app import heap
+from vagt.app import heap, statistics
 from vagt.app.alarm_process import AlarmPipeline
 from vagt.app.config import load_config
 from vagt.app.engine import load_engine_files, open_engine_pool
@@ -112,6 +115,7 @@ def measure(url: str, args: argparse.Namespace) -> None:
                                      catalogue=catalogue, whole_fleet=False)
 
         lane = AlarmPipeline(load, rules, args.renew_after)
+        upkeep = not statistics.autovacuum_on(conn)
         heap.settle()
         spans: list[float] = []
         renewals: list[float] = []
@@ -134,6 +138,9 @@ def measure(url: str, args: argparse.Namespace) -> None:
             done = start + len(batch)
             if done % args.resolve_every < args.batch:
                 resolve_all(conn)
+                if upkeep:
+                    with psycopg.connect(url, autocommit=True) as own:
+                        statistics.keep_up(own)
             if done % args.every < args.batch or done == len(alarms):
                 print(json.dumps({
                     "devices": done, "p50": float(np.median(spans)) * 1000,
