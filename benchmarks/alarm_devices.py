@@ -132,6 +132,7 @@ def measure(url: str, args: argparse.Namespace) -> None:
             conn.commit()
             p.after_commit(out)
             spans.append(time.perf_counter() - began)
+            del p, out             # as the lane lets go of it (see AlarmPipeline.renewed)
             began = time.perf_counter()
             if lane.renewed() is not None:
                 renewals.append(time.perf_counter() - began)

@@ -3,13 +3,17 @@ either side dies."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
+import uuid
+import weakref
 from pathlib import Path
 
 import psycopg
@@ -26,8 +30,19 @@ from tests.app.conftest import (
 )
 from tests.support import Broker
 
-from vagt.app import store
+from vagt.app import alarm_process, store
 from vagt.app.alarm_process import AlarmPipeline
+from vagt.app.config import load_config
+from vagt.app.engine import (
+    ALARM_POOL_SIZE,
+    CatchingUp,
+    _load_pipeline,
+    _run_lanes,
+    lane_specs,
+    load_engine_files,
+    open_engine_pool,
+)
+from vagt.app.metrics import EngineMetrics
 from vagt.app.pipeline import Pipeline
 from vagt.ingest.model import RawMessage
 from vagt.rules import Rule, load_rules
@@ -299,3 +314,44 @@ def test_a_renewal_the_database_refuses_leaves_the_running_pipeline_and_is_tried
         renewed = lane.renewed()
         assert renewed is lane.pipeline and renewed is not running
         assert len(running.fleet) == 1 and len(renewed.fleet) == 0   # no alert held it
+
+
+def test_the_pipeline_the_alarm_lane_let_go_of_is_gone_when_its_memory_is_given_back(
+        database_url, broker, topic_root, devices, monkeypatch):
+    """Renewed, the lane's first pipeline is collected, and before `heap.release` (which
+    collects and trims): neither the lane nor `_run_lanes` holds it any longer."""
+    config = load_config(None, env={
+        "VAGT_MQTT_URL": broker.url, "VAGT_DATABASE_URL": database_url,
+        "VAGT_MQTT_TOPIC_ROOT": topic_root, "VAGT_MQTT_CLIENT_ID": f"vagt-{uuid.uuid4().hex[:8]}"})
+    rules, catalogue, _ = load_engine_files(config)
+    spec = next(s for s in lane_specs(config) if s.name == "alarm")
+    first: list[weakref.ref[Pipeline]] = []
+    held_at_release: list[bool] = []
+
+    def release() -> None:        # heap.release's collection, without its freeze
+        gc.collect()
+        held_at_release.append(first[0]() is not None)
+
+    monkeypatch.setattr(alarm_process.heap, "release", release)
+    stop, metrics = threading.Event(), EngineMetrics()
+    with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
+        lane = AlarmPipeline(lambda r: _load_pipeline(config, pool, r, catalogue, time.time,
+                                                      whole_fleet=False)[1], rules, 1)
+        first.append(weakref.ref(lane.pipeline))
+        running = threading.Thread(target=lambda: _run_lanes(   # as run_alarm_lane calls it
+            config, pool, lane.pipeline, metrics, stop, CatchingUp([spec.name]),
+            [spec], renew=lane.renewed))
+        running.start()
+        try:
+            wait_for(lambda: metrics.registry.get_sample_value(
+                "vagt_mqtt_connected", {"lane": "alarm"}) == 1, what="the lane's session")
+            time.sleep(0.2)   # (it subscribes as it connects)
+            publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                                   alarm("ALM-0001", time.time()))])
+            wait_for(lambda: held_at_release, what="the alarm lane's pipeline loaded again")
+            assert held_at_release == [False]
+            gc.collect()
+            assert first[0]() is None
+        finally:
+            stop.set()
+            running.join(timeout=30)

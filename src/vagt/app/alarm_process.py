@@ -161,8 +161,13 @@ class AlarmPipeline:
         with self._lock:
             work(self.pipeline)
 
-    def renewed(self) -> Pipeline | None:
-        """The pipeline loaded again if the fleet has grown by `renew_after`, else None."""
+    def renewed(self, swap: Callable[[Pipeline], object] = lambda new: None
+                ) -> Pipeline | None:
+        """The pipeline loaded again if the fleet has grown by `renew_after`, else None.
+
+        `swap(new)` hands it to whoever ran the old one (the lane), so that the old one is
+        let go before its memory is given back: still held, it would not be collected and
+        its freed pages would come after the trim."""
         grown = len(self.pipeline.fleet) - self._loaded
         if not self.renew_after or grown < self.renew_after \
                 or time.monotonic() < self._next_try:
@@ -178,6 +183,7 @@ class AlarmPipeline:
                 return None
             held = len(self.pipeline.fleet)
             self.pipeline, self._loaded = new, len(new.fleet)
+            swap(new)
         heap.release()
         log.info("event=alarm_lane_renewed devices_held=%d devices_now=%d ms=%.0f",
                  held, self._loaded, (time.monotonic() - started) * 1000)

@@ -198,7 +198,8 @@ class Lane:
     def __init__(self, spec: LaneSpec, session: Session, pool: ConnectionPool,
                  pipeline: Pipeline, metrics: EngineMetrics,
                  catching_up: CatchingUp | None = None,
-                 renew: Callable[[], Pipeline | None] | None = None) -> None:
+                 renew: Callable[[Callable[[Pipeline], object]], object] | None = None
+                 ) -> None:
         self.spec = spec
         self.session = session
         self.pool = pool
@@ -246,7 +247,7 @@ class Lane:
                 else:
                     self._mark_draining(False)
                     if self._renew is not None and not self._in_hand:  # none to settle
-                        self.pipeline = self._renew() or self.pipeline
+                        self._renew(functools.partial(setattr, self, "pipeline"))
         finally:
             if settler is not None:
                 settler.close()
@@ -760,7 +761,8 @@ def run_alarm_lane(argv: list[str]) -> None:
 def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
                metrics: EngineMetrics, stop: threading.Event,
                catching_up: CatchingUp, specs: list[LaneSpec],
-               renew: Callable[[], Pipeline | None] | None = None) -> None:
+               renew: Callable[[Callable[[Pipeline], object]], object] | None = None
+               ) -> None:
     failures: list[BaseException] = []
     lane_stop = threading.Event()
 
@@ -779,6 +781,8 @@ def _run_lanes(config: Config, pool: ConnectionPool, pipeline: Pipeline,
         t = threading.Thread(target=supervise, args=(lane,), name=f"vagt-lane-{spec.name}")
         t.start()
         threads.append(t)
+    # the lanes hold it; held here too, the alarm lane's first would outlive its renewal
+    del pipeline
     try:
         while not stop.wait(0.2) and not lane_stop.is_set():
             pass
