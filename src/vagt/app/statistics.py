@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import psycopg
 from psycopg import sql
@@ -84,6 +85,7 @@ class StatisticsKeeper:
         wait = min(FIRST_CHECK_S, self.every_s)
         while not stop.wait(wait):
             wait = self.every_s
+            started = time.monotonic()
             try:
                 with psycopg.connect(db.with_network_timeouts(self.conninfo),
                                      autocommit=True) as conn:
@@ -91,6 +93,8 @@ class StatisticsKeeper:
             except psycopg.Error as e:   # the database away: the next round tries again
                 log.warning("event=table_upkeep_failed error=%r", first_line(e))
                 continue
-            for name, vacuumed in done or ():
-                log.info("event=table_%s table=%s", "vacuumed" if vacuumed else "analyzed",
-                         name)
+            if done:
+                log.info("event=tables_kept analyzed=%s vacuumed=%s ms=%.0f",
+                         ",".join(n for n, v in done if not v) or "-",
+                         ",".join(n for n, v in done if v) or "-",
+                         (time.monotonic() - started) * 1000)
