@@ -136,3 +136,14 @@ def test_devices_added_one_at_a_time_between_batches_are_judged_as_if_there_from
         assert h.open() == {("pulse_low", 0), ("pulse_low", 6), ("silent", 4)}
         h.sweep(1000.0 + 7201, seen)
         assert ("silent", 8) in h.open()
+
+
+def test_a_device_half_added_by_another_thread_is_judged_once_it_is_whole(tmp_path):
+    h = Harness(tmp_path, WHERE)
+    h.batch([(0, "pulse", 70, 1.0)])
+    h.fleet.ids.append("BPM-9")       # its other columns not yet (Fleet._add, meanwhile)
+    h.batch([(0, "pulse", 71, 2.0)])
+    for column, value in zip((h.fleet.vendor, h.fleet.model, h.fleet.type,
+                              h.fleet.municipality, h.fleet.status), ADDED[0][1:] + ("deployed",)):
+        column.append(value)
+    assert h.batch([(5, "pulse", 30, 3.0)]).bad.tolist() == [True]   # Omron: 40..180

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
@@ -176,10 +177,14 @@ class AlarmPipeline:
         with self._lock:
             try:
                 new = self._load(self.pipeline.rules.rules)
-            except Exception as e:   # the database away: the old one serves meanwhile
-                log.warning("event=alarm_lane_renewal_failed retry_in_s=%.0f error=%s",
-                            self._retry_s, type(e).__name__)
+            except Exception as e:   # the old one serves meanwhile
                 self._next_try = time.monotonic() + self._retry_s
+                if isinstance(e, psycopg.Error | TimeoutError):   # the database away
+                    log.warning("event=alarm_lane_renewal_failed retry_in_s=%.0f error=%s",
+                                self._retry_s, type(e).__name__)
+                else:   # a bug: its traceback, to mend it
+                    log.exception("event=alarm_lane_renewal_failed retry_in_s=%.0f",
+                                  self._retry_s)
                 return None
             held = len(self.pipeline.fleet)
             self.pipeline, self._loaded = new, len(new.fleet)

@@ -367,7 +367,9 @@ class RuleEngine:
         10,000, and the lane runs for weeks)."""
         f = self.fleet
         version = f.registry_version   # before reading the columns: a change meanwhile
-        n = len(f)                     # makes the next call compute them again
+        # makes the next call compute them again; a device being added (its columns one
+        # after another, `Fleet._add`) is counted once it has them all
+        n = min(len(f), len(f.vendor), len(f.model), len(f.type), len(f.municipality))
         whole = version != self._version \
             or not all(r.name in self._applies for r in self._rules)
         if n == self._n and not whole:
