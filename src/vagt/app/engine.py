@@ -902,7 +902,6 @@ class RuleTimer:
         self.metrics.rule_ticks.labels("done").inc()
         self.metrics.rule_tick_done_at.set_to_current_time()
         self.pipeline.after_commit(out)
-        heap.trim()   # what the tick freed in this thread's arena (see heap.trim)
         for alert_id, queue in out.opened:
             self.metrics.alerts_opened.labels(queue).inc()
             log.info("event=alert_opened alert_id=%d queue=%s by=timer", alert_id, queue)
