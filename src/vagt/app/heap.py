@@ -41,9 +41,9 @@ def release() -> None:
 
 def trim() -> None:
     """Give the allocator's free pages back to the system. glibc returns only what is free
-    at the top of a heap; what is free below what is still in use, and a thread's own
-    arena's (the rules timer's: a tick after a backlog, over the whole fleet, left 20 of its
-    26 MB free), it keeps for later, counted in the process's resident memory."""
+    at the top of a heap; what is free below what is still in use, and in a thread's own
+    arena, it keeps for later, counted in the process's resident memory. (After each rules
+    tick it gave nothing back that two soaks could see: not called there.)"""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
