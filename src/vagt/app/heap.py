@@ -33,17 +33,10 @@ def settle() -> None:
 def release() -> None:
     """Call when what start-up loaded has been let go for good (the alarm lane's pipeline
     loaded again): collect it too, though `settle` froze it, freeze what lasts again, and
-    give the memory back (`trim`)."""
+    give the allocator's free pages back to the system (glibc returns only what is free at
+    the top of a heap, and keeps the rest counted in the process's resident memory)."""
     gc.unfreeze()
     settle()
-    trim()
-
-
-def trim() -> None:
-    """Give the allocator's free pages back to the system. glibc returns only what is free
-    at the top of a heap; what is free below what is still in use, and in a thread's own
-    arena, it keeps for later, counted in the process's resident memory. (After each rules
-    tick it gave nothing back that two soaks could see: not called there.)"""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

@@ -363,8 +363,8 @@ class RuleEngine:
         one's vendor, model, type or municipality changed since last time: for the devices
         added only, when nothing else changed. The alarm lane's process adds each device as
         its first alarm comes, one or a few at a time; computed again for all, each new
-        device cost a pass over every device the lane had heard (60 ms more per batch at
-        10,000, and the lane runs for weeks)."""
+        device cost a pass over every device the lane held (a batch of 4 first alarms 151.6
+        ms at 30,000 held, 119.4 ms so; docs/performance.md, "eighth session")."""
         f = self.fleet
         version = f.registry_version   # before reading the columns: a change meanwhile
         # makes the next call compute them again; a device being added (its columns one
