@@ -111,7 +111,7 @@ def mb(parts: dict[str, int]) -> str:
         f"{k} {v / MB:.0f}" for k, v in parts.items()) + ")"
 
 
-def _ask(directory: Path, label: str, timeout: float = 300) -> dict[str, Any]:
+def ask_probe(directory: Path, label: str, timeout: float = 300) -> dict[str, Any]:
     (directory / "request").write_text(label)
     deadline = time.monotonic() + timeout
     while not (found := directory / f"{label}.json").exists():
@@ -180,18 +180,19 @@ def drain(broker: Broker, fleet: list[Any], traffic: Callable[[str], list[tuple[
                 if probe is not None:   # halfway: what the engine holds while it drains
                     wait_acked(procs, n // 2)
                     acked = procs[0].scrape("vagt_messages_acked_total", "bulk")
-                    reports["halfway"] = _ask(probe_dir, "gc-halfway")
+                    reports["halfway"] = ask_probe(probe_dir, "gc-halfway")
                     print(f"    halfway: {acked:,.0f} acknowledged before, "
                           f"{procs[0].scrape('vagt_messages_acked_total', 'bulk'):,.0f} after "
                           "the probe", flush=True)
                 seconds = wait_acked(procs, n)
                 end = sampler.parts()
                 if probe is not None:
-                    reports |= {"end": _ask(probe_dir, "end"), "gc": _ask(probe_dir, "gc-end")}
+                    reports |= {"end": ask_probe(probe_dir, "end"),
+                                "gc": ask_probe(probe_dir, "gc-end")}
                 time.sleep(after)
                 later = sampler.parts()
                 if probe is not None:   # after the rules' first ticks
-                    reports["after"] = _ask(probe_dir, "trim-after")
+                    reports["after"] = ask_probe(probe_dir, "trim-after")
             peak = sampler.peak()
         print(f"    drained {n:,} in {seconds:.1f} s ({n / seconds:,.0f} msg/s)")
         print(f"    resident after start-up {mb(ready)}")

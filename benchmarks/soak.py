@@ -13,10 +13,13 @@ acknowledged per second, resident memory of the engine and its children, alarm l
 the machine's CPU, the database's size, the alerts open. At the end: memory's growth per
 hour of real time over the second half (a least-squares line through the samples), the
 alarms and messages sent against those committed and acknowledged (nothing may be lost).
-Usage:
+With `--probe` the engine runs under benchmarks/memtrace.py (no tracemalloc: at its own
+speed), and each window's line is followed by what its memory was made of then (glibc's
+arenas, in use and free; pymalloc's), the last after a full collection, then after
+`malloc_trim`. Usage:
 
     .venv/bin/python -m benchmarks.soak [--devices 100000] [--hours 12] [--speed 36]
-        [--alarm-every 2] [--window 120]
+        [--alarm-every 2] [--window 120] [--probe] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from benchmarks.drain import drop_database, fresh_database, own_broker, v5_client
+from benchmarks.memory import ask_probe, show_probe
 from benchmarks.suite import (
     AlarmProbe,
     EngineProc,
@@ -99,7 +104,12 @@ def main() -> None:
                     help="seconds an operator spends on an alert")
     ap.add_argument("--logs", type=Path, default=None,
                     help="copy the engine's and the simulator's logs into this directory")
+    ap.add_argument("--probe", action="store_true",
+                    help="what the engine's memory is made of, at each window")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
+    env = dict(kv.split("=", 1) for kv in args.env)
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
           f"{os.cpu_count()} cores: {args.devices:,} devices, {args.hours:g} h of their "
@@ -115,15 +125,17 @@ def main() -> None:
             # the engine's sessions before it starts, as in production: "ready" comes
             # before its lanes have subscribed, and what came between would go to no one
             prepare_sessions(broker, root, [cid], "")
+            probe_dir = Path(tempfile.mkdtemp(dir=work)) if args.probe else None
+            wrap = ("-m", "benchmarks.memtrace", str(probe_dir), "0") if probe_dir else ()
             with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
-                         share_group="", workdir=work) as procs:
-                run(args, procs[0], broker, root, url, probes, real_s, work)
+                         share_group="", workdir=work, wrap=wrap, env=env) as procs:
+                run(args, procs[0], broker, root, url, probes, real_s, work, probe_dir)
     finally:
         drop_database(url)
 
 
 def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str, url: str,
-        probes: list[str], real_s: float, work: Path) -> None:
+        probes: list[str], real_s: float, work: Path, probe_dir: Path | None) -> None:
     env = {**os.environ, "VAGT_MQTT_URL": broker.url, "VAGT_MQTT_TOPIC_ROOT": root}
     sim_log = work / "simulate.log"
     sim = subprocess.Popen(
@@ -167,10 +179,15 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
             cpu = cpu_times()
             if now - last_line >= args.window:
                 print_window(samples, probe, start, last_line, now)
+                if probe_dir is not None:
+                    show_probe("memory", ask_probe(probe_dir, f"window-{len(samples)}"))
                 last_line = now
             if engine.process.poll() is not None:
                 raise RuntimeError(f"the engine exited; see {engine.log}")
         print_window(samples, probe, start, last_line, time.perf_counter() - start)
+    if probe_dir is not None:
+        for label in ("gc-end", "trim-end"):
+            show_probe(label, ask_probe(probe_dir, label))
     probe.stop()
     done.set()
     if args.logs is not None:
