@@ -393,11 +393,13 @@ def _reload_on_sighup() -> threading.Event:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.alerts.policy import PolicyError
+    from vagt.app import heap
     from vagt.app.engine import run_engine
     from vagt.app.metrics import MetricsPortError
     from vagt.devices.catalogue import CatalogueError
     from vagt.rules import RuleConfigError
 
+    heap.limit_arenas()     # before any thread (an embedded server's, the engine's)
     stop = _stop_on_signals()
     reload = _reload_on_sighup()
     try:
@@ -710,9 +712,11 @@ def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from vagt.app import heap
     from vagt.app.demo import DEMO_OPTIONS, run_demo
     from vagt.app.engine import run_engine
 
+    heap.limit_arenas()
     stop = _stop_on_signals(hangup=True)
     return run_demo(config, devices=args.devices, duration=args.duration, stop=stop,
                     run_engine=run_engine, options=_sim_options(args, DEMO_OPTIONS))
