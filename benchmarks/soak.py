@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.env):
+        ap.error("--env takes NAME=VALUE")
     env = dict(kv.split("=", 1) for kv in args.env)
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
@@ -185,9 +187,6 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
             if engine.process.poll() is not None:
                 raise RuntimeError(f"the engine exited; see {engine.log}")
         print_window(samples, probe, start, last_line, time.perf_counter() - start)
-    if probe_dir is not None:
-        for label in ("gc-end", "trim-end"):
-            show_probe(label, ask_probe(probe_dir, label))
     probe.stop()
     done.set()
     if args.logs is not None:
@@ -206,6 +205,9 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
         time.sleep(1)
     watcher.disconnect()
     watcher.loop_stop()
+    if probe_dir is not None:      # once the engine has taken what was sent
+        for label in ("gc-end", "trim-end"):
+            show_probe(label, ask_probe(probe_dir, label))
     summary(samples, probe)
     print(f"operators: {args.operators}, {len(handled):,} alerts taken and resolved")
     bulk, alarm = taken()

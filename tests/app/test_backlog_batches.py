@@ -14,7 +14,7 @@ from tests.support import Broker
 
 from vagt.app.config import Config
 from vagt.app.engine import lane_specs
-from vagt.app.metrics import EngineMetrics
+from vagt.app.metrics import BATCH_BUCKETS, EngineMetrics
 from vagt.app.pipeline import Pipeline
 
 N = 60
@@ -42,6 +42,7 @@ def batches(metrics: EngineMetrics) -> tuple[float, float, float, float]:
     def sample(name: str, **labels: str) -> float:
         return metrics.registry.get_sample_value(name, {"lane": "bulk", **labels}) or 0.0
     count = sample("vagt_batch_size_messages_count")
+    assert 25 in BATCH_BUCKETS       # the bucket read below
     return (count, sample("vagt_batch_size_messages_sum"), sample("vagt_backlog_messages_total"),
             count - sample("vagt_batch_size_messages_bucket", le="25.0"))
 
@@ -66,10 +67,11 @@ def test_live_messages_are_committed_without_waiting_to_fill(
     assert total == N
     assert backlog == 0
     # a batch each 50 ms (the short wait) while they trickle in over 1.2 s: a few messages
-    # each, never the 30 the lane would wait for (half a second of the trickle or more, so a
-    # busy machine's slow commit does not fail this, as a count of batches did)
+    # each, not the 30 the lane would wait for, which would make two full batches (one
+    # nearly full may come of a commit held up half a second on a busy machine; a count of
+    # batches failed there)
     assert count > N / FILL
-    assert nearly_full == 0
+    assert nearly_full <= 1
 
 
 def test_once_a_backlog_is_drained_and_the_lane_idle_live_messages_wait_no_longer(
@@ -87,9 +89,9 @@ def test_once_a_backlog_is_drained_and_the_lane_idle_live_messages_wait_no_longe
     assert total == len(old) + N
     assert backlog == len(old)
     # the live messages in a batch each 50 ms, not held for the backlog's wait (3 s here),
-    # which would fill each batch to 30 as they trickle in
+    # which would fill two batches to 30 as they trickle in
     assert count > 1 + N / FILL
-    assert nearly_full == 0
+    assert nearly_full <= 1
 
 
 def test_a_bulk_batch_is_never_meant_to_hold_more_than_the_broker_may_leave_unacknowledged(

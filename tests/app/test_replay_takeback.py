@@ -313,4 +313,6 @@ def test_the_engine_takes_back_a_missed_dose_that_a_late_message_shows_taken(
     assert query(database_url, "SELECT event FROM alert_outbox ORDER BY id") == [
         ("opened",), ("resolved",)]
     # the lane logs what its batch did once the batch is committed: after the row shows it
-    wait_for(lambda: "event=alert_taken_back alert_id=1" in engine.log(), what="its log line")
+    [(alert_id,)] = query(database_url, "SELECT id FROM alerts")
+    wait_for(lambda: f"event=alert_taken_back alert_id={alert_id} " in engine.log(),
+             what="its log line")

@@ -497,10 +497,11 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
     from vagt.alerts.api.app import create_app
     from vagt.alerts.policy import PolicyError, load_policy
     from vagt.alerts.silence_scope import install_rule_book
-    from vagt.app import db
+    from vagt.app import db, heap
     from vagt.app.metrics import EngineMetrics
     from vagt.rules import RuleConfigError, load_rules
 
+    heap.limit_arenas()     # before uvicorn's and the endpoints' threads
     try:
         policy = load_policy(config.alerts or None, os.environ, secrets=False)
         # silences are judged by the rules the engine runs: which of their alerts are critical

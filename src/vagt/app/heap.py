@@ -12,13 +12,15 @@ Nothing here frees less: what start-up loaded lives as long as the process anywa
 garbage that is not cyclic is freed by reference counting at once, as before.
 
 glibc's malloc gives each thread that allocates an arena of its own, up to 8 a core (16
-here), and an arena keeps what its thread freed for that thread. The engine's threads (the
-lanes, the rules' timer, the table upkeep, the metrics' and the API's servers, the
-connection pool's workers, libpq and numpy outside the GIL) filled all 16; at the end of a
-soak (benchmarks/soak.py --probe, 8 h of the fleet's day in 13.5 min) they held 75 MB free,
-14 of them a few MB each that no other thread could use. With two arenas (`limit_arenas`)
-the engine ended at 250 MB against 300, the alarm lane at 67 against 76 (352 MB against
-412 for the three processes), at the same CPU and alarm latency.
+here), and an arena keeps what was freed in it for the threads attached to it. The
+engine's threads (the lanes, the rules' timer, the table upkeep, the metrics' and the API's
+servers, the connection pool's workers, libpq and numpy outside the GIL) filled all 16; at
+the end of a soak (benchmarks/soak.py --probe, 8 h of the fleet's day in 13.5 min) they
+held 75 MB free, 14 arenas of a few MB each nearly all free. With two arenas a process
+(`limit_arenas`) the engine ended at 250 MB against 300, the alarm lane at 67 against 76
+(352 MB against 412 for the three processes), alarms as fast; a drain's CPU per message
+within the hour's noise (157 against 142 ms per 1,000, runs not alternated; see
+docs/performance.md, "ninth session").
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     """Call first in a process, before it starts threads: its threads share `arenas` of
     glibc's arenas, and what one frees another uses. Left to the environment where it says
     (MALLOC_ARENA_MAX, or GLIBC_TUNABLES' glibc.malloc.arena_max). Whether it was set."""
-    if _LIBC is None or "MALLOC_ARENA_MAX" in os.environ \
-            or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+    if _LIBC is None or _set_by_environment():
         return False
     return bool(_LIBC.mallopt(_M_ARENA_MAX, arenas))
+
+
+def _set_by_environment() -> bool:
+    """glibc took the limit from the environment (a value it accepts: a whole number ≥ 1)."""
+    value = os.environ.get("MALLOC_ARENA_MAX", "").strip()
+    return (value.isdigit() and int(value) >= 1) \
+        or "glibc.malloc.arena_max=" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def settle() -> None:
