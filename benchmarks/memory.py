@@ -111,6 +111,13 @@ def mb(parts: dict[str, int]) -> str:
         f"{k} {v / MB:.0f}" for k, v in parts.items()) + ")"
 
 
+def environment(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    """`--env NAME=VALUE ...` as a dict; the parser's error for one without '='."""
+    if any("=" not in kv for kv in pairs):
+        ap.error("--env takes NAME=VALUE")
+    return dict(kv.split("=", 1) for kv in pairs)
+
+
 def ask_probe(directory: Path, label: str, timeout: float = 300) -> dict[str, Any]:
     (directory / "request").write_text(label)
     deadline = time.monotonic() + timeout
@@ -231,7 +238,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.messages
     probe = args.trace if args.trace else (0 if args.probe else None)
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = environment(ap, args.env)
     fleet = make_fleet(args.devices, 1)
     base = "bench/v1"
     kinds = {"mixed": make_backlog(base, n, args.devices),

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from benchmarks.drain import drop_database, fresh_database, own_broker, v5_client
-from benchmarks.memory import ask_probe, show_probe
+from benchmarks.memory import ask_probe, environment, show_probe
 from benchmarks.suite import (
     AlarmProbe,
     EngineProc,
@@ -109,9 +109,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
-    if any("=" not in kv for kv in args.env):
-        ap.error("--env takes NAME=VALUE")
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = environment(ap, args.env)
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
           f"{os.cpu_count()} cores: {args.devices:,} devices, {args.hours:g} h of their "

@@ -58,7 +58,9 @@ class ChildProcess:
     def start(self) -> None:
         control, child_end = Pipe()
         module, function = self._entry.split(":")
-        code = f"import sys; from {module} import {function}; {function}(sys.argv[1:])"
+        # glibc's arenas limited first, before the child's module and its threads
+        code = ("import sys; from vagt.app import heap; heap.limit_arenas(); "
+                f"from {module} import {function}; {function}(sys.argv[1:])")
         process = subprocess.Popen(
             [sys.executable, "-c", code, str(child_end.fileno()),
              str(logging.getLogger().getEffectiveLevel())],

@@ -57,6 +57,9 @@ def _stdout_closed() -> bool:
 
 
 def _main(argv: list[str] | None) -> int:
+    from vagt.app import heap
+
+    heap.limit_arenas()     # before any thread: every command's (a server's, the engine's)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -393,13 +396,11 @@ def _reload_on_sighup() -> threading.Event:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from vagt.alerts.policy import PolicyError
-    from vagt.app import heap
     from vagt.app.engine import run_engine
     from vagt.app.metrics import MetricsPortError
     from vagt.devices.catalogue import CatalogueError
     from vagt.rules import RuleConfigError
 
-    heap.limit_arenas()     # before any thread (an embedded server's, the engine's)
     stop = _stop_on_signals()
     reload = _reload_on_sighup()
     try:
@@ -497,11 +498,10 @@ def cmd_api(args: argparse.Namespace, config: Config) -> int:
     from vagt.alerts.api.app import create_app
     from vagt.alerts.policy import PolicyError, load_policy
     from vagt.alerts.silence_scope import install_rule_book
-    from vagt.app import db, heap
+    from vagt.app import db
     from vagt.app.metrics import EngineMetrics
     from vagt.rules import RuleConfigError, load_rules
 
-    heap.limit_arenas()     # before uvicorn's and the endpoints' threads
     try:
         policy = load_policy(config.alerts or None, os.environ, secrets=False)
         # silences are judged by the rules the engine runs: which of their alerts are critical
@@ -713,11 +713,9 @@ def _sim_options(args: argparse.Namespace, defaults: SimOptions) -> SimOptions:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from vagt.app import heap
     from vagt.app.demo import DEMO_OPTIONS, run_demo
     from vagt.app.engine import run_engine
 
-    heap.limit_arenas()
     stop = _stop_on_signals(hangup=True)
     return run_demo(config, devices=args.devices, duration=args.duration, stop=stop,
                     run_engine=run_engine, options=_sim_options(args, DEMO_OPTIONS))

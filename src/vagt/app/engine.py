@@ -729,7 +729,6 @@ def run_alarm_lane(argv: list[str]) -> None:
     Its fleet holds the devices that sent alarms (and those with an open rule alert), not
     the whole registry: 44 MB less at 100,000 devices, of which a few thousand alarm. It is
     loaded again after `ingest.alarm_lane_renew_after` devices more (`AlarmPipeline`)."""
-    heap.limit_arenas()
     control, log_level, start = child_pipe(argv)
     config, policy = start.config, start.policy
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)

@@ -36,9 +36,10 @@ _M_ARENA_MAX = -8          # mallopt's parameter (malloc.h)
 
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
-    """Call first in a process, before it starts threads: its threads share `arenas` of
-    glibc's arenas, and what one frees another uses. Left to the environment where it says
-    (MALLOC_ARENA_MAX, or GLIBC_TUNABLES' glibc.malloc.arena_max). Whether it was set."""
+    """Called first in each vagt process (`vagt.app.cli`, `app.child`), before it starts
+    threads: its threads share `arenas` of glibc's arenas, and what one frees another uses.
+    Left to the environment where it says (MALLOC_ARENA_MAX, or GLIBC_TUNABLES'
+    glibc.malloc.arena_max). Whether it was set."""
     if _LIBC is None or _set_by_environment():
         return False
     return bool(_LIBC.mallopt(_M_ARENA_MAX, arenas))

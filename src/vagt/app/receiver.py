@@ -270,7 +270,6 @@ def _sent_once(batch: list[RawMessage]) -> list[RawMessage]:
 
 def run_receiver(argv: list[str]) -> None:
     """The child (see the module's text): until the engine says stop or is gone."""
-    heap.limit_arenas()
     control, log_level, settings = child_pipe(argv)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     stop = threading.Event()
