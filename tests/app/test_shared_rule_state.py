@@ -743,8 +743,13 @@ class Aside:
         self.work = work
         self.failed: list[BaseException] = []
         self.done = threading.Event()
+        self.started = False
 
     def start(self) -> None:
+        """Once: a second thread would run `work` on the same connection, still running when
+        the test closes it (a crash in libpq, or its bytes on the next test's connection)."""
+        assert not self.started, "the other engine's batch was started twice"
+        self.started = True
         threading.Thread(target=self._run).start()
 
     def _run(self) -> None:
@@ -782,9 +787,10 @@ def test_the_sweep_does_not_hold_the_ticks_devices_while_it_waits_for_a_batchs(
                                    event("DSP-0001", due + 60, "dose.taken")]))
     sweep = a.pipeline.rules.sweep_absence
 
-    def meanwhile(*args, **kw):   # the batch comes while the sweep begins
-        other.start()
-        waiting_for_a_lock_or_done(database_url, b.conn, other.done)
+    def meanwhile(*args, **kw):   # the batch comes while the sweep begins: at its first
+        if not other.started:     # answer (it is asked again once it has locked what it touches)
+            other.start()
+            waiting_for_a_lock_or_done(database_url, b.conn, other.done)
         return sweep(*args, **kw)
 
     monkeypatch.setattr(a.pipeline.rules, "sweep_absence", meanwhile)
