@@ -16,10 +16,11 @@ alarms and messages sent against those committed and acknowledged (nothing may b
 With `--probe` the engine runs under benchmarks/memtrace.py (no tracemalloc: at its own
 speed), and each window's line is followed by what its memory was made of then (glibc's
 arenas, in use and free; pymalloc's), the last after a full collection, then after
-`malloc_trim`. Usage:
+`malloc_trim`; with `--probe-frames N` also tracemalloc's largest allocation sites (the
+engine slower). Usage:
 
     .venv/bin/python -m benchmarks.soak [--devices 100000] [--hours 12] [--speed 36]
-        [--alarm-every 2] [--window 120] [--probe] [--env NAME=VALUE ...]
+        [--alarm-every 2] [--window 120] [--probe [--probe-frames N]] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ def main() -> None:
                     help="copy the engine's and the simulator's logs into this directory")
     ap.add_argument("--probe", action="store_true",
                     help="what the engine's memory is made of, at each window")
+    ap.add_argument("--probe-frames", type=int, default=0, metavar="N",
+                    help="with --probe, tracemalloc on from the engine's start, N frames a "
+                         "trace: the largest allocation sites at each window (Python's and "
+                         "numpy's, not libpq's; the engine runs slower)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
@@ -126,7 +131,8 @@ def main() -> None:
             # before its lanes have subscribed, and what came between would go to no one
             prepare_sessions(broker, root, [cid], "")
             probe_dir = Path(tempfile.mkdtemp(dir=work)) if args.probe else None
-            wrap = ("-m", "benchmarks.memtrace", str(probe_dir), "0") if probe_dir else ()
+            wrap = ("-m", "benchmarks.memtrace", str(probe_dir),
+                    str(args.probe_frames)) if probe_dir else ()
             with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
                          share_group="", workdir=work, wrap=wrap, env=env) as procs:
                 run(args, procs[0], broker, root, url, probes, real_s, work, probe_dir)
