@@ -112,9 +112,9 @@ def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
 
     Read in parts of LAST_HEARD_PART through a cursor on the server (in the caller's
     transaction): the whole fleet at once, its rows as Python tuples and libpq's copy of
-    them, left the process 13-20 MB larger for good at 100,000 devices (freed, and kept by
-    the allocators for the next sweep), the largest part of the engine's step in memory at
-    its first sweep."""
+    them, left a process a few MB larger at each of its first sweeps at 100,000 devices
+    (freed, and kept by the allocators; docs/performance.md, "tenth session"). It is not
+    the engine's step in memory after its first forced tick, which is C's allocations."""
     seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)
     with conn.cursor(name="vagt_last_heard") as cur:
         cur.execute(
