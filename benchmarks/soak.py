@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
+    if args.probe_frames and not args.probe:
+        ap.error("--probe-frames goes with --probe")
     env = environment(ap, args.env)
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
