@@ -124,7 +124,7 @@ class Process:
         self.ticks = 0
         self.pipeline = Pipeline(topic_root=ROOT, ingest=IngestConfig(), fleet=fleet,
                                  rules=load_rules(rules_file), clock=lambda: self.now)
-        self.pipeline.restore(self.conn)
+        self.restored = self.pipeline.restore(self.conn)   # devices with a state, at start
         self.conn.commit()
 
     def batch(self, messages: list[RawMessage], commit: bool = True) -> BatchOutcome:
@@ -616,18 +616,21 @@ def test_a_restarted_engine_continues_the_rules_where_they_were(database_url, ru
     assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", "OXI-0001", 1)]
 
 
-def test_a_state_written_in_parts_continues_every_device_after_a_restart(
+def test_a_state_written_and_read_in_parts_continues_every_device_after_a_restart(
         database_url, rules_file, monkeypatch):
     """A tick after a backlog writes the state of most of the fleet, a part at a time
-    (`SAVE_CHUNK` devices): every part reaches the table, whichever part a device is in."""
+    (`SAVE_CHUNK` devices), and a start reads it back a part at a time (`RESTORE_CHUNK`):
+    every part reaches the table and memory, whichever part a device is in."""
     register(database_url, DEVICES)
     monkeypatch.setattr(rule_state, "SAVE_CHUNK", 1)
+    monkeypatch.setattr(rule_state, "RESTORE_CHUNK", 1)
     oximeters = ("OXI-0001", "OXI-0002")
     # 4 identical values in a row alert; a restart after the third must not start again
     first = Process(database_url, rules_file)
     first.batch([spo2(d, T0 + 60 * k, 95) for k in range(3) for d in oximeters])
     first.close()
     again = Process(database_url, rules_file)
+    assert again.restored == len(oximeters)
     again.batch([spo2(d, T0 + 180, 95) for d in oximeters])
     again.close()
     assert [a[:3] for a in alerts(database_url)] == [("spo2_stuck", d, 1) for d in oximeters]

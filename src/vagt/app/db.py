@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
+import psycopg.abc
 import psycopg.conninfo
 from psycopg_pool import ConnectionPool
 
@@ -271,3 +273,16 @@ def by_key_index(conn: psycopg.Connection, *, scans: bool = False) -> Iterator[N
     # follows ends the settings anyway (they are the transaction's own).
     yield
     conn.execute(_set_plans(names, "on"))
+
+
+def in_parts(conn: psycopg.Connection, name: str, query: psycopg.abc.Query,
+             params: Sequence[Any] | None = None, *, part: int
+             ) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of `query` in lists of at most `part`, through a cursor on the server named
+    `name`: a table of the whole fleet (100,000 rows) never held in memory at once, neither
+    as Python's tuples nor as libpq's copy of them. A cursor on the server lives in a
+    transaction: the caller's, or one it opens around the loop on an autocommit connection."""
+    with conn.cursor(name=name) as cur:
+        cur.execute(query, params)
+        while rows := cur.fetchmany(part):
+            yield rows

@@ -116,18 +116,16 @@ def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
     (freed, and kept by the allocators; docs/performance.md, "tenth session"). It is not
     the engine's step in memory after its first forced tick, which is C's allocations."""
     seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)
-    with conn.cursor(name="vagt_last_heard") as cur:
-        cur.execute(
-            "SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NOT NULL "
-            f"THEN greatest(d.last_seen, {SILENT_FROM}) END)::float8, "
-            f"extract(epoch FROM greatest(d.last_heard, d.last_seen, {SILENT_FROM}))::float8 "
-            "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
-            "WHERE d.last_seen IS NOT NULL OR d.status = 'deployed'")
-        while rows := cur.fetchmany(LAST_HEARD_PART):
-            idx = fleet.lookup([str(r[0]) for r in rows])
-            ok = (idx >= 0) & (idx < len(seen))
-            seen[idx[ok]] = np.array([r[1] for r in rows], dtype=np.float64)[ok]
-            heard[idx[ok]] = np.array([r[2] for r in rows], dtype=np.float64)[ok]
+    query = ("SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NOT NULL "
+             f"THEN greatest(d.last_seen, {SILENT_FROM}) END)::float8, "
+             f"extract(epoch FROM greatest(d.last_heard, d.last_seen, {SILENT_FROM}))::float8 "
+             "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
+             "WHERE d.last_seen IS NOT NULL OR d.status = 'deployed'")
+    for rows in db.in_parts(conn, "vagt_last_heard", query, part=LAST_HEARD_PART):
+        idx = fleet.lookup([str(r[0]) for r in rows])
+        ok = (idx >= 0) & (idx < len(seen))
+        seen[idx[ok]] = np.array([r[1] for r in rows], dtype=np.float64)[ok]
+        heard[idx[ok]] = np.array([r[2] for r in rows], dtype=np.float64)[ok]
     return seen, heard
 
 

@@ -411,10 +411,8 @@ class SharedRuleState:
         making a row for every registered device that has none (so batches need not)."""
         conn.execute(_CREATE_ALL)
         taken = 0
-        with conn.cursor(name="vagt_rule_state_restore") as cur:  # in parts: 100,000 rows
-            cur.execute(_ALL)
-            while rows := cur.fetchmany(RESTORE_CHUNK):
-                taken += self._take(conn, rows)
+        for rows in db.in_parts(conn, "vagt_rule_state_restore", _ALL, part=RESTORE_CHUNK):
+            taken += self._take(conn, rows)
         return taken
 
     def refresh(self, conn: psycopg.Connection) -> int:

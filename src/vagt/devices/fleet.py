@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psycopg
 
+from vagt.app.db import in_parts
 from vagt.arrays import F64, I64, Bools, positions
 from vagt.devices.catalogue import Catalogue, load_catalogue
 from vagt.devices.lifecycle import Status
@@ -142,9 +143,10 @@ class Fleet:
         """Every registered device with its stored state (at start: state survives restarts)."""
         # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak (a named
         # cursor needs a transaction: the caller's, or one of its own on an autocommit one)
-        with conn.transaction(), conn.cursor(name="vagt_fleet_load") as cur:
-            cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id")
-            while rows := cur.fetchmany(LOAD_CHUNK):
+        with conn.transaction():
+            for rows in in_parts(conn, "vagt_fleet_load",
+                                 f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id",
+                                 part=LOAD_CHUNK):
                 with self.lock:
                     self._add(rows)
 
@@ -182,10 +184,10 @@ class Fleet:
         """
         where, params = ("WHERE device_id = ANY(%s) ", (list(self.ids),)) if known_only \
             else ("", ())
-        with conn.transaction(), conn.cursor(name="vagt_fleet_refresh") as cur:
-            cur.execute(f"SELECT {_REGISTRY}, {_STATE} FROM devices {where}ORDER BY device_id",
-                        params)
-            while rows := cur.fetchmany(LOAD_CHUNK):
+        with conn.transaction():
+            for rows in in_parts(conn, "vagt_fleet_refresh",
+                                 f"SELECT {_REGISTRY}, {_STATE} FROM devices {where}"
+                                 "ORDER BY device_id", params, part=LOAD_CHUNK):
                 self._refresh(rows)
 
     def refresh_devices(self, conn: psycopg.Connection, idx: I64) -> None:
