@@ -138,6 +138,15 @@ def show_probe(label: str, report: dict[str, Any]) -> None:
           f"{m['free_bytes'] / 2**20:.0f} MB free in its arenas ({len(heaps)} over 1 MB: "
           + ", ".join(f"{h['system'] / 2**20:.0f}/{h['free'] / 2**20:.0f}" for h in heaps)
           + " MB held/free)", flush=True)
+    if "connections" in report:
+        print("      connections by the port at their other end: "
+              + (", ".join(f"{port} {n}" for port, n in sorted(report["connections"].items()))
+                 or "none"), flush=True)
+    if "renewed" in report:
+        r = report["renewed"]
+        print(f"      the connections of {r['pools']} pool(s) closed and opened again: glibc in "
+              f"use (with mmap) {r['in_use_before_bytes'] / 2**20:.0f} -> "
+              f"{r['in_use_after_bytes'] / 2**20:.0f} MB", flush=True)
     if "trimmed_kb" in report:
         before, after = report["trimmed_kb"]
         print(f"      malloc_trim(0): resident {before / MB:.0f} -> {after / MB:.0f} MB", flush=True)

@@ -6,10 +6,13 @@ benchmarks/memory.py; nothing of it is in vagt itself.
 runs MODULE as `python -m MODULE ARGS...` would, with a thread that answers requests written
 to DIR/request (a label, one line): it writes DIR/LABEL.json with the process's resident
 memory, glibc's allocator totals (`mallinfo2`: what its arenas hold in use and free) and its
-heaps (`malloc_info`), pymalloc's (`sys._debugmallocstats`), and with FRAMES > 0 (tracemalloc
-on from the start, FRAMES frames a trace) the largest allocation sites then. A label that
+heaps (`malloc_info`), pymalloc's (`sys._debugmallocstats`), its TCP connections by the
+port at their other end, and with FRAMES > 0 (tracemalloc on from the start, FRAMES frames
+a trace) the largest allocation sites then. A label that
 begins with `gc` also runs a full collection and counts what it found unreachable and what
-is alive after it, by type; one that begins with `trim` calls glibc's `malloc_trim(0)`.
+is alive after it, by type; one that begins with `trim` calls glibc's `malloc_trim(0)`;
+one that begins with `pools` first closes and opens again every psycopg pool's connections;
+`tracestart-N` turns tracemalloc on, N frames a trace (the engine at its own speed before).
 With FRAMES > 0 it also reports by itself each time the traced memory grows 10 % past the
 last report (DIR/peak.json): what was held near the peak.
 """
@@ -77,6 +80,26 @@ def _malloc() -> dict[str, Any]:
                        r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"', body))}
                   for nr, body in heaps],
     }
+
+
+def _sockets() -> dict[str, int]:
+    """The process's TCP connections by the port at their other end (PostgreSQL's, the
+    broker's): a pool that grew keeps each connection's libpq buffers as large as the
+    largest message it carried."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    ports: collections.Counter[str] = collections.Counter()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                if f[9] in mine and f[3] == "01":      # established
+                    ports[str(int(f[2].rsplit(":", 1)[1], 16))] += 1
+    return dict(ports)
 
 
 def _pymalloc() -> dict[str, int]:
@@ -153,14 +176,43 @@ def _sites(limit: int = TOP) -> dict[str, Any]:
     }
 
 
+def _renew_pools() -> dict[str, int]:
+    """Every psycopg pool's connections closed and opened again (`drain`): what libpq and
+    psycopg held for the connections that lived until now, given back."""
+    from psycopg_pool import ConnectionPool
+
+    frozen = gc.get_freeze_count() > 0     # vagt.app.heap freezes what start-up made,
+    gc.unfreeze()                          # and get_objects() does not see it
+    try:
+        pools = [o for o in gc.get_objects() if isinstance(o, ConnectionPool)]
+    finally:
+        if frozen:
+            gc.freeze()
+    def held() -> int:     # in use, in the arenas and in chunks of their own (mmap)
+        m = _libc.mallinfo2()
+        return int(m.uordblks + m.hblkhd)
+
+    before = held()
+    for pool in pools:
+        pool.drain()
+    time.sleep(2)     # a connection out of the pool closes when it is given back
+    return {"pools": len(pools), "in_use_before_bytes": before, "in_use_after_bytes": held()}
+
+
 def report(directory: Path, label: str) -> None:
+    renewed = _renew_pools() if label.startswith("pools") else None
+    if label.startswith("tracestart-"):   # from now on: what is allocated after it
+        tracemalloc.start(int(label.removeprefix("tracestart-")))
     out: dict[str, Any] = {"label": label, "time": time.time(), "status_kb": _status(),
                            "malloc": _malloc(), "pymalloc": _pymalloc(),
+                           "connections": _sockets(),
                            "gc_counts": gc.get_count()}
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
         out["traced_now"], out["traced_peak"] = current, peak
         out.update(_sites())
+    if renewed is not None:
+        out["renewed"] = renewed
     if label.startswith("gc"):   # last: it changes what the others would see
         out["garbage"] = _garbage()
     if label.startswith("trim"):   # what glibc's free pages would give back (malloc_trim)

@@ -15,12 +15,14 @@ hour of real time over the second half (a least-squares line through the samples
 alarms and messages sent against those committed and acknowledged (nothing may be lost).
 With `--probe` the engine runs under benchmarks/memtrace.py (no tracemalloc: at its own
 speed), and each window's line is followed by what its memory was made of then (glibc's
-arenas, in use and free; pymalloc's), the last after a full collection, then after
-`malloc_trim`; with `--probe-frames N` also tracemalloc's largest allocation sites (the
-engine slower). Usage:
+arenas, in use and free; pymalloc's), the last after a full collection, then after its
+pools' connections were closed and opened again, then after `malloc_trim`; with
+`--probe-frames N` also tracemalloc's largest allocation sites (the engine slower; with
+`--probe-frames-from MINUTES`, of what was allocated from then on). Usage:
 
     .venv/bin/python -m benchmarks.soak [--devices 100000] [--hours 12] [--speed 36]
-        [--alarm-every 2] [--window 120] [--probe [--probe-frames N]] [--env NAME=VALUE ...]
+        [--alarm-every 2] [--window 120] [--probe [--probe-frames N [--probe-frames-from M]]]
+        [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -111,11 +113,17 @@ def main() -> None:
                     help="with --probe, tracemalloc on from the engine's start, N frames a "
                          "trace: the largest allocation sites at each window (Python's and "
                          "numpy's, not libpq's; the engine runs slower)")
+    ap.add_argument("--probe-frames-from", type=float, default=0.0, metavar="MINUTES",
+                    help="with --probe-frames, tracemalloc on only from this minute of the "
+                         "soak: the sites of what is allocated after it and kept (the engine "
+                         "at its own speed until then)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the engine's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args()
     if args.probe_frames and not args.probe:
         ap.error("--probe-frames goes with --probe")
+    if args.probe_frames_from and not args.probe_frames:
+        ap.error("--probe-frames-from goes with --probe-frames")
     env = environment(ap, args.env)
     real_s = args.hours * 3600 / args.speed
     print(f"vagt soak, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()}, "
@@ -133,8 +141,9 @@ def main() -> None:
             # before its lanes have subscribed, and what came between would go to no one
             prepare_sessions(broker, root, [cid], "")
             probe_dir = Path(tempfile.mkdtemp(dir=work)) if args.probe else None
+            at_start = 0 if args.probe_frames_from else args.probe_frames
             wrap = ("-m", "benchmarks.memtrace", str(probe_dir),
-                    str(args.probe_frames)) if probe_dir else ()
+                    str(at_start)) if probe_dir else ()
             with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
                          share_group="", workdir=work, wrap=wrap, env=env) as procs:
                 run(args, procs[0], broker, root, url, probes, real_s, work, probe_dir)
@@ -172,11 +181,16 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
     cpu = cpu_times()
     print(f"{'minutes':>9} {'msg/s':>7} {'RSS MB: engine + children':>28} {'alarm p50/p99 ms':>17}"
           f" {'CPU':>5} {'DB MB':>7} {'open':>6}", flush=True)
+    trace_from = args.probe_frames_from * 60 if args.probe_frames_from else None
     with psycopg.connect(url, autocommit=True) as conn:
         last_line = 0.0
         while sim.poll() is None:
             time.sleep(5)
             now = time.perf_counter() - start
+            if probe_dir is not None and trace_from is not None and now >= trace_from:
+                ask_probe(probe_dir, f"tracestart-{args.probe_frames}")
+                print(f"    tracemalloc on in the engine at {now / 60:.1f} min", flush=True)
+                trace_from = None
             row = conn.execute(
                 "SELECT pg_database_size(current_database()) / 1048576.0, "
                 "(SELECT count(*) FROM alerts WHERE status <> 'resolved')").fetchone()
@@ -212,7 +226,7 @@ def run(args: argparse.Namespace, engine: EngineProc, broker: Broker, root: str,
     watcher.disconnect()
     watcher.loop_stop()
     if probe_dir is not None:      # once the engine has taken what was sent
-        for label in ("gc-end", "trim-end"):
+        for label in ("gc-end", "pools-end", "trim-end"):
             show_probe(label, ask_probe(probe_dir, label))
     summary(samples, probe)
     print(f"operators: {args.operators}, {len(handled):,} alerts taken and resolved")
