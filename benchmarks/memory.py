@@ -142,6 +142,12 @@ def show_probe(label: str, report: dict[str, Any]) -> None:
         print("      connections by the port at their other end: "
               + (", ".join(f"{port} {n}" for port, n in sorted(report["connections"].items()))
                  or "none"), flush=True)
+    if "rule_arrays" in report:
+        r = report["rule_arrays"]
+        print(f"      the rules' state: {r['bytes'] / 2**20:.1f} MB in {r['arrays']} arrays "
+              f"({r['engines']} rules engine(s)); most: "
+              + ", ".join(f"{name} {size / 2**20:.1f} MB/{n}" for name, size, n in r["by_rule"]),
+              flush=True)
     if "renewed" in report:
         r = report["renewed"]
         print(f"      the connections of {r['pools']} pool(s) closed and opened again: glibc in "

@@ -7,8 +7,9 @@ runs MODULE as `python -m MODULE ARGS...` would, with a thread that answers requ
 to DIR/request (a label, one line): it writes DIR/LABEL.json with the process's resident
 memory, glibc's allocator totals (`mallinfo2`: what its arenas hold in use and free) and its
 heaps (`malloc_info`), pymalloc's (`sys._debugmallocstats`), its TCP connections by the
-port at their other end, and with FRAMES > 0 (tracemalloc on from the start, FRAMES frames
-a trace) the largest allocation sites then. A label that
+port at their other end, the rules' state arrays (bytes, and the rules holding most), and
+with FRAMES > 0 (tracemalloc on from the start, FRAMES frames a trace) the largest
+allocation sites then. A label that
 begins with `gc` also runs a full collection and counts what it found unreachable and what
 is alive after it, by type; one that begins with `trim` calls glibc's `malloc_trim(0)`;
 one that begins with `pools` first closes and opens again every psycopg pool's connections;
@@ -176,18 +177,47 @@ def _sites(limit: int = TOP) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _all_objects() -> Iterator[list[Any]]:
+    """Every object the collector tracks, those vagt.app.heap froze at start-up too (which
+    `gc.get_objects` leaves out while they are frozen). Frozen again after, with what was
+    made since: the engine's objects are freed by their counts, not by the collector (a
+    full collection at the end of a soak finds a few dozen unreachable)."""
+    frozen = gc.get_freeze_count() > 0
+    gc.unfreeze()
+    objects = gc.get_objects()
+    try:
+        yield objects
+    finally:
+        del objects[:]
+        if frozen:
+            gc.freeze()
+
+
+def _rule_arrays() -> dict[str, Any]:
+    """The rules' per-device state arrays (vagt.rules.state.RuleState) of each rules engine
+    in the process: their bytes in all, and the rules holding most."""
+    with _all_objects() as objects:
+        engines = [o for o in objects if type(o).__name__ == "RuleEngine"]
+    by_rule: collections.Counter[str] = collections.Counter()
+    arrays: collections.Counter[str] = collections.Counter()
+    for engine in engines:
+        for name, state in list(engine._states.items()):
+            for a in list(state._arrays.values()):
+                by_rule[name] += a.nbytes
+                arrays[name] += 1
+    return {"engines": len(engines), "bytes": sum(by_rule.values()),
+            "arrays": sum(arrays.values()),
+            "by_rule": [(name, size, arrays[name]) for name, size in by_rule.most_common(8)]}
+
+
 def _renew_pools() -> dict[str, int]:
     """Every psycopg pool's connections closed and opened again (`drain`): what libpq and
     psycopg held for the connections that lived until now, given back."""
     from psycopg_pool import ConnectionPool
 
-    frozen = gc.get_freeze_count() > 0     # vagt.app.heap freezes what start-up made,
-    gc.unfreeze()                          # and get_objects() does not see it
-    try:
-        pools = [o for o in gc.get_objects() if isinstance(o, ConnectionPool)]
-    finally:
-        if frozen:
-            gc.freeze()
+    with _all_objects() as objects:
+        pools = [o for o in objects if isinstance(o, ConnectionPool)]
     def held() -> int:     # in use, in the arenas and in chunks of their own (mmap)
         m = _libc.mallinfo2()
         return int(m.uordblks + m.hblkhd)
@@ -205,7 +235,7 @@ def report(directory: Path, label: str) -> None:
         tracemalloc.start(int(label.removeprefix("tracestart-")))
     out: dict[str, Any] = {"label": label, "time": time.time(), "status_kb": _status(),
                            "malloc": _malloc(), "pymalloc": _pymalloc(),
-                           "connections": _sockets(),
+                           "connections": _sockets(), "rule_arrays": _rule_arrays(),
                            "gc_counts": gc.get_count()}
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()

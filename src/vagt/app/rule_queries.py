@@ -114,7 +114,8 @@ def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
     transaction): the whole fleet at once, its rows as Python tuples and libpq's copy of
     them, left a process a few MB larger at each of its first sweeps at 100,000 devices
     (freed, and kept by the allocators; docs/performance.md, "tenth session"). It is not
-    the engine's step in memory after its first forced tick, which is C's allocations."""
+    the engine's step in memory in a soak, which is the rules' state arrays ("eleventh
+    session")."""
     seen, heard = np.full(len(fleet), np.nan), np.full(len(fleet), np.nan)
     query = ("SELECT d.device_id, extract(epoch FROM CASE WHEN d.last_seen IS NOT NULL "
              f"THEN greatest(d.last_seen, {SILENT_FROM}) END)::float8, "
