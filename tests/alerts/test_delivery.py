@@ -601,7 +601,17 @@ class _GarbageServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks/vagt"
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving: shutting the socket down wakes its accept(), closing it would not."""
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
+        self.sock.close()
+        assert not self.thread.is_alive(), "the garbage server's thread did not end"
 
     def _serve(self) -> None:
         while True:
@@ -629,7 +639,7 @@ def test_a_receiver_answering_garbage_is_tried_again_and_the_other_targets_go_on
         assert worker.deliver_due() == 2
         clock.t += 2
         assert worker.deliver_due() == 1
-    garbage.sock.close()
+    garbage.close()
     assert rows(database_url, "SELECT target, attempts, delivered_at IS NOT NULL, "
                               "dead_at IS NOT NULL, last_error FROM alert_deliveries "
                               "ORDER BY target") == [
