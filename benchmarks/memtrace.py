@@ -196,18 +196,34 @@ def _all_objects() -> Iterator[list[Any]]:
 
 def _rule_arrays() -> dict[str, Any]:
     """The rules' per-device state arrays (vagt.rules.state.RuleState) of each rules engine
-    in the process: their bytes in all, and the rules holding most."""
+    in the process: their bytes in all, and the rules holding most; and what rows only for
+    the devices each rule applies to would take, and rows only where a value is not the
+    array's fill (what any sparser keeping needs at least)."""
+    import numpy as np
+
     with _all_objects() as objects:
         engines = [o for o in objects if type(o).__name__ == "RuleEngine"]
     by_rule: collections.Counter[str] = collections.Counter()
     arrays: collections.Counter[str] = collections.Counter()
+    applies = held = 0.0
     for engine in engines:
         for name, state in list(engine._states.items()):
-            for a in list(state._arrays.values()):
+            mask = engine._applies.get(name)
+            for key, a in list(state._arrays.items()):
                 by_rule[name] += a.nbytes
                 arrays[name] += 1
+                row = a.nbytes / max(len(a), 1)
+                if mask is not None:
+                    applies += row * int(np.count_nonzero(mask[:len(a)]))
+                fill = state._fills[key][0]
+                other = a != fill
+                if a.dtype.kind == "f" and fill != fill:     # NaN: not equal to itself
+                    other = ~np.isnan(a)
+                if other.ndim > 1:
+                    other = other.any(axis=1)
+                held += row * int(np.count_nonzero(other))
     return {"engines": len(engines), "bytes": sum(by_rule.values()),
-            "arrays": sum(arrays.values()),
+            "arrays": sum(arrays.values()), "applies_bytes": applies, "held_bytes": held,
             "by_rule": [(name, size, arrays[name]) for name, size in by_rule.most_common(8)]}
 
 
