@@ -87,6 +87,28 @@ def test_an_error_under_by_key_index_is_raised_as_itself(database_url):
         assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)
 
 
+def _first_part_then_fail(conn: psycopg.Connection) -> None:
+    with db.in_parts(conn, "vagt_parts", "SELECT generate_series(1, 7)", part=3) as parts:
+        for rows in parts:
+            raise ValueError(rows)
+
+
+def test_a_read_in_parts_gives_every_row_and_closes_its_cursor_also_when_its_block_raises(
+        database_url):
+    """The fleet's tables are read in parts (`db.in_parts`); a part whose handling fails
+    must not leave the cursor open in the transaction: the next read of the same name (the
+    sweep's, a minute later, on a connection the pool handed out again) would fail."""
+    with psycopg.connect(database_url) as conn:
+        try:
+            _first_part_then_fail(conn)
+        except ValueError as e:
+            kept = e       # kept, as a log handler keeps it: its traceback holds the frames
+        assert kept.args[0] == [(1,), (2,), (3,)]
+        with db.in_parts(conn, "vagt_parts", "SELECT generate_series(1, 7)", part=3) as parts:
+            assert list(parts) == [[(1,), (2,), (3,)], [(4,), (5,), (6,)], [(7,)]]
+        assert conn.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
+
+
 def test_a_citizen_reference_with_a_cpr_number_the_old_check_missed_is_removed(
         empty_database_url, monkeypatch):
     """0003's CHECK knew only '-' and a space between date and serial; 0017 knows the others

@@ -275,14 +275,19 @@ def by_key_index(conn: psycopg.Connection, *, scans: bool = False) -> Iterator[N
     conn.execute(_set_plans(names, "on"))
 
 
+@contextlib.contextmanager
 def in_parts(conn: psycopg.Connection, name: str, query: psycopg.abc.Query,
              params: Sequence[Any] | None = None, *, part: int
-             ) -> Iterator[list[tuple[Any, ...]]]:
+             ) -> Iterator[Iterator[list[tuple[Any, ...]]]]:
     """The rows of `query` in lists of at most `part`, through a cursor on the server named
     `name`: a table of the whole fleet (100,000 rows) never held in memory at once, neither
     as Python's tuples nor as libpq's copy of them. A cursor on the server lives in a
-    transaction: the caller's, or one it opens around the loop on an autocommit connection."""
+    transaction: the caller's, or one it opens around the block on an autocommit connection.
+
+    A context, not a generator: the cursor is closed when the block ends, also when it
+    raises. A generator's is closed when nothing refers to the generator any more; a
+    variable holding it, in a frame that a kept traceback holds, puts that off until the
+    connection may be back in the pool and another thread's."""
     with conn.cursor(name=name) as cur:
         cur.execute(query, params)
-        while rows := cur.fetchmany(part):
-            yield rows
+        yield iter(lambda: cur.fetchmany(part), [])

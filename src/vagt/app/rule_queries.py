@@ -122,11 +122,12 @@ def last_heard(conn: psycopg.Connection, fleet: Fleet) -> tuple[F64, F64]:
              f"extract(epoch FROM greatest(d.last_heard, d.last_seen, {SILENT_FROM}))::float8 "
              "FROM devices d LEFT JOIN rule_state s ON s.device_id = d.device_id "
              "WHERE d.last_seen IS NOT NULL OR d.status = 'deployed'")
-    for rows in db.in_parts(conn, "vagt_last_heard", query, part=LAST_HEARD_PART):
-        idx = fleet.lookup([str(r[0]) for r in rows])
-        ok = (idx >= 0) & (idx < len(seen))
-        seen[idx[ok]] = np.array([r[1] for r in rows], dtype=np.float64)[ok]
-        heard[idx[ok]] = np.array([r[2] for r in rows], dtype=np.float64)[ok]
+    with db.in_parts(conn, "vagt_last_heard", query, part=LAST_HEARD_PART) as parts:
+        for rows in parts:
+            idx = fleet.lookup([str(r[0]) for r in rows])
+            ok = (idx >= 0) & (idx < len(seen))
+            seen[idx[ok]] = np.array([r[1] for r in rows], dtype=np.float64)[ok]
+            heard[idx[ok]] = np.array([r[2] for r in rows], dtype=np.float64)[ok]
     return seen, heard
 
 

@@ -411,8 +411,9 @@ class SharedRuleState:
         making a row for every registered device that has none (so batches need not)."""
         conn.execute(_CREATE_ALL)
         taken = 0
-        for rows in db.in_parts(conn, "vagt_rule_state_restore", _ALL, part=RESTORE_CHUNK):
-            taken += self._take(conn, rows)
+        with db.in_parts(conn, "vagt_rule_state_restore", _ALL, part=RESTORE_CHUNK) as parts:
+            for rows in parts:
+                taken += self._take(conn, rows)
         return taken
 
     def refresh(self, conn: psycopg.Connection) -> int:

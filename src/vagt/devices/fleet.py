@@ -143,10 +143,10 @@ class Fleet:
         """Every registered device with its stored state (at start: state survives restarts)."""
         # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak (a named
         # cursor needs a transaction: the caller's, or one of its own on an autocommit one)
-        with conn.transaction():
-            for rows in in_parts(conn, "vagt_fleet_load",
-                                 f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id",
-                                 part=LOAD_CHUNK):
+        query = f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id"
+        with conn.transaction(), in_parts(conn, "vagt_fleet_load", query,
+                                          part=LOAD_CHUNK) as parts:
+            for rows in parts:
                 with self.lock:
                     self._add(rows)
 
@@ -184,10 +184,10 @@ class Fleet:
         """
         where, params = ("WHERE device_id = ANY(%s) ", (list(self.ids),)) if known_only \
             else ("", ())
-        with conn.transaction():
-            for rows in in_parts(conn, "vagt_fleet_refresh",
-                                 f"SELECT {_REGISTRY}, {_STATE} FROM devices {where}"
-                                 "ORDER BY device_id", params, part=LOAD_CHUNK):
+        query = f"SELECT {_REGISTRY}, {_STATE} FROM devices {where}ORDER BY device_id"
+        with conn.transaction(), in_parts(conn, "vagt_fleet_refresh", query, params,
+                                          part=LOAD_CHUNK) as parts:
+            for rows in parts:
                 self._refresh(rows)
 
     def refresh_devices(self, conn: psycopg.Connection, idx: I64) -> None:
