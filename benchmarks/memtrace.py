@@ -207,15 +207,15 @@ def _rule_arrays() -> dict[str, Any]:
     arrays: collections.Counter[str] = collections.Counter()
     applies = held = 0.0
     for engine in engines:
-        for name, state in list(engine._states.items()):
-            mask = engine._applies.get(name)
-            for key, a in list(state._arrays.items()):
+        for rule, state in engine.rule_states():
+            name = rule.name
+            mask = engine._applies.get(name)   # the one private: which devices it applies to
+            for _, a, fill, _ in state.arrays():
                 by_rule[name] += a.nbytes
                 arrays[name] += 1
                 row = a.nbytes / max(len(a), 1)
                 if mask is not None:
                     applies += row * int(np.count_nonzero(mask[:len(a)]))
-                fill = state._fills[key][0]
                 other = a != fill
                 if a.dtype.kind == "f" and fill != fill:     # NaN: not equal to itself
                     other = ~np.isnan(a)
@@ -234,6 +234,7 @@ def _renew_pools() -> dict[str, int]:
 
     with _all_objects() as objects:
         pools = [o for o in objects if isinstance(o, ConnectionPool)]
+
     def held() -> int:     # in use, in the arenas and in chunks of their own (mmap)
         m = _libc.mallinfo2()
         return int(m.uordblks + m.hblkhd)
