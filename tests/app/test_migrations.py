@@ -1,5 +1,6 @@
 """The migrations on a real PostgreSQL: the schema's flavour, and the fallback from a
-TimescaleDB that refuses its features to the plain schema."""
+TimescaleDB that refuses its features to the plain schema; and vagt.app.db's helpers for
+statements (the plans by key index, the reads in parts)."""
 
 from __future__ import annotations
 

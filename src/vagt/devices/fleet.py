@@ -141,8 +141,7 @@ class Fleet:
 
     def load(self, conn: psycopg.Connection) -> None:
         """Every registered device with its stored state (at start: state survives restarts)."""
-        # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak (a named
-        # cursor needs a transaction: the caller's, or one of its own on an autocommit one)
+        # in parts: 100,000 rows fetched at once held 40 MB of tuples at the peak
         query = f"SELECT {_REGISTRY}, {_STATE} FROM devices ORDER BY device_id"
         with conn.transaction(), in_parts(conn, "vagt_fleet_load", query,
                                           part=LOAD_CHUNK) as parts:
