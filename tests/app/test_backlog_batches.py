@@ -8,7 +8,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from tests.app.conftest import publish, telemetry, topic, trickle
+from tests.app.conftest import publish, scalar, telemetry, topic, trickle, wait_for
 from tests.app.test_refused import run_lane
 from tests.support import Broker
 
@@ -81,6 +81,10 @@ def test_once_a_backlog_is_drained_and_the_lane_idle_live_messages_wait_no_longe
 
     def backlog_then_live(port: int, _sent: list[tuple[str, bytes]]) -> None:
         publish(port, old)
+        # from its commit: a first commit held up 1.5 s on a busy machine left the lane no
+        # idle second before the live messages came, and they were a backlog's (65 of 65)
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM readings") == len(old),
+                 what="the backlog committed")
         time.sleep(2)         # the lane takes nothing for a second: the backlog is over
         trickle(port, live)
 
