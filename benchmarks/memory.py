@@ -148,9 +148,9 @@ def show_probe(label: str, report: dict[str, Any]) -> None:
               f"({r['engines']} rules engine(s)); most: "
               + ", ".join(f"{name} {size / 2**20:.1f} MB/{n}" for name, size, n in r["by_rule"]),
               flush=True)
-        print(f"        rows only for the devices each rule applies to: "
-              f"{r['applies_bytes'] / 2**20:.1f} MB; only where a value is not the fill: "
-              f"{r['held_bytes'] / 2**20:.1f} MB", flush=True)
+        print(f"        rules with rows only for the devices they apply to: "
+              f"{r['rules_by_device']} of {r['rules']}; rows only where a value is not the "
+              f"fill would take {r['held_bytes'] / 2**20:.1f} MB", flush=True)
     if "renewed" in report:
         r = report["renewed"]
         print(f"      the connections of {r['pools']} pool(s) closed and opened again: glibc in "

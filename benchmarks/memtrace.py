@@ -196,26 +196,26 @@ def _all_objects() -> Iterator[list[Any]]:
 
 def _rule_arrays() -> dict[str, Any]:
     """The rules' per-device state arrays (vagt.rules.state.RuleState) of each rules engine
-    in the process: their bytes in all, and the rules holding most; and what rows only for
-    the devices each rule applies to would take, and rows only where a value is not the
-    array's fill (what any sparser keeping needs at least)."""
+    in the process: their bytes in all, and the rules holding most; how many rules keep
+    rows only for some devices (those they apply to), and what rows only where a value is
+    not the array's fill would take (what any sparser keeping needs at least)."""
     import numpy as np
 
     with _all_objects() as objects:
         engines = [o for o in objects if type(o).__name__ == "RuleEngine"]
     by_rule: collections.Counter[str] = collections.Counter()
     arrays: collections.Counter[str] = collections.Counter()
-    applies = held = 0.0
+    rules = some = 0
+    held = 0.0
     for engine in engines:
         for rule, state in engine.rule_states():
             name = rule.name
-            mask = engine._applies.get(name)   # the one private: which devices it applies to
+            rules += 1
+            some += state.devices is not None
             for _, a, fill, _ in state.arrays():
                 by_rule[name] += a.nbytes
                 arrays[name] += 1
                 row = a.nbytes / max(len(a), 1)
-                if mask is not None:
-                    applies += row * int(np.count_nonzero(mask[:len(a)]))
                 other = a != fill
                 if a.dtype.kind == "f" and fill != fill:     # NaN: not equal to itself
                     other = ~np.isnan(a)
@@ -223,7 +223,8 @@ def _rule_arrays() -> dict[str, Any]:
                     other = other.any(axis=1)
                 held += row * int(np.count_nonzero(other))
     return {"engines": len(engines), "bytes": sum(by_rule.values()),
-            "arrays": sum(arrays.values()), "applies_bytes": applies, "held_bytes": held,
+            "arrays": sum(arrays.values()), "rules": rules, "rules_by_device": some,
+            "held_bytes": held,
             "by_rule": [(name, size, arrays[name]) for name, size in by_rule.most_common(8)]}
 
 

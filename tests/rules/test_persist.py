@@ -50,9 +50,9 @@ T = 1_700_000_000.0
 
 
 def arrays(h: Harness, rows: list[int]) -> dict[tuple[str, str], str]:
-    """Every state array's values for `rows`, as text (so that NaN equals NaN)."""
-    return {(r.name, name): str(np.asarray(a)[rows].tolist())
-            for r, st in h.engine.rule_states() for name, a, _, _ in st.arrays()}
+    """Every state array's values for the devices `rows`, as text (so that NaN equals NaN)."""
+    return {(r.name, name): str(st.at(name, np.array(rows)).tolist())
+            for r, st in h.engine.rule_states() for name, _, _, _ in st.arrays()}
 
 
 def test_state_packed_and_unpacked_in_another_engine_is_the_same_state(tmp_path):

@@ -92,7 +92,7 @@ def test_a_for_run_stored_before_its_latest_reading_was_kept_goes_on_by_last_t(t
     h = Harness(tmp_path, SPO2)
     h.batch([(0, "spo2", 88, 0.0), (0, "spo2", 88, 300.0)])
     st = dict((r.name, s) for r, s in h.engine.rule_states())["spo2_low"]
-    st.put("run_last", np.array([0]), np.array([np.nan]))  # as an older engine stored it
+    st.put("run_last", st.rows_of(np.array([0])), np.array([np.nan]))  # as an older engine stored it
     h.batch([(0, "spo2", 88, 600.0)])
     assert h.open() == {("spo2_low", 0)}
 

@@ -5,10 +5,13 @@ through the same code). Evaluation returns transitions and staged state; the cal
 the state with `apply()`. The engine process does so inside the batch's transaction and reads
 the state back from the database if that transaction rolls back (`vagt.app.rule_state`).
 
-The state lives in per-device numpy arrays. The engine process keeps them in the
-`rule_state` table too (`vagt.app.rule_state`, through `vagt.rules.persist`): restored at
-start, shared by engines on one `$share` subscription. What a restart or a reload of a
-changed rule still loses:
+The state lives in per-device numpy arrays, a row for each device a rule applies to (a rule
+for one device type has rows for those devices only: `RuleState.devices`); the kinds see a
+batch and context numbered by their rule's rows (`_view`), and what they return is turned
+back into the fleet's indexes. The engine process keeps the state in the `rule_state` table
+too (`vagt.app.rule_state`, through `vagt.rules.persist`): restored at start, shared by
+engines on one `$share` subscription. What a restart or a reload of a changed rule still
+loses:
 - a changed rule's state starts again, seeded from the alert queue (`seed`): an alert open
   before is still known to be open, so a clearing value still clears it;
 - rate-of-change memory that does not reach back is rebuilt from the stored readings.
@@ -20,11 +23,14 @@ time; if state from a later device time is in memory already, it stays (`Update.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from vagt.arrays import factorize, positions
 from vagt.devices.catalogue import Catalogue
@@ -41,7 +47,15 @@ from vagt.rules.kinds import (
     threshold,
     validity,
 )
-from vagt.rules.state import Batch, Context, FleetView, HistorySource, RuleState, Update
+from vagt.rules.state import (
+    Batch,
+    Context,
+    FleetView,
+    HistorySource,
+    RuleState,
+    Update,
+    places_in,
+)
 
 _EVALUATE = {
     "threshold": threshold.evaluate, "stuck": stuck.evaluate, "event": event.evaluate,
@@ -67,6 +81,41 @@ FIRED = "fired"
 
 
 @dataclass
+class _View:
+    """What a rule's kind sees of a batch or tick: its state, and the context and batch
+    numbered by the state's rows (`devices`: the fleet index of each; None, by the fleet's
+    own); `readings`, which of the batch's reading rows it holds (None: all)."""
+
+    state: RuleState
+    ctx: Context
+    batch: Batch | None
+    readings: I64 | None
+    devices: I64 | None
+
+
+@dataclass
+class _Rows:
+    """A rule's rows (`RuleState.devices`) as the engine looks them up: each fleet device's
+    row (-1: none; 4 bytes a device, for each array of rows the rules have), and each row's
+    (vendor, model) place in the plausible ranges."""
+
+    devices: I64
+    row_of: npt.NDArray[np.int32]
+    model: I64
+
+
+def _by_rows(history: HistorySource | None, devices: I64) -> HistorySource | None:
+    """`history` for a rule's rows: asked and answered by row, not by fleet index."""
+    if history is None:
+        return None
+
+    def by_rows(metric: str, rows: I64, since: float, until: float) -> tuple[I64, F64, F64]:
+        d, t, v = history(metric, devices[rows], since, until)
+        return places_in(devices, d), t, v
+    return by_rows
+
+
+@dataclass
 class Evaluation:
     """What a batch (or a tick) did: alert transitions, bad readings, staged state."""
 
@@ -77,16 +126,20 @@ class Evaluation:
 
     def changed_devices(self) -> I64:
         """The devices whose state the evaluation changes (dense indexes, sorted)."""
-        return _unique([u.rows for u in self.updates])
+        return _unique([u.devices() for u in self.updates])
 
     def devices(self) -> I64:
         """The devices it changes state of or raises or clears an alert for."""
         t = self.transitions
-        return _unique([u.rows for u in self.updates] + list(t.dev) + list(t.c_dev))
+        return _unique([u.devices() for u in self.updates] + list(t.dev) + list(t.c_dev))
 
 
 def _state(rule: Rule) -> RuleState:
-    return RuleState(_WATERMARKS.get(rule.kind, ()))
+    """A rule's state: rows for the devices it applies to only, where its filters leave
+    some out. The swept kinds keep a row per device: their sweep judges the whole fleet
+    (and clears an alert of a device the rule no longer applies to)."""
+    every = rule.kind in SWEPT or not (rule.types or rule.models or rule.municipalities)
+    return RuleState(_WATERMARKS.get(rule.kind, ()), every_device=every)
 
 
 def _unique(parts: list[I64]) -> I64:
@@ -105,6 +158,10 @@ class RuleEngine:
         self._rules = list(rules)
         self._states: dict[str, RuleState] = {r.name: _state(r) for r in rules}
         self._applies: dict[str, Bools] = {}
+        # of the rules kept for some devices only (`_view`): per array of their rows, its
+        # map from the fleet; per rule, which of its rows it applies to
+        self._rows: dict[int, _Rows] = {}
+        self._applies_by_row: dict[str, tuple[I64, Bools]] = {}
         self._ranges: dict[str, tuple[F64, F64]] = {}
         self._model: I64 = np.empty(0, dtype=np.intp)
         self._heartbeat = np.empty(0)
@@ -156,25 +213,87 @@ class RuleEngine:
             ctx = self._context(None, n, latest, ev)
             if history is not None:
                 ctx.history = history
+            views: dict[int, _View] = {}
             marked = []
             for i, rule in enumerate(rules):
                 if rule.kind == "validity":
-                    ctx.applies = self._applies[rule.name]
-                    checked, bad = validity.mark(rule, ctx, b)
-                    ev.bad |= bad
+                    view = self._view(rule, ctx, b, views)
+                    assert view.batch is not None
+                    checked, bad = validity.mark(rule, view.ctx, view.batch)
+                    if view.readings is None:
+                        ev.bad |= bad
+                    else:
+                        ev.bad[view.readings] |= bad
                     marked.append((i, rule, checked, bad))
             ctx.bad = ev.bad
             for i, rule, checked, bad in marked:
-                ctx.applies = self._applies[rule.name]
-                validity.evaluate(i, rule, self._states[rule.name], ctx, b, checked, bad,
-                                  ev.transitions)
+                self._run(rule, ctx, b, views, ev, functools.partial(
+                    validity.evaluate, i, rule, checked=checked, bad=bad, out=ev.transitions))
             for i, rule in enumerate(rules):
                 fn = _EVALUATE.get(rule.kind)
                 if fn is not None:
-                    ctx.applies = self._applies[rule.name]
-                    fn(i, rule, self._states[rule.name], ctx, b, ev.transitions)
+                    self._run(rule, ctx, b, views, ev,
+                              functools.partial(fn, i, rule, out=ev.transitions))
             self._count_fired(ev, n)
             return ev
+
+    def _view(self, rule: Rule, ctx: Context, b: Batch | None,
+              views: dict[int, _View]) -> _View:
+        """The context and batch the kind of `rule` sees: numbered by the rule's rows
+        (`RuleState.devices`), those of devices it has none for left out. Rules with the
+        same rows share the batch."""
+        st = self._states[rule.name]
+        devs = st.devices
+        if devs is None:
+            ctx.applies = self._applies[rule.name]
+            return _View(st, ctx, b, None, None)
+        known = views.get(id(devs))
+        if known is None or known.devices is not devs:
+            rows = self._rows_of(devs)
+            lb, readings = b.of_devices(rows.row_of) if b is not None else (None, None)
+            latest = ctx.latest_seen[devs] if len(ctx.latest_seen) == ctx.n \
+                else ctx.latest_seen
+            behind = ctx.behind[devs] if len(ctx.behind) == ctx.n else ctx.behind
+            known = views[id(devs)] = _View(st, dataclasses.replace(
+                ctx, n=len(devs), model=rows.model, latest_seen=latest, behind=behind,
+                history=_by_rows(ctx.history, devs)), lb, readings, devs)
+        applies = self._applies_by_row.get(rule.name)
+        if applies is None or applies[0] is not devs:
+            applies = self._applies_by_row[rule.name] = (devs, self._applies[rule.name][devs])
+        local = dataclasses.replace(
+            known.ctx, applies=applies[1],
+            bad=ctx.bad[known.readings] if known.readings is not None else ctx.bad)
+        return _View(st, local, known.batch, known.readings, devs)
+
+    def _rows_of(self, devices: I64) -> _Rows:
+        """The map of `devices` (a rule's rows) from the fleet's indexes, kept while they
+        stay the rows of some rule and the fleet is as it is."""
+        rows = self._rows.get(id(devices))
+        if rows is None or rows.devices is not devices:
+            if len(self._rows) >= len(self._states):    # rows of rules since covered more
+                self._rows = {id(st.devices): r for st in self._states.values()
+                              if (r := self._rows.get(id(st.devices))) is not None
+                              and r.devices is st.devices}
+            row_of = np.full(self._n, -1, dtype=np.int32)
+            row_of[devices] = np.arange(len(devices), dtype=np.int32)
+            rows = self._rows[id(devices)] = _Rows(devices, row_of, self._model[devices])
+        return rows
+
+    def _run(self, rule: Rule, ctx: Context, b: Batch | None, views: dict[int, _View],
+             ev: Evaluation, kind: Callable[..., None]) -> None:
+        """`kind` (an evaluate of the rule's kind given all but its state, context and
+        batch; a tick, all but its state and context, with no batch) over the rule's rows;
+        its fires and clears by fleet index."""
+        view = self._view(rule, ctx, b, views)
+        t = ev.transitions
+        fires, clears = len(t.dev), len(t.c_dev)
+        if view.batch is None:
+            kind(view.state, view.ctx)
+        else:
+            kind(view.state, view.ctx, view.batch)
+        if view.devices is not None:
+            t.dev[fires:] = [view.devices[d] for d in t.dev[fires:]]
+            t.c_dev[clears:] = [view.devices[d] for d in t.c_dev[clears:]]
 
     def _count_fired(self, ev: Evaluation, n: int) -> None:
         """Stage FIRED: what it was, plus the rows each rule fired for per device."""
@@ -187,7 +306,9 @@ class RuleEngine:
             sel = keys // n == r
             devs = keys[sel] % n
             st = self._states[ev.rules[r].name]
-            ev.updates.append(Update(st, devs, {FIRED: st.i64(FIRED, n)[devs] + sums[sel]}))
+            rows = st.rows_of(devs)      # it fired for them: it has their rows
+            ev.updates.append(Update(st, rows, {FIRED: st.i64(FIRED, st.size(n))[rows]
+                                                + sums[sel]}))
 
     def fired(self, devs: I64) -> I64:
         """FIRED in memory: a row per rule (in order), a column per device of `devs`."""
@@ -237,11 +358,12 @@ class RuleEngine:
             if behind is not None:
                 k = min(n, len(behind))
                 ctx.behind[:k] = np.nan_to_num(behind[:k], nan=0.0)
+            views: dict[int, _View] = {}
             for i, rule in enumerate(rules):
                 fn = _TICK.get(rule.kind)
                 if fn is not None:
-                    ctx.applies = self._applies[rule.name]
-                    fn(i, rule, self._states[rule.name], ctx, now, ev.transitions)
+                    self._run(rule, ctx, None, views, ev,
+                              functools.partial(fn, i, rule, now=now, out=ev.transitions))
             return ev
 
     def sweep_absence(self, now: float, last_seen: F64,
@@ -316,16 +438,18 @@ class RuleEngine:
                     continue
                 idx = positions(index, ids, len(ids))
                 ok = idx >= 0
-                rows, last = idx[ok], np.asarray(times, dtype=np.float64)[ok]
                 st = self._states[name]
-                st.flag("active", n)
+                st.cover(np.unique(idx[ok]))   # a device the rule no longer applies to too
+                rows, last = st.rows_of(idx[ok]), np.asarray(times, dtype=np.float64)[ok]
+                size = st.size(n)
+                st.flag("active", size)
                 st.put("active", rows, np.ones(len(rows), dtype=bool))
-                st.f64("last_fire", n, -np.inf)
+                st.f64("last_fire", size, -np.inf)
                 st.put("last_fire", rows, last)
-                st.f64("fired_at", n, -np.inf)
+                st.f64("fired_at", size, -np.inf)
                 st.put("fired_at", rows, last)
                 if known[name].kind == "flapping":  # quiet is measured from the last flap
-                    st.f64("last_t", n, -np.inf)
+                    st.f64("last_t", size, -np.inf)
                     st.put("last_t", rows, last)
 
     def reload(self, rules: list[Rule], open_alerts: Iterable[tuple[str, str, float]]) -> list[str]:
@@ -390,9 +514,21 @@ class RuleEngine:
                 mask &= np.isin(munis, list(r.municipalities))
             self._applies[r.name] = np.concatenate([self._applies[r.name][:start], mask]) \
                 if start else mask
+            self._states[r.name].cover(start + np.flatnonzero(mask))
+        self._share_rows()
         self._catalogue_columns(start, n)
         self._n, self._version = n, version
+        self._rows.clear()
+        self._applies_by_row.clear()
         return n
+
+    def _share_rows(self) -> None:
+        """Rules kept for the same devices share one array of them, and so one batch of
+        their rows per evaluation (`_view`)."""
+        shared: dict[bytes, I64] = {}
+        for st in self._states.values():
+            if st.devices is not None:
+                st.devices = shared.setdefault(st.devices.tobytes(), st.devices)
 
     def _catalogue_columns(self, start: int, n: int) -> None:
         """Heartbeats per device; plausible ranges per (vendor, model), with each device's

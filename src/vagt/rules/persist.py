@@ -112,7 +112,8 @@ def layout(engine: RuleEngine) -> Layout:
 
 
 def pack(engine: RuleEngine, rows: I64) -> Packed:
-    """The state of the devices `rows` (dense indexes), one row each. Call under engine.lock."""
+    """The state of the devices `rows` (fleet indexes), one row each. Call under
+    engine.lock."""
     lay = layout(engine)
     states = dict((r.name, st) for r, st in engine.rule_states())
     k = len(rows)
@@ -120,14 +121,14 @@ def pack(engine: RuleEngine, rows: I64) -> Packed:
     texts: list[dict[str, str | list[str]]] = [{} for _ in range(k)]
     for e, entry in enumerate(lay.entries):
         rule, _, name, dtype, width, fill = entry
-        a = states[rule].get(name, int(rows.max()) + 1 if k else 0)
+        got = states[rule].at(name, rows)
         if dtype == "o":
             empty = [fill] * width if width else fill   # a row of fills where it has columns
-            for j, v in enumerate(a[rows].tolist()):
+            for j, v in enumerate(got.tolist()):
                 if v != empty:
                     texts[j][str(e)] = [str(x) for x in v] if width else str(v)
         else:
-            cols.append(a[rows].astype(np.float64).reshape(k, max(1, width)))
+            cols.append(got.astype(np.float64).reshape(k, max(1, width)))
     matrix = np.hstack(cols) if cols else np.empty((k, 0))
     fills = lay.fills
     differ = ~((matrix == fills) | (np.isnan(matrix) & np.isnan(fills)))
@@ -150,28 +151,31 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
     if len(rows) == 0:
         return
     states = {r.name: (hashes_read(r.definition), st) for r, st in engine.rule_states()}
-    n = int(rows.max()) + 1
     lengths = np.fromiter((len(s) // 2 for s in slots), dtype=np.int64, count=len(slots))
     c = np.frombuffer(b"".join(slots), dtype="<u2").astype(np.int64)
     v = np.frombuffer(b"".join(values), dtype="<f8")
     matrix = np.tile(lay.fills, (len(rows), 1))
     matrix[np.repeat(np.arange(len(rows)), lengths), c] = v
+    given = np.zeros(matrix.shape, dtype=bool)   # slots a row holds (not the fill)
+    given[np.repeat(np.arange(len(rows)), lengths), c] = True
     for e, first in lay.numeric:
         rule, h, name, dtype, width, fill = lay.entries[e]
         here = states.get(rule)
         if here is None or h not in here[0]:
             continue
-        a = here[1].array(name, n, fill, _NUMERIC[dtype], width)
         block = matrix[:, first:first + max(1, width)]
-        a[rows] = block if width else block[:, 0]
+        here[1].put_at(name, rows, block if width else block[:, 0],
+                       np.asarray(given[:, first:first + max(1, width)].any(axis=1)), fill,
+                       _NUMERIC[dtype], width)
     parsed = [json.loads(t) if t else {} for t in texts]
     for e, entry in enumerate(lay.entries):
         rule, h, name, dtype, width, fill = entry
         here = states.get(rule)
         if dtype != "o" or here is None or h not in here[0]:
             continue
-        a = here[1].array(name, n, fill, object, width)
-        a[rows] = str(fill)
-        for j, got in enumerate(parsed):
-            if str(e) in got:
-                a[rows[j]] = got[str(e)]
+        text = np.empty((len(rows), width) if width else len(rows), dtype=object)
+        text[:] = str(fill)
+        held = np.array([str(e) in got for got in parsed], dtype=bool)
+        for j in np.flatnonzero(held).tolist():
+            text[j] = parsed[j][str(e)]
+        here[1].put_at(name, rows, text, held, fill, object, width)

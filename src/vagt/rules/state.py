@@ -149,6 +149,26 @@ class Batch:
             kept["e"] |= events
         return Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
 
+    def of_devices(self, row_of: npt.NDArray[np.integer]) -> tuple[Batch, I64]:
+        """The rows of the devices `row_of` gives a row (by fleet index; -1: none), each
+        numbered by it (a rule's rows: `RuleState.devices`); and which of this batch's
+        reading rows they are."""
+        kept, places = {}, {}
+        for p in "rem":
+            at = row_of[getattr(self, f"{p}_device")].astype(np.int64)
+            kept[p] = at >= 0
+            places[p] = at[kept[p]]
+        out = Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
+        out.r_device, out.e_device, out.m_device = places["r"], places["e"], places["m"]
+        # what a batch works out once for all rules, taken along, not worked out again
+        r_kept = kept["r"]
+        renumber = np.cumsum(r_kept) - 1
+        local = {m: renumber[rows[r_kept[rows]]] for m, rows in self.rows_by_metric.items()}
+        out.__dict__["rows_by_metric"] = {m: rows for m, rows in local.items() if len(rows)}
+        codes, uniques = self.event_codes
+        out.__dict__["event_codes"] = (codes[kept["e"]], uniques)
+        return out, np.flatnonzero(r_kept).astype(np.int64)
+
     def plus(self, other: Batch) -> Batch:
         """These rows and `other`'s, as one batch."""
         return Batch(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
@@ -158,17 +178,61 @@ class Batch:
 class RuleState:
     """Named per-device arrays of one rule; rows grow with the fleet.
 
+    A rule's state has a row only for the devices it keeps (`devices`, sorted fleet
+    indexes): those its filters match, and any device it was given state for since (an
+    alert open in the queue, a device that moved out of the rule's municipality). A rule of
+    every device keeps a row per device of the fleet, numbered by the device's fleet index
+    (`devices` is None). The rule kinds see only rows, numbered 0..n-1 (the engine hands
+    them a batch and a `Context` numbered so); what reads the state from outside by the
+    fleet's indexes goes through `rows_of`, `values` and `at`.
+
     `watermarks`: the arrays that only say which rows are new (`last_t` of most kinds): a
     change of those alone changes nothing the rule decides (see `Update.moved`). An array
     kept per metric, `<metric>.<name>` (validity's), is one if `name` is."""
 
-    def __init__(self, watermarks: Iterable[str] = ()) -> None:
+    def __init__(self, watermarks: Iterable[str] = (), every_device: bool = True) -> None:
         self._arrays: dict[str, npt.NDArray[np.generic]] = {}
         self._fills: dict[str, tuple[object, npt.DTypeLike, int]] = {}
         self.watermarks = frozenset(watermarks)
+        self.devices: I64 | None = None if every_device else np.empty(0, dtype=np.int64)
 
     def is_watermark(self, name: str) -> bool:
         return name.rpartition(".")[2] in self.watermarks
+
+    # -- rows and the fleet's device indexes ----------------------------------------------
+
+    def size(self, n: int) -> int:
+        """How many rows the state has with `n` devices in the fleet."""
+        return n if self.devices is None else len(self.devices)
+
+    def rows_of(self, devices: I64) -> I64:
+        """The rows of `devices` (fleet indexes); -1 for a device the state has no row for."""
+        if self.devices is None:
+            return np.asarray(devices, dtype=np.int64)
+        return places_in(self.devices, devices)
+
+    def cover(self, devices: I64) -> None:
+        """Rows for `devices` (fleet indexes) too; every row keeps its values. Devices after
+        all those kept (the fleet grew) only extend the rows; others move rows along."""
+        if self.devices is None or len(devices) == 0:
+            return
+        old = self.devices
+        after = len(old) == 0 or int(np.min(devices)) > int(old[-1])
+        new = np.unique(devices) if after else np.setdiff1d(devices, old)
+        if len(new) == 0:
+            return
+        if after:
+            self.devices = np.concatenate([old, new]).astype(np.int64)
+        else:
+            self.devices = np.union1d(old, new).astype(np.int64)
+            for name, a in self._arrays.items():
+                fill, dtype, width = self._fills[name]
+                moved = np.full((len(self.devices), width) if width else len(self.devices),
+                                fill, dtype=dtype)
+                moved[np.searchsorted(self.devices, old[:len(a)])] = a[:len(old)]
+                self._arrays[name] = moved
+
+    # -- arrays, by row ------------------------------------------------------------------------
 
     def array(self, name: str, n: int, fill: object, dtype: npt.DTypeLike,
               width: int = 0) -> npt.NDArray[np.generic]:
@@ -192,22 +256,8 @@ class RuleState:
     def flag(self, name: str, n: int) -> Bools:
         return self.array(name, n, False, np.bool_)  # type: ignore[return-value]
 
-    def get(self, name: str, n: int) -> npt.NDArray[np.generic]:
-        """The existing array `name`, grown to at least `n` rows."""
-        fill, dtype, width = self._fills[name]
-        return self.array(name, n, fill, dtype, width)
-
-    def values(self, name: str, rows: I64, fill: object) -> npt.NDArray[np.generic]:
-        """The values of `name` at `rows`, `fill` where it has none; creates no array."""
-        a = self._arrays.get(name)
-        out = np.full(len(rows), fill)
-        if a is not None:
-            inside = rows < len(a)
-            out[inside] = a[rows[inside]]
-        return out
-
     def arrays(self) -> list[tuple[str, npt.NDArray[np.generic], object, int]]:
-        """(name, array, fill, width) of every array, in name order."""
+        """(name, array, fill, width) of every array, in name order; by row."""
         return [(name, self._arrays[name], self._fills[name][0], self._fills[name][2])
                 for name in sorted(self._arrays)]
 
@@ -236,46 +286,101 @@ class RuleState:
             a = self.array(name, need, fill, dtype, width)
         a[rows] = values
 
+    # -- arrays, by the fleet's device index ------------------------------------------------
+
+    def at(self, name: str, devices: I64) -> npt.NDArray[np.generic]:
+        """The values of the existing array `name` for `devices` (fleet indexes), its fill
+        where the state has no row for one."""
+        a = self._arrays[name]
+        fill, dtype, width = self._fills[name]
+        rows = self.rows_of(devices)
+        out = np.full((len(rows), width) if width else len(rows), fill, dtype=dtype)
+        inside = (rows >= 0) & (rows < len(a))
+        out[inside] = a[rows[inside]]
+        return out
+
+    def values(self, name: str, devices: I64, fill: object) -> npt.NDArray[np.generic]:
+        """`at`, and `fill` everywhere if the array is not made yet; creates nothing."""
+        if name not in self._arrays:
+            return np.full(len(devices), fill)
+        return self.at(name, devices)
+
+    def put_at(self, name: str, devices: I64, values: npt.NDArray[np.generic], given: Bools,
+               fill: object, dtype: npt.DTypeLike, width: int = 0) -> None:
+        """Set `name` (made with `fill` if it is not yet) for `devices` (fleet indexes); a
+        device the state has no row for gets one if `given` says its value is not the fill,
+        and is left out otherwise."""
+        rows = self.rows_of(devices)
+        if (more := (rows < 0) & given).any():
+            self.cover(np.unique(devices[more]))
+            rows = self.rows_of(devices)
+        kept = rows >= 0
+        if not kept.any():
+            return
+        a = self.array(name, int(rows[kept].max()) + 1, fill, dtype, width)
+        a[rows[kept]] = values[kept]
+
+
+def places_in(sorted_: I64, keys: I64) -> I64:
+    """Each key's place in `sorted_` (sorted, unique); -1 for a key it does not hold."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if len(sorted_) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_, keys), len(sorted_) - 1)
+    return np.where(sorted_[at] == keys, at, -1).astype(np.int64)
+
 
 @dataclass
 class Update:
-    """New values for some devices' state of one rule, applied after the commit."""
+    """New values for some devices' state of one rule, applied after the commit.
+
+    `rows` are the state's as they were when it was staged: rows the state has moved since
+    (`RuleState.cover`) are found again by their devices."""
 
     state: RuleState
     rows: I64
     values: dict[str, npt.NDArray[np.generic]]
+    # the state's devices when it was staged (None: rows are the fleet's indexes)
+    staged_for: I64 | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.staged_for = self.state.devices
+
+    def devices(self) -> I64:
+        """The devices it changes the state of, by fleet index."""
+        return self.rows if self.staged_for is None else self.staged_for[self.rows]
 
     def apply(self, devices: I64 | None = None) -> None:
-        """Write the values (of `devices` only, if given)."""
-        rows, values = self._kept(devices)
-        for name, v in values.items():
-            self.state.put(name, rows, v)
+        """Write the values (of `devices` only, if given: fleet indexes)."""
+        keep, rows = self._kept(devices)
+        for name, v in self.values.items():
+            self.state.put(name, rows[keep], v[keep])
 
     def moved(self) -> I64:
-        """The devices whose state it changes in more than its watermarks."""
-        rows, values = self._kept(None)
+        """The devices (fleet indexes) whose state it changes in more than its watermarks."""
+        keep, rows = self._kept(None)
         moved = np.zeros(len(rows), dtype=bool)
-        for name, v in values.items():
+        for name, v in self.values.items():
             if not self.state.is_watermark(name):
-                moved |= self.state.differs(name, rows, v)
-        return rows[moved]
+                moved[keep] |= self.state.differs(name, rows[keep], v[keep])
+        return self.devices()[moved]
 
-    def _kept(self, devices: I64 | None
-              ) -> tuple[I64, dict[str, npt.NDArray[np.generic]]]:
-        """The rows and values to write: of `devices` if given, and not where the state has
-        seen a later device time meanwhile (the other lane committed a batch of the same
-        device first): the later state stays."""
-        rows, values = self.rows, self.values
-        keep = np.ones(len(rows), dtype=bool) if devices is None else np.isin(rows, devices)
-        if "last_t" in values and "last_t" in self.state._arrays:
-            new_t = np.asarray(values["last_t"], dtype=np.float64)
+    def _kept(self, devices: I64 | None) -> tuple[Bools, I64]:
+        """Which of its rows to write, and where they are in the state now: of `devices`
+        if given, and not where the state has seen a later device time meanwhile (the
+        other lane committed a batch of the same device first): the later state stays."""
+        rows = self.rows
+        if self.state.devices is not self.staged_for:   # moved since (or none: see cover)
+            rows = self.state.rows_of(self.devices())
+        keep = rows >= 0
+        if devices is not None:
+            keep &= np.isin(self.devices(), devices)
+        if "last_t" in self.values and "last_t" in self.state._arrays:
+            new_t = np.asarray(self.values["last_t"], dtype=np.float64)
             current = np.asarray(self.state._arrays["last_t"], dtype=np.float64)
-            inside = rows < len(current)
+            inside = (rows >= 0) & (rows < len(current))
             keep &= ~inside | (new_t >= current[np.where(inside, rows, 0)])
-        if not keep.all():
-            rows = rows[keep]
-            values = {k: v[keep] for k, v in values.items()}
-        return rows, values
+        return keep, rows
 
 
 @dataclass

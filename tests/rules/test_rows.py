@@ -1,0 +1,136 @@
+"""A rule keeps state only for the devices it applies to: at 100,000 devices most rules are
+for one device type, and a row for every device of the fleet made their state twice what it
+needed (docs/performance.md, "eleventh session"). What the rules decide is the same: a
+device's state stays its own when another device comes under the rule (moved to its
+municipality), when that happens between a batch and its commit, and when another engine
+sharing the subscription has not seen the move yet."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.rules.harness import Harness, batch_of
+
+from vagt.rules.persist import pack, unpack
+
+# devices (tests.rules.harness): 0 OXI-1 Aarhus, 1 OXI-2 Samsø, 2 DSP-1 Randers,
+# 3 SCL-1 Viborg, 4 GW-1 Aarhus
+ON_SAMSO = """
+[[rule]]
+name = "spo2_low"
+kind = "threshold"
+metric = "spo2"
+below = 90
+clear_at = 93
+for = "10m"
+municipalities = ["Samsø"]
+"""
+DISPENSERS = """
+[[rule]]
+name = "dose"
+kind = "sequence"
+types = ["medicine_dispenser"]
+first = ["dose.due"]
+then = ["dose.taken"]
+within = "30m"
+
+[[rule]]
+name = "jam"
+kind = "event"
+types = ["medicine_dispenser"]
+codes = ["dispenser.jam"]
+clear_after = "1h"
+
+[[rule]]
+name = "battery_low"
+kind = "threshold"
+metric = "battery"
+below = 15
+"""
+
+
+def state(h: Harness, rule: str):
+    return dict((r.name, s) for r, s in h.engine.rule_states())[rule]
+
+
+def test_a_rule_for_one_device_type_keeps_rows_for_those_devices_only_and_alerts_by_device(
+        tmp_path):
+    h = Harness(tmp_path, DISPENSERS)
+    h.batch(events=[(2, "dose.due", 0.0), (2, "dispenser.jam", 10.0)],
+            readings=[(3, "battery", 10, 5.0)])
+    h.tick(2 * 3600.0)
+    # the dispenser (device 2) is the rules' row 0: the alerts are still device 2's
+    assert h.opened("dose", 2) == 1
+    assert h.opened("jam", 2) == 1 and h.cleared("jam", 2) == 1     # its clear_after
+    assert h.open() == {("dose", 2), ("battery_low", 3)}
+    for rule in ("dose", "jam"):
+        st = state(h, rule)
+        assert st.devices.tolist() == [2]
+        assert {len(a) for _, a, _, _ in st.arrays()} == {1}
+    # a rule for every device keeps a row for each, numbered by the fleet
+    assert state(h, "battery_low").devices is None
+    assert len(state(h, "battery_low").arrays()[0][1]) == 5
+
+
+def test_a_device_moved_into_a_rules_municipality_leaves_the_others_state_with_them(tmp_path):
+    h = Harness(tmp_path, ON_SAMSO)
+    h.batch([(1, "spo2", 88, 0.0)])            # OXI-2 on Samsø: a low run begins
+    h.fleet.move("OXI-1", "Samsø")             # device 0 comes before it in the rule's rows
+    h.batch([(0, "spo2", 88, 600.0), (1, "spo2", 88, 600.0)])
+    # OXI-2's run held 10 minutes; OXI-1's has just begun
+    assert h.open() == {("spo2_low", 1)}
+    assert state(h, "spo2_low").devices.tolist() == [0, 1]
+
+
+def test_state_staged_before_a_device_moved_in_is_written_to_its_own_device(tmp_path):
+    h = Harness(tmp_path, ON_SAMSO)
+    ev = h.engine.evaluate(batch_of([(1, "spo2", 88, 0.0)]))   # a run begins
+    h.fleet.move("OXI-1", "Samsø")
+    h.tick(1.0)                                 # the rules see the move: rows move along
+    h.book.record(ev)
+    h.engine.apply(ev)                          # the batch's state, after its commit
+    run_start = state(h, "spo2_low").at("run_start", np.array([0, 1])).tolist()
+    assert np.isnan(run_start[0]) and run_start[1] == 0.0
+    h.batch([(1, "spo2", 88, 600.0)])
+    assert h.open() == {("spo2_low", 1)}
+
+
+def test_state_from_an_engine_that_saw_a_move_first_is_kept_for_its_device(tmp_path):
+    moved = Harness(tmp_path, ON_SAMSO)
+    moved.fleet.move("OXI-1", "Samsø")
+    moved.batch([(0, "spo2", 88, 0.0)])
+    with moved.engine.lock:
+        rows = np.array([0, 3], dtype=np.int64)
+        p = pack(moved.engine, rows)
+    other = Harness(tmp_path, ON_SAMSO)        # its fleet has OXI-1 in Aarhus still
+    other.batch([(1, "spo2", 95, 0.0)])
+    unpack(other.engine, rows, p.layout, p.slots, p.values, p.texts)
+    st = state(other, "spo2_low")
+    assert st.devices.tolist() == [0, 1]       # a row for the state given; none for device 3
+    assert st.at("run_start", np.array([0])).tolist() == [0.0]
+    other.fleet.move("OXI-1", "Samsø")
+    other.batch([(0, "spo2", 88, 600.0)])
+    assert other.open() == {("spo2_low", 0)}
+
+
+def test_an_alert_open_for_a_device_the_rule_no_longer_applies_to_still_expires(tmp_path):
+    h = Harness(tmp_path, DISPENSERS)
+    # opened when the gateway was under the rule (before a reload narrowed it, say)
+    h.engine.seed([("jam", "GW-1", 0.0)])
+    h.book.open_[("jam", 4)] = 0.0
+    h.tick(2 * 3600.0)
+    assert h.cleared("jam", 4) == 1
+    assert state(h, "jam").devices.tolist() == [2, 4]
+
+
+def test_a_rule_for_scales_asks_the_stored_history_for_the_scale_by_its_fleet_index(tmp_path):
+    asked = []
+
+    def history(metric, devices, since, until):
+        asked.append(devices.tolist())
+        return np.array([3]), np.array([86400.0]), np.array([79.5])
+
+    h = Harness(tmp_path, '[[rule]]\nname = "weight_gain"\nkind = "rate"\nmetric = "weight"\n'
+                          'rise = 2.0\nwindow = "3d"\ntypes = ["scale"]\n', history=history)
+    h.batch([(3, "weight", 82.0, 2 * 86400.0)])     # the scale, device 3, is the rule's row 0
+    assert asked == [[3]]
+    assert h.open() == {("weight_gain", 3)}
