@@ -113,3 +113,37 @@ def test_an_operators_own_arena_setting_is_left_as_it_is():
     assert arenas_of_eight_threads(GLIBC_TUNABLES="glibc.malloc.arena_max=3") == (False, 3)
     # one glibc refuses (its least is 1): its default would apply, so vagt's does
     assert arenas_of_eight_threads(MALLOC_ARENA_MAX="0") == (True, heap.ARENAS)
+
+
+FREED_BETWEEN_KEPT = """
+import numpy as np
+from vagt.app import heap
+
+
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+
+big = np.ones(2**20)
+del big               # 8 MB freed: glibc serves anything up to that size from its arenas now
+kept, freed = [], []
+for _ in range(100):
+    freed.append(np.ones(100_000))     # 800 KB: a fleet-sized array of a batch or a tick
+    kept.append(np.ones(1_000))        # and something that lasts, after it
+before = resident_mb()
+del freed[:]
+after_free = resident_mb()
+heap.trim()
+print(before, after_free, resident_mb())
+"""
+
+
+@pytest.mark.skipif(heap._LIBC is None, reason="glibc's allocator only (Linux with glibc)")
+def test_memory_freed_between_what_lasts_goes_back_to_the_system_once_trimmed():
+    environment = {k: v for k, v in os.environ.items()   # glibc's malloc, as it comes
+                   if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", FREED_BETWEEN_KEPT], env=environment,
+                         capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    before, after_free, trimmed = map(float, out)
+    assert before - after_free < 10      # freed, but held by glibc: still resident
+    assert after_free - trimmed > 60     # of the 80 MB, given back by the trim

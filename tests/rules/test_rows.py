@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 from tests.rules.harness import Harness, batch_of
+from tests.rules.test_threshold import SPO2
 
 from vagt.rules.persist import pack, unpack
 
 # devices (tests.rules.harness): 0 OXI-1 Aarhus, 1 OXI-2 Samsø, 2 DSP-1 Randers,
 # 3 SCL-1 Viborg, 4 GW-1 Aarhus
-ON_SAMSO = """
-[[rule]]
-name = "spo2_low"
-kind = "threshold"
-metric = "spo2"
-below = 90
-clear_at = 93
-for = "10m"
-municipalities = ["Samsø"]
-"""
+ON_SAMSO = SPO2 + 'municipalities = ["Samsø"]\n'   # spo2_low, below 90 for 10 minutes
 DISPENSERS = """
 [[rule]]
 name = "dose"

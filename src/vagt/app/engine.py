@@ -854,6 +854,7 @@ class RuleTimer:
                     self.reload_rules()
                 if not self._defer():
                     self.tick()
+                heap.trim()   # what the tick and the lanes' batches left free (see heap)
                 deadline = time.monotonic() + self.config.rules_tick_s
                 while not stop.is_set() and not self.reload.is_set() \
                         and time.monotonic() < deadline:
