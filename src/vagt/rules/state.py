@@ -127,8 +127,8 @@ class Batch:
             return self
 
         def keep(dev: I64, time: F64) -> Bools:
-            at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
-            kept: Bools = (devices[at] != dev) | (time > since[at])
+            at = places_in(devices, dev)
+            kept: Bools = (at < 0) | (time > since[np.maximum(at, 0)])
             return kept
         return self._where(keep, events)
 
@@ -136,8 +136,8 @@ class Batch:
         """`newer_than(devices, since)`, and the rest: the rows of `devices` (sorted) at or
         before their `since`."""
         def older(dev: I64, time: F64) -> Bools:
-            at = np.minimum(np.searchsorted(devices, dev), len(devices) - 1)
-            kept: Bools = (devices[at] == dev) & ~(time > since[at])
+            at = places_in(devices, dev)
+            kept: Bools = (at >= 0) & ~(time > since[np.maximum(at, 0)])
             return kept
         return self.newer_than(devices, since), self._where(older)
 
@@ -353,8 +353,9 @@ class Update:
     def apply(self, devices: I64 | None = None) -> None:
         """Write the values (of `devices` only, if given: fleet indexes)."""
         keep, rows = self._kept(devices)
+        every = bool(keep.all())
         for name, v in self.values.items():
-            self.state.put(name, rows[keep], v[keep])
+            self.state.put(name, rows if every else rows[keep], v if every else v[keep])
 
     def moved(self) -> I64:
         """The devices (fleet indexes) whose state it changes in more than its watermarks."""
@@ -370,7 +371,7 @@ class Update:
         if given, and not where the state has seen a later device time meanwhile (the
         other lane committed a batch of the same device first): the later state stays."""
         rows = self.rows
-        if self.state.devices is not self.staged_for:   # moved since (or none: see cover)
+        if self.state.devices is not self.staged_for:   # rows added or moved since (cover)
             rows = self.state.rows_of(self.devices())
         keep = rows >= 0
         if devices is not None:
