@@ -154,10 +154,11 @@ def unpack(engine: RuleEngine, rows: I64, lay: Layout, slots: list[bytes],
     lengths = np.fromiter((len(s) // 2 for s in slots), dtype=np.int64, count=len(slots))
     c = np.frombuffer(b"".join(slots), dtype="<u2").astype(np.int64)
     v = np.frombuffer(b"".join(values), dtype="<f8")
+    stored = (np.repeat(np.arange(len(rows)), lengths), c)   # (row, slot) each row holds
     matrix = np.tile(lay.fills, (len(rows), 1))
-    matrix[np.repeat(np.arange(len(rows)), lengths), c] = v
-    given = np.zeros(matrix.shape, dtype=bool)   # slots a row holds (not the fill)
-    given[np.repeat(np.arange(len(rows)), lengths), c] = True
+    matrix[stored] = v
+    given = np.zeros(matrix.shape, dtype=bool)   # the slots a row holds (not the fill)
+    given[stored] = True
     for e, first in lay.numeric:
         rule, h, name, dtype, width, fill = lay.entries[e]
         here = states.get(rule)

@@ -371,11 +371,12 @@ class Update:
         if given, and not where the state has seen a later device time meanwhile (the
         other lane committed a batch of the same device first): the later state stays."""
         rows = self.rows
+        ours = self.devices()
         if self.state.devices is not self.staged_for:   # rows added or moved since (cover)
-            rows = self.state.rows_of(self.devices())
+            rows = self.state.rows_of(ours)
         keep = rows >= 0
         if devices is not None:
-            keep &= np.isin(self.devices(), devices)
+            keep &= np.isin(ours, devices)
         if "last_t" in self.values and "last_t" in self.state._arrays:
             new_t = np.asarray(self.values["last_t"], dtype=np.float64)
             current = np.asarray(self.state._arrays["last_t"], dtype=np.float64)
