@@ -83,7 +83,7 @@ def _store_end(url: str) -> float:
     return float(row[0]) // 3600 * 3600 + 3600
 
 
-def _source_of(rev: str, into: Path) -> Path:
+def source_of(rev: str, into: Path) -> Path:
     """`rev`'s src/ unpacked into `into`."""
     archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, check=True,
                              capture_output=True).stdout
@@ -122,7 +122,7 @@ def main() -> None:
         end = _store_end(url)
         with tempfile.TemporaryDirectory() as tmp:
             sources = {"this revision": ROOT / "src",
-                       args.baseline_rev: _source_of(args.baseline_rev, Path(tmp))}
+                       args.baseline_rev: source_of(args.baseline_rev, Path(tmp))}
             for days in args.days or [2.0]:
                 _compare(url, sources, end - days * 86400, end, days, args.repeat)
     finally:

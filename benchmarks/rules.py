@@ -18,7 +18,7 @@ import orjson
 
 from vagt.devices.catalogue import load_catalogue
 from vagt.ingest.decode import decode_batch
-from vagt.ingest.model import RawMessage
+from vagt.ingest.model import DecodedBatch, RawMessage
 from vagt.rules import Batch, Rule, RuleEngine, load_rules
 from vagt.rules.state import ListFleet
 
@@ -56,7 +56,9 @@ def thirty_rules() -> list[Rule]:
     return rules + extra
 
 
-def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[ListFleet, list[RawMessage]]:
+def make_messages(n_devices: int, n_messages: int, seed: int, t0: float | None = None
+                  ) -> tuple[ListFleet, list[RawMessage]]:
+    """The fleet and its messages, one every 0.4 s of device time from `t0` (a day ago)."""
     rng = random.Random(seed)
     fleet = ListFleet()
     kinds = []
@@ -69,7 +71,7 @@ def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[ListFleet
         fleet.type.append(kind[0])
         fleet.municipality.append(MUNICIPALITIES[i % len(MUNICIPALITIES)])
         fleet.status.append("deployed")
-    t0 = time.time() - 86400
+    t0 = time.time() - 86400 if t0 is None else t0
     msgs = []
     for j in range(n_messages):
         i = rng.randrange(n_devices)
@@ -84,6 +86,23 @@ def make_messages(n_devices: int, n_messages: int, seed: int) -> tuple[ListFleet
     return fleet, msgs
 
 
+def decoded(msgs: list[RawMessage], now: float | None = None) -> DecodedBatch:
+    return decode_batch(msgs, topic_root=ROOT, max_payload_bytes=65536,
+                        now=time.time() if now is None else now, max_future_skew_s=300)
+
+
+def batch_of(dec: DecodedBatch, index: dict[str, int]) -> Batch:
+    """The rules' batch of decoded messages, by the fleet's device indexes `index`."""
+    r_dev = np.array([index[d] for d in dec.r_device], dtype=np.int64)
+    e_dev = np.array([index[d] for d in dec.e_device], dtype=np.int64)
+    r_time = np.asarray(dec.r_time, dtype=np.float64)
+    e_time = np.asarray(dec.e_time, dtype=np.float64)
+    return Batch(r_dev, np.asarray(dec.r_metric, dtype=object),
+                 np.asarray(dec.r_value, dtype=np.float64), r_time, e_dev,
+                 np.asarray(dec.e_code, dtype=object), e_time,
+                 np.concatenate([r_dev, e_dev]), np.concatenate([r_time, e_time]))
+
+
 def measure(fleet: ListFleet, msgs: list[RawMessage], batch_size: int
             ) -> tuple[float, float, float, int]:
     """One pass: (decode us/message, rules us/message, first batch rules seconds, rows)."""
@@ -94,18 +113,10 @@ def measure(fleet: ListFleet, msgs: list[RawMessage], batch_size: int
     for start in range(0, len(msgs), batch_size):
         batch = msgs[start:start + batch_size]
         t = time.perf_counter()
-        dec = decode_batch(batch, topic_root=ROOT, max_payload_bytes=65536, now=time.time(),
-                           max_future_skew_s=300)
+        dec = decoded(batch)
         decode_s.append(time.perf_counter() - t)
-        r_dev = np.array([index[d] for d in dec.r_device], dtype=np.int64)
-        e_dev = np.array([index[d] for d in dec.e_device], dtype=np.int64)
-        r_time = np.asarray(dec.r_time, dtype=np.float64)
-        e_time = np.asarray(dec.e_time, dtype=np.float64)
-        b = Batch(r_dev, np.asarray(dec.r_metric, dtype=object),
-                  np.asarray(dec.r_value, dtype=np.float64), r_time, e_dev,
-                  np.asarray(dec.e_code, dtype=object), e_time,
-                  np.concatenate([r_dev, e_dev]), np.concatenate([r_time, e_time]))
-        rows += len(r_dev) + len(e_dev)
+        b = batch_of(dec, index)
+        rows += len(b.r_device) + len(b.e_device)
         t = time.perf_counter()
         engine.apply(engine.evaluate(b))
         rules_s.append(time.perf_counter() - t)
