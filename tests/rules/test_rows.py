@@ -3,7 +3,10 @@ for one device type, and a row for every device of the fleet made their state tw
 needed (docs/performance.md, "eleventh session"). What the rules decide is the same: a
 device's state stays its own when another device comes under the rule (moved to its
 municipality), when that happens between a batch and its commit, and when another engine
-sharing the subscription has not seen the move yet."""
+sharing the subscription has not seen the move yet.
+
+The rules of the kinds judged by event codes (`event`, `flapping`) keep rows only for the
+devices that sent one of their codes: most devices never send the code a rule waits for."""
 
 from __future__ import annotations
 
@@ -111,7 +114,8 @@ def test_an_alert_open_for_a_device_the_rule_no_longer_applies_to_still_expires(
     h.book.open_[("jam", 4)] = 0.0
     h.tick(2 * 3600.0)
     assert h.cleared("jam", 4) == 1
-    assert state(h, "jam").devices.tolist() == [2, 4]
+    # the seeded device's row; none for the dispenser, which has sent no jam yet
+    assert state(h, "jam").devices.tolist() == [4]
 
 
 def test_a_rule_for_scales_asks_the_stored_history_for_the_scale_by_its_fleet_index(tmp_path):
@@ -126,3 +130,72 @@ def test_a_rule_for_scales_asks_the_stored_history_for_the_scale_by_its_fleet_in
     h.batch([(3, "weight", 82.0, 2 * 86400.0)])     # the scale, device 3, is the rule's row 0
     assert asked == [[3]]
     assert h.open() == {("weight_gain", 3)}
+
+
+GATEWAYS = """
+[[rule]]
+name = "mains"
+kind = "event"
+codes = ["power.mains_lost"]
+clear_codes = ["power.mains_restored"]
+
+[[rule]]
+name = "flapping"
+kind = "flapping"
+codes = ["connection.lost"]
+count = 2
+window = "1h"
+stable = "30m"
+"""
+
+
+def with_gateways(h: Harness, n: int) -> Harness:
+    """`n` more gateways after the harness's five devices (indexes 5, 6, ...): rules with
+    rows for a few of them look their rows up by a binary search, not a map of the fleet."""
+    for k in range(n):
+        h.fleet.add(f"GW-{k:03d}", "Telit", "HomeHub 4G", "gateway", "Aarhus")
+    return h
+
+
+def test_rules_judged_by_codes_keep_rows_only_for_the_devices_that_sent_their_codes(tmp_path):
+    h = with_gateways(Harness(tmp_path, GATEWAYS), 200)
+    h.batch(readings=[(d, "signal", -70, 0.0) for d in range(5, 205)],
+            events=[(4, "power.mains_lost", 0.0), (150, "power.mains_lost", 5.0)]
+            + [(100, "connection.lost", t) for t in (60.0, 120.0, 180.0)])
+    assert h.open() == {("mains", 4), ("mains", 150), ("flapping", 100)}
+    assert state(h, "mains").devices.tolist() == [4, 150]
+    assert {len(a) for _, a, _, _ in state(h, "mains").arrays()} == {2}
+    assert state(h, "flapping").devices.tolist() == [100]
+    h.batch(events=[(150, "power.mains_restored", 600.0), (60, "connection.lost", 600.0)])
+    assert h.cleared("mains", 150) == 1
+    assert h.open() == {("mains", 4), ("flapping", 100)}   # one lost connection is no flap
+    assert state(h, "flapping").devices.tolist() == [60, 100]
+    h.tick(2 * 3600.0)                                      # quiet for 30 minutes
+    assert h.cleared("flapping", 100) == 1 and h.open() == {("mains", 4)}
+
+
+def test_an_alert_seeded_for_a_device_that_never_sent_the_code_clears_by_its_clearing_code(
+        tmp_path):
+    h = with_gateways(Harness(tmp_path, GATEWAYS), 100)
+    h.engine.seed([("mains", "GW-050", 0.0)])              # device 55, open in the queue
+    ev = h.batch(events=[(55, "power.mains_restored", 60.0)])
+    rule, dev, at, _ = ev.transitions.clears()
+    assert [(ev.rules[r].name, d, t) for r, d, t in zip(rule, dev, at)] == \
+        [("mains", 55, 60.0)]
+
+
+def test_a_rule_judged_by_codes_and_one_with_the_same_rows_each_see_what_they_judge(
+        tmp_path):
+    h = Harness(tmp_path, GATEWAYS + """
+[[rule]]
+name = "weak_signal"
+kind = "threshold"
+metric = "signal"
+below = -100
+types = ["gateway"]
+""")
+    h.batch(events=[(4, "power.mains_lost", 0.0)])      # rows [4], as the gateway rule's
+    h.fleet.move("OXI-1", "Samsø")                       # the rules take in the registry
+    h.batch(readings=[(4, "signal", -110, 60.0)], events=[(4, "power.mains_lost", 60.0)])
+    assert state(h, "mains").devices.tolist() == state(h, "weak_signal").devices.tolist()
+    assert h.open() == {("mains", 4), ("weak_signal", 4)}

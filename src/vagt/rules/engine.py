@@ -6,7 +6,8 @@ the state with `apply()`. The engine process does so inside the batch's transact
 the state back from the database if that transaction rolls back (`vagt.app.rule_state`).
 
 The state lives in per-device numpy arrays, a row for each device a rule applies to (a rule
-for one device type has rows for those devices only: `RuleState.devices`); the kinds see a
+for one device type has rows for those devices only: `RuleState.devices`; a rule judged by
+event codes, only for the devices that sent one: `BY_CODE`); the kinds see a
 batch and context numbered by their rule's rows (`_view`), and what they return is turned
 back into the fleet's indexes. The engine process keeps the state in the `rule_state` table
 too (`vagt.app.rule_state`, through `vagt.rules.persist`): restored at start, shared by
@@ -66,6 +67,14 @@ _TICK = {"event": event.tick, "sequence": sequence.tick, "flapping": flapping.ti
 # The kinds the fleet-wide sweep judges (`RuleEngine.sweep_absence`), from what every engine
 # committed of each device's last message.
 SWEPT = ("absence", "clock")
+# The kinds whose rules keep a row only for the devices that sent one of their codes
+# (`RuleEngine._cover_codes`): they judge nothing else, and most devices never send the
+# code a rule waits for (a fall alarm, a tamper, mains power lost, a gateway's lost
+# connection). A row per device of the fleet for each was 25 MB at 200,000 devices.
+BY_CODE = ("event", "flapping")
+# A rule with rows for fewer than one device in this many has them looked up by a binary
+# search, not by a map of the whole fleet (4 bytes a device, for each such array of rows).
+SPARSE = 16
 
 # Per kind, the arrays that only say which rows its rules have seen (`RuleState.watermarks`):
 # a batch that moves nothing else changes nothing they decide. Not flapping's `last_t`: its
@@ -95,13 +104,20 @@ class _View:
 
 @dataclass
 class _Rows:
-    """A rule's rows (`RuleState.devices`) as the engine looks them up: each fleet device's
-    row (-1: none; 4 bytes a device, for each array of rows the rules have), and each row's
+    """A rule's rows (`RuleState.devices`) as the engine looks them up: `dense`, each fleet
+    device's row (-1: none; 4 bytes a device, for each array of rows the rules have), or
+    None where the rows are few (`SPARSE`) and a binary search finds them; and each row's
     (vendor, model) place in the plausible ranges."""
 
     devices: I64
-    row_of: npt.NDArray[np.int32]
+    dense: npt.NDArray[np.int32] | None
     model: I64
+
+    def of(self, devices: I64) -> I64:
+        """The rows of `devices` (fleet indexes); -1 for a device with none."""
+        if self.dense is None:
+            return places_in(self.devices, devices)
+        return self.dense[devices].astype(np.int64)
 
 
 def _by_rows(history: HistorySource | None, devices: I64) -> HistorySource | None:
@@ -136,9 +152,11 @@ class Evaluation:
 
 def _state(rule: Rule) -> RuleState:
     """A rule's state: rows for the devices it applies to only, where its filters leave
-    some out. The swept kinds keep a row per device: their sweep judges the whole fleet
-    (and clears an alert of a device the rule no longer applies to)."""
-    every = rule.kind in SWEPT or not (rule.types or rule.models or rule.municipalities)
+    some out, and for the kinds judged by codes only as their codes come (`BY_CODE`). The
+    swept kinds keep a row per device: their sweep judges the whole fleet (and clears an
+    alert of a device the rule no longer applies to)."""
+    every = rule.kind in SWEPT or rule.kind not in BY_CODE \
+        and not (rule.types or rule.models or rule.municipalities)
     return RuleState(_WATERMARKS.get(rule.kind, ()), every_device=every)
 
 
@@ -213,7 +231,8 @@ class RuleEngine:
             ctx = self._context(None, n, latest, ev)
             if history is not None:
                 ctx.history = history
-            views: dict[int, _View] = {}
+            self._cover_codes(b)
+            views: dict[tuple[int, bool], _View] = {}
             marked = []
             for i, rule in enumerate(rules):
                 if rule.kind == "validity":
@@ -238,23 +257,25 @@ class RuleEngine:
             return ev
 
     def _view(self, rule: Rule, ctx: Context, b: Batch | None,
-              views: dict[int, _View]) -> _View:
+              views: dict[tuple[int, bool], _View]) -> _View:
         """The context and batch the kind of `rule` sees: numbered by the rule's rows
-        (`RuleState.devices`), those of devices it has none for left out. Rules with the
-        same rows share the batch."""
+        (`RuleState.devices`), those of devices it has none for left out; for the kinds
+        kept by code, its events only. Rules with the same rows share the batch."""
         st = self._states[rule.name]
         devs = st.devices
         if devs is None:
             ctx.applies = self._applies[rule.name]
             return _View(st, ctx, b, None, None)
-        known = views.get(id(devs))
+        events_only = rule.kind in BY_CODE
+        known = views.get((id(devs), events_only))
         if known is None or known.devices is not devs:
             rows = self._rows_of(devs)
-            lb, readings = b.of_devices(rows.row_of) if b is not None else (None, None)
+            lb, readings = b.of_devices(rows.of, events_only) if b is not None \
+                else (None, None)
             latest = ctx.latest_seen[devs] if len(ctx.latest_seen) == ctx.n \
                 else ctx.latest_seen
             behind = ctx.behind[devs] if len(ctx.behind) == ctx.n else ctx.behind
-            known = views[id(devs)] = _View(st, dataclasses.replace(
+            known = views[id(devs), events_only] = _View(st, dataclasses.replace(
                 ctx, n=len(devs), model=rows.model, latest_seen=latest, behind=behind,
                 history=_by_rows(ctx.history, devs)), lb, readings, devs)
         applies = self._applies_by_row.get(rule.name)
@@ -265,21 +286,35 @@ class RuleEngine:
             bad=ctx.bad[known.readings] if known.readings is not None else ctx.bad)
         return _View(st, local, known.batch, known.readings, devs)
 
+    def _cover_codes(self, b: Batch) -> None:
+        """Rows, in the rules of the kinds kept by code (`BY_CODE`), for the devices that
+        send one of a rule's codes in `b` for the first time (those it applies to)."""
+        if len(b.e_device) == 0:
+            return
+        for rule in self._rules:
+            if rule.kind in BY_CODE:
+                st = self._states[rule.name]
+                devs = b.e_device[b.code_mask(rule.codes + rule.clear_codes)]
+                devs = devs[self._applies[rule.name][devs]]
+                st.cover(devs[st.rows_of(devs) < 0])   # most have rows already
+
     def _rows_of(self, devices: I64) -> _Rows:
-        """The map of `devices` (a rule's rows) from the fleet's indexes, kept while they
-        stay the rows of some rule and the fleet is as it is."""
+        """How `devices` (a rule's rows) are found from the fleet's indexes, kept while
+        they stay the rows of some rule and the fleet is as it is."""
         rows = self._rows.get(id(devices))
         if rows is None or rows.devices is not devices:
-            if len(self._rows) >= len(self._states):    # rows of rules since covered more
-                self._rows = {id(st.devices): r for st in self._states.values()
-                              if (r := self._rows.get(id(st.devices))) is not None
-                              and r.devices is st.devices}
-            row_of = np.full(self._n, -1, dtype=np.int32)
-            row_of[devices] = np.arange(len(devices), dtype=np.int32)
-            rows = self._rows[id(devices)] = _Rows(devices, row_of, self._model[devices])
+            # what rules have since covered more devices than (rows by code: often) goes
+            self._rows = {id(st.devices): r for st in self._states.values()
+                          if (r := self._rows.get(id(st.devices))) is not None
+                          and r.devices is st.devices}
+            dense = None
+            if len(devices) * SPARSE >= self._n:
+                dense = np.full(self._n, -1, dtype=np.int32)
+                dense[devices] = np.arange(len(devices), dtype=np.int32)
+            rows = self._rows[id(devices)] = _Rows(devices, dense, self._model[devices])
         return rows
 
-    def _run(self, rule: Rule, ctx: Context, b: Batch | None, views: dict[int, _View],
+    def _run(self, rule: Rule, ctx: Context, b: Batch | None, views: dict[tuple[int, bool], _View],
              ev: Evaluation, kind: Callable[..., None]) -> None:
         """`kind` (an evaluate of the rule's kind given all but its state, context and
         batch; a tick, all but its state and context, with no batch) over the rule's rows;
@@ -358,7 +393,7 @@ class RuleEngine:
             if behind is not None:
                 k = min(n, len(behind))
                 ctx.behind[:k] = np.nan_to_num(behind[:k], nan=0.0)
-            views: dict[int, _View] = {}
+            views: dict[tuple[int, bool], _View] = {}
             for i, rule in enumerate(rules):
                 fn = _TICK.get(rule.kind)
                 if fn is not None:
@@ -514,7 +549,8 @@ class RuleEngine:
                 mask &= np.isin(munis, list(r.municipalities))
             self._applies[r.name] = np.concatenate([self._applies[r.name][:start], mask]) \
                 if start else mask
-            self._states[r.name].cover(start + np.flatnonzero(mask))
+            if r.kind not in BY_CODE:   # those get rows as their codes come
+                self._states[r.name].cover(start + np.flatnonzero(mask))
         self._share_rows()
         self._catalogue_columns(start, n)
         self._n, self._version = n, version

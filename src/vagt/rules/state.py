@@ -149,13 +149,19 @@ class Batch:
             kept["e"] |= events
         return Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
 
-    def of_devices(self, row_of: npt.NDArray[np.integer]) -> tuple[Batch, I64]:
-        """The rows of the devices `row_of` gives a row (by fleet index; -1: none), each
+    def of_devices(self, rows_of: Callable[[I64], I64], events_only: bool = False
+                   ) -> tuple[Batch, I64]:
+        """The rows of the devices `rows_of` gives a row (fleet indexes in, -1: none), each
         numbered by it (a rule's rows: `RuleState.devices`); and which of this batch's
-        reading rows they are."""
+        reading rows they are. `events_only`: its event rows only (for rules that read
+        nothing else)."""
         kept, places = {}, {}
         for p in "rem":
-            at = row_of[getattr(self, f"{p}_device")].astype(np.int64)
+            device = getattr(self, f"{p}_device")
+            if events_only and p != "e":
+                kept[p], places[p] = np.zeros(len(device), dtype=bool), device[:0]
+                continue
+            at = rows_of(device)
             kept[p] = at >= 0
             places[p] = at[kept[p]]
         out = Batch(*(getattr(self, f.name)[kept[f.name[0]]] for f in fields(Batch)))
@@ -179,12 +185,13 @@ class RuleState:
     """Named per-device arrays of one rule; rows grow with the fleet.
 
     A rule's state has a row only for the devices it keeps (`devices`, sorted fleet
-    indexes): those its filters match, and any device it was given state for since (an
-    alert open in the queue, a device that moved out of the rule's municipality). A rule of
-    every device keeps a row per device of the fleet, numbered by the device's fleet index
-    (`devices` is None). The rule kinds see only rows, numbered 0..n-1 (the engine hands
-    them a batch and a `Context` numbered so); what reads the state from outside by the
-    fleet's indexes goes through `rows_of`, `values` and `at`.
+    indexes): those its filters match (of a rule judged by event codes, those that sent it
+    one), and any device it was given state for since (an alert open in the queue, a device
+    that moved out of the rule's municipality). A rule of every device keeps a row per
+    device of the fleet, numbered by the device's fleet index (`devices` is None). The rule
+    kinds see only rows, numbered 0..n-1 (the engine hands them a batch and a `Context`
+    numbered so); what reads the state from outside by the fleet's indexes goes through
+    `rows_of`, `values` and `at`.
 
     `watermarks`: the arrays that only say which rows are new (`last_t` of most kinds): a
     change of those alone changes nothing the rule decides (see `Update.moved`). An array
@@ -307,17 +314,15 @@ class RuleState:
 
     def put_at(self, name: str, devices: I64, values: npt.NDArray[np.generic], given: Bools,
                fill: object, dtype: npt.DTypeLike, width: int = 0) -> None:
-        """Set `name` (made with `fill` if it is not yet) for `devices` (fleet indexes); a
-        device the state has no row for gets one if `given` says its value is not the fill,
-        and is left out otherwise."""
+        """Set `name` (made with `fill` if it is not yet, if need be with no rows) for
+        `devices` (fleet indexes); a device the state has no row for gets one if `given`
+        says its value is not the fill, and is left out otherwise."""
         rows = self.rows_of(devices)
         if (more := (rows < 0) & given).any():
             self.cover(np.unique(devices[more]))
             rows = self.rows_of(devices)
         kept = rows >= 0
-        if not kept.any():
-            return
-        a = self.array(name, int(rows[kept].max()) + 1, fill, dtype, width)
+        a = self.array(name, int(rows[kept].max()) + 1 if kept.any() else 0, fill, dtype, width)
         a[rows[kept]] = values[kept]
 
 
