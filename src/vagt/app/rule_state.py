@@ -56,8 +56,11 @@ EMPTY_LAYOUT = 0
 RESTORE_CHUNK = 10_000
 # Devices whose state is packed and written at a time. The first tick after a backlog
 # writes the state of most of the fleet (what the batches left unwritten, see IDLE_MAX):
-# packed at once for 100,000 devices, its matrices and rows took 80 MB more for a moment.
-SAVE_CHUNK = 10_000
+# packed at once for 100,000 devices, its matrices and rows took 80 MB more for a moment;
+# 10,000 at a time, 20 MB (the rules' 110 numeric slots a device, column by column and
+# then as one matrix), 2,500 at a time 5 MB, in the same time (benchmarks.rules' state at
+# 200,000 devices packed in 3.8 s either way; docs/performance.md, "thirteenth session").
+SAVE_CHUNK = 2_500
 # A device whose batches moved nothing is written at its IDLE_MAX-th (see the module's text).
 IDLE_MAX = 8
 # Rows written by another process are read again if written this long before the last
