@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class EngineProcess:
         # already in use"). Tests read it from `env` after (re)starting.
         if self.proc is not None and self.env.get("VAGT_METRICS_PORT") != "0":
             self.env["VAGT_METRICS_PORT"] = str(free_port())
+        self.log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vagt.app.cli", "run"], env=self.env,
@@ -141,11 +143,18 @@ class EngineProcess:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Until both MQTT sessions are up (the log says so)."""
+        """Until both MQTT sessions are up and the broker has granted each a subscription
+        (the log says so): a message published before a new session's SUBSCRIBE has
+        reached the broker goes to no one. An alarm published as soon as both lanes had
+        logged `mqtt_connected` reached neither once, on a busy machine (the full suite,
+        2026-12-07), and the test waited for its alert in vain."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
-            if text.count("event=mqtt_connected") >= 2 * (len(self.runs) + 1):
+            since = self.log_path.read_bytes()[self.log_from:].decode(errors="replace")
+            subscribed = set(re.findall(r"event=mqtt_subscribed client_id=(\S+)", since))
+            if text.count("event=mqtt_connected") >= 2 * (len(self.runs) + 1) \
+                    and len(subscribed) >= 2:
                 self.runs.append(1)
                 return
             assert self.proc is not None

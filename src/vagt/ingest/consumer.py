@@ -414,6 +414,8 @@ class MqttSession:
             return
         s = self.settings
         refused = reasons[0].is_failure
+        if not refused:   # what is published from now on reaches the session
+            log.info("event=mqtt_subscribed client_id=%s filter=%s", s.client_id, f)
         was = self._refused.get(f)
         self._refused[f] = refused
         if f not in s.filters:
