@@ -150,8 +150,8 @@ class EngineProcess:
         2026-12-07), and the test waited for its alert in vain."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            since = self.log_path.read_bytes()[self.log_from:].decode(errors="replace")
+            data = self.log_path.read_bytes()
+            text, since = data.decode(errors="replace"), data[self.log_from:].decode(errors="replace")
             subscribed = set(re.findall(r"event=mqtt_subscribed client_id=(\S+)", since))
             if text.count("event=mqtt_connected") >= 2 * (len(self.runs) + 1) \
                     and len(subscribed) >= 2:

@@ -102,6 +102,11 @@ class _View:
     devices: I64 | None
 
 
+# The views of one evaluation or tick, by (id of the rows, events only): rules with the same
+# rows share one, but a rule kept by code never shares one that has readings left out.
+_Views = dict[tuple[int, bool], _View]
+
+
 @dataclass
 class _Rows:
     """A rule's rows (`RuleState.devices`) as the engine looks them up: `dense`, each fleet
@@ -232,7 +237,7 @@ class RuleEngine:
             if history is not None:
                 ctx.history = history
             self._cover_codes(b)
-            views: dict[tuple[int, bool], _View] = {}
+            views: _Views = {}
             marked = []
             for i, rule in enumerate(rules):
                 if rule.kind == "validity":
@@ -257,7 +262,7 @@ class RuleEngine:
             return ev
 
     def _view(self, rule: Rule, ctx: Context, b: Batch | None,
-              views: dict[tuple[int, bool], _View]) -> _View:
+              views: _Views) -> _View:
         """The context and batch the kind of `rule` sees: numbered by the rule's rows
         (`RuleState.devices`), those of devices it has none for left out; for the kinds
         kept by code, its events only. Rules with the same rows share the batch."""
@@ -314,7 +319,7 @@ class RuleEngine:
             rows = self._rows[id(devices)] = _Rows(devices, dense, self._model[devices])
         return rows
 
-    def _run(self, rule: Rule, ctx: Context, b: Batch | None, views: dict[tuple[int, bool], _View],
+    def _run(self, rule: Rule, ctx: Context, b: Batch | None, views: _Views,
              ev: Evaluation, kind: Callable[..., None]) -> None:
         """`kind` (an evaluate of the rule's kind given all but its state, context and
         batch; a tick, all but its state and context, with no batch) over the rule's rows;
@@ -393,7 +398,7 @@ class RuleEngine:
             if behind is not None:
                 k = min(n, len(behind))
                 ctx.behind[:k] = np.nan_to_num(behind[:k], nan=0.0)
-            views: dict[tuple[int, bool], _View] = {}
+            views: _Views = {}
             for i, rule in enumerate(rules):
                 fn = _TICK.get(rule.kind)
                 if fn is not None:

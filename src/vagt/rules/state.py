@@ -168,8 +168,10 @@ class Batch:
         out.r_device, out.e_device, out.m_device = places["r"], places["e"], places["m"]
         # what a batch works out once for all rules, taken along, not worked out again
         r_kept = kept["r"]
-        renumber = np.cumsum(r_kept) - 1
-        local = {m: renumber[rows[r_kept[rows]]] for m, rows in self.rows_by_metric.items()}
+        local = {}
+        if r_kept.any():   # (none for a rule that reads events only)
+            renumber = np.cumsum(r_kept) - 1
+            local = {m: renumber[rows[r_kept[rows]]] for m, rows in self.rows_by_metric.items()}
         out.__dict__["rows_by_metric"] = {m: rows for m, rows in local.items() if len(rows)}
         codes, uniques = self.event_codes
         out.__dict__["event_codes"] = (codes[kept["e"]], uniques)
