@@ -38,6 +38,11 @@ KINDS = [  # (type, vendor, model, metrics as (name, unit, mean, sd), event code
 ]
 
 
+# per device type, a metric a broken sensor reports and the value it reads: out of the model's
+# range (implausible: the validity rule's), not of what any sensor can report (impossible:
+# a dead letter)
+BROKEN = {"pulse_oximeter": ("pulse", 5.0), "bp_monitor": ("bp_systolic", 30.0),
+          "scale": ("weight", 300.0), "glucose_meter": ("glucose", 0.1)}
 
 
 def thirty_rules() -> list[Rule]:
@@ -56,10 +61,13 @@ def thirty_rules() -> list[Rule]:
     return rules + extra
 
 
-def make_messages(n_devices: int, n_messages: int, seed: int, t0: float | None = None
-                  ) -> tuple[ListFleet, list[RawMessage]]:
-    """The fleet and its messages, one every 0.4 s of device time from `t0` (a day ago)."""
+def make_messages(n_devices: int, n_messages: int, seed: int, t0: float | None = None,
+                  faulty: float = 0.0) -> tuple[ListFleet, list[RawMessage]]:
+    """The fleet and its messages, one every 0.4 s of device time from `t0` (a day ago).
+    `faulty`: the share of devices with a broken sensor (of the types in `BROKEN`), whose
+    metric reads a value out of its model's range four times in five."""
     rng = random.Random(seed)
+    broken = int(faulty * 1000)
     fleet = ListFleet()
     kinds = []
     for i in range(n_devices):
@@ -80,6 +88,11 @@ def make_messages(n_devices: int, n_messages: int, seed: int, t0: float | None =
         doc: dict[str, object] = {"time": t, "readings": [
             {"metric": m, "value": round(rng.gauss(mu, sd), 1), "unit": u}
             for m, u, mu, sd in kind[3]]}
+        if (i * 7919) % 1000 < broken and kind[0] in BROKEN and rng.random() < 0.8:
+            metric, value = BROKEN[kind[0]]
+            for reading in doc["readings"]:   # type: ignore[attr-defined]
+                if reading["metric"] == metric:
+                    reading["value"] = value
         if kind[4] and rng.random() < 0.2:
             doc["events"] = [{"code": rng.choice(kind[4])}]
         msgs.append(RawMessage(f"{ROOT}/dev/{fleet.ids[i]}/telemetry", orjson.dumps(doc), t))

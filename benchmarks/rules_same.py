@@ -8,7 +8,9 @@ decide. No broker and no database: the messages of `benchmarks/rules.py` (its 30
 devices of every type in seven municipalities) in batches through `RuleEngine.evaluate`
 and `apply`; alerts open in the queue seeded at the start; now and then devices moved to
 another municipality between a batch's evaluation and its apply (what an engine sees when
-the registry changes meanwhile), a timer tick and the absence sweep. Each revision runs in
+the registry changes meanwhile), a timer tick and the absence sweep; and a share of the
+devices with a broken sensor (`--faulty`), whose runs of implausible values open and close
+sensor-fault alerts. Each revision runs in
 a subprocess of its own (the other's `src/` taken with `git archive`) and reports digests
 of every fire and clear, in order, and of every device's state packed at the end
 (`vagt.rules.persist.pack`, the rows the `rule_state` table would get). Exits 1 if they
@@ -43,10 +45,10 @@ SEEDED = 40          # alerts open in the queue at the start
 T0 = 1_780_000_000.0  # the stream's first device time (2026-05-28), the same in both runs
 
 
-def run(devices: int, messages: int, batch: int, seed: int) -> dict[str, Any]:
+def run(devices: int, messages: int, batch: int, seed: int, faulty: float) -> dict[str, Any]:
     """This process's engine (vagt as its PYTHONPATH has it) over the stream: counts and
     digests."""
-    fleet, msgs = make_messages(devices, messages, seed, t0=T0)
+    fleet, msgs = make_messages(devices, messages, seed, t0=T0, faulty=faulty)
     rng = random.Random(seed)
     engine = RuleEngine(thirty_rules(), fleet, load_catalogue())
     index = {d: k for k, d in enumerate(fleet.ids)}
@@ -97,13 +99,16 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--faulty", type=float, default=0.02,
+                    help="the share of devices with a broken sensor")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(run(args.devices, args.messages, args.batch, args.seed)))
+        print(json.dumps(run(args.devices, args.messages, args.batch, args.seed, args.faulty)))
         return
     stream = ["--devices", str(args.devices), "--messages", str(args.messages),
-              "--batch", str(args.batch), "--seed", str(args.seed)]
+              "--batch", str(args.batch), "--seed", str(args.seed),
+              "--faulty", str(args.faulty)]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name, src in (("working tree", ROOT / "src"), (args.rev, source_of(args.rev, Path(tmp)))):
