@@ -150,7 +150,8 @@ def show_probe(label: str, report: dict[str, Any]) -> None:
               flush=True)
         print(f"        rules with rows only for the devices they apply to: "
               f"{r['rules_by_device']} of {r['rules']}; rows only where a value is not the "
-              f"fill would take {r['held_bytes'] / 2**20:.1f} MB", flush=True)
+              f"fill would take {r['held_bytes'] / 2**20:.1f} MB; the arrays of their rows "
+              f"{r.get('rows_bytes', 0) / 2**20:.1f} MB", flush=True)
     if "renewed" in report:
         r = report["renewed"]
         print(f"      the connections of {r['pools']} pool(s) closed and opened again: glibc in "

@@ -198,7 +198,8 @@ def _rule_arrays() -> dict[str, Any]:
     """The rules' per-device state arrays (vagt.rules.state.RuleState) of each rules engine
     in the process: their bytes in all, and the rules holding most; how many rules keep
     rows only for some devices (those they apply to), and what rows only where a value is
-    not the array's fill would take (what any sparser keeping needs at least)."""
+    not the array's fill would take (what any sparser keeping needs at least); and the
+    arrays of their rows (`RuleState.devices`, of their parts too), apart."""
     import numpy as np
 
     with _all_objects() as objects:
@@ -207,11 +208,15 @@ def _rule_arrays() -> dict[str, Any]:
     arrays: collections.Counter[str] = collections.Counter()
     rules = some = 0
     held = 0.0
+    rows: dict[int, int] = {}   # the arrays of rows (`devices`), once each (rules share them)
     for engine in engines:
         for rule, state in engine.rule_states():
             name = rule.name
             rules += 1
             some += state.devices is not None
+            for s in (state, *state.parts.values()):
+                if s.devices is not None:
+                    rows[id(s.devices)] = s.devices.nbytes
             for _, a, fill, _ in state.arrays():
                 by_rule[name] += a.nbytes
                 arrays[name] += 1
@@ -224,7 +229,7 @@ def _rule_arrays() -> dict[str, Any]:
                 held += row * int(np.count_nonzero(other))
     return {"engines": len(engines), "bytes": sum(by_rule.values()),
             "arrays": sum(arrays.values()), "rules": rules, "rules_by_device": some,
-            "held_bytes": held,
+            "held_bytes": held, "rows_bytes": sum(rows.values()),
             "by_rule": [(name, size, arrays[name]) for name, size in by_rule.most_common(8)]}
 
 

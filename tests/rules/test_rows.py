@@ -6,15 +6,21 @@ municipality), when that happens between a batch and its commit, and when anothe
 sharing the subscription has not seen the move yet.
 
 The rules of the kinds judged by event codes (`event`, `flapping`) keep rows only for the
-devices that sent one of their codes: most devices never send the code a rule waits for."""
+devices that sent one of their codes: most devices never send the code a rule waits for.
+Validity keeps each metric's runs only for the devices whose model measures the metric."""
 
 from __future__ import annotations
 
 import numpy as np
 from tests.rules.harness import Harness, batch_of
+from tests.rules.test_kinds import VALIDITY
 from tests.rules.test_threshold import SPO2
 
+from vagt.rules import load_rules
+from vagt.rules._columns import Transitions
+from vagt.rules.kinds import validity
 from vagt.rules.persist import pack, unpack
+from vagt.rules.state import Context, RuleState
 
 # devices (tests.rules.harness): 0 OXI-1 Aarhus, 1 OXI-2 Samsø, 2 DSP-1 Randers,
 # 3 SCL-1 Viborg, 4 GW-1 Aarhus
@@ -199,3 +205,72 @@ types = ["gateway"]
     h.batch(readings=[(4, "signal", -110, 60.0)], events=[(4, "power.mains_lost", 60.0)])
     assert state(h, "mains").devices.tolist() == state(h, "weak_signal").devices.tolist()
     assert h.open() == {("mains", 4), ("weak_signal", 4)}
+
+
+def parts(h: Harness, rule: str) -> dict[str, list[int]]:
+    """Each of the rule's parts (validity's metrics) with its devices (fleet indexes)."""
+    return {key: p.devices.tolist() for key, p in state(h, rule).parts.items()}
+
+
+def test_validity_keeps_each_metrics_runs_only_for_the_devices_whose_model_measures_it(
+        tmp_path):
+    h = Harness(tmp_path, VALIDITY)      # alert_after = 3
+    h.batch([(3, "weight", 400, 1.0), (0, "pulse", 70, 1.0)])
+    # the two Nonin oximeters (0, 1), the dispenser (2), the Withings scale (3); not the
+    # gateway (4), whose model measures nothing the catalogue gives a range for
+    assert parts(h, "implausible") == {
+        "spo2": [0, 1], "pulse": [0, 1], "perfusion_index": [0, 1], "doses_remaining": [2],
+        "weight": [3], "body_fat": [3], "bmi": [3]}
+    arrays = dict((name, a) for name, a, _, _ in state(h, "implausible").arrays())
+    assert len(arrays["weight.bad_run"]) == 1 and len(arrays["pulse.last_t"]) == 2
+    h.batch([(3, "weight", 400, 2.0), (3, "weight", 300, 3.0), (0, "pulse", 0, 3.0)])
+    assert h.open() == {("implausible", 3)}
+    assert state(h, "implausible").at("weight.bad_run", np.array([3, 4])).tolist() == [3, 0]
+
+
+def test_a_device_registered_later_gets_rows_in_the_metrics_its_model_measures(tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    h.batch([(3, "weight", 80, 1.0)])
+    h.fleet.add("SCL-2", "A&D", "UC-352BLE", "scale", "Aarhus")      # 5: weight only
+    h.batch([(5, "weight", 300, float(t)) for t in (2, 3, 4)])      # its range: 5-250 kg
+    assert h.open() == {("implausible", 5)}
+    assert parts(h, "implausible")["weight"] == [3, 5]
+    assert parts(h, "implausible")["body_fat"] == [3]
+
+
+def test_a_run_of_implausible_values_goes_on_in_another_engine_under_the_names_it_had(
+        tmp_path):
+    h = Harness(tmp_path, VALIDITY)
+    h.batch([(3, "weight", 400, 1.0), (3, "weight", 400, 2.0), (0, "pulse", 0, 2.0)])
+    rows = np.arange(5, dtype=np.int64)
+    with h.engine.lock:
+        p = pack(h.engine, rows)
+    # a metric's arrays are stored as they were when they had a row for every device (the
+    # rows an engine of before wrote are read, and it reads these)
+    names = {e[2] for e in p.layout.entries}
+    assert {"weight.bad_run", "weight.last_t", "pulse.bad_run", "pulse.last_t"} <= names
+    other = Harness(tmp_path, VALIDITY)
+    unpack(other.engine, rows, p.layout, p.slots, p.values, p.texts)
+    for e in (h, other):
+        e.batch([(3, "weight", 400, 3.0), (0, "pulse", 70, 3.0)])
+    assert other.open() == h.open() == {("implausible", 3)}
+
+
+def test_validity_gives_a_row_to_a_device_it_meets_without_one(tmp_path):
+    # the engine gives the rows as it learns the fleet; the kind does not count on that
+    (tmp_path / "r.toml").write_text(VALIDITY.replace("alert_after = 3", "alert_after = 2"))
+    rule = load_rules(tmp_path / "r.toml")[0]
+    st = RuleState(("last_t",))
+    weight = (np.array([5.0]), np.array([180.0]))      # one model, the fleet's three devices
+    out = Transitions()
+    for t in (1.0, 2.0):
+        b = batch_of([(2, "weight", 400, t)])
+        ctx = Context(n=3, applies=np.ones(3, dtype=bool), ranges={"weight": weight},
+                      model=np.zeros(3, dtype=np.intp), latest_seen=np.full(3, t),
+                      history=None, updates=[], bad=np.zeros(1, dtype=bool))
+        checked, ctx.bad = validity.mark(rule, ctx, b)
+        validity.evaluate(0, rule, st, ctx, b, checked, ctx.bad, out)
+        for u in ctx.updates:
+            u.apply()
+    assert st.part("weight").devices.tolist() == [2]
+    assert out.fires()[1].tolist() == [2]

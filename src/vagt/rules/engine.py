@@ -558,10 +558,24 @@ class RuleEngine:
                 self._states[r.name].cover(start + np.flatnonzero(mask))
         self._share_rows()
         self._catalogue_columns(start, n)
+        for r in self._rules:
+            if r.kind == "validity" and r.alert_after > 0:
+                self._cover_metrics(r, start, n)
         self._n, self._version = n, version
         self._rows.clear()
         self._applies_by_row.clear()
         return n
+
+    def _cover_metrics(self, rule: Rule, start: int, n: int) -> None:
+        """Rows in validity's part for each metric (`validity`) for the devices from `start`
+        whose model has a plausible range for it: those whose readings of it the rule judges,
+        given rows as the fleet is learnt, not one batch at a time as their readings come
+        (each time moving every row of the part along)."""
+        st = self._states[rule.name]
+        applies, model = self._applies[rule.name][start:n], self._model[start:n]
+        for metric, (low, _) in self._ranges.items():
+            if not rule.metrics or metric in rule.metrics:
+                st.part(metric).cover(start + np.flatnonzero(applies & ~np.isnan(low[model])))
 
     def _share_rows(self) -> None:
         """Rules kept for the same devices share one array of them, and so one batch of

@@ -195,18 +195,47 @@ class RuleState:
     numbered so); what reads the state from outside by the fleet's indexes goes through
     `rows_of`, `values` and `at`.
 
+    A rule may keep some arrays in parts with rows of their own (`part`): validity's per
+    metric, for the devices whose model measures the metric. From outside (`arrays`, `at`,
+    `values`, `put_at`: what is stored and read back) a part's array is `<key>.<name>`;
+    a name with a dot is always a part's.
+
     `watermarks`: the arrays that only say which rows are new (`last_t` of most kinds): a
-    change of those alone changes nothing the rule decides (see `Update.moved`). An array
-    kept per metric, `<metric>.<name>` (validity's), is one if `name` is."""
+    change of those alone changes nothing the rule decides (see `Update.moved`). A part's
+    arrays are one if their `name` is."""
 
     def __init__(self, watermarks: Iterable[str] = (), every_device: bool = True) -> None:
         self._arrays: dict[str, npt.NDArray[np.generic]] = {}
         self._fills: dict[str, tuple[object, npt.DTypeLike, int]] = {}
+        self._parts: dict[str, RuleState] = {}
         self.watermarks = frozenset(watermarks)
         self.devices: I64 | None = None if every_device else np.empty(0, dtype=np.int64)
 
     def is_watermark(self, name: str) -> bool:
         return name.rpartition(".")[2] in self.watermarks
+
+    # -- parts: arrays with rows of their own ---------------------------------------------
+
+    def part(self, key: str) -> RuleState:
+        """The arrays kept under `key`, with rows only for the devices it is given (`cover`,
+        by fleet index, whatever rows the rule itself has); made empty if need be."""
+        p = self._parts.get(key)
+        if p is None:
+            p = self._parts[key] = RuleState(self.watermarks, every_device=False)
+        return p
+
+    @property
+    def parts(self) -> dict[str, RuleState]:
+        """The parts by key (read only)."""
+        return self._parts
+
+    def _owner(self, name: str, make: bool = False) -> tuple[RuleState | None, str]:
+        """The state that holds the array `name` as named from outside, and its name there
+        (None: a part not made, and `make` is false)."""
+        key, dot, rest = name.rpartition(".")
+        if not dot:
+            return self, name
+        return (self.part(key) if make else self._parts.get(key)), rest
 
     # -- rows and the fleet's device indexes ----------------------------------------------
 
@@ -226,6 +255,8 @@ class RuleState:
         if self.devices is None or len(devices) == 0:
             return
         old = self.devices
+        if len(devices) == len(old) and np.array_equal(devices, old):
+            return   # the rules' filters again, with nothing changed in them
         after = len(old) == 0 or int(np.min(devices)) > int(old[-1])
         new = np.unique(devices) if after else np.setdiff1d(devices, old)
         if len(new) == 0:
@@ -266,9 +297,13 @@ class RuleState:
         return self.array(name, n, False, np.bool_)  # type: ignore[return-value]
 
     def arrays(self) -> list[tuple[str, npt.NDArray[np.generic], object, int]]:
-        """(name, array, fill, width) of every array, in name order; by row."""
-        return [(name, self._arrays[name], self._fills[name][0], self._fills[name][2])
-                for name in sorted(self._arrays)]
+        """(name, array, fill, width) of every array, the parts' too, in name order; by
+        row (of its part, for a part's)."""
+        out = [(name, a, self._fills[name][0], self._fills[name][2])
+               for name, a in self._arrays.items()]
+        out += [(f"{key}.{name}", a, fill, width) for key, p in self._parts.items()
+                for name, a, fill, width in p.arrays()]
+        return sorted(out, key=lambda e: e[0])
 
     def differs(self, name: str, rows: I64, values: npt.NDArray[np.generic]) -> Bools:
         """Per row: `values` differ from what `name` holds there (NaN equals NaN; an array
@@ -300,6 +335,11 @@ class RuleState:
     def at(self, name: str, devices: I64) -> npt.NDArray[np.generic]:
         """The values of the existing array `name` for `devices` (fleet indexes), its fill
         where the state has no row for one."""
+        owner, name = self._owner(name)
+        if owner is None:
+            raise KeyError(name)
+        if owner is not self:
+            return owner.at(name, devices)
         a = self._arrays[name]
         fill, dtype, width = self._fills[name]
         rows = self.rows_of(devices)
@@ -310,15 +350,21 @@ class RuleState:
 
     def values(self, name: str, devices: I64, fill: object) -> npt.NDArray[np.generic]:
         """`at`, and `fill` everywhere if the array is not made yet; creates nothing."""
-        if name not in self._arrays:
+        owner, own = self._owner(name)
+        if owner is None or own not in owner._arrays:
             return np.full(len(devices), fill)
-        return self.at(name, devices)
+        return owner.at(own, devices)
 
     def put_at(self, name: str, devices: I64, values: npt.NDArray[np.generic], given: Bools,
                fill: object, dtype: npt.DTypeLike, width: int = 0) -> None:
         """Set `name` (made with `fill` if it is not yet, if need be with no rows) for
         `devices` (fleet indexes); a device the state has no row for gets one if `given`
         says its value is not the fill, and is left out otherwise."""
+        owner, name = self._owner(name, make=True)
+        if owner is not self:
+            assert owner is not None
+            owner.put_at(name, devices, values, given, fill, dtype, width)
+            return
         rows = self.rows_of(devices)
         if (more := (rows < 0) & given).any():
             self.cover(np.unique(devices[more]))

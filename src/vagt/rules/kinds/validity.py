@@ -6,19 +6,25 @@ device is N implausible values into a run.
 
 Runs are counted per (device, metric): a device's readings interleave its metrics, and a
 working pulse sensor must not hide a broken SpO2 sensor beside it. The state of a metric is
-kept in arrays named `<metric>.last_t` and `<metric>.bad_run`."""
+kept in a part of the rule's state (`RuleState.part`) with rows only for the devices whose
+model measures it (the engine gives them rows as it learns the fleet; a device this kind
+meets without one gets one here): `<metric>.last_t` and `<metric>.bad_run` from outside.
+Most metrics are one device type's (a scale's weight, an oximeter's SpO2): a row for every
+device of the fleet in each was 32 MB at 200,000 devices (docs/performance.md, "fourteenth
+session")."""
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Callable
 
-from vagt.rules._columns import F64, I64, Bools, Groups, Obj, Transitions, emit, latch, sort_rows
+import numpy as np
+
+from vagt.rules._columns import I64, Bools, Groups, Obj, Transitions, emit, latch, sort_rows
 from vagt.rules.config import Rule
 from vagt.rules.state import Batch, Context, RuleState, fresh
 
-RUN = ".bad_run"
-SEEN = ".last_t"
+RUN = "bad_run"
+SEEN = "last_t"
 
 
 def mark(rule: Rule, ctx: Context, b: Batch) -> tuple[Bools, Bools]:
@@ -47,32 +53,35 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch, checked:
     if rule.alert_after <= 0 or not checked.any():
         return
     n_bad = rule.alert_after
+    fleet = _fleet_of(st)
     # per metric: its new rows (device, time order) and the run each row leaves its metric in
     parts: list[tuple[I64, I64, I64]] = []  # batch rows, run after, change of "metrics at N"
-    staged: dict[str, tuple[I64, F64, I64]] = {}  # metric -> devices, last time, run
     for metric in sorted(b.rows_by_metric):  # a handful of metrics, not rows
         rows = b.rows_by_metric[metric]
         rows = rows[checked[rows]]
         if len(rows) == 0:
             continue
         rows = rows[sort_rows(b.r_device[rows], b.r_time[rows])]
-        seen = st.f64(metric + SEEN, ctx.n, -np.inf)
-        run = st.i64(metric + RUN, ctx.n)
-        rows = rows[fresh(b.r_device[rows], b.r_time[rows], seen)]
+        part = st.part(metric)
+        at = _rows_in(part, fleet(b.r_device[rows]))  # in the order of the rule's rows
+        seen = part.f64(SEEN, part.size(0), -np.inf)
+        run = part.i64(RUN, part.size(0))
+        keep = fresh(at, b.r_time[rows], seen)
+        rows, at = rows[keep], at[keep]
         if len(rows) == 0:
             continue
-        d, x = b.r_device[rows], bad[rows]
-        g = Groups.of(d)
-        idx = np.arange(len(d), dtype=np.int64)
+        x = bad[rows]
+        g = Groups.of(at)
+        idx = np.arange(len(at), dtype=np.int64)
         last_good = np.maximum.accumulate(np.where(~x, idx, -1))
         in_first_run = last_good < g.start_of_row
-        length = np.where(in_first_run, run[d] + idx - g.start_of_row + 1, idx - last_good)
+        length = np.where(in_first_run, run[at] + idx - g.start_of_row + 1, idx - last_good)
         length = np.where(x, length, 0)
-        before = g.previous(length, run[d])
+        before = g.previous(length, run[at])
         change = (length >= n_bad).astype(np.int64) - (before >= n_bad)
         parts.append((rows, length, change))
         e = g.ends
-        staged[metric] = (d[e], b.r_time[rows[e]], length[e])
+        ctx.stage(part, at[e], **{SEEN: b.r_time[rows[e]], RUN: length[e]})
     if not parts:
         return
     rows = np.concatenate([p[0] for p in parts])
@@ -84,31 +93,40 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch, checked:
     m: Obj = b.r_metric[rows]
     g = Groups.of(d)
     # per row: how many of the device's metrics are N implausible values into a run after it
-    at_n = _metrics_at_n(st, ctx.n, d, n_bad) + _within_device(g, change)
+    at_n = _metrics_at_n(st, fleet(d), n_bad) + _within_device(g, change)
     set_ = x & (length >= n_bad)
     initial = st.flag("active", ctx.n)[d]
     state = latch(g, set_, ~x & (at_n == 0), initial)
     emit(out, i, g, t, state, initial, set_, v, m)
     e = g.ends
     devs = d[e]
-    last_t = st.f64("last_t", ctx.n, -np.inf)   # of any metric: what `Update` keeps by
-    values: dict[str, npt.NDArray[np.generic]] = {
-        "last_t": np.maximum(last_t[devs], t[e]), "active": state[e]}
-    for metric, (md, mt, mrun) in staged.items():
-        at = np.searchsorted(devs, md)   # devs are sorted and hold every md
-        seen = st.f64(metric + SEEN, ctx.n, -np.inf)[devs].copy()
-        run = st.i64(metric + RUN, ctx.n)[devs].copy()
-        seen[at], run[at] = mt, mrun
-        values[metric + SEEN], values[metric + RUN] = seen, run
-    ctx.stage(st, devs, **values)
+    last_t = st.f64("last_t", ctx.n, -np.inf)   # of any metric
+    ctx.stage(st, devs, last_t=np.maximum(last_t[devs], t[e]), active=state[e])
 
 
-def _metrics_at_n(st: RuleState, n: int, d: I64, n_bad: int) -> I64:
-    """Per row, how many of its device's metrics were N into a run before the batch."""
-    count = np.zeros(len(d), dtype=np.int64)
-    for name, *_ in st.arrays():   # a handful of metrics
-        if name.endswith(RUN):
-            count += st.i64(name, n)[d] >= n_bad
+def _fleet_of(st: RuleState) -> Callable[[I64], I64]:
+    """The fleet's indexes of the rule's rows (what its parts' rows are kept by)."""
+    devices = st.devices
+    if devices is None:
+        return lambda rows: rows
+    return lambda rows: devices[rows]
+
+
+def _rows_in(part: RuleState, devices: I64) -> I64:
+    """The part's rows of `devices` (fleet indexes), given to those that have none yet."""
+    rows = part.rows_of(devices)
+    if (none := rows < 0).any():
+        part.cover(np.unique(devices[none]))
+        rows = part.rows_of(devices)
+    return rows
+
+
+def _metrics_at_n(st: RuleState, devices: I64, n_bad: int) -> I64:
+    """Per row (of `devices`, fleet indexes), how many of its device's metrics were N into a
+    run before the batch."""
+    count = np.zeros(len(devices), dtype=np.int64)
+    for part in st.parts.values():   # a handful of metrics
+        count += part.values(RUN, devices, 0).astype(np.int64) >= n_bad
     return count
 
 
