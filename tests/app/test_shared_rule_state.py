@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import psycopg
 import pytest
@@ -707,6 +708,34 @@ def test_a_dose_due_seen_by_one_process_is_called_missed_by_the_other_and_only_o
     a.close()
     b.close()
     assert [r[:3] for r in alerts(database_url)] == [("missed_dose", "DSP-0001", 1)]
+
+
+def test_devices_locked_more_than_a_part_at_a_time_are_all_locked_and_read_again(
+        database_url, rules_file, monkeypatch):
+    """A sweep after a backlog may lock most of the fleet. They are locked in one
+    statement, in device order; their versions are read VERSIONS_PART devices at a time
+    (200,000 rows at once were 50 MB for a moment), and what another process wrote is read
+    into memory for the devices of every part."""
+    second = ("DSP-0002", "Evondos", "E300", "medicine_dispenser", "Skive")
+    register(database_url, DEVICES + [DISPENSER, second])
+    monkeypatch.setattr(rule_state, "VERSIONS_PART", 1)
+    b, a = Process(database_url, rules_file), Process(database_url, rules_file)
+    a.batch([event(d, T0, "dose.due") for d in ("DSP-0001", "DSP-0002", "ALM-0001")])
+    ids = ["ALM-0001", "DSP-0001", "DSP-0002"]
+    devs = np.sort(b.pipeline.fleet.lookup(ids))
+    missed = dict((r.name, st) for r, st in b.pipeline.rules.rule_states())["missed_dose"]
+    assert np.isnan(missed.values("pending", devs, np.nan)).all()   # b has not seen them
+    b.pipeline.shared.lock(b.conn, devs)
+    pending = missed.values("pending", devs, np.nan)
+    assert np.isnan(pending[0]) and np.allclose(pending[1:], T0)     # the dispensers' doses
+    with psycopg.connect(database_url) as other:
+        for device_id in ids:
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute("SELECT 1 FROM devices WHERE device_id = %s "
+                              "FOR NO KEY UPDATE NOWAIT", (device_id,))
+            other.rollback()
+    a.close()
+    b.close()
 
 
 def test_a_tick_goes_by_what_a_batch_of_its_own_process_committed_meanwhile(

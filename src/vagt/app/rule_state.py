@@ -61,6 +61,11 @@ RESTORE_CHUNK = 10_000
 # then as one matrix), 2,500 at a time 5 MB, in the same time (benchmarks.rules' state at
 # 200,000 devices packed in 3.8 s either way; docs/performance.md, "thirteenth session").
 SAVE_CHUNK = 2_500
+# Devices whose rule-state versions are read a statement at a time when they are locked
+# (`lock`). The first sweep after a backlog touches most of the fleet (every device heard
+# behind its own clock starts the clock rule's wait): read at once, a Python tuple a row,
+# they were about 250 bytes a device, 50 MB for a moment at 200,000 devices.
+VERSIONS_PART = 10_000
 # A device whose batches moved nothing is written at its IDLE_MAX-th (see the module's text).
 IDLE_MAX = 8
 # Rows written by another process are read again if written this long before the last
@@ -88,8 +93,10 @@ ON CONFLICT DO NOTHING
 
 # The devices' rows are the lock: a bulk batch's device-state UPDATE holds them already;
 # other callers take them in device order. (A join with unnest() walked the whole index.)
+# One row back, not one a device (a sweep locks most of the fleet at times).
 _LOCK = """
-SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR NO KEY UPDATE
+SELECT count(*) FROM (SELECT 1 FROM devices WHERE device_id = ANY(%s)
+ORDER BY device_id FOR NO KEY UPDATE) AS locked
 """
 
 # A statement of its own, after the lock: in READ COMMITTED a statement reads the snapshot it
@@ -268,18 +275,22 @@ class SharedRuleState:
         if len(devs) == 0:
             return Locked(np.empty(0), np.empty(0), np.empty(0), np.empty(0))
         ids = [self.fleet.ids[d] for d in devs.tolist()]
-        with db.by_key_index(conn):
-            if not held:
-                conn.execute(_LOCK, (ids,))
-            locked = conn.execute(_VERSIONS, (ids,)).fetchall()
-        if len(locked) < len(ids):  # a device registered since start, or a row whose
-            have = {r[0] for r in locked}  # creation rolled back with its first batch
-            missing = [i for i in ids if i not in have]
-            conn.execute(_CREATE_MISSING, (missing,))
-            locked += [(i, 0, None, None, None) for i in missing]
-        idx = self.fleet.lookup([r[0] for r in locked])
-        self._read_stale(conn, locked, idx)
-        as_of, prev_as_of, began = (_by_device(devs, idx, locked, c) for c in (2, 3, 4))
+        as_of, prev_as_of, began = (np.full(len(devs), np.nan) for _ in range(3))
+        for start in range(0, len(ids), VERSIONS_PART):
+            part = ids[start:start + VERSIONS_PART]
+            with db.by_key_index(conn):
+                if start == 0 and not held:   # all of them, in one statement: in device
+                    conn.execute(_LOCK, (ids,))   # order (parts would each take their own)
+                locked = conn.execute(_VERSIONS, (part,)).fetchall()
+            if len(locked) < len(part):  # a device registered since start, or a row whose
+                have = {r[0] for r in locked}  # creation rolled back with its first batch
+                missing = [i for i in part if i not in have]
+                conn.execute(_CREATE_MISSING, (missing,))
+                locked += [(i, 0, None, None, None) for i in missing]
+            idx = self.fleet.lookup([r[0] for r in locked])
+            self._read_stale(conn, locked, idx)
+            for out, c in ((as_of, 2), (prev_as_of, 3), (began, 4)):
+                _by_device(devs, idx, locked, c, out)
         return Locked(np.full(len(devs), np.nan) if seen is None else seen, as_of, prev_as_of,
                       began)
 
@@ -512,10 +523,13 @@ class SharedRuleState:
                 self._layouts[int(key)] = Layout(str(spec))
 
 
-def _by_device(devs: I64, idx: I64, rows: Sequence[tuple[Any, ...]], column: int) -> F64:
+def _by_device(devs: I64, idx: I64, rows: Sequence[tuple[Any, ...]], column: int,
+               out: F64 | None = None) -> F64:
     """Per device of `devs` (sorted), the float in `column` of its row (`idx`: each row's
-    dense index, -1 unknown; NaN where NULL or no row)."""
-    out = np.full(len(devs), np.nan)
+    dense index, -1 unknown; NaN where NULL or no row). Into `out` if given, where only the
+    devices of `rows` are set."""
+    if out is None:
+        out = np.full(len(devs), np.nan)
     ok = idx >= 0
     out[np.searchsorted(devs, idx[ok])] = np.array([r[column] for r in rows],
                                                    dtype=np.float64)[ok]
