@@ -567,10 +567,11 @@ class RuleEngine:
         return n
 
     def _cover_metrics(self, rule: Rule, start: int, n: int) -> None:
-        """Rows in validity's part for each metric (`validity`) for the devices from `start`
-        whose model has a plausible range for it: those whose readings of it the rule judges,
-        given rows as the fleet is learnt, not one batch at a time as their readings come
-        (each time moving every row of the part along)."""
+        """Rows in the validity rule's part for each metric (`RuleState.part`) for the
+        devices from `start` whose model has a plausible range for it, those whose readings
+        of it the rule judges: given as the fleet is learnt, not one batch at a time as the
+        readings come, each time moving every row of the part along (the rules cost twice
+        as much a message so in `benchmarks/rules.py`)."""
         st = self._states[rule.name]
         applies, model = self._applies[rule.name][start:n], self._model[start:n]
         for metric, (low, _) in self._ranges.items():

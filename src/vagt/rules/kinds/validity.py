@@ -9,6 +9,8 @@ working pulse sensor must not hide a broken SpO2 sensor beside it. The state of 
 kept in a part of the rule's state (`RuleState.part`) with rows only for the devices whose
 model measures it (the engine gives them rows as it learns the fleet; a device this kind
 meets without one gets one here): `<metric>.last_t` and `<metric>.bad_run` from outside.
+A metric's update is kept or not by its own `last_t` (`Update.apply`: a later state the other
+lane applied first stays), as the rule's `last_t` and `active` are by the rule's.
 Most metrics are one device type's (a scale's weight, an oximeter's SpO2): a row for every
 device of the fleet in each was 32 MB at 200,000 devices (docs/performance.md, "fourteenth
 session")."""
@@ -64,8 +66,8 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch, checked:
         rows = rows[sort_rows(b.r_device[rows], b.r_time[rows])]
         part = st.part(metric)
         at = _rows_in(part, fleet(b.r_device[rows]))  # in the order of the rule's rows
-        seen = part.f64(SEEN, part.size(0), -np.inf)
-        run = part.i64(RUN, part.size(0))
+        seen = part.f64(SEEN, part.size(ctx.n), -np.inf)
+        run = part.i64(RUN, part.size(ctx.n))
         keep = fresh(at, b.r_time[rows], seen)
         rows, at = rows[keep], at[keep]
         if len(rows) == 0:
