@@ -8,9 +8,10 @@ so a batch that fails and is retried is evaluated against the same state again.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
@@ -225,9 +226,9 @@ class RuleState:
         return p
 
     @property
-    def parts(self) -> dict[str, RuleState]:
-        """The parts by key (read only)."""
-        return self._parts
+    def parts(self) -> Mapping[str, RuleState]:
+        """The parts by key (made by `part` only)."""
+        return MappingProxyType(self._parts)
 
     def _owner(self, name: str, make: bool = False) -> tuple[RuleState | None, str]:
         """The state that holds the array `name` as named from outside, and its name there
@@ -335,11 +336,11 @@ class RuleState:
     def at(self, name: str, devices: I64) -> npt.NDArray[np.generic]:
         """The values of the existing array `name` for `devices` (fleet indexes), its fill
         where the state has no row for one."""
-        owner, name = self._owner(name)
+        owner, own = self._owner(name)
         if owner is None:
-            raise KeyError(name)
+            raise KeyError(name)   # the whole name: which part is missing
         if owner is not self:
-            return owner.at(name, devices)
+            return owner.at(own, devices)
         a = self._arrays[name]
         fill, dtype, width = self._fills[name]
         rows = self.rows_of(devices)
