@@ -4,6 +4,8 @@ takes the same batch again and again, which would hold every alarm behind it."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 import time
 import uuid
@@ -149,6 +151,80 @@ def test_a_message_that_fails_once_and_then_goes_through_is_not_refused(
     assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
     assert query(database_url, "SELECT count(*) FROM alerts") == [(0,)]
     assert metrics.messages_refused.labels("bulk")._value.get() == 0
+
+
+class CountedBrokenOn(Pipeline):
+    """The real pipeline, with a bug that the messages of `broken` devices set off, every
+    time; `tried` holds the (topic, payload) of each part it was given, in order."""
+
+    broken: frozenset[str] = frozenset()
+    tried: list[list[tuple[str, bytes]]] = []
+
+    def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
+                state_apart: bool = False, skip: Collection[str] = ()) -> BatchOutcome:
+        self.tried.append([(m.topic, m.payload) for m in messages])
+        if self.broken.intersection(m.topic.split("/")[-2] for m in messages):
+            raise ZeroDivisionError("a bug this device's message sets off")
+        return super().process(conn, messages, state_apart, skip)
+
+
+def one_batch(lane: str, n: int) -> LaneSpec:
+    """The lane's spec, taking `n` messages as one batch (they are published at once)."""
+    spec = next(s for s in lane_specs(Config()) if s.name == lane)
+    return dataclasses.replace(spec, batch_max=n, batch_wait_s=10.0)
+
+
+def test_a_message_that_fails_holds_up_its_batch_a_few_transactions_not_one_a_message(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """After the batch fails, its halves go again, and the half that fails in halves again:
+    the message is found in about 2 log2(n) transactions, and the rest is stored."""
+    sent = [(topic(topic_root, "OXI-0001", "telemetry"), telemetry("OXI-0001", T0 + k, spo2=96))
+            for k in range(100)]
+    sent.insert(37, (topic(topic_root, "OXI-0002", "telemetry"),
+                     telemetry("OXI-0002", T0, spo2=96)))
+    monkeypatch.setattr(CountedBrokenOn, "broken", frozenset({"OXI-0002"}))
+    monkeypatch.setattr(CountedBrokenOn, "tried", [])
+    metrics = run_lane(database_url, broker, topic_root, "bulk", sent,
+                       "SELECT (SELECT count(*) FROM readings) + "
+                       "(SELECT count(*) FROM dead_letters)", CountedBrokenOn,
+                       one_batch("bulk", len(sent)))
+    tried = CountedBrokenOn.tried
+    assert tried[0] == sent, "the batch was taken whole"
+    # the batch, two halves at each of 7 levels down to the message alone, and it once more
+    assert len(tried) <= 1 + 2 * math.ceil(math.log2(len(sent))) + 1
+    stored = [m for part in tried[1:] if sent[37] not in part for m in part]
+    assert stored == sent[:37] + sent[38:], "each of the others stored once, in order"
+    assert scalar(database_url, "SELECT count(*) FROM readings "
+                                "WHERE device_id = 'OXI-0001'") == 100
+    assert query(database_url, "SELECT reason, device_id FROM dead_letters") == [
+        ("processing_failed", "OXI-0002")]
+    assert metrics.messages_refused.labels("bulk")._value.get() == 1
+
+
+def test_each_of_several_messages_that_fail_in_one_batch_is_refused_and_the_rest_stored(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    register(database_url, [("ALM-0002", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus"),
+                            ("ALM-0003", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus"),
+                            ("ALM-0004", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")])
+    order = ["ALM-0001", "ALM-0002", "ALM-0003", "ALM-0004"]
+    sent = [(topic(topic_root, d, "alarm"), alarm(d, T0 + k)) for k, d in enumerate(order)]
+    monkeypatch.setattr(CountedBrokenOn, "broken", frozenset({"ALM-0002", "ALM-0004"}))
+    monkeypatch.setattr(CountedBrokenOn, "tried", [])
+    metrics = run_lane(database_url, broker, topic_root, "alarm", sent,
+                       "SELECT count(*) FROM alerts", CountedBrokenOn,
+                       one_batch("alarm", len(sent)))
+    assert query(database_url, "SELECT rule, device_id, queue FROM alerts "
+                               "ORDER BY device_id") == [
+        ("personal_alarm", "ALM-0001", "emergency"),
+        ("message_processing_failed", "ALM-0002", "emergency"),
+        ("personal_alarm", "ALM-0003", "emergency"),
+        ("message_processing_failed", "ALM-0004", "emergency")]
+    assert query(database_url, "SELECT device_id FROM dead_letters ORDER BY device_id") == [
+        ("ALM-0002",), ("ALM-0004",)]
+    assert metrics.messages_refused.labels("alarm")._value.get() == 2
+    assert CountedBrokenOn.tried[0] == sent, "the batch was taken whole"
 
 
 class StateBrokenOn(Pipeline):

@@ -262,7 +262,7 @@ class Lane:
         commits. If we stop before that, it is not acknowledged and comes again next time.
 
         A batch that fails otherwise (a bug, or data the database refuses, set off by one
-        of its messages) goes again one message at a time, and the message that fails is
+        of its messages) goes again in halves (`_in_halves`), and the message that fails is
         kept as a dead letter, with an alert (`Pipeline.refuse`). Raised, the error would
         end the lane, the broker would send the same batch again, and it would fail again:
         the alarms behind it would wait for ever.
@@ -274,9 +274,9 @@ class Lane:
                 lambda conn: self.pipeline.process(conn, batch, self.spec.state_apart,
                                                    self.spec.skip), stop)
         except Exception:
-            log.exception("event=batch_failed lane=%s messages=%d note=one_message_at_a_time",
+            log.exception("event=batch_failed lane=%s messages=%d note=again_in_halves",
                           name, len(batch))
-            done = self._one_at_a_time(batch, stop)
+            done = self._in_halves(batch, stop)
         if done is None:
             log.warning("event=batch_abandoned lane=%s messages=%d "
                         "note=not_acknowledged_broker_will_resend", name, len(batch))
@@ -289,17 +289,34 @@ class Lane:
             return
         self._finish(batch, outcome, committed, started)
 
-    def _one_at_a_time(self, batch: list[RawMessage],
-                       stop: threading.Event) -> tuple[BatchOutcome] | None:
-        """Each message in a transaction of its own (its device state in it too); one that
-        fails twice alone is refused (once could be the moment, not the message). Returns
-        what they did together, None if we stop first."""
+    def _in_halves(self, batch: list[RawMessage],
+                   stop: threading.Event) -> tuple[BatchOutcome] | None:
+        """The batch again in two halves, each in a transaction of its own (its device state
+        in it too), and a half that fails in halves again, in arrival order, until the
+        message that fails is alone; alone, one that fails twice is refused (once could be
+        the moment, not the message). Returns what they did together, None if we stop
+        first.
+
+        One message that fails holds up its batch for about 2 log2(n) transactions, where
+        one message at a time took n: every alarm of a burst's batch waited a transaction
+        of its own, and a bulk batch of 10,000 its lane 10,000 of them."""
         total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
-        for m in batch:
+        parts = _halves(batch)     # the next part last
+        while parts:
+            part = parts.pop()
+            process = functools.partial(self.pipeline.process, messages=part,
+                                        skip=self.spec.skip)
             try:
-                done = self._twice(functools.partial(self.pipeline.process, messages=[m],
-                                                     skip=self.spec.skip), stop)
+                done = (self._twice(process, stop) if len(part) == 1
+                        else self._in_transaction(process, stop))
             except Exception as e:
+                if len(part) > 1:
+                    log.warning("event=part_failed lane=%s messages=%d error=%s "
+                                "note=again_in_halves", self.spec.name, len(part), log_value(
+                                    mask_cpr(f"{type(e).__name__}: {first_line(e)}")[0]))
+                    parts += _halves(part)
+                    continue
+                [m] = part
                 log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
                               log_value(mask_cpr(m.topic)[0]))
                 self.metrics.messages_refused.labels(self.spec.name).inc()
@@ -493,6 +510,12 @@ class _Settler:
 # RECONNECT_WINDOW_S, and `_try_again` starts new ones at once (1, 2, 4, 3 s apart): a try
 # every 4 s at most for as long as the database is away.
 RECONNECT_WINDOW_S = 10.0
+
+
+def _halves(part: list[RawMessage]) -> list[list[RawMessage]]:
+    """`part` in two, the second half first (`Lane._in_halves` takes the last)."""
+    middle = len(part) // 2
+    return [part[middle:], part[:middle]]
 
 
 def open_engine_pool(conninfo: str, config: Config,

@@ -113,7 +113,7 @@ class BatchOutcome:
 
     def add(self, other: BatchOutcome) -> None:
         """Count in what `other` did, committed already (its state applied: see
-        `Pipeline.after_commit`): a batch that went one message at a time."""
+        `Pipeline.after_commit`): a batch that went again in parts (`Lane._in_halves`)."""
         self.messages += other.messages
         self.skipped += other.skipped
         self.decoded += other.decoded
