@@ -433,13 +433,15 @@ class AlarmProbe:
 
     Beside it, a one-row INSERT and COMMIT every 20 ms in a table of its own (nothing of
     vagt's): how long the database's commit alone takes meanwhile, the floor under an
-    alarm's latency (a commit waits for the write-ahead log to reach the disk)."""
+    alarm's latency (a commit waits for the write-ahead log to reach the disk); without
+    `commit_probe`, not (another probe beside it has one)."""
 
     broker: Broker
     root: str
     url: str
     devices: list[str]          # personal alarms of the fleet, one alarm each at most
     interval: float = 0.1
+    commit_probe: bool = True
     sent: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
     commits: list[float] = field(default_factory=list)   # ms
@@ -448,10 +450,10 @@ class AlarmProbe:
     def run(self) -> threading.Thread:
         t = threading.Thread(target=self._publish, daemon=True)
         w = threading.Thread(target=self._watch, daemon=True)
-        c = threading.Thread(target=self._commit, daemon=True)
         t.start()
         w.start()
-        c.start()
+        if self.commit_probe:
+            threading.Thread(target=self._commit, daemon=True).start()
         return t
 
     def stop(self) -> None:

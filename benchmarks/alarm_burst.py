@@ -1,0 +1,136 @@
+"""Many personal alarms at once, as when a region's devices reconnect after an outage and
+send what they held: how fast the alarm lane takes them, and how long a fresh alarm waits
+behind them.
+
+    .venv/bin/python -m benchmarks.alarm_burst --burst 2000
+
+An engine (`vagt run`, 100,000 registered devices, idle otherwise) gets `--burst` alarms
+from as many personal alarms, published flat out; from the same moment, a fresh alarm every
+100 ms from other personal alarms. Each alarm is timed from its publish to its committed
+alert. Beside the engine, a bare paho subscriber to the same alarms (a session of its own)
+only notes when each one reaches it: the baseline, how fast the broker hands the burst out
+in the same run. Printed: how long the burst took to be committed and to reach the bare
+subscriber, the ratio of the two rates, the latencies, the fresh alarms' latencies during
+the burst, and the alarm lane's CPU per alarm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.drain import drop_database, fresh_database, own_broker, v5_client
+from benchmarks.suite import AlarmProbe, _cpu_seconds, engines, prepare_sessions, register_fleet
+
+from vagt.sim import make_fleet
+
+
+def _percentiles(ms: list[float]) -> str:
+    if not ms:
+        return "none committed"
+    return (f"p50 {ms[len(ms) // 2]:,.0f} ms, p99 {ms[min(len(ms) - 1, len(ms) * 99 // 100)]:,.0f}"
+            f" ms, max {ms[-1]:,.0f} ms ({len(ms):,} alarms)")
+
+
+class BareSubscriber:
+    """Notes when each device's alarm reaches it (QoS 1, paho's own loop)."""
+
+    def __init__(self, port: int, root: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._subscribed = threading.Event()
+        self._c = v5_client(f"bench-bare-{uuid.uuid4().hex[:6]}")
+        self._c.on_message = self._on_message
+        self._c.on_subscribe = lambda *a: self._subscribed.set()
+        self._c.on_connect = lambda c, *a: c.subscribe(f"{root}/dev/+/alarm", qos=1)
+        self._c.connect("127.0.0.1", port)
+        self._c.loop_start()
+        if not self._subscribed.wait(10):
+            raise SystemExit("the bare subscriber was not subscribed within 10 s")
+
+    def _on_message(self, c: Any, userdata: Any, msg: Any) -> None:
+        self.seen.setdefault(msg.topic.split("/")[-2], time.perf_counter())
+
+    def close(self) -> None:
+        self._c.disconnect()
+        self._c.loop_stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--burst", type=int, default=2000, help="alarms published at once")
+    ap.add_argument("--profile", type=Path,
+                    help="py-spy's raw samples of the alarm lane over the burst here")
+    args = ap.parse_args()
+    with own_broker() as (broker, work):
+        fleet = make_fleet(args.devices, 1)
+        alarms = [d.device_id for d in fleet if d.type == "personal_alarm"]
+        if len(alarms) < args.burst + 100:
+            raise SystemExit(f"the fleet has {len(alarms):,} personal alarms: too few for a "
+                             f"burst of {args.burst:,} and the fresh ones")
+        url = fresh_database()
+        try:
+            register_fleet(url, fleet)
+            root, cid = f"bench{uuid.uuid4().hex[:6]}/v1", f"burst-{uuid.uuid4().hex[:6]}"
+            prepare_sessions(broker, root, [cid], "")
+            with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
+                         share_group="", workdir=work) as procs:
+                lane = next(p for p in procs[0].children()
+                            if procs[0].child_name(p) == "alarm lane")
+                burst = AlarmProbe(broker, root, url, alarms[:args.burst], interval=0.0,
+                                   commit_probe=False)
+                fresh = AlarmProbe(broker, root, url, alarms[args.burst:], interval=0.1)
+                bare = BareSubscriber(broker.port, root)
+                spy = None if args.profile is None else subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(lane),
+                     "-r", "250", "-f", "raw", "-o", str(args.profile), "--nonblocking"])
+                if spy is not None:
+                    time.sleep(1)   # py-spy attached
+                cpu = _cpu_seconds(lane)
+                start = time.perf_counter()
+                fresh.run()
+                burst.run().join()   # every alarm of the burst published
+                burst.stop()         # waits (30 s at most) for each to be committed
+                took = max(burst.seen.values(), default=start) - start
+                fresh.stop()
+                cpu = _cpu_seconds(lane) - cpu
+                bare.close()
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)   # it writes what it has
+                    spy.wait(30)
+                log = procs[0].log.read_text(errors="replace").splitlines()
+        finally:
+            drop_database(url)   # 100,000 devices: not one to leave behind
+    lat = burst.latencies_ms()
+    if len(lat) < args.burst:
+        print(*log[-20:], sep="\n")
+        raise SystemExit(f"only {len(lat):,} of {args.burst:,} alarms committed within 30 s "
+                         "(the engine's log's last lines above)")
+    during = sorted((fresh.seen[d] - fresh.sent[d]) * 1000 for d in fresh.seen
+                    if d in fresh.sent and fresh.sent[d] <= start + took)
+    reached = [bare.seen[d] for d in burst.sent if d in bare.seen]
+    if len(reached) < args.burst:
+        raise SystemExit(f"only {len(reached):,} of {args.burst:,} alarms reached the bare "
+                         "subscriber")
+    baseline = max(reached) - start
+    bare_lat = sorted((bare.seen[d] - burst.sent[d]) * 1000 for d in burst.sent)
+    print(f"a burst of {args.burst:,} alarms, all published in "
+          f"{max(burst.sent.values()) - start:.2f} s")
+    print(f"  the bare subscriber had all {baseline:.2f} s after the first was published, "
+          f"{args.burst / baseline:,.0f} alarms/s; {_percentiles(bare_lat)}")
+    print(f"  the engine had all committed {took:.2f} s after, {args.burst / took:,.0f} "
+          f"alarms/s, ratio to bare {baseline / took:.2f}; {_percentiles(lat)}")
+    print(f"  fresh alarms published during it, committed: {_percentiles(during)}")
+    print(f"  the alarm lane's CPU: {cpu / (len(burst.sent) + len(fresh.sent)) * 1000:.2f} ms "
+          "an alarm")
+
+
+if __name__ == "__main__":
+    main()
