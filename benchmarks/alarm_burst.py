@@ -4,9 +4,11 @@ behind them.
 
     .venv/bin/python -m benchmarks.alarm_burst --burst 2000
 
-An engine (`vagt run`, 100,000 registered devices, idle otherwise) gets `--burst` alarms
-from as many personal alarms, published flat out; from the same moment, a fresh alarm every
-100 ms from other personal alarms. Each alarm is timed from its publish to its committed
+An engine (`vagt run`, 100,000 registered devices) gets `--burst` alarms from as many
+personal alarms, published flat out; from the same moment, a fresh alarm every 100 ms from
+other personal alarms. Idle otherwise, or with `--backlog N`: N messages of the fleet's
+bulk traffic queued for it before it starts (its readings held through the outage), which
+it drains meanwhile. Each alarm is timed from its publish to its committed
 alert. Beside the engine, a bare paho subscriber to the same alarms (a session of its own)
 only notes when each one reaches it: the baseline, how fast the broker hands the burst out
 in the same run. Printed: how long the burst took to be committed and to reach the bare
@@ -26,7 +28,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drain import drop_database, fresh_database, own_broker, v5_client
+from benchmarks.drain import (
+    drop_database,
+    fresh_database,
+    make_backlog,
+    own_broker,
+    publish_backlog,
+    v5_client,
+)
 from benchmarks.suite import AlarmProbe, _cpu_seconds, engines, prepare_sessions, register_fleet
 
 from vagt.sim import make_fleet
@@ -66,6 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=100_000)
     ap.add_argument("--burst", type=int, default=2000, help="alarms published at once")
+    ap.add_argument("--backlog", type=int, default=0,
+                    help="bulk messages queued for the engine before it starts")
     ap.add_argument("--profile", type=Path,
                     help="py-spy's raw samples of the alarm lane over the burst here")
     args = ap.parse_args()
@@ -80,6 +91,8 @@ def main() -> None:
             register_fleet(url, fleet)
             root, cid = f"bench{uuid.uuid4().hex[:6]}/v1", f"burst-{uuid.uuid4().hex[:6]}"
             prepare_sessions(broker, root, [cid], "")
+            if args.backlog:
+                publish_backlog(broker.port, make_backlog(root, args.backlog, args.devices))
             with engines(1, broker=broker, root=root, url=url, client_ids=[cid],
                          share_group="", workdir=work) as procs:
                 lane = next(p for p in procs[0].children()
