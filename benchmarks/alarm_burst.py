@@ -150,7 +150,8 @@ def main() -> None:
                     help="bulk messages queued for the engine before it starts")
     ap.add_argument("--rounds", type=int, default=1, help="each with its own engine")
     ap.add_argument("--profile", type=Path,
-                    help="py-spy's raw samples of the alarm lane over the burst here")
+                    help="py-spy's raw samples of the alarm lane over the burst here "
+                         "(the last round's)")
     args = ap.parse_args()
     fleet = make_fleet(args.devices, 1)
     alarms = [d.device_id for d in fleet if d.type == "personal_alarm"]
