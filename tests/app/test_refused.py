@@ -264,3 +264,49 @@ def test_an_alarm_whose_device_state_fails_is_delivered_and_the_lane_goes_on(
     assert scalar(database_url, "SELECT last_seen FROM devices "
                                 "WHERE device_id = 'ALM-0001'") is None
     assert metrics.messages_refused.labels("alarm")._value.get() == len(dead)
+
+
+class StateBrokenOnCounted(StateBrokenOn):
+    """`StateBrokenOn`, noting the devices of each state it was given to write."""
+
+    tried: list[list[str]] = []
+
+    def write_state(self, conn: psycopg.Connection, out: BatchOutcome) -> None:
+        if out.state_rows is not None:
+            self.tried.append(list(out.state_rows[0]))
+        super().write_state(conn, out)
+
+
+def test_a_device_whose_state_fails_has_its_own_messages_refused_and_the_others_state_written(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """The alarm lane's batch holds several devices' alarms; one device's state fails every
+    time. The state goes again in halves by device: that device's message is refused, and
+    the other devices' state is written, their messages not dead letters."""
+    register(database_url, [("ALM-0002", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus"),
+                            ("ALM-0003", "Tunstall", "Lifeline Vi+", "personal_alarm", "Aarhus")])
+    order = ["ALM-0002", "ALM-0001", "ALM-0003"]
+    sent = [(topic(topic_root, d, "alarm"), alarm(d, T0 + k)) for k, d in enumerate(order)]
+    monkeypatch.setattr(StateBrokenOnCounted, "tried", [])
+    metrics = run_lane(database_url, broker, topic_root, "alarm", sent,
+                       "SELECT count(*) FROM alerts WHERE rule = 'personal_alarm'",
+                       StateBrokenOnCounted, one_batch("alarm", len(sent)))
+    assert sorted(StateBrokenOnCounted.tried[0]) == sorted(order), "the batch was taken whole"
+    wait_for(lambda: metrics.acked.labels("alarm")._value.get() == len(sent),
+             what="the batch acknowledged")
+    assert query(database_url, "SELECT rule, device_id, queue FROM alerts "
+                               "ORDER BY rule, device_id") == [
+        ("message_processing_failed", "ALM-0001", "service_centre"),
+        ("personal_alarm", "ALM-0001", "emergency"),
+        ("personal_alarm", "ALM-0002", "emergency"),
+        ("personal_alarm", "ALM-0003", "emergency")]
+    # each alarm counted once, though the halves' firings were recorded again
+    assert query(database_url, "SELECT device_id, repeat_count FROM alerts "
+                               "WHERE rule = 'personal_alarm' ORDER BY device_id") == [
+        ("ALM-0001", 1), ("ALM-0002", 1), ("ALM-0003", 1)]
+    assert query(database_url, "SELECT reason, device_id FROM dead_letters") == [
+        ("processing_failed", "ALM-0001")]
+    assert query(database_url, "SELECT device_id, last_seen IS NOT NULL FROM devices "
+                               "WHERE device_id LIKE 'ALM-%%' ORDER BY device_id") == [
+        ("ALM-0001", False), ("ALM-0002", True), ("ALM-0003", True)]
+    assert metrics.messages_refused.labels("alarm")._value.get() == 1

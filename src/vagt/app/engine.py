@@ -36,7 +36,7 @@ from vagt.app.alarm_process import AlarmLaneProcess, AlarmPipeline, serve_contro
 from vagt.app.child import ChildProcess, child_pipe, child_signals, yield_cpu
 from vagt.app.config import LOG_FORMAT, Config, redact_url
 from vagt.app.metrics import EngineMetrics
-from vagt.app.pipeline import BatchOutcome, Pipeline
+from vagt.app.pipeline import BatchOutcome, Pipeline, state_at
 from vagt.app.receiver import ReceiverProcess, ReceiverSettings
 from vagt.app.watchdog import WATCHDOG, guarded_connection
 from vagt.devices.catalogue import Catalogue, load_catalogue
@@ -390,26 +390,69 @@ class Lane:
         """The state left apart, retried like a batch; False if we stop first (then the
         batch is not acknowledged and comes again).
 
-        A state that fails twice (a bug, or data the database refuses) is left unwritten:
-        its alarms and alerts are committed already, and a batch held back would hold
-        every alarm behind it. Its messages are kept as dead letters, and the service
-        centre hears of it (`Pipeline.refuse`)."""
+        A state that fails twice (a bug, or data the database refuses) goes again in halves
+        by device, and a half that fails in halves again, until the device whose state
+        fails is alone (`Pipeline.state_halves`). That device's state is left unwritten: its
+        alarms and alerts are committed already, and a batch held back would hold every
+        alarm behind it. Its messages are kept as dead letters, and the service centre
+        hears of it (`Pipeline.refuse`); the other devices' state is written."""
+        timeout = self.spec.state_timeout_s
         try:
             return self._twice(functools.partial(self.pipeline.write_state, out=outcome),
-                               stop, self.spec.state_timeout_s) is not None
+                               stop, timeout) is not None
         except Exception as e:
-            log.exception("event=state_refused lane=%s messages=%d", self.spec.name, len(batch))
-            self.metrics.messages_refused.labels(self.spec.name).inc(len(batch))
-            refuse = functools.partial(self.pipeline.refuse, error=e, delivered=True)
-            done = self._in_transaction(lambda conn: [refuse(conn, m) for m in batch], stop)
+            parts = self.pipeline.state_halves(outcome)
+            if not parts:   # one device, or none
+                if not self._refuse_state(batch, outcome, e, stop):
+                    return False
+                outcome.state = StateUpdate()   # not in the table: not in memory either
+                return True
+            log.exception("event=state_failed lane=%s messages=%d note=again_in_halves",
+                          self.spec.name, len(batch))
+        refused: list[int] = []    # devices whose state is not written
+        parts.reverse()            # the next part last
+        while parts:
+            part = parts.pop()
+            assert part.rows is not None
+            alone = len(part.rows.devices) == 1
+            write = functools.partial(self.pipeline.write_state, out=part)
+            try:
+                done = (self._twice(write, stop, timeout) if alone
+                        else self._in_transaction(write, stop, timeout))
+            except Exception as e:
+                if not alone:
+                    parts += reversed(self.pipeline.state_halves(part))
+                    continue
+                device = int(part.rows.devices[0])
+                theirs = [m for m, d in zip(batch, outcome.msg_device.tolist()) if d == device]
+                if not self._refuse_state(theirs, outcome, e, stop):
+                    return False
+                refused.append(device)
+                continue
             if done is None:
                 return False
-            outcome.state = StateUpdate()   # not in the table: not in memory either
-            for refused in done[0]:
-                outcome.dead += refused.dead
-                outcome.dead_again += refused.dead_again
-                outcome.opened += refused.opened
-            return True
+            outcome.add_written(part)
+        # what is not in the table is not in memory either
+        outcome.state = state_at(outcome.state, np.flatnonzero(
+            ~np.isin(outcome.state.device, refused)))
+        return True
+
+    def _refuse_state(self, messages: list[RawMessage], outcome: BatchOutcome,
+                      error: BaseException, stop: threading.Event) -> bool:
+        """The messages whose device state failed, as dead letters with the service centre's
+        alert (their alarms are delivered: `Pipeline.refuse`); False if we stop first. Called
+        where `error` is handled, so that the log has its traceback."""
+        log.exception("event=state_refused lane=%s messages=%d", self.spec.name, len(messages))
+        self.metrics.messages_refused.labels(self.spec.name).inc(len(messages))
+        refuse = functools.partial(self.pipeline.refuse, error=error, delivered=True)
+        done = self._in_transaction(lambda conn: [refuse(conn, m) for m in messages], stop)
+        if done is None:
+            return False
+        for each in done[0]:
+            outcome.dead += each.dead
+            outcome.dead_again += each.dead_again
+            outcome.opened += each.opened
+        return True
 
     def _observe(self, batch: list[RawMessage], outcome: BatchOutcome, committed: float,
                  seconds: float, acked: int) -> None:

@@ -110,6 +110,9 @@ class BatchOutcome:
     before_deployment: int = 0
     # devices whose rows in the batch were not all stored before (a redelivery's are)
     fresh: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # per message, its device's dense index (-1: none, a dead letter): with state_apart,
+    # whose messages a device state that fails alone is (`Pipeline.state_halves`)
+    msg_device: I64 = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def add(self, other: BatchOutcome) -> None:
         """Count in what `other` did, committed already (its state applied: see
@@ -130,6 +133,17 @@ class BatchOutcome:
         self.too_late += other.too_late
         self.before_deployment += other.before_deployment
         self.device_lag_s = max(self.device_lag_s, other.device_lag_s)
+
+    def add_written(self, part: BatchOutcome) -> None:
+        """Count in what `Pipeline.write_state` did for a part of this batch's state
+        (`Pipeline.state_halves`), as it counts into the whole."""
+        self.replayed += part.replayed
+        self.too_late += part.too_late
+        self.before_deployment = max(self.before_deployment, part.before_deployment)
+        self.opened += [a for a in part.opened if a not in self.opened]
+        self.cleared += part.cleared
+        self.taken_back += part.taken_back
+        self.noted += part.noted
 
 
 # A device evaluated again in order (see Pipeline._evaluate_locked) reads its stored rows
@@ -203,7 +217,7 @@ class Pipeline:
         received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
                                count=len(messages))
         msg_time = _message_times(dec, received)
-        device_of_msg = self._attribute(conn, messages, dec, msg_time, out)
+        device_of_msg = out.msg_device = self._attribute(conn, messages, dec, msg_time, out)
         usable = device_of_msg >= 0
         # an alarm used in part is kept as a dead letter too (one of an unknown device is
         # one already, as unknown_device)
@@ -423,6 +437,32 @@ class Pipeline:
             out.cleared += again.cleared
             out.taken_back += again.taken_back
             out.noted += again.noted
+
+    def state_halves(self, out: BatchOutcome) -> list[BatchOutcome]:
+        """The state `out` leaves apart (process(state_apart=True)), in two by device, in
+        device order; each written alone by `write_state`, when the whole fails (see
+        `Lane._write_state`). A part's firings are recorded again under the lock, which
+        changes nothing where they are the same (alerts go by device time)."""
+        if out.rows is None or out.state_rows is None or out.batch is None:
+            return []
+        devices = out.rows.devices
+        middle = len(devices) // 2
+        return [self._state_part(out, np.arange(middle)),
+                self._state_part(out, np.arange(middle, len(devices)))]
+
+    def _state_part(self, out: BatchOutcome, k: I64) -> BatchOutcome:
+        """`out`'s state apart for the devices at `k` of `out.rows.devices`."""
+        assert out.rows is not None and out.state_rows is not None and out.batch is not None
+        rows = out.rows
+        devices = rows.devices[k]
+        at = k.tolist()
+        return BatchOutcome(
+            state_apart=True, msg_device=out.msg_device,
+            state_rows=tuple([column[i] for i in at] for column in out.state_rows),
+            state=state_at(out.state, k),
+            rows=DeviceRows(devices, rows.first[k], rows.latest[k], rows.seen[k].copy()),
+            batch=out.batch.without(np.setdiff1d(rows.devices, devices)),
+            fresh=np.intersect1d(out.fresh, devices))
 
     def refuse(self, conn: psycopg.Connection, message: RawMessage,
                error: BaseException, delivered: bool = False) -> BatchOutcome:
@@ -1013,6 +1053,17 @@ def _counters(uniq: I64, devs: I64, seqs: I64) -> Counters:
     for g in np.flatnonzero(s[ends] - s[starts] >= WINDOW).tolist():   # rare: big flushes
         every[int(at[g])] = s[starts[g]:ends[g] + 1].tolist()
     return Counters(hi, lo, n, bits, every)
+
+
+def state_at(state: StateUpdate, k: I64) -> StateUpdate:
+    """The rows at `k` of a batch's device state."""
+    if len(state.device) == 0:
+        return state
+    return StateUpdate(device=state.device[k], seen=state.seen[k], battery=state.battery[k],
+                       battery_at=state.battery_at[k], signal=state.signal[k],
+                       signal_at=state.signal_at[k],
+                       firmware=[state.firmware[i] for i in k.tolist()],
+                       firmware_at=state.firmware_at[k], heard=state.heard[k])
 
 
 def _nulls(values: F64) -> list[float | None]:
