@@ -442,8 +442,10 @@ class Pipeline:
         """The state `out` leaves apart (process(state_apart=True)), in two by device, in
         device order; each written alone by `write_state`, when the whole fails (see
         `Lane._write_state`). A part's firings are recorded again under the lock, which
-        changes nothing where they are the same (alerts go by device time)."""
-        if out.rows is None or out.state_rows is None or out.batch is None:
+        changes nothing where they are the same (alerts go by device time). [] for the state
+        of one device or none: it has no halves."""
+        if out.rows is None or out.state_rows is None or out.batch is None \
+                or len(out.rows.devices) < 2:
             return []
         devices = out.rows.devices
         middle = len(devices) // 2
