@@ -135,8 +135,10 @@ class BatchOutcome:
         self.device_lag_s = max(self.device_lag_s, other.device_lag_s)
 
     def add_written(self, part: BatchOutcome) -> None:
-        """Count in what `Pipeline.write_state` did for a part of this batch's state
-        (`Pipeline.state_halves`), as it counts into the whole."""
+        """Count in what the state apart's evaluation under the lock did (`write_state`'s),
+        or `write_state` for a part of this batch's state (`Pipeline.state_halves`). The
+        devices skipped before their deployment are the first evaluation's again, not more;
+        an alert opened by both is counted once."""
         self.replayed += part.replayed
         self.too_late += part.too_late
         self.before_deployment = max(self.before_deployment, part.before_deployment)
@@ -429,14 +431,7 @@ class Pipeline:
             if out.transitions is None or not ev.transitions.same_as(out.transitions) \
                     or recount is not None or skipped is not None:
                 self.record(conn, ev, again, recount=recount, count=False, skipped=skipped)
-            out.replayed += again.replayed
-            out.too_late += again.too_late
-            # (the alarm lane's first evaluation counted the same devices)
-            out.before_deployment = max(out.before_deployment, again.before_deployment)
-            out.opened += [a for a in again.opened if a not in out.opened]
-            out.cleared += again.cleared
-            out.taken_back += again.taken_back
-            out.noted += again.noted
+            out.add_written(again)
 
     def state_halves(self, out: BatchOutcome) -> list[BatchOutcome]:
         """The state `out` leaves apart (process(state_apart=True)), in two by device, in
