@@ -52,6 +52,7 @@ from vagt.threads import start_kept_running
 log = logging.getLogger("vagt.engine")
 
 T = TypeVar("T")
+P = TypeVar("P")    # a part of what failed as a whole (`Lane._halving`)
 
 
 @dataclass(frozen=True)
@@ -291,42 +292,66 @@ class Lane:
 
     def _in_halves(self, batch: list[RawMessage],
                    stop: threading.Event) -> tuple[BatchOutcome] | None:
-        """The batch again in two halves, each in a transaction of its own (its device state
-        in it too), and a half that fails in halves again, in arrival order, until the
-        message that fails is alone; alone, one that fails twice is refused (once could be
-        the moment, not the message). Returns what they did together, None if we stop
+        """The batch again in halves (`_halving`), each part with its device state; the
+        message that fails alone is refused. Returns what they did together, None if we stop
         first.
 
         One message that fails holds up its batch for about 2 log2(n) transactions, where
         one message at a time took n: every alarm of a burst's batch waited a transaction
         of its own, and a bulk batch of 10,000 its lane 10,000 of them."""
         total = BatchOutcome(state_apart=self.spec.state_apart)  # through the settler, in order
-        parts = _halves(batch)     # the next part last
-        while parts:
-            part = parts.pop()
-            process = functools.partial(self.pipeline.process, messages=part,
-                                        skip=self.spec.skip)
+
+        def done(_part: list[RawMessage], out: BatchOutcome) -> None:
+            self.pipeline.after_commit(out)
+            total.add(out)
+
+        def refuse(part: list[RawMessage], e: Exception) -> bool:
+            [m] = part
+            log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
+                          log_value(mask_cpr(m.topic)[0]))
+            self.metrics.messages_refused.labels(self.spec.name).inc()
+            refused = self._in_transaction(
+                functools.partial(self.pipeline.refuse, message=m, error=e), stop)
+            if refused is not None:
+                done(part, refused[0])
+            return refused is not None
+
+        process = functools.partial(self.pipeline.process, skip=self.spec.skip)
+        ok = self._halving(_halves(batch), _halves, len,
+                           lambda part: functools.partial(process, messages=part),
+                           None, refuse, done, stop, "messages")
+        return (total,) if ok else None
+
+    def _halving(self, parts: list[P], halves: Callable[[P], list[P]],
+                 size: Callable[[P], int], work: Callable[[P], Callable[[psycopg.Connection], T]],
+                 timeout_s: float | None, refuse: Callable[[P, Exception], bool],
+                 done: Callable[[P, T], None], stop: threading.Event, unit: str) -> bool:
+        """What failed as a whole, again in `parts` (in order), each in a transaction of its
+        own, and a part that fails in `halves` again, until the part that fails is alone
+        (`size` 1); alone it is tried twice (once could be the moment, not the data), and
+        then `refuse`d (called where its error is handled: the log has the traceback). The
+        failing one is found in about 2 log2(n) transactions. False if we stop first."""
+        todo = parts[::-1]      # the next part last
+        while todo:
+            part = todo.pop()
+            alone = size(part) == 1
             try:
-                done = (self._twice(process, stop) if len(part) == 1
-                        else self._in_transaction(process, stop))
+                got = (self._twice(work(part), stop, timeout_s) if alone
+                       else self._in_transaction(work(part), stop, timeout_s))
             except Exception as e:
-                if len(part) > 1:
-                    log.warning("event=part_failed lane=%s messages=%d error=%s "
-                                "note=again_in_halves", self.spec.name, len(part), log_value(
-                                    mask_cpr(f"{type(e).__name__}: {first_line(e)}")[0]))
-                    parts += _halves(part)
+                if alone:
+                    if not refuse(part, e):
+                        return False
                     continue
-                [m] = part
-                log.exception("event=message_refused lane=%s topic=%s", self.spec.name,
-                              log_value(mask_cpr(m.topic)[0]))
-                self.metrics.messages_refused.labels(self.spec.name).inc()
-                done = self._in_transaction(
-                    functools.partial(self.pipeline.refuse, message=m, error=e), stop)
-            if done is None:
-                return None
-            self.pipeline.after_commit(done[0])
-            total.add(done[0])
-        return (total,)
+                log.warning("event=part_failed lane=%s %s=%d error=%s note=again_in_halves",
+                            self.spec.name, unit, size(part), log_value(
+                                mask_cpr(f"{type(e).__name__}: {first_line(e)}")[0]))
+                todo += halves(part)[::-1]
+                continue
+            if got is None:
+                return False
+            done(part, got[0])
+        return True
 
     def _twice(self, work: Callable[[psycopg.Connection], T],
                stop: threading.Event, timeout_s: float | None = None) -> tuple[T] | None:
@@ -410,31 +435,23 @@ class Lane:
             log.exception("event=state_failed lane=%s messages=%d note=again_in_halves",
                           self.spec.name, len(batch))
         refused: list[int] = []    # devices whose state is not written
-        parts.reverse()            # the next part last
-        while parts:
-            part = parts.pop()
+
+        def refuse(part: BatchOutcome, e: Exception) -> bool:
             assert part.rows is not None
-            alone = len(part.rows.devices) == 1
-            write = functools.partial(self.pipeline.write_state, out=part)
-            try:
-                done = (self._twice(write, stop, timeout) if alone
-                        else self._in_transaction(write, stop, timeout))
-            except Exception as e:
-                if not alone:
-                    parts += reversed(self.pipeline.state_halves(part))
-                    continue
-                device = int(part.rows.devices[0])
-                theirs = [m for m, d in zip(batch, outcome.msg_device.tolist()) if d == device]
-                if not self._refuse_state(theirs, outcome, e, stop):
-                    return False
-                refused.append(device)
-                continue
-            if done is None:
-                return False
-            outcome.add_written(part)
-        # what is not in the table is not in memory either
-        outcome.state = state_at(outcome.state, np.flatnonzero(
-            ~np.isin(outcome.state.device, refused)))
+            device = int(part.rows.devices[0])
+            theirs = [m for m, d in zip(batch, outcome.msg_device.tolist()) if d == device]
+            refused.append(device)
+            return self._refuse_state(theirs, outcome, e, stop)
+
+        if not self._halving(parts, self.pipeline.state_halves,
+                             lambda part: 0 if part.rows is None else len(part.rows.devices),
+                             lambda part: functools.partial(self.pipeline.write_state, out=part),
+                             timeout, refuse, lambda part, _: outcome.add_written(part), stop,
+                             "devices"):
+            return False
+        if refused:   # what is not in the table is not in memory either
+            outcome.state = state_at(outcome.state, np.flatnonzero(
+                ~np.isin(outcome.state.device, refused)))
         return True
 
     def _refuse_state(self, messages: list[RawMessage], outcome: BatchOutcome,
@@ -556,9 +573,9 @@ RECONNECT_WINDOW_S = 10.0
 
 
 def _halves(part: list[RawMessage]) -> list[list[RawMessage]]:
-    """`part` in two, the second half first (`Lane._in_halves` takes the last)."""
+    """`part` in two, in order (`Lane._halving`)."""
     middle = len(part) // 2
-    return [part[middle:], part[:middle]]
+    return [part[:middle], part[middle:]]
 
 
 def open_engine_pool(conninfo: str, config: Config,
