@@ -27,7 +27,7 @@ from vagt.alerts.delivery import (
     senders_for,
     verify,
 )
-from vagt.alerts.outbox import register_targets
+from vagt.alerts.outbox import move_deliveries, register_targets
 from vagt.alerts.policy import (
     DeliveryPolicy,
     MqttTarget,
@@ -298,7 +298,7 @@ def test_a_receiver_down_for_days_is_tried_every_backoff_max(database_url):
 
 
 def two_alarms_through(database_url: str, receiver: Receiver, rounds: int,
-                       max_attempts: int) -> list[int]:
+                       max_attempts: int, metrics: EngineMetrics | None = None) -> list[int]:
     """Two alarms, and `rounds` rounds of delivery a minute apart to `receiver` (stopped
     after); their alert ids."""
     try:
@@ -306,7 +306,8 @@ def two_alarms_through(database_url: str, receiver: Receiver, rounds: int,
         ids = alarms(database_url, policy, 2)
         clock = Clock()
         with open_pool(database_url, 1, 2) as pool:
-            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock)
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock,
+                                    metrics)
             for _ in range(rounds):
                 worker.deliver_due()
                 clock.t += 60
@@ -410,10 +411,16 @@ def test_a_failed_delivery_to_a_url_in_capitals_is_recorded_without_its_token(
 def test_a_delivery_the_receiver_refuses_is_a_dead_letter_after_max_attempts_and_the_next_goes(
         database_url):
     receiver = Receiver(failures=3, status=400).start()
-    two_alarms_through(database_url, receiver, rounds=4, max_attempts=3)
+    metrics = EngineMetrics(CollectorRegistry())
+    two_alarms_through(database_url, receiver, rounds=3, max_attempts=3, metrics=metrics)
     (first, second) = deliveries(database_url)
     assert first[1:] == (3, False, True, f"HTTP 400 from {receiver.url}")
-    assert second[1:4] == (1, True, False)
+    assert second[1:4] == (1, True, False)           # in the pass that gave the first up
+    # each try counted once: the third is dead, not "failed: retried later" as well
+    assert {o: metrics.registry.get_sample_value(
+        "vagt_alert_deliveries_total", {"target": "callcentre", "outcome": o})
+        for o in ("failed", "dead", "delivered")} == {"failed": 2.0, "dead": 1.0,
+                                                      "delivered": 1.0}
 
 
 def delivered_over_mqtt(database_url: str, broker: Broker, policy: DeliveryPolicy,
@@ -449,9 +456,11 @@ def test_alerts_are_published_over_mqtt_at_qos_1_on_the_configured_topic(databas
     sender = MqttSender(policy.mqtt[0], host="127.0.0.1", port=broker.port, username=None,
                         password=None, tls=False, client_id=f"test-out-{free_port()}")
     alert_id, [m] = delivered_over_mqtt(database_url, broker, policy, sender)
-    assert (m.topic, m.qos, orjson.loads(m.payload)["alert"]["id"]) == (
-        "callcentre/Randers/emergency", 1, alert_id)
-    assert deliveries(database_url)[0][2] is True
+    doc = orjson.loads(m.payload)
+    [(outbox_id, _, delivered, _, _)] = deliveries(database_url)
+    assert (m.topic, m.qos, doc["alert"]["id"], doc["event_id"]) == (
+        "callcentre/Randers/emergency", 1, alert_id, outbox_id)   # a duplicate is told by it
+    assert delivered is True
 
 
 def test_an_mqtt_target_logs_in_with_a_password_from_the_environment_never_the_policy(
@@ -677,8 +686,8 @@ def test_a_sender_raising_what_it_did_not_foresee_is_a_failed_try_not_a_stall(da
     bug = Recording(error=ValueError("http://user:token@example.invalid/ is not allowed"))
     with open_pool(database_url, 1, 2) as pool:
         worker = DeliveryWorker(pool, policy, [bug], clock)
-        for _ in range(3):
-            worker.deliver_due()
+        for _ in range(2):
+            worker.deliver_due()                     # the second: a dead letter, the next tried
             clock.t += 60
         bug.error = None
         worker.deliver_due()
@@ -812,6 +821,9 @@ def test_what_waits_for_a_renamed_target_is_moved_to_the_new_one_and_delivered(d
                                                             ("opened", "resolved")),))
             register_targets(conn, policy)              # renamed, and fewer events
             resolve(conn, first, "anna", "a false alarm", code="false_alarm")   # cc2's own
+        with open_pool(database_url, 1, 2) as pool:     # and cc2 has told the receiver
+            DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                           Clock()).deliver_due()
         assert run(database_url, "alerts", "move-deliveries", "--from", "cc", "--to", "cc2",
                    "--author", "sofie", "--reason", "renamed in the policy") == 0
         assert capsys.readouterr().out.splitlines() == [
@@ -840,6 +852,173 @@ def test_what_waits_for_a_renamed_target_is_moved_to_the_new_one_and_delivered(d
                                       "WHERE action = 'delivery.move'")
     assert details == {"to": "cc2", "reason": "renamed in the policy", "moved": 1,
                        "not_taken": 1, "superseded": 1, "via": f"cli:{getpass.getuser()}"}
+
+
+def test_an_event_moved_to_a_target_where_a_later_one_of_its_alert_waits_goes_before_it(
+        database_url, capsys):
+    """The receiver is down throughout: the alarm's opening waits for the old name, its
+    resolution for the new one. Moved, the opening goes first (outbox order), and the
+    receiver hears the alert's whole story, not a resolution of an alert it never heard of."""
+    from tests.alerts.test_accounts_cli import run
+
+    from vagt.alerts.actions import resolve
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hooks/vagt"
+    add_operator(database_url, "sofie", "supervisor")
+    (alert,) = alarms(database_url, DeliveryPolicy(webhooks=(WebhookTarget("cc", url,
+                                                                           SECRET),)), 1)
+    policy = DeliveryPolicy(webhooks=(WebhookTarget("cc2", url, SECRET),))
+    with psycopg.connect(database_url) as conn:
+        register_targets(conn, policy)
+        resolve(conn, alert, "anna", "a false alarm", code="false_alarm")   # waits for cc2
+    assert run(database_url, "alerts", "move-deliveries", "--from", "cc", "--to", "cc2",
+               "--author", "sofie", "--reason", "renamed in the policy") == 0
+    assert capsys.readouterr().out == "1 event waiting for cc: moved to cc2\n"
+    receiver = Receiver(port=port).start()               # the receiver is back
+    try:
+        with open_pool(database_url, 1, 2) as pool:
+            DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])],
+                           Clock()).deliver_due()
+    finally:
+        receiver.stop()
+    assert [(d["event"], d["alert"]["id"]) for d in receiver.accepted()] == [
+        ("opened", alert), ("resolved", alert)]
+
+
+def test_an_event_keeps_its_id_in_the_signed_body_when_it_is_tried_again_under_another_name(
+        database_url):
+    """The receiver took the first try but answered too late (a failed try to vagt), and
+    the target was renamed before the next: the same bytes come again, and the body's
+    `event_id`, signed, tells the receiver it is the one it has."""
+    receiver = Receiver(failures=1).start()              # the first try's answer: 503
+    try:
+        old = DeliveryPolicy(webhooks=(WebhookTarget("cc", receiver.url, SECRET),))
+        alarms(database_url, old, 1)
+        with open_pool(database_url, 1, 2) as pool:
+            DeliveryWorker(pool, old, [WebhookSender(old.webhooks[0])], Clock()).deliver_due()
+        new = DeliveryPolicy(webhooks=(WebhookTarget("cc2", receiver.url, SECRET),))
+        with psycopg.connect(database_url) as conn:
+            register_targets(conn, new)
+            move_deliveries(conn, "cc", "cc2", actor="sofie", reason="renamed")
+        with open_pool(database_url, 1, 2) as pool:
+            DeliveryWorker(pool, new, [WebhookSender(new.webhooks[0])], Clock()).deliver_due()
+    finally:
+        receiver.stop()
+    (h1, b1), (h2, b2) = receiver.requests
+    [(outbox_id,)] = rows(database_url, "SELECT id FROM alert_outbox")
+    assert b1 == b2 and orjson.loads(b1)["event_id"] == outbox_id
+    assert all(verify(SECRET, h["X-Vagt-Timestamp"], b, h["X-Vagt-Signature"])
+               for h, b in receiver.requests)
+    assert (h1["X-Vagt-Delivery"], h2["X-Vagt-Delivery"]) == (f"{outbox_id}-cc",
+                                                              f"{outbox_id}-cc2")
+
+
+def test_a_dead_letter_whose_alert_has_a_later_event_delivered_is_redelivered_only_if_asked(
+        database_url, capsys):
+    """The receiver refused the opening and took the resolution: the opening sent now would
+    be its last word on the alert, a ticket open again for a resolved alarm."""
+    from tests.alerts.test_accounts_cli import run
+
+    from vagt.alerts.actions import resolve
+
+    add_operator(database_url, "sofie", "supervisor")
+    receiver = Receiver(failures=1, status=422).start()
+    policy = webhook_policy(receiver.url, max_attempts=1)
+    (alert,) = alarms(database_url, policy, 1)
+    redeliver = ["alerts", "redeliver", "1", "--target", "callcentre", "--author", "sofie"]
+    try:
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
+            worker.deliver_due()                         # the opening: a dead letter
+            with psycopg.connect(database_url) as conn:
+                resolve(conn, alert, "anna", "a false alarm", code="false_alarm")
+            worker.deliver_due()                         # the resolution: delivered
+            assert run(database_url, *redeliver) == 2
+            assert capsys.readouterr().err.startswith(
+                "vagt: 'callcentre' has delivered a later event of the alert of outbox entry 1 "
+                "(entry 2, resolved): sent now")
+            assert deliveries(database_url)[0][3] is True       # still dead
+            assert worker.deliver_due() == 0
+            assert run(database_url, *redeliver, "--out-of-order") == 0
+            assert worker.deliver_due() == 1
+    finally:
+        receiver.stop()
+    assert [d["event"] for d in receiver.accepted()] == ["resolved", "opened"]
+    assert rows(database_url, "SELECT action, details->'out_of_order' FROM audit_log "
+                              "WHERE starts_with(action, 'delivery.')") == [
+        ("delivery.retry", True)]
+
+
+def test_a_target_whose_pass_fails_holds_neither_the_others_nor_its_receiver(database_url,
+                                                                              caplog):
+    """A target whose pass fails (here: a name the database refuses) is worked again after
+    a backoff of its own, and the other targets are served in the same pass."""
+    from vagt.alerts.delivery import PASS_RETRY_MAX_S
+
+    receiver = Receiver().start()
+    policy = DeliveryPolicy(webhooks=(WebhookTarget("callcentre", receiver.url, SECRET),),
+                            poll_interval_s=0.5)
+    alarms(database_url, policy, 1)
+    clock = Clock()
+    broken = Recording(name="broken\x00")
+    try:
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [broken, WebhookSender(policy.webhooks[0])],
+                                    Clock(), monotonic=clock)
+            assert worker.deliver_due() == 1
+            assert worker.deliver_due() == 0             # the broken one waits its backoff
+            clock.t += 0.5
+            worker.deliver_due()                         # fails again: now 1 s
+            clock.t += 0.9
+            worker.deliver_due()
+            for _ in range(3):                           # long failing: every 5 s at most
+                clock.t += PASS_RETRY_MAX_S
+                worker.deliver_due()
+    finally:
+        receiver.stop()
+    assert len(receiver.accepted()) == 1
+    failed = [r.getMessage() for r in caplog.records if "delivery_pass_failed" in r.getMessage()]
+    assert [m.split(" failed=")[1] for m in failed] == [
+        "1 retry_in=0.5s", "2 retry_in=1.0s", "3 retry_in=2.0s", "4 retry_in=4.0s",
+        "5 retry_in=5.0s"]
+
+
+def test_a_redirect_to_a_location_with_a_nul_is_recorded_and_backs_off(database_url):
+    """What the receiver answers is kept as the last error; a NUL in it (which a text
+    column refuses) would leave the try unrecorded, the event sent again at every pass."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                requests.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /new\x00hook\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks/vagt"
+    policy = webhook_policy(url)
+    alarms(database_url, policy, 1)
+    try:
+        with open_pool(database_url, 1, 2) as pool:
+            worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock())
+            assert [worker.deliver_due() for _ in range(3)] == [1, 0, 0]
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    [(_, attempts, delivered, dead, error)] = deliveries(database_url)
+    assert (len(requests), attempts, delivered, dead) == (1, 1, False, False)
+    assert "redirected to http://127.0.0.1:" in str(error) and "/new\\x00hook" in str(error)
 
 
 def test_what_waits_for_a_removed_target_can_be_given_up_and_a_configured_one_is_refused(

@@ -151,6 +151,10 @@ def test_a_bad_matcher_is_refused_saying_why(text, message):
      r"\[escalation.time_to_acknowledge\] '1': 'soon' is not a duration"),
     ("[escalation.time_to_claim]\n1 = 'never'", "'never' is not a duration"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'ftp://x'", "'url' must start with http"),
+    # every event a dead letter at its send (the name cannot be looked up), not waiting
+    ("[[delivery.webhook]]\nname = 'cc'\nurl = 'https://callcentre..example.dk/hook'",
+     "'url' has no host name vagt can send to .* 'https://callcentre..example.dk/hook'"),
+    ("[[delivery.webhook]]\nname = 'cc'\nurl = 'https:///hook'", "'url' has no host name"),
     ("[[delivery.webhook]]\nname = 'cc'\nurl = 'http://x'\nsecret_env = 'NOPE'",
      "the variable NOPE named by 'secret_env' is not set"),
     ("colour = 'red'", "unknown setting 'colour'"),

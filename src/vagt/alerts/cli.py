@@ -123,6 +123,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                          help="your account's name, for the audit trail")
         if name == "give-up":
             one.add_argument("--reason", required=True, help="why, for the audit trail")
+        else:
+            one.add_argument("--out-of-order", action="store_true",
+                             help="send it though the target has delivered a later event of "
+                                  "its alert (the receiver hears of the older state last)")
         one.set_defaults(handler=handler)
     move = actions.add_parser(
         "move-deliveries", help="send what waits for a target no longer configured (renamed "
@@ -364,8 +368,8 @@ def handle_redeliver(args: argparse.Namespace, conninfo: str) -> int:
         who = _acting(conn, args.author)
         try:
             outbox.redeliver(conn, args.outbox_id, args.target, actor=who.username, via=who.via,
-                             municipality=who.municipality)
-        except LookupError as e:
+                             municipality=who.municipality, out_of_order=args.out_of_order)
+        except (LookupError, outbox.OutOfOrder) as e:
             return fail(str(e))
     print(f"outbox entry {args.outbox_id} will be delivered to {args.target} again")
     return 0

@@ -12,8 +12,10 @@ lock per target), so they never send the same row at once, nor a target's events
 
 Webhook signature (the receiver recomputes it): header `X-Vagt-Timestamp: <unix seconds>`
 and `X-Vagt-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`. A receiver
-should refuse a timestamp far from its own clock (replays) and may use `X-Vagt-Delivery`
-(unique per event and target) to drop a duplicate: delivery is at least once.
+should refuse a timestamp far from its own clock (replays). Delivery is at least once: the
+body's `event_id` (the outbox entry's id: the same on every try, and after a move to another
+target; signed with the rest, so a replayed request cannot pass for another event) tells a
+duplicate, over MQTT too. `X-Vagt-Delivery` (`<event_id>-<target>`) is not signed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hmac
 import http.client
 import logging
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.parse
@@ -38,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import ConnectionPool
 
 from vagt.alerts.observe import AlertObserver, NullObserver
+from vagt.alerts.outbox import TRY_LOCK_TARGET
 from vagt.alerts.policy import DeliveryPolicy, MqttTarget, WebhookTarget
 from vagt.alerts.urls import without_secrets
 from vagt.app.watchdog import guarded_connection
@@ -186,14 +190,19 @@ class MqttSender:
         self.client.disconnect()
 
 
+def event_body(outbox_id: int, payload: str) -> bytes:
+    """What a receiver gets: the outbox entry's payload (a JSON object, as PostgreSQL gives
+    it) with its id first, as `event_id`."""
+    rest = payload[1:].lstrip()
+    assert payload[:1] == "{", "an outbox payload is a JSON object"
+    return f'{{"event_id": {outbox_id}{"" if rest == "}" else ", "}{rest}'.encode()
+
+
 class _TopicFields(dict[str, object]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
 
 
-# Held for the transaction that sends one event: while one engine's worker waits on a slow
-# receiver, another's must not send the target's next event before it.
-_TARGET_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('vagt.delivery'), hashtext(%s))"
 _DUE = """
 SELECT d.outbox_id, o.event, o.payload::text, d.attempts, d.refusals, d.next_attempt_at
 FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
@@ -204,15 +213,23 @@ FOR UPDATE OF d
 """
 
 
+# The longest a target whose passes fail waits for the next: an alarm waits at most that
+# once the database is back, and a receiver whose event's try could not be recorded is sent
+# it again at most that often, not at every pass.
+PASS_RETRY_MAX_S = 5.0
+
+
 class DeliveryWorker:
     """Delivers what is due for each target; `run` loops until stopped."""
 
     def __init__(self, pool: ConnectionPool, policy: DeliveryPolicy, senders: list[Sender],
                  clock: Callable[[], float], observer: AlertObserver | None = None,
-                 batch: int = 50, transaction_limit_s: float = 10.0) -> None:
+                 batch: int = 50, transaction_limit_s: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         """`transaction_limit_s`: how long a delivery's statements may take (its send's
         timeout comes on top) before its connection is cut (`guarded_connection`): a
-        database that stops answering would hold every delivery for ever."""
+        database that stops answering would hold every delivery for ever. `monotonic`
+        times a failed pass's wait (`deliver_due`); `clock` the tries, as stored."""
         self.pool = pool
         self.transaction_limit_s = transaction_limit_s
         self.policy = policy
@@ -220,24 +237,46 @@ class DeliveryWorker:
         self.clock = clock
         self.observer = observer or NullObserver()
         self.batch = batch
+        self.monotonic = monotonic
+        # target: (passes failed in a row, when it is worked again, by `monotonic`)
+        self._failing: dict[str, tuple[int, float]] = {}
 
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                try:
-                    sent = self.deliver_due()
-                except Exception:  # a database outage: wait and go on; nothing is lost
-                    log.exception("event=delivery_pass_failed")
-                    sent = 0
-                if not sent:
+                if not self.deliver_due():
                     stop.wait(self.policy.poll_interval_s)
         finally:
             for s in self.senders:
                 s.close()
 
     def deliver_due(self) -> int:
-        """One pass over every target; returns how many tries were made."""
-        return sum(self._deliver_target(s) for s in self.senders)
+        """One pass over every target; returns how many tries were made. A target whose
+        pass fails (the database is away, or a try could not be recorded: nothing is lost,
+        the row still waits) does not hold the others, and is worked again after
+        `poll_interval`, doubling with each pass failed in a row up to `PASS_RETRY_MAX_S`."""
+        tries = 0
+        for sender in self.senders:
+            failed, resume = self._failing.get(sender.name, (0, 0.0))
+            if failed and self.monotonic() < resume:
+                continue
+            try:
+                tries += self._deliver_target(sender)
+            except Exception:
+                failed += 1
+                delay = min(self.policy.poll_interval_s * 2.0 ** min(failed - 1, 20),
+                            PASS_RETRY_MAX_S)
+                self._failing[sender.name] = (failed, self.monotonic() + delay)
+                log.exception("event=delivery_pass_failed target=%s failed=%d retry_in=%.1fs",
+                              sender.name, failed, delay)
+            else:
+                self._failing.pop(sender.name, None)
+        return tries
+
+    def _backoff(self, tries: int) -> float:
+        """The wait after `tries` failed tries in a row (the first: `backoff_initial`)."""
+        return min(self.policy.backoff_initial_s * 2.0 ** min(tries - 1, 60),
+                   self.policy.backoff_max_s)
 
     def _deliver_target(self, sender: Sender) -> int:
         """Up to `batch` events in outbox order, each sent and recorded in its own transaction."""
@@ -246,7 +285,7 @@ class DeliveryWorker:
             limit = self.transaction_limit_s + sender.timeout_s
             with guarded_connection(self.pool, limit, "thread=alert-delivery") as conn, \
                     conn.transaction():
-                [mine] = conn.execute(_TARGET_LOCK, (sender.name,)).fetchone() or (False,)
+                [mine] = conn.execute(TRY_LOCK_TARGET, (sender.name,)).fetchone() or (False,)
                 if not mine:
                     break  # another engine is sending to this target
                 row = conn.execute(_DUE, (sender.name,)).fetchone()
@@ -261,9 +300,10 @@ class DeliveryWorker:
                     break  # the earliest waits for its retry: the later ones wait behind it
                 tries += 1
                 outcome, error, refused = self._try(sender, int(outbox_id), str(event),
-                                                    str(payload).encode(), now)
-                self._record(conn, sender.name, int(outbox_id), int(attempts) + 1,
-                             int(refusals) + refused, outcome, error, refused, now)
+                                                    event_body(int(outbox_id), str(payload)),
+                                                    now)
+                outcome = self._record(conn, sender.name, int(outbox_id), int(attempts) + 1,
+                                       int(refusals) + refused, outcome, error, refused, now)
             self.observer.delivery(sender.name, outcome)
             if outcome == "failed":
                 break
@@ -290,9 +330,10 @@ class DeliveryWorker:
 
     def _record(self, conn: psycopg.Connection, target: str, outbox_id: int, attempts: int,
                 refusals: int, outcome: str, error: str | None, refused: bool,
-                now: float) -> None:
+                now: float) -> str:
         """The try's outcome in the delivery's row (locked by `_DUE`); `attempts` and
-        `refusals` count this try."""
+        `refusals` count this try. Returns the outcome as the metrics count it: delivered,
+        failed (tried again later) or dead."""
         at = datetime.fromtimestamp(now, UTC)
         if outcome == "delivered":
             conn.execute("UPDATE alert_deliveries SET attempts = %s, delivered_at = %s, "
@@ -300,14 +341,15 @@ class DeliveryWorker:
                          (attempts, at, outbox_id, target))
             log.info("event=alert_delivered target=%s outbox_id=%d attempts=%d", target,
                      outbox_id, attempts)
-            return
+            return outcome
+        # what the receiver answered may hold a NUL (a redirect's Location), which a text
+        # column refuses: the try would not be recorded, and tried again at once for ever
+        error = None if error is None else error.replace("\0", "\\x00")
         dead = refusals >= self.policy.max_attempts
         # A refusal backs off by the refusals: after an outage (thousands of tries: 2 **
         # attempts would overflow a float) the receiver is back, and the events behind one
         # it refuses must not wait backoff_max for each of its max_attempts refusals.
-        tries = refusals if refused else attempts
-        delay = min(self.policy.backoff_initial_s * 2 ** min(tries - 1, 60),
-                    self.policy.backoff_max_s)
+        delay = self._backoff(refusals if refused else attempts)
         conn.execute("UPDATE alert_deliveries SET attempts = %s, refusals = %s, last_error = %s, "
                      "dead_at = %s, next_attempt_at = %s WHERE outbox_id = %s AND target = %s",
                      (attempts, refusals, error, at if dead else None,
@@ -315,11 +357,11 @@ class DeliveryWorker:
         if dead:
             log.error("event=alert_delivery_dead target=%s outbox_id=%d attempts=%d "
                       "refusals=%d error=%r", target, outbox_id, attempts, refusals, error)
-            self.observer.delivery(target, "dead")
-            return
+            return "dead"
         log.warning("event=alert_delivery_failed target=%s outbox_id=%d attempts=%d "
                     "refusals=%d retry_in=%.1fs error=%r", target, outbox_id, attempts,
                     refusals, delay, error)
+        return outcome
 
 
 def senders_for(policy: DeliveryPolicy, *, mqtt_defaults: Mapping[str, object],

@@ -47,6 +47,14 @@ JOIN delivery_targets t ON t.enabled AND (t.events = '{}' OR ev.event = ANY(t.ev
 """
 
 
+# Held by the transaction that sends one of a target's events (`delivery`, the try form:
+# while one engine's worker waits on a slow receiver, another's must not send the target's
+# next event before it), and by one that moves events to the target (waiting for it).
+_TARGET_KEY = "hashtext('vagt.delivery'), hashtext(%s)"
+TRY_LOCK_TARGET = f"SELECT pg_try_advisory_xact_lock({_TARGET_KEY})"
+LOCK_TARGET = f"SELECT pg_advisory_xact_lock({_TARGET_KEY})"
+
+
 # The longest note an operator may write: it rides in the step's event twice (its details
 # and the alert's latest note) and in every later event of the alert until another replaces
 # it; a receiver refusing a large body (413) would make dead letters of them all, an
@@ -132,24 +140,55 @@ def undelivered(conn: psycopg.Connection, *, dead_only: bool = False, limit: int
     return [(int(a), str(b), int(c), str(d), int(e), f, str(g)) for a, b, c, d, e, f, g in rows]
 
 
+class OutOfOrder(Exception):
+    """A dead letter whose alert has a later event the target delivered: sent now, it would
+    be the receiver's last word on the alert, an older state than it was told."""
+
+
+# The latest event of the entry's alert that the target delivered, of those after it.
+_DELIVERED_LATER = """
+SELECT later.id, later.event FROM alert_outbox o
+JOIN alert_outbox later ON later.alert_id = o.alert_id AND later.id > o.id
+JOIN alert_deliveries n ON n.outbox_id = later.id AND n.target = %(target)s
+WHERE o.id = %(id)s AND n.delivered_at IS NOT NULL
+ORDER BY later.id DESC LIMIT 1
+"""
+
+
 def redeliver(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
-              via: str | None = None, municipality: str | None = None) -> None:
+              via: str | None = None, municipality: str | None = None,
+              out_of_order: bool = False) -> None:
     """Give a dead letter another round of tries (after the receiver was fixed); audited.
-    With `municipality` (the author's), one of another municipality's alert is not found."""
+    One whose alert has a later event the target delivered is refused (OutOfOrder) unless
+    `out_of_order`: the receiver would hear of the alert's older state last (its ticket
+    open again after it was told of the resolution). With `municipality` (the author's),
+    one of another municipality's alert is not found."""
     without_cpr(actor, "author")
     with conn.transaction():
-        row = None if _outside(conn, outbox_id, municipality) else conn.execute(
-            "UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
-            "refusals = 0, next_attempt_at = now() "
-            "WHERE outbox_id = %s AND target = %s AND dead_at IS NOT NULL "
-            "RETURNING 1", (outbox_id, target)).fetchone()
-        if row is None:
+        conn.execute(LOCK_TARGET, (target,))   # none of its events is being sent meanwhile
+        dead = None if _outside(conn, outbox_id, municipality) else conn.execute(
+            "SELECT 1 FROM alert_deliveries WHERE outbox_id = %s AND target = %s "
+            "AND dead_at IS NOT NULL FOR UPDATE", (outbox_id, target)).fetchone()
+        if dead is None:
             raise LookupError(f"there is no dead delivery of outbox entry {outbox_id} to "
                               f"'{target}'; `vagt alerts outbox --dead` lists them")
+        later = None if out_of_order else conn.execute(
+            _DELIVERED_LATER, {"id": outbox_id, "target": target}).fetchone()
+        if later is not None:
+            raise OutOfOrder(
+                f"'{target}' has delivered a later event of the alert of outbox entry "
+                f"{outbox_id} (entry {later[0]}, {later[1]}): sent now, this one would be "
+                "the receiver's last word on the alert, an older state than it was told; "
+                "--out-of-order sends it all the same")
+        conn.execute("UPDATE alert_deliveries SET dead_at = NULL, attempts = 0, "
+                     "refusals = 0, next_attempt_at = now() "
+                     "WHERE outbox_id = %s AND target = %s", (outbox_id, target))
         conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES "
                      "(%s, 'delivery.retry', %s, %s::jsonb)",
                      (actor, f"outbox {outbox_id}",
-                      orjson.dumps({"target": target, **_via(via)}).decode()))
+                      orjson.dumps({"target": target,
+                                    **({"out_of_order": True} if out_of_order else {}),
+                                    **_via(via)}).decode()))
 
 
 def give_up(conn: psycopg.Connection, outbox_id: int, target: str, *, actor: str,
@@ -210,8 +249,12 @@ def _via(via: str | None) -> dict[str, str]:
 # The deliveries waiting for a target no longer configured (locked: another engine, still
 # on the old policy, may be sending the first of them), each with what becomes of it:
 # `moved` to the new target, or given up because the new target does not take its event
-# (`not_taken`), or already has this event or a later one of its alert (`superseded`: sent
-# now, it would arrive after that one and tell the receiver of an older state).
+# (`not_taken`), or has this event already, or has delivered a later one of its alert
+# (`superseded`: sent now, it would arrive after that one and tell the receiver of an older
+# state). A later one still waiting there is no reason: the target sends in outbox order,
+# so the moved event goes before it (the receiver down throughout hears the alert's whole
+# story), and the target's lock (`LOCK_TARGET`, taken first) means none of
+# its events is being sent meanwhile.
 _MOVE = """
 WITH p AS (
     SELECT %(from)s::text AS source, %(to)s::text AS dest, %(events)s::text[] AS events,
@@ -222,7 +265,9 @@ WITH p AS (
                 WHEN EXISTS (SELECT 1 FROM alert_deliveries n
                              JOIN alert_outbox later ON later.id = n.outbox_id
                              WHERE n.target = p.dest AND later.alert_id = o.alert_id
-                               AND later.id >= o.id) THEN 'superseded'
+                               AND (later.id = o.id
+                                    OR later.id > o.id AND n.delivered_at IS NOT NULL))
+                THEN 'superseded'
                 WHEN p.events = '{}' OR o.event = ANY(p.events) THEN 'moved'
                 ELSE 'not_taken' END AS fate
     FROM p, alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
@@ -273,6 +318,8 @@ def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, ac
         if to is not None and not targets.get(to, (False, []))[0]:
             raise LookupError(f"'{to}' is not a configured delivery target: the events would "
                               "wait there for ever too")
+        if to is not None:   # none of its events is being sent while they are judged
+            conn.execute(LOCK_TARGET, (to,))
         fates = {str(f): int(n) for f, n in conn.execute(_MOVE, {
             "from": source, "to": to, "events": targets[to][1] if to else [],
             "actor": actor, "reason": reason}).fetchall()}

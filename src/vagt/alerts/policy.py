@@ -297,9 +297,20 @@ class _Reader:
             raise self.fail(where, "'url' must start with http:// or https://, got "
                                    f"{without_secrets(url)!r}")
         try:
-            netloc = urllib.parse.urlsplit(url).netloc
+            parts = urllib.parse.urlsplit(url)
+            netloc, host = parts.netloc, parts.hostname or ""
         except ValueError:   # an unbalanced [ of an IPv6 address
             raise self.fail(where, f"'url' {without_secrets(url)}") from None
+        try:
+            # what the send does first: a name it cannot encode would fail every event in
+            # a way no receiver mends (a dead letter each), not wait until the url is
+            host.encode("idna")
+        except UnicodeError:
+            host = ""
+        if not host:
+            raise self.fail(where, "'url' has no host name vagt can send to (an empty one, two "
+                                   "dots in a row, or a part longer than 63 characters): "
+                                   f"{without_secrets(url)!r}")
         if "@" in netloc:
             # never sent as credentials: the name looked up would be `user:password@host`,
             # the password going to the resolver
