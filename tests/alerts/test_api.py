@@ -503,7 +503,7 @@ def test_a_silence_made_before_the_limits_is_listed_with_warnings(api):
     [listed] = api.as_("anna").get("/api/v1/silences").json()
     assert listed["warnings"][0] == (
         "it names no device, and could match critical alerts (of personal_alarm, "
-        "spo2_critical, message_processing_failed, unreadable_alarm, unregistered_alarm, "
+        "spo2_critical, alarm_processing_failed, unreadable_alarm, unregistered_alarm, "
         "alarm_before_deployment): it holds back none of them")
     assert listed["warnings"][1].endswith(": it holds back no critical alert")
     alarm, _ = alarm_and_battery(api.database_url)

@@ -15,7 +15,7 @@ from vagt.rules import load_rules
 
 RULES = load_rules(None)   # the built-in rules: personal_alarm and spo2_critical are critical
 POLICY = load_policy(None)
-ENGINE = ["message_processing_failed", "unreadable_alarm", "unregistered_alarm",
+ENGINE = ["alarm_processing_failed", "unreadable_alarm", "unregistered_alarm",
           "alarm_before_deployment"]
 EVERY = ["personal_alarm", "spo2_critical", *ENGINE]
 
@@ -31,20 +31,21 @@ def matched(*texts: str, rules=RULES) -> list[str]:
     (['rule="personal_alarm"'], ["personal_alarm"]),
     (['rule=~"spo2_.*"'], ["spo2_critical"]),
     # a scale that sends alarm.* alarms; an alarm from it unread, or failed on
-    (['type="scale"'], ["personal_alarm", "message_processing_failed", "unreadable_alarm"]),
+    (['type="scale"'], ["personal_alarm", "alarm_processing_failed", "unreadable_alarm"]),
     (['type="pulse_oximeter"'], ["personal_alarm", "spo2_critical",
-                                 "message_processing_failed", "unreadable_alarm"]),
-    (['vendor="Acme"'], ["personal_alarm", "spo2_critical", "message_processing_failed",
+                                 "alarm_processing_failed", "unreadable_alarm"]),
+    (['vendor="Acme"'], ["personal_alarm", "spo2_critical", "alarm_processing_failed",
                          "unreadable_alarm"]),
     (['rule="unreadable_alarm"', 'municipality="Randers"'], ["unreadable_alarm"]),
     (['municipality="Randers"', 'rule!~"personal_alarm|spo2_critical"'],
-     ["message_processing_failed", "unreadable_alarm"]),
+     ["alarm_processing_failed", "unreadable_alarm"]),
     (['code=~"alarm[.].*"'], ["personal_alarm"]),     # the engine's alarms hold no code
     (['metric="spo2"'], ["spo2_critical"]),
     (['metric!="battery"'], EVERY),                   # a label an alert lacks is ""
     (['rule="unregistered_alarm"'], ["unregistered_alarm"]),
     (['rule="battery_low"'], []),
     (['rule="unknown_device"'], []),                  # the engine's, and a warning
+    (['rule="message_processing_failed"'], []),       # a message's; an alarm's is its own
     (['severity!="critical"'], []),
     (['severity!~"critical|major"'], []),
     (['severity=~"warning|info"'], []),
@@ -64,7 +65,7 @@ def test_a_critical_rule_of_the_centres_own_book_is_judged_by_its_labels(tmp_pat
     assert matched('team="night"', rules=rules) == ["fall_detected"]
     assert matched('team="day"', rules=rules) == []
     # any device's alarm may be unreadable, or failed on
-    unread = ["message_processing_failed", "unreadable_alarm"]
+    unread = ["alarm_processing_failed", "unreadable_alarm"]
     assert matched('type="fall_sensor"', rules=rules) == ["fall_detected", *unread]
     assert matched('type="scale"', rules=rules) == unread
     assert matched('rule="personal_alarm"', rules=rules) == []   # not in this book

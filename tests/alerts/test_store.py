@@ -274,7 +274,7 @@ def test_a_maintenance_window_suppresses_only_while_it_is_in_force(fleet, conn):
     (['rule=~".+"', 'severity=~"critical|major|warning|info"'], "every critical alert"),
     # (an alarm the engine raises itself has a vendor only when it knows the device)
     (['vendor=~"Nonin|Acme|Tunstall|.+"'],
-     "critical alerts (of personal_alarm, spo2_critical, message_processing_failed, unreadable_alarm)"),
+     "critical alerts (of personal_alarm, spo2_critical, alarm_processing_failed, unreadable_alarm)"),
     (['rule=~".+"', 'severity!="info"'], "every critical alert"),
 ])
 def test_a_silence_that_would_match_everything_is_refused(fleet, conn, matchers, message):
@@ -289,7 +289,7 @@ REVIEWED = [
     (['severity="critical"'], "every critical alert, personal alarms included"),
     (['rule="personal_alarm"'], "critical alerts (of personal_alarm)"),
     (['type="personal_alarm"'],
-     "critical alerts (of personal_alarm, message_processing_failed, unreadable_alarm)"),
+     "critical alerts (of personal_alarm, alarm_processing_failed, unreadable_alarm)"),
     (['device_id=~"(?!vagt-probe-).+"'], "a negative lookahead"),
     (['severity!="info"', 'rule=~".+"'], "every critical alert"),
 ]
@@ -351,7 +351,7 @@ def test_a_municipal_supervisors_silence_of_everything_is_refused_too(fleet, con
         with pytest.raises(SilenceError,
                            match=re.escape("critical alerts of the municipality Skive "
                                            "(of personal_alarm, spo2_critical, "
-                                           "message_processing_failed, unreadable_alarm)")):
+                                           "alarm_processing_failed, unreadable_alarm)")):
             create_silence(conn, matchers, starts_at=None, municipality="Skive",
                            ends_at=datetime.now(UTC) + timedelta(hours=1), author="sofie",
                            comment="maintenance")
@@ -554,7 +554,7 @@ def test_a_silence_made_before_the_limits_is_listed_with_why_it_holds_back_no_cr
     assert found[fine] == []
     assert found[wide] == [
         "it names no device, and could match critical alerts (of personal_alarm, "
-        "message_processing_failed, unreadable_alarm): it holds back none of them",
+        "alarm_processing_failed, unreadable_alarm): it holds back none of them",
         "a silence may last at most 3d (the alert policy's max_silence), this one lasts "
         "25550d: it holds back no critical alert"]
 

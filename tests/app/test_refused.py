@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import psycopg
 from tests.app.conftest import (
@@ -51,6 +52,15 @@ class BrokenOn(Pipeline):
                 self.failures -= 1
             raise ZeroDivisionError("a bug this device's message sets off")
         return super().process(conn, messages, state_apart, skip)
+
+
+class BrokenInAlarmProcess(BrokenOn):
+    """`BrokenOn` loaded as the alarm lane's process loads it: its fleet holds at first only
+    the devices with something open (`Pipeline.load`'s `whole_fleet`)."""
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection, **kw: Any) -> Pipeline:  # type: ignore[override]
+        return super().load(conn, **{**kw, "whole_fleet": False})
 
 
 def personal_alarms(database_url: str, *device_ids: str) -> None:
@@ -124,7 +134,7 @@ def test_an_alarm_that_processing_fails_on_still_reaches_the_emergency_queue(
              "SELECT count(*) FROM alerts")
     assert query(database_url, "SELECT rule, device_id, queue, severity FROM alerts "
                                "ORDER BY device_id") == [
-        ("message_processing_failed", "ALM-0001", "emergency", "critical"),
+        ("alarm_processing_failed", "ALM-0001", "emergency", "critical"),
         ("personal_alarm", "ALM-0002", "emergency", "critical")]
     summary = scalar(database_url, "SELECT summary FROM alerts WHERE device_id = 'ALM-0001'")
     assert "contact the citizen" in summary
@@ -134,14 +144,18 @@ def test_an_alarm_that_processing_fails_on_still_reaches_the_emergency_queue(
 def test_an_alarm_that_processing_fails_on_is_among_its_municipalitys_alerts(
         database_url: str, broker: Broker, topic_root: str, devices: object,
         monkeypatch) -> None:
-    """An operator of a municipality sees only its alerts (the API's scope)."""
+    """An operator of a municipality sees only its alerts (the API's scope), in the alarm
+    lane's own process too, whose fleet holds at first only the devices it has heard: the
+    alarm fails before its device is known there."""
     monkeypatch.setattr(BrokenOn, "broken_device", "ALM-0001")
     run_lane(database_url, broker, topic_root, "alarm",
              [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))],
-             "SELECT count(*) FROM alerts")
+             "SELECT count(*) FROM alerts", BrokenInAlarmProcess)
     with psycopg.connect(database_url) as conn:
         [alert] = actions.list_alerts(conn, municipality="Randers")
-    assert (alert.rule, alert.device_id) == ("message_processing_failed", "ALM-0001")
+    assert (alert.rule, alert.device_id) == ("alarm_processing_failed", "ALM-0001")
+    assert {k: alert.labels[k] for k in ("type", "vendor")} == {"type": "personal_alarm",
+                                                                "vendor": "Tunstall"}
 
 
 def test_a_message_that_fails_once_and_then_goes_through_is_not_refused(
@@ -222,9 +236,9 @@ def test_each_of_several_messages_that_fail_in_one_batch_is_refused_and_the_rest
     assert query(database_url, "SELECT rule, device_id, queue FROM alerts "
                                "ORDER BY device_id") == [
         ("personal_alarm", "ALM-0001", "emergency"),
-        ("message_processing_failed", "ALM-0002", "emergency"),
+        ("alarm_processing_failed", "ALM-0002", "emergency"),
         ("personal_alarm", "ALM-0003", "emergency"),
-        ("message_processing_failed", "ALM-0004", "emergency")]
+        ("alarm_processing_failed", "ALM-0004", "emergency")]
     assert query(database_url, "SELECT device_id FROM dead_letters ORDER BY device_id") == [
         ("ALM-0002",), ("ALM-0004",)]
     assert metrics.messages_refused.labels("alarm")._value.get() == 2
@@ -311,3 +325,124 @@ def test_a_device_whose_state_fails_has_its_own_messages_refused_and_the_others_
                                "WHERE device_id LIKE 'ALM-%%' ORDER BY device_id") == [
         ("ALM-0001", False), ("ALM-0002", True), ("ALM-0003", True)]
     assert metrics.messages_refused.labels("alarm")._value.get() == 1
+
+
+def test_an_alarm_refused_while_its_device_has_a_refusal_open_is_an_alert_of_its_own(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """The bug its heartbeat set off opened a service-centre warning; the alarm that sets it
+    off too must reach the emergency queue, not only count again on that warning."""
+    monkeypatch.setattr(BrokenOn, "broken_device", "ALM-0001")
+    run_lane(database_url, broker, topic_root, "bulk",
+             [(topic(topic_root, "ALM-0001", "telemetry"), telemetry("ALM-0001", T0, battery=80))],
+             "SELECT count(*) FROM dead_letters")
+    run_lane(database_url, broker, topic_root, "alarm",
+             [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0 + 60))],
+             "SELECT count(*) FROM dead_letters WHERE topic LIKE '%%/alarm'")
+    assert query(database_url, "SELECT rule, queue, severity, repeat_count FROM alerts "
+                               "ORDER BY id") == [
+        ("message_processing_failed", "service_centre", "warning", 1),
+        ("alarm_processing_failed", "emergency", "critical", 1)]
+    assert query(database_url, "SELECT event, count(*) FROM alert_outbox GROUP BY event") == [
+        ("opened", 2)]
+
+
+class AlwaysBroken(Pipeline):
+    """The real pipeline, with a bug that every batch sets off, whatever it holds; `sizes`
+    has the number of messages of each part it was given."""
+
+    sizes: list[int] = []
+
+    def process(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
+                state_apart: bool = False, skip: Collection[str] = ()) -> BatchOutcome:
+        self.sizes.append(len(messages))
+        raise ZeroDivisionError("a bug every batch sets off")
+
+
+def test_an_alarm_alone_in_its_batch_that_fails_whatever_it_holds_is_refused(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """A batch of one has no halves: it was halved into nothing and itself, and nothing,
+    failing too, into nothing again, for ever; the alarm never reached anyone."""
+    monkeypatch.setattr(AlwaysBroken, "sizes", [])
+    run_lane(database_url, broker, topic_root, "alarm",
+             [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0))],
+             "SELECT count(*) FROM alerts", AlwaysBroken)
+    assert AlwaysBroken.sizes == [1, 1, 1]    # the batch, then the message alone twice
+    assert query(database_url, "SELECT rule, queue, severity FROM alerts") == [
+        ("alarm_processing_failed", "emergency", "critical")]
+
+
+def test_a_device_whose_state_fails_alone_in_its_batch_has_only_its_own_messages_refused(
+        database_url: str, broker: Broker, topic_root: str, devices: object) -> None:
+    """Beside it in the batch, an alarm of a device the registry does not have (a dead letter
+    and an alert of its own already): it is not refused again as a state that failed."""
+    sent = [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0)),
+            (topic(topic_root, "ALM-9999", "alarm"), alarm("ALM-9999", T0))]
+    run_lane(database_url, broker, topic_root, "alarm", sent,
+             "SELECT count(*) FROM dead_letters", StateBrokenOn, one_batch("alarm", len(sent)))
+    assert query(database_url, "SELECT rule, device_id FROM alerts ORDER BY rule") == [
+        ("message_processing_failed", "ALM-0001"), ("personal_alarm", "ALM-0001"),
+        ("unknown_device", "ALM-9999"), ("unregistered_alarm", "ALM-9999")]
+    assert query(database_url, "SELECT reason, device_id FROM dead_letters ORDER BY reason") \
+        == [("processing_failed", "ALM-0001"), ("unknown_device", "ALM-9999")]
+
+
+class SettlerBug(Pipeline):
+    """The real pipeline, with a bug after the first state the alarm lane's settler writes."""
+
+    raised = False
+
+    def after_commit(self, out: BatchOutcome) -> None:
+        if not SettlerBug.raised:
+            SettlerBug.raised = True
+            raise ZeroDivisionError("a bug in the settler")
+        super().after_commit(out)
+
+
+def test_the_alarm_lane_ends_on_its_settlers_failure_while_waiting_for_room_in_its_queue(
+        database_url: str, broker: Broker, topic_root: str, devices: object,
+        monkeypatch) -> None:
+    """A bulk batch holds the device's row: the settler waits, its queue fills, and the lane
+    waits for room. The settler fails: the lane must end with its error (its process is
+    then started again), not wait on a queue nobody empties, its alarms never acknowledged."""
+    monkeypatch.setattr(SettlerBug, "raised", False)
+    spec = dataclasses.replace(next(s for s in lane_specs(Config()) if s.name == "alarm"),
+                               batch_max=1)
+    settings = SessionSettings(client_id=f"settler-{uuid.uuid4().hex[:8]}",
+                               filters=(f"{topic_root}/dev/+/alarm",), port=broker.port)
+    stop = threading.Event()
+    failed: list[BaseException] = []
+    with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
+            MqttSession(settings) as session:
+        with pool.connection() as conn:
+            pipeline = SettlerBug.load(conn, topic_root=topic_root, rules=load_rules(None),
+                                       clock=time.time)
+        wait_for(lambda: session.connected, what="the lane's session")
+        lane = Lane(spec, session, pool, pipeline, EngineMetrics())
+
+        def run() -> None:
+            try:
+                lane.run(stop)
+            except BaseException as e:   # what the engine's supervision sees
+                failed.append(e)
+
+        worker = threading.Thread(target=run)
+        try:
+            with psycopg.connect(database_url) as bulk:     # holds the row
+                bulk.execute("UPDATE devices SET last_seen = last_seen "
+                             "WHERE device_id = 'ALM-0001'")
+                worker.start()
+                publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                                       alarm("ALM-0001", T0 + k)) for k in range(70)])
+                # one settling, 64 queued, and the lane waiting to queue the 66th
+                wait_for(lambda: scalar(database_url, "SELECT count(*) FROM events") == 66,
+                         what="the settler's queue full")
+                time.sleep(0.5)
+            worker.join(15)
+            ended = not worker.is_alive()
+        finally:
+            stop.set()
+            worker.join(30)
+    assert ended, "the lane ended"
+    assert [type(e) for e in failed] == [ZeroDivisionError]

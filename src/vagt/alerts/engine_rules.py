@@ -19,6 +19,9 @@ from vagt.rules import Rule
 UNKNOWN_DEVICE_RULE = "unknown_device"
 BAD_TOPIC_RULE = "bad_topic"
 REFUSED_RULE = "message_processing_failed"
+# an alarm's: an alert of its own, not a repeat of an open `message_processing_failed` of the
+# device's other messages (in the service centre's queue, a warning)
+REFUSED_ALARM_RULE = "alarm_processing_failed"
 UNREADABLE_ALARM_RULE = "unreadable_alarm"
 UNREGISTERED_ALARM_RULE = "unregistered_alarm"
 ALARM_BEFORE_DEPLOYMENT_RULE = "alarm_before_deployment"
@@ -33,16 +36,18 @@ EMERGENCY_QUEUE = "emergency"
 EMERGENCY_PRIORITY = 1
 
 # Each of these goes where the personal alarm rule's alerts go; the others to the service
-# centre (REFUSED_RULE too, unless the message came on the alarm channel).
-ABOUT_ALARMS = (UNREADABLE_ALARM_RULE, UNREGISTERED_ALARM_RULE, ALARM_BEFORE_DEPLOYMENT_RULE)
+# centre.
+ABOUT_ALARMS = (UNREADABLE_ALARM_RULE, UNREGISTERED_ALARM_RULE, ALARM_BEFORE_DEPLOYMENT_RULE,
+                REFUSED_ALARM_RULE)
 NAMES = (UNKNOWN_DEVICE_RULE, BAD_TOPIC_RULE, OUT_OF_SERVICE_RULE, REFUSED_RULE, *ABOUT_ALARMS)
 
 # An alarm no rule saw is critical, as a personal alarm is: someone may have pressed the
-# button. A message that failed is critical when it came on the alarm channel.
+# button.
 ENGINE_RULES: Mapping[str, frozenset[str]] = {
     UNKNOWN_DEVICE_RULE: frozenset({"warning"}),
     BAD_TOPIC_RULE: frozenset({"warning"}),
-    REFUSED_RULE: frozenset({"warning", "critical"}),
+    REFUSED_RULE: frozenset({"warning"}),
+    REFUSED_ALARM_RULE: frozenset({"critical"}),
     UNREADABLE_ALARM_RULE: frozenset({"critical"}),
     UNREGISTERED_ALARM_RULE: frozenset({"critical"}),
     ALARM_BEFORE_DEPLOYMENT_RULE: frozenset({"critical"}),
@@ -52,7 +57,7 @@ ENGINE_RULES: Mapping[str, frozenset[str]] = {
 
 # The engine's alerts that carry the device's registry labels (`municipality`, `type`,
 # `vendor`, `model`) when the engine knows the device, as a rule's alert does.
-WITH_DEVICE_LABELS = (UNREADABLE_ALARM_RULE, REFUSED_RULE, BAD_TOPIC_RULE)
+WITH_DEVICE_LABELS = (UNREADABLE_ALARM_RULE, REFUSED_RULE, REFUSED_ALARM_RULE, BAD_TOPIC_RULE)
 DEVICE_LABELS = ("municipality", "type", "vendor", "model")
 
 

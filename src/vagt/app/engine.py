@@ -317,7 +317,7 @@ class Lane:
             return refused is not None
 
         process = functools.partial(self.pipeline.process, skip=self.spec.skip)
-        ok = self._halving(_halves(batch), _halves, len,
+        ok = self._halving(_halves(batch) or [batch], _halves, len,
                            lambda part: functools.partial(process, messages=part),
                            None, refuse, done, stop, "messages")
         return (total,) if ok else None
@@ -334,7 +334,7 @@ class Lane:
         todo = parts[::-1]      # the next part last
         while todo:
             part = todo.pop()
-            alone = size(part) == 1
+            alone = size(part) <= 1
             try:
                 got = (self._twice(work(part), stop, timeout_s) if alone
                        else self._in_transaction(work(part), stop, timeout_s))
@@ -428,7 +428,9 @@ class Lane:
         except Exception as e:
             parts = self.pipeline.state_halves(outcome)
             if not parts:   # one device, or none
-                if not self._refuse_state(batch, outcome, e, stop):
+                devices = [] if outcome.rows is None else outcome.rows.devices.tolist()
+                if not self._refuse_state(_of_devices(batch, outcome, devices) or batch,
+                                          outcome, e, stop):
                     return False
                 outcome.state = StateUpdate()   # not in the table: not in memory either
                 return True
@@ -439,9 +441,8 @@ class Lane:
         def refuse(part: BatchOutcome, e: Exception) -> bool:
             assert part.rows is not None
             device = int(part.rows.devices[0])
-            theirs = [m for m, d in zip(batch, outcome.msg_device.tolist()) if d == device]
             refused.append(device)
-            return self._refuse_state(theirs, outcome, e, stop)
+            return self._refuse_state(_of_devices(batch, outcome, [device]), outcome, e, stop)
 
         if not self._halving(parts, self.pipeline.state_halves,
                              lambda part: 0 if part.rows is None else len(part.rows.devices),
@@ -536,7 +537,16 @@ class _Settler:
         self._thread.start()
 
     def put(self, item: tuple[list[RawMessage], BatchOutcome, float, float]) -> None:
-        self._items.put(item)
+        """Queue `item`, waiting while the queue is full (a bulk batch holds the devices'
+        rows), and raise the thread's failure if it fails meanwhile: the lane would wait on
+        a queue nobody empties, its process alive and its alarms unacknowledged, for good."""
+        while True:
+            self.check()
+            try:
+                self._items.put(item, timeout=0.5)
+                return
+            except queues.Full:
+                continue
 
     def check(self) -> None:
         """Raise what failed in the thread (a bug), in the lane."""
@@ -572,10 +582,18 @@ class _Settler:
 RECONNECT_WINDOW_S = 10.0
 
 
+def _of_devices(batch: list[RawMessage], outcome: BatchOutcome,
+                devices: list[int]) -> list[RawMessage]:
+    """The messages of `batch` from `devices` (dense indexes): those whose state failed, not
+    another's, nor one of an unknown device, a dead letter already."""
+    return [m for m, d in zip(batch, outcome.msg_device.tolist()) if d in devices]
+
+
 def _halves(part: list[RawMessage]) -> list[list[RawMessage]]:
-    """`part` in two, in order (`Lane._halving`)."""
+    """`part` in two, in order (`Lane._halving`); a part of one message has none (halved
+    into nothing and itself, a failure every batch sets off would be halved for ever)."""
     middle = len(part) // 2
-    return [part[:middle], part[middle:]]
+    return [part[:middle], part[middle:]] if middle else []
 
 
 def open_engine_pool(conninfo: str, config: Config,

@@ -7,6 +7,7 @@ keys, device state and alerts by device time.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from vagt.alerts.engine_rules import (
     BAD_TOPIC_RULE,
     DEVICE_LABELS,
     OUT_OF_SERVICE_RULE,
+    REFUSED_ALARM_RULE,
     REFUSED_RULE,
     SERVICE_CENTRE_PRIORITY,
     SERVICE_CENTRE_QUEUE,
@@ -45,7 +47,7 @@ from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
 from vagt.arrays import F64, I64, Bools, Objs
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
-from vagt.errors import first_line
+from vagt.errors import first_line, log_value
 from vagt.ingest.canonical import EVENT_CODE, EVENT_CODE_MAX
 from vagt.ingest.decode import decode_batch
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
@@ -54,6 +56,8 @@ from vagt.privacy import mask_cpr
 from vagt.rules import Batch, Evaluation, HistorySource, Rule, RuleEngine, Transitions
 from vagt.rules.engine import SWEPT
 from vagt.rules.kinds.absence import NEVER_HEARD
+
+log = logging.getLogger("vagt.engine")
 
 
 @dataclass
@@ -489,16 +493,36 @@ class Pipeline:
                    "events and alerts were; kept as a dead letter)" if delivered else
                    f"a message from {who} could not be processed (kept as a dead letter; the "
                    "engine's log says why)")
-        # the fleet in memory only: the database may be what failed
-        d = int(self.fleet.lookup([device_id])[0]) if device_id else -1
+        d = self._known(conn, device_id)
         severity, priority, queue = (self._alarm_route() if alarm else
                                      ("warning", SERVICE_CENTRE_PRIORITY, SERVICE_CENTRE_QUEUE))
-        firings = _registry_firings(REFUSED_RULE, [who], np.array([message.received_at]),
-                                    [message.topic], lambda _d, _t: summary, severity,
-                                    priority, queue,
+        firings = _registry_firings(REFUSED_ALARM_RULE if alarm else REFUSED_RULE, [who],
+                                    np.array([message.received_at]), [message.topic],
+                                    lambda _d, _t: summary, severity, priority, queue,
                                     labels={who: self._registry_labels(d)} if d >= 0 else None)
         return BatchOutcome(messages=1, dead=kept, dead_again=again,
                             opened=record_firings(conn, firings))
+
+    def _known(self, conn: psycopg.Connection, device_id: str) -> int:
+        """A refused message's device in the fleet (its dense index, -1 if none), from the
+        registry if memory does not have it yet: the alarm lane's process learns its devices
+        as they send, and a message that failed before it was attributed would make an
+        alert without the device's municipality, which that municipality's operators never
+        see. A registry that cannot be read (it may be what failed) leaves it -1."""
+        if not device_id:
+            return -1
+        d = int(self.fleet.lookup([device_id])[0])
+        if d >= 0:
+            return d
+        try:
+            with conn.transaction():    # a savepoint: what follows goes on if it fails
+                return int(self.fleet.resolve(conn, [device_id])[0])
+        except psycopg.OperationalError:
+            raise                       # the database is away: the refusal is tried again
+        except Exception:
+            log.exception("event=refused_device_not_read device_id=%s",
+                          log_value(mask_cpr(device_id)[0]))
+            return -1
 
     def _alarm_route(self) -> tuple[str, int, str]:
         """Severity, priority and queue of an alert about an alarm no rule saw: the personal
