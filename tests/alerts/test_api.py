@@ -893,3 +893,73 @@ def test_a_claim_of_an_alert_another_session_holds_answers_503_as_other_busy_row
         r = api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim", timeout=30)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     assert api.as_("anna").post(f"/api/v1/alerts/{alarm}/claim").status_code == 200
+
+
+def test_an_alarm_of_a_device_deployed_to_its_next_citizen_is_a_new_alert_in_their_municipality(
+        api: Api) -> None:
+    """Resolved, returned, deployed to a citizen in Aarhus, and pressed within the reopen
+    window: a new alert, not the last citizen's reopened with its note and history (which an
+    Aarhus operator would then read)."""
+    from tests.alerts.support import T0
+
+    from vagt.devices.actions import deploy, return_device
+
+    (old, _), = fire(api.database_url, ("personal_alarm", "ALM-0001", T0), code="alarm.fall")
+    anna = api.as_("anna")
+    assert anna.post(f"/api/v1/alerts/{old}/claim").status_code == 200
+    assert anna.post(f"/api/v1/alerts/{old}/resolve", json={
+        "code": "visit_arranged", "note": "fell in the bathroom; the daughter has the key"}
+    ).status_code == 200
+    with psycopg.connect(api.database_url) as conn:
+        return_device(conn, "ALM-0001", actor="test")
+        deploy(conn, "ALM-0001", citizen_ref="cit-b2", municipality="Aarhus", actor="test")
+    (new, _), = fire(api.database_url, ("personal_alarm", "ALM-0001", T0 + 600),
+                     code="alarm.fall")
+    assert new != old
+    seen = api.as_("bo").get(f"/api/v1/alerts/{new}").json()    # an Aarhus operator
+    assert (seen["note"], [e["actor"] for e in seen["history"]]) == (None, ["rule:personal_alarm"])
+    assert rows(api.database_url, "SELECT id, status, reopen_count FROM alerts ORDER BY id") \
+        == [(old, "resolved", 0), (new, "open", 0)]
+    # a device not deployed since: its alarm within the window reopens the alert, as before
+    add_device(api.database_url, "ALM-0002", "personal_alarm", "Randers")
+    (again, _), = fire(api.database_url, ("personal_alarm", "ALM-0002", T0), code="alarm.fall")
+    assert anna.post(f"/api/v1/alerts/{again}/claim").status_code == 200
+    assert anna.post(f"/api/v1/alerts/{again}/resolve", json={
+        "code": "visit_arranged", "note": "a neighbour went over"}).status_code == 200
+    assert fire(api.database_url, ("personal_alarm", "ALM-0002", T0 + 60),
+                code="alarm.fall") == [(again, "emergency")]
+
+
+def test_a_status_filter_holding_a_cpr_number_is_refused_without_repeating_it(api: Api) -> None:
+    r = api.as_("anna").get("/api/v1/alerts", params={"status": "010170-1234"})
+    assert r.status_code == 422
+    assert "unknown alert status" in r.text and "1234" not in r.text
+
+
+def test_a_silence_matcher_holding_a_cpr_number_split_by_an_escaped_line_break_is_refused(
+        api: Api) -> None:
+    """The quoted value is JSON: its `\\n` is a line break, which the stored matcher holds."""
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": ['device_id="010170\\n1234"'], "comment": "in hospital",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 422
+    assert "civil registration (CPR) number" in r.text and "1234" not in r.text
+    assert rows(api.database_url, "SELECT count(*) FROM silences") == [(0,)]
+
+
+def test_a_refused_silence_of_an_account_named_before_names_were_checked_logs_no_cpr_number(
+        api: Api, caplog) -> None:
+    from vagt.alerts.accounts import hash_password
+
+    name = "cpr 0101701234"
+    with psycopg.connect(api.database_url) as conn:
+        conn.execute("INSERT INTO operators (username, password_hash, role) "
+                     "VALUES (%s, %s, 'operator')", (name, hash_password(PASSWORD)))
+    caplog.set_level(logging.INFO)
+    r = api.as_(name).post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "in hospital",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 403
+    refused = [rec.getMessage() for rec in caplog.records
+               if "event=silence_refused" in rec.getMessage()]
+    assert len(refused) == 1 and "0101701234" not in refused[0]

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.suppression import is_inhibition_source, reconcile
-from vagt.privacy import without_cpr
+from vagt.privacy import mask_cpr, without_cpr
 from vagt.text import plain_spaces, unprintable_problem
 
 MAX_OPERATOR_LENGTH = 100
@@ -199,8 +199,9 @@ def _statuses(status: str | Sequence[str]) -> list[str]:
     wanted = [status] if isinstance(status, str) else list(status)
     known = [s.value for s in AlertStatus]
     for s in wanted:
-        if s not in known:
-            raise AlertError(f"unknown alert status '{s}'; one of {', '.join(known)}")
+        if s not in known:   # as other refusals show what was asked: masked, and short
+            raise AlertError(f"unknown alert status '{mask_cpr(s[:40])[0]}'; one of "
+                             f"{', '.join(known)}")
     return wanted
 
 

@@ -76,8 +76,7 @@ def parse_matcher(text: str) -> Matcher:
     """`name="value"`, or unquoted `name=value` as typed on a command line. One holding a
     CPR number is refused without repeating it (the refusals below quote the text)."""
     if contains_cpr(text):
-        raise MatcherError("a matcher holds something shaped like a civil registration (CPR) "
-                           "number; no label of an alert holds one: leave it out")
+        raise MatcherError(_HOLDS_CPR)
     m = _SYNTAX.match(text)
     if m is None:
         raise MatcherError(f"{text!r} is not a matcher; write name=\"value\", name!=\"value\", "
@@ -90,7 +89,13 @@ def parse_matcher(text: str) -> Matcher:
             raise MatcherError(f"{text!r}: the quoted value is not a valid string") from None
     else:
         value = raw
+    if contains_cpr(str(value)):   # its escapes read: "010170\n1234" is one, split by a line
+        raise MatcherError(_HOLDS_CPR)
     return Matcher(name, Op(op), str(value))
+
+
+_HOLDS_CPR = ("a matcher holds something shaped like a civil registration (CPR) number; no "
+              "label of an alert holds one: leave it out")
 
 
 def parse_matchers(texts: Iterable[str]) -> tuple[Matcher, ...]:

@@ -125,6 +125,7 @@ def create_silence(conn: psycopg.Connection, matchers: Sequence[Matcher], *,
         wanted = _scoped(matchers, municipality)
         for m in wanted:   # no label of an alert holds one: such a matcher silences nothing
             without_cpr(str(m), "silence's matcher")
+            without_cpr(m.value, "silence's matcher")   # as matched, its escapes read
         who["matchers"] = " ".join(map(str, wanted))
         starts = starts_at or now
         problem = (_matchers_problem(wanted, municipality, rules, policy)
@@ -192,8 +193,10 @@ def refuse_author(conn: psycopg.Connection, author: str, reason: str, *,
     refusal of either is, in a transaction of its own (`conn` must have none in progress).
     Holding alerts back is what the audit of refusals is for, whoever tries it."""
     _needs_no_transaction(conn, "refuse_author")
-    log.warning("event=silence_refused author=%s subject=%s reason=%s", author,
-                orjson.dumps(subject).decode(), orjson.dumps(reason).decode())
+    # masked: an account named before names were checked may hold a CPR number (the log of
+    # a failed login masks it too); the reason may quote the name
+    log.warning("event=silence_refused author=%s subject=%s reason=%s", mask_cpr(author)[0],
+                orjson.dumps(subject).decode(), orjson.dumps(mask_cpr(reason)[0]).decode())
     _audit_refusal(conn, author, asked, reason, now or datetime.now(UTC), via, subject)
 
 
