@@ -7,8 +7,8 @@ whatever the number of alerts.
 - Deduplication: one alert that is not resolved per fingerprint; a repeat counts.
 - Reopening: a firing recorded within the policy's `reopen_window` after the fingerprint's
   latest alert was resolved (and newer than anything that alert saw) reopens that alert
-  instead of opening a twin; not when the device was deployed since the alert last fired
-  (to its next citizen: another episode, perhaps another municipality's).
+  instead of opening a twin; not when the device was deployed since the alert was made (to
+  its next citizen: another episode, perhaps another municipality's).
 - Routing: the policy's tree chooses queue, priority and time to claim; the rule's queue and
   priority are the defaults.
 - Suppression: a new alert held back by a silence, an inhibition or a device in repair is
@@ -79,7 +79,8 @@ incoming AS (
 _REOPEN = "WITH" + _INCOMING + """,
 latest AS (
     SELECT DISTINCT ON (a.fingerprint) a.id, a.fingerprint, a.status, a.resolved_at,
-           a.last_fired_at, a.resolved_by, a.resolution_code, a.repeat_count, a.device_id
+           a.last_fired_at, a.resolved_by, a.resolution_code, a.repeat_count, a.device_id,
+           a.created_at
     FROM alerts a JOIN incoming i USING (fingerprint)
     ORDER BY a.fingerprint, a.id DESC
 ), target AS (
@@ -89,9 +90,10 @@ latest AS (
       AND (l.last_fired_at < to_timestamp(i.last_time) OR l.repeat_count = 0)
       AND now() <= l.resolved_at + make_interval(secs => %(window)s)
       -- not the device's last citizen's: deployed since, it is another's episode (and
-      -- municipality, whose operators would read the last one's notes and history)
+      -- municipality, whose operators would read the last one's notes and history). By the
+      -- database's clocks, both: a device's own may be anywhere
       AND NOT EXISTS (SELECT 1 FROM device_assignments d
-                      WHERE d.device_id = l.device_id AND d.since > l.last_fired_at)
+                      WHERE d.device_id = l.device_id AND d.since > l.created_at)
 ), reopened AS (
     UPDATE alerts a SET
         status = 'open', labels = t.labels::jsonb, summary = t.summary, severity = t.severity,
