@@ -80,9 +80,11 @@ def _weeks_sql(weeks: bool) -> tuple[str, str, str, str]:
     A slot that does not divide a day is counted from days (and hours) only."""
     if not weeks:
         return "dd.ds", "dd.ds", "", ""
+    # hours, not days: a day added to a timestamptz is a calendar day of the session's time
+    # zone (25 hours when Danish clocks go back), as date_bin's are not
     ws = (f"date_bin(INTERVAL '7 days', dd.ds - INTERVAL '1 microsecond', {_ORIGIN_SQL}) "
-          "+ INTERVAL '7 days'")
-    we = (f"date_bin(INTERVAL '7 days', dd.de - INTERVAL '{WEEK_END_MARGIN.days} days', "
+          "+ INTERVAL '168 hours'")
+    we = (f"date_bin(INTERVAL '7 days', dd.de - INTERVAL '{WEEK_END_MARGIN.days * 24} hours', "
           f"{_ORIGIN_SQL})")
     wl = f"CASE WHEN x.slot_hours IS NULL THEN dd.ds ELSE {ws} END"
     wh = f"CASE WHEN x.slot_hours IS NULL THEN dd.ds ELSE greatest({we}, {ws}) END"
