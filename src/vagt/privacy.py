@@ -90,18 +90,43 @@ def mask_cpr(value: str, mask: str = CPR_MASK) -> tuple[str, int]:
 
 def _flattened(value: str) -> tuple[str, Sequence[int]]:
     """`value` with each run of white space one space and none at the ends, as people read
-    it, and where each of its characters is in `value`."""
-    if value.isprintable() and "  " not in value:
+    it, and where each of its characters is in `value`. Escapes are read as what they write
+    (`\\n` a line break, `\\u2013` a dash, `\\xa0` a no-break space, `\\/` a slash): a
+    payload kept as its JSON text, and a device's string shown by `repr`, hold them."""
+    if value.isprintable() and "  " not in value and "\\" not in value:
         return value, range(len(value))
     flat: list[str] = []
     where: list[int] = []
-    for word in re.finditer(r"\S+", value):
-        if flat:
+    space = -1          # where the run of white space before the next character began
+    for ch, at in _unescaped(value):
+        if ch.isspace():
+            if flat and space < 0:
+                space = at
+            continue
+        if space >= 0:
             flat.append(" ")
-            where.append(word.start() - 1)
-        flat.append(word.group())
-        where.extend(range(word.start(), word.end()))
+            where.append(space)
+            space = -1
+        flat.append(ch)
+        where.append(at)
     return "".join(flat), where
+
+
+_ESCAPE = re.compile(r"\\(?:[ntrfb/\\]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "b": "\b", "/": "/", "\\": "\\"}
+
+
+def _unescaped(value: str) -> Iterator[tuple[str, int]]:
+    """Each character `value` writes, and where it begins in `value`."""
+    i = 0
+    for m in _ESCAPE.finditer(value):
+        for k in range(i, m.start()):
+            yield value[k], k
+        text = m.group()
+        yield _ESCAPED.get(text[1]) or chr(int(text[2:], 16)), m.start()
+        i = m.end()
+    for k in range(i, len(value)):
+        yield value[k], k
 
 
 def _cpr_shapes(value: str) -> Iterator[re.Match[str]]:

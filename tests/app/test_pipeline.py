@@ -134,6 +134,55 @@ def test_a_device_id_shaped_like_a_cpr_number_reaches_no_alert_and_no_outbox(dat
     assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 2
 
 
+def test_a_cpr_number_in_an_alarms_event_code_reaches_neither_alert_nor_outbox(database_url):
+    """A code may hold digits ("alarm.0101901234", or SenML's `vs` "0101901234"): the alarm
+    reaches the emergency queue, the number not the call centre's systems."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("ALM-0001", "alarm", orjson.dumps(
+        {"time": T0, "events": [{"code": "alarm.0101901234"}]}))])
+    stored = query(database_url, "SELECT rule, summary, labels::text FROM alerts "
+                                 "UNION ALL SELECT '', '', payload::text FROM alert_outbox")
+    assert [r[0] for r in stored if r[0]] == ["personal_alarm"]
+    assert not any(contains_cpr(text) for row in stored for text in row), stored
+
+
+def test_a_cpr_number_with_a_no_break_space_in_a_topic_reaches_no_alert(database_url):
+    """The summary quotes the topic as `repr` writes it (`\\xa0`), after which the number
+    was not seen as one."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [RawMessage(f"{ROOT}/dev/010190\u00a01234/alarm",
+                                          alarm("ALM-0001", T0), time.time())])
+    stored = query(database_url, "SELECT rule, device_id, summary FROM alerts ORDER BY rule")
+    assert stored and not any("010190" in text for row in stored for text in row), stored
+
+
+@pytest.mark.parametrize("payload", [
+    {"time": T0, "readings": [{"metric": "spo2", "value": 97, "unit": "%"},
+                              {"metric": "spo2", "value": 80, "unit": "%"}]},
+    [{"bt": T0, "n": "spo2", "v": 97}, {"n": "spo2", "v": 80}],            # SenML, no `t`
+    {"time": T0, "readings": [{"metric": "battery", "value": 90, "unit": "%"}],
+     "status": {"battery": 10}},
+], ids=["canonical", "senml", "reading-and-status"])
+def test_two_values_of_one_metric_at_one_time_are_a_dead_letter_not_one_dropped(database_url,
+                                                                              payload):
+    """The table holds one value a device, metric and time: the second was dropped unsaid,
+    a saturation of 80 % stored as 97 % (or kept, by the order of the array)."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("OXI-0001", "telemetry", orjson.dumps(payload))])
+    assert query(database_url, "SELECT count(*) FROM readings") == [(0,)]
+    [(reason, detail)] = query(database_url, "SELECT reason, detail FROM dead_letters")
+    assert reason == "schema" and "has two values at one time" in detail
+
+
+def test_the_same_value_twice_at_one_time_is_stored_once(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("OXI-0001", "telemetry", orjson.dumps(
+        {"time": T0, "readings": [{"metric": "spo2", "value": 97, "unit": "%"},
+                                  {"metric": "spo2", "value": 97, "unit": "%"}]}))])
+    assert query(database_url, "SELECT value FROM readings") == [(97.0,)]
+    assert query(database_url, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
 def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(database_url):
     """A personal alarm installed in someone's home but never recorded in the registry: its
     button must still reach a person, read or not, and only its alarms do."""

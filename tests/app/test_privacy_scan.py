@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from tests.app.conftest import query
 
 from vagt.app import device_hours
@@ -70,6 +71,16 @@ def test_a_firmware_version_holding_a_cpr_number_is_found(database_url):
 def test_a_payload_is_read_as_utf8_so_an_en_dash_hides_no_cpr_number(database_url):
     """PostgreSQL's escaped text of the bytes wrote the dash as three octal numbers."""
     insert_dead_letter(database_url, '{"note": "010190\u20131234"}'.encode())
+    assert found(database_url) == {("dead_letters", "payload"): 1}
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"note": "ringede 010190\\n1234"}',         # a line break, as every JSON writer writes it
+    b'{"note": "ringede 010190\\u20131234"}',     # Python's json.dumps: non-ASCII escaped
+    b'{"note": "ringede 01\\/01\\/90-1234"}',     # PHP's json_encode: slashes escaped
+])
+def test_a_payload_whose_json_escapes_hide_a_cpr_number_is_found(database_url, payload):
+    insert_dead_letter(database_url, payload)
     assert found(database_url) == {("dead_letters", "payload"): 1}
 
 

@@ -73,6 +73,10 @@ def test_a_name_about_the_device_does_not_announce_a_cpr_number(name):
     ("0101901234.0101901234", "[cpr removed].[cpr removed]", 2),
     ("besøg 12.03.24 0930, cpr 020290-1234", "besøg 12.03.24 0930, cpr [cpr removed]", 1),
     ("fw 1.02.03.1234", "fw 1.02.03.1234", 0),
+    # escapes read as what they write: a payload's JSON text, a device's string by repr
+    ('{"note": "ringede 010190\\n1234"}', '{"note": "ringede [cpr removed]"}', 1),
+    ("metric 'cpr 010190\\xa01234' is not known", "metric 'cpr [cpr removed]' is not known", 1),
+    ("01\\/01\\/90\\u2013 1234 and C:\\temp\\n5", "[cpr removed] and C:\\temp\\n5", 1),
 ])
 def test_masking_replaces_each_cpr_number_and_keeps_the_rest(text, masked, n):
     assert mask_cpr(text) == (masked, n)

@@ -142,7 +142,7 @@ def test_a_device_id_with_colons_may_be_the_whole_prefix():
 
 
 def test_the_base_value_is_added_to_each_value():
-    out = decode([{"bv": 90, "n": "spo2", "v": 7}, {"n": "spo2", "v": 5}])
+    out = decode([{"bv": 90, "n": "spo2", "v": 7, "t": -60}, {"n": "spo2", "v": 5}])
     assert out.r_value == [97.0, 95.0]
 
 
@@ -242,7 +242,7 @@ def test_a_name_as_long_as_a_payload_is_read():
 
 def test_records_after_the_first_are_checked_against_the_prefix_it_was_accepted_for():
     out = decode([{"bn": "urn:dev:ow:OXI-1:", "n": "spo2", "v": 97},
-                  {"n": "pulse", "v": 61},
+                  {"n": "pulse", "v": 61, "t": -60},
                   {"bn": "OXI-1/", "n": "pulse", "v": 62}])
     assert [r[:2] for r in readings(out)] == [("spo2", 97.0), ("pulse", 61.0), ("pulse", 62.0)]
     # the same metric under another device's prefix, after one of the topic's device

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from vagt.ingest.canonical import Reject, Rows, TimeWindow, decode_canonical, got
+from vagt.ingest.canonical import ReadingRow, Reject, Rows, TimeWindow, decode_canonical, got
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.senml import decode_senml
 from vagt.ingest.topics import TopicError, parser_for
@@ -101,6 +101,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
             else:
                 raise Reject(DeadLetterReason.SCHEMA, "the payload must be a JSON object "
                              f"(canonical format) or an array (SenML), got {got(doc)}")
+            if len(readings) - mark[0] > 1 and (clash := _clash(readings, mark[0])):
+                raise Reject(DeadLetterReason.SCHEMA, clash)
         except Reject as e:
             rows.undo(mark)
             _dead(out, i, m, e.reason, f"{e.detail} (topic {m.topic})", device_id, channel_name)
@@ -160,6 +162,20 @@ def _duplicate_key(payload: bytes) -> str | None:
                      "the payload is nested too deeply (about 1,000 levels) to be checked for "
                      "a key given twice; vagt's documents are a few levels deep") from None
     return None
+
+
+def _clash(readings: list[ReadingRow], start: int) -> str:
+    """What is wrong with a message's readings (from `start`) that give one metric two values
+    at one time ('' if none): one is stored (the table holds a value per device, metric and
+    time) and the other would be dropped unsaid, a saturation of 80 % behind one of 97 %."""
+    seen: dict[tuple[str, float], float] = {}
+    for _, metric, value, _, t, _ in readings[start:]:
+        first = seen.setdefault((metric, t), value)
+        if first != value:
+            return (f"metric {quote(metric)} has two values at one time ({first:g} and "
+                    f"{value:g}, a reading and a status, say, or two readings without a time "
+                    "of their own); one value a time (which counts would be a guess)")
+    return ""
 
 
 def _too_large(kept: int, size: int, limit: int) -> Reject:
