@@ -73,6 +73,24 @@ def test_a_second_user_of_the_same_name_is_refused(database_url, capsys):
     assert capsys.readouterr().err == "vagt: there is already a user 'bo'\n"
 
 
+def test_an_empty_municipality_is_refused_not_taken_for_every_municipality(database_url,
+                                                                           capsys):
+    """`--municipality "$MUNI"` with the variable unset made an account of the whole centre."""
+    assert run(database_url, "users", "add", "kim", "--role", "operator", "--no-password",
+               "--municipality", "") == 2
+    assert "the municipality is empty" in capsys.readouterr().err
+    assert run(database_url, "users", "list") == 0
+    assert "kim" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [("silences", "expire", str(10**20), "--author", "sofie"),
+                                  ("alerts", "claim", "0", "--operator", "anna")])
+def test_an_id_no_row_can_have_is_a_usage_error(database_url, capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        run(database_url, *argv)
+    assert e.value.code == 2 and "is no row's id" in capsys.readouterr().err
+
+
 def test_tokens_create_prints_the_token_once_and_stores_its_hash(database_url, conn, capsys):
     run(database_url, "users", "add", "crm", "--role", "operator", "--no-password")
     capsys.readouterr()

@@ -963,3 +963,84 @@ def test_a_refused_silence_of_an_account_named_before_names_were_checked_logs_no
     refused = [rec.getMessage() for rec in caplog.records
                if "event=silence_refused" in rec.getMessage()]
     assert len(refused) == 1 and "0101701234" not in refused[0]
+
+
+def test_a_session_opened_while_the_password_changes_does_not_outlive_the_change(
+        api: Api, monkeypatch) -> None:
+    """The password is checked (scrypt, a tenth of a second, no connection held), then the
+    session written. A password changed in between ended the sessions there were; one
+    written after, from the old password, worked for 12 hours."""
+    from tests.alerts.test_accounts_cli import run
+
+    from vagt.alerts import accounts
+
+    verify, checking, go = accounts.verify_password, threading.Event(), threading.Event()
+
+    def held(stored: str, password: str) -> bool:
+        checking.set()
+        go.wait(30)
+        return verify(stored, password)
+
+    monkeypatch.setattr(accounts, "verify_password", held)
+    answers: list[httpx.Response] = []
+    login = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{api.url}/api/v1/sessions", auth=("anna", PASSWORD), timeout=60)))
+    login.start()
+    assert checking.wait(30)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a new password for anna\n"))
+    assert run(api.database_url, "users", "password", "anna", "--password-stdin") == 0
+    go.set()
+    login.join(60)
+    assert (answers[0].status_code, "the password changed" in answers[0].text) == (401, True)
+    assert rows(api.database_url, "SELECT count(*) FROM api_tokens "
+                                  "WHERE username = 'anna' AND revoked_at IS NULL") == [(0,)]
+
+
+def test_a_resolution_code_holding_a_cpr_number_is_refused_without_repeating_it(
+        api: Api) -> None:
+    alarm, _ = alarm_and_battery(api.database_url)
+    r = api.as_("anna").post(f"/api/v1/alerts/{alarm}/resolve",
+                             json={"code": "010170-1234", "note": "done"})
+    assert r.status_code == 422
+    assert "a resolution code is required" in r.text and "1234" not in r.text
+
+
+@pytest.mark.parametrize(("user", "path", "body"), [
+    ("anna", "/api/v1/alerts/{a}/resolve", '{"code": "\\ud800", "note": "done"}'),
+    ("anna", "/api/v1/alerts/next", '{"queues": ["\\ud800"]}'),
+    ("sofie", "/api/v1/silences", '{"matchers": ["device_id=\\ud800"], "comment": "c", '
+                                  '"ends_at": "2099-01-01T00:00:00Z"}'),
+], ids=["resolve", "next", "silence"])
+def test_half_a_surrogate_pair_in_a_request_is_refused_as_not_text(api: Api, user, path,
+                                                                    body) -> None:
+    """JSON's `\\ud800` alone is no character: it failed where it was written or answered."""
+    alarm, _ = alarm_and_battery(api.database_url)
+    r = httpx.post(api.url + path.format(a=alarm), auth=(user, PASSWORD), content=body,
+                   headers={"Content-Type": "application/json"}, timeout=10)
+    assert (r.status_code, "not valid text" in r.text) == (422, True), r.text
+
+
+@pytest.mark.parametrize("pattern", ["x{99999999999}", "(" * 2000 + ")" * 2000],
+                         ids=["too-large", "too-deep"])
+def test_a_silence_whose_regex_cannot_be_compiled_is_refused(api: Api, pattern) -> None:
+    r = api.as_("sofie").post("/api/v1/silences", json={
+        "matchers": [f'device_id=~"{pattern}"'], "comment": "c",
+        "ends_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert r.status_code == 422 and "too large or too deeply nested" in r.text
+
+
+@pytest.mark.parametrize("user", ["sofie", "anna"])
+def test_an_id_beyond_a_bigint_is_refused_as_no_id(api: Api, user) -> None:
+    """It stopped an expiry's refusal from being audited (HTTP 500)."""
+    for path in (f"/api/v1/silences/{10**20}/expire", f"/api/v1/alerts/{10**20}/claim"):
+        assert api.as_(user).post(path).status_code == 422, path
+
+
+def test_a_silence_starting_more_than_a_year_ahead_is_refused(api: Api) -> None:
+    """The end of the year 9999 is in the year 10000 on Danish time: no list could show it,
+    and no expiry find it."""
+    r = api.as_("mette").post("/api/v1/silences", json={
+        "matchers": ['device_id="OXI-0001"'], "comment": "c",
+        "starts_at": "9999-12-31T22:00:00Z", "ends_at": "9999-12-31T23:30:00Z"})
+    assert r.status_code == 422 and "starts within 366 days of now" in r.text
+    assert rows(api.database_url, "SELECT count(*) FROM silences") == [(0,)]

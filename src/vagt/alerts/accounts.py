@@ -64,6 +64,9 @@ class Principal:
     municipality: str | None
     queues: tuple[str, ...]
     via: str     # "password" or "token:NAME"
+    # signed in with its password: the stored hash it was checked against (a session opened
+    # from it is refused if the password changed meanwhile)
+    password_hash: str | None = field(default=None, repr=False, compare=False)
 
 
 def _password_bytes(password: str) -> bytes:
@@ -101,6 +104,11 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
              municipality: str | None = None, queues: Sequence[str] = (),
              actor: str, via: str | None = None) -> None:
     username = checked_operator(username)
+    if municipality is not None and not municipality.strip():
+        # `--municipality "$MUNI"` with the variable unset: an account of every
+        # municipality, where one was asked for
+        raise AccountError("the municipality is empty; name one, or give none for an account "
+                           "of the whole centre")
     if municipality:
         without_cpr(municipality, "municipality")
         if problem := unprintable_problem(municipality, "the municipality"):
@@ -192,23 +200,35 @@ def create_token(conn: psycopg.Connection, username: str, name: str, *, actor: s
     return _create_token(conn, username, name, actor=actor, expires_at=expires_at, via=via)
 
 
-def open_session(conn: psycopg.Connection, username: str, *, expires_at: datetime,
-                 via: str) -> tuple[int, str]:
-    """A session token (the API's POST /sessions, after a password login: `via`)."""
-    return _create_token(conn, username, SESSION_TOKEN, actor=username, expires_at=expires_at,
-                         via=via)
+class PasswordChanged(AccountError):
+    """The password a session was to be opened with changed after it was checked."""
+
+
+def open_session(conn: psycopg.Connection, who: Principal, *, expires_at: datetime
+                 ) -> tuple[int, str]:
+    """A session token (the API's POST /sessions) for `who`, signed in with its password:
+    refused (PasswordChanged) if the password changed since it was checked, which ended the
+    account's sessions (`set_password`): one opened after would outlive the change."""
+    assert who.password_hash is not None, "a session is opened after a password login"
+    return _create_token(conn, who.username, SESSION_TOKEN, actor=who.username,
+                         expires_at=expires_at, via=who.via, password_hash=who.password_hash)
 
 
 def _create_token(conn: psycopg.Connection, username: str, name: str, *, actor: str,
-                  expires_at: datetime | None, via: str | None) -> tuple[int, str]:
+                  expires_at: datetime | None, via: str | None,
+                  password_hash: str | None = None) -> tuple[int, str]:
     without_cpr(name, "token's name")
     if problem := unprintable_problem(name, "the token's name"):
         raise AccountError(problem)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():
-        if conn.execute("SELECT 1 FROM operators WHERE username = %s AND disabled_at IS NULL",
-                        (username,)).fetchone() is None:
+        row = conn.execute("SELECT password_hash FROM operators WHERE username = %s "
+                           "AND disabled_at IS NULL FOR SHARE", (username,)).fetchone()
+        if row is None:
             raise AccountError(f"there is no enabled user '{username}' to give a token to")
+        if password_hash is not None and row[0] != password_hash:
+            raise PasswordChanged("the password changed while the session was being opened: "
+                                  "sign in with the new one")
         row = conn.execute("INSERT INTO api_tokens (name, username, token_sha256, expires_at) "
                            "VALUES (%s, %s, %s, %s) RETURNING id",
                            (name, username, _token_digest(token), expires_at)).fetchone()
@@ -258,7 +278,7 @@ def password_login(conn: psycopg.Connection, username: str) -> PasswordLogin:
     if row is None:
         return PasswordLogin(None)
     return PasswordLogin(Principal(str(row[0]), Role.parse(str(row[1])), row[2], tuple(row[3]),
-                                   "password"), row[4])
+                                   "password", row[4]), row[4])
 
 
 def check_password(login: PasswordLogin, password: str) -> Principal | None:

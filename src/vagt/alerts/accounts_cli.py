@@ -27,7 +27,7 @@ from vagt.alerts.accounts import (
     set_password,
 )
 from vagt.alerts.cli import _duration, _local_time, _reports_errors
-from vagt.app.cli_support import cli_login, format_table
+from vagt.app.cli_support import cli_login, format_table, row_id
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tl = t.add_parser("list", help="the tokens (never their values)")
     tl.set_defaults(handler=handle_token_list)
     rv = t.add_parser("revoke", help="revoke a token")
-    rv.add_argument("id", type=int, help="the token's id (see `vagt tokens list`)")
+    rv.add_argument("id", type=row_id, help="the token's id (see `vagt tokens list`)")
     rv.set_defaults(handler=handle_token_revoke)
 
 

@@ -29,7 +29,7 @@ from vagt.alerts import outbox
 from vagt.alerts.policy import AlertPolicy, current_policy
 from vagt.alerts.suppression import is_inhibition_source, reconcile
 from vagt.privacy import mask_cpr, without_cpr
-from vagt.text import plain_spaces, unprintable_problem
+from vagt.text import plain_spaces, shown, unprintable_problem
 
 MAX_OPERATOR_LENGTH = 100
 MAX_NOTE = outbox.MAX_NOTE
@@ -195,12 +195,19 @@ def audit_trail(conn: psycopg.Connection, alert_id: int) -> list[AuditEntry]:
                            (alert_id,)).fetchall()
 
 
+def _as_given(text: str) -> str:
+    """What a caller gave, in a refusal that repeats it (the API's answer, the command's
+    error): short, a CPR number masked, what is not printable escaped (a lone surrogate
+    could not even be written into the answer)."""
+    return shown(mask_cpr(text[:40])[0])
+
+
 def _statuses(status: str | Sequence[str]) -> list[str]:
     wanted = [status] if isinstance(status, str) else list(status)
     known = [s.value for s in AlertStatus]
     for s in wanted:
-        if s not in known:   # as other refusals show what was asked: masked, and short
-            raise AlertError(f"unknown alert status '{mask_cpr(s[:40])[0]}'; one of "
+        if s not in known:
+            raise AlertError(f"unknown alert status '{_as_given(s)}'; one of "
                              f"{', '.join(known)}")
     return wanted
 
@@ -263,7 +270,7 @@ def resolve(conn: psycopg.Connection, alert_id: int, operator: str,
     """
     policy = policy or current_policy()
     if code is None or code not in policy.resolution_codes:
-        given = "none was given" if code is None else f"got '{code}'"
+        given = "none was given" if code is None else f"got '{_as_given(code)}'"
         raise InvalidResolution(f"a resolution code is required, one of "
                                 f"{', '.join(policy.resolution_codes)}; {given}")
     if not _cleaned_note(note):

@@ -45,7 +45,7 @@ from vagt.alerts.silences import (
     refuse_author,
 )
 from vagt.alerts.silences import warnings as silence_warnings
-from vagt.app.cli_support import cli_login, fail, format_table, reports_errors
+from vagt.app.cli_support import cli_login, fail, format_table, reports_errors, row_id
 from vagt.app.config import Config
 from vagt.privacy import HoldsCpr
 from vagt.rules import Rule, RuleConfigError, load_rules
@@ -71,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("note", "write a note on an alert (its status stays)", handle_note, True),
             ("release", "give an alert you hold back to its queue", handle_release, True)):
         p = actions.add_parser(name, help=help_text)
-        p.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
+        p.add_argument("id", type=row_id, help="the alert's id (see `vagt alerts list`)")
         p.add_argument("--operator", required=True,
                        help="your operator account's name (`vagt users list`)")
         if takes_note:
@@ -88,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                 "(the policy's resolution_codes)")
         p.set_defaults(handler=handler)
     show = actions.add_parser("show", help="one alert with its audit trail")
-    show.add_argument("id", type=int, help="the alert's id (see `vagt alerts list`)")
+    show.add_argument("id", type=row_id, help="the alert's id (see `vagt alerts list`)")
     show.add_argument("--json", action="store_true", help="print a JSON object")
     show.set_defaults(handler=handle_show)
     nxt = actions.add_parser("next", help="claim the most urgent open alert of your queues")
@@ -116,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("give-up", "make a waiting delivery a dead letter, so that the target's events "
                         "behind it go (redeliver tries it again)", handle_give_up)):
         one = actions.add_parser(name, help=text)
-        one.add_argument("outbox_id", type=int,
+        one.add_argument("outbox_id", type=row_id,
                          help="the event's outbox id (see `vagt alerts outbox`)")
         one.add_argument("--target", required=True, help="the delivery target's name")
         one.add_argument("--author", required=True,
@@ -165,7 +165,7 @@ def _add_silences(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.set_defaults(handler=handle_silence_list, handler_takes_config=True)
     ex = actions.add_parser("expire", help="end a silence now")
-    ex.add_argument("id", type=int, help="the silence's id (see `vagt silences list`)")
+    ex.add_argument("id", type=row_id, help="the silence's id (see `vagt silences list`)")
     ex.add_argument("--author", required=True,
                      help="your account's name (a supervisor's), for the audit trail")
     ex.set_defaults(handler=handle_silence_expire)

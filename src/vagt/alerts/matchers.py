@@ -42,6 +42,9 @@ class Matcher:
                 object.__setattr__(self, "_regex", re.compile(self.value))
             except re.error as e:
                 raise MatcherError(f"{self}: not a valid regular expression: {e}") from None
+            except (OverflowError, RecursionError):   # x{99999999999}; groups 2,000 deep
+                raise MatcherError(f"{self.name}{self.op.value}…: a regular expression too "
+                                   "large or too deeply nested to compile") from None
 
     def matches(self, labels: Mapping[str, object]) -> bool:
         value = labels.get(self.name)
@@ -77,6 +80,10 @@ def parse_matcher(text: str) -> Matcher:
     CPR number is refused without repeating it (the refusals below quote the text)."""
     if contains_cpr(text):
         raise MatcherError(_HOLDS_CPR)
+    try:
+        text.encode()
+    except UnicodeEncodeError:   # bytes of an argument that are no UTF-8; a lone surrogate
+        raise MatcherError("a matcher must be text: this one holds what is not UTF-8") from None
     m = _SYNTAX.match(text)
     if m is None:
         raise MatcherError(f"{text!r} is not a matcher; write name=\"value\", name!=\"value\", "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
@@ -244,6 +244,9 @@ def _matchers_problem(matchers: Sequence[Matcher], municipality: str | None,
             f"{MAX_DEVICES}); else leave critical alerts out with severity!=\"critical\"")
 
 
+MAX_AHEAD = timedelta(days=366)
+
+
 def _times_problem(starts: datetime, ends: datetime, now: datetime,
                    policy: AlertPolicy) -> str | None:
     if ends <= starts:
@@ -251,6 +254,10 @@ def _times_problem(starts: datetime, ends: datetime, now: datetime,
                 f"ends {ends.isoformat()}")
     if ends <= now:
         return f"the silence would end in the past ({ends.isoformat()})"
+    if starts > now + MAX_AHEAD:   # work planned that far ahead is silenced nearer the time;
+        # and a time near the year 9999 is in 10000 on Danish time: no list could show it
+        return (f"a silence starts within {MAX_AHEAD.days} days of now; this one starts "
+                f"{starts.isoformat()}")
     too_long = _too_long(starts, ends, policy)
     return f"{too_long}: end it sooner, and make another then if it is still needed" \
         if too_long else None

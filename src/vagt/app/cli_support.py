@@ -25,6 +25,19 @@ EXIT_ERROR = 2
 H = TypeVar("H", bound=Callable[..., int])
 
 
+def row_id(text: str) -> int:
+    """An id of a row (an alert, a silence, an outbox entry, a token) as an argument: a
+    positive bigint, or argparse's usage error (a larger number is no row's, and failed
+    where it was audited)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text[:40])!r}") from None
+    if not 1 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{text[:40]} is no row's id (1 to 2**63 - 1)")
+    return value
+
+
 def fail(message: str, *, one_line: bool = True) -> int:
     """Print `vagt: message` on stderr (folded to one line unless told) and return 2; what
     is not printable in it escaped (vagt.text), as a refusal may quote what was refused."""

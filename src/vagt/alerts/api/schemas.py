@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from vagt.alerts.actions import MAX_NOTE
+
+
+def _text(value: str) -> str:
+    """A request's string that is text: JSON's `\\ud800` (half of a pair, alone) is none, and
+    failed where it was written or answered (HTTP 500); pydantic refuses it only in strings
+    it measures (a note's `max_length`), so the others are `Text`."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("not valid text: it holds half of a UTF-16 surrogate pair, "
+                         "alone") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
 
 
 class Alert(BaseModel):
@@ -65,7 +81,7 @@ class Acknowledge(BaseModel):
 
 
 class Resolve(BaseModel):
-    code: str = Field(description="a resolution code of the policy, e.g. visit_arranged")
+    code: Text = Field(description="a resolution code of the policy, e.g. visit_arranged")
     note: str = Field(min_length=1, max_length=MAX_NOTE, description="what was done")
 
 
@@ -74,7 +90,7 @@ class Note(BaseModel):
 
 
 class NextRequest(BaseModel):
-    queues: list[str] | None = Field(
+    queues: list[Text] | None = Field(
         default=None, description="the queues to take from; default: the operator's queues "
                                   "(all when the account has none)")
 
@@ -107,14 +123,14 @@ class Silence(BaseModel):
 
 
 class NewSilence(BaseModel):
-    matchers: list[str] = Field(min_length=1, examples=[['device_id="OXI-0001"']],
+    matchers: list[Text] = Field(min_length=1, examples=[['device_id="OXI-0001"']],
                                 description='Alertmanager matchers: name="v", name!="v", '
                                             'name=~"regex", name!~"regex"')
     # with a time zone ("Z" or "+01:00"): a time without one means nothing for sure to
     # a centre on Danish time with a server on UTC
     starts_at: AwareDatetime | None = Field(default=None, description="default: now")
     ends_at: AwareDatetime
-    comment: str = Field(min_length=1)
+    comment: Text = Field(min_length=1)
 
 
 class Device(BaseModel):
