@@ -263,7 +263,10 @@ def test_a_message_on_a_channel_vagt_does_not_read_is_a_dead_letter_and_one_aler
     ("events", alarm("ALM-0001", T0, "alarm.panic"), "it names alarm.panic"),
     ("senml", orjson.dumps([{"bn": "ALM-0001:", "n": "alarm", "vs": "fall"}]),
      "it names alarm.fall"),
-], ids=["alarms", "Alarm-empty", "alarm-fall-broken", "events", "senml"])   # T0 is now: a
+    # named by its base name alone, which SenML allows (RFC 8428: bn + n)
+    ("senml", orjson.dumps([{"bn": "urn:dev:ow:ALM-0001:alarm", "vs": "fall"}]),
+     "it names alarm.fall"),
+], ids=["alarms", "Alarm-empty", "alarm-fall-broken", "events", "senml", "senml-bn"])   # T0 is now: a
 # payload in the id differs between xdist's workers, which then refuse to run
 def test_an_alarm_on_a_channel_vagt_does_not_read_reaches_the_personal_alarms_queue(
         database_url, channel, payload, why):

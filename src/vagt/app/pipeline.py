@@ -933,9 +933,16 @@ def _event_codes(payload: bytes) -> list[str]:
         named = [e["code"] for e in events if type(e) is dict and type(e.get("code")) is str
                  ] if type(events) is list else []
     elif type(doc) is list:
-        named = [_senml_code(r["n"], r["vs"]) for r in doc if type(r) is dict
-                 and type(r.get("n")) is str and type(r.get("vs")) is str
-                 and r["n"].endswith(("event", ALARM))]
+        named, base = [], ""
+        for r in doc:           # a record's name is its base name (carried on) and its own
+            if type(r) is not dict:
+                continue
+            if type(r.get("bn")) is str:
+                base = r["bn"]
+            name, value = r.get("n", ""), r.get("vs")
+            if type(name) is str and type(value) is str \
+                    and (base + name).endswith(("event", ALARM)):
+                named.append(_senml_code(base + name, value))
     else:
         return []
     return sorted({c for c in named if len(c) <= EVENT_CODE_MAX and EVENT_CODE.match(c)})
