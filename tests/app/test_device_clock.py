@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 from tests.app.conftest import query, register
-from tests.app.test_shared_rule_state import DISPENSER, Process
+from tests.app.test_shared_rule_state import DISPENSER, PERSONAL_ALARM, Process
 
 from vagt.ingest.model import RawMessage
 
@@ -287,3 +287,48 @@ def test_a_jam_from_a_dispenser_whose_clock_restarted_at_2000_does_not_expire_at
     p.tick(NOW + 12 * 3600 + 1)
     assert open_alerts(database_url, "dispenser_jam") == [("DSP-0001", "resolved")]
     p.close()
+
+
+def alarm_lane(p: Process, m: RawMessage) -> None:
+    """`m` through the alarm lane's two transactions (`LaneSpec.state_apart`)."""
+    out = p.pipeline.process(p.conn, [m], state_apart=True)
+    p.conn.commit()
+    p.pipeline.write_state(p.conn, out)
+    p.conn.commit()
+    p.pipeline.after_commit(out)
+
+
+def pressed(device_time: float, at: float) -> RawMessage:
+    return RawMessage(f"{ROOT}/dev/PAL-0001/alarm", orjson.dumps(
+        {"device_id": "PAL-0001", "time": device_time, "events": [{"code": "alarm.fall"}]}), at)
+
+
+@pytest.mark.parametrize("clock", ["20 min behind", "restarted at 2000"])
+def test_an_alarm_dated_before_the_last_one_resolved_reaches_the_queue(database_url, clock):
+    """The last alarm was resolved; the next press comes from a device whose clock is
+    behind (set back, or restarted at 2000-01-01 after a flat battery), so it is dated
+    before the resolved alert last fired. It was taken for that alarm again, and opened
+    nothing: every alarm of the device, from then on, reached no one."""
+    from vagt.alerts import resolve
+
+    register(database_url, [PERSONAL_ALARM])
+    p = Process(database_url, None)
+    alarm_lane(p, pressed(NOW - 3600, NOW - 3600))
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "the citizen is fine", code="false_alarm")
+    behind = NOW - 3600 - 1200 if clock == "20 min behind" else YEAR_2000
+    alarm_lane(p, pressed(behind, NOW))
+    alarm_lane(p, pressed(behind, NOW))        # the broker's copy of it: nothing more
+    p.close()
+    assert query(database_url, "SELECT id, status, reopen_count, repeat_count FROM alerts "
+                               "WHERE rule = 'personal_alarm'") == [(1, "open", 1, 2)]
+    # a later one after the next resolution, the clock still behind: again
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "the citizen is fine", code="false_alarm")
+        conn.execute("UPDATE alerts SET resolved_at = resolved_at - interval '1 hour'")
+    p = Process(database_url, None)
+    alarm_lane(p, pressed(behind + 60, NOW + 60))
+    p.close()
+    assert query(database_url, "SELECT id = 1, status FROM alerts "
+                               "WHERE rule = 'personal_alarm' ORDER BY id") == [
+        (True, "resolved"), (False, "open")]       # outside the reopen window: a new alert

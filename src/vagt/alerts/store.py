@@ -87,7 +87,7 @@ latest AS (
     SELECT l.id, l.resolved_by AS was_resolved_by, l.resolution_code AS was_code, i.*
     FROM latest l JOIN incoming i USING (fingerprint)
     WHERE l.status = 'resolved'
-      AND (l.last_fired_at < to_timestamp(i.last_time) OR l.repeat_count = 0)
+      AND (%(new)s OR l.last_fired_at < to_timestamp(i.last_time) OR l.repeat_count = 0)
       AND now() <= l.resolved_at + make_interval(secs => %(window)s)
       -- not the device's last citizen's: deployed since, it is another's episode (and
       -- municipality, whose operators would read the last one's notes and history). By the
@@ -102,7 +102,11 @@ latest AS (
         route = t.route, time_to_claim = make_interval(secs => t.ttc),
         queued_at = now(), claim_deadline = now() + make_interval(secs => t.ttc),
         waiting_since = now(), announced = false,
-        repeat_count = a.repeat_count + t.n, last_fired_at = to_timestamp(t.last_time),
+        repeat_count = a.repeat_count + t.n,
+        -- a new firing dated before the alert's last one (a clock behind) leaves it: that
+        -- firing, recorded again, is then counted already
+        last_fired_at = CASE WHEN a.repeat_count = 0 THEN to_timestamp(t.last_time)
+                             ELSE greatest(a.last_fired_at, to_timestamp(t.last_time)) END,
         opened_at = CASE WHEN a.repeat_count = 0 THEN to_timestamp(t.first_time)
                          ELSE a.opened_at END,
         reopen_count = a.reopen_count + 1, reopened_at = clock_timestamp(),
@@ -132,10 +136,10 @@ upserted AS (
            make_interval(secs => ttc), now(), now() + make_interval(secs => ttc),
            to_timestamp(first_time), to_timestamp(last_time), n, now()
     FROM incoming i
-    WHERE NOT EXISTS (SELECT 1 FROM alerts r
-                      WHERE r.fingerprint = i.fingerprint AND r.status = 'resolved'
-                        AND r.last_fired_at >= to_timestamp(i.last_time)
-                        AND r.repeat_count > 0)
+    WHERE %(new)s OR NOT EXISTS (SELECT 1 FROM alerts r
+                                 WHERE r.fingerprint = i.fingerprint AND r.status = 'resolved'
+                                   AND r.last_fired_at >= to_timestamp(i.last_time)
+                                   AND r.repeat_count > 0)
     ON CONFLICT (fingerprint) WHERE status <> 'resolved' DO UPDATE
        SET repeat_count = a.repeat_count + EXCLUDED.repeat_count,
            last_fired_at = EXCLUDED.last_fired_at,
@@ -188,8 +192,16 @@ SELECT t.id, t.labels FROM target t JOIN resolved USING (id)
 
 
 def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
-                   policy: AlertPolicy | None = None) -> list[tuple[int, str]]:
+                   policy: AlertPolicy | None = None, *, new: bool = False
+                   ) -> list[tuple[int, str]]:
     """Open an alert per new fingerprint, count a repeat on an open one, reopen a recent one.
+
+    A firing no later (by device time) than the fingerprint's resolved alert last fired is
+    taken for one that alert counted (the same rows recorded again: a redelivery, the alarm
+    lane's second evaluation, a replay) and opens nothing; unless the caller knows its rows
+    are `new` (stored by this transaction, never recorded): then it is a new episode (an
+    alarm pressed on a device whose clock is behind), which reopens the alert within the
+    reopen window, and else opens one.
 
     Returns (id, queue) of the alerts opened or reopened now (suppressed ones included).
     """
@@ -198,12 +210,13 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
     policy = policy or current_policy()
     labels = _labels(conn, firings, policy)
     params = _columns(firings, labels, policy)
-    reopened = conn.execute(_REOPEN, {**params, "window": policy.reopen_window_s}).fetchall()
+    reopened = conn.execute(_REOPEN, {**params, "window": policy.reopen_window_s,
+                                      "new": new}).fetchall()
     again = {str(r[1]) for r in reopened}
     if again:
         keep = [i for i, f in enumerate(firings) if f.fingerprint not in again]
         params = {k: [v[i] for i in keep] for k, v in params.items()}
-    rows = conn.execute(_UPSERT, params).fetchall() if params["fp"] else []
+    rows = conn.execute(_UPSERT, {**params, "new": new}).fetchall() if params["fp"] else []
     opened = [(int(r[0]), str(r[1])) for r in rows if r[2]]
     new_ids = {i for i, _ in opened}
     reopened_ids = {int(r[0]) for r in reopened}

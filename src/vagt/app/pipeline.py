@@ -281,7 +281,11 @@ class Pipeline:
             ev, batch, recount, skipped = self._evaluate_locked(conn, batch, out, out.rows,
                                                                 out.fresh)
         self._store_bad_readings(conn, batch, ev, out)
-        self.record(conn, ev, out, out.registry_firings, recount, skipped=skipped)
+        # the alarm lane's first evaluation is of this batch's new rows only (the events
+        # stored before are left out above; no late rows are evaluated again here): what it
+        # fires is new, even dated before an alert it resolved (a clock behind)
+        self.record(conn, ev, out, out.registry_firings, recount, skipped=skipped,
+                    new=state_apart)
         return out
 
     def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
@@ -734,7 +738,7 @@ class Pipeline:
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None,
-               count: bool = True, skipped: Batch | None = None) -> None:
+               count: bool = True, skipped: Batch | None = None, new: bool = False) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
         evaluated again in order (`recount`) correct their alerts first (unless not `count`:
@@ -755,6 +759,11 @@ class Pipeline:
             firings = self._to_alert_firings(ev.rules, tuple(c[sel] for c in fr[:7]))
             if k == rounds[0]:
                 firings += list(extra)
+            if new:     # of new events; a reading may come again with an alarm's pack
+                by_readings = {r.name for r in ev.rules if r.uses_readings}
+                out.opened += record_firings(
+                    conn, [f for f in firings if f.rule not in by_readings], new=True)
+                firings = [f for f in firings if f.rule in by_readings]
             out.opened += record_firings(conn, firings)
             c = co == k
             if c.any():
