@@ -4,15 +4,17 @@ takes the same batch again and again, which would hold every alarm behind it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 from tests.app.conftest import (
     alarm,
     publish,
@@ -69,6 +71,25 @@ def personal_alarms(database_url: str, *device_ids: str) -> None:
                             for d in device_ids])
 
 
+@contextlib.contextmanager
+def lane_parts(database_url: str, broker: Broker, topic_root: str, spec: LaneSpec,
+               pipeline: type[Pipeline]) -> Iterator[tuple[ConnectionPool, MqttSession,
+                                                           Pipeline]]:
+    """What a lane of the engine runs on: a pool, a session on the lane's channel (connected)
+    and `pipeline` loaded as the engine loads it."""
+    channel = "alarm" if spec.name == "alarm" else "telemetry"
+    settings = SessionSettings(client_id=f"refused-{uuid.uuid4().hex[:8]}",
+                               filters=(f"{topic_root}/dev/+/{channel}",), port=broker.port,
+                               session_expiry_s=300)
+    with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
+            MqttSession(settings) as session:
+        with pool.connection() as conn:
+            loaded = pipeline.load(conn, topic_root=topic_root, rules=load_rules(None),
+                                   clock=time.time)
+        wait_for(lambda: session.connected, what="the lane's session")
+        yield pool, session, loaded
+
+
 def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
              messages: list[tuple[str, bytes]], until: str,
              pipeline: type[Pipeline] = BrokenOn, spec: LaneSpec | None = None,
@@ -77,18 +98,10 @@ def run_lane(database_url: str, broker: Broker, topic_root: str, lane: str,
     session and database, until the query `until` (a count) reaches the number of messages
     published (by `send`, all at once unless told otherwise)."""
     spec = spec or next(s for s in lane_specs(Config()) if s.name == lane)
-    channel = "alarm" if lane == "alarm" else "telemetry"
-    settings = SessionSettings(client_id=f"refused-{uuid.uuid4().hex[:8]}",
-                               filters=(f"{topic_root}/dev/+/{channel}",), port=broker.port,
-                               session_expiry_s=300)
     metrics = EngineMetrics()
     stop = threading.Event()
-    with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
-            MqttSession(settings) as session:
-        with pool.connection() as conn:
-            fleet_pipeline = pipeline.load(conn, topic_root=topic_root, rules=load_rules(None),
-                                           clock=time.time)
-        wait_for(lambda: session.connected, what="the lane's session")
+    with lane_parts(database_url, broker, topic_root, spec, pipeline) as (pool, session,
+                                                                          fleet_pipeline):
         worker = threading.Thread(target=Lane(spec, session, pool, fleet_pipeline,
                                               metrics).run, args=(stop,))
         worker.start()
@@ -409,16 +422,10 @@ def test_the_alarm_lane_ends_on_its_settlers_failure_while_waiting_for_room_in_i
     monkeypatch.setattr(SettlerBug, "raised", False)
     spec = dataclasses.replace(next(s for s in lane_specs(Config()) if s.name == "alarm"),
                                batch_max=1)
-    settings = SessionSettings(client_id=f"settler-{uuid.uuid4().hex[:8]}",
-                               filters=(f"{topic_root}/dev/+/alarm",), port=broker.port)
     stop = threading.Event()
     failed: list[BaseException] = []
-    with open_engine_pool(database_url, Config(), size=(1, 3)) as pool, \
-            MqttSession(settings) as session:
-        with pool.connection() as conn:
-            pipeline = SettlerBug.load(conn, topic_root=topic_root, rules=load_rules(None),
-                                       clock=time.time)
-        wait_for(lambda: session.connected, what="the lane's session")
+    with lane_parts(database_url, broker, topic_root, spec, SettlerBug) as (pool, session,
+                                                                           pipeline):
         lane = Lane(spec, session, pool, pipeline, EngineMetrics())
 
         def run() -> None:
