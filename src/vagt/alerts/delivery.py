@@ -264,19 +264,13 @@ class DeliveryWorker:
                 tries += self._deliver_target(sender)
             except Exception:
                 failed += 1
-                delay = min(self.policy.poll_interval_s * 2.0 ** min(failed - 1, 20),
-                            PASS_RETRY_MAX_S)
+                delay = _doubling(self.policy.poll_interval_s, failed, PASS_RETRY_MAX_S)
                 self._failing[sender.name] = (failed, self.monotonic() + delay)
                 log.exception("event=delivery_pass_failed target=%s failed=%d retry_in=%.1fs",
                               sender.name, failed, delay)
             else:
                 self._failing.pop(sender.name, None)
         return tries
-
-    def _backoff(self, tries: int) -> float:
-        """The wait after `tries` failed tries in a row (the first: `backoff_initial`)."""
-        return min(self.policy.backoff_initial_s * 2.0 ** min(tries - 1, 60),
-                   self.policy.backoff_max_s)
 
     def _deliver_target(self, sender: Sender) -> int:
         """Up to `batch` events in outbox order, each sent and recorded in its own transaction."""
@@ -349,7 +343,8 @@ class DeliveryWorker:
         # A refusal backs off by the refusals: after an outage (thousands of tries: 2 **
         # attempts would overflow a float) the receiver is back, and the events behind one
         # it refuses must not wait backoff_max for each of its max_attempts refusals.
-        delay = self._backoff(refusals if refused else attempts)
+        delay = _doubling(self.policy.backoff_initial_s, refusals if refused else attempts,
+                          self.policy.backoff_max_s)
         conn.execute("UPDATE alert_deliveries SET attempts = %s, refusals = %s, last_error = %s, "
                      "dead_at = %s, next_attempt_at = %s WHERE outbox_id = %s AND target = %s",
                      (attempts, refusals, error, at if dead else None,
@@ -362,6 +357,12 @@ class DeliveryWorker:
                     "refusals=%d retry_in=%.1fs error=%r", target, outbox_id, attempts,
                     refusals, delay, error)
         return outcome
+
+
+def _doubling(first: float, tries: int, most: float) -> float:
+    """The wait after `tries` failures in a row: `first`, doubling, at most `most` (the
+    exponent bounded: thousands of tries in an outage would overflow a float)."""
+    return min(first * 2.0 ** min(tries - 1, 60), most)
 
 
 def senders_for(policy: DeliveryPolicy, *, mqtt_defaults: Mapping[str, object],
