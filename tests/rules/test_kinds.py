@@ -174,6 +174,37 @@ def test_an_event_clears_after_its_timeout(tmp_path):
     assert h.open() == set()
 
 
+def test_a_jam_again_after_its_alert_expired_is_a_new_alert_in_one_batch_too(tmp_path):
+    # the dispenser jammed, was freed (nothing says so: the alert clears 12 h after), and
+    # jammed again 13 h after; a backlog brings both in one batch
+    h = Harness(tmp_path, '[[rule]]\nname = "jam"\nkind = "event"\ncodes = ["fault.jam"]\n'
+                          'clear_after = "12h"\n')
+    h.batch(events=[(2, "fault.jam", 0.0), (2, "fault.jam", 13 * 3600.0)])
+    assert h.opened("jam", 2) == 2 and h.cleared("jam", 2) == 1
+    assert h.open() == {("jam", 2)}
+    ct = h.last.transitions.clears()[2]
+    assert ct.tolist() == [12 * 3600.0] and h.last.transitions.expired().tolist() == [True]
+
+
+def test_a_jam_within_its_timeout_is_a_repeat_and_the_timeout_runs_from_it(tmp_path):
+    h = Harness(tmp_path, '[[rule]]\nname = "jam"\nkind = "event"\ncodes = ["fault.jam"]\n'
+                          'clear_after = "12h"\n')
+    h.batch(events=[(2, "fault.jam", 0.0), (2, "fault.jam", 11 * 3600.0),
+                    (2, "fault.jam", 22 * 3600.0)])
+    assert h.opened("jam", 2) == 1 and h.cleared("jam", 2) == 0
+    h.batch(events=[(2, "fault.jam", 34 * 3600.0)])   # 12 h after the last: expired first
+    assert h.opened("jam", 2) == 2 and h.cleared("jam", 2) == 1
+
+
+def test_mains_lost_and_restored_at_one_time_leave_nothing_open_whichever_came_first(
+        tmp_path):
+    for events in ([(4, "power.mains_lost", 10.0), (4, "power.mains_restored", 10.0)],
+                   [(4, "power.mains_restored", 10.0), (4, "power.mains_lost", 10.0)]):
+        h = Harness(tmp_path, MAINS)
+        h.batch(events=events)
+        assert h.open() == set() and h.cleared("mains", 4) == 1
+
+
 # -- absence ----------------------------------------------------------------------------------
 
 ABSENCE = '[[rule]]\nname = "silent"\nkind = "absence"\nfactor = 2\ntypes = ["gateway"]\n'
@@ -476,6 +507,22 @@ def test_flapping_clears_when_the_next_loss_comes_after_a_stable_spell(tmp_path)
     h.batch(events=[(4, "connection.lost", 180.0 + 7200)])
     assert h.open() == set()
     assert h.book.resolved[("flapping", 4)] == 180.0
+
+
+def test_flapping_that_paused_longer_than_stable_is_a_new_alert_in_one_batch_too(tmp_path):
+    # losses 11 minutes apart, stable 10: quiet for 10 minutes after the third, so the
+    # alert it opened cleared before the fourth opened another
+    h = Harness(tmp_path, FLAP.replace("count = 3", "count = 2") + 'stable = "10m"\n')
+    h.batch(events=[(4, "connection.lost", 660.0 * k) for k in range(4)])
+    assert h.opened("flapping", 4) == 2 and h.cleared("flapping", 4) == 1
+    assert h.last.transitions.clears()[2].tolist() == [1320.0 + 600]
+
+
+def test_a_dose_taken_at_the_second_it_was_due_answers_it_whichever_came_first(tmp_path):
+    h = Harness(tmp_path, DOSE)
+    h.batch(events=[(2, "dose.taken", 0.0), (2, "dose.due", 0.0)])
+    h.tick(10 * DAY)
+    assert h.open() == set() and h.book.opened == {}
 
 
 def test_a_dose_taken_arriving_before_its_due_in_another_batch_is_not_lost(tmp_path):

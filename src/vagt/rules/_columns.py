@@ -61,9 +61,14 @@ class Groups:
         return prev
 
 
-def sort_rows(dev: I64, time: F64) -> I64:
-    """The order that sorts rows by device, then device time (stable for equal times)."""
-    return np.lexsort((time, dev)).astype(np.int64)
+def sort_rows(dev: I64, time: F64, tie: I64 | Bools | None = None) -> I64:
+    """The order that sorts rows by device, then device time, then `tie` (stable for rows
+    equal in all): a kind whose rows of one device time mean different things in one order
+    and the other (a clearing code and the code it clears) ranks them, so that what it
+    decides does not hang on the order they came in (a batch's arrival, a backtest's query,
+    a late row's replay)."""
+    keys = (time, dev) if tie is None else (tie, time, dev)
+    return np.lexsort(keys).astype(np.int64)
 
 
 def latch(g: Groups, set_: Bools, reset: Bools, initial: Bools) -> Bools:
@@ -120,15 +125,16 @@ class Transitions:
             self.ordinal.append(ordinal)
 
     def add_clears(self, rule: int, dev: I64, time: F64, ordinal: I64,
-                   expired: bool = False) -> None:
-        """`expired`: cleared because nothing came for a time (an event rule's
-        `clear_after`), which says nothing of whether the condition ended."""
+                   expired: bool | Bools = False) -> None:
+        """`expired` (all, or per clear): cleared because nothing came for a time (an event
+        rule's `clear_after`), which says nothing of whether the condition ended."""
         if len(dev):
             self.c_rule.append(rule)
             self.c_dev.append(dev)
             self.c_time.append(time)
             self.c_ordinal.append(ordinal)
-            self.c_expired.append(np.full(len(dev), expired))
+            self.c_expired.append(np.broadcast_to(np.asarray(expired, dtype=bool),
+                                                  (len(dev),)).copy())
 
     def fires(self) -> tuple[I64, I64, F64, F64, F64, Obj, I64, I64]:
         """rule, device, first time, last time, value, code, count, ordinal."""
@@ -167,14 +173,16 @@ def _rules(rules: list[int], devs: list[I64]) -> I64:
 
 
 def emit(out: Transitions, rule: int, g: Groups, time: F64, state: Bools, initial: Bools,
-         counted: Bools, value: F64, code: Obj, clear_time: F64 | None = None) -> None:
+         counted: Bools, value: F64, code: Obj, clear_time: F64 | None = None,
+         expired: Bools | None = None) -> None:
     """Fires for each episode of `state` in the batch, clears where it ended.
 
     An episode that continues one from before the batch fires too: it is a repeat of the
     open alert (its count and last time move on). A fire's count, times and value are those
     of its `counted` rows (past the level, say; not the rows of a hysteresis band): an
     episode with none in the batch fires nothing, so that the alerts are the same whatever
-    the batches the rows came in.
+    the batches the rows came in. `expired`: per row, whether a clear there is an
+    expiry (`Transitions.add_clears`).
     """
     n = len(state)
     if n == 0:
@@ -202,4 +210,5 @@ def emit(out: Transitions, rule: int, g: Groups, time: F64, state: Bools, initia
         out.add_fires(rule, g.dev[s_idx[k]], time[a], time[z], value[z], code[a],
                       counts[k].astype(np.int64), s_ord[k])
     ct = time if clear_time is None else clear_time
-    out.add_clears(rule, g.dev[f_idx], ct[f_idx], f_ord)
+    out.add_clears(rule, g.dev[f_idx], ct[f_idx], f_ord,
+                   False if expired is None else expired[f_idx])

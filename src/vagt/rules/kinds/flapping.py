@@ -37,12 +37,22 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     back = np.where(pos >= k, t[np.maximum(idx - k, 0)],
                     recent[d, np.minimum(pos, k - 1)])
     set_ = t - back <= rule.window_s  # False against NaN: fewer than k+1 events known
+    # quiet for `stable` before a row: the alert cleared then, before the row (it may open
+    # a new one), as the tick would have cleared it had it come between them (`<=`, as
+    # there): in one batch, flaps 11 minutes apart with `stable` 10 were one alert, with
+    # ticks between two
     prev_t = g.previous(t, last_t[d])
-    quiet = (t - prev_t > rule.stable_s) & ~set_
-    initial = active[d]
-    state = latch(g, set_, quiet, initial)
-    emit(out, i, g, t, state, initial, set_, np.full(n, np.nan), c,
-         clear_time=prev_t + rule.stable_s)
+    quiet = t - prev_t >= rule.stable_s
+    # a quiet row twice: first as its clear (resetting, at the time the quiet began + stable)
+    rows2 = np.repeat(idx, 1 + quiet)
+    is_clear = np.r_[rows2[:-1] == rows2[1:], False]
+    g2 = Groups.of(d[rows2])
+    t2 = np.where(is_clear, prev_t[rows2] + rule.stable_s, t[rows2])
+    set2 = set_[rows2] & ~is_clear
+    initial = active[d[rows2]]
+    state2 = latch(g2, set2, is_clear, initial)
+    emit(out, i, g2, t2, state2, initial, set2, np.full(len(rows2), np.nan), c[rows2])
+    state = state2[~is_clear]
     # the last k times of (recent + the batch's rows), per device of the batch
     e = g.ends
     dev = d[e]

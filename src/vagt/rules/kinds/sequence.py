@@ -69,7 +69,7 @@ def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
     c = np.concatenate([wc[wr, wk], c])
     a = np.concatenate([np.ones(len(wr), dtype=bool), a])
     is_real = np.r_[np.zeros(len(wr), dtype=bool), np.ones(len(d) - len(wr), bool)]
-    order = sort_rows(d, t)
+    order = sort_rows(d, t, ~a)   # a dose taken at the second it was due answers it
     d, t, c, a, is_real = d[order], t[order], c[order], a[order], is_real[order]
     g = Groups.of(d)
     n = len(d)
