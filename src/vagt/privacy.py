@@ -72,15 +72,20 @@ def contains_cpr(value: str, *, cpr_column: bool = False) -> bool:
         cpr_column and _CPR_LOST_ZERO.search(value))
 
 
-def mask_cpr(value: str, mask: str = CPR_MASK) -> tuple[str, int]:
-    """`value` with each CPR-shaped run that `contains_cpr` finds replaced by `mask`, and how
-    many were replaced; the rest of the text is kept as it was, white space included."""
+def mask_cpr(value: str, mask: str = CPR_MASK, *, cpr_column: bool = False
+             ) -> tuple[str, int]:
+    """`value` with each CPR-shaped run that `contains_cpr` finds replaced by `mask` (with
+    the same `cpr_column`), and how many were replaced; the rest of the text is kept as it
+    was, white space included."""
     masked = 0
     while True:
         # Again until none is left: a run that followed a masked one after a dot (the end of
         # an IPv4 address, it seemed) is one of its own once the number before it is gone.
         flat, where = _flattened(value)
-        spans = [(where[m.start()], where[m.end() - 1] + 1) for m in _cpr_shapes(flat)]
+        runs = list(_cpr_shapes(flat))
+        if cpr_column and not runs:     # the nine digits once the ten are masked
+            runs = list(_CPR_LOST_ZERO.finditer(flat))
+        spans = [(where[m.start()], where[m.end() - 1] + 1) for m in runs]
         if not spans:
             return value, masked
         for start, end in reversed(spans):

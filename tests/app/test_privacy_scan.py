@@ -96,3 +96,23 @@ def test_a_time_in_epoch_seconds_in_json_is_no_cpr_number(database_url):
     """1712345678 (April 2024) is shaped as one: a number in JSON is no text a person wrote."""
     insert_event(database_url, '{"time": 1712345678, "since": "2024-04-05 19:34"}')
     assert found(database_url) == {}
+
+
+def insert_device_attributes(database_url: str, attributes: str) -> None:
+    """A device as an import before its check of attribute names could leave it."""
+    query(database_url, "INSERT INTO devices (device_id, vendor, model, type, municipality, "
+                        "attributes) VALUES ('ALM-1', 'Tunstall', 'Lifeline Vi+', "
+                        "'personal_alarm', 'Randers', %s) RETURNING 1", (attributes,))
+
+
+def test_nine_digits_under_a_name_announcing_a_cpr_number_are_found(database_url):
+    """A spreadsheet's lost zero, as the import refuses it in a column so named: under the
+    name, and anything nested in it."""
+    insert_device_attributes(database_url, '{"CPR-nr": "101901234", "serial": "101901234"}')
+    insert_event(database_url, '{"borger": {"cpr": ["101901234"]}, "serial": "101901234"}')
+    assert found(database_url) == {("devices", "attributes"): 1, ("events", "details"): 1}
+
+
+def test_nine_digits_under_any_other_name_are_no_cpr_number(database_url):
+    insert_device_attributes(database_url, '{"serial": "101901234", "101901234": "x"}')
+    assert found(database_url) == {}

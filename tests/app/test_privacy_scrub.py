@@ -8,7 +8,7 @@ import json
 import pytest
 from tests.alerts.test_actions import new_alert
 from tests.app.conftest import query, scalar
-from tests.app.test_privacy_scan import found, insert_dead_letter, insert_event
+from tests.app.test_privacy_scan import found, insert_dead_letter, insert_device_attributes, insert_event
 
 from vagt.app.cli import main
 from vagt.app.store import dead_letter_digest
@@ -109,3 +109,13 @@ def test_a_device_id_that_holds_one_is_left_for_renaming_and_never_shown(env, ca
     assert main(["privacy", "scan", "--json"]) == 1
     assert json.loads(capsys.readouterr().out) == [
         {"table": "devices", "column": "device_id", "rows": 1, "keys": ["[cpr removed]"]}]
+
+
+def test_nine_digits_under_a_name_announcing_a_cpr_number_are_masked_and_others_kept(
+        env, capsys):
+    insert_device_attributes(env, '{"CPR-nr": "101901234", "serial": "101901234"}')
+    assert scrub() == 0
+    assert scalar(env, "SELECT attributes FROM devices WHERE device_id = 'ALM-1'") == {
+        "CPR-nr": "[cpr removed]", "serial": "101901234"}
+    assert found(env) == {}
+

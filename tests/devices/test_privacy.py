@@ -54,6 +54,17 @@ def test_nine_digits_are_a_cpr_number_without_its_zero_in_a_column_named_for_cpr
     assert contains_cpr("101901234", cpr_column=True)
 
 
+@pytest.mark.parametrize(("text", "masked", "n"), [
+    ("101901234", "[cpr removed]", 1),
+    ("101901234, 0101901234", "[cpr removed], [cpr removed]", 2),
+    ("1019012345 101901234x", "1019012345 101901234x", 0),   # ten digits, in a word
+])
+def test_nine_digits_are_masked_in_a_column_named_for_cpr_as_they_are_found(text, masked, n):
+    assert mask_cpr(text, cpr_column=True) == (masked, n)
+    assert not contains_cpr(masked, cpr_column=True)
+    assert mask_cpr("101901234") == ("101901234", 0)
+
+
 @pytest.mark.parametrize("name", ["Borger CPR", "patient_cpr", "cprnr", "CPR-nr", "pnr", "p_nr",
                                   "personnr", "Personnummer", "social security number", "SSN",
                                   "note 010190-1234"])

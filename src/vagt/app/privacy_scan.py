@@ -16,6 +16,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from vagt.devices.privacy import looks_like_cpr_name
 from vagt.privacy import contains_cpr, mask_cpr
 
 
@@ -144,33 +145,44 @@ def scan(conn: psycopg.Connection) -> list[Finding]:
 
 
 def holds_cpr(column: Column, value: Any) -> bool:
-    return any(contains_cpr(text) for text in texts(column, value))
+    return any(contains_cpr(text, cpr_column=cpr_named)
+               for text, cpr_named in texts(column, value))
 
 
-def texts(column: Column, value: Any) -> Iterator[str]:
-    """The texts a value of the column holds, as a reader would see them."""
+def texts(column: Column, value: Any) -> Iterator[tuple[str, bool]]:
+    """The texts a value of the column holds, as a reader would see them, each with whether
+    it is read as in a column named for CPR numbers (see `json_strings`)."""
     if column.kind == "bytea":
         # Bytes that are no UTF-8 become lone surrogates, which no CPR shape takes in (as
         # PostgreSQL's escaped octal digits would be) and which encode back to the same bytes.
-        yield bytes(value).decode("utf-8", "surrogateescape")
+        yield bytes(value).decode("utf-8", "surrogateescape"), False
     elif column.kind == "jsonb":
         yield from json_strings(value)
     else:
-        yield str(value)
+        yield str(value), False
 
 
-def json_strings(doc: Any) -> Iterator[str]:
-    """The strings of a JSON document, names and values. Numbers are left out: a time in
-    epoch seconds (1712345678) is shaped as a CPR number, and a number cannot be masked."""
+def json_strings(doc: Any, cpr_named: bool = False) -> Iterator[tuple[str, bool]]:
+    """The strings of a JSON document, names and values, each with whether a name above it
+    announces a CPR number (`cpr_named`): there, as in an import's column so named, nine
+    digits are one too, whose zero a spreadsheet dropped (`{"CPR-nr": "101901234"}`).
+    Numbers are left out: a time in epoch seconds (1712345678) is shaped as a CPR number,
+    and a number cannot be masked."""
     if isinstance(doc, str):
-        yield doc
+        yield doc, cpr_named
     elif isinstance(doc, dict):
         for name, value in doc.items():
-            yield name
-            yield from json_strings(value)
+            yield name, cpr_named
+            yield from json_strings(value, announces_cpr(name, cpr_named))
     elif isinstance(doc, list):
         for value in doc:
-            yield from json_strings(value)
+            yield from json_strings(value, cpr_named)
+
+
+def announces_cpr(name: str, cpr_named: bool) -> bool:
+    """What is under the JSON name `name` is named for CPR numbers: a name above it was, or
+    this one is, as the import judges a column's name (`looks_like_cpr_name`)."""
+    return cpr_named or looks_like_cpr_name(name)
 
 
 def candidates(conn: psycopg.Connection, column: Column

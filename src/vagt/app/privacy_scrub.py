@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from vagt.app.privacy_scan import COLUMNS, Column, candidates, holds_cpr, shown_key
+from vagt.app.privacy_scan import COLUMNS, Column, announces_cpr, candidates, holds_cpr, shown_key
 from vagt.privacy import mask_cpr, without_cpr
 
 # Rows changed per transaction: the rows a scrub locks are few and briefly held, and the
@@ -129,24 +129,26 @@ def _masked(column: Column, value: Any) -> tuple[Any, int]:
     return mask_cpr(str(value))
 
 
-def _masked_json(doc: Any) -> tuple[Any, int]:
-    """The JSON document with its strings masked, names too; still valid JSON."""
+def _masked_json(doc: Any, cpr_named: bool = False) -> tuple[Any, int]:
+    """The JSON document with its strings masked, names too, as the scan reads them
+    (`json_strings`: under a name announcing a CPR number, nine digits are one); still valid
+    JSON."""
     if isinstance(doc, str):
-        return mask_cpr(doc)
+        return mask_cpr(doc, cpr_column=cpr_named)
     if isinstance(doc, list):
-        items = [_masked_json(v) for v in doc]
+        items = [_masked_json(v, cpr_named) for v in doc]
         return [v for v, _ in items], sum(n for _, n in items)
     if isinstance(doc, dict):
         out: dict[str, Any] = {}
         found = 0
         for name, value in doc.items():
-            name, in_name = mask_cpr(name)
-            value, in_value = _masked_json(value)
+            masked, in_name = mask_cpr(name, cpr_column=cpr_named)
+            value, in_value = _masked_json(value, announces_cpr(name, cpr_named))
             # Two names masked alike ("cpr 010190-1234", "cpr 020290-1234") keep both values.
-            unique, n = name, 1
+            unique, n = masked, 1
             while unique in out:
                 n += 1
-                unique = f"{name} {n}"
+                unique = f"{masked} {n}"
             out[unique] = value
             found += in_name + in_value
         return out, found
