@@ -119,3 +119,13 @@ def test_nine_digits_under_a_name_announcing_a_cpr_number_are_masked_and_others_
         "CPR-nr": "[cpr removed]", "serial": "101901234"}
     assert found(env) == {}
 
+
+def test_a_name_that_was_the_mask_already_keeps_it_and_the_newly_masked_one_is_numbered(
+        env, capsys):
+    """An earlier scrub wrote "[cpr removed]" as a name; what a reader of that scrub's audit
+    found under it stays there."""
+    insert_event(env, '{"010190-1234": "b", "[cpr removed]": "a", "[cpr removed] 2": "c"}')
+    assert scrub() == 0
+    assert scalar(env, "SELECT details FROM events") == {
+        "[cpr removed]": "a", "[cpr removed] 2": "c", "[cpr removed] 3": "b"}
+    assert found(env) == {}

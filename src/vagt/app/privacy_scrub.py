@@ -139,14 +139,18 @@ def _masked_json(doc: Any, cpr_named: bool = False) -> tuple[Any, int]:
         items = [_masked_json(v, cpr_named) for v in doc]
         return [v for v, _ in items], sum(n for _, n in items)
     if isinstance(doc, dict):
+        names = {name: mask_cpr(name, cpr_column=cpr_named) for name in doc}
+        # A name that held none keeps it, though it is the mask (an earlier scrub wrote it):
+        # a masked name that comes out as one takes a number after it instead.
+        kept = {name for name, (_, in_name) in names.items() if not in_name}
         out: dict[str, Any] = {}
         found = 0
         for name, value in doc.items():
-            masked, in_name = mask_cpr(name, cpr_column=cpr_named)
+            masked, in_name = names[name]
             value, in_value = _masked_json(value, announces_cpr(name, cpr_named))
             # Two names masked alike ("cpr 010190-1234", "cpr 020290-1234") keep both values.
             unique, n = masked, 1
-            while unique in out:
+            while in_name and (unique in out or unique in kept):
                 n += 1
                 unique = f"{masked} {n}"
             out[unique] = value
