@@ -68,7 +68,9 @@ SET {", ".join(f"{c} = d.{c} + excluded.{c}" for c in counts)}, heard = d.heard 
 # The same counts as the continuous aggregates' SELECTs in 0019_device_hours.timescale.sql,
 # added to the hourly table, and the same hours added to the day and the week of readings
 # and events together (0023). One statement, so all see the same new rows. The events'
-# statement runs after the readings', and finds the days as those left them.
+# statement runs after the readings', and finds the days as those left them. Each writes
+# the days and the weeks in every refresh, rows or none: 0027 lets the snapshot move only in
+# a transaction that did (a refresh of 0019's release, on a host not yet upgraded, did not).
 _READINGS = f"""
 WITH new AS (
     SELECT {BUCKET} AS bucket, device_id, count(*) AS readings,

@@ -1,0 +1,4 @@
+-- Nothing here: the .plain flavour guards its refresh snapshot, which TimescaleDB has not.
+-- A report of the release that brought 0019 refreshes the hourly continuous aggregates
+-- alone; the daily ones (0022) are refreshed from those hours by the report of this release
+-- and by their policy, which pass no hour by.
