@@ -332,3 +332,55 @@ def test_an_alarm_dated_before_the_last_one_resolved_reaches_the_queue(database_
     assert query(database_url, "SELECT id = 1, status FROM alerts "
                                "WHERE rule = 'personal_alarm' ORDER BY id") == [
         (True, "resolved"), (False, "open")]       # outside the reopen window: a new alert
+
+
+def test_a_personal_alarm_silent_again_after_its_clock_was_set_back_is_alerted_again(
+        database_url):
+    """Heard with its clock right, silent for 3 heartbeats (alerted), heard again with its
+    clock set back to 2000-01-01 (the alert clears), then silent for 15 hours. The second
+    silence was dated as the first (the latest device time it ever sent plus the limit), so
+    the queue took it for the resolved alert's firing again: a personal alarm no one heard
+    for 15 hours, and no one told. Alerted again, dated 3 heartbeats after we heard it."""
+    register(database_url, [PERSONAL_ALARM])
+    p = Process(database_url, None)
+    hour = 3600.0
+    last = p.now = NOW
+    p.batch([heard("PAL-0001", last, last)])
+    sweep(p, last + 3 * hour + 60)
+    assert open_alerts(database_url, "device_silent") == [("PAL-0001", "open")]
+    back = p.now = last + 4 * hour
+    p.batch([heard("PAL-0001", YEAR_2000, back)])
+    sweep(p, back + 60)
+    assert open_alerts(database_url, "device_silent") == [("PAL-0001", "resolved")]
+    for k in range(1, 16):    # swept through 15 silent hours
+        sweep(p, back + k * hour + 60)
+    silent = query(database_url, "SELECT status, round(extract(epoch FROM last_fired_at) "
+                                 "- %s) FROM alerts WHERE rule = 'device_silent' "
+                                 "AND status <> 'resolved'", (back,))
+    assert silent == [("open", 3 * hour)]
+    p.close()
+
+
+def test_a_silent_alarm_an_operator_resolved_is_not_opened_again_while_it_stays_silent(
+        database_url):
+    """The same silence goes on (nothing heard since): the sweep fires it again at every
+    round, with the same date, which the queue takes for the alert resolved. Once the
+    alarm is heard and falls silent again, that is a new silence, and alerted."""
+    from vagt.alerts import resolve
+
+    register(database_url, [PERSONAL_ALARM])
+    p = Process(database_url, None)
+    hour = 3600.0
+    last = p.now = NOW
+    p.batch([heard("PAL-0001", last, last)])
+    sweep(p, last + 3 * hour + 60)
+    with psycopg.connect(database_url) as conn:
+        resolve(conn, 1, "anna", "the citizen is in hospital", code="no_action_needed")
+    for k in range(4, 10):
+        sweep(p, last + k * hour)
+    assert open_alerts(database_url, "device_silent") == [("PAL-0001", "resolved")]
+    again = p.now = last + 10 * hour
+    p.batch([heard("PAL-0001", again, again)])
+    sweep(p, again + 3 * hour + 60)
+    assert [s for _, s in open_alerts(database_url, "device_silent")][-1] == "open"
+    p.close()

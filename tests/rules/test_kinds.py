@@ -240,8 +240,10 @@ def test_a_gateway_whose_clock_is_slow_is_judged_by_when_it_was_heard(tmp_path):
     assert h.opened("silent", 4) == 0
 
 
-def test_a_slow_gateway_that_falls_silent_fires_dated_on_its_clock_and_its_next_clears(
+def test_a_slow_gateway_that_falls_silent_fires_dated_when_it_was_heard_and_its_next_clears(
         tmp_path):
+    """Dated when we last heard it plus the limit (a silence has no device time); its next
+    message, dated before that by its slow clock, clears it all the same."""
     h = Harness(tmp_path, ABSENCE)
     slow = 20 * 60.0
     seen, heard = [np.nan] * 4 + [10_000.0 - slow], [np.nan] * 4 + [10_000.0]
@@ -249,9 +251,21 @@ def test_a_slow_gateway_that_falls_silent_fires_dated_on_its_clock_and_its_next_
     assert h.open() == set()
     h.sweep(10_601.0, seen, heard)
     assert h.open() == {("silent", 4)}
-    assert h.last.transitions.fires()[2].tolist() == [10_600.0 - slow]
+    assert h.last.transitions.fires()[2].tolist() == [10_600.0]
     h.batch(seen=[(4, 10_700.0 - slow)])
     assert h.open() == set()
+
+
+def test_a_device_silent_again_after_its_clock_was_set_back_is_absent_again(tmp_path):
+    """Silent (an alert), heard at 2000 with its clock set back (its latest device time
+    stays 1000: the greatest is kept), silent again: a second alert, not the first again."""
+    h = Harness(tmp_path, ABSENCE)   # absent after 600 s
+    seen = [np.nan] * 4 + [1000.0]
+    h.sweep(1601.0, seen, [np.nan] * 4 + [1000.0])
+    h.sweep(2005.0, seen, [np.nan] * 4 + [2000.0])
+    assert h.open() == set() and h.cleared("silent", 4) == 1
+    h.sweep(2601.0, seen, [np.nan] * 4 + [2000.0])
+    assert h.open() == {("silent", 4)} and h.opened("silent", 4) == 2
 
 
 def test_a_device_never_heard_and_not_deployed_is_not_absent(tmp_path):

@@ -28,6 +28,24 @@ def limit(rule: Rule, heartbeat_s: F64) -> F64:
     return heartbeat_s * rule.factor
 
 
+def silence_date(last_seen: F64, last_heard: F64, lim: F64) -> F64:
+    """When a silence became an absence: when we last heard the device (never before the
+    latest time it sent, a clock a little ahead), plus the limit.
+
+    The alert queue takes a firing no later than a resolved alert's last firing for that
+    one again (`alerts.store`), so the date must stay the same for as long as one silence
+    lasts (an alert an operator resolved while the device is still silent is not opened
+    again at every sweep) and move on with each new one. `last_heard` does both: it moves
+    exactly when the device is heard. The device's latest time alone (`last_seen`, the
+    greatest it ever sent) does not move when it is heard with its clock set back or
+    restarted at 2000-01-01: every silence after it had the first one's date, and a
+    personal alarm silent again was never alerted. A clock behind dates the device's next
+    message before this; it clears the alert all the same (`evaluate` dates the clear no
+    earlier than the firing).
+    """
+    return np.fmax(last_seen, last_heard) + lim
+
+
 def evaluate(i: int, rule: Rule, st: RuleState, ctx: Context, b: Batch,
              out: Transitions) -> None:
     """Clear the absence of devices this process believes absent that spoke in the batch."""
@@ -49,18 +67,16 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
           out: Transitions) -> None:
     """Fire for devices silent past their limit that have no open alert; clear the others.
 
-    Silence is `now` less `last_heard`, both by our clock. The alert is dated on the
-    device's clock, `last_seen` (its device time) plus the limit, as the device's next
-    message, which clears it, is (`evaluate`): a device whose clock runs slow, judged by
-    its own time against ours, was silent at every sweep, and every heartbeat cleared it.
-    `open_now` is per device whether an absence alert of this rule is open (from the alert
-    queue, so it is right whichever process opened it).
+    Silence is `now` less `last_heard`, both by our clock. `open_now` is per device whether
+    an absence alert of this rule is open (from the alert queue, so it is right whichever
+    process opened it).
 
-    A device with no device time (`last_seen` NaN) but heard (`last_heard`: its deployment,
-    `rule_queries.last_heard`) was deployed and never heard: its alert is dated by our clock,
-    the deployment plus the limit, with the code NEVER_HEARD, and any first message clears
-    it, whatever its clock says (a clock restarted at 2000-01-01 included). A device heard
-    neither way (not deployed, or on a shelf) is never absent.
+    The alert is dated `last_heard` plus the limit (`silence_date`): a silence has no time
+    of the device's own, and its date is what the alert queue tells one silence from the
+    next by. A device never heard (`last_seen` NaN) but deployed (`last_heard` is then its
+    deployment, `rule_queries.last_heard`) gets the code NEVER_HEARD, and any first message
+    clears its alert, whatever its clock says (a clock restarted at 2000-01-01 included). A
+    device heard neither way (not deployed, or on a shelf) is never absent.
     """
     n = len(last_seen)
     lim = limit(rule, heartbeat_s[:n])
@@ -70,7 +86,7 @@ def sweep(i: int, rule: Rule, st: RuleState, ctx: Context, now: float, last_seen
     clear = np.flatnonzero(~silent & open_now[:n]).astype(np.int64)
     zeros = np.zeros(len(fire), dtype=np.int64)
     never = np.isnan(last_seen[fire])
-    at = np.where(never, last_heard[fire], last_seen[fire]) + lim[fire]
+    at = silence_date(last_seen[fire], last_heard[fire], lim[fire])
     code = np.where(never, NEVER_HEARD, "").astype(object)
     out.add_fires(i, fire, at, at, np.full(len(fire), np.nan), code, zeros + 1, zeros)
     clear_at = np.fmax(np.full(len(clear), now), last_seen[clear])
