@@ -4,6 +4,7 @@ inhibition, silences, devices in repair, and the outbox written with the alert."
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -72,6 +73,41 @@ def test_a_firing_soon_after_resolution_reopens_the_alert_and_audits_it(fleet, c
     assert rows(fleet, "SELECT id, status, claimed_by, resolution_code, reopen_count "
                        "FROM alerts") == [(alert_id, "open", None, None, 1)]
     assert audit(fleet, alert_id)[-1] == ("rule:battery_low", "reopen", "resolved", "open")
+
+
+def waiting_for_a_lock(database_url: str, pid: int) -> None:
+    """Returns once the backend `pid` waits for a row another transaction holds."""
+    for _ in range(1000):
+        if rows(database_url, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity "
+                              "WHERE pid = %s", (pid,)) == [(True,)]:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
+def test_an_alarm_fired_while_an_operator_resolves_it_reopens_the_alert(fleet):
+    """Anna's resolve commits while the engine records the next press: the engine found the
+    alert open (no reopening), then, the resolve committed, inserted a new alert beside it.
+    The alarm reached the queue, but as a stranger: the link to the episode she just closed
+    and the `reopen` in its trail were lost. The engine waits for her resolve and reopens."""
+    import threading
+
+    (alert_id, _), = fire(fleet, ("personal_alarm", "ALM-0001", T0), code="alarm.fall")
+    done: list[object] = []
+    with psycopg.connect(fleet) as operator, psycopg.connect(fleet) as engine:
+        pressed = firing(engine, "personal_alarm", "ALM-0001", T0 + 60, code="alarm.fall")
+        recording = threading.Thread(target=lambda: (
+            done.append(record_firings(engine, [pressed], new=True)), engine.commit()))
+        with operator.transaction():    # anna's resolve, committed at the block's end
+            actions.resolve(operator, alert_id, "anna", "the citizen is fine",
+                            code="false_alarm")
+            recording.start()
+            waiting_for_a_lock(fleet, engine.info.backend_pid)   # for her row
+        recording.join(10)
+    assert done == [[(alert_id, "emergency")]]
+    assert rows(fleet, "SELECT id, status, reopen_count FROM alerts") == [(alert_id, "open", 1)]
+    assert [a[:2] for a in audit(fleet, alert_id)][-2:] == [
+        ("anna", "resolve"), ("rule:personal_alarm", "reopen")]
 
 
 def test_a_redelivered_firing_does_not_reopen_a_resolved_alert(fleet, conn):

@@ -125,6 +125,19 @@ latest AS (
 SELECT id, fingerprint, queue FROM reopened
 """
 
+# The fingerprints' alerts not resolved, locked (in id order, as every engine takes them) for
+# the rest of the transaction before _REOPEN looks for a resolved one: an operator's resolve
+# in progress is waited for, and _REOPEN, a statement of its own, then sees it committed and
+# reopens the alert. Without it _REOPEN found the alert open, the resolve committed, and
+# _UPSERT, finding no open alert, opened a new one: the alarm was queued, but not as the
+# episode just resolved, and no `reopen` was audited. The rows are those _UPSERT locks
+# anyway (to count a repeat), only sooner; as _UPSERT's, after the devices' rows
+# (`app.rule_state`), which no one locks after an alert's.
+_LOCK_UNRESOLVED = """
+SELECT count(*) FROM (SELECT 1 FROM alerts WHERE fingerprint = ANY(%s) AND status <> 'resolved'
+                      ORDER BY id FOR NO KEY UPDATE) AS locked
+"""
+
 _UPSERT = "WITH" + _INCOMING + """,
 upserted AS (
     INSERT INTO alerts AS a (fingerprint, rule, device_id, labels, summary, severity, priority,
@@ -203,6 +216,9 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
     alarm pressed on a device whose clock is behind), which reopens the alert within the
     reopen window, and else opens one.
 
+    The fingerprints' alerts not resolved are locked first (`_LOCK_UNRESOLVED`): a firing
+    that comes as an operator resolves one waits for the resolve, and reopens the alert.
+
     Returns (id, queue) of the alerts opened or reopened now (suppressed ones included).
     """
     if not firings:
@@ -210,6 +226,7 @@ def record_firings(conn: psycopg.Connection, firings: Sequence[AlertFiring],
     policy = policy or current_policy()
     labels = _labels(conn, firings, policy)
     params = _columns(firings, labels, policy)
+    conn.execute(_LOCK_UNRESOLVED, (params["fp"],))
     reopened = conn.execute(_REOPEN, {**params, "window": policy.reopen_window_s,
                                       "new": new}).fetchall()
     again = {str(r[1]) for r in reopened}
