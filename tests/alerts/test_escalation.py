@@ -210,3 +210,38 @@ def test_only_one_process_runs_the_timer_at_a_time(alarm, database_url):
                           clock=lambda: (queued + timedelta(hours=1)).timestamp())
             assert timer.tick() is None
     assert rows(database_url, "SELECT breaches FROM alerts") == [(0,)]
+
+
+def test_an_escalated_alert_released_to_the_queue_has_its_new_prioritys_time_to_claim(
+        database_url, conn):
+    """A priority-2 alert claimed from a console that crashed escalates to priority 1; the
+    supervisor releases it: it is a priority-1 alert now, 2 minutes to claim, not 10."""
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Randers")
+    (alert_id, _), = fire(database_url, ("spo2_low", "OXI-0001"))   # priority 2: 10 minutes
+    actions.claim(conn, alert_id, "anna")
+    (breach,) = escalate_overdue(conn, _claimed_at(database_url, alert_id)
+                                 + timedelta(minutes=30))
+    assert (breach.claimed, breach.to_priority) == (True, 1)
+    actions.release(conn, alert_id, "sofie", note="anna's console is down", supervisor=True)
+    (queued,) = rows(database_url, "SELECT queued_at FROM alerts")[0]
+    assert escalate_overdue(conn, queued + timedelta(minutes=1, seconds=59)) == []
+    (again,) = escalate_overdue(conn, queued + timedelta(minutes=2))
+    assert (again.alert_id, again.claimed) == (alert_id, False)
+
+
+def test_an_escalated_alert_back_from_repair_has_its_new_prioritys_time_to_claim(
+        database_url, conn):
+    """Escalated to priority 1, then held back while its device was in repair: back, it has
+    priority 1's 2 minutes to claim, not the 10 its route gave it at priority 2."""
+    add_device(database_url, "OXI-0001", "pulse_oximeter", "Randers")
+    (alert_id, _), = fire(database_url, ("spo2_low", "OXI-0001"))
+    (queued,) = rows(database_url, "SELECT queued_at FROM alerts")[0]
+    (breach,) = escalate_overdue(conn, queued + timedelta(minutes=10))
+    assert breach.to_priority == 1
+    conn.execute("UPDATE devices SET status = 'in_repair' WHERE device_id = 'OXI-0001'")
+    reconcile(conn)
+    conn.execute("UPDATE devices SET status = 'in_stock' WHERE device_id = 'OXI-0001'")
+    back = queued + timedelta(hours=1)
+    reconcile(conn, now=back)
+    assert rows(database_url, "SELECT status, priority, claim_deadline FROM alerts") == [
+        ("open", 1, back + timedelta(minutes=2))]
