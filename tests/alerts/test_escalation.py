@@ -245,3 +245,21 @@ def test_an_escalated_alert_back_from_repair_has_its_new_prioritys_time_to_claim
     reconcile(conn, now=back)
     assert rows(database_url, "SELECT status, priority, claim_deadline FROM alerts") == [
         ("open", 1, back + timedelta(minutes=2))]
+
+
+def test_escalating_never_gives_an_alert_longer_to_be_claimed_than_its_route_did(
+        database_url, conn, tmp_path):
+    """The centre gives its personal alarms 1 minute to claim (priority 1's is 2): an alarm
+    still unclaimed after its escalation escalates again a minute later, not two."""
+    p = tmp_path / "alerts.toml"
+    p.write_text('[escalation]\nqueue = "escalation"\n[[route.routes]]\n'
+                 'name = "personal_alarms"\nmatchers = [\'rule="personal_alarm"\']\n'
+                 'queue = "emergency"\npriority = 1\ntime_to_claim = "1m"\n')
+    policy = load_policy(p)
+    add_device(database_url, "ALM-0001", "personal_alarm", "Randers")
+    fire(database_url, ("personal_alarm", "ALM-0001"), policy=policy, code="alarm.fall")
+    (queued,) = rows(database_url, "SELECT queued_at FROM alerts")[0]
+    first = queued + timedelta(minutes=1)
+    assert len(escalate_overdue(conn, first, policy)) == 1
+    assert len(escalate_overdue(conn, first + timedelta(minutes=1), policy)) == 1
+    assert rows(database_url, "SELECT priority, breaches FROM alerts") == [(1, 2)]

@@ -5,10 +5,11 @@ supervisors see it in the escalation queue and can release it to another operato
 
 Escalating raises the priority by one (1 is the highest), moves the alert to the policy's
 escalation queue (its own queue stays in `extra_queues`, so its operators still see it),
-counts a breach, gives it the new priority's time to claim (the deadline of an open alert,
-and of a held one when it is released or a suppression ends), and is audited and sent to
-the outbox. The timer (`Timer`) runs it with the suppression reconciliation, in one process
-at a time (a PostgreSQL advisory lock), under an injected clock.
+counts a breach, gives it the new priority's time to claim unless its own is shorter (the
+deadline of an open alert, and of a held one when it is released or a suppression ends),
+and is audited and sent to the outbox. The timer (`Timer`) runs it with the suppression
+reconciliation, in one process at a time (a PostgreSQL advisory lock), under an injected
+clock.
 """
 
 from __future__ import annotations
@@ -64,19 +65,21 @@ ORDER BY a.priority, a.claimed_at, a.id
 FOR UPDATE OF a SKIP LOCKED
 """
 
-# The alert's time to claim becomes its new priority's: a release or the end of a
-# suppression queues it again by that (`time_to_claim`), as an alert of that priority. The
-# deadline to claim is set again only for an open alert (a claimed one has none).
+# The alert's time to claim becomes its new priority's, or stays its own if that is shorter
+# (a route may give its alerts less than their priority's): escalating never gives it
+# longer. A release or the end of a suppression queues it again by that (`time_to_claim`).
+# The deadline to claim is set again only for an open alert (a claimed one has none).
 _ESCALATE = """
 WITH t AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(queue)s::text[], %(priority)s::int[],
-                         %(ttc)s::float8[], %(from_queue)s::text[], %(from_priority)s::int[])
+    SELECT t.*, least(a.time_to_claim, make_interval(secs => t.ttc)) AS time_to_claim
+    FROM unnest(%(ids)s::bigint[], %(queue)s::text[], %(priority)s::int[],
+                %(ttc)s::float8[], %(from_queue)s::text[], %(from_priority)s::int[])
         AS t(id, queue, priority, ttc, from_queue, from_priority)
+    JOIN alerts a USING (id)
 ), changed AS (
     UPDATE alerts a SET queue = t.queue, priority = t.priority, breaches = a.breaches + 1,
-           escalated_at = %(now)s, time_to_claim = make_interval(secs => t.ttc),
-           claim_deadline = CASE WHEN a.status = 'open'
-                                 THEN %(now)s + make_interval(secs => t.ttc)
+           escalated_at = %(now)s, time_to_claim = t.time_to_claim,
+           claim_deadline = CASE WHEN a.status = 'open' THEN %(now)s + t.time_to_claim
                                  ELSE a.claim_deadline END,
            extra_queues = CASE WHEN t.from_queue <> t.queue
                                     AND NOT t.from_queue = ANY(a.extra_queues)
