@@ -591,11 +591,12 @@ def test_old_delivered_entries_are_pruned_and_undelivered_ones_kept(database_url
     policy = webhook_policy(receiver.url)
     alarms(database_url, policy, 2)
     with open_pool(database_url, 1, 2) as pool:
-        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], Clock(),
+        clock = Clock()
+        worker = DeliveryWorker(pool, policy, [WebhookSender(policy.webhooks[0])], clock,
                                 batch=1)
-        worker.deliver_due()                       # the first only
+        worker.deliver_due()                       # the first only, delivered by its clock
         with pool.connection() as conn:
-            assert prune(conn, datetime.now(UTC) + timedelta(days=1)) == 1
+            assert prune(conn, datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)) == 1
     assert [d[1:3] for d in deliveries(database_url)] == [(0, False)]
     assert rows(database_url, "SELECT count(*) FROM alert_outbox") == [(1,)]
 

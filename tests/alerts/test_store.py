@@ -14,7 +14,7 @@ from tests.alerts.support import T0, add_device, alert_of, clear, fire, firing, 
 
 from vagt.alerts import actions
 from vagt.alerts.matchers import parse_matcher
-from vagt.alerts.outbox import prune, register_targets
+from vagt.alerts.outbox import give_up, prune, redeliver, register_targets, undelivered
 from vagt.alerts.policy import DeliveryPolicy, WebhookTarget
 from vagt.alerts.silences import (
     SilenceError,
@@ -642,12 +642,31 @@ def test_a_release_after_the_outbox_forgot_the_opening_is_unsuppressed_not_opene
     """Delivered events are pruned after the retention; the alert remembers what was told."""
     (alert_id, _), = fire(target, ("battery_low", "OXI-0001", T0))
     s = silence(conn, 'device_id="OXI-0001"')
-    conn.execute("UPDATE alert_deliveries SET delivered_at = now()")
+    conn.execute("UPDATE alert_deliveries SET delivered_at = now() - interval '31 days'")
     conn.execute("UPDATE alert_outbox SET created_at = now() - interval '31 days'")
     assert prune(conn, datetime.now(UTC) - timedelta(days=30)) == 2
     conn.commit()
     expire_silence(conn, s.id, by="sofie")
     assert outbox(target) == [(alert_id, "unsuppressed", "callcentre")]
+
+
+def test_a_delivery_given_up_today_stays_a_dead_letter_for_the_retention_however_old(
+        target, conn):
+    """The call centre's system was down for 31 days and the alarm's delivery waited all
+    along; today it answers, failing on this one event, and a supervisor gives it up so the
+    rest can go. Ops find it with `outbox --dead` and can send it again once the receiver is
+    mended: the retention counts from its end, not from the alarm 31 days ago (forgotten
+    at the timer's next tick)."""
+    fire(target, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    conn.execute("UPDATE alert_outbox SET created_at = now() - interval '31 days'")
+    conn.execute("UPDATE alert_deliveries SET attempts = 4000, last_error = 'HTTP 500'")
+    (outbox_id,) = rows(target, "SELECT id FROM alert_outbox")[0]
+    give_up(conn, outbox_id, "callcentre", actor="sofie", reason="fails on this one event")
+    assert prune(conn, datetime.now(UTC) - timedelta(days=30)) == 0
+    assert [(d[0], d[1], d[6]) for d in undelivered(conn, dead_only=True)] == [
+        (outbox_id, "callcentre", "dead")]
+    redeliver(conn, outbox_id, "callcentre", actor="sofie")
+    assert [d[6] for d in undelivered(conn)] == ["retrying"]
 
 
 def test_an_alert_held_back_from_its_opening_lists_its_opening_first(fleet, conn):

@@ -330,13 +330,16 @@ def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, ac
     return fates
 
 
+# An entry's retention counts from the end of its last delivery (delivered, or dead), not
+# from the event: one that waited out a long outage and then died (given up, refused) is
+# still a dead letter for ops to see and send again. A waiting one (no end) is kept.
 _PRUNE = """
 WITH old AS (
     SELECT o.id FROM alert_outbox o
-    WHERE o.created_at < %s
+    WHERE o.created_at < %(before)s
       AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.outbox_id = o.id
-                      AND d.delivered_at IS NULL AND d.dead_at IS NULL)
-    ORDER BY o.id LIMIT %s
+                      AND coalesce(d.delivered_at, d.dead_at, 'infinity') >= %(before)s)
+    ORDER BY o.id LIMIT %(limit)s
 ), gone AS (
     DELETE FROM alert_deliveries d USING old WHERE d.outbox_id = old.id
 )
@@ -345,8 +348,8 @@ DELETE FROM alert_outbox o USING old WHERE o.id = old.id
 
 
 def prune(conn: psycopg.Connection, before: datetime, limit: int = 10_000) -> int:
-    """Forget outbox entries older than `before` that are delivered or dead everywhere.
+    """Forget outbox entries delivered or dead everywhere, each delivery before `before`.
 
     Entries still being tried are kept whatever their age: nothing undelivered is dropped.
     """
-    return conn.execute(_PRUNE, (before, limit)).rowcount
+    return conn.execute(_PRUNE, {"before": before, "limit": limit}).rowcount

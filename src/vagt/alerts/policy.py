@@ -67,7 +67,8 @@ class DeliveryPolicy:
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 600.0
     poll_interval_s: float = 0.5
-    retention_s: float = 30 * 86400.0   # delivered and dead outbox entries are kept this long
+    # an outbox entry is kept this long after its deliveries ended (delivered or dead)
+    retention_s: float = 30 * 86400.0
 
 
 EVENTS = ("opened", "reopened", "suppressed", "unsuppressed", "escalated", "claimed", "released",
