@@ -14,7 +14,14 @@ from tests.alerts.support import T0, add_device, alert_of, clear, fire, firing, 
 
 from vagt.alerts import actions
 from vagt.alerts.matchers import parse_matcher
-from vagt.alerts.outbox import give_up, prune, redeliver, register_targets, undelivered
+from vagt.alerts.outbox import (
+    give_up,
+    move_deliveries,
+    prune,
+    redeliver,
+    register_targets,
+    undelivered,
+)
 from vagt.alerts.policy import DeliveryPolicy, WebhookTarget
 from vagt.alerts.silences import (
     SilenceError,
@@ -667,6 +674,24 @@ def test_a_delivery_given_up_today_stays_a_dead_letter_for_the_retention_however
         (outbox_id, "callcentre", "dead")]
     redeliver(conn, outbox_id, "callcentre", actor="sofie")
     assert [d[6] for d in undelivered(conn)] == ["retrying"]
+
+
+def test_a_resolution_delivered_long_ago_is_kept_while_the_opening_before_it_waits(
+        target, conn):
+    """The target was renamed while the alarm's opening waited for it; the resolution went
+    to the new name, delivered 31 days ago. Moved now, the opening would be the receiver's
+    last word on a resolved alarm (its ticket open again): the resolution it was told is
+    what says so, and the timer's prune must not forget it while the opening waits."""
+    (alert_id, _), = fire(target, ("personal_alarm", "ALM-0001"), code="alarm.fall")
+    register_targets(conn, DeliveryPolicy(webhooks=(
+        WebhookTarget("callcentre-v2", "http://127.0.0.1:9/", b"x" * 16),)))
+    actions.resolve(conn, alert_id, "anna", "a false alarm", code="false_alarm")
+    conn.execute("UPDATE alert_outbox SET created_at = now() - interval '31 days'")
+    conn.execute("UPDATE alert_deliveries SET delivered_at = now() - interval '31 days' "
+                 "WHERE target = 'callcentre-v2'")
+    assert prune(conn, datetime.now(UTC) - timedelta(days=30)) == 0
+    assert move_deliveries(conn, "callcentre", "callcentre-v2", actor="sofie",
+                           reason="renamed") == {"superseded": 1}
 
 
 def test_an_alert_held_back_from_its_opening_lists_its_opening_first(fleet, conn):

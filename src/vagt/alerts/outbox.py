@@ -332,13 +332,20 @@ def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, ac
 
 # An entry's retention counts from the end of its last delivery (delivered, or dead), not
 # from the event: one that waited out a long outage and then died (given up, refused) is
-# still a dead letter for ops to see and send again. A waiting one (no end) is kept.
+# still a dead letter for ops to see and send again. A waiting one (no end) is kept, and so
+# is every later entry of its alert while an earlier one is undelivered (waiting, or a dead
+# letter kept): what a target was told later is how `redeliver` and `move_deliveries` know
+# not to send it the alert's older state last.
 _PRUNE = """
 WITH old AS (
     SELECT o.id FROM alert_outbox o
     WHERE o.created_at < %(before)s
       AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.outbox_id = o.id
                       AND coalesce(d.delivered_at, d.dead_at, 'infinity') >= %(before)s)
+      AND NOT EXISTS (SELECT 1 FROM alert_outbox e
+                      JOIN alert_deliveries u ON u.outbox_id = e.id
+                      WHERE e.alert_id = o.alert_id AND e.id < o.id
+                        AND u.delivered_at IS NULL)
     ORDER BY o.id LIMIT %(limit)s
 ), gone AS (
     DELETE FROM alert_deliveries d USING old WHERE d.outbox_id = old.id
@@ -348,7 +355,8 @@ DELETE FROM alert_outbox o USING old WHERE o.id = old.id
 
 
 def prune(conn: psycopg.Connection, before: datetime, limit: int = 10_000) -> int:
-    """Forget outbox entries delivered or dead everywhere, each delivery before `before`.
+    """Forget outbox entries delivered or dead everywhere, each delivery before `before`,
+    whose alert has no earlier entry still undelivered.
 
     Entries still being tried are kept whatever their age: nothing undelivered is dropped.
     """
