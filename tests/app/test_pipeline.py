@@ -183,6 +183,17 @@ def test_the_same_value_twice_at_one_time_is_stored_once(database_url):
     assert query(database_url, "SELECT count(*) FROM dead_letters") == [(0,)]
 
 
+def test_an_iccid_sent_as_a_number_in_event_details_is_stored_with_every_digit(database_url):
+    """orjson reads an integer wider than 64 bits as a float: 8.9450123456789e+19 was
+    stored, the SIM card's number lost."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [msg("OXI-0001", "status", b'{"time": %d, "events": [{"code": '
+                                   b'"power.sim_changed", "details": {"iccid": '
+                                   b'89450123456789012345, "slot": 1}}]}' % T0)])
+    assert query(database_url, "SELECT details::text FROM events") == [
+        ('{"slot": 1, "iccid": "89450123456789012345"}',)]
+
+
 def test_an_alarm_from_an_unregistered_device_reaches_the_emergency_queue(database_url):
     """A personal alarm installed in someone's home but never recorded in the registry: its
     button must still reach a person, read or not, and only its alarms do."""

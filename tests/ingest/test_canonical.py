@@ -91,6 +91,39 @@ def test_event_details_are_kept_as_json_text_and_default_to_an_empty_object():
     assert [orjson.loads(d) for d in out.e_details] == [{"slot": 3, "by": "hand"}, {}]
 
 
+@pytest.mark.parametrize(("written", "kept"), [
+    (b"89450123456789012345", '"89450123456789012345"'),   # an ICCID sent as a number
+    (b"-9223372036854775809", '"-9223372036854775809"'),
+    (b"123456789012345678901234567890", '"123456789012345678901234567890"'),
+    (b"18446744073709551615", "18446744073709551615"),     # 64 bits: orjson reads it exactly
+    (b"-9223372036854775808", "-9223372036854775808"),
+    (b"1.5e20", "1.5e+20"),                                # written as a float: one
+])
+def test_an_integer_in_details_wider_than_64_bits_is_kept_as_its_digits(written, kept):
+    """orjson reads such an integer as a float: 89450123456789012345 was stored as
+    8.9450123456789e+19, the ICCID lost."""
+    payload = b'{"events": [{"code": "dose.taken", "details": {"iccid": ' + written + b"}}]}"
+    assert decode(payload).e_details == ['{"iccid":' + kept + "}"]
+
+
+def test_wide_integers_are_kept_wherever_they_are_in_an_events_details():
+    payload = (b'{"events": [{"code": "dose.taken", "details": {"note": "e+1", "n": 1.0}},'
+               b' {"code": "dose.due", "details": {"sim": {"iccid": 89450123456789012345},'
+               b' "old": [89450123456789012346, 2], "note": "e+1"}}]}')
+    assert [orjson.loads(d) for d in decode(payload).e_details] == [
+        {"note": "e+1", "n": 1.0},
+        {"sim": {"iccid": "89450123456789012345"}, "old": ["89450123456789012346", 2],
+         "note": "e+1"}]
+
+
+def test_an_alarm_used_in_part_keeps_the_wide_integers_of_its_details():
+    payload = (b'{"readings": [{"metric": "mood", "value": 1}], "events": [{"code": '
+               b'"alarm.fall", "details": {"iccid": 89450123456789012345}}]}')
+    out = decode(payload, channel="alarm")
+    assert [d.reason.value for d in out.apart] == ["unknown_metric"]
+    assert out.e_details == ['{"iccid":"89450123456789012345"}']
+
+
 def test_a_device_may_name_itself_and_give_a_version_and_a_counter():
     out = decode({"v": 1, "device_id": "OXI-1", "seq": 41, "readings": [SPO2]})
     assert out.msg_seq == [41] and out.n_readings == 1

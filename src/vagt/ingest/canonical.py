@@ -4,6 +4,7 @@ the checks SenML shares with it: rejection, times, event codes, firmware.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,12 +76,15 @@ class Rows:
     undone with one `del` a kind.
     """
 
-    __slots__ = ("readings", "events", "firmware")
+    __slots__ = ("readings", "events", "firmware", "inexact")
 
     def __init__(self) -> None:
         self.readings: list[ReadingRow] = []
         self.events: list[EventRow] = []
         self.firmware: list[FirmwareRow] = []
+        # events whose details may hold an integer orjson read as a float (`_details`): their
+        # index in `events` and in their message's `events`, until `exact_details` reads them
+        self.inexact: list[tuple[int, int]] = []
 
     def undo(self, mark: tuple[int, int, int]) -> None:
         """Forget the rows added since the lengths were `mark`: a message goes in whole or
@@ -88,6 +92,9 @@ class Rows:
         del self.readings[mark[0]:]
         del self.events[mark[1]:]
         del self.firmware[mark[2]:]
+        inexact = self.inexact
+        while inexact and inexact[-1][0] >= mark[1]:
+            inexact.pop()
 
     def into(self, out: DecodedBatch) -> None:
         if self.readings:
@@ -383,10 +390,10 @@ def _events(items: Any, device_id: str, t: float, window: TimeWindow, rows: Rows
             if type(severity) is not str or severity not in SEVERITIES:
                 raise Reject(SCHEMA, f"events[{k}].severity must be one of critical, major, "
                                      f"warning, info, got {got(severity)}")
-        rows.events.append((
+        rows.events.append((   # (`_details` may note this row, appended after it returns)
             device_id, code, severity,
             parse_time(e["time"], f"events[{k}].time", window) if "time" in e else t,
-            _details(e["details"], k) if "details" in e else "{}", msg))
+            _details(e["details"], k, rows) if "details" in e else "{}", msg))
     return len(items)
 
 
@@ -397,7 +404,9 @@ def _bad_event(e: Any, k: int) -> Reject:
     return unknown_field(e, _EVENT, f"events[{k}]")
 
 
-def _details(details: Any, k: int) -> str:
+def _details(details: Any, k: int, rows: Rows) -> str:
+    """The details as JSON text; the event's row (the next in `rows.events`) is noted in
+    `rows.inexact` if they may hold an integer wider than 64 bits."""
     if type(details) is not dict:
         raise Reject(SCHEMA, f"events[{k}].details must be an object, got {got(details)}")
     if not details:
@@ -409,7 +418,41 @@ def _details(details: Any, k: int) -> str:
     if b"\\u0000" in text:  # PostgreSQL's jsonb cannot hold U+0000
         raise Reject(SCHEMA, f"events[{k}].details contains the character U+0000, which "
                              "cannot be stored")
+    # orjson reads an integer beyond -2**63..2**64-1 as a float (89450123456789012345, an
+    # ICCID, is 8.9450123456789e+19), and writes a float of 1e16 or more with "e+": only
+    # details with it (or that text in a string) are read again, by `exact_details`
+    if b"e+" in text:
+        rows.inexact.append((len(rows.events), k))
     return text.decode()
+
+
+def exact_details(payload: bytes, rows: Rows) -> None:
+    """The details of the events `rows.inexact` notes read again from `payload` (the canonical
+    document they came from), each integer orjson would read as a float kept as a string of
+    its digits: the number as it was sent (ICCIDs are strings in every format we know; a
+    reader of the stored JSON, JavaScript or orjson, would round it again). The stdlib's
+    parser, slower than orjson: only for the rare details that need it."""
+    # (no deeper than the stdlib reads: a payload orjson cannot write again, 254 levels, was
+    # read by it already, in decode's search for a key given twice)
+    events = json.loads(payload, parse_int=_int_or_digits)["events"]
+    for at, k in rows.inexact:
+        device_id, code, severity, t, _, msg = rows.events[at]
+        rows.events[at] = (device_id, code, severity, t,
+                           orjson.dumps(events[k]["details"]).decode(), msg)
+    rows.inexact.clear()
+
+
+_INT_LOW, _INT_HIGH = -2**63, 2**64 - 1   # what orjson reads as an integer
+
+
+def _int_or_digits(digits: str) -> int | str:
+    """An integer of a JSON text, or its digits where orjson would read it as a float (no
+    int() of an integer of thousands of digits: Python refuses, and it is slow)."""
+    if len(digits) <= 20:
+        n = int(digits)
+        if _INT_LOW <= n <= _INT_HIGH:
+            return n
+    return digits
 
 
 # battery and signal assume their unit (the status object has no place for one)

@@ -13,7 +13,15 @@ from typing import Any
 
 import orjson
 
-from vagt.ingest.canonical import ReadingRow, Reject, Rows, TimeWindow, decode_canonical, got
+from vagt.ingest.canonical import (
+    ReadingRow,
+    Reject,
+    Rows,
+    TimeWindow,
+    decode_canonical,
+    exact_details,
+    got,
+)
 from vagt.ingest.model import Channel, DeadLetter, DeadLetterReason, DecodedBatch, RawMessage
 from vagt.ingest.senml import decode_senml
 from vagt.ingest.topics import TopicError, parser_for
@@ -37,7 +45,7 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
     lookup = parser_for(topic_root).lookup  # TopicError here is a configuration error
     window = TimeWindow.around(now, max_future_skew_s)
     msg_device, msg_channel, msg_seq = out.msg_device, out.msg_channel, out.msg_seq
-    readings, events, firmware = rows.readings, rows.events, rows.firmware
+    readings, events, firmware, inexact = rows.readings, rows.events, rows.firmware, rows.inexact
     loads, dumps, json_error = orjson.loads, orjson.dumps, orjson.JSONDecodeError
     encode_error = orjson.JSONEncodeError
     alarm_channel = Channel.ALARM
@@ -107,6 +115,8 @@ def decode_batch(messages: Sequence[RawMessage], *, topic_root: str, max_payload
                 if (n > 2 or a[1] == b[1] and a[4] == b[4]) \
                         and (clash := _clash(readings, mark[0])):
                     raise Reject(DeadLetterReason.SCHEMA, clash)
+            if inexact:   # details that may hold an integer wider than 64 bits
+                exact_details(payload, rows)
         except Reject as e:
             rows.undo(mark)
             _dead(out, i, m, e.reason, f"{e.detail} (topic {m.topic})", device_id, channel_name)
