@@ -183,6 +183,86 @@ def test_the_same_value_twice_at_one_time_is_stored_once(database_url):
     assert query(database_url, "SELECT count(*) FROM dead_letters") == [(0,)]
 
 
+def oximeter(t: float, **metrics: float) -> RawMessage:
+    return msg("OXI-0001", "telemetry", telemetry("OXI-0001", t, **metrics))
+
+
+def test_another_value_for_a_stored_reading_is_a_dead_letter_saying_what_was_stored(
+        database_url):
+    """ON CONFLICT DO NOTHING took it for a redelivery: a saturation of 80 % for a time that
+    held 97 % was dropped unsaid (and the rules saw it, though it was never stored)."""
+    register(database_url, DEVICES)
+    second = oximeter(T0, spo2=80, pulse=61)
+    run_batches(database_url, [oximeter(T0, spo2=97)], [second], [second])   # and redelivered
+    [(reason, detail, payload)] = query(database_url,
+                                        "SELECT reason, detail, payload FROM dead_letters")
+    assert (reason, bytes(payload)) == ("conflict", second.payload)
+    assert detail.startswith("metric 'spo2' at ")
+    assert " is 80 % in this message, but 97 % is stored for that time, from an earlier " \
+           "message; " in detail
+    assert detail.endswith("(topic vagt/v1/dev/OXI-0001/telemetry); the rest of the message "
+                           "was used, this reading was not")
+    assert query(database_url, "SELECT metric, value FROM readings ORDER BY metric") == [
+        ("pulse", 61.0), ("spo2", 97.0)]
+    assert query(database_url, "SELECT rule FROM alerts") == []   # no spo2_critical at 80 %
+
+
+def test_a_battery_level_other_than_the_stored_one_changes_neither_the_device_nor_alerts(
+        database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("OXI-0001", T0, 90)], [battery("OXI-0001", T0, 10)])
+    assert query(database_url, "SELECT reason FROM dead_letters") == [("conflict",)]
+    assert scalar(database_url, "SELECT battery FROM devices WHERE device_id = 'OXI-0001'") == 90
+    assert query(database_url, "SELECT rule FROM alerts") == []
+
+
+def test_of_two_messages_in_a_batch_with_two_values_the_first_is_stored_the_other_kept_dead(
+        database_url):
+    register(database_url, DEVICES)
+    first, second = oximeter(T0, spo2=97), oximeter(T0, spo2=80)
+    run_batches(database_url, [first, second])
+    assert query(database_url, "SELECT value FROM readings") == [(97.0,)]
+    assert query(database_url, "SELECT reason, payload FROM dead_letters") == [
+        ("conflict", second.payload)]
+
+
+def test_a_message_sent_again_with_the_same_values_is_no_dead_letter(database_url):
+    """A redelivery (or a device sending a reading again beside a new one) stores what is new
+    and nothing else."""
+    register(database_url, DEVICES)
+    first = oximeter(T0, spo2=97)
+    run_batches(database_url, [first], [first, oximeter(T0, spo2=97, pulse=61)])
+    assert query(database_url, "SELECT metric, value FROM readings ORDER BY metric") == [
+        ("pulse", 61.0), ("spo2", 97.0)]
+    assert query(database_url, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
+def test_a_conflict_is_found_beside_a_redelivery_and_new_readings_of_other_devices(
+        database_url):
+    """Only the devices with a reading not stored now are compared: each is found."""
+    register(database_url, DEVICES)
+    run_batches(database_url, [oximeter(T0, spo2=97),
+                               msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, spo2=95))],
+                [oximeter(T0, spo2=97),
+                 msg("OXI-0002", "telemetry", telemetry("OXI-0002", T0, spo2=90)),
+                 msg("BPM-0001", "telemetry", telemetry("BPM-0001", T0, pulse=70))])
+    assert query(database_url, "SELECT device_id, reason FROM dead_letters") == [
+        ("OXI-0002", "conflict")]
+    assert query(database_url, "SELECT device_id, value FROM readings ORDER BY device_id") == [
+        ("BPM-0001", 70.0), ("OXI-0001", 97.0), ("OXI-0002", 95.0)]
+
+
+def test_an_alarm_with_a_reading_other_than_the_stored_one_is_still_the_alarm(database_url):
+    register(database_url, DEVICES)
+    run_batches(database_url, [battery("ALM-0001", T0, 90)], [msg("ALM-0001", "alarm", (
+        orjson.dumps({"time": T0, "events": [{"code": "alarm.fall"}],
+                      "readings": [{"metric": "battery", "value": 80, "unit": "%"}]})))])
+    assert query(database_url, "SELECT rule, queue FROM alerts") == [
+        ("personal_alarm", "emergency")]
+    [detail] = [d for d, in query(database_url, "SELECT detail FROM dead_letters")]
+    assert " is 80 % in this message, but 90 % is stored for that time" in detail
+
+
 def test_an_iccid_sent_as_a_number_in_event_details_is_stored_with_every_digit(database_url):
     """orjson reads an integer wider than 64 bits as a float: 8.9450123456789e+19 was
     stored, the SIM card's number lost."""

@@ -34,7 +34,7 @@ from vagt.alerts.engine_rules import (
     alarm_destination,
 )
 from vagt.alerts.store import AlertFiring, clear_alerts, fingerprint, record_firings
-from vagt.app import rule_queries, store
+from vagt.app import conflicts, rule_queries, store
 from vagt.app.config import IngestConfig
 from vagt.app.replay import (
     Recount,
@@ -238,9 +238,12 @@ class Pipeline:
         r_keep = _keep(dec.r_msg, usable)
         r_metric = np.asarray(_pick(dec.r_metric, r_keep), dtype=object)
         r_value = np.asarray(dec.r_value, dtype=np.float64)[r_keep]
-        out.readings, new_readings = store.insert_readings(
-            conn, r.device_id, r_metric.tolist(), r_value, _pick(dec.r_unit, r_keep), r.time,
-            received[r.msg])
+        r_unit = _pick(dec.r_unit, r_keep)
+        out.readings, new_readings, stored = store.insert_readings(
+            conn, r.device_id, r_metric.tolist(), r_value, r_unit, r.time, received[r.msg])
+        if stored:   # another value of a reading's device, metric and time was stored
+            r, r_metric, r_value = _without_conflicting(conn, messages, stored, r, r_metric,
+                                                        r_value, r_unit, out)
         e = _rows(dec.e_device, dec.e_msg, dec.e_time, usable, device_of_msg)
         e_keep = _keep(dec.e_msg, usable)
         e_code = np.asarray(_pick(dec.e_code, e_keep), dtype=object)
@@ -850,6 +853,27 @@ def _by_kept(dead: list[DeadLetter], kept: list[bool]
              ) -> tuple[list[DeadLetter], list[DeadLetter]]:
     """The dead letters kept now, and those whose bytes were kept before."""
     return ([d for d, k in zip(dead, kept) if k], [d for d, k in zip(dead, kept) if not k])
+
+
+def _without_conflicting(conn: psycopg.Connection, messages: Sequence[RawMessage],
+                         stored: conflicts.Stored, r: _Rows, r_metric: Objs, r_value: F64,
+                         r_unit: list[str], out: BatchOutcome) -> tuple[_Rows, Objs, F64]:
+    """The readings without those that another value of their device, metric and time was
+    stored before (not stored: the rules and the device's state must not see them either);
+    each of their messages is kept as a `conflict` dead letter too, saying what was stored
+    and what came. The rest of such a message is used (its rows are stored by now), as an
+    alarm used in part is: one reading that a device sent again with another value does not
+    hold back its other readings and its events."""
+    metric = r_metric.tolist()
+    lost, was = conflicts.conflicting(stored, r.device_id, metric, r_value, r.time)
+    dead = conflicts.dead_letters(messages, lost, r.msg, r.device_id, metric, r_value, r_unit,
+                                  r.time, was)
+    kept, again = _by_kept(dead, store.insert_dead_letters(conn, dead))
+    out.dead += kept
+    out.dead_again += again
+    keep = ~lost
+    return (_Rows(r.device[keep], _pick(r.device_id, keep), r.msg[keep], r.time[keep]),
+            r_metric[keep], r_value[keep])
 
 
 def _news(conn: psycopg.Connection, rule: str, keys: Mapping[int, str],
