@@ -333,19 +333,19 @@ def move_deliveries(conn: psycopg.Connection, source: str, to: str | None, *, ac
 # An entry's retention counts from the end of its last delivery (delivered, or dead), not
 # from the event: one that waited out a long outage and then died (given up, refused) is
 # still a dead letter for ops to see and send again. A waiting one (no end) is kept, and so
-# is every later entry of its alert while an earlier one is undelivered (waiting, or a dead
-# letter kept): what a target was told later is how `redeliver` and `move_deliveries` know
-# not to send it the alert's older state last.
+# is every entry of its alert while one is undelivered (waiting, or a dead letter kept):
+# what a target was told later is how `redeliver` and `move_deliveries` know not to send it
+# the alert's older state last.
+_KEPT_ALERTS = """
+SELECT DISTINCT o.alert_id FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id
+WHERE d.delivered_at IS NULL AND coalesce(d.dead_at, 'infinity') >= %(before)s
+"""
 _PRUNE = """
 WITH old AS (
     SELECT o.id FROM alert_outbox o
-    WHERE o.created_at < %(before)s
+    WHERE o.created_at < %(before)s AND o.alert_id <> ALL(%(kept)s::bigint[])
       AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.outbox_id = o.id
                       AND coalesce(d.delivered_at, d.dead_at, 'infinity') >= %(before)s)
-      AND NOT EXISTS (SELECT 1 FROM alert_outbox e
-                      JOIN alert_deliveries u ON u.outbox_id = e.id
-                      WHERE e.alert_id = o.alert_id AND e.id < o.id
-                        AND u.delivered_at IS NULL)
     ORDER BY o.id LIMIT %(limit)s
 ), gone AS (
     DELETE FROM alert_deliveries d USING old WHERE d.outbox_id = old.id
@@ -356,8 +356,13 @@ DELETE FROM alert_outbox o USING old WHERE o.id = old.id
 
 def prune(conn: psycopg.Connection, before: datetime, limit: int = 10_000) -> int:
     """Forget outbox entries delivered or dead everywhere, each delivery before `before`,
-    whose alert has no earlier entry still undelivered.
+    whose alert has no entry still undelivered and kept.
 
     Entries still being tried are kept whatever their age: nothing undelivered is dropped.
+    The alerts to keep are asked first, of the index of undelivered deliveries, and given
+    to the prune as a list: asked within it (`e.alert_id = o.alert_id AND ...`), the
+    planner read every delivery and every entry each tick, 360 ms against 30 at a million
+    deliveries, with the escalated alerts' locks held.
     """
-    return conn.execute(_PRUNE, {"before": before, "limit": limit}).rowcount
+    kept = [r[0] for r in conn.execute(_KEPT_ALERTS, {"before": before})]
+    return conn.execute(_PRUNE, {"before": before, "kept": kept, "limit": limit}).rowcount
