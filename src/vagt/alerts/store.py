@@ -307,6 +307,34 @@ def recount_firings(conn: psycopg.Connection, fingerprints: Sequence[str],
 
 
 @dataclass(frozen=True, slots=True)
+class Latest:
+    """A fingerprint's latest alert, as `vagt.app.replay.correct` weighs late rows against
+    it: the device time it last fired, and whether a person resolved it (by their clock, not
+    the device's: a firing the alert did not count came after that, whatever its date)."""
+
+    last_fired_at: float
+    resolved_by_person: bool
+
+
+# 'cleared' is kept for the engine's resolutions (a clear, an expiry, a take-back): any other
+# resolution of an alert that counted a firing is a person's
+_LATEST = """
+SELECT DISTINCT ON (fingerprint) fingerprint, extract(epoch FROM last_fired_at)::float8,
+       status = 'resolved' AND resolution_code IS DISTINCT FROM 'cleared' AND repeat_count > 0
+FROM alerts WHERE fingerprint = ANY(%s)
+ORDER BY fingerprint, id DESC
+"""
+
+
+def latest_alerts(conn: psycopg.Connection, fingerprints: Sequence[str]) -> dict[str, Latest]:
+    """Of `fingerprints`, those with an alert: their latest (`Latest`)."""
+    if not fingerprints:
+        return {}
+    rows = conn.execute(_LATEST, (list(fingerprints),)).fetchall()
+    return {str(fp): Latest(float(last), bool(person)) for fp, last, person in rows}
+
+
+@dataclass(frozen=True, slots=True)
 class Unsupported:
     """An alert that late rows, evaluated again in order, do not fire (`unsupported_alerts`);
     times are device time, unix seconds."""

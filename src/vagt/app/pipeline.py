@@ -745,21 +745,24 @@ class Pipeline:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
         evaluated again in order (`recount`) correct their alerts first (unless not `count`:
-        the alarm lane recorded them from memory), their clears resolve what the rows out of
-        order had kept firing, and the alerts the rows in order do not fire at all are
-        taken back (`replay`), as are the missed doses that rows too old to evaluate in
-        order (`skipped`) show answered in time."""
+        the alarm lane recorded them from memory; a new episode among them is recorded in its
+        round, and the events an alert a person resolved never counted as new:
+        `replay.correct`), their clears resolve what the rows out of order had kept firing,
+        and the alerts the rows in order do not fire at all are taken back (`replay`), as are
+        the missed doses that rows too old to evaluate in order (`skipped`) show answered in
+        time."""
         fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
         every_fire = fr
+        cr, cd, ct, co = clears = ev.transitions.clears()
+        renew = np.zeros(len(fr[0]), dtype=bool)   # new rows to an alert a person resolved
         if recount is not None and count:
-            fr = correct(conn, ev.rules, self.fleet.ids, fr, recount)
-        cr, cd, ct, co = ev.transitions.clears()
+            fr, renew = correct(conn, ev.rules, self.fleet.ids, fr, clears, recount)
         expired = ev.transitions.expired()
         judged = rejudged(recount, cr, cd)
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
         for k in rounds:
             sel = fr[7] == k
-            firings = self._to_alert_firings(ev.rules, tuple(c[sel] for c in fr[:7]))
+            firings = self._to_alert_firings(ev.rules, tuple(c[sel & ~renew] for c in fr[:7]))
             if k == rounds[0]:
                 firings += list(extra)
             if new:     # of new events; a reading may come again with an alarm's pack
@@ -768,6 +771,9 @@ class Pipeline:
                     conn, [f for f in firings if f.rule not in by_readings], new=True)
                 firings = [f for f in firings if f.rule in by_readings]
             out.opened += record_firings(conn, firings)
+            if (sel & renew).any():
+                out.opened += record_firings(conn, self._to_alert_firings(
+                    ev.rules, tuple(c[sel & renew] for c in fr[:7])), new=True)
             c = co == k
             if c.any():
                 fps = [fingerprint(ev.rules[r].name, self.fleet.ids[d])

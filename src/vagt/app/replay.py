@@ -19,6 +19,7 @@ from vagt.alerts.store import (
     Unsupported,
     answered_alerts,
     fingerprint,
+    latest_alerts,
     recount_firings,
     take_back,
     unsupported_alerts,
@@ -44,6 +45,10 @@ class Recount:
     fresh: Bools
     batch: Batch
 
+    def added(self, rule: int, dev: int) -> int:
+        """How many more rows of the device (evaluated again) the rule fired than before."""
+        return int(self.more[rule, int(np.searchsorted(self.devices, dev))])
+
     def judged(self, rule: int, dev: int) -> tuple[float, float] | None:
         """(since, holds) of a rule and device whose rows were evaluated again, and not by
         a redelivery; None otherwise (where the rule's state holds, nothing is taken back)."""
@@ -55,36 +60,99 @@ class Recount:
 
 
 Fires = tuple[npt.NDArray[Any], ...]
+Clears = tuple[I64, I64, F64, I64]   # `Transitions.clears()`
+
+# Device times the database keeps (to the microsecond) and ours compare as equal within this
+SAME_TIME_S = 1e-3
 
 
 def correct(conn: psycopg.Connection, rules: list[Rule], ids: list[str], fr: Fires,
-            recount: Recount) -> Fires:
+            clears: Clears, recount: Recount) -> tuple[Fires, Bools]:
     """Correct the alerts of the devices evaluated again (`recount_firings`): their count
     moves by how many more rows fired than before, and they begin and last fired where the
     rows in order say (if earlier or later, unless every firing of the alert since came
-    from those rows: `Recount.judged`). Returns the fires still to record: those with
-    no alert of theirs to correct. (What the rows in order no longer fire at all is taken
-    back: `rejudged`, `take_back_unsupported`.)"""
-    rule, dev, first, last = fr[0], fr[1], fr[2], fr[3]
-    again = np.flatnonzero(np.isin(dev, recount.devices)).tolist()
-    if not again:
-        return fr
-    span: dict[tuple[int, int], tuple[float, float]] = {}
-    for k in again:
-        key = (int(rule[k]), int(dev[k]))
-        f, t = span.get(key, (np.inf, -np.inf))
-        span[key] = (min(f, float(first[k])), max(t, float(last[k])))
-    column = {int(d): j for j, d in enumerate(recount.devices.tolist())}
-    keys = list(span)
-    fps = [fingerprint(rules[r].name, ids[d]) for r, d in keys]
-    corrected = recount_firings(conn, fps, [span[k][0] for k in keys],
-                                [span[k][1] for k in keys],
-                                [int(recount.more[r, column[d]]) for r, d in keys],
-                                [recount.judged(r, d) for r, d in keys])
-    done = {k for k, fp in zip(keys, fps) if fp in corrected}
-    keep = np.ones(len(dev), dtype=bool)
-    keep[[k for k in again if (int(rule[k]), int(dev[k])) in done]] = False
-    return tuple(c[keep] for c in fr)
+    from those rows: `Recount.judged`). Only by the fires of the fingerprint's latest alert
+    (`own_fires`): an episode the rows in order begin after a clear of the rule, and after
+    all that alert counted, is a new one, recorded as the rows in order record it (it
+    reopens the alert, or opens one), and its rows are not counted on the alert too.
+
+    An alert a person resolved is not corrected by events: those it never counted came after
+    that resolution (by our clock: a device's may be behind), whatever their date, and are
+    recorded as new (`record_firings(new=True)`), as the alarm lane records an alarm.
+    Returns the fires still to record (those with no alert of theirs to correct), and which
+    of them are new so. (What the rows in order no longer fire at all is taken back:
+    `rejudged`, `take_back_unsupported`.)"""
+    keep = np.ones(len(fr[0]), dtype=bool)
+    renew = np.zeros(len(fr[0]), dtype=bool)
+    keys = _fires_by_key(fr, recount.devices)
+    if not keys:
+        return fr, renew
+    fr = tuple(c.copy() for c in fr)     # a person's alert's fires are merged below
+    fps = {key: fingerprint(rules[key[0]].name, ids[key[1]]) for key in keys}
+    latest = latest_alerts(conn, list(fps.values()))
+    ended = _first_clears(clears)
+    owned: dict[tuple[int, int], tuple[list[int], int]] = {}
+    for key, ks in keys.items():
+        alert = latest.get(fps[key])
+        if alert is None:    # nothing to correct: every fire is recorded
+            continue
+        own = own_fires(fr, ks, ended.get(key, np.inf), alert.last_fired_at)
+        more = recount.added(*key) - int(fr[6][[k for k in ks if k not in own]].sum())
+        if own and alert.resolved_by_person and not rules[key[0]].uses_readings:
+            keep[own] = False
+            if more > 0:   # the rows it never counted: one firing, in the round of its last
+                keep[own[-1]] = renew[own[-1]] = True
+                _merge(fr, own, more)
+        elif own:
+            owned[key] = (own, more)
+    for key in _recount(conn, fps, fr, owned, recount):
+        keep[owned[key][0]] = False
+    return tuple(c[keep] for c in fr), renew[keep]
+
+
+def _fires_by_key(fr: Fires, devices: I64) -> dict[tuple[int, int], list[int]]:
+    """The fires of `devices` per (rule, device), in order (by ordinal)."""
+    keys: dict[tuple[int, int], list[int]] = {}
+    for k in sorted(np.flatnonzero(np.isin(fr[1], devices)).tolist(), key=lambda k: fr[7][k]):
+        keys.setdefault((int(fr[0][k]), int(fr[1][k])), []).append(k)
+    return keys
+
+
+def _merge(fr: Fires, ks: list[int], count: int) -> None:
+    """The fires `ks` as one, the last: from the first's first time to the last time, fired
+    `count` times."""
+    first, last = fr[2][ks].min(), fr[3][ks].max()
+    fr[2][ks[-1]], fr[3][ks[-1]], fr[6][ks[-1]] = first, last, count
+
+
+def _recount(conn: psycopg.Connection, fps: dict[tuple[int, int], str], fr: Fires,
+             owned: dict[tuple[int, int], tuple[list[int], int]],
+             recount: Recount) -> list[tuple[int, int]]:
+    """`recount_firings` of the alerts of `owned` (per rule and device, their fires and how
+    many more rows fired); returns those corrected."""
+    keys = list(owned)
+    corrected = recount_firings(
+        conn, [fps[k] for k in keys], [float(fr[2][owned[k][0]].min()) for k in keys],
+        [float(fr[3][owned[k][0]].max()) for k in keys], [owned[k][1] for k in keys],
+        [recount.judged(r, d) for r, d in keys])
+    return [k for k in keys if fps[k] in corrected]
+
+
+def own_fires(fr: Fires, ks: list[int], cleared: float, counted_to: float) -> list[int]:
+    """Of a rule's fires for one device `ks` (in order), those of the episodes of the alert
+    that counted firings up to device time `counted_to`: all but those after the rule's first
+    clear among them (its ordinal: `cleared`) that began after `counted_to` (the database
+    keeps microseconds: a millisecond later)."""
+    return [k for k in ks
+            if not (fr[7][k] > cleared and fr[2][k] > counted_to + SAME_TIME_S)]
+
+
+def _first_clears(clears: Clears) -> dict[tuple[int, int], float]:
+    """Per (rule, device) cleared, the ordinal of its first clear."""
+    first: dict[tuple[int, int], float] = {}
+    for r, d, o in zip(clears[0].tolist(), clears[1].tolist(), clears[3].tolist()):
+        first[(r, d)] = min(o, first.get((r, d), np.inf))
+    return first
 
 
 def rejudged(recount: Recount | None, rule: I64, dev: I64) -> list[tuple[float, float] | None]:
