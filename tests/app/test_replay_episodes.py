@@ -202,3 +202,24 @@ def test_late_rows_leave_the_queue_as_the_rows_in_order_do(alarms, delivery):
     for k, (t, code) in enumerate(delivered):
         alarms.engine.batch([heard(t, code, device)])
         assert queue(alarms.url, device_id=device) == in_order(delivered[:k + 1]), k
+
+
+def test_an_alarm_too_late_to_replay_dated_before_a_resolved_one_reaches_the_queue(alarm):
+    """As above, but the press dated 500 comes when the device's rows are too old to be
+    evaluated again (the checkpoint it would go back to is past them): the alarm is still
+    evaluated, every one counts, and it is news, though dated before the alert's last
+    firing: its row was never stored before. Delivered again, it opens nothing more."""
+    p = Process(alarm, None)
+    p.pipeline.shared.checkpoint_age_s = 0.0   # every batch's state is the one to go back to
+    # (the mains rule keeps a state of its rows; the alarm's, counted in any order, none)
+    one_a_batch([p], [(1000.0, "alarm.fall"), (1800.0, LOST), (1900.0, RESTORED)])
+    with psycopg.connect(alarm) as conn:
+        resolve(conn, 1, "anna", "the citizen is fine", code="false_alarm")
+    out = p.batch([heard(500.0, "alarm.fall")])
+    assert (out.too_late, out.replayed) == (1, 0)
+    assert [a[0] for a in queue(alarm, "personal_alarm")] == ["open"]
+    with psycopg.connect(alarm) as conn:
+        resolve(conn, 1, "anna", "the citizen is fine", code="false_alarm")
+    p.batch([heard(500.0, "alarm.fall")])
+    p.close()
+    assert [a[0] for a in queue(alarm, "personal_alarm")] == ["resolved"]

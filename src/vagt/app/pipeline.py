@@ -287,8 +287,13 @@ class Pipeline:
         # the alarm lane's first evaluation is of this batch's new rows only (the events
         # stored before are left out above; no late rows are evaluated again here): what it
         # fires is new, even dated before an alert it resolved (a clock behind)
+        # an alarm among the bulk lane's new rows is news too, dated however it is (a clock
+        # behind; too late to evaluate in order, the rows before it gone): unless its
+        # device's rows were evaluated again with stored ones (`replay.correct` weighs those)
+        news = None if state_apart else \
+            np.setdiff1d(out.fresh, recount.devices if recount is not None else [])
         self.record(conn, ev, out, out.registry_firings, recount, skipped=skipped,
-                    new=state_apart)
+                    new=state_apart, news=news)
         return out
 
     def _evaluate_locked(self, conn: psycopg.Connection, batch: Batch, out: BatchOutcome,
@@ -741,7 +746,8 @@ class Pipeline:
 
     def record(self, conn: psycopg.Connection, ev: Evaluation, out: BatchOutcome,
                extra: Sequence[AlertFiring] = (), recount: Recount | None = None,
-               count: bool = True, skipped: Batch | None = None, new: bool = False) -> None:
+               count: bool = True, skipped: Batch | None = None, new: bool = False,
+               news: I64 | None = None) -> None:
         """An evaluation's fires and clears into the alert queue, round by round: a device's
         second transition in a batch goes in only after its first. The fires of devices
         evaluated again in order (`recount`) correct their alerts first (unless not `count`:
@@ -750,13 +756,18 @@ class Pipeline:
         `replay.correct`), their clears resolve what the rows out of order had kept firing,
         and the alerts the rows in order do not fire at all are taken back (`replay`), as are
         the missed doses that rows too old to evaluate in order (`skipped`) show answered in
-        time."""
+        time. `new`: every fire not of readings is of rows never recorded (the alarm lane's);
+        `news`: the devices whose rows evaluated were all new, whose alarms (the rules that
+        count every one, in any order) are so (`record_firings(new=True)`)."""
         fr: tuple[npt.NDArray[Any], ...] = ev.transitions.fires()
         every_fire = fr
         cr, cd, ct, co = clears = ev.transitions.clears()
         renew = np.zeros(len(fr[0]), dtype=bool)   # new rows to an alert a person resolved
         if recount is not None and count:
             fr, renew = correct(conn, ev.rules, self.fleet.ids, fr, clears, recount)
+        if news is not None and len(fr[0]):
+            any_order = np.array([r.kind == "event" and not r.clear_codes for r in ev.rules])
+            renew |= any_order[fr[0]] & np.isin(fr[1], news)
         expired = ev.transitions.expired()
         judged = rejudged(recount, cr, cd)
         rounds = np.union1d(fr[7], co).tolist() or ([0] if extra else [])
