@@ -14,9 +14,11 @@ import time
 import urllib.request
 import uuid
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 from tests.app.conftest import (
     EngineProcess,
     alarm,
@@ -28,6 +30,7 @@ from tests.app.conftest import (
     topic,
     wait_for,
 )
+from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker
 
 from vagt.app import alarm_process, store
@@ -209,7 +212,7 @@ def test_a_reload_the_alarm_lanes_process_cannot_apply_ends_it_to_start_with_the
         stop = threading.Event()
         threading.Thread(target=serve_control, daemon=True, args=(
             child_end, CollectorRegistry(), lambda: False,
-            lambda r: _apply_or_start_again(pool, pipeline, r, stop), stop)).start()
+            lambda r: _apply_or_start_again(pool, pipeline, r, stop, 10.0), stop)).start()
         with pool.connection():       # the lane holds the pool's one connection
             engine_end.send((1, (RELOAD, reloaded)))
             assert stop.wait(15), "the process goes on with rules the engine no longer runs"
@@ -354,4 +357,60 @@ def test_the_pipeline_the_alarm_lane_let_go_of_is_gone_when_its_memory_is_given_
             assert first[0]() is None
         finally:
             stop.set()
+            running.join(timeout=30)
+
+
+@pytest.fixture
+def proxy() -> Iterator[DatabaseProxy]:
+    p = DatabaseProxy()
+    p.up()
+    yield p
+    p.down()
+
+
+def test_an_alarm_after_a_renewal_on_a_database_gone_silent_is_committed(
+        database_url, broker, topic_root, devices, proxy):
+    """The database stops answering (its open connections stay open, a new one reaches a
+    server that works) just as the alarm lane loads its devices again: the load is cut
+    like any of the lane's transactions, and the next alarm is committed, on a new
+    connection, rather than wait for an answer that never comes."""
+    config = load_config(None, env={
+        "VAGT_MQTT_URL": broker.url, "VAGT_DATABASE_URL": proxy.url(database_url),
+        "VAGT_MQTT_TOPIC_ROOT": topic_root, "VAGT_MQTT_CLIENT_ID": f"vagt-{uuid.uuid4().hex[:8]}",
+        "VAGT_DATABASE_ALARM_TRANSACTION_TIMEOUT_S": "2",
+        "VAGT_DATABASE_TRANSACTION_TIMEOUT_S": "2"})
+    rules, catalogue, _ = load_engine_files(config)
+    spec = next(s for s in lane_specs(config) if s.name == "alarm")
+    loads: list[float] = []
+    stop, metrics = threading.Event(), EngineMetrics()
+
+    def load(r: list[Rule]) -> Pipeline:
+        loads.append(time.monotonic())
+        if len(loads) == 2:       # the renewal: the database goes silent as it begins
+            proxy.go_silent()
+        return _load_pipeline(config, pool, r, catalogue, time.time, whole_fleet=False)[1]
+
+    def events() -> int:
+        return int(scalar(database_url, "SELECT count(*) FROM events"))
+
+    with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
+        lane = AlarmPipeline(load, rules, renew_after=1)
+        running = threading.Thread(target=lambda: _run_lanes(
+            config, pool, lane.pipeline, metrics, stop, CatchingUp([spec.name]),
+            [spec], renew=lane.renewed))
+        running.start()
+        try:
+            wait_for(lambda: metrics.registry.get_sample_value(
+                "vagt_mqtt_connected", {"lane": "alarm"}) == 1, what="the lane's session")
+            time.sleep(0.2)   # (it subscribes as it connects)
+            publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
+                                   alarm("ALM-0001", T0))])
+            wait_for(lambda: events() == 1, what="the first alarm")
+            wait_for(lambda: len(loads) == 2, what="the renewal begun")
+            publish(broker.port, [(topic(topic_root, "OXI-0002", "alarm"),
+                                   alarm("OXI-0002", T0))])
+            wait_for(lambda: events() == 2, what="the alarm after the renewal")
+        finally:
+            stop.set()
+            proxy.down()      # what still waits on a silent connection ends
             running.join(timeout=30)

@@ -3,6 +3,7 @@ and go on within seconds of the database answering again."""
 
 from __future__ import annotations
 
+import signal
 import time
 import urllib.parse
 import urllib.request
@@ -141,3 +142,26 @@ def test_ops_see_the_rule_timer_stand_still_while_the_database_is_away(
     assert (sample(engine, last), sample(engine, done)) == (stood, ticks)
     proxy.up()
     wait_for(lambda: sample(engine, last) > stood, timeout=60, what="ticks again")
+
+
+def test_a_rules_reload_on_a_database_gone_silent_leaves_the_rule_timer_ticking(
+        engine: EngineProcess, database_url, proxy: DatabaseProxy):
+    """SIGHUP just as the database stops answering (its open connections stay open, a new
+    one reaches a server that works): the reload is cut like a tick would be, and the
+    rules' timer ticks on, rather than wait for an answer that never comes while no silent
+    device and no missed dose is found."""
+    engine.env["VAGT_DATABASE_URL"] = proxy.url(database_url)
+    engine.env["VAGT_RULES_TICK_S"] = "2"
+    engine.env["VAGT_DATABASE_TRANSACTION_TIMEOUT_S"] = "2"
+    engine.start().wait_ready()
+    done = 'vagt_rule_ticks_total{outcome="done"}'
+    wait_for(lambda: sample(engine, done) >= 1, what="a tick done")
+    ticks = sample(engine, done)
+    wait_for(lambda: sample(engine, done) > ticks, what="the next tick, just done")
+    proxy.go_silent()
+    assert engine.proc is not None
+    engine.proc.send_signal(signal.SIGHUP)
+    ticks = sample(engine, done)
+    wait_for(lambda: sample(engine, done) > ticks, timeout=60,
+             what="a tick after the reload, on a new connection")
+    assert "event=rules_reload_failed" in engine.log()

@@ -712,7 +712,8 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
 
     with open_engine_pool(config.database.url, config) as pool:
         fleet, pipeline = _load_pipeline(config, pool, rules, catalogue, clock)
-        with pool.connection() as conn:
+        with _guarded(pool, timeout=pool.timeout, limit_s=config.database.transaction_timeout_s,
+                      who="thread=rule-state-restore") as conn:
             restored = pipeline.restore(conn)
             upkeep = not statistics.autovacuum_on(conn)
         log.info("event=rule_state_restored devices=%d", restored)
@@ -767,8 +768,12 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
 def _load_pipeline(config: Config, pool: ConnectionPool, rules: list[Rule],
                    catalogue: Catalogue, clock: Callable[[], float],
                    whole_fleet: bool = True) -> tuple[Fleet, Pipeline]:
-    """The fleet and the pipeline (see `Pipeline.load`)."""
-    with pool.connection() as conn:
+    """The fleet and the pipeline (see `Pipeline.load`), on a connection cut if the database
+    does not answer within `database.transaction_timeout_s` (`_guarded`), as a lane's would
+    be: the alarm lane's process loads again between alarms (`AlarmPipeline.renewed`), and a
+    load that waited for ever on a database gone silent held every alarm behind it."""
+    with _guarded(pool, timeout=pool.timeout, limit_s=config.database.transaction_timeout_s,
+                  who="thread=pipeline-load") as conn:
         pipeline = Pipeline.load(conn, topic_root=config.mqtt.topic_root, rules=rules,
                                  clock=clock, ingest=config.ingest,
                                  catalogue=catalogue,
@@ -849,7 +854,8 @@ def run_alarm_lane(argv: list[str]) -> None:
         threading.Thread(target=serve_control, name="vagt-alarm-lane-control", daemon=True,
                          args=(control, metrics.registry, lambda: bool(catching_up),
                                lambda rules: alarm.using(functools.partial(
-                                   _apply_or_start_again, pool, rules=rules, stop=stop)),
+                                   _apply_or_start_again, pool, rules=rules, stop=stop,
+                                   limit_s=config.database.transaction_timeout_s)),
                                stop)).start()
         start_kept_running("fleet-refresh",
                            lambda s: _refresh_fleet(lambda: alarm.pipeline.fleet, pool, s, True),
@@ -1052,30 +1058,37 @@ def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline
     except RuleConfigError as e:
         log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
         return None
-    if not apply_rules(pool, pipeline, rules):
+    if not apply_rules(pool, pipeline, rules, config.database.transaction_timeout_s):
         return None
     install_rule_book(rules)
     return rules
 
 
 def _apply_or_start_again(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
-                          stop: threading.Event) -> None:
+                          stop: threading.Event, limit_s: float) -> None:
     """The alarm lane's process: the rules the engine reloaded, or, if the database does
     not let it, an end after the alarm in hand: the engine starts it again, with them."""
-    if not apply_rules(pool, pipeline, rules):
+    if not apply_rules(pool, pipeline, rules, limit_s):
         log.error("event=alarm_lane_reload_failed note=starting_again_with_the_engines_rules")
         stop.set()
 
 
-def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule]) -> bool:
+def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
+                limit_s: float) -> bool:
     """`rules` in place of the running rules (the alarm lane's process: those the engine
-    loaded); False if the database did not let it, and the running rules stay."""
+    loaded); False if the database did not let it, and the running rules stay.
+
+    The open alerts that seed them are read on a connection cut after `limit_s`
+    (`_guarded`): a reload that waited for ever on a database gone silent held the rules'
+    timer with it (or the alarm lane's control: its metrics, its stop). The rules change
+    once they are read, not before: a reload said to have failed has changed nothing."""
     try:
-        with pool.connection(timeout=10) as conn:
-            changed = pipeline.reload_rules(conn, rules)
+        with _guarded(pool, timeout=10, limit_s=limit_s, who="thread=rules-reload") as conn:
+            open_alerts = rule_queries.open_rule_alerts(conn)
     except (psycopg.Error, TimeoutError) as e:
         log.error("event=rules_reload_failed note=old_rules_stay error=%s", first_line(e))
         return False
+    changed = pipeline.reload_rules(rules, open_alerts)
     log.info("event=rules_reloaded rules=%d changed=%s", len(rules), ",".join(changed) or "-")
     return True
 

@@ -550,9 +550,11 @@ class Pipeline:
         """The rules' stored state into memory (at start); returns how many devices had some."""
         return self.shared.restore(conn)
 
-    def reload_rules(self, conn: psycopg.Connection, rules: list[Rule]) -> list[str]:
-        """New rules in place of the old; unchanged ones keep their state."""
-        return self.rules.reload(rules, rule_queries.open_rule_alerts(conn))
+    def reload_rules(self, rules: list[Rule],
+                     open_alerts: Iterable[tuple[str, str, float]]) -> list[str]:
+        """New rules in place of the old; unchanged ones keep their state, new ones are
+        seeded from `open_alerts` (`rule_queries.open_rule_alerts`, read by the caller)."""
+        return self.rules.reload(rules, open_alerts)
 
     # -- stages ------------------------------------------------------------------------------
 
