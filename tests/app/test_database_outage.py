@@ -10,7 +10,15 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from tests.app.conftest import EngineProcess, alarm, publish, scalar, topic, wait_for
+from tests.app.conftest import (
+    EngineProcess,
+    alarm,
+    publish,
+    scalar,
+    telemetry,
+    topic,
+    wait_for,
+)
 from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker
 
@@ -165,3 +173,29 @@ def test_a_rules_reload_on_a_database_gone_silent_leaves_the_rule_timer_ticking(
     wait_for(lambda: sample(engine, done) > ticks, timeout=60,
              what="a tick after the reload, on a new connection")
     assert "event=rules_reload_failed" in engine.log()
+
+
+def test_sigterm_while_the_database_is_away_ends_the_engine_in_time_and_loses_nothing(
+        engine: EngineProcess, broker: Broker, database_url, topic_root, devices,
+        proxy: DatabaseProxy):
+    """A restart is what ops try first in a database outage: the engine must end within
+    a service manager's stop timeout (Kubernetes waits 30 s, systemd 90 s, then SIGKILL),
+    not wait for the database, and what it held comes again at the next start."""
+    engine.env["VAGT_DATABASE_URL"] = proxy.url(database_url)
+    engine.start().wait_ready()
+    proxy.down()
+    publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"), alarm("ALM-0001", T0)),
+                          (topic(topic_root, "OXI-0001", "telemetry"),
+                           telemetry("OXI-0001", T0, spo2=96))])
+    wait_for(lambda: all(f"event=commit_failed lane={lane}" in engine.log()
+                         for lane in ("alarm", "bulk")), what="both lanes holding a batch")
+    assert engine.proc is not None
+    engine.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: engine.proc is not None and engine.proc.poll() is not None, timeout=25,
+             what="the engine to end, in a service manager's time")
+    assert engine.proc.returncode == 0
+    proxy.up()
+    engine.start().wait_ready()
+    wait_for(lambda: events(database_url) == 1
+             and scalar(database_url, "SELECT count(*) FROM readings") == 1,
+             what="the alarm and the reading held at the stop")

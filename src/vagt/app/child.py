@@ -141,8 +141,7 @@ class ChildProcess:
 
     def stop(self) -> None:
         """Ask the child to finish what it has in hand and end; kill it if it does not."""
-        self._stopping.set()
-        self._send(self._stop_message)
+        self.ask_to_stop()
         process = self._process
         if process is None:
             return
@@ -155,6 +154,12 @@ class ChildProcess:
             process.wait()
         if self._control is not None:
             self._control.close()
+
+    def ask_to_stop(self) -> None:
+        """Ask the child to finish what it has in hand and end, and start no other; `stop`
+        waits for it."""
+        self._stopping.set()
+        self._send(self._stop_message)
 
     def _send(self, message: Any, incarnation: int | None = None) -> None:
         """Send to the child now running, if it is `incarnation` (when given); nothing if it

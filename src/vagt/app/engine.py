@@ -609,6 +609,35 @@ def open_engine_pool(conninfo: str, config: Config,
     return pool
 
 
+# How long a stopping process's batches in hand may still wait for the database before
+# they are given up (not acknowledged: the broker sends them again). A service manager
+# kills what has not ended in its stop timeout (Kubernetes: 30 s): the lanes, the rules'
+# timer and the alert threads each waited for the database as they would have running (a
+# connection from the pool: 30 s; a transaction on a database gone silent: up to
+# `transaction_timeout_s`), one after the other, the alarm lane's process last.
+STOP_GRACE_S = 10.0
+
+
+def give_up_database_when_stopped(pool: ConnectionPool, stop: threading.Event,
+                                  grace_s: float = STOP_GRACE_S) -> None:
+    """Once `stop` is set and `grace_s` has passed with `pool` still open, cut what waits
+    for the database: the watchdog's connections (`Watchdog.cut_all`) and the pool's
+    waits (closed: each fails, as a database away does, and the stopping work ends)."""
+    def give_up() -> None:
+        stop.wait()
+        deadline = time.monotonic() + grace_s
+        while not pool.closed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pool.closed:
+            return
+        log.warning("event=stop_gave_up_on_the_database grace_s=%g "
+                    "note=not_acknowledged_broker_will_resend", grace_s)
+        WATCHDOG.cut_all()
+        pool.close(timeout=0)
+
+    threading.Thread(target=give_up, name="vagt-stop-grace", daemon=True).start()
+
+
 def _try_again(pool: ConnectionPool) -> None:
     """The pool's `reconnect_failed`: the database is still away; grow the pool again now
     (`check` starts a new connection attempt when it is short of connections)."""
@@ -711,6 +740,7 @@ def _serve(config: Config, stop: threading.Event, clock: Callable[[], float],
     from vagt.alerts.service import ApiSettings, alert_services
 
     with open_engine_pool(config.database.url, config) as pool:
+        give_up_database_when_stopped(pool, stop)
         fleet, pipeline = _load_pipeline(config, pool, rules, catalogue, clock)
         with _guarded(pool, timeout=pool.timeout, limit_s=config.database.transaction_timeout_s,
                       who="thread=rule-state-restore") as conn:
@@ -803,6 +833,14 @@ def _start_alarm_process(start: AlarmLaneStart, metrics: EngineMetrics,
     alarm.start()
     metrics.include(alarm.families, lambda: alarm.incarnation)
     _supervise(alarm, metrics, stop)
+    # told as the engine's lanes are, not after them: each has its grace for the batch in
+    # hand (STOP_GRACE_S), and one after the other they passed a service manager's timeout
+    def ask_when_stopped() -> None:
+        stop.wait()
+        alarm.ask_to_stop()
+
+    threading.Thread(target=ask_when_stopped, daemon=True,
+                     name="vagt-alarm_lane-stopper").start()
     return alarm
 
 
@@ -847,6 +885,7 @@ def run_alarm_lane(argv: list[str]) -> None:
     spec = next(s for s in lane_specs(config) if s.name == "alarm")
     catching_up = CatchingUp([spec.name])
     with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
+        give_up_database_when_stopped(pool, stop)
         alarm = AlarmPipeline(
             lambda rules: _load_pipeline(config, pool, rules, start.catalogue, time.time,
                                          whole_fleet=False)[1],

@@ -63,6 +63,14 @@ class Watchdog:
             with self._lock:
                 self._watched.pop(key, None)
 
+    def cut_all(self) -> None:
+        """Cut every connection guarded now, without `on_cut` (nothing is to be tried
+        again): the process stops, and gives up what it still waits for the database for."""
+        with self._lock:
+            for w in self._watched.values():
+                _shut_down(w.conn)
+            self._watched.clear()
+
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="vagt-db-watchdog",
