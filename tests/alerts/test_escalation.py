@@ -14,6 +14,7 @@ from tests.alerts.support import add_device, fire, rows
 from tests.app.db_proxy import DatabaseProxy
 
 from vagt.alerts import actions
+from vagt.alerts import escalation as escalation_module
 from vagt.alerts.actions import AlertStatus
 from vagt.alerts.escalation import Timer, escalate_overdue
 from vagt.alerts.policy import load_policy
@@ -263,3 +264,30 @@ def test_escalating_never_gives_an_alert_longer_to_be_claimed_than_its_route_did
     assert len(escalate_overdue(conn, first, policy)) == 1
     assert len(escalate_overdue(conn, first + timedelta(minutes=1), policy)) == 1
     assert rows(database_url, "SELECT priority, breaches FROM alerts") == [(1, 2)]
+
+
+def test_an_escalation_rolled_back_with_its_tick_is_counted_once_when_it_commits(
+        alarm, database_url, monkeypatch):
+    """The tick's last step (the outbox's prune) fails: the escalation goes back with the
+    tick, and the next tick escalates again. The breach metric counts it once, as the alert
+    does, not once a try."""
+    _, queued = alarm
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    real_prune = escalation_module.outbox.prune
+
+    def failing(*args, **kwargs):
+        raise psycopg.OperationalError("the connection was lost")
+
+    with open_pool(database_url, 1, 2) as pool:
+        timer = Timer(pool, load_policy(None), observer=metrics,
+                      clock=lambda: (queued + timedelta(minutes=3)).timestamp())
+        monkeypatch.setattr(escalation_module.outbox, "prune", failing)
+        with pytest.raises(psycopg.OperationalError):
+            timer.tick()
+        assert rows(database_url, "SELECT breaches FROM alerts") == [(0,)]
+        monkeypatch.setattr(escalation_module.outbox, "prune", real_prune)
+        assert len(timer.tick() or []) == 1
+    assert rows(database_url, "SELECT breaches FROM alerts") == [(1,)]
+    assert registry.get_sample_value("vagt_alert_claim_breaches_total",
+                                     {"queue": "emergency"}) == 1

@@ -102,9 +102,11 @@ def escalate_overdue(conn: psycopg.Connection, now: datetime,
                      policy: AlertPolicy | None = None,
                      observer: AlertObserver | None = None) -> list[Breach]:
     """Escalate every open alert whose time to claim has passed at `now`, and every claimed
-    one whose time to acknowledge has; one transaction."""
+    one whose time to acknowledge has; one transaction (a savepoint in the caller's). The
+    breaches are told to `observer` (`tell`) if given, else the caller tells them once its
+    transaction commits (the timer's tick): a breach counted before, and rolled back with a
+    tick that failed after it, was counted again at the next."""
     policy = policy or current_policy()
-    observer = observer or NullObserver()
     tta = sorted(policy.time_to_acknowledge_s.items())
     with conn.transaction():
         unclaimed = conn.execute(_OVERDUE, (now,)).fetchall()
@@ -125,6 +127,13 @@ def escalate_overdue(conn: psycopg.Connection, now: datetime,
             "from_queue": [b.from_queue for b in breaches],
             "from_priority": [b.from_priority for b in breaches], "now": now})
         outbox.enqueue(conn, [b.alert_id for b in breaches], "escalated", ENGINE_ACTOR)
+    if observer is not None:
+        tell(breaches, observer)
+    return breaches
+
+
+def tell(breaches: list[Breach], observer: AlertObserver) -> None:
+    """Count and log escalations committed."""
     for b in breaches:
         if b.claimed:
             observer.unacknowledged(b.from_queue)
@@ -134,14 +143,13 @@ def escalate_overdue(conn: psycopg.Connection, now: datetime,
                     "priority=%d->%d reason=%s", b.alert_id, b.from_queue, b.to_queue,
                     b.from_priority, b.to_priority,
                     "not_acknowledged" if b.claimed else "not_claimed")
-    return breaches
 
 
 def run_timer_once(conn: psycopg.Connection, now: datetime,
-                   policy: AlertPolicy | None = None,
-                   observer: AlertObserver | None = None) -> list[Breach] | None:
+                   policy: AlertPolicy | None = None) -> list[Breach] | None:
     """One tick: silences that began or ended, repairs, escalations, and the outbox's old
-    entries. None if another process holds the timer (then it does the work)."""
+    entries, in the caller's transaction; the escalations are the caller's to tell once it
+    commits (`tell`). None if another process holds the timer (then it does the work)."""
     row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
                        (TIMER_LOCK,)).fetchone()
     if row is None or not row[0]:
@@ -149,7 +157,7 @@ def run_timer_once(conn: psycopg.Connection, now: datetime,
     policy = policy or current_policy()
     with conn.transaction():
         reconcile(conn, now=now, policy=policy)
-    breaches = escalate_overdue(conn, now, policy, observer)
+    breaches = escalate_overdue(conn, now, policy)
     with conn.transaction():
         outbox.prune(conn, now - timedelta(seconds=policy.delivery.retention_s))
     return breaches
@@ -181,5 +189,8 @@ class Timer:
     def tick(self) -> list[Breach] | None:
         now = datetime.fromtimestamp(self.clock(), UTC)
         with guarded_connection(self.pool, self.transaction_limit_s,
-                                "thread=alert-timer") as conn, conn.transaction():
-            return run_timer_once(conn, now, self.policy, self.observer)
+                                "thread=alert-timer") as conn:
+            with conn.transaction():
+                breaches = run_timer_once(conn, now, self.policy)
+        tell(breaches or [], self.observer)
+        return breaches
