@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker, free_port
 
 from vagt.app.engine import Session
@@ -196,6 +197,15 @@ def engine(database_url: str, broker: Broker, topic_root: str,
     e = EngineProcess(env, tmp_path / "engine.log")
     yield e
     e.stop()
+
+
+@pytest.fixture
+def proxy() -> Iterator[DatabaseProxy]:
+    """A proxy in front of the test database, which a test can make refuse or fall silent."""
+    p = DatabaseProxy()
+    p.up()
+    yield p
+    p.down()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

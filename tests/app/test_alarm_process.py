@@ -3,6 +3,7 @@ either side dies."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -14,11 +15,11 @@ import time
 import urllib.request
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
+from psycopg_pool import ConnectionPool
 from tests.app.conftest import (
     EngineProcess,
     alarm,
@@ -30,15 +31,15 @@ from tests.app.conftest import (
     topic,
     wait_for,
 )
-from tests.app.db_proxy import DatabaseProxy
 from tests.support import Broker
 
 from vagt.app import alarm_process, store
 from vagt.app.alarm_process import AlarmPipeline
-from vagt.app.config import load_config
+from vagt.app.config import Config, load_config
 from vagt.app.engine import (
     ALARM_POOL_SIZE,
     CatchingUp,
+    LaneSpec,
     _load_pipeline,
     _run_lanes,
     lane_specs,
@@ -341,31 +342,34 @@ def test_the_pipeline_the_alarm_lane_let_go_of_is_gone_when_its_memory_is_given_
         lane = AlarmPipeline(lambda r: _load_pipeline(config, pool, r, catalogue, time.time,
                                                       whole_fleet=False)[1], rules, 1)
         first.append(weakref.ref(lane.pipeline))
-        running = threading.Thread(target=lambda: _run_lanes(   # as run_alarm_lane calls it
-            config, pool, lane.pipeline, metrics, stop, CatchingUp([spec.name]),
-            [spec], renew=lane.renewed))
-        running.start()
-        try:
-            wait_for(lambda: metrics.registry.get_sample_value(
-                "vagt_mqtt_connected", {"lane": "alarm"}) == 1, what="the lane's session")
-            time.sleep(0.2)   # (it subscribes as it connects)
+        with lanes_running(config, pool, lane, spec, metrics, stop):
             publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
                                    alarm("ALM-0001", time.time()))])
             wait_for(lambda: held_at_release, what="the alarm lane's pipeline loaded again")
             assert held_at_release == [False]
             gc.collect()
             assert first[0]() is None
-        finally:
-            stop.set()
-            running.join(timeout=30)
 
 
-@pytest.fixture
-def proxy() -> Iterator[DatabaseProxy]:
-    p = DatabaseProxy()
-    p.up()
-    yield p
-    p.down()
+@contextlib.contextmanager
+def lanes_running(config: Config, pool: ConnectionPool, lane: AlarmPipeline, spec: LaneSpec,
+                  metrics: EngineMetrics, stop: threading.Event,
+                  before_join: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """The alarm lane alone, run as run_alarm_lane runs it (`_run_lanes`), in a thread, its
+    session up; stopped at the end (`before_join`: what must end first for it to stop)."""
+    running = threading.Thread(target=lambda: _run_lanes(
+        config, pool, lane.pipeline, metrics, stop, CatchingUp([spec.name]),
+        [spec], renew=lane.renewed))
+    running.start()
+    try:
+        wait_for(lambda: metrics.registry.get_sample_value(
+            "vagt_mqtt_connected", {"lane": "alarm"}) == 1, what="the lane's session")
+        time.sleep(0.2)   # (it subscribes as it connects)
+        yield
+    finally:
+        stop.set()
+        before_join()
+        running.join(timeout=30)
 
 
 def test_an_alarm_after_a_renewal_on_a_database_gone_silent_is_committed(
@@ -395,14 +399,8 @@ def test_an_alarm_after_a_renewal_on_a_database_gone_silent_is_committed(
 
     with open_engine_pool(config.database.url, config, size=ALARM_POOL_SIZE) as pool:
         lane = AlarmPipeline(load, rules, renew_after=1)
-        running = threading.Thread(target=lambda: _run_lanes(
-            config, pool, lane.pipeline, metrics, stop, CatchingUp([spec.name]),
-            [spec], renew=lane.renewed))
-        running.start()
-        try:
-            wait_for(lambda: metrics.registry.get_sample_value(
-                "vagt_mqtt_connected", {"lane": "alarm"}) == 1, what="the lane's session")
-            time.sleep(0.2)   # (it subscribes as it connects)
+        # (what still waits on a silent connection ends with the proxy)
+        with lanes_running(config, pool, lane, spec, metrics, stop, before_join=proxy.down):
             publish(broker.port, [(topic(topic_root, "ALM-0001", "alarm"),
                                    alarm("ALM-0001", T0))])
             wait_for(lambda: events() == 1, what="the first alarm")
@@ -410,7 +408,3 @@ def test_an_alarm_after_a_renewal_on_a_database_gone_silent_is_committed(
             publish(broker.port, [(topic(topic_root, "OXI-0002", "alarm"),
                                    alarm("OXI-0002", T0))])
             wait_for(lambda: events() == 2, what="the alarm after the renewal")
-        finally:
-            stop.set()
-            proxy.down()      # what still waits on a silent connection ends
-            running.join(timeout=30)

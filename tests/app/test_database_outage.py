@@ -7,9 +7,7 @@ import signal
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 from tests.app.conftest import (
     EngineProcess,
     alarm,
@@ -26,14 +24,6 @@ from vagt.app.config import Config
 from vagt.app.engine import open_engine_pool
 
 T0 = time.time() - 3600
-
-
-@pytest.fixture
-def proxy() -> Iterator[DatabaseProxy]:
-    p = DatabaseProxy()
-    p.up()
-    yield p
-    p.down()
 
 
 def events(database_url: str) -> int:

@@ -16,6 +16,7 @@ from vagt.ingest.model import RawMessage
 
 ROOT = "vagt/v1"
 NOW = time.time()
+HOUR = 3600.0
 GATEWAY = ("GWY-0001", "Telit", "HomeHub 4G", "gateway", "Aarhus")   # heartbeat 300 s
 
 
@@ -341,23 +342,18 @@ def test_a_personal_alarm_silent_again_after_its_clock_was_set_back_is_alerted_a
     silence was dated as the first (the latest device time it ever sent plus the limit), so
     the queue took it for the resolved alert's firing again: a personal alarm no one heard
     for 15 hours, and no one told. Alerted again, dated 3 heartbeats after we heard it."""
-    register(database_url, [PERSONAL_ALARM])
-    p = Process(database_url, None)
-    hour = 3600.0
-    last = p.now = NOW
-    p.batch([heard("PAL-0001", last, last)])
-    sweep(p, last + 3 * hour + 60)
+    p, last = _silent_after_heard(database_url)
     assert open_alerts(database_url, "device_silent") == [("PAL-0001", "open")]
-    back = p.now = last + 4 * hour
+    back = p.now = last + 4 * HOUR
     p.batch([heard("PAL-0001", YEAR_2000, back)])
     sweep(p, back + 60)
     assert open_alerts(database_url, "device_silent") == [("PAL-0001", "resolved")]
     for k in range(1, 16):    # swept through 15 silent hours
-        sweep(p, back + k * hour + 60)
+        sweep(p, back + k * HOUR + 60)
     silent = query(database_url, "SELECT status, round(extract(epoch FROM last_fired_at) "
                                  "- %s) FROM alerts WHERE rule = 'device_silent' "
                                  "AND status <> 'resolved'", (back,))
-    assert silent == [("open", 3 * hour)]
+    assert silent == [("open", 3 * HOUR)]
     p.close()
 
 
@@ -368,19 +364,26 @@ def test_a_silent_alarm_an_operator_resolved_is_not_opened_again_while_it_stays_
     alarm is heard and falls silent again, that is a new silence, and alerted."""
     from vagt.alerts import resolve
 
-    register(database_url, [PERSONAL_ALARM])
-    p = Process(database_url, None)
-    hour = 3600.0
-    last = p.now = NOW
-    p.batch([heard("PAL-0001", last, last)])
-    sweep(p, last + 3 * hour + 60)
+    p, last = _silent_after_heard(database_url)
     with psycopg.connect(database_url) as conn:
         resolve(conn, 1, "anna", "the citizen is in hospital", code="no_action_needed")
     for k in range(4, 10):
-        sweep(p, last + k * hour)
+        sweep(p, last + k * HOUR)
     assert open_alerts(database_url, "device_silent") == [("PAL-0001", "resolved")]
-    again = p.now = last + 10 * hour
+    again = p.now = last + 10 * HOUR
     p.batch([heard("PAL-0001", again, again)])
-    sweep(p, again + 3 * hour + 60)
+    sweep(p, again + 3 * HOUR + 60)
     assert [s for _, s in open_alerts(database_url, "device_silent")][-1] == "open"
     p.close()
+
+
+
+def _silent_after_heard(database_url: str) -> tuple[Process, float]:
+    """A personal alarm heard at NOW, its clock right, then silent for 3 heartbeats and
+    swept (alerted); the process, and when it was heard."""
+    register(database_url, [PERSONAL_ALARM])
+    p = Process(database_url, None)
+    last = p.now = NOW
+    p.batch([heard("PAL-0001", last, last)])
+    sweep(p, last + 3 * HOUR + 60)
+    return p, last

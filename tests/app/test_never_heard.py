@@ -82,8 +82,13 @@ def test_the_first_message_of_a_device_never_heard_clears_its_silence(database_u
     p.close()
 
 
-def test_a_first_message_dated_2000_clears_the_silence_by_the_next_sweep(database_url):
-    """Its clock restarted at 2000-01-01: its first message is still the device speaking."""
+def test_a_first_message_dated_2000_clears_the_silence_and_a_second_is_alerted_again(
+        database_url):
+    """Its clock restarted at 2000-01-01: its first message is still the device speaking,
+    and clears the silence by the next sweep. Then silent again: that second silence was
+    dated as the first (the deployment plus the limit, the latest time the sweep had for
+    it), and the queue took it for the resolved alert's firing. Alerted again, dated three
+    heartbeats after we heard it, and not said to be never heard."""
     register(database_url, [ALARM])
     since = deployed_at(database_url, "ALM-0001")
     p = Process(database_url, None)
@@ -93,6 +98,12 @@ def test_a_first_message_dated_2000_clears_the_silence_by_the_next_sweep(databas
     sweep(p, first + 60)
     assert [(r, s) for r, _, _, s in alerts(database_url) if r == "device_silent"] == [
         ("device_silent", "resolved")]
+    sweep(p, first + SILENT_AFTER + 60)
+    silent = query(database_url, "SELECT status, summary LIKE '%%never heard%%', "
+                                 "extract(epoch FROM last_fired_at)::float8 - %s FROM alerts "
+                                 "WHERE rule = 'device_silent' AND status <> 'resolved'",
+                   (first,))
+    assert silent == [("open", False, SILENT_AFTER)]
     p.close()
 
 
@@ -147,28 +158,4 @@ def test_the_sweep_reads_the_fleet_in_parts_and_judges_each_device_by_its_own_ro
     sweep(p, now)
     assert sorted(d for r, d, _, _ in alerts(database_url) if r == "device_silent") == [
         "ALM-0001", "ALM-0002", "ALM-0004", "ALM-0005"]
-    p.close()
-
-
-def test_a_device_whose_first_message_was_dated_2000_is_alerted_when_silent_again(
-        database_url):
-    """Never heard (alerted), then heard once with its clock at 2000-01-01 (the alert
-    clears), then silent: the second silence was dated as the first (the deployment plus
-    the limit, the latest time the sweep had for it), and the queue took it for the
-    resolved alert's firing. Alerted again, dated three heartbeats after we heard it, and
-    not said to be never heard."""
-    register(database_url, [ALARM])
-    since = deployed_at(database_url, "ALM-0001")
-    p = Process(database_url, None)
-    sweep(p, since + SILENT_AFTER + 60)
-    first = p.now = since + SILENT_AFTER + 120
-    p.batch([heard("ALM-0001", YEAR_2000, first)])
-    sweep(p, first + 60)
-    assert [s for r, _, _, s in alerts(database_url) if r == "device_silent"] == ["resolved"]
-    sweep(p, first + SILENT_AFTER + 60)
-    silent = query(database_url, "SELECT status, summary LIKE '%%never heard%%', "
-                                 "extract(epoch FROM last_fired_at)::float8 - %s FROM alerts "
-                                 "WHERE rule = 'device_silent' AND status <> 'resolved'",
-                   (first,))
-    assert silent == [("open", False, SILENT_AFTER)]
     p.close()

@@ -12,12 +12,12 @@ import dataclasses
 import time
 from collections.abc import Iterator
 
-import orjson
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.app.conftest import query, register
+from tests.app.test_device_clock import heard as heard_at
 from tests.app.test_shared_rule_state import PERSONAL_ALARM, Process, fresh_database
 
 from vagt.alerts import policy
@@ -31,16 +31,9 @@ Row = tuple[float, str | None]    # device time after T0, event code (None: a st
 
 
 def heard(t: float, code: str | None = None, device_id: str = "PAL-0001") -> RawMessage:
-    """The personal alarm's message dated T0 + `t`: an event if `code` is given, else a
-    status."""
-    body: dict[str, object] = {"device_id": device_id, "time": T0 + t}
-    if code is None:
-        body["status"] = {"battery": 90}
-        channel = "status"
-    else:
-        body["events"] = [{"code": code}]
-        channel = "telemetry"
-    return RawMessage(f"{ROOT}/dev/{device_id}/{channel}", orjson.dumps(body), T0 + t)
+    """The device's message dated T0 + `t` by its clock, heard then by ours: an event if
+    `code` is given, else a status."""
+    return heard_at(device_id, T0 + t, T0 + t, code)
 
 
 def queue(database_url: str, rule: str = "mains_power_lost", device_id: str = "PAL-0001"
