@@ -263,6 +263,42 @@ def test_an_alarm_with_a_reading_other_than_the_stored_one_is_still_the_alarm(da
     assert " is 80 % in this message, but 90 % is stored for that time" in detail
 
 
+def sim_changed(details: dict[str, object], severity: str = "warning") -> RawMessage:
+    return msg("OXI-0002", "status", orjson.dumps(
+        {"time": T0, "events": [{"code": "power.sim_changed", "severity": severity,
+                                 "details": details}]}))
+
+
+def test_another_event_for_a_stored_device_code_and_time_is_a_dead_letter(database_url):
+    """ON CONFLICT DO NOTHING took it for a redelivery: a SIM change reported again for the
+    same second with another card's number was dropped unsaid. It is kept as a dead letter
+    saying what was stored; sent again as it was, it is nothing (a redelivery)."""
+    register(database_url, DEVICES)
+    first = sim_changed({"iccid": "8945000000000000001"})
+    second = sim_changed({"iccid": "8945000000000000002"}, severity="info")
+    run_batches(database_url, [first], [first], [second], [second])
+    [(reason, detail, payload)] = query(database_url,
+                                        "SELECT reason, detail, payload FROM dead_letters")
+    assert (reason, bytes(payload)) == ("conflict", second.payload)
+    assert detail.startswith("event 'power.sim_changed' at ")
+    assert ("has severity 'info' and details {\"iccid\": \"8945000000000000002\"} in this "
+            "message, but severity 'warning' and details {\"iccid\": \"8945000000000000001\"}"
+            " are stored for that time, from an earlier message; a device, code and time hold "
+            "one event") in detail
+    assert query(database_url, "SELECT details->>'iccid' FROM events") == [
+        ("8945000000000000001",)]
+
+
+def test_of_two_messages_in_a_batch_with_two_events_at_one_key_the_first_is_stored(
+        database_url):
+    register(database_url, DEVICES)
+    first, second = sim_changed({"slot": 1}), sim_changed({"slot": 2})
+    run_batches(database_url, [first, second])
+    assert query(database_url, "SELECT details->>'slot' FROM events") == [("1",)]
+    assert query(database_url, "SELECT reason, payload FROM dead_letters") == [
+        ("conflict", second.payload)]
+
+
 def test_an_iccid_sent_as_a_number_in_event_details_is_stored_with_every_digit(database_url):
     """orjson reads an integer wider than 64 bits as a float: 8.9450123456789e+19 was
     stored, the SIM card's number lost."""

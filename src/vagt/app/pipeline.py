@@ -227,10 +227,7 @@ class Pipeline:
         usable = device_of_msg >= 0
         # an alarm used in part is kept as a dead letter too (one of an unknown device is
         # one already, as unknown_device)
-        apart = [d for d, i in zip(dec.apart, dec.apart_msg) if usable[i]]
-        kept, again = _by_kept(apart, store.insert_dead_letters(conn, apart))
-        out.dead += kept
-        out.dead_again += again
+        _keep_dead(conn, [d for d, i in zip(dec.apart, dec.apart_msg) if usable[i]], out)
         if usable.any():
             out.device_lag_s = float(np.median(received[usable] - msg_time[usable]))
 
@@ -247,9 +244,14 @@ class Pipeline:
         e = _rows(dec.e_device, dec.e_msg, dec.e_time, usable, device_of_msg)
         e_keep = _keep(dec.e_msg, usable)
         e_code = np.asarray(_pick(dec.e_code, e_keep), dtype=object)
-        out.events, new_events = store.insert_events(
-            conn, e.device_id, e_code.tolist(), _pick(dec.e_severity, e_keep),
-            _pick(dec.e_details, e_keep), e.time, received[e.msg])
+        e_severity = _pick(dec.e_severity, e_keep)
+        out.events, new_events, clashing = store.insert_events(
+            conn, e.device_id, e_code.tolist(), e_severity, _pick(dec.e_details, e_keep), e.time,
+            received[e.msg])
+        if clashing:   # an event with other details was stored for a device, code and time
+            _keep_dead(conn, conflicts.event_dead_letters(
+                messages, clashing, e.msg, e.device_id, e_code.tolist(), e_severity, e.time),
+                out)
         if new_events is not None:   # the rules saw the others when they came first
             e = _Rows(e.device[new_events], _pick(e.device_id, new_events), e.msg[new_events],
                       e.time[new_events])
@@ -874,6 +876,14 @@ def _by_kept(dead: list[DeadLetter], kept: list[bool]
     return ([d for d, k in zip(dead, kept) if k], [d for d, k in zip(dead, kept) if not k])
 
 
+def _keep_dead(conn: psycopg.Connection, dead: list[DeadLetter], out: BatchOutcome) -> None:
+    """Store dead letters of messages used in part; counted as kept now, or kept before
+    (their bytes came before: a redelivery)."""
+    kept, again = _by_kept(dead, store.insert_dead_letters(conn, dead))
+    out.dead += kept
+    out.dead_again += again
+
+
 def _without_conflicting(conn: psycopg.Connection, messages: Sequence[RawMessage],
                          stored: conflicts.Stored, r: _Rows, r_metric: Objs, r_value: F64,
                          r_unit: list[str], out: BatchOutcome) -> tuple[_Rows, Objs, F64]:
@@ -887,9 +897,7 @@ def _without_conflicting(conn: psycopg.Connection, messages: Sequence[RawMessage
     lost, was = conflicts.conflicting(stored, r.device_id, metric, r_value, r.time)
     dead = conflicts.dead_letters(messages, lost, r.msg, r.device_id, metric, r_value, r_unit,
                                   r.time, was)
-    kept, again = _by_kept(dead, store.insert_dead_letters(conn, dead))
-    out.dead += kept
-    out.dead_again += again
+    _keep_dead(conn, dead, out)
     keep = ~lost
     return (_Rows(r.device[keep], _pick(r.device_id, keep), r.msg[keep], r.time[keep]),
             r_metric[keep], r_value[keep])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ FROM stage_readings ORDER BY device_id, metric, t, received
 _INSERT_EVENTS = """
 INSERT INTO events (time, device_id, code, severity, details, received_at)
 SELECT to_timestamp(t), device_id, code, severity, details::jsonb, to_timestamp(received)
-FROM stage_events ORDER BY device_id, code, t
+FROM stage_events ORDER BY device_id, code, t, i
 """
 
 # A reading stored before (a redelivery): per device, how many of its readings were new
@@ -83,6 +84,17 @@ RETURNING device_id, code, time
 SELECT min(s.i) FROM stage_events s
 JOIN stored USING (device_id, code) WHERE stored.time = to_timestamp(s.t)
 GROUP BY s.device_id, s.code, s.t
+"""
+
+# After an event was stored before: those of the staging rows given (the ones not stored
+# now) whose severity or details differ from the event stored for their device, code and
+# time (by an earlier message, or one earlier in the batch), and what is stored (the details
+# as JSON text of one form, the stored and the staged).
+_CLASHING_EVENTS = """
+SELECT s.i, e.severity, e.details::text, s.details::jsonb::text
+FROM stage_events s
+JOIN events e ON e.device_id = s.device_id AND e.code = s.code AND e.time = to_timestamp(s.t)
+WHERE s.i = ANY(%s) AND (e.severity <> s.severity OR e.details <> s.details::jsonb)
 """
 
 _INSERT_DEAD = """
@@ -166,18 +178,33 @@ def insert_readings(
     return sum(new.values()), set(new), conflicting
 
 
+@dataclass(frozen=True, slots=True)
+class Clash:
+    """An event not stored: another with the same device, code and time was, with the
+    severity and details given (`insert_events`); `details`, the event's own, as JSON text
+    of the same form."""
+
+    index: int
+    stored_severity: str
+    stored_details: str
+    details: str
+
+
 def insert_events(
     conn: psycopg.Connection,
     device: Sequence[str], code: Sequence[str], severity: Sequence[str],
     details: Sequence[str], time: npt.NDArray[np.float64], received: npt.NDArray[np.float64],
-) -> tuple[int, npt.NDArray[np.bool_] | None]:
-    """Insert events; returns how many were new, and which were (None: every one).
+) -> tuple[int, npt.NDArray[np.bool_] | None, list[Clash]]:
+    """Insert events; returns how many were new, which were (None: every one), and those not
+    stored because an event of their device, code and time with another severity or other
+    details was (`Clash`). Of one key twice in the batch, the first is stored.
 
     An event stored before was evaluated by the rules when it came first: a message delivered
     again (the engine stopped between its commit and the broker's acknowledgement) or sent
-    twice must not count twice in its alert."""
+    twice must not count twice in its alert. Told apart from another event at a stored key
+    only when an event was stored before (as `insert_readings`)."""
     if len(device) == 0:
-        return 0, None
+        return 0, None, []
     with conn.cursor() as cur:
         with cur.copy("COPY stage_events (t, device_id, code, severity, details, received, i) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
@@ -186,11 +213,15 @@ def insert_events(
                            range(len(device))):
                 copy.write_row(row)
         inserted, firsts = _insert_new(cur, _INSERT_EVENTS, _INSERT_EVENTS_NEW)
-    if firsts is None:
-        return inserted, None
-    new = np.zeros(len(device), dtype=bool)
-    new[[int(r[0]) for r in firsts]] = True
-    return inserted, new
+        if firsts is None:
+            return inserted, None, []
+        new = np.zeros(len(device), dtype=bool)
+        new[[int(r[0]) for r in firsts]] = True
+        with db.by_key_index(conn, scans=True):   # no hash join reading all events
+            clashing = [Clash(int(i), str(sev), str(det), str(came)) for i, sev, det, came
+                        in cur.execute(_CLASHING_EVENTS,
+                                       (np.flatnonzero(~new).tolist(),)).fetchall()]
+    return inserted, new, clashing
 
 
 def _insert_new(cur: psycopg.Cursor[Any], insert: str,

@@ -31,7 +31,7 @@ class DeadLetterReason(enum.StrEnum):
     DEVICE_MISMATCH = "device_mismatch"      # the payload names another device than the topic
     RETAINED = "retained"                    # the broker's kept copy, not a live message
     UNKNOWN_DEVICE = "unknown_device"        # the device is not in the registry
-    CONFLICT = "conflict"                    # a reading of another value than the one stored
+    CONFLICT = "conflict"                    # a reading or event other than the one stored
                                              # for its device, metric and time; the rest of
                                              # the message was used
     PROCESSING_FAILED = "processing_failed"  # vagt failed on it (a bug, or data the database
