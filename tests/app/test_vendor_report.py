@@ -332,3 +332,30 @@ def test_a_database_migrated_before_its_days_and_weeks_says_which_migration_in_o
     err = capsys.readouterr().err
     assert "(migration 0023)" in err and "run `vagt db migrate`" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_an_hour_a_device_spent_with_two_citizens_counts_its_rows_once(
+        database_url, monkeypatch, capsys):
+    """A dispenser returned at 10:20 and given to the next citizen at 10:40 (a quick swap
+    at the door): hour 10:00 is in both stays, and whole in each, but its rows were sent
+    once. Over the day: 24 doses_remaining readings (one implausible, at 10:45) and one
+    jam (10:55), as the raw rows have them; the hour counted for both stays made it 25
+    measurements, 2 faults and 2 bad."""
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        _device(conn, "ev-9", "Evondos", "E300", "medicine_dispenser", 0)
+        _assign(conn, "ev-9", "Aarhus", DAY1 - timedelta(days=3),
+                DAY1 + timedelta(hours=10, minutes=20))
+        conn.execute("INSERT INTO device_assignments (device_id, citizen_ref, municipality, "
+                     "since) VALUES ('ev-9', 'ref-next', 'Aarhus', %s)",
+                     (DAY1 + timedelta(hours=10, minutes=40),))
+        for h in range(24):
+            _reading(conn, "ev-9", "doses_remaining",
+                     DAY1 + timedelta(hours=h, minutes=45), 300 if h == 10 else 40,
+                     bad=h == 10)
+        _event(conn, "ev-9", "fault.dispenser_jam", DAY1 + timedelta(hours=10, minutes=55))
+    assert main(["report", "vendors", "--from", "2026-03-01", "--to", "2026-03-02",
+                 "--json"]) == 0
+    [evondos] = json.loads(capsys.readouterr().out)["groups"]
+    assert (evondos["measurements"], evondos["faults"], evondos["bad_per_1000"],
+            evondos["heard_share"]) == (24, 1, 41.67, 1.0)

@@ -139,10 +139,17 @@ def register(conn: psycopg.Connection, fleet: Fleet) -> None:
                      (s.device_id, f"ref-{s.device_id}", s.municipality, s.since, s.until))
 
 
+def overlaps(t: int, s: int, e: int) -> bool:
+    """Whether the hour of a row at `t` overlaps the stay [s, e) (microseconds)."""
+    hour = t - t % HOUR_US
+    return hour + HOUR_US > s and hour < e
+
+
 def counted(fleet: Fleet, start: datetime, end: datetime,
             municipality: str | None) -> list[tuple[object, ...]]:
     """The per-device figures, from the rows themselves (PER_DEVICE_COLUMNS but vendor,
-    model and type)."""
+    model and type). A row counts if its hour overlaps a stay: once, if two stays of its
+    device share the hour."""
     heartbeat = {(v, m): hb for v, m, hb in MODELS if v != "Other"}
     out = []
     for device, (vendor, model, gaps) in sorted(fleet.devices.items()):
@@ -159,20 +166,19 @@ def counted(fleet: Fleet, start: datetime, end: datetime,
         figures = dict.fromkeys(["measurements", "events", "faults", "bad", "slots",
                                  "slots_heard"], 0)
         deployed_us, checked, heard_at_end = 0, False, False
+        def with_citizen(t: int, spans: list[tuple[int, int]] = spans) -> bool:
+            return any(overlaps(t, s, e) for s, e in spans)   # once, if two stays
+        figures["measurements"] = sum(1 for t, m, _ in reads
+                                      if m in MEASURES and with_citizen(t))
+        figures["bad"] = sum(1 for t, _, bad in reads if bad and with_citizen(t))
+        figures["events"] = sum(1 for t, _ in evs if with_citizen(t))
+        figures["faults"] = sum(1 for t, c in evs if c.startswith("fault.") and with_citizen(t))
         for s, e in spans:
-            def overlaps(t: int, s: int = s, e: int = e) -> bool:   # the row's hour, the stay
-                hour = t - t % HOUR_US
-                return hour + HOUR_US > s and hour < e
             deployed_us += e - s
-            figures["measurements"] += sum(1 for t, m, _ in reads
-                                           if m in MEASURES and overlaps(t))
-            figures["bad"] += sum(1 for t, _, bad in reads if bad and overlaps(t))
-            figures["events"] += sum(1 for t, _ in evs if overlaps(t))
-            figures["faults"] += sum(1 for t, c in evs if c.startswith("fault.") and overlaps(t))
             first, stop = -(-s // slot_us), e // slot_us     # whole slots inside the stay
             figures["slots"] += max(stop - first, 0)
             hours = {t - t % HOUR_US for t in [r[0] for r in reads] + [v[0] for v in evs]
-                     if overlaps(t)}
+                     if overlaps(t, s, e)}
             figures["slots_heard"] += len({h // slot_us for h in hours
                                            if first <= h // slot_us < stop})
             if e >= _us(end) and e - s >= slot_us:   # with the citizen at the end: checked

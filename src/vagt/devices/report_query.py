@@ -110,7 +110,9 @@ weeks AS (      -- a span's whole weeks, summed per span
 def per_device_sql(weeks: bool) -> str:
     """One row per device deployed in the period: its spans with a citizen (in the period,
     up to the report's `now`), and what the per-device counts, bad readings, its last battery
-    level and its message counter say about them. An hour counts for a span if they overlap.
+    level and its message counter say about them. An hour counts for a span if they overlap;
+    its rows once, if two spans of the device share it (a device given to the next citizen
+    within the hour its last stay ended in).
 
     The weeks, and the days at the period's ends (outside its whole weeks), are read once
     for the whole period and joined to a hash of the spans (a row matched by its device,
@@ -131,13 +133,20 @@ def per_device_sql(weeks: bool) -> str:
     edge_blocks = ("(sp.first_slot - date_part('epoch', e.day) / sp.slot_s)::integer",
                    "(sp.end_slot - date_part('epoch', e.day) / sp.slot_s)::integer")
     return f"""
-WITH spans AS (
+WITH stays AS (
     SELECT a.id, a.device_id,
            greatest(a.since, %(start)s) AS s,
            least(coalesce(a.until, 'infinity'), %(end)s) AS e
     FROM device_assignments a
     WHERE a.since < %(end)s AND coalesce(a.until, 'infinity') > %(start)s
       AND (%(municipality)s::text IS NULL OR a.municipality = %(municipality)s::text)
+),
+spans AS (      -- `counted_from`: an hour that begins before it is the device's stay's
+                -- before (one ended within the hour this one began in), whose rows are
+                -- counted there, not again here
+    SELECT st.*, coalesce(lag(st.e) OVER (PARTITION BY st.device_id ORDER BY st.s),
+                          '-infinity') AS counted_from
+    FROM stays st
 ),
 spans_slot AS NOT MATERIALIZED (
     -- the expected-contact slot: the model's heartbeat, at least an hour (a model not in the
@@ -280,9 +289,11 @@ parts AS (
            NULL::boolean AS heard_at_end, in_catalogue
     FROM spans_once
     UNION ALL
-    SELECT sp.device_id, 0, h.measurements, h.events, h.faults, 0, 0, NULL,
-           CASE WHEN sp.e >= %(end)s THEN h.bucket > sp.quiet_after END, NULL
+    SELECT sp.device_id, 0, h.measurements * x.own, h.events * x.own, h.faults * x.own,
+           0, 0, NULL, CASE WHEN sp.e >= %(end)s THEN h.bucket > sp.quiet_after END, NULL
     FROM edge_hours h JOIN spans_once sp USING (id)
+    -- an hour of two stays is heard in both, its rows counted in the first
+    CROSS JOIN LATERAL (SELECT (h.bucket >= sp.counted_from)::integer AS own) x
     UNION ALL
     SELECT sp.device_id, 0, d.measurements, d.events, d.faults, 0, d.slots_heard, NULL,
            d.heard_at_end, NULL
@@ -314,6 +325,7 @@ bad AS (
       ON b.device_id = sp.device_id
      AND date_bin(INTERVAL '1 hour', b.time, {_ORIGIN_SQL}) > sp.s - INTERVAL '1 hour'
      AND date_bin(INTERVAL '1 hour', b.time, {_ORIGIN_SQL}) < sp.e
+     AND date_bin(INTERVAL '1 hour', b.time, {_ORIGIN_SQL}) >= sp.counted_from
     GROUP BY sp.device_id
 ),
 battery AS (      -- the last battery level each device reported with a citizen
