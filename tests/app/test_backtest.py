@@ -371,3 +371,23 @@ def test_the_built_in_spo2_rules_backtest_as_they_run_live(database_url, capsys)
     assert opened == {"spo2_critical": 1, "spo2_low": 2, "spo2_low_sustained": 1}
     report = backtest(database_url, default_rules_path(), T0 - 60, T0 + 86400, capsys)
     assert {rule: n for (rule, _), (n, _, _) in report.items() if n} == opened
+
+
+def test_rows_a_device_kept_from_its_last_citizen_are_not_evaluated_as_live(
+        database_url, tmp_path, capsys):
+    """A's scale weighed 2.5 kg more two hours before it went to B, and that weighing
+    reached us from B's home three hours after (a buffer flushed): live, it was stored and
+    not evaluated (dated more than an hour before the deployment it reached us in), so no
+    gain was raised. The backtest, replaying it at its device time in A's stay, raised one
+    in Aarhus."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    flushed = RawMessage(f"{ROOT}/dev/SCL-A/telemetry",
+                         telemetry("SCL-A", TO_B - 7200, weight=72.5), TO_B + 3 * 3600)
+    scale_given_to_a_then_b(database_url, rules_file, [(TO_A + 3600, 70.0)],
+                            [(TO_B + 3600, 70.0), (TO_B + 7200, 70.0)], [flushed])
+    assert query(database_url, "SELECT count(*) FROM readings WHERE device_id = 'SCL-A' "
+                               "AND value = 72.5") == [(1,)]       # stored
+    assert query(database_url, "SELECT rule FROM alerts") == []    # and raised nothing
+    counts = backtest(database_url, rules_file, TO_A - 86400, TO_B + 6 * 3600, capsys)
+    assert ("weight_gain", "Aarhus") not in counts

@@ -17,8 +17,9 @@ knows when each device was last heard before, however long ago (`_last_before`).
 
 A device given to another citizen within the period begins anew there, as it does live
 (migration 0010): batches end at the deployment, its rule state is emptied, its history reads
-and its silence begin at the deployment, and its alerts count in the municipality it served
-when they opened. An alert still open then counts as cleared: live, a device is deployed only
+and its silence begin at the deployment, rows dated more than an hour before it that reached
+us after it (what it kept from the citizen before) are heard and not evaluated, and its
+alerts count in the municipality it served when they opened. An alert still open then counts as cleared: live, a device is deployed only
 once its alerts are resolved.
 """
 
@@ -154,7 +155,8 @@ class _Replay:
             self._move(change)
         upper = min(self.batch_ends.end(self.conn, cursor, until, batch_rows, needs),
                     self.assignments.next_after(cursor))
-        loaded = _load(self.conn, self.fleet, cursor, upper, needs)
+        loaded = _load(self.conn, self.fleet, cursor, upper, needs,
+                       self.assignments.kept_from_last_citizen)
         if loaded is not None:
             self._batch(*loaded, upper, every_row=needs is None)
         return upper
@@ -177,8 +179,10 @@ class _Replay:
             self.result.batches += 1
             self.result.readings += len(batch.r_device)
             self.result.events += len(batch.e_device)
-        self._record(self.engine, self.engine.evaluate(batch, history=self.history))
-        latest = float(batch.m_time.max())
+        # (a batch may hold rows heard alone: those live did not evaluate)
+        latest = float(max(batch.m_time.max(initial=-np.inf), rows_heard[1].max(initial=-np.inf)))
+        if len(batch.m_time):
+            self._record(self.engine, self.engine.evaluate(batch, history=self.history))
         self._record(self.engine, self.engine.tick(latest))
         if not every_row:
             return
@@ -371,6 +375,7 @@ class _Assignments:
     def __init__(self, conn: psycopg.Connection, fleet: Fleet, start: float, end: float
                  ) -> None:
         self.began = np.full(len(fleet), np.nan)
+        self._deployed: dict[str, list[float]] = {}   # by device id: times, in order
         rows = conn.execute(
             "SELECT device_id, extract(epoch FROM since)::float8, "
             "extract(epoch FROM until)::float8, municipality FROM device_assignments "
@@ -388,12 +393,21 @@ class _Assignments:
                     self.began[d] = since
             else:
                 changes.append(_Change(float(since), d, True, str(place)))
+                self._deployed.setdefault(str(fleet.ids[d]), []).append(float(since))
             if until is not None and start < until < end:
                 changes.append(_Change(float(until), d, False, CENTRAL_STOCK))
         for d, (place, deployed) in at_start.items():
             fleet.place(d, place, "deployed" if deployed else "in_stock")
         self._coming = sorted(changes, key=lambda c: (c.at, c.deployed))  # a return first
         self._next = 0
+
+    def kept_from_last_citizen(self, device_id: str, t: float, at: float) -> bool:
+        """Whether a row dated `t` that reached us at `at` came after a deployment more
+        than BEGAN_MARGIN_S later than `t`: live, it was stored and not evaluated
+        (`rule_state.without_last_citizens`), what the device kept from the citizen before
+        (a buffer flushed at the next one's home)."""
+        return any(t + BEGAN_MARGIN_S <= since <= at
+                   for since in self._deployed.get(device_id, ()))
 
     def next_after(self, cursor: float) -> float:
         """The time of the next change after `cursor` (inf: none)."""
@@ -514,9 +528,11 @@ _EVENTS = "SELECT device_id, code, extract(epoch FROM time)::float8, " \
 
 
 def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float,
-          needs: _Needs | None = None) -> tuple[Batch, tuple[I64, F64, F64]] | None:
-    """The rows dated in [lo, hi) as a batch, and as rows heard (device, time, received);
-    with `needs`, only those it names."""
+          needs: _Needs | None, not_evaluated: Callable[[str, float, float], bool]
+          ) -> tuple[Batch, tuple[I64, F64, F64]] | None:
+    """The rows dated in [lo, hi) as a batch, but those that live evaluation did not
+    evaluate (`not_evaluated`: device id, time, received), and all of them as rows heard
+    (device, time, received); with `needs`, only those it names."""
     if needs is None:
         r = conn.execute(_READINGS, (lo, hi)).fetchall()
     else:
@@ -524,7 +540,9 @@ def _load(conn: psycopg.Connection, fleet: Fleet, lo: float, hi: float,
     e = conn.execute(_EVENTS, (lo, hi)).fetchall() if needs is None or needs.events else []
     if not r and not e:
         return None
-    batch = rule_queries.rows_batch(conn, fleet, r, e)   # takes in devices it did not know
+    batch = rule_queries.rows_batch(   # takes in devices it did not know
+        conn, fleet, [x for x in r if not not_evaluated(str(x[0]), x[3], x[4])],
+        [x for x in e if not not_evaluated(str(x[0]), x[2], x[3])])
     return batch, rule_queries.rows_by_device(fleet, [(x[0], x[3], x[4]) for x in r] +
                                               [(x[0], x[2], x[3]) for x in e])
 
