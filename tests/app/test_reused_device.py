@@ -252,3 +252,42 @@ def test_a_refurbished_device_whose_counter_starts_again_has_its_gaps_counted(
                             time.time())])
     assert query(database_url, "SELECT last_seq, seq_gaps FROM devices") == [(10, 7)]
     p.close()
+
+
+def resolve_all(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE alerts SET status = 'resolved', resolved_at = now(), "
+                     "resolved_by = 'anna', resolution_code = 'false_alarm'")
+
+
+@pytest.mark.parametrize("lane", [alarm_lane, bulk_lane])
+def test_the_next_citizens_first_alarm_goes_to_their_municipality_at_once(database_url, lane):
+    """The installer presses the button as the device is deployed to the next citizen, in
+    Skive: the alert is Skive's (its operators see it), not Randers', the last citizen's,
+    though the running engine last read the registry before the deployment."""
+    register(database_url, [ALARM])
+    p = engine(database_url)
+    lane(p, NOW - 60)                             # the last citizen's, in Randers
+    resolve_all(database_url)
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "ALM-0001", actor="staff")
+    with psycopg.connect(database_url) as conn:
+        deploy(conn, "ALM-0001", citizen_ref="cit-b", municipality="Skive", actor="staff")
+    lane(p, NOW + 60)
+    assert query(database_url, "SELECT labels->>'municipality' FROM alerts "
+                               "WHERE status <> 'resolved'") == [("Skive",)]
+    p.close()
+
+
+def test_a_returned_devices_alarm_is_not_the_last_citizens_municipalitys(database_url):
+    """Back in the centre's stock, a device pressed in the workshop is nobody's in Randers."""
+    register(database_url, [ALARM])
+    p = engine(database_url)
+    alarm_lane(p, NOW - 60)
+    resolve_all(database_url)
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "ALM-0001", actor="staff")
+    alarm_lane(p, NOW + 60)
+    assert query(database_url, "SELECT labels->>'municipality' FROM alerts "
+                               "WHERE status <> 'resolved'") == [("",)]   # the centre's
+    p.close()

@@ -580,6 +580,8 @@ class Pipeline:
         live[np.asarray(dec.skipped_msg, dtype=np.int64)] = False
         live_pos = np.flatnonzero(live)
         idx = self.fleet.resolve(conn, [dec.msg_device[i] for i in live_pos])
+        # as the registry has them now: deployed, returned or retired a moment ago
+        self.fleet.refresh_registry(conn, np.unique(idx[idx >= 0]))
         device_of_msg[live_pos] = idx
         unknown = live_pos[idx < 0]
         alike = self._in_other_case(conn, sorted({dec.msg_device[i] for i in unknown}))

@@ -199,8 +199,24 @@ class Fleet:
                             ).fetchall()
         self._refresh(rows)
 
+    def refresh_registry(self, conn: psycopg.Connection, idx: I64) -> None:
+        """Re-read the registry fields (vendor, model, type, municipality, status) of the
+        devices `idx` in the caller's transaction: what a batch makes of its devices (its
+        alerts' municipality, which rules apply, whether a device is retired) is what the
+        registry says now, not what it said at the last refresh, up to half a minute ago. A
+        personal alarm tested at the installation of a device just deployed to the next
+        citizen was labelled with the last citizen's municipality, whose operators saw it
+        and the next citizen's did not. Only the registry's columns: they are few and
+        short, the state's are the batch's own."""
+        if len(idx) == 0:
+            return
+        rows = conn.execute(f"SELECT {_REGISTRY} FROM devices WHERE device_id = ANY(%s)",
+                            ([self.ids[i] for i in idx.tolist()],)).fetchall()
+        with self.lock:
+            known = positions(self._index, (str(r[0]) for r in rows), len(rows))
+            self._set_registry([(int(k), r) for k, r in zip(known, rows) if k >= 0])
+
     def _refresh(self, rows: list[tuple[object, ...]]) -> None:
-        same = sys.intern
         with self.lock:
             known = positions(self._index, (str(r[0]) for r in rows), len(rows))
             self._add(r for r, k in zip(rows, known) if k < 0)
@@ -208,21 +224,32 @@ class Fleet:
             if not have:
                 return
             idx = np.fromiter((k for k, _ in have), dtype=np.int64, count=len(have))
-            changed = False
-            for k, r in have:
-                vendor, model, type_, place = (str(r[1]), str(r[2]), str(r[3]), str(r[4]))
-                changed = changed or (vendor, model, type_, place) != (
-                    self.vendor[k], self.model[k], self.type[k], self.municipality[k])
-                self.vendor[k], self.model[k], self.type[k] = same(vendor), same(model), \
-                    same(type_)
-                self.municipality[k], self.status[k] = same(place), same(str(r[5]))
-                self._type.codes[k] = self._type.code(self.type[k])
-                self._place.codes[k] = self._place.code(self.municipality[k])
-                self._status.codes[k] = self._status.code(self.status[k])
-                self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
-            if changed:  # after the columns are written: a reader that sees the new version
-                self.registry_version += 1   # computes from the new columns
+            self._set_registry(have)
             self._merge(idx, *_state_columns([r for _, r in have]))
+
+    def _set_registry(self, have: list[tuple[int, tuple[object, ...]]]) -> None:
+        """The registry columns of the known devices `have` (index, row); the caller holds
+        the lock."""
+        same = sys.intern
+        changed = False
+        for k, r in have:
+            vendor, model, type_, place, status = (str(r[1]), str(r[2]), str(r[3]),
+                                                   str(r[4]), str(r[5]))
+            if (vendor, model, type_, place, status) == (
+                    self.vendor[k], self.model[k], self.type[k], self.municipality[k],
+                    self.status[k]):
+                continue
+            changed = changed or (vendor, model, type_, place) != (
+                self.vendor[k], self.model[k], self.type[k], self.municipality[k])
+            self.vendor[k], self.model[k], self.type[k] = same(vendor), same(model), \
+                same(type_)
+            self.municipality[k], self.status[k] = same(place), same(status)
+            self._type.codes[k] = self._type.code(self.type[k])
+            self._place.codes[k] = self._place.code(self.municipality[k])
+            self._status.codes[k] = self._status.code(self.status[k])
+            self.heartbeat_s[k] = self._heartbeat(self.vendor[k], self.model[k])
+        if changed:  # after the columns are written: a reader that sees the new version
+            self.registry_version += 1   # computes from the new columns
 
     def place(self, k: int, municipality: str, status: str) -> None:
         """Device `k` where the registry had it at another time (a backtest replays the
