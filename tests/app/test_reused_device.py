@@ -7,6 +7,7 @@ its last message to the citizen before. Real PostgreSQL; the engine's pipeline a
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import orjson
@@ -15,7 +16,7 @@ import pytest
 from tests.app.conftest import query, register, telemetry
 from tests.app.test_shared_rule_state import DISPENSER, Process, event
 
-from vagt.devices import deploy, import_csv, return_device
+from vagt.devices import InvalidTransition, deploy, import_csv, return_device
 from vagt.ingest.model import RawMessage
 
 ROOT = "vagt/v1"
@@ -290,4 +291,41 @@ def test_a_returned_devices_alarm_is_not_the_last_citizens_municipalitys(databas
     alarm_lane(p, NOW + 60)
     assert query(database_url, "SELECT labels->>'municipality' FROM alerts "
                                "WHERE status <> 'resolved'") == [("",)]   # the centre's
+    p.close()
+
+
+def test_an_alarm_committed_as_the_device_is_deployed_holds_the_deployment_back(database_url):
+    """The alarm lane makes its alert without waiting for the device's row (a bulk batch
+    may hold it). A deployment that checked for alerts not resolved while that alert was
+    not yet committed gave the next citizen a device with one open: their alarms would be
+    its repeats, in the stock's municipality. The deployment waits for the alarm, sees it
+    and is refused; or it came first, and the alarm is the next citizen's."""
+    register(database_url, [ALARM])
+    p = engine(database_url)
+    with psycopg.connect(database_url) as conn:
+        return_device(conn, "ALM-0001", actor="staff")
+    msg = RawMessage(f"{ROOT}/dev/ALM-0001/alarm", orjson.dumps(
+        {"device_id": "ALM-0001", "time": NOW, "events": [{"code": "alarm.fall"}]}),
+        time.time())
+    p.pipeline.process(p.conn, [msg], state_apart=True)   # the alert, not yet committed
+    outcome: list[str] = []
+
+    def staff_deploys() -> None:
+        with psycopg.connect(database_url) as conn:
+            try:
+                deploy(conn, "ALM-0001", citizen_ref="cit-b", municipality="Skive",
+                       actor="staff")
+                outcome.append("deployed")
+            except InvalidTransition as e:
+                outcome.append(str(e))
+
+    staff = threading.Thread(target=staff_deploys)
+    staff.start()
+    staff.join(timeout=1.0)
+    p.conn.commit()
+    staff.join(timeout=10)
+    deployed = query(database_url, "SELECT status FROM devices") == [("deployed",)]
+    unresolved = query(database_url, "SELECT rule FROM alerts WHERE status <> 'resolved'")
+    assert not (deployed and unresolved), (outcome, unresolved)
+    assert outcome and "has alerts that are not resolved" in outcome[0]
     p.close()

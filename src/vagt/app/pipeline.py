@@ -45,6 +45,7 @@ from vagt.app.replay import (
 )
 from vagt.app.rule_state import Seen, SharedRuleState, without_last_citizens
 from vagt.arrays import F64, I64, Bools, Objs
+from vagt.devices.actions import hold_off_deployments
 from vagt.devices.catalogue import Catalogue
 from vagt.devices.fleet import Fleet, StateUpdate
 from vagt.errors import first_line, log_value
@@ -223,7 +224,8 @@ class Pipeline:
         received = np.fromiter((m.received_at for m in messages), dtype=np.float64,
                                count=len(messages))
         msg_time = _message_times(dec, received)
-        device_of_msg = out.msg_device = self._attribute(conn, messages, dec, msg_time, out)
+        device_of_msg = out.msg_device = self._attribute(conn, messages, dec, msg_time, out,
+                                                           state_apart)
         usable = device_of_msg >= 0
         # an alarm used in part is kept as a dead letter too (one of an unknown device is
         # one already, as unknown_device)
@@ -561,7 +563,8 @@ class Pipeline:
     # -- stages ------------------------------------------------------------------------------
 
     def _attribute(self, conn: psycopg.Connection, messages: Sequence[RawMessage],
-                   dec: DecodedBatch, msg_time: F64, out: BatchOutcome) -> I64:
+                   dec: DecodedBatch, msg_time: F64, out: BatchOutcome,
+                   state_apart: bool = False) -> I64:
         """Dense device index per message; -1 for dead letters, including unknown devices.
 
         An unknown device's messages are dead letters, and the service centre gets one alert
@@ -580,8 +583,11 @@ class Pipeline:
         live[np.asarray(dec.skipped_msg, dtype=np.int64)] = False
         live_pos = np.flatnonzero(live)
         idx = self.fleet.resolve(conn, [dec.msg_device[i] for i in live_pos])
+        devices = np.unique(idx[idx >= 0])
+        if state_apart:   # its alerts are made without the devices' rows: see the function
+            hold_off_deployments(conn, [self.fleet.ids[d] for d in devices.tolist()])
         # as the registry has them now: deployed, returned or retired a moment ago
-        self.fleet.refresh_registry(conn, np.unique(idx[idx >= 0]))
+        self.fleet.refresh_registry(conn, devices)
         device_of_msg[live_pos] = idx
         unknown = live_pos[idx < 0]
         alike = self._in_other_case(conn, sorted({dec.msg_device[i] for i in unknown}))

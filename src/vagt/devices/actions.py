@@ -267,6 +267,33 @@ _RESET_COUNTER = ("UPDATE devices SET last_seq = NULL, seq_window = NULL "
                   "WHERE device_id = ANY(%s::text[])")
 
 
+# The alarm lane makes its alerts without the devices' rows (a bulk batch may hold them): it
+# holds this lock shared for its devices, and a deployment holds it alone for the device it
+# deploys before it looks for alerts not resolved. Without it, an alarm committed just after
+# that look left the next citizen's device with an open alert, whose repeats their alarms
+# would be. Two keys (`vdep` in ASCII, the id's hash): apart from the one-key locks; taken in
+# hash order, so that an import deploying many devices and the alarm lane never deadlock.
+_DEPLOYMENT_LOCK = 0x76646570
+_LOCK_DEPLOYMENTS = sql.SQL("""
+    SELECT count({}(%s, h)) FROM (SELECT DISTINCT hashtext(d) AS h
+                                  FROM unnest(%s::text[]) AS d ORDER BY h) AS hashes""")
+
+
+def lock_for_deployment(conn: psycopg.Connection, device_ids: list[str]) -> None:
+    """Wait for the alarms of `device_ids` being committed, and hold off new ones until the
+    caller's transaction ends: what a deployment does before it looks for alerts."""
+    conn.execute(_LOCK_DEPLOYMENTS.format(sql.Identifier("pg_advisory_xact_lock")),
+                 (_DEPLOYMENT_LOCK, device_ids))
+
+
+def hold_off_deployments(conn: psycopg.Connection, device_ids: list[str]) -> None:
+    """Until the caller's transaction ends, no deployment of `device_ids` looks for their
+    alerts (the alarm lane, which does not wait for the devices' rows); waits for one that
+    is under way, so that what follows reads the registry as it left it."""
+    conn.execute(_LOCK_DEPLOYMENTS.format(sql.Identifier("pg_advisory_xact_lock_shared")),
+                 (_DEPLOYMENT_LOCK, device_ids))
+
+
 def begin_deployment(conn: psycopg.Connection, device_ids: list[str], at: datetime) -> None:
     """What a device's next citizen starts without: the last one's rule state and message
     counter. In the caller's transaction, which holds the devices' rows."""
@@ -297,6 +324,11 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
                 municipality = CENTRAL_STOCK  # back in the centre's pool
         if assign is not None:
             _known_spelling(conn, assign[1])
+            try:
+                lock_for_deployment(conn, [device_id])
+            except errors.LockNotAvailable as e:
+                raise DeviceBusy(f"{device_id} has an alarm being committed; try again in a "
+                                 "moment") from e
             [alerts] = conn.execute("SELECT " + UNRESOLVED_ALERTS.format(device="%s"),
                                     (device_id,)).fetchone() or (None,)
             if alerts:

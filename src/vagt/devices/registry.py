@@ -28,6 +28,7 @@ from vagt.devices.actions import (
     UNRESOLVED_ALERTS,
     begin_deployment,
     checked_actor,
+    lock_for_deployment,
     new_device_id_problem,
     spelled_otherwise,
     unresolved_refusal,
@@ -95,7 +96,8 @@ def import_csv(conn: psycopg.Connection, path_or_text: str | os.PathLike[str], *
         spelled = spelled_otherwise(conn, {r.municipality for r in rows})
         if spelled:
             raise DeviceImportError(label, spelled)
-        current = _current(conn, [r.device_id for r in rows])
+        current = _current(conn, [r.device_id for r in rows],
+                           [r.device_id for r in rows if r.citizen_ref])
         plan = _Plan(name, when, via)
         for row in rows:
             plan.add(row, current.get(row.device_id))
@@ -148,12 +150,17 @@ WHERE d.device_id = ANY(%s)"""
 _LOCK = "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
 
 
-def _current(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, _Current]:
+def _current(conn: psycopg.Connection, device_ids: list[str],
+             deploying: list[str]) -> dict[str, _Current]:
     """The known devices among `device_ids`, their rows locked (`_LOCK`), then read: in a
     statement of its own, after the lock. One statement that locks and joins re-reads the
     device row it waited for, but not its assignment: a deploy committed meanwhile was
-    "deployed without an assignment", and an import wrote another municipality on it."""
+    "deployed without an assignment", and an import wrote another municipality on it. The
+    devices the file gives a citizen (`deploying`) are locked against alarms being
+    committed (`lock_for_deployment`) before their alerts are read."""
     conn.execute(_LOCK, (device_ids,))
+    if deploying:
+        lock_for_deployment(conn, deploying)
     found: dict[str, _Current] = {}
     for (device_id, status, vendor, model, type_, municipality, attributes, citizen_ref,
          assigned_in, since, unresolved) in conn.execute(_CURRENT, (device_ids,)):
