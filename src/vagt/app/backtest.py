@@ -19,8 +19,8 @@ A device given to another citizen within the period begins anew there, as it doe
 (migration 0010): batches end at the deployment, its rule state is emptied, its history reads
 and its silence begin at the deployment, rows dated more than an hour before it that reached
 us after it (what it kept from the citizen before) are heard and not evaluated, and its
-alerts count in the municipality it served when they opened. An alert still open then counts as cleared: live, a device is deployed only
-once its alerts are resolved.
+alerts count in the municipality it served when they opened. An alert still open then
+counts as cleared: live, a device is deployed only once its alerts are resolved.
 """
 
 from __future__ import annotations
