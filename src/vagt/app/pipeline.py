@@ -430,7 +430,10 @@ class Pipeline:
         """The batch's device state (last seen, battery, signal, firmware, counter); with
         `state_apart` also its rules' state, evaluated again under the devices' lock."""
         if out.state_rows is not None and out.rows is not None:
-            late = store.update_device_state(conn, *out.state_rows)
+            late, moved = store.update_device_state(conn, *out.state_rows)
+            # deployed, returned or retired since this process read them: the alerts and
+            # the rules' applicability go by what the registry says now
+            self.fleet.take_registry(moved)
             out.rows.seen[:] = np.nan
             if late:   # (staging empties at commit: a test's second batch in one
                 # transaction finds the first's rows there too, and this batch has not them)
@@ -586,8 +589,9 @@ class Pipeline:
         devices = np.unique(idx[idx >= 0])
         if state_apart:   # its alerts are made without the devices' rows: see the function
             hold_off_deployments(conn, [self.fleet.ids[d] for d in devices.tolist()])
-        # as the registry has them now: deployed, returned or retired a moment ago
-        self.fleet.refresh_registry(conn, devices)
+            # as the registry has them now: deployed, returned or retired a moment ago (the
+            # bulk lane's device-state UPDATE says so of its devices: `write_state`)
+            self.fleet.refresh_registry(conn, devices)
         device_of_msg[live_pos] = idx
         unknown = live_pos[idx < 0]
         alike = self._in_other_case(conn, sorted({dec.msg_device[i] for i in unknown}))
@@ -752,7 +756,8 @@ class Pipeline:
         out.state_rows = ([self.fleet.ids[int(d)] for d in uniq], seen.tolist(),
                           heard.tolist(), _nulls(battery), _nulls(battery_t), _nulls(signal),
                           _nulls(signal_t),
-                          firmware, _nulls(fw_t), *counters.columns(), rows.first.tolist())
+                          firmware, _nulls(fw_t), *counters.columns(), rows.first.tolist(),
+                          [self.fleet.registry_key(int(d)) for d in uniq])
         out.state = StateUpdate(uniq, seen, battery, battery_t, signal, signal_t, firmware,
                                 fw_t, heard)
 

@@ -31,7 +31,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
 CREATE TEMP TABLE IF NOT EXISTS stage_device_state (
     device_id text, seen float8, heard float8, battery float8, battery_t float8, signal float8,
     signal_t float8, firmware text, firmware_t float8, seq int8, seq_min int8, seq_n int8,
-    seq_bits int8, seq_all int8[], first float8
+    seq_bits int8, seq_all int8[], first float8, registry text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     received float8, topic text, payload bytea, reason text, detail text, device_id text,
@@ -105,7 +105,9 @@ RETURNING digest
 """
 
 # Returns the devices whose rows in the batch begin at or before the latest the rules had
-# seen (`seen_before`, the old `last_seen`: RETURNING has only new values): late rows.
+# seen (`seen_before`, the old `last_seen`: RETURNING has only new values): late rows; and
+# those whose registry fields are not what the engine took them for (`registry`, see
+# `registry_key`): deployed, returned or retired since it last read them.
 _UPDATE_DEVICES = """
 WITH moved AS (
 UPDATE devices d SET
@@ -130,11 +132,22 @@ UPDATE devices d SET
                              v.seq_n, v.seq_bits, v.seq_all)
 FROM stage_device_state v
 WHERE d.device_id = v.device_id
-RETURNING d.device_id, d.seen_before, v.first
+RETURNING d.device_id, d.seen_before, v.first, v.registry,
+          concat_ws(chr(31), d.vendor, d.model, d.type, d.municipality, d.status) AS now,
+          d.vendor, d.model, d.type, d.municipality, d.status
 )
-SELECT device_id, extract(epoch FROM seen_before)::float8 FROM moved
-WHERE seen_before >= to_timestamp(first)
+SELECT device_id, CASE WHEN seen_before >= to_timestamp(first)
+                       THEN extract(epoch FROM seen_before)::float8 END,
+       CASE WHEN registry IS DISTINCT FROM now THEN ARRAY[vendor, model, type, municipality,
+                                                          status] END
+FROM moved
+WHERE seen_before >= to_timestamp(first) OR registry IS DISTINCT FROM now
 """
+
+
+def registry_key(vendor: str, model: str, type_: str, municipality: str, status: str) -> str:
+    """A device's registry fields as one text, as `_UPDATE_DEVICES` compares them."""
+    return "\x1f".join((vendor, model, type_, municipality, status))
 
 
 def prepare_connection(conn: psycopg.Connection) -> None:
@@ -301,24 +314,28 @@ def update_device_state(
     firmware: Sequence[str | None], firmware_t: Sequence[float | None],
     seq: Sequence[int | None], seq_min: Sequence[int | None], seq_n: Sequence[int | None],
     seq_bits: Sequence[int | None], seq_all: Sequence[list[int] | None],
-    first: Sequence[float],
-) -> list[tuple[str, float]]:
+    first: Sequence[float], registry: Sequence[str],
+) -> tuple[list[tuple[str, float]], list[tuple[str, ...]]]:
     """Fleet state per device: last seen (device time), last heard (the broker's receipt
     time, by our clock: silence is judged from it, migration 0020), battery, signal,
     firmware, message counter, gaps (from the batch's counters: highest, lowest, how many,
     which came; migrations 0013-14).
-    `first`: the device time the device's rows in the batch begin at. Returns (device id,
+    `first`: the device time the device's rows in the batch begin at; `registry`: the
+    registry fields the engine took each device for (`registry_key`). Returns (device id,
     last seen before) of the devices whose rows begin at or before their last seen: late
-    rows (see `Pipeline._evaluate_locked`)."""
+    rows (see `Pipeline._evaluate_locked`); and the registry rows (device id, vendor, model,
+    type, municipality, status) of those whose fields are others now."""
     if not device_id:
-        return []
+        return [], []
     with conn.cursor() as cur:
         with cur.copy("COPY stage_device_state FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["text", "float8", "float8", "float8", "float8", "float8",
                             "float8", "text", "float8", "int8", "int8", "int8", "int8",
-                            "int8[]", "float8"])
+                            "int8[]", "float8", "text"])
             for row in zip(device_id, seen, heard, battery, battery_t, signal, signal_t, firmware,
-                           firmware_t, seq, seq_min, seq_n, seq_bits, seq_all, first):
+                           firmware_t, seq, seq_min, seq_n, seq_bits, seq_all, first, registry):
                 copy.write_row(row)
         with db.by_key_index(conn, scans=True):
-            return [(str(d), float(t)) for d, t in cur.execute(_UPDATE_DEVICES).fetchall()]
+            rows = cur.execute(_UPDATE_DEVICES).fetchall()
+    return ([(str(d), float(t)) for d, t, _ in rows if t is not None],
+            [(str(d), *fields) for d, _, fields in rows if fields is not None])
