@@ -513,3 +513,17 @@ def test_the_device_secret_from_the_environment_never_shows_in_the_configuration
     config = load_config(env={"VAGT_DEVICE_SECRET": SECRET})
     assert config.device_secret == SECRET
     assert SECRET not in repr(config)
+
+
+def test_an_actor_the_audit_log_refuses_writes_no_files(database_url, registry, acl_broker):
+    """The files give devices their access; written, they are in force at the next reload,
+    so they may not be written by someone the audit log cannot name."""
+    secret_file = acl_broker.directory / "device-secret"
+    secret_file.write_text(SECRET + "\n", encoding="utf-8")
+    config = Config(mqtt=MqttConfig(url=f"mqtt://{ENGINE_USER}:{ENGINE_PASSWORD}@127.0.0.1:1",
+                                    topic_root=ROOT))
+    args = cli_parser().parse_args(["devices", "broker-acl", "--passwords",
+                                    str(acl_broker.passwords), "--acl", str(acl_broker.acl),
+                                    "--secret-file", str(secret_file), "--actor", "x" * 200])
+    assert args.handler(args, database_url, config) == 2
+    assert not acl_broker.passwords.exists() and not acl_broker.acl.exists()

@@ -135,10 +135,13 @@ def _filter_values(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _actor(args: argparse.Namespace) -> str:
+    """Who acts, as the audit log will take it: checked before anything is done, since a
+    step that writes outside the database (broker-acl's files) cannot be undone when its
+    audit row is refused afterwards."""
     actor = args.actor or login_name()
     if actor is None:
         raise DeviceError("cannot tell who you are: give --actor NAME (for the audit log)")
-    return str(actor)
+    return actions.checked_actor(str(actor))
 
 
 def _catalogue(config: Config) -> Catalogue:
