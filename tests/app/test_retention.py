@@ -4,6 +4,7 @@ their readings, dead letters for 90 days; alerts and their audit trail stay."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import threading
 from datetime import UTC, datetime, timedelta
@@ -139,3 +140,28 @@ def test_db_prune_command_says_what_it_deleted(database_url, monkeypatch, capsys
     assert main(["db", "prune"]) == 0
     assert capsys.readouterr().out.startswith("deleted 1 readings and 0 events")
     assert query(database_url, "SELECT count(*) FROM readings") == [(1,)]
+
+
+def test_db_prune_command_is_audited_with_who_ran_it_and_what_went(database_url, monkeypatch,
+                                                                     capsys):
+    """Citizens' measurements deleted on demand: the audit log says who, when and how many."""
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    with psycopg.connect(database_url) as conn:
+        add_reading(conn, datetime.now(UTC) - timedelta(days=3 * 366 + 1))
+    assert main(["db", "prune", "--actor", "sofie"]) == 0
+    [(actor, details)] = query(database_url, "SELECT actor, details FROM audit_log "
+                                             "WHERE action = 'db.prune'")
+    assert actor == "sofie"
+    assert details["readings"] == 1 and details["dead_letters"] == 0
+    assert details["via"] == f"cli:{getpass.getuser()}"
+    assert details["readings_before"]
+
+
+def test_db_prune_with_an_actor_the_audit_log_refuses_deletes_nothing(database_url,
+                                                                      monkeypatch, capsys):
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    with psycopg.connect(database_url) as conn:
+        add_reading(conn, datetime.now(UTC) - timedelta(days=3 * 366 + 1))
+    assert main(["db", "prune", "--actor", "x" * 200]) == 2
+    assert query(database_url, "SELECT count(*) FROM readings") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM audit_log") == [(0,)]

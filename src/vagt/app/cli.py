@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "than their retention and fold the vendor report's "
                                            "old hourly counts into days (the engine does it "
                                            "daily)")
+    prune.add_argument("--actor", help="who prunes, for the audit log (default: your user "
+                                       "name)")
     prune.set_defaults(func=cmd_db_prune)
 
     from vagt.alerts import accounts_cli
@@ -551,12 +553,20 @@ def cmd_db_prune(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
     from vagt.app import retention
-    from vagt.app.cli_support import fail
+    from vagt.app.cli_support import cli_login, fail, login_name
+    from vagt.devices.actions import checked_actor
+    from vagt.devices.errors import DeviceError
 
+    try:   # before anything goes: a prune the audit log cannot name its actor of is none
+        actor = checked_actor(args.actor or login_name() or "")
+    except DeviceError as e:
+        return fail(f"{e} (--actor)")
     with database_url(config) as url:
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 done = retention.prune_if_first(conn)
+                if done is not None:
+                    retention.audit_prune(conn, done, actor, cli_login())
         except psycopg.errors.UndefinedTable:
             return fail("the database has no vagt schema yet: run `vagt db migrate`")
     if done is None:

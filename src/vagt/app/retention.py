@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from vagt.app import db, hours_fold
 from vagt.errors import first_line
@@ -153,6 +154,20 @@ def prune_if_first(conn: psycopg.Connection, now: datetime | None = None,
         return prune(conn, now, stop=stop)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
+
+
+def audit_prune(conn: psycopg.Connection, p: Pruned, actor: str, via: str) -> None:
+    """A prune asked for (`vagt db prune`) in `audit_log`, `db.prune`: citizens' measurements
+    were deleted on someone's word, so the record says whose, when, how many and before
+    when. `via`: the login the command ran under. The engine's daily prune asks no one's
+    word: its log line (`event=pruned`) says what it did."""
+    details = {"readings": p.readings, "events": p.events, "bad_readings": p.bad_readings,
+               "dead_letters": p.dead_letters, "hours_folded": p.hours_folded,
+               "readings_before": p.readings_before.isoformat(),
+               "dead_letters_before": p.dead_letters_before.isoformat(),
+               "hours_before": p.hours_before.isoformat(), "via": via}
+    conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
+                 "VALUES (%s, 'db.prune', 'database', %s)", (actor, Jsonb(details)))
 
 
 def describe(p: Pruned) -> str:
