@@ -495,6 +495,26 @@ def test_an_mqtt_targets_password_is_given_one_way(tmp_path, target, message):
         load_policy(path, {"X": "secret-value"})
 
 
+@pytest.mark.parametrize(("url", "message"), [
+    ("mqtt://cc:s3cr/et9@127.0.0.1:1883", "percent-encode"),
+    ("mqtt://cc:s3cr?et9@127.0.0.1:1883", "percent-encode"),
+    ("mqtt://cc:s3cr#et9@127.0.0.1:1883", "percent-encode"),
+    ("mqtt://cc:s3cret9@127.0.0.1:18x3", "port"),
+    ("http://cc:s3cret9@127.0.0.1:1883", "mqtt:// or mqtts://"),
+])
+def test_an_mqtt_targets_url_that_would_fail_the_start_is_refused_without_its_password(
+        tmp_path, url, message):
+    """Taken as it was, such a url stopped the engine's start with a traceback quoting
+    part of the password (`Port could not be cast to integer value as 's3cr'`), or sent
+    to a broker the url did not name."""
+    path = tmp_path / "alerts.toml"
+    path.write_text(f'[[delivery.mqtt]]\nname = "m"\ntopic = "t"\nurl = "{url}"\n')
+    with pytest.raises(PolicyError, match=message) as refused:
+        load_policy(path, {})
+    assert "s3cr" not in str(refused.value) and "et9" not in str(refused.value)
+    assert "[[delivery.mqtt]] #1" in str(refused.value)
+
+
 def test_a_dead_letter_is_listed_and_can_be_given_another_round(database_url, capsys):
     from tests.alerts.test_accounts_cli import run
 

@@ -18,7 +18,7 @@ from typing import Any
 from vagt.alerts.matchers import Matcher, MatcherError, Op, parse_matcher
 from vagt.alerts.patterns import pattern_problem
 from vagt.alerts.routing import Route
-from vagt.alerts.urls import without_secrets
+from vagt.alerts.urls import mqtt_url_problem, without_secrets
 from vagt.tomlfile import read_toml
 
 
@@ -269,6 +269,8 @@ class _Reader:
             if not topic or "+" in topic or "#" in topic:
                 raise self.fail(where, "'topic' is required and has no wildcards")
             url = self.string(m, "url", where, "")
+            if url and (problem := mqtt_url_problem(url)):
+                raise self.fail(where, problem)
             password = self.secret(m, where, "password", "broker password")
             if password is not None and not url:
                 raise self.fail(where, "'password_env'/'password_file' go with a 'url' (with "
