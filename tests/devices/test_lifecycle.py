@@ -556,3 +556,39 @@ def test_a_device_with_alerts_not_resolved_goes_to_no_next_citizen(conn, databas
     deploy(conn, DEVICE, citizen_ref="cit-next01", municipality="Viborg", actor="anna")
     assert conn.execute("SELECT status, municipality FROM devices").fetchall() == [
         ("deployed", "Viborg")]
+
+
+def test_a_device_a_silence_names_goes_to_no_next_citizen_until_it_ends(conn, database_url):
+    """'Sent for repair', silenced for 3 days; repaired and deployed the next day, the
+    silence would hold back the next citizen's alerts of it (their critical ones announced
+    but suppressed) until it ended. The deploy is refused, by the command and by an import,
+    until the silence is ended."""
+    from datetime import UTC, datetime, timedelta
+
+    from vagt.alerts.matchers import parse_matcher
+    from vagt.alerts.silences import create_silence, expire_silence
+    from vagt.devices import DeviceImportError, import_csv
+
+    new_device(conn)
+    to_deployed(conn)
+    return_device(conn, DEVICE, actor="anna")
+    silence = create_silence(conn, [parse_matcher(f"device_id={DEVICE}")], starts_at=None,
+                             ends_at=datetime.now(UTC) + timedelta(days=3), author="ole",
+                             comment="sent for repair")
+    conn.commit()
+    with pytest.raises(InvalidTransition, match=(
+            rf"^{DEVICE} is named by silences that have not ended \({silence.id}\): end them "
+            "first")):
+        deploy(conn, DEVICE, citizen_ref="cit-next01", municipality="Viborg", actor="anna")
+    conn.rollback()
+    csv = ("device_id,vendor,model,type,municipality,citizen_ref\n"
+           f"{DEVICE},Roche,Accu-Chek Guide,glucose_meter,Viborg,cit-next01\n")
+    with pytest.raises(DeviceImportError, match=(
+            rf"line 2: {DEVICE} is named by silences that have not ended \({silence.id}\)")):
+        import_csv(conn, csv, actor="anna")
+    conn.rollback()
+    assert status_of(conn) == "in_stock"
+    expire_silence(conn, silence.id, by="ole")
+    conn.commit()
+    deploy(conn, DEVICE, citizen_ref="cit-next01", municipality="Viborg", actor="anna")
+    assert status_of(conn) == "deployed"

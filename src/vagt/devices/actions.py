@@ -252,6 +252,22 @@ def unresolved_refusal(device_id: str, alerts: str) -> str:
             "them")
 
 
+# The silences not ended that name the device (`device_id` = it): made for the last citizen,
+# or for its repair ("sent for repair", 3 days), they would hold back the next citizen's
+# alerts of it, their critical ones `suppressed`, until they end. A deployment waits for
+# them to be ended, as for the last citizen's alerts. `{device}` as in UNRESOLVED_ALERTS.
+NAMING_SILENCES = """(SELECT string_agg(s.id::text, ', ' ORDER BY s.id)
+FROM silences s WHERE s.expired_at IS NULL AND s.ends_at > now()
+  AND s.matchers @> jsonb_build_array(jsonb_build_object('name', 'device_id', 'op', '=',
+                                                          'value', {device})))"""
+
+
+def silenced_refusal(device_id: str, silences: str) -> str:
+    return (f"{device_id} is named by silences that have not ended ({silences}): end them "
+            "first (vagt silences expire ID --author ...), so that they do not hold back the next "
+            "citizen's alerts")
+
+
 _CLOSE = """UPDATE device_assignments SET until = %s WHERE device_id = %s AND until IS NULL
             RETURNING citizen_ref, municipality"""
 
@@ -329,10 +345,14 @@ def _transition(conn: psycopg.Connection, device_id: str, action: Action, to: St
             except errors.LockNotAvailable as e:
                 raise DeviceBusy(f"{device_id} has an alarm being committed; try again in a "
                                  "moment") from e
-            [alerts] = conn.execute("SELECT " + UNRESOLVED_ALERTS.format(device="%s"),
-                                    (device_id,)).fetchone() or (None,)
+            alerts, silences = conn.execute(
+                "SELECT " + UNRESOLVED_ALERTS.format(device="%(id)s") + ", "
+                + NAMING_SILENCES.format(device="%(id)s::text"), {"id": device_id}
+            ).fetchone() or (None, None)
             if alerts:
                 raise InvalidTransition(unresolved_refusal(device_id, alerts))
+            if silences:
+                raise InvalidTransition(silenced_refusal(device_id, silences))
             citizen_ref, municipality = assign
             conn.execute(_OPEN, (device_id, citizen_ref, municipality, when))
             begin_deployment(conn, [device_id], when)

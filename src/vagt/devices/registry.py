@@ -25,11 +25,13 @@ from vagt.devices import lifecycle
 from vagt.devices.actions import (
     CENTRAL_STOCK,
     MAX_ACTOR_LENGTH,
+    NAMING_SILENCES,
     UNRESOLVED_ALERTS,
     begin_deployment,
     checked_actor,
     lock_for_deployment,
     new_device_id_problem,
+    silenced_refusal,
     spelled_otherwise,
     unresolved_refusal,
 )
@@ -136,12 +138,13 @@ class _Current:
     assigned_in: str | None
     assigned_since: datetime | None
     unresolved_alerts: str | None     # see actions.UNRESOLVED_ALERTS
+    naming_silences: str | None       # see actions.NAMING_SILENCES
 
 
 _CURRENT = """
 SELECT d.device_id, d.status, d.vendor, d.model, d.type, d.municipality, d.attributes,
        a.citizen_ref, a.municipality, a.since, """ + UNRESOLVED_ALERTS.format(
-    device="d.device_id") + """
+    device="d.device_id") + ", " + NAMING_SILENCES.format(device="d.device_id") + """
 FROM devices d
 LEFT JOIN device_assignments a ON a.device_id = d.device_id AND a.until IS NULL
 WHERE d.device_id = ANY(%s)"""
@@ -163,10 +166,10 @@ def _current(conn: psycopg.Connection, device_ids: list[str],
         lock_for_deployment(conn, deploying)
     found: dict[str, _Current] = {}
     for (device_id, status, vendor, model, type_, municipality, attributes, citizen_ref,
-         assigned_in, since, unresolved) in conn.execute(_CURRENT, (device_ids,)):
+         assigned_in, since, unresolved, silences) in conn.execute(_CURRENT, (device_ids,)):
         found[device_id] = _Current(Status(status), (vendor, model, type_, municipality,
                                                      attributes), citizen_ref, assigned_in,
-                                    since, unresolved)
+                                    since, unresolved, silences)
     return found
 
 
@@ -223,6 +226,9 @@ class _Plan:
             if cur.status is Status.IN_STOCK and cur.unresolved_alerts:
                 self.problems.append(f"line {row.line}: " + unresolved_refusal(
                     row.device_id, cur.unresolved_alerts))
+            elif cur.status is Status.IN_STOCK and cur.naming_silences:
+                self.problems.append(f"line {row.line}: " + silenced_refusal(
+                    row.device_id, cur.naming_silences))
             elif cur.status is Status.IN_STOCK:
                 deploy = True
             elif cur.status is not Status.DEPLOYED:
