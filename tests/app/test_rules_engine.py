@@ -138,6 +138,13 @@ def test_sighup_reloads_rules_keeping_the_state_of_unchanged_ones_and_refuses_a_
     wait_for(lambda: ("alarm",) in query(database_url, "SELECT rule FROM alerts"),
              what="the alarm rule, still loaded")
     assert engine.proc.poll() is None
+    # the rules decide which alarms reach the queue: each reload, and each refused, is in
+    # the audit trail, with the host and login of the engine the signal reached
+    audit = query(database_url, "SELECT actor, action, details->'changed', "
+                                "details->>'error' LIKE %s, details ? 'login' FROM audit_log "
+                                "WHERE subject = 'rules' ORDER BY id", ("%'below' of rule 'x'%",))
+    assert audit == [("signal:SIGHUP", "rules.reload", ["alarm"], None, True),
+                     ("signal:SIGHUP", "rules.reload_refused", None, True, True)]
 
 
 def test_a_rules_file_saved_in_latin_1_is_refused_on_sighup_and_the_timer_goes_on(

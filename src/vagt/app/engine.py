@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import getpass
 import logging
 import os
 import queue as queues
+import socket
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from vagt.alerts import outbox
@@ -1092,30 +1095,52 @@ def reload_rules(config: Config, pool: ConnectionPool, pipeline: Pipeline
     refused and the running rules stay. Returns the rules now running if they changed."""
     from vagt.rules import RuleConfigError
 
+    limit_s = config.database.transaction_timeout_s
     try:
         rules = load_rules(config.rules or None)
     except RuleConfigError as e:
         log.error("event=rules_reload_refused note=old_rules_stay error=%s", e)
+        _audit_reload(pool, limit_s, "rules.reload_refused", {"error": first_line(e)})
         return None
-    if not apply_rules(pool, pipeline, rules, config.database.transaction_timeout_s):
+    changed = apply_rules(pool, pipeline, rules, limit_s)
+    if changed is None:
         return None
     install_rule_book(rules)
+    _audit_reload(pool, limit_s, "rules.reload", {"rules": len(rules), "changed": changed})
     return rules
+
+
+def _audit_reload(pool: ConnectionPool, limit_s: float, action: str,
+                  details: dict[str, object]) -> None:
+    """A reload of the rules in `audit_log`: the rules decide which alarms reach the queue.
+    A signal carries no name, so the row says the signal, and the host and login of the
+    engine it reached (who could send it); the reload stands if the row cannot be written
+    (logged: the database away)."""
+    details = {**details, "host": socket.gethostname(), "login": getpass.getuser(),
+               "pid": os.getpid()}
+    try:
+        with _guarded(pool, timeout=10, limit_s=limit_s, who="thread=rules-reload") as conn:
+            conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
+                         "VALUES ('signal:SIGHUP', %s, 'rules', %s)",
+                         (action, Jsonb(details)))
+    except (psycopg.Error, TimeoutError) as e:
+        log.error("event=rules_reload_not_audited error=%s", first_line(e))
 
 
 def _apply_or_start_again(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
                           stop: threading.Event, limit_s: float) -> None:
     """The alarm lane's process: the rules the engine reloaded, or, if the database does
     not let it, an end after the alarm in hand: the engine starts it again, with them."""
-    if not apply_rules(pool, pipeline, rules, limit_s):
+    if apply_rules(pool, pipeline, rules, limit_s) is None:
         log.error("event=alarm_lane_reload_failed note=starting_again_with_the_engines_rules")
         stop.set()
 
 
 def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
-                limit_s: float) -> bool:
+                limit_s: float) -> list[str] | None:
     """`rules` in place of the running rules (the alarm lane's process: those the engine
-    loaded); False if the database did not let it, and the running rules stay.
+    loaded); returns the names of the rules changed, or None if the database did not let
+    it, and the running rules stay.
 
     The open alerts that seed them are read on a connection cut after `limit_s`
     (`_guarded`): a reload that waited for ever on a database gone silent held the rules'
@@ -1126,10 +1151,10 @@ def apply_rules(pool: ConnectionPool, pipeline: Pipeline, rules: list[Rule],
             open_alerts = rule_queries.open_rule_alerts(conn)
     except (psycopg.Error, TimeoutError) as e:
         log.error("event=rules_reload_failed note=old_rules_stay error=%s", first_line(e))
-        return False
+        return None
     changed = pipeline.reload_rules(rules, open_alerts)
     log.info("event=rules_reloaded rules=%d changed=%s", len(rules), ",".join(changed) or "-")
-    return True
+    return changed
 
 
 FLEET_REFRESH_S = 30.0
