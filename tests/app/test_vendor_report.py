@@ -359,3 +359,32 @@ def test_an_hour_a_device_spent_with_two_citizens_counts_its_rows_once(
     [evondos] = json.loads(capsys.readouterr().out)["groups"]
     assert (evondos["measurements"], evondos["faults"], evondos["bad_per_1000"],
             evondos["heard_share"]) == (24, 1, 41.67, 1.0)
+
+
+def test_bad_readings_of_a_period_past_the_retention_are_no_figure_not_zero(
+        database_url, monkeypatch, capsys):
+    """The report's counts outlive the raw rows; the bad-reading marks go with them. A day
+    of 2022 that had 6 bad readings in 24 read 250.0 per 1,000, and after the prune 0.0:
+    the vendor looked flawless where nothing is known. Now no figure ('-', null), before
+    and after the prune alike; the other figures stand."""
+    from vagt.app import retention
+
+    monkeypatch.setenv("VAGT_DATABASE_URL", database_url)
+    day = datetime(2022, 3, 1, tzinfo=UTC)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        _device(conn, "ev-1", "Evondos", "E300", "medicine_dispenser", 0)
+        _assign(conn, "ev-1", "Aarhus", day - timedelta(days=1))
+        for h in range(24):
+            _reading(conn, "ev-1", "doses_remaining", day + timedelta(hours=h, minutes=5), 40,
+                     bad=h < 6)
+
+    def figures() -> tuple[object, object]:
+        assert main(["report", "vendors", "--from", "2022-03-01", "--to", "2022-03-02",
+                     "--json"]) == 0
+        [group] = json.loads(capsys.readouterr().out)["groups"]
+        return group["measurements"], group["bad_per_1000"]
+
+    assert figures() == (24, None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        retention.prune(conn, datetime(2026, 3, 1, tzinfo=UTC))
+    assert figures() == (24, None)

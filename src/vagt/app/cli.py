@@ -439,7 +439,7 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
 
     import psycopg
 
-    from vagt.app import device_hours
+    from vagt.app import device_hours, retention
     from vagt.devices import report
     from vagt.devices.catalogue import CatalogueError, load_catalogue
     from vagt.rules import RuleConfigError, load_rules
@@ -463,7 +463,8 @@ def cmd_report_vendors(args: argparse.Namespace, config: Config) -> int:
     with database_url(config) as url, psycopg.connect(url, autocommit=True) as conn:
         device_hours.refresh(conn, start, end)
         weeks = device_hours.flavour(conn) == "plain"   # TimescaleDB keeps days, not weeks
-        table = report.summary(report.per_device(conn, catalogue, period, weeks), args.by, low)
+        table = report.summary(report.per_device(conn, catalogue, period, weeks), args.by, low,
+                               marks_kept=start >= retention.readings_horizon(conn))
     print(report.render(table, period, args.json, low))
     return 0
 

@@ -109,6 +109,12 @@ def cutoffs(conn: psycopg.Connection, now: datetime) -> tuple[datetime, datetime
     return row[0], row[1], row[2]
 
 
+def readings_horizon(conn: psycopg.Connection) -> float:
+    """The time (Unix seconds) before which readings, events and their bad-reading marks
+    may have been pruned by now (`cutoffs`)."""
+    return cutoffs(conn, datetime.now(UTC))[0].timestamp()
+
+
 def prune(conn: psycopg.Connection, now: datetime | None = None,
           batch_rows: int = BATCH_ROWS,
           stop: threading.Event | None = None) -> Pruned:

@@ -84,11 +84,16 @@ def per_device(conn: psycopg.Connection, catalogue: Catalogue, period: Period,
     return pd.DataFrame(rows, columns=PER_DEVICE_COLUMNS)
 
 
-def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY) -> pd.DataFrame:
+def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY,
+            marks_kept: bool = True) -> pd.DataFrame:
     """Per vendor (by="vendor") or per vendor and model (by="model"): the report's figures.
 
     Shares and rates are of the group's totals (a device-month of one device weighs as much
-    as one of another), not averages of per-device ratios.
+    as one of another), not averages of per-device ratios. `marks_kept`: False where the
+    period reaches back past the readings' retention: the bad readings are counted from
+    their marks, which go with their readings, and `bad_per_1000` is then no figure, not a
+    rate over what is left (the other counts outlive the raw rows: a vendor looked flawless,
+    0.0 bad per 1,000, for a year the prune had emptied of marks).
     """
     keys = ["vendor"] if by == "vendor" else ["vendor", "model"]
     df = devices.assign(
@@ -110,7 +115,8 @@ def summary(devices: pd.DataFrame, by: str, low_battery: float = LOW_BATTERY) ->
                 low_battery=("low", "sum"),
                 msgs_lost_lifetime=("lost", "sum"))
     out["msgs_lost_lifetime"] = out["msgs_lost_lifetime"].astype("int64")   # a count
-    out["bad_per_1000"] = _ratio(out["bad"] * 1000, out["measurements"])
+    out["bad_per_1000"] = _ratio(out["bad"] * 1000, out["measurements"]) if marks_kept \
+        else np.nan
     out["faults_per_device_month"] = _ratio(out["faults"], out["device_months"])
     out["heard_share"] = _ratio(out["slots_heard"], out["slots"])
     out["silent_at_end_share"] = _ratio(out["silent_at_end"], out["silent_checked"])
