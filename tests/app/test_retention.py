@@ -149,6 +149,9 @@ def test_db_prune_command_is_audited_with_who_ran_it_and_what_went(database_url,
     with psycopg.connect(database_url) as conn:
         add_reading(conn, datetime.now(UTC) - timedelta(days=3 * 366 + 1))
     assert main(["db", "prune", "--actor", "sofie"]) == 0
+    # asked, before anything went (it commits batch by batch), then what went
+    assert [a for a, in query(database_url, "SELECT action FROM audit_log ORDER BY id")] == [
+        "db.prune.asked", "db.prune"]
     [(actor, details)] = query(database_url, "SELECT actor, details FROM audit_log "
                                              "WHERE action = 'db.prune'")
     assert actor == "sofie"

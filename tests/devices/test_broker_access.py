@@ -359,6 +359,27 @@ def test_writing_the_files_is_audited(database_url, registry, acl_broker):
                   "via": f"cli:{getpass.getuser()}"})]
 
 
+def test_the_audit_row_is_committed_before_the_files_are_written(database_url, registry,
+                                                                  acl_broker, monkeypatch):
+    """The broker takes the files in at its next reload: a database lost after they were
+    written and before the row was committed would leave files no row says who wrote."""
+    from vagt.devices import cli as devices_cli
+
+    real = devices_cli.write_private
+    rows_at_write: list[int] = []
+
+    def watched(path, content):
+        with psycopg.connect(database_url) as other:
+            rows_at_write.append(other.execute(
+                "SELECT count(*) FROM audit_log WHERE action = 'devices.broker_acl'"
+            ).fetchone()[0])
+        real(path, content)
+
+    monkeypatch.setattr(devices_cli, "write_private", watched)
+    assert write_files(database_url, acl_broker) == 0
+    assert rows_at_write == [1, 1]
+
+
 def test_the_same_registry_gives_the_same_files(database_url, registry, acl_broker):
     write_files(database_url, acl_broker)
     first = acl_broker.passwords.read_text()

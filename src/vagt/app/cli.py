@@ -565,7 +565,8 @@ def cmd_db_prune(args: argparse.Namespace, config: Config) -> int:
     with database_url(config) as url:
         try:
             with psycopg.connect(url, autocommit=True) as conn:
-                done = retention.prune_if_first(conn)
+                done = retention.prune_if_first(conn, before=lambda: retention.audit_prune_asked(
+                    conn, actor, cli_login()))
                 if done is not None:
                     retention.audit_prune(conn, done, actor, cli_login())
         except psycopg.errors.UndefinedTable:

@@ -150,16 +150,27 @@ def prune(conn: psycopg.Connection, now: datetime | None = None,
 
 
 def prune_if_first(conn: psycopg.Connection, now: datetime | None = None,
-                   stop: threading.Event | None = None) -> Pruned | None:
+                   stop: threading.Event | None = None,
+                   before: Callable[[], None] = lambda: None) -> Pruned | None:
     """`prune`, unless another process is pruning (None then): two would only wait for each
-    other's row locks."""
+    other's row locks. `before`: what is done first once it is this process's to do (the
+    command's audit row of who asked)."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_KEY,)).fetchone()
     if not (row and row[0]):
         return None
     try:
+        before()
         return prune(conn, now, stop=stop)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
+
+
+def audit_prune_asked(conn: psycopg.Connection, actor: str, via: str) -> None:
+    """`db.prune.asked` before a prune asked for deletes anything: it commits batch by batch,
+    and a database lost before its `db.prune` row (`audit_prune`) would leave deletions no
+    row names the asker of."""
+    conn.execute("INSERT INTO audit_log (actor, action, subject, details) "
+                 "VALUES (%s, 'db.prune.asked', 'database', %s)", (actor, Jsonb({"via": via})))
 
 
 def audit_prune(conn: psycopg.Connection, p: Pruned, actor: str, via: str) -> None:

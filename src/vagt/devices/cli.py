@@ -358,11 +358,15 @@ def handle_broker_acl(args: argparse.Namespace, conninfo: str, config: Config) -
         for path in (args.passwords, args.acl):
             if not path.parent.is_dir():
                 return fail(f"cannot write {path}: no such directory {path.parent}")
-        write_private(args.passwords, access.passwords)
-        write_private(args.acl, access.acl)
+        # committed before the files are written: files the broker takes in at its next
+        # reload that no row says who wrote (the database lost between) would be worse than
+        # a row for files a full disk kept from being written (the command fails then)
         actions.audit_broker_access(conn, actor, str(args.acl), len(access.devices),
                                     engine_user, left_out=sorted(access.left_out),
                                     via=cli_login())
+        conn.commit()
+        write_private(args.passwords, access.passwords)
+        write_private(args.acl, access.acl)
     # Devices left out are a warning, not a failure (exit 0): the files are right for every
     # other device and must be applied; a failure would stop `broker-acl && systemctl reload
     # mosquitto` and keep the old files, and the access of devices lost since, in force.
