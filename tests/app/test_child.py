@@ -67,3 +67,25 @@ def _run_from_the_repository(monkeypatch):
     # children run from where the engine runs
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p))
+
+
+def test_a_child_that_dies_as_the_engine_stops_is_not_started_again_after_the_stop():
+    """The supervisor saw the child end before the stop was asked, and starts it again as
+    the engine stops: a child started after `stop` returned outlived it, with no one to
+    stop it. Here the stop comes at the worst moment, just before the restart."""
+    child = ChildProcess("test_child", "tests.app.test_child:until_told", first={},
+                         stop_message="stop")
+    child.start()
+    first = child.pid
+    stop = threading.Event()
+    supervisor = threading.Thread(target=child.supervise, args=(stop, child.stop), daemon=True)
+    supervisor.start()
+    try:
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        supervisor.join(timeout=15)
+        assert not supervisor.is_alive()
+        assert child.pid == first and not child.alive
+    finally:
+        stop.set()
+        child.stop()

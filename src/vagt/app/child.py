@@ -69,6 +69,14 @@ class ChildProcess:
         # Under the pipe's lock from the first message on: what is sent meanwhile (a reload
         # that changes `first`) waits for the new child, not the one that has ended.
         with self._pipe_lock:
+            if self._stopping.is_set():
+                # asked to stop while it started (the supervisor's restart of a child that
+                # died as the engine stopped): none after `stop`, which waited for the last
+                process.kill()
+                process.wait()
+                control.close()
+                log.info("event=%s_process_not_started note=stopping", self.name)
+                return
             try:
                 control.send(self._first)
             except BaseException:  # it died at once: no child of ours without its pipe
