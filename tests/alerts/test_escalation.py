@@ -291,3 +291,22 @@ def test_an_escalation_rolled_back_with_its_tick_is_counted_once_when_it_commits
     assert rows(database_url, "SELECT breaches FROM alerts") == [(1,)]
     assert registry.get_sample_value("vagt_alert_claim_breaches_total",
                                      {"queue": "emergency"}) == 1
+
+
+def test_the_timer_reads_its_clock_once_it_holds_its_connection_and_lock(alarm, database_url):
+    """Read before the pool gave it a connection (seconds while a backlog drains), a
+    silence created meanwhile was judged not begun: the alert it had just suppressed was
+    released and announced to the call centre for a tick."""
+    _, queued = alarm
+    held_at_read: list[int] = []
+
+    def clock() -> float:
+        with psycopg.connect(database_url) as other:
+            held_at_read.append(other.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objid = hashtext('vagt.alerts.timer')::oid").fetchone()[0])
+        return (queued + timedelta(minutes=1)).timestamp()
+
+    with open_pool(database_url, 1, 2) as pool:
+        assert Timer(pool, load_policy(None), clock=clock).tick() == []
+    assert held_at_read == [1]

@@ -145,15 +145,21 @@ def tell(breaches: list[Breach], observer: AlertObserver) -> None:
                     "not_acknowledged" if b.claimed else "not_claimed")
 
 
-def run_timer_once(conn: psycopg.Connection, now: datetime,
+def run_timer_once(conn: psycopg.Connection, clock: Callable[[], datetime],
                    policy: AlertPolicy | None = None) -> list[Breach] | None:
     """One tick: silences that began or ended, repairs, escalations, and the outbox's old
     entries, in the caller's transaction; the escalations are the caller's to tell once it
-    commits (`tell`). None if another process holds the timer (then it does the work)."""
+    commits (`tell`). None if another process holds the timer (then it does the work).
+
+    The time is read once the tick holds its connection and the timer's lock: read before
+    (the pool's wait for a connection, seconds while a backlog drains), a silence created
+    meanwhile was judged not begun, and the alert it had just suppressed was released and
+    announced to the call centre for a tick."""
     row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
                        (TIMER_LOCK,)).fetchone()
     if row is None or not row[0]:
         return None
+    now = clock()
     policy = policy or current_policy()
     with conn.transaction():
         reconcile(conn, now=now, policy=policy)
@@ -187,10 +193,10 @@ class Timer:
                           first_line(e))
 
     def tick(self) -> list[Breach] | None:
-        now = datetime.fromtimestamp(self.clock(), UTC)
         with guarded_connection(self.pool, self.transaction_limit_s,
                                 "thread=alert-timer") as conn:
             with conn.transaction():
-                breaches = run_timer_once(conn, now, self.policy)
+                breaches = run_timer_once(
+                    conn, lambda: datetime.fromtimestamp(self.clock(), UTC), self.policy)
         tell(breaches or [], self.observer)
         return breaches
