@@ -299,6 +299,22 @@ def test_expiring_a_silence_brings_its_alerts_back_claimable(fleet, conn):
         ("sofie", "silence.expire", f"silence {s.id}")]
 
 
+def test_a_silence_two_supervisors_expire_at_once_is_ended_by_the_first_only(fleet, conn,
+                                                                             database_url):
+    """Each request reads its clock before it waits for the silence's lock: the one that
+    waited read the earlier time, and the silence the other ended seemed to end after it."""
+    s = silence(conn, 'device_id="OXI-0001"')
+    asked = datetime.now(UTC)
+    expire_silence(conn, s.id, by="sofie", now=asked + timedelta(seconds=1))
+    with psycopg.connect(database_url, autocommit=True) as other:
+        with pytest.raises(SilenceError, match="has already ended"):
+            expire_silence(other, s.id, by="mette", now=asked)
+    ended, = list_silences(conn, include_expired=True)
+    assert (ended.expired_by, ended.expired_at) == ("sofie", asked + timedelta(seconds=1))
+    assert rows(fleet, "SELECT actor, action FROM audit_log ORDER BY id") == [
+        ("sofie", "silence.create"), ("sofie", "silence.expire"), ("mette", "silence.refused")]
+
+
 def test_a_maintenance_window_suppresses_only_while_it_is_in_force(fleet, conn):
     start = datetime.now(UTC) + timedelta(hours=1)
     silence(conn, 'municipality="Aarhus"', 'severity!="critical"', minutes=120, start=start)

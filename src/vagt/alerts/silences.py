@@ -327,7 +327,10 @@ def expire_silence(conn: psycopg.Connection, silence_id: int, *, by: str,
                               (silence_id,)).fetchone()
             assert row is not None, "silences are never deleted"
             silence = _silence(row)
-            if silence.state(now) == "expired":
+            # expired is expired whatever `now` says: a request that waited for another's
+            # expiry read its clock first, and to it the silence seemed to end after then
+            # (a second expiry, its author and time in place of the first's)
+            if silence.expired_at is not None or silence.state(now) == "expired":
                 raise SilenceError(f"silence {silence_id} has already ended")
             row = cur.execute("UPDATE silences SET expired_at = %s, expired_by = %s "
                               "WHERE id = %s RETURNING *", (now, by, silence_id)).fetchone()
