@@ -159,6 +159,8 @@ def test_a_bad_silence_is_one_line_on_stderr_exit_2(database_url, capsys, argv, 
     ["users", "add", "0101701234", "--role", "operator", "--no-password"],
     ["users", "add", "bo", "--role", "operator", "--municipality", "Aarhus 010170-1234",
      "--no-password"],
+    ["users", "add", "bo", "--role", "operator", "--queue", "emergency", "--queue",
+     "010170-1234", "--no-password"],
     ["tokens", "create", "--user", "crm", "--name", "for 010170-1234"],
     ["silences", "add", "device_id=OXI-0001", "--author", "sofie", "--comment",
      "citizen 010170-1234 is in hospital", "--duration", "1h"],
@@ -183,6 +185,8 @@ def test_a_cpr_number_in_what_is_written_from_the_command_line_exits_2_and_nothi
 @pytest.mark.parametrize(("argv", "named"), [
     (["users", "add", "bo", "--role", "operator", "--municipality", "Aarhus\u200b",
       "--no-password"], "the municipality holds U+200B ZERO WIDTH SPACE (its character 7)"),
+    (["users", "add", "bo", "--role", "operator", "--queue", "emergency\u200b",
+      "--no-password"], "the queue holds U+200B ZERO WIDTH SPACE (its character 10)"),
     (["tokens", "create", "--user", "crm", "--name", "crm\u202e"],
      "the token's name holds U+202E RIGHT-TO-LEFT OVERRIDE (its character 4)"),
 ])

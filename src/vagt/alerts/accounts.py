@@ -110,9 +110,9 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
         raise AccountError("the municipality is empty; name one, or give none for an account "
                            "of the whole centre")
     if municipality:
-        without_cpr(municipality, "municipality")
-        if problem := unprintable_problem(municipality, "the municipality"):
-            raise AccountError(problem)   # it would match no alert's label, and is shown
+        _checked_label(municipality, "municipality")
+    for queue in queues:
+        _checked_label(queue, "queue")
     level = Role.parse(role)
     if password is not None and len(password) < MIN_PASSWORD:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
@@ -127,6 +127,16 @@ def add_user(conn: psycopg.Connection, username: str, *, role: str, password: st
         _audit(conn, actor, "user.add", f"user {username}",
                {"role": level.label, "municipality": municipality, "queues": list(queues)},
                via)
+
+
+def _checked_label(value: str, what: str) -> None:
+    """A municipality or queue an account is limited to: what an admin typed, kept in the
+    account and in its audit row (`user.add`), and shown by `vagt users list`; refused when
+    it holds a CPR number, or a character that is not printable (it would match no alert's
+    label, and look like one that does)."""
+    without_cpr(value, what)
+    if problem := unprintable_problem(value, f"the {what}"):
+        raise AccountError(problem)
 
 
 def set_password(conn: psycopg.Connection, username: str, password: str, *,
