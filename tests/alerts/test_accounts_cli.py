@@ -258,3 +258,19 @@ def test_an_operators_silence_from_the_command_line_exits_2_and_is_audited(datab
                         "FROM audit_log WHERE action = 'silence.refused' ORDER BY id"
                         ).fetchall() == [("anna", "silence (refused)", why, LOGIN),
                                          ("anna", "silence 7", why, LOGIN)]
+
+
+@pytest.mark.parametrize("argv", [
+    ["users", "disable", "010170-1234"],
+    ["users", "password", "010170-1234", "--password-stdin"],
+    ["tokens", "create", "--user", "010170-1234", "--name", "crm"],
+])
+def test_a_refusal_naming_what_was_typed_never_repeats_a_cpr_number(database_url, capsys,
+                                                                    monkeypatch, argv):
+    """A CPR number typed where an account's name goes (the citizen's, from the ticket on
+    the other screen): no account has it, and the refusal that says so is read aloud,
+    pasted into tickets and kept by terminals."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert run(database_url, *argv) == 2
+    err = capsys.readouterr().err
+    assert "there is no" in err and "1234" not in err

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import psycopg
 
+from vagt.privacy import mask_cpr
 from vagt.text import shown
 
 EXIT_ERROR = 2
@@ -40,7 +41,10 @@ def row_id(text: str) -> int:
 
 def fail(message: str, *, one_line: bool = True) -> int:
     """Print `vagt: message` on stderr (folded to one line unless told) and return 2; what
-    is not printable in it escaped (vagt.text), as a refusal may quote what was refused."""
+    is not printable in it escaped (vagt.text), and a CPR number masked, as a refusal may
+    quote what was refused: a name typed where an account's or a device's goes is
+    repeated by "there is no ...", and none of those refusals can know what it was."""
+    message = mask_cpr(message)[0]
     lines = [" ".join(message.split())] if one_line else message.split("\n")
     print("vagt: " + "\n".join(map(shown, lines)), file=sys.stderr)
     return EXIT_ERROR
