@@ -667,3 +667,28 @@ def test_the_vendor_report_on_the_demos_database_counts_what_its_devices_sent(
                               "'signal')), count(*) FROM readings").fetchone()
     assert stored is not None and stored[1] > 0
     assert sum(g["measurements"] for g in groups) == stored[0]
+
+
+def test_the_demo_serves_no_operator_api_where_the_configuration_names_one(
+        database_url, tmp_path: Path, capsys, caplog):
+    """VAGT_API_PORT names the operator API the call centre's systems read: a demo started
+    where it is set neither answers there with the simulated fleet's alerts (while that
+    engine is down) nor fails to bind it beside the engine serving it (here)."""
+    handed: list[Config] = []
+
+    def engine(config: Config, stop: threading.Event) -> None:
+        handed.append(config)
+        run_engine(config, stop)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = load_config(None, env={"VAGT_API_PORT": str(port), "VAGT_METRICS_PORT": "0",
+                                        "VAGT_DATA_DIR": str(tmp_path)})
+        caplog.set_level("INFO", logger="vagt")
+        code = run_demo(config, database=database_url, devices=20, duration=3,
+                        options=SimOptions(seed=2), run_engine=engine)
+    assert code == 0 and handed[0].api_port == 0
+    assert "address already in use" not in caplog.text
+    assert f"event=demo_ignores_configuration api_port={port}" in caplog.text

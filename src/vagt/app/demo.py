@@ -200,14 +200,15 @@ def run_demo(config: Config, *, devices: int, duration: float | None,
 
 def demo_engine_config(config: Config, mqtt_url: str, db_url: str) -> Config:
     """The configuration the engine runs with: the embedded broker (MQTT 3.1.1, no shared
-    subscriptions), the demo's database, and the built-in alert policy, which delivers
-    nowhere: a configured policy's webhooks would send the simulated fleet's alerts to the
-    call centre's real systems."""
+    subscriptions), the demo's database, the built-in alert policy, which delivers
+    nowhere, and no operator API: a configured policy's webhooks would send the simulated
+    fleet's alerts to the call centre's real systems, and a configured API port is where
+    those systems read alerts (or where the engine serving them already listens)."""
     return dataclasses.replace(
         config,
         mqtt=dataclasses.replace(config.mqtt, url=mqtt_url, protocol=4, share_group=""),
         database=dataclasses.replace(config.database, url=db_url),
-        alerts="")
+        alerts="", api_port=0)
 
 
 def vagt_command() -> str:
@@ -234,9 +235,12 @@ def _say_what_is_ignored(config: Config) -> None:
         ignored.append(f"mqtt.url={redact_url(config.mqtt.url)}")
     if config.alerts:
         ignored.append(f"alerts={config.alerts}")
+    if config.api_port:
+        ignored.append(f"api_port={config.api_port}")
     if ignored:
         log.info("event=demo_ignores_configuration %s note=the demo uses its own database "
-                 "and broker and the built-in alert policy", " ".join(ignored))
+                 "and broker and the built-in alert policy, and serves no API",
+                 " ".join(ignored))
 
 
 def _metrics_port(host: str, port: int) -> int:
