@@ -143,6 +143,51 @@ def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: P
         stop_postmaster(pgdata)
 
 
+def test_a_server_that_died_with_the_machine_starts_again_when_its_pid_is_someone_elses(
+        tmp_path: Path):
+    """A power cut or a crashed container leaves postmaster.pid (and the socket's lock file)
+    naming the server's pid; after the restart that pid is soon some other process's, and
+    the data directory must still start, as it does when the pid is free."""
+    with embedded_postgres(tmp_path) as url:
+        db.migrate(url)
+    pgdata = tmp_path / "postgres"
+    holder = started_vagt(
+        "-c", "import sys, time; from pathlib import Path; "
+              "from vagt.app.embedded import embedded_postgres\n"
+              "with embedded_postgres(Path(sys.argv[1])):\n"
+              "    print('ready', flush=True); time.sleep(600)", str(tmp_path), env={},
+        log=tmp_path / "holder.log")
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        locks = [pgdata / "postmaster.pid", *pgdata.glob(".s.PGSQL.*.lock")]
+        left = {f: f.read_text() for f in locks}
+        os.kill(postmaster, signal.SIGKILL)  # the machine went down: nothing cleaned up
+        holder.kill()
+        holder.wait()
+        assert wait_until(lambda: not postmaster_running(pgdata), timeout=30)
+        for f, text in left.items():  # as it was, its pid now another process's
+            f.write_text(text.replace(str(postmaster), str(other.pid), 1))
+        with embedded_postgres(tmp_path) as url:
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+        assert not postmaster_running(pgdata) or postmaster_pid(pgdata) == other.pid
+    finally:
+        holder.kill()
+        other.kill()
+        other.wait()
+        if postmaster_pid(pgdata) != other.pid:
+            stop_postmaster(pgdata)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except FileNotFoundError:
+        return None
+
+
 def test_a_closed_terminal_stops_the_demo_and_its_postgres(tmp_path: Path):
     demo = started_vagt("-m", "vagt.app.cli", "demo", "--devices", "20", "--duration", "300",
                         env={"VAGT_DATA_DIR": str(tmp_path), "VAGT_METRICS_PORT": "0"},

