@@ -120,13 +120,19 @@ def started_vagt(*argv: str, env: dict[str, str], log: Path) -> subprocess.Popen
                                      **env})
 
 
-def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path):
-    holder = started_vagt(
+def holding_the_server(tmp_path: Path) -> subprocess.Popen[str]:
+    """A process that starts the embedded server of `tmp_path`, prints "ready" and holds it
+    (its log in holder.log)."""
+    return started_vagt(
         "-c", "import sys, time; from pathlib import Path; "
               "from vagt.app.embedded import embedded_postgres\n"
               "with embedded_postgres(Path(sys.argv[1])):\n"
               "    print('ready', flush=True); time.sleep(600)", str(tmp_path), env={},
         log=tmp_path / "holder.log")
+
+
+def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path):
+    holder = holding_the_server(tmp_path)
     pgdata = tmp_path / "postgres"
     try:
         assert holder.stdout is not None
@@ -151,12 +157,7 @@ def test_a_server_that_died_with_the_machine_starts_again_when_its_pid_is_someon
     with embedded_postgres(tmp_path) as url:
         db.migrate(url)
     pgdata = tmp_path / "postgres"
-    holder = started_vagt(
-        "-c", "import sys, time; from pathlib import Path; "
-              "from vagt.app.embedded import embedded_postgres\n"
-              "with embedded_postgres(Path(sys.argv[1])):\n"
-              "    print('ready', flush=True); time.sleep(600)", str(tmp_path), env={},
-        log=tmp_path / "holder.log")
+    holder = holding_the_server(tmp_path)
     other = subprocess.Popen(["sleep", "600"])
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
