@@ -10,6 +10,8 @@ import base64
 import getpass
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.app.conftest import EngineProcess, alarm, query, scalar, telemetry, topic, wait_for
 from tests.app.test_bad_input import metrics
+from tests.app.test_receiver import receiver_pids
 from tests.app.test_retained import clear_retained, publish_retained
 from tests.support import Broker, free_port, start_mosquitto, stop_mosquitto
 
@@ -124,6 +127,7 @@ class DynsecBroker:
     topic_root: str
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    engine_reads: str = "+/+"     # below {root}/dev/: "#" is the ACL widened as the log says
 
     def start(self) -> None:
         security = self.directory / "dynamic-security.json"
@@ -132,7 +136,8 @@ class DynsecBroker:
                         _client(DEVICE_USER, DEVICE_PASSWORD, "device")],
             "roles": [
                 {"rolename": "engine", "acls": [
-                    {"acltype": "subscribePattern", "topic": f"{self.topic_root}/dev/+/+",
+                    {"acltype": "subscribePattern",
+                     "topic": f"{self.topic_root}/dev/{self.engine_reads}",
                      "allow": True}]},
                 {"rolename": "device", "acls": [
                     {"acltype": "publishClientSend", "topic": f"{self.topic_root}/dev/#",
@@ -195,6 +200,32 @@ def test_an_engine_refused_the_wide_subscription_reads_its_three_channels_and_sa
     assert counted['vagt_mqtt_subscriptions_refused{lane="bulk"}'] == 1
     assert counted['vagt_mqtt_subscriptions_refused{lane="alarm"}'] == 0
     assert engine.proc is not None and engine.proc.poll() is None
+
+
+def test_the_refused_subscriptions_gauge_clears_once_a_new_receiver_is_let_read(
+        engine: EngineProcess, narrow_broker: DynsecBroker, database_url, topic_root, devices):
+    """Ops widen the ACL as the log says; the bulk lane's receiver process starts again (it
+    died, say) and its subscribe is granted: `vagt_mqtt_subscriptions_refused` says 0, not
+    the count of the receiver before, whose refusal no longer holds."""
+    engine.env["VAGT_MQTT_URL"] = \
+        f"mqtt://{ENGINE_USER}:{ENGINE_PASSWORD}@127.0.0.1:{narrow_broker.port}"
+    engine.start().wait_ready()
+    wait_for(lambda: metrics(engine).get('vagt_mqtt_subscriptions_refused{lane="bulk"}') == 1,
+             what="the refusal on /metrics")
+    narrow_broker.stop()
+    [pid] = receiver_pids(engine)
+    os.kill(pid, signal.SIGKILL)
+    narrow_broker.engine_reads = "#"
+    narrow_broker.start()
+    wait_for(lambda: len(receiver_pids(engine)) == 2, what="the receiver started again")
+    wait_for(lambda: metrics(engine).get('vagt_mqtt_connected{lane="bulk"}') == 1,
+             what="the new receiver's session up")
+    publish_v311(narrow_broker.port, topic(topic_root, "OXI-0001", "measurements"),
+                 telemetry("OXI-0001", T0, spo2=97), (DEVICE_USER, DEVICE_PASSWORD))
+    wait_for(lambda: query(database_url, "SELECT reason FROM dead_letters") == [("bad_topic",)],
+             what="a stray topic read: the wide subscription granted")
+    wait_for(lambda: metrics(engine).get('vagt_mqtt_subscriptions_refused{lane="bulk"}') == 0,
+             what="no refusal on /metrics", timeout=10)
 
 
 def publish_v311(port: int, where: str, payload: bytes,

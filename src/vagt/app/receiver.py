@@ -146,11 +146,15 @@ class ReceiverProcess(ChildProcess):
             return self._paused_s_before + self._paused_s
 
     def _started(self, control: Connection) -> None:
+        """What the child before said of its session is not the new one's: a new child
+        tells only what changes from nothing (refused none, reading), so a refusal kept here
+        would be served for good once a subscribe is granted."""
         with self._cond:
             self._batches.clear()   # a dead child's: the broker sends them again
             self._connection = 0
             self._connected = False
             self._reading_paused = False
+            self._refused = ()
             self._paused_s_before += self._paused_s
             self._paused_s = 0.0
             incarnation = self.incarnation
