@@ -247,3 +247,15 @@ def test_the_readmes_table_of_metrics_is_what_the_engine_serves(
 def scrape(engine: EngineProcess) -> str:
     url = f"http://127.0.0.1:{engine.env['VAGT_METRICS_PORT']}/metrics"
     return str(urllib.request.urlopen(url, timeout=5).read().decode())
+
+
+def test_every_thread_the_engine_keeps_running_has_its_crash_count_from_0(
+        engine: EngineProcess) -> None:
+    """`increase(vagt_thread_crashes_total[..]) > 0` sees a crash only on a series that was
+    there before it: one that first appears at 1 increases by nothing, so a thread's first
+    crash (the pruner's on an error nobody foresaw, say) would page no one."""
+    engine.start().wait_ready()
+    counted = metrics(engine)
+    for thread in ("rules-timer", "fleet-refresh", "prune", "table-upkeep", "alert-timer",
+                   "alert-delivery", "api"):
+        assert counted.get(f'vagt_thread_crashes_total{{thread="{thread}"}}') == 0, thread

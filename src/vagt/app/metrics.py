@@ -31,6 +31,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5
 QUEUE_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600,
                  3 * 24 * 3600)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
+# Every thread the engine keeps running (`vagt.threads.start_kept_running`): its crash count
+# is served from 0, as `increase()` sees no crash on a series that first appears at 1. A
+# thread started so needs its name here.
+KEPT_RUNNING = ("rules-timer", "fleet-refresh", "prune", "table-upkeep", "alert-timer",
+                "alert-delivery", "api")
 
 
 class MetricsPortError(RuntimeError):
@@ -127,10 +132,9 @@ class EngineMetrics:
             registry=r)
         self.thread_crashes = Counter(
             "vagt_thread_crashes", "Unexpected errors (bugs) that ended a background thread of "
-            "the engine (rules-timer, fleet-refresh, alert-timer, alert-delivery, api); it was "
-            "started again",
+            f"the engine ({', '.join(KEPT_RUNNING)}); it was started again",
             ["thread"], registry=r)
-        for thread in ("rules-timer", "fleet-refresh", "alert-timer", "alert-delivery", "api"):
+        for thread in KEPT_RUNNING:
             self.thread_crashes.labels(thread)   # 0 from the start: alert on any increase
         self.rule_ticks = Counter(
             "vagt_rule_ticks", "Rule timer ticks (deadlines, and the absence sweep in the "
