@@ -259,3 +259,16 @@ def test_every_thread_the_engine_keeps_running_has_its_crash_count_from_0(
     for thread in ("rules-timer", "fleet-refresh", "prune", "table-upkeep", "alert-timer",
                    "alert-delivery", "api"):
         assert counted.get(f'vagt_thread_crashes_total{{thread="{thread}"}}') == 0, thread
+
+
+def test_each_lanes_refused_messages_and_database_errors_are_served_from_0(
+        engine: EngineProcess) -> None:
+    """A message processing failed on is a bug seen: the first one, on a series that first
+    appears at 1, is no increase to an alert on `increase()`; as for a database away."""
+    engine.start().wait_ready()
+    counted = wait_for(lambda: (m := metrics(engine)).get(
+        'vagt_messages_refused_total{lane="alarm"}') is not None and m,
+        what="the alarm lane's process's counts", timeout=10)
+    for lane in ("alarm", "bulk"):
+        for name in ("vagt_messages_refused_total", "vagt_database_errors_total"):
+            assert counted.get(f'{name}{{lane="{lane}"}}') == 0, (name, lane)

@@ -218,6 +218,9 @@ class Lane:
         # first (the alarm lane's settler finishes them in order)
         self._in_hand: deque[float] = deque()
         metrics.batch_in_hand.labels(spec.name).set_function(self.oldest_in_hand_s)
+        # 0 from the start: a first one served at 1 is no increase to `increase()`
+        metrics.messages_refused.labels(spec.name)
+        metrics.db_errors.labels(spec.name)
 
     def oldest_in_hand_s(self) -> float:
         """How long ago the oldest batch still in hand was taken; 0 with none."""
