@@ -107,7 +107,8 @@ RETURNING digest
 # Returns the devices whose rows in the batch begin at or before the latest the rules had
 # seen (`seen_before`, the old `last_seen`: RETURNING has only new values): late rows; and
 # those whose registry fields are not what the engine took them for (`registry`, see
-# `registry_key`): deployed, returned or retired since it last read them.
+# `Fleet.registry_key`, fields joined by chr(31)): deployed, returned or retired since it
+# last read them.
 _UPDATE_DEVICES = """
 WITH moved AS (
 UPDATE devices d SET
@@ -144,10 +145,6 @@ FROM moved
 WHERE seen_before >= to_timestamp(first) OR registry IS DISTINCT FROM now
 """
 
-
-def registry_key(vendor: str, model: str, type_: str, municipality: str, status: str) -> str:
-    """A device's registry fields as one text, as `_UPDATE_DEVICES` compares them."""
-    return "\x1f".join((vendor, model, type_, municipality, status))
 
 
 def prepare_connection(conn: psycopg.Connection) -> None:
@@ -321,7 +318,7 @@ def update_device_state(
     firmware, message counter, gaps (from the batch's counters: highest, lowest, how many,
     which came; migrations 0013-14).
     `first`: the device time the device's rows in the batch begin at; `registry`: the
-    registry fields the engine took each device for (`registry_key`). Returns (device id,
+    registry fields the engine took each device for (`Fleet.registry_key`). Returns (device id,
     last seen before) of the devices whose rows begin at or before their last seen: late
     rows (see `Pipeline._evaluate_locked`); and the registry rows (device id, vendor, model,
     type, municipality, status) of those whose fields are others now."""

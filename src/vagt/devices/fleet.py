@@ -201,7 +201,8 @@ class Fleet:
 
     def registry_key(self, k: int) -> str:
         """Device `k`'s registry fields as this fleet has them, as one text
-        (`store.registry_key`: the device-state UPDATE says which are others now)."""
+        joined by chr(31) as `store._UPDATE_DEVICES` joins the stored ones, which says which
+        devices' are others now."""
         return "\x1f".join((self.vendor[k], self.model[k], self.type[k], self.municipality[k],
                              self.status[k]))
 
